@@ -1,0 +1,107 @@
+//! Weir's on-store layout, and nothing of SQL.
+//!
+//! Everything Weir persists goes through this crate, over the `object_store`
+//! crate, so a local folder, S3 or an in-memory store behave the same:
+//!
+//! ```text
+//! <checkpoint>/
+//!   metadata.json                 query id, SQL (redacted), fingerprint, format version
+//!   offsets/<epoch:020>.json      write-ahead log: what epoch N reads (written first)
+//!   commits/<epoch:020>.json      epoch N is complete (created if absent, never replaced)
+//!   state/<operator>/<epoch:020>.parquet   operator state at epoch N
+//!
+//! <sink>/
+//!   part-<epoch:010>-<writer>.parquet          committed output, one file per epoch and writer
+//!   _weir/pending/<writer>/<file>.pending      output staged before the epoch commits
+//!   _weir/manifests/<writer>/<epoch:020>.json  the files an epoch produced
+//! ```
+//!
+//! The guarantees this crate needs from a store (and checks where it can):
+//! a `put` is atomic (readers see the whole object or nothing), and
+//! `PutMode::Create` fails when the object exists, so two writers cannot both
+//! commit the same epoch.
+
+pub mod checkpoint;
+pub mod codec;
+pub mod location;
+pub mod log;
+pub mod sink;
+
+pub use checkpoint::{Checkpoint, Metadata};
+pub use location::{Location, StoreOptions};
+pub use log::EpochLog;
+pub use sink::SinkLayout;
+
+/// The format version written into every file Weir persists. A reader refuses
+/// files with a larger version instead of guessing at their meaning.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors from the storage layer. Messages name the object (and the epoch,
+/// where there is one) so an operator can find the file in question.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed an operation on an object.
+    #[error("{op} {url}: {source}")]
+    Store {
+        /// What was being done (`reading`, `writing`, `listing`, ...).
+        op: &'static str,
+        /// The object's URL.
+        url: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A location string that cannot be opened.
+    #[error("invalid location '{location}': {reason}")]
+    InvalidLocation {
+        /// The location as given.
+        location: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A file Weir wrote earlier cannot be read back as it should be.
+    #[error("corrupt checkpoint file {url}{}: {reason}", epoch_suffix(*.epoch))]
+    Corrupt {
+        /// The object's URL.
+        url: String,
+        /// The epoch the file belongs to, when it has one.
+        epoch: Option<u64>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file was written by a newer Weir than this one.
+    #[error(
+        "{url} has format version {found}, but this Weir reads versions up to {supported}; \
+         use a newer Weir or a new checkpoint"
+    )]
+    FutureVersion {
+        /// The object's URL.
+        url: String,
+        /// The version in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// An object that must be created exactly once already exists: another
+    /// writer got there first.
+    #[error("{url} already exists: another writer has committed this epoch")]
+    AlreadyExists {
+        /// The object's URL.
+        url: String,
+    },
+    /// Encoding or decoding Arrow data as Parquet failed.
+    #[error("{url}: {reason}")]
+    Parquet {
+        /// The object's URL.
+        url: String,
+        /// The Parquet or Arrow error.
+        reason: String,
+    },
+}
+
+fn epoch_suffix(epoch: Option<u64>) -> String {
+    epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default()
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,197 @@
+//! The epoch log: one small JSON file per epoch, created once.
+//!
+//! One type serves the write-ahead offsets log and the commit log (as Spark's
+//! `HDFSMetadataLog` serves both `OffsetSeqLog` and `CommitLog`). Each entry is
+//! `<dir>/<epoch:020>.json`; the zero padding makes a listing come back in
+//! epoch order. Entries are created with `PutMode::Create`, so an entry, once
+//! written, is never silently replaced: a second writer gets
+//! [`Error::AlreadyExists`].
+//!
+//! On disk an entry is the caller's JSON object with two more fields:
+//! `{"version": 1, "epoch": 7, ...body}`.
+
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{Error, FORMAT_VERSION, Location, Result};
+
+/// A log of per-epoch JSON entries under one folder.
+#[derive(Clone, Debug)]
+pub struct EpochLog {
+    loc: Location,
+    dir: &'static str,
+}
+
+impl EpochLog {
+    /// The log in `<loc>/<dir>/`.
+    pub fn new(loc: &Location, dir: &'static str) -> Self {
+        Self {
+            loc: loc.clone(),
+            dir,
+        }
+    }
+
+    /// The entry's name relative to the checkpoint.
+    pub fn name(&self, epoch: u64) -> String {
+        format!("{}/{epoch:020}.json", self.dir)
+    }
+
+    /// The entry's URL, for messages.
+    pub fn url(&self, epoch: u64) -> String {
+        self.loc.url_of(&self.name(epoch))
+    }
+
+    /// Creates the entry for `epoch`; fails if it exists.
+    pub async fn create<T: Serialize>(&self, epoch: u64, body: &T) -> Result<()> {
+        let bytes = self.encode(epoch, body)?;
+        self.loc.put_if_absent(&self.name(epoch), bytes).await
+    }
+
+    /// Writes the entry for `epoch`, replacing an existing one. Only for
+    /// operator tools (rollback), never on the epoch path.
+    pub async fn overwrite<T: Serialize>(&self, epoch: u64, body: &T) -> Result<()> {
+        let bytes = self.encode(epoch, body)?;
+        self.loc.put(&self.name(epoch), bytes).await
+    }
+
+    fn encode<T: Serialize>(&self, epoch: u64, body: &T) -> Result<Bytes> {
+        let corrupt = |reason: String| Error::Corrupt {
+            url: self.url(epoch),
+            epoch: Some(epoch),
+            reason,
+        };
+        let mut value = serde_json::to_value(body).map_err(|e| corrupt(e.to_string()))?;
+        let Value::Object(map) = &mut value else {
+            return Err(corrupt("a log entry must be a JSON object".into()));
+        };
+        map.insert("version".into(), FORMAT_VERSION.into());
+        map.insert("epoch".into(), epoch.into());
+        let text = serde_json::to_vec_pretty(&value).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Bytes::from(text))
+    }
+
+    /// Reads the entry for `epoch`, or `None` if there is none. A file that is
+    /// there but unreadable (truncated, wrong epoch, newer format) is an error
+    /// naming the file and epoch.
+    pub async fn read<T: DeserializeOwned>(&self, epoch: u64) -> Result<Option<T>> {
+        let Some(bytes) = self.loc.get(&self.name(epoch)).await? else {
+            return Ok(None);
+        };
+        self.decode(epoch, &bytes).map(Some)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, epoch: u64, bytes: &[u8]) -> Result<T> {
+        let url = self.url(epoch);
+        let corrupt = |reason: String| Error::Corrupt {
+            url: url.clone(),
+            epoch: Some(epoch),
+            reason,
+        };
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("not valid JSON ({e}); the file may be truncated")))?;
+        let version = value
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| corrupt("no format version".into()))?;
+        if version > u64::from(FORMAT_VERSION) {
+            return Err(Error::FutureVersion {
+                url,
+                found: version as u32,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let found = value.get("epoch").and_then(Value::as_u64);
+        if found != Some(epoch) {
+            return Err(corrupt(format!("the entry says epoch {found:?}")));
+        }
+        serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every epoch with an entry, ascending. Files whose names are not
+    /// `<digits>.json` are reported, not skipped: nothing else belongs here.
+    pub async fn epochs(&self) -> Result<Vec<u64>> {
+        let mut epochs = Vec::new();
+        for meta in self.loc.list(self.dir).await? {
+            let name = self.loc.relative(&meta.location);
+            let file = name.rsplit('/').next().unwrap_or(&name);
+            match file.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) {
+                Some(e) => epochs.push(e),
+                None => {
+                    return Err(Error::Corrupt {
+                        url: self.loc.url_of(&name),
+                        epoch: None,
+                        reason: format!("unexpected file in the {} log", self.dir),
+                    });
+                }
+            }
+        }
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// The newest epoch with an entry.
+    pub async fn latest(&self) -> Result<Option<u64>> {
+        Ok(self.epochs().await?.last().copied())
+    }
+
+    /// Deletes the entry for `epoch` (retention and rollback).
+    pub async fn delete(&self, epoch: u64) -> Result<()> {
+        self.loc.delete(&self.name(epoch)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+    use crate::location::Create;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Entry {
+        rows: u64,
+    }
+
+    fn log(name: &str) -> (Location, EpochLog) {
+        let loc = Location::open(&format!("memory://{name}"), &StoreOptions::default(), Create::Yes)
+            .unwrap();
+        let log = EpochLog::new(&loc, "commits");
+        (loc, log)
+    }
+
+    #[tokio::test]
+    async fn entries_round_trip_and_are_created_once() {
+        let (_, log) = log("log-roundtrip");
+        log.create(3, &Entry { rows: 5 }).await.unwrap();
+        log.create(10, &Entry { rows: 6 }).await.unwrap();
+        assert!(log.create(3, &Entry { rows: 9 }).await.is_err());
+        assert_eq!(log.read::<Entry>(3).await.unwrap(), Some(Entry { rows: 5 }));
+        assert_eq!(log.read::<Entry>(4).await.unwrap(), None);
+        assert_eq!(log.epochs().await.unwrap(), vec![3, 10]);
+        assert_eq!(log.latest().await.unwrap(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn damaged_entries_name_the_file_and_epoch() {
+        let (loc, log) = log("log-damaged");
+        loc.put("commits/00000000000000000001.json", Bytes::from_static(b"{\"vers"))
+            .await
+            .unwrap();
+        let err = log.read::<Entry>(1).await.unwrap_err().to_string();
+        assert!(err.contains("00000000000000000001.json") && err.contains("epoch 1"), "{err}");
+
+        loc.put(
+            "commits/00000000000000000002.json",
+            Bytes::from_static(b"{\"version\": 99, \"epoch\": 2, \"rows\": 1}"),
+        )
+        .await
+        .unwrap();
+        let err = log.read::<Entry>(2).await.unwrap_err().to_string();
+        assert!(err.contains("format version 99"), "{err}");
+
+        loc.put("commits/junk.txt", Bytes::from_static(b"x")).await.unwrap();
+        let err = log.epochs().await.unwrap_err().to_string();
+        assert!(err.contains("junk.txt"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The file sink's layout and its two-step publish.
+//!
+//! A reader that globs `<sink>/**/*.parquet` must see exactly the committed
+//! rows: never a partial file, never a file twice. So an epoch's output is
+//! published in two steps around the commit:
+//!
+//! ```text
+//!  epoch N:  stage    _weir/pending/<w>/part-N-<w>.parquet.pending   (not matched by *.parquet)
+//!            manifest _weir/manifests/<w>/N.json                     (names the files of N)
+//!            ... state, then commits/N ...
+//!            publish  pending -> part-N-<w>.parquet                  (one atomic object each)
+//! ```
+//!
+//! Staging is idempotent (a replay of N overwrites the same names with the
+//! same bytes). Publishing is idempotent and is repeated on restart for the
+//! last committed epoch, so a crash between the commit and the publish loses
+//! nothing. `<w>` is the writer: the checkpoint's query id and the pipeline,
+//! so two jobs (or a job restarted with a fresh checkpoint) never collide.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, FORMAT_VERSION, Location, Result};
+
+/// One output file of an epoch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Name relative to the sink folder.
+    pub name: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// `_weir/manifests/<writer>/<epoch>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// The epoch.
+    pub epoch: u64,
+    /// The files the epoch produced.
+    pub files: Vec<ManifestFile>,
+}
+
+/// Where one writer's files go in a sink folder.
+#[derive(Clone, Debug)]
+pub struct SinkLayout {
+    loc: Location,
+    writer: String,
+}
+
+impl SinkLayout {
+    /// The layout for `writer` in the sink folder `loc`.
+    pub fn new(loc: Location, writer: impl Into<String>) -> Self {
+        Self {
+            loc,
+            writer: writer.into(),
+        }
+    }
+
+    /// The sink folder.
+    pub fn location(&self) -> &Location {
+        &self.loc
+    }
+
+    /// The published name of the epoch's output file.
+    pub fn final_name(&self, epoch: u64) -> String {
+        format!("part-{epoch:010}-{}.parquet", self.writer)
+    }
+
+    fn pending_name(&self, epoch: u64) -> String {
+        format!("_weir/pending/{}/{}.pending", self.writer, self.final_name(epoch))
+    }
+
+    fn manifest_name(&self, epoch: u64) -> String {
+        format!("_weir/manifests/{}/{epoch:020}.json", self.writer)
+    }
+
+    /// Stages the epoch's output (`None` when it produced no rows) and
+    /// records it in the manifest. Safe to repeat.
+    pub async fn stage(&self, epoch: u64, output: Option<(Bytes, u64)>) -> Result<()> {
+        let Some((bytes, rows)) = output else {
+            // A previous attempt of this epoch cannot have had output (epochs
+            // are deterministic), but make sure no stale manifest says so.
+            return self.loc.delete(&self.manifest_name(epoch)).await;
+        };
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            epoch,
+            files: vec![ManifestFile {
+                name: self.final_name(epoch),
+                rows,
+                bytes: bytes.len() as u64,
+            }],
+        };
+        self.loc.put(&self.pending_name(epoch), bytes).await?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
+            url: self.loc.url_of(&self.manifest_name(epoch)),
+            epoch: Some(epoch),
+            reason: e.to_string(),
+        })?;
+        self.loc.put(&self.manifest_name(epoch), Bytes::from(json)).await
+    }
+
+    /// Reads the manifest of an epoch, if it had output.
+    pub async fn manifest(&self, epoch: u64) -> Result<Option<Manifest>> {
+        let name = self.manifest_name(epoch);
+        let Some(bytes) = self.loc.get(&name).await? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            url: self.loc.url_of(&name),
+            epoch: Some(epoch),
+            reason,
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if m.version > FORMAT_VERSION {
+            return Err(Error::FutureVersion {
+                url: self.loc.url_of(&name),
+                found: m.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if m.epoch != epoch {
+            return Err(corrupt(format!("the manifest says epoch {}", m.epoch)));
+        }
+        Ok(Some(m))
+    }
+
+    /// Publishes a committed epoch's staged files. Idempotent: files already
+    /// published are left alone; a file neither staged nor published means
+    /// committed output was lost, which is reported.
+    pub async fn publish(&self, epoch: u64) -> Result<u64> {
+        let Some(manifest) = self.manifest(epoch).await? else {
+            return Ok(0);
+        };
+        let mut rows = 0;
+        for file in &manifest.files {
+            let pending = format!("_weir/pending/{}/{}.pending", self.writer, file.name);
+            match self.loc.rename(&pending, &file.name).await {
+                Ok(()) => {}
+                Err(Error::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => {
+                    if self.loc.get(&file.name).await?.is_none() {
+                        return Err(Error::Corrupt {
+                            url: self.loc.url_of(&file.name),
+                            epoch: Some(epoch),
+                            reason: "a committed output file is neither staged nor published"
+                                .into(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            rows += file.rows;
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+    use crate::location::Create;
+
+    #[tokio::test]
+    async fn staged_files_are_invisible_to_a_parquet_glob_until_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No)
+            .unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q1-0");
+        sink.stage(7, Some((Bytes::from_static(b"PAR1"), 3))).await.unwrap();
+        let visible = |loc: Location| async move {
+            loc.list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|m| m.location.as_ref().ends_with(".parquet"))
+                .count()
+        };
+        assert_eq!(visible(loc.clone()).await, 0);
+        assert_eq!(sink.publish(7).await.unwrap(), 3);
+        assert_eq!(visible(loc.clone()).await, 1);
+        // Publishing again (a restart after the commit) changes nothing.
+        assert_eq!(sink.publish(7).await.unwrap(), 3);
+        assert_eq!(visible(loc.clone()).await, 1);
+        assert_eq!(sink.publish(8).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn lost_committed_output_is_reported() {
+        let loc = Location::open("memory://sink-lost", &StoreOptions::default(), Create::Yes).unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q-0");
+        sink.stage(1, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
+        loc.delete("_weir/pending/q-0/part-0000000001-q-0.parquet.pending").await.unwrap();
+        let err = sink.publish(1).await.unwrap_err().to_string();
+        assert!(err.contains("part-0000000001-q-0.parquet") && err.contains("epoch 1"), "{err}");
+    }
+}
