@@ -1,0 +1,125 @@
+//! Declared tables: sources and sinks from `CREATE TABLE ... WITH (...)`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use datafusion::arrow::datatypes::SchemaRef;
+
+use crate::{Error, Result};
+
+/// A table's `WITH (...)` options. Keys are lower-cased; values are kept as
+/// written. Values of secret keys never appear in `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Options(BTreeMap<String, String>);
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+/// Option names whose values are credentials. Matching is by substring of the
+/// lower-cased key, so `s3.secret_access_key`, `password`, `sasl.password`,
+/// `auth.token` are all covered.
+const SECRET_MARKERS: &[&str] = &[
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "credential",
+    "private_key",
+    "access_key",
+    "api_key",
+    "apikey",
+    "jaas",
+];
+
+/// Whether an option's value is a secret, by its name.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_MARKERS.iter().any(|m| key.contains(m))
+}
+
+/// What secrets print as.
+pub const REDACTED: &str = "***";
+
+impl Options {
+    /// Options from pairs (keys lower-cased).
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        )
+    }
+
+    /// An option's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// All options, secrets included (for connectors, never for printing).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// All options with secret values replaced by `***`.
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_key(k) { REDACTED.to_string() } else { v.clone() };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// The values of secret options (so printed text can be scrubbed of them).
+    pub fn secret_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, v)| is_secret_key(k) && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// A source's watermark: `WATERMARK FOR column AS column - INTERVAL delay`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Watermark {
+    /// The event-time column.
+    pub column: String,
+    /// How far the watermark trails the largest event time seen, in ms.
+    pub delay_ms: i64,
+}
+
+/// A declared table.
+#[derive(Clone, Debug)]
+pub struct TableDecl {
+    /// Name (normalized: unquoted names lower-cased).
+    pub name: String,
+    /// Declared columns; `None` for a sink whose schema comes from its query.
+    pub schema: Option<SchemaRef>,
+    /// The watermark, for event-time sources.
+    pub watermark: Option<Watermark>,
+    /// `WITH (...)` options.
+    pub options: Options,
+}
+
+impl TableDecl {
+    /// The value of a required option, or an error naming the table.
+    pub fn require(&self, key: &str) -> Result<&str> {
+        self.options.get(key).ok_or_else(|| {
+            Error::Plan(format!(
+                "table '{}' needs the option '{key}' in its WITH (...) clause",
+                self.name
+            ))
+        })
+    }
+
+    /// The connector name (`'connector' = '...'`).
+    pub fn connector(&self) -> Result<&str> {
+        self.require("connector")
+    }
+}

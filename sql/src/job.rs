@@ -1,0 +1,518 @@
+//! Parsing a job file: `CREATE TABLE` declarations and `INSERT INTO` queries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{DFSchema, ScalarValue, TableReference};
+use datafusion::logical_expr::planner::ContextProvider;
+use datafusion::logical_expr::{AggregateUDF, Expr, ScalarUDF, TableSource, WindowUDF};
+use datafusion::sql::planner::{PlannerContext, SqlToRel};
+use datafusion::sql::sqlparser::ast::{
+    self, BinaryOperator, CreateTableOptions, ObjectName, Query, SqlOption, Statement,
+    TableObject,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Token, Whitespace};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Options, REDACTED, TableDecl, Watermark, is_secret_key};
+use crate::preprocess::{self, TvfCall, normalize_ident};
+use crate::{Error, Result};
+
+/// An `INSERT INTO sink SELECT ...`: one streaming pipeline.
+#[derive(Clone, Debug)]
+pub struct Insert {
+    /// The sink table.
+    pub target: String,
+    /// The query, with window calls replaced by placeholders.
+    pub query: Box<Query>,
+    /// The statement as written, secrets redacted.
+    pub sql: String,
+}
+
+/// A parsed job file.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    /// Declared tables, by name.
+    pub tables: BTreeMap<String, TableDecl>,
+    /// The streaming queries, in file order.
+    pub inserts: Vec<Insert>,
+    /// Every window call, by placeholder name.
+    pub tvfs: BTreeMap<String, TvfCall>,
+    /// Each statement, secrets redacted, in file order.
+    statements: Vec<String>,
+}
+
+impl Job {
+    /// Parses a job's text. Errors name the statement (by number and first
+    /// words) and the problem.
+    pub fn parse(text: &str) -> Result<Job> {
+        let mut job = Job::default();
+        let mut next_tvf = 0;
+        let statements = preprocess::split_statements(text)?;
+        if statements.is_empty() {
+            return Err(Error::Plan("the job has no statements".into()));
+        }
+        for (i, stmt) in statements.iter().enumerate() {
+            job.add_statement(stmt, &mut next_tvf)
+                .map_err(|e| e.in_statement(i + 1, stmt))?;
+        }
+        if job.inserts.is_empty() {
+            return Err(Error::Plan(
+                "the job has no INSERT INTO statement: a job runs `INSERT INTO sink SELECT ...` queries"
+                    .into(),
+            ));
+        }
+        Ok(job)
+    }
+
+    fn add_statement(&mut self, text: &str, next_tvf: &mut usize) -> Result<()> {
+        let pre = preprocess::preprocess(text, next_tvf)?;
+        let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten)
+            .map_err(|e| Error::Syntax(e.to_string()))?;
+        if parsed.len() != 1 {
+            return Err(Error::Syntax("expected one statement".into()));
+        }
+        let redacted = redact_sql(&pre.original)?;
+        match parsed.remove(0) {
+            Statement::CreateTable(ct) => {
+                if !pre.tvfs.is_empty() {
+                    return Err(Error::Plan(
+                        "window functions cannot appear in CREATE TABLE".into(),
+                    ));
+                }
+                let decl = table_decl(ct, pre.watermark)?;
+                if self.tables.contains_key(&decl.name) {
+                    return Err(Error::Plan(format!("table '{}' is declared twice", decl.name)));
+                }
+                self.tables.insert(decl.name.clone(), decl);
+            }
+            Statement::Insert(ins) => {
+                let TableObject::TableName(name) = &ins.table else {
+                    return Err(Error::Plan("INSERT INTO needs a table name".into()));
+                };
+                let target = object_name(name)?;
+                if !ins.columns.is_empty() {
+                    return Err(Error::Plan(format!(
+                        "INSERT INTO {target} (columns) is not supported: the sink takes the \
+                         query's columns, so select them in the order you want"
+                    )));
+                }
+                let Some(query) = ins.source else {
+                    return Err(Error::Plan(format!("INSERT INTO {target} needs a SELECT")));
+                };
+                self.inserts.push(Insert {
+                    target,
+                    query,
+                    sql: redacted.clone(),
+                });
+                for call in pre.tvfs {
+                    self.tvfs.insert(call.placeholder.clone(), call);
+                }
+            }
+            Statement::Query(_) => {
+                return Err(Error::Plan(
+                    "a job file runs INSERT INTO statements; to see a query's rows, write them \
+                     to a sink with INSERT INTO <sink> SELECT ..."
+                        .into(),
+                ));
+            }
+            other => {
+                let words: String = other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                return Err(Error::Plan(format!(
+                    "{words} is not supported in a job; use CREATE TABLE and INSERT INTO"
+                )));
+            }
+        }
+        self.statements.push(redacted);
+        Ok(())
+    }
+
+    /// The job's statements with secrets redacted, as kept in checkpoint
+    /// metadata.
+    pub fn redacted_sql(&self) -> String {
+        self.statements.iter().map(|s| format!("{s};\n")).collect()
+    }
+
+    /// A hash of the job's normalized, redacted statements: whitespace,
+    /// comments and keyword case do not change it; any change to a
+    /// declaration or query does. Rotating a secret does not.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        for s in &self.statements {
+            for t in preprocess::tokens(s)? {
+                match &t {
+                    Token::Whitespace(_) => continue,
+                    Token::Word(w) if w.quote_style.is_none() => {
+                        h.update(w.value.to_ascii_uppercase().as_bytes())
+                    }
+                    other => h.update(other.to_string().as_bytes()),
+                }
+                h.update(b" ");
+            }
+            h.update(b";");
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Every secret value in the job's options, so that printed text can be
+    /// scrubbed of them.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.tables
+            .values()
+            .flat_map(|t| t.options.secret_values())
+            .collect()
+    }
+}
+
+fn object_name(name: &ObjectName) -> Result<String> {
+    let last = name
+        .0
+        .last()
+        .and_then(|p| p.as_ident())
+        .ok_or_else(|| Error::Plan(format!("bad table name '{name}'")))?;
+    Ok(normalize_ident(&last.value, last.quote_style.is_some()))
+}
+
+fn option_value(expr: &ast::Expr) -> Option<String> {
+    match expr {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => Some(s.clone()),
+            ast::Value::Number(n, _) => Some(n.clone()),
+            ast::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        ast::Expr::Identifier(i) => Some(i.value.clone()),
+        _ => None,
+    }
+}
+
+fn table_decl(
+    ct: ast::CreateTable,
+    watermark: Option<preprocess::WatermarkClause>,
+) -> Result<TableDecl> {
+    let name = object_name(&ct.name)?;
+    if ct.query.is_some() {
+        return Err(Error::Plan(format!(
+            "CREATE TABLE {name} AS SELECT is not supported; declare the table and INSERT INTO it"
+        )));
+    }
+    if !ct.constraints.is_empty() {
+        return Err(Error::Plan(format!(
+            "table '{name}': constraints (PRIMARY KEY, ...) are not supported"
+        )));
+    }
+    let options = match &ct.table_options {
+        CreateTableOptions::With(opts) | CreateTableOptions::Options(opts) => {
+            let mut pairs = Vec::new();
+            for o in opts {
+                let SqlOption::KeyValue { key, value } = o else {
+                    return Err(Error::Plan(format!(
+                        "table '{name}': options must be 'key' = 'value' pairs"
+                    )));
+                };
+                let v = option_value(value).ok_or_else(|| {
+                    Error::Plan(format!(
+                        "table '{name}': option '{}' needs a literal value",
+                        key.value
+                    ))
+                })?;
+                pairs.push((key.value.clone(), v));
+            }
+            Options::new(pairs)
+        }
+        CreateTableOptions::None => Options::default(),
+        _ => {
+            return Err(Error::Plan(format!(
+                "table '{name}': give options as WITH ('key' = 'value', ...)"
+            )));
+        }
+    };
+    let schema: Option<SchemaRef> = if ct.columns.is_empty() {
+        None
+    } else {
+        let provider = MinimalProvider::default();
+        let schema = SqlToRel::new(&provider)
+            .build_schema(ct.columns.clone())
+            .map_err(|e| Error::Plan(format!("table '{name}': {}", crate::strip_df(&e))))?;
+        Some(Arc::new(schema))
+    };
+    let watermark = match watermark {
+        None => None,
+        Some(w) => {
+            let Some(schema) = &schema else {
+                return Err(Error::Plan(format!(
+                    "table '{name}': a WATERMARK needs declared columns"
+                )));
+            };
+            let field = schema.field_with_name(&w.column).map_err(|_| {
+                Error::Plan(format!(
+                    "table '{name}': WATERMARK FOR {}: no such column",
+                    w.column
+                ))
+            })?;
+            if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+                return Err(Error::Plan(format!(
+                    "table '{name}': the watermark column '{}' must be a TIMESTAMP, not {}",
+                    w.column,
+                    field.data_type()
+                )));
+            }
+            Some(Watermark {
+                delay_ms: watermark_delay(&name, &w)?,
+                column: w.column,
+            })
+        }
+    };
+    Ok(TableDecl {
+        name,
+        schema,
+        watermark,
+        options,
+    })
+}
+
+/// `col` or `col - INTERVAL ...` → the delay in ms.
+fn watermark_delay(table: &str, w: &preprocess::WatermarkClause) -> Result<i64> {
+    let bad = || {
+        Error::Plan(format!(
+            "table '{table}': the watermark must be `{c}` or `{c} - INTERVAL '<n>' <unit>`, not `{}`",
+            w.expr,
+            c = w.column
+        ))
+    };
+    let expr = Parser::new(&GenericDialect {})
+        .try_with_sql(&w.expr)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::Syntax(format!("WATERMARK FOR {}: {e}", w.column)))?;
+    let is_col = |e: &ast::Expr| {
+        matches!(e, ast::Expr::Identifier(i)
+            if normalize_ident(&i.value, i.quote_style.is_some()) == w.column)
+    };
+    match &expr {
+        e if is_col(e) => Ok(0),
+        ast::Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_col(left) => {
+            let delay = interval_ms(&right.to_string())
+                .map_err(|e| Error::Plan(format!("table '{table}': watermark delay: {e}")))?;
+            if delay < 0 {
+                return Err(bad());
+            }
+            Ok(delay)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Evaluates an interval literal (`INTERVAL '10' SECOND`, `INTERVAL '1 minute'`)
+/// to milliseconds, with DataFusion's own interval parsing. Month-based and
+/// sub-millisecond intervals are refused: windows and watermarks are in ms.
+pub fn interval_ms(sql: &str) -> Result<i64> {
+    let ast = Parser::new(&GenericDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::Syntax(format!("'{sql}': {e}")))?;
+    let provider = MinimalProvider::default();
+    let expr = SqlToRel::new(&provider)
+        .sql_to_expr(ast, &DFSchema::empty(), &mut PlannerContext::new())
+        .map_err(|e| Error::Plan(format!("'{sql}': {}", crate::strip_df(&e))))?;
+    let not_interval = || Error::Plan(format!("'{sql}' is not an interval such as INTERVAL '10' SECOND"));
+    let Expr::Literal(value, _) = expr else {
+        return Err(not_interval());
+    };
+    let ms = match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) => {
+            if v.months != 0 {
+                return Err(Error::Plan(format!(
+                    "'{sql}': intervals of months or years are not supported here; use days"
+                )));
+            }
+            if v.nanoseconds % 1_000_000 != 0 {
+                return Err(Error::Plan(format!(
+                    "'{sql}': intervals finer than a millisecond are not supported"
+                )));
+            }
+            i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds)
+        }
+        ScalarValue::IntervalYearMonth(Some(_)) => {
+            return Err(Error::Plan(format!(
+                "'{sql}': intervals of months or years are not supported here; use days"
+            )));
+        }
+        _ => return Err(not_interval()),
+    };
+    Ok(ms)
+}
+
+/// Replaces the values of secret options (`'s3.secret_access_key' = '...'`)
+/// with `'***'`, leaving the rest of the text as written.
+pub fn redact_sql(text: &str) -> Result<String> {
+    let tokens = preprocess::tokens(text)?;
+    let mut out: Vec<Token> = tokens.clone();
+    let significant: Vec<usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
+        .map(|(i, _)| i)
+        .collect();
+    for w in significant.windows(3) {
+        let key = match &tokens[w[0]] {
+            Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
+            Token::Word(word) => word.value.clone(),
+            _ => continue,
+        };
+        if tokens[w[1]] == Token::Eq
+            && is_secret_key(&key)
+            && matches!(tokens[w[2]], Token::SingleQuotedString(_) | Token::DoubleQuotedString(_))
+        {
+            out[w[2]] = Token::SingleQuotedString(REDACTED.into());
+        }
+    }
+    Ok(out
+        .iter()
+        .map(|t| match t {
+            // Keep comments: they are the user's, and rarely hold secrets.
+            Token::Whitespace(Whitespace::SingleLineComment { .. }) => t.to_string(),
+            _ => t.to_string(),
+        })
+        .collect())
+}
+
+/// A `ContextProvider` with no tables or functions: enough to convert column
+/// types and literal expressions with DataFusion's own rules.
+#[derive(Default)]
+struct MinimalProvider {
+    options: ConfigOptions,
+}
+
+impl ContextProvider for MinimalProvider {
+    fn get_table_source(&self, name: TableReference) -> datafusion::common::Result<Arc<dyn TableSource>> {
+        datafusion::common::plan_err!("no table '{name}' here")
+    }
+    fn get_function_meta(&self, _: &str) -> Option<Arc<ScalarUDF>> {
+        None
+    }
+    fn get_higher_order_meta(
+        &self,
+        _: &str,
+    ) -> Option<Arc<datafusion::logical_expr::HigherOrderUDF>> {
+        None
+    }
+    fn get_aggregate_meta(&self, _: &str) -> Option<Arc<AggregateUDF>> {
+        None
+    }
+    fn get_window_meta(&self, _: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+    fn get_variable_type(&self, _: &[String]) -> Option<DataType> {
+        None
+    }
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+    fn udf_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn higher_order_function_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn udaf_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn udwf_names(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    const JOB: &str = "
+        -- bids arrive as Parquet files
+        CREATE TABLE bids (
+          auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+          WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND
+        ) WITH ('connector' = 'files', 'path' = 'data/bids/', 'format' = 'parquet',
+                's3.secret_access_key' = 'hunter2');
+        CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+        INSERT INTO out
+        SELECT window_start, window_end, auction, COUNT(*) AS n
+        FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+        GROUP BY window_start, window_end, auction;";
+
+    #[test]
+    fn parses_sources_sinks_and_queries() {
+        let job = Job::parse(JOB).unwrap();
+        let bids = &job.tables["bids"];
+        let schema = bids.schema.as_ref().unwrap();
+        assert_eq!(
+            schema.field_with_name("date_time").unwrap().data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None)
+        );
+        assert_eq!(
+            bids.watermark,
+            Some(Watermark {
+                column: "date_time".into(),
+                delay_ms: 5000
+            })
+        );
+        assert!(job.tables["out"].schema.is_none());
+        assert_eq!(job.inserts.len(), 1);
+        assert_eq!(job.inserts[0].target, "out");
+        assert_eq!(job.tvfs["__weir_tvf_0"].table, "bids");
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_do_not_change_the_fingerprint() {
+        let job = Job::parse(JOB).unwrap();
+        let sql = job.redacted_sql();
+        assert!(!sql.contains("hunter2") && sql.contains("'***'"), "{sql}");
+        assert!(!format!("{job:?}").contains("hunter2"));
+        assert_eq!(job.secret_values(), vec!["hunter2".to_string()]);
+        let rotated = Job::parse(&JOB.replace("hunter2", "swordfish")).unwrap();
+        assert_eq!(job.fingerprint().unwrap(), rotated.fingerprint().unwrap());
+        let reformatted = Job::parse(&JOB.replace("\n        ", "\n").replace("SELECT", "select")).unwrap();
+        assert_eq!(job.fingerprint().unwrap(), reformatted.fingerprint().unwrap());
+        let changed = Job::parse(&JOB.replace("'10' SECOND", "'20' SECOND")).unwrap();
+        assert_ne!(job.fingerprint().unwrap(), changed.fingerprint().unwrap());
+    }
+
+    #[test]
+    fn intervals_in_milliseconds() {
+        assert_eq!(interval_ms("INTERVAL '10' SECOND").unwrap(), 10_000);
+        assert_eq!(interval_ms("INTERVAL '1' MINUTE").unwrap(), 60_000);
+        assert_eq!(interval_ms("INTERVAL '2 hours'").unwrap(), 7_200_000);
+        assert_eq!(interval_ms("INTERVAL '1' DAY").unwrap(), 86_400_000);
+        assert!(interval_ms("INTERVAL '1' MONTH").unwrap_err().to_string().contains("months"));
+        assert!(interval_ms("5").is_err());
+    }
+
+    #[test]
+    fn malformed_statements_are_clear_errors() {
+        let err = Job::parse("CREATE TABLE t (a BIGINT) WITH ('connector'='files'); INSERT INTO x SELEC a FROM t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("statement 2") && err.contains("INSERT INTO x SELEC"), "{err}");
+        let err = Job::parse("CREATE TABLE t (a BIGINT, WATERMARK FOR a AS a) WITH ('connector'='files'); INSERT INTO x SELECT a FROM t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be a TIMESTAMP"), "{err}");
+        let err = Job::parse("CREATE TABLE t (ts TIMESTAMP(3), WATERMARK FOR ts AS ts + INTERVAL '1' SECOND) WITH ('connector'='files'); INSERT INTO x SELECT ts FROM t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the watermark must be"), "{err}");
+        let err = Job::parse("CREATE TABLE t (a INT);").unwrap_err().to_string();
+        assert!(err.contains("no INSERT INTO"), "{err}");
+    }
+}

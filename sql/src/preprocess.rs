@@ -1,0 +1,552 @@
+//! A token-level pass over a job's text, before `sqlparser` sees it.
+//!
+//! Streaming SQL has two forms `sqlparser` does not parse, both from Flink:
+//!
+//! * `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` inside `CREATE TABLE (...)`;
+//! * window table functions, `TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND))`,
+//!   whose `TABLE t` and `DESCRIPTOR(c)` arguments are not expressions.
+//!
+//! This pass cuts the watermark clause out (returning it) and replaces each
+//! window call with a placeholder table name `__weir_tvf_<n>` (returning the
+//! call), so the rest of the statement parses as ordinary SQL. Working on
+//! tokens, not characters, keeps it correct around quotes and comments.
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+use crate::{Error, Result};
+
+/// The prefix of placeholder table names standing for window calls.
+pub const TVF_PREFIX: &str = "__weir_tvf_";
+
+/// A window table function kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TvfKind {
+    /// `TUMBLE(TABLE t, DESCRIPTOR(ts), size [, offset])`
+    Tumble,
+    /// `HOP(TABLE t, DESCRIPTOR(ts), slide, size [, offset])`
+    Hop,
+    /// `CUMULATE(TABLE t, DESCRIPTOR(ts), step, size [, offset])`
+    Cumulate,
+    /// `SESSION(TABLE t [PARTITION BY k], DESCRIPTOR(ts), gap)`
+    Session,
+}
+
+impl TvfKind {
+    fn from_name(name: &str) -> Option<TvfKind> {
+        match name.to_ascii_uppercase().as_str() {
+            "TUMBLE" => Some(TvfKind::Tumble),
+            "HOP" => Some(TvfKind::Hop),
+            "CUMULATE" => Some(TvfKind::Cumulate),
+            "SESSION" => Some(TvfKind::Session),
+            _ => None,
+        }
+    }
+
+    /// The SQL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TvfKind::Tumble => "TUMBLE",
+            TvfKind::Hop => "HOP",
+            TvfKind::Cumulate => "CUMULATE",
+            TvfKind::Session => "SESSION",
+        }
+    }
+}
+
+/// A window table function call, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TvfCall {
+    /// Which function.
+    pub kind: TvfKind,
+    /// The placeholder name that replaced the call in the statement.
+    pub placeholder: String,
+    /// The table in `TABLE t`.
+    pub table: String,
+    /// `PARTITION BY` keys (SESSION).
+    pub partition_by: Vec<String>,
+    /// The column in `DESCRIPTOR(c)`.
+    pub time_column: String,
+    /// The remaining arguments (intervals), as SQL text.
+    pub args: Vec<String>,
+}
+
+/// A `WATERMARK FOR col AS expr` clause, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatermarkClause {
+    /// The event-time column.
+    pub column: String,
+    /// The watermark expression, as SQL text.
+    pub expr: String,
+}
+
+/// One statement of a job after the pass.
+#[derive(Clone, Debug)]
+pub struct Preprocessed {
+    /// The statement as the user wrote it (for messages and metadata).
+    pub original: String,
+    /// The rewritten statement, for `sqlparser`.
+    pub rewritten: String,
+    /// The watermark clause cut out of a `CREATE TABLE`.
+    pub watermark: Option<WatermarkClause>,
+    /// Window calls replaced by placeholders.
+    pub tvfs: Vec<TvfCall>,
+}
+
+fn tokenize(sql: &str) -> Result<Vec<Token>> {
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::Syntax(e.to_string()))
+}
+
+fn render(tokens: &[Token]) -> String {
+    tokens.iter().map(ToString::to_string).collect()
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+fn is_word(t: &Token, upper: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
+}
+
+/// Splits a job's text into statements at top-level semicolons, dropping
+/// empty ones (only whitespace and comments).
+pub fn split_statements(text: &str) -> Result<Vec<String>> {
+    let tokens = tokenize(text)?;
+    let mut out = Vec::new();
+    let mut current: Vec<Token> = Vec::new();
+    for t in tokens {
+        if t == Token::SemiColon {
+            push_statement(&mut out, &mut current);
+        } else {
+            current.push(t);
+        }
+    }
+    push_statement(&mut out, &mut current);
+    Ok(out)
+}
+
+fn push_statement(out: &mut Vec<String>, current: &mut Vec<Token>) {
+    let tokens = std::mem::take(current);
+    if tokens.iter().any(|t| !is_trivia(t)) {
+        out.push(render(&tokens).trim().to_string());
+    }
+}
+
+/// Rewrites one statement; `next_tvf` numbers placeholders across the job.
+pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed> {
+    let mut tokens = tokenize(statement)?;
+    let watermark = cut_watermark(&mut tokens)?;
+    let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
+    Ok(Preprocessed {
+        original: statement.to_string(),
+        rewritten: render(&tokens),
+        watermark,
+        tvfs,
+    })
+}
+
+/// Index of the next non-trivia token at or after `i`.
+fn next_significant(tokens: &[Token], mut i: usize) -> Option<usize> {
+    while i < tokens.len() {
+        if !is_trivia(&tokens[i]) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Index of the parenthesis closing the one at `open`.
+fn matching_paren(tokens: &[Token], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn cut_watermark(tokens: &mut Vec<Token>) -> Result<Option<WatermarkClause>> {
+    let first = next_significant(tokens, 0);
+    let second = first.and_then(|i| next_significant(tokens, i + 1));
+    let is_create_table = matches!((first, second), (Some(a), Some(b))
+        if is_word(&tokens[a], "CREATE") && is_word(&tokens[b], "TABLE"));
+    if !is_create_table {
+        return Ok(None);
+    }
+    let mut depth = 0usize;
+    let mut last_comma: Option<usize> = None;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 1 => last_comma = Some(i),
+            t if depth == 1 && is_word(t, "WATERMARK") => {
+                let for_kw = next_significant(tokens, i + 1);
+                if !matches!(for_kw, Some(f) if is_word(&tokens[f], "FOR")) {
+                    i += 1;
+                    continue;
+                }
+                let col_i = next_significant(tokens, for_kw.unwrap_or(i) + 1)
+                    .ok_or_else(|| Error::Syntax("WATERMARK FOR needs a column".into()))?;
+                let Token::Word(col) = &tokens[col_i] else {
+                    return Err(Error::Syntax(format!(
+                        "WATERMARK FOR needs a column name, found '{}'",
+                        tokens[col_i]
+                    )));
+                };
+                let column = normalize_ident(&col.value, col.quote_style.is_some());
+                let as_i = next_significant(tokens, col_i + 1)
+                    .filter(|&a| is_word(&tokens[a], "AS"))
+                    .ok_or_else(|| {
+                        Error::Syntax(format!("expected AS after WATERMARK FOR {column}"))
+                    })?;
+                // The expression runs to the next comma at this depth or the
+                // parenthesis closing the column list.
+                let mut end = as_i + 1;
+                let mut d = 0usize;
+                while end < tokens.len() {
+                    match &tokens[end] {
+                        Token::LParen => d += 1,
+                        Token::RParen if d == 0 => break,
+                        Token::RParen => d -= 1,
+                        Token::Comma if d == 0 => break,
+                        _ => {}
+                    }
+                    end += 1;
+                }
+                let expr = render(&tokens[as_i + 1..end]).trim().to_string();
+                if expr.is_empty() {
+                    return Err(Error::Syntax(format!(
+                        "WATERMARK FOR {column} AS needs an expression, e.g. {column} - INTERVAL '5' SECOND"
+                    )));
+                }
+                // Cut from the comma before the clause (or the clause itself
+                // when it comes first) to the end of the expression.
+                let start = last_comma.unwrap_or(i);
+                let cut_end = if last_comma.is_none() && tokens.get(end) == Some(&Token::Comma) {
+                    end + 1
+                } else {
+                    end
+                };
+                tokens.drain(start..cut_end);
+                return Ok(Some(WatermarkClause { column, expr }));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+/// SQL identifier normalization as DataFusion does it: unquoted names are
+/// lower-cased.
+pub fn normalize_ident(value: &str, quoted: bool) -> String {
+    if quoted {
+        value.to_string()
+    } else {
+        value.to_ascii_lowercase()
+    }
+}
+
+fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<TvfCall>> {
+    let mut calls = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        // `TABLE ( KIND ( ... ) )` or a bare `KIND ( TABLE ... )`.
+        let (start, kind_i, end) = if is_word(&tokens[i], "TABLE") {
+            let Some(open) = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen)
+            else {
+                i += 1;
+                continue;
+            };
+            let Some(k) = next_significant(tokens, open + 1) else {
+                i += 1;
+                continue;
+            };
+            let is_kind = matches!(&tokens[k], Token::Word(w) if TvfKind::from_name(&w.value).is_some());
+            if !is_kind {
+                i += 1;
+                continue;
+            }
+            let close = matching_paren(tokens, open).ok_or_else(|| {
+                Error::Syntax("unbalanced parentheses in a window table function".into())
+            })?;
+            (i, k, close)
+        } else if matches!(&tokens[i], Token::Word(w) if TvfKind::from_name(&w.value).is_some()) {
+            let open = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen);
+            let table_kw = open.and_then(|o| next_significant(tokens, o + 1));
+            match (open, table_kw) {
+                (Some(o), Some(t)) if is_word(&tokens[t], "TABLE") => {
+                    let close = matching_paren(tokens, o).ok_or_else(|| {
+                        Error::Syntax("unbalanced parentheses in a window table function".into())
+                    })?;
+                    (i, i, close)
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+        } else {
+            i += 1;
+            continue;
+        };
+        let Token::Word(kind_word) = &tokens[kind_i] else {
+            unreachable!("checked above")
+        };
+        let kind = TvfKind::from_name(&kind_word.value).expect("checked above");
+        let open = next_significant(tokens, kind_i + 1)
+            .filter(|&o| tokens[o] == Token::LParen)
+            .ok_or_else(|| Error::Syntax(format!("expected '(' after {}", kind.name())))?;
+        let close = matching_paren(tokens, open).ok_or_else(|| {
+            Error::Syntax(format!("unbalanced parentheses in {}(...)", kind.name()))
+        })?;
+        let placeholder = format!("{TVF_PREFIX}{}", *next_tvf);
+        *next_tvf += 1;
+        let call = parse_tvf_args(kind, &tokens[open + 1..close], placeholder.clone())?;
+        let replacement = Token::make_word(&placeholder, None);
+        tokens.splice(start..=end, [replacement]);
+        calls.push(call);
+        i = start + 1;
+    }
+    Ok(calls)
+}
+
+/// Splits at commas outside parentheses.
+fn split_args(tokens: &[Token]) -> Vec<Vec<Token>> {
+    let mut args = vec![Vec::new()];
+    let mut depth = 0usize;
+    for t in tokens {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => {
+                args.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        args.last_mut().expect("never empty").push(t.clone());
+    }
+    args
+}
+
+fn significant(tokens: &[Token]) -> Vec<&Token> {
+    tokens.iter().filter(|t| !is_trivia(t)).collect()
+}
+
+fn ident_of(t: &Token) -> Option<String> {
+    match t {
+        Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
+        _ => None,
+    }
+}
+
+fn parse_tvf_args(kind: TvfKind, inner: &[Token], placeholder: String) -> Result<TvfCall> {
+    let name = kind.name();
+    let usage = match kind {
+        TvfKind::Tumble => "TUMBLE(TABLE t, DESCRIPTOR(ts), size [, offset])",
+        TvfKind::Hop => "HOP(TABLE t, DESCRIPTOR(ts), slide, size [, offset])",
+        TvfKind::Cumulate => "CUMULATE(TABLE t, DESCRIPTOR(ts), step, size [, offset])",
+        TvfKind::Session => "SESSION(TABLE t [PARTITION BY keys], DESCRIPTOR(ts), gap)",
+    };
+    let bad = |what: String| Error::Syntax(format!("{name}: {what}; expected {usage}"));
+    let mut args = split_args(inner).into_iter();
+
+    // TABLE t [PARTITION BY k1 [, k2 ...] | PARTITION BY (k1, k2)]
+    let first = args.next().unwrap_or_default();
+    let first_sig = significant(&first);
+    if first_sig.len() < 2 || !is_word(first_sig[0], "TABLE") {
+        return Err(bad("the first argument must be TABLE <name>".into()));
+    }
+    let mut table = ident_of(first_sig[1]).ok_or_else(|| bad("TABLE needs a table name".into()))?;
+    let mut rest = &first_sig[2..];
+    // Qualified names (schema.table) keep only the last part, as sources
+    // live in one namespace.
+    while rest.len() >= 2 && *rest[0] == Token::Period {
+        table = ident_of(rest[1]).ok_or_else(|| bad("bad table name".into()))?;
+        rest = &rest[2..];
+    }
+    let mut partition_by = Vec::new();
+    let mut pending: Vec<Vec<Token>> = args.collect();
+    if !rest.is_empty() {
+        if rest.len() < 3 || !is_word(rest[0], "PARTITION") || !is_word(rest[1], "BY") {
+            return Err(bad(format!(
+                "unexpected '{}' after TABLE {table}",
+                rest.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        let keys: Vec<&Token> = rest[2..]
+            .iter()
+            .copied()
+            .filter(|t| !matches!(t, Token::LParen | Token::RParen | Token::Comma))
+            .collect();
+        for k in keys {
+            partition_by.push(ident_of(k).ok_or_else(|| bad("bad PARTITION BY key".into()))?);
+        }
+        // Unparenthesized keys continue in the following arguments until DESCRIPTOR.
+        while let Some(next) = pending.first() {
+            let sig = significant(next);
+            if sig.first().is_some_and(|t| is_word(t, "DESCRIPTOR")) {
+                break;
+            }
+            if sig.len() != 1 {
+                break;
+            }
+            partition_by.push(ident_of(sig[0]).ok_or_else(|| bad("bad PARTITION BY key".into()))?);
+            pending.remove(0);
+        }
+    }
+    let mut pending = pending.into_iter();
+
+    // DESCRIPTOR(col)
+    let desc = pending
+        .next()
+        .ok_or_else(|| bad("missing DESCRIPTOR(time column)".into()))?;
+    let d = significant(&desc);
+    let time_column = match d.as_slice() {
+        [kw, Token::LParen, col, Token::RParen] if is_word(kw, "DESCRIPTOR") => {
+            ident_of(col).ok_or_else(|| bad("DESCRIPTOR needs a column name".into()))?
+        }
+        _ => return Err(bad("the second argument must be DESCRIPTOR(<time column>)".into())),
+    };
+
+    let args: Vec<String> = pending.map(|a| render(&a).trim().to_string()).collect();
+    if args.iter().any(|a| a.contains("=>")) {
+        return Err(bad("named arguments are not supported; pass them by position".into()));
+    }
+    let (min, max) = match kind {
+        TvfKind::Tumble => (1, 2),
+        TvfKind::Hop | TvfKind::Cumulate => (2, 3),
+        TvfKind::Session => (1, 1),
+    };
+    if args.len() < min || args.len() > max || args.iter().any(String::is_empty) {
+        return Err(bad(format!("got {} interval argument(s)", args.len())));
+    }
+    if kind != TvfKind::Session && !partition_by.is_empty() {
+        return Err(bad("only SESSION takes PARTITION BY".into()));
+    }
+    Ok(TvfCall {
+        kind,
+        placeholder,
+        table,
+        partition_by,
+        time_column,
+        args,
+    })
+}
+
+/// Whether a token is a comment (for callers that normalize text).
+pub fn is_comment(t: &Token) -> bool {
+    matches!(
+        t,
+        Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_))
+    )
+}
+
+/// The tokens of a text (for callers that normalize or redact it).
+pub fn tokens(text: &str) -> Result<Vec<Token>> {
+    tokenize(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let s = split_statements(
+            "CREATE TABLE a (x INT); -- a comment; still a comment\n\
+             SELECT ';' FROM a ;  ;\n/* ; */",
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[1].contains("SELECT ';' FROM a"), "{s:?}");
+    }
+
+    #[test]
+    fn cuts_the_watermark_clause() {
+        let mut n = 0;
+        let p = preprocess(
+            "CREATE TABLE bids (auction BIGINT, date_time TIMESTAMP(3),\n  \
+             WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND\n) WITH ('connector' = 'files')",
+            &mut n,
+        )
+        .unwrap();
+        let w = p.watermark.unwrap();
+        assert_eq!(w.column, "date_time");
+        assert_eq!(w.expr, "date_time - INTERVAL '5' SECOND");
+        assert!(!p.rewritten.contains("WATERMARK"), "{}", p.rewritten);
+        assert!(p.rewritten.contains("TIMESTAMP(3)) WITH"), "{}", p.rewritten);
+
+        let p = preprocess(
+            "CREATE TABLE t (WATERMARK FOR ts AS ts, ts TIMESTAMP(3), v INT) WITH ('a'='b')",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(p.watermark.unwrap().expr, "ts");
+        assert!(p.rewritten.starts_with("CREATE TABLE t ( ts TIMESTAMP(3)"), "{}", p.rewritten);
+    }
+
+    #[test]
+    fn replaces_window_calls_with_placeholders() {
+        let mut n = 0;
+        let p = preprocess(
+            "SELECT window_start, COUNT(*) FROM TABLE(\n  TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) AS w \
+             GROUP BY window_start, window_end",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(p.tvfs.len(), 1);
+        let c = &p.tvfs[0];
+        assert_eq!(c.kind, TvfKind::Tumble);
+        assert_eq!((c.table.as_str(), c.time_column.as_str()), ("bids", "date_time"));
+        assert_eq!(c.args, vec!["INTERVAL '10' SECOND".to_string()]);
+        assert!(p.rewritten.contains("FROM __weir_tvf_0 AS w"), "{}", p.rewritten);
+
+        let p = preprocess(
+            "SELECT * FROM TABLE(SESSION(TABLE Bids PARTITION BY (a, b), DESCRIPTOR(ts), INTERVAL '5' MINUTE)) \
+             UNION ALL SELECT * FROM hop(TABLE x, DESCRIPTOR(ts), INTERVAL '1' SECOND, INTERVAL '2' SECOND)",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(p.tvfs[0].partition_by, vec!["a", "b"]);
+        assert_eq!(p.tvfs[0].table, "bids");
+        assert_eq!(p.tvfs[1].kind, TvfKind::Hop);
+        assert!(p.rewritten.contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2"));
+    }
+
+    #[test]
+    fn malformed_window_calls_say_what_is_expected() {
+        let mut n = 0;
+        let err = preprocess("SELECT * FROM TABLE(TUMBLE(TABLE b, ts, INTERVAL '1' SECOND))", &mut n)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DESCRIPTOR") && err.contains("TUMBLE(TABLE t"), "{err}");
+        let err = preprocess("SELECT * FROM TABLE(TUMBLE(TABLE b, DESCRIPTOR(ts)))", &mut n)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0 interval argument"), "{err}");
+    }
+
+    #[test]
+    fn quoted_words_are_left_alone() {
+        let mut n = 0;
+        let p = preprocess("SELECT 'TABLE(TUMBLE(' AS x, \"watermark\" FROM t", &mut n).unwrap();
+        assert!(p.tvfs.is_empty());
+        assert_eq!(p.rewritten, "SELECT 'TABLE(TUMBLE(' AS x, \"watermark\" FROM t");
+    }
+}
