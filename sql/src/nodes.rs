@@ -81,6 +81,13 @@ pub struct WindowAssignNode {
     pub time_column: String,
     /// The name the output is known by (the call's placeholder).
     pub qualifier: TableReference,
+    /// The source whose watermark decides lateness.
+    pub source: String,
+    /// The source's watermark delay, ms. Lateness is decided row by row:
+    /// a row is late when its event time is older than the largest event
+    /// time read before it (in this or any earlier epoch) minus the delay,
+    /// so it does not depend on how the input was cut into epochs.
+    pub delay_ms: i64,
     schema: DFSchemaRef,
 }
 
@@ -92,6 +99,8 @@ impl WindowAssignNode {
         spec: WindowSpec,
         time_column: String,
         qualifier: TableReference,
+        source: String,
+        delay_ms: i64,
     ) -> Result<Self> {
         let in_schema = input.schema();
         let Some((_, time_field)) = in_schema.qualified_field_with_unqualified_name(&time_column).ok()
@@ -112,6 +121,8 @@ impl WindowAssignNode {
             spec,
             time_column,
             qualifier,
+            source,
+            delay_ms,
             schema: Arc::new(schema),
         })
     }
@@ -158,7 +169,11 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "WindowAssign: {} on {} as {}", self.spec, self.time_column, self.qualifier)
+        write!(
+            f,
+            "WindowAssign: {} on {} as {}, late if older than the watermark of {}",
+            self.spec, self.time_column, self.qualifier, self.source
+        )
     }
 
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
@@ -169,6 +184,8 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
             self.spec.clone(),
             self.time_column.clone(),
             self.qualifier.clone(),
+            self.source.clone(),
+            self.delay_ms,
         )
     }
 

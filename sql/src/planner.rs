@@ -252,6 +252,8 @@ impl StreamPlanner {
                 node.spec,
                 node.time_column,
                 scan.table_name.clone(),
+                node.source,
+                node.delay_ms,
             )?;
             let mut plan = LogicalPlan::Extension(Extension { node: Arc::new(node) });
             if let Some(projection) = &scan.projection {
@@ -313,8 +315,8 @@ fn window_node(call: &TvfCall, source: &Arc<StreamTable>, decl: &TableDecl) -> R
             field.data_type()
         )));
     }
-    match &decl.watermark {
-        Some(w) if w.column == call.time_column => {}
+    let delay_ms = match &decl.watermark {
+        Some(w) if w.column == call.time_column => w.delay_ms,
         Some(w) => {
             return Err(Error::Unsupported(format!(
                 "{usage}: a window needs an event-time column with a watermark; '{}' has its watermark on '{}', not '{}'",
@@ -328,7 +330,7 @@ fn window_node(call: &TvfCall, source: &Arc<StreamTable>, decl: &TableDecl) -> R
                 call.table, call.time_column, call.time_column
             )));
         }
-    }
+    };
     let ms: Vec<i64> = call
         .args
         .iter()
@@ -362,6 +364,8 @@ fn window_node(call: &TvfCall, source: &Arc<StreamTable>, decl: &TableDecl) -> R
         spec,
         call.time_column.clone(),
         TableReference::bare(call.placeholder.clone()),
+        call.table.clone(),
+        delay_ms,
     )?)
 }
 

@@ -1,0 +1,61 @@
+//! Keeping secrets out of everything `weir` prints.
+//!
+//! Secret values come from the job's `WITH` options (keys such as
+//! `s3.secret_access_key`, `password`, `token`) and from the environment
+//! (variables whose names say they hold secrets). Any text `weir` prints
+//! (errors, progress, plans) goes through [`Redactor::scrub`].
+
+use weir_sql::catalog::{REDACTED, is_secret_key};
+
+/// Replaces known secret values in text.
+#[derive(Clone, Debug, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// A redactor for the environment's secrets.
+    pub fn from_env() -> Self {
+        let mut r = Redactor::default();
+        for (k, v) in std::env::vars() {
+            if is_secret_key(&k) {
+                r.add(v);
+            }
+        }
+        r
+    }
+
+    /// Also redact `secret`. Very short values are skipped: replacing every
+    /// "1" in a message would hide more than it protects.
+    pub fn add(&mut self, secret: String) {
+        if secret.len() >= 4 && !self.secrets.contains(&secret) {
+            self.secrets.push(secret);
+            // Longest first, so a secret containing another is replaced whole.
+            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// The text with every known secret replaced by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubs_known_secrets_only() {
+        let mut r = Redactor::default();
+        r.add("hunter2-long".into());
+        r.add("ab".into());
+        assert_eq!(r.scrub("key hunter2-long failed at ab"), "key *** failed at ab");
+    }
+}

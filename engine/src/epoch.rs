@@ -1,0 +1,59 @@
+//! What one execution of a pipeline's plan sees: this epoch's input rows and
+//! watermarks. The driver puts an [`EpochInput`] into the `TaskContext`'s
+//! session config; scans and stateful operators read it from there, so the
+//! physical plan is built once and executed once per epoch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+
+/// The input of one epoch, for one pipeline.
+#[derive(Debug, Default)]
+pub struct EpochInput {
+    /// The epoch number.
+    pub epoch: u64,
+    /// Rows read from each source this epoch, in the source's declared schema.
+    pub batches: HashMap<String, Arc<Vec<RecordBatch>>>,
+    /// Each watermarked source's watermark before this epoch (ms).
+    pub source_watermarks_in: HashMap<String, i64>,
+    /// The pipeline's watermark after this epoch's rows (ms): windows ending
+    /// at or before it are complete.
+    pub watermark_out: i64,
+    /// Late rows dropped this epoch.
+    pub late_rows: AtomicU64,
+}
+
+impl EpochInput {
+    /// The epoch input in a task context, or an internal error if the plan
+    /// runs outside the driver.
+    pub fn from_task(ctx: &TaskContext) -> Result<Arc<EpochInput>> {
+        ctx.session_config()
+            .get_extension::<EpochInput>()
+            .ok_or_else(|| DataFusionError::Internal("a streaming plan ran without its epoch input".into()))
+    }
+
+    /// A source's watermark before this epoch (`i64::MIN` before any row).
+    pub fn source_watermark_in(&self, source: &str) -> i64 {
+        self.source_watermarks_in.get(source).copied().unwrap_or(i64::MIN)
+    }
+
+    /// The lowest watermark before this epoch among the pipeline's sources
+    /// other than `source` (`i64::MAX` when there are none).
+    pub fn others_watermark_in(&self, source: &str) -> i64 {
+        self.source_watermarks_in
+            .iter()
+            .filter(|(s, _)| s.as_str() != source)
+            .map(|(_, &w)| w)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Counts late rows.
+    pub fn add_late(&self, n: u64) {
+        self.late_rows.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,137 @@
+//! Physical operators of streaming plans, and the planner hooks that create
+//! them from the `sql` crate's logical nodes.
+
+pub mod scan;
+pub mod window_agg;
+pub mod window_assign;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::error::Result;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr::physical_name;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use weir_sql::{ScanProvider, TableDecl, WindowAggregateNode, WindowAssignNode};
+
+pub use scan::StreamScanExec;
+pub use window_agg::{WindowAggState, WindowAggregateExec};
+pub use window_assign::WindowAssignExec;
+
+/// An operator whose state outlives an epoch and goes into checkpoints.
+///
+/// Contract: `snapshot` returns the whole state when it changed since the
+/// last snapshot (and `None` otherwise); `restore` given those rows brings
+/// the operator back to the same state, such that the following epochs
+/// produce the same output as if the process had never stopped.
+pub trait StatefulOperator: Send + Sync {
+    /// A short name of the operator kind, for messages.
+    fn kind(&self) -> &'static str;
+    /// Rows (groups) held.
+    fn state_rows(&self) -> usize;
+    /// The full state, if it changed since the last snapshot.
+    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
+    /// Replaces the state with a snapshot's rows.
+    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()>;
+}
+
+/// Source scans as [`StreamScanExec`]s.
+#[derive(Debug, Default)]
+pub struct EngineScans;
+
+impl ScanProvider for EngineScans {
+    fn scan(&self, table: &TableDecl, schema: SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(StreamScanExec::try_new(&table.name, &schema, projection)?))
+    }
+}
+
+/// Plans the `sql` crate's streaming nodes.
+#[derive(Debug, Default)]
+pub struct StreamExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for StreamExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if let Some(n) = node.as_any().downcast_ref::<WindowAssignNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let time_index = input.schema().index_of(&n.time_column)?;
+            let schema = Arc::new(n.schema().as_arrow().clone());
+            return Ok(Some(Arc::new(WindowAssignExec::try_new(
+                input,
+                n.spec.clone(),
+                time_index,
+                n.source.clone(),
+                n.delay_ms,
+                schema,
+            )?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<WindowAggregateNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let logical_schema = logical_inputs[0].schema();
+            let physical_schema = input.schema();
+            let group_by = n
+                .group_expr
+                .iter()
+                .map(|e| Ok((planner.create_physical_expr(e, logical_schema, session, planning_ctx)?, physical_name(e)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let mut aggr = Vec::with_capacity(n.aggr_expr.len());
+            let mut filters = Vec::with_capacity(n.aggr_expr.len());
+            for e in &n.aggr_expr {
+                let lowered = LoweredAggregateBuilder::new(
+                    e,
+                    logical_schema,
+                    &physical_schema,
+                    session.execution_props(),
+                    planning_ctx,
+                )
+                .build()?;
+                aggr.push(lowered.aggregate);
+                filters.push(lowered.filter);
+            }
+            let schema = Arc::new(n.schema().as_arrow().clone());
+            return Ok(Some(Arc::new(WindowAggregateExec::try_new(
+                input,
+                n.spec.clone(),
+                group_by,
+                n.window_start,
+                n.window_end,
+                aggr,
+                filters,
+                schema,
+            )?)));
+        }
+        Ok(None)
+    }
+}
+
+/// A DataFusion query planner that knows the streaming nodes (so `EXPLAIN`
+/// and physical planning of streaming plans go through DataFusion).
+#[derive(Debug, Default)]
+pub struct StreamQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for StreamQueryPlanner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        physical_planner().create_physical_plan(plan, session).await
+    }
+}
+
+/// DataFusion's physical planner with the streaming nodes added.
+pub fn physical_planner() -> DefaultPhysicalPlanner {
+    DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(StreamExtensionPlanner)])
+}

@@ -1,0 +1,83 @@
+//! Sources: where a job's rows come from.
+//!
+//! The contract every source keeps (what exactly-once rests on):
+//!
+//! * `plan_batch` describes the next batch as a JSON *offset* without
+//!   reading it. The driver writes that offset to the write-ahead log
+//!   (`offsets/N.json`) before anything is read.
+//! * `read_batch(offset)` returns exactly the rows the offset describes; the
+//!   same offset read again (after a crash) returns the same rows in the same
+//!   order. It also advances the source's progress past them.
+//! * `progress` is the source's position as state rows, checkpointed with
+//!   the epoch; `restore` puts it back, so the next `plan_batch` continues
+//!   after the last committed batch.
+
+pub mod files;
+pub mod formats;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use serde_json::Value;
+use weir_sql::TableDecl;
+use weir_storage::StoreOptions;
+
+use crate::{Error, Result};
+
+/// A replayable source of rows.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The table's name.
+    fn name(&self) -> &str;
+    /// The declared schema; every batch has exactly this schema.
+    fn schema(&self) -> &SchemaRef;
+    /// Fixes the input to what is available now; later input waits for a
+    /// later run (the available-now trigger).
+    async fn freeze(&mut self) -> Result<()>;
+    /// The next batch after the current progress, or `None` when there is
+    /// no new input.
+    async fn plan_batch(&mut self) -> Result<Option<Value>>;
+    /// Reads the rows an offset describes and advances progress past them.
+    async fn read_batch(&mut self, offset: &Value) -> Result<Vec<RecordBatch>>;
+    /// The progress as state rows, if it changed since the last call.
+    fn progress(&mut self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
+    /// Restores progress from state rows.
+    fn restore(&mut self, batches: &[RecordBatch]) -> Result<()>;
+}
+
+/// Opens the source a table declares.
+pub fn open_source(decl: &TableDecl, store_options: &StoreOptions) -> Result<Box<dyn Source>> {
+    match decl.connector()? {
+        "files" => Ok(Box::new(files::FilesSource::open(decl, store_options)?)),
+        other => Err(Error::Config(format!(
+            "table '{}': unknown connector '{other}' (supported: files)",
+            decl.name
+        ))),
+    }
+}
+
+/// Store options for a table: the job's (from the environment) overlaid
+/// with the table's own `s3.*` options.
+pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOptions {
+    let own = StoreOptions::new(
+        decl.options
+            .iter()
+            .filter(|(k, _)| k.starts_with("s3."))
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    base.merged(&own)
+}
+
+/// Checks that a table only has options its connector knows.
+pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
+    for (key, _) in decl.options.iter() {
+        if !known.contains(&key) && !key.starts_with("s3.") {
+            return Err(Error::Config(format!(
+                "table '{}': unknown option '{key}' (known: {}, s3.*)",
+                decl.name,
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
