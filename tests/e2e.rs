@@ -1,1 +1,619 @@
-// end-to-end tests: filled in next
+//! End-to-end tests of `weir run`: the real binary, real files, real
+//! checkpoints, real SIGKILLs.
+
+mod common;
+
+use common::*;
+
+/// The windowed job used by most tests: 10-second tumbling windows per
+/// auction, a 2-second watermark delay, small batches so that a run has
+/// several epochs.
+fn job(max_rows: usize, format: &str, path: &str) -> String {
+    format!(
+        "-- test job
+CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = '{path}', 'format' = '{format}',
+        'max_rows_per_batch' = '{max_rows}');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out
+SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, auction;
+"
+    )
+}
+
+/// The same aggregation as a DataFusion batch query, windows computed in SQL.
+const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
+        date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,
+        auction, COUNT(*), SUM(price), MAX(price)
+ FROM bids GROUP BY 1, 2, 3";
+
+/// Three files of 1,000 bids, out of order by up to 1.5 s (never late under
+/// a 2 s delay).
+fn three_files(ws: &Workspace) -> Vec<Bid> {
+    let mut all = Vec::new();
+    for f in 0..3 {
+        let bids = gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500);
+        write_parquet(&ws.path(&format!("in/bids-{f}.parquet")), &bids);
+        all.extend(bids);
+    }
+    all
+}
+
+fn run_straight(max_rows: usize) -> (Vec<String>, Vec<serde_json::Value>) {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(max_rows, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    (sink_rows(&ws.path("out")), progress(&ws.path("p.json")))
+}
+
+#[test]
+fn window_results_equal_a_batch_group_by_over_the_same_rows() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let run = ws
+        .weir(&[
+            "run",
+            "job.sql",
+            "--trigger",
+            "available-now",
+            "--drain",
+            "--progress-json",
+            "p.json",
+        ])
+        .ok();
+    let p = progress(&ws.path("p.json"));
+    assert!(p.len() >= 5, "several epochs expected: {}", run.stderr());
+    assert_eq!(sum_field(&p, "rows_in"), 3000);
+    assert_eq!(
+        sum_field(&p, "late_rows"),
+        0,
+        "out-of-order rows within the delay are not late"
+    );
+    let got = sink_rows(&ws.path("out"));
+    assert_eq!(got, batch_query(&bids, ORACLE));
+    assert_eq!(sum_field(&p, "rows_out") as usize, got.len());
+    // One progress line per epoch on stderr, with the watermark.
+    assert!(run.stderr().contains("epoch 1  in 700"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("watermark 2026-01-01 00:00:"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn without_drain_exactly_the_windows_the_watermark_closed_are_emitted() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    let p = progress(&ws.path("p.json"));
+    let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
+    assert_eq!(wm, bids.iter().map(|b| b.ts).max().unwrap() - 2000);
+    let closed_before = |r: &String| {
+        // `we` (second column) is at or before the watermark.
+        let we = r.split('|').nth(1).unwrap();
+        we <= iso(wm).as_str()
+    };
+    let expected: Vec<String> = batch_query(&bids, ORACLE)
+        .into_iter()
+        .filter(closed_before)
+        .collect();
+    let got = sink_rows(&ws.path("out"));
+    assert!(!got.is_empty() && got.len() < batch_query(&bids, ORACLE).len());
+    assert_eq!(got, expected);
+
+    // A later run with --drain completes the open windows, once.
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
+#[test]
+fn late_rows_are_dropped_counted_and_never_change_a_closed_window() {
+    let ws = Workspace::new();
+    let mut bids = gen_bids(7, 1500, BASE_MS, 1500);
+    // Rows far behind the watermark, spread through the input.
+    for i in (100..1500).step_by(97) {
+        bids[i].ts -= 30_000;
+    }
+    write_parquet(&ws.path("in/a.parquet"), &bids[..800]);
+    write_parquet(&ws.path("in/b.parquet"), &bids[800..]);
+    ws.write("job.sql", &job(333, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    let (kept, late) = on_time(&bids, 2000);
+    assert!(late > 5);
+    let p = progress(&ws.path("p.json"));
+    assert_eq!(sum_field(&p, "late_rows") as usize, late);
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
+}
+
+#[test]
+fn the_result_is_the_same_whatever_the_batch_size() {
+    let (one, p1) = run_straight(100_000);
+    let (many, p2) = run_straight(137);
+    assert_eq!(p1.len(), 2, "one batch and the drain");
+    assert!(p2.len() > 20);
+    assert_eq!(one, many);
+}
+
+#[test]
+fn csv_and_json_sources_give_the_same_result_as_parquet() {
+    let (expected, _) = run_straight(500);
+    for (format, write) in [
+        ("csv", write_csv as fn(&std::path::Path, &[Bid])),
+        ("json", write_json),
+    ] {
+        let ws = Workspace::new();
+        for f in 0..3 {
+            let bids = gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500);
+            write(&ws.path(&format!("in/bids-{f}.{format}")), &bids);
+        }
+        ws.write("job.sql", &job(500, format, "in/"));
+        ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+            .ok();
+        assert_eq!(sink_rows(&ws.path("out")), expected, "format {format}");
+    }
+}
+
+#[test]
+fn restarting_after_every_batch_gives_the_same_output() {
+    let (expected, _) = run_straight(700);
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let mut runs = 0;
+    loop {
+        let r = ws.weir(&["run", "job.sql", "--trigger", "once"]).ok();
+        runs += 1;
+        if r.stderr().contains("done: 0 epoch(s)") {
+            break;
+        }
+        assert!(runs < 20, "too many runs");
+        assert!(r.stderr().contains("done: 1 epoch(s)"), "{}", r.stderr());
+    }
+    assert_eq!(runs, 6, "five batches of at most 700 rows, then nothing");
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    assert_eq!(sink_rows(&ws.path("out")), expected);
+}
+
+#[test]
+fn sigkill_at_every_step_of_an_epoch_then_restart_gives_the_same_output() {
+    let (expected, _) = run_straight(700);
+    for step in [
+        "offsets-written",
+        "before-sink",
+        "sink-staged",
+        "state-written",
+        "committed",
+        "published",
+    ] {
+        for epoch in [1, 3, 6] {
+            let ws = Workspace::new();
+            three_files(&ws);
+            ws.write("job.sql", &job(700, "parquet", "in/"));
+            let failpoint = format!("{step}@{epoch}");
+            ws.weir_env(
+                &["run", "job.sql", "--trigger", "available-now", "--drain"],
+                &[("WEIR_FAILPOINT", failpoint.as_str())],
+            )
+            .killed();
+            // Whatever is visible now is whole and committed: a prefix of
+            // the final output, never a partial file or a duplicate.
+            let partial = sink_rows(&ws.path("out"));
+            assert!(
+                partial.iter().all(|r| expected.binary_search(r).is_ok()),
+                "{failpoint}"
+            );
+            let again = ws
+                .weir(&[
+                    "run",
+                    "job.sql",
+                    "--trigger",
+                    "available-now",
+                    "--drain",
+                    "--progress-json",
+                    "p.json",
+                ])
+                .ok();
+            assert_eq!(sink_rows(&ws.path("out")), expected, "killed at {failpoint}");
+            let p = progress(&ws.path("p.json"));
+            let replayed = p.first().is_some_and(|l| l["replayed"].as_bool().unwrap());
+            let uncommitted = matches!(
+                step,
+                "offsets-written" | "before-sink" | "sink-staged" | "state-written"
+            );
+            assert_eq!(replayed, uncommitted, "{failpoint}: {}", again.stderr());
+        }
+    }
+}
+
+#[test]
+fn files_added_between_runs_are_processed_exactly_once() {
+    let ws = Workspace::new();
+    let first = gen_bids(1, 1000, BASE_MS, 1500);
+    let second = gen_bids(2, 1000, BASE_MS + 50_000, 1500);
+    let third = gen_bids(3, 1000, BASE_MS + 100_000, 1500);
+    write_parquet(&ws.path("in/2026/01/a.parquet"), &first);
+    ws.write("job.sql", &job(400, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    write_parquet(&ws.path("in/2026/01/b.parquet"), &second);
+    // A hidden file and a file being written are not input.
+    ws.write("in/.b.parquet.crc", "junk");
+    ws.write("in/_SUCCESS", "");
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    // A file that sorts before the ones already read is still read.
+    write_parquet(&ws.path("in/2025/z.parquet"), &third);
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    let p = progress(&ws.path("p.json"));
+    assert_eq!(sum_field(&p, "rows_in"), 3000, "every row read exactly once");
+    let arrival: Vec<Bid> = first.iter().chain(&second).chain(&third).copied().collect();
+    let (kept, late) = on_time(&arrival, 2000);
+    assert_eq!(sum_field(&p, "late_rows") as usize, late);
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
+}
+
+/// Reads the newest state file of an operator in a checkpoint.
+fn latest_state(ckpt: &std::path::Path, op: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let dir = ckpt.join("state").join(op);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let f = std::fs::File::open(files.last().unwrap()).unwrap();
+    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+#[test]
+fn state_of_closed_windows_leaves_the_checkpoint() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    let p = progress(&ws.path("p.json"));
+    let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
+    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    let ends: Vec<i64> = state
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("__window_end")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert!(!ends.is_empty(), "open windows are kept");
+    assert!(
+        ends.iter().all(|&e| e > wm),
+        "only windows ending after the watermark {wm}: {ends:?}"
+    );
+    assert_eq!(
+        ends.len() as u64,
+        p.last().unwrap()["state_rows"].as_u64().unwrap()
+    );
+    // Every earlier window's state is gone: at most the windows within the delay remain.
+    let windows: std::collections::BTreeSet<i64> = ends.iter().copied().collect();
+    assert!(windows.len() <= 2, "{windows:?}");
+
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    assert_eq!(
+        state.iter().map(|b| b.num_rows()).sum::<usize>(),
+        0,
+        "drained: no state left"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
+    let ws = Workspace::new();
+    three_files(&ws);
+
+    ws.write(
+        "syntax.sql",
+        &job(700, "parquet", "in/").replace("GROUP BY window_start", "GROUP window_start"),
+    );
+    let e = ws
+        .weir(&["run", "syntax.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("statement 3") && e.to_lowercase().contains("syntax"),
+        "{e}"
+    );
+
+    ws.write("missing.sql", &job(700, "parquet", "no/such/folder/"));
+    let e = ws
+        .weir(&["run", "missing.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("no/such/folder") && e.contains("no such file or directory"),
+        "{e}"
+    );
+
+    ws.write("nofile.sql", "SELECT 1");
+    let e = ws.weir(&["run", "absent.sql"]).fails().stderr();
+    assert!(e.contains("absent.sql"), "{e}");
+
+    ws.write(
+        "order.sql",
+        &job(700, "parquet", "in/").replace(
+            "GROUP BY window_start, window_end, auction;",
+            "GROUP BY window_start, window_end, auction ORDER BY n;",
+        ),
+    );
+    let e = ws
+        .weir(&["run", "order.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("ORDER BY"), "{e}");
+
+    ws.write("nowindow.sql", &job(700, "parquet", "in/").replace(
+        "SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m\nFROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))\nGROUP BY window_start, window_end, auction",
+        "SELECT auction, COUNT(*) FROM bids GROUP BY auction",
+    ));
+    let e = ws
+        .weir(&["run", "nowindow.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("an aggregate without a window"), "{e}");
+
+    ws.write(
+        "unknown.sql",
+        &job(700, "parquet", "in/").replace("TABLE(TUMBLE(TABLE bids", "TABLE(TUMBLE(TABLE bidz"),
+    );
+    let e = ws
+        .weir(&["run", "unknown.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("unknown table 'bidz'"), "{e}");
+}
+
+#[test]
+fn a_file_of_the_wrong_schema_is_an_error_naming_file_and_column_and_loses_nothing() {
+    let ws = Workspace::new();
+    let good = gen_bids(1, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/a.parquet"), &good);
+    ws.write("job.sql", &job(100_000, "parquet", "in/"));
+    ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+    let before = sink_rows(&ws.path("out"));
+    assert!(!before.is_empty());
+
+    // A CSV dropped into a Parquet folder, and a Parquet file whose price is text.
+    ws.write("in/b.parquet", "auction,price\n1,2\n");
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("in/b.parquet") && e.contains("Parquet"), "{e}");
+    std::fs::remove_file(ws.path("in/b.parquet")).unwrap();
+
+    {
+        use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("auction", DataType::Int64, false),
+            Field::new("price", DataType::Utf8, false),
+            Field::new(
+                "date_time",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(StringArray::from(vec!["12.50 EUR"])),
+                Arc::new(TimestampMillisecondArray::from(vec![BASE_MS + 60_000])),
+            ],
+        )
+        .unwrap();
+        let f = std::fs::File::create(ws.path("in/c.parquet")).unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("in/c.parquet") && e.contains("column 'price'") && e.contains("Utf8"),
+        "{e}"
+    );
+    assert_eq!(
+        sink_rows(&ws.path("out")),
+        before,
+        "committed output is untouched"
+    );
+
+    // Fixing the input lets the job continue where it stopped.
+    std::fs::remove_file(ws.path("in/c.parquet")).unwrap();
+    let more = gen_bids(2, 500, BASE_MS + 50_000, 1500);
+    write_parquet(&ws.path("in/d.parquet"), &more);
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let all: Vec<Bid> = good.iter().chain(&more).copied().collect();
+    assert_eq!(
+        sink_rows(&ws.path("out")),
+        batch_query(&on_time(&all, 2000).0, ORACLE)
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_query_is_refused() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        "ck",
+    ])
+    .ok();
+    // Reformatting the same query is fine.
+    ws.write(
+        "same.sql",
+        &job(700, "parquet", "in/")
+            .replace("\n", "\n  ")
+            .replace("SELECT", "select"),
+    );
+    ws.weir(&[
+        "run",
+        "same.sql",
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        "ck",
+    ])
+    .ok();
+    ws.write(
+        "other.sql",
+        &job(700, "parquet", "in/").replace("INTERVAL '10' SECOND", "INTERVAL '20' SECOND"),
+    );
+    let e = ws
+        .weir(&[
+            "run",
+            "other.sql",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            "ck",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("different query") && e.contains("ck"), "{e}");
+}
+
+#[test]
+fn secrets_in_options_never_reach_output_or_the_checkpoint() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY";
+    let sql = job(700, "parquet", "in/").replace(
+        "'format' = 'parquet',\n",
+        &format!("'format' = 'parquet', 's3.secret_access_key' = '{secret}',\n"),
+    );
+    assert!(sql.contains(secret));
+    ws.write("job.sql", &sql);
+    let r = ws
+        .weir(&[
+            "run",
+            "job.sql",
+            "--trigger",
+            "available-now",
+            "--progress-json",
+            "p.json",
+        ])
+        .ok();
+    assert!(!r.stderr().contains(secret));
+    let meta = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")).unwrap();
+    assert!(!meta.contains(secret) && meta.contains("'***'"), "{meta}");
+    // An error that would quote the job does not quote the secret either.
+    ws.write(
+        "bad.sql",
+        &sql.replace("'path' = 'in/'", &format!("'path' = 'in/{secret}/'")),
+    );
+    let e = ws
+        .weir(&["run", "bad.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(!e.contains(secret), "{e}");
+    let explain = ws.weir(&["run", "job.sql", "--explain"]).ok().stdout();
+    assert!(
+        !explain.contains(secret) && explain.contains("WindowAggregateExec"),
+        "{explain}"
+    );
+}

@@ -35,7 +35,9 @@ impl Rng {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args.first().ok_or("usage: gen_bids OUT_DIR [ROWS] [FILES] [SEED]")?;
+    let out = args
+        .first()
+        .ok_or("usage: gen_bids OUT_DIR [ROWS] [FILES] [SEED]")?;
     let rows: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
     let files: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(4).max(1);
     let seed: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(42);
@@ -46,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Field::new("price", DataType::Int64, false),
         Field::new("channel", DataType::Utf8, false),
         Field::new("url", DataType::Utf8, false),
-        Field::new("date_time", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("extra", DataType::Utf8, false),
     ]));
     let base_ms: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -59,9 +65,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if n == 0 {
             break;
         }
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
         let path = format!("{out}/bids-{f:04}.parquet");
-        let mut writer = ArrowWriter::try_new(std::fs::File::create(&path)?, Arc::clone(&schema), Some(props))?;
+        let mut writer =
+            ArrowWriter::try_new(std::fs::File::create(&path)?, Arc::clone(&schema), Some(props))?;
         let mut left = n;
         while left > 0 {
             let chunk = left.min(65_536);
@@ -69,7 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (mut channel, mut url, mut ts, mut extra) = (vec![], vec![], vec![], vec![]);
             for _ in 0..chunk {
                 // Hot auctions: half the bids go to 100 auctions.
-                let a = if rng.below(2) == 0 { 1000 + rng.below(100) } else { 1000 + rng.below(10_000) };
+                let a = if rng.below(2) == 0 {
+                    1000 + rng.below(100)
+                } else {
+                    1000 + rng.below(10_000)
+                };
                 let c = channels[rng.below(4) as usize];
                 let mut t = base_ms + (i as i64) * 10;
                 match rng.below(1000) {
@@ -81,7 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 bidder.push(rng.below(50_000) as i64);
                 price.push(100 + rng.below(100_000) as i64);
                 channel.push(c);
-                url.push(format!("https://www.nexmark.com/{c}/item.htm?query=1&channel_id={}", rng.below(1000)));
+                url.push(format!(
+                    "https://www.nexmark.com/{c}/item.htm?query=1&channel_id={}",
+                    rng.below(1000)
+                ));
                 ts.push(t);
                 extra.push(String::new());
                 i += 1;

@@ -84,8 +84,13 @@ fn parse_trigger(s: &str) -> Result<Trigger> {
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
 fn default_checkpoint(job: &Path) -> String {
     let stem = job.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
-    let dir = job.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    dir.join(format!("{stem}.checkpoint")).to_string_lossy().into_owned()
+    let dir = job
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.join(format!("{stem}.checkpoint"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Settings for S3 and friends from the environment (`AWS_*`).
@@ -114,9 +119,14 @@ impl Failpoint {
             .with_context(|| format!("WEIR_FAILPOINT='{spec}': expected <step>@<epoch>"))?;
         let step = Step::from_name(step).with_context(|| {
             let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
-            format!("WEIR_FAILPOINT: unknown step '{step}' (steps: {})", names.join(", "))
+            format!(
+                "WEIR_FAILPOINT: unknown step '{step}' (steps: {})",
+                names.join(", ")
+            )
         })?;
-        let epoch = epoch.parse().with_context(|| format!("WEIR_FAILPOINT: bad epoch '{epoch}'"))?;
+        let epoch = epoch
+            .parse()
+            .with_context(|| format!("WEIR_FAILPOINT: bad epoch '{epoch}'"))?;
         Ok(Some(Failpoint { step, epoch }))
     }
 }
@@ -141,7 +151,7 @@ fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -195,15 +205,18 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         }
     }
     let trigger = parse_trigger(&args.trigger)?;
-    let checkpoint = args.checkpoint.clone().unwrap_or_else(|| default_checkpoint(&args.job));
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_checkpoint(&args.job));
     let hooks: Arc<dyn EpochHooks> = match Failpoint::from_env()? {
         Some(f) => Arc::new(f),
         None => Arc::new(NoHooks),
     };
     let options = JobOptions {
-        checkpoint: checkpoint.clone(),
         store_options: store_options_from_env(),
         hooks,
+        ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
         .await
@@ -274,9 +287,16 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
 }
 
 async fn query(sql: &str) -> Result<()> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true)).enable_url_table();
-    let df = ctx.sql(sql).await.map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
-    let batches = df.collect().await.map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true))
+        .enable_url_table();
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
     let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
     println!("{table}");
     Ok(())

@@ -41,6 +41,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::max;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::physical_planner::PhysicalPlanner;
 use datafusion::prelude::SessionConfig;
@@ -135,6 +136,11 @@ pub struct JobOptions {
     pub store_options: StoreOptions,
     /// Called at each step of each epoch.
     pub hooks: Arc<dyn EpochHooks>,
+    /// User-defined scalar functions the job may call.
+    pub udfs: Vec<ScalarUDF>,
+    /// User-defined aggregate functions the job may call (in windows too:
+    /// their accumulator state is checkpointed like any other).
+    pub udafs: Vec<AggregateUDF>,
 }
 
 impl JobOptions {
@@ -144,6 +150,8 @@ impl JobOptions {
             checkpoint: checkpoint.into(),
             store_options: StoreOptions::default(),
             hooks: Arc::new(NoHooks),
+            udfs: Vec::new(),
+            udafs: Vec::new(),
         }
     }
 }
@@ -264,6 +272,12 @@ impl StreamingJob {
         let job = Job::parse(sql)?;
         let config = SessionConfig::new().with_target_partitions(1);
         let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
+        for f in &options.udfs {
+            planner.context().register_udf(f.clone());
+        }
+        for f in &options.udafs {
+            planner.context().register_udaf(f.clone());
+        }
         let plans = planner.plan().await?;
         let state = planner.context().state();
 
@@ -358,7 +372,9 @@ impl StreamingJob {
         match checkpoint.create_metadata(&metadata).await {
             Ok(()) => Ok(metadata),
             // Another process created it first: use theirs if it is ours.
-            Err(weir_storage::Error::AlreadyExists { .. }) => Box::pin(Self::claim_checkpoint(checkpoint, job)).await,
+            Err(weir_storage::Error::AlreadyExists { .. }) => {
+                Box::pin(Self::claim_checkpoint(checkpoint, job)).await
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -367,7 +383,10 @@ impl StreamingJob {
         let committed = self.checkpoint.commits.latest().await?;
         if let Some(c) = committed {
             let entry: CommitEntry = self.checkpoint.commits.read(c).await?.ok_or_else(|| {
-                Error::Checkpoint(format!("{} vanished while reading it", self.checkpoint.commits.url(c)))
+                Error::Checkpoint(format!(
+                    "{} vanished while reading it",
+                    self.checkpoint.commits.url(c)
+                ))
             })?;
             for (source, wm) in entry.watermarks {
                 if let Some(w) = self.watermarks.get_mut(&source) {
@@ -377,7 +396,10 @@ impl StreamingJob {
             for (name, slot) in self.sources.iter_mut() {
                 if let Some((_, decoded)) = self.checkpoint.read_state(&source_state_name(name), c).await? {
                     slot.source.restore(&decoded.batches).map_err(|e| {
-                        Error::Checkpoint(format!("restoring source '{name}' from {}: {e}", self.checkpoint.location()))
+                        Error::Checkpoint(format!(
+                            "restoring source '{name}' from {}: {e}",
+                            self.checkpoint.location()
+                        ))
                     })?;
                 }
             }
@@ -410,7 +432,10 @@ impl StreamingJob {
                 )));
             }
             let entry: OffsetsEntry = self.checkpoint.offsets.read(next).await?.ok_or_else(|| {
-                Error::Checkpoint(format!("{} vanished while reading it", self.checkpoint.offsets.url(next)))
+                Error::Checkpoint(format!(
+                    "{} vanished while reading it",
+                    self.checkpoint.offsets.url(next)
+                ))
             })?;
             self.pending = Some((next, entry));
         }
@@ -502,7 +527,10 @@ impl StreamingJob {
             }
         }
         if drain && !*stop.borrow() && self.watermarks.values().any(|&w| w != i64::MAX) {
-            let entry = self.plan_epoch(true).await?.expect("a drain epoch is always planned");
+            let entry = self
+                .plan_epoch(true)
+                .await?
+                .expect("a drain epoch is always planned");
             let epoch = self.next_epoch();
             let p = self.run_epoch(epoch, entry, false).await?;
             summary.add(&p);
@@ -548,19 +576,14 @@ impl StreamingJob {
         self.hooks.reached(Step::OffsetsWritten, epoch);
 
         // Read.
-        let mut input: BTreeMap<String, Arc<Vec<RecordBatch>>> = BTreeMap::new();
-        let mut rows_in = 0u64;
-        for (name, offset) in &entry.sources {
-            let slot = self.sources.get_mut(name).ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "{} names source '{name}', which this job does not read",
-                    self.checkpoint.offsets.url(epoch)
-                ))
-            })?;
-            let batches = slot.source.read_batch(offset).await?;
-            rows_in += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            input.insert(name.clone(), Arc::new(batches));
-        }
+        let input = match self.read_input(epoch, &entry).await {
+            Ok(input) => input,
+            Err(e) => return Err(self.abandon(epoch, e).await),
+        };
+        let rows_in = input
+            .values()
+            .map(|b| b.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+            .sum();
 
         // Watermarks after this epoch's rows.
         let watermarks_in = entry.watermarks_in.clone();
@@ -605,7 +628,11 @@ impl StreamingJob {
                 watermark_out: wm_out,
                 late_rows: Default::default(),
             });
-            let config = self.state.config().clone().with_extension(Arc::clone(&epoch_input));
+            let config = self
+                .state
+                .config()
+                .clone()
+                .with_extension(Arc::clone(&epoch_input));
             let ctx = Arc::new(TaskContext::from(&self.state).with_session_config(config));
             let out = collect(Arc::clone(&p.plan), ctx).await?;
             late_rows += epoch_input.late_rows.load(Ordering::Relaxed);
@@ -666,7 +693,8 @@ impl StreamingJob {
         self.hooks.reached(Step::Published, epoch);
 
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (watermark_ms, watermark) = shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
+        let (watermark_ms, watermark) =
+            shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
         Ok(BatchProgress {
             epoch,
             replayed,
@@ -674,13 +702,59 @@ impl StreamingJob {
             rows_in,
             rows_out,
             late_rows,
-            rows_per_sec: if batch_ms > 0.0 { rows_in as f64 / (batch_ms / 1000.0) } else { 0.0 },
+            rows_per_sec: if batch_ms > 0.0 {
+                rows_in as f64 / (batch_ms / 1000.0)
+            } else {
+                0.0
+            },
             watermark_ms,
             watermark,
             state_rows,
             state_bytes,
             batch_ms,
         })
+    }
+}
+
+impl StreamingJob {
+    async fn read_input(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+    ) -> Result<BTreeMap<String, Arc<Vec<RecordBatch>>>> {
+        let mut input = BTreeMap::new();
+        for (name, offset) in &entry.sources {
+            let slot = self.sources.get_mut(name).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{} names source '{name}', which this job does not read",
+                    self.checkpoint.offsets.url(epoch)
+                ))
+            })?;
+            let batches = slot.source.read_batch(offset).await?;
+            input.insert(name.clone(), Arc::new(batches));
+        }
+        Ok(input)
+    }
+
+    /// An epoch whose input cannot be read (a bad or vanished file) is rolled
+    /// back: nothing of it was committed or published, so its state files and
+    /// offsets entry are removed and the next run plans the epoch again
+    /// (after the operator has fixed or removed the file). State files go
+    /// first: if this is interrupted, the offsets entry is still there and the
+    /// epoch is replayed as after any crash.
+    async fn abandon(&self, epoch: u64, error: Error) -> Error {
+        let rollback = async {
+            self.checkpoint.delete_epoch_state(epoch).await?;
+            self.checkpoint.offsets.delete(epoch).await
+        };
+        match rollback.await {
+            Ok(()) => Error::Input(format!(
+                "{error}\n(epoch {epoch} was not committed; fix or remove the file and run the job again)"
+            )),
+            Err(e) => Error::Input(format!(
+                "{error}\n(and rolling back uncommitted epoch {epoch} failed: {e})"
+            )),
+        }
     }
 }
 
@@ -705,7 +779,10 @@ fn source_state_name(source: &str) -> String {
 
 /// The stateful operators of a pipeline's plan, with ids that are stable as
 /// long as the query is (`p<pipeline>-agg<n>`, in plan order).
-fn stateful_operators(pipeline: usize, plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Arc<dyn StatefulOperator>)> {
+fn stateful_operators(
+    pipeline: usize,
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Vec<(String, Arc<dyn StatefulOperator>)> {
     fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn StatefulOperator>>) {
         if let Some(agg) = plan.downcast_ref::<WindowAggregateExec>() {
             out.push(agg.state() as Arc<dyn StatefulOperator>);

@@ -48,8 +48,12 @@ impl FileSink {
                 )));
             }
         }
-        let loc = Location::open(decl.require("path")?, &table_store_options(decl, store_options), Create::Yes)
-            .map_err(|e| Error::Config(format!("sink table '{}': {e}", decl.name)))?;
+        let loc = Location::open(
+            decl.require("path")?,
+            &table_store_options(decl, store_options),
+            Create::Yes,
+        )
+        .map_err(|e| Error::Config(format!("sink table '{}': {e}", decl.name)))?;
         Ok(Self {
             table: decl.name.clone(),
             layout: SinkLayout::new(loc, writer),

@@ -69,7 +69,11 @@ impl Options {
         self.0
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_key(k) { REDACTED.to_string() } else { v.clone() };
+                let v = if is_secret_key(k) {
+                    REDACTED.to_string()
+                } else {
+                    v.clone()
+                };
                 (k.clone(), v)
             })
             .collect()

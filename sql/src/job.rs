@@ -10,8 +10,7 @@ use datafusion::logical_expr::planner::ContextProvider;
 use datafusion::logical_expr::{AggregateUDF, Expr, ScalarUDF, TableSource, WindowUDF};
 use datafusion::sql::planner::{PlannerContext, SqlToRel};
 use datafusion::sql::sqlparser::ast::{
-    self, BinaryOperator, CreateTableOptions, ObjectName, Query, SqlOption, Statement,
-    TableObject,
+    self, BinaryOperator, CreateTableOptions, ObjectName, Query, SqlOption, Statement, TableObject,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -121,7 +120,12 @@ impl Job {
                 ));
             }
             other => {
-                let words: String = other.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                let words: String = other
+                    .to_string()
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Err(Error::Plan(format!(
                     "{words} is not supported in a job; use CREATE TABLE and INSERT INTO"
                 )));
@@ -190,10 +194,7 @@ fn option_value(expr: &ast::Expr) -> Option<String> {
     }
 }
 
-fn table_decl(
-    ct: ast::CreateTable,
-    watermark: Option<preprocess::WatermarkClause>,
-) -> Result<TableDecl> {
+fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClause>) -> Result<TableDecl> {
     let name = object_name(&ct.name)?;
     if ct.query.is_some() {
         return Err(Error::Plan(format!(
@@ -340,9 +341,7 @@ pub fn interval_ms(sql: &str) -> Result<i64> {
             }
             i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000
         }
-        ScalarValue::IntervalDayTime(Some(v)) => {
-            i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds)
-        }
+        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds),
         ScalarValue::IntervalYearMonth(Some(_)) => {
             return Err(Error::Plan(format!(
                 "'{sql}': intervals of months or years are not supported here; use days"
@@ -372,7 +371,10 @@ pub fn redact_sql(text: &str) -> Result<String> {
         };
         if tokens[w[1]] == Token::Eq
             && is_secret_key(&key)
-            && matches!(tokens[w[2]], Token::SingleQuotedString(_) | Token::DoubleQuotedString(_))
+            && matches!(
+                tokens[w[2]],
+                Token::SingleQuotedString(_) | Token::DoubleQuotedString(_)
+            )
         {
             out[w[2]] = Token::SingleQuotedString(REDACTED.into());
         }
@@ -401,10 +403,7 @@ impl ContextProvider for MinimalProvider {
     fn get_function_meta(&self, _: &str) -> Option<Arc<ScalarUDF>> {
         None
     }
-    fn get_higher_order_meta(
-        &self,
-        _: &str,
-    ) -> Option<Arc<datafusion::logical_expr::HigherOrderUDF>> {
+    fn get_higher_order_meta(&self, _: &str) -> Option<Arc<datafusion::logical_expr::HigherOrderUDF>> {
         None
     }
     fn get_aggregate_meta(&self, _: &str) -> Option<Arc<AggregateUDF>> {
@@ -494,16 +493,25 @@ mod tests {
         assert_eq!(interval_ms("INTERVAL '1' MINUTE").unwrap(), 60_000);
         assert_eq!(interval_ms("INTERVAL '2 hours'").unwrap(), 7_200_000);
         assert_eq!(interval_ms("INTERVAL '1' DAY").unwrap(), 86_400_000);
-        assert!(interval_ms("INTERVAL '1' MONTH").unwrap_err().to_string().contains("months"));
+        assert!(
+            interval_ms("INTERVAL '1' MONTH")
+                .unwrap_err()
+                .to_string()
+                .contains("months")
+        );
         assert!(interval_ms("5").is_err());
     }
 
     #[test]
     fn malformed_statements_are_clear_errors() {
-        let err = Job::parse("CREATE TABLE t (a BIGINT) WITH ('connector'='files'); INSERT INTO x SELEC a FROM t")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("statement 2") && err.contains("INSERT INTO x SELEC"), "{err}");
+        let err =
+            Job::parse("CREATE TABLE t (a BIGINT) WITH ('connector'='files'); INSERT INTO x SELEC a FROM t")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("statement 2") && err.contains("INSERT INTO x SELEC"),
+            "{err}"
+        );
         let err = Job::parse("CREATE TABLE t (a BIGINT, WATERMARK FOR a AS a) WITH ('connector'='files'); INSERT INTO x SELECT a FROM t")
             .unwrap_err()
             .to_string();

@@ -103,16 +103,11 @@ impl WindowAssignNode {
         delay_ms: i64,
     ) -> Result<Self> {
         let in_schema = input.schema();
-        let Some((_, time_field)) = in_schema.qualified_field_with_unqualified_name(&time_column).ok()
-        else {
+        let Some((_, time_field)) = in_schema.qualified_field_with_unqualified_name(&time_column).ok() else {
             return plan_err!("window time column '{time_column}' is not in the window's input");
         };
         let wtype = window_type(time_field.data_type());
-        let mut fields: Vec<Field> = in_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
+        let mut fields: Vec<Field> = in_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("window_start", wtype.clone(), false));
         fields.push(Field::new("window_end", wtype, false));
         let schema = DFSchema::try_from_qualified_schema(qualifier.clone(), &Schema::new(fields))?;
@@ -129,8 +124,7 @@ impl WindowAssignNode {
 
     /// Index of the time column in the input.
     pub fn time_index(&self) -> Result<usize> {
-        Ok(self
-            .input
+        self.input
             .schema()
             .index_of_column_by_name(None, &self.time_column)
             .ok_or_else(|| {
@@ -138,7 +132,7 @@ impl WindowAssignNode {
                     "window time column '{}' is not in the window's input",
                     self.time_column
                 ))
-            })?)
+            })
     }
 }
 
@@ -194,7 +188,10 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
         let n = self.input.schema().fields().len();
         let time = self.time_index().ok()?;
-        let mut needed: Vec<usize> = output_columns.iter().map(|&c| if c < n { c } else { time }).collect();
+        let mut needed: Vec<usize> = output_columns
+            .iter()
+            .map(|&c| if c < n { c } else { time })
+            .collect();
         needed.push(time);
         needed.sort_unstable();
         needed.dedup();

@@ -273,7 +273,11 @@ impl Error {
     fn in_statement_of_insert(self, insert: &crate::job::Insert) -> Error {
         let flat: String = insert.sql.split_whitespace().collect::<Vec<_>>().join(" ");
         let head: String = flat.chars().take(57).collect();
-        let head = if flat.chars().count() > 57 { format!("{head}...") } else { head };
+        let head = if flat.chars().count() > 57 {
+            format!("{head}...")
+        } else {
+            head
+        };
         Error::InStatement {
             index: 0,
             head,
@@ -304,9 +308,17 @@ fn known_tables(job: &Job) -> String {
 /// placeholder's name is given to it). Checks that the window's time column
 /// is the source's watermark column.
 fn window_node(call: &TvfCall, source: &Arc<StreamTable>, decl: &TableDecl) -> Result<WindowAssignNode> {
-    let usage = format!("{}(TABLE {}, DESCRIPTOR({}), ...)", call.kind.name(), call.table, call.time_column);
+    let usage = format!(
+        "{}(TABLE {}, DESCRIPTOR({}), ...)",
+        call.kind.name(),
+        call.table,
+        call.time_column
+    );
     let field = source.schema.field_with_name(&call.time_column).map_err(|_| {
-        Error::Plan(format!("{usage}: table '{}' has no column '{}'", call.table, call.time_column))
+        Error::Plan(format!(
+            "{usage}: table '{}' has no column '{}'",
+            call.table, call.time_column
+        ))
     })?;
     if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
         return Err(Error::Plan(format!(
@@ -466,10 +478,7 @@ fn check_expressions(plan: &LogicalPlan) -> Result<()> {
     plan.apply(|p| {
         p.apply_expressions(|e| {
             e.apply(|e| {
-                if matches!(
-                    e,
-                    Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
-                ) {
+                if matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
                     found = true;
                     return Ok(TreeNodeRecursion::Stop);
                 }
@@ -602,9 +611,18 @@ mod tests {
         let text = p[0].plan.display_indent().to_string();
         assert!(p[0].stateful);
         assert!(text.contains("WindowAggregate: TUMBLE(size=10s)"), "{text}");
-        assert!(text.contains("WindowAssign: TUMBLE(size=10s) on date_time"), "{text}");
+        assert!(
+            text.contains("WindowAssign: TUMBLE(size=10s) on date_time"),
+            "{text}"
+        );
         assert_eq!(p[0].sources, BTreeSet::from(["bids".to_string()]));
-        let names: Vec<String> = p[0].plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = p[0]
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(names, vec!["window_start", "window_end", "auction", "n", "s"]);
     }
 
@@ -627,7 +645,9 @@ mod tests {
 
     #[tokio::test]
     async fn stateless_queries_pass_through() {
-        let p = plan("SELECT auction, upper(url) AS u FROM bids WHERE price * 2 > 10").await.unwrap();
+        let p = plan("SELECT auction, upper(url) AS u FROM bids WHERE price * 2 > 10")
+            .await
+            .unwrap();
         assert!(!p[0].stateful);
     }
 
@@ -640,9 +660,15 @@ mod tests {
         let e = plan_err("SELECT auction, COUNT(*) FROM bids GROUP BY auction").await;
         assert!(e.contains("an aggregate without a window"), "{e}");
         let e = plan_err("SELECT * FROM nope").await;
-        assert!(e.contains("unknown table 'nope'") && e.contains("declared tables: bids"), "{e}");
+        assert!(
+            e.contains("unknown table 'nope'") && e.contains("declared tables: bids"),
+            "{e}"
+        );
         let e = plan_err("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE plain, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end").await;
-        assert!(e.contains("declares none") && e.contains("WATERMARK FOR ts"), "{e}");
+        assert!(
+            e.contains("declares none") && e.contains("WATERMARK FOR ts"),
+            "{e}"
+        );
         let e = plan_err("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start").await;
         assert!(e.contains("both window_start and window_end"), "{e}");
         let e = plan_err("SELECT auction, ROW_NUMBER() OVER (ORDER BY price) FROM bids").await;
@@ -658,7 +684,11 @@ mod tests {
              INSERT INTO typed SELECT auction, price FROM bids;"
         ))
         .unwrap();
-        let p = StreamPlanner::new(&job, None, SessionConfig::new()).unwrap().plan().await.unwrap();
+        let p = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap();
         let s = p[0].plan.schema();
         assert_eq!(s.field(0).name(), "a");
         assert_eq!(s.field(1).data_type(), &DataType::Float64);

@@ -210,9 +210,7 @@ fn cut_watermark(tokens: &mut Vec<Token>) -> Result<Option<WatermarkClause>> {
                 let column = normalize_ident(&col.value, col.quote_style.is_some());
                 let as_i = next_significant(tokens, col_i + 1)
                     .filter(|&a| is_word(&tokens[a], "AS"))
-                    .ok_or_else(|| {
-                        Error::Syntax(format!("expected AS after WATERMARK FOR {column}"))
-                    })?;
+                    .ok_or_else(|| Error::Syntax(format!("expected AS after WATERMARK FOR {column}")))?;
                 // The expression runs to the next comma at this depth or the
                 // parenthesis closing the column list.
                 let mut end = as_i + 1;
@@ -267,8 +265,7 @@ fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<Tvf
     while i < tokens.len() {
         // `TABLE ( KIND ( ... ) )` or a bare `KIND ( TABLE ... )`.
         let (start, kind_i, end) = if is_word(&tokens[i], "TABLE") {
-            let Some(open) = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen)
-            else {
+            let Some(open) = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen) else {
                 i += 1;
                 continue;
             };
@@ -281,9 +278,8 @@ fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<Tvf
                 i += 1;
                 continue;
             }
-            let close = matching_paren(tokens, open).ok_or_else(|| {
-                Error::Syntax("unbalanced parentheses in a window table function".into())
-            })?;
+            let close = matching_paren(tokens, open)
+                .ok_or_else(|| Error::Syntax("unbalanced parentheses in a window table function".into()))?;
             (i, k, close)
         } else if matches!(&tokens[i], Token::Word(w) if TvfKind::from_name(&w.value).is_some()) {
             let open = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen);
@@ -311,9 +307,8 @@ fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<Tvf
         let open = next_significant(tokens, kind_i + 1)
             .filter(|&o| tokens[o] == Token::LParen)
             .ok_or_else(|| Error::Syntax(format!("expected '(' after {}", kind.name())))?;
-        let close = matching_paren(tokens, open).ok_or_else(|| {
-            Error::Syntax(format!("unbalanced parentheses in {}(...)", kind.name()))
-        })?;
+        let close = matching_paren(tokens, open)
+            .ok_or_else(|| Error::Syntax(format!("unbalanced parentheses in {}(...)", kind.name())))?;
         let placeholder = format!("{TVF_PREFIX}{}", *next_tvf);
         *next_tvf += 1;
         let call = parse_tvf_args(kind, &tokens[open + 1..close], placeholder.clone())?;
@@ -426,7 +421,9 @@ fn parse_tvf_args(kind: TvfKind, inner: &[Token], placeholder: String) -> Result
 
     let args: Vec<String> = pending.map(|a| render(&a).trim().to_string()).collect();
     if args.iter().any(|a| a.contains("=>")) {
-        return Err(bad("named arguments are not supported; pass them by position".into()));
+        return Err(bad(
+            "named arguments are not supported; pass them by position".into()
+        ));
     }
     let (min, max) = match kind {
         TvfKind::Tumble => (1, 2),
@@ -498,7 +495,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.watermark.unwrap().expr, "ts");
-        assert!(p.rewritten.starts_with("CREATE TABLE t ( ts TIMESTAMP(3)"), "{}", p.rewritten);
+        assert!(
+            p.rewritten.starts_with("CREATE TABLE t ( ts TIMESTAMP(3)"),
+            "{}",
+            p.rewritten
+        );
     }
 
     #[test]
@@ -526,16 +527,25 @@ mod tests {
         assert_eq!(p.tvfs[0].partition_by, vec!["a", "b"]);
         assert_eq!(p.tvfs[0].table, "bids");
         assert_eq!(p.tvfs[1].kind, TvfKind::Hop);
-        assert!(p.rewritten.contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2"));
+        assert!(
+            p.rewritten
+                .contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2")
+        );
     }
 
     #[test]
     fn malformed_window_calls_say_what_is_expected() {
         let mut n = 0;
-        let err = preprocess("SELECT * FROM TABLE(TUMBLE(TABLE b, ts, INTERVAL '1' SECOND))", &mut n)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("DESCRIPTOR") && err.contains("TUMBLE(TABLE t"), "{err}");
+        let err = preprocess(
+            "SELECT * FROM TABLE(TUMBLE(TABLE b, ts, INTERVAL '1' SECOND))",
+            &mut n,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DESCRIPTOR") && err.contains("TUMBLE(TABLE t"),
+            "{err}"
+        );
         let err = preprocess("SELECT * FROM TABLE(TUMBLE(TABLE b, DESCRIPTOR(ts)))", &mut n)
             .unwrap_err()
             .to_string();

@@ -76,11 +76,13 @@ impl Checkpoint {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(value).map(Some).map_err(|e| Error::Corrupt {
-            url,
-            epoch: None,
-            reason: e.to_string(),
-        })
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                url,
+                epoch: None,
+                reason: e.to_string(),
+            })
     }
 
     /// Creates `metadata.json`; fails if another process created it first.
@@ -177,6 +179,15 @@ impl Checkpoint {
     /// Deletes an operator's state file for one epoch (retention, rollback).
     pub async fn delete_state(&self, operator: &str, epoch: u64) -> Result<()> {
         self.loc.delete(&Self::state_name(operator, epoch)).await
+    }
+
+    /// Deletes every operator's state file for `epoch` (an abandoned,
+    /// uncommitted epoch).
+    pub async fn delete_epoch_state(&self, epoch: u64) -> Result<()> {
+        for op in self.state_operators().await? {
+            self.delete_state(&op, epoch).await?;
+        }
+        Ok(())
     }
 
     /// The operators that have state files.

@@ -43,8 +43,7 @@ pub fn encode(
         .set_key_value_metadata(Some(kv))
         .build();
     let mut buf = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut buf, Arc::clone(schema), Some(props)).map_err(|e| err(&e))?;
+    let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(schema), Some(props)).map_err(|e| err(&e))?;
     for batch in batches {
         writer.write(batch).map_err(|e| err(&e))?;
     }
@@ -145,7 +144,12 @@ mod tests {
         let b = batch();
         let bytes = encode("x", &b.schema(), &[b], &BTreeMap::new()).unwrap();
         let truncated = bytes.slice(0..bytes.len() / 2);
-        let err = decode("mem://s/3.parquet", Some(3), truncated).unwrap_err().to_string();
-        assert!(err.contains("mem://s/3.parquet") && err.contains("epoch 3"), "{err}");
+        let err = decode("mem://s/3.parquet", Some(3), truncated)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mem://s/3.parquet") && err.contains("epoch 3"),
+            "{err}"
+        );
     }
 }

@@ -13,9 +13,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::{Error, Result};
 
@@ -66,8 +64,7 @@ impl StoreOptions {
 
 /// Named in-memory stores, so that `memory://name/...` means the same store
 /// everywhere in one process.
-static MEMORY_STORES: LazyLock<Mutex<BTreeMap<String, Arc<InMemory>>>> =
-    LazyLock::new(Default::default);
+static MEMORY_STORES: LazyLock<Mutex<BTreeMap<String, Arc<InMemory>>>> = LazyLock::new(Default::default);
 
 /// A folder on an object store.
 #[derive(Clone)]
@@ -218,7 +215,10 @@ impl Location {
     /// The name of a store path relative to this location.
     pub fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.prefix) {
-            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+            Some(parts) => parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
             None => path.to_string(),
         }
     }
@@ -351,18 +351,21 @@ mod tests {
     #[tokio::test]
     async fn put_if_absent_refuses_a_second_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No)
+        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No).unwrap();
+        loc.put_if_absent("c/1.json", Bytes::from_static(b"a"))
+            .await
             .unwrap();
-        loc.put_if_absent("c/1.json", Bytes::from_static(b"a")).await.unwrap();
-        let err = loc.put_if_absent("c/1.json", Bytes::from_static(b"b")).await.unwrap_err();
+        let err = loc
+            .put_if_absent("c/1.json", Bytes::from_static(b"b"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
         assert_eq!(&loc.get("c/1.json").await.unwrap().unwrap()[..], b"a");
     }
 
     #[test]
     fn a_missing_local_source_is_an_error_naming_it() {
-        let err = Location::open("/no/such/dir/weir", &StoreOptions::default(), Create::No)
-            .unwrap_err();
+        let err = Location::open("/no/such/dir/weir", &StoreOptions::default(), Create::No).unwrap_err();
         assert!(err.to_string().contains("/no/such/dir/weir"), "{err}");
         let err = Location::open("gs://b/x", &StoreOptions::default(), Create::No).unwrap_err();
         assert!(err.to_string().contains("gs://"), "{err}");

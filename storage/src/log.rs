@@ -154,8 +154,7 @@ mod tests {
     }
 
     fn log(name: &str) -> (Location, EpochLog) {
-        let loc = Location::open(&format!("memory://{name}"), &StoreOptions::default(), Create::Yes)
-            .unwrap();
+        let loc = Location::open(&format!("memory://{name}"), &StoreOptions::default(), Create::Yes).unwrap();
         let log = EpochLog::new(&loc, "commits");
         (loc, log)
     }
@@ -175,11 +174,17 @@ mod tests {
     #[tokio::test]
     async fn damaged_entries_name_the_file_and_epoch() {
         let (loc, log) = log("log-damaged");
-        loc.put("commits/00000000000000000001.json", Bytes::from_static(b"{\"vers"))
-            .await
-            .unwrap();
+        loc.put(
+            "commits/00000000000000000001.json",
+            Bytes::from_static(b"{\"vers"),
+        )
+        .await
+        .unwrap();
         let err = log.read::<Entry>(1).await.unwrap_err().to_string();
-        assert!(err.contains("00000000000000000001.json") && err.contains("epoch 1"), "{err}");
+        assert!(
+            err.contains("00000000000000000001.json") && err.contains("epoch 1"),
+            "{err}"
+        );
 
         loc.put(
             "commits/00000000000000000002.json",
@@ -190,7 +195,9 @@ mod tests {
         let err = log.read::<Entry>(2).await.unwrap_err().to_string();
         assert!(err.contains("format version 99"), "{err}");
 
-        loc.put("commits/junk.txt", Bytes::from_static(b"x")).await.unwrap();
+        loc.put("commits/junk.txt", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
         let err = log.epochs().await.unwrap_err().to_string();
         assert!(err.contains("junk.txt"), "{err}");
     }

@@ -149,8 +149,7 @@ impl SinkLayout {
                         return Err(Error::Corrupt {
                             url: self.loc.url_of(&file.name),
                             epoch: Some(epoch),
-                            reason: "a committed output file is neither staged nor published"
-                                .into(),
+                            reason: "a committed output file is neither staged nor published".into(),
                         });
                     }
                 }
@@ -171,10 +170,11 @@ mod tests {
     #[tokio::test]
     async fn staged_files_are_invisible_to_a_parquet_glob_until_published() {
         let dir = tempfile::tempdir().unwrap();
-        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No)
-            .unwrap();
+        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No).unwrap();
         let sink = SinkLayout::new(loc.clone(), "q1-0");
-        sink.stage(7, Some((Bytes::from_static(b"PAR1"), 3))).await.unwrap();
+        sink.stage(7, Some((Bytes::from_static(b"PAR1"), 3)))
+            .await
+            .unwrap();
         let visible = |loc: Location| async move {
             loc.list("")
                 .await
@@ -197,8 +197,13 @@ mod tests {
         let loc = Location::open("memory://sink-lost", &StoreOptions::default(), Create::Yes).unwrap();
         let sink = SinkLayout::new(loc.clone(), "q-0");
         sink.stage(1, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
-        loc.delete("_weir/pending/q-0/part-0000000001-q-0.parquet.pending").await.unwrap();
+        loc.delete("_weir/pending/q-0/part-0000000001-q-0.parquet.pending")
+            .await
+            .unwrap();
         let err = sink.publish(1).await.unwrap_err().to_string();
-        assert!(err.contains("part-0000000001-q-0.parquet") && err.contains("epoch 1"), "{err}");
+        assert!(
+            err.contains("part-0000000001-q-0.parquet") && err.contains("epoch 1"),
+            "{err}"
+        );
     }
 }

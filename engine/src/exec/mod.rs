@@ -47,8 +47,17 @@ pub trait StatefulOperator: Send + Sync {
 pub struct EngineScans;
 
 impl ScanProvider for EngineScans {
-    fn scan(&self, table: &TableDecl, schema: SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(StreamScanExec::try_new(&table.name, &schema, projection)?))
+    fn scan(
+        &self,
+        table: &TableDecl,
+        schema: SchemaRef,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(StreamScanExec::try_new(
+            &table.name,
+            &schema,
+            projection,
+        )?))
     }
 }
 
@@ -87,7 +96,12 @@ impl ExtensionPlanner for StreamExtensionPlanner {
             let group_by = n
                 .group_expr
                 .iter()
-                .map(|e| Ok((planner.create_physical_expr(e, logical_schema, session, planning_ctx)?, physical_name(e)?)))
+                .map(|e| {
+                    Ok((
+                        planner.create_physical_expr(e, logical_schema, session, planning_ctx)?,
+                        physical_name(e)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let mut aggr = Vec::with_capacity(n.aggr_expr.len());
             let mut filters = Vec::with_capacity(n.aggr_expr.len());
@@ -126,7 +140,11 @@ pub struct StreamQueryPlanner;
 
 #[async_trait]
 impl QueryPlanner for StreamQueryPlanner {
-    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         physical_planner().create_physical_plan(plan, session).await
     }
 }

@@ -83,7 +83,10 @@ impl ExecutionPlan for StreamScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
@@ -96,6 +99,10 @@ impl ExecutionPlan for StreamScanExec {
             },
             None => vec![],
         };
-        Ok(Box::pin(MemoryStream::try_new(batches, Arc::clone(&self.schema), None)?))
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            Arc::clone(&self.schema),
+            None,
+        )?))
     }
 }

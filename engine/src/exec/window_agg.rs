@@ -59,7 +59,9 @@ pub struct WindowAggregateExec {
 
 impl fmt::Debug for WindowAggregateExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WindowAggregateExec").field("spec", &self.spec).finish()
+        f.debug_struct("WindowAggregateExec")
+            .field("spec", &self.spec)
+            .finish()
     }
 }
 
@@ -129,7 +131,11 @@ impl WindowAggregateExec {
         state_fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
         for (i, a) in aggr.iter().enumerate() {
             for f in a.state_fields()? {
-                state_fields.push(Field::new(format!("a{i}.{}", f.name()), f.data_type().clone(), true));
+                state_fields.push(Field::new(
+                    format!("a{i}.{}", f.name()),
+                    f.data_type().clone(),
+                    true,
+                ));
             }
         }
         let aggr_args = aggregate_expressions(&aggr, &AggregateMode::Partial, 0)?;
@@ -219,7 +225,10 @@ impl ExecutionPlan for WindowAggregateExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::with_state(
             children.swap_remove(0),
             self.spec.clone(),
@@ -242,7 +251,10 @@ impl ExecutionPlan for WindowAggregateExec {
             }
             state.emit_closed(epoch.watermark_out)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.state.schema), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.state.schema),
+            out,
+        )))
     }
 }
 
@@ -281,7 +293,10 @@ impl WindowAggState {
         let keys = if self.key_schema.fields().is_empty() {
             None
         } else {
-            Some(new_group_values(Arc::clone(&self.key_schema), &GroupOrdering::None)?)
+            Some(new_group_values(
+                Arc::clone(&self.key_schema),
+                &GroupOrdering::None,
+            )?)
         };
         let accs = self
             .aggr
@@ -291,7 +306,9 @@ impl WindowAggState {
                     a.create_groups_accumulator()
                 } else {
                     let a = Arc::clone(a);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator())))
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        a.create_accumulator()
+                    })))
                 }
             })
             .collect::<Result<_>>()?;
@@ -325,7 +342,12 @@ impl WindowAggState {
         let args: Vec<Vec<ArrayRef>> = self
             .aggr_args
             .iter()
-            .map(|exprs| exprs.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<Result<_>>())
+            .map(|exprs| {
+                exprs
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(n))
+                    .collect::<Result<_>>()
+            })
             .collect::<Result<_>>()?;
         let filters: Vec<Option<ArrayRef>> = self
             .filters
@@ -346,18 +368,24 @@ impl WindowAggState {
                 (keys.clone(), args.clone(), filters.clone())
             } else {
                 let idx = UInt32Array::from(rows);
-                let args = args.iter().map(|a| take_all(a, &idx)).collect::<Result<Vec<_>>>()?;
+                let args = args
+                    .iter()
+                    .map(|a| take_all(a, &idx))
+                    .collect::<Result<Vec<_>>>()?;
                 let filters = filters
                     .iter()
-                    .map(|f| f.as_ref().map(|f| Ok::<_, DataFusionError>(take(f.as_ref(), &idx, None)?)).transpose())
+                    .map(|f| {
+                        f.as_ref()
+                            .map(|f| Ok::<_, DataFusionError>(take(f.as_ref(), &idx, None)?))
+                            .transpose()
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 (take_all(&keys, &idx)?, args, filters)
             };
-            if !inner.windows.contains_key(&window) {
-                let w = self.new_window()?;
-                inner.windows.insert(window, w);
-            }
-            let w = inner.windows.get_mut(&window).expect("inserted above");
+            let w = match inner.windows.entry(window) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.new_window()?),
+            };
             w.snapshot = None;
             group_idx.clear();
             match &mut w.keys {
@@ -425,7 +453,10 @@ impl WindowAggState {
             } else if i == self.window_end {
                 columns.push(self.window_column(i, end, n)?);
             } else {
-                columns.push(keys.next().ok_or_else(|| DataFusionError::Internal("missing key column".into()))?);
+                columns.push(
+                    keys.next()
+                        .ok_or_else(|| DataFusionError::Internal("missing key column".into()))?,
+                );
             }
         }
         for acc in &mut w.accs {
@@ -444,7 +475,11 @@ impl WindowAggState {
             Some(k) => k.emit(EmitTo::All)?,
             None => vec![],
         };
-        let states: Vec<Vec<ArrayRef>> = w.accs.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<_>>()?;
+        let states: Vec<Vec<ArrayRef>> = w
+            .accs
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<Result<_>>()?;
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![start; n])),
             Arc::new(Int64Array::from(vec![end; n])),
@@ -460,7 +495,13 @@ impl WindowAggState {
         Ok(batch)
     }
 
-    fn merge_into(&self, w: &mut WindowGroups, keys: &[ArrayRef], states: &[Vec<ArrayRef>], n: usize) -> Result<()> {
+    fn merge_into(
+        &self,
+        w: &mut WindowGroups,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        n: usize,
+    ) -> Result<()> {
         let mut idx = Vec::with_capacity(n);
         match &mut w.keys {
             Some(k) => {
@@ -511,7 +552,11 @@ impl StatefulOperator for WindowAggState {
             return Err(DataFusionError::Execution(format!(
                 "the state file does not match this windowed aggregate (it has columns {:?}, the operator keeps {:?})",
                 schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
-                self.state_schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                self.state_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
             )));
         }
         let mut inner = self.lock();
@@ -544,5 +589,8 @@ impl StatefulOperator for WindowAggState {
 }
 
 fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new(batch.schema(), take_all(batch.columns(), idx)?)?)
+    Ok(RecordBatch::try_new(
+        batch.schema(),
+        take_all(batch.columns(), idx)?,
+    )?)
 }

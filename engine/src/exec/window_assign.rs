@@ -12,10 +12,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
-use datafusion::arrow::array::AsArray;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -74,7 +74,11 @@ impl WindowAssignExec {
 impl DisplayAs for WindowAssignExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let time = self.input.schema().field(self.time_index).name().clone();
-        write!(f, "WindowAssignExec: {} on {time}, drops rows older than the watermark", self.spec)
+        write!(
+            f,
+            "WindowAssignExec: {} on {time}, drops rows older than the watermark",
+            self.spec
+        )
     }
 }
 
@@ -102,7 +106,10 @@ impl ExecutionPlan for WindowAssignExec {
         vec![true]
     }
 
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::try_new(
             children.swap_remove(0),
             self.spec.clone(),
@@ -130,7 +137,10 @@ impl ExecutionPlan for WindowAssignExec {
             epoch.add_late(late);
             Ok(out)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
     }
 }
 
@@ -188,8 +198,12 @@ impl Assign {
                 .unzip(),
         };
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone_opt(tz.clone())));
-        columns.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone_opt(tz)));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(starts).with_timezone_opt(tz.clone()),
+        ));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(ends).with_timezone_opt(tz),
+        ));
         Ok((RecordBatch::try_new(Arc::clone(&self.schema), columns)?, dropped))
     }
 }
@@ -218,7 +232,12 @@ mod tests {
             Arc::clone(&in_schema),
             vec![
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
-                Arc::new(TimestampMillisecondArray::from(vec![Some(12_000), Some(4_000), None, Some(25_000)])),
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    Some(12_000),
+                    Some(4_000),
+                    None,
+                    Some(25_000),
+                ])),
             ],
         )
         .unwrap();
@@ -230,7 +249,10 @@ mod tests {
             Field::new("window_end", wtype, false),
         ]));
         let assign = |watermark| Assign {
-            spec: WindowSpec::Tumble { size_ms: 10_000, offset_ms: 0 },
+            spec: WindowSpec::Tumble {
+                size_ms: 10_000,
+                offset_ms: 0,
+            },
             time_index: 1,
             schema: Arc::clone(&out_schema),
             delay_ms: 5_000,

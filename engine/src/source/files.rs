@@ -30,7 +30,14 @@ use super::{Source, check_options, table_store_options};
 use crate::{Error, Result};
 
 /// Options this connector knows.
-const OPTIONS: &[&str] = &["connector", "path", "format", "max_files_per_batch", "max_rows_per_batch", "csv.delimiter"];
+const OPTIONS: &[&str] = &[
+    "connector",
+    "path",
+    "format",
+    "max_files_per_batch",
+    "max_rows_per_batch",
+    "csv.delimiter",
+];
 
 /// Default cap on files per batch.
 pub const DEFAULT_MAX_FILES: usize = 1000;
@@ -91,9 +98,10 @@ impl FilesSource {
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl, store_options: &StoreOptions) -> Result<Self> {
         check_options(decl, OPTIONS)?;
-        let schema = decl.schema.clone().ok_or_else(|| {
-            Error::Config(format!("source table '{}' must declare its columns", decl.name))
-        })?;
+        let schema = decl
+            .schema
+            .clone()
+            .ok_or_else(|| Error::Config(format!("source table '{}' must declare its columns", decl.name)))?;
         let format = match decl.require("format")?.to_ascii_lowercase().as_str() {
             "parquet" => Format::Parquet,
             "csv" => {
@@ -119,9 +127,8 @@ impl FilesSource {
             }
         };
         let path = decl.require("path")?;
-        let loc = Location::open(path, &table_store_options(decl, store_options), Create::No).map_err(|e| {
-            Error::Config(format!("source table '{}': {e}", decl.name))
-        })?;
+        let loc = Location::open(path, &table_store_options(decl, store_options), Create::No)
+            .map_err(|e| Error::Config(format!("source table '{}': {e}", decl.name)))?;
         Ok(Self {
             table: decl.name.clone(),
             loc,
@@ -142,7 +149,10 @@ impl FilesSource {
         Ok(all
             .into_iter()
             .map(|m| (self.loc.relative(&m.location), m.size))
-            .filter(|(p, _)| !p.split('/').any(|part| part.starts_with('.') || part.starts_with('_')))
+            .filter(|(p, _)| {
+                !p.split('/')
+                    .any(|part| part.starts_with('.') || part.starts_with('_'))
+            })
             .collect())
     }
 
@@ -200,12 +210,17 @@ impl Source for FilesSource {
             files,
             max_rows: self.max_rows as u64,
         };
-        Ok(Some(serde_json::to_value(offset).map_err(|e| Error::Checkpoint(e.to_string()))?))
+        Ok(Some(
+            serde_json::to_value(offset).map_err(|e| Error::Checkpoint(e.to_string()))?,
+        ))
     }
 
     async fn read_batch(&mut self, offset: &Value) -> Result<Vec<RecordBatch>> {
         let offset: FilesOffset = serde_json::from_value(offset.clone()).map_err(|e| {
-            Error::Checkpoint(format!("source '{}': unreadable offset in the offsets log: {e}", self.table))
+            Error::Checkpoint(format!(
+                "source '{}': unreadable offset in the offsets log: {e}",
+                self.table
+            ))
         })?;
         let mut budget = offset.max_rows as usize;
         let mut out = Vec::new();
@@ -226,7 +241,15 @@ impl Source for FilesSource {
                 Some((p, b)) if p == &range.path => Some(b.clone()),
                 _ => None,
             };
-            let (rows, bytes) = read_range(&file, self.format, &self.schema, range.start_row as usize, budget, cached).await?;
+            let (rows, bytes) = read_range(
+                &file,
+                self.format,
+                &self.schema,
+                range.start_row as usize,
+                budget,
+                cached,
+            )
+            .await?;
             self.cache = bytes.filter(|_| !rows.eof).map(|b| (range.path.clone(), b));
             budget -= rows.rows;
             out.extend(rows.batches);

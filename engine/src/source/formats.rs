@@ -17,10 +17,10 @@ use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json;
 use datafusion::arrow::util::display::FormatOptions;
-use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
-use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -89,7 +89,10 @@ pub async fn read_range(
         Format::Parquet => Ok((read_parquet(file, schema, start, max_rows).await?, None)),
         Format::Csv { delimiter } => {
             let bytes = fetch(file, cached).await?;
-            Ok((read_csv(file, &bytes, delimiter, schema, start, max_rows)?, Some(bytes)))
+            Ok((
+                read_csv(file, &bytes, delimiter, schema, start, max_rows)?,
+                Some(bytes),
+            ))
         }
         Format::Json => {
             let bytes = fetch(file, cached).await?;
@@ -143,8 +146,8 @@ fn conform(file: &FileRef<'_>, col: &ArrayRef, field: &Field) -> Result<ArrayRef
 }
 
 /// Finds each declared column in the file's columns (exact name first, then
-/// case-insensitively), checking types.
-fn map_columns(file: &FileRef<'_>, found: &Schema, declared: &SchemaRef) -> Result<Vec<usize>> {
+/// case-insensitively), checking types when the file has them.
+fn map_columns(file: &FileRef<'_>, found: &Schema, declared: &SchemaRef, typed: bool) -> Result<Vec<usize>> {
     declared
         .fields()
         .iter()
@@ -165,7 +168,7 @@ fn map_columns(file: &FileRef<'_>, found: &Schema, declared: &SchemaRef) -> Resu
                 )));
             };
             let t = found.field(idx).data_type();
-            if !compatible(t, f.data_type()) {
+            if typed && !compatible(t, f.data_type()) {
                 return Err(file.err(format!(
                     "column '{}' is {t} in the file, but table '{}' declares it {}",
                     f.name(),
@@ -179,7 +182,12 @@ fn map_columns(file: &FileRef<'_>, found: &Schema, declared: &SchemaRef) -> Resu
 }
 
 /// Rebuilds a batch in the declared schema from the file's columns.
-fn to_declared(file: &FileRef<'_>, batch: &RecordBatch, columns: &[usize], declared: &SchemaRef) -> Result<RecordBatch> {
+fn to_declared(
+    file: &FileRef<'_>,
+    batch: &RecordBatch,
+    columns: &[usize],
+    declared: &SchemaRef,
+) -> Result<RecordBatch> {
     let cols = columns
         .iter()
         .zip(declared.fields())
@@ -197,7 +205,10 @@ struct StoreFileReader {
 }
 
 impl AsyncFileReader for StoreFileReader {
-    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
         async move { Ok(self.store.get_range(&self.path, range).await?) }.boxed()
     }
 
@@ -225,7 +236,12 @@ impl AsyncFileReader for StoreFileReader {
     }
 }
 
-async fn read_parquet(file: &FileRef<'_>, declared: &SchemaRef, start: usize, max_rows: usize) -> Result<FileRows> {
+async fn read_parquet(
+    file: &FileRef<'_>,
+    declared: &SchemaRef,
+    start: usize,
+    max_rows: usize,
+) -> Result<FileRows> {
     let reader = StoreFileReader {
         store: Arc::clone(file.store),
         path: file.path.clone(),
@@ -236,7 +252,7 @@ async fn read_parquet(file: &FileRef<'_>, declared: &SchemaRef, start: usize, ma
         .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
     let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let file_schema = Arc::clone(builder.schema());
-    let columns = map_columns(file, &file_schema, declared)?;
+    let columns = map_columns(file, &file_schema, declared, true)?;
     let mut roots = columns.clone();
     roots.sort_unstable();
     roots.dedup();
@@ -269,24 +285,22 @@ async fn read_parquet(file: &FileRef<'_>, declared: &SchemaRef, start: usize, ma
     })
 }
 
-fn read_csv(file: &FileRef<'_>, bytes: &Bytes, delimiter: u8, declared: &SchemaRef, start: usize, max_rows: usize) -> Result<FileRows> {
+fn read_csv(
+    file: &FileRef<'_>,
+    bytes: &Bytes,
+    delimiter: u8,
+    declared: &SchemaRef,
+    start: usize,
+    max_rows: usize,
+) -> Result<FileRows> {
     let format = csv::reader::Format::default()
         .with_header(true)
         .with_delimiter(delimiter);
     let (header, _) = format
         .infer_schema(Cursor::new(bytes.as_ref()), Some(0))
         .map_err(|e| file.err(format!("cannot read the CSV header: {e}")))?;
-    let columns = {
-        // The header gives names only; every column is text until declared.
-        let names = Schema::new(
-            header
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                .collect::<Vec<_>>(),
-        );
-        map_columns(file, &names, declared)?
-    };
+    // The header gives names only: values are parsed as the declared types.
+    let columns = map_columns(file, &header, declared, false)?;
     // Parse declared columns with their declared types; others as text.
     let read_schema = Arc::new(Schema::new(
         header
@@ -316,13 +330,22 @@ fn read_csv(file: &FileRef<'_>, bytes: &Bytes, delimiter: u8, declared: &SchemaR
     Ok(limit(batches, max_rows))
 }
 
-fn read_json(file: &FileRef<'_>, bytes: &Bytes, declared: &SchemaRef, start: usize, max_rows: usize) -> Result<FileRows> {
+fn read_json(
+    file: &FileRef<'_>,
+    bytes: &Bytes,
+    declared: &SchemaRef,
+    start: usize,
+    max_rows: usize,
+) -> Result<FileRows> {
     // Skip `start` records (non-blank lines).
     let mut offset = 0;
     let mut skipped = 0;
     let data = bytes.as_ref();
     while skipped < start && offset < data.len() {
-        let end = data[offset..].iter().position(|&b| b == b'\n').map_or(data.len(), |p| offset + p + 1);
+        let end = data[offset..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(data.len(), |p| offset + p + 1);
         if data[offset..end].iter().any(|b| !b.is_ascii_whitespace()) {
             skipped += 1;
         }
@@ -387,7 +410,13 @@ mod tests {
         ]))
     }
 
-    async fn read(name: &str, body: &'static [u8], format: Format, start: usize, max: usize) -> Result<FileRows> {
+    async fn read(
+        name: &str,
+        body: &'static [u8],
+        format: Format,
+        start: usize,
+        max: usize,
+    ) -> Result<FileRows> {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from(name);
         store.put(&path, PutPayload::from_static(body)).await.unwrap();
@@ -410,12 +439,19 @@ mod tests {
 
     #[tokio::test]
     async fn csv_by_header_name_in_ranges() {
-        let csv = b"ts,extra,price\n2026-01-01T00:00:01,x,1\n2026-01-01T00:00:02,y,2\n2026-01-01T00:00:03,z,3\n";
-        let all = read("a.csv", csv, Format::Csv { delimiter: b',' }, 0, 10).await.unwrap();
+        let csv =
+            b"ts,extra,price\n2026-01-01T00:00:01,x,1\n2026-01-01T00:00:02,y,2\n2026-01-01T00:00:03,z,3\n";
+        let all = read("a.csv", csv, Format::Csv { delimiter: b',' }, 0, 10)
+            .await
+            .unwrap();
         assert_eq!((prices(&all), all.eof), (vec![1, 2, 3], true));
-        let mid = read("a.csv", csv, Format::Csv { delimiter: b',' }, 1, 1).await.unwrap();
+        let mid = read("a.csv", csv, Format::Csv { delimiter: b',' }, 1, 1)
+            .await
+            .unwrap();
         assert_eq!((prices(&mid), mid.eof), (vec![2], false));
-        let end = read("a.csv", csv, Format::Csv { delimiter: b',' }, 1, 2).await.unwrap();
+        let end = read("a.csv", csv, Format::Csv { delimiter: b',' }, 1, 2)
+            .await
+            .unwrap();
         assert_eq!((prices(&end), end.eof), (vec![2, 3], true));
     }
 
@@ -430,17 +466,32 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_files_name_the_file_and_column() {
-        let err = read("bad.csv", b"ts,cost\n2026-01-01T00:00:01,1\n", Format::Csv { delimiter: b',' }, 0, 10)
-            .await
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("bad.csv") && err.contains("column 'price'") && err.contains("missing"), "{err}");
-        let err = read("bad.csv", b"ts,price\n2026-01-01T00:00:01,abc\n", Format::Csv { delimiter: b',' }, 0, 10)
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let err = read(
+            "bad.csv",
+            b"ts,cost\n2026-01-01T00:00:01,1\n",
+            Format::Csv { delimiter: b',' },
+            0,
+            10,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("bad.csv") && err.contains("column 'price'") && err.contains("missing"),
+            "{err}"
+        );
+        let err = read(
+            "bad.csv",
+            b"ts,price\n2026-01-01T00:00:01,abc\n",
+            Format::Csv { delimiter: b',' },
+            0,
+            10,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("bad.csv") && err.contains("abc"), "{err}");
         let err = read("bad.json", b"{\"price\": \"abc\"}\n", Format::Json, 0, 10)
             .await
@@ -460,7 +511,10 @@ mod tests {
     fn compatible_types() {
         use DataType::*;
         assert!(compatible(&Int32, &Int64));
-        assert!(compatible(&Timestamp(TimeUnit::Microsecond, Some("UTC".into())), &Timestamp(TimeUnit::Millisecond, None)));
+        assert!(compatible(
+            &Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            &Timestamp(TimeUnit::Millisecond, None)
+        ));
         assert!(!compatible(&Utf8, &Int64));
         assert!(!compatible(&Int64, &Utf8));
         let _ = Int64Array::from(vec![1]);

@@ -1,0 +1,199 @@
+//! Windowed aggregates of every kind (built-in, distinct, sketch, filtered,
+//! user-defined) through the engine in-process: many small epochs, the job
+//! reopened from its checkpoint before each one, and the result compared
+//! with DataFusion's batch answer over the same rows.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Accumulator, AggregateUDF, Volatility, create_udaf};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::prelude::SessionContext;
+use weir_engine::{JobOptions, StreamingJob, Trigger};
+
+/// Sum of squares: a user-defined aggregate with its own accumulator state.
+#[derive(Debug, Default)]
+struct SumSq(i64);
+
+impl Accumulator for SumSq {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion::error::Result<()> {
+        for v in values[0].as_primitive::<Int64Type>().iter().flatten() {
+            self.0 += v * v;
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> datafusion::error::Result<ScalarValue> {
+        Ok(ScalarValue::Int64(Some(self.0)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+    fn state(&mut self) -> datafusion::error::Result<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::Int64(Some(self.0))])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> datafusion::error::Result<()> {
+        for v in states[0].as_primitive::<Int64Type>().iter().flatten() {
+            self.0 += v;
+        }
+        Ok(())
+    }
+}
+
+fn sum_sq() -> AggregateUDF {
+    create_udaf(
+        "sum_sq",
+        vec![DataType::Int64],
+        Arc::new(DataType::Int64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(SumSq::default()))),
+        Arc::new(vec![DataType::Int64]),
+    )
+}
+
+fn input() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let n = 2000i64;
+    let base = 1_767_225_600_000i64;
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(
+                (0..n).map(|i| (i * 7919) % 5).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                (0..n)
+                    .map(|i| if i % 13 == 0 { None } else { Some((i * 31) % 17) })
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                (0..n).map(|i| (i * 104_729) % 1000).collect::<Vec<_>>(),
+            )),
+            // 25 ms apart, every fourth row 600 ms back: out of order, never late.
+            Arc::new(TimestampMillisecondArray::from(
+                (0..n)
+                    .map(|i| base + i * 25 - if i % 4 == 0 { 600 } else { 0 })
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default();
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                f.iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+const AGGS: &str = "AVG(price) AS avg_price, COUNT(DISTINCT bidder) AS bidders, approx_distinct(bidder) AS approx, \
+     COUNT(*) FILTER (WHERE price > 500) AS dear, sum_sq(price) AS sq, MIN(price) AS lo, \
+     MAX(price) - MIN(price) AS spread, COUNT(bidder) AS with_bidder";
+
+#[tokio::test]
+async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let input_dir = dir.path().join("in");
+    std::fs::create_dir_all(&input_dir).unwrap();
+    let batch = input();
+    for (i, part) in [(0, 700), (700, 700), (1400, 600)] {
+        let f = std::fs::File::create(input_dir.join(format!("part-{i:05}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch.slice(i, part)).unwrap();
+        w.close().unwrap();
+    }
+    let out_dir = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '150');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+         INSERT INTO out SELECT window_start, window_end, auction, {AGGS}
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
+         GROUP BY window_start, window_end, auction;",
+        input_dir.display(),
+        out_dir.display()
+    );
+    let checkpoint = dir.path().join("ck").display().to_string();
+    let open = || async {
+        let mut options = JobOptions::new(checkpoint.clone());
+        options.udafs.push(sum_sq());
+        StreamingJob::open(&sql, options).await.unwrap()
+    };
+    // One epoch per process lifetime: state goes through a checkpoint
+    // between every two batches.
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut epochs = 0;
+    loop {
+        let mut job = open().await;
+        let s = job
+            .run(Trigger::Once, false, stop.clone(), &mut |_| {})
+            .await
+            .unwrap();
+        if s.epochs == 0 {
+            break;
+        }
+        epochs += s.epochs;
+    }
+    assert!(epochs >= 13, "{epochs} epochs");
+    let mut job = open().await;
+    let s = job
+        .run(Trigger::AvailableNow, true, stop.clone(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.late_rows, 0);
+
+    let mut got = Vec::new();
+    for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "parquet") {
+            let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap();
+            got.extend(r.build().unwrap().map(|b| b.unwrap()));
+        }
+    }
+
+    let ctx = SessionContext::new();
+    ctx.register_udaf(sum_sq());
+    ctx.register_batch("bids", batch).unwrap();
+    let expected = ctx
+        .sql(&format!(
+            "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
+                    date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
+                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = rows(&expected);
+    assert!(expected.len() > 40);
+    assert_eq!(rows(&got), expected);
+}
