@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::max;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::execution::{SessionState, TaskContext};
@@ -52,9 +52,9 @@ use weir_sql::{Job, StreamPlanner, Watermark};
 use weir_storage::location::Create;
 use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
 
-use crate::epoch::EpochInput;
+use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
-use crate::exec::{EngineScans, StatefulOperator, WindowAggregateExec, physical_planner};
+use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAggregateExec, physical_planner};
 use crate::sink::FileSink;
 use crate::source::{Source, open_source};
 use crate::{Error, Result};
@@ -226,6 +226,8 @@ struct CommitEntry {
 struct SourceSlot {
     source: Box<dyn Source>,
     watermark: Option<Watermark>,
+    /// The declared columns read (every scan's, and the watermark's).
+    columns: Arc<Vec<usize>>,
 }
 
 struct Pipeline {
@@ -298,6 +300,7 @@ impl StreamingJob {
                     SourceSlot {
                         source: open_source(decl, &options.store_options)?,
                         watermark: decl.watermark.clone(),
+                        columns: Arc::new(Vec::new()),
                     },
                 );
             }
@@ -318,6 +321,24 @@ impl StreamingJob {
                 sources: p.sources,
                 operators,
             });
+        }
+
+        // Sources read only the columns some scan needs (and the watermark's).
+        let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        for p in &pipelines {
+            scan_columns(&p.plan, &mut needed);
+        }
+        for (name, slot) in sources.iter_mut() {
+            let mut cols = needed.remove(name).unwrap_or_default();
+            if let Some(w) = &slot.watermark {
+                cols.insert(slot.source.schema().index_of(&w.column)?);
+            }
+            if cols.is_empty() {
+                cols.insert(0); // COUNT(*) alone still needs the rows
+            }
+            let cols: Vec<usize> = cols.into_iter().collect();
+            slot.source.set_columns(cols.clone());
+            slot.columns = Arc::new(cols);
         }
 
         let watermarks = sources
@@ -582,7 +603,7 @@ impl StreamingJob {
         };
         let rows_in = input
             .values()
-            .map(|b| b.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+            .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
             .sum();
 
         // Watermarks after this epoch's rows.
@@ -593,12 +614,16 @@ impl StreamingJob {
                 *wm = i64::MAX;
                 continue;
             }
-            let (Some(slot), Some(batches)) = (self.sources.get(name), input.get(name)) else {
+            let (Some(slot), Some(rows)) = (self.sources.get(name), input.get(name)) else {
                 continue;
             };
             let Some(decl) = &slot.watermark else { continue };
-            let idx = slot.source.schema().index_of(&decl.column)?;
-            for b in batches.iter() {
+            let declared = slot.source.schema().index_of(&decl.column)?;
+            let idx =
+                slot.columns.iter().position(|&c| c == declared).ok_or_else(|| {
+                    Error::Config(format!("source '{name}' did not read its watermark column"))
+                })?;
+            for b in rows.batches.iter() {
                 let ms = to_millis(b.column(idx))?;
                 if let Some(m) = max(ms.as_primitive::<TimestampMillisecondType>()) {
                     *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
@@ -622,7 +647,7 @@ impl StreamingJob {
                 batches: input
                     .iter()
                     .filter(|(s, _)| p.sources.contains(*s))
-                    .map(|(s, b)| (s.clone(), Arc::clone(b)))
+                    .map(|(s, b)| (s.clone(), b.clone()))
                     .collect(),
                 source_watermarks_in: pick(&watermarks_in).into_iter().collect(),
                 watermark_out: wm_out,
@@ -717,11 +742,7 @@ impl StreamingJob {
 }
 
 impl StreamingJob {
-    async fn read_input(
-        &mut self,
-        epoch: u64,
-        entry: &OffsetsEntry,
-    ) -> Result<BTreeMap<String, Arc<Vec<RecordBatch>>>> {
+    async fn read_input(&mut self, epoch: u64, entry: &OffsetsEntry) -> Result<BTreeMap<String, SourceRows>> {
         let mut input = BTreeMap::new();
         for (name, offset) in &entry.sources {
             let slot = self.sources.get_mut(name).ok_or_else(|| {
@@ -731,7 +752,13 @@ impl StreamingJob {
                 ))
             })?;
             let batches = slot.source.read_batch(offset).await?;
-            input.insert(name.clone(), Arc::new(batches));
+            input.insert(
+                name.clone(),
+                SourceRows {
+                    columns: Arc::clone(&slot.columns),
+                    batches: Arc::new(batches),
+                },
+            );
         }
         Ok(input)
     }
@@ -769,6 +796,20 @@ impl RunSummary {
     fn done(mut self, last: Option<u64>) -> Self {
         self.last_epoch = last;
         self
+    }
+}
+
+/// Adds the declared columns each source scan in a plan reads.
+fn scan_columns(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<String, BTreeSet<usize>>) {
+    if let Some(scan) = plan.downcast_ref::<StreamScanExec>() {
+        let cols = out.entry(scan.source().to_string()).or_default();
+        match scan.projection() {
+            Some(p) => cols.extend(p.iter().copied()),
+            None => cols.extend(0..scan.schema().fields().len()),
+        }
+    }
+    for child in plan.children() {
+        scan_columns(child, out);
     }
 }
 

@@ -11,13 +11,23 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 
+/// A source's rows of one epoch. Sources read only the columns some plan
+/// needs: `columns` are the declared columns present, in order.
+#[derive(Clone, Debug, Default)]
+pub struct SourceRows {
+    /// Indices into the declared schema of the batches' columns.
+    pub columns: Arc<Vec<usize>>,
+    /// The rows.
+    pub batches: Arc<Vec<RecordBatch>>,
+}
+
 /// The input of one epoch, for one pipeline.
 #[derive(Debug, Default)]
 pub struct EpochInput {
     /// The epoch number.
     pub epoch: u64,
-    /// Rows read from each source this epoch, in the source's declared schema.
-    pub batches: HashMap<String, Arc<Vec<RecordBatch>>>,
+    /// Rows read from each source this epoch.
+    pub batches: HashMap<String, SourceRows>,
     /// Each watermarked source's watermark before this epoch (ms).
     pub source_watermarks_in: HashMap<String, i64>,
     /// The pipeline's watermark after this epoch's rows (ms): windows ending

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -49,6 +49,11 @@ impl StreamScanExec {
     /// The source's name.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The declared columns this scan reads (`None`: all).
+    pub fn projection(&self) -> Option<&Vec<usize>> {
+        self.projection.as_ref()
     }
 }
 
@@ -93,11 +98,30 @@ impl ExecutionPlan for StreamScanExec {
     fn execute(&self, _partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = EpochInput::from_task(&context)?;
         let batches = match input.batches.get(&self.source) {
-            Some(b) => match &self.projection {
-                Some(p) => b.iter().map(|b| b.project(p)).collect::<Result<Vec<_>, _>>()?,
-                None => b.as_ref().clone(),
-            },
             None => vec![],
+            Some(rows) => {
+                // Map the declared columns this scan wants to the columns the
+                // source read.
+                let wanted: Vec<usize> = match &self.projection {
+                    Some(p) => p.clone(),
+                    None => (0..self.schema.fields().len()).collect(),
+                };
+                let positions = wanted
+                    .iter()
+                    .map(|c| {
+                        rows.columns.iter().position(|x| x == c).ok_or_else(|| {
+                            DataFusionError::Internal(format!(
+                                "source '{}' did not read column {c} that a scan needs",
+                                self.source
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                rows.batches
+                    .iter()
+                    .map(|b| b.project(&positions))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
         };
         Ok(Box::pin(MemoryStream::try_new(
             batches,

@@ -25,7 +25,7 @@ use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
-use super::formats::{FileRef, Format, read_range};
+use super::formats::{Columns, FileRef, Format, read_range};
 use super::{Source, check_options, table_store_options};
 use crate::{Error, Result};
 
@@ -70,6 +70,8 @@ pub struct FilesSource {
     loc: Location,
     format: Format,
     schema: SchemaRef,
+    /// The declared columns the job reads.
+    columns: Vec<usize>,
     max_files: usize,
     max_rows: usize,
     progress: BTreeMap<String, FileProgress>,
@@ -133,6 +135,7 @@ impl FilesSource {
             table: decl.name.clone(),
             loc,
             format,
+            columns: (0..schema.fields().len()).collect(),
             schema,
             max_files: parse_count(decl, "max_files_per_batch", DEFAULT_MAX_FILES)?,
             max_rows: parse_count(decl, "max_rows_per_batch", DEFAULT_MAX_ROWS)?,
@@ -174,6 +177,10 @@ impl Source for FilesSource {
 
     fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    fn set_columns(&mut self, columns: Vec<usize>) {
+        self.columns = columns;
     }
 
     async fn freeze(&mut self) -> Result<()> {
@@ -241,10 +248,14 @@ impl Source for FilesSource {
                 Some((p, b)) if p == &range.path => Some(b.clone()),
                 _ => None,
             };
+            let columns = Columns {
+                declared: &self.schema,
+                needed: &self.columns,
+            };
             let (rows, bytes) = read_range(
                 &file,
                 self.format,
-                &self.schema,
+                &columns,
                 range.start_row as usize,
                 budget,
                 cached,

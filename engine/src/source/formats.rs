@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,7 +19,7 @@ use datafusion::arrow::json;
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::parquet::arrow::ParquetRecordBatchStreamBuilder;
 use datafusion::parquet::arrow::ProjectionMask;
-use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
@@ -75,28 +75,45 @@ impl FileRef<'_> {
     }
 }
 
+/// What to read from a file: the table's declared schema, and which of its
+/// columns the job needs (sorted indices). Rows come back with exactly those
+/// columns; the rest are checked against the file where the format allows
+/// it cheaply (Parquet footer, CSV header) but not decoded.
+pub struct Columns<'a> {
+    /// The declared schema.
+    pub declared: &'a SchemaRef,
+    /// The needed columns, ascending.
+    pub needed: &'a [usize],
+}
+
+impl Columns<'_> {
+    fn output_schema(&self) -> Result<SchemaRef> {
+        Ok(Arc::new(self.declared.project(self.needed)?))
+    }
+}
+
 /// Reads up to `max_rows` rows from row `start` of a file. `cached` holds
 /// the file's bytes when the caller already has them (CSV and JSON).
 pub async fn read_range(
     file: &FileRef<'_>,
     format: Format,
-    schema: &SchemaRef,
+    columns: &Columns<'_>,
     start: usize,
     max_rows: usize,
     cached: Option<Bytes>,
 ) -> Result<(FileRows, Option<Bytes>)> {
     match format {
-        Format::Parquet => Ok((read_parquet(file, schema, start, max_rows).await?, None)),
+        Format::Parquet => Ok((read_parquet(file, columns, start, max_rows).await?, None)),
         Format::Csv { delimiter } => {
             let bytes = fetch(file, cached).await?;
             Ok((
-                read_csv(file, &bytes, delimiter, schema, start, max_rows)?,
+                read_csv(file, &bytes, delimiter, columns, start, max_rows)?,
                 Some(bytes),
             ))
         }
         Format::Json => {
             let bytes = fetch(file, cached).await?;
-            Ok((read_json(file, &bytes, schema, start, max_rows)?, Some(bytes)))
+            Ok((read_json(file, &bytes, columns, start, max_rows)?, Some(bytes)))
         }
     }
 }
@@ -181,19 +198,36 @@ fn map_columns(file: &FileRef<'_>, found: &Schema, declared: &SchemaRef, typed: 
         .collect()
 }
 
-/// Rebuilds a batch in the declared schema from the file's columns.
+/// Rebuilds a batch in the output schema: output column `j` is the batch's
+/// column `positions[j]`, converted to the declared type.
 fn to_declared(
     file: &FileRef<'_>,
     batch: &RecordBatch,
-    columns: &[usize],
-    declared: &SchemaRef,
+    positions: &[usize],
+    output: &SchemaRef,
 ) -> Result<RecordBatch> {
-    let cols = columns
+    let cols = positions
         .iter()
-        .zip(declared.fields())
+        .zip(output.fields())
         .map(|(&i, f)| conform(file, batch.column(i), f))
         .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new(Arc::clone(declared), cols).map_err(|e| file.err(e))
+    let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::clone(output), cols, &opts).map_err(|e| file.err(e))
+}
+
+/// The file columns (`file_index` of each needed declared column), as the
+/// sorted, deduplicated list a reader projects to, and for each needed
+/// column its position in that list.
+fn projection(file_index: &[usize], needed: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let wanted: Vec<usize> = needed.iter().map(|&c| file_index[c]).collect();
+    let mut roots = wanted.clone();
+    roots.sort_unstable();
+    roots.dedup();
+    let positions = wanted
+        .iter()
+        .map(|w| roots.binary_search(w).expect("every wanted column is a root"))
+        .collect();
+    (roots, positions)
 }
 
 /// Parquet's async reader over an object store: byte ranges on demand, so
@@ -238,7 +272,7 @@ impl AsyncFileReader for StoreFileReader {
 
 async fn read_parquet(
     file: &FileRef<'_>,
-    declared: &SchemaRef,
+    columns: &Columns<'_>,
     start: usize,
     max_rows: usize,
 ) -> Result<FileRows> {
@@ -247,15 +281,46 @@ async fn read_parquet(
         path: file.path.clone(),
         size: file.size,
     };
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
-    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let file_schema = Arc::clone(builder.schema());
-    let columns = map_columns(file, &file_schema, declared, true)?;
-    let mut roots = columns.clone();
-    roots.sort_unstable();
-    roots.dedup();
+    // Every declared column must be in the file, even those not read.
+    let file_index = map_columns(file, &file_schema, columns.declared, true)?;
+    let (roots, positions) = projection(&file_index, columns.needed);
+    // Decode text straight into the declared string type (DataFusion's
+    // VARCHAR is Utf8View) instead of converting afterwards.
+    let mut hint: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut hinted = false;
+    for (&c, &fi) in columns
+        .needed
+        .iter()
+        .zip(columns.needed.iter().map(|c| &file_index[*c]))
+    {
+        let want = columns.declared.field(c).data_type();
+        let have = hint[fi].data_type().clone();
+        let view = match (&have, want) {
+            (DataType::Utf8 | DataType::LargeUtf8, DataType::Utf8View) => Some(DataType::Utf8View),
+            (DataType::Binary | DataType::LargeBinary, DataType::BinaryView) => Some(DataType::BinaryView),
+            _ => None,
+        };
+        if let Some(t) = view {
+            hint[fi] = hint[fi].clone().with_data_type(t);
+            hinted = true;
+        }
+    }
+    if hinted {
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(hint)));
+        let metadata = Arc::clone(builder.metadata());
+        let reader = StoreFileReader {
+            store: Arc::clone(file.store),
+            path: file.path.clone(),
+            size: file.size,
+        };
+        let meta = ArrowReaderMetadata::try_new(metadata, options).map_err(|e| file.err(e))?;
+        builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta);
+    }
+    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
     let start = start.min(total);
     let take = max_rows.min(total - start);
@@ -268,14 +333,10 @@ async fn read_parquet(
     }
     let stream = builder.build().map_err(|e| file.err(e))?;
     let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| file.err(e))?;
-    // The projected batches have the file's column order, restricted to `roots`.
-    let projected: Vec<usize> = columns
-        .iter()
-        .map(|c| roots.binary_search(c).expect("every column is a root"))
-        .collect();
+    let output = columns.output_schema()?;
     let batches = batches
         .iter()
-        .map(|b| to_declared(file, b, &projected, declared))
+        .map(|b| to_declared(file, b, &positions, &output))
         .collect::<Result<Vec<_>>>()?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
     Ok(FileRows {
@@ -289,7 +350,7 @@ fn read_csv(
     file: &FileRef<'_>,
     bytes: &Bytes,
     delimiter: u8,
-    declared: &SchemaRef,
+    columns: &Columns<'_>,
     start: usize,
     max_rows: usize,
 ) -> Result<FileRows> {
@@ -300,17 +361,19 @@ fn read_csv(
         .infer_schema(Cursor::new(bytes.as_ref()), Some(0))
         .map_err(|e| file.err(format!("cannot read the CSV header: {e}")))?;
     // The header gives names only: values are parsed as the declared types.
-    let columns = map_columns(file, &header, declared, false)?;
-    // Parse declared columns with their declared types; others as text.
+    let file_index = map_columns(file, &header, columns.declared, false)?;
+    let (roots, positions) = projection(&file_index, columns.needed);
     let read_schema = Arc::new(Schema::new(
         header
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| match columns.iter().position(|&c| c == i) {
-                Some(d) => Field::new(f.name(), declared.field(d).data_type().clone(), true),
-                None => Field::new(f.name(), DataType::Utf8, true),
-            })
+            .map(
+                |(i, f)| match columns.needed.iter().find(|&&c| file_index[c] == i) {
+                    Some(&c) => Field::new(f.name(), columns.declared.field(c).data_type().clone(), true),
+                    None => Field::new(f.name(), DataType::Utf8, true),
+                },
+            )
             .collect::<Vec<_>>(),
     ));
     // One row past the limit tells whether the file goes on.
@@ -319,13 +382,15 @@ fn read_csv(
         .with_header(true)
         .with_delimiter(delimiter)
         .with_bounds(start, end)
+        .with_projection(roots)
         .with_batch_size(8192)
         .build(Cursor::new(bytes.as_ref()))
         .map_err(|e| file.err(e))?;
+    let output = columns.output_schema()?;
     let mut batches = Vec::new();
     for b in reader {
         let b = b.map_err(|e| file.err(e))?;
-        batches.push(to_declared(file, &b, &columns, declared)?);
+        batches.push(to_declared(file, &b, &positions, &output)?);
     }
     Ok(limit(batches, max_rows))
 }
@@ -333,7 +398,7 @@ fn read_csv(
 fn read_json(
     file: &FileRef<'_>,
     bytes: &Bytes,
-    declared: &SchemaRef,
+    columns: &Columns<'_>,
     start: usize,
     max_rows: usize,
 ) -> Result<FileRows> {
@@ -351,7 +416,7 @@ fn read_json(
         }
         offset = end;
     }
-    let reader = json::ReaderBuilder::new(Arc::clone(declared))
+    let reader = json::ReaderBuilder::new(columns.output_schema()?)
         .with_batch_size(8192)
         .build(Cursor::new(&data[offset..]))
         .map_err(|e| file.err(e))?;
@@ -427,7 +492,12 @@ mod tests {
             url: name,
             table: "bids",
         };
-        Ok(read_range(&file, format, &declared(), start, max, None).await?.0)
+        let declared = declared();
+        let columns = Columns {
+            declared: &declared,
+            needed: &[0, 1],
+        };
+        Ok(read_range(&file, format, &columns, start, max, None).await?.0)
     }
 
     fn prices(rows: &FileRows) -> Vec<i64> {

@@ -29,8 +29,12 @@ use crate::{Error, Result};
 pub trait Source: Send + Sync {
     /// The table's name.
     fn name(&self) -> &str;
-    /// The declared schema; every batch has exactly this schema.
+    /// The declared schema.
     fn schema(&self) -> &SchemaRef;
+    /// Restricts reading to these columns of the declared schema (sorted
+    /// indices); batches then have `schema().project(columns)`. By default
+    /// every column is read.
+    fn set_columns(&mut self, columns: Vec<usize>);
     /// Fixes the input to what is available now; later input waits for a
     /// later run (the available-now trigger).
     async fn freeze(&mut self) -> Result<()>;
