@@ -54,7 +54,10 @@ use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
 
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
-use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAggregateExec, physical_planner};
+use crate::exec::{
+    EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
+    WindowAggregateExec, physical_planner,
+};
 use crate::sink::FileSink;
 use crate::source::{Source, open_source};
 use crate::{Error, Result};
@@ -210,6 +213,10 @@ struct OffsetsEntry {
     watermarks_in: BTreeMap<String, i64>,
     /// The drain epoch: no input; every watermark moves to the end of time.
     drain: bool,
+    /// Processing time when the epoch was planned (ms since the Unix epoch):
+    /// what processing-time features (state TTL) use, so a replay agrees.
+    #[serde(default)]
+    processing_time_ms: i64,
 }
 
 /// `commits/N.json`.
@@ -581,6 +588,7 @@ impl StreamingJob {
             sources: offsets,
             watermarks_in: self.watermarks.clone(),
             drain,
+            processing_time_ms: chrono::Utc::now().timestamp_millis(),
         }))
     }
 
@@ -652,6 +660,7 @@ impl StreamingJob {
                 source_watermarks_in: pick(&watermarks_in).into_iter().collect(),
                 watermark_out: wm_out,
                 late_rows: Default::default(),
+                processing_time_ms: entry.processing_time_ms,
             });
             let config = self
                 .state
@@ -826,6 +835,12 @@ fn stateful_operators(
 ) -> Vec<(String, Arc<dyn StatefulOperator>)> {
     fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn StatefulOperator>>) {
         if let Some(agg) = plan.downcast_ref::<WindowAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<SessionAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<UpdateAggregateExec>() {
             out.push(agg.state() as Arc<dyn StatefulOperator>);
         }
         for child in plan.children() {

@@ -35,6 +35,9 @@ pub struct EpochInput {
     pub watermark_out: i64,
     /// Late rows dropped this epoch.
     pub late_rows: AtomicU64,
+    /// Processing time of the epoch (ms since the Unix epoch), as recorded in
+    /// the offsets log: a replay sees the same time.
+    pub processing_time_ms: i64,
 }
 
 impl EpochInput {

@@ -21,6 +21,17 @@ use crate::catalog::{Options, REDACTED, TableDecl, Watermark, is_secret_key};
 use crate::preprocess::{self, TvfCall, normalize_ident};
 use crate::{Error, Result};
 
+/// When a streaming query emits its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Emit {
+    /// `EMIT ON WINDOW CLOSE`: a window's rows once, when it is complete
+    /// (the default for windowed aggregates).
+    OnWindowClose,
+    /// `EMIT ON UPDATE`: each epoch, the changed groups as a changelog (the
+    /// default, and the only mode, for aggregates without a window).
+    OnUpdate,
+}
+
 /// An `INSERT INTO sink SELECT ...`: one streaming pipeline.
 #[derive(Clone, Debug)]
 pub struct Insert {
@@ -30,6 +41,23 @@ pub struct Insert {
     pub query: Box<Query>,
     /// The statement as written, secrets redacted.
     pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
+    /// An explicit `EMIT ON ...` clause.
+    pub emit: Option<Emit>,
+}
+
+/// A `CREATE VIEW name AS SELECT ...` over streams.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// The view's name.
+    pub name: String,
+    /// Its query, with window calls replaced by placeholders.
+    pub query: Box<Query>,
+    /// The statement as written, secrets redacted.
+    pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
 }
 
 /// A parsed job file.
@@ -39,6 +67,10 @@ pub struct Job {
     pub tables: BTreeMap<String, TableDecl>,
     /// The streaming queries, in file order.
     pub inserts: Vec<Insert>,
+    /// Views, in file order (a view may use the views before it).
+    pub views: Vec<View>,
+    /// `SET 'key' = 'value'` settings (e.g. `state.ttl`), keys lower-cased.
+    pub settings: BTreeMap<String, String>,
     /// Every window call, by placeholder name.
     pub tvfs: BTreeMap<String, TvfCall>,
     /// Each statement, secrets redacted, in file order.
@@ -69,6 +101,11 @@ impl Job {
     }
 
     fn add_statement(&mut self, text: &str, next_tvf: &mut usize) -> Result<()> {
+        if let Some((key, value)) = parse_set(text)? {
+            self.settings.insert(key, value);
+            self.statements.push(redact_sql(text)?);
+            return Ok(());
+        }
         let pre = preprocess::preprocess(text, next_tvf)?;
         let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten)
             .map_err(|e| Error::Syntax(e.to_string()))?;
@@ -84,7 +121,7 @@ impl Job {
                     ));
                 }
                 let decl = table_decl(ct, pre.watermark)?;
-                if self.tables.contains_key(&decl.name) {
+                if self.tables.contains_key(&decl.name) || self.views.iter().any(|v| v.name == decl.name) {
                     return Err(Error::Plan(format!("table '{}' is declared twice", decl.name)));
                 }
                 self.tables.insert(decl.name.clone(), decl);
@@ -107,6 +144,38 @@ impl Job {
                     target,
                     query,
                     sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
+                    emit: pre.emit,
+                });
+                for call in pre.tvfs {
+                    self.tvfs.insert(call.placeholder.clone(), call);
+                }
+            }
+            Statement::CreateView(cv) => {
+                let name = object_name(&cv.name)?;
+                if cv.materialized {
+                    return Err(Error::Plan(format!(
+                        "CREATE MATERIALIZED VIEW {name} is not supported; use CREATE VIEW, or a sink and INSERT INTO"
+                    )));
+                }
+                if !cv.columns.is_empty() {
+                    return Err(Error::Plan(format!(
+                        "CREATE VIEW {name} (columns) is not supported; name the columns with AS in the query"
+                    )));
+                }
+                if pre.emit.is_some() {
+                    return Err(Error::Plan(
+                        "EMIT belongs on an INSERT INTO, not on a view".into(),
+                    ));
+                }
+                if self.tables.contains_key(&name) || self.views.iter().any(|v| v.name == name) {
+                    return Err(Error::Plan(format!("'{name}' is declared twice")));
+                }
+                self.views.push(View {
+                    name,
+                    query: cv.query,
+                    sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
                 });
                 for call in pre.tvfs {
                     self.tvfs.insert(call.placeholder.clone(), call);
@@ -162,6 +231,11 @@ impl Job {
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A job-level setting (`SET 'key' = 'value'`).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+
     /// Every secret value in the job's options, so that printed text can be
     /// scrubbed of them.
     pub fn secret_values(&self) -> Vec<String> {
@@ -170,6 +244,42 @@ impl Job {
             .flat_map(|t| t.options.secret_values())
             .collect()
     }
+}
+
+/// `SET 'key' = 'value'` (Flink's form; quotes optional) → the pair.
+fn parse_set(text: &str) -> Result<Option<(String, String)>> {
+    let tokens: Vec<Token> = preprocess::tokens(text)?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let is_set = matches!(tokens.first(), Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("SET"));
+    if !is_set {
+        return Ok(None);
+    }
+    let word = |t: &Token| match t {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => Some(s.clone()),
+        Token::Word(w) => Some(w.value.clone()),
+        Token::Number(n, _) => Some(n.clone()),
+        _ => None,
+    };
+    // Keys may be dotted when unquoted: SET state.ttl = '1h'.
+    let eq = tokens.iter().position(|t| *t == Token::Eq);
+    let (Some(eq), true) = (eq, tokens.len() >= 4) else {
+        return Err(Error::Syntax(format!(
+            "expected SET 'key' = 'value', got `{}`",
+            text.trim()
+        )));
+    };
+    let key: String = tokens[1..eq]
+        .iter()
+        .map(|t| word(t).unwrap_or_else(|| t.to_string()))
+        .collect();
+    let value = match &tokens[eq + 1..] {
+        [v] => word(v),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Syntax(format!("expected SET 'key' = 'value', got `{}`", text.trim())))?;
+    Ok(Some((key.to_ascii_lowercase(), value)))
 }
 
 fn object_name(name: &ObjectName) -> Result<String> {

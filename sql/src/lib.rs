@@ -20,7 +20,11 @@ pub mod preprocess;
 
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::Job;
-pub use nodes::{WindowAggregateNode, WindowAssignNode, WindowSpec};
+pub use job::{Emit, Insert, View};
+pub use nodes::{
+    OP_COLUMN, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode, WindowColumn,
+    WindowSpec,
+};
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 
 use datafusion::error::DataFusionError;

@@ -1,7 +1,10 @@
 //! Physical operators of streaming plans, and the planner hooks that create
 //! them from the `sql` crate's logical nodes.
 
+pub mod groups;
 pub mod scan;
+pub mod session_agg;
+pub mod update_agg;
 pub mod window_agg;
 pub mod window_assign;
 
@@ -19,11 +22,29 @@ use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use weir_sql::{ScanProvider, TableDecl, WindowAggregateNode, WindowAssignNode};
+use weir_sql::{
+    ScanProvider, TableDecl, UpdateAggregateNode, WindowAggregateNode, WindowAssignNode, WindowSpec,
+};
 
 pub use scan::StreamScanExec;
-pub use window_agg::{WindowAggState, WindowAggregateExec};
+pub use session_agg::SessionAggregateExec;
+pub use update_agg::UpdateAggregateExec;
+pub use window_agg::{WindowAggState, WindowAggregateExec, WindowAggregateParams};
 pub use window_assign::WindowAssignExec;
+
+/// What an operator keeps, for EXPLAIN: the state table's key and value
+/// columns and what removes its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateTable {
+    /// The table's name (`windows`, `slices`, `sessions`, `groups`).
+    pub name: String,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// Value columns.
+    pub values: Vec<String>,
+    /// What evicts rows.
+    pub evicted_by: String,
+}
 
 /// An operator whose state outlives an epoch and goes into checkpoints.
 ///
@@ -36,6 +57,8 @@ pub trait StatefulOperator: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Rows (groups) held.
     fn state_rows(&self) -> usize;
+    /// The state table, for EXPLAIN.
+    fn describe(&self) -> StateTable;
     /// The full state, if it changed since the last snapshot.
     fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
     /// Replaces the state with a snapshot's rows.
@@ -84,53 +107,114 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 input,
                 n.spec.clone(),
                 time_index,
-                n.source.clone(),
-                n.delay_ms,
+                n.watermark.clone(),
+                n.slices,
                 schema,
             )?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<WindowAggregateNode>() {
             let input = Arc::clone(&physical_inputs[0]);
-            let logical_schema = logical_inputs[0].schema();
-            let physical_schema = input.schema();
-            let group_by = n
-                .group_expr
-                .iter()
-                .map(|e| {
-                    Ok((
-                        planner.create_physical_expr(e, logical_schema, session, planning_ctx)?,
-                        physical_name(e)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut aggr = Vec::with_capacity(n.aggr_expr.len());
-            let mut filters = Vec::with_capacity(n.aggr_expr.len());
-            for e in &n.aggr_expr {
-                let lowered = LoweredAggregateBuilder::new(
-                    e,
-                    logical_schema,
-                    &physical_schema,
-                    session.execution_props(),
-                    planning_ctx,
-                )
-                .build()?;
-                aggr.push(lowered.aggregate);
-                filters.push(lowered.filter);
-            }
-            let schema = Arc::new(n.schema().as_arrow().clone());
-            return Ok(Some(Arc::new(WindowAggregateExec::try_new(
-                input,
-                n.spec.clone(),
+            let (group_by, aggr, filters) = lower_aggregate(
+                planner,
+                &n.group_expr,
+                &n.aggr_expr,
+                logical_inputs[0],
+                &input,
+                session,
+                planning_ctx,
+            )?;
+            let params = WindowAggregateParams {
+                spec: n.spec.clone(),
                 group_by,
-                n.window_start,
-                n.window_end,
+                window_columns: n.window_columns.clone(),
                 aggr,
                 filters,
-                schema,
+                slices: n.slices,
+                lag_ms: n.watermark_lag_ms,
+                schema: Arc::new(n.schema().as_arrow().clone()),
+            };
+            if let WindowSpec::Session { .. } = n.spec {
+                return Ok(Some(Arc::new(SessionAggregateExec::try_new(
+                    input,
+                    params,
+                    &n.session_keys,
+                )?)));
+            }
+            return Ok(Some(Arc::new(WindowAggregateExec::try_new(input, params)?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<UpdateAggregateNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let (group_by, aggr, filters) = lower_aggregate(
+                planner,
+                &n.group_expr,
+                &n.aggr_expr,
+                logical_inputs[0],
+                &input,
+                session,
+                planning_ctx,
+            )?;
+            let having = n
+                .having
+                .as_ref()
+                .map(|h| planner.create_physical_expr(h, &n.aggregate_schema, session, planning_ctx))
+                .transpose()?;
+            return Ok(Some(Arc::new(UpdateAggregateExec::try_new(
+                input,
+                group_by,
+                aggr,
+                filters,
+                having,
+                n.ttl_ms,
+                Arc::new(n.schema().as_arrow().clone()),
             )?)));
         }
         Ok(None)
     }
+}
+
+type Lowered = (
+    Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)>,
+    Vec<Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>>,
+    Vec<Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>>,
+);
+
+/// Group and aggregate expressions as DataFusion's planner lowers them for
+/// its own `AggregateExec` (same names, same aggregate functions).
+fn lower_aggregate(
+    planner: &dyn PhysicalPlanner,
+    group_expr: &[datafusion::logical_expr::Expr],
+    aggr_expr: &[datafusion::logical_expr::Expr],
+    logical_input: &LogicalPlan,
+    input: &Arc<dyn ExecutionPlan>,
+    session: &dyn Session,
+    planning_ctx: &PhysicalPlanningContext,
+) -> Result<Lowered> {
+    let logical_schema = logical_input.schema();
+    let physical_schema = input.schema();
+    let group_by = group_expr
+        .iter()
+        .map(|e| {
+            Ok((
+                planner.create_physical_expr(e, logical_schema, session, planning_ctx)?,
+                physical_name(e)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut aggr = Vec::with_capacity(aggr_expr.len());
+    let mut filters = Vec::with_capacity(aggr_expr.len());
+    for e in aggr_expr {
+        let lowered = LoweredAggregateBuilder::new(
+            e,
+            logical_schema,
+            &physical_schema,
+            session.execution_props(),
+            planning_ctx,
+        )
+        .build()?;
+        aggr.push(lowered.aggregate);
+        filters.push(lowered.filter);
+    }
+    Ok((group_by, aggr, filters))
 }
 
 /// A DataFusion query planner that knows the streaming nodes (so `EXPLAIN`
