@@ -17,7 +17,7 @@ use weir_storage::{Location, SinkLayout, StoreOptions, codec};
 use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
-const OPTIONS: &[&str] = &["connector", "path", "format"];
+const OPTIONS: &[&str] = &["connector", "path", "format", "mode"];
 
 /// A Parquet file sink.
 #[derive(Debug)]
