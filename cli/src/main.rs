@@ -132,19 +132,22 @@ impl Failpoint {
 }
 
 impl EpochHooks for Failpoint {
-    fn reached(&self, step: Step, epoch: u64) {
+    fn reached(&self, step: Step, epoch: u64) -> weir_engine::Result<()> {
         if step == self.step && epoch == self.epoch {
             // SIGKILL, as `kill -9` would: no destructors, no flushing.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
         }
+        Ok(())
     }
 }
 
 struct NoHooks;
 impl EpochHooks for NoHooks {
-    fn reached(&self, _: Step, _: u64) {}
+    fn reached(&self, _: Step, _: u64) -> weir_engine::Result<()> {
+        Ok(())
+    }
 }
 
 fn group_digits(n: u64) -> String {

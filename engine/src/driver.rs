@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::max;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 use datafusion::execution::{SessionState, TaskContext};
@@ -56,7 +56,7 @@ use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{
     EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
-    WindowAggregateExec, physical_planner,
+    WindowAggregateExec, WindowAssignExec, physical_planner,
 };
 use crate::sink::FileSink;
 use crate::source::{Source, open_source};
@@ -120,15 +120,19 @@ impl Step {
     }
 }
 
-/// Called at each step of each epoch (tests inject faults here).
+/// Called at each step of each epoch (tests inject faults here). An error
+/// stops the epoch where it is, as a crash would: nothing is cleaned up, and
+/// the next open of the job recovers.
 pub trait EpochHooks: Send + Sync {
     /// The epoch reached a step.
-    fn reached(&self, step: Step, epoch: u64);
+    fn reached(&self, step: Step, epoch: u64) -> Result<()>;
 }
 
 struct NoHooks;
 impl EpochHooks for NoHooks {
-    fn reached(&self, _: Step, _: u64) {}
+    fn reached(&self, _: Step, _: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How to open a job.
@@ -217,6 +221,10 @@ struct OffsetsEntry {
     /// what processing-time features (state TTL) use, so a replay agrees.
     #[serde(default)]
     processing_time_ms: i64,
+    /// Sources idle this epoch (`'watermark.idle_timeout'`): they do not
+    /// hold back the watermark of queries that read other sources too.
+    #[serde(default)]
+    idle: BTreeSet<String>,
 }
 
 /// `commits/N.json`.
@@ -228,6 +236,10 @@ struct CommitEntry {
     rows_out: u64,
     late_rows: u64,
     committed_at: String,
+    /// Per source, the processing time of its last epoch with rows (for
+    /// idleness).
+    #[serde(default)]
+    last_data_ms: BTreeMap<String, i64>,
 }
 
 struct SourceSlot {
@@ -235,6 +247,10 @@ struct SourceSlot {
     watermark: Option<Watermark>,
     /// The declared columns read (every scan's, and the watermark's).
     columns: Arc<Vec<usize>>,
+    /// `'watermark.idle_timeout'`, ms.
+    idle_timeout_ms: Option<i64>,
+    /// Processing time of the last epoch in which this source had rows.
+    last_data_ms: i64,
 }
 
 struct Pipeline {
@@ -242,8 +258,16 @@ struct Pipeline {
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     sink: FileSink,
+    /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
+    late_sinks: Vec<LateSink>,
     sources: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
+}
+
+struct LateSink {
+    table: String,
+    schema: SchemaRef,
+    sink: FileSink,
 }
 
 /// A job opened on its checkpoint, ready to run.
@@ -308,6 +332,9 @@ impl StreamingJob {
                         source: open_source(decl, &options.store_options)?,
                         watermark: decl.watermark.clone(),
                         columns: Arc::new(Vec::new()),
+                        idle_timeout_ms: idle_timeout(decl)?,
+                        // Until it has rows, a source is idle from the start.
+                        last_data_ms: chrono::Utc::now().timestamp_millis(),
                     },
                 );
             }
@@ -320,11 +347,33 @@ impl StreamingJob {
             let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
             let sink = FileSink::open(&p.sink, &writer, &options.store_options)?;
             let operators = stateful_operators(p.index, &plan);
+            let mut late_sinks: Vec<LateSink> = Vec::new();
+            for (table, schema) in late_sink_tables(&plan) {
+                if let Some(existing) = late_sinks.iter().find(|l| l.table == table) {
+                    if existing.schema.fields() != schema.fields() {
+                        return Err(Error::Config(format!(
+                            "late sink '{table}' would receive rows of two different shapes in one query"
+                        )));
+                    }
+                    continue;
+                }
+                let decl = job
+                    .tables
+                    .get(&table)
+                    .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
+                let writer = format!("{}-p{}-late", &metadata.query_id[..8], p.index);
+                late_sinks.push(LateSink {
+                    sink: FileSink::open(decl, &writer, &options.store_options)?,
+                    table,
+                    schema,
+                });
+            }
             pipelines.push(Pipeline {
                 index: p.index,
                 plan,
                 schema,
                 sink,
+                late_sinks,
                 sources: p.sources,
                 operators,
             });
@@ -444,6 +493,14 @@ impl StreamingJob {
                     }
                 }
                 p.sink.publish(c).await?;
+                for l in &p.late_sinks {
+                    l.sink.publish(c).await?;
+                }
+            }
+            for (source, ms) in entry.last_data_ms {
+                if let Some(slot) = self.sources.get_mut(&source) {
+                    slot.last_data_ms = ms;
+                }
             }
         }
         self.last_committed = committed;
@@ -478,6 +535,35 @@ impl StreamingJob {
     /// The last committed epoch.
     pub fn last_committed(&self) -> Option<u64> {
         self.last_committed
+    }
+
+    /// Rows held by all stateful operators.
+    pub fn state_rows(&self) -> u64 {
+        self.pipelines
+            .iter()
+            .flat_map(|p| &p.operators)
+            .map(|(_, op)| op.state_rows() as u64)
+            .sum()
+    }
+
+    /// Each sink table with the schema of the rows it receives, and its folder.
+    pub fn sinks(&self) -> Vec<(String, SchemaRef, String)> {
+        let mut out = Vec::new();
+        for p in &self.pipelines {
+            out.push((
+                p.sink.table().to_string(),
+                Arc::clone(&p.schema),
+                p.sink.location().url().to_string(),
+            ));
+            for l in &p.late_sinks {
+                out.push((
+                    l.table.clone(),
+                    Arc::clone(&l.schema),
+                    l.sink.location().url().to_string(),
+                ));
+            }
+        }
+        out
     }
 
     /// Each pipeline's physical plan, as text.
@@ -584,11 +670,24 @@ impl StreamingJob {
                 return Ok(None);
             }
         }
+        let now = chrono::Utc::now().timestamp_millis();
+        let idle = self
+            .sources
+            .iter()
+            .filter(|(name, slot)| {
+                !offsets.contains_key(*name)
+                    && slot
+                        .idle_timeout_ms
+                        .is_some_and(|t| now.saturating_sub(slot.last_data_ms) >= t)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(Some(OffsetsEntry {
             sources: offsets,
             watermarks_in: self.watermarks.clone(),
             drain,
-            processing_time_ms: chrono::Utc::now().timestamp_millis(),
+            processing_time_ms: now,
+            idle,
         }))
     }
 
@@ -602,7 +701,7 @@ impl StreamingJob {
                 e => e.into(),
             })?;
         }
-        self.hooks.reached(Step::OffsetsWritten, epoch);
+        self.hooks.reached(Step::OffsetsWritten, epoch)?;
 
         // Read.
         let input = match self.read_input(epoch, &entry).await {
@@ -643,9 +742,21 @@ impl StreamingJob {
         let mut outputs = Vec::with_capacity(self.pipelines.len());
         let mut late_rows = 0;
         for p in &self.pipelines {
+            // The pipeline's watermarked sources, less the idle ones (unless
+            // all are idle: then nothing advances).
+            let active: BTreeSet<&String> = {
+                let mine: BTreeSet<&String> =
+                    watermarks_in.keys().filter(|s| p.sources.contains(*s)).collect();
+                let awake: BTreeSet<&String> = mine
+                    .iter()
+                    .copied()
+                    .filter(|s| !entry.idle.contains(*s))
+                    .collect();
+                if awake.is_empty() { mine } else { awake }
+            };
             let pick = |m: &BTreeMap<String, i64>| -> BTreeMap<String, i64> {
                 m.iter()
-                    .filter(|(s, _)| p.sources.contains(*s))
+                    .filter(|(s, _)| active.contains(s))
                     .map(|(s, w)| (s.clone(), *w))
                     .collect()
             };
@@ -660,6 +771,7 @@ impl StreamingJob {
                 source_watermarks_in: pick(&watermarks_in).into_iter().collect(),
                 watermark_out: wm_out,
                 late_rows: Default::default(),
+                late_batches: Default::default(),
                 processing_time_ms: entry.processing_time_ms,
             });
             let config = self
@@ -670,17 +782,27 @@ impl StreamingJob {
             let ctx = Arc::new(TaskContext::from(&self.state).with_session_config(config));
             let out = collect(Arc::clone(&p.plan), ctx).await?;
             late_rows += epoch_input.late_rows.load(Ordering::Relaxed);
-            outputs.push(out);
+            let late =
+                std::mem::take(&mut *epoch_input.late_batches.lock().unwrap_or_else(|e| e.into_inner()));
+            outputs.push((out, late));
         }
-        self.hooks.reached(Step::BeforeSink, epoch);
+        self.hooks.reached(Step::BeforeSink, epoch)?;
 
         // Stage output.
         let mut rows_out = 0;
-        for (p, out) in self.pipelines.iter().zip(&outputs) {
+        for (p, (out, late)) in self.pipelines.iter().zip(&outputs) {
             let (rows, _) = p.sink.stage(epoch, &p.schema, out).await?;
             rows_out += rows;
+            for l in &p.late_sinks {
+                let rows: Vec<RecordBatch> = late
+                    .iter()
+                    .filter(|(t, _)| *t == l.table)
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                l.sink.stage(epoch, &l.schema, &rows).await?;
+            }
         }
-        self.hooks.reached(Step::SinkStaged, epoch);
+        self.hooks.reached(Step::SinkStaged, epoch)?;
 
         // State.
         let mut state_bytes = 0;
@@ -701,15 +823,25 @@ impl StreamingJob {
                 state_rows += op.state_rows() as u64;
             }
         }
-        self.hooks.reached(Step::StateWritten, epoch);
+        self.hooks.reached(Step::StateWritten, epoch)?;
 
         // Commit.
+        for name in input.keys() {
+            if let Some(slot) = self.sources.get_mut(name) {
+                slot.last_data_ms = entry.processing_time_ms;
+            }
+        }
         let commit = CommitEntry {
             watermarks: watermarks_out.clone(),
             rows_in,
             rows_out,
             late_rows,
             committed_at: chrono::Utc::now().to_rfc3339(),
+            last_data_ms: self
+                .sources
+                .iter()
+                .map(|(n, s)| (n.clone(), s.last_data_ms))
+                .collect(),
         };
         self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -719,12 +851,15 @@ impl StreamingJob {
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = watermarks_out;
-        self.hooks.reached(Step::Committed, epoch);
+        self.hooks.reached(Step::Committed, epoch)?;
 
         for p in &self.pipelines {
             p.sink.publish(epoch).await?;
+            for l in &p.late_sinks {
+                l.sink.publish(epoch).await?;
+            }
         }
-        self.hooks.reached(Step::Published, epoch);
+        self.hooks.reached(Step::Published, epoch)?;
 
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (watermark_ms, watermark) =
@@ -806,6 +941,34 @@ impl RunSummary {
         self.last_epoch = last;
         self
     }
+}
+
+/// The late sinks of a plan's window calls, with the shape of their rows.
+fn late_sink_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, SchemaRef)> {
+    let mut out = Vec::new();
+    if let Some(w) = plan.downcast_ref::<WindowAssignExec>()
+        && let Some((table, schema)) = w.late_sink()
+    {
+        out.push((table.to_string(), schema));
+    }
+    for child in plan.children() {
+        out.extend(late_sink_tables(child));
+    }
+    out
+}
+
+/// `'watermark.idle_timeout'` of a source, ms.
+fn idle_timeout(decl: &weir_sql::TableDecl) -> Result<Option<i64>> {
+    let Some(v) = decl.options.get("watermark.idle_timeout") else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        Error::Config(format!(
+            "table '{}': 'watermark.idle_timeout' = '{v}': {e} (write e.g. '30s' or '5m')",
+            decl.name
+        ))
+    })?;
+    Ok(Some(d.as_millis() as i64))
 }
 
 /// Adds the declared columns each source scan in a plan reads.

@@ -282,6 +282,19 @@ fn parse_set(text: &str) -> Result<Option<(String, String)>> {
     Ok(Some((key.to_ascii_lowercase(), value)))
 }
 
+/// Parses one `CREATE TABLE` statement (for tools that declare tables one
+/// at a time, such as the shell and the test harness).
+pub fn parse_create_table(text: &str) -> Result<TableDecl> {
+    let mut next_tvf = 0;
+    let pre = preprocess::preprocess(text, &mut next_tvf)?;
+    let mut parsed =
+        Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::Syntax(e.to_string()))?;
+    match (parsed.len(), parsed.pop()) {
+        (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark),
+        _ => Err(Error::Plan("expected one CREATE TABLE statement".into())),
+    }
+}
+
 fn object_name(name: &ObjectName) -> Result<String> {
     let last = name
         .0

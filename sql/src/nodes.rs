@@ -320,6 +320,9 @@ pub struct WindowAssignNode {
     pub slices: bool,
     /// SESSION: the input columns that partition sessions.
     pub partition_by: Vec<String>,
+    /// Where late rows go (`'late.policy' = 'sink'` on the source): a sink
+    /// table that receives them with the window input's columns.
+    pub late_sink: Option<String>,
     schema: DFSchemaRef,
 }
 
@@ -356,6 +359,7 @@ impl WindowAssignNode {
             watermark,
             slices: false,
             partition_by: vec![],
+            late_sink: None,
             schema: Arc::new(schema),
         })
     }
@@ -363,6 +367,12 @@ impl WindowAssignNode {
     /// The same node, with SESSION partition keys.
     pub fn with_partition_by(mut self, keys: Vec<String>) -> Self {
         self.partition_by = keys;
+        self
+    }
+
+    /// The same node, sending late rows to a sink.
+    pub fn with_late_sink(mut self, sink: Option<String>) -> Self {
+        self.late_sink = sink;
         self
     }
 
@@ -420,12 +430,16 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "WindowAssign: {} on {} as {}{}, watermark from {}",
+            "WindowAssign: {} on {} as {}{}, watermark from {}, late rows {}",
             self.spec,
             self.time_column,
             self.qualifier,
             if self.slices { " (slices)" } else { "" },
-            self.watermark
+            self.watermark,
+            match &self.late_sink {
+                Some(s) => format!("to sink {s}"),
+                None => "dropped".into(),
+            }
         )
     }
 
@@ -440,13 +454,18 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
             self.watermark.clone(),
         )?
         .with_slices(self.slices)
-        .with_partition_by(self.partition_by.clone()))
+        .with_partition_by(self.partition_by.clone())
+        .with_late_sink(self.late_sink.clone()))
     }
 
     /// Output column `i < n` is input column `i`; the window columns need the
     /// time column, which is always kept.
     fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
         let n = self.input.schema().fields().len();
+        if self.late_sink.is_some() {
+            // Late rows go out whole.
+            return Some(vec![(0..n).collect()]);
+        }
         let time = self.time_index().ok()?;
         let mut needed: Vec<usize> = output_columns
             .iter()

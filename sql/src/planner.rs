@@ -355,6 +355,7 @@ impl StreamPlanner {
                 )));
             }
         }
+        let late_sink = self.late_sink(&origin)?;
         let node = WindowAssignNode::try_new(
             input,
             spec,
@@ -362,7 +363,60 @@ impl StreamPlanner {
             TableReference::bare(call.placeholder.clone()),
             origin,
         )?;
-        Ok(node.with_partition_by(call.partition_by.clone()))
+        Ok(node
+            .with_partition_by(call.partition_by.clone())
+            .with_late_sink(late_sink))
+    }
+
+    /// Where a window's late rows go: `'late.policy' = 'drop'` (the default)
+    /// or `'sink'` with `'late.sink' = '<table>'`, on the source.
+    fn late_sink(&self, origin: &WatermarkOrigin) -> Result<Option<String>> {
+        let sources: Vec<&String> = match origin {
+            WatermarkOrigin::Source { source, .. } => vec![source],
+            WatermarkOrigin::Sources(s) => s.iter().collect(),
+            WatermarkOrigin::Upstream { .. } => vec![],
+        };
+        let mut sink = None;
+        for source in &sources {
+            let decl = &self.job.tables[source.as_str()];
+            match decl
+                .options
+                .get("late.policy")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("drop") => {}
+                Some("sink") => {
+                    let target = decl.options.get("late.sink").ok_or_else(|| {
+                        Error::Plan(format!(
+                            "table '{source}': 'late.policy' = 'sink' needs 'late.sink' = '<sink table>'"
+                        ))
+                    })?;
+                    let target = target.to_ascii_lowercase();
+                    match self.job.tables.get(&target) {
+                        Some(t) if t.schema.is_none() || t.options.get("connector").is_some() => {}
+                        _ => {
+                            return Err(Error::Plan(format!(
+                                "table '{source}': 'late.sink' names '{target}', which is not a declared sink table{}",
+                                known_tables(&self.job)
+                            )));
+                        }
+                    }
+                    if sources.len() > 1 {
+                        return Err(Error::Unsupported(format!(
+                            "table '{source}': 'late.policy' = 'sink' on a window over several sources (a UNION ALL) is not supported"
+                        )));
+                    }
+                    sink = Some(target);
+                }
+                Some(other) => {
+                    return Err(Error::Plan(format!(
+                        "table '{source}': unknown 'late.policy' '{other}' (drop or sink)"
+                    )));
+                }
+            }
+        }
+        Ok(sink)
     }
 
     fn no_watermark(&self, call: &TvfCall) -> Error {

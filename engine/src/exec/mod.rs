@@ -109,6 +109,7 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 time_index,
                 n.watermark.clone(),
                 n.slices,
+                n.late_sink.clone(),
                 schema,
             )?)));
         }

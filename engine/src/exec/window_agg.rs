@@ -573,7 +573,13 @@ impl StatefulOperator for WindowAggState {
                 };
                 u.snapshot = Some(batch);
             }
-            out.extend(u.snapshot.clone());
+            // Cached rows carry the frontier of when they were cached; every
+            // row must say how far windows have been emitted now.
+            if let Some(cached) = &u.snapshot {
+                let mut columns = cached.columns().to_vec();
+                columns[2] = Arc::new(Int64Array::from(vec![frontier; cached.num_rows()]));
+                out.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+            }
         }
         inner.dirty = false;
         Ok(Some((Arc::clone(&self.state_schema), out)))
@@ -594,9 +600,10 @@ impl StatefulOperator for WindowAggState {
             }
             let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
             let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            inner.frontier = inner
-                .frontier
-                .max(batch.column(2).as_primitive::<Int64Type>().value(0));
+            let frontiers = batch.column(2).as_primitive::<Int64Type>();
+            if let Some(f) = frontiers.values().iter().copied().max() {
+                inner.frontier = inner.frontier.max(f);
+            }
             for (unit, rows) in split_by_unit(&starts, &ends) {
                 let idx = UInt32Array::from(rows);
                 let part = take_batch(&batch, &idx)?;

@@ -54,12 +54,18 @@ pub struct WindowAssignExec {
     time_index: usize,
     origin: WatermarkOrigin,
     slices: bool,
+    late_sink: Option<String>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl WindowAssignExec {
+    /// The late sink and the schema of the rows it receives.
+    pub fn late_sink(&self) -> Option<(&str, SchemaRef)> {
+        self.late_sink.as_deref().map(|s| (s, self.input.schema()))
+    }
+
     /// Windows `input` by its column `time_index`; `schema` is the input's
     /// columns followed by `window_start`, `window_end` and `window_time`.
     pub fn try_new(
@@ -68,6 +74,7 @@ impl WindowAssignExec {
         time_index: usize,
         origin: WatermarkOrigin,
         slices: bool,
+        late_sink: Option<String>,
         schema: SchemaRef,
     ) -> Result<Self> {
         let props = PlanProperties::new(
@@ -82,6 +89,7 @@ impl WindowAssignExec {
             time_index,
             origin,
             slices,
+            late_sink,
             schema,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -136,6 +144,7 @@ impl ExecutionPlan for WindowAssignExec {
             self.time_index,
             self.origin.clone(),
             self.slices,
+            self.late_sink.clone(),
             Arc::clone(&self.schema),
         )?))
     }
@@ -169,15 +178,20 @@ impl ExecutionPlan for WindowAssignExec {
             delay_ms,
             watermark,
             cap,
+            keep_late: self.late_sink.is_some(),
         };
+        let late_sink = self.late_sink.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let late: Count = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
         let stream = input.map(move |batch| {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();
-            let (out, dropped) = assign.apply(&batch)?;
+            let (out, dropped, late_rows) = assign.apply(&batch)?;
             timer.done();
             epoch.add_late(dropped);
+            if let (Some(sink), Some(rows)) = (&late_sink, late_rows) {
+                epoch.add_late_rows(sink, rows);
+            }
             late.add(dropped as usize);
             baseline.record_output(out.num_rows());
             Ok(out)
@@ -201,11 +215,14 @@ struct Assign {
     watermark: i64,
     /// A bound the watermark does not pass.
     cap: i64,
+    /// Return the late rows (for a late sink) rather than only counting them.
+    keep_late: bool,
 }
 
 impl Assign {
-    /// Returns the windowed rows and the number of late rows dropped.
-    fn apply(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+    /// Returns the windowed rows, the number of late rows dropped, and those
+    /// rows when asked to keep them.
+    fn apply(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64, Option<RecordBatch>)> {
         let time = batch.column(self.time_index);
         let ms = to_millis(time)?;
         let ms = ms.as_primitive::<TimestampMillisecondType>();
@@ -221,6 +238,14 @@ impl Assign {
                 Some(on_time)
             })
             .collect();
+        let late_rows = if self.keep_late && !all_on_time {
+            Some(filter_record_batch(
+                batch,
+                &datafusion::arrow::compute::not(&keep)?,
+            )?)
+        } else {
+            None
+        };
         let (batch, ms) = if all_on_time {
             (batch.clone(), ms.clone())
         } else {
@@ -279,7 +304,11 @@ impl Assign {
                 TimestampMillisecondArray::from(values).with_timezone_opt(tz.clone()),
             ));
         }
-        Ok((RecordBatch::try_new(Arc::clone(&self.schema), columns)?, dropped))
+        Ok((
+            RecordBatch::try_new(Arc::clone(&self.schema), columns)?,
+            dropped,
+            late_rows,
+        ))
     }
 }
 
@@ -333,6 +362,7 @@ mod tests {
             delay_ms: Some(5_000),
             watermark: i64::MIN,
             cap: i64::MAX,
+            keep_late: true,
         }
     }
 
@@ -347,8 +377,9 @@ mod tests {
         // Rows at 12s, 4s, none, 25s: 12s moves the watermark to 7s, so 4s
         // is late; the row without a time is dropped.
         let mut a = assign(tumble.clone(), &out_schema, false);
-        let (out, late) = a.apply(&b).unwrap();
+        let (out, late, rows) = a.apply(&b).unwrap();
         assert_eq!(late, 2);
+        assert_eq!(rows.unwrap().num_rows(), 2);
         let starts = out.column(2).as_primitive::<TimestampMillisecondType>();
         assert_eq!(starts.values().to_vec(), vec![10_000, 20_000]);
         let times = out.column(4).as_primitive::<TimestampMillisecondType>();
@@ -356,8 +387,8 @@ mod tests {
         assert_eq!(a.watermark, 20_000);
         // The same rows cut into two batches: the same rows are late.
         let mut b2 = assign(tumble, &out_schema, false);
-        let (first, l1) = b2.apply(&b.slice(0, 1)).unwrap();
-        let (rest, l2) = b2.apply(&b.slice(1, 3)).unwrap();
+        let (first, l1, _) = b2.apply(&b.slice(0, 1)).unwrap();
+        let (rest, l2, _) = b2.apply(&b.slice(1, 3)).unwrap();
         assert_eq!((first.num_rows() + rest.num_rows(), l1 + l2), (2, 2));
     }
 
@@ -370,7 +401,7 @@ mod tests {
             size_ms: 6_000,
             offset_ms: 0,
         };
-        let (out, _) = assign(hop.clone(), &out_schema, false).apply(&b).unwrap();
+        let (out, _, _) = assign(hop.clone(), &out_schema, false).apply(&b).unwrap();
         let starts = out
             .column(2)
             .as_primitive::<TimestampMillisecondType>()
@@ -384,7 +415,7 @@ mod tests {
                 .to_vec(),
             vec![0, 0, 0]
         );
-        let (out, _) = assign(hop, &out_schema, true).apply(&b).unwrap();
+        let (out, _, _) = assign(hop, &out_schema, true).apply(&b).unwrap();
         let ends = out
             .column(3)
             .as_primitive::<TimestampMillisecondType>()

@@ -99,7 +99,8 @@ fn parse_count(decl: &TableDecl, key: &str, default: usize) -> Result<usize> {
 impl FilesSource {
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl, store_options: &StoreOptions) -> Result<Self> {
-        check_options(decl, OPTIONS)?;
+        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        check_options(decl, &known)?;
         let schema = decl
             .schema
             .clone()

@@ -72,6 +72,9 @@ pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOption
     base.merged(&own)
 }
 
+/// Options every source takes, whatever its connector.
+pub const SOURCE_OPTIONS: &[&str] = &["late.policy", "late.sink", "watermark.idle_timeout", "state.ttl"];
+
 /// Checks that a table only has options its connector knows.
 pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
     for (key, _) in decl.options.iter() {
