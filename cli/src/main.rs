@@ -60,9 +60,14 @@ struct RunArgs {
     /// Also write each batch's progress as a JSON line to this file (appended).
     #[arg(long, value_name = "FILE")]
     progress_json: Option<PathBuf>,
-    /// Print the job's plans and exit without running it.
+    /// Print the job's incremental plan (stateless prefix, stateful operators
+    /// with their state tables, emit modes, watermarks) and exit.
     #[arg(long)]
     explain: bool,
+    /// Run the job (as the trigger says), then print each operator's rows and
+    /// time over the epochs run.
+    #[arg(long, conflicts_with = "explain")]
+    explain_analyze: bool,
 }
 
 fn parse_trigger(s: &str) -> Result<Trigger> {
@@ -274,6 +279,9 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await?;
     if let Some(e) = json_error {
         bail!("writing --progress-json: {e}");
+    }
+    if args.explain_analyze {
+        println!("{}", redactor.scrub(&job.explain_analyze()));
     }
     eprintln!(
         "weir: done: {} epoch(s), {} rows in, {} rows out, {} late{}",

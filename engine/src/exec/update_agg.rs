@@ -391,9 +391,9 @@ impl UpdateState {
             // Changelog, in delta order: (source, row) with kinds.
             let mut ops: Vec<&'static str> = Vec::new();
             let mut at: Vec<(usize, usize)> = Vec::new(); // (0 = old, 1 = new, row)
-            for i in 0..n {
+            for (i, pos) in old_pos.iter().enumerate() {
                 let nv = new_vis.value(i);
-                match old_pos[i] {
+                match *pos {
                     None => {
                         if nv {
                             ops.push(INSERT);
