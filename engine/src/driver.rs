@@ -1022,7 +1022,7 @@ impl RunSummary {
 fn stateless_prefix(plan: &datafusion::logical_expr::LogicalPlan) -> String {
     use datafusion::logical_expr::LogicalPlan;
     fn is_stateful(p: &LogicalPlan) -> bool {
-        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate"))
+        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN"))
     }
     fn lowest(p: &LogicalPlan) -> &LogicalPlan {
         for input in p.inputs() {
@@ -1145,6 +1145,9 @@ fn stateful_operators(
         }
         if let Some(agg) = plan.downcast_ref::<UpdateAggregateExec>() {
             out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(top) = plan.downcast_ref::<crate::exec::WindowTopNExec>() {
+            out.push(top.state() as Arc<dyn StatefulOperator>);
         }
         for child in plan.children() {
             walk(child, out);

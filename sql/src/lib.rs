@@ -22,8 +22,8 @@ pub use catalog::{Options, TableDecl, Watermark};
 pub use job::Job;
 pub use job::{Emit, Insert, View};
 pub use nodes::{
-    OP_COLUMN, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode, WindowColumn,
-    WindowSpec,
+    OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode,
+    WindowColumn, WindowSpec, WindowTopNNode,
 };
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 

@@ -222,7 +222,8 @@ impl StreamPlanner {
                 }
                 LogicalPlan::Extension(e)
                     if e.node.as_any().is::<WindowAggregateNode>()
-                        || e.node.as_any().is::<UpdateAggregateNode>() =>
+                        || e.node.as_any().is::<UpdateAggregateNode>()
+                        || e.node.as_any().is::<crate::nodes::WindowTopNNode>() =>
                 {
                     stateful = true;
                 }
@@ -713,11 +714,16 @@ impl StreamPlanner {
                  ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N"
                     .into(),
             )),
-            LogicalPlan::Window(_) => Err(Error::Unsupported(
-                "window functions with OVER (...) are not run incrementally yet; aggregate over a window table \
-                 function with GROUP BY window_start, window_end instead"
-                    .into(),
-            )),
+            LogicalPlan::Window(w) => self.window_top_n(w).map(Transformed::yes),
+            // `WHERE rn <= N` over a window Top-N: keep only N per partition.
+            LogicalPlan::Filter(f) if top_n_below(&f.input).is_some() => {
+                let Some(limit) = top_n_below(&f.input).and_then(|rank_col| rank_limit(&f.predicate, &rank_col)) else {
+                    return Ok(Transformed::no(LogicalPlan::Filter(f)));
+                };
+                let input = set_top_n_limit(f.input.as_ref().clone(), limit)?;
+                let filter = Filter::try_new(f.predicate.clone(), Arc::new(input))?;
+                Ok(Transformed::yes(LogicalPlan::Filter(filter)))
+            }
             LogicalPlan::Join(_) => Err(Error::Unsupported("joins of streams are not supported yet".into())),
             LogicalPlan::Distinct(_) => Err(Error::Unsupported(
                 "DISTINCT of a stream is not supported; GROUP BY the columns (with or without a window) instead".into(),
@@ -738,6 +744,74 @@ impl StreamPlanner {
                 other.display()
             ))),
         }
+    }
+
+    /// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY window_start,
+    /// window_end, ... ORDER BY ...)`: a window Top-N. Other OVER windows
+    /// would need their whole input, which a stream never completes.
+    fn window_top_n(&self, w: datafusion::logical_expr::Window) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionDefinition};
+        let refuse = || {
+            Error::Unsupported(
+                "window functions with OVER (...) are not run incrementally, except ranking within windows: \
+                 ROW_NUMBER(), RANK() or DENSE_RANK() OVER (PARTITION BY window_start, window_end[, ...] ORDER BY ...) \
+                 over a window table function; for totals, aggregate with GROUP BY window_start, window_end"
+                    .into(),
+            )
+        };
+        let [expr] = w.window_expr.as_slice() else {
+            return Err(refuse());
+        };
+        let mut e = expr;
+        while let Expr::Alias(a) = e {
+            e = &a.expr;
+        }
+        let Expr::WindowFunction(wf) = e else {
+            return Err(refuse());
+        };
+        let WindowFunction { fun, params } = wf.as_ref();
+        let rank = match fun {
+            WindowFunctionDefinition::WindowUDF(f) => match f.name() {
+                "row_number" => crate::nodes::RankKind::RowNumber,
+                "rank" => crate::nodes::RankKind::Rank,
+                "dense_rank" => crate::nodes::RankKind::DenseRank,
+                _ => return Err(refuse()),
+            },
+            _ => return Err(refuse()),
+        };
+        if !params.args.is_empty() || params.filter.is_some() || params.order_by.is_empty() {
+            return Err(refuse());
+        }
+        let mut start = None;
+        let mut end = None;
+        let mut lag = 0;
+        for (i, p) in params.partition_by.iter().enumerate() {
+            if let Expr::Column(c) = p
+                && let Some(t) = trace_window(&w.input, c)
+            {
+                match t.col {
+                    WindowColumn::Start => start = Some(i),
+                    WindowColumn::End => end = Some(i),
+                    WindowColumn::Time => {}
+                }
+                lag = t.lag_ms;
+            }
+        }
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(refuse());
+        };
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(crate::nodes::WindowTopNNode::new(
+                w.input.as_ref().clone(),
+                params.partition_by.clone(),
+                params.order_by.clone(),
+                rank,
+                start,
+                end,
+                lag,
+                Arc::clone(&w.schema),
+            )),
+        }))
     }
 
     fn window_aggregate(
@@ -819,6 +893,71 @@ impl StreamPlanner {
             )),
         }))
     }
+}
+
+/// The rank column of a window Top-N directly below (through a projection
+/// that passes it on), as a column of `plan`.
+fn top_n_below(plan: &LogicalPlan) -> Option<Column> {
+    match plan {
+        LogicalPlan::Extension(e) if e.node.as_any().is::<crate::nodes::WindowTopNNode>() => {
+            let s = plan.schema();
+            Some(Column::from(s.qualified_field(s.fields().len() - 1)))
+        }
+        LogicalPlan::Projection(p) => {
+            let rank = top_n_below(&p.input)?;
+            p.expr.iter().enumerate().find_map(|(i, e)| {
+                (plain_column(e) == Some(&rank)).then(|| Column::from(p.schema.qualified_field(i)))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `rank <= N`, `rank < N`, `rank = 1` (either side) → N.
+fn rank_limit(predicate: &Expr, rank: &Column) -> Option<u64> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let split = datafusion::logical_expr::utils::split_conjunction(predicate);
+    split.iter().find_map(|p| {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = p else {
+            return None;
+        };
+        let n = |e: &Expr| match e {
+            Expr::Literal(v, _) => v.to_string().parse::<i64>().ok(),
+            _ => None,
+        };
+        let is_rank = |e: &Expr| matches!(e, Expr::Column(c) if c == rank);
+        let (op, n) = if is_rank(left) {
+            (*op, n(right)?)
+        } else if is_rank(right) {
+            (op.swap()?, n(left)?)
+        } else {
+            return None;
+        };
+        match op {
+            Operator::LtEq => u64::try_from(n).ok(),
+            Operator::Lt => u64::try_from(n - 1).ok(),
+            Operator::Eq if n == 1 => Some(1),
+            _ => None,
+        }
+    })
+}
+
+fn set_top_n_limit(plan: LogicalPlan, limit: u64) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_down(|p| {
+            if let LogicalPlan::Extension(e) = &p
+                && let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::WindowTopNNode>()
+            {
+                let node = n.clone().with_limit(limit);
+                return Ok(Transformed::new(
+                    LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            Ok(Transformed::no(p))
+        })?
+        .data)
 }
 
 /// `1h`, `30 min`, `2 days` as SQL intervals, for option values.

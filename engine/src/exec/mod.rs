@@ -7,6 +7,7 @@ pub mod session_agg;
 pub mod update_agg;
 pub mod window_agg;
 pub mod window_assign;
+pub mod window_topn;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub use session_agg::SessionAggregateExec;
 pub use update_agg::UpdateAggregateExec;
 pub use window_agg::{WindowAggState, WindowAggregateExec, WindowAggregateParams};
 pub use window_assign::WindowAssignExec;
+pub use window_topn::WindowTopNExec;
 
 /// What an operator keeps, for EXPLAIN: the state table's key and value
 /// columns and what removes its rows.
@@ -142,6 +144,41 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 )?)));
             }
             return Ok(Some(Arc::new(WindowAggregateExec::try_new(input, params)?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::WindowTopNNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let logical_schema = logical_inputs[0].schema();
+            let partition_by = n
+                .partition_by
+                .iter()
+                .map(|e| planner.create_physical_expr(e, logical_schema, session, planning_ctx))
+                .collect::<Result<Vec<_>>>()?;
+            let order_by = n
+                .order_by
+                .iter()
+                .map(|s| {
+                    let expr =
+                        planner.create_physical_expr(&s.expr, logical_schema, session, planning_ctx)?;
+                    Ok(datafusion::physical_expr::PhysicalSortExpr::new(
+                        expr,
+                        datafusion::arrow::compute::SortOptions {
+                            descending: !s.asc,
+                            nulls_first: s.nulls_first,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let params = window_topn::TopNParams {
+                partition_by,
+                order_by,
+                rank: n.rank,
+                limit: n.limit,
+                window_start: n.window_start,
+                window_end: n.window_end,
+                lag_ms: n.watermark_lag_ms,
+                schema: Arc::new(n.schema().as_arrow().clone()),
+            };
+            return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<UpdateAggregateNode>() {
             let input = Arc::clone(&physical_inputs[0]);
