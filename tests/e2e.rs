@@ -320,22 +320,22 @@ fn files_added_between_runs_are_processed_exactly_once() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
 }
 
-/// Reads the newest state file of an operator in a checkpoint.
-fn latest_state(ckpt: &std::path::Path, op: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
-    let dir = ckpt.join("state").join(op);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    let f = std::fs::File::open(files.last().unwrap()).unwrap();
-    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
+/// The state an operator would restore at the checkpoint's last commit
+/// (its snapshot with the deltas after it applied).
+fn restored_state(ckpt: &std::path::Path, op: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
+    use weir_storage::location::Create;
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let loc =
+            weir_storage::Location::open(ckpt.to_str().unwrap(), &Default::default(), Create::No).unwrap();
+        let ck = weir_storage::Checkpoint::new(loc);
+        let last = ck.commits.latest().await.unwrap().unwrap();
+        ck.restore_state(op, last)
+            .await
+            .unwrap()
+            .map(|r| r.batches)
+            .unwrap_or_default()
+    })
 }
 
 #[test]
@@ -356,7 +356,7 @@ fn state_of_closed_windows_leaves_the_checkpoint() {
     .ok();
     let p = progress(&ws.path("p.json"));
     let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
-    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    let state = restored_state(&ws.path("job.checkpoint"), "p0-agg0");
     let ends: Vec<i64> = state
         .iter()
         .flat_map(|b| {
@@ -382,7 +382,7 @@ fn state_of_closed_windows_leaves_the_checkpoint() {
 
     ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
         .ok();
-    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    let state = restored_state(&ws.path("job.checkpoint"), "p0-agg0");
     assert_eq!(
         state.iter().map(|b| b.num_rows()).sum::<usize>(),
         0,

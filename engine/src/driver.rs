@@ -32,14 +32,14 @@
 //! where a `*.parquet` glob does not look, and its state files are ignored on
 //! restore. Everything of a committed epoch is durable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::max;
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
@@ -50,7 +50,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use weir_sql::{Job, StreamPlanner, Watermark};
 use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
+use weir_storage::{Checkpoint, Location, Metadata, StateKind, StateWrite, StoreOptions};
 
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
@@ -148,6 +148,9 @@ pub struct JobOptions {
     /// User-defined aggregate functions the job may call (in windows too:
     /// their accumulator state is checkpointed like any other).
     pub udafs: Vec<AggregateUDF>,
+    /// How many committed epochs stay restorable (older logs, state files
+    /// and sink manifests are deleted).
+    pub retain_epochs: u64,
 }
 
 impl JobOptions {
@@ -159,6 +162,7 @@ impl JobOptions {
             hooks: Arc::new(NoHooks),
             udfs: Vec::new(),
             udafs: Vec::new(),
+            retain_epochs: 20,
         }
     }
 }
@@ -240,6 +244,10 @@ struct CommitEntry {
     /// idleness).
     #[serde(default)]
     last_data_ms: BTreeMap<String, i64>,
+    /// Per pipeline, the watermark its operators emitted up to (before
+    /// their own lag).
+    #[serde(default)]
+    pipeline_watermarks: BTreeMap<usize, i64>,
 }
 
 struct SourceSlot {
@@ -287,6 +295,74 @@ pub struct StreamingJob {
     pending: Option<(u64, OffsetsEntry)>,
     state: SessionState,
     hooks: Arc<dyn EpochHooks>,
+    /// When each state table next gets a snapshot.
+    policies: HashMap<String, SnapshotPolicy>,
+    /// How many committed epochs stay restorable.
+    retain_epochs: u64,
+}
+
+/// How often (in epochs) old checkpoint files are cleaned up.
+const RETENTION_EVERY: u64 = 10;
+
+/// When a state table gets a full snapshot instead of a delta: first after
+/// the process starts, after many deltas, or once the deltas since the last
+/// snapshot add up to more than it (the next restore would read more deltas
+/// than state).
+#[derive(Default)]
+struct SnapshotPolicy {
+    written: bool,
+    snapshot_bytes: u64,
+    delta_bytes: u64,
+    deltas: u32,
+}
+
+impl SnapshotPolicy {
+    const MAX_DELTAS: u32 = 64;
+
+    fn full(&self) -> bool {
+        !self.written
+            || self.deltas >= Self::MAX_DELTAS
+            || self.delta_bytes > self.snapshot_bytes.max(64 * 1024)
+    }
+
+    fn record(&mut self, kind: StateKind, bytes: u64) {
+        match kind {
+            StateKind::Snapshot => {
+                *self = SnapshotPolicy {
+                    written: true,
+                    snapshot_bytes: bytes,
+                    delta_bytes: 0,
+                    deltas: 0,
+                }
+            }
+            StateKind::Delta => {
+                self.deltas += 1;
+                self.delta_bytes += bytes;
+            }
+        }
+    }
+}
+
+fn kind_of(full: bool) -> StateKind {
+    if full {
+        StateKind::Snapshot
+    } else {
+        StateKind::Delta
+    }
+}
+
+/// The restored rows must have the columns the operator keeps now.
+fn check_state_columns(expected: &SchemaRef, found: &SchemaRef) -> std::result::Result<(), String> {
+    let e: Vec<&DataType> = expected.fields().iter().map(|f| f.data_type()).collect();
+    let f: Vec<&DataType> = found.fields().iter().map(|f| f.data_type()).collect();
+    if e != f {
+        return Err(format!(
+            "the state has columns {:?}, but the operator keeps {:?}",
+            found.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            expected.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
 }
 
 /// The watermark for display: `None` before any row.
@@ -418,6 +494,8 @@ impl StreamingJob {
             pending: None,
             state,
             hooks: options.hooks,
+            policies: HashMap::new(),
+            retain_epochs: options.retain_epochs.max(1),
         };
         job.recover().await?;
         Ok(job)
@@ -477,23 +555,31 @@ impl StreamingJob {
                 }
             }
             for (name, slot) in self.sources.iter_mut() {
-                if let Some((_, decoded)) = self.checkpoint.read_state(&source_state_name(name), c).await? {
-                    slot.source.restore(&decoded.batches).map_err(|e| {
+                if let Some(restored) = self.checkpoint.restore_state(&source_state_name(name), c).await? {
+                    slot.source.restore(&restored.batches).map_err(|e| {
                         Error::Checkpoint(format!(
-                            "restoring source '{name}' from {}: {e}",
+                            "restoring source '{name}' from {} (epoch {c}): {e}",
                             self.checkpoint.location()
                         ))
                     })?;
                 }
             }
             for p in &self.pipelines {
+                let wm = entry
+                    .pipeline_watermarks
+                    .get(&p.index)
+                    .copied()
+                    .unwrap_or(i64::MIN);
                 for (id, op) in &p.operators {
-                    if let Some((epoch, decoded)) = self.checkpoint.read_state(id, c).await? {
-                        op.restore(&decoded.schema, &decoded.batches).map_err(|e| {
+                    if let Some(restored) = self.checkpoint.restore_state(id, c).await? {
+                        check_state_columns(&op.state_schema(), &restored.schema).and_then(|()| {
+                            op.restore(&restored.batches, wm).map_err(|e| weir_sql::strip_df(&e))
+                        }).map_err(|e| {
                             Error::Checkpoint(format!(
-                                "state/{id}/{epoch:020}.parquet in {} (epoch {epoch}): {}",
+                                "state/{id}/ in {} (epoch {c}, from the snapshot of epoch {} and {} deltas): {e}",
                                 self.checkpoint.location(),
-                                weir_sql::strip_df(&e)
+                                restored.snapshot_epoch,
+                                restored.deltas
                             ))
                         })?;
                     }
@@ -814,6 +900,7 @@ impl StreamingJob {
 
         // Run each pipeline.
         let mut outputs = Vec::with_capacity(self.pipelines.len());
+        let mut pipeline_watermarks = BTreeMap::new();
         let mut late_rows = 0;
         for p in &self.pipelines {
             // The pipeline's watermarked sources, less the idle ones (unless
@@ -835,6 +922,7 @@ impl StreamingJob {
                     .collect()
             };
             let wm_out = pick(&watermarks_out).values().copied().min().unwrap_or(i64::MIN);
+            pipeline_watermarks.insert(p.index, wm_out);
             let epoch_input = Arc::new(EpochInput {
                 epoch,
                 batches: input
@@ -878,24 +966,43 @@ impl StreamingJob {
         }
         self.hooks.reached(Step::SinkStaged, epoch)?;
 
-        // State.
+        // State: a delta of what changed, or now and then a snapshot.
         let mut state_bytes = 0;
+        let mut state_rows = 0u64;
+        let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
         for (name, slot) in self.sources.iter_mut() {
-            if let Some((schema, batches)) = slot.source.progress()? {
-                state_bytes += self
-                    .checkpoint
-                    .write_state(&source_state_name(name), epoch, &schema, &batches)
-                    .await?;
+            let id = source_state_name(name);
+            let full = self.policies.entry(id.clone()).or_default().full();
+            if let Some(change) = slot.source.checkpoint(full)? {
+                writes.push((id, kind_of(full), slot.source.progress_schema(), 1, change));
             }
         }
-        let mut state_rows = 0u64;
         for p in &self.pipelines {
             for (id, op) in &p.operators {
-                if let Some((schema, batches)) = op.snapshot()? {
-                    state_bytes += self.checkpoint.write_state(id, epoch, &schema, &batches).await?;
+                let full = self.policies.entry(id.clone()).or_default().full();
+                if let Some(change) = op.checkpoint(full)? {
+                    writes.push((
+                        id.clone(),
+                        kind_of(full),
+                        op.state_schema(),
+                        op.unit_key_len(),
+                        change,
+                    ));
                 }
                 state_rows += op.state_rows() as u64;
             }
+        }
+        for (id, kind, schema, unit_key_len, change) in writes {
+            let w = StateWrite {
+                kind,
+                schema: &schema,
+                unit_key_len,
+                upserts: &change.upserts,
+                deletes: &change.deletes,
+            };
+            let bytes = self.checkpoint.write_state(&id, epoch, w).await?;
+            self.policies.entry(id).or_default().record(kind, bytes);
+            state_bytes += bytes;
         }
         self.hooks.reached(Step::StateWritten, epoch)?;
 
@@ -916,6 +1023,7 @@ impl StreamingJob {
                 .iter()
                 .map(|(n, s)| (n.clone(), s.last_data_ms))
                 .collect(),
+            pipeline_watermarks,
         };
         self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -934,6 +1042,9 @@ impl StreamingJob {
             }
         }
         self.hooks.reached(Step::Published, epoch)?;
+        if epoch.is_multiple_of(RETENTION_EVERY) {
+            self.retain(epoch).await?;
+        }
 
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (watermark_ms, watermark) =
@@ -960,6 +1071,43 @@ impl StreamingJob {
 }
 
 impl StreamingJob {
+    /// Deletes what no epoch from `newest - retain + 1` on needs: older
+    /// offsets and commits, sink manifests, and state files before the
+    /// snapshot those epochs restore from.
+    async fn retain(&self, newest: u64) -> Result<()> {
+        let keep_from = (newest + 1).saturating_sub(self.retain_epochs).max(1);
+        for e in self
+            .checkpoint
+            .commits
+            .epochs()
+            .await?
+            .into_iter()
+            .filter(|&e| e < keep_from)
+        {
+            self.checkpoint.commits.delete(e).await?;
+        }
+        for e in self
+            .checkpoint
+            .offsets
+            .epochs()
+            .await?
+            .into_iter()
+            .filter(|&e| e < keep_from)
+        {
+            self.checkpoint.offsets.delete(e).await?;
+        }
+        for op in self.checkpoint.state_operators().await? {
+            self.checkpoint.prune_state(&op, keep_from).await?;
+        }
+        for p in &self.pipelines {
+            p.sink.prune(keep_from).await?;
+            for l in &p.late_sinks {
+                l.sink.prune(keep_from).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn read_input(&mut self, epoch: u64, entry: &OffsetsEntry) -> Result<BTreeMap<String, SourceRows>> {
         let mut input = BTreeMap::new();
         for (name, offset) in &entry.sources {

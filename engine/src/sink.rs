@@ -85,6 +85,11 @@ impl FileSink {
         Ok((rows as u64, len))
     }
 
+    /// Deletes manifests of epochs before `epoch` (their files stay).
+    pub async fn prune(&self, epoch: u64) -> Result<()> {
+        Ok(self.layout.prune_manifests(epoch).await?)
+    }
+
     /// Publishes a committed epoch's output.
     pub async fn publish(&self, epoch: u64) -> Result<u64> {
         Ok(self.layout.publish(epoch).await?)

@@ -48,12 +48,27 @@ pub struct StateTable {
     pub evicted_by: String,
 }
 
+/// What changed in an operator's state since its last checkpoint: whole
+/// units (rows sharing the first `unit_key_len()` columns) that are new or
+/// changed, and the keys of units that are gone.
+#[derive(Debug, Default)]
+pub struct StateChange {
+    /// Rows of new or changed units, each unit whole (or every row, for a
+    /// full checkpoint).
+    pub upserts: Vec<RecordBatch>,
+    /// Key columns of deleted units.
+    pub deletes: Vec<RecordBatch>,
+}
+
 /// An operator whose state outlives an epoch and goes into checkpoints.
 ///
-/// Contract: `snapshot` returns the whole state when it changed since the
-/// last snapshot (and `None` otherwise); `restore` given those rows brings
-/// the operator back to the same state, such that the following epochs
-/// produce the same output as if the process had never stopped.
+/// Contract: `checkpoint(false)` returns what changed since the previous
+/// `checkpoint` call (or `None` if nothing did) and `checkpoint(true)`
+/// every row; `restore` given the state rebuilt from those (a snapshot and
+/// the deltas after it) brings the operator back to the same state, such
+/// that the following epochs produce the same output as if the process had
+/// never stopped. `watermark` is the pipeline's watermark of the last
+/// committed epoch (what the operator last emitted up to, before its lag).
 pub trait StatefulOperator: Send + Sync {
     /// A short name of the operator kind, for messages.
     fn kind(&self) -> &'static str;
@@ -61,10 +76,22 @@ pub trait StatefulOperator: Send + Sync {
     fn state_rows(&self) -> usize;
     /// The state table, for EXPLAIN.
     fn describe(&self) -> StateTable;
-    /// The full state, if it changed since the last snapshot.
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
-    /// Replaces the state with a snapshot's rows.
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()>;
+    /// The schema of state rows.
+    fn state_schema(&self) -> SchemaRef;
+    /// How many leading columns of a state row identify its unit.
+    fn unit_key_len(&self) -> usize;
+    /// The change since the last checkpoint, or every row when `full`.
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>>;
+    /// Replaces the state with restored rows.
+    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()>;
+}
+
+/// The key columns (the first `n`) of batches, as batches.
+pub fn key_columns(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>> {
+    batches
+        .iter()
+        .map(|b| Ok(b.project(&(0..n).collect::<Vec<_>>())?))
+        .collect()
 }
 
 /// Source scans as [`StreamScanExec`]s.

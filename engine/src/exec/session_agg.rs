@@ -13,14 +13,16 @@
 //! never touch a session that was already emitted, so the result does not
 //! depend on how the input was cut into epochs.
 //!
-//! State file (one row per group of a session):
-//! `__window_start, __window_end: Int64, <key columns>, a<i>.<state field>...`
+//! State rows (one per group of a session; a session is the unit
+//! `(start, end, partition)`):
+//! `__window_start, __window_end: Int64, __partition: Binary (the partition
+//! key in Arrow row format), <key columns>, a<i>.<state field>...`
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -38,9 +40,9 @@ use futures::StreamExt;
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Groups};
-use super::window_agg::{GroupColumn, WindowAggregateParams, check_state_schema, constant_time, take_batch};
+use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
 use crate::epoch::EpochInput;
-use crate::exec::{StateTable, StatefulOperator};
+use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A session aggregate over its input.
 pub struct SessionAggregateExec {
@@ -85,7 +87,10 @@ struct Inner {
     sessions: BTreeMap<Vec<u8>, BTreeMap<i64, Session>>,
     /// Every session by (end, start, partition): the first close first.
     by_end: BTreeSet<(i64, i64, Vec<u8>)>,
-    dirty: bool,
+    /// Sessions (start, end, partition) changed since the last checkpoint.
+    changed: BTreeSet<(i64, i64, Vec<u8>)>,
+    /// Sessions removed (merged or emitted) since the last checkpoint.
+    removed: BTreeSet<(i64, i64, Vec<u8>)>,
 }
 
 impl SessionAggregateExec {
@@ -134,6 +139,7 @@ impl SessionAggregateExec {
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
+            Field::new("__partition", DataType::Binary, false),
         ];
         fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(agg.state_file_fields());
@@ -312,9 +318,9 @@ impl SessionState {
         let Inner {
             sessions: all,
             by_end,
-            dirty,
+            changed,
+            removed,
         } = &mut *inner;
-        *dirty = true;
         for part in order {
             let mut idx = by_part.remove(&part).expect("listed");
             idx.sort_by_key(|&i| (times[i as usize], i));
@@ -343,6 +349,8 @@ impl SessionState {
                 for s in overlapping {
                     let mut old = sessions.remove(&s).expect("listed");
                     by_end.remove(&(old.end, s, part.clone()));
+                    changed.remove(&(s, old.end, part.clone()));
+                    removed.insert((s, old.end, part.clone()));
                     lo = lo.min(s);
                     hi = hi.max(old.end);
                     let n = old.groups.len();
@@ -359,6 +367,8 @@ impl SessionState {
                     },
                 );
                 by_end.insert((hi, lo, part.clone()));
+                removed.remove(&(lo, hi, part.clone()));
+                changed.insert((lo, hi, part.clone()));
             }
         }
         Ok(())
@@ -378,7 +388,8 @@ impl SessionState {
                 inner.sessions.remove(&part);
             }
             out.push(self.finish(start, end, session.groups)?);
-            inner.dirty = true;
+            inner.changed.remove(&(start, end, part.clone()));
+            inner.removed.insert((start, end, part));
         }
         Ok(concat_batches(&self.schema, &out)?)
     }
@@ -426,34 +437,71 @@ impl StatefulOperator for SessionState {
         }
     }
 
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-        let mut inner = self.lock();
-        if !inner.dirty {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        for sessions in inner.sessions.values_mut() {
-            for (&start, s) in sessions.iter_mut() {
-                if s.snapshot.is_none() {
-                    let n = s.groups.len();
-                    let (keys, states) = s.groups.snapshot(&self.agg)?;
-                    let mut columns: Vec<ArrayRef> = vec![
-                        Arc::new(Int64Array::from(vec![start; n])),
-                        Arc::new(Int64Array::from(vec![s.end; n])),
-                    ];
-                    columns.extend(keys);
-                    columns.extend(states.into_iter().flatten());
-                    s.snapshot = Some(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
-                }
-                out.extend(s.snapshot.clone());
-            }
-        }
-        inner.dirty = false;
-        Ok(Some((Arc::clone(&self.state_schema), out)))
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
     }
 
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-        check_state_schema(&self.state_schema, schema, "session aggregate")?;
+    fn unit_key_len(&self) -> usize {
+        3
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut inner = self.lock();
+        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+            return Ok(None);
+        }
+        let units: Vec<(i64, i64, Vec<u8>)> = if full {
+            inner
+                .sessions
+                .iter()
+                .flat_map(|(p, ss)| ss.iter().map(move |(&start, s)| (start, s.end, p.clone())))
+                .collect()
+        } else {
+            inner.changed.iter().cloned().collect()
+        };
+        let mut upserts = Vec::new();
+        for (start, end, part) in units {
+            let Some(s) = inner.sessions.get_mut(&part).and_then(|ss| ss.get_mut(&start)) else {
+                continue;
+            };
+            if s.end != end {
+                continue;
+            }
+            if s.snapshot.is_none() {
+                let n = s.groups.len();
+                let (keys, states) = s.groups.snapshot(&self.agg)?;
+                let mut columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![start; n])),
+                    Arc::new(Int64Array::from(vec![s.end; n])),
+                    Arc::new(BinaryArray::from(vec![part.as_slice(); n])),
+                ];
+                columns.extend(keys);
+                columns.extend(states.into_iter().flatten());
+                s.snapshot = Some(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+            }
+            upserts.extend(s.snapshot.clone());
+        }
+        let deletes = if full || inner.removed.is_empty() {
+            vec![]
+        } else {
+            let starts: Vec<i64> = inner.removed.iter().map(|u| u.0).collect();
+            let ends: Vec<i64> = inner.removed.iter().map(|u| u.1).collect();
+            let parts: Vec<&[u8]> = inner.removed.iter().map(|u| u.2.as_slice()).collect();
+            vec![RecordBatch::try_new(
+                Arc::new(self.state_schema.project(&[0, 1, 2])?),
+                vec![
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(Int64Array::from(ends)),
+                    Arc::new(BinaryArray::from(parts)),
+                ],
+            )?]
+        };
+        inner.changed.clear();
+        inner.removed.clear();
+        Ok(Some(StateChange { upserts, deletes }))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
         let mut inner = self.lock();
         *inner = Inner::default();
         let n_keys = self.agg.key_schema.fields().len();
@@ -462,27 +510,26 @@ impl StatefulOperator for SessionState {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let keys: Vec<ArrayRef> = batch.columns()[2..2 + n_keys].to_vec();
-            let rows = self.partition_rows(&keys)?;
             let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
             let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            // Rows of one session are contiguous in a snapshot.
+            let parts = batch.column(2).as_binary::<i32>().clone();
+            // Rows of one session are contiguous.
             let mut i = 0;
             while i < batch.num_rows() {
-                let part = rows.row(i).as_ref().to_vec();
                 let mut j = i + 1;
                 while j < batch.num_rows()
                     && starts[j] == starts[i]
                     && ends[j] == ends[i]
-                    && rows.row(j).as_ref() == part.as_slice()
+                    && parts.value(j) == parts.value(i)
                 {
                     j += 1;
                 }
+                let part = parts.value(i).to_vec();
                 let idx = UInt32Array::from((i as u32..j as u32).collect::<Vec<_>>());
                 let piece = take_batch(&batch, &idx)?;
                 let mut groups = Groups::new(&self.agg)?;
-                let states = self.agg.split_states(&piece.columns()[2 + n_keys..]);
-                groups.merge(&piece.columns()[2..2 + n_keys], &states, piece.num_rows())?;
+                let states = self.agg.split_states(&piece.columns()[3 + n_keys..]);
+                groups.merge(&piece.columns()[3..3 + n_keys], &states, piece.num_rows())?;
                 inner.by_end.insert((ends[i], starts[i], part.clone()));
                 inner.sessions.entry(part).or_default().insert(
                     starts[i],
@@ -495,7 +542,6 @@ impl StatefulOperator for SessionState {
                 i = j;
             }
         }
-        inner.dirty = false;
         Ok(())
     }
 }

@@ -45,9 +45,8 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::groups::{AggregateSpec, Groups};
-use super::window_agg::check_state_schema;
 use crate::epoch::EpochInput;
-use crate::exec::{StateTable, StatefulOperator};
+use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// The changelog kinds, as Flink prints them.
 pub const INSERT: &str = "+I";
@@ -100,7 +99,10 @@ struct Inner {
     index: HashMap<Vec<u8>, (usize, usize)>,
     chunks: Vec<Chunk>,
     dead: usize,
-    dirty: bool,
+    /// Groups' new versions since the last checkpoint (a delta's upserts).
+    pending_upserts: Vec<RecordBatch>,
+    /// Keys of groups deleted since the last checkpoint.
+    pending_deletes: Vec<RecordBatch>,
 }
 
 impl UpdateAggregateExec {
@@ -333,7 +335,6 @@ impl UpdateState {
         let mut pieces: Vec<RecordBatch> = Vec::new();
         let n = delta.len();
         if n > 0 {
-            inner.dirty = true;
             let (dkeys, dstates) = delta.take_state()?;
             let rows = self.keys.convert_columns(&dkeys)?;
             let locs: Vec<Option<(usize, usize)>> = (0..n)
@@ -449,6 +450,7 @@ impl UpdateState {
             for i in 0..n {
                 inner.index.insert(rows.row(i).as_ref().to_vec(), (c, i));
             }
+            inner.pending_upserts.push(batch.clone());
             inner.chunks.push(Chunk {
                 batch,
                 alive: vec![true; n],
@@ -512,7 +514,24 @@ impl UpdateState {
             }
         }
         if !removed.is_empty() {
-            inner.dirty = true;
+            let mut keys = Vec::new();
+            for (c, r) in &removed {
+                keys.push(
+                    inner.chunks[*c]
+                        .batch
+                        .slice(*r, 1)
+                        .project(&(0..self.n_keys()).collect::<Vec<_>>())?,
+                );
+            }
+            if !keys.is_empty() {
+                inner.pending_deletes.push(concat_batches(
+                    &Arc::new(
+                        self.chunk_schema
+                            .project(&(0..self.n_keys()).collect::<Vec<_>>())?,
+                    ),
+                    &keys,
+                )?);
+            }
             for (c, r) in &removed {
                 let one = inner.chunks[*c].batch.slice(*r, 1);
                 let rows = key_rows_of(&one)?;
@@ -607,26 +626,43 @@ impl StatefulOperator for UpdateState {
         }
     }
 
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-        let mut inner = self.lock();
-        if !inner.dirty {
-            return Ok(None);
-        }
-        let rows = self.live_rows(&inner)?;
-        inner.dirty = false;
-        Ok(Some((Arc::clone(&self.chunk_schema), rows)))
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.chunk_schema)
     }
 
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-        check_state_schema(&self.chunk_schema, schema, "aggregate")?;
+    fn unit_key_len(&self) -> usize {
+        self.n_keys()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut inner = self.lock();
+        if full {
+            let rows = self.live_rows(&inner)?;
+            inner.pending_upserts.clear();
+            inner.pending_deletes.clear();
+            return Ok(Some(StateChange {
+                upserts: rows,
+                deletes: vec![],
+            }));
+        }
+        if inner.pending_upserts.is_empty() && inner.pending_deletes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StateChange {
+            upserts: std::mem::take(&mut inner.pending_upserts),
+            deletes: std::mem::take(&mut inner.pending_deletes),
+        }))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
         let batches = batches
             .iter()
             .map(|b| b.clone().with_schema(Arc::clone(&self.chunk_schema)))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = concat_batches(&self.chunk_schema, &batches)?;
         let mut inner = self.lock();
+        *inner = Inner::default();
         self.load(&mut inner, batch)?;
-        inner.dirty = false;
         Ok(())
     }
 }

@@ -15,10 +15,10 @@
 //! checkpoint holds its partial states. A window's rows are emitted exactly
 //! once, in (end, start) order, groups in first-seen order.
 //!
-//! State file (one row per group of a unit):
-//! `__window_start, __window_end, __frontier: Int64, <key columns>, a<i>.<state field>...`
-//! where `(start, end)` is the unit and `__frontier` the watermark through
-//! which windows have been emitted (slices only).
+//! State rows (one per group of a unit; the unit is `(start, end)`):
+//! `__window_start, __window_end: Int64, <key columns>, a<i>.<state field>...`
+//! How far windows have been emitted is not state: it is the watermark of
+//! the last committed epoch, which `restore` is given.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -44,7 +44,7 @@ use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Evaluated, Groups};
 use crate::epoch::EpochInput;
-use crate::exec::{StateTable, StatefulOperator};
+use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// Where each output group column comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,10 @@ struct Inner {
     open: BTreeSet<(i64, i64)>,
     /// Slices: the watermark through which windows were emitted.
     frontier: i64,
-    dirty: bool,
+    /// Units changed since the last checkpoint.
+    changed: BTreeSet<(i64, i64)>,
+    /// Units removed since the last checkpoint.
+    removed: BTreeSet<(i64, i64)>,
 }
 
 enum UnitState {
@@ -178,7 +181,6 @@ impl WindowAggregateExec {
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
-            Field::new("__frontier", DataType::Int64, false),
         ];
         fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(agg.state_file_fields());
@@ -376,7 +378,6 @@ impl WindowAggState {
             ends.as_primitive::<Int64Type>().values(),
         );
         let mut inner = self.lock();
-        inner.dirty = true;
         for (unit, rows) in parts {
             let part: Evaluated;
             let input = if rows.len() == n {
@@ -399,6 +400,8 @@ impl WindowAggState {
                     inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
                 }
             }
+            inner.changed.insert(unit);
+            inner.removed.remove(&unit);
             let u = inner.units.get_mut(&unit).expect("inserted above");
             u.snapshot = None;
             match &mut u.state {
@@ -439,16 +442,20 @@ impl WindowAggState {
                     out.push(self.finish(start, end, merged)?);
                 }
             }
-            let before = inner.units.len();
             let spec = &self.spec;
-            inner
+            let retired: Vec<(i64, i64)> = inner
                 .units
-                .retain(|&(_, s), _| spec.slice_retires_at(s) > watermark);
+                .keys()
+                .copied()
+                .filter(|&(_, s)| spec.slice_retires_at(s) <= watermark)
+                .collect();
+            for unit in retired {
+                inner.units.remove(&unit);
+                inner.changed.remove(&unit);
+                inner.removed.insert(unit);
+            }
             if watermark > inner.frontier {
                 inner.frontier = watermark;
-            }
-            if !out.is_empty() || inner.units.len() != before {
-                inner.dirty = true;
             }
         } else {
             while let Some(entry) = inner.units.first_entry() {
@@ -466,7 +473,8 @@ impl WindowAggState {
                     }
                 };
                 out.push(self.finish(start, end, groups)?);
-                inner.dirty = true;
+                inner.changed.remove(&(end, start));
+                inner.removed.insert((end, start));
             }
         }
         Ok(concat_batches(&self.schema, &out)?)
@@ -490,7 +498,6 @@ impl WindowAggState {
     fn unit_rows(
         &self,
         unit: (i64, i64),
-        frontier: i64,
         keys: &[ArrayRef],
         states: &[Vec<ArrayRef>],
         n: usize,
@@ -498,7 +505,6 @@ impl WindowAggState {
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(vec![unit.1; n])),
             Arc::new(Int64Array::from(vec![unit.0; n])),
-            Arc::new(Int64Array::from(vec![frontier; n])),
         ];
         columns.extend(keys.iter().cloned());
         for s in states {
@@ -550,46 +556,67 @@ impl StatefulOperator for WindowAggState {
         }
     }
 
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        2
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
         let mut inner = self.lock();
-        if !inner.dirty {
+        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
             return Ok(None);
         }
-        let frontier = inner.frontier;
-        let mut out = Vec::with_capacity(inner.units.len());
-        let keys: Vec<(i64, i64)> = inner.units.keys().copied().collect();
-        for unit in keys {
+        let units: Vec<(i64, i64)> = if full {
+            inner.units.keys().copied().collect()
+        } else {
+            inner
+                .changed
+                .iter()
+                .copied()
+                .filter(|u| inner.units.contains_key(u))
+                .collect()
+        };
+        let mut upserts = Vec::with_capacity(units.len());
+        for unit in units {
             let u = inner.units.get_mut(&unit).expect("listed");
             if u.snapshot.is_none() {
                 let batch = match &mut u.state {
                     UnitState::Live(g) => {
                         let n = g.len();
                         let (k, s) = g.snapshot(&self.agg)?;
-                        self.unit_rows(unit, frontier, &k, &s, n)?
+                        self.unit_rows(unit, &k, &s, n)?
                     }
-                    UnitState::Frozen { keys, states, rows } => {
-                        self.unit_rows(unit, frontier, keys, states, *rows)?
-                    }
+                    UnitState::Frozen { keys, states, rows } => self.unit_rows(unit, keys, states, *rows)?,
                 };
                 u.snapshot = Some(batch);
             }
-            // Cached rows carry the frontier of when they were cached; every
-            // row must say how far windows have been emitted now.
-            if let Some(cached) = &u.snapshot {
-                let mut columns = cached.columns().to_vec();
-                columns[2] = Arc::new(Int64Array::from(vec![frontier; cached.num_rows()]));
-                out.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
-            }
+            upserts.extend(u.snapshot.clone());
         }
-        inner.dirty = false;
-        Ok(Some((Arc::clone(&self.state_schema), out)))
+        let deletes = if full || inner.removed.is_empty() {
+            vec![]
+        } else {
+            let (ends, starts): (Vec<i64>, Vec<i64>) = inner.removed.iter().copied().unzip();
+            let schema = Arc::new(self.state_schema.project(&[0, 1])?);
+            vec![RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(Int64Array::from(ends)),
+                ],
+            )?]
+        };
+        inner.changed.clear();
+        inner.removed.clear();
+        Ok(Some(StateChange { upserts, deletes }))
     }
 
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-        check_state_schema(&self.state_schema, schema, "windowed aggregate")?;
+    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
         let mut inner = self.lock();
         *inner = Inner {
-            frontier: i64::MIN,
+            frontier: watermark.saturating_sub(self.lag_ms),
             ..Default::default()
         };
         let n_keys = self.agg.key_schema.fields().len();
@@ -600,15 +627,11 @@ impl StatefulOperator for WindowAggState {
             }
             let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
             let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            let frontiers = batch.column(2).as_primitive::<Int64Type>();
-            if let Some(f) = frontiers.values().iter().copied().max() {
-                inner.frontier = inner.frontier.max(f);
-            }
             for (unit, rows) in split_by_unit(&starts, &ends) {
                 let idx = UInt32Array::from(rows);
                 let part = take_batch(&batch, &idx)?;
-                let keys: Vec<ArrayRef> = part.columns()[3..3 + n_keys].to_vec();
-                let states = self.agg.split_states(&part.columns()[3 + n_keys..]);
+                let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
+                let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
                 let mut g = Groups::new(&self.agg)?;
                 g.merge(&keys, &states, part.num_rows())?;
                 if self.slices {
@@ -627,7 +650,6 @@ impl StatefulOperator for WindowAggState {
         // Windows at or before the frontier were emitted before the checkpoint.
         let frontier = inner.frontier;
         inner.open.retain(|&(end, _)| end > frontier);
-        inner.dirty = false;
         Ok(())
     }
 }

@@ -32,9 +32,9 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use weir_sql::RankKind;
 
-use super::window_agg::{check_state_schema, split_by_unit, take_batch};
+use super::window_agg::{split_by_unit, take_batch};
 use crate::epoch::EpochInput;
-use crate::exec::{StateTable, StatefulOperator};
+use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A window Top-N over its input.
 pub struct WindowTopNExec {
@@ -82,7 +82,10 @@ pub struct TopNState {
 struct Inner {
     /// Open windows' rows, by (end, start).
     windows: BTreeMap<(i64, i64), Vec<RecordBatch>>,
-    dirty: bool,
+    /// Windows changed since the last checkpoint.
+    changed: std::collections::BTreeSet<(i64, i64)>,
+    /// Windows emitted since the last checkpoint.
+    removed: std::collections::BTreeSet<(i64, i64)>,
 }
 
 impl WindowTopNExec {
@@ -249,9 +252,9 @@ impl TopNState {
             e.as_primitive::<Int64Type>().values(),
         );
         let mut inner = self.lock();
-        inner.dirty = true;
         let mut touched = Vec::new();
         for (window, rows) in parts {
+            inner.changed.insert(window);
             let rows = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {
@@ -363,7 +366,10 @@ impl TopNState {
             if entry.key().0 > watermark {
                 break;
             }
+            let window = *entry.key();
             let batches = entry.remove();
+            inner.changed.remove(&window);
+            inner.removed.insert(window);
             let all = concat_batches(&self.input_schema, batches.iter())?;
             let (order, ranks) = self.rank(&all)?;
             let keep: Vec<(u32, u64)> = order
@@ -382,7 +388,6 @@ impl TopNState {
             let mut columns = rows.columns().to_vec();
             columns.push(cast(&rank, rank_field.data_type())?);
             out.push(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?);
-            inner.dirty = true;
         }
         Ok(concat_batches(&self.p.schema, &out)?)
     }
@@ -422,29 +427,59 @@ impl StatefulOperator for TopNState {
         }
     }
 
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-        let mut inner = self.lock();
-        if !inner.dirty {
-            return Ok(None);
-        }
-        let mut out = Vec::new();
-        for (&(end, start), batches) in &inner.windows {
-            for b in batches {
-                let n = b.num_rows();
-                let mut columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(vec![start; n])),
-                    Arc::new(Int64Array::from(vec![end; n])),
-                ];
-                columns.extend(b.columns().iter().cloned());
-                out.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
-            }
-        }
-        inner.dirty = false;
-        Ok(Some((Arc::clone(&self.state_schema), out)))
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
     }
 
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-        check_state_schema(&self.state_schema, schema, "window Top-N")?;
+    fn unit_key_len(&self) -> usize {
+        2
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut inner = self.lock();
+        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+            return Ok(None);
+        }
+        let windows: Vec<(i64, i64)> = if full {
+            inner.windows.keys().copied().collect()
+        } else {
+            inner
+                .changed
+                .iter()
+                .copied()
+                .filter(|w| inner.windows.contains_key(w))
+                .collect()
+        };
+        let mut upserts = Vec::new();
+        for (end, start) in windows {
+            let batches = &inner.windows[&(end, start)];
+            let rows = concat_batches(&self.input_schema, batches.iter())?;
+            let n = rows.num_rows();
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from(vec![start; n])),
+                Arc::new(Int64Array::from(vec![end; n])),
+            ];
+            columns.extend(rows.columns().iter().cloned());
+            upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+        }
+        let deletes = if full || inner.removed.is_empty() {
+            vec![]
+        } else {
+            let (ends, starts): (Vec<i64>, Vec<i64>) = inner.removed.iter().copied().unzip();
+            vec![RecordBatch::try_new(
+                Arc::new(self.state_schema.project(&[0, 1])?),
+                vec![
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(Int64Array::from(ends)),
+                ],
+            )?]
+        };
+        inner.changed.clear();
+        inner.removed.clear();
+        Ok(Some(StateChange { upserts, deletes }))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
         let mut inner = self.lock();
         *inner = Inner::default();
         for batch in batches {
@@ -458,7 +493,6 @@ impl StatefulOperator for TopNState {
                 inner.windows.entry(window).or_default().push(rows);
             }
         }
-        inner.dirty = false;
         Ok(())
     }
 }
