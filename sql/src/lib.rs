@@ -19,7 +19,7 @@ pub mod planner;
 pub mod preprocess;
 
 pub use catalog::{Options, TableDecl, Watermark};
-pub use job::Job;
+pub use job::{Job, JobKind, Select};
 pub use nodes::{WindowAggregateNode, WindowAssignNode, WindowSpec};
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 

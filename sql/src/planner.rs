@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Query, Statement};
 
 use crate::job::interval_ms;
 use crate::nodes::{WindowAggregateNode, WindowAssignNode, WindowSpec};
@@ -81,13 +81,13 @@ impl TableProvider for StreamTable {
     }
 }
 
-/// The plan of one `INSERT INTO` of a job.
+/// The plan of one `INSERT INTO` of a job (or of a live query's `SELECT`).
 #[derive(Clone, Debug)]
 pub struct PipelinePlan {
     /// Position of the insert in the job (0-based); names its operators.
     pub index: usize,
-    /// The sink.
-    pub sink: TableDecl,
+    /// The sink; `None` for a live query, whose rows go to the caller.
+    pub sink: Option<TableDecl>,
     /// The incremental plan. Its output is what the sink receives.
     pub plan: LogicalPlan,
     /// The sources it reads.
@@ -175,6 +175,13 @@ impl StreamPlanner {
                 .map_err(|e| e.in_statement_of_insert(insert))?;
             out.push(plan);
         }
+        if let Some(select) = &self.job.select {
+            let plan = self
+                .plan_pipeline(out.len(), None, &select.query)
+                .await
+                .map_err(|e| e.in_statement_of(&select.sql))?;
+            out.push(plan);
+        }
         Ok(out)
     }
 
@@ -187,8 +194,17 @@ impl StreamPlanner {
                 known_tables(&self.job)
             ))
         })?;
+        self.plan_pipeline(index, Some(sink), &insert.query).await
+    }
+
+    async fn plan_pipeline(
+        &self,
+        index: usize,
+        sink: Option<TableDecl>,
+        query: &Query,
+    ) -> Result<PipelinePlan> {
         let state = self.ctx.state();
-        let statement = DFStatement::Statement(Box::new(Statement::Query(insert.query.clone())));
+        let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(query.clone()))));
         let plan = state
             .statement_to_plan(statement)
             .await
@@ -196,7 +212,10 @@ impl StreamPlanner {
         let plan = self.replace_placeholders(plan)?;
         let plan = state.optimize(&plan).map_err(|e| self.explain_df_error(e))?;
         let plan = rewrite_streaming(plan)?;
-        let plan = conform_to_sink(plan, &sink)?;
+        let plan = match &sink {
+            Some(sink) => conform_to_sink(plan, sink)?,
+            None => plan,
+        };
 
         let mut sources = BTreeSet::new();
         let mut stateful = false;
@@ -271,7 +290,11 @@ impl StreamPlanner {
 
 impl Error {
     fn in_statement_of_insert(self, insert: &crate::job::Insert) -> Error {
-        let flat: String = insert.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.in_statement_of(&insert.sql)
+    }
+
+    fn in_statement_of(self, sql: &str) -> Error {
+        let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
         let head: String = flat.chars().take(57).collect();
         let head = if flat.chars().count() > 57 {
             format!("{head}...")
@@ -675,6 +698,41 @@ mod tests {
         assert!(e.contains("OVER"), "{e}");
         let e = plan_err("SELECT a.auction FROM bids a JOIN bids b ON a.auction = b.auction").await;
         assert!(e.contains("joins"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_live_select_is_a_pipeline_without_a_sink() {
+        let job = Job::parse_as(
+            &format!(
+                "{TABLES}\nSELECT window_start, window_end, COUNT(*) AS n \
+                 FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+                 GROUP BY window_start, window_end"
+            ),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let p = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].sink.is_none() && p[0].stateful);
+        let job = Job::parse_as(
+            &format!("{TABLES}\nSELECT auction FROM bids LIMIT 3"),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let e = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LIMIT") && e.contains("SELECT auction FROM bids"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
