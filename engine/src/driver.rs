@@ -48,14 +48,14 @@ use datafusion::prelude::SessionConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use weir_sql::{Job, StreamPlanner, Watermark};
+use weir_sql::{Job, JobKind, StreamPlanner, Watermark};
 use weir_storage::location::Create;
 use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
 
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAggregateExec, physical_planner};
-use crate::sink::FileSink;
+use crate::sink::{LiveSender, PipelineSink};
 use crate::source::{Source, open_source};
 use crate::{Error, Result};
 
@@ -141,6 +141,9 @@ pub struct JobOptions {
     /// User-defined aggregate functions the job may call (in windows too:
     /// their accumulator state is checkpointed like any other).
     pub udafs: Vec<AggregateUDF>,
+    /// Makes the job a live query: its text is declarations and one bare
+    /// `SELECT`, whose committed output is sent here instead of to a sink.
+    pub live: Option<LiveSender>,
 }
 
 impl JobOptions {
@@ -152,6 +155,7 @@ impl JobOptions {
             hooks: Arc::new(NoHooks),
             udfs: Vec::new(),
             udafs: Vec::new(),
+            live: None,
         }
     }
 }
@@ -234,7 +238,7 @@ struct Pipeline {
     index: usize,
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
-    sink: FileSink,
+    sink: PipelineSink,
     sources: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
 }
@@ -271,7 +275,10 @@ impl StreamingJob {
     /// Parses and plans a job, opens its sources, sinks and checkpoint, and
     /// recovers from the checkpoint.
     pub async fn open(sql: &str, options: JobOptions) -> Result<StreamingJob> {
-        let job = Job::parse(sql)?;
+        let job = match options.live {
+            Some(_) => Job::parse_as(sql, JobKind::Live)?,
+            None => Job::parse(sql)?,
+        };
         let config = SessionConfig::new().with_target_partitions(1);
         let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
         for f in &options.udfs {
@@ -311,7 +318,12 @@ impl StreamingJob {
             let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
             let schema = plan.schema();
             let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
-            let sink = FileSink::open(&p.sink, &writer, &options.store_options)?;
+            let sink = PipelineSink::open(
+                p.sink.as_ref(),
+                &writer,
+                &options.store_options,
+                options.live.as_ref(),
+            )?;
             let operators = stateful_operators(p.index, &plan);
             pipelines.push(Pipeline {
                 index: p.index,
@@ -473,14 +485,22 @@ impl StreamingJob {
         self.last_committed
     }
 
+    /// The columns of a live query's rows (`None` for a saved job).
+    pub fn live_schema(&self) -> Option<SchemaRef> {
+        self.pipelines
+            .iter()
+            .find(|p| p.sink.is_live())
+            .map(|p| Arc::clone(&p.schema))
+    }
+
     /// Each pipeline's physical plan, as text.
     pub fn explain(&self) -> String {
         self.pipelines
             .iter()
             .map(|p| {
                 format!(
-                    "-- INSERT INTO {} (pipeline {})\n{}",
-                    p.sink.table(),
+                    "-- {} (pipeline {})\n{}",
+                    p.sink.describe(),
                     p.index,
                     displayable(p.plan.as_ref()).indent(true)
                 )
