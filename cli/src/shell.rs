@@ -291,6 +291,12 @@ impl Shell {
             Some(weir_sql::Error::InStatement { source, .. }) => source.to_string(),
             _ => format!("{e:#}"),
         };
+        // The planner names the statement (in `INSERT INTO ...`: ...); here
+        // it is the one just typed.
+        let text = match text.strip_prefix("in `").and_then(|t| t.split_once("`: ")) {
+            Some((_, rest)) => rest.to_string(),
+            None => text,
+        };
         self.redactor.scrub(text.trim())
     }
 
@@ -1210,4 +1216,94 @@ pub fn run_script(rt: &tokio::runtime::Runtime, shell: &mut Shell, text: &str, n
         }
     }
     Ok(Flow::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell() -> Shell {
+        let (_tx, rx) = watch::channel(0);
+        let mut s = Shell::new(Redactor::default(), rx, StoreOptions::default());
+        s.create_table(
+            "CREATE TABLE bids (auction BIGINT, date_time TIMESTAMP(3), \
+             WATERMARK FOR date_time AS date_time - INTERVAL '1.5' SECOND) \
+             WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'api_token' = 'sekret-value')",
+        )
+        .unwrap();
+        s.create_table(
+            "CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet')",
+        )
+        .unwrap();
+        s.create_table(
+            "CREATE TABLE typed (auction BIGINT) WITH ('connector' = 'files', 'path' = 't/', 'format' = 'parquet')",
+        )
+        .unwrap();
+        s
+    }
+
+    fn live(s: &Shell, sql: &str) -> bool {
+        matches!(s.kind_of_query(sql).unwrap(), QueryKind::Live)
+    }
+
+    #[test]
+    fn a_select_over_a_source_is_live_and_over_results_is_a_batch() {
+        let mut s = shell();
+        assert!(live(&s, "SELECT auction FROM bids"));
+        assert!(live(
+            &s,
+            "SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), \
+             INTERVAL '1' SECOND)) GROUP BY window_start, window_end"
+        ));
+        assert!(
+            !live(&s, "SELECT * FROM out"),
+            "a table without columns is a sink"
+        );
+        assert!(!live(&s, "SELECT * FROM 'out/' WHERE bids > 2"));
+        assert!(!live(&s, "SELECT 1"));
+        assert!(!live(&s, "SELECT 'bids' AS name"), "a string is not a table");
+        // A table with columns that an INSERT writes is read as a sink.
+        assert!(live(&s, "SELECT * FROM typed"));
+        s.written.insert("typed".into());
+        assert!(!live(&s, "SELECT * FROM typed"));
+    }
+
+    #[test]
+    fn errors_lose_internal_statement_numbers_and_secrets() {
+        let s = shell();
+        let e =
+            anyhow::Error::from(weir_sql::Error::Plan("bad 'x'".into()).in_statement(3, "INSERT INTO out"));
+        assert_eq!(s.error_text(&e), "bad 'x'");
+        let e = anyhow!("in `INSERT INTO out SELECT nope FROM bids`: No field named nope");
+        assert_eq!(s.error_text(&e), "No field named nope");
+        let e = anyhow!("cannot read with token sekret-value");
+        assert_eq!(s.error_text(&e), "cannot read with token ***");
+    }
+
+    #[test]
+    fn settings_parse_as_weir_run_takes_them() {
+        assert_eq!(
+            parse_trigger("500ms").unwrap(),
+            Trigger::Interval(Duration::from_millis(500))
+        );
+        assert_eq!(parse_trigger("available-now").unwrap(), Trigger::AvailableNow);
+        assert!(parse_trigger("0s").is_err() && parse_trigger("soon").is_err());
+        let mut s = shell();
+        s.set(&significant("trigger = 'once'").unwrap()).unwrap();
+        s.set(&significant("drain TO true").unwrap()).unwrap();
+        s.set(&significant("'checkpoint_dir' = '/tmp/ck'").unwrap())
+            .unwrap();
+        assert_eq!(s.settings.trigger, Trigger::Once);
+        assert!(s.settings.drain);
+        assert_eq!(s.checkpoint_of("q"), "/tmp/ck/q");
+        assert!(s.set(&significant("colour = 'blue'").unwrap()).is_err());
+        assert_eq!(s.query_trigger(), (Trigger::Once, true));
+    }
+
+    #[test]
+    fn a_watermark_prints_as_declared() {
+        let s = shell();
+        let w = s.catalog.get("bids").unwrap().decl.watermark.clone().unwrap();
+        assert_eq!(watermark_text(&w), "date_time - INTERVAL '1.500' SECOND");
+    }
 }
