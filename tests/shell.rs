@@ -493,3 +493,24 @@ fn a_file_runs_as_the_shell_would_and_stops_at_the_first_error() {
         .ok();
     assert_eq!(run.stdout(), "{\"n\":10}\n");
 }
+
+#[test]
+fn a_background_query_that_fails_fails_the_file_with_its_reason() {
+    let (ws, _) = workspace();
+    // Text where Parquet is declared.
+    ws.write("in/c.parquet", "auction,price\n1,2\n");
+    ws.write(
+        "load.sql",
+        &format!("{DECLARE}SET trigger = 'available-now';\nINSERT INTO out {WINDOWS};\nSELECT 1 AS after;\n"),
+    );
+    let run = ws.weir(&["-f", "load.sql"]).fails();
+    assert!(
+        run.stdout().contains("| after |"),
+        "the file runs on while the query works"
+    );
+    let err = run.stderr();
+    assert!(
+        err.contains("error: query out failed: ") && err.contains("c.parquet"),
+        "{err}"
+    );
+}

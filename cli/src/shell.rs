@@ -602,11 +602,7 @@ impl Shell {
             .live_schema()
             .ok_or_else(|| anyhow!("the live query has no output"))?;
         let mut table = LiveTable::new(&schema, self.settings.format)?;
-        let (trigger, drain) = (
-            self.settings.trigger,
-            self.settings.drain && self.settings.trigger != Trigger::Once,
-        );
-        let drain = drain && !matches!(trigger, Trigger::Interval(_));
+        let (trigger, drain) = self.query_trigger();
         if self.terminal_out {
             eprintln!("live results: rows appear as their epochs commit; Ctrl-C stops");
         }
@@ -729,7 +725,11 @@ impl Shell {
         let toks = significant(sql)?;
         let inner_kw = keyword(toks.get(1));
         // The statement after EXPLAIN, as typed.
-        let inner = sql.trim_start()[7..].trim_start();
+        let at = sql
+            .to_ascii_lowercase()
+            .find("explain")
+            .map_or(0, |i| i + "explain".len());
+        let inner = sql[at..].trim_start();
         let streaming = match inner_kw.as_str() {
             "INSERT" => true,
             "SELECT" | "WITH" | "VALUES" => matches!(self.kind_of_query(inner)?, QueryKind::Live),
