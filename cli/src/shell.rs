@@ -169,6 +169,15 @@ impl std::fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A shell session.
 pub struct Shell {
     catalog: Catalog,
@@ -608,11 +617,13 @@ impl Shell {
         }
         out(&table.header()?)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut run = tokio::spawn(async move {
+        // However this function returns (an error printing, say), the query
+        // does not outlive it.
+        let mut run = AbortOnDrop(tokio::spawn(async move {
             let r = job.run(trigger, drain, stop_rx, &mut |_| {}).await;
             drop(job); // closes the live channel
             r
-        });
+        }));
         let mut irq = self.interrupts.clone();
         irq.mark_unchanged();
         let mut stopping = false;
@@ -626,12 +637,12 @@ impl Shell {
                         }
                         out(&text)?;
                     }
-                    None => break (&mut run).await,
+                    None => break (&mut run.0).await,
                 },
                 _ = irq.changed() => {
                     if stopping {
-                        run.abort();
-                        break (&mut run).await;
+                        run.0.abort();
+                        break (&mut run.0).await;
                     }
                     stopping = true;
                     let _ = stop_tx.send(true);
