@@ -48,7 +48,7 @@ use datafusion::prelude::SessionConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use weir_sql::{Job, StreamPlanner, Watermark};
+use weir_sql::{Job, JobKind, StreamPlanner, Watermark};
 use weir_storage::location::Create;
 use weir_storage::{Checkpoint, Location, Metadata, StateKind, StateWrite, StoreOptions};
 
@@ -58,7 +58,7 @@ use crate::exec::{
     EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
     WindowAggregateExec, WindowAssignExec, physical_planner,
 };
-use crate::sink::FileSink;
+use crate::sink::{FileSink, LiveSender, PipelineSink};
 use crate::source::{Source, open_source};
 use crate::{Error, Result};
 
@@ -151,6 +151,9 @@ pub struct JobOptions {
     /// How many committed epochs stay restorable (older logs, state files
     /// and sink manifests are deleted).
     pub retain_epochs: u64,
+    /// Makes the job a live query: its text is declarations and one bare
+    /// `SELECT`, whose committed output is sent here instead of to a sink.
+    pub live: Option<LiveSender>,
 }
 
 impl JobOptions {
@@ -163,6 +166,7 @@ impl JobOptions {
             udfs: Vec::new(),
             udafs: Vec::new(),
             retain_epochs: 20,
+            live: None,
         }
     }
 }
@@ -269,7 +273,7 @@ struct Pipeline {
     changelog: bool,
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
-    sink: FileSink,
+    sink: PipelineSink,
     /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
     late_sinks: Vec<LateSink>,
     sources: BTreeSet<String>,
@@ -382,7 +386,10 @@ impl StreamingJob {
     /// Parses and plans a job, opens its sources, sinks and checkpoint, and
     /// recovers from the checkpoint.
     pub async fn open(sql: &str, options: JobOptions) -> Result<StreamingJob> {
-        let job = Job::parse(sql)?;
+        let job = match options.live {
+            Some(_) => Job::parse_as(sql, JobKind::Live)?,
+            None => Job::parse(sql)?,
+        };
         let config = SessionConfig::new().with_target_partitions(1);
         let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
         for f in &options.udfs {
@@ -425,7 +432,12 @@ impl StreamingJob {
             let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
             let schema = plan.schema();
             let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
-            let sink = FileSink::open(&p.sink, &writer, &options.store_options)?;
+            let sink = PipelineSink::open(
+                p.sink.as_ref(),
+                &writer,
+                &options.store_options,
+                options.live.as_ref(),
+            )?;
             let operators = stateful_operators(p.index, &plan);
             let mut late_sinks: Vec<LateSink> = Vec::new();
             for (table, schema) in late_sink_tables(&plan) {
@@ -642,11 +654,13 @@ impl StreamingJob {
     pub fn sinks(&self) -> Vec<(String, SchemaRef, String)> {
         let mut out = Vec::new();
         for p in &self.pipelines {
-            out.push((
-                p.sink.table().to_string(),
-                Arc::clone(&p.schema),
-                p.sink.location().url().to_string(),
-            ));
+            if let Some(f) = p.sink.files() {
+                out.push((
+                    f.table().to_string(),
+                    Arc::clone(&p.schema),
+                    f.location().url().to_string(),
+                ));
+            }
             for l in &p.late_sinks {
                 out.push((
                     l.table.clone(),
@@ -656,6 +670,14 @@ impl StreamingJob {
             }
         }
         out
+    }
+
+    /// The columns of a live query's rows (`None` for a saved job).
+    pub fn live_schema(&self) -> Option<SchemaRef> {
+        self.pipelines
+            .iter()
+            .find(|p| p.sink.is_live())
+            .map(|p| Arc::clone(&p.schema))
     }
 
     /// Each pipeline's physical plan, as text.
@@ -685,12 +707,7 @@ impl StreamingJob {
         } else {
             "append"
         };
-        let _ = writeln!(
-            out,
-            "== INSERT INTO {} (pipeline {}): {mode}",
-            p.sink.table(),
-            p.index
-        );
+        let _ = writeln!(out, "== {} (pipeline {}): {mode}", p.sink.describe(), p.index);
         if !analyze {
             let _ = writeln!(out, "-- incremental plan");
             let _ = writeln!(out, "{}", p.logical.display_indent());
@@ -794,7 +811,12 @@ impl StreamingJob {
                     if !wait.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stop.changed() => {}
+                            changed = stop.changed() => {
+                                // A dropped sender can never say "go on": stop.
+                                if changed.is_err() {
+                                    return Ok(summary.done(self.last_committed));
+                                }
+                            }
                         }
                     }
                 }

@@ -15,3 +15,4 @@ pub mod source;
 
 pub use driver::{BatchProgress, EpochHooks, JobOptions, RunSummary, Step, StreamingJob, Trigger};
 pub use error::{Error, Result};
+pub use sink::{LiveBatch, LiveSender};

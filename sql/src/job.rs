@@ -60,6 +60,32 @@ pub struct View {
     pub tvfs: Vec<String>,
 }
 
+/// A bare `SELECT` of a live query: its rows go to the caller (the shell),
+/// not to a sink.
+#[derive(Clone, Debug)]
+pub struct Select {
+    /// The query, with window calls replaced by placeholders.
+    pub query: Box<Query>,
+    /// The statement as written, secrets redacted.
+    pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
+}
+
+/// What a job text may hold besides `CREATE TABLE` declarations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobKind {
+    /// A saved job (`weir run`): one or more `INSERT INTO sink SELECT ...`;
+    /// a bare `SELECT` is refused, since nothing would receive its rows.
+    #[default]
+    Saved,
+    /// A live query (the shell's bare `SELECT` over streams): exactly one
+    /// `SELECT`, whose rows the caller receives epoch by epoch.
+    Live,
+    /// Declarations only (the shell's catalog of `CREATE TABLE`s).
+    Declarations,
+}
+
 /// A parsed job file.
 #[derive(Clone, Debug, Default)]
 pub struct Job {
@@ -71,17 +97,30 @@ pub struct Job {
     pub views: Vec<View>,
     /// `SET 'key' = 'value'` settings (e.g. `state.ttl`), keys lower-cased.
     pub settings: BTreeMap<String, String>,
+    /// The bare `SELECT` of a live query ([`JobKind::Live`] only).
+    pub select: Option<Select>,
     /// Every window call, by placeholder name.
     pub tvfs: BTreeMap<String, TvfCall>,
     /// Each statement, secrets redacted, in file order.
     statements: Vec<String>,
+    /// What the text may hold.
+    kind: JobKind,
 }
 
 impl Job {
     /// Parses a job's text. Errors name the statement (by number and first
     /// words) and the problem.
     pub fn parse(text: &str) -> Result<Job> {
-        let mut job = Job::default();
+        Self::parse_as(text, JobKind::Saved)
+    }
+
+    /// Parses a text that holds what `kind` allows: a saved job, a live
+    /// query, or declarations only.
+    pub fn parse_as(text: &str, kind: JobKind) -> Result<Job> {
+        let mut job = Job {
+            kind,
+            ..Job::default()
+        };
         let mut next_tvf = 0;
         let statements = preprocess::split_statements(text)?;
         if statements.is_empty() {
@@ -91,11 +130,14 @@ impl Job {
             job.add_statement(stmt, &mut next_tvf)
                 .map_err(|e| e.in_statement(i + 1, stmt))?;
         }
-        if job.inserts.is_empty() {
+        if kind == JobKind::Saved && job.inserts.is_empty() {
             return Err(Error::Plan(
                 "the job has no INSERT INTO statement: a job runs `INSERT INTO sink SELECT ...` queries"
                     .into(),
             ));
+        }
+        if kind == JobKind::Live && job.select.is_none() {
+            return Err(Error::Plan("a live query needs a SELECT".into()));
         }
         Ok(job)
     }
@@ -125,6 +167,29 @@ impl Job {
                     return Err(Error::Plan(format!("table '{}' is declared twice", decl.name)));
                 }
                 self.tables.insert(decl.name.clone(), decl);
+            }
+            Statement::Insert(_) | Statement::Query(_) if self.kind == JobKind::Declarations => {
+                return Err(Error::Plan(
+                    "only CREATE TABLE statements are expected here".into(),
+                ));
+            }
+            Statement::Insert(_) if self.kind == JobKind::Live => {
+                return Err(Error::Plan(
+                    "a live query is one SELECT; INSERT INTO runs as a query of its own".into(),
+                ));
+            }
+            Statement::Query(query) if self.kind == JobKind::Live => {
+                if self.select.is_some() {
+                    return Err(Error::Plan("a live query is one SELECT".into()));
+                }
+                self.select = Some(Select {
+                    query,
+                    sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
+                });
+                for call in pre.tvfs {
+                    self.tvfs.insert(call.placeholder.clone(), call);
+                }
             }
             Statement::Insert(ins) => {
                 let TableObject::TableName(name) = &ins.table else {
@@ -623,6 +688,34 @@ mod tests {
                 .contains("months")
         );
         assert!(interval_ms("5").is_err());
+    }
+
+    #[test]
+    fn a_live_query_is_one_bare_select_and_a_saved_job_refuses_it() {
+        let tables = JOB.split("INSERT INTO").next().unwrap();
+        let live = Job::parse_as(&format!("{tables} SELECT auction FROM bids"), JobKind::Live).unwrap();
+        assert!(live.inserts.is_empty());
+        assert!(live.select.as_ref().unwrap().sql.contains("SELECT auction"));
+        let err = Job::parse(&format!("{tables} SELECT auction FROM bids")).unwrap_err();
+        assert!(err.to_string().contains("runs INSERT INTO statements"), "{err}");
+        let err = Job::parse_as(&format!("{tables} SELECT 1; SELECT 2"), JobKind::Live).unwrap_err();
+        assert!(err.to_string().contains("one SELECT"), "{err}");
+        let err = Job::parse_as(JOB, JobKind::Live).unwrap_err();
+        assert!(
+            err.to_string().contains("INSERT INTO runs as a query of its own"),
+            "{err}"
+        );
+        let err = Job::parse_as(tables, JobKind::Live).unwrap_err();
+        assert!(err.to_string().contains("needs a SELECT"), "{err}");
+    }
+
+    #[test]
+    fn declarations_alone_parse_as_a_catalog() {
+        let tables = JOB.split("INSERT INTO").next().unwrap();
+        let job = Job::parse_as(tables, JobKind::Declarations).unwrap();
+        assert_eq!(job.tables.len(), 2);
+        let err = Job::parse_as(JOB, JobKind::Declarations).unwrap_err();
+        assert!(err.to_string().contains("only CREATE TABLE"), "{err}");
     }
 
     #[test]

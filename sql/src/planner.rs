@@ -92,13 +92,13 @@ impl TableProvider for StreamTable {
     }
 }
 
-/// The plan of one `INSERT INTO` of a job.
+/// The plan of one `INSERT INTO` of a job (or of a live query's `SELECT`).
 #[derive(Clone, Debug)]
 pub struct PipelinePlan {
     /// Position of the insert in the job (0-based); names its operators.
     pub index: usize,
-    /// The sink.
-    pub sink: TableDecl,
+    /// The sink; `None` for a live query, whose rows go to the caller.
+    pub sink: Option<TableDecl>,
     /// The incremental plan. Its output is what the sink receives.
     pub plan: LogicalPlan,
     /// The sources it reads.
@@ -167,6 +167,13 @@ impl StreamPlanner {
                 .map_err(|e| e.in_named_statement(&insert.sql))?;
             out.push(plan);
         }
+        if let Some(select) = &self.job.select {
+            let plan = self
+                .plan_pipeline(out.len(), None, &select.query, &select.tvfs, None)
+                .await
+                .map_err(|e| e.in_named_statement(&select.sql))?;
+            out.push(plan);
+        }
         Ok(out)
     }
 
@@ -199,19 +206,37 @@ impl StreamPlanner {
                 known_tables(&self.job)
             ))
         })?;
-        self.register_windows(&insert.tvfs, insert.query.with.as_ref())
-            .await?;
-        let plan = self.plan_query(&insert.query).await?;
+        self.plan_pipeline(index, Some(sink), &insert.query, &insert.tvfs, insert.emit)
+            .await
+    }
+
+    /// Plans one streaming query: an insert's (`sink` given) or a live
+    /// query's (`sink` None: its rows, changelog or not, go to the caller).
+    async fn plan_pipeline(
+        &self,
+        index: usize,
+        sink: Option<TableDecl>,
+        query: &Query,
+        tvfs: &[String],
+        emit: Option<Emit>,
+    ) -> Result<PipelinePlan> {
+        self.register_windows(tvfs, query.with.as_ref()).await?;
+        let plan = self.plan_query(query).await?;
         let plan = self
             .ctx
             .state()
             .optimize(&plan)
             .map_err(|e| self.explain_df_error(e))?;
-        let plan = self.rewrite_streaming(plan, insert)?;
+        let plan = self.rewrite_streaming(plan, emit)?;
         let changelog = is_changelog(&plan);
         let plan = finish_output(plan, changelog)?;
-        check_sink(&sink, changelog)?;
-        let plan = conform_to_sink(plan, &sink, changelog)?;
+        let plan = match &sink {
+            Some(sink) => {
+                check_sink(sink, changelog)?;
+                conform_to_sink(plan, sink, changelog)?
+            }
+            None => plan,
+        };
 
         let mut sources = BTreeSet::new();
         let mut stateful = false;
@@ -533,12 +558,12 @@ impl StreamPlanner {
     /// The streaming rewrite: aggregates become window or update aggregates;
     /// changelogs carry their `op` column up; what cannot run incrementally
     /// is refused.
-    fn rewrite_streaming(&self, plan: LogicalPlan, insert: &Insert) -> Result<LogicalPlan> {
+    fn rewrite_streaming(&self, plan: LogicalPlan, emit: Option<Emit>) -> Result<LogicalPlan> {
         check_expressions(&plan)?;
         let ttl_ms = self.ttl_ms(&plan)?;
         let mut sessions_used: BTreeSet<String> = BTreeSet::new();
         let out = plan.transform_up(|p| {
-            self.rewrite_node(p, insert.emit, ttl_ms, &mut sessions_used)
+            self.rewrite_node(p, emit, ttl_ms, &mut sessions_used)
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         });
         let plan = match out {
@@ -1565,6 +1590,41 @@ mod tests {
         assert!(e.contains("joins"), "{e}");
         let e = plan_err("SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end EMIT ON UPDATE").await;
         assert!(e.contains("EMIT ON UPDATE of a windowed aggregate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_live_select_is_a_pipeline_without_a_sink() {
+        let job = Job::parse_as(
+            &format!(
+                "{TABLES}\nSELECT window_start, window_end, COUNT(*) AS n \
+                 FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+                 GROUP BY window_start, window_end"
+            ),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let p = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].sink.is_none() && p[0].stateful);
+        let job = Job::parse_as(
+            &format!("{TABLES}\nSELECT auction FROM bids LIMIT 3"),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let e = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LIMIT") && e.contains("SELECT auction FROM bids"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
