@@ -404,6 +404,9 @@ impl StreamingJob {
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
+        // Commits rely on create-if-absent: refuse a store that would
+        // silently overwrite, before anything is written to it.
+        checkpoint.location().verify_create_if_absent().await?;
         let metadata = Self::claim_checkpoint(&checkpoint, &job).await?;
 
         let mut sources = BTreeMap::new();

@@ -9,6 +9,7 @@
 //!   offsets/<epoch:020>.json      write-ahead log: what epoch N reads (written first)
 //!   commits/<epoch:020>.json      epoch N is complete (created if absent, never replaced)
 //!   state/<operator>/<epoch:020>.{snapshot,delta}.parquet   operator state at epoch N
+//!   _probe/<random>               briefly, while checking create-if-absent (below)
 //!
 //! <sink>/
 //!   part-<epoch:010>-<writer>.parquet          committed output, one file per epoch and writer
@@ -19,14 +20,23 @@
 //! The guarantees this crate needs from a store (and checks where it can):
 //! a `put` is atomic (readers see the whole object or nothing), and
 //! `PutMode::Create` fails when the object exists, so two writers cannot both
-//! commit the same epoch.
+//! commit the same epoch. The second is checked before a checkpoint is
+//! written ([`Location::verify_create_if_absent`]): a store that would
+//! silently overwrite is refused rather than trusted.
+//!
+//! Stores fail transiently; every operation is retried with backoff
+//! ([`retry`]), and [`faults`] injects failures to prove it.
 
 pub mod checkpoint;
 pub mod codec;
+pub mod faults;
 pub mod location;
 pub mod log;
+pub mod retry;
 pub mod sink;
 pub mod state;
+#[cfg(test)]
+mod testing;
 
 pub use checkpoint::{Checkpoint, Metadata};
 pub use location::{Location, StoreOptions};
@@ -90,6 +100,15 @@ pub enum Error {
     AlreadyExists {
         /// The object's URL.
         url: String,
+    },
+    /// A store that lacks a guarantee Weir relies on (found by checking it),
+    /// refused rather than trusted.
+    #[error("{url}: {reason}")]
+    UnsafeStore {
+        /// The location's URL.
+        url: String,
+        /// What is missing, why it matters, and what to do.
+        reason: String,
     },
     /// Encoding or decoding Arrow data as Parquet failed.
     #[error("{url}: {reason}")]

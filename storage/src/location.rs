@@ -1,9 +1,18 @@
 //! A [`Location`] is a folder on some object store: a local directory, an S3
 //! prefix, or a named in-memory store (for tests). Every path Weir reads or
 //! writes is a location plus a relative name.
+//!
+//! Every operation through a location is retried when it fails for a reason
+//! that can pass ([`crate::retry`]), and so is every operation through the
+//! store handle it gives out ([`Location::store`]). When the options ask for
+//! it, the store is first wrapped in a [`FaultyStore`] that injects faults
+//! (tests). A checkpoint's location is checked once per process and store
+//! for the one guarantee Weir cannot do without:
+//! [`Location::verify_create_if_absent`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -15,14 +24,19 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::faults::{FAULT_OPTIONS, FaultConfig, FaultyStore};
+use crate::retry::{self, RETRY_OPTIONS, RetryPolicy, RetryingStore};
 use crate::{Error, Result};
 
-/// Settings for opening remote stores, as lower-case keys.
+/// Settings for opening stores, as lower-case keys.
 ///
 /// Keys are the ones `object_store` knows for S3 (`aws_access_key_id`,
-/// `aws_endpoint`, `aws_region`, `aws_allow_http`, ...). The caller decides
-/// where they come from (the environment, a table's `WITH ('s3.…')` options);
-/// this crate never reads the environment itself.
+/// `aws_endpoint`, `aws_region`, `aws_allow_http`, ...), and Weir's own
+/// `weir.*` keys for any store: the retry policy (`weir.retry_attempts`,
+/// `weir.retry_base_ms`, `weir.retry_max_ms`) and injected faults
+/// (`weir.fault_rate`, ..., see [`crate::faults`]). The caller decides where
+/// they come from (the environment, a table's `WITH ('s3.…')` options); this
+/// crate never reads the environment itself.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct StoreOptions {
     values: BTreeMap<String, String>,
@@ -57,8 +71,34 @@ impl StoreOptions {
         StoreOptions { values }
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Checks that every `weir.*` key is one this crate knows.
+    fn check_weir_keys(&self) -> std::result::Result<(), String> {
+        for (key, _) in self.iter() {
+            if key.starts_with("weir.")
+                && !RETRY_OPTIONS.contains(&key)
+                && !FAULT_OPTIONS.iter().any(|(_, k)| *k == key)
+            {
+                let mut known: Vec<&str> = RETRY_OPTIONS.to_vec();
+                known.extend(FAULT_OPTIONS.iter().map(|(_, k)| *k));
+                return Err(format!("unknown option '{key}' (known: {})", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest of every setting, to tell stores apart (never printed).
+    fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.values.hash(&mut h);
+        h.finish()
     }
 }
 
@@ -66,12 +106,23 @@ impl StoreOptions {
 /// everywhere in one process.
 static MEMORY_STORES: LazyLock<Mutex<BTreeMap<String, Arc<InMemory>>>> = LazyLock::new(Default::default);
 
+/// Stores whose create-if-absent has been checked in this process.
+static VERIFIED_CREATE: LazyLock<Mutex<BTreeSet<String>>> = LazyLock::new(Default::default);
+
 /// A folder on an object store.
 #[derive(Clone)]
 pub struct Location {
+    /// The store, its operations retried: what [`Location::store`] gives out.
     store: Arc<dyn ObjectStore>,
+    /// The store without retries (with faults, when injected): what this
+    /// location's own methods retry around whole operations.
+    inner: Arc<dyn ObjectStore>,
+    policy: RetryPolicy,
     prefix: Path,
     url: String,
+    /// Identifies the store (scheme, bucket or root, options) for checks
+    /// made once per store.
+    store_id: String,
 }
 
 impl fmt::Debug for Location {
@@ -107,9 +158,14 @@ impl Location {
         if location.trim().is_empty() {
             return Err(invalid("the path is empty".into()));
         }
-        match location.split_once("://") {
-            None => Self::open_local(location, create),
-            Some(("file", rest)) => Self::open_local(rest, create),
+        options.check_weir_keys().map_err(&invalid)?;
+        let policy = RetryPolicy::from_options(options).map_err(&invalid)?;
+        let faults = FaultConfig::from_options(options).map_err(&invalid)?;
+        let (store, prefix, url, root): (Arc<dyn ObjectStore>, Path, String, String) = match location
+            .split_once("://")
+        {
+            None => Self::open_local(location, create)?,
+            Some(("file", rest)) => Self::open_local(rest, create)?,
             Some(("memory", rest)) => {
                 let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let store = MEMORY_STORES
@@ -118,31 +174,47 @@ impl Location {
                     .entry(name.to_string())
                     .or_insert_with(|| Arc::new(InMemory::new()))
                     .clone();
-                Ok(Location {
+                (
                     store,
-                    prefix: Path::from(prefix),
-                    url: format!("memory://{}", rest.trim_end_matches('/')),
-                })
+                    Path::from(prefix),
+                    format!("memory://{}", rest.trim_end_matches('/')),
+                    format!("memory://{name}"),
+                )
             }
             Some(("s3" | "s3a", rest)) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
                     return Err(invalid("an s3:// URL needs a bucket".into()));
                 }
-                let store = build_s3(bucket, options).map_err(|e| invalid(e.to_string()))?;
-                Ok(Location {
-                    store: Arc::new(store),
-                    prefix: Path::from(prefix),
-                    url: format!("s3://{}", rest.trim_end_matches('/')),
-                })
+                let store = build_s3(bucket, options).map_err(&invalid)?;
+                (
+                    Arc::new(store),
+                    Path::from(prefix),
+                    format!("s3://{}", rest.trim_end_matches('/')),
+                    format!("s3://{bucket}"),
+                )
             }
-            Some((scheme, _)) => Err(invalid(format!(
-                "the scheme '{scheme}://' is not supported (use a local path, file://, s3:// or memory://)"
-            ))),
-        }
+            Some((scheme, _)) => {
+                return Err(invalid(format!(
+                    "the scheme '{scheme}://' is not supported (use a local path, file://, s3:// or memory://)"
+                )));
+            }
+        };
+        let inner: Arc<dyn ObjectStore> = match faults {
+            Some(config) => Arc::new(FaultyStore::new(store, config, prefix.clone())),
+            None => store,
+        };
+        Ok(Location {
+            store: Arc::new(RetryingStore::new(Arc::clone(&inner), policy)),
+            inner,
+            policy,
+            prefix,
+            url,
+            store_id: format!("{root}#{:016x}", options.digest()),
+        })
     }
 
-    fn open_local(path: &str, create: Create) -> Result<Location> {
+    fn open_local(path: &str, create: Create) -> Result<(Arc<dyn ObjectStore>, Path, String, String)> {
         let invalid = |reason: String| Error::InvalidLocation {
             location: path.to_string(),
             reason,
@@ -160,20 +232,35 @@ impl Location {
         }
         let abs = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
         let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| invalid(e.to_string()))?;
-        Ok(Location {
-            store: Arc::new(store),
-            prefix: Path::default(),
-            url: format!("file://{}", abs.display()),
-        })
+        let url = format!("file://{}", abs.display());
+        Ok((Arc::new(store), Path::default(), url.clone(), url))
     }
 
-    /// A location over an existing store (used to wrap stores, e.g. to inject faults).
+    /// A location over an existing store (used to wrap stores, e.g. to
+    /// inject faults), with the default retry policy.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Location {
+        let policy = RetryPolicy::default();
+        let url = url.trim_end_matches('/').to_string();
         Location {
-            store,
+            store: Arc::new(RetryingStore::new(Arc::clone(&store), policy)),
+            inner: store,
+            policy,
             prefix: Path::from(prefix),
-            url: url.trim_end_matches('/').to_string(),
+            store_id: url.clone(),
+            url,
         }
+    }
+
+    /// The same location with another retry policy.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Location {
+        self.policy = policy;
+        self.store = Arc::new(RetryingStore::new(Arc::clone(&self.inner), policy));
+        self
+    }
+
+    /// The retry policy of this location's operations.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     /// The location's URL, for messages.
@@ -181,7 +268,8 @@ impl Location {
         &self.url
     }
 
-    /// The underlying store.
+    /// The underlying store, every operation on it retried as this
+    /// location's are (for readers that need an `ObjectStore`).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -195,8 +283,11 @@ impl Location {
     pub fn child(&self, name: &str) -> Location {
         Location {
             store: Arc::clone(&self.store),
+            inner: Arc::clone(&self.inner),
+            policy: self.policy,
             prefix: self.path(name),
             url: self.url_of(name),
+            store_id: self.store_id.clone(),
         }
     }
 
@@ -230,24 +321,32 @@ impl Location {
 
     /// Writes an object atomically, replacing any object of that name.
     pub async fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
-        self.store
-            .put(&self.path(name), PutPayload::from_bytes(bytes))
+        let path = self.path(name);
+        let payload = PutPayload::from_bytes(bytes);
+        retry::run(&self.policy, || self.inner.put(&path, payload.clone()))
             .await
             .map_err(self.store_err("writing", name))?;
         Ok(())
     }
 
     /// Creates an object atomically, failing with [`Error::AlreadyExists`] if
-    /// it exists. This is what makes a commit happen at most once.
+    /// it exists. This is what makes a commit happen at most once. A retry
+    /// after an ambiguous failure that finds the object counts as success
+    /// only if it holds these bytes ([`crate::retry`]).
     pub async fn put_if_absent(&self, name: &str, bytes: Bytes) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .store
-            .put_opts(&self.path(name), PutPayload::from_bytes(bytes), opts)
-            .await
+        let path = self.path(name);
+        match retry::create(
+            self.inner.as_ref(),
+            &self.policy,
+            &path,
+            PutPayload::from_bytes(bytes),
+            opts,
+        )
+        .await
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => Err(Error::AlreadyExists {
@@ -259,8 +358,13 @@ impl Location {
 
     /// Reads a whole object; `None` if it does not exist.
     pub async fn get(&self, name: &str) -> Result<Option<Bytes>> {
-        match self.store.get(&self.path(name)).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(self.store_err("reading", name))?)),
+        let path = self.path(name);
+        match retry::run(&self.policy, || async {
+            self.inner.get(&path).await?.bytes().await
+        })
+        .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.store_err("reading", name)(e)),
         }
@@ -268,47 +372,150 @@ impl Location {
 
     /// Reads a whole object that must exist.
     pub async fn get_required(&self, name: &str) -> Result<Bytes> {
-        let bytes = self.store.get(&self.path(name)).await;
-        match bytes {
-            Ok(r) => r.bytes().await.map_err(self.store_err("reading", name)),
-            Err(e) => Err(self.store_err("reading", name)(e)),
-        }
+        let path = self.path(name);
+        retry::run(&self.policy, || async {
+            self.inner.get(&path).await?.bytes().await
+        })
+        .await
+        .map_err(self.store_err("reading", name))
     }
 
     /// Lists every object under `name` (recursively), in path order.
     pub async fn list(&self, name: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(name);
-        let mut all: Vec<ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(self.store_err("listing", name))?;
+        let mut all: Vec<ObjectMeta> = retry::run(&self.policy, || {
+            self.inner.list(Some(&prefix)).try_collect::<Vec<_>>()
+        })
+        .await
+        .map_err(self.store_err("listing", name))?;
         all.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(all)
     }
 
     /// Deletes an object; deleting one that does not exist is not an error.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        match self.store.delete(&self.path(name)).await {
+        let path = self.path(name);
+        match retry::run(&self.policy, || self.inner.delete(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_err("deleting", name)(e)),
         }
     }
 
     /// Moves an object. On stores without an atomic rename (S3) this is a copy
-    /// and a delete; the destination still appears whole, all at once.
+    /// and a delete; the destination still appears whole, all at once. A
+    /// retry after a failure whose answer was lost may find the source gone:
+    /// then the move happened if the destination is there.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.store
-            .rename(&self.path(from), &self.path(to))
+        let (src, dst) = (self.path(from), self.path(to));
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = retry::run(&self.policy, || {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.rename(&src, &dst)
+        })
+        .await;
+        match result {
+            Err(object_store::Error::NotFound { .. })
+                if attempts.load(std::sync::atomic::Ordering::Relaxed) > 1
+                    && retry::run(&self.policy, || self.inner.head(&dst)).await.is_ok() =>
+            {
+                Ok(())
+            }
+            r => r.map_err(self.store_err("renaming", from)),
+        }
+    }
+
+    /// Checks that the store refuses a second create-if-absent of an object,
+    /// once per process and store: Weir's commits rely on it (crate docs),
+    /// and a store that silently overwrites instead would let two writers
+    /// both commit an epoch. The check creates `_probe/<random>` here twice
+    /// (with different bytes) and deletes it. A store that accepts the
+    /// second create, or does not support create-if-absent, is refused with
+    /// [`Error::UnsafeStore`], saying why and what to do.
+    pub async fn verify_create_if_absent(&self) -> Result<()> {
+        let verified = |id: &str| {
+            VERIFIED_CREATE
+                .lock()
+                .map(|set| set.contains(id))
+                .unwrap_or(false)
+        };
+        if verified(&self.store_id) {
+            return Ok(());
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("_probe/{id}");
+        let probe_url = self.url_of(&name);
+        let unsupported = |e: &object_store::Error| {
+            matches!(
+                e,
+                object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }
+            )
+        };
+        let refuse = |what: String| Error::UnsafeStore {
+            url: self.url.clone(),
+            reason: format!(
+                "{what}. Weir commits an epoch by creating commits/<epoch>.json only if it is absent; \
+                 without that, two writers could both commit an epoch and exactly-once would be \
+                 silently weakened, so Weir will not keep a checkpoint here. Use a store with \
+                 conditional writes: for S3, a server or bucket that honours `If-None-Match: *` on \
+                 PutObject (AWS S3, MinIO, Cloudflare R2, moto 5.2.1 or later), with object_store's \
+                 `aws_conditional_put` setting at `etag`, its default (AWS_CONDITIONAL_PUT=etag)"
+            ),
+        };
+        match self
+            .put_if_absent(
+                &name,
+                Bytes::from(format!("weir create-if-absent probe {id}: first")),
+            )
             .await
-            .map_err(self.store_err("renaming", from))
+        {
+            Ok(()) => {}
+            Err(Error::Store { source, .. }) if unsupported(&source) => {
+                return Err(refuse(format!(
+                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {source}"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let second = self
+            .put_if_absent(
+                &name,
+                Bytes::from(format!("weir create-if-absent probe {id}: second")),
+            )
+            .await;
+        self.delete(&name).await?;
+        match second {
+            Err(Error::AlreadyExists { .. }) => {}
+            Ok(()) => {
+                return Err(refuse(format!(
+                    "the store accepted a second create-if-absent write (object_store's PutMode::Create) \
+                     of {probe_url}, replacing the object instead of refusing"
+                )));
+            }
+            Err(Error::Store { source, .. }) if unsupported(&source) => {
+                return Err(refuse(format!(
+                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {source}"
+                )));
+            }
+            Err(e) => {
+                return Err(refuse(format!(
+                    "a second create-if-absent write of {probe_url} failed with an error instead of \
+                     reporting that the object exists ({e}), so a lost race and a failure look alike"
+                )));
+            }
+        }
+        if let Ok(mut set) = VERIFIED_CREATE.lock() {
+            set.insert(self.store_id.clone());
+        }
+        Ok(())
     }
 }
 
 fn build_s3(bucket: &str, options: &StoreOptions) -> Result<object_store::aws::AmazonS3, String> {
     let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
     for (key, value) in &options.values {
+        if key.starts_with("weir.") {
+            continue; // Weir's own settings, for any store
+        }
         let key = key.strip_prefix("s3.").unwrap_or(key);
         let full = if key.starts_with("aws_") {
             key.to_string()
@@ -369,6 +576,126 @@ mod tests {
         assert!(err.to_string().contains("/no/such/dir/weir"), "{err}");
         let err = Location::open("gs://b/x", &StoreOptions::default(), Create::No).unwrap_err();
         assert!(err.to_string().contains("gs://"), "{err}");
+    }
+
+    fn flaky_location(store: &Arc<crate::testing::Flaky>, url: &str) -> Location {
+        Location::from_store(Arc::clone(store) as _, "ck", url)
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_create_if_absent_is_refused_with_the_reason() {
+        let mut flaky = crate::testing::Flaky::new();
+        flaky.ignores_create = true;
+        let store = Arc::new(flaky);
+        let loc = flaky_location(&store, "s3://no-conditional-writes/ck");
+        let err = loc.verify_create_if_absent().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::UnsafeStore { .. }), "{text}");
+        for needle in [
+            "s3://no-conditional-writes/ck",
+            "accepted a second create-if-absent",
+            "s3://no-conditional-writes/ck/_probe/",
+            "exactly-once would be silently weakened",
+            "If-None-Match: *",
+            "aws_conditional_put",
+        ] {
+            assert!(text.contains(needle), "missing '{needle}' in: {text}");
+        }
+        // The probe is cleaned up, and the check is not remembered as passed.
+        assert!(loc.list("_probe").await.unwrap().is_empty());
+        assert!(loc.verify_create_if_absent().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_store_without_create_if_absent_is_refused() {
+        let mut flaky = crate::testing::Flaky::new();
+        flaky.no_create = true;
+        let store = Arc::new(flaky);
+        let err = flaky_location(&store, "s3://disabled/ck")
+            .verify_create_if_absent()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not support create-if-absent") && err.contains("aws_conditional_put"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stores_that_refuse_a_second_create_pass_once_per_store() {
+        let store = Arc::new(crate::testing::Flaky::new());
+        let loc = flaky_location(&store, "memory://honest/ck");
+        loc.verify_create_if_absent().await.unwrap();
+        assert_eq!(store.calls("put").len(), 2, "created twice");
+        assert!(loc.list("_probe").await.unwrap().is_empty(), "and deleted");
+        loc.child("other").verify_create_if_absent().await.unwrap();
+        assert_eq!(store.calls("put").len(), 2, "checked once per store");
+
+        // Even when answers get lost: the first create took effect and its
+        // retry reads back its own bytes (success); the second failed, and
+        // its retry reads back the first's bytes (refused, as it must be).
+        // Puts: first create (lost answer), its retry, second create
+        // (failed), its retry.
+        use crate::testing::{Step, transient};
+        let store = Arc::new(crate::testing::Flaky::new());
+        store.script(
+            "put",
+            [
+                Step::After(transient("put")),
+                Step::Pass,
+                Step::Before(transient("put")),
+            ],
+        );
+        flaky_location(&store, "memory://lossy/ck")
+            .with_retry_policy(crate::retry::RetryPolicy {
+                base: std::time::Duration::from_millis(1),
+                ..Default::default()
+            })
+            .verify_create_if_absent()
+            .await
+            .unwrap();
+        assert_eq!(store.calls("put").len(), 4);
+        assert_eq!(store.calls("get").len(), 2, "both retries read back");
+
+        for url in ["memory://verify-mem/ck"] {
+            let loc = Location::open(url, &StoreOptions::default(), Create::Yes).unwrap();
+            loc.verify_create_if_absent().await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No).unwrap();
+        loc.verify_create_if_absent().await.unwrap();
+        assert!(loc.list("").await.unwrap().is_empty(), "no probe left behind");
+    }
+
+    #[test]
+    fn unknown_weir_options_and_bad_values_are_named() {
+        let err = Location::open(
+            "memory://opts",
+            &StoreOptions::new([("weir.retry_atempts", "3")]),
+            Create::Yes,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("weir.retry_atempts") && err.contains("weir.retry_attempts"),
+            "{err}"
+        );
+        let err = Location::open(
+            "memory://opts",
+            &StoreOptions::new([("weir.fault_rate", "2")]),
+            Create::Yes,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("weir.fault_rate") && err.contains("0 to 1"), "{err}");
+        // Weir's own keys are not passed to S3 as S3 settings.
+        Location::open(
+            "s3://bucket/ck",
+            &StoreOptions::new([("weir.retry_attempts", "2"), ("aws_region", "us-east-1")]),
+            Create::Yes,
+        )
+        .unwrap();
     }
 
     #[test]
