@@ -5,60 +5,6 @@ mod common;
 
 use common::*;
 
-/// The windowed job used by most tests: 10-second tumbling windows per
-/// auction, a 2-second watermark delay, small batches so that a run has
-/// several epochs.
-fn job(max_rows: usize, format: &str, path: &str) -> String {
-    format!(
-        "-- test job
-CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
-  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
-  WITH ('connector' = 'files', 'path' = '{path}', 'format' = '{format}',
-        'max_rows_per_batch' = '{max_rows}');
-CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
-INSERT INTO out
-SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
-FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
-GROUP BY window_start, window_end, auction;
-"
-    )
-}
-
-/// The same aggregation as a DataFusion batch query, windows computed in SQL.
-const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
-        date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,
-        auction, COUNT(*), SUM(price), MAX(price)
- FROM bids GROUP BY 1, 2, 3";
-
-/// Three files of 1,000 bids, out of order by up to 1.5 s (never late under
-/// a 2 s delay).
-fn three_files(ws: &Workspace) -> Vec<Bid> {
-    let mut all = Vec::new();
-    for f in 0..3 {
-        let bids = gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500);
-        write_parquet(&ws.path(&format!("in/bids-{f}.parquet")), &bids);
-        all.extend(bids);
-    }
-    all
-}
-
-fn run_straight(max_rows: usize) -> (Vec<String>, Vec<serde_json::Value>) {
-    let ws = Workspace::new();
-    three_files(&ws);
-    ws.write("job.sql", &job(max_rows, "parquet", "in/"));
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--drain",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
-    (sink_rows(&ws.path("out")), progress(&ws.path("p.json")))
-}
-
 #[test]
 fn window_results_equal_a_batch_group_by_over_the_same_rows() {
     let ws = Workspace::new();

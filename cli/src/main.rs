@@ -115,13 +115,27 @@ fn default_checkpoint(job: &Path) -> String {
         .into_owned()
 }
 
-/// Settings for S3 and friends from the environment (`AWS_*`).
-fn store_options_from_env() -> StoreOptions {
-    StoreOptions::new(
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v)),
-    )
+/// Settings for S3 and friends from the environment (`AWS_*`), and injected
+/// storage faults (`WEIR_FAULTS`).
+fn store_options_from_env() -> Result<StoreOptions> {
+    let mut pairs: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    pairs.extend(fault_options_from_env()?);
+    Ok(StoreOptions::new(pairs))
+}
+
+/// `WEIR_FAULTS=rate=0.2,latency_ms=2,seed=7,permanent=commits/`: every
+/// store `weir` opens fails that fraction of operations transiently, adds
+/// that latency, and fails objects under that prefix on every attempt
+/// (`weir_storage::faults`). For tests of retries and recovery.
+fn fault_options_from_env() -> Result<Vec<(String, String)>> {
+    match std::env::var("WEIR_FAULTS") {
+        Ok(spec) => weir_storage::faults::FaultConfig::options_from_spec(&spec)
+            .map_err(|e| anyhow::anyhow!("WEIR_FAULTS='{spec}': {e}")),
+        Err(_) => Ok(Vec::new()),
+    }
 }
 
 /// `WEIR_FAILPOINT=<step>@<epoch>`: the process kills itself with SIGKILL
@@ -217,7 +231,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         None => Arc::new(NoHooks),
     };
     let options = JobOptions {
-        store_options: store_options_from_env(),
+        store_options: store_options_from_env()?,
         hooks,
         ..JobOptions::new(checkpoint.clone())
     };
@@ -296,7 +310,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
 
 /// `weir query`: one statement's result, as the shell prints it.
 fn query(rt: &tokio::runtime::Runtime, redactor: Redactor, sql: &str, format: Format) -> Result<()> {
-    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env());
+    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env()?);
     shell.set_format(format);
     let piece = Piece {
         text: sql.trim().trim_end_matches(';').to_string(),
@@ -310,7 +324,7 @@ fn query(rt: &tokio::runtime::Runtime, redactor: Redactor, sql: &str, format: Fo
 
 /// `weir`, `weir -f FILE`, `weir -i FILE`, or statements piped in.
 fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Result<()> {
-    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env());
+    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env()?);
     if let Some(f) = cli.format {
         shell.set_format(f);
     }
@@ -380,6 +394,13 @@ fn main() -> ExitCode {
     };
     // Do not wait for a blocked Ctrl-C listener or stray tasks.
     runtime.shutdown_timeout(Duration::from_millis(100));
+    if std::env::var_os("WEIR_FAULTS").is_some() {
+        eprintln!(
+            "weir: WEIR_FAULTS injected {}; storage: {}",
+            weir_storage::faults::injected(),
+            weir_storage::retry::stats()
+        );
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -52,6 +52,7 @@ impl Workspace {
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("WEIR_FAILPOINT")
+            .env_remove("WEIR_FAULTS")
             .env("HOME", self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -69,7 +70,8 @@ impl Workspace {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.args(args)
             .current_dir(self.dir.path())
-            .env_remove("WEIR_FAILPOINT");
+            .env_remove("WEIR_FAILPOINT")
+            .env_remove("WEIR_FAULTS");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -360,4 +362,60 @@ pub fn progress(path: &Path) -> Vec<serde_json::Value> {
 
 pub fn sum_field(lines: &[serde_json::Value], field: &str) -> u64 {
     lines.iter().map(|l| l[field].as_u64().unwrap()).sum()
+}
+
+/// The windowed job used by most tests: 10-second tumbling windows per
+/// auction, a 2-second watermark delay, small batches so that a run has
+/// several epochs.
+pub fn job(max_rows: usize, format: &str, path: &str) -> String {
+    format!(
+        "-- test job
+CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = '{path}', 'format' = '{format}',
+        'max_rows_per_batch' = '{max_rows}');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out
+SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, auction;
+"
+    )
+}
+
+/// The same aggregation as a DataFusion batch query, windows computed in SQL.
+pub const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
+        date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,
+        auction, COUNT(*), SUM(price), MAX(price)
+ FROM bids GROUP BY 1, 2, 3";
+
+/// Three files of 1,000 bids, out of order by up to 1.5 s (never late under
+/// a 2 s delay).
+pub fn three_files(ws: &Workspace) -> Vec<Bid> {
+    let mut all = Vec::new();
+    for f in 0..3 {
+        let bids = gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500);
+        write_parquet(&ws.path(&format!("in/bids-{f}.parquet")), &bids);
+        all.extend(bids);
+    }
+    all
+}
+
+/// The windowed job over `three_files`, uninterrupted, on local files:
+/// the sink's rows and the progress lines.
+pub fn run_straight(max_rows: usize) -> (Vec<String>, Vec<serde_json::Value>) {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(max_rows, "parquet", "in/"));
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    (sink_rows(&ws.path("out")), progress(&ws.path("p.json")))
 }

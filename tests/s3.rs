@@ -1,0 +1,339 @@
+//! Checkpoints, sources and sinks on real object storage: an S3 server on
+//! loopback (moto), the windowed job of `e2e.rs` run by the real binary with
+//! `--checkpoint s3://...`, its input and its sink in a bucket, killed at
+//! failpoints and restarted, and compared with an uninterrupted local run.
+//!
+//! The server: `WEIR_TEST_S3_ENDPOINT` (as `.ci/run` sets it), or else a
+//! `moto_server` on PATH started here on a free port. Without either, the
+//! tests print a note and pass, unless `WEIR_REQUIRE_S3` is set (CI), so
+//! `cargo test --workspace` works on a fresh laptop and CI cannot skip them
+//! silently. The server must accept unsigned CreateBucket requests and any
+//! credentials, as moto does.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use weir_storage::location::Create;
+use weir_storage::{Location, StoreOptions};
+
+/// Credentials the tests pass; moto accepts any. They must never be printed.
+const ENV_SECRET: &str = "wJalrXUtnFEMI-env-secret-K7MDENG";
+const WITH_SECRET: &str = "bPxRfiCY-with-secret-EXAMPLEKEY";
+const KEY_ID: &str = "AKIAWEIRTESTKEYID";
+
+/// A running S3 server; one started here is stopped when the last test
+/// holding it is done.
+struct Server {
+    endpoint: String,
+    child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+static SHARED: Mutex<Weak<Server>> = Mutex::new(Weak::new());
+
+/// The S3 server, or `None` (after a note) when there is none and none is required.
+fn server() -> Option<Arc<Server>> {
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = shared.upgrade() {
+        return Some(s);
+    }
+    let server = if let Ok(endpoint) = std::env::var("WEIR_TEST_S3_ENDPOINT") {
+        Server {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            child: None,
+        }
+    } else if let Some(moto) = on_path("moto_server") {
+        start_moto(&moto)
+    } else {
+        let note = "S3 tests skipped: neither WEIR_TEST_S3_ENDPOINT nor moto_server on PATH \
+                    (pip install 'moto[server]==5.2.1', or run .ci/run)";
+        if std::env::var_os("WEIR_REQUIRE_S3").is_some() {
+            panic!("WEIR_REQUIRE_S3 is set, but {note}");
+        }
+        eprintln!("note: {note}");
+        return None;
+    };
+    let server = Arc::new(server);
+    *shared = Arc::downgrade(&server);
+    Some(server)
+}
+
+fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn start_moto(moto: &std::path::Path) -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", moto.display()));
+    let server = Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        child: Some(child),
+    };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} did not listen on port {port} within 60 s",
+            moto.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+/// A new bucket with a unique name.
+fn bucket(server: &Server, tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("weir-{tag}-{}-{nanos:x}", std::process::id());
+    let host = server.endpoint.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(host).expect("connect to the S3 server");
+    write!(
+        conn,
+        "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let status = answer.lines().next().unwrap_or("");
+    assert!(status.contains(" 200"), "creating bucket {name}: {status}");
+    name
+}
+
+/// The environment `weir` gets: the server, and credentials.
+fn env(server: &Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT", server.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", KEY_ID.into()),
+        ("AWS_SECRET_ACCESS_KEY", ENV_SECRET.into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+fn options(server: &Server) -> StoreOptions {
+    StoreOptions::new(env(server).into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The three input files of `three_files`, put in `s3://bucket/in/`.
+fn upload_input(server: &Server, bucket: &str, ws: &Workspace) {
+    three_files(ws);
+    let loc = Location::open(&format!("s3://{bucket}/in"), &options(server), Create::No).unwrap();
+    runtime().block_on(async {
+        for f in 0..3 {
+            let name = format!("bids-{f}.parquet");
+            let bytes = std::fs::read(ws.path(&format!("in/{name}"))).unwrap();
+            loc.put(&name, Bytes::from(bytes)).await.unwrap();
+        }
+    });
+    std::fs::remove_dir_all(ws.path("in")).unwrap();
+}
+
+/// Every object under `s3://bucket/prefix`, relative names and bytes.
+fn objects(server: &Server, bucket: &str, prefix: &str) -> Vec<(String, Bytes)> {
+    let loc = Location::open(&format!("s3://{bucket}/{prefix}"), &options(server), Create::No).unwrap();
+    runtime().block_on(async {
+        let mut out = Vec::new();
+        for meta in loc.list("").await.unwrap() {
+            let name = loc.relative(&meta.location);
+            let bytes = loc.get_required(&name).await.unwrap();
+            out.push((name, bytes));
+        }
+        out
+    })
+}
+
+/// The sink's rows as a reader of `s3://bucket/out/*.parquet` sees them.
+fn s3_sink_rows(server: &Server, bucket: &str) -> Vec<String> {
+    let mut batches = Vec::new();
+    for (name, bytes) in objects(server, bucket, "out") {
+        if !name.ends_with(".parquet") {
+            continue;
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap_or_else(|e| panic!("{name} is not a whole Parquet file: {e}"))
+            .build()
+            .unwrap();
+        batches.extend(reader.map(Result::unwrap));
+    }
+    rows_of(&batches)
+}
+
+/// The windowed job over `s3://bucket/in/` into `s3://bucket/out/`, with
+/// credentials in the tables' WITH options too.
+fn s3_job(bucket: &str) -> String {
+    let with = format!("'s3.access_key_id' = '{KEY_ID}', 's3.secret_access_key' = '{WITH_SECRET}'");
+    job(700, "parquet", &format!("s3://{bucket}/in/"))
+        .replace(
+            "'format' = 'parquet',\n",
+            &format!("'format' = 'parquet', {with},\n"),
+        )
+        .replace(
+            "'path' = 'out/', 'format' = 'parquet')",
+            &format!("'path' = 's3://{bucket}/out/', 'format' = 'parquet', {with})"),
+        )
+}
+
+fn run_args(bucket: &str) -> Vec<String> {
+    [
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p.json",
+        "--checkpoint",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("s3://{bucket}/ck")])
+    .collect()
+}
+
+fn weir(ws: &Workspace, server: &Server, args: &[String], extra: &[(&str, &str)]) -> Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = env(server);
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    ws.weir_env(&args, &all)
+}
+
+fn assert_no_secrets(what: &str, text: &str) {
+    for secret in [ENV_SECRET, WITH_SECRET] {
+        assert!(!text.contains(secret), "a secret appears in {what}:\n{text}");
+    }
+}
+
+#[test]
+fn moto_refuses_a_second_create_if_absent() {
+    let Some(server) = server() else { return };
+    let bucket = bucket(&server, "create");
+    let loc = Location::open(&format!("s3://{bucket}/ck"), &options(&server), Create::Yes).unwrap();
+    runtime().block_on(async {
+        loc.put_if_absent("commits/1.json", Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let err = loc
+            .put_if_absent("commits/1.json", Bytes::from_static(b"second"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, weir_storage::Error::AlreadyExists { .. }), "{err}");
+        assert_eq!(
+            loc.get_required("commits/1.json").await.unwrap(),
+            Bytes::from_static(b"first")
+        );
+        loc.verify_create_if_absent().await.unwrap();
+    });
+}
+
+#[test]
+fn checkpoint_source_and_sink_on_s3_survive_sigkills_and_faults_exactly_once() {
+    let Some(server) = server() else { return };
+    let (expected, _) = run_straight(700);
+    let bucket = bucket(&server, "job");
+    let ws = Workspace::new();
+    upload_input(&server, &bucket, &ws);
+    ws.write("job.sql", &s3_job(&bucket));
+    let args = run_args(&bucket);
+    let mut printed = String::new();
+
+    for failpoint in ["sink-staged@2", "committed@4"] {
+        let killed = weir(&ws, &server, &args, &[("WEIR_FAILPOINT", failpoint)]).killed();
+        printed.push_str(&killed.stderr());
+        printed.push_str(&killed.stdout());
+        let partial = s3_sink_rows(&server, &bucket);
+        assert!(
+            partial.iter().all(|r| expected.binary_search(r).is_ok()),
+            "after a kill at {failpoint}, only committed rows are visible"
+        );
+    }
+    // The last run also meets transient faults on every S3 operation,
+    // including creates that took effect and lost their answer.
+    let done = weir(&ws, &server, &args, &[("WEIR_FAULTS", "rate=0.2,seed=5")]).ok();
+    printed.push_str(&done.stderr());
+    printed.push_str(&done.stdout());
+    assert!(
+        done.stderr().contains("resuming after epoch"),
+        "{}",
+        done.stderr()
+    );
+    assert_eq!(s3_sink_rows(&server, &bucket), expected);
+
+    // Everything lives in the bucket: a checkpoint with commits, nothing
+    // left of the create-if-absent probe, no secret in what was kept.
+    assert!(!ws.path("job.checkpoint").exists());
+    let ck = objects(&server, &bucket, "ck");
+    assert!(ck.iter().any(|(n, _)| n.starts_with("commits/")), "{ck:?}");
+    assert!(!ck.iter().any(|(n, _)| n.starts_with("_probe/")));
+    for (name, bytes) in &ck {
+        assert_no_secrets(name, &String::from_utf8_lossy(bytes));
+    }
+    printed.push_str(&std::fs::read_to_string(ws.path("p.json")).unwrap());
+    assert_no_secrets("weir's output", &printed);
+}
+
+#[test]
+fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
+    let Some(server) = server() else { return };
+    let bucket = bucket(&server, "nocond");
+    let ws = Workspace::new();
+    upload_input(&server, &bucket, &ws);
+    ws.write("job.sql", &s3_job(&bucket));
+    // object_store's setting for stores without conditional writes.
+    let run = weir(
+        &ws,
+        &server,
+        &run_args(&bucket),
+        &[("AWS_CONDITIONAL_PUT", "disabled")],
+    )
+    .fails();
+    let e = run.stderr();
+    for needle in [
+        &format!("s3://{bucket}/ck") as &str,
+        "does not support create-if-absent",
+        "exactly-once would be silently weakened",
+        "aws_conditional_put",
+    ] {
+        assert!(e.contains(needle), "missing '{needle}' in:\n{e}");
+    }
+    assert_no_secrets("the refusal", &e);
+    assert!(objects(&server, &bucket, "ck").is_empty(), "nothing written");
+    assert!(objects(&server, &bucket, "out").is_empty());
+}
