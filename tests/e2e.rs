@@ -617,3 +617,47 @@ fn secrets_in_options_never_reach_output_or_the_checkpoint() {
         "{explain}"
     );
 }
+
+#[test]
+fn a_second_run_on_the_same_checkpoint_is_refused_until_the_first_is_gone() {
+    use std::process::{Command, Stdio};
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    // The first run keeps running (an interval trigger) after its epochs.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "job.sql", "--trigger", "100ms"])
+        .current_dir(ws.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let commits = ws.path("job.checkpoint/commits");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&commits).map_or(0, |d| d.count()) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains(&format!("in use by process {}", first.id())) && e.contains("job.checkpoint"),
+        "{e}"
+    );
+    // kill -9: the lease is not released, but its holder is gone.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let started = std::time::Instant::now();
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took over without waiting for the lease to lapse"
+    );
+    let (expected, _) = run_straight(700);
+    assert_eq!(sink_rows(&ws.path("out")), expected);
+}

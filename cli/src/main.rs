@@ -115,6 +115,20 @@ fn default_checkpoint(job: &Path) -> String {
         .into_owned()
 }
 
+/// This machine's name, for the checkpoint lease's holder.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Settings for S3 and friends from the environment (`AWS_*`).
 fn store_options_from_env() -> StoreOptions {
     StoreOptions::new(
@@ -219,6 +233,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     let options = JobOptions {
         store_options: store_options_from_env(),
         hooks,
+        owner: weir_engine::LeaseOwner::this_process(host_name()),
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
@@ -272,13 +287,15 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
             }
         }
     };
-    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await?;
+    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
     drop(shown);
-    if let Some(e) = json_error {
-        bail!("writing --progress-json: {e}");
-    }
+    let summary = summary?;
     if args.explain_analyze {
         println!("{}", redactor.scrub(&job.explain_analyze()));
+    }
+    job.close().await?;
+    if let Some(e) = json_error {
+        bail!("writing --progress-json: {e}");
     }
     eprintln!(
         "weir: done: {} epoch(s), {} rows in, {} rows out, {} late{}",

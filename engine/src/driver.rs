@@ -154,6 +154,10 @@ pub struct JobOptions {
     /// Makes the job a live query: its text is declarations and one bare
     /// `SELECT`, whose committed output is sent here instead of to a sink.
     pub live: Option<LiveSender>,
+    /// Who runs the job (for the checkpoint's lease).
+    pub owner: crate::LeaseOwner,
+    /// How long the lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
 }
 
 impl JobOptions {
@@ -167,6 +171,8 @@ impl JobOptions {
             udafs: Vec::new(),
             retain_epochs: 20,
             live: None,
+            owner: crate::LeaseOwner::this_process("localhost"),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -301,6 +307,8 @@ pub struct StreamingJob {
     hooks: Arc<dyn EpochHooks>,
     /// When each state table next gets a snapshot.
     policies: HashMap<String, SnapshotPolicy>,
+    /// This job's hold on the checkpoint.
+    lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.
     retain_epochs: u64,
 }
@@ -405,6 +413,7 @@ impl StreamingJob {
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
         let metadata = Self::claim_checkpoint(&checkpoint, &job).await?;
+        let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
 
         let mut sources = BTreeMap::new();
         for p in &plans {
@@ -507,6 +516,7 @@ impl StreamingJob {
             state,
             hooks: options.hooks,
             policies: HashMap::new(),
+            lease,
             retain_epochs: options.retain_epochs.max(1),
         };
         job.recover().await?;
@@ -639,6 +649,13 @@ impl StreamingJob {
     /// The last committed epoch.
     pub fn last_committed(&self) -> Option<u64> {
         self.last_committed
+    }
+
+    /// Lets go of the checkpoint, so another run may take it at once. (A
+    /// job dropped without this keeps it until its lease lapses, or until a
+    /// run on the same host sees the process is gone.)
+    pub async fn close(self) -> Result<()> {
+        self.lease.release().await
     }
 
     /// Rows held by all stateful operators.
@@ -875,6 +892,7 @@ impl StreamingJob {
 
     async fn run_epoch(&mut self, epoch: u64, entry: OffsetsEntry, replayed: bool) -> Result<BatchProgress> {
         let started = Instant::now();
+        self.lease.check(&format!("starting epoch {epoch}")).await?;
         if !replayed {
             self.checkpoint.offsets.create(epoch, &entry).await.map_err(|e| match e {
                 weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -1034,6 +1052,7 @@ impl StreamingJob {
                 slot.last_data_ms = entry.processing_time_ms;
             }
         }
+        self.lease.check(&format!("committing epoch {epoch}")).await?;
         let commit = CommitEntry {
             watermarks: watermarks_out.clone(),
             rows_in,

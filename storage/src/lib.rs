@@ -23,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod lease;
 pub mod location;
 pub mod log;
 pub mod sink;
