@@ -551,6 +551,9 @@ impl StreamingJob {
             fingerprint,
             created_at: chrono::Utc::now().to_rfc3339(),
             weir_version: env!("CARGO_PKG_VERSION").to_string(),
+            operators: Vec::new(),
+            sources: Vec::new(),
+            sinks: Vec::new(),
         };
         match checkpoint.create_metadata(&metadata).await {
             Ok(()) => Ok(metadata),

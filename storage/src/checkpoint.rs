@@ -22,6 +22,51 @@ pub struct Metadata {
     pub created_at: String,
     /// The Weir version that created it.
     pub weir_version: String,
+    /// The stateful operators whose state the checkpoint holds.
+    #[serde(default)]
+    pub operators: Vec<OperatorRecord>,
+    /// The sources whose progress it holds.
+    #[serde(default)]
+    pub sources: Vec<SourceRecord>,
+    /// Where the job writes, so tools (rollback) can find its output.
+    #[serde(default)]
+    pub sinks: Vec<SinkRecord>,
+}
+
+/// A stateful operator, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// Its id (the state folder's name).
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// What its state holds and means; a different signature means the
+    /// stored state cannot be read by the operator.
+    pub signature: String,
+    /// Key columns of its state, for messages.
+    pub keys: Vec<String>,
+    /// Value columns of its state, for messages.
+    pub values: Vec<String>,
+}
+
+/// A source, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// The table.
+    pub name: String,
+    /// What its progress refers to (connector, location, format).
+    pub signature: String,
+}
+
+/// A sink, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkRecord {
+    /// The table.
+    pub table: String,
+    /// Its folder's URL.
+    pub url: String,
+    /// The writer id in its file names.
+    pub writer: String,
 }
 
 /// The checkpoint folder of one job.

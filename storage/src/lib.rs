@@ -29,7 +29,7 @@ pub mod log;
 pub mod sink;
 pub mod state;
 
-pub use checkpoint::{Checkpoint, Metadata};
+pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::EpochLog;
 pub use sink::SinkLayout;
