@@ -101,6 +101,12 @@ struct RunArgs {
     /// time over the epochs run.
     #[arg(long, conflicts_with = "explain")]
     explain_analyze: bool,
+    /// The query changed in a way its checkpointed state cannot follow
+    /// (another GROUP BY key, window or aggregate, a source that moved):
+    /// start it with empty state instead of refusing. Sources that did not
+    /// change keep their progress. See the README, "Changing a query".
+    #[arg(long, conflicts_with = "explain")]
+    fresh_state: bool,
 }
 
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
@@ -234,11 +240,15 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         store_options: store_options_from_env(),
         hooks,
         owner: weir_engine::LeaseOwner::this_process(host_name()),
+        fresh_state: args.fresh_state,
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
         .await
         .with_context(|| format!("job {}", args.job.display()))?;
+    for note in job.notes() {
+        eprintln!("weir: note: {}", redactor.scrub(note));
+    }
     if args.explain {
         println!("{}", redactor.scrub(&job.explain()));
         return Ok(());

@@ -48,10 +48,14 @@ use datafusion::prelude::SessionConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use weir_sql::{Job, JobKind, StreamPlanner, Watermark};
+use weir_sql::{Job, JobKind, PipelinePlan, StreamPlanner, TableDecl, Watermark};
 use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, Metadata, StateKind, StateWrite, StoreOptions};
+use weir_storage::{
+    Checkpoint, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord, StateKind,
+    StateWrite, StoreOptions,
+};
 
+use crate::compat::{self, Records};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{
@@ -59,7 +63,7 @@ use crate::exec::{
     WindowAggregateExec, WindowAssignExec, physical_planner,
 };
 use crate::sink::{FileSink, LiveSender, PipelineSink};
-use crate::source::{Source, open_source};
+use crate::source::{Source, open_source, table_store_options};
 use crate::{Error, Result};
 
 /// When epochs run.
@@ -158,6 +162,10 @@ pub struct JobOptions {
     pub owner: crate::LeaseOwner,
     /// How long the lease lasts without renewal (renewed every third of it).
     pub lease_ttl: Duration,
+    /// When the query changed in a way its checkpointed state cannot follow
+    /// (see `compat`), start it with empty operator state instead of
+    /// refusing to run. Sources that did not change keep their progress.
+    pub fresh_state: bool,
 }
 
 impl JobOptions {
@@ -173,6 +181,7 @@ impl JobOptions {
             live: None,
             owner: crate::LeaseOwner::this_process("localhost"),
             lease_ttl: Duration::from_secs(30),
+            fresh_state: false,
         }
     }
 }
@@ -311,6 +320,13 @@ pub struct StreamingJob {
     lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.
     retain_epochs: u64,
+    /// What opening the checkpoint decided that the user should know (a
+    /// changed query continuing with its state, or starting afresh).
+    notes: Vec<String>,
+    /// Sources that start from the beginning although the checkpoint has a
+    /// commit (changed sources under `fresh_state`): their watermark and
+    /// progress are not restored.
+    reset_sources: BTreeSet<String>,
 }
 
 /// How often (in epochs) old checkpoint files are cleaned up.
@@ -412,11 +428,31 @@ impl StreamingJob {
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
-        let metadata = Self::claim_checkpoint(&checkpoint, &job).await?;
+        // The lease comes first: claiming may rewrite the metadata and, with
+        // `fresh_state`, delete state, which only the checkpoint's one
+        // writer may do.
         let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
 
+        let mut physical = Vec::new();
+        for p in plans {
+            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+            let operators = stateful_operators(p.index, &plan);
+            physical.push((p, plan, operators));
+        }
+        let claimed = Self::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
+            job_records(&job, &physical, query_id, &options.store_options)
+        })
+        .await;
+        let (metadata, notes, reset_sources) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+
         let mut sources = BTreeMap::new();
-        for p in &plans {
+        for (p, _, _) in &physical {
             for name in &p.sources {
                 if sources.contains_key(name) {
                     continue;
@@ -437,17 +473,15 @@ impl StreamingJob {
         }
 
         let mut pipelines = Vec::new();
-        for p in plans {
-            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+        for (p, plan, operators) in physical {
             let schema = plan.schema();
-            let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
+            let writer = sink_writer(&metadata.query_id, p.index, false);
             let sink = PipelineSink::open(
                 p.sink.as_ref(),
                 &writer,
                 &options.store_options,
                 options.live.as_ref(),
             )?;
-            let operators = stateful_operators(p.index, &plan);
             let mut late_sinks: Vec<LateSink> = Vec::new();
             for (table, schema) in late_sink_tables(&plan) {
                 if let Some(existing) = late_sinks.iter().find(|l| l.table == table) {
@@ -462,7 +496,7 @@ impl StreamingJob {
                     .tables
                     .get(&table)
                     .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
-                let writer = format!("{}-p{}-late", &metadata.query_id[..8], p.index);
+                let writer = sink_writer(&metadata.query_id, p.index, true);
                 late_sinks.push(LateSink {
                     sink: FileSink::open(decl, &writer, &options.store_options)?,
                     table,
@@ -518,51 +552,128 @@ impl StreamingJob {
             policies: HashMap::new(),
             lease,
             retain_epochs: options.retain_epochs.max(1),
+            notes,
+            reset_sources,
         };
         job.recover().await?;
         Ok(job)
     }
 
-    /// Creates the checkpoint's metadata, or checks that an existing
-    /// checkpoint was made by this job.
-    async fn claim_checkpoint(checkpoint: &Checkpoint, job: &Job) -> Result<Metadata> {
+    /// Creates the checkpoint's metadata, or checks an existing checkpoint
+    /// against this job under the compatibility rules of `compat`. Returns
+    /// the metadata, notes for the user, and the sources that restart from
+    /// the beginning.
+    async fn claim_checkpoint(
+        checkpoint: &Checkpoint,
+        job: &Job,
+        options: &JobOptions,
+        records: &(dyn Fn(&str) -> Result<Records> + Sync),
+    ) -> Result<(Metadata, Vec<String>, BTreeSet<String>)> {
         let fingerprint = job.fingerprint()?;
-        if let Some(existing) = checkpoint.read_metadata().await? {
-            if existing.fingerprint != fingerprint {
-                let first = existing
-                    .sql
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with("--"))
-                    .unwrap_or("")
-                    .to_string();
-                return Err(Error::Checkpoint(format!(
-                    "the checkpoint at {} was made by a different query (it begins `{first}`); \
-                     give this job its own --checkpoint, or delete that folder to start over",
-                    checkpoint.location()
-                )));
-            }
-            return Ok(existing);
+        let Some(existing) = checkpoint.read_metadata().await? else {
+            let query_id = uuid::Uuid::new_v4().simple().to_string();
+            let r = records(&query_id)?;
+            let metadata = Metadata {
+                version: weir_storage::FORMAT_VERSION,
+                query_id,
+                sql: job.redacted_sql(),
+                fingerprint,
+                created_at: chrono::Utc::now().to_rfc3339(),
+                weir_version: env!("CARGO_PKG_VERSION").to_string(),
+                operators: r.operators,
+                sources: r.sources,
+                sinks: r.sinks,
+            };
+            return match checkpoint.create_metadata(&metadata).await {
+                Ok(()) => Ok((metadata, Vec::new(), BTreeSet::new())),
+                // Another process created it first: check against theirs.
+                Err(weir_storage::Error::AlreadyExists { .. }) => {
+                    Box::pin(Self::claim_checkpoint(checkpoint, job, options, records)).await
+                }
+                Err(e) => Err(e.into()),
+            };
+        };
+        let new = records(&existing.query_id)?;
+        let old = Records::of_metadata(&existing);
+        let same_text = existing.fingerprint == fingerprint;
+        let differences = match &old {
+            Some(old) => compat::incompatibilities(old, &new),
+            None if same_text => Vec::new(),
+            None => vec![
+                "the checkpoint was made by an earlier Weir that did not record its operators, \
+                 so a changed query cannot be checked against it"
+                    .to_string(),
+            ],
+        };
+        if same_text && old.is_some() && differences.is_empty() {
+            return Ok((existing, Vec::new(), BTreeSet::new()));
         }
-        let metadata = Metadata {
-            version: weir_storage::FORMAT_VERSION,
-            query_id: uuid::Uuid::new_v4().simple().to_string(),
+        let updated = Metadata {
             sql: job.redacted_sql(),
             fingerprint,
-            created_at: chrono::Utc::now().to_rfc3339(),
-            weir_version: env!("CARGO_PKG_VERSION").to_string(),
-            operators: Vec::new(),
-            sources: Vec::new(),
-            sinks: Vec::new(),
+            operators: new.operators.clone(),
+            sources: new.sources.clone(),
+            sinks: new.sinks.clone(),
+            ..existing.clone()
         };
-        match checkpoint.create_metadata(&metadata).await {
-            Ok(()) => Ok(metadata),
-            // Another process created it first: use theirs if it is ours.
-            Err(weir_storage::Error::AlreadyExists { .. }) => {
-                Box::pin(Self::claim_checkpoint(checkpoint, job)).await
+        let mut notes = Vec::new();
+        let mut reset = BTreeSet::new();
+        if differences.is_empty() {
+            if !same_text {
+                notes.push(format!(
+                    "the query differs from the one that made the checkpoint at {}, but its stateful \
+                     operators, sources and sinks are the same: continuing with its state",
+                    checkpoint.location()
+                ));
             }
-            Err(e) => Err(e.into()),
+        } else if !options.fresh_state {
+            let first = existing
+                .sql
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("--"))
+                .unwrap_or("")
+                .to_string();
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint at {} was made by a different query (it begins `{first}`), and its state \
+                 cannot be carried over:\n  - {}\nRun with --fresh-state to start this query with empty \
+                 state (sources that did not change keep their progress), give it its own --checkpoint, \
+                 or run the original query. The rules are in the README, under \"Changing a query\".",
+                checkpoint.location(),
+                differences.join("\n  - ")
+            )));
+        } else {
+            let kept = compat::kept_sources(old.as_ref(), &new);
+            let dropped = reset_for_fresh_state(checkpoint, &existing, &kept, &options.store_options).await?;
+            reset = new
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .filter(|n| !kept.contains(n))
+                .collect();
+            notes.push(format!(
+                "--fresh-state: starting the changed query with empty state ({}); {}; {}",
+                differences.join("; "),
+                if dropped.is_empty() {
+                    "there was no operator state to drop".to_string()
+                } else {
+                    format!("dropped the state of {}", dropped.join(", "))
+                },
+                if kept.is_empty() {
+                    "every source starts from the beginning".to_string()
+                } else {
+                    format!(
+                        "{} keep their progress",
+                        kept.iter()
+                            .map(|k| format!("'{k}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
         }
+        checkpoint.replace_metadata(&updated).await?;
+        Ok((updated, notes, reset))
     }
 
     async fn recover(&mut self) -> Result<()> {
@@ -575,6 +686,9 @@ impl StreamingJob {
                 ))
             })?;
             for (source, wm) in entry.watermarks {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
                 if let Some(w) = self.watermarks.get_mut(&source) {
                     *w = wm;
                 }
@@ -615,6 +729,9 @@ impl StreamingJob {
                 }
             }
             for (source, ms) in entry.last_data_ms {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
                 if let Some(slot) = self.sources.get_mut(&source) {
                     slot.last_data_ms = ms;
                 }
@@ -647,6 +764,11 @@ impl StreamingJob {
     /// The checkpoint's metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// What opening the checkpoint decided that the user should know.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// The last committed epoch.
@@ -1320,6 +1442,127 @@ fn scan_columns(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<String, BTreeS
 /// The state name of a source's progress.
 fn source_state_name(source: &str) -> String {
     format!("source-{source}")
+}
+
+/// The writer id in a sink's file names: the checkpoint's query and the
+/// pipeline (`-late` for its late-row sink).
+fn sink_writer(query_id: &str, pipeline: usize, late: bool) -> String {
+    format!(
+        "{}-p{pipeline}{}",
+        &query_id[..8],
+        if late { "-late" } else { "" }
+    )
+}
+
+/// What a source's progress refers to: its connector and what it reads.
+/// Rate limits, watermarks and error handling are left out, since changing
+/// them leaves the progress meaningful.
+fn source_signature(decl: &TableDecl) -> String {
+    ["connector", "path", "format", "seed"]
+        .iter()
+        .filter_map(|k| decl.options.get(k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+type PhysicalPipeline = (
+    PipelinePlan,
+    Arc<dyn ExecutionPlan>,
+    Vec<(String, Arc<dyn StatefulOperator>)>,
+);
+
+/// The checkpoint records of a job (see `compat`).
+fn job_records(
+    job: &Job,
+    pipelines: &[PhysicalPipeline],
+    query_id: &str,
+    store_options: &StoreOptions,
+) -> Result<Records> {
+    let mut r = Records::default();
+    for (p, plan, operators) in pipelines {
+        for (id, op) in operators {
+            let t = op.describe();
+            r.operators.push(OperatorRecord {
+                id: id.clone(),
+                kind: op.kind().to_string(),
+                signature: op.signature(),
+                keys: t.keys,
+                values: t.values,
+            });
+        }
+        for name in &p.sources {
+            if !r.sources.iter().any(|s| &s.name == name) {
+                r.sources.push(SourceRecord {
+                    name: name.clone(),
+                    signature: source_signature(&job.tables[name]),
+                });
+            }
+        }
+        let mut sinks: Vec<(String, String)> = Vec::new();
+        if let Some(decl) = &p.sink {
+            sinks.push((decl.name.clone(), sink_writer(query_id, p.index, false)));
+        }
+        for (table, _) in late_sink_tables(plan) {
+            if !sinks.iter().any(|(t, _)| *t == table) {
+                sinks.push((table, sink_writer(query_id, p.index, true)));
+            }
+        }
+        for (table, writer) in sinks {
+            let Some(decl) = job.tables.get(&table) else {
+                continue; // reported when the sink is opened
+            };
+            let Some(path) = decl.options.get("path") else {
+                continue;
+            };
+            let url = Location::open(path, &table_store_options(decl, store_options), Create::Yes)
+                .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
+                .url()
+                .to_string();
+            r.sinks.push(SinkRecord { table, url, writer });
+        }
+    }
+    Ok(r)
+}
+
+/// Prepares a checkpoint for a changed query under `fresh_state`: publishes
+/// the old sinks' last committed output (a crash may have left it staged),
+/// forgets an uncommitted epoch, and deletes the state of every operator
+/// and of every source not in `kept`. Returns the state tables dropped.
+async fn reset_for_fresh_state(
+    checkpoint: &Checkpoint,
+    old: &Metadata,
+    kept: &[String],
+    store_options: &StoreOptions,
+) -> Result<Vec<String>> {
+    let committed = checkpoint.commits.latest().await?;
+    if let Some(c) = committed {
+        for s in &old.sinks {
+            let loc = Location::open(&s.url, store_options, Create::No)
+                .map_err(|e| Error::Config(format!("sink '{}' of the old query: {e}", s.table)))?;
+            SinkLayout::new(loc, s.writer.clone()).publish(c).await?;
+        }
+    }
+    let after = committed.unwrap_or(0);
+    for e in checkpoint.offsets.epochs().await? {
+        if e > after {
+            checkpoint.offsets.delete(e).await?;
+        }
+    }
+    let keep: BTreeSet<String> = kept.iter().map(|k| source_state_name(k)).collect();
+    let mut dropped = Vec::new();
+    for op in checkpoint.state_operators().await? {
+        if !keep.contains(&op) {
+            checkpoint.drop_state(&op).await?;
+            dropped.push(op);
+        } else {
+            for f in checkpoint.state_files(&op).await? {
+                if f.epoch > after {
+                    checkpoint.delete_state(&op, f.epoch).await?;
+                }
+            }
+        }
+    }
+    Ok(dropped)
 }
 
 /// The stateful operators of a pipeline's plan, with ids that are stable as
