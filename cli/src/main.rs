@@ -71,6 +71,30 @@ enum Command {
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
     },
+    /// Look at a job's checkpoint, or roll it back to an earlier epoch.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointCommand {
+    /// List the checkpoint's query, epochs (offsets, watermark, rows), state
+    /// tables with sizes and rows, sinks and lease; report any damage, naming
+    /// the file and epoch (exit status 1 when there is some).
+    Inspect {
+        /// The checkpoint folder or URL.
+        path: String,
+    },
+    /// Go back to committed epoch N: later commits, offsets, state and the
+    /// sinks' output of later epochs are deleted, so the next run redoes
+    /// those epochs and replaces their output (never duplicates it).
+    Rollback {
+        /// The checkpoint folder or URL.
+        path: String,
+        /// The epoch to go back to (see `weir checkpoint inspect`).
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +131,44 @@ struct RunArgs {
     /// change keep their progress. See the README, "Changing a query".
     #[arg(long, conflicts_with = "explain")]
     fresh_state: bool,
+}
+
+/// `weir checkpoint inspect|rollback`.
+async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) -> Result<()> {
+    match command {
+        CheckpointCommand::Inspect { path } => {
+            let found = weir_engine::admin::inspect(path, &store_options_from_env()).await?;
+            print!("{}", redactor.scrub(&found.text));
+            if !found.problems.is_empty() {
+                bail!(
+                    "the checkpoint is damaged ({} problem{}, listed above)",
+                    found.problems.len(),
+                    if found.problems.len() == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
+        CheckpointCommand::Rollback { path, to } => {
+            let owner = weir_engine::LeaseOwner::this_process(host_name());
+            let done = weir_engine::admin::rollback(path, &store_options_from_env(), *to, &owner).await?;
+            let epochs = |v: &[u64]| match (v.first(), v.last()) {
+                (Some(a), Some(b)) if a == b => format!("epoch {a}"),
+                (Some(a), Some(b)) => format!("epochs {a} to {b}"),
+                _ => "none".into(),
+            };
+            println!(
+                "rolled back to epoch {to}: removed commits of {}, offsets of {}, {} state file(s)",
+                epochs(&done.commits),
+                epochs(&done.offsets),
+                done.state_files
+            );
+            for (table, n) in &done.sink_files {
+                println!("  sink {table}: removed {n} file(s) of later epochs");
+            }
+            println!("the next run continues after epoch {to} and writes the later output again");
+            Ok(())
+        }
+    }
 }
 
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
@@ -403,6 +465,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)),
         Some(Command::Query { ref sql, format }) => query(&runtime, redactor.clone(), sql, format),
+        Some(Command::Checkpoint(ref c)) => runtime.block_on(checkpoint_command(c, &redactor)),
         None => shell_mode(&runtime, &cli, redactor.clone()),
     };
     // Do not wait for a blocked Ctrl-C listener or stray tasks.

@@ -111,9 +111,9 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
     for o in &old.sinks {
         match new.sinks.iter().find(|n| n.table == o.table) {
             None => out.push(format!("sink '{}' is no longer written", o.table)),
-            Some(n) if n.url != o.url => out.push(format!(
-                "sink '{}' now writes to {}, and its committed output is in {}",
-                o.table, n.url, o.url
+            Some(n) if n.path != o.path => out.push(format!(
+                "sink '{}' now writes to '{}', and its committed output is in '{}'",
+                o.table, n.path, o.path
             )),
             Some(n) if n.writer != o.writer => out.push(format!(
                 "the INSERT INTO {} moved (statements were added, removed or reordered)",
@@ -169,7 +169,8 @@ mod tests {
             }],
             sinks: vec![SinkRecord {
                 table: "out".into(),
-                url: sink_url.into(),
+                path: sink_url.into(),
+                url: format!("file://{sink_url}"),
                 writer: "abc-p0".into(),
             }],
         }
@@ -207,12 +208,8 @@ mod tests {
 
     #[test]
     fn sources_and_sinks_that_move_are_named() {
-        let a = records(vec![], "files|in|parquet", "file:///o/");
-        let b = records(
-            vec![op("p0-agg0", &["k"], "s")],
-            "files|other|parquet",
-            "file:///p/",
-        );
+        let a = records(vec![], "files|in|parquet", "o/");
+        let b = records(vec![op("p0-agg0", &["k"], "s")], "files|other|parquet", "p/");
         let d = incompatibilities(&a, &b);
         assert!(d.iter().any(|m| m.contains("is new and has no state")), "{d:?}");
         assert!(
@@ -221,8 +218,7 @@ mod tests {
             "{d:?}"
         );
         assert!(
-            d.iter()
-                .any(|m| m.contains("sink 'out' now writes to file:///p/")),
+            d.iter().any(|m| m.contains("sink 'out' now writes to 'p/'")),
             "{d:?}"
         );
         assert!(kept_sources(Some(&a), &b).is_empty());

@@ -555,7 +555,20 @@ impl StreamingJob {
             notes,
             reset_sources,
         };
-        job.recover().await?;
+        if let Err(e) = job.recover().await {
+            let _ = job.lease.release().await;
+            return Err(match e {
+                // Damage: say how to look at it and how to get past it.
+                Error::Storage(
+                    e @ (weir_storage::Error::Corrupt { .. } | weir_storage::Error::FutureVersion { .. }),
+                ) => Error::Checkpoint(format!(
+                    "{e}\n(`weir checkpoint inspect {loc}` lists what is damaged; \
+                     `weir checkpoint rollback {loc} --to N` goes back to a good epoch)",
+                    loc = job.checkpoint.location()
+                )),
+                e => e,
+            });
+        }
         Ok(job)
     }
 
@@ -605,7 +618,10 @@ impl StreamingJob {
                     .to_string(),
             ],
         };
-        if same_text && old.is_some() && differences.is_empty() {
+        let unchanged = old.as_ref().is_some_and(|o| {
+            o.operators == new.operators && o.sources == new.sources && o.sinks == new.sinks
+        });
+        if same_text && unchanged {
             return Ok((existing, Vec::new(), BTreeSet::new()));
         }
         let updated = Metadata {
@@ -740,6 +756,7 @@ impl StreamingJob {
         self.last_committed = committed;
         let next = committed.map_or(1, |c| c + 1);
         let logged: Vec<u64> = self.checkpoint.offsets.epochs().await?;
+        self.check_damage(committed, &logged, next).await?;
         if let Some(&newest) = logged.last()
             && newest >= next
         {
@@ -757,6 +774,48 @@ impl StreamingJob {
                 ))
             })?;
             self.pending = Some((next, entry));
+        }
+        Ok(())
+    }
+
+    /// Damage that recovery would otherwise not notice (files that are
+    /// there but unreadable are reported where they are read): a commit
+    /// without its offsets entry, state of epochs never started, state of
+    /// operators this query does not have.
+    async fn check_damage(&self, committed: Option<u64>, logged: &[u64], next: u64) -> Result<()> {
+        if let Some(c) = committed
+            && !logged.contains(&c)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{} (epoch {c}) has no offsets entry: {} is missing, so what the epoch read cannot be \
+                 known. The checkpoint is damaged; roll back to an earlier epoch with \
+                 `weir checkpoint rollback {} --to N` (see `weir checkpoint inspect`)",
+                self.checkpoint.commits.url(c),
+                self.checkpoint.offsets.url(c),
+                self.checkpoint.location()
+            )));
+        }
+        let pending = logged.contains(&next).then_some(next);
+        self.checkpoint.check_orphan_state(committed, pending).await?;
+        let known: BTreeSet<String> = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.operators.iter().map(|(id, _)| id.clone()))
+            .chain(self.sources.keys().map(|s| source_state_name(s)))
+            .collect();
+        for op in self.checkpoint.state_operators().await? {
+            if !known.contains(&op) {
+                let files = self.checkpoint.state_files(&op).await?;
+                return Err(Error::Checkpoint(format!(
+                    "{} (epoch {}) is state of '{op}', which is no operator or source of this query; \
+                     it was not written by this job. Remove state/{op}/ if it does not belong there",
+                    files.first().map_or_else(
+                        || self.checkpoint.location().url_of(&format!("state/{op}")),
+                        |f| { self.checkpoint.location().url_of(&f.name) }
+                    ),
+                    files.first().map_or(0, |f| f.epoch),
+                )));
+            }
         }
         Ok(())
     }
@@ -1518,7 +1577,12 @@ fn job_records(
                 .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
                 .url()
                 .to_string();
-            r.sinks.push(SinkRecord { table, url, writer });
+            r.sinks.push(SinkRecord {
+                table,
+                path: path.to_string(),
+                url,
+                writer,
+            });
         }
     }
     Ok(r)
@@ -1543,11 +1607,6 @@ async fn reset_for_fresh_state(
         }
     }
     let after = committed.unwrap_or(0);
-    for e in checkpoint.offsets.epochs().await? {
-        if e > after {
-            checkpoint.offsets.delete(e).await?;
-        }
-    }
     let keep: BTreeSet<String> = kept.iter().map(|k| source_state_name(k)).collect();
     let mut dropped = Vec::new();
     for op in checkpoint.state_operators().await? {
@@ -1560,6 +1619,13 @@ async fn reset_for_fresh_state(
                     checkpoint.delete_state(&op, f.epoch).await?;
                 }
             }
+        }
+    }
+    // Offsets last: until they go, leftover state of an uncommitted epoch
+    // is that epoch's, not an orphan.
+    for e in checkpoint.offsets.epochs().await? {
+        if e > after {
+            checkpoint.offsets.delete(e).await?;
         }
     }
     Ok(dropped)

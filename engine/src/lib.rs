@@ -6,6 +6,7 @@
 //! streaming nodes) and runs them epoch by epoch against a checkpoint
 //! (see [`driver`] for the protocol and the recovery algorithm).
 
+pub mod admin;
 pub mod compat;
 pub mod driver;
 pub mod epoch;

@@ -83,6 +83,7 @@ impl Checkpoint {
         if rec.version > FORMAT_VERSION {
             return Err(Error::FutureVersion {
                 url,
+                epoch: None,
                 found: rec.version,
                 supported: FORMAT_VERSION,
             });

@@ -119,6 +119,7 @@ impl SinkLayout {
         if m.version > FORMAT_VERSION {
             return Err(Error::FutureVersion {
                 url: self.loc.url_of(&name),
+                epoch: Some(epoch),
                 found: m.version,
                 supported: FORMAT_VERSION,
             });
@@ -153,6 +154,39 @@ impl SinkLayout {
             self.loc.delete(&self.manifest_name(e)).await?;
         }
         Ok(())
+    }
+
+    /// Deletes everything this writer wrote for epochs after `epoch`:
+    /// published files, staged files and manifests (a rollback to `epoch`;
+    /// the epochs run again then write the same names, so the sink's later
+    /// output is replaced, not duplicated). Returns the names deleted.
+    pub async fn remove_after(&self, epoch: u64) -> Result<Vec<String>> {
+        let part = |name: &str| -> Option<u64> {
+            let rest = name.strip_prefix("part-")?;
+            let (digits, tail) = rest.split_at_checked(10)?;
+            (tail == format!("-{}.parquet", self.writer)).then(|| digits.parse().ok())?
+        };
+        let pending_dir = format!("_weir/pending/{}/", self.writer);
+        let manifest_dir = format!("_weir/manifests/{}/", self.writer);
+        let mut removed = Vec::new();
+        for meta in self.loc.list("").await? {
+            let name = self.loc.relative(&meta.location);
+            let e = if let Some(p) = name.strip_prefix(&pending_dir) {
+                p.strip_suffix(".pending").and_then(part)
+            } else if let Some(m) = name.strip_prefix(&manifest_dir) {
+                m.strip_suffix(".json").and_then(|d| d.parse().ok())
+            } else if !name.contains('/') {
+                part(&name)
+            } else {
+                None
+            };
+            if e.is_some_and(|e| e > epoch) {
+                self.loc.delete(&name).await?;
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// Publishes a committed epoch's staged files. Idempotent: files already
@@ -231,5 +265,40 @@ mod tests {
             err.contains("part-0000000001-q-0.parquet") && err.contains("epoch 1"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn removing_later_epochs_leaves_other_writers_and_earlier_epochs() {
+        let loc = Location::open("memory://sink-rollback", &StoreOptions::default(), Create::Yes).unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q-p0");
+        let late = SinkLayout::new(loc.clone(), "q-p0-late");
+        for e in 1..=4 {
+            sink.stage(e, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
+            late.stage(e, Some((Bytes::from_static(b"y"), 1))).await.unwrap();
+            if e < 4 {
+                sink.publish(e).await.unwrap();
+                late.publish(e).await.unwrap();
+            }
+        }
+        let removed = sink.remove_after(2).await.unwrap();
+        assert_eq!(
+            removed,
+            vec![
+                "_weir/manifests/q-p0/00000000000000000003.json",
+                "_weir/manifests/q-p0/00000000000000000004.json",
+                "_weir/pending/q-p0/part-0000000004-q-p0.parquet.pending",
+                "part-0000000003-q-p0.parquet",
+            ]
+        );
+        assert_eq!(sink.manifest_epochs().await.unwrap(), vec![1, 2]);
+        assert_eq!(late.manifest_epochs().await.unwrap(), vec![1, 2, 3, 4]);
+        assert!(loc.get("part-0000000002-q-p0.parquet").await.unwrap().is_some());
+        assert!(
+            loc.get("part-0000000003-q-p0-late.parquet")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(sink.remove_after(2).await.unwrap().is_empty(), "idempotent");
     }
 }
