@@ -215,6 +215,7 @@ fn sigkill_at_every_step_of_an_epoch_then_restart_gives_the_same_output() {
     for step in [
         "offsets-written",
         "before-sink",
+        "mid-sink-write",
         "sink-staged",
         "state-written",
         "committed",
@@ -253,7 +254,7 @@ fn sigkill_at_every_step_of_an_epoch_then_restart_gives_the_same_output() {
             let replayed = p.first().is_some_and(|l| l["replayed"].as_bool().unwrap());
             let uncommitted = matches!(
                 step,
-                "offsets-written" | "before-sink" | "sink-staged" | "state-written"
+                "offsets-written" | "before-sink" | "mid-sink-write" | "sink-staged" | "state-written"
             );
             assert_eq!(replayed, uncommitted, "{failpoint}: {}", again.stderr());
         }

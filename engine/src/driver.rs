@@ -85,6 +85,8 @@ pub enum Step {
     OffsetsWritten,
     /// Output computed; the sinks are about to be written.
     BeforeSink,
+    /// A sink's data file is written, its manifest not yet.
+    MidSinkWrite,
     /// The sinks have staged their output.
     SinkStaged,
     /// State is written; the commit is next.
@@ -97,9 +99,10 @@ pub enum Step {
 
 impl Step {
     /// Every step, in protocol order.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::OffsetsWritten,
         Step::BeforeSink,
+        Step::MidSinkWrite,
         Step::SinkStaged,
         Step::StateWritten,
         Step::Committed,
@@ -111,6 +114,7 @@ impl Step {
         match self {
             Step::OffsetsWritten => "offsets-written",
             Step::BeforeSink => "before-sink",
+            Step::MidSinkWrite => "mid-sink-write",
             Step::SinkStaged => "sink-staged",
             Step::StateWritten => "state-written",
             Step::Committed => "committed",
@@ -1177,7 +1181,8 @@ impl StreamingJob {
         // Stage output.
         let mut rows_out = 0;
         for (p, (out, late)) in self.pipelines.iter().zip(&outputs) {
-            let (rows, _) = p.sink.stage(epoch, &p.schema, out).await?;
+            let mid = || self.hooks.reached(Step::MidSinkWrite, epoch);
+            let (rows, _) = p.sink.stage(epoch, &p.schema, out, mid).await?;
             rows_out += rows;
             for l in &p.late_sinks {
                 let rows: Vec<RecordBatch> = late
@@ -1185,7 +1190,7 @@ impl StreamingJob {
                     .filter(|(t, _)| *t == l.table)
                     .map(|(_, b)| b.clone())
                     .collect();
-                l.sink.stage(epoch, &l.schema, &rows).await?;
+                l.sink.stage(epoch, &l.schema, &rows, || Ok(())).await?;
             }
         }
         self.hooks.reached(Step::SinkStaged, epoch)?;

@@ -81,10 +81,26 @@ impl SinkLayout {
     /// Stages the epoch's output (`None` when it produced no rows) and
     /// records it in the manifest. Safe to repeat.
     pub async fn stage(&self, epoch: u64, output: Option<(Bytes, u64)>) -> Result<()> {
+        self.stage_with(epoch, output, || Ok(())).await
+    }
+
+    /// [`SinkLayout::stage`], calling `between` after the data file is
+    /// written and before the manifest is (the crash tests stop there: a
+    /// staged file without a manifest must be harmless).
+    pub async fn stage_with<E>(
+        &self,
+        epoch: u64,
+        output: Option<(Bytes, u64)>,
+        between: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<Error>,
+    {
         let Some((bytes, rows)) = output else {
+            between()?;
             // A previous attempt of this epoch cannot have had output (epochs
             // are deterministic), but make sure no stale manifest says so.
-            return self.loc.delete(&self.manifest_name(epoch)).await;
+            return Ok(self.loc.delete(&self.manifest_name(epoch)).await?);
         };
         let manifest = Manifest {
             version: FORMAT_VERSION,
@@ -96,12 +112,16 @@ impl SinkLayout {
             }],
         };
         self.loc.put(&self.pending_name(epoch), bytes).await?;
+        between()?;
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
             url: self.loc.url_of(&self.manifest_name(epoch)),
             epoch: Some(epoch),
             reason: e.to_string(),
         })?;
-        self.loc.put(&self.manifest_name(epoch), Bytes::from(json)).await
+        Ok(self
+            .loc
+            .put(&self.manifest_name(epoch), Bytes::from(json))
+            .await?)
     }
 
     /// Reads the manifest of an epoch, if it had output.
