@@ -330,9 +330,9 @@ impl Location {
     }
 
     /// Creates an object atomically, failing with [`Error::AlreadyExists`] if
-    /// it exists. This is what makes a commit happen at most once. A retry
-    /// after an ambiguous failure that finds the object counts as success
-    /// only if it holds these bytes ([`crate::retry`]).
+    /// it exists. This is what makes a commit happen at most once. Finding
+    /// the object counts as success only if it holds these bytes: an
+    /// earlier attempt whose answer was lost wrote it ([`crate::retry`]).
     pub async fn put_if_absent(&self, name: &str, bytes: Bytes) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,

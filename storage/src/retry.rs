@@ -29,7 +29,12 @@
 //! object already there. That is our own write only if the object holds
 //! exactly the bytes we wrote, so [`create`] reads it back: the same bytes
 //! are success, other bytes are [`object_store::Error::AlreadyExists`]
-//! (another writer won). Weir's commit entries carry a timestamp, so two
+//! (another writer won). It reads back even when "already exists" is the
+//! first answer it gets: the client below may have retried on its own
+//! (`object_store`'s S3 client retries a 5xx answer to any request, a
+//! create included), so a first answer can already be a retry's. Everything
+//! Weir creates carries something unique to its writer (a commit's
+//! timestamp, a lease's owner id, a query id, a probe's random id), so two
 //! writers do not write the same bytes by accident; if they ever did, the
 //! outcome would be the same as the writer that won.
 
@@ -167,8 +172,8 @@ pub struct RetryStats {
     pub retries: u64,
     /// Operations that failed on every attempt.
     pub gave_up: u64,
-    /// Creates that failed ambiguously, found the object on retry, and read
-    /// it back: it held our bytes.
+    /// Creates that found the object already there and read it back: it
+    /// held our bytes (an earlier attempt took effect, its answer lost).
     pub creates_confirmed: u64,
 }
 
@@ -176,7 +181,7 @@ impl fmt::Display for RetryStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} retries, {} gave up, {} ambiguous creates confirmed by reading back",
+            "{} retries, {} gave up, {} creates found done by reading back",
             self.retries, self.gave_up, self.creates_confirmed
         )
     }
@@ -279,8 +284,9 @@ where
     }
 }
 
-/// Creates an object if absent, retrying; an ambiguous failure followed by
-/// "already exists" is resolved by reading the object back (module docs).
+/// Creates an object if absent, retrying; "already exists" is resolved by
+/// reading the object back: our bytes mean an earlier attempt (ours, or the
+/// client's own retry) took effect (module docs).
 pub async fn create(
     store: &dyn ObjectStore,
     policy: &RetryPolicy,
@@ -289,11 +295,10 @@ pub async fn create(
     opts: PutOptions,
 ) -> object_store::Result<PutResult> {
     let mut attempts = Attempts::new(policy);
-    let mut ambiguous = false;
     loop {
         match store.put_opts(path, payload.clone(), opts.clone()).await {
             Ok(r) => return Ok(r),
-            Err(e @ object_store::Error::AlreadyExists { .. }) if ambiguous => {
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
                 let (meta, found) = run(policy, || async {
                     let r = store.get(path).await?;
                     let meta = r.meta.clone();
@@ -309,12 +314,9 @@ pub async fn create(
                 }
                 return Err(e);
             }
-            Err(e) => {
-                attempts.failed(e).await?;
-                // A transient failure: the write may have happened though
-                // its answer was lost.
-                ambiguous = true;
-            }
+            // A transient failure: the write may have happened though its
+            // answer was lost; a retry that finds the object reads it back.
+            Err(e) => attempts.failed(e).await?,
         }
     }
 }
@@ -629,20 +631,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_create_that_finds_the_object_at_once_is_refused_even_with_the_same_bytes() {
-        // Without an ambiguous failure first, an existing object is another
-        // writer's, whatever it holds: nothing is read back.
+    async fn a_create_whose_first_answer_is_already_exists_still_reads_back() {
+        // Another writer's object: refused, after one read.
         let store = Arc::new(Flaky::new());
         let loc = location(&store, policy(5, 1));
-        loc.put("commits/1.json", Bytes::from_static(b"same"))
+        loc.put("commits/1.json", Bytes::from_static(b"theirs"))
             .await
             .unwrap();
         let err = loc
-            .put_if_absent("commits/1.json", Bytes::from_static(b"same"))
+            .put_if_absent("commits/1.json", Bytes::from_static(b"ours"))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
-        assert_eq!(store.calls("get").len(), 0);
+        assert_eq!(
+            store.calls("put").len(),
+            2,
+            "the setup, then one create: a lost race is not retried"
+        );
+        assert_eq!(store.calls("get").len(), 1);
+
+        // Our own bytes, written by a retry the client below made without
+        // telling us (its first attempt's answer lost): a success.
+        loc.put("commits/2.json", Bytes::from_static(b"ours"))
+            .await
+            .unwrap();
+        loc.put_if_absent("commits/2.json", Bytes::from_static(b"ours"))
+            .await
+            .unwrap();
+        assert_eq!(store.calls("get").len(), 2);
     }
 
     #[tokio::test]
