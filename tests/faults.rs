@@ -149,6 +149,7 @@ fn a_permanent_failure_names_the_object_and_a_clean_rerun_resumes_exactly_once()
                 && error.contains("injected permanent fault"),
             "{prefix}: {error}"
         );
+        assert_eq!(error.matches("injected").count(), 1, "each cause once: {error}");
         let r = report(&e);
         assert!(r.permanent >= 5 && r.gave_up >= 1, "{prefix}: {r:?}");
 

@@ -54,15 +54,18 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The store failed an operation on an object.
-    #[error("{op} {url}: {source}")]
+    ///
+    /// The store's error is in the message, not a `source()`: its own
+    /// message already holds its causes, and printing the chain of causes
+    /// (as `weir` does) would repeat each of them.
+    #[error("{op} {url}: {}", crate::retry::describe(.error))]
     Store {
         /// What was being done (`reading`, `writing`, `listing`, ...).
         op: &'static str,
         /// The object's URL.
         url: String,
         /// The store's error.
-        #[source]
-        source: object_store::Error,
+        error: object_store::Error,
     },
     /// A location string that cannot be opened.
     #[error("invalid location '{location}': {reason}")]

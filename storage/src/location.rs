@@ -316,7 +316,7 @@ impl Location {
 
     fn store_err(&self, op: &'static str, name: &str) -> impl FnOnce(object_store::Error) -> Error {
         let url = self.url_of(name);
-        move |source| Error::Store { op, url, source }
+        move |error| Error::Store { op, url, error }
     }
 
     /// Writes an object atomically, replacing any object of that name.
@@ -452,13 +452,16 @@ impl Location {
         };
         let refuse = |what: String| Error::UnsafeStore {
             url: self.url.clone(),
+            // `what` may end with a store's own message, and its full stop.
             reason: format!(
-                "{what}. Weir commits an epoch by creating commits/<epoch>.json only if it is absent; \
-                 without that, two writers could both commit an epoch and exactly-once would be \
+                "{}. Weir commits an epoch (and takes the checkpoint's lease) by creating a file \
+                 only if it is absent (commits/<epoch>.json, lease/<generation>.json); without \
+                 that, two writers could both commit an epoch and exactly-once would be \
                  silently weakened, so Weir will not keep a checkpoint here. Use a store with \
                  conditional writes: for S3, a server or bucket that honours `If-None-Match: *` on \
                  PutObject (AWS S3, MinIO, Cloudflare R2, moto 5.2.1 or later), with object_store's \
-                 `aws_conditional_put` setting at `etag`, its default (AWS_CONDITIONAL_PUT=etag)"
+                 `aws_conditional_put` setting at `etag`, its default (AWS_CONDITIONAL_PUT=etag)",
+                what.trim_end_matches('.')
             ),
         };
         match self
@@ -469,9 +472,9 @@ impl Location {
             .await
         {
             Ok(()) => {}
-            Err(Error::Store { source, .. }) if unsupported(&source) => {
+            Err(Error::Store { error, .. }) if unsupported(&error) => {
                 return Err(refuse(format!(
-                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {source}"
+                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {error}"
                 )));
             }
             Err(e) => return Err(e),
@@ -491,9 +494,9 @@ impl Location {
                      of {probe_url}, replacing the object instead of refusing"
                 )));
             }
-            Err(Error::Store { source, .. }) if unsupported(&source) => {
+            Err(Error::Store { error, .. }) if unsupported(&error) => {
                 return Err(refuse(format!(
-                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {source}"
+                    "the store does not support create-if-absent writes (object_store's PutMode::Create): {error}"
                 )));
             }
             Err(e) => {
@@ -619,6 +622,10 @@ mod tests {
         assert!(
             err.contains("does not support create-if-absent") && err.contains("aws_conditional_put"),
             "{err}"
+        );
+        assert!(
+            !err.contains(".."),
+            "the store's own full stop is not doubled: {err}"
         );
     }
 

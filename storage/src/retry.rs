@@ -220,9 +220,23 @@ impl fmt::Display for GaveUp {
     }
 }
 
-impl std::error::Error for GaveUp {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.last)
+// No `source()`: the message already ends with the last error, and a
+// printed chain of causes would repeat it.
+impl std::error::Error for GaveUp {}
+
+/// A store error as one line for messages: an operation that gave up reads
+/// "gave up after N attempts (T s): <the last error>", without the
+/// `Generic retry error:` that wrapping it in an `object_store::Error` adds.
+pub fn describe(e: &object_store::Error) -> String {
+    match e {
+        object_store::Error::Generic {
+            store: "retry",
+            source,
+        } => match source.downcast_ref::<GaveUp>() {
+            Some(gave_up) => gave_up.to_string(),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
     }
 }
 
@@ -593,6 +607,11 @@ mod tests {
             "{text}"
         );
         assert!(matches!(err, Error::Store { .. }));
+        // One line, each cause once: printing the chain of causes (as
+        // `weir` does) adds nothing to repeat.
+        assert_eq!(text.matches("gave up").count(), 1, "{text}");
+        assert_eq!(text.matches("connection reset").count(), 1, "{text}");
+        assert!(std::error::Error::source(&err).is_none());
         assert_eq!(store.calls("put").len(), 4);
     }
 

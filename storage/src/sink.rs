@@ -222,7 +222,7 @@ impl SinkLayout {
             match self.loc.rename(&pending, &file.name).await {
                 Ok(()) => {}
                 Err(Error::Store {
-                    source: object_store::Error::NotFound { .. },
+                    error: object_store::Error::NotFound { .. },
                     ..
                 }) => {
                     if self.loc.get(&file.name).await?.is_none() {
