@@ -4,8 +4,9 @@
 //! failpoints and restarted, and compared with an uninterrupted local run.
 //!
 //! The server: `WEIR_TEST_S3_ENDPOINT` (as `.ci/run` sets it), or else a
-//! `moto_server` on PATH started here on a free port. Without either, the
-//! tests print a note and pass, unless `WEIR_REQUIRE_S3` is set (CI), so
+//! `moto_server` on PATH started here on a free port. Without either, each
+//! test prints a skip line (past the test harness's output capture, so it
+//! shows) and passes, unless `WEIR_REQUIRE_S3` is set (CI), so
 //! `cargo test --workspace` works on a fresh laptop and CI cannot skip them
 //! silently. The server must accept unsigned CreateBucket requests and any
 //! credentials, as moto does.
@@ -59,19 +60,31 @@ fn server() -> Option<Arc<Server>> {
             child: None,
         }
     } else if let Some(moto) = on_path("moto_server") {
-        start_moto(&moto)
+        let server = start_moto(&moto);
+        loud(&format!(
+            "note: WEIR_TEST_S3_ENDPOINT is not set; the S3 tests started {} at {}",
+            moto.display(),
+            server.endpoint
+        ));
+        server
     } else {
-        let note = "S3 tests skipped: neither WEIR_TEST_S3_ENDPOINT nor moto_server on PATH \
-                    (pip install 'moto[server]==5.2.1', or run .ci/run)";
+        let note = "neither WEIR_TEST_S3_ENDPOINT nor moto_server on PATH \
+                    (pip install 'moto[server]==5.2.5', or run .ci/run)";
         if std::env::var_os("WEIR_REQUIRE_S3").is_some() {
             panic!("WEIR_REQUIRE_S3 is set, but {note}");
         }
-        eprintln!("note: {note}");
+        loud(&format!("SKIPPED: S3 tests not run: {note}"));
         return None;
     };
     let server = Arc::new(server);
     *shared = Arc::downgrade(&server);
     Some(server)
+}
+
+/// Writes a line to stderr directly: `eprintln!` in a passing test is
+/// captured and never shown, and a skipped test must not pass unseen.
+fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn on_path(name: &str) -> Option<std::path::PathBuf> {
@@ -316,24 +329,36 @@ fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let ws = Workspace::new();
     upload_input(&server, &bucket, &ws);
     ws.write("job.sql", &s3_job(&bucket));
-    // object_store's setting for stores without conditional writes.
-    let run = weir(
-        &ws,
-        &server,
-        &run_args(&bucket),
-        &[("AWS_CONDITIONAL_PUT", "disabled")],
-    )
-    .fails();
-    let e = run.stderr();
-    for needle in [
-        &format!("s3://{bucket}/ck") as &str,
-        "does not support create-if-absent",
-        "exactly-once would be silently weakened",
-        "aws_conditional_put",
+    // A client that cannot create-if-absent (object_store's setting for
+    // stores without conditional writes: a create is NotImplemented), and an
+    // endpoint that ignores `If-None-Match: *` and overwrites (simulated
+    // over the real server by the fault wrapper).
+    for (env, why) in [
+        (
+            ("AWS_CONDITIONAL_PUT", "disabled"),
+            "does not support create-if-absent",
+        ),
+        (
+            ("WEIR_FAULTS", "ignore_create=true"),
+            "accepted a second create-if-absent",
+        ),
     ] {
-        assert!(e.contains(needle), "missing '{needle}' in:\n{e}");
+        let run = weir(&ws, &server, &run_args(&bucket), &[env]).fails();
+        let e = run.stderr();
+        for needle in [
+            &format!("s3://{bucket}/ck") as &str,
+            why,
+            "exactly-once would be silently weakened",
+            "If-None-Match: *",
+            "aws_conditional_put",
+        ] {
+            assert!(e.contains(needle), "{env:?}: missing '{needle}' in:\n{e}");
+        }
+        assert_no_secrets("the refusal", &e);
+        assert!(
+            objects(&server, &bucket, "ck").is_empty(),
+            "{env:?}: nothing written"
+        );
+        assert!(objects(&server, &bucket, "out").is_empty());
     }
-    assert_no_secrets("the refusal", &e);
-    assert!(objects(&server, &bucket, "ck").is_empty(), "nothing written");
-    assert!(objects(&server, &bucket, "out").is_empty());
 }
