@@ -395,6 +395,7 @@ mod tests {
             rows_in,
             rows_out: rows_in / 10,
             late_rows: 1,
+            bad_rows: 0,
             rows_per_sec: 0.0,
             watermark_ms: Some(0),
             watermark: Some(format!("2026-01-01 00:00:0{epoch}.000")),

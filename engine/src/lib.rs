@@ -6,6 +6,7 @@
 //! streaming nodes) and runs them epoch by epoch against a checkpoint
 //! (see [`driver`] for the protocol and the recovery algorithm).
 
+pub mod dead_letter;
 pub mod driver;
 pub mod epoch;
 pub mod error;
