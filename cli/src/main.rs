@@ -71,6 +71,30 @@ enum Command {
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
     },
+    /// Look at a job's checkpoint, or roll it back to an earlier epoch.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointCommand {
+    /// List the checkpoint's query, epochs (offsets, watermark, rows), state
+    /// tables with sizes and rows, sinks and lease; report any damage, naming
+    /// the file and epoch (exit status 1 when there is some).
+    Inspect {
+        /// The checkpoint folder or URL.
+        path: String,
+    },
+    /// Go back to committed epoch N: later commits, offsets, state and the
+    /// sinks' output of later epochs are deleted, so the next run redoes
+    /// those epochs and replaces their output (never duplicates it).
+    Rollback {
+        /// The checkpoint folder or URL.
+        path: String,
+        /// The epoch to go back to (see `weir checkpoint inspect`).
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +125,50 @@ struct RunArgs {
     /// time over the epochs run.
     #[arg(long, conflicts_with = "explain")]
     explain_analyze: bool,
+    /// The query changed in a way its checkpointed state cannot follow
+    /// (another GROUP BY key, window or aggregate, a source that moved):
+    /// start it with empty state instead of refusing. Sources that did not
+    /// change keep their progress. See the README, "Changing a query".
+    #[arg(long, conflicts_with = "explain")]
+    fresh_state: bool,
+}
+
+/// `weir checkpoint inspect|rollback`.
+async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) -> Result<()> {
+    match command {
+        CheckpointCommand::Inspect { path } => {
+            let found = weir_engine::admin::inspect(path, &store_options_from_env()).await?;
+            print!("{}", redactor.scrub(&found.text));
+            if !found.problems.is_empty() {
+                bail!(
+                    "the checkpoint is damaged ({} problem{}, listed above)",
+                    found.problems.len(),
+                    if found.problems.len() == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
+        CheckpointCommand::Rollback { path, to } => {
+            let owner = weir_engine::LeaseOwner::this_process(host_name());
+            let done = weir_engine::admin::rollback(path, &store_options_from_env(), *to, &owner).await?;
+            let epochs = |v: &[u64]| match (v.first(), v.last()) {
+                (Some(a), Some(b)) if a == b => format!("epoch {a}"),
+                (Some(a), Some(b)) => format!("epochs {a} to {b}"),
+                _ => "none".into(),
+            };
+            println!(
+                "rolled back to epoch {to}: removed commits of {}, offsets of {}, {} state file(s)",
+                epochs(&done.commits),
+                epochs(&done.offsets),
+                done.state_files
+            );
+            for (table, n) in &done.sink_files {
+                println!("  sink {table}: removed {n} file(s) of later epochs");
+            }
+            println!("the next run continues after epoch {to} and writes the later output again");
+            Ok(())
+        }
+    }
 }
 
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
@@ -113,6 +181,20 @@ fn default_checkpoint(job: &Path) -> String {
     dir.join(format!("{stem}.checkpoint"))
         .to_string_lossy()
         .into_owned()
+}
+
+/// This machine's name, for the checkpoint lease's holder.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Settings for S3 and friends from the environment (`AWS_*`).
@@ -220,11 +302,16 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     let options = JobOptions {
         store_options: store_options_from_env(),
         hooks,
+        owner: weir_engine::LeaseOwner::this_process(host_name()),
+        fresh_state: args.fresh_state,
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
         .await
         .with_context(|| format!("job {}", args.job.display()))?;
+    for note in job.notes() {
+        eprintln!("weir: note: {}", redactor.scrub(note));
+    }
     if args.explain {
         println!("{}", redactor.scrub(&job.explain()));
         return Ok(());
@@ -273,13 +360,15 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
             }
         }
     };
-    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await?;
+    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
     drop(shown);
-    if let Some(e) = json_error {
-        bail!("writing --progress-json: {e}");
-    }
+    let summary = summary?;
     if args.explain_analyze {
         println!("{}", redactor.scrub(&job.explain_analyze()));
+    }
+    job.close().await?;
+    if let Some(e) = json_error {
+        bail!("writing --progress-json: {e}");
     }
     eprintln!(
         "weir: done: {} epoch(s), {} rows in, {} rows out, {} late, {} bad{}",
@@ -378,6 +467,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)),
         Some(Command::Query { ref sql, format }) => query(&runtime, redactor.clone(), sql, format),
+        Some(Command::Checkpoint(ref c)) => runtime.block_on(checkpoint_command(c, &redactor)),
         None => shell_mode(&runtime, &cli, redactor.clone()),
     };
     // Do not wait for a blocked Ctrl-C listener or stray tasks.

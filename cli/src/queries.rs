@@ -188,9 +188,15 @@ impl Queries {
             let mut on_progress = |p: &BatchProgress| lock(&shared).record(p, Instant::now());
             let run = job.run(trigger, drain, stop_rx.clone(), &mut on_progress);
             let result = AssertUnwindSafe(run).catch_unwind().await;
+            // Let go of the checkpoint so the query can be started again at once.
+            let released = job.close().await;
             let stopped = *stop_rx.borrow();
             let mut s = lock(&shared);
             s.state = match result {
+                Ok(Ok(_)) if released.is_err() => State::Failed(format!(
+                    "releasing its checkpoint: {}",
+                    released.err().map(|e| e.to_string()).unwrap_or_default()
+                )),
                 Ok(Ok(_)) if stopped => State::Stopped,
                 Ok(Ok(_)) => State::Finished,
                 Ok(Err(e)) => State::Failed(e.to_string()),

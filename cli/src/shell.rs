@@ -591,6 +591,7 @@ impl Shell {
     fn job_options(&self, checkpoint: String) -> JobOptions {
         JobOptions {
             store_options: self.store_options.clone(),
+            owner: weir_engine::LeaseOwner::this_process(crate::host_name()),
             ..JobOptions::new(checkpoint)
         }
     }
@@ -621,7 +622,8 @@ impl Shell {
         // does not outlive it.
         let mut run = AbortOnDrop(tokio::spawn(async move {
             let r = job.run(trigger, drain, stop_rx, &mut |_| {}).await;
-            drop(job); // closes the live channel
+            // Releases the scratch checkpoint and closes the live channel.
+            let _ = job.close().await;
             r
         }));
         let mut irq = self.interrupts.clone();

@@ -48,11 +48,15 @@ use datafusion::prelude::SessionConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use weir_sql::{Job, JobKind, StreamPlanner, Watermark};
+use weir_sql::{Job, JobKind, PipelinePlan, StreamPlanner, TableDecl, Watermark};
 use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, Metadata, StateKind, StateWrite, StoreOptions};
+use weir_storage::{
+    Checkpoint, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord, StateKind,
+    StateWrite, StoreOptions,
+};
 
-use crate::dead_letter::DeadLetters;
+use crate::compat::{self, Records};
+use crate::dead_letter::{self, DeadLetters};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{
@@ -61,7 +65,7 @@ use crate::exec::{
 };
 use crate::sink::{LiveSender, PipelineSink, SideSink};
 use crate::source::bad::BadRecord;
-use crate::source::{Source, open_source};
+use crate::source::{Source, open_source, table_store_options};
 use crate::{Error, Result};
 
 /// When epochs run.
@@ -83,6 +87,8 @@ pub enum Step {
     OffsetsWritten,
     /// Output computed; the sinks are about to be written.
     BeforeSink,
+    /// A sink's data file is written, its manifest not yet.
+    MidSinkWrite,
     /// The sinks have staged their output.
     SinkStaged,
     /// State is written; the commit is next.
@@ -95,9 +101,10 @@ pub enum Step {
 
 impl Step {
     /// Every step, in protocol order.
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::OffsetsWritten,
         Step::BeforeSink,
+        Step::MidSinkWrite,
         Step::SinkStaged,
         Step::StateWritten,
         Step::Committed,
@@ -109,6 +116,7 @@ impl Step {
         match self {
             Step::OffsetsWritten => "offsets-written",
             Step::BeforeSink => "before-sink",
+            Step::MidSinkWrite => "mid-sink-write",
             Step::SinkStaged => "sink-staged",
             Step::StateWritten => "state-written",
             Step::Committed => "committed",
@@ -156,6 +164,14 @@ pub struct JobOptions {
     /// Makes the job a live query: its text is declarations and one bare
     /// `SELECT`, whose committed output is sent here instead of to a sink.
     pub live: Option<LiveSender>,
+    /// Who runs the job (for the checkpoint's lease).
+    pub owner: crate::LeaseOwner,
+    /// How long the lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// When the query changed in a way its checkpointed state cannot follow
+    /// (see `compat`), start it with empty operator state instead of
+    /// refusing to run. Sources that did not change keep their progress.
+    pub fresh_state: bool,
 }
 
 impl JobOptions {
@@ -169,6 +185,9 @@ impl JobOptions {
             udafs: Vec::new(),
             retain_epochs: 20,
             live: None,
+            owner: crate::LeaseOwner::this_process("localhost"),
+            lease_ttl: Duration::from_secs(30),
+            fresh_state: false,
         }
     }
 }
@@ -308,8 +327,17 @@ pub struct StreamingJob {
     hooks: Arc<dyn EpochHooks>,
     /// When each state table next gets a snapshot.
     policies: HashMap<String, SnapshotPolicy>,
+    /// This job's hold on the checkpoint.
+    lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.
     retain_epochs: u64,
+    /// What opening the checkpoint decided that the user should know (a
+    /// changed query continuing with its state, or starting afresh).
+    notes: Vec<String>,
+    /// Sources that start from the beginning although the checkpoint has a
+    /// commit (changed sources under `fresh_state`): their watermark and
+    /// progress are not restored.
+    reset_sources: BTreeSet<String>,
 }
 
 /// How often (in epochs) old checkpoint files are cleaned up.
@@ -411,10 +439,54 @@ impl StreamingJob {
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
-        let metadata = Self::claim_checkpoint(&checkpoint, &job).await?;
+        // The lease comes first: claiming may rewrite the metadata and, with
+        // `fresh_state`, delete state, which only the checkpoint's one
+        // writer may do.
+        let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
+
+        let mut physical = Vec::new();
+        for p in plans {
+            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+            let operators = stateful_operators(p.index, &plan);
+            physical.push((p, plan, operators));
+        }
+        // Where bad input records go, checked before the checkpoint is
+        // claimed (the dead-letter sinks are part of its records).
+        let bad_routes = {
+            let sources: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, _, _)| p.sources.iter().cloned())
+                .collect();
+            let written: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, plan, _)| {
+                    let late = late_sink_tables(plan).into_iter().map(|(t, _)| t);
+                    p.sink.iter().map(|d| d.name.clone()).chain(late)
+                })
+                .collect();
+            dead_letter::routes(&job, &sources, &written)
+        };
+        let bad_routes = match bad_routes {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+        let claimed = Self::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
+            job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
+        })
+        .await;
+        let (metadata, notes, reset_sources) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
 
         let mut sources = BTreeMap::new();
-        for p in &plans {
+        for (p, _, _) in &physical {
             for name in &p.sources {
                 if sources.contains_key(name) {
                     continue;
@@ -435,17 +507,15 @@ impl StreamingJob {
         }
 
         let mut pipelines = Vec::new();
-        for p in plans {
-            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+        for (p, plan, operators) in physical {
             let schema = plan.schema();
-            let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
+            let writer = sink_writer(&metadata.query_id, p.index, false);
             let sink = PipelineSink::open(
                 p.sink.as_ref(),
                 &writer,
                 &options.store_options,
                 options.live.as_ref(),
             )?;
-            let operators = stateful_operators(p.index, &plan);
             let mut late_sinks: Vec<SideSink> = Vec::new();
             for (table, schema) in late_sink_tables(&plan) {
                 if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
@@ -460,7 +530,7 @@ impl StreamingJob {
                     .tables
                     .get(&table)
                     .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
-                let writer = format!("{}-p{}-late", &metadata.query_id[..8], p.index);
+                let writer = sink_writer(&metadata.query_id, p.index, true);
                 late_sinks.push(SideSink::open(decl, &writer, &options.store_options, schema)?);
             }
             pipelines.push(Pipeline {
@@ -476,19 +546,10 @@ impl StreamingJob {
             });
         }
 
-        let written: BTreeSet<String> = pipelines
-            .iter()
-            .flat_map(|p| {
-                let out = p.sink.files().map(|f| f.table().to_string());
-                out.into_iter()
-                    .chain(p.late_sinks.iter().map(|l| l.table().to_string()))
-            })
-            .collect();
         let dead_letters = DeadLetters::open(
             &job,
-            &sources.keys().cloned().collect(),
-            &written,
-            &format!("{}-bad", &metadata.query_id[..8]),
+            bad_routes,
+            &dead_letter::writer(&metadata.query_id),
             &options.store_options,
         )?;
 
@@ -527,49 +588,146 @@ impl StreamingJob {
             state,
             hooks: options.hooks,
             policies: HashMap::new(),
+            lease,
             retain_epochs: options.retain_epochs.max(1),
+            notes,
+            reset_sources,
         };
-        job.recover().await?;
+        if let Err(e) = job.recover().await {
+            let _ = job.lease.release().await;
+            return Err(match e {
+                // Damage: say how to look at it and how to get past it.
+                Error::Storage(
+                    e @ (weir_storage::Error::Corrupt { .. } | weir_storage::Error::FutureVersion { .. }),
+                ) => Error::Checkpoint(format!(
+                    "{e}\n(`weir checkpoint inspect {loc}` lists what is damaged; \
+                     `weir checkpoint rollback {loc} --to N` goes back to a good epoch)",
+                    loc = job.checkpoint.location()
+                )),
+                e => e,
+            });
+        }
         Ok(job)
     }
 
-    /// Creates the checkpoint's metadata, or checks that an existing
-    /// checkpoint was made by this job.
-    async fn claim_checkpoint(checkpoint: &Checkpoint, job: &Job) -> Result<Metadata> {
+    /// Creates the checkpoint's metadata, or checks an existing checkpoint
+    /// against this job under the compatibility rules of `compat`. Returns
+    /// the metadata, notes for the user, and the sources that restart from
+    /// the beginning.
+    async fn claim_checkpoint(
+        checkpoint: &Checkpoint,
+        job: &Job,
+        options: &JobOptions,
+        records: &(dyn Fn(&str) -> Result<Records> + Sync),
+    ) -> Result<(Metadata, Vec<String>, BTreeSet<String>)> {
         let fingerprint = job.fingerprint()?;
-        if let Some(existing) = checkpoint.read_metadata().await? {
-            if existing.fingerprint != fingerprint {
-                let first = existing
-                    .sql
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with("--"))
-                    .unwrap_or("")
-                    .to_string();
-                return Err(Error::Checkpoint(format!(
-                    "the checkpoint at {} was made by a different query (it begins `{first}`); \
-                     give this job its own --checkpoint, or delete that folder to start over",
-                    checkpoint.location()
-                )));
-            }
-            return Ok(existing);
+        let Some(existing) = checkpoint.read_metadata().await? else {
+            let query_id = uuid::Uuid::new_v4().simple().to_string();
+            let r = records(&query_id)?;
+            let metadata = Metadata {
+                version: weir_storage::FORMAT_VERSION,
+                query_id,
+                sql: job.redacted_sql(),
+                fingerprint,
+                created_at: chrono::Utc::now().to_rfc3339(),
+                weir_version: env!("CARGO_PKG_VERSION").to_string(),
+                operators: r.operators,
+                sources: r.sources,
+                sinks: r.sinks,
+            };
+            return match checkpoint.create_metadata(&metadata).await {
+                Ok(()) => Ok((metadata, Vec::new(), BTreeSet::new())),
+                // Another process created it first: check against theirs.
+                Err(weir_storage::Error::AlreadyExists { .. }) => {
+                    Box::pin(Self::claim_checkpoint(checkpoint, job, options, records)).await
+                }
+                Err(e) => Err(e.into()),
+            };
+        };
+        let new = records(&existing.query_id)?;
+        let old = Records::of_metadata(&existing);
+        let same_text = existing.fingerprint == fingerprint;
+        let differences = match &old {
+            Some(old) => compat::incompatibilities(old, &new),
+            None if same_text => Vec::new(),
+            None => vec![
+                "the checkpoint was made by an earlier Weir that did not record its operators, \
+                 so a changed query cannot be checked against it"
+                    .to_string(),
+            ],
+        };
+        let unchanged = old.as_ref().is_some_and(|o| {
+            o.operators == new.operators && o.sources == new.sources && o.sinks == new.sinks
+        });
+        if same_text && unchanged {
+            return Ok((existing, Vec::new(), BTreeSet::new()));
         }
-        let metadata = Metadata {
-            version: weir_storage::FORMAT_VERSION,
-            query_id: uuid::Uuid::new_v4().simple().to_string(),
+        let updated = Metadata {
             sql: job.redacted_sql(),
             fingerprint,
-            created_at: chrono::Utc::now().to_rfc3339(),
-            weir_version: env!("CARGO_PKG_VERSION").to_string(),
+            operators: new.operators.clone(),
+            sources: new.sources.clone(),
+            sinks: new.sinks.clone(),
+            ..existing.clone()
         };
-        match checkpoint.create_metadata(&metadata).await {
-            Ok(()) => Ok(metadata),
-            // Another process created it first: use theirs if it is ours.
-            Err(weir_storage::Error::AlreadyExists { .. }) => {
-                Box::pin(Self::claim_checkpoint(checkpoint, job)).await
+        let mut notes = Vec::new();
+        let mut reset = BTreeSet::new();
+        if differences.is_empty() {
+            if !same_text {
+                notes.push(format!(
+                    "the query differs from the one that made the checkpoint at {}, but its stateful \
+                     operators, sources and sinks are the same: continuing with its state",
+                    checkpoint.location()
+                ));
             }
-            Err(e) => Err(e.into()),
+        } else if !options.fresh_state {
+            let first = existing
+                .sql
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("--"))
+                .unwrap_or("")
+                .to_string();
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint at {} was made by a different query (it begins `{first}`), and its state \
+                 cannot be carried over:\n  - {}\nRun with --fresh-state to start this query with empty \
+                 state (sources that did not change keep their progress), give it its own --checkpoint, \
+                 or run the original query. The rules are in the README, under \"Changing a query\".",
+                checkpoint.location(),
+                differences.join("\n  - ")
+            )));
+        } else {
+            let kept = compat::kept_sources(old.as_ref(), &new);
+            let dropped = reset_for_fresh_state(checkpoint, &existing, &kept, &options.store_options).await?;
+            reset = new
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .filter(|n| !kept.contains(n))
+                .collect();
+            notes.push(format!(
+                "--fresh-state: starting the changed query with empty state ({}); {}; {}",
+                differences.join("; "),
+                if dropped.is_empty() {
+                    "there was no operator state to drop".to_string()
+                } else {
+                    format!("dropped the state of {}", dropped.join(", "))
+                },
+                if kept.is_empty() {
+                    "every source starts from the beginning".to_string()
+                } else {
+                    format!(
+                        "{} keep their progress",
+                        kept.iter()
+                            .map(|k| format!("'{k}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
         }
+        checkpoint.replace_metadata(&updated).await?;
+        Ok((updated, notes, reset))
     }
 
     async fn recover(&mut self) -> Result<()> {
@@ -582,6 +740,9 @@ impl StreamingJob {
                 ))
             })?;
             for (source, wm) in entry.watermarks {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
                 if let Some(w) = self.watermarks.get_mut(&source) {
                     *w = wm;
                 }
@@ -622,6 +783,9 @@ impl StreamingJob {
                 s.publish(c).await?;
             }
             for (source, ms) in entry.last_data_ms {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
                 if let Some(slot) = self.sources.get_mut(&source) {
                     slot.last_data_ms = ms;
                 }
@@ -630,6 +794,7 @@ impl StreamingJob {
         self.last_committed = committed;
         let next = committed.map_or(1, |c| c + 1);
         let logged: Vec<u64> = self.checkpoint.offsets.epochs().await?;
+        self.check_damage(committed, &logged, next).await?;
         if let Some(&newest) = logged.last()
             && newest >= next
         {
@@ -651,14 +816,68 @@ impl StreamingJob {
         Ok(())
     }
 
+    /// Damage that recovery would otherwise not notice (files that are
+    /// there but unreadable are reported where they are read): a commit
+    /// without its offsets entry, state of epochs never started, state of
+    /// operators this query does not have.
+    async fn check_damage(&self, committed: Option<u64>, logged: &[u64], next: u64) -> Result<()> {
+        if let Some(c) = committed
+            && !logged.contains(&c)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{} (epoch {c}) has no offsets entry: {} is missing, so what the epoch read cannot be \
+                 known. The checkpoint is damaged; roll back to an earlier epoch with \
+                 `weir checkpoint rollback {} --to N` (see `weir checkpoint inspect`)",
+                self.checkpoint.commits.url(c),
+                self.checkpoint.offsets.url(c),
+                self.checkpoint.location()
+            )));
+        }
+        let pending = logged.contains(&next).then_some(next);
+        self.checkpoint.check_orphan_state(committed, pending).await?;
+        let known: BTreeSet<String> = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.operators.iter().map(|(id, _)| id.clone()))
+            .chain(self.sources.keys().map(|s| source_state_name(s)))
+            .collect();
+        for op in self.checkpoint.state_operators().await? {
+            if !known.contains(&op) {
+                let files = self.checkpoint.state_files(&op).await?;
+                return Err(Error::Checkpoint(format!(
+                    "{} (epoch {}) is state of '{op}', which is no operator or source of this query; \
+                     it was not written by this job. Remove state/{op}/ if it does not belong there",
+                    files.first().map_or_else(
+                        || self.checkpoint.location().url_of(&format!("state/{op}")),
+                        |f| { self.checkpoint.location().url_of(&f.name) }
+                    ),
+                    files.first().map_or(0, |f| f.epoch),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The checkpoint's metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
 
+    /// What opening the checkpoint decided that the user should know.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// The last committed epoch.
     pub fn last_committed(&self) -> Option<u64> {
         self.last_committed
+    }
+
+    /// Lets go of the checkpoint, so another run may take it at once. (A
+    /// job dropped without this keeps it until its lease lapses, or until a
+    /// run on the same host sees the process is gone.)
+    pub async fn close(self) -> Result<()> {
+        self.lease.release().await
     }
 
     /// Rows held by all stateful operators.
@@ -900,6 +1119,7 @@ impl StreamingJob {
 
     async fn run_epoch(&mut self, epoch: u64, entry: OffsetsEntry, replayed: bool) -> Result<BatchProgress> {
         let started = Instant::now();
+        self.lease.check(&format!("starting epoch {epoch}")).await?;
         if !replayed {
             self.checkpoint.offsets.create(epoch, &entry).await.map_err(|e| match e {
                 weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -1001,7 +1221,8 @@ impl StreamingJob {
         // Stage output.
         let mut rows_out = 0;
         for (p, (out, late)) in self.pipelines.iter().zip(&outputs) {
-            let (rows, _) = p.sink.stage(epoch, &p.schema, out).await?;
+            let mid = || self.hooks.reached(Step::MidSinkWrite, epoch);
+            let (rows, _) = p.sink.stage(epoch, &p.schema, out, mid).await?;
             rows_out += rows;
             for l in &p.late_sinks {
                 let rows: Vec<RecordBatch> = late
@@ -1061,6 +1282,7 @@ impl StreamingJob {
                 slot.last_data_ms = entry.processing_time_ms;
             }
         }
+        self.lease.check(&format!("committing epoch {epoch}")).await?;
         let commit = CommitEntry {
             watermarks: watermarks_out.clone(),
             rows_in,
@@ -1344,6 +1566,155 @@ fn scan_columns(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<String, BTreeS
 /// The state name of a source's progress.
 fn source_state_name(source: &str) -> String {
     format!("source-{source}")
+}
+
+/// The writer id in a sink's file names: the checkpoint's query and the
+/// pipeline (`-late` for its late-row sink).
+fn sink_writer(query_id: &str, pipeline: usize, late: bool) -> String {
+    format!(
+        "{}-p{pipeline}{}",
+        &query_id[..8],
+        if late { "-late" } else { "" }
+    )
+}
+
+/// What a source's progress refers to: its connector and what it reads.
+/// Rate limits, watermarks and error handling are left out, since changing
+/// them leaves the progress meaningful.
+fn source_signature(decl: &TableDecl) -> String {
+    ["connector", "path", "format", "seed"]
+        .iter()
+        .filter_map(|k| decl.options.get(k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+type PhysicalPipeline = (
+    PipelinePlan,
+    Arc<dyn ExecutionPlan>,
+    Vec<(String, Arc<dyn StatefulOperator>)>,
+);
+
+/// The checkpoint records of a job (see `compat`).
+fn job_records(
+    job: &Job,
+    pipelines: &[PhysicalPipeline],
+    dead_letters: &BTreeMap<String, String>,
+    query_id: &str,
+    store_options: &StoreOptions,
+) -> Result<Records> {
+    let mut r = Records::default();
+    for (p, plan, operators) in pipelines {
+        for (id, op) in operators {
+            let t = op.describe();
+            r.operators.push(OperatorRecord {
+                id: id.clone(),
+                kind: op.kind().to_string(),
+                signature: op.signature(),
+                keys: t.keys,
+                values: t.values,
+            });
+        }
+        for name in &p.sources {
+            if !r.sources.iter().any(|s| &s.name == name) {
+                r.sources.push(SourceRecord {
+                    name: name.clone(),
+                    signature: source_signature(&job.tables[name]),
+                });
+            }
+        }
+        let mut sinks: Vec<(String, String)> = Vec::new();
+        if let Some(decl) = &p.sink {
+            sinks.push((decl.name.clone(), sink_writer(query_id, p.index, false)));
+        }
+        for (table, _) in late_sink_tables(plan) {
+            if !sinks.iter().any(|(t, _)| *t == table) {
+                sinks.push((table, sink_writer(query_id, p.index, true)));
+            }
+        }
+        sinks_records(job, sinks, store_options, &mut r)?;
+    }
+    // Dead-letter tables belong to the job's sources, not to a pipeline.
+    let mut tables: Vec<&String> = dead_letters.values().collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let sinks = tables
+        .into_iter()
+        .map(|t| (t.clone(), dead_letter::writer(query_id)))
+        .collect();
+    sinks_records(job, sinks, store_options, &mut r)?;
+    Ok(r)
+}
+
+/// Adds the records of sinks `(table, writer)` to `r`.
+fn sinks_records(
+    job: &Job,
+    sinks: Vec<(String, String)>,
+    store_options: &StoreOptions,
+    r: &mut Records,
+) -> Result<()> {
+    for (table, writer) in sinks {
+        let Some(decl) = job.tables.get(&table) else {
+            continue; // reported when the sink is opened
+        };
+        let Some(path) = decl.options.get("path") else {
+            continue;
+        };
+        let url = Location::open(path, &table_store_options(decl, store_options), Create::Yes)
+            .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
+            .url()
+            .to_string();
+        r.sinks.push(SinkRecord {
+            table,
+            path: path.to_string(),
+            url,
+            writer,
+        });
+    }
+    Ok(())
+}
+
+/// Prepares a checkpoint for a changed query under `fresh_state`: publishes
+/// the old sinks' last committed output (a crash may have left it staged),
+/// forgets an uncommitted epoch, and deletes the state of every operator
+/// and of every source not in `kept`. Returns the state tables dropped.
+async fn reset_for_fresh_state(
+    checkpoint: &Checkpoint,
+    old: &Metadata,
+    kept: &[String],
+    store_options: &StoreOptions,
+) -> Result<Vec<String>> {
+    let committed = checkpoint.commits.latest().await?;
+    if let Some(c) = committed {
+        for s in &old.sinks {
+            let loc = Location::open(&s.url, store_options, Create::No)
+                .map_err(|e| Error::Config(format!("sink '{}' of the old query: {e}", s.table)))?;
+            SinkLayout::new(loc, s.writer.clone()).publish(c).await?;
+        }
+    }
+    let after = committed.unwrap_or(0);
+    let keep: BTreeSet<String> = kept.iter().map(|k| source_state_name(k)).collect();
+    let mut dropped = Vec::new();
+    for op in checkpoint.state_operators().await? {
+        if !keep.contains(&op) {
+            checkpoint.drop_state(&op).await?;
+            dropped.push(op);
+        } else {
+            for f in checkpoint.state_files(&op).await? {
+                if f.epoch > after {
+                    checkpoint.delete_state(&op, f.epoch).await?;
+                }
+            }
+        }
+    }
+    // Offsets last: until they go, leftover state of an uncommitted epoch
+    // is that epoch's, not an orphan.
+    for e in checkpoint.offsets.epochs().await? {
+        if e > after {
+            checkpoint.offsets.delete(e).await?;
+        }
+    }
+    Ok(dropped)
 }
 
 /// The stateful operators of a pipeline's plan, with ids that are stable as

@@ -77,18 +77,27 @@ impl FileSink {
         self.layout.location()
     }
 
-    /// Stages an epoch's rows; returns rows and bytes written.
-    pub async fn stage(&self, epoch: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, u64)> {
+    /// Stages an epoch's rows; returns rows and bytes written. `between`
+    /// runs once the data file is written and before its manifest is.
+    pub async fn stage(
+        &self,
+        epoch: u64,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        between: impl FnOnce() -> Result<()>,
+    ) -> Result<(u64, u64)> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
-            self.layout.stage(epoch, None).await?;
+            self.layout.stage_with(epoch, None, between).await?;
             return Ok((0, 0));
         }
         let url = self.layout.location().url_of(&self.layout.final_name(epoch));
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
         let bytes = codec::encode(&url, schema, batches, &meta)?;
         let len = bytes.len() as u64;
-        self.layout.stage(epoch, Some((bytes, rows as u64))).await?;
+        self.layout
+            .stage_with(epoch, Some((bytes, rows as u64)), between)
+            .await?;
         Ok((rows as u64, len))
     }
 
@@ -147,7 +156,7 @@ impl SideSink {
 
     /// Stages an epoch's rows; returns how many.
     pub async fn stage(&self, epoch: u64, rows: &[RecordBatch]) -> Result<u64> {
-        Ok(self.sink.stage(epoch, &self.schema, rows).await?.0)
+        Ok(self.sink.stage(epoch, &self.schema, rows, || Ok(())).await?.0)
     }
 
     /// Publishes a committed epoch's rows.
@@ -268,10 +277,17 @@ impl PipelineSink {
         }
     }
 
-    /// Stages an epoch's rows; returns rows and bytes written.
-    pub async fn stage(&self, epoch: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, u64)> {
+    /// Stages an epoch's rows; returns rows and bytes written. `between`
+    /// runs mid-write (see [`FileSink::stage`]).
+    pub async fn stage(
+        &self,
+        epoch: u64,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        between: impl FnOnce() -> Result<()>,
+    ) -> Result<(u64, u64)> {
         match self {
-            Self::Files(f) => f.stage(epoch, schema, batches).await,
+            Self::Files(f) => f.stage(epoch, schema, batches, between).await,
             Self::Live(l) => Ok((l.stage(epoch, batches), 0)),
         }
     }

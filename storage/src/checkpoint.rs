@@ -22,6 +22,55 @@ pub struct Metadata {
     pub created_at: String,
     /// The Weir version that created it.
     pub weir_version: String,
+    /// The stateful operators whose state the checkpoint holds.
+    #[serde(default)]
+    pub operators: Vec<OperatorRecord>,
+    /// The sources whose progress it holds.
+    #[serde(default)]
+    pub sources: Vec<SourceRecord>,
+    /// Where the job writes, so tools (rollback) can find its output.
+    #[serde(default)]
+    pub sinks: Vec<SinkRecord>,
+}
+
+/// A stateful operator, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// Its id (the state folder's name).
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// What its state holds and means; a different signature means the
+    /// stored state cannot be read by the operator.
+    pub signature: String,
+    /// Key columns of its state, for messages.
+    pub keys: Vec<String>,
+    /// Value columns of its state, for messages.
+    pub values: Vec<String>,
+}
+
+/// A source, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// The table.
+    pub name: String,
+    /// What its progress refers to (connector, location, format).
+    pub signature: String,
+}
+
+/// A sink, as a checkpoint knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkRecord {
+    /// The table.
+    pub table: String,
+    /// Its `'path'` as the job gives it (what a changed query is compared
+    /// on, so that moving a job's folder is not a change).
+    #[serde(default)]
+    pub path: String,
+    /// Its folder's URL as last resolved (what tools such as rollback use).
+    pub url: String,
+    /// The writer id in its file names.
+    pub writer: String,
 }
 
 /// The checkpoint folder of one job.
@@ -67,6 +116,7 @@ impl Checkpoint {
         {
             return Err(Error::FutureVersion {
                 url,
+                epoch: None,
                 found: v as u32,
                 supported: FORMAT_VERSION,
             });
@@ -106,6 +156,32 @@ impl Checkpoint {
     pub async fn delete_epoch_state(&self, epoch: u64) -> Result<()> {
         for op in self.state_operators().await? {
             self.delete_state(&op, epoch).await?;
+        }
+        Ok(())
+    }
+
+    /// Finds state files that the epoch protocol cannot have left: any of an
+    /// epoch after the last commit, except the one uncommitted epoch whose
+    /// offsets are logged (`pending`; a crash before its commit leaves its
+    /// state, which its replay rewrites). Such a file is reported, never
+    /// skipped: it means the folder was changed by hand or by another tool.
+    pub async fn check_orphan_state(&self, committed: Option<u64>, pending: Option<u64>) -> Result<()> {
+        let last = committed.unwrap_or(0);
+        for op in self.state_operators().await? {
+            for f in self.state_files(&op).await? {
+                if f.epoch > last && Some(f.epoch) != pending {
+                    return Err(Error::Corrupt {
+                        url: self.loc.url_of(&f.name),
+                        epoch: Some(f.epoch),
+                        reason: format!(
+                            "an orphan state file: the last commit is {}, and epoch {} was never started \
+                             (it has no offsets entry). Delete it, or roll back with `weir checkpoint rollback`",
+                            committed.map_or("none".to_string(), |c| format!("epoch {c}")),
+                            f.epoch
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }

@@ -88,6 +88,7 @@ pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
     if version > FORMAT_VERSION {
         return Err(Error::FutureVersion {
             url: url.to_string(),
+            epoch,
             found: version,
             supported: FORMAT_VERSION,
         });

@@ -23,12 +23,13 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod lease;
 pub mod location;
 pub mod log;
 pub mod sink;
 pub mod state;
 
-pub use checkpoint::{Checkpoint, Metadata};
+pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::EpochLog;
 pub use sink::SinkLayout;
@@ -73,12 +74,15 @@ pub enum Error {
     },
     /// A file was written by a newer Weir than this one.
     #[error(
-        "{url} has format version {found}, but this Weir reads versions up to {supported}; \
-         use a newer Weir or a new checkpoint"
+        "{url}{} has format version {found}, but this Weir reads versions up to {supported}; \
+         use a newer Weir or a new checkpoint",
+        epoch_suffix(*.epoch)
     )]
     FutureVersion {
         /// The object's URL.
         url: String,
+        /// The epoch the file belongs to, when it has one.
+        epoch: Option<u64>,
         /// The version in the file.
         found: u32,
         /// The newest version this build reads.

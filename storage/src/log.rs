@@ -97,6 +97,7 @@ impl EpochLog {
         if version > u64::from(FORMAT_VERSION) {
             return Err(Error::FutureVersion {
                 url,
+                epoch: Some(epoch),
                 found: version as u32,
                 supported: FORMAT_VERSION,
             });

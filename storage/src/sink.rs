@@ -81,10 +81,26 @@ impl SinkLayout {
     /// Stages the epoch's output (`None` when it produced no rows) and
     /// records it in the manifest. Safe to repeat.
     pub async fn stage(&self, epoch: u64, output: Option<(Bytes, u64)>) -> Result<()> {
+        self.stage_with(epoch, output, || Ok(())).await
+    }
+
+    /// [`SinkLayout::stage`], calling `between` after the data file is
+    /// written and before the manifest is (the crash tests stop there: a
+    /// staged file without a manifest must be harmless).
+    pub async fn stage_with<E>(
+        &self,
+        epoch: u64,
+        output: Option<(Bytes, u64)>,
+        between: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<Error>,
+    {
         let Some((bytes, rows)) = output else {
+            between()?;
             // A previous attempt of this epoch cannot have had output (epochs
             // are deterministic), but make sure no stale manifest says so.
-            return self.loc.delete(&self.manifest_name(epoch)).await;
+            return Ok(self.loc.delete(&self.manifest_name(epoch)).await?);
         };
         let manifest = Manifest {
             version: FORMAT_VERSION,
@@ -96,12 +112,16 @@ impl SinkLayout {
             }],
         };
         self.loc.put(&self.pending_name(epoch), bytes).await?;
+        between()?;
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
             url: self.loc.url_of(&self.manifest_name(epoch)),
             epoch: Some(epoch),
             reason: e.to_string(),
         })?;
-        self.loc.put(&self.manifest_name(epoch), Bytes::from(json)).await
+        Ok(self
+            .loc
+            .put(&self.manifest_name(epoch), Bytes::from(json))
+            .await?)
     }
 
     /// Reads the manifest of an epoch, if it had output.
@@ -119,6 +139,7 @@ impl SinkLayout {
         if m.version > FORMAT_VERSION {
             return Err(Error::FutureVersion {
                 url: self.loc.url_of(&name),
+                epoch: Some(epoch),
                 found: m.version,
                 supported: FORMAT_VERSION,
             });
@@ -153,6 +174,39 @@ impl SinkLayout {
             self.loc.delete(&self.manifest_name(e)).await?;
         }
         Ok(())
+    }
+
+    /// Deletes everything this writer wrote for epochs after `epoch`:
+    /// published files, staged files and manifests (a rollback to `epoch`;
+    /// the epochs run again then write the same names, so the sink's later
+    /// output is replaced, not duplicated). Returns the names deleted.
+    pub async fn remove_after(&self, epoch: u64) -> Result<Vec<String>> {
+        let part = |name: &str| -> Option<u64> {
+            let rest = name.strip_prefix("part-")?;
+            let (digits, tail) = rest.split_at_checked(10)?;
+            (tail == format!("-{}.parquet", self.writer)).then(|| digits.parse().ok())?
+        };
+        let pending_dir = format!("_weir/pending/{}/", self.writer);
+        let manifest_dir = format!("_weir/manifests/{}/", self.writer);
+        let mut removed = Vec::new();
+        for meta in self.loc.list("").await? {
+            let name = self.loc.relative(&meta.location);
+            let e = if let Some(p) = name.strip_prefix(&pending_dir) {
+                p.strip_suffix(".pending").and_then(part)
+            } else if let Some(m) = name.strip_prefix(&manifest_dir) {
+                m.strip_suffix(".json").and_then(|d| d.parse().ok())
+            } else if !name.contains('/') {
+                part(&name)
+            } else {
+                None
+            };
+            if e.is_some_and(|e| e > epoch) {
+                self.loc.delete(&name).await?;
+                removed.push(name);
+            }
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// Publishes a committed epoch's staged files. Idempotent: files already
@@ -231,5 +285,40 @@ mod tests {
             err.contains("part-0000000001-q-0.parquet") && err.contains("epoch 1"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn removing_later_epochs_leaves_other_writers_and_earlier_epochs() {
+        let loc = Location::open("memory://sink-rollback", &StoreOptions::default(), Create::Yes).unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q-p0");
+        let late = SinkLayout::new(loc.clone(), "q-p0-late");
+        for e in 1..=4 {
+            sink.stage(e, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
+            late.stage(e, Some((Bytes::from_static(b"y"), 1))).await.unwrap();
+            if e < 4 {
+                sink.publish(e).await.unwrap();
+                late.publish(e).await.unwrap();
+            }
+        }
+        let removed = sink.remove_after(2).await.unwrap();
+        assert_eq!(
+            removed,
+            vec![
+                "_weir/manifests/q-p0/00000000000000000003.json",
+                "_weir/manifests/q-p0/00000000000000000004.json",
+                "_weir/pending/q-p0/part-0000000004-q-p0.parquet.pending",
+                "part-0000000003-q-p0.parquet",
+            ]
+        );
+        assert_eq!(sink.manifest_epochs().await.unwrap(), vec![1, 2]);
+        assert_eq!(late.manifest_epochs().await.unwrap(), vec![1, 2, 3, 4]);
+        assert!(loc.get("part-0000000002-q-p0.parquet").await.unwrap().is_some());
+        assert!(
+            loc.get("part-0000000003-q-p0-late.parquet")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(sink.remove_after(2).await.unwrap().is_empty(), "idempotent");
     }
 }

@@ -326,6 +326,17 @@ impl Checkpoint {
         Ok(n)
     }
 
+    /// Deletes every state file of an operator (its state is dropped, e.g.
+    /// when a changed query starts with fresh state). Lists the folder
+    /// rather than parsing names, so stray files go too.
+    pub async fn drop_state(&self, operator: &str) -> Result<()> {
+        for meta in self.location().list(&Self::state_dir(operator)).await? {
+            let name = self.location().relative(&meta.location);
+            self.location().delete(&name).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes an operator's state file for one epoch, of either kind.
     pub async fn delete_state(&self, operator: &str, epoch: u64) -> Result<()> {
         for kind in [StateKind::Snapshot, StateKind::Delta] {

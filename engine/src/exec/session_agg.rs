@@ -410,6 +410,15 @@ impl SessionState {
 }
 
 impl StatefulOperator for SessionState {
+    fn signature(&self) -> String {
+        format!(
+            "session-aggregate gap={}ms partition{:?} {}",
+            self.gap_ms,
+            self.partition_keys,
+            super::aggregate_signature(&self.agg)
+        )
+    }
+
     fn kind(&self) -> &'static str {
         "session-aggregate"
     }

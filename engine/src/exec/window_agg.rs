@@ -525,6 +525,15 @@ fn freeze(u: &mut Unit) -> Result<()> {
 }
 
 impl StatefulOperator for WindowAggState {
+    fn signature(&self) -> String {
+        format!(
+            "window-aggregate {:?} {} {}",
+            self.spec,
+            if self.slices { "slices" } else { "windows" },
+            super::aggregate_signature(&self.agg)
+        )
+    }
+
     fn kind(&self) -> &'static str {
         "window-aggregate"
     }

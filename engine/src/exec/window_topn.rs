@@ -394,6 +394,26 @@ impl TopNState {
 }
 
 impl StatefulOperator for TopNState {
+    fn signature(&self) -> String {
+        let mut s = format!(
+            "window-top-n {:?} limit={:?} partition[",
+            self.p.rank, self.p.limit
+        );
+        for e in &self.p.partition_by {
+            s.push_str(&format!("{e};"));
+        }
+        s.push_str("] order[");
+        for e in &self.p.order_by {
+            s.push_str(&format!("{e};"));
+        }
+        s.push_str("] state[");
+        for f in self.state_schema.fields() {
+            s.push_str(&format!("{}:{};", f.name(), f.data_type()));
+        }
+        s.push(']');
+        super::strip_column_positions(&s)
+    }
+
     fn kind(&self) -> &'static str {
         "window-top-n"
     }

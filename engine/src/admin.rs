@@ -1,0 +1,460 @@
+//! `weir checkpoint inspect` and `weir checkpoint rollback`: an operator's
+//! view of a checkpoint, and a way back to a good epoch.
+//!
+//! Inspecting reads everything recovery would read (every retained commit
+//! and offsets entry, every operator's state as of the last commit) and
+//! reports what it finds; damage is listed as problems, each naming the file
+//! and the epoch, rather than stopping at the first.
+//!
+//! Rolling back to epoch N (with the checkpoint's lease held, so no job runs
+//! meanwhile) first checks that N can be restored (its commit, its offsets,
+//! every operator's state as of N), then deletes, newest first: the commits
+//! after N, the sinks' files of the epochs after N (published, staged and
+//! manifests, found through the sinks recorded in the metadata), the state
+//! files after N, and the offsets after N. Every step is idempotent, so an
+//! interrupted rollback is finished by running it again. The next run then
+//! continues from N and writes the later epochs' output anew, under the same
+//! file names: the sink's later output is replaced, not duplicated.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::Value;
+use weir_storage::location::Create;
+use weir_storage::{Checkpoint, Location, Metadata, SinkLayout, StoreOptions};
+
+use crate::{Error, LeaseOwner, Result};
+
+/// What `inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The report, for people.
+    pub text: String,
+    /// Damage found, each naming the file and epoch.
+    pub problems: Vec<String>,
+}
+
+fn open(url: &str, store_options: &StoreOptions) -> Result<Checkpoint> {
+    let loc = Location::open(url, store_options, Create::No)
+        .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
+    Ok(Checkpoint::new(loc))
+}
+
+fn time_text(ms: i64) -> String {
+    match ms {
+        i64::MIN => "-".into(),
+        i64::MAX => "end of input".into(),
+        ms => chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|| ms.to_string()),
+    }
+}
+
+fn bytes_text(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// A source's offset, shortened for a table cell.
+fn offset_text(v: &Value) -> String {
+    let text = match v {
+        Value::Object(m) if m.get("files").is_some_and(Value::is_array) => {
+            // The files source: which files, from which row.
+            let files: Vec<String> = m["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let path = f.get("path").and_then(Value::as_str).unwrap_or("?");
+                    let name = path.rsplit('/').next().unwrap_or(path);
+                    match f.get("start_row").and_then(Value::as_u64) {
+                        Some(r) if r > 0 => format!("{name}@{r}"),
+                        _ => name.to_string(),
+                    }
+                })
+                .collect();
+            if files.is_empty() {
+                "no new rows".into()
+            } else {
+                files.join(", ")
+            }
+        }
+        v => v.to_string(),
+    };
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(59).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// Describes a checkpoint: its query, epochs with offsets and watermarks,
+/// state tables with their files, sizes and rows, sinks, and the lease.
+pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspection> {
+    let ck = open(url, store_options)?;
+    let mut out = String::new();
+    let mut problems = Vec::new();
+    let _ = writeln!(out, "checkpoint {}", ck.location());
+    let meta = match ck.read_metadata().await {
+        Ok(Some(m)) => Some(m),
+        Ok(None) => {
+            return Err(Error::Config(format!(
+                "{} is not a Weir checkpoint (it has no metadata.json)",
+                ck.location()
+            )));
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if let Some(m) = &meta {
+        describe_metadata(&mut out, m);
+    }
+    match ck.current_lease().await {
+        Ok(Some(l)) if !l.released && l.expires_at_ms > chrono::Utc::now().timestamp_millis() => {
+            let _ = writeln!(
+                out,
+                "lease      held by pid {} on {} since {} (until {})",
+                l.pid,
+                l.host,
+                l.acquired_at,
+                time_text(l.expires_at_ms)
+            );
+        }
+        Ok(Some(l)) => {
+            let _ = writeln!(out, "lease      free (last held by pid {} on {})", l.pid, l.host);
+        }
+        Ok(None) => {
+            let _ = writeln!(out, "lease      free");
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+
+    // Epochs.
+    let commits = ck.commits.epochs().await.unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        Vec::new()
+    });
+    let offsets = ck.offsets.epochs().await.unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        Vec::new()
+    });
+    let mut epochs: Vec<u64> = commits.iter().chain(&offsets).copied().collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    let _ = writeln!(
+        out,
+        "\nepochs ({} committed, {} retained)",
+        commits.len(),
+        epochs.len()
+    );
+    let _ = writeln!(
+        out,
+        "  {:>6}  {:<11}  {:>10}  {:>10}  {:>6}  {:<23}  offsets",
+        "epoch", "status", "rows in", "rows out", "late", "watermark"
+    );
+    let mut last_good = None;
+    for &e in &epochs {
+        let commit: Option<Value> = if commits.contains(&e) {
+            match ck.commits.read::<Value>(e).await {
+                Ok(c) => c,
+                Err(err) => {
+                    problems.push(err.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let offset: Option<Value> = if offsets.contains(&e) {
+            match ck.offsets.read::<Value>(e).await {
+                Ok(o) => o,
+                Err(err) => {
+                    problems.push(err.to_string());
+                    None
+                }
+            }
+        } else {
+            if commits.contains(&e) {
+                problems.push(format!(
+                    "{} (epoch {e}) has no offsets entry ({} is missing)",
+                    ck.commits.url(e),
+                    ck.offsets.url(e)
+                ));
+            }
+            None
+        };
+        let status = match (&commit, commits.contains(&e)) {
+            (Some(_), _) if offset.is_some() => {
+                last_good = Some(e);
+                "committed"
+            }
+            (Some(_), _) => "damaged",
+            (None, true) => "unreadable",
+            (None, false) => "uncommitted",
+        };
+        let num = |v: &Option<Value>, k: &str| {
+            v.as_ref()
+                .and_then(|c| c.get(k))
+                .and_then(Value::as_u64)
+                .map_or("-".to_string(), |n| n.to_string())
+        };
+        let watermark = commit
+            .as_ref()
+            .and_then(|c| c.get("watermarks"))
+            .and_then(Value::as_object)
+            .and_then(|w| w.values().filter_map(Value::as_i64).min())
+            .map_or("-".to_string(), time_text);
+        let offsets_text = offset
+            .as_ref()
+            .and_then(|o| o.get("sources"))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {}", offset_text(v)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_else(|| "-".into());
+        let drain = offset
+            .as_ref()
+            .and_then(|o| o.get("drain"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        let _ = writeln!(
+            out,
+            "  {e:>6}  {status:<11}  {:>10}  {:>10}  {:>6}  {watermark:<23}  {}{offsets_text}",
+            num(&commit, "rows_in"),
+            num(&commit, "rows_out"),
+            num(&commit, "late_rows"),
+            if drain { "(drain) " } else { "" },
+        );
+    }
+
+    // State, as of the last commit.
+    let _ = writeln!(
+        out,
+        "\nstate{}",
+        last_good.map_or(String::new(), |c| format!(" (as of epoch {c})"))
+    );
+    let _ = writeln!(
+        out,
+        "  {:<24}  {:>5}  {:>9}  {:>6}  {:>10}  {:>10}",
+        "table", "files", "snapshot", "deltas", "bytes", "rows"
+    );
+    let operators = ck.state_operators().await.unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        Vec::new()
+    });
+    for op in operators {
+        let files = match ck.state_files(&op).await {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let (snapshot, deltas, rows) = match last_good {
+            Some(c) => match ck.restore_state(&op, c).await {
+                Ok(Some(r)) => (
+                    r.snapshot_epoch.to_string(),
+                    r.deltas.to_string(),
+                    r.batches.iter().map(|b| b.num_rows()).sum::<usize>().to_string(),
+                ),
+                Ok(None) => ("-".into(), "-".into(), "0".into()),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    ("?".into(), "?".into(), "?".into())
+                }
+            },
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "  {op:<24}  {:>5}  {snapshot:>9}  {deltas:>6}  {:>10}  {rows:>10}",
+            files.len(),
+            bytes_text(bytes)
+        );
+    }
+    if let Some(m) = &meta
+        && !m.operators.is_empty()
+    {
+        let known: Vec<String> = m
+            .operators
+            .iter()
+            .map(|o| o.id.clone())
+            .chain(m.sources.iter().map(|s| format!("source-{}", s.name)))
+            .collect();
+        for op in ck.state_operators().await.unwrap_or_default() {
+            if !known.contains(&op) {
+                let first = ck.state_files(&op).await.ok().and_then(|f| f.into_iter().next());
+                problems.push(format!(
+                    "{} (epoch {}) is state of '{op}', which is no operator or source of the checkpoint's query",
+                    first.as_ref().map_or_else(
+                        || ck.location().url_of(&format!("state/{op}")),
+                        |f| ck.location().url_of(&f.name)
+                    ),
+                    first.map_or(0, |f| f.epoch)
+                ));
+            }
+        }
+    }
+    let pending = last_good.map_or(1, |c| c + 1);
+    if let Err(e) = ck
+        .check_orphan_state(
+            commits.last().copied(),
+            offsets.contains(&pending).then_some(pending),
+        )
+        .await
+    {
+        problems.push(e.to_string());
+    }
+    if !problems.is_empty() {
+        let _ = writeln!(out, "\nproblems");
+        for p in &problems {
+            let _ = writeln!(out, "  - {p}");
+        }
+    }
+    Ok(Inspection { text: out, problems })
+}
+
+fn describe_metadata(out: &mut String, m: &Metadata) {
+    let first = m
+        .sql
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first: String = if first.chars().count() > 100 {
+        format!("{}…", first.chars().take(99).collect::<String>())
+    } else {
+        first
+    };
+    let _ = writeln!(
+        out,
+        "query      {} (created {}, Weir {}, format {})",
+        m.query_id, m.created_at, m.weir_version, m.version
+    );
+    let _ = writeln!(out, "sql        {first}");
+    for o in &m.operators {
+        let _ = writeln!(
+            out,
+            "operator   {} {} keyed by ({})",
+            o.id,
+            o.kind,
+            o.keys.join(", ")
+        );
+    }
+    for s in &m.sources {
+        let _ = writeln!(out, "source     {} ({})", s.name, s.signature);
+    }
+    for s in &m.sinks {
+        let _ = writeln!(out, "sink       {} -> {} (writer {})", s.table, s.url, s.writer);
+    }
+}
+
+/// What a rollback did.
+#[derive(Debug, Default)]
+pub struct Rollback {
+    /// Commits removed (epochs after the target).
+    pub commits: Vec<u64>,
+    /// Uncommitted or committed offsets entries removed.
+    pub offsets: Vec<u64>,
+    /// State files removed.
+    pub state_files: usize,
+    /// Per sink, the files removed.
+    pub sink_files: Vec<(String, usize)>,
+}
+
+/// Rolls a checkpoint back to the committed epoch `to` (see the module
+/// comment). Refused while a job holds the checkpoint's lease.
+pub async fn rollback(
+    url: &str,
+    store_options: &StoreOptions,
+    to: u64,
+    owner: &LeaseOwner,
+) -> Result<Rollback> {
+    let ck = open(url, store_options)?;
+    let meta = ck.read_metadata().await?.ok_or_else(|| {
+        Error::Config(format!(
+            "{} is not a Weir checkpoint (it has no metadata.json)",
+            ck.location()
+        ))
+    })?;
+    let lease = crate::lease::Lease::acquire(&ck, owner, Duration::from_secs(30)).await?;
+    let result = rollback_held(&ck, &meta, store_options, to).await;
+    lease.release().await?;
+    result
+}
+
+async fn rollback_held(
+    ck: &Checkpoint,
+    meta: &Metadata,
+    store_options: &StoreOptions,
+    to: u64,
+) -> Result<Rollback> {
+    let commits = ck.commits.epochs().await?;
+    let cannot =
+        |why: String| Error::Checkpoint(format!("cannot roll back {} to epoch {to}: {why}", ck.location()));
+    if !commits.contains(&to) {
+        return Err(cannot(format!(
+            "it is not a retained committed epoch (committed: {})",
+            match (commits.first(), commits.last()) {
+                (Some(a), Some(b)) => format!("{a} to {b}"),
+                _ => "none".into(),
+            }
+        )));
+    }
+    ck.commits.read::<Value>(to).await?;
+    if ck.offsets.read::<Value>(to).await?.is_none() {
+        return Err(cannot(format!("{} is missing", ck.offsets.url(to))));
+    }
+    // Every state table must come back as of `to`, or the rollback would
+    // leave a checkpoint that cannot start.
+    for op in ck.state_operators().await? {
+        ck.restore_state(&op, to)
+            .await
+            .map_err(|e| cannot(e.to_string()))?;
+    }
+    let mut sinks = Vec::new();
+    for s in &meta.sinks {
+        let loc = Location::open(&s.url, store_options, Create::No)
+            .map_err(|e| cannot(format!("sink '{}': {e}", s.table)))?;
+        sinks.push((s.table.clone(), SinkLayout::new(loc, s.writer.clone())));
+    }
+
+    let mut done = Rollback::default();
+    for &e in commits.iter().rev().filter(|&&e| e > to) {
+        ck.commits.delete(e).await?;
+        done.commits.push(e);
+    }
+    for (table, layout) in &sinks {
+        let removed = layout.remove_after(to).await?;
+        done.sink_files.push((table.clone(), removed.len()));
+    }
+    for op in ck.state_operators().await? {
+        for f in ck
+            .state_files(&op)
+            .await?
+            .into_iter()
+            .rev()
+            .filter(|f| f.epoch > to)
+        {
+            ck.delete_state(&op, f.epoch).await?;
+            done.state_files += 1;
+        }
+    }
+    for e in ck.offsets.epochs().await?.into_iter().rev().filter(|&e| e > to) {
+        ck.offsets.delete(e).await?;
+        done.offsets.push(e);
+    }
+    done.commits.reverse();
+    done.offsets.reverse();
+    Ok(done)
+}
