@@ -493,3 +493,145 @@ fn a_dead_letter_table_must_be_a_sink_of_its_own() {
     run(&ws, &[]).ok();
     assert!(ws.path("job.checkpoint/metadata.json").exists());
 }
+
+/// A job over Parquet files in `parquet/`, declared narrower than the files
+/// (`price INT NOT NULL` where the files have nullable BIGINT), so rows can
+/// be bad: a NULL in a NOT NULL column, a price that does not fit an INT.
+fn parquet_job(policy: &str) -> String {
+    format!(
+        "CREATE TABLE bids_pq (auction BIGINT NOT NULL, price INT NOT NULL, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = 'parquet/', 'format' = 'parquet',
+        'max_rows_per_batch' = '{MAX_ROWS}'{policy});
+CREATE TABLE bad WITH ('connector' = 'files', 'path' = 'bad/', 'format' = 'parquet');
+CREATE TABLE out_pq WITH ('connector' = 'files', 'path' = 'out_pq/', 'format' = 'parquet');
+INSERT INTO out_pq
+SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
+FROM TABLE(TUMBLE(TABLE bids_pq, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, auction;\n"
+    )
+}
+
+/// Writes `parquet/a.parquet`: the bids, with a bad row of each kind
+/// inserted every 97 rows from row 300 (so epoch 1, rows 1-250, is clean),
+/// in row groups of 100. Returns the bad rows as the dead-letter table
+/// should hold them.
+fn write_parquet_input(ws: &Workspace, bids: &[Bid]) -> Vec<Expected> {
+    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use std::sync::Arc;
+
+    let (mut auctions, mut prices, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bad = Vec::new();
+    // The Parquet record: the row's values as JSON (a timestamp without
+    // its fraction when it is whole seconds, as Arrow writes it).
+    let render = |a: Option<i64>, p: Option<i64>, ts: i64| {
+        let v = |x: Option<i64>| x.map_or("null".to_string(), |x| x.to_string());
+        format!(
+            "{{\"auction\":{},\"price\":{},\"date_time\":\"{}\"}}",
+            v(a),
+            v(p),
+            iso(ts).trim_end_matches(".000")
+        )
+    };
+    for (i, b) in bids.iter().enumerate() {
+        if i >= 300 && (i - 300).is_multiple_of(97) {
+            let (a, p, error) = match (i / 97) % 3 {
+                0 => (
+                    None,
+                    Some(b.price),
+                    "column 'auction' has no value (it is declared NOT NULL)",
+                ),
+                1 => (
+                    Some(b.auction),
+                    None,
+                    "column 'price' has no value (it is declared NOT NULL)",
+                ),
+                _ => (
+                    Some(b.auction),
+                    Some(3_000_000_000),
+                    "column 'price': 3000000000 (Int64) does not convert to the declared Int32",
+                ),
+            };
+            auctions.push(a);
+            prices.push(p);
+            times.push(b.ts);
+            bad.push(Expected {
+                source: "bids_pq".into(),
+                file: "a.parquet".into(),
+                line: None,
+                number: auctions.len() as i64,
+                error: error.into(),
+                record: render(a, p, b.ts),
+            });
+        }
+        auctions.push(Some(b.auction));
+        prices.push(Some(b.price));
+        times.push(b.ts);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from(auctions)),
+            Arc::new(Int64Array::from(prices)),
+            Arc::new(TimestampMillisecondArray::from(times)),
+        ],
+    )
+    .unwrap();
+    std::fs::create_dir_all(ws.path("parquet")).unwrap();
+    let file = std::fs::File::create(ws.path("parquet/a.parquet")).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    bad
+}
+
+#[test]
+fn parquet_bad_rows_in_each_mode_and_a_switch_from_fail_to_dead_letter() {
+    let bids = gen_bids(3, 600, BASE_MS, 1500);
+    let expected = batch_query(&on_time(&bids, 2000).0, ORACLE);
+
+    // skip: the good rows' output, the bad rows counted.
+    let ws = Workspace::new();
+    let bad = write_parquet_input(&ws, &bids);
+    assert_eq!(bad.len(), 4);
+    ws.write("job.sql", &parquet_job(SKIP));
+    run(&ws, &[]).ok();
+    assert_eq!(sink_rows(&ws.path("out_pq")), expected);
+    assert_eq!(sum_field(&progress(&ws.path("p.json")), "bad_rows"), 4);
+    assert!(parquet_files(&ws.path("bad")).is_empty());
+
+    // fail: stops at the first bad row, naming it; epoch 1 stays committed.
+    let ws = Workspace::new();
+    write_parquet_input(&ws, &bids);
+    ws.write("job.sql", &parquet_job(""));
+    let e = run(&ws, &[]).fails().stderr();
+    assert!(
+        e.contains(&format!("/parquet/a.parquet: row 301: {}", bad[0].error)),
+        "{e}"
+    );
+    assert!(e.contains("epoch 2 was not committed"), "{e}");
+    assert_eq!(progress(&ws.path("p.json")).len(), 1);
+
+    // The same checkpoint, now with a dead-letter table: a compatible
+    // change, so the job goes on from epoch 2 with its state.
+    ws.write("job.sql", &parquet_job(DEAD_LETTER));
+    let r = run(&ws, &[]).ok();
+    assert!(!r.stderr().contains("fresh"), "{}", r.stderr());
+    assert_eq!(sink_rows(&ws.path("out_pq")), expected);
+    assert_eq!(dead_letters(&ws.path("bad")), bad);
+}
