@@ -1205,6 +1205,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn csv_blank_lines_are_no_records_on_either_path() {
+        // The fast path (Arrow's reader) and the record splitter that finds
+        // where a range starts must count records alike.
+        let csv =
+            b"ts,price\n2026-01-01T00:00:01,1\n\n2026-01-01T00:00:02,2\r\n\r\n2026-01-01T00:00:03,3\n\n";
+        let mut got = Vec::new();
+        for start in 0..3 {
+            let r = read("a.csv", csv, CSV, start, 1).await.unwrap();
+            assert_eq!(
+                (r.records, r.eof, r.bad.len()),
+                (1, start == 2, 0),
+                "from {start}"
+            );
+            got.extend(prices(&r));
+        }
+        assert_eq!(got, vec![1, 2, 3]);
+        let end = read("a.csv", csv, CSV, 3, 1).await.unwrap();
+        assert_eq!((end.records, end.eof), (0, true));
+    }
+
+    #[tokio::test]
     async fn json_lines_in_ranges() {
         let json = b"{\"price\": 1, \"ts\": \"2026-01-01T00:00:01\"}\n\n{\"price\": 2, \"ts\": \"2026-01-01T00:00:02\", \"other\": true}\n{\"price\": 3}\n";
         let all = read("a.json", json, Format::Json, 0, 10).await.unwrap();
