@@ -112,6 +112,45 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// Retention: a long run keeps a bounded checkpoint (20 epochs of logs, sink
+/// manifests to match) and the oldest epoch it keeps is still restorable:
+/// rolled back to it, the job redoes everything after it exactly.
+#[test]
+fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
+    let ws = Workspace::new();
+    let bids = gen_bids(9, 3500, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir(&RUN).ok(); // 35 epochs of 100 rows
+    let count = |dir: &str| std::fs::read_dir(ws.path(dir)).map_or(0, |d| d.count());
+    let commits: Vec<u64> = {
+        let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(*commits.last().unwrap(), 35);
+    assert!(
+        commits.len() <= 26,
+        "retention keeps about 20 epochs: {commits:?}"
+    );
+    assert!(count("ck/offsets") <= 26);
+    let manifests = std::fs::read_dir(ws.path("out/_weir/manifests"))
+        .unwrap()
+        .map(|w| std::fs::read_dir(w.unwrap().path()).unwrap().count())
+        .sum::<usize>();
+    assert!(manifests <= 26, "sink manifests are pruned too: {manifests}");
+
+    let oldest = commits[0];
+    assert!(oldest > 1);
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", &oldest.to_string()])
+        .ok();
+    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
 /// The fixture cases: folder name, and what the error must say besides the
 /// file and epoch.
 const CASES: &[(&str, &str, &str)] = &[

@@ -363,7 +363,8 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
     t.wait_for("| two |");
     let screen = wait_for_query(&mut t, "out", "|    2000 |");
     assert!(
-        screen.contains("| name | state   | epoch | rows_in | rows_out | rows_per_sec | watermark"),
+        screen
+            .contains("| name | state   | epoch | rows_in | rows_out | bad_rows | rows_per_sec | watermark"),
         "{screen}"
     );
     assert!(

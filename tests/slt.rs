@@ -12,14 +12,14 @@
 //! | statement | meaning |
 //! |---|---|
 //! | `CREATE TABLE t (...) WITH (...)` | a table; `path` and `format` default to a folder of this test and Parquet |
-//! | `INSERT INTO t VALUES (...), ...` | appends one input file of these rows to source `t` |
+//! | `INSERT INTO t VALUES (...), ...` | appends one input file of these rows to source `t` (every column nullable in the file, so a `NULL` in a `NOT NULL` column makes a bad record) |
 //! | `INSERT INTO sink SELECT ...` | a streaming query of the job (declare all before the first `RUN`) |
 //! | `RUN` | runs one micro-batch (epoch) |
 //! | `RUN ALL` | runs epochs until the input is processed |
 //! | `RUN DRAIN` | `RUN ALL`, then closes every window (`--drain`) |
 //! | `RESTART` | stops the job and opens it again from its checkpoint |
 //! | `SELECT ... FROM sink` | a batch query over a sink's committed files |
-//! | `STATE ROWS` / `LATE ROWS` | rows held by the job's operators / late rows dropped so far |
+//! | `STATE ROWS` / `LATE ROWS` / `BAD ROWS` | rows held by the job's operators / late rows dropped / bad input records set aside, so far |
 //! | `EXPLAIN` | the job's plans, one line per row |
 //!
 //! Every file runs three times, each with a fresh checkpoint, and must give
@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
@@ -96,6 +96,7 @@ struct StreamDb {
     job: Option<StreamingJob>,
     files: usize,
     late_rows: u64,
+    bad_rows: u64,
 }
 
 impl StreamDb {
@@ -109,6 +110,7 @@ impl StreamDb {
             job: None,
             files: 0,
             late_rows: 0,
+            bad_rows: 0,
         }
     }
 
@@ -145,8 +147,11 @@ impl StreamDb {
     /// Runs at most one epoch, as the mode says; returns epochs committed.
     async fn step(&mut self, trigger: Trigger, drain: bool) -> Result<u64, SltError> {
         let (_tx, stop) = tokio::sync::watch::channel(false);
-        let mut late = 0;
-        let mut on_progress = |p: &weir_engine::BatchProgress| late += p.late_rows;
+        let (mut late, mut bad) = (0, 0);
+        let mut on_progress = |p: &weir_engine::BatchProgress| {
+            late += p.late_rows;
+            bad += p.bad_rows;
+        };
         let epochs = match self.mode {
             Mode::Straight => {
                 if self.job.is_none() {
@@ -198,6 +203,7 @@ impl StreamDb {
             }
         };
         self.late_rows += late;
+        self.bad_rows += bad;
         Ok(epochs)
     }
 
@@ -266,6 +272,14 @@ impl StreamDb {
         })?;
         let ctx = SessionContext::new();
         let batches = ctx.sql(values).await.map_err(err)?.collect().await.map_err(err)?;
+        // Files may hold what the declaration refuses (bad records).
+        let schema: SchemaRef = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         let mut out = Vec::new();
         for b in batches {
             if b.num_columns() != schema.fields().len() {
@@ -374,6 +388,7 @@ impl AsyncDB for StreamDb {
                 return Ok(text_rows(1, vec![vec![rows.to_string()]]));
             }
             "LATE" => return Ok(text_rows(1, vec![vec![self.late_rows.to_string()]])),
+            "BAD" => return Ok(text_rows(1, vec![vec![self.bad_rows.to_string()]])),
             "EXPLAIN" => {
                 if self.job.is_none() {
                     self.job = Some(self.open(false).await?);

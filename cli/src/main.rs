@@ -271,7 +271,7 @@ impl EpochHooks for NoHooks {
 /// The one-line progress report of an epoch.
 fn progress_line(p: &BatchProgress) -> String {
     let mut line = format!(
-        "epoch {}{}  in {}  out {}  late {}  {} rows/s  watermark {}  state {} rows  batch {:.1} ms",
+        "epoch {}{}  in {}  out {}  late {}  bad {}  {} rows/s  watermark {}  state {} rows  batch {:.1} ms",
         p.epoch,
         if p.replayed {
             " (replayed)"
@@ -283,6 +283,7 @@ fn progress_line(p: &BatchProgress) -> String {
         group_digits(p.rows_in),
         group_digits(p.rows_out),
         group_digits(p.late_rows),
+        group_digits(p.bad_rows),
         rate(p.rows_per_sec),
         p.watermark.as_deref().unwrap_or("-"),
         group_digits(p.state_rows),
@@ -384,11 +385,12 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         bail!("writing --progress-json: {e}");
     }
     eprintln!(
-        "weir: done: {} epoch(s), {} rows in, {} rows out, {} late{}",
+        "weir: done: {} epoch(s), {} rows in, {} rows out, {} late, {} bad{}",
         summary.epochs,
         group_digits(summary.rows_in),
         group_digits(summary.rows_out),
         group_digits(summary.late_rows),
+        group_digits(summary.bad_rows),
         match summary.last_epoch {
             Some(e) => format!("; committed through epoch {e}"),
             None => String::new(),

@@ -65,6 +65,8 @@ pub struct Status {
     pub rows_out: u64,
     /// Late rows dropped since it started.
     pub late_rows: u64,
+    /// Bad input records set aside since it started (`'on_error'`).
+    pub bad_rows: u64,
     /// The watermark after the last epoch.
     pub watermark: Option<String>,
     /// Rows of operator state after the last epoch.
@@ -84,6 +86,7 @@ impl Status {
             rows_in: 0,
             rows_out: 0,
             late_rows: 0,
+            bad_rows: 0,
             watermark: None,
             state_rows: 0,
             recent: VecDeque::new(),
@@ -98,6 +101,7 @@ impl Status {
         self.rows_in += p.rows_in;
         self.rows_out += p.rows_out;
         self.late_rows += p.late_rows;
+        self.bad_rows += p.bad_rows;
         self.watermark = p.watermark.clone();
         self.state_rows = p.state_rows;
         self.recent.push_back((now, p.rows_in));
@@ -322,7 +326,8 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// `SHOW QUERIES` as rows: name, state, epoch, rows in and out, rows/s,
+/// `SHOW QUERIES` as rows: name, state, epoch, rows in and out, bad input
+/// records set aside, rows/s,
 /// watermark, state rows and checkpoint (and the error, when asked).
 pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, RecordBatch)> {
     let now = Instant::now();
@@ -332,6 +337,7 @@ pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, Rec
         Field::new("epoch", DataType::UInt64, true),
         Field::new("rows_in", DataType::UInt64, false),
         Field::new("rows_out", DataType::UInt64, false),
+        Field::new("bad_rows", DataType::UInt64, false),
         Field::new("rows_per_sec", DataType::Float64, false),
         Field::new("watermark", DataType::Utf8, true),
         Field::new("state_rows", DataType::UInt64, false),
@@ -351,6 +357,9 @@ pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, Rec
         )),
         Arc::new(UInt64Array::from(
             list.iter().map(|q| q.status.rows_out).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            list.iter().map(|q| q.status.bad_rows).collect::<Vec<_>>(),
         )),
         Arc::new(Float64Array::from(
             list.iter()
@@ -401,6 +410,7 @@ mod tests {
             rows_in,
             rows_out: rows_in / 10,
             late_rows: 1,
+            bad_rows: 2,
             rows_per_sec: 0.0,
             watermark_ms: Some(0),
             watermark: Some(format!("2026-01-01 00:00:0{epoch}.000")),
@@ -417,8 +427,8 @@ mod tests {
         s.record(&progress(4, 1000), t0 + Duration::from_secs(1));
         s.record(&progress(5, 3000), t0 + Duration::from_secs(2));
         assert_eq!(
-            (s.committed, s.rows_in, s.rows_out, s.late_rows),
-            (Some(5), 4000, 400, 2)
+            (s.committed, s.rows_in, s.rows_out, s.late_rows, s.bad_rows),
+            (Some(5), 4000, 400, 2, 4)
         );
         assert_eq!(s.watermark.as_deref(), Some("2026-01-01 00:00:05.000"));
         assert_eq!(s.rows_per_sec(t0 + Duration::from_secs(4)), 1000.0);
@@ -446,7 +456,10 @@ mod tests {
         ];
         let (schema, batch) = show_queries(&list, true).unwrap();
         let text = crate::print::table(&schema, &[batch], 2, None).unwrap();
-        assert!(text.contains("| a    | running |     1 |     500 |"), "{text}");
+        assert!(
+            text.contains("| a    | running |     1 |     500 |       50 |        2 |"),
+            "{text}"
+        );
         assert!(text.contains("| b    | failed  |     2 |       0 |"), "{text}");
         assert!(text.contains("bad file"), "{text}");
         let (schema, _) = show_queries(&list, false).unwrap();

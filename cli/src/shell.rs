@@ -70,7 +70,7 @@ Statements end with ';' and may span lines:
   SELECT ... FROM source            live results as windows close, until Ctrl-C
   SELECT ... FROM sink | 'path/'    a batch query over the committed Parquet files
   EXPLAIN statement                 its plan (the engine's, for streaming queries)
-  SHOW QUERIES                      background queries: state, epoch, rows, rate, watermark, state
+  SHOW QUERIES                      background queries: state, epoch, rows, bad rows, rate, watermark, state
   STOP QUERY name                   stop a query once its current epoch commits
   DESCRIBE t                        a table's columns, watermark and options
   SET name = value                  checkpoint_dir, trigger (1s, available-now, once), drain;

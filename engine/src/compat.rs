@@ -13,7 +13,8 @@
 //! * **Any difference** (a stateful operator added, removed or computing
 //!   something else, e.g. another GROUP BY key, aggregate, window or HAVING; a
 //!   source added, removed or pointed elsewhere; a sink pointed elsewhere or
-//!   statements reordered): the job is refused with the list of differences.
+//!   statements reordered; not a dead-letter table added, which has no
+//!   earlier output to miss): the job is refused with the list of differences.
 //!   With `fresh_state` it starts instead with empty operator state; sources
 //!   that did not change keep their progress (so input already processed is
 //!   not read again), the others start from the beginning.
@@ -123,7 +124,12 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
         }
     }
     for n in &new.sinks {
-        if !old.sinks.iter().any(|o| o.table == n.table) {
+        // A new dead-letter table misses nothing: under the old query bad
+        // records stopped the job or were skipped. (One that goes away is
+        // a difference, as any sink: its last epoch may still be staged.)
+        if !old.sinks.iter().any(|o| o.table == n.table)
+            && !crate::dead_letter::is_dead_letter_writer(&n.writer)
+        {
             out.push(format!("sink '{}' is new", n.table));
         }
     }
@@ -223,5 +229,30 @@ mod tests {
         );
         assert!(kept_sources(Some(&a), &b).is_empty());
         assert_eq!(kept_sources(Some(&a), &a), vec!["bids".to_string()]);
+    }
+
+    #[test]
+    fn a_new_dead_letter_table_is_compatible_and_a_dropped_one_is_not() {
+        let a = records(vec![], "files|in|parquet", "o/");
+        let mut b = a.clone();
+        let bad = |table: &str, writer: String| SinkRecord {
+            table: table.into(),
+            path: format!("{table}/"),
+            url: format!("file:///{table}/"),
+            writer,
+        };
+        b.sinks
+            .push(bad("bad_bids", crate::dead_letter::writer("abcdef0123")));
+        assert!(incompatibilities(&a, &b).is_empty());
+        let d = incompatibilities(&b, &a);
+        assert!(
+            d.iter()
+                .any(|m| m.contains("sink 'bad_bids' is no longer written")),
+            "{d:?}"
+        );
+        // Any other new sink is a difference.
+        b.sinks[1].writer = "abcdef01-p1".into();
+        let d = incompatibilities(&a, &b);
+        assert!(d.iter().any(|m| m.contains("sink 'bad_bids' is new")), "{d:?}");
     }
 }

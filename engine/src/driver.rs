@@ -56,13 +56,15 @@ use weir_storage::{
 };
 
 use crate::compat::{self, Records};
+use crate::dead_letter::{self, DeadLetters};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{
     EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
     WindowAggregateExec, WindowAssignExec, physical_planner,
 };
-use crate::sink::{FileSink, LiveSender, PipelineSink};
+use crate::sink::{LiveSender, PipelineSink, SideSink};
+use crate::source::bad::BadRecord;
 use crate::source::{Source, open_source, table_store_options};
 use crate::{Error, Result};
 
@@ -205,6 +207,10 @@ pub struct BatchProgress {
     pub rows_out: u64,
     /// Late rows dropped.
     pub late_rows: u64,
+    /// Bad input records set aside (`'on_error'` skip or dead_letter); not
+    /// in `rows_in`.
+    #[serde(default)]
+    pub bad_rows: u64,
     /// Rows read per second of batch time.
     pub rows_per_sec: f64,
     /// The job's watermark after the epoch (ms since the epoch; the lowest
@@ -231,6 +237,8 @@ pub struct RunSummary {
     pub rows_out: u64,
     /// Late rows dropped.
     pub late_rows: u64,
+    /// Bad input records set aside.
+    pub bad_rows: u64,
     /// The last committed epoch.
     pub last_epoch: Option<u64>,
 }
@@ -262,6 +270,9 @@ struct CommitEntry {
     rows_in: u64,
     rows_out: u64,
     late_rows: u64,
+    /// Bad input records set aside this epoch.
+    #[serde(default)]
+    bad_rows: u64,
     committed_at: String,
     /// Per source, the processing time of its last epoch with rows (for
     /// idleness).
@@ -294,15 +305,9 @@ struct Pipeline {
     schema: SchemaRef,
     sink: PipelineSink,
     /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
-    late_sinks: Vec<LateSink>,
+    late_sinks: Vec<SideSink>,
     sources: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
-}
-
-struct LateSink {
-    table: String,
-    schema: SchemaRef,
-    sink: FileSink,
 }
 
 /// A job opened on its checkpoint, ready to run.
@@ -311,6 +316,8 @@ pub struct StreamingJob {
     metadata: Metadata,
     sources: BTreeMap<String, SourceSlot>,
     pipelines: Vec<Pipeline>,
+    /// Where sources send bad records (`'on_error' = 'dead_letter'`).
+    dead_letters: DeadLetters,
     /// Per watermarked source, its watermark (ms; `i64::MIN` before any row).
     watermarks: BTreeMap<String, i64>,
     last_committed: Option<u64>,
@@ -446,8 +453,31 @@ impl StreamingJob {
             let operators = stateful_operators(p.index, &plan);
             physical.push((p, plan, operators));
         }
+        // Where bad input records go, checked before the checkpoint is
+        // claimed (the dead-letter sinks are part of its records).
+        let bad_routes = {
+            let sources: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, _, _)| p.sources.iter().cloned())
+                .collect();
+            let written: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, plan, _)| {
+                    let late = late_sink_tables(plan).into_iter().map(|(t, _)| t);
+                    p.sink.iter().map(|d| d.name.clone()).chain(late)
+                })
+                .collect();
+            dead_letter::routes(&job, &sources, &written)
+        };
+        let bad_routes = match bad_routes {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
         let claimed = Self::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
-            job_records(&job, &physical, query_id, &options.store_options)
+            job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
         })
         .await;
         let (metadata, notes, reset_sources) = match claimed {
@@ -489,10 +519,10 @@ impl StreamingJob {
                 &options.store_options,
                 options.live.as_ref(),
             )?;
-            let mut late_sinks: Vec<LateSink> = Vec::new();
+            let mut late_sinks: Vec<SideSink> = Vec::new();
             for (table, schema) in late_sink_tables(&plan) {
-                if let Some(existing) = late_sinks.iter().find(|l| l.table == table) {
-                    if existing.schema.fields() != schema.fields() {
+                if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
+                    if existing.schema().fields() != schema.fields() {
                         return Err(Error::Config(format!(
                             "late sink '{table}' would receive rows of two different shapes in one query"
                         )));
@@ -504,11 +534,7 @@ impl StreamingJob {
                     .get(&table)
                     .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
                 let writer = sink_writer(&metadata.query_id, p.index, true);
-                late_sinks.push(LateSink {
-                    sink: FileSink::open(decl, &writer, &options.store_options)?,
-                    table,
-                    schema,
-                });
+                late_sinks.push(SideSink::open(decl, &writer, &options.store_options, schema)?);
             }
             pipelines.push(Pipeline {
                 index: p.index,
@@ -522,6 +548,13 @@ impl StreamingJob {
                 operators,
             });
         }
+
+        let dead_letters = DeadLetters::open(
+            &job,
+            bad_routes,
+            &dead_letter::writer(&metadata.query_id),
+            &options.store_options,
+        )?;
 
         // Sources read only the columns some scan needs (and the watermark's).
         let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -551,6 +584,7 @@ impl StreamingJob {
             metadata,
             sources,
             pipelines,
+            dead_letters,
             watermarks,
             last_committed: None,
             pending: None,
@@ -747,9 +781,9 @@ impl StreamingJob {
                     }
                 }
                 p.sink.publish(c).await?;
-                for l in &p.late_sinks {
-                    l.sink.publish(c).await?;
-                }
+            }
+            for s in self.side_sinks() {
+                s.publish(c).await?;
             }
             for (source, ms) in entry.last_data_ms {
                 if self.reset_sources.contains(&source) {
@@ -869,13 +903,13 @@ impl StreamingJob {
                     f.location().url().to_string(),
                 ));
             }
-            for l in &p.late_sinks {
-                out.push((
-                    l.table.clone(),
-                    Arc::clone(&l.schema),
-                    l.sink.location().url().to_string(),
-                ));
-            }
+        }
+        for s in self.side_sinks() {
+            out.push((
+                s.table().to_string(),
+                Arc::clone(s.schema()),
+                s.location().url().to_string(),
+            ));
         }
         out
     }
@@ -945,7 +979,12 @@ impl StreamingJob {
             let _ = writeln!(out, "     emits:   {emit}");
         }
         for l in &p.late_sinks {
-            let _ = writeln!(out, "-- late rows: to sink {}", l.table);
+            let _ = writeln!(out, "-- late rows: to sink {}", l.table());
+        }
+        for (source, table) in self.dead_letters.routes() {
+            if p.sources.contains(source) {
+                let _ = writeln!(out, "-- bad records of {source}: to sink {table}");
+            }
         }
         let _ = writeln!(
             out,
@@ -1095,10 +1134,11 @@ impl StreamingJob {
         self.hooks.reached(Step::OffsetsWritten, epoch)?;
 
         // Read.
-        let input = match self.read_input(epoch, &entry).await {
-            Ok(input) => input,
+        let (input, bad) = match self.read_input(epoch, &entry).await {
+            Ok(read) => read,
             Err(e) => return Err(self.abandon(epoch, e).await),
         };
+        let bad_rows = bad.values().map(|b| b.len() as u64).sum();
         let rows_in = input
             .values()
             .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
@@ -1190,12 +1230,13 @@ impl StreamingJob {
             for l in &p.late_sinks {
                 let rows: Vec<RecordBatch> = late
                     .iter()
-                    .filter(|(t, _)| *t == l.table)
+                    .filter(|(t, _)| t == l.table())
                     .map(|(_, b)| b.clone())
                     .collect();
-                l.sink.stage(epoch, &l.schema, &rows, || Ok(())).await?;
+                l.stage(epoch, &rows).await?;
             }
         }
+        self.dead_letters.stage(epoch, &bad).await?;
         self.hooks.reached(Step::SinkStaged, epoch)?;
 
         // State: a delta of what changed, or now and then a snapshot.
@@ -1250,6 +1291,7 @@ impl StreamingJob {
             rows_in,
             rows_out,
             late_rows,
+            bad_rows,
             committed_at: chrono::Utc::now().to_rfc3339(),
             last_data_ms: self
                 .sources
@@ -1270,9 +1312,9 @@ impl StreamingJob {
 
         for p in &self.pipelines {
             p.sink.publish(epoch).await?;
-            for l in &p.late_sinks {
-                l.sink.publish(epoch).await?;
-            }
+        }
+        for s in self.side_sinks() {
+            s.publish(epoch).await?;
         }
         self.hooks.reached(Step::Published, epoch)?;
         if epoch.is_multiple_of(RETENTION_EVERY) {
@@ -1289,6 +1331,7 @@ impl StreamingJob {
             rows_in,
             rows_out,
             late_rows,
+            bad_rows,
             rows_per_sec: if batch_ms > 0.0 {
                 rows_in as f64 / (batch_ms / 1000.0)
             } else {
@@ -1334,15 +1377,30 @@ impl StreamingJob {
         }
         for p in &self.pipelines {
             p.sink.prune(keep_from).await?;
-            for l in &p.late_sinks {
-                l.sink.prune(keep_from).await?;
-            }
+        }
+        for s in self.side_sinks() {
+            s.prune(keep_from).await?;
         }
         Ok(())
     }
 
-    async fn read_input(&mut self, epoch: u64, entry: &OffsetsEntry) -> Result<BTreeMap<String, SourceRows>> {
+    /// The sinks fed beside the queries' output: late-row and dead-letter
+    /// tables. They are published and pruned with the output.
+    fn side_sinks(&self) -> impl Iterator<Item = &SideSink> {
+        self.pipelines
+            .iter()
+            .flat_map(|p| &p.late_sinks)
+            .chain(self.dead_letters.sinks())
+    }
+
+    /// Reads each source's offset: its rows, and its bad records.
+    async fn read_input(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+    ) -> Result<(BTreeMap<String, SourceRows>, BTreeMap<String, Vec<BadRecord>>)> {
         let mut input = BTreeMap::new();
+        let mut bad = BTreeMap::new();
         for (name, offset) in &entry.sources {
             let slot = self.sources.get_mut(name).ok_or_else(|| {
                 Error::Checkpoint(format!(
@@ -1350,16 +1408,17 @@ impl StreamingJob {
                     self.checkpoint.offsets.url(epoch)
                 ))
             })?;
-            let batches = slot.source.read_batch(offset).await?;
+            let read = slot.source.read_batch(offset).await?;
             input.insert(
                 name.clone(),
                 SourceRows {
                     columns: Arc::clone(&slot.columns),
-                    batches: Arc::new(batches),
+                    batches: Arc::new(read.batches),
                 },
             );
+            bad.insert(name.clone(), read.bad);
         }
-        Ok(input)
+        Ok((input, bad))
     }
 
     /// An epoch whose input cannot be read (a bad or vanished file) is rolled
@@ -1390,6 +1449,7 @@ impl RunSummary {
         self.rows_in += p.rows_in;
         self.rows_out += p.rows_out;
         self.late_rows += p.late_rows;
+        self.bad_rows += p.bad_rows;
     }
 
     fn done(mut self, last: Option<u64>) -> Self {
@@ -1542,6 +1602,7 @@ type PhysicalPipeline = (
 fn job_records(
     job: &Job,
     pipelines: &[PhysicalPipeline],
+    dead_letters: &BTreeMap<String, String>,
     query_id: &str,
     store_options: &StoreOptions,
 ) -> Result<Records> {
@@ -1574,26 +1635,46 @@ fn job_records(
                 sinks.push((table, sink_writer(query_id, p.index, true)));
             }
         }
-        for (table, writer) in sinks {
-            let Some(decl) = job.tables.get(&table) else {
-                continue; // reported when the sink is opened
-            };
-            let Some(path) = decl.options.get("path") else {
-                continue;
-            };
-            let url = Location::open(path, &table_store_options(decl, store_options), Create::Yes)
-                .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
-                .url()
-                .to_string();
-            r.sinks.push(SinkRecord {
-                table,
-                path: path.to_string(),
-                url,
-                writer,
-            });
-        }
+        sinks_records(job, sinks, store_options, &mut r)?;
     }
+    // Dead-letter tables belong to the job's sources, not to a pipeline.
+    let mut tables: Vec<&String> = dead_letters.values().collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let sinks = tables
+        .into_iter()
+        .map(|t| (t.clone(), dead_letter::writer(query_id)))
+        .collect();
+    sinks_records(job, sinks, store_options, &mut r)?;
     Ok(r)
+}
+
+/// Adds the records of sinks `(table, writer)` to `r`.
+fn sinks_records(
+    job: &Job,
+    sinks: Vec<(String, String)>,
+    store_options: &StoreOptions,
+    r: &mut Records,
+) -> Result<()> {
+    for (table, writer) in sinks {
+        let Some(decl) = job.tables.get(&table) else {
+            continue; // reported when the sink is opened
+        };
+        let Some(path) = decl.options.get("path") else {
+            continue;
+        };
+        let url = Location::open(path, &table_store_options(decl, store_options), Create::Yes)
+            .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
+            .url()
+            .to_string();
+        r.sinks.push(SinkRecord {
+            table,
+            path: path.to_string(),
+            url,
+            writer,
+        });
+    }
+    Ok(())
 }
 
 /// Prepares a checkpoint for a changed query under `fresh_state`: publishes

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod compat;
+pub mod dead_letter;
 pub mod driver;
 pub mod epoch;
 pub mod error;

@@ -1,6 +1,8 @@
 //! Where a pipeline's output goes: `'connector' = 'files'` (Parquet files,
 //! published per epoch), or, for a live query, the caller (the shell) that
-//! prints rows as epochs commit.
+//! prints rows as epochs commit. Rows set aside beside the output (late
+//! rows, bad input records) go to [`SideSink`]s, which keep the same
+//! contract.
 //!
 //! The contract (what exactly-once rests on): `stage(N, rows)` may be called
 //! any number of times for an epoch and leaves the same staged output (the
@@ -107,6 +109,64 @@ impl FileSink {
     /// Publishes a committed epoch's output.
     pub async fn publish(&self, epoch: u64) -> Result<u64> {
         Ok(self.layout.publish(epoch).await?)
+    }
+}
+
+/// A sink table fed beside a query's output: the late rows of a window
+/// (`'late.policy' = 'sink'`) or a source's bad records
+/// (`'on_error' = 'dead_letter'`). An epoch's rows are staged with the
+/// epoch's output and published after its commit, so a replayed epoch
+/// stages the same rows again and they appear exactly once, as output does.
+/// Every epoch is staged, with or without rows.
+#[derive(Debug)]
+pub struct SideSink {
+    schema: SchemaRef,
+    sink: FileSink,
+}
+
+impl SideSink {
+    /// Opens the sink a table declares, for rows of `schema`, writing as
+    /// `writer`.
+    pub fn open(
+        decl: &TableDecl,
+        writer: &str,
+        store_options: &StoreOptions,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        Ok(Self {
+            schema,
+            sink: FileSink::open(decl, writer, store_options)?,
+        })
+    }
+
+    /// The sink's table name.
+    pub fn table(&self) -> &str {
+        self.sink.table()
+    }
+
+    /// The shape of the rows it receives.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The sink folder.
+    pub fn location(&self) -> &Location {
+        self.sink.location()
+    }
+
+    /// Stages an epoch's rows; returns how many.
+    pub async fn stage(&self, epoch: u64, rows: &[RecordBatch]) -> Result<u64> {
+        Ok(self.sink.stage(epoch, &self.schema, rows, || Ok(())).await?.0)
+    }
+
+    /// Publishes a committed epoch's rows.
+    pub async fn publish(&self, epoch: u64) -> Result<()> {
+        self.sink.publish(epoch).await.map(|_| ())
+    }
+
+    /// Deletes manifests of epochs before `epoch` (their files stay).
+    pub async fn prune(&self, epoch: u64) -> Result<()> {
+        self.sink.prune(epoch).await
     }
 }
 

@@ -10,7 +10,8 @@
 //! `{"files": [{"path": "b/2.parquet", "size": 1234, "start_row": 0}, ...], "max_rows": 1000000}`:
 //! read these files in order, each from `start_row`, until `max_rows` rows.
 //! Progress (state `source-<table>`): one row per file seen,
-//! `path, size, rows_read, done`.
+//! `path, size, rows_read, done`. Rows are counted as records, good and
+//! bad: a bad record set aside (`'on_error'`) is read, and never again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,8 +26,9 @@ use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
+use super::bad::OnError;
 use super::formats::{Columns, FileRef, Format, read_range};
-use super::{Source, check_options, table_store_options};
+use super::{Source, SourceBatch, check_options, table_store_options};
 use crate::{Error, Result};
 
 /// Options this connector knows.
@@ -74,6 +76,8 @@ pub struct FilesSource {
     columns: Vec<usize>,
     max_files: usize,
     max_rows: usize,
+    /// What to do with bad records.
+    on_error: OnError,
     progress: BTreeMap<String, FileProgress>,
     /// Files whose progress changed since the last checkpoint.
     changed: std::collections::BTreeSet<String>,
@@ -141,6 +145,7 @@ impl FilesSource {
             schema,
             max_files: parse_count(decl, "max_files_per_batch", DEFAULT_MAX_FILES)?,
             max_rows: parse_count(decl, "max_rows_per_batch", DEFAULT_MAX_ROWS)?,
+            on_error: OnError::from_decl(decl)?,
             progress: BTreeMap::new(),
             changed: Default::default(),
             frozen: None,
@@ -224,7 +229,7 @@ impl Source for FilesSource {
         ))
     }
 
-    async fn read_batch(&mut self, offset: &Value) -> Result<Vec<RecordBatch>> {
+    async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
         let offset: FilesOffset = serde_json::from_value(offset.clone()).map_err(|e| {
             Error::Checkpoint(format!(
                 "source '{}': unreadable offset in the offsets log: {e}",
@@ -232,7 +237,7 @@ impl Source for FilesSource {
             ))
         })?;
         let mut budget = offset.max_rows as usize;
-        let mut out = Vec::new();
+        let mut out = SourceBatch::default();
         for range in &offset.files {
             if budget == 0 {
                 break;
@@ -258,19 +263,21 @@ impl Source for FilesSource {
                 &file,
                 self.format,
                 &columns,
+                &self.on_error,
                 range.start_row as usize,
                 budget,
                 cached,
             )
             .await?;
             self.cache = bytes.filter(|_| !rows.eof).map(|b| (range.path.clone(), b));
-            budget -= rows.rows;
-            out.extend(rows.batches);
+            budget -= rows.records;
+            out.batches.extend(rows.batches);
+            out.bad.extend(rows.bad);
             self.progress.insert(
                 range.path.clone(),
                 FileProgress {
                     size: range.size,
-                    rows_read: range.start_row + rows.rows as u64,
+                    rows_read: range.start_row + rows.records as u64,
                     done: rows.eof,
                 },
             );

@@ -7,11 +7,13 @@
 //!   (`offsets/N.json`) before anything is read.
 //! * `read_batch(offset)` returns exactly the rows the offset describes; the
 //!   same offset read again (after a crash) returns the same rows in the same
-//!   order. It also advances the source's progress past them.
+//!   order, and the same bad records (see [`bad`]). It also advances the
+//!   source's progress past them.
 //! * `progress` is the source's position as state rows, checkpointed with
 //!   the epoch; `restore` puts it back, so the next `plan_batch` continues
 //!   after the last committed batch.
 
+pub mod bad;
 pub mod files;
 pub mod formats;
 
@@ -23,6 +25,18 @@ use weir_sql::TableDecl;
 use weir_storage::StoreOptions;
 
 use crate::{Error, Result};
+use bad::BadRecord;
+
+/// What a source read for an offset.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// The records that could not be read as rows, in the order read (only
+    /// under `'on_error' = 'skip'` or `'dead_letter'`: under `'fail'` the
+    /// first one is the read's error).
+    pub bad: Vec<BadRecord>,
+}
 
 /// A replayable source of rows.
 #[async_trait]
@@ -41,8 +55,9 @@ pub trait Source: Send + Sync {
     /// The next batch after the current progress, or `None` when there is
     /// no new input.
     async fn plan_batch(&mut self) -> Result<Option<Value>>;
-    /// Reads the rows an offset describes and advances progress past them.
-    async fn read_batch(&mut self, offset: &Value) -> Result<Vec<RecordBatch>>;
+    /// Reads the rows an offset describes and advances progress past them
+    /// (and past the bad records among them).
+    async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch>;
     /// The schema of the progress state; its first column keys a unit.
     fn progress_schema(&self) -> SchemaRef;
     /// The progress changed since the last call (`None`: unchanged), or all
@@ -76,7 +91,14 @@ pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOption
 }
 
 /// Options every source takes, whatever its connector.
-pub const SOURCE_OPTIONS: &[&str] = &["late.policy", "late.sink", "watermark.idle_timeout", "state.ttl"];
+pub const SOURCE_OPTIONS: &[&str] = &[
+    "late.policy",
+    "late.sink",
+    "watermark.idle_timeout",
+    "state.ttl",
+    "on_error",
+    "dead_letter",
+];
 
 /// Checks that a table only has options its connector knows.
 pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
