@@ -4,7 +4,7 @@
 #
 #   benches/state_bytes.sh [KEYS] [EPOCHS] [PERCENT]   (defaults: 1000000 40 1)
 #
-# An update-mode GROUP BY key (COUNT, SUM) over KEYS live keys: epoch 1 reads
+# An update-mode GROUP BY id (COUNT, SUM) over KEYS live keys: epoch 1 reads
 # every key once, each later epoch reads KEYS*PERCENT/100 rows with random
 # keys (one file per epoch), so about PERCENT% of the groups change. Reports
 # the state bytes each epoch wrote (from --progress-json), the size of the
@@ -23,10 +23,10 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 target/release/examples/gen_keys "$WORK/keys" "$KEYS" "$EPOCHS" "$PERCENT" 7
 
 cat > "$WORK/job.sql" <<SQL
-CREATE TABLE events (key BIGINT, v BIGINT, ts TIMESTAMP(3))
+CREATE TABLE events (id BIGINT, v BIGINT, ts TIMESTAMP(3))
   WITH ('connector' = 'files', 'path' = '$WORK/keys/', 'format' = 'parquet', 'max_files_per_batch' = '1');
 CREATE TABLE totals WITH ('connector' = 'files', 'path' = '$WORK/out/', 'format' = 'parquet', 'mode' = 'changelog');
-INSERT INTO totals SELECT key, COUNT(*) AS n, SUM(v) AS total FROM events GROUP BY key;
+INSERT INTO totals SELECT id, COUNT(*) AS n, SUM(v) AS total FROM events GROUP BY id;
 SQL
 
 "$WEIR" run "$WORK/job.sql" --trigger available-now --checkpoint "$WORK/ck" \
@@ -55,7 +55,7 @@ lines = [
     f"# Checkpoint bytes per epoch: {keys:,} live keys, {percent}% changing per epoch",
     "",
     f"Command: `benches/state_bytes.sh {keys} {epochs} {percent}` "
-    "(update-mode `GROUP BY key` with COUNT and SUM, one input file per epoch).",
+    "(update-mode `GROUP BY id` with COUNT and SUM, one input file per epoch).",
     "",
     "| | bytes |",
     "|---|---|",

@@ -8,7 +8,7 @@
 //! File 0 has one row for every key `0..KEYS`; each later file has
 //! `KEYS * PERCENT / 100` rows with keys drawn uniformly, so each later epoch
 //! (one file per epoch) changes about that share of the groups. Columns:
-//! `key BIGINT, v BIGINT, ts TIMESTAMP(3)`. The output depends only on the
+//! `id BIGINT, v BIGINT, ts TIMESTAMP(3)`. The output depends only on the
 //! arguments.
 
 use std::sync::Arc;
@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seed: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(7);
     std::fs::create_dir_all(out)?;
     let schema = Arc::new(Schema::new(vec![
-        Field::new("key", DataType::Int64, false),
+        Field::new("id", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
     ]));
