@@ -2,7 +2,7 @@
 # Checkpoint bytes per epoch for keyed state: does an epoch write what
 # changed, or all state?
 #
-#   benches/state_bytes.sh [KEYS] [EPOCHS] [PERCENT]   (defaults: 1000000 40 1)
+#   benches/state_bytes.sh [KEYS] [EPOCHS] [PERCENT]   (defaults: 1000000 100 1)
 #
 # An update-mode GROUP BY id (COUNT, SUM) over KEYS live keys: epoch 1 reads
 # every key once, each later epoch reads KEYS*PERCENT/100 rows with random
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${1:-1000000}
-EPOCHS=${2:-40}
+EPOCHS=${2:-100}
 PERCENT=${3:-1}
 WORK=${WORK:-target/bench-state-bytes}
 
@@ -63,6 +63,10 @@ lines = [
     f"| later epochs, median ({len(later)} epochs, {int(keys * float(percent) / 100):,} rows each) | {mb(med)} |",
     f"| later epochs, max | {mb(max(later) if later else 0)} |",
     f"| median later epoch / full state | {med / full:.3f} |",
+    f"| epochs that wrote a full snapshot (the first, then when deltas outgrow it) | "
+    f"{', '.join(str(x['epoch']) for x in p if x['state_bytes'] > full / 2)} |",
+    f"| bytes written over all epochs / (epochs x full state) | "
+    f"{sum(x['state_bytes'] for x in p) / (len(p) * full):.3f} |",
     f"| checkpoint folder at the end ({ck_files} files) | {mb(ck_bytes)} |",
     f"| sink manifests kept | {manifests} |",
     "",
@@ -76,6 +80,6 @@ for x in p:
 lines += ["", "State files at the end:", "", "```"] + state_files + ["```", ""]
 out = f"benches/results/state-bytes-{keys}.md"
 open(out, "w").write("\n".join(lines))
-print("\n".join(lines[:14]))
+print("\n".join(lines[:16]))
 print(f"(written to {out})")
 PY
