@@ -14,6 +14,7 @@
 
 pub mod files;
 pub mod formats;
+pub mod nexmark;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -53,8 +54,9 @@ pub trait Source: Send + Sync {
 pub fn open_source(decl: &TableDecl, store_options: &StoreOptions) -> Result<Box<dyn Source>> {
     match decl.connector()? {
         "files" => Ok(Box::new(files::FilesSource::open(decl, store_options)?)),
+        "nexmark" => Ok(Box::new(nexmark::NexmarkSource::open(decl)?)),
         other => Err(Error::Config(format!(
-            "table '{}': unknown connector '{other}' (supported: files)",
+            "table '{}': unknown connector '{other}' (supported: files, nexmark)",
             decl.name
         ))),
     }
