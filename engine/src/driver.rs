@@ -55,7 +55,7 @@ use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
 use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAggregateExec, physical_planner};
-use crate::sink::FileSink;
+use crate::sink::Sink;
 use crate::source::{Source, open_source};
 use crate::{Error, Result};
 
@@ -234,7 +234,7 @@ struct Pipeline {
     index: usize,
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
-    sink: FileSink,
+    sink: Sink,
     sources: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
 }
@@ -311,7 +311,7 @@ impl StreamingJob {
             let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
             let schema = plan.schema();
             let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
-            let sink = FileSink::open(&p.sink, &writer, &options.store_options)?;
+            let sink = Sink::open(&p.sink, &writer, &options.store_options)?;
             let operators = stateful_operators(p.index, &plan);
             pipelines.push(Pipeline {
                 index: p.index,

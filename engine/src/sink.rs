@@ -1,12 +1,16 @@
-//! `'connector' = 'files'` as a sink: Parquet files, published per epoch.
+//! Sinks: `'connector' = 'files'` (Parquet files, published per epoch) and
+//! `'connector' = 'blackhole'` (Flink's name: counts rows, keeps nothing; for
+//! benchmarks that measure a query without its output).
 //!
 //! The contract (what exactly-once rests on): `stage(N, rows)` may be called
 //! any number of times for an epoch and leaves the same staged output (the
 //! rows of an epoch are deterministic); `publish(N)` makes epoch N's output
 //! visible and is only called once `commits/N` exists. See
-//! [`weir_storage::sink`] for the layout.
+//! [`weir_storage::sink`] for the files sink's layout. The blackhole keeps
+//! the contract trivially: nothing is staged, so nothing can be duplicated.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -18,6 +22,80 @@ use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
 const OPTIONS: &[&str] = &["connector", "path", "format"];
+
+/// A job's sink.
+#[derive(Debug)]
+pub enum Sink {
+    /// Parquet files.
+    Files(FileSink),
+    /// Rows counted and dropped.
+    Blackhole(BlackholeSink),
+}
+
+impl Sink {
+    /// Opens the sink a table declares, writing as `writer`.
+    pub fn open(decl: &TableDecl, writer: &str, store_options: &StoreOptions) -> Result<Self> {
+        match decl.connector()? {
+            "blackhole" => Ok(Sink::Blackhole(BlackholeSink::open(decl)?)),
+            _ => Ok(Sink::Files(FileSink::open(decl, writer, store_options)?)),
+        }
+    }
+
+    /// The sink's table name.
+    pub fn table(&self) -> &str {
+        match self {
+            Sink::Files(s) => s.table(),
+            Sink::Blackhole(s) => &s.table,
+        }
+    }
+
+    /// Stages an epoch's rows; returns rows and bytes written.
+    pub async fn stage(&self, epoch: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, u64)> {
+        match self {
+            Sink::Files(s) => s.stage(epoch, schema, batches).await,
+            Sink::Blackhole(s) => Ok(s.stage(batches)),
+        }
+    }
+
+    /// Publishes a committed epoch's output; returns the files published.
+    pub async fn publish(&self, epoch: u64) -> Result<u64> {
+        match self {
+            Sink::Files(s) => s.publish(epoch).await,
+            Sink::Blackhole(_) => Ok(0),
+        }
+    }
+}
+
+/// `'connector' = 'blackhole'`: accepts rows, counts them, writes nothing.
+#[derive(Debug)]
+pub struct BlackholeSink {
+    table: String,
+    /// Rows staged, over all epochs (replays count again).
+    rows: AtomicU64,
+}
+
+impl BlackholeSink {
+    /// Opens the sink a table declares.
+    pub fn open(decl: &TableDecl) -> Result<Self> {
+        check_options(decl, &["connector"])?;
+        Ok(Self {
+            table: decl.name.clone(),
+            rows: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts an epoch's rows; returns them and 0 bytes.
+    pub fn stage(&self, batches: &[RecordBatch]) -> (u64, u64) {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        (rows, 0)
+    }
+
+    /// Rows staged so far by this process.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
 
 /// A Parquet file sink.
 #[derive(Debug)]
@@ -33,7 +111,7 @@ impl FileSink {
             "files" => {}
             other => {
                 return Err(Error::Config(format!(
-                    "sink table '{}': unknown connector '{other}' (supported: files)",
+                    "sink table '{}': unknown connector '{other}' (supported: files, blackhole)",
                     decl.name
                 )));
             }
