@@ -184,6 +184,9 @@ pub struct BatchProgress {
     pub state_bytes: u64,
     /// Wall time of the epoch, ms.
     pub batch_ms: f64,
+    /// Of which writing state and the commit, ms.
+    #[serde(default)]
+    pub checkpoint_ms: f64,
 }
 
 /// What a run did.
@@ -674,6 +677,7 @@ impl StreamingJob {
         self.hooks.reached(Step::SinkStaged, epoch);
 
         // State.
+        let checkpoint_started = Instant::now();
         let mut state_bytes = 0;
         for (name, slot) in self.sources.iter_mut() {
             if let Some((schema, batches)) = slot.source.progress()? {
@@ -710,6 +714,7 @@ impl StreamingJob {
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = watermarks_out;
+        let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.hooks.reached(Step::Committed, epoch);
 
         for p in &self.pipelines {
@@ -737,6 +742,7 @@ impl StreamingJob {
             state_rows,
             state_bytes,
             batch_ms,
+            checkpoint_ms,
         })
     }
 }
