@@ -194,7 +194,13 @@ fn the_three_tables_see_one_event_stream() {
     assert_eq!((p.len(), a.len(), b.len()), (100, 300, 4600));
     // Together the tables hold every event number exactly once. (Whole
     // seconds print without their ".000".)
-    let ms = |t: &String| if t.len() == 19 { format!("{t}.000") } else { t.clone() };
+    let ms = |t: &String| {
+        if t.len() == 19 {
+            format!("{t}.000")
+        } else {
+            t.clone()
+        }
+    };
     let mut times: Vec<String> = p
         .iter()
         .map(|r| ms(&r[1]))

@@ -33,6 +33,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
     ArrayRef, Int64Array, RecordBatch, RecordBatchOptions, StringArray, StringViewArray,
     TimestampMillisecondArray,
@@ -453,11 +454,16 @@ fn next_base0_auction_id(e: i64, rng: &mut JavaRandom) -> i64 {
     min + rng.next_long_below(max - min + 1 + AUCTION_ID_LEAD)
 }
 
-/// The fixed URLs of the hot channels and of the 10,000 others.
+/// The channels and their fixed URLs: the 4 hot ones first, then the
+/// 10,000 others. Columns declared `VARCHAR` (Utf8View) take their channel
+/// and URL as views into one shared buffer each, not as copies.
 struct Channels {
-    hot_urls: [String; 4],
     names: Vec<String>,
     urls: Vec<String>,
+    name_data: Buffer,
+    name_views: Vec<u128>,
+    url_data: Buffer,
+    url_views: Vec<u128>,
 }
 
 /// Seeds for the channel URLs (Flink draws them from an unseeded Random).
@@ -474,24 +480,49 @@ fn base_url(rng: &mut JavaRandom) -> String {
     String::from_utf8_lossy(&s).into_owned()
 }
 
+/// The strings one after another, and a view of each into them, checked
+/// (so that arrays of any of these views over this buffer are valid); no
+/// views if the check fails, and then columns are made as copies.
+fn views_of(strings: &[String]) -> (Buffer, Vec<u128>) {
+    let mut data = Vec::new();
+    let views: Vec<u128> = strings
+        .iter()
+        .map(|s| {
+            let offset = data.len() as u32;
+            data.extend_from_slice(s.as_bytes());
+            make_view(s.as_bytes(), 0, offset)
+        })
+        .collect();
+    let data = Buffer::from_vec(data);
+    let valid = StringViewArray::try_new(ScalarBuffer::from(views.clone()), vec![data.clone()], None).is_ok();
+    (data, if valid { views } else { Vec::new() })
+}
+
 fn channels() -> &'static Channels {
     static CHANNELS: OnceLock<Channels> = OnceLock::new();
     CHANNELS.get_or_init(|| {
-        let hot_urls = std::array::from_fn(|i| base_url(&mut JavaRandom::new(HOT_URL_SEED - i as i64)));
-        let (names, urls) = (0..CHANNELS_NUMBER)
-            .map(|c| {
-                let mut rng = JavaRandom::new(CHANNEL_URL_SEED + i64::from(c));
-                let mut url = base_url(&mut rng);
-                if rng.next_int_below(10) > 0 {
-                    url.push_str(&format!("&channel_id={}", c.reverse_bits().wrapping_abs()));
-                }
-                (format!("channel-{c}"), url)
-            })
-            .unzip();
+        let hot = (0..HOT_CHANNELS.len()).map(|i| {
+            let url = base_url(&mut JavaRandom::new(HOT_URL_SEED - i as i64));
+            (HOT_CHANNELS[i].to_string(), url)
+        });
+        let others = (0..CHANNELS_NUMBER).map(|c| {
+            let mut rng = JavaRandom::new(CHANNEL_URL_SEED + i64::from(c));
+            let mut url = base_url(&mut rng);
+            if rng.next_int_below(10) > 0 {
+                url.push_str(&format!("&channel_id={}", c.reverse_bits().wrapping_abs()));
+            }
+            (format!("channel-{c}"), url)
+        });
+        let (names, urls): (Vec<String>, Vec<String>) = hot.chain(others).unzip();
+        let (name_data, name_views) = views_of(&names);
+        let (url_data, url_views) = views_of(&urls);
         Channels {
-            hot_urls,
             names,
             urls,
+            name_data,
+            name_views,
+            url_data,
+            url_views,
         }
     })
 }
@@ -530,6 +561,8 @@ enum ColBuf {
     Int(Vec<i64>),
     Ts(Vec<i64>),
     Text(TextBuf),
+    /// Indices into the channel table (`channel` or `url` as views).
+    Channel(Vec<u32>),
 }
 
 /// The columns of one output batch, for the columns a query reads.
@@ -537,6 +570,8 @@ struct Builder {
     table: NexmarkTable,
     cols: Vec<Option<ColBuf>>,
     wanted: Vec<bool>,
+    /// Columns made as views into the channel table.
+    as_channel: Vec<bool>,
     /// Rows per batch to make room for.
     capacity: usize,
     /// The last RNG step any wanted column needs: draws stop there.
@@ -548,7 +583,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(table: NexmarkTable, wanted: &[bool], capacity: usize) -> Self {
+    fn new(table: NexmarkTable, wanted: &[bool], as_channel: &[bool], capacity: usize) -> Self {
         let steps = table.steps();
         let last_step = wanted
             .iter()
@@ -561,6 +596,7 @@ impl Builder {
             table,
             cols: Vec::new(),
             wanted: wanted.to_vec(),
+            as_channel: as_channel.to_vec(),
             capacity,
             last_step,
             scratch: Vec::new(),
@@ -590,6 +626,7 @@ impl Builder {
             .enumerate()
             .map(|(i, (_, t))| {
                 self.wanted[i].then(|| match t {
+                    Text if self.as_channel[i] => ColBuf::Channel(Vec::with_capacity(capacity)),
                     Int64 => ColBuf::Int(Vec::with_capacity(capacity)),
                     Timestamp => ColBuf::Ts(Vec::with_capacity(capacity)),
                     Text => ColBuf::Text(TextBuf::with_capacity(capacity, capacity * text_bytes(i))),
@@ -621,6 +658,20 @@ impl Builder {
                 f(&mut self.scratch);
                 self.scratch.len()
             }
+        }
+    }
+
+    /// Writes a channel's name or URL (`which`) to a column.
+    #[inline]
+    fn channel(&mut self, col: usize, pick: u32, which: fn(&Channels) -> &Vec<String>) {
+        match &mut self.cols[col] {
+            Some(ColBuf::Channel(v)) => v.push(pick),
+            Some(ColBuf::Text(t)) => {
+                t.values
+                    .extend_from_slice(which(channels())[pick as usize].as_bytes());
+                t.end_row();
+            }
+            _ => {}
         }
     }
 
@@ -757,20 +808,13 @@ impl Builder {
         if self.last_step < 4 {
             return;
         }
-        let ch = channels();
-        let (channel, url) = if rng.next_int_below(HOT_CHANNELS_RATIO) > 0 {
-            let i = rng.next_int_below(HOT_CHANNELS.len() as i32) as usize;
-            (HOT_CHANNELS[i], ch.hot_urls[i].as_str())
+        let pick = if rng.next_int_below(HOT_CHANNELS_RATIO) > 0 {
+            rng.next_int_below(HOT_CHANNELS.len() as i32) as u32
         } else {
-            let c = rng.next_int_below(CHANNELS_NUMBER) as usize;
-            (ch.names[c].as_str(), ch.urls[c].as_str())
+            HOT_CHANNELS.len() as u32 + rng.next_int_below(CHANNELS_NUMBER) as u32
         };
-        if self.wants(B_CHANNEL) {
-            self.text(B_CHANNEL, |out| out.extend_from_slice(channel.as_bytes()));
-        }
-        if self.wants(B_URL) {
-            self.text(B_URL, |out| out.extend_from_slice(url.as_bytes()));
-        }
+        self.channel(B_CHANNEL, pick, |c| &c.names);
+        self.channel(B_URL, pick, |c| &c.urls);
         if self.wants(B_EXTRA) {
             self.text(B_EXTRA, |out| next_extra(&mut rng, 8 * 4, AVG_BID_BYTES, out));
         }
@@ -781,12 +825,26 @@ impl Builder {
         let rows = std::mem::take(&mut self.rows);
         let fresh = self.fresh_columns();
         let mut arrays: Vec<Option<ArrayRef>> = Vec::with_capacity(fresh.len());
-        for col in std::mem::replace(&mut self.cols, fresh) {
+        for (i, col) in std::mem::replace(&mut self.cols, fresh).into_iter().enumerate() {
             arrays.push(match col {
                 None => None,
                 Some(ColBuf::Int(v)) => Some(Arc::new(Int64Array::from(v))),
                 Some(ColBuf::Ts(v)) => Some(Arc::new(TimestampMillisecondArray::from(v))),
                 Some(ColBuf::Text(t)) => Some(Arc::new(t.finish()?)),
+                Some(ColBuf::Channel(picks)) => {
+                    let ch = channels();
+                    let (data, views) = match self.table.columns()[i].0 {
+                        "url" => (&ch.url_data, &ch.url_views),
+                        _ => (&ch.name_data, &ch.name_views),
+                    };
+                    let views: Vec<u128> = picks.iter().map(|&p| views[p as usize]).collect();
+                    // SAFETY: every view is one of the table's, which
+                    // `channels()` validated against this same buffer; a
+                    // view array is valid when each of its views is.
+                    Some(Arc::new(unsafe {
+                        StringViewArray::new_unchecked(ScalarBuffer::from(views), vec![data.clone()], None)
+                    }))
+                }
             });
         }
         let columns = outputs
@@ -837,6 +895,7 @@ pub struct TableGenerator {
     /// The output columns: the generator column and its declared type.
     outputs: Vec<(usize, DataType)>,
     wanted: Vec<bool>,
+    as_channel: Vec<bool>,
     schema: SchemaRef,
     rows_per_batch: usize,
 }
@@ -850,8 +909,14 @@ impl TableGenerator {
             .map_err(|e| Error::Config(format!("nexmark {}: {e}", table.name())))?;
         let cols = table.check_schema(table.name(), &schema).map_err(Error::Config)?;
         let mut wanted = vec![false; table.columns().len()];
-        for &c in &cols {
+        let mut as_channel = vec![false; table.columns().len()];
+        for (&c, f) in cols.iter().zip(schema.fields()) {
             wanted[c] = true;
+            as_channel[c] = table == NexmarkTable::Bid
+                && (c == B_CHANNEL || c == B_URL)
+                && f.data_type() == &DataType::Utf8View
+                && !channels().name_views.is_empty()
+                && !channels().url_views.is_empty();
         }
         let outputs = cols
             .into_iter()
@@ -863,6 +928,7 @@ impl TableGenerator {
             table,
             outputs,
             wanted,
+            as_channel,
             schema,
             rows_per_batch: ROWS_PER_BATCH,
         })
@@ -901,7 +967,7 @@ impl TableGenerator {
         };
         let expected = (end.saturating_sub(start) * share / TOTAL_PROPORTION) as usize + 1;
         let capacity = expected.min(self.rows_per_batch);
-        let mut b = Builder::new(self.table, &self.wanted, capacity);
+        let mut b = Builder::new(self.table, &self.wanted, &self.as_channel, capacity);
         let mut out = Vec::new();
         for n in start..end {
             let id = cfg.event_id(n);
@@ -1171,7 +1237,7 @@ mod tests {
 
     fn channels_url(hot: &str) -> String {
         let i = HOT_CHANNELS.iter().position(|c| *c == hot).unwrap();
-        channels().hot_urls[i].clone()
+        channels().urls[i].clone()
     }
 
     #[test]
@@ -1313,6 +1379,23 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().contains("953"));
+    }
+
+    #[test]
+    fn channels_and_urls_as_views_equal_them_as_copies() {
+        let cfg = NexmarkConfig::default();
+        let copies = all(NexmarkTable::Bid, &cfg, 0, 30_000);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("url", DataType::Utf8View, true),
+            Field::new("channel", DataType::Utf8View, true),
+        ]));
+        let g = TableGenerator::new(cfg, NexmarkTable::Bid, schema).unwrap();
+        let views = concat_batches(g.schema(), &g.generate(0, 30_000).unwrap()).unwrap();
+        for (name, i) in [("url", 0), ("channel", 1)] {
+            let v = views.column(i).as_string_view();
+            let got: Vec<String> = (0..v.len()).map(|r| v.value(r).to_string()).collect();
+            assert_eq!(got, strings(&copies, name), "{name}");
+        }
     }
 
     #[test]
