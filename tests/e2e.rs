@@ -320,22 +320,22 @@ fn files_added_between_runs_are_processed_exactly_once() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
 }
 
-/// Reads the newest state file of an operator in a checkpoint.
-fn latest_state(ckpt: &std::path::Path, op: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
-    let dir = ckpt.join("state").join(op);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    let f = std::fs::File::open(files.last().unwrap()).unwrap();
-    datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
+/// The state an operator would restore at the checkpoint's last commit
+/// (its snapshot with the deltas after it applied).
+fn restored_state(ckpt: &std::path::Path, op: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
+    use weir_storage::location::Create;
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let loc =
+            weir_storage::Location::open(ckpt.to_str().unwrap(), &Default::default(), Create::No).unwrap();
+        let ck = weir_storage::Checkpoint::new(loc);
+        let last = ck.commits.latest().await.unwrap().unwrap();
+        ck.restore_state(op, last)
+            .await
+            .unwrap()
+            .map(|r| r.batches)
+            .unwrap_or_default()
+    })
 }
 
 #[test]
@@ -356,7 +356,7 @@ fn state_of_closed_windows_leaves_the_checkpoint() {
     .ok();
     let p = progress(&ws.path("p.json"));
     let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
-    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    let state = restored_state(&ws.path("job.checkpoint"), "p0-agg0");
     let ends: Vec<i64> = state
         .iter()
         .flat_map(|b| {
@@ -382,7 +382,7 @@ fn state_of_closed_windows_leaves_the_checkpoint() {
 
     ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
         .ok();
-    let state = latest_state(&ws.path("job.checkpoint"), "p0-agg0");
+    let state = restored_state(&ws.path("job.checkpoint"), "p0-agg0");
     assert_eq!(
         state.iter().map(|b| b.num_rows()).sum::<usize>(),
         0,
@@ -543,22 +543,24 @@ fn a_checkpoint_of_another_query_is_refused() {
         "ck",
     ])
     .ok();
-    // Reformatting the same query is fine.
+    // Reformatting the same query is fine, and says nothing.
     ws.write(
         "same.sql",
         &job(700, "parquet", "in/")
             .replace("\n", "\n  ")
             .replace("SELECT", "select"),
     );
-    ws.weir(&[
-        "run",
-        "same.sql",
-        "--trigger",
-        "available-now",
-        "--checkpoint",
-        "ck",
-    ])
-    .ok();
+    let same = ws
+        .weir(&[
+            "run",
+            "same.sql",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            "ck",
+        ])
+        .ok();
+    assert!(!same.stderr().contains("note:"), "{}", same.stderr());
     ws.write(
         "other.sql",
         &job(700, "parquet", "in/").replace("INTERVAL '10' SECOND", "INTERVAL '20' SECOND"),
@@ -575,6 +577,110 @@ fn a_checkpoint_of_another_query_is_refused() {
         .fails()
         .stderr();
     assert!(e.contains("different query") && e.contains("ck"), "{e}");
+    assert!(
+        e.contains("window-aggregate p0-agg0 computes something else")
+            && e.contains("size_ms: 10000")
+            && e.contains("size_ms: 20000"),
+        "the message names the operator and what changed: {e}"
+    );
+    assert!(e.contains("--fresh-state"), "{e}");
+}
+
+/// The compatibility rules end to end: a changed filter keeps the state (the
+/// windows left open carry over, so the result equals the batch answer); a
+/// changed GROUP BY key is refused with the difference; `--fresh-state`
+/// starts it empty while the source keeps its progress.
+#[test]
+fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
+    let ws = Workspace::new();
+    let mut bids = Vec::new();
+    for f in 0..3 {
+        bids.push(gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500));
+    }
+    write_parquet(&ws.path("in/bids-0.parquet"), &bids[0]);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let args = [
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        "ck",
+    ];
+    ws.weir(&args).ok();
+
+    // A filter in the stateless prefix that every row passes: the open
+    // windows (the last seconds of file 0) must continue with their state.
+    let filtered = job(700, "parquet", "in/").replace(
+        "GROUP BY window_start",
+        "WHERE price > 0 AND auction IS NOT NULL\nGROUP BY window_start",
+    );
+    ws.write("job.sql", &filtered);
+    write_parquet(&ws.path("in/bids-1.parquet"), &bids[1]);
+    let r = ws.weir(&args).ok();
+    assert!(
+        r.stderr().contains("note: the query differs") && r.stderr().contains("continuing with its state"),
+        "{}",
+        r.stderr()
+    );
+    // No drain: the windows the watermark closed. The one ending at 0:50
+    // was open at the change and holds rows of both files.
+    let first_two: Vec<Bid> = bids[..2].concat();
+    let watermark = iso(first_two.iter().map(|b| b.ts).max().unwrap() - 2000);
+    let closed: Vec<String> = batch_query(&first_two, ORACLE)
+        .into_iter()
+        .filter(|r| r.split('|').nth(1).unwrap() <= watermark.as_str())
+        .collect();
+    assert!(closed.iter().any(|r| r.contains("|2026-01-01T00:00:50|")));
+    assert_eq!(sink_rows(&ws.path("out")), closed);
+    let meta = std::fs::read_to_string(ws.path("ck/metadata.json")).unwrap();
+    assert!(
+        meta.contains("price > 0"),
+        "the metadata follows the query: {meta}"
+    );
+
+    // Another GROUP BY key: refused, naming the operator and both keys.
+    let by_window = |sink: &str| {
+        job(700, "parquet", "in/")
+            .replace(", auction, COUNT(*)", ", COUNT(*)")
+            .replace(
+                "GROUP BY window_start, window_end, auction",
+                "GROUP BY window_start, window_end",
+            )
+            .replace("'path' = 'out/'", &format!("'path' = '{sink}/'"))
+            .replace("TABLE out", &format!("TABLE {sink}"))
+            .replace("INTO out", &format!("INTO {sink}"))
+    };
+    ws.write("job.sql", &by_window("out2"));
+    write_parquet(&ws.path("in/bids-2.parquet"), &bids[2]);
+    let e = ws.weir(&args).fails().stderr();
+    assert!(
+        e.contains("its state key was (window_start, window_end, auction), now (window_start, window_end)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sink 'out2' is new") && e.contains("sink 'out' is no longer written"),
+        "{e}"
+    );
+    assert!(!ws.path("out2").exists() || sink_rows(&ws.path("out2")).is_empty());
+
+    // --fresh-state: empty state, but files 0 and 1 are not read again.
+    let r = ws.weir(&[&args[..], &["--drain", "--fresh-state"]].concat()).ok();
+    assert!(
+        r.stderr().contains("note: --fresh-state") && r.stderr().contains("'bids' keep their progress"),
+        "{}",
+        r.stderr()
+    );
+    let oracle = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
+        date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,
+        COUNT(*), SUM(price), MAX(price) FROM bids GROUP BY 1, 2";
+    assert_eq!(sink_rows(&ws.path("out2")), batch_query(&bids[2], oracle));
+    // The old sink kept its committed output.
+    assert_eq!(sink_rows(&ws.path("out")), closed);
+    // Running it again is now the same query: nothing to say, nothing new.
+    let again = ws.weir(&[&args[..], &["--drain"]].concat()).ok();
+    assert!(!again.stderr().contains("note:"), "{}", again.stderr());
+    assert_eq!(sink_rows(&ws.path("out2")), batch_query(&bids[2], oracle));
 }
 
 #[test]
@@ -616,4 +722,48 @@ fn secrets_in_options_never_reach_output_or_the_checkpoint() {
         !explain.contains(secret) && explain.contains("WindowAggregateExec"),
         "{explain}"
     );
+}
+
+#[test]
+fn a_second_run_on_the_same_checkpoint_is_refused_until_the_first_is_gone() {
+    use std::process::{Command, Stdio};
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    // The first run keeps running (an interval trigger) after its epochs.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "job.sql", "--trigger", "100ms"])
+        .current_dir(ws.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let commits = ws.path("job.checkpoint/commits");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&commits).map_or(0, |d| d.count()) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains(&format!("in use by process {}", first.id())) && e.contains("job.checkpoint"),
+        "{e}"
+    );
+    // kill -9: the lease is not released, but its holder is gone.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let started = std::time::Instant::now();
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took over without waiting for the lease to lapse"
+    );
+    let (expected, _) = run_straight(700);
+    assert_eq!(sink_rows(&ws.path("out")), expected);
 }

@@ -1,10 +1,22 @@
 //! `weir`: the command line. The only crate that owns the tokio runtime,
 //! reads the environment, or prints.
+//!
+//! `weir` alone opens the shell (`shell.rs`); `weir -f FILE` and piped input
+//! run statements as the shell would; `weir run` runs a saved job and
+//! `weir query` prints one batch query's result.
 
+mod batch;
+mod catalog;
+mod helper;
+mod input;
+mod print;
+mod progress;
+mod queries;
 mod redact;
+mod shell;
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,19 +24,37 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::sync::watch;
-use weir_engine::{BatchProgress, EpochHooks, JobOptions, Step, StreamingJob, Trigger};
+use weir_engine::{BatchProgress, EpochHooks, JobOptions, Step, StreamingJob};
 use weir_storage::StoreOptions;
 
+use input::Piece;
+use print::{Format, group_digits, rate};
+use progress::RunProgress;
 use redact::Redactor;
+use shell::{Flow, Shell, parse_trigger};
 
-/// Weir: streaming SQL on one machine, exactly once.
+/// Weir: streaming SQL on one machine, exactly once. With no command, opens
+/// the shell (or runs the statements piped to it).
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about, long_about = None)]
+#[command(name = "weir", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Run the statements in FILE as the shell would, then exit (`-` reads
+    /// standard input). The first error stops it with a non-zero exit code.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Run the statements in FILE, then open the shell.
+    #[arg(short = 'i', long = "init", value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// How results print: table, csv or json (the shell's `\format`).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    format: Option<Format>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("'{s}': expected table, csv or json"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +67,9 @@ enum Command {
     Query {
         /// The SQL. Tables are file or folder paths in single quotes.
         sql: String,
+        /// How the result prints: table, csv or json.
+        #[arg(long, default_value = "table", value_parser = parse_format)]
+        format: Format,
     },
 }
 
@@ -60,25 +93,20 @@ struct RunArgs {
     /// Also write each batch's progress as a JSON line to this file (appended).
     #[arg(long, value_name = "FILE")]
     progress_json: Option<PathBuf>,
-    /// Print the job's plans and exit without running it.
+    /// Print the job's incremental plan (stateless prefix, stateful operators
+    /// with their state tables, emit modes, watermarks) and exit.
     #[arg(long)]
     explain: bool,
-}
-
-fn parse_trigger(s: &str) -> Result<Trigger> {
-    match s {
-        "available-now" | "available_now" => Ok(Trigger::AvailableNow),
-        "once" => Ok(Trigger::Once),
-        other => {
-            let d = humantime::parse_duration(other).with_context(|| {
-                format!("--trigger '{other}': expected available-now, once, or an interval such as 1s")
-            })?;
-            if d.is_zero() {
-                bail!("--trigger interval must be positive");
-            }
-            Ok(Trigger::Interval(d))
-        }
-    }
+    /// Run the job (as the trigger says), then print each operator's rows and
+    /// time over the epochs run.
+    #[arg(long, conflicts_with = "explain")]
+    explain_analyze: bool,
+    /// The query changed in a way its checkpointed state cannot follow
+    /// (another GROUP BY key, window or aggregate, a source that moved):
+    /// start it with empty state instead of refusing. Sources that did not
+    /// change keep their progress. See the README, "Changing a query".
+    #[arg(long, conflicts_with = "explain")]
+    fresh_state: bool,
 }
 
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
@@ -91,6 +119,20 @@ fn default_checkpoint(job: &Path) -> String {
     dir.join(format!("{stem}.checkpoint"))
         .to_string_lossy()
         .into_owned()
+}
+
+/// This machine's name, for the checkpoint lease's holder.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Settings for S3 and friends from the environment (`AWS_*`).
@@ -132,40 +174,21 @@ impl Failpoint {
 }
 
 impl EpochHooks for Failpoint {
-    fn reached(&self, step: Step, epoch: u64) {
+    fn reached(&self, step: Step, epoch: u64) -> weir_engine::Result<()> {
         if step == self.step && epoch == self.epoch {
             // SIGKILL, as `kill -9` would: no destructors, no flushing.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
         }
+        Ok(())
     }
 }
 
 struct NoHooks;
 impl EpochHooks for NoHooks {
-    fn reached(&self, _: Step, _: u64) {}
-}
-
-fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn rate(r: f64) -> String {
-    if r >= 1e6 {
-        format!("{:.2}M", r / 1e6)
-    } else if r >= 1e3 {
-        format!("{:.1}k", r / 1e3)
-    } else {
-        format!("{r:.0}")
+    fn reached(&self, _: Step, _: u64) -> weir_engine::Result<()> {
+        Ok(())
     }
 }
 
@@ -204,7 +227,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
             redactor.add(s);
         }
     }
-    let trigger = parse_trigger(&args.trigger)?;
+    let trigger = parse_trigger(&args.trigger).context("--trigger")?;
     let checkpoint = args
         .checkpoint
         .clone()
@@ -216,11 +239,16 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     let options = JobOptions {
         store_options: store_options_from_env(),
         hooks,
+        owner: weir_engine::LeaseOwner::this_process(host_name()),
+        fresh_state: args.fresh_state,
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
         .await
         .with_context(|| format!("job {}", args.job.display()))?;
+    for note in job.notes() {
+        eprintln!("weir: note: {}", redactor.scrub(note));
+    }
     if args.explain {
         println!("{}", redactor.scrub(&job.explain()));
         return Ok(());
@@ -259,8 +287,9 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
 
     let scrub = redactor.clone();
     let mut json_error = None;
+    let mut shown = RunProgress::new();
     let mut on_progress = |p: &BatchProgress| {
-        eprintln!("{}", scrub.scrub(&progress_line(p)));
+        shown.epoch(&scrub.scrub(&progress_line(p)), p);
         if let Some(f) = json.as_mut() {
             let line = serde_json::to_string(p).unwrap_or_default();
             if let Err(e) = writeln!(f, "{}", scrub.scrub(&line)) {
@@ -268,7 +297,13 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
             }
         }
     };
-    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await?;
+    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
+    drop(shown);
+    let summary = summary?;
+    if args.explain_analyze {
+        println!("{}", redactor.scrub(&job.explain_analyze()));
+    }
+    job.close().await?;
     if let Some(e) = json_error {
         bail!("writing --progress-json: {e}");
     }
@@ -286,20 +321,73 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     Ok(())
 }
 
-async fn query(sql: &str) -> Result<()> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true))
-        .enable_url_table();
-    let df = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
-    let batches = df
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!(weir_sql::strip_df(&e)))?;
-    let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
-    println!("{table}");
+/// `weir query`: one statement's result, as the shell prints it.
+fn query(rt: &tokio::runtime::Runtime, redactor: Redactor, sql: &str, format: Format) -> Result<()> {
+    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env());
+    shell.set_format(format);
+    let piece = Piece {
+        text: sql.trim().trim_end_matches(';').to_string(),
+        line: 1,
+        command: false,
+    };
+    rt.block_on(shell.run_piece(&piece))
+        .map_err(|e| anyhow::anyhow!(shell.error_text(&e)))?;
     Ok(())
+}
+
+/// `weir`, `weir -f FILE`, `weir -i FILE`, or statements piped in.
+fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Result<()> {
+    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env());
+    if let Some(f) = cli.format {
+        shell.set_format(f);
+    }
+    let read = |path: &Path| -> Result<(String, String)> {
+        if path == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            return Ok((text, "<stdin>".into()));
+        }
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok((text, path.display().to_string()))
+    };
+    let script = |shell: &mut Shell, path: &Path| -> Result<Flow> {
+        let (text, name) = read(path)?;
+        let flow = shell::run_script(rt, shell, &text, &name);
+        if flow.is_err() {
+            rt.block_on(shell.leave());
+        }
+        flow
+    };
+    if let Some(init) = &cli.init {
+        match script(&mut shell, init) {
+            Ok(Flow::Quit) => {
+                rt.block_on(shell.leave());
+                return Ok(());
+            }
+            Ok(Flow::Continue) => {}
+            // The shell still opens, as after any error in it.
+            Err(e) if cli.file.is_none() && std::io::stdin().is_terminal() => eprintln!("error: {e:#}"),
+            Err(e) => return Err(e),
+        }
+    }
+    let file = match &cli.file {
+        Some(f) => Some(f.clone()),
+        None if !std::io::stdin().is_terminal() => Some(PathBuf::from("-")),
+        None => None,
+    };
+    match file {
+        Some(f) => {
+            if script(&mut shell, &f)? == Flow::Quit {
+                rt.block_on(shell.leave());
+                return Ok(());
+            }
+            rt.block_on(shell.wait_for_queries())
+        }
+        None => shell::interactive(rt, &mut shell, shell::history_path()),
+    }
 }
 
 /// glibc's malloc hands large freed blocks back to the kernel, so each
@@ -329,12 +417,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run(args, &mut redactor).await,
-            Command::Query { sql } => query(&sql).await,
-        }
-    });
+    let result = match cli.command {
+        Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)),
+        Some(Command::Query { ref sql, format }) => query(&runtime, redactor.clone(), sql, format),
+        None => shell_mode(&runtime, &cli, redactor.clone()),
+    };
     // Do not wait for a blocked Ctrl-C listener or stray tasks.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {

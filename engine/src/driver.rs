@@ -32,14 +32,14 @@
 //! where a `*.parquet` glob does not look, and its state files are ignored on
 //! restore. Everything of a committed epoch is durable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::max;
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
@@ -48,15 +48,22 @@ use datafusion::prelude::SessionConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use weir_sql::{Job, StreamPlanner, Watermark};
+use weir_sql::{Job, JobKind, PipelinePlan, StreamPlanner, TableDecl, Watermark};
 use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, Metadata, StoreOptions};
+use weir_storage::{
+    Checkpoint, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord, StateKind,
+    StateWrite, StoreOptions,
+};
 
+use crate::compat::{self, Records};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
-use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAggregateExec, physical_planner};
-use crate::sink::Sink;
-use crate::source::{Source, open_source};
+use crate::exec::{
+    EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
+    WindowAggregateExec, WindowAssignExec, physical_planner,
+};
+use crate::sink::{FileSink, LiveSender, PipelineSink};
+use crate::source::{Source, open_source, table_store_options};
 use crate::{Error, Result};
 
 /// When epochs run.
@@ -117,15 +124,19 @@ impl Step {
     }
 }
 
-/// Called at each step of each epoch (tests inject faults here).
+/// Called at each step of each epoch (tests inject faults here). An error
+/// stops the epoch where it is, as a crash would: nothing is cleaned up, and
+/// the next open of the job recovers.
 pub trait EpochHooks: Send + Sync {
     /// The epoch reached a step.
-    fn reached(&self, step: Step, epoch: u64);
+    fn reached(&self, step: Step, epoch: u64) -> Result<()>;
 }
 
 struct NoHooks;
 impl EpochHooks for NoHooks {
-    fn reached(&self, _: Step, _: u64) {}
+    fn reached(&self, _: Step, _: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How to open a job.
@@ -141,6 +152,20 @@ pub struct JobOptions {
     /// User-defined aggregate functions the job may call (in windows too:
     /// their accumulator state is checkpointed like any other).
     pub udafs: Vec<AggregateUDF>,
+    /// How many committed epochs stay restorable (older logs, state files
+    /// and sink manifests are deleted).
+    pub retain_epochs: u64,
+    /// Makes the job a live query: its text is declarations and one bare
+    /// `SELECT`, whose committed output is sent here instead of to a sink.
+    pub live: Option<LiveSender>,
+    /// Who runs the job (for the checkpoint's lease).
+    pub owner: crate::LeaseOwner,
+    /// How long the lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// When the query changed in a way its checkpointed state cannot follow
+    /// (see `compat`), start it with empty operator state instead of
+    /// refusing to run. Sources that did not change keep their progress.
+    pub fresh_state: bool,
 }
 
 impl JobOptions {
@@ -152,6 +177,11 @@ impl JobOptions {
             hooks: Arc::new(NoHooks),
             udfs: Vec::new(),
             udafs: Vec::new(),
+            retain_epochs: 20,
+            live: None,
+            owner: crate::LeaseOwner::this_process("localhost"),
+            lease_ttl: Duration::from_secs(30),
+            fresh_state: false,
         }
     }
 }
@@ -213,6 +243,14 @@ struct OffsetsEntry {
     watermarks_in: BTreeMap<String, i64>,
     /// The drain epoch: no input; every watermark moves to the end of time.
     drain: bool,
+    /// Processing time when the epoch was planned (ms since the Unix epoch):
+    /// what processing-time features (state TTL) use, so a replay agrees.
+    #[serde(default)]
+    processing_time_ms: i64,
+    /// Sources idle this epoch (`'watermark.idle_timeout'`): they do not
+    /// hold back the watermark of queries that read other sources too.
+    #[serde(default)]
+    idle: BTreeSet<String>,
 }
 
 /// `commits/N.json`.
@@ -224,6 +262,14 @@ struct CommitEntry {
     rows_out: u64,
     late_rows: u64,
     committed_at: String,
+    /// Per source, the processing time of its last epoch with rows (for
+    /// idleness).
+    #[serde(default)]
+    last_data_ms: BTreeMap<String, i64>,
+    /// Per pipeline, the watermark its operators emitted up to (before
+    /// their own lag).
+    #[serde(default)]
+    pipeline_watermarks: BTreeMap<usize, i64>,
 }
 
 struct SourceSlot {
@@ -231,15 +277,31 @@ struct SourceSlot {
     watermark: Option<Watermark>,
     /// The declared columns read (every scan's, and the watermark's).
     columns: Arc<Vec<usize>>,
+    /// `'watermark.idle_timeout'`, ms.
+    idle_timeout_ms: Option<i64>,
+    /// Processing time of the last epoch in which this source had rows.
+    last_data_ms: i64,
 }
 
 struct Pipeline {
     index: usize,
+    /// The incremental logical plan (for EXPLAIN).
+    logical: datafusion::logical_expr::LogicalPlan,
+    /// Whether the output is a changelog.
+    changelog: bool,
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
-    sink: Sink,
+    sink: PipelineSink,
+    /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
+    late_sinks: Vec<LateSink>,
     sources: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
+}
+
+struct LateSink {
+    table: String,
+    schema: SchemaRef,
+    sink: FileSink,
 }
 
 /// A job opened on its checkpoint, ready to run.
@@ -255,6 +317,83 @@ pub struct StreamingJob {
     pending: Option<(u64, OffsetsEntry)>,
     state: SessionState,
     hooks: Arc<dyn EpochHooks>,
+    /// When each state table next gets a snapshot.
+    policies: HashMap<String, SnapshotPolicy>,
+    /// This job's hold on the checkpoint.
+    lease: Arc<crate::lease::Lease>,
+    /// How many committed epochs stay restorable.
+    retain_epochs: u64,
+    /// What opening the checkpoint decided that the user should know (a
+    /// changed query continuing with its state, or starting afresh).
+    notes: Vec<String>,
+    /// Sources that start from the beginning although the checkpoint has a
+    /// commit (changed sources under `fresh_state`): their watermark and
+    /// progress are not restored.
+    reset_sources: BTreeSet<String>,
+}
+
+/// How often (in epochs) old checkpoint files are cleaned up.
+const RETENTION_EVERY: u64 = 10;
+
+/// When a state table gets a full snapshot instead of a delta: first after
+/// the process starts, after many deltas, or once the deltas since the last
+/// snapshot add up to more than it (the next restore would read more deltas
+/// than state).
+#[derive(Default)]
+struct SnapshotPolicy {
+    written: bool,
+    snapshot_bytes: u64,
+    delta_bytes: u64,
+    deltas: u32,
+}
+
+impl SnapshotPolicy {
+    const MAX_DELTAS: u32 = 64;
+
+    fn full(&self) -> bool {
+        !self.written
+            || self.deltas >= Self::MAX_DELTAS
+            || self.delta_bytes > self.snapshot_bytes.max(64 * 1024)
+    }
+
+    fn record(&mut self, kind: StateKind, bytes: u64) {
+        match kind {
+            StateKind::Snapshot => {
+                *self = SnapshotPolicy {
+                    written: true,
+                    snapshot_bytes: bytes,
+                    delta_bytes: 0,
+                    deltas: 0,
+                }
+            }
+            StateKind::Delta => {
+                self.deltas += 1;
+                self.delta_bytes += bytes;
+            }
+        }
+    }
+}
+
+fn kind_of(full: bool) -> StateKind {
+    if full {
+        StateKind::Snapshot
+    } else {
+        StateKind::Delta
+    }
+}
+
+/// The restored rows must have the columns the operator keeps now.
+fn check_state_columns(expected: &SchemaRef, found: &SchemaRef) -> std::result::Result<(), String> {
+    let e: Vec<&DataType> = expected.fields().iter().map(|f| f.data_type()).collect();
+    let f: Vec<&DataType> = found.fields().iter().map(|f| f.data_type()).collect();
+    if e != f {
+        return Err(format!(
+            "the state has columns {:?}, but the operator keeps {:?}",
+            found.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            expected.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
 }
 
 /// The watermark for display: `None` before any row.
@@ -274,7 +413,10 @@ impl StreamingJob {
     /// Parses and plans a job, opens its sources, sinks and checkpoint, and
     /// recovers from the checkpoint.
     pub async fn open(sql: &str, options: JobOptions) -> Result<StreamingJob> {
-        let job = Job::parse(sql)?;
+        let job = match options.live {
+            Some(_) => Job::parse_as(sql, JobKind::Live)?,
+            None => Job::parse(sql)?,
+        };
         let config = SessionConfig::new().with_target_partitions(1);
         let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
         for f in &options.udfs {
@@ -289,10 +431,31 @@ impl StreamingJob {
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
-        let metadata = Self::claim_checkpoint(&checkpoint, &job).await?;
+        // The lease comes first: claiming may rewrite the metadata and, with
+        // `fresh_state`, delete state, which only the checkpoint's one
+        // writer may do.
+        let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
+
+        let mut physical = Vec::new();
+        for p in plans {
+            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+            let operators = stateful_operators(p.index, &plan);
+            physical.push((p, plan, operators));
+        }
+        let claimed = Self::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
+            job_records(&job, &physical, query_id, &options.store_options)
+        })
+        .await;
+        let (metadata, notes, reset_sources) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
 
         let mut sources = BTreeMap::new();
-        for p in &plans {
+        for (p, _, _) in &physical {
             for name in &p.sources {
                 if sources.contains_key(name) {
                     continue;
@@ -304,23 +467,53 @@ impl StreamingJob {
                         source: open_source(decl, &options.store_options)?,
                         watermark: decl.watermark.clone(),
                         columns: Arc::new(Vec::new()),
+                        idle_timeout_ms: idle_timeout(decl)?,
+                        // Until it has rows, a source is idle from the start.
+                        last_data_ms: chrono::Utc::now().timestamp_millis(),
                     },
                 );
             }
         }
 
         let mut pipelines = Vec::new();
-        for p in plans {
-            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+        for (p, plan, operators) in physical {
             let schema = plan.schema();
-            let writer = format!("{}-p{}", &metadata.query_id[..8], p.index);
-            let sink = Sink::open(&p.sink, &writer, &options.store_options)?;
-            let operators = stateful_operators(p.index, &plan);
+            let writer = sink_writer(&metadata.query_id, p.index, false);
+            let sink = PipelineSink::open(
+                p.sink.as_ref(),
+                &writer,
+                &options.store_options,
+                options.live.as_ref(),
+            )?;
+            let mut late_sinks: Vec<LateSink> = Vec::new();
+            for (table, schema) in late_sink_tables(&plan) {
+                if let Some(existing) = late_sinks.iter().find(|l| l.table == table) {
+                    if existing.schema.fields() != schema.fields() {
+                        return Err(Error::Config(format!(
+                            "late sink '{table}' would receive rows of two different shapes in one query"
+                        )));
+                    }
+                    continue;
+                }
+                let decl = job
+                    .tables
+                    .get(&table)
+                    .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
+                let writer = sink_writer(&metadata.query_id, p.index, true);
+                late_sinks.push(LateSink {
+                    sink: FileSink::open(decl, &writer, &options.store_options)?,
+                    table,
+                    schema,
+                });
+            }
             pipelines.push(Pipeline {
                 index: p.index,
+                logical: p.plan.clone(),
+                changelog: p.changelog,
                 plan,
                 schema,
                 sink,
+                late_sinks,
                 sources: p.sources,
                 operators,
             });
@@ -359,48 +552,131 @@ impl StreamingJob {
             pending: None,
             state,
             hooks: options.hooks,
+            policies: HashMap::new(),
+            lease,
+            retain_epochs: options.retain_epochs.max(1),
+            notes,
+            reset_sources,
         };
         job.recover().await?;
         Ok(job)
     }
 
-    /// Creates the checkpoint's metadata, or checks that an existing
-    /// checkpoint was made by this job.
-    async fn claim_checkpoint(checkpoint: &Checkpoint, job: &Job) -> Result<Metadata> {
+    /// Creates the checkpoint's metadata, or checks an existing checkpoint
+    /// against this job under the compatibility rules of `compat`. Returns
+    /// the metadata, notes for the user, and the sources that restart from
+    /// the beginning.
+    async fn claim_checkpoint(
+        checkpoint: &Checkpoint,
+        job: &Job,
+        options: &JobOptions,
+        records: &(dyn Fn(&str) -> Result<Records> + Sync),
+    ) -> Result<(Metadata, Vec<String>, BTreeSet<String>)> {
         let fingerprint = job.fingerprint()?;
-        if let Some(existing) = checkpoint.read_metadata().await? {
-            if existing.fingerprint != fingerprint {
-                let first = existing
-                    .sql
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with("--"))
-                    .unwrap_or("")
-                    .to_string();
-                return Err(Error::Checkpoint(format!(
-                    "the checkpoint at {} was made by a different query (it begins `{first}`); \
-                     give this job its own --checkpoint, or delete that folder to start over",
-                    checkpoint.location()
-                )));
-            }
-            return Ok(existing);
+        let Some(existing) = checkpoint.read_metadata().await? else {
+            let query_id = uuid::Uuid::new_v4().simple().to_string();
+            let r = records(&query_id)?;
+            let metadata = Metadata {
+                version: weir_storage::FORMAT_VERSION,
+                query_id,
+                sql: job.redacted_sql(),
+                fingerprint,
+                created_at: chrono::Utc::now().to_rfc3339(),
+                weir_version: env!("CARGO_PKG_VERSION").to_string(),
+                operators: r.operators,
+                sources: r.sources,
+                sinks: r.sinks,
+            };
+            return match checkpoint.create_metadata(&metadata).await {
+                Ok(()) => Ok((metadata, Vec::new(), BTreeSet::new())),
+                // Another process created it first: check against theirs.
+                Err(weir_storage::Error::AlreadyExists { .. }) => {
+                    Box::pin(Self::claim_checkpoint(checkpoint, job, options, records)).await
+                }
+                Err(e) => Err(e.into()),
+            };
+        };
+        let new = records(&existing.query_id)?;
+        let old = Records::of_metadata(&existing);
+        let same_text = existing.fingerprint == fingerprint;
+        let differences = match &old {
+            Some(old) => compat::incompatibilities(old, &new),
+            None if same_text => Vec::new(),
+            None => vec![
+                "the checkpoint was made by an earlier Weir that did not record its operators, \
+                 so a changed query cannot be checked against it"
+                    .to_string(),
+            ],
+        };
+        if same_text && old.is_some() && differences.is_empty() {
+            return Ok((existing, Vec::new(), BTreeSet::new()));
         }
-        let metadata = Metadata {
-            version: weir_storage::FORMAT_VERSION,
-            query_id: uuid::Uuid::new_v4().simple().to_string(),
+        let updated = Metadata {
             sql: job.redacted_sql(),
             fingerprint,
-            created_at: chrono::Utc::now().to_rfc3339(),
-            weir_version: env!("CARGO_PKG_VERSION").to_string(),
+            operators: new.operators.clone(),
+            sources: new.sources.clone(),
+            sinks: new.sinks.clone(),
+            ..existing.clone()
         };
-        match checkpoint.create_metadata(&metadata).await {
-            Ok(()) => Ok(metadata),
-            // Another process created it first: use theirs if it is ours.
-            Err(weir_storage::Error::AlreadyExists { .. }) => {
-                Box::pin(Self::claim_checkpoint(checkpoint, job)).await
+        let mut notes = Vec::new();
+        let mut reset = BTreeSet::new();
+        if differences.is_empty() {
+            if !same_text {
+                notes.push(format!(
+                    "the query differs from the one that made the checkpoint at {}, but its stateful \
+                     operators, sources and sinks are the same: continuing with its state",
+                    checkpoint.location()
+                ));
             }
-            Err(e) => Err(e.into()),
+        } else if !options.fresh_state {
+            let first = existing
+                .sql
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("--"))
+                .unwrap_or("")
+                .to_string();
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint at {} was made by a different query (it begins `{first}`), and its state \
+                 cannot be carried over:\n  - {}\nRun with --fresh-state to start this query with empty \
+                 state (sources that did not change keep their progress), give it its own --checkpoint, \
+                 or run the original query. The rules are in the README, under \"Changing a query\".",
+                checkpoint.location(),
+                differences.join("\n  - ")
+            )));
+        } else {
+            let kept = compat::kept_sources(old.as_ref(), &new);
+            let dropped = reset_for_fresh_state(checkpoint, &existing, &kept, &options.store_options).await?;
+            reset = new
+                .sources
+                .iter()
+                .map(|s| s.name.clone())
+                .filter(|n| !kept.contains(n))
+                .collect();
+            notes.push(format!(
+                "--fresh-state: starting the changed query with empty state ({}); {}; {}",
+                differences.join("; "),
+                if dropped.is_empty() {
+                    "there was no operator state to drop".to_string()
+                } else {
+                    format!("dropped the state of {}", dropped.join(", "))
+                },
+                if kept.is_empty() {
+                    "every source starts from the beginning".to_string()
+                } else {
+                    format!(
+                        "{} keep their progress",
+                        kept.iter()
+                            .map(|k| format!("'{k}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
         }
+        checkpoint.replace_metadata(&updated).await?;
+        Ok((updated, notes, reset))
     }
 
     async fn recover(&mut self) -> Result<()> {
@@ -413,33 +689,55 @@ impl StreamingJob {
                 ))
             })?;
             for (source, wm) in entry.watermarks {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
                 if let Some(w) = self.watermarks.get_mut(&source) {
                     *w = wm;
                 }
             }
             for (name, slot) in self.sources.iter_mut() {
-                if let Some((_, decoded)) = self.checkpoint.read_state(&source_state_name(name), c).await? {
-                    slot.source.restore(&decoded.batches).map_err(|e| {
+                if let Some(restored) = self.checkpoint.restore_state(&source_state_name(name), c).await? {
+                    slot.source.restore(&restored.batches).map_err(|e| {
                         Error::Checkpoint(format!(
-                            "restoring source '{name}' from {}: {e}",
+                            "restoring source '{name}' from {} (epoch {c}): {e}",
                             self.checkpoint.location()
                         ))
                     })?;
                 }
             }
             for p in &self.pipelines {
+                let wm = entry
+                    .pipeline_watermarks
+                    .get(&p.index)
+                    .copied()
+                    .unwrap_or(i64::MIN);
                 for (id, op) in &p.operators {
-                    if let Some((epoch, decoded)) = self.checkpoint.read_state(id, c).await? {
-                        op.restore(&decoded.schema, &decoded.batches).map_err(|e| {
+                    if let Some(restored) = self.checkpoint.restore_state(id, c).await? {
+                        check_state_columns(&op.state_schema(), &restored.schema).and_then(|()| {
+                            op.restore(&restored.batches, wm).map_err(|e| weir_sql::strip_df(&e))
+                        }).map_err(|e| {
                             Error::Checkpoint(format!(
-                                "state/{id}/{epoch:020}.parquet in {} (epoch {epoch}): {}",
+                                "state/{id}/ in {} (epoch {c}, from the snapshot of epoch {} and {} deltas): {e}",
                                 self.checkpoint.location(),
-                                weir_sql::strip_df(&e)
+                                restored.snapshot_epoch,
+                                restored.deltas
                             ))
                         })?;
                     }
                 }
                 p.sink.publish(c).await?;
+                for l in &p.late_sinks {
+                    l.sink.publish(c).await?;
+                }
+            }
+            for (source, ms) in entry.last_data_ms {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
+                if let Some(slot) = self.sources.get_mut(&source) {
+                    slot.last_data_ms = ms;
+                }
             }
         }
         self.last_committed = committed;
@@ -471,25 +769,139 @@ impl StreamingJob {
         &self.metadata
     }
 
+    /// What opening the checkpoint decided that the user should know.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// The last committed epoch.
     pub fn last_committed(&self) -> Option<u64> {
         self.last_committed
+    }
+
+    /// Lets go of the checkpoint, so another run may take it at once. (A
+    /// job dropped without this keeps it until its lease lapses, or until a
+    /// run on the same host sees the process is gone.)
+    pub async fn close(self) -> Result<()> {
+        self.lease.release().await
+    }
+
+    /// Rows held by all stateful operators.
+    pub fn state_rows(&self) -> u64 {
+        self.pipelines
+            .iter()
+            .flat_map(|p| &p.operators)
+            .map(|(_, op)| op.state_rows() as u64)
+            .sum()
+    }
+
+    /// Each sink table with the schema of the rows it receives, and its folder.
+    pub fn sinks(&self) -> Vec<(String, SchemaRef, String)> {
+        let mut out = Vec::new();
+        for p in &self.pipelines {
+            if let Some(f) = p.sink.files() {
+                out.push((
+                    f.table().to_string(),
+                    Arc::clone(&p.schema),
+                    f.location().url().to_string(),
+                ));
+            }
+            for l in &p.late_sinks {
+                out.push((
+                    l.table.clone(),
+                    Arc::clone(&l.schema),
+                    l.sink.location().url().to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The columns of a live query's rows (`None` for a saved job).
+    pub fn live_schema(&self) -> Option<SchemaRef> {
+        self.pipelines
+            .iter()
+            .find(|p| p.sink.is_live())
+            .map(|p| Arc::clone(&p.schema))
     }
 
     /// Each pipeline's physical plan, as text.
     pub fn explain(&self) -> String {
         self.pipelines
             .iter()
-            .map(|p| {
-                format!(
-                    "-- INSERT INTO {} (pipeline {})\n{}",
-                    p.sink.table(),
-                    p.index,
-                    displayable(p.plan.as_ref()).indent(true)
-                )
-            })
+            .map(|p| self.explain_pipeline(p, false))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Each pipeline's physical plan with the rows and time each operator
+    /// spent over the epochs this process ran (EXPLAIN ANALYZE).
+    pub fn explain_analyze(&self) -> String {
+        self.pipelines
+            .iter()
+            .map(|p| self.explain_pipeline(p, true))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn explain_pipeline(&self, p: &Pipeline, analyze: bool) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mode = if p.changelog {
+            "changelog (op, then the columns)"
+        } else {
+            "append"
+        };
+        let _ = writeln!(out, "== {} (pipeline {}): {mode}", p.sink.describe(), p.index);
+        if !analyze {
+            let _ = writeln!(out, "-- incremental plan");
+            let _ = writeln!(out, "{}", p.logical.display_indent());
+            let _ = writeln!(out, "-- stateless prefix: {}", stateless_prefix(&p.logical));
+            let origins = watermark_origins(&p.logical);
+            if !origins.is_empty() {
+                let _ = writeln!(out, "-- watermark: {}", origins.join("; "));
+            }
+        }
+        for (id, op) in &p.operators {
+            let t = op.describe();
+            let _ = writeln!(
+                out,
+                "-- state {id}: {} table '{}', {} rows",
+                op.kind(),
+                t.name,
+                op.state_rows()
+            );
+            let _ = writeln!(out, "     keys:    {}", t.keys.join(", "));
+            let _ = writeln!(out, "     values:  {}", t.values.join(", "));
+            let _ = writeln!(out, "     evicted: {}", t.evicted_by);
+            let emit = if op.kind() == "update-aggregate" {
+                "on update: the changed groups of each epoch as +I/-U/+U/-D"
+            } else {
+                "on window close: each window once, when the watermark passes its end"
+            };
+            let _ = writeln!(out, "     emits:   {emit}");
+        }
+        for l in &p.late_sinks {
+            let _ = writeln!(out, "-- late rows: to sink {}", l.table);
+        }
+        let _ = writeln!(
+            out,
+            "-- physical plan{}",
+            if analyze {
+                " (totals over the epochs run)"
+            } else {
+                ""
+            }
+        );
+        let shown = if analyze {
+            datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(p.plan.as_ref())
+                .indent(true)
+                .to_string()
+        } else {
+            displayable(p.plan.as_ref()).indent(true).to_string()
+        };
+        out.push_str(&shown);
+        out
     }
 
     /// Runs epochs by the trigger until the input is done (available-now,
@@ -544,7 +956,12 @@ impl StreamingJob {
                     if !wait.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stop.changed() => {}
+                            changed = stop.changed() => {
+                                // A dropped sender can never say "go on": stop.
+                                if changed.is_err() {
+                                    return Ok(summary.done(self.last_committed));
+                                }
+                            }
                         }
                     }
                 }
@@ -580,15 +997,30 @@ impl StreamingJob {
                 return Ok(None);
             }
         }
+        let now = chrono::Utc::now().timestamp_millis();
+        let idle = self
+            .sources
+            .iter()
+            .filter(|(name, slot)| {
+                !offsets.contains_key(*name)
+                    && slot
+                        .idle_timeout_ms
+                        .is_some_and(|t| now.saturating_sub(slot.last_data_ms) >= t)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(Some(OffsetsEntry {
             sources: offsets,
             watermarks_in: self.watermarks.clone(),
             drain,
+            processing_time_ms: now,
+            idle,
         }))
     }
 
     async fn run_epoch(&mut self, epoch: u64, entry: OffsetsEntry, replayed: bool) -> Result<BatchProgress> {
         let started = Instant::now();
+        self.lease.check(&format!("starting epoch {epoch}")).await?;
         if !replayed {
             self.checkpoint.offsets.create(epoch, &entry).await.map_err(|e| match e {
                 weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -597,7 +1029,7 @@ impl StreamingJob {
                 e => e.into(),
             })?;
         }
-        self.hooks.reached(Step::OffsetsWritten, epoch);
+        self.hooks.reached(Step::OffsetsWritten, epoch)?;
 
         // Read.
         let input = match self.read_input(epoch, &entry).await {
@@ -636,15 +1068,29 @@ impl StreamingJob {
 
         // Run each pipeline.
         let mut outputs = Vec::with_capacity(self.pipelines.len());
+        let mut pipeline_watermarks = BTreeMap::new();
         let mut late_rows = 0;
         for p in &self.pipelines {
+            // The pipeline's watermarked sources, less the idle ones (unless
+            // all are idle: then nothing advances).
+            let active: BTreeSet<&String> = {
+                let mine: BTreeSet<&String> =
+                    watermarks_in.keys().filter(|s| p.sources.contains(*s)).collect();
+                let awake: BTreeSet<&String> = mine
+                    .iter()
+                    .copied()
+                    .filter(|s| !entry.idle.contains(*s))
+                    .collect();
+                if awake.is_empty() { mine } else { awake }
+            };
             let pick = |m: &BTreeMap<String, i64>| -> BTreeMap<String, i64> {
                 m.iter()
-                    .filter(|(s, _)| p.sources.contains(*s))
+                    .filter(|(s, _)| active.contains(s))
                     .map(|(s, w)| (s.clone(), *w))
                     .collect()
             };
             let wm_out = pick(&watermarks_out).values().copied().min().unwrap_or(i64::MIN);
+            pipeline_watermarks.insert(p.index, wm_out);
             let epoch_input = Arc::new(EpochInput {
                 epoch,
                 batches: input
@@ -655,6 +1101,8 @@ impl StreamingJob {
                 source_watermarks_in: pick(&watermarks_in).into_iter().collect(),
                 watermark_out: wm_out,
                 late_rows: Default::default(),
+                late_batches: Default::default(),
+                processing_time_ms: entry.processing_time_ms,
             });
             let config = self
                 .state
@@ -664,47 +1112,88 @@ impl StreamingJob {
             let ctx = Arc::new(TaskContext::from(&self.state).with_session_config(config));
             let out = collect(Arc::clone(&p.plan), ctx).await?;
             late_rows += epoch_input.late_rows.load(Ordering::Relaxed);
-            outputs.push(out);
+            let late =
+                std::mem::take(&mut *epoch_input.late_batches.lock().unwrap_or_else(|e| e.into_inner()));
+            outputs.push((out, late));
         }
-        self.hooks.reached(Step::BeforeSink, epoch);
+        self.hooks.reached(Step::BeforeSink, epoch)?;
 
         // Stage output.
         let mut rows_out = 0;
-        for (p, out) in self.pipelines.iter().zip(&outputs) {
+        for (p, (out, late)) in self.pipelines.iter().zip(&outputs) {
             let (rows, _) = p.sink.stage(epoch, &p.schema, out).await?;
             rows_out += rows;
-        }
-        self.hooks.reached(Step::SinkStaged, epoch);
-
-        // State.
-        let checkpoint_started = Instant::now();
-        let mut state_bytes = 0;
-        for (name, slot) in self.sources.iter_mut() {
-            if let Some((schema, batches)) = slot.source.progress()? {
-                state_bytes += self
-                    .checkpoint
-                    .write_state(&source_state_name(name), epoch, &schema, &batches)
-                    .await?;
+            for l in &p.late_sinks {
+                let rows: Vec<RecordBatch> = late
+                    .iter()
+                    .filter(|(t, _)| *t == l.table)
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                l.sink.stage(epoch, &l.schema, &rows).await?;
             }
         }
+        self.hooks.reached(Step::SinkStaged, epoch)?;
+
+        // State: a delta of what changed, or now and then a snapshot.
+        let checkpoint_started = Instant::now();
+        let mut state_bytes = 0;
         let mut state_rows = 0u64;
+        let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
+        for (name, slot) in self.sources.iter_mut() {
+            let id = source_state_name(name);
+            let full = self.policies.entry(id.clone()).or_default().full();
+            if let Some(change) = slot.source.checkpoint(full)? {
+                writes.push((id, kind_of(full), slot.source.progress_schema(), 1, change));
+            }
+        }
         for p in &self.pipelines {
             for (id, op) in &p.operators {
-                if let Some((schema, batches)) = op.snapshot()? {
-                    state_bytes += self.checkpoint.write_state(id, epoch, &schema, &batches).await?;
+                let full = self.policies.entry(id.clone()).or_default().full();
+                if let Some(change) = op.checkpoint(full)? {
+                    writes.push((
+                        id.clone(),
+                        kind_of(full),
+                        op.state_schema(),
+                        op.unit_key_len(),
+                        change,
+                    ));
                 }
                 state_rows += op.state_rows() as u64;
             }
         }
-        self.hooks.reached(Step::StateWritten, epoch);
+        for (id, kind, schema, unit_key_len, change) in writes {
+            let w = StateWrite {
+                kind,
+                schema: &schema,
+                unit_key_len,
+                upserts: &change.upserts,
+                deletes: &change.deletes,
+            };
+            let bytes = self.checkpoint.write_state(&id, epoch, w).await?;
+            self.policies.entry(id).or_default().record(kind, bytes);
+            state_bytes += bytes;
+        }
+        self.hooks.reached(Step::StateWritten, epoch)?;
 
         // Commit.
+        for name in input.keys() {
+            if let Some(slot) = self.sources.get_mut(name) {
+                slot.last_data_ms = entry.processing_time_ms;
+            }
+        }
+        self.lease.check(&format!("committing epoch {epoch}")).await?;
         let commit = CommitEntry {
             watermarks: watermarks_out.clone(),
             rows_in,
             rows_out,
             late_rows,
             committed_at: chrono::Utc::now().to_rfc3339(),
+            last_data_ms: self
+                .sources
+                .iter()
+                .map(|(n, s)| (n.clone(), s.last_data_ms))
+                .collect(),
+            pipeline_watermarks,
         };
         self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
@@ -715,12 +1204,18 @@ impl StreamingJob {
         self.last_committed = Some(epoch);
         self.watermarks = watermarks_out;
         let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
-        self.hooks.reached(Step::Committed, epoch);
+        self.hooks.reached(Step::Committed, epoch)?;
 
         for p in &self.pipelines {
             p.sink.publish(epoch).await?;
+            for l in &p.late_sinks {
+                l.sink.publish(epoch).await?;
+            }
         }
-        self.hooks.reached(Step::Published, epoch);
+        self.hooks.reached(Step::Published, epoch)?;
+        if epoch.is_multiple_of(RETENTION_EVERY) {
+            self.retain(epoch).await?;
+        }
 
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (watermark_ms, watermark) =
@@ -748,6 +1243,43 @@ impl StreamingJob {
 }
 
 impl StreamingJob {
+    /// Deletes what no epoch from `newest - retain + 1` on needs: older
+    /// offsets and commits, sink manifests, and state files before the
+    /// snapshot those epochs restore from.
+    async fn retain(&self, newest: u64) -> Result<()> {
+        let keep_from = (newest + 1).saturating_sub(self.retain_epochs).max(1);
+        for e in self
+            .checkpoint
+            .commits
+            .epochs()
+            .await?
+            .into_iter()
+            .filter(|&e| e < keep_from)
+        {
+            self.checkpoint.commits.delete(e).await?;
+        }
+        for e in self
+            .checkpoint
+            .offsets
+            .epochs()
+            .await?
+            .into_iter()
+            .filter(|&e| e < keep_from)
+        {
+            self.checkpoint.offsets.delete(e).await?;
+        }
+        for op in self.checkpoint.state_operators().await? {
+            self.checkpoint.prune_state(&op, keep_from).await?;
+        }
+        for p in &self.pipelines {
+            p.sink.prune(keep_from).await?;
+            for l in &p.late_sinks {
+                l.sink.prune(keep_from).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn read_input(&mut self, epoch: u64, entry: &OffsetsEntry) -> Result<BTreeMap<String, SourceRows>> {
         let mut input = BTreeMap::new();
         for (name, offset) in &entry.sources {
@@ -805,6 +1337,100 @@ impl RunSummary {
     }
 }
 
+/// The names of the stateless nodes under the lowest stateful one (the
+/// part of the plan that runs as a DataFusion plan over each epoch's rows).
+fn stateless_prefix(plan: &datafusion::logical_expr::LogicalPlan) -> String {
+    use datafusion::logical_expr::LogicalPlan;
+    fn is_stateful(p: &LogicalPlan) -> bool {
+        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN"))
+    }
+    fn lowest(p: &LogicalPlan) -> &LogicalPlan {
+        for input in p.inputs() {
+            let mut found = None;
+            let _ = input.apply(|n| {
+                if is_stateful(n) {
+                    found = Some(n);
+                    return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            });
+            if let Some(n) = found {
+                return lowest(n);
+            }
+        }
+        p
+    }
+    use datafusion::common::tree_node::TreeNode;
+    let start = lowest(plan);
+    let below: Vec<&LogicalPlan> = if is_stateful(start) {
+        start.inputs()
+    } else {
+        vec![start]
+    };
+    let mut names = Vec::new();
+    for b in below {
+        let _ = b.apply(|n| {
+            let name = match n {
+                LogicalPlan::TableScan(s) => format!("scan {}", s.table_name),
+                LogicalPlan::Extension(e) => e.node.name().to_string(),
+                other => other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            names.push(name);
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+    }
+    names.join(" <- ")
+}
+
+/// Where the plan's window calls take their watermarks from.
+fn watermark_origins(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
+    use datafusion::common::tree_node::TreeNode;
+    let mut out = Vec::new();
+    let _ = plan.apply(|n| {
+        if let datafusion::logical_expr::LogicalPlan::Extension(e) = n
+            && let Some(w) = e.node.as_any().downcast_ref::<weir_sql::WindowAssignNode>()
+        {
+            out.push(format!("{} on {}: {}", w.spec, w.time_column, w.watermark));
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// The late sinks of a plan's window calls, with the shape of their rows.
+fn late_sink_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, SchemaRef)> {
+    let mut out = Vec::new();
+    if let Some(w) = plan.downcast_ref::<WindowAssignExec>()
+        && let Some((table, schema)) = w.late_sink()
+    {
+        out.push((table.to_string(), schema));
+    }
+    for child in plan.children() {
+        out.extend(late_sink_tables(child));
+    }
+    out
+}
+
+/// `'watermark.idle_timeout'` of a source, ms.
+fn idle_timeout(decl: &weir_sql::TableDecl) -> Result<Option<i64>> {
+    let Some(v) = decl.options.get("watermark.idle_timeout") else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        Error::Config(format!(
+            "table '{}': 'watermark.idle_timeout' = '{v}': {e} (write e.g. '30s' or '5m')",
+            decl.name
+        ))
+    })?;
+    Ok(Some(d.as_millis() as i64))
+}
+
 /// Adds the declared columns each source scan in a plan reads.
 fn scan_columns(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<String, BTreeSet<usize>>) {
     if let Some(scan) = plan.downcast_ref::<StreamScanExec>() {
@@ -824,6 +1450,127 @@ fn source_state_name(source: &str) -> String {
     format!("source-{source}")
 }
 
+/// The writer id in a sink's file names: the checkpoint's query and the
+/// pipeline (`-late` for its late-row sink).
+fn sink_writer(query_id: &str, pipeline: usize, late: bool) -> String {
+    format!(
+        "{}-p{pipeline}{}",
+        &query_id[..8],
+        if late { "-late" } else { "" }
+    )
+}
+
+/// What a source's progress refers to: its connector and what it reads.
+/// Rate limits, watermarks and error handling are left out, since changing
+/// them leaves the progress meaningful.
+fn source_signature(decl: &TableDecl) -> String {
+    ["connector", "path", "format", "seed"]
+        .iter()
+        .filter_map(|k| decl.options.get(k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+type PhysicalPipeline = (
+    PipelinePlan,
+    Arc<dyn ExecutionPlan>,
+    Vec<(String, Arc<dyn StatefulOperator>)>,
+);
+
+/// The checkpoint records of a job (see `compat`).
+fn job_records(
+    job: &Job,
+    pipelines: &[PhysicalPipeline],
+    query_id: &str,
+    store_options: &StoreOptions,
+) -> Result<Records> {
+    let mut r = Records::default();
+    for (p, plan, operators) in pipelines {
+        for (id, op) in operators {
+            let t = op.describe();
+            r.operators.push(OperatorRecord {
+                id: id.clone(),
+                kind: op.kind().to_string(),
+                signature: op.signature(),
+                keys: t.keys,
+                values: t.values,
+            });
+        }
+        for name in &p.sources {
+            if !r.sources.iter().any(|s| &s.name == name) {
+                r.sources.push(SourceRecord {
+                    name: name.clone(),
+                    signature: source_signature(&job.tables[name]),
+                });
+            }
+        }
+        let mut sinks: Vec<(String, String)> = Vec::new();
+        if let Some(decl) = &p.sink {
+            sinks.push((decl.name.clone(), sink_writer(query_id, p.index, false)));
+        }
+        for (table, _) in late_sink_tables(plan) {
+            if !sinks.iter().any(|(t, _)| *t == table) {
+                sinks.push((table, sink_writer(query_id, p.index, true)));
+            }
+        }
+        for (table, writer) in sinks {
+            let Some(decl) = job.tables.get(&table) else {
+                continue; // reported when the sink is opened
+            };
+            let Some(path) = decl.options.get("path") else {
+                continue;
+            };
+            let url = Location::open(path, &table_store_options(decl, store_options), Create::Yes)
+                .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?
+                .url()
+                .to_string();
+            r.sinks.push(SinkRecord { table, url, writer });
+        }
+    }
+    Ok(r)
+}
+
+/// Prepares a checkpoint for a changed query under `fresh_state`: publishes
+/// the old sinks' last committed output (a crash may have left it staged),
+/// forgets an uncommitted epoch, and deletes the state of every operator
+/// and of every source not in `kept`. Returns the state tables dropped.
+async fn reset_for_fresh_state(
+    checkpoint: &Checkpoint,
+    old: &Metadata,
+    kept: &[String],
+    store_options: &StoreOptions,
+) -> Result<Vec<String>> {
+    let committed = checkpoint.commits.latest().await?;
+    if let Some(c) = committed {
+        for s in &old.sinks {
+            let loc = Location::open(&s.url, store_options, Create::No)
+                .map_err(|e| Error::Config(format!("sink '{}' of the old query: {e}", s.table)))?;
+            SinkLayout::new(loc, s.writer.clone()).publish(c).await?;
+        }
+    }
+    let after = committed.unwrap_or(0);
+    for e in checkpoint.offsets.epochs().await? {
+        if e > after {
+            checkpoint.offsets.delete(e).await?;
+        }
+    }
+    let keep: BTreeSet<String> = kept.iter().map(|k| source_state_name(k)).collect();
+    let mut dropped = Vec::new();
+    for op in checkpoint.state_operators().await? {
+        if !keep.contains(&op) {
+            checkpoint.drop_state(&op).await?;
+            dropped.push(op);
+        } else {
+            for f in checkpoint.state_files(&op).await? {
+                if f.epoch > after {
+                    checkpoint.delete_state(&op, f.epoch).await?;
+                }
+            }
+        }
+    }
+    Ok(dropped)
+}
+
 /// The stateful operators of a pipeline's plan, with ids that are stable as
 /// long as the query is (`p<pipeline>-agg<n>`, in plan order).
 fn stateful_operators(
@@ -833,6 +1580,15 @@ fn stateful_operators(
     fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn StatefulOperator>>) {
         if let Some(agg) = plan.downcast_ref::<WindowAggregateExec>() {
             out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<SessionAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<UpdateAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(top) = plan.downcast_ref::<crate::exec::WindowTopNExec>() {
+            out.push(top.state() as Arc<dyn StatefulOperator>);
         }
         for child in plan.children() {
             walk(child, out);

@@ -4,8 +4,8 @@
 //! physical plan is built once and executed once per epoch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
@@ -35,6 +35,11 @@ pub struct EpochInput {
     pub watermark_out: i64,
     /// Late rows dropped this epoch.
     pub late_rows: AtomicU64,
+    /// Late rows kept for a late sink, by sink table.
+    pub late_batches: Mutex<Vec<(String, RecordBatch)>>,
+    /// Processing time of the epoch (ms since the Unix epoch), as recorded in
+    /// the offsets log: a replay sees the same time.
+    pub processing_time_ms: i64,
 }
 
 impl EpochInput {
@@ -60,6 +65,16 @@ impl EpochInput {
             .map(|(_, &w)| w)
             .min()
             .unwrap_or(i64::MAX)
+    }
+
+    /// Keeps late rows for a late sink.
+    pub fn add_late_rows(&self, sink: &str, rows: RecordBatch) {
+        if rows.num_rows() > 0 {
+            self.late_batches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((sink.to_string(), rows));
+        }
     }
 
     /// Counts late rows.

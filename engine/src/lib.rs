@@ -6,12 +6,16 @@
 //! streaming nodes) and runs them epoch by epoch against a checkpoint
 //! (see [`driver`] for the protocol and the recovery algorithm).
 
+pub mod compat;
 pub mod driver;
 pub mod epoch;
 pub mod error;
 pub mod exec;
+pub mod lease;
 pub mod sink;
 pub mod source;
 
 pub use driver::{BatchProgress, EpochHooks, JobOptions, RunSummary, Step, StreamingJob, Trigger};
 pub use error::{Error, Result};
+pub use lease::LeaseOwner;
+pub use sink::{LiveBatch, LiveSender};

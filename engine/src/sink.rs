@@ -1,6 +1,8 @@
-//! Sinks: `'connector' = 'files'` (Parquet files, published per epoch) and
-//! `'connector' = 'blackhole'` (Flink's name: counts rows, keeps nothing; for
-//! benchmarks that measure a query without its output).
+//! Where a pipeline's output goes: `'connector' = 'files'` (Parquet files,
+//! published per epoch), `'connector' = 'blackhole'` (Flink's name: counts
+//! rows, keeps nothing; for benchmarks that measure a query without its
+//! output), or, for a live query, the caller (the shell) that prints rows as
+//! epochs commit.
 //!
 //! The contract (what exactly-once rests on): `stage(N, rows)` may be called
 //! any number of times for an epoch and leaves the same staged output (the
@@ -10,7 +12,10 @@
 //! the contract trivially: nothing is staged, so nothing can be duplicated.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -21,50 +26,7 @@ use weir_storage::{Location, SinkLayout, StoreOptions, codec};
 use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
-const OPTIONS: &[&str] = &["connector", "path", "format"];
-
-/// A job's sink.
-#[derive(Debug)]
-pub enum Sink {
-    /// Parquet files.
-    Files(FileSink),
-    /// Rows counted and dropped.
-    Blackhole(BlackholeSink),
-}
-
-impl Sink {
-    /// Opens the sink a table declares, writing as `writer`.
-    pub fn open(decl: &TableDecl, writer: &str, store_options: &StoreOptions) -> Result<Self> {
-        match decl.connector()? {
-            "blackhole" => Ok(Sink::Blackhole(BlackholeSink::open(decl)?)),
-            _ => Ok(Sink::Files(FileSink::open(decl, writer, store_options)?)),
-        }
-    }
-
-    /// The sink's table name.
-    pub fn table(&self) -> &str {
-        match self {
-            Sink::Files(s) => s.table(),
-            Sink::Blackhole(s) => &s.table,
-        }
-    }
-
-    /// Stages an epoch's rows; returns rows and bytes written.
-    pub async fn stage(&self, epoch: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, u64)> {
-        match self {
-            Sink::Files(s) => s.stage(epoch, schema, batches).await,
-            Sink::Blackhole(s) => Ok(s.stage(batches)),
-        }
-    }
-
-    /// Publishes a committed epoch's output; returns the files published.
-    pub async fn publish(&self, epoch: u64) -> Result<u64> {
-        match self {
-            Sink::Files(s) => s.publish(epoch).await,
-            Sink::Blackhole(_) => Ok(0),
-        }
-    }
-}
+const OPTIONS: &[&str] = &["connector", "path", "format", "mode"];
 
 /// `'connector' = 'blackhole'`: accepts rows, counts them, writes nothing.
 #[derive(Debug)]
@@ -82,6 +44,11 @@ impl BlackholeSink {
             table: decl.name.clone(),
             rows: AtomicU64::new(0),
         })
+    }
+
+    /// The sink's table name.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// Counts an epoch's rows; returns them and 0 bytes.
@@ -163,8 +130,145 @@ impl FileSink {
         Ok((rows as u64, len))
     }
 
+    /// Deletes manifests of epochs before `epoch` (their files stay).
+    pub async fn prune(&self, epoch: u64) -> Result<()> {
+        Ok(self.layout.prune_manifests(epoch).await?)
+    }
+
     /// Publishes a committed epoch's output.
     pub async fn publish(&self, epoch: u64) -> Result<u64> {
         Ok(self.layout.publish(epoch).await?)
+    }
+}
+
+/// One committed epoch of a live query's output.
+#[derive(Clone, Debug)]
+pub struct LiveBatch {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its rows (never empty: epochs without output are not sent).
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Where a live query's committed output is sent. Sending waits while the
+/// receiver is behind, so a slow reader slows the query instead of
+/// buffering without bound.
+pub type LiveSender = mpsc::Sender<LiveBatch>;
+
+/// A live query's sink: holds an epoch's rows until the epoch commits, then
+/// sends them to the caller.
+#[derive(Debug)]
+pub struct LiveSink {
+    sender: LiveSender,
+    staged: Mutex<Option<LiveBatch>>,
+}
+
+impl LiveSink {
+    /// A sink sending to `sender`.
+    pub fn new(sender: LiveSender) -> Self {
+        Self {
+            sender,
+            staged: Mutex::new(None),
+        }
+    }
+
+    fn stage(&self, epoch: u64, batches: &[RecordBatch]) -> u64 {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let batches: Vec<RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+        let staged = (rows > 0).then_some(LiveBatch { epoch, batches });
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = staged;
+        rows as u64
+    }
+
+    async fn publish(&self, epoch: u64) -> Result<()> {
+        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(batch) = staged.filter(|b| b.epoch == epoch) else {
+            return Ok(());
+        };
+        self.sender
+            .send(batch)
+            .await
+            .map_err(|_| Error::Config("the live query's reader has gone".into()))
+    }
+}
+
+/// A pipeline's sink.
+#[derive(Debug)]
+pub enum PipelineSink {
+    /// A declared sink table.
+    Files(FileSink),
+    /// A declared `'connector' = 'blackhole'` table.
+    Blackhole(BlackholeSink),
+    /// The caller of a live query.
+    Live(LiveSink),
+}
+
+impl PipelineSink {
+    /// The sink of a pipeline: the declared table's, or (with no table) the
+    /// live query's sender.
+    pub fn open(
+        decl: Option<&TableDecl>,
+        writer: &str,
+        store_options: &StoreOptions,
+        live: Option<&LiveSender>,
+    ) -> Result<Self> {
+        match (decl, live) {
+            (Some(decl), _) if decl.connector()? == "blackhole" => {
+                Ok(Self::Blackhole(BlackholeSink::open(decl)?))
+            }
+            (Some(decl), _) => Ok(Self::Files(FileSink::open(decl, writer, store_options)?)),
+            (None, Some(sender)) => Ok(Self::Live(LiveSink::new(sender.clone()))),
+            (None, None) => Err(Error::Config(
+                "a query without a sink table needs a live output to send its rows to".into(),
+            )),
+        }
+    }
+
+    /// What the pipeline writes to, for plans and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Files(f) => format!("INSERT INTO {}", f.table()),
+            Self::Blackhole(b) => format!("INSERT INTO {} (blackhole)", b.table()),
+            Self::Live(_) => "SELECT (live results)".into(),
+        }
+    }
+
+    /// Whether this is a live query's sink.
+    pub fn is_live(&self) -> bool {
+        matches!(self, Self::Live(_))
+    }
+
+    /// The file sink, for a declared sink table.
+    pub fn files(&self) -> Option<&FileSink> {
+        match self {
+            Self::Files(f) => Some(f),
+            Self::Blackhole(_) | Self::Live(_) => None,
+        }
+    }
+
+    /// Deletes manifests of epochs before `epoch` (file sinks).
+    pub async fn prune(&self, epoch: u64) -> Result<()> {
+        match self {
+            Self::Files(f) => f.prune(epoch).await,
+            Self::Blackhole(_) | Self::Live(_) => Ok(()),
+        }
+    }
+
+    /// Stages an epoch's rows; returns rows and bytes written.
+    pub async fn stage(&self, epoch: u64, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(u64, u64)> {
+        match self {
+            Self::Files(f) => f.stage(epoch, schema, batches).await,
+            Self::Blackhole(b) => Ok(b.stage(batches)),
+            Self::Live(l) => Ok((l.stage(epoch, batches), 0)),
+        }
+    }
+
+    /// Publishes a committed epoch's output (for a live query: sends it).
+    pub async fn publish(&self, epoch: u64) -> Result<()> {
+        match self {
+            Self::Files(f) => f.publish(epoch).await.map(|_| ()),
+            Self::Blackhole(_) => Ok(()),
+            Self::Live(l) => l.publish(epoch).await,
+        }
     }
 }

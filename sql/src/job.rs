@@ -21,6 +21,17 @@ use crate::catalog::{Options, REDACTED, TableDecl, Watermark, is_secret_key};
 use crate::preprocess::{self, TvfCall, normalize_ident};
 use crate::{Error, Result};
 
+/// When a streaming query emits its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Emit {
+    /// `EMIT ON WINDOW CLOSE`: a window's rows once, when it is complete
+    /// (the default for windowed aggregates).
+    OnWindowClose,
+    /// `EMIT ON UPDATE`: each epoch, the changed groups as a changelog (the
+    /// default, and the only mode, for aggregates without a window).
+    OnUpdate,
+}
+
 /// An `INSERT INTO sink SELECT ...`: one streaming pipeline.
 #[derive(Clone, Debug)]
 pub struct Insert {
@@ -30,6 +41,49 @@ pub struct Insert {
     pub query: Box<Query>,
     /// The statement as written, secrets redacted.
     pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
+    /// An explicit `EMIT ON ...` clause.
+    pub emit: Option<Emit>,
+}
+
+/// A `CREATE VIEW name AS SELECT ...` over streams.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// The view's name.
+    pub name: String,
+    /// Its query, with window calls replaced by placeholders.
+    pub query: Box<Query>,
+    /// The statement as written, secrets redacted.
+    pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
+}
+
+/// A bare `SELECT` of a live query: its rows go to the caller (the shell),
+/// not to a sink.
+#[derive(Clone, Debug)]
+pub struct Select {
+    /// The query, with window calls replaced by placeholders.
+    pub query: Box<Query>,
+    /// The statement as written, secrets redacted.
+    pub sql: String,
+    /// The placeholders of the window calls in this statement, in order.
+    pub tvfs: Vec<String>,
+}
+
+/// What a job text may hold besides `CREATE TABLE` declarations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobKind {
+    /// A saved job (`weir run`): one or more `INSERT INTO sink SELECT ...`;
+    /// a bare `SELECT` is refused, since nothing would receive its rows.
+    #[default]
+    Saved,
+    /// A live query (the shell's bare `SELECT` over streams): exactly one
+    /// `SELECT`, whose rows the caller receives epoch by epoch.
+    Live,
+    /// Declarations only (the shell's catalog of `CREATE TABLE`s).
+    Declarations,
 }
 
 /// A parsed job file.
@@ -39,17 +93,34 @@ pub struct Job {
     pub tables: BTreeMap<String, TableDecl>,
     /// The streaming queries, in file order.
     pub inserts: Vec<Insert>,
+    /// Views, in file order (a view may use the views before it).
+    pub views: Vec<View>,
+    /// `SET 'key' = 'value'` settings (e.g. `state.ttl`), keys lower-cased.
+    pub settings: BTreeMap<String, String>,
+    /// The bare `SELECT` of a live query ([`JobKind::Live`] only).
+    pub select: Option<Select>,
     /// Every window call, by placeholder name.
     pub tvfs: BTreeMap<String, TvfCall>,
     /// Each statement, secrets redacted, in file order.
     statements: Vec<String>,
+    /// What the text may hold.
+    kind: JobKind,
 }
 
 impl Job {
     /// Parses a job's text. Errors name the statement (by number and first
     /// words) and the problem.
     pub fn parse(text: &str) -> Result<Job> {
-        let mut job = Job::default();
+        Self::parse_as(text, JobKind::Saved)
+    }
+
+    /// Parses a text that holds what `kind` allows: a saved job, a live
+    /// query, or declarations only.
+    pub fn parse_as(text: &str, kind: JobKind) -> Result<Job> {
+        let mut job = Job {
+            kind,
+            ..Job::default()
+        };
         let mut next_tvf = 0;
         let statements = preprocess::split_statements(text)?;
         if statements.is_empty() {
@@ -59,16 +130,24 @@ impl Job {
             job.add_statement(stmt, &mut next_tvf)
                 .map_err(|e| e.in_statement(i + 1, stmt))?;
         }
-        if job.inserts.is_empty() {
+        if kind == JobKind::Saved && job.inserts.is_empty() {
             return Err(Error::Plan(
                 "the job has no INSERT INTO statement: a job runs `INSERT INTO sink SELECT ...` queries"
                     .into(),
             ));
         }
+        if kind == JobKind::Live && job.select.is_none() {
+            return Err(Error::Plan("a live query needs a SELECT".into()));
+        }
         Ok(job)
     }
 
     fn add_statement(&mut self, text: &str, next_tvf: &mut usize) -> Result<()> {
+        if let Some((key, value)) = parse_set(text)? {
+            self.settings.insert(key, value);
+            self.statements.push(redact_sql(text)?);
+            return Ok(());
+        }
         let pre = preprocess::preprocess(text, next_tvf)?;
         let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten)
             .map_err(|e| Error::Syntax(e.to_string()))?;
@@ -84,10 +163,33 @@ impl Job {
                     ));
                 }
                 let decl = table_decl(ct, pre.watermark)?;
-                if self.tables.contains_key(&decl.name) {
+                if self.tables.contains_key(&decl.name) || self.views.iter().any(|v| v.name == decl.name) {
                     return Err(Error::Plan(format!("table '{}' is declared twice", decl.name)));
                 }
                 self.tables.insert(decl.name.clone(), decl);
+            }
+            Statement::Insert(_) | Statement::Query(_) if self.kind == JobKind::Declarations => {
+                return Err(Error::Plan(
+                    "only CREATE TABLE statements are expected here".into(),
+                ));
+            }
+            Statement::Insert(_) if self.kind == JobKind::Live => {
+                return Err(Error::Plan(
+                    "a live query is one SELECT; INSERT INTO runs as a query of its own".into(),
+                ));
+            }
+            Statement::Query(query) if self.kind == JobKind::Live => {
+                if self.select.is_some() {
+                    return Err(Error::Plan("a live query is one SELECT".into()));
+                }
+                self.select = Some(Select {
+                    query,
+                    sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
+                });
+                for call in pre.tvfs {
+                    self.tvfs.insert(call.placeholder.clone(), call);
+                }
             }
             Statement::Insert(ins) => {
                 let TableObject::TableName(name) = &ins.table else {
@@ -107,6 +209,38 @@ impl Job {
                     target,
                     query,
                     sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
+                    emit: pre.emit,
+                });
+                for call in pre.tvfs {
+                    self.tvfs.insert(call.placeholder.clone(), call);
+                }
+            }
+            Statement::CreateView(cv) => {
+                let name = object_name(&cv.name)?;
+                if cv.materialized {
+                    return Err(Error::Plan(format!(
+                        "CREATE MATERIALIZED VIEW {name} is not supported; use CREATE VIEW, or a sink and INSERT INTO"
+                    )));
+                }
+                if !cv.columns.is_empty() {
+                    return Err(Error::Plan(format!(
+                        "CREATE VIEW {name} (columns) is not supported; name the columns with AS in the query"
+                    )));
+                }
+                if pre.emit.is_some() {
+                    return Err(Error::Plan(
+                        "EMIT belongs on an INSERT INTO, not on a view".into(),
+                    ));
+                }
+                if self.tables.contains_key(&name) || self.views.iter().any(|v| v.name == name) {
+                    return Err(Error::Plan(format!("'{name}' is declared twice")));
+                }
+                self.views.push(View {
+                    name,
+                    query: cv.query,
+                    sql: redacted.clone(),
+                    tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
                 });
                 for call in pre.tvfs {
                     self.tvfs.insert(call.placeholder.clone(), call);
@@ -162,6 +296,11 @@ impl Job {
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A job-level setting (`SET 'key' = 'value'`).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+
     /// Every secret value in the job's options, so that printed text can be
     /// scrubbed of them.
     pub fn secret_values(&self) -> Vec<String> {
@@ -169,6 +308,55 @@ impl Job {
             .values()
             .flat_map(|t| t.options.secret_values())
             .collect()
+    }
+}
+
+/// `SET 'key' = 'value'` (Flink's form; quotes optional) → the pair.
+fn parse_set(text: &str) -> Result<Option<(String, String)>> {
+    let tokens: Vec<Token> = preprocess::tokens(text)?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let is_set = matches!(tokens.first(), Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("SET"));
+    if !is_set {
+        return Ok(None);
+    }
+    let word = |t: &Token| match t {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => Some(s.clone()),
+        Token::Word(w) => Some(w.value.clone()),
+        Token::Number(n, _) => Some(n.clone()),
+        _ => None,
+    };
+    // Keys may be dotted when unquoted: SET state.ttl = '1h'.
+    let eq = tokens.iter().position(|t| *t == Token::Eq);
+    let (Some(eq), true) = (eq, tokens.len() >= 4) else {
+        return Err(Error::Syntax(format!(
+            "expected SET 'key' = 'value', got `{}`",
+            text.trim()
+        )));
+    };
+    let key: String = tokens[1..eq]
+        .iter()
+        .map(|t| word(t).unwrap_or_else(|| t.to_string()))
+        .collect();
+    let value = match &tokens[eq + 1..] {
+        [v] => word(v),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Syntax(format!("expected SET 'key' = 'value', got `{}`", text.trim())))?;
+    Ok(Some((key.to_ascii_lowercase(), value)))
+}
+
+/// Parses one `CREATE TABLE` statement (for tools that declare tables one
+/// at a time, such as the shell and the test harness).
+pub fn parse_create_table(text: &str) -> Result<TableDecl> {
+    let mut next_tvf = 0;
+    let pre = preprocess::preprocess(text, &mut next_tvf)?;
+    let mut parsed =
+        Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::Syntax(e.to_string()))?;
+    match (parsed.len(), parsed.pop()) {
+        (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark),
+        _ => Err(Error::Plan("expected one CREATE TABLE statement".into())),
     }
 }
 
@@ -500,6 +688,34 @@ mod tests {
                 .contains("months")
         );
         assert!(interval_ms("5").is_err());
+    }
+
+    #[test]
+    fn a_live_query_is_one_bare_select_and_a_saved_job_refuses_it() {
+        let tables = JOB.split("INSERT INTO").next().unwrap();
+        let live = Job::parse_as(&format!("{tables} SELECT auction FROM bids"), JobKind::Live).unwrap();
+        assert!(live.inserts.is_empty());
+        assert!(live.select.as_ref().unwrap().sql.contains("SELECT auction"));
+        let err = Job::parse(&format!("{tables} SELECT auction FROM bids")).unwrap_err();
+        assert!(err.to_string().contains("runs INSERT INTO statements"), "{err}");
+        let err = Job::parse_as(&format!("{tables} SELECT 1; SELECT 2"), JobKind::Live).unwrap_err();
+        assert!(err.to_string().contains("one SELECT"), "{err}");
+        let err = Job::parse_as(JOB, JobKind::Live).unwrap_err();
+        assert!(
+            err.to_string().contains("INSERT INTO runs as a query of its own"),
+            "{err}"
+        );
+        let err = Job::parse_as(tables, JobKind::Live).unwrap_err();
+        assert!(err.to_string().contains("needs a SELECT"), "{err}");
+    }
+
+    #[test]
+    fn declarations_alone_parse_as_a_catalog() {
+        let tables = JOB.split("INSERT INTO").next().unwrap();
+        let job = Job::parse_as(tables, JobKind::Declarations).unwrap();
+        assert_eq!(job.tables.len(), 2);
+        let err = Job::parse_as(JOB, JobKind::Declarations).unwrap_err();
+        assert!(err.to_string().contains("only CREATE TABLE"), "{err}");
     }
 
     #[test]

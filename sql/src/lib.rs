@@ -19,8 +19,11 @@ pub mod planner;
 pub mod preprocess;
 
 pub use catalog::{Options, TableDecl, Watermark};
-pub use job::Job;
-pub use nodes::{WindowAggregateNode, WindowAssignNode, WindowSpec};
+pub use job::{Emit, Insert, Job, JobKind, Select, View};
+pub use nodes::{
+    OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode,
+    WindowColumn, WindowSpec, WindowTopNNode,
+};
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 
 use datafusion::error::DataFusionError;

@@ -91,6 +91,8 @@ pub struct Preprocessed {
     pub watermark: Option<WatermarkClause>,
     /// Window calls replaced by placeholders.
     pub tvfs: Vec<TvfCall>,
+    /// A trailing `EMIT ON WINDOW CLOSE` / `EMIT ON UPDATE`, cut out.
+    pub emit: Option<crate::job::Emit>,
 }
 
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
@@ -139,13 +141,51 @@ fn push_statement(out: &mut Vec<String>, current: &mut Vec<Token>) {
 pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed> {
     let mut tokens = tokenize(statement)?;
     let watermark = cut_watermark(&mut tokens)?;
+    let emit = cut_emit(&mut tokens)?;
     let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
     Ok(Preprocessed {
         original: statement.to_string(),
         rewritten: render(&tokens),
         watermark,
         tvfs,
+        emit,
     })
+}
+
+/// Cuts a trailing `EMIT ON WINDOW CLOSE` or `EMIT ON UPDATE` (the forms
+/// RisingWave and Arroyo users write), outside any parentheses.
+fn cut_emit(tokens: &mut Vec<Token>) -> Result<Option<crate::job::Emit>> {
+    let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i])).collect();
+    let Some(pos) = sig.iter().rposition(|&i| is_word(&tokens[i], "EMIT")) else {
+        return Ok(None);
+    };
+    let depth: i64 = tokens[..sig[pos]]
+        .iter()
+        .map(|t| match t {
+            Token::LParen => 1,
+            Token::RParen => -1,
+            _ => 0,
+        })
+        .sum();
+    if depth != 0 {
+        return Ok(None);
+    }
+    let rest: Vec<String> = sig[pos + 1..]
+        .iter()
+        .map(|&i| tokens[i].to_string().to_ascii_uppercase())
+        .collect();
+    let emit = match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["ON", "WINDOW", "CLOSE"] => crate::job::Emit::OnWindowClose,
+        ["ON", "UPDATE"] => crate::job::Emit::OnUpdate,
+        _ => {
+            return Err(Error::Syntax(format!(
+                "expected EMIT ON WINDOW CLOSE or EMIT ON UPDATE at the end of the statement, got EMIT {}",
+                rest.join(" ")
+            )));
+        }
+    };
+    tokens.truncate(sig[pos]);
+    Ok(Some(emit))
 }
 
 /// Index of the next non-trivia token at or after `i`.

@@ -8,7 +8,7 @@
 //!   metadata.json                 query id, SQL (redacted), fingerprint, format version
 //!   offsets/<epoch:020>.json      write-ahead log: what epoch N reads (written first)
 //!   commits/<epoch:020>.json      epoch N is complete (created if absent, never replaced)
-//!   state/<operator>/<epoch:020>.parquet   operator state at epoch N
+//!   state/<operator>/<epoch:020>.{snapshot,delta}.parquet   operator state at epoch N
 //!
 //! <sink>/
 //!   part-<epoch:010>-<writer>.parquet          committed output, one file per epoch and writer
@@ -23,14 +23,17 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod lease;
 pub mod location;
 pub mod log;
 pub mod sink;
+pub mod state;
 
-pub use checkpoint::{Checkpoint, Metadata};
+pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::EpochLog;
 pub use sink::SinkLayout;
+pub use state::{RestoredState, StateFile, StateKind, StateWrite};
 
 /// The format version written into every file Weir persists. A reader refuses
 /// files with a larger version instead of guessing at their meaning.

@@ -129,6 +129,32 @@ impl SinkLayout {
         Ok(Some(m))
     }
 
+    /// Every epoch with a manifest, ascending.
+    pub async fn manifest_epochs(&self) -> Result<Vec<u64>> {
+        let dir = format!("_weir/manifests/{}", self.writer);
+        let mut epochs: Vec<u64> = self
+            .loc
+            .list(&dir)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                let name = self.loc.relative(&m.location);
+                name.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// Deletes the manifests of epochs before `epoch` (retention). The
+    /// output files they list stay: they are the sink's contents.
+    pub async fn prune_manifests(&self, epoch: u64) -> Result<()> {
+        for e in self.manifest_epochs().await?.into_iter().filter(|&e| e < epoch) {
+            self.loc.delete(&self.manifest_name(e)).await?;
+        }
+        Ok(())
+    }
+
     /// Publishes a committed epoch's staged files. Idempotent: files already
     /// published are left alone; a file neither staged nor published means
     /// committed output was lost, which is reported.

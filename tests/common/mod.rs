@@ -43,6 +43,27 @@ impl Workspace {
         self.weir_env(args, &[])
     }
 
+    /// Runs `weir` with arguments and this text on its standard input (a
+    /// pipe, not a terminal).
+    pub fn weir_input(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("WEIR_FAILPOINT")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run weir");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        Run(child.wait_with_output().expect("run weir"))
+    }
+
     /// Runs `weir` with arguments and extra environment variables.
     pub fn weir_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));

@@ -1,9 +1,13 @@
 //! Physical operators of streaming plans, and the planner hooks that create
 //! them from the `sql` crate's logical nodes.
 
+pub mod groups;
 pub mod scan;
+pub mod session_agg;
+pub mod update_agg;
 pub mod window_agg;
 pub mod window_assign;
+pub mod window_topn;
 
 use std::sync::Arc;
 
@@ -19,27 +23,133 @@ use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use weir_sql::{ScanProvider, TableDecl, WindowAggregateNode, WindowAssignNode};
+use weir_sql::{
+    ScanProvider, TableDecl, UpdateAggregateNode, WindowAggregateNode, WindowAssignNode, WindowSpec,
+};
 
 pub use scan::StreamScanExec;
-pub use window_agg::{WindowAggState, WindowAggregateExec};
+pub use session_agg::SessionAggregateExec;
+pub use update_agg::UpdateAggregateExec;
+pub use window_agg::{WindowAggState, WindowAggregateExec, WindowAggregateParams};
 pub use window_assign::WindowAssignExec;
+pub use window_topn::WindowTopNExec;
+
+/// What an operator keeps, for EXPLAIN: the state table's key and value
+/// columns and what removes its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateTable {
+    /// The table's name (`windows`, `slices`, `sessions`, `groups`).
+    pub name: String,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// Value columns.
+    pub values: Vec<String>,
+    /// What evicts rows.
+    pub evicted_by: String,
+}
+
+/// What changed in an operator's state since its last checkpoint: whole
+/// units (rows sharing the first `unit_key_len()` columns) that are new or
+/// changed, and the keys of units that are gone.
+#[derive(Debug, Default)]
+pub struct StateChange {
+    /// Rows of new or changed units, each unit whole (or every row, for a
+    /// full checkpoint).
+    pub upserts: Vec<RecordBatch>,
+    /// Key columns of deleted units.
+    pub deletes: Vec<RecordBatch>,
+}
 
 /// An operator whose state outlives an epoch and goes into checkpoints.
 ///
-/// Contract: `snapshot` returns the whole state when it changed since the
-/// last snapshot (and `None` otherwise); `restore` given those rows brings
-/// the operator back to the same state, such that the following epochs
-/// produce the same output as if the process had never stopped.
+/// Contract: `checkpoint(false)` returns what changed since the previous
+/// `checkpoint` call (or `None` if nothing did) and `checkpoint(true)`
+/// every row; `restore` given the state rebuilt from those (a snapshot and
+/// the deltas after it) brings the operator back to the same state, such
+/// that the following epochs produce the same output as if the process had
+/// never stopped. `watermark` is the pipeline's watermark of the last
+/// committed epoch (what the operator last emitted up to, before its lag).
 pub trait StatefulOperator: Send + Sync {
     /// A short name of the operator kind, for messages.
     fn kind(&self) -> &'static str;
     /// Rows (groups) held.
     fn state_rows(&self) -> usize;
-    /// The full state, if it changed since the last snapshot.
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
-    /// Replaces the state with a snapshot's rows.
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()>;
+    /// The state table, for EXPLAIN.
+    fn describe(&self) -> StateTable;
+    /// The schema of state rows.
+    fn state_schema(&self) -> SchemaRef;
+    /// How many leading columns of a state row identify its unit.
+    fn unit_key_len(&self) -> usize;
+    /// The change since the last checkpoint, or every row when `full`.
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>>;
+    /// Replaces the state with restored rows.
+    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()>;
+    /// What the state means: the operator's kind and parameters (window,
+    /// keys, aggregates and their arguments) and its state columns. Kept in
+    /// the checkpoint's metadata; a changed query whose operator has another
+    /// signature cannot use the stored state (see `driver::compatibility`).
+    /// Column positions (`price@3`) are left out, so that a change upstream
+    /// which only moves columns does not count as a change.
+    fn signature(&self) -> String;
+}
+
+/// The shared part of aggregate operators' signatures: keys, aggregates with
+/// their arguments and filters, and the state columns with their types.
+pub fn aggregate_signature(agg: &groups::AggregateSpec) -> String {
+    let mut s = String::from("keys[");
+    for (expr, name) in &agg.keys {
+        s.push_str(&format!("{name}={expr};"));
+    }
+    s.push_str("] aggregates[");
+    for (i, a) in agg.aggr.iter().enumerate() {
+        s.push_str(a.name());
+        s.push('(');
+        for arg in &agg.args[i] {
+            s.push_str(&format!("{arg},"));
+        }
+        s.push(')');
+        if let Some(f) = &agg.filters[i] {
+            s.push_str(&format!(" FILTER({f})"));
+        }
+        s.push(';');
+    }
+    s.push_str("] state[");
+    for f in agg
+        .key_schema
+        .fields()
+        .iter()
+        .cloned()
+        .chain(agg.state_file_fields().into_iter().map(Arc::new))
+    {
+        s.push_str(&format!("{}:{};", f.name(), f.data_type()));
+    }
+    s.push(']');
+    strip_column_positions(&s)
+}
+
+/// `price@3` -> `price`: physical expressions print their input position,
+/// which says nothing about what they compute.
+pub fn strip_column_positions(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '@' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The key columns (the first `n`) of batches, as batches.
+pub fn key_columns(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>> {
+    batches
+        .iter()
+        .map(|b| Ok(b.project(&(0..n).collect::<Vec<_>>())?))
+        .collect()
 }
 
 /// Source scans as [`StreamScanExec`]s.
@@ -84,53 +194,150 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 input,
                 n.spec.clone(),
                 time_index,
-                n.source.clone(),
-                n.delay_ms,
+                n.watermark.clone(),
+                n.slices,
+                n.late_sink.clone(),
                 schema,
             )?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<WindowAggregateNode>() {
             let input = Arc::clone(&physical_inputs[0]);
+            let (group_by, aggr, filters) = lower_aggregate(
+                planner,
+                &n.group_expr,
+                &n.aggr_expr,
+                logical_inputs[0],
+                &input,
+                session,
+                planning_ctx,
+            )?;
+            let params = WindowAggregateParams {
+                spec: n.spec.clone(),
+                group_by,
+                window_columns: n.window_columns.clone(),
+                aggr,
+                filters,
+                slices: n.slices,
+                lag_ms: n.watermark_lag_ms,
+                schema: Arc::new(n.schema().as_arrow().clone()),
+            };
+            if let WindowSpec::Session { .. } = n.spec {
+                return Ok(Some(Arc::new(SessionAggregateExec::try_new(
+                    input,
+                    params,
+                    &n.session_keys,
+                )?)));
+            }
+            return Ok(Some(Arc::new(WindowAggregateExec::try_new(input, params)?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::WindowTopNNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
             let logical_schema = logical_inputs[0].schema();
-            let physical_schema = input.schema();
-            let group_by = n
-                .group_expr
+            let partition_by = n
+                .partition_by
                 .iter()
-                .map(|e| {
-                    Ok((
-                        planner.create_physical_expr(e, logical_schema, session, planning_ctx)?,
-                        physical_name(e)?,
+                .map(|e| planner.create_physical_expr(e, logical_schema, session, planning_ctx))
+                .collect::<Result<Vec<_>>>()?;
+            let order_by = n
+                .order_by
+                .iter()
+                .map(|s| {
+                    let expr =
+                        planner.create_physical_expr(&s.expr, logical_schema, session, planning_ctx)?;
+                    Ok(datafusion::physical_expr::PhysicalSortExpr::new(
+                        expr,
+                        datafusion::arrow::compute::SortOptions {
+                            descending: !s.asc,
+                            nulls_first: s.nulls_first,
+                        },
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut aggr = Vec::with_capacity(n.aggr_expr.len());
-            let mut filters = Vec::with_capacity(n.aggr_expr.len());
-            for e in &n.aggr_expr {
-                let lowered = LoweredAggregateBuilder::new(
-                    e,
-                    logical_schema,
-                    &physical_schema,
-                    session.execution_props(),
-                    planning_ctx,
-                )
-                .build()?;
-                aggr.push(lowered.aggregate);
-                filters.push(lowered.filter);
-            }
-            let schema = Arc::new(n.schema().as_arrow().clone());
-            return Ok(Some(Arc::new(WindowAggregateExec::try_new(
+            let params = window_topn::TopNParams {
+                partition_by,
+                order_by,
+                rank: n.rank,
+                limit: n.limit,
+                window_start: n.window_start,
+                window_end: n.window_end,
+                lag_ms: n.watermark_lag_ms,
+                schema: Arc::new(n.schema().as_arrow().clone()),
+            };
+            return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<UpdateAggregateNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let (group_by, aggr, filters) = lower_aggregate(
+                planner,
+                &n.group_expr,
+                &n.aggr_expr,
+                logical_inputs[0],
+                &input,
+                session,
+                planning_ctx,
+            )?;
+            let having = n
+                .having
+                .as_ref()
+                .map(|h| planner.create_physical_expr(h, &n.aggregate_schema, session, planning_ctx))
+                .transpose()?;
+            return Ok(Some(Arc::new(UpdateAggregateExec::try_new(
                 input,
-                n.spec.clone(),
                 group_by,
-                n.window_start,
-                n.window_end,
                 aggr,
                 filters,
-                schema,
+                having,
+                n.ttl_ms,
+                Arc::new(n.schema().as_arrow().clone()),
             )?)));
         }
         Ok(None)
     }
+}
+
+type Lowered = (
+    Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)>,
+    Vec<Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>>,
+    Vec<Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>>,
+);
+
+/// Group and aggregate expressions as DataFusion's planner lowers them for
+/// its own `AggregateExec` (same names, same aggregate functions).
+fn lower_aggregate(
+    planner: &dyn PhysicalPlanner,
+    group_expr: &[datafusion::logical_expr::Expr],
+    aggr_expr: &[datafusion::logical_expr::Expr],
+    logical_input: &LogicalPlan,
+    input: &Arc<dyn ExecutionPlan>,
+    session: &dyn Session,
+    planning_ctx: &PhysicalPlanningContext,
+) -> Result<Lowered> {
+    let logical_schema = logical_input.schema();
+    let physical_schema = input.schema();
+    let group_by = group_expr
+        .iter()
+        .map(|e| {
+            Ok((
+                planner.create_physical_expr(e, logical_schema, session, planning_ctx)?,
+                physical_name(e)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut aggr = Vec::with_capacity(aggr_expr.len());
+    let mut filters = Vec::with_capacity(aggr_expr.len());
+    for e in aggr_expr {
+        let lowered = LoweredAggregateBuilder::new(
+            e,
+            logical_schema,
+            &physical_schema,
+            session.execution_props(),
+            planning_ctx,
+        )
+        .build()?;
+        aggr.push(lowered.aggregate);
+        filters.push(lowered.filter);
+    }
+    Ok((group_by, aggr, filters))
 }
 
 /// A DataFusion query planner that knows the streaming nodes (so `EXPLAIN`

@@ -11,6 +11,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 
 use crate::epoch::EpochInput;
@@ -22,6 +23,7 @@ pub struct StreamScanExec {
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl StreamScanExec {
@@ -43,6 +45,7 @@ impl StreamScanExec {
             projection: projection.cloned(),
             schema,
             props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -95,7 +98,11 @@ impl ExecutionPlan for StreamScanExec {
         Ok(self)
     }
 
-    fn execute(&self, _partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = EpochInput::from_task(&context)?;
         let batches = match input.batches.get(&self.source) {
             None => vec![],
@@ -123,6 +130,8 @@ impl ExecutionPlan for StreamScanExec {
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             Arc::clone(&self.schema),

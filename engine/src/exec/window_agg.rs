@@ -1,66 +1,72 @@
 //! `WindowAggregateExec`: a windowed `GROUP BY`, kept incrementally.
 //!
 //! ```text
-//!   input rows of epoch N                      state (across epochs)
-//!   ───────────────────────▶ split by window ─▶ (end, start) ─▶ WindowGroups
-//!                                               (10s, 0s)       keys ─▶ group index (DataFusion GroupValues)
-//!                                               (20s,10s)       one GroupsAccumulator per aggregate
-//!   watermark after N ─────────────────────────────────────────▶ windows with end ≤ watermark:
-//!                                                               evaluate, emit once, drop
+//!   input rows of epoch N                        state (across epochs)
+//!   ─────────────────────▶ split by (end, start) ─▶ units: BTreeMap<(end, start), Groups>
+//!                                                   exact windows (TUMBLE, expanded rows)
+//!                                                   or slices (HOP, CUMULATE; see sql::nodes)
+//!   watermark after N ───────────────────────────▶ windows with end ≤ watermark:
+//!                                                   exact: evaluate the unit, drop it
+//!                                                   slices: merge the window's slices, evaluate;
+//!                                                           drop slices no open window needs
 //! ```
 //!
-//! The state is DataFusion's own: `GroupValues` interns the group keys and
-//! each aggregate's `GroupsAccumulator` (or the adapter over its
-//! `Accumulator`) holds per-group partial state. Checkpointing asks each
-//! accumulator for its `state()` (the same intermediate form DataFusion ships
-//! between partial and final aggregation) and restoring merges it back with
-//! `merge_batch`, so any DataFusion aggregate, built-in or user-defined,
-//! works without code here.
+//! The state is DataFusion's own ([`Groups`]): any aggregate works, and a
+//! checkpoint holds its partial states. A window's rows are emitted exactly
+//! once, in (end, start) order, groups in first-seen order.
 //!
-//! State file layout (one row per group of an open window):
-//! `__window_start: Int64, __window_end: Int64, <key columns>, a<i>.<state field>...`
+//! State rows (one per group of a unit; the unit is `(start, end)`):
+//! `__window_start, __window_end: Int64, <key columns>, a<i>.<state field>...`
+//! How far windows have been emitted is not state: it is the watermark of
+//! the last committed epoch, which `restore` is given.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::{EquivalenceProperties, GroupsAccumulatorAdapter, PhysicalExpr};
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use datafusion::physical_plan::aggregates::{AggregateMode, aggregate_expressions};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use weir_sql::WindowSpec;
+use weir_sql::{WindowColumn, WindowSpec};
 
+use super::groups::{AggregateSpec, Evaluated, Groups};
 use crate::epoch::EpochInput;
-use crate::exec::StatefulOperator;
+use crate::exec::{StateChange, StateTable, StatefulOperator};
+
+/// Where each output group column comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupColumn {
+    /// A window column, computed from the window.
+    Window(WindowColumn),
+    /// The `k`-th key.
+    Key(usize),
+}
 
 /// A windowed aggregate over its input.
 pub struct WindowAggregateExec {
     input: Arc<dyn ExecutionPlan>,
-    spec: WindowSpec,
     state: Arc<WindowAggState>,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl fmt::Debug for WindowAggregateExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WindowAggregateExec")
-            .field("spec", &self.spec)
+            .field("spec", &self.state.spec)
             .finish()
     }
 }
@@ -68,93 +74,135 @@ impl fmt::Debug for WindowAggregateExec {
 /// The operator's fixed configuration and its state, shared by every copy
 /// of the plan node (DataFusion's optimizer rebuilds nodes).
 pub struct WindowAggState {
-    group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
-    window_start: usize,
-    window_end: usize,
-    aggr: Vec<Arc<AggregateFunctionExpr>>,
-    /// Per aggregate, the expressions whose values feed `update_batch`.
-    aggr_args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
-    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    /// The group columns other than the window's.
-    key_schema: SchemaRef,
-    /// The schema of a state file.
+    spec: WindowSpec,
+    agg: AggregateSpec,
+    layout: Vec<GroupColumn>,
+    /// The expressions giving each row's unit (window or slice) start and end.
+    start: Arc<dyn PhysicalExpr>,
+    end: Arc<dyn PhysicalExpr>,
+    slices: bool,
+    lag_ms: i64,
     state_schema: SchemaRef,
-    /// Output rows: group columns, then aggregate values.
     schema: SchemaRef,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Open windows by (end, start): the first entries close first.
-    windows: BTreeMap<(i64, i64), WindowGroups>,
-    /// Changed since the last snapshot.
-    dirty: bool,
+    /// Exact windows or slices, by (end, start): the first close first.
+    units: BTreeMap<(i64, i64), Unit>,
+    /// Slices: windows (end, start) with rows, not yet emitted.
+    open: BTreeSet<(i64, i64)>,
+    /// Slices: the watermark through which windows were emitted.
+    frontier: i64,
+    /// Units changed since the last checkpoint.
+    changed: BTreeSet<(i64, i64)>,
+    /// Units removed since the last checkpoint.
+    removed: BTreeSet<(i64, i64)>,
 }
 
-/// The groups of one open window.
-struct WindowGroups {
-    /// Interned keys; `None` when the window is the only grouping.
-    keys: Option<Box<dyn GroupValues>>,
-    num_groups: usize,
-    accs: Vec<Box<dyn GroupsAccumulator>>,
-    /// This window's rows of the last snapshot, while it has not changed.
+enum UnitState {
+    /// Still receiving rows.
+    Live(Groups),
+    /// Complete (a slice all of whose rows are in): its state as arrays, to
+    /// be merged into each window that contains it.
+    Frozen {
+        keys: Vec<ArrayRef>,
+        states: Vec<Vec<ArrayRef>>,
+        rows: usize,
+    },
+}
+
+struct Unit {
+    state: UnitState,
+    /// This unit's rows of the last snapshot, while it has not changed.
     snapshot: Option<RecordBatch>,
 }
 
+impl Unit {
+    fn rows(&self) -> usize {
+        match &self.state {
+            UnitState::Live(g) => g.len(),
+            UnitState::Frozen { rows, .. } => *rows,
+        }
+    }
+}
+
+/// The window aggregate's parameters, from the logical node.
+pub struct WindowAggregateParams {
+    /// The window.
+    pub spec: WindowSpec,
+    /// Group expressions, with names.
+    pub group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    /// Which group expressions are window columns.
+    pub window_columns: Vec<(usize, WindowColumn)>,
+    /// Aggregates.
+    pub aggr: Vec<Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>>,
+    /// Their filters.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Whether input rows carry slices.
+    pub slices: bool,
+    /// How far this aggregate's watermark trails the pipeline's, ms.
+    pub lag_ms: i64,
+    /// Output schema.
+    pub schema: SchemaRef,
+}
+
 impl WindowAggregateExec {
-    /// Builds the operator. `group_by[window_start]` and `group_by[window_end]`
-    /// are the window's columns; `schema` is the output schema.
-    #[allow(clippy::too_many_arguments)]
-    pub fn try_new(
-        input: Arc<dyn ExecutionPlan>,
-        spec: WindowSpec,
-        group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
-        window_start: usize,
-        window_end: usize,
-        aggr: Vec<Arc<AggregateFunctionExpr>>,
-        filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-        schema: SchemaRef,
-    ) -> Result<Self> {
+    /// Builds the operator.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams) -> Result<Self> {
         let in_schema = input.schema();
-        let mut key_fields = Vec::new();
-        for (i, (expr, name)) in group_by.iter().enumerate() {
-            if i != window_start && i != window_end {
-                key_fields.push(Field::new(name, expr.data_type(&in_schema)?, true));
+        let mut keys = Vec::new();
+        let mut layout = Vec::new();
+        let mut start = None;
+        let mut end = None;
+        for (i, (expr, name)) in p.group_by.iter().enumerate() {
+            match p.window_columns.iter().find(|(j, _)| *j == i) {
+                Some((_, c)) => {
+                    layout.push(GroupColumn::Window(*c));
+                    match c {
+                        WindowColumn::Start => start = Some(Arc::clone(expr)),
+                        WindowColumn::End => end = Some(Arc::clone(expr)),
+                        WindowColumn::Time => {}
+                    }
+                }
+                None => {
+                    layout.push(GroupColumn::Key(keys.len()));
+                    keys.push((Arc::clone(expr), name.clone()));
+                }
             }
         }
-        let key_schema = Arc::new(Schema::new(key_fields));
-        let mut state_fields = vec![
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(DataFusionError::Internal(
+                "a window aggregate needs window_start and window_end".into(),
+            ));
+        };
+        let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
+        let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
         ];
-        state_fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
-        for (i, a) in aggr.iter().enumerate() {
-            for f in a.state_fields()? {
-                state_fields.push(Field::new(
-                    format!("a{i}.{}", f.name()),
-                    f.data_type().clone(),
-                    true,
-                ));
-            }
-        }
-        let aggr_args = aggregate_expressions(&aggr, &AggregateMode::Partial, 0)?;
+        fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(agg.state_file_fields());
         let state = WindowAggState {
-            group_by,
-            window_start,
-            window_end,
-            aggr,
-            aggr_args,
-            filters,
-            key_schema,
-            state_schema: Arc::new(Schema::new(state_fields)),
-            schema: Arc::clone(&schema),
-            inner: Mutex::new(Inner::default()),
+            spec: p.spec,
+            agg,
+            layout,
+            start,
+            end,
+            slices: p.slices,
+            lag_ms: p.lag_ms,
+            state_schema: Arc::new(Schema::new(fields)),
+            schema: p.schema,
+            inner: Mutex::new(Inner {
+                frontier: i64::MIN,
+                ..Default::default()
+            }),
         };
-        Ok(Self::with_state(input, spec, Arc::new(state)))
+        Ok(Self::with_state(input, Arc::new(state)))
     }
 
-    fn with_state(input: Arc<dyn ExecutionPlan>, spec: WindowSpec, state: Arc<WindowAggState>) -> Self {
+    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<WindowAggState>) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&state.schema)),
             Partitioning::UnknownPartitioning(1),
@@ -163,9 +211,9 @@ impl WindowAggregateExec {
         );
         Self {
             input,
-            spec,
             state,
             props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -177,15 +225,23 @@ impl WindowAggregateExec {
 
 impl DisplayAs for WindowAggregateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.state.group_by.iter().map(|(_, n)| n.as_str()).collect();
-        let aggs: Vec<&str> = self.state.aggr.iter().map(|a| a.name()).collect();
+        let s = &self.state;
+        let keys: Vec<&str> = (0..s.layout.len())
+            .map(|i| s.schema.field(i).name().as_str())
+            .collect();
+        let aggs: Vec<&str> = s.agg.aggr.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "WindowAggregateExec: {} gby=[{}], aggr=[{}], emit=on window close",
-            self.spec,
+            "WindowAggregateExec: {}{} gby=[{}], aggr=[{}], emit=on window close",
+            s.spec,
+            if s.slices { " over slices" } else { "" },
             keys.join(", "),
             aggs.join(", ")
-        )
+        )?;
+        if s.lag_ms != 0 {
+            write!(f, ", watermark lag {}ms", s.lag_ms)?;
+        }
+        Ok(())
     }
 }
 
@@ -210,16 +266,14 @@ impl ExecutionPlan for WindowAggregateExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for (e, _) in &self.state.group_by {
+        let s = &self.state;
+        let exprs = [&s.start, &s.end]
+            .into_iter()
+            .chain(s.agg.keys.iter().map(|(e, _)| e))
+            .chain(s.agg.args.iter().flatten());
+        for e in exprs {
             if f(e)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        for args in &self.state.aggr_args {
-            for e in args {
-                if f(e)? == TreeNodeRecursion::Stop {
-                    return Ok(TreeNodeRecursion::Stop);
-                }
             }
         }
         Ok(TreeNodeRecursion::Continue)
@@ -231,9 +285,12 @@ impl ExecutionPlan for WindowAggregateExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::with_state(
             children.swap_remove(0),
-            self.spec.clone(),
             Arc::clone(&self.state),
         )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
@@ -245,11 +302,19 @@ impl ExecutionPlan for WindowAggregateExec {
         let epoch = EpochInput::from_task(&context)?;
         let mut input = self.input.execute(0, context)?;
         let state = Arc::clone(&self.state);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out = futures::stream::once(async move {
             while let Some(batch) = input.next().await {
-                state.update(&batch?)?;
+                let batch = batch?;
+                let timer = baseline.elapsed_compute().timer();
+                state.update(&batch)?;
+                timer.done();
             }
-            state.emit_closed(epoch.watermark_out)
+            let timer = baseline.elapsed_compute().timer();
+            let out = state.emit_closed(epoch.watermark_out.saturating_sub(state.lag_ms))?;
+            timer.done();
+            baseline.record_output(out.num_rows());
+            Ok(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.state.schema),
@@ -258,13 +323,13 @@ impl ExecutionPlan for WindowAggregateExec {
     }
 }
 
-/// Rows of a batch split by window: (end, start) → row indices.
-fn split_by_window(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {
+/// Rows of a batch split by unit: (end, start) → row indices.
+pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {
     let mut parts: Vec<((i64, i64), Vec<u32>)> = Vec::new();
     let mut index: HashMap<(i64, i64), usize> = HashMap::new();
     let mut last = usize::MAX;
     for (i, (&s, &e)) in starts.iter().zip(ends).enumerate() {
-        // Rows of one window usually come in runs: check the last one first.
+        // Rows of one unit usually come in runs: check the last one first.
         if last < parts.len() && parts[last].0 == (e, s) {
             parts[last].1.push(i as u32);
             continue;
@@ -278,8 +343,18 @@ fn split_by_window(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> 
     parts
 }
 
-fn take_all(arrays: &[ArrayRef], idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
-    arrays.iter().map(|a| Ok(take(a.as_ref(), idx, None)?)).collect()
+/// A timestamp column of `n` copies of `value`, typed as `field`.
+pub fn constant_time(field: &Field, value: i64, n: usize) -> Result<ArrayRef> {
+    let tz = match field.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    };
+    let arr: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![value; n]).with_timezone_opt(tz));
+    if arr.data_type() == field.data_type() {
+        Ok(arr)
+    } else {
+        Ok(cast(&arr, field.data_type())?)
+    }
 }
 
 impl WindowAggState {
@@ -289,308 +364,325 @@ impl WindowAggState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn new_window(&self) -> Result<WindowGroups> {
-        let keys = if self.key_schema.fields().is_empty() {
-            None
-        } else {
-            Some(new_group_values(
-                Arc::clone(&self.key_schema),
-                &GroupOrdering::None,
-            )?)
-        };
-        let accs = self
-            .aggr
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.groups_accumulator_supported() {
-                    a.create_groups_accumulator()
-                } else {
-                    let a = Arc::clone(a);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        a.create_accumulator()
-                    })))
-                }
-            })
-            .collect::<Result<_>>()?;
-        Ok(WindowGroups {
-            keys,
-            num_groups: 0,
-            accs,
-            snapshot: None,
-        })
-    }
-
-    /// Folds one input batch into the open windows.
+    /// Folds one input batch into the units.
     fn update(&self, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        let groups: Vec<ArrayRef> = self
-            .group_by
-            .iter()
-            .map(|(e, _)| e.evaluate(batch)?.into_array(n))
-            .collect::<Result<_>>()?;
-        let starts = cast(&groups[self.window_start], &DataType::Int64)?;
-        let ends = cast(&groups[self.window_end], &DataType::Int64)?;
-        let keys: Vec<ArrayRef> = groups
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != self.window_start && *i != self.window_end)
-            .map(|(_, a)| Arc::clone(a))
-            .collect();
-        let args: Vec<Vec<ArrayRef>> = self
-            .aggr_args
-            .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(n))
-                    .collect::<Result<_>>()
-            })
-            .collect::<Result<_>>()?;
-        let filters: Vec<Option<ArrayRef>> = self
-            .filters
-            .iter()
-            .map(|f| f.as_ref().map(|f| f.evaluate(batch)?.into_array(n)).transpose())
-            .collect::<Result<_>>()?;
-
-        let parts = split_by_window(
+        let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+        let ends = cast(&self.end.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+        let evaluated = self.agg.evaluate(batch)?;
+        let parts = split_by_unit(
             starts.as_primitive::<Int64Type>().values(),
             ends.as_primitive::<Int64Type>().values(),
         );
         let mut inner = self.lock();
-        inner.dirty = true;
-        let mut group_idx = Vec::with_capacity(n);
-        for (window, rows) in parts {
-            let rows_here = rows.len();
-            let (keys, args, filters) = if rows_here == n {
-                (keys.clone(), args.clone(), filters.clone())
+        for (unit, rows) in parts {
+            let part: Evaluated;
+            let input = if rows.len() == n {
+                &evaluated
             } else {
-                let idx = UInt32Array::from(rows);
-                let args = args
-                    .iter()
-                    .map(|a| take_all(a, &idx))
-                    .collect::<Result<Vec<_>>>()?;
-                let filters = filters
-                    .iter()
-                    .map(|f| {
-                        f.as_ref()
-                            .map(|f| Ok::<_, DataFusionError>(take(f.as_ref(), &idx, None)?))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                (take_all(&keys, &idx)?, args, filters)
+                part = evaluated.take(&UInt32Array::from(rows))?;
+                &part
             };
-            let w = match inner.windows.entry(window) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.new_window()?),
-            };
-            w.snapshot = None;
-            group_idx.clear();
-            match &mut w.keys {
-                Some(k) => {
-                    k.intern(&keys, &mut group_idx)?;
-                    w.num_groups = k.len();
-                }
-                None => {
-                    group_idx.resize(rows_here, 0);
-                    w.num_groups = 1;
+            let new = !inner.units.contains_key(&unit);
+            if new {
+                inner.units.insert(
+                    unit,
+                    Unit {
+                        state: UnitState::Live(Groups::new(&self.agg)?),
+                        snapshot: None,
+                    },
+                );
+                if self.slices {
+                    let windows = self.spec.windows_of_slice(unit.1);
+                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
                 }
             }
-            for (i, acc) in w.accs.iter_mut().enumerate() {
-                let filter = filters[i].as_ref().map(|f| f.as_boolean().clone());
-                acc.update_batch(&args[i], &group_idx, filter.as_ref(), w.num_groups)?;
+            inner.changed.insert(unit);
+            inner.removed.remove(&unit);
+            let u = inner.units.get_mut(&unit).expect("inserted above");
+            u.snapshot = None;
+            match &mut u.state {
+                UnitState::Live(g) => g.update(input)?,
+                UnitState::Frozen { .. } => {
+                    return Err(DataFusionError::Internal(format!(
+                        "rows arrived for slice [{}, {}) after it was complete",
+                        unit.1, unit.0
+                    )));
+                }
             }
         }
         Ok(())
     }
 
-    /// Emits and forgets every window that ends at or before `watermark`.
+    /// Emits every window that ends at or before `watermark`, and forgets
+    /// state no open window needs.
     fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
         let mut inner = self.lock();
         let mut out = Vec::new();
-        while let Some(entry) = inner.windows.first_entry() {
-            let (end, start) = *entry.key();
-            if end > watermark {
-                break;
+        if self.slices {
+            while let Some(&(end, start)) = inner.open.first() {
+                if end > watermark {
+                    break;
+                }
+                inner.open.pop_first();
+                let mut merged = Groups::new(&self.agg)?;
+                let step = self.spec.slice_ms().unwrap_or(end - start);
+                for s in self.spec.slices_of_window(start, end) {
+                    if let Some(u) = inner.units.get_mut(&(s + step, s)) {
+                        freeze(u)?;
+                        if let UnitState::Frozen { keys, states, rows } = &u.state {
+                            merged.merge(keys, states, *rows)?;
+                        }
+                    }
+                }
+                if !merged.is_empty() {
+                    out.push(self.finish(start, end, merged)?);
+                }
             }
-            let w = entry.remove();
-            out.push(self.finish(start, end, w)?);
-        }
-        if !out.is_empty() {
-            inner.dirty = true;
+            let spec = &self.spec;
+            let retired: Vec<(i64, i64)> = inner
+                .units
+                .keys()
+                .copied()
+                .filter(|&(_, s)| spec.slice_retires_at(s) <= watermark)
+                .collect();
+            for unit in retired {
+                inner.units.remove(&unit);
+                inner.changed.remove(&unit);
+                inner.removed.insert(unit);
+            }
+            if watermark > inner.frontier {
+                inner.frontier = watermark;
+            }
+        } else {
+            while let Some(entry) = inner.units.first_entry() {
+                let (end, start) = *entry.key();
+                if end > watermark {
+                    break;
+                }
+                let unit = entry.remove();
+                let groups = match unit.state {
+                    UnitState::Live(g) => g,
+                    UnitState::Frozen { keys, states, rows } => {
+                        let mut g = Groups::new(&self.agg)?;
+                        g.merge(&keys, &states, rows)?;
+                        g
+                    }
+                };
+                out.push(self.finish(start, end, groups)?);
+                inner.changed.remove(&(end, start));
+                inner.removed.insert((end, start));
+            }
         }
         Ok(concat_batches(&self.schema, &out)?)
     }
 
-    fn window_column(&self, index: usize, value: i64, n: usize) -> Result<ArrayRef> {
-        let field = self.schema.field(index);
-        let tz = match field.data_type() {
-            DataType::Timestamp(_, tz) => tz.clone(),
-            _ => None,
-        };
-        let arr: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![value; n]).with_timezone_opt(tz));
-        if arr.data_type() == field.data_type() {
-            Ok(arr)
-        } else {
-            Ok(cast(&arr, field.data_type())?)
-        }
-    }
-
     /// Final rows of a closed window.
-    fn finish(&self, start: i64, end: i64, mut w: WindowGroups) -> Result<RecordBatch> {
-        let n = w.num_groups;
-        let mut keys = match &mut w.keys {
-            Some(k) => k.emit(EmitTo::All)?,
-            None => vec![],
-        }
-        .into_iter();
+    fn finish(&self, start: i64, end: i64, groups: Groups) -> Result<RecordBatch> {
+        let n = groups.len();
+        let (keys, values) = groups.evaluate()?;
         let mut columns = Vec::with_capacity(self.schema.fields().len());
-        for i in 0..self.group_by.len() {
-            if i == self.window_start {
-                columns.push(self.window_column(i, start, n)?);
-            } else if i == self.window_end {
-                columns.push(self.window_column(i, end, n)?);
-            } else {
-                columns.push(
-                    keys.next()
-                        .ok_or_else(|| DataFusionError::Internal("missing key column".into()))?,
-                );
-            }
+        for (i, c) in self.layout.iter().enumerate() {
+            columns.push(match c {
+                GroupColumn::Window(w) => constant_time(self.schema.field(i), w.value(start, end), n)?,
+                GroupColumn::Key(k) => Arc::clone(&keys[*k]),
+            });
         }
-        for acc in &mut w.accs {
-            columns.push(acc.evaluate(EmitTo::All)?);
-        }
+        columns.extend(values);
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// This window's state rows. Taking state out of DataFusion's
-    /// accumulators consumes it, so the window is rebuilt from the same rows
-    /// (which keeps group order, and so output order, the same as after a
-    /// restore from this snapshot).
-    fn snapshot_window(&self, start: i64, end: i64, w: &mut WindowGroups) -> Result<RecordBatch> {
-        let n = w.num_groups;
-        let keys = match &mut w.keys {
-            Some(k) => k.emit(EmitTo::All)?,
-            None => vec![],
-        };
-        let states: Vec<Vec<ArrayRef>> = w
-            .accs
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<Result<_>>()?;
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(vec![start; n])),
-            Arc::new(Int64Array::from(vec![end; n])),
-        ];
-        columns.extend(keys.iter().cloned());
-        for s in &states {
-            columns.extend(s.iter().cloned());
-        }
-        let batch = RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?;
-        let mut fresh = self.new_window()?;
-        self.merge_into(&mut fresh, &keys, &states, n)?;
-        *w = fresh;
-        Ok(batch)
-    }
-
-    fn merge_into(
+    fn unit_rows(
         &self,
-        w: &mut WindowGroups,
+        unit: (i64, i64),
         keys: &[ArrayRef],
         states: &[Vec<ArrayRef>],
         n: usize,
-    ) -> Result<()> {
-        let mut idx = Vec::with_capacity(n);
-        match &mut w.keys {
-            Some(k) => {
-                k.intern(keys, &mut idx)?;
-                w.num_groups = k.len();
-            }
-            None => {
-                idx.resize(n, 0);
-                w.num_groups = n.min(1);
-            }
+    ) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![unit.1; n])),
+            Arc::new(Int64Array::from(vec![unit.0; n])),
+        ];
+        columns.extend(keys.iter().cloned());
+        for s in states {
+            columns.extend(s.iter().cloned());
         }
-        for (acc, s) in w.accs.iter_mut().zip(states) {
-            acc.merge_batch(s, &idx, w.num_groups)?;
-        }
-        Ok(())
+        Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?)
     }
 }
 
+/// Turns a complete slice's live groups into arrays (once).
+fn freeze(u: &mut Unit) -> Result<()> {
+    if let UnitState::Live(g) = &mut u.state {
+        let rows = g.len();
+        let (keys, states) = g.take_state()?;
+        u.state = UnitState::Frozen { keys, states, rows };
+    }
+    Ok(())
+}
+
 impl StatefulOperator for WindowAggState {
+    fn signature(&self) -> String {
+        format!(
+            "window-aggregate {:?} {} {}",
+            self.spec,
+            if self.slices { "slices" } else { "windows" },
+            super::aggregate_signature(&self.agg)
+        )
+    }
+
     fn kind(&self) -> &'static str {
         "window-aggregate"
     }
 
     fn state_rows(&self) -> usize {
-        self.lock().windows.values().map(|w| w.num_groups).sum()
+        self.lock().units.values().map(Unit::rows).sum()
     }
 
-    fn snapshot(&self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+    fn describe(&self) -> StateTable {
+        let keys: Vec<String> = ["window_start", "window_end"]
+            .into_iter()
+            .map(String::from)
+            .chain(self.agg.key_schema.fields().iter().map(|f| f.name().clone()))
+            .collect();
+        StateTable {
+            name: if self.slices { "slices" } else { "windows" }.into(),
+            keys,
+            values: self
+                .agg
+                .state_file_fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+            evicted_by: if self.slices {
+                "a slice, once the last window containing it ends at or before the watermark".into()
+            } else {
+                "window_end at or before the watermark (the window is emitted, then dropped)".into()
+            },
+        }
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        2
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
         let mut inner = self.lock();
-        if !inner.dirty {
+        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
             return Ok(None);
         }
-        let mut out = Vec::with_capacity(inner.windows.len());
-        for (&(end, start), w) in inner.windows.iter_mut() {
-            if w.snapshot.is_none() {
-                w.snapshot = Some(self.snapshot_window(start, end, w)?);
+        let units: Vec<(i64, i64)> = if full {
+            inner.units.keys().copied().collect()
+        } else {
+            inner
+                .changed
+                .iter()
+                .copied()
+                .filter(|u| inner.units.contains_key(u))
+                .collect()
+        };
+        let mut upserts = Vec::with_capacity(units.len());
+        for unit in units {
+            let u = inner.units.get_mut(&unit).expect("listed");
+            if u.snapshot.is_none() {
+                let batch = match &mut u.state {
+                    UnitState::Live(g) => {
+                        let n = g.len();
+                        let (k, s) = g.snapshot(&self.agg)?;
+                        self.unit_rows(unit, &k, &s, n)?
+                    }
+                    UnitState::Frozen { keys, states, rows } => self.unit_rows(unit, keys, states, *rows)?,
+                };
+                u.snapshot = Some(batch);
             }
-            out.extend(w.snapshot.clone());
+            upserts.extend(u.snapshot.clone());
         }
-        inner.dirty = false;
-        Ok(Some((Arc::clone(&self.state_schema), out)))
+        let deletes = if full || inner.removed.is_empty() {
+            vec![]
+        } else {
+            let (ends, starts): (Vec<i64>, Vec<i64>) = inner.removed.iter().copied().unzip();
+            let schema = Arc::new(self.state_schema.project(&[0, 1])?);
+            vec![RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(Int64Array::from(ends)),
+                ],
+            )?]
+        };
+        inner.changed.clear();
+        inner.removed.clear();
+        Ok(Some(StateChange { upserts, deletes }))
     }
 
-    fn restore(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
-        let expected: Vec<&DataType> = self.state_schema.fields().iter().map(|f| f.data_type()).collect();
-        let found: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
-        if expected != found {
-            return Err(DataFusionError::Execution(format!(
-                "the state file does not match this windowed aggregate (it has columns {:?}, the operator keeps {:?})",
-                schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
-                self.state_schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name())
-                    .collect::<Vec<_>>()
-            )));
-        }
+    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
         let mut inner = self.lock();
-        inner.windows.clear();
-        let n_keys = self.key_schema.fields().len();
+        *inner = Inner {
+            frontier: watermark.saturating_sub(self.lag_ms),
+            ..Default::default()
+        };
+        let n_keys = self.agg.key_schema.fields().len();
         for batch in batches {
             let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
             let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
             let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            for (window, rows) in split_by_window(&starts, &ends) {
+            for (unit, rows) in split_by_unit(&starts, &ends) {
                 let idx = UInt32Array::from(rows);
                 let part = take_batch(&batch, &idx)?;
                 let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
-                let mut col = 2 + n_keys;
-                let mut states = Vec::with_capacity(self.aggr.len());
-                for a in &self.aggr {
-                    let k = a.state_fields()?.len();
-                    states.push(part.columns()[col..col + k].to_vec());
-                    col += k;
+                let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
+                let mut g = Groups::new(&self.agg)?;
+                g.merge(&keys, &states, part.num_rows())?;
+                if self.slices {
+                    let windows = self.spec.windows_of_slice(unit.1);
+                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
                 }
-                let mut w = self.new_window()?;
-                self.merge_into(&mut w, &keys, &states, part.num_rows())?;
-                w.snapshot = Some(part);
-                inner.windows.insert(window, w);
+                inner.units.insert(
+                    unit,
+                    Unit {
+                        state: UnitState::Live(g),
+                        snapshot: Some(part),
+                    },
+                );
             }
         }
-        inner.dirty = false;
+        // Windows at or before the frontier were emitted before the checkpoint.
+        let frontier = inner.frontier;
+        inner.open.retain(|&(end, _)| end > frontier);
         Ok(())
     }
 }
 
-fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new(
-        batch.schema(),
-        take_all(batch.columns(), idx)?,
-    )?)
+/// Checks a state file's columns against what the operator keeps.
+pub fn check_state_schema(expected: &SchemaRef, found: &SchemaRef, what: &str) -> Result<()> {
+    let e: Vec<&DataType> = expected.fields().iter().map(|f| f.data_type()).collect();
+    let f: Vec<&DataType> = found.fields().iter().map(|f| f.data_type()).collect();
+    if e != f {
+        return Err(DataFusionError::Execution(format!(
+            "the state file does not match this {what} (it has columns {:?}, the operator keeps {:?})",
+            found.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            expected.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
+/// The rows of a batch at `idx`.
+pub fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| Ok(datafusion::arrow::compute::take(c.as_ref(), idx, None)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }

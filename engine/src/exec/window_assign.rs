@@ -1,32 +1,48 @@
 //! `WindowAssignExec`: a window table function. Drops late rows and counts
-//! them, and appends `window_start` and `window_end` to the rest.
+//! them, and appends `window_start`, `window_end` and `window_time` to the
+//! rest.
 //!
-//! Lateness is decided row by row, in the order the source delivered them:
-//! row *i* is late when its event time is older than the watermark just
-//! before it, `max(event time of rows before i) - delay` (rows of earlier
-//! epochs included, through the epoch's starting watermark), or when it has
-//! no event time. Because this depends only on the order of rows and not on
-//! where epochs begin and end, a query's result does not depend on how its
-//! input was cut into batches.
+//! Lateness depends on where the time column's watermark comes from
+//! ([`WatermarkOrigin`]):
+//!
+//! * one source: decided row by row, in the order the source delivered
+//!   them: row *i* is late when its event time is older than the watermark
+//!   just before it, `max(event time of rows before i) - delay` (rows of
+//!   earlier epochs included, through the epoch's starting watermark), or
+//!   when it has no event time. This depends only on the order of rows, not
+//!   on where epochs begin and end, so the query's result does not either;
+//! * several sources (a union): late when older than the lowest of their
+//!   watermarks at the start of the epoch;
+//! * an upstream window's results: never late (each is emitted once, final).
+//!
+//! Each row gets its windows: one for TUMBLE; for HOP and CUMULATE, one
+//! output row per window containing it, unless the consumer merges slices
+//! itself (`slices`), in which case the row gets its slice. For SESSION the
+//! row's interval `[ts, ts + gap)` is output; the session aggregate above
+//! merges intervals into sessions.
 
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
-use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use weir_sql::WindowSpec;
+use weir_sql::{WatermarkOrigin, WindowSpec};
 
 use crate::epoch::EpochInput;
 
@@ -36,21 +52,29 @@ pub struct WindowAssignExec {
     input: Arc<dyn ExecutionPlan>,
     spec: WindowSpec,
     time_index: usize,
-    source: String,
-    delay_ms: i64,
+    origin: WatermarkOrigin,
+    slices: bool,
+    late_sink: Option<String>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl WindowAssignExec {
+    /// The late sink and the schema of the rows it receives.
+    pub fn late_sink(&self) -> Option<(&str, SchemaRef)> {
+        self.late_sink.as_deref().map(|s| (s, self.input.schema()))
+    }
+
     /// Windows `input` by its column `time_index`; `schema` is the input's
-    /// columns followed by `window_start` and `window_end`.
+    /// columns followed by `window_start`, `window_end` and `window_time`.
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         spec: WindowSpec,
         time_index: usize,
-        source: String,
-        delay_ms: i64,
+        origin: WatermarkOrigin,
+        slices: bool,
+        late_sink: Option<String>,
         schema: SchemaRef,
     ) -> Result<Self> {
         let props = PlanProperties::new(
@@ -63,10 +87,12 @@ impl WindowAssignExec {
             input,
             spec,
             time_index,
-            source,
-            delay_ms,
+            origin,
+            slices,
+            late_sink,
             schema,
             props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -76,8 +102,10 @@ impl DisplayAs for WindowAssignExec {
         let time = self.input.schema().field(self.time_index).name().clone();
         write!(
             f,
-            "WindowAssignExec: {} on {time}, drops rows older than the watermark",
-            self.spec
+            "WindowAssignExec: {} on {time}{}, watermark from {}",
+            self.spec,
+            if self.slices { " (slices)" } else { "" },
+            self.origin
         )
     }
 }
@@ -114,27 +142,58 @@ impl ExecutionPlan for WindowAssignExec {
             children.swap_remove(0),
             self.spec.clone(),
             self.time_index,
-            self.source.clone(),
-            self.delay_ms,
+            self.origin.clone(),
+            self.slices,
+            self.late_sink.clone(),
             Arc::clone(&self.schema),
         )?))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let epoch = EpochInput::from_task(&context)?;
         let input = self.input.execute(partition, context)?;
+        let (watermark, cap, delay_ms) = match &self.origin {
+            WatermarkOrigin::Source { source, delay_ms } => {
+                (epoch.source_watermark_in(source), i64::MAX, Some(*delay_ms))
+            }
+            WatermarkOrigin::Sources(sources) => {
+                let low = sources
+                    .iter()
+                    .map(|s| epoch.source_watermark_in(s))
+                    .min()
+                    .unwrap_or(i64::MIN);
+                (low, i64::MAX, None)
+            }
+            WatermarkOrigin::Upstream { .. } => (i64::MIN, i64::MAX, None),
+        };
         let mut assign = Assign {
             spec: self.spec.clone(),
             time_index: self.time_index,
             schema: Arc::clone(&self.schema),
-            delay_ms: self.delay_ms,
-            watermark: epoch.source_watermark_in(&self.source),
-            cap: epoch.others_watermark_in(&self.source),
+            slices: self.slices,
+            delay_ms,
+            watermark,
+            cap,
+            keep_late: self.late_sink.is_some(),
         };
+        let late_sink = self.late_sink.clone();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let late: Count = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
         let stream = input.map(move |batch| {
             let batch = batch?;
-            let (out, late) = assign.apply(&batch)?;
-            epoch.add_late(late);
+            let timer = baseline.elapsed_compute().timer();
+            let (out, dropped, late_rows) = assign.apply(&batch)?;
+            timer.done();
+            epoch.add_late(dropped);
+            if let (Some(sink), Some(rows)) = (&late_sink, late_rows) {
+                epoch.add_late_rows(sink, rows);
+            }
+            late.add(dropped as usize);
+            baseline.record_output(out.num_rows());
             Ok(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -149,17 +208,21 @@ struct Assign {
     spec: WindowSpec,
     time_index: usize,
     schema: SchemaRef,
-    delay_ms: i64,
-    /// The source's watermark as of the next row.
+    slices: bool,
+    /// `Some(delay)`: the watermark advances row by row (one source).
+    delay_ms: Option<i64>,
+    /// The watermark as of the next row.
     watermark: i64,
-    /// The lowest watermark of the pipeline's other sources (a union's
-    /// inputs): the effective watermark never passes it.
+    /// A bound the watermark does not pass.
     cap: i64,
+    /// Return the late rows (for a late sink) rather than only counting them.
+    keep_late: bool,
 }
 
 impl Assign {
-    /// Returns the windowed rows and the number of late rows dropped.
-    fn apply(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+    /// Returns the windowed rows, the number of late rows dropped, and those
+    /// rows when asked to keep them.
+    fn apply(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64, Option<RecordBatch>)> {
         let time = batch.column(self.time_index);
         let ms = to_millis(time)?;
         let ms = ms.as_primitive::<TimestampMillisecondType>();
@@ -168,13 +231,21 @@ impl Assign {
             .iter()
             .map(|t| {
                 let on_time = t.is_some_and(|t| t >= self.watermark.min(self.cap));
-                if let Some(t) = t {
-                    self.watermark = self.watermark.max(t.saturating_sub(self.delay_ms));
+                if let (Some(t), Some(delay)) = (t, self.delay_ms) {
+                    self.watermark = self.watermark.max(t.saturating_sub(delay));
                 }
                 all_on_time &= on_time;
                 Some(on_time)
             })
             .collect();
+        let late_rows = if self.keep_late && !all_on_time {
+            Some(filter_record_batch(
+                batch,
+                &datafusion::arrow::compute::not(&keep)?,
+            )?)
+        } else {
+            None
+        };
         let (batch, ms) = if all_on_time {
             (batch.clone(), ms.clone())
         } else {
@@ -187,24 +258,57 @@ impl Assign {
             DataType::Timestamp(_, tz) => tz.clone(),
             _ => None,
         };
-        let (starts, ends): (Vec<i64>, Vec<i64>) = match &self.spec {
-            WindowSpec::Tumble { size_ms, offset_ms } => ms
+        let one_per_row =
+            self.slices || matches!(self.spec, WindowSpec::Tumble { .. } | WindowSpec::Session { .. });
+        let (rows, starts, ends): (Option<Vec<u32>>, Vec<i64>, Vec<i64>) = if one_per_row {
+            let (s, e) = ms
                 .values()
                 .iter()
-                .map(|&t| {
-                    let s = WindowSpec::tumble_start(t, *size_ms, *offset_ms);
-                    (s, s + size_ms)
+                .map(|&t| match &self.spec {
+                    WindowSpec::Session { gap_ms } => (t, t + gap_ms),
+                    spec => {
+                        let s = spec.slice_start(t);
+                        (s, s + spec.slice_ms().expect("sliced"))
+                    }
                 })
-                .unzip(),
+                .unzip();
+            (None, s, e)
+        } else {
+            // One output row per window containing the row.
+            let mut rows = Vec::new();
+            let mut starts = Vec::new();
+            let mut ends = Vec::new();
+            for (i, &t) in ms.values().iter().enumerate() {
+                for (s, e) in self.spec.windows_of(t) {
+                    rows.push(i as u32);
+                    starts.push(s);
+                    ends.push(e);
+                }
+            }
+            (Some(rows), starts, ends)
         };
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(starts).with_timezone_opt(tz.clone()),
-        ));
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(ends).with_timezone_opt(tz),
-        ));
-        Ok((RecordBatch::try_new(Arc::clone(&self.schema), columns)?, dropped))
+        let mut columns: Vec<ArrayRef> = match rows {
+            None => batch.columns().to_vec(),
+            Some(rows) => {
+                let idx = UInt32Array::from(rows);
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| Ok(take(c.as_ref(), &idx, None)?))
+                    .collect::<Result<_>>()?
+            }
+        };
+        let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+        for values in [starts, ends, times] {
+            columns.push(Arc::new(
+                TimestampMillisecondArray::from(values).with_timezone_opt(tz.clone()),
+            ));
+        }
+        Ok((
+            RecordBatch::try_new(Arc::clone(&self.schema), columns)?,
+            dropped,
+            late_rows,
+        ))
     }
 }
 
@@ -222,56 +326,101 @@ mod tests {
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{Field, Schema};
 
-    #[test]
-    fn late_and_timeless_rows_are_dropped_and_windows_appended() {
+    fn schemas() -> (SchemaRef, SchemaRef) {
         let in_schema = Arc::new(Schema::new(vec![
             Field::new("v", DataType::Int64, false),
             Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
         ]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&in_schema),
-            vec![
-                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
-                Arc::new(TimestampMillisecondArray::from(vec![
-                    Some(12_000),
-                    Some(4_000),
-                    None,
-                    Some(25_000),
-                ])),
-            ],
-        )
-        .unwrap();
         let wtype = DataType::Timestamp(TimeUnit::Millisecond, None);
         let out_schema = Arc::new(Schema::new(vec![
             in_schema.field(0).clone(),
             in_schema.field(1).clone(),
             Field::new("window_start", wtype.clone(), false),
-            Field::new("window_end", wtype, false),
+            Field::new("window_end", wtype.clone(), false),
+            Field::new("window_time", wtype, false),
         ]));
-        let assign = |watermark| Assign {
-            spec: WindowSpec::Tumble {
-                size_ms: 10_000,
-                offset_ms: 0,
-            },
+        (in_schema, out_schema)
+    }
+
+    fn batch(in_schema: &SchemaRef, ts: Vec<Option<i64>>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(in_schema),
+            vec![
+                Arc::new(Int64Array::from((0..ts.len() as i64).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from(ts)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn assign(spec: WindowSpec, schema: &SchemaRef, slices: bool) -> Assign {
+        Assign {
+            spec,
             time_index: 1,
-            schema: Arc::clone(&out_schema),
-            delay_ms: 5_000,
-            watermark,
+            schema: Arc::clone(schema),
+            slices,
+            delay_ms: Some(5_000),
+            watermark: i64::MIN,
             cap: i64::MAX,
+            keep_late: true,
+        }
+    }
+
+    #[test]
+    fn late_and_timeless_rows_are_dropped_row_by_row() {
+        let (in_schema, out_schema) = schemas();
+        let b = batch(&in_schema, vec![Some(12_000), Some(4_000), None, Some(25_000)]);
+        let tumble = WindowSpec::Tumble {
+            size_ms: 10_000,
+            offset_ms: 0,
         };
         // Rows at 12s, 4s, none, 25s: 12s moves the watermark to 7s, so 4s
         // is late; the row without a time is dropped.
-        let mut a = assign(i64::MIN);
-        let (out, late) = a.apply(&batch).unwrap();
+        let mut a = assign(tumble.clone(), &out_schema, false);
+        let (out, late, rows) = a.apply(&b).unwrap();
         assert_eq!(late, 2);
-        assert_eq!(out.num_rows(), 2);
+        assert_eq!(rows.unwrap().num_rows(), 2);
         let starts = out.column(2).as_primitive::<TimestampMillisecondType>();
         assert_eq!(starts.values().to_vec(), vec![10_000, 20_000]);
+        let times = out.column(4).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(times.values().to_vec(), vec![19_999, 29_999]);
         assert_eq!(a.watermark, 20_000);
         // The same rows cut into two batches: the same rows are late.
-        let mut b = assign(i64::MIN);
-        let (first, l1) = b.apply(&batch.slice(0, 1)).unwrap();
-        let (rest, l2) = b.apply(&batch.slice(1, 3)).unwrap();
+        let mut b2 = assign(tumble, &out_schema, false);
+        let (first, l1, _) = b2.apply(&b.slice(0, 1)).unwrap();
+        let (rest, l2, _) = b2.apply(&b.slice(1, 3)).unwrap();
         assert_eq!((first.num_rows() + rest.num_rows(), l1 + l2), (2, 2));
+    }
+
+    #[test]
+    fn hop_rows_go_to_every_window_or_to_their_slice() {
+        let (in_schema, out_schema) = schemas();
+        let b = batch(&in_schema, vec![Some(5_000)]);
+        let hop = WindowSpec::Hop {
+            slide_ms: 2_000,
+            size_ms: 6_000,
+            offset_ms: 0,
+        };
+        let (out, _, _) = assign(hop.clone(), &out_schema, false).apply(&b).unwrap();
+        let starts = out
+            .column(2)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(starts, vec![0, 2_000, 4_000]);
+        assert_eq!(
+            out.column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec(),
+            vec![0, 0, 0]
+        );
+        let (out, _, _) = assign(hop, &out_schema, true).apply(&b).unwrap();
+        let ends = out
+            .column(3)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        assert_eq!((out.num_rows(), ends), (1, vec![6_000]));
     }
 }

@@ -75,7 +75,8 @@ pub struct FilesSource {
     max_files: usize,
     max_rows: usize,
     progress: BTreeMap<String, FileProgress>,
-    changed: bool,
+    /// Files whose progress changed since the last checkpoint.
+    changed: std::collections::BTreeSet<String>,
     /// The listing fixed by `freeze` (available-now).
     frozen: Option<Vec<(String, u64)>>,
     /// The bytes of the last CSV/JSON file read, which the next batch often
@@ -99,7 +100,8 @@ fn parse_count(decl: &TableDecl, key: &str, default: usize) -> Result<usize> {
 impl FilesSource {
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl, store_options: &StoreOptions) -> Result<Self> {
-        check_options(decl, OPTIONS)?;
+        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        check_options(decl, &known)?;
         let schema = decl
             .schema
             .clone()
@@ -140,7 +142,7 @@ impl FilesSource {
             max_files: parse_count(decl, "max_files_per_batch", DEFAULT_MAX_FILES)?,
             max_rows: parse_count(decl, "max_rows_per_batch", DEFAULT_MAX_ROWS)?,
             progress: BTreeMap::new(),
-            changed: false,
+            changed: Default::default(),
             frozen: None,
             cache: None,
         })
@@ -272,26 +274,41 @@ impl Source for FilesSource {
                     done: rows.eof,
                 },
             );
-            self.changed = true;
+            self.changed.insert(range.path.clone());
         }
         Ok(out)
     }
 
-    fn progress(&mut self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-        if !self.changed {
+    fn progress_schema(&self) -> SchemaRef {
+        Self::progress_schema()
+    }
+
+    fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>> {
+        if !full && self.changed.is_empty() {
             return Ok(None);
         }
-        self.changed = false;
+        let entries: Vec<(&String, &FileProgress)> = if full {
+            self.progress.iter().collect()
+        } else {
+            self.changed
+                .iter()
+                .filter_map(|p| self.progress.get_key_value(p))
+                .collect()
+        };
         let schema = Self::progress_schema();
-        let paths: StringArray = self.progress.keys().map(Some).collect();
-        let sizes: UInt64Array = self.progress.values().map(|p| p.size).collect();
-        let rows: UInt64Array = self.progress.values().map(|p| p.rows_read).collect();
-        let done: BooleanArray = self.progress.values().map(|p| Some(p.done)).collect();
+        let paths: StringArray = entries.iter().map(|(p, _)| Some(p.as_str())).collect();
+        let sizes: UInt64Array = entries.iter().map(|(_, p)| p.size).collect();
+        let rows: UInt64Array = entries.iter().map(|(_, p)| p.rows_read).collect();
+        let done: BooleanArray = entries.iter().map(|(_, p)| Some(p.done)).collect();
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![Arc::new(paths), Arc::new(sizes), Arc::new(rows), Arc::new(done)],
         )?;
-        Ok(Some((schema, vec![batch])))
+        self.changed.clear();
+        Ok(Some(crate::exec::StateChange {
+            upserts: vec![batch],
+            deletes: vec![],
+        }))
     }
 
     fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
@@ -322,7 +339,7 @@ impl Source for FilesSource {
                 );
             }
         }
-        self.changed = false;
+        self.changed.clear();
         Ok(())
     }
 }

@@ -44,8 +44,11 @@ pub trait Source: Send + Sync {
     async fn plan_batch(&mut self) -> Result<Option<Value>>;
     /// Reads the rows an offset describes and advances progress past them.
     async fn read_batch(&mut self, offset: &Value) -> Result<Vec<RecordBatch>>;
-    /// The progress as state rows, if it changed since the last call.
-    fn progress(&mut self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>;
+    /// The schema of the progress state; its first column keys a unit.
+    fn progress_schema(&self) -> SchemaRef;
+    /// The progress changed since the last call (`None`: unchanged), or all
+    /// of it when `full`.
+    fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>>;
     /// Restores progress from state rows.
     fn restore(&mut self, batches: &[RecordBatch]) -> Result<()>;
 }
@@ -73,6 +76,9 @@ pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOption
     );
     base.merged(&own)
 }
+
+/// Options every source takes, whatever its connector.
+pub const SOURCE_OPTIONS: &[&str] = &["late.policy", "late.sink", "watermark.idle_timeout", "state.ttl"];
 
 /// Checks that a table only has options its connector knows.
 pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {

@@ -28,7 +28,7 @@ pub mod random;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt8Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -135,7 +135,8 @@ fn parse_base_time(decl: &TableDecl) -> Result<i64> {
 impl NexmarkSource {
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl) -> Result<Self> {
-        check_options(decl, OPTIONS)?;
+        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        check_options(decl, &known)?;
         let schema = decl
             .schema
             .clone()
@@ -193,12 +194,13 @@ impl NexmarkSource {
         })
     }
 
+    /// One row: a constant key (`unit`, so that each epoch's row replaces
+    /// the last in incremental checkpoints) and the next event number.
     fn progress_schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new(
-            "next_event",
-            DataType::UInt64,
-            false,
-        )]))
+        Arc::new(Schema::new(vec![
+            Field::new("unit", DataType::UInt8, false),
+            Field::new("next_event", DataType::UInt64, false),
+        ]))
     }
 }
 
@@ -273,17 +275,26 @@ impl Source for NexmarkSource {
         Ok(batches)
     }
 
-    fn progress(&mut self) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
-        if !self.changed {
+    fn progress_schema(&self) -> SchemaRef {
+        Self::progress_schema()
+    }
+
+    fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>> {
+        if !full && !self.changed {
             return Ok(None);
         }
         self.changed = false;
-        let schema = Self::progress_schema();
         let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(UInt64Array::from(vec![self.next]))],
+            Self::progress_schema(),
+            vec![
+                Arc::new(UInt8Array::from(vec![0u8])),
+                Arc::new(UInt64Array::from(vec![self.next])),
+            ],
         )?;
-        Ok(Some((schema, vec![batch])))
+        Ok(Some(crate::exec::StateChange {
+            upserts: vec![batch],
+            deletes: vec![],
+        }))
     }
 
     fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
@@ -348,10 +359,15 @@ mod tests {
         assert_eq!(first, serde_json::json!({"start": 0, "end": 1000}));
         let rows = s.read_batch(&first).await.unwrap();
         assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 920);
-        let (schema, state) = s.progress().unwrap().unwrap();
+        let state = s.checkpoint(false).unwrap().unwrap().upserts;
         assert!(
-            s.progress().unwrap().is_none(),
+            s.checkpoint(false).unwrap().is_none(),
             "unchanged progress is not written again"
+        );
+        assert_eq!(
+            s.checkpoint(true).unwrap().unwrap().upserts,
+            state,
+            "a snapshot has it too"
         );
 
         // A new process restores the progress and continues after it.
@@ -366,7 +382,7 @@ mod tests {
             ]
         );
         assert_eq!(rest.iter().map(RecordBatch::num_rows).sum::<usize>(), 920 + 460);
-        assert_eq!(schema.field(0).name(), "next_event");
+        assert_eq!(state[0].schema().field(1).name(), "next_event");
 
         // Replaying an offset gives the same rows.
         let mut u = NexmarkSource::open(&d).unwrap();

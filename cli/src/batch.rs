@@ -1,0 +1,102 @@
+//! Batch queries over results: a DataFusion `SessionContext` in which each
+//! sink table a query names is a Parquet listing table over the sink's
+//! folder, and a quoted path (`SELECT * FROM 'out/hot_items/'`) is a table
+//! too (`enable_url_table`).
+//!
+//! Only the sink folder's own `*.parquet` files are read: that is exactly the
+//! committed output. The sink stages an epoch's output under `_weir/` with a
+//! `.pending` suffix until the epoch commits; neither the suffix nor the
+//! subfolder is listed.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use weir_sql::TableDecl;
+use weir_storage::location::Create;
+use weir_storage::{Location, StoreOptions};
+
+/// A context for batch queries, with quoted paths as tables.
+pub fn context() -> SessionContext {
+    SessionContext::new_with_config(SessionConfig::new().with_information_schema(true)).enable_url_table()
+}
+
+/// Every function name DataFusion knows, for completion.
+pub fn function_names() -> Vec<String> {
+    let state = SessionContext::new().state();
+    state
+        .scalar_functions()
+        .keys()
+        .chain(state.aggregate_functions().keys())
+        .chain(state.window_functions().keys())
+        .cloned()
+        .collect()
+}
+
+/// A sink folder as a listing table of its committed Parquet files. The
+/// table's schema is the declared one, or else the files'.
+pub async fn sink_table(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptions) -> Result<ListingTable> {
+    let path = decl.require("path")?;
+    let url = if path.contains("://") {
+        if path.starts_with("s3://") || path.starts_with("s3a://") {
+            // Register the bucket's store, with the table's own s3.* settings.
+            let options = weir_engine::source::table_store_options(decl, env);
+            let loc = Location::open(path, &options, Create::No)?;
+            let bucket = path
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or("");
+            let store_url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
+            ctx.register_object_store(store_url.as_ref(), Arc::clone(loc.store()));
+        }
+        format!("{}/", path.trim_end_matches('/'))
+    } else {
+        if !std::path::Path::new(path).is_dir() {
+            bail!(
+                "'{}' has no committed output yet ({path} does not exist)",
+                decl.name
+            );
+        }
+        format!("{}/", path.trim_end_matches('/'))
+    };
+    let table_url = ListingTableUrl::parse(&url)?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(table_url).with_listing_options(options);
+    let config = match &decl.schema {
+        Some(schema) => config.with_schema(Arc::clone(schema)),
+        None => config.infer_schema(&ctx.state()).await.map_err(|e| {
+            if e.to_string().contains("No files found") {
+                anyhow::anyhow!(
+                    "'{}' has no committed output yet, so its columns are not known",
+                    decl.name
+                )
+            } else {
+                anyhow::anyhow!(weir_sql::strip_df(&e))
+            }
+        })?,
+    };
+    Ok(ListingTable::try_new(config)?)
+}
+
+/// Registers sink tables in a context.
+pub async fn register_sink(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptions) -> Result<()> {
+    let table = sink_table(ctx, decl, env).await?;
+    ctx.register_table(decl.name.as_str(), Arc::new(table))
+        .with_context(|| format!("registering '{}'", decl.name))?;
+    Ok(())
+}
+
+/// A sink's columns: declared, or read from its committed files.
+pub async fn sink_schema(decl: &TableDecl, env: &StoreOptions) -> Result<SchemaRef> {
+    if let Some(s) = &decl.schema {
+        return Ok(Arc::clone(s));
+    }
+    let ctx = context();
+    let table = sink_table(&ctx, decl, env).await?;
+    Ok(datafusion::catalog::TableProvider::schema(&table))
+}

@@ -1,0 +1,171 @@
+//! The shell's catalog: the `CREATE TABLE` statements typed so far.
+//!
+//! The engine runs jobs given as text, so the shell keeps each declaration
+//! as typed and builds a query's job from the declarations it names plus the
+//! query itself. The declarations go in name order, whatever order they were
+//! typed in: a job's checkpoint belongs to its text (up to formatting), and
+//! the same query typed in a later session must find its checkpoint again.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use datafusion::sql::sqlparser::tokenizer::Token;
+use weir_sql::preprocess::{normalize_ident, tokens};
+use weir_sql::{Job, JobKind, TableDecl};
+
+/// A declared table.
+#[derive(Clone)]
+pub struct Declared {
+    /// The parsed declaration.
+    pub decl: TableDecl,
+    /// The statement as typed, secrets included: it becomes part of job
+    /// texts, and is never printed.
+    pub sql: String,
+}
+
+impl std::fmt::Debug for Declared {
+    /// The declaration without its text, which may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.decl.fmt(f)
+    }
+}
+
+impl Declared {
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.decl.name
+    }
+}
+
+/// The declared tables of a session.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    tables: BTreeMap<String, Declared>,
+}
+
+impl Catalog {
+    /// Declares a table from its `CREATE TABLE` statement.
+    pub fn declare(&mut self, sql: &str) -> Result<&Declared> {
+        let job = Job::parse_as(sql, JobKind::Declarations)?;
+        let Some(decl) = job.tables.into_values().next() else {
+            bail!("expected a CREATE TABLE statement");
+        };
+        if self.tables.contains_key(&decl.name) {
+            bail!(
+                "table '{}' is already declared (DROP TABLE {} first to declare it again)",
+                decl.name,
+                decl.name
+            );
+        }
+        let name = decl.name.clone();
+        Ok(self.tables.entry(name).or_insert(Declared {
+            decl,
+            sql: sql.trim().to_string(),
+        }))
+    }
+
+    /// Forgets a declaration (the table's files stay).
+    pub fn drop_table(&mut self, name: &str) -> Option<Declared> {
+        self.tables.remove(name)
+    }
+
+    /// A declared table.
+    pub fn get(&self, name: &str) -> Option<&Declared> {
+        self.tables.get(name)
+    }
+
+    /// Every declared table, by name.
+    pub fn tables(&self) -> impl Iterator<Item = &Declared> {
+        self.tables.values()
+    }
+
+    /// The declared tables a statement names (as identifiers, outside
+    /// strings and comments), by name.
+    pub fn names_in(&self, sql: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = tokens(sql)?
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
+                _ => None,
+            })
+            .filter(|n| self.tables.contains_key(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The job text of a statement: the declarations it names, then it.
+    pub fn job_text(&self, statement: &str) -> Result<String> {
+        let mut text = String::new();
+        for name in self.names_in(statement)? {
+            text.push_str(&self.tables[&name].sql);
+            text.push_str(";\n");
+        }
+        text.push_str(statement.trim());
+        text.push_str(";\n");
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIDS: &str = "CREATE TABLE bids (auction BIGINT, date_time TIMESTAMP(3), \
+        WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND) \
+        WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet')";
+    const OUT: &str = "CREATE TABLE Out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet')";
+    const OTHER: &str =
+        "CREATE TABLE other (x INT) WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'csv')";
+
+    #[test]
+    fn a_job_holds_the_declarations_its_query_names_in_name_order() {
+        let mut c = Catalog::default();
+        c.declare(OUT).unwrap();
+        c.declare(OTHER).unwrap();
+        c.declare(BIDS).unwrap();
+        let insert = "INSERT INTO out SELECT auction, 'other' AS other_text -- other\n FROM bids";
+        assert_eq!(c.names_in(insert).unwrap(), vec!["bids", "out"]);
+        let text = c.job_text(insert).unwrap();
+        assert_eq!(text, format!("{BIDS};\n{OUT};\n{insert};\n"));
+        // Typed in another order, the same query gets the same job.
+        let mut d = Catalog::default();
+        d.declare(BIDS).unwrap();
+        d.declare(OUT).unwrap();
+        assert_eq!(d.job_text(insert).unwrap(), text);
+        assert_eq!(
+            c.names_in("SELECT * FROM \"Out\" JOIN OTHER").unwrap(),
+            vec!["other"],
+            "a quoted name keeps its case"
+        );
+    }
+
+    #[test]
+    fn a_table_is_declared_once_until_dropped() {
+        let mut c = Catalog::default();
+        c.declare(BIDS).unwrap();
+        let err = c.declare(BIDS).unwrap_err().to_string();
+        assert!(
+            err.contains("already declared") && err.contains("DROP TABLE bids"),
+            "{err}"
+        );
+        assert!(c.drop_table("bids").is_some());
+        c.declare(BIDS).unwrap();
+        let err = c
+            .declare("CREATE TABLE x (a INT, WATERMARK FOR a AS a)")
+            .unwrap_err();
+        assert!(err.to_string().contains("TIMESTAMP"), "{err}");
+    }
+
+    #[test]
+    fn secrets_of_declarations_are_not_in_debug_output() {
+        let mut c = Catalog::default();
+        c.declare(
+            "CREATE TABLE s WITH ('connector'='files','path'='s3://b/x/','format'='parquet',\
+             's3.secret_access_key'='hunter2-long')",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,231 @@
+//! Running a changed query on an existing checkpoint.
+//!
+//! A checkpoint's `metadata.json` records what its state means: every
+//! stateful operator (id, kind and a signature of what it computes), every
+//! source (what its progress refers to) and every sink (where its output and
+//! manifests are). When a job is started on a checkpoint made by a different
+//! query text, the two sets of records are compared:
+//!
+//! * **No difference** (only stateless parts changed: filters, projections,
+//!   scalar functions, rate limits, watermark delay, TTL): the job continues
+//!   from the last commit with its state, and the metadata is updated to the
+//!   new query.
+//! * **Any difference** (a stateful operator added, removed or computing
+//!   something else, e.g. another GROUP BY key, aggregate, window or HAVING; a
+//!   source added, removed or pointed elsewhere; a sink pointed elsewhere or
+//!   statements reordered): the job is refused with the list of differences.
+//!   With `fresh_state` it starts instead with empty operator state; sources
+//!   that did not change keep their progress (so input already processed is
+//!   not read again), the others start from the beginning.
+//!
+//! The same rules, for users, are in the README ("Changing a query").
+
+use weir_storage::{Metadata, OperatorRecord, SinkRecord, SourceRecord};
+
+/// What a job's checkpoint records about it.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pub operators: Vec<OperatorRecord>,
+    pub sources: Vec<SourceRecord>,
+    pub sinks: Vec<SinkRecord>,
+}
+
+impl Records {
+    /// Whether a checkpoint records nothing (made before Weir kept records).
+    pub fn of_metadata(m: &Metadata) -> Option<Records> {
+        if m.operators.is_empty() && m.sources.is_empty() && m.sinks.is_empty() {
+            return None;
+        }
+        Some(Records {
+            operators: m.operators.clone(),
+            sources: m.sources.clone(),
+            sinks: m.sinks.clone(),
+        })
+    }
+}
+
+/// The differences that stop `new` from using the state of `old`; empty when
+/// the change is compatible.
+pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in &old.operators {
+        match new.operators.iter().find(|n| n.id == o.id) {
+            None => out.push(format!(
+                "the {} {} (state keyed by {}) is gone from the query",
+                o.kind,
+                o.id,
+                o.keys.join(", ")
+            )),
+            Some(n) if n.kind != o.kind => {
+                out.push(format!("{} was a {} and is now a {}", o.id, o.kind, n.kind))
+            }
+            Some(n) if n.signature != o.signature => {
+                let detail = if n.keys != o.keys {
+                    format!(
+                        "its state key was ({}), now ({})",
+                        o.keys.join(", "),
+                        n.keys.join(", ")
+                    )
+                } else if n.values != o.values {
+                    format!(
+                        "its aggregates were ({}), now ({})",
+                        o.values.join(", "),
+                        n.values.join(", ")
+                    )
+                } else {
+                    format!("was `{}`, now `{}`", o.signature, n.signature)
+                };
+                out.push(format!(
+                    "the {} {} computes something else: {detail}",
+                    o.kind, o.id
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for n in &new.operators {
+        if !old.operators.iter().any(|o| o.id == n.id) {
+            out.push(format!(
+                "the {} {} (state keyed by {}) is new and has no state in the checkpoint",
+                n.kind,
+                n.id,
+                n.keys.join(", ")
+            ));
+        }
+    }
+    for o in &old.sources {
+        match new.sources.iter().find(|n| n.name == o.name) {
+            None => out.push(format!("source '{}' is no longer read", o.name)),
+            Some(n) if n.signature != o.signature => out.push(format!(
+                "source '{}' now reads `{}`; its progress is for `{}`",
+                o.name, n.signature, o.signature
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in &new.sources {
+        if !old.sources.iter().any(|o| o.name == n.name) {
+            out.push(format!("source '{}' is new", n.name));
+        }
+    }
+    for o in &old.sinks {
+        match new.sinks.iter().find(|n| n.table == o.table) {
+            None => out.push(format!("sink '{}' is no longer written", o.table)),
+            Some(n) if n.url != o.url => out.push(format!(
+                "sink '{}' now writes to {}, and its committed output is in {}",
+                o.table, n.url, o.url
+            )),
+            Some(n) if n.writer != o.writer => out.push(format!(
+                "the INSERT INTO {} moved (statements were added, removed or reordered)",
+                o.table
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in &new.sinks {
+        if !old.sinks.iter().any(|o| o.table == n.table) {
+            out.push(format!("sink '{}' is new", n.table));
+        }
+    }
+    out
+}
+
+/// The sources whose progress a fresh start keeps: same name, same
+/// signature. (With no old records, every source of the same name.)
+pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
+    new.sources
+        .iter()
+        .filter(|n| match old {
+            Some(old) => old
+                .sources
+                .iter()
+                .any(|o| o.name == n.name && o.signature == n.signature),
+            None => true,
+        })
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: &str, keys: &[&str], sig: &str) -> OperatorRecord {
+        OperatorRecord {
+            id: id.into(),
+            kind: "window-aggregate".into(),
+            signature: sig.into(),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+            values: vec!["a0.count[count]".into()],
+        }
+    }
+
+    fn records(ops: Vec<OperatorRecord>, source_sig: &str, sink_url: &str) -> Records {
+        Records {
+            operators: ops,
+            sources: vec![SourceRecord {
+                name: "bids".into(),
+                signature: source_sig.into(),
+            }],
+            sinks: vec![SinkRecord {
+                table: "out".into(),
+                url: sink_url.into(),
+                writer: "abc-p0".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn unchanged_records_are_compatible() {
+        let a = records(
+            vec![op("p0-agg0", &["window_start", "auction"], "s1")],
+            "files|in|parquet",
+            "file:///o/",
+        );
+        assert!(incompatibilities(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_changed_key_is_named() {
+        let a = records(
+            vec![op("p0-agg0", &["window_start", "auction"], "s1")],
+            "files|in|parquet",
+            "file:///o/",
+        );
+        let b = records(
+            vec![op("p0-agg0", &["window_start", "bidder"], "s2")],
+            "files|in|parquet",
+            "file:///o/",
+        );
+        let d = incompatibilities(&a, &b);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("(window_start, auction), now (window_start, bidder)"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn sources_and_sinks_that_move_are_named() {
+        let a = records(vec![], "files|in|parquet", "file:///o/");
+        let b = records(
+            vec![op("p0-agg0", &["k"], "s")],
+            "files|other|parquet",
+            "file:///p/",
+        );
+        let d = incompatibilities(&a, &b);
+        assert!(d.iter().any(|m| m.contains("is new and has no state")), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|m| m.contains("source 'bids' now reads `files|other|parquet`")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|m| m.contains("sink 'out' now writes to file:///p/")),
+            "{d:?}"
+        );
+        assert!(kept_sources(Some(&a), &b).is_empty());
+        assert_eq!(kept_sources(Some(&a), &a), vec!["bids".to_string()]);
+    }
+}

@@ -1,0 +1,300 @@
+//! Grouped partial aggregates, as DataFusion keeps them: the building block
+//! of every stateful aggregate operator here.
+//!
+//! [`Groups`] interns group keys with DataFusion's `GroupValues` and keeps
+//! one `GroupsAccumulator` per aggregate (the adapter over a plain
+//! `Accumulator` when the function has no grouped form). Its state can be
+//! taken out as Arrow arrays (`state()`: the intermediate form DataFusion
+//! ships between partial and final aggregation) and merged back
+//! (`merge_batch`), which is how operators checkpoint, restore, and combine
+//! slices and sessions, for any aggregate, built-in or user-defined.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::error::Result;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::aggregates::{AggregateMode, aggregate_expressions};
+
+/// What an aggregate operator computes: its keys, aggregates and their
+/// arguments. Fixed for the operator's life.
+pub struct AggregateSpec {
+    /// Key expressions (the group columns other than window columns), with
+    /// their output names.
+    pub keys: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    /// The aggregates.
+    pub aggr: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per aggregate, the expressions whose values feed `update_batch`.
+    pub args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Per aggregate, its `FILTER (WHERE ...)`.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The schema of the key columns.
+    pub key_schema: SchemaRef,
+    /// The state fields of each aggregate.
+    pub state_fields: Vec<Vec<Field>>,
+}
+
+/// One input batch, evaluated: its keys, aggregate arguments and filters.
+pub struct Evaluated {
+    /// Key columns.
+    pub keys: Vec<ArrayRef>,
+    /// Per aggregate, its argument columns.
+    pub args: Vec<Vec<ArrayRef>>,
+    /// Per aggregate, its filter column.
+    pub filters: Vec<Option<ArrayRef>>,
+    /// Rows.
+    pub rows: usize,
+}
+
+impl Evaluated {
+    /// The rows at `idx` only.
+    pub fn take(&self, idx: &datafusion::arrow::array::UInt32Array) -> Result<Evaluated> {
+        let take = |a: &ArrayRef| -> Result<ArrayRef> {
+            Ok(datafusion::arrow::compute::take(a.as_ref(), idx, None)?)
+        };
+        Ok(Evaluated {
+            keys: self.keys.iter().map(take).collect::<Result<_>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|a| a.iter().map(take).collect::<Result<_>>())
+                .collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| f.as_ref().map(take).transpose())
+                .collect::<Result<_>>()?,
+            rows: idx.len(),
+        })
+    }
+}
+
+impl AggregateSpec {
+    /// The spec of `aggr` grouped by `keys`, over an input of `input` schema.
+    pub fn try_new(
+        keys: Vec<(Arc<dyn PhysicalExpr>, String)>,
+        aggr: Vec<Arc<AggregateFunctionExpr>>,
+        filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+        input: &Schema,
+    ) -> Result<Self> {
+        let key_schema = Arc::new(Schema::new(
+            keys.iter()
+                .map(|(e, name)| Ok(Field::new(name, e.data_type(input)?, true)))
+                .collect::<Result<Vec<_>>>()?,
+        ));
+        let args = aggregate_expressions(&aggr, &AggregateMode::Partial, 0)?;
+        let state_fields = aggr
+            .iter()
+            .map(|a| Ok(a.state_fields()?.iter().map(|f| f.as_ref().clone()).collect()))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            keys,
+            aggr,
+            args,
+            filters,
+            key_schema,
+            state_fields,
+        })
+    }
+
+    /// Evaluates keys, arguments and filters on a batch.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
+        let n = batch.num_rows();
+        Ok(Evaluated {
+            keys: self
+                .keys
+                .iter()
+                .map(|(e, _)| e.evaluate(batch)?.into_array(n))
+                .collect::<Result<_>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|exprs| {
+                    exprs
+                        .iter()
+                        .map(|e| e.evaluate(batch)?.into_array(n))
+                        .collect::<Result<_>>()
+                })
+                .collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| f.as_ref().map(|f| f.evaluate(batch)?.into_array(n)).transpose())
+                .collect::<Result<_>>()?,
+            rows: n,
+        })
+    }
+
+    /// Number of state columns over all aggregates.
+    pub fn state_width(&self) -> usize {
+        self.state_fields.iter().map(Vec::len).sum()
+    }
+
+    /// Splits state columns (as laid out in a state file) per aggregate.
+    pub fn split_states(&self, columns: &[ArrayRef]) -> Vec<Vec<ArrayRef>> {
+        let mut at = 0;
+        self.state_fields
+            .iter()
+            .map(|f| {
+                let part = columns[at..at + f.len()].to_vec();
+                at += f.len();
+                part
+            })
+            .collect()
+    }
+
+    /// State file fields for the aggregates: `a<i>.<state field>`, nullable.
+    pub fn state_file_fields(&self) -> Vec<Field> {
+        self.state_fields
+            .iter()
+            .enumerate()
+            .flat_map(|(i, fields)| {
+                fields
+                    .iter()
+                    .map(move |f| Field::new(format!("a{i}.{}", f.name()), f.data_type().clone(), true))
+            })
+            .collect()
+    }
+}
+
+/// The groups of one unit of state (a window, a slice, a session, or all of
+/// an update aggregate's recent changes).
+pub struct Groups {
+    keys: Option<Box<dyn GroupValues>>,
+    num_groups: usize,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    scratch: Vec<usize>,
+}
+
+impl Groups {
+    /// Empty groups for a spec.
+    pub fn new(spec: &AggregateSpec) -> Result<Self> {
+        let keys = if spec.key_schema.fields().is_empty() {
+            None
+        } else {
+            Some(new_group_values(
+                Arc::clone(&spec.key_schema),
+                &GroupOrdering::None,
+            )?)
+        };
+        let accs = spec
+            .aggr
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                if a.groups_accumulator_supported() {
+                    a.create_groups_accumulator()
+                } else {
+                    let a = Arc::clone(a);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        a.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            keys,
+            num_groups: 0,
+            accs,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.num_groups
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.num_groups == 0
+    }
+
+    /// Interns keys, returning each row's group index in `self.scratch`.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<()> {
+        self.scratch.clear();
+        match &mut self.keys {
+            Some(k) => {
+                k.intern(keys, &mut self.scratch)?;
+                self.num_groups = k.len();
+            }
+            None => {
+                self.scratch.resize(rows, 0);
+                if rows > 0 {
+                    self.num_groups = 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds input rows in.
+    pub fn update(&mut self, input: &Evaluated) -> Result<()> {
+        if input.rows == 0 {
+            return Ok(());
+        }
+        self.intern(&input.keys, input.rows)?;
+        for (i, acc) in self.accs.iter_mut().enumerate() {
+            let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
+            acc.update_batch(&input.args[i], &self.scratch, filter.as_ref(), self.num_groups)?;
+        }
+        Ok(())
+    }
+
+    /// Merges partial states (one row per key) in; returns each row's group.
+    pub fn merge(&mut self, keys: &[ArrayRef], states: &[Vec<ArrayRef>], rows: usize) -> Result<Vec<usize>> {
+        if rows == 0 {
+            return Ok(vec![]);
+        }
+        self.intern(keys, rows)?;
+        for (acc, s) in self.accs.iter_mut().zip(states) {
+            acc.merge_batch(s, &self.scratch, self.num_groups)?;
+        }
+        Ok(self.scratch.clone())
+    }
+
+    /// Takes the keys and partial states out, leaving the groups empty.
+    pub fn take_state(&mut self) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
+        let keys = match &mut self.keys {
+            Some(k) => k.emit(EmitTo::All)?,
+            None => vec![],
+        };
+        let states = self
+            .accs
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<Result<_>>()?;
+        self.num_groups = 0;
+        Ok((keys, states))
+    }
+
+    /// Takes the keys and final values out.
+    pub fn evaluate(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let keys = match &mut self.keys {
+            Some(k) => k.emit(EmitTo::All)?,
+            None => vec![],
+        };
+        let values = self
+            .accs
+            .iter_mut()
+            .map(|a| a.evaluate(EmitTo::All))
+            .collect::<Result<_>>()?;
+        Ok((keys, values))
+    }
+
+    /// The state as rows `(keys..., states...)`, leaving these groups
+    /// rebuilt from the same rows (taking state out of an accumulator
+    /// consumes it). Group order is kept.
+    pub fn snapshot(&mut self, spec: &AggregateSpec) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
+        let n = self.num_groups;
+        let (keys, states) = self.take_state()?;
+        let mut fresh = Groups::new(spec)?;
+        fresh.merge(&keys, &states, n)?;
+        *self = fresh;
+        Ok((keys, states))
+    }
+}

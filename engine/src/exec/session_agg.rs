@@ -1,0 +1,556 @@
+//! `SessionAggregateExec`: `GROUP BY window_start, window_end, keys` over
+//! `SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), gap)`.
+//!
+//! Per partition key, sessions are kept as non-overlapping intervals
+//! `[first row, last row + gap)`, each with its own [`Groups`]. A row joins
+//! every session its interval `[ts, ts + gap)` overlaps; when a row bridges
+//! two sessions (an out-of-order row that is not late), they merge, their
+//! partial states merged with `merge_batch`. A session is emitted once, when
+//! the watermark passes its end.
+//!
+//! Rows belong to one session when they are *less* than `gap` apart
+//! (intervals overlap strictly). With that rule a row that is not late can
+//! never touch a session that was already emitted, so the result does not
+//! depend on how the input was cut into epochs.
+//!
+//! State rows (one per group of a session; a session is the unit
+//! `(start, end, partition)`):
+//! `__window_start, __window_end: Int64, __partition: Binary (the partition
+//! key in Arrow row format), <key columns>, a<i>.<state field>...`
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
+use weir_sql::{WindowColumn, WindowSpec};
+
+use super::groups::{AggregateSpec, Groups};
+use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
+use crate::epoch::EpochInput;
+use crate::exec::{StateChange, StateTable, StatefulOperator};
+
+/// A session aggregate over its input.
+pub struct SessionAggregateExec {
+    input: Arc<dyn ExecutionPlan>,
+    state: Arc<SessionState>,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for SessionAggregateExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionAggregateExec")
+            .field("gap_ms", &self.state.gap_ms)
+            .finish()
+    }
+}
+
+/// Configuration and state, shared by every copy of the plan node.
+pub struct SessionState {
+    gap_ms: i64,
+    agg: AggregateSpec,
+    layout: Vec<GroupColumn>,
+    /// The row's event time (the window call puts it in `window_start`).
+    time: Arc<dyn PhysicalExpr>,
+    /// Which keys partition sessions.
+    partition_keys: Vec<usize>,
+    converter: RowConverter,
+    state_schema: SchemaRef,
+    schema: SchemaRef,
+    inner: Mutex<Inner>,
+}
+
+struct Session {
+    end: i64,
+    groups: Groups,
+    snapshot: Option<RecordBatch>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per partition key (row-encoded), sessions by start.
+    sessions: BTreeMap<Vec<u8>, BTreeMap<i64, Session>>,
+    /// Every session by (end, start, partition): the first close first.
+    by_end: BTreeSet<(i64, i64, Vec<u8>)>,
+    /// Sessions (start, end, partition) changed since the last checkpoint.
+    changed: BTreeSet<(i64, i64, Vec<u8>)>,
+    /// Sessions removed (merged or emitted) since the last checkpoint.
+    removed: BTreeSet<(i64, i64, Vec<u8>)>,
+}
+
+impl SessionAggregateExec {
+    /// Builds the operator; `session_keys` are group expression indices.
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        p: WindowAggregateParams,
+        session_keys: &[usize],
+    ) -> Result<Self> {
+        let WindowSpec::Session { gap_ms } = p.spec else {
+            return Err(DataFusionError::Internal(
+                "a session aggregate needs a SESSION window".into(),
+            ));
+        };
+        let in_schema = input.schema();
+        let mut keys = Vec::new();
+        let mut layout = Vec::new();
+        let mut time = None;
+        let mut partition_keys = Vec::new();
+        for (i, (expr, name)) in p.group_by.iter().enumerate() {
+            match p.window_columns.iter().find(|(j, _)| *j == i) {
+                Some((_, c)) => {
+                    layout.push(GroupColumn::Window(*c));
+                    if *c == WindowColumn::Start {
+                        time = Some(Arc::clone(expr));
+                    }
+                }
+                None => {
+                    if session_keys.contains(&i) {
+                        partition_keys.push(keys.len());
+                    }
+                    layout.push(GroupColumn::Key(keys.len()));
+                    keys.push((Arc::clone(expr), name.clone()));
+                }
+            }
+        }
+        let time =
+            time.ok_or_else(|| DataFusionError::Internal("a session aggregate needs window_start".into()))?;
+        let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
+        let converter = RowConverter::new(
+            partition_keys
+                .iter()
+                .map(|&k| SortField::new(agg.key_schema.field(k).data_type().clone()))
+                .collect(),
+        )?;
+        let mut fields = vec![
+            Field::new("__window_start", DataType::Int64, false),
+            Field::new("__window_end", DataType::Int64, false),
+            Field::new("__partition", DataType::Binary, false),
+        ];
+        fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(agg.state_file_fields());
+        let state = SessionState {
+            gap_ms,
+            agg,
+            layout,
+            time,
+            partition_keys,
+            converter,
+            state_schema: Arc::new(Schema::new(fields)),
+            schema: p.schema,
+            inner: Mutex::new(Inner::default()),
+        };
+        Ok(Self::with_state(input, Arc::new(state)))
+    }
+
+    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<SessionState>) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&state.schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            state,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The operator's state (for checkpoints).
+    pub fn state(&self) -> Arc<SessionState> {
+        Arc::clone(&self.state)
+    }
+}
+
+impl DisplayAs for SessionAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = &self.state;
+        let keys: Vec<&str> = (0..s.layout.len())
+            .map(|i| s.schema.field(i).name().as_str())
+            .collect();
+        let parts: Vec<&str> = s
+            .partition_keys
+            .iter()
+            .map(|&k| s.agg.keys[k].1.as_str())
+            .collect();
+        let aggs: Vec<&str> = s.agg.aggr.iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "SessionAggregateExec: gap={}ms partition=[{}] gby=[{}], aggr=[{}], emit=on window close",
+            s.gap_ms,
+            parts.join(", "),
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for SessionAggregateExec {
+    fn name(&self) -> &str {
+        "SessionAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let s = &self.state;
+        for e in std::iter::once(&s.time)
+            .chain(s.agg.keys.iter().map(|(e, _)| e))
+            .chain(s.agg.args.iter().flatten())
+        {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::with_state(
+            children.swap_remove(0),
+            Arc::clone(&self.state),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "SessionAggregateExec has one partition, asked for {partition}"
+            )));
+        }
+        let epoch = EpochInput::from_task(&context)?;
+        let mut input = self.input.execute(0, context)?;
+        let state = Arc::clone(&self.state);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let out = futures::stream::once(async move {
+            while let Some(batch) = input.next().await {
+                let batch = batch?;
+                let timer = baseline.elapsed_compute().timer();
+                state.update(&batch)?;
+                timer.done();
+            }
+            let timer = baseline.elapsed_compute().timer();
+            let out = state.emit_closed(epoch.watermark_out)?;
+            timer.done();
+            baseline.record_output(out.num_rows());
+            Ok(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.state.schema),
+            out,
+        )))
+    }
+}
+
+impl SessionState {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn partition_rows(&self, keys: &[ArrayRef]) -> Result<datafusion::arrow::row::Rows> {
+        let cols: Vec<ArrayRef> = self
+            .partition_keys
+            .iter()
+            .map(|&k| Arc::clone(&keys[k]))
+            .collect();
+        Ok(self.converter.convert_columns(&cols)?)
+    }
+
+    fn update(&self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let times = cast(&self.time.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>().values();
+        let evaluated = self.agg.evaluate(batch)?;
+        let rows = self.partition_rows(&evaluated.keys)?;
+        // Rows by partition, partitions in first-seen order.
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut by_part: std::collections::HashMap<Vec<u8>, Vec<u32>> = std::collections::HashMap::new();
+        for i in 0..n {
+            let key = rows.row(i).as_ref().to_vec();
+            by_part
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(i as u32);
+        }
+        let mut inner = self.lock();
+        let Inner {
+            sessions: all,
+            by_end,
+            changed,
+            removed,
+        } = &mut *inner;
+        for part in order {
+            let mut idx = by_part.remove(&part).expect("listed");
+            idx.sort_by_key(|&i| (times[i as usize], i));
+            // New rows' intervals, clustered: [first, last + gap).
+            let mut clusters: Vec<(i64, i64, Vec<u32>)> = Vec::new();
+            for i in idx {
+                let t = times[i as usize];
+                match clusters.last_mut() {
+                    Some((_, end, members)) if t < *end => {
+                        *end = (*end).max(t + self.gap_ms);
+                        members.push(i);
+                    }
+                    _ => clusters.push((t, t + self.gap_ms, vec![i])),
+                }
+            }
+            let sessions = all.entry(part.clone()).or_default();
+            for (start, end, members) in clusters {
+                // Every existing session this cluster overlaps merges into it.
+                let overlapping: Vec<i64> = sessions
+                    .range(..end)
+                    .filter(|(_, s)| s.end > start)
+                    .map(|(&s, _)| s)
+                    .collect();
+                let mut groups = Groups::new(&self.agg)?;
+                let (mut lo, mut hi) = (start, end);
+                for s in overlapping {
+                    let mut old = sessions.remove(&s).expect("listed");
+                    by_end.remove(&(old.end, s, part.clone()));
+                    changed.remove(&(s, old.end, part.clone()));
+                    removed.insert((s, old.end, part.clone()));
+                    lo = lo.min(s);
+                    hi = hi.max(old.end);
+                    let n = old.groups.len();
+                    let (k, st) = old.groups.take_state()?;
+                    groups.merge(&k, &st, n)?;
+                }
+                groups.update(&evaluated.take(&UInt32Array::from(members))?)?;
+                sessions.insert(
+                    lo,
+                    Session {
+                        end: hi,
+                        groups,
+                        snapshot: None,
+                    },
+                );
+                by_end.insert((hi, lo, part.clone()));
+                removed.remove(&(lo, hi, part.clone()));
+                changed.insert((lo, hi, part.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        while let Some((end, start, part)) = inner.by_end.first().cloned() {
+            if end > watermark {
+                break;
+            }
+            inner.by_end.pop_first();
+            let sessions = inner.sessions.get_mut(&part).expect("indexed");
+            let session = sessions.remove(&start).expect("indexed");
+            if sessions.is_empty() {
+                inner.sessions.remove(&part);
+            }
+            out.push(self.finish(start, end, session.groups)?);
+            inner.changed.remove(&(start, end, part.clone()));
+            inner.removed.insert((start, end, part));
+        }
+        Ok(concat_batches(&self.schema, &out)?)
+    }
+
+    fn finish(&self, start: i64, end: i64, groups: Groups) -> Result<RecordBatch> {
+        let n = groups.len();
+        let (keys, values) = groups.evaluate()?;
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (i, c) in self.layout.iter().enumerate() {
+            columns.push(match c {
+                GroupColumn::Window(w) => constant_time(self.schema.field(i), w.value(start, end), n)?,
+                GroupColumn::Key(k) => Arc::clone(&keys[*k]),
+            });
+        }
+        columns.extend(values);
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+impl StatefulOperator for SessionState {
+    fn signature(&self) -> String {
+        format!(
+            "session-aggregate gap={}ms partition{:?} {}",
+            self.gap_ms,
+            self.partition_keys,
+            super::aggregate_signature(&self.agg)
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        "session-aggregate"
+    }
+
+    fn state_rows(&self) -> usize {
+        self.lock()
+            .sessions
+            .values()
+            .flat_map(|s| s.values())
+            .map(|s| s.groups.len())
+            .sum()
+    }
+
+    fn describe(&self) -> StateTable {
+        StateTable {
+            name: "sessions".into(),
+            keys: ["window_start", "window_end"]
+                .into_iter()
+                .map(String::from)
+                .chain(self.agg.key_schema.fields().iter().map(|f| f.name().clone()))
+                .collect(),
+            values: self.agg.state_file_fields().iter().map(|f| f.name().clone()).collect(),
+            evicted_by: "window_end (last row + gap) at or before the watermark (the session is emitted, then dropped)"
+                .into(),
+        }
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        3
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut inner = self.lock();
+        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+            return Ok(None);
+        }
+        let units: Vec<(i64, i64, Vec<u8>)> = if full {
+            inner
+                .sessions
+                .iter()
+                .flat_map(|(p, ss)| ss.iter().map(move |(&start, s)| (start, s.end, p.clone())))
+                .collect()
+        } else {
+            inner.changed.iter().cloned().collect()
+        };
+        let mut upserts = Vec::new();
+        for (start, end, part) in units {
+            let Some(s) = inner.sessions.get_mut(&part).and_then(|ss| ss.get_mut(&start)) else {
+                continue;
+            };
+            if s.end != end {
+                continue;
+            }
+            if s.snapshot.is_none() {
+                let n = s.groups.len();
+                let (keys, states) = s.groups.snapshot(&self.agg)?;
+                let mut columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![start; n])),
+                    Arc::new(Int64Array::from(vec![s.end; n])),
+                    Arc::new(BinaryArray::from(vec![part.as_slice(); n])),
+                ];
+                columns.extend(keys);
+                columns.extend(states.into_iter().flatten());
+                s.snapshot = Some(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+            }
+            upserts.extend(s.snapshot.clone());
+        }
+        let deletes = if full || inner.removed.is_empty() {
+            vec![]
+        } else {
+            let starts: Vec<i64> = inner.removed.iter().map(|u| u.0).collect();
+            let ends: Vec<i64> = inner.removed.iter().map(|u| u.1).collect();
+            let parts: Vec<&[u8]> = inner.removed.iter().map(|u| u.2.as_slice()).collect();
+            vec![RecordBatch::try_new(
+                Arc::new(self.state_schema.project(&[0, 1, 2])?),
+                vec![
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(Int64Array::from(ends)),
+                    Arc::new(BinaryArray::from(parts)),
+                ],
+            )?]
+        };
+        inner.changed.clear();
+        inner.removed.clear();
+        Ok(Some(StateChange { upserts, deletes }))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+        let mut inner = self.lock();
+        *inner = Inner::default();
+        let n_keys = self.agg.key_schema.fields().len();
+        for batch in batches {
+            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
+            let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
+            let parts = batch.column(2).as_binary::<i32>().clone();
+            // Rows of one session are contiguous.
+            let mut i = 0;
+            while i < batch.num_rows() {
+                let mut j = i + 1;
+                while j < batch.num_rows()
+                    && starts[j] == starts[i]
+                    && ends[j] == ends[i]
+                    && parts.value(j) == parts.value(i)
+                {
+                    j += 1;
+                }
+                let part = parts.value(i).to_vec();
+                let idx = UInt32Array::from((i as u32..j as u32).collect::<Vec<_>>());
+                let piece = take_batch(&batch, &idx)?;
+                let mut groups = Groups::new(&self.agg)?;
+                let states = self.agg.split_states(&piece.columns()[3 + n_keys..]);
+                groups.merge(&piece.columns()[3..3 + n_keys], &states, piece.num_rows())?;
+                inner.by_end.insert((ends[i], starts[i], part.clone()));
+                inner.sessions.entry(part).or_default().insert(
+                    starts[i],
+                    Session {
+                        end: ends[i],
+                        groups,
+                        snapshot: Some(piece),
+                    },
+                );
+                i = j;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! Conformance with a batch oracle: for each window kind, on generated data
+//! with out-of-order (and late) rows, the streaming result with `--drain`
+//! equals the same aggregation computed by DataFusion in batch mode over the
+//! on-time rows, with window assignment written in plain SQL. Property tests
+//! vary event times, watermark delays and batch boundaries: the result never
+//! depends on how the input was cut into batches.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::prelude::SessionContext;
+use proptest::prelude::*;
+use weir_engine::{JobOptions, StreamingJob, Trigger};
+
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    k: i64,
+    price: i64,
+    ts: i64,
+}
+
+const BASE: i64 = 1_767_225_600_000;
+
+/// splitmix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// Rows advancing by up to `step` ms, a third shifted back by up to
+/// `disorder` ms, one in fifty by up to a minute (late, mostly).
+fn gen_rows(seed: u64, n: usize, step: u64, disorder: u64, keys: u64) -> Vec<Row> {
+    let mut rng = Rng(seed);
+    let mut t = BASE;
+    (0..n)
+        .map(|_| {
+            t += rng.below(step + 1) as i64;
+            let mut ts = t;
+            match rng.below(50) {
+                0 => ts -= rng.below(60_000) as i64,
+                1..=16 => ts -= rng.below(disorder + 1) as i64,
+                _ => {}
+            }
+            Row {
+                k: rng.below(keys) as i64,
+                price: 1 + rng.below(1000) as i64,
+                ts,
+            }
+        })
+        .collect()
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.k).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.price).collect::<Vec<_>>())),
+            Arc::new(TimestampMillisecondArray::from(
+                rows.iter().map(|r| r.ts).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// The rows that are not late under a per-row watermark of
+/// `max event time so far - delay`, in arrival order.
+fn on_time(rows: &[Row], delay_ms: i64) -> Vec<Row> {
+    let mut wm = i64::MIN;
+    let mut kept = Vec::new();
+    for r in rows {
+        if r.ts >= wm {
+            kept.push(*r);
+        }
+        wm = wm.max(r.ts - delay_ms);
+    }
+    kept
+}
+
+fn format_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default();
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            out.push(
+                f.iter()
+                    .map(|f| f.value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+fn read_sink(dir: &Path) -> Vec<RecordBatch> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "parquet"));
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap();
+        out.extend(r.build().unwrap().map(|b| b.unwrap()));
+    }
+    out
+}
+
+/// Runs `query` (an INSERT INTO out ... over `bids`) on the rows cut into
+/// files at `cuts`, `max_rows` rows per epoch, with --drain. Returns the
+/// sink's rows in the order they were written.
+async fn stream(
+    rows: &[Row],
+    cuts: &[usize],
+    max_rows: usize,
+    delay_ms: i64,
+    query: &str,
+    sink_mode: &str,
+) -> Vec<RecordBatch> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut bounds = vec![0];
+    bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < rows.len()));
+    bounds.push(rows.len());
+    bounds.sort_unstable();
+    bounds.dedup();
+    for (i, w) in bounds.windows(2).enumerate() {
+        let f = std::fs::File::create(input.join(format!("part-{i:04}.parquet"))).unwrap();
+        let b = batch(&rows[w[0]..w[1]]);
+        let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+        writer.write(&b).unwrap();
+        writer.close().unwrap();
+    }
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
+           WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '{max_rows}');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'mode' = '{sink_mode}');
+         {query};",
+        input.display(),
+        out.display()
+    );
+    let options = JobOptions::new(dir.path().join("ck").display().to_string());
+    let mut job = StreamingJob::open(&sql, options).await.unwrap();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    job.run(Trigger::AvailableNow, true, stop, &mut |_| {})
+        .await
+        .unwrap();
+    read_sink(&out)
+}
+
+async fn oracle(rows: &[Row], sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_batch("bids", batch(rows)).unwrap();
+    let mut r = format_rows(&ctx.sql(sql).await.unwrap().collect().await.unwrap());
+    r.sort();
+    r
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+const AGGS: &str = "COUNT(*), SUM(price), MAX(price)";
+
+fn tumble_query() -> String {
+    format!(
+        "INSERT INTO out SELECT window_start, window_end, k, {AGGS}
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, k"
+    )
+}
+
+fn tumble_oracle() -> String {
+    format!(
+        "SELECT to_timestamp_millis(s), to_timestamp_millis(s + 10000), k, {AGGS}
+         FROM (SELECT k, price, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS s FROM bids) GROUP BY s, k"
+    )
+}
+
+fn hop_query(filter_on_window: bool) -> String {
+    // A filter on the window columns forces exact windows (rows expanded)
+    // instead of slices; both must agree with the oracle.
+    let filter = if filter_on_window {
+        "WHERE window_end > window_start"
+    } else {
+        ""
+    };
+    format!(
+        "INSERT INTO out SELECT window_start, window_end, k, {AGGS}
+         FROM TABLE(HOP(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) {filter}
+         GROUP BY window_start, window_end, k"
+    )
+}
+
+fn hop_oracle() -> String {
+    format!(
+        "SELECT to_timestamp_millis(s), to_timestamp_millis(s + 10000), k, {AGGS}
+         FROM (SELECT k, price, (CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 2000) - j * 2000 AS s
+               FROM bids CROSS JOIN (SELECT value AS j FROM generate_series(0, 4)))
+         GROUP BY s, k"
+    )
+}
+
+fn cumulate_query() -> String {
+    format!(
+        "INSERT INTO out SELECT window_start, window_end, k, {AGGS}
+         FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+         GROUP BY window_start, window_end, k"
+    )
+}
+
+fn cumulate_oracle() -> String {
+    format!(
+        "SELECT to_timestamp_millis(base), to_timestamp_millis(e), k, {AGGS}
+         FROM (SELECT k, price, CAST(ts AS BIGINT) AS ms, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS base,
+                      CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 + (j + 1) * 2000 AS e
+               FROM bids CROSS JOIN (SELECT value AS j FROM generate_series(0, 4)))
+         WHERE e > ms GROUP BY base, e, k"
+    )
+}
+
+fn session_query() -> String {
+    format!(
+        "INSERT INTO out SELECT window_start, window_end, k, {AGGS}
+         FROM TABLE(SESSION(TABLE bids PARTITION BY k, DESCRIPTOR(ts), INTERVAL '3' SECOND))
+         GROUP BY window_start, window_end, k"
+    )
+}
+
+fn session_oracle() -> String {
+    format!(
+        "WITH o AS (SELECT k, price, CAST(ts AS BIGINT) AS ms FROM bids),
+         b AS (SELECT *, CASE WHEN ms - LAG(ms) OVER (PARTITION BY k ORDER BY ms) < 3000 THEN 0 ELSE 1 END AS brk FROM o),
+         g AS (SELECT *, SUM(brk) OVER (PARTITION BY k ORDER BY ms ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM b)
+         SELECT to_timestamp_millis(MIN(ms)), to_timestamp_millis(MAX(ms) + 3000), k, {AGGS} FROM g GROUP BY k, sid"
+    )
+}
+
+async fn check(rows: &[Row], cuts: &[usize], max_rows: usize, delay_ms: i64, query: &str, oracle_sql: &str) {
+    let got = sorted(format_rows(
+        &stream(rows, cuts, max_rows, delay_ms, query, "append").await,
+    ));
+    let want = oracle(&on_time(rows, delay_ms), oracle_sql).await;
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "query: {query}");
+}
+
+#[tokio::test]
+async fn tumble_matches_batch() {
+    let rows = gen_rows(1, 1500, 200, 3000, 7);
+    check(&rows, &[400, 900], 97, 4000, &tumble_query(), &tumble_oracle()).await;
+}
+
+#[tokio::test]
+async fn hop_matches_batch_with_slices_and_with_exact_windows() {
+    let rows = gen_rows(2, 1200, 150, 2500, 5);
+    check(&rows, &[500], 131, 3000, &hop_query(false), &hop_oracle()).await;
+    check(&rows, &[500], 131, 3000, &hop_query(true), &hop_oracle()).await;
+}
+
+#[tokio::test]
+async fn cumulate_matches_batch() {
+    let rows = gen_rows(3, 1200, 150, 2500, 5);
+    check(
+        &rows,
+        &[300, 301, 800],
+        77,
+        3000,
+        &cumulate_query(),
+        &cumulate_oracle(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn session_matches_batch_and_merges_bridged_sessions() {
+    // Sparse keys so sessions form and close; disorder large enough that
+    // out-of-order rows bridge sessions already open.
+    let rows = gen_rows(4, 1200, 900, 4000, 11);
+    check(&rows, &[600], 53, 5000, &session_query(), &session_oracle()).await;
+}
+
+#[tokio::test]
+async fn a_window_over_a_window_matches_batch() {
+    let rows = gen_rows(5, 1500, 200, 3000, 4);
+    let query = "INSERT INTO out
+        WITH per10 AS (
+          SELECT window_time AS rowtime, k, COUNT(*) AS n
+          FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+          GROUP BY window_start, window_end, window_time, k)
+        SELECT window_start, window_end, SUM(n) AS n, COUNT(*) AS windows_with_rows
+        FROM TABLE(TUMBLE(TABLE per10, DESCRIPTOR(rowtime), INTERVAL '1' MINUTE))
+        GROUP BY window_start, window_end";
+    let oracle_sql = "SELECT to_timestamp_millis(m), to_timestamp_millis(m + 60000), COUNT(*), COUNT(DISTINCT (s, k))
+        FROM (SELECT k, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 60000 AS m, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS s FROM bids)
+        GROUP BY m";
+    check(&rows, &[700], 111, 4000, query, oracle_sql).await;
+}
+
+/// Applies a changelog (`op` first) in order; returns the final rows.
+fn apply_changelog(batches: &[RecordBatch]) -> Vec<String> {
+    let mut table: BTreeMap<String, usize> = BTreeMap::new();
+    for line in format_rows(batches) {
+        let (op, row) = line.split_once('|').unwrap();
+        match op {
+            "+I" | "+U" => *table.entry(row.to_string()).or_default() += 1,
+            "-U" | "-D" => {
+                let n = table
+                    .get_mut(row)
+                    .unwrap_or_else(|| panic!("retracting a row never inserted: {row}"));
+                *n -= 1;
+                if *n == 0 {
+                    table.remove(row);
+                }
+            }
+            other => panic!("unknown op {other}"),
+        }
+    }
+    table
+        .into_iter()
+        .flat_map(|(r, n)| std::iter::repeat_n(r, n))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_update_aggregate_changelog_converges_to_the_batch_result() {
+    let rows = gen_rows(6, 1500, 100, 1000, 9);
+    let cases = [
+        (
+            "INSERT INTO out SELECT k, COUNT(*) AS n, SUM(price) AS s FROM bids GROUP BY k",
+            "SELECT k, COUNT(*), SUM(price) FROM bids GROUP BY k",
+        ),
+        (
+            // Groups cross the HAVING threshold both ways: -D and +I follow.
+            "INSERT INTO out SELECT k, MAX(price) AS m, COUNT(*) AS n FROM bids GROUP BY k HAVING COUNT(*) % 3 = 0",
+            "SELECT k, MAX(price), COUNT(*) FROM bids GROUP BY k HAVING COUNT(*) % 3 = 0",
+        ),
+    ];
+    for (query, oracle_sql) in cases {
+        let log = stream(&rows, &[700], 89, 1000, query, "changelog").await;
+        let ops = format_rows(&log);
+        assert!(
+            ops.iter().any(|l| l.starts_with("-U|")),
+            "updates expected: {query}"
+        );
+        let got = sorted(apply_changelog(&log));
+        // Update mode does not drop late rows: every row counts.
+        assert_eq!(got, oracle(&rows, oracle_sql).await, "{query}");
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random event times, delays and batch boundaries: each window kind
+    /// equals the oracle, whatever the cuts.
+    #[test]
+    fn the_result_never_depends_on_batch_boundaries(
+        seed in 0u64..1_000_000,
+        n in 50usize..400,
+        step in 1u64..800,
+        disorder in 0u64..5000,
+        delay_ms in prop::sample::select(vec![0i64, 500, 2000, 5000]),
+        cuts in prop::collection::vec(0usize..400, 0..4),
+        max_rows in 1usize..120,
+    ) {
+        let rows = gen_rows(seed, n, step, disorder, 4);
+        rt().block_on(async {
+            for (q, o) in [
+                (tumble_query(), tumble_oracle()),
+                (hop_query(false), hop_oracle()),
+                (cumulate_query(), cumulate_oracle()),
+                (session_query(), session_oracle()),
+            ] {
+                let got = sorted(format_rows(&stream(&rows, &cuts, max_rows, delay_ms, &q, "append").await));
+                let want = oracle(&on_time(&rows, delay_ms), &o).await;
+                prop_assert_eq!(got, want, "{}", q);
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,60 @@
+//! One writer per checkpoint: a job that lost its lease to another process
+//! stops before committing.
+
+use std::time::Duration;
+
+use weir_engine::{JobOptions, LeaseOwner, StreamingJob, Trigger};
+use weir_storage::lease::LeaseRecord;
+use weir_storage::location::Create;
+use weir_storage::{Checkpoint, Location};
+
+const JOB: &str = "
+CREATE TABLE src (v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+  WITH ('connector' = 'files', 'path' = '@IN@', 'format' = 'csv');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = '@OUT@', 'format' = 'parquet');
+INSERT INTO out SELECT v, ts FROM src;";
+
+#[tokio::test]
+async fn a_job_that_lost_its_lease_does_not_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.csv"), "v,ts\n1,2026-01-01T00:00:01\n").unwrap();
+    let sql = JOB
+        .replace("@IN@", &input.display().to_string())
+        .replace("@OUT@", &dir.path().join("out").display().to_string());
+    let ckpt = dir.path().join("ck").display().to_string();
+    let mut options = JobOptions::new(ckpt.clone());
+    options.owner = LeaseOwner::this_process("host-a");
+    options.lease_ttl = Duration::from_secs(60);
+    let mut job = StreamingJob::open(&sql, options).await.unwrap();
+
+    // Another process on another machine decided this one was dead and took
+    // the lease (a newer generation).
+    let ck = Checkpoint::new(Location::open(&ckpt, &Default::default(), Create::No).unwrap());
+    let current = ck.current_lease().await.unwrap().unwrap();
+    ck.create_lease(&LeaseRecord {
+        generation: current.generation + 1,
+        owner: "someone-else".into(),
+        host: "host-b".into(),
+        pid: 1,
+        ..current
+    })
+    .await
+    .unwrap();
+
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let err = job
+        .run(Trigger::AvailableNow, false, stop, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lost the lease"), "{err}");
+    assert_eq!(ck.commits.latest().await.unwrap(), None, "nothing was committed");
+
+    // And a third job is refused while host-b's lease is live.
+    let mut options = JobOptions::new(ckpt);
+    options.owner = LeaseOwner::this_process("host-c");
+    let err = StreamingJob::open(&sql, options).await.err().unwrap().to_string();
+    assert!(err.contains("in use by process 1 on host host-b"), "{err}");
+}

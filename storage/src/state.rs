@@ -1,0 +1,566 @@
+//! Operator state files: snapshots and deltas.
+//!
+//! An operator's state is a table of *units* (a window, a slice, a session,
+//! a group, a source file): rows whose first `unit_key_len` columns are
+//! equal belong to one unit. Each epoch that changes the state writes one
+//! file for that operator:
+//!
+//! ```text
+//! state/<op>/<epoch:020>.snapshot.parquet   every row of the state
+//! state/<op>/<epoch:020>.delta.parquet      changed units, whole (they replace the old rows),
+//!                                           and deleted units' keys (__weir_delete = true)
+//! ```
+//!
+//! The state at epoch C is the newest snapshot at or before C with the
+//! deltas after it, up to C, applied in order. So the bytes an epoch writes
+//! follow what changed, not the size of the state. The driver writes a
+//! snapshot now and then (and when the deltas since the last one outgrow
+//! it), and [`Checkpoint::prune_state`] deletes files no retained epoch needs.
+//!
+//! Files carry key-value metadata: `weir.operator`, `weir.epoch`,
+//! `weir.kind` and `weir.unit_key_len`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, not, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+
+use crate::checkpoint::Checkpoint;
+use crate::codec::{self, Decoded};
+use crate::{Error, Result};
+
+/// A whole state or the change since the previous file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// Every row.
+    Snapshot,
+    /// Changed units and deleted units.
+    Delta,
+}
+
+impl StateKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            StateKind::Snapshot => "snapshot",
+            StateKind::Delta => "delta",
+        }
+    }
+}
+
+/// What to write for one operator and epoch.
+pub struct StateWrite<'a> {
+    /// Snapshot or delta.
+    pub kind: StateKind,
+    /// The state's schema; its first `unit_key_len` columns key units.
+    pub schema: &'a SchemaRef,
+    /// How many leading columns identify a unit.
+    pub unit_key_len: usize,
+    /// Rows of new or changed units (whole units), or every row (snapshot).
+    pub upserts: &'a [RecordBatch],
+    /// Deleted units: their key columns only (deltas only).
+    pub deletes: &'a [RecordBatch],
+}
+
+/// One state file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateFile {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Snapshot or delta.
+    pub kind: StateKind,
+    /// Its name relative to the checkpoint.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// An operator's state as of an epoch, rebuilt from its files.
+#[derive(Debug)]
+pub struct RestoredState {
+    /// The rows, units in key order.
+    pub batches: Vec<RecordBatch>,
+    /// The schema of the rows.
+    pub schema: SchemaRef,
+    /// The snapshot it started from.
+    pub snapshot_epoch: u64,
+    /// The deltas applied after it.
+    pub deltas: usize,
+}
+
+/// The marker column of deleted units in a delta.
+const DELETE: &str = "__weir_delete";
+
+fn nullable(schema: &Schema) -> Vec<Field> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect()
+}
+
+impl Checkpoint {
+    fn state_dir(operator: &str) -> String {
+        format!("state/{operator}")
+    }
+
+    fn state_file_name(operator: &str, epoch: u64, kind: StateKind) -> String {
+        format!("state/{operator}/{epoch:020}.{}.parquet", kind.suffix())
+    }
+
+    /// Writes an operator's state (snapshot or delta) for an epoch. A replay
+    /// of the epoch writes the same file again; a file of the other kind for
+    /// the same epoch (from an attempt that crashed) is removed first.
+    pub async fn write_state(&self, operator: &str, epoch: u64, w: StateWrite<'_>) -> Result<u64> {
+        let other = match w.kind {
+            StateKind::Snapshot => StateKind::Delta,
+            StateKind::Delta => StateKind::Snapshot,
+        };
+        self.location()
+            .delete(&Self::state_file_name(operator, epoch, other))
+            .await?;
+        let name = Self::state_file_name(operator, epoch, w.kind);
+        let url = self.location().url_of(&name);
+        let meta = BTreeMap::from([
+            ("weir.operator".to_string(), operator.to_string()),
+            ("weir.epoch".to_string(), epoch.to_string()),
+            ("weir.kind".to_string(), w.kind.suffix().to_string()),
+            ("weir.unit_key_len".to_string(), w.unit_key_len.to_string()),
+        ]);
+        let bytes = match w.kind {
+            StateKind::Snapshot => codec::encode(&url, w.schema, w.upserts, &meta)?,
+            StateKind::Delta => {
+                let mut fields = nullable(w.schema);
+                fields.push(Field::new(DELETE, DataType::Boolean, false));
+                let schema = Arc::new(Schema::new(fields));
+                let parquet_err = |e: &dyn std::fmt::Display| Error::Parquet {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                };
+                let mut rows = Vec::new();
+                for b in w.upserts {
+                    let mut cols = b.columns().to_vec();
+                    cols.push(Arc::new(BooleanArray::from(vec![false; b.num_rows()])));
+                    rows.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| parquet_err(&e))?);
+                }
+                for d in w.deletes {
+                    let n = d.num_rows();
+                    let mut cols: Vec<ArrayRef> = d.columns()[..w.unit_key_len].to_vec();
+                    for f in &schema.fields()[w.unit_key_len..schema.fields().len() - 1] {
+                        cols.push(datafusion::arrow::array::new_null_array(f.data_type(), n));
+                    }
+                    cols.push(Arc::new(BooleanArray::from(vec![true; n])));
+                    rows.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| parquet_err(&e))?);
+                }
+                codec::encode(&url, &schema, &rows, &meta)?
+            }
+        };
+        let len = bytes.len() as u64;
+        self.location().put(&name, bytes).await?;
+        Ok(len)
+    }
+
+    /// An operator's state files, in epoch order.
+    pub async fn state_files(&self, operator: &str) -> Result<Vec<StateFile>> {
+        let mut out = Vec::new();
+        for meta in self.location().list(&Self::state_dir(operator)).await? {
+            let name = self.location().relative(&meta.location);
+            let file = name.rsplit('/').next().unwrap_or(&name);
+            let parsed = file
+                .strip_suffix(".parquet")
+                .and_then(|s| s.split_once('.'))
+                .and_then(|(e, k)| {
+                    let kind = match k {
+                        "snapshot" => StateKind::Snapshot,
+                        "delta" => StateKind::Delta,
+                        _ => return None,
+                    };
+                    Some((e.parse::<u64>().ok()?, kind))
+                });
+            let Some((epoch, kind)) = parsed else {
+                return Err(Error::Corrupt {
+                    url: self.location().url_of(&name),
+                    epoch: None,
+                    reason: "unexpected file among state files".into(),
+                });
+            };
+            out.push(StateFile {
+                epoch,
+                kind,
+                name,
+                bytes: meta.size,
+            });
+        }
+        out.sort_by_key(|f| f.epoch);
+        for w in out.windows(2) {
+            if w[0].epoch == w[1].epoch {
+                return Err(Error::Corrupt {
+                    url: self.location().url_of(&w[1].name),
+                    epoch: Some(w[1].epoch),
+                    reason: format!("two state files for one epoch (also {})", w[0].name),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_state_file(&self, operator: &str, f: &StateFile) -> Result<(Decoded, usize)> {
+        let url = self.location().url_of(&f.name);
+        let bytes = self.location().get_required(&f.name).await?;
+        let decoded = codec::decode(&url, Some(f.epoch), bytes)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            url: url.clone(),
+            epoch: Some(f.epoch),
+            reason,
+        };
+        if decoded.metadata.get("weir.operator").map(String::as_str) != Some(operator) {
+            return Err(corrupt(format!(
+                "the file does not belong to operator '{operator}'"
+            )));
+        }
+        let key_len = decoded
+            .metadata
+            .get("weir.unit_key_len")
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| corrupt("no weir.unit_key_len in the file's metadata".into()))?;
+        Ok((decoded, key_len))
+    }
+
+    /// Rebuilds an operator's state as of `epoch` from the newest snapshot at
+    /// or before it and the deltas after that. Files of later epochs
+    /// (uncommitted) are ignored; they are rewritten when those replay.
+    pub async fn restore_state(&self, operator: &str, epoch: u64) -> Result<Option<RestoredState>> {
+        let files: Vec<StateFile> = self
+            .state_files(operator)
+            .await?
+            .into_iter()
+            .filter(|f| f.epoch <= epoch)
+            .collect();
+        let Some(start) = files.iter().rposition(|f| f.kind == StateKind::Snapshot) else {
+            if let Some(first) = files.first() {
+                return Err(Error::Corrupt {
+                    url: self.location().url_of(&first.name),
+                    epoch: Some(first.epoch),
+                    reason: format!("a delta with no snapshot before it for operator '{operator}'"),
+                });
+            }
+            return Ok(None);
+        };
+        let (snapshot, key_len) = self.read_state_file(operator, &files[start]).await?;
+        // The rows as the operator wrote them, without the file's metadata.
+        let schema = Arc::new(Schema::new(snapshot.schema.fields().clone()));
+        let mut table = UnitTable::new(&schema, key_len).map_err(|e| Error::Corrupt {
+            url: self.location().url_of(&files[start].name),
+            epoch: Some(files[start].epoch),
+            reason: e,
+        })?;
+        table.upsert(&snapshot.batches).map_err(|e| Error::Corrupt {
+            url: self.location().url_of(&files[start].name),
+            epoch: Some(files[start].epoch),
+            reason: e,
+        })?;
+        for f in &files[start + 1..] {
+            let corrupt = |reason: String| Error::Corrupt {
+                url: self.location().url_of(&f.name),
+                epoch: Some(f.epoch),
+                reason,
+            };
+            let (delta, k) = self.read_state_file(operator, f).await?;
+            if k != key_len || delta.schema.fields().len() != schema.fields().len() + 1 {
+                return Err(corrupt("the delta's columns do not match the snapshot's".into()));
+            }
+            let mut deletes = Vec::new();
+            let mut upserts = Vec::new();
+            for b in &delta.batches {
+                let flag = b
+                    .column(b.num_columns() - 1)
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| corrupt(format!("{DELETE} is not a boolean column")))?
+                    .clone();
+                let data = RecordBatch::try_new(
+                    Arc::new(Schema::new(nullable(&schema))),
+                    b.columns()[..b.num_columns() - 1].to_vec(),
+                )
+                .map_err(|e| corrupt(e.to_string()))?;
+                deletes.push(filter_record_batch(&data, &flag).map_err(|e| corrupt(e.to_string()))?);
+                let kept = not(&flag).map_err(|e| corrupt(e.to_string()))?;
+                upserts.push(filter_record_batch(&data, &kept).map_err(|e| corrupt(e.to_string()))?);
+            }
+            table.delete(&deletes).map_err(corrupt)?;
+            table.upsert(&upserts).map_err(corrupt)?;
+        }
+        let batches = table.rows(&schema).map_err(|e| Error::Corrupt {
+            url: self.location().url_of(&files[files.len() - 1].name),
+            epoch: Some(files[files.len() - 1].epoch),
+            reason: e,
+        })?;
+        Ok(Some(RestoredState {
+            batches,
+            schema,
+            snapshot_epoch: files[start].epoch,
+            deltas: files.len() - start - 1,
+        }))
+    }
+
+    /// Deletes an operator's files that restoring any epoch from
+    /// `keep_from` on does not need: everything before the newest snapshot
+    /// at or before `keep_from`. Returns how many files were deleted.
+    pub async fn prune_state(&self, operator: &str, keep_from: u64) -> Result<usize> {
+        let files = self.state_files(operator).await?;
+        let Some(base) = files
+            .iter()
+            .filter(|f| f.epoch <= keep_from && f.kind == StateKind::Snapshot)
+            .map(|f| f.epoch)
+            .max()
+        else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for f in files.iter().filter(|f| f.epoch < base) {
+            self.location().delete(&f.name).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Deletes every state file of an operator (its state is dropped, e.g.
+    /// when a changed query starts with fresh state). Lists the folder
+    /// rather than parsing names, so stray files go too.
+    pub async fn drop_state(&self, operator: &str) -> Result<()> {
+        for meta in self.location().list(&Self::state_dir(operator)).await? {
+            let name = self.location().relative(&meta.location);
+            self.location().delete(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an operator's state file for one epoch, of either kind.
+    pub async fn delete_state(&self, operator: &str, epoch: u64) -> Result<()> {
+        for kind in [StateKind::Snapshot, StateKind::Delta] {
+            self.location()
+                .delete(&Self::state_file_name(operator, epoch, kind))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A unit's key (Arrow row format) and its rows' indices in a batch.
+type UnitRows = (Vec<u8>, Vec<u32>);
+
+/// Rows grouped into units by their key columns.
+struct UnitTable {
+    key_len: usize,
+    converter: Option<RowConverter>,
+    units: BTreeMap<Vec<u8>, RecordBatch>,
+}
+
+impl UnitTable {
+    fn new(schema: &SchemaRef, key_len: usize) -> std::result::Result<Self, String> {
+        if key_len > schema.fields().len() {
+            return Err(format!(
+                "unit key of {key_len} columns, but the state has {}",
+                schema.fields().len()
+            ));
+        }
+        let converter = if key_len == 0 {
+            None
+        } else {
+            Some(
+                RowConverter::new(
+                    schema.fields()[..key_len]
+                        .iter()
+                        .map(|f| SortField::new(f.data_type().clone()))
+                        .collect(),
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        };
+        Ok(Self {
+            key_len,
+            converter,
+            units: BTreeMap::new(),
+        })
+    }
+
+    /// Each row's unit key, and the rows of each unit in first-seen order.
+    fn split(&self, batch: &RecordBatch) -> std::result::Result<Vec<UnitRows>, String> {
+        let n = batch.num_rows();
+        let Some(conv) = &self.converter else {
+            return Ok(vec![(vec![], (0..n as u32).collect())]);
+        };
+        let rows = conv
+            .convert_columns(&batch.columns()[..self.key_len])
+            .map_err(|e| e.to_string())?;
+        let mut order: Vec<(Vec<u8>, Vec<u32>)> = Vec::new();
+        let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+        for i in 0..n {
+            let key = rows.row(i).as_ref().to_vec();
+            let slot = *at.entry(key.clone()).or_insert_with(|| {
+                order.push((key, Vec::new()));
+                order.len() - 1
+            });
+            order[slot].1.push(i as u32);
+        }
+        Ok(order)
+    }
+
+    fn upsert(&mut self, batches: &[RecordBatch]) -> std::result::Result<(), String> {
+        for b in batches {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            for (key, rows) in self.split(b)? {
+                let idx = UInt32Array::from(rows);
+                let cols = b
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let part = RecordBatch::try_new(b.schema(), cols).map_err(|e| e.to_string())?;
+                self.units.insert(key, part);
+            }
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, batches: &[RecordBatch]) -> std::result::Result<(), String> {
+        for b in batches {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            for (key, _) in self.split(b)? {
+                self.units.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(self, schema: &SchemaRef) -> std::result::Result<Vec<RecordBatch>, String> {
+        let parts: Vec<RecordBatch> = self
+            .units
+            .into_values()
+            .map(|b| RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| format!("the restored rows do not fit the state's columns: {e}"))?;
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(vec![concat_batches(schema, &parts).map_err(|e| e.to_string())?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreOptions;
+    use crate::location::{Create, Location};
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
+    fn rows(pairs: &[(&str, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(pairs.iter().map(|p| p.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(pairs.iter().map(|p| p.1).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn keys(ks: &[&str]) -> RecordBatch {
+        let s = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
+        RecordBatch::try_new(s, vec![Arc::new(StringArray::from(ks.to_vec()))]).unwrap()
+    }
+
+    fn as_pairs(r: &RestoredState) -> Vec<(String, i64)> {
+        r.batches
+            .iter()
+            .flat_map(|b| {
+                let k = b.column(0).as_string::<i32>().clone();
+                let v = b.column(1).as_primitive::<Int64Type>().clone();
+                (0..b.num_rows()).map(move |i| (k.value(i).to_string(), v.value(i)))
+            })
+            .collect()
+    }
+
+    async fn write(
+        ck: &Checkpoint,
+        epoch: u64,
+        kind: StateKind,
+        up: &[RecordBatch],
+        del: &[RecordBatch],
+    ) -> u64 {
+        let s = schema();
+        ck.write_state(
+            "op",
+            epoch,
+            StateWrite {
+                kind,
+                schema: &s,
+                unit_key_len: 1,
+                upserts: up,
+                deletes: del,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn snapshots_and_deltas_restore_every_epoch() {
+        let loc = Location::open("memory://state-deltas", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        write(&ck, 1, StateKind::Snapshot, &[rows(&[("a", 1), ("b", 2)])], &[]).await;
+        write(&ck, 2, StateKind::Delta, &[rows(&[("b", 20), ("c", 3)])], &[]).await;
+        write(&ck, 3, StateKind::Delta, &[], &[keys(&["a"])]).await;
+        let at = |e| {
+            let ck = ck.clone();
+            async move { as_pairs(&ck.restore_state("op", e).await.unwrap().unwrap()) }
+        };
+        assert_eq!(at(1).await, vec![("a".into(), 1), ("b".into(), 2)]);
+        assert_eq!(
+            at(2).await,
+            vec![("a".into(), 1), ("b".into(), 20), ("c".into(), 3)]
+        );
+        assert_eq!(at(3).await, vec![("b".into(), 20), ("c".into(), 3)]);
+        // A crashed attempt's snapshot for epoch 3, rewritten as a delta by the replay.
+        write(&ck, 4, StateKind::Snapshot, &[rows(&[("z", 0)])], &[]).await;
+        write(&ck, 4, StateKind::Delta, &[rows(&[("d", 4)])], &[]).await;
+        assert_eq!(at(4).await.len(), 3);
+        // Pruning keeps what epochs from 2 on need.
+        assert_eq!(ck.prune_state("op", 2).await.unwrap(), 0);
+        write(&ck, 5, StateKind::Snapshot, &[rows(&[("e", 5)])], &[]).await;
+        assert_eq!(ck.prune_state("op", 5).await.unwrap(), 4);
+        assert_eq!(at(5).await, vec![("e".into(), 5)]);
+    }
+
+    #[tokio::test]
+    async fn a_delta_without_a_snapshot_is_reported() {
+        let loc = Location::open(
+            "memory://state-orphan-delta",
+            &StoreOptions::default(),
+            Create::Yes,
+        )
+        .unwrap();
+        let ck = Checkpoint::new(loc);
+        write(&ck, 7, StateKind::Delta, &[rows(&[("a", 1)])], &[]).await;
+        let err = ck.restore_state("op", 7).await.unwrap_err().to_string();
+        assert!(
+            err.contains("00000000000000000007.delta.parquet") && err.contains("epoch 7"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! The shell, driven as a person drives it: the real `weir` binary in a
+//! pseudo-terminal, keys typed into it, and assertions on the screen as a
+//! terminal (vt100) draws it. Waits are for screen text, with a timeout;
+//! nothing sleeps for a fixed time. Then `weir -f`, `weir -i`, piped input
+//! and `weir query` without a terminal.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rexpect::process::{PtyProcess, WaitStatus};
+
+const ROWS: u16 = 60;
+const COLS: u16 = 200;
+/// Generous: the machine may be busy compiling.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+const UP: &str = "\x1b[A";
+const CTRL_C: &str = "\x03";
+const CTRL_D: &str = "\x04";
+const CTRL_L: &str = "\x0c";
+
+/// `weir` in a pseudo-terminal, with what it drew.
+struct Term {
+    process: PtyProcess,
+    input: File,
+    screen: Arc<Mutex<vt100::Parser>>,
+    /// Every byte written to the terminal.
+    raw: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Term {
+    fn spawn(ws: &Workspace, args: &[&str]) -> Term {
+        // The terminal's size is set before weir starts, as a real one has it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("stty rows {ROWS} cols {COLS} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .current_dir(ws.dir.path())
+            .env("HOME", ws.dir.path())
+            .env("TERM", "xterm-256color")
+            .env_remove("WEIR_HISTORY")
+            .env_remove("WEIR_FAILPOINT");
+        let mut process = PtyProcess::new(cmd).expect("spawn weir in a pty");
+        process.set_kill_timeout(Some(5_000));
+        let mut output = process.get_file_handle().unwrap();
+        let input = process.get_file_handle().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLS, 0)));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (Arc::clone(&screen), Arc::clone(&raw));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = output.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().process(&buf[..n]);
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Term {
+            process,
+            input,
+            screen,
+            raw,
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        self.input.write_all(keys.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    /// Types a line and Enter.
+    fn line(&mut self, text: &str) {
+        self.send(text);
+        self.send("\r");
+    }
+
+    fn screen(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    fn raw(&self) -> String {
+        String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the screen shows `text` `times` times; returns the screen.
+    fn wait_for_n(&self, text: &str, times: usize) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= times {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {text:?} ({times}x); the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for(&self, text: &str) -> String {
+        self.wait_for_n(text, 1)
+    }
+
+    /// Waits until the screen satisfies `done`; returns the screen.
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for an empty prompt: the line editor is reading again. Keys
+    /// that the terminal itself interprets outside the editor (Ctrl-C,
+    /// Ctrl-D) must wait for it; typed text may go ahead.
+    fn prompt(&self) {
+        self.wait_until("the prompt", |s| {
+            s.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim) == Some("weir>")
+        });
+    }
+
+    /// Clears the screen (Ctrl-L at the prompt), so that what follows is
+    /// all that is on it.
+    fn clear(&mut self) {
+        self.send(CTRL_L);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.screen().trim() != "weir>" {
+            assert!(
+                Instant::now() < deadline,
+                "the screen did not clear:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    fn wait_exit(&self) -> i32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.process.status() {
+                Some(WaitStatus::Exited(_, code)) => return code,
+                Some(WaitStatus::StillAlive) | None => {}
+                Some(other) => panic!("weir ended with {other:?}:\n{}", self.screen()),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not exit; the screen:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const DECLARE: &str = "\
+CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+";
+
+const WINDOWS: &str = "SELECT window_start, window_end, COUNT(*) AS n, SUM(price) AS s \
+     FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+     GROUP BY window_start, window_end";
+
+/// The same windows as a batch query: `ws|we|n|s` rows, sorted.
+const WINDOWS_ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time) AS ws,
+        date_bin(INTERVAL '10' SECOND, date_time) + INTERVAL '10' SECOND AS we, COUNT(*), SUM(price)
+ FROM bids GROUP BY 1, 2";
+
+/// 2,000 bids over 100 seconds, in order (none late), and the workspace's
+/// `init.sql` declaring them.
+fn workspace() -> (Workspace, Vec<Bid>) {
+    let ws = Workspace::new();
+    let bids = gen_bids(11, 2000, BASE_MS, 0);
+    write_parquet(&ws.path("in/a.parquet"), &bids[..1000]);
+    write_parquet(&ws.path("in/b.parquet"), &bids[1000..]);
+    ws.write("init.sql", DECLARE);
+    (ws, bids)
+}
+
+/// The cells of an `a|b|c` row.
+fn cells(row: &str) -> Vec<String> {
+    row.split('|').map(str::to_string).collect()
+}
+
+/// The data rows of the tables on a screen, as trimmed cells.
+fn table_rows(screen: &str) -> Vec<Vec<String>> {
+    screen
+        .lines()
+        .filter(|l| l.starts_with("| 2026-"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_statement_may_span_lines_and_a_semicolon_in_quotes_does_not_end_it() {
+    let ws = Workspace::new();
+    let mut t = Term::spawn(&ws, &[]);
+    t.wait_for("weir> ");
+    t.line("SELECT 'semi;colon' AS s,");
+    t.line("  40 +");
+    t.line("  2 AS answer;");
+    let screen = t.wait_for("(1 row)");
+    assert!(screen.contains("| s          | answer |"), "{screen}");
+    assert!(screen.contains("| semi;colon |     42 |"), "{screen}");
+    assert!(!screen.contains("error"), "an unfinished line ran:\n{screen}");
+    // An error is a line or two, and the shell goes on.
+    t.line("SELECT nope FROM nowhere;");
+    let screen = t.wait_for("error: ");
+    let error_lines: Vec<&str> = screen.lines().skip_while(|l| !l.starts_with("error: ")).collect();
+    assert!(error_lines.len() <= 3, "{screen}");
+    t.line("SELECT 1 AS one;");
+    t.wait_for("| one |");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
+#[test]
+fn history_is_recalled_across_sessions_without_secrets() {
+    let ws = Workspace::new();
+    let mut t = Term::spawn(&ws, &[]);
+    t.wait_for("weir> ");
+    t.line(
+        "CREATE TABLE vault WITH ('connector' = 'files', 'path' = 's3://b/v/', 'format' = 'parquet', \
+         's3.secret_access_key' = 'hunter2-very-secret');",
+    );
+    t.wait_for("declared vault");
+    t.line("\\d vault");
+    let screen = t.wait_for("'s3.secret_access_key' = '***'");
+    assert_eq!(
+        screen.matches("hunter2-very-secret").count(),
+        1,
+        "only as typed:\n{screen}"
+    );
+    t.line("SELECT 6 *");
+    t.line("7 AS answer;");
+    t.wait_for("|     42 |");
+    t.line("\\q");
+    assert_eq!(t.wait_exit(), 0);
+
+    let history = std::fs::read_to_string(ws.path(".weir_history")).unwrap();
+    assert!(history.contains("SELECT 6 *"), "{history}");
+    assert!(
+        !history.contains("hunter2"),
+        "a secret reached the history:\n{history}"
+    );
+    assert!(history.contains("'s3.secret_access_key' = '***'"), "{history}");
+
+    let mut t = Term::spawn(&ws, &[]);
+    t.wait_for("weir> ");
+    // The newest entry is the `\q` that ended the last session; the one
+    // before is the two-line statement.
+    t.send(UP);
+    t.wait_for("weir> \\q");
+    t.send(UP);
+    t.wait_for("7 AS answer;");
+    let screen = t.wait_for("weir> SELECT 6 *");
+    assert!(!screen.contains("|     42 |"), "{screen}");
+    t.send("\r");
+    t.wait_for("|     42 |");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
+#[test]
+fn tab_completes_table_names() {
+    let (ws, _) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.send("SELECT COUNT(*) FROM o\t");
+    t.wait_for("weir> SELECT COUNT(*) FROM out");
+    // A sink without output yet: a clear error, and the shell goes on.
+    t.line(";");
+    t.wait_for("error: 'out' has no committed output yet");
+    t.send("\\d bi\t");
+    t.wait_for("weir> \\d bids");
+    t.send("\r");
+    let screen = t.wait_for("Watermark: WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND");
+    assert!(screen.contains("Source bids"), "{screen}");
+    assert!(screen.contains("| date_time | Timestamp(ms) |"), "{screen}");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
+#[test]
+fn a_live_query_prints_windows_as_they_close_until_ctrl_c() {
+    let (ws, bids) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.clear();
+    t.line(&format!("{WINDOWS};"));
+    t.wait_for("| window_start            | window_end              |");
+    // The input covers ten windows; the watermark (latest event - 2 s) has
+    // closed the first nine, and the tenth stays open: the query is live,
+    // waiting for more input.
+    let oracle = batch_query(&bids, WINDOWS_ORACLE);
+    let closed: Vec<Vec<String>> = oracle[..9].iter().map(|r| cells(r)).collect();
+    t.wait_until("nine windows", |s| table_rows(s).len() == 9);
+    t.send(CTRL_C);
+    let screen = t.wait_for("rows; stopped)");
+    assert_eq!(table_rows(&screen), closed, "{screen}");
+    assert!(screen.contains("(9 rows; stopped)"), "{screen}");
+    // Back at the prompt, and the shell goes on.
+    t.line("SELECT 1 AS one;");
+    t.wait_for("| one |");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
+/// Runs `SHOW QUERIES` until its row for `name` shows `what`.
+fn wait_for_query(t: &mut Term, name: &str, what: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        t.clear();
+        t.line("SHOW QUERIES;");
+        let screen = t.wait_for("(1 row)");
+        if screen
+            .lines()
+            .any(|l| l.starts_with(&format!("| {name} ")) && l.contains(what))
+        {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_background_query_is_listed_stopped_queried_and_resumed() {
+    let (ws, bids) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.line(&format!("INSERT INTO out {WINDOWS};"));
+    t.wait_for("started query out (checkpoint .weir/checkpoints/out)");
+    // The shell takes statements while the query runs.
+    t.line("SELECT 2 AS two;");
+    t.wait_for("| two |");
+    let screen = wait_for_query(&mut t, "out", "|    2000 |");
+    assert!(
+        screen.contains("| name | state   | epoch | rows_in | rows_out | rows_per_sec | watermark"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("| out  | running |     1 |    2000 |        9 |"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("2026-01-01 00:01:37.950"),
+        "the watermark: {screen}"
+    );
+
+    t.line("STOP QUERY out;");
+    t.wait_for("stopped query out (committed through epoch 1); INSERT it again to resume");
+    wait_for_query(&mut t, "out", "| stopped |");
+
+    // The sink's committed files, as a batch query printed as a table.
+    t.clear();
+    t.line("SELECT window_start, n, s FROM out ORDER BY window_start;");
+    let screen = t.wait_for("(9 rows)");
+    let oracle = batch_query(&bids, WINDOWS_ORACLE);
+    let expected: Vec<Vec<String>> = oracle[..9]
+        .iter()
+        .map(|r| {
+            let c = cells(r);
+            vec![c[0].clone(), c[2].clone(), c[3].clone()]
+        })
+        .collect();
+    assert_eq!(table_rows(&screen), expected, "{screen}");
+    assert_eq!(sink_rows(&ws.path("out")).len(), 9);
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+
+    // A new session: the same INSERT resumes from the checkpoint; leaving
+    // stops it cleanly after its epoch.
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.line(&format!("INSERT INTO out {WINDOWS};"));
+    t.wait_for("started query out (checkpoint .weir/checkpoints/out, resuming after epoch 1)");
+    t.line("\\q");
+    t.wait_for("stopped query out (committed through epoch 1); INSERT it again to resume");
+    assert_eq!(t.wait_exit(), 0);
+    assert_eq!(sink_rows(&ws.path("out")).len(), 9, "nothing written twice");
+}
+
+#[test]
+fn weir_run_shows_progress_on_a_terminal_only() {
+    let (ws, _) = workspace();
+    ws.write(
+        "job.sql",
+        &format!(
+            "{}INSERT INTO out {WINDOWS};",
+            DECLARE.replace(
+                "'format' = 'parquet');\nCREATE",
+                "'format' = 'parquet', 'max_rows_per_batch' = '100');\nCREATE"
+            )
+        ),
+    );
+    let t = Term::spawn(&ws, &["run", "job.sql", "--trigger", "available-now", "--drain"]);
+    assert_eq!(t.wait_exit(), 0);
+    let raw = t.raw();
+    assert!(raw.contains("epoch 20  in 100"), "{raw}");
+    assert!(
+        raw.contains(" rows in  ") && raw.contains(" rows/s"),
+        "no progress line:\n{raw}"
+    );
+
+    // Without a terminal: the epoch lines only.
+    std::fs::remove_dir_all(ws.path("out")).unwrap();
+    std::fs::remove_dir_all(ws.path("job.checkpoint")).unwrap();
+    let run = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let err = run.stderr();
+    assert!(err.contains("epoch 20  in 100"), "{err}");
+    assert!(
+        !err.contains(" rows in  ") && !err.contains('\x1b') && !err.contains('\r'),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_file_runs_as_the_shell_would_and_stops_at_the_first_error() {
+    let (ws, bids) = workspace();
+    ws.write(
+        "load.sql",
+        &format!(
+            "-- process what is there, close every window, and show the result\n\
+             {DECLARE}SET trigger = 'available-now';\nSET drain = true;\n\
+             INSERT INTO out {WINDOWS};\n"
+        ),
+    );
+    let run = ws.weir(&["-f", "load.sql"]).ok();
+    assert!(run.stdout().contains("started query out"), "{}", run.stdout());
+    assert!(run.stderr().contains("query out finished"), "{}", run.stderr());
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, WINDOWS_ORACLE));
+
+    // Piped input, as CSV.
+    let run = ws
+        .weir_input(
+            &["--format", "csv"],
+            &format!("{DECLARE}SELECT COUNT(*) AS windows, SUM(n) AS bids FROM out;"),
+        )
+        .ok();
+    assert!(
+        run.stdout().ends_with("windows,bids\n10,2000\n"),
+        "{}",
+        run.stdout()
+    );
+
+    // The first error stops the file, naming where it is; later statements
+    // do not run.
+    ws.write(
+        "bad.sql",
+        "SELECT 1 AS first;\n\nSELECT nope\n  FROM nowhere;\nSELECT 3 AS third;\n",
+    );
+    let run = ws.weir(&["-f", "bad.sql"]).fails();
+    assert!(run.stdout().contains("first"), "{}", run.stdout());
+    assert!(!run.stdout().contains("third"), "{}", run.stdout());
+    let err = run.stderr();
+    assert!(err.starts_with("error: bad.sql:3: "), "{err}");
+    assert!(err.lines().count() <= 2, "{err}");
+
+    // `weir query` prints one result, for scripts.
+    let run = ws
+        .weir(&["query", "SELECT COUNT(*) AS n FROM 'out/'", "--format", "json"])
+        .ok();
+    assert_eq!(run.stdout(), "{\"n\":10}\n");
+}
+
+#[test]
+fn a_background_query_that_fails_fails_the_file_with_its_reason() {
+    let (ws, _) = workspace();
+    // Text where Parquet is declared.
+    ws.write("in/c.parquet", "auction,price\n1,2\n");
+    ws.write(
+        "load.sql",
+        &format!("{DECLARE}SET trigger = 'available-now';\nINSERT INTO out {WINDOWS};\nSELECT 1 AS after;\n"),
+    );
+    let run = ws.weir(&["-f", "load.sql"]).fails();
+    assert!(
+        run.stdout().contains("| after |"),
+        "the file runs on while the query works"
+    );
+    let err = run.stderr();
+    assert!(
+        err.contains("error: query out failed: ") && err.contains("c.parquet"),
+        "{err}"
+    );
+}
