@@ -133,6 +133,29 @@ fn a_sigkill_at_any_step_of_an_epoch_changes_nothing_in_the_output() {
 }
 
 #[test]
+fn two_threads_give_the_same_output_and_recover_from_a_kill() {
+    // Batches of 150,000 events: the generator splits each over both
+    // threads, the scan deals its batches to two partitions, and the window
+    // aggregate merges them back into its one state.
+    let (events, per_batch) = (450_000, 150_000);
+    let want = expected(events);
+    let mut two = RUN.to_vec();
+    two.extend(["--threads", "2"]);
+    let ws = Workspace::new();
+    ws.write("job.sql", &job(events, per_batch));
+    ws.weir(&two).ok();
+    assert_eq!(outputs(&ws), want);
+
+    // Killed after epoch 2's state is written, it resumes on two threads.
+    let ws = Workspace::new();
+    ws.write("job.sql", &job(events, per_batch));
+    ws.weir_env(&two, &[("WEIR_FAILPOINT", "state-written@2")])
+        .killed();
+    ws.weir(&two).ok();
+    assert_eq!(outputs(&ws), want);
+}
+
+#[test]
 fn restarting_after_every_batch_gives_the_same_output() {
     let ws = Workspace::new();
     ws.write("job.sql", &job(12_000, 2_500));

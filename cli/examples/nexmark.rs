@@ -87,9 +87,12 @@ struct SuiteArgs {
     /// Only these queries (comma-separated names such as q0,q7_agg).
     #[arg(long)]
     queries: Option<String>,
-    /// The CPU to pin runs to.
-    #[arg(long, default_value_t = 0)]
-    cpu: usize,
+    /// The CPUs to pin runs to (a `taskset -c` list: `0`, `0,1`).
+    #[arg(long, default_value = "0")]
+    cpu: String,
+    /// `weir run --threads`: threads (partitions) each Weir job uses.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// The weir binary.
     #[arg(long, default_value = "target/release/weir")]
     weir: PathBuf,
@@ -431,7 +434,7 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
         .arg(&time_file)
         .arg("taskset")
         .arg("-c")
-        .arg(args.cpu.to_string())
+        .arg(&args.cpu)
         .arg(&args.weir)
         .arg("run")
         .arg(dir.join("job.sql"))
@@ -439,6 +442,8 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
         .arg(dir.join("checkpoint"))
         .arg("--progress-json")
         .arg(&progress)
+        .arg("--threads")
+        .arg(args.threads.to_string())
         .output()
         .with_context(|| format!("running {}", args.weir.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -504,7 +509,7 @@ fn run_self(args: &SuiteArgs, child: &[&str]) -> Result<Value> {
     let me = std::env::current_exe()?;
     let out = Command::new("taskset")
         .arg("-c")
-        .arg(args.cpu.to_string())
+        .arg(&args.cpu)
         .arg(&me)
         .args(child)
         .output()?;
@@ -537,6 +542,7 @@ fn suite(args: &SuiteArgs) -> Result<()> {
         .replace("${BATCH}", &args.batch_events.to_string());
     let data = args.work.join(format!("data-{n}"));
 
+    let load_before = load_average();
     eprintln!("nexmark: generator alone, {n} events, CPU {}", args.cpu);
     let gen_speed = run_self(args, &["gen-speed", "--events", &n.to_string()])?;
 
@@ -596,9 +602,15 @@ fn suite(args: &SuiteArgs) -> Result<()> {
     }
 
     std::fs::create_dir_all(&args.results)?;
-    let json = report_json(args, &gen_speed, &results);
-    let md = report_md(args, &gen_speed, &results);
-    let base = args.results.join(format!("nexmark-{n}"));
+    let load = format!("{load_before} at the start, {} at the end", load_average());
+    let mut json = report_json(args, &gen_speed, &results);
+    json["load_average"] = json!(load);
+    json["threads"] = json!(args.threads);
+    let md = report_md(args, &gen_speed, &results, &load);
+    let base = match args.threads {
+        1 => args.results.join(format!("nexmark-{n}")),
+        t => args.results.join(format!("nexmark-{n}-t{t}")),
+    };
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(&json)? + "\n",
@@ -710,14 +722,23 @@ fn rate(r: f64) -> String {
     }
 }
 
-fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) -> String {
+/// `/proc/loadavg`'s 1, 5 and 15 minute load averages (other work on the
+/// machine skews wall times; CPU times much less).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -> String {
     let n = args.events;
     let mut md = String::new();
     let _ = writeln!(md, "# Nexmark, {n} events\n");
     let _ = writeln!(
         md,
         "Measured {} by `benches/nexmark.sh {n}` on {}, every run pinned to CPU {} \
-         (`taskset`). Weir runs each query with `--trigger available-now --drain`, checkpoints on, \
+         (`taskset`), load average (1, 5, 15 min) {load}. Weir runs each query with \
+         `--trigger available-now --drain --threads {}`, checkpoints on, \
          {} events per epoch, from the `nexmark` source (default rate 10,000 events/s of event \
          time, seed 0, 1:3:46 people:auctions:bids). *Per core* is events ÷ CPU time (user + sys); \
          *ratio* is Weir's per-core rate over DataFusion's on the same query over the same events \
@@ -725,6 +746,7 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) -> String {
         chrono_date(),
         machine(),
         args.cpu,
+        args.threads,
         args.batch_events
     );
     let _ = writeln!(md, "## Generator alone (one thread, every column)\n");

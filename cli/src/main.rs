@@ -107,6 +107,12 @@ struct RunArgs {
     /// change keep their progress. See the README, "Changing a query".
     #[arg(long, conflicts_with = "explain")]
     fresh_state: bool,
+    /// Threads the job may use: DataFusion's target partitions, the tokio
+    /// worker threads, and the threads a source reads with. Stateless work
+    /// runs on all of them; each stateful operator (window, aggregate) keeps
+    /// its state in one partition. `0`: one per CPU this process may use.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 /// The default checkpoint: `<dir>/<stem>.checkpoint` beside the job file.
@@ -241,6 +247,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         hooks,
         owner: weir_engine::LeaseOwner::this_process(host_name()),
         fresh_state: args.fresh_state,
+        threads: args.threads,
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
@@ -408,9 +415,19 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let mut redactor = Redactor::from_env();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `weir run --threads N` runs N tokio workers (0: one per CPU we may use,
+    // which is also tokio's default).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(Command::Run(args)) = &mut cli.command {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if args.threads == 0 {
+            args.threads = cpus;
+        }
+        builder.worker_threads(args.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

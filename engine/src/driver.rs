@@ -166,6 +166,11 @@ pub struct JobOptions {
     /// (see `compat`), start it with empty operator state instead of
     /// refusing to run. Sources that did not change keep their progress.
     pub fresh_state: bool,
+    /// Threads a job may use (`weir run --threads`): DataFusion's target
+    /// partitions, the partitions of each source scan, and the threads a
+    /// source may read with. Stateless operators run on that many threads;
+    /// stateful operators keep their state in one partition.
+    pub threads: usize,
 }
 
 impl JobOptions {
@@ -182,6 +187,7 @@ impl JobOptions {
             owner: crate::LeaseOwner::this_process("localhost"),
             lease_ttl: Duration::from_secs(30),
             fresh_state: false,
+            threads: 1,
         }
     }
 }
@@ -417,8 +423,10 @@ impl StreamingJob {
             Some(_) => Job::parse_as(sql, JobKind::Live)?,
             None => Job::parse(sql)?,
         };
-        let config = SessionConfig::new().with_target_partitions(1);
-        let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
+        let threads = options.threads.max(1);
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let scans = EngineScans { partitions: threads };
+        let planner = StreamPlanner::new(&job, Some(Arc::new(scans)), config)?;
         for f in &options.udfs {
             planner.context().register_udf(f.clone());
         }
@@ -534,6 +542,7 @@ impl StreamingJob {
             }
             let cols: Vec<usize> = cols.into_iter().collect();
             slot.source.set_columns(cols.clone());
+            slot.source.set_threads(threads);
             slot.columns = Arc::new(cols);
         }
 

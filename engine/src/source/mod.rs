@@ -36,6 +36,10 @@ pub trait Source: Send + Sync {
     /// indices); batches then have `schema().project(columns)`. By default
     /// every column is read.
     fn set_columns(&mut self, columns: Vec<usize>);
+    /// How many threads the source may use to read (decode, generate) a
+    /// batch; the rows and their order must not depend on it. By default a
+    /// source reads on one thread.
+    fn set_threads(&mut self, _threads: usize) {}
     /// Fixes the input to what is available now; later input waits for a
     /// later run (the available-now trigger).
     async fn freeze(&mut self) -> Result<()>;

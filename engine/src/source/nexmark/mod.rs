@@ -72,6 +72,8 @@ pub struct NexmarkSource {
     /// The next event number to read.
     next: u64,
     changed: bool,
+    /// Threads that generate a batch (`weir run --threads`).
+    threads: usize,
 }
 
 impl std::fmt::Debug for NexmarkSource {
@@ -191,6 +193,7 @@ impl NexmarkSource {
             max_events: parse_positive(decl, "max_events_per_batch")?.unwrap_or(DEFAULT_MAX_EVENTS),
             next: 0,
             changed: false,
+            threads: 1,
         })
     }
 
@@ -224,6 +227,10 @@ impl Source for NexmarkSource {
         {
             self.generator = g;
         }
+    }
+
+    fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     async fn freeze(&mut self) -> Result<()> {
@@ -269,7 +276,7 @@ impl Source for NexmarkSource {
                 self.name, offset.start, offset.end
             )));
         }
-        let batches = self.generator.generate(offset.start, offset.end)?;
+        let batches = generate_on_threads(&self.generator, offset.start, offset.end, self.threads)?;
         self.next = offset.end;
         self.changed = true;
         Ok(batches)
@@ -319,6 +326,43 @@ impl Source for NexmarkSource {
         self.changed = false;
         Ok(())
     }
+}
+
+/// Events below which a batch is not worth splitting over threads.
+const MIN_EVENTS_PER_THREAD: u64 = 65_536;
+
+/// Generates events `start..end` on up to `threads` threads, each making a
+/// contiguous part of the range; the parts' batches are put back in order.
+/// Every event is a function of its number, so the rows (and their order)
+/// are the same whatever the thread count; only where batches split moves.
+fn generate_on_threads(g: &TableGenerator, start: u64, end: u64, threads: usize) -> Result<Vec<RecordBatch>> {
+    let events = end.saturating_sub(start);
+    let parts = (threads as u64).min(events / MIN_EVENTS_PER_THREAD).max(1);
+    if parts == 1 {
+        return g.generate(start, end);
+    }
+    let step = events.div_ceil(parts);
+    let ranges: Vec<(u64, u64)> = (0..parts)
+        .map(|i| (start + i * step, (start + (i + 1) * step).min(end)))
+        .collect();
+    let results: Vec<Result<Vec<RecordBatch>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .map(|&(a, b)| s.spawn(move || g.generate(a, b)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Config("the nexmark generator panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -449,6 +493,19 @@ mod tests {
         // The table name picks the kind when 'table' is absent.
         let d = decl(BID, ", 'base_time' = '2020-01-01 00:00:00'");
         assert!(NexmarkSource::open(&d).is_ok());
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_the_thread_count() {
+        let d = decl(BID, "");
+        let s = NexmarkSource::open(&d).unwrap();
+        let one = generate_on_threads(&s.generator, 1000, 301_000, 1).unwrap();
+        let three = generate_on_threads(&s.generator, 1000, 301_000, 3).unwrap();
+        assert!(three.len() > one.len(), "three parts end three batches early");
+        assert_eq!(
+            concat_batches(s.schema(), &one).unwrap(),
+            concat_batches(s.schema(), &three).unwrap()
+        );
     }
 
     #[test]
