@@ -1,7 +1,7 @@
 -- q11: User sessions: bids per bidder in each session of activity (gap 10 seconds) (not in the original suite)
 -- Flink: nexmark-flink q11.sql, with the SESSION table function instead of the legacy GROUP BY SESSION(...)
 -- Kind: windowed
--- Needs: SESSION windows
+-- Needs: nothing more; runs today
 CREATE TABLE nexmark_q11 WITH (${SINK});
 
 INSERT INTO nexmark_q11

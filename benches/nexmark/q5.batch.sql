@@ -3,8 +3,9 @@ WITH counts AS (
   SELECT auction, COUNT(*) AS num, starttime
   FROM (
     SELECT auction,
-           date_bin(INTERVAL '2' SECOND, date_time) - INTERVAL '2' SECOND * k AS starttime
-    FROM bid CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS hops(k)
+           date_bin(INTERVAL '2' SECOND, date_time) - k AS starttime
+    FROM bid CROSS JOIN (VALUES (INTERVAL '0' SECOND), (INTERVAL '2' SECOND), (INTERVAL '4' SECOND),
+                           (INTERVAL '6' SECOND), (INTERVAL '8' SECOND)) AS hops(k)
   ) AS w
   GROUP BY auction, starttime
 )

@@ -1,7 +1,7 @@
 -- q5_agg: Hot items, the windowed aggregate part: bids per auction in each 10-second window, sliding every 2 seconds
 -- Flink: the AuctionBids subquery of nexmark-flink q5.sql
 -- Kind: windowed
--- Needs: HOP windows
+-- Needs: nothing more; runs today
 CREATE TABLE nexmark_q5_agg WITH (${SINK});
 
 INSERT INTO nexmark_q5_agg
