@@ -417,6 +417,7 @@ mod tests {
             state_rows: 7,
             state_bytes: 0,
             batch_ms: 1.0,
+            checkpoint_ms: 0.0,
         }
     }
 

@@ -172,6 +172,11 @@ pub struct JobOptions {
     /// (see `compat`), start it with empty operator state instead of
     /// refusing to run. Sources that did not change keep their progress.
     pub fresh_state: bool,
+    /// Threads a job may use (`weir run --threads`): DataFusion's target
+    /// partitions, the partitions of each source scan, and the threads a
+    /// source may read with. Stateless operators run on that many threads;
+    /// stateful operators keep their state in one partition.
+    pub threads: usize,
 }
 
 impl JobOptions {
@@ -188,6 +193,7 @@ impl JobOptions {
             owner: crate::LeaseOwner::this_process("localhost"),
             lease_ttl: Duration::from_secs(30),
             fresh_state: false,
+            threads: 1,
         }
     }
 }
@@ -224,6 +230,9 @@ pub struct BatchProgress {
     pub state_bytes: u64,
     /// Wall time of the epoch, ms.
     pub batch_ms: f64,
+    /// Of which writing state and the commit, ms.
+    #[serde(default)]
+    pub checkpoint_ms: f64,
 }
 
 /// What a run did.
@@ -425,8 +434,10 @@ impl StreamingJob {
             Some(_) => Job::parse_as(sql, JobKind::Live)?,
             None => Job::parse(sql)?,
         };
-        let config = SessionConfig::new().with_target_partitions(1);
-        let planner = StreamPlanner::new(&job, Some(Arc::new(EngineScans)), config)?;
+        let threads = options.threads.max(1);
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let scans = EngineScans { partitions: threads };
+        let planner = StreamPlanner::new(&job, Some(Arc::new(scans)), config)?;
         for f in &options.udfs {
             planner.context().register_udf(f.clone());
         }
@@ -571,6 +582,7 @@ impl StreamingJob {
             }
             let cols: Vec<usize> = cols.into_iter().collect();
             slot.source.set_columns(cols.clone());
+            slot.source.set_threads(threads);
             slot.columns = Arc::new(cols);
         }
 
@@ -1240,6 +1252,7 @@ impl StreamingJob {
         self.hooks.reached(Step::SinkStaged, epoch)?;
 
         // State: a delta of what changed, or now and then a snapshot.
+        let checkpoint_started = Instant::now();
         let mut state_bytes = 0;
         let mut state_rows = 0u64;
         let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
@@ -1308,6 +1321,7 @@ impl StreamingJob {
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = watermarks_out;
+        let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.hooks.reached(Step::Committed, epoch)?;
 
         for p in &self.pipelines {
@@ -1342,6 +1356,7 @@ impl StreamingJob {
             state_rows,
             state_bytes,
             batch_ms,
+            checkpoint_ms,
         })
     }
 }

@@ -1,17 +1,20 @@
 //! Where a pipeline's output goes: `'connector' = 'files'` (Parquet files,
-//! published per epoch), or, for a live query, the caller (the shell) that
-//! prints rows as epochs commit. Rows set aside beside the output (late
-//! rows, bad input records) go to [`SideSink`]s, which keep the same
-//! contract.
+//! published per epoch), `'connector' = 'blackhole'` (Flink's name: counts
+//! rows, keeps nothing; for benchmarks that measure a query without its
+//! output), or, for a live query, the caller (the shell) that prints rows as
+//! epochs commit. Rows set aside beside the output (late rows, bad input
+//! records) go to [`SideSink`]s, which keep the same contract.
 //!
 //! The contract (what exactly-once rests on): `stage(N, rows)` may be called
 //! any number of times for an epoch and leaves the same staged output (the
 //! rows of an epoch are deterministic); `publish(N)` makes epoch N's output
 //! visible and is only called once `commits/N` exists. See
-//! [`weir_storage::sink`] for the layout.
+//! [`weir_storage::sink`] for the files sink's layout. The blackhole keeps
+//! the contract trivially: nothing is staged, so nothing can be duplicated.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -25,6 +28,42 @@ use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
 const OPTIONS: &[&str] = &["connector", "path", "format", "mode"];
+
+/// `'connector' = 'blackhole'`: accepts rows, counts them, writes nothing.
+#[derive(Debug)]
+pub struct BlackholeSink {
+    table: String,
+    /// Rows staged, over all epochs (replays count again).
+    rows: AtomicU64,
+}
+
+impl BlackholeSink {
+    /// Opens the sink a table declares.
+    pub fn open(decl: &TableDecl) -> Result<Self> {
+        check_options(decl, &["connector"])?;
+        Ok(Self {
+            table: decl.name.clone(),
+            rows: AtomicU64::new(0),
+        })
+    }
+
+    /// The sink's table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Counts an epoch's rows; returns them and 0 bytes.
+    pub fn stage(&self, batches: &[RecordBatch]) -> (u64, u64) {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        (rows, 0)
+    }
+
+    /// Rows staged so far by this process.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
 
 /// A Parquet file sink.
 #[derive(Debug)]
@@ -40,7 +79,7 @@ impl FileSink {
             "files" => {}
             other => {
                 return Err(Error::Config(format!(
-                    "sink table '{}': unknown connector '{other}' (supported: files)",
+                    "sink table '{}': unknown connector '{other}' (supported: files, blackhole)",
                     decl.name
                 )));
             }
@@ -226,6 +265,8 @@ impl LiveSink {
 pub enum PipelineSink {
     /// A declared sink table.
     Files(FileSink),
+    /// A declared `'connector' = 'blackhole'` table.
+    Blackhole(BlackholeSink),
     /// The caller of a live query.
     Live(LiveSink),
 }
@@ -240,6 +281,9 @@ impl PipelineSink {
         live: Option<&LiveSender>,
     ) -> Result<Self> {
         match (decl, live) {
+            (Some(decl), _) if decl.connector()? == "blackhole" => {
+                Ok(Self::Blackhole(BlackholeSink::open(decl)?))
+            }
             (Some(decl), _) => Ok(Self::Files(FileSink::open(decl, writer, store_options)?)),
             (None, Some(sender)) => Ok(Self::Live(LiveSink::new(sender.clone()))),
             (None, None) => Err(Error::Config(
@@ -252,6 +296,7 @@ impl PipelineSink {
     pub fn describe(&self) -> String {
         match self {
             Self::Files(f) => format!("INSERT INTO {}", f.table()),
+            Self::Blackhole(b) => format!("INSERT INTO {} (blackhole)", b.table()),
             Self::Live(_) => "SELECT (live results)".into(),
         }
     }
@@ -265,7 +310,7 @@ impl PipelineSink {
     pub fn files(&self) -> Option<&FileSink> {
         match self {
             Self::Files(f) => Some(f),
-            Self::Live(_) => None,
+            Self::Blackhole(_) | Self::Live(_) => None,
         }
     }
 
@@ -273,7 +318,7 @@ impl PipelineSink {
     pub async fn prune(&self, epoch: u64) -> Result<()> {
         match self {
             Self::Files(f) => f.prune(epoch).await,
-            Self::Live(_) => Ok(()),
+            Self::Blackhole(_) | Self::Live(_) => Ok(()),
         }
     }
 
@@ -288,6 +333,10 @@ impl PipelineSink {
     ) -> Result<(u64, u64)> {
         match self {
             Self::Files(f) => f.stage(epoch, schema, batches, between).await,
+            Self::Blackhole(b) => {
+                between()?;
+                Ok(b.stage(batches))
+            }
             Self::Live(l) => Ok((l.stage(epoch, batches), 0)),
         }
     }
@@ -296,6 +345,7 @@ impl PipelineSink {
     pub async fn publish(&self, epoch: u64) -> Result<()> {
         match self {
             Self::Files(f) => f.publish(epoch).await.map(|_| ()),
+            Self::Blackhole(_) => Ok(()),
             Self::Live(l) => l.publish(epoch).await,
         }
     }

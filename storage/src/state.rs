@@ -408,7 +408,13 @@ impl UnitTable {
         Ok(order)
     }
 
+    /// Replaces each unit that `batches` (one file's rows) has with its rows
+    /// there. A file is read back in batches of a few thousand rows, so one
+    /// unit's rows may span several: they are gathered first, so that a
+    /// later batch adds to the unit instead of replacing its earlier rows.
     fn upsert(&mut self, batches: &[RecordBatch]) -> std::result::Result<(), String> {
+        let mut fresh: HashMap<Vec<u8>, Vec<RecordBatch>> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
@@ -422,8 +428,22 @@ impl UnitTable {
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|e| e.to_string())?;
                 let part = RecordBatch::try_new(b.schema(), cols).map_err(|e| e.to_string())?;
-                self.units.insert(key, part);
+                fresh
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        order.push(key);
+                        Vec::new()
+                    })
+                    .push(part);
             }
+        }
+        for key in order {
+            let parts = fresh.remove(&key).unwrap_or_default();
+            let part = match parts.as_slice() {
+                [one] => one.clone(),
+                _ => concat_batches(&parts[0].schema(), &parts).map_err(|e| e.to_string())?,
+            };
+            self.units.insert(key, part);
         }
         Ok(())
     }
@@ -517,6 +537,29 @@ mod tests {
         )
         .await
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_unit_larger_than_a_read_batch_is_restored_whole() {
+        // Files are read back in batches of 8,192 rows: unit "a" spans two
+        // of them, in the snapshot and again in a delta that replaces it.
+        let loc = Location::open("memory://state-big-unit", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let big = |v: i64| -> Vec<(&'static str, i64)> {
+            let mut r: Vec<(&str, i64)> = (0..10_000).map(|_| ("a", v)).collect();
+            r.push(("b", v));
+            r
+        };
+        write(&ck, 1, StateKind::Snapshot, &[rows(&big(1))], &[]).await;
+        let restored = as_pairs(&ck.restore_state("op", 1).await.unwrap().unwrap());
+        assert_eq!(restored.len(), 10_001);
+        write(&ck, 2, StateKind::Delta, &[rows(&big(2))], &[]).await;
+        let restored = as_pairs(&ck.restore_state("op", 2).await.unwrap().unwrap());
+        assert_eq!(restored.len(), 10_001);
+        assert!(
+            restored.iter().all(|(_, v)| *v == 2),
+            "the delta replaced every row of both units"
+        );
     }
 
     #[tokio::test]

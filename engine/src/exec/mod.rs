@@ -152,9 +152,20 @@ pub fn key_columns(batches: &[RecordBatch], n: usize) -> Result<Vec<RecordBatch>
         .collect()
 }
 
-/// Source scans as [`StreamScanExec`]s.
-#[derive(Debug, Default)]
-pub struct EngineScans;
+/// Source scans as [`StreamScanExec`]s, each with `partitions` output
+/// partitions (the job's thread count), so that the stateless operators
+/// above a scan run on that many threads.
+#[derive(Debug)]
+pub struct EngineScans {
+    /// Output partitions of each scan (at least 1).
+    pub partitions: usize,
+}
+
+impl Default for EngineScans {
+    fn default() -> Self {
+        Self { partitions: 1 }
+    }
+}
 
 impl ScanProvider for EngineScans {
     fn scan(
@@ -163,11 +174,9 @@ impl ScanProvider for EngineScans {
         schema: SchemaRef,
         projection: Option<&Vec<usize>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(StreamScanExec::try_new(
-            &table.name,
-            &schema,
-            projection,
-        )?))
+        Ok(Arc::new(
+            StreamScanExec::try_new(&table.name, &schema, projection)?.with_partitions(self.partitions),
+        ))
     }
 }
 

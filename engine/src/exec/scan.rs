@@ -1,5 +1,11 @@
 //! `StreamScanExec`: the leaf of a streaming plan. Yields the rows its source
 //! delivered this epoch (from the [`EpochInput`]), projected.
+//!
+//! With `partitions > 1` (`weir run --threads N`) the epoch's batches are
+//! dealt out round-robin (batch `i` to partition `i % N`), so that the
+//! stateless operators above run on N threads. Stateful operators ask for a
+//! single input partition, and DataFusion merges the partitions before them;
+//! their state stays in one place, so checkpoints are unchanged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ pub struct StreamScanExec {
     schema: SchemaRef,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    partitions: usize,
 }
 
 impl StreamScanExec {
@@ -46,7 +53,22 @@ impl StreamScanExec {
             schema,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
+            partitions: 1,
         })
+    }
+
+    /// The same scan with `n` output partitions (at least 1).
+    pub fn with_partitions(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.partitions = n;
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&self.schema)),
+            Partitioning::UnknownPartitioning(n),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        self.props = Arc::new(props);
+        self
     }
 
     /// The source's name.
@@ -124,9 +146,12 @@ impl ExecutionPlan for StreamScanExec {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let n = self.partitions;
                 rows.batches
                     .iter()
-                    .map(|b| b.project(&positions))
+                    .enumerate()
+                    .filter(|(i, _)| i % n == partition)
+                    .map(|(_, b)| b.project(&positions))
                     .collect::<Result<Vec<_>, _>>()?
             }
         };

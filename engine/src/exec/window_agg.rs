@@ -641,12 +641,26 @@ impl StatefulOperator for WindowAggState {
                 let part = take_batch(&batch, &idx)?;
                 let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
                 let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
-                let mut g = Groups::new(&self.agg)?;
-                g.merge(&keys, &states, part.num_rows())?;
                 if self.slices {
                     let windows = self.spec.windows_of_slice(unit.1);
                     inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
                 }
+                // A unit's rows may come in more than one batch (the state
+                // files are read back in batches of a few thousand rows):
+                // add them to what earlier batches restored, never replace it.
+                if let Some(u) = inner.units.get_mut(&unit) {
+                    let UnitState::Live(g) = &mut u.state else {
+                        unreachable!("restore makes only live units")
+                    };
+                    g.merge(&keys, &states, part.num_rows())?;
+                    u.snapshot = match u.snapshot.take() {
+                        Some(prev) => Some(concat_batches(&prev.schema(), [&prev, &part])?),
+                        None => Some(part),
+                    };
+                    continue;
+                }
+                let mut g = Groups::new(&self.agg)?;
+                g.merge(&keys, &states, part.num_rows())?;
                 inner.units.insert(
                     unit,
                     Unit {

@@ -16,6 +16,7 @@
 pub mod bad;
 pub mod files;
 pub mod formats;
+pub mod nexmark;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -49,6 +50,10 @@ pub trait Source: Send + Sync {
     /// indices); batches then have `schema().project(columns)`. By default
     /// every column is read.
     fn set_columns(&mut self, columns: Vec<usize>);
+    /// How many threads the source may use to read (decode, generate) a
+    /// batch; the rows and their order must not depend on it. By default a
+    /// source reads on one thread.
+    fn set_threads(&mut self, _threads: usize) {}
     /// Fixes the input to what is available now; later input waits for a
     /// later run (the available-now trigger).
     async fn freeze(&mut self) -> Result<()>;
@@ -71,8 +76,9 @@ pub trait Source: Send + Sync {
 pub fn open_source(decl: &TableDecl, store_options: &StoreOptions) -> Result<Box<dyn Source>> {
     match decl.connector()? {
         "files" => Ok(Box::new(files::FilesSource::open(decl, store_options)?)),
+        "nexmark" => Ok(Box::new(nexmark::NexmarkSource::open(decl)?)),
         other => Err(Error::Config(format!(
-            "table '{}': unknown connector '{other}' (supported: files)",
+            "table '{}': unknown connector '{other}' (supported: files, nexmark)",
             decl.name
         ))),
     }

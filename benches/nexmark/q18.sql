@@ -1,0 +1,13 @@
+-- q18: Find last bid: each bidder's last bid on each auction (not in the original suite)
+-- Flink: nexmark-flink q18.sql
+-- Kind: aggregate
+-- Needs: deduplication / Top-N (ROW_NUMBER() OVER (PARTITION BY ... ORDER BY date_time DESC) <= 1) with updating results
+CREATE TABLE nexmark_q18 WITH (${SINK});
+
+INSERT INTO nexmark_q18
+SELECT auction, bidder, price, channel, url, date_time, extra
+FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY date_time DESC) AS rank_number
+  FROM bid
+)
+WHERE rank_number <= 1;

@@ -1,0 +1,10 @@
+-- q3: Local item suggestion: who sells in OR, ID or CA in category 10, and which auctions
+-- Flink: nexmark-flink q3.sql
+-- Kind: join
+-- Needs: a streaming (non-windowed) inner join of auction and person
+CREATE TABLE nexmark_q3 WITH (${SINK});
+
+INSERT INTO nexmark_q3
+SELECT P.name, P.city, P.state, A.id
+FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
+WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA');

@@ -1,0 +1,865 @@
+//! The Nexmark benchmark harness.
+//!
+//! ```text
+//! benches/nexmark.sh [EVENTS]                 build, then `nexmark suite --events EVENTS`
+//! nexmark suite [--events N] [...]            every query in benches/nexmark/, report in benches/results/
+//! nexmark gen-speed [--events N]              the generator alone, one thread
+//! nexmark write-parquet --events N DIR        the same events as Parquet (DIR/person, DIR/auction, DIR/bid)
+//! nexmark batch --data DIR QUERY.sql          a DataFusion batch query over them, output counted and dropped
+//! ```
+//!
+//! `suite` runs each `benches/nexmark/q*.sql` as a `weir run` job over the
+//! `nexmark` source (`ddl.sql`) with checkpoints on, once to a Parquet sink
+//! and once to the blackhole sink, pinned to one CPU (`taskset`), under
+//! `/usr/bin/time` (wall, CPU, peak RSS) and with `--progress-json` (per-epoch
+//! latency and checkpoint cost). Beside it, the query's `qN.batch.sql` runs as
+//! a DataFusion batch query over the same events stored as Parquet: the
+//! ceiling. A query Weir cannot plan yet is reported as skipped, with Weir's
+//! reason, and runs as soon as Weir can run it. The report goes to
+//! `benches/results/nexmark-<N>.md` and `.json`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use weir_engine::source::nexmark::{NexmarkConfig, NexmarkTable, TableGenerator};
+
+#[derive(Parser, Debug)]
+#[command(name = "nexmark", about = "The Nexmark benchmark harness for Weir")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run every query and write the report.
+    Suite(SuiteArgs),
+    /// Measure the generator alone, on this thread; prints JSON.
+    GenSpeed {
+        /// Events (of all kinds) to generate for each table.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
+    /// Write the events as Parquet: DIR/person, DIR/auction, DIR/bid.
+    WriteParquet {
+        /// Events (of all kinds).
+        #[arg(long)]
+        events: u64,
+        /// Events per file.
+        #[arg(long, default_value_t = 1_000_000)]
+        events_per_file: u64,
+        /// Output folder.
+        dir: PathBuf,
+    },
+    /// Run a batch query over the Parquet tables; prints JSON.
+    Batch {
+        /// The folder `write-parquet` wrote.
+        #[arg(long)]
+        data: PathBuf,
+        /// Runs; the fastest is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// A file with one SELECT over person, auction and bid.
+        query: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SuiteArgs {
+    /// Events (of all kinds) in the stream.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// The source's max_events_per_batch: events per epoch.
+    #[arg(long, default_value_t = 1_000_000)]
+    batch_events: u64,
+    /// Only these queries (comma-separated names such as q0,q7_agg).
+    #[arg(long)]
+    queries: Option<String>,
+    /// The CPUs to pin runs to (a `taskset -c` list: `0`, `0,1`).
+    #[arg(long, default_value = "0")]
+    cpu: String,
+    /// `weir run --threads`: threads (partitions) each Weir job uses.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The weir binary.
+    #[arg(long, default_value = "target/release/weir")]
+    weir: PathBuf,
+    /// Where the queries are.
+    #[arg(long, default_value = "benches/nexmark")]
+    queries_dir: PathBuf,
+    /// Scratch space (data, checkpoints, output).
+    #[arg(long, default_value = "target/bench-nexmark")]
+    work: PathBuf,
+    /// Where the report goes.
+    #[arg(long, default_value = "benches/results")]
+    results: PathBuf,
+}
+
+/// The allocator settings the `weir` binary uses (see its `main.rs`), so
+/// that the batch ceiling runs under the same conditions.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
+fn main() -> Result<()> {
+    keep_freed_memory();
+    match Cli::parse().command {
+        Cmd::Suite(args) => suite(&args),
+        Cmd::GenSpeed { events } => {
+            println!("{}", gen_speed(events)?);
+            Ok(())
+        }
+        Cmd::WriteParquet {
+            events,
+            events_per_file,
+            dir,
+        } => write_parquet(events, events_per_file, &dir),
+        Cmd::Batch { data, runs, query } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            println!("{}", rt.block_on(batch(&data, &query, runs))?);
+            Ok(())
+        }
+    }
+}
+
+/// CPU time of this process (all threads), seconds.
+fn process_cpu_s() -> f64 {
+    cpu_s(libc::RUSAGE_SELF)
+}
+
+fn cpu_s(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU time of this thread, seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: clock_gettime only writes the struct it is given.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Peak RSS of this process, KiB.
+fn peak_rss_kb() -> i64 {
+    // SAFETY: as above.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss
+}
+
+/// A table's columns as a job declares them (`VARCHAR` is Utf8View).
+fn declared_schema(table: NexmarkTable) -> SchemaRef {
+    let full = table.schema();
+    Arc::new(Schema::new(
+        full.fields()
+            .iter()
+            .map(|f| {
+                let t = match f.data_type() {
+                    DataType::Utf8 => DataType::Utf8View,
+                    t => t.clone(),
+                };
+                Field::new(f.name(), t, true)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+const TABLES: [NexmarkTable; 3] = [NexmarkTable::Bid, NexmarkTable::Auction, NexmarkTable::Person];
+
+/// Times the generator alone: every column of each table, in 1M-event
+/// batches as the source makes them, and the bid table with two columns.
+fn gen_speed(events: u64) -> Result<Value> {
+    let chunk = 1_000_000;
+    let run = |table: NexmarkTable, schema: SchemaRef| -> Result<(u64, f64)> {
+        let g = TableGenerator::new(NexmarkConfig::default(), table, schema)?;
+        let cpu = thread_cpu_s();
+        let mut rows = 0;
+        let mut start = 0;
+        while start < events {
+            let end = (start + chunk).min(events);
+            rows += g
+                .generate(start, end)?
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum::<u64>();
+            start = end;
+        }
+        Ok((rows, thread_cpu_s() - cpu))
+    };
+    let mut tables = serde_json::Map::new();
+    let mut total_cpu = 0.0;
+    for table in TABLES {
+        let (rows, cpu) = run(table, declared_schema(table))?;
+        total_cpu += cpu;
+        tables.insert(
+            table.name().into(),
+            json!({"rows": rows, "cpu_s": cpu, "events_per_s": events as f64 / cpu, "rows_per_s": rows as f64 / cpu}),
+        );
+    }
+    let narrow = declared_schema(NexmarkTable::Bid).project(&[0, 2])?;
+    let (rows, cpu) = run(NexmarkTable::Bid, Arc::new(narrow))?;
+    Ok(json!({
+        "events": events,
+        "tables": tables,
+        "all_tables_events_per_s": events as f64 / total_cpu,
+        "bid_auction_price_only": {"rows": rows, "cpu_s": cpu, "events_per_s": events as f64 / cpu},
+    }))
+}
+
+/// Writes the stream's tables as Parquet, one file per `per_file` events,
+/// and q13's side table (`key` 0..9999, `value`) as CSV.
+fn write_parquet(events: u64, per_file: u64, dir: &Path) -> Result<()> {
+    let side = dir.join("side_input");
+    std::fs::create_dir_all(&side)?;
+    let mut csv = String::from("key,value\n");
+    for key in 0..10_000 {
+        let _ = writeln!(csv, "{key},value-{key}");
+    }
+    std::fs::write(side.join("side_input.csv"), csv)?;
+    for table in TABLES {
+        let out = dir.join(table.name());
+        std::fs::create_dir_all(&out)?;
+        let g = TableGenerator::new(NexmarkConfig::default(), table, table.schema())?;
+        let mut start = 0;
+        let mut part = 0;
+        while start < events {
+            let end = (start + per_file).min(events);
+            let path = out.join(format!("part-{part:05}.parquet"));
+            let tmp = path.with_extension("writing");
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build();
+            let mut w =
+                ArrowWriter::try_new(std::fs::File::create(&tmp)?, Arc::clone(g.schema()), Some(props))?;
+            for b in g.generate(start, end)? {
+                w.write(&b)?;
+            }
+            w.close()?;
+            std::fs::rename(&tmp, &path)?;
+            start = end;
+            part += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a query over the Parquet tables `runs` times; reports the fastest.
+async fn batch(data: &Path, query: &Path, runs: usize) -> Result<Value> {
+    let sql = std::fs::read_to_string(query).with_context(|| format!("reading {}", query.display()))?;
+    let mut best: Option<Value> = None;
+    for _ in 0..runs.max(1) {
+        let ctx = SessionContext::new();
+        for table in TABLES {
+            let path = data.join(table.name());
+            ctx.register_parquet(
+                table.name(),
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        let side = data.join("side_input");
+        if side.exists() {
+            ctx.register_csv(
+                "side_input",
+                side.to_string_lossy().as_ref(),
+                CsvReadOptions::new(),
+            )
+            .await?;
+        }
+        let (wall0, cpu0) = (Instant::now(), process_cpu_s());
+        let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+        let mut rows = 0u64;
+        while let Some(b) = stream.next().await {
+            rows += b?.num_rows() as u64;
+        }
+        let (wall, cpu) = (wall0.elapsed().as_secs_f64(), process_cpu_s() - cpu0);
+        if best
+            .as_ref()
+            .is_none_or(|b| cpu < b["cpu_s"].as_f64().unwrap_or(f64::MAX))
+        {
+            best = Some(json!({"rows": rows, "wall_s": wall, "cpu_s": cpu}));
+        }
+    }
+    let mut best = best.unwrap_or(Value::Null);
+    best["rss_kb"] = json!(peak_rss_kb());
+    Ok(best)
+}
+
+// ---------------------------------------------------------------------------
+// The suite.
+
+/// A query file's header: `-- qN: title`, `-- Kind: ...`, `-- Needs: ...`.
+#[derive(Debug)]
+struct Query {
+    name: String,
+    title: String,
+    kind: String,
+    needs: String,
+    sql: String,
+    batch: Option<PathBuf>,
+}
+
+fn load_queries(dir: &Path, only: Option<&str>) -> Result<Vec<Query>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            continue;
+        };
+        let Some(name) = file.strip_suffix(".sql") else {
+            continue;
+        };
+        if !name.starts_with('q') || name.contains('.') {
+            continue;
+        }
+        if let Some(only) = only
+            && !only.split(',').any(|q| q.trim() == name)
+        {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path)?;
+        let header = |key: &str| -> String {
+            sql.lines()
+                .filter_map(|l| l.strip_prefix("-- "))
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let title = sql
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("-- "))
+            .and_then(|l| l.split_once(": "))
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_default();
+        let batch = dir.join(format!("{name}.batch.sql"));
+        out.push(Query {
+            name: name.to_string(),
+            title,
+            kind: header("Kind:"),
+            needs: header("Needs:"),
+            sql,
+            batch: batch.exists().then_some(batch),
+        });
+    }
+    // q0, q1, ..., q5, q5_agg, ..., q10, ...
+    out.sort_by_key(|q| {
+        let digits: String = q.name[1..].chars().take_while(char::is_ascii_digit).collect();
+        (digits.parse::<u32>().unwrap_or(u32::MAX), q.name.clone())
+    });
+    Ok(out)
+}
+
+/// One `weir run` of a query to one sink.
+#[derive(Debug, Default)]
+struct WeirRun {
+    ok: bool,
+    error: String,
+    wall_s: f64,
+    cpu_s: f64,
+    rss_kb: u64,
+    epochs: usize,
+    rows_in: u64,
+    rows_out: u64,
+    late: u64,
+    batch_p50: f64,
+    batch_p99: f64,
+    ckpt_p50: f64,
+    ckpt_p99: f64,
+    ckpt_bytes: f64,
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> Result<WeirRun> {
+    let dir = args.work.join(format!("{}-{sink}", q.name));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let sink_options = match sink {
+        "parquet" => format!(
+            "'connector' = 'files', 'path' = '{}', 'format' = 'parquet'",
+            dir.join("out/").display()
+        ),
+        _ => "'connector' = 'blackhole'".to_string(),
+    };
+    let side_input = format!("{}/", data.join("side_input").display());
+    let job = format!(
+        "{ddl}\n{}",
+        q.sql
+            .replace("${SINK}", &sink_options)
+            .replace("${SIDE_INPUT}", &side_input)
+    );
+    std::fs::write(dir.join("job.sql"), &job)?;
+    let time_file = dir.join("time.txt");
+    let progress = dir.join("progress.json");
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %U %S %M")
+        .arg("-o")
+        .arg(&time_file)
+        .arg("taskset")
+        .arg("-c")
+        .arg(&args.cpu)
+        .arg(&args.weir)
+        .arg("run")
+        .arg(dir.join("job.sql"))
+        .args(["--trigger", "available-now", "--drain", "--checkpoint"])
+        .arg(dir.join("checkpoint"))
+        .arg("--progress-json")
+        .arg(&progress)
+        .arg("--threads")
+        .arg(args.threads.to_string())
+        .output()
+        .with_context(|| format!("running {}", args.weir.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(dir.join("weir.log"), stderr.as_bytes())?;
+    if !out.status.success() {
+        let error = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or(stderr.trim())
+            .to_string();
+        // "job <path>: " and "in `INSERT INTO ...`: " say nothing here.
+        let mut error = match error.split_once(".sql: ") {
+            Some((_, rest)) => rest.to_string(),
+            None => error,
+        };
+        if error.starts_with("in `")
+            && let Some((_, rest)) = error.split_once("`: ")
+        {
+            error = rest.to_string();
+        }
+        return Ok(WeirRun {
+            error,
+            ..Default::default()
+        });
+    }
+    let times = std::fs::read_to_string(&time_file)?;
+    let last = times.lines().last().unwrap_or_default();
+    let f: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if f.len() != 4 {
+        bail!("unexpected /usr/bin/time output: {times}");
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&progress)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let data: Vec<&Value> = lines.iter().filter(|l| l["drain"] != json!(true)).collect();
+    let field = |v: &[&Value], k: &str| -> Vec<f64> { v.iter().filter_map(|l| l[k].as_f64()).collect() };
+    let sum = |k: &str| -> u64 { lines.iter().filter_map(|l| l[k].as_u64()).sum() };
+    let batch_ms = field(&data, "batch_ms");
+    let all: Vec<&Value> = lines.iter().collect();
+    let ckpt_ms = field(&all, "checkpoint_ms");
+    let ckpt_bytes = field(&all, "state_bytes");
+    Ok(WeirRun {
+        ok: true,
+        error: String::new(),
+        wall_s: f[0],
+        cpu_s: f[1] + f[2],
+        rss_kb: f[3] as u64,
+        epochs: data.len(),
+        rows_in: sum("rows_in"),
+        rows_out: sum("rows_out"),
+        late: sum("late_rows"),
+        batch_p50: percentile(&batch_ms, 50.0),
+        batch_p99: percentile(&batch_ms, 99.0),
+        ckpt_p50: percentile(&ckpt_ms, 50.0),
+        ckpt_p99: percentile(&ckpt_ms, 99.0),
+        ckpt_bytes: ckpt_bytes.iter().sum::<f64>() / ckpt_bytes.len().max(1) as f64,
+    })
+}
+
+/// Runs a child of this program pinned to the CPU; parses its JSON output.
+fn run_self(args: &SuiteArgs, child: &[&str]) -> Result<Value> {
+    let me = std::env::current_exe()?;
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(&args.cpu)
+        .arg(&me)
+        .args(child)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{} {}: {}",
+            me.display(),
+            child.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn suite(args: &SuiteArgs) -> Result<()> {
+    if !args.weir.exists() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p weir-cli` (benches/nexmark.sh does)",
+            args.weir.display()
+        );
+    }
+    let n = args.events;
+    std::fs::create_dir_all(&args.work)?;
+    let queries = load_queries(&args.queries_dir, args.queries.as_deref())?;
+    if queries.is_empty() {
+        bail!("no queries found in {}", args.queries_dir.display());
+    }
+    let ddl = std::fs::read_to_string(args.queries_dir.join("ddl.sql"))?
+        .replace("${EVENTS}", &n.to_string())
+        .replace("${BATCH}", &args.batch_events.to_string());
+    let data = args.work.join(format!("data-{n}"));
+
+    let load_before = load_average();
+    eprintln!("nexmark: generator alone, {n} events, CPU {}", args.cpu);
+    let gen_speed = run_self(args, &["gen-speed", "--events", &n.to_string()])?;
+
+    // The same events as Parquet, for the batch ceiling (once per size).
+    let marker = data.join("_complete");
+    if !marker.exists() {
+        eprintln!("nexmark: writing {n} events as Parquet to {}", data.display());
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        let me = std::env::current_exe()?;
+        let status = Command::new(me)
+            .args(["write-parquet", "--events", &n.to_string()])
+            .arg(&data)
+            .status()?;
+        if !status.success() {
+            bail!("writing the Parquet data failed");
+        }
+        std::fs::write(&marker, b"")?;
+    }
+
+    let mut results = Vec::new();
+    for q in &queries {
+        eprintln!("nexmark: {} ({})", q.name, q.title);
+        let blackhole = run_weir(args, q, "blackhole", &ddl, &data)?;
+        let parquet = if blackhole.ok {
+            run_weir(args, q, "parquet", &ddl, &data)?
+        } else {
+            WeirRun {
+                error: blackhole.error.clone(),
+                ..Default::default()
+            }
+        };
+        let batch = match (&q.batch, blackhole.ok) {
+            (Some(file), true) => {
+                let file = file.to_string_lossy();
+                let data = data.to_string_lossy();
+                // A batch query that fails is reported without a ceiling.
+                match run_self(args, &["batch", "--data", &data, &file]) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        eprintln!("  batch query failed: {e:#}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if blackhole.ok {
+            eprintln!(
+                "  blackhole {:.0} events/s per core, parquet {:.0}{}",
+                n as f64 / blackhole.cpu_s,
+                n as f64 / parquet.cpu_s,
+                batch
+                    .as_ref()
+                    .and_then(|b| b["cpu_s"].as_f64())
+                    .map(|c| format!(", batch {:.0}", n as f64 / c))
+                    .unwrap_or_default()
+            );
+        } else {
+            eprintln!("  skipped: {}", blackhole.error);
+        }
+        results.push((q, blackhole, parquet, batch));
+    }
+
+    std::fs::create_dir_all(&args.results)?;
+    let load = format!("{load_before} at the start, {} at the end", load_average());
+    let mut json = report_json(args, &gen_speed, &results);
+    json["load_average"] = json!(load);
+    json["threads"] = json!(args.threads);
+    let md = report_md(args, &gen_speed, &results, &load);
+    let base = match args.threads {
+        1 => args.results.join(format!("nexmark-{n}")),
+        t => args.results.join(format!("nexmark-{n}-t{t}")),
+    };
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    std::fs::write(base.with_extension("md"), &md)?;
+    println!("{md}");
+    eprintln!("nexmark: wrote {}.md and .json", base.display());
+    Ok(())
+}
+
+type Row<'a> = (&'a Query, WeirRun, WeirRun, Option<Value>);
+
+/// The per-core target a query is held to.
+fn target(kind: &str) -> f64 {
+    if kind.starts_with("stateless") {
+        1_000_000.0
+    } else {
+        250_000.0
+    }
+}
+
+fn run_json(n: u64, r: &WeirRun, batch_cpu: Option<f64>) -> Value {
+    if !r.ok {
+        return Value::Null;
+    }
+    let per_core = n as f64 / r.cpu_s;
+    json!({
+        "wall_s": r.wall_s,
+        "cpu_s": r.cpu_s,
+        "events_per_s": n as f64 / r.wall_s,
+        "events_per_s_per_core": per_core,
+        "ratio_to_batch": batch_cpu.map(|c| per_core / (n as f64 / c)),
+        "peak_rss_mb": r.rss_kb as f64 / 1024.0,
+        "epochs": r.epochs,
+        "rows_in": r.rows_in,
+        "rows_out": r.rows_out,
+        "late_rows": r.late,
+        "batch_ms_p50": r.batch_p50,
+        "batch_ms_p99": r.batch_p99,
+        "checkpoint_ms_p50": r.ckpt_p50,
+        "checkpoint_ms_p99": r.ckpt_p99,
+        "checkpoint_bytes_per_epoch": r.ckpt_bytes,
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cpus} CPUs ({cpu})")
+}
+
+fn report_json(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) -> Value {
+    let n = args.events;
+    let queries: Vec<Value> = results
+        .iter()
+        .map(|(q, bh, pq, batch)| {
+            let batch_cpu = batch.as_ref().and_then(|b| b["cpu_s"].as_f64());
+            json!({
+                "query": q.name,
+                "title": q.title,
+                "kind": q.kind,
+                "needs": q.needs,
+                "status": if bh.ok { "ran" } else { "skipped" },
+                "skip_reason": (!bh.ok).then(|| bh.error.clone()),
+                "target_events_per_s_per_core": target(&q.kind),
+                "blackhole": run_json(n, bh, batch_cpu),
+                "parquet": run_json(n, pq, batch_cpu),
+                "batch": batch.as_ref().map(|b| json!({
+                    "rows": b["rows"],
+                    "wall_s": b["wall_s"],
+                    "cpu_s": b["cpu_s"],
+                    "events_per_s_per_core": batch_cpu.map(|c| n as f64 / c),
+                    "peak_rss_mb": b["rss_kb"].as_f64().map(|k| k / 1024.0),
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "events": n,
+        "max_events_per_batch": args.batch_events,
+        "cpu": args.cpu,
+        "machine": machine(),
+        "date": chrono_date(),
+        "generator": gen_speed,
+        "queries": queries,
+    })
+}
+
+/// Today's date (UTC).
+fn chrono_date() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+fn rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.0}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute load averages (other work on the
+/// machine skews wall times; CPU times much less).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -> String {
+    let n = args.events;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Nexmark, {n} events\n");
+    let _ = writeln!(
+        md,
+        "Measured {} by `benches/nexmark.sh {n}` on {}, every run pinned to CPU {} \
+         (`taskset`), load average (1, 5, 15 min) {load}. Weir runs each query with \
+         `--trigger available-now --drain --threads {}`, checkpoints on, \
+         {} events per epoch, from the `nexmark` source (default rate 10,000 events/s of event \
+         time, seed 0, 1:3:46 people:auctions:bids). *Per core* is events ÷ CPU time (user + sys); \
+         *ratio* is Weir's per-core rate over DataFusion's on the same query over the same events \
+         stored as Parquet (batch, output counted and dropped, best of 3).\n",
+        chrono_date(),
+        machine(),
+        args.cpu,
+        args.threads,
+        args.batch_events
+    );
+    let _ = writeln!(md, "## Generator alone (one thread, every column)\n");
+    let _ = writeln!(md, "| table | rows | events/s per core | rows/s per core |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for table in TABLES {
+        let t = &gen_speed["tables"][table.name()];
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            table.name(),
+            t["rows"],
+            rate(t["events_per_s"].as_f64().unwrap_or(0.0)),
+            rate(t["rows_per_s"].as_f64().unwrap_or(0.0))
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nAll three tables of a stream: **{} events/s per core**. The bid table with only \
+         `auction, price` (a query reading two columns): {} events/s per core.\n",
+        rate(gen_speed["all_tables_events_per_s"].as_f64().unwrap_or(0.0)),
+        rate(
+            gen_speed["bid_auction_price_only"]["events_per_s"]
+                .as_f64()
+                .unwrap_or(0.0)
+        )
+    );
+    let _ = writeln!(md, "## Queries\n");
+    let _ = writeln!(
+        md,
+        "| query | kind | sink | events/s | events/s per core | target | ratio to batch | peak RSS | epoch p50 / p99 | checkpoint p50 / p99 | checkpoint bytes/epoch | rows out |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut skipped = Vec::new();
+    for (q, bh, pq, batch) in results {
+        if !bh.ok {
+            skipped.push((q, bh.error.clone()));
+            continue;
+        }
+        let batch_cpu = batch.as_ref().and_then(|b| b["cpu_s"].as_f64());
+        let goal = target(&q.kind);
+        for (sink, r) in [("blackhole", bh), ("parquet", pq)] {
+            if !r.ok {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {sink} | failed: {} | | | | | | | | |",
+                    q.name, q.kind, r.error
+                );
+                continue;
+            }
+            let per_core = n as f64 / r.cpu_s;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {sink} | {} | {} | {} {} | {} | {:.0} MB | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.0} B | {} |",
+                q.name,
+                q.kind,
+                rate(n as f64 / r.wall_s),
+                rate(per_core),
+                rate(goal),
+                if per_core >= goal { "✓" } else { "✗" },
+                batch_cpu
+                    .map(|c| format!("{:.2}", per_core / (n as f64 / c)))
+                    .unwrap_or_else(|| "-".into()),
+                r.rss_kb as f64 / 1024.0,
+                r.batch_p50,
+                r.batch_p99,
+                r.ckpt_p50,
+                r.ckpt_p99,
+                r.ckpt_bytes,
+                r.rows_out
+            );
+        }
+        if let Some(b) = batch {
+            let _ = writeln!(
+                md,
+                "| {} | | DataFusion batch | {} | {} | | 1 | {:.0} MB | | | | {} |",
+                q.name,
+                rate(n as f64 / b["wall_s"].as_f64().unwrap_or(f64::NAN)),
+                rate(n as f64 / batch_cpu.unwrap_or(f64::NAN)),
+                b["rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+                b["rows"]
+            );
+        }
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(md, "\n## Not run yet\n");
+        let _ = writeln!(md, "| query | needs | Weir says |");
+        let _ = writeln!(md, "|---|---|---|");
+        for (q, why) in skipped {
+            let _ = writeln!(
+                md,
+                "| {} ({}) | {} | {} |",
+                q.name,
+                q.title,
+                q.needs,
+                why.replace('|', "\\|")
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nPeak RSS is the whole process's (`/usr/bin/time %M`). Epoch latency is `batch_ms` of \
+         each epoch that read input; checkpoint time is `checkpoint_ms` (state files and the \
+         commit); checkpoint bytes are the state files written per epoch. The Parquet run's \
+         wall time includes writing the output; rows out are the query's result rows, which \
+         equal the batch query's when no row arrived late."
+    );
+    md
+}
