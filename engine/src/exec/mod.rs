@@ -12,6 +12,13 @@ pub mod window_topn;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+
+use crate::epoch::EpochInput;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
@@ -91,6 +98,47 @@ pub trait StatefulOperator: Send + Sync {
     /// Column positions (`price@3`) are left out, so that a change upstream
     /// which only moves columns does not count as a change.
     fn signature(&self) -> String;
+}
+
+/// How every stateful operator runs an epoch: fold each input batch into an
+/// accumulator (`update`), then turn it into the epoch's output (`finish`,
+/// which sees the epoch's watermarks). One partition; compute time and output
+/// rows go to the operator's metrics.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn drain_then_emit<A: Send + 'static>(
+    name: &'static str,
+    partition: usize,
+    input: &Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+    metrics: &ExecutionPlanMetricsSet,
+    schema: SchemaRef,
+    init: impl FnOnce() -> Result<A> + Send + 'static,
+    mut update: impl FnMut(&mut A, &RecordBatch) -> Result<()> + Send + 'static,
+    finish: impl FnOnce(A, &EpochInput) -> Result<RecordBatch> + Send + 'static,
+) -> Result<SendableRecordBatchStream> {
+    if partition != 0 {
+        return Err(DataFusionError::Internal(format!(
+            "{name} has one partition, asked for {partition}"
+        )));
+    }
+    let epoch = EpochInput::from_task(&context)?;
+    let mut input = input.execute(0, context)?;
+    let baseline = BaselineMetrics::new(metrics, partition);
+    let out = futures::stream::once(async move {
+        let mut acc = init()?;
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            let timer = baseline.elapsed_compute().timer();
+            update(&mut acc, &batch)?;
+            timer.done();
+        }
+        let timer = baseline.elapsed_compute().timer();
+        let out = finish(acc, &epoch)?;
+        timer.done();
+        baseline.record_output(out.num_rows());
+        Ok(out)
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
 }
 
 /// The shared part of aggregate operators' signatures: keys, aggregates with

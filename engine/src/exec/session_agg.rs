@@ -31,17 +31,14 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::StreamExt;
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Groups};
 use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
-use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A session aggregate over its input.
@@ -249,32 +246,19 @@ impl ExecutionPlan for SessionAggregateExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "SessionAggregateExec has one partition, asked for {partition}"
-            )));
-        }
-        let epoch = EpochInput::from_task(&context)?;
-        let mut input = self.input.execute(0, context)?;
         let state = Arc::clone(&self.state);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let out = futures::stream::once(async move {
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                state.update(&batch)?;
-                timer.done();
-            }
-            let timer = baseline.elapsed_compute().timer();
-            let out = state.emit_closed(epoch.watermark_out)?;
-            timer.done();
-            baseline.record_output(out.num_rows());
-            Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        let emit = Arc::clone(&self.state);
+        super::drain_then_emit(
+            "SessionAggregateExec",
+            partition,
+            &self.input,
+            context,
+            &self.metrics,
             Arc::clone(&self.state.schema),
-            out,
-        )))
+            || Ok(()),
+            move |_, batch| state.update(batch),
+            move |_, epoch| emit.emit_closed(epoch.watermark_out),
+        )
     }
 }
 

@@ -32,20 +32,17 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::StreamExt;
 
 use super::groups::{AggregateSpec, Groups};
-use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// The changelog kinds, as Flink prints them.
@@ -261,33 +258,21 @@ impl ExecutionPlan for UpdateAggregateExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "UpdateAggregateExec has one partition, asked for {partition}"
-            )));
-        }
-        let epoch = EpochInput::from_task(&context)?;
-        let mut input = self.input.execute(0, context)?;
         let state = Arc::clone(&self.state);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let out = futures::stream::once(async move {
-            let mut delta = Groups::new(&state.agg)?;
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                delta.update(&state.agg.evaluate(&batch)?)?;
-                timer.done();
-            }
-            let timer = baseline.elapsed_compute().timer();
-            let out = state.apply(delta, epoch.processing_time_ms)?;
-            timer.done();
-            baseline.record_output(out.num_rows());
-            Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        let spec = Arc::clone(&self.state);
+        let emit = Arc::clone(&self.state);
+        super::drain_then_emit(
+            "UpdateAggregateExec",
+            partition,
+            &self.input,
+            context,
+            &self.metrics,
             Arc::clone(&self.state.schema),
-            out,
-        )))
+            // This epoch's changes are aggregated apart, then applied at once.
+            move || Groups::new(&state.agg),
+            move |delta, batch| delta.update(&spec.agg.evaluate(batch)?),
+            move |delta, epoch| emit.apply(delta, epoch.processing_time_ms),
+        )
     }
 }
 

@@ -20,20 +20,17 @@ use datafusion::arrow::compute::{SortColumn, SortOptions, cast, concat_batches, 
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::StreamExt;
 use weir_sql::RankKind;
 
 use super::window_agg::{split_by_unit, take_batch};
-use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A window Top-N over its input.
@@ -188,34 +185,25 @@ impl ExecutionPlan for WindowTopNExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "WindowTopNExec has one partition, asked for {partition}"
-            )));
-        }
-        let epoch = EpochInput::from_task(&context)?;
-        let mut input = self.input.execute(0, context)?;
         let state = Arc::clone(&self.state);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let out = futures::stream::once(async move {
-            let mut touched = Vec::new();
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                touched.extend(state.update(&batch)?);
-                timer.done();
-            }
-            let timer = baseline.elapsed_compute().timer();
-            state.prune(&touched)?;
-            let out = state.emit_closed(epoch.watermark_out.saturating_sub(state.p.lag_ms))?;
-            timer.done();
-            baseline.record_output(out.num_rows());
-            Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        let emit = Arc::clone(&self.state);
+        super::drain_then_emit(
+            "WindowTopNExec",
+            partition,
+            &self.input,
+            context,
+            &self.metrics,
             Arc::clone(&self.state.p.schema),
-            out,
-        )))
+            || Ok(Vec::new()),
+            move |touched, batch| {
+                touched.extend(state.update(batch)?);
+                Ok(())
+            },
+            move |touched, epoch| {
+                emit.prune(&touched)?;
+                emit.emit_closed(epoch.watermark_out.saturating_sub(emit.p.lag_ms))
+            },
+        )
     }
 }
 
