@@ -22,11 +22,14 @@
 //! | `STATE ROWS` / `LATE ROWS` / `BAD ROWS` | rows held by the job's operators / late rows dropped / bad input records set aside, so far |
 //! | `EXPLAIN` | the job's plans, one line per row |
 //!
-//! Every file runs three times, each with a fresh checkpoint, and must give
+//! Every file runs four times, each with a fresh checkpoint, and must give
 //! the same answers: **straight**; **restart**, the job reopened from its
 //! checkpoint before every epoch; **crash**, every epoch failed just before its
 //! commit (state and sink output written, commit not) and then replayed by a
-//! reopened job. `--complete` rewrites the expected output from a straight run.
+//! reopened job; **threads**, with two threads, so that keyed state is split
+//! into two shards, reopened before every other epoch (state dealt back to
+//! the shards; a plan run for several epochs).
+//! `--complete` rewrites the expected output from a straight run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,9 @@ enum Mode {
     Straight,
     Restart,
     Crash,
+    /// Two threads (keyed state in two shards), restarted before every
+    /// other epoch.
+    Threads,
 }
 
 #[derive(Debug)]
@@ -95,6 +101,8 @@ struct StreamDb {
     inputs: BTreeMap<String, (SchemaRef, PathBuf)>,
     job: Option<StreamingJob>,
     files: usize,
+    /// Steps run (the threads mode reopens the job before every other one).
+    steps: u64,
     late_rows: u64,
     bad_rows: u64,
 }
@@ -109,6 +117,7 @@ impl StreamDb {
             inputs: BTreeMap::new(),
             job: None,
             files: 0,
+            steps: 0,
             late_rows: 0,
             bad_rows: 0,
         }
@@ -134,6 +143,9 @@ impl StreamDb {
 
     async fn open(&self, crash: bool) -> Result<StreamingJob, SltError> {
         let mut options = JobOptions::new(self.checkpoint());
+        if self.mode == Mode::Threads {
+            options.threads = 2;
+        }
         if crash {
             options.hooks = Arc::new(CrashBeforeCommit {
                 armed: AtomicBool::new(true),
@@ -163,7 +175,16 @@ impl StreamDb {
                     .map_err(err)?
                     .epochs
             }
-            Mode::Restart => {
+            Mode::Threads if self.job.is_some() && self.steps % 2 == 1 => {
+                self.steps += 1;
+                let job = self.job.as_mut().expect("opened");
+                job.run(trigger, drain, stop, &mut on_progress)
+                    .await
+                    .map_err(err)?
+                    .epochs
+            }
+            Mode::Restart | Mode::Threads => {
+                self.steps += 1;
                 self.job = None;
                 let mut job = self.open(false).await?;
                 let n = job
@@ -504,7 +525,12 @@ fn main() -> ExitCode {
             }
             continue;
         }
-        for mode in [Mode::Straight, Mode::Restart, Mode::Crash] {
+        for mode in [Mode::Straight, Mode::Restart, Mode::Crash, Mode::Threads] {
+            if mode == Mode::Threads && name == "explain.slt" {
+                // Its physical plans show one thread; with two, each keyed
+                // operator gets a hash repartition under it.
+                continue;
+            }
             let mut runner = sqllogictest::Runner::new(move || async move { Ok(StreamDb::new(mode)) });
             match rt.block_on(runner.run_file_async(file)) {
                 Ok(()) => println!("ok   {name} ({mode:?})"),

@@ -133,8 +133,8 @@ struct RunArgs {
     fresh_state: bool,
     /// Threads the job may use: DataFusion's target partitions, the tokio
     /// worker threads, and the threads a source reads with. Stateless work
-    /// runs on all of them; each stateful operator (window, aggregate) keeps
-    /// its state in one partition. `0`: one per CPU this process may use.
+    /// runs on all of them, and keyed aggregates split their state by the
+    /// keys' hash into that many shards. `0`: one per CPU this process may use.
     #[arg(long, default_value_t = 1)]
     threads: usize,
 }

@@ -174,8 +174,9 @@ pub struct JobOptions {
     pub fresh_state: bool,
     /// Threads a job may use (`weir run --threads`): DataFusion's target
     /// partitions, the partitions of each source scan, and the threads a
-    /// source may read with. Stateless operators run on that many threads;
-    /// stateful operators keep their state in one partition.
+    /// source may read with. Stateless operators run on that many threads,
+    /// and keyed aggregates split their state into that many shards
+    /// (`exec::shard`).
     pub threads: usize,
 }
 
@@ -1181,6 +1182,17 @@ impl StreamingJob {
             }
         }
 
+        // A hash repartition (under keyed operators with `--threads` > 1)
+        // runs once per instance: each epoch runs a fresh copy of the plan.
+        // Weir's operators share their state and metrics with the copy;
+        // DataFusion's own nodes start new metrics (EXPLAIN ANALYZE then
+        // shows the last epoch's for them).
+        for p in &mut self.pipelines {
+            if contains_repartition(&p.plan) {
+                p.plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?;
+            }
+        }
+
         // Run each pipeline.
         let mut outputs = Vec::with_capacity(self.pipelines.len());
         let mut pipeline_watermarks = BTreeMap::new();
@@ -1764,4 +1776,11 @@ fn stateful_operators(
         .enumerate()
         .map(|(i, op)| (format!("p{pipeline}-agg{i}"), op))
         .collect()
+}
+
+/// Whether a plan holds a `RepartitionExec`, which can be executed only once.
+fn contains_repartition(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>()
+        .is_some()
+        || plan.children().into_iter().any(contains_repartition)
 }

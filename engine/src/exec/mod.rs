@@ -4,6 +4,7 @@
 pub mod groups;
 pub mod scan;
 pub mod session_agg;
+pub mod shard;
 pub mod update_agg;
 pub mod window_agg;
 pub mod window_assign;
@@ -28,7 +29,7 @@ use datafusion::logical_expr::expr::physical_name;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use weir_sql::{
     ScanProvider, TableDecl, UpdateAggregateNode, WindowAggregateNode, WindowAssignNode, WindowSpec,
@@ -102,12 +103,14 @@ pub trait StatefulOperator: Send + Sync {
 
 /// How every stateful operator runs an epoch: fold each input batch into an
 /// accumulator (`update`), then turn it into the epoch's output (`finish`,
-/// which sees the epoch's watermarks). One partition; compute time and output
-/// rows go to the operator's metrics.
+/// which sees the epoch's watermarks). Partition `partition` of `partitions`
+/// reads the same partition of its input (its shard's rows, see
+/// [`shard`]); compute time and output rows go to the operator's metrics.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn drain_then_emit<A: Send + 'static>(
     name: &'static str,
     partition: usize,
+    partitions: usize,
     input: &Arc<dyn ExecutionPlan>,
     context: Arc<TaskContext>,
     metrics: &ExecutionPlanMetricsSet,
@@ -116,13 +119,14 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     mut update: impl FnMut(&mut A, &RecordBatch) -> Result<()> + Send + 'static,
     finish: impl FnOnce(A, &EpochInput) -> Result<RecordBatch> + Send + 'static,
 ) -> Result<SendableRecordBatchStream> {
-    if partition != 0 {
+    let input_partitions = input.output_partitioning().partition_count();
+    if partition >= partitions || input_partitions != partitions {
         return Err(DataFusionError::Internal(format!(
-            "{name} has one partition, asked for {partition}"
+            "{name} has {partitions} partitions and an input of {input_partitions}, asked for partition {partition}"
         )));
     }
     let epoch = EpochInput::from_task(&context)?;
-    let mut input = input.execute(0, context)?;
+    let mut input = input.execute(partition, context)?;
     let baseline = BaselineMetrics::new(metrics, partition);
     let out = futures::stream::once(async move {
         let mut acc = init()?;
@@ -243,6 +247,8 @@ impl ExtensionPlanner for StreamExtensionPlanner {
         session: &dyn Session,
         planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        // Keyed operators split their state into this many shards.
+        let threads = session.config().target_partitions();
         if let Some(n) = node.as_any().downcast_ref::<WindowAssignNode>() {
             let input = Arc::clone(&physical_inputs[0]);
             let time_index = input.schema().index_of(&n.time_column)?;
@@ -283,9 +289,12 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                     input,
                     params,
                     &n.session_keys,
+                    threads,
                 )?)));
             }
-            return Ok(Some(Arc::new(WindowAggregateExec::try_new(input, params)?)));
+            return Ok(Some(Arc::new(WindowAggregateExec::try_new(
+                input, params, threads,
+            )?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::WindowTopNNode>() {
             let input = Arc::clone(&physical_inputs[0]);
@@ -346,6 +355,7 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 having,
                 n.ttl_ms,
                 Arc::new(n.schema().as_arrow().clone()),
+                threads,
             )?)));
         }
         Ok(None)

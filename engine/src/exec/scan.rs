@@ -3,9 +3,9 @@
 //!
 //! With `partitions > 1` (`weir run --threads N`) the epoch's batches are
 //! dealt out round-robin (batch `i` to partition `i % N`), so that the
-//! stateless operators above run on N threads. Stateful operators ask for a
-//! single input partition, and DataFusion merges the partitions before them;
-//! their state stays in one place, so checkpoints are unchanged.
+//! stateless operators above run on N threads. Keyed stateful operators ask
+//! for their input hash-partitioned on their keys (see `shard`); the others
+//! ask for one partition, and DataFusion merges the partitions before them.
 
 use std::fmt;
 use std::sync::Arc;

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
@@ -30,6 +30,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
@@ -38,6 +39,7 @@ use datafusion::physical_plan::{
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Groups};
+use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -69,7 +71,9 @@ pub struct SessionState {
     converter: RowConverter,
     state_schema: SchemaRef,
     schema: SchemaRef,
-    inner: Mutex<Inner>,
+    /// One part of the state per partition, split by the partition keys'
+    /// hash (a session's rows are all in one shard).
+    shards: Shards<Inner>,
 }
 
 struct Session {
@@ -92,10 +96,12 @@ struct Inner {
 
 impl SessionAggregateExec {
     /// Builds the operator; `session_keys` are group expression indices.
+    /// With partition keys, its state is split into `threads` shards.
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         p: WindowAggregateParams,
         session_keys: &[usize],
+        threads: usize,
     ) -> Result<Self> {
         let WindowSpec::Session { gap_ms } = p.spec else {
             return Err(DataFusionError::Internal(
@@ -140,6 +146,7 @@ impl SessionAggregateExec {
         ];
         fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(agg.state_file_fields());
+        let shards = Shards::new(shard_count(threads, partition_keys.len()), Inner::default);
         let state = SessionState {
             gap_ms,
             agg,
@@ -149,7 +156,7 @@ impl SessionAggregateExec {
             converter,
             state_schema: Arc::new(Schema::new(fields)),
             schema: p.schema,
-            inner: Mutex::new(Inner::default()),
+            shards,
         };
         Ok(Self::with_state(input, Arc::new(state)))
     }
@@ -157,7 +164,7 @@ impl SessionAggregateExec {
     fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<SessionState>) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(state.shards.count()),
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -172,6 +179,15 @@ impl SessionAggregateExec {
     /// The operator's state (for checkpoints).
     pub fn state(&self) -> Arc<SessionState> {
         Arc::clone(&self.state)
+    }
+
+    /// The expressions whose hash picks a row's shard.
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        let s = &self.state;
+        s.partition_keys
+            .iter()
+            .map(|&k| Arc::clone(&s.agg.keys[k].0))
+            .collect()
     }
 }
 
@@ -212,7 +228,7 @@ impl ExecutionPlan for SessionAggregateExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
+        vec![input_distribution(self.state.shards.count(), self.shard_keys())]
     }
 
     fn apply_expressions(
@@ -235,10 +251,11 @@ impl ExecutionPlan for SessionAggregateExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::with_state(
-            children.swap_remove(0),
-            Arc::clone(&self.state),
-        )))
+        // A copy shares the state and the metrics (the driver runs a fresh
+        // copy of the plan each epoch when it holds a hash repartition).
+        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -246,27 +263,31 @@ impl ExecutionPlan for SessionAggregateExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let shards = self.state.shards.count();
+        check_input(
+            "SessionAggregateExec",
+            self.input.output_partitioning(),
+            &self.shard_keys(),
+            shards,
+        )?;
         let state = Arc::clone(&self.state);
         let emit = Arc::clone(&self.state);
         super::drain_then_emit(
             "SessionAggregateExec",
             partition,
+            shards,
             &self.input,
             context,
             &self.metrics,
             Arc::clone(&self.state.schema),
             || Ok(()),
-            move |_, batch| state.update(batch),
-            move |_, epoch| emit.emit_closed(epoch.watermark_out),
+            move |_, batch| state.update(partition, batch),
+            move |_, epoch| emit.emit_closed(partition, epoch.watermark_out),
         )
     }
 }
 
 impl SessionState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn partition_rows(&self, keys: &[ArrayRef]) -> Result<datafusion::arrow::row::Rows> {
         let cols: Vec<ArrayRef> = self
             .partition_keys
@@ -276,7 +297,7 @@ impl SessionState {
         Ok(self.converter.convert_columns(&cols)?)
     }
 
-    fn update(&self, batch: &RecordBatch) -> Result<()> {
+    fn update(&self, shard: usize, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -300,7 +321,7 @@ impl SessionState {
                 })
                 .push(i as u32);
         }
-        let mut inner = self.lock();
+        let mut inner = self.shards.lock(shard);
         let Inner {
             sessions: all,
             by_end,
@@ -374,8 +395,8 @@ impl SessionState {
         Ok(())
     }
 
-    fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
-        let mut inner = self.lock();
+    fn emit_closed(&self, shard: usize, watermark: i64) -> Result<RecordBatch> {
+        let mut inner = self.shards.lock(shard);
         let mut out = Vec::new();
         while let Some((end, start, part)) = inner.by_end.first().cloned() {
             if end > watermark {
@@ -424,9 +445,10 @@ impl StatefulOperator for SessionState {
     }
 
     fn state_rows(&self) -> usize {
-        self.lock()
-            .sessions
-            .values()
+        self.shards
+            .lock_all()
+            .iter()
+            .flat_map(|inner| inner.sessions.values())
             .flat_map(|s| s.values())
             .map(|s| s.groups.len())
             .sum()
@@ -455,10 +477,43 @@ impl StatefulOperator for SessionState {
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
-        let mut inner = self.lock();
-        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+        let mut shards = self.shards.lock_all();
+        if !full
+            && shards
+                .iter()
+                .all(|i| i.changed.is_empty() && i.removed.is_empty())
+        {
             return Ok(None);
         }
+        // Sessions never span shards: the change is the shards' changes.
+        let mut change = StateChange::default();
+        for inner in shards.iter_mut() {
+            let part = self.checkpoint_shard(inner, full)?;
+            change.upserts.extend(part.upserts);
+            change.deletes.extend(part.deletes);
+        }
+        Ok(Some(change))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+        let mut shards = self.shards.lock_all();
+        for inner in shards.iter_mut() {
+            **inner = Inner::default();
+        }
+        let key_columns: Vec<usize> = self.partition_keys.iter().map(|k| 3 + k).collect();
+        for batch in batches {
+            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            for (shard, batch) in route(&batch, &key_columns, shards.len())? {
+                self.restore_rows(&mut shards[shard], &batch)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionState {
+    /// A shard's change since the last checkpoint, or all its rows.
+    fn checkpoint_shard(&self, inner: &mut Inner, full: bool) -> Result<StateChange> {
         let units: Vec<(i64, i64, Vec<u8>)> = if full {
             inner
                 .sessions
@@ -507,49 +562,63 @@ impl StatefulOperator for SessionState {
         };
         inner.changed.clear();
         inner.removed.clear();
-        Ok(Some(StateChange { upserts, deletes }))
+        Ok(StateChange { upserts, deletes })
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
-        let mut inner = self.lock();
-        *inner = Inner::default();
+    /// Adds restored state rows to a shard.
+    fn restore_rows(&self, inner: &mut Inner, batch: &RecordBatch) -> Result<()> {
         let n_keys = self.agg.key_schema.fields().len();
-        for batch in batches {
-            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
-            if batch.num_rows() == 0 {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
+        let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
+        let parts = batch.column(2).as_binary::<i32>().clone();
+        // Rows of one session are contiguous.
+        let mut i = 0;
+        while i < batch.num_rows() {
+            let mut j = i + 1;
+            while j < batch.num_rows()
+                && starts[j] == starts[i]
+                && ends[j] == ends[i]
+                && parts.value(j) == parts.value(i)
+            {
+                j += 1;
+            }
+            let part = parts.value(i).to_vec();
+            let idx = UInt32Array::from((i as u32..j as u32).collect::<Vec<_>>());
+            let piece = take_batch(batch, &idx)?;
+            let states = self.agg.split_states(&piece.columns()[3 + n_keys..]);
+            let keys = &piece.columns()[3..3 + n_keys];
+            // A session's rows may come in more than one batch (state
+            // files are read back a few thousand rows at a time): add
+            // them to what earlier batches restored.
+            if let Some(s) = inner
+                .sessions
+                .get_mut(&part)
+                .and_then(|ss| ss.get_mut(&starts[i]))
+                && s.end == ends[i]
+            {
+                s.groups.merge(keys, &states, piece.num_rows())?;
+                s.snapshot = match s.snapshot.take() {
+                    Some(prev) => Some(concat_batches(&prev.schema(), [&prev, &piece])?),
+                    None => Some(piece),
+                };
+                i = j;
                 continue;
             }
-            let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
-            let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            let parts = batch.column(2).as_binary::<i32>().clone();
-            // Rows of one session are contiguous.
-            let mut i = 0;
-            while i < batch.num_rows() {
-                let mut j = i + 1;
-                while j < batch.num_rows()
-                    && starts[j] == starts[i]
-                    && ends[j] == ends[i]
-                    && parts.value(j) == parts.value(i)
-                {
-                    j += 1;
-                }
-                let part = parts.value(i).to_vec();
-                let idx = UInt32Array::from((i as u32..j as u32).collect::<Vec<_>>());
-                let piece = take_batch(&batch, &idx)?;
-                let mut groups = Groups::new(&self.agg)?;
-                let states = self.agg.split_states(&piece.columns()[3 + n_keys..]);
-                groups.merge(&piece.columns()[3..3 + n_keys], &states, piece.num_rows())?;
-                inner.by_end.insert((ends[i], starts[i], part.clone()));
-                inner.sessions.entry(part).or_default().insert(
-                    starts[i],
-                    Session {
-                        end: ends[i],
-                        groups,
-                        snapshot: Some(piece),
-                    },
-                );
-                i = j;
-            }
+            let mut groups = Groups::new(&self.agg)?;
+            groups.merge(keys, &states, piece.num_rows())?;
+            inner.by_end.insert((ends[i], starts[i], part.clone()));
+            inner.sessions.entry(part).or_default().insert(
+                starts[i],
+                Session {
+                    end: ends[i],
+                    groups,
+                    snapshot: Some(piece),
+                },
+            );
+            i = j;
         }
         Ok(())
     }

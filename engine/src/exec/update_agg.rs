@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
@@ -36,6 +36,7 @@ use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
@@ -43,6 +44,7 @@ use datafusion::physical_plan::{
 };
 
 use super::groups::{AggregateSpec, Groups};
+use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// The changelog kinds, as Flink prints them.
@@ -81,7 +83,8 @@ pub struct UpdateState {
     chunk_schema: SchemaRef,
     /// `agg_schema` then the operation column.
     schema: SchemaRef,
-    inner: Mutex<Inner>,
+    /// One part of the state per partition, split by the keys' hash.
+    shards: Shards<Inner>,
 }
 
 struct Chunk {
@@ -104,7 +107,9 @@ struct Inner {
 
 impl UpdateAggregateExec {
     /// Builds the operator. `having` is over `agg_schema`, the aggregate's
-    /// output (keys then values); `schema` adds the operation column.
+    /// output (keys then values); `schema` adds the operation column. With
+    /// keys, its state is split into `threads` shards.
+    #[allow(clippy::too_many_arguments)]
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
@@ -113,6 +118,7 @@ impl UpdateAggregateExec {
         having: Option<Arc<dyn PhysicalExpr>>,
         ttl_ms: Option<i64>,
         schema: SchemaRef,
+        threads: usize,
     ) -> Result<Self> {
         let in_schema = input.schema();
         let agg = AggregateSpec::try_new(group_by, aggr, filters, &in_schema)?;
@@ -160,15 +166,20 @@ impl UpdateAggregateExec {
             agg_schema,
             chunk_schema: Arc::new(Schema::new(fields)),
             schema,
-            inner: Mutex::new(Inner::default()),
+            shards: Shards::new(shard_count(threads, n_keys), Inner::default),
         };
         Ok(Self::with_state(input, Arc::new(state)))
+    }
+
+    /// The group expressions, whose hash picks a row's shard.
+    fn keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.state.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
     }
 
     fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<UpdateState>) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(state.shards.count()),
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -221,7 +232,7 @@ impl ExecutionPlan for UpdateAggregateExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
+        vec![input_distribution(self.state.shards.count(), self.keys())]
     }
 
     fn apply_expressions(
@@ -247,10 +258,11 @@ impl ExecutionPlan for UpdateAggregateExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::with_state(
-            children.swap_remove(0),
-            Arc::clone(&self.state),
-        )))
+        // A copy shares the state and the metrics (the driver runs a fresh
+        // copy of the plan each epoch when it holds a hash repartition).
+        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -258,12 +270,20 @@ impl ExecutionPlan for UpdateAggregateExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let shards = self.state.shards.count();
+        check_input(
+            "UpdateAggregateExec",
+            self.input.output_partitioning(),
+            &self.keys(),
+            shards,
+        )?;
         let state = Arc::clone(&self.state);
         let spec = Arc::clone(&self.state);
         let emit = Arc::clone(&self.state);
         super::drain_then_emit(
             "UpdateAggregateExec",
             partition,
+            shards,
             &self.input,
             context,
             &self.metrics,
@@ -271,16 +291,12 @@ impl ExecutionPlan for UpdateAggregateExec {
             // This epoch's changes are aggregated apart, then applied at once.
             move || Groups::new(&state.agg),
             move |delta, batch| delta.update(&spec.agg.evaluate(batch)?),
-            move |delta, epoch| emit.apply(delta, epoch.processing_time_ms),
+            move |delta, epoch| emit.apply(partition, delta, epoch.processing_time_ms),
         )
     }
 }
 
 impl UpdateState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn n_keys(&self) -> usize {
         self.agg.key_schema.fields().len()
     }
@@ -315,8 +331,8 @@ impl UpdateState {
     }
 
     /// Folds an epoch's delta into the state; returns the changelog.
-    fn apply(&self, mut delta: Groups, now: i64) -> Result<RecordBatch> {
-        let mut inner = self.lock();
+    fn apply(&self, shard: usize, mut delta: Groups, now: i64) -> Result<RecordBatch> {
+        let mut inner = self.shards.lock(shard);
         let mut pieces: Vec<RecordBatch> = Vec::new();
         let n = delta.len();
         if n > 0 {
@@ -591,7 +607,7 @@ impl StatefulOperator for UpdateState {
     }
 
     fn state_rows(&self) -> usize {
-        self.lock().index.len()
+        self.shards.lock_all().iter().map(|i| i.index.len()).sum()
     }
 
     fn describe(&self) -> StateTable {
@@ -630,23 +646,23 @@ impl StatefulOperator for UpdateState {
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
-        let mut inner = self.lock();
-        if full {
-            let rows = self.live_rows(&inner)?;
-            inner.pending_upserts.clear();
-            inner.pending_deletes.clear();
-            return Ok(Some(StateChange {
-                upserts: rows,
-                deletes: vec![],
-            }));
+        // A group is in one shard: the change is the shards' changes.
+        let mut shards = self.shards.lock_all();
+        let mut change = StateChange::default();
+        for inner in shards.iter_mut() {
+            if full {
+                change.upserts.extend(self.live_rows(inner)?);
+                inner.pending_upserts.clear();
+                inner.pending_deletes.clear();
+            } else {
+                change.upserts.append(&mut inner.pending_upserts);
+                change.deletes.append(&mut inner.pending_deletes);
+            }
         }
-        if inner.pending_upserts.is_empty() && inner.pending_deletes.is_empty() {
+        if !full && change.upserts.is_empty() && change.deletes.is_empty() {
             return Ok(None);
         }
-        Ok(Some(StateChange {
-            upserts: std::mem::take(&mut inner.pending_upserts),
-            deletes: std::mem::take(&mut inner.pending_deletes),
-        }))
+        Ok(Some(change))
     }
 
     fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
@@ -655,9 +671,14 @@ impl StatefulOperator for UpdateState {
             .map(|b| b.clone().with_schema(Arc::clone(&self.chunk_schema)))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = concat_batches(&self.chunk_schema, &batches)?;
-        let mut inner = self.lock();
-        *inner = Inner::default();
-        self.load(&mut inner, batch)?;
+        let mut shards = self.shards.lock_all();
+        for inner in shards.iter_mut() {
+            **inner = Inner::default();
+        }
+        let key_columns: Vec<usize> = (0..self.n_keys()).collect();
+        for (shard, part) in route(&batch, &key_columns, shards.len())? {
+            self.load(&mut shards[shard], part)?;
+        }
         Ok(())
     }
 }

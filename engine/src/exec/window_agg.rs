@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
@@ -33,6 +33,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
@@ -41,6 +42,7 @@ use datafusion::physical_plan::{
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Evaluated, Groups};
+use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// Where each output group column comes from.
@@ -81,7 +83,8 @@ pub struct WindowAggState {
     lag_ms: i64,
     state_schema: SchemaRef,
     schema: SchemaRef,
-    inner: Mutex<Inner>,
+    /// One part of the state per partition, split by the keys' hash.
+    shards: Shards<Inner>,
 }
 
 #[derive(Default)]
@@ -147,7 +150,9 @@ pub struct WindowAggregateParams {
 
 impl WindowAggregateExec {
     /// Builds the operator.
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams) -> Result<Self> {
+    /// Builds the operator; with keys, its state is split into `threads`
+    /// shards (see [`super::shard`]).
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams, threads: usize) -> Result<Self> {
         let in_schema = input.schema();
         let mut keys = Vec::new();
         let mut layout = Vec::new();
@@ -181,6 +186,10 @@ impl WindowAggregateExec {
         ];
         fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(agg.state_file_fields());
+        let shards = Shards::new(shard_count(threads, agg.keys.len()), || Inner {
+            frontier: i64::MIN,
+            ..Default::default()
+        });
         let state = WindowAggState {
             spec: p.spec,
             agg,
@@ -191,10 +200,7 @@ impl WindowAggregateExec {
             lag_ms: p.lag_ms,
             state_schema: Arc::new(Schema::new(fields)),
             schema: p.schema,
-            inner: Mutex::new(Inner {
-                frontier: i64::MIN,
-                ..Default::default()
-            }),
+            shards,
         };
         Ok(Self::with_state(input, Arc::new(state)))
     }
@@ -202,7 +208,7 @@ impl WindowAggregateExec {
     fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<WindowAggState>) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(state.shards.count()),
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -256,7 +262,9 @@ impl ExecutionPlan for WindowAggregateExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
+        let s = &self.state;
+        let keys = s.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect();
+        vec![input_distribution(s.shards.count(), keys)]
     }
 
     fn apply_expressions(
@@ -280,10 +288,11 @@ impl ExecutionPlan for WindowAggregateExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::with_state(
-            children.swap_remove(0),
-            Arc::clone(&self.state),
-        )))
+        // A copy shares the state and the metrics (the driver runs a fresh
+        // copy of the plan each epoch when it holds a hash repartition).
+        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -291,18 +300,26 @@ impl ExecutionPlan for WindowAggregateExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let keys: Vec<_> = self.state.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect();
+        check_input(
+            "WindowAggregateExec",
+            self.input.output_partitioning(),
+            &keys,
+            self.state.shards.count(),
+        )?;
         let state = Arc::clone(&self.state);
         let emit = Arc::clone(&self.state);
         super::drain_then_emit(
             "WindowAggregateExec",
             partition,
+            self.state.shards.count(),
             &self.input,
             context,
             &self.metrics,
             Arc::clone(&self.state.schema),
             || Ok(()),
-            move |_, batch| state.update(batch),
-            move |_, epoch| emit.emit_closed(epoch.watermark_out.saturating_sub(emit.lag_ms)),
+            move |_, batch| state.update(partition, batch),
+            move |_, epoch| emit.emit_closed(partition, epoch.watermark_out.saturating_sub(emit.lag_ms)),
         )
     }
 }
@@ -342,14 +359,8 @@ pub fn constant_time(field: &Field, value: i64, n: usize) -> Result<ArrayRef> {
 }
 
 impl WindowAggState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock would have aborted the epoch; the
-        // process restarts from the checkpoint, so poisoning carries no risk.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Folds one input batch into the units.
-    fn update(&self, batch: &RecordBatch) -> Result<()> {
+    /// Folds one input batch into the units of a shard.
+    fn update(&self, shard: usize, batch: &RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -361,7 +372,7 @@ impl WindowAggState {
             starts.as_primitive::<Int64Type>().values(),
             ends.as_primitive::<Int64Type>().values(),
         );
-        let mut inner = self.lock();
+        let mut inner = self.shards.lock(shard);
         for (unit, rows) in parts {
             let part: Evaluated;
             let input = if rows.len() == n {
@@ -401,10 +412,10 @@ impl WindowAggState {
         Ok(())
     }
 
-    /// Emits every window that ends at or before `watermark`, and forgets
-    /// state no open window needs.
-    fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
-        let mut inner = self.lock();
+    /// Emits a shard's part of every window that ends at or before
+    /// `watermark`, and forgets state no open window needs.
+    fn emit_closed(&self, shard: usize, watermark: i64) -> Result<RecordBatch> {
+        let mut inner = self.shards.lock(shard);
         let mut out = Vec::new();
         if self.slices {
             while let Some(&(end, start)) = inner.open.first() {
@@ -523,7 +534,11 @@ impl StatefulOperator for WindowAggState {
     }
 
     fn state_rows(&self) -> usize {
-        self.lock().units.values().map(Unit::rows).sum()
+        self.shards
+            .lock_all()
+            .iter()
+            .map(|inner| inner.units.values().map(Unit::rows).sum::<usize>())
+            .sum()
     }
 
     fn describe(&self) -> StateTable {
@@ -558,40 +573,55 @@ impl StatefulOperator for WindowAggState {
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
-        let mut inner = self.lock();
-        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+        let mut shards = self.shards.lock_all();
+        if !full
+            && shards
+                .iter()
+                .all(|i| i.changed.is_empty() && i.removed.is_empty())
+        {
             return Ok(None);
         }
-        let units: Vec<(i64, i64)> = if full {
-            inner.units.keys().copied().collect()
+        // A unit (window or slice) may have rows in several shards: a unit
+        // that changed in any of them is written whole, from all of them.
+        let units: BTreeSet<(i64, i64)> = if full {
+            shards.iter().flat_map(|i| i.units.keys().copied()).collect()
         } else {
-            inner
-                .changed
-                .iter()
-                .copied()
-                .filter(|u| inner.units.contains_key(u))
-                .collect()
+            shards.iter().flat_map(|i| i.changed.iter().copied()).collect()
         };
         let mut upserts = Vec::with_capacity(units.len());
+        let mut kept = BTreeSet::new();
         for unit in units {
-            let u = inner.units.get_mut(&unit).expect("listed");
-            if u.snapshot.is_none() {
-                let batch = match &mut u.state {
-                    UnitState::Live(g) => {
-                        let n = g.len();
-                        let (k, s) = g.snapshot(&self.agg)?;
-                        self.unit_rows(unit, &k, &s, n)?
-                    }
-                    UnitState::Frozen { keys, states, rows } => self.unit_rows(unit, keys, states, *rows)?,
+            for inner in shards.iter_mut() {
+                let Some(u) = inner.units.get_mut(&unit) else {
+                    continue;
                 };
-                u.snapshot = Some(batch);
+                if u.snapshot.is_none() {
+                    let batch = match &mut u.state {
+                        UnitState::Live(g) => {
+                            let n = g.len();
+                            let (k, s) = g.snapshot(&self.agg)?;
+                            self.unit_rows(unit, &k, &s, n)?
+                        }
+                        UnitState::Frozen { keys, states, rows } => {
+                            self.unit_rows(unit, keys, states, *rows)?
+                        }
+                    };
+                    u.snapshot = Some(batch);
+                }
+                upserts.extend(u.snapshot.clone());
+                kept.insert(unit);
             }
-            upserts.extend(u.snapshot.clone());
         }
-        let deletes = if full || inner.removed.is_empty() {
+        // Gone from every shard (all shards evict by the same watermark).
+        let removed: BTreeSet<(i64, i64)> = shards
+            .iter()
+            .flat_map(|i| i.removed.iter().copied())
+            .filter(|u| !kept.contains(u) && !shards.iter().any(|i| i.units.contains_key(u)))
+            .collect();
+        let deletes = if full || removed.is_empty() {
             vec![]
         } else {
-            let (ends, starts): (Vec<i64>, Vec<i64>) = inner.removed.iter().copied().unzip();
+            let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
             let schema = Arc::new(self.state_schema.project(&[0, 1])?);
             vec![RecordBatch::try_new(
                 schema,
@@ -601,62 +631,79 @@ impl StatefulOperator for WindowAggState {
                 ],
             )?]
         };
-        inner.changed.clear();
-        inner.removed.clear();
+        for inner in shards.iter_mut() {
+            inner.changed.clear();
+            inner.removed.clear();
+        }
         Ok(Some(StateChange { upserts, deletes }))
     }
 
     fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
-        let mut inner = self.lock();
-        *inner = Inner {
-            frontier: watermark.saturating_sub(self.lag_ms),
-            ..Default::default()
-        };
+        let mut shards = self.shards.lock_all();
+        for inner in shards.iter_mut() {
+            **inner = Inner {
+                frontier: watermark.saturating_sub(self.lag_ms),
+                ..Default::default()
+            };
+        }
         let n_keys = self.agg.key_schema.fields().len();
+        let key_columns: Vec<usize> = (2..2 + n_keys).collect();
         for batch in batches {
             let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
-            let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            for (unit, rows) in split_by_unit(&starts, &ends) {
-                let idx = UInt32Array::from(rows);
-                let part = take_batch(&batch, &idx)?;
-                let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
-                let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
-                if self.slices {
-                    let windows = self.spec.windows_of_slice(unit.1);
-                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
-                }
-                // A unit's rows may come in more than one batch (the state
-                // files are read back in batches of a few thousand rows):
-                // add them to what earlier batches restored, never replace it.
-                if let Some(u) = inner.units.get_mut(&unit) {
-                    let UnitState::Live(g) = &mut u.state else {
-                        unreachable!("restore makes only live units")
-                    };
-                    g.merge(&keys, &states, part.num_rows())?;
-                    u.snapshot = match u.snapshot.take() {
-                        Some(prev) => Some(concat_batches(&prev.schema(), [&prev, &part])?),
-                        None => Some(part),
-                    };
-                    continue;
-                }
-                let mut g = Groups::new(&self.agg)?;
-                g.merge(&keys, &states, part.num_rows())?;
-                inner.units.insert(
-                    unit,
-                    Unit {
-                        state: UnitState::Live(g),
-                        snapshot: Some(part),
-                    },
-                );
+            for (shard, batch) in route(&batch, &key_columns, shards.len())? {
+                self.restore_rows(&mut shards[shard], &batch, n_keys)?;
             }
         }
         // Windows at or before the frontier were emitted before the checkpoint.
-        let frontier = inner.frontier;
-        inner.open.retain(|&(end, _)| end > frontier);
+        for inner in shards.iter_mut() {
+            let frontier = inner.frontier;
+            inner.open.retain(|&(end, _)| end > frontier);
+        }
+        Ok(())
+    }
+}
+
+impl WindowAggState {
+    /// Adds restored state rows to a shard.
+    fn restore_rows(&self, inner: &mut Inner, batch: &RecordBatch, n_keys: usize) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
+        let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
+        for (unit, rows) in split_by_unit(&starts, &ends) {
+            let idx = UInt32Array::from(rows);
+            let part = take_batch(batch, &idx)?;
+            let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
+            let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
+            if self.slices {
+                let windows = self.spec.windows_of_slice(unit.1);
+                inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
+            }
+            // A unit's rows may come in more than one batch (the state
+            // files are read back in batches of a few thousand rows):
+            // add them to what earlier batches restored, never replace it.
+            if let Some(u) = inner.units.get_mut(&unit) {
+                let UnitState::Live(g) = &mut u.state else {
+                    unreachable!("restore makes only live units")
+                };
+                g.merge(&keys, &states, part.num_rows())?;
+                u.snapshot = match u.snapshot.take() {
+                    Some(prev) => Some(concat_batches(&prev.schema(), [&prev, &part])?),
+                    None => Some(part),
+                };
+                continue;
+            }
+            let mut g = Groups::new(&self.agg)?;
+            g.merge(&keys, &states, part.num_rows())?;
+            inner.units.insert(
+                unit,
+                Unit {
+                    state: UnitState::Live(g),
+                    snapshot: Some(part),
+                },
+            );
+        }
         Ok(())
     }
 }

@@ -138,7 +138,7 @@ impl ExecutionPlan for WindowAssignExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::try_new(
+        let mut copy = Self::try_new(
             children.swap_remove(0),
             self.spec.clone(),
             self.time_index,
@@ -146,7 +146,10 @@ impl ExecutionPlan for WindowAssignExec {
             self.slices,
             self.late_sink.clone(),
             Arc::clone(&self.schema),
-        )?))
+        )?;
+        // Copies share metrics (see the stateful operators' copies).
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -174,10 +174,11 @@ impl ExecutionPlan for WindowTopNExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self::with_state(
-            children.swap_remove(0),
-            Arc::clone(&self.state),
-        )))
+        // A copy shares the state and the metrics (the driver runs a fresh
+        // copy of the plan each epoch when it holds a hash repartition).
+        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -190,6 +191,7 @@ impl ExecutionPlan for WindowTopNExec {
         super::drain_then_emit(
             "WindowTopNExec",
             partition,
+            1,
             &self.input,
             context,
             &self.metrics,
