@@ -156,6 +156,33 @@ fn restarting_after_every_batch_gives_the_same_output() {
 }
 
 #[test]
+fn keyed_state_moves_between_thread_counts_across_restarts() {
+    // The window state is split by auction over --threads shards; each run
+    // restores it into another number of shards.
+    let (expected, _) = run_straight(700);
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    for threads in ["2", "1", "3", "2", "1"] {
+        let r = ws
+            .weir(&["run", "job.sql", "--trigger", "once", "--threads", threads])
+            .ok();
+        assert!(r.stderr().contains("done: 1 epoch(s)"), "{}", r.stderr());
+    }
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--threads",
+        "2",
+    ])
+    .ok();
+    assert_eq!(sink_rows(&ws.path("out")), expected);
+}
+
+#[test]
 fn sigkill_at_every_step_of_an_epoch_then_restart_gives_the_same_output() {
     let (expected, _) = run_straight(700);
     for step in [
