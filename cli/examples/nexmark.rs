@@ -6,6 +6,7 @@
 //! nexmark gen-speed [--events N]              the generator alone, one thread
 //! nexmark write-parquet --events N DIR        the same events as Parquet (DIR/person, DIR/auction, DIR/bid)
 //! nexmark batch --data DIR QUERY.sql          a DataFusion batch query over them, output counted and dropped
+//! nexmark batch --data DIR --write-parquet OUT QUERY.sql   the same, output written as Parquet (snappy, as Weir's sink)
 //! ```
 //!
 //! `suite` runs each `benches/nexmark/q*.sql` as a `weir run` job over the
@@ -14,7 +15,8 @@
 //! `/usr/bin/time` (wall, CPU, peak RSS) and with `--progress-json` (per-epoch
 //! latency and checkpoint cost). Beside it, the query's `qN.batch.sql` runs as
 //! a DataFusion batch query over the same events stored as Parquet: the
-//! ceiling. A query Weir cannot plan yet is reported as skipped, with Weir's
+//! ceiling, once with its output counted and dropped (for the blackhole
+//! run) and once writing it as Parquet (for the Parquet run). A query Weir cannot plan yet is reported as skipped, with Weir's
 //! reason, and runs as soon as Weir can run it. The report goes to
 //! `benches/results/nexmark-<N>.md` and `.json`.
 
@@ -71,6 +73,10 @@ enum Cmd {
         /// Runs; the fastest is reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Write the output as Parquet files in this folder (replaced each
+        /// run) instead of counting and dropping it.
+        #[arg(long)]
+        write_parquet: Option<PathBuf>,
         /// A file with one SELECT over person, auction and bid.
         query: PathBuf,
     },
@@ -134,9 +140,17 @@ fn main() -> Result<()> {
             events_per_file,
             dir,
         } => write_parquet(events, events_per_file, &dir),
-        Cmd::Batch { data, runs, query } => {
+        Cmd::Batch {
+            data,
+            runs,
+            write_parquet,
+            query,
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            println!("{}", rt.block_on(batch(&data, &query, runs))?);
+            println!(
+                "{}",
+                rt.block_on(batch(&data, &query, runs, write_parquet.as_deref()))?
+            );
             Ok(())
         }
     }
@@ -268,11 +282,19 @@ fn write_parquet(events: u64, per_file: u64, dir: &Path) -> Result<()> {
 }
 
 /// Runs a query over the Parquet tables `runs` times; reports the fastest.
-async fn batch(data: &Path, query: &Path, runs: usize) -> Result<Value> {
+/// With `out`, the result is written there as Parquet with Weir's sink's
+/// compression (snappy), else counted and dropped.
+async fn batch(data: &Path, query: &Path, runs: usize, out: Option<&Path>) -> Result<Value> {
     let sql = std::fs::read_to_string(query).with_context(|| format!("reading {}", query.display()))?;
     let mut best: Option<Value> = None;
     for _ in 0..runs.max(1) {
-        let ctx = SessionContext::new();
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .compression = Some("snappy".into());
+        let ctx = SessionContext::new_with_config(config);
         for table in TABLES {
             let path = data.join(table.name());
             ctx.register_parquet(
@@ -291,11 +313,35 @@ async fn batch(data: &Path, query: &Path, runs: usize) -> Result<Value> {
             )
             .await?;
         }
+        if let Some(out) = out {
+            let _ = std::fs::remove_dir_all(out);
+            std::fs::create_dir_all(out)?;
+        }
         let (wall0, cpu0) = (Instant::now(), process_cpu_s());
-        let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+        let df = ctx.sql(&sql).await?;
         let mut rows = 0u64;
-        while let Some(b) = stream.next().await {
-            rows += b?.num_rows() as u64;
+        match out {
+            None => {
+                let mut stream = df.execute_stream().await?;
+                while let Some(b) = stream.next().await {
+                    rows += b?.num_rows() as u64;
+                }
+            }
+            Some(out) => {
+                // DataFusion answers with one row: the count written.
+                let counts = df
+                    .write_parquet(
+                        &out.to_string_lossy(),
+                        datafusion::dataframe::DataFrameWriteOptions::new(),
+                        None,
+                    )
+                    .await?;
+                for b in counts {
+                    use datafusion::arrow::array::AsArray;
+                    let c = b.column(0).as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+                    rows += c.values().iter().sum::<u64>();
+                }
+            }
         }
         let (wall, cpu) = (wall0.elapsed().as_secs_f64(), process_cpu_s() - cpu0);
         if best
@@ -576,12 +622,15 @@ fn suite(args: &SuiteArgs) -> Result<()> {
                 ..Default::default()
             }
         };
-        let batch = match (&q.batch, blackhole.ok) {
+        let batch_run = |extra: &[&str]| match (&q.batch, blackhole.ok) {
             (Some(file), true) => {
                 let file = file.to_string_lossy();
                 let data = data.to_string_lossy();
+                let mut a = vec!["batch", "--data", &data];
+                a.extend_from_slice(extra);
+                a.push(&file);
                 // A batch query that fails is reported without a ceiling.
-                match run_self(args, &["batch", "--data", &data, &file]) {
+                match run_self(args, &a) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         eprintln!("  batch query failed: {e:#}");
@@ -591,6 +640,10 @@ fn suite(args: &SuiteArgs) -> Result<()> {
             }
             _ => None,
         };
+        let batch = batch_run(&[]);
+        let batch_out = args.work.join("batch-out");
+        let batch_parquet = batch_run(&["--write-parquet", &batch_out.to_string_lossy()]);
+        let _ = std::fs::remove_dir_all(&batch_out);
         if blackhole.ok {
             eprintln!(
                 "  blackhole {:.0} events/s per core, parquet {:.0}{}",
@@ -605,7 +658,7 @@ fn suite(args: &SuiteArgs) -> Result<()> {
         } else {
             eprintln!("  skipped: {}", blackhole.error);
         }
-        results.push((q, blackhole, parquet, batch));
+        results.push((q, blackhole, parquet, batch, batch_parquet));
     }
 
     std::fs::create_dir_all(&args.results)?;
@@ -628,7 +681,9 @@ fn suite(args: &SuiteArgs) -> Result<()> {
     Ok(())
 }
 
-type Row<'a> = (&'a Query, WeirRun, WeirRun, Option<Value>);
+/// A query, its blackhole and Parquet runs, and its batch ceilings (output
+/// dropped; output written as Parquet).
+type Row<'a> = (&'a Query, WeirRun, WeirRun, Option<Value>, Option<Value>);
 
 /// The per-core target a query is held to.
 fn target(kind: &str) -> f64 {
@@ -681,8 +736,20 @@ fn report_json(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) -> Value {
     let n = args.events;
     let queries: Vec<Value> = results
         .iter()
-        .map(|(q, bh, pq, batch)| {
+        .map(|(q, bh, pq, batch, batch_pq)| {
             let batch_cpu = batch.as_ref().and_then(|b| b["cpu_s"].as_f64());
+            let batch_pq_cpu = batch_pq.as_ref().and_then(|b| b["cpu_s"].as_f64());
+            let ceiling = |b: &Option<Value>, cpu: Option<f64>| {
+                b.as_ref().map(|b| {
+                    json!({
+                        "rows": b["rows"],
+                        "wall_s": b["wall_s"],
+                        "cpu_s": b["cpu_s"],
+                        "events_per_s_per_core": cpu.map(|c| n as f64 / c),
+                        "peak_rss_mb": b["rss_kb"].as_f64().map(|k| k / 1024.0),
+                    })
+                })
+            };
             json!({
                 "query": q.name,
                 "title": q.title,
@@ -692,14 +759,9 @@ fn report_json(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) -> Value {
                 "skip_reason": (!bh.ok).then(|| bh.error.clone()),
                 "target_events_per_s_per_core": target(&q.kind),
                 "blackhole": run_json(n, bh, batch_cpu),
-                "parquet": run_json(n, pq, batch_cpu),
-                "batch": batch.as_ref().map(|b| json!({
-                    "rows": b["rows"],
-                    "wall_s": b["wall_s"],
-                    "cpu_s": b["cpu_s"],
-                    "events_per_s_per_core": batch_cpu.map(|c| n as f64 / c),
-                    "peak_rss_mb": b["rss_kb"].as_f64().map(|k| k / 1024.0),
-                })),
+                "parquet": run_json(n, pq, batch_pq_cpu),
+                "batch": ceiling(batch, batch_cpu),
+                "batch_parquet": ceiling(batch_pq, batch_pq_cpu),
             })
         })
         .collect();
@@ -749,7 +811,9 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -
          {} events per epoch, from the `nexmark` source (default rate 10,000 events/s of event \
          time, seed 0, 1:3:46 people:auctions:bids). *Per core* is events ÷ CPU time (user + sys); \
          *ratio* is Weir's per-core rate over DataFusion's on the same query over the same events \
-         stored as Parquet (batch, output counted and dropped, best of 3).\n",
+         stored as Parquet (batch, best of 3): the blackhole run against DataFusion with its output \
+         counted and dropped, the Parquet run against DataFusion writing its output as Parquet \
+         (`write_parquet`, snappy like Weir's sink).\n",
         chrono_date(),
         machine(),
         args.cpu,
@@ -788,14 +852,14 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -
     );
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut skipped = Vec::new();
-    for (q, bh, pq, batch) in results {
+    for (q, bh, pq, batch, batch_pq) in results {
         if !bh.ok {
             skipped.push((q, bh.error.clone()));
             continue;
         }
-        let batch_cpu = batch.as_ref().and_then(|b| b["cpu_s"].as_f64());
+        let cpu_of = |b: &Option<Value>| b.as_ref().and_then(|b| b["cpu_s"].as_f64());
         let goal = target(&q.kind);
-        for (sink, r) in [("blackhole", bh), ("parquet", pq)] {
+        for (sink, r, batch_cpu) in [("blackhole", bh, cpu_of(batch)), ("parquet", pq, cpu_of(batch_pq))] {
             if !r.ok {
                 let _ = writeln!(
                     md,
@@ -826,13 +890,14 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -
                 r.rows_out
             );
         }
-        if let Some(b) = batch {
+        for (what, b) in [("DataFusion batch", batch), ("DataFusion batch → Parquet", batch_pq)] {
+            let Some(b) = b else { continue };
             let _ = writeln!(
                 md,
-                "| {} | | DataFusion batch | {} | {} | | 1 | {:.0} MB | | | | {} |",
+                "| {} | | {what} | {} | {} | | 1 | {:.0} MB | | | | {} |",
                 q.name,
                 rate(n as f64 / b["wall_s"].as_f64().unwrap_or(f64::NAN)),
-                rate(n as f64 / batch_cpu.unwrap_or(f64::NAN)),
+                rate(n as f64 / cpu_of(&Some(b.clone())).unwrap_or(f64::NAN)),
                 b["rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
                 b["rows"]
             );
