@@ -289,11 +289,7 @@ async fn batch(data: &Path, query: &Path, runs: usize, out: Option<&Path>) -> Re
     let mut best: Option<Value> = None;
     for _ in 0..runs.max(1) {
         let mut config = datafusion::prelude::SessionConfig::new();
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .compression = Some("snappy".into());
+        config.options_mut().execution.parquet.compression = Some("snappy".into());
         let ctx = SessionContext::new_with_config(config);
         for table in TABLES {
             let path = data.join(table.name());
@@ -338,7 +334,9 @@ async fn batch(data: &Path, query: &Path, runs: usize, out: Option<&Path>) -> Re
                     .await?;
                 for b in counts {
                     use datafusion::arrow::array::AsArray;
-                    let c = b.column(0).as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+                    let c = b
+                        .column(0)
+                        .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
                     rows += c.values().iter().sum::<u64>();
                 }
             }
@@ -859,7 +857,10 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -
         }
         let cpu_of = |b: &Option<Value>| b.as_ref().and_then(|b| b["cpu_s"].as_f64());
         let goal = target(&q.kind);
-        for (sink, r, batch_cpu) in [("blackhole", bh, cpu_of(batch)), ("parquet", pq, cpu_of(batch_pq))] {
+        for (sink, r, batch_cpu) in [
+            ("blackhole", bh, cpu_of(batch)),
+            ("parquet", pq, cpu_of(batch_pq)),
+        ] {
             if !r.ok {
                 let _ = writeln!(
                     md,
@@ -890,7 +891,10 @@ fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -
                 r.rows_out
             );
         }
-        for (what, b) in [("DataFusion batch", batch), ("DataFusion batch → Parquet", batch_pq)] {
+        for (what, b) in [
+            ("DataFusion batch", batch),
+            ("DataFusion batch → Parquet", batch_pq),
+        ] {
             let Some(b) = b else { continue };
             let _ = writeln!(
                 md,
