@@ -350,3 +350,38 @@ fn misdeclared_or_endless_nexmark_tables_are_clear_errors() {
     ws.weir(&["run", "endless.sql", "--trigger", "once"]).ok();
     assert_eq!(sink_rows(&ws.path("out")).len(), 2 * 460);
 }
+
+/// A query that does not read `date_time` still advances the watermark
+/// exactly as one that does: the source reports each batch's latest time
+/// instead of generating the column.
+#[test]
+fn the_watermark_is_the_same_whether_or_not_a_query_reads_the_time() {
+    let watermarks = |columns: &str| {
+        let ws = Workspace::new();
+        ws.write(
+            "job.sql",
+            &format!(
+                "{BID_DDL} WITH ('connector' = 'nexmark', 'events' = '20000', 'max_events_per_batch' = '3001');
+                 CREATE TABLE nowhere WITH ('connector' = 'blackhole');
+                 INSERT INTO nowhere SELECT {columns} FROM bid WHERE auction % 3 = 0;"
+            ),
+        );
+        ws.weir(&[
+            "run",
+            "job.sql",
+            "--trigger",
+            "available-now",
+            "--progress-json",
+            "p.json",
+        ])
+        .ok();
+        progress(&ws.path("p.json"))
+            .iter()
+            .map(|l| l["watermark_ms"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let without = watermarks("auction, price");
+    assert_eq!(without.len(), 7);
+    assert!(without.windows(2).all(|w| w[0] < w[1]), "{without:?}");
+    assert_eq!(without, watermarks("auction, price, date_time"));
+}

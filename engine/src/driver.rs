@@ -576,7 +576,12 @@ impl StreamingJob {
         for (name, slot) in sources.iter_mut() {
             let mut cols = needed.remove(name).unwrap_or_default();
             if let Some(w) = &slot.watermark {
-                cols.insert(slot.source.schema().index_of(&w.column)?);
+                let column = slot.source.schema().index_of(&w.column)?;
+                // A source that knows each batch's greatest event time (a
+                // generator) need not make the column for the watermark.
+                if !slot.source.knows_max_time(&w.column) {
+                    cols.insert(column);
+                }
             }
             if cols.is_empty() {
                 cols.insert(0); // COUNT(*) alone still needs the rows
@@ -1170,10 +1175,17 @@ impl StreamingJob {
             };
             let Some(decl) = &slot.watermark else { continue };
             let declared = slot.source.schema().index_of(&decl.column)?;
-            let idx =
-                slot.columns.iter().position(|&c| c == declared).ok_or_else(|| {
-                    Error::Config(format!("source '{name}' did not read its watermark column"))
-                })?;
+            let Some(idx) = slot.columns.iter().position(|&c| c == declared) else {
+                if !slot.source.knows_max_time(&decl.column) {
+                    return Err(Error::Config(format!(
+                        "source '{name}' did not read its watermark column"
+                    )));
+                }
+                if let Some(m) = rows.max_time_ms {
+                    *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
+                }
+                continue;
+            };
             for b in rows.batches.iter() {
                 let ms = to_millis(b.column(idx))?;
                 if let Some(m) = max(ms.as_primitive::<TimestampMillisecondType>()) {
@@ -1441,6 +1453,7 @@ impl StreamingJob {
                 SourceRows {
                     columns: Arc::clone(&slot.columns),
                     batches: Arc::new(read.batches),
+                    max_time_ms: read.max_time_ms,
                 },
             );
             bad.insert(name.clone(), read.bad);

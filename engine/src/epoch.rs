@@ -19,6 +19,8 @@ pub struct SourceRows {
     pub columns: Arc<Vec<usize>>,
     /// The rows.
     pub batches: Arc<Vec<RecordBatch>>,
+    /// The source's [`crate::source::SourceBatch::max_time_ms`].
+    pub max_time_ms: Option<i64>,
 }
 
 /// The input of one epoch, for one pipeline.

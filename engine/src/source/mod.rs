@@ -37,6 +37,10 @@ pub struct SourceBatch {
     /// under `'on_error' = 'skip'` or `'dead_letter'`: under `'fail'` the
     /// first one is the read's error).
     pub bad: Vec<BadRecord>,
+    /// The greatest value, in ms, of the timestamp column the source
+    /// accepted in [`Source::knows_max_time`], among these rows (`None`
+    /// when there are none or it accepted none).
+    pub max_time_ms: Option<i64>,
 }
 
 /// A replayable source of rows.
@@ -54,6 +58,14 @@ pub trait Source: Send + Sync {
     /// batch; the rows and their order must not depend on it. By default a
     /// source reads on one thread.
     fn set_threads(&mut self, _threads: usize) {}
+    /// Whether the source can tell the greatest value of the timestamp
+    /// column `column` among each batch's rows without reading the column
+    /// (in [`SourceBatch::max_time_ms`]), the same value the column would
+    /// give. The driver then computes the watermark from that and reads
+    /// the column only for the queries that use it. By default, no.
+    fn knows_max_time(&self, _column: &str) -> bool {
+        false
+    }
     /// Fixes the input to what is available now; later input waits for a
     /// later run (the available-now trigger).
     async fn freeze(&mut self) -> Result<()>;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt8Array, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt64Type};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir_sql::TableDecl;
@@ -135,6 +135,12 @@ fn parse_base_time(decl: &TableDecl) -> Result<i64> {
 }
 
 impl NexmarkSource {
+    /// Whether batches report their latest `date_time` (see
+    /// `knows_max_time`).
+    fn times_known(&self) -> bool {
+        self.generator.config().out_of_order_group == 1
+    }
+
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl) -> Result<Self> {
         let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
@@ -233,6 +239,18 @@ impl Source for NexmarkSource {
         self.threads = threads.max(1);
     }
 
+    /// An event's time is a function of its id that grows with the id, so
+    /// a batch's latest time is that of its greatest event id of the
+    /// table's kind, found without generating the rows; but only in order
+    /// (`out_of_order_group` 1), where that id is one of the last few.
+    fn knows_max_time(&self, column: &str) -> bool {
+        // Declared in seconds, the column holds truncated times: read it.
+        let whole_ms = self.schema.field_with_name(column).is_ok_and(
+            |f| matches!(f.data_type(), DataType::Timestamp(unit, _) if *unit != TimeUnit::Second),
+        );
+        column == "date_time" && whole_ms && self.times_known()
+    }
+
     async fn freeze(&mut self) -> Result<()> {
         match self.events {
             Some(_) => Ok(()),
@@ -277,12 +295,17 @@ impl Source for NexmarkSource {
             )));
         }
         let batches = generate_on_threads(&self.generator, offset.start, offset.end, self.threads)?;
+        let max_time_ms = self
+            .generator
+            .last_event_in(offset.start, offset.end)
+            .map(|id| self.generator.config().timestamp_ms(id));
         self.next = offset.end;
         self.changed = true;
         // Generated events are well-formed by construction: never bad records.
         Ok(SourceBatch {
             batches,
             bad: Vec::new(),
+            max_time_ms: max_time_ms.filter(|_| self.times_known()),
         })
     }
 
@@ -396,6 +419,54 @@ mod tests {
             offsets.push(o);
         }
         (offsets, rows)
+    }
+
+    /// A batch's reported latest time is its `date_time` column's maximum,
+    /// for each table and for batches with one row or none of the kind;
+    /// shuffled events and times declared in seconds are not reported.
+    #[tokio::test]
+    async fn batches_report_their_latest_time_as_the_column_would() {
+        for (table, columns) in [
+            ("bid", BID),
+            ("auction", "id BIGINT, date_time TIMESTAMP(3)"),
+            ("person", "id BIGINT, date_time TIMESTAMP(6)"),
+        ] {
+            for per_batch in [1, 7, 49, 50, 51, 1000] {
+                let d = decl(
+                    columns,
+                    &format!(
+                        ", 'table' = '{table}', 'events' = '3000', 'max_events_per_batch' = '{per_batch}'"
+                    ),
+                );
+                let mut s = NexmarkSource::open(&d).unwrap();
+                assert!(s.knows_max_time("date_time"));
+                assert!(!s.knows_max_time("id"));
+                let mut empty = 0;
+                while let Some(o) = s.plan_batch().await.unwrap() {
+                    let read = s.read_batch(&o).await.unwrap();
+                    let column = read
+                        .batches
+                        .iter()
+                        .filter_map(|b| {
+                            let ms =
+                                crate::exec::window_assign::to_millis(b.column_by_name("date_time").unwrap())
+                                    .unwrap();
+                            datafusion::arrow::compute::max(
+                                ms.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>(),
+                            )
+                        })
+                        .max();
+                    assert_eq!(read.max_time_ms, column, "{table} at {o}");
+                    empty += usize::from(column.is_none());
+                }
+                // Some one-event batches hold none of the kind.
+                assert!(per_batch > 1 || empty > 0, "{table}");
+            }
+        }
+        let shuffled = NexmarkSource::open(&decl(BID, ", 'out_of_order_group' = '7'")).unwrap();
+        assert!(!shuffled.knows_max_time("date_time"));
+        let seconds = NexmarkSource::open(&decl(&BID.replace("TIMESTAMP(3)", "TIMESTAMP(0)"), "")).unwrap();
+        assert!(!seconds.knows_max_time("date_time"));
     }
 
     #[tokio::test]
