@@ -52,6 +52,17 @@ pub struct Evaluated {
 }
 
 impl Evaluated {
+    /// Rows `offset..offset + len` only (no copy).
+    pub fn slice(&self, offset: usize, len: usize) -> Evaluated {
+        let slice = |a: &ArrayRef| a.slice(offset, len);
+        Evaluated {
+            keys: self.keys.iter().map(slice).collect(),
+            args: self.args.iter().map(|a| a.iter().map(slice).collect()).collect(),
+            filters: self.filters.iter().map(|f| f.as_ref().map(slice)).collect(),
+            rows: len,
+        }
+    }
+
     /// The rows at `idx` only.
     pub fn take(&self, idx: &datafusion::arrow::array::UInt32Array) -> Result<Evaluated> {
         let take = |a: &ArrayRef| -> Result<ArrayRef> {

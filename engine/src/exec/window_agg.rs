@@ -324,24 +324,63 @@ impl ExecutionPlan for WindowAggregateExec {
     }
 }
 
-/// Rows of a batch split by unit: (end, start) → row indices.
-pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {
-    let mut parts: Vec<((i64, i64), Vec<u32>)> = Vec::new();
-    let mut index: HashMap<(i64, i64), usize> = HashMap::new();
-    let mut last = usize::MAX;
-    for (i, (&s, &e)) in starts.iter().zip(ends).enumerate() {
-        // Rows of one unit usually come in runs: check the last one first.
-        if last < parts.len() && parts[last].0 == (e, s) {
-            parts[last].1.push(i as u32);
-            continue;
+/// The rows of one unit in a batch.
+#[derive(Debug, PartialEq)]
+pub enum UnitRows {
+    /// Rows `start..end`, all the unit has: a slice, no copy.
+    Range(usize, usize),
+    /// Rows in several runs, in order.
+    Scattered(Vec<u32>),
+}
+
+impl UnitRows {
+    /// The row indices.
+    pub fn indices(self) -> Vec<u32> {
+        match self {
+            UnitRows::Range(a, b) => (a as u32..b as u32).collect(),
+            UnitRows::Scattered(v) => v,
         }
-        last = *index.entry((e, s)).or_insert_with(|| {
-            parts.push(((e, s), Vec::new()));
-            parts.len() - 1
-        });
-        parts[last].1.push(i as u32);
+    }
+}
+
+/// Rows of a batch split by unit, (end, start), in order of first row.
+/// Rows mostly come in time order, so a unit's rows are mostly one run:
+/// runs are found by comparing neighbours, and only a unit that comes back
+/// after another one gets a list of indices.
+pub fn split_runs(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), UnitRows)> {
+    let mut parts: Vec<((i64, i64), UnitRows)> = Vec::new();
+    let mut index: HashMap<(i64, i64), usize> = HashMap::new();
+    let n = starts.len().min(ends.len());
+    let mut i = 0;
+    while i < n {
+        let unit = (ends[i], starts[i]);
+        let mut j = i + 1;
+        while j < n && ends[j] == unit.0 && starts[j] == unit.1 {
+            j += 1;
+        }
+        match index.entry(unit) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(parts.len());
+                parts.push((unit, UnitRows::Range(i, j)));
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let rows = &mut parts[*o.get()].1;
+                let mut indices = std::mem::replace(rows, UnitRows::Scattered(Vec::new())).indices();
+                indices.extend(i as u32..j as u32);
+                *rows = UnitRows::Scattered(indices);
+            }
+        }
+        i = j;
     }
     parts
+}
+
+/// Rows of a batch split by unit: (end, start) → row indices.
+pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {
+    split_runs(starts, ends)
+        .into_iter()
+        .map(|(unit, rows)| (unit, rows.indices()))
+        .collect()
 }
 
 /// A timestamp column of `n` copies of `value`, typed as `field`.
@@ -368,18 +407,23 @@ impl WindowAggState {
         let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let ends = cast(&self.end.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let evaluated = self.agg.evaluate(batch)?;
-        let parts = split_by_unit(
+        let parts = split_runs(
             starts.as_primitive::<Int64Type>().values(),
             ends.as_primitive::<Int64Type>().values(),
         );
         let mut inner = self.shards.lock(shard);
         for (unit, rows) in parts {
             let part: Evaluated;
-            let input = if rows.len() == n {
-                &evaluated
-            } else {
-                part = evaluated.take(&UInt32Array::from(rows))?;
-                &part
+            let input = match rows {
+                UnitRows::Range(0, end) if end == n => &evaluated,
+                UnitRows::Range(start, end) => {
+                    part = evaluated.slice(start, end - start);
+                    &part
+                }
+                UnitRows::Scattered(rows) => {
+                    part = evaluated.take(&UInt32Array::from(rows))?;
+                    &part
+                }
             };
             let new = !inner.units.contains_key(&unit);
             if new {
@@ -730,4 +774,48 @@ pub fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch>
         .map(|c| Ok(datafusion::arrow::compute::take(c.as_ref(), idx, None)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs become ranges; a unit that comes back becomes indices; every
+    /// row lands in its unit once, in order, as a plain grouping gives.
+    #[test]
+    fn rows_split_into_runs_and_units() {
+        let starts = [0, 0, 10, 10, 0, 20, 20, 10];
+        let ends = [10, 10, 20, 20, 10, 30, 30, 20];
+        let parts = split_runs(&starts, &ends);
+        assert_eq!(
+            parts,
+            vec![
+                ((10, 0), UnitRows::Scattered(vec![0, 1, 4])),
+                ((20, 10), UnitRows::Scattered(vec![2, 3, 7])),
+                ((30, 20), UnitRows::Range(5, 7)),
+            ]
+        );
+        assert_eq!(
+            split_runs(&[5; 4], &[6; 4]),
+            vec![((6, 5), UnitRows::Range(0, 4))]
+        );
+        assert!(split_runs(&[], &[]).is_empty());
+        // Against a plain grouping, over pseudo-random units.
+        let mut x = 7u64;
+        let units: Vec<i64> = (0..1000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((x >> 60) % 5) as i64
+            })
+            .collect();
+        let ends: Vec<i64> = units.iter().map(|u| u + 1).collect();
+        let mut plain: Vec<((i64, i64), Vec<u32>)> = Vec::new();
+        for (i, (&s, &e)) in units.iter().zip(&ends).enumerate() {
+            match plain.iter_mut().find(|(u, _)| *u == (e, s)) {
+                Some((_, rows)) => rows.push(i as u32),
+                None => plain.push(((e, s), vec![i as u32])),
+            }
+        }
+        assert_eq!(split_by_unit(&units, &ends), plain);
+    }
 }
