@@ -971,12 +971,18 @@ impl TableGenerator {
         &self.config
     }
 
+    /// Whether events come in order (`out_of_order_group` 1): then an
+    /// event's id is its number, and later events are never earlier.
+    pub fn in_order(&self) -> bool {
+        self.config.out_of_order_group == 1
+    }
+
     /// The greatest event id of this table's kind among event numbers
     /// `start..end` with events in order (`out_of_order_group` 1, where the
     /// id is the number): one of the last 50. `None` when there is none,
     /// or when events are shuffled.
     pub fn last_event_in(&self, start: u64, end: u64) -> Option<u64> {
-        if self.config.out_of_order_group != 1 {
+        if !self.in_order() {
             return None;
         }
         (start.max(end.saturating_sub(TOTAL_PROPORTION))..end)

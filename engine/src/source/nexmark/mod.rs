@@ -135,12 +135,6 @@ fn parse_base_time(decl: &TableDecl) -> Result<i64> {
 }
 
 impl NexmarkSource {
-    /// Whether batches report their latest `date_time` (see
-    /// `knows_max_time`).
-    fn times_known(&self) -> bool {
-        self.generator.config().out_of_order_group == 1
-    }
-
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl) -> Result<Self> {
         let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
@@ -248,7 +242,7 @@ impl Source for NexmarkSource {
         let whole_ms = self.schema.field_with_name(column).is_ok_and(
             |f| matches!(f.data_type(), DataType::Timestamp(unit, _) if *unit != TimeUnit::Second),
         );
-        column == "date_time" && whole_ms && self.times_known()
+        column == "date_time" && whole_ms && self.generator.in_order()
     }
 
     async fn freeze(&mut self) -> Result<()> {
@@ -305,7 +299,7 @@ impl Source for NexmarkSource {
         Ok(SourceBatch {
             batches,
             bad: Vec::new(),
-            max_time_ms: max_time_ms.filter(|_| self.times_known()),
+            max_time_ms,
         })
     }
 
