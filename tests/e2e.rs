@@ -378,7 +378,8 @@ fn bad_input_gets_a_clear_error_and_a_nonzero_exit() {
         .fails()
         .stderr();
     assert!(
-        e.contains("statement 3") && e.to_lowercase().contains("syntax"),
+        e.contains("syntax.sql: line 7 (`INSERT INTO out")
+            && e.contains("SQL syntax error: Expected: end of statement, found: GROUP at line 10, column 1"),
         "{e}"
     );
 

@@ -5,6 +5,31 @@
 //! run statements as the shell would; `weir run` runs a saved job and
 //! `weir query` prints one batch query's result.
 
+/// `eprintln!` that never panics: a closed stderr (`weir run ... 2>&1 | head`)
+/// must not stop a job, so what cannot be written is dropped.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics: output to a closed pipe is dropped.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod batch;
 mod catalog;
 mod helper;
@@ -25,7 +50,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use weir_engine::{BatchProgress, EpochHooks, JobOptions, Step, StreamingJob};
+use weir_engine::{BatchProgress, EpochHooks, JobOptions, Step, StreamingJob, Trigger};
 use weir_storage::StoreOptions;
 
 use input::Piece;
@@ -144,7 +169,7 @@ async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) ->
     match command {
         CheckpointCommand::Inspect { path } => {
             let found = weir_engine::admin::inspect(path, &store_options_from_env()?).await?;
-            print!("{}", redactor.scrub(&found.text));
+            out!("{}", redactor.scrub(&found.text));
             if !found.problems.is_empty() {
                 bail!(
                     "the checkpoint is damaged ({} problem{}, listed above)",
@@ -162,16 +187,16 @@ async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) ->
                 (Some(a), Some(b)) => format!("epochs {a} to {b}"),
                 _ => "none".into(),
             };
-            println!(
+            outln!(
                 "rolled back to epoch {to}: removed commits of {}, offsets of {}, {} state file(s)",
                 epochs(&done.commits),
                 epochs(&done.offsets),
                 done.state_files
             );
             for (table, n) in &done.sink_files {
-                println!("  sink {table}: removed {n} file(s) of later epochs");
+                outln!("  sink {table}: removed {n} file(s) of later epochs");
             }
-            println!("the next run continues after epoch {to} and writes the later output again");
+            outln!("the next run continues after epoch {to} and writes the later output again");
             Ok(())
         }
     }
@@ -288,7 +313,11 @@ fn progress_line(p: &BatchProgress) -> String {
         },
         group_digits(p.rows_in),
         group_digits(p.rows_out),
-        group_digits(p.late_rows),
+        if p.all_late {
+            format!("{} (every row)", group_digits(p.late_rows))
+        } else {
+            group_digits(p.late_rows)
+        },
         group_digits(p.bad_rows),
         rate(p.rows_per_sec),
         p.watermark.as_deref().unwrap_or("-"),
@@ -301,7 +330,8 @@ fn progress_line(p: &BatchProgress) -> String {
     line
 }
 
-async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
+/// `weir run`; `Some(code)` when it was stopped before its input was done.
+async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     let sql = std::fs::read_to_string(&args.job)
         .with_context(|| format!("cannot read the job file {}", args.job.display()))?;
     // Parse first so the job's own secrets are scrubbed from any later error.
@@ -331,11 +361,11 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         .await
         .with_context(|| format!("job {}", args.job.display()))?;
     for note in job.notes() {
-        eprintln!("weir: note: {}", redactor.scrub(note));
+        errln!("weir: note: {}", redactor.scrub(note));
     }
     if args.explain {
-        println!("{}", redactor.scrub(&job.explain()));
-        return Ok(());
+        outln!("{}", redactor.scrub(&job.explain()));
+        return Ok(None);
     }
     let mut json = match &args.progress_json {
         Some(path) => Some(
@@ -347,7 +377,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
         ),
         None => None,
     };
-    eprintln!(
+    errln!(
         "weir: running {} (checkpoint {}{})",
         args.job.display(),
         redactor.scrub(&checkpoint),
@@ -358,22 +388,16 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("weir: stopping after the current epoch (Ctrl-C again to stop now)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                // Safe at any instant: the checkpoint protocol recovers.
-                std::process::exit(130);
-            }
-        }
-    });
+    let stopped_by = stop_on_signals(stop_tx);
 
     let scrub = redactor.clone();
     let mut json_error = None;
     let mut shown = RunProgress::new();
     let mut on_progress = |p: &BatchProgress| {
         shown.epoch(&scrub.scrub(&progress_line(p)), p);
+        for w in &p.warnings {
+            shown.println(&scrub.scrub(&format!("weir: warning: {w}")));
+        }
         if let Some(f) = json.as_mut() {
             let line = serde_json::to_string(p).unwrap_or_default();
             if let Err(e) = writeln!(f, "{}", scrub.scrub(&line)) {
@@ -384,14 +408,23 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
     let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
     drop(shown);
     let summary = summary?;
+    for w in &summary.warnings {
+        errln!("weir: warning: {}", redactor.scrub(w));
+        if let Some(f) = json.as_mut() {
+            let line = serde_json::json!({ "warnings": [w] }).to_string();
+            if let Err(e) = writeln!(f, "{}", redactor.scrub(&line)) {
+                json_error.get_or_insert(e);
+            }
+        }
+    }
     if args.explain_analyze {
-        println!("{}", redactor.scrub(&job.explain_analyze()));
+        outln!("{}", redactor.scrub(&job.explain_analyze()));
     }
     job.close().await?;
     if let Some(e) = json_error {
         bail!("writing --progress-json: {e}");
     }
-    eprintln!(
+    errln!(
         "weir: done: {} epoch(s), {} rows in, {} rows out, {} late, {} bad{}",
         summary.epochs,
         group_digits(summary.rows_in),
@@ -403,7 +436,49 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<()> {
             None => String::new(),
         }
     );
-    Ok(())
+    // Stopped before a bounded trigger was done: a script must be able to
+    // tell this run from one that finished (128 + the signal, as shells do).
+    let signal = stopped_by.load(std::sync::atomic::Ordering::Relaxed);
+    if summary.stopped && !matches!(trigger, Trigger::Interval(_)) {
+        errln!("weir: stopped before the input was done; the next run continues from the checkpoint");
+        return Ok(Some(128 + signal.max(libc::SIGINT as u8)));
+    }
+    Ok(None)
+}
+
+/// Stops the run after its current epoch on the first Ctrl-C (SIGINT) or
+/// SIGTERM, and at once on the second (safe at any instant: the checkpoint
+/// protocol recovers). Returns the number of the signal that stopped it
+/// (0 while none has).
+fn stop_on_signals(stop: watch::Sender<bool>) -> Arc<std::sync::atomic::AtomicU8> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let by = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let seen = Arc::clone(&by);
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return;
+        };
+        loop {
+            let number = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
+            } as u8;
+            if stop.send_replace(true) {
+                std::process::exit(128 + i32::from(number));
+            }
+            seen.store(number, std::sync::atomic::Ordering::Relaxed);
+            errln!(
+                "weir: stopping after the current epoch ({} again to stop now)",
+                if i32::from(number) == libc::SIGINT {
+                    "Ctrl-C"
+                } else {
+                    "SIGTERM"
+                }
+            );
+        }
+    });
+    by
 }
 
 /// `weir query`: one statement's result, as the shell prints it.
@@ -454,7 +529,7 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
             }
             Ok(Flow::Continue) => {}
             // The shell still opens, as after any error in it.
-            Err(e) if cli.file.is_none() && std::io::stdin().is_terminal() => eprintln!("error: {e:#}"),
+            Err(e) if cli.file.is_none() && std::io::stdin().is_terminal() => errln!("error: {e:#}"),
             Err(e) => return Err(e),
         }
     }
@@ -508,12 +583,13 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            errln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let mut code = None;
     let result = match cli.command {
-        Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)),
+        Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)).map(|c| code = c),
         Some(Command::Query { ref sql, format }) => query(&runtime, redactor.clone(), sql, format),
         Some(Command::Checkpoint(ref c)) => runtime.block_on(checkpoint_command(c, &redactor)),
         None => shell_mode(&runtime, &cli, redactor.clone()),
@@ -521,16 +597,16 @@ fn main() -> ExitCode {
     // Do not wait for a blocked Ctrl-C listener or stray tasks.
     runtime.shutdown_timeout(Duration::from_millis(100));
     if std::env::var_os("WEIR_FAULTS").is_some() {
-        eprintln!(
+        errln!(
             "weir: WEIR_FAULTS injected {}; storage: {}",
             weir_storage::faults::injected(),
             weir_storage::retry::stats()
         );
     }
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => code.map_or(ExitCode::SUCCESS, ExitCode::from),
         Err(e) => {
-            eprintln!("error: {}", redactor.scrub(&format!("{e:#}")));
+            errln!("error: {}", redactor.scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

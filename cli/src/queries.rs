@@ -418,6 +418,8 @@ mod tests {
             state_bytes: 0,
             batch_ms: 1.0,
             checkpoint_ms: 0.0,
+            all_late: false,
+            warnings: Vec::new(),
         }
     }
 

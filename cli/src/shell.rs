@@ -73,8 +73,8 @@ Statements end with ';' and may span lines:
   SHOW QUERIES                      background queries: state, epoch, rows, bad rows, rate, watermark, state
   STOP QUERY name                   stop a query once its current epoch commits
   DESCRIBE t                        a table's columns, watermark and options
-  SET name = value                  checkpoint_dir, trigger (1s, available-now, once), drain;
-                                    SET alone lists them
+  SET name = value                  trigger (1s, available-now, once), drain, threads, state.ttl,
+                                    window.max_windows_per_row, checkpoint_dir; SET alone lists them
 Commands:
   \\d [table]                 tables and queries, or one table
   \\format [table|csv|json]   how results print
@@ -100,6 +100,11 @@ pub struct Settings {
     pub max_rows: usize,
     /// Print how long each statement took.
     pub timing: bool,
+    /// Threads a query runs on (`SET threads`).
+    pub threads: usize,
+    /// Settings that go into each query's job text (`state.ttl`,
+    /// `window.max_windows_per_row`), by key.
+    pub job: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -111,6 +116,8 @@ impl Default for Settings {
             format: Format::Table,
             max_rows: DEFAULT_MAX_ROWS,
             timing: false,
+            threads: 1,
+            job: Default::default(),
         }
     }
 }
@@ -218,12 +225,15 @@ async fn cancellable<T>(mut irq: watch::Receiver<u64>, work: impl Future<Output 
     }
 }
 
-/// Writes to stdout, reporting (not panicking on) a closed pipe.
+/// Writes to stdout. A reader that went away (`weir query ... | head`) is
+/// not an error: the rest of the output is dropped, as `psql` and `duckdb`
+/// do.
 fn out(text: &str) -> Result<()> {
     let mut o = std::io::stdout().lock();
-    o.write_all(text.as_bytes())
-        .and_then(|_| o.flush())
-        .context("writing the output")
+    match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing the output"),
+        _ => Ok(()),
+    }
 }
 
 /// The statement's significant tokens (no whitespace or comments).
@@ -297,7 +307,7 @@ impl Shell {
             })
             .or_else(|| e.downcast_ref::<weir_sql::Error>());
         let text = match sql_error {
-            Some(weir_sql::Error::InStatement { source, .. }) => source.to_string(),
+            Some(weir_sql::Error::InStatement { inner, .. }) => inner.to_string(),
             _ => format!("{e:#}"),
         };
         // The planner names the statement (in `INSERT INTO ...`: ...); here
@@ -398,7 +408,7 @@ impl Shell {
                 let name = name_of(toks.get(1)).ok_or_else(|| anyhow!("DESCRIBE needs a table's name"))?;
                 self.describe(&name).await
             }
-            ("SET", _) => self.set(&toks[1..]),
+            ("SET", _) => self.set(sql),
             _ => {
                 let head: Vec<&str> = sql.split_whitespace().take(2).collect();
                 bail!(
@@ -587,10 +597,26 @@ impl Shell {
         }
     }
 
+    /// The job text of a statement: the `SET`s queries carry, the
+    /// declarations it names, then it.
+    fn job_text(&self, statement: &str) -> Result<String> {
+        let mut text = String::new();
+        for (k, v) in &self.settings.job {
+            text.push_str(&format!("SET '{k}' = '{}';\n", v.replace('\'', "''")));
+        }
+        text.push_str(&self.catalog.job_text(statement)?);
+        Ok(text)
+    }
+
     /// The job options of a query with this checkpoint.
     fn job_options(&self, checkpoint: String) -> JobOptions {
+        let threads = match self.settings.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         JobOptions {
             store_options: self.store_options.clone(),
+            threads,
             owner: weir_engine::LeaseOwner::this_process(crate::host_name()),
             ..JobOptions::new(checkpoint)
         }
@@ -599,7 +625,7 @@ impl Shell {
     /// Live results of a streaming `SELECT`, until its input is done (a
     /// bounded trigger) or Ctrl-C.
     async fn live(&mut self, sql: &str) -> Result<()> {
-        let text = self.catalog.job_text(sql)?;
+        let text = self.job_text(sql)?;
         let scratch = tempfile::Builder::new().prefix("weir-live-").tempdir()?;
         let (tx, mut rx) = mpsc::channel(16);
         let options = JobOptions {
@@ -614,7 +640,7 @@ impl Shell {
         let mut table = LiveTable::new(&schema, self.settings.format)?;
         let (trigger, drain) = self.query_trigger();
         if self.terminal_out {
-            eprintln!("live results: rows appear as their epochs commit; Ctrl-C stops");
+            errln!("live results: rows appear as their epochs commit; Ctrl-C stops");
         }
         out(&table.header()?)?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -713,7 +739,7 @@ impl Shell {
                  ('connector' = 'files', 'path' = '...', 'format' = 'parquet')"
             );
         }
-        let text = self.catalog.job_text(sql)?;
+        let text = self.job_text(sql)?;
         let checkpoint = self.checkpoint_of(&name);
         self.check_checkpoint(&name, &checkpoint, &text).await?;
         let job = StreamingJob::open(&text, self.job_options(checkpoint.clone())).await?;
@@ -753,7 +779,7 @@ impl Shell {
             let df = ctx.sql(sql).await.map_err(|e| anyhow!(strip_df(&e)))?;
             return self.print_dataframe(df).await;
         }
-        let text = self.catalog.job_text(inner)?;
+        let text = self.job_text(inner)?;
         let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
         let mut options = self.job_options(scratch.path().display().to_string());
         let _receiver;
@@ -828,55 +854,63 @@ impl Shell {
         }
     }
 
-    fn set(&mut self, toks: &[Token]) -> Result<()> {
-        if toks.is_empty() {
-            let s = &self.settings;
-            let rows = [
-                ("checkpoint_dir", s.checkpoint_dir.clone()),
-                ("trigger", trigger_text(s.trigger)),
-                ("drain", s.drain.to_string()),
-            ];
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("name", DataType::Utf8, false),
-                Field::new("value", DataType::Utf8, false),
-            ]));
-            let batch = RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.clone()))),
-                ],
-            )?;
-            return self.print_rows(&schema, batch);
+    /// `SET key = value` (the settings `weir_sql::settings` lists, shared
+    /// with job files), or `SET` alone to list them.
+    fn set(&mut self, sql: &str) -> Result<()> {
+        if significant(sql)?.len() == 1 {
+            return self.list_settings();
         }
-        let key = name_of(toks.first()).ok_or_else(|| anyhow!("SET name = value"))?;
-        let value_at = match toks.get(1) {
-            Some(Token::Eq) => 2,
-            Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("TO") => 2,
-            _ => bail!("SET {key} = value"),
+        let Some((key, value)) = weir_sql::settings::parse_set(sql)? else {
+            bail!("expected SET 'key' = 'value'");
         };
-        let value = match toks.get(value_at) {
-            Some(Token::SingleQuotedString(s) | Token::DoubleQuotedString(s)) => s.clone(),
-            Some(Token::Word(w)) => w.value.clone(),
-            Some(Token::Number(n, _)) => n.clone(),
-            _ => bail!("SET {key} = value: the value is missing"),
-        };
-        if toks.len() > value_at + 1 {
-            bail!("SET {key} = value: quote a value with spaces or signs, e.g. '{value} ...'");
-        }
-        match key.to_ascii_lowercase().as_str() {
+        match key.as_str() {
             "checkpoint_dir" => self.settings.checkpoint_dir = value,
-            "trigger" => self.settings.trigger = parse_trigger(&value.to_ascii_lowercase())?,
-            "drain" => {
-                self.settings.drain = match value.to_ascii_lowercase().as_str() {
-                    "true" | "on" => true,
-                    "false" | "off" => false,
-                    other => bail!("drain is true or false, not '{other}'"),
-                }
+            "trigger" => self.settings.trigger = parse_trigger(&value)?,
+            "drain" => self.settings.drain = value == "true",
+            "threads" => self.settings.threads = value.parse()?,
+            // Settings a query's job text carries (`state.ttl`, ...).
+            _ => {
+                self.settings.job.insert(key, value);
             }
-            other => bail!("unknown setting '{other}' (settings: checkpoint_dir, trigger, drain)"),
         }
         out("SET\n")
+    }
+
+    /// The value of each setting, in the order `weir_sql::settings` lists them.
+    fn setting_values(&self) -> Vec<(&'static str, String)> {
+        let s = &self.settings;
+        weir_sql::settings::SETTINGS
+            .iter()
+            .map(|d| {
+                let v = match d.name {
+                    "checkpoint_dir" => s.checkpoint_dir.clone(),
+                    "trigger" => trigger_text(s.trigger),
+                    "drain" => s.drain.to_string(),
+                    "threads" => s.threads.to_string(),
+                    other => s.job.get(other).cloned().unwrap_or_else(|| d.default.to_string()),
+                };
+                (d.name, v)
+            })
+            .collect()
+    }
+
+    fn list_settings(&self) -> Result<()> {
+        let rows = self.setting_values();
+        let help: Vec<&str> = weir_sql::settings::SETTINGS.iter().map(|d| d.help).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("meaning", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.clone()))),
+                Arc::new(StringArray::from_iter_values(help)),
+            ],
+        )?;
+        self.print_rows(&schema, batch)
     }
 
     async fn list_tables(&self) -> Result<()> {
@@ -1034,7 +1068,7 @@ impl Shell {
             return;
         }
         let names: Vec<String> = tasks.iter().map(|(n, _)| n.clone()).collect();
-        eprintln!(
+        errln!(
             "stopping {} after the current epoch (Ctrl-C leaves at once)",
             names.join(", ")
         );
@@ -1044,15 +1078,15 @@ impl Shell {
         tokio::select! {
             _ = all => {}
             _ = irq.changed() => {
-                eprintln!("leaving at once; the queries resume from their last committed epoch");
+                errln!("leaving at once; the queries resume from their last committed epoch");
                 return;
             }
         }
         for name in names {
             if let Some(s) = self.queries.status(&name) {
                 match &s.state {
-                    State::Failed(e) => eprintln!("query {name} failed: {}", self.redactor.scrub(e)),
-                    _ => eprintln!(
+                    State::Failed(e) => errln!("query {name} failed: {}", self.redactor.scrub(e)),
+                    _ => errln!(
                         "stopped query {name}{}; INSERT it again to resume",
                         committed_note(s.committed)
                     ),
@@ -1068,7 +1102,7 @@ impl Shell {
         let tasks = self.queries.take_running_tasks();
         if !tasks.is_empty() {
             let names: Vec<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
-            eprintln!(
+            errln!(
                 "weir: running {} until {} input is done (Ctrl-C stops after the current epoch)",
                 names.join(", "),
                 if names.len() == 1 { "its" } else { "their" }
@@ -1094,7 +1128,7 @@ impl Shell {
             bail!(self.redactor.scrub(&failed.join("\n")));
         }
         for n in self.notices() {
-            eprintln!("{n}");
+            errln!("{n}");
         }
         Ok(())
     }
@@ -1134,15 +1168,15 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
         && h.exists()
         && let Err(e) = editor.load_history(h)
     {
-        eprintln!("weir: cannot read the history {}: {e}", h.display());
+        errln!("weir: cannot read the history {}: {e}", h.display());
     }
-    println!(
+    outln!(
         "weir {}: streaming SQL. End statements with ';'. \\? for help, \\q to quit.",
         env!("CARGO_PKG_VERSION")
     );
     loop {
         for n in shell.notices() {
-            eprintln!("{n}");
+            errln!("{n}");
         }
         if let Some(tables) = shell.completion_tables()
             && let Some(h) = editor.helper_mut()
@@ -1155,7 +1189,7 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
             Err(e) => {
-                eprintln!("error: reading input: {e}");
+                errln!("error: reading input: {e}");
                 break;
             }
         };
@@ -1167,7 +1201,7 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
             if let Some(h) = &history
                 && let Err(e) = editor.append_history(h)
             {
-                eprintln!("weir: cannot write the history {}: {e}", h.display());
+                errln!("weir: cannot write the history {}: {e}", h.display());
             }
         }
         if is_quit(&line) {
@@ -1183,7 +1217,7 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
                     break;
                 }
                 Err(e) => {
-                    eprintln!("error: {}", shell.error_text(&e));
+                    errln!("error: {}", shell.error_text(&e));
                     break;
                 }
             }
@@ -1207,7 +1241,7 @@ pub fn run_script(rt: &tokio::runtime::Runtime, shell: &mut Shell, text: &str, n
     let (pieces, _) = input::split(text);
     for piece in pieces {
         for n in shell.notices() {
-            eprintln!("{n}");
+            errln!("{n}");
         }
         match rt.block_on(shell.run_piece(&piece)) {
             Ok(Flow::Continue) => {}
@@ -1302,15 +1336,22 @@ mod tests {
         assert_eq!(parse_trigger("available-now").unwrap(), Trigger::AvailableNow);
         assert!(parse_trigger("0s").is_err() && parse_trigger("soon").is_err());
         let mut s = shell();
-        s.set(&significant("trigger = 'once'").unwrap()).unwrap();
-        s.set(&significant("drain TO true").unwrap()).unwrap();
-        s.set(&significant("'checkpoint_dir' = '/tmp/ck'").unwrap())
-            .unwrap();
+        s.set("SET trigger = 'once'").unwrap();
+        s.set("SET drain TO true").unwrap();
+        s.set("SET 'checkpoint_dir' = '/tmp/ck'").unwrap();
+        s.set("SET 'state.ttl' = '1h'").unwrap();
         assert_eq!(s.settings.trigger, Trigger::Once);
         assert!(s.settings.drain);
         assert_eq!(s.checkpoint_of("q"), "/tmp/ck/q");
-        assert!(s.set(&significant("colour = 'blue'").unwrap()).is_err());
+        let e = s.set("SET colour = 'blue'").unwrap_err().to_string();
+        assert!(e.contains("unknown setting 'colour'"), "{e}");
+        let e = s.set("SET state.tll = '1h'").unwrap_err().to_string();
+        assert!(e.contains("did you mean 'state.ttl'"), "{e}");
         assert_eq!(s.query_trigger(), (Trigger::Once, true));
+        // A query's job carries the settings a job file may hold.
+        let text = s.job_text("INSERT INTO out SELECT auction FROM bids").unwrap();
+        assert!(text.starts_with("SET 'state.ttl' = '1h';\n"), "{text}");
+        weir_sql::Job::parse(&text).unwrap();
     }
 
     #[test]

@@ -234,6 +234,13 @@ pub struct BatchProgress {
     /// Of which writing state and the commit, ms.
     #[serde(default)]
     pub checkpoint_ms: f64,
+    /// Whether a query read rows this epoch and every one of them was late.
+    #[serde(default)]
+    pub all_late: bool,
+    /// What the user should know about this epoch (a file that changed
+    /// after it was read, input read by a drained checkpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a run did.
@@ -251,6 +258,11 @@ pub struct RunSummary {
     pub bad_rows: u64,
     /// The last committed epoch.
     pub last_epoch: Option<u64>,
+    /// Warnings that came after the last epoch (none ran to show them).
+    pub warnings: Vec<String>,
+    /// Whether the run ended because it was told to stop, before its
+    /// trigger was done (available-now input left, a drain not run).
+    pub stopped: bool,
 }
 
 /// `offsets/N.json`.
@@ -307,6 +319,8 @@ struct SourceSlot {
 
 struct Pipeline {
     index: usize,
+    /// The statement, for messages (`` `INSERT INTO ...` (line 12) ``).
+    statement: String,
     /// The incremental logical plan (for EXPLAIN).
     logical: datafusion::logical_expr::LogicalPlan,
     /// Whether the output is a changelog.
@@ -348,6 +362,10 @@ pub struct StreamingJob {
     /// commit (changed sources under `fresh_state`): their watermark and
     /// progress are not restored.
     reset_sources: BTreeSet<String>,
+    /// Warnings for the next epoch's progress.
+    warnings: Vec<String>,
+    /// Whether the drained-checkpoint warning was given.
+    warned_drained: bool,
 }
 
 /// How often (in epochs) old checkpoint files are cleaned up.
@@ -482,12 +500,21 @@ impl StreamingJob {
             dead_letter::routes(&job, &sources, &written)
         };
         let bad_routes = match bad_routes {
+            // A live query is a look at a stream: it writes no table, so its
+            // bad records (and late rows) are counted, not kept.
+            Ok(_) if options.live.is_some() => BTreeMap::new(),
             Ok(r) => r,
             Err(e) => {
                 let _ = lease.release().await;
                 return Err(e);
             }
         };
+        // The folders the job writes, checked before the checkpoint is
+        // claimed, so a refused job changes nothing.
+        if let Err(e) = check_job_folders(&job, &physical, &bad_routes, &checkpoint, &options).await {
+            let _ = lease.release().await;
+            return Err(e);
+        }
         let claimed = Self::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
             job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
         })
@@ -532,7 +559,12 @@ impl StreamingJob {
                 options.live.as_ref(),
             )?;
             let mut late_sinks: Vec<SideSink> = Vec::new();
-            for (table, schema) in late_sink_tables(&plan) {
+            let late_tables = if options.live.is_some() {
+                Vec::new()
+            } else {
+                late_sink_tables(&plan)
+            };
+            for (table, schema) in late_tables {
                 if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
                     if existing.schema().fields() != schema.fields() {
                         return Err(Error::Config(format!(
@@ -550,6 +582,7 @@ impl StreamingJob {
             }
             pipelines.push(Pipeline {
                 index: p.index,
+                statement: p.statement.clone(),
                 logical: p.plan.clone(),
                 changelog: p.changelog,
                 plan,
@@ -567,6 +600,20 @@ impl StreamingJob {
             &dead_letter::writer(&metadata.query_id),
             &options.store_options,
         )?;
+        // Each sink folder is this query's: recorded before its first output.
+        let file_sinks = pipelines
+            .iter()
+            .filter_map(|p| p.sink.files())
+            .chain(
+                pipelines
+                    .iter()
+                    .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
+            )
+            .chain(dead_letters.sinks().iter().map(SideSink::files));
+        for sink in file_sinks {
+            sink.set_owner(checkpoint.location().url(), &metadata.query_id)
+                .await?;
+        }
 
         // Sources read only the columns some scan needs (and the watermark's).
         let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
@@ -613,6 +660,8 @@ impl StreamingJob {
             retain_epochs: options.retain_epochs.max(1),
             notes,
             reset_sources,
+            warnings: Vec::new(),
+            warned_drained: false,
         };
         if let Err(e) = job.recover().await {
             let _ = job.lease.release().await;
@@ -1050,12 +1099,13 @@ impl StreamingJob {
             summary.add(&p);
             on_progress(&p);
             if trigger == Trigger::Once {
-                return Ok(summary.done(self.last_committed));
+                return Ok(summary.done(self.last_committed, &mut self.warnings));
             }
         }
         loop {
             if *stop.borrow() {
-                return Ok(summary.done(self.last_committed));
+                summary.stopped = true;
+                return Ok(summary.done(self.last_committed, &mut self.warnings));
             }
             let started = Instant::now();
             let ran = match self.plan_epoch(false).await? {
@@ -1079,7 +1129,7 @@ impl StreamingJob {
                             changed = stop.changed() => {
                                 // A dropped sender can never say "go on": stop.
                                 if changed.is_err() {
-                                    return Ok(summary.done(self.last_committed));
+                                    return Ok(summary.done(self.last_committed, &mut self.warnings));
                                 }
                             }
                         }
@@ -1087,17 +1137,20 @@ impl StreamingJob {
                 }
             }
         }
-        if drain && !*stop.borrow() && self.watermarks.values().any(|&w| w != i64::MAX) {
+        let undrained = self.watermarks.values().any(|&w| w != i64::MAX);
+        if drain && *stop.borrow() && undrained {
+            summary.stopped = true;
+        } else if drain && undrained {
             let entry = self
                 .plan_epoch(true)
                 .await?
-                .expect("a drain epoch is always planned");
+                .ok_or_else(|| Error::Checkpoint("internal error: no drain epoch was planned".into()))?;
             let epoch = self.next_epoch();
             let p = self.run_epoch(epoch, entry, false).await?;
             summary.add(&p);
             on_progress(&p);
         }
-        Ok(summary.done(self.last_committed))
+        Ok(summary.done(self.last_committed, &mut self.warnings))
     }
 
     fn next_epoch(&self) -> u64 {
@@ -1109,7 +1162,9 @@ impl StreamingJob {
         let mut offsets = BTreeMap::new();
         if !drain {
             for (name, slot) in self.sources.iter_mut() {
-                if let Some(o) = slot.source.plan_batch().await? {
+                let planned = slot.source.plan_batch().await?;
+                self.warnings.extend(slot.source.take_warnings());
+                if let Some(o) = planned {
                     offsets.insert(name.clone(), o);
                 }
             }
@@ -1209,6 +1264,8 @@ impl StreamingJob {
         let mut outputs = Vec::with_capacity(self.pipelines.len());
         let mut pipeline_watermarks = BTreeMap::new();
         let mut late_rows = 0;
+        // Pipelines whose every row was late: (statement, rows, watermarks before).
+        let mut all_late: Vec<(String, u64, BTreeMap<String, i64>)> = Vec::new();
         for p in &self.pipelines {
             // The pipeline's watermarked sources, less the idle ones (unless
             // all are idle: then nothing advances).
@@ -1249,8 +1306,23 @@ impl StreamingJob {
                 .clone()
                 .with_extension(Arc::clone(&epoch_input));
             let ctx = Arc::new(TaskContext::from(&self.state).with_session_config(config));
-            let out = collect(Arc::clone(&p.plan), ctx).await?;
-            late_rows += epoch_input.late_rows.load(Ordering::Relaxed);
+            let pipeline_rows: u64 = epoch_input
+                .batches
+                .values()
+                .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+                .sum();
+            let out = match execute(&p.plan, ctx).await {
+                Ok(out) => out,
+                Err(e) => {
+                    let e = Error::Runtime(format!("epoch {epoch}, {}: {e}", p.statement));
+                    return Err(self.abandon(epoch, e).await);
+                }
+            };
+            let late = epoch_input.late_rows.load(Ordering::Relaxed);
+            late_rows += late;
+            if pipeline_rows > 0 && late >= pipeline_rows {
+                all_late.push((p.statement.clone(), pipeline_rows, pick(&watermarks_in)));
+            }
             let late =
                 std::mem::take(&mut *epoch_input.late_batches.lock().unwrap_or_else(|e| e.into_inner()));
             outputs.push((out, late));
@@ -1359,6 +1431,25 @@ impl StreamingJob {
             self.retain(epoch).await?;
         }
 
+        let drained = !watermarks_in.is_empty() && watermarks_in.values().all(|&w| w == i64::MAX);
+        if drained && rows_in > 0 && !self.warned_drained {
+            self.warned_drained = true;
+            let warning = self.drained_warning().await;
+            self.warnings.push(warning);
+        } else {
+            for (statement, rows, wms) in &all_late {
+                let shown: Vec<String> = wms
+                    .iter()
+                    .map(|(s, &w)| format!("'{s}' at {}", shown_watermark(w).1.unwrap_or_default()))
+                    .collect();
+                self.warnings.push(format!(
+                    "every one of the {rows} rows that {statement} read this epoch was late: older than the \
+                     watermark when it arrived ({}), so its windows had closed. Late rows are dropped (or \
+                     sent to 'late.sink'); a longer WATERMARK delay keeps windows open longer",
+                    shown.join(", ")
+                ));
+            }
+        }
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (watermark_ms, watermark) =
             shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
@@ -1381,7 +1472,41 @@ impl StreamingJob {
             state_bytes,
             batch_ms,
             checkpoint_ms,
+            all_late: !all_late.is_empty(),
+            warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    /// The warning for rows read by a checkpoint whose input was declared
+    /// complete (`--drain`): every one of them is late.
+    async fn drained_warning(&self) -> String {
+        let loc = self.checkpoint.location();
+        // The drain epoch: the newest offsets entry that says so.
+        let mut drain_epoch = None;
+        if let Ok(epochs) = self.checkpoint.offsets.epochs().await {
+            for e in epochs.into_iter().rev() {
+                if let Ok(Some(entry)) = self.checkpoint.offsets.read::<OffsetsEntry>(e).await
+                    && entry.drain
+                {
+                    drain_epoch = Some(e);
+                    break;
+                }
+            }
+        }
+        let rollback = match drain_epoch {
+            Some(e) if e > 1 => format!(
+                "`weir checkpoint rollback {loc} --to {}` undoes the drain (epoch {e}), so its windows \
+                 stay open for these rows",
+                e - 1
+            ),
+            _ => format!("`weir checkpoint rollback {loc} --to N` to an epoch before the drain undoes it"),
+        };
+        format!(
+            "this checkpoint was drained: a run with --drain declared its input complete, moved the \
+             watermark to the end of time and closed every window, so every row read now is late and \
+             dropped. To add input to a job, run it without --drain; {rollback}, or give the job a new \
+             --checkpoint"
+        )
     }
 }
 
@@ -1472,11 +1597,17 @@ impl StreamingJob {
             self.checkpoint.delete_epoch_state(epoch).await?;
             self.checkpoint.offsets.delete(epoch).await
         };
+        let fix = match &error {
+            Error::Input(_) => "fix or remove the file and run the job again",
+            _ => "the checkpoint is as it was before it; fix the cause and run the job again",
+        };
+        let wrap = |text: String| match error {
+            Error::Input(_) => Error::Input(text),
+            _ => Error::Runtime(text),
+        };
         match rollback.await {
-            Ok(()) => Error::Input(format!(
-                "{error}\n(epoch {epoch} was not committed; fix or remove the file and run the job again)"
-            )),
-            Err(e) => Error::Input(format!(
+            Ok(()) => wrap(format!("{error}\n(epoch {epoch} was not committed; {fix})")),
+            Err(e) => wrap(format!(
                 "{error}\n(and rolling back uncommitted epoch {epoch} failed: {e})"
             )),
         }
@@ -1492,8 +1623,9 @@ impl RunSummary {
         self.bad_rows += p.bad_rows;
     }
 
-    fn done(mut self, last: Option<u64>) -> Self {
+    fn done(mut self, last: Option<u64>, warnings: &mut Vec<String>) -> Self {
         self.last_epoch = last;
+        self.warnings.append(warnings);
         self
     }
 }
@@ -1689,6 +1821,86 @@ fn job_records(
     Ok(r)
 }
 
+/// Checks the folders a job writes against each other, its sources and
+/// checkpoints (`crate::folders`), and that no other query owns a sink
+/// folder, before anything is written.
+async fn check_job_folders(
+    job: &Job,
+    pipelines: &[PhysicalPipeline],
+    dead_letters: &BTreeMap<String, String>,
+    checkpoint: &Checkpoint,
+    options: &JobOptions,
+) -> Result<()> {
+    let mut tables: Vec<String> = Vec::new();
+    for (p, plan, _) in pipelines {
+        tables.extend(p.sink.iter().map(|d| d.name.clone()));
+        if options.live.is_none() {
+            tables.extend(late_sink_tables(plan).into_iter().map(|(t, _)| t));
+        }
+    }
+    tables.extend(dead_letters.values().cloned());
+    tables.sort();
+    tables.dedup();
+    let mut sinks = Vec::new();
+    for table in &tables {
+        let Some(decl) = job.tables.get(table) else {
+            continue;
+        };
+        let (Ok("files"), Some(path)) = (decl.connector(), decl.options.get("path")) else {
+            continue;
+        };
+        let store = table_store_options(decl, &options.store_options);
+        let loc = Location::open(path, &store, Create::Yes)
+            .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?;
+        sinks.push((table.clone(), loc, store));
+    }
+    let mut sources = Vec::new();
+    for (p, _, _) in pipelines {
+        for name in &p.sources {
+            let Some(decl) = job.tables.get(name) else {
+                continue;
+            };
+            let (Ok("files"), Some(path)) = (decl.connector(), decl.options.get("path")) else {
+                continue;
+            };
+            if let Ok(loc) = Location::open(
+                path,
+                &table_store_options(decl, &options.store_options),
+                Create::No,
+            ) {
+                sources.push((name.clone(), loc));
+            }
+        }
+    }
+    let folders: Vec<crate::folders::SinkFolder> = sinks
+        .iter()
+        .map(|(table, loc, store)| crate::folders::SinkFolder {
+            table,
+            loc,
+            options: store.clone(),
+        })
+        .collect();
+    let sources: Vec<(&str, &Location)> = sources.iter().map(|(n, l)| (n.as_str(), l)).collect();
+    crate::folders::check(checkpoint.location(), &folders, &sources).await?;
+    // The owner: this checkpoint's query, when it has one already (a new
+    // checkpoint's query owns no folder yet, so any owner is another).
+    let query_id = checkpoint
+        .read_metadata()
+        .await?
+        .map(|m| m.query_id)
+        .unwrap_or_else(|| "(a new checkpoint)".into());
+    for (table, loc, _) in &sinks {
+        let me = weir_storage::SinkOwner {
+            version: weir_storage::FORMAT_VERSION,
+            checkpoint: checkpoint.location().url().to_string(),
+            query_id: query_id.clone(),
+            table: table.clone(),
+        };
+        crate::folders::check_owner(loc, &me).await?;
+    }
+    Ok(())
+}
+
 /// Adds the records of sinks `(table, writer)` to `r`.
 fn sinks_records(
     job: &Job,
@@ -1789,6 +2001,23 @@ fn stateful_operators(
         .enumerate()
         .map(|(i, op)| (format!("p{pipeline}-agg{i}"), op))
         .collect()
+}
+
+/// Runs a pipeline's plan over an epoch. A panic anywhere in it (in a
+/// DataFusion operator or one of ours) becomes an error instead of ending
+/// the process, so the driver can roll the epoch back.
+async fn execute(plan: &Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(collect(Arc::clone(plan), ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => Ok(r?),
+        Err(panic) => Err(Error::Runtime(format!(
+            "internal error (a bug in Weir, please report it): {}",
+            crate::exec::panic_message(panic.as_ref())
+        ))),
+    }
 }
 
 /// Whether a plan holds a `RepartitionExec`, which can be executed only once.

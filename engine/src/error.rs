@@ -20,6 +20,10 @@ pub enum Error {
     /// The checkpoint cannot be used by this job.
     #[error("{0}")]
     Checkpoint(String),
+    /// Running an epoch's plan failed (a division by zero, a cast, an
+    /// internal error): names the epoch and the statement.
+    #[error("{0}")]
+    Runtime(String),
     /// An error while executing a plan.
     #[error("{}", weir_sql::strip_df(.0))]
     DataFusion(DataFusionError),

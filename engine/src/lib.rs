@@ -13,6 +13,7 @@ pub mod driver;
 pub mod epoch;
 pub mod error;
 pub mod exec;
+pub mod folders;
 pub mod lease;
 pub mod sink;
 pub mod source;

@@ -13,8 +13,8 @@
 //! the contract trivially: nothing is staged, so nothing can be duplicated.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -22,7 +22,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_sql::TableDecl;
 use weir_storage::location::Create;
-use weir_storage::{Location, SinkLayout, StoreOptions, codec};
+use weir_storage::{Location, SinkLayout, SinkOwner, StoreOptions, codec};
 
 use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
@@ -70,6 +70,12 @@ impl BlackholeSink {
 pub struct FileSink {
     table: String,
     layout: SinkLayout,
+    /// The checkpoint's query, which owns the folder (`crate::folders`);
+    /// set once the checkpoint is claimed.
+    owner: OnceLock<SinkOwner>,
+    /// Whether the owner is recorded in the folder (done before the first
+    /// output is staged).
+    claimed: AtomicBool,
 }
 
 impl FileSink {
@@ -103,7 +109,42 @@ impl FileSink {
         Ok(Self {
             table: decl.name.clone(),
             layout: SinkLayout::new(loc, writer),
+            owner: OnceLock::new(),
+            claimed: AtomicBool::new(false),
         })
+    }
+
+    /// Sets the query that owns the folder, and checks that no other query
+    /// does.
+    pub async fn set_owner(&self, checkpoint: &str, query_id: &str) -> Result<()> {
+        let owner = SinkOwner {
+            version: weir_storage::FORMAT_VERSION,
+            checkpoint: checkpoint.to_string(),
+            query_id: query_id.to_string(),
+            table: self.table.clone(),
+        };
+        crate::folders::check_owner(self.location(), &owner).await?;
+        let _ = self.owner.set(owner);
+        Ok(())
+    }
+
+    /// Records the owner in the folder, once, before any output.
+    async fn claim(&self) -> Result<()> {
+        if self.claimed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(me) = self.owner.get() else {
+            return Err(Error::Config(format!(
+                "internal error: sink table '{}' has no owner to record",
+                self.table
+            )));
+        };
+        let found = me.claim(self.location()).await?;
+        if !found.same_as(me) {
+            return Err(crate::folders::owner_conflict(self.location(), me, &found));
+        }
+        self.claimed.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The sink's table name.
@@ -125,6 +166,7 @@ impl FileSink {
         batches: &[RecordBatch],
         between: impl FnOnce() -> Result<()>,
     ) -> Result<(u64, u64)> {
+        self.claim().await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
             self.layout.stage_with(epoch, None, between).await?;
@@ -191,6 +233,11 @@ impl SideSink {
     /// The sink folder.
     pub fn location(&self) -> &Location {
         self.sink.location()
+    }
+
+    /// The file sink it writes with.
+    pub fn files(&self) -> &FileSink {
+        &self.sink
     }
 
     /// Stages an epoch's rows; returns how many.

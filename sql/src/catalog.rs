@@ -105,6 +105,9 @@ pub struct TableDecl {
     pub name: String,
     /// Declared columns; `None` for a sink whose schema comes from its query.
     pub schema: Option<SchemaRef>,
+    /// Each declared column's SQL type as written (`TIMESTAMP(3)`), for
+    /// `DESCRIBE`; empty when no columns are declared.
+    pub column_types: Vec<String>,
     /// The watermark, for event-time sources.
     pub watermark: Option<Watermark>,
     /// `WITH (...)` options.

@@ -14,11 +14,12 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Whitespace};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Options, REDACTED, TableDecl, Watermark, is_secret_key};
+use crate::catalog::{Options, TableDecl, Watermark};
 use crate::preprocess::{self, TvfCall, normalize_ident};
+use crate::secrets;
 use crate::{Error, Result};
 
 /// When a streaming query emits its rows.
@@ -45,11 +46,15 @@ pub struct Insert {
     pub tvfs: Vec<String>,
     /// An explicit `EMIT ON ...` clause.
     pub emit: Option<Emit>,
+    /// The line of the job's text the statement starts on.
+    pub line: u64,
 }
 
 /// A `CREATE VIEW name AS SELECT ...` over streams.
 #[derive(Clone, Debug)]
 pub struct View {
+    /// The line of the job's text the statement starts on.
+    pub line: u64,
     /// The view's name.
     pub name: String,
     /// Its query, with window calls replaced by placeholders.
@@ -64,6 +69,8 @@ pub struct View {
 /// not to a sink.
 #[derive(Clone, Debug)]
 pub struct Select {
+    /// The line of the job's text the statement starts on.
+    pub line: u64,
     /// The query, with window calls replaced by placeholders.
     pub query: Box<Query>,
     /// The statement as written, secrets redacted.
@@ -121,14 +128,22 @@ impl Job {
             kind,
             ..Job::default()
         };
+        // Secrets are found before parsing, so that no error (the parser
+        // quotes what it did not expect) can print one.
+        let secrets = secrets::secret_literals(text);
         let mut next_tvf = 0;
-        let statements = preprocess::split_statements(text)?;
+        let statements =
+            preprocess::split_statements(text).map_err(|e| e.relocated(1, 1).scrubbed(&secrets))?;
         if statements.is_empty() {
             return Err(Error::Plan("the job has no statements".into()));
         }
-        for (i, stmt) in statements.iter().enumerate() {
-            job.add_statement(stmt, &mut next_tvf)
-                .map_err(|e| e.in_statement(i + 1, stmt))?;
+        for stmt in &statements {
+            job.add_statement(&stmt.text, stmt.line, &mut next_tvf)
+                .map_err(|e| {
+                    e.relocated(stmt.line, stmt.column)
+                        .in_statement(stmt.line, &stmt.text)
+                        .scrubbed(&secrets)
+                })?;
         }
         if kind == JobKind::Saved && job.inserts.is_empty() {
             return Err(Error::Plan(
@@ -142,15 +157,22 @@ impl Job {
         Ok(job)
     }
 
-    fn add_statement(&mut self, text: &str, next_tvf: &mut usize) -> Result<()> {
-        if let Some((key, value)) = parse_set(text)? {
+    fn add_statement(&mut self, text: &str, line: u64, next_tvf: &mut usize) -> Result<()> {
+        if let Some((key, value)) = crate::settings::parse_set(text)? {
+            if self.kind == JobKind::Saved
+                && crate::settings::lookup(&key)?.scope == crate::settings::Scope::Shell
+            {
+                return Err(Error::Plan(format!(
+                    "SET {key} is a shell setting; a job run by `weir run` takes its checkpoint from --checkpoint"
+                )));
+            }
             self.settings.insert(key, value);
             self.statements.push(redact_sql(text)?);
             return Ok(());
         }
         let pre = preprocess::preprocess(text, next_tvf)?;
-        let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten)
-            .map_err(|e| Error::Syntax(e.to_string()))?;
+        let mut parsed =
+            Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::syntax(e))?;
         if parsed.len() != 1 {
             return Err(Error::Syntax("expected one statement".into()));
         }
@@ -184,6 +206,7 @@ impl Job {
                 }
                 self.select = Some(Select {
                     query,
+                    line,
                     sql: redacted.clone(),
                     tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
                 });
@@ -211,6 +234,7 @@ impl Job {
                     sql: redacted.clone(),
                     tvfs: pre.tvfs.iter().map(|c| c.placeholder.clone()).collect(),
                     emit: pre.emit,
+                    line,
                 });
                 for call in pre.tvfs {
                     self.tvfs.insert(call.placeholder.clone(), call);
@@ -237,6 +261,7 @@ impl Job {
                     return Err(Error::Plan(format!("'{name}' is declared twice")));
                 }
                 self.views.push(View {
+                    line,
                     name,
                     query: cv.query,
                     sql: redacted.clone(),
@@ -281,6 +306,11 @@ impl Job {
     pub fn fingerprint(&self) -> Result<String> {
         let mut h = Sha256::new();
         for s in &self.statements {
+            // Settings say how to run the job (trigger, TTL), not what it
+            // computes; what they may change is checked elsewhere.
+            if crate::settings::parse_set(s).ok().flatten().is_some() {
+                continue;
+            }
             for t in preprocess::tokens(s)? {
                 match &t {
                     Token::Whitespace(_) => continue,
@@ -311,49 +341,12 @@ impl Job {
     }
 }
 
-/// `SET 'key' = 'value'` (Flink's form; quotes optional) → the pair.
-fn parse_set(text: &str) -> Result<Option<(String, String)>> {
-    let tokens: Vec<Token> = preprocess::tokens(text)?
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
-    let is_set = matches!(tokens.first(), Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("SET"));
-    if !is_set {
-        return Ok(None);
-    }
-    let word = |t: &Token| match t {
-        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => Some(s.clone()),
-        Token::Word(w) => Some(w.value.clone()),
-        Token::Number(n, _) => Some(n.clone()),
-        _ => None,
-    };
-    // Keys may be dotted when unquoted: SET state.ttl = '1h'.
-    let eq = tokens.iter().position(|t| *t == Token::Eq);
-    let (Some(eq), true) = (eq, tokens.len() >= 4) else {
-        return Err(Error::Syntax(format!(
-            "expected SET 'key' = 'value', got `{}`",
-            text.trim()
-        )));
-    };
-    let key: String = tokens[1..eq]
-        .iter()
-        .map(|t| word(t).unwrap_or_else(|| t.to_string()))
-        .collect();
-    let value = match &tokens[eq + 1..] {
-        [v] => word(v),
-        _ => None,
-    }
-    .ok_or_else(|| Error::Syntax(format!("expected SET 'key' = 'value', got `{}`", text.trim())))?;
-    Ok(Some((key.to_ascii_lowercase(), value)))
-}
-
 /// Parses one `CREATE TABLE` statement (for tools that declare tables one
 /// at a time, such as the shell and the test harness).
 pub fn parse_create_table(text: &str) -> Result<TableDecl> {
     let mut next_tvf = 0;
     let pre = preprocess::preprocess(text, &mut next_tvf)?;
-    let mut parsed =
-        Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::Syntax(e.to_string()))?;
+    let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::syntax(e))?;
     match (parsed.len(), parsed.pop()) {
         (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark),
         _ => Err(Error::Plan("expected one CREATE TABLE statement".into())),
@@ -456,9 +449,21 @@ fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClaus
             })
         }
     };
+    let column_types = ct
+        .columns
+        .iter()
+        .map(|c| {
+            let not_null = c
+                .options
+                .iter()
+                .any(|o| matches!(o.option, ast::ColumnOption::NotNull));
+            format!("{}{}", c.data_type, if not_null { " NOT NULL" } else { "" })
+        })
+        .collect();
     Ok(TableDecl {
         name,
         schema,
+        column_types,
         watermark,
         options,
     })
@@ -540,41 +545,11 @@ pub fn interval_ms(sql: &str) -> Result<i64> {
     Ok(ms)
 }
 
-/// Replaces the values of secret options (`'s3.secret_access_key' = '...'`)
-/// with `'***'`, leaving the rest of the text as written.
+/// Replaces the values of secret options (`'s3.secret_access_key' = '...'`,
+/// with or without the `=`) with `'***'`, leaving the rest of the text as
+/// written.
 pub fn redact_sql(text: &str) -> Result<String> {
-    let tokens = preprocess::tokens(text)?;
-    let mut out: Vec<Token> = tokens.clone();
-    let significant: Vec<usize> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
-        .map(|(i, _)| i)
-        .collect();
-    for w in significant.windows(3) {
-        let key = match &tokens[w[0]] {
-            Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
-            Token::Word(word) => word.value.clone(),
-            _ => continue,
-        };
-        if tokens[w[1]] == Token::Eq
-            && is_secret_key(&key)
-            && matches!(
-                tokens[w[2]],
-                Token::SingleQuotedString(_) | Token::DoubleQuotedString(_)
-            )
-        {
-            out[w[2]] = Token::SingleQuotedString(REDACTED.into());
-        }
-    }
-    Ok(out
-        .iter()
-        .map(|t| match t {
-            // Keep comments: they are the user's, and rarely hold secrets.
-            Token::Whitespace(Whitespace::SingleLineComment { .. }) => t.to_string(),
-            _ => t.to_string(),
-        })
-        .collect())
+    Ok(secrets::mask_secrets(text))
 }
 
 /// A `ContextProvider` with no tables or functions: enough to convert column
@@ -725,7 +700,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(
-            err.contains("statement 2") && err.contains("INSERT INTO x SELEC"),
+            err.contains("line 1 (`INSERT INTO x SELEC") && err.contains("found: SELEC at line 1, column 69"),
+            "{err}"
+        );
+        let err = Job::parse(
+            "CREATE TABLE t (a BIGINT) WITH ('connector'='files');\n\nINSERT INTO x\nSELEC a FROM t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 3 (") && err.contains("at line 4, column 1"),
             "{err}"
         );
         let err = Job::parse("CREATE TABLE t (a BIGINT, WATERMARK FOR a AS a) WITH ('connector'='files'); INSERT INTO x SELECT a FROM t")

@@ -17,6 +17,8 @@ pub mod job;
 pub mod nodes;
 pub mod planner;
 pub mod preprocess;
+pub mod secrets;
+pub mod settings;
 
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};
@@ -41,23 +43,40 @@ pub enum Error {
     #[error("cannot run on a stream: {0}")]
     Unsupported(String),
     /// An error in a given statement of a job.
-    #[error("statement {index} (`{head}`): {source}")]
+    #[error("line {line} (`{head}`): {inner}")]
     InStatement {
-        /// 1-based statement number.
-        index: usize,
+        /// The line of the job's text where the statement starts.
+        line: u64,
         /// The statement's first words.
         head: String,
-        /// The error.
-        source: Box<Error>,
+        /// The error. (Not a `source()`: the message already holds it, and
+        /// printing the chain of causes would say it twice.)
+        inner: Box<Error>,
     },
-    /// An error from DataFusion.
+    /// An error from DataFusion. (Not a `source()`, as above.)
     #[error("{}", strip_df(.0))]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Error::DataFusion(e)
+    }
 }
 
 impl Error {
-    /// This error, placed in statement `index` of a job.
-    pub fn in_statement(self, index: usize, text: &str) -> Error {
+    /// A parser's or tokenizer's error, without its generic prefix.
+    pub fn syntax(e: impl std::fmt::Display) -> Error {
+        let text = e.to_string();
+        Error::Syntax(
+            text.strip_prefix("sql parser error: ")
+                .unwrap_or(&text)
+                .to_string(),
+        )
+    }
+
+    /// This error, placed in the statement of a job that starts at `line`.
+    pub fn in_statement(self, line: u64, text: &str) -> Error {
         let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
         let head = if flat.chars().count() > 60 {
             format!("{}...", flat.chars().take(57).collect::<String>())
@@ -65,9 +84,37 @@ impl Error {
             flat
         };
         Error::InStatement {
-            index,
+            line,
             head,
-            source: Box::new(self),
+            inner: Box::new(self),
+        }
+    }
+
+    /// A parser error about a statement that starts at `line`, `column` of
+    /// a job's text, with its position moved into the job's text.
+    pub fn relocated(self, line: u64, column: u64) -> Error {
+        match self {
+            Error::Syntax(m) => Error::Syntax(preprocess::relocate(&m, line, column)),
+            other => other,
+        }
+    }
+
+    /// This error with each of `secrets` in its text replaced by `***`.
+    pub fn scrubbed(self, secrets: &[String]) -> Error {
+        if secrets.is_empty() {
+            return self;
+        }
+        let s = |m: String| secrets::scrub(&m, secrets);
+        match self {
+            Error::Syntax(m) => Error::Syntax(s(m)),
+            Error::Plan(m) => Error::Plan(s(m)),
+            Error::Unsupported(m) => Error::Unsupported(s(m)),
+            Error::InStatement { line, head, inner } => Error::InStatement {
+                line,
+                head: s(head),
+                inner: Box::new(inner.scrubbed(secrets)),
+            },
+            Error::DataFusion(e) => Error::Plan(s(strip_df(&e))),
         }
     }
 }
@@ -76,7 +123,15 @@ impl Error {
 /// "Error during planning: " style prefixes.
 pub fn strip_df(e: &DataFusionError) -> String {
     let msg = e.strip_backtrace();
+    // DataFusion asks for a bug report on its internal errors; when one
+    // reaches a user, the query is what DataFusion could not handle.
+    let msg = match msg.split_once(".\nThis issue was likely caused by a bug in DataFusion's code") {
+        Some((head, _)) => head.replace("Internal error: ", "internal error: "),
+        None => msg,
+    };
     for prefix in [
+        "Execution error: ",
+        "Arrow error: ",
         "Error during planning: ",
         "Schema error: ",
         "This feature is not implemented: ",

@@ -107,6 +107,9 @@ pub struct PipelinePlan {
     pub stateful: bool,
     /// Whether its output is a changelog (first column `op`).
     pub changelog: bool,
+    /// The statement, for messages: its first words and its line in the
+    /// job's text.
+    pub statement: String,
 }
 
 /// Plans a job's queries against its declared tables.
@@ -157,21 +160,23 @@ impl StreamPlanner {
         for view in &self.job.views {
             self.plan_view(view)
                 .await
-                .map_err(|e| e.in_named_statement(&view.sql))?;
+                .map_err(|e| e.in_statement(view.line, &view.sql))?;
         }
         let mut out = Vec::new();
         for (index, insert) in self.job.inserts.iter().enumerate() {
-            let plan = self
+            let mut plan = self
                 .plan_insert(index, insert)
                 .await
-                .map_err(|e| e.in_named_statement(&insert.sql))?;
+                .map_err(|e| e.in_statement(insert.line, &insert.sql))?;
+            plan.statement = statement_text(insert.line, &insert.sql);
             out.push(plan);
         }
         if let Some(select) = &self.job.select {
-            let plan = self
+            let mut plan = self
                 .plan_pipeline(out.len(), None, &select.query, &select.tvfs, None)
                 .await
-                .map_err(|e| e.in_named_statement(&select.sql))?;
+                .map_err(|e| e.in_statement(select.line, &select.sql))?;
+            plan.statement = statement_text(select.line, &select.sql);
             out.push(plan);
         }
         Ok(out)
@@ -263,6 +268,7 @@ impl StreamPlanner {
             sources,
             stateful,
             changelog,
+            statement: String::new(),
         })
     }
 
@@ -303,6 +309,7 @@ impl StreamPlanner {
                 decl: TableDecl {
                     name: ph.clone(),
                     schema: None,
+                    column_types: Vec::new(),
                     watermark: None,
                     options: Default::default(),
                 },
@@ -314,6 +321,14 @@ impl StreamPlanner {
             self.windows_lock().insert(ph.clone(), node);
         }
         Ok(())
+    }
+
+    /// `SET 'window.max_windows_per_row'`, or its default.
+    fn max_windows_per_row(&self) -> u64 {
+        self.job
+            .setting("window.max_windows_per_row")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::settings::DEFAULT_MAX_WINDOWS_PER_ROW)
     }
 
     fn windows_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WindowAssignNode>> {
@@ -367,7 +382,7 @@ impl StreamPlanner {
             Some(TimeOrigin::Upstream(lag_ms)) => WatermarkOrigin::Upstream { lag_ms },
             None => return Err(self.no_watermark(call)),
         };
-        let spec = window_spec(call)?;
+        let spec = window_spec(call, self.max_windows_per_row())?;
         if let (WindowSpec::Session { .. }, WatermarkOrigin::Upstream { .. }) = (&spec, &origin) {
             return Err(Error::Unsupported(
                 "SESSION windows over the results of other windows are not supported".into(),
@@ -1010,17 +1025,6 @@ enum TimeOrigin {
 }
 
 impl Error {
-    fn in_named_statement(self, sql: &str) -> Error {
-        let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        let head: String = flat.chars().take(57).collect();
-        let head = if flat.chars().count() > 57 {
-            format!("{head}...")
-        } else {
-            head
-        };
-        Error::Plan(format!("in `{head}`: {self}"))
-    }
-
     fn prefixed(self, what: &str) -> Error {
         match self {
             Error::Plan(m) => Error::Plan(format!("{what}: {m}")),
@@ -1029,6 +1033,17 @@ impl Error {
             e => e,
         }
     }
+}
+
+/// A statement for messages: `` `INSERT INTO out SELECT ...` (line 12) ``.
+fn statement_text(line: u64, sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let head = if flat.chars().count() > 60 {
+        format!("{}...", flat.chars().take(57).collect::<String>())
+    } else {
+        flat
+    };
+    format!("`{head}` (line {line})")
 }
 
 fn known_tables(job: &Job) -> String {
@@ -1041,7 +1056,20 @@ fn known_tables(job: &Job) -> String {
 }
 
 /// A window call's parameters.
-fn window_spec(call: &TvfCall) -> Result<WindowSpec> {
+/// The window spec of a call. A HOP or CUMULATE that would put each row in
+/// more than `max_per_row` windows is refused: each window is kept and
+/// emitted, so 1 ms slides over a day would grow without bound.
+fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec> {
+    let explosive = |windows: i64, what: &str| -> Result<()> {
+        if windows as u64 > max_per_row {
+            return Err(Error::Plan(format!(
+                "each row would be in {windows} windows (the size over the {what}), more than the limit \
+                 of {max_per_row}; use a larger {what} or a smaller size, or raise the limit with \
+                 SET 'window.max_windows_per_row' = '{windows}'"
+            )));
+        }
+        Ok(())
+    };
     let ms: Vec<i64> = call.args.iter().map(|a| interval_ms(a)).collect::<Result<_>>()?;
     if ms.iter().any(|&m| m <= 0) && call.kind != TvfKind::Tumble {
         return Err(Error::Plan("window intervals must be positive".into()));
@@ -1072,6 +1100,7 @@ fn window_spec(call: &TvfCall) -> Result<WindowSpec> {
                     crate::nodes::fmt_ms(slide_ms)
                 )));
             }
+            explosive(size_ms / slide_ms, "slide")?;
             WindowSpec::Hop {
                 slide_ms,
                 size_ms,
@@ -1087,6 +1116,7 @@ fn window_spec(call: &TvfCall) -> Result<WindowSpec> {
                     crate::nodes::fmt_ms(step_ms)
                 )));
             }
+            explosive(size_ms / step_ms, "step")?;
             WindowSpec::Cumulate {
                 step_ms,
                 size_ms,

@@ -98,7 +98,7 @@ pub struct Preprocessed {
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
     Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
-        .map_err(|e| Error::Syntax(e.to_string()))
+        .map_err(|e| Error::syntax(e))
 }
 
 fn render(tokens: &[Token]) -> String {
@@ -113,28 +113,100 @@ fn is_word(t: &Token, upper: &str) -> bool {
     matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
 }
 
+/// One statement of a job's text, and where it starts in the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementText {
+    /// The statement without its `;`, trimmed (leading comments kept).
+    pub text: String,
+    /// The line (from 1) of its first character in the job's text.
+    pub line: u64,
+    /// The column (from 1) of its first character.
+    pub column: u64,
+}
+
 /// Splits a job's text into statements at top-level semicolons, dropping
 /// empty ones (only whitespace and comments).
-pub fn split_statements(text: &str) -> Result<Vec<String>> {
-    let tokens = tokenize(text)?;
+pub fn split_statements(text: &str) -> Result<Vec<StatementText>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, text)
+        .tokenize_with_location()
+        .map_err(|e| Error::syntax(e))?;
     let mut out = Vec::new();
     let mut current: Vec<Token> = Vec::new();
+    let mut start: Option<(u64, u64)> = None;
     for t in tokens {
-        if t == Token::SemiColon {
-            push_statement(&mut out, &mut current);
-        } else {
-            current.push(t);
+        if t.token == Token::SemiColon {
+            push_statement(&mut out, &mut current, start.take());
+            continue;
+        }
+        // A statement starts at its first token: comments before it are
+        // not part of it.
+        if start.is_none() && !is_trivia(&t.token) {
+            start = Some((t.span.start.line, t.span.start.column));
+        }
+        if start.is_some() {
+            current.push(t.token);
         }
     }
-    push_statement(&mut out, &mut current);
+    push_statement(&mut out, &mut current, start);
     Ok(out)
 }
 
-fn push_statement(out: &mut Vec<String>, current: &mut Vec<Token>) {
+fn push_statement(out: &mut Vec<StatementText>, current: &mut Vec<Token>, start: Option<(u64, u64)>) {
     let tokens = std::mem::take(current);
-    if tokens.iter().any(|t| !is_trivia(t)) {
-        out.push(render(&tokens).trim().to_string());
+    if let Some((line, column)) = start
+        && tokens.iter().any(|t| !is_trivia(t))
+    {
+        out.push(StatementText {
+            text: render(&tokens).trim_end().to_string(),
+            line,
+            column,
+        });
     }
+}
+
+/// Whitespace with the shape of `text`: as many lines, and the last line as
+/// long (in characters), so that what follows keeps its line and column.
+fn blank_like(text: &str, already: usize) -> Vec<Token> {
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.split('\n').collect();
+    let first = lines[0].chars().count().saturating_sub(already);
+    out.extend(std::iter::repeat_n(Token::Whitespace(Whitespace::Space), first));
+    for l in &lines[1..] {
+        out.push(Token::Whitespace(Whitespace::Newline));
+        out.extend(std::iter::repeat_n(
+            Token::Whitespace(Whitespace::Space),
+            l.chars().count(),
+        ));
+    }
+    out
+}
+
+/// Rewrites "at Line: L, Column: C" in a parser message about a statement
+/// that starts at `line`, `column` of a job's text into a position in the
+/// job's text.
+pub fn relocate(message: &str, line: u64, column: u64) -> String {
+    const AT: &str = "Line: ";
+    let Some(i) = message.find(AT) else {
+        return message.to_string();
+    };
+    let rest = &message[i + AT.len()..];
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>();
+    let l = digits(rest);
+    let Some(after) = rest[l.len()..].strip_prefix(", Column: ") else {
+        return message.to_string();
+    };
+    let c = digits(after);
+    let (Ok(l), Ok(c)) = (l.parse::<u64>(), c.parse::<u64>()) else {
+        return message.to_string();
+    };
+    let file_line = line + l - 1;
+    let file_col = if l == 1 { column + c - 1 } else { c };
+    let tail = &after[c.to_string().len()..];
+    let head = message[..i]
+        .trim_end_matches(' ')
+        .trim_end_matches("at")
+        .trim_end();
+    format!("{head} at line {file_line}, column {file_col}{tail}")
 }
 
 /// Rewrites one statement; `next_tvf` numbers placeholders across the job.
@@ -279,7 +351,8 @@ fn cut_watermark(tokens: &mut Vec<Token>) -> Result<Option<WatermarkClause>> {
                 } else {
                     end
                 };
-                tokens.drain(start..cut_end);
+                let cut = render(&tokens[start..cut_end]);
+                tokens.splice(start..cut_end, blank_like(&cut, 0));
                 return Ok(Some(WatermarkClause { column, expr }));
             }
             _ => {}
@@ -352,8 +425,12 @@ fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<Tvf
         let placeholder = format!("{TVF_PREFIX}{}", *next_tvf);
         *next_tvf += 1;
         let call = parse_tvf_args(kind, &tokens[open + 1..close], placeholder.clone())?;
-        let replacement = Token::make_word(&placeholder, None);
-        tokens.splice(start..=end, [replacement]);
+        // The placeholder, padded to the call's shape so that positions in
+        // parser errors after it still point into the text as written.
+        let cut = render(&tokens[start..=end]);
+        let mut replacement = vec![Token::make_word(&placeholder, None)];
+        replacement.extend(blank_like(&cut, placeholder.chars().count()));
+        tokens.splice(start..=end, replacement);
         calls.push(call);
         i = start + 1;
     }
@@ -511,7 +588,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.len(), 2, "{s:?}");
-        assert!(s[1].contains("SELECT ';' FROM a"), "{s:?}");
+        assert_eq!(s[1].text, "SELECT ';' FROM a", "{s:?}");
+        assert_eq!((s[0].line, s[0].column), (1, 1));
+        assert_eq!((s[1].line, s[1].column), (2, 1));
+        let s = split_statements("SELECT 1;  SELECT\n  2;\n\n  -- why\n  SELECT 3").unwrap();
+        assert_eq!(
+            s.iter().map(|s| (s.line, s.column)).collect::<Vec<_>>(),
+            vec![(1, 1), (1, 12), (5, 3)]
+        );
+        assert_eq!(s[2].text, "SELECT 3");
     }
 
     #[test]
@@ -527,7 +612,12 @@ mod tests {
         assert_eq!(w.column, "date_time");
         assert_eq!(w.expr, "date_time - INTERVAL '5' SECOND");
         assert!(!p.rewritten.contains("WATERMARK"), "{}", p.rewritten);
-        assert!(p.rewritten.contains("TIMESTAMP(3)) WITH"), "{}", p.rewritten);
+        assert!(
+            squash(&p.rewritten).contains("TIMESTAMP(3) ) WITH"),
+            "{}",
+            p.rewritten
+        );
+        assert_eq!(p.rewritten.lines().count(), 3, "lines are kept");
 
         let p = preprocess(
             "CREATE TABLE t (WATERMARK FOR ts AS ts, ts TIMESTAMP(3), v INT) WITH ('a'='b')",
@@ -536,7 +626,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.watermark.unwrap().expr, "ts");
         assert!(
-            p.rewritten.starts_with("CREATE TABLE t ( ts TIMESTAMP(3)"),
+            squash(&p.rewritten).starts_with("CREATE TABLE t ( ts TIMESTAMP(3)"),
             "{}",
             p.rewritten
         );
@@ -556,7 +646,15 @@ mod tests {
         assert_eq!(c.kind, TvfKind::Tumble);
         assert_eq!((c.table.as_str(), c.time_column.as_str()), ("bids", "date_time"));
         assert_eq!(c.args, vec!["INTERVAL '10' SECOND".to_string()]);
-        assert!(p.rewritten.contains("FROM __weir_tvf_0 AS w"), "{}", p.rewritten);
+        assert!(
+            squash(&p.rewritten).contains("FROM __weir_tvf_0 AS w"),
+            "{}",
+            p.rewritten
+        );
+        // The rest keeps its place: same lines, same columns.
+        let original = "SELECT window_start, COUNT(*) FROM TABLE(\n  TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) AS w";
+        let last = |t: &str| t.lines().nth(1).and_then(|l| l.find(" AS w"));
+        assert_eq!(last(&p.rewritten), last(original));
 
         let p = preprocess(
             "SELECT * FROM TABLE(SESSION(TABLE Bids PARTITION BY (a, b), DESCRIPTOR(ts), INTERVAL '5' MINUTE)) \
@@ -567,10 +665,7 @@ mod tests {
         assert_eq!(p.tvfs[0].partition_by, vec!["a", "b"]);
         assert_eq!(p.tvfs[0].table, "bids");
         assert_eq!(p.tvfs[1].kind, TvfKind::Hop);
-        assert!(
-            p.rewritten
-                .contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2")
-        );
+        assert!(squash(&p.rewritten).contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2"));
     }
 
     #[test]
@@ -590,6 +685,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("0 interval argument"), "{err}");
+    }
+
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn parser_positions_are_moved_into_the_job_text() {
+        assert_eq!(
+            relocate("Expected: end of statement, found: x at Line: 1, Column: 5", 3, 7),
+            "Expected: end of statement, found: x at line 3, column 11"
+        );
+        assert_eq!(
+            relocate("found: y at Line: 2, Column: 4", 3, 7),
+            "found: y at line 4, column 4"
+        );
+        assert_eq!(relocate("no position here", 3, 7), "no position here");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   part-<epoch:010>-<writer>.parquet          committed output, one file per epoch and writer
 //!   _weir/pending/<writer>/<file>.pending      output staged before the epoch commits
 //!   _weir/manifests/<writer>/<epoch:020>.json  the files an epoch produced
+//!   _weir/owner.json                           the checkpoint whose query writes here
 //! ```
 //!
 //! The guarantees this crate needs from a store (and checks where it can):
@@ -42,7 +43,7 @@ mod testing;
 pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::EpochLog;
-pub use sink::SinkLayout;
+pub use sink::{SinkLayout, SinkOwner};
 pub use state::{RestoredState, StateFile, StateKind, StateWrite};
 
 /// The format version written into every file Weir persists. A reader refuses

@@ -291,11 +291,25 @@ impl Location {
         }
     }
 
-    /// The store path of a name relative to this location.
+    /// The store path of a name relative to this location. A name is in
+    /// the store's own form, as [`Location::relative`] gives it for a listed
+    /// object, and is used as it is: stores differ in what they escape (a
+    /// local folder lists `ünï.parquet` as `%C3%BCn%C3%AF.parquet`, S3 as
+    /// it is), so escaping a listed name again would name another object.
     pub fn path(&self, name: &str) -> Path {
-        name.split('/')
+        let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
+        let joined = std::iter::once(self.prefix.as_ref())
             .filter(|p| !p.is_empty())
-            .fold(self.prefix.clone(), |p, part| p.join(part))
+            .chain(parts.iter().copied())
+            .collect::<Vec<_>>()
+            .join("/");
+        match Path::parse(&joined) {
+            Ok(p) => p,
+            // Not a valid store path as it is (e.g. a `..` part): escape it.
+            Err(_) => parts
+                .into_iter()
+                .fold(self.prefix.clone(), |p, part| p.join(part)),
+        }
     }
 
     /// The URL of a name relative to this location, for messages.

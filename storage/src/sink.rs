@@ -44,6 +44,81 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
 }
 
+/// `_weir/owner.json`: which checkpoint's query writes a sink folder.
+///
+/// One folder, one owner. Two queries writing the same folder would mix
+/// their rows, and a query restarted on a new checkpoint would write its
+/// output a second time beside the first, so a sink records its owner
+/// before its first output and refuses any other. The owner is a
+/// checkpoint (its URL) and the query that made it (its id), since a
+/// checkpoint deleted and made again at the same place is another query.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SinkOwner {
+    /// Format version.
+    pub version: u32,
+    /// The owning checkpoint's URL.
+    pub checkpoint: String,
+    /// The query id in that checkpoint's metadata.
+    pub query_id: String,
+    /// The sink table's name in the owning job.
+    pub table: String,
+}
+
+impl SinkOwner {
+    const NAME: &'static str = "_weir/owner.json";
+
+    /// Whether `other` is the same owner (the table's name may differ: a
+    /// renamed table writes the same folder for the same query).
+    pub fn same_as(&self, other: &SinkOwner) -> bool {
+        self.checkpoint == other.checkpoint && self.query_id == other.query_id
+    }
+
+    /// The owner recorded in a sink folder, if any.
+    pub async fn read(loc: &Location) -> Result<Option<SinkOwner>> {
+        let Some(bytes) = loc.get(Self::NAME).await? else {
+            return Ok(None);
+        };
+        let owner: SinkOwner = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            url: loc.url_of(Self::NAME),
+            epoch: None,
+            reason: e.to_string(),
+        })?;
+        if owner.version > FORMAT_VERSION {
+            return Err(Error::FutureVersion {
+                url: loc.url_of(Self::NAME),
+                epoch: None,
+                found: owner.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(Some(owner))
+    }
+
+    /// Records `self` as the folder's owner unless it has one. Returns the
+    /// owner the folder has afterwards: `self`, or another that was there
+    /// first (which the caller must refuse).
+    pub async fn claim(&self, loc: &Location) -> Result<SinkOwner> {
+        if let Some(existing) = Self::read(loc).await? {
+            return Ok(existing);
+        }
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Corrupt {
+            url: loc.url_of(Self::NAME),
+            epoch: None,
+            reason: e.to_string(),
+        })?;
+        match loc.put_if_absent(Self::NAME, Bytes::from(json)).await {
+            Ok(()) => Ok(self.clone()),
+            // Another writer claimed it between the read and the create.
+            Err(Error::AlreadyExists { .. }) => Self::read(loc).await?.ok_or_else(|| Error::Corrupt {
+                url: loc.url_of(Self::NAME),
+                epoch: None,
+                reason: "it vanished while being claimed".into(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Where one writer's files go in a sink folder.
 #[derive(Clone, Debug)]
 pub struct SinkLayout {

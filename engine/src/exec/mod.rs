@@ -2,6 +2,7 @@
 //! them from the `sql` crate's logical nodes.
 
 pub mod groups;
+pub mod keys;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;
@@ -128,21 +129,45 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     let epoch = EpochInput::from_task(&context)?;
     let mut input = input.execute(partition, context)?;
     let baseline = BaselineMetrics::new(metrics, partition);
+    let n = epoch.epoch;
     let out = futures::stream::once(async move {
-        let mut acc = init()?;
+        let mut acc = guarded(name, n, init)?;
         while let Some(batch) = input.next().await {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();
-            update(&mut acc, &batch)?;
+            guarded(name, n, || update(&mut acc, &batch))?;
             timer.done();
         }
         let timer = baseline.elapsed_compute().timer();
-        let out = finish(acc, &epoch)?;
+        let out = guarded(name, n, || finish(acc, &epoch))?;
         timer.done();
         baseline.record_output(out.num_rows());
         Ok(out)
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+}
+
+/// Runs an operator's step, turning a panic into an internal error that
+/// names the operator and the epoch. The driver then rolls the epoch back
+/// (nothing of it was committed) and the job stops; the operator's memory
+/// may be half-updated, but it is dropped with the job.
+pub(crate) fn guarded<T>(operator: &str, epoch: u64, step: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(r) => r,
+        Err(panic) => Err(DataFusionError::Execution(format!(
+            "internal error in {operator} (a bug in Weir, please report it) in epoch {epoch}: {}",
+            panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The shared part of aggregate operators' signatures: keys, aggregates with

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -39,6 +38,7 @@ use datafusion::physical_plan::{
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Groups};
+use super::keys::KeyRows;
 use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -68,7 +68,7 @@ pub struct SessionState {
     time: Arc<dyn PhysicalExpr>,
     /// Which keys partition sessions.
     partition_keys: Vec<usize>,
-    converter: RowConverter,
+    converter: KeyRows,
     state_schema: SchemaRef,
     schema: SchemaRef,
     /// One part of the state per partition, split by the partition keys'
@@ -133,11 +133,10 @@ impl SessionAggregateExec {
         let time =
             time.ok_or_else(|| DataFusionError::Internal("a session aggregate needs window_start".into()))?;
         let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
-        let converter = RowConverter::new(
+        let converter = KeyRows::new(
             partition_keys
                 .iter()
-                .map(|&k| SortField::new(agg.key_schema.field(k).data_type().clone()))
-                .collect(),
+                .map(|&k| agg.key_schema.field(k).data_type().clone()),
         )?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -288,13 +287,13 @@ impl ExecutionPlan for SessionAggregateExec {
 }
 
 impl SessionState {
-    fn partition_rows(&self, keys: &[ArrayRef]) -> Result<datafusion::arrow::row::Rows> {
+    fn partition_rows(&self, keys: &[ArrayRef], n: usize) -> Result<datafusion::arrow::row::Rows> {
         let cols: Vec<ArrayRef> = self
             .partition_keys
             .iter()
             .map(|&k| Arc::clone(&keys[k]))
             .collect();
-        Ok(self.converter.convert_columns(&cols)?)
+        self.converter.convert(&cols, n)
     }
 
     fn update(&self, shard: usize, batch: &RecordBatch) -> Result<()> {
@@ -305,7 +304,7 @@ impl SessionState {
         let times = cast(&self.time.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let times = times.as_primitive::<Int64Type>().values();
         let evaluated = self.agg.evaluate(batch)?;
-        let rows = self.partition_rows(&evaluated.keys)?;
+        let rows = self.partition_rows(&evaluated.keys, n)?;
         // Rows by partition, partitions in first-seen order. The keys borrow
         // the row-format bytes: no allocation per row (this loop was the
         // top cost of Nexmark q11, a malloc and a copy of the key per bid).

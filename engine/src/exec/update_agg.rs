@@ -30,7 +30,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -44,6 +43,7 @@ use datafusion::physical_plan::{
 };
 
 use super::groups::{AggregateSpec, Groups};
+use super::keys::KeyRows;
 use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -75,8 +75,8 @@ pub struct UpdateState {
     agg: AggregateSpec,
     having: Option<Arc<dyn PhysicalExpr>>,
     ttl_ms: Option<i64>,
-    keys: RowConverter,
-    values: RowConverter,
+    keys: KeyRows,
+    values: KeyRows,
     /// Keys then values: the aggregate's own output.
     agg_schema: SchemaRef,
     /// Keys, states, values, `__visible`, `__updated_ms`.
@@ -129,18 +129,11 @@ impl UpdateAggregateExec {
                 .collect::<Vec<_>>(),
         ));
         let n_keys = agg.key_schema.fields().len();
-        let keys = RowConverter::new(
-            agg.key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
-        let values = RowConverter::new(
+        let keys = KeyRows::new(agg.key_schema.fields().iter().map(|f| f.data_type().clone()))?;
+        let values = KeyRows::new(
             agg_schema.fields()[n_keys..]
                 .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
+                .map(|f| f.data_type().clone()),
         )?;
         let mut fields: Vec<Field> = agg
             .key_schema
@@ -337,7 +330,7 @@ impl UpdateState {
         let n = delta.len();
         if n > 0 {
             let (dkeys, dstates) = delta.take_state()?;
-            let rows = self.keys.convert_columns(&dkeys)?;
+            let rows = self.keys.convert(&dkeys, n)?;
             let locs: Vec<Option<(usize, usize)>> = (0..n)
                 .map(|i| inner.index.get(rows.row(i).as_ref()).copied())
                 .collect();
@@ -385,9 +378,9 @@ impl UpdateState {
                 None => (None, None),
             };
             let nk = self.n_keys();
-            let new_vals = self.values.convert_columns(&new_out.columns()[nk..])?;
+            let new_vals = self.values.convert(&new_out.columns()[nk..], n)?;
             let old_vals = match &old_out {
-                Some(o) => Some(self.values.convert_columns(&o.columns()[nk..])?),
+                Some(o) => Some(self.values.convert(&o.columns()[nk..], o.num_rows())?),
                 None => None,
             };
             // Changelog, in delta order: (source, row) with kinds.
@@ -475,7 +468,7 @@ impl UpdateState {
     fn expire(&self, inner: &mut Inner, cutoff: i64) -> Result<RecordBatch> {
         let mut out = Vec::new();
         let mut removed = Vec::new();
-        let key_rows_of = |b: &RecordBatch| self.keys.convert_columns(&b.columns()[..self.n_keys()]);
+        let key_rows_of = |b: &RecordBatch| self.keys.convert(&b.columns()[..self.n_keys()], b.num_rows());
         for (c, chunk) in inner.chunks.iter_mut().enumerate() {
             if chunk.live == 0 || chunk.min_updated >= cutoff {
                 continue;
@@ -567,7 +560,7 @@ impl UpdateState {
     /// Replaces the state with one chunk of live rows.
     fn load(&self, inner: &mut Inner, batch: RecordBatch) -> Result<()> {
         let n = batch.num_rows();
-        let rows = self.keys.convert_columns(&batch.columns()[..self.n_keys()])?;
+        let rows = self.keys.convert(&batch.columns()[..self.n_keys()], n)?;
         let min_updated = batch
             .column(batch.num_columns() - 1)
             .as_primitive::<Int64Type>()

@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::keys::KeyRows;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{SortColumn, SortOptions, cast, concat_batches, lexsort_to_indices};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -315,12 +315,7 @@ impl TopNState {
         let order = lexsort_to_indices(&columns, None)?;
         let order: Vec<u32> = order.values().to_vec();
         let to_rows = |cols: &[ArrayRef]| -> Result<datafusion::arrow::row::Rows> {
-            let conv = RowConverter::new(
-                cols.iter()
-                    .map(|c| SortField::new(c.data_type().clone()))
-                    .collect(),
-            )?;
-            Ok(conv.convert_columns(cols)?)
+            KeyRows::new(cols.iter().map(|c| c.data_type().clone()))?.convert(cols, n)
         };
         let part_rows = to_rows(&parts)?;
         let order_rows = to_rows(&orders)?;

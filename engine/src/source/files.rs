@@ -7,19 +7,33 @@
 //! write them elsewhere and move them in.
 //!
 //! Offset of a batch (in `offsets/N.json`):
-//! `{"files": [{"path": "b/2.parquet", "size": 1234, "start_row": 0}, ...], "max_rows": 1000000}`:
-//! read these files in order, each from `start_row`, until `max_rows` rows.
+//! `{"files": [{"path": "b/2.parquet", "size": 1234, "modified_ms": 1767225600000, "start_row": 0}, ...],
+//! "max_rows": 1000000}`: read these files in order, each from `start_row`,
+//! until `max_rows` rows. `path` is the name as the store lists it (a local
+//! folder escapes `ü` as `%C3%BC`, S3 does not), used as it is.
 //! Progress (state `source-<table>`): one row per file seen,
-//! `path, size, rows_read, done`. Rows are counted as records, good and
-//! bad: a bad record set aside (`'on_error'`) is read, and never again.
+//! `path, size, rows_read, done, modified_ms`. Rows are counted as records,
+//! good and bad: a bad record set aside (`'on_error'`) is read, and never
+//! again.
+//!
+//! Files are assumed not to change once they appear. One that does (its
+//! size or modification time in the listing differs from what its progress
+//! recorded) gets a warning in the progress line, once per run: a file read
+//! whole is not read again; a file read in part (a bad record stopped the
+//! job, and the user fixed the file) is read on from where it stopped. A
+//! replayed epoch whose file changed since the epoch was logged stops with
+//! an error saying so, since its rows can no longer be read as they were.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir_sql::TableDecl;
@@ -50,7 +64,19 @@ pub const DEFAULT_MAX_ROWS: usize = 1_000_000;
 struct FileRange {
     path: String,
     size: u64,
+    /// Modification time in the listing (ms); absent in offsets of an
+    /// earlier Weir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    modified_ms: Option<i64>,
     start_row: u64,
+}
+
+/// A file as the store lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Listed {
+    path: String,
+    size: u64,
+    modified_ms: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +90,16 @@ struct FileProgress {
     size: u64,
     rows_read: u64,
     done: bool,
+    /// Modification time when it was read (ms); `None` in progress of an
+    /// earlier Weir.
+    modified_ms: Option<i64>,
+}
+
+impl FileProgress {
+    /// Whether the listed file is not the one that was read.
+    fn changed(&self, now: &Listed) -> bool {
+        self.size != now.size || self.modified_ms.is_some_and(|m| m != now.modified_ms)
+    }
 }
 
 /// A source over the files in a folder.
@@ -82,7 +118,11 @@ pub struct FilesSource {
     /// Files whose progress changed since the last checkpoint.
     changed: std::collections::BTreeSet<String>,
     /// The listing fixed by `freeze` (available-now).
-    frozen: Option<Vec<(String, u64)>>,
+    frozen: Option<Vec<Listed>>,
+    /// Files that changed after they were read, already warned about.
+    warned: std::collections::BTreeSet<String>,
+    /// Warnings for the next progress line.
+    warnings: Vec<String>,
     /// The bytes of the last CSV/JSON file read, which the next batch often
     /// continues.
     cache: Option<(String, Bytes)>,
@@ -149,21 +189,84 @@ impl FilesSource {
             progress: BTreeMap::new(),
             changed: Default::default(),
             frozen: None,
+            warned: Default::default(),
+            warnings: Vec::new(),
             cache: None,
         })
     }
 
     /// Every visible file, in path order.
-    async fn list(&self) -> Result<Vec<(String, u64)>> {
+    async fn list(&self) -> Result<Vec<Listed>> {
         let all = self.loc.list("").await?;
         Ok(all
             .into_iter()
-            .map(|m| (self.loc.relative(&m.location), m.size))
-            .filter(|(p, _)| {
-                !p.split('/')
+            .map(|m| Listed {
+                path: self.loc.relative(&m.location),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .filter(|f| {
+                !f.path
+                    .split('/')
                     .any(|part| part.starts_with('.') || part.starts_with('_'))
             })
             .collect())
+    }
+
+    /// Warns (once) about a file that changed after it was read.
+    fn warn_changed(&mut self, was: FileProgress, now: &Listed) {
+        if !self.warned.insert(now.path.clone()) {
+            return;
+        }
+        let when = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| format!(", modified {}", t.format("%Y-%m-%d %H:%M:%S%.3f")))
+                .unwrap_or_default()
+        };
+        let (read, fate) = if was.done {
+            (
+                "after it was read".to_string(),
+                "Weir reads a file once, so the change is not read. Write new rows as a new file",
+            )
+        } else {
+            (
+                format!("after its first {} records were read", was.rows_read),
+                "the rest of it is read as it is now, from record {next} on (as after fixing a bad \
+                 record); files must not change otherwise, so write new rows as a new file",
+            )
+        };
+        let fate = fate.replace("{next}", &(was.rows_read + 1).to_string());
+        self.warnings.push(format!(
+            "source '{}': {} changed {read} (it was {} bytes{}, it is {} bytes{}); {fate}",
+            self.table,
+            self.loc.url_of(&now.path),
+            was.size,
+            when(was.modified_ms),
+            now.size,
+            when(Some(now.modified_ms)),
+        ));
+    }
+
+    /// Checks that a file is still what the offset says it was when its
+    /// epoch was logged (size and modification time).
+    fn check_unchanged(&self, range: &FileRange, size: u64, modified_ms: i64) -> Result<()> {
+        let changed = size != range.size || range.modified_ms.is_some_and(|m| m != modified_ms);
+        if !changed {
+            return Ok(());
+        }
+        Err(Error::Input(format!(
+            "source '{}': {} changed after this epoch was logged (it was {} bytes, it is {size} bytes{}), \
+             so the epoch's rows cannot be read again as they were. Put the file back as it was, or roll \
+             the checkpoint back to before the epoch (`weir checkpoint rollback`)",
+            self.table,
+            self.loc.url_of(&range.path),
+            range.size,
+            if size == range.size {
+                ", and its modification time differs"
+            } else {
+                ""
+            }
+        )))
     }
 
     fn progress_schema() -> SchemaRef {
@@ -172,6 +275,7 @@ impl FilesSource {
             Field::new("size", DataType::UInt64, false),
             Field::new("rows_read", DataType::UInt64, false),
             Field::new("done", DataType::Boolean, false),
+            Field::new("modified_ms", DataType::Int64, true),
         ]))
     }
 }
@@ -200,23 +304,33 @@ impl Source for FilesSource {
             Some(l) => l.clone(),
             None => self.list().await?,
         };
-        let files: Vec<FileRange> = listing
-            .into_iter()
-            .filter_map(|(path, size)| match self.progress.get(&path) {
-                Some(p) if p.done => None,
-                Some(p) => Some(FileRange {
-                    path,
-                    size,
+        let mut files = Vec::new();
+        for f in listing {
+            let progress = self.progress.get(&f.path).copied();
+            if let Some(p) = progress
+                && p.changed(&f)
+            {
+                self.warn_changed(p, &f);
+            }
+            match progress {
+                Some(p) if p.done => {}
+                Some(p) => files.push(FileRange {
+                    path: f.path,
+                    size: f.size,
+                    modified_ms: Some(f.modified_ms),
                     start_row: p.rows_read,
                 }),
-                None => Some(FileRange {
-                    path,
-                    size,
+                None => files.push(FileRange {
+                    path: f.path,
+                    size: f.size,
+                    modified_ms: Some(f.modified_ms),
                     start_row: 0,
                 }),
-            })
-            .take(self.max_files)
-            .collect();
+            }
+            if files.len() >= self.max_files {
+                break;
+            }
+        }
         if files.is_empty() {
             return Ok(None);
         }
@@ -227,6 +341,10 @@ impl Source for FilesSource {
         Ok(Some(
             serde_json::to_value(offset).map_err(|e| Error::Checkpoint(e.to_string()))?,
         ))
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
@@ -255,11 +373,22 @@ impl Source for FilesSource {
                 Some((p, b)) if p == &range.path => Some(b.clone()),
                 _ => None,
             };
+            // CSV and JSON are fetched whole, which tells their size and
+            // time; a Parquet file is read in ranges, so ask for them.
+            if cached.is_none() && self.format == Format::Parquet {
+                let meta = self
+                    .loc
+                    .store()
+                    .head(&path)
+                    .await
+                    .map_err(|e| Error::Input(format!("source '{}': {url}: {e}", self.table)))?;
+                self.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
+            }
             let columns = Columns {
                 declared: &self.schema,
                 needed: &self.columns,
             };
-            let (rows, bytes) = read_range(
+            let (rows, fetched) = read_range(
                 &file,
                 self.format,
                 &columns,
@@ -269,6 +398,15 @@ impl Source for FilesSource {
                 cached,
             )
             .await?;
+            let bytes = match fetched {
+                Some(f) => {
+                    if let Some(meta) = &f.meta {
+                        self.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
+                    }
+                    Some(f.bytes)
+                }
+                None => None,
+            };
             self.cache = bytes.filter(|_| !rows.eof).map(|b| (range.path.clone(), b));
             budget -= rows.records;
             out.batches.extend(rows.batches);
@@ -279,6 +417,7 @@ impl Source for FilesSource {
                     size: range.size,
                     rows_read: range.start_row + rows.records as u64,
                     done: rows.eof,
+                    modified_ms: range.modified_ms,
                 },
             );
             self.changed.insert(range.path.clone());
@@ -307,9 +446,16 @@ impl Source for FilesSource {
         let sizes: UInt64Array = entries.iter().map(|(_, p)| p.size).collect();
         let rows: UInt64Array = entries.iter().map(|(_, p)| p.rows_read).collect();
         let done: BooleanArray = entries.iter().map(|(_, p)| Some(p.done)).collect();
+        let modified: Int64Array = entries.iter().map(|(_, p)| p.modified_ms).collect();
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
-            vec![Arc::new(paths), Arc::new(sizes), Arc::new(rows), Arc::new(done)],
+            vec![
+                Arc::new(paths),
+                Arc::new(sizes),
+                Arc::new(rows),
+                Arc::new(done),
+                Arc::new(modified),
+            ],
         )?;
         self.changed.clear();
         Ok(Some(crate::exec::StateChange {
@@ -321,9 +467,10 @@ impl Source for FilesSource {
     fn restore(&mut self, batches: &[RecordBatch]) -> Result<()> {
         self.progress.clear();
         for b in batches {
-            if b.num_columns() != 4 {
+            // Progress of an earlier Weir has no `modified_ms` column.
+            if !matches!(b.num_columns(), 4 | 5) {
                 return Err(Error::Checkpoint(format!(
-                    "source '{}': its progress state has {} columns, expected 4",
+                    "source '{}': its progress state has {} columns, expected 5",
                     self.table,
                     b.num_columns()
                 )));
@@ -332,6 +479,7 @@ impl Source for FilesSource {
             let sizes = b.column(1).as_primitive::<UInt64Type>();
             let rows = b.column(2).as_primitive::<UInt64Type>();
             let done = b.column(3).as_boolean();
+            let modified = (b.num_columns() == 5).then(|| b.column(4).as_primitive::<Int64Type>());
             for i in 0..b.num_rows() {
                 if paths.is_null(i) {
                     continue;
@@ -342,6 +490,7 @@ impl Source for FilesSource {
                         size: sizes.value(i),
                         rows_read: rows.value(i),
                         done: done.value(i),
+                        modified_ms: modified.filter(|m| m.is_valid(i)).map(|m| m.value(i)),
                     },
                 );
             }

@@ -128,6 +128,71 @@ impl Columns<'_> {
     fn output_schema(&self) -> Result<SchemaRef> {
         Ok(Arc::new(self.declared.project(self.needed)?))
     }
+
+    /// The declared columns to decode and check: the needed ones, and those
+    /// for which `also` says so (ascending).
+    fn checked(&self, also: impl Fn(usize) -> bool) -> Vec<usize> {
+        (0..self.declared.fields().len())
+            .filter(|c| self.needed.contains(c) || also(*c))
+            .collect()
+    }
+
+    /// The positions of the needed columns within `checked` (which holds
+    /// them all).
+    fn within(&self, checked: &[usize]) -> Vec<usize> {
+        self.needed
+            .iter()
+            .filter_map(|c| checked.iter().position(|k| k == c))
+            .collect()
+    }
+}
+
+/// Whether every value of type `found` converts to `declared` (so a column
+/// the job does not read cannot hold a bad value): the same type, a wider
+/// number of the same kind, text to text, a coarser timestamp.
+fn lossless(found: &DataType, declared: &DataType) -> bool {
+    use DataType::*;
+    let int_width = |t: &DataType| match t {
+        Int8 => Some((true, 8)),
+        Int16 => Some((true, 16)),
+        Int32 => Some((true, 32)),
+        Int64 => Some((true, 64)),
+        UInt8 => Some((false, 8)),
+        UInt16 => Some((false, 16)),
+        UInt32 => Some((false, 32)),
+        UInt64 => Some((false, 64)),
+        _ => None,
+    };
+    let unit_rank = |u: &datafusion::arrow::datatypes::TimeUnit| match u {
+        datafusion::arrow::datatypes::TimeUnit::Second => 0,
+        datafusion::arrow::datatypes::TimeUnit::Millisecond => 1,
+        datafusion::arrow::datatypes::TimeUnit::Microsecond => 2,
+        datafusion::arrow::datatypes::TimeUnit::Nanosecond => 3,
+    };
+    if found == declared {
+        return true;
+    }
+    match (found, declared) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        (Float16 | Float32, Float32 | Float64) => true,
+        (Timestamp(f, _), Timestamp(d, _)) => unit_rank(d) <= unit_rank(f),
+        (Null, _) => true,
+        (f, d) => match (int_width(f), int_width(d)) {
+            (Some((fs, fw)), Some((ds, dw))) => (fs == ds && dw >= fw) || (!fs && ds && dw > fw),
+            _ => false,
+        },
+    }
+}
+
+/// A CSV or JSON file's bytes, fetched whole (and kept by the caller for
+/// the next range of the same file).
+pub struct Fetched {
+    /// The file's bytes.
+    pub bytes: Bytes,
+    /// What the store said of the file when it was fetched (`None` when the
+    /// bytes came from the caller's cache).
+    pub meta: Option<object_store::ObjectMeta>,
 }
 
 /// Reads up to `max_rows` records from record `start` of a file, setting
@@ -141,34 +206,47 @@ pub async fn read_range(
     start: usize,
     max_rows: usize,
     cached: Option<Bytes>,
-) -> Result<(FileRows, Option<Bytes>)> {
+) -> Result<(FileRows, Option<Fetched>)> {
     let mut bad = BadRecords::new(file.table, on_error);
-    let (mut rows, bytes) = match format {
+    let (mut rows, fetched) = match format {
         Format::Parquet => (
             read_parquet(file, columns, start, max_rows, &mut bad).await?,
             None,
         ),
         Format::Csv { delimiter } => {
-            let bytes = fetch(file, cached).await?;
-            let rows = read_csv(file, &bytes, delimiter, columns, start, max_rows, &mut bad)?;
-            (rows, Some(bytes))
+            let fetched = fetch(file, cached).await?;
+            let rows = read_csv(
+                file,
+                &fetched.bytes,
+                delimiter,
+                columns,
+                start,
+                max_rows,
+                &mut bad,
+            )?;
+            (rows, Some(fetched))
         }
         Format::Json => {
-            let bytes = fetch(file, cached).await?;
-            let rows = read_json(file, &bytes, columns, start, max_rows, &mut bad)?;
-            (rows, Some(bytes))
+            let fetched = fetch(file, cached).await?;
+            let rows = read_json(file, &fetched.bytes, columns, start, max_rows, &mut bad)?;
+            (rows, Some(fetched))
         }
     };
     rows.bad = bad.into_records();
-    Ok((rows, bytes))
+    Ok((rows, fetched))
 }
 
-async fn fetch(file: &FileRef<'_>, cached: Option<Bytes>) -> Result<Bytes> {
-    if let Some(b) = cached {
-        return Ok(b);
+async fn fetch(file: &FileRef<'_>, cached: Option<Bytes>) -> Result<Fetched> {
+    if let Some(bytes) = cached {
+        return Ok(Fetched { bytes, meta: None });
     }
     let got = file.store.get(file.path).await.map_err(|e| file.err(e))?;
-    got.bytes().await.map_err(|e| file.err(e))
+    let meta = got.meta.clone();
+    let bytes = got.bytes().await.map_err(|e| file.err(e))?;
+    Ok(Fetched {
+        bytes,
+        meta: Some(meta),
+    })
 }
 
 /// Whether a file column of type `found` may feed a declared column of type
@@ -447,16 +525,20 @@ async fn read_parquet(
     let file_schema = Arc::clone(builder.schema());
     // Every declared column must be in the file, even those not read.
     let file_index = map_columns(file, &file_schema, columns.declared, true)?;
-    let (roots, positions) = projection(&file_index, columns.needed);
+    // A row must be good or bad whatever the query reads: besides the
+    // needed columns, decode those whose values may not fit the declared
+    // column (a narrower type, a NOT NULL the file does not promise).
+    let checked = columns.checked(|c| {
+        let found = file_schema.field(file_index[c]);
+        let declared = columns.declared.field(c);
+        !lossless(found.data_type(), declared.data_type()) || (!declared.is_nullable() && found.is_nullable())
+    });
+    let (roots, positions) = projection(&file_index, &checked);
     // Decode text straight into the declared string type (DataFusion's
     // VARCHAR is Utf8View) instead of converting afterwards.
     let mut hint: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut hinted = false;
-    for (&c, &fi) in columns
-        .needed
-        .iter()
-        .zip(columns.needed.iter().map(|c| &file_index[*c]))
-    {
+    for (&c, &fi) in checked.iter().zip(checked.iter().map(|c| &file_index[*c])) {
         let want = columns.declared.field(c).data_type();
         let have = hint[fi].data_type().clone();
         let view = match (&have, want) {
@@ -493,14 +575,19 @@ async fn read_parquet(
     }
     let stream = builder.build().map_err(|e| file.err(e))?;
     let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| file.err(e))?;
-    let output = columns.output_schema()?;
+    let checked_schema = Arc::new(columns.declared.project(&checked)?);
+    let keep = columns.within(&checked);
     let mut out = Vec::with_capacity(batches.len());
     let mut row = start;
     for b in &batches {
-        let rows = parquet_rows(file, b, &positions, &output, row, bad)?;
+        let rows = parquet_rows(file, b, &positions, &checked_schema, row, bad)?;
         row += b.num_rows();
         if rows.num_rows() > 0 {
-            out.push(rows);
+            out.push(if keep.len() == checked.len() {
+                rows
+            } else {
+                rows.project(&keep)?
+            });
         }
     }
     Ok(FileRows {
@@ -826,7 +913,15 @@ fn read_csv(
             .map(|f| String::from_utf8(f.to_vec()))
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| file.err("cannot read the CSV header: it is not UTF-8"))?,
-        Ok(false) => Vec::new(),
+        // No header: an empty file, which has no records.
+        Ok(false) => {
+            return Ok(FileRows {
+                batches: Vec::new(),
+                records: 0,
+                eof: true,
+                bad: Vec::new(),
+            });
+        }
         Err(e) => return Err(file.err(format!("cannot read the CSV header: {e}"))),
     };
     let header = Schema::new(
@@ -837,29 +932,26 @@ fn read_csv(
     );
     // The header gives names only: values are parsed as the declared types.
     let file_index = map_columns(file, &header, columns.declared, false)?;
-    let (roots, positions) = projection(&file_index, columns.needed);
+    // Every declared column is parsed, read or not, so that a record is
+    // good or bad whatever the query reads; the rows keep the needed ones.
+    let all = columns.checked(|_| true);
+    let (roots, all_positions) = projection(&file_index, &all);
+    let positions: Vec<usize> = columns.needed.iter().map(|&c| all_positions[c]).collect();
     let schema = Arc::new(Schema::new(
         header
             .fields()
             .iter()
             .enumerate()
-            .map(
-                |(i, f)| match columns.needed.iter().find(|&&c| file_index[c] == i) {
-                    Some(&c) => Field::new(f.name(), columns.declared.field(c).data_type().clone(), true),
-                    None => Field::new(f.name(), DataType::Utf8, true),
-                },
-            )
+            .map(|(i, f)| match all.iter().find(|&&c| file_index[c] == i) {
+                Some(&c) => Field::new(f.name(), columns.declared.field(c).data_type().clone(), true),
+                None => Field::new(f.name(), DataType::Utf8, true),
+            })
             .collect::<Vec<_>>(),
     ));
     let root_names = roots
         .iter()
         .map(|&r| {
-            let c = columns
-                .needed
-                .iter()
-                .find(|&&c| file_index[c] == r)
-                .copied()
-                .unwrap_or(0);
+            let c = all.iter().find(|&&c| file_index[c] == r).copied().unwrap_or(0);
             columns.declared.field(c).name().clone()
         })
         .collect();
@@ -873,7 +965,7 @@ fn read_csv(
     }
     let body = rdr.position().byte() as usize;
     let output = columns.output_schema()?;
-    let required = required_columns(&output, &positions);
+    let required = required_columns(columns.declared, &all_positions);
     let read = CsvRead {
         file,
         data,
@@ -1002,9 +1094,12 @@ fn read_json(
     }
     let eof = is_blank(&data[end..]);
     let output = columns.output_schema()?;
-    let schema = nullable(&output);
-    let positions: Vec<usize> = (0..output.fields().len()).collect();
-    let required = required_columns(&output, &positions);
+    // Every declared column is decoded, read or not, so that a record is
+    // good or bad whatever the query reads; the rows keep the needed ones.
+    let schema = nullable(columns.declared);
+    let positions: Vec<usize> = columns.needed.to_vec();
+    let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
+    let required = required_columns(columns.declared, &all);
     let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
         json::ReaderBuilder::new(Arc::clone(&schema))
             .with_batch_size(rows.clamp(1, 8192))

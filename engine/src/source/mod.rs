@@ -75,6 +75,11 @@ pub trait Source: Send + Sync {
     /// Reads the rows an offset describes and advances progress past them
     /// (and past the bad records among them).
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch>;
+    /// What the source found while planning that the user should know
+    /// (e.g. a file that changed after it was read), since the last call.
+    fn take_warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// The schema of the progress state; its first column keys a unit.
     fn progress_schema(&self) -> SchemaRef;
     /// The progress changed since the last call (`None`: unchanged), or all

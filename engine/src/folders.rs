@@ -1,0 +1,183 @@
+//! The folders a job writes, checked before it writes anything.
+//!
+//! Exactly-once output rests on each sink folder having one writer, and on
+//! no folder feeding itself:
+//!
+//! ```text
+//!  sink folder  ── one owner ──▶ the checkpoint (URL + query id) in _weir/owner.json
+//!  sink folder  ✗ at or inside a source folder of the job   (it would read its own output)
+//!  sink folder  ✗ at or inside any checkpoint               (retention and rollback own it)
+//!  checkpoint   ✗ at or inside a sink folder                (its state files would be output)
+//!  two sinks    ✗ sharing a folder                          (their rows would mix)
+//! ```
+//!
+//! The owner is checked when a job opens and recorded when the sink first
+//! stages output ([`crate::sink::FileSink`]), so that a plan that is only
+//! explained never claims a folder.
+
+use weir_storage::location::Create;
+use weir_storage::{Checkpoint, Location, SinkOwner, StoreOptions};
+
+use crate::{Error, Result};
+
+/// Whether `inner` is `outer` or inside it.
+fn within(inner: &Location, outer: &Location) -> bool {
+    let (i, o) = (inner.url(), outer.url());
+    i == o || i.strip_prefix(o).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The folder a URL is in, if it has one within its store's root.
+fn parent_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let rest = rest.trim_end_matches('/');
+    let cut = rest.rfind('/')?;
+    let parent = &rest[..cut];
+    // file:///a -> file:// + "" is the root: keep "/".
+    let parent = if scheme == "file" && parent.is_empty() {
+        "/"
+    } else {
+        parent
+    };
+    if parent.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{parent}"))
+}
+
+/// The checkpoint at or above `loc` (a folder with a Weir checkpoint's
+/// `metadata.json`), if any.
+async fn enclosing_checkpoint(loc: &Location, options: &StoreOptions) -> Option<String> {
+    let mut url = Some(loc.url().to_string());
+    while let Some(u) = url {
+        if let Ok(l) = Location::open(&u, options, Create::No)
+            && let Ok(Some(_)) = Checkpoint::new(l).read_metadata().await
+        {
+            return Some(u);
+        }
+        url = parent_url(&u);
+    }
+    None
+}
+
+/// A sink folder of the job.
+pub struct SinkFolder<'a> {
+    /// The sink table.
+    pub table: &'a str,
+    /// Its folder.
+    pub loc: &'a Location,
+    /// The store settings it was opened with.
+    pub options: StoreOptions,
+}
+
+/// Checks the rules above between the job's checkpoint, its sinks and its
+/// source folders (`(table, folder)`).
+pub async fn check(
+    checkpoint: &Location,
+    sinks: &[SinkFolder<'_>],
+    sources: &[(&str, &Location)],
+) -> Result<()> {
+    for (i, s) in sinks.iter().enumerate() {
+        for other in &sinks[i + 1..] {
+            if other.table != s.table && (within(s.loc, other.loc) || within(other.loc, s.loc)) {
+                return Err(Error::Config(format!(
+                    "sink tables '{}' ({}) and '{}' ({}) share a folder, so their rows would mix; \
+                     give each sink a folder of its own",
+                    s.table, s.loc, other.table, other.loc
+                )));
+            }
+        }
+        for (source, folder) in sources {
+            if within(s.loc, folder) {
+                return Err(Error::Config(format!(
+                    "sink table '{}' writes to {}, which is {} the folder of source '{source}' ({folder}): \
+                     the job would read its own output, again and again. Give the sink a 'path' \
+                     outside its sources' folders",
+                    s.table,
+                    s.loc,
+                    if s.loc.url() == folder.url() {
+                        "also"
+                    } else {
+                        "inside"
+                    },
+                )));
+            }
+        }
+        if within(checkpoint, s.loc) {
+            return Err(Error::Config(format!(
+                "the checkpoint {checkpoint} is inside the folder of sink table '{}' ({}): its state \
+                 files would be read as output. Put the checkpoint elsewhere (--checkpoint)",
+                s.table, s.loc
+            )));
+        }
+        let inside = if within(s.loc, checkpoint) {
+            Some(checkpoint.url().to_string())
+        } else {
+            enclosing_checkpoint(s.loc, &s.options).await
+        };
+        if let Some(ck) = inside {
+            return Err(Error::Config(format!(
+                "sink table '{}' writes to {}, which is inside the checkpoint {ck}: a checkpoint's \
+                 folder belongs to its job (retention and rollback delete files in it). Give the \
+                 sink a 'path' outside every checkpoint",
+                s.table, s.loc
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of a sink folder that `found` owns, for `me`.
+pub fn owner_conflict(loc: &Location, me: &SinkOwner, found: &SinkOwner) -> Error {
+    let whose = if found.checkpoint == me.checkpoint {
+        format!(
+            "an earlier query whose checkpoint was at the same place ({}) but was made anew since \
+             (query id {} then, {} now), so the folder holds output this run would write a second time",
+            found.checkpoint, found.query_id, me.query_id
+        )
+    } else {
+        format!(
+            "the query with the checkpoint {} (its table '{}'), while this query's checkpoint is {}; \
+             two queries writing one folder would mix their rows and repeat them",
+            found.checkpoint, found.table, me.checkpoint
+        )
+    };
+    Error::Config(format!(
+        "sink table '{}' writes to {loc}, which belongs to {whose} (see {loc}/_weir/owner.json). \
+         Give the sink a 'path' of its own, or, if that folder's output is no longer wanted, delete \
+         the folder and run again",
+        me.table
+    ))
+}
+
+/// Refuses a sink folder that another checkpoint's query owns.
+pub async fn check_owner(loc: &Location, me: &SinkOwner) -> Result<()> {
+    match SinkOwner::read(loc).await? {
+        Some(found) if !found.same_as(me) => Err(owner_conflict(loc, me, &found)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_stop_at_the_store_root() {
+        assert_eq!(parent_url("file:///a/b").as_deref(), Some("file:///a"));
+        assert_eq!(parent_url("file:///a").as_deref(), Some("file:///"));
+        assert_eq!(parent_url("file:///"), None);
+        assert_eq!(parent_url("s3://bucket/a/b").as_deref(), Some("s3://bucket/a"));
+        assert_eq!(parent_url("s3://bucket/a").as_deref(), Some("s3://bucket"));
+        assert_eq!(parent_url("s3://bucket"), None);
+    }
+
+    #[test]
+    fn within_is_by_whole_path_parts() {
+        let o = StoreOptions::default();
+        let a = Location::open("memory://w/a", &o, Create::Yes).unwrap();
+        let ab = Location::open("memory://w/a/b", &o, Create::Yes).unwrap();
+        let abc = Location::open("memory://w/abc", &o, Create::Yes).unwrap();
+        assert!(within(&ab, &a) && within(&a, &a));
+        assert!(!within(&a, &ab) && !within(&abc, &a));
+    }
+}
