@@ -407,7 +407,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     };
     let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
     drop(shown);
-    let summary = summary?;
+    let summary = summary.with_context(|| format!("job {}", args.job.display()))?;
     for w in &summary.warnings {
         errln!("weir: warning: {}", redactor.scrub(w));
         if let Some(f) = json.as_mut() {

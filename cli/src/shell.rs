@@ -528,8 +528,40 @@ impl Shell {
 
     async fn batch(&self, sql: &str) -> Result<()> {
         let ctx = self.batch_context(sql).await?;
-        let df = ctx.sql(sql).await.map_err(|e| anyhow!(strip_df(&e)))?;
+        let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
         self.print_dataframe(df).await
+    }
+
+    /// A batch query's planning error as a user reads it: a table DataFusion
+    /// did not find is a file or folder that does not exist, or a table
+    /// that is not declared.
+    fn batch_error(&self, e: &datafusion::error::DataFusionError) -> anyhow::Error {
+        let msg = strip_df(e);
+        let missing = msg
+            .strip_prefix("table '")
+            .and_then(|rest| rest.split_once("' not found"))
+            .map(|(name, _)| {
+                name.strip_prefix("datafusion.public.")
+                    .unwrap_or(name)
+                    .to_string()
+            });
+        match missing {
+            Some(name) if name.contains('/') || name.contains('.') || name.contains("://") => {
+                anyhow!("no such file or folder: '{name}'")
+            }
+            Some(name) => {
+                let declared: Vec<&str> = self.catalog.tables().map(|d| d.name()).collect();
+                anyhow!(
+                    "unknown table '{name}' ({}; a file or folder is a table too, in single quotes: 'out/t/')",
+                    if declared.is_empty() {
+                        "no tables are declared".to_string()
+                    } else {
+                        format!("declared: {}", declared.join(", "))
+                    }
+                )
+            }
+            None => anyhow!(msg),
+        }
     }
 
     /// Prints a batch query's result as it streams in (CSV, JSON) or when it
@@ -776,7 +808,7 @@ impl Shell {
         };
         if !streaming {
             let ctx = self.batch_context(sql).await?;
-            let df = ctx.sql(sql).await.map_err(|e| anyhow!(strip_df(&e)))?;
+            let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
             return self.print_dataframe(df).await;
         }
         let text = self.job_text(inner)?;

@@ -362,6 +362,9 @@ pub struct StreamingJob {
     /// commit (changed sources under `fresh_state`): their watermark and
     /// progress are not restored.
     reset_sources: BTreeSet<String>,
+    /// The job's window calls, by placeholder name (so messages and plans
+    /// show the call, not `__weir_tvf_N`).
+    tvfs: BTreeMap<String, weir_sql::preprocess::TvfCall>,
     /// Warnings for the next epoch's progress.
     warnings: Vec<String>,
     /// Whether the drained-checkpoint warning was given.
@@ -660,6 +663,7 @@ impl StreamingJob {
             retain_epochs: options.retain_epochs.max(1),
             notes,
             reset_sources,
+            tvfs: job.tvfs.clone(),
             warnings: Vec::new(),
             warned_drained: false,
         };
@@ -991,21 +995,25 @@ impl StreamingJob {
 
     /// Each pipeline's physical plan, as text.
     pub fn explain(&self) -> String {
-        self.pipelines
+        let text = self
+            .pipelines
             .iter()
             .map(|p| self.explain_pipeline(p, false))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        weir_sql::preprocess::hide_placeholders(&text, &self.tvfs)
     }
 
     /// Each pipeline's physical plan with the rows and time each operator
     /// spent over the epochs this process ran (EXPLAIN ANALYZE).
     pub fn explain_analyze(&self) -> String {
-        self.pipelines
+        let text = self
+            .pipelines
             .iter()
             .map(|p| self.explain_pipeline(p, true))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        weir_sql::preprocess::hide_placeholders(&text, &self.tvfs)
     }
 
     fn explain_pipeline(&self, p: &Pipeline, analyze: bool) -> String {
@@ -1314,7 +1322,10 @@ impl StreamingJob {
             let out = match execute(&p.plan, ctx).await {
                 Ok(out) => out,
                 Err(e) => {
-                    let e = Error::Runtime(format!("epoch {epoch}, {}: {e}", p.statement));
+                    let e = Error::Runtime(weir_sql::preprocess::hide_placeholders(
+                        &format!("epoch {epoch}, {}: {e}", p.statement),
+                        &self.tvfs,
+                    ));
                     return Err(self.abandon(epoch, e).await);
                 }
             };

@@ -311,7 +311,7 @@ impl LiveSink {
 #[derive(Debug)]
 pub enum PipelineSink {
     /// A declared sink table.
-    Files(FileSink),
+    Files(Box<FileSink>),
     /// A declared `'connector' = 'blackhole'` table.
     Blackhole(BlackholeSink),
     /// The caller of a live query.
@@ -331,7 +331,11 @@ impl PipelineSink {
             (Some(decl), _) if decl.connector()? == "blackhole" => {
                 Ok(Self::Blackhole(BlackholeSink::open(decl)?))
             }
-            (Some(decl), _) => Ok(Self::Files(FileSink::open(decl, writer, store_options)?)),
+            (Some(decl), _) => Ok(Self::Files(Box::new(FileSink::open(
+                decl,
+                writer,
+                store_options,
+            )?))),
             (None, Some(sender)) => Ok(Self::Live(LiveSink::new(sender.clone()))),
             (None, None) => Err(Error::Config(
                 "a query without a sink table needs a live output to send its rows to".into(),

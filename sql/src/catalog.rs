@@ -130,3 +130,39 @@ impl TableDecl {
         self.require("connector")
     }
 }
+
+/// An Arrow type as the SQL type a user writes for it (`BIGINT`,
+/// `VARCHAR`, `TIMESTAMP(3)`), for messages; Arrow's name for the rest.
+pub fn sql_type_name(t: &datafusion::arrow::datatypes::DataType) -> String {
+    use datafusion::arrow::datatypes::{DataType::*, TimeUnit};
+    match t {
+        Boolean => "BOOLEAN".into(),
+        Int8 => "TINYINT".into(),
+        Int16 => "SMALLINT".into(),
+        Int32 => "INT".into(),
+        Int64 => "BIGINT".into(),
+        UInt8 => "TINYINT UNSIGNED".into(),
+        UInt16 => "SMALLINT UNSIGNED".into(),
+        UInt32 => "INT UNSIGNED".into(),
+        UInt64 => "BIGINT UNSIGNED".into(),
+        Float32 => "FLOAT".into(),
+        Float64 => "DOUBLE".into(),
+        Utf8 | LargeUtf8 | Utf8View => "VARCHAR".into(),
+        Binary | LargeBinary | BinaryView => "BYTEA".into(),
+        Date32 | Date64 => "DATE".into(),
+        Decimal128(p, s) | Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
+        Timestamp(unit, tz) => {
+            let p = match unit {
+                TimeUnit::Second => 0,
+                TimeUnit::Millisecond => 3,
+                TimeUnit::Microsecond => 6,
+                TimeUnit::Nanosecond => 9,
+            };
+            match tz {
+                Some(_) => format!("TIMESTAMP({p}) WITH TIME ZONE"),
+                None => format!("TIMESTAMP({p})"),
+            }
+        }
+        other => other.to_string(),
+    }
+}

@@ -171,8 +171,7 @@ impl Job {
             return Ok(());
         }
         let pre = preprocess::preprocess(text, next_tvf)?;
-        let mut parsed =
-            Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::syntax(e))?;
+        let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(Error::syntax)?;
         if parsed.len() != 1 {
             return Err(Error::Syntax("expected one statement".into()));
         }
@@ -346,7 +345,7 @@ impl Job {
 pub fn parse_create_table(text: &str) -> Result<TableDecl> {
     let mut next_tvf = 0;
     let pre = preprocess::preprocess(text, &mut next_tvf)?;
-    let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(|e| Error::syntax(e))?;
+    let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(Error::syntax)?;
     match (parsed.len(), parsed.pop()) {
         (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark),
         _ => Err(Error::Plan("expected one CREATE TABLE statement".into())),

@@ -99,23 +99,40 @@ impl Error {
         }
     }
 
+    /// This error with its text changed by `f` (its structure kept).
+    pub fn map_text(self, f: &dyn Fn(String) -> String) -> Error {
+        match self {
+            Error::Syntax(m) => Error::Syntax(f(m)),
+            Error::Plan(m) => Error::Plan(f(m)),
+            Error::Unsupported(m) => Error::Unsupported(f(m)),
+            Error::InStatement { line, head, inner } => Error::InStatement {
+                line,
+                head: f(head),
+                inner: Box::new(inner.map_text(f)),
+            },
+            Error::DataFusion(e) => Error::Plan(f(strip_df(&e))),
+        }
+    }
+
+    /// This error without the placeholder names that stand for window
+    /// calls (`__weir_tvf_0`), which mean nothing to the user: a column
+    /// `__weir_tvf_0.price` is `price`, the table is the call.
+    pub fn without_placeholders(
+        self,
+        tvfs: &std::collections::BTreeMap<String, preprocess::TvfCall>,
+    ) -> Error {
+        if tvfs.is_empty() {
+            return self;
+        }
+        self.map_text(&|m| preprocess::hide_placeholders(&m, tvfs))
+    }
+
     /// This error with each of `secrets` in its text replaced by `***`.
     pub fn scrubbed(self, secrets: &[String]) -> Error {
         if secrets.is_empty() {
             return self;
         }
-        let s = |m: String| secrets::scrub(&m, secrets);
-        match self {
-            Error::Syntax(m) => Error::Syntax(s(m)),
-            Error::Plan(m) => Error::Plan(s(m)),
-            Error::Unsupported(m) => Error::Unsupported(s(m)),
-            Error::InStatement { line, head, inner } => Error::InStatement {
-                line,
-                head: s(head),
-                inner: Box::new(inner.scrubbed(secrets)),
-            },
-            Error::DataFusion(e) => Error::Plan(s(strip_df(&e))),
-        }
+        self.map_text(&|m| secrets::scrub(&m, secrets))
     }
 }
 
@@ -129,6 +146,9 @@ pub fn strip_df(e: &DataFusionError) -> String {
         Some((head, _)) => head.replace("Internal error: ", "internal error: "),
         None => msg,
     };
+    if let Some(m) = no_signature(&msg) {
+        return m;
+    }
     for prefix in [
         "Execution error: ",
         "Arrow error: ",
@@ -144,6 +164,40 @@ pub fn strip_df(e: &DataFusionError) -> String {
         }
     }
     msg.trim().to_string()
+}
+
+/// DataFusion's "Function 'sum' failed to match any signature, errors:
+/// ... requires Decimal, but received String (DataType: Utf8View). ..."
+/// (an internal error, as DataFusion raises it) as the planning error it
+/// is: the function, the type it got, and the types it takes.
+fn no_signature(msg: &str) -> Option<String> {
+    let at = msg.find("Function '")?;
+    let rest = &msg[at + "Function '".len()..];
+    let (name, rest) = rest.split_once('\'')?;
+    if !rest.starts_with(" failed to match any signature") {
+        return None;
+    }
+    let mut wanted: Vec<&str> = Vec::new();
+    let mut received = None;
+    for part in rest.split("requires ").skip(1) {
+        let (want, tail) = part.split_once(", but received ")?;
+        wanted.push(want.trim());
+        received = received.or_else(|| {
+            tail.split_once("(DataType: ")
+                .and_then(|(_, t)| t.split_once(')'))
+                .map(|(t, _)| t.to_string())
+        });
+    }
+    wanted.dedup();
+    let got = received.map(|t| format!(" of type {t}")).unwrap_or_default();
+    Some(format!(
+        "function '{name}' does not take an argument{got}{}",
+        if wanted.is_empty() {
+            String::new()
+        } else {
+            format!(" (it takes {})", wanted.join(", "))
+        }
+    ))
 }
 
 /// Result alias for this crate.

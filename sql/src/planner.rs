@@ -157,6 +157,12 @@ impl StreamPlanner {
 
     /// Plans the job's views, then every insert.
     pub async fn plan(&self) -> Result<Vec<PipelinePlan>> {
+        self.plan_all()
+            .await
+            .map_err(|e| e.without_placeholders(&self.job.tvfs))
+    }
+
+    async fn plan_all(&self) -> Result<Vec<PipelinePlan>> {
         for view in &self.job.views {
             self.plan_view(view)
                 .await
@@ -1379,14 +1385,48 @@ fn conform_to_sink(plan: LogicalPlan, sink: &TableDecl, changelog: bool) -> Resu
     for i in 0..n {
         let column = Expr::Column(Column::from(out.qualified_field(i + skip)));
         let target = declared.field(i);
-        let e = if out.field(i + skip).data_type() == target.data_type() {
+        let given = out.field(i + skip);
+        let e = if given.data_type() == target.data_type() {
             column
-        } else {
+        } else if sink_cast_allowed(given.data_type(), target.data_type()) {
             cast(column, target.data_type().clone())
+        } else {
+            let declared_type = sink
+                .column_types
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| crate::catalog::sql_type_name(target.data_type()));
+            return Err(Error::Plan(format!(
+                "sink table '{}': column '{}' (column {} of {n}) is declared {declared_type}, but the query gives \
+                 '{}' of type {}, which does not convert to it; CAST it in the query if that is meant",
+                sink.name,
+                target.name(),
+                i + 1,
+                given.name(),
+                crate::catalog::sql_type_name(given.data_type())
+            )));
         };
         exprs.push(e.alias(target.name()));
     }
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Whether a query's column of type `given` is cast to a sink's declared
+/// `target` without asking: numbers to numbers, text to text, times to
+/// times, anything to text. Others (text to a number or a boolean) are
+/// refused at planning rather than failing on the first row that does not
+/// parse.
+fn sink_cast_allowed(given: &DataType, target: &DataType) -> bool {
+    use DataType::*;
+    let text = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let time = |t: &DataType| matches!(t, Timestamp(_, _) | Date32 | Date64);
+    (given.is_numeric() && target.is_numeric())
+        || text(target)
+        || (time(given) && time(target))
+        || matches!(given, Null)
+        || (matches!(given, Boolean) && matches!(target, Boolean))
+        || (matches!(given, Binary | LargeBinary | BinaryView)
+            && matches!(target, Binary | LargeBinary | BinaryView))
 }
 
 #[cfg(test)]
@@ -1668,5 +1708,18 @@ mod tests {
         let s = p[0].plan.schema();
         assert_eq!(s.field(0).name(), "a");
         assert_eq!(s.field(1).data_type(), &DataType::Float64);
+        // Text into a number is not guessed at: the table and column are named.
+        let e = plan_sql(
+            "CREATE TABLE typed (a BIGINT, b BOOLEAN NOT NULL) WITH ('connector'='files','path'='t/','format'='parquet');
+             INSERT INTO typed SELECT auction, url FROM bids;",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sink table 'typed': column 'b' (column 2 of 2) is declared BOOLEAN NOT NULL")
+                && e.contains("'url' of type VARCHAR"),
+            "{e}"
+        );
     }
 }

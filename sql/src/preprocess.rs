@@ -98,7 +98,7 @@ pub struct Preprocessed {
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
     Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
-        .map_err(|e| Error::syntax(e))
+        .map_err(Error::syntax)
 }
 
 fn render(tokens: &[Token]) -> String {
@@ -129,7 +129,7 @@ pub struct StatementText {
 pub fn split_statements(text: &str) -> Result<Vec<StatementText>> {
     let tokens = Tokenizer::new(&GenericDialect {}, text)
         .tokenize_with_location()
-        .map_err(|e| Error::syntax(e))?;
+        .map_err(Error::syntax)?;
     let mut out = Vec::new();
     let mut current: Vec<Token> = Vec::new();
     let mut start: Option<(u64, u64)> = None;
@@ -561,6 +561,36 @@ fn parse_tvf_args(kind: TvfKind, inner: &[Token], placeholder: String) -> Result
         time_column,
         args,
     })
+}
+
+/// `text` without placeholder names: `__weir_tvf_3.price` becomes `price`,
+/// and a bare `__weir_tvf_3` the window call it stands for.
+pub fn hide_placeholders(text: &str, calls: &std::collections::BTreeMap<String, TvfCall>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(TVF_PREFIX) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + TVF_PREFIX.len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        let name = &rest[at..at + TVF_PREFIX.len() + digits];
+        let tail = &after[digits..];
+        if let Some(t) = tail.strip_prefix('.') {
+            rest = t;
+        } else {
+            match calls.get(name) {
+                Some(c) => out.push_str(&format!(
+                    "{}(TABLE {}, DESCRIPTOR({}), ...)",
+                    c.kind.name(),
+                    c.table,
+                    c.time_column
+                )),
+                None => out.push_str("the window call"),
+            }
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether a token is a comment (for callers that normalize text).
