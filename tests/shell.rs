@@ -287,6 +287,75 @@ fn history_is_recalled_across_sessions_without_secrets() {
 }
 
 #[test]
+fn an_open_statement_shows_a_continuation_prompt_and_ctrl_c_drops_it() {
+    let ws = Workspace::new();
+    let mut t = Term::spawn(&ws, &[]);
+    t.wait_for("weir> ");
+    t.line("SELECT 40 +");
+    t.wait_for("   -> ");
+    t.line("2 AS answer;");
+    t.wait_for("|     42 |");
+    t.prompt();
+    // Ctrl-C in an open statement drops it: the next line starts afresh.
+    t.line("SELECT 'dropped' AS s,");
+    t.wait_for_n("   -> ", 2);
+    t.send(CTRL_C);
+    t.prompt();
+    t.line("SELECT 'kept' AS s;");
+    let screen = t.wait_for("| kept |");
+    assert!(!screen.contains("| dropped"), "{screen}");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
+#[test]
+fn the_history_keeps_no_statement_with_a_known_or_mistyped_secret() {
+    let ws = Workspace::new();
+    let mut t = Term::spawn(&ws, &[]);
+    t.wait_for("weir> ");
+    t.line(
+        "CREATE TABLE vault WITH ('connector' = 'files', 'path' = 's3://b/v/', 'format' = 'parquet', \
+         's3.secret_access_key' = 'hunter2-very-secret');",
+    );
+    t.wait_for("declared vault");
+    // The `=` forgotten: the error shows no secret, and the history keeps
+    // nothing of the statement.
+    t.line(
+        "CREATE TABLE vault2 WITH ('connector' = 'files', 'path' = 's3://b/w/', \
+         's3.secret_access_key' 'typo-secret-value');",
+    );
+    let screen = t.wait_for("error: ");
+    let errors: Vec<&str> = screen.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        errors.iter().all(|l| !l.contains("typo-secret-value")),
+        "{screen}"
+    );
+    assert!(errors.iter().any(|l| l.contains("found: '***'")), "{screen}");
+    // A known secret typed where no option name precedes it: the query
+    // runs (its result is the user's data), the history does not keep it.
+    t.line("SELECT 'hunter2-very-secret' AS s;");
+    t.wait_for("(1 row)");
+    t.line("SELECT 'plain' AS p;");
+    t.wait_for("| plain |");
+    t.line("\\q");
+    assert_eq!(t.wait_exit(), 0);
+    let history = std::fs::read_to_string(ws.path(".weir_history")).unwrap();
+    for secret in ["hunter2", "typo-secret"] {
+        assert!(
+            !history.contains(secret),
+            "{secret} reached the history:\n{history}"
+        );
+    }
+    assert!(
+        !history.contains("vault2"),
+        "a rejected statement with a secret key:\n{history}"
+    );
+    assert!(history.contains("SELECT 'plain' AS p;"), "{history}");
+    assert!(history.contains("'s3.secret_access_key' = '***'"), "{history}");
+}
+
+#[test]
 fn tab_completes_table_names() {
     let (ws, _) = workspace();
     let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
@@ -301,7 +370,10 @@ fn tab_completes_table_names() {
     t.send("\r");
     let screen = t.wait_for("Watermark: WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND");
     assert!(screen.contains("Source bids"), "{screen}");
-    assert!(screen.contains("| date_time | Timestamp(ms) |"), "{screen}");
+    assert!(
+        screen.contains("| date_time | TIMESTAMP(3) |"),
+        "as declared: {screen}"
+    );
     t.prompt();
     t.send(CTRL_D);
     assert_eq!(t.wait_exit(), 0);

@@ -1,8 +1,8 @@
-//! Writes a folder of bid events as Parquet files, for the bundled example
-//! and for throughput measurements:
+//! Writes a folder of bid events as Parquet (or JSON, or CSV) files, for the
+//! bundled example and for throughput measurements:
 //!
 //! ```text
-//! cargo run --release -p weir-cli --example gen_bids -- OUT_DIR [ROWS] [FILES] [SEED]
+//! cargo run --release -p weir-cli --example gen_bids -- OUT_DIR [ROWS] [FILES] [SEED] [parquet|json|csv]
 //! ```
 //!
 //! Bids come 100 per second of event time from 2026-01-01 00:00:00; one in
@@ -37,10 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = args
         .first()
-        .ok_or("usage: gen_bids OUT_DIR [ROWS] [FILES] [SEED]")?;
+        .ok_or("usage: gen_bids OUT_DIR [ROWS] [FILES] [SEED] [parquet|json|csv]")?;
     let rows: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
     let files: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(4).max(1);
     let seed: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(42);
+    let format = args.get(4).map_or("parquet", String::as_str);
+    if !matches!(format, "parquet" | "json" | "csv") {
+        return Err(format!("format '{format}': expected parquet, json or csv").into());
+    }
     std::fs::create_dir_all(out)?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("auction", DataType::Int64, false),
@@ -65,12 +69,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if n == 0 {
             break;
         }
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let path = format!("{out}/bids-{f:04}.parquet");
-        let mut writer =
-            ArrowWriter::try_new(std::fs::File::create(&path)?, Arc::clone(&schema), Some(props))?;
+        let path = format!("{out}/bids-{f:04}.{format}");
+        let mut writer = Writer::create(&path, format, &schema)?;
         let mut left = n;
         while left > 0 {
             let chunk = left.min(65_536);
@@ -121,4 +121,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     eprintln!("wrote {rows} bids in {files} files under {out}");
     Ok(())
+}
+
+/// One output file, in one of the formats.
+enum Writer {
+    Parquet(ArrowWriter<std::fs::File>),
+    Json(datafusion::arrow::json::LineDelimitedWriter<std::fs::File>),
+    Csv(datafusion::arrow::csv::Writer<std::fs::File>),
+}
+
+impl Writer {
+    fn create(path: &str, format: &str, schema: &Arc<Schema>) -> Result<Self, Box<dyn std::error::Error>> {
+        let file = std::fs::File::create(path)?;
+        Ok(match format {
+            "json" => Writer::Json(datafusion::arrow::json::LineDelimitedWriter::new(file)),
+            "csv" => Writer::Csv(
+                datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(file),
+            ),
+            _ => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .build();
+                Writer::Parquet(ArrowWriter::try_new(file, Arc::clone(schema), Some(props))?)
+            }
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Writer::Parquet(w) => w.write(batch)?,
+            Writer::Json(w) => w.write(batch)?,
+            Writer::Csv(w) => w.write(batch)?,
+        }
+        Ok(())
+    }
+
+    fn close(self) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Writer::Parquet(w) => {
+                w.close()?;
+            }
+            Writer::Json(mut w) => w.finish()?,
+            Writer::Csv(_) => {}
+        }
+        Ok(())
+    }
 }

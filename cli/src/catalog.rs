@@ -37,10 +37,31 @@ impl Declared {
     }
 }
 
-/// The declared tables of a session.
-#[derive(Clone, Debug, Default)]
+/// A declared view: `CREATE VIEW name AS SELECT ...` over streams.
+#[derive(Clone)]
+pub struct View {
+    /// Its name.
+    pub name: String,
+    /// The statement as typed (it may name tables whose options hold
+    /// secrets, but holds none itself).
+    pub sql: String,
+}
+
+/// The declared tables and views of a session.
+#[derive(Clone, Default)]
 pub struct Catalog {
     tables: BTreeMap<String, Declared>,
+    /// Views, in the order declared (a view may use those before it).
+    views: Vec<View>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("tables", &self.tables)
+            .field("views", &self.views.iter().map(|v| &v.name).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Catalog {
@@ -64,9 +85,50 @@ impl Catalog {
         }))
     }
 
+    /// Declares a view from its `CREATE VIEW` statement. Its query is
+    /// planned when a statement that uses it runs.
+    pub fn declare_view(&mut self, sql: &str) -> Result<&View> {
+        let mut text = String::new();
+        for name in self.names_in(sql)? {
+            self.push_declaration(&name, &mut text);
+        }
+        text.push_str(sql.trim());
+        text.push_str(";\n");
+        let job = Job::parse_as(&text, JobKind::Declarations)?;
+        let Some(view) = job.views.last() else {
+            bail!("expected a CREATE VIEW statement");
+        };
+        let name = view.name.clone();
+        if self.tables.contains_key(&name) || self.views.iter().any(|v| v.name == name) {
+            bail!("'{name}' is already declared (DROP VIEW {name} first to declare it again)");
+        }
+        self.views.push(View {
+            name,
+            sql: sql.trim().to_string(),
+        });
+        Ok(self.views.last().expect("just pushed"))
+    }
+
+    /// A declared view.
+    pub fn view(&self, name: &str) -> Option<&View> {
+        self.views.iter().find(|v| v.name == name)
+    }
+
+    /// Every declared view, in declaration order.
+    pub fn views(&self) -> impl Iterator<Item = &View> {
+        self.views.iter()
+    }
+
     /// Forgets a declaration (the table's files stay).
     pub fn drop_table(&mut self, name: &str) -> Option<Declared> {
         self.tables.remove(name)
+    }
+
+    /// Forgets a view.
+    pub fn drop_view(&mut self, name: &str) -> bool {
+        let before = self.views.len();
+        self.views.retain(|v| v.name != name);
+        self.views.len() != before
     }
 
     /// A declared table.
@@ -79,27 +141,48 @@ impl Catalog {
         self.tables.values()
     }
 
-    /// The declared tables a statement names (as identifiers, outside
-    /// strings and comments), by name.
+    /// The declared tables and views a statement names (as identifiers,
+    /// outside strings and comments), and those the views it names use in
+    /// turn, by name.
     pub fn names_in(&self, sql: &str) -> Result<Vec<String>> {
-        let mut names: Vec<String> = tokens(sql)?
-            .iter()
-            .filter_map(|t| match t {
-                Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
-                _ => None,
-            })
-            .filter(|n| self.tables.contains_key(n))
-            .collect();
+        let mut names: Vec<String> = Vec::new();
+        let mut todo = vec![sql.to_string()];
+        while let Some(text) = todo.pop() {
+            for t in tokens(&text)? {
+                let Token::Word(w) = t else { continue };
+                let n = normalize_ident(&w.value, w.quote_style.is_some());
+                if names.contains(&n) {
+                    continue;
+                }
+                if self.tables.contains_key(&n) {
+                    names.push(n);
+                } else if let Some(v) = self.view(&n) {
+                    todo.push(v.sql.clone());
+                    names.push(n);
+                }
+            }
+        }
         names.sort();
-        names.dedup();
         Ok(names)
     }
 
-    /// The job text of a statement: the declarations it names, then it.
+    fn push_declaration(&self, name: &str, text: &mut String) {
+        if let Some(t) = self.tables.get(name) {
+            text.push_str(&t.sql);
+            text.push_str(";\n");
+        }
+    }
+
+    /// The job text of a statement: the declarations it names (tables in
+    /// name order, then views in the order declared), then it.
     pub fn job_text(&self, statement: &str) -> Result<String> {
+        let names = self.names_in(statement)?;
         let mut text = String::new();
-        for name in self.names_in(statement)? {
-            text.push_str(&self.tables[&name].sql);
+        for name in &names {
+            self.push_declaration(name, &mut text);
+        }
+        for v in self.views.iter().filter(|v| names.contains(&v.name)) {
+            text.push_str(&v.sql);
             text.push_str(";\n");
         }
         text.push_str(statement.trim());
@@ -139,6 +222,34 @@ mod tests {
             vec!["other"],
             "a quoted name keeps its case"
         );
+    }
+
+    #[test]
+    fn a_view_brings_the_tables_it_uses() {
+        let mut c = Catalog::default();
+        c.declare(BIDS).unwrap();
+        c.declare(OUT).unwrap();
+        c.declare_view("CREATE VIEW cheap AS SELECT * FROM bids WHERE auction < 10")
+            .unwrap();
+        c.declare_view("CREATE VIEW cheaper AS SELECT * FROM cheap WHERE auction < 5")
+            .unwrap();
+        let text = c.job_text("INSERT INTO out SELECT auction FROM cheaper").unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{BIDS};\n{OUT};\nCREATE VIEW cheap AS SELECT * FROM bids WHERE auction < 10;\n\
+                 CREATE VIEW cheaper AS SELECT * FROM cheap WHERE auction < 5;\n\
+                 INSERT INTO out SELECT auction FROM cheaper;\n"
+            )
+        );
+        Job::parse(&text).unwrap();
+        let e = c
+            .declare_view("CREATE VIEW cheap AS SELECT 1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("already declared"), "{e}");
+        assert!(c.drop_view("cheaper") && !c.drop_view("cheaper"));
     }
 
     #[test]

@@ -1,7 +1,6 @@
-//! The line editor's helper (after datafusion-cli's `helper.rs`): it tells
-//! rustyline when the input is a whole statement, so Enter inside an
-//! unfinished statement starts a new line instead of running it, and it
-//! completes words on Tab.
+//! The line editor's helper (after datafusion-cli's `helper.rs`): it
+//! completes words on Tab. (Statements that span lines are collected by the
+//! shell's loop, line by line under a continuation prompt, as psql does.)
 //!
 //! Completion offers keywords, declared tables, their columns and
 //! DataFusion's functions; after `FROM`, `JOIN`, `INTO`, `TABLE` or `\d`,
@@ -13,8 +12,6 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Helper};
-
-use crate::input::is_complete;
 
 /// SQL words worth completing: what Weir's statements use.
 const KEYWORDS: &[&str] = &[
@@ -238,13 +235,12 @@ impl Completer for ShellHelper {
     }
 }
 
+/// Every line is taken as typed: the shell itself collects the lines of an
+/// unfinished statement, under a continuation prompt (`   -> `), as psql
+/// does. (A statement recalled from history comes back whole.)
 impl Validator for ShellHelper {
-    fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        Ok(if is_complete(ctx.input()) {
-            ValidationResult::Valid(None)
-        } else {
-            ValidationResult::Incomplete
-        })
+    fn validate(&self, _ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
+        Ok(ValidationResult::Valid(None))
     }
 }
 

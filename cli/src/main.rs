@@ -128,15 +128,18 @@ struct RunArgs {
     job: PathBuf,
     /// When to run epochs: `available-now` (process the input there now, then
     /// exit), `once` (one epoch, then exit), or an interval such as `1s`,
-    /// `500ms`, `1m` (keep running).
-    #[arg(long, default_value = "1s")]
-    trigger: String,
+    /// `500ms`, `1m` (keep running). Default: the job's `SET trigger`, else 1s.
+    #[arg(long)]
+    trigger: Option<String>,
     /// Where the checkpoint lives: a folder or a URL (file://, s3://).
     /// Default: `<job>.checkpoint/` beside the job file.
     #[arg(long)]
     checkpoint: Option<String>,
-    /// The input is complete: after the last batch, close every open window.
-    /// A later run then treats any new rows as late.
+    /// The input is complete: after the last batch, move the watermark to the
+    /// end of time, closing every open window. This is final for the
+    /// checkpoint: every row a later run reads on it is late (dropped, with a
+    /// warning). Leave it off for a job you add input to. Needs a bounded
+    /// trigger (available-now, once).
     #[arg(long)]
     drain: bool,
     /// Also write each batch's progress as a JSON line to this file (appended).
@@ -160,8 +163,40 @@ struct RunArgs {
     /// worker threads, and the threads a source reads with. Stateless work
     /// runs on all of them, and keyed aggregates split their state by the
     /// keys' hash into that many shards. `0`: one per CPU this process may use.
-    #[arg(long, default_value_t = 1)]
+    /// Default: the job's `SET threads`, else 1.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// A run's settings: the command line's, else the job's `SET`s, else the
+/// defaults (the list is `weir_sql::settings`).
+struct RunSettings {
+    trigger: Trigger,
+    drain: bool,
     threads: usize,
+}
+
+impl RunSettings {
+    fn of(args: &RunArgs, job: Option<&weir_sql::Job>) -> Result<RunSettings> {
+        let set = |key: &str| job.and_then(|j| j.setting(key)).map(str::to_string);
+        let trigger = match &args.trigger {
+            Some(t) => parse_trigger(t).context("--trigger")?,
+            None => parse_trigger(&set("trigger").unwrap_or_else(|| "1s".into())).context("SET trigger")?,
+        };
+        let threads = match args
+            .threads
+            .or_else(|| set("threads").and_then(|t| t.parse().ok()))
+        {
+            Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) => n,
+            None => 1,
+        };
+        Ok(RunSettings {
+            trigger,
+            drain: args.drain || set("drain").is_some_and(|d| d == "true"),
+            threads,
+        })
+    }
 }
 
 /// `weir checkpoint inspect|rollback`.
@@ -334,13 +369,19 @@ fn progress_line(p: &BatchProgress) -> String {
 async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     let sql = std::fs::read_to_string(&args.job)
         .with_context(|| format!("cannot read the job file {}", args.job.display()))?;
-    // Parse first so the job's own secrets are scrubbed from any later error.
-    if let Ok(job) = weir_sql::Job::parse(&sql) {
+    // Secrets are known before anything else, so that no error (not even
+    // one about the text not parsing) prints them.
+    for s in weir_sql::secrets::secret_literals(&sql) {
+        redactor.add(s);
+    }
+    let parsed = weir_sql::Job::parse(&sql).ok();
+    if let Some(job) = &parsed {
         for s in job.secret_values() {
             redactor.add(s);
         }
     }
-    let trigger = parse_trigger(&args.trigger).context("--trigger")?;
+    let settings = RunSettings::of(&args, parsed.as_ref())?;
+    let trigger = settings.trigger;
     let checkpoint = args
         .checkpoint
         .clone()
@@ -354,7 +395,8 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         hooks,
         owner: weir_engine::LeaseOwner::this_process(host_name()),
         fresh_state: args.fresh_state,
-        threads: args.threads,
+        explain_only: args.explain,
+        threads: settings.threads,
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
@@ -405,7 +447,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
             }
         }
     };
-    let summary = job.run(trigger, args.drain, stop_rx, &mut on_progress).await;
+    let summary = job.run(trigger, settings.drain, stop_rx, &mut on_progress).await;
     drop(shown);
     let summary = summary.with_context(|| format!("job {}", args.job.display()))?;
     for w in &summary.warnings {
@@ -568,17 +610,19 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let mut cli = Cli::parse();
+    let cli = Cli::parse();
     let mut redactor = Redactor::from_env();
     // `weir run --threads N` runs N tokio workers (0: one per CPU we may use,
     // which is also tokio's default).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(Command::Run(args)) = &mut cli.command {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if args.threads == 0 {
-            args.threads = cpus;
+    if let Some(Command::Run(args)) = &cli.command {
+        // The job may set its threads (`SET threads`); the flag wins.
+        let job = std::fs::read_to_string(&args.job)
+            .ok()
+            .and_then(|sql| weir_sql::Job::parse(&sql).ok());
+        if let Ok(settings) = RunSettings::of(args, job.as_ref()) {
+            builder.worker_threads(settings.threads);
         }
-        builder.worker_threads(args.threads);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

@@ -35,6 +35,11 @@ impl Redactor {
         }
     }
 
+    /// Whether the text holds a known secret.
+    pub fn finds_secret(&self, text: &str) -> bool {
+        self.secrets.iter().any(|s| text.contains(s.as_str()))
+    }
+
     /// The text with every known secret replaced by `***`.
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();

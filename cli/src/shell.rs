@@ -43,8 +43,7 @@ use tokio::sync::{mpsc, watch};
 use weir_engine::{JobOptions, StreamingJob, Trigger};
 use weir_sql::preprocess::{normalize_ident, tokens};
 use weir_sql::{Watermark, strip_df};
-use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, StoreOptions};
+use weir_storage::StoreOptions;
 
 use crate::batch;
 use crate::catalog::{Catalog, Declared};
@@ -261,6 +260,71 @@ fn name_of(t: Option<&Token>) -> Option<String> {
     }
 }
 
+/// A `SELECT` whose outermost clause is `LIMIT n` (without ORDER BY or
+/// OFFSET): the statement without it, and n.
+fn peek_limit(sql: &str) -> Result<Option<(&str, u64)>> {
+    use datafusion::sql::sqlparser::ast::{Expr, LimitClause, Statement, Value};
+    let mut n = 0;
+    let pre = weir_sql::preprocess::preprocess(sql, &mut n)?;
+    let Ok(mut parsed) = DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}) else {
+        return Ok(None);
+    };
+    let Some(datafusion::sql::parser::Statement::Statement(statement)) = parsed.pop_front() else {
+        return Ok(None);
+    };
+    let Statement::Query(q) = *statement else {
+        return Ok(None);
+    };
+    let Some(LimitClause::LimitOffset {
+        limit: Some(Expr::Value(v)),
+        offset: None,
+        limit_by,
+    }) = &q.limit_clause
+    else {
+        return Ok(None);
+    };
+    let (Value::Number(text, _), None, true) = (&v.value, &q.order_by, limit_by.is_empty()) else {
+        return Ok(None);
+    };
+    let Ok(rows) = text.parse::<u64>() else {
+        return Ok(None);
+    };
+    // The last top-level LIMIT of the text as typed.
+    let toks = tokens(sql)?;
+    let mut depth = 0i64;
+    let mut at = None;
+    let mut offset = 0;
+    for t in &toks {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w)
+                if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("LIMIT") =>
+            {
+                at = Some(offset)
+            }
+            _ => {}
+        }
+        offset += t.to_string().len();
+    }
+    Ok(at.map(|i| (sql[..i].trim_end(), rows)))
+}
+
+/// The text after the first `n` words (tokens) of a statement, as typed.
+fn after_words(sql: &str, n: usize) -> &str {
+    let mut rest = sql.trim_start();
+    for _ in 0..n {
+        let end = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.find('"').map_or(rest.len(), |i| i + 2)
+        } else {
+            rest.find(|c: char| c.is_whitespace() || c == '(')
+                .unwrap_or(rest.len())
+        };
+        rest = rest[end..].trim_start();
+    }
+    rest
+}
+
 /// `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND`, as declared.
 fn watermark_text(w: &Watermark) -> String {
     let delay = if w.delay_ms % 1000 == 0 {
@@ -322,6 +386,11 @@ impl Shell {
     /// Runs a piece of input: a statement or a `\` command.
     pub async fn run_piece(&mut self, piece: &Piece) -> Result<Flow> {
         let started = Instant::now();
+        // Secrets typed in it are known before it runs, so that no error
+        // about it (a typo the parser quotes back) can print them.
+        for s in weir_sql::secrets::secret_literals(&piece.text) {
+            self.redactor.add(s);
+        }
         let flow = if piece.command {
             self.command(&piece.text).await?
         } else if is_quit(&piece.text) {
@@ -346,7 +415,7 @@ impl Shell {
         match cmd {
             "\\q" => return Ok(Flow::Quit),
             "\\?" | "\\h" | "\\help" => out(&format!("{HELP}\n"))?,
-            "\\d" => match arg {
+            "\\d" | "\\dt" | "\\d+" => match arg {
                 None => self.list_tables().await?,
                 Some(t) => {
                     self.describe(&normalize_ident(t.trim_matches('"'), t.starts_with('"')))
@@ -382,17 +451,37 @@ impl Shell {
                     n => out(&format!("Tables show at most {n} rows on a terminal.\n"))?,
                 }
             }
+            "\\x" => bail!(
+                "\\x (expanded rows) is not here; \\format json prints each row as one object on a line of its own"
+            ),
+            "\\l" | "\\dn" => bail!("there are no databases or schemas here; \\d lists the tables"),
             other => bail!("unknown command {other} (\\? lists the commands)"),
         }
         Ok(Flow::Continue)
     }
 
     async fn statement(&mut self, sql: &str) -> Result<()> {
+        // Dot-commands are SQLite's and DuckDB's: point to ours.
+        if let Some(dot) = sql.strip_prefix('.') {
+            let word = dot.split_whitespace().next().unwrap_or("");
+            bail!(
+                "'.{word}' is a command of SQLite's and DuckDB's shells; here it is {} (\\? lists them)",
+                match word {
+                    "tables" | "schema" => "\\d, or SHOW TABLES",
+                    "quit" | "exit" => "\\q",
+                    "mode" => "\\format table|csv|json",
+                    "timer" => "\\timing",
+                    _ => "a backslash command",
+                }
+            );
+        }
         let toks = significant(sql)?;
         let first = keyword(toks.first());
         let second = keyword(toks.get(1));
         match (first.as_str(), second.as_str()) {
             ("CREATE", "TABLE") => self.create_table(sql),
+            ("CREATE", "VIEW") | ("CREATE", "OR") => self.create_view(sql),
+            ("DROP", "VIEW") => self.drop_table(&toks),
             ("DROP", "TABLE") => self.drop_table(&toks),
             ("INSERT", _) => cancellable(self.interrupts.clone(), self.insert(sql)).await,
             ("SELECT" | "WITH" | "VALUES", _) => self.query(sql).await,
@@ -455,6 +544,16 @@ impl Shell {
         if self.queries.is_running(&name) {
             bail!("query '{name}' writes '{name}'; STOP QUERY {name} first");
         }
+        if keyword(toks.get(1)) == "VIEW" {
+            return match self.catalog.drop_view(&name) {
+                true => {
+                    self.catalog_changed = true;
+                    out(&format!("dropped view {name}\n"))
+                }
+                false if if_exists => Ok(()),
+                false => bail!("no view '{name}' is declared"),
+            };
+        }
         match self.catalog.drop_table(&name) {
             Some(_) => {
                 self.written.remove(&name);
@@ -464,6 +563,14 @@ impl Shell {
             None if if_exists => Ok(()),
             None => bail!("no table '{name}' is declared"),
         }
+    }
+
+    fn create_view(&mut self, sql: &str) -> Result<()> {
+        let name = self.catalog.declare_view(sql)?.name.clone();
+        self.catalog_changed = true;
+        out(&format!(
+            "declared view {name} (a query over streams: SELECT from it shows live results)\n"
+        ))
     }
 
     /// Whether a declared table is read as a sink (its committed files).
@@ -500,9 +607,11 @@ impl Shell {
             .state()
             .resolve_table_references(&statement)
             .map_err(|e| anyhow!(strip_df(&e)))?;
-        let live = refs
-            .iter()
-            .any(|r| r.schema().is_none() && self.catalog.get(r.table()).is_some_and(|d| !self.is_sink(d)));
+        let live = refs.iter().any(|r| {
+            r.schema().is_none()
+                && (self.catalog.view(r.table()).is_some()
+                    || self.catalog.get(r.table()).is_some_and(|d| !self.is_sink(d)))
+        });
         Ok(if live { QueryKind::Live } else { QueryKind::Batch })
     }
 
@@ -657,6 +766,12 @@ impl Shell {
     /// Live results of a streaming `SELECT`, until its input is done (a
     /// bounded trigger) or Ctrl-C.
     async fn live(&mut self, sql: &str) -> Result<()> {
+        // `SELECT ... LIMIT n` over a stream is a peek, as in Flink's SQL
+        // client: the first n rows, then the query stops.
+        let (sql, limit) = match peek_limit(sql)? {
+            Some((query, n)) => (query, Some(n)),
+            None => (sql, None),
+        };
         let text = self.job_text(sql)?;
         let scratch = tempfile::Builder::new().prefix("weir-live-").tempdir()?;
         let (tx, mut rx) = mpsc::channel(16);
@@ -687,15 +802,27 @@ impl Shell {
         let mut irq = self.interrupts.clone();
         irq.mark_unchanged();
         let mut stopping = false;
+        let mut limited = false;
         let ended = loop {
             tokio::select! {
                 received = rx.recv() => match received {
                     Some(live) => {
                         let mut text = String::new();
                         for b in &live.batches {
-                            text.push_str(&table.batch(b)?);
+                            let left = limit.map_or(u64::MAX, |n| n.saturating_sub(table.rows()));
+                            if left == 0 {
+                                break;
+                            }
+                            let b = b.slice(0, b.num_rows().min(left.try_into().unwrap_or(usize::MAX)));
+                            text.push_str(&table.batch(&b)?);
                         }
                         out(&text)?;
+                        if limit.is_some_and(|n| table.rows() >= n) {
+                            // Enough rows: the rest of the query is not wanted.
+                            limited = true;
+                            run.0.abort();
+                            break (&mut run.0).await;
+                        }
                     }
                     None => break (&mut run.0).await,
                 },
@@ -724,36 +851,13 @@ impl Shell {
             )
         };
         match ended {
+            _ if limited => out(&note("LIMIT reached")),
             Ok(Ok(_)) if stopping => out(&note("stopped")),
             Ok(Ok(_)) => out(&note("the input is done")),
             Ok(Err(e)) => Err(e.into()),
             Err(j) if j.is_cancelled() => out(&note("stopped at once")),
             Err(j) => bail!("the live query stopped on an internal error: {j}"),
         }
-    }
-
-    /// Refuses a checkpoint made by another query, with what to do.
-    async fn check_checkpoint(&self, name: &str, checkpoint: &str, text: &str) -> Result<()> {
-        let fingerprint = weir_sql::Job::parse(text)?.fingerprint()?;
-        let Ok(loc) = Location::open(checkpoint, &self.store_options, Create::No) else {
-            return Ok(()); // a new query
-        };
-        if let Some(meta) = Checkpoint::new(loc).read_metadata().await?
-            && meta.fingerprint != fingerprint
-        {
-            let first = meta
-                .sql
-                .lines()
-                .map(str::trim)
-                .rfind(|l| l.to_ascii_uppercase().starts_with("INSERT"))
-                .unwrap_or("")
-                .to_string();
-            bail!(
-                "the checkpoint {checkpoint} belongs to a different query on '{name}' ({first}...); \
-                 remove that folder to start over, or SET checkpoint_dir = '...' to keep it"
-            );
-        }
-        Ok(())
     }
 
     async fn insert(&mut self, sql: &str) -> Result<()> {
@@ -773,8 +877,12 @@ impl Shell {
         }
         let text = self.job_text(sql)?;
         let checkpoint = self.checkpoint_of(&name);
-        self.check_checkpoint(&name, &checkpoint, &text).await?;
+        // The checkpoint decides, by the same rules as `weir run`: a
+        // compatible change goes on with its state, another is refused.
         let job = StreamingJob::open(&text, self.job_options(checkpoint.clone())).await?;
+        for note in job.notes() {
+            errln!("note: {}", self.redactor.scrub(note));
+        }
         let resumed = job.last_committed();
         let (trigger, drain) = self.query_trigger();
         self.queries
@@ -794,13 +902,10 @@ impl Shell {
 
     async fn explain(&mut self, sql: &str) -> Result<()> {
         let toks = significant(sql)?;
-        let inner_kw = keyword(toks.get(1));
-        // The statement after EXPLAIN, as typed.
-        let at = sql
-            .to_ascii_lowercase()
-            .find("explain")
-            .map_or(0, |i| i + "explain".len());
-        let inner = sql[at..].trim_start();
+        let analyze = keyword(toks.get(1)) == "ANALYZE";
+        let inner_kw = keyword(toks.get(if analyze { 2 } else { 1 }));
+        // The statement after EXPLAIN [ANALYZE], as typed.
+        let inner = after_words(sql, if analyze { 2 } else { 1 });
         let streaming = match inner_kw.as_str() {
             "INSERT" => true,
             "SELECT" | "WITH" | "VALUES" => matches!(self.kind_of_query(inner)?, QueryKind::Live),
@@ -811,9 +916,15 @@ impl Shell {
             let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
             return self.print_dataframe(df).await;
         }
+        if analyze {
+            return self.explain_analyze(&inner_kw, inner).await;
+        }
         let text = self.job_text(inner)?;
         let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
-        let mut options = self.job_options(scratch.path().display().to_string());
+        let mut options = JobOptions {
+            explain_only: true,
+            ..self.job_options(scratch.path().display().to_string())
+        };
         let _receiver;
         if inner_kw != "INSERT" {
             let (tx, rx) = mpsc::channel(1);
@@ -822,6 +933,48 @@ impl Shell {
         }
         let job = StreamingJob::open(&text, options).await?;
         out(&format!("{}\n", self.redactor.scrub(&job.explain())))
+    }
+
+    /// `EXPLAIN ANALYZE` of a streaming query: it runs on a throwaway
+    /// checkpoint, its rows discarded (an `INSERT` writes nothing: its
+    /// `SELECT` runs), for the input there now (`available-now`), or one
+    /// epoch when the session's trigger is an interval; then its plan prints
+    /// with each operator's rows and time.
+    async fn explain_analyze(&mut self, inner_kw: &str, inner: &str) -> Result<()> {
+        let query = if inner_kw == "INSERT" {
+            after_words(inner, 3)
+        } else {
+            inner
+        };
+        let text = self.job_text(query)?;
+        let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
+        let (tx, mut rx) = mpsc::channel(16);
+        let options = JobOptions {
+            live: Some(tx),
+            ..self.job_options(scratch.path().display().to_string())
+        };
+        let mut job = StreamingJob::open(&text, options).await?;
+        let (trigger, drain) = match self.query_trigger() {
+            (Trigger::Interval(_), _) => (Trigger::Once, false),
+            bounded => bounded,
+        };
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let drained = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let work = async {
+            let summary = job.run(trigger, drain, stop_rx, &mut |_| {}).await?;
+            Ok::<_, anyhow::Error>(summary)
+        };
+        let summary = cancellable(self.interrupts.clone(), work).await?;
+        let plan = job.explain_analyze();
+        let _ = job.close().await;
+        drained.abort();
+        out(&format!(
+            "{}\n({} epoch{}, {} rows in)\n",
+            self.redactor.scrub(&plan),
+            summary.epochs,
+            if summary.epochs == 1 { "" } else { "s" },
+            print::group_digits(summary.rows_in)
+        ))
     }
 
     fn show_queries(&self) -> Result<()> {
@@ -947,41 +1100,57 @@ impl Shell {
 
     async fn list_tables(&self) -> Result<()> {
         let tables: Vec<&Declared> = self.catalog.tables().collect();
-        if tables.is_empty() && self.queries.list().is_empty() {
+        if tables.is_empty() && self.catalog.views().next().is_none() && self.queries.list().is_empty() {
             return out("(no tables; CREATE TABLE declares one)\n");
         }
-        let col = |f: &dyn Fn(&Declared) -> String| {
-            Arc::new(StringArray::from_iter_values(tables.iter().map(|d| f(d))))
-        };
-        let query_state = |d: &Declared| {
+        let query_state = |name: &str| {
             self.queries
-                .status(d.name())
+                .status(name)
                 .map_or(String::new(), |s| s.state.name().to_string())
         };
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("name", DataType::Utf8, false),
-            Field::new("kind", DataType::Utf8, false),
-            Field::new("format", DataType::Utf8, false),
-            Field::new("path", DataType::Utf8, false),
-            Field::new("watermark", DataType::Utf8, false),
-            Field::new("query", DataType::Utf8, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                col(&|d| d.name().to_string()),
-                col(&|d| if self.is_sink(d) { "sink" } else { "source" }.to_string()),
-                col(&|d| d.decl.options.get("format").unwrap_or("").to_string()),
-                col(&|d| d.decl.options.redacted().get("path").cloned().unwrap_or_default()),
-                col(&|d| d.decl.watermark.as_ref().map(watermark_text).unwrap_or_default()),
-                col(&query_state),
-            ],
-        )?;
+        // name, kind, format, path, watermark, query
+        let mut rows: Vec<[String; 6]> = tables
+            .iter()
+            .map(|d| {
+                [
+                    d.name().to_string(),
+                    if self.is_sink(d) { "sink" } else { "source" }.to_string(),
+                    d.decl.options.get("format").unwrap_or("").to_string(),
+                    d.decl.options.redacted().get("path").cloned().unwrap_or_default(),
+                    d.decl.watermark.as_ref().map(watermark_text).unwrap_or_default(),
+                    query_state(d.name()),
+                ]
+            })
+            .collect();
+        rows.extend(self.catalog.views().map(|v| {
+            [
+                v.name.clone(),
+                "view".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]
+        }));
+        let names = ["name", "kind", "format", "path", "watermark", "query"];
+        let schema = Arc::new(Schema::new(
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
+        ));
+        let columns = (0..names.len())
+            .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].clone()))) as _)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
         let batch = self.scrub_batch(batch)?;
         self.print_rows(&schema, batch)
     }
 
     async fn describe(&self, name: &str) -> Result<()> {
+        if let Some(v) = self.catalog.view(name) {
+            return out(&format!("View {name}\n{};\n", self.redactor.scrub(&v.sql)));
+        }
         let Some(d) = self.catalog.get(name) else {
             let names: Vec<&str> = self.catalog.tables().map(|d| d.name()).collect();
             bail!(
@@ -1019,8 +1188,16 @@ impl Shell {
                         Arc::new(StringArray::from_iter_values(
                             schema.fields().iter().map(|f| f.name().clone()),
                         )),
+                        // The types as declared (`TIMESTAMP(3)`), else as SQL names them.
                         Arc::new(StringArray::from_iter_values(
-                            schema.fields().iter().map(|f| f.data_type().to_string()),
+                            schema.fields().iter().enumerate().map(|(i, f)| {
+                                d.decl
+                                    .column_types
+                                    .get(i)
+                                    .filter(|_| note.is_empty())
+                                    .cloned()
+                                    .unwrap_or_else(|| weir_sql::catalog::sql_type_name(f.data_type()))
+                            }),
                         )),
                         Arc::new(StringArray::from_iter_values(
                             schema
@@ -1174,15 +1351,17 @@ pub fn history_path() -> Option<PathBuf> {
     std::env::home_dir().map(|h| h.join(".weir_history"))
 }
 
-/// A history entry: the input with secret option values replaced by `***`
-/// (secrets never reach the history file); `None` when the input cannot be
-/// read as SQL, so a secret in it cannot be found.
-fn history_entry(input: &str) -> Option<String> {
-    let (pieces, _) = input::split(input);
-    if pieces.iter().all(|p| p.command) {
-        return Some(input.to_string());
+/// A history entry for typed input: secret option values replaced by
+/// `***` (with or without the `=`). `None` (not kept) when it still holds a
+/// secret the session knows (typed where no option name precedes it), or
+/// when it failed and names a secret-looking key: a statement the parser
+/// rejected may hold a secret where the masking could not tell.
+fn history_entry(input: &str, failed: bool, redactor: &Redactor) -> Option<String> {
+    let masked = weir_sql::secrets::mask_secrets(input);
+    if redactor.finds_secret(&masked) || (failed && weir_sql::secrets::mentions_secret_key(input)) {
+        return None;
     }
-    weir_sql::job::redact_sql(input).ok()
+    Some(masked)
 }
 
 /// The interactive shell: reads statements until `\q`, `quit` or Ctrl-D.
@@ -1206,6 +1385,7 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
         "weir {}: streaming SQL. End statements with ';'. \\? for help, \\q to quit.",
         env!("CARGO_PKG_VERSION")
     );
+    let mut pending = String::new();
     loop {
         for n in shell.notices() {
             errln!("{n}");
@@ -1215,43 +1395,58 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
         {
             h.set_tables(tables);
         }
-        let line = match editor.readline("weir> ") {
+        // psql's way: a statement that is not finished goes on at a
+        // continuation prompt, one line at a time.
+        let prompt = if pending.is_empty() { "weir> " } else { "   -> " };
+        let line = match editor.readline(prompt) {
             Ok(line) => line,
-            // Ctrl-C at the prompt drops the line being typed.
-            Err(ReadlineError::Interrupted) => continue,
+            // Ctrl-C drops the statement being typed.
+            Err(ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
             Err(ReadlineError::Eof) => break,
             Err(e) => {
                 errln!("error: reading input: {e}");
                 break;
             }
         };
-        if line.trim().is_empty() {
+        if pending.is_empty() && line.trim().is_empty() {
             continue;
         }
-        if let Some(entry) = history_entry(&line) {
+        if !pending.is_empty() {
+            pending.push('\n');
+        }
+        pending.push_str(&line);
+        if !input::is_complete(&pending) {
+            continue;
+        }
+        let text = std::mem::take(&mut pending);
+        let mut quit = is_quit(&text);
+        let mut failed = false;
+        if !quit {
+            let (pieces, _) = input::split(&text);
+            for piece in pieces {
+                match rt.block_on(shell.run_piece(&piece)) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Quit) => {
+                        quit = true;
+                        break;
+                    }
+                    Err(e) => {
+                        errln!("error: {}", shell.error_text(&e));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(entry) = history_entry(&text, failed, &shell.redactor) {
             let _ = editor.add_history_entry(entry);
             if let Some(h) = &history
                 && let Err(e) = editor.append_history(h)
             {
                 errln!("weir: cannot write the history {}: {e}", h.display());
-            }
-        }
-        if is_quit(&line) {
-            break;
-        }
-        let (pieces, _) = input::split(&line);
-        let mut quit = false;
-        for piece in pieces {
-            match rt.block_on(shell.run_piece(&piece)) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Quit) => {
-                    quit = true;
-                    break;
-                }
-                Err(e) => {
-                    errln!("error: {}", shell.error_text(&e));
-                    break;
-                }
             }
         }
         if quit {

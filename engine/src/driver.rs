@@ -172,6 +172,9 @@ pub struct JobOptions {
     /// (see `compat`), start it with empty operator state instead of
     /// refusing to run. Sources that did not change keep their progress.
     pub fresh_state: bool,
+    /// The job is opened only to be explained, never run: whether another
+    /// query owns its sinks' folders is not checked.
+    pub explain_only: bool,
     /// Threads a job may use (`weir run --threads`): DataFusion's target
     /// partitions, the partitions of each source scan, and the threads a
     /// source may read with. Stateless operators run on that many threads,
@@ -194,6 +197,7 @@ impl JobOptions {
             owner: crate::LeaseOwner::this_process("localhost"),
             lease_ttl: Duration::from_secs(30),
             fresh_state: false,
+            explain_only: false,
             threads: 1,
         }
     }
@@ -613,7 +617,7 @@ impl StreamingJob {
                     .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
             )
             .chain(dead_letters.sinks().iter().map(SideSink::files));
-        for sink in file_sinks {
+        for sink in file_sinks.filter(|_| !options.explain_only) {
             sink.set_owner(checkpoint.location().url(), &metadata.query_id)
                 .await?;
         }
@@ -1893,6 +1897,9 @@ async fn check_job_folders(
         .collect();
     let sources: Vec<(&str, &Location)> = sources.iter().map(|(n, l)| (n.as_str(), l)).collect();
     crate::folders::check(checkpoint.location(), &folders, &sources).await?;
+    if options.explain_only {
+        return Ok(());
+    }
     // The owner: this checkpoint's query, when it has one already (a new
     // checkpoint's query owns no folder yet, so any owner is another).
     let query_id = checkpoint

@@ -142,25 +142,26 @@ enum Window {
 }
 
 impl Window {
-    fn call(&self) -> String {
+    /// The window call over table (or view) `t`.
+    fn call(&self, t: &str) -> String {
         let s = |ms: i64| format!("INTERVAL '{ms}' MILLISECOND");
         match self {
-            Window::Tumble { size } => format!("TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), {}))", s(*size)),
+            Window::Tumble { size } => format!("TABLE(TUMBLE(TABLE {t}, DESCRIPTOR(ts), {}))", s(*size)),
             Window::Hop { slide, size } => format!(
-                "TABLE(HOP(TABLE bids, DESCRIPTOR(ts), {}, {}))",
+                "TABLE(HOP(TABLE {t}, DESCRIPTOR(ts), {}, {}))",
                 s(*slide),
                 s(*size)
             ),
             Window::Cumulate { step, size } => format!(
-                "TABLE(CUMULATE(TABLE bids, DESCRIPTOR(ts), {}, {}))",
+                "TABLE(CUMULATE(TABLE {t}, DESCRIPTOR(ts), {}, {}))",
                 s(*step),
                 s(*size)
             ),
             Window::Session { gap, partition } if partition.is_empty() => {
-                format!("TABLE(SESSION(TABLE bids, DESCRIPTOR(ts), {}))", s(*gap))
+                format!("TABLE(SESSION(TABLE {t}, DESCRIPTOR(ts), {}))", s(*gap))
             }
             Window::Session { gap, partition } => format!(
-                "TABLE(SESSION(TABLE bids PARTITION BY {}, DESCRIPTOR(ts), {}))",
+                "TABLE(SESSION(TABLE {t} PARTITION BY {}, DESCRIPTOR(ts), {}))",
                 partition.join(", "),
                 s(*gap)
             ),
@@ -266,6 +267,9 @@ struct Case {
     /// the window call (in a FROM subquery or its WHERE): a session is made
     /// of the rows that pass them, since sessions form in the aggregate.
     filters: Vec<Filter>,
+    /// The window call reads a view of the table, `SELECT * FROM bids
+    /// WHERE price > n`: rows the view drops still move the watermark.
+    view: Option<i64>,
     /// Whether its output is a changelog.
     changelog: bool,
     delay_ms: i64,
@@ -397,6 +401,10 @@ fn gen_case(seed: u64) -> Case {
     // after the window call (a WHERE on its rows) or in a subquery over it.
     let from = "{FROM}".to_string();
     let mut all_filters: Vec<Filter> = Vec::new();
+    let view = (window.is_some() && rng.chance(15)).then(|| rng.below(600) as i64);
+    if let Some(n) = view {
+        all_filters.push(Filter::PriceAbove(n));
+    }
     let source = match rng.below(6) {
         0 => {
             let f = Filter::PriceAbove(rng.below(500) as i64);
@@ -475,6 +483,7 @@ fn gen_case(seed: u64) -> Case {
         query,
         window,
         filters: all_filters,
+        view,
         changelog,
         delay_ms,
         rows,
@@ -610,15 +619,21 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
         writer.close().unwrap();
     }
     let out = dir.path().join("out");
+    let table = if case.view.is_some() { "v" } else { "bids" };
     let query = case.query.replace(
         "{FROM}",
-        &case.window.as_ref().map_or("bids".to_string(), Window::call),
+        &case.window.as_ref().map_or("bids".to_string(), |w| w.call(table)),
     );
+    let view = case
+        .view
+        .map(|n| format!("CREATE VIEW v AS SELECT * FROM bids WHERE price > {n};"))
+        .unwrap_or_default();
     let sql = format!(
         "CREATE TABLE bids (k1 BIGINT, k2 VARCHAR, k3 BIGINT, price BIGINT, ts TIMESTAMP(3),
            WATERMARK FOR ts AS ts - INTERVAL '{}' MILLISECOND)
            WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '{}');
          CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'mode' = '{}');
+         {view}
          INSERT INTO out {query};",
         case.delay_ms,
         input.display(),
@@ -670,6 +685,10 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
         Some(w) => {
             let rows = on_time(&case.rows, case.delay_ms);
             ctx.register_batch("bids", batch(&rows)).unwrap();
+            let rows: Vec<Row> = match case.view {
+                Some(n) => rows.into_iter().filter(|r| r.price > n).collect(),
+                None => rows,
+            };
             let windowed: Vec<Row> = match w {
                 Window::Session { .. } => rows
                     .iter()

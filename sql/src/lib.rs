@@ -23,8 +23,8 @@ pub mod settings;
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};
 pub use nodes::{
-    OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode,
-    WindowColumn, WindowSpec, WindowTopNNode,
+    LateFilterNode, OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode,
+    WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
 };
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 
@@ -183,9 +183,23 @@ fn no_signature(msg: &str) -> Option<String> {
         let (want, tail) = part.split_once(", but received ")?;
         wanted.push(want.trim());
         received = received.or_else(|| {
-            tail.split_once("(DataType: ")
-                .and_then(|(_, t)| t.split_once(')'))
-                .map(|(t, _)| t.to_string())
+            let (_, t) = tail.split_once("(DataType: ")?;
+            // Up to the parenthesis that closes "(DataType: ": types have
+            // their own (`Timestamp(ms)`).
+            let mut depth = 0;
+            let end = t.char_indices().find_map(|(i, c)| match c {
+                '(' => {
+                    depth += 1;
+                    None
+                }
+                ')' if depth == 0 => Some(i),
+                ')' => {
+                    depth -= 1;
+                    None
+                }
+                _ => None,
+            })?;
+            Some(t[..end].to_string())
         });
     }
     wanted.dedup();

@@ -8,6 +8,8 @@
 //! * [`WindowAggregateNode`]: an `Aggregate` whose `GROUP BY` holds a window's
 //!   `window_start` and `window_end`. Keeps per-window partial aggregates as
 //!   state and emits a window's rows once, when the watermark passes its end.
+//! * [`LateFilterNode`]: drops a source's late rows where it is read, for a
+//!   window whose input drops rows before it (see there).
 //! * [`UpdateAggregateNode`]: an `Aggregate` without a window. Keeps one
 //!   partial aggregate per group and emits, each epoch, the groups that
 //!   changed as a changelog (`op` = `+I`, `-U`, `+U`, `-D`).
@@ -471,6 +473,96 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
             .iter()
             .map(|&c| if c < n { c } else { time })
             .collect();
+        needed.push(time);
+        needed.sort_unstable();
+        needed.dedup();
+        Some(vec![needed])
+    }
+}
+
+/// Drops a source's late rows where the source is read: a row is late when
+/// older than the source's watermark just before it (the greatest event
+/// time of the source's earlier rows, minus its delay), among all the
+/// source's rows.
+///
+/// A window judges lateness itself when every row of the source reaches it.
+/// When its input drops rows first (a view or subquery with a `WHERE`), the
+/// rows it sees are not the ones the source's watermark is made of, and a
+/// row's fate would depend on where an epoch begins; the planner then puts
+/// this node on the source, so lateness is the source's, whatever the cuts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LateFilterNode {
+    /// The source's scan.
+    pub input: LogicalPlan,
+    /// The source.
+    pub source: String,
+    /// Its watermark column.
+    pub time_column: String,
+    /// Its watermark delay, ms.
+    pub delay_ms: i64,
+}
+
+impl LateFilterNode {
+    /// The position of the watermark column in the input.
+    pub fn time_index(&self) -> Result<usize> {
+        match self
+            .input
+            .schema()
+            .index_of_column_by_name(None, &self.time_column)
+        {
+            Some(i) => Ok(i),
+            None => plan_err!("'{}' is not read from source '{}'", self.time_column, self.source),
+        }
+    }
+}
+
+impl PartialOrd for LateFilterNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.source.partial_cmp(&other.source) {
+            Some(Ordering::Equal) => self.input.partial_cmp(&other.input),
+            o => o,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for LateFilterNode {
+    fn name(&self) -> &str {
+        "LateFilter"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "LateFilter: rows of {} older than its watermark ({} - {})",
+            self.source,
+            self.time_column,
+            fmt_ms(self.delay_ms)
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        Ok(Self {
+            input: inputs.swap_remove(0),
+            ..self.clone()
+        })
+    }
+
+    /// The output is the input; the watermark column is always read.
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let time = self.time_index().ok()?;
+        let mut needed = output_columns.to_vec();
         needed.push(time);
         needed.sort_unstable();
         needed.dedup();

@@ -403,6 +403,25 @@ impl StreamPlanner {
             }
         }
         let late_sink = self.late_sink(&origin)?;
+        // A window whose input drops rows (a view or subquery with a WHERE)
+        // would judge lateness among the rows it keeps; the source's
+        // watermark is made of all of them. Judge it at the source instead.
+        let input = match &origin {
+            WatermarkOrigin::Source { source, delay_ms } if !keeps_every_row(&input) => {
+                if late_sink.is_some() {
+                    return Err(Error::Unsupported(format!(
+                        "'late.policy' = 'sink' on '{source}' with a window over a view or subquery that \
+                         filters its rows: write the window over '{source}' itself and filter its results, \
+                         or leave late rows dropped"
+                    )));
+                }
+                let Some(w) = self.job.tables.get(source).and_then(|t| t.watermark.clone()) else {
+                    return Err(self.no_watermark(call));
+                };
+                late_filter_at(input, source, &w.column, *delay_ms)?
+            }
+            _ => input,
+        };
         let node = WindowAssignNode::try_new(
             input,
             spec,
@@ -1289,6 +1308,41 @@ fn clean_path(plan: &LogicalPlan, assign: &TableReference) -> bool {
         LogicalPlan::SubqueryAlias(s) => clean_path(&s.input, assign),
         _ => false,
     }
+}
+
+/// Whether every row a plan reads reaches its output (only projections and
+/// aliases over a scan).
+fn keeps_every_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::Projection(p) => keeps_every_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => keeps_every_row(&a.input),
+        _ => false,
+    }
+}
+
+/// `plan` with each scan of `source` under a [`crate::nodes::LateFilterNode`].
+fn late_filter_at(plan: LogicalPlan, source: &str, time_column: &str, delay_ms: i64) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|p| match p {
+            LogicalPlan::TableScan(ref s)
+                if s.table_name.table() == source
+                    && s.projected_schema
+                        .index_of_column_by_name(None, time_column)
+                        .is_some() =>
+            {
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(crate::nodes::LateFilterNode {
+                        input: p,
+                        source: source.to_string(),
+                        time_column: time_column.to_string(),
+                        delay_ms,
+                    }),
+                })))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
 }
 
 /// Whether aggregate arguments read a window column.

@@ -3,6 +3,7 @@
 
 pub mod groups;
 pub mod keys;
+pub mod late_filter;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;
@@ -287,6 +288,16 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 n.late_sink.clone(),
                 schema,
             )?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::LateFilterNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let time_index = input.schema().index_of(&n.time_column)?;
+            return Ok(Some(Arc::new(late_filter::LateFilterExec::new(
+                input,
+                n.source.clone(),
+                time_index,
+                n.delay_ms,
+            ))));
         }
         if let Some(n) = node.as_any().downcast_ref::<WindowAggregateNode>() {
             let input = Arc::clone(&physical_inputs[0]);

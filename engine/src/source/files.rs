@@ -256,8 +256,8 @@ impl FilesSource {
         }
         Err(Error::Input(format!(
             "source '{}': {} changed after this epoch was logged (it was {} bytes, it is {size} bytes{}), \
-             so the epoch's rows cannot be read again as they were. Put the file back as it was, or roll \
-             the checkpoint back to before the epoch (`weir checkpoint rollback`)",
+             so the rows the epoch read can no longer be read as they were. Files must not change once \
+             they appear; write new rows as a new file",
             self.table,
             self.loc.url_of(&range.path),
             range.size,

@@ -1,0 +1,161 @@
+//! `LateFilterExec`: drops a source's late rows where the source is read
+//! (see `weir_sql::LateFilterNode` for when the planner puts it there).
+//!
+//! Row *i* of the source is late when its event time is older than the
+//! source's watermark just before it, `max(event time of rows before i) -
+//! delay`, starting from the source's watermark at the start of the epoch
+//! (made of every row of earlier epochs); or when it has no event time. As
+//! in `WindowAssignExec` over an unfiltered source, this depends only on
+//! the order of the rows, not on where epochs begin. Late rows are counted
+//! with the epoch's.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
+
+use super::window_assign::to_millis;
+use crate::epoch::EpochInput;
+
+/// Drops a source's late rows.
+#[derive(Debug)]
+pub struct LateFilterExec {
+    input: Arc<dyn ExecutionPlan>,
+    source: String,
+    time_index: usize,
+    delay_ms: i64,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl LateFilterExec {
+    /// Filters `input` (a scan of `source`) by its column `time_index`.
+    pub fn new(input: Arc<dyn ExecutionPlan>, source: String, time_index: usize, delay_ms: i64) -> Self {
+        let schema = input.schema();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            source,
+            time_index,
+            delay_ms,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for LateFilterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "LateFilterExec: rows of {} older than its watermark ({} - {}ms)",
+            self.source,
+            self.input.schema().field(self.time_index).name(),
+            self.delay_ms
+        )
+    }
+}
+
+impl ExecutionPlan for LateFilterExec {
+    fn name(&self) -> &str {
+        "LateFilterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut copy = Self::new(
+            children.swap_remove(0),
+            self.source.clone(),
+            self.time_index,
+            self.delay_ms,
+        );
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let epoch = EpochInput::from_task(&context)?;
+        let input = self.input.execute(partition, context)?;
+        let mut watermark = epoch.source_watermark_in(&self.source);
+        let (time_index, delay) = (self.time_index, self.delay_ms);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let late = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
+        let schema: SchemaRef = self.input.schema();
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            let timer = baseline.elapsed_compute().timer();
+            let ms = to_millis(batch.column(time_index))?;
+            let ms = ms.as_primitive::<TimestampMillisecondType>();
+            let (values, nulls) = (ms.values(), ms.nulls());
+            let mut dropped = 0u64;
+            let keep = BooleanBuffer::collect_bool(values.len(), |i| {
+                if nulls.is_some_and(|n| n.is_null(i)) {
+                    dropped += 1;
+                    return false;
+                }
+                let t = values[i];
+                let on_time = t >= watermark;
+                watermark = watermark.max(t.saturating_sub(delay));
+                dropped += u64::from(!on_time);
+                on_time
+            });
+            let out = if dropped == 0 {
+                batch
+            } else {
+                filter_record_batch(&batch, &BooleanArray::new(keep, None))?
+            };
+            timer.done();
+            epoch.add_late(dropped);
+            late.add(dropped as usize);
+            baseline.record_output(out.num_rows());
+            Ok::<RecordBatch, datafusion::error::DataFusionError>(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}

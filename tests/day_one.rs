@@ -1,0 +1,828 @@
+//! What a new user meets on day one, each behind a test named after the
+//! problem it fixed: a sink folder has one owner, a drained checkpoint
+//! says so, first queries do not panic, a record is bad or good whatever
+//! the query reads, files are read by any name and their changes are
+//! noticed, secrets never print, errors point at the job file, settings
+//! are one list, windows cannot explode, and signals stop a run cleanly.
+//! Each drives the real `weir` binary.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A bids source over `in/` and a sink `out` over `out/`, with `query`.
+fn job_with(query: &str, source_options: &str, sink_options: &str) -> String {
+    format!(
+        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet'{source_options});
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet'{sink_options});
+         INSERT INTO out {query};
+"
+    )
+}
+
+fn run_now(ws: &Workspace, job: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["run", job, "--trigger", "available-now"];
+    args.extend_from_slice(extra);
+    ws.weir(&args)
+}
+
+// ---------------------------------------------------------------- part 1
+
+#[test]
+fn a_second_checkpoint_on_the_same_sink_is_refused_naming_both_and_the_fix() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    run_now(&ws, "job.sql", &[]).ok();
+    let before = sink_rows(&ws.path("out"));
+    let e = run_now(&ws, "job.sql", &["--checkpoint", "other.checkpoint"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("sink table 'out' writes to file://")
+            && e.contains("job.checkpoint")
+            && e.contains("other.checkpoint")
+            && e.contains("Give the sink a 'path' of its own"),
+        "{e}"
+    );
+    assert_eq!(sink_rows(&ws.path("out")), before, "nothing was written twice");
+    // The owner itself goes on.
+    run_now(&ws, "job.sql", &[]).ok();
+}
+
+#[test]
+fn a_checkpoint_made_anew_does_not_write_its_sink_a_second_time() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    run_now(&ws, "job.sql", &[]).ok();
+    let before = sink_rows(&ws.path("out"));
+    std::fs::remove_dir_all(ws.path("job.checkpoint")).unwrap();
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("made anew since") && e.contains("delete"), "{e}");
+    assert_eq!(sink_rows(&ws.path("out")), before);
+}
+
+#[test]
+fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let base = job(700, "parquet", "in/");
+    let cases = [
+        (
+            "'path' = 'out/'",
+            "'path' = 'in/'",
+            "also the folder of source 'bids'",
+        ),
+        (
+            "'path' = 'out/'",
+            "'path' = 'in/sub/'",
+            "inside the folder of source 'bids'",
+        ),
+        (
+            "'path' = 'out/'",
+            "'path' = 'job.checkpoint/x/'",
+            "inside the checkpoint",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        ws.write("bad.sql", &base.replace(from, to));
+        let e = ws
+            .weir(&[
+                "run",
+                "bad.sql",
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                "job.checkpoint",
+            ])
+            .fails()
+            .stderr();
+        assert!(e.contains(expected), "{to}: {e}");
+        assert!(
+            parquet_files(&ws.path("in")).len() == 3,
+            "nothing written into the source"
+        );
+    }
+    // A checkpoint inside the sink folder.
+    ws.write("good.sql", &base);
+    let e = ws
+        .weir(&[
+            "run",
+            "good.sql",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            "out/ck",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("is inside the folder of sink table 'out'"), "{e}");
+    // Two sinks sharing a folder.
+    let two = base.replace(
+        "INSERT INTO out",
+        "CREATE TABLE out2 WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO out2 SELECT auction FROM bids;
+         INSERT INTO out",
+    );
+    ws.write("two.sql", &two);
+    let e = run_now(&ws, "two.sql", &[]).fails().stderr();
+    assert!(e.contains("share a folder"), "{e}");
+}
+
+// ---------------------------------------------------------------- part 2
+
+#[test]
+fn rows_read_by_a_drained_checkpoint_are_all_late_and_the_run_says_how_to_undo_it() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    run_now(&ws, "job.sql", &["--drain"]).ok();
+    // Three minutes past the last row: late only because of the drain.
+    let later = gen_bids(9, 200, BASE_MS + 300_000, 0);
+    write_parquet(&ws.path("in/bids-9.parquet"), &later);
+    let r = run_now(&ws, "job.sql", &["--progress-json", "p.json"]).ok();
+    let e = r.stderr();
+    assert!(e.contains("late 200 (every row)"), "{e}");
+    assert!(
+        e.contains("this checkpoint was drained") && e.contains("weir checkpoint rollback"),
+        "{e}"
+    );
+    assert_eq!(
+        e.matches("this checkpoint was drained").count(),
+        1,
+        "warned once: {e}"
+    );
+    let p = progress(&ws.path("p.json"));
+    let last = p.last().unwrap();
+    assert_eq!(last["all_late"], true);
+    assert!(last["warnings"][0].as_str().unwrap().contains("drained"));
+    // The way back it names works: the new rows' windows are emitted.
+    let rollback_to = e
+        .split("--to ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .trim_matches('`')
+        .to_string();
+    ws.weir(&["checkpoint", "rollback", "job.checkpoint", "--to", &rollback_to])
+        .ok();
+    let r = run_now(&ws, "job.sql", &["--drain"]).ok();
+    assert!(!r.stderr().contains("every row"), "{}", r.stderr());
+    let mut all = Vec::new();
+    for f in 0..3 {
+        all.extend(gen_bids(f + 1, 1000, BASE_MS + f as i64 * 50_000, 1500));
+    }
+    all.extend(later);
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&all, ORACLE));
+}
+
+#[test]
+fn drain_help_says_it_is_final() {
+    let ws = Workspace::new();
+    let help = ws.weir(&["run", "--help"]).ok().stdout();
+    assert!(
+        help.contains("every row a later run reads on it is late"),
+        "{help}"
+    );
+}
+
+// ---------------------------------------------------------------- part 3
+
+#[test]
+fn first_queries_that_panicked_run_over_many_epochs() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    let cases = [
+        // An aggregate without GROUP BY.
+        (
+            "SELECT COUNT(*) AS n, SUM(price) AS s FROM bids",
+            "'mode' = 'changelog'",
+            "SELECT COUNT(*), SUM(price) FROM bids",
+        ),
+        // DISTINCT, and GROUP BY without aggregates, from the second epoch on.
+        (
+            "SELECT DISTINCT auction FROM bids",
+            "'mode' = 'changelog'",
+            "SELECT DISTINCT auction FROM bids",
+        ),
+        (
+            "SELECT auction FROM bids GROUP BY auction",
+            "'mode' = 'changelog'",
+            "SELECT auction FROM bids GROUP BY auction",
+        ),
+    ];
+    for (query, mode, oracle) in cases {
+        let _ = std::fs::remove_dir_all(ws.path("out"));
+        let _ = std::fs::remove_dir_all(ws.path("q.checkpoint"));
+        ws.write(
+            "q.sql",
+            &job_with(query, ", 'max_rows_per_batch' = '400'", &format!(", {mode}")),
+        );
+        run_now(&ws, "q.sql", &[]).ok();
+        // The changelog's last row per key is the answer.
+        let rows = sink_rows(&ws.path("out"));
+        let mut live: Vec<String> = Vec::new();
+        // Rows are `op|values`; fold them in epoch order (file order).
+        let mut ordered: Vec<(String, String)> = Vec::new();
+        for f in parquet_files(&ws.path("out")) {
+            let file = std::fs::File::open(&f).unwrap();
+            let reader =
+                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for b in reader {
+                for line in rows_in_order(&b.unwrap()) {
+                    let (op, row) = line.split_once('|').unwrap();
+                    ordered.push((op.to_string(), row.to_string()));
+                }
+            }
+        }
+        for (op, row) in ordered {
+            match op.as_str() {
+                "+I" | "+U" => live.push(row),
+                _ => {
+                    let at = live
+                        .iter()
+                        .position(|r| *r == row)
+                        .expect("retracts a row it emitted");
+                    live.remove(at);
+                }
+            }
+        }
+        live.sort();
+        assert!(!rows.is_empty());
+        assert_eq!(live, batch_query(&bids, oracle), "{query}");
+    }
+    // SESSION without PARTITION BY.
+    let _ = std::fs::remove_dir_all(ws.path("out"));
+    ws.write(
+        "s.sql",
+        &job_with(
+            "SELECT window_start, window_end, COUNT(*) AS n FROM TABLE(SESSION(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end",
+            ", 'max_rows_per_batch' = '400'",
+            "",
+        ),
+    );
+    run_now(&ws, "s.sql", &["--drain"]).ok();
+    let n: u64 = sink_rows(&ws.path("out"))
+        .iter()
+        .map(|r| r.rsplit('|').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(n, 3000, "every row in a session");
+}
+
+/// Rows of a batch as `a|b|c` lines, in their order.
+fn rows_in_order(b: &datafusion::arrow::array::RecordBatch) -> Vec<String> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let opts = FormatOptions::default();
+    let f: Vec<ArrayFormatter> = b
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+        .collect();
+    (0..b.num_rows())
+        .map(|i| {
+            f.iter()
+                .map(|f| f.value(i).to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_a_run() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(300, "parquet", "in/"));
+    // `weir run ... 2>&1 >/dev/null | head -2`: stderr closes after two lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut first = [0u8; 64];
+    let _ = err.read(&mut first).unwrap();
+    drop(err);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let commits = std::fs::read_dir(ws.path("job.checkpoint/commits"))
+        .unwrap()
+        .count();
+    assert!(commits >= 10, "every epoch ran: {commits}");
+    assert_eq!(sink_rows(&ws.path("out")).len(), run_straight(300).0.len());
+}
+
+#[test]
+fn a_query_stopped_by_a_runtime_error_names_job_statement_and_epoch_and_is_not_wedged() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write(
+        "div.sql",
+        &job_with("SELECT auction, price / (price - price) AS x FROM bids", "", ""),
+    );
+    let e = run_now(&ws, "div.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("job div.sql: epoch 1, `INSERT INTO out SELECT auction, price / (price - price)")
+            && e.contains("(line 5)")
+            && e.contains("Divide by zero"),
+        "{e}"
+    );
+    assert!(
+        !ws.path("div.checkpoint/offsets/00000000000000000001.json")
+            .exists(),
+        "rolled back"
+    );
+    // Fixed, it runs from where it was.
+    ws.write(
+        "div.sql",
+        &job_with("SELECT auction, price AS x FROM bids", "", ""),
+    );
+    run_now(&ws, "div.sql", &[]).ok();
+    assert_eq!(sink_rows(&ws.path("out")).len(), 3000);
+}
+
+// ---------------------------------------------------------------- part 4
+
+#[test]
+fn a_bad_record_is_bad_whatever_the_query_reads() {
+    let ws = Workspace::new();
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        let auction = if i == 7 {
+            "\"x1\"".to_string()
+        } else {
+            i.to_string()
+        };
+        lines.push(format!(
+            "{{\"auction\": {auction}, \"price\": {}, \"date_time\": \"{}\"}}",
+            100 + i,
+            iso(BASE_MS + i * 1000)
+        ));
+    }
+    ws.write("in/a.json", &(lines.join("\n") + "\n"));
+    let csv: Vec<String> = (0..20)
+        .map(|i| {
+            let auction = if i == 7 { "x1".to_string() } else { i.to_string() };
+            format!("{auction},{},{}", 100 + i, iso(BASE_MS + i * 1000))
+        })
+        .collect();
+    ws.write(
+        "csv/a.csv",
+        &format!("auction,price,date_time\n{}\n", csv.join("\n")),
+    );
+    for (format, path) in [("json", "in/"), ("csv", "csv/")] {
+        for query in ["SELECT * FROM bids", "SELECT date_time, price FROM bids"] {
+            let text = job_with(query, ", 'on_error' = 'skip'", "").replace(
+                "'path' = 'in/', 'format' = 'parquet'",
+                &format!("'path' = '{path}', 'format' = '{format}'"),
+            );
+            let _ = std::fs::remove_dir_all(ws.path("out"));
+            let _ = std::fs::remove_dir_all(ws.path("j.checkpoint"));
+            ws.write("j.sql", &text);
+            let r = run_now(&ws, "j.sql", &["--progress-json", "j.json"]).ok();
+            let p = progress(&ws.path("j.json"));
+            let last = p.last().unwrap();
+            assert_eq!(last["bad_rows"], 1, "{format} {query}: {}", r.stderr());
+            assert_eq!(last["rows_in"], 19, "{format} {query}");
+            assert_eq!(sink_rows(&ws.path("out")).len(), 19, "{format} {query}");
+            std::fs::remove_file(ws.path("j.json")).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- part 5
+
+#[test]
+fn files_are_read_by_any_name_and_empty_files_are_empty() {
+    let ws = Workspace::new();
+    // In the order they are read (by path), later rows in later files.
+    let names = [
+        "hash#1.parquet",
+        "pct%41.parquet",
+        "with space.parquet",
+        "ünï.parquet",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let start = BASE_MS + i as i64 * 100_000;
+        write_parquet(&ws.path(&format!("in/{n}")), &gen_bids(i as u64, 100, start, 0));
+    }
+    ws.write("job.sql", &job(10_000, "parquet", "in/"));
+    run_now(&ws, "job.sql", &["--drain"]).ok();
+    let n: u64 = sink_rows(&ws.path("out"))
+        .iter()
+        .map(|r| r.split('|').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(n, 400, "every file read once");
+    for format in ["csv", "json"] {
+        let dir = format!("{format}_in/");
+        ws.write(&format!("{dir}empty.{format}"), "");
+        ws.write(
+            &format!("{dir}one.{format}"),
+            if format == "csv" {
+                "date_time,auction,price\n2026-01-01T00:00:01,1,5\n"
+            } else {
+                "{\"date_time\": \"2026-01-01T00:00:01\", \"auction\": 1, \"price\": 5}\n"
+            },
+        );
+        let text = job(10_000, format, &dir).replace("'path' = 'out/'", &format!("'path' = 'out_{format}/'"));
+        ws.write(&format!("{format}.sql"), &text);
+        let r = run_now(&ws, &format!("{format}.sql"), &["--drain"]).ok();
+        assert!(r.stderr().contains("1 rows in"), "{format}: {}", r.stderr());
+    }
+}
+
+#[test]
+fn a_file_changed_after_it_was_read_is_warned_about_and_a_replay_of_it_is_an_error() {
+    let ws = Workspace::new();
+    let bids = gen_bids(1, 500, BASE_MS, 0);
+    write_parquet(&ws.path("in/a.parquet"), &bids);
+    ws.write("job.sql", &job(10_000, "parquet", "in/"));
+    run_now(&ws, "job.sql", &[]).ok();
+    // Rewritten with more rows.
+    write_parquet(&ws.path("in/a.parquet"), &gen_bids(1, 600, BASE_MS, 0));
+    write_parquet(&ws.path("in/b.parquet"), &gen_bids(2, 10, BASE_MS + 40_000, 0));
+    let r = run_now(&ws, "job.sql", &["--progress-json", "p.json"]).ok();
+    let e = r.stderr();
+    assert!(
+        e.contains("in/a.parquet changed after it was read") && e.contains("is not read"),
+        "{e}"
+    );
+    let p = progress(&ws.path("p.json"));
+    assert!(
+        p[0]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("a.parquet changed"),
+        "{p:?}"
+    );
+    assert_eq!(p[0]["rows_in"], 10, "only the new file");
+
+    // A crash after an epoch is logged, then its file changes: the replay
+    // cannot read the same rows, and says so.
+    write_parquet(&ws.path("in/c.parquet"), &gen_bids(3, 10, BASE_MS + 50_000, 0));
+    ws.weir_env(
+        &["run", "job.sql", "--trigger", "available-now"],
+        &[("WEIR_FAILPOINT", "offsets-written@3")],
+    )
+    .killed();
+    write_parquet(&ws.path("in/c.parquet"), &gen_bids(3, 20, BASE_MS + 50_000, 0));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("c.parquet changed after this epoch was logged") && e.contains("epoch 3"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- part 6
+
+#[test]
+fn a_typo_next_to_a_secret_never_prints_it() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let typo = job(700, "parquet", "in/").replace(
+        "'max_rows_per_batch' = '700'",
+        "'max_rows_per_batch' = '700', 's3.secret_access_key' 'SECRET123XYZ'",
+    );
+    ws.write("typo.sql", &typo);
+    let e = run_now(&ws, "typo.sql", &[]).fails().stderr();
+    assert!(!e.contains("SECRET123XYZ"), "{e}");
+    assert!(e.contains("'***'"), "{e}");
+    assert_eq!(e.matches("Expected").count(), 1, "the error once: {e}");
+    // In a SET, in a job and in a script.
+    ws.write(
+        "set.sql",
+        &format!(
+            "SET s3.secret_access_key 'SECRET123XYZ';\n{}",
+            job(700, "parquet", "in/")
+        ),
+    );
+    let e = run_now(&ws, "set.sql", &[]).fails().stderr();
+    assert!(!e.contains("SECRET123XYZ") && e.contains("line 1"), "{e}");
+    let e = ws.weir(&["-f", "set.sql"]).fails().stderr();
+    assert!(!e.contains("SECRET123XYZ"), "{e}");
+    let e = ws
+        .weir_input(&[], "SET 'password' = 'SECRET123XYZ';\n")
+        .fails()
+        .stderr();
+    assert!(
+        !e.contains("SECRET123XYZ") && e.contains("unknown setting 'password'"),
+        "{e}"
+    );
+    // What the checkpoint keeps.
+    let ok = job(700, "parquet", "in/").replace(
+        "'max_rows_per_batch' = '700'",
+        "'max_rows_per_batch' = '700', 'api_token' = 'SECRET123XYZ'",
+    );
+    ws.write("ok.sql", &ok);
+    let e = run_now(&ws, "ok.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("unknown option 'api_token'") && !e.contains("SECRET123XYZ"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- part 7
+
+#[test]
+fn errors_a_user_can_act_on() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    // A path that does not exist.
+    let e = ws
+        .weir(&["query", "SELECT * FROM '/no/such/x/'"])
+        .fails()
+        .stderr();
+    assert!(e.contains("no such file or folder: '/no/such/x/'"), "{e}");
+    assert!(!e.contains("datafusion.public"), "{e}");
+    // A sink's declared type that the query's does not convert to.
+    ws.write(
+        "typed.sql",
+        &job_with("SELECT auction, 'x' AS flag FROM bids", "", "").replace(
+            "CREATE TABLE out WITH",
+            "CREATE TABLE out (auction BIGINT, flag BOOLEAN) WITH",
+        ),
+    );
+    let e = run_now(&ws, "typed.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("sink table 'out': column 'flag' (column 2 of 2) is declared BOOLEAN"),
+        "{e}"
+    );
+    // Internal names do not show, in errors or in plans.
+    ws.write(
+        "nope.sql",
+        &job_with(
+            "SELECT window_start, window_end, MAX(nope) AS m FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
+            "",
+            "",
+        ),
+    );
+    let e = run_now(&ws, "nope.sql", &[]).fails().stderr();
+    assert!(e.contains("No field named nope") && !e.contains("__weir"), "{e}");
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let plan = ws.weir(&["run", "job.sql", "--explain"]).ok().stdout();
+    assert!(
+        plan.contains("WindowAggregate") && !plan.contains("__weir"),
+        "{plan}"
+    );
+    // An aggregate over a type it does not take: a planning error.
+    ws.write(
+        "sum.sql",
+        &job_with(
+            "SELECT window_start, window_end, SUM(date_time) AS s FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
+            "",
+            "",
+        ),
+    );
+    let e = run_now(&ws, "sum.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("function 'sum' does not take an argument of type Timestamp")
+            && !e.to_lowercase().contains("internal")
+            && !e.contains("bug"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sum_over_bigint_wraps_as_datafusion_batch_does() {
+    let ws = Workspace::new();
+    let bids: Vec<Bid> = (0..4)
+        .map(|i| Bid {
+            auction: 1,
+            price: i64::MAX / 2 + i,
+            ts: BASE_MS + i * 100,
+        })
+        .collect();
+    write_parquet(&ws.path("in/a.parquet"), &bids);
+    ws.write(
+        "sum.sql",
+        &job_with(
+            "SELECT window_start, SUM(price) AS s FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
+            "",
+            "",
+        ),
+    );
+    run_now(&ws, "sum.sql", &["--drain"]).ok();
+    let got = sink_rows(&ws.path("out"));
+    let want = batch_query(
+        &bids,
+        "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00'), SUM(price) FROM bids GROUP BY 1",
+    );
+    assert_eq!(got, want);
+    let wrapped: i128 = bids.iter().map(|b| b.price as i128).sum::<i128>() - (1i128 << 64);
+    assert!(got[0].ends_with(&format!("|{wrapped}")), "{got:?}");
+}
+
+// ---------------------------------------------------------------- part 8
+
+#[test]
+fn settings_are_one_list_in_job_files_and_the_shell() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    // A run option set in the job file works; the flag overrides it.
+    ws.write(
+        "set.sql",
+        &format!(
+            "SET 'trigger' = 'available-now';\nSET drain = true;\n{}",
+            job(700, "parquet", "in/")
+        ),
+    );
+    let r = ws.weir(&["run", "set.sql"]).ok();
+    assert!(r.stderr().contains("(drain)"), "{}", r.stderr());
+    assert_eq!(sink_rows(&ws.path("out")), run_straight(700).0);
+    // A misspelled key gets the nearest one.
+    ws.write(
+        "typo.sql",
+        &format!("SET 'state.tll' = '1h';\n{}", job(700, "parquet", "in/")),
+    );
+    let e = ws.weir(&["run", "typo.sql"]).fails().stderr();
+    assert!(
+        e.contains("unknown setting 'state.tll' (did you mean 'state.ttl'?"),
+        "{e}"
+    );
+    // A shell setting in a job file is refused.
+    ws.write(
+        "ck.sql",
+        &format!("SET checkpoint_dir = 'x';\n{}", job(700, "parquet", "in/")),
+    );
+    let e = ws.weir(&["run", "ck.sql"]).fails().stderr();
+    assert!(e.contains("checkpoint_dir is a shell setting"), "{e}");
+    // The shell takes state.ttl and lists every setting.
+    let out = ws
+        .weir_input(&[], "SET 'state.ttl' = '1h';\nSET;\n")
+        .ok()
+        .stdout();
+    assert!(out.contains("| state.ttl") && out.contains("| 1h"), "{out}");
+    assert!(out.contains("window.max_windows_per_row"), "{out}");
+}
+
+// ---------------------------------------------------------------- part 9
+
+#[test]
+fn a_window_that_puts_each_row_in_too_many_windows_is_refused_with_the_setting() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let hop = "SELECT window_start, window_end, COUNT(*) AS n FROM TABLE(HOP(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' MILLISECOND, INTERVAL '1' DAY)) GROUP BY window_start, window_end";
+    ws.write("hop.sql", &job_with(hop, "", ""));
+    let e = run_now(&ws, "hop.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("each row would be in 86400000 windows")
+            && e.contains("limit of 10000")
+            && e.contains("SET 'window.max_windows_per_row'"),
+        "{e}"
+    );
+    let cumulate = "SELECT window_start, window_end, COUNT(*) AS n FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND, INTERVAL '1' DAY)) GROUP BY window_start, window_end";
+    ws.write("cum.sql", &job_with(cumulate, "", ""));
+    let e = run_now(&ws, "cum.sql", &[]).fails().stderr();
+    assert!(e.contains("86400 windows"), "{e}");
+    ws.write(
+        "cum.sql",
+        &format!(
+            "SET 'window.max_windows_per_row' = '86400';\n{}",
+            job_with(cumulate, "", "")
+        ),
+    );
+    run_now(&ws, "cum.sql", &[]).ok();
+}
+
+// ---------------------------------------------------------------- part 10
+
+/// Starts a long `available-now` run, sends `signal` once its first epoch
+/// is done, and returns its exit code and stderr.
+fn interrupted(signal: i32) -> (Option<i32>, String, Workspace) {
+    let ws = Workspace::new();
+    for f in 0..6 {
+        write_parquet(
+            &ws.path(&format!("in/bids-{f}.parquet")),
+            &gen_bids(f, 2000, BASE_MS + f as i64 * 100_000, 0),
+        );
+    }
+    ws.write("job.sql", &job(100, "parquet", "in/"));
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "job.sql", "--trigger", "available-now"])
+        .current_dir(ws.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws
+        .path("job.checkpoint/commits/00000000000000000001.json")
+        .exists()
+    {
+        assert!(Instant::now() < deadline, "no epoch committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sending a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        ws,
+    )
+}
+
+#[test]
+fn sigterm_stops_after_the_epoch_and_an_unfinished_run_exits_non_zero() {
+    for (signal, code) in [(15, 143), (2, 130)] {
+        let (status, e, ws) = interrupted(signal);
+        assert_eq!(status, Some(code), "{e}");
+        assert!(e.contains("stopping after the current epoch"), "{e}");
+        assert!(e.contains("stopped before the input was done"), "{e}");
+        // The checkpoint is whole: the next run finishes the job.
+        ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+        let last = std::fs::read_dir(ws.path("job.checkpoint/commits"))
+            .unwrap()
+            .count();
+        assert!(last > 1);
+    }
+}
+
+// ---------------------------------------------------------------- part 11
+
+/// The shell's statements for the bids in `in/`.
+const DECLARE: &str = "CREATE TABLE bids (auction BIGINT, price BIGINT NOT NULL, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');
+SET trigger = 'available-now';
+";
+
+#[test]
+fn the_shell_knows_views_peeks_explain_analyze_and_other_shells_habits() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let script = format!(
+        "{DECLARE}
+CREATE VIEW pricey AS SELECT * FROM bids WHERE price > 900;
+SELECT auction, price FROM pricey LIMIT 3;
+SHOW TABLES;
+\\dt
+\\d bids
+EXPLAIN ANALYZE SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE pricey, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;
+"
+    );
+    let out = ws.weir_input(&[], &script).ok().stdout();
+    assert!(out.contains("declared view pricey"), "{out}");
+    assert!(out.contains("(3 rows; LIMIT reached)"), "{out}");
+    assert_eq!(
+        out.matches("| pricey | view").count(),
+        2,
+        "SHOW TABLES and \\dt: {out}"
+    );
+    assert!(
+        out.contains("| price     | BIGINT NOT NULL | no"),
+        "types as declared: {out}"
+    );
+    assert!(out.contains("| date_time | TIMESTAMP(3)"), "{out}");
+    assert!(
+        out.contains("WindowAggregateExec") && out.contains("output_rows=") && out.contains("LateFilterExec"),
+        "{out}"
+    );
+    for (typed, hint) in [
+        ("\\x\n", "\\format json"),
+        (".tables\n", "\\d, or SHOW TABLES"),
+        (".quit\n", "\\q"),
+    ] {
+        let e = ws.weir_input(&[], typed).fails().stderr();
+        assert!(e.contains(hint), "{typed}: {e}");
+    }
+}
+
+#[test]
+fn the_shells_background_insert_follows_the_rules_weir_run_follows() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let insert = |filter: &str, key: &str| {
+        format!(
+            "{DECLARE}
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out SELECT window_start, window_end, {key}, COUNT(*) AS n
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) {filter}
+GROUP BY window_start, window_end, {key};
+"
+        )
+    };
+    ws.weir_input(&[], &insert("", "auction")).ok();
+    // A new filter is a compatible change: it continues, with a note.
+    let r = ws.weir_input(&[], &insert("WHERE price > 10", "auction")).ok();
+    assert!(r.stderr().contains("continuing with its state"), "{}", r.stderr());
+    // Another key is not: refused, with the way forward.
+    let e = ws.weir_input(&[], &insert("", "price")).fails().stderr();
+    assert!(
+        e.contains("--fresh-state") || e.contains("cannot be carried over"),
+        "{e}"
+    );
+}
