@@ -432,10 +432,9 @@ impl UserDefinedLogicalNodeCore for WindowAssignNode {
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "WindowAssign: {} on {} as {}{}, watermark from {}, late rows {}",
+            "WindowAssign: {} on {}{}, watermark from {}, late rows {}",
             self.spec,
             self.time_column,
-            self.qualifier,
             if self.slices { " (slices)" } else { "" },
             self.watermark,
             match &self.late_sink {
