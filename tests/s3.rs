@@ -362,3 +362,29 @@ fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
         assert!(objects(&server, &bucket, "out").is_empty());
     }
 }
+
+#[test]
+fn files_are_read_from_s3_by_any_name() {
+    let Some(server) = server() else { return };
+    let bucket = bucket(&server, "names");
+    let ws = Workspace::new();
+    // In the order they are read (by key), later rows in later files.
+    let names = [
+        "hash#1.parquet",
+        "pct%41.parquet",
+        "with space.parquet",
+        "ünï.parquet",
+    ];
+    let loc = Location::open(&format!("s3://{bucket}/in"), &options(&server), Create::No).unwrap();
+    let mut all = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let bids = gen_bids(i as u64, 100, BASE_MS + i as i64 * 100_000, 0);
+        write_parquet(&ws.path("tmp.parquet"), &bids);
+        let bytes = std::fs::read(ws.path("tmp.parquet")).unwrap();
+        runtime().block_on(loc.put(name, Bytes::from(bytes))).unwrap();
+        all.extend(bids);
+    }
+    ws.write("job.sql", &s3_job(&bucket));
+    weir(&ws, &server, &run_args(&bucket), &[]).ok();
+    assert_eq!(s3_sink_rows(&server, &bucket), batch_query(&all, ORACLE));
+}
