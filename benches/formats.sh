@@ -63,5 +63,10 @@ Whole \`weir run\` processes into the blackhole sink, best of 3.
 $rows
 A record is checked against every declared column whatever the query
 reads, so reading 2 columns now costs about what reading all 7 does.
+Measured once on 2026-12-02 on this machine against commit 8c6424c, which
+checked only the columns a query reads: 2 of 7 columns took 0.418 s from
+JSON and 0.211 s from CSV (\`SELECT *\` 0.540 s and 0.314 s, as now), so
+the check costs a narrow query about 17% (JSON) and 37% (CSV), and
+\`SELECT *\` nothing.
 MD
 cat "$report"

@@ -102,11 +102,15 @@ impl Catalog {
         if self.tables.contains_key(&name) || self.views.iter().any(|v| v.name == name) {
             bail!("'{name}' is already declared (DROP VIEW {name} first to declare it again)");
         }
-        self.views.push(View {
+        let view = View {
             name,
             sql: sql.trim().to_string(),
-        });
-        Ok(self.views.last().expect("just pushed"))
+        };
+        self.views.push(view);
+        let Some(view) = self.views.last() else {
+            bail!("the view was not kept");
+        };
+        Ok(view)
     }
 
     /// A declared view.

@@ -5,7 +5,7 @@
 //! (variables whose names say they hold secrets). Any text `weir` prints
 //! (errors, progress, plans) goes through [`Redactor::scrub`].
 
-use weir_sql::catalog::{REDACTED, is_secret_key};
+use weir_sql::catalog::is_secret_key;
 
 /// Replaces known secret values in text.
 #[derive(Clone, Debug, Default)]
@@ -30,8 +30,6 @@ impl Redactor {
     pub fn add(&mut self, secret: String) {
         if secret.len() >= 4 && !self.secrets.contains(&secret) {
             self.secrets.push(secret);
-            // Longest first, so a secret containing another is replaced whole.
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
     }
 
@@ -42,13 +40,7 @@ impl Redactor {
 
     /// The text with every known secret replaced by `***`.
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), REDACTED);
-            }
-        }
-        out
+        weir_sql::secrets::scrub(text, &self.secrets)
     }
 }
 
