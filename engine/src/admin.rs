@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weir_storage::location::Create;
-use weir_storage::{Checkpoint, Location, Metadata, SinkLayout, StoreOptions};
+use weir_storage::{Checkpoint, CommitEntry, Location, Metadata, OffsetsEntry, SinkLayout, StoreOptions};
 
 use crate::{Error, LeaseOwner, Result};
 
@@ -159,8 +159,8 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
     );
     let mut last_good = None;
     for &e in &epochs {
-        let commit: Option<Value> = if commits.contains(&e) {
-            match ck.commits.read::<Value>(e).await {
+        let commit: Option<CommitEntry> = if commits.contains(&e) {
+            match ck.commits.read(e).await {
                 Ok(c) => c,
                 Err(err) => {
                     problems.push(err.to_string());
@@ -170,8 +170,8 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         } else {
             None
         };
-        let offset: Option<Value> = if offsets.contains(&e) {
-            match ck.offsets.read::<Value>(e).await {
+        let offset: Option<OffsetsEntry> = if offsets.contains(&e) {
+            match ck.offsets.read(e).await {
                 Ok(o) => o,
                 Err(err) => {
                     problems.push(err.to_string());
@@ -197,40 +197,28 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
             (None, true) => "unreadable",
             (None, false) => "uncommitted",
         };
-        let num = |v: &Option<Value>, k: &str| {
-            v.as_ref()
-                .and_then(|c| c.get(k))
-                .and_then(Value::as_u64)
-                .map_or("-".to_string(), |n| n.to_string())
-        };
+        let num = |f: fn(&CommitEntry) -> u64| commit.as_ref().map_or("-".to_string(), |c| f(c).to_string());
         let watermark = commit
             .as_ref()
-            .and_then(|c| c.get("watermarks"))
-            .and_then(Value::as_object)
-            .and_then(|w| w.values().filter_map(Value::as_i64).min())
+            .and_then(|c| c.watermarks.values().copied().min())
             .map_or("-".to_string(), time_text);
         let offsets_text = offset
             .as_ref()
-            .and_then(|o| o.get("sources"))
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
+            .map(|o| {
+                o.sources
+                    .iter()
                     .map(|(k, v)| format!("{k}: {}", offset_text(v)))
                     .collect::<Vec<_>>()
                     .join("; ")
             })
             .unwrap_or_else(|| "-".into());
-        let drain = offset
-            .as_ref()
-            .and_then(|o| o.get("drain"))
-            .and_then(Value::as_bool)
-            == Some(true);
+        let drain = offset.as_ref().is_some_and(|o| o.drain);
         let _ = writeln!(
             out,
             "  {e:>6}  {status:<11}  {:>10}  {:>10}  {:>6}  {watermark:<23}  {}{offsets_text}",
-            num(&commit, "rows_in"),
-            num(&commit, "rows_out"),
-            num(&commit, "late_rows"),
+            num(|c| c.rows_in),
+            num(|c| c.rows_out),
+            num(|c| c.late_rows),
             if drain { "(drain) " } else { "" },
         );
     }
@@ -411,8 +399,8 @@ async fn rollback_held(
             }
         )));
     }
-    ck.commits.read::<Value>(to).await?;
-    if ck.offsets.read::<Value>(to).await?.is_none() {
+    ck.commits.read(to).await?;
+    if ck.offsets.read(to).await?.is_none() {
         return Err(cannot(format!("{} is missing", ck.offsets.url(to))));
     }
     // Every state table must come back as of `to`, or the rollback would

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{EpochLog, Error, FORMAT_VERSION, Location, Result};
+use crate::log::{CommitLog, OffsetLog};
+use crate::{Error, FORMAT_VERSION, Location, Result};
 
 /// `metadata.json`: who the checkpoint belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,9 +79,9 @@ pub struct SinkRecord {
 pub struct Checkpoint {
     loc: Location,
     /// `offsets/`: the write-ahead log, written before an epoch reads data.
-    pub offsets: EpochLog,
+    pub offsets: OffsetLog,
     /// `commits/`: an entry means the epoch is complete.
-    pub commits: EpochLog,
+    pub commits: CommitLog,
 }
 
 const METADATA: &str = "metadata.json";
@@ -89,8 +90,8 @@ impl Checkpoint {
     /// The checkpoint at `loc` (which may be empty).
     pub fn new(loc: Location) -> Self {
         Self {
-            offsets: EpochLog::new(&loc, "offsets"),
-            commits: EpochLog::new(&loc, "commits"),
+            offsets: OffsetLog::new(&loc, "offsets"),
+            commits: CommitLog::new(&loc, "commits"),
             loc,
         }
     }

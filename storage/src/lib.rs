@@ -42,7 +42,7 @@ mod testing;
 
 pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
-pub use log::EpochLog;
+pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
 pub use sink::{SinkLayout, SinkOwner};
 pub use state::{RestoredState, StateFile, StateKind, StateWrite};
 

@@ -1,34 +1,104 @@
-//! The epoch log: one small JSON file per epoch, created once.
+//! The epoch logs: one small JSON file per epoch, created once, and the
+//! entries they hold.
 //!
 //! One type serves the write-ahead offsets log and the commit log (as Spark's
-//! `HDFSMetadataLog` serves both `OffsetSeqLog` and `CommitLog`). Each entry is
-//! `<dir>/<epoch:020>.json`; the zero padding makes a listing come back in
-//! epoch order. Entries are created with `PutMode::Create`, so an entry, once
-//! written, is never silently replaced: a second writer gets
-//! [`Error::AlreadyExists`].
+//! `HDFSMetadataLog` serves both `OffsetSeqLog` and `CommitLog`), typed by
+//! its entry: [`OffsetLog`] holds [`OffsetsEntry`]s, [`CommitLog`] holds
+//! [`CommitEntry`]s. Each entry is `<dir>/<epoch:020>.json`; the zero
+//! padding makes a listing come back in epoch order. Entries are created
+//! with `PutMode::Create`, so an entry, once written, is never silently
+//! replaced: a second writer gets [`Error::AlreadyExists`].
 //!
-//! On disk an entry is the caller's JSON object with two more fields:
+//! On disk an entry is its JSON object with two more fields:
 //! `{"version": 1, "epoch": 7, ...body}`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+
 use bytes::Bytes;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{Error, FORMAT_VERSION, Location, Result};
 
-/// A log of per-epoch JSON entries under one folder.
-#[derive(Clone, Debug)]
-pub struct EpochLog {
-    loc: Location,
-    dir: &'static str,
+/// `offsets/N.json`, the write-ahead log: what epoch N reads, written
+/// before it reads anything, so that a replay after a crash reads exactly
+/// the same.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OffsetsEntry {
+    /// Per source, the offset of what this epoch reads (in the source's own
+    /// form: see each source's docs).
+    pub sources: BTreeMap<String, Value>,
+    /// Per watermarked source, its watermark before this epoch (ms).
+    pub watermarks_in: BTreeMap<String, i64>,
+    /// The drain epoch: no input; every watermark moves to the end of time.
+    pub drain: bool,
+    /// Processing time when the epoch was planned (ms since the Unix epoch):
+    /// what processing-time features (state TTL) use, so a replay agrees.
+    #[serde(default)]
+    pub processing_time_ms: i64,
+    /// Sources idle this epoch (`'watermark.idle_timeout'`): they do not
+    /// hold back the watermark of queries that read other sources too.
+    #[serde(default)]
+    pub idle: BTreeSet<String>,
 }
 
-impl EpochLog {
+/// `commits/N.json`: epoch N is complete, with its statistics.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommitEntry {
+    /// Per watermarked source, its watermark after this epoch (ms).
+    pub watermarks: BTreeMap<String, i64>,
+    /// Rows read from sources.
+    pub rows_in: u64,
+    /// Rows written to sinks.
+    pub rows_out: u64,
+    /// Late rows dropped.
+    pub late_rows: u64,
+    /// Bad input records set aside this epoch.
+    #[serde(default)]
+    pub bad_rows: u64,
+    /// When the commit was made (RFC 3339).
+    pub committed_at: String,
+    /// Per source, the processing time of its last epoch with rows (for
+    /// idleness).
+    #[serde(default)]
+    pub last_data_ms: BTreeMap<String, i64>,
+    /// Per pipeline, the watermark its operators emitted up to (before
+    /// their own lag).
+    #[serde(default)]
+    pub pipeline_watermarks: BTreeMap<usize, i64>,
+}
+
+/// The write-ahead offsets log.
+pub type OffsetLog = EpochLog<OffsetsEntry>;
+/// The commit log.
+pub type CommitLog = EpochLog<CommitEntry>;
+
+/// A log of per-epoch JSON entries of type `T` under one folder.
+#[derive(Debug)]
+pub struct EpochLog<T> {
+    loc: Location,
+    dir: &'static str,
+    entry: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for EpochLog<T> {
+    fn clone(&self) -> Self {
+        Self {
+            loc: self.loc.clone(),
+            dir: self.dir,
+            entry: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> EpochLog<T> {
     /// The log in `<loc>/<dir>/`.
     pub fn new(loc: &Location, dir: &'static str) -> Self {
         Self {
             loc: loc.clone(),
             dir,
+            entry: PhantomData,
         }
     }
 
@@ -43,19 +113,19 @@ impl EpochLog {
     }
 
     /// Creates the entry for `epoch`; fails if it exists.
-    pub async fn create<T: Serialize>(&self, epoch: u64, body: &T) -> Result<()> {
+    pub async fn create(&self, epoch: u64, body: &T) -> Result<()> {
         let bytes = self.encode(epoch, body)?;
         self.loc.put_if_absent(&self.name(epoch), bytes).await
     }
 
     /// Writes the entry for `epoch`, replacing an existing one. Only for
     /// operator tools (rollback), never on the epoch path.
-    pub async fn overwrite<T: Serialize>(&self, epoch: u64, body: &T) -> Result<()> {
+    pub async fn overwrite(&self, epoch: u64, body: &T) -> Result<()> {
         let bytes = self.encode(epoch, body)?;
         self.loc.put(&self.name(epoch), bytes).await
     }
 
-    fn encode<T: Serialize>(&self, epoch: u64, body: &T) -> Result<Bytes> {
+    fn encode(&self, epoch: u64, body: &T) -> Result<Bytes> {
         let corrupt = |reason: String| Error::Corrupt {
             url: self.url(epoch),
             epoch: Some(epoch),
@@ -74,14 +144,14 @@ impl EpochLog {
     /// Reads the entry for `epoch`, or `None` if there is none. A file that is
     /// there but unreadable (truncated, wrong epoch, newer format) is an error
     /// naming the file and epoch.
-    pub async fn read<T: DeserializeOwned>(&self, epoch: u64) -> Result<Option<T>> {
+    pub async fn read(&self, epoch: u64) -> Result<Option<T>> {
         let Some(bytes) = self.loc.get(&self.name(epoch)).await? else {
             return Ok(None);
         };
         self.decode(epoch, &bytes).map(Some)
     }
 
-    fn decode<T: DeserializeOwned>(&self, epoch: u64, bytes: &[u8]) -> Result<T> {
+    fn decode(&self, epoch: u64, bytes: &[u8]) -> Result<T> {
         let url = self.url(epoch);
         let corrupt = |reason: String| Error::Corrupt {
             url: url.clone(),
@@ -154,7 +224,7 @@ mod tests {
         rows: u64,
     }
 
-    fn log(name: &str) -> (Location, EpochLog) {
+    fn log(name: &str) -> (Location, EpochLog<Entry>) {
         let loc = Location::open(&format!("memory://{name}"), &StoreOptions::default(), Create::Yes).unwrap();
         let log = EpochLog::new(&loc, "commits");
         (loc, log)
@@ -166,8 +236,8 @@ mod tests {
         log.create(3, &Entry { rows: 5 }).await.unwrap();
         log.create(10, &Entry { rows: 6 }).await.unwrap();
         assert!(log.create(3, &Entry { rows: 9 }).await.is_err());
-        assert_eq!(log.read::<Entry>(3).await.unwrap(), Some(Entry { rows: 5 }));
-        assert_eq!(log.read::<Entry>(4).await.unwrap(), None);
+        assert_eq!(log.read(3).await.unwrap(), Some(Entry { rows: 5 }));
+        assert_eq!(log.read(4).await.unwrap(), None);
         assert_eq!(log.epochs().await.unwrap(), vec![3, 10]);
         assert_eq!(log.latest().await.unwrap(), Some(10));
     }
@@ -181,7 +251,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = log.read::<Entry>(1).await.unwrap_err().to_string();
+        let err = log.read(1).await.unwrap_err().to_string();
         assert!(
             err.contains("00000000000000000001.json") && err.contains("epoch 1"),
             "{err}"
@@ -193,7 +263,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = log.read::<Entry>(2).await.unwrap_err().to_string();
+        let err = log.read(2).await.unwrap_err().to_string();
         assert!(err.contains("format version 99"), "{err}");
 
         loc.put("commits/junk.txt", Bytes::from_static(b"x"))

@@ -21,6 +21,8 @@
 //!
 //! The same rules, for users, are in the README ("Changing a query").
 
+pub(crate) mod claim;
+
 use weir_storage::{Metadata, OperatorRecord, SinkRecord, SourceRecord};
 
 /// What a job's checkpoint records about it.

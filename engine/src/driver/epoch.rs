@@ -1,0 +1,670 @@
+//! The epoch loop: plan an epoch, write its offsets, read, advance the
+//! watermarks, run the pipelines, stage the output, write state, commit,
+//! publish (the steps of the protocol in the module's docs).
+
+use super::*;
+
+/// A pipeline's rows of an epoch, and its late rows by late sink.
+type PipelineOutput = (Vec<RecordBatch>, Vec<(String, RecordBatch)>);
+
+/// A pipeline whose every row was late: its statement, its rows, and the
+/// watermarks before them.
+type AllLate = (String, u64, BTreeMap<String, i64>);
+
+/// What running the pipelines of an epoch gave.
+pub(super) struct Executed {
+    /// Each pipeline's output, in pipeline order.
+    outputs: Vec<PipelineOutput>,
+    /// Each pipeline's watermark after the epoch (before its operators' lag).
+    pipeline_watermarks: BTreeMap<usize, i64>,
+    /// Late rows dropped.
+    late_rows: u64,
+    /// Pipelines whose every row was late.
+    all_late: Vec<AllLate>,
+}
+
+impl StreamingJob {
+    /// Runs epochs by the trigger until the input is done (available-now,
+    /// once) or `stop` turns true; with `drain`, then closes every window.
+    /// An epoch in progress when `stop` turns true is completed first.
+    pub async fn run(
+        &mut self,
+        trigger: Trigger,
+        drain: bool,
+        mut stop: watch::Receiver<bool>,
+        on_progress: &mut (dyn FnMut(&BatchProgress) + Send),
+    ) -> Result<RunSummary> {
+        if drain && matches!(trigger, Trigger::Interval(_)) {
+            return Err(Error::Config(
+                "--drain treats the input as complete, so it needs --trigger available-now or once".into(),
+            ));
+        }
+        if trigger == Trigger::AvailableNow {
+            for slot in self.sources.values_mut() {
+                slot.source.freeze().await?;
+            }
+        }
+        let mut summary = RunSummary::default();
+        if let Some((epoch, entry)) = self.pending.take() {
+            let p = self.run_epoch(epoch, entry, true).await?;
+            summary.add(&p);
+            on_progress(&p);
+            if trigger == Trigger::Once {
+                return Ok(summary.done(self.last_committed, &mut self.warnings));
+            }
+        }
+        loop {
+            if *stop.borrow() {
+                summary.stopped = true;
+                return Ok(summary.done(self.last_committed, &mut self.warnings));
+            }
+            let started = Instant::now();
+            let ran = match self.plan_epoch(false).await? {
+                Some(entry) => {
+                    let epoch = self.next_epoch();
+                    let p = self.run_epoch(epoch, entry, false).await?;
+                    summary.add(&p);
+                    on_progress(&p);
+                    true
+                }
+                None => false,
+            };
+            match trigger {
+                Trigger::AvailableNow if ran => continue,
+                Trigger::AvailableNow | Trigger::Once => break,
+                Trigger::Interval(every) => {
+                    let wait = every.saturating_sub(started.elapsed());
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            changed = stop.changed() => {
+                                // A dropped sender can never say "go on": stop.
+                                if changed.is_err() {
+                                    return Ok(summary.done(self.last_committed, &mut self.warnings));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let undrained = self.watermarks.values().any(|&w| w != i64::MAX);
+        if drain && *stop.borrow() && undrained {
+            summary.stopped = true;
+        } else if drain && undrained {
+            let entry = self
+                .plan_epoch(true)
+                .await?
+                .ok_or_else(|| Error::Checkpoint("internal error: no drain epoch was planned".into()))?;
+            let epoch = self.next_epoch();
+            let p = self.run_epoch(epoch, entry, false).await?;
+            summary.add(&p);
+            on_progress(&p);
+        }
+        Ok(summary.done(self.last_committed, &mut self.warnings))
+    }
+
+    pub(super) fn next_epoch(&self) -> u64 {
+        self.last_committed.map_or(1, |c| c + 1)
+    }
+
+    /// Asks every source for its next batch; `None` when none has input.
+    pub(super) async fn plan_epoch(&mut self, drain: bool) -> Result<Option<OffsetsEntry>> {
+        let mut offsets = BTreeMap::new();
+        if !drain {
+            for (name, slot) in self.sources.iter_mut() {
+                let planned = slot.source.plan_batch().await?;
+                self.warnings.extend(slot.source.take_warnings());
+                if let Some(o) = planned {
+                    offsets.insert(name.clone(), o);
+                }
+            }
+            if offsets.is_empty() {
+                return Ok(None);
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let idle = self
+            .sources
+            .iter()
+            .filter(|(name, slot)| {
+                !offsets.contains_key(*name)
+                    && slot
+                        .idle_timeout_ms
+                        .is_some_and(|t| now.saturating_sub(slot.last_data_ms) >= t)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        Ok(Some(OffsetsEntry {
+            sources: offsets,
+            watermarks_in: self.watermarks.clone(),
+            drain,
+            processing_time_ms: now,
+            idle,
+        }))
+    }
+
+    /// Runs epoch `epoch` over the input `entry` describes, step by step
+    /// (the protocol in the module's docs); `replayed` when its offsets
+    /// entry was written by an earlier process.
+    pub(super) async fn run_epoch(
+        &mut self,
+        epoch: u64,
+        entry: OffsetsEntry,
+        replayed: bool,
+    ) -> Result<BatchProgress> {
+        let started = Instant::now();
+        self.write_offsets(epoch, &entry, replayed).await?;
+        let (input, bad) = match self.read_input(epoch, &entry).await {
+            Ok(read) => read,
+            Err(e) => return Err(self.abandon(epoch, e).await),
+        };
+        let watermarks_out = self.advance_watermarks(&entry, &input)?;
+        let ran = self.execute(epoch, &entry, &input, &watermarks_out).await?;
+        self.hooks.reached(Step::BeforeSink, epoch)?;
+        let rows_out = self.stage(epoch, &ran.outputs, &bad).await?;
+        let checkpoint_started = Instant::now();
+        let (state_bytes, state_rows) = self.write_state(epoch).await?;
+        let rows_in = input
+            .values()
+            .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+            .sum();
+        let bad_rows = bad.values().map(|b| b.len() as u64).sum();
+        let commit = CommitEntry {
+            watermarks: watermarks_out,
+            rows_in,
+            rows_out,
+            late_rows: ran.late_rows,
+            bad_rows,
+            committed_at: chrono::Utc::now().to_rfc3339(),
+            last_data_ms: BTreeMap::new(),
+            pipeline_watermarks: ran.pipeline_watermarks,
+        };
+        self.commit(epoch, &entry, &input, commit).await?;
+        let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
+        self.publish(epoch).await?;
+        self.warn_of_late_rows(&entry, rows_in, &ran.all_late).await;
+        let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (watermark_ms, watermark) =
+            shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
+        Ok(BatchProgress {
+            epoch,
+            replayed,
+            drain: entry.drain,
+            rows_in,
+            rows_out,
+            late_rows: ran.late_rows,
+            bad_rows,
+            rows_per_sec: if batch_ms > 0.0 {
+                rows_in as f64 / (batch_ms / 1000.0)
+            } else {
+                0.0
+            },
+            watermark_ms,
+            watermark,
+            state_rows,
+            state_bytes,
+            batch_ms,
+            checkpoint_ms,
+            all_late: !ran.all_late.is_empty(),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// Step 2: the write-ahead entry, created only if absent (a replayed
+    /// epoch's is there already).
+    async fn write_offsets(&self, epoch: u64, entry: &OffsetsEntry, replayed: bool) -> Result<()> {
+        self.lease.check(&format!("starting epoch {epoch}")).await?;
+        if !replayed {
+            self.checkpoint.offsets.create(epoch, entry).await.map_err(|e| match e {
+                weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
+                    "{url} appeared while this job was running: another process is running this job on the same checkpoint"
+                )),
+                e => e.into(),
+            })?;
+        }
+        self.hooks.reached(Step::OffsetsWritten, epoch)
+    }
+
+    /// Each watermarked source's watermark after this epoch's rows: the
+    /// greatest event time read so far, less the declared delay (the end of
+    /// time for the drain epoch).
+    fn advance_watermarks(
+        &self,
+        entry: &OffsetsEntry,
+        input: &BTreeMap<String, SourceRows>,
+    ) -> Result<BTreeMap<String, i64>> {
+        let mut watermarks_out = entry.watermarks_in.clone();
+        for (name, wm) in watermarks_out.iter_mut() {
+            if entry.drain {
+                *wm = i64::MAX;
+                continue;
+            }
+            let (Some(slot), Some(rows)) = (self.sources.get(name), input.get(name)) else {
+                continue;
+            };
+            let Some(decl) = &slot.watermark else { continue };
+            let declared = slot.source.schema().index_of(&decl.column)?;
+            let Some(idx) = slot.columns.iter().position(|&c| c == declared) else {
+                if !slot.source.knows_max_time(&decl.column) {
+                    return Err(Error::Config(format!(
+                        "source '{name}' did not read its watermark column"
+                    )));
+                }
+                if let Some(m) = rows.max_time_ms {
+                    *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
+                }
+                continue;
+            };
+            for b in rows.batches.iter() {
+                let ms = to_millis(b.column(idx))?;
+                if let Some(m) = max(ms.as_primitive::<TimestampMillisecondType>()) {
+                    *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
+                }
+            }
+        }
+        Ok(watermarks_out)
+    }
+
+    /// Step 4: each pipeline's plan over its sources' rows, with the
+    /// watermarks before and after them. An error (or a panic) rolls the
+    /// epoch back.
+    async fn execute(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+        input: &BTreeMap<String, SourceRows>,
+        watermarks_out: &BTreeMap<String, i64>,
+    ) -> Result<Executed> {
+        let watermarks_in = &entry.watermarks_in;
+        // A hash repartition (under keyed operators with `--threads` > 1)
+        // runs once per instance: each epoch runs a fresh copy of the plan.
+        // Weir's operators share their state and metrics with the copy;
+        // DataFusion's own nodes start new metrics (EXPLAIN ANALYZE then
+        // shows the last epoch's for them).
+        for p in &mut self.pipelines {
+            if contains_repartition(&p.plan) {
+                p.plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?;
+            }
+        }
+        let mut ran = Executed {
+            outputs: Vec::with_capacity(self.pipelines.len()),
+            pipeline_watermarks: BTreeMap::new(),
+            late_rows: 0,
+            all_late: Vec::new(),
+        };
+        for p in &self.pipelines {
+            // The pipeline's watermarked sources, less the idle ones (unless
+            // all are idle: then nothing advances).
+            let active: BTreeSet<&String> = {
+                let mine: BTreeSet<&String> =
+                    watermarks_in.keys().filter(|s| p.sources.contains(*s)).collect();
+                let awake: BTreeSet<&String> = mine
+                    .iter()
+                    .copied()
+                    .filter(|s| !entry.idle.contains(*s))
+                    .collect();
+                if awake.is_empty() { mine } else { awake }
+            };
+            let pick = |m: &BTreeMap<String, i64>| -> BTreeMap<String, i64> {
+                m.iter()
+                    .filter(|(s, _)| active.contains(s))
+                    .map(|(s, w)| (s.clone(), *w))
+                    .collect()
+            };
+            let wm_out = pick(watermarks_out).values().copied().min().unwrap_or(i64::MIN);
+            ran.pipeline_watermarks.insert(p.index, wm_out);
+            let epoch_input = Arc::new(EpochInput {
+                epoch,
+                batches: input
+                    .iter()
+                    .filter(|(s, _)| p.sources.contains(*s))
+                    .map(|(s, b)| (s.clone(), b.clone()))
+                    .collect(),
+                source_watermarks_in: pick(watermarks_in).into_iter().collect(),
+                watermark_out: wm_out,
+                late_rows: Default::default(),
+                late_batches: Default::default(),
+                processing_time_ms: entry.processing_time_ms,
+            });
+            let config = self
+                .state
+                .config()
+                .clone()
+                .with_extension(Arc::clone(&epoch_input));
+            let ctx = Arc::new(TaskContext::from(&self.state).with_session_config(config));
+            let pipeline_rows: u64 = epoch_input
+                .batches
+                .values()
+                .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+                .sum();
+            let out = match run_plan(&p.plan, ctx).await {
+                Ok(out) => out,
+                Err(e) => {
+                    let e = Error::Runtime(weir_sql::preprocess::hide_placeholders(
+                        &format!("epoch {epoch}, {}: {e}", p.statement),
+                        &self.tvfs,
+                    ));
+                    return Err(self.abandon(epoch, e).await);
+                }
+            };
+            let late = epoch_input.late_rows.load(Ordering::Relaxed);
+            ran.late_rows += late;
+            if pipeline_rows > 0 && late >= pipeline_rows {
+                ran.all_late
+                    .push((p.statement.clone(), pipeline_rows, pick(watermarks_in)));
+            }
+            let late =
+                std::mem::take(&mut *epoch_input.late_batches.lock().unwrap_or_else(|e| e.into_inner()));
+            ran.outputs.push((out, late));
+        }
+        Ok(ran)
+    }
+
+    /// Step 5: each sink stages the epoch's output (late rows and bad
+    /// records too); returns the rows written to the queries' sinks.
+    async fn stage(
+        &self,
+        epoch: u64,
+        outputs: &[PipelineOutput],
+        bad: &BTreeMap<String, Vec<BadRecord>>,
+    ) -> Result<u64> {
+        let mut rows_out = 0;
+        for (p, (out, late)) in self.pipelines.iter().zip(outputs) {
+            let mid = || self.hooks.reached(Step::MidSinkWrite, epoch);
+            let (rows, _) = p.sink.stage(epoch, &p.schema, out, mid).await?;
+            rows_out += rows;
+            for l in &p.late_sinks {
+                let rows: Vec<RecordBatch> = late
+                    .iter()
+                    .filter(|(t, _)| t == l.table())
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                l.stage(epoch, &rows).await?;
+            }
+        }
+        self.dead_letters.stage(epoch, bad).await?;
+        self.hooks.reached(Step::SinkStaged, epoch)?;
+        Ok(rows_out)
+    }
+
+    /// Step 6: sources' progress and operators' state, as a delta of what
+    /// changed or now and then a snapshot. Returns the bytes written and
+    /// the rows of operator state.
+    async fn write_state(&mut self, epoch: u64) -> Result<(u64, u64)> {
+        let mut state_bytes = 0;
+        let mut state_rows = 0u64;
+        let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
+        for (name, slot) in self.sources.iter_mut() {
+            let id = source_state_name(name);
+            let full = self.policies.entry(id.clone()).or_default().full();
+            if let Some(change) = slot.source.checkpoint(full)? {
+                writes.push((id, kind_of(full), slot.source.progress_schema(), 1, change));
+            }
+        }
+        for p in &self.pipelines {
+            for (id, op) in &p.operators {
+                let full = self.policies.entry(id.clone()).or_default().full();
+                if let Some(change) = op.checkpoint(full)? {
+                    writes.push((
+                        id.clone(),
+                        kind_of(full),
+                        op.state_schema(),
+                        op.unit_key_len(),
+                        change,
+                    ));
+                }
+                state_rows += op.state_rows() as u64;
+            }
+        }
+        for (id, kind, schema, unit_key_len, change) in writes {
+            let w = StateWrite {
+                kind,
+                schema: &schema,
+                unit_key_len,
+                upserts: &change.upserts,
+                deletes: &change.deletes,
+            };
+            let bytes = self.checkpoint.write_state(&id, epoch, w).await?;
+            self.policies.entry(id).or_default().record(kind, bytes);
+            state_bytes += bytes;
+        }
+        self.hooks.reached(Step::StateWritten, epoch)?;
+        Ok((state_bytes, state_rows))
+    }
+
+    /// Step 7: `commits/N`, created only if absent. Only now is the epoch
+    /// done; the job's watermarks move to the commit's.
+    async fn commit(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+        input: &BTreeMap<String, SourceRows>,
+        mut commit: CommitEntry,
+    ) -> Result<()> {
+        for name in input.keys() {
+            if let Some(slot) = self.sources.get_mut(name) {
+                slot.last_data_ms = entry.processing_time_ms;
+            }
+        }
+        commit.last_data_ms = self
+            .sources
+            .iter()
+            .map(|(n, s)| (n.clone(), s.last_data_ms))
+            .collect();
+        self.lease.check(&format!("committing epoch {epoch}")).await?;
+        self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
+            weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
+                "{url} was committed by another process: two processes are running this job on the same checkpoint"
+            )),
+            e => e.into(),
+        })?;
+        self.last_committed = Some(epoch);
+        self.watermarks = commit.watermarks;
+        self.hooks.reached(Step::Committed, epoch)
+    }
+
+    /// Step 8: each sink makes the committed epoch's output visible; now and
+    /// then, old checkpoint files go.
+    async fn publish(&self, epoch: u64) -> Result<()> {
+        for p in &self.pipelines {
+            p.sink.publish(epoch).await?;
+        }
+        for s in self.side_sinks() {
+            s.publish(epoch).await?;
+        }
+        self.hooks.reached(Step::Published, epoch)?;
+        if epoch.is_multiple_of(RETENTION_EVERY) {
+            self.retain(epoch).await?;
+        }
+        Ok(())
+    }
+
+    /// Warnings about late rows for the progress line: rows read by a
+    /// drained checkpoint (once), or an epoch whose every row was late.
+    async fn warn_of_late_rows(&mut self, entry: &OffsetsEntry, rows_in: u64, all_late: &[AllLate]) {
+        let drained = !entry.watermarks_in.is_empty() && entry.watermarks_in.values().all(|&w| w == i64::MAX);
+        if drained && rows_in > 0 {
+            if !self.warned_drained {
+                self.warned_drained = true;
+                let warning = self.drained_warning().await;
+                self.warnings.push(warning);
+            }
+            return;
+        }
+        for (statement, rows, wms) in all_late {
+            let shown: Vec<String> = wms
+                .iter()
+                .map(|(s, &w)| format!("'{s}' at {}", shown_watermark(w).1.unwrap_or_default()))
+                .collect();
+            self.warnings.push(format!(
+                "every one of the {rows} rows that {statement} read this epoch was late: older than the \
+                 watermark when it arrived ({}), so its windows had closed. Late rows are dropped (or \
+                 sent to 'late.sink'); a longer WATERMARK delay keeps windows open longer",
+                shown.join(", ")
+            ));
+        }
+    }
+
+    /// The warning for rows read by a checkpoint whose input was declared
+    /// complete (`--drain`): every one of them is late.
+    pub(super) async fn drained_warning(&self) -> String {
+        let loc = self.checkpoint.location();
+        // The drain epoch: the newest offsets entry that says so.
+        let mut drain_epoch = None;
+        if let Ok(epochs) = self.checkpoint.offsets.epochs().await {
+            for e in epochs.into_iter().rev() {
+                if let Ok(Some(entry)) = self.checkpoint.offsets.read(e).await
+                    && entry.drain
+                {
+                    drain_epoch = Some(e);
+                    break;
+                }
+            }
+        }
+        let rollback = match drain_epoch {
+            Some(e) if e > 1 => format!(
+                "`weir checkpoint rollback {loc} --to {}` undoes the drain (epoch {e}), so its windows \
+                 stay open for these rows",
+                e - 1
+            ),
+            _ => format!("`weir checkpoint rollback {loc} --to N` to an epoch before the drain undoes it"),
+        };
+        format!(
+            "this checkpoint was drained: a run with --drain declared its input complete, moved the \
+             watermark to the end of time and closed every window, so every row read now is late and \
+             dropped. To add input to a job, run it without --drain; {rollback}, or give the job a new \
+             --checkpoint"
+        )
+    }
+
+    /// Reads each source's offset: its rows, and its bad records.
+    pub(super) async fn read_input(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+    ) -> Result<(BTreeMap<String, SourceRows>, BTreeMap<String, Vec<BadRecord>>)> {
+        let mut input = BTreeMap::new();
+        let mut bad = BTreeMap::new();
+        for (name, offset) in &entry.sources {
+            let slot = self.sources.get_mut(name).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{} names source '{name}', which this job does not read",
+                    self.checkpoint.offsets.url(epoch)
+                ))
+            })?;
+            let read = slot.source.read_batch(offset).await?;
+            input.insert(
+                name.clone(),
+                SourceRows {
+                    columns: Arc::clone(&slot.columns),
+                    batches: Arc::new(read.batches),
+                    max_time_ms: read.max_time_ms,
+                },
+            );
+            bad.insert(name.clone(), read.bad);
+        }
+        Ok((input, bad))
+    }
+
+    /// An epoch whose input cannot be read (a bad or vanished file) is rolled
+    /// back: nothing of it was committed or published, so its state files and
+    /// offsets entry are removed and the next run plans the epoch again
+    /// (after the operator has fixed or removed the file). State files go
+    /// first: if this is interrupted, the offsets entry is still there and the
+    /// epoch is replayed as after any crash.
+    pub(super) async fn abandon(&self, epoch: u64, error: Error) -> Error {
+        let rollback = async {
+            self.checkpoint.delete_epoch_state(epoch).await?;
+            self.checkpoint.offsets.delete(epoch).await
+        };
+        let fix = match &error {
+            Error::Input(_) => "fix or remove the file and run the job again",
+            _ => "the checkpoint is as it was before it; fix the cause and run the job again",
+        };
+        let wrap = |text: String| match error {
+            Error::Input(_) => Error::Input(text),
+            _ => Error::Runtime(text),
+        };
+        match rollback.await {
+            Ok(()) => wrap(format!("{error}\n(epoch {epoch} was not committed; {fix})")),
+            Err(e) => wrap(format!(
+                "{error}\n(and rolling back uncommitted epoch {epoch} failed: {e})"
+            )),
+        }
+    }
+}
+
+/// How often (in epochs) old checkpoint files are cleaned up.
+const RETENTION_EVERY: u64 = 10;
+
+/// When a state table gets a full snapshot instead of a delta: first after
+/// the process starts, after many deltas, or once the deltas since the last
+/// snapshot add up to more than it (the next restore would read more deltas
+/// than state).
+#[derive(Default)]
+pub(super) struct SnapshotPolicy {
+    written: bool,
+    snapshot_bytes: u64,
+    delta_bytes: u64,
+    deltas: u32,
+}
+
+impl SnapshotPolicy {
+    const MAX_DELTAS: u32 = 64;
+
+    pub(super) fn full(&self) -> bool {
+        !self.written
+            || self.deltas >= Self::MAX_DELTAS
+            || self.delta_bytes > self.snapshot_bytes.max(64 * 1024)
+    }
+
+    pub(super) fn record(&mut self, kind: StateKind, bytes: u64) {
+        match kind {
+            StateKind::Snapshot => {
+                *self = SnapshotPolicy {
+                    written: true,
+                    snapshot_bytes: bytes,
+                    delta_bytes: 0,
+                    deltas: 0,
+                }
+            }
+            StateKind::Delta => {
+                self.deltas += 1;
+                self.delta_bytes += bytes;
+            }
+        }
+    }
+}
+
+fn kind_of(full: bool) -> StateKind {
+    if full {
+        StateKind::Snapshot
+    } else {
+        StateKind::Delta
+    }
+}
+
+/// Runs a pipeline's plan over an epoch. A panic anywhere in it (in a
+/// DataFusion operator or one of ours) becomes an error instead of ending
+/// the process, so the driver can roll the epoch back.
+async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(collect(Arc::clone(plan), ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => Ok(r?),
+        Err(panic) => Err(Error::Runtime(format!(
+            "internal error (a bug in Weir, please report it): {}",
+            crate::exec::panic_message(panic.as_ref())
+        ))),
+    }
+}
+
+/// Whether a plan holds a `RepartitionExec`, which can be executed only once.
+fn contains_repartition(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>()
+        .is_some()
+        || plan.children().into_iter().any(contains_repartition)
+}

@@ -1,0 +1,245 @@
+//! The micro-batch driver: runs a job's pipelines epoch by epoch, with a
+//! checkpoint that makes the output exactly-once across any crash.
+//!
+//! # One epoch, N
+//!
+//! ```text
+//! 1. plan      each source describes its next batch (an offset)
+//! 2. offsets/N written (create-if-absent): the write-ahead log   ── step "offsets-written"
+//! 3. read      each source reads exactly its offset's rows
+//! 4. run       each pipeline's plan over the rows, with the watermarks
+//!              before and after them                           ── step "before-sink"
+//! 5. stage     each sink stages its output for N               ── step "sink-staged"
+//! 6. state     changed operator state and source progress
+//!              written as state/<op>/N.parquet                 ── step "state-written"
+//! 7. commit    commits/N created (create-if-absent)            ── step "committed"
+//! 8. publish   each sink makes N's output visible              ── step "published"
+//! ```
+//!
+//! # Recovery (when a job starts)
+//!
+//! ```text
+//! C := newest commits/C (none: a new job)
+//! restore state and source progress from the newest state files at or before C
+//! restore watermarks from commits/C
+//! publish C again (idempotent: a crash may have come between 7 and 8)
+//! if offsets/C+1 exists: run epoch C+1 again with exactly that offset
+//!                        (everything it wrote before the crash is rewritten identically)
+//! continue with C+2
+//! ```
+//!
+//! Nothing of an uncommitted epoch is visible: its sink output is staged
+//! where a `*.parquet` glob does not look, and its state files are ignored on
+//! restore. Everything of a committed epoch is durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::max;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use datafusion::physical_planner::PhysicalPlanner;
+use datafusion::prelude::SessionConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use weir_sql::{Job, JobKind, PipelinePlan, StreamPlanner, Watermark};
+use weir_storage::location::Create;
+use weir_storage::{
+    Checkpoint, CommitEntry, Location, Metadata, OffsetsEntry, StateKind, StateWrite, StoreOptions,
+};
+
+use crate::compat;
+use crate::dead_letter::{self, DeadLetters};
+use crate::epoch::{EpochInput, SourceRows};
+use crate::exec::window_assign::to_millis;
+use crate::exec::{
+    EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
+    WindowAggregateExec, WindowAssignExec, physical_planner,
+};
+use crate::sink::{LiveSender, PipelineSink, SideSink};
+use crate::source::bad::BadRecord;
+use crate::source::{Source, open_source, table_store_options};
+use crate::{Error, Result};
+
+mod epoch;
+mod explain;
+mod open;
+mod options;
+mod recovery;
+mod retention;
+
+use epoch::SnapshotPolicy;
+pub(crate) use open::{PhysicalPipeline, late_sink_tables};
+pub use options::{BatchProgress, EpochHooks, JobOptions, RunSummary, Step, Trigger};
+
+struct SourceSlot {
+    source: Box<dyn Source>,
+    watermark: Option<Watermark>,
+    /// The declared columns read (every scan's, and the watermark's).
+    columns: Arc<Vec<usize>>,
+    /// `'watermark.idle_timeout'`, ms.
+    idle_timeout_ms: Option<i64>,
+    /// Processing time of the last epoch in which this source had rows.
+    last_data_ms: i64,
+}
+
+struct Pipeline {
+    index: usize,
+    /// The statement, for messages (`` `INSERT INTO ...` (line 12) ``).
+    statement: String,
+    /// The incremental logical plan (for EXPLAIN).
+    logical: datafusion::logical_expr::LogicalPlan,
+    /// Whether the output is a changelog.
+    changelog: bool,
+    plan: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    sink: PipelineSink,
+    /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
+    late_sinks: Vec<SideSink>,
+    sources: BTreeSet<String>,
+    operators: Vec<(String, Arc<dyn StatefulOperator>)>,
+}
+
+/// A job opened on its checkpoint, ready to run.
+pub struct StreamingJob {
+    checkpoint: Checkpoint,
+    metadata: Metadata,
+    sources: BTreeMap<String, SourceSlot>,
+    pipelines: Vec<Pipeline>,
+    /// Where sources send bad records (`'on_error' = 'dead_letter'`).
+    dead_letters: DeadLetters,
+    /// Per watermarked source, its watermark (ms; `i64::MIN` before any row).
+    watermarks: BTreeMap<String, i64>,
+    last_committed: Option<u64>,
+    /// An uncommitted epoch to run again before anything else.
+    pending: Option<(u64, OffsetsEntry)>,
+    state: SessionState,
+    hooks: Arc<dyn EpochHooks>,
+    /// When each state table next gets a snapshot.
+    policies: HashMap<String, SnapshotPolicy>,
+    /// This job's hold on the checkpoint.
+    lease: Arc<crate::lease::Lease>,
+    /// How many committed epochs stay restorable.
+    retain_epochs: u64,
+    /// What opening the checkpoint decided that the user should know (a
+    /// changed query continuing with its state, or starting afresh).
+    notes: Vec<String>,
+    /// Sources that start from the beginning although the checkpoint has a
+    /// commit (changed sources under `fresh_state`): their watermark and
+    /// progress are not restored.
+    reset_sources: BTreeSet<String>,
+    /// The job's window calls, by placeholder name (so messages and plans
+    /// show the call, not `__weir_tvf_N`).
+    tvfs: BTreeMap<String, weir_sql::preprocess::TvfCall>,
+    /// Warnings for the next epoch's progress.
+    warnings: Vec<String>,
+    /// Whether the drained-checkpoint warning was given.
+    warned_drained: bool,
+}
+
+/// The watermark for display: `None` before any row.
+fn shown_watermark(ms: i64) -> (Option<i64>, Option<String>) {
+    if ms == i64::MIN {
+        return (None, None);
+    }
+    if ms == i64::MAX {
+        return (Some(ms), Some("end of input".into()));
+    }
+    let text = chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string());
+    (Some(ms), text)
+}
+
+impl StreamingJob {
+    /// The checkpoint's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// What opening the checkpoint decided that the user should know.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The last committed epoch.
+    pub fn last_committed(&self) -> Option<u64> {
+        self.last_committed
+    }
+
+    /// Lets go of the checkpoint, so another run may take it at once. (A
+    /// job dropped without this keeps it until its lease lapses, or until a
+    /// run on the same host sees the process is gone.)
+    pub async fn close(self) -> Result<()> {
+        self.lease.release().await
+    }
+
+    /// Rows held by all stateful operators.
+    pub fn state_rows(&self) -> u64 {
+        self.pipelines
+            .iter()
+            .flat_map(|p| &p.operators)
+            .map(|(_, op)| op.state_rows() as u64)
+            .sum()
+    }
+
+    /// Each sink table with the schema of the rows it receives, and its folder.
+    pub fn sinks(&self) -> Vec<(String, SchemaRef, String)> {
+        let mut out = Vec::new();
+        for p in &self.pipelines {
+            if let Some(f) = p.sink.files() {
+                out.push((
+                    f.table().to_string(),
+                    Arc::clone(&p.schema),
+                    f.location().url().to_string(),
+                ));
+            }
+        }
+        for s in self.side_sinks() {
+            out.push((
+                s.table().to_string(),
+                Arc::clone(s.schema()),
+                s.location().url().to_string(),
+            ));
+        }
+        out
+    }
+
+    /// The columns of a live query's rows (`None` for a saved job).
+    pub fn live_schema(&self) -> Option<SchemaRef> {
+        self.pipelines
+            .iter()
+            .find(|p| p.sink.is_live())
+            .map(|p| Arc::clone(&p.schema))
+    }
+}
+
+impl StreamingJob {
+    /// The sinks fed beside the queries' output: late-row and dead-letter
+    /// tables. They are published and pruned with the output.
+    fn side_sinks(&self) -> impl Iterator<Item = &SideSink> {
+        self.pipelines
+            .iter()
+            .flat_map(|p| &p.late_sinks)
+            .chain(self.dead_letters.sinks())
+    }
+}
+
+/// The state name of a source's progress.
+pub(crate) fn source_state_name(source: &str) -> String {
+    format!("source-{source}")
+}
+
+/// The writer id in a sink's file names: the checkpoint's query and the
+/// pipeline (`-late` for its late-row sink).
+pub(crate) fn sink_writer(query_id: &str, pipeline: usize, late: bool) -> String {
+    format!(
+        "{}-p{pipeline}{}",
+        &query_id[..8],
+        if late { "-late" } else { "" }
+    )
+}

@@ -1,0 +1,404 @@
+//! Opening a job: planning its pipelines, checking the folders it writes,
+//! claiming its checkpoint, opening its sources and sinks, and recovering
+//! from the checkpoint.
+
+use super::*;
+
+impl StreamingJob {
+    /// Parses and plans a job, opens its sources, sinks and checkpoint, and
+    /// recovers from the checkpoint.
+    pub async fn open(sql: &str, options: JobOptions) -> Result<StreamingJob> {
+        let job = match options.live {
+            Some(_) => Job::parse_as(sql, JobKind::Live)?,
+            None => Job::parse(sql)?,
+        };
+        let threads = options.threads.max(1);
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let scans = EngineScans { partitions: threads };
+        let planner = StreamPlanner::new(&job, Some(Arc::new(scans)), config)?;
+        for f in &options.udfs {
+            planner.context().register_udf(f.clone());
+        }
+        for f in &options.udafs {
+            planner.context().register_udaf(f.clone());
+        }
+        let plans = planner.plan().await?;
+        let state = planner.context().state();
+
+        let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
+            .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
+        let checkpoint = Checkpoint::new(loc);
+        // Commits and the lease rely on create-if-absent: refuse a store
+        // that would silently overwrite, before anything is written to it.
+        checkpoint.location().verify_create_if_absent().await?;
+        // The lease comes first: claiming may rewrite the metadata and, with
+        // `fresh_state`, delete state, which only the checkpoint's one
+        // writer may do.
+        let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
+
+        let mut physical = Vec::new();
+        for p in plans {
+            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+            let operators = stateful_operators(p.index, &plan);
+            physical.push((p, plan, operators));
+        }
+        // Where bad input records go, checked before the checkpoint is
+        // claimed (the dead-letter sinks are part of its records).
+        let bad_routes = {
+            let sources: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, _, _)| p.sources.iter().cloned())
+                .collect();
+            let written: BTreeSet<String> = physical
+                .iter()
+                .flat_map(|(p, plan, _)| {
+                    let late = late_sink_tables(plan).into_iter().map(|(t, _)| t);
+                    p.sink.iter().map(|d| d.name.clone()).chain(late)
+                })
+                .collect();
+            dead_letter::routes(&job, &sources, &written)
+        };
+        let bad_routes = match bad_routes {
+            // A live query is a look at a stream: it writes no table, so its
+            // bad records (and late rows) are counted, not kept.
+            Ok(_) if options.live.is_some() => BTreeMap::new(),
+            Ok(r) => r,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+        // The folders the job writes, checked before the checkpoint is
+        // claimed, so a refused job changes nothing.
+        if let Err(e) = check_job_folders(&job, &physical, &bad_routes, &checkpoint, &options).await {
+            let _ = lease.release().await;
+            return Err(e);
+        }
+        let claimed = compat::claim::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
+            compat::claim::job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
+        })
+        .await;
+        let (metadata, notes, reset_sources) = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+
+        let mut sources = BTreeMap::new();
+        for (p, _, _) in &physical {
+            for name in &p.sources {
+                if sources.contains_key(name) {
+                    continue;
+                }
+                let decl = &job.tables[name];
+                sources.insert(
+                    name.clone(),
+                    SourceSlot {
+                        source: open_source(decl, &options.store_options)?,
+                        watermark: decl.watermark.clone(),
+                        columns: Arc::new(Vec::new()),
+                        idle_timeout_ms: idle_timeout(decl)?,
+                        // Until it has rows, a source is idle from the start.
+                        last_data_ms: chrono::Utc::now().timestamp_millis(),
+                    },
+                );
+            }
+        }
+
+        let mut pipelines = Vec::new();
+        for (p, plan, operators) in physical {
+            let schema = plan.schema();
+            let writer = sink_writer(&metadata.query_id, p.index, false);
+            let sink = PipelineSink::open(
+                p.sink.as_ref(),
+                &writer,
+                &options.store_options,
+                options.live.as_ref(),
+            )?;
+            let mut late_sinks: Vec<SideSink> = Vec::new();
+            let late_tables = if options.live.is_some() {
+                Vec::new()
+            } else {
+                late_sink_tables(&plan)
+            };
+            for (table, schema) in late_tables {
+                if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
+                    if existing.schema().fields() != schema.fields() {
+                        return Err(Error::Config(format!(
+                            "late sink '{table}' would receive rows of two different shapes in one query"
+                        )));
+                    }
+                    continue;
+                }
+                let decl = job
+                    .tables
+                    .get(&table)
+                    .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
+                let writer = sink_writer(&metadata.query_id, p.index, true);
+                late_sinks.push(SideSink::open(decl, &writer, &options.store_options, schema)?);
+            }
+            pipelines.push(Pipeline {
+                index: p.index,
+                statement: p.statement.clone(),
+                logical: p.plan.clone(),
+                changelog: p.changelog,
+                plan,
+                schema,
+                sink,
+                late_sinks,
+                sources: p.sources,
+                operators,
+            });
+        }
+
+        let dead_letters = DeadLetters::open(
+            &job,
+            bad_routes,
+            &dead_letter::writer(&metadata.query_id),
+            &options.store_options,
+        )?;
+        // Each sink folder is this query's: recorded before its first output.
+        let file_sinks = pipelines
+            .iter()
+            .filter_map(|p| p.sink.files())
+            .chain(
+                pipelines
+                    .iter()
+                    .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
+            )
+            .chain(dead_letters.sinks().iter().map(SideSink::files));
+        for sink in file_sinks.filter(|_| !options.explain_only) {
+            sink.set_owner(checkpoint.location().url(), &metadata.query_id)
+                .await?;
+        }
+
+        // Sources read only the columns some scan needs (and the watermark's).
+        let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        for p in &pipelines {
+            scan_columns(&p.plan, &mut needed);
+        }
+        for (name, slot) in sources.iter_mut() {
+            let mut cols = needed.remove(name).unwrap_or_default();
+            if let Some(w) = &slot.watermark {
+                let column = slot.source.schema().index_of(&w.column)?;
+                // A source that knows each batch's greatest event time (a
+                // generator) need not make the column for the watermark.
+                if !slot.source.knows_max_time(&w.column) {
+                    cols.insert(column);
+                }
+            }
+            if cols.is_empty() {
+                cols.insert(0); // COUNT(*) alone still needs the rows
+            }
+            let cols: Vec<usize> = cols.into_iter().collect();
+            slot.source.set_columns(cols.clone());
+            slot.source.set_threads(threads);
+            slot.columns = Arc::new(cols);
+        }
+
+        let watermarks = sources
+            .iter()
+            .filter(|(_, s)| s.watermark.is_some())
+            .map(|(n, _)| (n.clone(), i64::MIN))
+            .collect();
+        let mut job = StreamingJob {
+            checkpoint,
+            metadata,
+            sources,
+            pipelines,
+            dead_letters,
+            watermarks,
+            last_committed: None,
+            pending: None,
+            state,
+            hooks: options.hooks,
+            policies: HashMap::new(),
+            lease,
+            retain_epochs: options.retain_epochs.max(1),
+            notes,
+            reset_sources,
+            tvfs: job.tvfs.clone(),
+            warnings: Vec::new(),
+            warned_drained: false,
+        };
+        if let Err(e) = job.recover().await {
+            let _ = job.lease.release().await;
+            return Err(match e {
+                // Damage: say how to look at it and how to get past it.
+                Error::Storage(
+                    e @ (weir_storage::Error::Corrupt { .. } | weir_storage::Error::FutureVersion { .. }),
+                ) => Error::Checkpoint(format!(
+                    "{e}\n(`weir checkpoint inspect {loc}` lists what is damaged; \
+                     `weir checkpoint rollback {loc} --to N` goes back to a good epoch)",
+                    loc = job.checkpoint.location()
+                )),
+                e => e,
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// The late sinks of a plan's window calls, with the shape of their rows.
+pub(crate) fn late_sink_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, SchemaRef)> {
+    let mut out = Vec::new();
+    if let Some(w) = plan.downcast_ref::<WindowAssignExec>()
+        && let Some((table, schema)) = w.late_sink()
+    {
+        out.push((table.to_string(), schema));
+    }
+    for child in plan.children() {
+        out.extend(late_sink_tables(child));
+    }
+    out
+}
+
+/// `'watermark.idle_timeout'` of a source, ms.
+fn idle_timeout(decl: &weir_sql::TableDecl) -> Result<Option<i64>> {
+    let Some(v) = decl.options.get("watermark.idle_timeout") else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
+        Error::Config(format!(
+            "table '{}': 'watermark.idle_timeout' = '{v}': {e} (write e.g. '30s' or '5m')",
+            decl.name
+        ))
+    })?;
+    Ok(Some(d.as_millis() as i64))
+}
+
+/// Adds the declared columns each source scan in a plan reads.
+fn scan_columns(plan: &Arc<dyn ExecutionPlan>, out: &mut BTreeMap<String, BTreeSet<usize>>) {
+    if let Some(scan) = plan.downcast_ref::<StreamScanExec>() {
+        let cols = out.entry(scan.source().to_string()).or_default();
+        match scan.projection() {
+            Some(p) => cols.extend(p.iter().copied()),
+            None => cols.extend(0..scan.schema().fields().len()),
+        }
+    }
+    for child in plan.children() {
+        scan_columns(child, out);
+    }
+}
+
+pub(crate) type PhysicalPipeline = (
+    PipelinePlan,
+    Arc<dyn ExecutionPlan>,
+    Vec<(String, Arc<dyn StatefulOperator>)>,
+);
+
+/// Checks the folders a job writes against each other, its sources and
+/// checkpoints (`crate::folders`), and that no other query owns a sink
+/// folder, before anything is written.
+async fn check_job_folders(
+    job: &Job,
+    pipelines: &[PhysicalPipeline],
+    dead_letters: &BTreeMap<String, String>,
+    checkpoint: &Checkpoint,
+    options: &JobOptions,
+) -> Result<()> {
+    let mut tables: Vec<String> = Vec::new();
+    for (p, plan, _) in pipelines {
+        tables.extend(p.sink.iter().map(|d| d.name.clone()));
+        if options.live.is_none() {
+            tables.extend(late_sink_tables(plan).into_iter().map(|(t, _)| t));
+        }
+    }
+    tables.extend(dead_letters.values().cloned());
+    tables.sort();
+    tables.dedup();
+    let mut sinks = Vec::new();
+    for table in &tables {
+        let Some(decl) = job.tables.get(table) else {
+            continue;
+        };
+        let (Ok("files"), Some(path)) = (decl.connector(), decl.options.get("path")) else {
+            continue;
+        };
+        let store = table_store_options(decl, &options.store_options);
+        let loc = Location::open(path, &store, Create::Yes)
+            .map_err(|e| Error::Config(format!("sink table '{table}': {e}")))?;
+        sinks.push((table.clone(), loc, store));
+    }
+    let mut sources = Vec::new();
+    for (p, _, _) in pipelines {
+        for name in &p.sources {
+            let Some(decl) = job.tables.get(name) else {
+                continue;
+            };
+            let (Ok("files"), Some(path)) = (decl.connector(), decl.options.get("path")) else {
+                continue;
+            };
+            if let Ok(loc) = Location::open(
+                path,
+                &table_store_options(decl, &options.store_options),
+                Create::No,
+            ) {
+                sources.push((name.clone(), loc));
+            }
+        }
+    }
+    let folders: Vec<crate::folders::SinkFolder> = sinks
+        .iter()
+        .map(|(table, loc, store)| crate::folders::SinkFolder {
+            table,
+            loc,
+            options: store.clone(),
+        })
+        .collect();
+    let sources: Vec<(&str, &Location)> = sources.iter().map(|(n, l)| (n.as_str(), l)).collect();
+    crate::folders::check(checkpoint.location(), &folders, &sources).await?;
+    if options.explain_only {
+        return Ok(());
+    }
+    // The owner: this checkpoint's query, when it has one already (a new
+    // checkpoint's query owns no folder yet, so any owner is another).
+    let query_id = checkpoint
+        .read_metadata()
+        .await?
+        .map(|m| m.query_id)
+        .unwrap_or_else(|| "(a new checkpoint)".into());
+    for (table, loc, _) in &sinks {
+        let me = weir_storage::SinkOwner {
+            version: weir_storage::FORMAT_VERSION,
+            checkpoint: checkpoint.location().url().to_string(),
+            query_id: query_id.clone(),
+            table: table.clone(),
+        };
+        crate::folders::check_owner(loc, &me).await?;
+    }
+    Ok(())
+}
+
+/// The stateful operators of a pipeline's plan, with ids that are stable as
+/// long as the query is (`p<pipeline>-agg<n>`, in plan order).
+fn stateful_operators(
+    pipeline: usize,
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Vec<(String, Arc<dyn StatefulOperator>)> {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn StatefulOperator>>) {
+        if let Some(agg) = plan.downcast_ref::<WindowAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<SessionAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(agg) = plan.downcast_ref::<UpdateAggregateExec>() {
+            out.push(agg.state() as Arc<dyn StatefulOperator>);
+        }
+        if let Some(top) = plan.downcast_ref::<crate::exec::WindowTopNExec>() {
+            out.push(top.state() as Arc<dyn StatefulOperator>);
+        }
+        for child in plan.children() {
+            walk(child, out);
+        }
+    }
+    let mut ops = Vec::new();
+    walk(plan, &mut ops);
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| (format!("p{pipeline}-agg{i}"), op))
+        .collect()
+}

@@ -1,0 +1,149 @@
+//! Recovery when a job opens: restore state and watermarks as of the last
+//! commit, publish it again, find an uncommitted epoch to replay, and
+//! refuse a damaged checkpoint with the file and epoch to look at.
+
+use super::*;
+
+impl StreamingJob {
+    pub(super) async fn recover(&mut self) -> Result<()> {
+        let committed = self.checkpoint.commits.latest().await?;
+        if let Some(c) = committed {
+            let entry: CommitEntry = self.checkpoint.commits.read(c).await?.ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{} vanished while reading it",
+                    self.checkpoint.commits.url(c)
+                ))
+            })?;
+            for (source, wm) in entry.watermarks {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
+                if let Some(w) = self.watermarks.get_mut(&source) {
+                    *w = wm;
+                }
+            }
+            for (name, slot) in self.sources.iter_mut() {
+                if let Some(restored) = self.checkpoint.restore_state(&source_state_name(name), c).await? {
+                    slot.source.restore(&restored.batches).map_err(|e| {
+                        Error::Checkpoint(format!(
+                            "restoring source '{name}' from {} (epoch {c}): {e}",
+                            self.checkpoint.location()
+                        ))
+                    })?;
+                }
+            }
+            for p in &self.pipelines {
+                let wm = entry
+                    .pipeline_watermarks
+                    .get(&p.index)
+                    .copied()
+                    .unwrap_or(i64::MIN);
+                for (id, op) in &p.operators {
+                    if let Some(restored) = self.checkpoint.restore_state(id, c).await? {
+                        check_state_columns(&op.state_schema(), &restored.schema).and_then(|()| {
+                            op.restore(&restored.batches, wm).map_err(|e| weir_sql::strip_df(&e))
+                        }).map_err(|e| {
+                            Error::Checkpoint(format!(
+                                "state/{id}/ in {} (epoch {c}, from the snapshot of epoch {} and {} deltas): {e}",
+                                self.checkpoint.location(),
+                                restored.snapshot_epoch,
+                                restored.deltas
+                            ))
+                        })?;
+                    }
+                }
+                p.sink.publish(c).await?;
+            }
+            for s in self.side_sinks() {
+                s.publish(c).await?;
+            }
+            for (source, ms) in entry.last_data_ms {
+                if self.reset_sources.contains(&source) {
+                    continue;
+                }
+                if let Some(slot) = self.sources.get_mut(&source) {
+                    slot.last_data_ms = ms;
+                }
+            }
+        }
+        self.last_committed = committed;
+        let next = committed.map_or(1, |c| c + 1);
+        let logged: Vec<u64> = self.checkpoint.offsets.epochs().await?;
+        self.check_damage(committed, &logged, next).await?;
+        if let Some(&newest) = logged.last()
+            && newest >= next
+        {
+            if newest > next {
+                return Err(Error::Checkpoint(format!(
+                    "{} is for epoch {newest}, but the last commit is {:?}: the offsets log is ahead by more than one epoch",
+                    self.checkpoint.offsets.url(newest),
+                    committed
+                )));
+            }
+            let entry: OffsetsEntry = self.checkpoint.offsets.read(next).await?.ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{} vanished while reading it",
+                    self.checkpoint.offsets.url(next)
+                ))
+            })?;
+            self.pending = Some((next, entry));
+        }
+        Ok(())
+    }
+
+    /// Damage that recovery would otherwise not notice (files that are
+    /// there but unreadable are reported where they are read): a commit
+    /// without its offsets entry, state of epochs never started, state of
+    /// operators this query does not have.
+    pub(super) async fn check_damage(&self, committed: Option<u64>, logged: &[u64], next: u64) -> Result<()> {
+        if let Some(c) = committed
+            && !logged.contains(&c)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{} (epoch {c}) has no offsets entry: {} is missing, so what the epoch read cannot be \
+                 known. The checkpoint is damaged; roll back to an earlier epoch with \
+                 `weir checkpoint rollback {} --to N` (see `weir checkpoint inspect`)",
+                self.checkpoint.commits.url(c),
+                self.checkpoint.offsets.url(c),
+                self.checkpoint.location()
+            )));
+        }
+        let pending = logged.contains(&next).then_some(next);
+        self.checkpoint.check_orphan_state(committed, pending).await?;
+        let known: BTreeSet<String> = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.operators.iter().map(|(id, _)| id.clone()))
+            .chain(self.sources.keys().map(|s| source_state_name(s)))
+            .collect();
+        for op in self.checkpoint.state_operators().await? {
+            if !known.contains(&op) {
+                let files = self.checkpoint.state_files(&op).await?;
+                return Err(Error::Checkpoint(format!(
+                    "{} (epoch {}) is state of '{op}', which is no operator or source of this query; \
+                     it was not written by this job. Remove state/{op}/ if it does not belong there",
+                    files.first().map_or_else(
+                        || self.checkpoint.location().url_of(&format!("state/{op}")),
+                        |f| { self.checkpoint.location().url_of(&f.name) }
+                    ),
+                    files.first().map_or(0, |f| f.epoch),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The restored rows must have the columns the operator keeps now.
+fn check_state_columns(expected: &SchemaRef, found: &SchemaRef) -> std::result::Result<(), String> {
+    let e: Vec<&DataType> = expected.fields().iter().map(|f| f.data_type()).collect();
+    let f: Vec<&DataType> = found.fields().iter().map(|f| f.data_type()).collect();
+    if e != f {
+        return Err(format!(
+            "the state has columns {:?}, but the operator keeps {:?}",
+            found.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            expected.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
+}
