@@ -70,6 +70,33 @@ fn a_checkpoint_made_anew_does_not_write_its_sink_a_second_time() {
 }
 
 #[test]
+fn a_job_moved_with_its_checkpoint_keeps_its_sink() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    run_now(&ws, "job.sql", &[]).ok();
+    // The whole project elsewhere: the checkpoint's URL is another, the
+    // query (its id) the same.
+    let moved = Workspace::new();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(ws.dir.path(), moved.dir.path());
+    let later = gen_bids(9, 300, BASE_MS + 200_000, 0);
+    write_parquet(&moved.path("in/bids-9.parquet"), &later);
+    run_now(&moved, "job.sql", &["--drain"]).ok();
+    let mut all = bids;
+    all.extend(later);
+    assert_eq!(sink_rows(&moved.path("out")), batch_query(&all, ORACLE));
+}
+
+#[test]
 fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused() {
     let ws = Workspace::new();
     three_files(&ws);

@@ -612,6 +612,22 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
+    // Panics are caught and reported as errors (with where they happened),
+    // once: an operator's in its epoch, anything else here.
+    weir_engine::panics::install_hook();
+    match std::panic::catch_unwind(weir_main) {
+        Ok(code) => code,
+        Err(panic) => {
+            errln!(
+                "error: internal error (a bug in Weir, please report it): {}",
+                weir_engine::panics::message(panic.as_ref())
+            );
+            ExitCode::from(101)
+        }
+    }
+}
+
+fn weir_main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     let mut redactor = Redactor::from_env();

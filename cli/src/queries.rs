@@ -206,7 +206,7 @@ impl Queries {
                 Ok(Err(e)) => State::Failed(e.to_string()),
                 Err(panic) => State::Failed(format!(
                     "the query stopped on an internal error: {}",
-                    panic_text(&panic)
+                    weir_engine::panics::message(panic.as_ref())
                 )),
             };
         });
@@ -316,14 +316,6 @@ impl Queries {
 /// `; committed through epoch N`, when there is one.
 pub fn committed_note(epoch: Option<u64>) -> String {
     epoch.map_or(String::new(), |e| format!(" (committed through epoch {e})"))
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// `SHOW QUERIES` as rows: name, state, epoch, rows in and out, bad input

@@ -289,25 +289,44 @@ fn peek_limit(sql: &str) -> Result<Option<(&str, u64)>> {
     let Ok(rows) = text.parse::<u64>() else {
         return Ok(None);
     };
-    // The last top-level LIMIT of the text as typed.
-    let toks = tokens(sql)?;
+    // The last top-level LIMIT of the text as typed, by its position (a
+    // token's printed length need not be its length in the text: `\r\n`).
+    let Ok(toks) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+    else {
+        return Ok(None);
+    };
     let mut depth = 0i64;
     let mut at = None;
-    let mut offset = 0;
     for t in &toks {
-        match t {
+        match &t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             Token::Word(w)
                 if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("LIMIT") =>
             {
-                at = Some(offset)
+                at = Some((t.span.start.line, t.span.start.column))
             }
             _ => {}
         }
-        offset += t.to_string().len();
     }
-    Ok(at.map(|i| (sql[..i].trim_end(), rows)))
+    let Some((line, column)) = at else {
+        return Ok(None);
+    };
+    // Line and column (from 1, in characters) to a byte offset.
+    let (mut l, mut c) = (1, 1);
+    let offset = sql.char_indices().find_map(|(i, ch)| {
+        if (l, c) == (line, column) {
+            return Some(i);
+        }
+        if ch == '\n' {
+            (l, c) = (l + 1, 1);
+        } else {
+            c += 1;
+        }
+        None
+    });
+    Ok(offset.map(|i| (sql[..i].trim_end(), rows)))
 }
 
 /// The text after the first `n` words (tokens) of a statement, as typed.
@@ -942,7 +961,11 @@ impl Shell {
     /// with each operator's rows and time.
     async fn explain_analyze(&mut self, inner_kw: &str, inner: &str) -> Result<()> {
         let query = if inner_kw == "INSERT" {
-            after_words(inner, 3)
+            let rest = after_words(inner, 3);
+            if rest.starts_with('(') {
+                bail!("INSERT INTO t (columns) is not supported: the sink takes the query's columns");
+            }
+            rest
         } else {
             inner
         };
@@ -1579,6 +1602,28 @@ mod tests {
         let text = s.job_text("INSERT INTO out SELECT auction FROM bids").unwrap();
         assert!(text.starts_with("SET 'state.ttl' = '1h';\n"), "{text}");
         weir_sql::Job::parse(&text).unwrap();
+    }
+
+    #[test]
+    fn a_peek_cuts_its_limit_wherever_lines_end() {
+        for sql in [
+            "SELECT a FROM bids LIMIT 5",
+            "SELECT a, 'é'\r\nFROM bids\r\nWHERE a > 1\r\nLIMIT 5",
+            "SELECT a\nFROM (SELECT a FROM bids LIMIT 9) AS s\nLIMIT 5",
+        ] {
+            let (query, n) = peek_limit(sql).unwrap().unwrap();
+            assert_eq!(n, 5);
+            assert!(
+                query.ends_with("bids") || query.ends_with("a > 1") || query.ends_with("AS s"),
+                "{query:?}"
+            );
+        }
+        assert!(
+            peek_limit("SELECT a FROM bids ORDER BY a LIMIT 5")
+                .unwrap()
+                .is_none()
+        );
+        assert!(peek_limit("SELECT a FROM bids").unwrap().is_none());
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub async fn check(
 
 /// The refusal of a sink folder that `found` owns, for `me`.
 pub fn owner_conflict(loc: &Location, me: &SinkOwner, found: &SinkOwner) -> Error {
-    let whose = if found.checkpoint == me.checkpoint {
+    let whose = if found.checkpoint.trim_end_matches('/') == me.checkpoint.trim_end_matches('/') {
         format!(
             "an earlier query whose checkpoint was at the same place ({}) but was made anew since \
              (query id {} then, {} now), so the folder holds output this run would write a second time",

@@ -140,7 +140,20 @@ fn secrets(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
 /// The secret values in a text: each quoted value that follows a
 /// secret-looking key, whether or not the text parses.
 pub fn secret_literals(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = secrets(text).into_iter().map(|(v, _)| v).collect();
+    let mut out: Vec<String> = Vec::new();
+    for (value, range) in secrets(text) {
+        // As written too, quotes doubled: a parser quotes it back that way.
+        let written = &text[range];
+        let inner = written.get(1..).unwrap_or("");
+        let inner = match (inner.chars().last(), written.chars().next()) {
+            (Some(l), Some(f)) if l == f => &inner[..inner.len() - l.len_utf8()],
+            _ => inner,
+        };
+        if inner != value && !inner.is_empty() {
+            out.push(inner.to_string());
+        }
+        out.push(value);
+    }
     out.dedup();
     out
 }
@@ -200,7 +213,8 @@ mod tests {
         );
         assert_eq!(
             secret_literals("SET 's3.session_token' TO 'abc''d'"),
-            vec!["abc'd"]
+            vec!["abc''d", "abc'd"],
+            "as written, and as meant"
         );
         assert_eq!(secret_literals("SET api_token = 'tok-1'"), vec!["tok-1"]);
         assert!(secret_literals("SELECT 'password' FROM t WHERE x = 1").is_empty());

@@ -67,10 +67,12 @@ pub struct SinkOwner {
 impl SinkOwner {
     const NAME: &'static str = "_weir/owner.json";
 
-    /// Whether `other` is the same owner (the table's name may differ: a
-    /// renamed table writes the same folder for the same query).
+    /// Whether `other` is the same owner: the same query (its id is random,
+    /// made when its checkpoint was). The checkpoint's URL may differ (the
+    /// folders moved, or an S3 URL spelled another way) and so may the
+    /// table's name (renamed): the query is the same.
     pub fn same_as(&self, other: &SinkOwner) -> bool {
-        self.checkpoint == other.checkpoint && self.query_id == other.query_id
+        self.query_id == other.query_id
     }
 
     /// The owner recorded in a sink folder, if any.

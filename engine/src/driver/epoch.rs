@@ -21,6 +21,8 @@ pub(super) struct Executed {
     late_rows: u64,
     /// Pipelines whose every row was late.
     all_late: Vec<AllLate>,
+    /// Whether a pipeline with input kept some of it.
+    some_on_time: bool,
 }
 
 impl StreamingJob {
@@ -55,7 +57,16 @@ impl StreamingJob {
         }
         loop {
             if *stop.borrow() {
-                summary.stopped = true;
+                // Stopped early only if there was more to do: input left for
+                // a bounded trigger (planning reads nothing), or a drain.
+                summary.stopped = match trigger {
+                    Trigger::Interval(_) => true,
+                    Trigger::Once if summary.epochs > 0 => false,
+                    Trigger::Once | Trigger::AvailableNow => {
+                        self.plan_epoch(false).await?.is_some()
+                            || (drain && self.watermarks.values().any(|&w| w != i64::MAX))
+                    }
+                };
                 return Ok(summary.done(self.last_committed, &mut self.warnings));
             }
             let started = Instant::now();
@@ -206,7 +217,7 @@ impl StreamingJob {
             state_bytes,
             batch_ms,
             checkpoint_ms,
-            all_late: !ran.all_late.is_empty(),
+            all_late: !ran.all_late.is_empty() && !ran.some_on_time,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -292,6 +303,7 @@ impl StreamingJob {
             pipeline_watermarks: BTreeMap::new(),
             late_rows: 0,
             all_late: Vec::new(),
+            some_on_time: false,
         };
         for p in &self.pipelines {
             // The pipeline's watermarked sources, less the idle ones (unless
@@ -353,6 +365,9 @@ impl StreamingJob {
             if pipeline_rows > 0 && late >= pipeline_rows {
                 ran.all_late
                     .push((p.statement.clone(), pipeline_rows, pick(watermarks_in)));
+            } else if pipeline_rows > 0 {
+                // A pipeline kept some of its rows: not every row was late.
+                ran.some_on_time = true;
             }
             let late =
                 std::mem::take(&mut *epoch_input.late_batches.lock().unwrap_or_else(|e| e.into_inner()));
@@ -484,7 +499,7 @@ impl StreamingJob {
     /// drained checkpoint (once), or an epoch whose every row was late.
     async fn warn_of_late_rows(&mut self, entry: &OffsetsEntry, rows_in: u64, all_late: &[AllLate]) {
         let drained = !entry.watermarks_in.is_empty() && entry.watermarks_in.values().all(|&w| w == i64::MAX);
-        if drained && rows_in > 0 {
+        if drained && rows_in > 0 && !all_late.is_empty() {
             if !self.warned_drained {
                 self.warned_drained = true;
                 let warning = self.drained_warning().await;
@@ -532,9 +547,9 @@ impl StreamingJob {
         };
         format!(
             "this checkpoint was drained: a run with --drain declared its input complete, moved the \
-             watermark to the end of time and closed every window, so every row read now is late and \
-             dropped. To add input to a job, run it without --drain; {rollback}, or give the job a new \
-             --checkpoint"
+             watermark to the end of time and closed every window, so every row a window reads now is \
+             late and dropped. To add input to a job, run it without --drain; {rollback}, or give the \
+             job a new --checkpoint"
         )
     }
 
@@ -657,7 +672,7 @@ async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Resul
         Ok(r) => Ok(r?),
         Err(panic) => Err(Error::Runtime(format!(
             "internal error (a bug in Weir, please report it): {}",
-            crate::exec::panic_message(panic.as_ref())
+            crate::panics::message(panic.as_ref())
         ))),
     }
 }

@@ -170,8 +170,13 @@ impl StreamingJob {
             )
             .chain(dead_letters.sinks().iter().map(SideSink::files));
         for sink in file_sinks.filter(|_| !options.explain_only) {
-            sink.set_owner(checkpoint.location().url(), &metadata.query_id)
-                .await?;
+            if let Err(e) = sink
+                .set_owner(checkpoint.location().url(), &metadata.query_id)
+                .await
+            {
+                let _ = lease.release().await;
+                return Err(e);
+            }
         }
 
         // Sources read only the columns some scan needs (and the watermark's).

@@ -157,18 +157,9 @@ pub(crate) fn guarded<T>(operator: &str, epoch: u64, step: impl FnOnce() -> Resu
         Ok(r) => r,
         Err(panic) => Err(DataFusionError::Execution(format!(
             "internal error in {operator} (a bug in Weir, please report it) in epoch {epoch}: {}",
-            panic_message(panic.as_ref())
+            crate::panics::message(panic.as_ref())
         ))),
     }
-}
-
-/// The text of a panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// The shared part of aggregate operators' signatures: keys, aggregates with

@@ -190,7 +190,8 @@ impl ExecutionPlan for WindowAssignExec {
         let stream = input.map(move |batch| {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();
-            let (out, dropped, late_rows) = assign.apply(&batch)?;
+            let (out, dropped, late_rows) =
+                super::guarded("WindowAssignExec", epoch.epoch, || assign.apply(&batch))?;
             timer.done();
             epoch.add_late(dropped);
             if let (Some(sink), Some(rows)) = (&late_sink, late_rows) {

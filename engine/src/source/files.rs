@@ -71,6 +71,14 @@ struct FileRange {
     start_row: u64,
 }
 
+/// Whether two modification times are the same to the second. Stores
+/// differ in what they give: a listing may have milliseconds where a GET's
+/// `Last-Modified` header has whole seconds (MinIO), so finer is not
+/// comparable.
+fn same_second(a: i64, b: i64) -> bool {
+    a.div_euclid(1000) == b.div_euclid(1000)
+}
+
 /// A file as the store lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Listed {
@@ -98,7 +106,7 @@ struct FileProgress {
 impl FileProgress {
     /// Whether the listed file is not the one that was read.
     fn changed(&self, now: &Listed) -> bool {
-        self.size != now.size || self.modified_ms.is_some_and(|m| m != now.modified_ms)
+        self.size != now.size || self.modified_ms.is_some_and(|m| !same_second(m, now.modified_ms))
     }
 }
 
@@ -250,7 +258,7 @@ impl FilesSource {
     /// Checks that a file is still what the offset says it was when its
     /// epoch was logged (size and modification time).
     fn check_unchanged(&self, range: &FileRange, size: u64, modified_ms: i64) -> Result<()> {
-        let changed = size != range.size || range.modified_ms.is_some_and(|m| m != modified_ms);
+        let changed = size != range.size || range.modified_ms.is_some_and(|m| !same_second(m, modified_ms));
         if !changed {
             return Ok(());
         }
@@ -311,6 +319,10 @@ impl Source for FilesSource {
                 && p.changed(&f)
             {
                 self.warn_changed(p, &f);
+                // The bytes kept of it are the old version's.
+                if self.cache.as_ref().is_some_and(|(path, _)| *path == f.path) {
+                    self.cache = None;
+                }
             }
             match progress {
                 Some(p) if p.done => {}
@@ -497,5 +509,67 @@ impl Source for FilesSource {
         }
         self.changed.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(from: usize, to: usize) -> String {
+        (from..to)
+            .map(|i| format!("{{\"n\": {i}}}\n"))
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    fn numbers(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_read_in_part_that_changes_is_read_on_as_it_is_now_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.json");
+        std::fs::write(&file, lines(0, 10)).unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 'max_rows_per_batch' = '4')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+        let offset = source.plan_batch().await.unwrap().unwrap();
+        let read = source.read_batch(&offset).await.unwrap();
+        assert_eq!(numbers(&read.batches), vec![0, 1, 2, 3]);
+        // Lines appended (a different size, so no modification time is
+        // needed to tell): the next batches read the file as it is now,
+        // not the bytes kept of it.
+        std::fs::write(&file, lines(0, 12)).unwrap();
+        let mut rest = Vec::new();
+        while let Some(offset) = source.plan_batch().await.unwrap() {
+            rest.extend(numbers(&source.read_batch(&offset).await.unwrap().batches));
+        }
+        assert_eq!(rest, (4..12).collect::<Vec<_>>());
+        let warnings = source.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("changed after its first 4 records were read"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn modification_times_compare_to_the_second() {
+        assert!(same_second(1_767_225_600_123, 1_767_225_600_000));
+        assert!(!same_second(1_767_225_600_999, 1_767_225_601_000));
     }
 }
