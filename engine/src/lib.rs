@@ -15,6 +15,7 @@ pub mod error;
 pub mod exec;
 pub mod folders;
 pub mod lease;
+pub mod options;
 pub mod panics;
 pub mod sink;
 pub mod source;

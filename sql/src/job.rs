@@ -18,20 +18,10 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{Options, TableDecl, Watermark};
+pub use crate::preprocess::Emit;
 use crate::preprocess::{self, TvfCall, normalize_ident};
 use crate::secrets;
 use crate::{Error, Result};
-
-/// When a streaming query emits its rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Emit {
-    /// `EMIT ON WINDOW CLOSE`: a window's rows once, when it is complete
-    /// (the default for windowed aggregates).
-    OnWindowClose,
-    /// `EMIT ON UPDATE`: each epoch, the changed groups as a changelog (the
-    /// default, and the only mode, for aggregates without a window).
-    OnUpdate,
-}
 
 /// An `INSERT INTO sink SELECT ...`: one streaming pipeline.
 #[derive(Clone, Debug)]

@@ -37,11 +37,12 @@ use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Query, Statement, With};
 
-use crate::job::{Emit, Insert, interval_ms};
+use crate::job::{Insert, interval_ms};
 use crate::nodes::{
     OP_COLUMN, PLAN_OP_COLUMN, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode,
     WindowColumn, WindowSpec,
 };
+use crate::preprocess::Emit;
 use crate::preprocess::{TVF_PREFIX, TvfCall, TvfKind};
 use crate::{Error, Job, Result, TableDecl, strip_df};
 

@@ -19,6 +19,17 @@ use crate::{Error, Result};
 /// The prefix of placeholder table names standing for window calls.
 pub const TVF_PREFIX: &str = "__weir_tvf_";
 
+/// When a streaming query emits its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Emit {
+    /// `EMIT ON WINDOW CLOSE`: a window's rows once, when it is complete
+    /// (the default for windowed aggregates).
+    OnWindowClose,
+    /// `EMIT ON UPDATE`: each epoch, the changed groups as a changelog (the
+    /// default, and the only mode, for aggregates without a window).
+    OnUpdate,
+}
+
 /// A window table function kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TvfKind {
@@ -92,7 +103,7 @@ pub struct Preprocessed {
     /// Window calls replaced by placeholders.
     pub tvfs: Vec<TvfCall>,
     /// A trailing `EMIT ON WINDOW CLOSE` / `EMIT ON UPDATE`, cut out.
-    pub emit: Option<crate::job::Emit>,
+    pub emit: Option<Emit>,
 }
 
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
@@ -226,7 +237,7 @@ pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed>
 
 /// Cuts a trailing `EMIT ON WINDOW CLOSE` or `EMIT ON UPDATE` (the forms
 /// RisingWave and Arroyo users write), outside any parentheses.
-fn cut_emit(tokens: &mut Vec<Token>) -> Result<Option<crate::job::Emit>> {
+fn cut_emit(tokens: &mut Vec<Token>) -> Result<Option<Emit>> {
     let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i])).collect();
     let Some(pos) = sig.iter().rposition(|&i| is_word(&tokens[i], "EMIT")) else {
         return Ok(None);
@@ -247,8 +258,8 @@ fn cut_emit(tokens: &mut Vec<Token>) -> Result<Option<crate::job::Emit>> {
         .map(|&i| tokens[i].to_string().to_ascii_uppercase())
         .collect();
     let emit = match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["ON", "WINDOW", "CLOSE"] => crate::job::Emit::OnWindowClose,
-        ["ON", "UPDATE"] => crate::job::Emit::OnUpdate,
+        ["ON", "WINDOW", "CLOSE"] => Emit::OnWindowClose,
+        ["ON", "UPDATE"] => Emit::OnUpdate,
         _ => {
             return Err(Error::Syntax(format!(
                 "expected EMIT ON WINDOW CLOSE or EMIT ON UPDATE at the end of the statement, got EMIT {}",

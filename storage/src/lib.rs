@@ -34,6 +34,7 @@ pub mod faults;
 pub mod lease;
 pub mod location;
 pub mod log;
+pub mod options;
 pub mod retry;
 pub mod sink;
 pub mod state;

@@ -7,6 +7,7 @@ pub mod late_filter;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;
+pub mod units;
 pub mod update_agg;
 pub mod window_agg;
 pub mod window_assign;
@@ -39,8 +40,9 @@ use weir_sql::{
 
 pub use scan::StreamScanExec;
 pub use session_agg::SessionAggregateExec;
+pub use units::WindowAggregateParams;
 pub use update_agg::UpdateAggregateExec;
-pub use window_agg::{WindowAggState, WindowAggregateExec, WindowAggregateParams};
+pub use window_agg::{WindowAggState, WindowAggregateExec};
 pub use window_assign::WindowAssignExec;
 pub use window_topn::WindowTopNExec;
 

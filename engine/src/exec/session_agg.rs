@@ -40,7 +40,7 @@ use weir_sql::{WindowColumn, WindowSpec};
 use super::groups::{AggregateSpec, Groups};
 use super::keys::KeyRows;
 use super::shard::{Shards, check_input, input_distribution, route, shard_count};
-use super::window_agg::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
+use super::units::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A session aggregate over its input.

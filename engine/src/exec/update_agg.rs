@@ -500,7 +500,7 @@ impl UpdateState {
                 let idx = datafusion::arrow::array::UInt32Array::from(
                     dead_visible.iter().map(|&r| r as u32).collect::<Vec<_>>(),
                 );
-                let rows = super::window_agg::take_batch(&chunk.batch, &idx)?;
+                let rows = super::units::take_batch(&chunk.batch, &idx)?;
                 let o = self.output_of(&rows)?;
                 let mut cols = o.columns().to_vec();
                 cols.push(Arc::new(StringArray::from(vec![DELETE; o.num_rows()])));

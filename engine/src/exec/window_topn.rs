@@ -30,7 +30,7 @@ use datafusion::physical_plan::{
 };
 use weir_sql::RankKind;
 
-use super::window_agg::{split_by_unit, take_batch};
+use super::units::{split_by_unit, take_batch};
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A window Top-N over its input.

@@ -25,6 +25,8 @@ use serde_json::Value;
 use weir_sql::TableDecl;
 use weir_storage::StoreOptions;
 
+pub use crate::options::{SOURCE_OPTIONS, check_options, table_store_options};
+
 use crate::{Error, Result};
 use bad::BadRecord;
 
@@ -99,40 +101,4 @@ pub fn open_source(decl: &TableDecl, store_options: &StoreOptions) -> Result<Box
             decl.name
         ))),
     }
-}
-
-/// Store options for a table: the job's (from the environment) overlaid
-/// with the table's own `s3.*` options.
-pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOptions {
-    let own = StoreOptions::new(
-        decl.options
-            .iter()
-            .filter(|(k, _)| k.starts_with("s3."))
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    base.merged(&own)
-}
-
-/// Options every source takes, whatever its connector.
-pub const SOURCE_OPTIONS: &[&str] = &[
-    "late.policy",
-    "late.sink",
-    "watermark.idle_timeout",
-    "state.ttl",
-    "on_error",
-    "dead_letter",
-];
-
-/// Checks that a table only has options its connector knows.
-pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
-    for (key, _) in decl.options.iter() {
-        if !known.contains(&key) && !key.starts_with("s3.") {
-            return Err(Error::Config(format!(
-                "table '{}': unknown option '{key}' (known: {}, s3.*)",
-                decl.name,
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,47 @@
+//! Table options every connector shares: the store settings a table adds
+//! to the job's, the options any source takes, and the check that refuses
+//! an option a connector does not know.
+
+use weir_sql::TableDecl;
+use weir_storage::StoreOptions;
+
+use crate::{Error, Result};
+
+/// Store options for a table: the job's (from the environment) overlaid
+/// with the table's own `s3.*` options.
+pub fn table_store_options(decl: &TableDecl, base: &StoreOptions) -> StoreOptions {
+    let own = StoreOptions::new(
+        decl.options
+            .iter()
+            .filter(|(k, _)| k.starts_with("s3."))
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    base.merged(&own)
+}
+
+/// Options every source takes, whatever its connector.
+pub const SOURCE_OPTIONS: &[&str] = &[
+    "late.policy",
+    "late.sink",
+    "watermark.idle_timeout",
+    "state.ttl",
+    "on_error",
+    "dead_letter",
+];
+
+/// Checks that a table only has options its connector knows.
+pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
+    for (key, _) in decl.options.iter() {
+        if !known.contains(&key) && !key.starts_with("s3.") {
+            let hint = weir_sql::settings::nearest(key, known)
+                .map(|n| format!("did you mean '{n}'? "))
+                .unwrap_or_default();
+            return Err(Error::Config(format!(
+                "table '{}': unknown option '{key}' ({hint}known: {}, s3.*)",
+                decl.name,
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
