@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use datafusion::sql::sqlparser::tokenizer::Token;
-use weir_sql::preprocess::{normalize_ident, tokens};
 use weir_sql::{Job, JobKind, TableDecl};
 
 /// A declared table.
@@ -152,9 +150,7 @@ impl Catalog {
         let mut names: Vec<String> = Vec::new();
         let mut todo = vec![sql.to_string()];
         while let Some(text) = todo.pop() {
-            for t in tokens(&text)? {
-                let Token::Word(w) = t else { continue };
-                let n = normalize_ident(&w.value, w.quote_style.is_some());
+            for n in weir_sql::statement::identifiers(&text)? {
                 if names.contains(&n) {
                     continue;
                 }

@@ -31,9 +31,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
-use datafusion::sql::parser::DFParser;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::StreamExt;
 use rustyline::config::Configurer;
 use rustyline::error::ReadlineError;
@@ -41,7 +38,7 @@ use rustyline::history::{FileHistory, History};
 use rustyline::{CompletionType, Config, Editor};
 use tokio::sync::{mpsc, watch};
 use weir_engine::{JobOptions, StreamingJob, Trigger};
-use weir_sql::preprocess::{normalize_ident, tokens};
+use weir_sql::preprocess::normalize_ident;
 use weir_sql::{Watermark, strip_df};
 use weir_storage::StoreOptions;
 
@@ -235,115 +232,6 @@ fn out(text: &str) -> Result<()> {
     }
 }
 
-/// The statement's significant tokens (no whitespace or comments).
-fn significant(sql: &str) -> Result<Vec<Token>> {
-    Ok(tokens(sql)?
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect())
-}
-
-/// A token as an upper-case keyword, if it is an unquoted word.
-fn keyword(t: Option<&Token>) -> String {
-    match t {
-        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
-        _ => String::new(),
-    }
-}
-
-/// A token as a name: a word (normalized) or a quoted string.
-fn name_of(t: Option<&Token>) -> Option<String> {
-    match t? {
-        Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
-        Token::SingleQuotedString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// A `SELECT` whose outermost clause is `LIMIT n` (without ORDER BY or
-/// OFFSET): the statement without it, and n.
-fn peek_limit(sql: &str) -> Result<Option<(&str, u64)>> {
-    use datafusion::sql::sqlparser::ast::{Expr, LimitClause, Statement, Value};
-    let mut n = 0;
-    let pre = weir_sql::preprocess::preprocess(sql, &mut n)?;
-    let Ok(mut parsed) = DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}) else {
-        return Ok(None);
-    };
-    let Some(datafusion::sql::parser::Statement::Statement(statement)) = parsed.pop_front() else {
-        return Ok(None);
-    };
-    let Statement::Query(q) = *statement else {
-        return Ok(None);
-    };
-    let Some(LimitClause::LimitOffset {
-        limit: Some(Expr::Value(v)),
-        offset: None,
-        limit_by,
-    }) = &q.limit_clause
-    else {
-        return Ok(None);
-    };
-    let (Value::Number(text, _), None, true) = (&v.value, &q.order_by, limit_by.is_empty()) else {
-        return Ok(None);
-    };
-    let Ok(rows) = text.parse::<u64>() else {
-        return Ok(None);
-    };
-    // The last top-level LIMIT of the text as typed, by its position (a
-    // token's printed length need not be its length in the text: `\r\n`).
-    let Ok(toks) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize_with_location()
-    else {
-        return Ok(None);
-    };
-    let mut depth = 0i64;
-    let mut at = None;
-    for t in &toks {
-        match &t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
-            Token::Word(w)
-                if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("LIMIT") =>
-            {
-                at = Some((t.span.start.line, t.span.start.column))
-            }
-            _ => {}
-        }
-    }
-    let Some((line, column)) = at else {
-        return Ok(None);
-    };
-    // Line and column (from 1, in characters) to a byte offset.
-    let (mut l, mut c) = (1, 1);
-    let offset = sql.char_indices().find_map(|(i, ch)| {
-        if (l, c) == (line, column) {
-            return Some(i);
-        }
-        if ch == '\n' {
-            (l, c) = (l + 1, 1);
-        } else {
-            c += 1;
-        }
-        None
-    });
-    Ok(offset.map(|i| (sql[..i].trim_end(), rows)))
-}
-
-/// The text after the first `n` words (tokens) of a statement, as typed.
-fn after_words(sql: &str, n: usize) -> &str {
-    let mut rest = sql.trim_start();
-    for _ in 0..n {
-        let end = if let Some(quoted) = rest.strip_prefix('"') {
-            quoted.find('"').map_or(rest.len(), |i| i + 2)
-        } else {
-            rest.find(|c: char| c.is_whitespace() || c == '(')
-                .unwrap_or(rest.len())
-        };
-        rest = rest[end..].trim_start();
-    }
-    rest
-}
-
 /// `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND`, as declared.
 fn watermark_text(w: &Watermark) -> String {
     let delay = if w.delay_ms % 1000 == 0 {
@@ -494,37 +382,47 @@ impl Shell {
                 }
             );
         }
-        let toks = significant(sql)?;
-        let first = keyword(toks.first());
-        let second = keyword(toks.get(1));
-        match (first.as_str(), second.as_str()) {
-            ("CREATE", "TABLE") => self.create_table(sql),
-            ("CREATE", "VIEW") | ("CREATE", "OR") => self.create_view(sql),
-            ("DROP", "VIEW") => self.drop_table(&toks),
-            ("DROP", "TABLE") => self.drop_table(&toks),
-            ("INSERT", _) => cancellable(self.interrupts.clone(), self.insert(sql)).await,
-            ("SELECT" | "WITH" | "VALUES", _) => self.query(sql).await,
-            _ if matches!(toks.first(), Some(Token::LParen)) => self.query(sql).await,
-            ("EXPLAIN", _) => cancellable(self.interrupts.clone(), self.explain(sql)).await,
-            ("SHOW", "QUERIES") => self.show_queries(),
-            ("SHOW", "TABLES") => self.list_tables().await,
-            ("STOP", "QUERY") => {
-                let name = name_of(toks.get(2)).ok_or_else(|| anyhow!("STOP QUERY needs a query's name"))?;
+        use weir_sql::statement::Statement as S;
+        match weir_sql::statement::classify(sql)? {
+            S::CreateTable => self.create_table(sql),
+            S::CreateView => self.create_view(sql),
+            S::Drop {
+                view,
+                name,
+                if_exists,
+            } => {
+                let name =
+                    name.ok_or_else(|| anyhow!("DROP {} needs a name", if view { "VIEW" } else { "TABLE" }))?;
+                self.drop_table(view, &name, if_exists)
+            }
+            S::Insert { target, into, query } => {
+                if !into {
+                    bail!("expected INSERT INTO sink SELECT ...");
+                }
+                let name = target.ok_or_else(|| anyhow!("INSERT INTO needs a sink table's name"))?;
+                cancellable(self.interrupts.clone(), self.insert(sql, &name, &query)).await
+            }
+            S::Query => self.query(sql).await,
+            S::Explain { analyze, inner } => {
+                cancellable(self.interrupts.clone(), self.explain(sql, analyze, &inner)).await
+            }
+            S::ShowQueries => self.show_queries(),
+            S::ShowTables => self.list_tables().await,
+            S::StopQuery { name } => {
+                let name = name.ok_or_else(|| anyhow!("STOP QUERY needs a query's name"))?;
                 self.stop_query(&name).await
             }
-            ("DESCRIBE" | "DESC", _) => {
-                let name = name_of(toks.get(1)).ok_or_else(|| anyhow!("DESCRIBE needs a table's name"))?;
+            S::Describe { name } => {
+                let name = name.ok_or_else(|| anyhow!("DESCRIBE needs a table's name"))?;
                 self.describe(&name).await
             }
-            ("SET", _) => self.set(sql),
-            _ => {
-                let head: Vec<&str> = sql.split_whitespace().take(2).collect();
-                bail!(
-                    "the shell does not run {} statements; it runs CREATE TABLE, DROP TABLE, INSERT INTO, \
-                     SELECT, EXPLAIN, SHOW QUERIES, STOP QUERY, DESCRIBE and SET (\\? for help)",
-                    head.join(" ")
-                )
-            }
+            S::ShowSettings => self.list_settings(),
+            S::Set => self.set(sql),
+            S::Other(head) => bail!(
+                "the shell does not run {head} statements; it runs CREATE TABLE, CREATE VIEW, DROP TABLE, \
+                 INSERT INTO, SELECT, EXPLAIN, SHOW QUERIES, SHOW TABLES, STOP QUERY, DESCRIBE and SET \
+                 (\\? for help)"
+            ),
         }
     }
 
@@ -553,17 +451,12 @@ impl Shell {
         out(&format!("{summary}\n"))
     }
 
-    fn drop_table(&mut self, toks: &[Token]) -> Result<()> {
-        let (if_exists, name) = if keyword(toks.get(2)) == "IF" && keyword(toks.get(3)) == "EXISTS" {
-            (true, name_of(toks.get(4)))
-        } else {
-            (false, name_of(toks.get(2)))
-        };
-        let name = name.ok_or_else(|| anyhow!("DROP TABLE needs a table's name"))?;
+    fn drop_table(&mut self, view: bool, name: &str, if_exists: bool) -> Result<()> {
+        let name = name.to_string();
         if self.queries.is_running(&name) {
             bail!("query '{name}' writes '{name}'; STOP QUERY {name} first");
         }
-        if keyword(toks.get(1)) == "VIEW" {
+        if view {
             return match self.catalog.drop_view(&name) {
                 true => {
                     self.catalog_changed = true;
@@ -603,30 +496,14 @@ impl Shell {
 
     fn has_checkpoint(&self, query: &str) -> bool {
         let dir = self.checkpoint_of(query);
-        !dir.contains("://") && Path::new(&dir).join("metadata.json").is_file()
+        !dir.contains("://") && weir_storage::checkpoint::is_local_checkpoint(Path::new(&dir))
     }
 
     fn kind_of_query(&self, sql: &str) -> Result<QueryKind> {
-        let mut n = 0;
-        let pre = weir_sql::preprocess::preprocess(sql, &mut n)?;
-        if !pre.tvfs.is_empty() {
+        if weir_sql::statement::has_window_call(sql)? {
             return Ok(QueryKind::Live);
         }
-        let mut parsed =
-            DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}).map_err(|e| {
-                anyhow!(
-                    "SQL syntax error: {}",
-                    e.to_string().trim_start_matches("sql parser error: ")
-                )
-            })?;
-        let Some(statement) = parsed.pop_front() else {
-            bail!("expected a statement");
-        };
-        let refs = batch::context()
-            .state()
-            .resolve_table_references(&statement)
-            .map_err(|e| anyhow!(strip_df(&e)))?;
-        let live = refs.iter().any(|r| {
+        let live = weir_sql::statement::table_references(sql)?.iter().any(|r| {
             r.schema().is_none()
                 && (self.catalog.view(r.table()).is_some()
                     || self.catalog.get(r.table()).is_some_and(|d| !self.is_sink(d)))
@@ -787,7 +664,7 @@ impl Shell {
     async fn live(&mut self, sql: &str) -> Result<()> {
         // `SELECT ... LIMIT n` over a stream is a peek, as in Flink's SQL
         // client: the first n rows, then the query stops.
-        let (sql, limit) = match peek_limit(sql)? {
+        let (sql, limit) = match weir_sql::statement::peek_limit(sql)? {
             Some((query, n)) => (query, Some(n)),
             None => (sql, None),
         };
@@ -879,12 +756,8 @@ impl Shell {
         }
     }
 
-    async fn insert(&mut self, sql: &str) -> Result<()> {
-        let toks = significant(sql)?;
-        if keyword(toks.get(1)) != "INTO" {
-            bail!("expected INSERT INTO sink SELECT ...");
-        }
-        let name = name_of(toks.get(2)).ok_or_else(|| anyhow!("INSERT INTO needs a sink table's name"))?;
+    async fn insert(&mut self, sql: &str, name: &str, _query: &str) -> Result<()> {
+        let name = name.to_string();
         if self.queries.is_running(&name) {
             bail!("query '{name}' is already running (STOP QUERY {name} first)");
         }
@@ -919,15 +792,17 @@ impl Shell {
         (t, self.settings.drain && !matches!(t, Trigger::Interval(_)))
     }
 
-    async fn explain(&mut self, sql: &str) -> Result<()> {
-        let toks = significant(sql)?;
-        let analyze = keyword(toks.get(1)) == "ANALYZE";
-        let inner_kw = keyword(toks.get(if analyze { 2 } else { 1 }));
-        // The statement after EXPLAIN [ANALYZE], as typed.
-        let inner = after_words(sql, if analyze { 2 } else { 1 });
-        let streaming = match inner_kw.as_str() {
+    async fn explain(&mut self, sql: &str, analyze: bool, inner: &str) -> Result<()> {
+        use weir_sql::statement::Statement as S;
+        let inner_statement = weir_sql::statement::classify(inner)?;
+        let inner_kw = match &inner_statement {
+            S::Insert { .. } => "INSERT",
+            S::Query => "SELECT",
+            _ => "",
+        };
+        let streaming = match inner_kw {
             "INSERT" => true,
-            "SELECT" | "WITH" | "VALUES" => matches!(self.kind_of_query(inner)?, QueryKind::Live),
+            "SELECT" => matches!(self.kind_of_query(inner)?, QueryKind::Live),
             _ => false,
         };
         if !streaming {
@@ -936,7 +811,7 @@ impl Shell {
             return self.print_dataframe(df).await;
         }
         if analyze {
-            return self.explain_analyze(&inner_kw, inner).await;
+            return self.explain_analyze(inner_statement, inner).await;
         }
         let text = self.job_text(inner)?;
         let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
@@ -959,15 +834,15 @@ impl Shell {
     /// `SELECT` runs), for the input there now (`available-now`), or one
     /// epoch when the session's trigger is an interval; then its plan prints
     /// with each operator's rows and time.
-    async fn explain_analyze(&mut self, inner_kw: &str, inner: &str) -> Result<()> {
-        let query = if inner_kw == "INSERT" {
-            let rest = after_words(inner, 3);
-            if rest.starts_with('(') {
-                bail!("INSERT INTO t (columns) is not supported: the sink takes the query's columns");
+    async fn explain_analyze(&mut self, inner: weir_sql::statement::Statement, text: &str) -> Result<()> {
+        let query = match &inner {
+            weir_sql::statement::Statement::Insert { query, .. } => {
+                if query.starts_with('(') {
+                    bail!("INSERT INTO t (columns) is not supported: the sink takes the query's columns");
+                }
+                query.as_str()
             }
-            rest
-        } else {
-            inner
+            _ => text,
         };
         let text = self.job_text(query)?;
         let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
@@ -1065,9 +940,6 @@ impl Shell {
     /// `SET key = value` (the settings `weir_sql::settings` lists, shared
     /// with job files), or `SET` alone to list them.
     fn set(&mut self, sql: &str) -> Result<()> {
-        if significant(sql)?.len() == 1 {
-            return self.list_settings();
-        }
         let Some((key, value)) = weir_sql::settings::parse_set(sql)? else {
             bail!("expected SET 'key' = 'value'");
         };
@@ -1602,28 +1474,6 @@ mod tests {
         let text = s.job_text("INSERT INTO out SELECT auction FROM bids").unwrap();
         assert!(text.starts_with("SET 'state.ttl' = '1h';\n"), "{text}");
         weir_sql::Job::parse(&text).unwrap();
-    }
-
-    #[test]
-    fn a_peek_cuts_its_limit_wherever_lines_end() {
-        for sql in [
-            "SELECT a FROM bids LIMIT 5",
-            "SELECT a, 'é'\r\nFROM bids\r\nWHERE a > 1\r\nLIMIT 5",
-            "SELECT a\nFROM (SELECT a FROM bids LIMIT 9) AS s\nLIMIT 5",
-        ] {
-            let (query, n) = peek_limit(sql).unwrap().unwrap();
-            assert_eq!(n, 5);
-            assert!(
-                query.ends_with("bids") || query.ends_with("a > 1") || query.ends_with("AS s"),
-                "{query:?}"
-            );
-        }
-        assert!(
-            peek_limit("SELECT a FROM bids ORDER BY a LIMIT 5")
-                .unwrap()
-                .is_none()
-        );
-        assert!(peek_limit("SELECT a FROM bids").unwrap().is_none());
     }
 
     #[test]

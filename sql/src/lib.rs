@@ -19,6 +19,7 @@ pub mod planner;
 pub mod preprocess;
 pub mod secrets;
 pub mod settings;
+pub mod statement;
 
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};

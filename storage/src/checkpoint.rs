@@ -86,6 +86,12 @@ pub struct Checkpoint {
 
 const METADATA: &str = "metadata.json";
 
+/// Whether a local folder holds a checkpoint (without opening a store: for
+/// quick questions, such as whether a table has a query writing it).
+pub fn is_local_checkpoint(dir: &std::path::Path) -> bool {
+    dir.join(METADATA).is_file()
+}
+
 impl Checkpoint {
     /// The checkpoint at `loc` (which may be empty).
     pub fn new(loc: Location) -> Self {

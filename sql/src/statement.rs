@@ -1,0 +1,353 @@
+//! What kind of statement a text is, before it is planned: the shell runs
+//! each kind its own way (a declaration, a background query, a live or a
+//! batch query, a command about queries). The SQL is read here, with the
+//! tokenizer, so that the shell never takes SQL apart itself.
+
+use datafusion::common::TableReference;
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::sqlparser::ast::{self, Expr, LimitClause, Value};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::preprocess::{self, normalize_ident};
+use crate::{Error, Result};
+
+/// A statement's kind, with what the shell needs of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    /// `CREATE TABLE ...`.
+    CreateTable,
+    /// `CREATE [OR REPLACE] VIEW ...`.
+    CreateView,
+    /// `DROP TABLE [IF EXISTS] name` or `DROP VIEW ...`.
+    Drop {
+        /// Whether it drops a view.
+        view: bool,
+        /// The name (`None` when missing).
+        name: Option<String>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// `INSERT INTO target ...`.
+    Insert {
+        /// The sink table (`None` when missing).
+        target: Option<String>,
+        /// Whether `INTO` is there.
+        into: bool,
+        /// The query after `INSERT INTO target`, as typed.
+        query: String,
+    },
+    /// A query: `SELECT`, `WITH`, `VALUES` or a parenthesized one.
+    Query,
+    /// `EXPLAIN [ANALYZE] statement`.
+    Explain {
+        /// `EXPLAIN ANALYZE`.
+        analyze: bool,
+        /// The statement explained, as typed.
+        inner: String,
+    },
+    /// `SHOW QUERIES`.
+    ShowQueries,
+    /// `SHOW TABLES`.
+    ShowTables,
+    /// `STOP QUERY name`.
+    StopQuery {
+        /// The query's name (`None` when missing).
+        name: Option<String>,
+    },
+    /// `DESCRIBE name` / `DESC name`.
+    Describe {
+        /// The table's name (`None` when missing).
+        name: Option<String>,
+    },
+    /// `SET` alone: list the settings.
+    ShowSettings,
+    /// `SET key = value`.
+    Set,
+    /// Anything else: its first words.
+    Other(String),
+}
+
+/// The statement's tokens, without whitespace and comments.
+fn significant(text: &str) -> Result<Vec<Token>> {
+    Ok(preprocess::tokens(text)?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect())
+}
+
+/// A token as an upper-case keyword, if it is an unquoted word.
+fn keyword(t: Option<&Token>) -> String {
+    match t {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    }
+}
+
+/// A token as a name: a word (normalized) or a quoted string.
+fn name_of(t: Option<&Token>) -> Option<String> {
+    match t? {
+        Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
+        Token::SingleQuotedString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// What kind of statement `text` is (one statement, without its `;`).
+pub fn classify(text: &str) -> Result<Statement> {
+    let toks = significant(text)?;
+    let word = |i: usize| keyword(toks.get(i));
+    Ok(match (word(0).as_str(), word(1).as_str()) {
+        ("CREATE", "TABLE") => Statement::CreateTable,
+        ("CREATE", "VIEW") | ("CREATE", "OR") => Statement::CreateView,
+        ("DROP", kind @ ("TABLE" | "VIEW")) => {
+            let if_exists = word(2) == "IF" && word(3) == "EXISTS";
+            Statement::Drop {
+                view: kind == "VIEW",
+                name: name_of(toks.get(if if_exists { 4 } else { 2 })),
+                if_exists,
+            }
+        }
+        ("INSERT", into) => Statement::Insert {
+            target: name_of(toks.get(2)),
+            into: into == "INTO",
+            query: after_words(text, 3).to_string(),
+        },
+        ("SELECT" | "WITH" | "VALUES", _) => Statement::Query,
+        _ if matches!(toks.first(), Some(Token::LParen)) => Statement::Query,
+        ("EXPLAIN", second) => {
+            let analyze = second == "ANALYZE";
+            Statement::Explain {
+                analyze,
+                inner: after_words(text, if analyze { 2 } else { 1 }).to_string(),
+            }
+        }
+        ("SHOW", "QUERIES") => Statement::ShowQueries,
+        ("SHOW", "TABLES") => Statement::ShowTables,
+        ("STOP", "QUERY") => Statement::StopQuery {
+            name: name_of(toks.get(2)),
+        },
+        ("DESCRIBE" | "DESC", _) => Statement::Describe {
+            name: name_of(toks.get(1)),
+        },
+        ("SET", _) if toks.len() == 1 => Statement::ShowSettings,
+        ("SET", _) => Statement::Set,
+        _ => Statement::Other(text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")),
+    })
+}
+
+/// The text after the first `n` words of a statement, as typed (a quoted
+/// name is one word; a word ends at whitespace or `(`).
+pub fn after_words(sql: &str, n: usize) -> &str {
+    let mut rest = sql.trim_start();
+    for _ in 0..n {
+        let end = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.find('"').map_or(rest.len(), |i| i + 2)
+        } else {
+            rest.find(|c: char| c.is_whitespace() || c == '(')
+                .unwrap_or(rest.len())
+        };
+        rest = rest[end..].trim_start();
+    }
+    rest
+}
+
+/// The identifiers a text names (words outside strings and comments),
+/// normalized as DataFusion does.
+pub fn identifiers(text: &str) -> Result<Vec<String>> {
+    Ok(preprocess::tokens(text)?
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The tables a query reads (after window calls are set aside), as
+/// DataFusion resolves them; a quoted path is one too.
+pub fn table_references(sql: &str) -> Result<Vec<TableReference>> {
+    let mut n = 0;
+    let pre = preprocess::preprocess(sql, &mut n)?;
+    let mut parsed =
+        DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}).map_err(Error::syntax)?;
+    let Some(statement) = parsed.pop_front() else {
+        return Err(Error::Syntax("expected a statement".into()));
+    };
+    let state = datafusion::execution::SessionStateBuilder::new().build();
+    Ok(state.resolve_table_references(&statement)?)
+}
+
+/// Whether a query calls a window function (`TUMBLE(...)` and its kin).
+pub fn has_window_call(sql: &str) -> Result<bool> {
+    let mut n = 0;
+    Ok(!preprocess::preprocess(sql, &mut n)?.tvfs.is_empty())
+}
+
+/// A query whose outermost clause is `LIMIT n` (without `ORDER BY` or
+/// `OFFSET`): the query without it, and n. Over a stream, a peek.
+pub fn peek_limit(sql: &str) -> Result<Option<(&str, u64)>> {
+    let mut n = 0;
+    let pre = preprocess::preprocess(sql, &mut n)?;
+    let Ok(mut parsed) = DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}) else {
+        return Ok(None);
+    };
+    let Some(datafusion::sql::parser::Statement::Statement(statement)) = parsed.pop_front() else {
+        return Ok(None);
+    };
+    let ast::Statement::Query(q) = *statement else {
+        return Ok(None);
+    };
+    let Some(LimitClause::LimitOffset {
+        limit: Some(Expr::Value(v)),
+        offset: None,
+        limit_by,
+    }) = &q.limit_clause
+    else {
+        return Ok(None);
+    };
+    let (Value::Number(text, _), None, true) = (&v.value, &q.order_by, limit_by.is_empty()) else {
+        return Ok(None);
+    };
+    let Ok(rows) = text.parse::<u64>() else {
+        return Ok(None);
+    };
+    // The last top-level LIMIT of the text as typed, by its position (a
+    // token's printed length need not be its length in the text: `\r\n`).
+    let Ok(toks) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return Ok(None);
+    };
+    let mut depth = 0i64;
+    let mut at = None;
+    for t in &toks {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(w)
+                if depth == 0 && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("LIMIT") =>
+            {
+                at = Some((t.span.start.line, t.span.start.column))
+            }
+            _ => {}
+        }
+    }
+    let Some((line, column)) = at else {
+        return Ok(None);
+    };
+    // Line and column (from 1, in characters) to a byte offset.
+    let (mut l, mut c) = (1, 1);
+    let offset = sql.char_indices().find_map(|(i, ch)| {
+        if (l, c) == (line, column) {
+            return Some(i);
+        }
+        if ch == '\n' {
+            (l, c) = (l + 1, 1);
+        } else {
+            c += 1;
+        }
+        None
+    });
+    Ok(offset.map(|i| (sql[..i].trim_end(), rows)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_told_apart() {
+        assert_eq!(
+            classify("CREATE TABLE t (a INT)").unwrap(),
+            Statement::CreateTable
+        );
+        assert_eq!(
+            classify("create or replace view v as select 1").unwrap(),
+            Statement::CreateView
+        );
+        assert_eq!(
+            classify("DROP TABLE IF EXISTS \"T\"").unwrap(),
+            Statement::Drop {
+                view: false,
+                name: Some("T".into()),
+                if_exists: true
+            }
+        );
+        assert_eq!(
+            classify("INSERT INTO Out SELECT 1").unwrap(),
+            Statement::Insert {
+                target: Some("out".into()),
+                into: true,
+                query: "SELECT 1".into()
+            }
+        );
+        assert_eq!(classify("(SELECT 1)").unwrap(), Statement::Query);
+        assert_eq!(
+            classify("EXPLAIN ANALYZE SELECT 1").unwrap(),
+            Statement::Explain {
+                analyze: true,
+                inner: "SELECT 1".into()
+            }
+        );
+        assert_eq!(classify("show queries").unwrap(), Statement::ShowQueries);
+        assert_eq!(
+            classify("STOP QUERY q").unwrap(),
+            Statement::StopQuery {
+                name: Some("q".into())
+            }
+        );
+        assert_eq!(
+            classify("DESC t").unwrap(),
+            Statement::Describe {
+                name: Some("t".into())
+            }
+        );
+        assert_eq!(classify("SET").unwrap(), Statement::ShowSettings);
+        assert_eq!(classify("SET a = 'b'").unwrap(), Statement::Set);
+        assert_eq!(
+            classify("VACUUM FULL t").unwrap(),
+            Statement::Other("VACUUM FULL".into())
+        );
+    }
+
+    #[test]
+    fn a_peek_cuts_its_limit_wherever_lines_end() {
+        for sql in [
+            "SELECT a FROM bids LIMIT 5",
+            "SELECT a, 'é'\r\nFROM bids\r\nWHERE a > 1\r\nLIMIT 5",
+            "SELECT a\nFROM (SELECT a FROM bids LIMIT 9) AS s\nLIMIT 5",
+        ] {
+            let (query, n) = peek_limit(sql).unwrap().unwrap();
+            assert_eq!(n, 5);
+            assert!(
+                query.ends_with("bids") || query.ends_with("a > 1") || query.ends_with("AS s"),
+                "{query:?}"
+            );
+        }
+        assert!(
+            peek_limit("SELECT a FROM bids ORDER BY a LIMIT 5")
+                .unwrap()
+                .is_none()
+        );
+        assert!(peek_limit("SELECT a FROM bids").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_tables_a_query_reads() {
+        let refs = table_references(
+            "SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' SECOND)) JOIN 'out/x/' ON 1 = 1",
+        )
+        .unwrap();
+        let names: Vec<String> = refs.iter().map(|r| r.table().to_string()).collect();
+        assert!(names.contains(&"out/x/".to_string()), "{names:?}");
+        assert!(
+            has_window_call(
+                "SELECT * FROM TABLE(HOP(TABLE b, DESCRIPTOR(t), INTERVAL '1' SECOND, INTERVAL '2' SECOND))"
+            )
+            .unwrap()
+        );
+        assert_eq!(
+            identifiers("SELECT \"A\", b FROM c -- d").unwrap(),
+            vec!["select", "A", "b", "from", "c"]
+        );
+    }
+}
