@@ -1,0 +1,295 @@
+//! Fitting a file's columns to the table's declared ones: finding them,
+//! checking and converting their types, setting aside the rows that do
+//! not fit (shared by the Parquet, CSV and JSON readers).
+
+use super::*;
+
+/// Whether every value of type `found` converts to `declared` (so a column
+/// the job does not read cannot hold a bad value): the same type, a wider
+/// number of the same kind, text to text, a coarser timestamp.
+pub(super) fn lossless(found: &DataType, declared: &DataType) -> bool {
+    use DataType::*;
+    let int_width = |t: &DataType| match t {
+        Int8 => Some((true, 8)),
+        Int16 => Some((true, 16)),
+        Int32 => Some((true, 32)),
+        Int64 => Some((true, 64)),
+        UInt8 => Some((false, 8)),
+        UInt16 => Some((false, 16)),
+        UInt32 => Some((false, 32)),
+        UInt64 => Some((false, 64)),
+        _ => None,
+    };
+    let unit_rank = |u: &datafusion::arrow::datatypes::TimeUnit| match u {
+        datafusion::arrow::datatypes::TimeUnit::Second => 0,
+        datafusion::arrow::datatypes::TimeUnit::Millisecond => 1,
+        datafusion::arrow::datatypes::TimeUnit::Microsecond => 2,
+        datafusion::arrow::datatypes::TimeUnit::Nanosecond => 3,
+    };
+    if found == declared {
+        return true;
+    }
+    match (found, declared) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        (Float16 | Float32, Float32 | Float64) => true,
+        (Timestamp(f, _), Timestamp(d, _)) => unit_rank(d) <= unit_rank(f),
+        (Null, _) => true,
+        (f, d) => match (int_width(f), int_width(d)) {
+            (Some((fs, fw)), Some((ds, dw))) => (fs == ds && dw >= fw) || (!fs && ds && dw > fw),
+            _ => false,
+        },
+    }
+}
+
+/// Whether a file column of type `found` may feed a declared column of type
+/// `declared`.
+pub fn compatible(found: &DataType, declared: &DataType) -> bool {
+    use DataType::*;
+    let numeric = |t: &DataType| t.is_numeric();
+    let stringy = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let binary = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView | FixedSizeBinary(_));
+    found == declared
+        || (numeric(found) && numeric(declared))
+        || (stringy(found) && stringy(declared))
+        || (binary(found) && binary(declared))
+        || (matches!(found, Timestamp(_, _) | Date32 | Date64) && matches!(declared, Timestamp(_, _)))
+        || (matches!(found, Date32 | Date64) && matches!(declared, Date32 | Date64))
+        || (matches!(found, Null))
+}
+
+/// Converts a file's column to the declared type; `None` when some value
+/// does not fit (an overflow).
+pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
+    if col.data_type() == field.data_type() {
+        return Some(Arc::clone(col));
+    }
+    let opts = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    cast_with_options(col, field.data_type(), &opts).ok()
+}
+
+/// Finds each declared column in the file's columns (exact name first, then
+/// case-insensitively), checking types when the file has them.
+pub(super) fn map_columns(
+    file: &FileRef<'_>,
+    found: &Schema,
+    declared: &SchemaRef,
+    typed: bool,
+) -> Result<Vec<usize>> {
+    declared
+        .fields()
+        .iter()
+        .map(|f| {
+            let idx = found.index_of(f.name()).ok().or_else(|| {
+                found
+                    .fields()
+                    .iter()
+                    .position(|g| g.name().eq_ignore_ascii_case(f.name()))
+            });
+            let Some(idx) = idx else {
+                let names: Vec<&str> = found.fields().iter().map(|g| g.name().as_str()).collect();
+                return Err(file.err(format!(
+                    "column '{}' of table '{}' is missing from the file (it has: {})",
+                    f.name(),
+                    file.table,
+                    names.join(", ")
+                )));
+            };
+            let t = found.field(idx).data_type();
+            if typed && !compatible(t, f.data_type()) {
+                return Err(file.err(format!(
+                    "column '{}' is {t} in the file, but table '{}' declares it {}",
+                    f.name(),
+                    file.table,
+                    f.data_type()
+                )));
+            }
+            Ok(idx)
+        })
+        .collect()
+}
+
+/// Rebuilds a batch in the output schema: output column `j` is the batch's
+/// column `positions[j]`, converted to the declared type. The batch's
+/// values must convert and fill the NOT NULL columns (the callers have set
+/// aside the records where they do not).
+pub(super) fn to_declared(
+    file: &FileRef<'_>,
+    batch: &RecordBatch,
+    positions: &[usize],
+    output: &SchemaRef,
+) -> Result<RecordBatch> {
+    let cols = positions
+        .iter()
+        .zip(output.fields())
+        .map(|(&i, f)| {
+            conform(batch.column(i), f).ok_or_else(|| {
+                file.err(format!(
+                    "column '{}': cannot convert {} to the declared {}",
+                    f.name(),
+                    batch.column(i).data_type(),
+                    f.data_type()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let opts = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::clone(output), cols, &opts).map_err(|e| file.err(e))
+}
+
+/// The schema with every column nullable: what readers decode into, so
+/// that a missing value is a NULL to report rather than a reader error.
+pub(super) fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// The NOT NULL columns of the output: (column of the decoded batch, name).
+pub(super) fn required_columns(output: &Schema, positions: &[usize]) -> Vec<(usize, String)> {
+    output
+        .fields()
+        .iter()
+        .zip(positions)
+        .filter(|(f, _)| !f.is_nullable())
+        .map(|(f, &p)| (p, f.name().clone()))
+        .collect()
+}
+
+/// The rows of a decoded batch without a value in a NOT NULL column, with
+/// the first such column, in row order.
+pub(super) fn missing_values(batch: &RecordBatch, required: &[(usize, String)]) -> Vec<(usize, String)> {
+    if required.iter().all(|(c, _)| batch.column(*c).null_count() == 0) {
+        return Vec::new();
+    }
+    (0..batch.num_rows())
+        .filter_map(|r| {
+            required
+                .iter()
+                .find(|(c, _)| batch.column(*c).is_null(r))
+                .map(|(_, name)| {
+                    (
+                        r,
+                        format!("column '{name}' has no value (it is declared NOT NULL)"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The batch without the rows at `drop` (ascending).
+pub(super) fn without_rows(batch: &RecordBatch, drop: &[usize]) -> Result<RecordBatch> {
+    if drop.is_empty() {
+        return Ok(batch.clone());
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    for &r in drop {
+        keep[r] = false;
+    }
+    Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
+}
+
+/// How many records of a range the slow path reads together before going
+/// record by record.
+pub(super) const SIFT_GROUP: usize = 256;
+
+/// The slow path, for any record-oriented format: reads `records` in
+/// groups with `decode`; a group that fails is read record by record with
+/// `one`, which says why a record fails on its own. Rows without a value in
+/// a NOT NULL column are bad too. Returns the good rows (as `decode` makes
+/// them) and hands the bad records to `bad`.
+pub(super) fn sift<R>(
+    records: &[R],
+    decode: &dyn Fn(&[&R]) -> std::result::Result<RecordBatch, ArrowError>,
+    one: &dyn Fn(&R) -> std::result::Result<RecordBatch, String>,
+    to_bad: &dyn Fn(&R, String) -> BadRecord,
+    required: &[(usize, String)],
+    bad: &mut BadRecords,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for group in records.chunks(SIFT_GROUP) {
+        let all: Vec<&R> = group.iter().collect();
+        let mut found = Vec::new();
+        let (batch, good) = match decode(&all) {
+            Ok(b) if b.num_rows() == all.len() => (b, all),
+            _ => {
+                let mut rows = Vec::new();
+                let mut good = Vec::new();
+                for r in group {
+                    match one(r) {
+                        Ok(b) => {
+                            rows.push(b);
+                            good.push(r);
+                        }
+                        Err(e) => found.push(to_bad(r, e)),
+                    }
+                }
+                let Some(first) = rows.first() else {
+                    bad.add(found)?;
+                    continue;
+                };
+                (concat_batches(&first.schema(), &rows)?, good)
+            }
+        };
+        let missing = missing_values(&batch, required);
+        let drop: Vec<usize> = missing.iter().map(|(r, _)| *r).collect();
+        found.extend(missing.into_iter().map(|(r, e)| to_bad(good[r], e)));
+        bad.add(found)?;
+        let kept = without_rows(&batch, &drop)?;
+        if kept.num_rows() > 0 {
+            out.push(kept);
+        }
+    }
+    Ok(out)
+}
+
+/// The file columns (`file_index` of each needed declared column), as the
+/// sorted, deduplicated list a reader projects to, and for each needed
+/// column its position in that list.
+pub(super) fn projection(file_index: &[usize], needed: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let wanted: Vec<usize> = needed.iter().map(|&c| file_index[c]).collect();
+    let mut roots = wanted.clone();
+    roots.sort_unstable();
+    roots.dedup();
+    let positions = wanted
+        .iter()
+        .map(|w| roots.binary_search(w).expect("every wanted column is a root"))
+        .collect();
+    (roots, positions)
+}
+
+/// Keeps the first `max_rows` rows; more rows than that means the file goes on.
+pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if total <= max_rows {
+        return FileRows {
+            batches,
+            records: total,
+            eof: true,
+            bad: Vec::new(),
+        };
+    }
+    let mut out = Vec::new();
+    let mut left = max_rows;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let n = b.num_rows().min(left);
+        out.push(b.slice(0, n));
+        left -= n;
+    }
+    FileRows {
+        batches: out,
+        records: max_rows,
+        eof: false,
+        bad: Vec::new(),
+    }
+}

@@ -1,0 +1,303 @@
+//! Reading a row range of a CSV file with a header line.
+
+use super::*;
+
+/// The line number (from 1) of the byte at `pos`, counting from `from`
+/// (at line `line`).
+pub(super) fn advance_lines(data: &[u8], from: usize, pos: usize, line: u64) -> u64 {
+    line + data[from..pos].iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// One CSV record of the slow path: where its text is and the line it
+/// starts on.
+pub(super) struct CsvRecord {
+    line: u64,
+    row: u64,
+    start: usize,
+    end: usize,
+}
+
+impl CsvRecord {
+    fn text<'a>(&self, data: &'a [u8]) -> &'a [u8] {
+        &data[self.start..self.end]
+    }
+}
+
+/// The pieces of a CSV file read needs, shared by the fast and slow paths.
+pub(super) struct CsvRead<'a> {
+    file: &'a FileRef<'a>,
+    data: &'a [u8],
+    delimiter: u8,
+    /// Every header column, typed as declared where the job reads it.
+    schema: SchemaRef,
+    /// The header columns the job reads, ascending.
+    roots: Vec<usize>,
+    /// For each root, the declared name (for messages).
+    root_names: Vec<String>,
+}
+
+impl CsvRead<'_> {
+    fn reader_builder(&self, projection: Vec<usize>, batch: usize) -> csv::ReaderBuilder {
+        csv::ReaderBuilder::new(Arc::clone(&self.schema))
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_projection(projection)
+            .with_batch_size(batch.max(1))
+    }
+
+    /// Decodes whole records with Arrow's CSV decoder.
+    fn decode(
+        &self,
+        text: &[u8],
+        projection: Vec<usize>,
+        rows: usize,
+    ) -> std::result::Result<RecordBatch, ArrowError> {
+        let mut decoder = self.reader_builder(projection, rows).build_decoder();
+        let mut rest = text;
+        loop {
+            let n = decoder.decode(rest)?;
+            rest = &rest[n..];
+            if n == 0 || decoder.capacity() == 0 {
+                break;
+            }
+        }
+        if rest.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+            return Err(ArrowError::CsvError("more records than expected".into()));
+        }
+        decoder
+            .flush()?
+            .ok_or_else(|| ArrowError::CsvError("no record".into()))
+    }
+
+    fn decode_group(&self, records: &[&CsvRecord]) -> std::result::Result<RecordBatch, ArrowError> {
+        let mut text = Vec::new();
+        for r in records {
+            text.extend_from_slice(r.text(self.data));
+            if !matches!(text.last(), Some(b'\n' | b'\r')) {
+                text.push(b'\n');
+            }
+        }
+        self.decode(&text, self.roots.clone(), records.len())
+    }
+
+    /// Reads one record on its own: its row, or why it is bad.
+    fn decode_one(&self, r: &CsvRecord) -> std::result::Result<RecordBatch, String> {
+        let text = r.text(self.data);
+        let mut fields = csv_crate::ByteRecord::new();
+        let mut rdr = csv_crate::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .from_reader(text);
+        if !matches!(rdr.read_byte_record(&mut fields), Ok(true)) {
+            return Err("not a CSV record".into());
+        }
+        let expected = self.schema.fields().len();
+        if fields.len() != expected {
+            return Err(format!(
+                "expected {expected} fields (as in the header), found {}",
+                fields.len()
+            ));
+        }
+        if std::str::from_utf8(text).is_err() {
+            return Err("the record is not valid UTF-8".into());
+        }
+        let whole = match self.decode(text, self.roots.clone(), 1) {
+            Ok(b) if b.num_rows() == 1 => return Ok(b),
+            Ok(b) => format!("read as {} rows", b.num_rows()),
+            Err(e) => e.to_string(),
+        };
+        // Name the column to blame: the first that fails on its own.
+        for (&root, name) in self.roots.iter().zip(&self.root_names) {
+            if self.decode(text, vec![root], 1).is_err() {
+                let value = fields.get(root).map(String::from_utf8_lossy).unwrap_or_default();
+                return Err(format!(
+                    "column '{name}': failed to parse {} as {}",
+                    serde_json::Value::from(value.as_ref()),
+                    self.schema.field(root).data_type()
+                ));
+            }
+        }
+        Err(whole)
+    }
+
+    /// From byte `body` (the start of a record), up to `limit` records with
+    /// their lines; `first_row` is the first one's number (from 1).
+    fn split(&self, body: usize, limit: usize, first_row: u64) -> Result<Vec<CsvRecord>> {
+        let data = self.data;
+        let mut rdr = csv_crate::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .from_reader(&data[body..]);
+        let mut fields = csv_crate::ByteRecord::new();
+        let mut out: Vec<CsvRecord> = Vec::new();
+        let mut line = advance_lines(data, 0, body, 1);
+        let mut counted = body;
+        while out.len() < limit {
+            let before = body + rdr.position().byte() as usize;
+            match rdr.read_byte_record(&mut fields) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(self.file.err(format!("cannot read the CSV: {e}"))),
+            }
+            // A record starts after the line ends a reader skips.
+            let start = before
+                + data[before..]
+                    .iter()
+                    .position(|b| !matches!(b, b'\r' | b'\n'))
+                    .unwrap_or(data.len() - before);
+            line = advance_lines(data, counted, start, line);
+            counted = start;
+            let end = body + rdr.position().byte() as usize;
+            if let Some(prev) = out.last_mut() {
+                prev.end = start;
+            }
+            out.push(CsvRecord {
+                line,
+                row: first_row + out.len() as u64,
+                start,
+                end,
+            });
+        }
+        Ok(out)
+    }
+}
+
+pub(super) fn read_csv(
+    file: &FileRef<'_>,
+    bytes: &Bytes,
+    delimiter: u8,
+    columns: &Columns<'_>,
+    start: usize,
+    max_rows: usize,
+    bad: &mut BadRecords,
+) -> Result<FileRows> {
+    let data = bytes.as_ref();
+    let mut rdr = csv_crate::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter)
+        .from_reader(data);
+    let mut record = csv_crate::ByteRecord::new();
+    let names: Vec<String> = match rdr.read_byte_record(&mut record) {
+        Ok(true) => record
+            .iter()
+            .map(|f| String::from_utf8(f.to_vec()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| file.err("cannot read the CSV header: it is not UTF-8"))?,
+        // No header: an empty file, which has no records.
+        Ok(false) => {
+            return Ok(FileRows {
+                batches: Vec::new(),
+                records: 0,
+                eof: true,
+                bad: Vec::new(),
+            });
+        }
+        Err(e) => return Err(file.err(format!("cannot read the CSV header: {e}"))),
+    };
+    let header = Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    );
+    // The header gives names only: values are parsed as the declared types.
+    let file_index = map_columns(file, &header, columns.declared, false)?;
+    // Every declared column is parsed, read or not, so that a record is
+    // good or bad whatever the query reads; the rows keep the needed ones.
+    let all = columns.checked(|_| true);
+    let (roots, all_positions) = projection(&file_index, &all);
+    let positions: Vec<usize> = columns.needed.iter().map(|&c| all_positions[c]).collect();
+    let schema = Arc::new(Schema::new(
+        header
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match all.iter().find(|&&c| file_index[c] == i) {
+                Some(&c) => Field::new(f.name(), columns.declared.field(c).data_type().clone(), true),
+                None => Field::new(f.name(), DataType::Utf8, true),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let root_names = roots
+        .iter()
+        .map(|&r| {
+            let c = all.iter().find(|&&c| file_index[c] == r).copied().unwrap_or(0);
+            columns.declared.field(c).name().clone()
+        })
+        .collect();
+    // Skip to record `start` (records, not lines: a quoted field may span lines).
+    for _ in 0..start {
+        match rdr.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(file.err(format!("cannot read the CSV: {e}"))),
+        }
+    }
+    let body = rdr.position().byte() as usize;
+    let output = columns.output_schema()?;
+    let required = required_columns(columns.declared, &all_positions);
+    let read = CsvRead {
+        file,
+        data,
+        delimiter,
+        schema,
+        roots,
+        root_names,
+    };
+
+    // Fast path. One record past the limit tells whether the file goes on.
+    let fast = || -> std::result::Result<Option<Vec<RecordBatch>>, ArrowError> {
+        let reader = read
+            .reader_builder(read.roots.clone(), 8192)
+            .with_bounds(0, max_rows.saturating_add(1))
+            .build(Cursor::new(&data[body..]))?;
+        let mut batches = Vec::new();
+        for b in reader {
+            let b = b?;
+            if !missing_values(&b, &required).is_empty() {
+                return Ok(None);
+            }
+            batches.push(b);
+        }
+        Ok(Some(batches))
+    };
+    if let Ok(Some(batches)) = fast() {
+        let batches = batches
+            .iter()
+            .map(|b| to_declared(file, b, &positions, &output))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(limit(batches, max_rows));
+    }
+
+    // Slow path: record by record where needed.
+    let mut records = read.split(body, max_rows.saturating_add(1), start as u64 + 1)?;
+    let eof = records.len() <= max_rows;
+    records.truncate(max_rows);
+    let to_bad = |r: &CsvRecord, e: String| {
+        let text = String::from_utf8_lossy(r.text(data))
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
+        file.bad(Some(r.line), r.row, e, text)
+    };
+    let rows = sift(
+        &records,
+        &|group| read.decode_group(group),
+        &|r| read.decode_one(r),
+        &to_bad,
+        &required,
+        bad,
+    )?;
+    let batches = rows
+        .iter()
+        .map(|b| to_declared(file, b, &positions, &output))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(FileRows {
+        batches,
+        records: records.len(),
+        eof,
+        bad: Vec::new(),
+    })
+}

@@ -1,0 +1,157 @@
+//! Reading a row range of a newline-delimited JSON file.
+
+use super::*;
+
+/// One JSON line of the slow path.
+pub(super) struct JsonLine {
+    line: u64,
+    row: u64,
+    start: usize,
+    end: usize,
+}
+
+/// The end of the line starting at `offset` (after its `\n`).
+pub(super) fn line_end(data: &[u8], offset: usize) -> usize {
+    data[offset..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(data.len(), |p| offset + p + 1)
+}
+
+pub(super) fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| b.is_ascii_whitespace())
+}
+
+/// Arrow's JSON error, as a bad record's reason.
+pub(super) fn json_reason(e: &ArrowError) -> String {
+    let text = e.to_string();
+    let text = text.strip_prefix("Json error: ").unwrap_or(&text);
+    if let Some(rest) = text.strip_prefix("whilst decoding field '")
+        && let Some((name, why)) = rest.split_once("': ")
+    {
+        return format!("column '{name}': {why}");
+    }
+    format!("not a JSON object: {text}")
+}
+
+pub(super) fn read_json(
+    file: &FileRef<'_>,
+    bytes: &Bytes,
+    columns: &Columns<'_>,
+    start: usize,
+    max_rows: usize,
+    bad: &mut BadRecords,
+) -> Result<FileRows> {
+    let data = bytes.as_ref();
+    // Skip `start` records (non-blank lines), counting lines.
+    let mut offset = 0;
+    let mut line = 1u64;
+    let mut skipped = 0;
+    while skipped < start && offset < data.len() {
+        let end = line_end(data, offset);
+        if !is_blank(&data[offset..end]) {
+            skipped += 1;
+        }
+        offset = end;
+        line += 1;
+    }
+    // The range: the next `max_rows` records.
+    let mut end = offset;
+    let mut taken = 0;
+    while taken < max_rows && end < data.len() {
+        let next = line_end(data, end);
+        if !is_blank(&data[end..next]) {
+            taken += 1;
+        }
+        end = next;
+    }
+    let eof = is_blank(&data[end..]);
+    let output = columns.output_schema()?;
+    // Every declared column is decoded, read or not, so that a record is
+    // good or bad whatever the query reads; the rows keep the needed ones.
+    let schema = nullable(columns.declared);
+    let positions: Vec<usize> = columns.needed.to_vec();
+    let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
+    let required = required_columns(columns.declared, &all);
+    let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
+        json::ReaderBuilder::new(Arc::clone(&schema))
+            .with_batch_size(rows.clamp(1, 8192))
+            .build(Cursor::new(text))?
+            .collect()
+    };
+
+    // Fast path: one row per record, every NOT NULL column full.
+    if let Ok(batches) = decode(&data[offset..end], taken)
+        && batches.iter().map(RecordBatch::num_rows).sum::<usize>() == taken
+        && batches.iter().all(|b| missing_values(b, &required).is_empty())
+    {
+        let batches = batches
+            .iter()
+            .map(|b| to_declared(file, b, &positions, &output))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(FileRows {
+            batches,
+            records: taken,
+            eof,
+            bad: Vec::new(),
+        });
+    }
+
+    // Slow path: line by line where needed.
+    let mut lines = Vec::with_capacity(taken);
+    let mut at = offset;
+    while at < end {
+        let next = line_end(data, at);
+        let text_end = if data[at..next].ends_with(b"\n") {
+            next - 1
+        } else {
+            next
+        };
+        if !is_blank(&data[at..text_end]) {
+            lines.push(JsonLine {
+                line,
+                row: (start + lines.len() + 1) as u64,
+                start: at,
+                end: text_end,
+            });
+        }
+        at = next;
+        line += 1;
+    }
+    let group = |group: &[&JsonLine]| -> std::result::Result<RecordBatch, ArrowError> {
+        let mut text = Vec::new();
+        for l in group {
+            text.extend_from_slice(&data[l.start..l.end]);
+            text.push(b'\n');
+        }
+        let batches = decode(&text, group.len())?;
+        concat_batches(&schema, &batches)
+    };
+    let one = |l: &JsonLine| -> std::result::Result<RecordBatch, String> {
+        // Two rows tell a line holding more than one value.
+        let batches = decode(&data[l.start..l.end], 2).map_err(|e| json_reason(&e))?;
+        let b = concat_batches(&schema, &batches).map_err(|e| e.to_string())?;
+        match b.num_rows() {
+            1 => Ok(b),
+            0 => Err("not a JSON object".into()),
+            _ => Err("more than one JSON value on the line".into()),
+        }
+    };
+    let to_bad = |l: &JsonLine, e: String| {
+        let text = String::from_utf8_lossy(&data[l.start..l.end])
+            .trim_end_matches('\r')
+            .to_string();
+        file.bad(Some(l.line), l.row, e, text)
+    };
+    let rows = sift(&lines, &group, &one, &to_bad, &required, bad)?;
+    let batches = rows
+        .iter()
+        .map(|b| to_declared(file, b, &positions, &output))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(FileRows {
+        batches,
+        records: lines.len(),
+        eof,
+        bad: Vec::new(),
+    })
+}
