@@ -1,0 +1,634 @@
+//! From a job's `INSERT INTO ... SELECT` to an incremental logical plan.
+//!
+//! Each insert becomes a [`PipelinePlan`]: a DataFusion `LogicalPlan` in
+//! which window calls are [`WindowAssignNode`]s, windowed aggregates are
+//! [`WindowAggregateNode`]s and aggregates without a window are
+//! [`UpdateAggregateNode`]s. Everything else in it is stateless (projection,
+//! filter, union, scalar functions) and runs as DataFusion plans it. Nodes
+//! that would need unbounded state or a complete input (ORDER BY, LIMIT,
+//! joins, OVER windows) are refused here, with a message saying what to
+//! write instead.
+//!
+//! Window calls are planned statement by statement: the input of
+//! `TUMBLE(TABLE t, DESCRIPTOR(ts), ...)` is whatever `SELECT * FROM t` means
+//! at that point (a source, a view, a CTE of the statement), and `ts` is
+//! traced back to where its watermark comes from: a source's `WATERMARK`
+//! column, several sources through a `UNION ALL`, or a window column of an
+//! upstream windowed aggregate (windows over windows).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, TableReference};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::{
+    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, Projection, TableType,
+    UserDefinedLogicalNodeCore, cast, col,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement, With};
+
+use crate::job::{Insert, interval_ms};
+use crate::nodes::{
+    OP_COLUMN, PLAN_OP_COLUMN, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode, WindowAssignNode,
+    WindowColumn, WindowSpec,
+};
+use crate::preprocess::Emit;
+use crate::preprocess::{TVF_PREFIX, TvfCall, TvfKind};
+use crate::{Error, Job, Result, TableDecl, strip_df};
+
+mod rewrite;
+mod sink;
+mod watermarks;
+mod windows;
+
+pub use rewrite::is_changelog;
+use sink::*;
+use watermarks::*;
+
+/// Creates the physical scan of a source. The engine implements this; the
+/// planner only passes it to DataFusion.
+pub trait ScanProvider: Send + Sync + fmt::Debug {
+    /// The scan of `table` (its declared `schema`), projected to `projection`.
+    fn scan(
+        &self,
+        table: &TableDecl,
+        schema: SchemaRef,
+        projection: Option<&Vec<usize>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>>;
+}
+
+/// A declared source (or a placeholder) as a DataFusion table.
+#[derive(Debug)]
+struct StreamTable {
+    decl: TableDecl,
+    schema: SchemaRef,
+    scans: Option<Arc<dyn ScanProvider>>,
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        match &self.scans {
+            Some(s) => s.scan(&self.decl, Arc::clone(&self.schema), projection),
+            None => datafusion::common::plan_err!(
+                "'{}' is a stream and has no scan in this context",
+                self.decl.name
+            ),
+        }
+    }
+}
+
+/// The plan of one `INSERT INTO` of a job (or of a live query's `SELECT`).
+#[derive(Clone, Debug)]
+pub struct PipelinePlan {
+    /// Position of the insert in the job (0-based); names its operators.
+    pub index: usize,
+    /// The sink; `None` for a live query, whose rows go to the caller.
+    pub sink: Option<TableDecl>,
+    /// The incremental plan. Its output is what the sink receives.
+    pub plan: LogicalPlan,
+    /// The sources it reads.
+    pub sources: BTreeSet<String>,
+    /// Whether it keeps state.
+    pub stateful: bool,
+    /// Whether its output is a changelog (first column `op`).
+    pub changelog: bool,
+    /// The statement, for messages: its first words and its line in the
+    /// job's text.
+    pub statement: String,
+}
+
+/// Plans a job's queries against its declared tables.
+pub struct StreamPlanner {
+    ctx: SessionContext,
+    job: Job,
+    /// Window calls planned so far, by placeholder.
+    windows: Mutex<HashMap<String, WindowAssignNode>>,
+}
+
+/// DataFusion optimizer rules that would undo the streaming shape. The
+/// single-distinct rule splits `COUNT(DISTINCT x)` into two stacked
+/// aggregates, which would have to be two stateful operators; the
+/// accumulator's own distinct state is what a window needs.
+const REMOVED_RULES: &[&str] = &["single_distinct_aggregation_to_group_by"];
+
+impl StreamPlanner {
+    /// A planner over the job's tables; `scans` builds physical source scans
+    /// (`None` when only logical plans are wanted).
+    pub fn new(job: &Job, scans: Option<Arc<dyn ScanProvider>>, config: SessionConfig) -> Result<Self> {
+        let ctx = SessionContext::new_with_config(config);
+        for rule in REMOVED_RULES {
+            ctx.remove_optimizer_rule(rule);
+        }
+        for decl in job.tables.values() {
+            let Some(schema) = &decl.schema else { continue };
+            let table = Arc::new(StreamTable {
+                decl: decl.clone(),
+                schema: Arc::clone(schema),
+                scans: scans.clone(),
+            });
+            ctx.register_table(decl.name.as_str(), table as Arc<dyn TableProvider>)?;
+        }
+        Ok(Self {
+            ctx,
+            job: job.clone(),
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The DataFusion context the plans are made in (functions, config).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans the job's views, then every insert.
+    pub async fn plan(&self) -> Result<Vec<PipelinePlan>> {
+        self.plan_all()
+            .await
+            .map_err(|e| e.without_placeholders(&self.job.tvfs))
+    }
+
+    async fn plan_all(&self) -> Result<Vec<PipelinePlan>> {
+        for view in &self.job.views {
+            self.plan_view(view)
+                .await
+                .map_err(|e| e.in_statement(view.line, &view.sql))?;
+        }
+        let mut out = Vec::new();
+        for (index, insert) in self.job.inserts.iter().enumerate() {
+            let mut plan = self
+                .plan_insert(index, insert)
+                .await
+                .map_err(|e| e.in_statement(insert.line, &insert.sql))?;
+            plan.statement = statement_text(insert.line, &insert.sql);
+            out.push(plan);
+        }
+        if let Some(select) = &self.job.select {
+            let mut plan = self
+                .plan_pipeline(out.len(), None, &select.query, &select.tvfs, None)
+                .await
+                .map_err(|e| e.in_statement(select.line, &select.sql))?;
+            plan.statement = statement_text(select.line, &select.sql);
+            out.push(plan);
+        }
+        Ok(out)
+    }
+
+    async fn plan_view(&self, view: &crate::job::View) -> Result<()> {
+        self.register_windows(&view.tvfs, view.query.with.as_ref())
+            .await?;
+        let plan = self.plan_query(&view.query).await?;
+        let table = ViewTable::new(plan, Some(view.sql.clone()));
+        self.ctx.register_table(view.name.as_str(), Arc::new(table))?;
+        Ok(())
+    }
+
+    async fn plan_query(&self, query: &Query) -> Result<LogicalPlan> {
+        let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(query.clone()))));
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| self.explain_df_error(e))?;
+        self.replace_placeholders(plan)
+    }
+
+    async fn plan_insert(&self, index: usize, insert: &Insert) -> Result<PipelinePlan> {
+        let sink = self.job.tables.get(&insert.target).cloned().ok_or_else(|| {
+            Error::Plan(format!(
+                "unknown sink table '{}': declare it with CREATE TABLE {} WITH ('connector' = 'files', 'path' = ..., 'format' = 'parquet'){}",
+                insert.target,
+                insert.target,
+                known_tables(&self.job)
+            ))
+        })?;
+        self.plan_pipeline(index, Some(sink), &insert.query, &insert.tvfs, insert.emit)
+            .await
+    }
+
+    /// Plans one streaming query: an insert's (`sink` given) or a live
+    /// query's (`sink` None: its rows, changelog or not, go to the caller).
+    async fn plan_pipeline(
+        &self,
+        index: usize,
+        sink: Option<TableDecl>,
+        query: &Query,
+        tvfs: &[String],
+        emit: Option<Emit>,
+    ) -> Result<PipelinePlan> {
+        self.register_windows(tvfs, query.with.as_ref()).await?;
+        let plan = self.plan_query(query).await?;
+        let plan = self
+            .ctx
+            .state()
+            .optimize(&plan)
+            .map_err(|e| self.explain_df_error(e))?;
+        let plan = self.rewrite_streaming(plan, emit)?;
+        let changelog = is_changelog(&plan);
+        let plan = finish_output(plan, changelog)?;
+        let plan = match &sink {
+            Some(sink) => {
+                check_sink(sink, changelog)?;
+                conform_to_sink(plan, sink, changelog)?
+            }
+            None => plan,
+        };
+
+        let mut sources = BTreeSet::new();
+        let mut stateful = false;
+        plan.apply(|p| {
+            match p {
+                LogicalPlan::TableScan(s) => {
+                    sources.insert(s.table_name.table().to_string());
+                }
+                LogicalPlan::Extension(e)
+                    if e.node.as_any().is::<WindowAggregateNode>()
+                        || e.node.as_any().is::<UpdateAggregateNode>()
+                        || e.node.as_any().is::<crate::nodes::WindowTopNNode>() =>
+                {
+                    stateful = true;
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(PipelinePlan {
+            index,
+            sink,
+            plan,
+            sources,
+            stateful,
+            changelog,
+            statement: String::new(),
+        })
+    }
+
+    fn explain_df_error(&self, e: DataFusionError) -> Error {
+        if let DataFusionError::External(inner) = e {
+            return match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::Plan(other.to_string()),
+            };
+        }
+        let msg = strip_df(&e);
+        // "table 'datafusion.public.x' not found"
+        if let Some(rest) = msg.strip_prefix("table '")
+            && let Some((name, _)) = rest.split_once("' not found")
+        {
+            let short = name.rsplit('.').next().unwrap_or(name);
+            return Error::Plan(format!("unknown table '{short}'{}", known_tables(&self.job)));
+        }
+        Error::Plan(msg)
+    }
+}
+
+impl Error {
+    fn prefixed(self, what: &str) -> Error {
+        match self {
+            Error::Plan(m) => Error::Plan(format!("{what}: {m}")),
+            Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
+            Error::Syntax(m) => Error::Syntax(format!("{what}: {m}")),
+            e => e,
+        }
+    }
+}
+
+/// A statement for messages: `` `INSERT INTO out SELECT ...` (line 12) ``.
+fn statement_text(line: u64, sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let head = if flat.chars().count() > 60 {
+        format!("{}...", flat.chars().take(57).collect::<String>())
+    } else {
+        flat
+    };
+    format!("`{head}` (line {line})")
+}
+
+fn known_tables(job: &Job) -> String {
+    if job.tables.is_empty() && job.views.is_empty() {
+        return " (no tables are declared)".into();
+    }
+    let mut names: Vec<&str> = job.tables.keys().map(String::as_str).collect();
+    names.extend(job.views.iter().map(|v| v.name.as_str()));
+    format!(" (declared tables: {})", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLES: &str = "
+        CREATE TABLE bids (auction BIGINT, price BIGINT, url VARCHAR, date_time TIMESTAMP(3),
+          WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+          WITH ('connector' = 'files', 'path' = 'data/', 'format' = 'parquet');
+        CREATE TABLE asks (auction BIGINT, price BIGINT, url VARCHAR, date_time TIMESTAMP(3),
+          WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+          WITH ('connector' = 'files', 'path' = 'asks/', 'format' = 'parquet');
+        CREATE TABLE plain (a BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'files', 'path' = 'p/', 'format' = 'csv');
+        CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+        CREATE TABLE changes WITH ('connector' = 'files', 'path' = 'ch/', 'format' = 'parquet', 'mode' = 'changelog');";
+
+    async fn plan_sql(sql: &str) -> Result<Vec<PipelinePlan>> {
+        let job = Job::parse(&format!("{TABLES}\n{sql}"))?;
+        StreamPlanner::new(&job, None, SessionConfig::new())?.plan().await
+    }
+
+    async fn plan(query: &str) -> Result<Vec<PipelinePlan>> {
+        plan_sql(&format!("INSERT INTO out {query};")).await
+    }
+
+    async fn plan_err(query: &str) -> String {
+        plan(query).await.unwrap_err().to_string()
+    }
+
+    fn text(p: &PipelinePlan) -> String {
+        p.plan.display_indent().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_tumbling_aggregate_becomes_a_window_aggregate() {
+        let p = plan(
+            "SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s \
+             FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+             WHERE price > 10 GROUP BY window_start, window_end, auction HAVING COUNT(*) > 1",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(p[0].stateful && !p[0].changelog);
+        assert!(t.contains("WindowAggregate: TUMBLE(size=10s) groupBy"), "{t}");
+        assert!(t.contains("WindowAssign: TUMBLE(size=10s) on date_time"), "{t}");
+        assert!(
+            t.contains("watermark from source bids (max event time - 5s)"),
+            "{t}"
+        );
+        assert_eq!(p[0].sources, BTreeSet::from(["bids".to_string()]));
+        let names: Vec<String> = p[0]
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["window_start", "window_end", "auction", "n", "s"]);
+    }
+
+    #[tokio::test]
+    async fn the_window_is_traced_through_aliases_and_subqueries() {
+        let p = plan(
+            "SELECT ws, we, c FROM (SELECT w.window_start AS ws, w.window_end AS we, COUNT(DISTINCT w.auction) AS c \
+             FROM (SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' MINUTE)) WHERE url <> '') AS w \
+             GROUP BY w.window_start, w.window_end)",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(t.contains("WindowAggregate"), "{t}");
+        assert!(
+            !t.lines().any(|l| l.trim_start().starts_with("Aggregate:")),
+            "the distinct must stay one aggregate: {t}"
+        );
+    }
+
+    #[tokio::test]
+    async fn hop_and_cumulate_aggregate_slices_when_the_path_is_clean() {
+        let p = plan(
+            "SELECT window_start, window_end, COUNT(*) FROM TABLE(HOP(TABLE bids, DESCRIPTOR(date_time), \
+             INTERVAL '2' SECOND, INTERVAL '10' SECOND)) WHERE price > 3 GROUP BY window_start, window_end",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(t.contains("HOP(slide=2s, size=10s) over slices"), "{t}");
+        assert!(t.contains("(slices)"), "{t}");
+        // A filter on the window columns needs the exact windows.
+        let p = plan(
+            "SELECT window_start, window_end, COUNT(*) FROM TABLE(CUMULATE(TABLE bids, DESCRIPTOR(date_time), \
+             INTERVAL '2' SECOND, INTERVAL '10' SECOND)) WHERE window_end > window_start + INTERVAL '4' SECOND \
+             GROUP BY window_start, window_end",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(t.contains("CUMULATE(step=2s, size=10s) groupBy"), "{t}");
+        assert!(!t.contains("slices"), "{t}");
+        let e = plan_err(
+            "SELECT window_start, window_end, COUNT(*) FROM TABLE(HOP(TABLE bids, DESCRIPTOR(date_time), \
+             INTERVAL '3' SECOND, INTERVAL '10' SECOND)) GROUP BY window_start, window_end",
+        )
+        .await;
+        assert!(e.contains("whole multiple of the slide"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn sessions_partition_by_keys_in_the_group_by() {
+        let p = plan(
+            "SELECT window_start, window_end, auction, COUNT(*) FROM TABLE(SESSION(TABLE bids PARTITION BY auction, \
+             DESCRIPTOR(date_time), INTERVAL '30' SECOND)) GROUP BY window_start, window_end, auction",
+        )
+        .await
+        .unwrap();
+        assert!(text(&p[0]).contains("SESSION(gap=30s)"));
+        let e = plan_err(
+            "SELECT window_start, window_end, COUNT(*) FROM TABLE(SESSION(TABLE bids PARTITION BY auction, \
+             DESCRIPTOR(date_time), INTERVAL '30' SECOND)) GROUP BY window_start, window_end",
+        )
+        .await;
+        assert!(e.contains("must include auction"), "{e}");
+        let e =
+            plan_err("SELECT * FROM TABLE(SESSION(TABLE bids, DESCRIPTOR(date_time), INTERVAL '30' SECOND))")
+                .await;
+        assert!(e.contains("can only be used as the GROUP BY"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn windows_over_views_ctes_unions_and_other_windows() {
+        let p = plan_sql(
+            "CREATE VIEW dear AS SELECT auction, price, date_time FROM bids WHERE price > 100;
+             INSERT INTO out
+             WITH per10 AS (
+               SELECT window_start AS w10_start, window_time AS rowtime, auction, COUNT(*) AS n
+               FROM TABLE(TUMBLE(TABLE dear, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+               GROUP BY window_start, window_end, window_time, auction)
+             SELECT window_start, window_end, SUM(n) AS total
+             FROM TABLE(TUMBLE(TABLE per10, DESCRIPTOR(rowtime), INTERVAL '1' MINUTE))
+             GROUP BY window_start, window_end;",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(
+            t.contains("watermark from upstream window results (pipeline watermark - 1ms)"),
+            "{t}"
+        );
+        assert_eq!(t.matches("WindowAggregate:").count(), 2, "{t}");
+
+        let p = plan_sql(
+            "CREATE VIEW both_sides AS SELECT auction, date_time FROM bids UNION ALL SELECT auction, date_time FROM asks;
+             INSERT INTO out SELECT window_start, window_end, COUNT(*) FROM
+             TABLE(TUMBLE(TABLE both_sides, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;",
+        )
+        .await
+        .unwrap();
+        assert!(
+            text(&p[0]).contains("lowest of sources asks, bids"),
+            "{}",
+            text(&p[0])
+        );
+    }
+
+    #[tokio::test]
+    async fn aggregates_without_a_window_emit_a_changelog() {
+        let p = plan_sql(
+            "INSERT INTO changes SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction HAVING COUNT(*) > 2;",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(p[0].changelog, "{t}");
+        assert!(t.contains("UpdateAggregate: groupBy=[bids.auction]"), "{t}");
+        assert!(t.contains("having=count(Int64(1)) > Int64(2)"), "{t}");
+        let names: Vec<String> = p[0]
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["op", "auction", "n"]);
+        let e = plan_err("SELECT auction, COUNT(*) FROM bids GROUP BY auction").await;
+        assert!(
+            e.contains("append-only") && e.contains("'mode' = 'changelog'"),
+            "{e}"
+        );
+        let e = plan_sql(
+            "INSERT INTO changes SELECT auction, COUNT(*) FROM bids GROUP BY auction EMIT ON WINDOW CLOSE;",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("EMIT ON WINDOW CLOSE needs a window"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn stateless_queries_pass_through() {
+        let p = plan("SELECT auction, CASE WHEN price > 5 THEN 'hi' ELSE 'lo' END AS band, CAST(price AS DOUBLE) AS p FROM bids WHERE price * 2 > 10 UNION ALL SELECT auction, 'ask', 0.0 FROM asks").await.unwrap();
+        assert!(!p[0].stateful);
+        assert_eq!(p[0].sources.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn what_cannot_run_on_a_stream_is_refused_with_a_reason() {
+        let e = plan_err("SELECT auction FROM bids ORDER BY price").await;
+        assert!(
+            e.contains("cannot run on a stream: ORDER BY") && e.contains("ROW_NUMBER"),
+            "{e}"
+        );
+        let e = plan_err("SELECT auction FROM bids LIMIT 3").await;
+        assert!(e.contains("LIMIT") || e.contains("Top-N"), "{e}");
+        let e = plan_err("SELECT * FROM nope").await;
+        assert!(
+            e.contains("unknown table 'nope'") && e.contains("declared tables: asks, bids"),
+            "{e}"
+        );
+        let e = plan_err("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE plain, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end").await;
+        assert!(
+            e.contains("declares none") && e.contains("WATERMARK FOR ts"),
+            "{e}"
+        );
+        let e = plan_err("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start").await;
+        assert!(e.contains("both window_start and window_end"), "{e}");
+        let e = plan_err("SELECT auction, ROW_NUMBER() OVER (ORDER BY price) FROM bids").await;
+        assert!(e.contains("OVER"), "{e}");
+        let e = plan_err("SELECT a.auction FROM bids a JOIN bids b ON a.auction = b.auction").await;
+        assert!(e.contains("joins"), "{e}");
+        let e = plan_err("SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end EMIT ON UPDATE").await;
+        assert!(e.contains("EMIT ON UPDATE of a windowed aggregate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_live_select_is_a_pipeline_without_a_sink() {
+        let job = Job::parse_as(
+            &format!(
+                "{TABLES}\nSELECT window_start, window_end, COUNT(*) AS n \
+                 FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+                 GROUP BY window_start, window_end"
+            ),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let p = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].sink.is_none() && p[0].stateful);
+        let job = Job::parse_as(
+            &format!("{TABLES}\nSELECT auction FROM bids LIMIT 3"),
+            crate::JobKind::Live,
+        )
+        .unwrap();
+        let e = StreamPlanner::new(&job, None, SessionConfig::new())
+            .unwrap()
+            .plan()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("LIMIT") && e.contains("SELECT auction FROM bids"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sink_with_columns_gets_the_query_cast_to_them() {
+        let p = plan_sql(
+            "CREATE TABLE typed (a VARCHAR, b DOUBLE) WITH ('connector'='files','path'='t/','format'='parquet');
+             INSERT INTO typed SELECT auction, price FROM bids;",
+        )
+        .await
+        .unwrap();
+        let s = p[0].plan.schema();
+        assert_eq!(s.field(0).name(), "a");
+        assert_eq!(s.field(1).data_type(), &DataType::Float64);
+        // Text into a number is not guessed at: the table and column are named.
+        let e = plan_sql(
+            "CREATE TABLE typed (a BIGINT, b BOOLEAN NOT NULL) WITH ('connector'='files','path'='t/','format'='parquet');
+             INSERT INTO typed SELECT auction, url FROM bids;",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sink table 'typed': column 'b' (column 2 of 2) is declared BOOLEAN NOT NULL")
+                && e.contains("'url' of type VARCHAR"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The streaming rewrite: DataFusion's optimized plan turned into the
+//! incremental plan (window aggregates, update aggregates, window Top-N), and
+//! what cannot run on a stream refused with a reason.
+
+use super::*;
+
+impl StreamPlanner {
+    /// The streaming rewrite: aggregates become window or update aggregates;
+    /// changelogs carry their `op` column up; what cannot run incrementally
+    /// is refused.
+    pub(super) fn rewrite_streaming(&self, plan: LogicalPlan, emit: Option<Emit>) -> Result<LogicalPlan> {
+        check_expressions(&plan)?;
+        let ttl_ms = self.ttl_ms(&plan)?;
+        let mut sessions_used: BTreeSet<String> = BTreeSet::new();
+        let out = plan.transform_up(|p| {
+            self.rewrite_node(p, emit, ttl_ms, &mut sessions_used)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        });
+        let plan = match out {
+            Ok(t) => t.data,
+            Err(DataFusionError::External(e)) => {
+                return Err(match e.downcast::<Error>() {
+                    Ok(e) => *e,
+                    Err(e) => Error::Plan(e.to_string()),
+                });
+            }
+            Err(e) => return Err(Error::Plan(strip_df(&e))),
+        };
+        // A SESSION window only exists as the grouping of an aggregate.
+        let mut stray = None;
+        plan.apply(|p| {
+            if let LogicalPlan::Extension(e) = p
+                && let Some(n) = e.node.as_any().downcast_ref::<WindowAssignNode>()
+                && matches!(n.spec, WindowSpec::Session { .. })
+                && !sessions_used.contains(n.qualifier.table())
+            {
+                stray = Some(n.spec.to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if let Some(spec) = stray {
+            return Err(Error::Unsupported(format!(
+                "{spec} windows can only be used as the GROUP BY window_start, window_end of an aggregate \
+                 (a session's bounds are known only once it closes)"
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// `state.ttl` for update aggregates: a job-level `SET 'state.ttl'`, or
+    /// the smallest of the sources' `'state.ttl'` options.
+    pub(super) fn ttl_ms(&self, plan: &LogicalPlan) -> Result<Option<i64>> {
+        let parse = |v: &str, what: &str| -> Result<i64> {
+            let sql = if v.trim().to_ascii_uppercase().starts_with("INTERVAL") {
+                v.to_string()
+            } else {
+                match humanish(v) {
+                    Some(sql) => sql,
+                    None => format!("INTERVAL '{v}'"),
+                }
+            };
+            interval_ms(&sql).map_err(|e| Error::Plan(format!("{what} '{v}': {e}")))
+        };
+        if let Some(v) = self.job.setting("state.ttl") {
+            return Ok(Some(parse(v, "SET 'state.ttl'")?));
+        }
+        let mut ttl: Option<i64> = None;
+        plan.apply(|p| {
+            if let LogicalPlan::TableScan(s) = p
+                && let Some(decl) = self.job.tables.get(s.table_name.table())
+                && let Some(v) = decl.options.get("state.ttl")
+            {
+                match parse(v, &format!("table '{}': option 'state.ttl'", decl.name)) {
+                    Ok(ms) => ttl = Some(ttl.map_or(ms, |t| t.min(ms))),
+                    Err(e) => return Err(DataFusionError::External(Box::new(e))),
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| match e {
+            DataFusionError::External(e) => match e.downcast::<Error>() {
+                Ok(e) => *e,
+                Err(e) => Error::Plan(e.to_string()),
+            },
+            e => Error::Plan(strip_df(&e)),
+        })?;
+        Ok(ttl)
+    }
+
+    pub(super) fn rewrite_node(
+        &self,
+        p: LogicalPlan,
+        emit: Option<Emit>,
+        ttl_ms: Option<i64>,
+        sessions_used: &mut BTreeSet<String>,
+    ) -> Result<Transformed<LogicalPlan>> {
+        match p {
+            LogicalPlan::Aggregate(agg) => {
+                if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+                    return Err(Error::Unsupported(
+                        "GROUPING SETS, CUBE and ROLLUP are not supported on streams".into(),
+                    ));
+                }
+                if is_changelog(&agg.input) {
+                    return Err(Error::Unsupported(
+                        "aggregating the changelog of another aggregate (retractions) is not supported yet".into(),
+                    ));
+                }
+                let mut windows: Vec<(usize, WindowTrace)> = Vec::new();
+                for (i, e) in agg.group_expr.iter().enumerate() {
+                    if let Expr::Column(c) = e
+                        && let Some(t) = trace_window(&agg.input, c)
+                    {
+                        windows.push((i, t));
+                    }
+                }
+                if windows.is_empty() {
+                    if emit == Some(Emit::OnWindowClose) {
+                        return Err(Error::Unsupported(
+                            "EMIT ON WINDOW CLOSE needs a window: group by the window_start and window_end of a window table function".into(),
+                        ));
+                    }
+                    let node = UpdateAggregateNode::try_new(
+                        agg.input.as_ref().clone(),
+                        agg.group_expr.clone(),
+                        agg.aggr_expr.clone(),
+                        Arc::clone(&agg.schema),
+                        None,
+                        ttl_ms,
+                    )?;
+                    return Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(node) })));
+                }
+                if emit == Some(Emit::OnUpdate) {
+                    return Err(Error::Unsupported(
+                        "EMIT ON UPDATE of a windowed aggregate is not supported: a window's rows are emitted once, when it closes".into(),
+                    ));
+                }
+                self.window_aggregate(&agg, windows, sessions_used).map(Transformed::yes)
+            }
+            // HAVING over an update aggregate is applied inside it, so that a
+            // group that stops satisfying it is retracted.
+            LogicalPlan::Filter(f) if is_update_aggregate(&f.input) => {
+                let LogicalPlan::Extension(e) = f.input.as_ref() else {
+                    unreachable!("checked by is_update_aggregate")
+                };
+                let n = e.node.as_any().downcast_ref::<UpdateAggregateNode>().expect("checked");
+                if n.having.is_some() {
+                    return Ok(Transformed::no(LogicalPlan::Filter(f)));
+                }
+                let node = UpdateAggregateNode::try_new(
+                    n.input.clone(),
+                    n.group_expr.clone(),
+                    n.aggr_expr.clone(),
+                    Arc::clone(&n.aggregate_schema),
+                    Some(f.predicate.clone()),
+                    n.ttl_ms,
+                )?;
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(node) })))
+            }
+            // A projection over a changelog keeps the operation column.
+            LogicalPlan::Projection(proj) if is_changelog(&proj.input) && !is_changelog_schema(&proj.schema) => {
+                let mut expr = proj.expr.clone();
+                let (q, f) = proj.input.schema().qualified_field(proj.input.schema().fields().len() - 1);
+                expr.push(Expr::Column(Column::from((q, f))));
+                let p = Projection::try_new(expr, Arc::clone(&proj.input))?;
+                Ok(Transformed::yes(LogicalPlan::Projection(p)))
+            }
+            LogicalPlan::Union(u) => {
+                let kinds: BTreeSet<bool> = u.inputs.iter().map(|i| is_changelog(i)).collect();
+                if kinds.len() > 1 {
+                    return Err(Error::Unsupported(
+                        "UNION ALL of a changelog (an aggregate without a window) and an append-only stream is not supported".into(),
+                    ));
+                }
+                Ok(Transformed::no(LogicalPlan::Union(u)))
+            }
+            LogicalPlan::Sort(s) => Err(Error::Unsupported(if s.fetch.is_some() {
+                "ORDER BY ... LIMIT (Top-N) without a window never produces a final result on an unbounded stream; \
+                 rank within windows instead: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, \
+                 window_end ORDER BY ...) AS rn FROM TABLE(TUMBLE(...))) WHERE rn <= N"
+                    .into()
+            } else {
+                "ORDER BY on an unbounded stream never produces a result; sort the sink's output when you read it, \
+                 or rank within windows: ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...)"
+                    .into()
+            })),
+            LogicalPlan::Limit(_) => Err(Error::Unsupported(
+                "LIMIT on an unbounded stream never completes; filter the rows, or keep the top N per window with \
+                 ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N"
+                    .into(),
+            )),
+            LogicalPlan::Window(w) => self.window_top_n(w).map(Transformed::yes),
+            // `WHERE rn <= N` over a window Top-N: keep only N per partition.
+            LogicalPlan::Filter(f) if top_n_below(&f.input).is_some() => {
+                let Some(limit) = top_n_below(&f.input).and_then(|rank_col| rank_limit(&f.predicate, &rank_col)) else {
+                    return Ok(Transformed::no(LogicalPlan::Filter(f)));
+                };
+                let input = set_top_n_limit(f.input.as_ref().clone(), limit)?;
+                let filter = Filter::try_new(f.predicate.clone(), Arc::new(input))?;
+                Ok(Transformed::yes(LogicalPlan::Filter(filter)))
+            }
+            LogicalPlan::Join(_) => Err(Error::Unsupported("joins of streams are not supported yet".into())),
+            LogicalPlan::Distinct(_) => Err(Error::Unsupported(
+                "DISTINCT of a stream is not supported; GROUP BY the columns (with or without a window) instead".into(),
+            )),
+            LogicalPlan::RecursiveQuery(_) => {
+                Err(Error::Unsupported("recursive queries are not supported on streams".into()))
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::TableScan(_)
+            | LogicalPlan::EmptyRelation(_)
+            | LogicalPlan::Values(_)
+            | LogicalPlan::Unnest(_)
+            | LogicalPlan::Extension(_) => Ok(Transformed::no(p)),
+            other => Err(Error::Unsupported(format!(
+                "{} is not supported on streams",
+                other.display()
+            ))),
+        }
+    }
+
+    /// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY window_start,
+    /// window_end, ... ORDER BY ...)`: a window Top-N. Other OVER windows
+    /// would need their whole input, which a stream never completes.
+    pub(super) fn window_top_n(&self, w: datafusion::logical_expr::Window) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionDefinition};
+        let refuse = || {
+            Error::Unsupported(
+                "window functions with OVER (...) are not run incrementally, except ranking within windows: \
+                 ROW_NUMBER(), RANK() or DENSE_RANK() OVER (PARTITION BY window_start, window_end[, ...] ORDER BY ...) \
+                 over a window table function; for totals, aggregate with GROUP BY window_start, window_end"
+                    .into(),
+            )
+        };
+        let [expr] = w.window_expr.as_slice() else {
+            return Err(refuse());
+        };
+        let mut e = expr;
+        while let Expr::Alias(a) = e {
+            e = &a.expr;
+        }
+        let Expr::WindowFunction(wf) = e else {
+            return Err(refuse());
+        };
+        let WindowFunction { fun, params } = wf.as_ref();
+        let rank = match fun {
+            WindowFunctionDefinition::WindowUDF(f) => match f.name() {
+                "row_number" => crate::nodes::RankKind::RowNumber,
+                "rank" => crate::nodes::RankKind::Rank,
+                "dense_rank" => crate::nodes::RankKind::DenseRank,
+                _ => return Err(refuse()),
+            },
+            _ => return Err(refuse()),
+        };
+        if !params.args.is_empty() || params.filter.is_some() || params.order_by.is_empty() {
+            return Err(refuse());
+        }
+        let mut start = None;
+        let mut end = None;
+        let mut lag = 0;
+        for (i, p) in params.partition_by.iter().enumerate() {
+            if let Expr::Column(c) = p
+                && let Some(t) = trace_window(&w.input, c)
+            {
+                match t.col {
+                    WindowColumn::Start => start = Some(i),
+                    WindowColumn::End => end = Some(i),
+                    WindowColumn::Time => {}
+                }
+                lag = t.lag_ms;
+            }
+        }
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(refuse());
+        };
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(crate::nodes::WindowTopNNode::new(
+                w.input.as_ref().clone(),
+                params.partition_by.clone(),
+                params.order_by.clone(),
+                rank,
+                start,
+                end,
+                lag,
+                Arc::clone(&w.schema),
+            )),
+        }))
+    }
+
+    pub(super) fn window_aggregate(
+        &self,
+        agg: &datafusion::logical_expr::Aggregate,
+        windows: Vec<(usize, WindowTrace)>,
+        sessions_used: &mut BTreeSet<String>,
+    ) -> Result<LogicalPlan> {
+        let first = &windows[0].1;
+        if windows
+            .iter()
+            .any(|(_, t)| t.spec != first.spec || t.assign != first.assign || t.lag_ms != first.lag_ms)
+        {
+            return Err(Error::Plan(
+                "a GROUP BY may use the columns of one window only".into(),
+            ));
+        }
+        let has = |c: WindowColumn| windows.iter().any(|(_, t)| t.col == c);
+        if !has(WindowColumn::Start) || !has(WindowColumn::End) {
+            return Err(Error::Plan(
+                "a windowed GROUP BY must include both window_start and window_end".into(),
+            ));
+        }
+        let window_columns: Vec<(usize, WindowColumn)> = windows.iter().map(|(i, t)| (*i, t.col)).collect();
+        let spec = first.spec.clone();
+        let mut session_keys = Vec::new();
+        let mut slices = false;
+        if let WindowSpec::Session { .. } = spec {
+            let assign = first.assign.clone().ok_or_else(|| {
+                Error::Unsupported(
+                    "grouping again by the windows of an upstream SESSION aggregate is not supported".into(),
+                )
+            })?;
+            if !clean_path(&agg.input, &assign) || references_window(&agg.aggr_expr, &agg.input) {
+                return Err(Error::Unsupported(format!(
+                    "{spec}: between the window call and its GROUP BY, window_start and window_end may only be passed \
+                     through (a session's bounds are known only once it closes)"
+                )));
+            }
+            for key in &first.partition_by {
+                let i = agg.group_expr.iter().position(|e| match e {
+                    Expr::Column(c) => {
+                        trace_input_column(&agg.input, c, &assign).as_deref() == Some(key.as_str())
+                    }
+                    _ => false,
+                });
+                match i {
+                    Some(i) => session_keys.push(i),
+                    None => {
+                        return Err(Error::Plan(format!(
+                            "{spec} PARTITION BY {key}: the GROUP BY must include {key}"
+                        )));
+                    }
+                }
+            }
+            sessions_used.insert(assign.table().to_string());
+        } else if spec.overlaps()
+            && let Some(assign) = &first.assign
+            && clean_path(&agg.input, assign)
+            && !references_window(&agg.aggr_expr, &agg.input)
+        {
+            slices = true;
+        }
+        let input = match (&first.assign, slices) {
+            (Some(assign), true) => set_slices(agg.input.as_ref().clone(), assign)?,
+            _ => agg.input.as_ref().clone(),
+        };
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(WindowAggregateNode::new(
+                input,
+                agg.group_expr.clone(),
+                agg.aggr_expr.clone(),
+                Arc::clone(&agg.schema),
+                spec,
+                window_columns,
+                session_keys,
+                slices,
+                first.lag_ms,
+            )),
+        }))
+    }
+}
+
+/// The rank column of a window Top-N directly below (through a projection
+/// that passes it on), as a column of `plan`.
+pub(super) fn top_n_below(plan: &LogicalPlan) -> Option<Column> {
+    match plan {
+        LogicalPlan::Extension(e) if e.node.as_any().is::<crate::nodes::WindowTopNNode>() => {
+            let s = plan.schema();
+            Some(Column::from(s.qualified_field(s.fields().len() - 1)))
+        }
+        LogicalPlan::Projection(p) => {
+            let rank = top_n_below(&p.input)?;
+            p.expr.iter().enumerate().find_map(|(i, e)| {
+                (plain_column(e) == Some(&rank)).then(|| Column::from(p.schema.qualified_field(i)))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `rank <= N`, `rank < N`, `rank = 1` (either side) → N.
+pub(super) fn rank_limit(predicate: &Expr, rank: &Column) -> Option<u64> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let split = datafusion::logical_expr::utils::split_conjunction(predicate);
+    split.iter().find_map(|p| {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = p else {
+            return None;
+        };
+        let n = |e: &Expr| match e {
+            Expr::Literal(v, _) => v.to_string().parse::<i64>().ok(),
+            _ => None,
+        };
+        let is_rank = |e: &Expr| matches!(e, Expr::Column(c) if c == rank);
+        let (op, n) = if is_rank(left) {
+            (*op, n(right)?)
+        } else if is_rank(right) {
+            (op.swap()?, n(left)?)
+        } else {
+            return None;
+        };
+        match op {
+            Operator::LtEq => u64::try_from(n).ok(),
+            Operator::Lt => u64::try_from(n - 1).ok(),
+            Operator::Eq if n == 1 => Some(1),
+            _ => None,
+        }
+    })
+}
+
+pub(super) fn set_top_n_limit(plan: LogicalPlan, limit: u64) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_down(|p| {
+            if let LogicalPlan::Extension(e) = &p
+                && let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::WindowTopNNode>()
+            {
+                let node = n.clone().with_limit(limit);
+                return Ok(Transformed::new(
+                    LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            Ok(Transformed::no(p))
+        })?
+        .data)
+}
+
+/// `1h`, `30 min`, `2 days` as SQL intervals, for option values.
+pub(super) fn humanish(v: &str) -> Option<String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = v.split_at(split);
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => "MILLISECOND",
+        "s" | "sec" | "secs" | "second" | "seconds" => "SECOND",
+        "m" | "min" | "mins" | "minute" | "minutes" => "MINUTE",
+        "h" | "hour" | "hours" => "HOUR",
+        "d" | "day" | "days" => "DAY",
+        _ => return None,
+    };
+    (!n.is_empty()).then(|| format!("INTERVAL '{n}' {unit}"))
+}
+
+/// Subqueries in expressions become joins, which streams do not support yet.
+pub(super) fn check_expressions(plan: &LogicalPlan) -> Result<()> {
+    let mut found = false;
+    plan.apply(|p| {
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                if matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    if found {
+        return Err(Error::Unsupported(
+            "subqueries in expressions (IN (SELECT ...), EXISTS, scalar subqueries) are joins, which streams do not support yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn is_changelog_schema(schema: &datafusion::common::DFSchema) -> bool {
+    schema.fields().last().is_some_and(|f| f.name() == PLAN_OP_COLUMN)
+}
+
+/// Whether a plan's rows are a changelog (its last column is the operation).
+pub fn is_changelog(plan: &LogicalPlan) -> bool {
+    is_changelog_schema(plan.schema())
+}
+
+pub(super) fn is_update_aggregate(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Extension(e) if e.node.as_any().is::<UpdateAggregateNode>())
+}

@@ -1,0 +1,105 @@
+//! Sink conformance: a pipeline's output fitted to its sink (the changelog's
+//! `op` column first, a sink's declared columns cast to by position).
+
+use super::*;
+
+/// The output's final shape: a changelog's operation column becomes the
+/// first column, named `op` (as Flink's SQL client shows it).
+pub(super) fn finish_output(plan: LogicalPlan, changelog: bool) -> Result<LogicalPlan> {
+    if !changelog {
+        return Ok(plan);
+    }
+    let schema = Arc::clone(plan.schema());
+    let n = schema.fields().len();
+    let mut exprs = vec![Expr::Column(Column::from(schema.qualified_field(n - 1))).alias(OP_COLUMN)];
+    for i in 0..n - 1 {
+        let (q, f) = schema.qualified_field(i);
+        exprs.push(Expr::Column(Column::from((q, f))).alias(f.name()));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// A changelog can only go to a sink that accepts one.
+pub(super) fn check_sink(sink: &TableDecl, changelog: bool) -> Result<()> {
+    let mode = sink.options.get("mode").unwrap_or("append").to_ascii_lowercase();
+    match (mode.as_str(), changelog) {
+        ("append", false) | ("changelog", _) => Ok(()),
+        ("append", true) => Err(Error::Unsupported(format!(
+            "the query produces a changelog (an aggregate without a window updates its rows), but sink '{}' is \
+             append-only: declare it with 'mode' = 'changelog' to receive op/+I/-U/+U/-D rows, or aggregate over a \
+             window (TUMBLE, HOP, CUMULATE, SESSION) to emit final rows",
+            sink.name
+        ))),
+        (other, _) => Err(Error::Plan(format!(
+            "sink '{}': unknown mode '{other}' (append or changelog)",
+            sink.name
+        ))),
+    }
+}
+
+/// When the sink declares columns, the query's output is cast to them by
+/// position (as Flink does); otherwise the sink takes the query's schema.
+pub(super) fn conform_to_sink(plan: LogicalPlan, sink: &TableDecl, changelog: bool) -> Result<LogicalPlan> {
+    let Some(declared) = &sink.schema else {
+        return Ok(plan);
+    };
+    let out = plan.schema();
+    let skip = usize::from(changelog);
+    let n = out.fields().len() - skip;
+    if n != declared.fields().len() {
+        return Err(Error::Plan(format!(
+            "the query produces {n} columns but sink '{}' declares {}",
+            sink.name,
+            declared.fields().len()
+        )));
+    }
+    let mut exprs = Vec::with_capacity(out.fields().len());
+    if changelog {
+        exprs.push(col(Column::from(out.qualified_field(0))));
+    }
+    for i in 0..n {
+        let column = Expr::Column(Column::from(out.qualified_field(i + skip)));
+        let target = declared.field(i);
+        let given = out.field(i + skip);
+        let e = if given.data_type() == target.data_type() {
+            column
+        } else if sink_cast_allowed(given.data_type(), target.data_type()) {
+            cast(column, target.data_type().clone())
+        } else {
+            let declared_type = sink
+                .column_types
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| crate::catalog::sql_type_name(target.data_type()));
+            return Err(Error::Plan(format!(
+                "sink table '{}': column '{}' (column {} of {n}) is declared {declared_type}, but the query gives \
+                 '{}' of type {}, which does not convert to it; CAST it in the query if that is meant",
+                sink.name,
+                target.name(),
+                i + 1,
+                given.name(),
+                crate::catalog::sql_type_name(given.data_type())
+            )));
+        };
+        exprs.push(e.alias(target.name()));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Whether a query's column of type `given` is cast to a sink's declared
+/// `target` without asking: numbers to numbers, text to text, times to
+/// times, anything to text. Others (text to a number or a boolean) are
+/// refused at planning rather than failing on the first row that does not
+/// parse.
+pub(super) fn sink_cast_allowed(given: &DataType, target: &DataType) -> bool {
+    use DataType::*;
+    let text = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let time = |t: &DataType| matches!(t, Timestamp(_, _) | Date32 | Date64);
+    (given.is_numeric() && target.is_numeric())
+        || text(target)
+        || (time(given) && time(target))
+        || matches!(given, Null)
+        || (matches!(given, Boolean) && matches!(target, Boolean))
+        || (matches!(given, Binary | LargeBinary | BinaryView)
+            && matches!(target, Binary | LargeBinary | BinaryView))
+}

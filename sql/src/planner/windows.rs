@@ -1,0 +1,361 @@
+//! Window calls: each `TUMBLE(...)`-like call becomes a WindowAssign node over
+//! its input (a source, a view, a CTE), with its spec checked, its watermark
+//! traced and, when its input drops rows, lateness judged at the source.
+
+use super::*;
+
+impl StreamPlanner {
+    /// Plans the window calls of one statement, in order, and registers a
+    /// placeholder table for each with the call's output schema.
+    pub(super) async fn register_windows(&self, placeholders: &[String], with: Option<&With>) -> Result<()> {
+        for ph in placeholders {
+            let call = &self.job.tvfs[ph];
+            let usage = format!(
+                "{}(TABLE {}, DESCRIPTOR({}), ...)",
+                call.kind.name(),
+                call.table,
+                call.time_column
+            );
+            let node = self
+                .window_node(call, with)
+                .await
+                .map_err(|e| e.prefixed(&usage))?;
+            let placeholder = Arc::new(StreamTable {
+                decl: TableDecl {
+                    name: ph.clone(),
+                    schema: None,
+                    column_types: Vec::new(),
+                    watermark: None,
+                    options: Default::default(),
+                },
+                schema: Arc::new(UserDefinedLogicalNodeCore::schema(&node).as_arrow().clone()),
+                scans: None,
+            });
+            self.ctx
+                .register_table(ph.as_str(), placeholder as Arc<dyn TableProvider>)?;
+            self.windows_lock().insert(ph.clone(), node);
+        }
+        Ok(())
+    }
+
+    /// `SET 'window.max_windows_per_row'`, or its default.
+    pub(super) fn max_windows_per_row(&self) -> u64 {
+        self.job
+            .setting("window.max_windows_per_row")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::settings::DEFAULT_MAX_WINDOWS_PER_ROW)
+    }
+
+    pub(super) fn windows_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WindowAssignNode>> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The window node of a call: its input is `[WITH ...] SELECT * FROM t`.
+    pub(super) async fn window_node(&self, call: &TvfCall, with: Option<&With>) -> Result<WindowAssignNode> {
+        let with = with.and_then(|w| {
+            let pos = w
+                .cte_tables
+                .iter()
+                .position(|c| c.alias.name.value.eq_ignore_ascii_case(&call.table))?;
+            let mut w = w.clone();
+            w.cte_tables.truncate(pos + 1);
+            Some(w)
+        });
+        let sql = match &with {
+            Some(w) => format!("{w} SELECT * FROM \"{}\"", call.table),
+            None => format!("SELECT * FROM \"{}\"", call.table),
+        };
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&sql)
+            .await
+            .map_err(|e| self.explain_df_error(e))?;
+        let input = self.replace_placeholders(plan)?;
+        let idx = input
+            .schema()
+            .index_of_column_by_name(None, &call.time_column)
+            .ok_or_else(|| Error::Plan(format!("'{}' has no column '{}'", call.table, call.time_column)))?;
+        let field = input.schema().field(idx);
+        if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+            return Err(Error::Plan(format!(
+                "the time column must be a TIMESTAMP, but '{}' is {}",
+                call.time_column,
+                field.data_type()
+            )));
+        }
+        let origin = match self.trace_time(&input, idx) {
+            Some(TimeOrigin::Sources(s)) if s.len() == 1 => {
+                let source = s.into_iter().next().expect("one source");
+                let delay_ms = self.job.tables[&source]
+                    .watermark
+                    .as_ref()
+                    .map_or(0, |w| w.delay_ms);
+                WatermarkOrigin::Source { source, delay_ms }
+            }
+            Some(TimeOrigin::Sources(s)) => WatermarkOrigin::Sources(s.into_iter().collect()),
+            Some(TimeOrigin::Upstream(lag_ms)) => WatermarkOrigin::Upstream { lag_ms },
+            None => return Err(self.no_watermark(call)),
+        };
+        let spec = window_spec(call, self.max_windows_per_row())?;
+        if let (WindowSpec::Session { .. }, WatermarkOrigin::Upstream { .. }) = (&spec, &origin) {
+            return Err(Error::Unsupported(
+                "SESSION windows over the results of other windows are not supported".into(),
+            ));
+        }
+        for key in &call.partition_by {
+            if input.schema().index_of_column_by_name(None, key).is_none() {
+                return Err(Error::Plan(format!(
+                    "PARTITION BY {key}: '{}' has no such column",
+                    call.table
+                )));
+            }
+        }
+        let late_sink = self.late_sink(&origin)?;
+        // A window whose input drops rows (a view or subquery with a WHERE)
+        // would judge lateness among the rows it keeps; the source's
+        // watermark is made of all of them. Judge it at the source instead.
+        let input = match &origin {
+            WatermarkOrigin::Source { source, delay_ms } if !keeps_every_row(&input) => {
+                if late_sink.is_some() {
+                    return Err(Error::Unsupported(format!(
+                        "'late.policy' = 'sink' on '{source}' with a window over a view or subquery that \
+                         filters its rows: write the window over '{source}' itself and filter its results, \
+                         or leave late rows dropped"
+                    )));
+                }
+                let Some(w) = self.job.tables.get(source).and_then(|t| t.watermark.clone()) else {
+                    return Err(self.no_watermark(call));
+                };
+                late_filter_at(input, source, &w.column, *delay_ms)?
+            }
+            _ => input,
+        };
+        let node = WindowAssignNode::try_new(
+            input,
+            spec,
+            call.time_column.clone(),
+            TableReference::bare(call.placeholder.clone()),
+            origin,
+        )?;
+        Ok(node
+            .with_partition_by(call.partition_by.clone())
+            .with_late_sink(late_sink))
+    }
+
+    /// Where a window's late rows go: `'late.policy' = 'drop'` (the default)
+    /// or `'sink'` with `'late.sink' = '<table>'`, on the source.
+    pub(super) fn late_sink(&self, origin: &WatermarkOrigin) -> Result<Option<String>> {
+        let sources: Vec<&String> = match origin {
+            WatermarkOrigin::Source { source, .. } => vec![source],
+            WatermarkOrigin::Sources(s) => s.iter().collect(),
+            WatermarkOrigin::Upstream { .. } => vec![],
+        };
+        let mut sink = None;
+        for source in &sources {
+            let decl = &self.job.tables[source.as_str()];
+            match decl
+                .options
+                .get("late.policy")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("drop") => {}
+                Some("sink") => {
+                    let target = decl.options.get("late.sink").ok_or_else(|| {
+                        Error::Plan(format!(
+                            "table '{source}': 'late.policy' = 'sink' needs 'late.sink' = '<sink table>'"
+                        ))
+                    })?;
+                    let target = target.to_ascii_lowercase();
+                    match self.job.tables.get(&target) {
+                        Some(t) if t.schema.is_none() || t.options.get("connector").is_some() => {}
+                        _ => {
+                            return Err(Error::Plan(format!(
+                                "table '{source}': 'late.sink' names '{target}', which is not a declared sink table{}",
+                                known_tables(&self.job)
+                            )));
+                        }
+                    }
+                    if sources.len() > 1 {
+                        return Err(Error::Unsupported(format!(
+                            "table '{source}': 'late.policy' = 'sink' on a window over several sources (a UNION ALL) is not supported"
+                        )));
+                    }
+                    sink = Some(target);
+                }
+                Some(other) => {
+                    return Err(Error::Plan(format!(
+                        "table '{source}': unknown 'late.policy' '{other}' (drop or sink)"
+                    )));
+                }
+            }
+        }
+        Ok(sink)
+    }
+
+    pub(super) fn no_watermark(&self, call: &TvfCall) -> Error {
+        let hint = match self.job.tables.get(&call.table) {
+            Some(decl) => match &decl.watermark {
+                Some(w) => format!(
+                    "table '{}' has its watermark on '{}', not '{}'",
+                    call.table, w.column, call.time_column
+                ),
+                None => format!(
+                    "table '{}' declares none; add `WATERMARK FOR {} AS {} - INTERVAL '5' SECOND` to its CREATE TABLE",
+                    call.table, call.time_column, call.time_column
+                ),
+            },
+            None => format!(
+                "'{}' of '{}' is neither a source's watermark column nor the window_end/window_time of an upstream window",
+                call.time_column, call.table
+            ),
+        };
+        Error::Unsupported(format!(
+            "a window needs an event-time column with a watermark, and {hint}"
+        ))
+    }
+
+    /// `TableScan(__weir_tvf_N)` → the call's `WindowAssign` node.
+    pub(super) fn replace_placeholders(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let windows = self.windows_lock().clone();
+        let out = plan.transform_up(|p| {
+            let LogicalPlan::TableScan(scan) = &p else {
+                return Ok(Transformed::no(p));
+            };
+            let name = scan.table_name.table();
+            if !name.starts_with(TVF_PREFIX) {
+                return Ok(Transformed::no(p));
+            }
+            let Some(node) = windows.get(name) else {
+                return Err(DataFusionError::Plan(format!(
+                    "window call {name} was not planned"
+                )));
+            };
+            let mut plan = LogicalPlan::Extension(Extension {
+                node: Arc::new(node.clone()),
+            });
+            if let Some(projection) = &scan.projection {
+                let cols: Vec<Expr> = projection
+                    .iter()
+                    .map(|&i| Expr::Column(Column::from(plan.schema().qualified_field(i))))
+                    .collect();
+                plan = LogicalPlanBuilder::from(plan).project(cols)?.build()?;
+            }
+            Ok(Transformed::yes(plan))
+        })?;
+        Ok(out.data)
+    }
+}
+
+/// A window call's parameters.
+/// The window spec of a call. A HOP or CUMULATE that would put each row in
+/// more than `max_per_row` windows is refused: each window is kept and
+/// emitted, so 1 ms slides over a day would grow without bound.
+pub(super) fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec> {
+    let explosive = |windows: i64, what: &str| -> Result<()> {
+        if windows as u64 > max_per_row {
+            return Err(Error::Plan(format!(
+                "each row would be in {windows} windows (the size over the {what}), more than the limit \
+                 of {max_per_row}; use a larger {what} or a smaller size, or raise the limit with \
+                 SET 'window.max_windows_per_row' = '{windows}'"
+            )));
+        }
+        Ok(())
+    };
+    let ms: Vec<i64> = call.args.iter().map(|a| interval_ms(a)).collect::<Result<_>>()?;
+    if ms.iter().any(|&m| m <= 0) && call.kind != TvfKind::Tumble {
+        return Err(Error::Plan("window intervals must be positive".into()));
+    }
+    let offset = |o: Option<&i64>, unit: i64, what: &str| -> Result<i64> {
+        let o = o.copied().unwrap_or(0);
+        if o.abs() >= unit {
+            return Err(Error::Plan(format!("the offset must be smaller than the {what}")));
+        }
+        Ok(o)
+    };
+    Ok(match call.kind {
+        TvfKind::Tumble => {
+            if ms[0] <= 0 {
+                return Err(Error::Plan("the window size must be positive".into()));
+            }
+            WindowSpec::Tumble {
+                size_ms: ms[0],
+                offset_ms: offset(ms.get(1), ms[0], "window size")?,
+            }
+        }
+        TvfKind::Hop => {
+            let (slide_ms, size_ms) = (ms[0], ms[1]);
+            if size_ms % slide_ms != 0 {
+                return Err(Error::Plan(format!(
+                    "the size ({}) must be a whole multiple of the slide ({})",
+                    crate::nodes::fmt_ms(size_ms),
+                    crate::nodes::fmt_ms(slide_ms)
+                )));
+            }
+            explosive(size_ms / slide_ms, "slide")?;
+            WindowSpec::Hop {
+                slide_ms,
+                size_ms,
+                offset_ms: offset(ms.get(2), slide_ms, "slide")?,
+            }
+        }
+        TvfKind::Cumulate => {
+            let (step_ms, size_ms) = (ms[0], ms[1]);
+            if size_ms % step_ms != 0 {
+                return Err(Error::Plan(format!(
+                    "the size ({}) must be a whole multiple of the step ({})",
+                    crate::nodes::fmt_ms(size_ms),
+                    crate::nodes::fmt_ms(step_ms)
+                )));
+            }
+            explosive(size_ms / step_ms, "step")?;
+            WindowSpec::Cumulate {
+                step_ms,
+                size_ms,
+                offset_ms: offset(ms.get(2), size_ms, "size")?,
+            }
+        }
+        TvfKind::Session => WindowSpec::Session { gap_ms: ms[0] },
+    })
+}
+
+/// Whether every row a plan reads reaches its output (only projections and
+/// aliases over a scan).
+pub(super) fn keeps_every_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::Projection(p) => keeps_every_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => keeps_every_row(&a.input),
+        _ => false,
+    }
+}
+
+/// `plan` with each scan of `source` under a [`crate::nodes::LateFilterNode`].
+pub(super) fn late_filter_at(
+    plan: LogicalPlan,
+    source: &str,
+    time_column: &str,
+    delay_ms: i64,
+) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|p| match p {
+            LogicalPlan::TableScan(ref s)
+                if s.table_name.table() == source
+                    && s.projected_schema
+                        .index_of_column_by_name(None, time_column)
+                        .is_some() =>
+            {
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(crate::nodes::LateFilterNode {
+                        input: p,
+                        source: source.to_string(),
+                        time_column: time_column.to_string(),
+                        delay_ms,
+                    }),
+                })))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
