@@ -1,0 +1,527 @@
+//! Running a statement: declarations, background queries (`INSERT`), live
+//! and batch queries, `EXPLAIN [ANALYZE]`, and the commands about queries.
+
+use super::*;
+
+impl Shell {
+    pub(super) async fn statement(&mut self, sql: &str) -> Result<()> {
+        // Dot-commands are SQLite's and DuckDB's: point to ours.
+        if let Some(dot) = sql.strip_prefix('.') {
+            let word = dot.split_whitespace().next().unwrap_or("");
+            bail!(
+                "'.{word}' is a command of SQLite's and DuckDB's shells; here it is {} (\\? lists them)",
+                match word {
+                    "tables" | "schema" => "\\d, or SHOW TABLES",
+                    "quit" | "exit" => "\\q",
+                    "mode" => "\\format table|csv|json",
+                    "timer" => "\\timing",
+                    _ => "a backslash command",
+                }
+            );
+        }
+        use weir_sql::statement::Statement as S;
+        match weir_sql::statement::classify(sql)? {
+            S::CreateTable => self.create_table(sql),
+            S::CreateView => self.create_view(sql),
+            S::Drop {
+                view,
+                name,
+                if_exists,
+            } => {
+                let name =
+                    name.ok_or_else(|| anyhow!("DROP {} needs a name", if view { "VIEW" } else { "TABLE" }))?;
+                self.drop_table(view, &name, if_exists)
+            }
+            S::Insert { target, into, query } => {
+                if !into {
+                    bail!("expected INSERT INTO sink SELECT ...");
+                }
+                let name = target.ok_or_else(|| anyhow!("INSERT INTO needs a sink table's name"))?;
+                cancellable(self.interrupts.clone(), self.insert(sql, &name, &query)).await
+            }
+            S::Query => self.query(sql).await,
+            S::Explain { analyze, inner } => {
+                cancellable(self.interrupts.clone(), self.explain(sql, analyze, &inner)).await
+            }
+            S::ShowQueries => self.show_queries(),
+            S::ShowTables => self.list_tables().await,
+            S::StopQuery { name } => {
+                let name = name.ok_or_else(|| anyhow!("STOP QUERY needs a query's name"))?;
+                self.stop_query(&name).await
+            }
+            S::Describe { name } => {
+                let name = name.ok_or_else(|| anyhow!("DESCRIBE needs a table's name"))?;
+                self.describe(&name).await
+            }
+            S::ShowSettings => self.list_settings(),
+            S::Set => self.set(sql),
+            S::Other(head) => bail!(
+                "the shell does not run {head} statements; it runs CREATE TABLE, CREATE VIEW, DROP TABLE, \
+                 INSERT INTO, SELECT, EXPLAIN, SHOW QUERIES, SHOW TABLES, STOP QUERY, DESCRIBE and SET \
+                 (\\? for help)"
+            ),
+        }
+    }
+
+    pub(super) fn create_table(&mut self, sql: &str) -> Result<()> {
+        let declared = self.catalog.declare(sql)?;
+        let summary = match &declared.decl.schema {
+            Some(s) => format!(
+                "declared {} ({} columns{})",
+                declared.name(),
+                s.fields().len(),
+                declared
+                    .decl
+                    .watermark
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(", watermark on {}", w.column))
+            ),
+            None => format!(
+                "declared {} (a sink: its columns come from the query that writes it)",
+                declared.name()
+            ),
+        };
+        for s in declared.decl.options.secret_values() {
+            self.redactor.add(s);
+        }
+        self.catalog_changed = true;
+        out(&format!("{summary}\n"))
+    }
+
+    pub(super) fn drop_table(&mut self, view: bool, name: &str, if_exists: bool) -> Result<()> {
+        let name = name.to_string();
+        if self.queries.is_running(&name) {
+            bail!("query '{name}' writes '{name}'; STOP QUERY {name} first");
+        }
+        if view {
+            return match self.catalog.drop_view(&name) {
+                true => {
+                    self.catalog_changed = true;
+                    out(&format!("dropped view {name}\n"))
+                }
+                false if if_exists => Ok(()),
+                false => bail!("no view '{name}' is declared"),
+            };
+        }
+        match self.catalog.drop_table(&name) {
+            Some(_) => {
+                self.written.remove(&name);
+                self.catalog_changed = true;
+                out(&format!("dropped {name} (its files stay where they are)\n"))
+            }
+            None if if_exists => Ok(()),
+            None => bail!("no table '{name}' is declared"),
+        }
+    }
+
+    pub(super) fn create_view(&mut self, sql: &str) -> Result<()> {
+        let name = self.catalog.declare_view(sql)?.name.clone();
+        self.catalog_changed = true;
+        out(&format!(
+            "declared view {name} (a query over streams: SELECT from it shows live results)\n"
+        ))
+    }
+
+    pub(super) fn kind_of_query(&self, sql: &str) -> Result<QueryKind> {
+        if weir_sql::statement::has_window_call(sql)? {
+            return Ok(QueryKind::Live);
+        }
+        let live = weir_sql::statement::table_references(sql)?.iter().any(|r| {
+            r.schema().is_none()
+                && (self.catalog.view(r.table()).is_some()
+                    || self.catalog.get(r.table()).is_some_and(|d| !self.is_sink(d)))
+        });
+        Ok(if live { QueryKind::Live } else { QueryKind::Batch })
+    }
+
+    pub(super) async fn query(&mut self, sql: &str) -> Result<()> {
+        match self.kind_of_query(sql)? {
+            QueryKind::Live => self.live(sql).await,
+            QueryKind::Batch => cancellable(self.interrupts.clone(), self.batch(sql)).await,
+        }
+    }
+
+    /// A context with the sinks a statement names registered.
+    pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
+        let ctx = batch::context();
+        for name in self.catalog.names_in(sql)? {
+            if let Some(d) = self.catalog.get(&name)
+                && self.is_sink(d)
+            {
+                batch::register_sink(&ctx, &d.decl, &self.store_options).await?;
+            }
+        }
+        Ok(ctx)
+    }
+
+    pub(super) async fn batch(&self, sql: &str) -> Result<()> {
+        let ctx = self.batch_context(sql).await?;
+        let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
+        self.print_dataframe(df).await
+    }
+
+    /// A batch query's planning error as a user reads it: a table DataFusion
+    /// did not find is a file or folder that does not exist, or a table
+    /// that is not declared.
+    pub(super) fn batch_error(&self, e: &datafusion::error::DataFusionError) -> anyhow::Error {
+        let msg = strip_df(e);
+        let missing = msg
+            .strip_prefix("table '")
+            .and_then(|rest| rest.split_once("' not found"))
+            .map(|(name, _)| {
+                name.strip_prefix("datafusion.public.")
+                    .unwrap_or(name)
+                    .to_string()
+            });
+        match missing {
+            Some(name) if name.contains('/') || name.contains('.') || name.contains("://") => {
+                anyhow!("no such file or folder: '{name}'")
+            }
+            Some(name) => {
+                let declared: Vec<&str> = self.catalog.tables().map(|d| d.name()).collect();
+                anyhow!(
+                    "unknown table '{name}' ({}; a file or folder is a table too, in single quotes: 'out/t/')",
+                    if declared.is_empty() {
+                        "no tables are declared".to_string()
+                    } else {
+                        format!("declared: {}", declared.join(", "))
+                    }
+                )
+            }
+            None => anyhow!(msg),
+        }
+    }
+
+    /// Prints a batch query's result as it streams in (CSV, JSON) or when it
+    /// is complete (a table), with a spinner meanwhile on a terminal.
+    pub(super) async fn print_dataframe(&self, df: DataFrame) -> Result<()> {
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let format = self.settings.format;
+        let limit = (self.terminal_out && format == Format::Table && self.settings.max_rows > 0)
+            .then_some(self.settings.max_rows);
+        let mut spinner = QuerySpinner::start(stderr_is_terminal());
+        let mut stream = df.execute_stream().await.map_err(|e| anyhow!(strip_df(&e)))?;
+        if format == Format::Csv {
+            out(&print::csv_header(&schema)?)?;
+        }
+        let (mut kept, mut kept_rows, mut total) = (Vec::new(), 0usize, 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| anyhow!(strip_df(&e)))?;
+            let n = batch.num_rows();
+            spinner.add_rows(n as u64);
+            total += n;
+            match format {
+                Format::Table => {
+                    if limit.is_none_or(|l| kept_rows < l) {
+                        kept_rows += n;
+                        kept.push(batch);
+                    }
+                }
+                Format::Csv | Format::Json => {
+                    let mut buf = Vec::new();
+                    if format == Format::Csv {
+                        print::csv_rows(&mut buf, &batch)?;
+                    } else {
+                        print::json_rows(&mut buf, &batch)?;
+                    }
+                    spinner.suspend(|| out(&String::from_utf8_lossy(&buf)))?;
+                }
+            }
+        }
+        drop(spinner);
+        if format == Format::Table {
+            out(&print::table(&schema, &kept, total, limit)?)?;
+        }
+        Ok(())
+    }
+
+    /// The job text of a statement: the `SET`s queries carry, the
+    /// declarations it names, then it.
+    pub(super) fn job_text(&self, statement: &str) -> Result<String> {
+        let mut text = String::new();
+        for (k, v) in &self.settings.job {
+            text.push_str(&format!("SET '{k}' = '{}';\n", v.replace('\'', "''")));
+        }
+        text.push_str(&self.catalog.job_text(statement)?);
+        Ok(text)
+    }
+
+    /// The job options of a query with this checkpoint.
+    pub(super) fn job_options(&self, checkpoint: String) -> JobOptions {
+        let threads = match self.settings.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        JobOptions {
+            store_options: self.store_options.clone(),
+            threads,
+            owner: weir_engine::LeaseOwner::this_process(crate::host_name()),
+            ..JobOptions::new(checkpoint)
+        }
+    }
+
+    /// Live results of a streaming `SELECT`, until its input is done (a
+    /// bounded trigger) or Ctrl-C.
+    pub(super) async fn live(&mut self, sql: &str) -> Result<()> {
+        // `SELECT ... LIMIT n` over a stream is a peek, as in Flink's SQL
+        // client: the first n rows, then the query stops.
+        let (sql, limit) = match weir_sql::statement::peek_limit(sql)? {
+            Some((query, n)) => (query, Some(n)),
+            None => (sql, None),
+        };
+        let text = self.job_text(sql)?;
+        let scratch = tempfile::Builder::new().prefix("weir-live-").tempdir()?;
+        let (tx, mut rx) = mpsc::channel(16);
+        let options = JobOptions {
+            live: Some(tx),
+            ..self.job_options(scratch.path().display().to_string())
+        };
+        let open = async { Ok(StreamingJob::open(&text, options).await?) };
+        let mut job = cancellable(self.interrupts.clone(), open).await?;
+        let schema = job
+            .live_schema()
+            .ok_or_else(|| anyhow!("the live query has no output"))?;
+        let mut table = LiveTable::new(&schema, self.settings.format)?;
+        let (trigger, drain) = self.query_trigger();
+        if self.terminal_out {
+            errln!("live results: rows appear as their epochs commit; Ctrl-C stops");
+        }
+        out(&table.header()?)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // However this function returns (an error printing, say), the query
+        // does not outlive it.
+        let mut run = AbortOnDrop(tokio::spawn(async move {
+            let r = job.run(trigger, drain, stop_rx, &mut |_| {}).await;
+            // Releases the scratch checkpoint and closes the live channel.
+            let _ = job.close().await;
+            r
+        }));
+        let mut irq = self.interrupts.clone();
+        irq.mark_unchanged();
+        let mut stopping = false;
+        let mut limited = false;
+        let ended = loop {
+            tokio::select! {
+                received = rx.recv() => match received {
+                    Some(live) => {
+                        let mut text = String::new();
+                        for b in &live.batches {
+                            let left = limit.map_or(u64::MAX, |n| n.saturating_sub(table.rows()));
+                            if left == 0 {
+                                break;
+                            }
+                            let b = b.slice(0, b.num_rows().min(left.try_into().unwrap_or(usize::MAX)));
+                            text.push_str(&table.batch(&b)?);
+                        }
+                        out(&text)?;
+                        if limit.is_some_and(|n| table.rows() >= n) {
+                            // Enough rows: the rest of the query is not wanted.
+                            limited = true;
+                            run.0.abort();
+                            break (&mut run.0).await;
+                        }
+                    }
+                    None => break (&mut run.0).await,
+                },
+                _ = irq.changed() => {
+                    if stopping {
+                        run.0.abort();
+                        break (&mut run.0).await;
+                    }
+                    stopping = true;
+                    let _ = stop_tx.send(true);
+                }
+            }
+        };
+        // On a terminal, write over the `^C` the terminal echoed.
+        out(&format!(
+            "{}{}",
+            if self.terminal_out { "\r" } else { "" },
+            table.footer()
+        ))?;
+        let rows = table.rows();
+        let note = |how: &str| {
+            format!(
+                "({} row{}; {how})\n",
+                print::group_digits(rows),
+                if rows == 1 { "" } else { "s" }
+            )
+        };
+        match ended {
+            _ if limited => out(&note("LIMIT reached")),
+            Ok(Ok(_)) if stopping => out(&note("stopped")),
+            Ok(Ok(_)) => out(&note("the input is done")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(j) if j.is_cancelled() => out(&note("stopped at once")),
+            Err(j) => bail!("the live query stopped on an internal error: {j}"),
+        }
+    }
+
+    pub(super) async fn insert(&mut self, sql: &str, name: &str, _query: &str) -> Result<()> {
+        let name = name.to_string();
+        if self.queries.is_running(&name) {
+            bail!("query '{name}' is already running (STOP QUERY {name} first)");
+        }
+        if self.catalog.get(&name).is_none() {
+            bail!(
+                "unknown sink table '{name}': declare it first with CREATE TABLE {name} WITH \
+                 ('connector' = 'files', 'path' = '...', 'format' = 'parquet')"
+            );
+        }
+        let text = self.job_text(sql)?;
+        let checkpoint = self.checkpoint_of(&name);
+        // The checkpoint decides, by the same rules as `weir run`: a
+        // compatible change goes on with its state, another is refused.
+        let job = StreamingJob::open(&text, self.job_options(checkpoint.clone())).await?;
+        for note in job.notes() {
+            errln!("note: {}", self.redactor.scrub(note));
+        }
+        let resumed = job.last_committed();
+        let (trigger, drain) = self.query_trigger();
+        self.queries
+            .start(&name, checkpoint.clone(), job, trigger, drain)?;
+        self.written.insert(name.clone());
+        out(&format!(
+            "started query {name} (checkpoint {}{}); SHOW QUERIES shows its progress\n",
+            self.redactor.scrub(&checkpoint),
+            resumed.map_or(String::new(), |e| format!(", resuming after epoch {e}"))
+        ))
+    }
+
+    pub(super) fn query_trigger(&self) -> (Trigger, bool) {
+        let t = self.settings.trigger;
+        (t, self.settings.drain && !matches!(t, Trigger::Interval(_)))
+    }
+
+    pub(super) async fn explain(&mut self, sql: &str, analyze: bool, inner: &str) -> Result<()> {
+        use weir_sql::statement::Statement as S;
+        let inner_statement = weir_sql::statement::classify(inner)?;
+        let inner_kw = match &inner_statement {
+            S::Insert { .. } => "INSERT",
+            S::Query => "SELECT",
+            _ => "",
+        };
+        let streaming = match inner_kw {
+            "INSERT" => true,
+            "SELECT" => matches!(self.kind_of_query(inner)?, QueryKind::Live),
+            _ => false,
+        };
+        if !streaming {
+            let ctx = self.batch_context(sql).await?;
+            let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
+            return self.print_dataframe(df).await;
+        }
+        if analyze {
+            return self.explain_analyze(inner_statement, inner).await;
+        }
+        let text = self.job_text(inner)?;
+        let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
+        let mut options = JobOptions {
+            explain_only: true,
+            ..self.job_options(scratch.path().display().to_string())
+        };
+        let _receiver;
+        if inner_kw != "INSERT" {
+            let (tx, rx) = mpsc::channel(1);
+            options.live = Some(tx);
+            _receiver = rx;
+        }
+        let job = StreamingJob::open(&text, options).await?;
+        out(&format!("{}\n", self.redactor.scrub(&job.explain())))
+    }
+
+    /// `EXPLAIN ANALYZE` of a streaming query: it runs on a throwaway
+    /// checkpoint, its rows discarded (an `INSERT` writes nothing: its
+    /// `SELECT` runs), for the input there now (`available-now`), or one
+    /// epoch when the session's trigger is an interval; then its plan prints
+    /// with each operator's rows and time.
+    pub(super) async fn explain_analyze(
+        &mut self,
+        inner: weir_sql::statement::Statement,
+        text: &str,
+    ) -> Result<()> {
+        let query = match &inner {
+            weir_sql::statement::Statement::Insert { query, .. } => {
+                if query.starts_with('(') {
+                    bail!("INSERT INTO t (columns) is not supported: the sink takes the query's columns");
+                }
+                query.as_str()
+            }
+            _ => text,
+        };
+        let text = self.job_text(query)?;
+        let scratch = tempfile::Builder::new().prefix("weir-explain-").tempdir()?;
+        let (tx, mut rx) = mpsc::channel(16);
+        let options = JobOptions {
+            live: Some(tx),
+            ..self.job_options(scratch.path().display().to_string())
+        };
+        let mut job = StreamingJob::open(&text, options).await?;
+        let (trigger, drain) = match self.query_trigger() {
+            (Trigger::Interval(_), _) => (Trigger::Once, false),
+            bounded => bounded,
+        };
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let drained = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let work = async {
+            let summary = job.run(trigger, drain, stop_rx, &mut |_| {}).await?;
+            Ok::<_, anyhow::Error>(summary)
+        };
+        let summary = cancellable(self.interrupts.clone(), work).await?;
+        let plan = job.explain_analyze();
+        let _ = job.close().await;
+        drained.abort();
+        out(&format!(
+            "{}\n({} epoch{}, {} rows in)\n",
+            self.redactor.scrub(&plan),
+            summary.epochs,
+            if summary.epochs == 1 { "" } else { "s" },
+            print::group_digits(summary.rows_in)
+        ))
+    }
+
+    pub(super) fn show_queries(&self) -> Result<()> {
+        let list = self.queries.list();
+        if list.is_empty() && self.settings.format == Format::Table {
+            return out("(no queries; INSERT INTO a sink starts one)\n");
+        }
+        let table = self.settings.format == Format::Table;
+        let (schema, batch) = show_queries(&list, !table)?;
+        let batch = self.scrub_batch(batch)?;
+        self.print_rows(&schema, batch)?;
+        if table {
+            for q in &list {
+                if let State::Failed(e) = &q.status.state {
+                    out(&format!("{}: {}\n", q.name, self.redactor.scrub(e)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn stop_query(&mut self, name: &str) -> Result<()> {
+        let Some(task) = self.queries.stop(name)? else {
+            let state = self.queries.status(name).map(|s| s.state);
+            return out(&format!(
+                "query {name} is not running ({})\n",
+                state.as_ref().map_or("unknown", State::name)
+            ));
+        };
+        let mut irq = self.interrupts.clone();
+        irq.mark_unchanged();
+        tokio::select! {
+            _ = task => {}
+            _ = irq.changed() => {
+                return out(&format!("query {name} goes on stopping after its current epoch\n"));
+            }
+        }
+        let status = self.queries.status(name);
+        match status.as_ref().map(|s| &s.state) {
+            Some(State::Failed(e)) => bail!("query {name} failed while stopping: {e}"),
+            _ => out(&format!(
+                "stopped query {name}{}; INSERT it again to resume\n",
+                committed_note(status.and_then(|s| s.committed))
+            )),
+        }
+    }
+}
