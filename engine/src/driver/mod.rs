@@ -57,10 +57,7 @@ use crate::compat;
 use crate::dead_letter::{self, DeadLetters};
 use crate::epoch::{EpochInput, SourceRows};
 use crate::exec::window_assign::to_millis;
-use crate::exec::{
-    EngineScans, SessionAggregateExec, StatefulOperator, StreamScanExec, UpdateAggregateExec,
-    WindowAggregateExec, WindowAssignExec, physical_planner,
-};
+use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAssignExec, physical_planner};
 use crate::sink::{LiveSender, PipelineSink, SideSink};
 use crate::source::bad::BadRecord;
 use crate::source::{Source, open_source, table_store_options};

@@ -384,18 +384,7 @@ fn stateful_operators(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> Vec<(String, Arc<dyn StatefulOperator>)> {
     fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn StatefulOperator>>) {
-        if let Some(agg) = plan.downcast_ref::<WindowAggregateExec>() {
-            out.push(agg.state() as Arc<dyn StatefulOperator>);
-        }
-        if let Some(agg) = plan.downcast_ref::<SessionAggregateExec>() {
-            out.push(agg.state() as Arc<dyn StatefulOperator>);
-        }
-        if let Some(agg) = plan.downcast_ref::<UpdateAggregateExec>() {
-            out.push(agg.state() as Arc<dyn StatefulOperator>);
-        }
-        if let Some(top) = plan.downcast_ref::<crate::exec::WindowTopNExec>() {
-            out.push(top.state() as Arc<dyn StatefulOperator>);
-        }
+        out.extend(crate::exec::stateful_state(plan.as_ref()));
         for child in plan.children() {
             walk(child, out);
         }

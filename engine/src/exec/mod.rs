@@ -1,9 +1,24 @@
 //! Physical operators of streaming plans, and the planner hooks that create
 //! them from the `sql` crate's logical nodes.
+//!
+//! The stateful operators (window aggregate, session aggregate, update
+//! aggregate, window Top-N) are each an [`operator::EpochOperator`] (their
+//! logic and state) inside the one generic plan node
+//! [`operator::OperatorExec`]; their state goes into checkpoints through
+//! [`StatefulOperator`]. Stateless ones (`WindowAssignExec`,
+//! `LateFilterExec`, `StreamScanExec`) are plain DataFusion nodes.
+//!
+//! To add a stateful operator: write its state struct, implement
+//! `StatefulOperator` (signature, state schema, checkpoint, restore) and
+//! `EpochOperator` (shard keys, start/fold/finish of an epoch), add a
+//! `pub type FooExec = OperatorExec<FooState>`, plan it from its logical
+//! node in [`StreamExtensionPlanner`], and name its type in
+//! [`stateful_state`] so checkpoints find it.
 
 pub mod groups;
 pub mod keys;
 pub mod late_filter;
+pub mod operator;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;
@@ -45,6 +60,19 @@ pub use update_agg::UpdateAggregateExec;
 pub use window_agg::{WindowAggState, WindowAggregateExec};
 pub use window_assign::WindowAssignExec;
 pub use window_topn::WindowTopNExec;
+
+/// The state of a plan node, if it is a stateful operator: how the driver
+/// finds the state it checkpoints. Every stateful operator is listed here.
+pub fn stateful_state(plan: &dyn ExecutionPlan) -> Option<Arc<dyn StatefulOperator>> {
+    fn of<O: operator::EpochOperator>(plan: &dyn ExecutionPlan) -> Option<Arc<dyn StatefulOperator>> {
+        plan.downcast_ref::<operator::OperatorExec<O>>()
+            .map(|node| node.state() as Arc<dyn StatefulOperator>)
+    }
+    of::<WindowAggState>(plan)
+        .or_else(|| of::<session_agg::SessionState>(plan))
+        .or_else(|| of::<update_agg::UpdateState>(plan))
+        .or_else(|| of::<window_topn::TopNState>(plan))
+}
 
 /// What an operator keeps, for EXPLAIN: the state table's key and value
 /// columns and what removes its rows.

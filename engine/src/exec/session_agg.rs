@@ -25,39 +25,21 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::ExecutionPlanProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Groups};
 use super::keys::KeyRows;
-use super::shard::{Shards, check_input, input_distribution, route, shard_count};
+use super::operator::{EpochOperator, OperatorExec};
+use super::shard::{Shards, route, shard_count};
 use super::units::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
+use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A session aggregate over its input.
-pub struct SessionAggregateExec {
-    input: Arc<dyn ExecutionPlan>,
-    state: Arc<SessionState>,
-    props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl fmt::Debug for SessionAggregateExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionAggregateExec")
-            .field("gap_ms", &self.state.gap_ms)
-            .finish()
-    }
-}
+pub type SessionAggregateExec = OperatorExec<SessionState>;
 
 /// Configuration and state, shared by every copy of the plan node.
 pub struct SessionState {
@@ -94,7 +76,7 @@ struct Inner {
     removed: BTreeSet<(i64, i64, Vec<u8>)>,
 }
 
-impl SessionAggregateExec {
+impl OperatorExec<SessionState> {
     /// Builds the operator; `session_keys` are group expression indices.
     /// With partition keys, its state is split into `threads` shards.
     pub fn try_new(
@@ -157,132 +139,68 @@ impl SessionAggregateExec {
             schema: p.schema,
             shards,
         };
-        Ok(Self::with_state(input, Arc::new(state)))
-    }
-
-    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<SessionState>) -> Self {
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(state.shards.count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        Self {
-            input,
-            state,
-            props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-
-    /// The operator's state (for checkpoints).
-    pub fn state(&self) -> Arc<SessionState> {
-        Arc::clone(&self.state)
-    }
-
-    /// The expressions whose hash picks a row's shard.
-    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        let s = &self.state;
-        s.partition_keys
-            .iter()
-            .map(|&k| Arc::clone(&s.agg.keys[k].0))
-            .collect()
+        Ok(Self::new(input, Arc::new(state)))
     }
 }
 
-impl DisplayAs for SessionAggregateExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let s = &self.state;
-        let keys: Vec<&str> = (0..s.layout.len())
-            .map(|i| s.schema.field(i).name().as_str())
+impl EpochOperator for SessionState {
+    const NAME: &'static str = "SessionAggregateExec";
+    type Acc = ();
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn partitions(&self) -> usize {
+        self.shards.count()
+    }
+
+    /// The partition keys: a session's rows all land in one shard.
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.partition_keys
+            .iter()
+            .map(|&k| Arc::clone(&self.agg.keys[k].0))
+            .collect()
+    }
+
+    fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        std::iter::once(&self.time)
+            .chain(self.agg.keys.iter().map(|(e, _)| e))
+            .chain(self.agg.args.iter().flatten())
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<&str> = (0..self.layout.len())
+            .map(|i| self.schema.field(i).name().as_str())
             .collect();
-        let parts: Vec<&str> = s
+        let parts: Vec<&str> = self
             .partition_keys
             .iter()
-            .map(|&k| s.agg.keys[k].1.as_str())
+            .map(|&k| self.agg.keys[k].1.as_str())
             .collect();
-        let aggs: Vec<&str> = s.agg.aggr.iter().map(|a| a.name()).collect();
+        let aggs: Vec<&str> = self.agg.aggr.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "SessionAggregateExec: gap={}ms partition=[{}] gby=[{}], aggr=[{}], emit=on window close",
-            s.gap_ms,
+            "gap={}ms partition=[{}] gby=[{}], aggr=[{}], emit=on window close",
+            self.gap_ms,
             parts.join(", "),
             keys.join(", "),
             aggs.join(", ")
         )
     }
-}
 
-impl ExecutionPlan for SessionAggregateExec {
-    fn name(&self) -> &str {
-        "SessionAggregateExec"
+    fn start(&self, _partition: usize) -> Result<()> {
+        Ok(())
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
+    fn fold(&self, partition: usize, _acc: &mut (), batch: &RecordBatch) -> Result<()> {
+        self.update(partition, batch)
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![input_distribution(self.state.shards.count(), self.shard_keys())]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        let s = &self.state;
-        for e in std::iter::once(&s.time)
-            .chain(s.agg.keys.iter().map(|(e, _)| e))
-            .chain(s.agg.args.iter().flatten())
-        {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // A copy shares the state and the metrics (the driver runs a fresh
-        // copy of the plan each epoch when it holds a hash repartition).
-        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
-        copy.metrics = self.metrics.clone();
-        Ok(Arc::new(copy))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let shards = self.state.shards.count();
-        check_input(
-            "SessionAggregateExec",
-            self.input.output_partitioning(),
-            &self.shard_keys(),
-            shards,
-        )?;
-        let state = Arc::clone(&self.state);
-        let emit = Arc::clone(&self.state);
-        super::drain_then_emit(
-            "SessionAggregateExec",
-            partition,
-            shards,
-            &self.input,
-            context,
-            &self.metrics,
-            Arc::clone(&self.state.schema),
-            || Ok(()),
-            move |_, batch| state.update(partition, batch),
-            move |_, epoch| emit.emit_closed(partition, epoch.watermark_out),
-        )
+    fn finish(&self, partition: usize, _acc: (), epoch: &EpochInput) -> Result<RecordBatch> {
+        self.emit_closed(partition, epoch.watermark_out)
     }
 }
 
@@ -328,7 +246,7 @@ impl SessionState {
             removed,
         } = &mut *inner;
         for part in order {
-            let mut idx = by_part.remove(part).expect("listed");
+            let mut idx = by_part.remove(part).ok_or_else(|| lost("a partition's rows"))?;
             let part = part.to_vec();
             idx.sort_by_key(|&i| (times[i as usize], i));
             // New rows' intervals, clustered: [first, last + gap).
@@ -358,7 +276,9 @@ impl SessionState {
                 let mut base: Option<Groups> = None;
                 let (mut lo, mut hi) = (start, end);
                 for s in overlapping {
-                    let mut old = sessions.remove(&s).expect("listed");
+                    let mut old = sessions
+                        .remove(&s)
+                        .ok_or_else(|| lost("an overlapping session"))?;
                     by_end.remove(&(old.end, s, part.clone()));
                     changed.remove(&(s, old.end, part.clone()));
                     removed.insert((s, old.end, part.clone()));
@@ -402,19 +322,23 @@ impl SessionState {
                 break;
             }
             inner.by_end.pop_first();
-            let sessions = inner.sessions.get_mut(&part).expect("indexed");
-            let session = sessions.remove(&start).expect("indexed");
+            let sessions = inner
+                .sessions
+                .get_mut(&part)
+                .ok_or_else(|| lost("a closing session's partition"))?;
+            let session = sessions.remove(&start).ok_or_else(|| lost("a closing session"))?;
             if sessions.is_empty() {
                 inner.sessions.remove(&part);
             }
-            out.push(self.finish(start, end, session.groups)?);
+            out.push(self.session_output(start, end, session.groups)?);
             inner.changed.remove(&(start, end, part.clone()));
             inner.removed.insert((start, end, part));
         }
         Ok(concat_batches(&self.schema, &out)?)
     }
 
-    fn finish(&self, start: i64, end: i64, groups: Groups) -> Result<RecordBatch> {
+    /// A closed session's output rows.
+    fn session_output(&self, start: i64, end: i64, groups: Groups) -> Result<RecordBatch> {
         let n = groups.len();
         let (keys, values) = groups.evaluate()?;
         let mut columns = Vec::with_capacity(self.schema.fields().len());
@@ -621,4 +545,10 @@ impl SessionState {
         }
         Ok(())
     }
+}
+
+/// The error for an index that disagrees with the sessions it indexes (a
+/// bug, never bad input): named, rather than a panic.
+fn lost(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("SessionAggregateExec lost track of {what}"))
 }

@@ -30,21 +30,16 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::ExecutionPlanProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::groups::{AggregateSpec, Groups};
 use super::keys::KeyRows;
-use super::shard::{Shards, check_input, input_distribution, route, shard_count};
+use super::operator::{EpochOperator, OperatorExec};
+use super::shard::{Shards, route, shard_count};
+use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// The changelog kinds, as Flink prints them.
@@ -57,18 +52,7 @@ pub const UPDATE_AFTER: &str = "+U";
 pub const DELETE: &str = "-D";
 
 /// An update-mode aggregate over its input.
-pub struct UpdateAggregateExec {
-    input: Arc<dyn ExecutionPlan>,
-    state: Arc<UpdateState>,
-    props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl fmt::Debug for UpdateAggregateExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpdateAggregateExec").finish()
-    }
-}
+pub type UpdateAggregateExec = OperatorExec<UpdateState>;
 
 /// Configuration and state, shared by every copy of the plan node.
 pub struct UpdateState {
@@ -105,7 +89,7 @@ struct Inner {
     pending_deletes: Vec<RecordBatch>,
 }
 
-impl UpdateAggregateExec {
+impl OperatorExec<UpdateState> {
     /// Builds the operator. `having` is over `agg_schema`, the aggregate's
     /// output (keys then values); `schema` adds the operation column. With
     /// keys, its state is split into `threads` shards.
@@ -161,131 +145,61 @@ impl UpdateAggregateExec {
             schema,
             shards: Shards::new(shard_count(threads, n_keys), Inner::default),
         };
-        Ok(Self::with_state(input, Arc::new(state)))
-    }
-
-    /// The group expressions, whose hash picks a row's shard.
-    fn keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        self.state.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
-    }
-
-    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<UpdateState>) -> Self {
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(state.shards.count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        Self {
-            input,
-            state,
-            props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-
-    /// The operator's state (for checkpoints).
-    pub fn state(&self) -> Arc<UpdateState> {
-        Arc::clone(&self.state)
+        Ok(Self::new(input, Arc::new(state)))
     }
 }
 
-impl DisplayAs for UpdateAggregateExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let s = &self.state;
-        let keys: Vec<&str> = s.agg.keys.iter().map(|(_, n)| n.as_str()).collect();
-        let aggs: Vec<&str> = s.agg.aggr.iter().map(|a| a.name()).collect();
-        write!(
-            f,
-            "UpdateAggregateExec: gby=[{}], aggr=[{}]",
-            keys.join(", "),
-            aggs.join(", ")
-        )?;
-        if let Some(h) = &s.having {
+impl EpochOperator for UpdateState {
+    const NAME: &'static str = "UpdateAggregateExec";
+    /// This epoch's changes, aggregated apart, then applied at once.
+    type Acc = Groups;
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn partitions(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
+    }
+
+    /// The expressions over the input (HAVING is over the output).
+    fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.agg
+            .keys
+            .iter()
+            .map(|(e, _)| e)
+            .chain(self.agg.args.iter().flatten())
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<&str> = self.agg.keys.iter().map(|(_, n)| n.as_str()).collect();
+        let aggs: Vec<&str> = self.agg.aggr.iter().map(|a| a.name()).collect();
+        write!(f, "gby=[{}], aggr=[{}]", keys.join(", "), aggs.join(", "))?;
+        if let Some(h) = &self.having {
             write!(f, ", having={h}")?;
         }
-        if let Some(t) = s.ttl_ms {
+        if let Some(t) = self.ttl_ms {
             write!(f, ", ttl={t}ms")?;
         }
         write!(f, ", emit=changelog")
     }
-}
 
-impl ExecutionPlan for UpdateAggregateExec {
-    fn name(&self) -> &str {
-        "UpdateAggregateExec"
+    fn start(&self, _partition: usize) -> Result<Groups> {
+        Groups::new(&self.agg)
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
+    fn fold(&self, _partition: usize, delta: &mut Groups, batch: &RecordBatch) -> Result<()> {
+        delta.update(&self.agg.evaluate(batch)?)
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![input_distribution(self.state.shards.count(), self.keys())]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        let s = &self.state;
-        for e in s
-            .agg
-            .keys
-            .iter()
-            .map(|(e, _)| e)
-            .chain(s.agg.args.iter().flatten())
-        {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // A copy shares the state and the metrics (the driver runs a fresh
-        // copy of the plan each epoch when it holds a hash repartition).
-        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
-        copy.metrics = self.metrics.clone();
-        Ok(Arc::new(copy))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let shards = self.state.shards.count();
-        check_input(
-            "UpdateAggregateExec",
-            self.input.output_partitioning(),
-            &self.keys(),
-            shards,
-        )?;
-        let state = Arc::clone(&self.state);
-        let spec = Arc::clone(&self.state);
-        let emit = Arc::clone(&self.state);
-        super::drain_then_emit(
-            "UpdateAggregateExec",
-            partition,
-            shards,
-            &self.input,
-            context,
-            &self.metrics,
-            Arc::clone(&self.state.schema),
-            // This epoch's changes are aggregated apart, then applied at once.
-            move || Groups::new(&state.agg),
-            move |delta, batch| delta.update(&spec.agg.evaluate(batch)?),
-            move |delta, epoch| emit.apply(partition, delta, epoch.processing_time_ms),
-        )
+    fn finish(&self, partition: usize, delta: Groups, epoch: &EpochInput) -> Result<RecordBatch> {
+        self.apply(partition, delta, epoch.processing_time_ms)
     }
 }
 

@@ -27,40 +27,22 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::ExecutionPlanProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Evaluated, Groups};
-use super::shard::{Shards, check_input, input_distribution, route, shard_count};
+use super::operator::{EpochOperator, OperatorExec};
+use super::shard::{Shards, route, shard_count};
 use super::units::{
     GroupColumn, UnitRows, WindowAggregateParams, constant_time, split_by_unit, split_runs, take_batch,
 };
+use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A windowed aggregate over its input.
-pub struct WindowAggregateExec {
-    input: Arc<dyn ExecutionPlan>,
-    state: Arc<WindowAggState>,
-    props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl fmt::Debug for WindowAggregateExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WindowAggregateExec")
-            .field("spec", &self.state.spec)
-            .finish()
-    }
-}
+pub type WindowAggregateExec = OperatorExec<WindowAggState>;
 
 /// The operator's fixed configuration and its state, shared by every copy
 /// of the plan node (DataFusion's optimizer rebuilds nodes).
@@ -120,8 +102,7 @@ impl Unit {
     }
 }
 
-impl WindowAggregateExec {
-    /// Builds the operator.
+impl OperatorExec<WindowAggState> {
     /// Builds the operator; with keys, its state is split into `threads`
     /// shards (see [`super::shard`]).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams, threads: usize) -> Result<Self> {
@@ -174,125 +155,64 @@ impl WindowAggregateExec {
             schema: p.schema,
             shards,
         };
-        Ok(Self::with_state(input, Arc::new(state)))
-    }
-
-    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<WindowAggState>) -> Self {
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&state.schema)),
-            Partitioning::UnknownPartitioning(state.shards.count()),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        Self {
-            input,
-            state,
-            props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-
-    /// The operator's state (for checkpoints).
-    pub fn state(&self) -> Arc<WindowAggState> {
-        Arc::clone(&self.state)
+        Ok(Self::new(input, Arc::new(state)))
     }
 }
 
-impl DisplayAs for WindowAggregateExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let s = &self.state;
-        let keys: Vec<&str> = (0..s.layout.len())
-            .map(|i| s.schema.field(i).name().as_str())
+impl EpochOperator for WindowAggState {
+    const NAME: &'static str = "WindowAggregateExec";
+    type Acc = ();
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn partitions(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
+    }
+
+    fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        [&self.start, &self.end]
+            .into_iter()
+            .chain(self.agg.keys.iter().map(|(e, _)| e))
+            .chain(self.agg.args.iter().flatten())
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<&str> = (0..self.layout.len())
+            .map(|i| self.schema.field(i).name().as_str())
             .collect();
-        let aggs: Vec<&str> = s.agg.aggr.iter().map(|a| a.name()).collect();
+        let aggs: Vec<&str> = self.agg.aggr.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "WindowAggregateExec: {}{} gby=[{}], aggr=[{}], emit=on window close",
-            s.spec,
-            if s.slices { " over slices" } else { "" },
+            "{}{} gby=[{}], aggr=[{}], emit=on window close",
+            self.spec,
+            if self.slices { " over slices" } else { "" },
             keys.join(", "),
             aggs.join(", ")
         )?;
-        if s.lag_ms != 0 {
-            write!(f, ", watermark lag {}ms", s.lag_ms)?;
+        if self.lag_ms != 0 {
+            write!(f, ", watermark lag {}ms", self.lag_ms)?;
         }
         Ok(())
     }
-}
 
-impl ExecutionPlan for WindowAggregateExec {
-    fn name(&self) -> &str {
-        "WindowAggregateExec"
+    fn start(&self, _partition: usize) -> Result<()> {
+        Ok(())
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
+    fn fold(&self, partition: usize, _acc: &mut (), batch: &RecordBatch) -> Result<()> {
+        self.update(partition, batch)
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        let s = &self.state;
-        let keys = s.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect();
-        vec![input_distribution(s.shards.count(), keys)]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        let s = &self.state;
-        let exprs = [&s.start, &s.end]
-            .into_iter()
-            .chain(s.agg.keys.iter().map(|(e, _)| e))
-            .chain(s.agg.args.iter().flatten());
-        for e in exprs {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // A copy shares the state and the metrics (the driver runs a fresh
-        // copy of the plan each epoch when it holds a hash repartition).
-        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
-        copy.metrics = self.metrics.clone();
-        Ok(Arc::new(copy))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let keys: Vec<_> = self.state.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect();
-        check_input(
-            "WindowAggregateExec",
-            self.input.output_partitioning(),
-            &keys,
-            self.state.shards.count(),
-        )?;
-        let state = Arc::clone(&self.state);
-        let emit = Arc::clone(&self.state);
-        super::drain_then_emit(
-            "WindowAggregateExec",
-            partition,
-            self.state.shards.count(),
-            &self.input,
-            context,
-            &self.metrics,
-            Arc::clone(&self.state.schema),
-            || Ok(()),
-            move |_, batch| state.update(partition, batch),
-            move |_, epoch| emit.emit_closed(partition, epoch.watermark_out.saturating_sub(emit.lag_ms)),
-        )
+    fn finish(&self, partition: usize, _acc: (), epoch: &EpochInput) -> Result<RecordBatch> {
+        self.emit_closed(partition, epoch.watermark_out.saturating_sub(self.lag_ms))
     }
 }
 

@@ -19,33 +19,18 @@ use super::keys::KeyRows;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{SortColumn, SortOptions, cast, concat_batches, lexsort_to_indices};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::RankKind;
 
+use super::operator::{EpochOperator, OperatorExec};
 use super::units::{split_by_unit, take_batch};
+use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
 /// A window Top-N over its input.
-pub struct WindowTopNExec {
-    input: Arc<dyn ExecutionPlan>,
-    state: Arc<TopNState>,
-    props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl fmt::Debug for WindowTopNExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WindowTopNExec").finish()
-    }
-}
+pub type WindowTopNExec = OperatorExec<TopNState>;
 
 /// The Top-N's parameters, from the logical node.
 pub struct TopNParams {
@@ -85,7 +70,7 @@ struct Inner {
     removed: std::collections::BTreeSet<(i64, i64)>,
 }
 
-impl WindowTopNExec {
+impl OperatorExec<TopNState> {
     /// Builds the operator.
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: TopNParams) -> Result<Self> {
         let input_schema = input.schema();
@@ -100,112 +85,63 @@ impl WindowTopNExec {
             state_schema: Arc::new(Schema::new(fields)),
             inner: Mutex::new(Inner::default()),
         };
-        Ok(Self::with_state(input, Arc::new(state)))
-    }
-
-    fn with_state(input: Arc<dyn ExecutionPlan>, state: Arc<TopNState>) -> Self {
-        let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&state.p.schema)),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
-        Self {
-            input,
-            state,
-            props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-
-    /// The operator's state (for checkpoints).
-    pub fn state(&self) -> Arc<TopNState> {
-        Arc::clone(&self.state)
+        Ok(Self::new(input, Arc::new(state)))
     }
 }
 
-impl DisplayAs for WindowTopNExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let p = &self.state.p;
+impl EpochOperator for TopNState {
+    const NAME: &'static str = "WindowTopNExec";
+    /// The windows the epoch's rows went to.
+    type Acc = Vec<(i64, i64)>;
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.p.schema)
+    }
+
+    /// One: ranking needs all of a window's rows together.
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        vec![]
+    }
+
+    fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        let p = &self.p;
+        p.partition_by
+            .iter()
+            .chain(p.order_by.iter().map(|s| &s.expr))
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = &self.p;
         let parts: Vec<String> = p.partition_by.iter().map(|e| e.to_string()).collect();
         let order: Vec<String> = p.order_by.iter().map(|e| e.to_string()).collect();
         write!(
             f,
-            "WindowTopNExec: {:?} partition=[{}] order=[{}]{}, emit=on window close",
+            "{:?} partition=[{}] order=[{}]{}, emit=on window close",
             p.rank,
             parts.join(", "),
             order.join(", "),
             p.limit.map(|l| format!(" limit={l}")).unwrap_or_default()
         )
     }
-}
 
-impl ExecutionPlan for WindowTopNExec {
-    fn name(&self) -> &str {
-        "WindowTopNExec"
+    fn start(&self, _partition: usize) -> Result<Self::Acc> {
+        Ok(Vec::new())
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
+    fn fold(&self, _partition: usize, touched: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
+        touched.extend(self.update(batch)?);
+        Ok(())
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        let p = &self.state.p;
-        for e in p.partition_by.iter().chain(p.order_by.iter().map(|s| &s.expr)) {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        // A copy shares the state and the metrics (the driver runs a fresh
-        // copy of the plan each epoch when it holds a hash repartition).
-        let mut copy = Self::with_state(children.swap_remove(0), Arc::clone(&self.state));
-        copy.metrics = self.metrics.clone();
-        Ok(Arc::new(copy))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let state = Arc::clone(&self.state);
-        let emit = Arc::clone(&self.state);
-        super::drain_then_emit(
-            "WindowTopNExec",
-            partition,
-            1,
-            &self.input,
-            context,
-            &self.metrics,
-            Arc::clone(&self.state.p.schema),
-            || Ok(Vec::new()),
-            move |touched, batch| {
-                touched.extend(state.update(batch)?);
-                Ok(())
-            },
-            move |touched, epoch| {
-                emit.prune(&touched)?;
-                emit.emit_closed(epoch.watermark_out.saturating_sub(emit.p.lag_ms))
-            },
-        )
+    fn finish(&self, _partition: usize, touched: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
+        self.prune(&touched)?;
+        self.emit_closed(epoch.watermark_out.saturating_sub(self.p.lag_ms))
     }
 }
 
