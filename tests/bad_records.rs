@@ -3,6 +3,8 @@
 //! NOT NULL values, run by the real `weir` binary with `skip`,
 //! `dead_letter` and `fail`, and killed with SIGKILL in between.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::BTreeSet;

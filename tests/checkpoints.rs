@@ -10,6 +10,8 @@
 //! (`cargo test -p weir-cli --test checkpoints -- --ignored regenerate`),
 //! which needs rerunning only when the checkpoint format changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -14,6 +14,8 @@
 //! A failure prints how to replay exactly that schedule (its seed and first
 //! step, with `WEIR_CRASH_SCHEDULES=1`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::process::{Command, Stdio};

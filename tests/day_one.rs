@@ -6,6 +6,8 @@
 //! are one list, windows cannot explode, and signals stop a run cleanly.
 //! Each drives the real `weir` binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::io::Read;

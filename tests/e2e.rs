@@ -1,6 +1,8 @@
 //! End-to-end tests of `weir run`: the real binary, real files, real
 //! checkpoints, real SIGKILLs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -13,6 +13,8 @@
 //! - A store that ignores create-if-absent is refused before anything is
 //!   written.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

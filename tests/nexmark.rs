@@ -3,6 +3,8 @@
 //! generated events, one event stream shared by the three tables, and the
 //! same output after a SIGKILL at every step of the epoch protocol.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::sync::Arc;

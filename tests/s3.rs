@@ -11,6 +11,8 @@
 //! silently. The server must accept unsigned CreateBucket requests and any
 //! credentials, as moto does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::io::{Read, Write};

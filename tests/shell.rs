@@ -4,6 +4,8 @@
 //! nothing sleeps for a fixed time. Then `weir -f`, `weir -i`, piped input
 //! and `weir query` without a terminal.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::fs::File;

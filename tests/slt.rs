@@ -31,6 +31,8 @@
 //! the shards; a plan run for several epochs).
 //! `--complete` rewrites the expected output from a straight run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

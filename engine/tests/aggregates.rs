@@ -3,6 +3,8 @@
 //! reopened from its checkpoint before each one, and the result compared
 //! with DataFusion's batch answer over the same rows.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray};

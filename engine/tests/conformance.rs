@@ -5,6 +5,8 @@
 //! vary event times, watermark delays and batch boundaries: the result never
 //! depends on how the input was cut into batches.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

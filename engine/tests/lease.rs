@@ -1,6 +1,8 @@
 //! One writer per checkpoint: a job that lost its lease to another process
 //! stops before committing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use weir_engine::{JobOptions, LeaseOwner, StreamingJob, Trigger};

@@ -1,6 +1,8 @@
 //! Live queries: a bare `SELECT` whose committed output is sent to the caller
 //! epoch by epoch (what the shell prints), instead of written to a sink.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};

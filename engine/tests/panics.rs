@@ -4,6 +4,8 @@
 //! epoch: nothing of it is committed, its offsets entry is gone, and the
 //! job, fixed, continues from there.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray};

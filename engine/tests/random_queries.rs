@@ -19,6 +19,8 @@
 //! `WEIR_RANDOM_QUERIES=N` runs N cases (default 200); `WEIR_RANDOM_SEED`
 //! picks another sequence. A failure prints the case's seed and query.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

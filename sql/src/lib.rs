@@ -66,6 +66,11 @@ impl From<DataFusionError> for Error {
 }
 
 impl Error {
+    /// A bug in Weir, not in the query: printed as `internal error: ...`.
+    pub fn internal(what: impl Into<String>) -> Error {
+        Error::DataFusion(DataFusionError::Internal(what.into()))
+    }
+
     /// A parser's or tokenizer's error, without its generic prefix.
     pub fn syntax(e: impl std::fmt::Display) -> Error {
         let text = e.to_string();

@@ -13,6 +13,10 @@
 //! * [`UpdateAggregateNode`]: an `Aggregate` without a window. Keeps one
 //!   partial aggregate per group and emits, each epoch, the groups that
 //!   changed as a changelog (`op` = `+I`, `-U`, `+U`, `-D`).
+//! * [`WindowTopNNode`]: `ROW_NUMBER()`, `RANK()` or `DENSE_RANK() OVER
+//!   (PARTITION BY window_start, window_end, ... ORDER BY ...)`, usually
+//!   with `rn <= N` above. Keeps each open window's rows (the top N per
+//!   partition when N is known) and emits them ranked when it closes.
 //!
 //! # Slices
 //!

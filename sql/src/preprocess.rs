@@ -424,10 +424,11 @@ fn replace_tvfs(tokens: &mut Vec<Token>, next_tvf: &mut usize) -> Result<Vec<Tvf
             i += 1;
             continue;
         };
-        let Token::Word(kind_word) = &tokens[kind_i] else {
-            unreachable!("checked above")
-        };
-        let kind = TvfKind::from_name(&kind_word.value).expect("checked above");
+        let kind = match &tokens[kind_i] {
+            Token::Word(w) => TvfKind::from_name(&w.value),
+            _ => None,
+        }
+        .ok_or_else(|| Error::internal(format!("the window call at token {kind_i} lost its name")))?;
         let open = next_significant(tokens, kind_i + 1)
             .filter(|&o| tokens[o] == Token::LParen)
             .ok_or_else(|| Error::Syntax(format!("expected '(' after {}", kind.name())))?;
@@ -462,7 +463,9 @@ fn split_args(tokens: &[Token]) -> Vec<Vec<Token>> {
             }
             _ => {}
         }
-        args.last_mut().expect("never empty").push(t.clone());
+        if let Some(arg) = args.last_mut() {
+            arg.push(t.clone());
+        }
     }
     args
 }

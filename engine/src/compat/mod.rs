@@ -22,14 +22,18 @@
 //! The same rules, for users, are in the README ("Changing a query").
 
 pub(crate) mod claim;
+pub mod signature;
 
 use weir_storage::{Metadata, OperatorRecord, SinkRecord, SourceRecord};
 
 /// What a job's checkpoint records about it.
 #[derive(Clone, Debug, Default)]
 pub struct Records {
+    /// Every stateful operator: id, kind, signature, state keys.
     pub operators: Vec<OperatorRecord>,
+    /// Every source: name and what its progress refers to.
     pub sources: Vec<SourceRecord>,
+    /// Every sink: where its output and manifests are.
     pub sinks: Vec<SinkRecord>,
 }
 

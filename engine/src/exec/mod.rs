@@ -127,7 +127,7 @@ pub trait StatefulOperator: Send + Sync {
     /// What the state means: the operator's kind and parameters (window,
     /// keys, aggregates and their arguments) and its state columns. Kept in
     /// the checkpoint's metadata; a changed query whose operator has another
-    /// signature cannot use the stored state (see `driver::compatibility`).
+    /// signature cannot use the stored state (see [`crate::compat`]).
     /// Column positions (`price@3`) are left out, so that a change upstream
     /// which only moves columns does not count as a change.
     fn signature(&self) -> String;
@@ -190,57 +190,6 @@ pub(crate) fn guarded<T>(operator: &str, epoch: u64, step: impl FnOnce() -> Resu
             crate::panics::message(panic.as_ref())
         ))),
     }
-}
-
-/// The shared part of aggregate operators' signatures: keys, aggregates with
-/// their arguments and filters, and the state columns with their types.
-pub fn aggregate_signature(agg: &groups::AggregateSpec) -> String {
-    let mut s = String::from("keys[");
-    for (expr, name) in &agg.keys {
-        s.push_str(&format!("{name}={expr};"));
-    }
-    s.push_str("] aggregates[");
-    for (i, a) in agg.aggr.iter().enumerate() {
-        s.push_str(a.name());
-        s.push('(');
-        for arg in &agg.args[i] {
-            s.push_str(&format!("{arg},"));
-        }
-        s.push(')');
-        if let Some(f) = &agg.filters[i] {
-            s.push_str(&format!(" FILTER({f})"));
-        }
-        s.push(';');
-    }
-    s.push_str("] state[");
-    for f in agg
-        .key_schema
-        .fields()
-        .iter()
-        .cloned()
-        .chain(agg.state_file_fields().into_iter().map(Arc::new))
-    {
-        s.push_str(&format!("{}:{};", f.name(), f.data_type()));
-    }
-    s.push(']');
-    strip_column_positions(&s)
-}
-
-/// `price@3` -> `price`: physical expressions print their input position,
-/// which says nothing about what they compute.
-pub fn strip_column_positions(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '@' && chars.peek().is_some_and(char::is_ascii_digit) {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The key columns (the first `n`) of batches, as batches.

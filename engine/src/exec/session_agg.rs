@@ -359,7 +359,7 @@ impl StatefulOperator for SessionState {
             "session-aggregate gap={}ms partition{:?} {}",
             self.gap_ms,
             self.partition_keys,
-            super::aggregate_signature(&self.agg)
+            crate::compat::signature::aggregate_signature(&self.agg)
         )
     }
 

@@ -27,7 +27,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::{Distribution, Partitioning};
 
-use super::strip_column_positions;
+use crate::compat::signature::strip_column_positions;
 use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::BatchPartitioner;
 

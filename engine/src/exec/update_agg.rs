@@ -502,10 +502,10 @@ impl StatefulOperator for UpdateState {
     // The TTL is not part of it: a longer or shorter TTL reads the same
     // state (rows idle longer than the new TTL are dropped next epoch).
     fn signature(&self) -> String {
-        super::strip_column_positions(&format!(
+        crate::compat::signature::strip_column_positions(&format!(
             "update-aggregate having({}) {}",
             self.having.as_ref().map(|h| h.to_string()).unwrap_or_default(),
-            super::aggregate_signature(&self.agg)
+            crate::compat::signature::aggregate_signature(&self.agg)
         ))
     }
 

@@ -20,6 +20,7 @@
 //! How far windows have been emitted is not state: it is the watermark of
 //! the last committed epoch, which `restore` is given.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -244,15 +245,11 @@ impl WindowAggState {
                     &part
                 }
             };
-            let new = !inner.units.contains_key(&unit);
-            if new {
-                inner.units.insert(
-                    unit,
-                    Unit {
-                        state: UnitState::Live(Groups::new(&self.agg)?),
-                        snapshot: None,
-                    },
-                );
+            if let Entry::Vacant(v) = inner.units.entry(unit) {
+                v.insert(Unit {
+                    state: UnitState::Live(Groups::new(&self.agg)?),
+                    snapshot: None,
+                });
                 if self.slices {
                     let windows = self.spec.windows_of_slice(unit.1);
                     inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
@@ -260,7 +257,12 @@ impl WindowAggState {
             }
             inner.changed.insert(unit);
             inner.removed.remove(&unit);
-            let u = inner.units.get_mut(&unit).expect("inserted above");
+            let Some(u) = inner.units.get_mut(&unit) else {
+                return Err(DataFusionError::Internal(format!(
+                    "WindowAggregateExec lost the unit [{}, {}) it just added",
+                    unit.1, unit.0
+                )));
+            };
             u.snapshot = None;
             match &mut u.state {
                 UnitState::Live(g) => g.update(input)?,
@@ -388,7 +390,7 @@ impl StatefulOperator for WindowAggState {
             "window-aggregate {:?} {} {}",
             self.spec,
             if self.slices { "slices" } else { "windows" },
-            super::aggregate_signature(&self.agg)
+            crate::compat::signature::aggregate_signature(&self.agg)
         )
     }
 

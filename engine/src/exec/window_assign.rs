@@ -31,7 +31,7 @@ use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -278,7 +278,9 @@ impl Assign {
             let (starts, length) = match &self.spec {
                 WindowSpec::Session { gap_ms } => (times.to_vec(), *gap_ms),
                 spec => {
-                    let slice = spec.slice_ms().expect("sliced");
+                    let slice = spec.slice_ms().ok_or_else(|| {
+                        DataFusionError::Internal(format!("WindowAssignExec: {spec} has no slices"))
+                    })?;
                     // Rows mostly come in time order, so most fall in the
                     // slice of the row before: a comparison instead of a
                     // division (`slice_start`) per row.

@@ -332,7 +332,7 @@ impl StatefulOperator for TopNState {
             s.push_str(&format!("{}:{};", f.name(), f.data_type()));
         }
         s.push(']');
-        super::strip_column_positions(&s)
+        crate::compat::signature::strip_column_positions(&s)
     }
 
     fn kind(&self) -> &'static str {

@@ -2,12 +2,14 @@
 //!
 //! Each insert becomes a [`PipelinePlan`]: a DataFusion `LogicalPlan` in
 //! which window calls are [`WindowAssignNode`]s, windowed aggregates are
-//! [`WindowAggregateNode`]s and aggregates without a window are
-//! [`UpdateAggregateNode`]s. Everything else in it is stateless (projection,
+//! [`WindowAggregateNode`]s (SESSION windows among them), aggregates without
+//! a window are [`UpdateAggregateNode`]s, and a ranking within windows
+//! (`ROW_NUMBER() OVER (PARTITION BY window_start, window_end ...)`) is a
+//! [`WindowTopNNode`]. Everything else in it is stateless (projection,
 //! filter, union, scalar functions) and runs as DataFusion plans it. Nodes
 //! that would need unbounded state or a complete input (ORDER BY, LIMIT,
-//! joins, OVER windows) are refused here, with a message saying what to
-//! write instead.
+//! joins, other OVER windows) are refused here, with a message saying what
+//! to write instead.
 //!
 //! Window calls are planned statement by statement: the input of
 //! `TUMBLE(TABLE t, DESCRIPTOR(ts), ...)` is whatever `SELECT * FROM t` means

@@ -140,10 +140,11 @@ impl StreamPlanner {
             // HAVING over an update aggregate is applied inside it, so that a
             // group that stops satisfying it is retracted.
             LogicalPlan::Filter(f) if is_update_aggregate(&f.input) => {
-                let LogicalPlan::Extension(e) = f.input.as_ref() else {
-                    unreachable!("checked by is_update_aggregate")
-                };
-                let n = e.node.as_any().downcast_ref::<UpdateAggregateNode>().expect("checked");
+                let n = match f.input.as_ref() {
+                    LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<UpdateAggregateNode>(),
+                    _ => None,
+                }
+                .ok_or_else(|| DataFusionError::Internal("HAVING's input is not the update aggregate it was".into()))?;
                 if n.having.is_some() {
                     return Ok(Transformed::no(LogicalPlan::Filter(f)));
                 }

@@ -85,15 +85,23 @@ impl StreamPlanner {
             )));
         }
         let origin = match self.trace_time(&input, idx) {
-            Some(TimeOrigin::Sources(s)) if s.len() == 1 => {
-                let source = s.into_iter().next().expect("one source");
-                let delay_ms = self.job.tables[&source]
-                    .watermark
-                    .as_ref()
-                    .map_or(0, |w| w.delay_ms);
-                WatermarkOrigin::Source { source, delay_ms }
+            Some(TimeOrigin::Sources(s)) => {
+                let mut names = s.into_iter();
+                match (names.next(), names.next()) {
+                    (Some(source), None) => {
+                        let delay_ms = self
+                            .job
+                            .tables
+                            .get(&source)
+                            .and_then(|t| t.watermark.as_ref())
+                            .map_or(0, |w| w.delay_ms);
+                        WatermarkOrigin::Source { source, delay_ms }
+                    }
+                    (first, second) => {
+                        WatermarkOrigin::Sources(first.into_iter().chain(second).chain(names).collect())
+                    }
+                }
             }
-            Some(TimeOrigin::Sources(s)) => WatermarkOrigin::Sources(s.into_iter().collect()),
             Some(TimeOrigin::Upstream(lag_ms)) => WatermarkOrigin::Upstream { lag_ms },
             None => return Err(self.no_watermark(call)),
         };

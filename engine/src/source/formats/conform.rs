@@ -258,10 +258,9 @@ pub(super) fn projection(file_index: &[usize], needed: &[usize]) -> (Vec<usize>,
     let mut roots = wanted.clone();
     roots.sort_unstable();
     roots.dedup();
-    let positions = wanted
-        .iter()
-        .map(|w| roots.binary_search(w).expect("every wanted column is a root"))
-        .collect();
+    // Every wanted column is among the roots: its position is the number
+    // of roots before it.
+    let positions = wanted.iter().map(|w| roots.partition_point(|r| r < w)).collect();
     (roots, positions)
 }
 
