@@ -7,7 +7,7 @@
 #   benches/nexmark.sh [EVENTS] [-- extra options for `nexmark suite`]
 #
 # EVENTS defaults to 10000000. Builds release binaries once (weir and the
-# harness, cli/examples/nexmark.rs), writes the events as Parquet once per
+# harness, cli/examples/nexmark/main.rs), writes the events as Parquet once per
 # size under target/bench-nexmark/, runs everything pinned to CPU 0, and
 # writes benches/results/nexmark-<EVENTS>.md and .json. Options after `--`
 # go to the harness, e.g. `-- --queries q0,q7_agg --batch-events 500000`.
