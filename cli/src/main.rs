@@ -1,7 +1,8 @@
 //! `weir`: the command line. The only crate that owns the tokio runtime,
 //! reads the environment, or prints.
 //!
-//! `weir` alone opens the shell (`shell.rs`); `weir -f FILE` and piped input
+//! `weir` alone opens the shell (`shell/`: the line loop, the backslash
+//! commands, statements); `weir -f FILE` and piped input
 //! run statements as the shell would; `weir run` runs a saved job and
 //! `weir query` prints one batch query's result.
 

@@ -11,6 +11,14 @@
 //!     ──placeholders → WindowAssign(TableScan(source))──▶ DataFusion optimizer
 //!     ──Aggregate over a window → WindowAggregate; unsupported nodes → errors──▶ PipelinePlan
 //! ```
+//!
+//! Modules: [`job`] and [`preprocess`] (a job's text to statements, window
+//! calls and `EMIT` cut out), [`catalog`] (declared tables and options),
+//! [`planner`] (windows, watermark tracing, the streaming rewrite, sink
+//! conformance), [`nodes`] (the logical nodes DataFusion does not have),
+//! [`statement`] (what kind of statement a text is, for the shell: the CLI
+//! never tokenises SQL itself), [`settings`] (the one list of `SET` keys),
+//! [`secrets`] (finding and masking credentials in SQL text).
 
 pub mod catalog;
 pub mod job;

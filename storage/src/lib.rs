@@ -27,6 +27,11 @@
 //!
 //! Stores fail transiently; every operation is retried with backoff
 //! ([`retry`]), and [`faults`] injects failures to prove it.
+//!
+//! The logs' entries are typed here, beside the logs that store them
+//! ([`log`]: [`OffsetsEntry`] in `offsets/`, [`CommitEntry`] in `commits/`);
+//! how to reach a store (credentials, endpoint, retry limits) is
+//! [`options`].
 
 pub mod checkpoint;
 pub mod codec;

@@ -225,7 +225,7 @@ impl fmt::Display for GaveUp {
 impl std::error::Error for GaveUp {}
 
 /// A store error as one line for messages: an operation that gave up reads
-/// "gave up after N attempts (T s): <the last error>", without the
+/// "gave up after N attempts (T s): `<the last error>`", without the
 /// `Generic retry error:` that wrapping it in an `object_store::Error` adds.
 pub fn describe(e: &object_store::Error) -> String {
     match e {

@@ -5,7 +5,7 @@
 //! [`WindowAggregateNode`]s (SESSION windows among them), aggregates without
 //! a window are [`UpdateAggregateNode`]s, and a ranking within windows
 //! (`ROW_NUMBER() OVER (PARTITION BY window_start, window_end ...)`) is a
-//! [`WindowTopNNode`]. Everything else in it is stateless (projection,
+//! [`WindowTopNNode`](crate::WindowTopNNode). Everything else in it is stateless (projection,
 //! filter, union, scalar functions) and runs as DataFusion plans it. Nodes
 //! that would need unbounded state or a complete input (ORDER BY, LIMIT,
 //! joins, other OVER windows) are refused here, with a message saying what

@@ -268,12 +268,12 @@ fn price_of(u: f64) -> i64 {
     (cents + 0.5) as i64
 }
 
-/// [`price_of`] for a column of draws (`u`, from `next_double`), appended
+/// `price_of` for a column of draws (`u`, from `next_double`), appended
 /// to `out`: the same prices, several at a time.
 ///
 /// One price at a time, `exp` and the rounding after it were half of
 /// generating a bid column (a long chain of dependent arithmetic per row).
-/// Here, on CPUs with AVX2 or AVX-512, a loop of [`pow10_times_100`] does
+/// Here, on CPUs with AVX2 or AVX-512, a loop of `pow10_times_100` does
 /// four or eight rows per instruction (a table lookup and a polynomial, no
 /// call), and marks the rare rows whose cents are within 1e-6 of a half,
 /// which `pow` then decides as in `price_of`. Every path gives exactly the
