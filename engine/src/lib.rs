@@ -28,7 +28,6 @@
 //!  folders.rs  who owns a sink folder; lease.rs: one running job per
 //!              checkpoint; options.rs: table options shared by sources and
 //!              sinks; admin.rs: `weir checkpoint` inspect and rollback
-//!  metrics.rs  the running job's numbers, in Prometheus's text format
 //! ```
 
 pub mod admin;
