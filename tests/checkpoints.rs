@@ -153,6 +153,33 @@ fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// `SET checkpoint.retain_epochs` bounds what a checkpoint keeps (the
+/// default is 20), and the oldest epoch it keeps still restores.
+#[test]
+fn retention_is_a_setting() {
+    let ws = Workspace::new();
+    let bids = gen_bids(9, 1500, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", &format!("SET checkpoint.retain_epochs = 3;\n{JOB}"));
+    ws.weir(&RUN).ok(); // 15 epochs of 100 rows: retention runs at epoch 15
+    let mut commits: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
+        .collect();
+    commits.sort();
+    assert_eq!(commits, [13, 14, 15], "three epochs kept");
+    let offsets = std::fs::read_dir(ws.path("ck/offsets")).unwrap().count();
+    assert_eq!(offsets, 3);
+    let e = ws
+        .weir(&["checkpoint", "rollback", "ck", "--to", "12"])
+        .fails()
+        .stderr();
+    assert!(e.contains("not a retained committed epoch"), "{e}");
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", "13"]).ok();
+    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
 /// The fixture cases: folder name, and what the error must say besides the
 /// file and epoch.
 const CASES: &[(&str, &str, &str)] = &[

@@ -213,3 +213,35 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The retry limits are settings: a job file's `SET storage.retry_attempts`
+/// changes how often a failing operation is tried (default 5), and its
+/// backoff settings are checked like any other.
+#[test]
+fn retry_limits_are_settings() {
+    let ws = workspace();
+    let text = format!(
+        "SET storage.retry_attempts = 2;\nSET storage.retry_backoff = '1ms';\nSET storage.retry_max_backoff = '5ms';\n{}",
+        job(700, "parquet", "in/")
+    );
+    ws.write("job.sql", &text);
+    let spec = format!("{FAULTS},permanent=commits/");
+    let e = ws
+        .weir_env(&RUN, &[("WEIR_FAULTS", spec.as_str())])
+        .fails()
+        .stderr();
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(error.contains("gave up after 2 attempts"), "{e}");
+    let r = report(&e);
+    assert!(r.permanent >= 2 && r.gave_up >= 1, "{r:?}");
+
+    ws.write(
+        "job.sql",
+        &format!("SET storage.retry_attempts = 0;\n{}", job(700, "parquet", "in/")),
+    );
+    let e = ws.weir(&RUN).fails().stderr();
+    assert!(
+        e.contains("storage.retry_attempts") && e.contains("from 1 to 100"),
+        "{e}"
+    );
+}

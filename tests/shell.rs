@@ -485,6 +485,47 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
 }
 
 #[test]
+fn the_shell_serves_its_queries_metrics() {
+    let (ws, _) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.line("SET metrics = ':0';");
+    let screen = t.wait_for("SET (metrics at http://127.0.0.1:");
+    let addr = metrics_addr(&screen).unwrap();
+    t.line(&format!("INSERT INTO out {WINDOWS};"));
+    t.wait_for("started query out");
+    let src = "{query=\"out\",source=\"bids\"}";
+    let deadline = Instant::now() + TIMEOUT;
+    let text = loop {
+        let (status, text) = http_get(&addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if metric(&text, &format!("weir_source_rows_total{src}")) == Some(2000.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no rows counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        metric(&text, "weir_sink_rows_total{query=\"out\",sink=\"out\"}"),
+        Some(sink_rows(&ws.path("out")).len() as f64)
+    );
+    promtool_check(&text);
+    t.line("SET;");
+    t.wait_until("the metrics setting", |s| {
+        s.lines()
+            .any(|l| l.starts_with("| metrics ") && l.contains(&addr))
+    });
+    t.line("SET metrics = off;");
+    t.wait_for("SET (metrics off)");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still serving at {addr}"
+    );
+    t.line("\\q");
+    assert_eq!(t.wait_exit(), 0);
+}
+
+#[test]
 fn weir_run_shows_progress_on_a_terminal_only() {
     let (ws, _) = workspace();
     ws.write(
@@ -504,6 +545,12 @@ fn weir_run_shows_progress_on_a_terminal_only() {
     assert!(
         raw.contains(" rows in  ") && raw.contains(" rows/s"),
         "no progress line:\n{raw}"
+    );
+    // The input is bounded (available-now): a bar of the bytes read of
+    // those known, with an ETA.
+    assert!(
+        raw.contains(" KiB/") && raw.contains("ETA "),
+        "no progress bar:\n{raw}"
     );
 
     // Without a terminal: the epoch lines only.

@@ -36,6 +36,7 @@ mod catalog;
 mod env;
 mod helper;
 mod input;
+mod metrics;
 mod print;
 mod progress;
 mod queries;
@@ -170,6 +171,12 @@ struct RunArgs {
     /// Default: the job's `SET threads`, else 1.
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve the job's metrics in Prometheus's text format at
+    /// `http://ADDR/metrics`: `PORT` or `:PORT` listens on 127.0.0.1 only,
+    /// `HOST:PORT` (e.g. `0.0.0.0:9464`) where it says. Port 0 picks a free
+    /// port; the address is printed on stderr.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// A run's settings: the command line's, else the job's `SET`s, else the
@@ -351,13 +358,30 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         }
     );
 
+    // The query's name in metrics: the job file's, without `.sql`.
+    let query_name = args
+        .job
+        .file_stem()
+        .map_or_else(|| "job".into(), |s| s.to_string_lossy().into_owned());
+    let metrics = Arc::new(metrics::Metrics::default());
+    metrics.start(&query_name, job.last_committed());
+    let _server = match &args.metrics {
+        Some(addr) => {
+            let server = metrics::Server::start(addr, Arc::clone(&metrics), redactor.clone())?;
+            errln!("weir: metrics at {}", server.url());
+            Some(server)
+        }
+        None => None,
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped_by = stop_on_signals(stop_tx);
 
     let scrub = redactor.clone();
     let mut json_error = None;
-    let mut shown = RunProgress::new();
+    let mut shown = RunProgress::new(trigger == Trigger::AvailableNow);
     let mut on_progress = |p: &BatchProgress| {
+        metrics.record(&query_name, p);
         shown.epoch(&scrub.scrub(&progress_line(p)), p);
         for w in &p.warnings {
             shown.println(&scrub.scrub(&format!("weir: warning: {w}")));

@@ -1,5 +1,7 @@
 //! Progress you can see: a spinner line on stderr while `weir run` works or
-//! a batch query takes more than a moment (rows, rate, elapsed time).
+//! a batch query takes more than a moment (rows, rate, elapsed time). An
+//! `available-now` run knows how much input there is, so its line is a bar:
+//! bytes (or events, or files) read of those known, rows/s and ETA.
 //!
 //! Only on a terminal: when stderr is a file or a pipe, nothing of it is
 //! written, and `weir run` writes its plain per-epoch lines alone, as before.
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use weir_engine::BatchProgress;
+use weir_engine::{Amount, BatchProgress};
 
 use crate::print::{group_digits, rate};
 
@@ -26,17 +28,40 @@ fn spinner(template: &str) -> ProgressBar {
     bar
 }
 
-/// `weir run`'s progress: each epoch's line, and on a terminal a spinner
-/// line below them with the totals so far.
+/// `weir run`'s progress: each epoch's line, and on a terminal a line below
+/// them with the totals so far (a bar when the input is bounded).
 pub struct RunProgress {
     bar: Option<ProgressBar>,
+    /// Whether the run reads a bounded input (available-now), so the bar
+    /// can show how much of it is read.
+    bounded: bool,
+    /// Whether the bar shows an amount yet (it spins until the first epoch
+    /// tells how much input there is).
+    measuring: bool,
     started: Instant,
     rows_in: u64,
 }
 
+/// What the bar counts: the first unit every source with input counts.
+fn bar_amounts(p: &BatchProgress) -> Option<(&'static str, u64, u64)> {
+    let pick = |unit: &'static str, f: fn(&Amount) -> Option<u64>| {
+        let mut read = 0;
+        let mut unread = 0;
+        for b in p.sources.iter().filter_map(|s| s.backlog.as_ref()) {
+            read += f(&b.read)?;
+            unread += f(&b.unread)?;
+        }
+        (read + unread > 0).then_some((unit, read, read + unread))
+    };
+    pick("bytes", |a| a.bytes)
+        .or_else(|| pick("events", |a| a.events))
+        .or_else(|| pick("files", |a| a.files))
+}
+
 impl RunProgress {
-    /// Progress on stderr; the spinner only when stderr is a terminal.
-    pub fn new() -> Self {
+    /// Progress on stderr; the spinner or bar only when stderr is a
+    /// terminal. `bounded`: the run reads the input there now, then ends.
+    pub fn new(bounded: bool) -> Self {
         let bar = stderr_is_terminal().then(|| {
             let bar = spinner("{spinner} {elapsed_precise}  {msg}");
             bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -46,6 +71,8 @@ impl RunProgress {
         });
         Self {
             bar,
+            bounded,
+            measuring: false,
             started: Instant::now(),
             rows_in: 0,
         }
@@ -63,15 +90,33 @@ impl RunProgress {
     pub fn epoch(&mut self, line: &str, p: &BatchProgress) {
         self.println(line);
         self.rows_in += p.rows_in;
-        if let Some(bar) = &self.bar {
-            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!(
-                "epoch {}  {} rows in  {} rows/s",
-                p.epoch,
-                group_digits(self.rows_in),
-                rate(self.rows_in as f64 / secs)
-            ));
+        let Some(bar) = &self.bar else { return };
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let totals = format!(
+            "epoch {}  {} rows in  {} rows/s",
+            p.epoch,
+            group_digits(self.rows_in),
+            rate(self.rows_in as f64 / secs)
+        );
+        if let Some((unit, read, known)) = bar_amounts(p).filter(|_| self.bounded) {
+            {
+                if !self.measuring {
+                    self.measuring = true;
+                    let amount = match unit {
+                        "bytes" => "{binary_bytes}/{binary_total_bytes}",
+                        _ => "{human_pos}/{human_len} {prefix}",
+                    };
+                    let template = format!("{{wide_bar}} {amount}  {{msg}}  ETA {{eta}}");
+                    if let Ok(style) = ProgressStyle::with_template(&template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_prefix(unit);
+                }
+                bar.set_length(known);
+                bar.set_position(read);
+            }
         }
+        bar.set_message(totals);
     }
 }
 

@@ -153,9 +153,17 @@ pub struct Listed {
 #[derive(Default)]
 pub struct Queries {
     queries: BTreeMap<String, Query>,
+    /// Every query's epochs, for `SET metrics` (recorded whether or not
+    /// they are served).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Queries {
+    /// The queries' metrics.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// Whether a query of this name is running (or stopping).
     pub fn is_running(&self, name: &str) -> bool {
         self.queries
@@ -188,8 +196,14 @@ impl Queries {
         let status = Arc::new(Mutex::new(Status::new(job.last_committed())));
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::clone(&status);
+        let metrics = Arc::clone(&self.metrics);
+        metrics.start(name, job.last_committed());
+        let query = name.to_string();
         let task = tokio::spawn(async move {
-            let mut on_progress = |p: &BatchProgress| lock(&shared).record(p, Instant::now());
+            let mut on_progress = |p: &BatchProgress| {
+                metrics.record(&query, p);
+                lock(&shared).record(p, Instant::now());
+            };
             let run = job.run(trigger, drain, stop_rx.clone(), &mut on_progress);
             let result = AssertUnwindSafe(run).catch_unwind().await;
             // Let go of the checkpoint so the query can be started again at once.
@@ -397,21 +411,15 @@ mod tests {
     fn progress(epoch: u64, rows_in: u64) -> BatchProgress {
         BatchProgress {
             epoch,
-            replayed: false,
-            drain: false,
             rows_in,
             rows_out: rows_in / 10,
             late_rows: 1,
             bad_rows: 2,
-            rows_per_sec: 0.0,
             watermark_ms: Some(0),
             watermark: Some(format!("2026-01-01 00:00:0{epoch}.000")),
             state_rows: 7,
-            state_bytes: 0,
             batch_ms: 1.0,
-            checkpoint_ms: 0.0,
-            all_late: false,
-            warnings: Vec::new(),
+            ..Default::default()
         }
     }
 

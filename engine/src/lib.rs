@@ -44,7 +44,11 @@ pub mod panics;
 pub mod sink;
 pub mod source;
 
-pub use driver::{BatchProgress, EpochHooks, JobOptions, RunSummary, Step, StreamingJob, Trigger};
+pub use driver::{
+    BatchProgress, EpochHooks, JobOptions, OperatorProgress, RunSummary, SinkProgress, SourceProgress, Step,
+    StreamingJob, Trigger,
+};
 pub use error::{Error, Result};
 pub use lease::LeaseOwner;
 pub use sink::{LiveBatch, LiveSender};
+pub use source::{Amount, Backlog};

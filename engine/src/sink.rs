@@ -352,6 +352,16 @@ impl PipelineSink {
         }
     }
 
+    /// The sink table's name (`live` for a live query's output), as in
+    /// metrics.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Files(f) => f.table(),
+            Self::Blackhole(b) => b.table(),
+            Self::Live(_) => "live",
+        }
+    }
+
     /// Whether this is a live query's sink.
     pub fn is_live(&self) -> bool {
         matches!(self, Self::Live(_))

@@ -152,8 +152,13 @@ impl Job {
             if self.kind == JobKind::Saved
                 && crate::settings::lookup(&key)?.scope == crate::settings::Scope::Shell
             {
+                let flag = match key.as_str() {
+                    "checkpoint_dir" => "its checkpoint from --checkpoint",
+                    "metrics" => "its metrics address from --metrics",
+                    _ => "it as a flag (weir run --help)",
+                };
                 return Err(Error::Plan(format!(
-                    "SET {key} is a shell setting; a job run by `weir run` takes its checkpoint from --checkpoint"
+                    "SET {key} is a shell setting; a job run by `weir run` takes {flag}"
                 )));
             }
             self.settings.insert(key, value);

@@ -2,7 +2,8 @@
 //! (a job file's `SET`s), `weir -f` scripts and the shell.
 //!
 //! Each setting says where it applies. A job file may set what a run needs
-//! (`trigger`, `drain`, `threads`, `state.ttl`, `window.max_windows_per_row`);
+//! (`trigger`, `drain`, `threads`, `state.ttl`, `window.max_windows_per_row`,
+//! `checkpoint.retain_epochs`, `storage.retry_*`);
 //! command-line flags override it. `checkpoint_dir` places the shell's
 //! background queries and means nothing to `weir run` (which takes
 //! `--checkpoint`), so a job file that sets it is refused. An unknown key is
@@ -76,10 +77,45 @@ pub const SETTINGS: &[Setting] = &[
         scope: Scope::Everywhere,
     },
     Setting {
+        name: "checkpoint.retain_epochs",
+        values: "a whole number, at least 1",
+        default: "20",
+        help: "committed epochs a checkpoint keeps restorable (older logs, state files and sink manifests are deleted)",
+        scope: Scope::Everywhere,
+    },
+    Setting {
+        name: "storage.retry_attempts",
+        values: "a whole number from 1 to 100",
+        default: "5",
+        help: "attempts of a store operation that failed for a reason that can pass, the first included",
+        scope: Scope::Everywhere,
+    },
+    Setting {
+        name: "storage.retry_backoff",
+        values: "a duration such as 50ms",
+        default: "50ms",
+        help: "the wait before a store operation's first retry; it doubles for each retry after",
+        scope: Scope::Everywhere,
+    },
+    Setting {
+        name: "storage.retry_max_backoff",
+        values: "a duration such as 2s",
+        default: "2s",
+        help: "the longest wait between two attempts of a store operation",
+        scope: Scope::Everywhere,
+    },
+    Setting {
         name: "checkpoint_dir",
         values: "a folder or URL",
         default: ".weir/checkpoints",
         help: "where the shell's background queries keep their checkpoints (weir run takes --checkpoint)",
+        scope: Scope::Shell,
+    },
+    Setting {
+        name: "metrics",
+        values: "PORT, :PORT or HOST:PORT (on 127.0.0.1 unless a host is given), or off",
+        default: "off",
+        help: "serve the background queries' metrics for Prometheus at http://ADDR/metrics (weir run takes --metrics)",
         scope: Scope::Shell,
     },
 ];
@@ -179,7 +215,17 @@ pub fn check(setting: &Setting, value: &str) -> Result<String> {
             Ok(n) if n > 0 => Ok(n.to_string()),
             _ => Err(bad()),
         },
-        "state.ttl" => parse_duration(v).map(|_| v.to_string()).ok_or_else(bad),
+        "checkpoint.retain_epochs" => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n.to_string()),
+            _ => Err(bad()),
+        },
+        "storage.retry_attempts" => match v.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n.to_string()),
+            _ => Err(bad()),
+        },
+        "state.ttl" | "storage.retry_backoff" | "storage.retry_max_backoff" => {
+            parse_duration(v).map(|_| v.to_string()).ok_or_else(bad)
+        }
         _ => Ok(v.to_string()),
     }
 }
@@ -243,5 +289,25 @@ mod tests {
         assert_eq!(check(lookup("drain").unwrap(), "ON").unwrap(), "true");
         assert!(check(lookup("state.ttl").unwrap(), "forever").is_err());
         assert!(check(lookup("window.max_windows_per_row").unwrap(), "0").is_err());
+        let retain = lookup("checkpoint.retain_epochs").unwrap();
+        assert_eq!(check(retain, " 3 ").unwrap(), "3");
+        assert!(check(retain, "0").is_err() && check(retain, "many").is_err());
+        let attempts = lookup("storage.retry_attempts").unwrap();
+        assert_eq!(check(attempts, "1").unwrap(), "1");
+        assert!(check(attempts, "0").is_err() && check(attempts, "101").is_err());
+        assert_eq!(
+            check(lookup("storage.retry_backoff").unwrap(), "10ms").unwrap(),
+            "10ms"
+        );
+        assert!(check(lookup("storage.retry_max_backoff").unwrap(), "-1").is_err());
+        let e = parse_set("SET checkpoint.retain = 3").unwrap_err().to_string();
+        assert!(e.contains("did you mean 'checkpoint.retain_epochs'"), "{e}");
+    }
+
+    #[test]
+    fn every_default_passes_its_own_check() {
+        for s in SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+            assert!(check(s, s.default).is_ok(), "{}", s.name);
+        }
     }
 }

@@ -112,10 +112,13 @@ impl<T: Serialize + DeserializeOwned> EpochLog<T> {
         self.loc.url_of(&self.name(epoch))
     }
 
-    /// Creates the entry for `epoch`; fails if it exists.
-    pub async fn create(&self, epoch: u64, body: &T) -> Result<()> {
+    /// Creates the entry for `epoch`; fails if it exists. Returns the
+    /// bytes written.
+    pub async fn create(&self, epoch: u64, body: &T) -> Result<u64> {
         let bytes = self.encode(epoch, body)?;
-        self.loc.put_if_absent(&self.name(epoch), bytes).await
+        let n = bytes.len() as u64;
+        self.loc.put_if_absent(&self.name(epoch), bytes).await?;
+        Ok(n)
     }
 
     /// Writes the entry for `epoch`, replacing an existing one. Only for

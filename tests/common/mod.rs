@@ -419,3 +419,76 @@ pub fn run_straight(max_rows: usize) -> (Vec<String>, Vec<serde_json::Value>) {
     .ok();
     (sink_rows(&ws.path("out")), progress(&ws.path("p.json")))
 }
+
+/// `GET path` from a server on `addr` (`127.0.0.1:PORT`): the status line
+/// and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+/// The value of one series (`name{labels}` exactly as written) in
+/// Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| match v.trim() {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap(),
+        })
+}
+
+/// The `host:port` of the `http://host:port/metrics` URL in `text`.
+pub fn metrics_addr(text: &str) -> Option<String> {
+    let start = text.find("http://")? + "http://".len();
+    let end = start + text[start..].find("/metrics")?;
+    Some(text[start..end].to_string())
+}
+
+/// Checks metrics text with Prometheus's own parser and linter, `promtool
+/// check metrics` (`WEIR_PROMTOOL`, else `promtool` on PATH). Without one,
+/// says so and skips, unless `WEIR_REQUIRE_PROMTOOL` is set (CI sets it).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let tool = std::env::var_os("WEIR_PROMTOOL").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    let Some(tool) = tool else {
+        assert!(
+            std::env::var_os("WEIR_REQUIRE_PROMTOOL").is_none(),
+            "WEIR_REQUIRE_PROMTOOL is set but no promtool was found (set WEIR_PROMTOOL)"
+        );
+        eprintln!("promtool not found: the metrics text is not checked by Prometheus's parser");
+        return;
+    };
+    let mut child = Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\nthe text:\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

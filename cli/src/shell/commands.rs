@@ -15,7 +15,8 @@ Statements end with ';' and may span lines:
   STOP QUERY name                   stop a query once its current epoch commits
   DESCRIBE t                        a table's columns, watermark and options
   SET name = value                  trigger (1s, available-now, once), drain, threads, state.ttl,
-                                    window.max_windows_per_row, checkpoint_dir; SET alone lists them
+                                    window.max_windows_per_row, checkpoint_dir, metrics (a port:
+                                    Prometheus metrics at /metrics), ...; SET alone lists them
 Commands:
   \\d [table]                 tables and queries, or one table
   \\format [table|csv|json]   how results print
@@ -90,12 +91,28 @@ impl Shell {
             "trigger" => self.settings.trigger = parse_trigger(&value)?,
             "drain" => self.settings.drain = value == "true",
             "threads" => self.settings.threads = value.parse()?,
+            "metrics" => return self.serve_metrics(&value),
             // Settings a query's job text carries (`state.ttl`, ...).
             _ => {
                 self.settings.job.insert(key, value);
             }
         }
         out("SET\n")
+    }
+
+    /// `SET metrics = 'ADDR'`: serves the background queries' metrics at
+    /// `http://ADDR/metrics` (replacing an earlier server); `off` stops.
+    fn serve_metrics(&mut self, value: &str) -> Result<()> {
+        self.metrics_server = None;
+        self.settings.metrics = "off".into();
+        if value.eq_ignore_ascii_case("off") {
+            return out("SET (metrics off)\n");
+        }
+        let server = crate::metrics::Server::start(value, self.queries.metrics(), self.redactor.clone())?;
+        let url = server.url();
+        self.settings.metrics = server.addr().to_string();
+        self.metrics_server = Some(server);
+        out(&format!("SET (metrics at {url})\n"))
     }
 
     /// The value of each setting, in the order `weir_sql::settings` lists them.
@@ -109,6 +126,7 @@ impl Shell {
                     "trigger" => trigger_text(s.trigger),
                     "drain" => s.drain.to_string(),
                     "threads" => s.threads.to_string(),
+                    "metrics" => s.metrics.clone(),
                     other => s.job.get(other).cloned().unwrap_or_else(|| d.default.to_string()),
                 };
                 (d.name, v)

@@ -81,6 +81,8 @@ pub struct Settings {
     pub timing: bool,
     /// Threads a query runs on (`SET threads`).
     pub threads: usize,
+    /// Where the queries' metrics are served (`SET metrics`), or `off`.
+    pub metrics: String,
     /// Settings that go into each query's job text (`state.ttl`,
     /// `window.max_windows_per_row`), by key.
     pub job: std::collections::BTreeMap<String, String>,
@@ -96,6 +98,7 @@ impl Default for Settings {
             max_rows: DEFAULT_MAX_ROWS,
             timing: false,
             threads: 1,
+            metrics: "off".into(),
             job: Default::default(),
         }
     }
@@ -179,6 +182,8 @@ pub struct Shell {
     store_options: StoreOptions,
     /// The catalog changed since completion last asked.
     catalog_changed: bool,
+    /// The metrics server `SET metrics` started.
+    metrics_server: Option<crate::metrics::Server>,
 }
 
 /// Counts Ctrl-Cs from now on (the process no longer dies of them).
@@ -242,6 +247,7 @@ impl Shell {
             terminal_out: std::io::stdout().is_terminal(),
             store_options,
             catalog_changed: true,
+            metrics_server: None,
         }
     }
 

@@ -19,6 +19,8 @@ pub(super) struct Executed {
     pipeline_watermarks: BTreeMap<usize, i64>,
     /// Late rows dropped.
     late_rows: u64,
+    /// Of which, by pipeline (in pipeline order).
+    late_by_pipeline: Vec<u64>,
     /// Pipelines whose every row was late.
     all_late: Vec<AllLate>,
     /// Whether a pipeline with input kept some of it.
@@ -165,7 +167,7 @@ impl StreamingJob {
         replayed: bool,
     ) -> Result<BatchProgress> {
         let started = Instant::now();
-        self.write_offsets(epoch, &entry, replayed).await?;
+        let offsets_bytes = self.write_offsets(epoch, &entry, replayed).await?;
         let (input, bad) = match self.read_input(epoch, &entry).await {
             Ok(read) => read,
             Err(e) => return Err(self.abandon(epoch, e).await),
@@ -173,13 +175,16 @@ impl StreamingJob {
         let watermarks_out = self.advance_watermarks(&entry, &input)?;
         let ran = self.execute(epoch, &entry, &input, &watermarks_out).await?;
         self.hooks.reached(Step::BeforeSink, epoch)?;
-        let rows_out = self.stage(epoch, &ran.outputs, &bad).await?;
+        let rows_by_sink = self.stage(epoch, &ran.outputs, &bad).await?;
+        let rows_out = rows_by_sink.iter().sum();
         let checkpoint_started = Instant::now();
-        let (state_bytes, state_rows) = self.write_state(epoch).await?;
-        let rows_in = input
-            .values()
-            .map(|r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
-            .sum();
+        let (state_bytes, operators) = self.write_state(epoch).await?;
+        let rows_of = |name: &String| {
+            input
+                .get(name)
+                .map_or(0, |r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
+        };
+        let rows_in = input.keys().map(rows_of).sum();
         let bad_rows = bad.values().map(|b| b.len() as u64).sum();
         let commit = CommitEntry {
             watermarks: watermarks_out,
@@ -191,13 +196,35 @@ impl StreamingJob {
             last_data_ms: BTreeMap::new(),
             pipeline_watermarks: ran.pipeline_watermarks,
         };
-        self.commit(epoch, &entry, &input, commit).await?;
+        let commit_bytes = self.commit(epoch, &entry, &input, commit).await?;
         let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.publish(epoch).await?;
         self.warn_of_late_rows(&entry, rows_in, &ran.all_late).await;
         let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (watermark_ms, watermark) =
             shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
+        let sources = self
+            .sources
+            .iter()
+            .map(|(name, slot)| SourceProgress {
+                name: name.clone(),
+                rows_in: rows_of(name),
+                bad_rows: bad.get(name).map_or(0, |b| b.len() as u64),
+                watermark_ms: self.watermarks.get(name).and_then(|&w| shown_watermark(w).0),
+                backlog: slot.source.backlog(),
+            })
+            .collect();
+        let sinks = self
+            .pipelines
+            .iter()
+            .zip(rows_by_sink)
+            .zip(&ran.late_by_pipeline)
+            .map(|((p, rows_out), &late_rows)| SinkProgress {
+                name: p.sink.name().to_string(),
+                rows_out,
+                late_rows,
+            })
+            .collect();
         Ok(BatchProgress {
             epoch,
             replayed,
@@ -213,28 +240,34 @@ impl StreamingJob {
             },
             watermark_ms,
             watermark,
-            state_rows,
+            state_rows: operators.iter().map(|o| o.state_rows).sum(),
             state_bytes,
             batch_ms,
             checkpoint_ms,
             all_late: !ran.all_late.is_empty() && !ran.some_on_time,
             warnings: std::mem::take(&mut self.warnings),
+            checkpoint_bytes: offsets_bytes + state_bytes + commit_bytes,
+            sources,
+            sinks,
+            operators,
         })
     }
 
     /// Step 2: the write-ahead entry, created only if absent (a replayed
-    /// epoch's is there already).
-    async fn write_offsets(&self, epoch: u64, entry: &OffsetsEntry, replayed: bool) -> Result<()> {
+    /// epoch's is there already). Returns the bytes written.
+    async fn write_offsets(&self, epoch: u64, entry: &OffsetsEntry, replayed: bool) -> Result<u64> {
         self.lease.check(&format!("starting epoch {epoch}")).await?;
+        let mut written = 0;
         if !replayed {
-            self.checkpoint.offsets.create(epoch, entry).await.map_err(|e| match e {
+            written = self.checkpoint.offsets.create(epoch, entry).await.map_err(|e| match e {
                 weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
                     "{url} appeared while this job was running: another process is running this job on the same checkpoint"
                 )),
                 e => e.into(),
             })?;
         }
-        self.hooks.reached(Step::OffsetsWritten, epoch)
+        self.hooks.reached(Step::OffsetsWritten, epoch)?;
+        Ok(written)
     }
 
     /// Each watermarked source's watermark after this epoch's rows: the
@@ -302,6 +335,7 @@ impl StreamingJob {
             outputs: Vec::with_capacity(self.pipelines.len()),
             pipeline_watermarks: BTreeMap::new(),
             late_rows: 0,
+            late_by_pipeline: Vec::with_capacity(self.pipelines.len()),
             all_late: Vec::new(),
             some_on_time: false,
         };
@@ -362,6 +396,7 @@ impl StreamingJob {
             };
             let late = epoch_input.late_rows.load(Ordering::Relaxed);
             ran.late_rows += late;
+            ran.late_by_pipeline.push(late);
             if pipeline_rows > 0 && late >= pipeline_rows {
                 ran.all_late
                     .push((p.statement.clone(), pipeline_rows, pick(watermarks_in)));
@@ -377,18 +412,19 @@ impl StreamingJob {
     }
 
     /// Step 5: each sink stages the epoch's output (late rows and bad
-    /// records too); returns the rows written to the queries' sinks.
+    /// records too); returns the rows written to each query's sink, in
+    /// pipeline order.
     async fn stage(
         &self,
         epoch: u64,
         outputs: &[PipelineOutput],
         bad: &BTreeMap<String, Vec<BadRecord>>,
-    ) -> Result<u64> {
-        let mut rows_out = 0;
+    ) -> Result<Vec<u64>> {
+        let mut rows_out = Vec::with_capacity(self.pipelines.len());
         for (p, (out, late)) in self.pipelines.iter().zip(outputs) {
             let mid = || self.hooks.reached(Step::MidSinkWrite, epoch);
             let (rows, _) = p.sink.stage(epoch, &p.schema, out, mid).await?;
-            rows_out += rows;
+            rows_out.push(rows);
             for l in &p.late_sinks {
                 let rows: Vec<RecordBatch> = late
                     .iter()
@@ -405,10 +441,10 @@ impl StreamingJob {
 
     /// Step 6: sources' progress and operators' state, as a delta of what
     /// changed or now and then a snapshot. Returns the bytes written and
-    /// the rows of operator state.
-    async fn write_state(&mut self, epoch: u64) -> Result<(u64, u64)> {
+    /// each operator's state.
+    async fn write_state(&mut self, epoch: u64) -> Result<(u64, Vec<OperatorProgress>)> {
         let mut state_bytes = 0;
-        let mut state_rows = 0u64;
+        let mut operators = Vec::new();
         let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
         for (name, slot) in self.sources.iter_mut() {
             let id = source_state_name(name);
@@ -429,7 +465,11 @@ impl StreamingJob {
                         change,
                     ));
                 }
-                state_rows += op.state_rows() as u64;
+                operators.push(OperatorProgress {
+                    name: id.clone(),
+                    state_rows: op.state_rows() as u64,
+                    state_bytes: 0,
+                });
             }
         }
         for (id, kind, schema, unit_key_len, change) in writes {
@@ -444,19 +484,23 @@ impl StreamingJob {
             self.policies.entry(id).or_default().record(kind, bytes);
             state_bytes += bytes;
         }
+        for op in &mut operators {
+            op.state_bytes = self.policies.get(&op.name).map_or(0, SnapshotPolicy::bytes);
+        }
         self.hooks.reached(Step::StateWritten, epoch)?;
-        Ok((state_bytes, state_rows))
+        Ok((state_bytes, operators))
     }
 
     /// Step 7: `commits/N`, created only if absent. Only now is the epoch
-    /// done; the job's watermarks move to the commit's.
+    /// done; the job's watermarks move to the commit's. Returns the bytes
+    /// written.
     async fn commit(
         &mut self,
         epoch: u64,
         entry: &OffsetsEntry,
         input: &BTreeMap<String, SourceRows>,
         mut commit: CommitEntry,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         for name in input.keys() {
             if let Some(slot) = self.sources.get_mut(name) {
                 slot.last_data_ms = entry.processing_time_ms;
@@ -468,7 +512,7 @@ impl StreamingJob {
             .map(|(n, s)| (n.clone(), s.last_data_ms))
             .collect();
         self.lease.check(&format!("committing epoch {epoch}")).await?;
-        self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
+        let written = self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
                 "{url} was committed by another process: two processes are running this job on the same checkpoint"
             )),
@@ -476,7 +520,8 @@ impl StreamingJob {
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = commit.watermarks;
-        self.hooks.reached(Step::Committed, epoch)
+        self.hooks.reached(Step::Committed, epoch)?;
+        Ok(written)
     }
 
     /// Step 8: each sink makes the committed epoch's output visible; now and
@@ -489,7 +534,9 @@ impl StreamingJob {
             s.publish(epoch).await?;
         }
         self.hooks.reached(Step::Published, epoch)?;
-        if epoch.is_multiple_of(RETENTION_EVERY) {
+        // Often enough that a checkpoint never holds more than twice what
+        // it retains (a small `checkpoint.retain_epochs` prunes each time).
+        if epoch.is_multiple_of(RETENTION_EVERY.min(self.retain_epochs.max(1))) {
             self.retain(epoch).await?;
         }
         Ok(())
@@ -632,6 +679,12 @@ impl SnapshotPolicy {
         !self.written
             || self.deltas >= Self::MAX_DELTAS
             || self.delta_bytes > self.snapshot_bytes.max(64 * 1024)
+    }
+
+    /// The table's bytes in the checkpoint: the last snapshot and the
+    /// deltas since.
+    pub(super) fn bytes(&self) -> u64 {
+        self.snapshot_bytes + self.delta_bytes
     }
 
     pub(super) fn record(&mut self, kind: StateKind, bytes: u64) {

@@ -72,7 +72,10 @@ mod retention;
 
 use epoch::SnapshotPolicy;
 pub(crate) use open::{PhysicalPipeline, late_sink_tables};
-pub use options::{BatchProgress, EpochHooks, JobOptions, RunSummary, Step, Trigger};
+pub use options::{
+    BatchProgress, EpochHooks, JobOptions, OperatorProgress, RunSummary, SinkProgress, SourceProgress, Step,
+    Trigger,
+};
 
 struct SourceSlot {
     source: Box<dyn Source>,

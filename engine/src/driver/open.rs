@@ -12,6 +12,7 @@ impl StreamingJob {
             Some(_) => Job::parse_as(sql, JobKind::Live)?,
             None => Job::parse(sql)?,
         };
+        let options = options.with_job_settings(&job)?;
         let threads = options.threads.max(1);
         let config = SessionConfig::new().with_target_partitions(threads);
         let scans = EngineScans { partitions: threads };

@@ -3,6 +3,7 @@
 //! progress of an epoch and of a run.
 
 use super::*;
+use crate::source::Backlog;
 
 /// When epochs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +141,43 @@ impl JobOptions {
     }
 }
 
+impl JobOptions {
+    /// These options with what the job's `SET`s say of the checkpoint and
+    /// the stores (`checkpoint.retain_epochs`, `storage.retry_*`); the
+    /// settings were checked when the job was parsed.
+    pub(super) fn with_job_settings(mut self, job: &Job) -> Result<Self> {
+        let bad = |key: &str, v: &str| Error::Config(format!("SET {key} = '{v}': not a valid value"));
+        if let Some(v) = job.setting("checkpoint.retain_epochs") {
+            self.retain_epochs = v.parse().map_err(|_| bad("checkpoint.retain_epochs", v))?;
+        }
+        let ms = |key: &str| -> Result<Option<String>> {
+            job.setting(key)
+                .map(|v| {
+                    weir_sql::settings::parse_duration(v)
+                        .map(|d| d.as_millis().to_string())
+                        .ok_or_else(|| bad(key, v))
+                })
+                .transpose()
+        };
+        let mut retry = Vec::new();
+        if let Some(v) = job.setting("storage.retry_attempts") {
+            retry.push(("weir.retry_attempts".to_string(), v.to_string()));
+        }
+        if let Some(v) = ms("storage.retry_backoff")? {
+            retry.push(("weir.retry_base_ms".to_string(), v));
+        }
+        if let Some(v) = ms("storage.retry_max_backoff")? {
+            retry.push(("weir.retry_max_ms".to_string(), v));
+        }
+        if !retry.is_empty() {
+            self.store_options = self.store_options.merged(&StoreOptions::new(retry));
+        }
+        Ok(self)
+    }
+}
+
 /// What one epoch did, as reported on stderr and in `--progress-json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BatchProgress {
     /// The epoch.
     pub epoch: u64,
@@ -182,6 +218,58 @@ pub struct BatchProgress {
     /// after it was read, input read by a drained checkpoint).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Bytes written to the checkpoint this epoch: state files and the
+    /// offsets and commit entries.
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
+    /// Each source's part, by name.
+    #[serde(default)]
+    pub sources: Vec<SourceProgress>,
+    /// Each query's sink's part, in the job's order.
+    #[serde(default)]
+    pub sinks: Vec<SinkProgress>,
+    /// Each stateful operator's state after the epoch.
+    #[serde(default)]
+    pub operators: Vec<OperatorProgress>,
+}
+
+/// What one source did in an epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceProgress {
+    /// The source table.
+    pub name: String,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Bad records set aside.
+    pub bad_rows: u64,
+    /// Its watermark after the epoch (ms), if it has one yet.
+    pub watermark_ms: Option<i64>,
+    /// Input it knows of and has not read yet, if it can tell.
+    pub backlog: Option<Backlog>,
+}
+
+/// What one query's sink received in an epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SinkProgress {
+    /// The sink table (`live` for a live query's output).
+    pub name: String,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Rows the query dropped as late (or sent to its late sink).
+    pub late_rows: u64,
+}
+
+/// A stateful operator's state after an epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OperatorProgress {
+    /// The operator's state table (`p0-agg0`, as in
+    /// `weir checkpoint inspect`).
+    pub name: String,
+    /// Rows of state it holds.
+    pub state_rows: u64,
+    /// Bytes of its state in the checkpoint: its last snapshot and the
+    /// deltas written since (what a restore reads).
+    pub state_bytes: u64,
 }
 
 /// What a run did.

@@ -42,7 +42,7 @@ use weir_storage::{Location, StoreOptions};
 
 use super::bad::OnError;
 use super::formats::{Columns, FileRef, Format, read_range};
-use super::{Source, SourceBatch, check_options, table_store_options};
+use super::{Amount, Backlog, Source, SourceBatch, check_options, table_store_options};
 use crate::{Error, Result};
 
 /// Options this connector knows.
@@ -127,6 +127,12 @@ pub struct FilesSource {
     changed: std::collections::BTreeSet<String>,
     /// The listing fixed by `freeze` (available-now).
     frozen: Option<Vec<Listed>>,
+    /// The files (path, size) of the listing the last batch was planned
+    /// from, for the backlog.
+    last_listing: Vec<(String, u64)>,
+    /// Files (and their bytes) read to their end by this process.
+    read_files: u64,
+    read_bytes: u64,
     /// Files that changed after they were read, already warned about.
     warned: std::collections::BTreeSet<String>,
     /// Warnings for the next progress line.
@@ -197,6 +203,9 @@ impl FilesSource {
             progress: BTreeMap::new(),
             changed: Default::default(),
             frozen: None,
+            last_listing: Vec::new(),
+            read_files: 0,
+            read_bytes: 0,
             warned: Default::default(),
             warnings: Vec::new(),
             cache: None,
@@ -312,6 +321,7 @@ impl Source for FilesSource {
             Some(l) => l.clone(),
             None => self.list().await?,
         };
+        self.last_listing = listing.iter().map(|f| (f.path.clone(), f.size)).collect();
         let mut files = Vec::new();
         for f in listing {
             let progress = self.progress.get(&f.path).copied();
@@ -357,6 +367,28 @@ impl Source for FilesSource {
 
     fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        let (mut files, mut bytes) = (0, 0);
+        for (path, size) in &self.last_listing {
+            if !self.progress.get(path).is_some_and(|p| p.done) {
+                files += 1;
+                bytes += size;
+            }
+        }
+        Some(Backlog {
+            unread: Amount {
+                files: Some(files),
+                bytes: Some(bytes),
+                events: None,
+            },
+            read: Amount {
+                files: Some(self.read_files),
+                bytes: Some(self.read_bytes),
+                events: None,
+            },
+        })
     }
 
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
@@ -423,6 +455,10 @@ impl Source for FilesSource {
             budget -= rows.records;
             out.batches.extend(rows.batches);
             out.bad.extend(rows.bad);
+            if rows.eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
+                self.read_files += 1;
+                self.read_bytes += range.size;
+            }
             self.progress.insert(
                 range.path.clone(),
                 FileProgress {

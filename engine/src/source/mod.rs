@@ -21,6 +21,7 @@ pub mod nexmark;
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weir_sql::TableDecl;
 use weir_storage::StoreOptions;
@@ -43,6 +44,32 @@ pub struct SourceBatch {
     /// accepted in [`Source::knows_max_time`], among these rows (`None`
     /// when there are none or it accepted none).
     pub max_time_ms: Option<i64>,
+}
+
+/// An amount of input: files and their bytes (a folder), or events (a
+/// generator); what a source cannot count is `None`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Amount {
+    /// Files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+}
+
+/// Input a source knows of: what it has not read yet, and what it has read
+/// since it was opened (so a progress bar knows the whole).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Backlog {
+    /// Not read yet. A file partly read counts whole until its last row is
+    /// read.
+    pub unread: Amount,
+    /// Read to its end by this process.
+    pub read: Amount,
 }
 
 /// A replayable source of rows.
@@ -81,6 +108,12 @@ pub trait Source: Send + Sync {
     /// (e.g. a file that changed after it was read), since the last call.
     fn take_warnings(&mut self) -> Vec<String> {
         Vec::new()
+    }
+    /// The input it knew of when it last planned a batch (as of the
+    /// available-now listing, under that trigger) and has not read yet;
+    /// `None` when it cannot tell (an unbounded generator).
+    fn backlog(&self) -> Option<Backlog> {
+        None
     }
     /// The schema of the progress state; its first column keys a unit.
     fn progress_schema(&self) -> SchemaRef;

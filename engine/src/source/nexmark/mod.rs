@@ -36,7 +36,7 @@ use weir_sql::TableDecl;
 
 pub use generator::{NexmarkConfig, NexmarkTable, TableGenerator};
 
-use super::{Source, SourceBatch, check_options};
+use super::{Amount, Backlog, Source, SourceBatch, check_options};
 use crate::{Error, Result};
 
 /// Options this connector knows.
@@ -71,6 +71,9 @@ pub struct NexmarkSource {
     max_events: u64,
     /// The next event number to read.
     next: u64,
+    /// `next` when this process restored it (events before it were read by
+    /// an earlier one).
+    opened_at: u64,
     changed: bool,
     /// Threads that generate a batch (`weir run --threads`).
     threads: usize,
@@ -192,6 +195,7 @@ impl NexmarkSource {
             events: parse_positive(decl, "events")?,
             max_events: parse_positive(decl, "max_events_per_batch")?.unwrap_or(DEFAULT_MAX_EVENTS),
             next: 0,
+            opened_at: 0,
             changed: false,
             threads: 1,
         })
@@ -255,6 +259,17 @@ impl Source for NexmarkSource {
                 self.name
             ))),
         }
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        let events = |n| Amount {
+            events: Some(n),
+            ..Amount::default()
+        };
+        self.events.map(|total| Backlog {
+            unread: events(total.saturating_sub(self.next)),
+            read: events(self.next.saturating_sub(self.opened_at)),
+        })
     }
 
     async fn plan_batch(&mut self) -> Result<Option<Value>> {
@@ -344,6 +359,7 @@ impl Source for NexmarkSource {
         self.next = next.ok_or_else(|| {
             Error::Checkpoint(format!("source '{}': its progress state is empty", self.name))
         })?;
+        self.opened_at = self.next;
         self.changed = false;
         Ok(())
     }
