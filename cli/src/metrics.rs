@@ -143,220 +143,193 @@ impl Metrics {
     pub fn render(&self, now_ms: i64) -> String {
         let all = self.queries().clone();
         let mut out = Text::default();
-        let mut family =
-            |name: &str, kind: &str, help: &str, f: &mut dyn FnMut(&mut Text, &str, &QuerySeries)| {
-                out.family(name, kind, help);
-                for (query, q) in &all {
-                    f(&mut out, query, q);
+        for f in QUERY_FAMILIES {
+            out.family(f.name, f.kind, f.help);
+            for (query, q) in &all {
+                if let Some(v) = (f.value)(q, now_ms) {
+                    out.sample(f.name, &[("query", query)], v);
                 }
-            };
-
-        family(
-            "weir_epochs_total",
-            "counter",
-            "Epochs committed by this process.",
-            &mut |t, query, q| t.sample("weir_epochs_total", &[("query", query)], q.epochs as f64),
-        );
-        family(
-            "weir_replayed_epochs_total",
-            "counter",
-            "Epochs run again after a restart (their offsets were logged by an earlier process).",
-            &mut |t, query, q| {
-                t.sample(
-                    "weir_replayed_epochs_total",
-                    &[("query", query)],
-                    q.replayed as f64,
-                )
-            },
-        );
-        family(
-            "weir_last_committed_epoch",
-            "gauge",
-            "The query's last committed epoch (absent before its first commit).",
-            &mut |t, query, q| {
-                if let Some(e) = q.last_committed {
-                    t.sample("weir_last_committed_epoch", &[("query", query)], e as f64);
-                }
-            },
-        );
-        family(
-            "weir_source_rows_total",
-            "counter",
-            "Rows read from a source.",
-            &mut |t, query, q| {
-                for (source, s) in &q.sources {
-                    t.sample(
-                        "weir_source_rows_total",
-                        &[("query", query), ("source", source)],
-                        s.rows as f64,
-                    );
-                }
-            },
-        );
-        family(
-            "weir_source_bad_rows_total",
-            "counter",
-            "Bad input records a source set aside ('on_error' skip or dead_letter).",
-            &mut |t, query, q| {
-                for (source, s) in &q.sources {
-                    t.sample(
-                        "weir_source_bad_rows_total",
-                        &[("query", query), ("source", source)],
-                        s.bad as f64,
-                    );
-                }
-            },
-        );
-        family(
-            "weir_source_watermark_timestamp_seconds",
-            "gauge",
-            "A watermarked source's watermark, as seconds since the Unix epoch (+Inf once drained).",
-            &mut |t, query, q| {
-                for (source, s) in &q.sources {
-                    if let Some(ms) = s.watermark_ms {
-                        t.sample(
-                            "weir_source_watermark_timestamp_seconds",
-                            &[("query", query), ("source", source)],
-                            watermark_seconds(ms),
-                        );
-                    }
-                }
-            },
-        );
-        for (unit, help, pick) in [
-            (
-                "files",
-                "Files a source knows of and has not read to their end.",
-                (|b: &Backlog| b.unread.files) as fn(&Backlog) -> Option<u64>,
-            ),
-            (
-                "bytes",
-                "Bytes of the files a source knows of and has not read to their end.",
-                |b: &Backlog| b.unread.bytes,
-            ),
-            (
-                "events",
-                "Events a bounded generator has not generated yet.",
-                |b: &Backlog| b.unread.events,
-            ),
-        ] {
-            let name = format!("weir_source_backlog_{unit}");
-            family(&name, "gauge", help, &mut |t, query, q| {
-                for (source, s) in &q.sources {
-                    if let Some(v) = s.backlog.as_ref().and_then(pick) {
-                        t.sample(&name, &[("query", query), ("source", source)], v as f64);
-                    }
-                }
-            });
+            }
         }
-        family(
-            "weir_sink_rows_total",
-            "counter",
-            "Rows written to a query's sink.",
-            &mut |t, query, q| {
+        for f in SOURCE_FAMILIES {
+            out.family(f.name, f.kind, f.help);
+            for (query, q) in &all {
+                for (source, s) in &q.sources {
+                    if let Some(v) = (f.value)(s) {
+                        out.sample(f.name, &[("query", query), ("source", source)], v);
+                    }
+                }
+            }
+        }
+        for f in SINK_FAMILIES {
+            out.family(f.name, f.kind, f.help);
+            for (query, q) in &all {
                 for (sink, s) in &q.sinks {
-                    t.sample(
-                        "weir_sink_rows_total",
-                        &[("query", query), ("sink", sink)],
-                        s.rows as f64,
-                    );
+                    out.sample(f.name, &[("query", query), ("sink", sink)], (f.value)(s));
                 }
-            },
-        );
-        family(
-            "weir_sink_late_rows_total",
-            "counter",
-            "Rows the query feeding a sink dropped as late (or sent to its late sink).",
-            &mut |t, query, q| {
-                for (sink, s) in &q.sinks {
-                    t.sample(
-                        "weir_sink_late_rows_total",
-                        &[("query", query), ("sink", sink)],
-                        s.late as f64,
-                    );
-                }
-            },
-        );
-        family(
-            "weir_watermark_timestamp_seconds",
-            "gauge",
-            "The query's watermark (the lowest of its sources'), as seconds since the Unix epoch (+Inf once drained).",
-            &mut |t, query, q| {
-                if let Some(ms) = q.watermark_ms {
-                    t.sample(
-                        "weir_watermark_timestamp_seconds",
-                        &[("query", query)],
-                        watermark_seconds(ms),
-                    );
-                }
-            },
-        );
-        family(
-            "weir_watermark_lag_seconds",
-            "gauge",
-            "How far the query's watermark is behind the wall clock, when scraped.",
-            &mut |t, query, q| {
-                if let Some(ms) = q.watermark_ms.filter(|&ms| ms != i64::MAX) {
-                    let lag = now_ms.saturating_sub(ms) as f64 / 1000.0;
-                    t.sample("weir_watermark_lag_seconds", &[("query", query)], lag);
-                }
-            },
-        );
-        family(
-            "weir_operator_state_rows",
-            "gauge",
-            "Rows of state a stateful operator holds.",
-            &mut |t, query, q| {
+            }
+        }
+        for f in OPERATOR_FAMILIES {
+            out.family(f.name, f.kind, f.help);
+            for (query, q) in &all {
                 for (op, o) in &q.operators {
-                    t.sample(
-                        "weir_operator_state_rows",
-                        &[("query", query), ("operator", op)],
-                        o.rows as f64,
-                    );
+                    out.sample(f.name, &[("query", query), ("operator", op)], (f.value)(o));
                 }
-            },
-        );
-        family(
-            "weir_operator_state_bytes",
-            "gauge",
-            "Bytes of a stateful operator's state in the checkpoint: its last snapshot and the deltas since.",
-            &mut |t, query, q| {
-                for (op, o) in &q.operators {
-                    t.sample(
-                        "weir_operator_state_bytes",
-                        &[("query", query), ("operator", op)],
-                        o.bytes as f64,
-                    );
-                }
-            },
-        );
-        family(
-            "weir_checkpoint_bytes_total",
-            "counter",
-            "Bytes written to the checkpoint: state files, offsets and commit entries.",
-            &mut |t, query, q| {
-                t.sample(
-                    "weir_checkpoint_bytes_total",
-                    &[("query", query)],
-                    q.checkpoint_bytes as f64,
-                )
-            },
-        );
-        family(
-            "weir_epoch_duration_seconds",
-            "histogram",
-            "Wall time of an epoch, from its offsets entry to its output published.",
-            &mut |t, query, q| t.histogram("weir_epoch_duration_seconds", query, &q.epoch_seconds),
-        );
-        family(
-            "weir_checkpoint_duration_seconds",
-            "histogram",
-            "Of an epoch, the time spent writing its state and its commit.",
-            &mut |t, query, q| t.histogram("weir_checkpoint_duration_seconds", query, &q.checkpoint_seconds),
-        );
+            }
+        }
+        for (name, help, pick) in HISTOGRAMS {
+            out.family(name, "histogram", help);
+            for (query, q) in &all {
+                out.histogram(name, query, pick(q));
+            }
+        }
         out.0
     }
 }
+
+/// A metric family: its name, type, help, and how a series' value is found
+/// (`None`: no sample).
+struct Family<T> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: T,
+}
+
+/// Per query (the wall clock in ms is given, for the lag).
+type QueryValue = fn(&QuerySeries, i64) -> Option<f64>;
+const QUERY_FAMILIES: [Family<QueryValue>; 6] = [
+    Family {
+        name: "weir_epochs_total",
+        kind: "counter",
+        help: "Epochs committed by this process.",
+        value: |q, _| Some(q.epochs as f64),
+    },
+    Family {
+        name: "weir_replayed_epochs_total",
+        kind: "counter",
+        help: "Epochs run again after a restart (their offsets were logged by an earlier process).",
+        value: |q, _| Some(q.replayed as f64),
+    },
+    Family {
+        name: "weir_last_committed_epoch",
+        kind: "gauge",
+        help: "The query's last committed epoch (absent before its first commit).",
+        value: |q, _| q.last_committed.map(|e| e as f64),
+    },
+    Family {
+        name: "weir_watermark_timestamp_seconds",
+        kind: "gauge",
+        help: "The query's watermark (the lowest of its sources'), as seconds since the Unix epoch (+Inf once drained).",
+        value: |q, _| q.watermark_ms.map(watermark_seconds),
+    },
+    Family {
+        name: "weir_watermark_lag_seconds",
+        kind: "gauge",
+        help: "How far the query's watermark is behind the wall clock, when scraped.",
+        value: |q, now_ms| {
+            q.watermark_ms
+                .filter(|&ms| ms != i64::MAX)
+                .map(|ms| now_ms.saturating_sub(ms) as f64 / 1000.0)
+        },
+    },
+    Family {
+        name: "weir_checkpoint_bytes_total",
+        kind: "counter",
+        help: "Bytes written to the checkpoint: state files, offsets and commit entries.",
+        value: |q, _| Some(q.checkpoint_bytes as f64),
+    },
+];
+
+/// Per source of a query.
+type SourceValue = fn(&SourceSeries) -> Option<f64>;
+const SOURCE_FAMILIES: [Family<SourceValue>; 6] = [
+    Family {
+        name: "weir_source_rows_total",
+        kind: "counter",
+        help: "Rows read from a source.",
+        value: |s| Some(s.rows as f64),
+    },
+    Family {
+        name: "weir_source_bad_rows_total",
+        kind: "counter",
+        help: "Bad input records a source set aside ('on_error' skip or dead_letter).",
+        value: |s| Some(s.bad as f64),
+    },
+    Family {
+        name: "weir_source_watermark_timestamp_seconds",
+        kind: "gauge",
+        help: "A watermarked source's watermark, as seconds since the Unix epoch (+Inf once drained).",
+        value: |s| s.watermark_ms.map(watermark_seconds),
+    },
+    Family {
+        name: "weir_source_backlog_files",
+        kind: "gauge",
+        help: "Files a source knows of and has not read to their end.",
+        value: |s| s.backlog.and_then(|b| b.unread.files).map(|v| v as f64),
+    },
+    Family {
+        name: "weir_source_backlog_bytes",
+        kind: "gauge",
+        help: "Bytes of the files a source knows of and has not read to their end.",
+        value: |s| s.backlog.and_then(|b| b.unread.bytes).map(|v| v as f64),
+    },
+    Family {
+        name: "weir_source_backlog_events",
+        kind: "gauge",
+        help: "Events a bounded generator has not generated yet.",
+        value: |s| s.backlog.and_then(|b| b.unread.events).map(|v| v as f64),
+    },
+];
+
+/// Per sink of a query.
+type SinkValue = fn(&SinkSeries) -> f64;
+const SINK_FAMILIES: [Family<SinkValue>; 2] = [
+    Family {
+        name: "weir_sink_rows_total",
+        kind: "counter",
+        help: "Rows written to a query's sink.",
+        value: |s| s.rows as f64,
+    },
+    Family {
+        name: "weir_sink_late_rows_total",
+        kind: "counter",
+        help: "Rows the query feeding a sink dropped as late (or sent to its late sink).",
+        value: |s| s.late as f64,
+    },
+];
+
+/// Per stateful operator of a query.
+type OperatorValue = fn(&OperatorSeries) -> f64;
+const OPERATOR_FAMILIES: [Family<OperatorValue>; 2] = [
+    Family {
+        name: "weir_operator_state_rows",
+        kind: "gauge",
+        help: "Rows of state a stateful operator holds.",
+        value: |o| o.rows as f64,
+    },
+    Family {
+        name: "weir_operator_state_bytes",
+        kind: "gauge",
+        help: "Bytes of a stateful operator's state in the checkpoint: its last snapshot and the deltas since.",
+        value: |o| o.bytes as f64,
+    },
+];
+
+/// Per query: durations.
+type HistogramOf = fn(&QuerySeries) -> &Histogram;
+const HISTOGRAMS: [(&str, &str, HistogramOf); 2] = [
+    (
+        "weir_epoch_duration_seconds",
+        "Wall time of an epoch, from its offsets entry to its output published.",
+        |q| &q.epoch_seconds,
+    ),
+    (
+        "weir_checkpoint_duration_seconds",
+        "Of an epoch, the time spent writing its state and its commit.",
+        |q| &q.checkpoint_seconds,
+    ),
+];
 
 /// A watermark (ms) as Prometheus's seconds; the end of time (a drained
 /// query's) is +Inf.
