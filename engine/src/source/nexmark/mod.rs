@@ -488,6 +488,12 @@ mod tests {
         assert_eq!(first, serde_json::json!({"start": 0, "end": 1000}));
         let rows = s.read_batch(&first).await.unwrap().batches;
         assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 920);
+        let events = |n| Amount {
+            events: Some(n),
+            ..Amount::default()
+        };
+        let backlog = s.backlog().unwrap();
+        assert_eq!((backlog.unread, backlog.read), (events(1500), events(1000)));
         let state = s.checkpoint(false).unwrap().unwrap().upserts;
         assert!(
             s.checkpoint(false).unwrap().is_none(),
@@ -502,7 +508,14 @@ mod tests {
         // A new process restores the progress and continues after it.
         let mut t = NexmarkSource::open(&d).unwrap();
         t.restore(&state).unwrap();
+        let backlog = t.backlog().unwrap();
+        assert_eq!(
+            (backlog.unread, backlog.read),
+            (events(1500), events(0)),
+            "what an earlier process read is not this one's"
+        );
         let (offsets, rest) = drain(&mut t).await;
+        assert_eq!(t.backlog().unwrap().unread, events(0));
         assert_eq!(
             offsets,
             vec![
@@ -539,6 +552,7 @@ mod tests {
         let mut s = NexmarkSource::open(&d).unwrap();
         let e = s.freeze().await.unwrap_err().to_string();
         assert!(e.contains("no 'events' option") && e.contains("never"), "{e}");
+        assert_eq!(s.backlog(), None, "an endless stream has no backlog to tell");
         for i in 0..3u64 {
             let o = s.plan_batch().await.unwrap().unwrap();
             assert_eq!(o, serde_json::json!({"start": i * 10, "end": i * 10 + 10}));
