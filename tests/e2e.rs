@@ -48,16 +48,7 @@ fn without_drain_exactly_the_windows_the_watermark_closed_are_emitted() {
     let ws = Workspace::new();
     let bids = three_files(&ws);
     ws.write("job.sql", &job(700, "parquet", "in/"));
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
-    let p = progress(&ws.path("p.json"));
+    let p = run_logged(&ws);
     let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
     assert_eq!(wm, bids.iter().map(|b| b.ts).max().unwrap() - 2000);
     let closed_before = |r: &String| {
@@ -321,16 +312,7 @@ fn state_of_closed_windows_leaves_the_checkpoint() {
     let ws = Workspace::new();
     three_files(&ws);
     ws.write("job.sql", &job(700, "parquet", "in/"));
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
-    let p = progress(&ws.path("p.json"));
+    let p = run_logged(&ws);
     let wm = p.last().unwrap()["watermark_ms"].as_i64().unwrap();
     let state = restored_state(&ws.path("job.checkpoint"), "p0-agg0");
     let ends: Vec<i64> = state

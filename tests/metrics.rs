@@ -234,18 +234,9 @@ fn a_bad_metrics_address_is_refused_before_the_job_runs() {
 fn each_epoch_reports_the_backlog_it_leaves() {
     let ws = Workspace::new();
     two_files(&ws);
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
+    let lines = run_logged(&ws);
     let size = |f: &str| std::fs::metadata(ws.path(f)).unwrap().len();
     let (a, b) = (size("in/a.parquet"), size("in/b.parquet"));
-    let lines = progress(&ws.path("p.json"));
     assert_eq!(lines.len(), 20);
     // (epoch, unread files, unread bytes, read files, read bytes): a file
     // counts whole until its last row is read.

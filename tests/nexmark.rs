@@ -280,16 +280,7 @@ fn the_blackhole_sink_counts_rows_and_keeps_nothing() {
         &[("WEIR_FAILPOINT", "sink-staged@2")],
     )
     .killed();
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
-    let p = progress(&ws.path("p.json"));
+    let p = run_logged(&ws);
     // Epoch 1, then epoch 2 replayed after the kill, then 3 and 4: each
     // epoch's rows counted once.
     let epochs: Vec<u64> = p.iter().map(|l| l["epoch"].as_u64().unwrap()).collect();

@@ -360,6 +360,22 @@ pub fn progress(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `job.sql` over the input there now (`--trigger available-now`),
+/// with `--progress-json p.json`; returns the progress lines (all of them,
+/// earlier runs' too).
+pub fn run_logged(ws: &Workspace) -> Vec<serde_json::Value> {
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        "p.json",
+    ])
+    .ok();
+    progress(&ws.path("p.json"))
+}
+
 pub fn sum_field(lines: &[serde_json::Value], field: &str) -> u64 {
     lines.iter().map(|l| l[field].as_u64().unwrap()).sum()
 }
