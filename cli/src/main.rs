@@ -4,7 +4,9 @@
 //! `weir` alone opens the shell (`shell/`: the line loop, the backslash
 //! commands, statements); `weir -f FILE` and piped input
 //! run statements as the shell would; `weir run` runs a saved job and
-//! `weir query` prints one batch query's result.
+//! `weir query` prints one batch query's result. What a running job shows
+//! is made here from the engine's per-epoch `BatchProgress`: the progress
+//! lines and bar (`progress`) and the Prometheus endpoint (`metrics`).
 
 /// `eprintln!` that never panics: a closed stderr (`weir run ... 2>&1 | head`)
 /// must not stop a job, so what cannot be written is dropped.
