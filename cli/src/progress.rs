@@ -99,22 +99,20 @@ impl RunProgress {
             rate(self.rows_in as f64 / secs)
         );
         if let Some((unit, read, known)) = bar_amounts(p).filter(|_| self.bounded) {
-            {
-                if !self.measuring {
-                    self.measuring = true;
-                    let amount = match unit {
-                        "bytes" => "{binary_bytes}/{binary_total_bytes}",
-                        _ => "{human_pos}/{human_len} {prefix}",
-                    };
-                    let template = format!("{{wide_bar}} {amount}  {{msg}}  ETA {{eta}}");
-                    if let Ok(style) = ProgressStyle::with_template(&template) {
-                        bar.set_style(style.progress_chars("=> "));
-                    }
-                    bar.set_prefix(unit);
+            if !self.measuring {
+                self.measuring = true;
+                let amount = match unit {
+                    "bytes" => "{binary_bytes}/{binary_total_bytes}",
+                    _ => "{human_pos}/{human_len} {prefix}",
+                };
+                let template = format!("{{wide_bar}} {amount}  {{msg}}  ETA {{eta}}");
+                if let Ok(style) = ProgressStyle::with_template(&template) {
+                    bar.set_style(style.progress_chars("=> "));
                 }
-                bar.set_length(known);
-                bar.set_position(read);
+                bar.set_prefix(unit);
             }
+            bar.set_length(known);
+            bar.set_position(read);
         }
         bar.set_message(totals);
     }
