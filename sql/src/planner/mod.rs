@@ -353,7 +353,8 @@ mod tests {
           WITH ('connector' = 'files', 'path' = 'asks/', 'format' = 'parquet');
         CREATE TABLE plain (a BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'files', 'path' = 'p/', 'format' = 'csv');
         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
-        CREATE TABLE changes WITH ('connector' = 'files', 'path' = 'ch/', 'format' = 'parquet', 'mode' = 'changelog');";
+        CREATE TABLE changes WITH ('connector' = 'files', 'path' = 'ch/', 'format' = 'parquet', 'mode' = 'changelog');
+        CREATE TABLE nowhere WITH ('connector' = 'blackhole');";
 
     async fn plan_sql(sql: &str) -> Result<Vec<PipelinePlan>> {
         let job = Job::parse(&format!("{TABLES}\n{sql}"))?;
@@ -528,6 +529,11 @@ mod tests {
             e.contains("append-only") && e.contains("'mode' = 'changelog'"),
             "{e}"
         );
+        // The blackhole takes a changelog as it is (Flink's does too).
+        let p = plan_sql("INSERT INTO nowhere SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction;")
+            .await
+            .unwrap();
+        assert!(p[0].changelog);
         let e = plan_sql(
             "INSERT INTO changes SELECT auction, COUNT(*) FROM bids GROUP BY auction EMIT ON WINDOW CLOSE;",
         )
