@@ -235,28 +235,12 @@ fn files_added_between_runs_are_processed_exactly_once() {
     let third = gen_bids(3, 1000, BASE_MS + 100_000, 1500);
     write_parquet(&ws.path("in/2026/01/a.parquet"), &first);
     ws.write("job.sql", &job(400, "parquet", "in/"));
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
+    run_logged(&ws);
     write_parquet(&ws.path("in/2026/01/b.parquet"), &second);
     // A hidden file and a file being written are not input.
     ws.write("in/.b.parquet.crc", "junk");
     ws.write("in/_SUCCESS", "");
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--progress-json",
-        "p.json",
-    ])
-    .ok();
+    run_logged(&ws);
     // A file that sorts before the ones already read is still read.
     write_parquet(&ws.path("in/2025/z.parquet"), &third);
     ws.weir(&[

@@ -395,16 +395,7 @@ fn the_watermark_is_the_same_whether_or_not_a_query_reads_the_time() {
                  INSERT INTO nowhere SELECT {columns} FROM bid WHERE auction % 3 = 0;"
             ),
         );
-        ws.weir(&[
-            "run",
-            "job.sql",
-            "--trigger",
-            "available-now",
-            "--progress-json",
-            "p.json",
-        ])
-        .ok();
-        progress(&ws.path("p.json"))
+        run_logged(&ws)
             .iter()
             .map(|l| l["watermark_ms"].as_i64().unwrap())
             .collect::<Vec<_>>()
