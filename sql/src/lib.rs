@@ -32,8 +32,8 @@ pub mod statement;
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};
 pub use nodes::{
-    LateFilterNode, OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin, WindowAggregateNode,
-    WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
+    IntervalJoinNode, LateFilterNode, OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin,
+    WindowAggregateNode, WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
 };
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 

@@ -16,6 +16,7 @@
 //! [`stateful_state`] so checkpoints find it.
 
 pub mod groups;
+pub mod interval_join;
 pub mod keys;
 pub mod late_filter;
 pub mod operator;
@@ -72,6 +73,10 @@ pub fn stateful_state(plan: &dyn ExecutionPlan) -> Option<Arc<dyn StatefulOperat
         .or_else(|| of::<session_agg::SessionState>(plan))
         .or_else(|| of::<update_agg::UpdateState>(plan))
         .or_else(|| of::<window_topn::TopNState>(plan))
+        .or_else(|| {
+            plan.downcast_ref::<interval_join::IntervalJoinExec>()
+                .map(|node| node.state() as Arc<dyn StatefulOperator>)
+        })
 }
 
 /// What an operator keeps, for EXPLAIN: the state table's key and value
@@ -337,6 +342,16 @@ impl ExtensionPlanner for StreamExtensionPlanner {
             };
             return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
         }
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::IntervalJoinNode>() {
+            let params =
+                plan_interval_join(n, logical_inputs, physical_inputs, planner, session, planning_ctx)?;
+            return Ok(Some(Arc::new(interval_join::IntervalJoinExec::try_new(
+                Arc::clone(&physical_inputs[0]),
+                Arc::clone(&physical_inputs[1]),
+                params,
+                threads,
+            )?)));
+        }
         if let Some(n) = node.as_any().downcast_ref::<UpdateAggregateNode>() {
             let input = Arc::clone(&physical_inputs[0]);
             let (group_by, aggr, filters) = lower_aggregate(
@@ -366,6 +381,68 @@ impl ExtensionPlanner for StreamExtensionPlanner {
         }
         Ok(None)
     }
+}
+
+/// An interval join's keys and condition as DataFusion's planner lowers
+/// them for its own joins: each key over its input, the condition over an
+/// intermediate schema of the columns it reads (see `JoinFilter`).
+fn plan_interval_join(
+    n: &weir_sql::IntervalJoinNode,
+    logical_inputs: &[&LogicalPlan],
+    physical_inputs: &[Arc<dyn ExecutionPlan>],
+    planner: &dyn PhysicalPlanner,
+    session: &dyn Session,
+    planning_ctx: &PhysicalPlanningContext,
+) -> Result<interval_join::IntervalJoinParams> {
+    use datafusion::common::DFSchema;
+    use datafusion::physical_plan::joins::utils::JoinFilter;
+    let (ls, rs) = (logical_inputs[0].schema(), logical_inputs[1].schema());
+    let (pl, pr) = (physical_inputs[0].schema(), physical_inputs[1].schema());
+    let on =
+        n.on.iter()
+            .map(|(l, r)| {
+                Ok((
+                    planner.create_physical_expr(l, ls, session, planning_ctx)?,
+                    planner.create_physical_expr(r, rs, session, planning_ctx)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+    let cols = n.filter.column_refs();
+    let mut left_idx: Vec<usize> = cols.iter().filter_map(|c| ls.index_of_column(c).ok()).collect();
+    let mut right_idx: Vec<usize> = cols.iter().filter_map(|c| rs.index_of_column(c).ok()).collect();
+    left_idx.sort_unstable();
+    right_idx.sort_unstable();
+    let mut df_fields = Vec::new();
+    let mut fields = Vec::new();
+    for &i in &left_idx {
+        let (q, f) = ls.qualified_field(i);
+        df_fields.push((q.cloned(), Arc::clone(f)));
+        fields.push(pl.field(i).clone());
+    }
+    for &i in &right_idx {
+        let (q, f) = rs.qualified_field(i);
+        df_fields.push((q.cloned(), Arc::clone(f)));
+        fields.push(pr.field(i).clone());
+    }
+    let filter_df = DFSchema::new_with_metadata(df_fields, Default::default())?;
+    let expr = planner.create_physical_expr(&n.filter, &filter_df, session, planning_ctx)?;
+    let filter = JoinFilter::new(
+        expr,
+        JoinFilter::build_column_indices(left_idx, right_idx),
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+    );
+    Ok(interval_join::IntervalJoinParams {
+        on,
+        filter: Some(filter),
+        join_type: n.join_type,
+        null_equality: n.null_equality,
+        left_time: n.left_time,
+        right_time: n.right_time,
+        lo_ms: n.lo_ms,
+        hi_ms: n.hi_ms,
+        bound_text: n.bound_text(),
+        schema: Arc::new(n.schema().as_arrow().clone()),
+    })
 }
 
 type Lowered = (

@@ -17,6 +17,9 @@
 //!   (PARTITION BY window_start, window_end, ... ORDER BY ...)`, usually
 //!   with `rn <= N` above. Keeps each open window's rows (the top N per
 //!   partition when N is known) and emits them ranked when it closes.
+//! * [`IntervalJoinNode`]: a join of two streams on keys and a time bound
+//!   between their watermarked time columns. Keeps each side's rows until
+//!   the watermark shows that no later row of the other side can match them.
 //!
 //! # Slices
 //!
@@ -35,6 +38,7 @@
 //! State then grows with the number of slices, not windows × size/slide.
 
 mod assign;
+mod join;
 mod spec;
 mod topn;
 mod update_aggregate;
@@ -49,6 +53,7 @@ use datafusion::common::{DFSchema, DFSchemaRef, Result, TableReference, plan_err
 use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 
 pub use assign::*;
+pub use join::*;
 pub use spec::*;
 pub use topn::*;
 pub use update_aggregate::*;

@@ -48,6 +48,7 @@ use crate::preprocess::Emit;
 use crate::preprocess::{TVF_PREFIX, TvfCall, TvfKind};
 use crate::{Error, Job, Result, TableDecl, strip_df};
 
+mod joins;
 mod rewrite;
 mod sink;
 mod watermarks;
@@ -271,7 +272,8 @@ impl StreamPlanner {
                 LogicalPlan::Extension(e)
                     if e.node.as_any().is::<WindowAggregateNode>()
                         || e.node.as_any().is::<UpdateAggregateNode>()
-                        || e.node.as_any().is::<crate::nodes::WindowTopNNode>() =>
+                        || e.node.as_any().is::<crate::nodes::WindowTopNNode>()
+                        || e.node.as_any().is::<crate::nodes::IntervalJoinNode>() =>
                 {
                     stateful = true;
                 }

@@ -200,7 +200,7 @@ impl StreamPlanner {
                 let filter = Filter::try_new(f.predicate.clone(), Arc::new(input))?;
                 Ok(Transformed::yes(LogicalPlan::Filter(filter)))
             }
-            LogicalPlan::Join(_) => Err(Error::Unsupported("joins of streams are not supported yet".into())),
+            LogicalPlan::Join(j) => self.stream_join(j).map(Transformed::yes),
             LogicalPlan::Distinct(_) => Err(Error::Unsupported(
                 "DISTINCT of a stream is not supported; GROUP BY the columns (with or without a window) instead".into(),
             )),

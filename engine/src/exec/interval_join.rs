@@ -1,0 +1,916 @@
+//! `IntervalJoinExec`: an interval join of two streams (see
+//! `weir_sql::IntervalJoinNode`), `INNER`, `LEFT`, `RIGHT` or `FULL`.
+//!
+//! Each side keeps the rows that a later row of the other side can still
+//! match. With the condition `right.t - left.t BETWEEN lo AND hi` and the
+//! pipeline's watermark `W` (no row arriving later is older than `W`):
+//!
+//! * a left row can still match while `t + hi >= W`;
+//! * a right row can still match while `t - lo >= W`.
+//!
+//! An epoch joins its new left rows with every right row held (and the new
+//! ones), and the rows held on the left with the new right rows; it then
+//! adds the new rows to the state and evicts what the epoch's closing
+//! watermark rules out. Rows of an outer side that are evicted without
+//! having matched are emitted then, with NULLs for the other side: only then
+//! is it certain that they have no match.
+//!
+//! The matching itself is DataFusion's: each of the two joins is a
+//! `HashJoinExec` (a `NestedLoopJoinExec` without equal keys) over the
+//! epoch's rows and the state, building its hash table on the epoch's new
+//! rows and streaming the held rows through it, with the query's whole join
+//! condition as its filter.
+//!
+//! Rows older than the watermark the state was last evicted to are late
+//! (their partners may be gone): they are dropped and counted. The planner
+//! puts a late filter on the sources under each side, so this happens only
+//! when a source was idle while the watermark moved on without it.
+//!
+//! Keyed on the equal keys: with `--threads N` both inputs are
+//! hash-partitioned on them and each partition keeps one shard.
+//!
+//! State file, one row per held row:
+//! `__side: UInt8` (0 left, 1 right), `__epoch: Int64` (the epoch it
+//! arrived in), `__key0..`: the equal keys' values (to deal rows back to
+//! shards), `__matched: Boolean`, then the left columns (`__l<i>_<name>`,
+//! NULL on right rows) and the right columns (`__r<i>_<name>`). A unit is
+//! (side, arrival epoch): an epoch writes the units it added, evicted from
+//! or marked matched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt8Array, UInt32Array, UInt64Array,
+    new_null_array,
+};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
+};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{JoinType, NullEquality};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::joins::utils::JoinFilter;
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, collect,
+};
+use futures::TryStreamExt;
+
+use super::shard::{Shards, check_input, input_distribution, route, shard_count};
+use super::units::take_batch;
+use super::window_assign::to_millis;
+use super::{StateChange, StateTable, StatefulOperator, guarded};
+use crate::epoch::EpochInput;
+
+/// What the planner hands the operator.
+pub struct IntervalJoinParams {
+    /// Equal keys: (left expression, right expression), over each input.
+    pub on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// The join condition beyond the equal keys, time bound included.
+    pub filter: Option<JoinFilter>,
+    /// INNER, LEFT, RIGHT or FULL.
+    pub join_type: JoinType,
+    /// Whether NULL keys match each other.
+    pub null_equality: NullEquality,
+    /// Time column of the left input.
+    pub left_time: usize,
+    /// Time column of the right input.
+    pub right_time: usize,
+    /// Lowest `right.t - left.t` that matches, ms.
+    pub lo_ms: i64,
+    /// Highest, ms.
+    pub hi_ms: i64,
+    /// The bound as written in EXPLAIN.
+    pub bound_text: String,
+    /// Output: left columns, then right columns.
+    pub schema: SchemaRef,
+}
+
+/// Which input a row came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Left = 0,
+    Right = 1,
+}
+
+/// Rows of one side that arrived in one epoch, in one shard.
+struct Chunk {
+    epoch: i64,
+    rows: RecordBatch,
+    /// Event time of each row, ms (`i64::MIN` for none).
+    times: Vec<i64>,
+    matched: Vec<bool>,
+}
+
+impl Chunk {
+    fn new(epoch: i64, rows: RecordBatch, time: usize, matched: Vec<bool>) -> Result<Self> {
+        let times = to_millis(rows.column(time))?
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .map(|t| t.unwrap_or(i64::MIN))
+            .collect();
+        Ok(Self {
+            epoch,
+            rows,
+            times,
+            matched,
+        })
+    }
+}
+
+/// One shard's rows.
+#[derive(Default)]
+struct Held {
+    left: Vec<Chunk>,
+    right: Vec<Chunk>,
+    /// The watermark this shard last evicted to: rows older than it are
+    /// late.
+    evicted_to: Option<i64>,
+}
+
+impl Held {
+    fn side(&mut self, side: Side) -> &mut Vec<Chunk> {
+        match side {
+            Side::Left => &mut self.left,
+            Side::Right => &mut self.right,
+        }
+    }
+}
+
+/// Configuration and state, shared by every copy of the plan node.
+pub struct IntervalJoinState {
+    p: IntervalJoinParams,
+    left_schema: SchemaRef,
+    right_schema: SchemaRef,
+    state_schema: SchemaRef,
+    shards: Shards<Held>,
+    /// Units (side, arrival epoch) changed since the last checkpoint.
+    dirty: Mutex<BTreeSet<(u8, i64)>>,
+}
+
+/// The plan node.
+pub struct IntervalJoinExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    state: Arc<IntervalJoinState>,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl IntervalJoinExec {
+    /// The join of `left` and `right` under `threads` threads.
+    pub fn try_new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        p: IntervalJoinParams,
+        threads: usize,
+    ) -> Result<Self> {
+        let (left_schema, right_schema) = (left.schema(), right.schema());
+        let mut fields = vec![
+            Field::new("__side", DataType::UInt8, false),
+            Field::new("__epoch", DataType::Int64, false),
+        ];
+        for (i, (l, _)) in p.on.iter().enumerate() {
+            fields.push(Field::new(format!("__key{i}"), l.data_type(&left_schema)?, true));
+        }
+        fields.push(Field::new("__matched", DataType::Boolean, false));
+        for (i, f) in left_schema.fields().iter().enumerate() {
+            fields.push(Field::new(
+                format!("__l{i}_{}", f.name()),
+                f.data_type().clone(),
+                true,
+            ));
+        }
+        for (i, f) in right_schema.fields().iter().enumerate() {
+            fields.push(Field::new(
+                format!("__r{i}_{}", f.name()),
+                f.data_type().clone(),
+                true,
+            ));
+        }
+        let shards = shard_count(threads, p.on.len());
+        let state = IntervalJoinState {
+            p,
+            left_schema,
+            right_schema,
+            state_schema: Arc::new(Schema::new(fields)),
+            shards: Shards::new(shards, Held::default),
+            dirty: Mutex::new(BTreeSet::new()),
+        };
+        Ok(Self::with_state(left, right, Arc::new(state)))
+    }
+
+    fn with_state(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        state: Arc<IntervalJoinState>,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&state.p.schema)),
+            Partitioning::UnknownPartitioning(state.shards.count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            left,
+            right,
+            state,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The operator's state (for checkpoints).
+    pub fn state(&self) -> Arc<IntervalJoinState> {
+        Arc::clone(&self.state)
+    }
+
+    fn keys(&self, side: Side) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.state
+            .p
+            .on
+            .iter()
+            .map(|(l, r)| Arc::clone(if side == Side::Left { l } else { r }))
+            .collect()
+    }
+}
+
+impl fmt::Debug for IntervalJoinExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntervalJoinExec").finish()
+    }
+}
+
+impl DisplayAs for IntervalJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = &self.state.p;
+        let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+        write!(
+            f,
+            "IntervalJoinExec: {} on=[{}]{}, {}",
+            p.join_type,
+            on.join(", "),
+            p.filter
+                .as_ref()
+                .map(|j| format!(" filter={}", j.expression()))
+                .unwrap_or_default(),
+            p.bound_text
+        )
+    }
+}
+
+impl ExecutionPlan for IntervalJoinExec {
+    fn name(&self) -> &str {
+        "IntervalJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let n = self.state.shards.count();
+        vec![
+            input_distribution(n, self.keys(Side::Left)),
+            input_distribution(n, self.keys(Side::Right)),
+        ]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for (l, r) in &self.state.p.on {
+            for e in [l, r] {
+                if f(e)? == TreeNodeRecursion::Stop {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 2 {
+            return Err(DataFusionError::Internal(
+                "IntervalJoinExec takes two inputs".into(),
+            ));
+        }
+        let right = children.swap_remove(1);
+        let left = children.swap_remove(0);
+        // A copy shares the state and the metrics.
+        let mut copy = Self::with_state(left, right, Arc::clone(&self.state));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let shards = self.state.shards.count();
+        for (input, side) in [(&self.left, Side::Left), (&self.right, Side::Right)] {
+            check_input(
+                "IntervalJoinExec",
+                input.output_partitioning(),
+                &self.keys(side),
+                shards,
+            )?;
+            let n = input.output_partitioning().partition_count();
+            if n != shards || partition >= shards {
+                return Err(DataFusionError::Internal(format!(
+                    "IntervalJoinExec has {shards} partitions and an input of {n}, asked for partition {partition}"
+                )));
+            }
+        }
+        let epoch = EpochInput::from_task(&context)?;
+        let left = self.left.execute(partition, Arc::clone(&context))?;
+        let right = self.right.execute(partition, Arc::clone(&context))?;
+        let state = Arc::clone(&self.state);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let out = futures::stream::once(async move {
+            let (l, r) = futures::try_join!(left.try_collect::<Vec<_>>(), right.try_collect::<Vec<_>>())?;
+            let out = state.run(partition, l, r, &epoch, &context).await?;
+            baseline.record_output(out.num_rows());
+            Ok(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.state.p.schema),
+            out,
+        )))
+    }
+}
+
+/// Row ids appended to a side's rows for the epoch's joins (their position
+/// in the list given), so the matched rows can be found afterwards.
+fn with_ids(batches: &[RecordBatch], schema: &SchemaRef) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("__weir_row_id", DataType::UInt64, false));
+    let with = Arc::new(Schema::new(fields));
+    let mut next = 0u64;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows() as u64;
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_iter_values(next..next + n)));
+        next += n;
+        out.push(RecordBatch::try_new(Arc::clone(&with), columns)?);
+    }
+    Ok((with, out))
+}
+
+/// Marks the rows `ids` (positions across `chunks` in order) matched;
+/// returns the arrival epochs of chunks that changed.
+fn mark(chunks: &mut [Chunk], ids: &[u64]) -> BTreeSet<i64> {
+    let mut starts = Vec::with_capacity(chunks.len());
+    let mut at = 0u64;
+    for c in chunks.iter() {
+        starts.push(at);
+        at += c.rows.num_rows() as u64;
+    }
+    let mut changed = BTreeSet::new();
+    for &id in ids {
+        let i = starts.partition_point(|&s| s <= id).saturating_sub(1);
+        if let Some(c) = chunks.get_mut(i)
+            && let Some(m) = c.matched.get_mut((id - starts[i]) as usize)
+            && !*m
+        {
+            *m = true;
+            changed.insert(c.epoch);
+        }
+    }
+    changed
+}
+
+impl IntervalJoinState {
+    fn dirty(&self) -> MutexGuard<'_, BTreeSet<(u8, i64)>> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn preserves(&self, side: Side) -> bool {
+        match side {
+            Side::Left => matches!(self.p.join_type, JoinType::Left | JoinType::Full),
+            Side::Right => matches!(self.p.join_type, JoinType::Right | JoinType::Full),
+        }
+    }
+
+    fn schema_of(&self, side: Side) -> &SchemaRef {
+        match side {
+            Side::Left => &self.left_schema,
+            Side::Right => &self.right_schema,
+        }
+    }
+
+    fn time_of(&self, side: Side) -> usize {
+        match side {
+            Side::Left => self.p.left_time,
+            Side::Right => self.p.right_time,
+        }
+    }
+
+    /// The new rows of a side as one batch, the late ones (older than
+    /// `since`) dropped; and how many were.
+    fn on_time(&self, side: Side, batches: &[RecordBatch], since: Option<i64>) -> Result<(RecordBatch, u64)> {
+        let schema = self.schema_of(side);
+        let all = concat_batches(schema, batches)?;
+        let Some(since) = since else {
+            return Ok((all, 0));
+        };
+        let times = to_millis(all.column(self.time_of(side)))?;
+        let keep: BooleanArray = times
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t >= since)))
+            .collect();
+        let kept = filter_record_batch(&all, &keep)?;
+        let late = (all.num_rows() - kept.num_rows()) as u64;
+        Ok((kept, late))
+    }
+
+    /// One inner join of `left` rows with `right` rows (with row ids), by
+    /// DataFusion, building on the left (`build_right`: on the right).
+    async fn join(
+        &self,
+        left: Vec<RecordBatch>,
+        right: Vec<RecordBatch>,
+        build_right: bool,
+        context: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let (ls, left) = with_ids(&left, &self.left_schema)?;
+        let (rs, right) = with_ids(&right, &self.right_schema)?;
+        let left = MemorySourceConfig::try_new_exec(&[left], ls, None)? as Arc<dyn ExecutionPlan>;
+        let right = MemorySourceConfig::try_new_exec(&[right], rs, None)? as Arc<dyn ExecutionPlan>;
+        let plan: Arc<dyn ExecutionPlan> = if self.p.on.is_empty() {
+            Arc::new(NestedLoopJoinExec::try_new(
+                left,
+                right,
+                self.p.filter.clone(),
+                &JoinType::Inner,
+                None,
+            )?)
+        } else {
+            let join = HashJoinExec::try_new(
+                left,
+                right,
+                self.p.on.clone(),
+                self.p.filter.clone(),
+                &JoinType::Inner,
+                None,
+                PartitionMode::CollectLeft,
+                self.p.null_equality,
+                false,
+            )?;
+            if build_right {
+                join.swap_inputs(PartitionMode::CollectLeft)?
+            } else {
+                Arc::new(join)
+            }
+        };
+        collect(plan, Arc::clone(context)).await
+    }
+
+    /// One epoch of shard `shard`: joins, then state update and eviction.
+    async fn run(
+        &self,
+        shard: usize,
+        new_left: Vec<RecordBatch>,
+        new_right: Vec<RecordBatch>,
+        epoch: &EpochInput,
+        context: &Arc<TaskContext>,
+    ) -> Result<RecordBatch> {
+        let n = epoch.epoch;
+        let name = "IntervalJoinExec";
+        let (since, held_left, held_right) = {
+            let held = self.shards.lock(shard);
+            let rows = |c: &Vec<Chunk>| c.iter().map(|c| c.rows.clone()).collect::<Vec<_>>();
+            (held.evicted_to, rows(&held.left), rows(&held.right))
+        };
+        let (new_left, late_l) = guarded(name, n, || self.on_time(Side::Left, &new_left, since))?;
+        let (new_right, late_r) = guarded(name, n, || self.on_time(Side::Right, &new_right, since))?;
+        epoch.add_late(late_l + late_r);
+
+        // New left rows with every right row; held left rows with the new
+        // right rows.
+        let mut pairs_new_left = Vec::new();
+        let mut pairs_new_right = Vec::new();
+        let held_right_len: usize = held_right.iter().map(RecordBatch::num_rows).sum();
+        if new_left.num_rows() > 0 && held_right_len + new_right.num_rows() > 0 {
+            let mut right = held_right;
+            right.push(new_right.clone());
+            pairs_new_left = self.join(vec![new_left.clone()], right, false, context).await?;
+        }
+        if new_right.num_rows() > 0 && !held_left.is_empty() {
+            pairs_new_right = self
+                .join(held_left, vec![new_right.clone()], true, context)
+                .await?;
+        }
+        guarded(name, n, || {
+            self.apply(
+                shard,
+                n as i64,
+                new_left,
+                new_right,
+                held_right_len as u64,
+                &pairs_new_left,
+                &pairs_new_right,
+                epoch.watermark_out,
+            )
+        })
+    }
+
+    /// Emits the pairs, records which rows matched, adds the new rows and
+    /// evicts what the watermark rules out.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        shard: usize,
+        epoch: i64,
+        new_left: RecordBatch,
+        new_right: RecordBatch,
+        held_right_len: u64,
+        pairs_new_left: &[RecordBatch],
+        pairs_new_right: &[RecordBatch],
+        watermark: i64,
+    ) -> Result<RecordBatch> {
+        let nl = self.left_schema.fields().len();
+        let nr = self.right_schema.fields().len();
+        let mut out = Vec::new();
+        let ids = |b: &RecordBatch, col: usize| -> Vec<u64> {
+            b.column(col).as_primitive::<UInt64Type>().values().to_vec()
+        };
+        let mut held = self.shards.lock(shard);
+        let mut dirty = BTreeSet::new();
+        let mut new_left_matched = vec![false; new_left.num_rows()];
+        let mut new_right_matched = vec![false; new_right.num_rows()];
+        for (b, new_is_left) in pairs_new_left
+            .iter()
+            .map(|b| (b, true))
+            .chain(pairs_new_right.iter().map(|b| (b, false)))
+        {
+            if b.num_columns() != nl + nr + 2 {
+                return Err(DataFusionError::Internal(format!(
+                    "a join of the epoch gave {} columns, not {}",
+                    b.num_columns(),
+                    nl + nr + 2
+                )));
+            }
+            let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
+            columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
+            out.push(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?);
+            let (lid, rid) = (ids(b, nl), ids(b, nl + nr + 1));
+            if new_is_left {
+                if self.preserves(Side::Left) {
+                    for i in lid {
+                        new_left_matched[i as usize] = true;
+                    }
+                }
+                if self.preserves(Side::Right) {
+                    let (held_ids, new_ids): (Vec<u64>, Vec<u64>) =
+                        rid.into_iter().partition(|&i| i < held_right_len);
+                    for e in mark(&mut held.right, &held_ids) {
+                        dirty.insert((Side::Right as u8, e));
+                    }
+                    for i in new_ids {
+                        new_right_matched[(i - held_right_len) as usize] = true;
+                    }
+                }
+            } else {
+                if self.preserves(Side::Left) {
+                    for e in mark(&mut held.left, &lid) {
+                        dirty.insert((Side::Left as u8, e));
+                    }
+                }
+                if self.preserves(Side::Right) {
+                    for i in rid {
+                        new_right_matched[i as usize] = true;
+                    }
+                }
+            }
+        }
+        for (side, rows, matched) in [
+            (Side::Left, new_left, new_left_matched),
+            (Side::Right, new_right, new_right_matched),
+        ] {
+            if rows.num_rows() > 0 {
+                let chunk = Chunk::new(epoch, rows, self.time_of(side), matched)?;
+                held.side(side).push(chunk);
+                dirty.insert((side as u8, epoch));
+            }
+        }
+        // Eviction: a left row can still match while t + hi >= W, a right
+        // row while t - lo >= W.
+        for side in [Side::Left, Side::Right] {
+            let keep_from = if watermark == i64::MAX {
+                i64::MAX
+            } else {
+                match side {
+                    Side::Left => watermark.saturating_sub(self.p.hi_ms),
+                    Side::Right => watermark.saturating_add(self.p.lo_ms),
+                }
+            };
+            let preserved = self.preserves(side);
+            let chunks = std::mem::take(held.side(side));
+            let mut kept = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                if c.times.iter().all(|&t| t >= keep_from) {
+                    kept.push(c);
+                    continue;
+                }
+                dirty.insert((side as u8, c.epoch));
+                let keep: Vec<bool> = c.times.iter().map(|&t| t >= keep_from).collect();
+                if preserved {
+                    let unmatched: Vec<u32> = (0..c.times.len())
+                        .filter(|&i| !keep[i] && !c.matched[i])
+                        .map(|i| i as u32)
+                        .collect();
+                    if !unmatched.is_empty() {
+                        let rows = take_batch(&c.rows, &UInt32Array::from(unmatched))?;
+                        out.push(self.padded(side, &rows)?);
+                    }
+                }
+                if keep.iter().any(|&k| k) {
+                    let mask = BooleanArray::from(keep.clone());
+                    let rows = filter_record_batch(&c.rows, &mask)?;
+                    let (times, matched) = c
+                        .times
+                        .iter()
+                        .zip(&c.matched)
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|((t, m), _)| (*t, *m))
+                        .unzip();
+                    kept.push(Chunk {
+                        epoch: c.epoch,
+                        rows,
+                        times,
+                        matched,
+                    });
+                }
+            }
+            *held.side(side) = kept;
+        }
+        held.evicted_to = Some(held.evicted_to.map_or(watermark, |w| w.max(watermark)));
+        drop(held);
+        self.dirty().extend(dirty);
+        Ok(concat_batches(&self.p.schema, &out)?)
+    }
+
+    /// Rows of one side with NULLs for the other's columns.
+    fn padded(&self, side: Side, rows: &RecordBatch) -> Result<RecordBatch> {
+        let n = rows.num_rows();
+        let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
+            s.fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), n))
+                .collect()
+        };
+        let mut columns = Vec::with_capacity(self.p.schema.fields().len());
+        match side {
+            Side::Left => {
+                columns.extend(rows.columns().iter().cloned());
+                columns.extend(nulls(&self.right_schema));
+            }
+            Side::Right => {
+                columns.extend(nulls(&self.left_schema));
+                columns.extend(rows.columns().iter().cloned());
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
+    }
+
+    /// A chunk as state rows.
+    fn state_rows_of(&self, side: Side, c: &Chunk) -> Result<RecordBatch> {
+        let n = c.rows.num_rows();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt8Array::from(vec![side as u8; n])),
+            Arc::new(Int64Array::from(vec![c.epoch; n])),
+        ];
+        for (i, (l, r)) in self.p.on.iter().enumerate() {
+            let e = if side == Side::Left { l } else { r };
+            let key = e.evaluate(&c.rows)?.into_array(n)?;
+            columns.push(cast(&key, self.state_schema.field(2 + i).data_type())?);
+        }
+        columns.push(Arc::new(BooleanArray::from(c.matched.clone())));
+        let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
+            s.fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), n))
+                .collect()
+        };
+        match side {
+            Side::Left => {
+                columns.extend(c.rows.columns().iter().cloned());
+                columns.extend(nulls(&self.right_schema));
+            }
+            Side::Right => {
+                columns.extend(nulls(&self.left_schema));
+                columns.extend(c.rows.columns().iter().cloned());
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?)
+    }
+}
+
+impl StatefulOperator for IntervalJoinState {
+    fn kind(&self) -> &'static str {
+        "interval-join"
+    }
+
+    fn state_rows(&self) -> usize {
+        self.shards
+            .lock_all()
+            .iter()
+            .map(|h| {
+                h.left
+                    .iter()
+                    .chain(&h.right)
+                    .map(|c| c.rows.num_rows())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    fn describe(&self) -> StateTable {
+        let l = self.left_schema.field(self.p.left_time).name();
+        let r = self.right_schema.field(self.p.right_time).name();
+        let mut keys = vec!["side".to_string(), "arrival_epoch".to_string()];
+        keys.extend(self.p.on.iter().map(|(l, r)| format!("{l} = {r}")));
+        let mut values = vec!["matched".to_string()];
+        values.extend(
+            self.left_schema
+                .fields()
+                .iter()
+                .map(|f| format!("left.{}", f.name())),
+        );
+        values.extend(
+            self.right_schema
+                .fields()
+                .iter()
+                .map(|f| format!("right.{}", f.name())),
+        );
+        StateTable {
+            name: "join_rows".into(),
+            keys,
+            values,
+            evicted_by: format!(
+                "the watermark: a left row once {l} + {} is behind it, a right row once {r} - {} is \
+                 (no later row can match them then){}",
+                self.p.hi_ms,
+                self.p.lo_ms,
+                if matches!(self.p.join_type, JoinType::Inner) {
+                    ""
+                } else {
+                    "; an outer side's unmatched rows are emitted with NULLs at that moment"
+                }
+            ),
+        }
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        2
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let held = self.shards.lock_all();
+        let mut dirty = self.dirty();
+        if !full && dirty.is_empty() {
+            return Ok(None);
+        }
+        let mut upserts = Vec::new();
+        let mut present = BTreeSet::new();
+        for h in &held {
+            for (side, chunks) in [(Side::Left, &h.left), (Side::Right, &h.right)] {
+                for c in chunks {
+                    let unit = (side as u8, c.epoch);
+                    if full || dirty.contains(&unit) {
+                        present.insert(unit);
+                        upserts.push(self.state_rows_of(side, c)?);
+                    }
+                }
+            }
+        }
+        let gone: Vec<(u8, i64)> = if full {
+            vec![]
+        } else {
+            dirty.iter().copied().filter(|u| !present.contains(u)).collect()
+        };
+        let deletes = if gone.is_empty() {
+            vec![]
+        } else {
+            let (sides, epochs): (Vec<u8>, Vec<i64>) = gone.into_iter().unzip();
+            vec![RecordBatch::try_new(
+                Arc::new(self.state_schema.project(&[0, 1])?),
+                vec![
+                    Arc::new(UInt8Array::from(sides)),
+                    Arc::new(Int64Array::from(epochs)),
+                ],
+            )?]
+        };
+        dirty.clear();
+        Ok(Some(StateChange { upserts, deletes }))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
+        let mut held = self.shards.lock_all();
+        for h in held.iter_mut() {
+            **h = Held {
+                evicted_to: Some(watermark),
+                ..Held::default()
+            };
+        }
+        self.dirty().clear();
+        let k = self.p.on.len();
+        let nl = self.left_schema.fields().len();
+        let nr = self.right_schema.fields().len();
+        let first = 3 + k;
+        for batch in batches {
+            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            let sides = batch
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::UInt8Type>();
+            let epochs = batch
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let mut units: BTreeMap<(u8, i64), Vec<u32>> = BTreeMap::new();
+            for i in 0..batch.num_rows() {
+                units
+                    .entry((sides.value(i), epochs.value(i)))
+                    .or_default()
+                    .push(i as u32);
+            }
+            for ((side, epoch), rows) in units {
+                let part = take_batch(&batch, &UInt32Array::from(rows))?;
+                let key_columns: Vec<usize> = (2..2 + k).collect();
+                for (shard, part) in route(&part, &key_columns, held.len())? {
+                    let matched: Vec<bool> = part
+                        .column(2 + k)
+                        .as_boolean()
+                        .iter()
+                        .map(|m| m.unwrap_or(false))
+                        .collect();
+                    let (side, columns, schema) = if side == Side::Left as u8 {
+                        (
+                            Side::Left,
+                            part.columns()[first..first + nl].to_vec(),
+                            &self.left_schema,
+                        )
+                    } else {
+                        (
+                            Side::Right,
+                            part.columns()[first + nl..first + nl + nr].to_vec(),
+                            &self.right_schema,
+                        )
+                    };
+                    let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
+                    let chunk = Chunk::new(epoch, rows, self.time_of(side), matched)?;
+                    held[shard].side(side).push(chunk);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn signature(&self) -> String {
+        let p = &self.p;
+        let mut s = format!("interval-join {} on[", p.join_type);
+        for (l, r) in &p.on {
+            s.push_str(&format!("{l}={r};"));
+        }
+        s.push_str(&format!(
+            "] filter[{}] bound[{},{}] state[",
+            p.filter
+                .as_ref()
+                .map(|f| f.expression().to_string())
+                .unwrap_or_default(),
+            p.lo_ms,
+            p.hi_ms
+        ));
+        for f in self.state_schema.fields() {
+            s.push_str(&format!("{}:{};", f.name(), f.data_type()));
+        }
+        s.push(']');
+        crate::compat::signature::strip_column_positions(&s)
+    }
+}

@@ -1,0 +1,262 @@
+//! Joins of streams: which joins can run incrementally, and their time
+//! bounds.
+//!
+//! An interval join is a join whose condition bounds the difference of the
+//! two sides' watermarked time columns from below and above, e.g.
+//! `b.t BETWEEN a.t - INTERVAL '5' SECOND AND a.t + INTERVAL '10' SECOND`.
+//! The bound is found among the condition's conjuncts, each a comparison of
+//! `column [± interval]` on one side with the same on the other (BETWEEN,
+//! `<`, `<=`, `>`, `>=`, `=`), and normalized to
+//! `right.t - left.t BETWEEN lo AND hi`.
+
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Between, BinaryExpr, Join, JoinType, Operator};
+
+use super::*;
+use crate::nodes::IntervalJoinNode;
+
+/// A time bound of a join: `right.t - left.t` in `[lo, hi]`, ms (either
+/// end may be missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TimeBound {
+    /// Position of the time column in the left input.
+    pub(super) left: usize,
+    /// Position of the time column in the right input.
+    pub(super) right: usize,
+    pub(super) lo_ms: Option<i64>,
+    pub(super) hi_ms: Option<i64>,
+}
+
+/// The time bounds in a join's condition, one per pair of columns compared,
+/// in the order first met.
+pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
+    let mut bounds: Vec<TimeBound> = Vec::new();
+    let Some(filter) = &j.filter else {
+        return bounds;
+    };
+    let mut comparisons: Vec<(Expr, Operator, Expr)> = Vec::new();
+    for c in datafusion::logical_expr::utils::split_conjunction(filter) {
+        match c {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                comparisons.push((left.as_ref().clone(), *op, right.as_ref().clone()))
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => {
+                comparisons.push((expr.as_ref().clone(), Operator::GtEq, low.as_ref().clone()));
+                comparisons.push((expr.as_ref().clone(), Operator::LtEq, high.as_ref().clone()));
+            }
+            _ => {}
+        }
+    }
+    let (ls, rs) = (j.left.schema(), j.right.schema());
+    for (a, op, b) in comparisons {
+        if !matches!(
+            op,
+            Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq | Operator::Eq
+        ) {
+            continue;
+        }
+        let (Some((ca, oa)), Some((cb, ob))) = (time_term(&a), time_term(&b)) else {
+            continue;
+        };
+        // (right.t + cr) OP (left.t + cl)  =>  right.t - left.t OP cl - cr
+        let (left_col, cl, right_col, cr, op) = match (
+            ls.index_of_column(&ca).ok(),
+            rs.index_of_column(&cb).ok(),
+            rs.index_of_column(&ca).ok(),
+            ls.index_of_column(&cb).ok(),
+        ) {
+            (Some(l), Some(r), _, _) => (l, oa, r, ob, op.swap().unwrap_or(op)),
+            (_, _, Some(r), Some(l)) => (l, ob, r, oa, op),
+            _ => continue,
+        };
+        let v = cl.saturating_sub(cr);
+        let i = match bounds
+            .iter()
+            .position(|b| b.left == left_col && b.right == right_col)
+        {
+            Some(i) => i,
+            None => {
+                bounds.push(TimeBound {
+                    left: left_col,
+                    right: right_col,
+                    lo_ms: None,
+                    hi_ms: None,
+                });
+                bounds.len() - 1
+            }
+        };
+        let b = &mut bounds[i];
+        // `<` and `>` are kept as `<=` and `>=`: the bound only decides how
+        // long rows are kept (the condition itself decides matches), so
+        // erring by the unit keeps a row a moment longer, never too short.
+        if matches!(op, Operator::GtEq | Operator::Gt | Operator::Eq) {
+            b.lo_ms = Some(b.lo_ms.map_or(v, |lo| lo.max(v)));
+        }
+        if matches!(op, Operator::LtEq | Operator::Lt | Operator::Eq) {
+            b.hi_ms = Some(b.hi_ms.map_or(v, |hi| hi.min(v)));
+        }
+    }
+    bounds
+}
+
+/// `column`, `column + interval`, `column - interval` (the column perhaps
+/// cast to a timestamp): the column and the offset in ms.
+fn time_term(e: &Expr) -> Option<(Column, i64)> {
+    match e {
+        Expr::Column(c) => Some((c.clone(), 0)),
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
+        Expr::TryCast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::Plus => match (time_term(left), interval_literal_ms(right)) {
+                (Some((c, o)), Some(ms)) => Some((c, o.saturating_add(ms))),
+                _ => {
+                    let (c, o) = time_term(right)?;
+                    Some((c, o.saturating_add(interval_literal_ms(left)?)))
+                }
+            },
+            Operator::Minus => {
+                let (c, o) = time_term(left)?;
+                Some((c, o.saturating_sub(interval_literal_ms(right)?)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// An interval literal of fixed length (days and smaller), in ms.
+fn interval_literal_ms(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        Expr::Cast(c) => interval_literal_ms(&c.expr),
+        _ => None,
+    }
+}
+
+impl StreamPlanner {
+    /// A join of two streams, as an interval join, or refused with what to
+    /// write instead.
+    pub(super) fn stream_join(&self, j: Join) -> Result<LogicalPlan> {
+        if !matches!(
+            j.join_type,
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+        ) {
+            return Err(Error::Unsupported(format!(
+                "{} joins of streams (IN, EXISTS and their negations) are not supported yet",
+                j.join_type
+            )));
+        }
+        if is_changelog(&j.left) || is_changelog(&j.right) {
+            return Err(Error::Unsupported(
+                "joining the changelog of an aggregate (an updating join) is not supported yet".into(),
+            ));
+        }
+        let bounds = time_bounds(&j);
+        let Some(bound) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) else {
+            return Err(Error::Unsupported(match bounds.first() {
+                Some(b) => {
+                    let l = j.left.schema().qualified_field(b.left);
+                    let r = j.right.schema().qualified_field(b.right);
+                    let (l, r) = (Column::from(l), Column::from(r));
+                    format!(
+                        "the join bounds {r} - {l} only {}: without both bounds each side's rows would be kept \
+                         forever; write {r} BETWEEN {l} - INTERVAL ... AND {l} + INTERVAL ...",
+                        if b.lo_ms.is_some() {
+                            "from below"
+                        } else {
+                            "from above"
+                        }
+                    )
+                }
+                None => "joins of streams need a time bound between the two sides' watermarked time \
+                         columns (an interval join, e.g. ON a.k = b.k AND b.t BETWEEN a.t - INTERVAL '5' \
+                         SECOND AND a.t + INTERVAL '5' SECOND); joins without one (regular, updating joins) \
+                         are not supported yet"
+                    .into(),
+            }));
+        };
+        let left = self.watermarked_side(j.left.as_ref().clone(), bound.left)?;
+        let right = self.watermarked_side(j.right.as_ref().clone(), bound.right)?;
+        let node = IntervalJoinNode::new(
+            left,
+            right,
+            j.on.clone(),
+            j.filter
+                .clone()
+                .unwrap_or(Expr::Literal(ScalarValue::Boolean(Some(true)), None)),
+            j.join_type,
+            j.null_equality,
+            (bound.left, bound.right),
+            (bound.lo_ms.unwrap_or(0), bound.hi_ms.unwrap_or(0)),
+            Arc::clone(&j.schema),
+        );
+        Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
+    }
+
+    /// A join input whose column `time` must carry a source's watermark;
+    /// its sources' late rows are dropped where they are read, so that the
+    /// join sees only rows no later than the watermark allows (and which
+    /// rows those are does not depend on where epochs begin).
+    fn watermarked_side(&self, input: LogicalPlan, time: usize) -> Result<LogicalPlan> {
+        let column = Column::from(input.schema().qualified_field(time));
+        match self.trace_time(&input, time) {
+            Some(TimeOrigin::Sources(sources)) => {
+                let mut input = input;
+                for source in sources {
+                    let Some(w) = self.job.tables.get(&source).and_then(|t| t.watermark.clone()) else {
+                        continue;
+                    };
+                    input = windows::late_filter_at(input, &source, &w.column, w.delay_ms)?;
+                }
+                Ok(input)
+            }
+            Some(TimeOrigin::Upstream(_)) => Err(Error::Unsupported(format!(
+                "an interval join on {column}, a window column of an upstream aggregate, is not supported yet; \
+                 join the windows' results on window_start and window_end (a window join) instead"
+            ))),
+            None => Err(Error::Plan(format!(
+                "the join's time bound uses {column}, which has no watermark: declare \
+                 WATERMARK FOR {name} AS {name} - INTERVAL ... on its source, or bound the join on a column that has one",
+                name = column.name
+            ))),
+        }
+    }
+}
+
+/// The output lag of a join's time column (`idx` of its output), before the
+/// join is rewritten into an [`IntervalJoinNode`].
+pub(super) fn join_time_lag(j: &Join, idx: usize) -> Option<i64> {
+    let b = time_bounds(j)
+        .into_iter()
+        .find(|b| b.lo_ms.is_some() && b.hi_ms.is_some())?;
+    let left_len = j.left.schema().fields().len();
+    if idx == b.left {
+        Some(b.hi_ms?.max(0))
+    } else if idx == left_len + b.right {
+        Some(b.lo_ms?.saturating_neg().max(0))
+    } else {
+        None
+    }
+}
+
+/// The same for a rewritten [`IntervalJoinNode`].
+pub(super) fn interval_join_time_lag(n: &IntervalJoinNode, idx: usize) -> Option<i64> {
+    let left_len = n.left.schema().fields().len();
+    if idx == n.left_time {
+        Some(n.left_time_lag_ms())
+    } else if idx == left_len + n.right_time {
+        Some(n.right_time_lag_ms())
+    } else {
+        None
+    }
+}
