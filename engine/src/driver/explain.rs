@@ -57,10 +57,12 @@ impl StreamingJob {
             let _ = writeln!(out, "     keys:    {}", t.keys.join(", "));
             let _ = writeln!(out, "     values:  {}", t.values.join(", "));
             let _ = writeln!(out, "     evicted: {}", t.evicted_by);
-            let emit = if op.kind() == "update-aggregate" {
-                "on update: the changed groups of each epoch as +I/-U/+U/-D"
-            } else {
-                "on window close: each window once, when the watermark passes its end"
+            let emit = match op.kind() {
+                "update-aggregate" => "on update: the changed groups of each epoch as +I/-U/+U/-D",
+                "interval-join" => {
+                    "each match in the epoch its later row arrives; an outer side's unmatched rows once evicted"
+                }
+                _ => "on window close: each window once, when the watermark passes its end",
             };
             let _ = writeln!(out, "     emits:   {emit}");
         }
@@ -98,7 +100,7 @@ impl StreamingJob {
 fn stateless_prefix(plan: &datafusion::logical_expr::LogicalPlan) -> String {
     use datafusion::logical_expr::LogicalPlan;
     fn is_stateful(p: &LogicalPlan) -> bool {
-        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN"))
+        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN" | "IntervalJoin"))
     }
     fn lowest(p: &LogicalPlan) -> &LogicalPlan {
         for input in p.inputs() {

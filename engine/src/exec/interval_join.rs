@@ -359,6 +359,15 @@ impl ExecutionPlan for IntervalJoinExec {
     }
 }
 
+/// `+ 3s`, `- 2s`, `+ 0s`: an offset added to a time, for EXPLAIN.
+fn offset(ms: i64) -> String {
+    if ms < 0 {
+        format!("- {}", weir_sql::nodes::fmt_ms(ms.saturating_neg()))
+    } else {
+        format!("+ {}", weir_sql::nodes::fmt_ms(ms))
+    }
+}
+
 /// Row ids appended to a side's rows for the epoch's joins (their position
 /// in the list given), so the matched rows can be found afterwards.
 fn with_ids(batches: &[RecordBatch], schema: &SchemaRef) -> Result<(SchemaRef, Vec<RecordBatch>)> {
@@ -752,7 +761,12 @@ impl StatefulOperator for IntervalJoinState {
         let l = self.left_schema.field(self.p.left_time).name();
         let r = self.right_schema.field(self.p.right_time).name();
         let mut keys = vec!["side".to_string(), "arrival_epoch".to_string()];
-        keys.extend(self.p.on.iter().map(|(l, r)| format!("{l} = {r}")));
+        keys.extend(
+            self.p
+                .on
+                .iter()
+                .map(|(l, r)| crate::compat::signature::strip_column_positions(&format!("{l} = {r}"))),
+        );
         let mut values = vec!["matched".to_string()];
         values.extend(
             self.left_schema
@@ -771,10 +785,10 @@ impl StatefulOperator for IntervalJoinState {
             keys,
             values,
             evicted_by: format!(
-                "the watermark: a left row once {l} + {} is behind it, a right row once {r} - {} is \
+                "the watermark: a left row once {l} {} is behind it, a right row once {r} {} is \
                  (no later row can match them then){}",
-                self.p.hi_ms,
-                self.p.lo_ms,
+                offset(self.p.hi_ms),
+                offset(self.p.lo_ms.saturating_neg()),
                 if matches!(self.p.join_type, JoinType::Inner) {
                     ""
                 } else {

@@ -254,11 +254,7 @@ impl fmt::Display for WatermarkOrigin {
             }
             WatermarkOrigin::Sources(s) => write!(f, "lowest of sources {}", s.join(", ")),
             WatermarkOrigin::Upstream { lag_ms } => {
-                write!(
-                    f,
-                    "upstream window results (pipeline watermark - {})",
-                    fmt_ms(*lag_ms)
-                )
+                write!(f, "upstream results (pipeline watermark - {})", fmt_ms(*lag_ms))
             }
         }
     }

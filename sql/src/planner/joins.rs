@@ -74,6 +74,12 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
             (_, _, Some(r), Some(l)) => (l, ob, r, oa, op),
             _ => continue,
         };
+        // Only times bound rows in time (`a.k = b.k` is a key, not a bound).
+        let is_time =
+            |f: &datafusion::arrow::datatypes::Field| matches!(f.data_type(), DataType::Timestamp(..));
+        if !is_time(ls.field(left_col)) || !is_time(rs.field(right_col)) {
+            continue;
+        }
         let v = cl.saturating_sub(cr);
         let i = match bounds
             .iter()

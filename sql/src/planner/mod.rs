@@ -488,7 +488,7 @@ mod tests {
         .unwrap();
         let t = text(&p[0]);
         assert!(
-            t.contains("watermark from upstream window results (pipeline watermark - 1ms)"),
+            t.contains("watermark from upstream results (pipeline watermark - 1ms)"),
             "{t}"
         );
         assert_eq!(t.matches("WindowAggregate:").count(), 2, "{t}");
