@@ -146,32 +146,52 @@ async fn stream(
     query: &str,
     sink_mode: &str,
 ) -> Vec<RecordBatch> {
+    stream_tables(&[("bids", rows, delay_ms)], cuts, max_rows, query, sink_mode, 1).await
+}
+
+/// [`stream`] over several sources, each `(name, rows, watermark delay)`,
+/// each cut into files at the same `cuts`.
+async fn stream_tables(
+    tables: &[(&str, &[Row], i64)],
+    cuts: &[usize],
+    max_rows: usize,
+    query: &str,
+    sink_mode: &str,
+    threads: usize,
+) -> Vec<RecordBatch> {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut bounds = vec![0];
-    bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < rows.len()));
-    bounds.push(rows.len());
-    bounds.sort_unstable();
-    bounds.dedup();
-    for (i, w) in bounds.windows(2).enumerate() {
-        let f = std::fs::File::create(input.join(format!("part-{i:04}.parquet"))).unwrap();
-        let b = batch(&rows[w[0]..w[1]]);
-        let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
-        writer.write(&b).unwrap();
-        writer.close().unwrap();
+    let mut ddl = String::new();
+    for (name, rows, delay_ms) in tables {
+        let input = dir.path().join(name);
+        std::fs::create_dir_all(&input).unwrap();
+        let mut bounds = vec![0];
+        bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < rows.len()));
+        bounds.push(rows.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        for (i, w) in bounds.windows(2).enumerate() {
+            let f = std::fs::File::create(input.join(format!("part-{i:04}.parquet"))).unwrap();
+            let b = batch(&rows[w[0]..w[1]]);
+            let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+            writer.write(&b).unwrap();
+            writer.close().unwrap();
+        }
+        ddl.push_str(&format!(
+            "CREATE TABLE {name} (k BIGINT, price BIGINT, ts TIMESTAMP(3),
+               WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
+               WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '{max_rows}');\n",
+            input.display()
+        ));
     }
     let out = dir.path().join("out");
     let sql = format!(
-        "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
-           WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
-           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '{max_rows}');
+        "{ddl}
          CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'mode' = '{sink_mode}');
          {query};",
-        input.display(),
         out.display()
     );
-    let options = JobOptions::new(dir.path().join("ck").display().to_string());
+    let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
+    options.threads = threads;
     let mut job = StreamingJob::open(&sql, options).await.unwrap();
     let (_tx, stop) = tokio::sync::watch::channel(false);
     job.run(Trigger::AvailableNow, true, stop, &mut |_| {})
@@ -181,8 +201,14 @@ async fn stream(
 }
 
 async fn oracle(rows: &[Row], sql: &str) -> Vec<String> {
+    oracle_tables(&[("bids", rows.to_vec())], sql).await
+}
+
+async fn oracle_tables(tables: &[(&str, Vec<Row>)], sql: &str) -> Vec<String> {
     let ctx = SessionContext::new();
-    ctx.register_batch("bids", batch(rows)).unwrap();
+    for (name, rows) in tables {
+        ctx.register_batch(*name, batch(rows)).unwrap();
+    }
     let mut r = format_rows(&ctx.sql(sql).await.unwrap().collect().await.unwrap());
     r.sort();
     r
@@ -381,6 +407,84 @@ async fn an_update_aggregate_changelog_converges_to_the_batch_result() {
     }
 }
 
+/// An interval join of `bids` and `asks` (same key, an ask from 1 s before
+/// to 2 s after the bid), of each kind, as the batch join writes it.
+fn interval_join(kind: &str) -> String {
+    format!(
+        "SELECT a.k, a.price, b.price, a.ts, b.ts FROM bids a {kind} JOIN asks b
+           ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND"
+    )
+}
+
+/// Streams two sources through `query` (on `threads` threads) and gives
+/// its rows and the batch answer of `oracle_sql` over the on-time rows.
+async fn check_join(
+    bids: &[Row],
+    asks: &[Row],
+    delays: (i64, i64),
+    cuts: &[usize],
+    max_rows: usize,
+    threads: usize,
+    query: &str,
+    oracle_sql: &str,
+) -> (Vec<String>, Vec<String>) {
+    let got = sorted(format_rows(
+        &stream_tables(
+            &[("bids", bids, delays.0), ("asks", asks, delays.1)],
+            cuts,
+            max_rows,
+            &format!("INSERT INTO out {query}"),
+            "append",
+            threads,
+        )
+        .await,
+    ));
+    let want = oracle_tables(
+        &[
+            ("bids", on_time(bids, delays.0)),
+            ("asks", on_time(asks, delays.1)),
+        ],
+        oracle_sql,
+    )
+    .await;
+    (got, want)
+}
+
+/// A window over the join's output: matches per 10 s of the bid's time.
+const JOIN_WINDOW: &str = "WITH m AS (
+        SELECT a.ts AS ts, a.price AS ap FROM bids a JOIN asks b
+          ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND)
+    SELECT window_start, window_end, COUNT(*) AS n, SUM(ap) AS s
+    FROM TABLE(TUMBLE(TABLE m, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end";
+const JOIN_WINDOW_ORACLE: &str = "SELECT to_timestamp_millis(s), to_timestamp_millis(s + 10000), COUNT(*), SUM(ap)
+      FROM (SELECT CAST(a.ts AS BIGINT) - CAST(a.ts AS BIGINT) % 10000 AS s, a.price AS ap FROM bids a JOIN asks b
+          ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND) GROUP BY s";
+
+#[tokio::test]
+async fn interval_joins_match_the_batch_join() {
+    let bids = gen_rows(7, 900, 150, 2000, 6);
+    let asks = gen_rows(8, 700, 200, 2500, 6);
+    for kind in ["INNER", "LEFT", "RIGHT", "FULL"] {
+        let q = interval_join(kind);
+        let (got, want) = check_join(&bids, &asks, (3000, 2000), &[300, 301], 83, 1, &q, &q).await;
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{kind}");
+    }
+    let (got, want) = check_join(
+        &bids,
+        &asks,
+        (3000, 2000),
+        &[450],
+        97,
+        2,
+        JOIN_WINDOW,
+        JOIN_WINDOW_ORACLE,
+    )
+    .await;
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "window over the join");
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -391,8 +495,8 @@ fn rt() -> tokio::runtime::Runtime {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
-    /// Random event times, delays and batch boundaries: each window kind
-    /// equals the oracle, whatever the cuts.
+    /// Random event times, delays, batch boundaries and thread counts: each
+    /// window kind equals the oracle, whatever the cuts.
     #[test]
     fn the_result_never_depends_on_batch_boundaries(
         seed in 0u64..1_000_000,
@@ -402,6 +506,7 @@ proptest! {
         delay_ms in prop::sample::select(vec![0i64, 500, 2000, 5000]),
         cuts in prop::collection::vec(0usize..400, 0..4),
         max_rows in 1usize..120,
+        threads in 1usize..3,
     ) {
         let rows = gen_rows(seed, n, step, disorder, 4);
         rt().block_on(async {
@@ -411,8 +516,38 @@ proptest! {
                 (cumulate_query(), cumulate_oracle()),
                 (session_query(), session_oracle()),
             ] {
-                let got = sorted(format_rows(&stream(&rows, &cuts, max_rows, delay_ms, &q, "append").await));
+                let got = sorted(format_rows(
+                    &stream_tables(&[("bids", &rows, delay_ms)], &cuts, max_rows, &q, "append", threads).await,
+                ));
                 let want = oracle(&on_time(&rows, delay_ms), &o).await;
+                prop_assert_eq!(got, want, "{}", q);
+            }
+            Ok(())
+        })?;
+    }
+
+    /// Interval joins of two sources with their own delays: the streamed
+    /// join equals the batch join of the on-time rows, whatever the cuts.
+    #[test]
+    fn interval_joins_never_depend_on_batch_boundaries(
+        seed in 0u64..1_000_000,
+        n in 20usize..300,
+        step in 1u64..800,
+        disorder in 0u64..4000,
+        delays in (prop::sample::select(vec![0i64, 500, 3000]), prop::sample::select(vec![0i64, 1000, 4000])),
+        cuts in prop::collection::vec(0usize..300, 0..4),
+        max_rows in 1usize..100,
+        threads in 1usize..3,
+    ) {
+        let bids = gen_rows(seed, n, step, disorder, 4);
+        let asks = gen_rows(seed ^ 0xA5A5, n / 2 + 10, step * 2, disorder, 4);
+        rt().block_on(async {
+            for (q, o) in [
+                (interval_join("INNER"), interval_join("INNER")),
+                (interval_join("FULL"), interval_join("FULL")),
+                (JOIN_WINDOW.to_string(), JOIN_WINDOW_ORACLE.to_string()),
+            ] {
+                let (got, want) = check_join(&bids, &asks, delays, &cuts, max_rows, threads, &q, &o).await;
                 prop_assert_eq!(got, want, "{}", q);
             }
             Ok(())

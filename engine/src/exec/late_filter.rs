@@ -6,8 +6,9 @@
 //! delay`, starting from the source's watermark at the start of the epoch
 //! (made of every row of earlier epochs); or when it has no event time. As
 //! in `WindowAssignExec` over an unfiltered source, this depends only on
-//! the order of the rows, not on where epochs begin. Late rows are counted
-//! with the epoch's.
+//! the order of the rows, not on where epochs begin, nor on how many threads
+//! share the source's batches (see `scan::dealt_watermarks`). Late rows are
+//! counted with the epoch's.
 
 use std::fmt;
 use std::sync::Arc;
@@ -121,6 +122,11 @@ impl ExecutionPlan for LateFilterExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let epoch = EpochInput::from_task(&context)?;
+        // Under several threads, the rows of the source before each batch
+        // that other partitions received (see `dealt_watermarks`).
+        let dealt =
+            super::scan::dealt_watermarks(&self.input, self.time_index, &self.source, self.delay_ms, &epoch)?;
+        let mut next_batch = partition;
         let input = self.input.execute(partition, context)?;
         let mut watermark = epoch.source_watermark_in(&self.source);
         let (time_index, delay) = (self.time_index, self.delay_ms);
@@ -130,6 +136,10 @@ impl ExecutionPlan for LateFilterExec {
         let stream = input.map(move |batch| {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();
+            if let Some((n, before)) = &dealt {
+                watermark = watermark.max(before.get(next_batch).copied().unwrap_or(i64::MIN));
+                next_batch += n;
+            }
             let ms = to_millis(batch.column(time_index))?;
             let ms = ms.as_primitive::<TimestampMillisecondType>();
             let (values, nulls) = (ms.values(), ms.nulls());

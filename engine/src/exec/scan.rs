@@ -164,3 +164,72 @@ impl ExecutionPlan for StreamScanExec {
         )?))
     }
 }
+
+/// Where a partition of a plan over a multi-partition scan stands in the
+/// source's order: with `--threads N` a scan deals the epoch's batches
+/// round-robin, so the k-th batch partition `p` sees is the source's batch
+/// `p + k * N`, and the rows before it in the source were partly in other
+/// partitions. A row-by-row watermark kept by one partition alone would
+/// miss those rows: a row late in the source's order could pass as on time
+/// under two threads and not under one.
+///
+/// For `input` reading `source` straight from its scan (through projections
+/// and cooperative wrappers, which keep batches whole and in order), with
+/// column `time_index` of `input` a plain column of the scan: the number of
+/// partitions N and, for each of the epoch's batches, the source's
+/// watermark from the rows of the batches before it (`max event time -
+/// delay`, `i64::MIN` if none). `None` when the scan has one partition (the
+/// partition's own watermark is then exact) or the shape is another.
+pub fn dealt_watermarks(
+    input: &Arc<dyn ExecutionPlan>,
+    time_index: usize,
+    source: &str,
+    delay_ms: i64,
+    epoch: &EpochInput,
+) -> Result<Option<(usize, Vec<i64>)>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::coop::CooperativeExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let mut plan = Arc::clone(input);
+    let mut index = time_index;
+    let scan = loop {
+        if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+            let Some(c) = p.expr().get(index).and_then(|e| e.expr.downcast_ref::<Column>()) else {
+                return Ok(None);
+            };
+            index = c.index();
+            plan = Arc::clone(p.input());
+        } else if let Some(c) = plan.downcast_ref::<CooperativeExec>() {
+            plan = Arc::clone(c.input());
+        } else if let Some(s) = plan.downcast_ref::<StreamScanExec>() {
+            break s;
+        } else {
+            return Ok(None);
+        }
+    };
+    if scan.partitions <= 1 || scan.source != source {
+        return Ok(None);
+    }
+    let Some(rows) = epoch.batches.get(source) else {
+        return Ok(Some((scan.partitions, vec![])));
+    };
+    let declared = match &scan.projection {
+        Some(p) => p.get(index).copied(),
+        None => Some(index),
+    };
+    let Some(position) = declared.and_then(|d| rows.columns.iter().position(|c| *c == d)) else {
+        return Ok(None);
+    };
+    let mut before = Vec::with_capacity(rows.batches.len());
+    let mut watermark = i64::MIN;
+    for b in rows.batches.iter() {
+        before.push(watermark);
+        let ms = super::window_assign::to_millis(b.column(position))?;
+        if let Some(max) = datafusion::arrow::compute::max(ms.as_primitive::<TimestampMillisecondType>()) {
+            watermark = watermark.max(max.saturating_sub(delay_ms));
+        }
+    }
+    Ok(Some((scan.partitions, before)))
+}

@@ -10,7 +10,8 @@
 //!   just before it, `max(event time of rows before i) - delay` (rows of
 //!   earlier epochs included, through the epoch's starting watermark), or
 //!   when it has no event time. This depends only on the order of rows, not
-//!   on where epochs begin and end, so the query's result does not either;
+//!   on where epochs begin and end nor on how many threads share the batches
+//!   (`scan::dealt_watermarks`), so the query's result does not either;
 //! * several sources (a union): late when older than the lowest of their
 //!   watermarks at the start of the epoch;
 //! * an upstream window's results: never late (each is emitted once, final).
@@ -159,6 +160,15 @@ impl ExecutionPlan for WindowAssignExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let epoch = EpochInput::from_task(&context)?;
+        // Under several threads, the rows of the source before each batch
+        // that other partitions received (see `scan::dealt_watermarks`).
+        let dealt = match &self.origin {
+            WatermarkOrigin::Source { source, delay_ms } => {
+                super::scan::dealt_watermarks(&self.input, self.time_index, source, *delay_ms, &epoch)?
+            }
+            _ => None,
+        };
+        let mut next_batch = partition;
         let input = self.input.execute(partition, context)?;
         let (watermark, cap, delay_ms) = match &self.origin {
             WatermarkOrigin::Source { source, delay_ms } => {
@@ -190,6 +200,12 @@ impl ExecutionPlan for WindowAssignExec {
         let stream = input.map(move |batch| {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();
+            if let Some((n, before)) = &dealt {
+                assign.watermark = assign
+                    .watermark
+                    .max(before.get(next_batch).copied().unwrap_or(i64::MIN));
+                next_batch += n;
+            }
             let (out, dropped, late_rows) =
                 super::guarded("WindowAssignExec", epoch.epoch, || assign.apply(&batch))?;
             timer.done();
