@@ -24,9 +24,11 @@ use std::time::Duration;
 
 use common::*;
 
-/// Two pipelines over one source: a tumbling aggregate per auction and a
-/// hopping count, with rows late enough (disorder 3 s, delay 2 s) that some
-/// are dropped, so that lateness decisions are replayed too.
+/// Three pipelines: a tumbling aggregate per auction and a hopping count
+/// over the bids, and an interval join of bids with asks into a tumbling
+/// aggregate (join state and window state, two sources read at different
+/// rates), with rows late enough (disorder 3 s, delay 2 s) that some are
+/// dropped, so that lateness decisions are replayed too.
 const JOB: &str = "-- crash harness
 CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
   WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
@@ -41,6 +43,18 @@ INSERT INTO hopping
 SELECT window_start, window_end, COUNT(*) AS n, AVG(price) AS avg_price
 FROM TABLE(HOP(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND, INTERVAL '15' SECOND))
 GROUP BY window_start, window_end;
+CREATE TABLE asks (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'files', 'path' = 'asks/', 'format' = 'parquet', 'max_rows_per_batch' = '170');
+CREATE TABLE matched WITH ('connector' = 'files', 'path' = 'out/matched/', 'format' = 'parquet');
+INSERT INTO matched
+WITH m AS (
+  SELECT b.auction, b.date_time AS ts, b.price AS bid, a.price AS ask
+  FROM bids b JOIN asks a
+    ON b.auction = a.auction AND a.date_time BETWEEN b.date_time - INTERVAL '1' SECOND AND b.date_time + INTERVAL '2' SECOND)
+SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(bid) AS bids, SUM(ask) AS asks
+FROM TABLE(TUMBLE(TABLE m, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, auction;
 ";
 
 const STEPS: [&str; 7] = [
@@ -53,7 +67,7 @@ const STEPS: [&str; 7] = [
     "published",
 ];
 
-const SINKS: [&str; 2] = ["out/per_auction", "out/hopping"];
+const SINKS: [&str; 3] = ["out/per_auction", "out/hopping", "out/matched"];
 
 const RUN: [&str; 5] = ["run", "job.sql", "--trigger", "available-now", "--drain"];
 
@@ -62,6 +76,8 @@ fn setup() -> Workspace {
     for f in 0..4 {
         let bids = gen_bids(40 + f, 800, BASE_MS + f as i64 * 40_000, 3000);
         write_parquet(&ws.path(&format!("in/bids-{f}.parquet")), &bids);
+        let asks = gen_bids(90 + f, 400, BASE_MS + f as i64 * 40_000, 3000);
+        write_parquet(&ws.path(&format!("asks/asks-{f}.parquet")), &asks);
     }
     ws.write("job.sql", JOB);
     ws
