@@ -407,33 +407,42 @@ fn plan_interval_join(
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-    let cols = n.filter.column_refs();
-    let mut left_idx: Vec<usize> = cols.iter().filter_map(|c| ls.index_of_column(c).ok()).collect();
-    let mut right_idx: Vec<usize> = cols.iter().filter_map(|c| rs.index_of_column(c).ok()).collect();
-    left_idx.sort_unstable();
-    right_idx.sort_unstable();
-    let mut df_fields = Vec::new();
-    let mut fields = Vec::new();
-    for &i in &left_idx {
-        let (q, f) = ls.qualified_field(i);
-        df_fields.push((q.cloned(), Arc::clone(f)));
-        fields.push(pl.field(i).clone());
-    }
-    for &i in &right_idx {
-        let (q, f) = rs.qualified_field(i);
-        df_fields.push((q.cloned(), Arc::clone(f)));
-        fields.push(pr.field(i).clone());
-    }
-    let filter_df = DFSchema::new_with_metadata(df_fields, Default::default())?;
-    let expr = planner.create_physical_expr(&n.filter, &filter_df, session, planning_ctx)?;
-    let filter = JoinFilter::new(
-        expr,
-        JoinFilter::build_column_indices(left_idx, right_idx),
-        Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-    );
+    // A bound that became a key (`a.t = b.t`) may leave no condition.
+    let filter = if matches!(
+        n.filter,
+        datafusion::logical_expr::Expr::Literal(datafusion::common::ScalarValue::Boolean(Some(true)), _)
+    ) {
+        None
+    } else {
+        let cols = n.filter.column_refs();
+        let mut left_idx: Vec<usize> = cols.iter().filter_map(|c| ls.index_of_column(c).ok()).collect();
+        let mut right_idx: Vec<usize> = cols.iter().filter_map(|c| rs.index_of_column(c).ok()).collect();
+        left_idx.sort_unstable();
+        right_idx.sort_unstable();
+        let mut df_fields = Vec::new();
+        let mut fields = Vec::new();
+        for &i in &left_idx {
+            let (q, f) = ls.qualified_field(i);
+            df_fields.push((q.cloned(), Arc::clone(f)));
+            fields.push(pl.field(i).clone());
+        }
+        for &i in &right_idx {
+            let (q, f) = rs.qualified_field(i);
+            df_fields.push((q.cloned(), Arc::clone(f)));
+            fields.push(pr.field(i).clone());
+        }
+        let filter_df = DFSchema::new_with_metadata(df_fields, Default::default())?;
+        let expr = planner.create_physical_expr(&n.filter, &filter_df, session, planning_ctx)?;
+        let filter = JoinFilter::new(
+            expr,
+            JoinFilter::build_column_indices(left_idx, right_idx),
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+        );
+        Some(filter)
+    };
     Ok(interval_join::IntervalJoinParams {
         on,
-        filter: Some(filter),
+        filter,
         join_type: n.join_type,
         null_equality: n.null_equality,
         left_time: n.left_time,

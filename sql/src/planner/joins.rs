@@ -31,11 +31,16 @@ pub(super) struct TimeBound {
 /// in the order first met.
 pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
     let mut bounds: Vec<TimeBound> = Vec::new();
-    let Some(filter) = &j.filter else {
-        return bounds;
+    // Equal times may have become keys (`a.t = b.t`).
+    let mut comparisons: Vec<(Expr, Operator, Expr)> =
+        j.on.iter()
+            .map(|(l, r)| (l.clone(), Operator::Eq, r.clone()))
+            .collect();
+    let conjuncts = match &j.filter {
+        Some(f) => datafusion::logical_expr::utils::split_conjunction(f),
+        None => vec![],
     };
-    let mut comparisons: Vec<(Expr, Operator, Expr)> = Vec::new();
-    for c in datafusion::logical_expr::utils::split_conjunction(filter) {
+    for c in conjuncts {
         match c {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 comparisons.push((left.as_ref().clone(), *op, right.as_ref().clone()))

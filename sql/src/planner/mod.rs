@@ -576,9 +576,108 @@ mod tests {
         let e = plan_err("SELECT auction, ROW_NUMBER() OVER (ORDER BY price) FROM bids").await;
         assert!(e.contains("OVER"), "{e}");
         let e = plan_err("SELECT a.auction FROM bids a JOIN bids b ON a.auction = b.auction").await;
-        assert!(e.contains("joins"), "{e}");
+        assert!(e.contains("joins of streams need a time bound"), "{e}");
         let e = plan_err("SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end EMIT ON UPDATE").await;
         assert!(e.contains("EMIT ON UPDATE of a windowed aggregate"), "{e}");
+    }
+
+    /// The interval join's bound, however it is written, normalized to
+    /// `right.t - left.t in [lo, hi]`.
+    #[tokio::test]
+    async fn interval_join_bounds_are_found_in_any_form() {
+        let cases = [
+            (
+                "b.date_time BETWEEN a.date_time - INTERVAL '5' SECOND AND a.date_time + INTERVAL '10' SECOND",
+                "[-5s, 10s]",
+            ),
+            // Reversed sides and strict comparisons (kept as non-strict).
+            (
+                "a.date_time > b.date_time - INTERVAL '1' MINUTE AND a.date_time < b.date_time",
+                "[0ms, 1m]",
+            ),
+            // Several conjuncts: the tightest wins; an offset on both sides.
+            (
+                "b.date_time >= a.date_time AND b.date_time >= a.date_time + INTERVAL '1' SECOND \
+                 AND b.date_time + INTERVAL '1' SECOND <= a.date_time + INTERVAL '4' SECOND AND a.price > b.price",
+                "[1s, 3s]",
+            ),
+            ("a.date_time = b.date_time", "[0ms, 0ms]"),
+            (
+                "b.date_time BETWEEN a.date_time - INTERVAL '2' HOUR AND a.date_time - INTERVAL '1' HOUR",
+                "[-2h, -1h]",
+            ),
+        ];
+        for (bound, want) in cases {
+            let p = plan(&format!(
+                "SELECT a.auction, b.price FROM bids a JOIN asks b ON a.auction = b.auction AND {bound}"
+            ))
+            .await
+            .unwrap();
+            let t = text(&p[0]);
+            assert!(
+                t.contains(&format!("date_time - date_time in {want}")),
+                "{bound}: {t}"
+            );
+            assert!(
+                t.contains("LateFilter: rows of bids") && t.contains("LateFilter: rows of asks"),
+                "{t}"
+            );
+            assert!(p[0].stateful);
+        }
+    }
+
+    #[tokio::test]
+    async fn joins_without_a_usable_time_bound_are_refused_with_the_fix() {
+        let e = plan_err(
+            "SELECT a.auction FROM bids a JOIN asks b ON a.auction = b.auction AND b.date_time <= a.date_time",
+        )
+        .await;
+        assert!(e.contains("only from above") && e.contains("BETWEEN"), "{e}");
+        let e = plan_err(
+            "SELECT a.auction FROM bids a JOIN plain p ON a.auction = p.a \
+             AND p.ts BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND",
+        )
+        .await;
+        assert!(e.contains("p.ts, which has no watermark"), "{e}");
+        // A bound on months has no fixed length.
+        let e = plan_err(
+            "SELECT a.auction FROM bids a JOIN asks b ON a.auction = b.auction \
+             AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' MONTH",
+        )
+        .await;
+        assert!(e.contains("only from below"), "{e}");
+        let e = plan_err(
+            "SELECT a.auction FROM bids a WHERE a.auction IN (SELECT b.auction FROM asks b \
+             WHERE b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND)",
+        )
+        .await;
+        assert!(e.contains("joins of streams (IN, EXISTS"), "{e}");
+        let e = plan_sql(
+            "INSERT INTO out SELECT a.auction FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a \
+             JOIN asks b ON a.auction = b.auction;",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("updating join"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_window_over_an_interval_join_trails_the_watermark_by_the_bound() {
+        let p = plan_sql(
+            "INSERT INTO out WITH m AS (SELECT a.date_time AS ts, b.date_time AS bts FROM bids a JOIN asks b \
+               ON a.auction = b.auction AND b.date_time BETWEEN a.date_time - INTERVAL '3' SECOND AND a.date_time + INTERVAL '7' SECOND) \
+             SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE m, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end;
+             INSERT INTO out WITH m AS (SELECT a.date_time AS ts, b.date_time AS bts FROM bids a JOIN asks b \
+               ON a.auction = b.auction AND b.date_time BETWEEN a.date_time - INTERVAL '3' SECOND AND a.date_time + INTERVAL '7' SECOND) \
+             SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE m, DESCRIPTOR(bts), INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end;",
+        )
+        .await
+        .unwrap();
+        assert!(text(&p[0]).contains("pipeline watermark - 7s"), "{}", text(&p[0]));
+        assert!(text(&p[1]).contains("pipeline watermark - 3s"), "{}", text(&p[1]));
     }
 
     #[tokio::test]
