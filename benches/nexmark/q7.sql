@@ -1,7 +1,7 @@
 -- q7: Highest bid: the bids with the highest price of each 10-second window
 -- Flink: nexmark-flink q7.sql
 -- Kind: join
--- Needs: an interval join of bid with the windowed maximum (the aggregate part, q7_agg, runs today)
+-- Needs: nothing more; runs today (an interval join of bid with the windowed maximum)
 CREATE TABLE nexmark_q7 WITH (${SINK});
 
 INSERT INTO nexmark_q7

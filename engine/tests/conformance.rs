@@ -277,6 +277,17 @@ fn cumulate_oracle() -> String {
     )
 }
 
+/// Nexmark q7's form: the bids at the highest price of their 10 s window, an
+/// interval join of the bids with a window aggregate's results.
+const HIGHEST_QUERY: &str = "INSERT INTO out SELECT B.k, B.price, B.ts FROM bids B JOIN (
+      SELECT MAX(price) AS maxprice, window_end AS date_time
+      FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end) B1
+    ON B.price = B1.maxprice WHERE B.ts BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time";
+const HIGHEST_ORACLE: &str = "SELECT B.k, B.price, B.ts FROM bids B JOIN (
+      SELECT MAX(price) AS maxprice, to_timestamp_millis(s + 10000) AS date_time
+      FROM (SELECT price, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS s FROM bids) GROUP BY s) B1
+    ON B.price = B1.maxprice WHERE B.ts BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time";
+
 fn session_query() -> String {
     format!(
         "INSERT INTO out SELECT window_start, window_end, k, {AGGS}
@@ -336,6 +347,19 @@ async fn session_matches_batch_and_merges_bridged_sessions() {
     // out-of-order rows bridge sessions already open.
     let rows = gen_rows(4, 1200, 900, 4000, 11);
     check(&rows, &[600], 53, 5000, &session_query(), &session_oracle()).await;
+}
+
+#[tokio::test]
+async fn a_join_with_a_window_aggregate_matches_batch() {
+    // Few prices, so that windows share their maximum with several bids.
+    let rows: Vec<Row> = gen_rows(9, 1500, 150, 3000, 5)
+        .into_iter()
+        .map(|r| Row {
+            price: r.price % 40,
+            ..r
+        })
+        .collect();
+    check(&rows, &[600], 101, 3000, HIGHEST_QUERY, HIGHEST_ORACLE).await;
 }
 
 #[tokio::test]
@@ -515,6 +539,7 @@ proptest! {
                 (hop_query(false), hop_oracle()),
                 (cumulate_query(), cumulate_oracle()),
                 (session_query(), session_oracle()),
+                (HIGHEST_QUERY.to_string(), HIGHEST_ORACLE.to_string()),
             ] {
                 let got = sorted(format_rows(
                     &stream_tables(&[("bids", &rows, delay_ms)], &cuts, max_rows, &q, "append", threads).await,

@@ -3,10 +3,12 @@
 //!
 //! Each side keeps the rows that a later row of the other side can still
 //! match. With the condition `right.t - left.t BETWEEN lo AND hi` and the
-//! pipeline's watermark `W` (no row arriving later is older than `W`):
+//! pipeline's watermark `W` (no row arriving later is older than `W`, or
+//! than `W - lag` for a side whose times trail the watermark, such as the
+//! window_end of an upstream window aggregate):
 //!
-//! * a left row can still match while `t + hi >= W`;
-//! * a right row can still match while `t - lo >= W`.
+//! * a left row can still match while `t + hi >= W - right_lag`;
+//! * a right row can still match while `t - lo >= W - left_lag`.
 //!
 //! An epoch joins its new left rows with every right row held (and the new
 //! ones), and the rows held on the left with the new right rows; it then
@@ -21,8 +23,9 @@
 //! rows and streaming the held rows through it, with the query's whole join
 //! condition as its filter.
 //!
-//! Rows older than the watermark the state was last evicted to are late
-//! (their partners may be gone): they are dropped and counted. The planner
+//! Rows older than the watermark the state was last evicted to (less their
+//! side's lag) are late (their partners may be gone): they are dropped and
+//! counted. The planner
 //! puts a late filter on the sources under each side, so this happens only
 //! when a source was idle while the watermark moved on without it.
 //!
@@ -90,6 +93,12 @@ pub struct IntervalJoinParams {
     pub lo_ms: i64,
     /// Highest, ms.
     pub hi_ms: i64,
+    /// How far the left time of rows still to come can trail the
+    /// watermark, ms (0 over a source; a window column of an upstream
+    /// window aggregate trails it by that window's lag).
+    pub left_lag_ms: i64,
+    /// The same for the right time.
+    pub right_lag_ms: i64,
     /// The bound as written in EXPLAIN.
     pub bound_text: String,
     /// Output: left columns, then right columns.
@@ -443,6 +452,10 @@ impl IntervalJoinState {
         let Some(since) = since else {
             return Ok((all, 0));
         };
+        let since = since.saturating_sub(match side {
+            Side::Left => self.p.left_lag_ms,
+            Side::Right => self.p.right_lag_ms,
+        });
         let times = to_millis(all.column(self.time_of(side)))?;
         let keep: BooleanArray = times
             .as_primitive::<TimestampMillisecondType>()
@@ -624,15 +637,19 @@ impl IntervalJoinState {
                 dirty.insert((side as u8, epoch));
             }
         }
-        // Eviction: a left row can still match while t + hi >= W, a right
-        // row while t - lo >= W.
+        // Eviction: a left row can still match while t + hi >= W -
+        // right_lag, a right row while t - lo >= W - left_lag.
         for side in [Side::Left, Side::Right] {
             let keep_from = if watermark == i64::MAX {
                 i64::MAX
             } else {
                 match side {
-                    Side::Left => watermark.saturating_sub(self.p.hi_ms),
-                    Side::Right => watermark.saturating_add(self.p.lo_ms),
+                    Side::Left => watermark
+                        .saturating_sub(self.p.right_lag_ms)
+                        .saturating_sub(self.p.hi_ms),
+                    Side::Right => watermark
+                        .saturating_sub(self.p.left_lag_ms)
+                        .saturating_add(self.p.lo_ms),
                 }
             };
             let preserved = self.preserves(side);
@@ -787,8 +804,8 @@ impl StatefulOperator for IntervalJoinState {
             evicted_by: format!(
                 "the watermark: a left row once {l} {} is behind it, a right row once {r} {} is \
                  (no later row can match them then){}",
-                offset(self.p.hi_ms),
-                offset(self.p.lo_ms.saturating_neg()),
+                offset(self.p.hi_ms.saturating_add(self.p.right_lag_ms)),
+                offset(self.p.left_lag_ms.saturating_sub(self.p.lo_ms)),
                 if matches!(self.p.join_type, JoinType::Inner) {
                     ""
                 } else {

@@ -449,6 +449,8 @@ fn plan_interval_join(
         right_time: n.right_time,
         lo_ms: n.lo_ms,
         hi_ms: n.hi_ms,
+        left_lag_ms: n.left_lag_ms,
+        right_lag_ms: n.right_lag_ms,
         bound_text: n.bound_text(),
         schema: Arc::new(n.schema().as_arrow().clone()),
     })

@@ -35,6 +35,12 @@ pub struct IntervalJoinNode {
     pub lo_ms: i64,
     /// Highest `right.t - left.t` that can match, ms.
     pub hi_ms: i64,
+    /// How far the left time column of rows still to come can trail the
+    /// pipeline's watermark, ms (0 for a source's watermark column; the
+    /// lag of a window column of an upstream window aggregate).
+    pub left_lag_ms: i64,
+    /// The same for the right time column.
+    pub right_lag_ms: i64,
     schema: DFSchemaRef,
 }
 
@@ -51,6 +57,7 @@ impl IntervalJoinNode {
         null_equality: NullEquality,
         (left_time, right_time): (usize, usize),
         (lo_ms, hi_ms): (i64, i64),
+        (left_lag_ms, right_lag_ms): (i64, i64),
         schema: DFSchemaRef,
     ) -> Self {
         Self {
@@ -64,20 +71,21 @@ impl IntervalJoinNode {
             right_time,
             lo_ms,
             hi_ms,
+            left_lag_ms,
+            right_lag_ms,
             schema,
         }
     }
 
     /// How far the output's copy of the left time column can trail the
-    /// pipeline's watermark, ms: a right row arriving at the watermark
-    /// matches left rows up to `hi` older.
+    /// pipeline's watermark, ms (see [`output_time_lags`]).
     pub fn left_time_lag_ms(&self) -> i64 {
-        self.hi_ms.max(0)
+        output_time_lags(self.lo_ms, self.hi_ms, self.left_lag_ms, self.right_lag_ms).0
     }
 
     /// The same for the right time column.
     pub fn right_time_lag_ms(&self) -> i64 {
-        self.lo_ms.saturating_neg().max(0)
+        output_time_lags(self.lo_ms, self.hi_ms, self.left_lag_ms, self.right_lag_ms).1
     }
 
     /// The time bound as people write it, for EXPLAIN and messages.
@@ -90,6 +98,19 @@ impl IntervalJoinNode {
             signed_ms(self.hi_ms)
         )
     }
+}
+
+/// How far an interval join's output time columns (left, right) can trail
+/// the pipeline's watermark `W`, given the bound `right.t - left.t in [lo,
+/// hi]` and the inputs' own lags. A pair is emitted when its later row
+/// arrives: a left row arrives with `l.t >= W - left_lag`, and a right row
+/// arriving with `r.t >= W - right_lag` pairs with left rows down to
+/// `r.t - hi`; symmetrically for the right column.
+pub fn output_time_lags(lo_ms: i64, hi_ms: i64, left_lag_ms: i64, right_lag_ms: i64) -> (i64, i64) {
+    (
+        left_lag_ms.max(right_lag_ms.saturating_add(hi_ms)).max(0),
+        right_lag_ms.max(left_lag_ms.saturating_sub(lo_ms)).max(0),
+    )
 }
 
 fn signed_ms(ms: i64) -> String {
@@ -137,7 +158,13 @@ impl UserDefinedLogicalNodeCore for IntervalJoinNode {
             on.join(", "),
             self.filter,
             self.bound_text()
-        )
+        )?;
+        for (side, lag) in [("left", self.left_lag_ms), ("right", self.right_lag_ms)] {
+            if lag > 0 {
+                write!(f, " ({side} times trail it by {})", fmt_ms(lag))?;
+            }
+        }
+        Ok(())
     }
 
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {

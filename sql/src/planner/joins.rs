@@ -196,8 +196,8 @@ impl StreamPlanner {
                     .into(),
             }));
         };
-        let left = self.watermarked_side(j.left.as_ref().clone(), bound.left)?;
-        let right = self.watermarked_side(j.right.as_ref().clone(), bound.right)?;
+        let (left, left_lag) = self.watermarked_side(j.left.as_ref().clone(), bound.left)?;
+        let (right, right_lag) = self.watermarked_side(j.right.as_ref().clone(), bound.right)?;
         let node = IntervalJoinNode::new(
             left,
             right,
@@ -209,16 +209,19 @@ impl StreamPlanner {
             j.null_equality,
             (bound.left, bound.right),
             (bound.lo_ms.unwrap_or(0), bound.hi_ms.unwrap_or(0)),
+            (left_lag, right_lag),
             Arc::clone(&j.schema),
         );
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
     }
 
-    /// A join input whose column `time` must carry a source's watermark;
-    /// its sources' late rows are dropped where they are read, so that the
-    /// join sees only rows no later than the watermark allows (and which
-    /// rows those are does not depend on where epochs begin).
-    fn watermarked_side(&self, input: LogicalPlan, time: usize) -> Result<LogicalPlan> {
+    /// A join input whose column `time` must carry a watermark, and how far
+    /// that column trails the pipeline's watermark. A source's late rows are
+    /// dropped where they are read, so that the join sees only rows no
+    /// later than the watermark allows (and which rows those are does not
+    /// depend on where epochs begin); a window column of an upstream window
+    /// aggregate trails the watermark by that window's lag and is never late.
+    fn watermarked_side(&self, input: LogicalPlan, time: usize) -> Result<(LogicalPlan, i64)> {
         let column = Column::from(input.schema().qualified_field(time));
         match self.trace_time(&input, time) {
             Some(TimeOrigin::Sources(sources)) => {
@@ -229,12 +232,9 @@ impl StreamPlanner {
                     };
                     input = windows::late_filter_at(input, &source, &w.column, w.delay_ms)?;
                 }
-                Ok(input)
+                Ok((input, 0))
             }
-            Some(TimeOrigin::Upstream(_)) => Err(Error::Unsupported(format!(
-                "an interval join on {column}, a window column of an upstream aggregate, is not supported yet; \
-                 join the windows' results on window_start and window_end (a window join) instead"
-            ))),
+            Some(TimeOrigin::Upstream(lag)) => Ok((input, lag)),
             None => Err(Error::Plan(format!(
                 "the join's time bound uses {column}, which has no watermark: declare \
                  WATERMARK FOR {name} AS {name} - INTERVAL ... on its source, or bound the join on a column that has one",
@@ -244,19 +244,27 @@ impl StreamPlanner {
     }
 }
 
-/// The output lag of a join's time column (`idx` of its output), before the
-/// join is rewritten into an [`IntervalJoinNode`].
-pub(super) fn join_time_lag(j: &Join, idx: usize) -> Option<i64> {
-    let b = time_bounds(j)
-        .into_iter()
-        .find(|b| b.lo_ms.is_some() && b.hi_ms.is_some())?;
-    let left_len = j.left.schema().fields().len();
-    if idx == b.left {
-        Some(b.hi_ms?.max(0))
-    } else if idx == left_len + b.right {
-        Some(b.lo_ms?.saturating_neg().max(0))
-    } else {
-        None
+impl StreamPlanner {
+    /// The output lag of a join's time column (`idx` of its output), before
+    /// the join is rewritten into an [`IntervalJoinNode`].
+    pub(super) fn join_time_lag(&self, j: &Join, idx: usize) -> Option<i64> {
+        let b = time_bounds(j)
+            .into_iter()
+            .find(|b| b.lo_ms.is_some() && b.hi_ms.is_some())?;
+        let lag = |plan: &LogicalPlan, i: usize| match self.trace_time(plan, i)? {
+            TimeOrigin::Sources(_) => Some(0),
+            TimeOrigin::Upstream(lag) => Some(lag),
+        };
+        let (left_lag, right_lag) = (lag(&j.left, b.left)?, lag(&j.right, b.right)?);
+        let (l, r) = crate::nodes::output_time_lags(b.lo_ms?, b.hi_ms?, left_lag, right_lag);
+        let left_len = j.left.schema().fields().len();
+        if idx == b.left {
+            Some(l)
+        } else if idx == left_len + b.right {
+            Some(r)
+        } else {
+            None
+        }
     }
 }
 

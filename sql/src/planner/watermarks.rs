@@ -48,7 +48,7 @@ impl StreamPlanner {
             }
             // A time column of an interval join's output trails the
             // watermark by up to the join's bound on the other side.
-            LogicalPlan::Join(j) => joins::join_time_lag(j, idx).map(TimeOrigin::Upstream),
+            LogicalPlan::Join(j) => self.join_time_lag(j, idx).map(TimeOrigin::Upstream),
             LogicalPlan::Extension(e) => {
                 if let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::IntervalJoinNode>() {
                     return joins::interval_join_time_lag(n, idx).map(TimeOrigin::Upstream);
