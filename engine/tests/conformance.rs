@@ -440,6 +440,15 @@ fn interval_join(kind: &str) -> String {
     )
 }
 
+/// A semi (`EXISTS`) or anti (`NOT EXISTS`) interval join of `bids` with
+/// `asks`.
+fn exists_join(not: &str) -> String {
+    format!(
+        "SELECT a.k, a.price, a.ts FROM bids a WHERE {not} EXISTS (SELECT 1 FROM asks b
+           WHERE a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND)"
+    )
+}
+
 /// Streams two sources through `query` (on `threads` threads) and gives
 /// its rows and the batch answer of `oracle_sql` over the on-time rows.
 async fn check_join(
@@ -488,8 +497,12 @@ const JOIN_WINDOW_ORACLE: &str = "SELECT to_timestamp_millis(s), to_timestamp_mi
 async fn interval_joins_match_the_batch_join() {
     let bids = gen_rows(7, 900, 150, 2000, 6);
     let asks = gen_rows(8, 700, 200, 2500, 6);
-    for kind in ["INNER", "LEFT", "RIGHT", "FULL"] {
-        let q = interval_join(kind);
+    let queries = ["INNER", "LEFT", "RIGHT", "FULL"]
+        .map(interval_join)
+        .into_iter()
+        .chain([exists_join(""), exists_join("NOT")]);
+    for q in queries {
+        let kind = q.clone();
         let (got, want) = check_join(&bids, &asks, (3000, 2000), &[300, 301], 83, 1, &q, &q).await;
         assert!(!want.is_empty());
         assert_eq!(got, want, "{kind}");
@@ -570,6 +583,8 @@ proptest! {
             for (q, o) in [
                 (interval_join("INNER"), interval_join("INNER")),
                 (interval_join("FULL"), interval_join("FULL")),
+                (exists_join(""), exists_join("")),
+                (exists_join("NOT"), exists_join("NOT")),
                 (JOIN_WINDOW.to_string(), JOIN_WINDOW_ORACLE.to_string()),
             ] {
                 let (got, want) = check_join(&bids, &asks, delays, &cuts, max_rows, threads, &q, &o).await;

@@ -10,6 +10,10 @@
 //! * a left row can still match while `t + hi >= W - right_lag`;
 //! * a right row can still match while `t - lo >= W - left_lag`.
 //!
+//! Semi joins (`IN`, `EXISTS`) emit a row of their side once, when it
+//! first matches; anti joins (`NOT EXISTS`) emit it when it is evicted
+//! without having matched.
+//!
 //! An epoch joins its new left rows with every right row held (and the new
 //! ones), and the rows held on the left with the new right rows; it then
 //! adds the new rows to the state and evicts what the epoch's closing
@@ -396,26 +400,27 @@ fn with_ids(batches: &[RecordBatch], schema: &SchemaRef) -> Result<(SchemaRef, V
 }
 
 /// Marks the rows `ids` (positions across `chunks` in order) matched;
-/// returns the arrival epochs of chunks that changed.
-fn mark(chunks: &mut [Chunk], ids: &[u64]) -> BTreeSet<i64> {
+/// returns those that were not yet, as (chunk, row).
+fn mark(chunks: &mut [Chunk], ids: &[u64]) -> Vec<(usize, usize)> {
     let mut starts = Vec::with_capacity(chunks.len());
     let mut at = 0u64;
     for c in chunks.iter() {
         starts.push(at);
         at += c.rows.num_rows() as u64;
     }
-    let mut changed = BTreeSet::new();
+    let mut newly = Vec::new();
     for &id in ids {
         let i = starts.partition_point(|&s| s <= id).saturating_sub(1);
+        let row = (id - starts[i]) as usize;
         if let Some(c) = chunks.get_mut(i)
-            && let Some(m) = c.matched.get_mut((id - starts[i]) as usize)
+            && let Some(m) = c.matched.get_mut(row)
             && !*m
         {
             *m = true;
-            changed.insert(c.epoch);
+            newly.push((i, row));
         }
     }
-    changed
+    newly
 }
 
 impl IntervalJoinState {
@@ -423,11 +428,41 @@ impl IntervalJoinState {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a side's rows that never matched are emitted when evicted:
+    /// an outer side (with NULLs for the other side), an anti join's side.
     fn preserves(&self, side: Side) -> bool {
         match side {
-            Side::Left => matches!(self.p.join_type, JoinType::Left | JoinType::Full),
-            Side::Right => matches!(self.p.join_type, JoinType::Right | JoinType::Full),
+            Side::Left => matches!(
+                self.p.join_type,
+                JoinType::Left | JoinType::Full | JoinType::LeftAnti
+            ),
+            Side::Right => matches!(
+                self.p.join_type,
+                JoinType::Right | JoinType::Full | JoinType::RightAnti
+            ),
         }
+    }
+
+    /// The side a semi join emits (each row once, when it first matches).
+    fn semi(&self) -> Option<Side> {
+        match self.p.join_type {
+            JoinType::LeftSemi => Some(Side::Left),
+            JoinType::RightSemi => Some(Side::Right),
+            _ => None,
+        }
+    }
+
+    /// Whether matches are emitted as pairs (not a semi or anti join).
+    fn emits_pairs(&self) -> bool {
+        matches!(
+            self.p.join_type,
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+        )
+    }
+
+    /// Whether a side's rows remember that they matched.
+    fn tracks(&self, side: Side) -> bool {
+        self.preserves(side) || self.semi() == Some(side)
     }
 
     fn schema_of(&self, side: Side) -> &SchemaRef {
@@ -582,6 +617,9 @@ impl IntervalJoinState {
         let mut dirty = BTreeSet::new();
         let mut new_left_matched = vec![false; new_left.num_rows()];
         let mut new_right_matched = vec![false; new_right.num_rows()];
+        // Held rows that matched for the first time, by side.
+        let mut newly_left = Vec::new();
+        let mut newly_right = Vec::new();
         for (b, new_is_left) in pairs_new_left
             .iter()
             .map(|b| (b, true))
@@ -594,36 +632,54 @@ impl IntervalJoinState {
                     nl + nr + 2
                 )));
             }
-            let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
-            columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
-            out.push(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?);
+            if self.emits_pairs() {
+                let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
+                columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
+                out.push(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?);
+            }
             let (lid, rid) = (ids(b, nl), ids(b, nl + nr + 1));
             if new_is_left {
-                if self.preserves(Side::Left) {
+                if self.tracks(Side::Left) {
                     for i in lid {
                         new_left_matched[i as usize] = true;
                     }
                 }
-                if self.preserves(Side::Right) {
+                if self.tracks(Side::Right) {
                     let (held_ids, new_ids): (Vec<u64>, Vec<u64>) =
                         rid.into_iter().partition(|&i| i < held_right_len);
-                    for e in mark(&mut held.right, &held_ids) {
-                        dirty.insert((Side::Right as u8, e));
-                    }
+                    newly_right.extend(mark(&mut held.right, &held_ids));
                     for i in new_ids {
                         new_right_matched[(i - held_right_len) as usize] = true;
                     }
                 }
             } else {
-                if self.preserves(Side::Left) {
-                    for e in mark(&mut held.left, &lid) {
-                        dirty.insert((Side::Left as u8, e));
-                    }
+                if self.tracks(Side::Left) {
+                    newly_left.extend(mark(&mut held.left, &lid));
                 }
-                if self.preserves(Side::Right) {
+                if self.tracks(Side::Right) {
                     for i in rid {
                         new_right_matched[i as usize] = true;
                     }
+                }
+            }
+        }
+        for (side, newly) in [(Side::Left, &newly_left), (Side::Right, &newly_right)] {
+            let chunks = held.side(side);
+            for &(c, _) in newly.iter() {
+                dirty.insert((side as u8, chunks[c].epoch));
+            }
+            // A semi join emits a held row when it first matches.
+            if self.semi() == Some(side) {
+                let mut by_chunk: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+                for &(c, row) in newly.iter() {
+                    by_chunk.entry(c).or_default().push(row as u32);
+                }
+                for (c, rows) in by_chunk {
+                    let rows = take_batch(&chunks[c].rows, &UInt32Array::from(rows))?;
+                    out.push(RecordBatch::try_new(
+                        Arc::clone(&self.p.schema),
+                        rows.columns().to_vec(),
+                    )?);
                 }
             }
         }
@@ -632,6 +688,14 @@ impl IntervalJoinState {
             (Side::Right, new_right, new_right_matched),
         ] {
             if rows.num_rows() > 0 {
+                // ... and a new row that matched in its first epoch.
+                if self.semi() == Some(side) && matched.iter().any(|&m| m) {
+                    let rows = filter_record_batch(&rows, &BooleanArray::from(matched.clone()))?;
+                    out.push(RecordBatch::try_new(
+                        Arc::clone(&self.p.schema),
+                        rows.columns().to_vec(),
+                    )?);
+                }
                 let chunk = Chunk::new(epoch, rows, self.time_of(side), matched)?;
                 held.side(side).push(chunk);
                 dirty.insert((side as u8, epoch));
@@ -699,8 +763,15 @@ impl IntervalJoinState {
         Ok(concat_batches(&self.p.schema, &out)?)
     }
 
-    /// Rows of one side with NULLs for the other's columns.
+    /// Rows of one side with NULLs for the other's columns (an anti join's
+    /// rows as they are).
     fn padded(&self, side: Side, rows: &RecordBatch) -> Result<RecordBatch> {
+        if matches!(self.p.join_type, JoinType::LeftAnti | JoinType::RightAnti) {
+            return Ok(RecordBatch::try_new(
+                Arc::clone(&self.p.schema),
+                rows.columns().to_vec(),
+            )?);
+        }
         let n = rows.num_rows();
         let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
             s.fields()

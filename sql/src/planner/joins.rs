@@ -158,14 +158,19 @@ impl StreamPlanner {
     /// A join of two streams, as an interval join, or refused with what to
     /// write instead.
     pub(super) fn stream_join(&self, j: Join) -> Result<LogicalPlan> {
-        if !matches!(
-            j.join_type,
-            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
-        ) {
-            return Err(Error::Unsupported(format!(
-                "{} joins of streams (IN, EXISTS and their negations) are not supported yet",
-                j.join_type
-            )));
+        if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
+            return Err(Error::Unsupported(
+                "IN or EXISTS subqueries combined with OR are not supported on streams; \
+                 write them as separate conditions joined by AND, or as a UNION ALL"
+                    .into(),
+            ));
+        }
+        if j.null_aware {
+            return Err(Error::Unsupported(
+                "NOT IN over a stream: a NULL arriving later would change every earlier answer; \
+                 write NOT EXISTS (SELECT ... WHERE a.k = b.k ...) instead"
+                    .into(),
+            ));
         }
         if is_changelog(&j.left) || is_changelog(&j.right) {
             return Err(Error::Unsupported(
@@ -257,10 +262,10 @@ impl StreamPlanner {
         };
         let (left_lag, right_lag) = (lag(&j.left, b.left)?, lag(&j.right, b.right)?);
         let (l, r) = crate::nodes::output_time_lags(b.lo_ms?, b.hi_ms?, left_lag, right_lag);
-        let left_len = j.left.schema().fields().len();
-        if idx == b.left {
+        let (li, ri) = output_positions(j.join_type, j.left.schema().fields().len(), b.left, b.right);
+        if Some(idx) == li {
             Some(l)
-        } else if idx == left_len + b.right {
+        } else if Some(idx) == ri {
             Some(r)
         } else {
             None
@@ -270,12 +275,32 @@ impl StreamPlanner {
 
 /// The same for a rewritten [`IntervalJoinNode`].
 pub(super) fn interval_join_time_lag(n: &IntervalJoinNode, idx: usize) -> Option<i64> {
-    let left_len = n.left.schema().fields().len();
-    if idx == n.left_time {
+    let (l, r) = output_positions(
+        n.join_type,
+        n.left.schema().fields().len(),
+        n.left_time,
+        n.right_time,
+    );
+    if Some(idx) == l {
         Some(n.left_time_lag_ms())
-    } else if idx == left_len + n.right_time {
+    } else if Some(idx) == r {
         Some(n.right_time_lag_ms())
     } else {
         None
+    }
+}
+
+/// Where a join's output holds the left and the right time column (a semi
+/// or anti join outputs one side only).
+fn output_positions(
+    join_type: JoinType,
+    left_len: usize,
+    left: usize,
+    right: usize,
+) -> (Option<usize>, Option<usize>) {
+    match join_type {
+        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => (Some(left), None),
+        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (None, Some(right)),
+        _ => (Some(left), Some(left_len + right)),
     }
 }
