@@ -1,7 +1,7 @@
 -- q5: Hot items: the auctions with the most bids in each 10-second window, sliding every 2 seconds
 -- Flink: nexmark-flink q5.sql
 -- Kind: join
--- Needs: a window join of the per-auction counts with their per-window maximum
+-- Needs: nothing more; runs today (a semi interval join of the per-auction counts with each window's maximum; DataFusion turns the join into a semi join)
 CREATE TABLE nexmark_q5 WITH (${SINK});
 
 INSERT INTO nexmark_q5

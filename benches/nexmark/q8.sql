@@ -1,7 +1,7 @@
 -- q8: Monitor new users: people who created an auction in the 10-second window they joined in
 -- Flink: nexmark-flink q8.sql
 -- Kind: join
--- Needs: a window join of two windowed aggregates (each side alone runs today)
+-- Needs: nothing more; runs today (a semi interval join of two windowed aggregates on their windows)
 CREATE TABLE nexmark_q8 WITH (${SINK});
 
 INSERT INTO nexmark_q8

@@ -6,7 +6,8 @@
 //! (TUMBLE, HOP, CUMULATE, SESSION with and without PARTITION BY), or none
 //! (a changelog, or stateless rows); GROUP BY with 0 to 3 keys; DISTINCT;
 //! HAVING; aggregates with and without FILTER; subqueries in FROM (over a
-//! window's rows and over its results) and, now and then, in an expression.
+//! window's rows and over its results) and, now and then, in an expression;
+//! interval joins of the table with itself (inner, outer, semi, anti).
 //! The input is cut into files and epochs at random, with rows out of order
 //! and late.
 //!
@@ -282,6 +283,9 @@ struct Case {
     threads: usize,
     /// Reopen the job from its checkpoint before every epoch.
     restart: bool,
+    /// An interval join of the table with itself: the batch answer is the
+    /// same query over the on-time rows.
+    join: bool,
 }
 
 const AGGS: &[&str] = &[
@@ -330,16 +334,33 @@ impl Filter {
 fn gen_case(seed: u64) -> Case {
     let mut rng = Rng(seed);
     let n = 50 + rng.below(350) as usize;
-    // With rows in order nothing is late, so the result cannot depend on
-    // how rows are dealt to threads: those cases run on two.
+    // Lateness is decided in the source's order whatever the threads (the
+    // scan deals batches round-robin), so any case may run on two.
     let in_order = rng.chance(25);
-    let threads = if in_order { 2 } else { 1 };
+    let threads = if in_order || rng.chance(30) { 2 } else { 1 };
     let restart = rng.chance(25);
     let rows = gen_rows(&mut rng, n, in_order);
     let delay_ms = *rng.pick(&[0i64, 500, 2000, 5000]);
     let mut cuts: Vec<usize> = (0..rng.below(4)).map(|_| rng.below(n as u64) as usize).collect();
     cuts.sort_unstable();
     let max_rows = 1 + rng.below(150) as usize;
+    if rng.chance(20) {
+        return Case {
+            seed,
+            query: gen_join(&mut rng),
+            window: None,
+            filters: vec![],
+            view: None,
+            changelog: false,
+            delay_ms,
+            rows,
+            cuts,
+            max_rows,
+            threads,
+            restart,
+            join: true,
+        };
+    }
 
     let window = match rng.below(7) {
         0 => None,
@@ -493,6 +514,55 @@ fn gen_case(seed: u64) -> Case {
         max_rows,
         threads,
         restart,
+        join: false,
+    }
+}
+
+/// An interval join of `bids` with itself: a random kind (inner, outer,
+/// semi, anti), keys (none, one, two, a nullable one), bound (any width,
+/// either side first, BETWEEN or two comparisons) and extra condition.
+fn gen_join(rng: &mut Rng) -> String {
+    let shift = |ms: i64| {
+        if ms < 0 {
+            format!("- INTERVAL '{}' MILLISECOND", -ms)
+        } else {
+            format!("+ INTERVAL '{ms}' MILLISECOND")
+        }
+    };
+    let lo = *rng.pick(&[-3000i64, -1000, 0, 500]);
+    let hi = lo + *rng.pick(&[0i64, 1000, 2500, 4000]);
+    // b.ts - a.ts in [lo, hi].
+    let bound = match rng.below(3) {
+        0 => format!("b.ts BETWEEN a.ts {} AND a.ts {}", shift(lo), shift(hi)),
+        1 => format!("b.ts >= a.ts {} AND b.ts <= a.ts {}", shift(lo), shift(hi)),
+        _ => format!("a.ts >= b.ts {} AND a.ts <= b.ts {}", shift(-hi), shift(-lo)),
+    };
+    let key = *rng.pick(&[
+        "a.k1 = b.k1",
+        "a.k2 = b.k2",
+        "a.k3 = b.k3",
+        "a.k1 = b.k1 AND a.k2 = b.k2",
+        "",
+    ]);
+    let mut cond: Vec<String> = vec![bound];
+    if !key.is_empty() {
+        cond.insert(0, key.to_string());
+    }
+    if rng.chance(30) {
+        cond.push("a.price > b.price".into());
+    }
+    let cond = cond.join(" AND ");
+    match rng.below(6) {
+        4 => {
+            format!("SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM bids b WHERE {cond})")
+        }
+        5 => format!(
+            "SELECT a.k1, a.k3, a.ts FROM bids a WHERE NOT EXISTS (SELECT 1 FROM bids b WHERE {cond})"
+        ),
+        k => {
+            let kind = ["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"][k as usize];
+            format!("SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a {kind} bids b ON {cond}")
+        }
     }
 }
 
@@ -680,6 +750,11 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
     // The batch answer.
     let ctx = SessionContext::new();
     let oracle_query = match &case.window {
+        None if case.join => {
+            ctx.register_batch("bids", batch(&on_time(&case.rows, case.delay_ms)))
+                .unwrap();
+            case.query.clone()
+        }
         None => {
             ctx.register_batch("bids", batch(&case.rows)).unwrap();
             case.query.replace("{FROM}", "bids")
