@@ -286,6 +286,9 @@ struct Case {
     /// An interval join of the table with itself: the batch answer is the
     /// same query over the on-time rows.
     join: bool,
+    /// A regular join (no time bound): no row is late, the batch answer
+    /// reads them all.
+    regular: bool,
 }
 
 const AGGS: &[&str] = &[
@@ -345,9 +348,15 @@ fn gen_case(seed: u64) -> Case {
     cuts.sort_unstable();
     let max_rows = 1 + rng.below(150) as usize;
     if rng.chance(20) {
+        let regular = rng.chance(25);
         return Case {
             seed,
-            query: gen_join(&mut rng),
+            query: if regular {
+                gen_regular_join(&mut rng)
+            } else {
+                gen_join(&mut rng)
+            },
+            regular,
             window: None,
             filters: vec![],
             view: None,
@@ -515,6 +524,29 @@ fn gen_case(seed: u64) -> Case {
         threads,
         restart,
         join: false,
+        regular: false,
+    }
+}
+
+/// A regular join of `bids` with itself (inner or semi, no time bound).
+fn gen_regular_join(rng: &mut Rng) -> String {
+    let key = *rng.pick(&[
+        "a.k1 = b.k1",
+        "a.k2 = b.k2",
+        "a.k3 = b.k3",
+        "a.k1 = b.k1 AND a.k2 = b.k2",
+    ]);
+    let extra = if rng.chance(50) {
+        " AND a.price > b.price + 900"
+    } else {
+        ""
+    };
+    if rng.chance(30) {
+        format!(
+            "SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
+        )
+    } else {
+        format!("SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN bids b ON {key}{extra}")
     }
 }
 
@@ -751,8 +783,12 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
     let ctx = SessionContext::new();
     let oracle_query = match &case.window {
         None if case.join => {
-            ctx.register_batch("bids", batch(&on_time(&case.rows, case.delay_ms)))
-                .unwrap();
+            let rows = if case.regular {
+                case.rows.clone()
+            } else {
+                on_time(&case.rows, case.delay_ms)
+            };
+            ctx.register_batch("bids", batch(&rows)).unwrap();
             case.query.clone()
         }
         None => {

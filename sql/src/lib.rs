@@ -32,7 +32,7 @@ pub mod statement;
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};
 pub use nodes::{
-    IntervalJoinNode, LateFilterNode, OP_COLUMN, RankKind, UpdateAggregateNode, WatermarkOrigin,
+    LateFilterNode, OP_COLUMN, RankKind, StreamJoinNode, UpdateAggregateNode, WatermarkOrigin,
     WindowAggregateNode, WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
 };
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};

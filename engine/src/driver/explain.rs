@@ -59,7 +59,7 @@ impl StreamingJob {
             let _ = writeln!(out, "     evicted: {}", t.evicted_by);
             let emit = match op.kind() {
                 "update-aggregate" => "on update: the changed groups of each epoch as +I/-U/+U/-D",
-                "interval-join" => {
+                "interval-join" | "regular-join" => {
                     "each match in the epoch its later row arrives; an outer side's unmatched rows once evicted"
                 }
                 _ => "on window close: each window once, when the watermark passes its end",
@@ -100,7 +100,7 @@ impl StreamingJob {
 fn stateless_prefix(plan: &datafusion::logical_expr::LogicalPlan) -> String {
     use datafusion::logical_expr::LogicalPlan;
     fn is_stateful(p: &LogicalPlan) -> bool {
-        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN" | "IntervalJoin"))
+        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN" | "IntervalJoin" | "RegularJoin"))
     }
     fn lowest(p: &LogicalPlan) -> &LogicalPlan {
         for input in p.inputs() {

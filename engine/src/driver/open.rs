@@ -209,6 +209,16 @@ impl StreamingJob {
             .filter(|(_, s)| s.watermark.is_some())
             .map(|(n, _)| (n.clone(), i64::MIN))
             .collect();
+        // Operators whose state can grow without bound say so once, in the
+        // first progress line.
+        let warnings: Vec<String> = pipelines
+            .iter()
+            .flat_map(|p| {
+                p.operators
+                    .iter()
+                    .filter_map(move |(id, op)| op.warning().map(|w| format!("{} {id}: {w}", p.statement)))
+            })
+            .collect();
         let mut job = StreamingJob {
             checkpoint,
             metadata,
@@ -226,7 +236,7 @@ impl StreamingJob {
             notes,
             reset_sources,
             tvfs: job.tvfs.clone(),
-            warnings: Vec::new(),
+            warnings,
             warned_drained: false,
         };
         if let Err(e) = job.recover().await {

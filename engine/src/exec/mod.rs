@@ -16,13 +16,13 @@
 //! [`stateful_state`] so checkpoints find it.
 
 pub mod groups;
-pub mod interval_join;
 pub mod keys;
 pub mod late_filter;
 pub mod operator;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;
+pub mod stream_join;
 pub mod units;
 pub mod update_agg;
 pub mod window_agg;
@@ -74,7 +74,7 @@ pub fn stateful_state(plan: &dyn ExecutionPlan) -> Option<Arc<dyn StatefulOperat
         .or_else(|| of::<update_agg::UpdateState>(plan))
         .or_else(|| of::<window_topn::TopNState>(plan))
         .or_else(|| {
-            plan.downcast_ref::<interval_join::IntervalJoinExec>()
+            plan.downcast_ref::<stream_join::StreamJoinExec>()
                 .map(|node| node.state() as Arc<dyn StatefulOperator>)
         })
 }
@@ -115,6 +115,11 @@ pub struct StateChange {
 /// never stopped. `watermark` is the pipeline's watermark of the last
 /// committed epoch (what the operator last emitted up to, before its lag).
 pub trait StatefulOperator: Send + Sync {
+    /// A warning to give once when the job starts (a state that can grow
+    /// without bound).
+    fn warning(&self) -> Option<String> {
+        None
+    }
     /// A short name of the operator kind, for messages.
     fn kind(&self) -> &'static str;
     /// Rows (groups) held.
@@ -342,10 +347,10 @@ impl ExtensionPlanner for StreamExtensionPlanner {
             };
             return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
         }
-        if let Some(n) = node.as_any().downcast_ref::<weir_sql::IntervalJoinNode>() {
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::StreamJoinNode>() {
             let params =
-                plan_interval_join(n, logical_inputs, physical_inputs, planner, session, planning_ctx)?;
-            return Ok(Some(Arc::new(interval_join::IntervalJoinExec::try_new(
+                plan_stream_join(n, logical_inputs, physical_inputs, planner, session, planning_ctx)?;
+            return Ok(Some(Arc::new(stream_join::StreamJoinExec::try_new(
                 Arc::clone(&physical_inputs[0]),
                 Arc::clone(&physical_inputs[1]),
                 params,
@@ -386,14 +391,14 @@ impl ExtensionPlanner for StreamExtensionPlanner {
 /// An interval join's keys and condition as DataFusion's planner lowers
 /// them for its own joins: each key over its input, the condition over an
 /// intermediate schema of the columns it reads (see `JoinFilter`).
-fn plan_interval_join(
-    n: &weir_sql::IntervalJoinNode,
+fn plan_stream_join(
+    n: &weir_sql::StreamJoinNode,
     logical_inputs: &[&LogicalPlan],
     physical_inputs: &[Arc<dyn ExecutionPlan>],
     planner: &dyn PhysicalPlanner,
     session: &dyn Session,
     planning_ctx: &PhysicalPlanningContext,
-) -> Result<interval_join::IntervalJoinParams> {
+) -> Result<stream_join::StreamJoinParams> {
     use datafusion::common::DFSchema;
     use datafusion::physical_plan::joins::utils::JoinFilter;
     let (ls, rs) = (logical_inputs[0].schema(), logical_inputs[1].schema());
@@ -440,17 +445,13 @@ fn plan_interval_join(
         );
         Some(filter)
     };
-    Ok(interval_join::IntervalJoinParams {
+    Ok(stream_join::StreamJoinParams {
         on,
         filter,
         join_type: n.join_type,
         null_equality: n.null_equality,
-        left_time: n.left_time,
-        right_time: n.right_time,
-        lo_ms: n.lo_ms,
-        hi_ms: n.hi_ms,
-        left_lag_ms: n.left_lag_ms,
-        right_lag_ms: n.right_lag_ms,
+        time: n.time,
+        ttl_ms: n.ttl_ms,
         bound_text: n.bound_text(),
         schema: Arc::new(n.schema().as_arrow().clone()),
     })

@@ -1,20 +1,22 @@
-//! Joins of two streams ([`IntervalJoinNode`]).
+//! Joins of two streams ([`StreamJoinNode`]).
 
 use datafusion::common::{JoinType, NullEquality};
 
 use super::*;
 
-/// An interval join (Flink's form): two streams joined on equal keys and a
-/// time bound between their watermarked time columns,
-/// `right.t - left.t BETWEEN lo AND hi`.
+/// A join of two streams: an interval join when the condition bounds the
+/// two sides' watermarked times (`time`), a regular join otherwise.
 ///
 /// The join condition itself (`on` and the whole `filter`, time bound
-/// included) decides which rows match; `lo` and `hi` only tell the operator
+/// included) decides which rows match. The bound only tells the operator
 /// how long a row may still find a partner: a left row is kept until the
-/// watermark passes `t + hi`, a right row until it passes `t - lo`. Rows of
-/// an outer side that found no partner by then are emitted with NULLs.
+/// watermark passes `t + hi`, a right row until it passes `t - lo` (Flink's
+/// interval join). Rows of an outer side that found no partner by then are
+/// emitted with NULLs. A regular join (an inner or semi join without a
+/// bound) keeps its rows until `state.ttl` of processing time has passed
+/// since they arrived, or forever.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct IntervalJoinNode {
+pub struct StreamJoinNode {
     /// The left input.
     pub left: LogicalPlan,
     /// The right input.
@@ -23,14 +25,24 @@ pub struct IntervalJoinNode {
     pub on: Vec<(Expr, Expr)>,
     /// The rest of the join condition, the time bound included.
     pub filter: Expr,
-    /// INNER, LEFT, RIGHT or FULL.
+    /// INNER, LEFT, RIGHT, FULL, or a semi or anti join of either side.
     pub join_type: JoinType,
     /// Whether NULL keys match each other (`IS NOT DISTINCT FROM`).
     pub null_equality: NullEquality,
+    /// The time bound of an interval join; `None` for a regular join.
+    pub time: Option<JoinTime>,
+    /// A regular join's state TTL (processing time since a row arrived), ms.
+    pub ttl_ms: Option<i64>,
+    schema: DFSchemaRef,
+}
+
+/// The time bound of an interval join, `right.t - left.t BETWEEN lo AND hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd)]
+pub struct JoinTime {
     /// Position of the left time column in the left input.
-    pub left_time: usize,
+    pub left: usize,
     /// Position of the right time column in the right input.
-    pub right_time: usize,
+    pub right: usize,
     /// Lowest `right.t - left.t` that can match, ms.
     pub lo_ms: i64,
     /// Highest `right.t - left.t` that can match, ms.
@@ -41,12 +53,28 @@ pub struct IntervalJoinNode {
     pub left_lag_ms: i64,
     /// The same for the right time column.
     pub right_lag_ms: i64,
-    schema: DFSchemaRef,
 }
 
-impl IntervalJoinNode {
-    /// The node, with the `Join` node's output schema (left columns, then
-    /// right columns).
+impl JoinTime {
+    /// How far the output's copies of the (left, right) time columns can
+    /// trail the pipeline's watermark `W`. A pair is emitted when its later
+    /// row arrives: a left row arrives with `l.t >= W - left_lag`, and a
+    /// right row arriving with `r.t >= W - right_lag` pairs with left rows
+    /// down to `r.t - hi`; symmetrically for the right column.
+    pub fn output_lags(&self) -> (i64, i64) {
+        (
+            self.left_lag_ms
+                .max(self.right_lag_ms.saturating_add(self.hi_ms))
+                .max(0),
+            self.right_lag_ms
+                .max(self.left_lag_ms.saturating_sub(self.lo_ms))
+                .max(0),
+        )
+    }
+}
+
+impl StreamJoinNode {
+    /// The node, with the `Join` node's output schema.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         left: LogicalPlan,
@@ -55,9 +83,8 @@ impl IntervalJoinNode {
         filter: Expr,
         join_type: JoinType,
         null_equality: NullEquality,
-        (left_time, right_time): (usize, usize),
-        (lo_ms, hi_ms): (i64, i64),
-        (left_lag_ms, right_lag_ms): (i64, i64),
+        time: Option<JoinTime>,
+        ttl_ms: Option<i64>,
         schema: DFSchemaRef,
     ) -> Self {
         Self {
@@ -67,50 +94,36 @@ impl IntervalJoinNode {
             filter,
             join_type,
             null_equality,
-            left_time,
-            right_time,
-            lo_ms,
-            hi_ms,
-            left_lag_ms,
-            right_lag_ms,
+            time,
+            ttl_ms,
             schema,
         }
     }
 
-    /// How far the output's copy of the left time column can trail the
-    /// pipeline's watermark, ms (see [`output_time_lags`]).
-    pub fn left_time_lag_ms(&self) -> i64 {
-        output_time_lags(self.lo_ms, self.hi_ms, self.left_lag_ms, self.right_lag_ms).0
-    }
-
-    /// The same for the right time column.
-    pub fn right_time_lag_ms(&self) -> i64 {
-        output_time_lags(self.lo_ms, self.hi_ms, self.left_lag_ms, self.right_lag_ms).1
+    /// Where the output holds the (left, right) time columns of an interval
+    /// join (a semi or anti join outputs one side only).
+    pub fn output_time_positions(&self) -> (Option<usize>, Option<usize>) {
+        let Some(t) = &self.time else {
+            return (None, None);
+        };
+        match self.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => (Some(t.left), None),
+            JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (None, Some(t.right)),
+            _ => (Some(t.left), Some(self.left.schema().fields().len() + t.right)),
+        }
     }
 
     /// The time bound as people write it, for EXPLAIN and messages.
     pub fn bound_text(&self) -> String {
-        let l = self.left.schema().field(self.left_time).name();
-        let r = self.right.schema().field(self.right_time).name();
-        format!(
-            "{r} - {l} in [{}, {}]",
-            signed_ms(self.lo_ms),
-            signed_ms(self.hi_ms)
-        )
+        match &self.time {
+            Some(t) => {
+                let l = self.left.schema().field(t.left).name();
+                let r = self.right.schema().field(t.right).name();
+                format!("{r} - {l} in [{}, {}]", signed_ms(t.lo_ms), signed_ms(t.hi_ms))
+            }
+            None => "no time bound".into(),
+        }
     }
-}
-
-/// How far an interval join's output time columns (left, right) can trail
-/// the pipeline's watermark `W`, given the bound `right.t - left.t in [lo,
-/// hi]` and the inputs' own lags. A pair is emitted when its later row
-/// arrives: a left row arrives with `l.t >= W - left_lag`, and a right row
-/// arriving with `r.t >= W - right_lag` pairs with left rows down to
-/// `r.t - hi`; symmetrically for the right column.
-pub fn output_time_lags(lo_ms: i64, hi_ms: i64, left_lag_ms: i64, right_lag_ms: i64) -> (i64, i64) {
-    (
-        left_lag_ms.max(right_lag_ms.saturating_add(hi_ms)).max(0),
-        right_lag_ms.max(left_lag_ms.saturating_sub(lo_ms)).max(0),
-    )
 }
 
 fn signed_ms(ms: i64) -> String {
@@ -121,7 +134,7 @@ fn signed_ms(ms: i64) -> String {
     }
 }
 
-impl PartialOrd for IntervalJoinNode {
+impl PartialOrd for StreamJoinNode {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match self.left.partial_cmp(&other.left) {
             Some(Ordering::Equal) => self.right.partial_cmp(&other.right),
@@ -130,9 +143,13 @@ impl PartialOrd for IntervalJoinNode {
     }
 }
 
-impl UserDefinedLogicalNodeCore for IntervalJoinNode {
+impl UserDefinedLogicalNodeCore for StreamJoinNode {
     fn name(&self) -> &str {
-        "IntervalJoin"
+        if self.time.is_some() {
+            "IntervalJoin"
+        } else {
+            "RegularJoin"
+        }
     }
 
     fn inputs(&self) -> Vec<&LogicalPlan> {
@@ -151,25 +168,32 @@ impl UserDefinedLogicalNodeCore for IntervalJoinNode {
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let on: Vec<String> = self.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
-        write!(
-            f,
-            "IntervalJoin: {} on=[{}] filter={}, {}, state evicted by the watermark",
-            self.join_type,
-            on.join(", "),
+        write!(f, "{}: {} on=[{}]", self.name(), self.join_type, on.join(", "))?;
+        if !matches!(
             self.filter,
-            self.bound_text()
-        )?;
-        for (side, lag) in [("left", self.left_lag_ms), ("right", self.right_lag_ms)] {
-            if lag > 0 {
-                write!(f, " ({side} times trail it by {})", fmt_ms(lag))?;
-            }
+            Expr::Literal(datafusion::common::ScalarValue::Boolean(Some(true)), _)
+        ) {
+            write!(f, " filter={}", self.filter)?;
         }
-        Ok(())
+        write!(f, ", ")?;
+        match (&self.time, self.ttl_ms) {
+            (Some(t), _) => {
+                write!(f, "{}, state evicted by the watermark", self.bound_text())?;
+                for (side, lag) in [("left", t.left_lag_ms), ("right", t.right_lag_ms)] {
+                    if lag > 0 {
+                        write!(f, " ({side} times trail it by {})", fmt_ms(lag))?;
+                    }
+                }
+                Ok(())
+            }
+            (None, Some(ttl)) => write!(f, "no time bound, state kept for state.ttl = {}", fmt_ms(ttl)),
+            (None, None) => write!(f, "no time bound and no state.ttl: state grows without bound"),
+        }
     }
 
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
         if inputs.len() != 2 || exprs.len() != self.on.len() * 2 + 1 {
-            return plan_err!("IntervalJoin takes two inputs and its own expressions");
+            return plan_err!("a stream join takes two inputs and its own expressions");
         }
         let filter = exprs.pop().unwrap_or_else(|| self.filter.clone());
         let mut on = Vec::with_capacity(self.on.len());

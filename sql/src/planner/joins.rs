@@ -13,7 +13,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Join, JoinType, Operator};
 
 use super::*;
-use crate::nodes::IntervalJoinNode;
+use crate::nodes::{JoinTime, StreamJoinNode};
 
 /// A time bound of a join: `right.t - left.t` in `[lo, hi]`, ms (either
 /// end may be missing).
@@ -157,7 +157,7 @@ fn interval_literal_ms(e: &Expr) -> Option<i64> {
 impl StreamPlanner {
     /// A join of two streams, as an interval join, or refused with what to
     /// write instead.
-    pub(super) fn stream_join(&self, j: Join) -> Result<LogicalPlan> {
+    pub(super) fn stream_join(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
         if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
             return Err(Error::Unsupported(
                 "IN or EXISTS subqueries combined with OR are not supported on streams; \
@@ -178,43 +178,70 @@ impl StreamPlanner {
             ));
         }
         let bounds = time_bounds(&j);
+        let filter = j
+            .filter
+            .clone()
+            .unwrap_or(Expr::Literal(ScalarValue::Boolean(Some(true)), None));
         let Some(bound) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) else {
-            return Err(Error::Unsupported(match bounds.first() {
+            // No bound on both sides: a regular join. Inner and semi joins
+            // of append-only streams are append-only too (a match, once
+            // emitted, stays true); outer and anti joins would have to take
+            // back rows they emitted, which needs a changelog.
+            if matches!(
+                j.join_type,
+                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+            ) {
+                let node = StreamJoinNode::new(
+                    j.left.as_ref().clone(),
+                    j.right.as_ref().clone(),
+                    j.on.clone(),
+                    filter,
+                    j.join_type,
+                    j.null_equality,
+                    None,
+                    ttl_ms,
+                    Arc::clone(&j.schema),
+                );
+                return Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }));
+            }
+            let fix = match bounds.first() {
                 Some(b) => {
-                    let l = j.left.schema().qualified_field(b.left);
-                    let r = j.right.schema().qualified_field(b.right);
-                    let (l, r) = (Column::from(l), Column::from(r));
+                    let l = Column::from(j.left.schema().qualified_field(b.left));
+                    let r = Column::from(j.right.schema().qualified_field(b.right));
                     format!(
-                        "the join bounds {r} - {l} only {}: without both bounds each side's rows would be kept \
-                         forever; write {r} BETWEEN {l} - INTERVAL ... AND {l} + INTERVAL ...",
-                        if b.lo_ms.is_some() {
-                            "from below"
-                        } else {
-                            "from above"
-                        }
+                        "its condition bounds {r} - {l} only {}; write {r} BETWEEN {l} - INTERVAL ... AND {l} + INTERVAL ...",
+                        if b.lo_ms.is_some() { "from below" } else { "from above" }
                     )
                 }
-                None => "joins of streams need a time bound between the two sides' watermarked time \
-                         columns (an interval join, e.g. ON a.k = b.k AND b.t BETWEEN a.t - INTERVAL '5' \
-                         SECOND AND a.t + INTERVAL '5' SECOND); joins without one (regular, updating joins) \
-                         are not supported yet"
+                None => "add a time bound between the two sides' watermarked time columns (an interval join, \
+                         e.g. ON a.k = b.k AND b.t BETWEEN a.t - INTERVAL '5' SECOND AND a.t + INTERVAL '5' SECOND)"
                     .into(),
-            }));
+            };
+            return Err(Error::Unsupported(format!(
+                "{} joins of streams without a time bound are not supported yet (a row emitted without a match \
+                 would have to be taken back when one arrives, an updating join); {fix}",
+                j.join_type
+            )));
         };
         let (left, left_lag) = self.watermarked_side(j.left.as_ref().clone(), bound.left)?;
         let (right, right_lag) = self.watermarked_side(j.right.as_ref().clone(), bound.right)?;
-        let node = IntervalJoinNode::new(
+        let time = JoinTime {
+            left: bound.left,
+            right: bound.right,
+            lo_ms: bound.lo_ms.unwrap_or(0),
+            hi_ms: bound.hi_ms.unwrap_or(0),
+            left_lag_ms: left_lag,
+            right_lag_ms: right_lag,
+        };
+        let node = StreamJoinNode::new(
             left,
             right,
             j.on.clone(),
-            j.filter
-                .clone()
-                .unwrap_or(Expr::Literal(ScalarValue::Boolean(Some(true)), None)),
+            filter,
             j.join_type,
             j.null_equality,
-            (bound.left, bound.right),
-            (bound.lo_ms.unwrap_or(0), bound.hi_ms.unwrap_or(0)),
-            (left_lag, right_lag),
+            Some(time),
+            None,
             Arc::clone(&j.schema),
         );
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
@@ -251,7 +278,9 @@ impl StreamPlanner {
 
 impl StreamPlanner {
     /// The output lag of a join's time column (`idx` of its output), before
-    /// the join is rewritten into an [`IntervalJoinNode`].
+    /// the join is rewritten into a [`StreamJoinNode`]; `None` for a column
+    /// that is not a bounded time (a regular join's times trail the
+    /// watermark without limit).
     pub(super) fn join_time_lag(&self, j: &Join, idx: usize) -> Option<i64> {
         let b = time_bounds(j)
             .into_iter()
@@ -260,47 +289,39 @@ impl StreamPlanner {
             TimeOrigin::Sources(_) => Some(0),
             TimeOrigin::Upstream(lag) => Some(lag),
         };
-        let (left_lag, right_lag) = (lag(&j.left, b.left)?, lag(&j.right, b.right)?);
-        let (l, r) = crate::nodes::output_time_lags(b.lo_ms?, b.hi_ms?, left_lag, right_lag);
-        let (li, ri) = output_positions(j.join_type, j.left.schema().fields().len(), b.left, b.right);
-        if Some(idx) == li {
-            Some(l)
-        } else if Some(idx) == ri {
-            Some(r)
-        } else {
-            None
-        }
+        let time = JoinTime {
+            left: b.left,
+            right: b.right,
+            lo_ms: b.lo_ms?,
+            hi_ms: b.hi_ms?,
+            left_lag_ms: lag(&j.left, b.left)?,
+            right_lag_ms: lag(&j.right, b.right)?,
+        };
+        let node = StreamJoinNode::new(
+            j.left.as_ref().clone(),
+            j.right.as_ref().clone(),
+            vec![],
+            Expr::Literal(ScalarValue::Boolean(Some(true)), None),
+            j.join_type,
+            j.null_equality,
+            Some(time),
+            None,
+            Arc::clone(&j.schema),
+        );
+        stream_join_time_lag(&node, idx)
     }
 }
 
-/// The same for a rewritten [`IntervalJoinNode`].
-pub(super) fn interval_join_time_lag(n: &IntervalJoinNode, idx: usize) -> Option<i64> {
-    let (l, r) = output_positions(
-        n.join_type,
-        n.left.schema().fields().len(),
-        n.left_time,
-        n.right_time,
-    );
+/// The same for a rewritten [`StreamJoinNode`].
+pub(super) fn stream_join_time_lag(n: &StreamJoinNode, idx: usize) -> Option<i64> {
+    let t = n.time.as_ref()?;
+    let (l, r) = n.output_time_positions();
+    let (left_lag, right_lag) = t.output_lags();
     if Some(idx) == l {
-        Some(n.left_time_lag_ms())
+        Some(left_lag)
     } else if Some(idx) == r {
-        Some(n.right_time_lag_ms())
+        Some(right_lag)
     } else {
         None
-    }
-}
-
-/// Where a join's output holds the left and the right time column (a semi
-/// or anti join outputs one side only).
-fn output_positions(
-    join_type: JoinType,
-    left_len: usize,
-    left: usize,
-    right: usize,
-) -> (Option<usize>, Option<usize>) {
-    match join_type {
-        JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => (Some(left), None),
-        JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (None, Some(right)),
-        _ => (Some(left), Some(left_len + right)),
     }
 }

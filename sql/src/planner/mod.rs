@@ -273,7 +273,7 @@ impl StreamPlanner {
                     if e.node.as_any().is::<WindowAggregateNode>()
                         || e.node.as_any().is::<UpdateAggregateNode>()
                         || e.node.as_any().is::<crate::nodes::WindowTopNNode>()
-                        || e.node.as_any().is::<crate::nodes::IntervalJoinNode>() =>
+                        || e.node.as_any().is::<crate::nodes::StreamJoinNode>() =>
                 {
                     stateful = true;
                 }
@@ -575,8 +575,8 @@ mod tests {
         assert!(e.contains("both window_start and window_end"), "{e}");
         let e = plan_err("SELECT auction, ROW_NUMBER() OVER (ORDER BY price) FROM bids").await;
         assert!(e.contains("OVER"), "{e}");
-        let e = plan_err("SELECT a.auction FROM bids a JOIN bids b ON a.auction = b.auction").await;
-        assert!(e.contains("joins of streams need a time bound"), "{e}");
+        let e = plan_err("SELECT a.auction FROM bids a LEFT JOIN bids b ON a.auction = b.auction").await;
+        assert!(e.contains("Left joins of streams without a time bound"), "{e}");
         let e = plan_err("SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end EMIT ON UPDATE").await;
         assert!(e.contains("EMIT ON UPDATE of a windowed aggregate"), "{e}");
     }
@@ -629,10 +629,22 @@ mod tests {
     #[tokio::test]
     async fn joins_without_a_usable_time_bound_are_refused_with_the_fix() {
         let e = plan_err(
-            "SELECT a.auction FROM bids a JOIN asks b ON a.auction = b.auction AND b.date_time <= a.date_time",
+            "SELECT a.auction FROM bids a RIGHT JOIN asks b ON a.auction = b.auction AND b.date_time <= a.date_time",
         )
         .await;
         assert!(e.contains("only from above") && e.contains("BETWEEN"), "{e}");
+        // An inner join with half a bound is a regular join, its state unbounded.
+        let p = plan(
+            "SELECT a.auction FROM bids a JOIN asks b ON a.auction = b.auction AND b.date_time <= a.date_time",
+        )
+        .await
+        .unwrap();
+        assert!(text(&p[0]).contains("RegularJoin: Inner"), "{}", text(&p[0]));
+        assert!(
+            text(&p[0]).contains("state grows without bound"),
+            "{}",
+            text(&p[0])
+        );
         let e = plan_err(
             "SELECT a.auction FROM bids a JOIN plain p ON a.auction = p.a \
              AND p.ts BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND",
@@ -641,7 +653,7 @@ mod tests {
         assert!(e.contains("p.ts, which has no watermark"), "{e}");
         // A bound on months has no fixed length.
         let e = plan_err(
-            "SELECT a.auction FROM bids a JOIN asks b ON a.auction = b.auction \
+            "SELECT a.auction FROM bids a LEFT JOIN asks b ON a.auction = b.auction \
              AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' MONTH",
         )
         .await;
@@ -679,6 +691,27 @@ mod tests {
         .unwrap();
         assert!(text(&p[0]).contains("pipeline watermark - 7s"), "{}", text(&p[0]));
         assert!(text(&p[1]).contains("pipeline watermark - 3s"), "{}", text(&p[1]));
+    }
+
+    /// An alias or a union over an aggregate's changelog keeps the
+    /// operation column (their stored schemas predate the rewrite).
+    #[tokio::test]
+    async fn a_changelog_stays_a_changelog_through_an_alias_and_a_union() {
+        let p = plan_sql(
+            "INSERT INTO changes SELECT * FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a;
+             INSERT INTO changes SELECT auction, n FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a
+               UNION ALL SELECT auction, n FROM (SELECT auction, COUNT(*) AS n FROM asks GROUP BY auction) b;",
+        )
+        .await
+        .unwrap();
+        assert!(p[0].changelog && p[1].changelog);
+        let e = plan_sql(
+            "INSERT INTO out SELECT * FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a;",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("append-only"), "{e}");
     }
 
     #[tokio::test]

@@ -173,7 +173,14 @@ impl StreamPlanner {
                         "UNION ALL of a changelog (an aggregate without a window) and an append-only stream is not supported".into(),
                     ));
                 }
-                Ok(Transformed::no(LogicalPlan::Union(u)))
+                // Its stored schema predates the rewrite of its inputs: a
+                // changelog's operation column must show in it.
+                Ok(Transformed::yes(LogicalPlan::Union(u).recompute_schema()?))
+            }
+            // The same for an alias over a changelog (`FROM (SELECT k,
+            // COUNT(*) ... GROUP BY k) a`).
+            LogicalPlan::SubqueryAlias(a) if is_changelog(&a.input) && !is_changelog_schema(&a.schema) => {
+                Ok(Transformed::yes(LogicalPlan::SubqueryAlias(a).recompute_schema()?))
             }
             LogicalPlan::Sort(s) => Err(Error::Unsupported(if s.fetch.is_some() {
                 "ORDER BY ... LIMIT (Top-N) without a window never produces a final result on an unbounded stream; \
@@ -200,7 +207,7 @@ impl StreamPlanner {
                 let filter = Filter::try_new(f.predicate.clone(), Arc::new(input))?;
                 Ok(Transformed::yes(LogicalPlan::Filter(filter)))
             }
-            LogicalPlan::Join(j) => self.stream_join(j).map(Transformed::yes),
+            LogicalPlan::Join(j) => self.stream_join(j, ttl_ms).map(Transformed::yes),
             LogicalPlan::Distinct(_) => Err(Error::Unsupported(
                 "DISTINCT of a stream is not supported; GROUP BY the columns (with or without a window) instead".into(),
             )),

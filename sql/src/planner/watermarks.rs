@@ -50,8 +50,8 @@ impl StreamPlanner {
             // watermark by up to the join's bound on the other side.
             LogicalPlan::Join(j) => self.join_time_lag(j, idx).map(TimeOrigin::Upstream),
             LogicalPlan::Extension(e) => {
-                if let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::IntervalJoinNode>() {
-                    return joins::interval_join_time_lag(n, idx).map(TimeOrigin::Upstream);
+                if let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamJoinNode>() {
+                    return joins::stream_join_time_lag(n, idx).map(TimeOrigin::Upstream);
                 }
                 if let Some(n) = e.node.as_any().downcast_ref::<WindowAssignNode>() {
                     let first = n.first_window_column();

@@ -1,5 +1,5 @@
 //! `IntervalJoinExec`: an interval join of two streams (see
-//! `weir_sql::IntervalJoinNode`), `INNER`, `LEFT`, `RIGHT` or `FULL`.
+//! `weir_sql::StreamJoinNode`), `INNER`, `LEFT`, `RIGHT` or `FULL`.
 //!
 //! Each side keeps the rows that a later row of the other side can still
 //! match. With the condition `right.t - left.t BETWEEN lo AND hi` and the
@@ -78,9 +78,10 @@ use super::units::take_batch;
 use super::window_assign::to_millis;
 use super::{StateChange, StateTable, StatefulOperator, guarded};
 use crate::epoch::EpochInput;
+use weir_sql::nodes::JoinTime;
 
 /// What the planner hands the operator.
-pub struct IntervalJoinParams {
+pub struct StreamJoinParams {
     /// Equal keys: (left expression, right expression), over each input.
     pub on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
     /// The join condition beyond the equal keys, time bound included.
@@ -89,20 +90,11 @@ pub struct IntervalJoinParams {
     pub join_type: JoinType,
     /// Whether NULL keys match each other.
     pub null_equality: NullEquality,
-    /// Time column of the left input.
-    pub left_time: usize,
-    /// Time column of the right input.
-    pub right_time: usize,
-    /// Lowest `right.t - left.t` that matches, ms.
-    pub lo_ms: i64,
-    /// Highest, ms.
-    pub hi_ms: i64,
-    /// How far the left time of rows still to come can trail the
-    /// watermark, ms (0 over a source; a window column of an upstream
-    /// window aggregate trails it by that window's lag).
-    pub left_lag_ms: i64,
-    /// The same for the right time.
-    pub right_lag_ms: i64,
+    /// The time bound of an interval join (`None`: a regular join).
+    pub time: Option<JoinTime>,
+    /// A regular join's state TTL: rows are dropped this long (processing
+    /// time) after they arrived.
+    pub ttl_ms: Option<i64>,
     /// The bound as written in EXPLAIN.
     pub bound_text: String,
     /// Output: left columns, then right columns.
@@ -119,21 +111,34 @@ enum Side {
 /// Rows of one side that arrived in one epoch, in one shard.
 struct Chunk {
     epoch: i64,
+    /// Processing time of the epoch they arrived in (for `state.ttl`).
+    arrived_ms: i64,
     rows: RecordBatch,
-    /// Event time of each row, ms (`i64::MIN` for none).
+    /// Event time of each row, ms (`i64::MIN` for none); empty for a
+    /// regular join.
     times: Vec<i64>,
     matched: Vec<bool>,
 }
 
 impl Chunk {
-    fn new(epoch: i64, rows: RecordBatch, time: usize, matched: Vec<bool>) -> Result<Self> {
-        let times = to_millis(rows.column(time))?
-            .as_primitive::<TimestampMillisecondType>()
-            .iter()
-            .map(|t| t.unwrap_or(i64::MIN))
-            .collect();
+    fn new(
+        epoch: i64,
+        arrived_ms: i64,
+        rows: RecordBatch,
+        time: Option<usize>,
+        matched: Vec<bool>,
+    ) -> Result<Self> {
+        let times = match time {
+            Some(time) => to_millis(rows.column(time))?
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .map(|t| t.unwrap_or(i64::MIN))
+                .collect(),
+            None => vec![],
+        };
         Ok(Self {
             epoch,
+            arrived_ms,
             rows,
             times,
             matched,
@@ -161,8 +166,8 @@ impl Held {
 }
 
 /// Configuration and state, shared by every copy of the plan node.
-pub struct IntervalJoinState {
-    p: IntervalJoinParams,
+pub struct StreamJoinState {
+    p: StreamJoinParams,
     left_schema: SchemaRef,
     right_schema: SchemaRef,
     state_schema: SchemaRef,
@@ -172,26 +177,27 @@ pub struct IntervalJoinState {
 }
 
 /// The plan node.
-pub struct IntervalJoinExec {
+pub struct StreamJoinExec {
     left: Arc<dyn ExecutionPlan>,
     right: Arc<dyn ExecutionPlan>,
-    state: Arc<IntervalJoinState>,
+    state: Arc<StreamJoinState>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl IntervalJoinExec {
+impl StreamJoinExec {
     /// The join of `left` and `right` under `threads` threads.
     pub fn try_new(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
-        p: IntervalJoinParams,
+        p: StreamJoinParams,
         threads: usize,
     ) -> Result<Self> {
         let (left_schema, right_schema) = (left.schema(), right.schema());
         let mut fields = vec![
             Field::new("__side", DataType::UInt8, false),
             Field::new("__epoch", DataType::Int64, false),
+            Field::new("__arrived_ms", DataType::Int64, false),
         ];
         for (i, (l, _)) in p.on.iter().enumerate() {
             fields.push(Field::new(format!("__key{i}"), l.data_type(&left_schema)?, true));
@@ -212,7 +218,7 @@ impl IntervalJoinExec {
             ));
         }
         let shards = shard_count(threads, p.on.len());
-        let state = IntervalJoinState {
+        let state = StreamJoinState {
             p,
             left_schema,
             right_schema,
@@ -226,7 +232,7 @@ impl IntervalJoinExec {
     fn with_state(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
-        state: Arc<IntervalJoinState>,
+        state: Arc<StreamJoinState>,
     ) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&state.p.schema)),
@@ -244,7 +250,7 @@ impl IntervalJoinExec {
     }
 
     /// The operator's state (for checkpoints).
-    pub fn state(&self) -> Arc<IntervalJoinState> {
+    pub fn state(&self) -> Arc<StreamJoinState> {
         Arc::clone(&self.state)
     }
 
@@ -258,19 +264,20 @@ impl IntervalJoinExec {
     }
 }
 
-impl fmt::Debug for IntervalJoinExec {
+impl fmt::Debug for StreamJoinExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntervalJoinExec").finish()
     }
 }
 
-impl DisplayAs for IntervalJoinExec {
+impl DisplayAs for StreamJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let p = &self.state.p;
         let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
         write!(
             f,
-            "IntervalJoinExec: {} on=[{}]{}, {}",
+            "{}: {} on=[{}]{}, {}",
+            self.name(),
             p.join_type,
             on.join(", "),
             p.filter
@@ -282,9 +289,13 @@ impl DisplayAs for IntervalJoinExec {
     }
 }
 
-impl ExecutionPlan for IntervalJoinExec {
+impl ExecutionPlan for StreamJoinExec {
     fn name(&self) -> &str {
-        "IntervalJoinExec"
+        if self.state.p.time.is_some() {
+            "IntervalJoinExec"
+        } else {
+            "RegularJoinExec"
+        }
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -423,7 +434,7 @@ fn mark(chunks: &mut [Chunk], ids: &[u64]) -> Vec<(usize, usize)> {
     newly
 }
 
-impl IntervalJoinState {
+impl StreamJoinState {
     fn dirty(&self) -> MutexGuard<'_, BTreeSet<(u8, i64)>> {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -472,11 +483,12 @@ impl IntervalJoinState {
         }
     }
 
-    fn time_of(&self, side: Side) -> usize {
-        match side {
-            Side::Left => self.p.left_time,
-            Side::Right => self.p.right_time,
-        }
+    fn time_of(&self, side: Side) -> Option<usize> {
+        let t = self.p.time.as_ref()?;
+        Some(match side {
+            Side::Left => t.left,
+            Side::Right => t.right,
+        })
     }
 
     /// The new rows of a side as one batch, the late ones (older than
@@ -484,14 +496,14 @@ impl IntervalJoinState {
     fn on_time(&self, side: Side, batches: &[RecordBatch], since: Option<i64>) -> Result<(RecordBatch, u64)> {
         let schema = self.schema_of(side);
         let all = concat_batches(schema, batches)?;
-        let Some(since) = since else {
+        let (Some(since), Some(t), Some(time)) = (since, &self.p.time, self.time_of(side)) else {
             return Ok((all, 0));
         };
         let since = since.saturating_sub(match side {
-            Side::Left => self.p.left_lag_ms,
-            Side::Right => self.p.right_lag_ms,
+            Side::Left => t.left_lag_ms,
+            Side::Right => t.right_lag_ms,
         });
-        let times = to_millis(all.column(self.time_of(side)))?;
+        let times = to_millis(all.column(time))?;
         let keep: BooleanArray = times
             .as_primitive::<TimestampMillisecondType>()
             .iter()
@@ -589,6 +601,7 @@ impl IntervalJoinState {
                 &pairs_new_left,
                 &pairs_new_right,
                 epoch.watermark_out,
+                epoch.processing_time_ms,
             )
         })
     }
@@ -606,6 +619,7 @@ impl IntervalJoinState {
         pairs_new_left: &[RecordBatch],
         pairs_new_right: &[RecordBatch],
         watermark: i64,
+        now_ms: i64,
     ) -> Result<RecordBatch> {
         let nl = self.left_schema.fields().len();
         let nr = self.right_schema.fields().len();
@@ -696,30 +710,32 @@ impl IntervalJoinState {
                         rows.columns().to_vec(),
                     )?);
                 }
-                let chunk = Chunk::new(epoch, rows, self.time_of(side), matched)?;
+                let chunk = Chunk::new(epoch, now_ms, rows, self.time_of(side), matched)?;
                 held.side(side).push(chunk);
                 dirty.insert((side as u8, epoch));
             }
         }
-        // Eviction: a left row can still match while t + hi >= W -
-        // right_lag, a right row while t - lo >= W - left_lag.
+        // Eviction. Interval join: a left row can still match while t + hi
+        // >= W - right_lag, a right row while t - lo >= W - left_lag.
+        // Regular join: rows stay for `state.ttl` after they arrived.
         for side in [Side::Left, Side::Right] {
-            let keep_from = if watermark == i64::MAX {
-                i64::MAX
-            } else {
-                match side {
-                    Side::Left => watermark
-                        .saturating_sub(self.p.right_lag_ms)
-                        .saturating_sub(self.p.hi_ms),
-                    Side::Right => watermark
-                        .saturating_sub(self.p.left_lag_ms)
-                        .saturating_add(self.p.lo_ms),
-                }
+            let keep_from = match &self.p.time {
+                _ if watermark == i64::MAX && self.p.time.is_some() => i64::MAX,
+                Some(t) => match side {
+                    Side::Left => watermark.saturating_sub(t.right_lag_ms).saturating_sub(t.hi_ms),
+                    Side::Right => watermark.saturating_sub(t.left_lag_ms).saturating_add(t.lo_ms),
+                },
+                None => i64::MIN,
             };
+            let expired_before = self.p.ttl_ms.map_or(i64::MIN, |ttl| now_ms.saturating_sub(ttl));
             let preserved = self.preserves(side);
             let chunks = std::mem::take(held.side(side));
             let mut kept = Vec::with_capacity(chunks.len());
             for c in chunks {
+                if c.arrived_ms < expired_before {
+                    dirty.insert((side as u8, c.epoch));
+                    continue;
+                }
                 if c.times.iter().all(|&t| t >= keep_from) {
                     kept.push(c);
                     continue;
@@ -749,6 +765,7 @@ impl IntervalJoinState {
                         .unzip();
                     kept.push(Chunk {
                         epoch: c.epoch,
+                        arrived_ms: c.arrived_ms,
                         rows,
                         times,
                         matched,
@@ -793,17 +810,46 @@ impl IntervalJoinState {
         Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
     }
 
+    /// What removes rows, for EXPLAIN.
+    fn eviction_text(&self) -> String {
+        let Some(t) = &self.p.time else {
+            return match self.p.ttl_ms {
+                Some(ttl) => format!(
+                    "state.ttl: a row {} (processing time) after the epoch it arrived in",
+                    weir_sql::nodes::fmt_ms(ttl)
+                ),
+                None => "nothing: no time bound and no 'state.ttl', so the state grows without bound \
+                         (bound the join's times, or SET 'state.ttl')"
+                    .into(),
+            };
+        };
+        let l = self.left_schema.field(t.left).name();
+        let r = self.right_schema.field(t.right).name();
+        format!(
+            "the watermark: a left row once {l} {} is behind it, a right row once {r} {} is \
+             (no later row can match them then){}",
+            offset(t.hi_ms.saturating_add(t.right_lag_ms)),
+            offset(t.left_lag_ms.saturating_sub(t.lo_ms)),
+            match self.p.join_type {
+                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi => "",
+                JoinType::LeftAnti | JoinType::RightAnti => "; unmatched rows are emitted at that moment",
+                _ => "; an outer side's unmatched rows are emitted with NULLs at that moment",
+            }
+        )
+    }
+
     /// A chunk as state rows.
     fn state_rows_of(&self, side: Side, c: &Chunk) -> Result<RecordBatch> {
         let n = c.rows.num_rows();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(UInt8Array::from(vec![side as u8; n])),
             Arc::new(Int64Array::from(vec![c.epoch; n])),
+            Arc::new(Int64Array::from(vec![c.arrived_ms; n])),
         ];
         for (i, (l, r)) in self.p.on.iter().enumerate() {
             let e = if side == Side::Left { l } else { r };
             let key = e.evaluate(&c.rows)?.into_array(n)?;
-            columns.push(cast(&key, self.state_schema.field(2 + i).data_type())?);
+            columns.push(cast(&key, self.state_schema.field(3 + i).data_type())?);
         }
         columns.push(Arc::new(BooleanArray::from(c.matched.clone())));
         let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
@@ -826,9 +872,22 @@ impl IntervalJoinState {
     }
 }
 
-impl StatefulOperator for IntervalJoinState {
+impl StatefulOperator for StreamJoinState {
     fn kind(&self) -> &'static str {
-        "interval-join"
+        if self.p.time.is_some() {
+            "interval-join"
+        } else {
+            "regular-join"
+        }
+    }
+
+    fn warning(&self) -> Option<String> {
+        (self.p.time.is_none() && self.p.ttl_ms.is_none()).then(|| {
+            "keeps every row of both inputs forever (a join without a time bound and without \
+             'state.ttl'): its state grows without bound; bound the join's times \
+             (b.t BETWEEN a.t - INTERVAL ... AND a.t + INTERVAL ...) or SET 'state.ttl' = '1h'"
+                .to_string()
+        })
     }
 
     fn state_rows(&self) -> usize {
@@ -846,8 +905,6 @@ impl StatefulOperator for IntervalJoinState {
     }
 
     fn describe(&self) -> StateTable {
-        let l = self.left_schema.field(self.p.left_time).name();
-        let r = self.right_schema.field(self.p.right_time).name();
         let mut keys = vec!["side".to_string(), "arrival_epoch".to_string()];
         keys.extend(
             self.p
@@ -872,17 +929,7 @@ impl StatefulOperator for IntervalJoinState {
             name: "join_rows".into(),
             keys,
             values,
-            evicted_by: format!(
-                "the watermark: a left row once {l} {} is behind it, a right row once {r} {} is \
-                 (no later row can match them then){}",
-                offset(self.p.hi_ms.saturating_add(self.p.right_lag_ms)),
-                offset(self.p.left_lag_ms.saturating_sub(self.p.lo_ms)),
-                if matches!(self.p.join_type, JoinType::Inner) {
-                    ""
-                } else {
-                    "; an outer side's unmatched rows are emitted with NULLs at that moment"
-                }
-            ),
+            evicted_by: self.eviction_text(),
         }
     }
 
@@ -946,7 +993,7 @@ impl StatefulOperator for IntervalJoinState {
         let k = self.p.on.len();
         let nl = self.left_schema.fields().len();
         let nr = self.right_schema.fields().len();
-        let first = 3 + k;
+        let first = 4 + k;
         for batch in batches {
             let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
             let sides = batch
@@ -964,10 +1011,17 @@ impl StatefulOperator for IntervalJoinState {
             }
             for ((side, epoch), rows) in units {
                 let part = take_batch(&batch, &UInt32Array::from(rows))?;
-                let key_columns: Vec<usize> = (2..2 + k).collect();
+                let key_columns: Vec<usize> = (3..3 + k).collect();
                 for (shard, part) in route(&part, &key_columns, held.len())? {
+                    let arrived_ms = part
+                        .column(2)
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .values()
+                        .first()
+                        .copied()
+                        .unwrap_or(i64::MIN);
                     let matched: Vec<bool> = part
-                        .column(2 + k)
+                        .column(3 + k)
                         .as_boolean()
                         .iter()
                         .map(|m| m.unwrap_or(false))
@@ -986,7 +1040,7 @@ impl StatefulOperator for IntervalJoinState {
                         )
                     };
                     let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
-                    let chunk = Chunk::new(epoch, rows, self.time_of(side), matched)?;
+                    let chunk = Chunk::new(epoch, arrived_ms, rows, self.time_of(side), matched)?;
                     held[shard].side(side).push(chunk);
                 }
             }
@@ -996,18 +1050,18 @@ impl StatefulOperator for IntervalJoinState {
 
     fn signature(&self) -> String {
         let p = &self.p;
-        let mut s = format!("interval-join {} on[", p.join_type);
+        let mut s = format!("{} {} on[", self.kind(), p.join_type);
         for (l, r) in &p.on {
             s.push_str(&format!("{l}={r};"));
         }
         s.push_str(&format!(
-            "] filter[{}] bound[{},{}] state[",
+            "] filter[{}] time[{:?}] ttl[{:?}] state[",
             p.filter
                 .as_ref()
                 .map(|f| f.expression().to_string())
                 .unwrap_or_default(),
-            p.lo_ms,
-            p.hi_ms
+            p.time,
+            p.ttl_ms
         ));
         for f in self.state_schema.fields() {
             s.push_str(&format!("{}:{};", f.name(), f.data_type()));
