@@ -710,3 +710,91 @@ fn a_second_run_on_the_same_checkpoint_is_refused_until_the_first_is_gone() {
     let (expected, _) = run_straight(700);
     assert_eq!(sink_rows(&ws.path("out")), expected);
 }
+
+/// Joins through the binary: an interval LEFT join and a regular join of
+/// two sources give DataFusion's batch join of the same rows; the regular
+/// join's unbounded state is warned about once, with the fixes; EXPLAIN
+/// and `weir checkpoint inspect` say what holds and evicts each join's rows.
+#[test]
+fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
+    let ws = Workspace::new();
+    let mut bids = Vec::new();
+    let mut asks = Vec::new();
+    for f in 0..3 {
+        let b = gen_bids(70 + f, 600, BASE_MS + f as i64 * 30_000, 1500);
+        write_parquet(&ws.path(&format!("in/bids-{f}.parquet")), &b);
+        bids.extend(b);
+        let a = gen_bids(80 + f, 300, BASE_MS + f as i64 * 30_000, 1500);
+        write_parquet(&ws.path(&format!("asks/asks-{f}.parquet")), &a);
+        asks.extend(a);
+    }
+    let interval = "SELECT b.auction, b.price, a.price AS ask, b.date_time FROM bids b LEFT JOIN asks a
+        ON b.auction = a.auction AND a.date_time BETWEEN b.date_time - INTERVAL '1' SECOND AND b.date_time + INTERVAL '2' SECOND";
+    let regular = "SELECT b.auction, b.price, a.price AS ask FROM bids b JOIN asks a
+        ON b.auction = a.auction AND b.price > a.price + 950";
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+               WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'max_rows_per_batch' = '250');
+             CREATE TABLE asks (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+               WITH ('connector' = 'files', 'path' = 'asks/', 'format' = 'parquet', 'max_rows_per_batch' = '100');
+             CREATE TABLE near WITH ('connector' = 'files', 'path' = 'out/near/', 'format' = 'parquet');
+             CREATE TABLE pairs WITH ('connector' = 'files', 'path' = 'out/pairs/', 'format' = 'parquet');
+             INSERT INTO near {interval};
+             INSERT INTO pairs {regular};"
+        ),
+    );
+    let explain = ws.weir(&["run", "job.sql", "--explain"]).ok().stdout();
+    assert!(
+        explain.contains("IntervalJoin: Left") && explain.contains("date_time - date_time in [-1s, 2s]"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("evicted: nothing: no time bound and no 'state.ttl'"),
+        "{explain}"
+    );
+    let run = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let warned = run.stderr().matches("its state grows without bound").count();
+    assert_eq!(
+        warned,
+        1,
+        "one warning, for the regular join only: {}",
+        run.stderr()
+    );
+    assert!(run.stderr().contains("SET 'state.ttl'"), "{}", run.stderr());
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let batch = |sql: &str| -> Vec<String> {
+        rt.block_on(async {
+            let ctx = datafusion::prelude::SessionContext::new();
+            ctx.register_batch("bids", bids_batch(&bids)).unwrap();
+            ctx.register_batch("asks", bids_batch(&asks)).unwrap();
+            rows_of(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+        })
+    };
+    let near = sink_rows(&ws.path("out/near"));
+    assert!(near.len() > 1000 && near.iter().any(|r| r.contains("||")));
+    assert_eq!(near, batch(interval));
+    let pairs = sink_rows(&ws.path("out/pairs"));
+    assert!(!pairs.is_empty());
+    assert_eq!(pairs, batch(regular));
+
+    let inspect = ws
+        .weir(&["checkpoint", "inspect", "job.checkpoint"])
+        .ok()
+        .stdout();
+    assert!(
+        inspect.contains("interval-join keyed by (side, arrival_epoch, auction = auction)"),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains("evicted by the watermark: a left row once date_time + 2s"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("regular-join keyed by"), "{inspect}");
+}

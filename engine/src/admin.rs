@@ -338,6 +338,9 @@ fn describe_metadata(out: &mut String, m: &Metadata) {
             o.kind,
             o.keys.join(", ")
         );
+        if !o.evicted_by.is_empty() {
+            let _ = writeln!(out, "             evicted by {}", o.evicted_by);
+        }
     }
     for s in &m.sources {
         let _ = writeln!(out, "source     {} ({})", s.name, s.signature);

@@ -48,6 +48,10 @@ pub struct OperatorRecord {
     pub keys: Vec<String>,
     /// Value columns of its state, for messages.
     pub values: Vec<String>,
+    /// What removes its state's rows (for `weir checkpoint inspect`;
+    /// empty in checkpoints of a Weir before it was recorded).
+    #[serde(default)]
+    pub evicted_by: String,
 }
 
 /// A source, as a checkpoint knows it.

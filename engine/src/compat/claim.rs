@@ -167,6 +167,7 @@ pub(crate) fn job_records(
                 signature: op.signature(),
                 keys: t.keys,
                 values: t.values,
+                evicted_by: t.evicted_by,
             });
         }
         for name in &p.sources {

@@ -169,6 +169,7 @@ mod tests {
             signature: sig.into(),
             keys: keys.iter().map(|s| s.to_string()).collect(),
             values: vec!["a0.count[count]".into()],
+            evicted_by: String::new(),
         }
     }
 
