@@ -1,7 +1,7 @@
 -- q3: Local item suggestion: who sells in OR, ID or CA in category 10, and which auctions
 -- Flink: nexmark-flink q3.sql
 -- Kind: join
--- Needs: a streaming (non-windowed) inner join of auction and person
+-- Needs: nothing more; runs today (a regular inner join: its state grows without bound, as in Flink, unless 'state.ttl' is set)
 CREATE TABLE nexmark_q3 WITH (${SINK});
 
 INSERT INTO nexmark_q3
