@@ -483,6 +483,18 @@ async fn check_join(
     (got, want)
 }
 
+/// A window join (Flink's form): the rows of two 2 s tumbling windows,
+/// joined on the window and the key, FULL, as the batch join of the same
+/// rows with their windows computed in SQL.
+const WINDOW_JOIN: &str = "SELECT L.window_start, L.k, L.price, R.price
+    FROM (SELECT * FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND))) L
+    FULL JOIN (SELECT * FROM TABLE(TUMBLE(TABLE asks, DESCRIPTOR(ts), INTERVAL '2' SECOND))) R
+    ON L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end";
+const WINDOW_JOIN_ORACLE: &str = "SELECT to_timestamp_millis(L.s), L.k, L.price, R.price
+    FROM (SELECT k, price, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 2000 AS s FROM bids) L
+    FULL JOIN (SELECT k, price, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 2000 AS s FROM asks) R
+    ON L.k = R.k AND L.s = R.s";
+
 /// A window over the join's output: matches per 10 s of the bid's time.
 const JOIN_WINDOW: &str = "WITH m AS (
         SELECT a.ts AS ts, a.price AS ap FROM bids a JOIN asks b
@@ -585,6 +597,7 @@ proptest! {
                 (interval_join("FULL"), interval_join("FULL")),
                 (exists_join(""), exists_join("")),
                 (exists_join("NOT"), exists_join("NOT")),
+                (WINDOW_JOIN.to_string(), WINDOW_JOIN_ORACLE.to_string()),
                 (JOIN_WINDOW.to_string(), JOIN_WINDOW_ORACLE.to_string()),
             ] {
                 let (got, want) = check_join(&bids, &asks, delays, &cuts, max_rows, threads, &q, &o).await;

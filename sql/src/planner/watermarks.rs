@@ -55,7 +55,25 @@ impl StreamPlanner {
                 }
                 if let Some(n) = e.node.as_any().downcast_ref::<WindowAssignNode>() {
                     let first = n.first_window_column();
-                    return (idx < first).then(|| self.trace_time(&n.input, idx)).flatten();
+                    if idx < first {
+                        return self.trace_time(&n.input, idx);
+                    }
+                    // A window column of a window call's rows (joined on,
+                    // as in a window join): its rows are on time, so a
+                    // later row's window ends after the watermark and
+                    // starts at most a window's size before it.
+                    if n.slices {
+                        return None;
+                    }
+                    let col = match idx - first {
+                        0 => WindowColumn::Start,
+                        1 => WindowColumn::End,
+                        2 => WindowColumn::Time,
+                        _ => return None,
+                    };
+                    return Some(TimeOrigin::Upstream(
+                        n.watermark.lag_ms().saturating_add(col.lag_ms(&n.spec)?),
+                    ));
                 }
                 if let Some(n) = e.node.as_any().downcast_ref::<WindowAggregateNode>() {
                     let (_, col) = n.window_columns.iter().find(|(i, _)| *i == idx)?;
