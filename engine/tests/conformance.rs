@@ -449,15 +449,16 @@ fn exists_join(not: &str) -> String {
     )
 }
 
-/// Streams two sources through `query` (on `threads` threads) and gives
-/// its rows and the batch answer of `oracle_sql` over the on-time rows.
+/// How a run cuts its input: file cuts, rows per epoch, threads.
+type Cuts<'a> = (&'a [usize], usize, usize);
+
+/// Streams two sources through `query` and gives its rows and the batch
+/// answer of `oracle_sql` over the on-time rows.
 async fn check_join(
     bids: &[Row],
     asks: &[Row],
     delays: (i64, i64),
-    cuts: &[usize],
-    max_rows: usize,
-    threads: usize,
+    (cuts, max_rows, threads): Cuts<'_>,
     query: &str,
     oracle_sql: &str,
 ) -> (Vec<String>, Vec<String>) {
@@ -515,7 +516,7 @@ async fn interval_joins_match_the_batch_join() {
         .chain([exists_join(""), exists_join("NOT")]);
     for q in queries {
         let kind = q.clone();
-        let (got, want) = check_join(&bids, &asks, (3000, 2000), &[300, 301], 83, 1, &q, &q).await;
+        let (got, want) = check_join(&bids, &asks, (3000, 2000), (&[300, 301], 83, 1), &q, &q).await;
         assert!(!want.is_empty());
         assert_eq!(got, want, "{kind}");
     }
@@ -523,9 +524,7 @@ async fn interval_joins_match_the_batch_join() {
         &bids,
         &asks,
         (3000, 2000),
-        &[450],
-        97,
-        2,
+        (&[450], 97, 2),
         JOIN_WINDOW,
         JOIN_WINDOW_ORACLE,
     )
@@ -600,7 +599,7 @@ proptest! {
                 (WINDOW_JOIN.to_string(), WINDOW_JOIN_ORACLE.to_string()),
                 (JOIN_WINDOW.to_string(), JOIN_WINDOW_ORACLE.to_string()),
             ] {
-                let (got, want) = check_join(&bids, &asks, delays, &cuts, max_rows, threads, &q, &o).await;
+                let (got, want) = check_join(&bids, &asks, delays, (&cuts, max_rows, threads), &q, &o).await;
                 prop_assert_eq!(got, want, "{}", q);
             }
             Ok(())
