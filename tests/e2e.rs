@@ -798,3 +798,35 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
     );
     assert!(inspect.contains("regular-join keyed by"), "{inspect}");
 }
+
+/// The README's bundled jobs, run as it says, give the row counts it states.
+#[test]
+fn the_bundled_examples_give_the_rows_the_readme_states() {
+    let ws = Workspace::new();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    std::fs::create_dir_all(ws.path("examples/data/bids")).unwrap();
+    for name in ["hot_items.sql", "outbid.sql"] {
+        std::fs::copy(examples.join(name), ws.path(&format!("examples/{name}"))).unwrap();
+    }
+    for f in std::fs::read_dir(examples.join("data/bids")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, ws.path("examples/data/bids").join(f.file_name().unwrap())).unwrap();
+    }
+    let readme = std::fs::read_to_string(examples.join("../README.md")).unwrap();
+    ws.weir(&["run", "examples/hot_items.sql", "--trigger", "available-now"])
+        .ok();
+    assert_eq!(sink_rows(&ws.path("out/hot_items")).len(), 8730);
+    let run = ws
+        .weir(&[
+            "run",
+            "examples/outbid.sql",
+            "--trigger",
+            "available-now",
+            "--drain",
+        ])
+        .ok();
+    let outbid = sink_rows(&ws.path("out/outbid")).len();
+    assert_eq!(outbid, 25_496);
+    assert!(readme.contains("# 25,496 rows"), "the README states the count");
+    assert!(run.stderr().contains("180 late"), "{}", run.stderr());
+}
