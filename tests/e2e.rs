@@ -711,12 +711,14 @@ fn a_second_run_on_the_same_checkpoint_is_refused_until_the_first_is_gone() {
     assert_eq!(sink_rows(&ws.path("out")), expected);
 }
 
-/// Joins through the binary: an interval LEFT join and a regular join of
-/// two sources give DataFusion's batch join of the same rows; the regular
-/// join's unbounded state is warned about once, with the fixes; EXPLAIN
-/// and `weir checkpoint inspect` say what holds and evicts each join's rows.
-#[test]
-fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
+const INTERVAL_JOIN: &str = "SELECT b.auction, b.price, a.price AS ask, b.date_time FROM bids b LEFT JOIN asks a
+    ON b.auction = a.auction AND a.date_time BETWEEN b.date_time - INTERVAL '1' SECOND AND b.date_time + INTERVAL '2' SECOND";
+const REGULAR_JOIN: &str = "SELECT b.auction, b.price, a.price AS ask FROM bids b JOIN asks a
+    ON b.auction = a.auction AND b.price > a.price + 950";
+
+/// Three files each of bids and asks (never late under the 2 s delay), and
+/// a job with an interval LEFT join and a regular join of them.
+fn join_workspace() -> (Workspace, Vec<Bid>, Vec<Bid>) {
     let ws = Workspace::new();
     let mut bids = Vec::new();
     let mut asks = Vec::new();
@@ -728,10 +730,6 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
         write_parquet(&ws.path(&format!("asks/asks-{f}.parquet")), &a);
         asks.extend(a);
     }
-    let interval = "SELECT b.auction, b.price, a.price AS ask, b.date_time FROM bids b LEFT JOIN asks a
-        ON b.auction = a.auction AND a.date_time BETWEEN b.date_time - INTERVAL '1' SECOND AND b.date_time + INTERVAL '2' SECOND";
-    let regular = "SELECT b.auction, b.price, a.price AS ask FROM bids b JOIN asks a
-        ON b.auction = a.auction AND b.price > a.price + 950";
     ws.write(
         "job.sql",
         &format!(
@@ -743,10 +741,31 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
                WITH ('connector' = 'files', 'path' = 'asks/', 'format' = 'parquet', 'max_rows_per_batch' = '100');
              CREATE TABLE near WITH ('connector' = 'files', 'path' = 'out/near/', 'format' = 'parquet');
              CREATE TABLE pairs WITH ('connector' = 'files', 'path' = 'out/pairs/', 'format' = 'parquet');
-             INSERT INTO near {interval};
-             INSERT INTO pairs {regular};"
+             INSERT INTO near {INTERVAL_JOIN};
+             INSERT INTO pairs {REGULAR_JOIN};"
         ),
     );
+    (ws, bids, asks)
+}
+
+/// DataFusion's batch answer of `sql` over the bids and asks.
+fn join_batch(bids: &[Bid], asks: &[Bid], sql: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_batch("bids", bids_batch(bids)).unwrap();
+        ctx.register_batch("asks", bids_batch(asks)).unwrap();
+        rows_of(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+    })
+}
+
+/// Joins through the binary: an interval LEFT join and a regular join of
+/// two sources give DataFusion's batch join of the same rows; the regular
+/// join's unbounded state is warned about once, with the fixes; EXPLAIN
+/// and `weir checkpoint inspect` say what holds and evicts each join's rows.
+#[test]
+fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
+    let (ws, bids, asks) = join_workspace();
     let explain = ws.weir(&["run", "job.sql", "--explain"]).ok().stdout();
     assert!(
         explain.contains("IntervalJoin: Left") && explain.contains("date_time - date_time in [-1s, 2s]"),
@@ -768,21 +787,12 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
     );
     assert!(run.stderr().contains("SET 'state.ttl'"), "{}", run.stderr());
 
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let batch = |sql: &str| -> Vec<String> {
-        rt.block_on(async {
-            let ctx = datafusion::prelude::SessionContext::new();
-            ctx.register_batch("bids", bids_batch(&bids)).unwrap();
-            ctx.register_batch("asks", bids_batch(&asks)).unwrap();
-            rows_of(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
-        })
-    };
     let near = sink_rows(&ws.path("out/near"));
     assert!(near.len() > 1000 && near.iter().any(|r| r.contains("||")));
-    assert_eq!(near, batch(interval));
+    assert_eq!(near, join_batch(&bids, &asks, INTERVAL_JOIN));
     let pairs = sink_rows(&ws.path("out/pairs"));
     assert!(!pairs.is_empty());
-    assert_eq!(pairs, batch(regular));
+    assert_eq!(pairs, join_batch(&bids, &asks, REGULAR_JOIN));
 
     let inspect = ws
         .weir(&["checkpoint", "inspect", "job.checkpoint"])
@@ -797,6 +807,37 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
         "{inspect}"
     );
     assert!(inspect.contains("regular-join keyed by"), "{inspect}");
+}
+
+/// A join's state, split by its keys over --threads shards, is dealt back
+/// into another number of shards by each run; the result is the same.
+#[test]
+fn join_state_moves_between_thread_counts_across_restarts() {
+    let (ws, bids, asks) = join_workspace();
+    for threads in ["2", "1", "3", "2", "1"] {
+        let r = ws
+            .weir(&["run", "job.sql", "--trigger", "once", "--threads", threads])
+            .ok();
+        assert!(r.stderr().contains("done: 1 epoch(s)"), "{}", r.stderr());
+    }
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--threads",
+        "2",
+    ])
+    .ok();
+    assert_eq!(
+        sink_rows(&ws.path("out/near")),
+        join_batch(&bids, &asks, INTERVAL_JOIN)
+    );
+    assert_eq!(
+        sink_rows(&ws.path("out/pairs")),
+        join_batch(&bids, &asks, REGULAR_JOIN)
+    );
 }
 
 /// The README's bundled jobs, run as it says, give the row counts it states.
