@@ -156,22 +156,7 @@ fn keyed_state_moves_between_thread_counts_across_restarts() {
     let ws = Workspace::new();
     three_files(&ws);
     ws.write("job.sql", &job(700, "parquet", "in/"));
-    for threads in ["2", "1", "3", "2", "1"] {
-        let r = ws
-            .weir(&["run", "job.sql", "--trigger", "once", "--threads", threads])
-            .ok();
-        assert!(r.stderr().contains("done: 1 epoch(s)"), "{}", r.stderr());
-    }
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--drain",
-        "--threads",
-        "2",
-    ])
-    .ok();
+    run_across_thread_counts(&ws);
     assert_eq!(sink_rows(&ws.path("out")), expected);
 }
 
@@ -809,11 +794,10 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
     assert!(inspect.contains("regular-join keyed by"), "{inspect}");
 }
 
-/// A join's state, split by its keys over --threads shards, is dealt back
-/// into another number of shards by each run; the result is the same.
-#[test]
-fn join_state_moves_between_thread_counts_across_restarts() {
-    let (ws, bids, asks) = join_workspace();
+/// Runs `job.sql` one epoch at a time on 2, 1, 3, 2, 1 threads (each run
+/// restores the keyed state into another number of shards), then drains it
+/// on 2.
+fn run_across_thread_counts(ws: &Workspace) {
     for threads in ["2", "1", "3", "2", "1"] {
         let r = ws
             .weir(&["run", "job.sql", "--trigger", "once", "--threads", threads])
@@ -830,6 +814,14 @@ fn join_state_moves_between_thread_counts_across_restarts() {
         "2",
     ])
     .ok();
+}
+
+/// A join's state, split by its keys over --threads shards, is dealt back
+/// into another number of shards by each run; the result is the same.
+#[test]
+fn join_state_moves_between_thread_counts_across_restarts() {
+    let (ws, bids, asks) = join_workspace();
+    run_across_thread_counts(&ws);
     assert_eq!(
         sink_rows(&ws.path("out/near")),
         join_batch(&bids, &asks, INTERVAL_JOIN)
