@@ -1,7 +1,8 @@
 -- q17: Auction statistics report: bids per auction and day, by price range, with min/max/avg/sum price (not in the original suite)
 -- Flink: nexmark-flink q17.sql (DATE_FORMAT is to_char)
 -- Kind: aggregate
--- Needs: a changelog sink here: the aggregate runs today as an update-mode aggregate, but only to a sink declared 'mode' = 'changelog' (op/+I/-U/+U/-D rows), which the blackhole sink does not take yet and whose output the batch ceiling would not match row for row
+-- Needs: nothing more; runs today (an update aggregate: its changelog goes to the Parquet sink declared 'mode' = 'changelog', so its rows out are +I/-U/+U/-D rows, not the batch query's final rows)
+-- Output: changelog
 CREATE TABLE nexmark_q17 WITH (${SINK});
 
 INSERT INTO nexmark_q17

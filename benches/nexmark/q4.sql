@@ -1,7 +1,8 @@
 -- q4: Average price for a category: the average winning bid of the auctions in each category
 -- Flink: nexmark-flink q4.sql
 -- Kind: join
--- Needs: an interval join of bid and auction (bid time between the auction's start and expiry), then two non-windowed (updating) aggregates
+-- Needs: nothing more; runs today (a regular join of bid and auction, as the bid time is bounded by the auction's own expiry column; then an update aggregate, and an aggregate over its changelog)
+-- Output: changelog
 CREATE TABLE nexmark_q4 WITH (${SINK});
 
 INSERT INTO nexmark_q4

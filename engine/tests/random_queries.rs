@@ -506,6 +506,40 @@ fn gen_case(seed: u64) -> Case {
         }
         (q, window.is_none())
     };
+    // Now and then, an aggregate over a changelog: the outer aggregate must
+    // take back the inner one's retracted rows.
+    if changelog && rng.chance(35) {
+        let inner_cols: Vec<String> = if distinct {
+            vec![]
+        } else {
+            aggs.iter()
+                .enumerate()
+                // Integer results: their sums are exact in any order.
+                .filter(|(_, a)| !a.starts_with("AVG") && !a.starts_with("MIN(k2)"))
+                .map(|(i, _)| format!("a{i}"))
+                .collect()
+        };
+        let keys_in: Vec<&str> = group.iter().copied().filter(|_| rng.chance(50)).collect();
+        let mut outer: Vec<String> = keys_in.iter().map(|k| k.to_string()).collect();
+        for i in 0..1 + rng.below(3) {
+            let arg = match (inner_cols.as_slice(), group.first()) {
+                ([], Some(k)) => k.to_string(),
+                ([], None) => "1".to_string(),
+                (cols, _) => rng.pick(cols).clone(),
+            };
+            let f = *rng.pick(&["COUNT(*)", "COUNT(#)", "SUM(#)", "AVG(#)", "SUM(#)", "MAX(#)"]);
+            let arg = if rng.chance(20) && group.contains(&"k3") {
+                "k3".to_string()
+            } else {
+                arg
+            };
+            outer.push(format!("{} AS o{i}", f.replace('#', &arg)));
+        }
+        query = format!("SELECT {} FROM ({query}) AS r", outer.join(", "));
+        if !keys_in.is_empty() {
+            query.push_str(&format!(" GROUP BY {}", keys_in.join(", ")));
+        }
+    }
     // Now and then, a stateless query over the results.
     if !changelog && rng.chance(15) {
         query = format!("SELECT * FROM ({query}) AS r WHERE 1 = 1");

@@ -32,8 +32,8 @@ pub mod statement;
 pub use catalog::{Options, TableDecl, Watermark};
 pub use job::{Emit, Insert, Job, JobKind, Select, View};
 pub use nodes::{
-    LateFilterNode, OP_COLUMN, RankKind, StreamJoinNode, UpdateAggregateNode, WatermarkOrigin,
-    WindowAggregateNode, WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
+    LateFilterNode, OP_COLUMN, RankKind, StreamJoinNode, StreamTopNNode, UpdateAggregateNode,
+    WatermarkOrigin, WindowAggregateNode, WindowAssignNode, WindowColumn, WindowSpec, WindowTopNNode,
 };
 pub use planner::{PipelinePlan, ScanProvider, StreamPlanner};
 

@@ -368,6 +368,9 @@ struct Query {
     title: String,
     kind: String,
     needs: String,
+    /// `-- Output: changelog`: an updating query, whose Parquet sink is
+    /// declared `'mode' = 'changelog'`.
+    changelog: bool,
     sql: String,
     batch: Option<PathBuf>,
 }
@@ -411,6 +414,7 @@ fn load_queries(dir: &Path, only: Option<&str>) -> Result<Vec<Query>> {
             title,
             kind: header("Kind:"),
             needs: header("Needs:"),
+            changelog: header("Output:") == "changelog",
             sql,
             batch: batch.exists().then_some(batch),
         });
@@ -458,9 +462,11 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    // An updating query (`-- Output: changelog`) writes its +I/-U/+U/-D rows.
+    let mode = if q.changelog { ", 'mode' = 'changelog'" } else { "" };
     let sink_options = match sink {
         "parquet" => format!(
-            "'connector' = 'files', 'path' = '{}', 'format' = 'parquet'",
+            "'connector' = 'files', 'path' = '{}', 'format' = 'parquet'{mode}",
             dir.join("out/").display()
         ),
         _ => "'connector' = 'blackhole'".to_string(),

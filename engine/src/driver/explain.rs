@@ -100,7 +100,7 @@ impl StreamingJob {
 fn stateless_prefix(plan: &datafusion::logical_expr::LogicalPlan) -> String {
     use datafusion::logical_expr::LogicalPlan;
     fn is_stateful(p: &LogicalPlan) -> bool {
-        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN" | "IntervalJoin" | "RegularJoin"))
+        matches!(p, LogicalPlan::Extension(e) if matches!(e.node.name(), "WindowAggregate" | "UpdateAggregate" | "WindowTopN" | "TopN" | "IntervalJoin" | "RegularJoin"))
     }
     fn lowest(p: &LogicalPlan) -> &LogicalPlan {
         for input in p.inputs() {

@@ -243,6 +243,21 @@ impl Groups {
         Ok(())
     }
 
+    /// Without keys, makes the one group exist even with no input rows: the
+    /// aggregate of an empty table is one row (COUNT 0, SUM NULL), as in
+    /// batch SQL. `empty` is the evaluation of a zero-row input.
+    pub fn ensure_keyless_group(&mut self, empty: &Evaluated) -> Result<()> {
+        if self.keys.is_some() || self.num_groups > 0 {
+            return Ok(());
+        }
+        self.num_groups = 1;
+        for (i, acc) in self.accs.iter_mut().enumerate() {
+            // No rows, one group: the accumulator sizes its state for it.
+            acc.update_batch(&empty.args[i], &[], None, 1)?;
+        }
+        Ok(())
+    }
+
     /// Folds input rows in.
     pub fn update(&mut self, input: &Evaluated) -> Result<()> {
         if input.rows == 0 {

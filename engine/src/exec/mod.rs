@@ -23,6 +23,7 @@ pub mod scan;
 pub mod session_agg;
 pub mod shard;
 pub mod stream_join;
+pub mod stream_topn;
 pub mod units;
 pub mod update_agg;
 pub mod window_agg;
@@ -73,6 +74,7 @@ pub fn stateful_state(plan: &dyn ExecutionPlan) -> Option<Arc<dyn StatefulOperat
         .or_else(|| of::<session_agg::SessionState>(plan))
         .or_else(|| of::<update_agg::UpdateState>(plan))
         .or_else(|| of::<window_topn::TopNState>(plan))
+        .or_else(|| of::<stream_topn::StreamTopNState>(plan))
         .or_else(|| {
             plan.downcast_ref::<stream_join::StreamJoinExec>()
                 .map(|node| node.state() as Arc<dyn StatefulOperator>)
@@ -346,6 +348,45 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 schema: Arc::new(n.schema().as_arrow().clone()),
             };
             return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
+        }
+        if let Some(n) = node.as_any().downcast_ref::<weir_sql::StreamTopNNode>() {
+            let logical_schema = logical_inputs[0].schema();
+            let partition_by = n
+                .partition_by
+                .iter()
+                .map(|e| planner.create_physical_expr(e, logical_schema, session, planning_ctx))
+                .collect::<Result<Vec<_>>>()?;
+            let order_by = n
+                .order_by
+                .iter()
+                .map(|s| {
+                    let expr =
+                        planner.create_physical_expr(&s.expr, logical_schema, session, planning_ctx)?;
+                    Ok(datafusion::physical_expr::PhysicalSortExpr::new(
+                        expr,
+                        datafusion::arrow::compute::SortOptions {
+                            descending: !s.asc,
+                            nulls_first: s.nulls_first,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let limit = n
+                .limit
+                .ok_or_else(|| DataFusionError::Plan("a Top-N outside windows needs WHERE rn <= N".into()))?;
+            let params = stream_topn::StreamTopNParams {
+                partition_by,
+                order_by,
+                rank: n.rank,
+                limit,
+                ttl_ms: n.ttl_ms,
+                schema: Arc::new(n.schema().as_arrow().clone()),
+            };
+            return Ok(Some(Arc::new(stream_topn::TopNExec::try_new(
+                Arc::clone(&physical_inputs[0]),
+                params,
+                threads,
+            )?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::StreamJoinNode>() {
             let params =

@@ -69,6 +69,8 @@ pub struct UpdateState {
     schema: SchemaRef,
     /// One part of the state per partition, split by the keys' hash.
     shards: Shards<Inner>,
+    /// The input's schema.
+    input_schema: SchemaRef,
 }
 
 struct Chunk {
@@ -144,6 +146,7 @@ impl OperatorExec<UpdateState> {
             chunk_schema: Arc::new(Schema::new(fields)),
             schema,
             shards: Shards::new(shard_count(threads, n_keys), Inner::default),
+            input_schema: in_schema,
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -198,7 +201,16 @@ impl EpochOperator for UpdateState {
         delta.update(&self.agg.evaluate(batch)?)
     }
 
-    fn finish(&self, partition: usize, delta: Groups, epoch: &EpochInput) -> Result<RecordBatch> {
+    fn finish(&self, partition: usize, mut delta: Groups, epoch: &EpochInput) -> Result<RecordBatch> {
+        // The aggregate of a table without keys is one row even before (or
+        // without) any input, as in batch SQL: COUNT(*) 0 over no rows.
+        if self.n_keys() == 0 && self.ttl_ms.is_none() && self.shards.lock(partition).index.is_empty() {
+            delta.ensure_keyless_group(
+                &self
+                    .agg
+                    .evaluate(&RecordBatch::new_empty(Arc::clone(&self.input_schema)))?,
+            )?;
+        }
         self.apply(partition, delta, epoch.processing_time_ms)
     }
 }

@@ -219,65 +219,7 @@ impl TopNState {
 
     /// Row indices in (partition, order, arrival) order, and their ranks.
     fn rank(&self, batch: &RecordBatch) -> Result<(Vec<u32>, Vec<u64>)> {
-        let n = batch.num_rows();
-        let parts: Vec<ArrayRef> = self
-            .p
-            .partition_by
-            .iter()
-            .map(|e| e.evaluate(batch)?.into_array(n))
-            .collect::<Result<_>>()?;
-        let orders: Vec<ArrayRef> = self
-            .p
-            .order_by
-            .iter()
-            .map(|s| s.expr.evaluate(batch)?.into_array(n))
-            .collect::<Result<_>>()?;
-        let mut columns: Vec<SortColumn> = parts
-            .iter()
-            .map(|a| SortColumn {
-                values: Arc::clone(a),
-                options: Some(SortOptions::default()),
-            })
-            .collect();
-        columns.extend(orders.iter().zip(&self.p.order_by).map(|(a, s)| SortColumn {
-            values: Arc::clone(a),
-            options: Some(s.options),
-        }));
-        // Arrival order breaks ties.
-        columns.push(SortColumn {
-            values: Arc::new(UInt64Array::from((0..n as u64).collect::<Vec<_>>())),
-            options: Some(SortOptions::default()),
-        });
-        let order = lexsort_to_indices(&columns, None)?;
-        let order: Vec<u32> = order.values().to_vec();
-        let to_rows = |cols: &[ArrayRef]| -> Result<datafusion::arrow::row::Rows> {
-            KeyRows::new(cols.iter().map(|c| c.data_type().clone()))?.convert(cols, n)
-        };
-        let part_rows = to_rows(&parts)?;
-        let order_rows = to_rows(&orders)?;
-        let mut ranks = Vec::with_capacity(n);
-        let (mut number, mut rank, mut dense) = (0u64, 0u64, 0u64);
-        for (k, &i) in order.iter().enumerate() {
-            let i = i as usize;
-            let new_partition = k == 0 || part_rows.row(i) != part_rows.row(order[k - 1] as usize);
-            if new_partition {
-                number = 0;
-                rank = 0;
-                dense = 0;
-            }
-            number += 1;
-            let tie = !new_partition && order_rows.row(i) == order_rows.row(order[k - 1] as usize);
-            if !tie {
-                rank = number;
-                dense += 1;
-            }
-            ranks.push(match self.p.rank {
-                RankKind::RowNumber => number,
-                RankKind::Rank => rank,
-                RankKind::DenseRank => dense,
-            });
-        }
-        Ok((order, ranks))
+        rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, batch)
     }
 
     fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
@@ -436,4 +378,69 @@ impl StatefulOperator for TopNState {
         }
         Ok(())
     }
+}
+
+/// Row indices of `batch` in (partition, order, arrival) order, and their
+/// ranks within their partitions. Ties keep arrival (row) order.
+pub(super) fn rank_rows(
+    partition_by: &[Arc<dyn PhysicalExpr>],
+    order_by: &[PhysicalSortExpr],
+    kind: RankKind,
+    batch: &RecordBatch,
+) -> Result<(Vec<u32>, Vec<u64>)> {
+    let n = batch.num_rows();
+    let parts: Vec<ArrayRef> = partition_by
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    let orders: Vec<ArrayRef> = order_by
+        .iter()
+        .map(|s| s.expr.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    let mut columns: Vec<SortColumn> = parts
+        .iter()
+        .map(|a| SortColumn {
+            values: Arc::clone(a),
+            options: Some(SortOptions::default()),
+        })
+        .collect();
+    columns.extend(orders.iter().zip(order_by).map(|(a, s)| SortColumn {
+        values: Arc::clone(a),
+        options: Some(s.options),
+    }));
+    // Arrival order breaks ties.
+    columns.push(SortColumn {
+        values: Arc::new(UInt64Array::from((0..n as u64).collect::<Vec<_>>())),
+        options: Some(SortOptions::default()),
+    });
+    let order = lexsort_to_indices(&columns, None)?;
+    let order: Vec<u32> = order.values().to_vec();
+    let to_rows = |cols: &[ArrayRef]| -> Result<datafusion::arrow::row::Rows> {
+        KeyRows::new(cols.iter().map(|c| c.data_type().clone()))?.convert(cols, n)
+    };
+    let part_rows = to_rows(&parts)?;
+    let order_rows = to_rows(&orders)?;
+    let mut ranks = Vec::with_capacity(n);
+    let (mut number, mut rank, mut dense) = (0u64, 0u64, 0u64);
+    for (k, &i) in order.iter().enumerate() {
+        let i = i as usize;
+        let new_partition = k == 0 || part_rows.row(i) != part_rows.row(order[k - 1] as usize);
+        if new_partition {
+            number = 0;
+            rank = 0;
+            dense = 0;
+        }
+        number += 1;
+        let tie = !new_partition && order_rows.row(i) == order_rows.row(order[k - 1] as usize);
+        if !tie {
+            rank = number;
+            dense += 1;
+        }
+        ranks.push(match kind {
+            RankKind::RowNumber => number,
+            RankKind::Rank => rank,
+            RankKind::DenseRank => dense,
+        });
+    }
+    Ok((order, ranks))
 }

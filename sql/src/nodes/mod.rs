@@ -17,6 +17,9 @@
 //!   (PARTITION BY window_start, window_end, ... ORDER BY ...)`, usually
 //!   with `rn <= N` above. Keeps each open window's rows (the top N per
 //!   partition when N is known) and emits them ranked when it closes.
+//! * [`StreamTopNNode`]: the same ranking over a stream without windows
+//!   (Top-N and deduplication), with `rn <= N` above: keeps each
+//!   partition's top N rows and emits their changes as a changelog.
 //! * [`StreamJoinNode`]: a join of two streams on keys and a time bound
 //!   between their watermarked time columns. Keeps each side's rows until
 //!   the watermark shows that no later row of the other side can match them.

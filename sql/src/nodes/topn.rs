@@ -134,3 +134,129 @@ impl UserDefinedLogicalNodeCore for WindowTopNNode {
         })
     }
 }
+
+/// Top-N outside windows (and deduplication, its N = 1 case):
+/// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY k ... ORDER BY
+/// ...)` over an append-only stream, with `rn <= N` (or `rn = 1`) above.
+/// Keeps the top N rows of each partition and emits, each epoch, how they
+/// changed as a changelog: `+I` for a row entering, `-D` for one pushed out,
+/// `-U`/`+U` for a row whose rank moved. Its output is the `Window` node's
+/// columns (the input's, then the rank) followed by the operation column.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StreamTopNNode {
+    /// The rows to rank.
+    pub input: LogicalPlan,
+    /// `PARTITION BY` expressions (none: one ranking of the whole stream).
+    pub partition_by: Vec<Expr>,
+    /// `ORDER BY` expressions.
+    pub order_by: Vec<datafusion::logical_expr::SortExpr>,
+    /// The ranking function.
+    pub rank: RankKind,
+    /// Keep ranks up to this (from a `WHERE rn <= N` above); required.
+    pub limit: Option<u64>,
+    /// Partitions not changed for this long (processing time, recorded in
+    /// the offsets log) are forgotten, as Flink's state TTL does.
+    pub ttl_ms: Option<i64>,
+    /// The `Window` node's schema (input, then rank).
+    pub window_schema: DFSchemaRef,
+    schema: DFSchemaRef,
+}
+
+impl StreamTopNNode {
+    /// Builds the node from the `Window` node's parts and schema.
+    pub fn try_new(
+        input: LogicalPlan,
+        partition_by: Vec<Expr>,
+        order_by: Vec<datafusion::logical_expr::SortExpr>,
+        rank: RankKind,
+        ttl_ms: Option<i64>,
+        window_schema: DFSchemaRef,
+    ) -> Result<Self> {
+        let op = DFSchema::from_unqualified_fields(
+            vec![Field::new(PLAN_OP_COLUMN, DataType::Utf8, false)].into(),
+            Default::default(),
+        )?;
+        let mut schema = window_schema.as_ref().clone();
+        schema.merge(&op);
+        Ok(Self {
+            input,
+            partition_by,
+            order_by,
+            rank,
+            limit: None,
+            ttl_ms,
+            window_schema,
+            schema: Arc::new(schema),
+        })
+    }
+
+    /// The same node keeping ranks up to `limit`.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(self.limit.map_or(limit, |l| l.min(limit)));
+        self
+    }
+}
+
+impl PartialOrd for StreamTopNNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.partition_by.partial_cmp(&other.partition_by) {
+            Some(Ordering::Equal) => self.input.partial_cmp(&other.input),
+            o => o,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for StreamTopNNode {
+    fn name(&self) -> &str {
+        "TopN"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.partition_by
+            .iter()
+            .cloned()
+            .chain(self.order_by.iter().map(|s| s.expr.clone()))
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let order: Vec<String> = self.order_by.iter().map(|s| s.to_string()).collect();
+        write!(
+            f,
+            "TopN: {:?} partitionBy=[{}] orderBy=[{}]{}{}, emit=on update (changelog)",
+            self.rank,
+            list(&self.partition_by),
+            order.join(", "),
+            self.limit.map(|l| format!(" limit={l}")).unwrap_or_default(),
+            self.ttl_ms.map(|t| format!(" ttl={t}ms")).unwrap_or_default()
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let order = exprs.split_off(self.partition_by.len());
+        let order_by = self
+            .order_by
+            .iter()
+            .zip(order)
+            .map(|(s, e)| datafusion::logical_expr::SortExpr::new(e, s.asc, s.nulls_first))
+            .collect();
+        Ok(Self {
+            input: inputs.swap_remove(0),
+            partition_by: exprs,
+            order_by,
+            rank: self.rank,
+            limit: self.limit,
+            ttl_ms: self.ttl_ms,
+            window_schema: Arc::clone(&self.window_schema),
+            schema: Arc::clone(&self.schema),
+        })
+    }
+}

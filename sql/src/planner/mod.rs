@@ -49,6 +49,7 @@ use crate::preprocess::{TVF_PREFIX, TvfCall, TvfKind};
 use crate::{Error, Job, Result, TableDecl, strip_df};
 
 mod joins;
+mod retract;
 mod rewrite;
 mod sink;
 mod watermarks;
@@ -273,6 +274,7 @@ impl StreamPlanner {
                     if e.node.as_any().is::<WindowAggregateNode>()
                         || e.node.as_any().is::<UpdateAggregateNode>()
                         || e.node.as_any().is::<crate::nodes::WindowTopNNode>()
+                        || e.node.as_any().is::<crate::nodes::StreamTopNNode>()
                         || e.node.as_any().is::<crate::nodes::StreamJoinNode>() =>
                 {
                     stateful = true;

@@ -38,6 +38,26 @@ impl StreamPlanner {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        // A Top-N outside windows keeps N rows per partition; without a
+        // limit it would keep the whole stream.
+        let mut unlimited = false;
+        plan.apply(|p| {
+            if let LogicalPlan::Extension(e) = p
+                && let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamTopNNode>()
+                && n.limit.is_none()
+            {
+                unlimited = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if unlimited {
+            return Err(Error::Unsupported(
+                "ROW_NUMBER()/RANK()/DENSE_RANK() OVER (...) without a window ranks a stream that never ends: keep \
+                 the top N with WHERE rn <= N (rn = 1 deduplicates), or rank within windows (PARTITION BY \
+                 window_start, window_end, ...)"
+                    .into(),
+            ));
+        }
         if let Some(spec) = stray {
             return Err(Error::Unsupported(format!(
                 "{spec} windows can only be used as the GROUP BY window_start, window_end of an aggregate \
@@ -101,11 +121,6 @@ impl StreamPlanner {
                         "GROUPING SETS, CUBE and ROLLUP are not supported on streams".into(),
                     ));
                 }
-                if is_changelog(&agg.input) {
-                    return Err(Error::Unsupported(
-                        "aggregating the changelog of another aggregate (retractions) is not supported yet".into(),
-                    ));
-                }
                 let mut windows: Vec<(usize, WindowTrace)> = Vec::new();
                 for (i, e) in agg.group_expr.iter().enumerate() {
                     if let Expr::Column(c) = e
@@ -114,11 +129,21 @@ impl StreamPlanner {
                         windows.push((i, t));
                     }
                 }
+                if is_changelog(&agg.input) && !windows.is_empty() {
+                    return Err(Error::Unsupported(
+                        "a window over a changelog (the rows of an aggregate without a window, which retract) is not \
+                         supported: a window's rows are final when it closes; aggregate the changelog without a window"
+                            .into(),
+                    ));
+                }
                 if windows.is_empty() {
                     if emit == Some(Emit::OnWindowClose) {
                         return Err(Error::Unsupported(
                             "EMIT ON WINDOW CLOSE needs a window: group by the window_start and window_end of a window table function".into(),
                         ));
+                    }
+                    if is_changelog(&agg.input) {
+                        return retract::changelog_aggregate(&agg, ttl_ms).map(Transformed::yes);
                     }
                     let node = UpdateAggregateNode::try_new(
                         agg.input.as_ref().clone(),
@@ -197,7 +222,7 @@ impl StreamPlanner {
                  ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N"
                     .into(),
             )),
-            LogicalPlan::Window(w) => self.window_top_n(w).map(Transformed::yes),
+            LogicalPlan::Window(w) => self.window_top_n(w, ttl_ms).map(Transformed::yes),
             // `WHERE rn <= N` over a window Top-N: keep only N per partition.
             LogicalPlan::Filter(f) if top_n_below(&f.input).is_some() => {
                 let Some(limit) = top_n_below(&f.input).and_then(|rank_col| rank_limit(&f.predicate, &rank_col)) else {
@@ -232,7 +257,11 @@ impl StreamPlanner {
     /// `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY window_start,
     /// window_end, ... ORDER BY ...)`: a window Top-N. Other OVER windows
     /// would need their whole input, which a stream never completes.
-    pub(super) fn window_top_n(&self, w: datafusion::logical_expr::Window) -> Result<LogicalPlan> {
+    pub(super) fn window_top_n(
+        &self,
+        w: datafusion::logical_expr::Window,
+        ttl_ms: Option<i64>,
+    ) -> Result<LogicalPlan> {
         use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionDefinition};
         let refuse = || {
             Error::Unsupported(
@@ -281,7 +310,28 @@ impl StreamPlanner {
             }
         }
         let (Some(start), Some(end)) = (start, end) else {
-            return Err(refuse());
+            if start.is_some() || end.is_some() {
+                return Err(refuse());
+            }
+            // Outside windows: Top-N (deduplication when N = 1) in update mode.
+            if is_changelog(&w.input) {
+                return Err(Error::Unsupported(
+                    "Top-N (ROW_NUMBER/RANK/DENSE_RANK ... <= N) over a changelog (the rows of an aggregate without \
+                     a window) is not supported: a retracted top row would need every other row kept; rank the \
+                     stream itself, or within windows"
+                        .into(),
+                ));
+            }
+            return Ok(LogicalPlan::Extension(Extension {
+                node: Arc::new(crate::nodes::StreamTopNNode::try_new(
+                    w.input.as_ref().clone(),
+                    params.partition_by.clone(),
+                    params.order_by.clone(),
+                    rank,
+                    ttl_ms,
+                    Arc::clone(&w.schema),
+                )?),
+            }));
         };
         Ok(LogicalPlan::Extension(Extension {
             node: Arc::new(crate::nodes::WindowTopNNode::new(
@@ -386,6 +436,11 @@ pub(super) fn top_n_below(plan: &LogicalPlan) -> Option<Column> {
             let s = plan.schema();
             Some(Column::from(s.qualified_field(s.fields().len() - 1)))
         }
+        // The rank, then the operation column.
+        LogicalPlan::Extension(e) if e.node.as_any().is::<crate::nodes::StreamTopNNode>() => {
+            let s = plan.schema();
+            Some(Column::from(s.qualified_field(s.fields().len() - 2)))
+        }
         LogicalPlan::Projection(p) => {
             let rank = top_n_below(&p.input)?;
             p.expr.iter().enumerate().find_map(|(i, e)| {
@@ -430,6 +485,16 @@ pub(super) fn set_top_n_limit(plan: LogicalPlan, limit: u64) -> Result<LogicalPl
         .transform_down(|p| {
             if let LogicalPlan::Extension(e) = &p
                 && let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::WindowTopNNode>()
+            {
+                let node = n.clone().with_limit(limit);
+                return Ok(Transformed::new(
+                    LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            if let LogicalPlan::Extension(e) = &p
+                && let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamTopNNode>()
             {
                 let node = n.clone().with_limit(limit);
                 return Ok(Transformed::new(

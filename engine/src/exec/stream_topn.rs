@@ -1,0 +1,532 @@
+//! `TopNExec`: `ROW_NUMBER() / RANK() / DENSE_RANK() OVER (PARTITION BY k
+//! ORDER BY ...)` with `rn <= N` over an append-only stream, outside
+//! windows: Top-N, and deduplication (`rn = 1`, keeping the first or the
+//! last row of each key by the order).
+//!
+//! Each partition (value of `k`) keeps its current top N rows with the rank
+//! each was last emitted with. An epoch ranks, per partition it touches, the
+//! held rows together with the new ones (held rows first, so ties keep
+//! arrival order, as in the window Top-N), and emits the difference as a
+//! changelog, retractions first:
+//!
+//! ```text
+//!   held row, same rank                 nothing
+//!   held row, rank moved (still <= N)   -U (old rank), +U (new rank)
+//!   held row, pushed beyond N           -D (old rank)
+//!   new row within N                    +I
+//!   (a -D and a +I at the same rank of a partition are paired as -U/+U)
+//!   partition expired (state.ttl)       -D for each of its rows
+//! ```
+//!
+//! The input is append-only, so a row pushed beyond N can never come back:
+//! N rows per partition (more only for ties under RANK) are all it needs.
+//! State is sharded by the partition keys (`--threads`), like the
+//! aggregates'. With `'state.ttl'`, a partition not changed for that long
+//! (processing time, recorded in the offsets log) is deleted with `-D` rows.
+//!
+//! State file (one row per held row; unit = the partition):
+//! `__k0.. (partition key values, or __all = 0 without PARTITION BY),
+//! __rank, __updated_ms, <input columns>`
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::error::Result;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use weir_sql::RankKind;
+
+use super::keys::KeyRows;
+use super::operator::{EpochOperator, OperatorExec};
+use super::shard::{Shards, route, shard_count};
+use super::units::take_batch;
+use super::update_agg::{DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE};
+use super::window_topn::rank_rows;
+use crate::epoch::EpochInput;
+use crate::exec::{StateChange, StateTable, StatefulOperator};
+
+/// A Top-N outside windows, over its input.
+pub type TopNExec = OperatorExec<StreamTopNState>;
+
+/// The Top-N's parameters, from the logical node.
+pub struct StreamTopNParams {
+    /// `PARTITION BY`.
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// `ORDER BY`.
+    pub order_by: Vec<PhysicalSortExpr>,
+    /// The ranking function.
+    pub rank: RankKind,
+    /// Keep ranks up to this.
+    pub limit: u64,
+    /// Partitions unchanged this long are deleted.
+    pub ttl_ms: Option<i64>,
+    /// Output: the input's columns, the rank, then the operation.
+    pub schema: SchemaRef,
+}
+
+/// Configuration and state, shared by every copy of the plan node.
+pub struct StreamTopNState {
+    p: StreamTopNParams,
+    input_schema: SchemaRef,
+    /// The unit key columns, then `__rank`, `__updated_ms`, the input's.
+    state_schema: SchemaRef,
+    /// Row format of the partition keys.
+    keys: KeyRows,
+    shards: Shards<Inner>,
+}
+
+/// One partition's top rows, in arrival order.
+struct Part {
+    rows: RecordBatch,
+    ranks: Vec<u64>,
+    updated_ms: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    parts: HashMap<Vec<u8>, Part>,
+    /// Partitions changed since the last checkpoint.
+    changed: std::collections::HashSet<Vec<u8>>,
+    /// Key columns (unit keys) of partitions deleted since then.
+    deleted: Vec<RecordBatch>,
+}
+
+impl OperatorExec<StreamTopNState> {
+    /// Builds the operator, its state split into `threads` shards by the
+    /// partition keys.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: StreamTopNParams, threads: usize) -> Result<Self> {
+        let input_schema = input.schema();
+        let key_types: Vec<DataType> = p
+            .partition_by
+            .iter()
+            .map(|e| e.data_type(&input_schema))
+            .collect::<Result<_>>()?;
+        let mut fields: Vec<Field> = if key_types.is_empty() {
+            vec![Field::new("__all", DataType::Int64, false)]
+        } else {
+            key_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("__k{i}"), t.clone(), true))
+                .collect()
+        };
+        fields.push(Field::new("__rank", DataType::UInt64, false));
+        fields.push(Field::new("__updated_ms", DataType::Int64, false));
+        fields.extend(input_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let n_keys = p.partition_by.len();
+        let state = StreamTopNState {
+            keys: KeyRows::new(key_types)?,
+            shards: Shards::new(shard_count(threads, n_keys), Inner::default),
+            p,
+            input_schema,
+            state_schema: Arc::new(Schema::new(fields)),
+        };
+        Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl EpochOperator for StreamTopNState {
+    const NAME: &'static str = "TopNExec";
+    /// The epoch's rows of this shard.
+    type Acc = Vec<RecordBatch>;
+
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.p.schema)
+    }
+
+    fn partitions(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.p.partition_by.clone()
+    }
+
+    fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        self.p
+            .partition_by
+            .iter()
+            .chain(self.p.order_by.iter().map(|s| &s.expr))
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let parts: Vec<String> = self.p.partition_by.iter().map(|e| e.to_string()).collect();
+        let order: Vec<String> = self.p.order_by.iter().map(|e| e.to_string()).collect();
+        write!(
+            f,
+            "{:?} partition=[{}] order=[{}] limit={}{}, emit=changelog",
+            self.p.rank,
+            parts.join(", "),
+            order.join(", "),
+            self.p.limit,
+            self.p.ttl_ms.map(|t| format!(", ttl={t}ms")).unwrap_or_default()
+        )
+    }
+
+    fn start(&self, _partition: usize) -> Result<Self::Acc> {
+        Ok(Vec::new())
+    }
+
+    fn fold(&self, _partition: usize, acc: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() > 0 {
+            acc.push(batch.clone());
+        }
+        Ok(())
+    }
+
+    fn finish(&self, partition: usize, acc: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
+        let now = epoch.processing_time_ms;
+        let mut out = self.apply(partition, &acc, now)?;
+        if let Some(ttl) = self.p.ttl_ms {
+            let expired = self.expire(partition, now.saturating_sub(ttl))?;
+            if expired.num_rows() > 0 {
+                out = concat_batches(&self.p.schema, [&out, &expired])?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl StreamTopNState {
+    /// The partition keys of `batch`'s rows, as Arrow arrays.
+    fn key_arrays(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let n = batch.num_rows();
+        self.p
+            .partition_by
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect()
+    }
+
+    /// The unit key columns of state rows for `rows`.
+    fn unit_columns(&self, rows: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        if self.p.partition_by.is_empty() {
+            return Ok(vec![Arc::new(Int64Array::from(vec![0; rows.num_rows()]))]);
+        }
+        self.key_arrays(rows)
+    }
+
+    /// Output rows: `rows` with `ranks` and the operation `op`.
+    fn output(&self, rows: &RecordBatch, ranks: Vec<u64>, ops: Vec<&'static str>) -> Result<RecordBatch> {
+        let rank_type = self.p.schema.field(self.p.schema.fields().len() - 2).data_type();
+        let rank: ArrayRef = Arc::new(UInt64Array::from(ranks));
+        let mut columns = rows.columns().to_vec();
+        columns.push(cast(&rank, rank_type)?);
+        columns.push(Arc::new(StringArray::from(ops)));
+        Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
+    }
+
+    /// Ranks the touched partitions' held and new rows; returns the changes.
+    fn apply(&self, shard: usize, new: &[RecordBatch], now: i64) -> Result<RecordBatch> {
+        let new = concat_batches(&self.input_schema, new)?;
+        if new.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.p.schema)));
+        }
+        let new_keys = self.keys.convert(&self.key_arrays(&new)?, new.num_rows())?;
+        let mut inner = self.shards.lock(shard);
+        // Held rows of the touched partitions first (each in arrival order),
+        // then the new rows: row order is arrival order within a partition.
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        for i in 0..new.num_rows() {
+            let k = new_keys.row(i);
+            if seen.insert(k.data()) {
+                touched.push(k.as_ref().to_vec());
+            }
+        }
+        let mut pieces: Vec<RecordBatch> = Vec::new();
+        let mut old_rank: Vec<Option<u64>> = Vec::new();
+        for k in &touched {
+            if let Some(part) = inner.parts.get(k) {
+                pieces.push(part.rows.clone());
+                old_rank.extend(part.ranks.iter().map(|r| Some(*r)));
+            }
+        }
+        let held = old_rank.len();
+        pieces.push(new);
+        old_rank.resize(held + pieces.last().map_or(0, RecordBatch::num_rows), None);
+        let all = concat_batches(&self.input_schema, &pieces)?;
+        let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?;
+
+        // The changes, and each partition's new top rows.
+        let limit = self.p.limit;
+        let (mut retract, mut retract_rank, mut retract_op) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut insert, mut insert_rank, mut insert_op) = (Vec::new(), Vec::new(), Vec::new());
+        let mut kept: Vec<(u32, u64)> = Vec::new();
+        for (&i, &r) in order.iter().zip(&ranks) {
+            let within = r <= limit;
+            match old_rank[i as usize] {
+                Some(o) if within && o == r => {}
+                Some(o) if within => {
+                    retract.push(i);
+                    retract_rank.push(o);
+                    retract_op.push(UPDATE_BEFORE);
+                    insert.push(i);
+                    insert_rank.push(r);
+                    insert_op.push(UPDATE_AFTER);
+                }
+                Some(o) => {
+                    retract.push(i);
+                    retract_rank.push(o);
+                    retract_op.push(DELETE);
+                }
+                None if within => {
+                    insert.push(i);
+                    insert_rank.push(r);
+                    insert_op.push(INSERT);
+                }
+                None => {}
+            }
+            if within {
+                kept.push((i, r));
+            }
+        }
+        let all_keys = self.keys.convert(&self.key_arrays(&all)?, all.num_rows())?;
+        // A row that takes the place of another at the same rank is an
+        // update of that rank, as Flink emits it: -D/+I become -U/+U.
+        let mut entered: HashMap<(&[u8], u64), usize> = HashMap::new();
+        for (j, (&i, &op)) in insert.iter().zip(&insert_op).enumerate() {
+            if op == INSERT {
+                entered.insert((all_keys.row(i as usize).data(), insert_rank[j]), j);
+            }
+        }
+        for (j, &i) in retract.iter().enumerate() {
+            if retract_op[j] == DELETE
+                && let Some(&k) = entered.get(&(all_keys.row(i as usize).data(), retract_rank[j]))
+            {
+                retract_op[j] = UPDATE_BEFORE;
+                insert_op[k] = UPDATE_AFTER;
+            }
+        }
+        // Store the kept rows per partition, in arrival (row) order.
+        kept.sort_unstable_by_key(|(i, _)| *i);
+        let mut by_part: HashMap<&[u8], (Vec<u32>, Vec<u64>)> = HashMap::new();
+        for (i, r) in &kept {
+            let e = by_part.entry(all_keys.row(*i as usize).data()).or_default();
+            e.0.push(*i);
+            e.1.push(*r);
+        }
+        for k in &touched {
+            let (idx, ranks) = by_part.remove(k.as_slice()).unwrap_or_default();
+            inner.changed.insert(k.clone());
+            inner.parts.insert(
+                k.clone(),
+                Part {
+                    rows: take_batch(&all, &UInt32Array::from(idx))?,
+                    ranks,
+                    updated_ms: now,
+                },
+            );
+        }
+        let retractions = self.output(
+            &take_batch(&all, &UInt32Array::from(retract))?,
+            retract_rank,
+            retract_op,
+        )?;
+        let insertions = self.output(
+            &take_batch(&all, &UInt32Array::from(insert))?,
+            insert_rank,
+            insert_op,
+        )?;
+        Ok(concat_batches(&self.p.schema, [&retractions, &insertions])?)
+    }
+
+    /// Deletes partitions unchanged since before `cutoff`; their `-D` rows.
+    fn expire(&self, shard: usize, cutoff: i64) -> Result<RecordBatch> {
+        let mut inner = self.shards.lock(shard);
+        let old: Vec<Vec<u8>> = inner
+            .parts
+            .iter()
+            .filter(|(_, p)| p.updated_ms < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in old {
+            let Some(part) = inner.parts.remove(&k) else {
+                continue;
+            };
+            inner.changed.remove(&k);
+            let unit = self.unit_columns(&part.rows.slice(0, part.rows.num_rows().min(1)))?;
+            let schema = Arc::new(
+                self.state_schema
+                    .project(&(0..self.unit_key_len()).collect::<Vec<_>>())?,
+            );
+            inner.deleted.push(RecordBatch::try_new(schema, unit)?);
+            let n = part.rows.num_rows();
+            out.push(self.output(&part.rows, part.ranks, vec![DELETE; n])?);
+        }
+        Ok(concat_batches(&self.p.schema, &out)?)
+    }
+
+    /// A partition's state rows.
+    fn state_rows_of(&self, part: &Part) -> Result<RecordBatch> {
+        let n = part.rows.num_rows();
+        let mut columns = self.unit_columns(&part.rows)?;
+        columns.push(Arc::new(UInt64Array::from(part.ranks.clone())));
+        columns.push(Arc::new(Int64Array::from(vec![part.updated_ms; n])));
+        columns.extend(part.rows.columns().iter().cloned());
+        Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?)
+    }
+}
+
+impl StatefulOperator for StreamTopNState {
+    fn signature(&self) -> String {
+        let mut s = format!(
+            "top-n {:?} limit={} ttl={:?} partition[",
+            self.p.rank, self.p.limit, self.p.ttl_ms
+        );
+        for e in &self.p.partition_by {
+            s.push_str(&format!("{e};"));
+        }
+        s.push_str("] order[");
+        for e in &self.p.order_by {
+            s.push_str(&format!("{e};"));
+        }
+        s.push_str("] state[");
+        for f in self.state_schema.fields() {
+            s.push_str(&format!("{}:{};", f.name(), f.data_type()));
+        }
+        s.push(']');
+        crate::compat::signature::strip_column_positions(&s)
+    }
+
+    fn kind(&self) -> &'static str {
+        "top-n"
+    }
+
+    fn state_rows(&self) -> usize {
+        self.shards
+            .lock_all()
+            .iter()
+            .map(|s| s.parts.values().map(|p| p.rows.num_rows()).sum::<usize>())
+            .sum()
+    }
+
+    fn describe(&self) -> StateTable {
+        let keys = if self.p.partition_by.is_empty() {
+            vec!["(one partition)".into()]
+        } else {
+            self.p.partition_by.iter().map(|e| e.to_string()).collect()
+        };
+        let mut values = vec!["rank".to_string()];
+        values.extend(self.input_schema.fields().iter().map(|f| f.name().clone()));
+        StateTable {
+            name: "top_rows".into(),
+            keys: crate::compat::signature::strip_column_positions(&keys.join(", "))
+                .split(", ")
+                .map(String::from)
+                .collect(),
+            values,
+            evicted_by: format!(
+                "rows ranked beyond {} in their partition, each epoch{}",
+                self.p.limit,
+                match self.p.ttl_ms {
+                    Some(t) => format!(
+                        "; a partition unchanged for {t} ms (state.ttl, processing time), with -D rows"
+                    ),
+                    None => "; partitions are kept for the life of the query (no state.ttl)".into(),
+                }
+            ),
+        }
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.state_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        self.p.partition_by.len().max(1)
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut shards = self.shards.lock_all();
+        if !full
+            && shards
+                .iter()
+                .all(|s| s.changed.is_empty() && s.deleted.is_empty())
+        {
+            return Ok(None);
+        }
+        let mut change = StateChange::default();
+        for inner in shards.iter_mut() {
+            let keys: Vec<&Vec<u8>> = if full {
+                inner.parts.keys().collect()
+            } else {
+                inner
+                    .changed
+                    .iter()
+                    .filter(|k| inner.parts.contains_key(*k))
+                    .collect()
+            };
+            for k in keys {
+                // (A touched partition always keeps its best row: N >= 1.)
+                change.upserts.push(self.state_rows_of(&inner.parts[k])?);
+            }
+            if !full {
+                change.deletes.append(&mut inner.deleted);
+            }
+            inner.deleted.clear();
+            inner.changed.clear();
+        }
+        Ok(Some(change))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+        let mut shards = self.shards.lock_all();
+        for s in shards.iter_mut() {
+            **s = Inner::default();
+        }
+        let n_units = self.unit_key_len();
+        let key_columns: Vec<usize> = if self.p.partition_by.is_empty() {
+            vec![]
+        } else {
+            (0..n_units).collect()
+        };
+        // One batch, so that a partition's rows (a unit) are grouped whole.
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| b.clone().with_schema(Arc::clone(&self.state_schema)))
+            .collect::<std::result::Result<_, _>>()?;
+        let batch = concat_batches(&self.state_schema, &batches)?;
+        {
+            for (shard, part) in route(&batch, &key_columns, shards.len())? {
+                let inner = &mut shards[shard];
+                let rows = RecordBatch::try_new(
+                    Arc::clone(&self.input_schema),
+                    part.columns()[n_units + 2..].to_vec(),
+                )?;
+                let keys = self.keys.convert(&self.key_arrays(&rows)?, rows.num_rows())?;
+                let ranks = part.column(n_units).as_primitive::<UInt64Type>();
+                let updated = part.column(n_units + 1).as_primitive::<Int64Type>();
+                let mut groups: HashMap<Vec<u8>, (Vec<u32>, Vec<u64>, i64)> = HashMap::new();
+                for i in 0..rows.num_rows() {
+                    let g = groups
+                        .entry(keys.row(i).as_ref().to_vec())
+                        .or_insert((vec![], vec![], 0));
+                    g.0.push(i as u32);
+                    g.1.push(ranks.value(i));
+                    g.2 = updated.value(i);
+                }
+                for (k, (idx, ranks, updated_ms)) in groups {
+                    inner.parts.insert(
+                        k,
+                        Part {
+                            rows: take_batch(&rows, &UInt32Array::from(idx))?,
+                            ranks,
+                            updated_ms,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
