@@ -863,3 +863,52 @@ fn the_bundled_examples_give_the_rows_the_readme_states() {
     assert!(readme.contains("# 25,496 rows"), "the README states the count");
     assert!(run.stderr().contains("180 late"), "{}", run.stderr());
 }
+
+/// A changelog's rows (`op` first) folded into the table they describe:
+/// each row's insertions (+I, +U) less its retractions (-U, -D).
+fn fold_changelog(rows: &[String]) -> Vec<String> {
+    let mut net: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for r in rows {
+        let (op, row) = r.split_once('|').unwrap();
+        *net.entry(row).or_default() += if op.starts_with('+') { 1 } else { -1 };
+    }
+    assert!(
+        net.values().all(|n| *n >= 0),
+        "a row retracted more often than inserted"
+    );
+    net.into_iter()
+        .flat_map(|(r, n)| std::iter::repeat_n(r.to_string(), n as usize))
+        .collect()
+}
+
+/// A Top-N outside windows and an aggregate over a changelog keep state
+/// sharded by their keys; each run deals it into another number of shards,
+/// and the changelogs still fold into DataFusion's batch answer.
+#[test]
+fn top_n_and_changelog_aggregate_state_moves_between_thread_counts() {
+    const TOP3: &str = "SELECT auction, price, rn FROM (SELECT auction, price,
+        ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time DESC) AS rn FROM bids) WHERE rn <= 3";
+    const PER_GROUP: &str = "SELECT auction % 5 AS g, COUNT(*) AS n, SUM(m) AS s, AVG(m) AS a
+        FROM (SELECT auction, MAX(price) AS m FROM bids GROUP BY auction) q GROUP BY auction % 5";
+    let (ws, bids, _) = join_workspace();
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+               WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'max_rows_per_batch' = '250');
+             CREATE TABLE top3 WITH ('connector' = 'files', 'path' = 'out/top3/', 'format' = 'parquet', 'mode' = 'changelog');
+             CREATE TABLE per_group WITH ('connector' = 'files', 'path' = 'out/per_group/', 'format' = 'parquet', 'mode' = 'changelog');
+             INSERT INTO top3 {TOP3};
+             INSERT INTO per_group {PER_GROUP};"
+        ),
+    );
+    run_across_thread_counts(&ws);
+    let top3 = sink_rows(&ws.path("out/top3"));
+    assert!(top3.iter().any(|r| r.starts_with("-U|")), "ranks moved");
+    assert_eq!(fold_changelog(&top3), join_batch(&bids, &[], TOP3));
+    assert_eq!(
+        fold_changelog(&sink_rows(&ws.path("out/per_group"))),
+        join_batch(&bids, &[], PER_GROUP)
+    );
+}

@@ -1,7 +1,8 @@
 -- q18: Find last bid: each bidder's last bid on each auction (not in the original suite)
 -- Flink: nexmark-flink q18.sql
 -- Kind: aggregate
--- Needs: deduplication / Top-N (ROW_NUMBER() OVER (PARTITION BY ... ORDER BY date_time DESC) <= 1) with updating results
+-- Needs: nothing more; runs today (deduplication keeping the last bid: a Top-1 outside windows, its changelog into the Parquet sink declared 'mode' = 'changelog')
+-- Output: changelog
 CREATE TABLE nexmark_q18 WITH (${SINK});
 
 INSERT INTO nexmark_q18

@@ -1,7 +1,8 @@
 -- q9: Winning bids: the highest bid of each auction before it expires (not in the original suite)
 -- Flink: nexmark-flink q9.sql
 -- Kind: join
--- Needs: an interval join of auction and bid, then Top-N (ROW_NUMBER ... <= 1) per auction
+-- Needs: nothing more; runs today (a regular join of auction and bid, bounded by the auction's own expiry column, then a Top-1 per auction; its changelog into the Parquet sink declared 'mode' = 'changelog')
+-- Output: changelog
 CREATE TABLE nexmark_q9 WITH (${SINK});
 
 INSERT INTO nexmark_q9

@@ -371,6 +371,25 @@ fn gen_case(seed: u64) -> Case {
         };
     }
 
+    if rng.chance(10) {
+        return Case {
+            seed,
+            query: gen_top_n(&mut rng),
+            window: None,
+            filters: vec![],
+            view: None,
+            changelog: true,
+            delay_ms,
+            rows,
+            cuts,
+            max_rows,
+            threads,
+            restart,
+            join: false,
+            regular: false,
+        };
+    }
+
     let window = match rng.below(7) {
         0 => None,
         1 | 2 => Some(Window::Tumble {
@@ -582,6 +601,49 @@ fn gen_regular_join(rng: &mut Rng) -> String {
     } else {
         format!("SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN bids b ON {key}{extra}")
     }
+}
+
+/// A Top-N or deduplication outside windows (a changelog): a random
+/// ranking function, partition (none, one or two keys), order and N, over
+/// the table or a filtered subquery. Under ROW_NUMBER only the partition
+/// and order columns are selected, so a tie can only pick between rows
+/// that look the same.
+fn gen_top_n(rng: &mut Rng) -> String {
+    let partition = *rng.pick(&["", "PARTITION BY k1", "PARTITION BY k2", "PARTITION BY k1, k3"]);
+    let (order, order_cols) = *rng.pick(&[
+        ("price DESC", "price"),
+        ("price", "price"),
+        ("ts DESC", "ts"),
+        ("price DESC, ts", "price, ts"),
+        ("k3 DESC NULLS LAST, price", "k3, price"),
+    ]);
+    let f = *rng.pick(&["ROW_NUMBER()", "RANK()", "DENSE_RANK()"]);
+    let cols = if f == "ROW_NUMBER()" {
+        let keys = partition.trim_start_matches("PARTITION BY ");
+        if keys.is_empty() {
+            order_cols.to_string()
+        } else {
+            format!("{keys}, {order_cols}")
+        }
+    } else {
+        "k1, k2, k3, price, ts".to_string()
+    };
+    let from = if rng.chance(30) {
+        format!("(SELECT * FROM {{FROM}} WHERE price > {}) AS s", rng.below(600))
+    } else {
+        "{FROM}".to_string()
+    };
+    let filter = *rng.pick(&[
+        "rn <= 1",
+        "rn = 1",
+        "rn <= 3",
+        "rn < 3",
+        "rn <= 10",
+        "rn <= 2 AND price > 100",
+    ]);
+    format!(
+        "SELECT {cols}, rn FROM (SELECT *, {f} OVER ({partition} ORDER BY {order}) AS rn FROM {from}) AS t WHERE {filter}"
+    )
 }
 
 /// An interval join of `bids` with itself: a random kind (inner, outer,

@@ -265,9 +265,10 @@ impl StreamPlanner {
         use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionDefinition};
         let refuse = || {
             Error::Unsupported(
-                "window functions with OVER (...) are not run incrementally, except ranking within windows: \
-                 ROW_NUMBER(), RANK() or DENSE_RANK() OVER (PARTITION BY window_start, window_end[, ...] ORDER BY ...) \
-                 over a window table function; for totals, aggregate with GROUP BY window_start, window_end"
+                "window functions with OVER (...) are not run incrementally, except ranking: ROW_NUMBER(), RANK() \
+                 or DENSE_RANK() OVER ([PARTITION BY ...] ORDER BY ...) kept to rn <= N (rn = 1 deduplicates), or \
+                 ranked within windows (PARTITION BY window_start, window_end, ...); for totals, aggregate with \
+                 GROUP BY window_start, window_end"
                     .into(),
             )
         };
