@@ -466,9 +466,14 @@ impl StatefulOperator for StreamTopNState {
                     .filter(|k| inner.parts.contains_key(*k))
                     .collect()
             };
-            for k in keys {
-                // (A touched partition always keeps its best row: N >= 1.)
-                change.upserts.push(self.state_rows_of(&inner.parts[k])?);
+            // One batch per shard: a state file written from many one-row
+            // batches would cost a write call per partition.
+            let rows: Vec<RecordBatch> = keys
+                .into_iter()
+                .map(|k| self.state_rows_of(&inner.parts[k]))
+                .collect::<Result<_>>()?;
+            if !rows.is_empty() {
+                change.upserts.push(concat_batches(&self.state_schema, &rows)?);
             }
             if !full {
                 change.deletes.append(&mut inner.deleted);

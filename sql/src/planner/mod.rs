@@ -283,6 +283,17 @@ impl StreamPlanner {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        // DataFusion may prove that a result does not depend on the rows
+        // (COUNT(*) over a one-row aggregate becomes a constant): a stream
+        // query without a source would never run an epoch.
+        if sources.is_empty() && stateful {
+            return Err(Error::Unsupported(
+                "the query's result does not depend on any source's rows (DataFusion's optimizer reduced it to a \
+                 constant, e.g. COUNT(*) over an aggregate without GROUP BY, which is always one row); select the \
+                 constant directly, or aggregate the source's rows"
+                    .into(),
+            ));
+        }
         Ok(PipelinePlan {
             index,
             sink,
