@@ -316,27 +316,14 @@ impl ExtensionPlanner for StreamExtensionPlanner {
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::WindowTopNNode>() {
             let input = Arc::clone(&physical_inputs[0]);
-            let logical_schema = logical_inputs[0].schema();
-            let partition_by = n
-                .partition_by
-                .iter()
-                .map(|e| planner.create_physical_expr(e, logical_schema, session, planning_ctx))
-                .collect::<Result<Vec<_>>>()?;
-            let order_by = n
-                .order_by
-                .iter()
-                .map(|s| {
-                    let expr =
-                        planner.create_physical_expr(&s.expr, logical_schema, session, planning_ctx)?;
-                    Ok(datafusion::physical_expr::PhysicalSortExpr::new(
-                        expr,
-                        datafusion::arrow::compute::SortOptions {
-                            descending: !s.asc,
-                            nulls_first: s.nulls_first,
-                        },
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let (partition_by, order_by) = plan_ranking(
+                &n.partition_by,
+                &n.order_by,
+                logical_inputs[0],
+                planner,
+                session,
+                planning_ctx,
+            )?;
             let params = window_topn::TopNParams {
                 partition_by,
                 order_by,
@@ -350,27 +337,14 @@ impl ExtensionPlanner for StreamExtensionPlanner {
             return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::StreamTopNNode>() {
-            let logical_schema = logical_inputs[0].schema();
-            let partition_by = n
-                .partition_by
-                .iter()
-                .map(|e| planner.create_physical_expr(e, logical_schema, session, planning_ctx))
-                .collect::<Result<Vec<_>>>()?;
-            let order_by = n
-                .order_by
-                .iter()
-                .map(|s| {
-                    let expr =
-                        planner.create_physical_expr(&s.expr, logical_schema, session, planning_ctx)?;
-                    Ok(datafusion::physical_expr::PhysicalSortExpr::new(
-                        expr,
-                        datafusion::arrow::compute::SortOptions {
-                            descending: !s.asc,
-                            nulls_first: s.nulls_first,
-                        },
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let (partition_by, order_by) = plan_ranking(
+                &n.partition_by,
+                &n.order_by,
+                logical_inputs[0],
+                planner,
+                session,
+                planning_ctx,
+            )?;
             let limit = n
                 .limit
                 .ok_or_else(|| DataFusionError::Plan("a Top-N outside windows needs WHERE rn <= N".into()))?;
@@ -432,6 +406,43 @@ impl ExtensionPlanner for StreamExtensionPlanner {
 /// An interval join's keys and condition as DataFusion's planner lowers
 /// them for its own joins: each key over its input, the condition over an
 /// intermediate schema of the columns it reads (see `JoinFilter`).
+/// A ranking's physical `PARTITION BY` and `ORDER BY`.
+type Ranking = (
+    Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    Vec<datafusion::physical_expr::PhysicalSortExpr>,
+);
+
+/// The physical `PARTITION BY` and `ORDER BY` of a ranking (window Top-N
+/// or Top-N outside windows) over `input`.
+fn plan_ranking(
+    partition_by: &[datafusion::logical_expr::Expr],
+    order_by: &[datafusion::logical_expr::SortExpr],
+    input: &LogicalPlan,
+    planner: &dyn PhysicalPlanner,
+    session: &dyn Session,
+    planning_ctx: &PhysicalPlanningContext,
+) -> Result<Ranking> {
+    let schema = input.schema();
+    let partition_by = partition_by
+        .iter()
+        .map(|e| planner.create_physical_expr(e, schema, session, planning_ctx))
+        .collect::<Result<Vec<_>>>()?;
+    let order_by = order_by
+        .iter()
+        .map(|s| {
+            let expr = planner.create_physical_expr(&s.expr, schema, session, planning_ctx)?;
+            Ok(datafusion::physical_expr::PhysicalSortExpr::new(
+                expr,
+                datafusion::arrow::compute::SortOptions {
+                    descending: !s.asc,
+                    nulls_first: s.nulls_first,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((partition_by, order_by))
+}
+
 fn plan_stream_join(
     n: &weir_sql::StreamJoinNode,
     logical_inputs: &[&LogicalPlan],

@@ -74,7 +74,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use super::shard::{Shards, check_input, input_distribution, route, shard_count};
-use super::units::take_batch;
+use super::units::{compact_views, take_batch};
 use super::window_assign::to_millis;
 use super::{StateChange, StateTable, StatefulOperator, guarded};
 use crate::epoch::EpochInput;
@@ -754,7 +754,8 @@ impl StreamJoinState {
                 }
                 if keep.iter().any(|&k| k) {
                     let mask = BooleanArray::from(keep.clone());
-                    let rows = filter_record_batch(&c.rows, &mask)?;
+                    // Copied out: the kept rows must not pin the evicted ones' strings.
+                    let rows = compact_views(filter_record_batch(&c.rows, &mask)?)?;
                     let (times, matched) = c
                         .times
                         .iter()

@@ -45,9 +45,9 @@ use weir_sql::RankKind;
 use super::keys::KeyRows;
 use super::operator::{EpochOperator, OperatorExec};
 use super::shard::{Shards, route, shard_count};
-use super::units::take_batch;
+use super::units::{compact_views, take_batch};
 use super::update_agg::{DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE};
-use super::window_topn::rank_rows;
+use super::window_topn::{rank_rows, ranking_signature};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -253,7 +253,9 @@ impl StreamTopNState {
         let held = old_rank.len();
         pieces.push(new);
         old_rank.resize(held + pieces.last().map_or(0, RecordBatch::num_rows), None);
-        let all = concat_batches(&self.input_schema, &pieces)?;
+        // Compacted once: concatenated view arrays carry every piece's
+        // buffers, and each take below would clone that whole list.
+        let all = compact_views(concat_batches(&self.input_schema, &pieces)?)?;
         let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?;
 
         // The changes, and each partition's new top rows.
@@ -320,7 +322,7 @@ impl StreamTopNState {
             inner.parts.insert(
                 k.clone(),
                 Part {
-                    rows: take_batch(&all, &UInt32Array::from(idx))?,
+                    rows: compact_views(take_batch(&all, &UInt32Array::from(idx))?)?,
                     ranks,
                     updated_ms: now,
                 },
@@ -379,23 +381,15 @@ impl StreamTopNState {
 
 impl StatefulOperator for StreamTopNState {
     fn signature(&self) -> String {
-        let mut s = format!(
-            "top-n {:?} limit={} ttl={:?} partition[",
-            self.p.rank, self.p.limit, self.p.ttl_ms
-        );
-        for e in &self.p.partition_by {
-            s.push_str(&format!("{e};"));
-        }
-        s.push_str("] order[");
-        for e in &self.p.order_by {
-            s.push_str(&format!("{e};"));
-        }
-        s.push_str("] state[");
-        for f in self.state_schema.fields() {
-            s.push_str(&format!("{}:{};", f.name(), f.data_type()));
-        }
-        s.push(']');
-        crate::compat::signature::strip_column_positions(&s)
+        ranking_signature(
+            &format!(
+                "top-n {:?} limit={} ttl={:?}",
+                self.p.rank, self.p.limit, self.p.ttl_ms
+            ),
+            &self.p.partition_by,
+            &self.p.order_by,
+            &self.state_schema,
+        )
     }
 
     fn kind(&self) -> &'static str {
@@ -524,7 +518,7 @@ impl StatefulOperator for StreamTopNState {
                     inner.parts.insert(
                         k,
                         Part {
-                            rows: take_batch(&rows, &UInt32Array::from(idx))?,
+                            rows: compact_views(take_batch(&rows, &UInt32Array::from(idx))?)?,
                             ranks,
                             updated_ms,
                         },

@@ -124,6 +124,33 @@ pub fn take_batch(batch: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch>
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// `batch` with its string and binary *view* columns copied into buffers
+/// of their own. A view array taken or sliced from a larger one still
+/// points into all of that one's data buffers; state that keeps a few rows
+/// for a long time would otherwise keep every input batch they came from
+/// alive (and concatenating many such arrays copies the buffer lists).
+pub fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::DataType;
+    if !batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return Ok(batch);
+    }
+    let columns: Vec<datafusion::arrow::array::ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as _,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as _,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,23 +258,12 @@ impl TopNState {
 
 impl StatefulOperator for TopNState {
     fn signature(&self) -> String {
-        let mut s = format!(
-            "window-top-n {:?} limit={:?} partition[",
-            self.p.rank, self.p.limit
-        );
-        for e in &self.p.partition_by {
-            s.push_str(&format!("{e};"));
-        }
-        s.push_str("] order[");
-        for e in &self.p.order_by {
-            s.push_str(&format!("{e};"));
-        }
-        s.push_str("] state[");
-        for f in self.state_schema.fields() {
-            s.push_str(&format!("{}:{};", f.name(), f.data_type()));
-        }
-        s.push(']');
-        crate::compat::signature::strip_column_positions(&s)
+        ranking_signature(
+            &format!("window-top-n {:?} limit={:?}", self.p.rank, self.p.limit),
+            &self.p.partition_by,
+            &self.p.order_by,
+            &self.state_schema,
+        )
     }
 
     fn kind(&self) -> &'static str {
@@ -443,4 +432,28 @@ pub(super) fn rank_rows(
         });
     }
     Ok((order, ranks))
+}
+
+/// A ranking operator's signature (see [`StatefulOperator::signature`]):
+/// `head`, then its partition and order expressions and state columns.
+pub(super) fn ranking_signature(
+    head: &str,
+    partition_by: &[Arc<dyn PhysicalExpr>],
+    order_by: &[PhysicalSortExpr],
+    state_schema: &Schema,
+) -> String {
+    let mut s = format!("{head} partition[");
+    for e in partition_by {
+        s.push_str(&format!("{e};"));
+    }
+    s.push_str("] order[");
+    for e in order_by {
+        s.push_str(&format!("{e};"));
+    }
+    s.push_str("] state[");
+    for f in state_schema.fields() {
+        s.push_str(&format!("{}:{};", f.name(), f.data_type()));
+    }
+    s.push(']');
+    crate::compat::signature::strip_column_positions(&s)
 }
