@@ -76,6 +76,51 @@ pub struct FileSink {
     /// Whether the owner is recorded in the folder (done before the first
     /// output is staged).
     claimed: AtomicBool,
+    /// `'mode' = 'changelog'`: rows carry their epoch and order (see
+    /// [`with_changelog_order`]).
+    changelog: bool,
+}
+
+/// The column of a changelog row's epoch.
+pub const EPOCH_COLUMN: &str = "_epoch";
+/// The column of a changelog row's position within its epoch's output.
+pub const SEQ_COLUMN: &str = "_seq";
+
+/// A changelog's rows with `_epoch` and `_seq` (0, 1, ... in the order the
+/// epoch emitted them) appended, so that a reader can apply them in order,
+/// or rebuild the latest row of each key with a plain query (`ROW_NUMBER()
+/// OVER (PARTITION BY key ORDER BY _epoch DESC, _seq DESC) = 1` and an `op`
+/// of `+I` or `+U`). A replayed epoch emits the same rows, so the same
+/// numbers.
+fn with_changelog_order(
+    epoch: u64,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    // Nullable: a folder may also hold files written before these columns.
+    fields.push(Field::new(EPOCH_COLUMN, DataType::Int64, true));
+    fields.push(Field::new(SEQ_COLUMN, DataType::Int64, true));
+    let out_schema = std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let mut seq = 0i64;
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_rows() as i64;
+        let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+        columns.push(std::sync::Arc::new(Int64Array::from(vec![
+            epoch as i64;
+            n as usize
+        ])));
+        columns.push(std::sync::Arc::new(Int64Array::from_iter_values(seq..seq + n)));
+        seq += n;
+        out.push(
+            RecordBatch::try_new(std::sync::Arc::clone(&out_schema), columns)
+                .map_err(|e| Error::Config(format!("changelog order columns: {e}")))?,
+        );
+    }
+    Ok((out_schema, out))
 }
 
 impl FileSink {
@@ -111,6 +156,10 @@ impl FileSink {
             layout: SinkLayout::new(loc, writer),
             owner: OnceLock::new(),
             claimed: AtomicBool::new(false),
+            changelog: decl
+                .options
+                .get("mode")
+                .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
         })
     }
 
@@ -174,7 +223,12 @@ impl FileSink {
         }
         let url = self.layout.location().url_of(&self.layout.final_name(epoch));
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
-        let bytes = codec::encode(&url, schema, batches, &meta)?;
+        let bytes = if self.changelog {
+            let (schema, batches) = with_changelog_order(epoch, schema, batches)?;
+            codec::encode(&url, &schema, &batches, &meta)?
+        } else {
+            codec::encode(&url, schema, batches, &meta)?
+        };
         let len = bytes.len() as u64;
         self.layout
             .stage_with(epoch, Some((bytes, rows as u64)), between)

@@ -22,8 +22,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -32,7 +33,6 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::SessionContext;
 use weir_engine::{JobOptions, StreamingJob, Trigger};
 
@@ -759,19 +759,7 @@ fn apply_changelog(lines: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn read_sink(dir: &Path) -> Vec<RecordBatch> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|x| x == "parquet"));
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap()).unwrap();
-        out.extend(r.build().unwrap().map(|b| b.unwrap()));
-    }
-    out
-}
+use common::read_sink;
 
 /// How a case ended.
 enum Outcome {
