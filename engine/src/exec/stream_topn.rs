@@ -21,7 +21,11 @@
 //! The input is append-only, so a row pushed beyond N can never come back:
 //! N rows per partition (more only for ties under RANK) are all it needs.
 //! State is sharded by the partition keys (`--threads`), like the
-//! aggregates'. With `'state.ttl'`, a partition not changed for that long
+//! aggregates'. A shard keeps its rows columnar, in chunks (one per epoch:
+//! the rows it kept), and an index from each partition to its rows'
+//! positions; a partition's old positions die when it changes, and the
+//! chunks are rewritten once dead rows outnumber live ones. So an epoch
+//! costs a few gathers, not a batch per partition. With `'state.ttl'`, a partition not changed for that long
 //! (processing time, recorded in the offsets log) is deleted with `-D` rows.
 //!
 //! State file (one row per held row; unit = the partition):
@@ -35,7 +39,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::{cast, concat_batches, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::error::Result;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
@@ -81,20 +85,76 @@ pub struct StreamTopNState {
     shards: Shards<Inner>,
 }
 
+/// Where a held row is: (chunk, row in chunk).
+type At = (usize, usize);
+
 /// One partition's top rows, in arrival order.
 struct Part {
-    rows: RecordBatch,
-    ranks: Vec<u64>,
+    at: Vec<At>,
     updated_ms: i64,
 }
 
+/// Rows kept by one epoch (or a compaction), with their last emitted ranks.
+/// Rows of partitions that changed since are dead; [`Inner::dead`] counts
+/// them, and the chunks are rewritten when they outnumber the live rows.
+struct Chunk {
+    rows: RecordBatch,
+    ranks: Vec<u64>,
+}
+
+/// A shard's state: the rows in columnar chunks, and each partition's
+/// positions in them (one index entry per partition, not one batch).
 #[derive(Default)]
 struct Inner {
+    chunks: Vec<Chunk>,
     parts: HashMap<Vec<u8>, Part>,
+    live: usize,
+    dead: usize,
     /// Partitions changed since the last checkpoint.
     changed: std::collections::HashSet<Vec<u8>>,
     /// Key columns (unit keys) of partitions deleted since then.
     deleted: Vec<RecordBatch>,
+}
+
+impl Inner {
+    /// The rows at `at`, in that order (one copy, from any chunks).
+    fn rows(&self, schema: &SchemaRef, at: &[At]) -> Result<RecordBatch> {
+        if at.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+        }
+        let batches: Vec<&RecordBatch> = self.chunks.iter().map(|c| &c.rows).collect();
+        Ok(interleave_record_batch(&batches, at)?)
+    }
+
+    fn ranks(&self, at: &[At]) -> Vec<u64> {
+        at.iter().map(|&(c, r)| self.chunks[c].ranks[r]).collect()
+    }
+
+    /// Rewrites the live rows into one chunk once dead rows outnumber them.
+    fn maybe_compact(&mut self, schema: &SchemaRef) -> Result<()> {
+        if self.dead <= 1024 || self.dead <= self.live {
+            return Ok(());
+        }
+        let mut at: Vec<At> = Vec::with_capacity(self.live);
+        let mut owners: Vec<(&Vec<u8>, usize)> = Vec::with_capacity(self.parts.len());
+        for (k, p) in &self.parts {
+            owners.push((k, p.at.len()));
+            at.extend(&p.at);
+        }
+        let rows = compact_views(self.rows(schema, &at)?)?;
+        let ranks = self.ranks(&at);
+        let owners: Vec<(Vec<u8>, usize)> = owners.into_iter().map(|(k, n)| (k.clone(), n)).collect();
+        let mut next = 0;
+        for (k, n) in owners {
+            if let Some(p) = self.parts.get_mut(&k) {
+                p.at = (next..next + n).map(|r| (0, r)).collect();
+            }
+            next += n;
+        }
+        self.chunks = vec![Chunk { rows, ranks }];
+        self.dead = 0;
+        Ok(())
+    }
 }
 
 impl OperatorExec<StreamTopNState> {
@@ -242,20 +302,18 @@ impl StreamTopNState {
                 touched.push(k.as_ref().to_vec());
             }
         }
-        let mut pieces: Vec<RecordBatch> = Vec::new();
-        let mut old_rank: Vec<Option<u64>> = Vec::new();
+        let mut at: Vec<At> = Vec::new();
         for k in &touched {
             if let Some(part) = inner.parts.get(k) {
-                pieces.push(part.rows.clone());
-                old_rank.extend(part.ranks.iter().map(|r| Some(*r)));
+                at.extend(&part.at);
             }
         }
-        let held = old_rank.len();
-        pieces.push(new);
-        old_rank.resize(held + pieces.last().map_or(0, RecordBatch::num_rows), None);
-        // Compacted once: concatenated view arrays carry every piece's
+        let mut old_rank: Vec<Option<u64>> = inner.ranks(&at).into_iter().map(Some).collect();
+        old_rank.resize(at.len() + new.num_rows(), None);
+        let held = inner.rows(&self.input_schema, &at)?;
+        // Compacted once: view arrays from many batches carry all their
         // buffers, and each take below would clone that whole list.
-        let all = compact_views(concat_batches(&self.input_schema, &pieces)?)?;
+        let all = compact_views(concat_batches(&self.input_schema, [&held, &new])?)?;
         let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?;
 
         // The changes, and each partition's new top rows.
@@ -308,26 +366,35 @@ impl StreamTopNState {
                 insert_op[k] = UPDATE_AFTER;
             }
         }
-        // Store the kept rows per partition, in arrival (row) order.
+        // The kept rows become one new chunk, in arrival (row) order; each
+        // touched partition's old rows die.
         kept.sort_unstable_by_key(|(i, _)| *i);
-        let mut by_part: HashMap<&[u8], (Vec<u32>, Vec<u64>)> = HashMap::new();
-        for (i, r) in &kept {
-            let e = by_part.entry(all_keys.row(*i as usize).data()).or_default();
-            e.0.push(*i);
-            e.1.push(*r);
+        let c = inner.chunks.len();
+        let mut by_part: HashMap<&[u8], Vec<At>> = HashMap::new();
+        for (j, (i, _)) in kept.iter().enumerate() {
+            by_part
+                .entry(all_keys.row(*i as usize).data())
+                .or_default()
+                .push((c, j));
         }
         for k in &touched {
-            let (idx, ranks) = by_part.remove(k.as_slice()).unwrap_or_default();
+            let at = by_part.remove(k.as_slice()).unwrap_or_default();
             inner.changed.insert(k.clone());
-            inner.parts.insert(
-                k.clone(),
-                Part {
-                    rows: compact_views(take_batch(&all, &UInt32Array::from(idx))?)?,
-                    ranks,
-                    updated_ms: now,
-                },
-            );
+            inner.live += at.len();
+            if let Some(old) = inner.parts.insert(k.clone(), Part { at, updated_ms: now }) {
+                inner.live -= old.at.len();
+                inner.dead += old.at.len();
+            }
         }
+        let rows = compact_views(take_batch(
+            &all,
+            &UInt32Array::from(kept.iter().map(|(i, _)| *i).collect::<Vec<_>>()),
+        )?)?;
+        inner.chunks.push(Chunk {
+            rows,
+            ranks: kept.iter().map(|(_, r)| *r).collect(),
+        });
+        inner.maybe_compact(&self.input_schema)?;
         let retractions = self.output(
             &take_batch(&all, &UInt32Array::from(retract))?,
             retract_rank,
@@ -350,31 +417,46 @@ impl StreamTopNState {
             .filter(|(_, p)| p.updated_ms < cutoff)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut out = Vec::new();
-        for k in old {
-            let Some(part) = inner.parts.remove(&k) else {
-                continue;
-            };
-            inner.changed.remove(&k);
-            let unit = self.unit_columns(&part.rows.slice(0, part.rows.num_rows().min(1)))?;
-            let schema = Arc::new(
-                self.state_schema
-                    .project(&(0..self.unit_key_len()).collect::<Vec<_>>())?,
-            );
-            inner.deleted.push(RecordBatch::try_new(schema, unit)?);
-            let n = part.rows.num_rows();
-            out.push(self.output(&part.rows, part.ranks, vec![DELETE; n])?);
+        if old.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.p.schema)));
         }
-        Ok(concat_batches(&self.p.schema, &out)?)
+        let (mut at, mut firsts) = (Vec::new(), Vec::new());
+        for k in &old {
+            if let Some(part) = inner.parts.remove(k) {
+                inner.changed.remove(k);
+                inner.live -= part.at.len();
+                inner.dead += part.at.len();
+                firsts.extend(part.at.first());
+                at.extend(part.at);
+            }
+        }
+        // The deleted units' keys, from one row of each.
+        let unit = self.unit_columns(&inner.rows(&self.input_schema, &firsts)?)?;
+        let schema = Arc::new(
+            self.state_schema
+                .project(&(0..self.unit_key_len()).collect::<Vec<_>>())?,
+        );
+        inner.deleted.push(RecordBatch::try_new(schema, unit)?);
+        let rows = inner.rows(&self.input_schema, &at)?;
+        let out = self.output(&rows, inner.ranks(&at), vec![DELETE; at.len()])?;
+        inner.maybe_compact(&self.input_schema)?;
+        Ok(out)
     }
 
-    /// A partition's state rows.
-    fn state_rows_of(&self, part: &Part) -> Result<RecordBatch> {
-        let n = part.rows.num_rows();
-        let mut columns = self.unit_columns(&part.rows)?;
-        columns.push(Arc::new(UInt64Array::from(part.ranks.clone())));
-        columns.push(Arc::new(Int64Array::from(vec![part.updated_ms; n])));
-        columns.extend(part.rows.columns().iter().cloned());
+    /// The state rows of the partitions `keys`, as one batch.
+    fn state_rows_of(&self, inner: &Inner, keys: &[&Vec<u8>]) -> Result<RecordBatch> {
+        let mut at = Vec::new();
+        let mut updated = Vec::new();
+        for k in keys {
+            let part = &inner.parts[*k];
+            at.extend(&part.at);
+            updated.extend(std::iter::repeat_n(part.updated_ms, part.at.len()));
+        }
+        let rows = inner.rows(&self.input_schema, &at)?;
+        let mut columns = self.unit_columns(&rows)?;
+        columns.push(Arc::new(UInt64Array::from(inner.ranks(&at))));
+        columns.push(Arc::new(Int64Array::from(updated)));
+        columns.extend(rows.columns().iter().cloned());
         Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?)
     }
 }
@@ -397,11 +479,7 @@ impl StatefulOperator for StreamTopNState {
     }
 
     fn state_rows(&self) -> usize {
-        self.shards
-            .lock_all()
-            .iter()
-            .map(|s| s.parts.values().map(|p| p.rows.num_rows()).sum::<usize>())
-            .sum()
+        self.shards.lock_all().iter().map(|s| s.live).sum()
     }
 
     fn describe(&self) -> StateTable {
@@ -460,14 +538,9 @@ impl StatefulOperator for StreamTopNState {
                     .filter(|k| inner.parts.contains_key(*k))
                     .collect()
             };
-            // One batch per shard: a state file written from many one-row
-            // batches would cost a write call per partition.
-            let rows: Vec<RecordBatch> = keys
-                .into_iter()
-                .map(|k| self.state_rows_of(&inner.parts[k]))
-                .collect::<Result<_>>()?;
-            if !rows.is_empty() {
-                change.upserts.push(concat_batches(&self.state_schema, &rows)?);
+            // One batch per shard, gathered from the chunks at once.
+            if !keys.is_empty() {
+                change.upserts.push(self.state_rows_of(inner, &keys)?);
             }
             if !full {
                 change.deletes.append(&mut inner.deleted);
@@ -498,32 +571,28 @@ impl StatefulOperator for StreamTopNState {
         {
             for (shard, part) in route(&batch, &key_columns, shards.len())? {
                 let inner = &mut shards[shard];
-                let rows = RecordBatch::try_new(
+                let rows = compact_views(RecordBatch::try_new(
                     Arc::clone(&self.input_schema),
                     part.columns()[n_units + 2..].to_vec(),
-                )?;
+                )?)?;
                 let keys = self.keys.convert(&self.key_arrays(&rows)?, rows.num_rows())?;
                 let ranks = part.column(n_units).as_primitive::<UInt64Type>();
                 let updated = part.column(n_units + 1).as_primitive::<Int64Type>();
-                let mut groups: HashMap<Vec<u8>, (Vec<u32>, Vec<u64>, i64)> = HashMap::new();
+                // Each shard gets one chunk; rows keep their stored order,
+                // which is each partition's arrival order.
+                let c = inner.chunks.len();
                 for i in 0..rows.num_rows() {
-                    let g = groups
-                        .entry(keys.row(i).as_ref().to_vec())
-                        .or_insert((vec![], vec![], 0));
-                    g.0.push(i as u32);
-                    g.1.push(ranks.value(i));
-                    g.2 = updated.value(i);
+                    let p = inner.parts.entry(keys.row(i).as_ref().to_vec()).or_insert(Part {
+                        at: Vec::new(),
+                        updated_ms: updated.value(i),
+                    });
+                    p.at.push((c, i));
                 }
-                for (k, (idx, ranks, updated_ms)) in groups {
-                    inner.parts.insert(
-                        k,
-                        Part {
-                            rows: compact_views(take_batch(&rows, &UInt32Array::from(idx))?)?,
-                            ranks,
-                            updated_ms,
-                        },
-                    );
-                }
+                inner.live += rows.num_rows();
+                inner.chunks.push(Chunk {
+                    rows,
+                    ranks: ranks.values().to_vec(),
+                });
             }
         }
         Ok(())
