@@ -30,6 +30,9 @@ pub struct EpochInput {
     pub epoch: u64,
     /// Rows read from each source this epoch.
     pub batches: HashMap<String, SourceRows>,
+    /// Each bounded table's rows (all columns) at the version this epoch
+    /// joins with (lookup joins).
+    pub lookups: HashMap<String, Arc<Vec<RecordBatch>>>,
     /// Each watermarked source's watermark before this epoch (ms).
     pub source_watermarks_in: HashMap<String, i64>,
     /// The pipeline's watermark after this epoch's rows (ms): windows ending

@@ -147,8 +147,36 @@ async fn stream_tables(
     sink_mode: &str,
     threads: usize,
 ) -> Vec<RecordBatch> {
+    stream_tables_and(tables, &[], cuts, max_rows, query, sink_mode, threads).await
+}
+
+/// [`stream_tables`] with bounded tables too (each one file, `(k, price,
+/// ts)` without a watermark), for lookup joins.
+async fn stream_tables_and(
+    tables: &[(&str, &[Row], i64)],
+    bounded: &[(&str, &[Row])],
+    cuts: &[usize],
+    max_rows: usize,
+    query: &str,
+    sink_mode: &str,
+    threads: usize,
+) -> Vec<RecordBatch> {
     let dir = tempfile::tempdir().unwrap();
     let mut ddl = String::new();
+    for (name, rows) in bounded {
+        let folder = dir.path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let b = batch(rows);
+        let f = std::fs::File::create(folder.join("all.parquet")).unwrap();
+        let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+        writer.write(&b).unwrap();
+        writer.close().unwrap();
+        ddl.push_str(&format!(
+            "CREATE TABLE {name} (k BIGINT, price BIGINT, ts TIMESTAMP(3))
+               WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'bounded' = 'true');\n",
+            folder.display()
+        ));
+    }
     for (name, rows, delay_ms) in tables {
         let input = dir.path().join(name);
         std::fs::create_dir_all(&input).unwrap();
@@ -585,6 +613,68 @@ async fn interval_joins_match_the_batch_join() {
     assert_eq!(got, want, "window over the join");
 }
 
+/// Lookup joins of `bids` with the bounded table `dim`, and their batch
+/// forms: (streamed query, oracle, whether the oracle reads only on-time
+/// bids, as windows do).
+const LOOKUPS: &[(&str, &str, bool)] = &[
+    (
+        "SELECT a.k, a.price, d.price FROM (SELECT *, PROCTIME() AS pt FROM bids) a
+           LEFT JOIN dim FOR SYSTEM_TIME AS OF a.pt AS d ON a.k = d.k AND d.price > a.price / 2",
+        "SELECT a.k, a.price, d.price FROM bids a LEFT JOIN dim d ON a.k = d.k AND d.price > a.price / 2",
+        false,
+    ),
+    (
+        "SELECT k, price FROM bids WHERE k IN (SELECT k FROM dim WHERE price > 300)",
+        "SELECT k, price FROM bids WHERE k IN (SELECT k FROM dim WHERE price > 300)",
+        false,
+    ),
+    (
+        "SELECT a.k, a.price FROM bids a WHERE NOT EXISTS (SELECT 1 FROM dim d WHERE d.k = a.k AND d.price < a.price)",
+        "SELECT a.k, a.price FROM bids a WHERE NOT EXISTS (SELECT 1 FROM dim d WHERE d.k = a.k AND d.price < a.price)",
+        false,
+    ),
+    (
+        "SELECT k, price FROM bids WHERE price > (SELECT AVG(price) FROM dim)",
+        "SELECT k, price FROM bids WHERE price > (SELECT AVG(price) FROM dim)",
+        false,
+    ),
+    (
+        "SELECT window_start, d.price AS dp, COUNT(*), SUM(b.price) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) b
+           JOIN dim d ON b.k = d.k GROUP BY window_start, window_end, d.price",
+        "SELECT to_timestamp_millis(s), dp, COUNT(*), SUM(bp) FROM (SELECT CAST(b.ts AS BIGINT) - CAST(b.ts AS BIGINT) % 10000 AS s,
+           d.price AS dp, b.price AS bp FROM bids b JOIN dim d ON b.k = d.k) GROUP BY s, dp",
+        true,
+    ),
+];
+
+#[tokio::test]
+async fn lookup_joins_match_the_batch_join() {
+    let bids = gen_rows(11, 600, 150, 2000, 8);
+    let dim = gen_rows(12, 9, 1, 0, 6);
+    for (q, o, windowed) in LOOKUPS {
+        let got = sorted(format_rows(
+            &stream_tables_and(
+                &[("bids", &bids, 1000)],
+                &[("dim", &dim)],
+                &[100, 350],
+                71,
+                &format!("INSERT INTO out {q}"),
+                "append",
+                2,
+            )
+            .await,
+        ));
+        let input = if *windowed {
+            on_time(&bids, 1000)
+        } else {
+            bids.clone()
+        };
+        let want = oracle_tables(&[("bids", input), ("dim", dim.clone())], o).await;
+        assert!(!want.is_empty(), "{q}");
+        assert_eq!(got, want, "{q}");
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -652,6 +742,33 @@ proptest! {
                 (JOIN_WINDOW.to_string(), JOIN_WINDOW_ORACLE.to_string()),
             ] {
                 let (got, want) = check_join(&bids, &asks, delays, (&cuts, max_rows, threads), &q, &o).await;
+                prop_assert_eq!(got, want, "{}", q);
+            }
+            Ok(())
+        })?;
+    }
+    /// Lookup joins with a bounded table: the streamed join equals the
+    /// batch join, whatever the cuts and thread count.
+    #[test]
+    fn lookup_joins_never_depend_on_batch_boundaries(
+        seed in 0u64..1_000_000,
+        n in 20usize..300,
+        dim_rows in 0usize..12,
+        delay_ms in prop::sample::select(vec![0i64, 500, 3000]),
+        cuts in prop::collection::vec(0usize..300, 0..4),
+        max_rows in 1usize..100,
+        threads in 1usize..3,
+    ) {
+        let bids = gen_rows(seed, n, 300, 2000, 6);
+        let dim = gen_rows(seed ^ 0x5A5A, dim_rows, 1, 0, 8);
+        rt().block_on(async {
+            for (q, o, windowed) in LOOKUPS {
+                let got = sorted(format_rows(
+                    &stream_tables_and(&[("bids", &bids, delay_ms)], &[("dim", &dim)], &cuts, max_rows,
+                        &format!("INSERT INTO out {q}"), "append", threads).await,
+                ));
+                let input = if *windowed { on_time(&bids, delay_ms) } else { bids.clone() };
+                let want = oracle_tables(&[("bids", input), ("dim", dim.clone())], o).await;
                 prop_assert_eq!(got, want, "{}", q);
             }
             Ok(())

@@ -112,6 +112,10 @@ pub struct TableDecl {
     pub watermark: Option<Watermark>,
     /// `WITH (...)` options.
     pub options: Options,
+    /// A bounded table (`'bounded' = 'true'`, or looked up with `FOR
+    /// SYSTEM_TIME AS OF`): not a stream but a table read whole, whose
+    /// current version each epoch joins with (a lookup join).
+    pub bounded: bool,
 }
 
 impl TableDecl {

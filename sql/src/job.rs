@@ -98,6 +98,8 @@ pub struct Job {
     pub select: Option<Select>,
     /// Every window call, by placeholder name.
     pub tvfs: BTreeMap<String, TvfCall>,
+    /// Every `FOR SYSTEM_TIME AS OF` (lookup join), in file order.
+    pub lookups: Vec<preprocess::LookupClause>,
     /// Each statement, secrets redacted, in file order.
     statements: Vec<String>,
     /// What the text may hold.
@@ -135,6 +137,7 @@ impl Job {
                         .scrubbed(&secrets)
                 })?;
         }
+        job.mark_lookup_tables().map_err(|e| e.scrubbed(&secrets))?;
         if kind == JobKind::Saved && job.inserts.is_empty() {
             return Err(Error::Plan(
                 "the job has no INSERT INTO statement: a job runs `INSERT INTO sink SELECT ...` queries"
@@ -145,6 +148,46 @@ impl Job {
             return Err(Error::Plan("a live query needs a SELECT".into()));
         }
         Ok(job)
+    }
+
+    /// A table looked up with `FOR SYSTEM_TIME AS OF` is read as a bounded
+    /// table. Only processing-time lookups exist: an event-time temporal
+    /// join (a versioned table) is refused.
+    fn mark_lookup_tables(&mut self) -> Result<()> {
+        for l in &self.lookups {
+            let watermarked = |c: &str| {
+                self.tables
+                    .values()
+                    .any(|t| t.watermark.as_ref().is_some_and(|w| w.column == c))
+            };
+            if let Some(c) = &l.column
+                && watermarked(c)
+            {
+                return Err(Error::Unsupported(format!(
+                    "FOR SYSTEM_TIME AS OF {}: '{c}' is an event-time column; an event-time temporal join (of a \
+                     versioned table) is not supported. Weir looks a bounded table up as of processing time: \
+                     define a PROCTIME() column (SELECT *, PROCTIME() AS proc_time FROM ...) and join FOR \
+                     SYSTEM_TIME AS OF it",
+                    l.attribute
+                )));
+            }
+            let Some(t) = self.tables.get_mut(&l.table) else {
+                return Err(Error::Plan(format!(
+                    "FOR SYSTEM_TIME AS OF: '{}' is not a declared table; a lookup join reads a table declared with \
+                     CREATE TABLE {} (...) WITH ('connector' = 'files', 'path' = ..., 'format' = ...)",
+                    l.table, l.table
+                )));
+            };
+            if t.watermark.is_some() {
+                return Err(Error::Plan(format!(
+                    "table '{}' is looked up (FOR SYSTEM_TIME AS OF), so it is read whole as a bounded table: it \
+                     cannot have a WATERMARK",
+                    t.name
+                )));
+            }
+            t.bounded = true;
+        }
+        Ok(())
     }
 
     fn add_statement(&mut self, text: &str, line: u64, next_tvf: &mut usize) -> Result<()> {
@@ -171,6 +214,7 @@ impl Job {
             return Err(Error::Syntax("expected one statement".into()));
         }
         let redacted = redact_sql(&pre.original)?;
+        self.lookups.extend(pre.lookups.iter().cloned());
         match parsed.remove(0) {
             Statement::CreateTable(ct) => {
                 if !pre.tvfs.is_empty() {
@@ -454,12 +498,28 @@ fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClaus
             format!("{}{}", c.data_type, if not_null { " NOT NULL" } else { "" })
         })
         .collect();
+    let bounded = match options.get("bounded").map(|v| v.to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(v) => {
+            return Err(Error::Plan(format!(
+                "table '{name}': option 'bounded' must be 'true' or 'false', not '{v}'"
+            )));
+        }
+    };
+    if bounded && watermark.is_some() {
+        return Err(Error::Plan(format!(
+            "table '{name}' is bounded (a table read whole, not a stream): it cannot have a WATERMARK"
+        )));
+    }
     Ok(TableDecl {
         name,
         schema,
         column_types,
         watermark,
         options,
+        bounded,
     })
 }
 

@@ -21,6 +21,7 @@
 //! [`secrets`] (finding and masking credentials in SQL text).
 
 pub mod catalog;
+pub mod functions;
 pub mod job;
 pub mod nodes;
 pub mod planner;

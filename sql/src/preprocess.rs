@@ -104,6 +104,22 @@ pub struct Preprocessed {
     pub tvfs: Vec<TvfCall>,
     /// A trailing `EMIT ON WINDOW CLOSE` / `EMIT ON UPDATE`, cut out.
     pub emit: Option<Emit>,
+    /// `t FOR SYSTEM_TIME AS OF attr` clauses (lookup joins), cut out.
+    pub lookups: Vec<LookupClause>,
+}
+
+/// A `FOR SYSTEM_TIME AS OF attr` clause after a table name: Flink's
+/// lookup join, `JOIN dim FOR SYSTEM_TIME AS OF o.proc_time AS d ON ...`.
+/// The clause is cut out and the table read as a bounded table, whose
+/// version at the epoch's processing time the join sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupClause {
+    /// The table looked up (its last name part, normalized).
+    pub table: String,
+    /// The time attribute as written (`o.proc_time`, `PROCTIME()`).
+    pub attribute: String,
+    /// The attribute's column name (its last part), `None` for a call.
+    pub column: Option<String>,
 }
 
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
@@ -226,13 +242,68 @@ pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed>
     let watermark = cut_watermark(&mut tokens)?;
     let emit = cut_emit(&mut tokens)?;
     let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
+    let lookups = cut_system_time(&mut tokens)?;
     Ok(Preprocessed {
         original: statement.to_string(),
         rewritten: render(&tokens),
         watermark,
         tvfs,
         emit,
+        lookups,
     })
+}
+
+/// Cuts each `FOR SYSTEM_TIME AS OF attr` (after a table name) out of the
+/// statement. `attr` is a column (`o.proc_time`) or a call (`PROCTIME()`).
+fn cut_system_time(tokens: &mut Vec<Token>) -> Result<Vec<LookupClause>> {
+    let mut out = Vec::new();
+    loop {
+        let sig: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i])).collect();
+        let at = (0..sig.len()).find(|&k| {
+            k + 3 < sig.len()
+                && is_word(&tokens[sig[k]], "FOR")
+                && is_word(&tokens[sig[k + 1]], "SYSTEM_TIME")
+                && is_word(&tokens[sig[k + 2]], "AS")
+                && is_word(&tokens[sig[k + 3]], "OF")
+        });
+        let Some(k) = at else { break };
+        let table = match k.checked_sub(1).map(|p| &tokens[sig[p]]) {
+            Some(t @ Token::Word(_)) if !is_word(t, "JOIN") && !is_word(t, "FROM") => ident_of(t),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::Syntax(
+                "FOR SYSTEM_TIME AS OF must follow a table name (JOIN t FOR SYSTEM_TIME AS OF ...)".into(),
+            )
+        })?;
+        // The attribute: a dotted name, perhaps called.
+        let bad = || {
+            Error::Syntax(format!(
+                "FOR SYSTEM_TIME AS OF after '{table}' takes a processing-time attribute: a column defined as                  PROCTIME() (FOR SYSTEM_TIME AS OF o.proc_time), or PROCTIME()"
+            ))
+        };
+        let mut e = k + 4;
+        let mut parts = vec![ident_of(sig.get(e).map(|&i| &tokens[i]).ok_or_else(bad)?).ok_or_else(bad)?];
+        while e + 2 < sig.len() && tokens[sig[e + 1]] == Token::Period {
+            parts.push(ident_of(&tokens[sig[e + 2]]).ok_or_else(bad)?);
+            e += 2;
+        }
+        let mut end = sig[e] + 1;
+        let mut column = parts.last().cloned();
+        if e + 1 < sig.len() && tokens[sig[e + 1]] == Token::LParen {
+            let close = matching_paren(tokens, sig[e + 1]).ok_or_else(bad)?;
+            end = close + 1;
+            column = None;
+        }
+        let attribute = render(&tokens[sig[k + 4]..end]);
+        tokens.splice(sig[k]..end, [Token::Whitespace(Whitespace::Space)]);
+        out.push(LookupClause {
+            table,
+            attribute,
+            column,
+        });
+    }
+    Ok(out)
 }
 
 /// Cuts a trailing `EMIT ON WINDOW CLOSE` or `EMIT ON UPDATE` (the forms
@@ -710,6 +781,42 @@ mod tests {
         assert_eq!(p.tvfs[0].table, "bids");
         assert_eq!(p.tvfs[1].kind, TvfKind::Hop);
         assert!(squash(&p.rewritten).contains("FROM __weir_tvf_1 UNION ALL SELECT * FROM __weir_tvf_2"));
+    }
+
+    #[test]
+    fn cuts_for_system_time_as_of() {
+        let mut n = 0;
+        let p = preprocess(
+            "SELECT * FROM (SELECT *, PROCTIME() AS pt FROM bid) b JOIN side FOR SYSTEM_TIME AS OF b.pt AS s ON b.k = s.k",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(
+            p.lookups,
+            vec![LookupClause {
+                table: "side".into(),
+                attribute: "b.pt".into(),
+                column: Some("pt".into()),
+            }]
+        );
+        assert!(!p.rewritten.contains("SYSTEM_TIME"), "{}", p.rewritten);
+        assert!(p.rewritten.contains("JOIN side  AS s ON"), "{}", p.rewritten);
+        let p = preprocess(
+            "SELECT * FROM bid JOIN Side FOR SYSTEM_TIME AS OF PROCTIME() s ON true",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(p.lookups[0].table, "side");
+        assert_eq!(p.lookups[0].column, None);
+        assert!(p.rewritten.contains("JOIN Side  s ON"), "{}", p.rewritten);
+        let e = preprocess(
+            "SELECT * FROM bid JOIN side FOR SYSTEM_TIME AS OF 5 ON true",
+            &mut n,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("processing-time attribute"), "{e}");
+        let e = preprocess("SELECT * FROM bid JOIN FOR SYSTEM_TIME AS OF x ON true", &mut n).unwrap_err();
+        assert!(e.to_string().contains("must follow a table name"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct OffsetsEntry {
     /// hold back the watermark of queries that read other sources too.
     #[serde(default)]
     pub idle: BTreeSet<String>,
+    /// Per bounded table (lookup join), the version this epoch joins with:
+    /// the name of its snapshot, `lookups/<table>/<version>.parquet` in the
+    /// checkpoint, written before this entry. A replay joins the same one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookups: BTreeMap<String, String>,
 }
 
 /// `commits/N.json`: epoch N is complete, with its statistics.

@@ -137,6 +137,14 @@ impl StreamingJob {
             }
         }
         let now = chrono::Utc::now().timestamp_millis();
+        // Each bounded table's version for this epoch, snapshotted into the
+        // checkpoint before the entry names it.
+        let mut lookups = BTreeMap::new();
+        for (name, table) in self.lookups.iter_mut() {
+            let (version, warning) = table.plan(&self.checkpoint).await?;
+            self.warnings.extend(warning);
+            lookups.insert(name.clone(), version);
+        }
         let idle = self
             .sources
             .iter()
@@ -154,6 +162,7 @@ impl StreamingJob {
             drain,
             processing_time_ms: now,
             idle,
+            lookups,
         }))
     }
 
@@ -172,8 +181,14 @@ impl StreamingJob {
             Ok(read) => read,
             Err(e) => return Err(self.abandon(epoch, e).await),
         };
+        let lookups = match self.load_lookups(epoch, &entry).await {
+            Ok(l) => l,
+            Err(e) => return Err(self.abandon(epoch, e).await),
+        };
         let watermarks_out = self.advance_watermarks(&entry, &input)?;
-        let ran = self.execute(epoch, &entry, &input, &watermarks_out).await?;
+        let ran = self
+            .execute(epoch, &entry, &input, &lookups, &watermarks_out)
+            .await?;
         self.hooks.reached(Step::BeforeSink, epoch)?;
         let rows_by_sink = self.stage(epoch, &ran.outputs, &bad).await?;
         let rows_out = rows_by_sink.iter().sum();
@@ -318,18 +333,18 @@ impl StreamingJob {
         epoch: u64,
         entry: &OffsetsEntry,
         input: &BTreeMap<String, SourceRows>,
+        lookups: &BTreeMap<String, Arc<Vec<RecordBatch>>>,
         watermarks_out: &BTreeMap<String, i64>,
     ) -> Result<Executed> {
         let watermarks_in = &entry.watermarks_in;
-        // A hash repartition (under keyed operators with `--threads` > 1)
-        // runs once per instance: each epoch runs a fresh copy of the plan.
-        // Weir's operators share their state and metrics with the copy;
-        // DataFusion's own nodes start new metrics (EXPLAIN ANALYZE then
-        // shows the last epoch's for them).
+        // DataFusion's own nodes keep what they computed in one execution:
+        // a hash repartition runs once per instance, a hash join keeps its
+        // build side, a scalar subquery its value. Each epoch therefore
+        // runs a fresh copy of the plan. Weir's operators share their
+        // state and metrics with the copy; DataFusion's nodes start new
+        // metrics (EXPLAIN ANALYZE then shows the last epoch's for them).
         for p in &mut self.pipelines {
-            if contains_repartition(&p.plan) {
-                p.plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?;
-            }
+            p.plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?;
         }
         let mut ran = Executed {
             outputs: Vec::with_capacity(self.pipelines.len()),
@@ -366,6 +381,11 @@ impl StreamingJob {
                     .iter()
                     .filter(|(s, _)| p.sources.contains(*s))
                     .map(|(s, b)| (s.clone(), b.clone()))
+                    .collect(),
+                lookups: lookups
+                    .iter()
+                    .filter(|(t, _)| p.lookups.contains(*t))
+                    .map(|(t, rows)| (t.clone(), Arc::clone(rows)))
                     .collect(),
                 source_watermarks_in: pick(watermarks_in).into_iter().collect(),
                 watermark_out: wm_out,
@@ -600,6 +620,33 @@ impl StreamingJob {
         )
     }
 
+    /// Each bounded table's rows at the version the entry names (an entry
+    /// written before the job joined with a table names none: the current
+    /// version is used).
+    async fn load_lookups(
+        &mut self,
+        epoch: u64,
+        entry: &OffsetsEntry,
+    ) -> Result<BTreeMap<String, Arc<Vec<RecordBatch>>>> {
+        let mut out = BTreeMap::new();
+        for (name, table) in self.lookups.iter_mut() {
+            let version = match entry.lookups.get(name) {
+                Some(v) => v.clone(),
+                None => {
+                    let (v, warning) = table.plan(&self.checkpoint).await?;
+                    self.warnings.extend(warning);
+                    v
+                }
+            };
+            let rows = table
+                .load(&version, &self.checkpoint)
+                .await
+                .map_err(|e| Error::Checkpoint(format!("epoch {epoch}: {e}")))?;
+            out.insert(name.clone(), rows);
+        }
+        Ok(out)
+    }
+
     /// Reads each source's offset: its rows, and its bad records.
     pub(super) async fn read_input(
         &mut self,
@@ -728,11 +775,4 @@ async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: Arc<TaskContext>) -> Resul
             crate::panics::message(panic.as_ref())
         ))),
     }
-}
-
-/// Whether a plan holds a `RepartitionExec`, which can be executed only once.
-fn contains_repartition(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>()
-        .is_some()
-        || plan.children().into_iter().any(contains_repartition)
 }

@@ -65,6 +65,7 @@ use crate::{Error, Result};
 
 mod epoch;
 mod explain;
+mod lookup;
 mod open;
 mod options;
 mod recovery;
@@ -102,6 +103,8 @@ struct Pipeline {
     /// Sinks receiving this pipeline's late rows (`'late.policy' = 'sink'`).
     late_sinks: Vec<SideSink>,
     sources: BTreeSet<String>,
+    /// The bounded tables it joins with.
+    lookups: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
 }
 
@@ -110,6 +113,8 @@ pub struct StreamingJob {
     checkpoint: Checkpoint,
     metadata: Metadata,
     sources: BTreeMap<String, SourceSlot>,
+    /// Bounded tables (lookup joins), by name.
+    lookups: BTreeMap<String, lookup::LookupTable>,
     pipelines: Vec<Pipeline>,
     /// Where sources send bad records (`'on_error' = 'dead_letter'`).
     dead_letters: DeadLetters,

@@ -108,6 +108,16 @@ impl StreamingJob {
             }
         }
 
+        let mut lookups = BTreeMap::new();
+        for (p, _, _) in &physical {
+            for name in &p.lookups {
+                if !lookups.contains_key(name) {
+                    let table = lookup::LookupTable::open(&job.tables[name], &options.store_options)?;
+                    lookups.insert(name.clone(), table);
+                }
+            }
+        }
+
         let mut pipelines = Vec::new();
         for (p, plan, operators) in physical {
             let schema = plan.schema();
@@ -150,6 +160,7 @@ impl StreamingJob {
                 sink,
                 late_sinks,
                 sources: p.sources,
+                lookups: p.lookups,
                 operators,
             });
         }
@@ -223,6 +234,7 @@ impl StreamingJob {
             checkpoint,
             metadata,
             sources,
+            lookups,
             pipelines,
             dead_letters,
             watermarks,

@@ -234,6 +234,13 @@ impl ScanProvider for EngineScans {
         schema: SchemaRef,
         projection: Option<&Vec<usize>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if table.bounded {
+            return Ok(Arc::new(scan::LookupScanExec::try_new(
+                &table.name,
+                &schema,
+                projection,
+            )?));
+        }
         Ok(Arc::new(
             StreamScanExec::try_new(&table.name, &schema, projection)?.with_partitions(self.partitions),
         ))

@@ -53,6 +53,7 @@ const OPTIONS: &[&str] = &[
     "max_files_per_batch",
     "max_rows_per_batch",
     "csv.delimiter",
+    "bounded",
 ];
 
 /// Default cap on files per batch.
@@ -81,10 +82,12 @@ fn same_second(a: i64, b: i64) -> bool {
 
 /// A file as the store lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Listed {
-    path: String,
-    size: u64,
-    modified_ms: i64,
+pub(crate) struct Listed {
+    /// Path relative to the table's folder.
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    /// Last modification time, ms.
+    pub(crate) modified_ms: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,6 +145,53 @@ pub struct FilesSource {
     cache: Option<(String, Bytes)>,
 }
 
+/// The format a `files` table declares (`'format'`, `'csv.delimiter'`).
+pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
+    Ok(match decl.require("format")?.to_ascii_lowercase().as_str() {
+        "parquet" => Format::Parquet,
+        "csv" => {
+            let delimiter = match decl.options.get("csv.delimiter") {
+                None => b',',
+                Some(d) if d.len() == 1 => d.as_bytes()[0],
+                Some("\\t") | Some("tab") => b'\t',
+                Some(d) => {
+                    return Err(Error::Config(format!(
+                        "table '{}': csv.delimiter must be one character, not '{d}'",
+                        decl.name
+                    )));
+                }
+            };
+            Format::Csv { delimiter }
+        }
+        "json" => Format::Json,
+        other => {
+            return Err(Error::Config(format!(
+                "table '{}': unknown format '{other}' (supported: parquet, csv, json)",
+                decl.name
+            )));
+        }
+    })
+}
+
+/// Every visible file under `loc` (names starting with `.` or `_`, and
+/// folders so named, are hidden), in path order.
+pub(crate) async fn list_visible(loc: &Location) -> Result<Vec<Listed>> {
+    let all = loc.list("").await?;
+    Ok(all
+        .into_iter()
+        .map(|m| Listed {
+            path: loc.relative(&m.location),
+            size: m.size,
+            modified_ms: m.last_modified.timestamp_millis(),
+        })
+        .filter(|f| {
+            !f.path
+                .split('/')
+                .any(|part| part.starts_with('.') || part.starts_with('_'))
+        })
+        .collect())
+}
+
 fn parse_count(decl: &TableDecl, key: &str, default: usize) -> Result<usize> {
     match decl.options.get(key) {
         None => Ok(default),
@@ -164,30 +214,7 @@ impl FilesSource {
             .schema
             .clone()
             .ok_or_else(|| Error::Config(format!("source table '{}' must declare its columns", decl.name)))?;
-        let format = match decl.require("format")?.to_ascii_lowercase().as_str() {
-            "parquet" => Format::Parquet,
-            "csv" => {
-                let delimiter = match decl.options.get("csv.delimiter") {
-                    None => b',',
-                    Some(d) if d.len() == 1 => d.as_bytes()[0],
-                    Some("\\t") | Some("tab") => b'\t',
-                    Some(d) => {
-                        return Err(Error::Config(format!(
-                            "table '{}': csv.delimiter must be one character, not '{d}'",
-                            decl.name
-                        )));
-                    }
-                };
-                Format::Csv { delimiter }
-            }
-            "json" => Format::Json,
-            other => {
-                return Err(Error::Config(format!(
-                    "table '{}': unknown format '{other}' (supported: parquet, csv, json)",
-                    decl.name
-                )));
-            }
-        };
+        let format = format_of(decl)?;
         let path = decl.require("path")?;
         let loc = Location::open(path, &table_store_options(decl, store_options), Create::No)
             .map_err(|e| Error::Config(format!("source table '{}': {e}", decl.name)))?;
@@ -214,20 +241,7 @@ impl FilesSource {
 
     /// Every visible file, in path order.
     async fn list(&self) -> Result<Vec<Listed>> {
-        let all = self.loc.list("").await?;
-        Ok(all
-            .into_iter()
-            .map(|m| Listed {
-                path: self.loc.relative(&m.location),
-                size: m.size,
-                modified_ms: m.last_modified.timestamp_millis(),
-            })
-            .filter(|f| {
-                !f.path
-                    .split('/')
-                    .any(|part| part.starts_with('.') || part.starts_with('_'))
-            })
-            .collect())
+        list_visible(&self.loc).await
     }
 
     /// Warns (once) about a file that changed after it was read.

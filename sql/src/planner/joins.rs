@@ -158,6 +158,9 @@ impl StreamPlanner {
     /// A join of two streams, as an interval join, or refused with what to
     /// write instead.
     pub(super) fn stream_join(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
+        if self.is_static(&j.left) || self.is_static(&j.right) {
+            return self.lookup_join(j);
+        }
         if matches!(j.join_type, JoinType::LeftMark | JoinType::RightMark) {
             return Err(Error::Unsupported(
                 "IN or EXISTS subqueries combined with OR are not supported on streams; \
@@ -245,6 +248,63 @@ impl StreamPlanner {
             Arc::clone(&j.schema),
         );
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
+    }
+
+    /// A join of a stream with bounded tables (a lookup join): each epoch,
+    /// DataFusion's own join of the epoch's rows with the tables' version of
+    /// that epoch. A stream row's matches are final when it is joined, so
+    /// the join keeps no state; only joins that emit stream rows can run
+    /// (a bounded side's unmatched rows would never be final).
+    fn lookup_join(&self, j: Join) -> Result<LogicalPlan> {
+        let table_on_right = self.is_static(&j.right);
+        let (stream, table) = if table_on_right {
+            (&j.left, &j.right)
+        } else {
+            (&j.right, &j.left)
+        };
+        let mut names = BTreeSet::new();
+        table.apply(|p| {
+            if let LogicalPlan::TableScan(s) = p {
+                names.insert(s.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let names: Vec<String> = names.into_iter().collect();
+        let names = names.join(", ");
+        if is_changelog(stream) {
+            return Err(Error::Unsupported(format!(
+                "joining a changelog (the rows of an aggregate without a window) with the bounded table {names} is \
+                 not supported yet; join the stream with the table before aggregating"
+            )));
+        }
+        let ok = if table_on_right {
+            matches!(
+                j.join_type,
+                JoinType::Inner
+                    | JoinType::Left
+                    | JoinType::LeftSemi
+                    | JoinType::LeftAnti
+                    | JoinType::LeftMark
+            )
+        } else {
+            matches!(
+                j.join_type,
+                JoinType::Inner
+                    | JoinType::Right
+                    | JoinType::RightSemi
+                    | JoinType::RightAnti
+                    | JoinType::RightMark
+            )
+        };
+        if !ok {
+            return Err(Error::Unsupported(format!(
+                "a {} join of a stream with the bounded table {names} is not supported: it would emit the table's \
+                 rows that no stream row matches, which a stream that never ends cannot decide; join with the \
+                 stream on the preserved side (stream LEFT JOIN table) or as an inner join",
+                j.join_type.to_string().to_uppercase()
+            )));
+        }
+        Ok(LogicalPlan::Join(j))
     }
 
     /// A join input whose column `time` must carry a watermark, and how far

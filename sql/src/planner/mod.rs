@@ -115,8 +115,11 @@ pub struct PipelinePlan {
     pub sink: Option<TableDecl>,
     /// The incremental plan. Its output is what the sink receives.
     pub plan: LogicalPlan,
-    /// The sources it reads.
+    /// The sources (streams) it reads.
     pub sources: BTreeSet<String>,
+    /// The bounded tables it joins with (lookup joins): read whole, at the
+    /// version each epoch's offsets entry names.
+    pub lookups: BTreeSet<String>,
     /// Whether it keeps state.
     pub stateful: bool,
     /// Whether its output is a changelog (first column `op`).
@@ -145,6 +148,7 @@ impl StreamPlanner {
     /// (`None` when only logical plans are wanted).
     pub fn new(job: &Job, scans: Option<Arc<dyn ScanProvider>>, config: SessionConfig) -> Result<Self> {
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(crate::functions::proctime());
         for rule in REMOVED_RULES {
             ctx.remove_optimizer_rule(rule);
         }
@@ -264,9 +268,14 @@ impl StreamPlanner {
         };
 
         let mut sources = BTreeSet::new();
+        let mut lookups = BTreeSet::new();
         let mut stateful = false;
-        plan.apply(|p| {
+        // Into subqueries too: a scalar subquery over a bounded table reads it.
+        plan.apply_with_subqueries(|p| {
             match p {
+                LogicalPlan::TableScan(s) if self.is_bounded_table(s.table_name.table()) => {
+                    lookups.insert(s.table_name.table().to_string());
+                }
                 LogicalPlan::TableScan(s) => {
                     sources.insert(s.table_name.table().to_string());
                 }
@@ -286,6 +295,14 @@ impl StreamPlanner {
         // DataFusion may prove that a result does not depend on the rows
         // (COUNT(*) over a one-row aggregate becomes a constant): a stream
         // query without a source would never run an epoch.
+        if sources.is_empty() && !lookups.is_empty() {
+            let names: Vec<&str> = lookups.iter().map(String::as_str).collect();
+            return Err(Error::Unsupported(format!(
+                "the query reads only bounded tables ({}), no stream: a job runs over a stream (join it with the \
+                 bounded tables); query bounded tables with `weir query` instead",
+                names.join(", ")
+            )));
+        }
         if sources.is_empty() && stateful {
             return Err(Error::Unsupported(
                 "the query's result does not depend on any source's rows (DataFusion's optimizer reduced it to a \
@@ -299,10 +316,32 @@ impl StreamPlanner {
             sink,
             plan,
             sources,
+            lookups,
             stateful,
             changelog,
             statement: String::new(),
         })
+    }
+
+    /// Whether `name` is a bounded table (read whole, not a stream).
+    pub(super) fn is_bounded_table(&self, name: &str) -> bool {
+        self.job.tables.get(name).is_some_and(|t| t.bounded)
+    }
+
+    /// Whether `plan` reads bounded tables only (no stream, no streaming
+    /// node): DataFusion runs it whole, as a batch query, in each epoch,
+    /// over the tables' versions of that epoch.
+    pub(super) fn is_static(&self, plan: &LogicalPlan) -> bool {
+        let (mut bounded, mut stream) = (false, false);
+        let _ = plan.apply(|p| {
+            match p {
+                LogicalPlan::TableScan(s) if self.is_bounded_table(s.table_name.table()) => bounded = true,
+                LogicalPlan::TableScan(_) | LogicalPlan::Extension(_) => stream = true,
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        bounded && !stream
     }
 
     fn explain_df_error(&self, e: DataFusionError) -> Error {

@@ -9,7 +9,7 @@ impl StreamPlanner {
     /// changelogs carry their `op` column up; what cannot run incrementally
     /// is refused.
     pub(super) fn rewrite_streaming(&self, plan: LogicalPlan, emit: Option<Emit>) -> Result<LogicalPlan> {
-        check_expressions(&plan)?;
+        check_expressions(&plan, &|p| self.is_static(p))?;
         let ttl_ms = self.ttl_ms(&plan)?;
         let mut sessions_used: BTreeSet<String> = BTreeSet::new();
         let out = plan.transform_up(|p| {
@@ -114,6 +114,11 @@ impl StreamPlanner {
         ttl_ms: Option<i64>,
         sessions_used: &mut BTreeSet<String>,
     ) -> Result<Transformed<LogicalPlan>> {
+        // Bounded tables alone (a lookup table's subquery, an aggregate of
+        // it): a batch query, run whole each epoch.
+        if self.is_static(&p) {
+            return Ok(Transformed::no(p));
+        }
         match p {
             LogicalPlan::Aggregate(agg) => {
                 if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
@@ -526,12 +531,21 @@ pub(super) fn humanish(v: &str) -> Option<String> {
 }
 
 /// Subqueries in expressions become joins, which streams do not support yet.
-pub(super) fn check_expressions(plan: &LogicalPlan) -> Result<()> {
+/// Subqueries left in expressions after DataFusion's decorrelation (an
+/// uncorrelated scalar subquery stays one) run only over bounded tables:
+/// each epoch computes them anew over the tables' versions of the epoch.
+pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
     let mut found = false;
     plan.apply(|p| {
         p.apply_expressions(|e| {
             e.apply(|e| {
-                if matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
+                let sub = match e {
+                    Expr::ScalarSubquery(s) => Some(&s.subquery),
+                    Expr::InSubquery(s) => Some(&s.subquery.subquery),
+                    Expr::Exists(s) => Some(&s.subquery.subquery),
+                    _ => None,
+                };
+                if sub.is_some_and(|s| !is_static(s)) {
                     found = true;
                     return Ok(TreeNodeRecursion::Stop);
                 }
@@ -541,7 +555,9 @@ pub(super) fn check_expressions(plan: &LogicalPlan) -> Result<()> {
     })?;
     if found {
         return Err(Error::Unsupported(
-            "subqueries in expressions (IN (SELECT ...), EXISTS, scalar subqueries) are joins, which streams do not support yet".into(),
+            "a subquery over a stream in an expression (a scalar subquery, or IN/EXISTS that could not become a \
+             join) never has a final value; subqueries in expressions can read bounded tables only"
+                .into(),
         ));
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! and which window a GROUP BY's window columns belong to.
 
 use super::*;
+use datafusion::logical_expr::JoinType;
 
 impl StreamPlanner {
     /// Follows an output column down to where its watermark comes from.
@@ -48,6 +49,20 @@ impl StreamPlanner {
             }
             // A time column of an interval join's output trails the
             // watermark by up to the join's bound on the other side.
+            // A lookup join passes its stream side's times through.
+            LogicalPlan::Join(j) if self.is_static(&j.left) || self.is_static(&j.right) => {
+                let nl = j.left.schema().fields().len();
+                match j.join_type {
+                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                        (idx < nl).then(|| self.trace_time(&j.left, idx)).flatten()
+                    }
+                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                        self.trace_time(&j.right, idx)
+                    }
+                    _ if idx < nl => self.trace_time(&j.left, idx),
+                    _ => self.trace_time(&j.right, idx - nl),
+                }
+            }
             LogicalPlan::Join(j) => self.join_time_lag(j, idx).map(TimeOrigin::Upstream),
             LogicalPlan::Extension(e) => {
                 if let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamJoinNode>() {
@@ -156,6 +171,22 @@ pub(super) fn trace_window_index(plan: &LogicalPlan, idx: usize) -> Option<Windo
         LogicalPlan::Projection(p) => trace_window(&p.input, plain_column(p.expr.get(idx)?)?),
         LogicalPlan::Filter(f) => trace_window_index(&f.input, idx),
         LogicalPlan::SubqueryAlias(s) => trace_window_index(&s.input, idx),
+        // After the streaming rewrite, a join still in DataFusion's form is
+        // a lookup join (joins of streams are `StreamJoinNode`s): its
+        // stream side's window columns pass through.
+        LogicalPlan::Join(j) => {
+            let nl = j.left.schema().fields().len();
+            match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    (idx < nl).then(|| trace_window_index(&j.left, idx)).flatten()
+                }
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                    trace_window_index(&j.right, idx)
+                }
+                _ if idx < nl => trace_window_index(&j.left, idx),
+                _ => trace_window_index(&j.right, idx - nl),
+            }
+        }
         LogicalPlan::Union(u) => {
             let mut found: Option<WindowTrace> = None;
             for input in &u.inputs {

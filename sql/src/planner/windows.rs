@@ -27,6 +27,7 @@ impl StreamPlanner {
                     column_types: Vec::new(),
                     watermark: None,
                     options: Default::default(),
+                    bounded: false,
                 },
                 schema: Arc::new(UserDefinedLogicalNodeCore::schema(&node).as_arrow().clone()),
                 scans: None,
