@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
@@ -347,6 +347,16 @@ impl StreamDb {
         let ctx = SessionContext::new();
         for (table, schema, url) in job.sinks() {
             let path = url.strip_prefix("file://").unwrap_or(&url).to_string();
+            // A changelog's files also carry each row's epoch and its
+            // position in it.
+            let schema = if schema.fields().first().is_some_and(|f| f.name() == "op") {
+                let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new("_epoch", DataType::Int64, true));
+                fields.push(Field::new("_seq", DataType::Int64, true));
+                Arc::new(Schema::new(fields))
+            } else {
+                schema
+            };
             let options =
                 ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
             ctx.register_listing_table(table.as_str(), format!("{path}/"), options, Some(schema), None)

@@ -49,8 +49,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt8Array, UInt32Array, UInt64Array,
-    new_null_array,
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    UInt64Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{
@@ -76,6 +76,10 @@ use futures::TryStreamExt;
 use super::shard::{Shards, check_input, input_distribution, route, shard_count};
 use super::units::{compact_views, take_batch};
 use super::window_assign::to_millis;
+
+/// Operations of an updating join's changelog.
+const INSERT: &str = "+I";
+const DELETE: &str = "-D";
 use super::{StateChange, StateTable, StatefulOperator, guarded};
 use crate::epoch::EpochInput;
 use weir_sql::nodes::JoinTime;
@@ -649,7 +653,7 @@ impl StreamJoinState {
             if self.emits_pairs() {
                 let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
                 columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
-                out.push(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?);
+                out.push(self.output(columns, INSERT)?);
             }
             let (lid, rid) = (ids(b, nl), ids(b, nl + nr + 1));
             if new_is_left {
@@ -677,10 +681,23 @@ impl StreamJoinState {
                 }
             }
         }
+        // Taken back first (an updating join): the rows emitted without a
+        // match that have one now.
+        let mut retracted = Vec::new();
         for (side, newly) in [(Side::Left, &newly_left), (Side::Right, &newly_right)] {
             let chunks = held.side(side);
             for &(c, _) in newly.iter() {
                 dirty.insert((side as u8, chunks[c].epoch));
+            }
+            if self.changelog() && self.preserves(side) {
+                let mut by_chunk: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+                for &(c, row) in newly.iter() {
+                    by_chunk.entry(c).or_default().push(row as u32);
+                }
+                for (c, rows) in by_chunk {
+                    let rows = take_batch(&chunks[c].rows, &UInt32Array::from(rows))?;
+                    retracted.push(self.padded(side, &rows, DELETE)?);
+                }
             }
             // A semi join emits a held row when it first matches.
             if self.semi() == Some(side) {
@@ -709,6 +726,13 @@ impl StreamJoinState {
                         Arc::clone(&self.p.schema),
                         rows.columns().to_vec(),
                     )?);
+                }
+                // ... and, in an updating join, a new row of a preserved
+                // side without a match, at once.
+                if self.changelog() && self.preserves(side) && matched.iter().any(|&m| !m) {
+                    let unmatched: BooleanArray = matched.iter().map(|&m| Some(!m)).collect();
+                    let rows = filter_record_batch(&rows, &unmatched)?;
+                    out.push(self.padded(side, &rows, INSERT)?);
                 }
                 let chunk = Chunk::new(epoch, now_ms, rows, self.time_of(side), matched)?;
                 held.side(side).push(chunk);
@@ -742,14 +766,14 @@ impl StreamJoinState {
                 }
                 dirty.insert((side as u8, c.epoch));
                 let keep: Vec<bool> = c.times.iter().map(|&t| t >= keep_from).collect();
-                if preserved {
+                if preserved && !self.changelog() {
                     let unmatched: Vec<u32> = (0..c.times.len())
                         .filter(|&i| !keep[i] && !c.matched[i])
                         .map(|i| i as u32)
                         .collect();
                     if !unmatched.is_empty() {
                         let rows = take_batch(&c.rows, &UInt32Array::from(unmatched))?;
-                        out.push(self.padded(side, &rows)?);
+                        out.push(self.padded(side, &rows, INSERT)?);
                     }
                 }
                 if keep.iter().any(|&k| k) {
@@ -778,17 +802,36 @@ impl StreamJoinState {
         held.evicted_to = Some(held.evicted_to.map_or(watermark, |w| w.max(watermark)));
         drop(held);
         self.dirty().extend(dirty);
-        Ok(concat_batches(&self.p.schema, &out)?)
+        retracted.extend(out);
+        Ok(concat_batches(&self.p.schema, &retracted)?)
+    }
+
+    /// Whether the output is a changelog: a regular (unbounded) outer or
+    /// anti join emits a row without a match at once, and takes it back
+    /// (`-D`) when a match arrives. Its last column is the operation.
+    fn changelog(&self) -> bool {
+        self.p.time.is_none()
+            && matches!(
+                self.p.join_type,
+                JoinType::Left | JoinType::Right | JoinType::Full | JoinType::LeftAnti | JoinType::RightAnti
+            )
+    }
+
+    /// An output batch of these columns; in a changelog, with operation
+    /// `op` on every row.
+    fn output(&self, mut columns: Vec<ArrayRef>, op: &str) -> Result<RecordBatch> {
+        if self.changelog() {
+            let n = columns.first().map_or(0, |c| c.len());
+            columns.push(Arc::new(StringArray::from(vec![op; n])));
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
     }
 
     /// Rows of one side with NULLs for the other's columns (an anti join's
     /// rows as they are).
-    fn padded(&self, side: Side, rows: &RecordBatch) -> Result<RecordBatch> {
+    fn padded(&self, side: Side, rows: &RecordBatch, op: &str) -> Result<RecordBatch> {
         if matches!(self.p.join_type, JoinType::LeftAnti | JoinType::RightAnti) {
-            return Ok(RecordBatch::try_new(
-                Arc::clone(&self.p.schema),
-                rows.columns().to_vec(),
-            )?);
+            return self.output(rows.columns().to_vec(), op);
         }
         let n = rows.num_rows();
         let nulls = |s: &SchemaRef| -> Vec<ArrayRef> {
@@ -808,7 +851,7 @@ impl StreamJoinState {
                 columns.extend(rows.columns().iter().cloned());
             }
         }
-        Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
+        self.output(columns, op)
     }
 
     /// What removes rows, for EXPLAIN.

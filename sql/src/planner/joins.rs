@@ -188,12 +188,35 @@ impl StreamPlanner {
         let Some(bound) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) else {
             // No bound on both sides: a regular join. Inner and semi joins
             // of append-only streams are append-only too (a match, once
-            // emitted, stays true); outer and anti joins would have to take
-            // back rows they emitted, which needs a changelog.
-            if matches!(
+            // emitted, stays true). Outer and anti joins emit a row without
+            // a match at once and take it back (-D) when a match arrives:
+            // their output is a changelog, as in Flink.
+            let retracts = matches!(
                 j.join_type,
-                JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
-            ) {
+                JoinType::Left | JoinType::Right | JoinType::Full | JoinType::LeftAnti | JoinType::RightAnti
+            );
+            if retracts
+                || matches!(
+                    j.join_type,
+                    JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+                )
+            {
+                let schema = if retracts {
+                    let op = datafusion::common::DFSchema::from_unqualified_fields(
+                        vec![datafusion::arrow::datatypes::Field::new(
+                            crate::nodes::PLAN_OP_COLUMN,
+                            DataType::Utf8,
+                            false,
+                        )]
+                        .into(),
+                        Default::default(),
+                    )?;
+                    let mut schema = j.schema.as_ref().clone();
+                    schema.merge(&op);
+                    Arc::new(schema)
+                } else {
+                    Arc::clone(&j.schema)
+                };
                 let node = StreamJoinNode::new(
                     j.left.as_ref().clone(),
                     j.right.as_ref().clone(),
@@ -203,7 +226,7 @@ impl StreamPlanner {
                     j.null_equality,
                     None,
                     ttl_ms,
-                    Arc::clone(&j.schema),
+                    schema,
                 );
                 return Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }));
             }

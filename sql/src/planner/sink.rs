@@ -14,7 +14,12 @@ pub(super) fn finish_output(plan: LogicalPlan, changelog: bool) -> Result<Logica
     let mut exprs = vec![Expr::Column(Column::from(schema.qualified_field(n - 1))).alias(OP_COLUMN)];
     for i in 0..n - 1 {
         let (q, f) = schema.qualified_field(i);
-        exprs.push(Expr::Column(Column::from((q, f))).alias(f.name()));
+        let column = Expr::Column(Column::from((q, f)));
+        // Unqualified, unless two columns share the name (`a.price,
+        // b.price`): they keep their qualifiers, as an append-only
+        // output does.
+        let shared = (0..n - 1).filter(|&j| schema.field(j).name() == f.name()).count() > 1;
+        exprs.push(if shared { column } else { column.alias(f.name()) });
     }
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
@@ -31,9 +36,10 @@ pub(super) fn check_sink(sink: &TableDecl, changelog: bool) -> Result<()> {
     match (mode.as_str(), changelog) {
         ("append", false) | ("changelog", _) => Ok(()),
         ("append", true) => Err(Error::Unsupported(format!(
-            "the query produces a changelog (an aggregate without a window updates its rows), but sink '{}' is \
-             append-only: declare it with 'mode' = 'changelog' to receive op/+I/-U/+U/-D rows, or aggregate over a \
-             window (TUMBLE, HOP, CUMULATE, SESSION) to emit final rows",
+            "the query produces a changelog (rows it emits are updated or taken back later, as an aggregate \
+             without a window, a Top-N outside windows, or an outer or anti join without a time bound does), but \
+             sink '{}' is append-only: declare it with 'mode' = 'changelog' to receive op/+I/-U/+U/-D rows, or \
+             aggregate over a window (TUMBLE, HOP, CUMULATE, SESSION), or bound the join in time, to emit final rows",
             sink.name
         ))),
         (other, _) => Err(Error::Plan(format!(
