@@ -451,7 +451,13 @@ async fn an_update_aggregate_changelog_converges_to_the_batch_result() {
 /// batch query that gives the same table: COUNT, SUM and AVG taking back
 /// retracted rows, groups deleted when their last row is retracted (the
 /// inner HAVING), and a global aggregate.
-const CHANGELOG_AGGREGATES: [(&str, &str); 3] = [
+const CHANGELOG_AGGREGATES: [(&str, &str); 4] = [
+    (
+        "INSERT INTO out SELECT g, MIN(m) AS lo, MAX(m) AS hi, MAX(c) AS most, MIN(c) AS least
+           FROM (SELECT k, k % 3 AS g, MAX(price) AS m, COUNT(*) AS c FROM bids GROUP BY k HAVING COUNT(*) % 3 <> 1) q GROUP BY g",
+        "SELECT g, MIN(m), MAX(m), MAX(c), MIN(c)
+           FROM (SELECT k, k % 3 AS g, MAX(price) AS m, COUNT(*) AS c FROM bids GROUP BY k HAVING COUNT(*) % 3 <> 1) q GROUP BY g",
+    ),
     (
         "INSERT INTO out SELECT g, COUNT(*) AS n, SUM(m) AS s, AVG(m) AS a
            FROM (SELECT k, k % 2 AS g, MAX(price) AS m FROM bids GROUP BY k) q GROUP BY g",
@@ -683,6 +689,7 @@ const UPDATING_JOINS: &[&str] = &[
     "SELECT a.k, a.price, b.k, b.price FROM bids a FULL JOIN asks b ON a.k = b.k AND b.price < a.price",
     "SELECT a.k, a.price FROM bids a WHERE NOT EXISTS (SELECT 1 FROM asks b WHERE b.k = a.k AND b.price < a.price)",
     "SELECT a.k, COUNT(b.price), SUM(b.price) FROM bids a LEFT JOIN asks b ON a.k = b.k GROUP BY a.k",
+    "SELECT a.k, MIN(b.price), MAX(b.price) FROM bids a LEFT JOIN asks b ON a.k = b.k AND b.price > a.price GROUP BY a.k",
 ];
 
 #[tokio::test]

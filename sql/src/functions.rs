@@ -1,11 +1,17 @@
 //! Functions Weir adds to DataFusion's.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
 };
 
 /// `PROCTIME()`: the processing time, as Flink's processing-time attribute
@@ -48,5 +54,156 @@ impl ScalarUDFImpl for ProcTime {
             Some(now),
             None,
         )))
+    }
+}
+
+/// `MIN`/`MAX` over a changelog: Weir's rewrite of `MIN(x)`/`MAX(x)` whose
+/// input retracts rows (see `planner::retract`), called as
+/// `__weir_retract_max(x, sign)` with `sign` +1 for an added row and -1 for
+/// a retracted one. Each group keeps its values with their net counts (a
+/// multiset, as Flink's retracting MIN/MAX keep theirs), so that retracting
+/// the extreme value gives back the next one. State: the distinct values
+/// and their counts, as two lists.
+pub fn retracting_extreme(max: bool) -> AggregateUDF {
+    AggregateUDF::new_from_impl(RetractingExtreme {
+        max,
+        signature: Signature::any(2, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RetractingExtreme {
+    max: bool,
+    signature: Signature,
+}
+
+impl AggregateUDFImpl for RetractingExtreme {
+    fn name(&self) -> &str {
+        if self.max {
+            "__weir_retract_max"
+        } else {
+            "__weir_retract_min"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        args.first()
+            .cloned()
+            .ok_or_else(|| DataFusionError::Plan(format!("{} takes (value, sign)", self.name())))
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(ExtremeAccumulator {
+            max: self.max,
+            data_type: args.return_field.data_type().clone(),
+            counts: HashMap::new(),
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let t = args.return_field.data_type().clone();
+        Ok(vec![
+            Arc::new(Field::new(
+                format_state_name(args.name, "values"),
+                DataType::List(Arc::new(Field::new_list_field(t, true))),
+                true,
+            )),
+            Arc::new(Field::new(
+                format_state_name(args.name, "counts"),
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+                true,
+            )),
+        ])
+    }
+}
+
+/// One group's values and their net counts (rows added less rows taken
+/// back); a value whose count is not positive is not in the group.
+#[derive(Debug)]
+struct ExtremeAccumulator {
+    max: bool,
+    data_type: DataType,
+    counts: HashMap<ScalarValue, i64>,
+}
+
+impl ExtremeAccumulator {
+    fn add(&mut self, value: ScalarValue, n: i64) {
+        let c = self.counts.entry(value).or_default();
+        *c += n;
+        if *c == 0 {
+            self.counts.retain(|_, c| *c != 0);
+        }
+    }
+}
+
+impl Accumulator for ExtremeAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let [v, sign] = values else {
+            return Err(DataFusionError::Internal(
+                "retracting MIN/MAX takes (value, sign)".into(),
+            ));
+        };
+        let sign = sign.as_primitive::<Int64Type>();
+        for i in 0..v.len() {
+            if v.is_null(i) || sign.is_null(i) {
+                continue;
+            }
+            self.add(ScalarValue::try_from_array(v, i)?, sign.value(i));
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let mut best: Option<&ScalarValue> = None;
+        for (v, _) in self.counts.iter().filter(|(_, c)| **c > 0) {
+            best = match best {
+                Some(b) if (self.max && v <= b) || (!self.max && v >= b) => Some(b),
+                _ => Some(v),
+            };
+        }
+        match best {
+            Some(v) => Ok(v.clone()),
+            None => ScalarValue::try_from(&self.data_type),
+        }
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.counts.keys().map(|k| k.size() + 8).sum::<usize>()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let (values, counts): (Vec<ScalarValue>, Vec<ScalarValue>) = self
+            .counts
+            .iter()
+            .map(|(v, c)| (v.clone(), ScalarValue::Int64(Some(*c))))
+            .unzip();
+        Ok(vec![
+            ScalarValue::List(ScalarValue::new_list_nullable(&values, &self.data_type)),
+            ScalarValue::List(ScalarValue::new_list_nullable(&counts, &DataType::Int64)),
+        ])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let [values, counts] = states else {
+            return Err(DataFusionError::Internal(
+                "retracting MIN/MAX state is (values, counts)".into(),
+            ));
+        };
+        let (values, counts) = (values.as_list::<i32>(), counts.as_list::<i32>());
+        for row in 0..values.len() {
+            if values.is_null(row) || counts.is_null(row) {
+                continue;
+            }
+            let (v, c) = (values.value(row), counts.value(row));
+            let c = c.as_primitive::<Int64Type>();
+            for i in 0..v.len() {
+                self.add(ScalarValue::try_from_array(&v, i)?, c.value(i));
+            }
+        }
+        Ok(())
     }
 }

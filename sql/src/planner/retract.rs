@@ -17,13 +17,16 @@
 //!   SUM(x)                            ->  s = SUM(sign * x), n = COUNT(x) as above;
 //!                                         CASE WHEN n > 0 THEN s END
 //!   AVG(x)                            ->  CASE WHEN n > 0 THEN s / n END
+//!   MIN(x), MAX(x)                    ->  __weir_retract_min/max(x, sign): each
+//!                                         group's values with their net counts
 //!   (each group)                      ->  __weir_rows = SUM(sign); HAVING __weir_rows > 0
 //! ```
 //!
 //! The hidden `HAVING` deletes (`-D`) a group whose last row was retracted,
-//! as the batch aggregate of the table would no longer have it. Other
-//! aggregate functions (MIN, MAX, COUNT(DISTINCT), ...) cannot take a row
-//! back from a sum and are refused, naming the function.
+//! as the batch aggregate of the table would no longer have it. MIN and MAX
+//! keep every value of the group (a multiset), as Flink's retracting
+//! MIN/MAX do. Other aggregate functions (COUNT(DISTINCT), MEDIAN, ...) are
+//! refused, naming the function.
 
 use datafusion::common::DFSchemaRef;
 use datafusion::functions_aggregate::sum::sum_udaf;
@@ -66,7 +69,7 @@ pub(super) fn changelog_aggregate(agg: &Aggregate, ttl_ms: Option<i64>) -> Resul
         let refuse = |why: &str| {
             Error::Unsupported(format!(
                 "{} over a changelog (the rows of an aggregate without a window, which retract) is not supported: \
-                 {why}; only COUNT, SUM and AVG can take back a retracted row",
+                 {why}; only COUNT, SUM, AVG, MIN and MAX can take back a retracted row",
                 field.name()
             ))
         };
@@ -131,6 +134,23 @@ pub(super) fn changelog_aggregate(agg: &Aggregate, ttl_ms: Option<i64>) -> Resul
                     )
                 };
                 outputs.push(when(present, result).otherwise(lit(ScalarValue::try_from(&out_type)?))?);
+            }
+            ("min" | "max", [arg]) => {
+                // A multiset of values per group (see `functions`).
+                let f = crate::functions::retracting_extreme(name == "max");
+                let m_name = format!("__weir_m{j}");
+                hidden.push(
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        Arc::new(f),
+                        vec![arg.clone(), sign()],
+                        false,
+                        filter.map(Box::new),
+                        vec![],
+                        None,
+                    ))
+                    .alias(&m_name),
+                );
+                outputs.push(cast(col(&m_name), out_type));
             }
             _ => {
                 return Err(refuse(&format!(
