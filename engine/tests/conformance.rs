@@ -712,6 +712,12 @@ async fn updating_joins_match_the_batch_join() {
     }
 }
 
+/// Keep-first deduplication on event time (append-only): each key's
+/// earliest on-time row.
+const KEEP_FIRST_QUERY: &str = "INSERT INTO out SELECT k, ts FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM bids) WHERE rn = 1";
+const KEEP_FIRST_ORACLE: &str = "SELECT k, MIN(ts) FROM bids GROUP BY k";
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -743,6 +749,7 @@ proptest! {
                 (cumulate_query(), cumulate_oracle()),
                 (session_query(), session_oracle()),
                 (HIGHEST_QUERY.to_string(), HIGHEST_ORACLE.to_string()),
+                (KEEP_FIRST_QUERY.to_string(), KEEP_FIRST_ORACLE.to_string()),
             ] {
                 let got = sorted(format_rows(
                     &stream_tables(&[("bids", &rows, delay_ms)], &cuts, max_rows, &q, "append", threads).await,

@@ -361,6 +361,7 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 rank: n.rank,
                 limit,
                 ttl_ms: n.ttl_ms,
+                first_on_time: n.first_on_time,
                 schema: Arc::new(n.schema().as_arrow().clone()),
             };
             return Ok(Some(Arc::new(stream_topn::TopNExec::try_new(

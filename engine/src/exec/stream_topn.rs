@@ -37,10 +37,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{cast, concat_batches, interleave_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, interleave_record_batch};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
+};
 use datafusion::error::Result;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -51,6 +53,7 @@ use super::operator::{EpochOperator, OperatorExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{compact_views, take_batch};
 use super::update_agg::{DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE};
+use super::window_assign::to_millis;
 use super::window_topn::{rank_rows, ranking_signature};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -70,7 +73,11 @@ pub struct StreamTopNParams {
     pub limit: u64,
     /// Partitions unchanged this long are deleted.
     pub ttl_ms: Option<i64>,
-    /// Output: the input's columns, the rank, then the operation.
+    /// Keep-first deduplication on the event time at this input column:
+    /// append-only (see [`StreamTopNState::apply_first`]).
+    pub first_on_time: Option<usize>,
+    /// Output: the input's columns, the rank, then the operation (none when
+    /// append-only).
     pub schema: SchemaRef,
 }
 
@@ -114,6 +121,9 @@ struct Inner {
     changed: std::collections::HashSet<Vec<u8>>,
     /// Key columns (unit keys) of partitions deleted since then.
     deleted: Vec<RecordBatch>,
+    /// Keep-first on event time: partitions whose first row is not emitted
+    /// yet, with its time (rebuilt from the ranks on restore).
+    pending: HashMap<Vec<u8>, i64>,
 }
 
 impl Inner {
@@ -222,12 +232,17 @@ impl EpochOperator for StreamTopNState {
         let order: Vec<String> = self.p.order_by.iter().map(|e| e.to_string()).collect();
         write!(
             f,
-            "{:?} partition=[{}] order=[{}] limit={}{}, emit=changelog",
+            "{:?} partition=[{}] order=[{}] limit={}{}, emit={}",
             self.p.rank,
             parts.join(", "),
             order.join(", "),
             self.p.limit,
-            self.p.ttl_ms.map(|t| format!(", ttl={t}ms")).unwrap_or_default()
+            self.p.ttl_ms.map(|t| format!(", ttl={t}ms")).unwrap_or_default(),
+            if self.p.first_on_time.is_some() {
+                "append-only (first row by time, once the watermark passes it)"
+            } else {
+                "changelog"
+            }
         )
     }
 
@@ -244,7 +259,10 @@ impl EpochOperator for StreamTopNState {
 
     fn finish(&self, partition: usize, acc: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
         let now = epoch.processing_time_ms;
-        let mut out = self.apply(partition, &acc, now)?;
+        let mut out = match self.p.first_on_time {
+            Some(time) => self.apply_first(partition, &acc, now, epoch.watermark_out, time)?,
+            None => self.apply(partition, &acc, now)?,
+        };
         if let Some(ttl) = self.p.ttl_ms {
             let expired = self.expire(partition, now.saturating_sub(ttl))?;
             if expired.num_rows() > 0 {
@@ -274,14 +292,127 @@ impl StreamTopNState {
         self.key_arrays(rows)
     }
 
-    /// Output rows: `rows` with `ranks` and the operation `op`.
+    /// Output rows: `rows` with `ranks` and the operation `op` (none when
+    /// append-only).
     fn output(&self, rows: &RecordBatch, ranks: Vec<u64>, ops: Vec<&'static str>) -> Result<RecordBatch> {
-        let rank_type = self.p.schema.field(self.p.schema.fields().len() - 2).data_type();
+        let append = self.p.first_on_time.is_some();
+        let n = self.p.schema.fields().len();
+        let rank_type = self
+            .p
+            .schema
+            .field(if append { n - 1 } else { n - 2 })
+            .data_type();
         let rank: ArrayRef = Arc::new(UInt64Array::from(ranks));
         let mut columns = rows.columns().to_vec();
         columns.push(cast(&rank, rank_type)?);
-        columns.push(Arc::new(StringArray::from(ops)));
+        if !append {
+            columns.push(Arc::new(StringArray::from(ops)));
+        }
         Ok(RecordBatch::try_new(Arc::clone(&self.p.schema), columns)?)
+    }
+
+    /// Keep-first deduplication on event time, append-only. Each partition
+    /// holds one row: its first by time so far (rank 0: not emitted yet),
+    /// or the row it emitted (rank 1). A pending row is emitted once the
+    /// watermark passes its time: a row arriving later is no older than
+    /// the watermark (older ones are late, dropped below), so it cannot
+    /// come first, and a tie keeps the row that arrived first. Rows of a
+    /// partition whose first row was emitted are dropped.
+    fn apply_first(
+        &self,
+        shard: usize,
+        new: &[RecordBatch],
+        now: i64,
+        watermark: i64,
+        time: usize,
+    ) -> Result<RecordBatch> {
+        let new = concat_batches(&self.input_schema, new)?;
+        let mut inner = self.shards.lock(shard);
+        if new.num_rows() > 0 {
+            let keys = self.keys.convert(&self.key_arrays(&new)?, new.num_rows())?;
+            let emitted = |inner: &Inner, k: &[u8]| {
+                inner
+                    .parts
+                    .get(k)
+                    .and_then(|p| p.at.first())
+                    .is_some_and(|&(c, r)| inner.chunks[c].ranks[r] == 1)
+            };
+            let mut touched: Vec<Vec<u8>> = Vec::new();
+            let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+            let mut keep = Vec::with_capacity(new.num_rows());
+            for i in 0..new.num_rows() {
+                let k = keys.row(i);
+                let open = !emitted(&inner, k.data());
+                keep.push(open);
+                if open && seen.insert(k.data()) {
+                    touched.push(k.as_ref().to_vec());
+                }
+            }
+            let new = filter_record_batch(&new, &BooleanArray::from(keep))?;
+            if new.num_rows() > 0 {
+                let mut at: Vec<At> = Vec::new();
+                for k in &touched {
+                    if let Some(part) = inner.parts.get(k) {
+                        at.extend(&part.at);
+                    }
+                }
+                let held = inner.rows(&self.input_schema, &at)?;
+                let all = compact_views(concat_batches(&self.input_schema, [&held, &new])?)?;
+                let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?;
+                let mut kept: Vec<u32> = order
+                    .iter()
+                    .zip(&ranks)
+                    .filter(|(_, r)| **r == 1)
+                    .map(|(i, _)| *i)
+                    .collect();
+                kept.sort_unstable();
+                let rows = compact_views(take_batch(&all, &UInt32Array::from(kept))?)?;
+                let row_keys = self.keys.convert(&self.key_arrays(&rows)?, rows.num_rows())?;
+                let times = to_millis(rows.column(time))?;
+                let times = times.as_primitive::<TimestampMillisecondType>();
+                let c = inner.chunks.len();
+                for j in 0..rows.num_rows() {
+                    let k = row_keys.row(j).as_ref().to_vec();
+                    inner.pending.insert(k.clone(), times.value(j));
+                    inner.changed.insert(k.clone());
+                    inner.live += 1;
+                    if let Some(old) = inner.parts.insert(
+                        k,
+                        Part {
+                            at: vec![(c, j)],
+                            updated_ms: now,
+                        },
+                    ) {
+                        inner.live -= old.at.len();
+                        inner.dead += old.at.len();
+                    }
+                }
+                let n = rows.num_rows();
+                inner.chunks.push(Chunk {
+                    rows,
+                    ranks: vec![0; n],
+                });
+                inner.maybe_compact(&self.input_schema)?;
+            }
+        }
+        let ready: Vec<Vec<u8>> = inner
+            .pending
+            .iter()
+            .filter(|(_, t)| **t <= watermark)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut at = Vec::with_capacity(ready.len());
+        for k in ready {
+            inner.pending.remove(&k);
+            let Some(&(c, r)) = inner.parts.get(&k).and_then(|p| p.at.first()) else {
+                continue;
+            };
+            inner.chunks[c].ranks[r] = 1;
+            inner.changed.insert(k);
+            at.push((c, r));
+        }
+        let rows = inner.rows(&self.input_schema, &at)?;
+        self.output(&rows, vec![1; at.len()], vec![])
     }
 
     /// Ranks the touched partitions' held and new rows; returns the changes.
@@ -422,6 +553,7 @@ impl StreamTopNState {
         }
         let (mut at, mut firsts) = (Vec::new(), Vec::new());
         for k in &old {
+            inner.pending.remove(k);
             if let Some(part) = inner.parts.remove(k) {
                 inner.changed.remove(k);
                 inner.live -= part.at.len();
@@ -437,8 +569,14 @@ impl StreamTopNState {
                 .project(&(0..self.unit_key_len()).collect::<Vec<_>>())?,
         );
         inner.deleted.push(RecordBatch::try_new(schema, unit)?);
-        let rows = inner.rows(&self.input_schema, &at)?;
-        let out = self.output(&rows, inner.ranks(&at), vec![DELETE; at.len()])?;
+        // An append-only deduplication forgets an expired key silently (its
+        // row was final when emitted), as Flink does.
+        let out = if self.p.first_on_time.is_some() {
+            RecordBatch::new_empty(Arc::clone(&self.p.schema))
+        } else {
+            let rows = inner.rows(&self.input_schema, &at)?;
+            self.output(&rows, inner.ranks(&at), vec![DELETE; at.len()])?
+        };
         inner.maybe_compact(&self.input_schema)?;
         Ok(out)
     }
@@ -465,8 +603,8 @@ impl StatefulOperator for StreamTopNState {
     fn signature(&self) -> String {
         ranking_signature(
             &format!(
-                "top-n {:?} limit={} ttl={:?}",
-                self.p.rank, self.p.limit, self.p.ttl_ms
+                "top-n {:?} limit={} ttl={:?} first_on_time={:?}",
+                self.p.rank, self.p.limit, self.p.ttl_ms, self.p.first_on_time
             ),
             &self.p.partition_by,
             &self.p.order_by,
@@ -498,9 +636,20 @@ impl StatefulOperator for StreamTopNState {
                 .collect(),
             values,
             evicted_by: format!(
-                "rows ranked beyond {} in their partition, each epoch{}",
-                self.p.limit,
+                "{}{}",
+                if self.p.first_on_time.is_some() {
+                    "rows after a partition's first by time (rank 0: waiting for the watermark to pass its time; \
+                     rank 1: emitted), each epoch"
+                        .to_string()
+                } else {
+                    format!(
+                        "rows ranked beyond {} in their partition, each epoch",
+                        self.p.limit
+                    )
+                },
                 match self.p.ttl_ms {
+                    Some(t) if self.p.first_on_time.is_some() =>
+                        format!("; a partition unchanged for {t} ms (state.ttl, processing time), silently"),
                     Some(t) => format!(
                         "; a partition unchanged for {t} ms (state.ttl, processing time), with -D rows"
                     ),
@@ -587,6 +736,17 @@ impl StatefulOperator for StreamTopNState {
                         updated_ms: updated.value(i),
                     });
                     p.at.push((c, i));
+                }
+                if let Some(time) = self.p.first_on_time {
+                    let times = to_millis(rows.column(time))?;
+                    let times = times.as_primitive::<TimestampMillisecondType>();
+                    for i in 0..rows.num_rows() {
+                        if ranks.value(i) == 0 {
+                            inner
+                                .pending
+                                .insert(keys.row(i).as_ref().to_vec(), times.value(i));
+                        }
+                    }
                 }
                 inner.live += rows.num_rows();
                 inner.chunks.push(Chunk {

@@ -159,10 +159,27 @@ pub struct StreamTopNNode {
     pub ttl_ms: Option<i64>,
     /// The `Window` node's schema (input, then rank).
     pub window_schema: DFSchemaRef,
+    /// Keep-first deduplication on event time (`ROW_NUMBER() OVER
+    /// (PARTITION BY k ORDER BY t) = 1`, `t` a watermarked time column, at
+    /// this position of the input): append-only, each key's first row
+    /// emitted once, when the watermark passes its time (no earlier row can
+    /// arrive then). The output has no operation column.
+    pub first_on_time: Option<usize>,
     schema: DFSchemaRef,
 }
 
 impl StreamTopNNode {
+    /// The same node as an append-only keep-first deduplication on the
+    /// event time at `time` of `input` (the input with its late rows
+    /// dropped).
+    pub fn keep_first_on_time(mut self, input: LogicalPlan, time: usize) -> Self {
+        self.input = input;
+        self.first_on_time = Some(time);
+        self.limit = Some(1);
+        self.schema = Arc::clone(&self.window_schema);
+        self
+    }
+
     /// Builds the node from the `Window` node's parts and schema.
     pub fn try_new(
         input: LogicalPlan,
@@ -186,6 +203,7 @@ impl StreamTopNNode {
             limit: None,
             ttl_ms,
             window_schema,
+            first_on_time: None,
             schema: Arc::new(schema),
         })
     }
@@ -231,12 +249,17 @@ impl UserDefinedLogicalNodeCore for StreamTopNNode {
         let order: Vec<String> = self.order_by.iter().map(|s| s.to_string()).collect();
         write!(
             f,
-            "TopN: {:?} partitionBy=[{}] orderBy=[{}]{}{}, emit=on update (changelog)",
+            "TopN: {:?} partitionBy=[{}] orderBy=[{}]{}{}, emit={}",
             self.rank,
             list(&self.partition_by),
             order.join(", "),
             self.limit.map(|l| format!(" limit={l}")).unwrap_or_default(),
-            self.ttl_ms.map(|t| format!(" ttl={t}ms")).unwrap_or_default()
+            self.ttl_ms.map(|t| format!(" ttl={t}ms")).unwrap_or_default(),
+            if self.first_on_time.is_some() {
+                "append-only (each key's first row, once the watermark passes its time)"
+            } else {
+                "on update (changelog)"
+            }
         )
     }
 
@@ -256,6 +279,7 @@ impl UserDefinedLogicalNodeCore for StreamTopNNode {
             limit: self.limit,
             ttl_ms: self.ttl_ms,
             window_schema: Arc::clone(&self.window_schema),
+            first_on_time: self.first_on_time,
             schema: Arc::clone(&self.schema),
         })
     }

@@ -233,7 +233,12 @@ impl StreamPlanner {
                 let Some(limit) = top_n_below(&f.input).and_then(|rank_col| rank_limit(&f.predicate, &rank_col)) else {
                     return Ok(Transformed::no(LogicalPlan::Filter(f)));
                 };
-                let input = set_top_n_limit(f.input.as_ref().clone(), limit)?;
+                let mut input = set_top_n_limit(f.input.as_ref().clone(), limit)?;
+                if limit == 1
+                    && let Some(first) = self.keep_first_on_time(&input)?
+                {
+                    input = first;
+                }
                 let filter = Filter::try_new(f.predicate.clone(), Arc::new(input))?;
                 Ok(Transformed::yes(LogicalPlan::Filter(filter)))
             }
@@ -256,6 +261,62 @@ impl StreamPlanner {
                 "{} is not supported on streams",
                 other.display()
             ))),
+        }
+    }
+
+    /// `ROW_NUMBER() OVER (PARTITION BY k ORDER BY t) = 1` with `t` a
+    /// watermarked time column of the sources (ascending): keep-first
+    /// deduplication on event time, which is append-only (Flink's
+    /// "deduplicate keep first row" on a rowtime). `plan` is the Top-N
+    /// under the `rn = 1` filter (perhaps under projections, which lose the
+    /// operation column they carried); `None` when the ranking is another.
+    pub(super) fn keep_first_on_time(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
+        match plan {
+            LogicalPlan::Extension(e) => {
+                let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamTopNNode>() else {
+                    return Ok(None);
+                };
+                let [order] = n.order_by.as_slice() else {
+                    return Ok(None);
+                };
+                let (Expr::Column(c), true, crate::nodes::RankKind::RowNumber) =
+                    (&order.expr, order.asc, n.rank)
+                else {
+                    return Ok(None);
+                };
+                let Ok(idx) = n.input.schema().index_of_column(c) else {
+                    return Ok(None);
+                };
+                let Some(TimeOrigin::Sources(sources)) = self.trace_time(&n.input, idx) else {
+                    return Ok(None);
+                };
+                // Late rows are dropped where they are read, as for windows:
+                // a row older than the watermark might come before a first
+                // row already emitted.
+                let mut input = n.input.clone();
+                for source in sources {
+                    let Some(w) = self.job.tables.get(&source).and_then(|t| t.watermark.clone()) else {
+                        continue;
+                    };
+                    input = windows::late_filter_at(input, &source, &w.column, w.delay_ms)?;
+                }
+                let node = n.clone().keep_first_on_time(input, idx);
+                Ok(Some(LogicalPlan::Extension(Extension { node: Arc::new(node) })))
+            }
+            LogicalPlan::Projection(p) => {
+                let Some(input) = self.keep_first_on_time(&p.input)? else {
+                    return Ok(None);
+                };
+                let mut expr = p.expr.clone();
+                if is_changelog_schema(&p.schema) {
+                    expr.pop();
+                }
+                Ok(Some(LogicalPlan::Projection(Projection::try_new(
+                    expr,
+                    Arc::new(input),
+                )?)))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -442,10 +503,11 @@ pub(super) fn top_n_below(plan: &LogicalPlan) -> Option<Column> {
             let s = plan.schema();
             Some(Column::from(s.qualified_field(s.fields().len() - 1)))
         }
-        // The rank, then the operation column.
+        // The rank, then the operation column (none when append-only).
         LogicalPlan::Extension(e) if e.node.as_any().is::<crate::nodes::StreamTopNNode>() => {
             let s = plan.schema();
-            Some(Column::from(s.qualified_field(s.fields().len() - 2)))
+            let back = if is_changelog_schema(s) { 2 } else { 1 };
+            Some(Column::from(s.qualified_field(s.fields().len() - back)))
         }
         LogicalPlan::Projection(p) => {
             let rank = top_n_below(&p.input)?;
