@@ -349,18 +349,19 @@ fn gen_case(seed: u64) -> Case {
     let max_rows = 1 + rng.below(150) as usize;
     if rng.chance(20) {
         let regular = rng.chance(25);
+        let (query, changelog) = if regular {
+            gen_regular_join(&mut rng)
+        } else {
+            (gen_join(&mut rng), false)
+        };
         return Case {
             seed,
-            query: if regular {
-                gen_regular_join(&mut rng)
-            } else {
-                gen_join(&mut rng)
-            },
+            query,
             regular,
             window: None,
             filters: vec![],
             view: None,
-            changelog: false,
+            changelog,
             delay_ms,
             rows,
             cuts,
@@ -581,8 +582,10 @@ fn gen_case(seed: u64) -> Case {
     }
 }
 
-/// A regular join of `bids` with itself (inner or semi, no time bound).
-fn gen_regular_join(rng: &mut Rng) -> String {
+/// A regular join of `bids` with itself (no time bound): inner or semi
+/// (append-only), or outer or anti (an updating join: a changelog, then
+/// `true`).
+fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
     let key = *rng.pick(&[
         "a.k1 = b.k1",
         "a.k2 = b.k2",
@@ -594,12 +597,34 @@ fn gen_regular_join(rng: &mut Rng) -> String {
     } else {
         ""
     };
-    if rng.chance(30) {
-        format!(
-            "SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
-        )
-    } else {
-        format!("SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN bids b ON {key}{extra}")
+    match rng.below(10) {
+        0..=2 => (
+            format!(
+                "SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
+            ),
+            false,
+        ),
+        3 => (
+            format!(
+                "SELECT a.k1, a.price, a.ts FROM bids a WHERE NOT EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
+            ),
+            true,
+        ),
+        4..=6 => {
+            let kind = *rng.pick(&["LEFT", "RIGHT", "FULL"]);
+            (
+                format!(
+                    "SELECT a.k1, a.price AS ap, b.k2, b.price AS bp, a.ts AS at, b.ts AS bt FROM bids a {kind} JOIN bids b ON {key}{extra}"
+                ),
+                true,
+            )
+        }
+        _ => (
+            format!(
+                "SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN bids b ON {key}{extra}"
+            ),
+            false,
+        ),
     }
 }
 
