@@ -1011,6 +1011,11 @@ fn a_lookup_join_replays_with_the_table_version_its_epoch_logged() {
         assert!(ws.path(&format!("ck/lookups/side/{v}.parquet")).exists(), "{v}");
         versions.push(v);
     }
+    // `weir checkpoint inspect` shows each epoch's version.
+    let inspect = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    for v in &versions {
+        assert!(inspect.contains(&format!("side: version {v}")), "{inspect}");
+    }
     versions.dedup();
     assert_eq!(versions.len(), 3, "{versions:?}");
 

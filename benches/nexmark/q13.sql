@@ -1,7 +1,7 @@
 -- q13: Bounded side input join: each bid enriched from a side table keyed by auction % 10000 (not in the original suite)
 -- Flink: nexmark-flink q13.sql
 -- Kind: join
--- Needs: a lookup join of a stream with a bounded side table (FOR SYSTEM_TIME AS OF) and processing time (PROCTIME()); the harness writes the side table (key 0..9999, value) as CSV
+-- Needs: nothing more; runs today (a lookup join: side_input, the harness's CSV of keys 0..9999, read whole and snapshotted into the checkpoint; each epoch joins with the version its offsets entry names)
 CREATE TABLE side_input ("key" BIGINT, "value" VARCHAR)
   WITH ('connector' = 'files', 'path' = '${SIDE_INPUT}', 'format' = 'csv');
 CREATE TABLE nexmark_q13 WITH (${SINK});

@@ -208,6 +208,8 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
                 o.sources
                     .iter()
                     .map(|(k, v)| format!("{k}: {}", offset_text(v)))
+                    // A bounded table's version (a lookup join's snapshot).
+                    .chain(o.lookups.iter().map(|(t, v)| format!("{t}: version {v}")))
                     .collect::<Vec<_>>()
                     .join("; ")
             })

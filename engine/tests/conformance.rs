@@ -690,6 +690,12 @@ const UPDATING_JOINS: &[&str] = &[
     "SELECT a.k, a.price FROM bids a WHERE NOT EXISTS (SELECT 1 FROM asks b WHERE b.k = a.k AND b.price < a.price)",
     "SELECT a.k, COUNT(b.price), SUM(b.price) FROM bids a LEFT JOIN asks b ON a.k = b.k GROUP BY a.k",
     "SELECT a.k, MIN(b.price), MAX(b.price) FROM bids a LEFT JOIN asks b ON a.k = b.k AND b.price > a.price GROUP BY a.k",
+    // Joins of changelogs (inner).
+    "SELECT a.k, a.price, c.n FROM bids a JOIN (SELECT k, COUNT(*) AS n FROM asks GROUP BY k) c ON a.k = c.k",
+    "SELECT c.k, c.n, m.best FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k) c
+       JOIN (SELECT k, MAX(price) AS best FROM asks GROUP BY k HAVING COUNT(*) % 2 = 1) m ON c.k = m.k",
+    "SELECT m.best, COUNT(*), SUM(a.price) FROM asks a JOIN (SELECT k, MAX(price) AS best FROM bids GROUP BY k) m
+       ON a.k = m.k AND a.price < m.best GROUP BY m.best",
 ];
 
 #[tokio::test]

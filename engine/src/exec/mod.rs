@@ -18,6 +18,7 @@
 pub mod groups;
 pub mod keys;
 pub mod late_filter;
+pub mod net;
 pub mod operator;
 pub mod scan;
 pub mod session_agg;
@@ -277,6 +278,11 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 n.late_sink.clone(),
                 schema,
             )?)));
+        }
+        if node.as_any().is::<weir_sql::nodes::ChangelogNetNode>() {
+            let input = Arc::clone(&physical_inputs[0]);
+            let schema = Arc::new(node.schema().as_arrow().clone());
+            return Ok(Some(Arc::new(net::ChangelogNetExec::new(input, schema))));
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::LateFilterNode>() {
             let input = Arc::clone(&physical_inputs[0]);

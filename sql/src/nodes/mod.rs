@@ -23,6 +23,8 @@
 //! * [`StreamJoinNode`]: a join of two streams on keys and a time bound
 //!   between their watermarked time columns. Keeps each side's rows until
 //!   the watermark shows that no later row of the other side can match them.
+//! * [`ChangelogNetNode`]: an epoch's signed rows (a join whose input is a
+//!   changelog) netted and emitted as `-D`/`+I` rows.
 //!
 //! # Slices
 //!
@@ -42,6 +44,7 @@
 
 mod assign;
 mod join;
+mod net;
 mod spec;
 mod topn;
 mod update_aggregate;
@@ -57,6 +60,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 
 pub use assign::*;
 pub use join::*;
+pub use net::*;
 pub use spec::*;
 pub use topn::*;
 pub use update_aggregate::*;

@@ -176,9 +176,7 @@ impl StreamPlanner {
             ));
         }
         if is_changelog(&j.left) || is_changelog(&j.right) {
-            return Err(Error::Unsupported(
-                "joining the changelog of an aggregate (an updating join) is not supported yet".into(),
-            ));
+            return self.join_of_changelogs(j, ttl_ms);
         }
         let bounds = time_bounds(&j);
         let filter = j
@@ -271,6 +269,105 @@ impl StreamPlanner {
             Arc::clone(&j.schema),
         );
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
+    }
+
+    /// An inner join whose input is a changelog (an aggregate's rows, an
+    /// updating join's): a regular join of *signed* rows (+1 for `+I`/`+U`,
+    /// -1 for `-U`/`-D`; an append-only side's rows are +1). A pair's sign
+    /// is the product of its rows' (a retracted row takes back every pair
+    /// it made, as Flink's retracting join does), and each epoch's signed
+    /// pairs are netted into `-D`/`+I` rows ([`ChangelogNetNode`]). Each
+    /// side keeps every row it received, retractions too (a retraction is
+    /// a row of sign -1: it cancels its row in every later match), unless
+    /// `'state.ttl'` drops them.
+    fn join_of_changelogs(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
+        use crate::nodes::{ChangelogNetNode, PLAN_OP_COLUMN, SIGN_COLUMN};
+        if j.join_type != JoinType::Inner {
+            return Err(Error::Unsupported(format!(
+                "a {} join of a changelog (the rows of an aggregate without a window, or of an updating join) is \
+                 not supported: only an inner join takes a changelog (an outer join would have to take back its \
+                 NULL rows as matches come and go); join inner, or aggregate after the join",
+                j.join_type.to_string().to_uppercase()
+            )));
+        }
+        if time_bounds(&j)
+            .iter()
+            .any(|b| b.lo_ms.is_some() && b.hi_ms.is_some())
+        {
+            return Err(Error::Unsupported(
+                "an interval join of a changelog is not supported: a changelog's rows have no watermark to evict \
+                 them by; drop the time bound (a regular join, with 'state.ttl' to bound its state)"
+                    .into(),
+            ));
+        }
+        let signed = |plan: &LogicalPlan, name: &str| -> Result<LogicalPlan> {
+            let schema = plan.schema();
+            let n = schema.fields().len();
+            let (values, sign) = if is_changelog(plan) {
+                let op = Expr::Column(Column::from(schema.qualified_field(n - 1)));
+                let positive = op.in_list(
+                    vec![
+                        Expr::Literal(ScalarValue::from("+I"), None),
+                        Expr::Literal(ScalarValue::from("+U"), None),
+                    ],
+                    false,
+                );
+                let sign = datafusion::logical_expr::when(
+                    positive,
+                    Expr::Literal(ScalarValue::Int64(Some(1)), None),
+                )
+                .otherwise(Expr::Literal(ScalarValue::Int64(Some(-1)), None))?;
+                (n - 1, sign)
+            } else {
+                (n, Expr::Literal(ScalarValue::Int64(Some(1)), None))
+            };
+            let mut expr: Vec<Expr> = (0..values)
+                .map(|i| Expr::Column(Column::from(schema.qualified_field(i))))
+                .collect();
+            expr.push(sign.alias(name));
+            Ok(LogicalPlan::Projection(Projection::try_new(
+                expr,
+                Arc::new(plan.clone()),
+            )?))
+        };
+        let left = signed(&j.left, "__weir_sign_l")?;
+        let right = signed(&j.right, "__weir_sign_r")?;
+        let schema = Arc::new(left.schema().join(right.schema())?);
+        let filter = j
+            .filter
+            .clone()
+            .unwrap_or(Expr::Literal(ScalarValue::Boolean(Some(true)), None));
+        let join = StreamJoinNode::new(
+            left,
+            right,
+            j.on.clone(),
+            filter,
+            JoinType::Inner,
+            j.null_equality,
+            None,
+            ttl_ms,
+            schema,
+        );
+        let join = LogicalPlan::Extension(Extension { node: Arc::new(join) });
+        // The join's own columns (not its inputs' operation columns), then
+        // the pair's sign.
+        let mut expr: Vec<Expr> = j
+            .schema
+            .iter()
+            .filter(|(_, f)| f.name() != PLAN_OP_COLUMN)
+            .map(|(q, f)| Expr::Column(Column::from((q, f.as_ref()))))
+            .collect();
+        expr.push(
+            Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(col("__weir_sign_l")),
+                Operator::Multiply,
+                Box::new(col("__weir_sign_r")),
+            ))
+            .alias(SIGN_COLUMN),
+        );
+        let pairs = LogicalPlan::Projection(Projection::try_new(expr, Arc::new(join))?);
+        let net = ChangelogNetNode::try_new(pairs)?;
+        Ok(LogicalPlan::Extension(Extension { node: Arc::new(net) }))
     }
 
     /// A join of a stream with bounded tables (a lookup join): each epoch,
