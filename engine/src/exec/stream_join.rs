@@ -44,7 +44,7 @@
 //! (side, arrival epoch): an epoch writes the units it added, evicted from
 //! or marked matched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -158,6 +158,22 @@ struct Held {
     /// The watermark this shard last evicted to: rows older than it are
     /// late.
     evicted_to: Option<i64>,
+    /// A regular join's rows by key, per side (left, right); `None` until
+    /// built, and again after rows were evicted.
+    index: [Option<KeyIndex>; 2],
+}
+
+/// A side's held rows by join key: each key's rows as (chunk, row). A
+/// regular join only ever appends chunks (until `state.ttl` evicts, which
+/// drops the index to be rebuilt), so an epoch indexes its new chunk and
+/// probes with its new rows: its cost follows the new rows and their
+/// matches, not the rows held. Rows with a NULL key are left out when NULL
+/// matches nothing.
+#[derive(Default)]
+struct KeyIndex {
+    rows: HashMap<Vec<u8>, Vec<(u32, u32)>>,
+    /// Chunks indexed so far (the first ones of the side).
+    chunks: usize,
 }
 
 impl Held {
@@ -414,6 +430,14 @@ fn with_ids(batches: &[RecordBatch], schema: &SchemaRef) -> Result<(SchemaRef, V
     Ok((with, out))
 }
 
+/// The rows at `at` ((batch, row) positions) of `batches`, in that order.
+fn gather(batches: &[&RecordBatch], at: &[(usize, usize)], schema: &SchemaRef) -> Result<RecordBatch> {
+    if at.is_empty() {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    }
+    Ok(datafusion::arrow::compute::interleave_record_batch(batches, at)?)
+}
+
 /// Marks the rows `ids` (positions across `chunks` in order) matched;
 /// returns those that were not yet, as (chunk, row).
 fn mark(chunks: &mut [Chunk], ids: &[u64]) -> Vec<(usize, usize)> {
@@ -560,6 +584,207 @@ impl StreamJoinState {
         collect(plan, Arc::clone(context)).await
     }
 
+    /// The join keys of `rows` (of `side`) in row format, and which rows
+    /// can match nothing (a NULL key, when NULL matches nothing).
+    fn key_rows(&self, side: Side, rows: &RecordBatch) -> Result<(datafusion::arrow::row::Rows, Vec<bool>)> {
+        let n = rows.num_rows();
+        let mut arrays = Vec::with_capacity(self.p.on.len());
+        let mut fields = Vec::with_capacity(self.p.on.len());
+        for (l, r) in &self.p.on {
+            // Both sides in the left keys' types, so equal keys are equal bytes.
+            let t = l.data_type(&self.left_schema)?;
+            let e = if side == Side::Left { l } else { r };
+            let a = e.evaluate(rows)?.into_array(n)?;
+            arrays.push(if a.data_type() == &t { a } else { cast(&a, &t)? });
+            fields.push(datafusion::arrow::row::SortField::new(t));
+        }
+        let dead: Vec<bool> = if self.p.null_equality == NullEquality::NullEqualsNothing {
+            (0..n).map(|i| arrays.iter().any(|a| a.is_null(i))).collect()
+        } else {
+            vec![false; n]
+        };
+        let converted = datafusion::arrow::row::RowConverter::new(fields)?.convert_columns(&arrays)?;
+        Ok((converted, dead))
+    }
+
+    /// Brings a side's key index up to its chunks (building it when absent).
+    fn ensure_index(&self, held: &mut Held, side: Side) -> Result<()> {
+        let mut index = held.index[side as usize].take().unwrap_or_default();
+        let chunks = match side {
+            Side::Left => &held.left,
+            Side::Right => &held.right,
+        };
+        for (c, chunk) in chunks.iter().enumerate().skip(index.chunks) {
+            let (keys, dead) = self.key_rows(side, &chunk.rows)?;
+            for (r, &dead) in dead.iter().enumerate() {
+                if !dead {
+                    index
+                        .rows
+                        .entry(keys.row(r).as_ref().to_vec())
+                        .or_default()
+                        .push((c as u32, r as u32));
+                }
+            }
+        }
+        index.chunks = chunks.len();
+        held.index[side as usize] = Some(index);
+        Ok(())
+    }
+
+    /// A regular join's two joins of the epoch through the key indexes:
+    /// the new left rows with every right row (held and new), and the held
+    /// left rows with the new right rows. Each gives batches in the layout
+    /// of [`Self::join`]'s (left columns, left row id, right columns, right
+    /// row id; ids are positions in the held chunks, new rows after them),
+    /// the query's condition applied.
+    fn index_joins(
+        &self,
+        held: &mut Held,
+        new_left: &RecordBatch,
+        new_right: &RecordBatch,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        self.ensure_index(held, Side::Left)?;
+        self.ensure_index(held, Side::Right)?;
+        let starts = |chunks: &[Chunk]| -> Vec<u64> {
+            let mut at = 0u64;
+            chunks
+                .iter()
+                .map(|c| {
+                    let s = at;
+                    at += c.rows.num_rows() as u64;
+                    s
+                })
+                .collect()
+        };
+        let (left_starts, right_starts) = (starts(&held.left), starts(&held.right));
+        let held_right_len: u64 = held.right.iter().map(|c| c.rows.num_rows() as u64).sum();
+        let empty = KeyIndex::default();
+        let left_index = held.index[0].as_ref().unwrap_or(&empty);
+        let right_index = held.index[1].as_ref().unwrap_or(&empty);
+        let (lkeys, ldead) = self.key_rows(Side::Left, new_left)?;
+        let (rkeys, rdead) = self.key_rows(Side::Right, new_right)?;
+
+        // New left rows with the held right rows and the new ones.
+        let mut new_right_by_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        for (j, &dead) in rdead.iter().enumerate() {
+            if !dead {
+                new_right_by_key
+                    .entry(rkeys.row(j).data())
+                    .or_default()
+                    .push(j as u32);
+            }
+        }
+        let n_held_right = held.right.len();
+        let (mut li, mut rpos, mut rid) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &dead) in ldead.iter().enumerate() {
+            if dead {
+                continue;
+            }
+            let key = lkeys.row(i);
+            if let Some(at) = right_index.rows.get(key.as_ref()) {
+                for &(c, r) in at {
+                    li.push(i as u32);
+                    rpos.push((c as usize, r as usize));
+                    rid.push(right_starts[c as usize] + r as u64);
+                }
+            }
+            if let Some(js) = new_right_by_key.get(key.data()) {
+                for &j in js {
+                    li.push(i as u32);
+                    rpos.push((n_held_right, j as usize));
+                    rid.push(held_right_len + j as u64);
+                }
+            }
+        }
+        let mut right_batches: Vec<&RecordBatch> = held.right.iter().map(|c| &c.rows).collect();
+        right_batches.push(new_right);
+        let left_rows = take_batch(new_left, &UInt32Array::from(li.clone()))?;
+        let right_rows = gather(&right_batches, &rpos, &self.right_schema)?;
+        let lids: Vec<u64> = li.iter().map(|&i| i as u64).collect();
+        let first = self.pairs(left_rows, lids, right_rows, rid)?;
+
+        // Held left rows with the new right rows.
+        let (mut lpos, mut lid, mut rj) = (Vec::new(), Vec::new(), Vec::new());
+        for (j, &dead) in rdead.iter().enumerate() {
+            if dead {
+                continue;
+            }
+            if let Some(at) = left_index.rows.get(rkeys.row(j).as_ref()) {
+                for &(c, r) in at {
+                    lpos.push((c as usize, r as usize));
+                    lid.push(left_starts[c as usize] + r as u64);
+                    rj.push(j as u32);
+                }
+            }
+        }
+        let left_batches: Vec<&RecordBatch> = held.left.iter().map(|c| &c.rows).collect();
+        let left_rows = gather(&left_batches, &lpos, &self.left_schema)?;
+        let right_rows = take_batch(new_right, &UInt32Array::from(rj.clone()))?;
+        let rids: Vec<u64> = rj.iter().map(|&j| j as u64).collect();
+        let second = self.pairs(left_rows, lid, right_rows, rids)?;
+        Ok((first, second))
+    }
+
+    /// Candidate pairs (equal keys) kept by the join's condition, in
+    /// [`Self::join`]'s layout.
+    fn pairs(
+        &self,
+        left: RecordBatch,
+        lid: Vec<u64>,
+        right: RecordBatch,
+        rid: Vec<u64>,
+    ) -> Result<Vec<RecordBatch>> {
+        if left.num_rows() == 0 {
+            return Ok(vec![]);
+        }
+        let (mut left, mut right, mut lid, mut rid) = (
+            left,
+            right,
+            Arc::new(UInt64Array::from(lid)) as ArrayRef,
+            Arc::new(UInt64Array::from(rid)) as ArrayRef,
+        );
+        if let Some(f) = &self.p.filter {
+            let columns: Vec<ArrayRef> = f
+                .column_indices()
+                .iter()
+                .map(|c| match c.side {
+                    datafusion::common::JoinSide::Left => Arc::clone(left.column(c.index)),
+                    _ => Arc::clone(right.column(c.index)),
+                })
+                .collect();
+            let input = RecordBatch::try_new(Arc::clone(f.schema()), columns)?;
+            let keep = f.expression().evaluate(&input)?.into_array(input.num_rows())?;
+            let keep = keep.as_boolean();
+            // NULL (unknown) keeps nothing.
+            let keep = if datafusion::arrow::array::Array::null_count(keep) > 0 {
+                datafusion::arrow::compute::prep_null_mask_filter(keep)
+            } else {
+                keep.clone()
+            };
+            left = filter_record_batch(&left, &keep)?;
+            right = filter_record_batch(&right, &keep)?;
+            lid = datafusion::arrow::compute::filter(&lid, &keep)?;
+            rid = datafusion::arrow::compute::filter(&rid, &keep)?;
+        }
+        let mut fields: Vec<Field> = self
+            .left_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("__weir_row_id", DataType::UInt64, false));
+        fields.extend(self.right_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.push(Field::new("__weir_row_id", DataType::UInt64, false));
+        let mut columns = left.columns().to_vec();
+        columns.push(lid);
+        columns.extend(right.columns().iter().cloned());
+        columns.push(rid);
+        Ok(vec![RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?])
+    }
+
     /// One epoch of shard `shard`: joins, then state update and eviction.
     async fn run(
         &self,
@@ -579,6 +804,29 @@ impl StreamJoinState {
         let (new_left, late_l) = guarded(name, n, || self.on_time(Side::Left, &new_left, since))?;
         let (new_right, late_r) = guarded(name, n, || self.on_time(Side::Right, &new_right, since))?;
         epoch.add_late(late_l + late_r);
+
+        // A regular join probes its key index (see `KeyIndex`).
+        if self.p.time.is_none() && !self.p.on.is_empty() {
+            let held_right_len = held_right.iter().map(RecordBatch::num_rows).sum::<usize>();
+            drop((held_left, held_right));
+            let (pairs_new_left, pairs_new_right) = guarded(name, n, || {
+                let mut held = self.shards.lock(shard);
+                self.index_joins(&mut held, &new_left, &new_right)
+            })?;
+            return guarded(name, n, || {
+                self.apply(
+                    shard,
+                    n as i64,
+                    new_left,
+                    new_right,
+                    held_right_len as u64,
+                    &pairs_new_left,
+                    &pairs_new_right,
+                    epoch.watermark_out,
+                    epoch.processing_time_ms,
+                )
+            });
+        }
 
         // New left rows with every right row; held left rows with the new
         // right rows.
@@ -754,6 +1002,8 @@ impl StreamJoinState {
             let expired_before = self.p.ttl_ms.map_or(i64::MIN, |ttl| now_ms.saturating_sub(ttl));
             let preserved = self.preserves(side);
             let chunks = std::mem::take(held.side(side));
+            let n_before = chunks.len();
+            let mut changed_chunks = false;
             let mut kept = Vec::with_capacity(chunks.len());
             for c in chunks {
                 if c.arrived_ms < expired_before {
@@ -776,6 +1026,7 @@ impl StreamJoinState {
                         out.push(self.padded(side, &rows, INSERT)?);
                     }
                 }
+                changed_chunks = true;
                 if keep.iter().any(|&k| k) {
                     let mask = BooleanArray::from(keep.clone());
                     // Copied out: the kept rows must not pin the evicted ones' strings.
@@ -796,6 +1047,9 @@ impl StreamJoinState {
                         matched,
                     });
                 }
+            }
+            if kept.len() != n_before || changed_chunks {
+                held.index[side as usize] = None;
             }
             *held.side(side) = kept;
         }
