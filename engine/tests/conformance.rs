@@ -478,13 +478,21 @@ const CHANGELOG_AGGREGATES: [(&str, &str); 4] = [
 /// Top-N and deduplication outside windows (a changelog), each with the
 /// batch query it must converge to. Ties under ROW_NUMBER only ever pick
 /// between rows equal in every output column.
-const TOP_N: [&str; 4] = [
+const TOP_N: [&str; 7] = [
     "SELECT k, price, ts, rn FROM (SELECT k, price, ts, ROW_NUMBER() OVER (PARTITION BY k ORDER BY price DESC, ts DESC) AS rn
        FROM bids) WHERE rn <= 3",
     "SELECT k, price, r FROM (SELECT k, price, RANK() OVER (PARTITION BY k ORDER BY price) AS r FROM bids) WHERE r <= 2",
     "SELECT price, d FROM (SELECT price, DENSE_RANK() OVER (ORDER BY price DESC) AS d FROM bids) WHERE d <= 3",
     "SELECT k, ts, price FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts DESC, price DESC) AS rn FROM bids)
        WHERE rn = 1",
+    // Over a changelog: each key's count and highest price change, and a
+    // retraction brings back a row ranked beyond N.
+    "SELECT k, c, rn FROM (SELECT k, c, ROW_NUMBER() OVER (ORDER BY c DESC, k) AS rn
+       FROM (SELECT k, COUNT(*) AS c FROM bids GROUP BY k) q) WHERE rn <= 3",
+    "SELECT g, k, m, r FROM (SELECT g, k, m, RANK() OVER (PARTITION BY g ORDER BY m DESC) AS r
+       FROM (SELECT k, k % 3 AS g, MAX(price) AS m FROM bids GROUP BY k) q) WHERE r <= 2",
+    "SELECT g, s FROM (SELECT g, s, ROW_NUMBER() OVER (PARTITION BY g ORDER BY s, k) AS rn
+       FROM (SELECT k, k % 2 AS g, SUM(price) AS s FROM bids GROUP BY k HAVING COUNT(*) % 3 <> 1) q) WHERE rn = 1",
 ];
 
 /// Nexmark q4's shape: a regular join, an update aggregate over it (each

@@ -630,7 +630,7 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
 
 /// A Top-N or deduplication outside windows (a changelog): a random
 /// ranking function, partition (none, one or two keys), order and N, over
-/// the table or a filtered subquery. Under ROW_NUMBER only the partition
+/// the table, a filtered subquery or an aggregate's changelog. Under ROW_NUMBER only the partition
 /// and order columns are selected, so a tie can only pick between rows
 /// that look the same.
 fn gen_top_n(rng: &mut Rng) -> String {
@@ -644,17 +644,27 @@ fn gen_top_n(rng: &mut Rng) -> String {
     ]);
     let f = *rng.pick(&["ROW_NUMBER()", "RANK()", "DENSE_RANK()"]);
     let cols = if f == "ROW_NUMBER()" {
+        // Each column once (a partition key may also be an order column).
         let keys = partition.trim_start_matches("PARTITION BY ");
-        if keys.is_empty() {
-            order_cols.to_string()
-        } else {
-            format!("{keys}, {order_cols}")
+        let mut cols: Vec<&str> = Vec::new();
+        for c in keys.split(", ").chain(order_cols.split(", ")) {
+            if !c.is_empty() && !cols.contains(&c) {
+                cols.push(c);
+            }
         }
+        cols.join(", ")
     } else {
         "k1, k2, k3, price, ts".to_string()
     };
     let from = if rng.chance(30) {
         format!("(SELECT * FROM {{FROM}} WHERE price > {}) AS s", rng.below(600))
+    } else if rng.chance(35) {
+        // A changelog: an aggregate's rows, which it updates and takes back.
+        let agg = *rng.pick(&["MAX(price)", "SUM(price)", "MIN(price)"]);
+        let having = *rng.pick(&["", " HAVING COUNT(*) % 3 <> 1"]);
+        format!(
+            "(SELECT k1, k2, k3, {agg} AS price, MAX(ts) AS ts FROM {{FROM}} GROUP BY k1, k2, k3{having}) AS s"
+        )
     } else {
         "{FROM}".to_string()
     };

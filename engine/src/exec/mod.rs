@@ -368,6 +368,7 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 limit,
                 ttl_ms: n.ttl_ms,
                 first_on_time: n.first_on_time,
+                retract: weir_sql::planner::is_changelog(logical_inputs[0]),
                 schema: Arc::new(n.schema().as_arrow().clone()),
             };
             return Ok(Some(Arc::new(stream_topn::TopNExec::try_new(

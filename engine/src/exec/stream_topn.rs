@@ -76,6 +76,9 @@ pub struct StreamTopNParams {
     /// Keep-first deduplication on the event time at this input column:
     /// append-only (see [`StreamTopNState::apply_first`]).
     pub first_on_time: Option<usize>,
+    /// The input is a changelog (its last column the operation): see
+    /// "Over a changelog" in the module docs.
+    pub retract: bool,
     /// Output: the input's columns, the rank, then the operation (none when
     /// append-only).
     pub schema: SchemaRef,
@@ -84,7 +87,11 @@ pub struct StreamTopNParams {
 /// Configuration and state, shared by every copy of the plan node.
 pub struct StreamTopNState {
     p: StreamTopNParams,
+    /// The input's rows (without the operation column of a changelog).
     input_schema: SchemaRef,
+    /// Row format of every input column, to find the held row that a
+    /// retraction takes back (a changelog input only).
+    whole_rows: Option<KeyRows>,
     /// The unit key columns, then `__rank`, `__updated_ms`, the input's.
     state_schema: SchemaRef,
     /// Row format of the partition keys.
@@ -171,7 +178,16 @@ impl OperatorExec<StreamTopNState> {
     /// Builds the operator, its state split into `threads` shards by the
     /// partition keys.
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: StreamTopNParams, threads: usize) -> Result<Self> {
-        let input_schema = input.schema();
+        let mut input_schema = input.schema();
+        let mut whole_rows = None;
+        if p.retract {
+            // The rows without their operation (the last column).
+            let n = input_schema.fields().len().saturating_sub(1);
+            input_schema = Arc::new(input_schema.project(&(0..n).collect::<Vec<_>>())?);
+            whole_rows = Some(KeyRows::new(
+                input_schema.fields().iter().map(|f| f.data_type().clone()),
+            )?);
+        }
         let key_types: Vec<DataType> = p
             .partition_by
             .iter()
@@ -195,6 +211,7 @@ impl OperatorExec<StreamTopNState> {
             shards: Shards::new(shard_count(threads, n_keys), Inner::default),
             p,
             input_schema,
+            whole_rows,
             state_schema: Arc::new(Schema::new(fields)),
         };
         Ok(Self::new(input, Arc::new(state)))
@@ -415,20 +432,55 @@ impl StreamTopNState {
         self.output(&rows, vec![1; at.len()], vec![])
     }
 
+    /// Splits a changelog epoch's rows into the rows it adds (`+I`, `+U`)
+    /// and the rows it takes back (`-D`, `-U`), each without the
+    /// operation column.
+    fn split_changelog(&self, batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
+        let n = batch.num_columns().saturating_sub(1);
+        let ops = cast(batch.column(n), &DataType::Utf8)?;
+        let adds: BooleanArray = ops
+            .as_string::<i32>()
+            .iter()
+            .map(|o| Some(matches!(o, Some(INSERT) | Some(UPDATE_AFTER))))
+            .collect();
+        let data = RecordBatch::try_new(Arc::clone(&self.input_schema), batch.columns()[..n].to_vec())?;
+        let takes_back = datafusion::arrow::compute::not(&adds)?;
+        Ok((
+            filter_record_batch(&data, &adds)?,
+            filter_record_batch(&data, &takes_back)?,
+        ))
+    }
+
     /// Ranks the touched partitions' held and new rows; returns the changes.
     fn apply(&self, shard: usize, new: &[RecordBatch], now: i64) -> Result<RecordBatch> {
-        let new = concat_batches(&self.input_schema, new)?;
-        if new.num_rows() == 0 {
+        let Some(first) = new.first() else {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.p.schema)));
+        };
+        let new = concat_batches(&first.schema(), new)?;
+        // Over a changelog: the rows added, and those taken back.
+        let (new, gone) = if self.p.retract {
+            let (added, gone) = self.split_changelog(&new)?;
+            (added, Some(gone).filter(|g| g.num_rows() > 0))
+        } else {
+            (new, None)
+        };
+        if new.num_rows() == 0 && gone.is_none() {
             return Ok(RecordBatch::new_empty(Arc::clone(&self.p.schema)));
         }
         let new_keys = self.keys.convert(&self.key_arrays(&new)?, new.num_rows())?;
+        let gone_keys = match &gone {
+            Some(g) => Some(self.keys.convert(&self.key_arrays(g)?, g.num_rows())?),
+            None => None,
+        };
         let mut inner = self.shards.lock(shard);
         // Held rows of the touched partitions first (each in arrival order),
         // then the new rows: row order is arrival order within a partition.
         let mut touched: Vec<Vec<u8>> = Vec::new();
         let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-        for i in 0..new.num_rows() {
-            let k = new_keys.row(i);
+        let gone_rows = gone_keys
+            .iter()
+            .flat_map(|k| (0..k.num_rows()).map(move |i| k.row(i)));
+        for k in (0..new.num_rows()).map(|i| new_keys.row(i)).chain(gone_rows) {
             if seen.insert(k.data()) {
                 touched.push(k.as_ref().to_vec());
             }
@@ -439,19 +491,65 @@ impl StreamTopNState {
                 at.extend(&part.at);
             }
         }
-        let mut old_rank: Vec<Option<u64>> = inner.ranks(&at).into_iter().map(Some).collect();
+        // A held row's last emitted rank; rank 0 is a row held but not
+        // emitted (ranked beyond N, over a changelog).
+        let mut old_rank: Vec<Option<u64>> = inner
+            .ranks(&at)
+            .into_iter()
+            .map(|r| (r > 0).then_some(r))
+            .collect();
         old_rank.resize(at.len() + new.num_rows(), None);
         let held = inner.rows(&self.input_schema, &at)?;
         // Compacted once: view arrays from many batches carry all their
         // buffers, and each take below would clone that whole list.
         let all = compact_views(concat_batches(&self.input_schema, [&held, &new])?)?;
-        let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?;
+        // Each row taken back removes one equal row, held or new (the
+        // latest: a row added and taken back in one epoch never shows).
+        // One that matches none (its partition expired) is ignored, as
+        // Flink does.
+        let mut dead = vec![false; all.num_rows()];
+        if let (Some(gone), Some(whole)) = (&gone, &self.whole_rows) {
+            let all_rows = whole.convert(all.columns(), all.num_rows())?;
+            let gone_rows = whole.convert(gone.columns(), gone.num_rows())?;
+            let mut by_row: HashMap<&[u8], Vec<usize>> = HashMap::new();
+            for i in 0..all.num_rows() {
+                by_row.entry(all_rows.row(i).data()).or_default().push(i);
+            }
+            for j in 0..gone.num_rows() {
+                if let Some(i) = by_row.get_mut(gone_rows.row(j).data()).and_then(|v| v.pop()) {
+                    dead[i] = true;
+                }
+            }
+        }
+        let alive: Option<Vec<u32>> = dead.contains(&true).then(|| {
+            (0..all.num_rows() as u32)
+                .filter(|&i| !dead[i as usize])
+                .collect()
+        });
+        let (order, ranks) = match &alive {
+            Some(alive) => {
+                let live = take_batch(&all, &UInt32Array::from(alive.clone()))?;
+                let (order, ranks) = rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &live)?;
+                (
+                    order.iter().map(|&i| alive[i as usize]).collect::<Vec<u32>>(),
+                    ranks,
+                )
+            }
+            None => rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, &all)?,
+        };
 
-        // The changes, and each partition's new top rows.
+        // The changes, and each partition's new rows.
         let limit = self.p.limit;
         let (mut retract, mut retract_rank, mut retract_op) = (Vec::new(), Vec::new(), Vec::new());
         let (mut insert, mut insert_rank, mut insert_op) = (Vec::new(), Vec::new(), Vec::new());
         let mut kept: Vec<(u32, u64)> = Vec::new();
+        for (i, o) in old_rank.iter().enumerate() {
+            if let (true, Some(o)) = (dead[i], o) {
+                retract.push(i as u32);
+                retract_rank.push(*o);
+                retract_op.push(DELETE);
+            }
+        }
         for (&i, &r) in order.iter().zip(&ranks) {
             let within = r <= limit;
             match old_rank[i as usize] {
@@ -476,8 +574,13 @@ impl StreamTopNState {
                 }
                 None => {}
             }
+            // Over an append-only stream a row beyond N never comes back;
+            // over a changelog it may (when a row above it is taken back),
+            // so it is kept, not emitted (rank 0).
             if within {
                 kept.push((i, r));
+            } else if self.p.retract {
+                kept.push((i, 0));
             }
         }
         let all_keys = self.keys.convert(&self.key_arrays(&all)?, all.num_rows())?;
@@ -508,14 +611,40 @@ impl StreamTopNState {
                 .or_default()
                 .push((c, j));
         }
+        // A partition left with no rows (all taken back) is deleted; a row
+        // of it names its unit for the checkpoint.
+        let mut emptied: Vec<u32> = Vec::new();
+        let mut first_row: HashMap<&[u8], u32> = HashMap::new();
+        if self.p.retract {
+            for i in 0..all.num_rows() {
+                first_row.entry(all_keys.row(i).data()).or_insert(i as u32);
+            }
+        }
         for k in &touched {
             let at = by_part.remove(k.as_slice()).unwrap_or_default();
+            if at.is_empty() {
+                if let Some(old) = inner.parts.remove(k) {
+                    inner.live -= old.at.len();
+                    inner.dead += old.at.len();
+                    inner.changed.remove(k);
+                    emptied.extend(first_row.get(k.as_slice()));
+                }
+                continue;
+            }
             inner.changed.insert(k.clone());
             inner.live += at.len();
             if let Some(old) = inner.parts.insert(k.clone(), Part { at, updated_ms: now }) {
                 inner.live -= old.at.len();
                 inner.dead += old.at.len();
             }
+        }
+        if !emptied.is_empty() {
+            let unit = self.unit_columns(&take_batch(&all, &UInt32Array::from(emptied))?)?;
+            let schema = Arc::new(
+                self.state_schema
+                    .project(&(0..self.unit_key_len()).collect::<Vec<_>>())?,
+            );
+            inner.deleted.push(RecordBatch::try_new(schema, unit)?);
         }
         let rows = compact_views(take_batch(
             &all,
@@ -571,9 +700,12 @@ impl StreamTopNState {
         inner.deleted.push(RecordBatch::try_new(schema, unit)?);
         // An append-only deduplication forgets an expired key silently (its
         // row was final when emitted), as Flink does.
+        // Rows held but not emitted (rank 0, beyond N over a changelog)
+        // have nothing to retract.
         let out = if self.p.first_on_time.is_some() {
             RecordBatch::new_empty(Arc::clone(&self.p.schema))
         } else {
+            at.retain(|&(c, r)| inner.chunks[c].ranks[r] > 0);
             let rows = inner.rows(&self.input_schema, &at)?;
             self.output(&rows, inner.ranks(&at), vec![DELETE; at.len()])?
         };
@@ -603,8 +735,13 @@ impl StatefulOperator for StreamTopNState {
     fn signature(&self) -> String {
         ranking_signature(
             &format!(
-                "top-n {:?} limit={} ttl={:?} first_on_time={:?}",
-                self.p.rank, self.p.limit, self.p.ttl_ms, self.p.first_on_time
+                "top-n {:?} limit={} ttl={:?} first_on_time={:?}{}",
+                self.p.rank,
+                self.p.limit,
+                self.p.ttl_ms,
+                self.p.first_on_time,
+                // Over a changelog the state also holds rows beyond N.
+                if self.p.retract { " over a changelog" } else { "" }
             ),
             &self.p.partition_by,
             &self.p.order_by,
@@ -641,6 +778,12 @@ impl StatefulOperator for StreamTopNState {
                     "rows after a partition's first by time (rank 0: waiting for the watermark to pass its time; \
                      rank 1: emitted), each epoch"
                         .to_string()
+                } else if self.p.retract {
+                    format!(
+                        "rows the input changelog takes back (-D/-U), each epoch; rows ranked beyond {} are kept \
+                         (rank 0) while they live, since a retraction above them brings them back",
+                        self.p.limit
+                    )
                 } else {
                     format!(
                         "rows ranked beyond {} in their partition, each epoch",

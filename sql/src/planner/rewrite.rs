@@ -276,6 +276,10 @@ impl StreamPlanner {
                 let Some(n) = e.node.as_any().downcast_ref::<crate::nodes::StreamTopNNode>() else {
                     return Ok(None);
                 };
+                // Over a changelog the first row may be taken back.
+                if is_changelog(&n.input) {
+                    return Ok(None);
+                }
                 let [order] = n.order_by.as_slice() else {
                     return Ok(None);
                 };
@@ -380,15 +384,12 @@ impl StreamPlanner {
             if start.is_some() || end.is_some() {
                 return Err(refuse());
             }
-            // Outside windows: Top-N (deduplication when N = 1) in update mode.
-            if is_changelog(&w.input) {
-                return Err(Error::Unsupported(
-                    "Top-N (ROW_NUMBER/RANK/DENSE_RANK ... <= N) over a changelog (the rows of an aggregate without \
-                     a window) is not supported: a retracted top row would need every other row kept; rank the \
-                     stream itself, or within windows"
-                        .into(),
-                ));
-            }
+            // Outside windows: Top-N (deduplication when N = 1) in update
+            // mode, over a stream or a changelog (Flink's retracting
+            // Top-N: every live row is held, since a retraction brings back
+            // a row ranked beyond N). The Window node's schema predates the
+            // rewrite of its input, so it has no operation column: the
+            // node's schema is that, then the operation.
             return Ok(LogicalPlan::Extension(Extension {
                 node: Arc::new(crate::nodes::StreamTopNNode::try_new(
                     w.input.as_ref().clone(),
