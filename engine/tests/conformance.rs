@@ -704,6 +704,17 @@ const UPDATING_JOINS: &[&str] = &[
        JOIN (SELECT k, MAX(price) AS best FROM asks GROUP BY k HAVING COUNT(*) % 2 = 1) m ON c.k = m.k",
     "SELECT m.best, COUNT(*), SUM(a.price) FROM asks a JOIN (SELECT k, MAX(price) AS best FROM bids GROUP BY k) m
        ON a.k = m.k AND a.price < m.best GROUP BY m.best",
+    // Outer joins of changelogs: a row's NULL-padded row comes and goes as
+    // its matches are added and taken back.
+    "SELECT a.k, a.price, m.best FROM bids a LEFT JOIN (SELECT k, MAX(price) AS best FROM asks GROUP BY k
+       HAVING COUNT(*) % 2 = 1) m ON a.k = m.k",
+    "SELECT c.k, c.n, a.price FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k) c
+       RIGHT JOIN asks a ON a.k = c.k AND a.price > c.n * 40",
+    "SELECT c.k, c.n, m.k, m.best FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k HAVING COUNT(*) % 3 <> 0) c
+       FULL JOIN (SELECT k, MAX(price) AS best FROM asks GROUP BY k HAVING COUNT(*) % 2 = 1) m ON c.k = m.k",
+    "SELECT c.k, COUNT(m.best), SUM(m.best) FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k) c
+       LEFT JOIN (SELECT k, MIN(price) AS best FROM asks GROUP BY k HAVING COUNT(*) % 2 = 0) m ON c.k = m.k
+       GROUP BY c.k",
 ];
 
 #[tokio::test]

@@ -597,6 +597,20 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
     } else {
         ""
     };
+    // The right side, sometimes a changelog (an aggregate's rows, which
+    // it updates and takes back) for the inner and outer joins.
+    let (b_side, b_changelog) = if rng.chance(35) {
+        let agg = *rng.pick(&["MAX(price)", "SUM(price)", "MIN(price)"]);
+        let having = *rng.pick(&["", " HAVING COUNT(*) % 2 = 1"]);
+        (
+            format!(
+                "(SELECT k1, k2, k3, {agg} AS price, MAX(ts) AS ts FROM bids GROUP BY k1, k2, k3{having}) b"
+            ),
+            true,
+        )
+    } else {
+        ("bids b".to_string(), false)
+    };
     match rng.below(10) {
         0..=2 => (
             format!(
@@ -614,16 +628,16 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
             let kind = *rng.pick(&["LEFT", "RIGHT", "FULL"]);
             (
                 format!(
-                    "SELECT a.k1, a.price AS ap, b.k2, b.price AS bp, a.ts AS at, b.ts AS bt FROM bids a {kind} JOIN bids b ON {key}{extra}"
+                    "SELECT a.k1, a.price AS ap, b.k2, b.price AS bp, a.ts AS at, b.ts AS bt FROM bids a {kind} JOIN {b_side} ON {key}{extra}"
                 ),
                 true,
             )
         }
         _ => (
             format!(
-                "SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN bids b ON {key}{extra}"
+                "SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a JOIN {b_side} ON {key}{extra}"
             ),
-            false,
+            b_changelog,
         ),
     }
 }

@@ -519,6 +519,7 @@ fn plan_stream_join(
         null_equality: n.null_equality,
         time: n.time,
         ttl_ms: n.ttl_ms,
+        signed: n.signed,
         bound_text: n.bound_text(),
         schema: Arc::new(n.schema().as_arrow().clone()),
     })

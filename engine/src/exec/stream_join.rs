@@ -40,7 +40,9 @@
 //! `__side: UInt8` (0 left, 1 right), `__epoch: Int64` (the epoch it
 //! arrived in), `__key0..`: the equal keys' values (to deal rows back to
 //! shards), `__matched: Boolean`, then the left columns (`__l<i>_<name>`,
-//! NULL on right rows) and the right columns (`__r<i>_<name>`). A unit is
+//! NULL on right rows) and the right columns (`__r<i>_<name>`), then, for a
+//! join of signed rows (a changelog input), `__matches: Int64` (an outer
+//! side's row's matches net of their signs). A unit is
 //! (side, arrival epoch): an epoch writes the units it added, evicted from
 //! or marked matched.
 
@@ -99,6 +101,10 @@ pub struct StreamJoinParams {
     /// A regular join's state TTL: rows are dropped this long (processing
     /// time) after they arrived.
     pub ttl_ms: Option<i64>,
+    /// Signed rows (a changelog input): each input's last column is its
+    /// rows' sign; an outer join counts matches by sign (see
+    /// [`StreamJoinState::apply_signed`]).
+    pub signed: bool,
     /// The bound as written in EXPLAIN.
     pub bound_text: String,
     /// Output: left columns, then right columns.
@@ -122,6 +128,9 @@ struct Chunk {
     /// regular join.
     times: Vec<i64>,
     matched: Vec<bool>,
+    /// An outer join of signed rows: each row's matches, net of signs
+    /// (`matched` is `count != 0`); empty otherwise.
+    counts: Vec<i64>,
 }
 
 impl Chunk {
@@ -146,6 +155,7 @@ impl Chunk {
             rows,
             times,
             matched,
+            counts: vec![],
         })
     }
 }
@@ -236,6 +246,9 @@ impl StreamJoinExec {
                 f.data_type().clone(),
                 true,
             ));
+        }
+        if p.signed {
+            fields.push(Field::new("__matches", DataType::Int64, false));
         }
         let shards = shard_count(threads, p.on.len());
         let state = StreamJoinState {
@@ -814,7 +827,7 @@ impl StreamJoinState {
                 self.index_joins(&mut held, &new_left, &new_right)
             })?;
             return guarded(name, n, || {
-                self.apply(
+                self.apply_any(
                     shard,
                     n as i64,
                     new_left,
@@ -844,7 +857,7 @@ impl StreamJoinState {
                 .await?;
         }
         guarded(name, n, || {
-            self.apply(
+            self.apply_any(
                 shard,
                 n as i64,
                 new_left,
@@ -856,6 +869,222 @@ impl StreamJoinState {
                 epoch.processing_time_ms,
             )
         })
+    }
+
+    /// [`Self::apply_signed`] for an outer join of signed rows, else
+    /// [`Self::apply`].
+    #[allow(clippy::too_many_arguments)]
+    fn apply_any(
+        &self,
+        shard: usize,
+        epoch: i64,
+        new_left: RecordBatch,
+        new_right: RecordBatch,
+        held_right_len: u64,
+        pairs_new_left: &[RecordBatch],
+        pairs_new_right: &[RecordBatch],
+        watermark: i64,
+        now_ms: i64,
+    ) -> Result<RecordBatch> {
+        if self.p.signed && (self.preserves(Side::Left) || self.preserves(Side::Right)) {
+            return self.apply_signed(
+                shard,
+                epoch,
+                [new_left, new_right],
+                held_right_len,
+                [pairs_new_left, pairs_new_right],
+                watermark,
+                now_ms,
+            );
+        }
+        self.apply(
+            shard,
+            epoch,
+            new_left,
+            new_right,
+            held_right_len,
+            pairs_new_left,
+            pairs_new_right,
+            watermark,
+            now_ms,
+        )
+    }
+
+    /// An outer join of signed rows (an input is a changelog; each side's
+    /// last column is its rows' sign, -1 for a row taken back, which stays
+    /// held as a row of its own). A preserved side's row counts its
+    /// matches, net of the partners' signs: its NULL-padded row is out
+    /// while the count is 0. So a new row without a match emits it (`+I`);
+    /// a held row whose count leaves 0 takes it back (`-D`), and one whose
+    /// count returns to 0 (its partners taken back) emits it again (`+I`).
+    /// The planner multiplies each output row's sign by the row's own and
+    /// nets the epoch, so a retracted row's padded rows cancel too.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_signed(
+        &self,
+        shard: usize,
+        epoch: i64,
+        new_rows: [RecordBatch; 2],
+        held_right_len: u64,
+        pairs: [&[RecordBatch]; 2],
+        watermark: i64,
+        now_ms: i64,
+    ) -> Result<RecordBatch> {
+        let nl = self.left_schema.fields().len();
+        let nr = self.right_schema.fields().len();
+        let u64s = |b: &RecordBatch, col: usize| -> Vec<u64> {
+            b.column(col).as_primitive::<UInt64Type>().values().to_vec()
+        };
+        let signs = |b: &RecordBatch, col: usize| -> Vec<i64> {
+            b.column(col)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .iter()
+                .map(|s| s.unwrap_or(0))
+                .collect()
+        };
+        let mut held = self.shards.lock(shard);
+        let mut dirty = BTreeSet::new();
+        // Where each held row is, by its position across its side's chunks.
+        let locate = |chunks: &[Chunk]| -> Vec<u64> {
+            let mut starts = Vec::with_capacity(chunks.len());
+            let mut at = 0u64;
+            for c in chunks {
+                starts.push(at);
+                at += c.rows.num_rows() as u64;
+            }
+            starts
+        };
+        let starts = [locate(&held.left), locate(&held.right)];
+        let at = |side: usize, id: u64| -> (usize, usize) {
+            let i = starts[side].partition_point(|&s| s <= id).saturating_sub(1);
+            (i, (id - starts[side][i]) as usize)
+        };
+        let mut new_counts = [
+            vec![0i64; new_rows[0].num_rows()],
+            vec![0i64; new_rows[1].num_rows()],
+        ];
+        let mut held_deltas: [BTreeMap<(usize, usize), i64>; 2] = [BTreeMap::new(), BTreeMap::new()];
+        let (track_l, track_r) = (self.preserves(Side::Left), self.preserves(Side::Right));
+        let mut out = Vec::new();
+        for (b, new_is_left) in pairs[0]
+            .iter()
+            .map(|b| (b, true))
+            .chain(pairs[1].iter().map(|b| (b, false)))
+        {
+            if b.num_columns() != nl + nr + 2 {
+                return Err(DataFusionError::Internal(format!(
+                    "a join of the epoch gave {} columns, not {}",
+                    b.num_columns(),
+                    nl + nr + 2
+                )));
+            }
+            let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
+            columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
+            out.push(self.output(columns, INSERT)?);
+            let (lid, rid) = (u64s(b, nl), u64s(b, nl + nr + 1));
+            let (ls, rs) = (signs(b, nl - 1), signs(b, nl + nr));
+            for k in 0..b.num_rows() {
+                // A pair from the new left rows: its left row is new, its
+                // right row held (below `held_right_len`) or new. A pair
+                // from the new right rows: its left row is held.
+                if track_l {
+                    if new_is_left {
+                        new_counts[0][lid[k] as usize] += rs[k];
+                    } else {
+                        *held_deltas[0].entry(at(0, lid[k])).or_default() += rs[k];
+                    }
+                }
+                if track_r {
+                    if !new_is_left {
+                        new_counts[1][rid[k] as usize] += ls[k];
+                    } else if rid[k] < held_right_len {
+                        *held_deltas[1].entry(at(1, rid[k])).or_default() += ls[k];
+                    } else {
+                        new_counts[1][(rid[k] - held_right_len) as usize] += ls[k];
+                    }
+                }
+            }
+        }
+        // Held rows whose count left 0 (taken back first) or returned to 0.
+        let mut retracted = Vec::new();
+        for (side, deltas) in [(Side::Left, &held_deltas[0]), (Side::Right, &held_deltas[1])] {
+            let chunks = held.side(side);
+            let (mut back, mut again): (BTreeMap<usize, Vec<u32>>, BTreeMap<usize, Vec<u32>>) =
+                (BTreeMap::new(), BTreeMap::new());
+            for (&(c, r), &d) in deltas {
+                if d == 0 {
+                    continue;
+                }
+                let chunk = &mut chunks[c];
+                if chunk.counts.len() != chunk.matched.len() {
+                    chunk.counts = vec![0; chunk.matched.len()];
+                }
+                let old = chunk.counts[r];
+                let now = old + d;
+                chunk.counts[r] = now;
+                chunk.matched[r] = now != 0;
+                dirty.insert((side as u8, chunk.epoch));
+                if old == 0 && now != 0 {
+                    back.entry(c).or_default().push(r as u32);
+                } else if old != 0 && now == 0 {
+                    again.entry(c).or_default().push(r as u32);
+                }
+            }
+            for (c, rows) in back {
+                let rows = take_batch(&chunks[c].rows, &UInt32Array::from(rows))?;
+                retracted.push(self.padded(side, &rows, DELETE)?);
+            }
+            for (c, rows) in again {
+                let rows = take_batch(&chunks[c].rows, &UInt32Array::from(rows))?;
+                out.push(self.padded(side, &rows, INSERT)?);
+            }
+        }
+        // The new rows: a preserved side's row without a match, padded.
+        let [new_left, new_right] = new_rows;
+        let [left_counts, right_counts] = new_counts;
+        for (side, rows, counts) in [
+            (Side::Left, new_left, left_counts),
+            (Side::Right, new_right, right_counts),
+        ] {
+            if rows.num_rows() == 0 {
+                continue;
+            }
+            let matched: Vec<bool> = counts.iter().map(|&c| c != 0).collect();
+            if self.preserves(side) && matched.iter().any(|&m| !m) {
+                let unmatched: BooleanArray = matched.iter().map(|&m| Some(!m)).collect();
+                out.push(self.padded(side, &filter_record_batch(&rows, &unmatched)?, INSERT)?);
+            }
+            let mut chunk = Chunk::new(epoch, now_ms, rows, None, matched)?;
+            if self.preserves(side) {
+                chunk.counts = counts;
+            }
+            held.side(side).push(chunk);
+            dirty.insert((side as u8, epoch));
+        }
+        // `state.ttl`: rows go this long after they arrived, silently (as
+        // Flink's state TTL forgets them).
+        if let Some(ttl) = self.p.ttl_ms {
+            let expired_before = now_ms.saturating_sub(ttl);
+            for side in [Side::Left, Side::Right] {
+                let chunks = held.side(side);
+                let before = chunks.len();
+                chunks.retain(|c| {
+                    let keep = c.arrived_ms >= expired_before;
+                    if !keep {
+                        dirty.insert((side as u8, c.epoch));
+                    }
+                    keep
+                });
+                if chunks.len() != before {
+                    held.index[side as usize] = None;
+                }
+            }
+        }
+        held.evicted_to = Some(held.evicted_to.map_or(watermark, |w| w.max(watermark)));
+        drop(held);
+        self.dirty().extend(dirty);
+        retracted.extend(out);
+        Ok(concat_batches(&self.p.schema, &retracted)?)
     }
 
     /// Emits the pairs, records which rows matched, adds the new rows and
@@ -1045,6 +1274,7 @@ impl StreamJoinState {
                         rows,
                         times,
                         matched,
+                        counts: vec![],
                     });
                 }
             }
@@ -1165,6 +1395,14 @@ impl StreamJoinState {
                 columns.extend(nulls(&self.left_schema));
                 columns.extend(c.rows.columns().iter().cloned());
             }
+        }
+        if self.p.signed {
+            let counts = if c.counts.len() == n {
+                c.counts.clone()
+            } else {
+                vec![0; n]
+            };
+            columns.push(Arc::new(Int64Array::from(counts)));
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?)
     }
@@ -1338,7 +1576,14 @@ impl StatefulOperator for StreamJoinState {
                         )
                     };
                     let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
-                    let chunk = Chunk::new(epoch, arrived_ms, rows, self.time_of(side), matched)?;
+                    let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.time_of(side), matched)?;
+                    if self.p.signed && self.preserves(side) {
+                        chunk.counts = part
+                            .column(first + nl + nr)
+                            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                            .values()
+                            .to_vec();
+                    }
                     held[shard].side(side).push(chunk);
                 }
             }

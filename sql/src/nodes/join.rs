@@ -33,6 +33,11 @@ pub struct StreamJoinNode {
     pub time: Option<JoinTime>,
     /// A regular join's state TTL (processing time since a row arrived), ms.
     pub ttl_ms: Option<i64>,
+    /// A join of signed rows (an input is a changelog): each input's last
+    /// column is its rows' sign (+1, or -1 for a row taken back). An outer
+    /// join counts a row's matches by their signs: its NULL-padded row is
+    /// out while the count is 0.
+    pub signed: bool,
     schema: DFSchemaRef,
 }
 
@@ -96,8 +101,15 @@ impl StreamJoinNode {
             null_equality,
             time,
             ttl_ms,
+            signed: false,
             schema,
         }
+    }
+
+    /// The same join, of signed rows (see [`Self::signed`]).
+    pub fn of_signed_rows(mut self) -> Self {
+        self.signed = true;
+        self
     }
 
     /// Where the output holds the (left, right) time columns of an interval

@@ -271,22 +271,25 @@ impl StreamPlanner {
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }))
     }
 
-    /// An inner join whose input is a changelog (an aggregate's rows, an
-    /// updating join's): a regular join of *signed* rows (+1 for `+I`/`+U`,
+    /// An inner or outer join whose input is a changelog (an aggregate's
+    /// rows, an updating join's): a regular join of *signed* rows (+1 for `+I`/`+U`,
     /// -1 for `-U`/`-D`; an append-only side's rows are +1). A pair's sign
     /// is the product of its rows' (a retracted row takes back every pair
     /// it made, as Flink's retracting join does), and each epoch's signed
     /// pairs are netted into `-D`/`+I` rows ([`ChangelogNetNode`]). Each
     /// side keeps every row it received, retractions too (a retraction is
     /// a row of sign -1: it cancels its row in every later match), unless
-    /// `'state.ttl'` drops them.
+    /// `'state.ttl'` drops them. An outer join's row counts its matches by
+    /// sign, and its NULL-padded row is out while the count is 0 (emitted
+    /// `+I` or taken back `-D` by the operator; the sign multiplies that in).
     fn join_of_changelogs(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
         use crate::nodes::{ChangelogNetNode, PLAN_OP_COLUMN, SIGN_COLUMN};
-        if j.join_type != JoinType::Inner {
+        let outer = matches!(j.join_type, JoinType::Left | JoinType::Right | JoinType::Full);
+        if j.join_type != JoinType::Inner && !outer {
             return Err(Error::Unsupported(format!(
                 "a {} join of a changelog (the rows of an aggregate without a window, or of an updating join) is \
-                 not supported: only an inner join takes a changelog (an outer join would have to take back its \
-                 NULL rows as matches come and go); join inner, or aggregate after the join",
+                 not supported: only inner and outer joins take a changelog; join inner or outer, or aggregate \
+                 after the join",
                 j.join_type.to_string().to_uppercase()
             )));
         }
@@ -332,7 +335,26 @@ impl StreamPlanner {
         };
         let left = signed(&j.left, "__weir_sign_l")?;
         let right = signed(&j.right, "__weir_sign_r")?;
-        let schema = Arc::new(left.schema().join(right.schema())?);
+        // An outer join's output: the sides (an outer side's other side
+        // nullable), then the operation of its NULL-padded rows (`+I` when
+        // a row's match count drops to 0, `-D` when it leaves 0).
+        let schema = if outer {
+            let mut schema =
+                datafusion::logical_expr::build_join_schema(left.schema(), right.schema(), &j.join_type)?;
+            let op = datafusion::common::DFSchema::from_unqualified_fields(
+                vec![datafusion::arrow::datatypes::Field::new(
+                    PLAN_OP_COLUMN,
+                    DataType::Utf8,
+                    false,
+                )]
+                .into(),
+                Default::default(),
+            )?;
+            schema.merge(&op);
+            Arc::new(schema)
+        } else {
+            Arc::new(left.schema().join(right.schema())?)
+        };
         let filter = j
             .filter
             .clone()
@@ -342,12 +364,13 @@ impl StreamPlanner {
             right,
             j.on.clone(),
             filter,
-            JoinType::Inner,
+            j.join_type,
             j.null_equality,
             None,
             ttl_ms,
             schema,
-        );
+        )
+        .of_signed_rows();
         let join = LogicalPlan::Extension(Extension { node: Arc::new(join) });
         // The join's own columns (not its inputs' operation columns), then
         // the pair's sign.
@@ -357,14 +380,36 @@ impl StreamPlanner {
             .filter(|(_, f)| f.name() != PLAN_OP_COLUMN)
             .map(|(q, f)| Expr::Column(Column::from((q, f.as_ref()))))
             .collect();
-        expr.push(
-            Expr::BinaryExpr(BinaryExpr::new(
-                Box::new(col("__weir_sign_l")),
+        // A padded row has no sign on its NULL side, and is taken back
+        // (`-D`) or put back (`+I`).
+        let one = || Expr::Literal(ScalarValue::Int64(Some(1)), None);
+        let side_sign = |c: &str| {
+            // (A CASE, not COALESCE: the plan is past the optimizer that
+            // would rewrite COALESCE.)
+            if outer {
+                datafusion::logical_expr::when(col(c).is_null(), one()).otherwise(col(c))
+            } else {
+                Ok(col(c))
+            }
+        };
+        let mut sign = Expr::BinaryExpr(BinaryExpr::new(
+            Box::new(side_sign("__weir_sign_l")?),
+            Operator::Multiply,
+            Box::new(side_sign("__weir_sign_r")?),
+        ));
+        if outer {
+            let op_sign = datafusion::logical_expr::when(
+                col(PLAN_OP_COLUMN).eq(Expr::Literal(ScalarValue::from("-D"), None)),
+                Expr::Literal(ScalarValue::Int64(Some(-1)), None),
+            )
+            .otherwise(one())?;
+            sign = Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(sign),
                 Operator::Multiply,
-                Box::new(col("__weir_sign_r")),
-            ))
-            .alias(SIGN_COLUMN),
-        );
+                Box::new(op_sign),
+            ));
+        }
+        expr.push(sign.alias(SIGN_COLUMN));
         let pairs = LogicalPlan::Projection(Projection::try_new(expr, Arc::new(join))?);
         let net = ChangelogNetNode::try_new(pairs)?;
         Ok(LogicalPlan::Extension(Extension { node: Arc::new(net) }))
