@@ -715,6 +715,13 @@ const UPDATING_JOINS: &[&str] = &[
     "SELECT c.k, COUNT(m.best), SUM(m.best) FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k) c
        LEFT JOIN (SELECT k, MIN(price) AS best FROM asks GROUP BY k HAVING COUNT(*) % 2 = 0) m ON c.k = m.k
        GROUP BY c.k",
+    // Semi and anti joins of changelogs: a row shows while it has a match
+    // (or none).
+    "SELECT a.k, a.price FROM bids a WHERE EXISTS (SELECT 1 FROM (SELECT k, COUNT(*) AS n FROM asks GROUP BY k) c
+       WHERE c.k = a.k AND c.n % 2 = 1)",
+    "SELECT a.k, a.price FROM bids a WHERE NOT EXISTS (SELECT 1 FROM (SELECT k, MAX(price) AS m FROM asks GROUP BY k) c
+       WHERE c.k = a.k AND c.m > a.price)",
+    "SELECT c.k, c.n FROM (SELECT k, COUNT(*) AS n FROM bids GROUP BY k) c WHERE c.k IN (SELECT k FROM asks WHERE price > 250)",
 ];
 
 #[tokio::test]

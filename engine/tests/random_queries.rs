@@ -598,7 +598,7 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
         ""
     };
     // The right side, sometimes a changelog (an aggregate's rows, which
-    // it updates and takes back) for the inner and outer joins.
+    // it updates and takes back).
     let (b_side, b_changelog) = if rng.chance(35) {
         let agg = *rng.pick(&["MAX(price)", "SUM(price)", "MIN(price)"]);
         let having = *rng.pick(&["", " HAVING COUNT(*) % 2 = 1"]);
@@ -614,13 +614,13 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
     match rng.below(10) {
         0..=2 => (
             format!(
-                "SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
+                "SELECT a.k1, a.price, a.ts FROM bids a WHERE EXISTS (SELECT 1 FROM {b_side} WHERE {key}{extra})"
             ),
-            false,
+            b_changelog,
         ),
         3 => (
             format!(
-                "SELECT a.k1, a.price, a.ts FROM bids a WHERE NOT EXISTS (SELECT 1 FROM bids b WHERE {key}{extra})"
+                "SELECT a.k1, a.price, a.ts FROM bids a WHERE NOT EXISTS (SELECT 1 FROM {b_side} WHERE {key}{extra})"
             ),
             true,
         ),

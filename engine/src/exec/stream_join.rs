@@ -886,7 +886,7 @@ impl StreamJoinState {
         watermark: i64,
         now_ms: i64,
     ) -> Result<RecordBatch> {
-        if self.p.signed && (self.preserves(Side::Left) || self.preserves(Side::Right)) {
+        if self.p.signed && (self.tracks(Side::Left) || self.tracks(Side::Right)) {
             return self.apply_signed(
                 shard,
                 epoch,
@@ -910,13 +910,14 @@ impl StreamJoinState {
         )
     }
 
-    /// An outer join of signed rows (an input is a changelog; each side's
-    /// last column is its rows' sign, -1 for a row taken back, which stays
-    /// held as a row of its own). A preserved side's row counts its
-    /// matches, net of the partners' signs: its NULL-padded row is out
-    /// while the count is 0. So a new row without a match emits it (`+I`);
-    /// a held row whose count leaves 0 takes it back (`-D`), and one whose
-    /// count returns to 0 (its partners taken back) emits it again (`+I`).
+    /// An outer, semi or anti join of signed rows (an input is a
+    /// changelog; each side's last column is its rows' sign, -1 for a row
+    /// taken back, which stays held as a row of its own). A preserved (or
+    /// semi) side's row counts its matches, net of the partners' signs. An
+    /// outer or anti join's row shows (NULL-padded, or alone) while the
+    /// count is 0, a semi join's while it is not: a new row that shows is
+    /// emitted (`+I`); a held row that stops showing is taken back (`-D`),
+    /// and one that starts to is emitted (`+I`).
     /// The planner multiplies each output row's sign by the row's own and
     /// nets the epoch, so a retracted row's padded rows cancel too.
     #[allow(clippy::too_many_arguments)]
@@ -964,7 +965,12 @@ impl StreamJoinState {
             vec![0i64; new_rows[1].num_rows()],
         ];
         let mut held_deltas: [BTreeMap<(usize, usize), i64>; 2] = [BTreeMap::new(), BTreeMap::new()];
-        let (track_l, track_r) = (self.preserves(Side::Left), self.preserves(Side::Right));
+        let (track_l, track_r) = (self.tracks(Side::Left), self.tracks(Side::Right));
+        // Whether a tracked row shows in the output with this count: a
+        // semi join's while it has a match, an outer or anti join's
+        // (NULL-padded) while it has none.
+        let semi = self.semi().is_some();
+        let shows = |count: i64| if semi { count != 0 } else { count == 0 };
         let mut out = Vec::new();
         for (b, new_is_left) in pairs[0]
             .iter()
@@ -978,9 +984,11 @@ impl StreamJoinState {
                     nl + nr + 2
                 )));
             }
-            let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
-            columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
-            out.push(self.output(columns, INSERT)?);
+            if self.emits_pairs() {
+                let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
+                columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
+                out.push(self.output(columns, INSERT)?);
+            }
             let (lid, rid) = (u64s(b, nl), u64s(b, nl + nr + 1));
             let (ls, rs) = (signs(b, nl - 1), signs(b, nl + nr));
             for k in 0..b.num_rows() {
@@ -1024,9 +1032,9 @@ impl StreamJoinState {
                 chunk.counts[r] = now;
                 chunk.matched[r] = now != 0;
                 dirty.insert((side as u8, chunk.epoch));
-                if old == 0 && now != 0 {
+                if shows(old) && !shows(now) {
                     back.entry(c).or_default().push(r as u32);
-                } else if old != 0 && now == 0 {
+                } else if !shows(old) && shows(now) {
                     again.entry(c).or_default().push(r as u32);
                 }
             }
@@ -1050,12 +1058,12 @@ impl StreamJoinState {
                 continue;
             }
             let matched: Vec<bool> = counts.iter().map(|&c| c != 0).collect();
-            if self.preserves(side) && matched.iter().any(|&m| !m) {
-                let unmatched: BooleanArray = matched.iter().map(|&m| Some(!m)).collect();
-                out.push(self.padded(side, &filter_record_batch(&rows, &unmatched)?, INSERT)?);
+            if self.tracks(side) && counts.iter().any(|&c| shows(c)) {
+                let showing: BooleanArray = counts.iter().map(|&c| Some(shows(c))).collect();
+                out.push(self.padded(side, &filter_record_batch(&rows, &showing)?, INSERT)?);
             }
             let mut chunk = Chunk::new(epoch, now_ms, rows, None, matched)?;
-            if self.preserves(side) {
+            if self.tracks(side) {
                 chunk.counts = counts;
             }
             held.side(side).push(chunk);
@@ -1295,10 +1303,10 @@ impl StreamJoinState {
     /// (`-D`) when a match arrives. Its last column is the operation.
     fn changelog(&self) -> bool {
         self.p.time.is_none()
-            && matches!(
+            && (matches!(
                 self.p.join_type,
                 JoinType::Left | JoinType::Right | JoinType::Full | JoinType::LeftAnti | JoinType::RightAnti
-            )
+            ) || (self.p.signed && self.semi().is_some()))
     }
 
     /// An output batch of these columns; in a changelog, with operation
@@ -1314,7 +1322,10 @@ impl StreamJoinState {
     /// Rows of one side with NULLs for the other's columns (an anti join's
     /// rows as they are).
     fn padded(&self, side: Side, rows: &RecordBatch, op: &str) -> Result<RecordBatch> {
-        if matches!(self.p.join_type, JoinType::LeftAnti | JoinType::RightAnti) {
+        if matches!(
+            self.p.join_type,
+            JoinType::LeftAnti | JoinType::RightAnti | JoinType::LeftSemi | JoinType::RightSemi
+        ) {
             return self.output(rows.columns().to_vec(), op);
         }
         let n = rows.num_rows();
@@ -1577,7 +1588,7 @@ impl StatefulOperator for StreamJoinState {
                     };
                     let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
                     let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.time_of(side), matched)?;
-                    if self.p.signed && self.preserves(side) {
+                    if self.p.signed && self.tracks(side) {
                         chunk.counts = part
                             .column(first + nl + nr)
                             .as_primitive::<datafusion::arrow::datatypes::Int64Type>()

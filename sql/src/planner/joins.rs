@@ -285,14 +285,21 @@ impl StreamPlanner {
     fn join_of_changelogs(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
         use crate::nodes::{ChangelogNetNode, PLAN_OP_COLUMN, SIGN_COLUMN};
         let outer = matches!(j.join_type, JoinType::Left | JoinType::Right | JoinType::Full);
-        if j.join_type != JoinType::Inner && !outer {
+        // Semi and anti joins (`IN`, `EXISTS`, `NOT EXISTS`) emit one
+        // side's rows, without the other's columns.
+        let one_side = match j.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => Some("__weir_sign_l"),
+            JoinType::RightSemi | JoinType::RightAnti => Some("__weir_sign_r"),
+            _ => None,
+        };
+        if j.join_type != JoinType::Inner && !outer && one_side.is_none() {
             return Err(Error::Unsupported(format!(
                 "a {} join of a changelog (the rows of an aggregate without a window, or of an updating join) is \
-                 not supported: only inner and outer joins take a changelog; join inner or outer, or aggregate \
-                 after the join",
+                 not supported; join inner or outer, or aggregate after the join",
                 j.join_type.to_string().to_uppercase()
             )));
         }
+        let with_op = outer || one_side.is_some();
         if time_bounds(&j)
             .iter()
             .any(|b| b.lo_ms.is_some() && b.hi_ms.is_some())
@@ -337,8 +344,10 @@ impl StreamPlanner {
         let right = signed(&j.right, "__weir_sign_r")?;
         // An outer join's output: the sides (an outer side's other side
         // nullable), then the operation of its NULL-padded rows (`+I` when
-        // a row's match count drops to 0, `-D` when it leaves 0).
-        let schema = if outer {
+        // a row's match count drops to 0, `-D` when it leaves 0). A semi or
+        // anti join's: its side's rows, then the operation (`+I` when a
+        // row starts to qualify, `-D` when it stops).
+        let schema = if with_op {
             let mut schema =
                 datafusion::logical_expr::build_join_schema(left.schema(), right.schema(), &j.join_type)?;
             let op = datafusion::common::DFSchema::from_unqualified_fields(
@@ -392,12 +401,15 @@ impl StreamPlanner {
                 Ok(col(c))
             }
         };
-        let mut sign = Expr::BinaryExpr(BinaryExpr::new(
-            Box::new(side_sign("__weir_sign_l")?),
-            Operator::Multiply,
-            Box::new(side_sign("__weir_sign_r")?),
-        ));
-        if outer {
+        let mut sign = match one_side {
+            Some(c) => col(c),
+            None => Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(side_sign("__weir_sign_l")?),
+                Operator::Multiply,
+                Box::new(side_sign("__weir_sign_r")?),
+            )),
+        };
+        if with_op {
             let op_sign = datafusion::logical_expr::when(
                 col(PLAN_OP_COLUMN).eq(Expr::Literal(ScalarValue::from("-D"), None)),
                 Expr::Literal(ScalarValue::Int64(Some(-1)), None),
