@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::{Error, FORMAT_VERSION, Result};
 
@@ -31,17 +32,61 @@ pub fn encode(
     batches: &[RecordBatch],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Bytes> {
+    encode_with(url, schema, batches, metadata, false)
+}
+
+/// [`encode`] for operator state files: no statistics, LZ4, and
+/// dictionaries for string columns only. State is read back whole by Weir
+/// alone (never filtered by a reader); building a dictionary for every
+/// integer and time column of every delta was the largest cost of a join's
+/// checkpoint (Nexmark q4: 154 ms of a 477 ms epoch, 83 ms without).
+pub fn encode_state(
+    url: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Bytes> {
+    encode_with(url, schema, batches, metadata, true)
+}
+
+fn encode_with(
+    url: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+    state: bool,
+) -> Result<Bytes> {
     let err = |e: &dyn std::fmt::Display| Error::Parquet {
         url: url.to_string(),
         reason: format!("cannot encode as Parquet: {e}"),
     };
     let mut kv = vec![KeyValue::new(VERSION_KEY.into(), FORMAT_VERSION.to_string())];
     kv.extend(metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(kv))
-        .build();
+        .set_key_value_metadata(Some(kv));
+    if state {
+        props = props
+            .set_compression(Compression::LZ4_RAW)
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(datafusion::parquet::file::properties::EnabledStatistics::None);
+        // Strings keep their dictionary: repeated ones (a channel, a URL
+        // prefix, a category name) shrink a join's held rows by a quarter.
+        for f in schema.fields() {
+            if matches!(
+                f.data_type(),
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Binary
+                    | DataType::LargeBinary
+            ) {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), true);
+            }
+        }
+    }
+    let props = props.build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(schema), Some(props)).map_err(|e| err(&e))?;
     for batch in batches {

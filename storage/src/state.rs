@@ -130,7 +130,7 @@ impl Checkpoint {
             ("weir.unit_key_len".to_string(), w.unit_key_len.to_string()),
         ]);
         let bytes = match w.kind {
-            StateKind::Snapshot => codec::encode(&url, w.schema, w.upserts, &meta)?,
+            StateKind::Snapshot => codec::encode_state(&url, w.schema, w.upserts, &meta)?,
             StateKind::Delta => {
                 let mut fields = nullable(w.schema);
                 fields.push(Field::new(DELETE, DataType::Boolean, false));
@@ -154,7 +154,7 @@ impl Checkpoint {
                     cols.push(Arc::new(BooleanArray::from(vec![true; n])));
                     rows.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| parquet_err(&e))?);
                 }
-                codec::encode(&url, &schema, &rows, &meta)?
+                codec::encode_state(&url, &schema, &rows, &meta)?
             }
         };
         let len = bytes.len() as u64;

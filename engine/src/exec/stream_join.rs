@@ -46,7 +46,7 @@
 //! (side, arrival epoch): an epoch writes the units it added, evicted from
 //! or marked matched.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -58,6 +58,7 @@ use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
 };
+use datafusion::common::HashMap;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -178,7 +179,8 @@ struct Held {
 /// drops the index to be rebuilt), so an epoch indexes its new chunk and
 /// probes with its new rows: its cost follows the new rows and their
 /// matches, not the rows held. Rows with a NULL key are left out when NULL
-/// matches nothing.
+/// matches nothing. (hashbrown's map with its fast default hasher: an
+/// epoch inserts every new row and probes with every new row.)
 #[derive(Default)]
 struct KeyIndex {
     rows: HashMap<Vec<u8>, Vec<(u32, u32)>>,
@@ -631,9 +633,10 @@ impl StreamJoinState {
             let (keys, dead) = self.key_rows(side, &chunk.rows)?;
             for (r, &dead) in dead.iter().enumerate() {
                 if !dead {
+                    // The key is copied only when it is new.
                     index
                         .rows
-                        .entry(keys.row(r).as_ref().to_vec())
+                        .entry_ref(keys.row(r).as_ref())
                         .or_default()
                         .push((c as u32, r as u32));
                 }
