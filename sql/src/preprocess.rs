@@ -800,7 +800,13 @@ mod tests {
             }]
         );
         assert!(!p.rewritten.contains("SYSTEM_TIME"), "{}", p.rewritten);
-        assert!(p.rewritten.contains("JOIN side  AS s ON"), "{}", p.rewritten);
+        // The clause is blanked out (positions kept), so compare words.
+        let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words(&p.rewritten).contains("JOIN side AS s ON"),
+            "{}",
+            p.rewritten
+        );
         let p = preprocess(
             "SELECT * FROM bid JOIN Side FOR SYSTEM_TIME AS OF PROCTIME() s ON true",
             &mut n,
@@ -808,7 +814,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.lookups[0].table, "side");
         assert_eq!(p.lookups[0].column, None);
-        assert!(p.rewritten.contains("JOIN Side  s ON"), "{}", p.rewritten);
+        assert!(words(&p.rewritten).contains("JOIN Side s ON"), "{}", p.rewritten);
         let e = preprocess(
             "SELECT * FROM bid JOIN side FOR SYSTEM_TIME AS OF 5 ON true",
             &mut n,
