@@ -874,6 +874,27 @@ impl StreamJoinState {
         })
     }
 
+    /// Checks a batch of the epoch's pairs (left columns, left row id,
+    /// right columns, right row id) and, for a join that emits pairs, adds
+    /// them to `out` without their ids.
+    fn emit_pairs(&self, b: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let nl = self.left_schema.fields().len();
+        let nr = self.right_schema.fields().len();
+        if b.num_columns() != nl + nr + 2 {
+            return Err(DataFusionError::Internal(format!(
+                "a join of the epoch gave {} columns, not {}",
+                b.num_columns(),
+                nl + nr + 2
+            )));
+        }
+        if self.emits_pairs() {
+            let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
+            columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
+            out.push(self.output(columns, INSERT)?);
+        }
+        Ok(())
+    }
+
     /// [`Self::apply_signed`] for an outer join of signed rows, else
     /// [`Self::apply`].
     #[allow(clippy::too_many_arguments)]
@@ -980,18 +1001,7 @@ impl StreamJoinState {
             .map(|b| (b, true))
             .chain(pairs[1].iter().map(|b| (b, false)))
         {
-            if b.num_columns() != nl + nr + 2 {
-                return Err(DataFusionError::Internal(format!(
-                    "a join of the epoch gave {} columns, not {}",
-                    b.num_columns(),
-                    nl + nr + 2
-                )));
-            }
-            if self.emits_pairs() {
-                let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
-                columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
-                out.push(self.output(columns, INSERT)?);
-            }
+            self.emit_pairs(b, &mut out)?;
             let (lid, rid) = (u64s(b, nl), u64s(b, nl + nr + 1));
             let (ls, rs) = (signs(b, nl - 1), signs(b, nl + nr));
             for k in 0..b.num_rows() {
@@ -1131,18 +1141,7 @@ impl StreamJoinState {
             .map(|b| (b, true))
             .chain(pairs_new_right.iter().map(|b| (b, false)))
         {
-            if b.num_columns() != nl + nr + 2 {
-                return Err(DataFusionError::Internal(format!(
-                    "a join of the epoch gave {} columns, not {}",
-                    b.num_columns(),
-                    nl + nr + 2
-                )));
-            }
-            if self.emits_pairs() {
-                let mut columns: Vec<ArrayRef> = b.columns()[..nl].to_vec();
-                columns.extend(b.columns()[nl + 1..nl + 1 + nr].iter().cloned());
-                out.push(self.output(columns, INSERT)?);
-            }
+            self.emit_pairs(b, &mut out)?;
             let (lid, rid) = (ids(b, nl), ids(b, nl + nr + 1));
             if new_is_left {
                 if self.tracks(Side::Left) {
