@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::kafka;
 use common::*;
 
 /// Three pipelines: a tumbling aggregate per auction and a hopping count
@@ -275,4 +276,98 @@ fn crash_soak() {
     };
     println!("crash soak: survived {survived} of {n} schedules (seed base {base})");
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The Kafka schedule: the windowed job over a topic of four partitions,
+/// filled by a real producer with 1,000,000 JSON bids
+/// (`WEIR_KAFKA_CRASH_BIDS` to change), killed at failpoints and at random
+/// instants, restarted until drained; then its output must equal
+/// DataFusion's batch answer over the same bids exactly, and at every kill
+/// a reader of the sink sees only rows of that answer, each once. Each
+/// epoch's offsets entry names the exact range of each partition, so a
+/// replayed epoch reads the same records.
+#[test]
+fn crash_schedules_kafka() {
+    let Some(broker) = kafka::Broker::any() else {
+        return;
+    };
+    let n: usize = std::env::var("WEIR_KAFKA_CRASH_BIDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    // Out of order within each partition by up to 1.5 s, under a 2 s delay:
+    // no bid is late, so the batch answer is over all of them.
+    let bids = gen_bids(2026, n, BASE_MS, 1500);
+    let topic = format!("crash-bids-{n}");
+    broker.create_topic(&topic, 4);
+    kafka::produce_bids(&broker, &topic, 4, &bids);
+    let expected = batch_query(&bids, ORACLE);
+    let job = kafka::kafka_job(&broker.addr, &topic, ", 'max_rows_per_batch' = '100000'");
+    let mut failures = Vec::new();
+    let mut kills = 0;
+    for i in 0..4u64 {
+        let seed = 0x4B41_464B_A000_0000 + i;
+        match kafka_schedule(&job, seed, STEPS[(i * 2 % 7) as usize], &expected) {
+            Ok(k) => kills += k,
+            Err(e) => failures.push(format!("kafka schedule {i} (seed {seed}): {e}")),
+        }
+    }
+    println!(
+        "kafka crash schedules: {} of 4 survived, {kills} kills in all",
+        4 - failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(kills >= 4, "every schedule was killed at least once");
+}
+
+fn kafka_schedule(job: &str, seed: u64, first_step: &str, expected: &[String]) -> Result<usize, String> {
+    let ws = Workspace::new();
+    ws.write("job.sql", job);
+    let mut rng = Rng(seed);
+    let mut kills = 0;
+    for attempt in 0..40 {
+        let (failpoint, kill_after) = if attempt >= 6 {
+            (None, None)
+        } else if attempt == 0 || rng.below(2) == 0 {
+            let step = if attempt == 0 {
+                first_step
+            } else {
+                STEPS[rng.below(STEPS.len() as u64) as usize]
+            };
+            let epoch = last_commit(&ws) + 1 + rng.below(3);
+            (Some(format!("{step}@{epoch}")), None)
+        } else {
+            (None, Some(Duration::from_millis(300 + rng.below(3000))))
+        };
+        match one_run(&ws, failpoint.clone(), kill_after)? {
+            Ended::Done => {
+                let got = sink_rows(&ws.path("out"));
+                if got != expected {
+                    let missing = expected.iter().filter(|r| got.binary_search(r).is_err()).count();
+                    return Err(format!(
+                        "the output differs from the batch answer after {kills} kills: {missing} rows missing, \
+                         {} rows in all (expected {})",
+                        got.len(),
+                        expected.len()
+                    ));
+                }
+                return Ok(kills);
+            }
+            Ended::Killed => {
+                kills += 1;
+                let got = sink_rows(&ws.path("out"));
+                let mut seen = got.clone();
+                seen.dedup();
+                if seen.len() != got.len() {
+                    return Err(format!("a row shows twice after kill {kills}"));
+                }
+                if let Some(r) = got.iter().find(|r| expected.binary_search(r).is_err()) {
+                    return Err(format!(
+                        "a row the batch answer does not have after kill {kills} ({failpoint:?}, {kill_after:?}): {r}"
+                    ));
+                }
+            }
+        }
+    }
+    Err("still not done after 40 runs".into())
 }

@@ -321,9 +321,16 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         Some(f) => Arc::new(f),
         None => Arc::new(NoHooks),
     };
+    // What sources report between epochs (a Kafka broker out of reach),
+    // on stderr as it happens, scrubbed like every other line.
+    let notice_scrub = redactor.clone();
+    let notice: weir_engine::source::Notice = Arc::new(move |m: &str| {
+        errln!("weir: {}", notice_scrub.scrub(m));
+    });
     let options = JobOptions {
         store_options: store_options_from_env()?,
         hooks,
+        notice: Some(notice),
         owner: weir_engine::LeaseOwner::this_process(host_name()),
         fresh_state: args.fresh_state,
         explain_only: args.explain,

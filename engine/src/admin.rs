@@ -82,6 +82,29 @@ fn offset_text(v: &Value) -> String {
                 files.join(", ")
             }
         }
+        Value::Object(m) if m.get("ranges").is_some_and(Value::is_array) => {
+            // The Kafka source: each partition's range of offsets.
+            let ranges: Vec<String> = m["ranges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r.get("end").and_then(Value::as_i64) > r.get("start").and_then(Value::as_i64))
+                .map(|r| {
+                    format!(
+                        "{}/{}:{}..{}",
+                        r.get("topic").and_then(Value::as_str).unwrap_or("?"),
+                        r.get("partition").and_then(Value::as_i64).unwrap_or(-1),
+                        r.get("start").and_then(Value::as_i64).unwrap_or(-1),
+                        r.get("end").and_then(Value::as_i64).unwrap_or(-1),
+                    )
+                })
+                .collect();
+            if ranges.is_empty() {
+                "no new records".into()
+            } else {
+                ranges.join(", ")
+            }
+        }
         v => v.to_string(),
     };
     if text.chars().count() > 60 {

@@ -45,3 +45,18 @@ pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Refuses metadata columns on a connector that has no record metadata
+/// (only Kafka's records have a partition, offset, timestamp, key and
+/// headers).
+pub fn refuse_metadata(decl: &TableDecl) -> Result<()> {
+    if let Some((column, key)) = decl.metadata.iter().next() {
+        return Err(Error::Config(format!(
+            "table '{}': column '{column}' is declared METADATA FROM '{key}', but the '{}' connector has no \
+             record metadata (the 'kafka' connector has)",
+            decl.name,
+            decl.options.get("connector").unwrap_or("?")
+        )));
+    }
+    Ok(())
+}

@@ -136,6 +136,7 @@ impl FileSink {
             }
         }
         check_options(decl, OPTIONS)?;
+        crate::options::refuse_metadata(decl)?;
         match decl.require("format")?.to_ascii_lowercase().as_str() {
             "parquet" => {}
             other => {

@@ -116,6 +116,10 @@ pub struct TableDecl {
     /// SYSTEM_TIME AS OF`): not a stream but a table read whole, whose
     /// current version each epoch joins with (a lookup join).
     pub bounded: bool,
+    /// Metadata columns (`ts TIMESTAMP(3) METADATA FROM 'timestamp'`): each
+    /// column's name and the metadata key its value comes from. Only a
+    /// connector with metadata (Kafka) accepts them.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl TableDecl {

@@ -222,7 +222,7 @@ impl Job {
                         "window functions cannot appear in CREATE TABLE".into(),
                     ));
                 }
-                let decl = table_decl(ct, pre.watermark)?;
+                let decl = table_decl(ct, pre.watermark, &pre.metadata)?;
                 if self.tables.contains_key(&decl.name) || self.views.iter().any(|v| v.name == decl.name) {
                     return Err(Error::Plan(format!("table '{}' is declared twice", decl.name)));
                 }
@@ -386,7 +386,7 @@ pub fn parse_create_table(text: &str) -> Result<TableDecl> {
     let pre = preprocess::preprocess(text, &mut next_tvf)?;
     let mut parsed = Parser::parse_sql(&GenericDialect {}, &pre.rewritten).map_err(Error::syntax)?;
     match (parsed.len(), parsed.pop()) {
-        (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark),
+        (1, Some(Statement::CreateTable(ct))) => table_decl(ct, pre.watermark, &pre.metadata),
         _ => Err(Error::Plan("expected one CREATE TABLE statement".into())),
     }
 }
@@ -413,7 +413,11 @@ fn option_value(expr: &ast::Expr) -> Option<String> {
     }
 }
 
-fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClause>) -> Result<TableDecl> {
+fn table_decl(
+    ct: ast::CreateTable,
+    watermark: Option<preprocess::WatermarkClause>,
+    metadata_clauses: &[preprocess::MetadataClause],
+) -> Result<TableDecl> {
     let name = object_name(&ct.name)?;
     if ct.query.is_some() {
         return Err(Error::Plan(format!(
@@ -513,6 +517,15 @@ fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClaus
             "table '{name}' is bounded (a table read whole, not a stream): it cannot have a WATERMARK"
         )));
     }
+    let mut metadata = BTreeMap::new();
+    for m in metadata_clauses {
+        if metadata.insert(m.column.clone(), m.key.clone()).is_some() {
+            return Err(Error::Plan(format!(
+                "table '{name}': column '{}' is declared METADATA twice",
+                m.column
+            )));
+        }
+    }
     Ok(TableDecl {
         name,
         schema,
@@ -520,6 +533,7 @@ fn table_decl(ct: ast::CreateTable, watermark: Option<preprocess::WatermarkClaus
         watermark,
         options,
         bounded,
+        metadata,
     })
 }
 

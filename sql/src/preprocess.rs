@@ -106,6 +106,21 @@ pub struct Preprocessed {
     pub emit: Option<Emit>,
     /// `t FOR SYSTEM_TIME AS OF attr` clauses (lookup joins), cut out.
     pub lookups: Vec<LookupClause>,
+    /// `col TYPE METADATA [FROM 'key'] [VIRTUAL]` column clauses of a
+    /// `CREATE TABLE`, cut out (the column stays, with its type).
+    pub metadata: Vec<MetadataClause>,
+}
+
+/// A metadata column, in Flink's syntax: `ts TIMESTAMP(3) METADATA FROM
+/// 'timestamp'`, `offset BIGINT METADATA VIRTUAL`. Its value comes from the
+/// record's envelope (a Kafka record's partition, offset, timestamp, key,
+/// headers), not from its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataClause {
+    /// The column (normalized).
+    pub column: String,
+    /// The metadata key: the `FROM` string, else the column's name.
+    pub key: String,
 }
 
 /// A `FOR SYSTEM_TIME AS OF attr` clause after a table name: Flink's
@@ -243,6 +258,7 @@ pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed>
     let emit = cut_emit(&mut tokens)?;
     let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
     let lookups = cut_system_time(&mut tokens)?;
+    let metadata = cut_metadata(&mut tokens)?;
     Ok(Preprocessed {
         original: statement.to_string(),
         rewritten: render(&tokens),
@@ -250,7 +266,91 @@ pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed>
         tvfs,
         emit,
         lookups,
+        metadata,
     })
+}
+
+/// Cuts each column's `METADATA [FROM 'key'] [VIRTUAL]` out of a `CREATE
+/// TABLE`'s column list (sqlparser does not know the clause), leaving the
+/// column and its type.
+fn cut_metadata(tokens: &mut Vec<Token>) -> Result<Vec<MetadataClause>> {
+    let first = next_significant(tokens, 0);
+    let second = first.and_then(|i| next_significant(tokens, i + 1));
+    let is_create_table = matches!((first, second), (Some(a), Some(b))
+        if is_word(&tokens[a], "CREATE") && is_word(&tokens[b], "TABLE"));
+    if !is_create_table {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    // The first token of the current column definition.
+    let mut column_start: Option<usize> = None;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::LParen => {
+                depth += 1;
+                if depth == 1 {
+                    column_start = next_significant(tokens, i + 1);
+                }
+            }
+            Token::RParen => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 && column_start.is_some() {
+                    // The column list ended: the rest is WITH (...).
+                    break;
+                }
+            }
+            Token::Comma if depth == 1 => column_start = next_significant(tokens, i + 1),
+            t if depth == 1 && is_word(t, "METADATA") => {
+                let column = column_start
+                    .and_then(|c| match &tokens[c] {
+                        Token::Word(w) => Some(normalize_ident(&w.value, w.quote_style.is_some())),
+                        _ => None,
+                    })
+                    .ok_or_else(|| Error::Syntax("METADATA must follow a column's name and type".into()))?;
+                let mut end = i + 1;
+                let mut key = column.clone();
+                if let Some(f) = next_significant(tokens, end).filter(|&f| is_word(&tokens[f], "FROM")) {
+                    let k = next_significant(tokens, f + 1);
+                    match k.map(|k| &tokens[k]) {
+                        Some(Token::SingleQuotedString(s)) => {
+                            key = s.clone();
+                            end = k.map_or(end, |k| k + 1);
+                        }
+                        _ => {
+                            return Err(Error::Syntax(format!(
+                                "column '{column}': METADATA FROM needs a quoted key, e.g. METADATA FROM 'timestamp'"
+                            )));
+                        }
+                    }
+                }
+                if let Some(v) = next_significant(tokens, end).filter(|&v| is_word(&tokens[v], "VIRTUAL")) {
+                    end = v + 1;
+                }
+                match next_significant(tokens, end).map(|n| &tokens[n]) {
+                    Some(Token::Comma) | Some(Token::RParen) => {}
+                    other => {
+                        return Err(Error::Syntax(format!(
+                            "column '{column}': unexpected '{}' after METADATA",
+                            other.map(ToString::to_string).unwrap_or_default()
+                        )));
+                    }
+                }
+                // Blanked in the shape of the cut, so that parser messages
+                // keep their line and column.
+                let blank = blank_like(&render(&tokens[i..end]), 0);
+                let len = blank.len();
+                tokens.splice(i..end, blank);
+                out.push(MetadataClause { column, key });
+                i += len;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 /// Cuts each `FOR SYSTEM_TIME AS OF attr` (after a table name) out of the
@@ -712,6 +812,47 @@ mod tests {
             vec![(1, 1), (1, 12), (5, 3)]
         );
         assert_eq!(s[2].text, "SELECT 3");
+    }
+
+    #[test]
+    fn cuts_metadata_clauses() {
+        let mut n = 0;
+        let p = preprocess(
+            "CREATE TABLE k (v BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp',\n  \
+             \"offset\" BIGINT METADATA VIRTUAL, partition INT METADATA,\n  \
+             WATERMARK FOR ts AS ts) WITH ('connector' = 'kafka')",
+            &mut n,
+        )
+        .unwrap();
+        assert_eq!(
+            p.metadata,
+            vec![
+                MetadataClause {
+                    column: "ts".into(),
+                    key: "timestamp".into()
+                },
+                MetadataClause {
+                    column: "offset".into(),
+                    key: "offset".into()
+                },
+                MetadataClause {
+                    column: "partition".into(),
+                    key: "partition".into()
+                },
+            ]
+        );
+        assert!(!p.rewritten.contains("METADATA"), "{}", p.rewritten);
+        assert!(!p.rewritten.contains("VIRTUAL"), "{}", p.rewritten);
+        assert_eq!(p.rewritten.lines().count(), 3, "lines are kept");
+        // Only in a CREATE TABLE's column list.
+        let q = preprocess("SELECT metadata FROM t", &mut n).unwrap();
+        assert!(q.metadata.is_empty());
+        let e = preprocess(
+            "CREATE TABLE k (v BIGINT METADATA FROM ts) WITH ('a'='b')",
+            &mut n,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("needs a quoted key"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the real `weir` binary.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;

@@ -303,17 +303,19 @@ impl StreamingJob {
                 continue;
             };
             let Some(decl) = &slot.watermark else { continue };
-            let declared = slot.source.schema().index_of(&decl.column)?;
-            let Some(idx) = slot.columns.iter().position(|&c| c == declared) else {
-                if !slot.source.knows_max_time(&decl.column) {
-                    return Err(Error::Config(format!(
-                        "source '{name}' did not read its watermark column"
-                    )));
-                }
+            // A source that knows its event-time frontier says it (a Kafka
+            // source's is per partition: the least of their greatest).
+            if slot.source.knows_max_time(&decl.column) {
                 if let Some(m) = rows.max_time_ms {
                     *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
                 }
                 continue;
+            }
+            let declared = slot.source.schema().index_of(&decl.column)?;
+            let Some(idx) = slot.columns.iter().position(|&c| c == declared) else {
+                return Err(Error::Config(format!(
+                    "source '{name}' did not read its watermark column"
+                )));
             };
             for b in rows.batches.iter() {
                 let ms = to_millis(b.column(idx))?;

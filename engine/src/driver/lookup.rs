@@ -67,6 +67,7 @@ impl LookupTable {
             )));
         }
         check_options(decl, OPTIONS)?;
+        crate::options::refuse_metadata(decl)?;
         let schema = decl.schema.clone().ok_or_else(|| {
             Error::Config(format!("bounded table '{}' must declare its columns", decl.name))
         })?;

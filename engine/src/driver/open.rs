@@ -94,10 +94,14 @@ impl StreamingJob {
                     continue;
                 }
                 let decl = &job.tables[name];
+                let mut source = open_source(decl, &options.store_options)?;
+                if let Some(n) = &options.notice {
+                    source.set_notice(Arc::clone(n));
+                }
                 sources.insert(
                     name.clone(),
                     SourceSlot {
-                        source: open_source(decl, &options.store_options)?,
+                        source,
                         watermark: decl.watermark.clone(),
                         columns: Arc::new(Vec::new()),
                         idle_timeout_ms: idle_timeout(decl)?,

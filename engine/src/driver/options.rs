@@ -119,6 +119,9 @@ pub struct JobOptions {
     /// and keyed aggregates split their state into that many shards
     /// (`exec::shard`).
     pub threads: usize,
+    /// Where sources report what happens between epochs (a Kafka broker
+    /// out of reach); by default, tracing's log.
+    pub notice: Option<crate::source::Notice>,
 }
 
 impl JobOptions {
@@ -137,6 +140,7 @@ impl JobOptions {
             fresh_state: false,
             explain_only: false,
             threads: 1,
+            notice: None,
         }
     }
 }

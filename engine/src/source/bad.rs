@@ -102,15 +102,19 @@ pub fn record_text(text: &str) -> String {
     format!("{}... ({} bytes in all)", &text[..cut], text.len())
 }
 
+/// How a Kafka record's bad record names its partition in `file`:
+/// `kafka://<topic>/<partition>` (its `row` is then the record's offset).
+pub const KAFKA_PREFIX: &str = "kafka://";
+
 /// A record that could not be read as a row of its table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadRecord {
-    /// The file's URL.
+    /// The file's URL; for a Kafka record, `kafka://<topic>/<partition>`.
     pub file: String,
     /// The line the record starts on, counting from 1 (CSV and JSON).
     pub line: Option<u64>,
     /// The record's number in the file, counting from 1 (a CSV header is
-    /// not a record).
+    /// not a record); for a Kafka record, its offset.
     pub row: u64,
     /// What is wrong with it, naming the column where one is to blame.
     pub error: String,
@@ -120,10 +124,12 @@ pub struct BadRecord {
 }
 
 impl BadRecord {
-    /// Where the record is, for messages: `line 7` or `row 7`.
+    /// Where the record is, for messages: `line 7`, `row 7`, or a Kafka
+    /// record's `offset 7`.
     pub fn position(&self) -> String {
         match self.line {
             Some(l) => format!("line {l}"),
+            None if self.file.starts_with(KAFKA_PREFIX) => format!("offset {}", self.row),
             None => format!("row {}", self.row),
         }
     }

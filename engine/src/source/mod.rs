@@ -2,9 +2,11 @@
 //!
 //! The contract every source keeps (what exactly-once rests on):
 //!
-//! * `plan_batch` describes the next batch as a JSON *offset* without
-//!   reading it. The driver writes that offset to the write-ahead log
-//!   (`offsets/N.json`) before anything is read.
+//! * `plan_batch` describes the next batch as a JSON *offset*. The driver
+//!   writes that offset to the write-ahead log (`offsets/N.json`) before
+//!   the batch's rows go anywhere. (A source may read ahead to plan, as the
+//!   Kafka source does to learn where each partition's records end; what
+//!   it read counts only once `read_batch` is given the offset.)
 //! * `read_batch(offset)` returns exactly the rows the offset describes; the
 //!   same offset read again (after a crash) returns the same rows in the same
 //!   order, and the same bad records (see [`bad`]). It also advances the
@@ -16,6 +18,7 @@
 pub mod bad;
 pub mod files;
 pub mod formats;
+pub mod kafka;
 pub mod nexmark;
 
 use async_trait::async_trait;
@@ -72,6 +75,11 @@ pub struct Backlog {
     pub read: Amount,
 }
 
+/// Where a source tells what the user should know at once, between
+/// epochs (a broker it cannot reach, and when it can again): the progress
+/// output of `weir run` and the shell.
+pub type Notice = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A replayable source of rows.
 #[async_trait]
 pub trait Source: Send + Sync {
@@ -87,6 +95,15 @@ pub trait Source: Send + Sync {
     /// batch; the rows and their order must not depend on it. By default a
     /// source reads on one thread.
     fn set_threads(&mut self, _threads: usize) {}
+    /// Where to report what happens between epochs (see [`Notice`]). By
+    /// default a source has nothing to report.
+    fn set_notice(&mut self, _notice: Notice) {}
+    /// How far behind its input the source is, by unit (a Kafka topic's
+    /// partition: `topic/partition`), as of its last plan: records there
+    /// that it has not read. Empty when it cannot tell.
+    fn lag(&self) -> Vec<(String, i64)> {
+        Vec::new()
+    }
     /// Whether the source can tell the greatest value of the timestamp
     /// column `column` among each batch's rows without reading the column
     /// (in [`SourceBatch::max_time_ms`]), the same value the column would
@@ -126,11 +143,15 @@ pub trait Source: Send + Sync {
 
 /// Opens the source a table declares.
 pub fn open_source(decl: &TableDecl, store_options: &StoreOptions) -> Result<Box<dyn Source>> {
+    if decl.connector()? != "kafka" {
+        crate::options::refuse_metadata(decl)?;
+    }
     match decl.connector()? {
         "files" => Ok(Box::new(files::FilesSource::open(decl, store_options)?)),
         "nexmark" => Ok(Box::new(nexmark::NexmarkSource::open(decl)?)),
+        "kafka" => Ok(Box::new(kafka::KafkaSource::open(decl)?)),
         other => Err(Error::Config(format!(
-            "table '{}': unknown connector '{other}' (supported: files, nexmark)",
+            "table '{}': unknown connector '{other}' (supported: files, kafka, nexmark)",
             decl.name
         ))),
     }

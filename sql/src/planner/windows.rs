@@ -28,6 +28,7 @@ impl StreamPlanner {
                     watermark: None,
                     options: Default::default(),
                     bounded: false,
+                    metadata: Default::default(),
                 },
                 schema: Arc::new(UserDefinedLogicalNodeCore::schema(&node).as_arrow().clone()),
                 scans: None,

@@ -208,6 +208,41 @@ pub async fn read_range(
     Ok((rows, fetched))
 }
 
+/// Reads CSV (with its header) or JSON lines held in memory, every record
+/// of them, collecting the bad records whatever the policy (the caller
+/// applies it: a Kafka record's bad record names its partition and offset,
+/// not a line of this text). `url` names the text in errors that stop the
+/// read whole (a declared column the CSV header lacks).
+pub fn read_text(
+    url: &str,
+    table: &str,
+    format: Format,
+    text: Bytes,
+    columns: &Columns<'_>,
+) -> Result<FileRows> {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let path = Path::from("records");
+    let file = FileRef {
+        store: &store,
+        path: &path,
+        size: text.len() as u64,
+        url,
+        table,
+    };
+    let mut bad = BadRecords::new(table, &OnError::Skip);
+    let mut rows = match format {
+        Format::Csv { delimiter } => read_csv(&file, &text, delimiter, columns, 0, usize::MAX, &mut bad)?,
+        Format::Json => read_json(&file, &text, columns, 0, usize::MAX, &mut bad)?,
+        Format::Parquet => {
+            return Err(Error::Config(format!(
+                "table '{table}': Parquet is a file format, not a record format"
+            )));
+        }
+    };
+    rows.bad = bad.into_records();
+    Ok(rows)
+}
+
 async fn fetch(file: &FileRef<'_>, cached: Option<Bytes>) -> Result<Fetched> {
     if let Some(bytes) = cached {
         return Ok(Fetched { bytes, meta: None });

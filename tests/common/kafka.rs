@@ -1,0 +1,361 @@
+//! A Kafka-protocol broker for tests, and a producer.
+//!
+//! The broker: `WEIR_TEST_KAFKA` (`host:port`, as `.ci/run` sets it), shared
+//! by the tests (each uses its own topics); or a private `tansu` broker
+//! started here from `WEIR_TANSU` (a path, as `.ci/run` sets it) or `tansu`
+//! on PATH, in memory, on a free loopback port, stopped when the test is
+//! done. A test that must restart or cut off its broker always starts its
+//! own. Without a broker, each test prints a skip line and passes, unless
+//! `WEIR_REQUIRE_KAFKA` is set (CI), so `cargo test --workspace` works on a
+//! fresh laptop and CI cannot skip them silently.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::{Compression, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+
+pub fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn tansu() -> Option<PathBuf> {
+    std::env::var_os("WEIR_TANSU")
+        .map(PathBuf::from)
+        .or_else(|| on_path("tansu"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A broker the test talks to.
+pub struct Broker {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: Option<Child>,
+    port: u16,
+    advertised: Option<u16>,
+    binary: Option<PathBuf>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn no_broker(why: &str) -> Option<Broker> {
+    let note =
+        format!("{why} (run .ci/run, or `cargo install tansu --features dynostore` and set WEIR_TANSU)");
+    if std::env::var_os("WEIR_REQUIRE_KAFKA").is_some() {
+        panic!("WEIR_REQUIRE_KAFKA is set, but {note}");
+    }
+    loud(&format!("SKIPPED: Kafka tests not run: {note}"));
+    None
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+impl Broker {
+    /// The shared broker, or a private one; `None` (after a note) when there
+    /// is none and none is required.
+    pub fn any() -> Option<Broker> {
+        if let Ok(addr) = std::env::var("WEIR_TEST_KAFKA") {
+            return Some(Self::external(&addr));
+        }
+        Self::private()
+    }
+
+    /// A client's view of a broker running elsewhere (at `addr`).
+    pub fn external(addr: &str) -> Broker {
+        Broker {
+            addr: addr.to_string(),
+            child: None,
+            port: 0,
+            advertised: None,
+            binary: None,
+            runtime: runtime(),
+        }
+    }
+
+    /// A broker of this test's own (which it may stop and start).
+    pub fn private() -> Option<Broker> {
+        Self::private_advertising(None)
+    }
+
+    /// A broker of this test's own that tells clients to connect to
+    /// `advertised` (a [`Proxy`]'s port) instead of its own port.
+    pub fn private_advertising(advertised: Option<u16>) -> Option<Broker> {
+        let Some(binary) = tansu() else {
+            return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
+        };
+        let mut b = Broker {
+            addr: String::new(),
+            child: None,
+            port: free_port(),
+            advertised,
+            binary: Some(binary),
+            runtime: runtime(),
+        };
+        b.addr = format!("127.0.0.1:{}", b.port);
+        b.start();
+        Some(b)
+    }
+
+    /// Starts the private broker (in memory: a restart loses its topics).
+    pub fn start(&mut self) {
+        let binary = self.binary.clone().expect("a private broker");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu is not listening on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    pub fn client(&self) -> Client {
+        let addr = self.addr.clone();
+        self.block_on(async move {
+            ClientBuilder::new(vec![addr])
+                .build()
+                .await
+                .expect("a client of the test broker")
+        })
+    }
+
+    /// Creates a topic; waits until every partition answers.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .controller_client()
+                .unwrap()
+                .create_topic(topic, partitions, 1, 5_000)
+                .await
+                .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+            for p in 0..partitions {
+                client
+                    .partition_client(topic, p, UnknownTopicHandling::Retry)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
+    /// Produces records to a partition, in order, in requests (record
+    /// batches) of up to 500 records.
+    pub fn produce(&self, topic: &str, partition: i32, records: Vec<Record>) {
+        self.produce_in(topic, partition, records, 500)
+    }
+
+    /// Produces records to a partition, in order, `per_batch` to a request
+    /// (and so to a record batch).
+    pub fn produce_in(&self, topic: &str, partition: i32, records: Vec<Record>, per_batch: usize) {
+        let client = self.client();
+        self.block_on(async {
+            let pc = client
+                .partition_client(topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let chunk: Vec<Record> = records.by_ref().take(per_batch).collect();
+                pc.produce(chunk, Compression::NoCompression).await.unwrap();
+            }
+        });
+    }
+
+    /// The high watermark of a partition.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> i64 {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .partition_client(topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .unwrap()
+                .get_offset(rskafka::client::partition::OffsetAt::Latest)
+                .await
+                .unwrap()
+        })
+    }
+}
+
+/// A record with a value, a timestamp, and optionally a key and headers.
+pub fn record(value: &str, ts_ms: i64) -> Record {
+    Record {
+        key: None,
+        value: Some(value.as_bytes().to_vec()),
+        headers: BTreeMap::new(),
+        timestamp: chrono::DateTime::from_timestamp_millis(ts_ms).unwrap(),
+    }
+}
+
+/// A TCP proxy in front of a broker, which a test can take down (its port
+/// closed and every connection cut, as when a broker dies) and bring back.
+/// The broker must advertise the proxy's address.
+pub struct Proxy {
+    pub port: u16,
+    upstream: String,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    listener: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// A proxy on `port` to `upstream`.
+    pub fn on(port: u16, upstream: &str) -> Proxy {
+        let mut p = Proxy {
+            port,
+            upstream: upstream.to_string(),
+            up: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            listener: None,
+        };
+        p.bring_up();
+        p
+    }
+
+    pub fn bring_up(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("the proxy's port");
+        listener.set_nonblocking(true).unwrap();
+        self.up.store(true, Ordering::SeqCst);
+        let up = Arc::clone(&self.up);
+        let conns = Arc::clone(&self.conns);
+        let upstream = self.upstream.clone();
+        self.listener = Some(std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(&upstream) else {
+                            continue;
+                        };
+                        let mut c = conns.lock().unwrap();
+                        c.push(client.try_clone().unwrap());
+                        c.push(server.try_clone().unwrap());
+                        drop(c);
+                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                        pipe(server, client);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            // Dropping the listener closes the port.
+        }));
+    }
+
+    pub fn take_down(&mut self) {
+        self.up.store(false, Ordering::SeqCst);
+        if let Some(l) = self.listener.take() {
+            l.join().unwrap();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.take_down();
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Bids as JSON records: bid `i` goes to partition `i % partitions`, its
+/// record timestamp its event time.
+pub fn produce_bids(broker: &Broker, topic: &str, partitions: i32, bids: &[super::Bid]) {
+    let mut by_partition: BTreeMap<i32, Vec<rskafka::record::Record>> = BTreeMap::new();
+    for (i, b) in bids.iter().enumerate() {
+        let json = format!(
+            "{{\"auction\": {}, \"price\": {}, \"date_time\": \"{}\"}}",
+            b.auction,
+            b.price,
+            super::iso(b.ts)
+        );
+        by_partition
+            .entry(i as i32 % partitions)
+            .or_default()
+            .push(record(&json, b.ts));
+    }
+    for (p, records) in by_partition {
+        broker.produce(topic, p, records);
+    }
+}
+
+pub fn kafka_job(broker: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+  WITH ('connector' = 'kafka', 'topic' = '{topic}', 'properties.bootstrap.servers' = '{broker}',
+        'format' = 'json'{extra});
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out
+SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end, auction;
+"
+    )
+}

@@ -1,0 +1,376 @@
+//! The Kafka source against a real Kafka-protocol broker (`tansu`, see
+//! `common::kafka`): jobs run by the real binary over topics a producer
+//! filled, compared with DataFusion's batch answer over the same rows.
+//!
+//! Without a broker the tests print a skip line and pass (unless
+//! `WEIR_REQUIRE_KAFKA` is set, as in CI).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::*;
+use common::*;
+
+const DRAIN: [&str; 5] = ["run", "job.sql", "--trigger", "available-now", "--drain"];
+
+#[test]
+fn a_windowed_job_over_four_partitions_equals_the_batch_answer_and_resumes() {
+    let Some(broker) = Broker::any() else { return };
+    let bids = gen_bids(7, 20_000, BASE_MS, 1500);
+    broker.create_topic("bids-e2e", 4);
+    produce_bids(&broker, "bids-e2e", 4, &bids[..12_000]);
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&broker.addr, "bids-e2e", ", 'max_rows_per_batch' = '3000'"),
+    );
+    // Read what is there now; then more arrives, and a second run reads
+    // only that (from the checkpoint), then drains.
+    let first = ws
+        .weir(&[
+            "run",
+            "job.sql",
+            "--trigger",
+            "available-now",
+            "--progress-json",
+            "p1.json",
+        ])
+        .ok();
+    let p1 = progress(&ws.path("p1.json"));
+    assert!(p1.len() >= 3, "several epochs: {}", first.stderr());
+    assert_eq!(sum_field(&p1, "rows_in"), 12_000);
+    produce_bids(&broker, "bids-e2e", 4, &bids[12_000..]);
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--drain",
+        "--progress-json",
+        "p2.json",
+    ])
+    .ok();
+    assert_eq!(sum_field(&progress(&ws.path("p2.json")), "rows_in"), 8_000);
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    // The checkpoint names each epoch's ranges by partition.
+    let offsets =
+        std::fs::read_to_string(ws.path("job.checkpoint/offsets/00000000000000000001.json")).unwrap();
+    assert!(offsets.contains("\"partition\": 3"), "{offsets}");
+    let inspect = ws.weir(&["checkpoint", "inspect", "job.checkpoint"]).ok();
+    assert!(inspect.stdout().contains("bids-e2e/0:"), "{}", inspect.stdout());
+}
+
+#[test]
+fn metadata_columns_and_startup_modes() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("meta", 2);
+    let mut recs = Vec::new();
+    for i in 0..6i64 {
+        let mut r = record(&format!("{{\"v\": {i}}}"), BASE_MS + i * 1000);
+        r.key = Some(format!("k{i}").into_bytes());
+        r.headers.insert("trace".into(), format!("t{i}").into_bytes());
+        recs.push(r);
+    }
+    // A record batch each: tansu answers a fetch from the middle of a
+    // batch with the batches after it, so a start inside one would lose
+    // the rest of it there (Kafka gives the whole batch).
+    broker.produce_in("meta", 0, recs[..3].to_vec(), 1);
+    broker.produce_in("meta", 1, recs[3..].to_vec(), 1);
+    let table = |extra: &str| {
+        format!(
+            "CREATE TABLE m (v BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp', p INT METADATA FROM 'partition',
+               \"offset\" BIGINT METADATA VIRTUAL, k VARCHAR METADATA FROM 'key', h VARCHAR METADATA FROM 'headers',
+               t VARCHAR METADATA FROM 'topic')
+             WITH ('connector' = 'kafka', 'topic' = 'meta', 'properties.bootstrap.servers' = '{}',
+                   'format' = 'json'{extra});
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+             INSERT INTO out SELECT v, ts, p, \"offset\", k, h, t FROM m;",
+            broker.addr
+        )
+    };
+    let run = |extra: &str| -> Vec<String> {
+        let ws = Workspace::new();
+        ws.write("job.sql", &table(extra));
+        ws.weir(&DRAIN).ok();
+        sink_rows(&ws.path("out"))
+    };
+    let all = run("");
+    assert_eq!(
+        all,
+        vec![
+            "0|2026-01-01T00:00:00|0|0|k0|{\"trace\":\"t0\"}|meta",
+            "1|2026-01-01T00:00:01|0|1|k1|{\"trace\":\"t1\"}|meta",
+            "2|2026-01-01T00:00:02|0|2|k2|{\"trace\":\"t2\"}|meta",
+            "3|2026-01-01T00:00:03|1|0|k3|{\"trace\":\"t3\"}|meta",
+            "4|2026-01-01T00:00:04|1|1|k4|{\"trace\":\"t4\"}|meta",
+            "5|2026-01-01T00:00:05|1|2|k5|{\"trace\":\"t5\"}|meta",
+        ]
+    );
+    let vs = |rows: Vec<String>| -> Vec<String> {
+        rows.iter()
+            .map(|r| r.split('|').next().unwrap().to_string())
+            .collect()
+    };
+    // From given offsets, for some partitions (the rest from the start).
+    assert_eq!(
+        vs(run(
+            ", 'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = 'partition:0,offset:2'"
+        )),
+        vec!["2", "3", "4", "5"]
+    );
+    // From the end: nothing of what is there.
+    assert!(run(", 'scan.startup.mode' = 'latest-offset'").is_empty());
+
+    // From the first record at or after a time. The records are stamped
+    // with the time they are sent (a broker may look records up by when
+    // it stored them, as tansu does, or by their timestamps, as Kafka does:
+    // then both agree).
+    broker.create_topic("ts-mode", 1);
+    let now = || chrono::Utc::now().timestamp_millis();
+    let stamped = |v: i64| record(&format!("{{\"v\": {v}}}"), now());
+    broker.produce_in("ts-mode", 0, (0..3).map(stamped).collect(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let from = now();
+    std::thread::sleep(Duration::from_millis(100));
+    broker.produce_in("ts-mode", 0, (3..6).map(stamped).collect(), 1);
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE m (v BIGINT) WITH ('connector' = 'kafka', 'topic' = 'ts-mode',
+               'properties.bootstrap.servers' = '{}', 'format' = 'json',
+               'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{from}');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+             INSERT INTO out SELECT v FROM m;",
+            broker.addr
+        ),
+    );
+    ws.weir(&DRAIN).ok();
+    assert_eq!(sink_rows(&ws.path("out")), vec!["3", "4", "5"]);
+}
+
+#[test]
+fn bad_records_name_their_partition_and_offset() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("bad", 1);
+    let good = |i: i64| {
+        record(
+            &format!(
+                "{{\"auction\": 1, \"price\": {i}, \"date_time\": \"{}\"}}",
+                iso(BASE_MS + i)
+            ),
+            BASE_MS + i,
+        )
+    };
+    broker.produce(
+        "bad",
+        0,
+        vec![
+            good(1),
+            record("{\"auction\": \"x\"", BASE_MS),
+            good(2),
+            record("  ", BASE_MS),
+            good(3),
+        ],
+    );
+    let ws = Workspace::new();
+    ws.write("job.sql", &kafka_job(&broker.addr, "bad", ""));
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(e.contains("kafka://bad/0: offset 1:"), "{e}");
+    ws.write(
+        "job.sql",
+        &format!(
+            "{}CREATE TABLE dead WITH ('connector' = 'files', 'path' = 'dead/', 'format' = 'parquet');",
+            kafka_job(
+                &broker.addr,
+                "bad",
+                ", 'on_error' = 'dead_letter', 'dead_letter' = 'dead'"
+            )
+        ),
+    );
+    ws.weir(&DRAIN).ok();
+    let dead = sink_rows(&ws.path("dead"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead[0].starts_with("bids|kafka://bad/0||1|"), "{dead:?}");
+    assert!(
+        dead[1].starts_with("bids|kafka://bad/0||3|the record has no value"),
+        "{dead:?}"
+    );
+    assert_eq!(
+        sink_rows(&ws.path("out")),
+        vec!["2026-01-01T00:00:00|2026-01-01T00:00:10|1|3|6|3"]
+    );
+}
+
+#[test]
+fn refusals_name_the_problem_and_secrets_never_show() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("present", 1);
+    let ws = Workspace::new();
+    ws.write("job.sql", &kafka_job(&broker.addr, "absent-topic", ""));
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(e.contains("topic 'absent-topic' does not exist"), "{e}");
+    assert!(e.contains("present"), "{e}");
+    // The wrong format: CSV values read as JSON.
+    broker.create_topic("csvs", 1);
+    broker.produce("csvs", 0, vec![record("1,2,2026-01-01T00:00:00", BASE_MS)]);
+    ws.write("job.sql", &kafka_job(&broker.addr, "csvs", ""));
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(e.contains("kafka://csvs/0: offset 0:"), "{e}");
+    // A secret in the options: refused by a broker that does not do SASL,
+    // and never printed, nor kept in the checkpoint's query text.
+    const SECRET: &str = "kafka-Pa55-word-SECRET";
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &broker.addr,
+            "present",
+            &format!(
+                ", 'properties.security.protocol' = 'SASL_PLAINTEXT', 'properties.sasl.mechanism' = 'PLAIN', \
+                 'properties.sasl.jaas.config' = 'org.apache.kafka.common.security.plain.PlainLoginModule required \
+                 username=\"u\" password=\"{SECRET}\";'"
+            ),
+        ),
+    );
+    let run = ws.weir_env(&["run", "job.sql", "--trigger", "once"], &[]);
+    let all = format!("{}{}", run.stdout(), run.stderr());
+    assert!(!all.contains(SECRET), "{all}");
+    let explain = ws.weir(&["explain", "job.sql"]);
+    let all = format!("{}{}", explain.stdout(), explain.stderr());
+    assert!(!all.contains(SECRET), "{all}");
+    if let Ok(meta) = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")) {
+        assert!(!meta.contains(SECRET), "{meta}");
+    }
+}
+
+#[test]
+fn an_idle_partition_stops_holding_the_watermark_back() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("idle", 2);
+    // Partition 1 never gets a record: without an idle timeout, the
+    // watermark waits for it and no window closes; with one, windows close.
+    let bids = gen_bids(3, 400, BASE_MS, 0);
+    let records: Vec<_> = bids
+        .iter()
+        .map(|b| {
+            record(
+                &format!(
+                    "{{\"auction\": {}, \"price\": {}, \"date_time\": \"{}\"}}",
+                    b.auction,
+                    b.price,
+                    iso(b.ts)
+                ),
+                b.ts,
+            )
+        })
+        .collect();
+    broker.produce("idle", 0, records);
+    for (extra, closes) in [("", false), (", 'scan.watermark.idle-timeout' = '1s'", true)] {
+        let ws = Workspace::new();
+        ws.write(
+            "job.sql",
+            &kafka_job(
+                &broker.addr,
+                "idle",
+                &format!(", 'max_rows_per_batch' = '100'{extra}"),
+            ),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "job.sql", "--trigger", "500ms"])
+            .current_dir(ws.dir.path())
+            .env("HOME", ws.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(if closes { 60 } else { 8 });
+        let mut rows = Vec::new();
+        while Instant::now() < deadline {
+            rows = sink_rows(&ws.path("out"));
+            if !rows.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(!rows.is_empty(), closes, "{extra}: {rows:?}");
+        if closes {
+            let expected = batch_query(&bids, ORACLE);
+            assert!(rows.iter().all(|r| expected.contains(r)), "{rows:?}");
+        }
+    }
+}
+
+#[test]
+fn a_broker_that_goes_away_mid_run_is_waited_for_exactly_once() {
+    let proxy_port = free_port();
+    let Some(broker) = Broker::private_advertising(Some(proxy_port)) else {
+        return;
+    };
+    let mut proxy = Proxy::on(proxy_port, &broker.addr);
+    let via = format!("127.0.0.1:{proxy_port}");
+    // The test's own client talks to the broker directly, but the broker
+    // advertises the proxy: produce through a client of the proxy.
+    let producer = Broker::external(&via);
+    let bids = gen_bids(11, 6_000, BASE_MS, 1500);
+    producer.create_topic("flaky", 2);
+    produce_bids(&producer, "flaky", 2, &bids[..3_000]);
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&via, "flaky", ", 'max_rows_per_batch' = '500'"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "job.sql",
+            "--trigger",
+            "300ms",
+            "--progress-json",
+            "p.json",
+        ])
+        .current_dir(ws.dir.path())
+        .env("HOME", ws.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_for_rows = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = progress(&ws.path("p.json"));
+            if sum_field(&p, "rows_in") >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} rows read",
+                sum_field(&p, "rows_in")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_rows(1_000);
+    proxy.take_down();
+    assert!(std::net::TcpStream::connect(&via).is_err(), "the proxy is down");
+    // Longer than the client's own retries: Weir's take over, and say so.
+    std::thread::sleep(Duration::from_secs(9));
+    proxy.bring_up();
+    wait_for_rows(3_000);
+    produce_bids(&producer, "flaky", 2, &bids[3_000..]);
+    wait_for_rows(6_000);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.contains("reachable again"), "{stderr}");
+    // Every bid once: drain what is left and compare with the batch answer.
+    ws.weir(&DRAIN).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    assert_eq!(sum_field(&progress(&ws.path("p.json")), "rows_in"), 6_000);
+}
