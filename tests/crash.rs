@@ -58,13 +58,14 @@ FROM TABLE(TUMBLE(TABLE m, DESCRIPTOR(ts), INTERVAL '10' SECOND))
 GROUP BY window_start, window_end, auction;
 ";
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "offsets-written",
     "before-sink",
     "mid-sink-write",
     "sink-staged",
     "state-written",
     "committed",
+    "mid-publish",
     "published",
 ];
 
@@ -207,7 +208,7 @@ fn schedule(seed: u64, first_step: Option<&str>) -> Result<usize, String> {
 }
 
 /// Runs schedules `from..to` of a family seeded by `base`; the first kill of
-/// schedule i is at step `i % 7`, so every step is hit.
+/// schedule i is at step `i % 8`, so every step is hit.
 fn run_schedules(base: u64, from: u64, to: u64) -> (u64, Vec<String>) {
     let mut survived = 0;
     let mut failures = Vec::new();

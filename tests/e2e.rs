@@ -170,6 +170,7 @@ fn sigkill_at_every_step_of_an_epoch_then_restart_gives_the_same_output() {
         "sink-staged",
         "state-written",
         "committed",
+        "mid-publish",
         "published",
     ] {
         for epoch in [1, 3, 6] {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -216,6 +217,7 @@ fn refusals_name_the_problem_and_secrets_never_show() {
     assert!(e.contains("topic 'absent-topic' does not exist"), "{e}");
     assert!(e.contains("present"), "{e}");
     // The wrong format: CSV values read as JSON.
+    let ws = Workspace::new();
     broker.create_topic("csvs", 1);
     broker.produce("csvs", 0, vec![record("1,2,2026-01-01T00:00:00", BASE_MS)]);
     ws.write("job.sql", &kafka_job(&broker.addr, "csvs", ""));
@@ -224,6 +226,7 @@ fn refusals_name_the_problem_and_secrets_never_show() {
     // A secret in the options: refused by a broker that does not do SASL,
     // and never printed, nor kept in the checkpoint's query text.
     const SECRET: &str = "kafka-Pa55-word-SECRET";
+    let ws = Workspace::new();
     ws.write(
         "job.sql",
         &kafka_job(
@@ -373,4 +376,162 @@ fn a_broker_that_goes_away_mid_run_is_waited_for_exactly_once() {
     ws.weir(&DRAIN).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
     assert_eq!(sum_field(&progress(&ws.path("p.json")), "rows_in"), 6_000);
+}
+
+/// A JSON object's values in its key order, as `a|b|c` (strings unquoted).
+fn json_row(value: &str, columns: &[&str]) -> String {
+    let v: serde_json::Value = serde_json::from_str(value).unwrap();
+    columns
+        .iter()
+        .map(|c| match &v[*c] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The records with repeats dropped by their `weir.epoch` and `weir.seq`
+/// headers (checking that repeats are the same record), in output order.
+fn without_repeats(records: Vec<Consumed>) -> Vec<Consumed> {
+    let mut by_position: BTreeMap<(u64, u64), Consumed> = BTreeMap::new();
+    for r in records {
+        match by_position.get(&r.position()) {
+            Some(first) => assert_eq!(
+                (&first.key, &first.value, first.partition),
+                (&r.key, &r.value, r.partition),
+                "a repeat differs"
+            ),
+            None => {
+                by_position.insert(r.position(), r);
+            }
+        }
+    }
+    let out: Vec<Consumed> = by_position.into_values().collect();
+    // Every epoch's positions run 0, 1, ... without a gap.
+    let mut expected_seq: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in &out {
+        let (e, s) = r.position();
+        let next = expected_seq.entry(e).or_insert(0);
+        assert_eq!(s, *next, "epoch {e} lacks a record before seq {s}");
+        *next += 1;
+    }
+    out
+}
+
+#[test]
+fn a_kafka_sink_gets_every_row_with_headers_that_drop_the_repeats() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("windows-out", 3);
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+               WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'max_rows_per_batch' = '250');
+             CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'windows-out',
+               'properties.bootstrap.servers' = '{}', 'format' = 'json');
+             INSERT INTO out
+             SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s, MAX(price) AS m
+             FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, auction;",
+            broker.addr
+        ),
+    );
+    // Killed after a commit and before its publish, while publishing (the
+    // records produced, not yet noted), and before a commit: each restart
+    // publishes the last committed epoch again.
+    for failpoint in ["committed@3", "mid-publish@5", "sink-staged@7"] {
+        ws.weir_env(&DRAIN, &[("WEIR_FAILPOINT", failpoint)]).killed();
+    }
+    ws.weir(&DRAIN).ok();
+    let records = broker.read_all("windows-out");
+    let unique = without_repeats(records.clone());
+    assert!(
+        records.len() > unique.len(),
+        "a restart repeated records ({} records)",
+        records.len()
+    );
+    let mut got: Vec<String> = unique
+        .iter()
+        .map(|r| {
+            json_row(
+                r.value.as_deref().unwrap(),
+                &["window_start", "window_end", "auction", "n", "s", "m"],
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, batch_query(&bids, ORACLE));
+    // Unkeyed records go round robin over the partitions.
+    let partitions: std::collections::BTreeSet<i32> = unique.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 3);
+}
+
+#[test]
+fn changelog_and_upsert_kafka_sinks_rebuild_the_table() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("counts-changelog", 2);
+    broker.create_topic("counts-upsert", 2);
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+               WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'max_rows_per_batch' = '400');
+             CREATE TABLE changes WITH ('connector' = 'kafka', 'topic' = 'counts-changelog',
+               'properties.bootstrap.servers' = '{b}', 'format' = 'json', 'mode' = 'changelog');
+             CREATE TABLE latest WITH ('connector' = 'kafka', 'topic' = 'counts-upsert',
+               'properties.bootstrap.servers' = '{b}', 'format' = 'json', 'mode' = 'upsert', 'key.fields' = 'auction');
+             INSERT INTO changes SELECT auction, COUNT(*) AS n, MAX(price) AS m FROM bids GROUP BY auction;
+             INSERT INTO latest SELECT auction, COUNT(*) AS n, MAX(price) AS m FROM bids GROUP BY auction;",
+            b = broker.addr
+        ),
+    );
+    ws.weir_env(&DRAIN, &[("WEIR_FAILPOINT", "committed@4")]).killed();
+    ws.weir(&DRAIN).ok();
+    let expected = batch_query(
+        &bids,
+        "SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction",
+    );
+    // The changelog applied in order (by epoch and seq, across partitions).
+    let mut table: Vec<String> = Vec::new();
+    for r in without_repeats(broker.read_all("counts-changelog")) {
+        let value = r.value.unwrap();
+        let op = json_row(&value, &["op"]);
+        let row = json_row(&value, &["auction", "n", "m"]);
+        match op.as_str() {
+            "+I" | "+U" => table.push(row),
+            "-U" | "-D" => {
+                let at = table
+                    .iter()
+                    .position(|t| *t == row)
+                    .expect("a retraction of a row shown");
+                table.remove(at);
+            }
+            other => panic!("op {other}"),
+        }
+    }
+    table.sort();
+    assert_eq!(table, expected);
+    // The upsert topic: the last record of each key (a tombstone deletes),
+    // keys on one partition each, as a compacted topic keeps them.
+    let mut latest: BTreeMap<String, (i32, Option<String>)> = BTreeMap::new();
+    for r in without_repeats(broker.read_all("counts-upsert")) {
+        let key = r.key.clone().expect("a keyed record");
+        if let Some((p, _)) = latest.get(&key) {
+            assert_eq!(*p, r.partition, "one key, one partition");
+        }
+        latest.insert(key, (r.partition, r.value));
+    }
+    let mut rows: Vec<String> = latest
+        .into_values()
+        .filter_map(|(_, v)| v)
+        .map(|v| json_row(&v, &["auction", "n", "m"]))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, expected);
 }

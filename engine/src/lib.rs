@@ -38,6 +38,7 @@ pub mod epoch;
 pub mod error;
 pub mod exec;
 pub mod folders;
+pub mod kafka_sink;
 pub mod lease;
 pub mod options;
 pub mod panics;

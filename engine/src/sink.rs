@@ -130,7 +130,7 @@ impl FileSink {
             "files" => {}
             other => {
                 return Err(Error::Config(format!(
-                    "sink table '{}': unknown connector '{other}' (supported: files, blackhole)",
+                    "sink table '{}': unknown connector '{other}' (supported: files, kafka, blackhole; a late-row or dead-letter table must be 'files')",
                     decl.name
                 )));
             }
@@ -369,6 +369,8 @@ pub enum PipelineSink {
     Files(Box<FileSink>),
     /// A declared `'connector' = 'blackhole'` table.
     Blackhole(BlackholeSink),
+    /// A declared `'connector' = 'kafka'` table.
+    Kafka(Box<crate::kafka_sink::KafkaSink>),
     /// The caller of a live query.
     Live(LiveSink),
 }
@@ -376,16 +378,22 @@ pub enum PipelineSink {
 impl PipelineSink {
     /// The sink of a pipeline: the declared table's, or (with no table) the
     /// live query's sender.
+    /// A Kafka sink stages its epochs in `checkpoint`, under
+    /// `kafka-sinks/<writer>/`.
     pub fn open(
         decl: Option<&TableDecl>,
         writer: &str,
         store_options: &StoreOptions,
         live: Option<&LiveSender>,
+        checkpoint: &weir_storage::Location,
     ) -> Result<Self> {
         match (decl, live) {
             (Some(decl), _) if decl.connector()? == "blackhole" => {
                 Ok(Self::Blackhole(BlackholeSink::open(decl)?))
             }
+            (Some(decl), _) if decl.connector()? == "kafka" => Ok(Self::Kafka(Box::new(
+                crate::kafka_sink::KafkaSink::open(decl, checkpoint.child(&format!("kafka-sinks/{writer}")))?,
+            ))),
             (Some(decl), _) => Ok(Self::Files(Box::new(FileSink::open(
                 decl,
                 writer,
@@ -403,6 +411,7 @@ impl PipelineSink {
         match self {
             Self::Files(f) => format!("INSERT INTO {}", f.table()),
             Self::Blackhole(b) => format!("INSERT INTO {} (blackhole)", b.table()),
+            Self::Kafka(k) => format!("INSERT INTO {} (Kafka topic '{}')", k.table(), k.topic()),
             Self::Live(_) => "SELECT (live results)".into(),
         }
     }
@@ -413,6 +422,7 @@ impl PipelineSink {
         match self {
             Self::Files(f) => f.table(),
             Self::Blackhole(b) => b.table(),
+            Self::Kafka(k) => k.table(),
             Self::Live(_) => "live",
         }
     }
@@ -426,7 +436,7 @@ impl PipelineSink {
     pub fn files(&self) -> Option<&FileSink> {
         match self {
             Self::Files(f) => Some(f),
-            Self::Blackhole(_) | Self::Live(_) => None,
+            Self::Blackhole(_) | Self::Kafka(_) | Self::Live(_) => None,
         }
     }
 
@@ -434,7 +444,7 @@ impl PipelineSink {
     pub async fn prune(&self, epoch: u64) -> Result<()> {
         match self {
             Self::Files(f) => f.prune(epoch).await,
-            Self::Blackhole(_) | Self::Live(_) => Ok(()),
+            Self::Blackhole(_) | Self::Kafka(_) | Self::Live(_) => Ok(()),
         }
     }
 
@@ -449,6 +459,7 @@ impl PipelineSink {
     ) -> Result<(u64, u64)> {
         match self {
             Self::Files(f) => f.stage(epoch, schema, batches, between).await,
+            Self::Kafka(k) => k.stage(epoch, schema, batches, between).await,
             Self::Blackhole(b) => {
                 between()?;
                 Ok(b.stage(batches))
@@ -458,11 +469,21 @@ impl PipelineSink {
     }
 
     /// Publishes a committed epoch's output (for a live query: sends it).
-    pub async fn publish(&self, epoch: u64) -> Result<()> {
+    /// `between` runs once the output is out (a Kafka sink's records
+    /// produced) and before the sink notes it is (see
+    /// [`crate::kafka_sink::KafkaSink::publish`]).
+    pub async fn publish(&self, epoch: u64, between: impl FnOnce() -> Result<()>) -> Result<()> {
         match self {
-            Self::Files(f) => f.publish(epoch).await.map(|_| ()),
-            Self::Blackhole(_) => Ok(()),
-            Self::Live(l) => l.publish(epoch).await,
+            Self::Files(f) => {
+                f.publish(epoch).await?;
+                between()
+            }
+            Self::Kafka(k) => k.publish(epoch, between).await.map(|_| ()),
+            Self::Blackhole(_) => between(),
+            Self::Live(l) => {
+                l.publish(epoch).await?;
+                between()
+            }
         }
     }
 }

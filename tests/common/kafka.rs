@@ -221,6 +221,53 @@ impl Broker {
         });
     }
 
+    /// Every record of a topic, partition by partition: (partition, offset,
+    /// key, value, headers), keys and values as text.
+    pub fn read_all(&self, topic: &str) -> Vec<Consumed> {
+        let client = self.client();
+        self.block_on(async {
+            let topics = client.list_topics().await.unwrap();
+            let partitions = topics
+                .iter()
+                .find(|t| t.name == topic)
+                .unwrap_or_else(|| panic!("no topic {topic}"))
+                .partitions
+                .clone();
+            let mut out = Vec::new();
+            for p in partitions {
+                let pc = client
+                    .partition_client(topic, p, UnknownTopicHandling::Retry)
+                    .await
+                    .unwrap();
+                let mut at = 0;
+                loop {
+                    let (records, high) = pc.fetch_records(at, 1..10_000_000, 100).await.unwrap();
+                    for r in &records {
+                        let text =
+                            |b: &Option<Vec<u8>>| b.as_ref().map(|v| String::from_utf8(v.clone()).unwrap());
+                        out.push(Consumed {
+                            partition: p,
+                            offset: r.offset,
+                            key: text(&r.record.key),
+                            value: text(&r.record.value),
+                            headers: r
+                                .record
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.clone(), String::from_utf8(v.clone()).unwrap()))
+                                .collect(),
+                        });
+                        at = r.offset + 1;
+                    }
+                    if records.is_empty() || at >= high {
+                        break;
+                    }
+                }
+            }
+            out
+        })
+    }
+
     /// The high watermark of a partition.
     pub fn end_offset(&self, topic: &str, partition: i32) -> i64 {
         let client = self.client();
@@ -233,6 +280,30 @@ impl Broker {
                 .await
                 .unwrap()
         })
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Consumed {
+    /// The record's `weir.epoch` and `weir.seq` headers.
+    pub fn position(&self) -> (u64, u64) {
+        let h = |k: &str| -> u64 {
+            self.headers
+                .get(k)
+                .unwrap_or_else(|| panic!("no {k} header: {self:?}"))
+                .parse()
+                .unwrap()
+        };
+        (h("weir.epoch"), h("weir.seq"))
     }
 }
 

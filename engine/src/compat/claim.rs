@@ -142,7 +142,7 @@ pub(crate) async fn claim_checkpoint(
 /// Rate limits, watermarks and error handling are left out, since changing
 /// them leaves the progress meaningful.
 pub(crate) fn source_signature(decl: &TableDecl) -> String {
-    ["connector", "path", "format", "seed"]
+    ["connector", "path", "topic", "format", "seed"]
         .iter()
         .filter_map(|k| decl.options.get(k).map(|v| format!("{k}={v}")))
         .collect::<Vec<_>>()

@@ -550,7 +550,9 @@ impl StreamingJob {
     /// then, old checkpoint files go.
     async fn publish(&self, epoch: u64) -> Result<()> {
         for p in &self.pipelines {
-            p.sink.publish(epoch).await?;
+            p.sink
+                .publish(epoch, || self.hooks.reached(Step::MidPublish, epoch))
+                .await?;
         }
         for s in self.side_sinks() {
             s.publish(epoch).await?;

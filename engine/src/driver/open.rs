@@ -131,6 +131,7 @@ impl StreamingJob {
                 &writer,
                 &options.store_options,
                 options.live.as_ref(),
+                checkpoint.location(),
             )?;
             let mut late_sinks: Vec<SideSink> = Vec::new();
             let late_tables = if options.live.is_some() {

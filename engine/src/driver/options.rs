@@ -32,19 +32,23 @@ pub enum Step {
     StateWritten,
     /// `commits/N` is written; output not yet published.
     Committed,
+    /// A sink has published (a Kafka sink: produced its records, not yet
+    /// marked them published); the others may not have.
+    MidPublish,
     /// The epoch is complete.
     Published,
 }
 
 impl Step {
     /// Every step, in protocol order.
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::OffsetsWritten,
         Step::BeforeSink,
         Step::MidSinkWrite,
         Step::SinkStaged,
         Step::StateWritten,
         Step::Committed,
+        Step::MidPublish,
         Step::Published,
     ];
 
@@ -57,6 +61,7 @@ impl Step {
             Step::SinkStaged => "sink-staged",
             Step::StateWritten => "state-written",
             Step::Committed => "committed",
+            Step::MidPublish => "mid-publish",
             Step::Published => "published",
         }
     }

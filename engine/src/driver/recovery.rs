@@ -52,7 +52,7 @@ impl StreamingJob {
                         })?;
                     }
                 }
-                p.sink.publish(c).await?;
+                p.sink.publish(c, || Ok(())).await?;
             }
             for s in self.side_sinks() {
                 s.publish(c).await?;

@@ -228,13 +228,13 @@ enum OutOfRange {
     Skip,
 }
 
-/// How to reach the brokers.
+/// How to reach the brokers (the source's and the sink's options).
 #[derive(Clone)]
-struct Connection {
-    brokers: Vec<String>,
-    client_id: String,
-    sasl: Option<SaslConfig>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+pub(crate) struct Connection {
+    pub(crate) brokers: Vec<String>,
+    pub(crate) client_id: String,
+    pub(crate) sasl: Option<SaslConfig>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// An outage of the brokers, while it lasts.
@@ -351,7 +351,7 @@ fn jaas_credentials(jaas: &str) -> Option<(String, String)> {
     Some((field("username")?, field("password")?))
 }
 
-fn connection_of(decl: &TableDecl) -> Result<Connection> {
+pub(crate) fn connection_of(decl: &TableDecl) -> Result<Connection> {
     let table = &decl.name;
     let servers = decl.require("properties.bootstrap.servers")?;
     let brokers: Vec<String> = servers

@@ -33,8 +33,11 @@ pub(super) fn check_sink(sink: &TableDecl, changelog: bool) -> Result<()> {
         return Ok(());
     }
     let mode = sink.options.get("mode").unwrap_or("append").to_ascii_lowercase();
+    let kafka = sink.options.get("connector") == Some("kafka");
     match (mode.as_str(), changelog) {
         ("append", false) | ("changelog", _) => Ok(()),
+        // Flink's upsert-kafka: a changelog keyed by 'key.fields'.
+        ("upsert", _) if kafka => Ok(()),
         ("append", true) => Err(Error::Unsupported(format!(
             "the query produces a changelog (rows it emits are updated or taken back later, as an aggregate \
              without a window, a Top-N outside windows, or an outer or anti join without a time bound does), but \
