@@ -375,8 +375,17 @@ impl KafkaSink {
         if let Some(c) = slot.as_ref() {
             return Ok(Arc::clone(c));
         }
-        let mut builder =
-            ClientBuilder::new(self.connection.brokers.clone()).client_id(self.connection.client_id.clone());
+        let mut builder = ClientBuilder::new(self.connection.brokers.clone())
+            .client_id(self.connection.client_id.clone())
+            // A broker out of reach is retried for up to five minutes
+            // per request; then the publish fails, and the (committed)
+            // epoch is published again when the job restarts.
+            .backoff_config(rskafka::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(5),
+                base: 2.0,
+                deadline: Some(std::time::Duration::from_secs(300)),
+            });
         if let Some(s) = &self.connection.sasl {
             builder = builder.sasl_config(s.clone());
         }
