@@ -636,3 +636,51 @@ fn a_background_query_that_fails_fails_the_file_with_its_reason() {
         "{err}"
     );
 }
+
+/// Over a Kafka topic: a live `SELECT` shows windows as records arrive,
+/// and `SHOW QUERIES` shows a background query's lag by partition.
+#[test]
+fn a_live_query_over_kafka_shows_rows_as_records_arrive() {
+    let Some(broker) = common::kafka::Broker::any() else {
+        return;
+    };
+    let ws = Workspace::new();
+    let bids = gen_bids(12, 2000, BASE_MS, 0);
+    broker.create_topic("shell-bids", 2);
+    common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[..1000]);
+    ws.write(
+        "init.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND)
+               WITH ('connector' = 'kafka', 'topic' = 'shell-bids',
+                     'properties.bootstrap.servers' = '{}', 'format' = 'json');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');",
+            broker.addr
+        ),
+    );
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.clear();
+    t.line(&format!("{WINDOWS};"));
+    // The first 1,000 bids cover 50 s: four windows closed.
+    t.wait_until("four windows", |s| table_rows(s).len() == 4);
+    // More records arrive; their windows show without a new query.
+    common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[1000..]);
+    t.wait_until("nine windows", |s| table_rows(s).len() == 9);
+    t.send(CTRL_C);
+    let screen = t.wait_for("rows; stopped)");
+    let oracle = batch_query(&bids, WINDOWS_ORACLE);
+    let closed: Vec<Vec<String>> = oracle[..9].iter().map(|r| cells(r)).collect();
+    assert_eq!(table_rows(&screen), closed, "{screen}");
+    // In the background, with its lag by partition.
+    t.line(&format!("INSERT INTO out {WINDOWS};"));
+    t.wait_for("started query out");
+    let screen = wait_for_query(&mut t, "out", "|    2000 |");
+    assert!(screen.contains("shell-bids/0=0, shell-bids/1=0"), "{screen}");
+    t.line("STOP QUERY out;");
+    t.wait_for("stopped query out");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}

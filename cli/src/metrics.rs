@@ -589,6 +589,7 @@ mod tests {
                     },
                     read: Amount::default(),
                 }),
+                ..Default::default()
             }],
             sinks: vec![SinkProgress {
                 name: "out \"x\"".into(),

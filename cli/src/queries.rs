@@ -71,6 +71,9 @@ pub struct Status {
     pub watermark: Option<String>,
     /// Rows of operator state after the last epoch.
     pub state_rows: u64,
+    /// Records not read yet by unit (a Kafka partition), as of the last
+    /// epoch: `bids/0=120, bids/1=0`.
+    pub lag: Option<String>,
     /// When recent epochs ended, and the rows each read.
     recent: VecDeque<(Instant, u64)>,
     started: Instant,
@@ -89,6 +92,7 @@ impl Status {
             bad_rows: 0,
             watermark: None,
             state_rows: 0,
+            lag: None,
             recent: VecDeque::new(),
             started: Instant::now(),
             reported: false,
@@ -104,6 +108,12 @@ impl Status {
         self.bad_rows += p.bad_rows;
         self.watermark = p.watermark.clone();
         self.state_rows = p.state_rows;
+        let lag: Vec<String> = p
+            .sources
+            .iter()
+            .flat_map(|s| s.lag.iter().map(|(unit, n)| format!("{unit}={n}")))
+            .collect();
+        self.lag = (!lag.is_empty()).then(|| lag.join(", "));
         self.recent.push_back((now, p.rows_in));
         while self
             .recent
@@ -333,8 +343,8 @@ pub fn committed_note(epoch: Option<u64>) -> String {
 }
 
 /// `SHOW QUERIES` as rows: name, state, epoch, rows in and out, bad input
-/// records set aside, rows/s,
-/// watermark, state rows and checkpoint (and the error, when asked).
+/// records set aside, rows/s, watermark, state rows, checkpoint and lag
+/// (records not read yet by Kafka partition) (and the error, when asked).
 pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, RecordBatch)> {
     let now = Instant::now();
     let mut fields = vec![
@@ -348,6 +358,7 @@ pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, Rec
         Field::new("watermark", DataType::Utf8, true),
         Field::new("state_rows", DataType::UInt64, false),
         Field::new("checkpoint", DataType::Utf8, false),
+        Field::new("lag", DataType::Utf8, true),
     ];
     let s = |f: &dyn Fn(&Listed) -> String| -> ArrayRef {
         Arc::new(StringArray::from(list.iter().map(f).collect::<Vec<_>>()))
@@ -388,6 +399,9 @@ pub fn show_queries(list: &[Listed], with_error: bool) -> Result<(SchemaRef, Rec
             list.iter().map(|q| q.status.state_rows).collect::<Vec<_>>(),
         )),
         s(&|q| q.checkpoint.clone()),
+        Arc::new(StringArray::from(
+            list.iter().map(|q| q.status.lag.clone()).collect::<Vec<_>>(),
+        )),
     ];
     if with_error {
         fields.push(Field::new("error", DataType::Utf8, true));

@@ -252,9 +252,16 @@ impl Shell {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        // What sources report between epochs (a Kafka broker out of
+        // reach), on stderr as it happens, scrubbed of secrets.
+        let scrub = self.redactor.clone();
+        let notice: weir_engine::source::Notice = std::sync::Arc::new(move |m: &str| {
+            errln!("weir: {}", scrub.scrub(m));
+        });
         JobOptions {
             store_options: self.store_options.clone(),
             threads,
+            notice: Some(notice),
             owner: weir_engine::LeaseOwner::this_process(crate::host_name()),
             ..JobOptions::new(checkpoint)
         }

@@ -227,6 +227,7 @@ impl StreamingJob {
                 bad_rows: bad.get(name).map_or(0, |b| b.len() as u64),
                 watermark_ms: self.watermarks.get(name).and_then(|&w| shown_watermark(w).0),
                 backlog: slot.source.backlog(),
+                lag: slot.source.lag().into_iter().collect(),
             })
             .collect();
         let sinks = self

@@ -255,6 +255,10 @@ pub struct SourceProgress {
     pub watermark_ms: Option<i64>,
     /// Input it knows of and has not read yet, if it can tell.
     pub backlog: Option<Backlog>,
+    /// Records not read yet, by unit (a Kafka source's `topic/partition`),
+    /// as of the epoch's plan.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lag: std::collections::BTreeMap<String, i64>,
 }
 
 /// What one query's sink received in an epoch.
