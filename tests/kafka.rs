@@ -535,3 +535,36 @@ fn changelog_and_upsert_kafka_sinks_rebuild_the_table() {
     rows.sort();
     assert_eq!(rows, expected);
 }
+
+#[test]
+fn a_partition_that_no_longer_has_what_was_read_is_an_error_or_read_from_its_start() {
+    let Some(broker) = Broker::any() else { return };
+    broker.create_topic("remade", 1);
+    let bids = gen_bids(21, 300, BASE_MS, 0);
+    produce_bids(&broker, "remade", 1, &bids[..200]);
+    let ws = Workspace::new();
+    ws.write("job.sql", &kafka_job(&broker.addr, "remade", ""));
+    let run = ["run", "job.sql", "--trigger", "available-now"];
+    ws.weir(&run).ok();
+    // The topic is deleted and made again, with fewer records than were read.
+    broker.delete_topic("remade");
+    broker.create_topic("remade", 1);
+    produce_bids(&broker, "remade", 1, &bids[200..]);
+    let e = ws.weir(&run).fails().stderr();
+    assert!(
+        e.contains("topic 'remade' partition 0: the partition now ends at offset 100, before offset 200"),
+        "{e}"
+    );
+    // With 'skip', it is read from its start, with a warning.
+    ws.write(
+        "job.sql",
+        &kafka_job(&broker.addr, "remade", ", 'scan.offset-out-of-range' = 'skip'"),
+    );
+    let out = ws.weir(&DRAIN).ok();
+    assert!(
+        out.stderr().contains("reading it from its start (0)"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}

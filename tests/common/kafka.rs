@@ -198,6 +198,19 @@ impl Broker {
         });
     }
 
+    /// Deletes a topic.
+    pub fn delete_topic(&self, topic: &str) {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .controller_client()
+                .unwrap()
+                .delete_topic(topic, 5_000)
+                .await
+                .unwrap_or_else(|e| panic!("deleting topic {topic}: {e}"));
+        });
+    }
+
     /// Produces records to a partition, in order, in requests (record
     /// batches) of up to 500 records.
     pub fn produce(&self, topic: &str, partition: i32, records: Vec<Record>) {

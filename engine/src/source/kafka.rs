@@ -1966,30 +1966,66 @@ impl KafkaSource {
         let mut idle = Vec::new();
         let mut any = false;
         for ((tp, pc), (start, fetch_from, scanned)) in clients.iter().zip(scans) {
-            let (scanned, skipped) = match scanned {
-                Ok(scanned) => (scanned, 0),
-                Err(e) if is_out_of_range(&e) => {
+            let (mut start, mut fetch_from) = (start, fetch_from);
+            // Where the partition's log starts and ends, when the source's
+            // position is outside it.
+            let frozen_before = self
+                .frozen
+                .as_ref()
+                .and_then(|f| f.get(tp))
+                .is_some_and(|&end| end < start);
+            let bounds = match &scanned {
+                Err(e) if is_out_of_range(e) => true,
+                Ok(s) => s.records.is_empty() && (s.high < start || frozen_before),
+                Err(_) => false,
+            };
+            let mut skipped = 0;
+            let scanned = if bounds {
+                let ends = async {
+                    Ok::<_, KafkaError>((pc.get_offset(OffsetAt::Earliest).await?, log_end(pc).await?))
+                };
+                let (low, high) = match ends.await {
+                    Ok(b) => b,
+                    Err(e) if transient(&e) => {
+                        self.broker_down(&e);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(self.kafka_err(tp, "finding where it starts and ends", e)),
+                };
+                if high < start {
+                    // The log ends before what the job read: the topic was
+                    // deleted and made again, or truncated.
+                    if self.out_of_range == OutOfRange::Fail {
+                        return Err(Error::Input(format!(
+                            "source '{}': topic '{}' partition {}: the partition now ends at offset {high}, \
+                             before offset {start} that this job has read up to (was the topic deleted and \
+                             made again?). Set 'scan.offset-out-of-range' = 'skip' to read it from its start \
+                             ({low})",
+                            self.table, tp.0, tp.1
+                        )));
+                    }
+                    self.warnings.push(format!(
+                        "source '{}': topic '{}' partition {}: the partition now ends at offset {high}, before \
+                         offset {start} that this job had read up to; reading it from its start ({low})",
+                        self.table, tp.0, tp.1
+                    ));
+                    start = low;
+                } else if low > start {
                     // Retention deleted records this source has not read.
-                    let low = match pc.get_offset(OffsetAt::Earliest).await {
-                        Ok(l) => l,
-                        Err(e) if transient(&e) => {
-                            self.broker_down(&e);
-                            return Ok(None);
-                        }
-                        Err(e) => return Err(self.kafka_err(tp, "finding where it starts", e)),
-                    };
-                    if self.out_of_range == OutOfRange::Fail || low <= start {
+                    if self.out_of_range == OutOfRange::Fail {
                         return Err(self.lost(tp, start, low));
                     }
-                    match scan(pc, low, low, None, each).await {
-                        Ok(scanned) => (scanned, (low - start) as u64),
-                        Err(e) if transient(&e) => {
-                            self.broker_down(&e);
-                            return Ok(None);
-                        }
-                        Err(e) => return Err(self.kafka_err(tp, "fetching", e)),
-                    }
+                    skipped = (low - start) as u64;
+                } else {
+                    return Err(self.lost(tp, start, low));
                 }
+                fetch_from = start.max(low);
+                scan(pc, start.max(low), fetch_from, None, each).await
+            } else {
+                scanned
+            };
+            let scanned = match scanned {
+                Ok(scanned) => scanned,
                 Err(e) if transient(&e) => {
                     self.broker_down(&e);
                     self.client = None;
