@@ -568,3 +568,55 @@ fn a_partition_that_no_longer_has_what_was_read_is_an_error_or_read_from_its_sta
     );
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
+
+#[test]
+fn a_broker_restarted_mid_run_is_waited_for_and_the_job_goes_on_exactly_once() {
+    let Some(mut broker) = Broker::private_on_s3() else {
+        return;
+    };
+    let bids = gen_bids(13, 4_000, BASE_MS, 1500);
+    broker.create_topic("restarted", 2);
+    produce_bids(&broker, "restarted", 2, &bids[..2_000]);
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&broker.addr, "restarted", ", 'max_rows_per_batch' = '400'"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "job.sql",
+            "--trigger",
+            "300ms",
+            "--progress-json",
+            "p.json",
+        ])
+        .current_dir(ws.dir.path())
+        .env("HOME", ws.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows = || sum_field(&progress(&ws.path("p.json")), "rows_in");
+    let wait_for_rows = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while rows() < n {
+            assert!(Instant::now() < deadline, "only {} rows read", rows());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for_rows(400);
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    broker.start();
+    wait_for_rows(2_000);
+    produce_bids(&broker, "restarted", 2, &bids[2_000..]);
+    wait_for_rows(4_000);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    ws.weir(&DRAIN).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    assert_eq!(sum_field(&progress(&ws.path("p.json")), "rows_in"), 4_000);
+}

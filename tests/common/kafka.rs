@@ -52,6 +52,10 @@ pub struct Broker {
     child: Option<Child>,
     port: u16,
     advertised: Option<u16>,
+    /// Where it keeps its topics (`memory://tansu/`, or `s3://bucket/`), and
+    /// the environment that storage needs.
+    storage: String,
+    storage_env: Vec<(String, String)>,
     binary: Option<PathBuf>,
     runtime: tokio::runtime::Runtime,
 }
@@ -97,6 +101,8 @@ impl Broker {
             child: None,
             port: 0,
             advertised: None,
+            storage: String::new(),
+            storage_env: Vec::new(),
             binary: None,
             runtime: runtime(),
         }
@@ -118,6 +124,8 @@ impl Broker {
             child: None,
             port: free_port(),
             advertised,
+            storage: "memory://tansu/".into(),
+            storage_env: Vec::new(),
             binary: Some(binary),
             runtime: runtime(),
         };
@@ -126,7 +134,56 @@ impl Broker {
         Some(b)
     }
 
-    /// Starts the private broker (in memory: a restart loses its topics).
+    /// A broker of this test's own that keeps its topics in a new bucket
+    /// of the S3 server the tests use (`WEIR_TEST_S3_ENDPOINT`), so that it
+    /// can be stopped and started again with them.
+    pub fn private_on_s3() -> Option<Broker> {
+        let Ok(endpoint) = std::env::var("WEIR_TEST_S3_ENDPOINT") else {
+            return no_broker("a broker restart needs WEIR_TEST_S3_ENDPOINT (an S3 server for its storage)");
+        };
+        let Some(binary) = tansu() else {
+            return no_broker("neither WEIR_TANSU is set nor tansu on PATH");
+        };
+        let host = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let bucket = format!("tansu-{}-{:x}", std::process::id(), free_port());
+        let mut conn = TcpStream::connect(&host).expect("connect to the S3 server");
+        write!(
+            conn,
+            "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+        assert!(
+            answer.lines().next().unwrap_or("").contains(" 200"),
+            "creating bucket {bucket}: {answer}"
+        );
+        let mut b = Broker {
+            addr: String::new(),
+            child: None,
+            port: free_port(),
+            advertised: None,
+            storage: format!("s3://{bucket}/"),
+            storage_env: vec![
+                ("AWS_ENDPOINT".into(), format!("http://{host}")),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+                ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+            ],
+            binary: Some(binary),
+            runtime: runtime(),
+        };
+        b.addr = format!("127.0.0.1:{}", b.port);
+        b.start();
+        Some(b)
+    }
+
+    /// Starts the private broker (in memory, a restart loses its topics;
+    /// on S3 it keeps them).
     pub fn start(&mut self) {
         let binary = self.binary.clone().expect("a private broker");
         let url = format!("tcp://127.0.0.1:{}", self.port);
@@ -139,8 +196,9 @@ impl Broker {
                 "--advertised-listener-url",
                 &advertised,
                 "--storage-engine",
-                "memory://tansu/",
+                &self.storage,
             ])
+            .envs(self.storage_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
