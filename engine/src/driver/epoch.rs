@@ -45,7 +45,23 @@ impl StreamingJob {
         }
         if trigger == Trigger::AvailableNow {
             for slot in self.sources.values_mut() {
-                slot.source.freeze().await?;
+                // A source may wait on its input (a Kafka broker out of
+                // reach); a stop ends the wait.
+                tokio::select! {
+                    frozen = slot.source.freeze() => frozen?,
+                    _ = async {
+                        // A dropped sender can never say "stop": wait on.
+                        if stop.wait_for(|s| *s).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    } => {
+                        return Ok(RunSummary {
+                            stopped: true,
+                            ..RunSummary::default()
+                        }
+                        .done(self.last_committed, &mut self.warnings));
+                    }
+                }
             }
         }
         let mut summary = RunSummary::default();

@@ -306,6 +306,9 @@ fn config_err(table: &str, msg: impl std::fmt::Display) -> Error {
 /// Whether a client error is the brokers being unreachable (worth waiting
 /// out), not an answer.
 fn transient(e: &KafkaError) -> bool {
+    if auth_failure(e) {
+        return false;
+    }
     match e {
         KafkaError::Connection(c) => !matches!(
             c,
@@ -314,6 +317,13 @@ fn transient(e: &KafkaError) -> bool {
         KafkaError::Request(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => true,
         _ => false,
     }
+}
+
+/// Whether the brokers refused the credentials (possibly after the client's
+/// retries, which wrap the error in their own).
+fn auth_failure(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Connection(rskafka::ConnectionError::SaslFailed(_)))
+        || e.to_string().contains("Sasl handshake failed")
 }
 
 fn is_out_of_range(e: &KafkaError) -> bool {
@@ -1027,6 +1037,22 @@ impl KafkaSource {
         ))
     }
 
+    /// An answer of the brokers that waiting will not change.
+    fn fatal(&self, e: KafkaError) -> Error {
+        if auth_failure(&e) {
+            return Error::Input(format!(
+                "source '{}': Kafka broker(s) {} refused the credentials ('properties.sasl.*'): {e}",
+                self.table,
+                self.brokers()
+            ));
+        }
+        Error::Input(format!(
+            "source '{}': Kafka broker(s) {}: {e}",
+            self.table,
+            self.brokers()
+        ))
+    }
+
     fn kafka_err(&self, tp: &Tp, doing: &str, e: KafkaError) -> Error {
         Error::Input(format!(
             "source '{}': topic '{}' partition {}: {doing}: {e}",
@@ -1607,14 +1633,18 @@ impl Source for KafkaSource {
     async fn freeze(&mut self) -> Result<()> {
         let (notice, what) = self.watch_target();
         let (r, waited) = watched(&notice, &what, self.freeze_inner()).await;
-        self.answered(waited);
+        if r.is_ok() {
+            self.answered(waited);
+        }
         r
     }
 
     async fn plan_batch(&mut self) -> Result<Option<Value>> {
         let (notice, what) = self.watch_target();
         let (r, waited) = watched(&notice, &what, self.plan_inner()).await;
-        self.answered(waited);
+        if r.is_ok() {
+            self.answered(waited);
+        }
         r
     }
 
@@ -1686,7 +1716,9 @@ impl Source for KafkaSource {
             None => {
                 let (notice, what) = self.watch_target();
                 let (r, waited) = watched(&notice, &what, self.fetch_all(&wanted)).await;
-                self.answered(waited);
+                if r.is_ok() {
+                    self.answered(waited);
+                }
                 r?
             }
         };
@@ -1918,13 +1950,7 @@ impl KafkaSource {
                         started.elapsed().as_secs()
                     )));
                 }
-                Err(e) => {
-                    return Err(Error::Input(format!(
-                        "source '{}': reading the end offsets of its partitions from {}: {e}",
-                        self.table,
-                        self.brokers()
-                    )));
-                }
+                Err(e) => return Err(self.fatal(e)),
             }
         }
     }
@@ -1932,6 +1958,7 @@ impl KafkaSource {
     async fn plan_inner(&mut self) -> Result<Option<Value>> {
         let clients = match self.survey().await? {
             Ok(c) => c,
+            Err(e) if !transient(&e) => return Err(self.fatal(e)),
             Err(e) => {
                 // Unreachable: no batch now; the trigger asks again.
                 self.broker_down(&e);
