@@ -18,6 +18,36 @@ use common::*;
 
 const DRAIN: [&str; 5] = ["run", "job.sql", "--trigger", "available-now", "--drain"];
 
+/// `weir run job.sql` with a 300 ms trigger and its progress in `p.json`,
+/// left running (stderr piped).
+fn run_in_background(ws: &Workspace) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "job.sql",
+            "--trigger",
+            "300ms",
+            "--progress-json",
+            "p.json",
+        ])
+        .current_dir(ws.dir.path())
+        .env("HOME", ws.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the job in `ws` has read `n` rows (by its `p.json`).
+fn wait_for_rows(ws: &Workspace, n: u64) {
+    let rows = || sum_field(&progress(&ws.path("p.json")), "rows_in");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rows() < n {
+        assert!(Instant::now() < deadline, "only {} rows read", rows());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_windowed_job_over_four_partitions_equals_the_batch_answer_and_resumes() {
     let Some(broker) = Broker::any() else { return };
@@ -328,36 +358,8 @@ fn a_broker_that_goes_away_mid_run_is_waited_for_exactly_once() {
         "job.sql",
         &kafka_job(&via, "flaky", ", 'max_rows_per_batch' = '500'"),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "run",
-            "job.sql",
-            "--trigger",
-            "300ms",
-            "--progress-json",
-            "p.json",
-        ])
-        .current_dir(ws.dir.path())
-        .env("HOME", ws.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let wait_for_rows = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let p = progress(&ws.path("p.json"));
-            if sum_field(&p, "rows_in") >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} rows read",
-                sum_field(&p, "rows_in")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let mut child = run_in_background(&ws);
+    let wait_for_rows = |n: u64| wait_for_rows(&ws, n);
     wait_for_rows(1_000);
     proxy.take_down();
     assert!(std::net::TcpStream::connect(&via).is_err(), "the proxy is down");
@@ -582,29 +584,8 @@ fn a_broker_restarted_mid_run_is_waited_for_and_the_job_goes_on_exactly_once() {
         "job.sql",
         &kafka_job(&broker.addr, "restarted", ", 'max_rows_per_batch' = '400'"),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "run",
-            "job.sql",
-            "--trigger",
-            "300ms",
-            "--progress-json",
-            "p.json",
-        ])
-        .current_dir(ws.dir.path())
-        .env("HOME", ws.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rows = || sum_field(&progress(&ws.path("p.json")), "rows_in");
-    let wait_for_rows = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while rows() < n {
-            assert!(Instant::now() < deadline, "only {} rows read", rows());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let mut child = run_in_background(&ws);
+    let wait_for_rows = |n: u64| wait_for_rows(&ws, n);
     wait_for_rows(400);
     broker.stop();
     std::thread::sleep(Duration::from_secs(8));

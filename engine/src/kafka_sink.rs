@@ -41,10 +41,10 @@ use tokio::sync::Mutex;
 use weir_sql::TableDecl;
 use weir_storage::{Location, codec};
 
-use crate::source::kafka::{Connection, connection_of};
+use crate::source::kafka::{CONNECTION_OPTIONS, Connection, connection_of};
 use crate::{Error, Result};
 
-/// Options a Kafka sink knows.
+/// Options a Kafka sink knows (besides the connection's).
 const OPTIONS: &[&str] = &[
     "connector",
     "topic",
@@ -53,14 +53,6 @@ const OPTIONS: &[&str] = &[
     "key.fields",
     "csv.field-delimiter",
     "sink.compression",
-    "properties.bootstrap.servers",
-    "properties.client.id",
-    "properties.security.protocol",
-    "properties.sasl.mechanism",
-    "properties.sasl.jaas.config",
-    "properties.sasl.username",
-    "properties.sasl.password",
-    "properties.ssl.ca.location",
 ];
 
 /// Records produced per request.
@@ -160,7 +152,8 @@ fn partition_of_key(key: &[u8], partitions: i32) -> i32 {
 impl KafkaSink {
     /// Opens the sink a table declares, staging in `staging`.
     pub fn open(decl: &TableDecl, staging: Location) -> Result<Self> {
-        crate::source::check_options(decl, OPTIONS)?;
+        let known: Vec<&str> = OPTIONS.iter().chain(CONNECTION_OPTIONS).copied().collect();
+        crate::source::check_options(decl, &known)?;
         crate::options::refuse_metadata(decl)?;
         let table = decl.name.clone();
         let err = |m: String| Error::Config(format!("sink table '{table}': {m}"));

@@ -124,6 +124,18 @@ pub struct BadRecord {
 }
 
 impl BadRecord {
+    /// The error that stops a read of `table` at this record
+    /// (`'on_error' = 'fail'`).
+    pub fn stops(&self, table: &str) -> Error {
+        Error::Input(format!(
+            "{}: {}: {} (a bad record of table '{table}'; with 'on_error' = 'skip' or 'dead_letter' \
+             the job would set such records aside and go on)",
+            self.file,
+            self.position(),
+            self.error,
+        ))
+    }
+
     /// Where the record is, for messages: `line 7`, `row 7`, or a Kafka
     /// record's `offset 7`.
     pub fn position(&self) -> String {
@@ -160,14 +172,7 @@ impl BadRecords {
         if self.fail
             && let Some(first) = found.first()
         {
-            return Err(Error::Input(format!(
-                "{}: {}: {} (a bad record of table '{}'; with 'on_error' = 'skip' or 'dead_letter' \
-                 the job would set such records aside and go on)",
-                first.file,
-                first.position(),
-                first.error,
-                self.table
-            )));
+            return Err(first.stops(&self.table));
         }
         self.records.extend(found);
         Ok(())

@@ -60,16 +60,13 @@ use serde_json::Value;
 use weir_sql::TableDecl;
 
 use super::bad::{BadRecord, KAFKA_PREFIX, OnError, record_text};
-use super::formats::{Columns, Format, read_text};
+use super::formats::{Columns, Format, read_json_values, read_text};
 use super::{Amount, Backlog, Notice, Source, SourceBatch, check_options};
 use crate::{Error, Result};
 
-/// Options this connector knows (besides [`super::SOURCE_OPTIONS`]).
-const OPTIONS: &[&str] = &[
-    "connector",
-    "topic",
-    "format",
-    "csv.field-delimiter",
+/// The options that say how to reach the brokers (a source's and a
+/// sink's).
+pub(crate) const CONNECTION_OPTIONS: &[&str] = &[
     "properties.bootstrap.servers",
     "properties.client.id",
     "properties.security.protocol",
@@ -78,6 +75,15 @@ const OPTIONS: &[&str] = &[
     "properties.sasl.username",
     "properties.sasl.password",
     "properties.ssl.ca.location",
+];
+
+/// Options this connector knows (besides [`CONNECTION_OPTIONS`] and
+/// [`super::SOURCE_OPTIONS`]).
+const OPTIONS: &[&str] = &[
+    "connector",
+    "topic",
+    "format",
+    "csv.field-delimiter",
     "scan.startup.mode",
     "scan.startup.timestamp-millis",
     "scan.startup.specific-offsets",
@@ -645,7 +651,12 @@ impl KafkaSource {
     /// plans a batch).
     pub fn open(decl: &TableDecl) -> Result<Self> {
         let table = decl.name.clone();
-        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        let known: Vec<&str> = OPTIONS
+            .iter()
+            .chain(CONNECTION_OPTIONS)
+            .chain(super::SOURCE_OPTIONS)
+            .copied()
+            .collect();
         check_options(decl, &known)?;
         let schema = decl
             .schema
@@ -1153,7 +1164,11 @@ impl KafkaSource {
 
     /// Turns the records read into rows of the declared schema, the bad
     /// records aside.
-    fn decode(&self, parts: &[(Tp, Vec<RecordAndOffset>)]) -> Result<(Option<RecordBatch>, Vec<BadRecord>)> {
+    fn decode(
+        &self,
+        parts: &[(Tp, Vec<RecordAndOffset>)],
+        wanted: &[usize],
+    ) -> Result<(Option<RecordBatch>, Vec<BadRecord>)> {
         // Every record, in range order: (part index, record).
         let records: Vec<(usize, &RecordAndOffset)> = parts
             .iter()
@@ -1166,7 +1181,32 @@ impl KafkaSource {
         let all_payload: Vec<usize> = (0..self.physical.len()).collect();
         // The good records (their indices in `records`) and their payload
         // columns, in order.
-        let (good, payload): (Vec<usize>, Vec<ArrayRef>) = match self.payload {
+        // JSON whose every record is a good row decodes straight from the
+        // values (the common case); otherwise they are read as one text,
+        // which finds the bad records.
+        let json_fast = if self.payload == Payload::Json
+            && !records.is_empty()
+            && records.iter().all(|(_, r)| r.record.value.is_some())
+        {
+            let columns = Columns {
+                declared: &payload_schema,
+                needed: &all_payload,
+            };
+            read_json_values(
+                &format!("{KAFKA_PREFIX}{}", self.topics.join(",")),
+                &self.table,
+                records
+                    .iter()
+                    .map(|(_, r)| r.record.value.as_deref().unwrap_or_default()),
+                records.len(),
+                &columns,
+            )?
+        } else {
+            None
+        };
+        // A payload column the job does not read is not assembled (`None`).
+        let wanted_physical = |j: usize| wanted.contains(&self.physical[j]);
+        let (good, payload): (Vec<usize>, Vec<Option<ArrayRef>>) = match self.payload {
             Payload::Raw => {
                 let mut values = BinaryBuilder::new();
                 let mut good = Vec::with_capacity(records.len());
@@ -1241,17 +1281,34 @@ impl KafkaSource {
                         }
                     }
                     let col = take(&col, &UInt32Array::from(rows), None)?;
-                    (kept, vec![col])
+                    (kept, vec![Some(col)])
                 } else {
-                    (good, vec![col])
+                    (good, vec![Some(col)])
                 }
+            }
+            Payload::Json if json_fast.is_some() => {
+                let batches = json_fast.unwrap_or_default();
+                let mut columns = Vec::with_capacity(self.physical.len());
+                for j in 0..self.physical.len() {
+                    columns.push(if wanted_physical(j) {
+                        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(j).as_ref()).collect();
+                        Some(datafusion::arrow::compute::concat(&parts)?)
+                    } else {
+                        None
+                    });
+                }
+                ((0..records.len()).collect(), columns)
             }
             Payload::Json | Payload::Csv { .. } => {
                 // The values as lines of one text (a CSV one after a header
                 // of the declared names), each record on its own line. A
                 // record without a value, or (CSV) one spanning lines, is bad
                 // here; the reader finds the rest.
-                let mut text: Vec<u8> = Vec::new();
+                let size: usize = records
+                    .iter()
+                    .map(|(_, r)| r.record.value.as_ref().map_or(0, Vec::len) + 1)
+                    .sum();
+                let mut text: Vec<u8> = Vec::with_capacity(size + 4096);
                 let (format, first_line) = match self.payload {
                     Payload::Csv { delimiter } => {
                         let mut w = ::csv::WriterBuilder::new()
@@ -1296,16 +1353,16 @@ impl KafkaSource {
                         ));
                         continue;
                     }
-                    if format == Format::Json {
+                    let at = text.len();
+                    text.extend_from_slice(value);
+                    if format == Format::Json && value.iter().any(|&b| b == b'\n' || b == b'\r') {
                         // Raw newlines in JSON are only whitespace between
                         // tokens (a string holds `\n` escaped).
-                        text.extend(
-                            value
-                                .iter()
-                                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
-                        );
-                    } else {
-                        text.extend_from_slice(value);
+                        for b in &mut text[at..] {
+                            if *b == b'\n' || *b == b'\r' {
+                                *b = b' ';
+                            }
+                        }
                     }
                     text.push(b'\n');
                     line_records.push(k);
@@ -1359,7 +1416,7 @@ impl KafkaSource {
                         good.len()
                     )));
                 }
-                (good, batch.columns().to_vec())
+                (good, batch.columns().iter().cloned().map(Some).collect())
             }
         };
         bad.sort_by_key(|(k, _)| *k);
@@ -1367,25 +1424,25 @@ impl KafkaSource {
         if self.on_error == OnError::Fail
             && let Some(first) = bad.first()
         {
-            return Err(Error::Input(format!(
-                "{}: {}: {} (a bad record of table '{}'; with 'on_error' = 'skip' or 'dead_letter' \
-                 the job would set such records aside and go on)",
-                first.file,
-                first.position(),
-                first.error,
-                self.table
-            )));
+            return Err(first.stops(&self.table));
         }
         if good.is_empty() {
             return Ok((None, bad));
         }
         // Every declared column: the payload's, and the metadata built for
         // the good records.
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
         let mut next_payload = payload.into_iter();
         for (idx, field) in self.schema.fields().iter().enumerate() {
+            let from_payload = match self.metadata.get(&idx) {
+                None => Some(next_payload.next().flatten()),
+                Some(_) => None,
+            };
+            if !wanted.contains(&idx) {
+                continue;
+            }
             let col = match self.metadata.get(&idx) {
-                None => next_payload.next().ok_or_else(|| {
+                None => from_payload.flatten().ok_or_else(|| {
                     Error::Input(format!(
                         "source '{}': internal error: a payload column is missing",
                         self.table
@@ -1413,7 +1470,7 @@ impl KafkaSource {
             columns.push(col);
         }
         let batch = RecordBatch::try_new_with_options(
-            Arc::clone(&self.schema),
+            Arc::new(self.schema.project(wanted)?),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(good.len())),
         )?;
@@ -1485,7 +1542,7 @@ impl KafkaSource {
 
 /// Bytes asked for per fetch while planning: a batch reads whole fetch
 /// responses, so this bounds how far it may go past its share.
-const PLAN_FETCH_BYTES: i32 = 1 << 20;
+const PLAN_FETCH_BYTES: i32 = 8 << 20;
 
 /// Awaits `fut`, telling `notice` while it takes long: the client retries
 /// a broker it cannot reach on its own (for some seconds per call, longer
@@ -1736,10 +1793,26 @@ impl Source for KafkaSource {
             parts.push(((r.topic.clone(), r.partition), records));
         }
         let _ = skipped;
-        let (batch, bad) = self.decode(&parts)?;
+        // The columns the job reads, and the watermark's.
+        let mut wanted = self.columns.clone();
+        if let Some(wm) = self.watermark_column
+            && !wanted.contains(&wm)
+        {
+            wanted.push(wm);
+            wanted.sort_unstable();
+        }
+        let wm_at = self
+            .watermark_column
+            .and_then(|wm| wanted.iter().position(|&c| c == wm));
+        let read_at: Vec<usize> = self
+            .columns
+            .iter()
+            .filter_map(|c| wanted.iter().position(|w| w == c))
+            .collect();
+        let (batch, bad) = self.decode(&parts, &wanted)?;
         self.read_records += parts.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
         // Each partition's greatest event time, then the frontier.
-        if let (Some(batch), Some(wm)) = (&batch, self.watermark_column) {
+        if let (Some(batch), Some(wm)) = (&batch, wm_at) {
             let ms = cast(
                 batch.column(wm),
                 &DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -1809,16 +1882,13 @@ impl Source for KafkaSource {
         // whose watermark moves between records, not inside a partition's
         // batch). The order is a function of the rows, so a replay sees the
         // same.
-        let batch = match (batch, self.watermark_column) {
+        let batches = match (batch, wm_at) {
             (Some(b), Some(wm)) if b.num_rows() > 1 => {
                 let order = sort_to_indices(b.column(wm), None, None)?;
-                Some(take_record_batch(&b, &order)?)
+                vec![take_record_batch(&b.project(&read_at)?, &order)?]
             }
-            (b, _) => b,
-        };
-        let batches = match batch {
-            Some(b) => vec![b.project(&self.columns)?],
-            None => Vec::new(),
+            (Some(b), _) => vec![b.project(&read_at)?],
+            (None, _) => Vec::new(),
         };
         Ok(SourceBatch {
             batches,
@@ -2172,14 +2242,18 @@ impl KafkaSource {
     /// For each good row of a decoded batch, the index of its part (the
     /// records minus the bad ones, in order).
     fn partition_of_rows(&self, parts: &[(Tp, Vec<RecordAndOffset>)], bad: &[BadRecord]) -> Vec<usize> {
-        let bad: BTreeSet<(String, u64)> = bad.iter().map(|b| (b.file.clone(), b.row)).collect();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(parts.iter().map(|(_, r)| r.len()).sum());
         for (i, (tp, recs)) in parts.iter().enumerate() {
             let file = format!("{KAFKA_PREFIX}{}/{}", tp.0, tp.1);
-            for r in recs {
-                if !bad.contains(&(file.clone(), r.offset as u64)) {
-                    out.push(i);
-                }
+            let bad_here: BTreeSet<u64> = bad.iter().filter(|b| b.file == file).map(|b| b.row).collect();
+            if bad_here.is_empty() {
+                out.extend(std::iter::repeat_n(i, recs.len()));
+            } else {
+                out.extend(
+                    recs.iter()
+                        .filter(|r| !bad_here.contains(&(r.offset as u64)))
+                        .map(|_| i),
+                );
             }
         }
         out

@@ -155,3 +155,61 @@ pub(super) fn read_json(
         bad: Vec::new(),
     })
 }
+
+/// The fast path of [`read_json`] over values held apart (a Kafka topic's
+/// records), each one JSON object, decoded without copying them into one
+/// text: the rows, or `None` when a value is not one good row (the caller
+/// then reads them through [`super::read_text`], which finds the bad ones).
+pub(super) fn json_values_fast<'a>(
+    file: &FileRef<'_>,
+    values: impl Iterator<Item = &'a [u8]>,
+    count: usize,
+    columns: &Columns<'_>,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let output = columns.output_schema()?;
+    let schema = nullable(columns.declared);
+    let positions: Vec<usize> = columns.needed.to_vec();
+    let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
+    let required = required_columns(columns.declared, &all);
+    let Ok(mut decoder) = json::ReaderBuilder::new(Arc::clone(&schema))
+        .with_batch_size(count.clamp(1, 8192))
+        .build_decoder()
+    else {
+        return Ok(None);
+    };
+    let mut decoded = Vec::new();
+    // Feeds bytes whole, flushing whenever the decoder has a batch full.
+    let mut feed =
+        |mut bytes: &[u8], decoded: &mut Vec<RecordBatch>| -> std::result::Result<(), ArrowError> {
+            while !bytes.is_empty() {
+                let n = decoder.decode(bytes)?;
+                bytes = &bytes[n..];
+                if !bytes.is_empty()
+                    && let Some(b) = decoder.flush()?
+                {
+                    decoded.push(b);
+                }
+            }
+            Ok(())
+        };
+    for v in values {
+        if feed(v, &mut decoded).is_err() || feed(b"\n", &mut decoded).is_err() {
+            return Ok(None);
+        }
+    }
+    match decoder.flush() {
+        Ok(Some(b)) => decoded.push(b),
+        Ok(None) => {}
+        Err(_) => return Ok(None),
+    }
+    if decoded.iter().map(RecordBatch::num_rows).sum::<usize>() != count
+        || decoded.iter().any(|b| !missing_values(b, &required).is_empty())
+    {
+        return Ok(None);
+    }
+    decoded
+        .iter()
+        .map(|b| to_declared(file, b, &positions, &output))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}

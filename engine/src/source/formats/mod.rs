@@ -243,6 +243,28 @@ pub fn read_text(
     Ok(rows)
 }
 
+/// JSON values held apart (a Kafka topic's records), each a JSON object, as
+/// rows when every one is a good row; `None` otherwise (read them with
+/// [`read_text`] then, to find the bad ones).
+pub fn read_json_values<'a>(
+    url: &str,
+    table: &str,
+    values: impl Iterator<Item = &'a [u8]>,
+    count: usize,
+    columns: &Columns<'_>,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let path = Path::from("records");
+    let file = FileRef {
+        store: &store,
+        path: &path,
+        size: 0,
+        url,
+        table,
+    };
+    json_file::json_values_fast(&file, values, count, columns)
+}
+
 async fn fetch(file: &FileRef<'_>, cached: Option<Bytes>) -> Result<Fetched> {
     if let Some(bytes) = cached {
         return Ok(Fetched { bytes, meta: None });
