@@ -269,15 +269,17 @@ fn refusals_name_the_problem_and_secrets_never_show() {
             ),
         ),
     );
-    let run = ws.weir_env(&["run", "job.sql", "--trigger", "once"], &[]);
+    let run = ws.weir(&["run", "job.sql", "--trigger", "once"]).fails();
     let all = format!("{}{}", run.stdout(), run.stderr());
+    assert!(all.contains("refused the credentials"), "{all}");
     assert!(!all.contains(SECRET), "{all}");
-    let explain = ws.weir(&["explain", "job.sql"]);
+    let explain = ws.weir(&["run", "job.sql", "--explain"]).ok();
     let all = format!("{}{}", explain.stdout(), explain.stderr());
+    assert!(all.contains("StreamScanExec: source=bids"), "{all}");
     assert!(!all.contains(SECRET), "{all}");
-    if let Ok(meta) = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")) {
-        assert!(!meta.contains(SECRET), "{meta}");
-    }
+    let meta = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")).unwrap();
+    assert!(meta.contains("properties.sasl.jaas.config"), "{meta}");
+    assert!(!meta.contains(SECRET), "{meta}");
 }
 
 #[test]
