@@ -276,6 +276,10 @@ fn refusals_name_the_problem_and_secrets_never_show() {
     let explain = ws.weir(&["run", "job.sql", "--explain"]).ok();
     let all = format!("{}{}", explain.stdout(), explain.stderr());
     assert!(all.contains("StreamScanExec: source=bids"), "{all}");
+    assert!(
+        all.contains("-- source bids: max event time = the lowest over the partitions of 'present' of each one's greatest"),
+        "{all}"
+    );
     assert!(!all.contains(SECRET), "{all}");
     let meta = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")).unwrap();
     assert!(meta.contains("properties.sasl.jaas.config"), "{meta}");
@@ -602,4 +606,262 @@ fn a_broker_restarted_mid_run_is_waited_for_and_the_job_goes_on_exactly_once() {
     ws.weir(&DRAIN).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
     assert_eq!(sum_field(&progress(&ws.path("p.json")), "rows_in"), 4_000);
+}
+
+#[test]
+fn partitions_added_while_a_job_runs_are_found_and_read_from_their_start() {
+    // The gate shows two of the topic's four partitions, then all four: to
+    // the job, the topic grows (tansu cannot add partitions to a topic).
+    let gate_port = free_port();
+    let Some(broker) = Broker::private_advertising(Some(gate_port)) else {
+        return;
+    };
+    let gate = PartitionGate::on(gate_port, &broker.addr);
+    let via = format!("127.0.0.1:{gate_port}");
+    let producer = Broker::external(&via);
+    producer.create_topic("grows", 4);
+    gate.show("grows", 2);
+    let bids = gen_bids(19, 6_000, BASE_MS, 1500);
+    produce_bids(&producer, "grows", 2, &bids[..3_000]);
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &via,
+            "grows",
+            ", 'max_rows_per_batch' = '500', 'scan.topic-partition-discovery.interval' = '1s'",
+        ),
+    );
+    let mut child = run_in_background(&ws);
+    wait_for_rows(&ws, 3_000);
+    gate.show("grows", 4);
+    // Records arrive in the new partitions (and the old ones) only now.
+    produce_bids(&producer, "grows", 4, &bids[3_000..]);
+    wait_for_rows(&ws, 6_000);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("new partition(s) grows/2, grows/3; reading them from their start"),
+        "{stderr}"
+    );
+    ws.weir(&DRAIN).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    assert_eq!(sum_field(&progress(&ws.path("p.json")), "rows_in"), 6_000);
+}
+
+#[test]
+fn tls_trusts_the_given_ca_and_refuses_a_broker_it_cannot_trust() {
+    let port = free_port();
+    let Some(mut broker) = Broker::private_advertising(Some(port)) else {
+        return;
+    };
+    broker.tls_front(port);
+    let bids = gen_bids(17, 2_000, BASE_MS, 1500);
+    broker.create_topic("secure", 2);
+    produce_bids(&broker, "secure", 2, &bids);
+    let ca = tls_fixtures().join("ca.pem");
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &broker.addr,
+            "secure",
+            &format!(
+                ", 'properties.security.protocol' = 'SSL', 'properties.ssl.ca.location' = '{}'",
+                ca.display()
+            ),
+        ),
+    );
+    ws.weir(&DRAIN).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    // A Kafka sink over TLS too: every bid, copied from topic to topic.
+    broker.create_topic("secure-out", 1);
+    let tls = format!(
+        "'properties.bootstrap.servers' = '{}', 'format' = 'json', \
+         'properties.security.protocol' = 'SSL', 'properties.ssl.ca.location' = '{}'",
+        broker.addr,
+        ca.display()
+    );
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+               WITH ('connector' = 'kafka', 'topic' = 'secure', {tls});
+             CREATE TABLE copy WITH ('connector' = 'kafka', 'topic' = 'secure-out', {tls});
+             INSERT INTO copy SELECT auction, price FROM bids;"
+        ),
+    );
+    ws.weir(&DRAIN).ok();
+    let mut copied: Vec<String> = broker
+        .read_all("secure-out")
+        .iter()
+        .map(|r| json_row(r.value.as_deref().unwrap(), &["auction", "price"]))
+        .collect();
+    let mut expected: Vec<String> = bids
+        .iter()
+        .map(|b| format!("{}|{}", b.auction, b.price))
+        .collect();
+    copied.sort();
+    expected.sort();
+    assert_eq!(copied, expected);
+    // Without the CA, the system's roots do not vouch for the broker.
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&broker.addr, "secure", ", 'properties.security.protocol' = 'SSL'"),
+    );
+    // That is a setting to fix, said at once, not an outage to wait out.
+    let started = Instant::now();
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(
+        e.contains("TLS refused the broker's certificate (give the CA that signed it in 'properties.ssl.ca.location')"),
+        "{e}"
+    );
+    assert!(!e.contains("unreachable"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{e}");
+}
+
+#[test]
+fn a_broker_that_wants_a_login_refuses_wrong_credentials_with_a_clear_error() {
+    let Some(broker) = Broker::private_authenticating() else {
+        return;
+    };
+    const SECRET: &str = "scram-Pa55-word-SECRET";
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &broker.addr,
+            "any",
+            &format!(
+                ", 'properties.security.protocol' = 'SASL_PLAINTEXT', \
+                 'properties.sasl.mechanism' = 'SCRAM-SHA-256', \
+                 'properties.sasl.username' = 'alice', 'properties.sasl.password' = '{SECRET}'"
+            ),
+        ),
+    );
+    let run = ws.weir(&["run", "job.sql", "--trigger", "once"]).fails();
+    let all = format!("{}{}", run.stdout(), run.stderr());
+    assert!(
+        all.contains("refused the credentials ('properties.sasl.*')"),
+        "{all}"
+    );
+    assert!(!all.contains(SECRET), "{all}");
+}
+
+/// A broker behind a [`PartitionGate`], a producer through it, and a
+/// one-partition topic of 600 JSON bids in record batches of 100.
+fn gated_topic(topic: &str, seed: u64) -> Option<(Broker, PartitionGate, String, Vec<Bid>)> {
+    let gate_port = free_port();
+    let broker = Broker::private_advertising(Some(gate_port))?;
+    let gate = PartitionGate::on(gate_port, &broker.addr);
+    let via = format!("127.0.0.1:{gate_port}");
+    let producer = Broker::external(&via);
+    producer.create_topic(topic, 1);
+    let bids = gen_bids(seed, 600, BASE_MS, 0);
+    let records: Vec<_> = bids
+        .iter()
+        .map(|b| {
+            let json = format!(
+                "{{\"auction\": {}, \"price\": {}, \"date_time\": \"{}\"}}",
+                b.auction,
+                b.price,
+                iso(b.ts)
+            );
+            record(&json, b.ts)
+        })
+        .collect();
+    producer.produce_in(topic, 0, records, 100);
+    Some((broker, gate, via, bids))
+}
+
+#[test]
+fn records_retention_deleted_before_they_were_read_are_an_error_or_skipped_and_counted() {
+    let Some((_broker, gate, via, bids)) = gated_topic("retained", 23) else {
+        return;
+    };
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&via, "retained", ", 'max_rows_per_batch' = '200'"),
+    );
+    // One epoch reads offsets 0..200; then retention deletes 0..400.
+    ws.weir(&["run", "job.sql", "--trigger", "once"]).ok();
+    gate.delete_before("retained", 0, 400);
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(
+        e.contains(
+            "topic 'retained' partition 0: offsets 200..400 are no longer on the broker (retention deleted them \
+             before they were read; the partition now starts at 400)"
+        ),
+        "{e}"
+    );
+    // Nothing was committed by the failed run: with 'skip' the job goes on
+    // from 400, says what it skipped, and has every other bid once.
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &via,
+            "retained",
+            ", 'max_rows_per_batch' = '200', 'scan.offset-out-of-range' = 'skip'",
+        ),
+    );
+    let out = ws.weir(&DRAIN).ok();
+    assert!(
+        out.stderr()
+            .contains("skipped 200 records that retention deleted"),
+        "{}",
+        out.stderr()
+    );
+    let kept: Vec<Bid> = bids[..200].iter().chain(&bids[400..]).cloned().collect();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
+}
+
+#[test]
+fn a_logged_epoch_whose_records_retention_deleted_is_an_error_or_replayed_without_them() {
+    let Some((_broker, gate, via, bids)) = gated_topic("replayed", 29) else {
+        return;
+    };
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&via, "replayed", ", 'max_rows_per_batch' = '200'"),
+    );
+    // Epoch 1 (0..200) commits; epoch 2 (200..400) is logged, then the
+    // process dies; retention then deletes 0..300.
+    ws.weir(&["run", "job.sql", "--trigger", "once"]).ok();
+    ws.weir_env(
+        &["run", "job.sql", "--trigger", "once"],
+        &[("WEIR_FAILPOINT", "offsets-written@2")],
+    )
+    .killed();
+    gate.delete_before("replayed", 0, 300);
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(
+        e.contains(
+            "topic 'replayed' partition 0: offsets 200..300 are no longer on the broker (retention deleted them; \
+             the partition now starts at 300), so this epoch cannot read them"
+        ),
+        "{e}"
+    );
+    // With 'skip', the replayed epoch reads what is left of its range.
+    ws.write(
+        "job.sql",
+        &kafka_job(
+            &via,
+            "replayed",
+            ", 'max_rows_per_batch' = '200', 'scan.offset-out-of-range' = 'skip'",
+        ),
+    );
+    let out = ws.weir(&DRAIN).ok();
+    assert!(
+        out.stderr()
+            .contains("skipped 100 records that retention deleted"),
+        "{}",
+        out.stderr()
+    );
+    let kept: Vec<Bid> = bids[..200].iter().chain(&bids[300..]).cloned().collect();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&kept, ORACLE));
 }

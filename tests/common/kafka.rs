@@ -57,6 +57,10 @@ pub struct Broker {
     storage: String,
     storage_env: Vec<(String, String)>,
     binary: Option<PathBuf>,
+    /// More arguments for `tansu broker` (`--authentication`).
+    args: Vec<String>,
+    /// The TLS the test's own clients use (see [`Broker::tls_front`]).
+    client_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -104,6 +108,8 @@ impl Broker {
             storage: String::new(),
             storage_env: Vec::new(),
             binary: None,
+            args: Vec::new(),
+            client_tls: None,
             runtime: runtime(),
         }
     }
@@ -116,6 +122,17 @@ impl Broker {
     /// A broker of this test's own that tells clients to connect to
     /// `advertised` (a [`Proxy`]'s port) instead of its own port.
     pub fn private_advertising(advertised: Option<u16>) -> Option<Broker> {
+        Self::private_with(advertised, &[])
+    }
+
+    /// A broker of this test's own that refuses clients who do not log in
+    /// (`tansu --authentication`). tansu 0.6 in memory keeps no users, so
+    /// every SCRAM login is refused: a test of refusals only.
+    pub fn private_authenticating() -> Option<Broker> {
+        Self::private_with(None, &["--authentication"])
+    }
+
+    fn private_with(advertised: Option<u16>, args: &[&str]) -> Option<Broker> {
         let Some(binary) = tansu() else {
             return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
         };
@@ -127,6 +144,8 @@ impl Broker {
             storage: "memory://tansu/".into(),
             storage_env: Vec::new(),
             binary: Some(binary),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            client_tls: None,
             runtime: runtime(),
         };
         b.addr = format!("127.0.0.1:{}", b.port);
@@ -175,6 +194,8 @@ impl Broker {
                 ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
             ],
             binary: Some(binary),
+            args: Vec::new(),
+            client_tls: None,
             runtime: runtime(),
         };
         b.addr = format!("127.0.0.1:{}", b.port);
@@ -198,6 +219,7 @@ impl Broker {
                 "--storage-engine",
                 &self.storage,
             ])
+            .args(&self.args)
             .envs(self.storage_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -229,12 +251,73 @@ impl Broker {
 
     pub fn client(&self) -> Client {
         let addr = self.addr.clone();
+        let tls = self.client_tls.clone();
         self.block_on(async move {
-            ClientBuilder::new(vec![addr])
-                .build()
-                .await
-                .expect("a client of the test broker")
+            let mut builder = ClientBuilder::new(vec![addr]);
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls);
+            }
+            builder.build().await.expect("a client of the test broker")
         })
+    }
+
+    /// Serves TLS on `port` in front of this broker (which must advertise
+    /// `port`), with the test certificate of `tests/fixtures/tls`
+    /// (`broker.pem`, for 127.0.0.1 and localhost, signed by `ca.pem`), and
+    /// passes the bytes on to the broker in the clear. tansu 0.6 takes
+    /// `--cert` but still serves plain TCP, so TLS ends here. `addr` becomes
+    /// the front's, and the test's own clients trust `ca.pem` too.
+    pub fn tls_front(&mut self, port: u16) {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tls_fixtures();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("broker.pem"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("broker.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.client_tls = Some(Arc::new(client));
+        // From now on the test's own clients come in through the front too.
+        self.addr = format!("127.0.0.1:{port}");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let upstream = format!("127.0.0.1:{}", self.port);
+        let listener = self
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("the TLS front's port");
+        self.runtime.spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    // A client that fails the handshake (say, one that
+                    // does not trust the CA) is dropped, as a broker would.
+                    let Ok(mut tls) = acceptor.accept(conn).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
     }
 
     /// Creates a topic; waits until every partition answers.
@@ -378,6 +461,12 @@ impl Consumed {
     }
 }
 
+/// The test TLS certificates: `ca.pem`, and `broker.pem`/`broker.key`
+/// (made once with openssl, valid until 2126; for tests only).
+pub fn tls_fixtures() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tls")
+}
+
 /// A record with a value, a timestamp, and optionally a key and headers.
 pub fn record(value: &str, ts_ms: i64) -> Record {
     Record {
@@ -500,4 +589,282 @@ FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
 GROUP BY window_start, window_end, auction;
 "
     )
+}
+
+/// A Kafka-protocol proxy in front of a broker (which must advertise the
+/// gate's port) that makes the broker look as it would after changes tansu
+/// 0.6 cannot make:
+/// - a topic given more partitions ([`PartitionGate::show`]): Metadata
+///   answers leave out its higher partitions until the test shows them
+///   (tansu has no CreatePartitions);
+/// - records deleted by retention ([`PartitionGate::delete_before`]): the
+///   earliest offset is answered as the new log start, and a fetch below it
+///   gets OFFSET_OUT_OF_RANGE, as from Kafka (tansu's `delete_records` is
+///   not built).
+///
+/// Every other request and answer passes as it is.
+pub struct PartitionGate {
+    pub port: u16,
+    rules: Arc<Mutex<GateRules>>,
+}
+
+#[derive(Default)]
+struct GateRules {
+    /// topic -> how many of its partitions (0..n) Metadata answers show.
+    shown: BTreeMap<String, i32>,
+    /// (topic, partition) -> the log start retention left.
+    floors: BTreeMap<(String, i32), i64>,
+}
+
+impl PartitionGate {
+    pub fn on(port: u16, upstream: &str) -> PartitionGate {
+        let rules: Arc<Mutex<GateRules>> = Arc::default();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("the gate's port");
+        let upstream = upstream.to_string();
+        let gate_rules = Arc::clone(&rules);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                // correlation id -> (api key, api version) of requests
+                // waiting for their answer on this connection.
+                let pending: Arc<Mutex<BTreeMap<i32, (i16, i16)>>> = Arc::default();
+                // Both directions answer the client: whole frames, one at a time.
+                let to_client = Arc::new(Mutex::new(client.try_clone().unwrap()));
+                let (mut c_in, mut s_out) = (client, server.try_clone().unwrap());
+                let requests = Arc::clone(&pending);
+                let (rules, answers) = (Arc::clone(&gate_rules), Arc::clone(&to_client));
+                std::thread::spawn(move || {
+                    while let Some(frame) = read_frame(&mut c_in) {
+                        if frame.len() < 8 {
+                            break;
+                        }
+                        let key = i16::from_be_bytes([frame[0], frame[1]]);
+                        let version = i16::from_be_bytes([frame[2], frame[3]]);
+                        let corr = i32::from_be_bytes(frame[4..8].try_into().unwrap());
+                        if let Some(body) = answer_here(&frame, key, version, &rules.lock().unwrap()) {
+                            let mut answer = corr.to_be_bytes().to_vec();
+                            answer.extend_from_slice(&body);
+                            if write_frame(&mut answers.lock().unwrap(), &answer).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        requests.lock().unwrap().insert(corr, (key, version));
+                        if write_frame(&mut s_out, &frame).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let mut s_in = server;
+                let rules = Arc::clone(&gate_rules);
+                std::thread::spawn(move || {
+                    while let Some(mut frame) = read_frame(&mut s_in) {
+                        if frame.len() >= 4 {
+                            let corr = i32::from_be_bytes(frame[0..4].try_into().unwrap());
+                            let asked = pending.lock().unwrap().remove(&corr);
+                            // Metadata (key 3) up to v4, the versions rskafka 0.6 speaks.
+                            if let Some((3, version @ 0..=4)) = asked {
+                                let body =
+                                    hide_partitions(&frame[4..], version, &rules.lock().unwrap().shown);
+                                frame.truncate(4);
+                                frame.extend_from_slice(&body);
+                            }
+                        }
+                        if write_frame(&mut to_client.lock().unwrap(), &frame).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.lock().unwrap().shutdown(Shutdown::Write);
+                });
+            }
+        });
+        PartitionGate { port, rules }
+    }
+
+    /// Metadata answers show partitions `0..n` of `topic` (all, once `n`
+    /// is as many as it has).
+    pub fn show(&self, topic: &str, n: i32) {
+        self.rules.lock().unwrap().shown.insert(topic.to_string(), n);
+    }
+
+    /// The partition looks as if retention had deleted its records before
+    /// `offset` (a record-batch boundary, so that fetches from it work on
+    /// tansu).
+    pub fn delete_before(&self, topic: &str, partition: i32, offset: i64) {
+        self.rules
+            .lock()
+            .unwrap()
+            .floors
+            .insert((topic.to_string(), partition), offset);
+    }
+}
+
+/// A reading cursor over a Kafka message.
+struct Cur<'a>(&'a [u8], usize);
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let s = &self.0[self.1..self.1 + n];
+        self.1 += n;
+        s
+    }
+    fn i16(&mut self) -> i16 {
+        i16::from_be_bytes(self.take(2).try_into().unwrap())
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_be_bytes(self.take(4).try_into().unwrap())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_be_bytes(self.take(8).try_into().unwrap())
+    }
+    /// A (nullable) string; its text.
+    fn string(&mut self) -> String {
+        let n = self.i16();
+        if n < 0 {
+            return String::new();
+        }
+        String::from_utf8_lossy(self.take(n as usize)).into_owned()
+    }
+    fn i32s(&mut self) {
+        let n = self.i32().max(0) as usize;
+        self.take(4 * n);
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The gate's own answer's body to a request (a whole frame, header v1)
+/// that touches deleted records: a Fetch (key 1, v4, the one rskafka 0.6
+/// sends) of one partition below its floor, or a ListOffsets (key 2,
+/// v1-v3) for one partition's earliest offset. `None`: pass it on.
+fn answer_here(frame: &[u8], key: i16, version: i16, rules: &GateRules) -> Option<Vec<u8>> {
+    if rules.floors.is_empty() || !matches!((key, version), (1, 4) | (2, 1..=3)) {
+        return None;
+    }
+    let mut c = Cur(frame, 8);
+    c.string(); // client id
+    c.i32(); // replica id
+    if key == 1 {
+        c.i32(); // max wait
+        c.i32(); // min bytes
+        c.i32(); // max bytes
+        c.take(1); // isolation level
+    } else if version >= 2 {
+        c.take(1); // isolation level
+    }
+    if c.i32() != 1 {
+        return None;
+    }
+    let topic = c.string();
+    if c.i32() != 1 {
+        return None;
+    }
+    let partition = c.i32();
+    let at = c.i64(); // fetch: the offset; list offsets: the timestamp
+    let &floor = rules.floors.get(&(topic.clone(), partition))?;
+    let mut out = Vec::new();
+    if key == 1 {
+        if at >= floor {
+            return None;
+        }
+        out.extend_from_slice(&0i32.to_be_bytes()); // throttle
+        out.extend_from_slice(&1i32.to_be_bytes());
+        put_string(&mut out, &topic);
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&1i16.to_be_bytes()); // OFFSET_OUT_OF_RANGE
+        out.extend_from_slice(&(-1i64).to_be_bytes()); // high watermark
+        out.extend_from_slice(&(-1i64).to_be_bytes()); // last stable offset
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // aborted transactions: null
+        out.extend_from_slice(&0i32.to_be_bytes()); // records: none
+    } else {
+        if at != -2 {
+            return None; // not the earliest offset
+        }
+        if version >= 2 {
+            out.extend_from_slice(&0i32.to_be_bytes()); // throttle
+        }
+        out.extend_from_slice(&1i32.to_be_bytes());
+        put_string(&mut out, &topic);
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&0i16.to_be_bytes()); // no error
+        out.extend_from_slice(&(-1i64).to_be_bytes()); // timestamp
+        out.extend_from_slice(&floor.to_be_bytes());
+    }
+    Some(out)
+}
+
+fn read_frame(from: &mut TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut size = [0u8; 4];
+    from.read_exact(&mut size).ok()?;
+    let mut frame = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+    from.read_exact(&mut frame).ok()?;
+    Some(frame)
+}
+
+fn write_frame(to: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
+    to.write_all(&(frame.len() as i32).to_be_bytes())?;
+    to.write_all(frame)
+}
+
+/// A Metadata answer's body (v0-v4, after the correlation id) with the
+/// partitions of `shown`'s topics at or beyond their count left out.
+fn hide_partitions(body: &[u8], version: i16, shown: &BTreeMap<String, i32>) -> Vec<u8> {
+    let mut c = Cur(body, 0);
+    if version >= 3 {
+        c.i32(); // throttle time
+    }
+    for _ in 0..c.i32().max(0) {
+        c.i32(); // node id
+        c.string(); // host
+        c.i32(); // port
+        if version >= 1 {
+            c.string(); // rack
+        }
+    }
+    if version >= 2 {
+        c.string(); // cluster id
+    }
+    if version >= 1 {
+        c.i32(); // controller id
+    }
+    let mut out = body[..c.1].to_vec();
+    let topics = c.i32();
+    out.extend_from_slice(&topics.to_be_bytes());
+    for _ in 0..topics.max(0) {
+        let from = c.1;
+        c.i16(); // error
+        let name = c.string();
+        if version >= 1 {
+            c.take(1); // is internal
+        }
+        out.extend_from_slice(&body[from..c.1]);
+        let mut kept = Vec::new();
+        let mut count = 0i32;
+        for _ in 0..c.i32().max(0) {
+            let from = c.1;
+            c.i16(); // error
+            let index = c.i32();
+            c.i32(); // leader
+            c.i32s(); // replicas
+            c.i32s(); // in-sync replicas
+            if shown.get(&name).is_none_or(|&n| index < n) {
+                kept.extend_from_slice(&body[from..c.1]);
+                count += 1;
+            }
+        }
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&kept);
+    }
+    out.extend_from_slice(&body[c.1..]);
+    out
 }

@@ -44,6 +44,11 @@ impl StreamingJob {
             if !origins.is_empty() {
                 let _ = writeln!(out, "-- watermark: {}", origins.join("; "));
             }
+            for name in &p.sources {
+                if let Some(rule) = self.sources.get(name).and_then(|s| s.source.max_time_rule()) {
+                    let _ = writeln!(out, "-- source {name}: {rule}");
+                }
+            }
         }
         for (id, op) in &p.operators {
             let t = op.describe();

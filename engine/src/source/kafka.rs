@@ -312,7 +312,7 @@ fn config_err(table: &str, msg: impl std::fmt::Display) -> Error {
 /// Whether a client error is the brokers being unreachable (worth waiting
 /// out), not an answer.
 fn transient(e: &KafkaError) -> bool {
-    if auth_failure(e) {
+    if auth_failure(e) || untrusted(e) {
         return false;
     }
     match e {
@@ -330,6 +330,12 @@ fn transient(e: &KafkaError) -> bool {
 fn auth_failure(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Connection(rskafka::ConnectionError::SaslFailed(_)))
         || e.to_string().contains("Sasl handshake failed")
+}
+
+/// Whether TLS failed on the broker's certificate (not trusted, expired,
+/// or for another name): a setting to fix, not an outage to wait out.
+fn untrusted(e: &KafkaError) -> bool {
+    e.to_string().contains("invalid peer certificate")
 }
 
 fn is_out_of_range(e: &KafkaError) -> bool {
@@ -965,9 +971,15 @@ impl KafkaSource {
                 Ok(f) => f,
                 Err(e) => return Ok(Err(e)),
             };
+            // Partitions that appeared since this run's first discovery (a
+            // topic given more partitions), said once as Flink logs them.
+            let mut appeared = Vec::new();
             for tp in found {
                 if self.progress.contains_key(&tp) || self.positioned.contains_key(&tp) {
                     continue;
+                }
+                if self.discovered_once {
+                    appeared.push(format!("{}/{}", tp.0, tp.1));
                 }
                 // The partitions of the first discovery of a job that has
                 // read nothing yet start by the startup mode; a partition
@@ -1017,6 +1029,13 @@ impl KafkaSource {
                 self.positioned.insert(tp.clone(), start);
                 self.last_data.insert(tp, Instant::now());
             }
+            if !appeared.is_empty() {
+                self.warnings.push(format!(
+                    "source '{}': new partition(s) {}; reading them from their start",
+                    self.table,
+                    appeared.join(", ")
+                ));
+            }
             self.discovered_once = true;
         }
         let known: Vec<Tp> = self.known().into_iter().collect();
@@ -1053,6 +1072,14 @@ impl KafkaSource {
         if auth_failure(&e) {
             return Error::Input(format!(
                 "source '{}': Kafka broker(s) {} refused the credentials ('properties.sasl.*'): {e}",
+                self.table,
+                self.brokers()
+            ));
+        }
+        if untrusted(&e) {
+            return Error::Input(format!(
+                "source '{}': Kafka broker(s) {}: TLS refused the broker's certificate (give the CA that signed \
+                 it in 'properties.ssl.ca.location'): {e}",
                 self.table,
                 self.brokers()
             ));
@@ -1136,11 +1163,19 @@ impl KafkaSource {
                             self.table, range.topic, range.partition
                         )));
                     }
+                    // The fetch began before the range (at its first record
+                    // batch); only what retention took from the range
+                    // itself is lost.
+                    let from = at.max(range.start);
+                    if low <= from {
+                        at = low;
+                        continue;
+                    }
                     let lost_to = low.min(range.end);
                     match self.out_of_range {
                         OutOfRange::Fail => {
                             return Err(Error::Input(format!(
-                                "source '{}': topic '{}' partition {}: offsets {at}..{lost_to} are no longer on \
+                                "source '{}': topic '{}' partition {}: offsets {from}..{lost_to} are no longer on \
                                  the broker (retention deleted them; the partition now starts at {low}), so \
                                  this epoch cannot read them. Set 'scan.offset-out-of-range' = 'skip' to skip \
                                  ahead and count what is skipped",
@@ -1148,7 +1183,7 @@ impl KafkaSource {
                             )));
                         }
                         OutOfRange::Skip => {
-                            skipped += (lost_to - at) as u64;
+                            skipped += (lost_to - from) as u64;
                             at = lost_to;
                         }
                     }
@@ -1707,6 +1742,24 @@ impl Source for KafkaSource {
 
     fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
+    }
+
+    fn max_time_rule(&self) -> Option<String> {
+        let idle = match self.idle_timeout {
+            Some(d) => format!(
+                "a partition without records for {} stops holding it back",
+                humantime::format_duration(d)
+            ),
+            None => "an idle partition holds it back ('scan.watermark.idle-timeout' not set)".to_string(),
+        };
+        Some(format!(
+            "max event time = the lowest over the partitions of {} of each one's greatest; {idle}",
+            self.topics
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 
     fn backlog(&self) -> Option<Backlog> {

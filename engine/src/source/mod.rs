@@ -104,6 +104,12 @@ pub trait Source: Send + Sync {
     fn lag(&self) -> Vec<(String, i64)> {
         Vec::new()
     }
+    /// How the source's greatest event time is found, for EXPLAIN, when it
+    /// is not simply the greatest over every row read (a Kafka source's is
+    /// the lowest over its partitions). By default `None`.
+    fn max_time_rule(&self) -> Option<String> {
+        None
+    }
     /// Whether the source can tell the greatest value of the timestamp
     /// column `column` among each batch's rows without reading the column
     /// (in [`SourceBatch::max_time_ms`]), the same value the column would
