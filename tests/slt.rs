@@ -13,6 +13,7 @@
 //! |---|---|
 //! | `CREATE TABLE t (...) WITH (...)` | a table; `path` and `format` default to a folder of this test and Parquet |
 //! | `INSERT INTO t VALUES (...), ...` | appends one input file of these rows to source `t` (every column nullable in the file, so a `NULL` in a `NOT NULL` column makes a bad record) |
+//! | `INSERT INTO t/P VALUES (...), ...` | for a Kafka table `t`: produces the rows as JSON records to partition `P` (one record batch; `t` alone is partition 0) |
 //! | `INSERT INTO sink SELECT ...` | a streaming query of the job (declare all before the first `RUN`) |
 //! | `RUN` | runs one micro-batch (epoch) |
 //! | `RUN ALL` | runs epochs until the input is processed |
@@ -21,6 +22,15 @@
 //! | `SELECT ... FROM sink` | a batch query over a sink's committed files |
 //! | `STATE ROWS` / `LATE ROWS` / `BAD ROWS` | rows held by the job's operators / late rows dropped / bad input records set aside, so far |
 //! | `EXPLAIN` | the job's plans, one line per row (put `skipif threads` before it: with two threads the physical plan differs) |
+//!
+//! A Kafka table (`'connector' = 'kafka'`, `'topic' = 'name'`) is read from
+//! the broker at `WEIR_TEST_KAFKA` (as `.ci/run` sets it): each run gets
+//! topics of its own (`slt-<pid>-<n>-name`), made with
+//! `'slt.partitions' = 'N'` partitions (default 1; the option is the
+//! harness's, taken out of the SQL), and the broker's address and
+//! `'format' = 'json'` are filled in. A record's timestamp is its row's first
+//! TIMESTAMP column (else 0). Without a broker such a file is skipped with a
+//! note, unless `WEIR_REQUIRE_KAFKA` is set.
 //!
 //! Every file runs four times, each with a fresh checkpoint, and must give
 //! the same answers: **straight**; **restart**, the job reopened from its
@@ -107,6 +117,21 @@ struct StreamDb {
     steps: u64,
     late_rows: u64,
     bad_rows: u64,
+    /// Kafka tables: name -> (declared schema, topic made for this run).
+    kafka: BTreeMap<String, (SchemaRef, String)>,
+}
+
+/// The broker of the Kafka tables (`WEIR_TEST_KAFKA`).
+fn kafka_broker() -> Option<String> {
+    std::env::var("WEIR_TEST_KAFKA").ok().filter(|b| !b.is_empty())
+}
+
+async fn kafka_client() -> Result<rskafka::client::Client, SltError> {
+    let broker = kafka_broker().ok_or_else(|| err("a Kafka table needs WEIR_TEST_KAFKA"))?;
+    rskafka::client::ClientBuilder::new(vec![broker])
+        .build()
+        .await
+        .map_err(err)
 }
 
 impl StreamDb {
@@ -122,6 +147,7 @@ impl StreamDb {
             steps: 0,
             late_rows: 0,
             bad_rows: 0,
+            kafka: BTreeMap::new(),
         }
     }
 
@@ -256,8 +282,11 @@ impl StreamDb {
     }
 
     /// `CREATE TABLE` with `path` and `format` filled in.
-    fn create_table(&mut self, sql: &str) -> Result<(), SltError> {
+    async fn create_table(&mut self, sql: &str) -> Result<(), SltError> {
         let decl = weir_sql::job::parse_create_table(sql).map_err(err)?;
+        if decl.options.get("connector") == Some("kafka") {
+            return self.create_kafka_table(sql, &decl).await;
+        }
         let folder = self.dir.path().join("tables").join(&decl.name);
         let mut extra = Vec::new();
         if decl.options.get("path").is_none() {
@@ -286,23 +315,147 @@ impl StreamDb {
         Ok(())
     }
 
-    /// `INSERT INTO source VALUES ...`: one more input file.
-    async fn append(&mut self, table: &str, values: &str) -> Result<(), SltError> {
-        let (schema, folder) = self.inputs.get(table).cloned().ok_or_else(|| {
-            err(format!(
-                "INSERT ... VALUES into '{table}', which declares no columns"
-            ))
-        })?;
-        let ctx = SessionContext::new();
-        let batches = ctx.sql(values).await.map_err(err)?.collect().await.map_err(err)?;
-        // Files may hold what the declaration refuses (bad records).
-        let schema: SchemaRef = Arc::new(Schema::new(
-            schema
+    /// A Kafka table: a topic of this run's own, and the broker filled in.
+    async fn create_kafka_table(&mut self, sql: &str, decl: &weir_sql::TableDecl) -> Result<(), SltError> {
+        static TOPICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let broker = kafka_broker().ok_or_else(|| err("a Kafka table needs WEIR_TEST_KAFKA"))?;
+        let name = decl
+            .options
+            .get("topic")
+            .ok_or_else(|| err("a Kafka table names its 'topic'"))?;
+        let topic = format!(
+            "slt-{}-{}-{name}",
+            std::process::id(),
+            TOPICS.fetch_add(1, Ordering::SeqCst)
+        );
+        let partitions: i32 = match decl.options.get("slt.partitions") {
+            Some(n) => n.parse().map_err(err)?,
+            None => 1,
+        };
+        let client = kafka_client().await?;
+        client
+            .controller_client()
+            .map_err(err)?
+            .create_topic(&topic, partitions, 1, 5_000)
+            .await
+            .map_err(err)?;
+        for p in 0..partitions {
+            client
+                .partition_client(
+                    topic.as_str(),
+                    p,
+                    rskafka::client::partition::UnknownTopicHandling::Retry,
+                )
+                .await
+                .map_err(err)?;
+        }
+        let mut sql = sql
+            .replace(&format!("'topic' = '{name}'"), &format!("'topic' = '{topic}'"))
+            .replace(&format!(", 'slt.partitions' = '{partitions}'"), "")
+            .replace(&format!("'slt.partitions' = '{partitions}',"), "");
+        let mut extra = vec![format!("'properties.bootstrap.servers' = '{broker}'")];
+        if decl.options.get("format").is_none() {
+            extra.push("'format' = 'json'".to_string());
+        }
+        let pos = sql
+            .to_ascii_uppercase()
+            .rfind("WITH (")
+            .ok_or_else(|| err("a Kafka table has a WITH clause"))?;
+        sql.insert_str(pos + "WITH (".len(), &format!("{}, ", extra.join(", ")));
+        if let Some(schema) = &decl.schema {
+            // The record's value holds the columns that are not metadata.
+            let value: Vec<Field> = schema
                 .fields()
                 .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        ));
+                .filter(|f| !decl.metadata.contains_key(f.name()))
+                .map(|f| f.as_ref().clone())
+                .collect();
+            self.kafka
+                .insert(decl.name.clone(), (Arc::new(Schema::new(value)), topic));
+        }
+        self.ddl.push(sql);
+        Ok(())
+    }
+
+    /// `INSERT INTO t[/P] VALUES ...` into a Kafka table: one record per
+    /// row, as a JSON object (a NULL field left out), to partition `P`.
+    async fn produce(&mut self, table: &str, values: &str) -> Result<(), SltError> {
+        let (table, partition) = match table.split_once('/') {
+            Some((t, p)) => (t, p.parse::<i32>().map_err(err)?),
+            None => (table, 0),
+        };
+        let (schema, topic) = self.kafka.get(table).cloned().ok_or_else(|| {
+            err(format!(
+                "INSERT ... VALUES into '{table}', which is not a Kafka table with columns"
+            ))
+        })?;
+        let mut records = Vec::new();
+        for b in self.values_batches(table, &schema, values).await? {
+            let mut buf = Vec::new();
+            {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+                w.write(&b).map_err(err)?;
+                w.finish().map_err(err)?;
+            }
+            let times = b
+                .columns()
+                .iter()
+                .find(|c| matches!(c.data_type(), DataType::Timestamp(..)))
+                .map(|c| {
+                    cast(
+                        c,
+                        &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+                    )
+                })
+                .transpose()
+                .map_err(err)?;
+            for (i, line) in buf.split(|&c| c == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let ms = times
+                    .as_ref()
+                    .map(|t| {
+                        use datafusion::arrow::array::AsArray;
+                        let t = t.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+                        if datafusion::arrow::array::Array::is_valid(t, i) {
+                            t.value(i)
+                        } else {
+                            0
+                        }
+                    })
+                    .unwrap_or(0);
+                records.push(rskafka::record::Record {
+                    key: None,
+                    value: Some(line.to_vec()),
+                    headers: BTreeMap::new(),
+                    timestamp: chrono::DateTime::from_timestamp_millis(ms)
+                        .ok_or_else(|| err("a timestamp"))?,
+                });
+            }
+        }
+        let client = kafka_client().await?;
+        client
+            .partition_client(
+                topic.as_str(),
+                partition,
+                rskafka::client::partition::UnknownTopicHandling::Error,
+            )
+            .await
+            .map_err(err)?
+            .produce(records, rskafka::client::partition::Compression::NoCompression)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The rows of `VALUES ...` as batches of `schema`, every column nullable.
+    async fn values_batches(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        values: &str,
+    ) -> Result<Vec<RecordBatch>, SltError> {
+        let ctx = SessionContext::new();
+        let batches = ctx.sql(values).await.map_err(err)?.collect().await.map_err(err)?;
+        let schema = nullable(schema);
         let mut out = Vec::new();
         for b in batches {
             if b.num_columns() != schema.fields().len() {
@@ -321,6 +474,21 @@ impl StreamDb {
                 .map_err(err)?;
             out.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(err)?);
         }
+        Ok(out)
+    }
+
+    /// `INSERT INTO source VALUES ...`: one more input file.
+    async fn append(&mut self, table: &str, values: &str) -> Result<(), SltError> {
+        if self.kafka.contains_key(table.split('/').next().unwrap_or(table)) {
+            return self.produce(table, values).await;
+        }
+        let (schema, folder) = self.inputs.get(table).cloned().ok_or_else(|| {
+            err(format!(
+                "INSERT ... VALUES into '{table}', which declares no columns"
+            ))
+        })?;
+        let out = self.values_batches(table, &schema, values).await?;
+        let schema = nullable(&schema);
         self.files += 1;
         let path = folder.join(format!("in-{:05}.parquet", self.files));
         let tmp = folder.join(format!(".in-{:05}.writing", self.files));
@@ -366,6 +534,18 @@ impl StreamDb {
         let batches = ctx.sql(sql).await.map_err(err)?.collect().await.map_err(err)?;
         Ok(rows_of(&batches))
     }
+}
+
+/// The schema with every column nullable: input may hold what the
+/// declaration refuses (bad records).
+fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 fn rows_of(batches: &[RecordBatch]) -> Vec<Vec<String>> {
@@ -447,7 +627,7 @@ impl AsyncDB for StreamDb {
         }
         match first(2).as_str() {
             "CREATE TABLE" => {
-                self.create_table(sql)?;
+                self.create_table(sql).await?;
                 return Ok(DBOutput::StatementComplete(0));
             }
             "CREATE VIEW" => {
@@ -534,6 +714,18 @@ fn main() -> ExitCode {
                     failures += 1;
                     println!("FAILED to complete {name}: {e}");
                 }
+            }
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.contains("'connector' = 'kafka'") && kafka_broker().is_none() {
+            if std::env::var_os("WEIR_REQUIRE_KAFKA").is_some() {
+                failures += 1;
+                println!("FAIL {name}: WEIR_REQUIRE_KAFKA is set, but WEIR_TEST_KAFKA (a broker) is not");
+            } else {
+                println!(
+                    "SKIPPED {name}: its Kafka tables need a broker (WEIR_TEST_KAFKA; .ci/run starts one)"
+                );
             }
             continue;
         }
