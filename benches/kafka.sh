@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-10000000}
-TANSU=${WEIR_TANSU:-$HOME/.cache/weir-tools/tansu-0.6.0/bin/tansu}
+TANSU=${WEIR_TANSU:-$HOME/.cache/weir-tools/tansu-0.6.0-libsql/bin/tansu}
 [ -x "$TANSU" ] || TANSU=$(command -v tansu) || {
   echo "no tansu: run .ci/run once, or cargo install tansu --version 0.6.0 --features dynostore" >&2; exit 1; }
 cargo build --release -q -p weir-cli --bin weir --example kafka_bench

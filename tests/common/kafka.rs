@@ -59,20 +59,28 @@ pub struct Broker {
     binary: Option<PathBuf>,
     /// More arguments for `tansu broker` (`--authentication`).
     args: Vec<String>,
+    /// Where the broker runs (a `sqlite://` store is a path from there).
+    cwd: Option<PathBuf>,
     /// The TLS the test's own clients use (see [`Broker::tls_front`]).
     client_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// The login the test's own clients use (see [`Broker::with_user`]).
+    client_sasl: Option<rskafka::client::SaslConfig>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.cwd {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
 fn no_broker(why: &str) -> Option<Broker> {
-    let note =
-        format!("{why} (run .ci/run, or `cargo install tansu --features dynostore` and set WEIR_TANSU)");
+    let note = format!(
+        "{why} (run .ci/run, or `cargo install tansu --version 0.6.0 --features dynostore,libsql` and set WEIR_TANSU)"
+    );
     if std::env::var_os("WEIR_REQUIRE_KAFKA").is_some() {
         panic!("WEIR_REQUIRE_KAFKA is set, but {note}");
     }
@@ -110,6 +118,8 @@ impl Broker {
             binary: None,
             args: Vec::new(),
             client_tls: None,
+            client_sasl: None,
+            cwd: None,
             runtime: runtime(),
         }
     }
@@ -122,17 +132,6 @@ impl Broker {
     /// A broker of this test's own that tells clients to connect to
     /// `advertised` (a [`Proxy`]'s port) instead of its own port.
     pub fn private_advertising(advertised: Option<u16>) -> Option<Broker> {
-        Self::private_with(advertised, &[])
-    }
-
-    /// A broker of this test's own that refuses clients who do not log in
-    /// (`tansu --authentication`). tansu 0.6 in memory keeps no users, so
-    /// every SCRAM login is refused: a test of refusals only.
-    pub fn private_authenticating() -> Option<Broker> {
-        Self::private_with(None, &["--authentication"])
-    }
-
-    fn private_with(advertised: Option<u16>, args: &[&str]) -> Option<Broker> {
         let Some(binary) = tansu() else {
             return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
         };
@@ -144,11 +143,63 @@ impl Broker {
             storage: "memory://tansu/".into(),
             storage_env: Vec::new(),
             binary: Some(binary),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args: Vec::new(),
             client_tls: None,
+            client_sasl: None,
+            cwd: None,
             runtime: runtime(),
         };
         b.addr = format!("127.0.0.1:{}", b.port);
+        b.start();
+        Some(b)
+    }
+
+    /// A broker of this test's own, keeping its topics and users in a
+    /// SQLite file (tansu's `libsql` storage), that refuses clients who do
+    /// not log in, with one SCRAM-SHA-256 user: `user`, `password`. The
+    /// test's own clients log in as that user. `None` (after a note) when
+    /// the tansu at hand was built without `libsql`.
+    pub fn with_user(user: &str, password: &str) -> Option<Broker> {
+        let Some(binary) = tansu() else {
+            return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
+        };
+        let engines = Command::new(&binary).arg("--help").output().ok()?;
+        if !String::from_utf8_lossy(&engines.stdout).contains("libsql") {
+            return no_broker("a broker with users needs tansu built with the `libsql` feature");
+        }
+        let dir = std::env::temp_dir().join(format!("weir-tansu-{}-{:x}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker {
+            addr: String::new(),
+            child: None,
+            port: free_port(),
+            advertised: None,
+            storage: "sqlite://tansu.db".into(),
+            storage_env: Vec::new(),
+            binary: Some(binary.clone()),
+            args: Vec::new(),
+            client_tls: None,
+            client_sasl: None,
+            cwd: None,
+            runtime: runtime(),
+        };
+        b.addr = format!("127.0.0.1:{}", b.port);
+        b.cwd = Some(dir);
+        // Users are made through the broker (AlterUserScramCredentials),
+        // which an authenticating broker only takes from a logged-in
+        // client: make the user first, then restart it authenticating.
+        b.start();
+        let made = Command::new(&binary)
+            .args(["user", "create", "--broker", &format!("tcp://{}", b.addr)])
+            .args(["--mechanism", "scram256", user, password])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "tansu user create: {made:?}");
+        b.stop();
+        b.args = vec!["--authentication".into()];
+        b.client_sasl = Some(rskafka::client::SaslConfig::ScramSha256(
+            rskafka::client::Credentials::new(user.to_string(), password.to_string()),
+        ));
         b.start();
         Some(b)
     }
@@ -196,6 +247,8 @@ impl Broker {
             binary: Some(binary),
             args: Vec::new(),
             client_tls: None,
+            client_sasl: None,
+            cwd: None,
             runtime: runtime(),
         };
         b.addr = format!("127.0.0.1:{}", b.port);
@@ -220,6 +273,7 @@ impl Broker {
                 &self.storage,
             ])
             .args(&self.args)
+            .current_dir(self.cwd.clone().unwrap_or_else(std::env::temp_dir))
             .envs(self.storage_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -252,10 +306,14 @@ impl Broker {
     pub fn client(&self) -> Client {
         let addr = self.addr.clone();
         let tls = self.client_tls.clone();
+        let sasl = self.client_sasl.clone();
         self.block_on(async move {
             let mut builder = ClientBuilder::new(vec![addr]);
             if let Some(tls) = tls {
                 builder = builder.tls_config(tls);
+            }
+            if let Some(sasl) = sasl {
+                builder = builder.sasl_config(sasl);
             }
             builder.build().await.expect("a client of the test broker")
         })
