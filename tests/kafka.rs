@@ -721,6 +721,27 @@ fn tls_trusts_the_given_ca_and_refuses_a_broker_it_cannot_trust() {
     );
     assert!(!e.contains("unreachable"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(60), "{e}");
+    // The same for a sink (the source trusts the broker, the sink does not).
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+               WITH ('connector' = 'kafka', 'topic' = 'secure', {tls});
+             CREATE TABLE copy WITH ('connector' = 'kafka', 'topic' = 'secure-out',
+               'properties.bootstrap.servers' = '{}', 'format' = 'json',
+               'properties.security.protocol' = 'SSL');
+             INSERT INTO copy SELECT auction, price FROM bids;",
+            broker.addr
+        ),
+    );
+    let started = Instant::now();
+    let e = ws.weir(&DRAIN).fails().stderr();
+    assert!(
+        e.contains("sink table 'copy'") && e.contains("TLS refused the broker's certificate"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "{e}");
 }
 
 /// A broker behind a [`PartitionGate`], a producer through it, and a

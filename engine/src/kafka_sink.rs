@@ -41,7 +41,7 @@ use tokio::sync::Mutex;
 use weir_sql::TableDecl;
 use weir_storage::{Location, codec};
 
-use crate::source::kafka::{CONNECTION_OPTIONS, Connection, connection_of};
+use crate::source::kafka::{CONNECTION_OPTIONS, Connection, auth_failure, connection_of, untrusted};
 use crate::{Error, Result};
 
 /// Options a Kafka sink knows (besides the connection's).
@@ -368,24 +368,43 @@ impl KafkaSink {
         if let Some(c) = slot.as_ref() {
             return Ok(Arc::clone(c));
         }
-        let mut builder = ClientBuilder::new(self.connection.brokers.clone())
-            .client_id(self.connection.client_id.clone())
-            // A broker out of reach is retried for up to five minutes
-            // per request; then the publish fails, and the (committed)
-            // epoch is published again when the job restarts.
-            .backoff_config(rskafka::BackoffConfig {
-                init_backoff: std::time::Duration::from_millis(100),
-                max_backoff: std::time::Duration::from_secs(5),
-                base: 2.0,
-                deadline: Some(std::time::Duration::from_secs(300)),
-            });
-        if let Some(s) = &self.connection.sasl {
-            builder = builder.sasl_config(s.clone());
+        let builder = |deadline: u64| {
+            let mut builder = ClientBuilder::new(self.connection.brokers.clone())
+                .client_id(self.connection.client_id.clone())
+                .backoff_config(rskafka::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_secs(5),
+                    base: 2.0,
+                    deadline: Some(std::time::Duration::from_secs(deadline)),
+                });
+            if let Some(s) = &self.connection.sasl {
+                builder = builder.sasl_config(s.clone());
+            }
+            if let Some(t) = &self.connection.tls {
+                builder = builder.tls_config(Arc::clone(t));
+            }
+            builder
+        };
+        // First a short try, so that refused credentials or a certificate
+        // TLS does not trust fail at once (the client retries those as it
+        // retries an outage).
+        if let Err(e) = builder(5).build().await {
+            if auth_failure(&e) {
+                return Err(self.err(format!(
+                    "the brokers refused the credentials ('properties.sasl.*'): {e}"
+                )));
+            }
+            if untrusted(&e) {
+                return Err(self.err(format!(
+                    "TLS refused the broker's certificate (give the CA that signed it in \
+                     'properties.ssl.ca.location'): {e}"
+                )));
+            }
         }
-        if let Some(t) = &self.connection.tls {
-            builder = builder.tls_config(Arc::clone(t));
-        }
-        let client = Arc::new(builder.build().await.map_err(|e| self.err(e))?);
+        // A broker out of reach is retried for up to five minutes per
+        // request; then the publish fails, and the (committed) epoch is
+        // published again when the job restarts.
+        let client = Arc::new(builder(300).build().await.map_err(|e| self.err(e))?);
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }

@@ -327,14 +327,14 @@ fn transient(e: &KafkaError) -> bool {
 
 /// Whether the brokers refused the credentials (possibly after the client's
 /// retries, which wrap the error in their own).
-fn auth_failure(e: &KafkaError) -> bool {
+pub(crate) fn auth_failure(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Connection(rskafka::ConnectionError::SaslFailed(_)))
         || e.to_string().contains("Sasl handshake failed")
 }
 
 /// Whether TLS failed on the broker's certificate (not trusted, expired,
 /// or for another name): a setting to fix, not an outage to wait out.
-fn untrusted(e: &KafkaError) -> bool {
+pub(crate) fn untrusted(e: &KafkaError) -> bool {
     e.to_string().contains("invalid peer certificate")
 }
 
