@@ -20,6 +20,7 @@ pub mod keys;
 pub mod late_filter;
 pub mod net;
 pub mod operator;
+pub mod partial_agg;
 pub mod scan;
 pub mod session_agg;
 pub mod shard;

@@ -30,11 +30,13 @@ use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
 use super::groups::{AggregateSpec, Evaluated, Groups};
 use super::operator::{EpochOperator, OperatorExec};
+use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{
     GroupColumn, UnitRows, WindowAggregateParams, constant_time, split_by_unit, split_runs, take_batch,
@@ -60,6 +62,10 @@ pub struct WindowAggState {
     schema: SchemaRef,
     /// One part of the state per partition, split by the keys' hash.
     shards: Shards<Inner>,
+    /// With more than one thread, the input is a [`PartialWindowAggExec`]'s
+    /// partial states, merged in (`merge_partial`), not rows; then these are
+    /// its key columns, which the shards are split by.
+    partial_keys: Option<Vec<Arc<dyn PhysicalExpr>>>,
 }
 
 #[derive(Default)]
@@ -108,6 +114,7 @@ impl OperatorExec<WindowAggState> {
     /// shards (see [`super::shard`]).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams, threads: usize) -> Result<Self> {
         let in_schema = input.schema();
+        let mut input = input;
         let mut keys = Vec::new();
         let mut layout = Vec::new();
         let mut start = None;
@@ -133,6 +140,28 @@ impl OperatorExec<WindowAggState> {
                 "a window aggregate needs window_start and window_end".into(),
             ));
         };
+        // With more than one thread, each input partition aggregates its
+        // rows first, and only their states cross to the shards (see
+        // `partial_agg`).
+        let mut partial_keys = None;
+        if threads > 1 {
+            let agg = AggregateSpec::try_new(keys.clone(), p.aggr.clone(), p.filters.clone(), &in_schema)?;
+            let schema = PartialSpec::schema_of(&agg);
+            partial_keys = Some(
+                (0..agg.keys.len())
+                    .map(|i| {
+                        Arc::new(Column::new(schema.field(2 + i).name(), 2 + i)) as Arc<dyn PhysicalExpr>
+                    })
+                    .collect(),
+            );
+            let spec = PartialSpec {
+                agg,
+                start: Arc::clone(&start),
+                end: Arc::clone(&end),
+                schema,
+            };
+            input = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
+        }
         let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -155,6 +184,7 @@ impl OperatorExec<WindowAggState> {
             state_schema: Arc::new(Schema::new(fields)),
             schema: p.schema,
             shards,
+            partial_keys,
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -173,10 +203,21 @@ impl EpochOperator for WindowAggState {
     }
 
     fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
+        match &self.partial_keys {
+            Some(keys) => keys.clone(),
+            None => self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect(),
+        }
     }
 
     fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        if let Some(keys) = &self.partial_keys {
+            // Over the partial states: the unit columns and the keys.
+            let unit = |i: usize, name: &str| Arc::new(Column::new(name, i)) as Arc<dyn PhysicalExpr>;
+            return [unit(0, "__window_start"), unit(1, "__window_end")]
+                .into_iter()
+                .chain(keys.iter().cloned())
+                .collect();
+        }
         [&self.start, &self.end]
             .into_iter()
             .chain(self.agg.keys.iter().map(|(e, _)| e))
@@ -209,6 +250,9 @@ impl EpochOperator for WindowAggState {
     }
 
     fn fold(&self, partition: usize, _acc: &mut (), batch: &RecordBatch) -> Result<()> {
+        if self.partial_keys.is_some() {
+            return self.merge_partial(partition, batch);
+        }
         self.update(partition, batch)
     }
 
@@ -266,6 +310,54 @@ impl WindowAggState {
             u.snapshot = None;
             match &mut u.state {
                 UnitState::Live(g) => g.update(input)?,
+                UnitState::Frozen { .. } => {
+                    return Err(DataFusionError::Internal(format!(
+                        "rows arrived for slice [{}, {}) after it was complete",
+                        unit.1, unit.0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges a batch of partial states (a [`PartialWindowAggExec`]'s rows)
+    /// into the units of a shard.
+    fn merge_partial(&self, shard: usize, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let n_keys = self.agg.key_schema.fields().len();
+        let starts = batch.column(0).as_primitive::<Int64Type>().values();
+        let ends = batch.column(1).as_primitive::<Int64Type>().values();
+        let mut inner = self.shards.lock(shard);
+        for (unit, rows) in split_by_unit(starts, ends) {
+            let part = take_batch(batch, &UInt32Array::from(rows))?;
+            let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
+            let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
+            if let Entry::Vacant(v) = inner.units.entry(unit) {
+                v.insert(Unit {
+                    state: UnitState::Live(Groups::new(&self.agg)?),
+                    snapshot: None,
+                });
+                if self.slices {
+                    let windows = self.spec.windows_of_slice(unit.1);
+                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
+                }
+            }
+            inner.changed.insert(unit);
+            inner.removed.remove(&unit);
+            let Some(u) = inner.units.get_mut(&unit) else {
+                return Err(DataFusionError::Internal(format!(
+                    "WindowAggregateExec lost the unit [{}, {}) it just added",
+                    unit.1, unit.0
+                )));
+            };
+            u.snapshot = None;
+            match &mut u.state {
+                UnitState::Live(g) => {
+                    g.merge(&keys, &states, part.num_rows())?;
+                }
                 UnitState::Frozen { .. } => {
                     return Err(DataFusionError::Internal(format!(
                         "rows arrived for slice [{}, {}) after it was complete",
