@@ -21,6 +21,41 @@ pub struct SourceRows {
     pub batches: Arc<Vec<RecordBatch>>,
     /// The source's [`crate::source::SourceBatch::max_time_ms`].
     pub max_time_ms: Option<i64>,
+    /// Each batch's greatest value of a timestamp column, by the column's
+    /// position in `batches`, computed once per epoch ([`Self::batch_max`]):
+    /// the driver's watermark and every partition of a scan ask for it.
+    pub maxima: Arc<Mutex<HashMap<usize, BatchMaxima>>>,
+}
+
+/// Each batch's greatest timestamp (ms), `None` for a batch without one.
+pub type BatchMaxima = Arc<Vec<Option<i64>>>;
+
+impl SourceRows {
+    /// Each batch's greatest value (in ms) of the timestamp column at
+    /// `position`; `None` for a batch with no value.
+    pub fn batch_max(&self, position: usize) -> Result<BatchMaxima> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::TimestampMillisecondType;
+        // Held while computing: another partition asking meanwhile waits
+        // for the answer instead of computing it again.
+        let mut cache = self.maxima.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&position) {
+            return Ok(Arc::clone(m));
+        }
+        let maxima: Vec<Option<i64>> = self
+            .batches
+            .iter()
+            .map(|b| {
+                let ms = crate::exec::window_assign::to_millis(b.column(position))?;
+                Ok(datafusion::arrow::compute::max(
+                    ms.as_primitive::<TimestampMillisecondType>(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let maxima = Arc::new(maxima);
+        cache.insert(position, Arc::clone(&maxima));
+        Ok(maxima)
+    }
 }
 
 /// The input of one epoch, for one pipeline.

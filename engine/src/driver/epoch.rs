@@ -334,11 +334,8 @@ impl StreamingJob {
                     "source '{name}' did not read its watermark column"
                 )));
             };
-            for b in rows.batches.iter() {
-                let ms = to_millis(b.column(idx))?;
-                if let Some(m) = max(ms.as_primitive::<TimestampMillisecondType>()) {
-                    *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
-                }
+            for m in rows.batch_max(idx)?.iter().flatten() {
+                *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
             }
         }
         Ok(watermarks_out)
@@ -690,6 +687,7 @@ impl StreamingJob {
                     columns: Arc::clone(&slot.columns),
                     batches: Arc::new(read.batches),
                     max_time_ms: read.max_time_ms,
+                    maxima: Arc::default(),
                 },
             );
             bad.insert(name.clone(), read.bad);

@@ -37,9 +37,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::compute::max;
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
@@ -56,7 +55,6 @@ use weir_storage::{
 use crate::compat;
 use crate::dead_letter::{self, DeadLetters};
 use crate::epoch::{EpochInput, SourceRows};
-use crate::exec::window_assign::to_millis;
 use crate::exec::{EngineScans, StatefulOperator, StreamScanExec, WindowAssignExec, physical_planner};
 use crate::sink::{LiveSender, PipelineSink, SideSink};
 use crate::source::bad::BadRecord;

@@ -187,8 +187,6 @@ pub fn dealt_watermarks(
     delay_ms: i64,
     epoch: &EpochInput,
 ) -> Result<Option<(usize, Vec<i64>)>> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::TimestampMillisecondType;
     use datafusion::physical_expr::expressions::Column;
     use datafusion::physical_plan::coop::CooperativeExec;
     use datafusion::physical_plan::projection::ProjectionExec;
@@ -224,10 +222,9 @@ pub fn dealt_watermarks(
     };
     let mut before = Vec::with_capacity(rows.batches.len());
     let mut watermark = i64::MIN;
-    for b in rows.batches.iter() {
+    for max in rows.batch_max(position)?.iter() {
         before.push(watermark);
-        let ms = super::window_assign::to_millis(b.column(position))?;
-        if let Some(max) = datafusion::arrow::compute::max(ms.as_primitive::<TimestampMillisecondType>()) {
+        if let Some(max) = max {
             watermark = watermark.max(max.saturating_sub(delay_ms));
         }
     }

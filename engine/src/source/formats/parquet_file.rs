@@ -43,6 +43,20 @@ impl AsyncFileReader for StoreFileReader {
     }
 }
 
+/// How many rows a Parquet file has (from its footer).
+pub async fn parquet_rows_in(file: &FileRef<'_>) -> Result<usize> {
+    let mut reader = StoreFileReader {
+        store: Arc::clone(file.store),
+        path: file.path.clone(),
+        size: file.size,
+    };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
+    Ok(meta.file_metadata().num_rows().max(0) as usize)
+}
+
 pub(super) async fn read_parquet(
     file: &FileRef<'_>,
     columns: &Columns<'_>,
