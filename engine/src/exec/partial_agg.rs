@@ -5,8 +5,8 @@
 //! its keys (or, without keys, all rows funnel into one shard), and two
 //! threads lose to one. With it, as DataFusion's batch aggregate splits into
 //! `Partial` and `FinalPartitioned`, each input partition first folds its
-//! rows of the epoch into groups per unit (window or slice) and keys, and
-//! emits their intermediate states: one row per (unit, keys), in the layout
+//! rows of the epoch into groups by unit (window or slice) and keys, in one
+//! hash table, and emits their intermediate states: one row per (unit, keys), in the layout
 //! of the window aggregate's state rows (`__window_start`, `__window_end`,
 //! the keys, each aggregate's state columns). Only those rows cross the
 //! repartition (on the key columns) or the merge into a keyless aggregate's
@@ -17,13 +17,12 @@
 //! then emits. The window aggregate's state, its checkpoints and its restore
 //! are the same with or without it, so a job may change its thread count.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -36,84 +35,82 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::groups::{AggregateSpec, Evaluated, Groups};
-use super::units::{UnitRows, split_runs};
+use datafusion::physical_expr::expressions::Column;
+
+use super::groups::{AggregateSpec, Groups};
 
 /// What the partial aggregate computes (shared by the node's copies).
 pub struct PartialSpec {
-    /// Keys, aggregates, arguments and filters over the input rows.
-    pub agg: AggregateSpec,
-    /// Each row's unit start.
-    pub start: Arc<dyn PhysicalExpr>,
-    /// Each row's unit end.
-    pub end: Arc<dyn PhysicalExpr>,
+    /// Keys, aggregates, arguments and filters over the input rows; the
+    /// first two keys are the unit's start and end (one hash table for the
+    /// whole epoch, as DataFusion's batch aggregate groups by a `date_bin`).
+    agg: AggregateSpec,
     /// `__window_start`, `__window_end`, the keys, the aggregates' states.
     pub schema: SchemaRef,
 }
 
 impl PartialSpec {
-    /// The layout of the rows it emits (the in-memory form of the window
-    /// aggregate's state rows).
-    pub fn schema_of(agg: &AggregateSpec) -> SchemaRef {
+    /// The partial aggregate of `final_agg` (the window aggregate's spec,
+    /// keyed without its unit), each row's unit given by `start` and `end`.
+    pub fn try_new(
+        final_agg: &AggregateSpec,
+        start: &Arc<dyn PhysicalExpr>,
+        end: &Arc<dyn PhysicalExpr>,
+        input: &Schema,
+    ) -> Result<Self> {
+        let keys = [
+            (Arc::clone(start), "__window_start".to_string()),
+            (Arc::clone(end), "__window_end".to_string()),
+        ]
+        .into_iter()
+        .chain(final_agg.keys.iter().cloned())
+        .collect();
+        let agg = AggregateSpec::try_new(keys, final_agg.aggr.clone(), final_agg.filters.clone(), input)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
         ];
-        fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(final_agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         // `a<i>.<state>`: unique even when two aggregates are the same.
-        fields.extend(agg.state_file_fields());
-        Arc::new(Schema::new(fields))
+        fields.extend(final_agg.state_file_fields());
+        Ok(Self {
+            agg,
+            schema: Arc::new(Schema::new(fields)),
+        })
     }
 
-    /// Folds a batch into the units' groups.
-    fn fold(&self, units: &mut BTreeMap<(i64, i64), Groups>, batch: &RecordBatch) -> Result<()> {
-        let n = batch.num_rows();
-        if n == 0 {
+    /// The key columns of the rows it emits (after the unit's two).
+    pub fn key_columns(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        (2..self.agg.keys.len())
+            .map(|i| Arc::new(Column::new(self.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+            .collect()
+    }
+
+    /// Folds a batch into the groups.
+    fn fold(&self, groups: &mut Option<Groups>, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
-        let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
-        let ends = cast(&self.end.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let evaluated = self.agg.evaluate(batch)?;
-        for (unit, rows) in split_runs(
-            starts.as_primitive::<Int64Type>().values(),
-            ends.as_primitive::<Int64Type>().values(),
-        ) {
-            let part: Evaluated;
-            let input = match rows {
-                UnitRows::Range(0, end) if end == n => &evaluated,
-                UnitRows::Range(start, end) => {
-                    part = evaluated.slice(start, end - start);
-                    &part
-                }
-                UnitRows::Scattered(rows) => {
-                    part = evaluated.take(&UInt32Array::from(rows))?;
-                    &part
-                }
-            };
-            let groups = match units.entry(unit) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(&self.agg)?),
-            };
-            groups.update(input)?;
-        }
-        Ok(())
+        let groups = match groups {
+            Some(g) => g,
+            None => groups.insert(Groups::new(&self.agg)?),
+        };
+        groups.update(&evaluated)
     }
 
-    /// The units' states, as rows.
-    fn emit(&self, units: BTreeMap<(i64, i64), Groups>) -> Result<RecordBatch> {
-        let mut out = Vec::with_capacity(units.len());
-        for ((end, start), mut groups) in units {
-            let n = groups.len();
-            let (keys, states) = groups.take_state()?;
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from(vec![start; n])),
-                Arc::new(Int64Array::from(vec![end; n])),
-            ];
-            columns.extend(keys);
-            columns.extend(states.into_iter().flatten());
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+    /// The groups' states, as rows.
+    fn emit(&self, groups: Option<Groups>) -> Result<RecordBatch> {
+        let Some(mut groups) = groups else {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.schema)));
+        };
+        let (keys, states) = groups.take_state()?;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for (i, k) in keys.into_iter().enumerate() {
+            columns.push(if i < 2 { cast(&k, &DataType::Int64)? } else { k });
         }
-        Ok(concat_batches(&self.schema, &out)?)
+        columns.extend(states.into_iter().flatten());
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 
@@ -151,7 +148,7 @@ impl fmt::Debug for PartialWindowAggExec {
 
 impl DisplayAs for PartialWindowAggExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.spec.agg.keys.iter().map(|(_, n)| n.as_str()).collect();
+        let keys: Vec<&str> = self.spec.agg.keys[2..].iter().map(|(_, n)| n.as_str()).collect();
         let aggs: Vec<&str> = self.spec.agg.aggr.iter().map(|a| a.name()).collect();
         write!(
             f,
@@ -181,9 +178,11 @@ impl ExecutionPlan for PartialWindowAggExec {
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
         let spec = &self.spec;
-        let exprs = [&spec.start, &spec.end]
-            .into_iter()
-            .chain(spec.agg.keys.iter().map(|(e, _)| e))
+        let exprs = spec
+            .agg
+            .keys
+            .iter()
+            .map(|(e, _)| e)
             .chain(spec.agg.args.iter().flatten())
             .chain(spec.agg.filters.iter().flatten());
         for e in exprs {
@@ -214,15 +213,15 @@ impl ExecutionPlan for PartialWindowAggExec {
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         const NAME: &str = "PartialWindowAggregateExec";
         let out = futures::stream::once(async move {
-            let mut units = BTreeMap::new();
+            let mut groups = None;
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let timer = baseline.elapsed_compute().timer();
-                super::guarded(NAME, epoch, || spec.fold(&mut units, &batch))?;
+                super::guarded(NAME, epoch, || spec.fold(&mut groups, &batch))?;
                 timer.done();
             }
             let timer = baseline.elapsed_compute().timer();
-            let out = super::guarded(NAME, epoch, || spec.emit(units))?;
+            let out = super::guarded(NAME, epoch, || spec.emit(groups))?;
             timer.done();
             baseline.record_output(out.num_rows());
             Ok(out)

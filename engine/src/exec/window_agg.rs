@@ -143,26 +143,13 @@ impl OperatorExec<WindowAggState> {
         // With more than one thread, each input partition aggregates its
         // rows first, and only their states cross to the shards (see
         // `partial_agg`).
+        let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
         let mut partial_keys = None;
         if threads > 1 {
-            let agg = AggregateSpec::try_new(keys.clone(), p.aggr.clone(), p.filters.clone(), &in_schema)?;
-            let schema = PartialSpec::schema_of(&agg);
-            partial_keys = Some(
-                (0..agg.keys.len())
-                    .map(|i| {
-                        Arc::new(Column::new(schema.field(2 + i).name(), 2 + i)) as Arc<dyn PhysicalExpr>
-                    })
-                    .collect(),
-            );
-            let spec = PartialSpec {
-                agg,
-                start: Arc::clone(&start),
-                end: Arc::clone(&end),
-                schema,
-            };
+            let spec = PartialSpec::try_new(&agg, &start, &end, &in_schema)?;
+            partial_keys = Some(spec.key_columns());
             input = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
         }
-        let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
