@@ -7,7 +7,8 @@
 # late) as 20 Parquet files, then measures, pinned to CORES cores:
 #   * the ceiling: DataFusion batch, `GROUP BY date_bin(10s)` COUNT/MAX/SUM;
 #   * Weir: the same aggregation as a streaming job (TUMBLE 10s, checkpoints
-#     on, Parquet sink), --trigger available-now --drain, 1M rows per epoch.
+#     on, Parquet sink), --trigger available-now --drain, 1M rows per epoch,
+#     --threads CORES.
 # Writes benches/results/tumble-<ROWS>.md and prints it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ batch_rate=$(echo "$ROWS / $best" | bc)
 rm -rf "$WORK/out" "$WORK/job.checkpoint" "$WORK/progress.json"
 t0=$(now)
 /usr/bin/time -f "%M" -o "$WORK/rss" taskset -c "$CPUS" "$WEIR" run "$WORK/job.sql" \
-  --trigger available-now --drain --progress-json "$WORK/progress.json" 2>"$WORK/weir.log"
+  --threads "$CORES" --trigger available-now --drain --progress-json "$WORK/progress.json" 2>"$WORK/weir.log"
 wall=$(echo "$(now) - $t0" | bc)
 weir_rate=$(echo "$ROWS / $wall" | bc)
 epochs=$(wc -l < "$WORK/progress.json")
@@ -58,7 +59,9 @@ late=$(python3 -c "import json; print(sum(json.loads(l)['late_rows'] for l in op
 rss_mb=$(( $(cat "$WORK/rss") / 1024 ))
 ratio=$(echo "scale=2; $weir_rate / $batch_rate" | bc)
 
+# One core: tumble-ROWS.md; more: tumble-ROWS-tCORES.md (Weir with --threads CORES).
 report="benches/results/tumble-$ROWS.md"
+[ "$CORES" = 1 ] || report="benches/results/tumble-$ROWS-t$CORES.md"
 cat > "$report" <<MD
 # Tumbling window throughput, $ROWS rows, $CORES core(s)
 
