@@ -276,36 +276,39 @@ impl WindowAggState {
                     &part
                 }
             };
-            if let Entry::Vacant(v) = inner.units.entry(unit) {
-                v.insert(Unit {
-                    state: UnitState::Live(Groups::new(&self.agg)?),
-                    snapshot: None,
-                });
-                if self.slices {
-                    let windows = self.spec.windows_of_slice(unit.1);
-                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
-                }
-            }
-            inner.changed.insert(unit);
-            inner.removed.remove(&unit);
-            let Some(u) = inner.units.get_mut(&unit) else {
-                return Err(DataFusionError::Internal(format!(
-                    "WindowAggregateExec lost the unit [{}, {}) it just added",
-                    unit.1, unit.0
-                )));
-            };
-            u.snapshot = None;
-            match &mut u.state {
-                UnitState::Live(g) => g.update(input)?,
-                UnitState::Frozen { .. } => {
-                    return Err(DataFusionError::Internal(format!(
-                        "rows arrived for slice [{}, {}) after it was complete",
-                        unit.1, unit.0
-                    )));
-                }
-            }
+            self.live_unit(&mut inner, unit)?.update(input)?;
         }
         Ok(())
+    }
+
+    /// The live groups of `unit` in a shard (made when new), marked changed.
+    fn live_unit<'a>(&self, inner: &'a mut Inner, unit: (i64, i64)) -> Result<&'a mut Groups> {
+        if let Entry::Vacant(v) = inner.units.entry(unit) {
+            v.insert(Unit {
+                state: UnitState::Live(Groups::new(&self.agg)?),
+                snapshot: None,
+            });
+            if self.slices {
+                let windows = self.spec.windows_of_slice(unit.1);
+                inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
+            }
+        }
+        inner.changed.insert(unit);
+        inner.removed.remove(&unit);
+        let Some(u) = inner.units.get_mut(&unit) else {
+            return Err(DataFusionError::Internal(format!(
+                "WindowAggregateExec lost the unit [{}, {}) it just added",
+                unit.1, unit.0
+            )));
+        };
+        u.snapshot = None;
+        match &mut u.state {
+            UnitState::Live(g) => Ok(g),
+            UnitState::Frozen { .. } => Err(DataFusionError::Internal(format!(
+                "rows arrived for slice [{}, {}) after it was complete",
+                unit.1, unit.0
+            ))),
+        }
     }
 
     /// Merges a batch of partial states (a [`PartialWindowAggExec`]'s rows)
@@ -322,36 +325,8 @@ impl WindowAggState {
             let part = take_batch(batch, &UInt32Array::from(rows))?;
             let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
             let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
-            if let Entry::Vacant(v) = inner.units.entry(unit) {
-                v.insert(Unit {
-                    state: UnitState::Live(Groups::new(&self.agg)?),
-                    snapshot: None,
-                });
-                if self.slices {
-                    let windows = self.spec.windows_of_slice(unit.1);
-                    inner.open.extend(windows.into_iter().map(|(s, e)| (e, s)));
-                }
-            }
-            inner.changed.insert(unit);
-            inner.removed.remove(&unit);
-            let Some(u) = inner.units.get_mut(&unit) else {
-                return Err(DataFusionError::Internal(format!(
-                    "WindowAggregateExec lost the unit [{}, {}) it just added",
-                    unit.1, unit.0
-                )));
-            };
-            u.snapshot = None;
-            match &mut u.state {
-                UnitState::Live(g) => {
-                    g.merge(&keys, &states, part.num_rows())?;
-                }
-                UnitState::Frozen { .. } => {
-                    return Err(DataFusionError::Internal(format!(
-                        "rows arrived for slice [{}, {}) after it was complete",
-                        unit.1, unit.0
-                    )));
-                }
-            }
+            self.live_unit(&mut inner, unit)?
+                .merge(&keys, &states, part.num_rows())?;
         }
         Ok(())
     }
