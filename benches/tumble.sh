@@ -46,11 +46,21 @@ for _ in 1 2 3; do
 done
 batch_rate=$(echo "$ROWS / $best" | bc)
 
-rm -rf "$WORK/out" "$WORK/job.checkpoint" "$WORK/progress.json"
-t0=$(now)
-/usr/bin/time -f "%M" -o "$WORK/rss" taskset -c "$CPUS" "$WEIR" run "$WORK/job.sql" \
-  --threads "$CORES" --trigger available-now --drain --progress-json "$WORK/progress.json" 2>"$WORK/weir.log"
-wall=$(echo "$(now) - $t0" | bc)
+# Weir: best of three too (each from an empty checkpoint); the report's
+# epoch times, late rows and RSS are the best run's.
+wall=""
+for i in 1 2 3; do
+  rm -rf "$WORK/out" "$WORK/job.checkpoint" "$WORK/run.json"
+  t0=$(now)
+  /usr/bin/time -f "%M" -o "$WORK/run.rss" taskset -c "$CPUS" "$WEIR" run "$WORK/job.sql" \
+    --threads "$CORES" --trigger available-now --drain --progress-json "$WORK/run.json" 2>"$WORK/weir.log"
+  t=$(echo "$(now) - $t0" | bc)
+  if [ -z "$wall" ] || [ "$(echo "$t < $wall" | bc)" = 1 ]; then
+    wall=$t
+    mv "$WORK/run.json" "$WORK/progress.json"
+    mv "$WORK/run.rss" "$WORK/rss"
+  fi
+done
 weir_rate=$(echo "$ROWS / $wall" | bc)
 epochs=$(wc -l < "$WORK/progress.json")
 batch_ms=$(python3 -c "import json,sys; print(round(sum(json.loads(l)['batch_ms'] for l in open('$WORK/progress.json'))))")
@@ -70,7 +80,7 @@ Measured $(date -u +%Y-%m-%d) by \`benches/tumble.sh $ROWS $CORES\` on $(nproc) 
 | run | time | rows/s |
 |---|---|---|
 | DataFusion batch (ceiling, best of 3) | ${best}s | $batch_rate |
-| Weir, whole process (plan, $epochs epochs, checkpoints, sink) | ${wall}s | $weir_rate |
+| Weir, whole process (plan, $epochs epochs, checkpoints, sink; best of 3) | ${wall}s | $weir_rate |
 | Weir, sum of epoch times (\`--progress-json\` batch_ms) | ${batch_ms}ms | $epoch_rate |
 
 Weir / batch: **$ratio**. Weir peak RSS: $rss_mb MB. Late rows dropped: $late.
