@@ -129,18 +129,16 @@ impl Broker {
         Self::private_advertising(None)
     }
 
-    /// A broker of this test's own that tells clients to connect to
-    /// `advertised` (a [`Proxy`]'s port) instead of its own port.
-    pub fn private_advertising(advertised: Option<u16>) -> Option<Broker> {
-        let Some(binary) = tansu() else {
-            return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
-        };
-        let mut b = Broker {
-            addr: String::new(),
+    /// A private broker of `binary` on a free loopback port, keeping its
+    /// topics in `storage`, not started yet.
+    fn unstarted(binary: PathBuf, storage: &str) -> Broker {
+        let port = free_port();
+        Broker {
+            addr: format!("127.0.0.1:{port}"),
             child: None,
-            port: free_port(),
-            advertised,
-            storage: "memory://tansu/".into(),
+            port,
+            advertised: None,
+            storage: storage.to_string(),
             storage_env: Vec::new(),
             binary: Some(binary),
             args: Vec::new(),
@@ -148,8 +146,17 @@ impl Broker {
             client_sasl: None,
             cwd: None,
             runtime: runtime(),
+        }
+    }
+
+    /// A broker of this test's own that tells clients to connect to
+    /// `advertised` (a [`Proxy`]'s port) instead of its own port.
+    pub fn private_advertising(advertised: Option<u16>) -> Option<Broker> {
+        let Some(binary) = tansu() else {
+            return no_broker("neither WEIR_TEST_KAFKA nor WEIR_TANSU is set, and tansu is not on PATH");
         };
-        b.addr = format!("127.0.0.1:{}", b.port);
+        let mut b = Broker::unstarted(binary, "memory://tansu/");
+        b.advertised = advertised;
         b.start();
         Some(b)
     }
@@ -169,21 +176,7 @@ impl Broker {
         }
         let dir = std::env::temp_dir().join(format!("weir-tansu-{}-{:x}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut b = Broker {
-            addr: String::new(),
-            child: None,
-            port: free_port(),
-            advertised: None,
-            storage: "sqlite://tansu.db".into(),
-            storage_env: Vec::new(),
-            binary: Some(binary.clone()),
-            args: Vec::new(),
-            client_tls: None,
-            client_sasl: None,
-            cwd: None,
-            runtime: runtime(),
-        };
-        b.addr = format!("127.0.0.1:{}", b.port);
+        let mut b = Broker::unstarted(binary.clone(), "sqlite://tansu.db");
         b.cwd = Some(dir);
         // Users are made through the broker (AlterUserScramCredentials),
         // which an authenticating broker only takes from a logged-in
@@ -231,27 +224,14 @@ impl Broker {
             answer.lines().next().unwrap_or("").contains(" 200"),
             "creating bucket {bucket}: {answer}"
         );
-        let mut b = Broker {
-            addr: String::new(),
-            child: None,
-            port: free_port(),
-            advertised: None,
-            storage: format!("s3://{bucket}/"),
-            storage_env: vec![
-                ("AWS_ENDPOINT".into(), format!("http://{host}")),
-                ("AWS_ALLOW_HTTP".into(), "true".into()),
-                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-                ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
-            ],
-            binary: Some(binary),
-            args: Vec::new(),
-            client_tls: None,
-            client_sasl: None,
-            cwd: None,
-            runtime: runtime(),
-        };
-        b.addr = format!("127.0.0.1:{}", b.port);
+        let mut b = Broker::unstarted(binary, &format!("s3://{bucket}/"));
+        b.storage_env = vec![
+            ("AWS_ENDPOINT".into(), format!("http://{host}")),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+        ];
         b.start();
         Some(b)
     }
