@@ -795,6 +795,47 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
     assert!(inspect.contains("regular-join keyed by"), "{inspect}");
 }
 
+/// Without `--threads` (or `SET threads`), a job, the shell and a batch
+/// query plan for one thread per CPU the process may use; `--threads 1`
+/// still gives one, and the output is the batch answer either way.
+#[test]
+fn threads_default_to_every_cpu_the_process_may_use() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    // With more than one thread, the window aggregate's rows are first
+    // aggregated per partition.
+    let partial = |args: &[&str]| {
+        let mut all = vec!["run", "job.sql", "--explain"];
+        all.extend_from_slice(args);
+        ws.weir(&all).ok().stdout().contains("PartialWindowAggregateExec")
+    };
+    assert_eq!(partial(&[]), cpus > 1, "{cpus} CPUs");
+    assert!(!partial(&["--threads", "1"]));
+    assert_eq!(partial(&["--threads", "0"]), cpus > 1);
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+
+    let shell = ws.weir_input(&[], "SET;\nSET threads = 'two';\n");
+    assert!(
+        shell
+            .stdout()
+            .lines()
+            .any(|l| l.starts_with("| threads ") && l.contains(&format!("0 ({cpus} CPUs)"))),
+        "{}",
+        shell.stdout()
+    );
+    assert!(
+        shell
+            .stderr()
+            .contains("SET threads = 'two': expected a whole number"),
+        "{}",
+        shell.stderr()
+    );
+}
+
 /// Runs `job.sql` one epoch at a time on 2, 1, 3, 2, 1 threads (each run
 /// restores the keyed state into another number of shards), then drains it
 /// on 2.

@@ -20,9 +20,13 @@ use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
-/// A context for batch queries, with quoted paths as tables.
-pub fn context() -> SessionContext {
-    SessionContext::new_with_config(SessionConfig::new().with_information_schema(true)).enable_url_table()
+/// A context for batch queries, with quoted paths as tables, planned for
+/// `threads` partitions (`SET threads`; 0, the default, is one per CPU).
+pub fn context(threads: usize) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(crate::resolve_threads(threads));
+    SessionContext::new_with_config(config).enable_url_table()
 }
 
 /// Every function name DataFusion knows, for completion.
@@ -96,7 +100,7 @@ pub async fn sink_schema(decl: &TableDecl, env: &StoreOptions) -> Result<SchemaR
     if let Some(s) = &decl.schema {
         return Ok(Arc::clone(s));
     }
-    let ctx = context();
+    let ctx = context(0);
     let table = sink_table(&ctx, decl, env).await?;
     Ok(datafusion::catalog::TableProvider::schema(&table))
 }

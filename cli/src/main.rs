@@ -175,7 +175,7 @@ struct RunArgs {
     /// worker threads, and the threads a source reads with. Stateless work
     /// runs on all of them, and keyed aggregates split their state by the
     /// keys' hash into that many shards. `0`: one per CPU this process may use.
-    /// Default: the job's `SET threads`, else 1.
+    /// Default: the job's `SET threads`, else one per CPU this process may use.
     #[arg(long)]
     threads: Option<usize>,
     /// Serve the job's metrics in Prometheus's text format at
@@ -201,19 +201,26 @@ impl RunSettings {
             Some(t) => parse_trigger(t).context("--trigger")?,
             None => parse_trigger(&set("trigger").unwrap_or_else(|| "1s".into())).context("SET trigger")?,
         };
-        let threads = match args
-            .threads
-            .or_else(|| set("threads").and_then(|t| t.parse().ok()))
-        {
-            Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(n) => n,
-            None => 1,
-        };
+        let threads = resolve_threads(
+            args.threads
+                .or_else(|| set("threads").and_then(|t| t.parse().ok()))
+                .unwrap_or(0),
+        );
         Ok(RunSettings {
             trigger,
             drain: args.drain || set("drain").is_some_and(|d| d == "true"),
             threads,
         })
+    }
+}
+
+/// The threads a run asks for: `0` (the default everywhere) is one per CPU
+/// this process may use (its affinity mask and cgroup quota, as
+/// `available_parallelism` reads them), as DataFusion and tokio default.
+pub fn resolve_threads(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 

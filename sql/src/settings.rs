@@ -58,7 +58,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "threads",
         values: "a whole number, 0 for one per CPU",
-        default: "1",
+        default: "0",
         help: "threads a query runs on (weir run --threads)",
         scope: Scope::Everywhere,
     },

@@ -90,7 +90,11 @@ impl Shell {
             "checkpoint_dir" => self.settings.checkpoint_dir = value,
             "trigger" => self.settings.trigger = parse_trigger(&value)?,
             "drain" => self.settings.drain = value == "true",
-            "threads" => self.settings.threads = value.parse()?,
+            "threads" => {
+                self.settings.threads = value
+                    .parse()
+                    .map_err(|_| anyhow!("SET threads: '{value}' is not a whole number (0: one per CPU)"))?
+            }
             "metrics" => return self.serve_metrics(&value),
             // Settings a query's job text carries (`state.ttl`, ...).
             _ => {
@@ -125,7 +129,10 @@ impl Shell {
                     "checkpoint_dir" => s.checkpoint_dir.clone(),
                     "trigger" => trigger_text(s.trigger),
                     "drain" => s.drain.to_string(),
-                    "threads" => s.threads.to_string(),
+                    "threads" => match s.threads {
+                        0 => format!("0 ({} CPUs)", crate::resolve_threads(0)),
+                        n => n.to_string(),
+                    },
                     "metrics" => s.metrics.clone(),
                     other => s.job.get(other).cloned().unwrap_or_else(|| d.default.to_string()),
                 };

@@ -97,7 +97,7 @@ impl Default for Settings {
             format: Format::Table,
             max_rows: DEFAULT_MAX_ROWS,
             timing: false,
-            threads: 1,
+            threads: 0,
             metrics: "off".into(),
             job: Default::default(),
         }

@@ -143,7 +143,7 @@ impl Shell {
 
     /// A context with the sinks a statement names registered.
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
-        let ctx = batch::context();
+        let ctx = batch::context(self.settings.threads);
         for name in self.catalog.names_in(sql)? {
             if let Some(d) = self.catalog.get(&name)
                 && self.is_sink(d)
@@ -248,10 +248,7 @@ impl Shell {
 
     /// The job options of a query with this checkpoint.
     pub(super) fn job_options(&self, checkpoint: String) -> JobOptions {
-        let threads = match self.settings.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = crate::resolve_threads(self.settings.threads);
         // What sources report between epochs (a Kafka broker out of
         // reach), on stderr as it happens, scrubbed of secrets.
         let scrub = self.redactor.clone();
