@@ -34,8 +34,6 @@ impl SourceRows {
     /// Each batch's greatest value (in ms) of the timestamp column at
     /// `position`; `None` for a batch with no value.
     pub fn batch_max(&self, position: usize) -> Result<BatchMaxima> {
-        use datafusion::arrow::array::AsArray;
-        use datafusion::arrow::datatypes::TimestampMillisecondType;
         // Held while computing: another partition asking meanwhile waits
         // for the answer instead of computing it again.
         let mut cache = self.maxima.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,17 +43,25 @@ impl SourceRows {
         let maxima: Vec<Option<i64>> = self
             .batches
             .iter()
-            .map(|b| {
-                let ms = crate::exec::window_assign::to_millis(b.column(position))?;
-                Ok(datafusion::arrow::compute::max(
-                    ms.as_primitive::<TimestampMillisecondType>(),
-                ))
-            })
+            .map(|b| max_millis(b.column(position)))
             .collect::<Result<_>>()?;
         let maxima = Arc::new(maxima);
         cache.insert(position, Arc::clone(&maxima));
         Ok(maxima)
     }
+}
+
+/// The greatest value of a timestamp column, in ms (`None` when it has no
+/// value). Sources that decode batch by batch call it on each batch as it is
+/// decoded, while its values are still in the CPU's cache (see
+/// [`crate::source::SourceBatch::time_maxima`]).
+pub fn max_millis(column: &datafusion::arrow::array::ArrayRef) -> Result<Option<i64>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+    let ms = crate::exec::window_assign::to_millis(column)?;
+    Ok(datafusion::arrow::compute::max(
+        ms.as_primitive::<TimestampMillisecondType>(),
+    ))
 }
 
 /// The input of one epoch, for one pipeline.

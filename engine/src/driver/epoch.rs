@@ -681,13 +681,20 @@ impl StreamingJob {
                 ))
             })?;
             let read = slot.source.read_batch(offset).await?;
+            // Maxima the source computed as it decoded: one per batch.
+            let mut maxima = std::collections::HashMap::new();
+            if let Some((position, m)) = read.time_maxima
+                && m.len() == read.batches.len()
+            {
+                maxima.insert(position, Arc::new(m));
+            }
             input.insert(
                 name.clone(),
                 SourceRows {
                     columns: Arc::clone(&slot.columns),
                     batches: Arc::new(read.batches),
                     max_time_ms: read.max_time_ms,
-                    maxima: Arc::default(),
+                    maxima: Arc::new(std::sync::Mutex::new(maxima)),
                 },
             );
             bad.insert(name.clone(), read.bad);

@@ -115,6 +115,7 @@ impl LookupTable {
         let columns = Columns {
             declared: &self.schema,
             needed: &all,
+            max_of: None,
         };
         let mut rows = Vec::new();
         let mut skipped = 0usize;

@@ -247,24 +247,8 @@ impl Assign {
         let time = batch.column(self.time_index);
         let ms = to_millis(time)?;
         let ms = ms.as_primitive::<TimestampMillisecondType>();
-        let mut all_on_time = ms.null_count() == 0;
-        // Packed 64 rows to a word, without a null mask: this runs for every
-        // row of every windowed query.
-        let (values, nulls) = (ms.values(), ms.nulls());
-        let (cap, delay) = (self.cap, self.delay_ms);
-        let mut watermark = self.watermark;
-        let keep = BooleanBuffer::collect_bool(values.len(), |i| {
-            if nulls.is_some_and(|n| n.is_null(i)) {
-                return false;
-            }
-            let t = values[i];
-            let on_time = t >= watermark.min(cap);
-            if let Some(delay) = delay {
-                watermark = watermark.max(t.saturating_sub(delay));
-            }
-            all_on_time &= on_time;
-            on_time
-        });
+        let (keep, watermark, all_on_time) =
+            on_time_rows(ms.values(), ms.nulls(), self.watermark, self.cap, self.delay_ms);
         self.watermark = watermark;
         let keep = BooleanArray::new(keep, None);
         let late_rows = if self.keep_late && !all_on_time {
@@ -353,6 +337,68 @@ impl Assign {
             late_rows,
         ))
     }
+}
+
+/// Which rows are on time: a row is late when its time is below the
+/// watermark, capped at `cap`. With a `delay`, the watermark advances row by
+/// row (to the greatest time seen so far minus the delay), so each row is
+/// judged against the rows before it; without one it stays at `watermark`.
+/// Null times are late. Returns the mask, the watermark after the rows, and
+/// whether every row is on time.
+///
+/// This runs for every row of every windowed query. Rows are taken 64 at a
+/// time: when the chunk's least time is at or above the highest bar any of
+/// its rows could face (the watermark after the whole chunk), all 64 are on
+/// time, found with two vectorised reductions instead of 64 dependent steps.
+/// Only chunks that straddle the watermark are judged row by row.
+pub fn on_time_rows(
+    values: &[i64],
+    nulls: Option<&datafusion::arrow::buffer::NullBuffer>,
+    mut watermark: i64,
+    cap: i64,
+    delay: Option<i64>,
+) -> (BooleanBuffer, i64, bool) {
+    let n = values.len();
+    let mut words: Vec<u64> = Vec::with_capacity(n.div_ceil(64));
+    let mut all_on_time = true;
+    for (c, chunk) in values.chunks(64).enumerate() {
+        let base = c * 64;
+        let has_null = nulls.is_some_and(|b| b.slice(base, chunk.len()).null_count() > 0);
+        if !has_null {
+            let least = chunk.iter().copied().min().unwrap_or(i64::MAX);
+            let after = match delay {
+                Some(d) => watermark.max(chunk.iter().copied().max().unwrap_or(i64::MIN).saturating_sub(d)),
+                None => watermark,
+            };
+            if least >= after.min(cap) {
+                watermark = after;
+                words.push(if chunk.len() == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << chunk.len()) - 1
+                });
+                continue;
+            }
+        }
+        let mut word = 0u64;
+        for (i, &t) in chunk.iter().enumerate() {
+            if nulls.is_some_and(|b| b.is_null(base + i)) {
+                all_on_time = false;
+                continue;
+            }
+            if t >= watermark.min(cap) {
+                word |= 1 << i;
+            } else {
+                all_on_time = false;
+            }
+            if let Some(d) = delay {
+                watermark = watermark.max(t.saturating_sub(d));
+            }
+        }
+        words.push(word);
+    }
+    let keep = BooleanBuffer::new(datafusion::arrow::buffer::Buffer::from_vec(words), 0, n);
+    (keep, watermark, all_on_time)
 }
 
 /// An event-time column as milliseconds (floor), whatever its unit.
@@ -465,5 +511,47 @@ mod tests {
             .values()
             .to_vec();
         assert_eq!((out.num_rows(), ends), (1, vec![6_000]));
+    }
+
+    proptest::proptest! {
+        /// The chunked judgement equals the row-by-row definition, on
+        /// times that drift up with jitter (some chunks straddle the
+        /// watermark, most do not), with nulls, caps and both kinds of
+        /// watermark.
+        #[test]
+        fn on_time_rows_is_the_row_by_row_rule(
+            steps in proptest::collection::vec((0i64..40, proptest::bool::weighted(0.03)), 0..400),
+            jitter in 0i64..200,
+            start_wm in -50i64..50,
+            cap in proptest::option::of(0i64..4_000),
+            delay in proptest::option::of(0i64..150),
+        ) {
+            let mut t = 0i64;
+            let mut times = Vec::new();
+            for (i, (step, null)) in steps.iter().enumerate() {
+                t += step;
+                let wobble = (i as i64 * 7919) % (jitter + 1);
+                times.push((!null).then_some(t - wobble));
+            }
+            let array = TimestampMillisecondArray::from(times.clone());
+            let cap = cap.unwrap_or(i64::MAX);
+            let (keep, after, all) = on_time_rows(array.values(), array.nulls(), start_wm, cap, delay);
+            let mut wm = start_wm;
+            let mut expected = Vec::new();
+            for v in &times {
+                match v {
+                    None => expected.push(false),
+                    Some(t) => {
+                        expected.push(*t >= wm.min(cap));
+                        if let Some(d) = delay {
+                            wm = wm.max(t - d);
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(keep.iter().collect::<Vec<_>>(), expected.clone());
+            proptest::prop_assert_eq!(after, wm);
+            proptest::prop_assert_eq!(all, expected.iter().all(|k| *k));
+        }
     }
 }

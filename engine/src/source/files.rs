@@ -147,6 +147,9 @@ pub struct FilesSource {
     /// Threads the job runs on: with more than one, an epoch's Parquet
     /// files are decoded at once (`read_parquet_ranges`).
     threads: usize,
+    /// The declared index of the watermark column, whose per-batch maxima
+    /// a Parquet read computes as it decodes (`SourceBatch::time_maxima`).
+    watermark: Option<usize>,
 }
 
 /// The format a `files` table declares (`'format'`, `'csv.delimiter'`).
@@ -209,7 +212,18 @@ fn parse_count(decl: &TableDecl, key: &str, default: usize) -> Result<usize> {
     }
 }
 
+/// The index of `column` in a declared schema.
+fn schema_index(schema: &Option<SchemaRef>, column: &str) -> Option<usize> {
+    schema.as_ref().and_then(|s| s.index_of(column).ok())
+}
+
 impl FilesSource {
+    /// The watermark column, when this epoch's rows hold it: each batch's
+    /// greatest value is then computed as the batch is decoded.
+    fn max_of(&self) -> Option<usize> {
+        self.watermark.filter(|w| self.columns.contains(w))
+    }
+
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl, store_options: &StoreOptions) -> Result<Self> {
         let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
@@ -241,6 +255,10 @@ impl FilesSource {
             warnings: Vec::new(),
             cache: None,
             threads: 1,
+            watermark: decl
+                .watermark
+                .as_ref()
+                .and_then(|w| schema_index(&decl.schema, &w.column)),
         })
     }
 
@@ -330,10 +348,11 @@ impl FilesSource {
                 continue;
             }
             let (store, table) = (Arc::clone(store), self.table.clone());
-            let (schema, needed, on_error) = (
+            let (schema, needed, on_error, max_of) = (
                 Arc::clone(&self.schema),
                 self.columns.clone(),
                 self.on_error.clone(),
+                self.max_of(),
             );
             let size = range.size;
             tasks.push(Some(tokio::spawn(async move {
@@ -347,6 +366,7 @@ impl FilesSource {
                 let columns = Columns {
                     declared: &schema,
                     needed: &needed,
+                    max_of,
                 };
                 read_range(&file, Format::Parquet, &columns, &on_error, start, take, None).await
             })));
@@ -497,6 +517,8 @@ impl Source for FilesSource {
         })?;
         let mut budget = offset.max_rows as usize;
         let mut out = SourceBatch::default();
+        // Each batch's greatest event time, while every read computed them.
+        let mut maxima = self.max_of().map(|_| Vec::new());
         let mut decoded = if self.threads > 1 && self.format == Format::Parquet && offset.files.len() > 1 {
             self.read_parquet_ranges(&offset).await?
         } else {
@@ -535,6 +557,7 @@ impl Source for FilesSource {
                         let columns = Columns {
                             declared: &self.schema,
                             needed: &self.columns,
+                            max_of: self.max_of(),
                         };
                         read_range(
                             &file,
@@ -559,6 +582,10 @@ impl Source for FilesSource {
             };
             self.cache = bytes.filter(|_| !rows.eof).map(|b| (range.path.clone(), b));
             budget -= rows.records;
+            maxima = maxima.filter(|_| rows.maxima.len() == rows.batches.len());
+            if let Some(m) = &mut maxima {
+                m.extend(rows.maxima);
+            }
             out.batches.extend(rows.batches);
             out.bad.extend(rows.bad);
             if rows.eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
@@ -575,6 +602,10 @@ impl Source for FilesSource {
                 },
             );
             self.changed.insert(range.path.clone());
+        }
+        if let (Some(m), Some(wm)) = (maxima, self.max_of()) {
+            let position = self.columns.iter().position(|&c| c == wm);
+            out.time_maxima = position.map(|p| (p, m));
         }
         Ok(out)
     }

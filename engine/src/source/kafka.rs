@@ -1226,6 +1226,7 @@ impl KafkaSource {
             let columns = Columns {
                 declared: &payload_schema,
                 needed: &all_payload,
+                max_of: None,
             };
             read_json_values(
                 &format!("{KAFKA_PREFIX}{}", self.topics.join(",")),
@@ -1405,6 +1406,7 @@ impl KafkaSource {
                 let columns = Columns {
                     declared: &payload_schema,
                     needed: &all_payload,
+                    max_of: None,
                 };
                 let url = format!("{KAFKA_PREFIX}{}", self.topics.join(","));
                 let rows = read_text(&url, &self.table, format, Bytes::from(text), &columns)?;
@@ -1947,6 +1949,7 @@ impl Source for KafkaSource {
             batches,
             bad,
             max_time_ms,
+            time_maxima: None,
         })
     }
 

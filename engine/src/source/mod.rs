@@ -47,6 +47,12 @@ pub struct SourceBatch {
     /// accepted in [`Source::knows_max_time`], among these rows (`None`
     /// when there are none or it accepted none).
     pub max_time_ms: Option<i64>,
+    /// Each batch's greatest value (ms) of the source's watermark column, by
+    /// the column's position in the batches, when the source computed them
+    /// as it decoded (the files source, Parquet): the driver's watermark
+    /// then does not read the column again. `None`: the driver computes
+    /// them.
+    pub time_maxima: Option<(usize, Vec<Option<i64>>)>,
 }
 
 /// An amount of input: files and their bytes (a folder), or events (a

@@ -273,6 +273,7 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
             records: total,
             eof: true,
             bad: Vec::new(),
+            maxima: Vec::new(),
         };
     }
     let mut out = Vec::new();
@@ -290,5 +291,6 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
         records: max_rows,
         eof: false,
         bad: Vec::new(),
+        maxima: Vec::new(),
     }
 }

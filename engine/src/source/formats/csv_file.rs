@@ -193,6 +193,7 @@ pub(super) fn read_csv(
                 records: 0,
                 eof: true,
                 bad: Vec::new(),
+                maxima: Vec::new(),
             });
         }
         Err(e) => return Err(file.err(format!("cannot read the CSV header: {e}"))),
@@ -299,5 +300,6 @@ pub(super) fn read_csv(
         records: records.len(),
         eof,
         bad: Vec::new(),
+        maxima: Vec::new(),
     })
 }

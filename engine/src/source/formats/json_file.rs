@@ -94,6 +94,7 @@ pub(super) fn read_json(
             records: taken,
             eof,
             bad: Vec::new(),
+            maxima: Vec::new(),
         });
     }
 
@@ -153,6 +154,7 @@ pub(super) fn read_json(
         records: lines.len(),
         eof,
         bad: Vec::new(),
+        maxima: Vec::new(),
     })
 }
 

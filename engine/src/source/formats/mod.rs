@@ -90,6 +90,9 @@ pub struct FileRows {
     /// The bad records among them, in file order (none under
     /// `'on_error' = 'fail'`: the first one is the read's error).
     pub bad: Vec<BadRecord>,
+    /// Each batch's greatest value (ms) of [`Columns::max_of`], one per
+    /// batch, when the reader computed them (Parquet); else empty.
+    pub maxima: Vec<Option<i64>>,
 }
 
 /// Identifies the file in errors.
@@ -133,6 +136,10 @@ pub struct Columns<'a> {
     pub declared: &'a SchemaRef,
     /// The needed columns, ascending.
     pub needed: &'a [usize],
+    /// A needed timestamp column (declared index) whose greatest value a
+    /// reader that decodes batch by batch records for each batch
+    /// ([`FileRows::maxima`]).
+    pub max_of: Option<usize>,
 }
 
 impl Columns<'_> {
@@ -329,6 +336,7 @@ mod tests {
         let columns = Columns {
             declared: &declared,
             needed: &needed,
+            max_of: None,
         };
         Ok(read_range(&file, format, &columns, &on_error, start, max, None)
             .await?

@@ -123,27 +123,38 @@ pub(super) async fn read_parquet(
             RowSelector::select(take),
         ]));
     }
-    let stream = builder.build().map_err(|e| file.err(e))?;
-    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| file.err(e))?;
+    let mut stream = builder.build().map_err(|e| file.err(e))?;
     let checked_schema = Arc::new(columns.declared.project(&checked)?);
     let keep = columns.within(&checked);
-    let mut out = Vec::with_capacity(batches.len());
+    // Where the watermark column is in the rows returned.
+    let max_at = columns
+        .max_of
+        .and_then(|c| columns.needed.iter().position(|&n| n == c));
+    let mut out = Vec::new();
+    let mut maxima = Vec::new();
     let mut row = start;
-    for b in &batches {
-        let rows = parquet_rows(file, b, &positions, &checked_schema, row, bad)?;
+    // Each batch is checked (and its greatest event time taken) as soon as
+    // it is decoded, while its values are still in the CPU's cache.
+    while let Some(b) = stream.try_next().await.map_err(|e| file.err(e))? {
+        let rows = parquet_rows(file, &b, &positions, &checked_schema, row, bad)?;
         row += b.num_rows();
         if rows.num_rows() > 0 {
-            out.push(if keep.len() == checked.len() {
+            let rows = if keep.len() == checked.len() {
                 rows
             } else {
                 rows.project(&keep)?
-            });
+            };
+            if let Some(p) = max_at {
+                maxima.push(crate::epoch::max_millis(rows.column(p))?);
+            }
+            out.push(rows);
         }
     }
     Ok(FileRows {
         batches: out,
         records: row - start,
         eof: start + take >= total,
+        maxima,
         bad: Vec::new(),
     })
 }

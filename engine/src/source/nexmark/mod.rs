@@ -315,6 +315,7 @@ impl Source for NexmarkSource {
             batches,
             bad: Vec::new(),
             max_time_ms,
+            time_maxima: None,
         })
     }
 
