@@ -20,11 +20,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -42,9 +42,16 @@ use super::groups::{AggregateSpec, Groups};
 /// What the partial aggregate computes (shared by the node's copies).
 pub struct PartialSpec {
     /// Keys, aggregates, arguments and filters over the input rows; the
-    /// first two keys are the unit's start and end (one hash table for the
-    /// whole epoch, as DataFusion's batch aggregate groups by a `date_bin`).
+    /// first keys are the unit's (one hash table for the whole epoch, as
+    /// DataFusion's batch aggregate groups by a `date_bin`): its end alone
+    /// when every unit has the same length, else its start and end.
     agg: AggregateSpec,
+    /// Every unit's length (end - start), when the window has one (tumble,
+    /// hop, slices): the unit is then keyed by its end alone, one `i64`
+    /// column, which hashes as fast as the batch aggregate's single key.
+    unit_length: Option<i64>,
+    /// The unit's start, to check `unit_length` against each batch.
+    start: Arc<dyn PhysicalExpr>,
     /// `__window_start`, `__window_end`, the keys, the aggregates' states.
     pub schema: SchemaRef,
 }
@@ -56,15 +63,17 @@ impl PartialSpec {
         final_agg: &AggregateSpec,
         start: &Arc<dyn PhysicalExpr>,
         end: &Arc<dyn PhysicalExpr>,
+        unit_length: Option<i64>,
         input: &Schema,
     ) -> Result<Self> {
-        let keys = [
-            (Arc::clone(start), "__window_start".to_string()),
-            (Arc::clone(end), "__window_end".to_string()),
-        ]
-        .into_iter()
-        .chain(final_agg.keys.iter().cloned())
-        .collect();
+        let unit = match unit_length {
+            Some(_) => vec![(Arc::clone(end), "__window_end".to_string())],
+            None => vec![
+                (Arc::clone(start), "__window_start".to_string()),
+                (Arc::clone(end), "__window_end".to_string()),
+            ],
+        };
+        let keys = unit.into_iter().chain(final_agg.keys.iter().cloned()).collect();
         let agg = AggregateSpec::try_new(keys, final_agg.aggr.clone(), final_agg.filters.clone(), input)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -75,13 +84,16 @@ impl PartialSpec {
         fields.extend(final_agg.state_file_fields());
         Ok(Self {
             agg,
+            unit_length,
+            start: Arc::clone(start),
             schema: Arc::new(Schema::new(fields)),
         })
     }
 
     /// The key columns of the rows it emits (after the unit's two).
     pub fn key_columns(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        (2..self.agg.keys.len())
+        let unit = if self.unit_length.is_some() { 1 } else { 2 };
+        (2..2 + self.agg.keys.len() - unit)
             .map(|i| Arc::new(Column::new(self.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
             .collect()
     }
@@ -92,6 +104,26 @@ impl PartialSpec {
             return Ok(());
         }
         let evaluated = self.agg.evaluate(batch)?;
+        if let Some(length) = self.unit_length {
+            // The unit is keyed by its end: every start must be end - length.
+            let n = batch.num_rows();
+            let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+            let ends = cast(&evaluated.keys[0], &DataType::Int64)?;
+            let (starts, ends) = (
+                starts.as_primitive::<Int64Type>(),
+                ends.as_primitive::<Int64Type>(),
+            );
+            let same = starts
+                .values()
+                .iter()
+                .zip(ends.values())
+                .fold(true, |ok, (s, e)| ok & (e.wrapping_sub(*s) == length));
+            if !same || starts.null_count() + ends.null_count() > 0 {
+                return Err(DataFusionError::Internal(format!(
+                    "PartialWindowAggregateExec: a unit is not {length} ms long"
+                )));
+            }
+        }
         let groups = match groups {
             Some(g) => g,
             None => groups.insert(Groups::new(&self.agg)?),
@@ -106,9 +138,23 @@ impl PartialSpec {
         };
         let (keys, states) = groups.take_state()?;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for (i, k) in keys.into_iter().enumerate() {
-            columns.push(if i < 2 { cast(&k, &DataType::Int64)? } else { k });
+        let mut keys = keys.into_iter();
+        if let Some(length) = self.unit_length {
+            let ends = cast(
+                &keys
+                    .next()
+                    .unwrap_or_else(|| Arc::new(Int64Array::from(Vec::<i64>::new()))),
+                &DataType::Int64,
+            )?;
+            let starts: Int64Array = ends.as_primitive::<Int64Type>().unary(|e| e - length);
+            columns.push(Arc::new(starts));
+            columns.push(ends);
+        } else {
+            for k in keys.by_ref().take(2) {
+                columns.push(cast(&k, &DataType::Int64)?);
+            }
         }
+        columns.extend(keys);
         columns.extend(states.into_iter().flatten());
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
@@ -148,11 +194,19 @@ impl fmt::Debug for PartialWindowAggExec {
 
 impl DisplayAs for PartialWindowAggExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.spec.agg.keys[2..].iter().map(|(_, n)| n.as_str()).collect();
+        let unit = if self.spec.unit_length.is_some() { 1 } else { 2 };
+        let keys: Vec<&str> = self.spec.agg.keys[unit..]
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
         let aggs: Vec<&str> = self.spec.agg.aggr.iter().map(|a| a.name()).collect();
         write!(
             f,
-            "PartialWindowAggregateExec: gby=[window_start, window_end{}{}], aggr=[{}]",
+            "PartialWindowAggregateExec: gby=[{}{}{}], aggr=[{}]",
+            match self.spec.unit_length {
+                Some(ms) => format!("window_end (window_start = window_end - {ms} ms)"),
+                None => "window_start, window_end".to_string(),
+            },
             if keys.is_empty() { "" } else { ", " },
             keys.join(", "),
             aggs.join(", ")
