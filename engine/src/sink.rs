@@ -79,6 +79,8 @@ pub struct FileSink {
     /// `'mode' = 'changelog'`: rows carry their epoch and order (see
     /// [`with_changelog_order`]).
     changelog: bool,
+    /// Threads an epoch's file is encoded on (the job's `--threads`).
+    threads: usize,
 }
 
 /// The column of a changelog row's epoch.
@@ -161,6 +163,7 @@ impl FileSink {
                 .options
                 .get("mode")
                 .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
+            threads: 1,
         })
     }
 
@@ -226,9 +229,9 @@ impl FileSink {
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
         let bytes = if self.changelog {
             let (schema, batches) = with_changelog_order(epoch, schema, batches)?;
-            codec::encode(&url, &schema, &batches, &meta)?
+            codec::encode_parallel(&url, &schema, &batches, &meta, self.threads)?
         } else {
-            codec::encode(&url, schema, batches, &meta)?
+            codec::encode_parallel(&url, schema, batches, &meta, self.threads)?
         };
         let len = bytes.len() as u64;
         self.layout
@@ -240,6 +243,12 @@ impl FileSink {
     /// Deletes manifests of epochs before `epoch` (their files stay).
     pub async fn prune(&self, epoch: u64) -> Result<()> {
         Ok(self.layout.prune_manifests(epoch).await?)
+    }
+
+    /// Encodes each epoch's file on up to `threads` threads (the same
+    /// bytes as on one).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Publishes a committed epoch's output.
@@ -430,6 +439,13 @@ impl PipelineSink {
     /// Whether this is a live query's sink.
     pub fn is_live(&self) -> bool {
         matches!(self, Self::Live(_))
+    }
+
+    /// Threads a file sink encodes an epoch's file on.
+    pub fn set_threads(&mut self, threads: usize) {
+        if let Self::Files(f) = self {
+            f.set_threads(threads);
+        }
     }
 
     /// The file sink, for a declared sink table.

@@ -126,13 +126,14 @@ impl StreamingJob {
         for (p, plan, operators) in physical {
             let schema = plan.schema();
             let writer = sink_writer(&metadata.query_id, p.index, false);
-            let sink = PipelineSink::open(
+            let mut sink = PipelineSink::open(
                 p.sink.as_ref(),
                 &writer,
                 &options.store_options,
                 options.live.as_ref(),
                 checkpoint.location(),
             )?;
+            sink.set_threads(options.threads);
             let mut late_sinks: Vec<SideSink> = Vec::new();
             let late_tables = if options.live.is_some() {
                 Vec::new()
