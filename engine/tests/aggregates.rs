@@ -199,3 +199,103 @@ async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
     assert!(expected.len() > 40);
     assert_eq!(rows(&got), expected);
 }
+
+/// With two threads and keys nearly unique within their window, each
+/// partition's partial aggregate (125,000 rows an epoch) stops grouping
+/// after its first 100,000 rows and passes each row on as a state of its
+/// own (as DataFusion's partial aggregate does); every kind of aggregate
+/// still gives the batch answer, over two epochs.
+#[tokio::test]
+async fn nearly_unique_keys_on_two_threads_match_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let input_dir = dir.path().join("in");
+    std::fs::create_dir_all(&input_dir).unwrap();
+    let n = 500_000i64;
+    let base = 1_767_225_600_000i64;
+    let schema = input().schema();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            // Unique but for every 50th row, which shares the key of the
+            // row before: pairs that meet again in the merge.
+            Arc::new(Int64Array::from(
+                (0..n)
+                    .map(|i| if i % 50 == 0 && i > 0 { i - 1 } else { i })
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                (0..n)
+                    .map(|i| if i % 13 == 0 { None } else { Some((i * 31) % 17) })
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                (0..n).map(|i| (i * 104_729) % 1000).collect::<Vec<_>>(),
+            )),
+            // 0.1 ms apart: a 5 s window holds 50,000 rows.
+            Arc::new(TimestampMillisecondArray::from(
+                (0..n).map(|i| base + i / 10).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    for (i, part) in [(0, 250_000), (250_000, 250_000)] {
+        let f = std::fs::File::create(input_dir.join(format!("part-{i:06}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch.slice(i, part)).unwrap();
+        w.close().unwrap();
+    }
+    let out_dir = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '250000');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+         INSERT INTO out SELECT window_start, window_end, auction, {AGGS}
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
+         GROUP BY window_start, window_end, auction;",
+        input_dir.display(),
+        out_dir.display()
+    );
+    let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
+    options.udafs.push(sum_sq());
+    options.threads = 2;
+    let mut job = StreamingJob::open(&sql, options).await.unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let s = job
+        .run(Trigger::AvailableNow, true, stop, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.late_rows, 0);
+    assert!(s.epochs >= 2, "{} epochs", s.epochs);
+    let analyze = job.explain_analyze();
+    assert!(
+        analyze.contains("PartialWindowAggregateExec")
+            && analyze.contains("skipped_aggregation_rows=")
+            && !analyze.contains("skipped_aggregation_rows=0"),
+        "{analyze}"
+    );
+    let mut got = Vec::new();
+    for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "parquet") {
+            let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap();
+            got.extend(r.build().unwrap().map(|b| b.unwrap()));
+        }
+    }
+    let ctx = SessionContext::new();
+    ctx.register_udaf(sum_sq());
+    ctx.register_batch("bids", batch).unwrap();
+    let expected = ctx
+        .sql(&format!(
+            "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
+                    date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
+                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = rows(&expected);
+    assert!(expected.len() > 480_000, "{}", expected.len());
+    assert_eq!(rows(&got), expected);
+}

@@ -271,6 +271,19 @@ impl Groups {
         Ok(())
     }
 
+    /// Each input row as a partial state of its own (DataFusion's
+    /// `convert_to_state`: COUNT's 1, SUM's value, ...), without grouping.
+    pub fn states_of_rows(&self, input: &Evaluated) -> Result<Vec<Vec<ArrayRef>>> {
+        self.accs
+            .iter()
+            .enumerate()
+            .map(|(i, acc)| {
+                let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
+                acc.convert_to_state(&input.args[i], filter.as_ref())
+            })
+            .collect()
+    }
+
     /// Merges partial states (one row per key) in; returns each row's group.
     pub fn merge(&mut self, keys: &[ArrayRef], states: &[Vec<ArrayRef>], rows: usize) -> Result<Vec<usize>> {
         if rows == 0 {

@@ -28,7 +28,9 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -37,7 +39,7 @@ use futures::StreamExt;
 
 use datafusion::physical_expr::expressions::Column;
 
-use super::groups::{AggregateSpec, Groups};
+use super::groups::{AggregateSpec, Evaluated, Groups};
 
 /// What the partial aggregate computes (shared by the node's copies).
 pub struct PartialSpec {
@@ -103,6 +105,16 @@ impl PartialSpec {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let evaluated = self.evaluate(batch)?;
+        let groups = match groups {
+            Some(g) => g,
+            None => groups.insert(Groups::new(&self.agg)?),
+        };
+        groups.update(&evaluated)
+    }
+
+    /// A batch's keys, arguments and filters; checks `unit_length`.
+    fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let evaluated = self.agg.evaluate(batch)?;
         if let Some(length) = self.unit_length {
             // The unit is keyed by its end: every start must be end - length.
@@ -124,11 +136,16 @@ impl PartialSpec {
                 )));
             }
         }
-        let groups = match groups {
-            Some(g) => g,
-            None => groups.insert(Groups::new(&self.agg)?),
-        };
-        groups.update(&evaluated)
+        Ok(evaluated)
+    }
+
+    /// Each row of a batch as a state row of its own (see
+    /// [`PartialState`]).
+    fn rows_as_states(&self, groups: &Groups, batch: &RecordBatch) -> Result<RecordBatch> {
+        let mut evaluated = self.evaluate(batch)?;
+        let states = groups.states_of_rows(&evaluated)?;
+        let keys = std::mem::take(&mut evaluated.keys);
+        self.state_rows(keys, states)
     }
 
     /// The groups' states, as rows.
@@ -137,6 +154,12 @@ impl PartialSpec {
             return Ok(RecordBatch::new_empty(Arc::clone(&self.schema)));
         };
         let (keys, states) = groups.take_state()?;
+        self.state_rows(keys, states)
+    }
+
+    /// State rows from the unit's and the query's keys and the aggregates'
+    /// states.
+    fn state_rows(&self, keys: Vec<ArrayRef>, states: Vec<Vec<ArrayRef>>) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut keys = keys.into_iter();
         if let Some(length) = self.unit_length {
@@ -157,6 +180,60 @@ impl PartialSpec {
         columns.extend(keys);
         columns.extend(states.into_iter().flatten());
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// One partition's partial aggregate of an epoch. It groups rows in a hash
+/// table, as DataFusion's partial aggregate does, and gives up grouping as
+/// DataFusion's does when that does not pay: once [`PROBE_ROWS`] rows have
+/// made at least [`SKIP_RATIO`] groups per row (a key nearly unique within
+/// its window), the table's states go out, and each later row goes out as a
+/// state of its own (`convert_to_state`). The window aggregate merges states
+/// whatever their count per key, so the result is the same.
+struct PartialState {
+    groups: Option<Groups>,
+    rows: usize,
+    skipping: bool,
+    out: Vec<RecordBatch>,
+    /// Rows passed on ungrouped (`skipped_aggregation_rows` in EXPLAIN
+    /// ANALYZE, as DataFusion names it).
+    skipped: Count,
+}
+
+/// Rows folded before the partial aggregate judges its reduction
+/// (DataFusion's `skip_partial_aggregation_probe_rows_threshold`).
+const PROBE_ROWS: usize = 100_000;
+/// Groups per row at or above which grouping stops (DataFusion's
+/// `skip_partial_aggregation_probe_ratio_threshold`).
+const SKIP_RATIO: f64 = 0.8;
+
+impl PartialState {
+    fn add(&mut self, spec: &PartialSpec, batch: &RecordBatch) -> Result<()> {
+        if self.skipping
+            && let Some(groups) = &self.groups
+        {
+            self.out.push(spec.rows_as_states(groups, batch)?);
+            self.skipped.add(batch.num_rows());
+            return Ok(());
+        }
+        spec.fold(&mut self.groups, batch)?;
+        self.rows += batch.num_rows();
+        let groups = self.groups.as_ref().map_or(0, Groups::len);
+        if !self.skipping && self.rows >= PROBE_ROWS && groups as f64 >= SKIP_RATIO * self.rows as f64 {
+            // Flush the table, keeping an empty one for its accumulators.
+            self.out.push(spec.emit(self.groups.take())?);
+            self.groups = Some(Groups::new(&spec.agg)?);
+            self.skipping = true;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, spec: &PartialSpec) -> Result<Vec<RecordBatch>> {
+        let table = self.groups.take().filter(|g| !g.is_empty());
+        if table.is_some() || self.out.is_empty() {
+            self.out.push(spec.emit(table)?);
+        }
+        Ok(self.out)
     }
 }
 
@@ -265,20 +342,33 @@ impl ExecutionPlan for PartialWindowAggExec {
         let mut input = self.input.execute(partition, context)?;
         let spec = Arc::clone(&self.spec);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let skipped = MetricBuilder::new(&self.metrics).counter("skipped_aggregation_rows", partition);
         const NAME: &str = "PartialWindowAggregateExec";
         let out = futures::stream::once(async move {
-            let mut groups = None;
+            let mut state = PartialState {
+                groups: None,
+                rows: 0,
+                skipping: false,
+                out: Vec::new(),
+                skipped,
+            };
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let timer = baseline.elapsed_compute().timer();
-                super::guarded(NAME, epoch, || spec.fold(&mut groups, &batch))?;
+                super::guarded(NAME, epoch, || state.add(&spec, &batch))?;
                 timer.done();
             }
             let timer = baseline.elapsed_compute().timer();
-            let out = super::guarded(NAME, epoch, || spec.emit(groups))?;
+            let out = super::guarded(NAME, epoch, || state.finish(&spec))?;
             timer.done();
-            baseline.record_output(out.num_rows());
-            Ok(out)
+            baseline.record_output(out.iter().map(RecordBatch::num_rows).sum());
+            Ok::<_, DataFusionError>(out)
+        })
+        .flat_map(|result| {
+            futures::stream::iter(match result {
+                Ok(batches) => batches.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.spec.schema),
