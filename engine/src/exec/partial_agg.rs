@@ -48,14 +48,45 @@ pub struct PartialSpec {
     /// DataFusion's batch aggregate groups by a `date_bin`): its end alone
     /// when every unit has the same length, else its start and end.
     agg: AggregateSpec,
-    /// Every unit's length (end - start), when the window has one (tumble,
-    /// hop, slices): the unit is then keyed by its end alone, one `i64`
-    /// column, which hashes as fast as the batch aggregate's single key.
-    unit_length: Option<i64>,
-    /// The unit's start, to check `unit_length` against each batch.
-    start: Arc<dyn PhysicalExpr>,
-    /// `__window_start`, `__window_end`, the keys, the aggregates' states.
+    /// How a row's window unit is keyed, if it has one.
+    unit: Unit,
+    /// `__window_start`, `__window_end` (windowed only), the keys, the
+    /// aggregates' states.
     pub schema: SchemaRef,
+}
+
+/// The window unit among a partial aggregate's keys.
+enum Unit {
+    /// None: the partial of an update aggregate (`GROUP BY` keys only).
+    None,
+    /// Every unit has this length (end - start: tumble, hop, slices), so it
+    /// is keyed by its end alone, one `i64` column that hashes as fast as
+    /// the batch aggregate's single key; `start` checks the length.
+    End {
+        length: i64,
+        start: Arc<dyn PhysicalExpr>,
+    },
+    /// Keyed by start and end.
+    StartEnd,
+}
+
+impl Unit {
+    /// Key columns the unit takes.
+    fn keys(&self) -> usize {
+        match self {
+            Unit::None => 0,
+            Unit::End { .. } => 1,
+            Unit::StartEnd => 2,
+        }
+    }
+
+    /// Columns the unit takes in the emitted rows.
+    fn columns(&self) -> usize {
+        match self {
+            Unit::None => 0,
+            _ => 2,
+        }
+    }
 }
 
 impl PartialSpec {
@@ -68,14 +99,17 @@ impl PartialSpec {
         unit_length: Option<i64>,
         input: &Schema,
     ) -> Result<Self> {
-        let unit = match unit_length {
+        let unit_keys = match unit_length {
             Some(_) => vec![(Arc::clone(end), "__window_end".to_string())],
             None => vec![
                 (Arc::clone(start), "__window_start".to_string()),
                 (Arc::clone(end), "__window_end".to_string()),
             ],
         };
-        let keys = unit.into_iter().chain(final_agg.keys.iter().cloned()).collect();
+        let keys = unit_keys
+            .into_iter()
+            .chain(final_agg.keys.iter().cloned())
+            .collect();
         let agg = AggregateSpec::try_new(keys, final_agg.aggr.clone(), final_agg.filters.clone(), input)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -86,16 +120,52 @@ impl PartialSpec {
         fields.extend(final_agg.state_file_fields());
         Ok(Self {
             agg,
-            unit_length,
-            start: Arc::clone(start),
+            unit: match unit_length {
+                Some(length) => Unit::End {
+                    length,
+                    start: Arc::clone(start),
+                },
+                None => Unit::StartEnd,
+            },
             schema: Arc::new(Schema::new(fields)),
         })
     }
 
+    /// The partial aggregate of an update aggregate's `final_agg`: its
+    /// keys, then the aggregates' states.
+    pub fn keys_only(final_agg: &AggregateSpec, input: &Schema) -> Result<Self> {
+        let agg = AggregateSpec::try_new(
+            final_agg.keys.clone(),
+            final_agg.aggr.clone(),
+            final_agg.filters.clone(),
+            input,
+        )?;
+        let mut fields: Vec<Field> = final_agg
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(final_agg.state_file_fields());
+        Ok(Self {
+            agg,
+            unit: Unit::None,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The node's name in plans and errors.
+    fn name(&self) -> &'static str {
+        match self.unit {
+            Unit::None => "PartialAggregateExec",
+            _ => "PartialWindowAggregateExec",
+        }
+    }
+
     /// The key columns of the rows it emits (after the unit's two).
     pub fn key_columns(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        let unit = if self.unit_length.is_some() { 1 } else { 2 };
-        (2..2 + self.agg.keys.len() - unit)
+        let first = self.unit.columns();
+        (first..first + self.agg.keys.len() - self.unit.keys())
             .map(|i| Arc::new(Column::new(self.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
             .collect()
     }
@@ -116,10 +186,11 @@ impl PartialSpec {
     /// A batch's keys, arguments and filters; checks `unit_length`.
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let evaluated = self.agg.evaluate(batch)?;
-        if let Some(length) = self.unit_length {
+        if let Unit::End { length, start } = &self.unit {
+            let length = *length;
             // The unit is keyed by its end: every start must be end - length.
             let n = batch.num_rows();
-            let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+            let starts = cast(&start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
             let ends = cast(&evaluated.keys[0], &DataType::Int64)?;
             let (starts, ends) = (
                 starts.as_primitive::<Int64Type>(),
@@ -162,7 +233,7 @@ impl PartialSpec {
     fn state_rows(&self, keys: Vec<ArrayRef>, states: Vec<Vec<ArrayRef>>) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut keys = keys.into_iter();
-        if let Some(length) = self.unit_length {
+        if let Unit::End { length, .. } = self.unit {
             let ends = cast(
                 &keys
                     .next()
@@ -172,7 +243,7 @@ impl PartialSpec {
             let starts: Int64Array = ends.as_primitive::<Int64Type>().unary(|e| e - length);
             columns.push(Arc::new(starts));
             columns.push(ends);
-        } else {
+        } else if let Unit::StartEnd = self.unit {
             for k in keys.by_ref().take(2) {
                 columns.push(cast(&k, &DataType::Int64)?);
             }
@@ -271,20 +342,26 @@ impl fmt::Debug for PartialWindowAggExec {
 
 impl DisplayAs for PartialWindowAggExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let unit = if self.spec.unit_length.is_some() { 1 } else { 2 };
-        let keys: Vec<&str> = self.spec.agg.keys[unit..]
+        let keys: Vec<&str> = self.spec.agg.keys[self.spec.unit.keys()..]
             .iter()
             .map(|(_, n)| n.as_str())
             .collect();
         let aggs: Vec<&str> = self.spec.agg.aggr.iter().map(|a| a.name()).collect();
+        let unit = match &self.spec.unit {
+            Unit::End { length, .. } => format!("window_end (window_start = window_end - {length} ms)"),
+            Unit::StartEnd => "window_start, window_end".to_string(),
+            Unit::None => String::new(),
+        };
         write!(
             f,
-            "PartialWindowAggregateExec: gby=[{}{}{}], aggr=[{}]",
-            match self.spec.unit_length {
-                Some(ms) => format!("window_end (window_start = window_end - {ms} ms)"),
-                None => "window_start, window_end".to_string(),
+            "{}: gby=[{}{}{}], aggr=[{}]",
+            self.spec.name(),
+            unit,
+            if keys.is_empty() || unit.is_empty() {
+                ""
+            } else {
+                ", "
             },
-            if keys.is_empty() { "" } else { ", " },
             keys.join(", "),
             aggs.join(", ")
         )
@@ -293,7 +370,7 @@ impl DisplayAs for PartialWindowAggExec {
 
 impl ExecutionPlan for PartialWindowAggExec {
     fn name(&self) -> &str {
-        "PartialWindowAggregateExec"
+        self.spec.name()
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -343,7 +420,7 @@ impl ExecutionPlan for PartialWindowAggExec {
         let spec = Arc::clone(&self.spec);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let skipped = MetricBuilder::new(&self.metrics).counter("skipped_aggregation_rows", partition);
-        const NAME: &str = "PartialWindowAggregateExec";
+        let name = self.spec.name();
         let out = futures::stream::once(async move {
             let mut state = PartialState {
                 groups: None,
@@ -355,11 +432,11 @@ impl ExecutionPlan for PartialWindowAggExec {
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 let timer = baseline.elapsed_compute().timer();
-                super::guarded(NAME, epoch, || state.add(&spec, &batch))?;
+                super::guarded(name, epoch, || state.add(&spec, &batch))?;
                 timer.done();
             }
             let timer = baseline.elapsed_compute().timer();
-            let out = super::guarded(NAME, epoch, || state.finish(&spec))?;
+            let out = super::guarded(name, epoch, || state.finish(&spec))?;
             timer.done();
             baseline.record_output(out.iter().map(RecordBatch::num_rows).sum());
             Ok::<_, DataFusionError>(out)

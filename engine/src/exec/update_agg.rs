@@ -38,6 +38,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::groups::{AggregateSpec, Groups};
 use super::keys::KeyRows;
 use super::operator::{EpochOperator, OperatorExec};
+use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -71,6 +72,10 @@ pub struct UpdateState {
     shards: Shards<Inner>,
     /// The input's schema.
     input_schema: SchemaRef,
+    /// With more than one thread, the input is a [`PartialWindowAggExec`]'s
+    /// partial states (keys, states), merged in, not rows; these are its key
+    /// columns.
+    partial_keys: Option<Vec<Arc<dyn PhysicalExpr>>>,
 }
 
 struct Chunk {
@@ -108,6 +113,17 @@ impl OperatorExec<UpdateState> {
     ) -> Result<Self> {
         let in_schema = input.schema();
         let agg = AggregateSpec::try_new(group_by, aggr, filters, &in_schema)?;
+        // With more than one thread, each input partition aggregates its
+        // rows of the epoch first, and only their states cross to the
+        // shards (one shard without keys), as for window aggregates.
+        let (input, partial_keys) = if threads > 1 {
+            let spec = PartialSpec::keys_only(&agg, &in_schema)?;
+            let keys = spec.key_columns();
+            let node: Arc<dyn ExecutionPlan> = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
+            (node, Some(keys))
+        } else {
+            (input, None)
+        };
         let agg_schema = Arc::new(Schema::new(
             schema.fields()[..schema.fields().len() - 1]
                 .iter()
@@ -147,6 +163,7 @@ impl OperatorExec<UpdateState> {
             schema,
             shards: Shards::new(shard_count(threads, n_keys), Inner::default),
             input_schema: in_schema,
+            partial_keys,
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -166,11 +183,17 @@ impl EpochOperator for UpdateState {
     }
 
     fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect()
+        match &self.partial_keys {
+            Some(keys) => keys.clone(),
+            None => self.agg.keys.iter().map(|(e, _)| Arc::clone(e)).collect(),
+        }
     }
 
     /// The expressions over the input (HAVING is over the output).
     fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        if let Some(keys) = &self.partial_keys {
+            return keys.clone();
+        }
         self.agg
             .keys
             .iter()
@@ -198,6 +221,16 @@ impl EpochOperator for UpdateState {
     }
 
     fn fold(&self, _partition: usize, delta: &mut Groups, batch: &RecordBatch) -> Result<()> {
+        if self.partial_keys.is_some() {
+            // Partial states: keys, then each aggregate's state columns.
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+            let nk = self.n_keys();
+            let states = self.agg.split_states(&batch.columns()[nk..]);
+            delta.merge(&batch.columns()[..nk], &states, batch.num_rows())?;
+            return Ok(());
+        }
         delta.update(&self.agg.evaluate(batch)?)
     }
 
