@@ -5,8 +5,9 @@
 //! its keys (or, without keys, all rows funnel into one shard), and two
 //! threads lose to one. With it, as DataFusion's batch aggregate splits into
 //! `Partial` and `FinalPartitioned`, each input partition first folds its
-//! rows of the epoch into groups by unit (window or slice) and keys, in one
-//! hash table, and emits their intermediate states: one row per (unit, keys), in the layout
+//! rows of the epoch into groups by unit (window or slice) and keys, a table
+//! per unit as the window aggregate keeps them, and emits their
+//! intermediate states: one row per (unit, keys), in the layout
 //! of the window aggregate's state rows (`__window_start`, `__window_end`,
 //! the keys, each aggregate's state columns). Only those rows cross the
 //! repartition (on the key columns) or the merge into a keyless aggregate's
@@ -17,11 +18,12 @@
 //! then emits. The window aggregate's state, its checkpoints and its restore
 //! are the same with or without it, so a job may change its thread count.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -40,53 +42,33 @@ use futures::StreamExt;
 use datafusion::physical_expr::expressions::Column;
 
 use super::groups::{AggregateSpec, Evaluated, Groups};
+use super::units::{UnitRows, split_runs};
 
 /// What the partial aggregate computes (shared by the node's copies).
 pub struct PartialSpec {
-    /// Keys, aggregates, arguments and filters over the input rows; the
-    /// first keys are the unit's (one hash table for the whole epoch, as
-    /// DataFusion's batch aggregate groups by a `date_bin`): its end alone
-    /// when every unit has the same length, else its start and end.
+    /// The query's keys (without the window unit), aggregates, arguments
+    /// and filters over the input rows.
     agg: AggregateSpec,
-    /// How a row's window unit is keyed, if it has one.
+    /// Where a row's window unit comes from, if it has one.
     unit: Unit,
     /// `__window_start`, `__window_end` (windowed only), the keys, the
     /// aggregates' states.
     pub schema: SchemaRef,
 }
 
-/// The window unit among a partial aggregate's keys.
+/// The window unit of a partial aggregate's rows.
 enum Unit {
     /// None: the partial of an update aggregate (`GROUP BY` keys only).
     None,
-    /// Every unit has this length (end - start: tumble, hop, slices), so it
-    /// is keyed by its end alone, one `i64` column that hashes as fast as
-    /// the batch aggregate's single key; `start` checks the length.
-    End {
-        length: i64,
+    /// Each row's unit (window or slice) is given by `start` and `end`. A
+    /// unit gets a table of its own, keyed by the query's keys alone, as
+    /// the window aggregate keeps its units: rows mostly come in time
+    /// order, so a batch's units are found by comparing neighbours
+    /// (`split_runs`), and a keyless unit needs no hashing at all.
+    Window {
         start: Arc<dyn PhysicalExpr>,
+        end: Arc<dyn PhysicalExpr>,
     },
-    /// Keyed by start and end.
-    StartEnd,
-}
-
-impl Unit {
-    /// Key columns the unit takes.
-    fn keys(&self) -> usize {
-        match self {
-            Unit::None => 0,
-            Unit::End { .. } => 1,
-            Unit::StartEnd => 2,
-        }
-    }
-
-    /// Columns the unit takes in the emitted rows.
-    fn columns(&self) -> usize {
-        match self {
-            Unit::None => 0,
-            _ => 2,
-        }
-    }
 }
 
 impl PartialSpec {
@@ -96,39 +78,20 @@ impl PartialSpec {
         final_agg: &AggregateSpec,
         start: &Arc<dyn PhysicalExpr>,
         end: &Arc<dyn PhysicalExpr>,
-        unit_length: Option<i64>,
         input: &Schema,
     ) -> Result<Self> {
-        let unit_keys = match unit_length {
-            Some(_) => vec![(Arc::clone(end), "__window_end".to_string())],
-            None => vec![
-                (Arc::clone(start), "__window_start".to_string()),
-                (Arc::clone(end), "__window_end".to_string()),
-            ],
-        };
-        let keys = unit_keys
-            .into_iter()
-            .chain(final_agg.keys.iter().cloned())
-            .collect();
-        let agg = AggregateSpec::try_new(keys, final_agg.aggr.clone(), final_agg.filters.clone(), input)?;
+        let mut spec = Self::keys_only(final_agg, input)?;
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
         ];
-        fields.extend(final_agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
-        // `a<i>.<state>`: unique even when two aggregates are the same.
-        fields.extend(final_agg.state_file_fields());
-        Ok(Self {
-            agg,
-            unit: match unit_length {
-                Some(length) => Unit::End {
-                    length,
-                    start: Arc::clone(start),
-                },
-                None => Unit::StartEnd,
-            },
-            schema: Arc::new(Schema::new(fields)),
-        })
+        fields.extend(spec.schema.fields().iter().map(|f| f.as_ref().clone()));
+        spec.schema = Arc::new(Schema::new(fields));
+        spec.unit = Unit::Window {
+            start: Arc::clone(start),
+            end: Arc::clone(end),
+        };
+        Ok(spec)
     }
 
     /// The partial aggregate of an update aggregate's `final_agg`: its
@@ -146,6 +109,7 @@ impl PartialSpec {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
+        // `a<i>.<state>`: unique even when two aggregates are the same.
         fields.extend(final_agg.state_file_fields());
         Ok(Self {
             agg,
@@ -158,95 +122,116 @@ impl PartialSpec {
     fn name(&self) -> &'static str {
         match self.unit {
             Unit::None => "PartialAggregateExec",
-            _ => "PartialWindowAggregateExec",
+            Unit::Window { .. } => "PartialWindowAggregateExec",
+        }
+    }
+
+    /// Columns the unit takes in the emitted rows.
+    fn unit_columns(&self) -> usize {
+        match self.unit {
+            Unit::None => 0,
+            Unit::Window { .. } => 2,
         }
     }
 
     /// The key columns of the rows it emits (after the unit's two).
     pub fn key_columns(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        let first = self.unit.columns();
-        (first..first + self.agg.keys.len() - self.unit.keys())
+        let first = self.unit_columns();
+        (first..first + self.agg.keys.len())
             .map(|i| Arc::new(Column::new(self.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
             .collect()
     }
 
-    /// Folds a batch into the groups.
-    fn fold(&self, groups: &mut Option<Groups>, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let evaluated = self.evaluate(batch)?;
-        let groups = match groups {
-            Some(g) => g,
-            None => groups.insert(Groups::new(&self.agg)?),
+    /// Each row's unit start and end (ms), for a windowed partial.
+    fn units(&self, batch: &RecordBatch) -> Result<Option<(ArrayRef, ArrayRef)>> {
+        let Unit::Window { start, end } = &self.unit else {
+            return Ok(None);
         };
-        groups.update(&evaluated)
+        let n = batch.num_rows();
+        let starts = cast(&start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+        let ends = cast(&end.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
+        Ok(Some((starts, ends)))
     }
 
-    /// A batch's keys, arguments and filters; checks `unit_length`.
-    fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
-        let evaluated = self.agg.evaluate(batch)?;
-        if let Unit::End { length, start } = &self.unit {
-            let length = *length;
-            // The unit is keyed by its end: every start must be end - length.
-            let n = batch.num_rows();
-            let starts = cast(&start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
-            let ends = cast(&evaluated.keys[0], &DataType::Int64)?;
-            let (starts, ends) = (
-                starts.as_primitive::<Int64Type>(),
-                ends.as_primitive::<Int64Type>(),
-            );
-            let same = starts
-                .values()
-                .iter()
-                .zip(ends.values())
-                .fold(true, |ok, (s, e)| ok & (e.wrapping_sub(*s) == length));
-            if !same || starts.null_count() + ends.null_count() > 0 {
-                return Err(DataFusionError::Internal(format!(
-                    "PartialWindowAggregateExec: a unit is not {length} ms long"
-                )));
-            }
+    /// Folds a batch into the tables, one per unit ((0, 0) without units).
+    fn fold(&self, tables: &mut BTreeMap<(i64, i64), Groups>, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
         }
-        Ok(evaluated)
+        let evaluated = self.agg.evaluate(batch)?;
+        let Some((starts, ends)) = self.units(batch)? else {
+            return table(tables, (0, 0), &self.agg)?.update(&evaluated);
+        };
+        let parts = split_runs(
+            starts.as_primitive::<Int64Type>().values(),
+            ends.as_primitive::<Int64Type>().values(),
+        );
+        for ((end, start), rows) in parts {
+            let part: Evaluated;
+            let input = match rows {
+                UnitRows::Range(0, e) if e == n => &evaluated,
+                UnitRows::Range(a, b) => {
+                    part = evaluated.slice(a, b - a);
+                    &part
+                }
+                UnitRows::Scattered(rows) => {
+                    part = evaluated.take(&UInt32Array::from(rows))?;
+                    &part
+                }
+            };
+            table(tables, (start, end), &self.agg)?.update(input)?;
+        }
+        Ok(())
     }
 
     /// Each row of a batch as a state row of its own (see
-    /// [`PartialState`]).
-    fn rows_as_states(&self, groups: &Groups, batch: &RecordBatch) -> Result<RecordBatch> {
-        let mut evaluated = self.evaluate(batch)?;
-        let states = groups.states_of_rows(&evaluated)?;
+    /// [`PartialState`]); `spare` is any groups of this spec.
+    fn rows_as_states(&self, spare: &Groups, batch: &RecordBatch) -> Result<RecordBatch> {
+        let mut evaluated = self.agg.evaluate(batch)?;
+        let states = spare.states_of_rows(&evaluated)?;
         let keys = std::mem::take(&mut evaluated.keys);
-        self.state_rows(keys, states)
+        self.state_rows(self.units(batch)?, keys, states)
     }
 
-    /// The groups' states, as rows.
-    fn emit(&self, groups: Option<Groups>) -> Result<RecordBatch> {
-        let Some(mut groups) = groups else {
-            return Ok(RecordBatch::new_empty(Arc::clone(&self.schema)));
-        };
-        let (keys, states) = groups.take_state()?;
-        self.state_rows(keys, states)
-    }
-
-    /// State rows from the unit's and the query's keys and the aggregates'
-    /// states.
-    fn state_rows(&self, keys: Vec<ArrayRef>, states: Vec<Vec<ArrayRef>>) -> Result<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        let mut keys = keys.into_iter();
-        if let Unit::End { length, .. } = self.unit {
-            let ends = cast(
-                &keys
-                    .next()
-                    .unwrap_or_else(|| Arc::new(Int64Array::from(Vec::<i64>::new()))),
-                &DataType::Int64,
-            )?;
-            let starts: Int64Array = ends.as_primitive::<Int64Type>().unary(|e| e - length);
-            columns.push(Arc::new(starts));
-            columns.push(ends);
-        } else if let Unit::StartEnd = self.unit {
-            for k in keys.by_ref().take(2) {
-                columns.push(cast(&k, &DataType::Int64)?);
+    /// The tables' states, as rows, in unit order.
+    fn emit(&self, tables: BTreeMap<(i64, i64), Groups>) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::with_capacity(tables.len());
+        for ((start, end), mut groups) in tables {
+            let n = groups.len();
+            if n == 0 {
+                continue;
             }
+            let (keys, states) = groups.take_state()?;
+            let units: Option<(ArrayRef, ArrayRef)> = match self.unit {
+                Unit::None => None,
+                Unit::Window { .. } => Some((
+                    Arc::new(Int64Array::from(vec![start; n])),
+                    Arc::new(Int64Array::from(vec![end; n])),
+                )),
+            };
+            out.push(self.state_rows(units, keys, states)?);
+        }
+        // One batch, not one per unit: an epoch may have thousands of
+        // small units, and each batch costs the repartition and the merge.
+        if out.len() > 1 {
+            out = vec![concat_batches(&self.schema, &out)?];
+        }
+        Ok(out)
+    }
+
+    /// State rows: the unit's start and end (windowed), the keys, the
+    /// aggregates' states.
+    fn state_rows(
+        &self,
+        units: Option<(ArrayRef, ArrayRef)>,
+        keys: Vec<ArrayRef>,
+        states: Vec<Vec<ArrayRef>>,
+    ) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        if let Some((starts, ends)) = units {
+            columns.push(starts);
+            columns.push(ends);
         }
         columns.extend(keys);
         columns.extend(states.into_iter().flatten());
@@ -254,15 +239,29 @@ impl PartialSpec {
     }
 }
 
-/// One partition's partial aggregate of an epoch. It groups rows in a hash
-/// table, as DataFusion's partial aggregate does, and gives up grouping as
+/// The groups of `unit` (made when new).
+fn table<'a>(
+    tables: &'a mut BTreeMap<(i64, i64), Groups>,
+    unit: (i64, i64),
+    agg: &AggregateSpec,
+) -> Result<&'a mut Groups> {
+    Ok(match tables.entry(unit) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(agg)?),
+    })
+}
+
+/// One partition's partial aggregate of an epoch. It groups rows, as
+/// DataFusion's partial aggregate does, and gives up grouping as
 /// DataFusion's does when that does not pay: once [`PROBE_ROWS`] rows have
 /// made at least [`SKIP_RATIO`] groups per row (a key nearly unique within
-/// its window), the table's states go out, and each later row goes out as a
-/// state of its own (`convert_to_state`). The window aggregate merges states
+/// its window), the tables' states go out, and each later row goes out as a
+/// state of its own (`convert_to_state`). The final aggregate merges states
 /// whatever their count per key, so the result is the same.
 struct PartialState {
-    groups: Option<Groups>,
+    tables: BTreeMap<(i64, i64), Groups>,
+    /// Empty groups, whose accumulators turn rows into states when skipping.
+    spare: Groups,
     rows: usize,
     skipping: bool,
     out: Vec<RecordBatch>,
@@ -280,29 +279,29 @@ const SKIP_RATIO: f64 = 0.8;
 
 impl PartialState {
     fn add(&mut self, spec: &PartialSpec, batch: &RecordBatch) -> Result<()> {
-        if self.skipping
-            && let Some(groups) = &self.groups
-        {
-            self.out.push(spec.rows_as_states(groups, batch)?);
+        if self.skipping {
+            self.out.push(spec.rows_as_states(&self.spare, batch)?);
             self.skipped.add(batch.num_rows());
             return Ok(());
         }
-        spec.fold(&mut self.groups, batch)?;
+        spec.fold(&mut self.tables, batch)?;
         self.rows += batch.num_rows();
-        let groups = self.groups.as_ref().map_or(0, Groups::len);
-        if !self.skipping && self.rows >= PROBE_ROWS && groups as f64 >= SKIP_RATIO * self.rows as f64 {
-            // Flush the table, keeping an empty one for its accumulators.
-            self.out.push(spec.emit(self.groups.take())?);
-            self.groups = Some(Groups::new(&spec.agg)?);
-            self.skipping = true;
+        if self.rows >= PROBE_ROWS {
+            let groups: usize = self.tables.values().map(Groups::len).sum();
+            if groups as f64 >= SKIP_RATIO * self.rows as f64 {
+                let tables = std::mem::take(&mut self.tables);
+                self.out.extend(spec.emit(tables)?);
+                self.skipping = true;
+            }
         }
         Ok(())
     }
 
     fn finish(mut self, spec: &PartialSpec) -> Result<Vec<RecordBatch>> {
-        let table = self.groups.take().filter(|g| !g.is_empty());
-        if table.is_some() || self.out.is_empty() {
-            self.out.push(spec.emit(table)?);
+        let tables = std::mem::take(&mut self.tables);
+        self.out.extend(spec.emit(tables)?);
+        if self.out.is_empty() {
+            self.out.push(RecordBatch::new_empty(Arc::clone(&spec.schema)));
         }
         Ok(self.out)
     }
@@ -342,15 +341,11 @@ impl fmt::Debug for PartialWindowAggExec {
 
 impl DisplayAs for PartialWindowAggExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<&str> = self.spec.agg.keys[self.spec.unit.keys()..]
-            .iter()
-            .map(|(_, n)| n.as_str())
-            .collect();
+        let keys: Vec<&str> = self.spec.agg.keys.iter().map(|(_, n)| n.as_str()).collect();
         let aggs: Vec<&str> = self.spec.agg.aggr.iter().map(|a| a.name()).collect();
         let unit = match &self.spec.unit {
-            Unit::End { length, .. } => format!("window_end (window_start = window_end - {length} ms)"),
-            Unit::StartEnd => "window_start, window_end".to_string(),
-            Unit::None => String::new(),
+            Unit::Window { .. } => "window_start, window_end",
+            Unit::None => "",
         };
         write!(
             f,
@@ -423,7 +418,8 @@ impl ExecutionPlan for PartialWindowAggExec {
         let name = self.spec.name();
         let out = futures::stream::once(async move {
             let mut state = PartialState {
-                groups: None,
+                tables: BTreeMap::new(),
+                spare: Groups::new(&spec.agg)?,
                 rows: 0,
                 skipping: false,
                 out: Vec::new(),

@@ -146,15 +146,7 @@ impl OperatorExec<WindowAggState> {
         let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
         let mut partial_keys = None;
         if threads > 1 {
-            // Units of one length: tumbling windows, hopping ones, and the
-            // slices that hop and cumulate windows are kept in (see
-            // `window_assign`); a cumulate window's own rows vary.
-            let unit_length = match &p.spec {
-                _ if p.slices => p.spec.slice_ms(),
-                WindowSpec::Tumble { size_ms, .. } | WindowSpec::Hop { size_ms, .. } => Some(*size_ms),
-                _ => None,
-            };
-            let spec = PartialSpec::try_new(&agg, &start, &end, unit_length, &in_schema)?;
+            let spec = PartialSpec::try_new(&agg, &start, &end, &in_schema)?;
             partial_keys = Some(spec.key_columns());
             input = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
         }
