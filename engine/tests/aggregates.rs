@@ -56,6 +56,22 @@ fn sum_sq() -> AggregateUDF {
     )
 }
 
+/// `n` bidders, every 13th NULL.
+fn bidders(n: i64) -> ArrayRef {
+    Arc::new(Int64Array::from(
+        (0..n)
+            .map(|i| if i % 13 == 0 { None } else { Some((i * 31) % 17) })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `n` prices below 1000.
+fn prices(n: i64) -> ArrayRef {
+    Arc::new(Int64Array::from(
+        (0..n).map(|i| (i * 104_729) % 1000).collect::<Vec<_>>(),
+    ))
+}
+
 fn input() -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("auction", DataType::Int64, false),
@@ -75,14 +91,8 @@ fn input() -> RecordBatch {
             Arc::new(Int64Array::from(
                 (0..n).map(|i| (i * 7919) % 5).collect::<Vec<_>>(),
             )),
-            Arc::new(Int64Array::from(
-                (0..n)
-                    .map(|i| if i % 13 == 0 { None } else { Some((i * 31) % 17) })
-                    .collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                (0..n).map(|i| (i * 104_729) % 1000).collect::<Vec<_>>(),
-            )),
+            bidders(n),
+            prices(n),
             // 25 ms apart, every fourth row 600 ms back: out of order, never late.
             Arc::new(TimestampMillisecondArray::from(
                 (0..n)
@@ -116,6 +126,63 @@ fn rows(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
+/// `bids` as Parquet files in `dir`, one per (offset, length).
+fn write_parts(dir: &std::path::Path, bids: &RecordBatch, parts: &[(usize, usize)]) {
+    for &(i, part) in parts {
+        let f = std::fs::File::create(dir.join(format!("part-{i:06}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(f, bids.schema(), None).unwrap();
+        w.write(&bids.slice(i, part)).unwrap();
+        w.close().unwrap();
+    }
+}
+
+/// The job: `AGGS` by auction in 5 s tumbling windows, from the files in
+/// `input` (`max_rows` an epoch) into Parquet in `out`.
+fn job_sql(input: &std::path::Path, out: &std::path::Path, max_rows: usize) -> String {
+    format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '{max_rows}');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+         INSERT INTO out SELECT window_start, window_end, auction, {AGGS}
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
+         GROUP BY window_start, window_end, auction;",
+        input.display(),
+        out.display()
+    )
+}
+
+/// The sink's rows (every Parquet file in `dir`), sorted.
+fn sink_rows(dir: &std::path::Path) -> Vec<String> {
+    let mut got = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "parquet") {
+            let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap();
+            got.extend(r.build().unwrap().map(|b| b.unwrap()));
+        }
+    }
+    rows(&got)
+}
+
+/// DataFusion's batch answer of the jobs' 5 s tumbling `AGGS` by auction.
+async fn batch_answer(bids: RecordBatch) -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_udaf(sum_sq());
+    ctx.register_batch("bids", bids).unwrap();
+    let expected = ctx
+        .sql(&format!(
+            "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
+                    date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
+                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    rows(&expected)
+}
+
 const AGGS: &str = "AVG(price) AS avg_price, COUNT(DISTINCT bidder) AS bidders, approx_distinct(bidder) AS approx, \
      COUNT(*) FILTER (WHERE price > 500) AS dear, sum_sq(price) AS sq, MIN(price) AS lo, \
      MAX(price) - MIN(price) AS spread, COUNT(bidder) AS with_bidder";
@@ -126,24 +193,9 @@ async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
     let input_dir = dir.path().join("in");
     std::fs::create_dir_all(&input_dir).unwrap();
     let batch = input();
-    for (i, part) in [(0, 700), (700, 700), (1400, 600)] {
-        let f = std::fs::File::create(input_dir.join(format!("part-{i:05}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-        w.write(&batch.slice(i, part)).unwrap();
-        w.close().unwrap();
-    }
+    write_parts(&input_dir, &batch, &[(0, 700), (700, 700), (1400, 600)]);
     let out_dir = dir.path().join("out");
-    let sql = format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
-           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
-           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '150');
-         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
-         INSERT INTO out SELECT window_start, window_end, auction, {AGGS}
-         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
-         GROUP BY window_start, window_end, auction;",
-        input_dir.display(),
-        out_dir.display()
-    );
+    let sql = job_sql(&input_dir, &out_dir, 150);
     let checkpoint = dir.path().join("ck").display().to_string();
     let open = || async {
         let mut options = JobOptions::new(checkpoint.clone());
@@ -173,31 +225,11 @@ async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
         .unwrap();
     assert_eq!(s.late_rows, 0);
 
-    let mut got = Vec::new();
-    for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
-        if e.path().extension().is_some_and(|x| x == "parquet") {
-            let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap();
-            got.extend(r.build().unwrap().map(|b| b.unwrap()));
-        }
-    }
+    let got = sink_rows(&out_dir);
 
-    let ctx = SessionContext::new();
-    ctx.register_udaf(sum_sq());
-    ctx.register_batch("bids", batch).unwrap();
-    let expected = ctx
-        .sql(&format!(
-            "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
-                    date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
-                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
-        ))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let expected = rows(&expected);
+    let expected = batch_answer(batch).await;
     assert!(expected.len() > 40);
-    assert_eq!(rows(&got), expected);
+    assert_eq!(got, expected);
 }
 
 /// With two threads and keys nearly unique within their window, each
@@ -223,14 +255,8 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
                     .map(|i| if i % 50 == 0 && i > 0 { i - 1 } else { i })
                     .collect::<Vec<_>>(),
             )),
-            Arc::new(Int64Array::from(
-                (0..n)
-                    .map(|i| if i % 13 == 0 { None } else { Some((i * 31) % 17) })
-                    .collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                (0..n).map(|i| (i * 104_729) % 1000).collect::<Vec<_>>(),
-            )),
+            bidders(n),
+            prices(n),
             // 0.1 ms apart: a 5 s window holds 50,000 rows.
             Arc::new(TimestampMillisecondArray::from(
                 (0..n).map(|i| base + i / 10).collect::<Vec<_>>(),
@@ -238,24 +264,9 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
         ],
     )
     .unwrap();
-    for (i, part) in [(0, 250_000), (250_000, 250_000)] {
-        let f = std::fs::File::create(input_dir.join(format!("part-{i:06}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-        w.write(&batch.slice(i, part)).unwrap();
-        w.close().unwrap();
-    }
+    write_parts(&input_dir, &batch, &[(0, 250_000), (250_000, 250_000)]);
     let out_dir = dir.path().join("out");
-    let sql = format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
-           WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)
-           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '250000');
-         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
-         INSERT INTO out SELECT window_start, window_end, auction, {AGGS}
-         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
-         GROUP BY window_start, window_end, auction;",
-        input_dir.display(),
-        out_dir.display()
-    );
+    let sql = job_sql(&input_dir, &out_dir, 250_000);
     let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
     options.udafs.push(sum_sq());
     options.threads = 2;
@@ -274,28 +285,8 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
             && !analyze.contains("skipped_aggregation_rows=0"),
         "{analyze}"
     );
-    let mut got = Vec::new();
-    for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
-        if e.path().extension().is_some_and(|x| x == "parquet") {
-            let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(e.path()).unwrap()).unwrap();
-            got.extend(r.build().unwrap().map(|b| b.unwrap()));
-        }
-    }
-    let ctx = SessionContext::new();
-    ctx.register_udaf(sum_sq());
-    ctx.register_batch("bids", batch).unwrap();
-    let expected = ctx
-        .sql(&format!(
-            "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
-                    date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
-                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
-        ))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let expected = rows(&expected);
+    let got = sink_rows(&out_dir);
+    let expected = batch_answer(batch).await;
     assert!(expected.len() > 480_000, "{}", expected.len());
-    assert_eq!(rows(&got), expected);
+    assert_eq!(got, expected);
 }

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -41,8 +41,8 @@ use futures::StreamExt;
 
 use datafusion::physical_expr::expressions::Column;
 
-use super::groups::{AggregateSpec, Evaluated, Groups};
-use super::units::{UnitRows, split_runs};
+use super::groups::{AggregateSpec, Groups};
+use super::units::fold_by_unit;
 
 /// What the partial aggregate computes (shared by the node's copies).
 pub struct PartialSpec {
@@ -163,26 +163,9 @@ impl PartialSpec {
         let Some((starts, ends)) = self.units(batch)? else {
             return table(tables, (0, 0), &self.agg)?.update(&evaluated);
         };
-        let parts = split_runs(
-            starts.as_primitive::<Int64Type>().values(),
-            ends.as_primitive::<Int64Type>().values(),
-        );
-        for ((end, start), rows) in parts {
-            let part: Evaluated;
-            let input = match rows {
-                UnitRows::Range(0, e) if e == n => &evaluated,
-                UnitRows::Range(a, b) => {
-                    part = evaluated.slice(a, b - a);
-                    &part
-                }
-                UnitRows::Scattered(rows) => {
-                    part = evaluated.take(&UInt32Array::from(rows))?;
-                    &part
-                }
-            };
-            table(tables, (start, end), &self.agg)?.update(input)?;
-        }
-        Ok(())
+        fold_by_unit(&starts, &ends, &evaluated, |(end, start), input| {
+            table(tables, (start, end), &self.agg)?.update(input)
+        })
     }
 
     /// Each row of a batch as a state row of its own (see

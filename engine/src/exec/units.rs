@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, SchemaRef};
 use datafusion::error::Result;
 use datafusion::physical_expr::PhysicalExpr;
 use weir_sql::{WindowColumn, WindowSpec};
+
+use super::groups::Evaluated;
 
 /// Where each output group column comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +92,31 @@ pub fn split_runs(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), UnitRows)> {
         i = j;
     }
     parts
+}
+
+/// Folds a batch's evaluated rows unit by unit (see [`split_runs`]):
+/// `fold((end, start), rows)` for each unit of `starts` and `ends` (ms), in
+/// order of first row, the rows a slice when they are one run, else
+/// gathered.
+pub fn fold_by_unit(
+    starts: &ArrayRef,
+    ends: &ArrayRef,
+    evaluated: &Evaluated,
+    mut fold: impl FnMut((i64, i64), &Evaluated) -> Result<()>,
+) -> Result<()> {
+    let n = evaluated.rows;
+    let parts = split_runs(
+        starts.as_primitive::<Int64Type>().values(),
+        ends.as_primitive::<Int64Type>().values(),
+    );
+    for (unit, rows) in parts {
+        match rows {
+            UnitRows::Range(0, end) if end == n => fold(unit, evaluated)?,
+            UnitRows::Range(start, end) => fold(unit, &evaluated.slice(start, end - start))?,
+            UnitRows::Scattered(rows) => fold(unit, &evaluated.take(&UInt32Array::from(rows))?)?,
+        }
+    }
+    Ok(())
 }
 
 /// Rows of a batch split by unit: (end, start) → row indices.

@@ -34,12 +34,12 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
-use super::groups::{AggregateSpec, Evaluated, Groups};
+use super::groups::{AggregateSpec, Groups};
 use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{
-    GroupColumn, UnitRows, WindowAggregateParams, constant_time, split_by_unit, split_runs, take_batch,
+    GroupColumn, WindowAggregateParams, constant_time, fold_by_unit, split_by_unit, take_batch,
 };
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -258,27 +258,10 @@ impl WindowAggState {
         let starts = cast(&self.start.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let ends = cast(&self.end.evaluate(batch)?.into_array(n)?, &DataType::Int64)?;
         let evaluated = self.agg.evaluate(batch)?;
-        let parts = split_runs(
-            starts.as_primitive::<Int64Type>().values(),
-            ends.as_primitive::<Int64Type>().values(),
-        );
         let mut inner = self.shards.lock(shard);
-        for (unit, rows) in parts {
-            let part: Evaluated;
-            let input = match rows {
-                UnitRows::Range(0, end) if end == n => &evaluated,
-                UnitRows::Range(start, end) => {
-                    part = evaluated.slice(start, end - start);
-                    &part
-                }
-                UnitRows::Scattered(rows) => {
-                    part = evaluated.take(&UInt32Array::from(rows))?;
-                    &part
-                }
-            };
-            self.live_unit(&mut inner, unit)?.update(input)?;
-        }
-        Ok(())
+        fold_by_unit(&starts, &ends, &evaluated, |unit, input| {
+            self.live_unit(&mut inner, unit)?.update(input)
+        })
     }
 
     /// The live groups of `unit` in a shard (made when new), marked changed.
