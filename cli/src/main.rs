@@ -560,9 +560,12 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
 }
 
 /// glibc's malloc hands large freed blocks back to the kernel, so each
-/// epoch's batches (often 100+ MB) are page-faulted and zeroed afresh: in a
-/// stateless Nexmark query that was a third of the CPU time. Keep freed
-/// memory for the next epoch instead; RSS stays at the job's working set.
+/// epoch's batches (often 100+ MB) were page-faulted and zeroed afresh: in a
+/// stateless Nexmark query that was a third of the CPU time. Rust's
+/// allocations now go to mimalloc (`GLOBAL` above); this still keeps what C
+/// code allocates through glibc for the next epoch. (Setting mimalloc's own
+/// `purge_delay` to 5 s made no difference measurable above run-to-run
+/// noise on Nexmark q5_agg, once the binary was warm.)
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; no thread runs yet.
