@@ -275,7 +275,7 @@ impl KafkaSink {
         let url = self.staging.url_of(&name);
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
         let bytes = codec::encode(&url, &staged_schema(), &[staged], &meta)?;
-        let len = bytes.len() as u64;
+        let len = bytes.content_length() as u64;
         between()?;
         self.staging.put(&name, bytes).await?;
         Ok((rows as u64, len))

@@ -233,7 +233,7 @@ impl FileSink {
         } else {
             codec::encode_parallel(&url, schema, batches, &meta, self.threads)?
         };
-        let len = bytes.len() as u64;
+        let len = bytes.content_length() as u64;
         self.layout
             .stage_with(epoch, Some((bytes, rows as u64)), between)
             .await?;

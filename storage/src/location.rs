@@ -259,9 +259,9 @@ impl Location {
     }
 
     /// Writes an object atomically, replacing any object of that name.
-    pub async fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
+    pub async fn put(&self, name: &str, bytes: impl Into<PutPayload>) -> Result<()> {
         let path = self.path(name);
-        let payload = PutPayload::from_bytes(bytes);
+        let payload: PutPayload = bytes.into();
         retry::run(&self.policy, || self.inner.put(&path, payload.clone()))
             .await
             .map_err(self.store_err("writing", name))?;

@@ -18,6 +18,7 @@
 //! so two jobs (or a job restarted with a fresh checkpoint) never collide.
 
 use bytes::Bytes;
+use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, FORMAT_VERSION, Location, Result};
@@ -157,7 +158,7 @@ impl SinkLayout {
 
     /// Stages the epoch's output (`None` when it produced no rows) and
     /// records it in the manifest. Safe to repeat.
-    pub async fn stage(&self, epoch: u64, output: Option<(Bytes, u64)>) -> Result<()> {
+    pub async fn stage(&self, epoch: u64, output: Option<(PutPayload, u64)>) -> Result<()> {
         self.stage_with(epoch, output, || Ok(())).await
     }
 
@@ -167,7 +168,7 @@ impl SinkLayout {
     pub async fn stage_with<E>(
         &self,
         epoch: u64,
-        output: Option<(Bytes, u64)>,
+        output: Option<(PutPayload, u64)>,
         between: impl FnOnce() -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E>
     where
@@ -185,7 +186,7 @@ impl SinkLayout {
             files: vec![ManifestFile {
                 name: self.final_name(epoch),
                 rows,
-                bytes: bytes.len() as u64,
+                bytes: bytes.content_length() as u64,
             }],
         };
         self.loc.put(&self.pending_name(epoch), bytes).await?;
@@ -329,7 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let loc = Location::open(dir.path().to_str().unwrap(), &StoreOptions::default(), Create::No).unwrap();
         let sink = SinkLayout::new(loc.clone(), "q1-0");
-        sink.stage(7, Some((Bytes::from_static(b"PAR1"), 3)))
+        sink.stage(7, Some((Bytes::from_static(b"PAR1").into(), 3)))
             .await
             .unwrap();
         let visible = |loc: Location| async move {
@@ -353,7 +354,9 @@ mod tests {
     async fn lost_committed_output_is_reported() {
         let loc = Location::open("memory://sink-lost", &StoreOptions::default(), Create::Yes).unwrap();
         let sink = SinkLayout::new(loc.clone(), "q-0");
-        sink.stage(1, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
+        sink.stage(1, Some((Bytes::from_static(b"x").into(), 1)))
+            .await
+            .unwrap();
         loc.delete("_weir/pending/q-0/part-0000000001-q-0.parquet.pending")
             .await
             .unwrap();
@@ -370,8 +373,12 @@ mod tests {
         let sink = SinkLayout::new(loc.clone(), "q-p0");
         let late = SinkLayout::new(loc.clone(), "q-p0-late");
         for e in 1..=4 {
-            sink.stage(e, Some((Bytes::from_static(b"x"), 1))).await.unwrap();
-            late.stage(e, Some((Bytes::from_static(b"y"), 1))).await.unwrap();
+            sink.stage(e, Some((Bytes::from_static(b"x").into(), 1)))
+                .await
+                .unwrap();
+            late.stage(e, Some((Bytes::from_static(b"y").into(), 1)))
+                .await
+                .unwrap();
             if e < 4 {
                 sink.publish(e).await.unwrap();
                 late.publish(e).await.unwrap();

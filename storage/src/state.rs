@@ -157,7 +157,7 @@ impl Checkpoint {
                 codec::encode_state(&url, &schema, &rows, &meta)?
             }
         };
-        let len = bytes.len() as u64;
+        let len = bytes.content_length() as u64;
         self.location().put(&name, bytes).await?;
         Ok(len)
     }
