@@ -1,7 +1,7 @@
 -- q4: Average price for a category: the average winning bid of the auctions in each category
 -- Flink: nexmark-flink q4.sql
 -- Kind: join
--- Needs: nothing more; runs today (a regular join of bid and auction, as the bid time is bounded by the auction's own expiry column; then an update aggregate, and an aggregate over its changelog)
+-- Needs: nothing more; runs today (an interval join of bid and auction whose bound ends at the auction's own expiry column: an auction is kept until the watermark passes its expiry, a bid until it passes the bid; then an update aggregate, and an aggregate over its changelog)
 -- Output: changelog
 CREATE TABLE nexmark_q4 WITH (${SINK});
 

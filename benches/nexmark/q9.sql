@@ -1,7 +1,7 @@
 -- q9: Winning bids: the highest bid of each auction before it expires (not in the original suite)
 -- Flink: nexmark-flink q9.sql
 -- Kind: join
--- Needs: nothing more; runs today (a regular join of auction and bid, bounded by the auction's own expiry column, then a Top-1 per auction; its changelog into the Parquet sink declared 'mode' = 'changelog')
+-- Needs: nothing more; runs today (an interval join of auction and bid whose bound ends at the auction's own expiry column, so its state is bounded by the watermark; then a Top-1 per auction; its changelog into the Parquet sink declared 'mode' = 'changelog')
 -- Output: changelog
 CREATE TABLE nexmark_q9 WITH (${SINK});
 

@@ -627,6 +627,41 @@ async fn interval_joins_match_the_batch_join() {
     assert_eq!(got, want, "window over the join");
 }
 
+/// Interval joins whose bound takes one end from another column of a
+/// row (Nexmark q4 and q9: a bid from the auction's start to its expiry),
+/// with `until` up to 5 s after `ts`, on either side, as the batch join of
+/// the on-time rows.
+#[tokio::test]
+async fn interval_joins_bounded_by_another_column_match_the_batch_join() {
+    let bids = gen_rows(11, 900, 150, 2000, 6);
+    let asks = gen_rows(12, 700, 200, 2500, 6);
+    let until = "to_timestamp_millis(CAST(ts AS BIGINT) + price * 5) AS until";
+    let left = |kind: &str| {
+        format!(
+            "SELECT a.k, a.price, b.price, a.ts, b.ts FROM (SELECT k, price, ts, {until} FROM bids) a
+               {kind} JOIN asks b ON a.k = b.k AND b.ts BETWEEN a.ts AND a.until"
+        )
+    };
+    let right = |kind: &str| {
+        format!(
+            "SELECT a.k, a.price, b.price, a.ts, b.ts FROM bids a
+               {kind} JOIN (SELECT k, price, ts, {until} FROM asks) b ON a.k = b.k AND a.ts >= b.ts AND a.ts <= b.until"
+        )
+    };
+    let runs = [
+        (left("INNER"), 1),
+        (left("LEFT"), 2),
+        (left("FULL"), 1),
+        (right("INNER"), 2),
+        (right("RIGHT"), 1),
+    ];
+    for (q, threads) in runs {
+        let (got, want) = check_join(&bids, &asks, (3000, 2000), (&[300, 301], 83, threads), &q, &q).await;
+        assert!(want.len() > 50, "{q}: {} rows", want.len());
+        assert_eq!(got, want, "{q} on {threads} thread(s)");
+    }
+}
+
 /// Lookup joins of `bids` with the bounded table `dim`, and their batch
 /// forms: (streamed query, oracle, whether the oracle reads only on-time
 /// bids, as windows do).

@@ -10,6 +10,10 @@
 //! * a left row can still match while `t + hi >= W - right_lag`;
 //! * a right row can still match while `t - lo >= W - left_lag`.
 //!
+//! (With a bound whose ends come from other columns, `b.t BETWEEN a.t AND
+//! a.expires`, `t` is that column: `a.expires` for the left row, see
+//! `weir_sql::nodes::JoinTime`.)
+//!
 //! Semi joins (`IN`, `EXISTS`) emit a row of their side once, when it
 //! first matches; anti joins (`NOT EXISTS`) emit it when it is evicted
 //! without having matched.
@@ -125,7 +129,8 @@ struct Chunk {
     /// Processing time of the epoch they arrived in (for `state.ttl`).
     arrived_ms: i64,
     rows: RecordBatch,
-    /// Event time of each row, ms (`i64::MIN` for none); empty for a
+    /// Each row's time it is evicted by (`StreamJoinState::until_of`), ms
+    /// (`i64::MIN` for none: such a row can match nothing); empty for a
     /// regular join.
     times: Vec<i64>,
     matched: Vec<bool>,
@@ -533,11 +538,23 @@ impl StreamJoinState {
         }
     }
 
+    /// A side's watermarked time column (rows older than the watermark
+    /// are late).
     fn time_of(&self, side: Side) -> Option<usize> {
         let t = self.p.time.as_ref()?;
         Some(match side {
             Side::Left => t.left,
             Side::Right => t.right,
+        })
+    }
+
+    /// The column a side's held rows are evicted by ([`Chunk::times`]): the
+    /// time bounding the other side's times they can match.
+    fn until_of(&self, side: Side) -> Option<usize> {
+        let t = self.p.time.as_ref()?;
+        Some(match side {
+            Side::Left => t.left_until,
+            Side::Right => t.right_until,
         })
     }
 
@@ -1228,7 +1245,7 @@ impl StreamJoinState {
                     let rows = filter_record_batch(&rows, &unmatched)?;
                     out.push(self.padded(side, &rows, INSERT)?);
                 }
-                let chunk = Chunk::new(epoch, now_ms, rows, self.time_of(side), matched)?;
+                let chunk = Chunk::new(epoch, now_ms, rows, self.until_of(side), matched)?;
                 held.side(side).push(chunk);
                 dirty.insert((side as u8, epoch));
             }
@@ -1381,8 +1398,8 @@ impl StreamJoinState {
                     .into(),
             };
         };
-        let l = self.left_schema.field(t.left).name();
-        let r = self.right_schema.field(t.right).name();
+        let l = self.left_schema.field(t.left_until).name();
+        let r = self.right_schema.field(t.right_until).name();
         format!(
             "the watermark: a left row once {l} {} is behind it, a right row once {r} {} is \
              (no later row can match them then){}",
@@ -1600,7 +1617,7 @@ impl StatefulOperator for StreamJoinState {
                         )
                     };
                     let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
-                    let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.time_of(side), matched)?;
+                    let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.until_of(side), matched)?;
                     if self.p.signed && self.tracks(side) {
                         chunk.counts = part
                             .column(first + nl + nr)
@@ -1627,7 +1644,7 @@ impl StatefulOperator for StreamJoinState {
                 .as_ref()
                 .map(|f| f.expression().to_string())
                 .unwrap_or_default(),
-            p.time,
+            time_signature(p.time.as_ref()),
             p.ttl_ms
         ));
         for f in self.state_schema.fields() {
@@ -1635,5 +1652,25 @@ impl StatefulOperator for StreamJoinState {
         }
         s.push(']');
         crate::compat::signature::strip_column_positions(&s)
+    }
+}
+
+/// The time bound in the operator's signature: as the bound's `Debug` read
+/// before bounds could take their ends from other columns, so that
+/// checkpoints of the joins that could run then keep their signature.
+fn time_signature(time: Option<&JoinTime>) -> String {
+    match time {
+        None => "None".into(),
+        Some(t) => {
+            let until = if t.constant_width() {
+                String::new()
+            } else {
+                format!(", left_until: {}, right_until: {}", t.left_until, t.right_until)
+            };
+            format!(
+                "Some(JoinTime {{ left: {}, right: {}, lo_ms: {}, hi_ms: {}, left_lag_ms: {}, right_lag_ms: {}{until} }})",
+                t.left, t.right, t.lo_ms, t.hi_ms, t.left_lag_ms, t.right_lag_ms
+            )
+        }
     }
 }

@@ -11,7 +11,8 @@ use super::*;
 /// included) decides which rows match. The bound only tells the operator
 /// how long a row may still find a partner: a left row is kept until the
 /// watermark passes `t + hi`, a right row until it passes `t - lo` (Flink's
-/// interval join). Rows of an outer side that found no partner by then are
+/// interval join). The bound may also take each end from another column of
+/// the row, as in `b.t BETWEEN a.t AND a.expires` (see [`JoinTime`]). Rows of an outer side that found no partner by then are
 /// emitted with NULLs. A regular join (an inner or semi join without a
 /// bound) keeps its rows until `state.ttl` of processing time has passed
 /// since they arrived, or forever.
@@ -42,12 +43,30 @@ pub struct StreamJoinNode {
 }
 
 /// The time bound of an interval join, `right.t - left.t BETWEEN lo AND hi`.
+///
+/// In general, `right.right_until - left.left >= lo` and `right.right -
+/// left.left_until <= hi`, where `left` and `right` are the sides'
+/// watermarked time columns and the `_until` columns are any time columns
+/// of the same rows (the watermarked ones for Flink's interval join). Rows
+/// still to come have `left >= W - left_lag` and `right >= W - right_lag`,
+/// so a left row can still match while `left_until + hi >= W - right_lag`,
+/// and a right row while `right_until - lo >= W - left_lag`. Nexmark's
+/// `B.date_time BETWEEN A.date_time AND A.expires` keeps an auction until
+/// the watermark passes its expiry and a bid until it passes the bid: no
+/// later auction can be older than it (Flink runs it as a regular join,
+/// keeping every row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd)]
 pub struct JoinTime {
     /// Position of the left time column in the left input.
     pub left: usize,
     /// Position of the right time column in the right input.
     pub right: usize,
+    /// The left column bounding from above the right times a left row can
+    /// match (`left` for a constant-width interval).
+    pub left_until: usize,
+    /// The right column bounding from above the left times a right row
+    /// can match (`right` for a constant-width interval).
+    pub right_until: usize,
     /// Lowest `right.t - left.t` that can match, ms.
     pub lo_ms: i64,
     /// Highest `right.t - left.t` that can match, ms.
@@ -66,15 +85,29 @@ impl JoinTime {
     /// row arrives: a left row arrives with `l.t >= W - left_lag`, and a
     /// right row arriving with `r.t >= W - right_lag` pairs with left rows
     /// down to `r.t - hi`; symmetrically for the right column.
-    pub fn output_lags(&self) -> (i64, i64) {
+    ///
+    /// With a bound taken from another column (`left_until`), a right row
+    /// pairs with left rows of any age: the left column's lag is then
+    /// unbounded (`None`), and likewise for the right.
+    pub fn output_lags(&self) -> (Option<i64>, Option<i64>) {
         (
-            self.left_lag_ms
-                .max(self.right_lag_ms.saturating_add(self.hi_ms))
-                .max(0),
-            self.right_lag_ms
-                .max(self.left_lag_ms.saturating_sub(self.lo_ms))
-                .max(0),
+            (self.left_until == self.left).then(|| {
+                self.left_lag_ms
+                    .max(self.right_lag_ms.saturating_add(self.hi_ms))
+                    .max(0)
+            }),
+            (self.right_until == self.right).then(|| {
+                self.right_lag_ms
+                    .max(self.left_lag_ms.saturating_sub(self.lo_ms))
+                    .max(0)
+            }),
         )
+    }
+
+    /// Whether each end of the bound is the watermarked columns' own
+    /// (Flink's interval join).
+    pub fn constant_width(&self) -> bool {
+        self.left_until == self.left && self.right_until == self.right
     }
 }
 
@@ -128,10 +161,22 @@ impl StreamJoinNode {
     /// The time bound as people write it, for EXPLAIN and messages.
     pub fn bound_text(&self) -> String {
         match &self.time {
-            Some(t) => {
+            Some(t) if t.constant_width() => {
                 let l = self.left.schema().field(t.left).name();
                 let r = self.right.schema().field(t.right).name();
                 format!("{r} - {l} in [{}, {}]", signed_ms(t.lo_ms), signed_ms(t.hi_ms))
+            }
+            Some(t) => {
+                let name = |p: &LogicalPlan, i: usize| p.schema().field(i).name().clone();
+                format!(
+                    "{} - {} >= {} and {} - {} <= {}",
+                    name(&self.right, t.right_until),
+                    name(&self.left, t.left),
+                    signed_ms(t.lo_ms),
+                    name(&self.right, t.right),
+                    name(&self.left, t.left_until),
+                    signed_ms(t.hi_ms)
+                )
             }
             None => "no time bound".into(),
         }

@@ -155,6 +155,49 @@ fn interval_literal_ms(e: &Expr) -> Option<i64> {
 }
 
 impl StreamPlanner {
+    /// The bound an interval join keeps its rows by (lags still 0): a pair
+    /// of time columns bounded from both ends (Flink's interval join), or
+    /// else a lower end on a watermarked left column and an upper end on a
+    /// watermarked right column, each against any time column of the
+    /// other side (`b.t BETWEEN a.t AND a.expires`; see [`JoinTime`]).
+    /// `None`: a regular join.
+    fn interval_bound(&self, j: &Join, bounds: &[TimeBound]) -> Option<JoinTime> {
+        let time = |left, right, left_until, right_until, lo_ms, hi_ms| JoinTime {
+            left,
+            right,
+            left_until,
+            right_until,
+            lo_ms,
+            hi_ms,
+            left_lag_ms: 0,
+            right_lag_ms: 0,
+        };
+        if let Some(b) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) {
+            return Some(time(
+                b.left,
+                b.right,
+                b.left,
+                b.right,
+                b.lo_ms.unwrap_or(0),
+                b.hi_ms.unwrap_or(0),
+            ));
+        }
+        let lower = bounds
+            .iter()
+            .find(|b| b.lo_ms.is_some() && self.trace_time(&j.left, b.left).is_some())?;
+        let upper = bounds
+            .iter()
+            .find(|b| b.hi_ms.is_some() && self.trace_time(&j.right, b.right).is_some())?;
+        Some(time(
+            lower.left,
+            upper.right,
+            upper.left,
+            lower.right,
+            lower.lo_ms.unwrap_or(0),
+            upper.hi_ms.unwrap_or(0),
+        ))
+    }
+
     /// A join of two streams, as an interval join, or refused with what to
     /// write instead.
     pub(super) fn stream_join(&self, j: Join, ttl_ms: Option<i64>) -> Result<LogicalPlan> {
@@ -178,12 +221,12 @@ impl StreamPlanner {
         if is_changelog(&j.left) || is_changelog(&j.right) {
             return self.join_of_changelogs(j, ttl_ms);
         }
-        let bounds = time_bounds(&j);
         let filter = j
             .filter
             .clone()
             .unwrap_or(Expr::Literal(ScalarValue::Boolean(Some(true)), None));
-        let Some(bound) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) else {
+        let bounds = time_bounds(&j);
+        let Some(bound) = self.interval_bound(&j, &bounds) else {
             // No bound on both sides: a regular join. Inner and semi joins
             // of append-only streams are append-only too (a match, once
             // emitted, stays true). Outer and anti joins emit a row without
@@ -250,12 +293,9 @@ impl StreamPlanner {
         let (left, left_lag) = self.watermarked_side(j.left.as_ref().clone(), bound.left)?;
         let (right, right_lag) = self.watermarked_side(j.right.as_ref().clone(), bound.right)?;
         let time = JoinTime {
-            left: bound.left,
-            right: bound.right,
-            lo_ms: bound.lo_ms.unwrap_or(0),
-            hi_ms: bound.hi_ms.unwrap_or(0),
             left_lag_ms: left_lag,
             right_lag_ms: right_lag,
+            ..bound
         };
         let node = StreamJoinNode::new(
             left,
@@ -519,20 +559,15 @@ impl StreamPlanner {
     /// that is not a bounded time (a regular join's times trail the
     /// watermark without limit).
     pub(super) fn join_time_lag(&self, j: &Join, idx: usize) -> Option<i64> {
-        let b = time_bounds(j)
-            .into_iter()
-            .find(|b| b.lo_ms.is_some() && b.hi_ms.is_some())?;
+        let b = self.interval_bound(j, &time_bounds(j))?;
         let lag = |plan: &LogicalPlan, i: usize| match self.trace_time(plan, i)? {
             TimeOrigin::Sources(_) => Some(0),
             TimeOrigin::Upstream(lag) => Some(lag),
         };
         let time = JoinTime {
-            left: b.left,
-            right: b.right,
-            lo_ms: b.lo_ms?,
-            hi_ms: b.hi_ms?,
             left_lag_ms: lag(&j.left, b.left)?,
             right_lag_ms: lag(&j.right, b.right)?,
+            ..b
         };
         let node = StreamJoinNode::new(
             j.left.as_ref().clone(),
@@ -555,9 +590,9 @@ pub(super) fn stream_join_time_lag(n: &StreamJoinNode, idx: usize) -> Option<i64
     let (l, r) = n.output_time_positions();
     let (left_lag, right_lag) = t.output_lags();
     if Some(idx) == l {
-        Some(left_lag)
+        left_lag
     } else if Some(idx) == r {
-        Some(right_lag)
+        right_lag
     } else {
         None
     }
