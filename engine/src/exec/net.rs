@@ -9,7 +9,7 @@
 //! nothing, and a row added then taken back emits nothing, so no row is
 //! retracted before it was added.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

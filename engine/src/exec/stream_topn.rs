@@ -32,7 +32,7 @@
 //! `__k0.. (partition key values, or __all = 0 without PARTITION BY),
 //! __rank, __updated_ms, <input columns>`
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 

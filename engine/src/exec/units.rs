@@ -2,7 +2,7 @@
 //! aggregate's parameters (the session aggregate takes them too), and
 //! splitting a batch's rows by window unit.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
@@ -78,11 +78,11 @@ pub fn split_runs(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), UnitRows)> {
             j += 1;
         }
         match index.entry(unit) {
-            std::collections::hash_map::Entry::Vacant(v) => {
+            datafusion::common::hash_map::Entry::Vacant(v) => {
                 v.insert(parts.len());
                 parts.push((unit, UnitRows::Range(i, j)));
             }
-            std::collections::hash_map::Entry::Occupied(o) => {
+            datafusion::common::hash_map::Entry::Occupied(o) => {
                 let rows = &mut parts[*o.get()].1;
                 let mut indices = std::mem::replace(rows, UnitRows::Scattered(Vec::new())).indices();
                 indices.extend(i as u32..j as u32);

@@ -23,7 +23,7 @@
 //! State file (one row per group):
 //! `<key columns>, a<i>.<state field>..., v<i> (last emitted values)..., __visible, __updated_ms`
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
