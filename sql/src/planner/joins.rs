@@ -162,40 +162,27 @@ impl StreamPlanner {
     /// other side (`b.t BETWEEN a.t AND a.expires`; see [`JoinTime`]).
     /// `None`: a regular join.
     fn interval_bound(&self, j: &Join, bounds: &[TimeBound]) -> Option<JoinTime> {
-        let time = |left, right, left_until, right_until, lo_ms, hi_ms| JoinTime {
-            left,
-            right,
-            left_until,
-            right_until,
-            lo_ms,
-            hi_ms,
+        let (lower, upper) = match bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) {
+            Some(b) => (b, b),
+            None => (
+                bounds
+                    .iter()
+                    .find(|b| b.lo_ms.is_some() && self.trace_time(&j.left, b.left).is_some())?,
+                bounds
+                    .iter()
+                    .find(|b| b.hi_ms.is_some() && self.trace_time(&j.right, b.right).is_some())?,
+            ),
+        };
+        Some(JoinTime {
+            left: lower.left,
+            right: upper.right,
+            left_until: upper.left,
+            right_until: lower.right,
+            lo_ms: lower.lo_ms.unwrap_or(0),
+            hi_ms: upper.hi_ms.unwrap_or(0),
             left_lag_ms: 0,
             right_lag_ms: 0,
-        };
-        if let Some(b) = bounds.iter().find(|b| b.lo_ms.is_some() && b.hi_ms.is_some()) {
-            return Some(time(
-                b.left,
-                b.right,
-                b.left,
-                b.right,
-                b.lo_ms.unwrap_or(0),
-                b.hi_ms.unwrap_or(0),
-            ));
-        }
-        let lower = bounds
-            .iter()
-            .find(|b| b.lo_ms.is_some() && self.trace_time(&j.left, b.left).is_some())?;
-        let upper = bounds
-            .iter()
-            .find(|b| b.hi_ms.is_some() && self.trace_time(&j.right, b.right).is_some())?;
-        Some(time(
-            lower.left,
-            upper.right,
-            upper.left,
-            lower.right,
-            lower.lo_ms.unwrap_or(0),
-            upper.hi_ms.unwrap_or(0),
-        ))
+        })
     }
 
     /// A join of two streams, as an interval join, or refused with what to
