@@ -29,6 +29,14 @@ pub fn context(threads: usize) -> SessionContext {
     SessionContext::new_with_config(config).enable_url_table()
 }
 
+/// A context for batch queries that run on a Ballista cluster: the same, with
+/// Ballista's settings (no round-robin repartitions, no view types across
+/// the wire), planned `threads` partitions wide.
+pub fn cluster_context(threads: usize) -> SessionContext {
+    let config = weir_cluster::session_config(crate::resolve_threads(threads)).with_information_schema(true);
+    SessionContext::new_with_config(config).enable_url_table()
+}
+
 /// Every function name DataFusion knows, for completion.
 pub fn function_names() -> Vec<String> {
     let state = SessionContext::new().state();

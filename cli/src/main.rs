@@ -107,7 +107,16 @@ enum Command {
         /// How the result prints: table, csv or json.
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
+        /// Run it on a Ballista cluster: the scheduler's address
+        /// (`host:port` or `http://host:port`). Its executors must reach
+        /// the files the query reads.
+        #[arg(long, value_name = "SCHEDULER")]
+        cluster: Option<String>,
     },
+    /// Run the processes of a cluster (Apache DataFusion Ballista): one
+    /// scheduler, and executors that do its work.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Look at a job's checkpoint, or roll it back to an earlier epoch.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
@@ -131,6 +140,39 @@ enum CheckpointCommand {
         /// The epoch to go back to (see `weir checkpoint inspect`).
         #[arg(long)]
         to: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The scheduler: clients send it jobs, it splits them into tasks for
+    /// its executors. Runs until stopped.
+    Scheduler {
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+    },
+    /// An executor: runs the scheduler's tasks. Runs until stopped (it then
+    /// tells the scheduler it leaves).
+    Executor {
+        /// The scheduler's address.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Address this executor listens on, as others reach it.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Port for Arrow Flight: results and shuffle data are fetched there.
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Port for the scheduler's task requests.
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Tasks it runs at once (0: one per CPU it may use).
+        #[arg(long, default_value_t = 0)]
+        concurrency: usize,
+        /// Folder for its shuffle files (default: a new temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
 }
 
@@ -491,9 +533,18 @@ fn stop_on_signals(stop: watch::Sender<bool>) -> Arc<std::sync::atomic::AtomicU8
 }
 
 /// `weir query`: one statement's result, as the shell prints it.
-fn query(rt: &tokio::runtime::Runtime, redactor: Redactor, sql: &str, format: Format) -> Result<()> {
+fn query(
+    rt: &tokio::runtime::Runtime,
+    redactor: Redactor,
+    sql: &str,
+    format: Format,
+    cluster: Option<&str>,
+) -> Result<()> {
     let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env()?);
     shell.set_format(format);
+    if let Some(address) = cluster {
+        shell.set_cluster(scheduler_url(address)?);
+    }
     let piece = Piece {
         text: sql.trim().trim_end_matches(';').to_string(),
         line: 1,
@@ -501,6 +552,70 @@ fn query(rt: &tokio::runtime::Runtime, redactor: Redactor, sql: &str, format: Fo
     };
     rt.block_on(shell.run_piece(&piece))
         .map_err(|e| anyhow::anyhow!(shell.error_text(&e)))?;
+    Ok(())
+}
+
+/// A scheduler's URL from what a user typed: `host:port`, or the URL.
+fn scheduler_url(address: &str) -> Result<String> {
+    let rest = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("df://"))
+        .unwrap_or(address);
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(format!("http://{rest}")),
+        _ => bail!("'{address}' is not a scheduler's address: expected host:port, such as 127.0.0.1:50050"),
+    }
+}
+
+/// `weir cluster scheduler` and `weir cluster executor`: run until stopped.
+async fn cluster_command(command: &ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Scheduler { bind } => {
+            let options = weir_cluster::SchedulerOptions { bind: *bind };
+            weir_cluster::run_scheduler(options, |address| {
+                // The line a supervisor (or a test) waits for.
+                outln!("weir cluster scheduler listening on {address}");
+            })
+            .await?;
+        }
+        ClusterCommand::Executor {
+            scheduler,
+            bind,
+            port,
+            grpc_port,
+            concurrency,
+            work_dir,
+        } => {
+            let url = scheduler_url(scheduler)?;
+            let host_port = url.trim_start_matches("http://");
+            let scheduler = tokio::net::lookup_host(host_port)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("cannot resolve the scheduler's address '{scheduler}'"))?;
+            let temporary;
+            let work_dir = match work_dir {
+                Some(d) => d.clone(),
+                None => {
+                    temporary = tempfile::Builder::new()
+                        .prefix("weir-executor-")
+                        .tempdir()
+                        .context("cannot create the executor's work folder")?;
+                    temporary.path().to_path_buf()
+                }
+            };
+            outln!("weir cluster executor on {bind}:{port} (tasks on {grpc_port}), scheduler {scheduler}");
+            weir_cluster::run_executor(weir_cluster::ExecutorOptions {
+                scheduler,
+                bind: *bind,
+                port: *port,
+                grpc_port: *grpc_port,
+                concurrency: *concurrency,
+                work_dir,
+            })
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -620,7 +735,12 @@ fn weir_main() -> ExitCode {
     let mut code = None;
     let result = match cli.command {
         Some(Command::Run(args)) => runtime.block_on(run(args, &mut redactor)).map(|c| code = c),
-        Some(Command::Query { ref sql, format }) => query(&runtime, redactor.clone(), sql, format),
+        Some(Command::Query {
+            ref sql,
+            format,
+            ref cluster,
+        }) => query(&runtime, redactor.clone(), sql, format, cluster.as_deref()),
+        Some(Command::Cluster(ref c)) => runtime.block_on(cluster_command(c)),
         Some(Command::Checkpoint(ref c)) => runtime.block_on(checkpoint_command(c, &redactor)),
         None => shell_mode(&runtime, &cli, redactor.clone()),
     };

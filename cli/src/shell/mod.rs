@@ -184,6 +184,9 @@ pub struct Shell {
     catalog_changed: bool,
     /// The metrics server `SET metrics` started.
     metrics_server: Option<crate::metrics::Server>,
+    /// The Ballista scheduler batch queries run on (`weir query
+    /// --cluster`); `None` runs them here.
+    cluster: Option<String>,
 }
 
 /// Counts Ctrl-Cs from now on (the process no longer dies of them).
@@ -248,7 +251,13 @@ impl Shell {
             store_options,
             catalog_changed: true,
             metrics_server: None,
+            cluster: None,
         }
+    }
+
+    /// Runs batch queries on the cluster whose scheduler is at `url`.
+    pub fn set_cluster(&mut self, url: String) {
+        self.cluster = Some(url);
     }
 
     /// Sets how results print.

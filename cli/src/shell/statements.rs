@@ -143,7 +143,10 @@ impl Shell {
 
     /// A context with the sinks a statement names registered.
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
-        let ctx = batch::context(self.settings.threads);
+        let ctx = match &self.cluster {
+            Some(_) => batch::cluster_context(self.settings.threads),
+            None => batch::context(self.settings.threads),
+        };
         for name in self.catalog.names_in(sql)? {
             if let Some(d) = self.catalog.get(&name)
                 && self.is_sink(d)
@@ -200,7 +203,25 @@ impl Shell {
         let limit = (self.terminal_out && format == Format::Table && self.settings.max_rows > 0)
             .then_some(self.settings.max_rows);
         let mut spinner = QuerySpinner::start(stderr_is_terminal());
-        let mut stream = df.execute_stream().await.map_err(|e| anyhow!(strip_df(&e)))?;
+        let mut stream = match &self.cluster {
+            None => df.execute_stream().await.map_err(|e| anyhow!(strip_df(&e)))?,
+            Some(url) => {
+                // Planned here, run as one Ballista job; the result comes
+                // back whole.
+                let session = df.task_ctx().session_config().clone();
+                let plan = df
+                    .create_physical_plan()
+                    .await
+                    .map_err(|e| anyhow!(strip_df(&e)))?;
+                let batches =
+                    weir_cluster::execute(url, plan, &session, std::time::Duration::from_secs(10)).await?;
+                let stream = futures::stream::iter(batches.into_iter().map(Ok));
+                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    Arc::clone(&schema),
+                    stream,
+                )) as datafusion::execution::SendableRecordBatchStream
+            }
+        };
         if format == Format::Csv {
             out(&print::csv_header(&schema)?)?;
         }

@@ -1,0 +1,228 @@
+//! Weir on Apache DataFusion Ballista.
+//!
+//! Ballista is DataFusion's distributed engine: a scheduler splits a physical
+//! plan into stages at its repartitions and hands their tasks to executors,
+//! which shuffle between stages through Arrow Flight. Weir does not build a
+//! cluster engine of its own; this crate is the glue:
+//!
+//! - [`run_scheduler`] and [`run_executor`] are the two processes
+//!   (`weir cluster scheduler`, `weir cluster executor`), built on the
+//!   `ballista-scheduler` and `ballista-executor` crates;
+//! - [`execute`] runs a physical plan planned here (by the client) as one
+//!   Ballista job and streams its result back.
+//!
+//! The design's split of work (`design.md`, "On a cluster"): the driver keeps
+//! the checkpoint protocol, executors do the work between its steps, and the
+//! checkpoint's object store is the only thing they share. The engine never
+//! depends on this crate; the `cli` crate puts the two together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::config::BallistaConfig;
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use futures::TryStreamExt;
+
+/// What can go wrong starting a process or running a plan on a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An address or option that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The scheduler or an executor stopped with an error.
+    #[error("{0}")]
+    Process(String),
+    /// A job failed, or the scheduler could not be reached.
+    #[error("the cluster at {url}: {reason}")]
+    Job {
+        /// The scheduler's URL.
+        url: String,
+        /// Ballista's or DataFusion's message.
+        reason: String,
+    },
+}
+
+/// Result of this crate's functions.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Options of `weir cluster scheduler`.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// Where it listens for clients and executors (gRPC).
+    pub bind: SocketAddr,
+}
+
+/// Runs a scheduler until the process is stopped. `ready` is called with the
+/// address it listens on once it accepts connections (port 0 binds a free
+/// one).
+pub async fn run_scheduler(options: SchedulerOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let config = SchedulerConfig {
+        bind_host: options.bind.ip().to_string(),
+        bind_port: options.bind.port(),
+        external_host: options.bind.ip().to_string(),
+        // Weir's jobs are many small ones (one an epoch): their finished
+        // state is dropped after a minute, not kept for the default hour.
+        finished_job_state_clean_up_interval_seconds: 60,
+        ..SchedulerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(options.bind)
+        .await
+        .map_err(|e| Error::Config(format!("the scheduler cannot listen on {}: {e}", options.bind)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("the scheduler's listening address: {e}")))?;
+    let config = Arc::new(SchedulerConfig {
+        bind_port: bound.port(),
+        ..config
+    });
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| Error::Process(format!("the scheduler cannot start: {e}")))?;
+    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config))
+        .await
+        .map_err(|e| Error::Process(format!("the scheduler cannot start: {e}")))?;
+    ready(bound);
+    start_grpc_service_with_listener(listener, scheduler)
+        .await
+        .map_err(|e| Error::Process(format!("the scheduler stopped: {e}")))
+}
+
+/// Options of `weir cluster executor`.
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    /// The scheduler's address.
+    pub scheduler: SocketAddr,
+    /// Where this executor listens: `port` for Arrow Flight (other executors
+    /// and clients fetch shuffle output and results there), `grpc_port` for
+    /// the scheduler's task requests.
+    pub bind: std::net::IpAddr,
+    /// Arrow Flight port.
+    pub port: u16,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// Tasks it runs at once (0: one per core it may use).
+    pub concurrency: usize,
+    /// Where it keeps shuffle files between stages.
+    pub work_dir: PathBuf,
+}
+
+/// Runs an executor until the process is stopped (SIGTERM or Ctrl-C, after
+/// which it tells the scheduler it is leaving).
+pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.work_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create the executor's work folder {}: {e}",
+            options.work_dir.display()
+        ))
+    })?;
+    let work_dir = options.work_dir.to_str().map(str::to_owned).ok_or_else(|| {
+        Error::Config(format!(
+            "the executor's work folder {} is not valid UTF-8",
+            options.work_dir.display()
+        ))
+    })?;
+    let config = ExecutorProcessConfig {
+        bind_host: options.bind.to_string(),
+        external_host: Some(options.bind.to_string()),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: options.scheduler.ip().to_string(),
+        scheduler_port: options.scheduler.port(),
+        // Wait for a scheduler that is still starting, as a supervisor
+        // starting all three processes at once would.
+        scheduler_connect_timeout_seconds: 30,
+        vcores: options.concurrency,
+        work_dir: Some(work_dir),
+        // A dead executor is noticed by its missing heartbeats: every 5 s
+        // here rather than Ballista's 60, so its tasks are rerun sooner.
+        executor_heartbeat_interval_seconds: 5,
+        print_thread_info: false,
+        ..ExecutorProcessConfig::default()
+    };
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| Error::Process(format!("the executor stopped: {e}")))
+}
+
+/// Runs `plan`, planned by the caller, as one job on the scheduler at `url`
+/// (`http://host:port`), and returns its output. Waits for the scheduler
+/// while it is not reachable, up to `connect_timeout`.
+pub async fn execute(
+    url: &str,
+    plan: Arc<dyn ExecutionPlan>,
+    session: &SessionConfig,
+    connect_timeout: Duration,
+) -> Result<Vec<RecordBatch>> {
+    let job_err = |reason: String| Error::Job {
+        url: url.to_string(),
+        reason,
+    };
+    let session = session.clone().upgrade_for_ballista();
+    let config: BallistaConfig = session.ballista_config();
+    let codec = BallistaPhysicalExtensionCodec::default();
+    let session_id = uuid_like_session_id();
+    let started = std::time::Instant::now();
+    loop {
+        let submitted = execute_physical_plan::<PhysicalPlanNode>(
+            url.to_string(),
+            &config,
+            Arc::clone(&plan),
+            &codec,
+            session_id.clone(),
+            session.clone(),
+        )
+        .await;
+        match submitted {
+            Ok(stream) => {
+                return stream.try_collect().await.map_err(|e| job_err(e.to_string()));
+            }
+            Err(e) if unreachable(&e.to_string()) && started.elapsed() < connect_timeout => {
+                tracing::debug!("the scheduler at {url} is not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) if unreachable(&e.to_string()) => {
+                return Err(job_err(format!(
+                    "no scheduler answers there (waited {} s; is `weir cluster scheduler` running?)",
+                    connect_timeout.as_secs()
+                )));
+            }
+            Err(e) => return Err(job_err(e.to_string())),
+        }
+    }
+}
+
+/// Whether a submission failed because nothing answered at the address (as
+/// opposed to a job that ran and failed).
+fn unreachable(message: &str) -> bool {
+    message.contains("Connection refused")
+        || message.contains("tcp connect error")
+        || message.contains("transport error")
+        || message.contains("Error connecting to Ballista scheduler")
+}
+
+/// A session id for one client's jobs: the scheduler keeps a session's
+/// configuration under it.
+fn uuid_like_session_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("weir-{}-{nanos:x}", std::process::id())
+}
+
+/// A session state for planning a query that runs on a cluster: DataFusion's
+/// defaults with Ballista's settings, `partitions` wide.
+pub fn session_config(partitions: usize) -> SessionConfig {
+    SessionConfig::new_with_ballista().with_target_partitions(partitions.max(1))
+}
