@@ -7,16 +7,14 @@
 //! error naming the broken file and its epoch, and show up in `weir
 //! checkpoint inspect` as a problem; none may be skipped silently. The
 //! fixtures are made by the ignored test `regenerate_damaged_fixtures`
-//! (`cargo test -p weir-cli --test checkpoints -- --ignored regenerate`),
+//! (`cargo test -p weir-cli --test end_to_end -- --ignored checkpoints::regenerate`),
 //! which needs rerunning only when the checkpoint format changes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 const JOB: &str = "-- fixture job
 CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),

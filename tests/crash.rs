@@ -8,7 +8,7 @@
 //! and reports how many survived:
 //!
 //! ```text
-//! WEIR_CRASH_SCHEDULES=500 cargo test -p weir-cli --test crash -- --ignored --nocapture soak
+//! WEIR_CRASH_SCHEDULES=500 cargo test -p weir-cli --test end_to_end -- --ignored --nocapture crash::soak
 //! ```
 //!
 //! A failure prints how to replay exactly that schedule (its seed and first
@@ -16,14 +16,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::kafka;
-use common::*;
+use crate::common::kafka;
+use crate::common::*;
 
 /// Three pipelines: a tumbling aggregate per auction and a hopping count
 /// over the bids, and an interval join of bids with asks into a tumbling

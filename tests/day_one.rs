@@ -8,13 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A bids source over `in/` and a sink `out` over `out/`, with `query`.
 fn job_with(query: &str, source_options: &str, sink_options: &str) -> String {

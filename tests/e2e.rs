@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn window_results_equal_a_batch_group_by_over_the_same_rows() {

@@ -15,9 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A fifth of all operations fail; 2 ms more for every operation.
 const FAULTS: &str = "rate=0.2,latency_ms=2,seed=7";

@@ -6,15 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rexpect::process::{PtyProcess, WaitStatus};
 
 const ROWS: u16 = 60;
@@ -641,13 +639,13 @@ fn a_background_query_that_fails_fails_the_file_with_its_reason() {
 /// and `SHOW QUERIES` shows a background query's lag by partition.
 #[test]
 fn a_live_query_over_kafka_shows_rows_as_records_arrive() {
-    let Some(broker) = common::kafka::Broker::any() else {
+    let Some(broker) = crate::common::kafka::Broker::any() else {
         return;
     };
     let ws = Workspace::new();
     let bids = gen_bids(12, 2000, BASE_MS, 0);
     broker.create_topic("shell-bids", 2);
-    common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[..1000]);
+    crate::common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[..1000]);
     ws.write(
         "init.sql",
         &format!(
@@ -666,7 +664,7 @@ fn a_live_query_over_kafka_shows_rows_as_records_arrive() {
     // The first 1,000 bids cover 50 s: four windows closed.
     t.wait_until("four windows", |s| table_rows(s).len() == 4);
     // More records arrive; their windows show without a new query.
-    common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[1000..]);
+    crate::common::kafka::produce_bids(&broker, "shell-bids", 2, &bids[1000..]);
     t.wait_until("nine windows", |s| table_rows(s).len() == 9);
     t.send(CTRL_C);
     let screen = t.wait_for("rows; stopped)");

@@ -22,8 +22,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -808,7 +806,7 @@ fn apply_changelog(lines: Vec<String>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-use common::read_sink;
+use crate::common::read_sink;
 
 /// How a case ended.
 enum Outcome {

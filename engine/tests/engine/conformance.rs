@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -121,7 +119,7 @@ fn format_rows(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
-use common::read_sink;
+use crate::common::read_sink;
 
 /// Runs `query` (an INSERT INTO out ... over `bids`) on the rows cut into
 /// files at `cuts`, `max_rows` rows per epoch, with --drain. Returns the
