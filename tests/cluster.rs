@@ -202,3 +202,204 @@ fn a_query_error_on_the_cluster_names_the_problem() {
     assert!(err.contains("the cluster at"), "{err}");
     assert!(err.to_lowercase().contains("cast"), "{err}");
 }
+
+/// A job of every kind of stateful operator over the example bids (four
+/// Parquet files), its sinks under `out`: a tumbling aggregate, session
+/// windows, an updating aggregate (a changelog) and an interval join.
+/// `batch` is the WITH option that cuts the input into epochs.
+fn every_kind_of_job(out: &Path, batch: &str) -> String {
+    let bids = bids();
+    let out = out.display();
+    format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+           date_time TIMESTAMP(3), extra VARCHAR,
+           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+         WITH ('connector' = 'files', 'path' = '{bids}', 'format' = 'parquet', {batch});
+         CREATE TABLE windows WITH ('connector' = 'files', 'path' = '{out}/windows/', 'format' = 'parquet');
+         CREATE TABLE sessions WITH ('connector' = 'files', 'path' = '{out}/sessions/', 'format' = 'parquet');
+         CREATE TABLE channels WITH ('connector' = 'files', 'path' = '{out}/channels/', 'format' = 'parquet', 'mode' = 'changelog');
+         CREATE TABLE pairs WITH ('connector' = 'files', 'path' = '{out}/pairs/', 'format' = 'parquet');
+         INSERT INTO windows
+         SELECT window_start, window_end, auction, COUNT(*) AS n, MAX(price) AS top, SUM(price) AS volume
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+         GROUP BY window_start, window_end, auction;
+         INSERT INTO sessions
+         SELECT window_start, window_end, bidder, COUNT(*) AS n
+         FROM TABLE(SESSION(TABLE bids PARTITION BY bidder, DESCRIPTOR(date_time), INTERVAL '2' SECOND))
+         GROUP BY window_start, window_end, bidder;
+         INSERT INTO channels SELECT channel, COUNT(*) AS n, SUM(price) AS volume FROM bids GROUP BY channel;
+         INSERT INTO pairs
+         SELECT a.auction, a.bidder, a.price, b.price AS next_price
+         FROM bids a JOIN bids b
+           ON a.auction = b.auction AND a.bidder = b.bidder
+          AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND;"
+    )
+}
+
+/// A sink's rows as sorted CSV lines (header first).
+fn sink_rows(dir: &Path) -> Vec<String> {
+    let csv = query(&format!("SELECT * FROM '{}/'", dir.display()), None).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(str::to_owned).collect();
+    lines[1..].sort();
+    lines
+}
+
+/// Runs `job` to its end (available-now, drained), on the cluster when one
+/// is given, with more environment; returns stdout and stderr.
+fn run_job(
+    job: &Path,
+    checkpoint: &Path,
+    cluster: Option<&str>,
+    env: &[(&str, &str)],
+) -> Result<String, String> {
+    run_job_with(
+        job,
+        checkpoint,
+        cluster,
+        env,
+        &["--trigger", "available-now", "--drain"],
+    )
+}
+
+fn run_job_with(
+    job: &Path,
+    checkpoint: &Path,
+    cluster: Option<&str>,
+    env: &[(&str, &str)],
+    trigger: &[&str],
+) -> Result<String, String> {
+    let mut cmd = weir();
+    cmd.arg("run")
+        .arg(job)
+        .args(trigger)
+        .args(["--threads", "1", "--checkpoint"])
+        .arg(checkpoint);
+    if let Some(c) = cluster {
+        cmd.args(["--cluster", c]);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() { Ok(text) } else { Err(text) }
+}
+
+#[test]
+fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
+    let c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    // One file an epoch; then a row budget that cuts epochs inside files.
+    for (name, batch) in [
+        ("files", "'max_files_per_batch' = '1'"),
+        ("rows", "'max_rows_per_batch' = '30000'"),
+    ] {
+        let run = |place: &str, cluster: Option<&str>, env: &[(&str, &str)]| {
+            let out = dir.path().join(format!("{name}-{place}"));
+            let job = dir.path().join(format!("{name}-{place}.sql"));
+            std::fs::write(&job, every_kind_of_job(&out, batch)).unwrap();
+            let log = run_job(&job, &dir.path().join(format!("{name}-{place}.ck")), cluster, env)
+                .unwrap_or_else(|e| panic!("{name} {place}:\n{e}"));
+            (out, log)
+        };
+        // The driver is denied the input files themselves (their listing
+        // still works): the cluster run can only succeed if the executors
+        // read them.
+        let denied = [("WEIR_FAULTS", "rate=0,permanent=bids-")];
+        let (local, local_log) = run("local", None, &[]);
+        let (remote, remote_log) = run("cluster", Some(&c.scheduler), &denied);
+        let epochs = |log: &str| log.lines().filter(|l| l.starts_with("epoch ")).count();
+        assert_eq!(
+            epochs(&remote_log),
+            epochs(&local_log),
+            "{remote_log}\n{local_log}"
+        );
+        assert!(epochs(&local_log) >= 4, "{local_log}");
+        assert!(remote_log.contains("100,000 rows in"), "{remote_log}");
+        for sink in ["windows", "sessions", "channels", "pairs"] {
+            let want = sink_rows(&local.join(sink));
+            assert!(want.len() > 10, "{name}/{sink}: {} rows", want.len());
+            assert_eq!(sink_rows(&remote.join(sink)), want, "{name}/{sink}");
+        }
+    }
+    // One checkpoint, three runs: an epoch here, one on the cluster, the
+    // rest here again; the output is the local run's.
+    let out = dir.path().join("moved");
+    let job = dir.path().join("moved.sql");
+    std::fs::write(&job, every_kind_of_job(&out, "'max_files_per_batch' = '1'")).unwrap();
+    let ck = dir.path().join("moved.ck");
+    let once = ["--trigger", "once"];
+    let log = run_job_with(&job, &ck, None, &[], &once).unwrap();
+    assert!(log.contains("committed through epoch 1"), "{log}");
+    let log = run_job_with(&job, &ck, Some(&c.scheduler), &[], &once).unwrap();
+    assert!(log.contains("committed through epoch 2"), "{log}");
+    run_job(&job, &ck, None, &[]).unwrap();
+    for sink in ["windows", "sessions", "channels", "pairs"] {
+        let want = sink_rows(&dir.path().join("files-local").join(sink));
+        assert_eq!(sink_rows(&out.join(sink)), want, "moved/{sink}");
+    }
+    // Without the cluster, the same denial stops the job at its input.
+    let job = dir.path().join("files-local.sql");
+    let err = run_job(
+        &job,
+        &dir.path().join("denied.ck"),
+        None,
+        &[("WEIR_FAULTS", "rate=0,permanent=bids-")],
+    )
+    .unwrap_err();
+    assert!(err.contains("injected"), "{err}");
+}
+
+#[test]
+fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let bids = bids();
+    // Bad records set aside on an executor are not brought back yet.
+    let job = dir.path().join("skip.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+             WITH ('connector' = 'files', 'path' = '{bids}', 'format' = 'parquet', 'on_error' = 'skip');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/out/');
+             INSERT INTO out SELECT auction, price FROM bids;",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let err = run_job(&job, &dir.path().join("skip.ck"), Some(&address), &[]).unwrap_err();
+    assert!(
+        err.contains("only 'on_error' = 'fail' can be read on a cluster"),
+        "{err}"
+    );
+    assert!(err.contains(&address), "{err}");
+    // A generator is not read on a cluster yet.
+    let job = dir.path().join("nexmark.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', 'events' = '1000');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/nx/');
+             INSERT INTO out SELECT auction, price FROM bids;",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let err = run_job(&job, &dir.path().join("nexmark.ck"), Some(&address), &[]).unwrap_err();
+    assert!(err.contains("cannot be read on a cluster yet"), "{err}");
+    // A cluster that does not answer: the epoch is not committed, and the
+    // job runs on from the same checkpoint once it can read.
+    let out = dir.path().join("late-cluster");
+    let job = dir.path().join("late.sql");
+    std::fs::write(&job, every_kind_of_job(&out, "'max_files_per_batch' = '2'")).unwrap();
+    let ck = dir.path().join("late.ck");
+    let err = run_job(&job, &ck, Some(&address), &[]).unwrap_err();
+    assert!(err.contains("no scheduler answers there"), "{err}");
+    assert!(err.contains("epoch 1 was not committed"), "{err}");
+    let log = run_job(&job, &ck, None, &[]).unwrap();
+    assert!(log.contains("100,000 rows in"), "{log}");
+}

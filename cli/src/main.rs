@@ -226,6 +226,13 @@ struct RunArgs {
     /// port; the address is printed on stderr.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Read the input on a Ballista cluster: the scheduler's address
+    /// (`HOST:PORT`, from `weir cluster scheduler`). This process still
+    /// plans each epoch, runs the operators, checkpoints and commits; the
+    /// executors read and decode each epoch's files from the source's
+    /// store (which they must reach at the same path or URL).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "explain")]
+    cluster: Option<String>,
 }
 
 /// A run's settings: the command line's, else the job's `SET`s, else the
@@ -389,6 +396,13 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         fresh_state: args.fresh_state,
         explain_only: args.explain,
         threads: settings.threads,
+        remote: match &args.cluster {
+            Some(address) => Some(Arc::new(weir_cluster::ClusterReader::new(
+                &scheduler_url(address)?,
+                CLUSTER_CONNECT_TIMEOUT,
+            ))),
+            None => None,
+        },
         ..JobOptions::new(checkpoint.clone())
     };
     let mut job = StreamingJob::open(&sql, options)
@@ -555,6 +569,11 @@ fn query(
     Ok(())
 }
 
+/// How long `weir run --cluster` and `weir query --cluster` wait for a
+/// scheduler that does not answer (one starting, or restarting) before
+/// giving up with an error.
+pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A scheduler's URL from what a user typed: `host:port`, or the URL.
 fn scheduler_url(address: &str) -> Result<String> {
     let rest = address
@@ -612,6 +631,7 @@ async fn cluster_command(command: &ClusterCommand) -> Result<()> {
                 grpc_port: *grpc_port,
                 concurrency: *concurrency,
                 work_dir,
+                store_options: store_options_from_env()?,
             })
             .await?;
         }

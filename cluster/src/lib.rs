@@ -11,6 +11,9 @@
 //! - [`execute`] runs a physical plan planned here (by the client) as one
 //!   Ballista job and streams its result back.
 //!
+//! - [`read::ClusterReader`] reads an epoch's input on the executors for
+//!   `weir run --cluster` (see [`read`]).
+//!
 //! The design's split of work (`design.md`, "On a cluster"): the driver keeps
 //! the checkpoint protocol, executors do the work between its steps, and the
 //! checkpoint's object store is the only thing they share. The engine never
@@ -24,7 +27,6 @@ use std::time::Duration;
 use ballista_core::config::BallistaConfig;
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
-use ballista_core::serde::BallistaPhysicalExtensionCodec;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
@@ -34,6 +36,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::TryStreamExt;
+
+pub mod read;
+
+pub use read::{ClusterReader, WeirCodec};
 
 /// What can go wrong starting a process or running a plan on a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +81,9 @@ pub async fn run_scheduler(options: SchedulerOptions, ready: impl FnOnce(SocketA
         // Weir's jobs are many small ones (one an epoch): their finished
         // state is dropped after a minute, not kept for the default hour.
         finished_job_state_clean_up_interval_seconds: 60,
+        // Weir's nodes (a remote read) are planned by the driver and split
+        // into stages here.
+        override_physical_codec: Some(Arc::new(WeirCodec::default())),
         ..SchedulerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(options.bind)
@@ -116,6 +125,8 @@ pub struct ExecutorOptions {
     pub concurrency: usize,
     /// Where it keeps shuffle files between stages.
     pub work_dir: PathBuf,
+    /// Settings for the stores its tasks read (from its own environment).
+    pub store_options: weir_storage::StoreOptions,
 }
 
 /// Runs an executor until the process is stopped (SIGTERM or Ctrl-C, after
@@ -149,6 +160,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         // here rather than Ballista's 60, so its tasks are rerun sooner.
         executor_heartbeat_interval_seconds: 5,
         print_thread_info: false,
+        // Weir's nodes run here, reading with this process's own settings.
+        override_physical_codec: Some(Arc::new(WeirCodec::new(options.store_options.clone()))),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))
@@ -171,7 +184,7 @@ pub async fn execute(
     };
     let session = session.clone().upgrade_for_ballista();
     let config: BallistaConfig = session.ballista_config();
-    let codec = BallistaPhysicalExtensionCodec::default();
+    let codec = WeirCodec::default();
     let session_id = uuid_like_session_id();
     let started = std::time::Instant::now();
     loop {

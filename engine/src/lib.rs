@@ -42,6 +42,7 @@ pub mod kafka_sink;
 pub mod lease;
 pub mod options;
 pub mod panics;
+pub mod remote;
 pub mod sink;
 pub mod source;
 

@@ -214,7 +214,7 @@ impl Shell {
                     .await
                     .map_err(|e| anyhow!(strip_df(&e)))?;
                 let batches =
-                    weir_cluster::execute(url, plan, &session, std::time::Duration::from_secs(10)).await?;
+                    weir_cluster::execute(url, plan, &session, crate::CLUSTER_CONNECT_TIMEOUT).await?;
                 let stream = futures::stream::iter(batches.into_iter().map(Ok));
                 Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
                     Arc::clone(&schema),

@@ -682,7 +682,19 @@ impl StreamingJob {
                     self.checkpoint.offsets.url(epoch)
                 ))
             })?;
-            let read = slot.source.read_batch(offset).await?;
+            let read = match &self.remote {
+                None => slot.source.read_batch(offset).await?,
+                Some(remote) => {
+                    let parts = slot.source.remote_parts(offset)?;
+                    let read = crate::remote::RemoteRead {
+                        table: slot.decl.clone(),
+                        columns: slot.columns.to_vec(),
+                        parts,
+                    };
+                    let parts = remote.read(read).await?;
+                    slot.source.assemble_remote(offset, parts)?
+                }
+            };
             // Maxima the source computed as it decoded: one per batch.
             let mut maxima = std::collections::HashMap::new();
             if let Some((position, m)) = read.time_maxima

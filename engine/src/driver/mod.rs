@@ -78,6 +78,8 @@ pub use options::{
 
 struct SourceSlot {
     source: Box<dyn Source>,
+    /// Its declaration (what a remote read sends to the executors).
+    decl: weir_sql::TableDecl,
     watermark: Option<Watermark>,
     /// The declared columns read (every scan's, and the watermark's).
     columns: Arc<Vec<usize>>,
@@ -123,6 +125,8 @@ pub struct StreamingJob {
     pending: Option<(u64, OffsetsEntry)>,
     state: SessionState,
     hooks: Arc<dyn EpochHooks>,
+    /// Where the input is read, when not here (`weir run --cluster`).
+    remote: Option<Arc<dyn crate::remote::RemoteReader>>,
     /// When each state table next gets a snapshot.
     policies: HashMap<String, SnapshotPolicy>,
     /// This job's hold on the checkpoint.

@@ -95,6 +95,12 @@ impl StreamingJob {
                 }
                 let decl = &job.tables[name];
                 let mut source = open_source(decl, &options.store_options)?;
+                if let Some(remote) = &options.remote {
+                    source.check_remote().map_err(|e| match e {
+                        Error::Config(m) => Error::Config(format!("{m} (reading on {})", remote.describe())),
+                        e => e,
+                    })?;
+                }
                 if let Some(n) = &options.notice {
                     source.set_notice(Arc::clone(n));
                 }
@@ -102,6 +108,7 @@ impl StreamingJob {
                     name.clone(),
                     SourceSlot {
                         source,
+                        decl: decl.clone(),
                         watermark: decl.watermark.clone(),
                         columns: Arc::new(Vec::new()),
                         idle_timeout_ms: idle_timeout(decl)?,
@@ -248,6 +255,7 @@ impl StreamingJob {
             pending: None,
             state,
             hooks: options.hooks,
+            remote: options.remote,
             policies: HashMap::new(),
             lease,
             retain_epochs: options.retain_epochs.max(1),

@@ -127,6 +127,9 @@ pub struct JobOptions {
     /// Where sources report what happens between epochs (a Kafka broker
     /// out of reach); by default, tracing's log.
     pub notice: Option<crate::source::Notice>,
+    /// Where the sources' input is read (`weir run --cluster`): `None`
+    /// reads it in this process. See [`crate::remote`].
+    pub remote: Option<Arc<dyn crate::remote::RemoteReader>>,
 }
 
 impl JobOptions {
@@ -146,6 +149,7 @@ impl JobOptions {
             explain_only: false,
             threads: 1,
             notice: None,
+            remote: None,
         }
     }
 }

@@ -403,6 +403,15 @@ impl FilesSource {
         )))
     }
 
+    fn parse_offset(&self, offset: &Value) -> Result<FilesOffset> {
+        serde_json::from_value(offset.clone()).map_err(|e| {
+            Error::Checkpoint(format!(
+                "source '{}': unreadable offset in the offsets log: {e}",
+                self.table
+            ))
+        })
+    }
+
     fn progress_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("path", DataType::Utf8, false),
@@ -509,12 +518,7 @@ impl Source for FilesSource {
     }
 
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
-        let offset: FilesOffset = serde_json::from_value(offset.clone()).map_err(|e| {
-            Error::Checkpoint(format!(
-                "source '{}': unreadable offset in the offsets log: {e}",
-                self.table
-            ))
-        })?;
+        let offset = self.parse_offset(offset)?;
         let mut budget = offset.max_rows as usize;
         let mut out = SourceBatch::default();
         // Each batch's greatest event time, while every read computed them.
@@ -606,6 +610,91 @@ impl Source for FilesSource {
         if let (Some(m), Some(wm)) = (maxima, self.max_of()) {
             let position = self.columns.iter().position(|&c| c == wm);
             out.time_maxima = position.map(|p| (p, m));
+        }
+        Ok(out)
+    }
+
+    fn check_remote(&self) -> Result<()> {
+        // A bad record set aside on an executor would have to travel back
+        // with its position; until it does, only a read that stops at the
+        // first one can run there.
+        if self.on_error != OnError::Fail {
+            return Err(Error::Config(format!(
+                "source '{}': only 'on_error' = 'fail' can be read on a cluster yet (bad records set aside on an executor are not brought back)",
+                self.table
+            )));
+        }
+        Ok(())
+    }
+
+    /// One part per file, each read whole from its start row: the row
+    /// budget (`max_rows`) is applied afterwards by `assemble_remote`, in
+    /// file order, as `read_batch` applies it.
+    fn remote_parts(&self, offset: &Value) -> Result<Vec<Value>> {
+        self.check_remote()?;
+        let offset = self.parse_offset(offset)?;
+        offset
+            .files
+            .into_iter()
+            .map(|range| {
+                serde_json::to_value(FilesOffset {
+                    files: vec![range],
+                    max_rows: u64::MAX,
+                })
+                .map_err(|e| Error::Checkpoint(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn assemble_remote(&mut self, offset: &Value, parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
+        self.check_remote()?;
+        let offset = self.parse_offset(offset)?;
+        if parts.len() != offset.files.len() {
+            return Err(Error::Runtime(format!(
+                "source '{}': a cluster read {} parts of an offset of {} files",
+                self.table,
+                parts.len(),
+                offset.files.len()
+            )));
+        }
+        let mut budget = offset.max_rows;
+        let mut out = SourceBatch::default();
+        for (range, batches) in offset.files.iter().zip(parts) {
+            if budget == 0 {
+                break;
+            }
+            // Under 'on_error' = 'fail' every record read is a row.
+            let records: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let taken = records.min(budget);
+            let eof = records <= budget;
+            let mut left = taken as usize;
+            for batch in batches {
+                if left == 0 {
+                    break;
+                }
+                let n = batch.num_rows().min(left);
+                left -= n;
+                out.batches.push(if n == batch.num_rows() {
+                    batch
+                } else {
+                    batch.slice(0, n)
+                });
+            }
+            budget -= taken;
+            if eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
+                self.read_files += 1;
+                self.read_bytes += range.size;
+            }
+            self.progress.insert(
+                range.path.clone(),
+                FileProgress {
+                    size: range.size,
+                    rows_read: range.start_row + taken,
+                    done: eof,
+                    modified_ms: range.modified_ms,
+                },
+            );
+            self.changed.insert(range.path.clone());
         }
         Ok(out)
     }

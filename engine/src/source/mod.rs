@@ -151,6 +151,48 @@ pub trait Source: Send + Sync {
     fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>>;
     /// Restores progress from state rows.
     fn restore(&mut self, batches: &[RecordBatch]) -> Result<()>;
+    /// Whether a cluster's executors can read this source's offsets (see
+    /// [`crate::remote`]); an error says why not. By default they cannot.
+    fn check_remote(&self) -> Result<()> {
+        Err(Error::Config(format!(
+            "source '{}' cannot be read on a cluster yet: only 'files' sources can",
+            self.name()
+        )))
+    }
+    /// An offset cut into parts that executors read independently, each
+    /// with [`read_remote_part`], in this order.
+    fn remote_parts(&self, _offset: &Value) -> Result<Vec<Value>> {
+        self.check_remote().map(|()| Vec::new())
+    }
+    /// What [`Source::read_batch`] would have returned for `offset`, from
+    /// the rows its [`Source::remote_parts`] gave (each part's batches, in
+    /// part order), and the progress advanced past them as that would.
+    fn assemble_remote(&mut self, _offset: &Value, _parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
+        self.check_remote().map(|()| SourceBatch::default())
+    }
+}
+
+/// Reads one part of an offset (from [`Source::remote_parts`]) of the
+/// source `decl` declares: on an executor, with its own store options.
+/// `columns` are the declared columns to read, as [`Source::set_columns`].
+pub async fn read_remote_part(
+    decl: &TableDecl,
+    store_options: &StoreOptions,
+    columns: Vec<usize>,
+    part: &Value,
+) -> Result<Vec<RecordBatch>> {
+    match decl.connector()? {
+        "files" => {
+            let mut source = files::FilesSource::open(decl, store_options)?;
+            source.check_remote()?;
+            source.set_columns(columns);
+            Ok(source.read_batch(part).await?.batches)
+        }
+        other => Err(Error::Config(format!(
+            "source '{}' (connector '{other}') cannot be read on a cluster yet: only 'files' sources can",
+            decl.name
+        ))),
+    }
 }
 
 /// Opens the source a table declares.

@@ -1,0 +1,446 @@
+//! Reading an epoch's input on the executors (`weir run --cluster`).
+//!
+//! The driver hands each source's share of an epoch to [`ClusterReader`]
+//! (the engine's [`RemoteReader`]), which runs it as one Ballista job: a
+//! [`RemoteReadExec`] with one partition per part of the offset (one file of
+//! a folder). Each task opens the source from its declaration, with the
+//! executor's own store settings, and reads its part from the source's
+//! store; the rows come back with the part's number in an extra column, so
+//! the driver can put them back in offset order whatever order the tasks
+//! finished in. The engine then applies the epoch's row budget and advances
+//! the source's progress as a local read would (see `weir_engine::remote`).
+//!
+//! [`WeirCodec`] carries the node across the wire. Ballista's scheduler and
+//! executors must use it too, which [`crate::run_scheduler`] and
+//! [`crate::run_executor`] do.
+//!
+//! Wire form of a `RemoteReadExec` (inside DataFusion's
+//! `PhysicalExtensionNode`): the bytes `WEIR-READ/1\n`, then a JSON object
+//! (the declaration but for its columns, and the columns read)
+//! up to the next `\n`, then the declared schema as DataFusion's protobuf
+//! `Schema`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weir_engine::remote::{RemoteRead, RemoteReader};
+use weir_sql::{Options, TableDecl, Watermark};
+use weir_storage::StoreOptions;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+
+/// The column each row's part number travels in (dropped by the driver).
+const PART_COLUMN: &str = "__weir_part";
+
+/// Reads parts of one source's offset on the executor running the task.
+///
+/// Its input is a table of the parts, one row and one partition each
+/// (`part`, `offset`): an in-memory scan, which Ballista's scheduler knows
+/// how to cut into each task's partitions. A leaf node of Weir's own would
+/// not be cut: Ballista 55 leaves plan nodes it does not know whole, and
+/// each task then ran every part (the rows came back once per task).
+pub struct RemoteReadExec {
+    /// The source, and the columns read (its parts are in the input).
+    read: RemoteRead,
+    input: Arc<dyn ExecutionPlan>,
+    /// The rows' schema: the declared columns read, then the part number.
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+    /// The store settings of the process the node runs in (an executor's
+    /// own environment; never the driver's credentials).
+    store_options: StoreOptions,
+}
+
+impl fmt::Debug for RemoteReadExec {
+    // The declaration's options may hold credentials: name the table only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteReadExec")
+            .field("table", &self.read.table.name)
+            .finish()
+    }
+}
+
+/// The schema of a remote read's input: one row per part.
+fn parts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(PART_COLUMN, DataType::UInt32, false),
+        Field::new("offset", DataType::Utf8, false),
+    ]))
+}
+
+impl RemoteReadExec {
+    /// A read of `read`'s parts, one partition each.
+    pub fn try_new(read: RemoteRead, store_options: StoreOptions) -> Result<Self, DataFusionError> {
+        let schema = parts_schema();
+        let partitions = read
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let index = u32::try_from(i).map_err(|_| DataFusionError::Plan(format!("{i} parts")))?;
+                let offset =
+                    serde_json::to_string(part).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(UInt32Array::from(vec![index])),
+                        Arc::new(StringArray::from(vec![offset])),
+                    ],
+                )?;
+                Ok(vec![batch])
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let input = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+        Self::over(read, input, store_options)
+    }
+
+    /// The node over `input` (a table of parts, [`parts_schema`]).
+    fn over(read: RemoteRead, input: Arc<dyn ExecutionPlan>, store_options: StoreOptions) -> DfResult<Self> {
+        let declared = read.table.schema.clone().ok_or_else(|| {
+            DataFusionError::Plan(format!("source table '{}' declares no columns", read.table.name))
+        })?;
+        let mut fields: Vec<Arc<Field>> = declared
+            .project(&read.columns)?
+            .fields()
+            .iter()
+            .cloned()
+            .collect();
+        fields.push(Arc::new(Field::new(PART_COLUMN, DataType::UInt32, false)));
+        let schema = Arc::new(Schema::new(fields));
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(input.properties().output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            read: RemoteRead {
+                parts: Vec::new(),
+                ..read
+            },
+            input,
+            schema,
+            props: Arc::new(props),
+            store_options,
+        })
+    }
+}
+
+impl DisplayAs for RemoteReadExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RemoteReadExec: source={}", self.read.table.name)
+    }
+}
+
+impl ExecutionPlan for RemoteReadExec {
+    fn name(&self) -> &str {
+        "RemoteReadExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("RemoteReadExec has one child".into()))?;
+        Ok(Arc::new(Self::over(
+            self.read.clone(),
+            input,
+            self.store_options.clone(),
+        )?))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let parts = self.input.execute(partition, context)?;
+        let table = self.read.table.clone();
+        let columns = self.read.columns.clone();
+        let store_options = self.store_options.clone();
+        let schema = Arc::clone(&self.schema);
+        let read = async move {
+            let parts: Vec<RecordBatch> = parts.try_collect().await?;
+            let mut out = Vec::new();
+            for batch in parts {
+                let index = batch.column(0).as_primitive::<UInt32Type>();
+                let offsets = batch.column(1).as_string::<i32>();
+                for row in 0..batch.num_rows() {
+                    let part: Value = serde_json::from_str(offsets.value(row))
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    let rows =
+                        weir_engine::source::read_remote_part(&table, &store_options, columns.clone(), &part)
+                            .await
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
+                        let mut cols = b.columns().to_vec();
+                        cols.push(Arc::new(UInt32Array::from(vec![index.value(row); b.num_rows()])));
+                        out.push(RecordBatch::try_new(Arc::clone(&schema), cols)?);
+                    }
+                }
+            }
+            Ok::<_, DataFusionError>(out)
+        };
+        let stream = futures::stream::once(read).flat_map(|r| match r {
+            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+/// The declaration as it crosses the wire (its schema goes separately).
+#[derive(Serialize, Deserialize)]
+struct WireRead {
+    name: String,
+    column_types: Vec<String>,
+    watermark: Option<(String, i64)>,
+    options: Vec<(String, String)>,
+    bounded: bool,
+    metadata: Vec<(String, String)>,
+    columns: Vec<usize>,
+}
+
+const MAGIC: &[u8] = b"WEIR-READ/1\n";
+
+/// Ballista's codec, plus Weir's nodes.
+#[derive(Debug, Default)]
+pub struct WeirCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+    /// Store settings for the nodes this process decodes and runs.
+    store_options: StoreOptions,
+}
+
+impl WeirCodec {
+    /// A codec whose decoded nodes read with `store_options` (the
+    /// process's own, from its environment).
+    pub fn new(store_options: StoreOptions) -> Self {
+        Self {
+            ballista: BallistaPhysicalExtensionCodec::default(),
+            store_options,
+        }
+    }
+}
+
+fn encode_read(read: &RemoteRead, buf: &mut Vec<u8>) -> DfResult<()> {
+    let table = &read.table;
+    let schema = table.schema.as_ref().ok_or_else(|| {
+        DataFusionError::Internal(format!("source table '{}' declares no columns", table.name))
+    })?;
+    let wire = WireRead {
+        name: table.name.clone(),
+        column_types: table.column_types.clone(),
+        watermark: table.watermark.as_ref().map(|w| (w.column.clone(), w.delay_ms)),
+        options: table
+            .options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        bounded: table.bounded,
+        metadata: table
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        columns: read.columns.clone(),
+    };
+    buf.extend_from_slice(MAGIC);
+    serde_json::to_writer(&mut *buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    buf.push(b'\n');
+    let proto = datafusion_proto::protobuf::Schema::try_from(schema.as_ref())
+        .map_err(|e| DataFusionError::Internal(format!("encoding the schema of '{}': {e}", table.name)))?;
+    proto
+        .encode(buf)
+        .map_err(|e| DataFusionError::Internal(format!("encoding the schema of '{}': {e}", table.name)))
+}
+
+fn decode_read(rest: &[u8]) -> DfResult<RemoteRead> {
+    let bad = |what: String| {
+        DataFusionError::Internal(format!("a Weir remote read that cannot be decoded: {what}"))
+    };
+    let split = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no end to its description".into()))?;
+    let wire: WireRead = serde_json::from_slice(&rest[..split]).map_err(|e| bad(e.to_string()))?;
+    let proto =
+        datafusion_proto::protobuf::Schema::decode(&rest[split + 1..]).map_err(|e| bad(e.to_string()))?;
+    let schema = Schema::try_from(&proto).map_err(|e| bad(e.to_string()))?;
+    Ok(RemoteRead {
+        table: TableDecl {
+            name: wire.name,
+            schema: Some(Arc::new(schema)),
+            column_types: wire.column_types,
+            watermark: wire
+                .watermark
+                .map(|(column, delay_ms)| Watermark { column, delay_ms }),
+            options: Options::new(wire.options),
+            bounded: wire.bounded,
+            metadata: wire.metadata.into_iter().collect(),
+        },
+        columns: wire.columns,
+        parts: Vec::new(),
+    })
+}
+
+impl PhysicalExtensionCodec for WeirCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match buf.strip_prefix(MAGIC) {
+            Some(rest) => {
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal(
+                        "a Weir remote read has one input".into(),
+                    ));
+                };
+                Ok(Arc::new(RemoteReadExec::over(
+                    decode_read(rest)?,
+                    Arc::clone(input),
+                    self.store_options.clone(),
+                )?))
+            }
+            None => self.ballista.try_decode(buf, inputs, ctx, proto_converter),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        match node.downcast_ref::<RemoteReadExec>() {
+            Some(read) => encode_read(&read.read, buf),
+            None => self.ballista.try_encode(node, buf, proto_converter),
+        }
+    }
+}
+
+/// The engine's [`RemoteReader`] on a Ballista cluster.
+pub struct ClusterReader {
+    url: String,
+    session: SessionConfig,
+    connect_timeout: Duration,
+}
+
+impl ClusterReader {
+    /// Reads on the cluster whose scheduler is at `url` (`http://host:port`),
+    /// waiting up to `connect_timeout` for it to answer.
+    pub fn new(url: &str, connect_timeout: Duration) -> Self {
+        Self {
+            url: url.to_string(),
+            session: crate::session_config(1),
+            connect_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl RemoteReader for ClusterReader {
+    async fn read(&self, mut read: RemoteRead) -> weir_engine::Result<Vec<Vec<RecordBatch>>> {
+        // A relative folder is the driver's: executors run elsewhere.
+        if let Some(path) = read.table.options.get("path")
+            && !path.contains("://")
+            && std::path::Path::new(path).is_relative()
+        {
+            let absolute = std::env::current_dir()
+                .map_err(|e| weir_engine::Error::Config(format!("the current folder: {e}")))?
+                .join(path);
+            let absolute = absolute.to_string_lossy().into_owned();
+            read.table.options = Options::new(read.table.options.iter().map(|(k, v)| {
+                let v = if k == "path" {
+                    absolute.clone()
+                } else {
+                    v.to_string()
+                };
+                (k.to_string(), v)
+            }));
+        }
+        let parts = read.parts.len();
+        let table = read.table.name.clone();
+        let node = RemoteReadExec::try_new(read, StoreOptions::default())
+            .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
+        let width = node.schema.fields().len() - 1;
+        // A Ballista job's result is its plan's one output partition: the
+        // parts' tasks form a stage, and a final task gathers their rows
+        // (with several output partitions, the client was seen to fetch
+        // each more than once).
+        let plan = Arc::new(CoalescePartitionsExec::new(Arc::new(node)));
+        let rows = crate::execute(&self.url, plan, &self.session, self.connect_timeout)
+            .await
+            .map_err(|e| weir_engine::Error::Runtime(format!("reading source '{table}': {e}")))?;
+        // Back in offset order: by part, each part's batches in the order
+        // its task produced them.
+        let mut out = vec![Vec::new(); parts];
+        for batch in rows {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let index = batch.column(width).as_primitive::<UInt32Type>();
+            let data = batch
+                .project(&(0..width).collect::<Vec<_>>())
+                .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
+            // Each task's batch carries one part; a batch the shuffle glued
+            // from several is cut where the part changes.
+            let mut start = 0;
+            while start < index.len() {
+                let part = index.value(start);
+                let mut end = start + 1;
+                while end < index.len() && index.value(end) == part {
+                    end += 1;
+                }
+                let slot = out.get_mut(part as usize).ok_or_else(|| {
+                    weir_engine::Error::Runtime(format!(
+                        "source '{table}': the cluster returned rows of part {part} of {parts}"
+                    ))
+                })?;
+                slot.push(data.slice(start, end - start));
+                start = end;
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("the cluster at {}", self.url)
+    }
+}
