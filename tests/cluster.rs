@@ -46,16 +46,32 @@ fn first_line(child: &mut Child) -> String {
         .expect("no line from the process")
 }
 
-struct Cluster {
-    scheduler: String,
+pub(crate) struct Cluster {
+    pub(crate) scheduler: String,
     work_dirs: Vec<PathBuf>,
-    _processes: Vec<Process>,
+    /// The scheduler, then the executors.
+    processes: Vec<Process>,
     _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Kills executor `i` with SIGKILL (no goodbye to the scheduler).
+    fn kill_executor(&mut self, i: usize) {
+        let executor = &mut self.processes[1 + i].0;
+        executor.kill().unwrap();
+        executor.wait().unwrap();
+    }
 }
 
 /// A scheduler on a free port, and `executors` executors with one task slot
 /// each, registered with it.
 fn cluster(executors: usize) -> Cluster {
+    cluster_with_env(executors, &[])
+}
+
+/// [`cluster`], its executors started with more environment (their store
+/// settings).
+pub(crate) fn cluster_with_env(executors: usize, env: &[(&str, &str)]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let mut scheduler = weir()
         .args(["cluster", "scheduler", "--bind", "127.0.0.1:0"])
@@ -85,6 +101,7 @@ fn cluster(executors: usize) -> Cluster {
             .args(["--grpc-port", &free_port().to_string()])
             .arg("--work-dir")
             .arg(&work)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -98,7 +115,7 @@ fn cluster(executors: usize) -> Cluster {
     Cluster {
         scheduler: address,
         work_dirs,
-        _processes: processes,
+        processes,
         _dir: dir,
     }
 }
@@ -402,4 +419,112 @@ fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
     assert!(err.contains("epoch 1 was not committed"), "{err}");
     let log = run_job(&job, &ck, None, &[]).unwrap();
     assert!(log.contains("100,000 rows in"), "{log}");
+}
+
+#[test]
+fn an_executor_killed_mid_run_costs_time_not_rows() {
+    killed_mid_run(Kill::Executor);
+}
+
+#[test]
+fn a_scheduler_killed_mid_run_stops_the_job_before_its_epoch_commits() {
+    killed_mid_run(Kill::Scheduler);
+}
+
+enum Kill {
+    Executor,
+    Scheduler,
+}
+
+/// A run on a cluster that loses a process after two epochs, then (if it
+/// stopped) runs on from its checkpoint; its output is the local run's.
+fn killed_mid_run(kill: Kill) {
+    let mut c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    // Twenty files (the example's four, five times), one an epoch.
+    let input = dir.path().join("bids");
+    std::fs::create_dir(&input).unwrap();
+    for entry in std::fs::read_dir(bids()).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        for copy in 0..5 {
+            std::fs::copy(&path, input.join(format!("{stem}-{copy}.parquet"))).unwrap();
+        }
+    }
+    let job_for = |out: &str| {
+        every_kind_of_job(&dir.path().join(out), "'max_files_per_batch' = '1'")
+            .replace(&bids(), &input.display().to_string())
+    };
+    let local_job = dir.path().join("local.sql");
+    std::fs::write(&local_job, job_for("local")).unwrap();
+    run_job(&local_job, &dir.path().join("local.ck"), None, &[]).unwrap();
+
+    let job = dir.path().join("remote.sql");
+    std::fs::write(&job, job_for("remote")).unwrap();
+    let ck = dir.path().join("remote.ck");
+    let mut run = weir()
+        .arg("run")
+        .arg(&job)
+        .args([
+            "--trigger",
+            "available-now",
+            "--drain",
+            "--threads",
+            "1",
+            "--cluster",
+            &c.scheduler,
+        ])
+        .arg("--checkpoint")
+        .arg(&ck)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut killed = false;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        // Two epochs in, one executor goes: the scheduler notices its
+        // missing heartbeats and reruns its tasks on the other.
+        if !killed && line.starts_with("epoch 2 ") {
+            match kill {
+                Kill::Executor => c.kill_executor(0),
+                Kill::Scheduler => {
+                    let scheduler = &mut c.processes[0].0;
+                    scheduler.kill().unwrap();
+                    scheduler.wait().unwrap();
+                }
+            }
+            killed = true;
+        }
+    }
+    let status = run.wait().unwrap();
+    assert!(killed, "{log}");
+    if !status.success() {
+        // A job Ballista gave up on is an epoch not committed: it names
+        // the cluster, and the next run goes on from the checkpoint.
+        assert!(log.contains("the cluster at"), "{log}");
+        assert!(log.contains("was not committed"), "{log}");
+        let cluster = match kill {
+            Kill::Executor => Some(c.scheduler.as_str()),
+            // No scheduler: the job goes on here.
+            Kill::Scheduler => None,
+        };
+        run_job(&job, &ck, cluster, &[]).unwrap();
+    } else {
+        assert!(
+            matches!(kill, Kill::Executor),
+            "the job ran on without its scheduler:\n{log}"
+        );
+    }
+    for sink in ["windows", "sessions", "channels", "pairs"] {
+        let want = sink_rows(&dir.path().join("local").join(sink));
+        assert_eq!(
+            sink_rows(&dir.path().join("remote").join(sink)),
+            want,
+            "{sink}\n{log}"
+        );
+    }
 }

@@ -322,6 +322,47 @@ fn checkpoint_source_and_sink_on_s3_survive_sigkills_and_faults_exactly_once() {
     assert_no_secrets("weir's output", &printed);
 }
 
+/// `weir run --cluster`: the executors read the input from the bucket with
+/// their own settings (the driver is denied the input files), a SIGKILL of
+/// the driver mid-run is survived, and the output is exactly the local run's.
+#[test]
+fn a_job_on_s3_whose_input_is_read_on_a_cluster_is_exactly_once() {
+    let Some(server) = server() else { return };
+    let (expected, _) = run_straight(700);
+    let bucket = bucket(&server, "cluster");
+    let ws = Workspace::new();
+    upload_input(&server, &bucket, &ws);
+    ws.write("job.sql", &s3_job(&bucket));
+    let env = env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = crate::cluster::cluster_with_env(2, &env);
+    let mut args = run_args(&bucket);
+    args.extend(["--cluster".to_string(), c.scheduler.clone()]);
+    let denied = ("WEIR_FAULTS", "rate=0,permanent=bids-");
+    let killed = weir(
+        &ws,
+        &server,
+        &args,
+        &[("WEIR_FAILPOINT", "sink-staged@2"), denied],
+    )
+    .killed();
+    let done = weir(&ws, &server, &args, &[denied]).ok();
+    assert!(
+        done.stderr().contains("resuming after epoch"),
+        "{}",
+        done.stderr()
+    );
+    assert_eq!(s3_sink_rows(&server, &bucket), expected);
+    let printed = format!(
+        "{}{}{}{}",
+        killed.stdout(),
+        killed.stderr(),
+        done.stdout(),
+        done.stderr()
+    );
+    assert_no_secrets("weir run --cluster's output", &printed);
+}
+
 #[test]
 fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let Some(server) = server() else { return };

@@ -81,6 +81,13 @@ pub async fn run_scheduler(options: SchedulerOptions, ready: impl FnOnce(SocketA
         // Weir's jobs are many small ones (one an epoch): their finished
         // state is dropped after a minute, not kept for the default hour.
         finished_job_state_clean_up_interval_seconds: 60,
+        // An executor that stops heartbeating (every 5 s, see
+        // `run_executor`) is declared dead after 15 s, checked every 5 s,
+        // and its tasks rerun elsewhere: with Ballista's 180 s an epoch
+        // waited three minutes for a killed executor.
+        executor_timeout_seconds: 15,
+        expire_dead_executor_interval_seconds: 5,
+        no_executors_grace_period_seconds: 15,
         // Weir's nodes (a remote read) are planned by the driver and split
         // into stages here.
         override_physical_codec: Some(Arc::new(WeirCodec::default())),
