@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# `weir run --cluster` against `weir run` on this machine: per-epoch overhead,
+# recovery after a killed executor, and bytes per epoch.
+#
+#   benches/cluster.sh [ROWS] [FILES]      (defaults: 10000000 rows, 40 files)
+#
+# Generates ROWS bids as FILES Parquet files, and a job (10 s tumbling
+# COUNT/MAX/SUM, Parquet sink) that reads two files an epoch. Starts one
+# scheduler and two executors (one task slot each) on loopback, then runs:
+#   * the job locally (`--threads 2`);
+#   * the job with `--cluster` (the executors read each epoch's files; the
+#     driver runs the operators and commits);
+#   * the job with `--cluster` again, killing one executor (SIGKILL) after
+#     its third epoch: the slowest epoch, less the median, is the recovery.
+# Everything shares this machine's two cores, so the cluster's numbers are
+# what its protocol costs here, not what separate machines would give.
+# Writes benches/results/cluster-<ROWS>.md and prints it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-10000000}
+FILES=${2:-40}
+WORK=${WORK:-target/bench-cluster}
+WORK=$(mkdir -p "$WORK" && cd "$WORK" && pwd)
+
+cargo build --release -q -p weir-cli --bin weir --example gen_bids
+WEIR=$PWD/target/release/weir
+rm -rf "$WORK" && mkdir -p "$WORK"
+target/release/examples/gen_bids "$WORK/bids" "$ROWS" "$FILES" 7 2>/dev/null
+
+job() { # job NAME [FILES_PER_EPOCH]: the job writing to $WORK/out-NAME/
+  cat > "$WORK/$1.sql" <<SQL
+CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+  date_time TIMESTAMP(3), extra VARCHAR,
+  WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+  WITH ('connector' = 'files', 'path' = '$WORK/bids/', 'format' = 'parquet', 'max_files_per_batch' = '${2:-2}');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = '$WORK/out-$1/', 'format' = 'parquet');
+INSERT INTO out
+SELECT window_start, window_end, COUNT(*) AS bids, MAX(price) AS top, SUM(price) AS volume
+FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+GROUP BY window_start, window_end;
+SQL
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$WEIR" cluster scheduler --bind 127.0.0.1:0 > "$WORK/scheduler.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do grep -q "listening on" "$WORK/scheduler.log" && break; sleep 0.1; done
+SCHEDULER=$(sed -n 's/.*listening on //p' "$WORK/scheduler.log" | head -1)
+start_executor() { # start_executor I: prints its pid
+  "$WEIR" cluster executor --scheduler "$SCHEDULER" --port "$(free_port)" --grpc-port "$(free_port)" \
+    --concurrency 1 --work-dir "$WORK/executor-$1" > "$WORK/executor-$1.log" 2>&1 &
+  echo $!
+}
+E0=$(start_executor 0); PIDS+=("$E0")
+E1=$(start_executor 1); PIDS+=("$E1")
+sleep 3
+
+run() { # run NAME [--cluster ADDR]: progress in $WORK/NAME.json, wall seconds printed
+  local name=$1; shift
+  job "$name"
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$WEIR" run "$WORK/$name.sql" --threads 2 --trigger available-now --drain \
+    --checkpoint "$WORK/$name.ck" --progress-json "$WORK/$name.json" "$@" 2>"$WORK/$name.log"
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc
+}
+
+local_wall=$(run local)
+cluster_wall=$(run cluster --cluster "$SCHEDULER")
+shuffle_bytes=$(du -sb "$WORK"/executor-* | awk '{s += $1} END {print s}')
+
+# The recovery run, eight files an epoch (so that an epoch's tasks are
+# running when the kill comes): kill executor 0 once the second epoch is
+# committed.
+job recover 8
+"$WEIR" run "$WORK/recover.sql" --threads 2 --trigger available-now --drain \
+  --checkpoint "$WORK/recover.ck" --progress-json "$WORK/recover.json" --cluster "$SCHEDULER" \
+  2>"$WORK/recover.log" &
+RUN=$!
+for _ in $(seq 1 3000); do
+  [ -f "$WORK/recover.json" ] && [ "$(wc -l < "$WORK/recover.json")" -ge 2 ] && break
+  sleep 0.02
+done
+kill -9 "$E0"
+killed_after=$(wc -l < "$WORK/recover.json")
+wait "$RUN"
+
+for name in local cluster recover; do
+  cmp <("$WEIR" query --format csv "SELECT * FROM '$WORK/out-$name/' ORDER BY 1") \
+      <("$WEIR" query --format csv "SELECT * FROM '$WORK/out-local/' ORDER BY 1") >/dev/null \
+    || { echo "error: the $name run's output differs from the local run's"; exit 1; }
+done
+
+input_bytes=$(du -sb "$WORK/bids" | cut -f1)
+python3 - "$WORK" "$ROWS" "$FILES" "$input_bytes" "$shuffle_bytes" "$local_wall" "$cluster_wall" "$killed_after" > "benches/results/cluster-$ROWS.md" <<'PY'
+import json, statistics, sys, subprocess, datetime
+work, rows, files, input_bytes, shuffle_bytes, local_wall, cluster_wall, killed_after = sys.argv[1:]
+rows, files, input_bytes, shuffle_bytes = int(rows), int(files), int(input_bytes), int(shuffle_bytes)
+
+def epochs(name):
+    p = [json.loads(l) for l in open(f"{work}/{name}.json")]
+    return [e for e in p if not e.get("drain")]
+
+def mb(b):
+    return f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+
+loc, clu, rec = epochs("local"), epochs("cluster"), epochs("recover")
+ms = lambda es: [e["batch_ms"] for e in es]
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+n = len(clu)
+print(f"# `weir run --cluster` on loopback, {rows:,} rows\n")
+print(f"Measured {datetime.date.today()} by `benches/cluster.sh {rows} {files}` on {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs ({cpu}):")
+print("one scheduler and two executors (one task slot each) on this machine, beside the driver.")
+print(f"The job: 10 s tumbling COUNT/MAX/SUM over {files} Parquet files, two files ({rows * 2 // files:,} rows) an epoch, {n} epochs and a drain.")
+print("All three runs wrote the same rows (checked).\n")
+print("## Per-epoch time\n")
+print("| run | wall | epoch median | epoch mean | slowest epoch |")
+print("|---|---|---|---|---|")
+for label, es, wall in [("local (`--threads 2`)", loc, local_wall), ("cluster", clu, cluster_wall)]:
+    m = ms(es)
+    print(f"| {label} | {float(wall):.2f} s | {statistics.median(m):.0f} ms | {statistics.mean(m):.0f} ms | {max(m):.0f} ms |")
+over = statistics.median(ms(clu)) - statistics.median(ms(loc))
+print(f"\nOverhead of the cluster per epoch (medians): **{over:.0f} ms**: a Ballista job an epoch")
+print("(submission, two stages: the executors' reads, then one task gathering their rows, and the")
+print("result's fetch over Flight), and every row read travelling back to the driver.\n")
+print("## Recovery after a killed executor\n")
+m = ms(rec)
+slow = max(range(len(m)), key=lambda i: m[i])
+print(f"A third run reads eight files an epoch; executor 0 was killed (SIGKILL) once {killed_after} epochs were")
+print(f"committed, with the next epoch's tasks under way. The slowest epoch, epoch {rec[slow]['epoch']}, took")
+print(f"**{m[slow] / 1000:.1f} s** against a median of {statistics.median(m):.0f} ms. A task running on the dead executor is")
+print("lost until the scheduler declares the executor dead, after 15 s without heartbeats (they come every")
+print("5 s), and reruns it on the other; a task sent to it after it died fails at once and is sent elsewhere.")
+print("The run went on and its output is the local run's.\n")
+print("## Bytes per epoch through the object store\n")
+ck = statistics.mean(e["checkpoint_bytes"] for e in clu)
+print("| what | per epoch | how |")
+print("|---|---|---|")
+print(f"| input read by the executors | {mb(input_bytes / n)} | the files' size over the epochs |")
+print(f"| checkpoint written by the driver (offsets, state, commit) | {mb(ck)} | `checkpoint_bytes` in the progress |")
+print(f"| shuffle files on the executors' disks | {mb(shuffle_bytes / n)} | their work folders after the runs (not the object store: Ballista's local disk) |")
+print("\nThe sink's output (a few kB an epoch here) is written by the driver, as in a local run.")
+PY
+cat "benches/results/cluster-$ROWS.md"
