@@ -394,20 +394,24 @@ fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
         "{err}"
     );
     assert!(err.contains(&address), "{err}");
-    // A generator is not read on a cluster yet.
-    let job = dir.path().join("nexmark.sql");
+    // A Kafka topic is not read on a cluster yet.
+    let job = dir.path().join("kafka.sql");
     std::fs::write(
         &job,
         format!(
-            "CREATE TABLE bids (auction BIGINT, price BIGINT) WITH ('connector' = 'nexmark', 'table' = 'bid', 'events' = '1000');
-             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/nx/');
+            "CREATE TABLE bids (auction BIGINT, price BIGINT) WITH ('connector' = 'kafka', 'topic' = 'bids',
+               'properties.bootstrap.servers' = '127.0.0.1:1', 'format' = 'json');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/k/', 'format' = 'parquet');
              INSERT INTO out SELECT auction, price FROM bids;",
             dir.path().display()
         ),
     )
     .unwrap();
-    let err = run_job(&job, &dir.path().join("nexmark.ck"), Some(&address), &[]).unwrap_err();
-    assert!(err.contains("cannot be read on a cluster yet"), "{err}");
+    let err = run_job(&job, &dir.path().join("kafka.ck"), Some(&address), &[]).unwrap_err();
+    assert!(
+        err.contains("source 'bids' cannot be read on a cluster yet: only 'files' and 'nexmark' sources can"),
+        "{err}"
+    );
     // A cluster that does not answer: the epoch is not committed, and the
     // job runs on from the same checkpoint once it can read.
     let out = dir.path().join("late-cluster");
@@ -527,4 +531,37 @@ fn killed_mid_run(kill: Kill) {
             "{sink}\n{log}"
         );
     }
+}
+
+#[test]
+fn a_nexmark_job_generated_on_a_cluster_writes_what_a_local_run_writes() {
+    let c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    // 1.2M events in epochs of 600k: each epoch is three parts (250k
+    // events each, the last one short) generated on the executors.
+    let job_for = |out: &str| {
+        format!(
+            "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+               date_time TIMESTAMP(3), extra VARCHAR,
+               WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+             WITH ('connector' = 'nexmark', 'table' = 'bid', 'events' = '1200000', 'max_events_per_batch' = '600000');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+             INSERT INTO out
+             SELECT window_start, window_end, auction, COUNT(*) AS n, MAX(price) AS top
+             FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, auction;",
+            dir.path().join(out).display()
+        )
+    };
+    let mut logs = Vec::new();
+    for (name, cluster) in [("local", None), ("remote", Some(c.scheduler.as_str()))] {
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&job, job_for(name)).unwrap();
+        logs.push(run_job(&job, &dir.path().join(format!("{name}.ck")), cluster, &[]).unwrap());
+    }
+    let epochs = |log: &str| log.lines().filter(|l| l.starts_with("epoch ")).count();
+    assert_eq!(epochs(&logs[1]), epochs(&logs[0]), "{}\n{}", logs[1], logs[0]);
+    let want = sink_rows(&dir.path().join("local"));
+    assert!(want.len() > 1000, "{} rows", want.len());
+    assert_eq!(sink_rows(&dir.path().join("remote")), want);
 }

@@ -155,7 +155,7 @@ pub trait Source: Send + Sync {
     /// [`crate::remote`]); an error says why not. By default they cannot.
     fn check_remote(&self) -> Result<()> {
         Err(Error::Config(format!(
-            "source '{}' cannot be read on a cluster yet: only 'files' sources can",
+            "source '{}' cannot be read on a cluster yet: only 'files' and 'nexmark' sources can",
             self.name()
         )))
     }
@@ -188,8 +188,13 @@ pub async fn read_remote_part(
             source.set_columns(columns);
             Ok(source.read_batch(part).await?.batches)
         }
+        "nexmark" => {
+            let mut source = nexmark::NexmarkSource::open(decl)?;
+            source.set_columns(columns);
+            Ok(source.read_batch(part).await?.batches)
+        }
         other => Err(Error::Config(format!(
-            "source '{}' (connector '{other}') cannot be read on a cluster yet: only 'files' sources can",
+            "source '{}' (connector '{other}') cannot be read on a cluster yet: only 'files' and 'nexmark' sources can",
             decl.name
         ))),
     }

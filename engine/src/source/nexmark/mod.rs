@@ -61,6 +61,9 @@ struct NexmarkOffset {
     end: u64,
 }
 
+/// Events in one part of an epoch generated on a cluster's executors.
+const REMOTE_PART_EVENTS: u64 = 250_000;
+
 /// A Nexmark table.
 pub struct NexmarkSource {
     name: String,
@@ -138,6 +141,22 @@ fn parse_base_time(decl: &TableDecl) -> Result<i64> {
 }
 
 impl NexmarkSource {
+    fn parse_offset(&self, offset: &Value) -> Result<NexmarkOffset> {
+        let offset: NexmarkOffset = serde_json::from_value(offset.clone()).map_err(|e| {
+            Error::Checkpoint(format!(
+                "source '{}': unreadable offset in the offsets log: {e}",
+                self.name
+            ))
+        })?;
+        if offset.end < offset.start {
+            return Err(Error::Checkpoint(format!(
+                "source '{}': the offsets log names events {}..{}, which is backwards",
+                self.name, offset.start, offset.end
+            )));
+        }
+        Ok(offset)
+    }
+
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl) -> Result<Self> {
         let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
@@ -291,18 +310,7 @@ impl Source for NexmarkSource {
     }
 
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
-        let offset: NexmarkOffset = serde_json::from_value(offset.clone()).map_err(|e| {
-            Error::Checkpoint(format!(
-                "source '{}': unreadable offset in the offsets log: {e}",
-                self.name
-            ))
-        })?;
-        if offset.end < offset.start {
-            return Err(Error::Checkpoint(format!(
-                "source '{}': the offsets log names events {}..{}, which is backwards",
-                self.name, offset.start, offset.end
-            )));
-        }
+        let offset = self.parse_offset(offset)?;
         let batches = generate_on_threads(&self.generator, offset.start, offset.end, self.threads)?;
         let max_time_ms = self
             .generator
@@ -321,6 +329,44 @@ impl Source for NexmarkSource {
 
     fn progress_schema(&self) -> SchemaRef {
         Self::progress_schema()
+    }
+
+    fn check_remote(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Consecutive ranges of [`REMOTE_PART_EVENTS`] events: an event's
+    /// fields depend on its number alone, so each range is generated on
+    /// its own, anywhere.
+    fn remote_parts(&self, offset: &Value) -> Result<Vec<Value>> {
+        let offset = self.parse_offset(offset)?;
+        let mut parts = Vec::new();
+        let mut start = offset.start;
+        while start < offset.end {
+            let end = offset.end.min(start.saturating_add(REMOTE_PART_EVENTS));
+            parts.push(
+                serde_json::to_value(NexmarkOffset { start, end })
+                    .map_err(|e| Error::Checkpoint(e.to_string()))?,
+            );
+            start = end;
+        }
+        Ok(parts)
+    }
+
+    fn assemble_remote(&mut self, offset: &Value, parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
+        let offset = self.parse_offset(offset)?;
+        let max_time_ms = self
+            .generator
+            .last_event_in(offset.start, offset.end)
+            .map(|id| self.generator.config().timestamp_ms(id));
+        self.next = offset.end;
+        self.changed = true;
+        Ok(SourceBatch {
+            batches: parts.into_iter().flatten().collect(),
+            bad: Vec::new(),
+            max_time_ms,
+            time_maxima: None,
+        })
     }
 
     fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>> {
