@@ -32,7 +32,6 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
@@ -400,11 +399,9 @@ impl RemoteReader for ClusterReader {
         let node = RemoteReadExec::try_new(read, StoreOptions::default())
             .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
         let width = node.schema.fields().len() - 1;
-        // A Ballista job's result is its plan's one output partition: the
-        // parts' tasks form a stage, and a final task gathers their rows
-        // (with several output partitions, the client was seen to fetch
-        // each more than once).
-        let plan = Arc::new(CoalescePartitionsExec::new(Arc::new(node)));
+        // One stage of one task per part; the client fetches each task's
+        // output from its executor.
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(node);
         let rows = crate::execute(&self.url, plan, &self.session, self.connect_timeout)
             .await
             .map_err(|e| weir_engine::Error::Runtime(format!("reading source '{table}': {e}")))?;
