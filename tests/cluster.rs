@@ -56,11 +56,43 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     /// Kills executor `i` with SIGKILL (no goodbye to the scheduler).
-    fn kill_executor(&mut self, i: usize) {
+    pub(crate) fn kill_executor(&mut self, i: usize) {
         let executor = &mut self.processes[1 + i].0;
         executor.kill().unwrap();
         executor.wait().unwrap();
     }
+
+    /// Starts executor `i` again (after [`Cluster::kill_executor`]), on
+    /// new ports, with the same work folder.
+    pub(crate) fn restart_executor(&mut self, i: usize) {
+        let work = self.work_dirs[i].clone();
+        self.processes[1 + i] = spawn_executor(&self.scheduler, &work, &[]);
+    }
+}
+
+/// An executor of the scheduler at `address`, with one task slot, on free
+/// ports, once it says it runs.
+fn spawn_executor(address: &str, work: &Path, env: &[(&str, &str)]) -> Process {
+    let mut executor = weir()
+        .args([
+            "cluster",
+            "executor",
+            "--scheduler",
+            address,
+            "--concurrency",
+            "1",
+        ])
+        .args(["--port", &free_port().to_string()])
+        .args(["--grpc-port", &free_port().to_string()])
+        .arg("--work-dir")
+        .arg(work)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut executor);
+    assert!(line.starts_with("weir cluster executor on "), "{line}");
+    Process(executor)
 }
 
 /// A scheduler on a free port, and `executors` executors with one task slot
@@ -88,26 +120,7 @@ pub(crate) fn cluster_with_env(executors: usize, env: &[(&str, &str)]) -> Cluste
     let mut work_dirs = Vec::new();
     for i in 0..executors {
         let work = dir.path().join(format!("executor-{i}"));
-        let mut executor = weir()
-            .args([
-                "cluster",
-                "executor",
-                "--scheduler",
-                &address,
-                "--concurrency",
-                "1",
-            ])
-            .args(["--port", &free_port().to_string()])
-            .args(["--grpc-port", &free_port().to_string()])
-            .arg("--work-dir")
-            .arg(&work)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let line = first_line(&mut executor);
-        assert!(line.starts_with("weir cluster executor on "), "{line}");
-        processes.push(Process(executor));
+        processes.push(spawn_executor(&address, &work, env));
         work_dirs.push(work);
     }
     // Registration takes a round trip after the executor starts.

@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::common::kafka;
 use crate::common::*;
 
@@ -117,10 +118,37 @@ enum Ended {
 
 /// One process: killed at a failpoint, at an instant, or left to finish.
 fn one_run(ws: &Workspace, failpoint: Option<String>, kill_after: Option<Duration>) -> Result<Ended, String> {
+    one_run_on(ws, failpoint, kill_after, None)
+}
+
+/// Executors killed while a run was under way, in all.
+static EXECUTORS_KILLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A kill of one of a cluster's executors, some time into a run.
+struct ExecutorKill<'a> {
+    cluster: &'a mut Cluster,
+    executor: usize,
+    after: Duration,
+}
+
+/// [`one_run`], on a cluster (`--cluster`) when given one, whose executor
+/// `kill` names is killed on the way (the run then either finishes, its
+/// tasks rerun on the other executor, or stops before its epoch commits).
+fn one_run_on(
+    ws: &Workspace,
+    failpoint: Option<String>,
+    kill_after: Option<Duration>,
+    cluster: Option<(&str, Option<ExecutorKill>)>,
+) -> Result<Ended, String> {
     use std::os::unix::process::ExitStatusExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(RUN)
-        .current_dir(ws.dir.path())
+    cmd.args(RUN);
+    let mut executor_kill = None;
+    if let Some((address, kill)) = cluster {
+        cmd.args(["--cluster", address]);
+        executor_kill = kill;
+    }
+    cmd.current_dir(ws.dir.path())
         .env_remove("WEIR_FAILPOINT")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -128,6 +156,29 @@ fn one_run(ws: &Workspace, failpoint: Option<String>, kill_after: Option<Duratio
         cmd.env("WEIR_FAILPOINT", f);
     }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut lost_executor = false;
+    if let Some(kill) = executor_kill {
+        std::thread::sleep(kill.after);
+        if child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            kill.cluster.kill_executor(kill.executor);
+            lost_executor = true;
+            EXECUTORS_KILLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if lost_executor {
+            kill.cluster.restart_executor(kill.executor);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return match out.status.success() {
+            true => Ok(Ended::Done),
+            // The job gave up on its epoch: nothing of it was committed.
+            false if lost_executor && stderr.contains("was not committed") => Ok(Ended::Killed),
+            false => Err(format!(
+                "weir failed after losing an executor ({:?}):\n{stderr}",
+                out.status
+            )),
+        };
+    }
     if let Some(after) = kill_after {
         std::thread::sleep(after);
         if child.try_wait().map_err(|e| e.to_string())?.is_none() {
@@ -149,11 +200,41 @@ fn one_run(ws: &Workspace, failpoint: Option<String>, kill_after: Option<Duratio
 /// Runs one schedule: kills (the first at `first_step`, when given), then
 /// restarts until done. Returns how many kills it took.
 fn schedule(seed: u64, first_step: Option<&str>) -> Result<usize, String> {
+    schedule_on(seed, first_step, None)
+}
+
+/// [`schedule`], on a cluster when given one: the driver runs with
+/// `--cluster`, and some of its runs also lose an executor on the way.
+fn schedule_on(
+    seed: u64,
+    first_step: Option<&str>,
+    mut cluster: Option<&mut Cluster>,
+) -> Result<usize, String> {
     let expected = reference();
     let ws = setup();
     let mut rng = Rng(seed);
     let mut kills = 0;
     for attempt in 0..60 {
+        if let Some(c) = cluster.as_deref_mut()
+            && attempt > 0
+            && attempt < 8
+            && rng.below(3) == 0
+        {
+            let kill = ExecutorKill {
+                executor: rng.below(2) as usize,
+                after: Duration::from_millis(rng.below(1500)),
+                cluster: &mut *c,
+            };
+            let address = kill.cluster.scheduler.clone();
+            match one_run_on(&ws, None, None, Some((&address, Some(kill))))? {
+                Ended::Done => return check_done(&ws, expected, kills),
+                Ended::Killed => {
+                    kills += 1;
+                    check_killed(&ws, expected, kills, &None, &None)?;
+                    continue;
+                }
+            }
+        }
         // After enough kills, let it finish.
         let (failpoint, kill_after) = if attempt >= 8 {
             (None, None)
@@ -167,42 +248,62 @@ fn schedule(seed: u64, first_step: Option<&str>) -> Result<usize, String> {
         } else {
             (None, Some(Duration::from_millis(rng.below(500))))
         };
-        match one_run(&ws, failpoint.clone(), kill_after)? {
-            Ended::Done => {
-                let got = outputs(&ws);
-                for (i, sink) in SINKS.iter().enumerate() {
-                    if got[i] != expected[i] {
-                        let missing = expected[i].iter().filter(|r| !got[i].contains(r)).count();
-                        let extra = got[i].len() + missing - expected[i].len();
-                        return Err(format!(
-                            "{sink} differs from the uninterrupted run after {kills} kills: \
-                             {missing} rows missing, {extra} extra"
-                        ));
-                    }
-                }
-                return Ok(kills);
-            }
+        let address = cluster.as_deref().map(|c| c.scheduler.clone());
+        match one_run_on(
+            &ws,
+            failpoint.clone(),
+            kill_after,
+            address.as_deref().map(|a| (a, None)),
+        )? {
+            Ended::Done => return check_done(&ws, expected, kills),
             Ended::Killed => {
                 kills += 1;
-                // What a reader sees now: committed rows only, each once.
-                let got = outputs(&ws);
-                for (i, sink) in SINKS.iter().enumerate() {
-                    let mut seen = got[i].clone();
-                    seen.dedup();
-                    if seen.len() != got[i].len() {
-                        return Err(format!("{sink} shows a row twice after kill {kills}"));
-                    }
-                    if let Some(r) = got[i].iter().find(|r| expected[i].binary_search(r).is_err()) {
-                        return Err(format!(
-                            "{sink} shows a row the uninterrupted run never wrote after kill {kills} \
-                             ({failpoint:?}, {kill_after:?}): {r}"
-                        ));
-                    }
-                }
+                check_killed(&ws, expected, kills, &failpoint, &kill_after)?;
             }
         }
     }
     Err("still not done after 60 runs".into())
+}
+
+/// A finished run's output is the uninterrupted run's.
+fn check_done(ws: &Workspace, expected: &[Vec<String>], kills: usize) -> Result<usize, String> {
+    let got = outputs(ws);
+    for (i, sink) in SINKS.iter().enumerate() {
+        if got[i] != expected[i] {
+            let missing = expected[i].iter().filter(|r| !got[i].contains(r)).count();
+            let extra = got[i].len() + missing - expected[i].len();
+            return Err(format!(
+                "{sink} differs from the uninterrupted run after {kills} kills: \
+                 {missing} rows missing, {extra} extra"
+            ));
+        }
+    }
+    Ok(kills)
+}
+
+/// What a reader sees after a kill: committed rows only, each once.
+fn check_killed(
+    ws: &Workspace,
+    expected: &[Vec<String>],
+    kills: usize,
+    failpoint: &Option<String>,
+    kill_after: &Option<Duration>,
+) -> Result<(), String> {
+    let got = outputs(ws);
+    for (i, sink) in SINKS.iter().enumerate() {
+        let mut seen = got[i].clone();
+        seen.dedup();
+        if seen.len() != got[i].len() {
+            return Err(format!("{sink} shows a row twice after kill {kills}"));
+        }
+        if let Some(r) = got[i].iter().find(|r| expected[i].binary_search(r).is_err()) {
+            return Err(format!(
+                "{sink} shows a row the uninterrupted run never wrote after kill {kills} \
+                 ({failpoint:?}, {kill_after:?}): {r}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs schedules `from..to` of a family seeded by `base`; the first kill of
@@ -243,6 +344,36 @@ fn crash_schedules_0_to_15() {
 fn crash_schedules_15_to_30() {
     let (_, failures) = run_schedules(CI_BASE, 15, 30);
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The cluster schedules: the same job run with `--cluster` on a scheduler
+/// and two executors (the executors read every epoch's input), its driver
+/// killed at failpoints and at random instants as above, and a third of its
+/// runs losing an executor (SIGKILL) at a random instant, started again
+/// after the run.
+#[test]
+fn crash_schedules_on_a_cluster() {
+    let mut c = crate::cluster::cluster_with_env(2, &[]);
+    let mut failures = Vec::new();
+    let mut kills = 0;
+    for i in 0..3u64 {
+        let seed = 0xC105_7E40_0000_0000 + i;
+        let step = STEPS[(i * 3 % STEPS.len() as u64) as usize];
+        match schedule_on(seed, Some(step), Some(&mut c)) {
+            Ok(k) => kills += k,
+            Err(e) => failures.push(format!(
+                "cluster schedule {i} (seed {seed}, first step {step}): {e}"
+            )),
+        }
+    }
+    let executors = EXECUTORS_KILLED.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "cluster crash schedules: {} of 3 survived, {kills} runs stopped in all, {executors} executors killed mid-run",
+        3 - failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(kills >= 3, "every schedule was killed at least once");
+    assert!(executors >= 1, "an executor was killed mid-run");
 }
 
 /// The soak: `WEIR_CRASH_SCHEDULES` schedules (default 200) from
