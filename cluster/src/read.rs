@@ -441,3 +441,78 @@ impl RemoteReader for ClusterReader {
         format!("the cluster at {}", self.url)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    /// A remote read crosses the wire whole (the declaration, its secret
+    /// options included, the columns, one partition per part), prints no
+    /// secret, and its partition `i` reads part `i` alone: Ballista runs
+    /// each partition in its own task.
+    #[tokio::test]
+    async fn a_remote_read_crosses_the_wire_and_reads_its_own_part() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, rows) in [("a.json", 0..3), ("b.json", 3..5)] {
+            let text: String = rows
+                .map(|n| format!("{{\"n\": {n}, \"m\": {}}}\n", n * 10))
+                .collect();
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT, m BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 's3.secret_access_key' = 'very-secret-value')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut source = weir_engine::source::open_source(&decl, &StoreOptions::default()).unwrap();
+        let offset = source.plan_batch().await.unwrap().unwrap();
+        let read = RemoteRead {
+            table: decl,
+            columns: vec![1],
+            parts: source.remote_parts(&offset).unwrap(),
+        };
+        let plan: Arc<dyn ExecutionPlan> =
+            Arc::new(RemoteReadExec::try_new(read, StoreOptions::default()).unwrap());
+        let codec = WeirCodec::default();
+        let proto = PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), &codec).unwrap();
+        let ctx = SessionContext::new().task_ctx();
+        let decoded = proto.try_into_physical_plan(&ctx, &codec).unwrap();
+        assert_eq!(decoded.schema(), plan.schema());
+        assert_eq!(decoded.properties().output_partitioning().partition_count(), 2);
+        let shown = format!(
+            "{decoded:?} {}",
+            datafusion::physical_plan::displayable(decoded.as_ref()).indent(true)
+        );
+        assert!(!shown.contains("very-secret-value"), "{shown}");
+        let node = decoded.downcast_ref::<RemoteReadExec>().unwrap();
+        assert_eq!(
+            node.read.table.options.get("s3.secret_access_key"),
+            Some("very-secret-value")
+        );
+        let batches: Vec<RecordBatch> = decoded.execute(1, ctx).unwrap().try_collect().await.unwrap();
+        let m: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let parts: Vec<u32> = batches
+            .iter()
+            .flat_map(|b| b.column(1).as_primitive::<UInt32Type>().values().to_vec())
+            .collect();
+        assert_eq!(m, vec![30, 40]);
+        assert_eq!(parts, vec![1, 1]);
+    }
+}

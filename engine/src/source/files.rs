@@ -833,6 +833,61 @@ mod tests {
         );
     }
 
+    /// Files of 3, 5 and 2 lines under a budget of 4 rows an epoch: local
+    /// reads and remote ones (each part read by `read_remote_part`, as an
+    /// executor does, then assembled) give the same rows epoch by epoch,
+    /// and the same progress, so either can plan the next epoch.
+    #[tokio::test]
+    async fn a_remote_read_gives_a_local_reads_rows_and_progress_under_a_row_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), lines(0, 3)).unwrap();
+        std::fs::write(dir.path().join("b.json"), lines(3, 8)).unwrap();
+        std::fs::write(dir.path().join("c.json"), lines(8, 10)).unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 'max_rows_per_batch' = '4')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let options = StoreOptions::default();
+        let mut local = FilesSource::open(&decl, &options).unwrap();
+        let mut remote = FilesSource::open(&decl, &options).unwrap();
+        let mut epochs = Vec::new();
+        while let Some(offset) = local.plan_batch().await.unwrap() {
+            assert_eq!(remote.plan_batch().await.unwrap(), Some(offset.clone()));
+            let want = numbers(&local.read_batch(&offset).await.unwrap().batches);
+            let mut parts = Vec::new();
+            for part in remote.remote_parts(&offset).unwrap() {
+                parts.push(
+                    super::super::read_remote_part(&decl, &options, vec![0], &part)
+                        .await
+                        .unwrap(),
+                );
+            }
+            let got = remote.assemble_remote(&offset, parts).unwrap();
+            assert_eq!(numbers(&got.batches), want);
+            assert_eq!(remote.progress, local.progress);
+            epochs.push(want);
+        }
+        assert_eq!(
+            epochs,
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]],
+            "the budget cuts b.json after its first row"
+        );
+        // What a cluster cannot read is refused by name.
+        let skip = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 'on_error' = 'skip')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let err = FilesSource::open(&skip, &options)
+            .unwrap()
+            .check_remote()
+            .unwrap_err();
+        assert!(err.to_string().contains("only 'on_error' = 'fail'"), "{err}");
+    }
+
     #[test]
     fn modification_times_compare_to_the_second() {
         assert!(same_second(1_767_225_600_123, 1_767_225_600_000));
