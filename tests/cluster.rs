@@ -348,6 +348,10 @@ fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
         );
         assert!(epochs(&local_log) >= 4, "{local_log}");
         assert!(remote_log.contains("100,000 rows in"), "{remote_log}");
+        assert!(
+            remote_log.contains(&format!("; input read on the cluster at http://{})", c.scheduler)),
+            "{remote_log}"
+        );
         for sink in ["windows", "sessions", "channels", "pairs"] {
             let want = sink_rows(&local.join(sink));
             assert!(want.len() > 10, "{name}/{sink}: {} rows", want.len());

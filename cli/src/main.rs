@@ -426,11 +426,15 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         None => None,
     };
     errln!(
-        "weir: running {} (checkpoint {}{})",
+        "weir: running {} (checkpoint {}{}{})",
         args.job.display(),
         redactor.scrub(&checkpoint),
         match job.last_committed() {
             Some(e) => format!(", resuming after epoch {e}"),
+            None => String::new(),
+        },
+        match &args.cluster {
+            Some(address) => format!("; input read on the cluster at {}", scheduler_url(address)?),
             None => String::new(),
         }
     );
