@@ -463,15 +463,7 @@ fn killed_mid_run(kill: Kill) {
     let mut c = cluster(2);
     let dir = tempfile::tempdir().unwrap();
     // Twenty files (the example's four, five times), one an epoch.
-    let input = dir.path().join("bids");
-    std::fs::create_dir(&input).unwrap();
-    for entry in std::fs::read_dir(bids()).unwrap() {
-        let path = entry.unwrap().path();
-        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-        for copy in 0..5 {
-            std::fs::copy(&path, input.join(format!("{stem}-{copy}.parquet"))).unwrap();
-        }
-    }
+    let input = twenty_files(dir.path());
     let job_for = |out: &str| {
         every_kind_of_job(&dir.path().join(out), "'max_files_per_batch' = '1'")
             .replace(&bids(), &input.display().to_string())
@@ -581,4 +573,54 @@ fn a_nexmark_job_generated_on_a_cluster_writes_what_a_local_run_writes() {
     let want = sink_rows(&dir.path().join("local"));
     assert!(want.len() > 1000, "{} rows", want.len());
     assert_eq!(sink_rows(&dir.path().join("remote")), want);
+}
+
+/// Twenty files of 25,000 bids under `dir/bids`: the example's four, five
+/// times over.
+fn twenty_files(dir: &Path) -> PathBuf {
+    let input = dir.join("bids");
+    std::fs::create_dir(&input).unwrap();
+    for entry in std::fs::read_dir(bids()).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        for copy in 0..5 {
+            std::fs::copy(&path, input.join(format!("{stem}-{copy}.parquet"))).unwrap();
+        }
+    }
+    input
+}
+
+#[test]
+fn a_row_budget_over_many_files_is_read_in_waves_with_the_local_runs_epochs() {
+    let c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = twenty_files(dir.path());
+    // 230,000 rows an epoch: more than the first wave of eight files
+    // holds, and a cut inside a file each epoch.
+    let job_for = |out: &str| {
+        every_kind_of_job(&dir.path().join(out), "'max_rows_per_batch' = '230000'")
+            .replace(&bids(), &input.display().to_string())
+    };
+    let mut logs = Vec::new();
+    for (name, cluster) in [("local", None), ("remote", Some(c.scheduler.as_str()))] {
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&job, job_for(name)).unwrap();
+        let env: &[(&str, &str)] = match cluster {
+            Some(_) => &[("WEIR_FAULTS", "rate=0,permanent=bids-")],
+            None => &[],
+        };
+        logs.push(run_job(&job, &dir.path().join(format!("{name}.ck")), cluster, env).unwrap());
+    }
+    let epochs = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.starts_with("epoch "))
+            .map(|l| l.split("  ").take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(epochs(&logs[1]), epochs(&logs[0]), "{}\n{}", logs[1], logs[0]);
+    assert!(logs[0].contains("epoch 2  in 230,000"), "{}", logs[0]);
+    for sink in ["windows", "sessions", "channels", "pairs"] {
+        let want = sink_rows(&dir.path().join("local").join(sink));
+        assert_eq!(sink_rows(&dir.path().join("remote").join(sink)), want, "{sink}");
+    }
 }

@@ -226,6 +226,12 @@ pub async fn execute(
 /// Whether a submission failed because nothing answered at the address (as
 /// opposed to a job that ran and failed).
 fn unreachable(message: &str) -> bool {
+    // A job that ran and failed may quote a task's own connection error
+    // (a shuffle fetched from an executor that died): that is its answer,
+    // not a scheduler out of reach.
+    if message.contains("Job ") && message.contains(" failed") {
+        return false;
+    }
     message.contains("Connection refused")
         || message.contains("tcp connect error")
         || message.contains("transport error")

@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -49,6 +51,14 @@ use ballista_core::serde::BallistaPhysicalExtensionCodec;
 
 /// The column each row's part number travels in (dropped by the driver).
 const PART_COLUMN: &str = "__weir_part";
+/// The column naming one run of a part: a random number drawn when a task
+/// starts reading it. Ballista may run a part twice (an executor declared
+/// lost that had finished it) and hand back both runs' rows; the driver
+/// keeps one run per part.
+const RUN_COLUMN: &str = "__weir_run";
+/// Null on data rows; on the one row closing a run, its number of rows
+/// (the data columns null), so the driver knows the run is whole.
+const ROWS_COLUMN: &str = "__weir_rows";
 
 /// Reads parts of one source's offset on the executor running the task.
 ///
@@ -117,13 +127,16 @@ impl RemoteReadExec {
         let declared = read.table.schema.clone().ok_or_else(|| {
             DataFusionError::Plan(format!("source table '{}' declares no columns", read.table.name))
         })?;
+        // Data columns are nullable here: a run's closing row has none.
         let mut fields: Vec<Arc<Field>> = declared
             .project(&read.columns)?
             .fields()
             .iter()
-            .cloned()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
             .collect();
         fields.push(Arc::new(Field::new(PART_COLUMN, DataType::UInt32, false)));
+        fields.push(Arc::new(Field::new(RUN_COLUMN, DataType::UInt64, false)));
+        fields.push(Arc::new(Field::new(ROWS_COLUMN, DataType::UInt64, true)));
         let schema = Arc::new(Schema::new(fields));
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
@@ -193,20 +206,48 @@ impl ExecutionPlan for RemoteReadExec {
             let parts: Vec<RecordBatch> = parts.try_collect().await?;
             let mut out = Vec::new();
             for batch in parts {
-                let index = batch.column(0).as_primitive::<UInt32Type>();
-                let offsets = batch.column(1).as_string::<i32>();
+                let index = batch.column(0).as_primitive_opt::<UInt32Type>().ok_or_else(|| {
+                    DataFusionError::Internal("a remote read's parts lack their numbers".into())
+                })?;
+                let offsets = batch.column(1).as_string_opt::<i32>().ok_or_else(|| {
+                    DataFusionError::Internal("a remote read's parts lack their offsets".into())
+                })?;
                 for row in 0..batch.num_rows() {
                     let part: Value = serde_json::from_str(offsets.value(row))
                         .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    let run = std::hash::BuildHasher::hash_one(
+                        &std::collections::hash_map::RandomState::new(),
+                        row,
+                    );
                     let rows =
                         weir_engine::source::read_remote_part(&table, &store_options, columns.clone(), &part)
                             .await
                             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                    for b in rows.into_iter().filter(|b| b.num_rows() > 0) {
+                    let tagged = |b: &RecordBatch, rows: Option<u64>| -> DfResult<RecordBatch> {
+                        let n = b.num_rows();
                         let mut cols = b.columns().to_vec();
-                        cols.push(Arc::new(UInt32Array::from(vec![index.value(row); b.num_rows()])));
-                        out.push(RecordBatch::try_new(Arc::clone(&schema), cols)?);
+                        cols.push(Arc::new(UInt32Array::from(vec![index.value(row); n])));
+                        cols.push(Arc::new(UInt64Array::from(vec![run; n])));
+                        cols.push(Arc::new(UInt64Array::from(vec![rows; n])));
+                        Ok(RecordBatch::try_new(Arc::clone(&schema), cols)?)
+                    };
+                    let mut total = 0u64;
+                    for b in rows.iter().filter(|b| b.num_rows() > 0) {
+                        total += b.num_rows() as u64;
+                        out.push(tagged(b, None)?);
                     }
+                    // The closing row: the data columns null, the count set.
+                    let data_width = schema.fields().len() - 3;
+                    let nulls: Vec<ArrayRef> = schema.fields()[..data_width]
+                        .iter()
+                        .map(|f| new_null_array(f.data_type(), 1))
+                        .collect();
+                    let closing = RecordBatch::try_new_with_options(
+                        Arc::new(Schema::new(schema.fields()[..data_width].to_vec())),
+                        nulls,
+                        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+                    )?;
+                    out.push(tagged(&closing, Some(total))?);
                 }
             }
             Ok::<_, DataFusionError>(out)
@@ -295,7 +336,9 @@ fn decode_read(rest: &[u8]) -> DfResult<RemoteRead> {
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| bad("no end to its description".into()))?;
-    let wire: WireRead = serde_json::from_slice(&rest[..split]).map_err(|e| bad(e.to_string()))?;
+    // Serde's message may quote a value, and values may be credentials.
+    let wire: WireRead = serde_json::from_slice(&rest[..split])
+        .map_err(|_| bad("its description is not the JSON expected".into()))?;
     let proto =
         datafusion_proto::protobuf::Schema::decode(&rest[split + 1..]).map_err(|e| bad(e.to_string()))?;
     let schema = Schema::try_from(&proto).map_err(|e| bad(e.to_string()))?;
@@ -396,50 +439,126 @@ impl RemoteReader for ClusterReader {
         }
         let parts = read.parts.len();
         let table = read.table.name.clone();
+        let declared = read.table.schema.clone();
+        let columns = read.columns.clone();
         let node = RemoteReadExec::try_new(read, StoreOptions::default())
             .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
-        let width = node.schema.fields().len() - 1;
         // One stage of one task per part; the client fetches each task's
         // output from its executor.
         let plan: Arc<dyn ExecutionPlan> = Arc::new(node);
-        let rows = crate::execute(&self.url, plan, &self.session, self.connect_timeout)
+        let batches = crate::execute(&self.url, plan, &self.session, self.connect_timeout)
             .await
             .map_err(|e| weir_engine::Error::Runtime(format!("reading source '{table}': {e}")))?;
-        // Back in offset order: by part, each part's batches in the order
-        // its task produced them.
-        let mut out = vec![Vec::new(); parts];
-        for batch in rows {
-            if batch.num_rows() == 0 {
-                continue;
+        let schema = match declared {
+            Some(d) => Arc::new(
+                d.project(&columns)
+                    .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?,
+            ),
+            None => {
+                return Err(weir_engine::Error::Runtime(format!(
+                    "source '{table}' declares no columns"
+                )));
             }
-            let index = batch.column(width).as_primitive::<UInt32Type>();
-            let data = batch
-                .project(&(0..width).collect::<Vec<_>>())
-                .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
-            // Each task's batch carries one part; a batch the shuffle glued
-            // from several is cut where the part changes.
-            let mut start = 0;
-            while start < index.len() {
-                let part = index.value(start);
-                let mut end = start + 1;
-                while end < index.len() && index.value(end) == part {
-                    end += 1;
-                }
-                let slot = out.get_mut(part as usize).ok_or_else(|| {
-                    weir_engine::Error::Runtime(format!(
-                        "source '{table}': the cluster returned rows of part {part} of {parts}"
-                    ))
-                })?;
-                slot.push(data.slice(start, end - start));
-                start = end;
-            }
-        }
-        Ok(out)
+        };
+        gather(&table, parts, &schema, batches)
     }
 
     fn describe(&self) -> String {
         format!("the cluster at {}", self.url)
     }
+}
+
+/// Each part's rows, in part order, from what a remote read's job gave:
+/// for each part, the batches of one run that came back whole (its closing
+/// row counts its rows), in the order the run produced them, with the
+/// `schema` they were read with. A part without a whole run is an error:
+/// a part missing must not read as an empty file.
+fn gather(
+    table: &str,
+    parts: usize,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> weir_engine::Result<Vec<Vec<RecordBatch>>> {
+    let bad = |what: String| {
+        weir_engine::Error::Runtime(format!("reading source '{table}' on the cluster: {what}"))
+    };
+    let width = schema.fields().len();
+    // Per part, its runs in the order they first came: the run's id, its
+    // data batches, their rows, and the count its closing row gave.
+    type Run = (u64, Vec<RecordBatch>, u64, Option<u64>);
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); parts];
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if batch.num_columns() != width + 3 {
+            return Err(bad(format!(
+                "{} columns where {} were expected",
+                batch.num_columns(),
+                width + 3
+            )));
+        }
+        let index = batch.column(width).as_primitive_opt::<UInt32Type>();
+        let run = batch.column(width + 1).as_primitive_opt::<UInt64Type>();
+        let count = batch.column(width + 2).as_primitive_opt::<UInt64Type>();
+        let (Some(index), Some(run), Some(count)) = (index, run, count) else {
+            return Err(bad("its part columns have the wrong types".into()));
+        };
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let (part, id) = (index.value(start), run.value(start));
+            let mut end = start + 1;
+            while end < batch.num_rows() && index.value(end) == part && run.value(end) == id {
+                end += 1;
+            }
+            let slot = runs
+                .get_mut(part as usize)
+                .ok_or_else(|| bad(format!("rows of part {part} of {parts}")))?;
+            let i = match slot.iter().position(|r| r.0 == id) {
+                Some(i) => i,
+                None => {
+                    slot.push((id, Vec::new(), 0, None));
+                    slot.len() - 1
+                }
+            };
+            // Data rows, then (in a batch of its own) the closing row.
+            let mut row = start;
+            while row < end {
+                if count.is_valid(row) {
+                    slot[i].3 = Some(count.value(row));
+                    row += 1;
+                    continue;
+                }
+                let mut data_end = row + 1;
+                while data_end < end && count.is_null(data_end) {
+                    data_end += 1;
+                }
+                let data = RecordBatch::try_new_with_options(
+                    Arc::clone(schema),
+                    batch.columns()[..width]
+                        .iter()
+                        .map(|c| c.slice(row, data_end - row))
+                        .collect(),
+                    // A read of no columns (COUNT(*)) still has rows.
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(data_end - row)),
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                slot[i].2 += data.num_rows() as u64;
+                slot[i].1.push(data);
+                row = data_end;
+            }
+            start = end;
+        }
+    }
+    runs.into_iter()
+        .enumerate()
+        .map(|(part, runs)| {
+            runs.into_iter()
+                .find(|(_, _, rows, closed)| *closed == Some(*rows))
+                .map(|(_, batches, _, _)| batches)
+                .ok_or_else(|| bad(format!("no whole read of part {part} of {parts} came back")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -496,23 +615,50 @@ mod tests {
             node.read.table.options.get("s3.secret_access_key"),
             Some("very-secret-value")
         );
-        let batches: Vec<RecordBatch> = decoded.execute(1, ctx).unwrap().try_collect().await.unwrap();
-        let m: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        let parts: Vec<u32> = batches
-            .iter()
-            .flat_map(|b| b.column(1).as_primitive::<UInt32Type>().values().to_vec())
-            .collect();
-        assert_eq!(m, vec![30, 40]);
-        assert_eq!(parts, vec![1, 1]);
+        let run = |partition: usize| {
+            let stream = decoded.execute(partition, Arc::clone(&ctx)).unwrap();
+            async move {
+                let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+                batches
+            }
+        };
+        let m = |parts: Vec<Vec<RecordBatch>>| -> Vec<Vec<i64>> {
+            parts
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .flat_map(|b| {
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .unwrap()
+                                .values()
+                                .to_vec()
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("m", DataType::Int64, true)]));
+        // Partition 1 reads part 1 alone.
+        let second = run(1).await;
+        let err = gather("t", 2, &schema, second.clone()).unwrap_err().to_string();
+        assert!(err.contains("no whole read of part 0 of 2 came back"), "{err}");
+        // Both parts, part 1 read twice (a task Ballista ran again): each
+        // part's rows once, in order.
+        let mut all = second;
+        all.extend(run(0).await);
+        all.extend(run(1).await);
+        assert_eq!(
+            m(gather("t", 2, &schema, all.clone()).unwrap()),
+            vec![vec![0, 10, 20], vec![30, 40]]
+        );
+        // A run cut short (its closing row lost) is not taken for whole.
+        let cut: Vec<RecordBatch> = run(0).await.into_iter().take(1).collect();
+        let whole1 = run(1).await;
+        let mut partial = cut;
+        partial.extend(whole1);
+        let err = gather("t", 2, &schema, partial).unwrap_err().to_string();
+        assert!(err.contains("no whole read of part 0"), "{err}");
     }
 }

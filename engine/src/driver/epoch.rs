@@ -686,13 +686,32 @@ impl StreamingJob {
                 None => slot.source.read_batch(offset).await?,
                 Some(remote) => {
                     let parts = slot.source.remote_parts(offset)?;
-                    let read = crate::remote::RemoteRead {
-                        table: slot.decl.clone(),
-                        columns: slot.columns.to_vec(),
-                        parts,
-                    };
-                    let parts = remote.read(read).await?;
-                    slot.source.assemble_remote(offset, parts)?
+                    let mut read = Vec::with_capacity(parts.len());
+                    let mut wave = slot.source.remote_first_wave().unwrap_or(parts.len()).max(1);
+                    while read.len() < parts.len()
+                        && (read.is_empty() || slot.source.remote_wants_more(offset, &read)?)
+                    {
+                        let from = read.len();
+                        let to = parts.len().min(from.saturating_add(wave));
+                        let got = remote
+                            .read(crate::remote::RemoteRead {
+                                table: slot.decl.clone(),
+                                columns: slot.columns.to_vec(),
+                                parts: parts[from..to].to_vec(),
+                            })
+                            .await?;
+                        if got.len() != to - from {
+                            return Err(Error::Runtime(format!(
+                                "source '{name}': {} gave {} parts for {}",
+                                remote.describe(),
+                                got.len(),
+                                to - from
+                            )));
+                        }
+                        read.extend(got);
+                        wave = wave.saturating_mul(2);
+                    }
+                    slot.source.assemble_remote(offset, read)?
                 }
             };
             // Maxima the source computed as it decoded: one per batch.

@@ -627,29 +627,45 @@ impl Source for FilesSource {
         Ok(())
     }
 
-    /// One part per file, each read whole from its start row: the row
-    /// budget (`max_rows`) is applied afterwards by `assemble_remote`, in
-    /// file order, as `read_batch` applies it.
+    /// One part per file, each read from its start row for at most one row
+    /// more than the epoch's whole budget (`max_rows`): the one more tells
+    /// a file cut by the budget from one that ends exactly there. The
+    /// budget is applied afterwards by `assemble_remote`, in file order, as
+    /// `read_batch` applies it.
     fn remote_parts(&self, offset: &Value) -> Result<Vec<Value>> {
         self.check_remote()?;
         let offset = self.parse_offset(offset)?;
+        let cap = offset.max_rows.saturating_add(1);
         offset
             .files
             .into_iter()
             .map(|range| {
                 serde_json::to_value(FilesOffset {
                     files: vec![range],
-                    max_rows: u64::MAX,
+                    max_rows: cap,
                 })
                 .map_err(|e| Error::Checkpoint(e.to_string()))
             })
             .collect()
     }
 
+    /// The budget usually ends within the first files: read eight, then
+    /// twice as many each time, while it does not.
+    fn remote_first_wave(&self) -> Option<usize> {
+        Some(8)
+    }
+
+    fn remote_wants_more(&self, offset: &Value, read: &[Vec<RecordBatch>]) -> Result<bool> {
+        let offset = self.parse_offset(offset)?;
+        let rows: u64 = read.iter().flatten().map(|b| b.num_rows() as u64).sum();
+        Ok(rows < offset.max_rows)
+    }
+
     fn assemble_remote(&mut self, offset: &Value, parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
         self.check_remote()?;
         let offset = self.parse_offset(offset)?;
-        if parts.len() != offset.files.len() {
+        let rows: u64 = parts.iter().flatten().map(|b| b.num_rows() as u64).sum();
+        if parts.len() > offset.files.len() || (parts.len() < offset.files.len() && rows < offset.max_rows) {
             return Err(Error::Runtime(format!(
                 "source '{}': a cluster read {} parts of an offset of {} files",
                 self.table,

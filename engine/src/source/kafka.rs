@@ -103,8 +103,15 @@ const FETCH_BYTES: i32 = 16 << 20;
 /// there: a range ends at most at the high watermark seen when planning).
 const FETCH_WAIT_MS: i32 = 500;
 /// How long one request keeps retrying inside the client before Weir's own
-/// retry (which reports the outage) takes over.
-const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// retry (which reports the outage) takes over. Shorter than
+/// [`UNREACHABLE_NOTICE`]: the client retries a certificate TLS refuses as
+/// it retries an outage, and the refusal it gives up with must come before
+/// the outage notice. With both at 5 s they raced, and a loaded machine
+/// printed "unreachable" before the certificate error.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(4);
+/// How long a call waits on the brokers before the user is told they are
+/// unreachable (then every 30 s).
+const UNREACHABLE_NOTICE: Duration = Duration::from_secs(5);
 
 /// A topic's partition.
 type Tp = (String, i32);
@@ -1597,7 +1604,7 @@ async fn watched<T>(
         let wait = if said {
             Duration::from_secs(30)
         } else {
-            Duration::from_secs(5)
+            UNREACHABLE_NOTICE
         };
         tokio::select! {
             out = &mut fut => return (out, said.then(|| started.elapsed())),

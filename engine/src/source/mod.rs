@@ -164,9 +164,21 @@ pub trait Source: Send + Sync {
     fn remote_parts(&self, _offset: &Value) -> Result<Vec<Value>> {
         self.check_remote().map(|()| Vec::new())
     }
+    /// How many parts to read at first, when the offset may be complete
+    /// before its last part (a row budget): the driver then reads the
+    /// parts in waves, each twice the last, while
+    /// [`Source::remote_wants_more`]. `None` (the default): all at once.
+    fn remote_first_wave(&self) -> Option<usize> {
+        None
+    }
+    /// Whether the offset needs more parts than the first ones, `read`.
+    fn remote_wants_more(&self, _offset: &Value, _read: &[Vec<RecordBatch>]) -> Result<bool> {
+        Ok(true)
+    }
     /// What [`Source::read_batch`] would have returned for `offset`, from
     /// the rows its [`Source::remote_parts`] gave (each part's batches, in
-    /// part order), and the progress advanced past them as that would.
+    /// part order; the parts after those the waves needed are left out),
+    /// and the progress advanced past them as that would.
     fn assemble_remote(&mut self, _offset: &Value, _parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
         self.check_remote().map(|()| SourceBatch::default())
     }
