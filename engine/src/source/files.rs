@@ -403,6 +403,25 @@ impl FilesSource {
         )))
     }
 
+    /// Progress past `records` records of `range` (to the file's end when
+    /// `eof`), read here or on a cluster.
+    fn record_read(&mut self, range: &FileRange, records: u64, eof: bool) {
+        if eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
+            self.read_files += 1;
+            self.read_bytes += range.size;
+        }
+        self.progress.insert(
+            range.path.clone(),
+            FileProgress {
+                size: range.size,
+                rows_read: range.start_row + records,
+                done: eof,
+                modified_ms: range.modified_ms,
+            },
+        );
+        self.changed.insert(range.path.clone());
+    }
+
     fn parse_offset(&self, offset: &Value) -> Result<FilesOffset> {
         serde_json::from_value(offset.clone()).map_err(|e| {
             Error::Checkpoint(format!(
@@ -592,20 +611,7 @@ impl Source for FilesSource {
             }
             out.batches.extend(rows.batches);
             out.bad.extend(rows.bad);
-            if rows.eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
-                self.read_files += 1;
-                self.read_bytes += range.size;
-            }
-            self.progress.insert(
-                range.path.clone(),
-                FileProgress {
-                    size: range.size,
-                    rows_read: range.start_row + rows.records as u64,
-                    done: rows.eof,
-                    modified_ms: range.modified_ms,
-                },
-            );
-            self.changed.insert(range.path.clone());
+            self.record_read(range, rows.records as u64, rows.eof);
         }
         if let (Some(m), Some(wm)) = (maxima, self.max_of()) {
             let position = self.columns.iter().position(|&c| c == wm);
@@ -697,20 +703,7 @@ impl Source for FilesSource {
                 });
             }
             budget -= taken;
-            if eof && !self.progress.get(&range.path).is_some_and(|p| p.done) {
-                self.read_files += 1;
-                self.read_bytes += range.size;
-            }
-            self.progress.insert(
-                range.path.clone(),
-                FileProgress {
-                    size: range.size,
-                    rows_read: range.start_row + taken,
-                    done: eof,
-                    modified_ms: range.modified_ms,
-                },
-            );
-            self.changed.insert(range.path.clone());
+            self.record_read(range, taken, eof);
         }
         Ok(out)
     }

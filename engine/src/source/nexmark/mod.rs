@@ -141,6 +141,24 @@ fn parse_base_time(decl: &TableDecl) -> Result<i64> {
 }
 
 impl NexmarkSource {
+    /// The batch of `offset`'s events, generated here or on a cluster, and
+    /// the progress moved past them.
+    fn advance_past(&mut self, offset: &NexmarkOffset, batches: Vec<RecordBatch>) -> SourceBatch {
+        let max_time_ms = self
+            .generator
+            .last_event_in(offset.start, offset.end)
+            .map(|id| self.generator.config().timestamp_ms(id));
+        self.next = offset.end;
+        self.changed = true;
+        // Generated events are well-formed by construction: never bad records.
+        SourceBatch {
+            batches,
+            bad: Vec::new(),
+            max_time_ms,
+            time_maxima: None,
+        }
+    }
+
     fn parse_offset(&self, offset: &Value) -> Result<NexmarkOffset> {
         let offset: NexmarkOffset = serde_json::from_value(offset.clone()).map_err(|e| {
             Error::Checkpoint(format!(
@@ -312,19 +330,7 @@ impl Source for NexmarkSource {
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
         let offset = self.parse_offset(offset)?;
         let batches = generate_on_threads(&self.generator, offset.start, offset.end, self.threads)?;
-        let max_time_ms = self
-            .generator
-            .last_event_in(offset.start, offset.end)
-            .map(|id| self.generator.config().timestamp_ms(id));
-        self.next = offset.end;
-        self.changed = true;
-        // Generated events are well-formed by construction: never bad records.
-        Ok(SourceBatch {
-            batches,
-            bad: Vec::new(),
-            max_time_ms,
-            time_maxima: None,
-        })
+        Ok(self.advance_past(&offset, batches))
     }
 
     fn progress_schema(&self) -> SchemaRef {
@@ -355,18 +361,7 @@ impl Source for NexmarkSource {
 
     fn assemble_remote(&mut self, offset: &Value, parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
         let offset = self.parse_offset(offset)?;
-        let max_time_ms = self
-            .generator
-            .last_event_in(offset.start, offset.end)
-            .map(|id| self.generator.config().timestamp_ms(id));
-        self.next = offset.end;
-        self.changed = true;
-        Ok(SourceBatch {
-            batches: parts.into_iter().flatten().collect(),
-            bad: Vec::new(),
-            max_time_ms,
-            time_maxima: None,
-        })
+        Ok(self.advance_past(&offset, parts.into_iter().flatten().collect()))
     }
 
     fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>> {
