@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ struct Term {
     screen: Arc<Mutex<vt100::Parser>>,
     /// Every byte written to the terminal.
     raw: Arc<Mutex<Vec<u8>>>,
+    /// Set when the reader has seen the terminal close: every byte weir
+    /// wrote is then in `screen` and `raw`.
+    drained: Arc<AtomicBool>,
 }
 
 impl Term {
@@ -53,7 +57,8 @@ impl Term {
         let input = process.get_file_handle().unwrap();
         let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLS, 0)));
         let raw = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&screen), Arc::clone(&raw));
+        let drained = Arc::new(AtomicBool::new(false));
+        let (s, r, d) = (Arc::clone(&screen), Arc::clone(&raw), Arc::clone(&drained));
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = output.read(&mut buf) {
@@ -63,12 +68,16 @@ impl Term {
                 s.lock().unwrap().process(&buf[..n]);
                 r.lock().unwrap().extend_from_slice(&buf[..n]);
             }
+            // The pty reads EIO (or 0) once weir and all it started have
+            // closed it.
+            d.store(true, Ordering::Release);
         });
         Term {
             process,
             input,
             screen,
             raw,
+            drained,
         }
     }
 
@@ -154,7 +163,15 @@ impl Term {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             match self.process.status() {
-                Some(WaitStatus::Exited(_, code)) => return code,
+                Some(WaitStatus::Exited(_, code)) => {
+                    // The process is gone but the reader thread may not yet
+                    // have read its last writes from the pty: wait for it,
+                    // so that `raw` and `screen` hold the whole run.
+                    while !self.drained.load(Ordering::Acquire) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    return code;
+                }
                 Some(WaitStatus::StillAlive) | None => {}
                 Some(other) => panic!("weir ended with {other:?}:\n{}", self.screen()),
             }
