@@ -872,15 +872,22 @@ impl StreamJoinState {
         // right rows.
         let mut pairs_new_left = Vec::new();
         let mut pairs_new_right = Vec::new();
+        // Each join builds its hash table on the smaller side: the build
+        // side is copied into one batch and hashed, the probe side streams.
         let held_right_len: usize = held_right.iter().map(RecordBatch::num_rows).sum();
+        let held_left_len: usize = held_left.iter().map(RecordBatch::num_rows).sum();
         if new_left.num_rows() > 0 && held_right_len + new_right.num_rows() > 0 {
+            let build_right = held_right_len + new_right.num_rows() < new_left.num_rows();
             let mut right = held_right;
             right.push(new_right.clone());
-            pairs_new_left = self.join(vec![new_left.clone()], right, false, context).await?;
+            pairs_new_left = self
+                .join(vec![new_left.clone()], right, build_right, context)
+                .await?;
         }
-        if new_right.num_rows() > 0 && !held_left.is_empty() {
+        if new_right.num_rows() > 0 && held_left_len > 0 {
+            let build_right = new_right.num_rows() <= held_left_len;
             pairs_new_right = self
-                .join(held_left, vec![new_right.clone()], true, context)
+                .join(held_left, vec![new_right.clone()], build_right, context)
                 .await?;
         }
         guarded(name, n, || {
