@@ -400,8 +400,15 @@ impl UpdateState {
             cols.push(Arc::new(Int64Array::from(vec![now; n])));
             let batch = RecordBatch::try_new(Arc::clone(&self.chunk_schema), cols)?;
             let c = inner.chunks.len();
-            for i in 0..n {
-                inner.index.insert(rows.row(i).as_ref().to_vec(), (c, i));
+            for (i, loc) in locs.iter().enumerate() {
+                let key = rows.row(i);
+                // A known group's key stays; only a new group's is copied.
+                match loc.and_then(|_| inner.index.get_mut(key.as_ref())) {
+                    Some(at) => *at = (c, i),
+                    None => {
+                        inner.index.insert(key.as_ref().to_vec(), (c, i));
+                    }
+                }
             }
             inner.pending_upserts.push(batch.clone());
             inner.chunks.push(Chunk {

@@ -265,8 +265,14 @@ impl Builder {
                 if i > 0 {
                     out.push(b' ');
                 }
-                let d = rng.next_int_below(10_000);
-                out.extend_from_slice(format!("{d:04}").as_bytes());
+                // Four digits, zero-padded (`{d:04}` without formatting machinery).
+                let d = rng.next_int_below(10_000) as u32;
+                out.extend_from_slice(&[
+                    b'0' + (d / 1000 % 10) as u8,
+                    b'0' + (d / 100 % 10) as u8,
+                    b'0' + (d / 10 % 10) as u8,
+                    b'0' + (d % 10) as u8,
+                ]);
             }
         });
         let city = self.text(P_CITY, |out| {
