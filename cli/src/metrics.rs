@@ -421,10 +421,15 @@ pub fn listen_address(text: &str) -> Result<String> {
     }
 }
 
-/// A running metrics server; dropping it stops it.
+/// A running metrics server; dropping it stops it, and returns once its
+/// port is closed (so `SET metrics = off` is true when it says so, and the
+/// same port can be served again at once).
 pub struct Server {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Says the accept loop has ended and dropped its listener.
+    stopped: std::sync::mpsc::Receiver<()>,
 }
 
 impl Server {
@@ -438,9 +443,16 @@ impl Server {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    // Stopped (or the server dropped without a word).
+                    _ = &mut stop_rx => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((conn, _)) = accepted else {
                     // Out of file descriptors, say: try again shortly.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -451,8 +463,15 @@ impl Server {
                         .await;
                 });
             }
+            drop(listener);
+            let _ = stopped_tx.send(());
         });
-        Ok(Server { addr, task })
+        Ok(Server {
+            addr,
+            task,
+            stop: Some(stop),
+            stopped,
+        })
     }
 
     /// The address it listens at (with the port chosen, for port 0).
@@ -468,6 +487,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Aborting alone closes the port only when the runtime next gets to
+        // the task: a client could still connect after "metrics off". Ask
+        // the loop to end and wait (bounded: never hang the shell) for it
+        // to drop its listener; it runs on a worker thread, while the shell
+        // and `weir run` drop the server on the thread that blocks on them.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            let _ = self.stopped.recv_timeout(Duration::from_secs(2));
+        }
         self.task.abort();
     }
 }
@@ -739,5 +767,30 @@ mod tests {
         let e = listen_address("localhost").unwrap_err().to_string();
         assert!(e.contains("expected PORT"), "{e}");
         assert!(listen_address("host:99999").is_err());
+    }
+
+    #[test]
+    fn a_stopped_server_has_closed_its_port_and_the_port_serves_again() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let start = |address: &str| {
+            rt.block_on(async { Server::start(address, Arc::clone(&metrics), Redactor::default()) })
+        };
+        let first = start(":0").unwrap();
+        let addr = first.addr();
+        drop(first);
+        for _ in 0..20 {
+            let server = start(&addr.to_string()).unwrap_or_else(|e| panic!("{addr} not free again: {e}"));
+            assert!(std::net::TcpStream::connect(addr).is_ok());
+            drop(server);
+            assert!(
+                std::net::TcpStream::connect(addr).is_err(),
+                "still serving at {addr}"
+            );
+        }
     }
 }
