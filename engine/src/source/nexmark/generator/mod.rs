@@ -364,12 +364,23 @@ impl NexmarkTable {
     #[inline]
     pub fn of_event(event_id: u64) -> Self {
         let r = event_id % TOTAL_PROPORTION;
-        if r < PERSON_PROPORTION {
+        if r < Self::Person.residues().1 {
             Self::Person
-        } else if r < PERSON_PROPORTION + AUCTION_PROPORTION {
+        } else if r < Self::Auction.residues().1 {
             Self::Auction
         } else {
             Self::Bid
+        }
+    }
+
+    /// The ids of this table's events in each block of `TOTAL_PROPORTION`
+    /// ids: `id % TOTAL_PROPORTION` in `lo..hi`.
+    #[inline]
+    pub fn residues(self) -> (u64, u64) {
+        match self {
+            Self::Person => (0, PERSON_PROPORTION),
+            Self::Auction => (PERSON_PROPORTION, PERSON_PROPORTION + AUCTION_PROPORTION),
+            Self::Bid => (PERSON_PROPORTION + AUCTION_PROPORTION, TOTAL_PROPORTION),
         }
     }
 
@@ -567,11 +578,8 @@ impl TableGenerator {
     pub fn generate(&self, start: u64, end: u64) -> Result<Vec<RecordBatch>> {
         let cfg = &self.config;
         // Expected rows, for capacity: the table's share of the range.
-        let share = match self.table {
-            NexmarkTable::Person => PERSON_PROPORTION,
-            NexmarkTable::Auction => AUCTION_PROPORTION,
-            NexmarkTable::Bid => TOTAL_PROPORTION - PERSON_PROPORTION - AUCTION_PROPORTION,
-        };
+        let (lo, hi) = self.table.residues();
+        let share = hi - lo;
         let expected = (end.saturating_sub(start) * share / TOTAL_PROPORTION) as usize + 1;
         let capacity = expected.min(self.rows_per_batch);
         let mut b = Builder::new(self.table, &self.wanted, &self.as_channel, capacity);
@@ -596,11 +604,6 @@ impl TableGenerator {
             // are a fixed range of residues in each block of
             // TOTAL_PROPORTION: visit only those (a person is 1 event in 50,
             // so its table skips 49 of every 50 ids without looking).
-            let (lo, hi) = match self.table {
-                NexmarkTable::Person => (0, PERSON_PROPORTION),
-                NexmarkTable::Auction => (PERSON_PROPORTION, PERSON_PROPORTION + AUCTION_PROPORTION),
-                NexmarkTable::Bid => (PERSON_PROPORTION + AUCTION_PROPORTION, TOTAL_PROPORTION),
-            };
             let mut block = start - start % TOTAL_PROPORTION;
             while block < end {
                 for id in (block + lo).max(start)..(block + hi).min(end) {
