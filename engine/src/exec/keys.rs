@@ -45,6 +45,17 @@ impl KeyRows {
         }
         Ok(self.converter.convert_columns(columns)?)
     }
+
+    /// The columns back from row-format keys (bytes that `convert` made);
+    /// none for zero key columns.
+    pub fn columns_of<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        if self.empty {
+            return Ok(vec![]);
+        }
+        let parser = self.converter.parser();
+        let rows: Vec<_> = rows.into_iter().map(|r| parser.parse(r)).collect();
+        Ok(self.converter.convert_rows(rows)?)
+    }
 }
 
 #[cfg(test)]
@@ -63,5 +74,12 @@ mod tests {
         let rows = k.convert(&[col], 3).unwrap();
         assert_eq!(rows.row(0), rows.row(2));
         assert_ne!(rows.row(0), rows.row(1));
+        let back = k
+            .columns_of([rows.row(1).as_ref(), rows.row(0).as_ref()])
+            .unwrap();
+        assert_eq!(
+            back[0].as_ref(),
+            &Int64Array::from(vec![2, 1]) as &dyn datafusion::arrow::array::Array
+        );
     }
 }

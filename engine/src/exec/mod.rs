@@ -15,6 +15,7 @@
 //! node in [`StreamExtensionPlanner`], and name its type in
 //! [`stateful_state`] so checkpoints find it.
 
+pub mod distinct;
 pub mod groups;
 pub mod keys;
 pub mod late_filter;

@@ -22,20 +22,54 @@
 //!
 //! State file (one row per group):
 //! `<key columns>, a<i>.<state field>..., v<i> (last emitted values)..., __visible, __updated_ms`
+//!
+//! ## Distinct values (`COUNT/SUM/AVG(DISTINCT x)`)
+//!
+//! DataFusion's distinct accumulators keep each group's values as one list,
+//! so merging an epoch into a group, evaluating it and checkpointing it
+//! would cost the group's whole set of values every epoch it changes: a
+//! day-long `COUNT(DISTINCT bidder)` gets slower every epoch. Instead, as
+//! Flink does, each group's distinct values are kept here, keyed, with one
+//! bit per aggregate over the same argument (`COUNT(DISTINCT bidder)` with
+//! and without a `FILTER` share one set of values): bit `b` says a row with
+//! that value passed aggregate `b`'s filter. The aggregate itself becomes
+//! the plain function fed only the rows whose value is new to it in the
+//! group (`COUNT(DISTINCT x) = COUNT(x)` over each value's first row), so
+//! its state is a count or a sum, and an epoch costs its new values only.
+//! The input of an update aggregate never retracts (a changelog input is
+//! rewritten to signed sums, which refuse DISTINCT), so a value, once seen,
+//! stays counted while its group lives.
+//!
+//! With distinct values the state file holds both kinds of rows, told apart
+//! by `__distinct` (null on a group's row, the argument's number on a
+//! value's), each value in the `__value<d>` column of its argument, typed:
+//! `<key columns>, __distinct, __value0.., <the group columns above>.., __filters`.
+//! A value is a unit of its own (keys, `__distinct`, `__value<d>`), so a
+//! delta carries only the values that are new or newly seen by another
+//! filter, and a group deleted by the TTL deletes its values.
 
 use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::error::Result;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int32Array, Int64Array, RecordBatch,
+    StringArray, UInt64Array, new_null_array,
+};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch, is_null};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::groups::{AggregateSpec, Groups};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::distinct::{Changes, MAX_MEMBERS, SeenValues};
+use super::groups::{AggregateSpec, Evaluated, Groups};
 use super::keys::KeyRows;
 use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
@@ -76,6 +110,71 @@ pub struct UpdateState {
     /// partial states (keys, states), merged in, not rows; these are its key
     /// columns.
     partial_keys: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    /// The arguments of `DISTINCT` aggregates whose values are kept here
+    /// (see the module's comment); empty when there are none.
+    distinct: Vec<DistinctArg>,
+    /// The state file's schema: `chunk_schema`, or with distinct values the
+    /// table of both kinds of rows.
+    state_schema: SchemaRef,
+}
+
+/// One argument of `COUNT/SUM/AVG(DISTINCT arg)` and the aggregates over it.
+struct DistinctArg {
+    /// The argument, as the plan prints it.
+    expr: String,
+    data_type: DataType,
+    /// Values compare by their bytes in Arrow's row format.
+    rows: KeyRows,
+    /// The aggregates over it (their indices); `members[b]` is bit `b` of a
+    /// value's flags, so at most [`MAX_MEMBERS`].
+    members: Vec<usize>,
+}
+
+/// Splits `COUNT/SUM/AVG(DISTINCT x)` aggregates into the plain function
+/// (fed each value's first row in its group) and the argument whose values
+/// this operator keeps. Other aggregates, DISTINCT or not, stay as they are.
+fn split_distinct(
+    aggr: Vec<Arc<AggregateFunctionExpr>>,
+    input: &SchemaRef,
+) -> Result<(Vec<Arc<AggregateFunctionExpr>>, Vec<DistinctArg>)> {
+    let mut out = Vec::with_capacity(aggr.len());
+    let mut args: Vec<DistinctArg> = Vec::new();
+    for (i, a) in aggr.into_iter().enumerate() {
+        let exprs = a.expressions();
+        let plain_form = a.is_distinct()
+            && exprs.len() == 1
+            && a.order_bys().is_empty()
+            && matches!(a.fun().name(), "count" | "sum" | "avg");
+        if !plain_form {
+            out.push(a);
+            continue;
+        }
+        let expr = exprs[0].to_string();
+        match args
+            .iter_mut()
+            .find(|d| d.expr == expr && d.members.len() < MAX_MEMBERS)
+        {
+            Some(d) => d.members.push(i),
+            None => {
+                let data_type = exprs[0].data_type(input)?;
+                args.push(DistinctArg {
+                    expr,
+                    rows: KeyRows::new([data_type.clone()])?,
+                    data_type,
+                    members: vec![i],
+                });
+            }
+        }
+        let mut plain = AggregateExprBuilder::new(Arc::new(a.fun().clone()), exprs)
+            .schema(Arc::clone(input))
+            .alias(a.name())
+            .with_ignore_nulls(a.ignore_nulls());
+        if let Some(h) = a.human_display() {
+            plain = plain.human_display(h);
+        }
+        out.push(Arc::new(plain.build()?));
+    }
+    Ok((out, args))
 }
 
 struct Chunk {
@@ -85,7 +184,6 @@ struct Chunk {
     min_updated: i64,
 }
 
-#[derive(Default)]
 struct Inner {
     index: HashMap<Vec<u8>, (usize, usize)>,
     chunks: Vec<Chunk>,
@@ -94,6 +192,21 @@ struct Inner {
     pending_upserts: Vec<RecordBatch>,
     /// Keys of groups deleted since the last checkpoint.
     pending_deletes: Vec<RecordBatch>,
+    /// The groups' distinct values (empty without DISTINCT aggregates).
+    seen: SeenValues,
+}
+
+impl Inner {
+    fn new(distinct_args: usize) -> Self {
+        Self {
+            index: HashMap::default(),
+            chunks: Vec::new(),
+            dead: 0,
+            pending_upserts: Vec::new(),
+            pending_deletes: Vec::new(),
+            seen: SeenValues::new(distinct_args),
+        }
+    }
 }
 
 impl OperatorExec<UpdateState> {
@@ -112,11 +225,14 @@ impl OperatorExec<UpdateState> {
         threads: usize,
     ) -> Result<Self> {
         let in_schema = input.schema();
+        let (aggr, distinct) = split_distinct(aggr, &in_schema)?;
         let agg = AggregateSpec::try_new(group_by, aggr, filters, &in_schema)?;
         // With more than one thread, each input partition aggregates its
         // rows of the epoch first, and only their states cross to the
-        // shards (one shard without keys), as for window aggregates.
-        let (input, partial_keys) = if threads > 1 {
+        // shards (one shard without keys), as for window aggregates. Not
+        // with distinct values kept: a value is new or not to its group's
+        // shard, so the rows go there.
+        let (input, partial_keys) = if threads > 1 && distinct.is_empty() {
             let spec = PartialSpec::keys_only(&agg, &in_schema)?;
             let keys = spec.key_columns();
             let node: Arc<dyn ExecutionPlan> = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
@@ -152,6 +268,29 @@ impl OperatorExec<UpdateState> {
         );
         fields.push(Field::new("__visible", DataType::Boolean, false));
         fields.push(Field::new("__updated_ms", DataType::Int64, false));
+        let chunk_schema = Arc::new(Schema::new(fields));
+        let state_schema = if distinct.is_empty() {
+            Arc::clone(&chunk_schema)
+        } else {
+            let mut fields: Vec<Field> = chunk_schema.fields()[..n_keys]
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new("__distinct", DataType::Int32, true));
+            fields.extend(
+                distinct
+                    .iter()
+                    .enumerate()
+                    .map(|(d, a)| Field::new(format!("__value{d}"), a.data_type.clone(), true)),
+            );
+            fields.extend(
+                chunk_schema.fields()[n_keys..]
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true)),
+            );
+            fields.push(Field::new("__filters", DataType::UInt64, true));
+            Arc::new(Schema::new(fields))
+        };
         let state = UpdateState {
             agg,
             having,
@@ -159,11 +298,13 @@ impl OperatorExec<UpdateState> {
             keys,
             values,
             agg_schema,
-            chunk_schema: Arc::new(Schema::new(fields)),
+            chunk_schema,
             schema,
-            shards: Shards::new(shard_count(threads, n_keys), Inner::default),
+            shards: Shards::new(shard_count(threads, n_keys), || Inner::new(distinct.len())),
             input_schema: in_schema,
             partial_keys,
+            distinct,
+            state_schema,
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -213,6 +354,10 @@ impl EpochOperator for UpdateState {
         if let Some(t) = self.ttl_ms {
             write!(f, ", ttl={t}ms")?;
         }
+        if !self.distinct.is_empty() {
+            let args: Vec<&str> = self.distinct.iter().map(|d| d.expr.as_str()).collect();
+            write!(f, ", distinct values kept=[{}]", args.join(", "))?;
+        }
         write!(f, ", emit=changelog")
     }
 
@@ -220,7 +365,7 @@ impl EpochOperator for UpdateState {
         Groups::new(&self.agg)
     }
 
-    fn fold(&self, _partition: usize, delta: &mut Groups, batch: &RecordBatch) -> Result<()> {
+    fn fold(&self, partition: usize, delta: &mut Groups, batch: &RecordBatch) -> Result<()> {
         if self.partial_keys.is_some() {
             // Partial states: keys, then each aggregate's state columns.
             if batch.num_rows() == 0 {
@@ -231,7 +376,11 @@ impl EpochOperator for UpdateState {
             delta.merge(&batch.columns()[..nk], &states, batch.num_rows())?;
             return Ok(());
         }
-        delta.update(&self.agg.evaluate(batch)?)
+        let mut input = self.agg.evaluate(batch)?;
+        if !self.distinct.is_empty() && input.rows > 0 {
+            self.first_seen(&mut self.shards.lock(partition).seen, &mut input)?;
+        }
+        delta.update(&input)
     }
 
     fn finish(&self, partition: usize, mut delta: Groups, epoch: &EpochInput) -> Result<RecordBatch> {
@@ -280,6 +429,169 @@ impl UpdateState {
                 Ok(b.iter().map(|x| Some(x == Some(true))).collect())
             }
         }
+    }
+
+    /// Records the distinct values of `input` in the groups' sets, and sets
+    /// each `DISTINCT` aggregate's filter to the rows whose value is new to
+    /// it (in that group, with its filter passing), so that the plain
+    /// function it became counts or sums each value once.
+    fn first_seen(&self, seen: &mut SeenValues, input: &mut Evaluated) -> Result<()> {
+        let n = input.rows;
+        // Each row's group, as a slot of `seen`: the batch's groups are
+        // interned first (DataFusion's vectorized group table), so a group's
+        // key is converted and looked up once per batch, not once per row.
+        let (ids, slots) = if self.n_keys() == 0 {
+            let key = self.keys.convert(&[], 1)?;
+            (vec![0; n], vec![seen.slot(key.row(0).as_ref())])
+        } else {
+            let mut table = new_group_values(Arc::clone(&self.agg.key_schema), &GroupOrdering::None)?;
+            let mut ids = Vec::with_capacity(n);
+            table.intern(&input.keys, &mut ids)?;
+            let groups = table.len();
+            let keys = self.keys.convert(&table.emit(EmitTo::All)?, groups)?;
+            let slots = (0..groups).map(|g| seen.slot(keys.row(g).as_ref())).collect();
+            (ids, slots)
+        };
+        for (d, arg) in self.distinct.iter().enumerate() {
+            let values = Arc::clone(&input.args[arg.members[0]][0]);
+            let value_rows = arg.rows.convert(std::slice::from_ref(&values), n)?;
+            let filters: Vec<Option<BooleanArray>> = arg
+                .members
+                .iter()
+                .map(|&m| input.filters[m].as_ref().map(|f| f.as_boolean().clone()))
+                .collect();
+            let mut firsts: Vec<BooleanBufferBuilder> = arg
+                .members
+                .iter()
+                .map(|_| {
+                    let mut b = BooleanBufferBuilder::new(n);
+                    b.append_n(n, false);
+                    b
+                })
+                .collect();
+            for r in 0..n {
+                // NULL is no value: COUNT, SUM and AVG skip it.
+                if values.is_null(r) {
+                    continue;
+                }
+                let mut wanted = 0u64;
+                for (b, f) in filters.iter().enumerate() {
+                    if f.as_ref().is_none_or(|f| f.is_valid(r) && f.value(r)) {
+                        wanted |= 1 << b;
+                    }
+                }
+                if wanted == 0 {
+                    continue;
+                }
+                let new = seen.see(slots[ids[r]], d, value_rows.row(r).as_ref(), wanted);
+                if new == 0 {
+                    continue;
+                }
+                for (b, first) in firsts.iter_mut().enumerate() {
+                    if new & (1 << b) != 0 {
+                        first.set_bit(r, true);
+                    }
+                }
+            }
+            for (&m, mut first) in arg.members.iter().zip(firsts) {
+                input.filters[m] = Some(Arc::new(BooleanArray::new(first.finish(), None)));
+            }
+        }
+        Ok(())
+    }
+
+    /// State-file rows of distinct values (deleted ones' flags are unused).
+    fn value_rows(&self, changes: &Changes) -> Result<Vec<RecordBatch>> {
+        let nk = self.n_keys();
+        let key_columns = self.keys.columns_of(changes.keys.iter().map(Vec::as_slice))?;
+        let mut out = Vec::new();
+        for (d, arg) in self.distinct.iter().enumerate() {
+            let mine: Vec<_> = changes.items.iter().filter(|x| x.0 == d).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let n = mine.len();
+            let at = datafusion::arrow::array::UInt32Array::from_iter_values(mine.iter().map(|x| x.1));
+            let mut cols = key_columns
+                .iter()
+                .map(|c| Ok(datafusion::arrow::compute::take(c.as_ref(), &at, None)?))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            cols.push(Arc::new(Int32Array::from(vec![d as i32; n])));
+            for (e, other) in self.distinct.iter().enumerate() {
+                if e == d {
+                    cols.extend(
+                        arg.rows
+                            .columns_of(mine.iter().map(|x| &changes.bytes[x.3.clone()]))?,
+                    );
+                } else {
+                    cols.push(new_null_array(&other.data_type, n));
+                }
+            }
+            for f in &self.chunk_schema.fields()[nk..] {
+                cols.push(new_null_array(f.data_type(), n));
+            }
+            cols.push(Arc::new(UInt64Array::from_iter_values(mine.iter().map(|x| x.2))));
+            out.push(RecordBatch::try_new(Arc::clone(&self.state_schema), cols)?);
+        }
+        Ok(out)
+    }
+
+    /// The changed (or all) distinct values of a shard as state-file rows:
+    /// (upserts, deletes).
+    fn value_changes(
+        &self,
+        seen: &mut SeenValues,
+        all: bool,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        let (changed, deleted) = seen.take_changes(all);
+        Ok((self.value_rows(&changed)?, self.value_rows(&deleted)?))
+    }
+
+    /// Groups' rows (whole, or their key columns only) as state-file rows.
+    fn group_rows(&self, b: &RecordBatch) -> Result<RecordBatch> {
+        if self.distinct.is_empty() {
+            return Ok(b.clone());
+        }
+        let nk = self.n_keys();
+        let n = b.num_rows();
+        let mut cols = b.columns()[..nk].to_vec();
+        cols.push(new_null_array(&DataType::Int32, n));
+        cols.extend(self.distinct.iter().map(|a| new_null_array(&a.data_type, n)));
+        if b.num_columns() > nk {
+            cols.extend(b.columns()[nk..].iter().cloned());
+        } else {
+            cols.extend(
+                self.chunk_schema.fields()[nk..]
+                    .iter()
+                    .map(|f| new_null_array(f.data_type(), n)),
+            );
+        }
+        cols.push(new_null_array(&DataType::UInt64, n));
+        Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), cols)?)
+    }
+
+    /// Adds restored distinct values (state-file rows) to a shard.
+    fn load_values(&self, inner: &mut Inner, part: &RecordBatch) -> Result<()> {
+        let nk = self.n_keys();
+        let n = part.num_rows();
+        let n_args = self.distinct.len();
+        let groups = self.keys.convert(&part.columns()[..nk], n)?;
+        let args = part.column(nk).as_primitive::<Int32Type>();
+        let flags = part.column(part.num_columns() - 1).as_primitive::<UInt64Type>();
+        if let Some(bad) = args.values().iter().find(|&&d| d < 0 || d as usize >= n_args) {
+            return Err(DataFusionError::Execution(format!(
+                "the update aggregate's state has a value of DISTINCT argument {bad}, but the query has {n_args}"
+            )));
+        }
+        for (d, arg) in self.distinct.iter().enumerate() {
+            let values = arg.rows.convert(&[Arc::clone(part.column(nk + 1 + d))], n)?;
+            for r in (0..n).filter(|&r| args.value(r) as usize == d) {
+                inner
+                    .seen
+                    .restore(groups.row(r).as_ref(), d, values.row(r).as_ref(), flags.value(r));
+            }
+        }
+        Ok(())
     }
 
     /// Folds an epoch's delta into the state; returns the changelog.
@@ -495,7 +807,10 @@ impl UpdateState {
             for (c, r) in &removed {
                 let one = inner.chunks[*c].batch.slice(*r, 1);
                 let rows = key_rows_of(&one)?;
-                inner.index.remove(rows.row(0).as_ref());
+                let key = rows.row(0);
+                inner.index.remove(key.as_ref());
+                // The group's distinct values go with it.
+                inner.seen.remove(key.as_ref());
             }
             inner.dead += removed.len();
         }
@@ -554,10 +869,20 @@ impl StatefulOperator for UpdateState {
     // The TTL is not part of it: a longer or shorter TTL reads the same
     // state (rows idle longer than the new TTL are dropped next epoch).
     fn signature(&self) -> String {
+        let distinct: Vec<String> = self
+            .distinct
+            .iter()
+            .map(|d| format!("{}:{:?}", d.expr, d.members))
+            .collect();
         crate::compat::signature::strip_column_positions(&format!(
-            "update-aggregate having({}) {}",
+            "update-aggregate having({}) {}{}",
             self.having.as_ref().map(|h| h.to_string()).unwrap_or_default(),
-            crate::compat::signature::aggregate_signature(&self.agg)
+            crate::compat::signature::aggregate_signature(&self.agg),
+            if distinct.is_empty() {
+                String::new()
+            } else {
+                format!(" distinct-values[{}]", distinct.join(";"))
+            }
         ))
     }
 
@@ -566,10 +891,28 @@ impl StatefulOperator for UpdateState {
     }
 
     fn state_rows(&self) -> usize {
-        self.shards.lock_all().iter().map(|i| i.index.len()).sum()
+        // Groups, and their distinct values.
+        self.shards
+            .lock_all()
+            .iter()
+            .map(|i| i.index.len() + i.seen.len())
+            .sum()
     }
 
     fn describe(&self) -> StateTable {
+        let distinct_keys = (!self.distinct.is_empty())
+            .then(|| {
+                std::iter::once("__distinct (null on a group's row)".to_string()).chain(
+                    self.distinct.iter().enumerate().map(|(d, a)| {
+                        format!(
+                            "__value{d} (a value of {})",
+                            crate::compat::signature::strip_column_positions(&a.expr)
+                        )
+                    }),
+                )
+            })
+            .into_iter()
+            .flatten();
         StateTable {
             name: "groups".into(),
             keys: self
@@ -578,6 +921,7 @@ impl StatefulOperator for UpdateState {
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
+                .chain(distinct_keys)
                 .collect(),
             values: self
                 .agg
@@ -586,22 +930,39 @@ impl StatefulOperator for UpdateState {
                 .map(|f| f.name().clone())
                 .chain((0..self.n_values()).map(|i| format!("v{i} (last emitted)")))
                 .chain(["__visible".into(), "__updated_ms".into()])
+                .chain(
+                    (!self.distinct.is_empty())
+                        .then(|| "__filters (a value's aggregates, one bit each)".into()),
+                )
                 .collect(),
-            evicted_by: match self.ttl_ms {
-                Some(t) => {
+            evicted_by: match (self.ttl_ms, self.distinct.is_empty()) {
+                (Some(t), true) => {
                     format!("__updated_ms older than the state TTL ({t}ms, processing time): deleted with -D")
                 }
-                None => "never (no state.ttl): one row per group for the life of the query".into(),
+                (Some(t), false) => format!(
+                    "__updated_ms older than the state TTL ({t}ms, processing time): deleted with -D, \
+                     with the group's distinct values"
+                ),
+                (None, true) => "never (no state.ttl): one row per group for the life of the query".into(),
+                (None, false) => {
+                    "never (no state.ttl): one row per group and per distinct value of each group, \
+                                  for the life of the query"
+                        .into()
+                }
             },
         }
     }
 
     fn state_schema(&self) -> SchemaRef {
-        Arc::clone(&self.chunk_schema)
+        Arc::clone(&self.state_schema)
     }
 
     fn unit_key_len(&self) -> usize {
-        self.n_keys()
+        if self.distinct.is_empty() {
+            self.n_keys()
+        } else {
+            self.n_keys() + 1 + self.distinct.len()
+        }
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
@@ -610,13 +971,24 @@ impl StatefulOperator for UpdateState {
         let mut change = StateChange::default();
         for inner in shards.iter_mut() {
             if full {
-                change.upserts.extend(self.live_rows(inner)?);
-                inner.pending_upserts.clear();
-                inner.pending_deletes.clear();
+                for b in self.live_rows(inner)? {
+                    change.upserts.push(self.group_rows(&b)?);
+                }
+                let (values, _) = self.value_changes(&mut inner.seen, true)?;
+                change.upserts.extend(values);
             } else {
-                change.upserts.append(&mut inner.pending_upserts);
-                change.deletes.append(&mut inner.pending_deletes);
+                for b in &inner.pending_upserts {
+                    change.upserts.push(self.group_rows(b)?);
+                }
+                for b in &inner.pending_deletes {
+                    change.deletes.push(self.group_rows(b)?);
+                }
+                let (upserts, deletes) = self.value_changes(&mut inner.seen, false)?;
+                change.upserts.extend(upserts);
+                change.deletes.extend(deletes);
             }
+            inner.pending_upserts.clear();
+            inner.pending_deletes.clear();
         }
         if !full && change.upserts.is_empty() && change.deletes.is_empty() {
             return Ok(None);
@@ -627,16 +999,40 @@ impl StatefulOperator for UpdateState {
     fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
         let batches = batches
             .iter()
-            .map(|b| b.clone().with_schema(Arc::clone(&self.chunk_schema)))
+            .map(|b| b.clone().with_schema(Arc::clone(&self.state_schema)))
             .collect::<Result<Vec<_>, _>>()?;
-        let batch = concat_batches(&self.chunk_schema, &batches)?;
+        let batch = concat_batches(&self.state_schema, &batches)?;
+        let nk = self.n_keys();
+        // Groups' rows, and values' rows (with distinct values kept).
+        let (groups, values) = if self.distinct.is_empty() {
+            (batch, None)
+        } else {
+            let is_group = is_null(batch.column(nk))?;
+            let values = filter_record_batch(&batch, &not(&is_group)?)?;
+            let groups = filter_record_batch(&batch, &is_group)?;
+            let skip = 1 + self.distinct.len();
+            let cols: Vec<ArrayRef> = groups.columns()[..nk]
+                .iter()
+                .chain(&groups.columns()[nk + skip..groups.num_columns() - 1])
+                .cloned()
+                .collect();
+            (
+                RecordBatch::try_new(Arc::clone(&self.chunk_schema), cols)?,
+                Some(values),
+            )
+        };
         let mut shards = self.shards.lock_all();
         for inner in shards.iter_mut() {
-            **inner = Inner::default();
+            **inner = Inner::new(self.distinct.len());
         }
-        let key_columns: Vec<usize> = (0..self.n_keys()).collect();
-        for (shard, part) in route(&batch, &key_columns, shards.len())? {
+        let key_columns: Vec<usize> = (0..nk).collect();
+        for (shard, part) in route(&groups, &key_columns, shards.len())? {
             self.load(&mut shards[shard], part)?;
+        }
+        if let Some(values) = values {
+            for (shard, part) in route(&values, &key_columns, shards.len())? {
+                self.load_values(&mut shards[shard], &part)?;
+            }
         }
         Ok(())
     }
