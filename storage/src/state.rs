@@ -20,13 +20,14 @@
 //! Files carry key-value metadata: `weir.operator`, `weir.epoch`,
 //! `weir.kind` and `weir.unit_key_len`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, not, take};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, interleave, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::HashMap;
 
 use crate::checkpoint::Checkpoint;
 use crate::codec::{self, Decoded};
@@ -80,7 +81,8 @@ pub struct StateFile {
 /// An operator's state as of an epoch, rebuilt from its files.
 #[derive(Debug)]
 pub struct RestoredState {
-    /// The rows, units in key order.
+    /// The rows, units in the order they first appeared in the files (so a
+    /// snapshot alone comes back in its own order).
     pub batches: Vec<RecordBatch>,
     /// The schema of the rows.
     pub schema: SchemaRef,
@@ -348,15 +350,35 @@ impl Checkpoint {
     }
 }
 
-/// A unit's key (Arrow row format) and its rows' indices in a batch.
-type UnitRows = (Vec<u8>, Vec<u32>);
-
-/// Rows grouped into units by their key columns.
+/// Rows grouped into units by their key columns. Rows stay in the batches
+/// they were read in, and a unit is the list of its rows' places, so a
+/// state of millions of one-row units (an update aggregate's groups or its
+/// distinct values) costs no batch per unit.
 struct UnitTable {
     key_len: usize,
     converter: Option<RowConverter>,
-    units: BTreeMap<Vec<u8>, RecordBatch>,
+    /// Every batch read (rows of replaced or deleted units stay here,
+    /// unreferenced).
+    batches: Vec<RecordBatch>,
+    units: HashMap<Vec<u8>, Unit>,
+    /// Upserts so far (one per file).
+    upserts: u32,
+    /// Units made so far (a unit's number orders the restored rows).
+    made: u64,
 }
+
+struct Unit {
+    /// (batch, row) of each of its rows, in file order.
+    rows: Vec<(u32, u32)>,
+    /// The upsert that wrote it: a later upsert replaces its rows; the
+    /// same one adds to them (one file's unit may span read batches).
+    upsert: u32,
+    /// When it first appeared (kept when its rows are replaced).
+    seq: u64,
+}
+
+/// At most this many rows per restored batch.
+const RESTORED_BATCH_ROWS: usize = 1 << 20;
 
 impl UnitTable {
     fn new(schema: &SchemaRef, key_len: usize) -> std::result::Result<Self, String> {
@@ -382,68 +404,71 @@ impl UnitTable {
         Ok(Self {
             key_len,
             converter,
-            units: BTreeMap::new(),
+            batches: Vec::new(),
+            units: HashMap::default(),
+            upserts: 0,
+            made: 0,
         })
     }
 
-    /// Each row's unit key, and the rows of each unit in first-seen order.
-    fn split(&self, batch: &RecordBatch) -> std::result::Result<Vec<UnitRows>, String> {
+    /// Calls `f` with each row's unit key and its index.
+    fn each_key(
+        &self,
+        batch: &RecordBatch,
+        mut f: impl FnMut(&[u8], usize),
+    ) -> std::result::Result<(), String> {
         let n = batch.num_rows();
         let Some(conv) = &self.converter else {
-            return Ok(vec![(vec![], (0..n as u32).collect())]);
+            (0..n).for_each(|i| f(&[], i));
+            return Ok(());
         };
         let rows = conv
             .convert_columns(&batch.columns()[..self.key_len])
             .map_err(|e| e.to_string())?;
-        let mut order: Vec<(Vec<u8>, Vec<u32>)> = Vec::new();
-        let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
-        for i in 0..n {
-            let key = rows.row(i).as_ref().to_vec();
-            let slot = *at.entry(key.clone()).or_insert_with(|| {
-                order.push((key, Vec::new()));
-                order.len() - 1
-            });
-            order[slot].1.push(i as u32);
-        }
-        Ok(order)
+        (0..n).for_each(|i| f(rows.row(i).as_ref(), i));
+        Ok(())
     }
 
     /// Replaces each unit that `batches` (one file's rows) has with its rows
     /// there. A file is read back in batches of a few thousand rows, so one
-    /// unit's rows may span several: they are gathered first, so that a
-    /// later batch adds to the unit instead of replacing its earlier rows.
+    /// unit's rows may span several: rows of the same upsert add to the
+    /// unit instead of replacing its earlier ones.
     fn upsert(&mut self, batches: &[RecordBatch]) -> std::result::Result<(), String> {
-        let mut fresh: HashMap<Vec<u8>, Vec<RecordBatch>> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
+        self.upserts += 1;
+        let upsert = self.upserts;
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
             }
-            for (key, rows) in self.split(b)? {
-                let idx = UInt32Array::from(rows);
-                let cols = b
-                    .columns()
-                    .iter()
-                    .map(|c| take(c.as_ref(), &idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())?;
-                let part = RecordBatch::try_new(b.schema(), cols).map_err(|e| e.to_string())?;
-                fresh
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        order.push(key);
-                        Vec::new()
-                    })
-                    .push(part);
-            }
-        }
-        for key in order {
-            let parts = fresh.remove(&key).unwrap_or_default();
-            let part = match parts.as_slice() {
-                [one] => one.clone(),
-                _ => concat_batches(&parts[0].schema(), &parts).map_err(|e| e.to_string())?,
-            };
-            self.units.insert(key, part);
+            let at = self.batches.len() as u32;
+            let mut units = std::mem::take(&mut self.units);
+            let mut made = self.made;
+            let done = self.each_key(b, |key, i| {
+                let place = (at, i as u32);
+                match units.get_mut(key) {
+                    Some(u) if u.upsert == upsert => u.rows.push(place),
+                    Some(u) => {
+                        u.rows.clear();
+                        u.rows.push(place);
+                        u.upsert = upsert;
+                    }
+                    None => {
+                        units.insert(
+                            key.to_vec(),
+                            Unit {
+                                rows: vec![place],
+                                upsert,
+                                seq: made,
+                            },
+                        );
+                        made += 1;
+                    }
+                }
+            });
+            self.units = units;
+            self.made = made;
+            done?;
+            self.batches.push(b.clone());
         }
         Ok(())
     }
@@ -453,24 +478,40 @@ impl UnitTable {
             if b.num_rows() == 0 {
                 continue;
             }
-            for (key, _) in self.split(b)? {
-                self.units.remove(&key);
-            }
+            let mut units = std::mem::take(&mut self.units);
+            let done = self.each_key(b, |key, _| {
+                units.remove(key);
+            });
+            self.units = units;
+            done?;
         }
         Ok(())
     }
 
+    /// The rows, units in the order they first appeared (comparing numbers,
+    /// not keys: a state can have millions of units with long keys).
     fn rows(self, schema: &SchemaRef) -> std::result::Result<Vec<RecordBatch>, String> {
-        let parts: Vec<RecordBatch> = self
-            .units
-            .into_values()
-            .map(|b| RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| format!("the restored rows do not fit the state's columns: {e}"))?;
-        if parts.is_empty() {
-            return Ok(vec![]);
+        let mut units: Vec<&Unit> = self.units.values().collect();
+        units.sort_unstable_by_key(|u| u.seq);
+        let places: Vec<(usize, usize)> = units
+            .iter()
+            .flat_map(|u| u.rows.iter().map(|&(b, r)| (b as usize, r as usize)))
+            .collect();
+        let mut out = Vec::new();
+        for part in places.chunks(RESTORED_BATCH_ROWS) {
+            let columns = (0..schema.fields().len())
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                    interleave(&arrays, part)
+                })
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+                .map_err(|e| e.to_string())?;
+            out.push(
+                RecordBatch::try_new(Arc::clone(schema), columns)
+                    .map_err(|e| format!("the restored rows do not fit the state's columns: {e}"))?,
+            );
         }
-        Ok(vec![concat_batches(schema, &parts).map_err(|e| e.to_string())?])
+        Ok(out)
     }
 }
 

@@ -64,6 +64,9 @@ impl StreamingJob {
             let _ = writeln!(out, "     evicted: {}", t.evicted_by);
             let emit = match op.kind() {
                 "update-aggregate" => "on update: the changed groups of each epoch as +I/-U/+U/-D",
+                "update-aggregate-values" => {
+                    "nothing itself: the aggregate above counts a value once, when it is new"
+                }
                 "interval-join" | "regular-join" => {
                     "each match in the epoch its later row arrives; an outer side's unmatched rows once evicted"
                 }

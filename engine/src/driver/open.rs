@@ -428,8 +428,14 @@ fn stateful_operators(
     }
     let mut ops = Vec::new();
     walk(plan, &mut ops);
-    ops.into_iter()
-        .enumerate()
-        .map(|(i, op)| (format!("p{pipeline}-agg{i}"), op))
-        .collect()
+    let mut out = Vec::new();
+    for (i, op) in ops.into_iter().enumerate() {
+        let id = format!("p{pipeline}-agg{i}");
+        let side = Arc::clone(&op).side_table();
+        out.push((id.clone(), op));
+        if let Some((name, table)) = side {
+            out.push((format!("{id}-{name}"), table));
+        }
+    }
+    out
 }

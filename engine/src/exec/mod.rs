@@ -146,6 +146,15 @@ pub trait StatefulOperator: Send + Sync {
     /// Column positions (`price@3`) are left out, so that a change upstream
     /// which only moves columns does not count as a change.
     fn signature(&self) -> String;
+    /// A second state table the operator keeps beside its own, checkpointed
+    /// and restored on its own (under the operator's id and `-<name>`):
+    /// its name and the table. An update aggregate's distinct values are
+    /// one: their rows are narrow and many, the groups' wide and few, and
+    /// one table of both kinds would carry every group column (as nulls,
+    /// which Arrow still gives buffers) on every value's row.
+    fn side_table(self: Arc<Self>) -> Option<(&'static str, Arc<dyn StatefulOperator>)> {
+        None
+    }
 }
 
 /// How every stateful operator runs an epoch: fold each input batch into an

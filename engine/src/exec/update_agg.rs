@@ -40,13 +40,13 @@
 //! rewritten to signed sums, which refuse DISTINCT), so a value, once seen,
 //! stays counted while its group lives.
 //!
-//! With distinct values the state file holds both kinds of rows, told apart
-//! by `__distinct` (null on a group's row, the argument's number on a
-//! value's), each value in the `__value<d>` column of its argument, typed:
-//! `<key columns>, __distinct, __value0.., <the group columns above>.., __filters`.
-//! A value is a unit of its own (keys, `__distinct`, `__value<d>`), so a
-//! delta carries only the values that are new or newly seen by another
-//! filter, and a group deleted by the TTL deletes its values.
+//! The values are a state table of their own (the operator's side table,
+//! `<id>-values`), one row per (group, argument, value), each value in the
+//! `__value<d>` column of its argument, typed:
+//! `<key columns>, __distinct (the argument's number), __value0.., __filters`.
+//! A value is a unit of its own, so a delta carries only the values that
+//! are new or newly seen by another filter, and a group deleted by the TTL
+//! deletes its values.
 
 use datafusion::common::HashMap;
 use std::fmt;
@@ -56,8 +56,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int32Array, Int64Array, RecordBatch,
     StringArray, UInt64Array, new_null_array,
 };
-use datafusion::arrow::compute::kernels::boolean::not;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch, is_null};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
@@ -113,9 +112,9 @@ pub struct UpdateState {
     /// The arguments of `DISTINCT` aggregates whose values are kept here
     /// (see the module's comment); empty when there are none.
     distinct: Vec<DistinctArg>,
-    /// The state file's schema: `chunk_schema`, or with distinct values the
-    /// table of both kinds of rows.
-    state_schema: SchemaRef,
+    /// The side table's schema: keys, `__distinct`, `__value<d>`...,
+    /// `__filters`.
+    values_schema: SchemaRef,
 }
 
 /// One argument of `COUNT/SUM/AVG(DISTINCT arg)` and the aggregates over it.
@@ -269,26 +268,19 @@ impl OperatorExec<UpdateState> {
         fields.push(Field::new("__visible", DataType::Boolean, false));
         fields.push(Field::new("__updated_ms", DataType::Int64, false));
         let chunk_schema = Arc::new(Schema::new(fields));
-        let state_schema = if distinct.is_empty() {
-            Arc::clone(&chunk_schema)
-        } else {
+        let values_schema = {
             let mut fields: Vec<Field> = chunk_schema.fields()[..n_keys]
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            fields.push(Field::new("__distinct", DataType::Int32, true));
+            fields.push(Field::new("__distinct", DataType::Int32, false));
             fields.extend(
                 distinct
                     .iter()
                     .enumerate()
                     .map(|(d, a)| Field::new(format!("__value{d}"), a.data_type.clone(), true)),
             );
-            fields.extend(
-                chunk_schema.fields()[n_keys..]
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_nullable(true)),
-            );
-            fields.push(Field::new("__filters", DataType::UInt64, true));
+            fields.push(Field::new("__filters", DataType::UInt64, false));
             Arc::new(Schema::new(fields))
         };
         let state = UpdateState {
@@ -304,7 +296,7 @@ impl OperatorExec<UpdateState> {
             input_schema: in_schema,
             partial_keys,
             distinct,
-            state_schema,
+            values_schema,
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -503,7 +495,22 @@ impl UpdateState {
     /// State-file rows of distinct values (deleted ones' flags are unused).
     fn value_rows(&self, changes: &Changes) -> Result<Vec<RecordBatch>> {
         let nk = self.n_keys();
-        let key_columns = self.keys.columns_of(changes.keys.iter().map(Vec::as_slice))?;
+        // (Arrow's row format gives a dictionary column back as its values:
+        // cast to the state's types.)
+        let fit = |cols: Vec<ArrayRef>, fields: &[Arc<Field>]| -> Result<Vec<ArrayRef>> {
+            cols.iter()
+                .zip(fields)
+                .map(|(c, f)| match c.data_type() == f.data_type() {
+                    true => Ok(Arc::clone(c)),
+                    false => Ok(datafusion::arrow::compute::cast(c, f.data_type())?),
+                })
+                .collect()
+        };
+        let fields = self.values_schema.fields();
+        let key_columns = fit(
+            self.keys.columns_of(changes.keys.iter().map(Vec::as_slice))?,
+            &fields[..nk],
+        )?;
         let mut out = Vec::new();
         for (d, arg) in self.distinct.iter().enumerate() {
             let mine: Vec<_> = changes.items.iter().filter(|x| x.0 == d).collect();
@@ -519,19 +526,17 @@ impl UpdateState {
             cols.push(Arc::new(Int32Array::from(vec![d as i32; n])));
             for (e, other) in self.distinct.iter().enumerate() {
                 if e == d {
-                    cols.extend(
+                    cols.extend(fit(
                         arg.rows
                             .columns_of(mine.iter().map(|x| &changes.bytes[x.3.clone()]))?,
-                    );
+                        &fields[nk + 1 + d..nk + 2 + d],
+                    )?);
                 } else {
                     cols.push(new_null_array(&other.data_type, n));
                 }
             }
-            for f in &self.chunk_schema.fields()[nk..] {
-                cols.push(new_null_array(f.data_type(), n));
-            }
             cols.push(Arc::new(UInt64Array::from_iter_values(mine.iter().map(|x| x.2))));
-            out.push(RecordBatch::try_new(Arc::clone(&self.state_schema), cols)?);
+            out.push(RecordBatch::try_new(Arc::clone(&self.values_schema), cols)?);
         }
         Ok(out)
     }
@@ -545,29 +550,6 @@ impl UpdateState {
     ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
         let (changed, deleted) = seen.take_changes(all);
         Ok((self.value_rows(&changed)?, self.value_rows(&deleted)?))
-    }
-
-    /// Groups' rows (whole, or their key columns only) as state-file rows.
-    fn group_rows(&self, b: &RecordBatch) -> Result<RecordBatch> {
-        if self.distinct.is_empty() {
-            return Ok(b.clone());
-        }
-        let nk = self.n_keys();
-        let n = b.num_rows();
-        let mut cols = b.columns()[..nk].to_vec();
-        cols.push(new_null_array(&DataType::Int32, n));
-        cols.extend(self.distinct.iter().map(|a| new_null_array(&a.data_type, n)));
-        if b.num_columns() > nk {
-            cols.extend(b.columns()[nk..].iter().cloned());
-        } else {
-            cols.extend(
-                self.chunk_schema.fields()[nk..]
-                    .iter()
-                    .map(|f| new_null_array(f.data_type(), n)),
-            );
-        }
-        cols.push(new_null_array(&DataType::UInt64, n));
-        Ok(RecordBatch::try_new(Arc::clone(&self.state_schema), cols)?)
     }
 
     /// Adds restored distinct values (state-file rows) to a shard.
@@ -868,6 +850,13 @@ impl UpdateState {
 impl StatefulOperator for UpdateState {
     // The TTL is not part of it: a longer or shorter TTL reads the same
     // state (rows idle longer than the new TTL are dropped next epoch).
+    fn side_table(self: Arc<Self>) -> Option<(&'static str, Arc<dyn StatefulOperator>)> {
+        if self.distinct.is_empty() {
+            return None;
+        }
+        Some(("values", Arc::new(DistinctValuesTable(self))))
+    }
+
     fn signature(&self) -> String {
         let distinct: Vec<String> = self
             .distinct
@@ -891,28 +880,11 @@ impl StatefulOperator for UpdateState {
     }
 
     fn state_rows(&self) -> usize {
-        // Groups, and their distinct values.
-        self.shards
-            .lock_all()
-            .iter()
-            .map(|i| i.index.len() + i.seen.len())
-            .sum()
+        // Groups (the side table counts their distinct values).
+        self.shards.lock_all().iter().map(|i| i.index.len()).sum()
     }
 
     fn describe(&self) -> StateTable {
-        let distinct_keys = (!self.distinct.is_empty())
-            .then(|| {
-                std::iter::once("__distinct (null on a group's row)".to_string()).chain(
-                    self.distinct.iter().enumerate().map(|(d, a)| {
-                        format!(
-                            "__value{d} (a value of {})",
-                            crate::compat::signature::strip_column_positions(&a.expr)
-                        )
-                    }),
-                )
-            })
-            .into_iter()
-            .flatten();
         StateTable {
             name: "groups".into(),
             keys: self
@@ -921,7 +893,6 @@ impl StatefulOperator for UpdateState {
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
-                .chain(distinct_keys)
                 .collect(),
             values: self
                 .agg
@@ -930,39 +901,22 @@ impl StatefulOperator for UpdateState {
                 .map(|f| f.name().clone())
                 .chain((0..self.n_values()).map(|i| format!("v{i} (last emitted)")))
                 .chain(["__visible".into(), "__updated_ms".into()])
-                .chain(
-                    (!self.distinct.is_empty())
-                        .then(|| "__filters (a value's aggregates, one bit each)".into()),
-                )
                 .collect(),
-            evicted_by: match (self.ttl_ms, self.distinct.is_empty()) {
-                (Some(t), true) => {
+            evicted_by: match self.ttl_ms {
+                Some(t) => {
                     format!("__updated_ms older than the state TTL ({t}ms, processing time): deleted with -D")
                 }
-                (Some(t), false) => format!(
-                    "__updated_ms older than the state TTL ({t}ms, processing time): deleted with -D, \
-                     with the group's distinct values"
-                ),
-                (None, true) => "never (no state.ttl): one row per group for the life of the query".into(),
-                (None, false) => {
-                    "never (no state.ttl): one row per group and per distinct value of each group, \
-                                  for the life of the query"
-                        .into()
-                }
+                None => "never (no state.ttl): one row per group for the life of the query".into(),
             },
         }
     }
 
     fn state_schema(&self) -> SchemaRef {
-        Arc::clone(&self.state_schema)
+        Arc::clone(&self.chunk_schema)
     }
 
     fn unit_key_len(&self) -> usize {
-        if self.distinct.is_empty() {
-            self.n_keys()
-        } else {
-            self.n_keys() + 1 + self.distinct.len()
-        }
+        self.n_keys()
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
@@ -971,24 +925,13 @@ impl StatefulOperator for UpdateState {
         let mut change = StateChange::default();
         for inner in shards.iter_mut() {
             if full {
-                for b in self.live_rows(inner)? {
-                    change.upserts.push(self.group_rows(&b)?);
-                }
-                let (values, _) = self.value_changes(&mut inner.seen, true)?;
-                change.upserts.extend(values);
+                change.upserts.extend(self.live_rows(inner)?);
+                inner.pending_upserts.clear();
+                inner.pending_deletes.clear();
             } else {
-                for b in &inner.pending_upserts {
-                    change.upserts.push(self.group_rows(b)?);
-                }
-                for b in &inner.pending_deletes {
-                    change.deletes.push(self.group_rows(b)?);
-                }
-                let (upserts, deletes) = self.value_changes(&mut inner.seen, false)?;
-                change.upserts.extend(upserts);
-                change.deletes.extend(deletes);
+                change.upserts.append(&mut inner.pending_upserts);
+                change.deletes.append(&mut inner.pending_deletes);
             }
-            inner.pending_upserts.clear();
-            inner.pending_deletes.clear();
         }
         if !full && change.upserts.is_empty() && change.deletes.is_empty() {
             return Ok(None);
@@ -999,41 +942,105 @@ impl StatefulOperator for UpdateState {
     fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
         let batches = batches
             .iter()
-            .map(|b| b.clone().with_schema(Arc::clone(&self.state_schema)))
+            .map(|b| b.clone().with_schema(Arc::clone(&self.chunk_schema)))
             .collect::<Result<Vec<_>, _>>()?;
-        let batch = concat_batches(&self.state_schema, &batches)?;
-        let nk = self.n_keys();
-        // Groups' rows, and values' rows (with distinct values kept).
-        let (groups, values) = if self.distinct.is_empty() {
-            (batch, None)
-        } else {
-            let is_group = is_null(batch.column(nk))?;
-            let values = filter_record_batch(&batch, &not(&is_group)?)?;
-            let groups = filter_record_batch(&batch, &is_group)?;
-            let skip = 1 + self.distinct.len();
-            let cols: Vec<ArrayRef> = groups.columns()[..nk]
-                .iter()
-                .chain(&groups.columns()[nk + skip..groups.num_columns() - 1])
-                .cloned()
-                .collect();
-            (
-                RecordBatch::try_new(Arc::clone(&self.chunk_schema), cols)?,
-                Some(values),
-            )
-        };
+        let batch = concat_batches(&self.chunk_schema, &batches)?;
         let mut shards = self.shards.lock_all();
+        // The groups only: the distinct values are the side table's.
         for inner in shards.iter_mut() {
+            let seen = std::mem::take(&mut inner.seen);
             **inner = Inner::new(self.distinct.len());
+            inner.seen = seen;
         }
-        let key_columns: Vec<usize> = (0..nk).collect();
-        for (shard, part) in route(&groups, &key_columns, shards.len())? {
+        let key_columns: Vec<usize> = (0..self.n_keys()).collect();
+        for (shard, part) in route(&batch, &key_columns, shards.len())? {
             self.load(&mut shards[shard], part)?;
         }
-        if let Some(values) = values {
-            for (shard, part) in route(&values, &key_columns, shards.len())? {
-                self.load_values(&mut shards[shard], &part)?;
+        Ok(())
+    }
+}
+
+/// An update aggregate's distinct values, as a state table of its own
+/// (see the module's comment).
+struct DistinctValuesTable(Arc<UpdateState>);
+
+impl StatefulOperator for DistinctValuesTable {
+    fn kind(&self) -> &'static str {
+        "update-aggregate-values"
+    }
+
+    fn state_rows(&self) -> usize {
+        self.0.shards.lock_all().iter().map(|i| i.seen.len()).sum()
+    }
+
+    fn describe(&self) -> StateTable {
+        let u = &self.0;
+        StateTable {
+            name: "distinct values".into(),
+            keys: u
+                .agg
+                .key_schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .chain(std::iter::once("__distinct (the argument)".to_string()))
+                .chain(u.distinct.iter().enumerate().map(|(d, a)| {
+                    format!(
+                        "__value{d} (a value of {})",
+                        crate::compat::signature::strip_column_positions(&a.expr)
+                    )
+                }))
+                .collect(),
+            values: vec!["__filters (the aggregates that saw the value, one bit each)".into()],
+            evicted_by: match u.ttl_ms {
+                Some(_) => "with its group, when the state TTL deletes the group".into(),
+                None => {
+                    "never (no state.ttl): one row per distinct value of each group for the life of the query"
+                        .into()
+                }
+            },
+        }
+    }
+
+    fn state_schema(&self) -> SchemaRef {
+        Arc::clone(&self.0.values_schema)
+    }
+
+    fn unit_key_len(&self) -> usize {
+        self.0.n_keys() + 1 + self.0.distinct.len()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+        let mut shards = self.0.shards.lock_all();
+        let mut change = StateChange::default();
+        for inner in shards.iter_mut() {
+            let (upserts, deletes) = self.0.value_changes(&mut inner.seen, full)?;
+            change.upserts.extend(upserts);
+            change.deletes.extend(deletes);
+        }
+        if !full && change.upserts.is_empty() && change.deletes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(change))
+    }
+
+    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+        let u = &self.0;
+        let mut shards = u.shards.lock_all();
+        for inner in shards.iter_mut() {
+            inner.seen = SeenValues::new(u.distinct.len());
+        }
+        let key_columns: Vec<usize> = (0..u.n_keys()).collect();
+        for b in batches {
+            let b = b.clone().with_schema(Arc::clone(&u.values_schema))?;
+            for (shard, part) in route(&b, &key_columns, shards.len())? {
+                u.load_values(&mut shards[shard], &part)?;
             }
         }
         Ok(())
+    }
+
+    fn signature(&self) -> String {
+        format!("values of {}", self.0.signature())
     }
 }
