@@ -276,8 +276,6 @@ fn properties(schema: &SchemaRef, metadata: &BTreeMap<String, String>, state: bo
             .set_compression(Compression::LZ4_RAW)
             .set_dictionary_enabled(false)
             .set_statistics_enabled(datafusion::parquet::file::properties::EnabledStatistics::None);
-        // Strings keep their dictionary: repeated ones (a channel, a URL
-        // prefix, a category name) shrink a join's held rows by a quarter.
         for f in schema.fields() {
             // Integers and times are delta-encoded, not compressed: a
             // state file's bookkeeping columns (epoch, arrival time, side)
@@ -300,6 +298,8 @@ fn properties(schema: &SchemaRef, metadata: &BTreeMap<String, String>, state: bo
                     )
                     .set_column_compression(path, Compression::UNCOMPRESSED);
             }
+            // Strings keep their dictionary: repeated ones (a channel, a URL
+            // prefix, a category name) shrink a join's held rows by a quarter.
             if matches!(
                 f.data_type(),
                 DataType::Utf8
