@@ -326,6 +326,26 @@ pub struct Decoded {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Rows per batch when reading a file back: as many as keep a batch near
+/// [`READ_BATCH_BYTES`] (by the file's own sizes), between 1,024 (the
+/// reader's default) and 65,536. Large batches matter for state: restored
+/// rows are slices of the read batches (see `state::UnitTable::rows`), and
+/// an operator keeps one piece of state per batch it is given.
+fn read_batch_rows(metadata: &datafusion::parquet::file::metadata::ParquetMetaData) -> usize {
+    let widest = metadata
+        .row_groups()
+        .iter()
+        .filter(|g| g.num_rows() > 0)
+        .map(|g| g.total_byte_size() / g.num_rows())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    (READ_BATCH_BYTES / widest).clamp(1024, 65_536) as usize
+}
+
+/// The size a read batch aims at (see [`read_batch_rows`]).
+const READ_BATCH_BYTES: i64 = 64 << 20;
+
 /// Decodes a Parquet file Weir wrote, checking its format version.
 pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
     let corrupt = |reason: String| Error::Corrupt {
@@ -358,7 +378,9 @@ pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
         });
     }
     let schema = Arc::clone(builder.schema());
+    let batch_rows = read_batch_rows(builder.metadata());
     let reader = builder
+        .with_batch_size(batch_rows)
         .build()
         .map_err(|e| corrupt(format!("not a readable Parquet file: {e}")))?;
     let batches = reader

@@ -377,8 +377,12 @@ struct Unit {
     seq: u64,
 }
 
-/// At most this many rows per restored batch.
+/// At most this many rows per restored batch that is gathered from several.
 const RESTORED_BATCH_ROWS: usize = 1 << 20;
+
+/// Rows side by side in one read batch from which the restored rows are a
+/// slice of it instead of a copy.
+const SLICE_RUN_ROWS: usize = 256;
 
 impl UnitTable {
     fn new(schema: &SchemaRef, key_len: usize) -> std::result::Result<Self, String> {
@@ -490,27 +494,57 @@ impl UnitTable {
 
     /// The rows, units in the order they first appeared (comparing numbers,
     /// not keys: a state can have millions of units with long keys).
+    ///
+    /// A run of at least [`SLICE_RUN_ROWS`] rows that sit side by side in
+    /// one read batch is handed out as a slice of it (no copy); shorter runs
+    /// (units rewritten row by row over many files) are gathered into new
+    /// batches. Restoring a large state therefore holds one copy of it, not
+    /// two: most units are written once, in one file, in order.
     fn rows(self, schema: &SchemaRef) -> std::result::Result<Vec<RecordBatch>, String> {
         let mut units: Vec<&Unit> = self.units.values().collect();
         units.sort_unstable_by_key(|u| u.seq);
-        let places: Vec<(usize, usize)> = units
-            .iter()
-            .flat_map(|u| u.rows.iter().map(|&(b, r)| (b as usize, r as usize)))
-            .collect();
+        // Runs of consecutive rows: (batch, first row, rows).
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for &(b, r) in units.iter().flat_map(|u| u.rows.iter()) {
+            let (b, r) = (b as usize, r as usize);
+            match runs.last_mut() {
+                Some((lb, lr, n)) if *lb == b && *lr + *n == r => *n += 1,
+                _ => runs.push((b, r, 1)),
+            }
+        }
+        let fits = |columns: Vec<ArrayRef>| {
+            RecordBatch::try_new(Arc::clone(schema), columns)
+                .map_err(|e| format!("the restored rows do not fit the state's columns: {e}"))
+        };
         let mut out = Vec::new();
-        for part in places.chunks(RESTORED_BATCH_ROWS) {
+        let mut gather: Vec<(usize, usize)> = Vec::new();
+        let flush = |gather: &mut Vec<(usize, usize)>, out: &mut Vec<RecordBatch>| {
+            if gather.is_empty() {
+                return Ok(());
+            }
             let columns = (0..schema.fields().len())
                 .map(|c| {
                     let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
-                    interleave(&arrays, part)
+                    interleave(&arrays, gather)
                 })
                 .collect::<std::result::Result<Vec<ArrayRef>, _>>()
                 .map_err(|e| e.to_string())?;
-            out.push(
-                RecordBatch::try_new(Arc::clone(schema), columns)
-                    .map_err(|e| format!("the restored rows do not fit the state's columns: {e}"))?,
-            );
+            gather.clear();
+            out.push(fits(columns)?);
+            Ok::<(), String>(())
+        };
+        for (b, r, n) in runs {
+            if n >= SLICE_RUN_ROWS {
+                flush(&mut gather, &mut out)?;
+                out.push(fits(self.batches[b].slice(r, n).columns().to_vec())?);
+            } else {
+                gather.extend((r..r + n).map(|r| (b, r)));
+                if gather.len() >= RESTORED_BATCH_ROWS {
+                    flush(&mut gather, &mut out)?;
+                }
+            }
         }
+        flush(&mut gather, &mut out)?;
         Ok(out)
     }
 }
@@ -582,25 +616,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_unit_larger_than_a_read_batch_is_restored_whole() {
-        // Files are read back in batches of 8,192 rows: unit "a" spans two
-        // of them, in the snapshot and again in a delta that replaces it.
+        // Files are read back in batches of at most 65,536 rows: unit "a"
+        // spans two of them, in the snapshot and again in a delta that
+        // replaces it.
         let loc = Location::open("memory://state-big-unit", &StoreOptions::default(), Create::Yes).unwrap();
         let ck = Checkpoint::new(loc);
         let big = |v: i64| -> Vec<(&'static str, i64)> {
-            let mut r: Vec<(&str, i64)> = (0..10_000).map(|_| ("a", v)).collect();
+            let mut r: Vec<(&str, i64)> = (0..70_000).map(|_| ("a", v)).collect();
             r.push(("b", v));
             r
         };
         write(&ck, 1, StateKind::Snapshot, &[rows(&big(1))], &[]).await;
         let restored = as_pairs(&ck.restore_state("op", 1).await.unwrap().unwrap());
-        assert_eq!(restored.len(), 10_001);
+        assert_eq!(restored.len(), 70_001);
         write(&ck, 2, StateKind::Delta, &[rows(&big(2))], &[]).await;
         let restored = as_pairs(&ck.restore_state("op", 2).await.unwrap().unwrap());
-        assert_eq!(restored.len(), 10_001);
+        assert_eq!(restored.len(), 70_001);
         assert!(
             restored.iter().all(|(_, v)| *v == 2),
             "the delta replaced every row of both units"
         );
+    }
+
+    /// Long runs of rows come back as slices of the batches read (one copy
+    /// of a large state in memory, not two); short runs, such as units a
+    /// delta replaced, are gathered into one batch between them, in the
+    /// units' order.
+    #[tokio::test]
+    async fn long_runs_are_sliced_and_short_ones_gathered() {
+        let loc = Location::open("memory://state-runs", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let names: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+        let mut snapshot: Vec<(&str, i64)> = (0..1000).map(|i| ("a", i)).collect();
+        snapshot.extend(names.iter().map(|n| (n.as_str(), 1)));
+        write(&ck, 1, StateKind::Snapshot, &[rows(&snapshot)], &[]).await;
+        let mut delta: Vec<(&str, i64)> = vec![("b3", 2)];
+        delta.extend((0..500).map(|i| ("c", i)));
+        write(&ck, 2, StateKind::Delta, &[rows(&delta)], &[]).await;
+        let restored = ck.restore_state("op", 2).await.unwrap().unwrap();
+        let sizes: Vec<usize> = restored.batches.iter().map(|b| b.num_rows()).collect();
+        // a's rows and b0..b2 (next to them in the snapshot's batch) are one
+        // slice; b3 (from the delta) and b4..b9 are too short to slice.
+        assert_eq!(sizes, vec![1003, 7, 500]);
+        let mut expected: Vec<(String, i64)> = (0..1000).map(|i| ("a".into(), i)).collect();
+        expected.extend(names.iter().map(|n| (n.clone(), if n == "b3" { 2 } else { 1 })));
+        expected.extend((0..500).map(|i| ("c".into(), i)));
+        assert_eq!(as_pairs(&restored), expected);
     }
 
     #[tokio::test]

@@ -1593,8 +1593,30 @@ impl StatefulOperator for StreamJoinState {
                     .or_default()
                     .push(i as u32);
             }
+            let whole = units.len() == 1;
             for ((side, epoch), rows) in units {
-                let part = take_batch(&batch, &UInt32Array::from(rows))?;
+                let side = if side == Side::Left as u8 {
+                    Side::Left
+                } else {
+                    Side::Right
+                };
+                // Only this side's columns go on (the other side's are NULL
+                // on its rows, but Arrow still gives them buffers), and a
+                // batch of one unit (the usual case: a unit is written as
+                // one run) is used as it is, not copied.
+                let n = if side == Side::Left { nl } else { nr };
+                let mut keep: Vec<usize> = (0..first).collect();
+                let from = if side == Side::Left { first } else { first + nl };
+                keep.extend(from..from + n);
+                if self.p.signed {
+                    keep.push(first + nl + nr);
+                }
+                let part = batch.project(&keep)?;
+                let part = if whole {
+                    part
+                } else {
+                    take_batch(&part, &UInt32Array::from(rows))?
+                };
                 let key_columns: Vec<usize> = (3..3 + k).collect();
                 for (shard, part) in route(&part, &key_columns, held.len())? {
                     let arrived_ms = part
@@ -1610,24 +1632,17 @@ impl StatefulOperator for StreamJoinState {
                         .iter()
                         .map(|m| m.unwrap_or(false))
                         .collect();
-                    let (side, columns, schema) = if side == Side::Left as u8 {
-                        (
-                            Side::Left,
-                            part.columns()[first..first + nl].to_vec(),
-                            &self.left_schema,
-                        )
+                    let schema = if side == Side::Left {
+                        &self.left_schema
                     } else {
-                        (
-                            Side::Right,
-                            part.columns()[first + nl..first + nl + nr].to_vec(),
-                            &self.right_schema,
-                        )
+                        &self.right_schema
                     };
-                    let rows = RecordBatch::try_new(Arc::clone(schema), columns)?;
+                    let rows =
+                        RecordBatch::try_new(Arc::clone(schema), part.columns()[first..first + n].to_vec())?;
                     let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.until_of(side), matched)?;
                     if self.p.signed && self.tracks(side) {
                         chunk.counts = part
-                            .column(first + nl + nr)
+                            .column(first + n)
                             .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
                             .values()
                             .to_vec();
