@@ -40,14 +40,15 @@ impl StreamingJob {
                     .unwrap_or(i64::MIN);
                 for (id, op) in &p.operators {
                     if let Some(restored) = self.checkpoint.restore_state(id, c).await? {
+                        // The rows move into the operator, which may let each
+                        // batch go once it has taken what it keeps.
+                        let (snapshot_epoch, deltas) = (restored.snapshot_epoch, restored.deltas);
                         check_state_columns(&op.state_schema(), &restored.schema).and_then(|()| {
-                            op.restore(&restored.batches, wm).map_err(|e| weir_sql::strip_df(&e))
+                            op.restore(restored.batches, wm).map_err(|e| weir_sql::strip_df(&e))
                         }).map_err(|e| {
                             Error::Checkpoint(format!(
-                                "state/{id}/ in {} (epoch {c}, from the snapshot of epoch {} and {} deltas): {e}",
+                                "state/{id}/ in {} (epoch {c}, from the snapshot of epoch {snapshot_epoch} and {deltas} deltas): {e}",
                                 self.checkpoint.location(),
-                                restored.snapshot_epoch,
-                                restored.deltas
                             ))
                         })?;
                     }

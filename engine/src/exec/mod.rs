@@ -137,8 +137,10 @@ pub trait StatefulOperator: Send + Sync {
     fn unit_key_len(&self) -> usize;
     /// The change since the last checkpoint, or every row when `full`.
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>>;
-    /// Replaces the state with restored rows.
-    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()>;
+    /// Replaces the state with restored rows. They are the operator's to
+    /// keep (slices of them, without a copy) or to drop batch by batch as
+    /// it goes, so that a large state is not held twice at the peak.
+    fn restore(&self, batches: Vec<RecordBatch>, watermark: i64) -> Result<()>;
     /// What the state means: the operator's kind and parameters (window,
     /// keys, aggregates and their arguments) and its state columns. Kept in
     /// the checkpoint's metadata; a changed query whose operator has another

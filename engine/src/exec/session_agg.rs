@@ -418,14 +418,14 @@ impl StatefulOperator for SessionState {
         Ok(Some(change))
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
         let mut shards = self.shards.lock_all();
         for inner in shards.iter_mut() {
             **inner = Inner::default();
         }
         let key_columns: Vec<usize> = self.partition_keys.iter().map(|k| 3 + k).collect();
         for batch in batches {
-            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            let batch = batch.with_schema(Arc::clone(&self.state_schema))?;
             for (shard, batch) in route(&batch, &key_columns, shards.len())? {
                 self.restore_rows(&mut shards[shard], &batch)?;
             }

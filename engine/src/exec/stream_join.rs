@@ -1565,7 +1565,7 @@ impl StatefulOperator for StreamJoinState {
         Ok(Some(StateChange { upserts, deletes }))
     }
 
-    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, watermark: i64) -> Result<()> {
         let mut held = self.shards.lock_all();
         for h in held.iter_mut() {
             **h = Held {
@@ -1579,7 +1579,7 @@ impl StatefulOperator for StreamJoinState {
         let nr = self.right_schema.fields().len();
         let first = 4 + k;
         for batch in batches {
-            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            let batch = batch.with_schema(Arc::clone(&self.state_schema))?;
             let sides = batch
                 .column(0)
                 .as_primitive::<datafusion::arrow::datatypes::UInt8Type>();

@@ -843,7 +843,7 @@ impl StatefulOperator for StreamTopNState {
         Ok(Some(change))
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
         let mut shards = self.shards.lock_all();
         for s in shards.iter_mut() {
             **s = Inner::default();
@@ -856,8 +856,8 @@ impl StatefulOperator for StreamTopNState {
         };
         // One batch, so that a partition's rows (a unit) are grouped whole.
         let batches: Vec<RecordBatch> = batches
-            .iter()
-            .map(|b| b.clone().with_schema(Arc::clone(&self.state_schema)))
+            .into_iter()
+            .map(|b| b.with_schema(Arc::clone(&self.state_schema)))
             .collect::<std::result::Result<_, _>>()?;
         let batch = concat_batches(&self.state_schema, &batches)?;
         {

@@ -939,10 +939,10 @@ impl StatefulOperator for UpdateState {
         Ok(Some(change))
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
         let batches = batches
-            .iter()
-            .map(|b| b.clone().with_schema(Arc::clone(&self.chunk_schema)))
+            .into_iter()
+            .map(|b| b.with_schema(Arc::clone(&self.chunk_schema)))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = concat_batches(&self.chunk_schema, &batches)?;
         let mut shards = self.shards.lock_all();
@@ -1024,7 +1024,7 @@ impl StatefulOperator for DistinctValuesTable {
         Ok(Some(change))
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
         let u = &self.0;
         let mut shards = u.shards.lock_all();
         for inner in shards.iter_mut() {
@@ -1032,7 +1032,7 @@ impl StatefulOperator for DistinctValuesTable {
         }
         let key_columns: Vec<usize> = (0..u.n_keys()).collect();
         for b in batches {
-            let b = b.clone().with_schema(Arc::clone(&u.values_schema))?;
+            let b = b.with_schema(Arc::clone(&u.values_schema))?;
             for (shard, part) in route(&b, &key_columns, shards.len())? {
                 u.load_values(&mut shards[shard], &part)?;
             }

@@ -540,7 +540,7 @@ impl StatefulOperator for WindowAggState {
         Ok(Some(StateChange { upserts, deletes }))
     }
 
-    fn restore(&self, batches: &[RecordBatch], watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, watermark: i64) -> Result<()> {
         let mut shards = self.shards.lock_all();
         for inner in shards.iter_mut() {
             **inner = Inner {
@@ -551,7 +551,7 @@ impl StatefulOperator for WindowAggState {
         let n_keys = self.agg.key_schema.fields().len();
         let key_columns: Vec<usize> = (2..2 + n_keys).collect();
         for batch in batches {
-            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            let batch = batch.with_schema(Arc::clone(&self.state_schema))?;
             for (shard, batch) in route(&batch, &key_columns, shards.len())? {
                 self.restore_rows(&mut shards[shard], &batch, n_keys)?;
             }

@@ -351,11 +351,11 @@ impl StatefulOperator for TopNState {
         Ok(Some(StateChange { upserts, deletes }))
     }
 
-    fn restore(&self, batches: &[RecordBatch], _watermark: i64) -> Result<()> {
+    fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
         let mut inner = self.lock();
         *inner = Inner::default();
         for batch in batches {
-            let batch = batch.clone().with_schema(Arc::clone(&self.state_schema))?;
+            let batch = batch.with_schema(Arc::clone(&self.state_schema))?;
             let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
             let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
             for (window, rows) in split_by_unit(&starts, &ends) {
