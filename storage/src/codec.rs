@@ -340,45 +340,18 @@ fn read_batch_rows(metadata: &datafusion::parquet::file::metadata::ParquetMetaDa
         .max()
         .unwrap_or(0)
         .max(1);
-    (READ_BATCH_BYTES / widest).clamp(1024, 65_536) as usize
+    (READ_BATCH_BYTES / widest).clamp(DEFAULT_READ_BATCH_ROWS as i64, 65_536) as usize
 }
 
-/// The size a read batch aims at (see [`read_batch_rows`]).
-const READ_BATCH_BYTES: i64 = 64 << 20;
+/// The Parquet reader's own batch size.
+const DEFAULT_READ_BATCH_ROWS: usize = 1024;
 
-/// Decodes a Parquet file Weir wrote, checking its format version.
-pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
-    let corrupt = |reason: String| Error::Corrupt {
-        url: url.to_string(),
-        epoch,
-        reason,
-    };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| corrupt(format!("not a readable Parquet file: {e}")))?;
-    let metadata: BTreeMap<String, String> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let version: u32 = metadata
-        .get(VERSION_KEY)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| corrupt(format!("no {VERSION_KEY} in the file's metadata")))?;
-    if version > FORMAT_VERSION {
-        return Err(Error::FutureVersion {
-            url: url.to_string(),
-            epoch,
-            found: version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    let schema = Arc::clone(builder.schema());
-    let batch_rows = read_batch_rows(builder.metadata());
+/// Reads every batch of a file, `batch_rows` rows at a time.
+fn read_batches(
+    builder: ParquetRecordBatchReaderBuilder<Bytes>,
+    batch_rows: usize,
+    corrupt: &dyn Fn(String) -> Error,
+) -> Result<Vec<RecordBatch>> {
     let reader = builder
         .with_batch_size(batch_rows)
         .build()
@@ -423,6 +396,58 @@ pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
                 .map_err(|e| corrupt(format!("cannot decode its rows: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    Ok(batches)
+}
+
+/// The size a read batch aims at (see [`read_batch_rows`]).
+const READ_BATCH_BYTES: i64 = 64 << 20;
+
+/// Decodes a Parquet file Weir wrote, checking its format version.
+pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
+    let corrupt = |reason: String| Error::Corrupt {
+        url: url.to_string(),
+        epoch,
+        reason,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+        .map_err(|e| corrupt(format!("not a readable Parquet file: {e}")))?;
+    let metadata: BTreeMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let version: u32 = metadata
+        .get(VERSION_KEY)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(format!("no {VERSION_KEY} in the file's metadata")))?;
+    if version > FORMAT_VERSION {
+        return Err(Error::FutureVersion {
+            url: url.to_string(),
+            epoch,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let schema = Arc::clone(builder.schema());
+    let batch_rows = read_batch_rows(builder.metadata());
+    let batches = match read_batches(builder, batch_rows, &corrupt) {
+        Ok(batches) => batches,
+        // The size estimate comes from the file's encoded sizes, which a
+        // dictionary of a few long, repeated strings understates: a batch of
+        // them can overflow a string column's 32-bit offsets. The reader's
+        // default batch size reads whatever an older Weir could.
+        Err(_) if batch_rows > DEFAULT_READ_BATCH_ROWS => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .map_err(|e| corrupt(format!("not a readable Parquet file: {e}")))?;
+            read_batches(builder, DEFAULT_READ_BATCH_ROWS, &corrupt)?
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Decoded {
         schema,
         batches,
