@@ -860,8 +860,13 @@ impl StatefulOperator for StreamTopNState {
             .map(|b| b.with_schema(Arc::clone(&self.state_schema)))
             .collect::<std::result::Result<_, _>>()?;
         let batch = concat_batches(&self.state_schema, &batches)?;
+        // Each copy goes as soon as the next is made (a large state should
+        // not be held three times over at the peak).
+        drop(batches);
+        let parts = route(&batch, &key_columns, shards.len())?;
+        drop(batch);
         {
-            for (shard, part) in route(&batch, &key_columns, shards.len())? {
+            for (shard, part) in parts {
                 let inner = &mut shards[shard];
                 let rows = compact_views(RecordBatch::try_new(
                     Arc::clone(&self.input_schema),

@@ -945,6 +945,8 @@ impl StatefulOperator for UpdateState {
             .map(|b| b.with_schema(Arc::clone(&self.chunk_schema)))
             .collect::<Result<Vec<_>, _>>()?;
         let batch = concat_batches(&self.chunk_schema, &batches)?;
+        // One copy at a time (the rows read go once they are one batch).
+        drop(batches);
         let mut shards = self.shards.lock_all();
         // The groups only: the distinct values are the side table's.
         for inner in shards.iter_mut() {
@@ -953,7 +955,9 @@ impl StatefulOperator for UpdateState {
             inner.seen = seen;
         }
         let key_columns: Vec<usize> = (0..self.n_keys()).collect();
-        for (shard, part) in route(&batch, &key_columns, shards.len())? {
+        let parts = route(&batch, &key_columns, shards.len())?;
+        drop(batch);
+        for (shard, part) in parts {
             self.load(&mut shards[shard], part)?;
         }
         Ok(())
