@@ -61,7 +61,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::aggregates::group_values::new_group_values;
@@ -91,6 +93,9 @@ pub type UpdateAggregateExec = OperatorExec<UpdateState>;
 /// Configuration and state, shared by every copy of the plan node.
 pub struct UpdateState {
     agg: AggregateSpec,
+    /// [`crate::compat::signature::aggregate_signature`] of the aggregate as
+    /// planned (`agg` may read computed keys from a projection instead).
+    agg_signature: String,
     having: Option<Arc<dyn PhysicalExpr>>,
     ttl_ms: Option<i64>,
     keys: KeyRows,
@@ -225,7 +230,50 @@ impl OperatorExec<UpdateState> {
     ) -> Result<Self> {
         let in_schema = input.schema();
         let (aggr, distinct) = split_distinct(aggr, &in_schema)?;
-        let agg = AggregateSpec::try_new(group_by, aggr, filters, &in_schema)?;
+        let agg = AggregateSpec::try_new(group_by.clone(), aggr.clone(), filters.clone(), &in_schema)?;
+        // What the state means, from the keys as written (before the
+        // projection below turns computed keys into columns).
+        let agg_signature = crate::compat::signature::aggregate_signature(&agg);
+        // With distinct values kept, rows (not partial states) go to the
+        // shards, hashed on the keys, and the shard evaluates its keys again:
+        // a computed key (`to_char(date_time, '%Y-%m-%d')`, half of q15's
+        // CPU) would run twice a row. A projection computes such keys once,
+        // as columns after the input's own, and everything reads those.
+        let computed =
+            !distinct.is_empty() && group_by.iter().any(|(e, _)| e.downcast_ref::<Column>().is_none());
+        let (input, agg, in_schema) = if computed {
+            let mut exprs: Vec<ProjectionExpr> = in_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| ProjectionExpr {
+                    expr: Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
+                    alias: f.name().clone(),
+                })
+                .collect();
+            let mut keys = Vec::with_capacity(group_by.len());
+            for (e, name) in &group_by {
+                if e.downcast_ref::<Column>().is_some() {
+                    keys.push((Arc::clone(e), name.clone()));
+                } else {
+                    let at = exprs.len();
+                    keys.push((
+                        Arc::new(Column::new(name, at)) as Arc<dyn PhysicalExpr>,
+                        name.clone(),
+                    ));
+                    exprs.push(ProjectionExpr {
+                        expr: Arc::clone(e),
+                        alias: name.clone(),
+                    });
+                }
+            }
+            let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, input)?);
+            let schema = projected.schema();
+            let agg = AggregateSpec::try_new(keys, aggr, filters, &schema)?;
+            (projected, agg, schema)
+        } else {
+            (input, agg, in_schema)
+        };
         // With more than one thread, each input partition aggregates its
         // rows of the epoch first, and only their states cross to the
         // shards (one shard without keys), as for window aggregates. Not
@@ -285,6 +333,7 @@ impl OperatorExec<UpdateState> {
         };
         let state = UpdateState {
             agg,
+            agg_signature,
             having,
             ttl_ms,
             keys,
@@ -866,7 +915,7 @@ impl StatefulOperator for UpdateState {
         crate::compat::signature::strip_column_positions(&format!(
             "update-aggregate having({}) {}{}",
             self.having.as_ref().map(|h| h.to_string()).unwrap_or_default(),
-            crate::compat::signature::aggregate_signature(&self.agg),
+            self.agg_signature,
             if distinct.is_empty() {
                 String::new()
             } else {
