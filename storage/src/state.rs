@@ -874,6 +874,106 @@ mod tests {
         }
     }
 
+    /// A key that comes back later in the same file (not next to its
+    /// earlier rows) adds to its unit, whether the unit was held before or
+    /// made earlier in the same read batch, however the file is cut.
+    #[test]
+    fn a_key_repeated_within_one_file_adds_to_its_unit() {
+        let file = [("a", 1), ("b", 2), ("a", 3)];
+        for mask in [u64::MAX, 3, 0] {
+            for held in [false, true] {
+                for cut in [&[3][..], &[1, 2], &[2, 1]] {
+                    let mut table = UnitTable::new(&schema(), 1).unwrap();
+                    table.hash_mask = mask;
+                    if held {
+                        table.upsert(&[rows(&[("a", 0), ("c", 9)])]).unwrap();
+                    }
+                    let mut batches = Vec::new();
+                    let mut at = 0;
+                    for &n in cut {
+                        batches.push(rows(&file[at..at + n]));
+                        at += n;
+                    }
+                    table.upsert(&batches).unwrap();
+                    let restored = RestoredState {
+                        batches: table.rows(&schema()).unwrap(),
+                        schema: schema(),
+                        snapshot_epoch: 0,
+                        deltas: 0,
+                    };
+                    let mut expected = vec![("a".to_string(), 1), ("a".to_string(), 3)];
+                    if held {
+                        expected.push(("c".to_string(), 9));
+                    }
+                    expected.push(("b".to_string(), 2));
+                    assert_eq!(
+                        as_pairs(&restored),
+                        expected,
+                        "mask {mask}, held {held}, cut {cut:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Keys of two nullable columns (NULL is a value of a key like any
+    /// other), and a table without key columns (one unit).
+    #[test]
+    fn nullable_two_column_keys_and_keyless_tables() {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("k1", DataType::Utf8, true),
+            Field::new("k2", DataType::Int64, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let b = |r: &[(Option<&str>, Option<i64>, i64)]| {
+            RecordBatch::try_new(
+                Arc::clone(&s),
+                vec![
+                    Arc::new(StringArray::from(r.iter().map(|x| x.0).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(r.iter().map(|x| x.1).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(r.iter().map(|x| x.2).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        };
+        let values = |t: UnitTable| -> Vec<i64> {
+            t.rows(&s)
+                .unwrap()
+                .iter()
+                .flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec())
+                .collect()
+        };
+        for mask in [u64::MAX, 3, 0] {
+            let mut t = UnitTable::new(&s, 2).unwrap();
+            t.hash_mask = mask;
+            // (NULL, 1) is in both read batches of one file: rows 1 and 4.
+            t.upsert(&[
+                b(&[(None, Some(1), 1), (Some("a"), None, 2)]),
+                b(&[(None, None, 3), (None, Some(1), 4)]),
+            ])
+            .unwrap();
+            t.upsert(&[b(&[(None, None, 5)])]).unwrap();
+            let keys = RecordBatch::try_new(
+                Arc::new(Schema::new(s.fields()[..2].to_vec())),
+                vec![
+                    Arc::new(StringArray::from(vec![Some("a"), Some("a")])),
+                    Arc::new(Int64Array::from(vec![None::<i64>, None])),
+                ],
+            )
+            .unwrap();
+            t.delete(&[keys]).unwrap();
+            assert_eq!(values(t), vec![1, 4, 5], "mask {mask}");
+
+            let mut t = UnitTable::new(&s, 0).unwrap();
+            t.hash_mask = mask;
+            t.upsert(&[b(&[(None, None, 1)]), b(&[(Some("x"), Some(2), 2)])])
+                .unwrap();
+            t.upsert(&[b(&[(Some("y"), None, 3)]), b(&[(None, None, 4)])])
+                .unwrap();
+            assert_eq!(values(t), vec![3, 4], "mask {mask}");
+        }
+    }
+
     #[tokio::test]
     async fn snapshots_and_deltas_restore_every_epoch() {
         let loc = Location::open("memory://state-deltas", &StoreOptions::default(), Create::Yes).unwrap();
