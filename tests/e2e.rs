@@ -1068,4 +1068,31 @@ fn a_lookup_join_replays_with_the_table_version_its_epoch_logged() {
     );
     let plan = ws.weir(&["-f", "explain.sql"]).ok().stdout();
     assert!(plan.contains("LookupScanExec: table=side (bounded"), "{plan}");
+    // The table builds the join's hash table, shared by every thread; the
+    // stream's rows are probed where they are, not repartitioned.
+    let plan = ws
+        .weir(&[
+            "run",
+            "job.sql",
+            "--explain",
+            "--threads",
+            "2",
+            "--checkpoint",
+            "ck-explain",
+        ])
+        .ok()
+        .stdout();
+    let physical = plan.split("-- physical plan").nth(1).unwrap_or_default();
+    let join = physical
+        .lines()
+        .find(|l| l.contains("HashJoinExec"))
+        .unwrap_or_default();
+    assert!(join.contains("mode=CollectLeft"), "{plan}");
+    let build = physical
+        .lines()
+        .skip_while(|l| !l.contains("HashJoinExec"))
+        .find(|l| l.contains("ScanExec"))
+        .unwrap_or_default();
+    assert!(build.contains("LookupScanExec"), "{plan}");
+    assert!(!physical.contains("RepartitionExec"), "{plan}");
 }

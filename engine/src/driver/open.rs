@@ -24,7 +24,21 @@ impl StreamingJob {
             planner.context().register_udaf(f.clone());
         }
         let plans = planner.plan().await?;
-        let state = planner.context().state();
+        // A lookup join's bounded table builds its hash table, once, for
+        // every thread (see `exec::lookup_join`); DataFusion's join
+        // selection runs after this rule and keeps that choice.
+        let state = {
+            let state = planner.context().state();
+            let mut rules = state.physical_optimizers().to_vec();
+            let at = rules
+                .iter()
+                .position(|r| r.name() == "join_selection")
+                .unwrap_or(0);
+            rules.insert(at, Arc::new(crate::exec::lookup_join::LookupBuildSide));
+            datafusion::execution::SessionStateBuilder::new_from_existing(state)
+                .with_physical_optimizer_rules(rules)
+                .build()
+        };
 
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;

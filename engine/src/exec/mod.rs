@@ -19,6 +19,7 @@ pub mod distinct;
 pub mod groups;
 pub mod keys;
 pub mod late_filter;
+pub mod lookup_join;
 pub mod net;
 pub mod operator;
 pub mod partial_agg;
