@@ -386,6 +386,164 @@ fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
     assert!(err.contains("injected"), "{err}");
 }
 
+/// A stateless job (filters, projections, functions) into a files sink and
+/// a blackhole.
+fn stateless_job(input: &str, out: &Path, batch: &str) -> String {
+    let out = out.display();
+    format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+           date_time TIMESTAMP(3), extra VARCHAR,
+           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+         CREATE TABLE dear WITH ('connector' = 'files', 'path' = '{out}/dear/', 'format' = 'parquet');
+         CREATE TABLE counted WITH ('connector' = 'blackhole');
+         INSERT INTO dear
+         SELECT auction, bidder, price * 2 AS doubled, upper(channel) AS channel,
+                date_trunc('minute', date_time) AS minute
+         FROM bids WHERE price > 1000 AND auction % 3 <> 0;
+         INSERT INTO counted SELECT auction, length(url) AS n FROM bids WHERE bidder % 2 = 0;"
+    )
+}
+
+/// The sink folder's published files, by whether they were written in
+/// parts (on executors: `part-<epoch>-<writer>-<part>.parquet`).
+fn published(dir: &Path) -> (usize, usize) {
+    let (mut parts, mut whole) = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".parquet") {
+            continue;
+        }
+        let dashes = name.matches('-').count();
+        // part-E-<8 hex>-p0.parquet has 3 dashes; a part file one more.
+        if dashes == 4 { parts += 1 } else { whole += 1 }
+    }
+    (parts, whole)
+}
+
+#[test]
+fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
+    let mut c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = twenty_files(dir.path());
+    let input = input.display().to_string();
+    // 60,000 rows an epoch over files of 25,000: the budget cuts a file in
+    // most epochs, so the parts are cut from the files' footers.
+    let batch = "'max_rows_per_batch' = '60000'";
+    let run = |name: &str, cluster: Option<&str>| {
+        let out = dir.path().join(name);
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&job, stateless_job(&input, &out, batch)).unwrap();
+        let log = run_job(&job, &dir.path().join(format!("{name}.ck")), cluster, &[])
+            .unwrap_or_else(|e| panic!("{name}:\n{e}"));
+        (out, log)
+    };
+    let (local, local_log) = run("local", None);
+    let (remote, remote_log) = run("remote", Some(&c.scheduler));
+    assert!(
+        remote_log.contains(&format!(
+            "; queries run on the cluster at http://{})",
+            c.scheduler
+        )),
+        "{remote_log}"
+    );
+    let epochs = |log: &str| -> Vec<String> {
+        // Epoch lines but for their timings: rows in and out, watermark.
+        log.lines()
+            .filter(|l| l.starts_with("epoch "))
+            .map(|l| {
+                l.split("  ")
+                    .filter(|f| {
+                        ["epoch ", "in ", "out ", "late ", "bad ", "watermark "]
+                            .iter()
+                            .any(|k| f.starts_with(k))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            })
+            .collect()
+    };
+    assert!(epochs(&local_log).len() >= 9, "{local_log}");
+    assert_eq!(
+        epochs(&remote_log),
+        epochs(&local_log),
+        "{remote_log}\n{local_log}"
+    );
+    assert!(remote_log.contains("500,000 rows in"), "{remote_log}");
+    let want = sink_rows(&local.join("dear"));
+    assert!(want.len() > 1000, "{} rows", want.len());
+    assert_eq!(sink_rows(&remote.join("dear")), want);
+    // Every file the cluster run published was written by an executor,
+    // one per part; nothing is left staged.
+    let (parts, whole) = published(&remote.join("dear"));
+    assert!(parts > epochs(&local_log).len(), "{parts} part files");
+    assert_eq!(whole, 0);
+    assert_eq!(published(&local.join("dear")).0, 0);
+
+    // A checkpoint moves: two epochs here, two on the cluster, the rest
+    // here; an executor killed in the cluster's turn costs time, not rows.
+    let out = dir.path().join("moved");
+    let job = dir.path().join("moved.sql");
+    std::fs::write(&job, stateless_job(&input, &out, batch)).unwrap();
+    let ck = dir.path().join("moved.ck");
+    let once = ["--trigger", "once"];
+    for _ in 0..2 {
+        run_job_with(&job, &ck, None, &[], &once).unwrap();
+    }
+    let log = run_job_with(&job, &ck, Some(&c.scheduler), &[], &once).unwrap();
+    assert!(log.contains("committed through epoch 3"), "{log}");
+    c.kill_executor(0);
+    let log = match run_job_with(&job, &ck, Some(&c.scheduler), &[], &once) {
+        Ok(log) => log,
+        // Ballista gave up on the epoch: it was not committed, and runs
+        // again.
+        Err(e) => {
+            assert!(e.contains("was not committed"), "{e}");
+            run_job_with(&job, &ck, Some(&c.scheduler), &[], &once).unwrap()
+        }
+    };
+    assert!(log.contains("committed through epoch 4"), "{log}");
+    run_job(&job, &ck, None, &[]).unwrap();
+    assert_eq!(sink_rows(&out.join("dear")), want, "moved");
+
+    // A CSV folder's rows cannot be counted without reading them: the
+    // query runs on the driver, over rows the executors read.
+    let csv = dir.path().join("csv");
+    std::fs::create_dir(&csv).unwrap();
+    let mut text = String::from("auction,bidder,price,channel,url,date_time,extra\n");
+    for i in 0..500 {
+        text.push_str(&format!(
+            "{},{},{},Web,https://x/{i},2026-01-01T00:00:{:02}.000,\n",
+            i % 17,
+            i % 11,
+            i * 37 % 5000,
+            i % 60
+        ));
+    }
+    std::fs::write(csv.join("bids.csv"), text).unwrap();
+    let csv_job = |name: &str| {
+        stateless_job(
+            &csv.display().to_string(),
+            &dir.path().join(name),
+            "'max_rows_per_batch' = '200'",
+        )
+        .replace("'format' = 'parquet', 'max_rows", "'format' = 'csv', 'max_rows")
+    };
+    let mut csv_rows = Vec::new();
+    for (name, cluster) in [("csv-local", None), ("csv-remote", Some(c.scheduler.as_str()))] {
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&job, csv_job(name)).unwrap();
+        let log = run_job(&job, &dir.path().join(format!("{name}.ck")), cluster, &[]).unwrap();
+        if cluster.is_some() {
+            assert!(log.contains("; input read on the cluster at"), "{log}");
+        }
+        assert!(log.contains("500 rows in"), "{log}");
+        csv_rows.push(sink_rows(&dir.path().join(name).join("dear")));
+    }
+    assert!(csv_rows[0].len() > 100, "{} rows", csv_rows[0].len());
+    assert_eq!(csv_rows[1], csv_rows[0]);
+}
+
 #[test]
 fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -573,6 +731,29 @@ fn a_nexmark_job_generated_on_a_cluster_writes_what_a_local_run_writes() {
     let want = sink_rows(&dir.path().join("local"));
     assert!(want.len() > 1000, "{} rows", want.len());
     assert_eq!(sink_rows(&dir.path().join("remote")), want);
+
+    // Nexmark's q1 (stateless): generated, converted and written on the
+    // executors, each part's file staged there.
+    let q1 = |out: &str| {
+        job_for(out).replace(
+            "SELECT window_start, window_end, auction, COUNT(*) AS n, MAX(price) AS top
+             FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, auction;",
+            "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid WHERE auction % 5 = 0;",
+        )
+    };
+    let mut logs = Vec::new();
+    for (name, cluster) in [("q1-local", None), ("q1-remote", Some(c.scheduler.as_str()))] {
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&job, q1(name)).unwrap();
+        assert!(std::fs::read_to_string(&job).unwrap().contains("0.908"));
+        logs.push(run_job(&job, &dir.path().join(format!("{name}.ck")), cluster, &[]).unwrap());
+    }
+    assert!(logs[1].contains("; queries run on the cluster at"), "{}", logs[1]);
+    assert_eq!(epochs(&logs[1]), epochs(&logs[0]), "{}\n{}", logs[1], logs[0]);
+    let want = sink_rows(&dir.path().join("q1-local"));
+    assert!(want.len() > 10_000, "{} rows", want.len());
+    assert_eq!(sink_rows(&dir.path().join("q1-remote")), want);
 }
 
 /// Twenty files of 25,000 bids under `dir/bids`: the example's four, five

@@ -363,6 +363,72 @@ fn a_job_on_s3_whose_input_is_read_on_a_cluster_is_exactly_once() {
     assert_no_secrets("weir run --cluster's output", &printed);
 }
 
+/// `job` with its windowed query replaced by a stateless one.
+fn stateless(job: &str) -> String {
+    let head = job.split("INSERT INTO out").next().unwrap();
+    format!(
+        "{head}INSERT INTO out SELECT auction, price * 2 AS doubled, date_time FROM bids WHERE price % 7 <> 0;\n"
+    )
+}
+
+/// A stateless job on S3 runs on the cluster's executors: they read the
+/// input and stage the output files in the bucket themselves (with the
+/// sink table's own settings); a SIGKILL of the driver once an epoch's
+/// files are staged is survived, and the output is exactly a local run's.
+#[test]
+fn a_stateless_job_on_s3_runs_on_the_executors_exactly_once() {
+    let Some(server) = server() else { return };
+    let local = Workspace::new();
+    three_files(&local);
+    local.write("job.sql", &stateless(&job(700, "parquet", "in/")));
+    local
+        .weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let expected = sink_rows(&local.path("out"));
+    assert!(expected.len() > 2000, "{} rows", expected.len());
+
+    let bucket = bucket(&server, "stateless");
+    let ws = Workspace::new();
+    upload_input(&server, &bucket, &ws);
+    ws.write("job.sql", &stateless(&s3_job(&bucket)));
+    let env = env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = crate::cluster::cluster_with_env(2, &env);
+    let mut args = run_args(&bucket);
+    args.extend(["--cluster".to_string(), c.scheduler.clone()]);
+    let killed = weir(&ws, &server, &args, &[("WEIR_FAILPOINT", "sink-staged@2")]).killed();
+    let done = weir(&ws, &server, &args, &[]).ok();
+    assert!(
+        done.stderr().contains("; queries run on the cluster at"),
+        "{}",
+        done.stderr()
+    );
+    let mut got = s3_sink_rows(&server, &bucket);
+    got.sort();
+    assert_eq!(got, expected);
+    // Every published file is an executor's (one per part of an epoch);
+    // what a killed epoch staged and the replay did not choose is never
+    // published.
+    let published: Vec<String> = objects(&server, &bucket, "out")
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    assert!(!published.is_empty());
+    assert!(
+        published.iter().all(|n| n.matches('-').count() == 4),
+        "{published:?}"
+    );
+    let printed = format!(
+        "{}{}{}{}",
+        killed.stdout(),
+        killed.stderr(),
+        done.stdout(),
+        done.stderr()
+    );
+    assert_no_secrets("weir run --cluster's output", &printed);
+}
+
 #[test]
 fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let Some(server) = server() else { return };

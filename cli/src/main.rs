@@ -434,6 +434,8 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
             None => String::new(),
         },
         match &args.cluster {
+            Some(address) if job.queries_run_remotely() =>
+                format!("; queries run on the cluster at {}", scheduler_url(address)?),
             Some(address) => format!("; input read on the cluster at {}", scheduler_url(address)?),
             None => String::new(),
         }

@@ -43,7 +43,7 @@ use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weir_engine::remote::{RemoteRead, RemoteReader};
+use weir_engine::remote::{PartReport, RemotePipeline, RemoteRead, RemoteReader};
 use weir_sql::{Options, TableDecl, Watermark};
 use weir_storage::StoreOptions;
 
@@ -96,29 +96,34 @@ fn parts_schema() -> SchemaRef {
     ]))
 }
 
+/// A table of `parts`, one row and one partition each (`part`, `offset`):
+/// an in-memory scan, which Ballista's scheduler knows how to cut into
+/// each task's partitions.
+pub(crate) fn parts_table(parts: &[Value]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = parts_schema();
+    let partitions = parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let index = u32::try_from(i).map_err(|_| DataFusionError::Plan(format!("{i} parts")))?;
+            let offset = serde_json::to_string(part).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(UInt32Array::from(vec![index])),
+                    Arc::new(StringArray::from(vec![offset])),
+                ],
+            )?;
+            Ok(vec![batch])
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?)
+}
+
 impl RemoteReadExec {
     /// A read of `read`'s parts, one partition each.
     pub fn try_new(read: RemoteRead, store_options: StoreOptions) -> Result<Self, DataFusionError> {
-        let schema = parts_schema();
-        let partitions = read
-            .parts
-            .iter()
-            .enumerate()
-            .map(|(i, part)| {
-                let index = u32::try_from(i).map_err(|_| DataFusionError::Plan(format!("{i} parts")))?;
-                let offset =
-                    serde_json::to_string(part).map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![
-                        Arc::new(UInt32Array::from(vec![index])),
-                        Arc::new(StringArray::from(vec![offset])),
-                    ],
-                )?;
-                Ok(vec![batch])
-            })
-            .collect::<DfResult<Vec<_>>>()?;
-        let input = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+        let input = parts_table(&read.parts)?;
         Self::over(read, input, store_options)
     }
 
@@ -275,7 +280,7 @@ struct WireRead {
     columns: Vec<usize>,
 }
 
-const MAGIC: &[u8] = b"WEIR-READ/1\n";
+pub(crate) const MAGIC: &[u8] = b"WEIR-READ/1\n";
 
 /// Ballista's codec, plus Weir's nodes.
 #[derive(Debug, Default)]
@@ -296,7 +301,7 @@ impl WeirCodec {
     }
 }
 
-fn encode_read(read: &RemoteRead, buf: &mut Vec<u8>) -> DfResult<()> {
+pub(crate) fn encode_read(read: &RemoteRead, buf: &mut Vec<u8>) -> DfResult<()> {
     let table = &read.table;
     let schema = table.schema.as_ref().ok_or_else(|| {
         DataFusionError::Internal(format!("source table '{}' declares no columns", table.name))
@@ -328,7 +333,7 @@ fn encode_read(read: &RemoteRead, buf: &mut Vec<u8>) -> DfResult<()> {
         .map_err(|e| DataFusionError::Internal(format!("encoding the schema of '{}': {e}", table.name)))
 }
 
-fn decode_read(rest: &[u8]) -> DfResult<RemoteRead> {
+pub(crate) fn decode_read(rest: &[u8]) -> DfResult<RemoteRead> {
     let bad = |what: String| {
         DataFusionError::Internal(format!("a Weir remote read that cannot be decoded: {what}"))
     };
@@ -367,21 +372,35 @@ impl PhysicalExtensionCodec for WeirCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match buf.strip_prefix(MAGIC) {
-            Some(rest) => {
-                let [input] = inputs else {
-                    return Err(DataFusionError::Internal(
-                        "a Weir remote read has one input".into(),
-                    ));
-                };
-                Ok(Arc::new(RemoteReadExec::over(
-                    decode_read(rest)?,
-                    Arc::clone(input),
-                    self.store_options.clone(),
-                )?))
-            }
-            None => self.ballista.try_decode(buf, inputs, ctx, proto_converter),
+        if let Some(rest) = buf.strip_prefix(MAGIC) {
+            let [input] = inputs else {
+                return Err(DataFusionError::Internal(
+                    "a Weir remote read has one input".into(),
+                ));
+            };
+            return Ok(Arc::new(RemoteReadExec::over(
+                decode_read(rest)?,
+                Arc::clone(input),
+                self.store_options.clone(),
+            )?));
         }
+        if let Some(rest) = buf.strip_prefix(crate::pipeline::PIPE_MAGIC) {
+            let [input] = inputs else {
+                return Err(DataFusionError::Internal("a Weir query has one input".into()));
+            };
+            return Ok(Arc::new(crate::pipeline::decode_pipeline(
+                rest,
+                Arc::clone(input),
+                ctx,
+                self,
+                proto_converter,
+                self.store_options.clone(),
+            )?));
+        }
+        if let Some(rest) = buf.strip_prefix(crate::pipeline::SCAN_MAGIC) {
+            return Ok(Arc::new(crate::pipeline::decode_scan(rest)?));
+        }
+        self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
     fn try_encode(
@@ -390,10 +409,16 @@ impl PhysicalExtensionCodec for WeirCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        match node.downcast_ref::<RemoteReadExec>() {
-            Some(read) => encode_read(&read.read, buf),
-            None => self.ballista.try_encode(node, buf, proto_converter),
+        if let Some(read) = node.downcast_ref::<RemoteReadExec>() {
+            return encode_read(&read.read, buf);
         }
+        if let Some(p) = node.downcast_ref::<crate::pipeline::PipelineExec>() {
+            return crate::pipeline::encode_pipeline(p, self, proto_converter, buf);
+        }
+        if let Some(scan) = node.downcast_ref::<weir_engine::exec::StreamScanExec>() {
+            return crate::pipeline::encode_scan(scan, buf);
+        }
+        self.ballista.try_encode(node, buf, proto_converter)
     }
 }
 
@@ -419,24 +444,7 @@ impl ClusterReader {
 #[async_trait]
 impl RemoteReader for ClusterReader {
     async fn read(&self, mut read: RemoteRead) -> weir_engine::Result<Vec<Vec<RecordBatch>>> {
-        // A relative folder is the driver's: executors run elsewhere.
-        if let Some(path) = read.table.options.get("path")
-            && !path.contains("://")
-            && std::path::Path::new(path).is_relative()
-        {
-            let absolute = std::env::current_dir()
-                .map_err(|e| weir_engine::Error::Config(format!("the current folder: {e}")))?
-                .join(path);
-            let absolute = absolute.to_string_lossy().into_owned();
-            read.table.options = Options::new(read.table.options.iter().map(|(k, v)| {
-                let v = if k == "path" {
-                    absolute.clone()
-                } else {
-                    v.to_string()
-                };
-                (k.to_string(), v)
-            }));
-        }
+        absolutize(&mut read.table)?;
         let parts = read.parts.len();
         let table = read.table.name.clone();
         let declared = read.table.schema.clone();
@@ -466,6 +474,48 @@ impl RemoteReader for ClusterReader {
     fn describe(&self) -> String {
         format!("the cluster at {}", self.url)
     }
+
+    fn runs_pipelines(&self) -> bool {
+        true
+    }
+
+    async fn run_pipeline(&self, mut job: RemotePipeline) -> weir_engine::Result<Vec<PartReport>> {
+        absolutize(&mut job.read.table)?;
+        let parts = job.read.parts.len();
+        let table = job.read.table.name.clone();
+        let node = crate::pipeline::PipelineExec::try_new(job, StoreOptions::default())
+            .map_err(|e| weir_engine::Error::Runtime(format!("source '{table}': {e}")))?;
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(node);
+        let batches = crate::execute(&self.url, plan, &self.session, self.connect_timeout)
+            .await
+            .map_err(|e| weir_engine::Error::Runtime(e.to_string()))?;
+        crate::pipeline::gather_reports(parts, &batches).map_err(|e| {
+            weir_engine::Error::Runtime(format!("source '{table}' on the cluster at {}: {e}", self.url))
+        })
+    }
+}
+
+/// A relative folder is the driver's: executors run elsewhere, so it is
+/// made absolute before it travels.
+fn absolutize(table: &mut TableDecl) -> weir_engine::Result<()> {
+    if let Some(path) = table.options.get("path")
+        && !path.contains("://")
+        && std::path::Path::new(path).is_relative()
+    {
+        let absolute = std::env::current_dir()
+            .map_err(|e| weir_engine::Error::Config(format!("the current folder: {e}")))?
+            .join(path);
+        let absolute = absolute.to_string_lossy().into_owned();
+        table.options = Options::new(table.options.iter().map(|(k, v)| {
+            let v = if k == "path" {
+                absolute.clone()
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), v)
+        }));
+    }
+    Ok(())
 }
 
 /// Each part's rows, in part order, from what a remote read's job gave:

@@ -14,16 +14,34 @@
 //! progress, a local read of the offset gives. A replayed epoch is read the
 //! same way, so the output does not depend on where an epoch was read.
 //!
+//!
+//! A job whose every query is stateless (filters, projections and
+//! functions over one source, into a files or blackhole sink) goes further
+//! ([`RemoteReader::run_pipeline`]): each executor runs the query's plan
+//! over its part and stages the part's output file in the sink folder
+//! itself, and only a report per part comes back (rows in and out, the
+//! part's greatest event time, the file it staged). The driver names the
+//! files in the epoch's manifest and commits as before. The parts must
+//! then be whole: [`Source::remote_whole_parts`] cuts the offset so that
+//! no part is cut afterwards by a row budget (a Parquet folder counts rows
+//! from the files' footers); a source that cannot tell without reading
+//! runs the epoch the other way.
+//!
+//! [`Source::remote_whole_parts`]: crate::source::Source::remote_whole_parts
 //! [`Source::remote_parts`]: crate::source::Source::remote_parts
 //! [`Source::assemble_remote`]: crate::source::Source::assemble_remote
 //! [`read_remote_part`]: crate::source::read_remote_part
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
 use serde_json::Value;
 use weir_sql::TableDecl;
+use weir_storage::ManifestFile;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// One source's share of an epoch, to be read elsewhere.
 #[derive(Clone, Debug)]
@@ -37,12 +55,94 @@ pub struct RemoteRead {
     pub parts: Vec<Value>,
 }
 
+/// A stateless query run over an epoch's parts where they are read.
+#[derive(Clone, Debug)]
+pub struct RemotePipeline {
+    /// The source and the epoch's parts of it, each read whole
+    /// ([`crate::source::Source::remote_whole_parts`]).
+    pub read: RemoteRead,
+    /// The query's plan: filters, projections and functions over one
+    /// `StreamScanExec` of `read.table` (the pipeline's own plan, run on
+    /// each part as if the part were the epoch's input).
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The epoch.
+    pub epoch: u64,
+    /// The epoch's processing time (from its offsets entry).
+    pub processing_time_ms: i64,
+    /// The position, among the columns read, of the source's watermark
+    /// column, whose greatest value each part reports.
+    pub time_column: Option<usize>,
+    /// Where each part's output goes.
+    pub sink: RemoteSink,
+}
+
+/// Where the parts of a [`RemotePipeline`] put their output.
+#[derive(Clone)]
+pub enum RemoteSink {
+    /// Nowhere (`'connector' = 'blackhole'`): rows are counted.
+    Blackhole,
+    /// Parquet files staged in a sink folder, one per part with rows,
+    /// under [`weir_storage::SinkLayout::staged_part_name`].
+    Files {
+        /// The folder's URL (absolute).
+        folder: String,
+        /// The writer, as in [`weir_storage::SinkLayout::new`].
+        writer: String,
+        /// The sink table's own store settings (its `s3.` options; they
+        /// may be credentials: never shown).
+        options: Vec<(String, String)>,
+    },
+}
+
+impl std::fmt::Debug for RemoteSink {
+    // The options may be credentials: their names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Blackhole => write!(f, "Blackhole"),
+            Self::Files {
+                folder,
+                writer,
+                options,
+            } => f
+                .debug_struct("Files")
+                .field("folder", folder)
+                .field("writer", writer)
+                .field("options", &options.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// What one part of a [`RemotePipeline`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartReport {
+    /// The part's position in [`RemoteRead::parts`].
+    pub part: usize,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows written.
+    pub rows_out: u64,
+    /// The greatest value of the watermark column among the rows read.
+    pub max_time_ms: Option<i64>,
+    /// The file staged (`None` without rows, or for a blackhole).
+    pub file: Option<ManifestFile>,
+}
+
 /// Reads the parts of an offset somewhere else.
 #[async_trait]
 pub trait RemoteReader: Send + Sync {
     /// Each part's batches, in part order (an empty list for a part
     /// without rows), each part's in the order it was read.
     async fn read(&self, read: RemoteRead) -> Result<Vec<Vec<RecordBatch>>>;
+    /// Whether it can run whole stateless queries ([`Self::run_pipeline`]).
+    fn runs_pipelines(&self) -> bool {
+        false
+    }
+    /// Runs a stateless query over each part of an epoch where the part is
+    /// read, staging its output there; one report per part, in part order.
+    async fn run_pipeline(&self, _job: RemotePipeline) -> Result<Vec<PartReport>> {
+        Err(Error::Config(format!("{} runs no queries", self.describe())))
+    }
     /// Where it reads, for messages (`the cluster at http://...`).
     fn describe(&self) -> String;
 }

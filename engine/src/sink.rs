@@ -59,6 +59,11 @@ impl BlackholeSink {
         (rows, 0)
     }
 
+    /// Counts rows written elsewhere (a query run on a cluster).
+    pub fn add_rows(&self, rows: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
     /// Rows staged so far by this process.
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
@@ -81,6 +86,9 @@ pub struct FileSink {
     changelog: bool,
     /// Threads an epoch's file is encoded on (the job's `--threads`).
     threads: usize,
+    /// The table's own store settings (`s3.` options), for writers
+    /// elsewhere.
+    store_keys: Vec<(String, String)>,
 }
 
 /// The column of a changelog row's epoch.
@@ -164,6 +172,12 @@ impl FileSink {
                 .get("mode")
                 .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
             threads: 1,
+            store_keys: decl
+                .options
+                .iter()
+                .filter(|(k, _)| k.starts_with("s3."))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     }
 
@@ -238,6 +252,30 @@ impl FileSink {
             .stage_with(epoch, Some((bytes, rows as u64)), between)
             .await?;
         Ok((rows as u64, len))
+    }
+
+    /// Where an epoch's files written elsewhere go (see
+    /// [`crate::remote::RemoteSink::Files`]): the folder's URL and the
+    /// writer and the table's own store settings. Claims the folder first,
+    /// as staging does, so that no file lands in a folder another query
+    /// owns. `None` for a changelog sink, whose rows are numbered across
+    /// the whole epoch.
+    pub async fn remote_target(&self) -> Result<Option<crate::remote::RemoteSink>> {
+        if self.changelog {
+            return Ok(None);
+        }
+        self.claim().await?;
+        Ok(Some(crate::remote::RemoteSink::Files {
+            folder: self.layout.location().url().to_string(),
+            writer: self.layout.writer().to_string(),
+            options: self.store_keys.clone(),
+        }))
+    }
+
+    /// Records an epoch whose files were staged elsewhere: its manifest
+    /// names `files` (see [`weir_storage::SinkLayout::stage_files`]).
+    pub async fn stage_remote(&self, epoch: u64, files: Vec<weir_storage::ManifestFile>) -> Result<()> {
+        Ok(self.layout.stage_files(epoch, files).await?)
     }
 
     /// Deletes manifests of epochs before `epoch` (their files stay).

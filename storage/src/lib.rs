@@ -49,7 +49,7 @@ mod testing;
 pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
-pub use sink::{SinkLayout, SinkOwner};
+pub use sink::{ManifestFile, SinkLayout, SinkOwner};
 pub use state::{RestoredState, StateFile, StateKind, StateWrite};
 
 /// The format version written into every file Weir persists. A reader refuses

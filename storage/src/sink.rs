@@ -32,6 +32,14 @@ pub struct ManifestFile {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Where the file is staged until published, relative to the sink
+    /// folder, when not at the writer's usual pending name. A file written
+    /// on a cluster's executor is staged under a name of its own attempt
+    /// (`<pending>.<attempt>.pending`, see [`SinkLayout::staged_part_name`]):
+    /// a task that ran twice leaves two staged copies, and the manifest
+    /// names the one the driver chose, so only that one is ever published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<String>,
 }
 
 /// `_weir/manifests/<writer>/<epoch>.json`.
@@ -143,6 +151,11 @@ impl SinkLayout {
         &self.loc
     }
 
+    /// The writer its files are named after.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
     /// The published name of the epoch's output file.
     pub fn final_name(&self, epoch: u64) -> String {
         format!("part-{epoch:010}-{}.parquet", self.writer)
@@ -150,6 +163,70 @@ impl SinkLayout {
 
     fn pending_name(&self, epoch: u64) -> String {
         format!("_weir/pending/{}/{}.pending", self.writer, self.final_name(epoch))
+    }
+
+    /// The published name of part `part` of an epoch written in parts (one
+    /// file per part of its input, on a cluster's executors).
+    pub fn final_part_name(&self, epoch: u64, part: usize) -> String {
+        format!("part-{epoch:010}-{}-{part:05}.parquet", self.writer)
+    }
+
+    /// Where one attempt (`attempt`: letters and digits, unique per task
+    /// run) stages part `part` of an epoch. Attempts never share a name,
+    /// so a late write by an attempt the driver did not choose cannot
+    /// replace the chosen one's bytes.
+    pub fn staged_part_name(&self, epoch: u64, part: usize, attempt: &str) -> String {
+        format!(
+            "_weir/pending/{}/{}.{attempt}.pending",
+            self.writer,
+            self.final_part_name(epoch, part)
+        )
+    }
+
+    /// The epoch of a name this writer gives a file: published
+    /// (`part-<epoch>-<writer>[-<part>].parquet`) or staged (the same with
+    /// `.pending`, or `.<attempt>.pending`, after it).
+    fn epoch_of_file(&self, name: &str) -> Option<u64> {
+        let rest = name.strip_prefix("part-")?;
+        let (digits, tail) = rest.split_at_checked(10)?;
+        let epoch: u64 = digits.parse().ok()?;
+        let tail = tail.strip_prefix('-')?.strip_prefix(self.writer.as_str())?;
+        let tail = match tail.strip_prefix('-') {
+            Some(t) => {
+                let (part, t) = t.split_at_checked(5)?;
+                part.bytes().all(|b| b.is_ascii_digit()).then_some(t)?
+            }
+            None => tail,
+        };
+        let tail = tail.strip_prefix(".parquet")?;
+        let attempt_ok = |a: &str| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric());
+        match tail.strip_suffix(".pending") {
+            None if tail.is_empty() => Some(epoch),
+            Some("") => Some(epoch),
+            Some(t) => t.strip_prefix('.').filter(|a| attempt_ok(a)).map(|_| epoch),
+            None => None,
+        }
+    }
+
+    /// Records an epoch whose files were written elsewhere (staged under
+    /// their [`ManifestFile::staged`] names): its manifest names exactly
+    /// `files`, and none when it is empty. Safe to repeat, and a replay
+    /// that chose other attempts replaces the manifest.
+    pub async fn stage_files(&self, epoch: u64, files: Vec<ManifestFile>) -> Result<()> {
+        if files.is_empty() {
+            return self.loc.delete(&self.manifest_name(epoch)).await;
+        }
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            epoch,
+            files,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
+            url: self.loc.url_of(&self.manifest_name(epoch)),
+            epoch: Some(epoch),
+            reason: e.to_string(),
+        })?;
+        self.loc.put(&self.manifest_name(epoch), Bytes::from(json)).await
     }
 
     fn manifest_name(&self, epoch: u64) -> String {
@@ -187,6 +264,7 @@ impl SinkLayout {
                 name: self.final_name(epoch),
                 rows,
                 bytes: bytes.content_length() as u64,
+                staged: None,
             }],
         };
         self.loc.put(&self.pending_name(epoch), bytes).await?;
@@ -246,10 +324,24 @@ impl SinkLayout {
     }
 
     /// Deletes the manifests of epochs before `epoch` (retention). The
-    /// output files they list stay: they are the sink's contents.
+    /// output files they list stay: they are the sink's contents. Staged
+    /// files of those epochs still there are ones no commit named (an
+    /// attempt the driver did not choose, a run rolled back and replayed
+    /// elsewhere, a stale executor's late write): they go too.
     pub async fn prune_manifests(&self, epoch: u64) -> Result<()> {
         for e in self.manifest_epochs().await?.into_iter().filter(|&e| e < epoch) {
             self.loc.delete(&self.manifest_name(e)).await?;
+        }
+        let pending_dir = format!("_weir/pending/{}/", self.writer);
+        for meta in self.loc.list(&pending_dir).await? {
+            let name = self.loc.relative(&meta.location);
+            let stale = name
+                .strip_prefix(&pending_dir)
+                .and_then(|n| self.epoch_of_file(n))
+                .is_some_and(|e| e < epoch);
+            if stale {
+                self.loc.delete(&name).await?;
+            }
         }
         Ok(())
     }
@@ -259,22 +351,17 @@ impl SinkLayout {
     /// the epochs run again then write the same names, so the sink's later
     /// output is replaced, not duplicated). Returns the names deleted.
     pub async fn remove_after(&self, epoch: u64) -> Result<Vec<String>> {
-        let part = |name: &str| -> Option<u64> {
-            let rest = name.strip_prefix("part-")?;
-            let (digits, tail) = rest.split_at_checked(10)?;
-            (tail == format!("-{}.parquet", self.writer)).then(|| digits.parse().ok())?
-        };
         let pending_dir = format!("_weir/pending/{}/", self.writer);
         let manifest_dir = format!("_weir/manifests/{}/", self.writer);
         let mut removed = Vec::new();
         for meta in self.loc.list("").await? {
             let name = self.loc.relative(&meta.location);
             let e = if let Some(p) = name.strip_prefix(&pending_dir) {
-                p.strip_suffix(".pending").and_then(part)
+                self.epoch_of_file(p).filter(|_| p.ends_with(".pending"))
             } else if let Some(m) = name.strip_prefix(&manifest_dir) {
                 m.strip_suffix(".json").and_then(|d| d.parse().ok())
             } else if !name.contains('/') {
-                part(&name)
+                self.epoch_of_file(&name).filter(|_| !name.ends_with(".pending"))
             } else {
                 None
             };
@@ -296,7 +383,10 @@ impl SinkLayout {
         };
         let mut rows = 0;
         for file in &manifest.files {
-            let pending = format!("_weir/pending/{}/{}.pending", self.writer, file.name);
+            let pending = match &file.staged {
+                Some(staged) => staged.clone(),
+                None => format!("_weir/pending/{}/{}.pending", self.writer, file.name),
+            };
             match self.loc.rename(&pending, &file.name).await {
                 Ok(()) => {}
                 Err(Error::Store {
@@ -404,5 +494,80 @@ mod tests {
                 .is_some()
         );
         assert!(sink.remove_after(2).await.unwrap().is_empty(), "idempotent");
+    }
+
+    #[tokio::test]
+    async fn an_epoch_in_parts_publishes_the_attempts_its_manifest_chose() {
+        let loc = Location::open("memory://sink-parts", &StoreOptions::default(), Create::Yes).unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q-p0");
+        let put = |name: String, body: &'static str| {
+            let loc = loc.clone();
+            async move { loc.put(&name, Bytes::from_static(body.as_bytes())).await.unwrap() }
+        };
+        // Part 0 ran twice (attempts a1 and b2), part 1 once; the driver
+        // chose b2 for part 0.
+        put(sink.staged_part_name(3, 0, "a1"), "first").await;
+        put(sink.staged_part_name(3, 0, "b2"), "second").await;
+        put(sink.staged_part_name(3, 1, "c3"), "other").await;
+        let file = |part: usize, attempt: &str| ManifestFile {
+            name: sink.final_part_name(3, part),
+            rows: 1,
+            bytes: 5,
+            staged: Some(sink.staged_part_name(3, part, attempt)),
+        };
+        sink.stage_files(3, vec![file(0, "b2"), file(1, "c3")])
+            .await
+            .unwrap();
+        assert_eq!(sink.publish(3).await.unwrap(), 2);
+        assert_eq!(sink.publish(3).await.unwrap(), 2, "idempotent");
+        let got = loc
+            .get("part-0000000003-q-p0-00000.parquet")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"second");
+        assert!(
+            loc.get("part-0000000003-q-p0-00001.parquet")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // The attempt not chosen is still staged, unseen by a glob; a late
+        // write of it (a stale executor) changes nothing published.
+        put(sink.staged_part_name(3, 0, "a1"), "late").await;
+        let got = loc
+            .get("part-0000000003-q-p0-00000.parquet")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"second");
+        // Retention past epoch 3 deletes what was staged and never chosen.
+        put(sink.staged_part_name(4, 0, "d4"), "next").await;
+        sink.prune_manifests(4).await.unwrap();
+        assert!(
+            loc.get(&sink.staged_part_name(3, 0, "a1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            loc.get(&sink.staged_part_name(4, 0, "d4"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A rollback to epoch 2 removes the parts, published and staged.
+        let removed = sink.remove_after(2).await.unwrap();
+        assert_eq!(
+            removed,
+            vec![
+                "_weir/pending/q-p0/part-0000000004-q-p0-00000.parquet.d4.pending",
+                "part-0000000003-q-p0-00000.parquet",
+                "part-0000000003-q-p0-00001.parquet",
+            ]
+        );
+        // An epoch with no rows in any part names no file.
+        sink.stage_files(5, vec![]).await.unwrap();
+        assert_eq!(sink.publish(5).await.unwrap(), 0);
     }
 }

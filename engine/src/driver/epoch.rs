@@ -193,30 +193,65 @@ impl StreamingJob {
     ) -> Result<BatchProgress> {
         let started = Instant::now();
         let offsets_bytes = self.write_offsets(epoch, &entry, replayed).await?;
-        let (input, bad) = match self.read_input(epoch, &entry).await {
-            Ok(read) => read,
-            Err(e) => return Err(self.abandon(epoch, e).await),
+        // Stateless queries on a cluster run where their input is read
+        // (`remote_epoch`); otherwise the rows come here.
+        let on_executors = if self.queries_run_remotely() {
+            match self.run_remote(epoch, &entry).await {
+                Ok(ran) => ran,
+                Err(e) => return Err(self.abandon(epoch, e).await),
+            }
+        } else {
+            None
         };
-        let lookups = match self.load_lookups(epoch, &entry).await {
-            Ok(l) => l,
-            Err(e) => return Err(self.abandon(epoch, e).await),
+        let (rows_by_source, bad_by_source, watermarks_out, ran, rows_by_sink) = match on_executors {
+            Some(r) => {
+                let watermarks_out = self.watermarks_after(&entry, &r.max_time);
+                let ran = Executed {
+                    outputs: Vec::new(),
+                    pipeline_watermarks: self
+                        .pipelines
+                        .iter()
+                        .map(|p| (p.index, pipeline_watermark(p, &entry, &watermarks_out)))
+                        .collect(),
+                    late_rows: 0,
+                    late_by_pipeline: vec![0; self.pipelines.len()],
+                    all_late: Vec::new(),
+                    some_on_time: false,
+                };
+                (r.rows_in, BTreeMap::new(), watermarks_out, ran, r.rows_by_sink)
+            }
+            None => {
+                let (input, bad) = match self.read_input(epoch, &entry).await {
+                    Ok(read) => read,
+                    Err(e) => return Err(self.abandon(epoch, e).await),
+                };
+                let lookups = match self.load_lookups(epoch, &entry).await {
+                    Ok(l) => l,
+                    Err(e) => return Err(self.abandon(epoch, e).await),
+                };
+                let watermarks_out = self.advance_watermarks(&entry, &input)?;
+                let ran = self
+                    .execute(epoch, &entry, &input, &lookups, &watermarks_out)
+                    .await?;
+                self.hooks.reached(Step::BeforeSink, epoch)?;
+                let rows_by_sink = self.stage(epoch, &ran.outputs, &bad).await?;
+                let rows_by_source: BTreeMap<String, u64> = input
+                    .iter()
+                    .map(|(name, r)| (name.clone(), r.batches.iter().map(|b| b.num_rows() as u64).sum()))
+                    .collect();
+                let bad_by_source: BTreeMap<String, u64> = bad
+                    .iter()
+                    .map(|(name, b)| (name.clone(), b.len() as u64))
+                    .collect();
+                (rows_by_source, bad_by_source, watermarks_out, ran, rows_by_sink)
+            }
         };
-        let watermarks_out = self.advance_watermarks(&entry, &input)?;
-        let ran = self
-            .execute(epoch, &entry, &input, &lookups, &watermarks_out)
-            .await?;
-        self.hooks.reached(Step::BeforeSink, epoch)?;
-        let rows_by_sink = self.stage(epoch, &ran.outputs, &bad).await?;
         let rows_out = rows_by_sink.iter().sum();
         let checkpoint_started = Instant::now();
         let (state_bytes, operators) = self.write_state(epoch).await?;
-        let rows_of = |name: &String| {
-            input
-                .get(name)
-                .map_or(0, |r| r.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>())
-        };
-        let rows_in = input.keys().map(rows_of).sum();
-        let bad_rows = bad.values().map(|b| b.len() as u64).sum();
+        let rows_of = |name: &String| rows_by_source.get(name).copied().unwrap_or(0);
+        let rows_in = rows_by_source.values().sum();
+        let bad_rows = bad_by_source.values().sum();
         let commit = CommitEntry {
             watermarks: watermarks_out,
             rows_in,
@@ -227,7 +262,8 @@ impl StreamingJob {
             last_data_ms: BTreeMap::new(),
             pipeline_watermarks: ran.pipeline_watermarks,
         };
-        let commit_bytes = self.commit(epoch, &entry, &input, commit).await?;
+        let read: Vec<&String> = rows_by_source.keys().collect();
+        let commit_bytes = self.commit(epoch, &entry, &read, commit).await?;
         let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.publish(epoch).await?;
         self.warn_of_late_rows(&entry, rows_in, &ran.all_late).await;
@@ -240,7 +276,7 @@ impl StreamingJob {
             .map(|(name, slot)| SourceProgress {
                 name: name.clone(),
                 rows_in: rows_of(name),
-                bad_rows: bad.get(name).map_or(0, |b| b.len() as u64),
+                bad_rows: bad_by_source.get(name).copied().unwrap_or(0),
                 watermark_ms: self.watermarks.get(name).and_then(|&w| shown_watermark(w).0),
                 backlog: slot.source.backlog(),
                 lag: slot.source.lag().into_iter().collect(),
@@ -310,12 +346,8 @@ impl StreamingJob {
         entry: &OffsetsEntry,
         input: &BTreeMap<String, SourceRows>,
     ) -> Result<BTreeMap<String, i64>> {
-        let mut watermarks_out = entry.watermarks_in.clone();
-        for (name, wm) in watermarks_out.iter_mut() {
-            if entry.drain {
-                *wm = i64::MAX;
-                continue;
-            }
+        let mut max_time = BTreeMap::new();
+        for name in entry.watermarks_in.keys() {
             let (Some(slot), Some(rows)) = (self.sources.get(name), input.get(name)) else {
                 continue;
             };
@@ -323,9 +355,7 @@ impl StreamingJob {
             // A source that knows its event-time frontier says it (a Kafka
             // source's is per partition: the least of their greatest).
             if slot.source.knows_max_time(&decl.column) {
-                if let Some(m) = rows.max_time_ms {
-                    *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
-                }
+                max_time.insert(name.clone(), rows.max_time_ms);
                 continue;
             }
             let declared = slot.source.schema().index_of(&decl.column)?;
@@ -334,11 +364,31 @@ impl StreamingJob {
                     "source '{name}' did not read its watermark column"
                 )));
             };
-            for m in rows.batch_max(idx)?.iter().flatten() {
-                *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
-            }
+            max_time.insert(name.clone(), rows.batch_max(idx)?.iter().flatten().copied().max());
         }
-        Ok(watermarks_out)
+        Ok(self.watermarks_after(entry, &max_time))
+    }
+
+    /// The watermarks after an epoch whose rows of each source reached
+    /// `max_time` (the greatest event time, `None` without rows).
+    pub(super) fn watermarks_after(
+        &self,
+        entry: &OffsetsEntry,
+        max_time: &BTreeMap<String, Option<i64>>,
+    ) -> BTreeMap<String, i64> {
+        let mut watermarks_out = entry.watermarks_in.clone();
+        for (name, wm) in watermarks_out.iter_mut() {
+            if entry.drain {
+                *wm = i64::MAX;
+                continue;
+            }
+            let (Some(slot), Some(Some(m))) = (self.sources.get(name), max_time.get(name)) else {
+                continue;
+            };
+            let Some(decl) = &slot.watermark else { continue };
+            *wm = (*wm).max(m.saturating_sub(decl.delay_ms));
+        }
+        watermarks_out
     }
 
     /// Step 4: each pipeline's plan over its sources' rows, with the
@@ -371,18 +421,7 @@ impl StreamingJob {
             some_on_time: false,
         };
         for p in &self.pipelines {
-            // The pipeline's watermarked sources, less the idle ones (unless
-            // all are idle: then nothing advances).
-            let active: BTreeSet<&String> = {
-                let mine: BTreeSet<&String> =
-                    watermarks_in.keys().filter(|s| p.sources.contains(*s)).collect();
-                let awake: BTreeSet<&String> = mine
-                    .iter()
-                    .copied()
-                    .filter(|s| !entry.idle.contains(*s))
-                    .collect();
-                if awake.is_empty() { mine } else { awake }
-            };
+            let active = active_sources(p, entry);
             let pick = |m: &BTreeMap<String, i64>| -> BTreeMap<String, i64> {
                 m.iter()
                     .filter(|(s, _)| active.contains(s))
@@ -536,10 +575,10 @@ impl StreamingJob {
         &mut self,
         epoch: u64,
         entry: &OffsetsEntry,
-        input: &BTreeMap<String, SourceRows>,
+        read: &[&String],
         mut commit: CommitEntry,
     ) -> Result<u64> {
-        for name in input.keys() {
+        for &name in read {
             if let Some(slot) = self.sources.get_mut(name) {
                 slot.last_data_ms = entry.processing_time_ms;
             }
@@ -838,6 +877,33 @@ fn kind_of(full: bool) -> StateKind {
     } else {
         StateKind::Delta
     }
+}
+
+/// The pipeline's watermarked sources, less the idle ones (unless all are
+/// idle: then nothing advances).
+fn active_sources<'a>(p: &Pipeline, entry: &'a OffsetsEntry) -> BTreeSet<&'a String> {
+    let mine: BTreeSet<&String> = entry
+        .watermarks_in
+        .keys()
+        .filter(|s| p.sources.contains(*s))
+        .collect();
+    let awake: BTreeSet<&String> = mine
+        .iter()
+        .copied()
+        .filter(|s| !entry.idle.contains(*s))
+        .collect();
+    if awake.is_empty() { mine } else { awake }
+}
+
+/// A pipeline's watermark after an epoch: the least of its active sources'.
+fn pipeline_watermark(p: &Pipeline, entry: &OffsetsEntry, watermarks_out: &BTreeMap<String, i64>) -> i64 {
+    let active = active_sources(p, entry);
+    watermarks_out
+        .iter()
+        .filter(|(s, _)| active.contains(s))
+        .map(|(_, &w)| w)
+        .min()
+        .unwrap_or(i64::MIN)
 }
 
 /// Runs a pipeline's plan over an epoch. A panic anywhere in it (in a

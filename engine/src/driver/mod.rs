@@ -67,6 +67,7 @@ mod lookup;
 mod open;
 mod options;
 mod recovery;
+mod remote_epoch;
 mod retention;
 
 use epoch::SnapshotPolicy;
@@ -106,6 +107,9 @@ struct Pipeline {
     /// The bounded tables it joins with.
     lookups: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
+    /// Whether it runs on a cluster's executors when the job runs on one
+    /// (see `remote_epoch`).
+    on_executors: bool,
 }
 
 /// A job opened on its checkpoint, ready to run.

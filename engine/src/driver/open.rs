@@ -189,7 +189,12 @@ impl StreamingJob {
                 sources: p.sources,
                 lookups: p.lookups,
                 operators,
+                on_executors: false,
             });
+        }
+        let udfs: Vec<String> = options.udfs.iter().map(|f| f.name().to_string()).collect();
+        for p in &mut pipelines {
+            p.on_executors = remote_epoch::runs_on_executors(p, &udfs);
         }
 
         let dead_letters = DeadLetters::open(

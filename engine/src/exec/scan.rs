@@ -71,6 +71,31 @@ impl StreamScanExec {
         self
     }
 
+    /// A scan of `source` whose output is `schema`, the declared columns
+    /// `projection` (all when `None`): the scan as it crosses to a cluster's
+    /// executor, which has no declaration to project.
+    pub fn with_schema(source: &str, schema: SchemaRef, projection: Option<Vec<usize>>) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            source: source.to_string(),
+            projection,
+            schema,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+            partitions: 1,
+        }
+    }
+
+    /// Its output partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
     /// The source's name.
     pub fn source(&self) -> &str {
         &self.source

@@ -150,7 +150,14 @@ pub struct FilesSource {
     /// The declared index of the watermark column, whose per-batch maxima
     /// a Parquet read computes as it decodes (`SourceBatch::time_maxima`).
     watermark: Option<usize>,
+    /// The last offset cut by `remote_whole_parts`: each file's range, the
+    /// rows its part takes, and whether that reaches the file's end.
+    remote_cut: Option<(Value, Vec<RemoteCut>)>,
 }
+
+/// A file's share of an offset cut for a remote query: its range, the rows
+/// its part takes, and whether they reach the file's end.
+type RemoteCut = (FileRange, u64, bool);
 
 /// The format a `files` table declares (`'format'`, `'csv.delimiter'`).
 pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
@@ -255,6 +262,7 @@ impl FilesSource {
             warnings: Vec::new(),
             cache: None,
             threads: 1,
+            remote_cut: None,
             watermark: decl
                 .watermark
                 .as_ref()
@@ -706,6 +714,99 @@ impl Source for FilesSource {
             self.record_read(range, taken, eof);
         }
         Ok(out)
+    }
+
+    /// A Parquet folder's parts are cut from the files' footers (their row
+    /// counts): each file from its start row for the rows the budget leaves
+    /// it, in order, as `read_batch` takes them; the files after the
+    /// budget runs out are not in this epoch. CSV and JSON files must be
+    /// read to be counted: `None`.
+    async fn remote_whole_parts(&mut self, offset: &Value) -> Result<Option<Vec<Value>>> {
+        self.check_remote()?;
+        if self.format != Format::Parquet {
+            return Ok(None);
+        }
+        let parsed = self.parse_offset(offset)?;
+        let this = &*self;
+        let store = this.loc.store();
+        let totals = futures::future::try_join_all(parsed.files.iter().map(|range| async move {
+            let this = this;
+            let (path, url) = (this.loc.path(&range.path), this.loc.url_of(&range.path));
+            let meta = store
+                .head(&path)
+                .await
+                .map_err(|e| Error::Input(format!("source '{}': {url}: {e}", this.table)))?;
+            this.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
+            let file = FileRef {
+                store,
+                path: &path,
+                size: range.size,
+                url: &url,
+                table: &this.table,
+            };
+            parquet_rows_in(&file).await
+        }))
+        .await?;
+        let mut budget = parsed.max_rows;
+        let mut cut = Vec::new();
+        let mut parts = Vec::new();
+        for (range, total) in parsed.files.into_iter().zip(totals) {
+            if budget == 0 {
+                break;
+            }
+            let left = (total as u64).saturating_sub(range.start_row);
+            let take = left.min(budget);
+            budget -= take;
+            parts.push(
+                serde_json::to_value(FilesOffset {
+                    files: vec![range.clone()],
+                    max_rows: take,
+                })
+                .map_err(|e| Error::Checkpoint(e.to_string()))?,
+            );
+            cut.push((range, take, take == left));
+        }
+        self.remote_cut = Some((offset.clone(), cut));
+        Ok(Some(parts))
+    }
+
+    fn cuts_whole_parts(&self) -> bool {
+        self.format == Format::Parquet && self.on_error == OnError::Fail
+    }
+
+    fn record_remote(&mut self, offset: &Value, rows: &[u64]) -> Result<Option<i64>> {
+        let cut = match self.remote_cut.take() {
+            Some((o, cut)) if &o == offset => cut,
+            _ => {
+                return Err(Error::Runtime(format!(
+                    "source '{}': a read made elsewhere was recorded for an offset it was not cut for",
+                    self.table
+                )));
+            }
+        };
+        if cut.len() != rows.len() {
+            return Err(Error::Runtime(format!(
+                "source '{}': {} parts were read of an offset cut in {}",
+                self.table,
+                rows.len(),
+                cut.len()
+            )));
+        }
+        for ((range, take, _), &read) in cut.iter().zip(rows) {
+            if read != *take {
+                return Err(Error::Input(format!(
+                    "source '{}': {} gave {read} rows from row {} where its footer promised {take}; \
+                     files must not change once they appear",
+                    self.table,
+                    self.loc.url_of(&range.path),
+                    range.start_row
+                )));
+            }
+        }
+        for (range, take, eof) in cut {
+            self.record_read(&range, take, eof);
+        }
+        Ok(None)
     }
 
     fn set_threads(&mut self, threads: usize) {

@@ -182,6 +182,28 @@ pub trait Source: Send + Sync {
     fn assemble_remote(&mut self, _offset: &Value, _parts: Vec<Vec<RecordBatch>>) -> Result<SourceBatch> {
         self.check_remote().map(|()| SourceBatch::default())
     }
+    /// The offset cut into parts that are each read whole, for a query run
+    /// where its parts are read ([`crate::remote::RemotePipeline`]): no row
+    /// budget cuts a part after it is read, since its rows are then already
+    /// written. `None` when the source cannot tell the parts' rows without
+    /// reading them (the driver then reads the parts and runs the query).
+    async fn remote_whole_parts(&mut self, _offset: &Value) -> Result<Option<Vec<Value>>> {
+        Ok(None)
+    }
+    /// Whether [`Source::remote_whole_parts`] can cut its offsets (so that
+    /// a query over it runs where its parts are read). By default, no.
+    fn cuts_whole_parts(&self) -> bool {
+        false
+    }
+    /// Advances progress past `offset`, read as the last
+    /// [`Source::remote_whole_parts`] cut it, from the rows each part read;
+    /// returns [`SourceBatch::max_time_ms`] as a local read would.
+    fn record_remote(&mut self, _offset: &Value, _rows: &[u64]) -> Result<Option<i64>> {
+        Err(Error::Runtime(format!(
+            "source '{}' cannot record a read made elsewhere",
+            self.name()
+        )))
+    }
 }
 
 /// Reads one part of an offset (from [`Source::remote_parts`]) of the

@@ -364,6 +364,20 @@ impl Source for NexmarkSource {
         Ok(self.advance_past(&offset, parts.into_iter().flatten().collect()))
     }
 
+    /// Every part is a range of events, generated whole.
+    async fn remote_whole_parts(&mut self, offset: &Value) -> Result<Option<Vec<Value>>> {
+        self.remote_parts(offset).map(Some)
+    }
+
+    fn cuts_whole_parts(&self) -> bool {
+        true
+    }
+
+    fn record_remote(&mut self, offset: &Value, _rows: &[u64]) -> Result<Option<i64>> {
+        let offset = self.parse_offset(offset)?;
+        Ok(self.advance_past(&offset, Vec::new()).max_time_ms)
+    }
+
     fn checkpoint(&mut self, full: bool) -> Result<Option<crate::exec::StateChange>> {
         if !full && !self.changed {
             return Ok(None);

@@ -1,0 +1,549 @@
+//! Running a stateless query on the executors (`weir run --cluster`; see
+//! `weir_engine::remote`, "A job whose every query is stateless").
+//!
+//! Each epoch of such a query is one Ballista job: a [`PipelineExec`] with
+//! one partition per part of the source's offset, over the same table of
+//! parts a [`crate::read::RemoteReadExec`] reads (so the scheduler cuts it
+//! into a task per part). A task reads its part, runs the query's own plan
+//! over the part's rows (the plan's `StreamScanExec` finds them in an
+//! `EpochInput`, as on the driver), and stages the output in the sink
+//! folder as one Parquet file named after the part and a random attempt id
+//! drawn when the task starts. It returns one row: the part, the attempt,
+//! rows in and out, the part's greatest event time, the file and its
+//! bytes. The driver keeps one row per part (the first of a part that ran
+//! twice), and names those files in the epoch's manifest: another
+//! attempt's file, even one written late by an executor thought dead, is
+//! never published.
+//!
+//! Wire form (inside DataFusion's `PhysicalExtensionNode`): `WEIR-PIPE/1\n`,
+//! the length of the read's own wire form (4 bytes, little-endian) and that
+//! form (see `read`), a JSON object (epoch, processing time, time column,
+//! sink) up to the next `\n`, then the query's plan as DataFusion's
+//! protobuf `PhysicalPlanNode`, its scan as `WEIR-SCAN/1\n`, a JSON object
+//! (source, declared columns) up to `\n`, then its schema as protobuf.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weir_engine::epoch::{EpochInput, SourceRows};
+use weir_engine::exec::StreamScanExec;
+use weir_engine::remote::{PartReport, RemotePipeline, RemoteSink};
+use weir_storage::location::Create;
+use weir_storage::{Location, ManifestFile, SinkLayout, StoreOptions, codec};
+
+use crate::read::{decode_read, encode_read, parts_table};
+
+pub(crate) const PIPE_MAGIC: &[u8] = b"WEIR-PIPE/1\n";
+pub(crate) const SCAN_MAGIC: &[u8] = b"WEIR-SCAN/1\n";
+
+/// Runs a stateless query over each part of an epoch, where it is read.
+pub struct PipelineExec {
+    /// The job; its parts are in the input.
+    job: RemotePipeline,
+    input: Arc<dyn ExecutionPlan>,
+    props: Arc<PlanProperties>,
+    /// The store settings of the process the node runs in.
+    store_options: StoreOptions,
+}
+
+impl fmt::Debug for PipelineExec {
+    // The declaration's options may hold credentials: name the table only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineExec")
+            .field("table", &self.job.read.table.name)
+            .field("epoch", &self.job.epoch)
+            .finish()
+    }
+}
+
+/// The rows a [`PipelineExec`] returns: one per part run.
+fn report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("part", DataType::UInt32, false),
+        Field::new("attempt", DataType::Utf8, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("max_time_ms", DataType::Int64, true),
+        Field::new("file", DataType::Utf8, true),
+        Field::new("staged", DataType::Utf8, true),
+        Field::new("bytes", DataType::UInt64, false),
+    ]))
+}
+
+impl PipelineExec {
+    /// The job's query over its parts, a partition each.
+    pub fn try_new(job: RemotePipeline, store_options: StoreOptions) -> DfResult<Self> {
+        let input = parts_table(&job.read.parts)?;
+        Ok(Self::over(job, input, store_options))
+    }
+
+    fn over(mut job: RemotePipeline, input: Arc<dyn ExecutionPlan>, store_options: StoreOptions) -> Self {
+        job.read.parts = Vec::new();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(report_schema()),
+            Partitioning::UnknownPartitioning(input.properties().output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            job,
+            input,
+            props: Arc::new(props),
+            store_options,
+        }
+    }
+}
+
+impl DisplayAs for PipelineExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PipelineExec: source={}, epoch={}",
+            self.job.read.table.name, self.job.epoch
+        )
+    }
+}
+
+impl ExecutionPlan for PipelineExec {
+    fn name(&self) -> &str {
+        "PipelineExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("PipelineExec has one child".into()))?;
+        Ok(Arc::new(Self::over(
+            self.job.clone(),
+            input,
+            self.store_options.clone(),
+        )))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let parts = self.input.execute(partition, Arc::clone(&context))?;
+        let job = self.job.clone();
+        let store_options = self.store_options.clone();
+        let run =
+            async move {
+                let parts: Vec<RecordBatch> = parts.try_collect().await?;
+                let mut out = Vec::new();
+                for batch in parts {
+                    let index = batch.column(0).as_primitive_opt::<UInt32Type>().ok_or_else(|| {
+                        DataFusionError::Internal("a query's parts lack their numbers".into())
+                    })?;
+                    let offsets = batch.column(1).as_string_opt::<i32>().ok_or_else(|| {
+                        DataFusionError::Internal("a query's parts lack their offsets".into())
+                    })?;
+                    for row in 0..batch.num_rows() {
+                        let part: Value = serde_json::from_str(offsets.value(row))
+                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                        out.push(run_part(&job, &store_options, &context, index.value(row), &part).await?);
+                    }
+                }
+                Ok::<_, DataFusionError>(out)
+            };
+        let stream = futures::stream::once(run).flat_map(|r| match r {
+            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(report_schema(), stream)))
+    }
+}
+
+/// `ctx` with another configuration and scalar functions.
+fn task_context(
+    ctx: &TaskContext,
+    config: datafusion::prelude::SessionConfig,
+    functions: HashMap<String, Arc<datafusion::logical_expr::ScalarUDF>>,
+) -> TaskContext {
+    TaskContext::new(
+        ctx.task_id(),
+        ctx.session_id(),
+        config,
+        functions,
+        ctx.higher_order_functions().clone(),
+        ctx.aggregate_functions().clone(),
+        ctx.window_functions().clone(),
+        ctx.runtime_env(),
+    )
+}
+
+/// A random attempt id: letters and digits, unique per task run.
+fn attempt_id() -> String {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    format!("{random:016x}")
+}
+
+/// Reads one part, runs the query over it, stages its output; its report.
+async fn run_part(
+    job: &RemotePipeline,
+    store_options: &StoreOptions,
+    context: &Arc<TaskContext>,
+    index: u32,
+    part: &Value,
+) -> DfResult<RecordBatch> {
+    let external = |e: weir_engine::Error| DataFusionError::External(Box::new(e));
+    let attempt = attempt_id();
+    let table = &job.read.table;
+    let batches = weir_engine::source::read_remote_part(table, store_options, job.read.columns.clone(), part)
+        .await
+        .map_err(external)?;
+    let rows_in: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let mut max_time: Option<i64> = None;
+    if let Some(c) = job.time_column {
+        for b in &batches {
+            if let Some(m) = weir_engine::epoch::max_millis(b.column(c))? {
+                max_time = Some(max_time.map_or(m, |x: i64| x.max(m)));
+            }
+        }
+    }
+    // The part is this task's whole epoch input.
+    let input = EpochInput {
+        epoch: job.epoch,
+        batches: HashMap::from([(
+            table.name.clone(),
+            SourceRows {
+                columns: Arc::new(job.read.columns.clone()),
+                batches: Arc::new(batches),
+                max_time_ms: None,
+                maxima: Default::default(),
+            },
+        )]),
+        processing_time_ms: job.processing_time_ms,
+        watermark_out: i64::MIN,
+        ..EpochInput::default()
+    };
+    let config = context.session_config().clone().with_extension(Arc::new(input));
+    let ctx = Arc::new(task_context(context, config, context.scalar_functions().clone()));
+    let mut output = Vec::new();
+    for p in 0..job.plan.properties().output_partitioning().partition_count() {
+        let stream = job.plan.execute(p, Arc::clone(&ctx))?;
+        output.extend(datafusion::physical_plan::common::collect(stream).await?);
+    }
+    let rows_out: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
+    let (mut file, mut staged, mut bytes) = (None, None, 0u64);
+    if let RemoteSink::Files {
+        folder,
+        writer,
+        options,
+    } = &job.sink
+        && rows_out > 0
+    {
+        let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
+        // The table's own settings over the executor's, as on the driver.
+        let settings = store_options.merged(&StoreOptions::new(options.iter().cloned()));
+        let loc = Location::open(folder, &settings, Create::No).map_err(store)?;
+        let layout = SinkLayout::new(loc.clone(), writer.clone());
+        let name = layout.final_part_name(job.epoch, index as usize);
+        let staged_name = layout.staged_part_name(job.epoch, index as usize, &attempt);
+        let meta = BTreeMap::from([("weir.epoch".to_string(), job.epoch.to_string())]);
+        let payload = codec::encode_parallel(&loc.url_of(&name), &job.plan.schema(), &output, &meta, 1)
+            .map_err(store)?;
+        bytes = payload.content_length() as u64;
+        loc.put(&staged_name, payload).await.map_err(store)?;
+        file = Some(name);
+        staged = Some(staged_name);
+    }
+    Ok(RecordBatch::try_new(
+        report_schema(),
+        vec![
+            Arc::new(UInt32Array::from(vec![index])),
+            Arc::new(StringArray::from(vec![attempt])),
+            Arc::new(UInt64Array::from(vec![rows_in])),
+            Arc::new(UInt64Array::from(vec![rows_out])),
+            Arc::new(Int64Array::from(vec![max_time])),
+            Arc::new(StringArray::from(vec![file])),
+            Arc::new(StringArray::from(vec![staged])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+        ],
+    )?)
+}
+
+/// One report per part from a job's rows: the first whole report of each
+/// part (a part that ran twice reports twice; either attempt's file holds
+/// the same rows, and only the one kept is named by the manifest).
+pub(crate) fn gather_reports(parts: usize, batches: &[RecordBatch]) -> Result<Vec<PartReport>, String> {
+    let mut out: Vec<Option<PartReport>> = vec![None; parts];
+    for b in batches {
+        if b.num_columns() != 8 {
+            return Err(format!("a report of {} columns", b.num_columns()));
+        }
+        let cols = (
+            b.column(0).as_primitive_opt::<UInt32Type>(),
+            b.column(2).as_primitive_opt::<UInt64Type>(),
+            b.column(3).as_primitive_opt::<UInt64Type>(),
+            b.column(4)
+                .as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>(),
+            b.column(5).as_string_opt::<i32>(),
+            b.column(6).as_string_opt::<i32>(),
+            b.column(7).as_primitive_opt::<UInt64Type>(),
+        );
+        let (Some(part), Some(rows_in), Some(rows_out), Some(max), Some(file), Some(staged), Some(bytes)) =
+            cols
+        else {
+            return Err("a report whose columns have the wrong types".into());
+        };
+        for row in 0..b.num_rows() {
+            let i = part.value(row) as usize;
+            let slot = out
+                .get_mut(i)
+                .ok_or_else(|| format!("a report of part {i} of {parts}"))?;
+            if slot.is_some() {
+                continue;
+            }
+            let file = (file.is_valid(row) && staged.is_valid(row)).then(|| ManifestFile {
+                name: file.value(row).to_string(),
+                rows: rows_out.value(row),
+                bytes: bytes.value(row),
+                staged: Some(staged.value(row).to_string()),
+            });
+            *slot = Some(PartReport {
+                part: i,
+                rows_in: rows_in.value(row),
+                rows_out: rows_out.value(row),
+                max_time_ms: max.is_valid(row).then(|| max.value(row)),
+                file,
+            });
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| r.ok_or_else(|| format!("no report of part {i} of {parts} came back")))
+        .collect()
+}
+
+/// The parts of a [`PipelineExec`]'s wire form after its read.
+#[derive(Serialize, Deserialize)]
+struct WireJob {
+    epoch: u64,
+    processing_time_ms: i64,
+    time_column: Option<usize>,
+    /// `None`: a blackhole; else the folder, the writer and the table's
+    /// store settings.
+    files: Option<WireFiles>,
+}
+
+/// A files sink on the wire: folder, writer, the table's store settings.
+type WireFiles = (String, String, Vec<(String, String)>);
+
+/// A `StreamScanExec`'s wire form, but for its schema.
+#[derive(Serialize, Deserialize)]
+struct WireScan {
+    source: String,
+    projection: Option<Vec<usize>>,
+    partitions: usize,
+}
+
+pub(crate) fn encode_pipeline(
+    node: &PipelineExec,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    buf: &mut Vec<u8>,
+) -> DfResult<()> {
+    let job = &node.job;
+    let mut read = Vec::new();
+    encode_read(&job.read, &mut read)?;
+    buf.extend_from_slice(PIPE_MAGIC);
+    let len = u32::try_from(read.len()).map_err(|_| DataFusionError::Internal("a read too large".into()))?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&read);
+    let wire = WireJob {
+        epoch: job.epoch,
+        processing_time_ms: job.processing_time_ms,
+        time_column: job.time_column,
+        files: match &job.sink {
+            RemoteSink::Blackhole => None,
+            RemoteSink::Files {
+                folder,
+                writer,
+                options,
+            } => Some((folder.clone(), writer.clone(), options.clone())),
+        },
+    };
+    serde_json::to_writer(&mut *buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    buf.push(b'\n');
+    let plan = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+        Arc::clone(&job.plan),
+        codec,
+        converter,
+    )?;
+    buf.extend_from_slice(&plan);
+    Ok(())
+}
+
+pub(crate) fn decode_pipeline(
+    rest: &[u8],
+    input: Arc<dyn ExecutionPlan>,
+    ctx: &TaskContext,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    store_options: StoreOptions,
+) -> DfResult<PipelineExec> {
+    let bad = |what: &str| DataFusionError::Internal(format!("a Weir query that cannot be decoded: {what}"));
+    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("no read"))?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("no read"))?) as usize;
+    let (read, rest) = rest.split_at_checked(len).ok_or_else(|| bad("a short read"))?;
+    let read = decode_read(
+        read.strip_prefix(crate::read::MAGIC)
+            .ok_or_else(|| bad("no read"))?,
+    )?;
+    let split = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no end to its description"))?;
+    let wire: WireJob = serde_json::from_slice(&rest[..split]).map_err(|_| bad("its description"))?;
+    // The query may call Weir's own functions, which the executor's
+    // registry does not hold.
+    let mut functions = ctx.scalar_functions().clone();
+    let proctime = Arc::new(weir_sql::functions::proctime());
+    functions.insert(proctime.name().to_string(), proctime);
+    let with_weir = task_context(ctx, ctx.session_config().clone(), functions);
+    let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+        &rest[split + 1..],
+        &with_weir,
+        codec,
+        converter,
+    )?;
+    let job = RemotePipeline {
+        read,
+        plan,
+        epoch: wire.epoch,
+        processing_time_ms: wire.processing_time_ms,
+        time_column: wire.time_column,
+        sink: match wire.files {
+            None => RemoteSink::Blackhole,
+            Some((folder, writer, options)) => RemoteSink::Files {
+                folder,
+                writer,
+                options,
+            },
+        },
+    };
+    Ok(PipelineExec::over(job, input, store_options))
+}
+
+pub(crate) fn encode_scan(scan: &StreamScanExec, buf: &mut Vec<u8>) -> DfResult<()> {
+    let wire = WireScan {
+        source: scan.source().to_string(),
+        projection: scan.projection().cloned(),
+        partitions: scan.partitions(),
+    };
+    buf.extend_from_slice(SCAN_MAGIC);
+    serde_json::to_writer(&mut *buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    buf.push(b'\n');
+    let proto = datafusion_proto::protobuf::Schema::try_from(scan.schema().as_ref())
+        .map_err(|e| DataFusionError::Internal(format!("encoding a scan's schema: {e}")))?;
+    proto
+        .encode(buf)
+        .map_err(|e| DataFusionError::Internal(format!("encoding a scan's schema: {e}")))
+}
+
+pub(crate) fn decode_scan(rest: &[u8]) -> DfResult<StreamScanExec> {
+    let bad = |what: String| DataFusionError::Internal(format!("a Weir scan that cannot be decoded: {what}"));
+    let split = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no end to its description".into()))?;
+    let wire: WireScan = serde_json::from_slice(&rest[..split]).map_err(|e| bad(e.to_string()))?;
+    let proto =
+        datafusion_proto::protobuf::Schema::decode(&rest[split + 1..]).map_err(|e| bad(e.to_string()))?;
+    let schema = Schema::try_from(&proto).map_err(|e| bad(e.to_string()))?;
+    Ok(
+        StreamScanExec::with_schema(&wire.source, Arc::new(schema), wire.projection)
+            .with_partitions(wire.partitions),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(part: u32, attempt: &str, rows: u64, file: Option<&str>) -> RecordBatch {
+        RecordBatch::try_new(
+            report_schema(),
+            vec![
+                Arc::new(UInt32Array::from(vec![part])),
+                Arc::new(StringArray::from(vec![attempt])),
+                Arc::new(UInt64Array::from(vec![rows])),
+                Arc::new(UInt64Array::from(vec![rows / 2])),
+                Arc::new(Int64Array::from(vec![Some(1_000 + part as i64)])),
+                Arc::new(StringArray::from(vec![
+                    file.map(|_| format!("part-{part}.parquet")),
+                ])),
+                Arc::new(StringArray::from(vec![file])),
+                Arc::new(UInt64Array::from(vec![7])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_part_that_ran_twice_is_kept_once_and_a_missing_part_is_an_error() {
+        // Part 1 came back from two attempts: the first is kept, its file
+        // named; part 2 had no output.
+        let batches = [
+            report(1, "a", 10, Some("staged-a")),
+            report(0, "c", 4, Some("staged-c")),
+            report(1, "b", 10, Some("staged-b")),
+            report(2, "d", 0, None),
+        ];
+        let got = gather_reports(3, &batches).unwrap();
+        assert_eq!(got.iter().map(|r| r.part).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let staged: Vec<Option<String>> = got
+            .iter()
+            .map(|r| r.file.as_ref().and_then(|f| f.staged.clone()))
+            .collect();
+        assert_eq!(
+            staged,
+            vec![Some("staged-c".into()), Some("staged-a".into()), None]
+        );
+        assert_eq!(got[1].rows_in, 10);
+        assert_eq!(got[1].rows_out, 5);
+        assert_eq!(got[1].max_time_ms, Some(1_001));
+        assert_eq!(got[1].file.as_ref().unwrap().name, "part-1.parquet");
+        // A part with no report must not read as a part without rows.
+        let err = gather_reports(3, &batches[..2]).unwrap_err();
+        assert!(err.contains("no report of part 2 of 3"), "{err}");
+        let err = gather_reports(1, &batches[..1]).unwrap_err();
+        assert!(err.contains("part 1 of 1"), "{err}");
+    }
+}
