@@ -447,6 +447,27 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
         )),
         "{remote_log}"
     );
+    let scheduler = c.scheduler.clone();
+    let explain = |job: &Path| {
+        let out = weir()
+            .arg("run")
+            .arg(job)
+            .args(["--explain", "--cluster", &scheduler, "--checkpoint"])
+            .arg(job.with_extension("explained.ck"))
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let plan = explain(&dir.path().join("remote.sql"));
+    assert_eq!(
+        plan.matches("-- on the cluster: runs on the executors").count(),
+        2,
+        "{plan}"
+    );
     let epochs = |log: &str| -> Vec<String> {
         // Epoch lines but for their timings: rows in and out, watermark.
         log.lines()
@@ -542,6 +563,19 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
     }
     assert!(csv_rows[0].len() > 100, "{} rows", csv_rows[0].len());
     assert_eq!(csv_rows[1], csv_rows[0]);
+    let plan = explain(&dir.path().join("csv-remote.sql"));
+    assert!(
+        plan.contains("-- on the cluster: input read on the executors, the query runs here (source 'bids' cannot be cut into parts without reading them"),
+        "{plan}"
+    );
+    // A job with state: its rows come back to the driver.
+    let windowed = dir.path().join("windowed.sql");
+    std::fs::write(&windowed, every_kind_of_job(&dir.path().join("w"), batch)).unwrap();
+    let plan = explain(&windowed);
+    assert!(
+        plan.contains("the query runs here (INSERT INTO windows cannot: it keeps state"),
+        "{plan}"
+    );
 }
 
 #[test]

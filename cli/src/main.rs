@@ -226,12 +226,13 @@ struct RunArgs {
     /// port; the address is printed on stderr.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
-    /// Read the input on a Ballista cluster: the scheduler's address
-    /// (`HOST:PORT`, from `weir cluster scheduler`). This process still
-    /// plans each epoch, runs the operators, checkpoints and commits; the
-    /// executors read and decode each epoch's files from the source's
-    /// store (which they must reach at the same path or URL).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "explain")]
+    /// Run on a Ballista cluster: the scheduler's address (`HOST:PORT`,
+    /// from `weir cluster scheduler`). The executors read and decode each
+    /// epoch's files from the source's store (which they must reach at the
+    /// same path or URL); a job of stateless queries also runs and writes
+    /// there. This process plans each epoch, runs any stateful operators,
+    /// checkpoints and commits. With `--explain`, the plan says which.
+    #[arg(long, value_name = "HOST:PORT")]
     cluster: Option<String>,
 }
 

@@ -49,6 +49,14 @@ impl StreamingJob {
                     let _ = writeln!(out, "-- source {name}: {rule}");
                 }
             }
+            if self.remote.is_some() {
+                let place = match self.why_not_on_executors() {
+                    None => "runs on the executors: each part of an epoch is read, queried and written there"
+                        .to_string(),
+                    Some(why) => format!("input read on the executors, the query runs here ({why})"),
+                };
+                let _ = writeln!(out, "-- on the cluster: {place}");
+            }
         }
         for (id, op) in &p.operators {
             let t = op.describe();

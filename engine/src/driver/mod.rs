@@ -107,9 +107,9 @@ struct Pipeline {
     /// The bounded tables it joins with.
     lookups: BTreeSet<String>,
     operators: Vec<(String, Arc<dyn StatefulOperator>)>,
-    /// Whether it runs on a cluster's executors when the job runs on one
-    /// (see `remote_epoch`).
-    on_executors: bool,
+    /// Whether it can run on a cluster's executors when the job runs on
+    /// one, or why not (see `remote_epoch`).
+    on_executors: std::result::Result<(), &'static str>,
 }
 
 /// A job opened on its checkpoint, ready to run.

@@ -189,7 +189,7 @@ impl StreamingJob {
                 sources: p.sources,
                 lookups: p.lookups,
                 operators,
-                on_executors: false,
+                on_executors: Ok(()),
             });
         }
         let udfs: Vec<String> = options.udfs.iter().map(|f| f.name().to_string()).collect();

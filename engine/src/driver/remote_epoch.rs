@@ -35,24 +35,29 @@ pub(super) struct RemoteRan {
 /// sinks or bounded tables, into a files sink that is not a changelog or a
 /// blackhole, and calling none of the functions the job was given
 /// (`udfs`; executors do not have them).
-pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> bool {
+pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::Result<(), &'static str> {
     use datafusion::common::tree_node::TreeNode;
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::coop::CooperativeExec;
     use datafusion::physical_plan::filter::FilterExec;
     use datafusion::physical_plan::projection::ProjectionExec;
-    let sink_ok = match &p.sink {
-        PipelineSink::Files(_) => !p.changelog,
-        PipelineSink::Blackhole(_) => true,
-        PipelineSink::Kafka(_) | PipelineSink::Live(_) => false,
-    };
-    if !sink_ok
-        || !p.late_sinks.is_empty()
-        || !p.lookups.is_empty()
-        || p.sources.len() != 1
-        || !p.operators.is_empty()
-    {
-        return false;
+    match &p.sink {
+        PipelineSink::Files(_) if p.changelog => return Err("its sink is a changelog"),
+        PipelineSink::Files(_) | PipelineSink::Blackhole(_) => {}
+        PipelineSink::Kafka(_) => return Err("its sink is a Kafka topic"),
+        PipelineSink::Live(_) => return Err("its rows go to this shell"),
+    }
+    if !p.operators.is_empty() {
+        return Err("it keeps state (a window, an aggregate, a join, dedup or Top-N)");
+    }
+    if !p.late_sinks.is_empty() {
+        return Err("it sends late rows to a sink");
+    }
+    if !p.lookups.is_empty() {
+        return Err("it joins a bounded table");
+    }
+    if p.sources.len() != 1 {
+        return Err("it reads more than one source");
     }
     let mut plan = Arc::clone(&p.plan);
     loop {
@@ -68,10 +73,10 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> bool {
             })
         });
         if walked.is_err() || calls_udf {
-            return false;
+            return Err("it calls a function given to this process, which executors do not have");
         }
         if plan.downcast_ref::<crate::exec::scan::StreamScanExec>().is_some() {
-            return true;
+            return Ok(());
         }
         let passes = plan.downcast_ref::<ProjectionExec>().is_some()
             || plan.downcast_ref::<FilterExec>().is_some()
@@ -79,7 +84,7 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> bool {
             || plan.downcast_ref::<CoalescePartitionsExec>().is_some();
         let children = plan.children();
         if !passes || children.len() != 1 {
-            return false;
+            return Err("its plan has a step other than filters and projections");
         }
         plan = Arc::clone(children[0]);
     }
@@ -94,8 +99,29 @@ impl StreamingJob {
     pub fn queries_run_remotely(&self) -> bool {
         self.remote.as_ref().is_some_and(|r| r.runs_pipelines())
             && !self.pipelines.is_empty()
-            && self.pipelines.iter().all(|p| p.on_executors)
-            && self.sources.values().all(|s| s.source.cuts_whole_parts())
+            && self.why_not_on_executors().is_none()
+    }
+
+    /// Why this job's queries do not run on the executors (`None` when
+    /// they do, or there is no cluster to run on).
+    pub(super) fn why_not_on_executors(&self) -> Option<String> {
+        self.remote.as_ref()?;
+        if !self.remote.as_ref().is_some_and(|r| r.runs_pipelines()) {
+            return Some("this cluster runs no queries".into());
+        }
+        for p in &self.pipelines {
+            if let Err(why) = &p.on_executors {
+                return Some(format!("{} cannot: {why}", p.sink.describe()));
+            }
+        }
+        for (name, s) in &self.sources {
+            if !s.source.cuts_whole_parts() {
+                return Some(format!(
+                    "source '{name}' cannot be cut into parts without reading them (only Parquet folders read with 'on_error' = 'fail', and the nexmark generator, can)"
+                ));
+            }
+        }
+        None
     }
 
     /// Steps 3 to 5 of an epoch on the executors. `None`, before anything
