@@ -578,6 +578,76 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
     );
 }
 
+/// The driver killed once an epoch's part files are staged and named in
+/// its manifest, but before its commit: the replay on the cluster stages
+/// other attempts, and only those are published. The first attempt's files
+/// (as a stale executor's late write would be) are never visible, and
+/// retention deletes them.
+#[test]
+fn a_stateless_epoch_replayed_after_a_crash_publishes_only_the_replays_files() {
+    let c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = twenty_files(dir.path());
+    let input = input.display().to_string();
+    let batch = "'max_files_per_batch' = '4'";
+    let local = dir.path().join("local");
+    let job = dir.path().join("local.sql");
+    std::fs::write(&job, stateless_job(&input, &local, batch)).unwrap();
+    run_job(&job, &dir.path().join("local.ck"), None, &[]).unwrap();
+
+    let out = dir.path().join("remote");
+    let job = dir.path().join("remote.sql");
+    // Retention every two epochs.
+    std::fs::write(
+        &job,
+        format!(
+            "SET 'checkpoint.retain_epochs' = '2';\n{}",
+            stateless_job(&input, &out, batch)
+        ),
+    )
+    .unwrap();
+    let ck = dir.path().join("remote.ck");
+    let killed = run_job(
+        &job,
+        &ck,
+        Some(&c.scheduler),
+        &[("WEIR_FAILPOINT", "sink-staged@2")],
+    );
+    assert!(killed.is_err(), "{killed:?}");
+    let staged = |epoch: u64| -> Vec<String> {
+        let mut names = Vec::new();
+        for writer in std::fs::read_dir(out.join("dear/_weir/pending")).unwrap() {
+            for f in std::fs::read_dir(writer.unwrap().path()).unwrap() {
+                let name = f.unwrap().file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("part-{epoch:010}-")) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        names
+    };
+    let first = staged(2);
+    assert_eq!(first.len(), 4, "one staged file per part of epoch 2: {first:?}");
+    let log = run_job(&job, &ck, Some(&c.scheduler), &[]).unwrap();
+    assert!(log.contains("resuming after epoch 1"), "{log}");
+    let want = sink_rows(&local.join("dear"));
+    assert_eq!(sink_rows(&out.join("dear")), want);
+    // Epoch 2 published four files, the replay's; the first attempt's
+    // files were staged under other names and are gone.
+    let published: Vec<String> = std::fs::read_dir(out.join("dear"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-0000000002-"))
+        .collect();
+    assert_eq!(published.len(), 4, "{published:?}");
+    let left = staged(2);
+    assert!(
+        left.iter().all(|n| !first.contains(n)),
+        "the first attempt's files are still staged: {left:?}"
+    );
+}
+
 #[test]
 fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
     let dir = tempfile::tempdir().unwrap();
