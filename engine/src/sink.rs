@@ -87,8 +87,11 @@ pub struct FileSink {
     /// Threads an epoch's file is encoded on (the job's `--threads`).
     threads: usize,
     /// The table's own store settings (`s3.` options), for writers
-    /// elsewhere.
-    store_keys: Vec<(String, String)>,
+    /// elsewhere (`Options`: its Debug hides credentials).
+    store_keys: weir_sql::Options,
+    /// Whether the folder's owner record says it holds files written in
+    /// parts (see [`weir_storage::sink::PARTS_VERSION`]).
+    parts_marked: AtomicBool,
 }
 
 /// The column of a changelog row's epoch.
@@ -172,12 +175,13 @@ impl FileSink {
                 .get("mode")
                 .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
             threads: 1,
-            store_keys: decl
-                .options
-                .iter()
-                .filter(|(k, _)| k.starts_with("s3."))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            store_keys: weir_sql::Options::new(
+                decl.options
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("s3."))
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            ),
+            parts_marked: AtomicBool::new(false),
         })
     }
 
@@ -265,17 +269,55 @@ impl FileSink {
             return Ok(None);
         }
         self.claim().await?;
+        if !self.parts_marked.load(Ordering::Relaxed) {
+            if let Some(me) = self.owner.get() {
+                me.mark_parts(self.location()).await?;
+            }
+            self.parts_marked.store(true, Ordering::Relaxed);
+        }
         Ok(Some(crate::remote::RemoteSink::Files {
             folder: self.layout.location().url().to_string(),
             writer: self.layout.writer().to_string(),
-            options: self.store_keys.clone(),
+            options: self
+                .store_keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }))
     }
 
-    /// Records an epoch whose files were staged elsewhere: its manifest
-    /// names `files` (see [`weir_storage::SinkLayout::stage_files`]).
-    pub async fn stage_remote(&self, epoch: u64, files: Vec<weir_storage::ManifestFile>) -> Result<()> {
-        Ok(self.layout.stage_files(epoch, files).await?)
+    /// Records an epoch whose files were staged elsewhere, one report per
+    /// part: its manifest names their files (see
+    /// [`weir_storage::SinkLayout::stage_files`]), once each is checked to
+    /// be this sink's, there, and whole.
+    pub async fn stage_remote(&self, epoch: u64, reports: Vec<crate::remote::PartReport>) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let mut files = Vec::with_capacity(reports.len());
+        for r in reports {
+            match r.file {
+                Some(f) => files.push((r.part, f)),
+                None if r.rows_out > 0 => {
+                    return Err(Error::Runtime(format!(
+                        "sink table '{}': part {} of epoch {epoch} wrote {} rows but reported no file",
+                        self.table, r.part, r.rows_out
+                    )));
+                }
+                None => {}
+            }
+        }
+        let checks: Vec<_> = files
+            .iter()
+            .map(|(part, f)| self.layout.check_staged(epoch, *part, f))
+            .collect();
+        futures::stream::iter(checks)
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await
+            .map_err(|e| Error::Runtime(format!("sink table '{}': {e}", self.table)))?;
+        Ok(self
+            .layout
+            .stage_files(epoch, files.into_iter().map(|(_, f)| f).collect())
+            .await?)
     }
 
     /// Deletes manifests of epochs before `epoch` (their files stay).

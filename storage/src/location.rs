@@ -309,6 +309,16 @@ impl Location {
         }
     }
 
+    /// An object's size in bytes; `None` if it does not exist.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>> {
+        let path = self.path(name);
+        match retry::run(&self.policy, || async { self.inner.head(&path).await }).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err("reading the size of", name)(e)),
+        }
+    }
+
     /// Reads a whole object that must exist.
     pub async fn get_required(&self, name: &str) -> Result<Bytes> {
         let path = self.path(name);

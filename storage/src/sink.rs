@@ -23,6 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, FORMAT_VERSION, Location, Result};
 
+/// The version of a manifest that names files written in parts (with
+/// [`ManifestFile::staged`]), and of the owner record of a folder that
+/// holds such files. A Weir before it would not know those names (it would
+/// neither publish nor roll them back), so it must refuse them: it refuses
+/// any version above its own.
+pub const PARTS_VERSION: u32 = 2;
+
 /// One output file of an epoch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ManifestFile {
@@ -94,15 +101,35 @@ impl SinkOwner {
             epoch: None,
             reason: e.to_string(),
         })?;
-        if owner.version > FORMAT_VERSION {
+        if owner.version > PARTS_VERSION {
             return Err(Error::FutureVersion {
                 url: loc.url_of(Self::NAME),
                 epoch: None,
                 found: owner.version,
-                supported: FORMAT_VERSION,
+                supported: PARTS_VERSION,
             });
         }
         Ok(Some(owner))
+    }
+
+    /// Marks the folder as holding files written in parts (its owner record
+    /// at [`PARTS_VERSION`]), before the first of them is staged, so that a
+    /// Weir that does not know them refuses the folder. `self` must be the
+    /// folder's owner.
+    pub async fn mark_parts(&self, loc: &Location) -> Result<()> {
+        if Self::read(loc).await?.is_some_and(|o| o.version >= PARTS_VERSION) {
+            return Ok(());
+        }
+        let marked = SinkOwner {
+            version: PARTS_VERSION,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec_pretty(&marked).map_err(|e| Error::Corrupt {
+            url: loc.url_of(Self::NAME),
+            epoch: None,
+            reason: e.to_string(),
+        })?;
+        loc.put(Self::NAME, Bytes::from(json)).await
     }
 
     /// Records `self` as the folder's owner unless it has one. Returns the
@@ -208,6 +235,44 @@ impl SinkLayout {
         }
     }
 
+    /// Checks a file written elsewhere for part `part` of an epoch before a
+    /// manifest names it: its names are this writer's for that part, and
+    /// the staged object is there with the size reported. A commit must
+    /// never name a file this process cannot publish (an executor that
+    /// wrote to another store than this one, or a report that lost its
+    /// file), since a committed epoch is published again on every restart.
+    pub async fn check_staged(&self, epoch: u64, part: usize, file: &ManifestFile) -> Result<()> {
+        let bad = |reason: String| Error::Corrupt {
+            url: self.loc.url_of(&file.name),
+            epoch: Some(epoch),
+            reason,
+        };
+        let name = self.final_part_name(epoch, part);
+        let Some(staged) = &file.staged else {
+            return Err(bad("a file written elsewhere has no staged name".into()));
+        };
+        let attempt = staged
+            .strip_prefix(&format!("_weir/pending/{}/{name}.", self.writer))
+            .and_then(|a| a.strip_suffix(".pending"))
+            .unwrap_or("");
+        if file.name != name || attempt.is_empty() || !attempt.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad(format!(
+                "the file reported for part {part} is named {} (staged as {staged}), not as this sink's part",
+                file.name
+            )));
+        }
+        match self.loc.size(staged).await? {
+            Some(size) if size == file.bytes => Ok(()),
+            Some(size) => Err(bad(format!(
+                "{staged} has {size} bytes where its writer reported {}",
+                file.bytes
+            ))),
+            None => Err(bad(format!(
+                "{staged} was reported written but is not in this sink folder (does every executor reach the same store as this process?)"
+            ))),
+        }
+    }
+
     /// Records an epoch whose files were written elsewhere (staged under
     /// their [`ManifestFile::staged`] names): its manifest names exactly
     /// `files`, and none when it is empty. Safe to repeat, and a replay
@@ -217,7 +282,11 @@ impl SinkLayout {
             return self.loc.delete(&self.manifest_name(epoch)).await;
         }
         let manifest = Manifest {
-            version: FORMAT_VERSION,
+            version: if files.iter().any(|f| f.staged.is_some()) {
+                PARTS_VERSION
+            } else {
+                FORMAT_VERSION
+            },
             epoch,
             files,
         };
@@ -292,12 +361,12 @@ impl SinkLayout {
             reason,
         };
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if m.version > FORMAT_VERSION {
+        if m.version > PARTS_VERSION {
             return Err(Error::FutureVersion {
                 url: self.loc.url_of(&name),
                 epoch: Some(epoch),
                 found: m.version,
-                supported: FORMAT_VERSION,
+                supported: PARTS_VERSION,
             });
         }
         if m.epoch != epoch {
@@ -587,5 +656,104 @@ mod tests {
         // An epoch with no rows in any part names no file.
         sink.stage_files(5, vec![]).await.unwrap();
         assert_eq!(sink.publish(5).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_elsewhere_is_checked_before_a_manifest_names_it() {
+        let loc = Location::open("memory://sink-check", &StoreOptions::default(), Create::Yes).unwrap();
+        let sink = SinkLayout::new(loc.clone(), "q-p0");
+        let staged = sink.staged_part_name(7, 2, "ab12");
+        loc.put(&staged, Bytes::from_static(b"12345")).await.unwrap();
+        let file = ManifestFile {
+            name: sink.final_part_name(7, 2),
+            rows: 3,
+            bytes: 5,
+            staged: Some(staged.clone()),
+        };
+        sink.check_staged(7, 2, &file).await.unwrap();
+        let refused = |f: ManifestFile, part: usize, why: &'static str| {
+            let sink = sink.clone();
+            async move {
+                let e = sink.check_staged(7, part, &f).await.unwrap_err().to_string();
+                assert!(e.contains(why), "{e}");
+            }
+        };
+        // Another part's name, another writer's, no attempt, a short file,
+        // a file that is not there.
+        refused(file.clone(), 3, "not as this sink's part").await;
+        let other = SinkLayout::new(loc.clone(), "q-p1").staged_part_name(7, 2, "ab12");
+        refused(
+            ManifestFile {
+                staged: Some(other),
+                ..file.clone()
+            },
+            2,
+            "not as this sink's part",
+        )
+        .await;
+        let bare = format!("_weir/pending/q-p0/{}..pending", file.name);
+        refused(
+            ManifestFile {
+                staged: Some(bare),
+                ..file.clone()
+            },
+            2,
+            "not as this sink's part",
+        )
+        .await;
+        refused(
+            ManifestFile {
+                bytes: 9,
+                ..file.clone()
+            },
+            2,
+            "has 5 bytes where its writer reported 9",
+        )
+        .await;
+        let missing = sink.staged_part_name(7, 2, "cd34");
+        refused(
+            ManifestFile {
+                staged: Some(missing),
+                ..file.clone()
+            },
+            2,
+            "is not in this sink folder",
+        )
+        .await;
+        refused(
+            ManifestFile {
+                staged: None,
+                ..file.clone()
+            },
+            2,
+            "has no staged name",
+        )
+        .await;
+
+        // A manifest naming staged files is written at PARTS_VERSION, which
+        // this Weir reads and a later version's is refused.
+        sink.stage_files(7, vec![file.clone()]).await.unwrap();
+        let m = sink.manifest(7).await.unwrap().unwrap();
+        assert_eq!(m.version, PARTS_VERSION);
+        let mut later = m.clone();
+        later.version = PARTS_VERSION + 1;
+        let name = "_weir/manifests/q-p0/00000000000000000007.json";
+        loc.put(name, Bytes::from(serde_json::to_vec(&later).unwrap()))
+            .await
+            .unwrap();
+        assert!(matches!(sink.manifest(7).await, Err(Error::FutureVersion { .. })));
+        // The owner record is marked once, and keeps its owner.
+        let owner = SinkOwner {
+            version: FORMAT_VERSION,
+            checkpoint: "file:///ck".into(),
+            query_id: "q".into(),
+            table: "t".into(),
+        };
+        assert_eq!(owner.claim(&loc).await.unwrap(), owner);
+        owner.mark_parts(&loc).await.unwrap();
+        let marked = SinkOwner::read(&loc).await.unwrap().unwrap();
+        assert_eq!(marked.version, PARTS_VERSION);
+        assert!(marked.same_as(&owner));
+        owner.mark_parts(&loc).await.unwrap();
     }
 }

@@ -205,6 +205,9 @@ impl StreamingJob {
         };
         let (rows_by_source, bad_by_source, watermarks_out, ran, rows_by_sink) = match on_executors {
             Some(r) => {
+                self.finish_remote_stage(epoch, &r)?;
+                self.dead_letters.stage(epoch, &BTreeMap::new()).await?;
+                self.hooks.reached(Step::SinkStaged, epoch)?;
                 let watermarks_out = self.watermarks_after(&entry, &r.max_time);
                 let ran = Executed {
                     outputs: Vec::new(),

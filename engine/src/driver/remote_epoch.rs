@@ -78,6 +78,10 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
         if plan.downcast_ref::<crate::exec::scan::StreamScanExec>().is_some() {
             return Ok(());
         }
+        // A limit needs the whole epoch's rows, not a part's.
+        if plan.fetch().is_some() {
+            return Err("its plan has a limit");
+        }
         let passes = plan.downcast_ref::<ProjectionExec>().is_some()
             || plan.downcast_ref::<FilterExec>().is_some()
             || plan.downcast_ref::<CooperativeExec>().is_some()
@@ -219,26 +223,8 @@ impl StreamingJob {
             }
             staged.push(reports);
         }
-        self.hooks.reached(Step::BeforeSink, epoch)?;
-        let mut rows_by_sink = Vec::with_capacity(self.pipelines.len());
-        for (p, reports) in self.pipelines.iter().zip(staged) {
-            let rows: u64 = reports.iter().map(|r| r.rows_out).sum();
-            match &p.sink {
-                PipelineSink::Files(f) => {
-                    // The files are written: a crash here leaves them
-                    // staged and unnamed, as a local crash mid-write does.
-                    self.hooks.reached(Step::MidSinkWrite, epoch)?;
-                    let files = reports.into_iter().filter_map(|r| r.file).collect();
-                    f.stage_remote(epoch, files).await?;
-                }
-                PipelineSink::Blackhole(b) => b.add_rows(rows),
-                PipelineSink::Kafka(_) | PipelineSink::Live(_) => {}
-            }
-            rows_by_sink.push(rows);
-        }
-        self.dead_letters.stage(epoch, &BTreeMap::new()).await?;
-        self.hooks.reached(Step::SinkStaged, epoch)?;
-        // Progress, as a local read of the same parts advances it.
+        // Progress, as a local read of the same parts advances it (an
+        // input error here rolls the epoch back, as a local read's does).
         let mut rows_in = BTreeMap::new();
         for (name, offset) in &entry.sources {
             let rows = rows_of_parts.remove(name).unwrap_or_default();
@@ -253,11 +239,38 @@ impl StreamingJob {
             }
             rows_in.insert(name.clone(), rows.iter().sum());
         }
+        // Staged files no commit names yet: checked and named in the
+        // manifests (also rolled back on error: nothing is committed).
+        let mut rows_by_sink = Vec::with_capacity(self.pipelines.len());
+        for (p, reports) in self.pipelines.iter().zip(staged) {
+            let rows: u64 = reports.iter().map(|r| r.rows_out).sum();
+            match &p.sink {
+                PipelineSink::Files(f) => f.stage_remote(epoch, reports).await?,
+                PipelineSink::Blackhole(_) | PipelineSink::Kafka(_) | PipelineSink::Live(_) => {}
+            }
+            rows_by_sink.push(rows);
+        }
         Ok(Some(RemoteRan {
             rows_in,
             max_time,
             rows_by_sink,
         }))
+    }
+
+    /// The steps after an epoch's remote run that a local run takes in
+    /// `stage` (the hooks where tests stop the process, the dead-letter
+    /// and blackhole sinks): errors here are not rolled back, as there.
+    pub(super) fn finish_remote_stage(&self, epoch: u64, ran: &RemoteRan) -> Result<()> {
+        self.hooks.reached(Step::BeforeSink, epoch)?;
+        for (p, &rows) in self.pipelines.iter().zip(&ran.rows_by_sink) {
+            match &p.sink {
+                // The files were written, and named by the manifest.
+                PipelineSink::Files(_) => self.hooks.reached(Step::MidSinkWrite, epoch)?,
+                PipelineSink::Blackhole(b) => b.add_rows(rows),
+                PipelineSink::Kafka(_) | PipelineSink::Live(_) => {}
+            }
+        }
+        Ok(())
     }
 }
 
