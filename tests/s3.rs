@@ -429,6 +429,36 @@ fn a_stateless_job_on_s3_runs_on_the_executors_exactly_once() {
     assert_no_secrets("weir run --cluster's output", &printed);
 }
 
+/// `weir query` reads a quoted `s3://` path as a table, here and on a
+/// cluster (whose executors open the bucket with their own settings), with
+/// the same answer.
+#[test]
+fn a_quoted_s3_path_is_a_table_here_and_on_a_cluster() {
+    let Some(server) = server() else { return };
+    let bucket = bucket(&server, "query");
+    let ws = Workspace::new();
+    upload_input(&server, &bucket, &ws);
+    let sql = format!(
+        "SELECT count(*) AS n, sum(price) AS s, count(DISTINCT auction) AS a FROM 's3://{bucket}/in/'"
+    );
+    let args = |cluster: Option<&str>| -> Vec<String> {
+        let mut a = vec!["query".to_string(), "--format".into(), "csv".into(), sql.clone()];
+        if let Some(c) = cluster {
+            a.extend(["--cluster".to_string(), c.to_string()]);
+        }
+        a
+    };
+    let here = weir(&ws, &server, &args(None), &[]).ok();
+    assert!(here.stdout().starts_with("n,s,a\n3000,"), "{}", here.stdout());
+    let env = env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = crate::cluster::cluster_with_env(2, &env);
+    let there = weir(&ws, &server, &args(Some(&c.scheduler)), &[]).ok();
+    assert_eq!(there.stdout(), here.stdout());
+    let printed = format!("{}{}{}", here.stderr(), there.stdout(), there.stderr());
+    assert_no_secrets("weir query's output", &printed);
+}
+
 #[test]
 fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let Some(server) = server() else { return };

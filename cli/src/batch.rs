@@ -20,21 +20,36 @@ use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
-/// A context for batch queries, with quoted paths as tables, planned for
-/// `threads` partitions (`SET threads`; 0, the default, is one per CPU).
-pub fn context(threads: usize) -> SessionContext {
+/// A context for batch queries, with quoted paths as tables (an `s3://`
+/// one opened with `env`), planned for `threads` partitions (`SET
+/// threads`; 0, the default, is one per CPU).
+pub fn context(threads: usize, env: &StoreOptions) -> SessionContext {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(crate::resolve_threads(threads));
-    SessionContext::new_with_config(config).enable_url_table()
+    with_stores(config, env)
+}
+
+/// A context whose object stores are found by Weir's registry (S3 buckets
+/// opened on first use with `env`), quoted paths as tables.
+fn with_stores(config: SessionConfig, env: &StoreOptions) -> SessionContext {
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(weir_storage::StoreRegistry::new(env.clone())))
+        .build_arc();
+    match runtime {
+        Ok(runtime) => SessionContext::new_with_config_rt(config, runtime).enable_url_table(),
+        // Building a runtime with only a registry set cannot fail today;
+        // should it, local files still work.
+        Err(_) => SessionContext::new_with_config(SessionConfig::new()).enable_url_table(),
+    }
 }
 
 /// A context for batch queries that run on a Ballista cluster: the same, with
 /// Ballista's settings (no round-robin repartitions, no view types across
 /// the wire), planned `threads` partitions wide.
-pub fn cluster_context(threads: usize) -> SessionContext {
+pub fn cluster_context(threads: usize, env: &StoreOptions) -> SessionContext {
     let config = weir_cluster::session_config(crate::resolve_threads(threads)).with_information_schema(true);
-    SessionContext::new_with_config(config).enable_url_table()
+    with_stores(config, env)
 }
 
 /// Every function name DataFusion knows, for completion.
@@ -108,7 +123,7 @@ pub async fn sink_schema(decl: &TableDecl, env: &StoreOptions) -> Result<SchemaR
     if let Some(s) = &decl.schema {
         return Ok(Arc::clone(s));
     }
-    let ctx = context(0);
+    let ctx = context(0, env);
     let table = sink_table(&ctx, decl, env).await?;
     Ok(datafusion::catalog::TableProvider::schema(&table))
 }

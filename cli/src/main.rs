@@ -597,7 +597,10 @@ fn scheduler_url(address: &str) -> Result<String> {
 async fn cluster_command(command: &ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Scheduler { bind } => {
-            let options = weir_cluster::SchedulerOptions { bind: *bind };
+            let options = weir_cluster::SchedulerOptions {
+                bind: *bind,
+                store_options: store_options_from_env()?,
+            };
             weir_cluster::run_scheduler(options, |address| {
                 // The line a supervisor (or a test) waits for.
                 outln!("weir cluster scheduler listening on {address}");

@@ -69,6 +69,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct SchedulerOptions {
     /// Where it listens for clients and executors (gRPC).
     pub bind: SocketAddr,
+    /// Settings for the stores the plans it splits name (an `s3://` table
+    /// is opened when a plan is decoded; from its own environment).
+    pub store_options: weir_storage::StoreOptions,
 }
 
 /// Runs a scheduler until the process is stopped. `ready` is called with the
@@ -92,6 +95,9 @@ pub async fn run_scheduler(options: SchedulerOptions, ready: impl FnOnce(SocketA
         // Weir's nodes (a remote read) are planned by the driver and split
         // into stages here.
         override_physical_codec: Some(Arc::new(WeirCodec::default())),
+        // Decoding a plan opens the stores its scans name: Weir's registry
+        // opens an `s3://` bucket with this process's settings.
+        override_session_builder: Some(session_builder(options.store_options.clone())),
         ..SchedulerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(options.bind)
@@ -163,18 +169,56 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         // starting all three processes at once would.
         scheduler_connect_timeout_seconds: 30,
         vcores: options.concurrency,
-        work_dir: Some(work_dir),
+        work_dir: Some(work_dir.clone()),
         // A dead executor is noticed by its missing heartbeats: every 5 s
         // here rather than Ballista's 60, so its tasks are rerun sooner.
         executor_heartbeat_interval_seconds: 5,
         print_thread_info: false,
         // Weir's nodes run here, reading with this process's own settings.
         override_physical_codec: Some(Arc::new(WeirCodec::new(options.store_options.clone()))),
+        // And so do DataFusion's own scans (`weir query --cluster` over an
+        // `s3://` table): the bucket opened with this executor's settings.
+        override_runtime_producer: Some(runtime_producer(work_dir.clone(), options.store_options.clone())),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| Error::Process(format!("the executor stopped: {e}")))
+}
+
+/// The scheduler's sessions: Ballista's, with Weir's object-store registry.
+fn session_builder(
+    store_options: weir_storage::StoreOptions,
+) -> ballista_scheduler::scheduler_server::SessionBuilder {
+    let registry = Arc::new(weir_storage::StoreRegistry::new(store_options));
+    Arc::new(move |config: SessionConfig| {
+        let state = ballista_core::utils::default_session_builder(config)?;
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::clone(&registry) as _)
+            .build_arc()?;
+        Ok(
+            datafusion::execution::SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(runtime)
+                .build(),
+        )
+    })
+}
+
+/// The runtime of an executor's tasks: Ballista's (spill files in the work
+/// folder), with Weir's object-store registry, which opens an `s3://`
+/// bucket a plan names with `store_options`.
+fn runtime_producer(
+    work_dir: String,
+    store_options: weir_storage::StoreOptions,
+) -> ballista_core::RuntimeProducer {
+    let registry = Arc::new(weir_storage::StoreRegistry::new(store_options));
+    Arc::new(move |_config: &SessionConfig| {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_temp_file_path(work_dir.clone())
+            .with_object_store_registry(Arc::clone(&registry) as _)
+            .build()?;
+        Ok(Arc::new(runtime))
+    })
 }
 
 /// Runs `plan`, planned by the caller, as one job on the scheduler at `url`

@@ -40,6 +40,7 @@ pub mod lease;
 pub mod location;
 pub mod log;
 pub mod options;
+pub mod registry;
 pub mod retry;
 pub mod sink;
 pub mod state;
@@ -49,6 +50,7 @@ mod testing;
 pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
+pub use registry::StoreRegistry;
 pub use sink::{ManifestFile, SinkLayout, SinkOwner};
 pub use state::{RestoredState, StateFile, StateKind, StateWrite};
 

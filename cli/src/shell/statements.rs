@@ -144,8 +144,8 @@ impl Shell {
     /// A context with the sinks a statement names registered.
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
         let ctx = match &self.cluster {
-            Some(_) => batch::cluster_context(self.settings.threads),
-            None => batch::context(self.settings.threads),
+            Some(_) => batch::cluster_context(self.settings.threads, &self.store_options),
+            None => batch::context(self.settings.threads, &self.store_options),
         };
         for name in self.catalog.names_in(sql)? {
             if let Some(d) = self.catalog.get(&name)
