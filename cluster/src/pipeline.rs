@@ -158,25 +158,16 @@ impl ExecutionPlan for PipelineExec {
         let parts = self.input.execute(partition, Arc::clone(&context))?;
         let job = self.job.clone();
         let store_options = self.store_options.clone();
-        let run =
-            async move {
-                let parts: Vec<RecordBatch> = parts.try_collect().await?;
-                let mut out = Vec::new();
-                for batch in parts {
-                    let index = batch.column(0).as_primitive_opt::<UInt32Type>().ok_or_else(|| {
-                        DataFusionError::Internal("a query's parts lack their numbers".into())
-                    })?;
-                    let offsets = batch.column(1).as_string_opt::<i32>().ok_or_else(|| {
-                        DataFusionError::Internal("a query's parts lack their offsets".into())
-                    })?;
-                    for row in 0..batch.num_rows() {
-                        let part: Value = serde_json::from_str(offsets.value(row))
-                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                        out.push(run_part(&job, &store_options, &context, index.value(row), &part).await?);
-                    }
+        let run = async move {
+            let parts: Vec<RecordBatch> = parts.try_collect().await?;
+            let mut out = Vec::new();
+            for batch in parts {
+                for (index, part) in crate::read::parts_in(&batch)? {
+                    out.push(run_part(&job, &store_options, &context, index, &part).await?);
                 }
-                Ok::<_, DataFusionError>(out)
-            };
+            }
+            Ok::<_, DataFusionError>(out)
+        };
         let stream = futures::stream::once(run).flat_map(|r| match r {
             Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
             Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),

@@ -96,6 +96,25 @@ fn parts_schema() -> SchemaRef {
     ]))
 }
 
+/// The parts in a batch of a [`parts_table`]: each one's number and offset.
+pub(crate) fn parts_in(batch: &RecordBatch) -> DfResult<Vec<(u32, Value)>> {
+    let index = batch
+        .column(0)
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| DataFusionError::Internal("a table of parts lacks their numbers".into()))?;
+    let offsets = batch
+        .column(1)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| DataFusionError::Internal("a table of parts lacks their offsets".into()))?;
+    (0..batch.num_rows())
+        .map(|row| {
+            let part: Value = serde_json::from_str(offsets.value(row))
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok((index.value(row), part))
+        })
+        .collect()
+}
+
 /// A table of `parts`, one row and one partition each (`part`, `offset`):
 /// an in-memory scan, which Ballista's scheduler knows how to cut into
 /// each task's partitions.
@@ -211,15 +230,7 @@ impl ExecutionPlan for RemoteReadExec {
             let parts: Vec<RecordBatch> = parts.try_collect().await?;
             let mut out = Vec::new();
             for batch in parts {
-                let index = batch.column(0).as_primitive_opt::<UInt32Type>().ok_or_else(|| {
-                    DataFusionError::Internal("a remote read's parts lack their numbers".into())
-                })?;
-                let offsets = batch.column(1).as_string_opt::<i32>().ok_or_else(|| {
-                    DataFusionError::Internal("a remote read's parts lack their offsets".into())
-                })?;
-                for row in 0..batch.num_rows() {
-                    let part: Value = serde_json::from_str(offsets.value(row))
-                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                for (row, (index, part)) in parts_in(&batch)?.into_iter().enumerate() {
                     let run = std::hash::BuildHasher::hash_one(
                         &std::collections::hash_map::RandomState::new(),
                         row,
@@ -231,7 +242,7 @@ impl ExecutionPlan for RemoteReadExec {
                     let tagged = |b: &RecordBatch, rows: Option<u64>| -> DfResult<RecordBatch> {
                         let n = b.num_rows();
                         let mut cols = b.columns().to_vec();
-                        cols.push(Arc::new(UInt32Array::from(vec![index.value(row); n])));
+                        cols.push(Arc::new(UInt32Array::from(vec![index; n])));
                         cols.push(Arc::new(UInt64Array::from(vec![run; n])));
                         cols.push(Arc::new(UInt64Array::from(vec![rows; n])));
                         Ok(RecordBatch::try_new(Arc::clone(&schema), cols)?)

@@ -718,12 +718,8 @@ impl StreamingJob {
         let mut input = BTreeMap::new();
         let mut bad = BTreeMap::new();
         for (name, offset) in &entry.sources {
-            let slot = self.sources.get_mut(name).ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "{} names source '{name}', which this job does not read",
-                    self.checkpoint.offsets.url(epoch)
-                ))
-            })?;
+            let unknown = self.unknown_source(epoch, name);
+            let slot = self.sources.get_mut(name).ok_or(unknown)?;
             let read = match &self.remote {
                 None => slot.source.read_batch(offset).await?,
                 Some(remote) => {
@@ -775,6 +771,14 @@ impl StreamingJob {
             bad.insert(name.clone(), read.bad);
         }
         Ok((input, bad))
+    }
+
+    /// The error for an offsets entry naming a source this job lacks.
+    pub(super) fn unknown_source(&self, epoch: u64, name: &str) -> Error {
+        Error::Checkpoint(format!(
+            "{} names source '{name}', which this job does not read",
+            self.checkpoint.offsets.url(epoch)
+        ))
     }
 
     /// An epoch whose input cannot be read (a bad or vanished file) is rolled

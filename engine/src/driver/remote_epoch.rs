@@ -137,12 +137,8 @@ impl StreamingJob {
         };
         let mut cuts: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
         for (name, offset) in &entry.sources {
-            let slot = self.sources.get_mut(name).ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "{} names source '{name}', which this job does not read",
-                    self.checkpoint.offsets.url(epoch)
-                ))
-            })?;
+            let unknown = self.unknown_source(epoch, name);
+            let slot = self.sources.get_mut(name).ok_or(unknown)?;
             match slot.source.remote_whole_parts(offset).await? {
                 Some(parts) => cuts.insert(name.clone(), parts),
                 None => return Ok(None),
