@@ -718,8 +718,9 @@ impl StreamingJob {
         let mut input = BTreeMap::new();
         let mut bad = BTreeMap::new();
         for (name, offset) in &entry.sources {
-            let unknown = self.unknown_source(epoch, name);
-            let slot = self.sources.get_mut(name).ok_or(unknown)?;
+            let Some(slot) = self.sources.get_mut(name) else {
+                return Err(self.unknown_source(epoch, name));
+            };
             let read = match &self.remote {
                 None => slot.source.read_batch(offset).await?,
                 Some(remote) => {

@@ -137,8 +137,9 @@ impl StreamingJob {
         };
         let mut cuts: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
         for (name, offset) in &entry.sources {
-            let unknown = self.unknown_source(epoch, name);
-            let slot = self.sources.get_mut(name).ok_or(unknown)?;
+            let Some(slot) = self.sources.get_mut(name) else {
+                return Err(self.unknown_source(epoch, name));
+            };
             match slot.source.remote_whole_parts(offset).await? {
                 Some(parts) => cuts.insert(name.clone(), parts),
                 None => return Ok(None),
