@@ -245,7 +245,10 @@ fn a_statement_may_span_lines_and_a_semicolon_in_quotes_does_not_end_it() {
     assert!(!screen.contains("error"), "an unfinished line ran:\n{screen}");
     // An error is a line or two, and the shell goes on.
     t.line("SELECT nope FROM nowhere;");
-    let screen = t.wait_for("error: ");
+    t.wait_for("error: ");
+    // The whole error is on the screen once the shell prompts again.
+    t.prompt();
+    let screen = t.screen();
     let error_lines: Vec<&str> = screen.lines().skip_while(|l| !l.starts_with("error: ")).collect();
     assert!(error_lines.len() <= 3, "{screen}");
     t.line("SELECT 1 AS one;");
@@ -342,7 +345,9 @@ fn the_history_keeps_no_statement_with_a_known_or_mistyped_secret() {
         "CREATE TABLE vault2 WITH ('connector' = 'files', 'path' = 's3://b/w/', \
          's3.secret_access_key' 'typo-secret-value');",
     );
-    let screen = t.wait_for("error: ");
+    t.wait_for("error: ");
+    t.prompt();
+    let screen = t.screen();
     let errors: Vec<&str> = screen.lines().filter(|l| l.starts_with("error: ")).collect();
     assert!(
         errors.iter().all(|l| !l.contains("typo-secret-value")),
