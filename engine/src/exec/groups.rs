@@ -3,7 +3,8 @@
 //!
 //! [`Groups`] interns group keys with DataFusion's `GroupValues` and keeps
 //! one `GroupsAccumulator` per aggregate (the adapter over a plain
-//! `Accumulator` when the function has no grouped form). Its state can be
+//! `Accumulator` when the function has no grouped form); without keys it
+//! keeps one plain `Accumulator` per aggregate. Its state can be
 //! taken out as Arrow arrays (`state()`: the intermediate form DataFusion
 //! ships between partial and final aggregation) and merged back
 //! (`merge_batch`), which is how operators checkpoint, restore, and combine
@@ -12,9 +13,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::Result;
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
@@ -63,10 +65,17 @@ impl Evaluated {
         }
     }
 
-    /// The rows at `idx` only.
+    /// The rows at `idx` only. A column several aggregates read (MAX(price)
+    /// and SUM(price)) is gathered once.
     pub fn take(&self, idx: &datafusion::arrow::array::UInt32Array) -> Result<Evaluated> {
+        let done: std::cell::RefCell<Vec<(ArrayRef, ArrayRef)>> = Default::default();
         let take = |a: &ArrayRef| -> Result<ArrayRef> {
-            Ok(datafusion::arrow::compute::take(a.as_ref(), idx, None)?)
+            if let Some((_, t)) = done.borrow().iter().find(|(from, _)| Arc::ptr_eq(from, a)) {
+                return Ok(Arc::clone(t));
+            }
+            let t = datafusion::arrow::compute::take(a.as_ref(), idx, None)?;
+            done.borrow_mut().push((Arc::clone(a), Arc::clone(&t)));
+            Ok(t)
         };
         Ok(Evaluated {
             keys: self.keys.iter().map(take).collect::<Result<_>>()?,
@@ -176,42 +185,89 @@ impl AggregateSpec {
 /// The groups of one unit of state (a window, a slice, a session, or all of
 /// an update aggregate's recent changes).
 pub struct Groups {
-    keys: Option<Box<dyn GroupValues>>,
+    accs: Accumulators,
     num_groups: usize,
-    accs: Vec<Box<dyn GroupsAccumulator>>,
     scratch: Vec<usize>,
+    /// The aggregates, to make fresh accumulators (keyless state taken out)
+    /// and grouped ones for [`Groups::states_of_rows`].
+    aggr: Vec<Arc<AggregateFunctionExpr>>,
+}
+
+/// How a unit's aggregates are kept.
+enum Accumulators {
+    /// Keyed: DataFusion's group interner and one grouped accumulator per
+    /// aggregate, as its hash aggregate keeps them.
+    Grouped {
+        keys: Box<dyn GroupValues>,
+        accs: Vec<Box<dyn GroupsAccumulator>>,
+    },
+    /// No keys (a window's one total, say): one plain accumulator per
+    /// aggregate, as DataFusion's aggregate without GROUP BY keeps them.
+    /// Their `update_batch` runs Arrow's vectorised kernels over the rows
+    /// (SUM, MAX, COUNT's null count), where a grouped accumulator walks
+    /// the rows one by one through a group index that is always 0: the
+    /// largest cost of a keyless window's fold (`benches/tumble.sh`).
+    Single(Vec<Box<dyn Accumulator>>),
+}
+
+fn grouped_accumulators(aggr: &[Arc<AggregateFunctionExpr>]) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+    aggr.iter()
+        .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+            if a.groups_accumulator_supported() {
+                a.create_groups_accumulator()
+            } else {
+                let a = Arc::clone(a);
+                Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                    a.create_accumulator()
+                })))
+            }
+        })
+        .collect()
+}
+
+fn plain_accumulators(aggr: &[Arc<AggregateFunctionExpr>]) -> Result<Vec<Box<dyn Accumulator>>> {
+    aggr.iter().map(|a| a.create_accumulator()).collect()
+}
+
+/// `array` as `data_type` (a plain accumulator's scalar may come back in
+/// a form other than the declared one, a dictionary or a view, say).
+fn as_type(array: ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == data_type {
+        Ok(array)
+    } else {
+        Ok(cast(&array, data_type)?)
+    }
+}
+
+/// Rows of `args` where `filter` is true (null counts as false).
+fn filtered(args: &[ArrayRef], filter: Option<&ArrayRef>) -> Result<Vec<ArrayRef>> {
+    match filter {
+        None => Ok(args.to_vec()),
+        Some(f) => {
+            let f = f.as_boolean();
+            args.iter()
+                .map(|a| Ok(datafusion::arrow::compute::filter(a.as_ref(), f)?))
+                .collect()
+        }
+    }
 }
 
 impl Groups {
     /// Empty groups for a spec.
     pub fn new(spec: &AggregateSpec) -> Result<Self> {
-        let keys = if spec.key_schema.fields().is_empty() {
-            None
+        let accs = if spec.key_schema.fields().is_empty() {
+            Accumulators::Single(plain_accumulators(&spec.aggr)?)
         } else {
-            Some(new_group_values(
-                Arc::clone(&spec.key_schema),
-                &GroupOrdering::None,
-            )?)
+            Accumulators::Grouped {
+                keys: new_group_values(Arc::clone(&spec.key_schema), &GroupOrdering::None)?,
+                accs: grouped_accumulators(&spec.aggr)?,
+            }
         };
-        let accs = spec
-            .aggr
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.groups_accumulator_supported() {
-                    a.create_groups_accumulator()
-                } else {
-                    let a = Arc::clone(a);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        a.create_accumulator()
-                    })))
-                }
-            })
-            .collect::<Result<_>>()?;
         Ok(Self {
-            keys,
-            num_groups: 0,
             accs,
+            num_groups: 0,
             scratch: Vec::new(),
+            aggr: spec.aggr.clone(),
         })
     }
 
@@ -225,35 +281,13 @@ impl Groups {
         self.num_groups == 0
     }
 
-    /// Interns keys, returning each row's group index in `self.scratch`.
-    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<()> {
-        self.scratch.clear();
-        match &mut self.keys {
-            Some(k) => {
-                k.intern(keys, &mut self.scratch)?;
-                self.num_groups = k.len();
-            }
-            None => {
-                self.scratch.resize(rows, 0);
-                if rows > 0 {
-                    self.num_groups = 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Without keys, makes the one group exist even with no input rows: the
     /// aggregate of an empty table is one row (COUNT 0, SUM NULL), as in
     /// batch SQL. `empty` is the evaluation of a zero-row input.
-    pub fn ensure_keyless_group(&mut self, empty: &Evaluated) -> Result<()> {
-        if self.keys.is_some() || self.num_groups > 0 {
-            return Ok(());
-        }
-        self.num_groups = 1;
-        for (i, acc) in self.accs.iter_mut().enumerate() {
-            // No rows, one group: the accumulator sizes its state for it.
-            acc.update_batch(&empty.args[i], &[], None, 1)?;
+    pub fn ensure_keyless_group(&mut self, _empty: &Evaluated) -> Result<()> {
+        if let Accumulators::Single(_) = self.accs {
+            // A fresh plain accumulator is the aggregate of no rows.
+            self.num_groups = 1;
         }
         Ok(())
     }
@@ -263,10 +297,22 @@ impl Groups {
         if input.rows == 0 {
             return Ok(());
         }
-        self.intern(&input.keys, input.rows)?;
-        for (i, acc) in self.accs.iter_mut().enumerate() {
-            let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
-            acc.update_batch(&input.args[i], &self.scratch, filter.as_ref(), self.num_groups)?;
+        match &mut self.accs {
+            Accumulators::Grouped { keys, accs } => {
+                self.scratch.clear();
+                keys.intern(&input.keys, &mut self.scratch)?;
+                self.num_groups = keys.len();
+                for (i, acc) in accs.iter_mut().enumerate() {
+                    let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
+                    acc.update_batch(&input.args[i], &self.scratch, filter.as_ref(), self.num_groups)?;
+                }
+            }
+            Accumulators::Single(accs) => {
+                self.num_groups = 1;
+                for (i, acc) in accs.iter_mut().enumerate() {
+                    acc.update_batch(&filtered(&input.args[i], input.filters[i].as_ref())?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -274,14 +320,22 @@ impl Groups {
     /// Each input row as a partial state of its own (DataFusion's
     /// `convert_to_state`: COUNT's 1, SUM's value, ...), without grouping.
     pub fn states_of_rows(&self, input: &Evaluated) -> Result<Vec<Vec<ArrayRef>>> {
-        self.accs
-            .iter()
-            .enumerate()
-            .map(|(i, acc)| {
-                let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
-                acc.convert_to_state(&input.args[i], filter.as_ref())
-            })
-            .collect()
+        let convert = |i: usize, acc: &dyn GroupsAccumulator| {
+            let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
+            acc.convert_to_state(&input.args[i], filter.as_ref())
+        };
+        match &self.accs {
+            Accumulators::Grouped { accs, .. } => accs
+                .iter()
+                .enumerate()
+                .map(|(i, acc)| convert(i, acc.as_ref()))
+                .collect(),
+            Accumulators::Single(_) => grouped_accumulators(&self.aggr)?
+                .iter()
+                .enumerate()
+                .map(|(i, acc)| convert(i, acc.as_ref()))
+                .collect(),
+        }
     }
 
     /// Merges partial states (one row per key) in; returns each row's group.
@@ -289,40 +343,81 @@ impl Groups {
         if rows == 0 {
             return Ok(vec![]);
         }
-        self.intern(keys, rows)?;
-        for (acc, s) in self.accs.iter_mut().zip(states) {
-            acc.merge_batch(s, &self.scratch, self.num_groups)?;
+        match &mut self.accs {
+            Accumulators::Grouped { keys: values, accs } => {
+                self.scratch.clear();
+                values.intern(keys, &mut self.scratch)?;
+                self.num_groups = values.len();
+                for (acc, s) in accs.iter_mut().zip(states) {
+                    acc.merge_batch(s, &self.scratch, self.num_groups)?;
+                }
+                Ok(self.scratch.clone())
+            }
+            Accumulators::Single(accs) => {
+                self.num_groups = 1;
+                for (acc, s) in accs.iter_mut().zip(states) {
+                    acc.merge_batch(s)?;
+                }
+                Ok(vec![0; rows])
+            }
         }
-        Ok(self.scratch.clone())
     }
 
     /// Takes the keys and partial states out, leaving the groups empty.
     pub fn take_state(&mut self) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
-        let keys = match &mut self.keys {
-            Some(k) => k.emit(EmitTo::All)?,
-            None => vec![],
-        };
-        let states = self
-            .accs
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<Result<_>>()?;
-        self.num_groups = 0;
-        Ok((keys, states))
+        let n = std::mem::take(&mut self.num_groups);
+        match &mut self.accs {
+            Accumulators::Grouped { keys, accs } => {
+                let keys = keys.emit(EmitTo::All)?;
+                let states = accs
+                    .iter_mut()
+                    .map(|a| a.state(EmitTo::All))
+                    .collect::<Result<_>>()?;
+                Ok((keys, states))
+            }
+            Accumulators::Single(accs) => {
+                // Taking state may leave an accumulator spent (a DISTINCT
+                // one hands its set over): start afresh.
+                let mut spent = std::mem::replace(accs, plain_accumulators(&self.aggr)?);
+                let states = spent
+                    .iter_mut()
+                    .zip(&self.aggr)
+                    .map(|(acc, a)| {
+                        let fields = a.state_fields()?;
+                        let values = acc.state()?;
+                        values
+                            .into_iter()
+                            .zip(fields.iter())
+                            .map(|(v, f)| as_type(v.to_array_of_size(n)?, f.data_type()))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((vec![], states))
+            }
+        }
     }
 
     /// Takes the keys and final values out.
     pub fn evaluate(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let keys = match &mut self.keys {
-            Some(k) => k.emit(EmitTo::All)?,
-            None => vec![],
-        };
-        let values = self
-            .accs
-            .iter_mut()
-            .map(|a| a.evaluate(EmitTo::All))
-            .collect::<Result<_>>()?;
-        Ok((keys, values))
+        let n = self.num_groups;
+        match &mut self.accs {
+            Accumulators::Grouped { keys, accs } => {
+                let keys = keys.emit(EmitTo::All)?;
+                let values = accs
+                    .iter_mut()
+                    .map(|a| a.evaluate(EmitTo::All))
+                    .collect::<Result<_>>()?;
+                Ok((keys, values))
+            }
+            Accumulators::Single(accs) => {
+                let values = accs
+                    .iter_mut()
+                    .zip(&self.aggr)
+                    .map(|(acc, a)| as_type(acc.evaluate()?.to_array_of_size(n)?, a.field().data_type()))
+                    .collect::<Result<_>>()?;
+                Ok((vec![], values))
+            }
+        }
     }
 
     /// The state as rows `(keys..., states...)`, leaving these groups

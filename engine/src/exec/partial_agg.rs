@@ -64,7 +64,7 @@ enum Unit {
     /// unit gets a table of its own, keyed by the query's keys alone, as
     /// the window aggregate keeps its units: rows mostly come in time
     /// order, so a batch's units are found by comparing neighbours
-    /// (`split_runs`), and a keyless unit needs no hashing at all.
+    /// (`UnitRuns`), and a keyless unit needs no hashing at all.
     Window {
         start: Arc<dyn PhysicalExpr>,
         end: Arc<dyn PhysicalExpr>,

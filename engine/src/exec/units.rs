@@ -43,61 +43,95 @@ pub struct WindowAggregateParams {
     pub schema: SchemaRef,
 }
 
-/// The rows of one unit in a batch.
-#[derive(Debug, PartialEq)]
-pub enum UnitRows {
-    /// Rows `start..end`, all the unit has: a slice, no copy.
-    Range(usize, usize),
-    /// Rows in several runs, in order.
-    Scattered(Vec<u32>),
+/// A batch's rows split by window unit: each unit's runs (maximal stretches
+/// of neighbouring rows of that unit), in row order. Rows mostly come in
+/// time order, so a unit's rows are mostly one run; out-of-order rows near
+/// a window's edge break it into a few.
+pub struct UnitRuns {
+    /// `(end, start)` of each unit, in order of first row.
+    units: Vec<(i64, i64)>,
+    /// Each unit's first and last run (indices into `runs`).
+    ends: Vec<(u32, u32)>,
+    /// Runs: rows `start..end` and the unit's next run (`u32::MAX`: none).
+    runs: Vec<(u32, u32, u32)>,
 }
 
-impl UnitRows {
-    /// The row indices.
-    pub fn indices(self) -> Vec<u32> {
-        match self {
-            UnitRows::Range(a, b) => (a as u32..b as u32).collect(),
-            UnitRows::Scattered(v) => v,
+impl UnitRuns {
+    /// The runs of `starts` and `ends` (ms).
+    pub fn of(starts: &[i64], ends: &[i64]) -> Self {
+        let mut out = UnitRuns {
+            units: Vec::new(),
+            ends: Vec::new(),
+            runs: Vec::new(),
+        };
+        let mut index: HashMap<(i64, i64), u32> = HashMap::new();
+        // The last two units seen: runs mostly alternate between a window
+        // and its neighbour, found here without hashing.
+        let mut recent: [(i64, i64, u32); 2] = [(i64::MIN, i64::MIN, u32::MAX); 2];
+        let n = starts.len().min(ends.len());
+        let mut i = 0;
+        while i < n {
+            let unit = (ends[i], starts[i]);
+            let mut j = i + 1;
+            while j < n && ends[j] == unit.0 && starts[j] == unit.1 {
+                j += 1;
+            }
+            let u = if (recent[0].0, recent[0].1) == unit {
+                recent[0].2
+            } else if (recent[1].0, recent[1].1) == unit {
+                recent.swap(0, 1);
+                recent[0].2
+            } else {
+                let next = out.units.len() as u32;
+                let u = *index.entry(unit).or_insert(next);
+                if u == next {
+                    out.units.push(unit);
+                    out.ends.push((u32::MAX, u32::MAX));
+                }
+                recent[1] = recent[0];
+                recent[0] = (unit.0, unit.1, u);
+                u
+            };
+            let run = out.runs.len() as u32;
+            out.runs.push((i as u32, j as u32, u32::MAX));
+            let (first, last) = &mut out.ends[u as usize];
+            if *first == u32::MAX {
+                *first = run;
+            } else {
+                out.runs[*last as usize].2 = run;
+            }
+            *last = run;
+            i = j;
         }
+        out
+    }
+
+    /// The units with their runs, in order of first row.
+    pub fn iter(&self) -> impl Iterator<Item = ((i64, i64), impl Iterator<Item = (usize, usize)> + '_)> + '_ {
+        self.units.iter().zip(&self.ends).map(|(&unit, &(first, _))| {
+            let runs = std::iter::successors(Some(first), |&r| {
+                let next = self.runs[r as usize].2;
+                (next != u32::MAX).then_some(next)
+            })
+            .map(|r| {
+                let (a, b, _) = self.runs[r as usize];
+                (a as usize, b as usize)
+            });
+            (unit, runs)
+        })
     }
 }
 
-/// Rows of a batch split by unit, (end, start), in order of first row.
-/// Rows mostly come in time order, so a unit's rows are mostly one run:
-/// runs are found by comparing neighbours, and only a unit that comes back
-/// after another one gets a list of indices.
-pub fn split_runs(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), UnitRows)> {
-    let mut parts: Vec<((i64, i64), UnitRows)> = Vec::new();
-    let mut index: HashMap<(i64, i64), usize> = HashMap::new();
-    let n = starts.len().min(ends.len());
-    let mut i = 0;
-    while i < n {
-        let unit = (ends[i], starts[i]);
-        let mut j = i + 1;
-        while j < n && ends[j] == unit.0 && starts[j] == unit.1 {
-            j += 1;
-        }
-        match index.entry(unit) {
-            datafusion::common::hash_map::Entry::Vacant(v) => {
-                v.insert(parts.len());
-                parts.push((unit, UnitRows::Range(i, j)));
-            }
-            datafusion::common::hash_map::Entry::Occupied(o) => {
-                let rows = &mut parts[*o.get()].1;
-                let mut indices = std::mem::replace(rows, UnitRows::Scattered(Vec::new())).indices();
-                indices.extend(i as u32..j as u32);
-                *rows = UnitRows::Scattered(indices);
-            }
-        }
-        i = j;
-    }
-    parts
-}
+/// A run at least this long is folded as a slice of the batch (no copy)
+/// even when its unit has other rows; shorter runs of a unit are gathered
+/// and folded together. Folding costs a call per aggregate (and a key
+/// lookup when keyed); gathering, a copy of each argument per row.
+const SLICE_RUN: usize = 256;
 
-/// Folds a batch's evaluated rows unit by unit (see [`split_runs`]):
+/// Folds a batch's evaluated rows unit by unit (see [`UnitRuns`]):
 /// `fold((end, start), rows)` for each unit of `starts` and `ends` (ms), in
-/// order of first row, the rows a slice when they are one run, else
-/// gathered.
+/// order of first row, a unit's rows in their order: a long run as a slice,
+/// short ones gathered.
 pub fn fold_by_unit(
     starts: &ArrayRef,
     ends: &ArrayRef,
@@ -105,25 +139,45 @@ pub fn fold_by_unit(
     mut fold: impl FnMut((i64, i64), &Evaluated) -> Result<()>,
 ) -> Result<()> {
     let n = evaluated.rows;
-    let parts = split_runs(
+    let units = UnitRuns::of(
         starts.as_primitive::<Int64Type>().values(),
         ends.as_primitive::<Int64Type>().values(),
     );
-    for (unit, rows) in parts {
-        match rows {
-            UnitRows::Range(0, end) if end == n => fold(unit, evaluated)?,
-            UnitRows::Range(start, end) => fold(unit, &evaluated.slice(start, end - start))?,
-            UnitRows::Scattered(rows) => fold(unit, &evaluated.take(&UInt32Array::from(rows))?)?,
+    let mut gathered: Vec<u32> = Vec::new();
+    for (unit, runs) in units.iter() {
+        for (a, b) in runs {
+            if b - a < SLICE_RUN {
+                gathered.extend(a as u32..b as u32);
+                continue;
+            }
+            if !gathered.is_empty() {
+                fold(
+                    unit,
+                    &evaluated.take(&UInt32Array::from(std::mem::take(&mut gathered)))?,
+                )?;
+            }
+            if a == 0 && b == n {
+                fold(unit, evaluated)?;
+            } else {
+                fold(unit, &evaluated.slice(a, b - a))?;
+            }
+        }
+        if !gathered.is_empty() {
+            fold(
+                unit,
+                &evaluated.take(&UInt32Array::from(std::mem::take(&mut gathered)))?,
+            )?;
         }
     }
     Ok(())
 }
 
-/// Rows of a batch split by unit: (end, start) → row indices.
+/// Rows of a batch split by unit: (end, start) → row indices, in order of
+/// first row.
 pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {
-    split_runs(starts, ends)
-        .into_iter()
-        .map(|(unit, rows)| (unit, rows.indices()))
+    UnitRuns::of(starts, ends)
+        .iter()
+        .map(|(unit, runs)| (unit, runs.flat_map(|(a, b)| a as u32..b as u32).collect()))
         .collect()
 }
 
@@ -182,26 +236,27 @@ pub fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
 mod tests {
     use super::*;
 
-    /// Runs become ranges; a unit that comes back becomes indices; every
-    /// row lands in its unit once, in order, as a plain grouping gives.
+    /// Each unit's runs, in row order; every row lands in its unit once,
+    /// in order, as a plain grouping gives.
     #[test]
     fn rows_split_into_runs_and_units() {
         let starts = [0, 0, 10, 10, 0, 20, 20, 10];
         let ends = [10, 10, 20, 20, 10, 30, 30, 20];
-        let parts = split_runs(&starts, &ends);
+        type Runs = Vec<((i64, i64), Vec<(usize, usize)>)>;
+        let runs: Runs = UnitRuns::of(&starts, &ends)
+            .iter()
+            .map(|(u, r)| (u, r.collect()))
+            .collect();
         assert_eq!(
-            parts,
+            runs,
             vec![
-                ((10, 0), UnitRows::Scattered(vec![0, 1, 4])),
-                ((20, 10), UnitRows::Scattered(vec![2, 3, 7])),
-                ((30, 20), UnitRows::Range(5, 7)),
+                ((10, 0), vec![(0, 2), (4, 5)]),
+                ((20, 10), vec![(2, 4), (7, 8)]),
+                ((30, 20), vec![(5, 7)]),
             ]
         );
-        assert_eq!(
-            split_runs(&[5; 4], &[6; 4]),
-            vec![((6, 5), UnitRows::Range(0, 4))]
-        );
-        assert!(split_runs(&[], &[]).is_empty());
+        assert_eq!(split_by_unit(&[5; 4], &[6; 4]), vec![((6, 5), vec![0, 1, 2, 3])]);
+        assert!(split_by_unit(&[], &[]).is_empty());
         // Against a plain grouping, over pseudo-random units.
         let mut x = 7u64;
         let units: Vec<i64> = (0..1000)
@@ -219,5 +274,61 @@ mod tests {
             }
         }
         assert_eq!(split_by_unit(&units, &ends), plain);
+    }
+
+    /// Folding by unit hands each unit all its rows once, in row order,
+    /// whether a run is sliced (long) or gathered (short).
+    #[test]
+    fn each_unit_is_folded_its_rows_in_order() {
+        use datafusion::arrow::array::Int64Array;
+        // Units 0..3 in runs of pseudo-random lengths, some long.
+        let mut x = 11u64;
+        let mut units = Vec::new();
+        while units.len() < 5000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let unit = ((x >> 60) % 3) as i64;
+            let len = if (x >> 40).is_multiple_of(4) {
+                300 + (x >> 20) % 200
+            } else {
+                1 + (x >> 20) % 20
+            };
+            units.extend(std::iter::repeat_n(unit, len as usize));
+        }
+        let n = units.len();
+        let starts: ArrayRef = Arc::new(Int64Array::from(units.clone()));
+        let ends: ArrayRef = Arc::new(Int64Array::from(units.iter().map(|u| u + 1).collect::<Vec<_>>()));
+        let rows: ArrayRef = Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>()));
+        let evaluated = Evaluated {
+            keys: vec![],
+            args: vec![vec![Arc::clone(&rows)], vec![rows]],
+            filters: vec![None, None],
+            rows: n,
+        };
+        let mut folded: Vec<((i64, i64), Vec<i64>)> = Vec::new();
+        let mut calls = 0;
+        fold_by_unit(&starts, &ends, &evaluated, |unit, input| {
+            calls += 1;
+            assert_eq!(input.args[0][0].len(), input.rows);
+            let got = input.args[1][0].as_primitive::<Int64Type>().values().to_vec();
+            assert_eq!(
+                input.args[0][0].as_primitive::<Int64Type>().values().to_vec(),
+                got
+            );
+            match folded.iter_mut().find(|(u, _)| *u == unit) {
+                Some((_, rows)) => rows.extend(got),
+                None => folded.push((unit, got)),
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut plain: Vec<((i64, i64), Vec<i64>)> = Vec::new();
+        for (i, &u) in units.iter().enumerate() {
+            match plain.iter_mut().find(|(k, _)| *k == (u + 1, u)) {
+                Some((_, rows)) => rows.push(i as i64),
+                None => plain.push(((u + 1, u), vec![i as i64])),
+            }
+        }
+        assert_eq!(folded, plain);
+        assert!(calls > 3, "long runs are folded on their own");
     }
 }

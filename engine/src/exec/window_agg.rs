@@ -39,7 +39,7 @@ use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{
-    GroupColumn, WindowAggregateParams, constant_time, fold_by_unit, split_by_unit, take_batch,
+    GroupColumn, UnitRuns, WindowAggregateParams, constant_time, fold_by_unit, split_by_unit, take_batch,
 };
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -304,12 +304,17 @@ impl WindowAggState {
         let starts = batch.column(0).as_primitive::<Int64Type>().values();
         let ends = batch.column(1).as_primitive::<Int64Type>().values();
         let mut inner = self.shards.lock(shard);
-        for (unit, rows) in split_by_unit(starts, ends) {
-            let part = take_batch(batch, &UInt32Array::from(rows))?;
-            let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
-            let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
-            self.live_unit(&mut inner, unit)?
-                .merge(&keys, &states, part.num_rows())?;
+        // A partial batch holds each unit's rows in a run or a few (one row
+        // per window without keys): each run is merged as a slice, not
+        // gathered (a thousand windows an epoch made a thousand copies).
+        for (unit, runs) in UnitRuns::of(starts, ends).iter() {
+            for (a, b) in runs {
+                let part = batch.slice(a, b - a);
+                let keys: Vec<ArrayRef> = part.columns()[2..2 + n_keys].to_vec();
+                let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
+                self.live_unit(&mut inner, unit)?
+                    .merge(&keys, &states, part.num_rows())?;
+            }
         }
         Ok(())
     }

@@ -365,9 +365,9 @@ pub fn on_time_rows(
         let base = c * 64;
         let has_null = nulls.is_some_and(|b| b.slice(base, chunk.len()).null_count() > 0);
         if !has_null {
-            let least = chunk.iter().copied().min().unwrap_or(i64::MAX);
+            let (least, most) = min_max(chunk);
             let after = match delay {
-                Some(d) => watermark.max(chunk.iter().copied().max().unwrap_or(i64::MIN).saturating_sub(d)),
+                Some(d) => watermark.max(most.saturating_sub(d)),
                 None => watermark,
             };
             if least >= after.min(cap) {
@@ -401,6 +401,32 @@ pub fn on_time_rows(
     (keep, watermark, all_on_time)
 }
 
+/// The least and greatest of `values` (`i64::MAX`, `i64::MIN` when empty),
+/// in one pass over four independent lanes: the portable x86-64 target has
+/// no vector min/max of 64-bit integers, and two plain `min()`/`max()`
+/// folds are each one chain of dependent compares (measured: 7% of a
+/// tumbling COUNT/MAX/SUM over Parquet, `benches/tumble.sh`).
+#[inline]
+fn min_max(values: &[i64]) -> (i64, i64) {
+    let mut lo = [i64::MAX; 4];
+    let mut hi = [i64::MIN; 4];
+    let mut quads = values.chunks_exact(4);
+    for q in &mut quads {
+        for k in 0..4 {
+            lo[k] = lo[k].min(q[k]);
+            hi[k] = hi[k].max(q[k]);
+        }
+    }
+    for &v in quads.remainder() {
+        lo[0] = lo[0].min(v);
+        hi[0] = hi[0].max(v);
+    }
+    (
+        lo[0].min(lo[1]).min(lo[2].min(lo[3])),
+        hi[0].max(hi[1]).max(hi[2].max(hi[3])),
+    )
+}
+
 /// An event-time column as milliseconds (floor), whatever its unit.
 pub fn to_millis(col: &ArrayRef) -> Result<ArrayRef> {
     Ok(match col.data_type() {
@@ -413,6 +439,25 @@ pub fn to_millis(col: &ArrayRef) -> Result<ArrayRef> {
 mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
+
+    #[test]
+    fn min_max_is_the_least_and_greatest() {
+        assert_eq!(min_max(&[]), (i64::MAX, i64::MIN));
+        let mut x = 3u64;
+        for n in 0..70 {
+            let v: Vec<i64> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    x as i64 >> 3
+                })
+                .collect();
+            let want = (
+                v.iter().copied().min().unwrap_or(i64::MAX),
+                v.iter().copied().max().unwrap_or(i64::MIN),
+            );
+            assert_eq!(min_max(&v), want, "{v:?}");
+        }
+    }
     use datafusion::arrow::datatypes::{Field, Schema};
 
     fn schemas() -> (SchemaRef, SchemaRef) {
