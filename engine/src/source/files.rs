@@ -309,8 +309,53 @@ impl FilesSource {
         ));
     }
 
-    /// Checks that a file is still what the offset says it was when its
-    /// epoch was logged (size and modification time).
+    /// How many rows each of an offset's Parquet files has (from its
+    /// footer, once the file is checked to be as planned), in order, for
+    /// the files the row budget reaches: the files after those are left
+    /// out, unread, as the one-by-one loop of `read_batch` leaves them (a
+    /// folder of a thousand files costs no thousand requests an epoch, and
+    /// a file the budget does not reach cannot fail the epoch whatever the
+    /// thread count). Footers are read in waves of 1, 2, 4, ... at once; a
+    /// file's error counts only if the budget reaches it.
+    async fn rows_within_budget(&self, offset: &FilesOffset) -> Result<Vec<usize>> {
+        let store = self.loc.store();
+        let mut totals = Vec::new();
+        let mut left = offset.max_rows as usize;
+        let mut wave = 1;
+        while totals.len() < offset.files.len() && left > 0 {
+            let from = totals.len();
+            let to = offset.files.len().min(from + wave);
+            let rows = futures::future::join_all(offset.files[from..to].iter().map(|range| async move {
+                let (path, url) = (self.loc.path(&range.path), self.loc.url_of(&range.path));
+                let meta = store
+                    .head(&path)
+                    .await
+                    .map_err(|e| Error::Input(format!("source '{}': {url}: {e}", self.table)))?;
+                self.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
+                let file = FileRef {
+                    store,
+                    path: &path,
+                    size: range.size,
+                    url: &url,
+                    table: &self.table,
+                };
+                parquet_rows_in(&file).await
+            }))
+            .await;
+            for (range, total) in offset.files[from..to].iter().zip(rows) {
+                if left == 0 {
+                    break;
+                }
+                // A file's error counts only if the budget reaches it.
+                let total = total?;
+                left = left.saturating_sub(total.saturating_sub(range.start_row as usize));
+                totals.push(total);
+            }
+            wave *= 2;
+        }
+        Ok(totals)
+    }
+
     /// Decodes an epoch's Parquet ranges at once, each on its own task,
     /// reading from each exactly the rows the one-by-one loop of
     /// `read_batch` would (their footers say how many each has, and the
@@ -326,25 +371,7 @@ impl FilesSource {
             .iter()
             .map(|r| (self.loc.path(&r.path), self.loc.url_of(&r.path)))
             .collect();
-        // Each file as it was planned, and its rows.
-        let totals = futures::future::try_join_all(offset.files.iter().zip(&files).map(
-            |(range, (path, url))| async move {
-                let meta = store
-                    .head(path)
-                    .await
-                    .map_err(|e| Error::Input(format!("source '{}': {url}: {e}", self.table)))?;
-                self.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
-                let file = FileRef {
-                    store,
-                    path,
-                    size: range.size,
-                    url,
-                    table: &self.table,
-                };
-                parquet_rows_in(&file).await
-            },
-        ))
-        .await?;
+        let totals = self.rows_within_budget(offset).await?;
         let mut budget = offset.max_rows as usize;
         let mut tasks = Vec::with_capacity(offset.files.len());
         for ((range, (path, url)), total) in offset.files.iter().zip(files).zip(totals) {
@@ -391,6 +418,8 @@ impl FilesSource {
         Ok(out)
     }
 
+    /// Checks that a file is still what the offset says it was when its
+    /// epoch was logged (size and modification time).
     fn check_unchanged(&self, range: &FileRange, size: u64, modified_ms: i64) -> Result<()> {
         let changed = size != range.size || range.modified_ms.is_some_and(|m| !same_second(m, modified_ms));
         if !changed {
@@ -727,26 +756,7 @@ impl Source for FilesSource {
             return Ok(None);
         }
         let parsed = self.parse_offset(offset)?;
-        let this = &*self;
-        let store = this.loc.store();
-        let totals = futures::future::try_join_all(parsed.files.iter().map(|range| async move {
-            let this = this;
-            let (path, url) = (this.loc.path(&range.path), this.loc.url_of(&range.path));
-            let meta = store
-                .head(&path)
-                .await
-                .map_err(|e| Error::Input(format!("source '{}': {url}: {e}", this.table)))?;
-            this.check_unchanged(range, meta.size, meta.last_modified.timestamp_millis())?;
-            let file = FileRef {
-                store,
-                path: &path,
-                size: range.size,
-                url: &url,
-                table: &this.table,
-            };
-            parquet_rows_in(&file).await
-        }))
-        .await?;
+        let totals = self.rows_within_budget(&parsed).await?;
         let mut budget = parsed.max_rows;
         let mut cut = Vec::new();
         let mut parts = Vec::new();
@@ -941,6 +951,55 @@ mod tests {
             warnings[0].contains("changed after its first 4 records were read"),
             "{warnings:?}"
         );
+    }
+
+    /// Parquet files of 3, 5 and 2 rows under a budget of 5 rows an epoch,
+    /// then a file that is no Parquet at all: on one thread (file by file)
+    /// and on two (the files decoded at once), every epoch the budget
+    /// keeps off the broken file reads the same rows, and only the epoch
+    /// that reaches it fails, naming it.
+    #[tokio::test]
+    async fn the_thread_count_changes_no_epoch_and_a_file_past_the_budget_is_not_touched() {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::parquet::arrow::ArrowWriter;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        for (name, from, to) in [("a", 0, 3), ("b", 3, 8), ("c", 8, 10)] {
+            let file = std::fs::File::create(dir.path().join(format!("{name}.parquet"))).unwrap();
+            let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), None).unwrap();
+            let rows = Int64Array::from((from..to).collect::<Vec<i64>>());
+            w.write(&RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(rows)]).unwrap())
+                .unwrap();
+            w.close().unwrap();
+        }
+        std::fs::write(dir.path().join("d.parquet"), b"not parquet").unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT NOT NULL) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'parquet', 'max_rows_per_batch' = '5')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut epochs_by_threads = Vec::new();
+        for threads in [1, 2] {
+            let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+            source.set_threads(threads);
+            let mut epochs = Vec::new();
+            let err = loop {
+                let offset = source.plan_batch().await.unwrap().unwrap();
+                match source.read_batch(&offset).await {
+                    Ok(read) => epochs.push(numbers(&read.batches)),
+                    Err(e) => break e,
+                }
+            };
+            assert!(err.to_string().contains("d.parquet"), "{threads} threads: {err}");
+            epochs_by_threads.push(epochs);
+        }
+        assert_eq!(
+            epochs_by_threads[0],
+            vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]],
+            "one thread"
+        );
+        assert_eq!(epochs_by_threads[1], epochs_by_threads[0], "two threads");
     }
 
     /// Files of 3, 5 and 2 lines under a budget of 4 rows an epoch: local
