@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, new_empty_array};
+use datafusion::arrow::compute::{cast, concat};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::Result;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -397,6 +398,31 @@ impl Groups {
         }
     }
 
+    /// Without keys, the one group's partial state, aggregate after
+    /// aggregate (the columns of [`Groups::take_state`], as scalars); `None`
+    /// when keyed. Consumes the accumulators: for an operator that is about
+    /// to drop these groups and gathers many units' states into one batch
+    /// (a thousand one-row windows made a thousand batches).
+    pub fn into_single_state(mut self) -> Option<Result<Vec<ScalarValue>>> {
+        let Accumulators::Single(accs) = &mut self.accs else {
+            return None;
+        };
+        Some(accs.iter_mut().try_fold(Vec::new(), |mut all, acc| {
+            all.extend(acc.state()?);
+            Ok(all)
+        }))
+    }
+
+    /// Without keys, the one group's final values, one per aggregate;
+    /// `None` when keyed. As [`Groups::into_single_state`], for many units'
+    /// results gathered into one batch.
+    pub fn into_single_values(mut self) -> Option<Result<Vec<ScalarValue>>> {
+        let Accumulators::Single(accs) = &mut self.accs else {
+            return None;
+        };
+        Some(accs.iter_mut().map(|acc| acc.evaluate()).collect())
+    }
+
     /// Takes the keys and final values out.
     pub fn evaluate(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
         let n = self.num_groups;
@@ -430,5 +456,147 @@ impl Groups {
         fresh.merge(&keys, &states, n)?;
         *self = fresh;
         Ok((keys, states))
+    }
+}
+
+/// One column of `data_type` from per-unit scalars (see
+/// [`Groups::into_single_values`]). A plain accumulator's scalar may come
+/// back in a form other than the declared one (a dictionary, a view, a
+/// typeless null): such values are cast one by one, as
+/// [`Groups::evaluate`] casts them.
+pub fn column_of(values: Vec<ScalarValue>, data_type: &DataType) -> Result<ArrayRef> {
+    if values.is_empty() {
+        return Ok(new_empty_array(data_type));
+    }
+    if values.iter().all(|v| &v.data_type() == data_type) {
+        return ScalarValue::iter_to_array(values);
+    }
+    let arrays = values
+        .iter()
+        .map(|v| as_type(v.to_array_of_size(1)?, data_type))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::Int32Type;
+    use datafusion::functions_aggregate::min_max::max_udaf;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::col;
+
+    fn sum_and_max(keyed: bool) -> AggregateSpec {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("price", DataType::Int64, true),
+        ]));
+        let agg = |f, name: &str| {
+            Arc::new(
+                AggregateExprBuilder::new(f, vec![col("price", &schema).unwrap()])
+                    .schema(Arc::clone(&schema))
+                    .alias(name)
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let keys = if keyed {
+            vec![(col("k", &schema).unwrap(), "k".to_string())]
+        } else {
+            vec![]
+        };
+        AggregateSpec::try_new(
+            keys,
+            vec![agg(sum_udaf(), "s"), agg(max_udaf(), "m")],
+            vec![None, None],
+            &schema,
+        )
+        .unwrap()
+    }
+
+    fn rows(prices: Vec<Option<i64>>) -> RecordBatch {
+        let n = prices.len();
+        RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(StringArray::from(vec!["a"; n])) as ArrayRef),
+            ("price", Arc::new(Int64Array::from(prices)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_keyless_group_gives_its_values_and_state_as_scalars() {
+        let spec = sum_and_max(false);
+        let mut g = Groups::new(&spec).unwrap();
+        g.update(
+            &spec
+                .evaluate(&rows(vec![Some(1), Some(5), None, Some(3)]))
+                .unwrap(),
+        )
+        .unwrap();
+        let values = g.into_single_values().unwrap().unwrap();
+        assert_eq!(
+            values,
+            vec![ScalarValue::Int64(Some(9)), ScalarValue::Int64(Some(5))]
+        );
+
+        let mut g = Groups::new(&spec).unwrap();
+        g.update(&spec.evaluate(&rows(vec![Some(2), Some(7)])).unwrap())
+            .unwrap();
+        // The same state `take_state` gives, as one scalar per state column.
+        let mut same = Groups::new(&spec).unwrap();
+        same.update(&spec.evaluate(&rows(vec![Some(2), Some(7)])).unwrap())
+            .unwrap();
+        let (_, states) = same.take_state().unwrap();
+        let scalars = g.into_single_state().unwrap().unwrap();
+        let flat: Vec<ScalarValue> = states
+            .iter()
+            .flatten()
+            .map(|a| ScalarValue::try_from_array(a, 0).unwrap())
+            .collect();
+        assert_eq!(scalars, flat);
+        assert_eq!(scalars.len(), spec.state_width());
+
+        let keyed = sum_and_max(true);
+        let mut g = Groups::new(&keyed).unwrap();
+        g.update(&keyed.evaluate(&rows(vec![Some(1)])).unwrap()).unwrap();
+        assert!(g.into_single_values().is_none());
+        assert!(Groups::new(&keyed).unwrap().into_single_state().is_none());
+    }
+
+    #[test]
+    fn a_column_of_scalars_takes_the_declared_type() {
+        let a = column_of(
+            vec![ScalarValue::Int64(Some(4)), ScalarValue::Int64(None)],
+            &DataType::Int64,
+        )
+        .unwrap();
+        assert_eq!(
+            a.as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+            &Int64Array::from(vec![Some(4), None])
+        );
+
+        // A value in another form than declared (a string for a dictionary
+        // column, a typeless null) is cast, not refused.
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let a = column_of(
+            vec![
+                ScalarValue::Utf8(Some("x".into())),
+                ScalarValue::Null,
+                ScalarValue::Utf8(Some("y".into())),
+            ],
+            &dict,
+        )
+        .unwrap();
+        assert_eq!(a.data_type(), &dict);
+        assert_eq!(a.len(), 3);
+        assert!(a.is_null(1));
+        let strings = cast(&a, &DataType::Utf8).unwrap();
+        assert_eq!(strings.as_string::<i32>().value(2), "y");
+        let _ = a.as_dictionary::<Int32Type>();
+
+        let empty = column_of(vec![], &DataType::Float64).unwrap();
+        assert_eq!((empty.len(), empty.data_type()), (0, &DataType::Float64));
     }
 }

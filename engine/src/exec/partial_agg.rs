@@ -25,6 +25,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -41,7 +42,7 @@ use futures::StreamExt;
 
 use datafusion::physical_expr::expressions::Column;
 
-use super::groups::{AggregateSpec, Groups};
+use super::groups::{AggregateSpec, Groups, column_of};
 use super::units::fold_by_unit;
 
 /// What the partial aggregate computes (shared by the node's copies).
@@ -179,6 +180,9 @@ impl PartialSpec {
 
     /// The tables' states, as rows, in unit order.
     fn emit(&self, tables: BTreeMap<(i64, i64), Groups>) -> Result<Vec<RecordBatch>> {
+        if self.agg.keys.is_empty() && matches!(self.unit, Unit::Window { .. }) {
+            return self.emit_keyless(tables);
+        }
         let mut out = Vec::with_capacity(tables.len());
         for ((start, end), mut groups) in tables {
             let n = groups.len();
@@ -201,6 +205,52 @@ impl PartialSpec {
             out = vec![concat_batches(&self.schema, &out)?];
         }
         Ok(out)
+    }
+
+    /// [`PartialSpec::emit`] without keys: a unit is one state row, so the
+    /// units' states are gathered as scalars and each column built once
+    /// (an epoch of a thousand windows made a thousand one-row batches).
+    fn emit_keyless(&self, tables: BTreeMap<(i64, i64), Groups>) -> Result<Vec<RecordBatch>> {
+        let mut starts = Vec::with_capacity(tables.len());
+        let mut ends = Vec::with_capacity(tables.len());
+        let mut states: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(tables.len()); self.agg.state_width()];
+        for ((start, end), groups) in tables {
+            if groups.is_empty() {
+                continue;
+            }
+            let Some(row) = groups.into_single_state() else {
+                return Err(DataFusionError::Internal(format!(
+                    "{} without keys kept keyed groups",
+                    self.name()
+                )));
+            };
+            let row = row?;
+            if row.len() != states.len() {
+                return Err(DataFusionError::Internal(format!(
+                    "{}: {} state values for {} state columns",
+                    self.name(),
+                    row.len(),
+                    states.len()
+                )));
+            }
+            for (column, value) in states.iter_mut().zip(row) {
+                column.push(value);
+            }
+            starts.push(start);
+            ends.push(end);
+        }
+        if starts.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(starts)),
+            Arc::new(Int64Array::from(ends)),
+        ];
+        for (i, column) in states.into_iter().enumerate() {
+            columns.push(column_of(column, self.schema.field(2 + i).data_type())?);
+        }
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
     }
 
     /// State rows: the unit's start and end (windowed), the keys, the

@@ -183,11 +183,16 @@ pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)
 
 /// A timestamp column of `n` copies of `value`, typed as `field`.
 pub fn constant_time(field: &Field, value: i64, n: usize) -> Result<ArrayRef> {
+    time_column(field, vec![value; n])
+}
+
+/// A timestamp column of `millis`, typed as `field`.
+pub fn time_column(field: &Field, millis: Vec<i64>) -> Result<ArrayRef> {
     let tz = match field.data_type() {
         DataType::Timestamp(_, tz) => tz.clone(),
         _ => None,
     };
-    let arr: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![value; n]).with_timezone_opt(tz));
+    let arr: ArrayRef = Arc::new(TimestampMillisecondArray::from(millis).with_timezone_opt(tz));
     if arr.data_type() == field.data_type() {
         Ok(arr)
     } else {

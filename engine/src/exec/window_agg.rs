@@ -25,21 +25,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
-use super::groups::{AggregateSpec, Groups};
+use super::groups::{AggregateSpec, Groups, column_of};
 use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{
     GroupColumn, UnitRuns, WindowAggregateParams, constant_time, fold_by_unit, split_by_unit, take_batch,
+    time_column,
 };
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -323,7 +325,7 @@ impl WindowAggState {
     /// `watermark`, and forgets state no open window needs.
     fn emit_closed(&self, shard: usize, watermark: i64) -> Result<RecordBatch> {
         let mut inner = self.shards.lock(shard);
-        let mut out = Vec::new();
+        let mut closed = Vec::new();
         if self.slices {
             while let Some(&(end, start)) = inner.open.first() {
                 if end > watermark {
@@ -341,7 +343,7 @@ impl WindowAggState {
                     }
                 }
                 if !merged.is_empty() {
-                    out.push(self.finish(start, end, merged)?);
+                    closed.push((start, end, merged));
                 }
             }
             let spec = &self.spec;
@@ -374,12 +376,67 @@ impl WindowAggState {
                         g
                     }
                 };
-                out.push(self.finish(start, end, groups)?);
+                closed.push((start, end, groups));
                 inner.changed.remove(&(end, start));
                 inner.removed.insert((end, start));
             }
         }
-        Ok(concat_batches(&self.schema, &out)?)
+        drop(inner);
+        self.finish_all(closed)
+    }
+
+    /// Final rows of closed windows `(start, end, groups)`, in order.
+    fn finish_all(&self, closed: Vec<(i64, i64, Groups)>) -> Result<RecordBatch> {
+        if !self.agg.key_schema.fields().is_empty() {
+            let out = closed
+                .into_iter()
+                .map(|(start, end, groups)| self.finish(start, end, groups))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(concat_batches(&self.schema, &out)?);
+        }
+        // Without keys a window is one row: the windows' values are gathered
+        // as scalars and each column is built once (a thousand windows
+        // closing in an epoch made a thousand one-row batches to
+        // concatenate, on the one thread that merges the partitions).
+        let mut windows = Vec::with_capacity(closed.len());
+        let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(closed.len()); self.agg.aggr.len()];
+        for (start, end, groups) in closed {
+            if groups.is_empty() {
+                continue;
+            }
+            let Some(row) = groups.into_single_values() else {
+                return Err(DataFusionError::Internal(
+                    "a keyless window aggregate kept keyed groups".to_string(),
+                ));
+            };
+            for (column, value) in values.iter_mut().zip(row?) {
+                column.push(value);
+            }
+            windows.push((start, end));
+        }
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (i, c) in self.layout.iter().enumerate() {
+            columns.push(match c {
+                GroupColumn::Window(w) => time_column(
+                    self.schema.field(i),
+                    windows.iter().map(|&(start, end)| w.value(start, end)).collect(),
+                )?,
+                GroupColumn::Key(_) => {
+                    return Err(DataFusionError::Internal(
+                        "a keyless window aggregate has a key column".to_string(),
+                    ));
+                }
+            });
+        }
+        for (column, a) in values.into_iter().zip(&self.agg.aggr) {
+            columns.push(column_of(column, a.field().data_type())?);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(windows.len()));
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &options,
+        )?)
     }
 
     /// Final rows of a closed window.
