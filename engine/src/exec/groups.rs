@@ -459,6 +459,31 @@ impl Groups {
     }
 }
 
+/// The final values of many units of a keyless aggregate at once, from
+/// their partial state rows: row `i` of `states` (split per aggregate, as
+/// [`AggregateSpec::split_states`] does) belongs to unit `groups[i]`, and
+/// every unit `0..units` has at least one row. One grouped accumulator per
+/// aggregate merges all the rows, as a keyed aggregate's groups are merged;
+/// a plain accumulator set per unit cost fresh accumulators and a call per
+/// aggregate for each of an epoch's thousand windows. Rows of a unit are
+/// merged in their order, as one unit's plain accumulators would merge them.
+pub fn keyless_values(
+    spec: &AggregateSpec,
+    states: &[Vec<ArrayRef>],
+    groups: &[usize],
+    units: usize,
+) -> Result<Vec<ArrayRef>> {
+    let mut accs = grouped_accumulators(&spec.aggr)?;
+    accs.iter_mut()
+        .zip(states)
+        .zip(&spec.aggr)
+        .map(|((acc, s), a)| {
+            acc.merge_batch(s, groups, units)?;
+            as_type(acc.evaluate(EmitTo::All)?, a.field().data_type())
+        })
+        .collect()
+}
+
 /// One column of `data_type` from per-unit scalars (see
 /// [`Groups::into_single_values`]). A plain accumulator's scalar may come
 /// back in a form other than the declared one (a dictionary, a view, a
@@ -563,6 +588,44 @@ mod tests {
         g.update(&keyed.evaluate(&rows(vec![Some(1)])).unwrap()).unwrap();
         assert!(g.into_single_values().is_none());
         assert!(Groups::new(&keyed).unwrap().into_single_state().is_none());
+    }
+
+    #[test]
+    fn keyless_units_merged_at_once_give_each_units_values() {
+        let spec = sum_and_max(false);
+        // Partial states of three units, as rows interleaved: unit 1 has
+        // two rows, unit 0 one, unit 2 one (a NULL price only).
+        let state = |prices: Vec<Option<i64>>| {
+            let mut g = Groups::new(&spec).unwrap();
+            g.update(&spec.evaluate(&rows(prices)).unwrap()).unwrap();
+            g.take_state().unwrap().1
+        };
+        let parts = [
+            (1, state(vec![Some(4), Some(9)])),
+            (0, state(vec![Some(2)])),
+            (1, state(vec![Some(1)])),
+            (2, state(vec![None])),
+        ];
+        let states: Vec<Vec<ArrayRef>> = (0..spec.aggr.len())
+            .map(|a| {
+                (0..parts[0].1[a].len())
+                    .map(|c| {
+                        let arrays: Vec<&dyn Array> = parts.iter().map(|(_, s)| s[a][c].as_ref()).collect();
+                        concat(&arrays).unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        let groups: Vec<usize> = parts.iter().map(|(g, _)| *g).collect();
+        let values = keyless_values(&spec, &states, &groups, 3).unwrap();
+        assert_eq!(
+            values[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+            &Int64Array::from(vec![Some(2), Some(14), None])
+        );
+        assert_eq!(
+            values[1].as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+            &Int64Array::from(vec![Some(2), Some(9), None])
+        );
     }
 
     #[test]

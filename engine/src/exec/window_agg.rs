@@ -15,8 +15,15 @@
 //! checkpoint holds its partial states. A window's rows are emitted exactly
 //! once, in (end, start) order, groups in first-seen order.
 //!
+//! On several threads the input is the partitions' partial states
+//! (`partial_agg`), merged into the units; without keys, an exact window
+//! keeps them as rows until it closes (`UnitState::Parts`), and all the
+//! windows an epoch closes are merged at once.
+//!
 //! State rows (one per group of a unit; the unit is `(start, end)`):
 //! `__window_start, __window_end: Int64, <key columns>, a<i>.<state field>...`
+//! A keyless window kept as partial rows writes one row per partial row; a
+//! restore merges a unit's rows, however many.
 //! How far windows have been emitted is not state: it is the watermark of
 //! the last committed epoch, which `restore` is given.
 
@@ -26,16 +33,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::{cast, concat_batches, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
-use super::groups::{AggregateSpec, Groups, column_of};
+use super::groups::{AggregateSpec, Groups, column_of, keyless_values};
 use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
@@ -94,7 +101,22 @@ enum UnitState {
         states: Vec<Vec<ArrayRef>>,
         rows: usize,
     },
+    /// Without keys, on several threads (exact windows only): the partial
+    /// states the partitions sent, not yet merged, each a row of a
+    /// [`PartialWindowAggExec`] batch (laid out as state rows). The final
+    /// merge runs on one thread; an epoch closes about a thousand windows
+    /// of the tumble bench, and merging each window's rows into its own
+    /// fresh accumulators as they came was most of that thread's work. The
+    /// rows are merged when the window closes, all closed windows at once
+    /// (`finish_all`), or into [`UnitState::Live`] groups once a window has
+    /// gathered [`MAX_PARTS`] of them.
+    Parts(Vec<(Arc<RecordBatch>, usize)>),
 }
+
+/// The most partial-state rows a keyless window keeps unmerged
+/// ([`UnitState::Parts`]): a window that spans many epochs is merged into
+/// groups rather than holding every epoch's partial batch.
+const MAX_PARTS: usize = 16;
 
 struct Unit {
     state: UnitState,
@@ -107,8 +129,31 @@ impl Unit {
         match &self.state {
             UnitState::Live(g) => g.len(),
             UnitState::Frozen { rows, .. } => *rows,
+            // One group, however many partial rows it has.
+            UnitState::Parts(_) => 1,
         }
     }
+}
+
+/// The rows `parts` name, gathered into one batch (in the partial batches'
+/// layout, which is the state rows').
+fn gather_parts<'a>(parts: impl IntoIterator<Item = &'a (Arc<RecordBatch>, usize)>) -> Result<RecordBatch> {
+    let mut batches: Vec<&RecordBatch> = Vec::new();
+    let mut index: HashMap<*const RecordBatch, usize> = HashMap::new();
+    let mut at = Vec::new();
+    for (batch, row) in parts {
+        let b = *index.entry(Arc::as_ptr(batch)).or_insert_with(|| {
+            batches.push(batch.as_ref());
+            batches.len() - 1
+        });
+        at.push((b, *row));
+    }
+    if batches.is_empty() {
+        return Err(DataFusionError::Internal(
+            "a keyless window kept no partial rows".to_string(),
+        ));
+    }
+    Ok(interleave_record_batch(&batches, &at)?)
 }
 
 impl OperatorExec<WindowAggState> {
@@ -287,8 +332,18 @@ impl WindowAggState {
             )));
         };
         u.snapshot = None;
+        if matches!(u.state, UnitState::Parts(_)) {
+            // (Not reached: an operator merges either rows or partial
+            // states, and only partial states are kept as parts.)
+            let parts = std::mem::replace(&mut u.state, UnitState::Parts(Vec::new()));
+            u.state = UnitState::Live(self.groups_of(parts)?);
+        }
         match &mut u.state {
             UnitState::Live(g) => Ok(g),
+            UnitState::Parts(_) => Err(DataFusionError::Internal(format!(
+                "the window [{}, {}) kept its partial rows unmerged",
+                unit.1, unit.0
+            ))),
             UnitState::Frozen { .. } => Err(DataFusionError::Internal(format!(
                 "rows arrived for slice [{}, {}) after it was complete",
                 unit.1, unit.0
@@ -306,6 +361,13 @@ impl WindowAggState {
         let starts = batch.column(0).as_primitive::<Int64Type>().values();
         let ends = batch.column(1).as_primitive::<Int64Type>().values();
         let mut inner = self.shards.lock(shard);
+        if n_keys == 0 && !self.slices {
+            let batch = Arc::new(batch.clone());
+            for (unit, runs) in UnitRuns::of(starts, ends).iter() {
+                self.add_parts(&mut inner, unit, &batch, runs)?;
+            }
+            return Ok(());
+        }
         // A partial batch holds each unit's rows in a run or a few (one row
         // per window without keys): each run is merged as a slice, not
         // gathered (a thousand windows an epoch made a thousand copies).
@@ -316,6 +378,50 @@ impl WindowAggState {
                 let states = self.agg.split_states(&part.columns()[2 + n_keys..]);
                 self.live_unit(&mut inner, unit)?
                     .merge(&keys, &states, part.num_rows())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a keyless window's partial rows `runs` of `batch` for later
+    /// ([`UnitState::Parts`]); merges them in if the window has live groups
+    /// (restored from a checkpoint) or too many rows waiting.
+    fn add_parts(
+        &self,
+        inner: &mut Inner,
+        unit: (i64, i64),
+        batch: &Arc<RecordBatch>,
+        runs: impl Iterator<Item = (usize, usize)>,
+    ) -> Result<()> {
+        inner.changed.insert(unit);
+        inner.removed.remove(&unit);
+        let u = inner.units.entry(unit).or_insert_with(|| Unit {
+            state: UnitState::Parts(Vec::new()),
+            snapshot: None,
+        });
+        u.snapshot = None;
+        match &mut u.state {
+            UnitState::Parts(parts) => {
+                parts.extend(runs.flat_map(|(a, b)| (a..b).map(|row| (Arc::clone(batch), row))));
+                if parts.len() >= MAX_PARTS {
+                    let rows = gather_parts(parts.iter())?;
+                    let mut g = Groups::new(&self.agg)?;
+                    g.merge(&[], &self.agg.split_states(&rows.columns()[2..]), rows.num_rows())?;
+                    u.state = UnitState::Live(g);
+                }
+            }
+            UnitState::Live(g) => {
+                for (a, b) in runs {
+                    let part = batch.slice(a, b - a);
+                    let states = self.agg.split_states(&part.columns()[2..]);
+                    g.merge(&[], &states, part.num_rows())?;
+                }
+            }
+            UnitState::Frozen { .. } => {
+                return Err(DataFusionError::Internal(format!(
+                    "rows arrived for window [{}, {}) after it was complete",
+                    unit.1, unit.0
+                )));
             }
         }
         Ok(())
@@ -343,7 +449,7 @@ impl WindowAggState {
                     }
                 }
                 if !merged.is_empty() {
-                    closed.push((start, end, merged));
+                    closed.push((start, end, UnitState::Live(merged)));
                 }
             }
             let spec = &self.spec;
@@ -367,16 +473,7 @@ impl WindowAggState {
                 if end > watermark {
                     break;
                 }
-                let unit = entry.remove();
-                let groups = match unit.state {
-                    UnitState::Live(g) => g,
-                    UnitState::Frozen { keys, states, rows } => {
-                        let mut g = Groups::new(&self.agg)?;
-                        g.merge(&keys, &states, rows)?;
-                        g
-                    }
-                };
-                closed.push((start, end, groups));
+                closed.push((start, end, entry.remove().state));
                 inner.changed.remove(&(end, start));
                 inner.removed.insert((end, start));
             }
@@ -385,14 +482,37 @@ impl WindowAggState {
         self.finish_all(closed)
     }
 
-    /// Final rows of closed windows `(start, end, groups)`, in order.
-    fn finish_all(&self, closed: Vec<(i64, i64, Groups)>) -> Result<RecordBatch> {
+    /// A unit's state as groups.
+    fn groups_of(&self, state: UnitState) -> Result<Groups> {
+        match state {
+            UnitState::Live(g) => Ok(g),
+            UnitState::Frozen { keys, states, rows } => {
+                let mut g = Groups::new(&self.agg)?;
+                g.merge(&keys, &states, rows)?;
+                Ok(g)
+            }
+            UnitState::Parts(parts) => {
+                let rows = gather_parts(&parts)?;
+                let n_keys = self.agg.key_schema.fields().len();
+                let states = self.agg.split_states(&rows.columns()[2 + n_keys..]);
+                let mut g = Groups::new(&self.agg)?;
+                g.merge(&rows.columns()[2..2 + n_keys], &states, rows.num_rows())?;
+                Ok(g)
+            }
+        }
+    }
+
+    /// Final rows of closed windows `(start, end, state)`, in order.
+    fn finish_all(&self, closed: Vec<(i64, i64, UnitState)>) -> Result<RecordBatch> {
         if !self.agg.key_schema.fields().is_empty() {
             let out = closed
                 .into_iter()
-                .map(|(start, end, groups)| self.finish(start, end, groups))
+                .map(|(start, end, state)| self.finish(start, end, self.groups_of(state)?))
                 .collect::<Result<Vec<_>>>()?;
             return Ok(concat_batches(&self.schema, &out)?);
+        }
+        if closed.iter().any(|(_, _, s)| matches!(s, UnitState::Parts(_))) {
+            return self.finish_parts(closed);
         }
         // Without keys a window is one row: the windows' values are gathered
         // as scalars and each column is built once (a thousand windows
@@ -400,7 +520,8 @@ impl WindowAggState {
         // concatenate, on the one thread that merges the partitions).
         let mut windows = Vec::with_capacity(closed.len());
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(closed.len()); self.agg.aggr.len()];
-        for (start, end, groups) in closed {
+        for (start, end, state) in closed {
+            let groups = self.groups_of(state)?;
             if groups.is_empty() {
                 continue;
             }
@@ -414,6 +535,55 @@ impl WindowAggState {
             }
             windows.push((start, end));
         }
+        let values = values
+            .into_iter()
+            .zip(&self.agg.aggr)
+            .map(|(column, a)| column_of(column, a.field().data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        self.keyless_rows(&windows, values)
+    }
+
+    /// Final rows of closed keyless windows of which some kept their
+    /// partial rows unmerged ([`UnitState::Parts`]): every window's rows
+    /// are gathered and merged at once ([`keyless_values`]).
+    fn finish_parts(&self, closed: Vec<(i64, i64, UnitState)>) -> Result<RecordBatch> {
+        let mut windows = Vec::with_capacity(closed.len());
+        let mut parts: Vec<(Arc<RecordBatch>, usize)> = Vec::with_capacity(closed.len() * 2);
+        let mut groups = Vec::with_capacity(closed.len() * 2);
+        for (start, end, state) in closed {
+            let g = windows.len();
+            match state {
+                UnitState::Parts(p) => {
+                    groups.extend(std::iter::repeat_n(g, p.len()));
+                    parts.extend(p);
+                }
+                // Restored or merged windows: their state as rows.
+                other => {
+                    let mut live = self.groups_of(other)?;
+                    let n = live.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    let (keys, states) = live.take_state()?;
+                    let rows = Arc::new(self.unit_rows((end, start), &keys, &states, n)?);
+                    groups.extend(std::iter::repeat_n(g, n));
+                    parts.extend((0..n).map(|r| (Arc::clone(&rows), r)));
+                }
+            }
+            windows.push((start, end));
+        }
+        if windows.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.schema)));
+        }
+        let rows = gather_parts(&parts)?;
+        let states = self.agg.split_states(&rows.columns()[2..]);
+        let values = keyless_values(&self.agg, &states, &groups, windows.len())?;
+        self.keyless_rows(&windows, values)
+    }
+
+    /// Output rows of keyless windows `(start, end)` with their values,
+    /// one column per aggregate.
+    fn keyless_rows(&self, windows: &[(i64, i64)], values: Vec<ArrayRef>) -> Result<RecordBatch> {
         let mut columns = Vec::with_capacity(self.schema.fields().len());
         for (i, c) in self.layout.iter().enumerate() {
             columns.push(match c {
@@ -428,9 +598,7 @@ impl WindowAggState {
                 }
             });
         }
-        for (column, a) in values.into_iter().zip(&self.agg.aggr) {
-            columns.push(column_of(column, a.field().data_type())?);
-        }
+        columns.extend(values);
         let options = RecordBatchOptions::new().with_row_count(Some(windows.len()));
         Ok(RecordBatch::try_new_with_options(
             Arc::clone(&self.schema),
@@ -568,6 +736,12 @@ impl StatefulOperator for WindowAggState {
                         }
                         UnitState::Frozen { keys, states, rows } => {
                             self.unit_rows(unit, keys, states, *rows)?
+                        }
+                        // One state row per partial row (a restore merges
+                        // a window's rows, however many).
+                        UnitState::Parts(parts) => {
+                            let rows = gather_parts(parts.iter())?;
+                            RecordBatch::try_new(Arc::clone(&self.state_schema), rows.columns().to_vec())?
                         }
                     };
                     u.snapshot = Some(batch);

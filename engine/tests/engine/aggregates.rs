@@ -166,6 +166,14 @@ fn sink_rows(dir: &std::path::Path) -> Vec<String> {
 
 /// DataFusion's batch answer of the jobs' 5 s tumbling `AGGS` by auction.
 async fn batch_answer(bids: RecordBatch) -> Vec<String> {
+    batch_answer_by(bids, Some("auction")).await
+}
+
+/// DataFusion's batch answer of 5 s tumbling `AGGS` by window and `key`.
+async fn batch_answer_by(bids: RecordBatch, key: Option<&str>) -> Vec<String> {
+    let (select, group) = key.map_or((String::new(), String::new()), |k| {
+        (format!("{k}, "), format!(", {k}"))
+    });
     let ctx = SessionContext::new();
     ctx.register_udaf(sum_sq());
     ctx.register_batch("bids", bids).unwrap();
@@ -173,7 +181,7 @@ async fn batch_answer(bids: RecordBatch) -> Vec<String> {
         .sql(&format!(
             "SELECT date_bin(INTERVAL '5' SECOND, date_time) AS ws,
                     date_bin(INTERVAL '5' SECOND, date_time) + INTERVAL '5' SECOND AS we,
-                    auction, {AGGS} FROM bids GROUP BY 1, 2, 3"
+                    {select}{AGGS} FROM bids GROUP BY ws, we{group}"
         ))
         .await
         .unwrap()
@@ -288,5 +296,66 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
     let got = sink_rows(&out_dir);
     let expected = batch_answer(batch).await;
     assert!(expected.len() > 480_000, "{}", expected.len());
+    assert_eq!(got, expected);
+}
+
+/// Without keys on two threads, the final merge keeps each window's
+/// partial rows unmerged until the window closes, merges them into groups
+/// once a window has gathered many (ten rows an epoch: a 5 s window spans
+/// twenty epochs), and writes them to checkpoints as they are. The job is
+/// reopened when three windows are open (their state restored as groups)
+/// and the last starts after it and gets fewer rows than a merge needs, so
+/// the drain closes restored and unmerged windows together. Every kind of
+/// aggregate gives the batch answer.
+#[tokio::test]
+async fn keyless_windows_on_two_threads_match_batch_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let input_dir = dir.path().join("in");
+    std::fs::create_dir_all(&input_dir).unwrap();
+    // 1,950 rows: the last window, [45 s, 50 s), gets 15 epochs' rows.
+    let batch = input().slice(0, 1950);
+    write_parts(&input_dir, &batch, &[(0, 1000), (1000, 950)]);
+    let out_dir = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time - INTERVAL '15' SECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '10');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+         INSERT INTO out SELECT window_start, window_end, {AGGS}
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '5' SECOND))
+         GROUP BY window_start, window_end;",
+        input_dir.display(),
+        out_dir.display()
+    );
+    let checkpoint = dir.path().join("ck").display().to_string();
+    let open = || async {
+        let mut options = JobOptions::new(checkpoint.clone());
+        options.udafs.push(sum_sq());
+        options.threads = 2;
+        StreamingJob::open(&sql, options).await.unwrap()
+    };
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    // 180 epochs of 10 rows: the input up to 45 s, windows before 30 s
+    // closed.
+    let mut job = open().await;
+    for _ in 0..180 {
+        let s = job
+            .run(Trigger::Once, false, stop.clone(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(s.epochs, 1);
+    }
+    drop(job);
+    let mut job = open().await;
+    let s = job
+        .run(Trigger::AvailableNow, true, stop.clone(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.late_rows, 0);
+    assert_eq!(s.epochs, 16, "15 epochs of input and the drain");
+
+    let got = sink_rows(&out_dir);
+    let expected = batch_answer_by(batch, None).await;
+    assert_eq!(expected.len(), 11);
     assert_eq!(got, expected);
 }
