@@ -64,6 +64,9 @@ impl StreamingJob {
                 }
             }
         }
+        // Batches planned ahead by an earlier run are stale: the sources
+        // were frozen again.
+        self.ahead.clear();
         let mut summary = RunSummary::default();
         if let Some((epoch, entry)) = self.pending.take() {
             let p = self.run_epoch(epoch, entry, true).await?;
@@ -140,9 +143,13 @@ impl StreamingJob {
     /// Asks every source for its next batch; `None` when none has input.
     pub(super) async fn plan_epoch(&mut self, drain: bool) -> Result<Option<OffsetsEntry>> {
         let mut offsets = BTreeMap::new();
+        let mut ahead = std::mem::take(&mut self.ahead);
         if !drain {
             for (name, slot) in self.sources.iter_mut() {
-                let planned = slot.source.plan_batch().await?;
+                let planned = match ahead.remove(name) {
+                    Some(planned) => planned?,
+                    None => slot.source.plan_batch().await?,
+                };
                 self.warnings.extend(slot.source.take_warnings());
                 if let Some(o) = planned {
                     offsets.insert(name.clone(), o);
@@ -232,6 +239,11 @@ impl StreamingJob {
                     Ok(l) => l,
                     Err(e) => return Err(self.abandon(epoch, e).await),
                 };
+                // (A cluster reads the input where it runs: nothing to
+                // read ahead here.)
+                if !entry.drain && self.remote.is_none() {
+                    self.plan_ahead().await;
+                }
                 let watermarks_out = self.advance_watermarks(&entry, &input)?;
                 let ran = self
                     .execute(epoch, &entry, &input, &lookups, &watermarks_out)
@@ -339,6 +351,26 @@ impl StreamingJob {
         }
         self.hooks.reached(Step::OffsetsWritten, epoch)?;
         Ok(written)
+    }
+
+    /// Lets each source plan the next epoch's batch now, once this epoch's
+    /// rows are read, and start reading it while this epoch runs
+    /// (`Source::plan_ahead`): on more than one thread, the next epoch's
+    /// decoding then overlaps this epoch's operators and commit. Nothing
+    /// is written: the next epoch's offsets entry is logged only after
+    /// this epoch commits, as without planning ahead.
+    async fn plan_ahead(&mut self) {
+        for (name, slot) in self.sources.iter_mut() {
+            match slot.source.plan_ahead().await {
+                Ok(None) => {}
+                Ok(Some(planned)) => {
+                    self.ahead.insert(name.clone(), Ok(planned));
+                }
+                Err(e) => {
+                    self.ahead.insert(name.clone(), Err(e));
+                }
+            }
+        }
     }
 
     /// Each watermarked source's watermark after this epoch's rows: the

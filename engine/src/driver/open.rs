@@ -283,6 +283,7 @@ impl StreamingJob {
             tvfs: job.tvfs.clone(),
             warnings,
             warned_drained: false,
+            ahead: BTreeMap::new(),
         };
         if let Err(e) = job.recover().await {
             let _ = job.lease.release().await;

@@ -145,7 +145,7 @@ pub struct FilesSource {
     /// continues.
     cache: Option<(String, Bytes)>,
     /// Threads the job runs on: with more than one, an epoch's Parquet
-    /// files are decoded at once (`read_parquet_ranges`).
+    /// files are decoded at once (`spawn_parquet_ranges`).
     threads: usize,
     /// The declared index of the watermark column, whose per-batch maxima
     /// a Parquet read computes as it decodes (`SourceBatch::time_maxima`).
@@ -153,7 +153,18 @@ pub struct FilesSource {
     /// The last offset cut by `remote_whole_parts`: each file's range, the
     /// rows its part takes, and whether that reaches the file's end.
     remote_cut: Option<(Value, Vec<RemoteCut>)>,
+    /// The next batch, planned and being decoded while the driver finishes
+    /// the epoch before it (`plan_ahead`): its offset and its ranges'
+    /// tasks. `read_batch` of that offset takes them; any other offset
+    /// drops them.
+    ahead: Option<(Value, Vec<Option<ReadTask>>)>,
 }
+
+/// A file range's rows as `read_range` decoded them, and the bytes fetched.
+type ReadRows = (FileRows, Option<Fetched>);
+
+/// A file range being decoded on its own task.
+type ReadTask = tokio::task::JoinHandle<Result<ReadRows>>;
 
 /// A file's share of an offset cut for a remote query: its range, the rows
 /// its part takes, and whether they reach the file's end.
@@ -263,6 +274,7 @@ impl FilesSource {
             cache: None,
             threads: 1,
             remote_cut: None,
+            ahead: None,
             watermark: decl
                 .watermark
                 .as_ref()
@@ -356,15 +368,13 @@ impl FilesSource {
         Ok(totals)
     }
 
-    /// Decodes an epoch's Parquet ranges at once, each on its own task,
-    /// reading from each exactly the rows the one-by-one loop of
+    /// Starts decoding an epoch's Parquet ranges at once, each on its own
+    /// task, reading from each exactly the rows the one-by-one loop of
     /// `read_batch` would (their footers say how many each has, and the
     /// budget is dealt out in order). `None` for a range left to that loop
-    /// (nothing of it fits the budget, or it is at its end).
-    async fn read_parquet_ranges(
-        &self,
-        offset: &FilesOffset,
-    ) -> Result<Vec<Option<(FileRows, Option<Fetched>)>>> {
+    /// (nothing of it fits the budget, or it is at its end). The tasks run
+    /// on while the caller goes on: `read_ahead` awaits them.
+    async fn spawn_parquet_ranges(&self, offset: &FilesOffset) -> Result<Vec<Option<ReadTask>>> {
         let store = self.loc.store();
         let files: Vec<(Path, String)> = offset
             .files
@@ -406,6 +416,11 @@ impl FilesSource {
                 read_range(&file, Format::Parquet, &columns, &on_error, start, take, None).await
             })));
         }
+        Ok(tasks)
+    }
+
+    /// The rows of the tasks `spawn_parquet_ranges` started.
+    async fn read_ahead(&self, tasks: Vec<Option<ReadTask>>) -> Result<Vec<Option<ReadRows>>> {
         let mut out = Vec::with_capacity(tasks.len());
         for task in tasks {
             out.push(match task {
@@ -416,6 +431,12 @@ impl FilesSource {
             });
         }
         Ok(out)
+    }
+
+    /// Whether an offset's Parquet files are decoded at once, each on a
+    /// task (with more than one thread and more than one file).
+    fn reads_at_once(&self, offset: &FilesOffset) -> bool {
+        self.threads > 1 && self.format == Format::Parquet && offset.files.len() > 1
     }
 
     /// Checks that a file is still what the offset says it was when its
@@ -547,6 +568,27 @@ impl Source for FilesSource {
         ))
     }
 
+    async fn plan_ahead(&mut self) -> Result<Option<Option<Value>>> {
+        // Only a frozen listing plans the same batch now as later; a live
+        // folder's next batch should see the files that appear meanwhile.
+        if self.frozen.is_none() || self.threads <= 1 || self.format != Format::Parquet {
+            return Ok(None);
+        }
+        self.ahead = None;
+        let planned = self.plan_batch().await?;
+        if let Some(value) = &planned {
+            let offset = self.parse_offset(value)?;
+            // A file that cannot be read now is left to `read_batch`, which
+            // reports it once the epoch is logged (and rolls it back).
+            if self.reads_at_once(&offset)
+                && let Ok(tasks) = self.spawn_parquet_ranges(&offset).await
+            {
+                self.ahead = Some((value.clone(), tasks));
+            }
+        }
+        Ok(Some(planned))
+    }
+
     fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
@@ -573,16 +615,19 @@ impl Source for FilesSource {
         })
     }
 
-    async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch> {
-        let offset = self.parse_offset(offset)?;
+    async fn read_batch(&mut self, offset_value: &Value) -> Result<SourceBatch> {
+        let offset = self.parse_offset(offset_value)?;
         let mut budget = offset.max_rows as usize;
         let mut out = SourceBatch::default();
         // Each batch's greatest event time, while every read computed them.
         let mut maxima = self.max_of().map(|_| Vec::new());
-        let mut decoded = if self.threads > 1 && self.format == Format::Parquet && offset.files.len() > 1 {
-            self.read_parquet_ranges(&offset).await?
-        } else {
-            Vec::new()
+        let mut decoded = match self.ahead.take() {
+            Some((planned, tasks)) if planned == *offset_value => self.read_ahead(tasks).await?,
+            _ if self.reads_at_once(&offset) => {
+                let tasks = self.spawn_parquet_ranges(&offset).await?;
+                self.read_ahead(tasks).await?
+            }
+            _ => Vec::new(),
         };
         for (i, range) in offset.files.iter().enumerate() {
             if budget == 0 {
@@ -1000,6 +1045,41 @@ mod tests {
             "one thread"
         );
         assert_eq!(epochs_by_threads[1], epochs_by_threads[0], "two threads");
+
+        // Two threads over a frozen listing, each next batch planned (and
+        // its files' decoding started) while the driver would still run the
+        // epoch before: the same epochs. Planning ahead leaves progress to
+        // `read_batch` (planning again gives the same batch), and the broken
+        // file fails only the read of the epoch that reaches it.
+        let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+        source.set_threads(2);
+        source.freeze().await.unwrap();
+        let mut offset = source.plan_batch().await.unwrap().unwrap();
+        let mut epochs = Vec::new();
+        let err = loop {
+            match source.read_batch(&offset).await {
+                Ok(read) => epochs.push(numbers(&read.batches)),
+                Err(e) => break e,
+            }
+            let next = source
+                .plan_ahead()
+                .await
+                .unwrap()
+                .expect("a frozen listing plans ahead");
+            let next = next.expect("the broken file is still to read");
+            // (A batch of one file is decoded by `read_batch`: nothing to
+            // do at once.)
+            let files = source.parse_offset(&next).unwrap().files.len();
+            assert_eq!(
+                source.ahead.is_some(),
+                files > 1,
+                "the next batch's files are being decoded"
+            );
+            assert_eq!(source.plan_batch().await.unwrap(), Some(next.clone()));
+            offset = next;
+        };
+        assert!(err.to_string().contains("d.parquet"), "planned ahead: {err}");
+        assert_eq!(epochs, epochs_by_threads[0], "planned ahead");
     }
 
     /// Files of 3, 5 and 2 lines under a budget of 4 rows an epoch: local

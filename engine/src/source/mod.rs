@@ -130,6 +130,18 @@ pub trait Source: Send + Sync {
     /// The next batch after the current progress, or `None` when there is
     /// no new input.
     async fn plan_batch(&mut self) -> Result<Option<Value>>;
+    /// Plans the next batch now, while the driver still runs the epoch
+    /// just read, and may start reading it in the background so that the
+    /// next epoch finds its rows decoded. The driver then reads that offset
+    /// next instead of planning again. `None` when the source does not plan
+    /// ahead (the driver plans when the next epoch starts); `Some(None)`
+    /// when it planned and has no input. Only a source whose next batch
+    /// cannot depend on when it is planned does this (a folder listing
+    /// frozen by the available-now trigger): reading ahead must not change
+    /// what an epoch reads. Progress is untouched: `read_batch` advances it.
+    async fn plan_ahead(&mut self) -> Result<Option<Option<Value>>> {
+        Ok(None)
+    }
     /// Reads the rows an offset describes and advances progress past them
     /// (and past the bad records among them).
     async fn read_batch(&mut self, offset: &Value) -> Result<SourceBatch>;
