@@ -136,6 +136,50 @@ fn write_parts(dir: &std::path::Path, bids: &RecordBatch, parts: &[(usize, usize
     }
 }
 
+/// Runs `job` over the rest of its input, closes every window, and checks
+/// that no row was late.
+async fn run_to_end(job: &mut StreamingJob) -> weir_engine::RunSummary {
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let s = job
+        .run(Trigger::AvailableNow, true, stop, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.late_rows, 0);
+    s
+}
+
+/// A test's folders in a temporary directory: `in/` (the input files,
+/// made), `out/` (the sink) and `ck` (the checkpoint).
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    input: std::path::PathBuf,
+    out: std::path::PathBuf,
+    checkpoint: String,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        Dirs {
+            out: tmp.path().join("out"),
+            checkpoint: tmp.path().join("ck").display().to_string(),
+            input,
+            _tmp: tmp,
+        }
+    }
+
+    /// Opens the job `sql` on the checkpoint, with `sum_sq`, on `threads`
+    /// threads.
+    async fn open(&self, sql: &str, threads: usize) -> StreamingJob {
+        let mut options = JobOptions::new(self.checkpoint.clone());
+        options.udafs.push(sum_sq());
+        options.threads = threads;
+        StreamingJob::open(sql, options).await.unwrap()
+    }
+}
+
 /// The job: `AGGS` by auction in 5 s tumbling windows, from the files in
 /// `input` (`max_rows` an epoch) into Parquet in `out`.
 fn job_sql(input: &std::path::Path, out: &std::path::Path, max_rows: usize) -> String {
@@ -197,19 +241,12 @@ const AGGS: &str = "AVG(price) AS avg_price, COUNT(DISTINCT bidder) AS bidders, 
 
 #[tokio::test]
 async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let input_dir = dir.path().join("in");
-    std::fs::create_dir_all(&input_dir).unwrap();
+    let dirs = Dirs::new();
+    let (input_dir, out_dir) = (&dirs.input, &dirs.out);
     let batch = input();
-    write_parts(&input_dir, &batch, &[(0, 700), (700, 700), (1400, 600)]);
-    let out_dir = dir.path().join("out");
-    let sql = job_sql(&input_dir, &out_dir, 150);
-    let checkpoint = dir.path().join("ck").display().to_string();
-    let open = || async {
-        let mut options = JobOptions::new(checkpoint.clone());
-        options.udafs.push(sum_sq());
-        StreamingJob::open(&sql, options).await.unwrap()
-    };
+    write_parts(input_dir, &batch, &[(0, 700), (700, 700), (1400, 600)]);
+    let sql = job_sql(input_dir, out_dir, 150);
+    let open = || dirs.open(&sql, 1);
     // One epoch per process lifetime: state goes through a checkpoint
     // between every two batches.
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -227,13 +264,9 @@ async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
     }
     assert!(epochs >= 13, "{epochs} epochs");
     let mut job = open().await;
-    let s = job
-        .run(Trigger::AvailableNow, true, stop.clone(), &mut |_| {})
-        .await
-        .unwrap();
-    assert_eq!(s.late_rows, 0);
+    run_to_end(&mut job).await;
 
-    let got = sink_rows(&out_dir);
+    let got = sink_rows(out_dir);
 
     let expected = batch_answer(batch).await;
     assert!(expected.len() > 40);
@@ -247,9 +280,8 @@ async fn every_kind_of_aggregate_survives_checkpoints_and_matches_batch() {
 /// still gives the batch answer, over two epochs.
 #[tokio::test]
 async fn nearly_unique_keys_on_two_threads_match_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let input_dir = dir.path().join("in");
-    std::fs::create_dir_all(&input_dir).unwrap();
+    let dirs = Dirs::new();
+    let (input_dir, out_dir) = (&dirs.input, &dirs.out);
     let n = 500_000i64;
     let base = 1_767_225_600_000i64;
     let schema = input().schema();
@@ -272,19 +304,10 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
         ],
     )
     .unwrap();
-    write_parts(&input_dir, &batch, &[(0, 250_000), (250_000, 250_000)]);
-    let out_dir = dir.path().join("out");
-    let sql = job_sql(&input_dir, &out_dir, 250_000);
-    let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
-    options.udafs.push(sum_sq());
-    options.threads = 2;
-    let mut job = StreamingJob::open(&sql, options).await.unwrap();
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let s = job
-        .run(Trigger::AvailableNow, true, stop, &mut |_| {})
-        .await
-        .unwrap();
-    assert_eq!(s.late_rows, 0);
+    write_parts(input_dir, &batch, &[(0, 250_000), (250_000, 250_000)]);
+    let sql = job_sql(input_dir, out_dir, 250_000);
+    let mut job = dirs.open(&sql, 2).await;
+    let s = run_to_end(&mut job).await;
     assert!(s.epochs >= 2, "{} epochs", s.epochs);
     let analyze = job.explain_analyze();
     assert!(
@@ -293,7 +316,7 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
             && !analyze.contains("skipped_aggregation_rows=0"),
         "{analyze}"
     );
-    let got = sink_rows(&out_dir);
+    let got = sink_rows(out_dir);
     let expected = batch_answer(batch).await;
     assert!(expected.len() > 480_000, "{}", expected.len());
     assert_eq!(got, expected);
@@ -309,13 +332,11 @@ async fn nearly_unique_keys_on_two_threads_match_batch() {
 /// aggregate gives the batch answer.
 #[tokio::test]
 async fn keyless_windows_on_two_threads_match_batch_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let input_dir = dir.path().join("in");
-    std::fs::create_dir_all(&input_dir).unwrap();
+    let dirs = Dirs::new();
+    let (input_dir, out_dir) = (&dirs.input, &dirs.out);
     // 1,950 rows: the last window, [45 s, 50 s), gets 15 epochs' rows.
     let batch = input().slice(0, 1950);
-    write_parts(&input_dir, &batch, &[(0, 1000), (1000, 950)]);
-    let out_dir = dir.path().join("out");
+    write_parts(input_dir, &batch, &[(0, 1000), (1000, 950)]);
     let sql = format!(
         "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
            WATERMARK FOR date_time AS date_time - INTERVAL '15' SECOND)
@@ -327,13 +348,7 @@ async fn keyless_windows_on_two_threads_match_batch_across_a_restart() {
         input_dir.display(),
         out_dir.display()
     );
-    let checkpoint = dir.path().join("ck").display().to_string();
-    let open = || async {
-        let mut options = JobOptions::new(checkpoint.clone());
-        options.udafs.push(sum_sq());
-        options.threads = 2;
-        StreamingJob::open(&sql, options).await.unwrap()
-    };
+    let open = || dirs.open(&sql, 2);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     // 180 epochs of 10 rows: the input up to 45 s, windows before 30 s
     // closed.
@@ -347,14 +362,10 @@ async fn keyless_windows_on_two_threads_match_batch_across_a_restart() {
     }
     drop(job);
     let mut job = open().await;
-    let s = job
-        .run(Trigger::AvailableNow, true, stop.clone(), &mut |_| {})
-        .await
-        .unwrap();
-    assert_eq!(s.late_rows, 0);
+    let s = run_to_end(&mut job).await;
     assert_eq!(s.epochs, 16, "15 epochs of input and the drain");
 
-    let got = sink_rows(&out_dir);
+    let got = sink_rows(out_dir);
     let expected = batch_answer_by(batch, None).await;
     assert_eq!(expected.len(), 11);
     assert_eq!(got, expected);
@@ -366,23 +377,15 @@ async fn keyless_windows_on_two_threads_match_batch_across_a_restart() {
 /// go on from the last commit, and no row is lost or read twice.
 #[tokio::test]
 async fn a_stop_while_the_next_batch_is_read_ahead_loses_and_repeats_no_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let input_dir = dir.path().join("in");
-    std::fs::create_dir_all(&input_dir).unwrap();
+    let dirs = Dirs::new();
+    let (input_dir, out_dir) = (&dirs.input, &dirs.out);
     let batch = input();
     // Files of 100 rows under a budget of 150: most epochs span two files,
     // which two threads decode at once.
     let parts: Vec<(usize, usize)> = (0..20).map(|i| (i * 100, 100)).collect();
-    write_parts(&input_dir, &batch, &parts);
-    let out_dir = dir.path().join("out");
-    let sql = job_sql(&input_dir, &out_dir, 150);
-    let checkpoint = dir.path().join("ck").display().to_string();
-    let open = || async {
-        let mut options = JobOptions::new(checkpoint.clone());
-        options.udafs.push(sum_sq());
-        options.threads = 2;
-        StreamingJob::open(&sql, options).await.unwrap()
-    };
+    write_parts(input_dir, &batch, &parts);
+    let sql = job_sql(input_dir, out_dir, 150);
+    let open = || dirs.open(&sql, 2);
     // Runs `job` until it has committed `epochs` more epochs, then stops it.
     async fn run_for(job: &mut StreamingJob, epochs: u64) -> u64 {
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -405,15 +408,10 @@ async fn a_stop_while_the_next_batch_is_read_ahead_loses_and_repeats_no_row() {
     drop(job);
     let mut job = open().await;
     assert_eq!(run_for(&mut job, 1).await, 1);
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let s = job
-        .run(Trigger::AvailableNow, true, stop, &mut |_| {})
-        .await
-        .unwrap();
-    assert_eq!(s.late_rows, 0);
+    let s = run_to_end(&mut job).await;
     assert!(s.epochs >= 5, "{} epochs", s.epochs);
 
-    let got = sink_rows(&out_dir);
+    let got = sink_rows(out_dir);
     let expected = batch_answer(batch).await;
     assert!(expected.len() > 40);
     assert_eq!(got, expected);
