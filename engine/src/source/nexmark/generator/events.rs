@@ -254,12 +254,20 @@ impl Builder {
                 LAST_NAMES[rng.next_int_below(LAST_NAMES.len() as i32) as usize].as_bytes(),
             );
         });
+        // Each later field draws after this one: stop at the last one wanted
+        // (a query of `id, name` skips the e-mail's and card's draws).
+        if self.last_step < 2 {
+            return;
+        }
         let email = self.text(P_EMAIL, |out| {
             next_string(&mut rng, 7, out);
             out.push(b'@');
             next_string(&mut rng, 5, out);
             out.extend_from_slice(b".com");
         });
+        if self.last_step < 3 {
+            return;
+        }
         let card = self.text(P_CARD, |out| {
             for i in 0..4 {
                 if i > 0 {
@@ -275,9 +283,15 @@ impl Builder {
                 ]);
             }
         });
+        if self.last_step < 4 {
+            return;
+        }
         let city = self.text(P_CITY, |out| {
             out.extend_from_slice(US_CITIES[rng.next_int_below(US_CITIES.len() as i32) as usize].as_bytes())
         });
+        if self.last_step < 5 {
+            return;
+        }
         let state = self.text(P_STATE, |out| {
             out.extend_from_slice(US_STATES[rng.next_int_below(US_STATES.len() as i32) as usize].as_bytes())
         });
