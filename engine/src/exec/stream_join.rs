@@ -1776,3 +1776,61 @@ fn time_signature(time: Option<&JoinTime>) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::row::{RowConverter, SortField};
+
+    fn keys(values: &[Option<i64>]) -> (Rows, Vec<bool>) {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let array: ArrayRef = Arc::new(Int64Array::from(values.to_vec()));
+        let dead = values.iter().map(Option::is_none).collect();
+        (converter.convert_columns(&[array]).unwrap(), dead)
+    }
+
+    /// Every key's rows, from the index and from a scan of the chunks, in
+    /// the order they were added; NULL keys match nothing.
+    #[test]
+    fn a_key_index_finds_each_keys_rows_oldest_first() {
+        let chunks: Vec<Vec<Option<i64>>> = vec![
+            vec![Some(1), Some(2), Some(1), None, Some(3)],
+            vec![],
+            vec![Some(2), Some(2), Some(4), None, Some(1)],
+            (0..1000).map(|i| Some(i % 7)).collect(),
+        ];
+        let mut index = KeyIndex::default();
+        for values in &chunks {
+            let (rows, dead) = keys(values);
+            index.add(rows, &dead).unwrap();
+        }
+        assert_eq!(index.chunks(), chunks.len());
+        let mut chain = Vec::new();
+        for probe in [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(6),
+            Some(99),
+        ] {
+            let (probe_rows, _) = keys(&[probe]);
+            let mut got = Vec::new();
+            index.matches(probe_rows.row(0).data(), &mut chain, |c, r| got.push((c, r)));
+            let want: Vec<(u32, u32)> = chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(c, values)| {
+                    values
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, v)| probe.is_some() && **v == probe)
+                        .map(move |(r, _)| (c as u32, r as u32))
+                })
+                .collect();
+            assert_eq!(got, want, "key {probe:?}");
+        }
+    }
+}
