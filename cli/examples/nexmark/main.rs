@@ -19,6 +19,12 @@
 //! run) and once writing it as Parquet (for the Parquet run). A query Weir cannot plan yet is reported as skipped, with Weir's
 //! reason, and runs as soon as Weir can run it. The report goes to
 //! `benches/results/nexmark-<N>.md` and `.json`.
+//!
+//! `suite --input parquet` runs the Weir jobs over those very Parquet files
+//! instead (a `files` source per table, one file of 1M events an epoch), so
+//! that Weir and the batch query read the same bytes and the ratio measures
+//! the query, not the generator against a Parquet reader. Its report is
+//! `nexmark-<N>-parquet.md`.
 
 mod report;
 
@@ -94,6 +100,11 @@ struct SuiteArgs {
     /// The source's max_events_per_batch: events per epoch.
     #[arg(long, default_value_t = 1_000_000)]
     batch_events: u64,
+    /// What the Weir jobs read: the `nexmark` source, or the Parquet files
+    /// the batch queries read (`batch_events` must then be a multiple of the
+    /// files' 1M events).
+    #[arg(long, value_enum, default_value_t = Input::Generator)]
+    input: Input,
     /// Only these queries (comma-separated names such as q0,q7_agg).
     #[arg(long)]
     queries: Option<String>,
@@ -115,6 +126,45 @@ struct SuiteArgs {
     /// Where the report goes.
     #[arg(long, default_value = "benches/results")]
     results: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    /// The `nexmark` source, generating the events as the job runs.
+    Generator,
+    /// The events as Parquet (`write-parquet`), one `files` source per table.
+    Parquet,
+}
+
+/// Events in each Parquet file the suite writes (`write-parquet`'s default).
+const EVENTS_PER_FILE: u64 = 1_000_000;
+
+/// `ddl.sql` with each table's `WITH (...)` replaced by a `files` source over
+/// its folder of `write-parquet` output, `files` files an epoch. The columns
+/// and watermarks stay as declared.
+fn parquet_ddl(ddl: &str, data: &Path, files: u64) -> Result<String> {
+    let mut out = String::new();
+    for statement in ddl.split_inclusive(';') {
+        let Some(at) = statement.find("CREATE TABLE ") else {
+            out.push_str(statement);
+            continue;
+        };
+        let name = statement[at + "CREATE TABLE ".len()..]
+            .split(|c: char| !c.is_alphanumeric() && c != '_')
+            .next()
+            .unwrap_or_default();
+        let with = statement
+            .rfind("WITH (")
+            .with_context(|| format!("ddl.sql: no WITH clause for table {name}"))?;
+        let _ = write!(
+            out,
+            "{}WITH ('connector' = 'files', 'path' = '{}/', 'format' = 'parquet', \
+             'max_files_per_batch' = '{files}');",
+            &statement[..with],
+            data.join(name).display()
+        );
+    }
+    Ok(out)
 }
 
 /// The allocator settings the `weir` binary uses (see its `main.rs`), so
@@ -595,10 +645,28 @@ fn suite(args: &SuiteArgs) -> Result<()> {
         .replace("${EVENTS}", &n.to_string())
         .replace("${BATCH}", &args.batch_events.to_string());
     let data = args.work.join(format!("data-{n}"));
+    let ddl = match args.input {
+        Input::Generator => ddl,
+        Input::Parquet => {
+            if args.batch_events == 0 || !args.batch_events.is_multiple_of(EVENTS_PER_FILE) {
+                bail!(
+                    "--input parquet reads whole files of {EVENTS_PER_FILE} events: --batch-events must be a multiple of it"
+                );
+            }
+            // Absolute: the job file lives elsewhere.
+            let data = std::path::absolute(&data)?;
+            parquet_ddl(&ddl, &data, args.batch_events / EVENTS_PER_FILE)?
+        }
+    };
 
     let load_before = load_average();
-    eprintln!("nexmark: generator alone, {n} events, CPU {}", args.cpu);
-    let gen_speed = run_self(args, &["gen-speed", "--events", &n.to_string()])?;
+    let gen_speed = match args.input {
+        Input::Generator => {
+            eprintln!("nexmark: generator alone, {n} events, CPU {}", args.cpu);
+            run_self(args, &["gen-speed", "--events", &n.to_string()])?
+        }
+        Input::Parquet => Value::Null,
+    };
 
     // The same events as Parquet, for the batch ceiling (once per size).
     let marker = data.join("_complete");
@@ -675,9 +743,13 @@ fn suite(args: &SuiteArgs) -> Result<()> {
     json["load_average"] = json!(load);
     json["threads"] = json!(args.threads);
     let md = report_md(args, &gen_speed, &results, &load);
+    let input = match args.input {
+        Input::Generator => "",
+        Input::Parquet => "-parquet",
+    };
     let base = match args.threads {
-        1 => args.results.join(format!("nexmark-{n}")),
-        t => args.results.join(format!("nexmark-{n}-t{t}")),
+        1 => args.results.join(format!("nexmark-{n}{input}")),
+        t => args.results.join(format!("nexmark-{n}{input}-t{t}")),
     };
     std::fs::write(
         base.with_extension("json"),

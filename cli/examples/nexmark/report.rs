@@ -120,24 +120,49 @@ pub(crate) fn load_average() -> String {
 pub(crate) fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], load: &str) -> String {
     let n = args.events;
     let mut md = String::new();
-    let _ = writeln!(md, "# Nexmark, {n} events\n");
+    let from = match args.input {
+        Input::Generator => "",
+        Input::Parquet => ", read from Parquet",
+    };
+    let _ = writeln!(md, "# Nexmark, {n} events{from}\n");
     let _ = writeln!(
         md,
-        "Measured {} by `benches/nexmark.sh {n}` on {}, every run pinned to CPU {} \
+        "Measured {} by `benches/nexmark.sh {n}{}` on {}, every run pinned to CPU {} \
          (`taskset`), load average (1, 5, 15 min) {load}. Weir runs each query with \
          `--trigger available-now --drain --threads {}`, checkpoints on, \
-         {} events per epoch, from the `nexmark` source (default rate 10,000 events/s of event \
-         time, seed 0, 1:3:46 people:auctions:bids). *Per core* is events ÷ CPU time (user + sys); \
+         {} events per epoch, {}. *Per core* is events ÷ CPU time (user + sys); \
          *ratio* is Weir's per-core rate over DataFusion's on the same query over the same events \
          stored as Parquet (batch, best of 3): the blackhole run against DataFusion with its output \
          counted and dropped, the Parquet run against DataFusion writing its output as Parquet \
          (`write_parquet`, snappy like Weir's sink).\n",
         chrono_date(),
+        match args.input {
+            Input::Generator => "",
+            Input::Parquet => " -- --input parquet",
+        },
         machine(),
         args.cpu,
         args.threads,
-        args.batch_events
+        args.batch_events,
+        match args.input {
+            Input::Generator =>
+                "from the `nexmark` source (default rate 10,000 events/s of event \
+                 time, seed 0, 1:3:46 people:auctions:bids)",
+            Input::Parquet =>
+                "read from the Parquet files that the batch query reads (`--input parquet`: \
+                 a `files` source per table, whole files of 1M events; the same events as the \
+                 `nexmark` source's, generated once before the runs)",
+        }
     );
+    if args.input == Input::Generator {
+        generator_section(&mut md, gen_speed);
+    }
+    query_table(&mut md, n, results);
+    md
+}
+
+/// The generator's own speed, per table.
+fn generator_section(md: &mut String, gen_speed: &Value) {
     let _ = writeln!(md, "## Generator alone (one thread, every column)\n");
     let _ = writeln!(md, "| table | rows | events/s per core | rows/s per core |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
@@ -163,6 +188,10 @@ pub(crate) fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], lo
                 .unwrap_or(0.0)
         )
     );
+}
+
+/// Each query's runs and its batch ceilings, then the queries not run.
+fn query_table(md: &mut String, n: u64, results: &[Row]) {
     let _ = writeln!(md, "## Queries\n");
     let _ = writeln!(
         md,
@@ -250,5 +279,4 @@ pub(crate) fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], lo
          wall time includes writing the output; rows out are the query's result rows, which \
          equal the batch query's when no row arrived late."
     );
-    md
 }
