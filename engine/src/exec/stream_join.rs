@@ -209,21 +209,28 @@ struct KeyIndex {
 /// The end of a key's chain in [`KeyIndex::prev`].
 const NO_ROW: u32 = u32::MAX;
 
+/// The key of row `id` of a [`KeyIndex`] (its `keys` and `at`).
+fn key_at<'a>(keys: &'a [Rows], at: &[(u32, u32)], id: u32) -> &'a [u8] {
+    let (c, r) = at[id as usize];
+    keys[c as usize].row(r as usize).data()
+}
+
 impl KeyIndex {
     /// Chunks indexed so far (the first ones of the side).
     fn chunks(&self) -> usize {
         self.keys.len()
     }
 
+    /// Row `id`'s key.
     fn key(&self, id: u32) -> &[u8] {
-        let (c, r) = self.at[id as usize];
-        self.keys[c as usize].row(r as usize).data()
+        key_at(&self.keys, &self.at, id)
     }
 
     /// Indexes the next chunk from its keys; `dead` rows (NULL keys) stay
     /// out.
     fn add(&mut self, keys: Rows, dead: &[bool]) -> Result<()> {
-        let c = self.keys.len() as u32;
+        let c = self.keys.len();
+        self.keys.push(keys);
         // Room for every row as a new key: growing the table row by row
         // rehashes it again and again.
         self.heads.reserve(dead.len(), |&(h, _)| h);
@@ -243,22 +250,11 @@ impl KeyIndex {
                             .into(),
                     )
                 })?;
-            let key = keys.row(r);
+            self.at.push((c as u32, r as u32));
+            let (heads, keys, at) = (&mut self.heads, &self.keys, &self.at);
+            let key = keys[c].row(r);
             let hash = self.hasher.hash_one(key.data());
-            self.at.push((c, r as u32));
-            let (heads, at, all_keys) = (&mut self.heads, &self.at, &self.keys);
-            let same = |&(h, g): &(u64, u32)| {
-                h == hash && {
-                    let (gc, gr) = at[g as usize];
-                    let held = if gc == c {
-                        keys.row(gr as usize)
-                    } else {
-                        all_keys[gc as usize].row(gr as usize)
-                    };
-                    held.data() == key.data()
-                }
-            };
-            match heads.find_mut(hash, same) {
+            match heads.find_mut(hash, |&(h, g)| h == hash && key_at(keys, at, g) == key.data()) {
                 Some(head) => {
                     self.prev.push(head.1);
                     head.1 = id;
@@ -269,7 +265,6 @@ impl KeyIndex {
                 }
             }
         }
-        self.keys.push(keys);
         Ok(())
     }
 
