@@ -580,9 +580,10 @@ impl Source for FilesSource {
             let offset = self.parse_offset(value)?;
             // A file that cannot be read now is left to `read_batch`, which
             // reports it once the epoch is logged (and rolls it back).
-            if self.reads_at_once(&offset)
-                && let Ok(tasks) = self.spawn_parquet_ranges(&offset).await
-            {
+            // Even one file is worth decoding ahead: it decodes while the
+            // epoch before it runs (a job that reads one file an epoch
+            // otherwise decodes, then runs, then decodes, on one thread).
+            if let Ok(tasks) = self.spawn_parquet_ranges(&offset).await {
                 self.ahead = Some((value.clone(), tasks));
             }
         }
@@ -1018,68 +1019,85 @@ mod tests {
             w.close().unwrap();
         }
         std::fs::write(dir.path().join("d.parquet"), b"not parquet").unwrap();
-        let decl = weir_sql::job::parse_create_table(&format!(
-            "CREATE TABLE t (n BIGINT NOT NULL) WITH ('connector' = 'files', 'path' = '{}', \
-             'format' = 'parquet', 'max_rows_per_batch' = '5')",
-            dir.path().display()
-        ))
-        .unwrap();
-        let mut epochs_by_threads = Vec::new();
-        for threads in [1, 2] {
+        // A budget of 5 rows makes batches of two files; one file a batch,
+        // batches of one file.
+        for budget in ["max_rows_per_batch' = '5", "max_files_per_batch' = '1"] {
+            let decl = weir_sql::job::parse_create_table(&format!(
+                "CREATE TABLE t (n BIGINT NOT NULL) WITH ('connector' = 'files', 'path' = '{}', \
+                 'format' = 'parquet', '{budget}')",
+                dir.path().display()
+            ))
+            .unwrap();
+            let mut epochs_by_threads = Vec::new();
+            for threads in [1, 2] {
+                let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+                source.set_threads(threads);
+                let mut epochs = Vec::new();
+                let err = loop {
+                    let offset = source.plan_batch().await.unwrap().unwrap();
+                    match source.read_batch(&offset).await {
+                        Ok(read) => epochs.push(numbers(&read.batches)),
+                        Err(e) => break e,
+                    }
+                };
+                assert!(err.to_string().contains("d.parquet"), "{threads} threads: {err}");
+                epochs_by_threads.push(epochs);
+            }
+            let one_thread = if budget.contains("rows") {
+                vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]]
+            } else {
+                vec![vec![0, 1, 2], vec![3, 4, 5, 6, 7], vec![8, 9]]
+            };
+            assert_eq!(epochs_by_threads[0], one_thread, "one thread, {budget}");
+            assert_eq!(
+                epochs_by_threads[1], epochs_by_threads[0],
+                "two threads, budget {budget}"
+            );
+
+            // Two threads over a frozen listing, each next batch planned
+            // (and its files' decoding started, one file or several) while
+            // the driver would still run the epoch before: the same epochs.
+            // Planning ahead leaves progress to `read_batch` (planning again
+            // gives the same batch), and the broken file fails only the read
+            // of the epoch that reaches it.
             let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
-            source.set_threads(threads);
+            source.set_threads(2);
+            source.freeze().await.unwrap();
+            let mut offset = source.plan_batch().await.unwrap().unwrap();
             let mut epochs = Vec::new();
+            let mut one_file_ahead = false;
             let err = loop {
-                let offset = source.plan_batch().await.unwrap().unwrap();
                 match source.read_batch(&offset).await {
                     Ok(read) => epochs.push(numbers(&read.batches)),
                     Err(e) => break e,
                 }
+                let next = source
+                    .plan_ahead()
+                    .await
+                    .unwrap()
+                    .expect("a frozen listing plans ahead");
+                let next = next.expect("the broken file is still to read");
+                // (A batch that reaches a file whose footer cannot be read
+                // is left to `read_batch`, which reports it once its epoch
+                // is logged.)
+                let files = source.parse_offset(&next).unwrap().files;
+                let broken = files.iter().any(|f| f.path.contains("d.parquet"));
+                assert!(
+                    broken || source.ahead.is_some(),
+                    "the next batch's files are being decoded"
+                );
+                one_file_ahead |= files.len() == 1 && !broken;
+                assert_eq!(source.plan_batch().await.unwrap(), Some(next.clone()));
+                offset = next;
             };
-            assert!(err.to_string().contains("d.parquet"), "{threads} threads: {err}");
-            epochs_by_threads.push(epochs);
-        }
-        assert_eq!(
-            epochs_by_threads[0],
-            vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]],
-            "one thread"
-        );
-        assert_eq!(epochs_by_threads[1], epochs_by_threads[0], "two threads");
-
-        // Two threads over a frozen listing, each next batch planned (and
-        // its files' decoding started) while the driver would still run the
-        // epoch before: the same epochs. Planning ahead leaves progress to
-        // `read_batch` (planning again gives the same batch), and the broken
-        // file fails only the read of the epoch that reaches it.
-        let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
-        source.set_threads(2);
-        source.freeze().await.unwrap();
-        let mut offset = source.plan_batch().await.unwrap().unwrap();
-        let mut epochs = Vec::new();
-        let err = loop {
-            match source.read_batch(&offset).await {
-                Ok(read) => epochs.push(numbers(&read.batches)),
-                Err(e) => break e,
-            }
-            let next = source
-                .plan_ahead()
-                .await
-                .unwrap()
-                .expect("a frozen listing plans ahead");
-            let next = next.expect("the broken file is still to read");
-            // (A batch of one file is decoded by `read_batch`: nothing to
-            // do at once.)
-            let files = source.parse_offset(&next).unwrap().files.len();
+            assert!(err.to_string().contains("d.parquet"), "planned ahead: {err}");
+            assert_eq!(epochs, epochs_by_threads[0], "planned ahead, budget {budget}");
             assert_eq!(
-                source.ahead.is_some(),
-                files > 1,
-                "the next batch's files are being decoded"
+                one_file_ahead,
+                budget.contains("files"),
+                "a batch of one file, decoded ahead"
             );
-            assert_eq!(source.plan_batch().await.unwrap(), Some(next.clone()));
-            offset = next;
-        };
-        assert!(err.to_string().contains("d.parquet"), "planned ahead: {err}");
-        assert_eq!(epochs, epochs_by_threads[0], "planned ahead");
+        }
     }
 
     /// Files of 3, 5 and 2 lines under a budget of 4 rows an epoch: local
