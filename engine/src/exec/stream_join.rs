@@ -38,7 +38,12 @@
 //! when a source was idle while the watermark moved on without it.
 //!
 //! Keyed on the equal keys: with `--threads N` both inputs are
-//! hash-partitioned on them and each partition keeps one shard.
+//! hash-partitioned on them and each partition keeps one shard. The one
+//! exception is a side with one row per window (a window aggregate without
+//! keys) met by a side of many rows (Nexmark q7): that side is broadcast,
+//! read once and held whole in every shard, and the other side is not
+//! repartitioned at all (see [`broadcast_side`]). The state file is the
+//! same either way.
 //!
 //! State file, one row per held row:
 //! `__side: UInt8` (0 left, 1 right), `__epoch: Int64` (the epoch it
@@ -78,7 +83,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, collect,
 };
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
@@ -306,6 +311,10 @@ pub struct StreamJoinState {
     shards: Shards<Held>,
     /// Units (side, arrival epoch) changed since the last checkpoint.
     dirty: Mutex<BTreeSet<(u8, i64)>>,
+    /// The side every partition sees whole (see [`broadcast_side`]), if
+    /// any: its rows are held in every shard, and the other side is not
+    /// repartitioned.
+    broadcast: Option<Side>,
     /// NULL columns of each side's schema (left, right), as long as the
     /// longest asked for so far: a row of one side is padded with the
     /// other's NULLs in every state file and outer row, and a new NULL
@@ -321,7 +330,16 @@ pub struct StreamJoinExec {
     state: Arc<StreamJoinState>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The broadcast side's rows of this epoch, read once (by whichever
+    /// partition asks first) and handed to every partition. A copy of the
+    /// node (one per epoch) starts empty.
+    broadcast_rows: Mutex<Option<SharedRows>>,
 }
+
+/// A broadcast side's rows, collected once and shared.
+type SharedRows = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<Arc<Vec<RecordBatch>>, Arc<DataFusionError>>>,
+>;
 
 impl StreamJoinExec {
     /// The join of `left` and `right` under `threads` threads.
@@ -359,7 +377,7 @@ impl StreamJoinExec {
             fields.push(Field::new("__matches", DataType::Int64, false));
         }
         let shards = shard_count(threads, p.on.len());
-        let state = StreamJoinState {
+        let mut state = StreamJoinState {
             p,
             left_schema,
             right_schema,
@@ -367,7 +385,9 @@ impl StreamJoinExec {
             null_columns: Mutex::new([vec![], vec![]]),
             shards: Shards::new(shards, Held::default),
             dirty: Mutex::new(BTreeSet::new()),
+            broadcast: None,
         };
+        state.broadcast = broadcast_side(&state, &left, &right);
         Ok(Self::with_state(left, right, Arc::new(state)))
     }
 
@@ -388,7 +408,37 @@ impl StreamJoinExec {
             state,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
+            broadcast_rows: Mutex::new(None),
         }
+    }
+
+    fn input(&self, side: Side) -> &Arc<dyn ExecutionPlan> {
+        match side {
+            Side::Left => &self.left,
+            Side::Right => &self.right,
+        }
+    }
+
+    /// The broadcast side's rows of this epoch: its one partition, run
+    /// once for all partitions (running it per partition would run its
+    /// stateful operators again).
+    fn broadcast_rows(&self, side: Side, context: &Arc<TaskContext>) -> Result<SharedRows> {
+        let mut once = self.broadcast_rows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rows) = once.as_ref() {
+            return Ok(rows.clone());
+        }
+        let stream = self.input(side).execute(0, Arc::clone(context))?;
+        let rows = async move {
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new)
+        }
+        .boxed()
+        .shared();
+        *once = Some(rows.clone());
+        Ok(rows)
     }
 
     /// The operator's state (for checkpoints).
@@ -418,7 +468,7 @@ impl DisplayAs for StreamJoinExec {
         let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
         write!(
             f,
-            "{}: {} on=[{}]{}, {}",
+            "{}: {} on=[{}]{}, {}{}",
             self.name(),
             p.join_type,
             on.join(", "),
@@ -426,7 +476,12 @@ impl DisplayAs for StreamJoinExec {
                 .as_ref()
                 .map(|j| format!(" filter={}", j.expression()))
                 .unwrap_or_default(),
-            p.bound_text
+            p.bound_text,
+            match self.state.broadcast {
+                Some(Side::Left) => ", left side broadcast to every partition",
+                Some(Side::Right) => ", right side broadcast to every partition",
+                None => "",
+            }
         )
     }
 }
@@ -450,10 +505,14 @@ impl ExecutionPlan for StreamJoinExec {
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
         let n = self.state.shards.count();
-        vec![
-            input_distribution(n, self.keys(Side::Left)),
-            input_distribution(n, self.keys(Side::Right)),
-        ]
+        [Side::Left, Side::Right]
+            .into_iter()
+            .map(|side| match self.state.broadcast {
+                Some(b) if b == side => Distribution::SinglePartition,
+                Some(_) => Distribution::UnspecifiedDistribution,
+                None => input_distribution(n, self.keys(side)),
+            })
+            .collect()
     }
 
     fn apply_expressions(
@@ -493,27 +552,44 @@ impl ExecutionPlan for StreamJoinExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let shards = self.state.shards.count();
+        let broadcast = self.state.broadcast;
         for (input, side) in [(&self.left, Side::Left), (&self.right, Side::Right)] {
-            check_input(
-                "IntervalJoinExec",
-                input.output_partitioning(),
-                &self.keys(side),
-                shards,
-            )?;
             let n = input.output_partitioning().partition_count();
-            if n != shards || partition >= shards {
+            let want = if broadcast == Some(side) { 1 } else { shards };
+            if broadcast.is_none() {
+                check_input(
+                    "IntervalJoinExec",
+                    input.output_partitioning(),
+                    &self.keys(side),
+                    shards,
+                )?;
+            }
+            if n != want || partition >= shards {
                 return Err(DataFusionError::Internal(format!(
                     "IntervalJoinExec has {shards} partitions and an input of {n}, asked for partition {partition}"
                 )));
             }
         }
         let epoch = EpochInput::from_task(&context)?;
-        let left = self.left.execute(partition, Arc::clone(&context))?;
-        let right = self.right.execute(partition, Arc::clone(&context))?;
+        // Each side's rows for this partition: its own partition, or the
+        // broadcast side's one partition, shared.
+        let rows_of = |side: Side| -> Result<futures::future::BoxFuture<'static, Result<Vec<RecordBatch>>>> {
+            Ok(if broadcast == Some(side) {
+                self.broadcast_rows(side, &context)?
+                    .map(|rows| rows.map(|r| r.as_ref().clone()).map_err(DataFusionError::Shared))
+                    .boxed()
+            } else {
+                self.input(side)
+                    .execute(partition, Arc::clone(&context))?
+                    .try_collect::<Vec<_>>()
+                    .boxed()
+            })
+        };
+        let (left, right) = (rows_of(Side::Left)?, rows_of(Side::Right)?);
         let state = Arc::clone(&self.state);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out = futures::stream::once(async move {
-            let (l, r) = futures::try_join!(left.try_collect::<Vec<_>>(), right.try_collect::<Vec<_>>())?;
+            let (l, r) = futures::try_join!(left, right)?;
             let out = state.run(partition, l, r, &epoch, &context).await?;
             baseline.record_output(out.num_rows());
             Ok(out)
@@ -522,6 +598,55 @@ impl ExecutionPlan for StreamJoinExec {
             Arc::clone(&self.state.p.schema),
             out,
         )))
+    }
+}
+
+/// The side a join reads whole in every partition, instead of
+/// hash-partitioning both sides on the keys: a side with one row per window
+/// (a window aggregate without keys, such as Nexmark q7's highest price of
+/// each window) met by a side of many rows (q7's bids). Repartitioning the
+/// many rows cost more than the join itself on two threads (every bid, with
+/// every column, crossed threads to meet a few hundred rows); held in every
+/// shard, the small side costs a few rows a shard.
+///
+/// Only a side whose rows need not remember their matches (not an outer,
+/// semi or anti join's preserved side), since each copy meets only a part
+/// of the other side; and only when the other side comes in as many
+/// partitions as the join has shards. Its rows are the same in every shard,
+/// so its state is written once and a checkpoint is the same as with keyed
+/// shards: a job can stop with one layout and resume with the other.
+fn broadcast_side(
+    state: &StreamJoinState,
+    left: &Arc<dyn ExecutionPlan>,
+    right: &Arc<dyn ExecutionPlan>,
+) -> Option<Side> {
+    let shards = state.shards.count();
+    if shards <= 1 {
+        return None;
+    }
+    let parts = |p: &Arc<dyn ExecutionPlan>| p.output_partitioning().partition_count();
+    [(Side::Right, right, left), (Side::Left, left, right)]
+        .into_iter()
+        .find(|(side, small, big)| {
+            !state.tracks(*side) && parts(small) == 1 && parts(big) == shards && one_row_per_window(small)
+        })
+        .map(|(side, ..)| side)
+}
+
+/// Whether `plan` is a window aggregate without keys (one partition), under
+/// stateless nodes that keep or drop rows one by one.
+fn one_row_per_window(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut plan = plan;
+    loop {
+        match plan.name() {
+            "WindowAggregateExec" => return plan.output_partitioning().partition_count() == 1,
+            "ProjectionExec" | "FilterExec" | "CoalesceBatchesExec" => {}
+            _ => return false,
+        }
+        match plan.children().as_slice() {
+            [child] => plan = child,
+            _ => return false,
+        }
     }
 }
 
@@ -918,7 +1043,13 @@ impl StreamJoinState {
         };
         let (new_left, late_l) = guarded(name, n, || self.on_time(Side::Left, &new_left, since))?;
         let (new_right, late_r) = guarded(name, n, || self.on_time(Side::Right, &new_right, since))?;
-        epoch.add_late(late_l + late_r);
+        // A broadcast side's late rows are in every shard: count them once.
+        let late = match self.broadcast {
+            Some(Side::Left) if shard > 0 => late_r,
+            Some(Side::Right) if shard > 0 => late_l,
+            _ => late_l + late_r,
+        };
+        epoch.add_late(late);
 
         // A regular join probes its key index (see `KeyIndex`).
         if self.p.time.is_none() && !self.p.on.is_empty() {
@@ -1550,14 +1681,17 @@ impl StatefulOperator for StreamJoinState {
     }
 
     fn state_rows(&self) -> usize {
+        let rows = |chunks: &[Chunk]| chunks.iter().map(|c| c.rows.num_rows()).sum::<usize>();
         self.shards
             .lock_all()
             .iter()
-            .map(|h| {
-                h.left
-                    .iter()
-                    .chain(&h.right)
-                    .map(|c| c.rows.num_rows())
+            .enumerate()
+            .map(|(shard, h)| {
+                // A broadcast side's rows are counted once, as written.
+                [(Side::Left, &h.left), (Side::Right, &h.right)]
+                    .into_iter()
+                    .filter(|(side, _)| shard == 0 || self.broadcast != Some(*side))
+                    .map(|(_, chunks)| rows(chunks))
                     .sum::<usize>()
             })
             .sum()
@@ -1608,8 +1742,15 @@ impl StatefulOperator for StreamJoinState {
         }
         let mut upserts = Vec::new();
         let mut present = BTreeSet::new();
-        for h in &held {
+        for (shard, h) in held.iter().enumerate() {
             for (side, chunks) in [(Side::Left, &h.left), (Side::Right, &h.right)] {
+                // A broadcast side's rows are the same in every shard (the
+                // same rows in, evicted by the same watermark): written
+                // once, from shard 0, so the state file is the one a join
+                // with keyed shards writes.
+                if shard > 0 && self.broadcast == Some(side) {
+                    continue;
+                }
                 for c in chunks {
                     let unit = (side as u8, c.epoch);
                     if full || dirty.contains(&unit) {
@@ -1693,7 +1834,12 @@ impl StatefulOperator for StreamJoinState {
                     take_batch(&part, &UInt32Array::from(rows))?
                 };
                 let key_columns: Vec<usize> = (3..3 + k).collect();
-                for (shard, part) in route(&part, &key_columns, held.len())? {
+                let parts = if self.broadcast == Some(side) {
+                    (0..held.len()).map(|shard| (shard, part.clone())).collect()
+                } else {
+                    route(&part, &key_columns, held.len())?
+                };
+                for (shard, part) in parts {
                     let arrived_ms = part
                         .column(2)
                         .as_primitive::<datafusion::arrow::datatypes::Int64Type>()

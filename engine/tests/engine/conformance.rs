@@ -376,6 +376,128 @@ async fn a_join_with_a_window_aggregate_matches_batch() {
     check(&rows, &[600], 101, 3000, HIGHEST_QUERY, HIGHEST_ORACLE).await;
 }
 
+/// Nexmark q7's join (each bid with its window's highest price) in other
+/// shapes, as (query, batch oracle). With two threads the window
+/// aggregate's side (one row a window) is broadcast to every partition
+/// when its rows need not remember their matches (inner, either side
+/// first, or the bids' side outer); a RIGHT join keeps it hash-partitioned.
+fn highest(shape: &str) -> (String, String) {
+    let agg = "(SELECT MAX(price) AS maxprice, window_end AS date_time
+        FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end) B1";
+    let agg_oracle = "(SELECT MAX(price) AS maxprice, to_timestamp_millis(s + 10000) AS date_time
+        FROM (SELECT price, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS s FROM bids) GROUP BY s) B1";
+    // "after": the bids of the minute after a window that equal its
+    // highest price, so the window's row is held (in every partition) for
+    // a minute, across a stop.
+    let on = if shape.ends_with("after") {
+        "B.price = B1.maxprice AND B.ts BETWEEN B1.date_time AND B1.date_time + INTERVAL '60' SECOND"
+    } else {
+        "B.price = B1.maxprice AND B.ts BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time"
+    };
+    let shape = shape.trim_end_matches(" after");
+    let sql = |agg: &str| match shape {
+        "inner" => format!("SELECT B.k, B.price, B.ts, B1.date_time FROM bids B JOIN {agg} ON {on}"),
+        "window first" => format!("SELECT B.k, B.price, B.ts, B1.date_time FROM {agg} JOIN bids B ON {on}"),
+        "left" => format!("SELECT B.k, B.price, B.ts, B1.date_time FROM bids B LEFT JOIN {agg} ON {on}"),
+        "right" => format!("SELECT B.k, B1.maxprice, B1.date_time FROM bids B RIGHT JOIN {agg} ON {on}"),
+        _ => panic!("no shape {shape}"),
+    };
+    (format!("INSERT INTO out {}", sql(agg)), sql(agg_oracle))
+}
+
+#[tokio::test]
+async fn a_join_with_a_window_aggregate_matches_batch_in_every_shape_and_thread_count() {
+    // Few prices, so that windows share their maximum with several bids;
+    // a LEFT join's bids mostly match nothing.
+    let rows: Vec<Row> = gen_rows(12, 1500, 150, 3000, 5)
+        .into_iter()
+        .map(|r| Row {
+            price: r.price % 40,
+            ..r
+        })
+        .collect();
+    let delay_ms = 3000;
+    for shape in [
+        "inner",
+        "window first",
+        "left",
+        "right",
+        "inner after",
+        "left after",
+    ] {
+        let (query, oracle_sql) = highest(shape);
+        let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
+        assert!(!want.is_empty(), "{shape}");
+        for threads in [1, 2] {
+            let got = sorted(format_rows(
+                &stream_tables(
+                    &[("bids", &rows, delay_ms)],
+                    &[500, 1000],
+                    97,
+                    &query,
+                    "append",
+                    threads,
+                )
+                .await,
+            ));
+            assert_eq!(got, want, "{shape} on {threads} thread(s)");
+        }
+    }
+}
+
+/// A join whose window side is broadcast (two threads) writes the same
+/// checkpoint as one whose sides are hash-partitioned (one thread): a job
+/// stopped under one resumes under the other, in both directions.
+#[tokio::test]
+async fn a_broadcast_join_resumes_under_another_thread_count() {
+    let rows: Vec<Row> = gen_rows(13, 1200, 150, 3000, 5)
+        .into_iter()
+        .map(|r| Row {
+            price: r.price % 30,
+            ..r
+        })
+        .collect();
+    let delay_ms = 3000;
+    for shape in ["inner", "left", "inner after", "window first after"] {
+        let (query, oracle_sql) = highest(shape);
+        let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
+        for (first, then) in [(2, 1), (1, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("bids");
+            std::fs::create_dir_all(&input).unwrap();
+            let out = dir.path().join("out");
+            let sql = format!(
+                "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
+                   WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
+                   WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '113');
+                 CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+                 {query};",
+                input.display(),
+                out.display()
+            );
+            // Half the rows under `first` threads (state held at the stop),
+            // the rest, drained, under `then`.
+            for (part, (threads, range)) in [(first, 0..600), (then, 600..rows.len())].into_iter().enumerate()
+            {
+                let b = batch(&rows[range]);
+                let f = std::fs::File::create(input.join(format!("part-{part}.parquet"))).unwrap();
+                let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+                writer.write(&b).unwrap();
+                writer.close().unwrap();
+                let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
+                options.threads = threads;
+                let mut job = StreamingJob::open(&sql, options).await.unwrap();
+                let (_tx, stop) = tokio::sync::watch::channel(false);
+                job.run(Trigger::AvailableNow, part == 1, stop, &mut |_| {})
+                    .await
+                    .unwrap();
+            }
+            let got = sorted(format_rows(&read_sink(&out)));
+            assert_eq!(got, want, "{shape}: {first} thread(s), then {then}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_window_over_a_window_matches_batch() {
     let rows = gen_rows(5, 1500, 200, 3000, 4);
