@@ -365,15 +365,21 @@ async fn session_matches_batch_and_merges_bridged_sessions() {
 
 #[tokio::test]
 async fn a_join_with_a_window_aggregate_matches_batch() {
-    // Few prices, so that windows share their maximum with several bids.
-    let rows: Vec<Row> = gen_rows(9, 1500, 150, 3000, 5)
+    let rows = few_prices(9, 1500, 40);
+    check(&rows, &[600], 101, 3000, HIGHEST_QUERY, HIGHEST_ORACLE).await;
+}
+
+/// Rows of [`gen_rows`] (steps of up to 150 ms, 3 s of disorder, 5 keys)
+/// with prices below `prices`, so that windows share their highest price
+/// with several bids.
+fn few_prices(seed: u64, n: usize, prices: i64) -> Vec<Row> {
+    gen_rows(seed, n, 150, 3000, 5)
         .into_iter()
         .map(|r| Row {
-            price: r.price % 40,
+            price: r.price % prices,
             ..r
         })
-        .collect();
-    check(&rows, &[600], 101, 3000, HIGHEST_QUERY, HIGHEST_ORACLE).await;
+        .collect()
 }
 
 /// Nexmark q7's join (each bid with its window's highest price) in other
@@ -407,15 +413,8 @@ fn highest(shape: &str) -> (String, String) {
 
 #[tokio::test]
 async fn a_join_with_a_window_aggregate_matches_batch_in_every_shape_and_thread_count() {
-    // Few prices, so that windows share their maximum with several bids;
-    // a LEFT join's bids mostly match nothing.
-    let rows: Vec<Row> = gen_rows(12, 1500, 150, 3000, 5)
-        .into_iter()
-        .map(|r| Row {
-            price: r.price % 40,
-            ..r
-        })
-        .collect();
+    // (A LEFT join's bids mostly match nothing.)
+    let rows = few_prices(12, 1500, 40);
     let delay_ms = 3000;
     for shape in [
         "inner",
@@ -450,13 +449,7 @@ async fn a_join_with_a_window_aggregate_matches_batch_in_every_shape_and_thread_
 /// stopped under one resumes under the other, in both directions.
 #[tokio::test]
 async fn a_broadcast_join_resumes_under_another_thread_count() {
-    let rows: Vec<Row> = gen_rows(13, 1200, 150, 3000, 5)
-        .into_iter()
-        .map(|r| Row {
-            price: r.price % 30,
-            ..r
-        })
-        .collect();
+    let rows = few_prices(13, 1200, 30);
     let delay_ms = 3000;
     for shape in ["inner", "left", "inner after", "window first after"] {
         let (query, oracle_sql) = highest(shape);
