@@ -287,6 +287,9 @@ struct Case {
     /// A regular join (no time bound): no row is late, the batch answer
     /// reads them all.
     regular: bool,
+    /// The batch answer's query, when it is not `query` itself (a join
+    /// with a window aggregate, whose windows batch SQL computes by hand).
+    oracle: Option<String>,
 }
 
 const AGGS: &[&str] = &[
@@ -349,6 +352,26 @@ fn gen_case(seed: u64) -> Case {
     cuts.sort_unstable();
     let max_rows = 1 + rng.below(150) as usize;
     if rng.chance(20) {
+        if rng.chance(25) {
+            let (query, oracle) = gen_window_join(&mut rng);
+            return Case {
+                seed,
+                query,
+                regular: false,
+                window: None,
+                filters: vec![],
+                view: None,
+                changelog: false,
+                delay_ms,
+                rows,
+                cuts,
+                max_rows,
+                threads,
+                restart,
+                oracle: Some(oracle),
+                join: true,
+            };
+        }
         let regular = rng.chance(25);
         let (query, changelog) = if regular {
             gen_regular_join(&mut rng)
@@ -369,6 +392,7 @@ fn gen_case(seed: u64) -> Case {
             max_rows,
             threads,
             restart,
+            oracle: None,
             join: true,
         };
     }
@@ -387,6 +411,7 @@ fn gen_case(seed: u64) -> Case {
             max_rows,
             threads,
             restart,
+            oracle: None,
             join: false,
             regular: false,
         };
@@ -578,6 +603,7 @@ fn gen_case(seed: u64) -> Case {
         max_rows,
         threads,
         restart,
+        oracle: None,
         join: false,
         regular: false,
     }
@@ -741,6 +767,45 @@ fn gen_join(rng: &mut Rng) -> String {
             let kind = ["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN"][k as usize];
             format!("SELECT a.k1, a.price, b.k2, b.price, a.ts, b.ts FROM bids a {kind} bids b ON {cond}")
         }
+    }
+}
+
+/// Nexmark q7's form: rows joined with a value of each tumbling window
+/// near them (the highest price, the lowest or highest `k1`), an interval
+/// join of the table with a window aggregate of itself without keys (one
+/// row a window; on two threads that side is broadcast to every partition
+/// when its rows need not remember matches: not the preserved side of a
+/// RIGHT join). Returns the query and its batch form, which computes the
+/// windows by hand.
+fn gen_window_join(rng: &mut Rng) -> (String, String) {
+    let size = *rng.pick(&[1000i64, 2000, 5000]);
+    let (agg, key) = *rng.pick(&[("MAX(price)", "price"), ("MAX(k1)", "k1"), ("MIN(k1)", "k1")]);
+    let stream = format!(
+        "(SELECT {agg} AS v, window_end AS we FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), \
+         INTERVAL '{size}' MILLISECOND)) GROUP BY window_start, window_end) w"
+    );
+    let batch = format!(
+        "(SELECT {agg} AS v, to_timestamp_millis(s + {size}) AS we FROM (SELECT *, \
+         CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % {size} AS s FROM bids) AS a GROUP BY s) w"
+    );
+    // b.ts - w.we in [-before, after].
+    let before = *rng.pick(&[size / 2, size, 2 * size]);
+    let after = *rng.pick(&[0i64, 1000, 3000]);
+    let on = format!(
+        "b.{key} = w.v AND b.ts BETWEEN w.we - INTERVAL '{before}' MILLISECOND \
+         AND w.we + INTERVAL '{after}' MILLISECOND"
+    );
+    let shape = rng.below(4);
+    (sql_of(shape, &stream, &on), sql_of(shape, &batch, &on))
+}
+
+/// [`gen_window_join`]'s query, shape `shape`, over the window side `w`.
+fn sql_of(shape: u64, w: &str, on: &str) -> String {
+    match shape {
+        0 => format!("SELECT b.k1, b.price, b.ts, w.v, w.we FROM bids b LEFT JOIN {w} ON {on}"),
+        1 => format!("SELECT b.k1, b.ts, w.v, w.we FROM bids b RIGHT JOIN {w} ON {on}"),
+        2 => format!("SELECT b.k2, b.price, b.ts, w.we FROM {w} JOIN bids b ON {on}"),
+        _ => format!("SELECT b.k1, b.k3, b.price, b.ts, w.we FROM bids b JOIN {w} ON {on}"),
     }
 }
 
@@ -923,7 +988,7 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
                 on_time(&case.rows, case.delay_ms)
             };
             ctx.register_batch("bids", batch(&rows)).unwrap();
-            case.query.clone()
+            case.oracle.clone().unwrap_or_else(|| case.query.clone())
         }
         None => {
             ctx.register_batch("bids", batch(&case.rows)).unwrap();
