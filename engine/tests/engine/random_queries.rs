@@ -352,31 +352,14 @@ fn gen_case(seed: u64) -> Case {
     cuts.sort_unstable();
     let max_rows = 1 + rng.below(150) as usize;
     if rng.chance(20) {
-        if rng.chance(25) {
+        let (query, changelog, regular, oracle) = if rng.chance(25) {
             let (query, oracle) = gen_window_join(&mut rng);
-            return Case {
-                seed,
-                query,
-                regular: false,
-                window: None,
-                filters: vec![],
-                view: None,
-                changelog: false,
-                delay_ms,
-                rows,
-                cuts,
-                max_rows,
-                threads,
-                restart,
-                oracle: Some(oracle),
-                join: true,
-            };
-        }
-        let regular = rng.chance(25);
-        let (query, changelog) = if regular {
-            gen_regular_join(&mut rng)
+            (query, false, false, Some(oracle))
+        } else if rng.chance(25) {
+            let (query, changelog) = gen_regular_join(&mut rng);
+            (query, changelog, true, None)
         } else {
-            (gen_join(&mut rng), false)
+            (gen_join(&mut rng), false, false, None)
         };
         return Case {
             seed,
@@ -392,7 +375,7 @@ fn gen_case(seed: u64) -> Case {
             max_rows,
             threads,
             restart,
-            oracle: None,
+            oracle,
             join: true,
         };
     }
