@@ -361,7 +361,7 @@ impl ExtensionPlanner for StreamExtensionPlanner {
                 lag_ms: n.watermark_lag_ms,
                 schema: Arc::new(n.schema().as_arrow().clone()),
             };
-            return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params)?)));
+            return Ok(Some(Arc::new(WindowTopNExec::try_new(input, params, threads)?)));
         }
         if let Some(n) = node.as_any().downcast_ref::<weir_sql::StreamTopNNode>() {
             let (partition_by, order_by) = plan_ranking(

@@ -9,22 +9,44 @@
 //! in (partition, rank) order. Ties keep arrival order, so a restored
 //! operator (whose rows come back in the same order) ranks the same way.
 //!
+//! On more than one thread (`--threads`):
+//! - with `PARTITION BY` keys besides the window's bounds, the state is
+//!   sharded by those keys (see [`super::shard`]): all rows of a ranking
+//!   partition (window, keys) are in one shard, which ranks and emits them;
+//! - without such keys (one ranking per window) there is one shard, and
+//!   with a limit N each input partition first keeps only its rows that can
+//!   still rank within N ([`PartialWindowTopNExec`]), so a few rows per
+//!   window, not all of them, funnel into that shard.
+//!
 //! State file: `__window_start, __window_end: Int64`, then the input columns.
+//! A window's rows may be in several shards; a checkpoint writes each
+//! changed window whole, from all of them, and a restore deals rows to the
+//! shards by the hash of their keys, so a job may resume under another
+//! thread count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use super::keys::KeyRows;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{SortColumn, SortOptions, cast, concat_batches, lexsort_to_indices};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::error::Result;
-use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
 use weir_sql::RankKind;
 
 use super::operator::{EpochOperator, OperatorExec};
+use super::shard::{Shards, route, shard_count};
 use super::units::{split_by_unit, take_batch};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -57,7 +79,10 @@ pub struct TopNState {
     p: TopNParams,
     input_schema: SchemaRef,
     state_schema: SchemaRef,
-    inner: Mutex<Inner>,
+    /// `PARTITION BY` without the window's bounds: what the shards are
+    /// keyed by.
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    shards: Shards<Inner>,
 }
 
 #[derive(Default)]
@@ -71,19 +96,43 @@ struct Inner {
 }
 
 impl OperatorExec<TopNState> {
-    /// Builds the operator.
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: TopNParams) -> Result<Self> {
+    /// Builds the operator for `threads` threads (see the module docs).
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, p: TopNParams, threads: usize) -> Result<Self> {
         let input_schema = input.schema();
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
             Field::new("__window_end", DataType::Int64, false),
         ];
         fields.extend(input_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let keys: Vec<Arc<dyn PhysicalExpr>> = p
+            .partition_by
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != p.window_start && *i != p.window_end)
+            .map(|(_, e)| Arc::clone(e))
+            .collect();
+        let shards = shard_count(threads, keys.len());
+        let mut input = input;
+        if shards == 1
+            && threads > 1
+            && let Some(limit) = p.limit
+        {
+            input = Arc::new(PartialWindowTopNExec::new(
+                input,
+                Arc::new(PartialTopN {
+                    partition_by: p.partition_by.clone(),
+                    order_by: p.order_by.clone(),
+                    rank: p.rank,
+                    limit,
+                }),
+            ));
+        }
         let state = TopNState {
             p,
             input_schema,
             state_schema: Arc::new(Schema::new(fields)),
-            inner: Mutex::new(Inner::default()),
+            keys,
+            shards: Shards::new(shards, Inner::default),
         };
         Ok(Self::new(input, Arc::new(state)))
     }
@@ -98,13 +147,12 @@ impl EpochOperator for TopNState {
         Arc::clone(&self.p.schema)
     }
 
-    /// One: ranking needs all of a window's rows together.
     fn partitions(&self) -> usize {
-        1
+        self.shards.count()
     }
 
     fn shard_keys(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        vec![]
+        self.keys.clone()
     }
 
     fn expressions(&self) -> Vec<Arc<dyn PhysicalExpr>> {
@@ -134,22 +182,18 @@ impl EpochOperator for TopNState {
         Ok(Vec::new())
     }
 
-    fn fold(&self, _partition: usize, touched: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
-        touched.extend(self.update(batch)?);
+    fn fold(&self, partition: usize, touched: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
+        touched.extend(self.update(partition, batch)?);
         Ok(())
     }
 
-    fn finish(&self, _partition: usize, touched: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
-        self.prune(&touched)?;
-        self.emit_closed(epoch.watermark_out.saturating_sub(self.p.lag_ms))
+    fn finish(&self, partition: usize, touched: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
+        self.prune(partition, &touched)?;
+        self.emit_closed(partition, epoch.watermark_out.saturating_sub(self.p.lag_ms))
     }
 }
 
 impl TopNState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn window_bounds(&self, batch: &RecordBatch) -> Result<(ArrayRef, ArrayRef)> {
         let n = batch.num_rows();
         let s = cast(
@@ -167,17 +211,32 @@ impl TopNState {
         Ok((s, e))
     }
 
-    /// Adds rows to their windows; returns the windows touched.
-    fn update(&self, batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
+    /// Adds rows to their windows in a shard; returns the windows touched.
+    fn update(&self, shard: usize, batch: &RecordBatch) -> Result<Vec<(i64, i64)>> {
         if batch.num_rows() == 0 {
             return Ok(vec![]);
         }
+        // Rows that do not rank within N among this batch's rows alone
+        // cannot rank within N in their window (see `PartialWindowTopNExec`
+        // for why): drop them now, so a window holds a few rows per batch,
+        // not every row until the epoch's end.
+        let pruned;
+        let batch = match self.p.limit {
+            Some(limit) => match within(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, batch)? {
+                Some(kept) => {
+                    pruned = kept;
+                    &pruned
+                }
+                None => batch,
+            },
+            None => batch,
+        };
         let (s, e) = self.window_bounds(batch)?;
         let parts = split_by_unit(
             s.as_primitive::<Int64Type>().values(),
             e.as_primitive::<Int64Type>().values(),
         );
-        let mut inner = self.lock();
+        let mut inner = self.shards.lock(shard);
         let mut touched = Vec::new();
         for (window, rows) in parts {
             inner.changed.insert(window);
@@ -192,25 +251,16 @@ impl TopNState {
         Ok(touched)
     }
 
-    /// Keeps only rows that can still rank within the limit.
-    fn prune(&self, touched: &[(i64, i64)]) -> Result<()> {
+    /// Keeps only a shard's rows that can still rank within the limit.
+    fn prune(&self, shard: usize, touched: &[(i64, i64)]) -> Result<()> {
         let Some(limit) = self.p.limit else { return Ok(()) };
-        let mut inner = self.lock();
+        let mut inner = self.shards.lock(shard);
         for w in touched {
             if let Some(batches) = inner.windows.get_mut(w) {
                 let all = concat_batches(&self.input_schema, batches.iter())?;
-                let (order, ranks) = self.rank(&all)?;
-                let keep: Vec<u32> = order
-                    .iter()
-                    .zip(&ranks)
-                    .filter(|(_, r)| **r <= limit)
-                    .map(|(i, _)| *i)
-                    .collect();
-                if keep.len() < all.num_rows() {
-                    // Keep arrival order among the survivors.
-                    let mut keep = keep;
-                    keep.sort_unstable();
-                    *batches = vec![take_batch(&all, &UInt32Array::from(keep))?];
+                if let Some(kept) = within(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, &all)?
+                {
+                    *batches = vec![kept];
                 }
             }
         }
@@ -222,8 +272,9 @@ impl TopNState {
         rank_rows(&self.p.partition_by, &self.p.order_by, self.p.rank, batch)
     }
 
-    fn emit_closed(&self, watermark: i64) -> Result<RecordBatch> {
-        let mut inner = self.lock();
+    /// Ranks and emits a shard's windows that end at or before `watermark`.
+    fn emit_closed(&self, shard: usize, watermark: i64) -> Result<RecordBatch> {
+        let mut inner = self.shards.lock(shard);
         let mut out = Vec::new();
         while let Some(entry) = inner.windows.first_entry() {
             if entry.key().0 > watermark {
@@ -271,10 +322,10 @@ impl StatefulOperator for TopNState {
     }
 
     fn state_rows(&self) -> usize {
-        self.lock()
-            .windows
-            .values()
-            .flatten()
+        self.shards
+            .lock_all()
+            .iter()
+            .flat_map(|i| i.windows.values().flatten())
             .map(RecordBatch::num_rows)
             .sum()
     }
@@ -308,36 +359,56 @@ impl StatefulOperator for TopNState {
     }
 
     fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
-        let mut inner = self.lock();
-        if !full && inner.changed.is_empty() && inner.removed.is_empty() {
+        let mut shards = self.shards.lock_all();
+        if !full
+            && shards
+                .iter()
+                .all(|i| i.changed.is_empty() && i.removed.is_empty())
+        {
             return Ok(None);
         }
-        let windows: Vec<(i64, i64)> = if full {
-            inner.windows.keys().copied().collect()
+        // A window may have rows in several shards: a window that changed
+        // in any of them is written whole, from all of them.
+        let present = |w: &(i64, i64)| shards.iter().any(|i| i.windows.contains_key(w));
+        let windows: BTreeSet<(i64, i64)> = if full {
+            shards.iter().flat_map(|i| i.windows.keys().copied()).collect()
         } else {
-            inner
-                .changed
+            shards
                 .iter()
-                .copied()
-                .filter(|w| inner.windows.contains_key(w))
+                .flat_map(|i| i.changed.iter().copied())
+                .filter(|w| present(w))
                 .collect()
         };
         let mut upserts = Vec::new();
-        for (end, start) in windows {
-            let batches = &inner.windows[&(end, start)];
-            let rows = concat_batches(&self.input_schema, batches.iter())?;
-            let n = rows.num_rows();
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from(vec![start; n])),
-                Arc::new(Int64Array::from(vec![end; n])),
-            ];
-            columns.extend(rows.columns().iter().cloned());
-            upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+        for &(end, start) in &windows {
+            for inner in shards.iter() {
+                let Some(batches) = inner.windows.get(&(end, start)) else {
+                    continue;
+                };
+                let rows = concat_batches(&self.input_schema, batches.iter())?;
+                let n = rows.num_rows();
+                let mut columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![start; n])),
+                    Arc::new(Int64Array::from(vec![end; n])),
+                ];
+                columns.extend(rows.columns().iter().cloned());
+                upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+            }
         }
-        let deletes = if full || inner.removed.is_empty() {
+        // Gone from every shard (all shards emit by the same watermark).
+        let removed: BTreeSet<(i64, i64)> = if full {
+            BTreeSet::new()
+        } else {
+            shards
+                .iter()
+                .flat_map(|i| i.removed.iter().copied())
+                .filter(|w| !present(w))
+                .collect()
+        };
+        let deletes = if removed.is_empty() {
             vec![]
         } else {
-            let (ends, starts): (Vec<i64>, Vec<i64>) = inner.removed.iter().copied().unzip();
+            let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
             vec![RecordBatch::try_new(
                 Arc::new(self.state_schema.project(&[0, 1])?),
                 vec![
@@ -346,26 +417,237 @@ impl StatefulOperator for TopNState {
                 ],
             )?]
         };
-        inner.changed.clear();
-        inner.removed.clear();
+        for inner in shards.iter_mut() {
+            inner.changed.clear();
+            inner.removed.clear();
+        }
         Ok(Some(StateChange { upserts, deletes }))
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
-        let mut inner = self.lock();
-        *inner = Inner::default();
+        let mut shards = self.shards.lock_all();
+        for inner in shards.iter_mut() {
+            **inner = Inner::default();
+        }
+        let width = self.state_schema.fields().len();
         for batch in batches {
             let batch = batch.with_schema(Arc::clone(&self.state_schema))?;
-            let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
-            let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
-            for (window, rows) in split_by_unit(&starts, &ends) {
-                let part = take_batch(&batch, &UInt32Array::from(rows))?;
-                let rows =
-                    RecordBatch::try_new(Arc::clone(&self.input_schema), part.columns()[2..].to_vec())?;
-                inner.windows.entry(window).or_default().push(rows);
+            if shards.len() == 1 {
+                self.restore_rows(&mut shards[0], &batch)?;
+                continue;
+            }
+            // Deal the rows by the hash of their keys, as the input's hash
+            // repartition does: the keys are evaluated over the stored input
+            // columns and put beside them, for `route` to hash.
+            let n = batch.num_rows();
+            let rows = RecordBatch::try_new(Arc::clone(&self.input_schema), batch.columns()[2..].to_vec())?;
+            let mut fields: Vec<Field> = self
+                .state_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            for (i, key) in self.keys.iter().enumerate() {
+                let values = key.evaluate(&rows)?.into_array(n)?;
+                fields.push(Field::new(
+                    format!("__shard_key_{i}"),
+                    values.data_type().clone(),
+                    true,
+                ));
+                columns.push(values);
+            }
+            let wide = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            let key_columns: Vec<usize> = (width..width + self.keys.len()).collect();
+            for (shard, part) in route(&wide, &key_columns, shards.len())? {
+                let part = part.project(&(0..width).collect::<Vec<_>>())?;
+                let part = part.with_schema(Arc::clone(&self.state_schema))?;
+                self.restore_rows(&mut shards[shard], &part)?;
             }
         }
         Ok(())
+    }
+}
+
+impl TopNState {
+    /// Adds state rows to a shard's windows, in their order.
+    fn restore_rows(&self, inner: &mut Inner, batch: &RecordBatch) -> Result<()> {
+        let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
+        let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
+        for (window, rows) in split_by_unit(&starts, &ends) {
+            let part = take_batch(batch, &UInt32Array::from(rows))?;
+            let rows = RecordBatch::try_new(Arc::clone(&self.input_schema), part.columns()[2..].to_vec())?;
+            inner.windows.entry(window).or_default().push(rows);
+        }
+        Ok(())
+    }
+}
+
+/// The rows of `batch` that rank within `limit` in their partitions, in
+/// their order in `batch`; `None` when that is all of them.
+fn within(
+    partition_by: &[Arc<dyn PhysicalExpr>],
+    order_by: &[PhysicalSortExpr],
+    kind: RankKind,
+    limit: u64,
+    batch: &RecordBatch,
+) -> Result<Option<RecordBatch>> {
+    let (order, ranks) = rank_rows(partition_by, order_by, kind, batch)?;
+    let mut keep: Vec<u32> = order
+        .iter()
+        .zip(&ranks)
+        .filter(|(_, r)| **r <= limit)
+        .map(|(i, _)| *i)
+        .collect();
+    if keep.len() == batch.num_rows() {
+        return Ok(None);
+    }
+    // Keep arrival order among the survivors: ties rank by it.
+    keep.sort_unstable();
+    Ok(Some(take_batch(batch, &UInt32Array::from(keep))?))
+}
+
+/// What a partial window Top-N keeps: the rows that rank within `limit`.
+pub struct PartialTopN {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_by: Vec<PhysicalSortExpr>,
+    rank: RankKind,
+    limit: u64,
+}
+
+/// The partial step of a window Top-N without keys on more than one thread
+/// (as the partial aggregate is a window aggregate's): each input partition
+/// keeps, of its rows of the epoch, only those that rank within N among
+/// them, in arrival order, and emits them when its input ends. Keeps
+/// nothing between epochs.
+///
+/// Why that loses no answer: a row it drops has N rows before it in its
+/// own partition (better, or tied and earlier), so it has N before it in
+/// the whole window too. Under RANK and DENSE_RANK it has N strictly better
+/// rows (or N better values), so its rank is beyond N whatever else comes;
+/// and every row better than a row that does rank within N is kept (it
+/// ranks even higher in its partition), so the final ranking, over the
+/// survivors, gives each of those rows its true rank. Under ROW_NUMBER the
+/// survivors hold a top N of every window; which of several tied rows wins
+/// is arrival order, as on one thread (SQL leaves it open).
+pub struct PartialWindowTopNExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: Arc<PartialTopN>,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl PartialWindowTopNExec {
+    fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<PartialTopN>) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(input.schema()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            spec,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl fmt::Debug for PartialWindowTopNExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartialWindowTopNExec").finish()
+    }
+}
+
+impl DisplayAs for PartialWindowTopNExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let parts: Vec<String> = self.spec.partition_by.iter().map(|e| e.to_string()).collect();
+        let order: Vec<String> = self.spec.order_by.iter().map(|e| e.to_string()).collect();
+        write!(
+            f,
+            "PartialWindowTopNExec: {:?} partition=[{}] order=[{}] limit={}, keeps each input partition's rows within the limit",
+            self.spec.rank,
+            parts.join(", "),
+            order.join(", "),
+            self.spec.limit
+        )
+    }
+}
+
+impl ExecutionPlan for PartialWindowTopNExec {
+    fn name(&self) -> &str {
+        "PartialWindowTopNExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let exprs = self
+            .spec
+            .partition_by
+            .iter()
+            .chain(self.spec.order_by.iter().map(|s| &s.expr));
+        for e in exprs {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut copy = Self::new(children.swap_remove(0), Arc::clone(&self.spec));
+        copy.metrics = self.metrics.clone();
+        Ok(Arc::new(copy))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let epoch = crate::epoch::EpochInput::from_task(&context)?.epoch;
+        let mut input = self.input.execute(partition, context)?;
+        let spec = Arc::clone(&self.spec);
+        let schema = self.input.schema();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let out_schema = Arc::clone(&schema);
+        let out = futures::stream::once(async move {
+            // The survivors so far, then each new batch: ranked together,
+            // survivors first (they arrived first).
+            let mut kept: Option<RecordBatch> = None;
+            while let Some(batch) = input.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let timer = baseline.elapsed_compute().timer();
+                let all = match kept.take() {
+                    Some(k) => concat_batches(&schema, [&k, &batch])?,
+                    None => batch,
+                };
+                let step = || within(&spec.partition_by, &spec.order_by, spec.rank, spec.limit, &all);
+                kept = Some(super::guarded("PartialWindowTopNExec", epoch, step)?.unwrap_or(all));
+                timer.done();
+            }
+            let out = kept.unwrap_or_else(|| RecordBatch::new_empty(schema));
+            baseline.record_output(out.num_rows());
+            Ok::<_, DataFusionError>(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, out)))
     }
 }
 

@@ -491,6 +491,104 @@ async fn a_broadcast_join_resumes_under_another_thread_count() {
     }
 }
 
+/// A window Top-N in the shapes that run differently on two threads, as
+/// (query, batch oracle): without keys besides the window (one ranking per
+/// window: each input partition keeps its rows within N first, then one
+/// shard ranks), and with a key (sharded by it). Prices are few, so RANK and
+/// DENSE_RANK see ties; ROW_NUMBER selects only what a tie cannot tell apart.
+fn window_top_n(shape: &str) -> (String, String) {
+    let (f, part, cols, n) = match shape {
+        "row_number" => ("ROW_NUMBER()", "", "price", 3),
+        "rank" => ("RANK()", "", "k, price, ts", 4),
+        "keyed dense_rank" => ("DENSE_RANK()", ", k", "k, price, ts", 2),
+        "keyed row_number" => ("ROW_NUMBER()", ", k", "k, price", 1),
+        _ => panic!("no shape {shape}"),
+    };
+    let order = "ORDER BY price DESC";
+    let query = format!(
+        "INSERT INTO out SELECT window_start, {cols}, r FROM (SELECT *, {f} OVER (PARTITION BY window_start, window_end{part} {order}) AS r
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '10' SECOND))) WHERE r <= {n}"
+    );
+    let oracle = format!(
+        "SELECT to_timestamp_millis(s), {cols}, r FROM (SELECT *, {f} OVER (PARTITION BY s{part} {order}) AS r
+         FROM (SELECT *, CAST(ts AS BIGINT) - CAST(ts AS BIGINT) % 10000 AS s FROM bids)) WHERE r <= {n}"
+    );
+    (query, oracle)
+}
+
+const WINDOW_TOP_N_SHAPES: [&str; 4] = ["row_number", "rank", "keyed dense_rank", "keyed row_number"];
+
+#[tokio::test]
+async fn a_window_top_n_matches_batch_on_one_and_two_threads() {
+    let rows = few_prices(21, 1500, 25);
+    let delay_ms = 3000;
+    for shape in WINDOW_TOP_N_SHAPES {
+        let (query, oracle_sql) = window_top_n(shape);
+        let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
+        assert!(want.len() >= 20, "{shape}: {} rows", want.len());
+        for threads in [1, 2] {
+            let got = sorted(format_rows(
+                &stream_tables(
+                    &[("bids", &rows, delay_ms)],
+                    &[500, 1000],
+                    97,
+                    &query,
+                    "append",
+                    threads,
+                )
+                .await,
+            ));
+            assert_eq!(got, want, "{shape} on {threads} thread(s)");
+        }
+    }
+}
+
+/// A window Top-N's checkpoint is one table whatever the thread count (its
+/// keyed shards write each changed window whole, and a restore deals the
+/// rows back by their keys' hash): a job stopped with windows open under
+/// one thread count resumes under another, in both directions.
+#[tokio::test]
+async fn a_window_top_n_resumes_under_another_thread_count() {
+    let rows = few_prices(22, 1200, 25);
+    let delay_ms = 3000;
+    for shape in WINDOW_TOP_N_SHAPES {
+        let (query, oracle_sql) = window_top_n(shape);
+        let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
+        for (first, then) in [(2, 1), (1, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("bids");
+            std::fs::create_dir_all(&input).unwrap();
+            let out = dir.path().join("out");
+            let sql = format!(
+                "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
+                   WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
+                   WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '113');
+                 CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+                 {query};",
+                input.display(),
+                out.display()
+            );
+            for (part, (threads, range)) in [(first, 0..600), (then, 600..rows.len())].into_iter().enumerate()
+            {
+                let b = batch(&rows[range]);
+                let f = std::fs::File::create(input.join(format!("part-{part}.parquet"))).unwrap();
+                let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+                writer.write(&b).unwrap();
+                writer.close().unwrap();
+                let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
+                options.threads = threads;
+                let mut job = StreamingJob::open(&sql, options).await.unwrap();
+                let (_tx, stop) = tokio::sync::watch::channel(false);
+                job.run(Trigger::AvailableNow, part == 1, stop, &mut |_| {})
+                    .await
+                    .unwrap();
+            }
+            let got = sorted(format_rows(&read_sink(&out)));
+            assert_eq!(got, want, "{shape}: {first} thread(s), then {then}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_window_over_a_window_matches_batch() {
     let rows = gen_rows(5, 1500, 200, 3000, 4);

@@ -400,6 +400,49 @@ fn gen_case(seed: u64) -> Case {
         };
     }
 
+    if rng.chance(10) {
+        let window = match rng.below(3) {
+            0 => Window::Tumble {
+                size: *rng.pick(&[1000, 5000, 10_000]),
+            },
+            1 => {
+                let slide = *rng.pick(&[1000i64, 2000]);
+                Window::Hop {
+                    slide,
+                    size: slide * (1 + rng.below(4) as i64),
+                }
+            }
+            _ => {
+                let step = *rng.pick(&[1000i64, 2000]);
+                Window::Cumulate {
+                    step,
+                    size: step * (1 + rng.below(4) as i64),
+                }
+            }
+        };
+        let (query, filters) = gen_window_top_n(&mut rng);
+        // Half on two threads: without keys beside the window, each input
+        // partition keeps its top rows first; with keys, the state is sharded.
+        let threads = if rng.chance(50) { 2 } else { threads };
+        return Case {
+            seed,
+            query,
+            window: Some(window),
+            filters,
+            view: None,
+            changelog: false,
+            delay_ms,
+            rows,
+            cuts,
+            max_rows,
+            threads,
+            restart,
+            oracle: None,
+            join: false,
+            regular: false,
+        };
+    }
+
     let window = match rng.below(7) {
         0 => None,
         1 | 2 => Some(Window::Tumble {
@@ -702,6 +745,84 @@ fn gen_top_n(rng: &mut Rng) -> String {
     ]);
     format!(
         "SELECT {cols}, rn FROM (SELECT *, {f} OVER ({partition} ORDER BY {order}) AS rn FROM {from}) AS t WHERE {filter}"
+    )
+}
+
+/// A window Top-N (append-only: each window's ranking is emitted once, when
+/// it closes): a random ranking function, partition (the window alone, or
+/// with one or two keys), order and N, over the window's rows, a filtered
+/// subquery of them, or a window aggregate's rows (Flink's "Top-N after a
+/// window aggregation"). Under ROW_NUMBER only the partition and order
+/// columns are selected, so a tie can only pick between rows that look the
+/// same. Returns the query and the filters it applies to the window's rows.
+fn gen_window_top_n(rng: &mut Rng) -> (String, Vec<Filter>) {
+    let f = *rng.pick(&["ROW_NUMBER()", "RANK()", "DENSE_RANK()"]);
+    let filter = *rng.pick(&[
+        "rn <= 1",
+        "rn = 1",
+        "rn <= 3",
+        "rn < 3",
+        "rn <= 2 AND price > 100",
+    ]);
+    if rng.chance(30) {
+        // Over a window aggregate: one row per (window, key), so `k` breaks
+        // every tie of ROW_NUMBER.
+        let (key, agg) = *rng.pick(&[
+            ("k1", "COUNT(*)"),
+            ("k2", "SUM(price)"),
+            ("k1", "MAX(price)"),
+            ("k3", "MIN(price)"),
+        ]);
+        let order = *rng.pick(&["price DESC", "price", "price DESC NULLS LAST"]);
+        let tie = if f == "ROW_NUMBER()" {
+            format!(", {key} NULLS FIRST")
+        } else {
+            String::new()
+        };
+        return (
+            format!(
+                "SELECT window_start, window_end, {key}, price, rn FROM (SELECT *, {f} OVER \
+                 (PARTITION BY window_start, window_end ORDER BY {order}{tie}) AS rn FROM \
+                 (SELECT window_start, window_end, {key}, {agg} AS price FROM {{FROM}} \
+                 GROUP BY window_start, window_end, {key}) AS a) AS t WHERE {filter}"
+            ),
+            vec![],
+        );
+    }
+    let keys = *rng.pick(&["", ", k1", ", k2", ", k1, k3"]);
+    let (order, order_cols) = *rng.pick(&[
+        ("price DESC", "price"),
+        ("price", "price"),
+        ("ts DESC", "ts"),
+        ("price DESC, ts", "price, ts"),
+        ("k3 DESC NULLS LAST, price", "k3, price"),
+    ]);
+    let cols = if f == "ROW_NUMBER()" {
+        // Each column once (a partition key may also be an order column).
+        let mut cols: Vec<&str> = vec!["window_start", "window_end"];
+        for c in keys.split(", ").chain(order_cols.split(", ")) {
+            if !c.is_empty() && !cols.contains(&c) {
+                cols.push(c);
+            }
+        }
+        cols.join(", ")
+    } else {
+        "window_start, window_end, k1, k2, k3, price, ts".to_string()
+    };
+    let mut filters = Vec::new();
+    let from = if rng.chance(30) {
+        let f = Filter::PriceAbove(rng.below(600) as i64);
+        filters.push(f);
+        format!("(SELECT * FROM {{FROM}} WHERE {}) AS s", f.sql())
+    } else {
+        "{FROM}".to_string()
+    };
+    (
+        format!(
+            "SELECT {cols}, rn FROM (SELECT *, {f} OVER (PARTITION BY window_start, window_end{keys} \
+             ORDER BY {order}) AS rn FROM {from}) AS t WHERE {filter}"
+        ),
+        filters,
     )
 }
 
