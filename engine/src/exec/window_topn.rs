@@ -141,7 +141,7 @@ impl OperatorExec<TopNState> {
 impl EpochOperator for TopNState {
     const NAME: &'static str = "WindowTopNExec";
     /// The windows the epoch's rows went to.
-    type Acc = Vec<(i64, i64)>;
+    type Acc = Epoch;
 
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.p.schema)
@@ -179,18 +179,52 @@ impl EpochOperator for TopNState {
     }
 
     fn start(&self, _partition: usize) -> Result<Self::Acc> {
-        Ok(Vec::new())
+        Ok(Epoch::default())
     }
 
-    fn fold(&self, partition: usize, touched: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
-        touched.extend(self.update(partition, batch)?);
+    fn fold(&self, partition: usize, acc: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
+        // Rows that do not rank within N among this batch's rows alone
+        // cannot rank within N in their window (see `PartialWindowTopNExec`
+        // for why): drop them now, so a window holds a few rows per batch,
+        // not every row until the epoch's end. That pays when partitions
+        // are large; when a batch keeps most of its rows (small partitions,
+        // as with a key per auction) it is a sort for nothing, so after a
+        // sample an epoch stops doing it.
+        let pruned;
+        let mut batch = batch;
+        if let Some(limit) = self.p.limit
+            && (acc.seen < PRUNE_SAMPLE_ROWS || acc.kept * 2 <= acc.seen)
+            && batch.num_rows() > 0
+        {
+            acc.seen += batch.num_rows();
+            if let Some(kept) = within(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, batch)? {
+                pruned = kept;
+                batch = &pruned;
+            }
+            acc.kept += batch.num_rows();
+        }
+        acc.touched.extend(self.update(partition, batch)?);
         Ok(())
     }
 
-    fn finish(&self, partition: usize, touched: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
-        self.prune(partition, &touched)?;
+    fn finish(&self, partition: usize, acc: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
+        self.prune(partition, &acc.touched)?;
         self.emit_closed(partition, epoch.watermark_out.saturating_sub(self.p.lag_ms))
     }
+}
+
+/// Rows a partition ranks batch by batch before it judges whether that
+/// pays (keeps at most half of them).
+const PRUNE_SAMPLE_ROWS: usize = 50_000;
+
+/// A partition's epoch so far.
+#[derive(Default)]
+pub struct Epoch {
+    /// The windows its rows went to.
+    touched: Vec<(i64, i64)>,
+    /// Rows ranked batch by batch on arrival, and how many of them stayed.
+    seen: usize,
+    kept: usize,
 }
 
 impl TopNState {
@@ -216,21 +250,6 @@ impl TopNState {
         if batch.num_rows() == 0 {
             return Ok(vec![]);
         }
-        // Rows that do not rank within N among this batch's rows alone
-        // cannot rank within N in their window (see `PartialWindowTopNExec`
-        // for why): drop them now, so a window holds a few rows per batch,
-        // not every row until the epoch's end.
-        let pruned;
-        let batch = match self.p.limit {
-            Some(limit) => match within(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, batch)? {
-                Some(kept) => {
-                    pruned = kept;
-                    &pruned
-                }
-                None => batch,
-            },
-            None => batch,
-        };
         let (s, e) = self.window_bounds(batch)?;
         let parts = split_by_unit(
             s.as_primitive::<Int64Type>().values(),
