@@ -54,7 +54,7 @@ use super::shard::{Shards, route, shard_count};
 use super::units::{compact_views, take_batch};
 use super::update_agg::{DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE};
 use super::window_assign::to_millis;
-use super::window_topn::{rank_rows, ranking_signature};
+use super::window_topn::{ArrivalPrune, partial_top_n, rank_rows, ranking_signature};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -206,6 +206,13 @@ impl OperatorExec<StreamTopNState> {
         fields.push(Field::new("__updated_ms", DataType::Int64, false));
         fields.extend(input_schema.fields().iter().map(|f| f.as_ref().clone()));
         let n_keys = p.partition_by.len();
+        // Without keys there is one shard: on more than one thread, each
+        // input partition first keeps its rows within N (append-only input
+        // only, as on arrival in `fold`).
+        let mut input = input;
+        if n_keys == 0 && threads > 1 && !p.retract && p.first_on_time.is_none() {
+            input = partial_top_n(input, vec![], p.order_by.clone(), p.rank, p.limit);
+        }
         let state = StreamTopNState {
             keys: KeyRows::new(key_types)?,
             shards: Shards::new(shard_count(threads, n_keys), Inner::default),
@@ -221,7 +228,7 @@ impl OperatorExec<StreamTopNState> {
 impl EpochOperator for StreamTopNState {
     const NAME: &'static str = "TopNExec";
     /// The epoch's rows of this shard.
-    type Acc = Vec<RecordBatch>;
+    type Acc = Arrivals;
 
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.p.schema)
@@ -264,17 +271,33 @@ impl EpochOperator for StreamTopNState {
     }
 
     fn start(&self, _partition: usize) -> Result<Self::Acc> {
-        Ok(Vec::new())
+        Ok(Arrivals::default())
     }
 
     fn fold(&self, _partition: usize, acc: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() > 0 {
-            acc.push(batch.clone());
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
+        // Over an append-only stream (not keep-first, whose pending rows
+        // follow the watermark), a row beyond N among its own batch's rows
+        // is beyond N among the held and the new rows too: drop it now. A
+        // partition it touched is still touched by the rows before it.
+        if !self.p.retract && self.p.first_on_time.is_none() {
+            let p = &self.p;
+            if let Some(kept) = acc
+                .prune
+                .apply(&p.partition_by, &p.order_by, p.rank, p.limit, batch)?
+            {
+                acc.batches.push(kept);
+                return Ok(());
+            }
+        }
+        acc.batches.push(batch.clone());
         Ok(())
     }
 
     fn finish(&self, partition: usize, acc: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
+        let acc = acc.batches;
         let now = epoch.processing_time_ms;
         let mut out = match self.p.first_on_time {
             Some(time) => self.apply_first(partition, &acc, now, epoch.watermark_out, time)?,
@@ -288,6 +311,13 @@ impl EpochOperator for StreamTopNState {
         }
         Ok(out)
     }
+}
+
+/// A shard's rows of the epoch so far.
+#[derive(Default)]
+pub struct Arrivals {
+    batches: Vec<RecordBatch>,
+    prune: ArrivalPrune,
 }
 
 impl StreamTopNState {

@@ -15,7 +15,7 @@
 //!   partition (window, keys) are in one shard, which ranks and emits them;
 //! - without such keys (one ranking per window) there is one shard, and
 //!   with a limit N each input partition first keeps only its rows that can
-//!   still rank within N ([`PartialWindowTopNExec`]), so a few rows per
+//!   still rank within N ([`PartialTopNExec`]), so a few rows per
 //!   window, not all of them, funnel into that shard.
 //!
 //! State file: `__window_start, __window_end: Int64`, then the input columns.
@@ -117,15 +117,7 @@ impl OperatorExec<TopNState> {
             && threads > 1
             && let Some(limit) = p.limit
         {
-            input = Arc::new(PartialWindowTopNExec::new(
-                input,
-                Arc::new(PartialTopN {
-                    partition_by: p.partition_by.clone(),
-                    order_by: p.order_by.clone(),
-                    rank: p.rank,
-                    limit,
-                }),
-            ));
+            input = partial_top_n(input, p.partition_by.clone(), p.order_by.clone(), p.rank, limit);
         }
         let state = TopNState {
             p,
@@ -184,26 +176,21 @@ impl EpochOperator for TopNState {
 
     fn fold(&self, partition: usize, acc: &mut Self::Acc, batch: &RecordBatch) -> Result<()> {
         // Rows that do not rank within N among this batch's rows alone
-        // cannot rank within N in their window (see `PartialWindowTopNExec`
+        // cannot rank within N in their window (see `PartialTopNExec`
         // for why): drop them now, so a window holds a few rows per batch,
         // not every row until the epoch's end. That pays when partitions
         // are large; when a batch keeps most of its rows (small partitions,
         // as with a key per auction) it is a sort for nothing, so after a
         // sample an epoch stops doing it.
-        let pruned;
-        let mut batch = batch;
-        if let Some(limit) = self.p.limit
-            && (acc.seen < PRUNE_SAMPLE_ROWS || acc.kept * 2 <= acc.seen)
-            && batch.num_rows() > 0
-        {
-            acc.seen += batch.num_rows();
-            if let Some(kept) = within(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, batch)? {
-                pruned = kept;
-                batch = &pruned;
+        let pruned = match self.p.limit {
+            Some(limit) => {
+                acc.prune
+                    .apply(&self.p.partition_by, &self.p.order_by, self.p.rank, limit, batch)?
             }
-            acc.kept += batch.num_rows();
-        }
-        acc.touched.extend(self.update(partition, batch)?);
+            None => None,
+        };
+        acc.touched
+            .extend(self.update(partition, pruned.as_ref().unwrap_or(batch))?);
         Ok(())
     }
 
@@ -213,18 +200,70 @@ impl EpochOperator for TopNState {
     }
 }
 
-/// Rows a partition ranks batch by batch before it judges whether that
-/// pays (keeps at most half of them).
-const PRUNE_SAMPLE_ROWS: usize = 50_000;
-
 /// A partition's epoch so far.
 #[derive(Default)]
 pub struct Epoch {
     /// The windows its rows went to.
     touched: Vec<(i64, i64)>,
-    /// Rows ranked batch by batch on arrival, and how many of them stayed.
+    prune: ArrivalPrune,
+}
+
+/// Rows a partition ranks batch by batch before it judges whether that
+/// pays (keeps at most half of them).
+const PRUNE_SAMPLE_ROWS: usize = 50_000;
+
+/// Ranking each input batch on its own as it arrives, to drop its rows
+/// that cannot rank within N (see [`PartialTopNExec`] for why they cannot),
+/// over one partition's epoch. That pays when ranking partitions are large
+/// (a few rows of each batch stay); when a batch keeps most of its rows
+/// (small partitions, as with a key per auction) it is a sort for nothing,
+/// so after a sample of rows it stops if more than half stayed.
+#[derive(Default)]
+pub(super) struct ArrivalPrune {
     seen: usize,
     kept: usize,
+}
+
+impl ArrivalPrune {
+    /// `batch` without its rows beyond `limit`; `None` when it keeps all
+    /// of them (or no longer ranks batches).
+    pub(super) fn apply(
+        &mut self,
+        partition_by: &[Arc<dyn PhysicalExpr>],
+        order_by: &[PhysicalSortExpr],
+        kind: RankKind,
+        limit: u64,
+        batch: &RecordBatch,
+    ) -> Result<Option<RecordBatch>> {
+        let n = batch.num_rows();
+        if n == 0 || (self.seen >= PRUNE_SAMPLE_ROWS && self.kept * 2 > self.seen) {
+            return Ok(None);
+        }
+        let kept = within(partition_by, order_by, kind, limit, batch)?;
+        self.seen += n;
+        self.kept += kept.as_ref().map_or(n, RecordBatch::num_rows);
+        Ok(kept)
+    }
+}
+
+/// `input` with each of its partitions keeping only its rows within
+/// `limit` (see [`PartialTopNExec`]).
+pub(super) fn partial_top_n(
+    input: Arc<dyn ExecutionPlan>,
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_by: Vec<PhysicalSortExpr>,
+    rank: RankKind,
+    limit: u64,
+) -> Arc<dyn ExecutionPlan> {
+    Arc::new(PartialTopNExec::new(
+        input,
+        Arc::new(PartialTopN {
+            partition_by,
+            order_by,
+            rank,
+            limit,
+        }),
+    ))
 }
 
 impl TopNState {
@@ -534,8 +573,10 @@ pub struct PartialTopN {
     limit: u64,
 }
 
-/// The partial step of a window Top-N without keys on more than one thread
-/// (as the partial aggregate is a window aggregate's): each input partition
+/// The partial step of a Top-N without keys (a window Top-N ranking whole
+/// windows, or a Top-N over an append-only stream without `PARTITION BY`) on
+/// more than one thread, as the partial aggregate is an aggregate's: each
+/// input partition
 /// keeps, of its rows of the epoch, only those that rank within N among
 /// them, in arrival order, and emits them when its input ends. Keeps
 /// nothing between epochs.
@@ -549,14 +590,14 @@ pub struct PartialTopN {
 /// survivors, gives each of those rows its true rank. Under ROW_NUMBER the
 /// survivors hold a top N of every window; which of several tied rows wins
 /// is arrival order, as on one thread (SQL leaves it open).
-pub struct PartialWindowTopNExec {
+pub struct PartialTopNExec {
     input: Arc<dyn ExecutionPlan>,
     spec: Arc<PartialTopN>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl PartialWindowTopNExec {
+impl PartialTopNExec {
     fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<PartialTopN>) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(input.schema()),
@@ -573,19 +614,19 @@ impl PartialWindowTopNExec {
     }
 }
 
-impl fmt::Debug for PartialWindowTopNExec {
+impl fmt::Debug for PartialTopNExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PartialWindowTopNExec").finish()
+        f.debug_struct("PartialTopNExec").finish()
     }
 }
 
-impl DisplayAs for PartialWindowTopNExec {
+impl DisplayAs for PartialTopNExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let parts: Vec<String> = self.spec.partition_by.iter().map(|e| e.to_string()).collect();
         let order: Vec<String> = self.spec.order_by.iter().map(|e| e.to_string()).collect();
         write!(
             f,
-            "PartialWindowTopNExec: {:?} partition=[{}] order=[{}] limit={}, keeps each input partition's rows within the limit",
+            "PartialTopNExec: {:?} partition=[{}] order=[{}] limit={}, keeps each input partition's rows within the limit",
             self.spec.rank,
             parts.join(", "),
             order.join(", "),
@@ -594,9 +635,9 @@ impl DisplayAs for PartialWindowTopNExec {
     }
 }
 
-impl ExecutionPlan for PartialWindowTopNExec {
+impl ExecutionPlan for PartialTopNExec {
     fn name(&self) -> &str {
-        "PartialWindowTopNExec"
+        "PartialTopNExec"
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -659,7 +700,7 @@ impl ExecutionPlan for PartialWindowTopNExec {
                     None => batch,
                 };
                 let step = || within(&spec.partition_by, &spec.order_by, spec.rank, spec.limit, &all);
-                kept = Some(super::guarded("PartialWindowTopNExec", epoch, step)?.unwrap_or(all));
+                kept = Some(super::guarded("PartialTopNExec", epoch, step)?.unwrap_or(all));
                 timer.done();
             }
             let out = kept.unwrap_or_else(|| RecordBatch::new_empty(schema));
