@@ -37,8 +37,10 @@ pub mod window_topn;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
@@ -203,6 +205,20 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
         Ok(out)
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, out)))
+}
+
+/// `ExecutionPlan::apply_expressions` over `exprs`: calls `f` on each,
+/// until it says stop.
+pub(crate) fn visit_each<'a>(
+    exprs: impl IntoIterator<Item = &'a Arc<dyn PhysicalExpr>>,
+    f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+) -> Result<TreeNodeRecursion> {
+    for e in exprs {
+        if f(e)? == TreeNodeRecursion::Stop {
+            return Ok(TreeNodeRecursion::Stop);
+        }
+    }
+    Ok(TreeNodeRecursion::Continue)
 }
 
 /// Runs an operator's step, turning a panic into an internal error that

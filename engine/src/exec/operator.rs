@@ -133,12 +133,7 @@ impl<O: EpochOperator> ExecutionPlan for OperatorExec<O> {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for e in self.state.expressions() {
-            if f(&e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        super::visit_each(&self.state.expressions(), f)
     }
 
     fn with_new_children(

@@ -421,12 +421,7 @@ impl ExecutionPlan for PartialWindowAggExec {
             .map(|(e, _)| e)
             .chain(spec.agg.args.iter().flatten())
             .chain(spec.agg.filters.iter().flatten());
-        for e in exprs {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        super::visit_each(exprs, f)
     }
 
     fn with_new_children(

@@ -519,14 +519,7 @@ impl ExecutionPlan for StreamJoinExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for (l, r) in &self.state.p.on {
-            for e in [l, r] {
-                if f(e)? == TreeNodeRecursion::Stop {
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        super::visit_each(self.state.p.on.iter().flat_map(|(l, r)| [l, r]), f)
     }
 
     fn with_new_children(

@@ -657,12 +657,7 @@ impl ExecutionPlan for PartialTopNExec {
             .partition_by
             .iter()
             .chain(self.spec.order_by.iter().map(|s| &s.expr));
-        for e in exprs {
-            if f(e)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        super::visit_each(exprs, f)
     }
 
     fn with_new_children(

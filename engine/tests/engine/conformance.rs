@@ -427,21 +427,61 @@ async fn a_join_with_a_window_aggregate_matches_batch_in_every_shape_and_thread_
         let (query, oracle_sql) = highest(shape);
         let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
         assert!(!want.is_empty(), "{shape}");
-        for threads in [1, 2] {
-            let got = sorted(format_rows(
-                &stream_tables(
-                    &[("bids", &rows, delay_ms)],
-                    &[500, 1000],
-                    97,
-                    &query,
-                    "append",
-                    threads,
-                )
-                .await,
-            ));
-            assert_eq!(got, want, "{shape} on {threads} thread(s)");
-        }
+        on_one_and_two_threads(&rows, delay_ms, &query, &want, shape).await;
     }
+}
+
+/// `query` over `rows` (cut into files at rows 500 and 1000, 97 rows an
+/// epoch) on one thread and on two: each must give `want`.
+async fn on_one_and_two_threads(rows: &[Row], delay_ms: i64, query: &str, want: &[String], shape: &str) {
+    for threads in [1, 2] {
+        let got = sorted(format_rows(
+            &stream_tables(
+                &[("bids", rows, delay_ms)],
+                &[500, 1000],
+                97,
+                query,
+                "append",
+                threads,
+            )
+            .await,
+        ));
+        assert_eq!(got, want, "{shape} on {threads} thread(s)");
+    }
+}
+
+/// `query` over `rows` as a job stopped with its state held and resumed:
+/// the first 600 rows under `first` threads, then the rest, drained, under
+/// `then`. Returns the sink's rows, sorted.
+async fn stop_and_resume(rows: &[Row], delay_ms: i64, query: &str, first: usize, then: usize) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids");
+    std::fs::create_dir_all(&input).unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
+           WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
+           WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '113');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+         {query};",
+        input.display(),
+        out.display()
+    );
+    for (part, (threads, range)) in [(first, 0..600), (then, 600..rows.len())].into_iter().enumerate() {
+        let b = batch(&rows[range]);
+        let f = std::fs::File::create(input.join(format!("part-{part}.parquet"))).unwrap();
+        let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
+        writer.write(&b).unwrap();
+        writer.close().unwrap();
+        let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
+        options.threads = threads;
+        let mut job = StreamingJob::open(&sql, options).await.unwrap();
+        let (_tx, stop) = tokio::sync::watch::channel(false);
+        job.run(Trigger::AvailableNow, part == 1, stop, &mut |_| {})
+            .await
+            .unwrap();
+    }
+    sorted(format_rows(&read_sink(&out)))
 }
 
 /// A join whose window side is broadcast (two threads) writes the same
@@ -455,37 +495,7 @@ async fn a_broadcast_join_resumes_under_another_thread_count() {
         let (query, oracle_sql) = highest(shape);
         let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
         for (first, then) in [(2, 1), (1, 2)] {
-            let dir = tempfile::tempdir().unwrap();
-            let input = dir.path().join("bids");
-            std::fs::create_dir_all(&input).unwrap();
-            let out = dir.path().join("out");
-            let sql = format!(
-                "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
-                   WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
-                   WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '113');
-                 CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
-                 {query};",
-                input.display(),
-                out.display()
-            );
-            // Half the rows under `first` threads (state held at the stop),
-            // the rest, drained, under `then`.
-            for (part, (threads, range)) in [(first, 0..600), (then, 600..rows.len())].into_iter().enumerate()
-            {
-                let b = batch(&rows[range]);
-                let f = std::fs::File::create(input.join(format!("part-{part}.parquet"))).unwrap();
-                let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
-                writer.write(&b).unwrap();
-                writer.close().unwrap();
-                let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
-                options.threads = threads;
-                let mut job = StreamingJob::open(&sql, options).await.unwrap();
-                let (_tx, stop) = tokio::sync::watch::channel(false);
-                job.run(Trigger::AvailableNow, part == 1, stop, &mut |_| {})
-                    .await
-                    .unwrap();
-            }
-            let got = sorted(format_rows(&read_sink(&out)));
+            let got = stop_and_resume(&rows, delay_ms, &query, first, then).await;
             assert_eq!(got, want, "{shape}: {first} thread(s), then {then}");
         }
     }
@@ -526,20 +536,7 @@ async fn a_window_top_n_matches_batch_on_one_and_two_threads() {
         let (query, oracle_sql) = window_top_n(shape);
         let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
         assert!(want.len() >= 20, "{shape}: {} rows", want.len());
-        for threads in [1, 2] {
-            let got = sorted(format_rows(
-                &stream_tables(
-                    &[("bids", &rows, delay_ms)],
-                    &[500, 1000],
-                    97,
-                    &query,
-                    "append",
-                    threads,
-                )
-                .await,
-            ));
-            assert_eq!(got, want, "{shape} on {threads} thread(s)");
-        }
+        on_one_and_two_threads(&rows, delay_ms, &query, &want, shape).await;
     }
 }
 
@@ -555,35 +552,7 @@ async fn a_window_top_n_resumes_under_another_thread_count() {
         let (query, oracle_sql) = window_top_n(shape);
         let want = oracle(&on_time(&rows, delay_ms), &oracle_sql).await;
         for (first, then) in [(2, 1), (1, 2)] {
-            let dir = tempfile::tempdir().unwrap();
-            let input = dir.path().join("bids");
-            std::fs::create_dir_all(&input).unwrap();
-            let out = dir.path().join("out");
-            let sql = format!(
-                "CREATE TABLE bids (k BIGINT, price BIGINT, ts TIMESTAMP(3),
-                   WATERMARK FOR ts AS ts - INTERVAL '{delay_ms}' MILLISECOND)
-                   WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_rows_per_batch' = '113');
-                 CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
-                 {query};",
-                input.display(),
-                out.display()
-            );
-            for (part, (threads, range)) in [(first, 0..600), (then, 600..rows.len())].into_iter().enumerate()
-            {
-                let b = batch(&rows[range]);
-                let f = std::fs::File::create(input.join(format!("part-{part}.parquet"))).unwrap();
-                let mut writer = ArrowWriter::try_new(f, b.schema(), None).unwrap();
-                writer.write(&b).unwrap();
-                writer.close().unwrap();
-                let mut options = JobOptions::new(dir.path().join("ck").display().to_string());
-                options.threads = threads;
-                let mut job = StreamingJob::open(&sql, options).await.unwrap();
-                let (_tx, stop) = tokio::sync::watch::channel(false);
-                job.run(Trigger::AvailableNow, part == 1, stop, &mut |_| {})
-                    .await
-                    .unwrap();
-            }
-            let got = sorted(format_rows(&read_sink(&out)));
+            let got = stop_and_resume(&rows, delay_ms, &query, first, then).await;
             assert_eq!(got, want, "{shape}: {first} thread(s), then {then}");
         }
     }

@@ -351,6 +351,24 @@ fn gen_case(seed: u64) -> Case {
     let mut cuts: Vec<usize> = (0..rng.below(4)).map(|_| rng.below(n as u64) as usize).collect();
     cuts.sort_unstable();
     let max_rows = 1 + rng.below(150) as usize;
+    // What every kind of case shares; each sets its query and what it is.
+    let base = Case {
+        seed,
+        query: String::new(),
+        window: None,
+        filters: vec![],
+        view: None,
+        changelog: false,
+        delay_ms,
+        rows,
+        cuts,
+        max_rows,
+        threads,
+        restart,
+        oracle: None,
+        join: false,
+        regular: false,
+    };
     if rng.chance(20) {
         let (query, changelog, regular, oracle) = if rng.chance(25) {
             let (query, oracle) = gen_window_join(&mut rng);
@@ -362,41 +380,20 @@ fn gen_case(seed: u64) -> Case {
             (gen_join(&mut rng), false, false, None)
         };
         return Case {
-            seed,
             query,
             regular,
-            window: None,
-            filters: vec![],
-            view: None,
             changelog,
-            delay_ms,
-            rows,
-            cuts,
-            max_rows,
-            threads,
-            restart,
             oracle,
             join: true,
+            ..base
         };
     }
 
     if rng.chance(10) {
         return Case {
-            seed,
             query: gen_top_n(&mut rng),
-            window: None,
-            filters: vec![],
-            view: None,
             changelog: true,
-            delay_ms,
-            rows,
-            cuts,
-            max_rows,
-            threads,
-            restart,
-            oracle: None,
-            join: false,
-            regular: false,
+            ..base
         };
     }
 
@@ -425,21 +422,11 @@ fn gen_case(seed: u64) -> Case {
         // partition keeps its top rows first; with keys, the state is sharded.
         let threads = if rng.chance(50) { 2 } else { threads };
         return Case {
-            seed,
             query,
             window: Some(window),
             filters,
-            view: None,
-            changelog: false,
-            delay_ms,
-            rows,
-            cuts,
-            max_rows,
             threads,
-            restart,
-            oracle: None,
-            join: false,
-            regular: false,
+            ..base
         };
     }
 
@@ -617,21 +604,12 @@ fn gen_case(seed: u64) -> Case {
         query = format!("SELECT * FROM ({query}) AS r WHERE 1 = 1");
     }
     Case {
-        seed,
         query,
         window,
         filters: all_filters,
         view,
         changelog,
-        delay_ms,
-        rows,
-        cuts,
-        max_rows,
-        threads,
-        restart,
-        oracle: None,
-        join: false,
-        regular: false,
+        ..base
     }
 }
 
@@ -695,6 +673,21 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
     }
 }
 
+/// The columns a ROW_NUMBER case selects: `first`, then the partition keys
+/// and the order columns (comma-separated lists), each once (a key may also
+/// be an order column). Rows tied in all of them look the same, so the
+/// batch answer cannot differ by which tied row it picked.
+fn ranked_columns(first: &[&str], keys: &str, order_cols: &str) -> String {
+    let mut cols: Vec<&str> = first.to_vec();
+    for c in keys.split(", ").chain(order_cols.split(", ")) {
+        let c = c.trim_start_matches(", ");
+        if !c.is_empty() && !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    cols.join(", ")
+}
+
 /// A Top-N or deduplication outside windows (a changelog): a random
 /// ranking function, partition (none, one or two keys), order and N, over
 /// the table, a filtered subquery or an aggregate's changelog. Under ROW_NUMBER only the partition
@@ -711,15 +704,7 @@ fn gen_top_n(rng: &mut Rng) -> String {
     ]);
     let f = *rng.pick(&["ROW_NUMBER()", "RANK()", "DENSE_RANK()"]);
     let cols = if f == "ROW_NUMBER()" {
-        // Each column once (a partition key may also be an order column).
-        let keys = partition.trim_start_matches("PARTITION BY ");
-        let mut cols: Vec<&str> = Vec::new();
-        for c in keys.split(", ").chain(order_cols.split(", ")) {
-            if !c.is_empty() && !cols.contains(&c) {
-                cols.push(c);
-            }
-        }
-        cols.join(", ")
+        ranked_columns(&[], partition.trim_start_matches("PARTITION BY "), order_cols)
     } else {
         "k1, k2, k3, price, ts".to_string()
     };
@@ -798,14 +783,7 @@ fn gen_window_top_n(rng: &mut Rng) -> (String, Vec<Filter>) {
         ("k3 DESC NULLS LAST, price", "k3, price"),
     ]);
     let cols = if f == "ROW_NUMBER()" {
-        // Each column once (a partition key may also be an order column).
-        let mut cols: Vec<&str> = vec!["window_start", "window_end"];
-        for c in keys.split(", ").chain(order_cols.split(", ")) {
-            if !c.is_empty() && !cols.contains(&c) {
-                cols.push(c);
-            }
-        }
-        cols.join(", ")
+        ranked_columns(&["window_start", "window_end"], keys, order_cols)
     } else {
         "window_start, window_end, k1, k2, k3, price, ts".to_string()
     };
