@@ -673,6 +673,15 @@ fn gen_regular_join(rng: &mut Rng) -> (String, bool) {
     }
 }
 
+/// The orders a Top-N case ranks by: `ORDER BY` and its columns.
+const RANK_ORDERS: &[(&str, &str)] = &[
+    ("price DESC", "price"),
+    ("price", "price"),
+    ("ts DESC", "ts"),
+    ("price DESC, ts", "price, ts"),
+    ("k3 DESC NULLS LAST, price", "k3, price"),
+];
+
 /// The columns a ROW_NUMBER case selects: `first`, then the partition keys
 /// and the order columns (comma-separated lists), each once (a key may also
 /// be an order column). Rows tied in all of them look the same, so the
@@ -695,13 +704,7 @@ fn ranked_columns(first: &[&str], keys: &str, order_cols: &str) -> String {
 /// that look the same.
 fn gen_top_n(rng: &mut Rng) -> String {
     let partition = *rng.pick(&["", "PARTITION BY k1", "PARTITION BY k2", "PARTITION BY k1, k3"]);
-    let (order, order_cols) = *rng.pick(&[
-        ("price DESC", "price"),
-        ("price", "price"),
-        ("ts DESC", "ts"),
-        ("price DESC, ts", "price, ts"),
-        ("k3 DESC NULLS LAST, price", "k3, price"),
-    ]);
+    let (order, order_cols) = *rng.pick(RANK_ORDERS);
     let f = *rng.pick(&["ROW_NUMBER()", "RANK()", "DENSE_RANK()"]);
     let cols = if f == "ROW_NUMBER()" {
         ranked_columns(&[], partition.trim_start_matches("PARTITION BY "), order_cols)
@@ -775,13 +778,7 @@ fn gen_window_top_n(rng: &mut Rng) -> (String, Vec<Filter>) {
         );
     }
     let keys = *rng.pick(&["", ", k1", ", k2", ", k1, k3"]);
-    let (order, order_cols) = *rng.pick(&[
-        ("price DESC", "price"),
-        ("price", "price"),
-        ("ts DESC", "ts"),
-        ("price DESC, ts", "price, ts"),
-        ("k3 DESC NULLS LAST, price", "k3, price"),
-    ]);
+    let (order, order_cols) = *rng.pick(RANK_ORDERS);
     let cols = if f == "ROW_NUMBER()" {
         ranked_columns(&["window_start", "window_end"], keys, order_cols)
     } else {
