@@ -30,8 +30,11 @@ use std::sync::Arc;
 
 use super::keys::KeyRows;
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
-use datafusion::arrow::compute::{SortColumn, SortOptions, cast, concat_batches, lexsort_to_indices};
+use datafusion::arrow::compute::{
+    LexicographicalComparator, SortColumn, SortOptions, cast, concat_batches, lexsort_to_indices, take,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::HashMap;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -550,19 +553,115 @@ fn within(
     limit: u64,
     batch: &RecordBatch,
 ) -> Result<Option<RecordBatch>> {
-    let (order, ranks) = rank_rows(partition_by, order_by, kind, batch)?;
-    let mut keep: Vec<u32> = order
-        .iter()
-        .zip(&ranks)
-        .filter(|(_, r)| **r <= limit)
-        .map(|(i, _)| *i)
-        .collect();
-    if keep.len() == batch.num_rows() {
+    let n = batch.num_rows();
+    if n as u64 <= limit {
+        return Ok(None);
+    }
+    let mut keep = match kind {
+        RankKind::RowNumber | RankKind::Rank if !order_by.is_empty() => {
+            top_rows(partition_by, order_by, kind, limit as usize, batch)?
+        }
+        _ => {
+            let (order, ranks) = rank_rows(partition_by, order_by, kind, batch)?;
+            order
+                .iter()
+                .zip(&ranks)
+                .filter(|(_, r)| **r <= limit)
+                .map(|(i, _)| *i)
+                .collect()
+        }
+    };
+    if keep.len() == n {
         return Ok(None);
     }
     // Keep arrival order among the survivors: ties rank by it.
     keep.sort_unstable();
     Ok(Some(take_batch(batch, &UInt32Array::from(keep))?))
+}
+
+/// [`within`] for ROW_NUMBER and RANK, without sorting whole partitions:
+/// each partition's first `limit` rows by (order, arrival) come from a
+/// top-k selection (`lexsort_to_indices` with a limit, a heap when the
+/// limit is small), which is what ROW_NUMBER keeps; RANK also keeps every
+/// row tied with the last of them (fewer than `limit` rows are strictly
+/// better than it). The same rows as ranking the whole batch: arrival
+/// breaks ties in both. Returns their indices, in no particular order.
+fn top_rows(
+    partition_by: &[Arc<dyn PhysicalExpr>],
+    order_by: &[PhysicalSortExpr],
+    kind: RankKind,
+    limit: usize,
+    batch: &RecordBatch,
+) -> Result<Vec<u32>> {
+    if limit == 0 {
+        return Ok(vec![]);
+    }
+    let n = batch.num_rows();
+    let parts: Vec<ArrayRef> = partition_by
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    let orders: Vec<ArrayRef> = order_by
+        .iter()
+        .map(|s| s.expr.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    // The rows of each partition, in arrival order.
+    let groups: Vec<Vec<u32>> = if parts.is_empty() {
+        vec![(0..n as u32).collect()]
+    } else {
+        let keys = KeyRows::new(parts.iter().map(|c| c.data_type().clone()))?.convert(&parts, n)?;
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        let mut groups: Vec<Vec<u32>> = Vec::new();
+        for i in 0..n {
+            let g = *index.entry(keys.row(i).data()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i as u32);
+        }
+        groups
+    };
+    let mut keep = Vec::new();
+    for rows in groups {
+        if rows.len() <= limit {
+            keep.extend(rows);
+            continue;
+        }
+        let whole = rows.len() == n;
+        let at = UInt32Array::from(rows);
+        let mut columns: Vec<SortColumn> = orders
+            .iter()
+            .zip(order_by)
+            .map(|(a, s)| {
+                Ok(SortColumn {
+                    values: if whole { Arc::clone(a) } else { take(a, &at, None)? },
+                    options: Some(s.options),
+                })
+            })
+            .collect::<Result<_>>()?;
+        columns.push(SortColumn {
+            values: Arc::new(UInt32Array::from_iter_values(0..at.len() as u32)),
+            options: Some(SortOptions::default()),
+        });
+        let top = lexsort_to_indices(&columns, Some(limit))?;
+        let rows = at.values();
+        match kind {
+            RankKind::Rank => {
+                // Every row not worse than the last kept one, by the order
+                // columns alone.
+                columns.pop();
+                let cmp = LexicographicalComparator::try_new(&columns)?;
+                let last = top.values()[limit - 1] as usize;
+                keep.extend(
+                    (0..rows.len())
+                        .filter(|&p| cmp.compare(p, last) != std::cmp::Ordering::Greater)
+                        .map(|p| rows[p]),
+                );
+            }
+            _ => keep.extend(top.values().iter().map(|&p| rows[p as usize])),
+        }
+    }
+    Ok(keep)
 }
 
 /// What a partial window Top-N keeps: the rows that rank within `limit`.
@@ -793,4 +892,68 @@ pub(super) fn ranking_signature(
     }
     s.push(']');
     crate::compat::signature::strip_column_positions(&s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::physical_expr::expressions::Column;
+    use proptest::prelude::*;
+
+    /// [`top_rows`] (a top-k selection per partition) keeps exactly the rows
+    /// that ranking the whole batch keeps, ties and nulls included, and
+    /// ROW_NUMBER's ties go to the rows that came first.
+    fn check(keys: &[u8], prices: &[Option<i8>], descending: bool, rank: RankKind, limit: u64) {
+        let n = keys.len().min(prices.len());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("price", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    keys[..n].iter().map(|k| format!("k{}", k % 3)),
+                )),
+                Arc::new(Int64Array::from_iter(
+                    prices[..n].iter().map(|p| p.map(|p| i64::from(p % 4))),
+                )),
+            ],
+        )
+        .unwrap();
+        let partition_by: Vec<Arc<dyn PhysicalExpr>> = vec![Arc::new(Column::new("k", 0))];
+        let order_by = vec![PhysicalSortExpr {
+            expr: Arc::new(Column::new("price", 1)),
+            options: SortOptions {
+                descending,
+                nulls_first: !descending,
+            },
+        }];
+        let (order, ranks) = rank_rows(&partition_by, &order_by, rank, &batch).unwrap();
+        let mut want: Vec<u32> = order
+            .iter()
+            .zip(&ranks)
+            .filter(|(_, r)| **r <= limit)
+            .map(|(i, _)| *i)
+            .collect();
+        want.sort_unstable();
+        let mut got = top_rows(&partition_by, &order_by, rank, limit as usize, &batch).unwrap();
+        got.sort_unstable();
+        assert_eq!(got, want, "{rank:?} limit {limit}");
+    }
+
+    proptest! {
+        #[test]
+        fn top_rows_keeps_what_ranking_keeps(
+            keys in proptest::collection::vec(any::<u8>(), 0..60),
+            prices in proptest::collection::vec(proptest::option::weighted(0.9, any::<i8>()), 0..60),
+            descending in any::<bool>(),
+            row_number in any::<bool>(),
+            limit in 0u64..6,
+        ) {
+            let rank = if row_number { RankKind::RowNumber } else { RankKind::Rank };
+            check(&keys, &prices, descending, rank, limit);
+        }
+    }
 }
