@@ -579,6 +579,24 @@ fn within(
     Ok(Some(take_batch(batch, &UInt32Array::from(keep))?))
 }
 
+/// The partition and the order columns of `batch`'s rows.
+fn ranking_columns(
+    partition_by: &[Arc<dyn PhysicalExpr>],
+    order_by: &[PhysicalSortExpr],
+    batch: &RecordBatch,
+) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+    let n = batch.num_rows();
+    let parts = partition_by
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    let orders = order_by
+        .iter()
+        .map(|s| s.expr.evaluate(batch)?.into_array(n))
+        .collect::<Result<_>>()?;
+    Ok((parts, orders))
+}
+
 /// [`within`] for ROW_NUMBER and RANK, without sorting whole partitions:
 /// each partition's first `limit` rows by (order, arrival) come from a
 /// top-k selection (`lexsort_to_indices` with a limit, a heap when the
@@ -597,14 +615,7 @@ fn top_rows(
         return Ok(vec![]);
     }
     let n = batch.num_rows();
-    let parts: Vec<ArrayRef> = partition_by
-        .iter()
-        .map(|e| e.evaluate(batch)?.into_array(n))
-        .collect::<Result<_>>()?;
-    let orders: Vec<ArrayRef> = order_by
-        .iter()
-        .map(|s| s.expr.evaluate(batch)?.into_array(n))
-        .collect::<Result<_>>()?;
+    let (parts, orders) = ranking_columns(partition_by, order_by, batch)?;
     // The rows of each partition, in arrival order.
     let groups: Vec<Vec<u32>> = if parts.is_empty() {
         vec![(0..n as u32).collect()]
@@ -814,14 +825,7 @@ pub(super) fn rank_rows(
     batch: &RecordBatch,
 ) -> Result<(Vec<u32>, Vec<u64>)> {
     let n = batch.num_rows();
-    let parts: Vec<ArrayRef> = partition_by
-        .iter()
-        .map(|e| e.evaluate(batch)?.into_array(n))
-        .collect::<Result<_>>()?;
-    let orders: Vec<ArrayRef> = order_by
-        .iter()
-        .map(|s| s.expr.evaluate(batch)?.into_array(n))
-        .collect::<Result<_>>()?;
+    let (parts, orders) = ranking_columns(partition_by, order_by, batch)?;
     let mut columns: Vec<SortColumn> = parts
         .iter()
         .map(|a| SortColumn {
