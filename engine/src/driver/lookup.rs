@@ -129,8 +129,17 @@ impl LookupTable {
                 url: &url,
                 table: &self.name,
             };
-            let (read, _) =
-                read_range(&file, self.format, &columns, &self.on_error, 0, usize::MAX, None).await?;
+            let (read, _) = read_range(
+                &file,
+                self.format,
+                &columns,
+                &self.on_error,
+                0,
+                usize::MAX,
+                None,
+                1,
+            )
+            .await?;
             skipped += read.bad.len();
             rows.extend(read.batches.into_iter().filter(|b| b.num_rows() > 0));
         }

@@ -165,6 +165,16 @@ impl BadRecords {
         }
     }
 
+    /// An empty collector under the same policy, for a part of a read
+    /// whose records are then [`add`](Self::add)ed here in file order.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            fail: self.fail,
+            table: self.table.clone(),
+            records: Vec::new(),
+        }
+    }
+
     /// Adds the bad records of one stretch of a file (any order): under
     /// `fail`, the first of them in the file is the error.
     pub fn add(&mut self, mut found: Vec<BadRecord>) -> Result<()> {

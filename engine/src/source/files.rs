@@ -373,7 +373,9 @@ impl FilesSource {
     /// `read_batch` would (their footers say how many each has, and the
     /// budget is dealt out in order). `None` for a range left to that loop
     /// (nothing of it fits the budget, or it is at its end). The tasks run
-    /// on while the caller goes on: `read_ahead` awaits them.
+    /// on while the caller goes on: `read_ahead` awaits them. With fewer
+    /// ranges than threads, each range is decoded in parts at once (an
+    /// epoch of one file would otherwise be decoded on one thread).
     async fn spawn_parquet_ranges(&self, offset: &FilesOffset) -> Result<Vec<Option<ReadTask>>> {
         let store = self.loc.store();
         let files: Vec<(Path, String)> = offset
@@ -383,11 +385,21 @@ impl FilesSource {
             .collect();
         let totals = self.rows_within_budget(offset).await?;
         let mut budget = offset.max_rows as usize;
+        let takes: Vec<usize> = offset
+            .files
+            .iter()
+            .zip(&totals)
+            .map(|(range, &total)| {
+                let take = total.saturating_sub(range.start_row as usize).min(budget);
+                budget -= take;
+                take
+            })
+            .collect();
+        let reading = takes.iter().filter(|&&t| t > 0).count().max(1);
+        let pieces = self.threads.div_ceil(reading);
         let mut tasks = Vec::with_capacity(offset.files.len());
-        for ((range, (path, url)), total) in offset.files.iter().zip(files).zip(totals) {
+        for ((range, (path, url)), &take) in offset.files.iter().zip(files).zip(&takes) {
             let start = range.start_row as usize;
-            let take = total.saturating_sub(start).min(budget);
-            budget -= take;
             if take == 0 {
                 tasks.push(None);
                 continue;
@@ -413,7 +425,17 @@ impl FilesSource {
                     needed: &needed,
                     max_of,
                 };
-                read_range(&file, Format::Parquet, &columns, &on_error, start, take, None).await
+                read_range(
+                    &file,
+                    Format::Parquet,
+                    &columns,
+                    &on_error,
+                    start,
+                    take,
+                    None,
+                    pieces,
+                )
+                .await
             })));
         }
         Ok(tasks)
@@ -434,9 +456,10 @@ impl FilesSource {
     }
 
     /// Whether an offset's Parquet files are decoded at once, each on a
-    /// task (with more than one thread and more than one file).
+    /// task, and each in parts when there are fewer files than threads
+    /// (with more than one thread).
     fn reads_at_once(&self, offset: &FilesOffset) -> bool {
-        self.threads > 1 && self.format == Format::Parquet && offset.files.len() > 1
+        self.threads > 1 && self.format == Format::Parquet && !offset.files.is_empty()
     }
 
     /// Checks that a file is still what the offset says it was when its
@@ -673,6 +696,7 @@ impl Source for FilesSource {
                             range.start_row as usize,
                             budget,
                             cached,
+                            1,
                         )
                         .await?
                     }
@@ -997,6 +1021,66 @@ mod tests {
             warnings[0].contains("changed after its first 4 records were read"),
             "{warnings:?}"
         );
+    }
+
+    /// An epoch of one big Parquet file, on two threads, is decoded in two
+    /// parts at once (its batches show the cut at the middle row), with
+    /// the rows, epochs and greatest event times of one thread; a small
+    /// file is read whole.
+    #[tokio::test]
+    async fn one_big_parquet_file_is_decoded_in_parts_on_two_threads() {
+        use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::parquet::arrow::ArrowWriter;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]));
+        for (name, from, to) in [("a", 0, 200_000), ("b", 200_000, 230_000)] {
+            let file = std::fs::File::create(dir.path().join(format!("{name}.parquet"))).unwrap();
+            let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), None).unwrap();
+            let n = Int64Array::from((from..to).collect::<Vec<i64>>());
+            let t =
+                TimestampMillisecondArray::from_iter_values((from..to).map(|i| 1_000 * i - 700 * (i % 5)));
+            w.write(&RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(n), Arc::new(t)]).unwrap())
+                .unwrap();
+            w.close().unwrap();
+        }
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT NOT NULL, t TIMESTAMP(3) NOT NULL, WATERMARK FOR t AS t) \
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_files_per_batch' = '1')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut runs = Vec::new();
+        for threads in [1, 2] {
+            let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+            source.set_threads(threads);
+            let mut epochs = Vec::new();
+            while let Some(offset) = source.plan_batch().await.unwrap() {
+                let read = source.read_batch(&offset).await.unwrap();
+                let sizes: Vec<usize> = read.batches.iter().map(RecordBatch::num_rows).collect();
+                let (at, maxima) = read.time_maxima.expect("each batch's greatest time");
+                assert_eq!((at, maxima.len()), (1, sizes.len()));
+                let greatest = maxima.into_iter().flatten().max();
+                epochs.push((numbers(&read.batches), sizes, greatest));
+            }
+            runs.push(epochs);
+        }
+        let (one, two) = (&runs[0], &runs[1]);
+        assert_eq!(one.len(), 2);
+        assert_eq!(one[0].0, (0..200_000).collect::<Vec<i64>>());
+        for (a, b) in one.iter().zip(two) {
+            assert_eq!((&a.0, a.2), (&b.0, b.2));
+        }
+        // One thread: 8,192-row batches to the end of each file. Two: the
+        // big file cut at row 100,000 (12 batches and 1,696 rows), the
+        // small one (under two parts' worth of rows) read whole.
+        assert_eq!(one[0].1[12], 8_192);
+        assert_eq!(two[0].1[12], 100_000 - 12 * 8_192);
+        assert_eq!(two[0].1.len(), one[0].1.len() + 1);
+        assert_eq!(two[1].1, one[1].1);
     }
 
     /// Parquet files of 3, 5 and 2 rows under a budget of 5 rows an epoch,

@@ -40,7 +40,7 @@ use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderO
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
@@ -177,7 +177,9 @@ pub struct Fetched {
 
 /// Reads up to `max_rows` records from record `start` of a file, setting
 /// bad records aside as `on_error` says. `cached` holds the file's bytes
-/// when the caller already has them (CSV and JSON).
+/// when the caller already has them (CSV and JSON). A Parquet file may be
+/// decoded in up to `pieces` parts at once (the same rows).
+#[allow(clippy::too_many_arguments)]
 pub async fn read_range(
     file: &FileRef<'_>,
     format: Format,
@@ -186,11 +188,12 @@ pub async fn read_range(
     start: usize,
     max_rows: usize,
     cached: Option<Bytes>,
+    pieces: usize,
 ) -> Result<(FileRows, Option<Fetched>)> {
     let mut bad = BadRecords::new(file.table, on_error);
     let (mut rows, fetched) = match format {
         Format::Parquet => (
-            read_parquet(file, columns, start, max_rows, &mut bad).await?,
+            read_parquet(file, columns, start, max_rows, &mut bad, pieces).await?,
             None,
         ),
         Format::Csv { delimiter } => {
@@ -338,9 +341,11 @@ mod tests {
             needed: &needed,
             max_of: None,
         };
-        Ok(read_range(&file, format, &columns, &on_error, start, max, None)
-            .await?
-            .0)
+        Ok(
+            read_range(&file, format, &columns, &on_error, start, max, None, 1)
+                .await?
+                .0,
+        )
     }
 
     async fn read(name: &str, body: &[u8], format: Format, start: usize, max: usize) -> Result<FileRows> {
