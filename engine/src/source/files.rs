@@ -41,7 +41,7 @@ use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
 use super::bad::OnError;
-use super::formats::{Columns, Fetched, FileRef, FileRows, Format, parquet_rows_in, read_range};
+use super::formats::{Columns, Fetched, FileRef, FileRows, Format, OwnedFile, parquet_rows_in, read_range};
 use super::{Amount, Backlog, Source, SourceBatch, check_options, table_store_options};
 use crate::{Error, Result};
 use object_store::path::Path;
@@ -404,22 +404,21 @@ impl FilesSource {
                 tasks.push(None);
                 continue;
             }
-            let (store, table) = (Arc::clone(store), self.table.clone());
+            let file = OwnedFile {
+                store: Arc::clone(store),
+                path,
+                size: range.size,
+                url,
+                table: self.table.clone(),
+            };
             let (schema, needed, on_error, max_of) = (
                 Arc::clone(&self.schema),
                 self.columns.clone(),
                 self.on_error.clone(),
                 self.max_of(),
             );
-            let size = range.size;
             tasks.push(Some(tokio::spawn(async move {
-                let file = FileRef {
-                    store: &store,
-                    path: &path,
-                    size,
-                    url: &url,
-                    table: &table,
-                };
+                let file = file.file();
                 let columns = Columns {
                     declared: &schema,
                     needed: &needed,

@@ -109,7 +109,45 @@ pub struct FileRef<'a> {
     pub table: &'a str,
 }
 
+/// A [`FileRef`]'s parts, owned: for a task of its own.
+pub struct OwnedFile {
+    /// The store holding it.
+    pub store: Arc<dyn ObjectStore>,
+    /// Its path in the store.
+    pub path: Path,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its URL, for messages.
+    pub url: String,
+    /// The table it is read for, for messages.
+    pub table: String,
+}
+
+impl OwnedFile {
+    /// The file, borrowed.
+    pub fn file(&self) -> FileRef<'_> {
+        FileRef {
+            store: &self.store,
+            path: &self.path,
+            size: self.size,
+            url: &self.url,
+            table: &self.table,
+        }
+    }
+}
+
 impl FileRef<'_> {
+    /// The file's parts, owned.
+    pub fn to_owned(&self) -> OwnedFile {
+        OwnedFile {
+            store: Arc::clone(self.store),
+            path: self.path.clone(),
+            size: self.size,
+            url: self.url.to_string(),
+            table: self.table.to_string(),
+        }
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::Input(format!("{}: {msg}", self.url))
     }

@@ -181,18 +181,10 @@ pub(super) async fn read_parquet(
             .iter()
             .map(|&(from, rows)| {
                 let decode = Arc::clone(&decode);
-                let (store, path, size) = (Arc::clone(file.store), file.path.clone(), file.size);
-                let (url, table) = (file.url.to_string(), file.table.to_string());
+                let file = file.to_owned();
                 let mut bad = bad.empty_like();
                 tokio::spawn(async move {
-                    let file = FileRef {
-                        store: &store,
-                        path: &path,
-                        size,
-                        url: &url,
-                        table: &table,
-                    };
-                    let rows = decode.rows(&file, from, rows, &mut bad).await?;
+                    let rows = decode.rows(&file.file(), from, rows, &mut bad).await?;
                     Ok((rows, bad))
                 })
             })
