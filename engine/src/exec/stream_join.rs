@@ -30,6 +30,8 @@
 //! epoch's rows and the state, building its hash table on the epoch's new
 //! rows and streaming the held rows through it, with the query's whole join
 //! condition as its filter.
+//! An inner join takes in the projection above it (see [`Projected`]), so
+//! those joins build only the columns the rest of the plan uses.
 //!
 //! Rows older than the watermark the state was last evicted to (less their
 //! side's lag) are late (their partners may be gone): they are dropped and
@@ -78,6 +80,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::{EmbeddedProjection, ProjectionExec, try_embed_projection};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties, Partitioning,
@@ -334,6 +337,64 @@ pub struct StreamJoinExec {
     /// partition asks first) and handed to every partition. A copy of the
     /// node (one per epoch) starts empty.
     broadcast_rows: Mutex<Option<SharedRows>>,
+    /// The output columns, when a projection above was embedded (see
+    /// [`Projected`]); `None`: every column of `StreamJoinParams::schema`.
+    projection: Option<Arc<Projected>>,
+}
+
+/// A projection embedded into an inner join's matching (DataFusion's
+/// projection pushdown offers it, see `try_swapping_with_projection`): the
+/// epoch's joins then build only the columns the plan above uses, not
+/// every column of both sides (Nexmark q4 keeps 3 of 7), and no row ids.
+/// The state still holds whole rows: its file is the same with or without.
+pub struct Projected {
+    /// Positions in the join's full output (left columns, then right).
+    indices: Vec<usize>,
+    schema: SchemaRef,
+}
+
+/// A regular join's pairs built for a projection: the columns of each
+/// side (positions in its schema, ascending) that the rows hold.
+#[derive(Clone, Copy)]
+struct Built<'a> {
+    proj: &'a Projected,
+    left: &'a [usize],
+    right: &'a [usize],
+}
+
+impl Projected {
+    /// The columns of `side` (of `nl` left columns) to build for the
+    /// output and the join's filter, ascending.
+    fn needs(&self, side: Side, nl: usize, filter: Option<&JoinFilter>) -> Vec<usize> {
+        let mut cols: Vec<usize> = match side {
+            Side::Left => self.indices.iter().filter(|&&i| i < nl).copied().collect(),
+            Side::Right => self
+                .indices
+                .iter()
+                .filter(|&&i| i >= nl)
+                .map(|&i| i - nl)
+                .collect(),
+        };
+        if let Some(f) = filter {
+            let want = match side {
+                Side::Left => datafusion::common::JoinSide::Left,
+                Side::Right => datafusion::common::JoinSide::Right,
+            };
+            cols.extend(
+                f.column_indices()
+                    .iter()
+                    .filter(|c| c.side == want)
+                    .map(|c| c.index),
+            );
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        // A batch of no columns would lose its row count in `take`.
+        if cols.is_empty() {
+            cols.push(0);
+        }
+        cols
+    }
 }
 
 /// A broadcast side's rows, collected once and shared.
@@ -388,16 +449,20 @@ impl StreamJoinExec {
             broadcast: None,
         };
         state.broadcast = broadcast_side(&state, &left, &right);
-        Ok(Self::with_state(left, right, Arc::new(state)))
+        Ok(Self::with_state(left, right, Arc::new(state), None))
     }
 
     fn with_state(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
         state: Arc<StreamJoinState>,
+        projection: Option<Arc<Projected>>,
     ) -> Self {
+        let schema = projection
+            .as_ref()
+            .map_or_else(|| Arc::clone(&state.p.schema), |p| Arc::clone(&p.schema));
         let props = PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&state.p.schema)),
+            EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(state.shards.count()),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -409,6 +474,7 @@ impl StreamJoinExec {
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
             broadcast_rows: Mutex::new(None),
+            projection,
         }
     }
 
@@ -468,7 +534,7 @@ impl DisplayAs for StreamJoinExec {
         let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
         write!(
             f,
-            "{}: {} on=[{}]{}, {}{}",
+            "{}: {} on=[{}]{}, {}{}{}",
             self.name(),
             p.join_type,
             on.join(", "),
@@ -481,7 +547,18 @@ impl DisplayAs for StreamJoinExec {
                 Some(Side::Left) => ", left side broadcast to every partition",
                 Some(Side::Right) => ", right side broadcast to every partition",
                 None => "",
-            }
+            },
+            self.projection
+                .as_ref()
+                .map(|p| {
+                    let names: Vec<String> = p
+                        .indices
+                        .iter()
+                        .map(|&i| format!("{}@{i}", self.state.p.schema.field(i).name()))
+                        .collect();
+                    format!(", projection=[{}]", names.join(", "))
+                })
+                .unwrap_or_default()
         )
     }
 }
@@ -534,13 +611,26 @@ impl ExecutionPlan for StreamJoinExec {
         let right = children.swap_remove(1);
         let left = children.swap_remove(0);
         // A copy shares the state and the metrics.
-        let mut copy = Self::with_state(left, right, Arc::clone(&self.state));
+        let mut copy = Self::with_state(left, right, Arc::clone(&self.state), self.projection.clone());
         copy.metrics = self.metrics.clone();
         Ok(Arc::new(copy))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+
+    /// Takes in the columns a projection above keeps, for a join whose
+    /// output is only its pairs (an inner join of unsigned rows): its
+    /// matching then builds just those (see [`Projected`]).
+    fn try_swapping_with_projection(
+        &self,
+        projection: &ProjectionExec,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if !self.state.only_pairs() || projection.expr().is_empty() {
+            return Ok(None);
+        }
+        try_embed_projection(projection, self)
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
@@ -580,18 +670,57 @@ impl ExecutionPlan for StreamJoinExec {
         };
         let (left, right) = (rows_of(Side::Left)?, rows_of(Side::Right)?);
         let state = Arc::clone(&self.state);
+        let projection = self.projection.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out = futures::stream::once(async move {
             let (l, r) = futures::try_join!(left, right)?;
-            let out = state.run(partition, l, r, &epoch, &context).await?;
+            let out = state
+                .run(partition, l, r, &epoch, projection.as_deref(), &context)
+                .await?;
             baseline.record_output(out.iter().map(RecordBatch::num_rows).sum());
             Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.state.p.schema),
-            out,
-        )))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), out)))
+    }
+}
+
+impl EmbeddedProjection for StreamJoinExec {
+    /// `projection`: positions in this node's output (itself projected or
+    /// not), as DataFusion's `try_embed_projection` gives them.
+    fn with_projection(&self, projection: Option<Vec<usize>>) -> Result<Self> {
+        let Some(indices) = projection else {
+            return Ok(Self::with_state(
+                Arc::clone(&self.left),
+                Arc::clone(&self.right),
+                Arc::clone(&self.state),
+                None,
+            ));
+        };
+        let full = &self.state.p.schema;
+        let indices: Vec<usize> = match &self.projection {
+            Some(p) => indices
+                .iter()
+                .map(|&i| {
+                    p.indices.get(i).copied().ok_or_else(|| {
+                        DataFusionError::Internal(format!("IntervalJoinExec has no output column {i}"))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            None => indices,
+        };
+        if let Some(&i) = indices.iter().find(|&&i| i >= full.fields().len()) {
+            return Err(DataFusionError::Internal(format!(
+                "IntervalJoinExec has no output column {i}"
+            )));
+        }
+        let schema = Arc::new(full.project(&indices)?);
+        Ok(Self::with_state(
+            Arc::clone(&self.left),
+            Arc::clone(&self.right),
+            Arc::clone(&self.state),
+            Some(Arc::new(Projected { indices, schema })),
+        ))
     }
 }
 
@@ -797,15 +926,28 @@ impl StreamJoinState {
 
     /// One inner join of `left` rows with `right` rows (with row ids), by
     /// DataFusion, building on the left (`build_right`: on the right).
+    /// With `proj`, only the projected columns, and no row ids.
     async fn join(
         &self,
         left: Vec<RecordBatch>,
         right: Vec<RecordBatch>,
         build_right: bool,
+        proj: Option<&Projected>,
         context: &Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let (ls, left) = with_ids(&left, &self.left_schema)?;
-        let (rs, right) = with_ids(&right, &self.right_schema)?;
+        let ((ls, left), (rs, right)) = if proj.is_some() {
+            (
+                (Arc::clone(&self.left_schema), left),
+                (Arc::clone(&self.right_schema), right),
+            )
+        } else {
+            (
+                with_ids(&left, &self.left_schema)?,
+                with_ids(&right, &self.right_schema)?,
+            )
+        };
+        // Without ids, the join's columns are the output's (left, right).
+        let projection = proj.map(|p| p.indices.clone());
         let left = MemorySourceConfig::try_new_exec(&[left], ls, None)? as Arc<dyn ExecutionPlan>;
         let right = MemorySourceConfig::try_new_exec(&[right], rs, None)? as Arc<dyn ExecutionPlan>;
         let plan: Arc<dyn ExecutionPlan> = if self.p.on.is_empty() {
@@ -814,7 +956,7 @@ impl StreamJoinState {
                 right,
                 self.p.filter.clone(),
                 &JoinType::Inner,
-                None,
+                projection,
             )?)
         } else {
             let join = HashJoinExec::try_new(
@@ -823,7 +965,7 @@ impl StreamJoinState {
                 self.p.on.clone(),
                 self.p.filter.clone(),
                 &JoinType::Inner,
-                None,
+                projection,
                 PartitionMode::CollectLeft,
                 self.p.null_equality,
                 false,
@@ -881,11 +1023,14 @@ impl StreamJoinState {
     /// of [`Self::join`]'s (left columns, left row id, right columns, right
     /// row id; ids are positions in the held chunks, new rows after them),
     /// the query's condition applied.
+    /// With `proj`, the pairs are built of the columns the projection and
+    /// the condition use, and come out projected, without ids.
     fn index_joins(
         &self,
         held: &mut Held,
         new_left: &RecordBatch,
         new_right: &RecordBatch,
+        proj: Option<&Projected>,
     ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
         self.ensure_index(held, Side::Left)?;
         self.ensure_index(held, Side::Right)?;
@@ -931,12 +1076,41 @@ impl StreamJoinState {
                 rid.push(held_right_len + j as u64);
             });
         }
-        let mut right_batches: Vec<&RecordBatch> = held.right.iter().map(|c| &c.rows).collect();
-        right_batches.push(new_right);
-        let left_rows = take_batch(new_left, &UInt32Array::from(li.clone()))?;
-        let right_rows = gather(&right_batches, &rpos, &self.right_schema)?;
+        // The columns built of each side (all, or those `proj` needs).
+        let nl = self.left_schema.fields().len();
+        let cols = |side: Side| proj.map(|p| p.needs(side, nl, self.p.filter.as_ref()));
+        let (lcols, rcols) = (cols(Side::Left), cols(Side::Right));
+        let narrow = |b: &RecordBatch, cols: &Option<Vec<usize>>| -> Result<RecordBatch> {
+            Ok(match cols {
+                Some(c) => b.project(c)?,
+                None => b.clone(),
+            })
+        };
+        let narrow_schema = |schema: &SchemaRef, cols: &Option<Vec<usize>>| -> Result<SchemaRef> {
+            Ok(match cols {
+                Some(c) => Arc::new(schema.project(c)?),
+                None => Arc::clone(schema),
+            })
+        };
+        let (left_schema, right_schema) = (
+            narrow_schema(&self.left_schema, &lcols)?,
+            narrow_schema(&self.right_schema, &rcols)?,
+        );
+        let (new_left, new_right) = (narrow(new_left, &lcols)?, narrow(new_right, &rcols)?);
+        let held_right: Vec<RecordBatch> = held
+            .right
+            .iter()
+            .map(|c| narrow(&c.rows, &rcols))
+            .collect::<Result<_>>()?;
+        let mut right_batches: Vec<&RecordBatch> = held_right.iter().collect();
+        right_batches.push(&new_right);
+        let left_rows = take_batch(&new_left, &UInt32Array::from(li.clone()))?;
+        let right_rows = gather(&right_batches, &rpos, &right_schema)?;
         let lids: Vec<u64> = li.iter().map(|&i| i as u64).collect();
-        let first = self.pairs(left_rows, lids, right_rows, rid)?;
+        let built = proj
+            .zip(lcols.as_deref().zip(rcols.as_deref()))
+            .map(|(proj, (left, right))| Built { proj, left, right });
+        let first = self.pairs(left_rows, lids, right_rows, rid, built)?;
 
         // Held left rows with the new right rows.
         let (mut lpos, mut lid, mut rj) = (Vec::new(), Vec::new(), Vec::new());
@@ -951,26 +1125,45 @@ impl StreamJoinState {
                 rj.push(j as u32);
             });
         }
-        let left_batches: Vec<&RecordBatch> = held.left.iter().map(|c| &c.rows).collect();
-        let left_rows = gather(&left_batches, &lpos, &self.left_schema)?;
-        let right_rows = take_batch(new_right, &UInt32Array::from(rj.clone()))?;
+        let held_left: Vec<RecordBatch> = held
+            .left
+            .iter()
+            .map(|c| narrow(&c.rows, &lcols))
+            .collect::<Result<_>>()?;
+        let left_batches: Vec<&RecordBatch> = held_left.iter().collect();
+        let left_rows = gather(&left_batches, &lpos, &left_schema)?;
+        let right_rows = take_batch(&new_right, &UInt32Array::from(rj.clone()))?;
         let rids: Vec<u64> = rj.iter().map(|&j| j as u64).collect();
-        let second = self.pairs(left_rows, lid, right_rows, rids)?;
+        let second = self.pairs(left_rows, lid, right_rows, rids, built)?;
         Ok((first, second))
     }
 
     /// Candidate pairs (equal keys) kept by the join's condition, in
-    /// [`Self::join`]'s layout.
+    /// [`Self::join`]'s layout. With `built` (a projection, and the columns
+    /// of each side that `left` and `right` hold), projected, without ids.
     fn pairs(
         &self,
         left: RecordBatch,
         lid: Vec<u64>,
         right: RecordBatch,
         rid: Vec<u64>,
+        built: Option<Built<'_>>,
     ) -> Result<Vec<RecordBatch>> {
         if left.num_rows() == 0 {
             return Ok(vec![]);
         }
+        // Where a column of a side's full schema is in the rows built.
+        let at = |cols: &[usize], i: usize| -> Result<usize> {
+            cols.binary_search(&i)
+                .map_err(|_| DataFusionError::Internal(format!("a join column {i} was not built")))
+        };
+        let (lat, rat) = (built.map(|b| b.left), built.map(|b| b.right));
+        let column = |b: &RecordBatch, cols: Option<&[usize]>, i: usize| -> Result<ArrayRef> {
+            Ok(Arc::clone(b.column(match cols {
+                Some(c) => at(c, i)?,
+                None => i,
+            })))
+        };
         let (mut left, mut right, mut lid, mut rid) = (
             left,
             right,
@@ -982,10 +1175,10 @@ impl StreamJoinState {
                 .column_indices()
                 .iter()
                 .map(|c| match c.side {
-                    datafusion::common::JoinSide::Left => Arc::clone(left.column(c.index)),
-                    _ => Arc::clone(right.column(c.index)),
+                    datafusion::common::JoinSide::Left => column(&left, lat, c.index),
+                    _ => column(&right, rat, c.index),
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let input = RecordBatch::try_new(Arc::clone(f.schema()), columns)?;
             let keep = f.expression().evaluate(&input)?.into_array(input.num_rows())?;
             let keep = keep.as_boolean();
@@ -997,8 +1190,25 @@ impl StreamJoinState {
             };
             left = filter_record_batch(&left, &keep)?;
             right = filter_record_batch(&right, &keep)?;
-            lid = datafusion::arrow::compute::filter(&lid, &keep)?;
-            rid = datafusion::arrow::compute::filter(&rid, &keep)?;
+            if built.is_none() {
+                lid = datafusion::arrow::compute::filter(&lid, &keep)?;
+                rid = datafusion::arrow::compute::filter(&rid, &keep)?;
+            }
+        }
+        if let Some(Built { proj: p, .. }) = built {
+            let nl = self.left_schema.fields().len();
+            let columns: Vec<ArrayRef> = p
+                .indices
+                .iter()
+                .map(|&i| {
+                    if i < nl {
+                        column(&left, lat, i)
+                    } else {
+                        column(&right, rat, i - nl)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            return Ok(vec![RecordBatch::try_new(Arc::clone(&p.schema), columns)?]);
         }
         let mut fields: Vec<Field> = self
             .left_schema
@@ -1026,6 +1236,7 @@ impl StreamJoinState {
         new_left: Vec<RecordBatch>,
         new_right: Vec<RecordBatch>,
         epoch: &EpochInput,
+        proj: Option<&Projected>,
         context: &Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
         let n = epoch.epoch;
@@ -1051,7 +1262,7 @@ impl StreamJoinState {
             drop((held_left, held_right));
             let (pairs_new_left, pairs_new_right) = guarded(name, n, || {
                 let mut held = self.shards.lock(shard);
-                self.index_joins(&mut held, &new_left, &new_right)
+                self.index_joins(&mut held, &new_left, &new_right, proj)
             })?;
             return guarded(name, n, || {
                 self.apply_any(
@@ -1064,6 +1275,7 @@ impl StreamJoinState {
                     &pairs_new_right,
                     epoch.watermark_out,
                     epoch.processing_time_ms,
+                    proj,
                 )
             });
         }
@@ -1081,13 +1293,13 @@ impl StreamJoinState {
             let mut right = held_right;
             right.push(new_right.clone());
             pairs_new_left = self
-                .join(vec![new_left.clone()], right, build_right, context)
+                .join(vec![new_left.clone()], right, build_right, proj, context)
                 .await?;
         }
         if new_right.num_rows() > 0 && held_left_len > 0 {
             let build_right = new_right.num_rows() <= held_left_len;
             pairs_new_right = self
-                .join(held_left, vec![new_right.clone()], build_right, context)
+                .join(held_left, vec![new_right.clone()], build_right, proj, context)
                 .await?;
         }
         guarded(name, n, || {
@@ -1101,14 +1313,32 @@ impl StreamJoinState {
                 &pairs_new_right,
                 epoch.watermark_out,
                 epoch.processing_time_ms,
+                proj,
             )
         })
     }
 
     /// Checks a batch of the epoch's pairs (left columns, left row id,
     /// right columns, right row id) and, for a join that emits pairs, adds
-    /// them to `out` without their ids.
-    fn emit_pairs(&self, b: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+    /// them to `out` without their ids. With `proj`, the batch is the
+    /// output's columns already.
+    fn emit_pairs(
+        &self,
+        b: &RecordBatch,
+        proj: Option<&Projected>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if let Some(p) = proj {
+            if b.num_columns() != p.indices.len() {
+                return Err(DataFusionError::Internal(format!(
+                    "a join of the epoch gave {} columns, not the {} projected",
+                    b.num_columns(),
+                    p.indices.len()
+                )));
+            }
+            out.push(RecordBatch::try_new(Arc::clone(&p.schema), b.columns().to_vec())?);
+            return Ok(());
+        }
         let nl = self.left_schema.fields().len();
         let nr = self.right_schema.fields().len();
         if b.num_columns() != nl + nr + 2 {
@@ -1140,7 +1370,14 @@ impl StreamJoinState {
         pairs_new_right: &[RecordBatch],
         watermark: i64,
         now_ms: i64,
+        proj: Option<&Projected>,
     ) -> Result<Vec<RecordBatch>> {
+        if proj.is_some() && !self.only_pairs() {
+            return Err(DataFusionError::Internal(format!(
+                "a projection was embedded into a {} join, which emits more than pairs",
+                self.p.join_type
+            )));
+        }
         if self.p.signed && (self.tracks(Side::Left) || self.tracks(Side::Right)) {
             return self.apply_signed(
                 shard,
@@ -1162,6 +1399,7 @@ impl StreamJoinState {
             pairs_new_right,
             watermark,
             now_ms,
+            proj,
         )
     }
 
@@ -1232,7 +1470,7 @@ impl StreamJoinState {
             .map(|b| (b, true))
             .chain(pairs[1].iter().map(|b| (b, false)))
         {
-            self.emit_pairs(b, &mut out)?;
+            self.emit_pairs(b, None, &mut out)?;
             let (lid, rid) = (u64s(b, nl), u64s(b, nl + nr + 1));
             let (ls, rs) = (signs(b, nl - 1), signs(b, nl + nr));
             for k in 0..b.num_rows() {
@@ -1356,6 +1594,7 @@ impl StreamJoinState {
         pairs_new_right: &[RecordBatch],
         watermark: i64,
         now_ms: i64,
+        proj: Option<&Projected>,
     ) -> Result<Vec<RecordBatch>> {
         let nl = self.left_schema.fields().len();
         let nr = self.right_schema.fields().len();
@@ -1375,7 +1614,12 @@ impl StreamJoinState {
             .map(|b| (b, true))
             .chain(pairs_new_right.iter().map(|b| (b, false)))
         {
-            self.emit_pairs(b, &mut out)?;
+            self.emit_pairs(b, proj, &mut out)?;
+            // Row ids only matter to a side that tracks its matches (and
+            // a projected join has none).
+            if !self.tracks(Side::Left) && !self.tracks(Side::Right) {
+                continue;
+            }
             let (lid, rid) = (ids(b, nl), ids(b, nl + nr + 1));
             if new_is_left {
                 if self.tracks(Side::Left) {
@@ -1535,6 +1779,13 @@ impl StreamJoinState {
         // every joined row.
         retracted.retain(|b| b.num_rows() > 0);
         Ok(retracted)
+    }
+
+    /// Whether the output is only the matched pairs, each once (an inner
+    /// join of unsigned rows): nothing is padded, taken back or emitted
+    /// alone, so the output may be projected (see [`Projected`]).
+    fn only_pairs(&self) -> bool {
+        self.p.join_type == JoinType::Inner && !self.p.signed && !self.changelog()
     }
 
     /// Whether the output is a changelog: a regular (unbounded) outer or
