@@ -48,7 +48,6 @@
 //! are new or newly seen by another filter, and a group deleted by the TTL
 //! deletes its values.
 
-use datafusion::common::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -71,7 +70,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::distinct::{Changes, MAX_MEMBERS, SeenValues};
 use super::groups::{AggregateSpec, Evaluated, Groups};
-use super::keys::KeyRows;
+use super::keys::{GroupIndex, KeyRows};
 use super::operator::{EpochOperator, OperatorExec};
 use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
@@ -189,7 +188,8 @@ struct Chunk {
 }
 
 struct Inner {
-    index: HashMap<Vec<u8>, (usize, usize)>,
+    /// Each live group's key to its row (chunk, row).
+    index: GroupIndex<(usize, usize)>,
     chunks: Vec<Chunk>,
     dead: usize,
     /// Groups' new versions since the last checkpoint (a delta's upserts).
@@ -203,7 +203,7 @@ struct Inner {
 impl Inner {
     fn new(distinct_args: usize) -> Self {
         Self {
-            index: HashMap::default(),
+            index: GroupIndex::default(),
             chunks: Vec::new(),
             dead: 0,
             pending_upserts: Vec::new(),
@@ -633,8 +633,9 @@ impl UpdateState {
         if n > 0 {
             let (dkeys, dstates) = delta.take_state()?;
             let rows = self.keys.convert(&dkeys, n)?;
+            let hashes: Vec<u64> = (0..n).map(|i| inner.index.hash(rows.row(i).as_ref())).collect();
             let locs: Vec<Option<(usize, usize)>> = (0..n)
-                .map(|i| inner.index.get(rows.row(i).as_ref()).copied())
+                .map(|i| inner.index.get(hashes[i], rows.row(i).as_ref()))
                 .collect();
             let existing: Vec<(usize, (usize, usize))> = locs
                 .iter()
@@ -743,15 +744,10 @@ impl UpdateState {
             cols.push(Arc::new(Int64Array::from(vec![now; n])));
             let batch = RecordBatch::try_new(Arc::clone(&self.chunk_schema), cols)?;
             let c = inner.chunks.len();
-            for (i, loc) in locs.iter().enumerate() {
-                let key = rows.row(i);
+            inner.index.reserve(locs.iter().filter(|l| l.is_none()).count());
+            for (i, &hash) in hashes.iter().enumerate() {
                 // A known group's key stays; only a new group's is copied.
-                match loc.and_then(|_| inner.index.get_mut(key.as_ref())) {
-                    Some(at) => *at = (c, i),
-                    None => {
-                        inner.index.insert(key.as_ref().to_vec(), (c, i));
-                    }
-                }
+                inner.index.set(hash, rows.row(i).as_ref(), (c, i));
             }
             inner.pending_upserts.push(batch.clone());
             inner.chunks.push(Chunk {
@@ -839,7 +835,8 @@ impl UpdateState {
                 let one = inner.chunks[*c].batch.slice(*r, 1);
                 let rows = key_rows_of(&one)?;
                 let key = rows.row(0);
-                inner.index.remove(key.as_ref());
+                let hash = inner.index.hash(key.as_ref());
+                inner.index.remove(hash, key.as_ref());
                 // The group's distinct values go with it.
                 inner.seen.remove(key.as_ref());
             }
@@ -882,8 +879,11 @@ impl UpdateState {
             .min()
             .unwrap_or(i64::MAX);
         inner.index.clear();
+        inner.index.reserve(n);
         for i in 0..n {
-            inner.index.insert(rows.row(i).as_ref().to_vec(), (0, i));
+            let key = rows.row(i);
+            let hash = inner.index.hash(key.as_ref());
+            inner.index.set(hash, key.as_ref(), (0, i));
         }
         inner.chunks = vec![Chunk {
             batch,
