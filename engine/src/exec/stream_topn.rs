@@ -32,7 +32,7 @@
 //! `__k0.. (partition key values, or __all = 0 without PARTITION BY),
 //! __rank, __updated_ms, <input columns>`
 
-use datafusion::common::HashMap;
+use datafusion::common::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -125,7 +125,7 @@ struct Inner {
     live: usize,
     dead: usize,
     /// Partitions changed since the last checkpoint.
-    changed: std::collections::HashSet<Vec<u8>>,
+    changed: HashSet<Vec<u8>>,
     /// Key columns (unit keys) of partitions deleted since then.
     deleted: Vec<RecordBatch>,
     /// Keep-first on event time: partitions whose first row is not emitted
@@ -385,7 +385,7 @@ impl StreamTopNState {
                     .is_some_and(|&(c, r)| inner.chunks[c].ranks[r] == 1)
             };
             let mut touched: Vec<Vec<u8>> = Vec::new();
-            let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+            let mut seen: HashSet<&[u8]> = HashSet::default();
             let mut keep = Vec::with_capacity(new.num_rows());
             for i in 0..new.num_rows() {
                 let k = keys.row(i);
@@ -506,7 +506,7 @@ impl StreamTopNState {
         // Held rows of the touched partitions first (each in arrival order),
         // then the new rows: row order is arrival order within a partition.
         let mut touched: Vec<Vec<u8>> = Vec::new();
-        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        let mut seen: HashSet<&[u8]> = HashSet::default();
         let gone_rows = gone_keys
             .iter()
             .flat_map(|k| (0..k.num_rows()).map(move |i| k.row(i)));
