@@ -52,7 +52,7 @@ pub use location::{Location, StoreOptions};
 pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
 pub use registry::StoreRegistry;
 pub use sink::{ManifestFile, SinkLayout, SinkOwner};
-pub use state::{RestoredState, StateFile, StateKind, StateWrite};
+pub use state::{EncodedState, RestoredState, StateFile, StateKind, StateWrite};
 
 /// The format version written into every file Weir persists. A reader refuses
 /// files with a larger version instead of guessing at their meaning.

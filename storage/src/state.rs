@@ -66,6 +66,27 @@ pub struct StateWrite<'a> {
     pub deletes: &'a [RecordBatch],
 }
 
+/// A state file encoded by [`Checkpoint::encode_state`], to be written by
+/// [`Checkpoint::put_state`].
+pub struct EncodedState {
+    /// Its name relative to the checkpoint.
+    name: String,
+    /// The name of the same epoch's file of the other kind.
+    other: String,
+    payload: object_store::PutPayload,
+}
+
+impl EncodedState {
+    /// Its size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.payload.content_length() as u64
+    }
+}
+
+/// Below this many rows in all, an epoch's small state files are encoded
+/// one after another: threads would cost more than they save.
+const SIDE_BY_SIDE_MIN_ROWS: usize = 16_384;
+
 /// One state file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateFile {
@@ -117,13 +138,85 @@ impl Checkpoint {
     /// of the epoch writes the same file again; a file of the other kind for
     /// the same epoch (from an attempt that crashed) is removed first.
     pub async fn write_state(&self, operator: &str, epoch: u64, w: StateWrite<'_>) -> Result<u64> {
+        let encoded = self.encode_state(operator, epoch, &w, 1)?;
+        self.put_state(encoded).await
+    }
+
+    /// Encodes several operators' state files of one epoch on up to
+    /// `threads` threads, in the order given; [`Checkpoint::put_state`]
+    /// writes each. A file of at least [`codec::PARALLEL_MIN_ROWS`] rows is
+    /// encoded alone, its columns spread over the threads; the smaller
+    /// files are encoded side by side, one per thread, when together they
+    /// are worth starting threads for. Either way each file is the one
+    /// [`Checkpoint::write_state`] writes, byte for byte.
+    pub fn encode_states(
+        &self,
+        epoch: u64,
+        writes: &[(&str, StateWrite<'_>)],
+        threads: usize,
+    ) -> Result<Vec<EncodedState>> {
+        let rows = |w: &StateWrite<'_>| -> usize {
+            w.upserts.iter().chain(w.deletes).map(RecordBatch::num_rows).sum()
+        };
+        // (index in `writes`, its file), put back in order at the end.
+        let mut done: Vec<(usize, Result<EncodedState>)> = Vec::with_capacity(writes.len());
+        let mut small = Vec::new();
+        for (i, (operator, w)) in writes.iter().enumerate() {
+            if threads > 1 && rows(w) >= codec::PARALLEL_MIN_ROWS {
+                done.push((i, self.encode_state(operator, epoch, w, threads)));
+            } else {
+                small.push(i);
+            }
+        }
+        let small_rows: usize = small.iter().map(|&i| rows(&writes[i].1)).sum();
+        if threads > 1 && small.len() > 1 && small_rows >= SIDE_BY_SIDE_MIN_ROWS {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads.min(small.len()))
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut mine = Vec::new();
+                            loop {
+                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(&i) = small.get(k) else { break };
+                                let (operator, w) = &writes[i];
+                                mine.push((i, self.encode_state(operator, epoch, w, 1)));
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                for worker in workers {
+                    match worker.join() {
+                        Ok(mine) => done.extend(mine),
+                        // A panic in the encoder goes on as the caller's.
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+            });
+        } else {
+            for &i in &small {
+                let (operator, w) = &writes[i];
+                done.push((i, self.encode_state(operator, epoch, w, 1)));
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Encodes one operator's state file for an epoch (its columns on up
+    /// to `threads` threads), without writing it.
+    pub fn encode_state(
+        &self,
+        operator: &str,
+        epoch: u64,
+        w: &StateWrite<'_>,
+        threads: usize,
+    ) -> Result<EncodedState> {
         let other = match w.kind {
             StateKind::Snapshot => StateKind::Delta,
             StateKind::Delta => StateKind::Snapshot,
         };
-        self.location()
-            .delete(&Self::state_file_name(operator, epoch, other))
-            .await?;
         let name = Self::state_file_name(operator, epoch, w.kind);
         let url = self.location().url_of(&name);
         let meta = BTreeMap::from([
@@ -132,8 +225,8 @@ impl Checkpoint {
             ("weir.kind".to_string(), w.kind.suffix().to_string()),
             ("weir.unit_key_len".to_string(), w.unit_key_len.to_string()),
         ]);
-        let bytes = match w.kind {
-            StateKind::Snapshot => codec::encode_state(&url, w.schema, w.upserts, &meta)?,
+        let payload = match w.kind {
+            StateKind::Snapshot => codec::encode_state_parallel(&url, w.schema, w.upserts, &meta, threads)?,
             StateKind::Delta => {
                 let mut fields = nullable(w.schema);
                 fields.push(Field::new(DELETE, DataType::Boolean, false));
@@ -157,11 +250,23 @@ impl Checkpoint {
                     cols.push(Arc::new(BooleanArray::from(vec![true; n])));
                     rows.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| parquet_err(&e))?);
                 }
-                codec::encode_state(&url, &schema, &rows, &meta)?
+                codec::encode_state_parallel(&url, &schema, &rows, &meta, threads)?
             }
         };
-        let len = bytes.content_length() as u64;
-        self.location().put(&name, bytes).await?;
+        Ok(EncodedState {
+            name,
+            other: Self::state_file_name(operator, epoch, other),
+            payload,
+        })
+    }
+
+    /// Writes an encoded state file, first removing the file of the other
+    /// kind for its epoch (left by an attempt that crashed). Returns its
+    /// bytes.
+    pub async fn put_state(&self, encoded: EncodedState) -> Result<u64> {
+        self.location().delete(&encoded.other).await?;
+        let len = encoded.bytes();
+        self.location().put(&encoded.name, encoded.payload).await?;
         Ok(len)
     }
 
@@ -1000,6 +1105,83 @@ mod tests {
         write(&ck, 5, StateKind::Snapshot, &[rows(&[("e", 5)])], &[]).await;
         assert_eq!(ck.prune_state("op", 5).await.unwrap(), 4);
         assert_eq!(at(5).await, vec![("e".into(), 5)]);
+    }
+
+    /// An epoch's state files encoded together on several threads (one
+    /// large file by columns, small ones side by side) are the files
+    /// `write_state` writes one by one, in the order given, and restore.
+    #[tokio::test]
+    async fn state_files_encoded_on_several_threads_are_the_same_files() {
+        let loc = Location::open("memory://state-threads", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let s = schema();
+        let many = |from: i64, n: i64| -> RecordBatch {
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        (from..from + n).map(|i| format!("k{i}")),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(from..from + n)),
+                ],
+            )
+            .unwrap()
+        };
+        let large = [many(0, codec::PARALLEL_MIN_ROWS as i64 + 5)];
+        let (a, b, c) = ([many(0, 9_000)], [many(9_000, 9_000)], [many(7, 3)]);
+        let gone = [keys(&["k1", "k2"])];
+        let specs: Vec<(&str, StateKind, &[RecordBatch], &[RecordBatch])> = vec![
+            ("small-a", StateKind::Snapshot, &a[..], &[][..]),
+            ("large", StateKind::Snapshot, &large[..], &[][..]),
+            ("small-b", StateKind::Delta, &b[..], &gone[..]),
+            ("small-c", StateKind::Snapshot, &c[..], &[][..]),
+        ];
+        let writes: Vec<(&str, StateWrite<'_>)> = specs
+            .iter()
+            .map(|(op, kind, up, del)| {
+                (
+                    *op,
+                    StateWrite {
+                        kind: *kind,
+                        schema: &s,
+                        unit_key_len: 1,
+                        upserts: up,
+                        deletes: del,
+                    },
+                )
+            })
+            .collect();
+        let one = ck.encode_states(3, &writes, 1).unwrap();
+        for threads in [2, 3, 8] {
+            let together = ck.encode_states(3, &writes, threads).unwrap();
+            assert_eq!(together.len(), writes.len());
+            for (x, y) in one.iter().zip(&together) {
+                assert_eq!(x.name, y.name, "{threads} threads");
+                assert!(
+                    codec::contiguous(&x.payload) == codec::contiguous(&y.payload),
+                    "{threads} threads wrote another {}",
+                    x.name
+                );
+            }
+        }
+        for e in ck.encode_states(3, &writes, 2).unwrap() {
+            ck.put_state(e).await.unwrap();
+        }
+        let large_rows = ck
+            .restore_state("large", 3)
+            .await
+            .unwrap()
+            .unwrap()
+            .batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>();
+        assert_eq!(large_rows, codec::PARALLEL_MIN_ROWS + 5);
+        let restored = as_pairs(&ck.restore_state("small-c", 3).await.unwrap().unwrap());
+        assert_eq!(
+            restored,
+            vec![("k7".into(), 7), ("k8".into(), 8), ("k9".into(), 9)]
+        );
     }
 
     #[tokio::test]

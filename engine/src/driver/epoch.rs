@@ -583,15 +583,30 @@ impl StreamingJob {
                 });
             }
         }
-        for (id, kind, schema, unit_key_len, change) in writes {
-            let w = StateWrite {
-                kind,
-                schema: &schema,
-                unit_key_len,
-                upserts: &change.upserts,
-                deletes: &change.deletes,
-            };
-            let bytes = self.checkpoint.write_state(&id, epoch, w).await?;
+        // Encoded on every thread the job has (the epoch's other work is
+        // done), then written side by side.
+        let threads = self.state.config().target_partitions().max(1);
+        let encoded = {
+            let states: Vec<(&str, StateWrite<'_>)> = writes
+                .iter()
+                .map(|(id, kind, schema, unit_key_len, change)| {
+                    (
+                        id.as_str(),
+                        StateWrite {
+                            kind: *kind,
+                            schema,
+                            unit_key_len: *unit_key_len,
+                            upserts: &change.upserts,
+                            deletes: &change.deletes,
+                        },
+                    )
+                })
+                .collect();
+            self.checkpoint.encode_states(epoch, &states, threads)?
+        };
+        let written =
+            futures::future::try_join_all(encoded.into_iter().map(|e| self.checkpoint.put_state(e))).await?;
+        for ((id, kind, _, _, change), bytes) in writes.into_iter().zip(written) {
             let rows = change.upserts.iter().map(|b| b.num_rows() as u64).sum();
             self.policies.entry(id).or_default().record(kind, bytes, rows);
             state_bytes += bytes;
