@@ -791,7 +791,13 @@ fn keep_from_time(batch: RecordBatch, time: usize, from: i64) -> Result<(Option<
     if datafusion::arrow::array::Array::null_count(times) == 0 && times.values().iter().all(|&t| t >= from) {
         return Ok((Some(batch), 0));
     }
-    let keep: BooleanArray = times.iter().map(|t| Some(t.is_some_and(|t| t >= from))).collect();
+    // Packed 64 rows at a time; a NULL time (the mask's own NULL) is not
+    // kept, as `filter` treats a NULL in the mask as false.
+    let values = times.values();
+    let keep = BooleanArray::new(
+        datafusion::arrow::buffer::BooleanBuffer::collect_bool(times.len(), |i| values[i] >= from),
+        datafusion::arrow::array::Array::nulls(times).cloned(),
+    );
     let kept = filter_record_batch(&batch, &keep)?;
     let dropped = (batch.num_rows() - kept.num_rows()) as u64;
     Ok(((kept.num_rows() > 0).then_some(kept), dropped))
@@ -2231,6 +2237,45 @@ mod tests {
         let array: ArrayRef = Arc::new(Int64Array::from(values.to_vec()));
         let dead = values.iter().map(Option::is_none).collect();
         (converter.convert_columns(&[array]).unwrap(), dead)
+    }
+
+    /// Rows before the bound and rows without a time are dropped and
+    /// counted; a batch that keeps every row is passed on as it is.
+    #[test]
+    fn keep_from_time_drops_earlier_and_null_times() {
+        use datafusion::arrow::array::TimestampMillisecondArray;
+        use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+        let times: Vec<Option<i64>> = (0..200).map(|i| (i % 9 != 4).then_some((i * 37) % 101)).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..200)),
+                Arc::new(TimestampMillisecondArray::from(times.clone()).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        for from in [-1, 0, 50, 100, 101] {
+            let (kept, dropped) = keep_from_time(batch.clone(), 1, from).unwrap();
+            let want: Vec<i64> = (0..200)
+                .filter(|&i| times[i as usize].is_some_and(|t| t >= from))
+                .collect();
+            let got: Vec<i64> = kept
+                .map(|k| k.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .unwrap_or_default();
+            assert_eq!(got, want, "from {from}");
+            assert_eq!(dropped, 200 - want.len() as u64, "from {from}");
+        }
+        let full = batch.slice(0, 4);
+        let (kept, dropped) = keep_from_time(full.clone(), 1, 0).unwrap();
+        assert_eq!((kept, dropped), (Some(full), 0));
     }
 
     /// Every key's rows, from the index and from a scan of the chunks, in
