@@ -138,6 +138,7 @@ impl LookupTable {
                 usize::MAX,
                 None,
                 1,
+                crate::source::BATCH_ROWS,
             )
             .await?;
             skipped += read.bad.len();

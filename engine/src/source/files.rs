@@ -397,6 +397,7 @@ impl FilesSource {
             .collect();
         let reading = takes.iter().filter(|&&t| t > 0).count().max(1);
         let pieces = self.threads.div_ceil(reading);
+        let batch_rows = super::batch_rows(self.threads);
         let mut tasks = Vec::with_capacity(offset.files.len());
         for ((range, (path, url)), &take) in offset.files.iter().zip(files).zip(&takes) {
             let start = range.start_row as usize;
@@ -433,6 +434,7 @@ impl FilesSource {
                     take,
                     None,
                     pieces,
+                    batch_rows,
                 )
                 .await
             })));
@@ -696,6 +698,7 @@ impl Source for FilesSource {
                             budget,
                             cached,
                             1,
+                            super::batch_rows(self.threads),
                         )
                         .await?
                     }
@@ -1073,13 +1076,128 @@ mod tests {
         for (a, b) in one.iter().zip(two) {
             assert_eq!((&a.0, a.2), (&b.0, b.2));
         }
-        // One thread: 8,192-row batches to the end of each file. Two: the
-        // big file cut at row 100,000 (12 batches and 1,696 rows), the
-        // small one (under two parts' worth of rows) read whole.
+        // One thread: 8,192-row batches to the end of each file. Two:
+        // 16,384-row batches (`batch_rows`), the big file cut at row
+        // 100,000 (6 batches and 1,696 rows a part), the small one (under
+        // two parts' worth of rows) read whole.
         assert_eq!(one[0].1[12], 8_192);
-        assert_eq!(two[0].1[12], 100_000 - 12 * 8_192);
-        assert_eq!(two[0].1.len(), one[0].1.len() + 1);
-        assert_eq!(two[1].1, one[1].1);
+        assert_eq!(one[0].1.len(), 25);
+        let part = [vec![16_384; 6], vec![1_696]].concat();
+        assert_eq!(two[0].1, [part.clone(), part].concat());
+        assert_eq!(two[1].1, vec![16_384, 13_616]);
+    }
+
+    /// Why a source reads bigger batches on more threads (`batch_rows`): a
+    /// Parquet string column's values share the column's dictionary, and
+    /// they still do after the hash repartition that two threads put under
+    /// a keyed operator. From batches of one thread's size they would not:
+    /// DataFusion coalesces the small pieces, copying every row's string.
+    #[tokio::test]
+    async fn two_threads_keep_parquet_strings_shared_through_the_repartition() {
+        use datafusion::arrow::array::{Array, AsArray, Int64Array, StringArray};
+        use datafusion::execution::SendableRecordBatchStream;
+        use datafusion::parquet::arrow::ArrowWriter;
+        use datafusion::physical_plan::expressions::Column;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+        use datafusion::physical_plan::{Partitioning, collect_partitioned};
+        use datafusion::prelude::SessionContext;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("url", DataType::Utf8, false),
+        ]));
+        // 12 batches of 16,384 rows, so that no batch is a short one (a
+        // short piece, coalesced, would draw the large pieces after it into
+        // the coalescing too: see `batch_rows`).
+        let rows = 12 * 16_384i64;
+        let file = std::fs::File::create(dir.path().join("a.parquet")).unwrap();
+        let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), None).unwrap();
+        let n = Int64Array::from((0..rows).collect::<Vec<i64>>());
+        // 10,000 distinct URLs of 30 bytes (Nexmark's bids have 10,004 of
+        // 63): a dictionary larger than twice a 4,096-row piece's strings.
+        let url = StringArray::from_iter_values(
+            (0..rows).map(|i| format!("https://example.com/item/{:05}", i % 10_000)),
+        );
+        w.write(&RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(n), Arc::new(url)]).unwrap())
+            .unwrap();
+        w.close().unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT NOT NULL, url VARCHAR NOT NULL) \
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet')",
+            dir.path().display()
+        ))
+        .unwrap();
+        // The string bytes the repartitioned rows hold: each data buffer
+        // once, however many arrays share it.
+        async fn held_bytes(batches: Vec<RecordBatch>) -> usize {
+            let schema = batches[0].schema();
+            let dealt: Vec<Vec<RecordBatch>> = (0..2)
+                .map(|p| batches.iter().skip(p).step_by(2).cloned().collect())
+                .collect();
+            // Dealt round-robin as `StreamScanExec` deals them (a memory
+            // `DataSourceExec` would cut them to DataFusion's batch size).
+            #[derive(Debug)]
+            struct Part(SchemaRef, Vec<RecordBatch>);
+            impl PartitionStream for Part {
+                fn schema(&self) -> &SchemaRef {
+                    &self.0
+                }
+                fn execute(&self, _: Arc<datafusion::execution::TaskContext>) -> SendableRecordBatchStream {
+                    let batches = self.1.clone().into_iter().map(Ok);
+                    Box::pin(RecordBatchStreamAdapter::new(
+                        Arc::clone(&self.0),
+                        futures::stream::iter(batches),
+                    ))
+                }
+            }
+            let parts: Vec<Arc<dyn PartitionStream>> = dealt
+                .into_iter()
+                .map(|b| Arc::new(Part(Arc::clone(&schema), b)) as _)
+                .collect();
+            let scan = Arc::new(
+                StreamingTableExec::try_new(Arc::clone(&schema), parts, None, vec![], false, None).unwrap(),
+            );
+            let hash = Partitioning::Hash(vec![Arc::new(Column::new("n", 0))], 2);
+            let plan = Arc::new(RepartitionExec::try_new(scan, hash).unwrap());
+            let out = collect_partitioned(plan, SessionContext::new().task_ctx())
+                .await
+                .unwrap();
+            let mut buffers = std::collections::HashMap::new();
+            for b in out.iter().flatten() {
+                assert_eq!(b.column(1).data_type(), &DataType::Utf8View);
+                for buf in b.column(1).as_string_view().data_buffers() {
+                    buffers.insert(buf.as_ptr() as usize, buf.len());
+                }
+            }
+            assert_eq!(
+                out.iter().flatten().map(RecordBatch::num_rows).sum::<usize>(),
+                12 * 16_384
+            );
+            buffers.values().sum()
+        }
+        let mut held = Vec::new();
+        for threads in [1, 2] {
+            let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+            source.set_threads(threads);
+            let offset = source.plan_batch().await.unwrap().unwrap();
+            let read = source.read_batch(&offset).await.unwrap();
+            held.push(held_bytes(read.batches).await);
+        }
+        // 30 bytes a row copied: 5.9 MB. Shared: the dictionary's 0.34 MB
+        // (once per part: two threads decode the file in two parts).
+        assert!(
+            held[1] < 1_000_000,
+            "two threads' batches: {} bytes held",
+            held[1]
+        );
+        assert!(
+            held[0] > 3_000_000,
+            "one thread's batches were expected to be copied apart ({} bytes); if DataFusion no \
+             longer copies them, `batch_rows` may no longer be needed",
+            held[0]
+        );
     }
 
     /// Parquet files of 3, 5 and 2 rows under a budget of 5 rows an epoch,

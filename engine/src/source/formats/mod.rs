@@ -216,7 +216,8 @@ pub struct Fetched {
 /// Reads up to `max_rows` records from record `start` of a file, setting
 /// bad records aside as `on_error` says. `cached` holds the file's bytes
 /// when the caller already has them (CSV and JSON). A Parquet file may be
-/// decoded in up to `pieces` parts at once (the same rows).
+/// decoded in up to `pieces` parts at once (the same rows), in batches of
+/// `batch_rows` rows (see [`crate::source::batch_rows`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn read_range(
     file: &FileRef<'_>,
@@ -227,11 +228,12 @@ pub async fn read_range(
     max_rows: usize,
     cached: Option<Bytes>,
     pieces: usize,
+    batch_rows: usize,
 ) -> Result<(FileRows, Option<Fetched>)> {
     let mut bad = BadRecords::new(file.table, on_error);
     let (mut rows, fetched) = match format {
         Format::Parquet => (
-            read_parquet(file, columns, start, max_rows, &mut bad, pieces).await?,
+            read_parquet(file, columns, start, max_rows, &mut bad, pieces, batch_rows).await?,
             None,
         ),
         Format::Csv { delimiter } => {
@@ -379,11 +381,19 @@ mod tests {
             needed: &needed,
             max_of: None,
         };
-        Ok(
-            read_range(&file, format, &columns, &on_error, start, max, None, 1)
-                .await?
-                .0,
+        Ok(read_range(
+            &file,
+            format,
+            &columns,
+            &on_error,
+            start,
+            max,
+            None,
+            1,
+            crate::source::BATCH_ROWS,
         )
+        .await?
+        .0)
     }
 
     async fn read(name: &str, body: &[u8], format: Format, start: usize, max: usize) -> Result<FileRows> {

@@ -106,6 +106,7 @@ pub(super) async fn read_parquet(
     max_rows: usize,
     bad: &mut BadRecords,
     pieces: usize,
+    batch_rows: usize,
 ) -> Result<FileRows> {
     let mut reader = StoreFileReader {
         store: Arc::clone(file.store),
@@ -171,6 +172,7 @@ pub(super) async fn read_parquet(
             .and_then(|c| columns.needed.iter().position(|&n| n == c)),
         positions,
         meta,
+        batch_rows: batch_rows.max(1),
     };
     let parts = cuts(decode.meta.metadata(), start, take, pieces);
     let (batches, maxima, records) = if parts.len() <= 1 {
@@ -293,6 +295,8 @@ struct Decode {
     /// The needed columns among the checked ones, when some are only checked.
     keep: Option<Vec<usize>>,
     max_at: Option<usize>,
+    /// Rows per decoded batch.
+    batch_rows: usize,
 }
 
 impl Decode {
@@ -311,7 +315,7 @@ impl Decode {
         };
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.meta.clone())
             .with_projection(self.mask.clone())
-            .with_batch_size(8192);
+            .with_batch_size(self.batch_rows);
         if from > 0 || take < self.total {
             builder = builder.with_row_selection(RowSelection::from(vec![
                 RowSelector::skip(from),
@@ -563,6 +567,7 @@ mod tests {
             max,
             None,
             pieces,
+            crate::source::BATCH_ROWS,
         )
         .await?
         .0)

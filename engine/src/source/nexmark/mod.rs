@@ -266,12 +266,16 @@ impl Source for NexmarkSource {
             && let Ok(g) =
                 TableGenerator::new(self.generator.config().clone(), self.generator.table(), schema)
         {
-            self.generator = g;
+            self.generator = g.with_rows_per_batch(crate::source::batch_rows(self.threads));
         }
     }
 
     fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+        self.generator = self
+            .generator
+            .clone()
+            .with_rows_per_batch(crate::source::batch_rows(self.threads));
     }
 
     /// An event's time is a function of its id that grows with the id, so

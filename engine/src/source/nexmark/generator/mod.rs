@@ -483,7 +483,7 @@ fn convert(a: ArrayRef, to: &DataType) -> Result<ArrayRef> {
 }
 
 /// Rows per generated `RecordBatch` (DataFusion's default batch size).
-pub const ROWS_PER_BATCH: usize = 8192;
+pub const ROWS_PER_BATCH: usize = crate::source::BATCH_ROWS;
 
 /// Generates one table's rows for ranges of event numbers, with the
 /// columns a query reads.
