@@ -667,6 +667,32 @@ mod tests {
         );
     }
 
+    /// On two threads the source makes batches of `batch_rows(2)` rows
+    /// (see `crate::source::batch_rows`), whether the columns are set
+    /// before or after the threads, with the rows of one thread.
+    #[tokio::test]
+    async fn batches_grow_with_the_threads_and_rows_do_not_change() {
+        let d = decl(BID, ", 'events' = '400000', 'max_events_per_batch' = '400000'");
+        let mut runs = Vec::new();
+        for (threads, columns_first) in [(1, true), (2, true), (2, false)] {
+            let mut s = NexmarkSource::open(&d).unwrap();
+            if columns_first {
+                s.set_columns(vec![0, 2, 4]);
+                s.set_threads(threads);
+            } else {
+                s.set_threads(threads);
+                s.set_columns(vec![0, 2, 4]);
+            }
+            let (_, rows) = drain(&mut s).await;
+            let largest = rows.iter().map(RecordBatch::num_rows).max().unwrap();
+            assert_eq!(largest, crate::source::batch_rows(threads), "{threads} threads");
+            runs.push(concat_batches(&rows[0].schema(), &rows).unwrap());
+        }
+        assert_eq!(runs[0].num_rows(), 368_000);
+        assert_eq!(runs[1], runs[0]);
+        assert_eq!(runs[2], runs[0]);
+    }
+
     #[test]
     fn restoring_foreign_state_is_refused() {
         let mut s = NexmarkSource::open(&decl(BID, "")).unwrap();
