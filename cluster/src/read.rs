@@ -369,6 +369,8 @@ pub(crate) fn decode_read(rest: &[u8]) -> DfResult<RemoteRead> {
             options: Options::new(wire.options),
             bounded: wire.bounded,
             metadata: wire.metadata.into_iter().collect(),
+            // Only the driver's planner uses keys; an executor reads rows.
+            primary_key: Vec::new(),
         },
         columns: wire.columns,
         parts: Vec::new(),

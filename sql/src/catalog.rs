@@ -120,6 +120,12 @@ pub struct TableDecl {
     /// column's name and the metadata key its value comes from. Only a
     /// connector with metadata (Kafka) accepts them.
     pub metadata: BTreeMap<String, String>,
+    /// `PRIMARY KEY (...) NOT ENFORCED`: the columns (positions in
+    /// `schema`) that no two rows of the source share, as the user
+    /// promises (Flink's meaning: Weir does not check it). A regular join
+    /// on them holds fewer rows (see `weir_sql::nodes::UniqueSide`); empty
+    /// when none is declared.
+    pub primary_key: Vec<usize>,
 }
 
 impl TableDecl {

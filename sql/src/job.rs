@@ -424,11 +424,7 @@ fn table_decl(
             "CREATE TABLE {name} AS SELECT is not supported; declare the table and INSERT INTO it"
         )));
     }
-    if !ct.constraints.is_empty() {
-        return Err(Error::Plan(format!(
-            "table '{name}': constraints (PRIMARY KEY, ...) are not supported"
-        )));
-    }
+    let key_columns = primary_key(&name, &ct)?;
     let options = match &ct.table_options {
         CreateTableOptions::With(opts) | CreateTableOptions::Options(opts) => {
             let mut pairs = Vec::new();
@@ -517,6 +513,29 @@ fn table_decl(
             "table '{name}' is bounded (a table read whole, not a stream): it cannot have a WATERMARK"
         )));
     }
+    let primary_key = match (&schema, key_columns) {
+        (_, None) => vec![],
+        (None, Some(_)) => {
+            return Err(Error::Plan(format!(
+                "table '{name}': a PRIMARY KEY needs declared columns"
+            )));
+        }
+        (Some(schema), Some(columns)) => {
+            let mut at = Vec::with_capacity(columns.len());
+            for c in columns {
+                let i = schema
+                    .index_of(&c)
+                    .map_err(|_| Error::Plan(format!("table '{name}': PRIMARY KEY ({c}): no such column")))?;
+                if at.contains(&i) {
+                    return Err(Error::Plan(format!(
+                        "table '{name}': PRIMARY KEY names column '{c}' twice"
+                    )));
+                }
+                at.push(i);
+            }
+            at
+        }
+    };
     let mut metadata = BTreeMap::new();
     for m in metadata_clauses {
         if metadata.insert(m.column.clone(), m.key.clone()).is_some() {
@@ -534,7 +553,77 @@ fn table_decl(
         options,
         bounded,
         metadata,
+        primary_key,
     })
+}
+
+/// The columns of a table's `PRIMARY KEY (...) NOT ENFORCED` (as a table
+/// constraint or a column's), if it declares one. As in Flink, the key is
+/// a promise, not checked: only `NOT ENFORCED` is accepted, so that nobody
+/// reads it as a check Weir makes. Other constraints are refused.
+fn primary_key(name: &str, ct: &ast::CreateTable) -> Result<Option<Vec<String>>> {
+    let not_enforced = |c: &Option<ast::ConstraintCharacteristics>| -> Result<()> {
+        match c.as_ref().and_then(|c| c.enforced) {
+            Some(false) => Ok(()),
+            _ => Err(Error::Plan(format!(
+                "table '{name}': write PRIMARY KEY (...) NOT ENFORCED: Weir does not check that keys are \
+                 unique (as in Flink); the key is your promise, which lets a join on it hold fewer rows"
+            ))),
+        }
+    };
+    let mut keys: Vec<Vec<String>> = Vec::new();
+    for c in &ct.constraints {
+        match c {
+            ast::TableConstraint::PrimaryKey(pk) => {
+                not_enforced(&pk.characteristics)?;
+                let mut columns = Vec::with_capacity(pk.columns.len());
+                for ic in &pk.columns {
+                    match &ic.column.expr {
+                        ast::Expr::Identifier(i) => {
+                            columns.push(normalize_ident(&i.value, i.quote_style.is_some()))
+                        }
+                        e => {
+                            return Err(Error::Plan(format!(
+                                "table '{name}': PRIMARY KEY takes column names, not `{e}`"
+                            )));
+                        }
+                    }
+                }
+                keys.push(columns);
+            }
+            other => {
+                return Err(Error::Plan(format!(
+                    "table '{name}': the constraint `{other}` is not supported (only PRIMARY KEY (...) NOT ENFORCED)"
+                )));
+            }
+        }
+    }
+    for col in &ct.columns {
+        for o in &col.options {
+            match &o.option {
+                ast::ColumnOption::PrimaryKey(pk) => {
+                    not_enforced(&pk.characteristics)?;
+                    keys.push(vec![normalize_ident(
+                        &col.name.value,
+                        col.name.quote_style.is_some(),
+                    )]);
+                }
+                ast::ColumnOption::Unique(_)
+                | ast::ColumnOption::ForeignKey(_)
+                | ast::ColumnOption::Check(_) => {
+                    return Err(Error::Plan(format!(
+                        "table '{name}': column '{}': the constraint `{}` is not supported (only PRIMARY KEY NOT ENFORCED)",
+                        col.name.value, o.option
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+    if keys.len() > 1 {
+        return Err(Error::Plan(format!("table '{name}': more than one PRIMARY KEY")));
+    }
+    Ok(keys.pop())
 }
 
 /// `col` or `col - INTERVAL ...` → the delay in ms.

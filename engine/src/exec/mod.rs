@@ -542,9 +542,26 @@ fn plan_stream_join(
         );
         Some(filter)
     };
+    let unique = match &n.unique {
+        Some(u) => {
+            let (schema, side) = if u.right {
+                (rs, datafusion::common::JoinSide::Right)
+            } else {
+                (ls, datafusion::common::JoinSide::Left)
+            };
+            let filter = u
+                .filter
+                .as_ref()
+                .map(|f| planner.create_physical_expr(f, schema, session, planning_ctx))
+                .transpose()?;
+            Some(stream_join::UniqueSide { side, filter })
+        }
+        None => None,
+    };
     Ok(stream_join::StreamJoinParams {
         on,
         filter,
+        unique,
         join_type: n.join_type,
         null_equality: n.null_equality,
         time: n.time,

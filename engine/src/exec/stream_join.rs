@@ -120,10 +120,27 @@ pub struct StreamJoinParams {
     /// rows' sign; an outer join counts matches by sign (see
     /// [`StreamJoinState::apply_signed`]).
     pub signed: bool,
+    /// An inner regular join's side whose keys are unique (a declared
+    /// `PRIMARY KEY`; see `weir_sql::nodes::UniqueSide`).
+    pub unique: Option<UniqueSide>,
     /// The bound as written in EXPLAIN.
     pub bound_text: String,
     /// Output: left columns, then right columns.
     pub schema: SchemaRef,
+}
+
+/// A side of an inner regular join whose rows each have a key of their
+/// own (see `weir_sql::nodes::UniqueSide`): the other side's rows that met
+/// their partner (passing `filter` or not) are not held, and this side's
+/// rows that fail `filter` pair with nothing. Rows of the other side that
+/// arrived before their partner stay held after it came (they can never
+/// pair again; dropping them would rewrite their epoch's state unit for
+/// little: in Nexmark q20, the bids for an auction of the next few).
+pub struct UniqueSide {
+    /// Which input.
+    pub side: datafusion::common::JoinSide,
+    /// The filter pulled up from under this side, over its input.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
 /// Which input a row came from.
@@ -147,6 +164,10 @@ struct Chunk {
     /// An outer join of signed rows: each row's matches, net of signs
     /// (`matched` is `count != 0`); empty otherwise.
     counts: Vec<i64>,
+    /// The unique side's rows (see [`UniqueSide`]): whether each passes
+    /// the filter pulled into the join (evaluated when the rows arrive or
+    /// are restored); empty when every row passes.
+    passes: Vec<bool>,
 }
 
 impl Chunk {
@@ -172,7 +193,13 @@ impl Chunk {
             times,
             matched,
             counts: vec![],
+            passes: vec![],
         })
+    }
+
+    /// Whether row `r` pairs at all (see [`Self::passes`]).
+    fn passes(&self, r: usize) -> bool {
+        self.passes.get(r).copied().unwrap_or(true)
     }
 }
 
@@ -534,7 +561,7 @@ impl DisplayAs for StreamJoinExec {
         let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
         write!(
             f,
-            "{}: {} on=[{}]{}, {}{}{}",
+            "{}: {} on=[{}]{}, {}{}{}{}",
             self.name(),
             p.join_type,
             on.join(", "),
@@ -543,6 +570,7 @@ impl DisplayAs for StreamJoinExec {
                 .map(|j| format!(" filter={}", j.expression()))
                 .unwrap_or_default(),
             p.bound_text,
+            self.state.unique_text(),
             match self.state.broadcast {
                 Some(Side::Left) => ", left side broadcast to every partition",
                 Some(Side::Right) => ", right side broadcast to every partition",
@@ -854,6 +882,56 @@ fn mark(chunks: &mut [Chunk], ids: &[u64]) -> Vec<(usize, usize)> {
 }
 
 impl StreamJoinState {
+    /// A chunk of rows of `side` arriving (or restored), with their
+    /// [`Chunk::passes`] on the unique side.
+    fn chunk(
+        &self,
+        side: Side,
+        epoch: i64,
+        arrived_ms: i64,
+        rows: RecordBatch,
+        matched: Vec<bool>,
+    ) -> Result<Chunk> {
+        let passes = self.passes(side, &rows)?;
+        let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.until_of(side), matched)?;
+        chunk.passes = passes;
+        Ok(chunk)
+    }
+
+    /// The unique side (see [`UniqueSide`]), if any.
+    fn unique(&self) -> Option<Side> {
+        self.p.unique.as_ref().map(|u| match u.side {
+            datafusion::common::JoinSide::Right => Side::Right,
+            _ => Side::Left,
+        })
+    }
+
+    /// Whether each row of `rows` (of `side`) passes the filter pulled
+    /// into the join: empty (all pass) unless `side` is the unique side
+    /// with a filter. NULL (unknown) fails, as in a WHERE clause.
+    fn passes(&self, side: Side, rows: &RecordBatch) -> Result<Vec<bool>> {
+        let Some(f) = self
+            .p
+            .unique
+            .as_ref()
+            .filter(|_| self.unique() == Some(side))
+            .and_then(|u| u.filter.as_ref())
+        else {
+            return Ok(vec![]);
+        };
+        let n = rows.num_rows();
+        let v = f.evaluate(rows)?.into_array(n)?;
+        let v = v.as_boolean_opt().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "a join's pulled filter gave {}, not booleans",
+                v.data_type()
+            ))
+        })?;
+        Ok((0..n)
+            .map(|i| datafusion::arrow::array::Array::is_valid(v, i) && v.value(i))
+            .collect())
+    }
+
     fn dirty(&self) -> MutexGuard<'_, BTreeSet<(u8, i64)>> {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1084,13 +1162,19 @@ impl StreamJoinState {
     /// the query's condition applied.
     /// With `proj`, the pairs are built of the columns the projection and
     /// the condition use, and come out projected, without ids.
+    ///
+    /// With a unique side (see [`UniqueSide`]), a pair whose unique row
+    /// fails the pulled filter is left out, and the last two vectors tell
+    /// which new rows of the other side met their partner (by key, filter
+    /// or not): those need not be held. Both are empty otherwise.
+    #[allow(clippy::type_complexity)]
     fn index_joins(
         &self,
         held: &mut Held,
         new_left: &RecordBatch,
         new_right: &RecordBatch,
         proj: Option<&Projected>,
-    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Vec<bool>, Vec<bool>)> {
         self.ensure_index(held, Side::Left)?;
         self.ensure_index(held, Side::Right)?;
         let starts = |chunks: &[Chunk]| -> Vec<u64> {
@@ -1111,6 +1195,31 @@ impl StreamJoinState {
         let right_index = held.index[1].as_ref().unwrap_or(&empty);
         let (lkeys, ldead) = self.key_rows(Side::Left, new_left)?;
         let (rkeys, rdead) = self.key_rows(Side::Right, new_right)?;
+        let unique = self.unique();
+        let (new_left_passes, new_right_passes) = (
+            self.passes(Side::Left, new_left)?,
+            self.passes(Side::Right, new_right)?,
+        );
+        let pass = |v: &[bool], i: usize| v.get(i).copied().unwrap_or(true);
+        let (held_left_chunks, held_right_chunks) = (&held.left, &held.right);
+        // New rows of the other side than the unique one that met their
+        // partner.
+        let mut left_met = vec![
+            false;
+            if unique == Some(Side::Right) {
+                ldead.len()
+            } else {
+                0
+            }
+        ];
+        let mut right_met = vec![
+            false;
+            if unique == Some(Side::Left) {
+                rdead.len()
+            } else {
+                0
+            }
+        ];
 
         // New left rows with the held right rows and the new ones (indexed
         // here as one chunk).
@@ -1124,12 +1233,35 @@ impl StreamJoinState {
                 continue;
             }
             let key = lkeys.row(i);
+            let left_passes = pass(&new_left_passes, i);
             right_index.matches(key.data(), &mut chain, |c, r| {
+                if unique == Some(Side::Right) {
+                    left_met[i] = true;
+                    if !held_right_chunks[c as usize].passes(r as usize) {
+                        return;
+                    }
+                }
+                if !left_passes {
+                    return;
+                }
                 li.push(i as u32);
                 rpos.push((c as usize, r as usize));
                 rid.push(right_starts[c as usize] + r as u64);
             });
             new_right_index.matches(key.data(), &mut chain, |_, j| {
+                match unique {
+                    Some(Side::Right) => {
+                        left_met[i] = true;
+                        if !pass(&new_right_passes, j as usize) {
+                            return;
+                        }
+                    }
+                    Some(Side::Left) => right_met[j as usize] = true,
+                    None => {}
+                }
+                if !left_passes {
+                    return;
+                }
                 li.push(i as u32);
                 rpos.push((n_held_right, j as usize));
                 rid.push(held_right_len + j as u64);
@@ -1178,7 +1310,17 @@ impl StreamJoinState {
             if dead {
                 continue;
             }
+            let right_passes = pass(&new_right_passes, j);
             left_index.matches(rkeys.row(j).data(), &mut chain, |c, r| {
+                if unique == Some(Side::Left) {
+                    right_met[j] = true;
+                    if !held_left_chunks[c as usize].passes(r as usize) {
+                        return;
+                    }
+                }
+                if !right_passes {
+                    return;
+                }
                 lpos.push((c as usize, r as usize));
                 lid.push(left_starts[c as usize] + r as u64);
                 rj.push(j as u32);
@@ -1194,7 +1336,7 @@ impl StreamJoinState {
         let right_rows = take_batch(&new_right, &UInt32Array::from(rj.clone()))?;
         let rids: Vec<u64> = rj.iter().map(|&j| j as u64).collect();
         let second = self.pairs(left_rows, lid, right_rows, rids, built)?;
-        Ok((first, second))
+        Ok((first, second, left_met, right_met))
     }
 
     /// Candidate pairs (equal keys) kept by the join's condition, in
@@ -1321,10 +1463,21 @@ impl StreamJoinState {
             drop((held_left, held_right));
             let new_left = concat_batches(&self.left_schema, &new_left)?;
             let new_right = concat_batches(&self.right_schema, &new_right)?;
-            let (pairs_new_left, pairs_new_right) = guarded(name, n, || {
+            let (pairs_new_left, pairs_new_right, left_met, right_met) = guarded(name, n, || {
                 let mut held = self.shards.lock(shard);
                 self.index_joins(&mut held, &new_left, &new_right, proj)
             })?;
+            // Rows that met their unique partner are not held (only an
+            // inner join has a unique side: nothing else reads them).
+            let unmet = |rows: RecordBatch, met: &[bool]| -> Result<RecordBatch> {
+                if !met.iter().any(|&m| m) {
+                    return Ok(rows);
+                }
+                let keep: BooleanArray = met.iter().map(|&m| Some(!m)).collect();
+                Ok(filter_record_batch(&rows, &keep)?)
+            };
+            let new_left = unmet(new_left, &left_met)?;
+            let new_right = unmet(new_right, &right_met)?;
             return guarded(name, n, || {
                 self.apply_any(
                     shard,
@@ -1764,7 +1917,7 @@ impl StreamJoinState {
                     let rows = filter_record_batch(&rows, &unmatched)?;
                     out.push(self.padded(side, &rows, INSERT)?);
                 }
-                let chunk = Chunk::new(epoch, now_ms, rows, self.until_of(side), matched)?;
+                let chunk = self.chunk(side, epoch, now_ms, rows, matched)?;
                 held.side(side).push(chunk);
                 dirty.insert((side as u8, epoch));
             }
@@ -1814,6 +1967,16 @@ impl StreamJoinState {
                         .filter(|(_, k)| **k)
                         .map(|((t, m), _)| (*t, *m))
                         .unzip();
+                    let passes = if c.passes.is_empty() {
+                        vec![]
+                    } else {
+                        c.passes
+                            .iter()
+                            .zip(&keep)
+                            .filter(|(_, k)| **k)
+                            .map(|(p, _)| *p)
+                            .collect()
+                    };
                     kept.push(Chunk {
                         epoch: c.epoch,
                         arrived_ms: c.arrived_ms,
@@ -1821,6 +1984,7 @@ impl StreamJoinState {
                         times,
                         matched,
                         counts: vec![],
+                        passes,
                     });
                 }
             }
@@ -1907,6 +2071,25 @@ impl StreamJoinState {
         cached.iter().map(|c| c.slice(0, n)).collect()
     }
 
+    /// The unique side, for EXPLAIN: `, unique right keys, filter=...`.
+    fn unique_text(&self) -> String {
+        let Some(u) = &self.p.unique else {
+            return String::new();
+        };
+        format!(
+            ", unique {} keys{}",
+            if u.side == datafusion::common::JoinSide::Right {
+                "right"
+            } else {
+                "left"
+            },
+            u.filter
+                .as_ref()
+                .map(|f| format!(" (pulled filter={f})"))
+                .unwrap_or_default()
+        )
+    }
+
     /// What removes rows, for EXPLAIN.
     fn eviction_text(&self) -> String {
         let Some(t) = &self.p.time else {
@@ -1915,6 +2098,17 @@ impl StreamJoinState {
                     "state.ttl: a row {} (processing time) after the epoch it arrived in",
                     weir_sql::nodes::fmt_ms(ttl)
                 ),
+                None if self.p.unique.is_some() => {
+                    let (u, o) = match self.unique() {
+                        Some(Side::Right) => ("right", "left"),
+                        _ => ("left", "right"),
+                    };
+                    format!(
+                        "nothing: no time bound and no 'state.ttl', so the state grows without bound (bound the \
+                         join's times, or SET 'state.ttl'); the {u} keys are unique (PRIMARY KEY), so a {o} row is \
+                         held only until its {u} row arrives"
+                    )
+                }
                 None => "nothing: no time bound and no 'state.ttl', so the state grows without bound \
                          (bound the join's times, or SET 'state.ttl')"
                     .into(),
@@ -2169,7 +2363,7 @@ impl StatefulOperator for StreamJoinState {
                     };
                     let rows =
                         RecordBatch::try_new(Arc::clone(schema), part.columns()[first..first + n].to_vec())?;
-                    let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.until_of(side), matched)?;
+                    let mut chunk = self.chunk(side, epoch, arrived_ms, rows, matched)?;
                     if self.p.signed && self.tracks(side) {
                         chunk.counts = part
                             .column(first + n)
@@ -2203,6 +2397,17 @@ impl StatefulOperator for StreamJoinState {
             s.push_str(&format!("{}:{};", f.name(), f.data_type()));
         }
         s.push(']');
+        // Only when there is one, so that other joins' signatures stay as
+        // they were. A unique side's state holds different rows (its rows
+        // failing the pulled filter; not the other side's rows that met
+        // theirs): a checkpoint of either cannot restore into the other.
+        if let Some(u) = &p.unique {
+            s.push_str(&format!(
+                " unique[{:?} {}]",
+                u.side,
+                u.filter.as_ref().map(|f| f.to_string()).unwrap_or_default()
+            ));
+        }
         crate::compat::signature::strip_column_positions(&s)
     }
 }

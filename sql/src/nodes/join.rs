@@ -39,7 +39,36 @@ pub struct StreamJoinNode {
     /// join counts a row's matches by their signs: its NULL-padded row is
     /// out while the count is 0.
     pub signed: bool,
+    /// A side whose join keys are unique (see [`UniqueSide`]); only for an
+    /// inner regular join of append-only inputs.
+    pub unique: Option<UniqueSide>,
     schema: DFSchemaRef,
+}
+
+/// An inner regular join's side whose rows each have a key of their own:
+/// its source declares `PRIMARY KEY (...) NOT ENFORCED` on columns among
+/// the join keys, so at most one of its rows ever matches a row of the
+/// other side. Then:
+///
+/// * a row of the other side that met its partner (a row with its key) is
+///   not held: no later row can match it (in Nexmark q20, the bids whose
+///   auction had arrived: nearly all of them);
+/// * the filter over this side below the join (q20's `category = 10`) is
+///   pulled into the join (`filter`): a row failing it is held too, but
+///   pairs nothing, so that the other side's rows with its key are known
+///   to have met their partner and are not held either. Without it, a bid
+///   for an auction of another category would wait forever.
+///
+/// The output is the same as without: the other side's row pairs with
+/// the one row with its key, when both have arrived, if that row passes
+/// the filter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UniqueSide {
+    /// Whether it is the right input (else the left).
+    pub right: bool,
+    /// The filter pulled up from under this side (over its input's
+    /// columns): its rows that fail it pair with nothing.
+    pub filter: Option<Expr>,
 }
 
 /// The time bound of an interval join, `right.t - left.t BETWEEN lo AND hi`.
@@ -135,8 +164,21 @@ impl StreamJoinNode {
             time,
             ttl_ms,
             signed: false,
+            unique: None,
             schema,
         }
+    }
+
+    /// The same join, with a unique side (see [`UniqueSide`]): `input` is
+    /// that side's input with the filter pulled out of it.
+    pub fn with_unique_side(mut self, unique: UniqueSide, input: LogicalPlan) -> Self {
+        if unique.right {
+            self.right = input;
+        } else {
+            self.left = input;
+        }
+        self.unique = Some(unique);
+        self
     }
 
     /// The same join, of signed rows (see [`Self::signed`]).
@@ -220,6 +262,9 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
     fn expressions(&self) -> Vec<Expr> {
         let mut v: Vec<Expr> = self.on.iter().flat_map(|(l, r)| [l.clone(), r.clone()]).collect();
         v.push(self.filter.clone());
+        if let Some(f) = self.unique.as_ref().and_then(|u| u.filter.as_ref()) {
+            v.push(f.clone());
+        }
         v
     }
 
@@ -231,6 +276,21 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
             Expr::Literal(datafusion::common::ScalarValue::Boolean(Some(true)), _)
         ) {
             write!(f, " filter={}", self.filter)?;
+        }
+        if let Some(u) = &self.unique {
+            write!(
+                f,
+                ", {} keys unique (PRIMARY KEY NOT ENFORCED): {} rows that met theirs are not held",
+                if u.right { "right" } else { "left" },
+                if u.right { "left" } else { "right" },
+            )?;
+            if let Some(p) = &u.filter {
+                write!(
+                    f,
+                    ", {} rows failing {p} pair with nothing",
+                    if u.right { "right" } else { "left" }
+                )?;
+            }
         }
         write!(f, ", ")?;
         match (&self.time, self.ttl_ms) {
@@ -249,9 +309,17 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
     }
 
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
-        if inputs.len() != 2 || exprs.len() != self.on.len() * 2 + 1 {
+        let pulled = self.unique.as_ref().is_some_and(|u| u.filter.is_some());
+        if inputs.len() != 2 || exprs.len() != self.on.len() * 2 + 1 + usize::from(pulled) {
             return plan_err!("a stream join takes two inputs and its own expressions");
         }
+        let unique = match &self.unique {
+            Some(u) if pulled => Some(UniqueSide {
+                right: u.right,
+                filter: exprs.pop(),
+            }),
+            u => u.clone(),
+        };
         let filter = exprs.pop().unwrap_or_else(|| self.filter.clone());
         let mut on = Vec::with_capacity(self.on.len());
         let mut it = exprs.into_iter();
@@ -265,6 +333,7 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
             right,
             on,
             filter,
+            unique,
             ..self.clone()
         })
     }

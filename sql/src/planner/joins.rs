@@ -13,7 +13,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Join, JoinType, Operator};
 
 use super::*;
-use crate::nodes::{JoinTime, StreamJoinNode};
+use crate::nodes::{JoinTime, StreamJoinNode, UniqueSide};
 
 /// A time bound of a join: `right.t - left.t` in `[lo, hi]`, ms (either
 /// end may be missing).
@@ -245,7 +245,7 @@ impl StreamPlanner {
                 } else {
                     Arc::clone(&j.schema)
                 };
-                let node = StreamJoinNode::new(
+                let mut node = StreamJoinNode::new(
                     j.left.as_ref().clone(),
                     j.right.as_ref().clone(),
                     j.on.clone(),
@@ -256,6 +256,11 @@ impl StreamPlanner {
                     ttl_ms,
                     schema,
                 );
+                if j.join_type == JoinType::Inner
+                    && let Some((unique, input)) = unique_side(&j)?
+                {
+                    node = node.with_unique_side(unique, input);
+                }
                 return Ok(LogicalPlan::Extension(Extension { node: Arc::new(node) }));
             }
             let fix = match bounds.first() {
@@ -583,4 +588,124 @@ pub(super) fn stream_join_time_lag(n: &StreamJoinNode, idx: usize) -> Option<i64
     } else {
         None
     }
+}
+
+/// An inner regular join's side whose keys are unique (see
+/// [`UniqueSide`]), and that side's input with its top filter pulled out:
+/// the side whose plan carries, from a source's `PRIMARY KEY`, a
+/// functional dependency of mode `Single` (each key once) on columns that
+/// are all among its plain-column join keys. The right side is preferred
+/// (the build side of a batch hash join), then one with a filter to pull.
+///
+/// The filter pulled is the one directly under the join (or under its
+/// table alias): `Filter(p, X)` keeps `X`'s schema, so the join's columns
+/// do not move. A filter under a projection stays where it is (its side
+/// is still unique, only without the pull). A filter that calls a
+/// volatile function stays too: the operator evaluates the pulled filter
+/// again when it restores its rows.
+pub(super) fn unique_side(j: &Join) -> Result<Option<(UniqueSide, LogicalPlan)>> {
+    let unique = |plan: &LogicalPlan, keys: Vec<&Expr>| -> bool {
+        let schema = plan.schema();
+        let at: Vec<usize> = keys
+            .into_iter()
+            .filter_map(|e| match e {
+                Expr::Column(c) => schema.index_of_column(c).ok(),
+                _ => None,
+            })
+            .collect();
+        schema.functional_dependencies().iter().any(|d| {
+            d.mode == datafusion::common::Dependency::Single
+                && !d.source_indices.is_empty()
+                && d.source_indices.iter().all(|i| at.contains(i))
+                // NULL keys may repeat in a UNIQUE column; they match
+                // nothing unless NULL equals NULL.
+                && (!d.nullable || j.null_equality == datafusion::common::NullEquality::NullEqualsNothing)
+        })
+    };
+    let mut found = Vec::new();
+    for right in [true, false] {
+        let (plan, keys): (&LogicalPlan, Vec<&Expr>) = if right {
+            (&j.right, j.on.iter().map(|(_, r)| r).collect())
+        } else {
+            (&j.left, j.on.iter().map(|(l, _)| l).collect())
+        };
+        if unique(plan, keys) {
+            found.push((right, pull_filter(plan)?));
+        }
+    }
+    let pick = found.iter().position(|(_, pulled)| pulled.is_some()).unwrap_or(0);
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let (right, pulled) = found.swap_remove(pick);
+    Ok(Some(match pulled {
+        Some((filter, input)) => (
+            UniqueSide {
+                right,
+                filter: Some(filter),
+            },
+            input,
+        ),
+        None => (
+            UniqueSide { right, filter: None },
+            if right {
+                j.right.as_ref().clone()
+            } else {
+                j.left.as_ref().clone()
+            },
+        ),
+    }))
+}
+
+/// `Filter(p, X)` (or `SubqueryAlias(a, Filter(p, X))`) → (`p`, `X`)
+/// (`p` over the alias's columns, and `SubqueryAlias(a, X)`).
+fn pull_filter(plan: &LogicalPlan) -> Result<Option<(Expr, LogicalPlan)>> {
+    use datafusion::logical_expr::SubqueryAlias;
+    match plan {
+        LogicalPlan::Filter(f) if pullable(&f.predicate) => {
+            Ok(Some((f.predicate.clone(), f.input.as_ref().clone())))
+        }
+        LogicalPlan::SubqueryAlias(a) => {
+            let LogicalPlan::Filter(f) = a.input.as_ref() else {
+                return Ok(None);
+            };
+            if !pullable(&f.predicate) {
+                return Ok(None);
+            }
+            let input =
+                LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::clone(&f.input), a.alias.clone())?);
+            // The alias qualifies every column anew.
+            let predicate = f
+                .predicate
+                .clone()
+                .transform(|e| {
+                    Ok(match e {
+                        Expr::Column(c) => {
+                            Transformed::yes(Expr::Column(Column::new(Some(a.alias.clone()), c.name)))
+                        }
+                        e => Transformed::no(e),
+                    })
+                })?
+                .data;
+            Ok(Some((predicate, input)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A filter the join can evaluate on its own, again on restore: no
+/// volatile function, no subquery.
+fn pullable(p: &Expr) -> bool {
+    !p.is_volatile()
+        && !p
+            .exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::ScalarSubquery(_)
+                        | Expr::Exists(_)
+                        | Expr::InSubquery(_)
+                        | Expr::OuterReferenceColumn(..)
+                ))
+            })
+            .unwrap_or(true)
 }

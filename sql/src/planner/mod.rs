@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, TableReference};
+use datafusion::common::{Column, Constraint, Constraints, TableReference};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{
@@ -77,6 +77,23 @@ struct StreamTable {
     decl: TableDecl,
     schema: SchemaRef,
     scans: Option<Arc<dyn ScanProvider>>,
+    /// The declared `PRIMARY KEY` as DataFusion's constraint: its plans
+    /// then carry the key as a functional dependency, through filters,
+    /// projections and aliases, to the joins (see `joins::unique_side`).
+    constraints: Option<Constraints>,
+}
+
+impl StreamTable {
+    fn new(decl: TableDecl, schema: SchemaRef, scans: Option<Arc<dyn ScanProvider>>) -> Self {
+        let constraints = (!decl.primary_key.is_empty())
+            .then(|| Constraints::new_unverified(vec![Constraint::PrimaryKey(decl.primary_key.clone())]));
+        Self {
+            decl,
+            schema,
+            scans,
+            constraints,
+        }
+    }
 }
 
 #[async_trait]
@@ -87,6 +104,10 @@ impl TableProvider for StreamTable {
 
     fn table_type(&self) -> TableType {
         TableType::Base
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.constraints.as_ref()
     }
 
     async fn scan(
@@ -154,11 +175,7 @@ impl StreamPlanner {
         }
         for decl in job.tables.values() {
             let Some(schema) = &decl.schema else { continue };
-            let table = Arc::new(StreamTable {
-                decl: decl.clone(),
-                schema: Arc::clone(schema),
-                scans: scans.clone(),
-            });
+            let table = Arc::new(StreamTable::new(decl.clone(), Arc::clone(schema), scans.clone()));
             ctx.register_table(decl.name.as_str(), table as Arc<dyn TableProvider>)?;
         }
         Ok(Self {

@@ -29,6 +29,13 @@ pub(super) fn finish_output(plan: LogicalPlan, changelog: bool) -> Result<Logica
 /// table whose meaning an `op` column would change (the benchmarks measure
 /// updating queries through it).
 pub(super) fn check_sink(sink: &TableDecl, changelog: bool) -> Result<()> {
+    if !sink.primary_key.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "sink '{}' declares a PRIMARY KEY: Weir's sinks do not upsert by key (a changelog sink writes every \
+             change with its op); a PRIMARY KEY belongs on a source, where it lets a join on it hold fewer rows",
+            sink.name
+        )));
+    }
     if sink.options.get("connector") == Some("blackhole") {
         return Ok(());
     }

@@ -20,8 +20,8 @@ impl StreamPlanner {
                 .window_node(call, with)
                 .await
                 .map_err(|e| e.prefixed(&usage))?;
-            let placeholder = Arc::new(StreamTable {
-                decl: TableDecl {
+            let placeholder = Arc::new(StreamTable::new(
+                TableDecl {
                     name: ph.clone(),
                     schema: None,
                     column_types: Vec::new(),
@@ -29,10 +29,11 @@ impl StreamPlanner {
                     options: Default::default(),
                     bounded: false,
                     metadata: Default::default(),
+                    primary_key: Vec::new(),
                 },
-                schema: Arc::new(UserDefinedLogicalNodeCore::schema(&node).as_arrow().clone()),
-                scans: None,
-            });
+                Arc::new(UserDefinedLogicalNodeCore::schema(&node).as_arrow().clone()),
+                None,
+            ));
             self.ctx
                 .register_table(ph.as_str(), placeholder as Arc<dyn TableProvider>)?;
             self.windows_lock().insert(ph.clone(), node);
