@@ -50,7 +50,9 @@
 //! State file, one row per held row:
 //! `__side: UInt8` (0 left, 1 right), `__epoch: Int64` (the epoch it
 //! arrived in), `__key0..`: the equal keys' values (to deal rows back to
-//! shards), `__matched: Boolean`, then the left columns (`__l<i>_<name>`,
+//! shards), `__matched: Boolean` (on the unique side of a join on a
+//! primary key with a pulled filter, whether the row passes it: see
+//! [`UniqueSide`]), then the left columns (`__l<i>_<name>`,
 //! NULL on right rows) and the right columns (`__r<i>_<name>`), then, for a
 //! join of signed rows (a changelog input), `__matches: Int64` (an outer
 //! side's row's matches net of their signs). A unit is
@@ -893,9 +895,48 @@ impl StreamJoinState {
         matched: Vec<bool>,
     ) -> Result<Chunk> {
         let passes = self.passes(side, &rows)?;
+        let rows = self.key_only_where_failing(side, rows, &passes)?;
         let mut chunk = Chunk::new(epoch, arrived_ms, rows, self.until_of(side), matched)?;
         chunk.passes = passes;
         Ok(chunk)
+    }
+
+    /// The unique side's rows that fail the pulled filter with every
+    /// column but the join keys' NULL: such a row only ever tells a row of
+    /// the other side that its partner came (in Nexmark q20, 80% of the
+    /// auctions: without this they were most of the state file's bytes).
+    /// A column declared NOT NULL keeps its values. Whether a row passes is
+    /// then no longer computable from it: the state file keeps it (see
+    /// [`Self::state_rows_of`]).
+    fn key_only_where_failing(&self, side: Side, rows: RecordBatch, passes: &[bool]) -> Result<RecordBatch> {
+        if passes.iter().all(|&p| p) {
+            return Ok(rows);
+        }
+        let keys: std::collections::HashSet<usize> = self
+            .p
+            .on
+            .iter()
+            .flat_map(|(l, r)| {
+                datafusion::physical_expr::utils::collect_columns(if side == Side::Left { l } else { r })
+            })
+            .map(|c| c.index())
+            .collect();
+        let failing: BooleanArray = passes.iter().map(|&p| Some(!p)).collect();
+        let columns = rows
+            .columns()
+            .iter()
+            .zip(rows.schema().fields())
+            .enumerate()
+            .map(|(i, (c, f))| {
+                if keys.contains(&i) || !f.is_nullable() {
+                    Ok(Arc::clone(c))
+                } else {
+                    Ok(datafusion::arrow::compute::nullif(c, &failing)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Copied out, so that the failing rows' strings are freed.
+        compact_views(RecordBatch::try_new(rows.schema(), columns)?)
     }
 
     /// The unique side (see [`UniqueSide`]), if any.
@@ -1474,7 +1515,9 @@ impl StreamJoinState {
                     return Ok(rows);
                 }
                 let keep: BooleanArray = met.iter().map(|&m| Some(!m)).collect();
-                Ok(filter_record_batch(&rows, &keep)?)
+                // Copied out: the few rows held must not pin the strings
+                // of the whole batch (in Nexmark q20, every epoch's bids).
+                compact_views(filter_record_batch(&rows, &keep)?)
             };
             let new_left = unmet(new_left, &left_met)?;
             let new_right = unmet(new_right, &right_met)?;
@@ -2142,7 +2185,18 @@ impl StreamJoinState {
             let key = e.evaluate(&c.rows)?.into_array(n)?;
             columns.push(cast(&key, self.state_schema.field(3 + i).data_type())?);
         }
-        columns.push(Arc::new(BooleanArray::from(c.matched.clone())));
+        // The unique side's rows do not track matches (an inner join):
+        // the column holds whether they pass the pulled filter instead.
+        if self.unique() == Some(side) && self.p.unique.as_ref().is_some_and(|u| u.filter.is_some()) {
+            let passes = if c.passes.is_empty() {
+                vec![true; n]
+            } else {
+                c.passes.clone()
+            };
+            columns.push(Arc::new(BooleanArray::from(passes)));
+        } else {
+            columns.push(Arc::new(BooleanArray::from(c.matched.clone())));
+        }
         match side {
             Side::Left => {
                 columns.extend(c.rows.columns().iter().cloned());
@@ -2363,7 +2417,24 @@ impl StatefulOperator for StreamJoinState {
                     };
                     let rows =
                         RecordBatch::try_new(Arc::clone(schema), part.columns()[first..first + n].to_vec())?;
-                    let mut chunk = self.chunk(side, epoch, arrived_ms, rows, matched)?;
+                    // The unique side's `__matched` is whether its rows
+                    // pass the pulled filter (their other columns may be
+                    // NULL, see `key_only_where_failing`).
+                    let mut chunk = if self.unique() == Some(side)
+                        && self.p.unique.as_ref().is_some_and(|u| u.filter.is_some())
+                    {
+                        let mut c = Chunk::new(
+                            epoch,
+                            arrived_ms,
+                            rows,
+                            self.until_of(side),
+                            vec![false; matched.len()],
+                        )?;
+                        c.passes = matched;
+                        c
+                    } else {
+                        self.chunk(side, epoch, arrived_ms, rows, matched)?
+                    };
                     if self.p.signed && self.tracks(side) {
                         chunk.counts = part
                             .column(first + n)
