@@ -1,7 +1,8 @@
 -- q20: Expand bid with auction: bids with their auction's details, for auctions in category 10 (not in the original suite)
 -- Flink: nexmark-flink q20.sql
 -- Kind: join
--- Needs: nothing more; runs today (a regular inner join: its state grows without bound, as in Flink, unless 'state.ttl' is set)
+-- Needs: nothing more; runs today (a regular inner join on auction's declared key: a bid is held only until its
+-- auction arrives, but every auction is held, so the state grows without bound, as in Flink, unless 'state.ttl' is set)
 CREATE TABLE nexmark_q20 WITH (${SINK});
 
 INSERT INTO nexmark_q20
