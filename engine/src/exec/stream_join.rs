@@ -2472,9 +2472,11 @@ impl StatefulOperator for StreamJoinState {
         // they were. A unique side's state holds different rows (its rows
         // failing the pulled filter; not the other side's rows that met
         // theirs): a checkpoint of either cannot restore into the other.
+        // (`keyed`: f8b15c2 wrote `unique`, and its files held no filter
+        // results in `__matched`.)
         if let Some(u) = &p.unique {
             s.push_str(&format!(
-                " unique[{:?} {}]",
+                " keyed[{:?} {}]",
                 u.side,
                 u.filter.as_ref().map(|f| f.to_string()).unwrap_or_default()
             ));

@@ -601,9 +601,17 @@ pub(super) fn stream_join_time_lag(n: &StreamJoinNode, idx: usize) -> Option<i64
 /// table alias): `Filter(p, X)` keeps `X`'s schema, so the join's columns
 /// do not move. A filter under a projection stays where it is (its side
 /// is still unique, only without the pull). A filter that calls a
-/// volatile function stays too: the operator evaluates the pulled filter
-/// again when it restores its rows.
+/// volatile function or holds a subquery stays too: the operator
+/// evaluates the pulled filter on each row as it arrives.
+///
+/// Only when NULL keys match nothing (`=`, not `IS NOT DISTINCT FROM`):
+/// Weir does not make a declared key's columns NOT NULL, and DataFusion
+/// calls a primary key non-nullable, so rows with a NULL key could repeat
+/// it unseen.
 pub(super) fn unique_side(j: &Join) -> Result<Option<(UniqueSide, LogicalPlan)>> {
+    if j.null_equality != datafusion::common::NullEquality::NullEqualsNothing {
+        return Ok(None);
+    }
     let unique = |plan: &LogicalPlan, keys: Vec<&Expr>| -> bool {
         let schema = plan.schema();
         let at: Vec<usize> = keys
@@ -617,9 +625,6 @@ pub(super) fn unique_side(j: &Join) -> Result<Option<(UniqueSide, LogicalPlan)>>
             d.mode == datafusion::common::Dependency::Single
                 && !d.source_indices.is_empty()
                 && d.source_indices.iter().all(|i| at.contains(i))
-                // NULL keys may repeat in a UNIQUE column; they match
-                // nothing unless NULL equals NULL.
-                && (!d.nullable || j.null_equality == datafusion::common::NullEquality::NullEqualsNothing)
         })
     };
     let mut found = Vec::new();

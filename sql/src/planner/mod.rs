@@ -444,6 +444,42 @@ mod tests {
         p.plan.display_indent().to_string()
     }
 
+    /// A join on a declared key uses it (and pulls the filter above the
+    /// key's side in) only where each key is one row: not through a UNION
+    /// of two keyed sources, nor when NULL keys equal each other (a key's
+    /// columns may hold NULLs: Weir does not check them).
+    #[tokio::test]
+    async fn a_join_uses_a_declared_key_only_where_keys_cannot_repeat() {
+        let keyed = "CREATE TABLE items (id BIGINT, cat BIGINT, PRIMARY KEY (id) NOT ENFORCED)
+              WITH ('connector' = 'files', 'path' = 'i/', 'format' = 'parquet');
+            CREATE TABLE more_items (id BIGINT, cat BIGINT, PRIMARY KEY (id) NOT ENFORCED)
+              WITH ('connector' = 'files', 'path' = 'm/', 'format' = 'parquet');";
+        let join = |q: &str| format!("{keyed}\nINSERT INTO out {q};");
+        let p = plan_sql(&join(
+            "SELECT b.price, i.cat FROM bids b JOIN items i ON b.auction = i.id WHERE i.cat = 10",
+        ))
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(t.contains("right keys unique (PRIMARY KEY NOT ENFORCED)"), "{t}");
+        assert!(
+            t.contains("right rows failing i.cat = Int64(10) pair with nothing"),
+            "{t}"
+        );
+        assert!(!t.contains("Filter:"), "the filter is pulled into the join: {t}");
+        for q in [
+            "SELECT b.price, i.cat FROM bids b JOIN (SELECT * FROM items UNION ALL SELECT * FROM more_items) i \
+             ON b.auction = i.id",
+            "SELECT b.price, i.cat FROM bids b JOIN items i ON b.auction IS NOT DISTINCT FROM i.id",
+            "SELECT b.price, i.cat FROM bids b JOIN items i ON b.auction = i.cat",
+        ] {
+            let p = plan_sql(&join(q)).await.unwrap();
+            let t = text(&p[0]);
+            assert!(t.contains("RegularJoin"), "{q}: {t}");
+            assert!(!t.contains("keys unique"), "{q}: {t}");
+        }
+    }
+
     #[tokio::test]
     async fn a_tumbling_aggregate_becomes_a_window_aggregate() {
         let p = plan(
