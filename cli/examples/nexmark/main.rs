@@ -16,7 +16,12 @@
 //! latency and checkpoint cost). Beside it, the query's `qN.batch.sql` runs as
 //! a DataFusion batch query over the same events stored as Parquet: the
 //! ceiling, once with its output counted and dropped (for the blackhole
-//! run) and once writing it as Parquet (for the Parquet run). A query Weir cannot plan yet is reported as skipped, with Weir's
+//! run) and once writing it as Parquet (for the Parquet run). Each is
+//! measured two ways: warm (the best of 3 runs inside one process, CPU from
+//! the query's start to its end: the stricter yardstick) and as a fresh
+//! process (the best of 3 processes, each timed whole by `/usr/bin/time` as
+//! the `weir run` is: start-up, first-touch page faults and all, as the
+//! tumble bench times `weir query`). A query Weir cannot plan yet is reported as skipped, with Weir's
 //! reason, and runs as soon as Weir can run it. The report goes to
 //! `benches/results/nexmark-<N>.md` and `.json`.
 //!
@@ -608,6 +613,60 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
     })
 }
 
+/// Runs a child of this program pinned to the CPU `runs` times, each timed
+/// whole by `/usr/bin/time` as [`run_weir`] times Weir; returns the JSON
+/// output of the run with the least CPU, its `cpu_s`, `wall_s` and `rss_kb`
+/// replaced by the whole process's.
+fn run_self_whole(args: &SuiteArgs, child: &[&str], runs: usize) -> Result<Value> {
+    let me = std::env::current_exe()?;
+    let time_file = args.work.join("batch-time.txt");
+    let mut best: Option<Value> = None;
+    for _ in 0..runs.max(1) {
+        let out = Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%e %U %S %M")
+            .arg("-o")
+            .arg(&time_file)
+            .arg("taskset")
+            .arg("-c")
+            .arg(&args.cpu)
+            .arg(&me)
+            .args(child)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "{} {}: {}",
+                me.display(),
+                child.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut v: Value = serde_json::from_slice(&out.stdout)?;
+        let times = std::fs::read_to_string(&time_file)?;
+        let f: Vec<f64> = times
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() != 4 {
+            bail!("unexpected /usr/bin/time output: {times}");
+        }
+        v["wall_s"] = json!(f[0]);
+        v["cpu_s"] = json!(f[1] + f[2]);
+        v["rss_kb"] = json!(f[3]);
+        if best
+            .as_ref()
+            .is_none_or(|b| f[1] + f[2] < b["cpu_s"].as_f64().unwrap_or(f64::MAX))
+        {
+            best = Some(v);
+        }
+    }
+    let _ = std::fs::remove_file(&time_file);
+    best.context("no run")
+}
+
 /// Runs a child of this program pinned to the CPU; parses its JSON output.
 fn run_self(args: &SuiteArgs, child: &[&str]) -> Result<Value> {
     let me = std::env::current_exe()?;
@@ -698,15 +757,25 @@ fn suite(args: &SuiteArgs) -> Result<()> {
                 ..Default::default()
             }
         };
-        let batch_run = |extra: &[&str]| match (&q.batch, blackhole.ok) {
+        // `whole`: best of 3 fresh processes, each timed whole; else the
+        // best of 3 runs in one process.
+        let batch_run = |extra: &[&str], whole: bool| match (&q.batch, blackhole.ok) {
             (Some(file), true) => {
                 let file = file.to_string_lossy();
                 let data = data.to_string_lossy();
                 let mut a = vec!["batch", "--data", &data];
                 a.extend_from_slice(extra);
+                if whole {
+                    a.extend(["--runs", "1"]);
+                }
                 a.push(&file);
                 // A batch query that fails is reported without a ceiling.
-                match run_self(args, &a) {
+                let run = if whole {
+                    run_self_whole(args, &a, 3)
+                } else {
+                    run_self(args, &a)
+                };
+                match run {
                     Ok(v) => Some(v),
                     Err(e) => {
                         eprintln!("  batch query failed: {e:#}");
@@ -716,9 +785,16 @@ fn suite(args: &SuiteArgs) -> Result<()> {
             }
             _ => None,
         };
-        let batch = batch_run(&[]);
         let batch_out = args.work.join("batch-out");
-        let batch_parquet = batch_run(&["--write-parquet", &batch_out.to_string_lossy()]);
+        let to_parquet = ["--write-parquet", &batch_out.to_string_lossy()];
+        let batch = Ceilings {
+            warm: batch_run(&[], false),
+            process: batch_run(&[], true),
+        };
+        let batch_parquet = Ceilings {
+            warm: batch_run(&to_parquet, false),
+            process: batch_run(&to_parquet, true),
+        };
         let _ = std::fs::remove_dir_all(&batch_out);
         if blackhole.ok {
             eprintln!(
@@ -726,6 +802,7 @@ fn suite(args: &SuiteArgs) -> Result<()> {
                 n as f64 / blackhole.cpu_s,
                 n as f64 / parquet.cpu_s,
                 batch
+                    .warm
                     .as_ref()
                     .and_then(|b| b["cpu_s"].as_f64())
                     .map(|c| format!(", batch {:.0}", n as f64 / c))
@@ -761,6 +838,15 @@ fn suite(args: &SuiteArgs) -> Result<()> {
     Ok(())
 }
 
+/// A query's batch ceiling measured both ways (see the module's comment):
+/// `None` when the query has no batch form or it failed.
+struct Ceilings {
+    /// Best of 3 runs inside one process.
+    warm: Option<Value>,
+    /// Best of 3 fresh processes, each timed whole.
+    process: Option<Value>,
+}
+
 /// A query, its blackhole and Parquet runs, and its batch ceilings (output
 /// dropped; output written as Parquet).
-type Row<'a> = (&'a Query, WeirRun, WeirRun, Option<Value>, Option<Value>);
+type Row<'a> = (&'a Query, WeirRun, WeirRun, Ceilings, Ceilings);

@@ -12,7 +12,12 @@ fn target(kind: &str) -> f64 {
     }
 }
 
-fn run_json(n: u64, r: &WeirRun, batch_cpu: Option<f64>) -> Value {
+/// The CPU seconds of a ceiling run.
+fn cpu_of(b: &Option<Value>) -> Option<f64> {
+    b.as_ref().and_then(|b| b["cpu_s"].as_f64())
+}
+
+fn run_json(n: u64, r: &WeirRun, batch: &Ceilings) -> Value {
     if !r.ok {
         return Value::Null;
     }
@@ -22,7 +27,8 @@ fn run_json(n: u64, r: &WeirRun, batch_cpu: Option<f64>) -> Value {
         "cpu_s": r.cpu_s,
         "events_per_s": n as f64 / r.wall_s,
         "events_per_s_per_core": per_core,
-        "ratio_to_batch": batch_cpu.map(|c| per_core / (n as f64 / c)),
+        "ratio_to_batch": cpu_of(&batch.warm).map(|c| per_core / (n as f64 / c)),
+        "ratio_to_batch_process": cpu_of(&batch.process).map(|c| per_core / (n as f64 / c)),
         "peak_rss_mb": r.rss_kb as f64 / 1024.0,
         "epochs": r.epochs,
         "rows_in": r.rows_in,
@@ -55,15 +61,13 @@ pub(crate) fn report_json(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) 
     let queries: Vec<Value> = results
         .iter()
         .map(|(q, bh, pq, batch, batch_pq)| {
-            let batch_cpu = batch.as_ref().and_then(|b| b["cpu_s"].as_f64());
-            let batch_pq_cpu = batch_pq.as_ref().and_then(|b| b["cpu_s"].as_f64());
-            let ceiling = |b: &Option<Value>, cpu: Option<f64>| {
+            let ceiling = |b: &Option<Value>| {
                 b.as_ref().map(|b| {
                     json!({
                         "rows": b["rows"],
                         "wall_s": b["wall_s"],
                         "cpu_s": b["cpu_s"],
-                        "events_per_s_per_core": cpu.map(|c| n as f64 / c),
+                        "events_per_s_per_core": b["cpu_s"].as_f64().map(|c| n as f64 / c),
                         "peak_rss_mb": b["rss_kb"].as_f64().map(|k| k / 1024.0),
                     })
                 })
@@ -76,10 +80,12 @@ pub(crate) fn report_json(args: &SuiteArgs, gen_speed: &Value, results: &[Row]) 
                 "status": if bh.ok { "ran" } else { "skipped" },
                 "skip_reason": (!bh.ok).then(|| bh.error.clone()),
                 "target_events_per_s_per_core": target(&q.kind),
-                "blackhole": run_json(n, bh, batch_cpu),
-                "parquet": run_json(n, pq, batch_pq_cpu),
-                "batch": ceiling(batch, batch_cpu),
-                "batch_parquet": ceiling(batch_pq, batch_pq_cpu),
+                "blackhole": run_json(n, bh, batch),
+                "parquet": run_json(n, pq, batch_pq),
+                "batch": ceiling(&batch.warm),
+                "batch_parquet": ceiling(&batch_pq.warm),
+                "batch_process": ceiling(&batch.process),
+                "batch_parquet_process": ceiling(&batch_pq.process),
             })
         })
         .collect();
@@ -132,9 +138,16 @@ pub(crate) fn report_md(args: &SuiteArgs, gen_speed: &Value, results: &[Row], lo
          `--trigger available-now --drain --threads {}`, checkpoints on, \
          {} events per epoch, {}. *Per core* is events ÷ CPU time (user + sys); \
          *ratio* is Weir's per-core rate over DataFusion's on the same query over the same events \
-         stored as Parquet (batch, best of 3): the blackhole run against DataFusion with its output \
+         stored as Parquet: the blackhole run against DataFusion with its output \
          counted and dropped, the Parquet run against DataFusion writing its output as Parquet \
-         (`write_parquet`, snappy like Weir's sink).\n",
+         (`write_parquet`, snappy like Weir's sink). The batch query is measured two ways. \
+         *Ratio to batch* takes it warm: the best of 3 runs inside one process, CPU from the \
+         query's start to its end, with no process start-up and memory already faulted in. \
+         It is the stricter yardstick, and the targets are judged by it. *Ratio to a batch process* takes \
+         the best of 3 fresh processes, each timed whole by `/usr/bin/time` as the Weir run is, \
+         as the tumble bench times `weir query`: the difference between the two ratios is \
+         the fixed cost of a process (start-up, first-touch page faults), which weighs most \
+         on the queries whose batch form takes tens of milliseconds.\n",
         chrono_date(),
         match args.input {
             Input::Generator => "",
@@ -195,42 +208,45 @@ fn query_table(md: &mut String, n: u64, results: &[Row]) {
     let _ = writeln!(md, "## Queries\n");
     let _ = writeln!(
         md,
-        "| query | kind | sink | events/s | events/s per core | target | ratio to batch | peak RSS | epoch p50 / p99 | checkpoint p50 / p99 | checkpoint bytes/epoch | rows out |"
+        "| query | kind | sink | events/s | events/s per core | target | ratio to batch | ratio to a batch process | peak RSS | epoch p50 / p99 | checkpoint p50 / p99 | checkpoint bytes/epoch | rows out |"
     );
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut skipped = Vec::new();
     for (q, bh, pq, batch, batch_pq) in results {
         if !bh.ok {
             skipped.push((q, bh.error.clone()));
             continue;
         }
-        let cpu_of = |b: &Option<Value>| b.as_ref().and_then(|b| b["cpu_s"].as_f64());
         let goal = target(&q.kind);
-        for (sink, r, batch_cpu) in [
-            ("blackhole", bh, cpu_of(batch)),
-            ("parquet", pq, cpu_of(batch_pq)),
-        ] {
+        for (sink, r, batch) in [("blackhole", bh, batch), ("parquet", pq, batch_pq)] {
             if !r.ok {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {sink} | failed: {} | | | | | | | | |",
+                    "| {} | {} | {sink} | failed: {} | | | | | | | | | |",
                     q.name, q.kind, r.error
                 );
                 continue;
             }
             let per_core = n as f64 / r.cpu_s;
+            let ratio = |b: &Option<Value>| {
+                cpu_of(b)
+                    .map(|c| format!("{:.2}", per_core / (n as f64 / c)))
+                    .unwrap_or_else(|| "-".into())
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {sink} | {} | {} | {} {} | {} | {:.0} MB | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.0} B | {} |",
+                "| {} | {} | {sink} | {} | {} | {} {} | {} | {} | {:.0} MB | {:.0} / {:.0} ms | {:.1} / {:.1} ms | {:.0} B | {} |",
                 q.name,
                 q.kind,
                 rate(n as f64 / r.wall_s),
                 rate(per_core),
                 rate(goal),
                 if per_core >= goal { "✓" } else { "✗" },
-                batch_cpu
-                    .map(|c| format!("{:.2}", per_core / (n as f64 / c)))
-                    .unwrap_or_else(|| "-".into()),
+                ratio(&batch.warm),
+                ratio(&batch.process),
                 r.rss_kb as f64 / 1024.0,
                 r.batch_p50,
                 r.batch_p99,
@@ -240,17 +256,19 @@ fn query_table(md: &mut String, n: u64, results: &[Row]) {
                 r.rows_out
             );
         }
-        for (what, b) in [
-            ("DataFusion batch", batch),
-            ("DataFusion batch → Parquet", batch_pq),
+        for (what, b, ones) in [
+            ("DataFusion batch", &batch.warm, "1 | "),
+            ("DataFusion batch, a process", &batch.process, " | 1"),
+            ("DataFusion batch → Parquet", &batch_pq.warm, "1 | "),
+            ("DataFusion batch → Parquet, a process", &batch_pq.process, " | 1"),
         ] {
             let Some(b) = b else { continue };
             let _ = writeln!(
                 md,
-                "| {} | | {what} | {} | {} | | 1 | {:.0} MB | | | | {} |",
+                "| {} | | {what} | {} | {} | | {ones} | {:.0} MB | | | | {} |",
                 q.name,
                 rate(n as f64 / b["wall_s"].as_f64().unwrap_or(f64::NAN)),
-                rate(n as f64 / cpu_of(&Some(b.clone())).unwrap_or(f64::NAN)),
+                rate(n as f64 / b["cpu_s"].as_f64().unwrap_or(f64::NAN)),
                 b["rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
                 b["rows"]
             );
@@ -273,7 +291,8 @@ fn query_table(md: &mut String, n: u64, results: &[Row]) {
     }
     let _ = writeln!(
         md,
-        "\nPeak RSS is the whole process's (`/usr/bin/time %M`). Epoch latency is `batch_ms` of \
+        "\nPeak RSS is the whole process's (`/usr/bin/time %M`); a warm batch run's is its \
+         process's after its 3 runs. Epoch latency is `batch_ms` of \
          each epoch that read input; checkpoint time is `checkpoint_ms` (state files and the \
          commit); checkpoint bytes are the state files written per epoch. The Parquet run's \
          wall time includes writing the output; rows out are the query's result rows, which \
