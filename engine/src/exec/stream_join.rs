@@ -939,6 +939,20 @@ impl StreamJoinState {
         compact_views(RecordBatch::try_new(rows.schema(), columns)?)
     }
 
+    /// Whether a regular join's new rows with a NULL key are not held: a
+    /// NULL key matches nothing (unless `IS NOT DISTINCT FROM`), so in an
+    /// inner join such a row pairs with nothing, ever, and no outer row or
+    /// anti join is waiting on it. A changelog input keeps them, so that
+    /// a retraction finds what it retracts. (They were held for ever: in
+    /// a join of clicks to users, every click without a user.)
+    fn drops_null_keys(&self) -> bool {
+        self.p.time.is_none()
+            && !self.p.on.is_empty()
+            && self.p.join_type == JoinType::Inner
+            && !self.p.signed
+            && self.p.null_equality == NullEquality::NullEqualsNothing
+    }
+
     /// The unique side (see [`UniqueSide`]), if any.
     fn unique(&self) -> Option<Side> {
         self.p.unique.as_ref().map(|u| match u.side {
@@ -1205,9 +1219,11 @@ impl StreamJoinState {
     /// the condition use, and come out projected, without ids.
     ///
     /// With a unique side (see [`UniqueSide`]), a pair whose unique row
-    /// fails the pulled filter is left out, and the last two vectors tell
-    /// which new rows of the other side met their partner (by key, filter
-    /// or not): those need not be held. Both are empty otherwise.
+    /// fails the pulled filter is left out. The last two vectors tell which
+    /// new rows (left, right) need not be held: with a unique side, the
+    /// other side's rows that met their partner (by key, filter or not);
+    /// where [`Self::drops_null_keys`], the rows with a NULL key. Empty
+    /// when none need be dropped.
     #[allow(clippy::type_complexity)]
     fn index_joins(
         &self,
@@ -1377,6 +1393,20 @@ impl StreamJoinState {
         let right_rows = take_batch(&new_right, &UInt32Array::from(rj.clone()))?;
         let rids: Vec<u64> = rj.iter().map(|&j| j as u64).collect();
         let second = self.pairs(left_rows, lid, right_rows, rids, built)?;
+        if self.drops_null_keys() {
+            let or_dead = |met: &mut Vec<bool>, dead: &[bool]| {
+                if !dead.iter().any(|&d| d) {
+                    return;
+                }
+                if met.is_empty() {
+                    *met = dead.to_vec();
+                } else {
+                    met.iter_mut().zip(dead).for_each(|(m, &d)| *m |= d);
+                }
+            };
+            or_dead(&mut left_met, &ldead);
+            or_dead(&mut right_met, &rdead);
+        }
         Ok((first, second, left_met, right_met))
     }
 
@@ -1508,8 +1538,9 @@ impl StreamJoinState {
                 let mut held = self.shards.lock(shard);
                 self.index_joins(&mut held, &new_left, &new_right, proj)
             })?;
-            // Rows that met their unique partner are not held (only an
-            // inner join has a unique side: nothing else reads them).
+            // Rows that met their unique partner, and rows with a NULL key
+            // (see `drops_null_keys`), are not held: only an inner join has
+            // a unique side or drops them, and nothing else reads them.
             let unmet = |rows: RecordBatch, met: &[bool]| -> Result<RecordBatch> {
                 if !met.iter().any(|&m| m) {
                     return Ok(rows);
@@ -2155,6 +2186,10 @@ impl StreamJoinState {
                 None => "nothing: no time bound and no 'state.ttl', so the state grows without bound \
                          (bound the join's times, or SET 'state.ttl')"
                     .into(),
+            } + if self.drops_null_keys() {
+                "; a row with a NULL key is never held (it matches nothing)"
+            } else {
+                ""
             };
         };
         let l = self.left_schema.field(t.left_until).name();
