@@ -791,6 +791,24 @@ fn joins_give_the_batch_join_and_say_how_their_state_is_bounded() {
         "{inspect}"
     );
     assert!(inspect.contains("regular-join keyed by"), "{inspect}");
+
+    // `=` and `IS NOT DISTINCT FROM` keys hold different rows (an inner
+    // `=` join does not hold NULL keys): a switch is a query change.
+    let job = std::fs::read_to_string(ws.path("job.sql")).unwrap();
+    let nulls_equal = job.replace(
+        "ON b.auction = a.auction AND b.price",
+        "ON (b.auction IS NOT DISTINCT FROM a.auction) AND b.price",
+    );
+    assert_ne!(job, nulls_equal);
+    ws.write("job.sql", &nulls_equal);
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("different query") && e.contains("regular-join") && e.contains("--fresh-state"),
+        "{e}"
+    );
 }
 
 /// Without `--threads` (or `SET threads`), a job, the shell and a batch

@@ -560,7 +560,11 @@ impl fmt::Debug for StreamJoinExec {
 impl DisplayAs for StreamJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let p = &self.state.p;
-        let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+        let eq = match p.null_equality {
+            NullEquality::NullEqualsNull => "IS NOT DISTINCT FROM",
+            NullEquality::NullEqualsNothing => "=",
+        };
+        let on: Vec<String> = p.on.iter().map(|(l, r)| format!("{l} {eq} {r}")).collect();
         write!(
             f,
             "{}: {} on=[{}]{}, {}{}{}{}",
@@ -2545,6 +2549,13 @@ impl StatefulOperator for StreamJoinState {
                 u.side,
                 u.filter.as_ref().map(|f| f.to_string()).unwrap_or_default()
             ));
+        }
+        // `=` and `IS NOT DISTINCT FROM` keys hold different rows (an
+        // inner `=` join drops NULL keys, see `drops_null_keys`): a switch
+        // between them is a query change. Only when NULLs are equal, so
+        // that `=` joins keep their signatures.
+        if p.null_equality == NullEquality::NullEqualsNull {
+            s.push_str(" nulls-equal");
         }
         crate::compat::signature::strip_column_positions(&s)
     }

@@ -269,7 +269,12 @@ impl UserDefinedLogicalNodeCore for StreamJoinNode {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let on: Vec<String> = self.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();
+        // `IS NOT DISTINCT FROM` keys (NULL equals NULL) read as written.
+        let eq = match self.null_equality {
+            NullEquality::NullEqualsNull => "IS NOT DISTINCT FROM",
+            NullEquality::NullEqualsNothing => "=",
+        };
+        let on: Vec<String> = self.on.iter().map(|(l, r)| format!("{l} {eq} {r}")).collect();
         write!(f, "{}: {} on=[{}]", self.name(), self.join_type, on.join(", "))?;
         if !matches!(
             self.filter,
