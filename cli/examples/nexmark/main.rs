@@ -536,15 +536,7 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
     std::fs::write(dir.join("job.sql"), &job)?;
     let time_file = dir.join("time.txt");
     let progress = dir.join("progress.json");
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%e %U %S %M")
-        .arg("-o")
-        .arg(&time_file)
-        .arg("taskset")
-        .arg("-c")
-        .arg(&args.cpu)
-        .arg(&args.weir)
+    let out = timed(&args.cpu, &time_file, &args.weir)
         .arg("run")
         .arg(dir.join("job.sql"))
         .args(["--trigger", "available-now", "--drain", "--checkpoint"])
@@ -578,12 +570,7 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
             ..Default::default()
         });
     }
-    let times = std::fs::read_to_string(&time_file)?;
-    let last = times.lines().last().unwrap_or_default();
-    let f: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    if f.len() != 4 {
-        bail!("unexpected /usr/bin/time output: {times}");
-    }
+    let f = read_times(&time_file)?;
     let lines: Vec<Value> = std::fs::read_to_string(&progress)?
         .lines()
         .map(serde_json::from_str)
@@ -613,6 +600,31 @@ fn run_weir(args: &SuiteArgs, q: &Query, sink: &str, ddl: &str, data: &Path) -> 
     })
 }
 
+/// `program`, pinned to `cpu`, under `/usr/bin/time` writing its wall
+/// time, user and system CPU and peak RSS to `time_file` (see
+/// [`read_times`]); the caller adds the arguments.
+fn timed(cpu: &str, time_file: &Path, program: &Path) -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-f")
+        .arg("%e %U %S %M")
+        .arg("-o")
+        .arg(time_file)
+        .arg("taskset")
+        .arg("-c")
+        .arg(cpu)
+        .arg(program);
+    c
+}
+
+/// What [`timed`] wrote: wall s, user s, system s, peak RSS kB.
+fn read_times(time_file: &Path) -> Result<[f64; 4]> {
+    let times = std::fs::read_to_string(time_file)?;
+    let last = times.lines().last().unwrap_or_default();
+    let f: Vec<f64> = last.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    f.try_into()
+        .map_err(|_| anyhow::anyhow!("unexpected /usr/bin/time output: {times}"))
+}
+
 /// Runs a child of this program pinned to the CPU `runs` times, each timed
 /// whole by `/usr/bin/time` as [`run_weir`] times Weir; returns the JSON
 /// output of the run with the least CPU, its `cpu_s`, `wall_s` and `rss_kb`
@@ -622,17 +634,7 @@ fn run_self_whole(args: &SuiteArgs, child: &[&str], runs: usize) -> Result<Value
     let time_file = args.work.join("batch-time.txt");
     let mut best: Option<Value> = None;
     for _ in 0..runs.max(1) {
-        let out = Command::new("/usr/bin/time")
-            .arg("-f")
-            .arg("%e %U %S %M")
-            .arg("-o")
-            .arg(&time_file)
-            .arg("taskset")
-            .arg("-c")
-            .arg(&args.cpu)
-            .arg(&me)
-            .args(child)
-            .output()?;
+        let out = timed(&args.cpu, &time_file, &me).args(child).output()?;
         if !out.status.success() {
             bail!(
                 "{} {}: {}",
@@ -642,17 +644,7 @@ fn run_self_whole(args: &SuiteArgs, child: &[&str], runs: usize) -> Result<Value
             );
         }
         let mut v: Value = serde_json::from_slice(&out.stdout)?;
-        let times = std::fs::read_to_string(&time_file)?;
-        let f: Vec<f64> = times
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if f.len() != 4 {
-            bail!("unexpected /usr/bin/time output: {times}");
-        }
+        let f = read_times(&time_file)?;
         v["wall_s"] = json!(f[0]);
         v["cpu_s"] = json!(f[1] + f[2]);
         v["rss_kb"] = json!(f[3]);
