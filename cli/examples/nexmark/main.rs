@@ -635,15 +635,7 @@ fn run_self_whole(args: &SuiteArgs, child: &[&str], runs: usize) -> Result<Value
     let mut best: Option<Value> = None;
     for _ in 0..runs.max(1) {
         let out = timed(&args.cpu, &time_file, &me).args(child).output()?;
-        if !out.status.success() {
-            bail!(
-                "{} {}: {}",
-                me.display(),
-                child.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let mut v: Value = serde_json::from_slice(&out.stdout)?;
+        let mut v = child_json(&me, child, &out)?;
         let f = read_times(&time_file)?;
         v["wall_s"] = json!(f[0]);
         v["cpu_s"] = json!(f[1] + f[2]);
@@ -668,6 +660,11 @@ fn run_self(args: &SuiteArgs, child: &[&str]) -> Result<Value> {
         .arg(&me)
         .args(child)
         .output()?;
+    child_json(&me, child, &out)
+}
+
+/// A child of this program's JSON output, or its error.
+fn child_json(me: &Path, child: &[&str], out: &std::process::Output) -> Result<Value> {
     if !out.status.success() {
         bail!(
             "{} {}: {}",
