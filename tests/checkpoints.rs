@@ -112,6 +112,120 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// The state files in `ck/state/<op>/`, by name.
+fn state_file_names(ws: &Workspace, op: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(ws.path(&format!("ck/state/{op}")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The state files commit `epoch` names for `op`, per shard (epochs).
+fn named_by_commit(ws: &Workspace, epoch: u64, op: &str) -> Vec<Vec<u64>> {
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path(&commit(epoch))).unwrap()).unwrap();
+    serde_json::from_value(c["state"][op]["shards"].clone()).unwrap()
+}
+
+/// Keyed state is checkpointed one file per shard, and each commit names
+/// the files that restore it; the job stops and resumes under 2, 3 and 1
+/// threads and gives the batch answer. A file the commit does not name (a
+/// crashed attempt's, here garbage) is never read; a file it names that is
+/// gone stops the job, naming it.
+#[test]
+fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
+    let ws = Workspace::new();
+    let bids = gen_bids(9, 1500, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    let once = |threads: &str| {
+        let mut args = RUN.to_vec();
+        args[3] = "once";
+        args.extend(["--threads", threads]);
+        ws.weir(&args).ok();
+    };
+    once("2");
+    once("2");
+    let names = state_file_names(&ws, "p0-agg0");
+    for want in [
+        "00000000000000000001.snapshot.0-of-2.parquet",
+        "00000000000000000001.snapshot.1-of-2.parquet",
+        "00000000000000000002.snapshot.1-of-2.parquet",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    assert_eq!(named_by_commit(&ws, 2, "p0-agg0"), vec![vec![2], vec![2]]);
+    assert_eq!(named_by_commit(&ws, 2, "source-bids"), vec![vec![2]]);
+
+    // Garbage under the name an old layout would read first for epoch 2.
+    std::fs::write(
+        ws.path("ck/state/p0-agg0/00000000000000000002.delta.parquet"),
+        b"not parquet",
+    )
+    .unwrap();
+    once("3");
+    assert_eq!(
+        named_by_commit(&ws, 3, "p0-agg0"),
+        vec![vec![3], vec![3], vec![3]]
+    );
+    once("1");
+    assert_eq!(named_by_commit(&ws, 4, "p0-agg0"), vec![vec![4]]);
+    assert!(state_file_names(&ws, "p0-agg0").contains(&"00000000000000000004.snapshot.parquet".to_string()));
+
+    // The rest in one process: a snapshot of both shards, then deltas.
+    ws.weir(&[&RUN[..], &["--threads", "2"]].concat()).ok();
+    let last = (5..100)
+        .take_while(|&e| ws.path(&commit(e)).exists())
+        .last()
+        .unwrap();
+    assert!(last >= 7, "several epochs: {last}");
+    let chains = named_by_commit(&ws, last, "p0-agg0");
+    assert_eq!(chains.len(), 2, "{chains:?}");
+    assert!(chains.iter().all(|c| c[0] == 5 && c.len() > 1), "{chains:?}");
+
+    // A named file that is gone: the job stops and names it.
+    let name = format!("{:020}.delta.1-of-2.parquet", chains[1][1]);
+    let gone = ws.path(&format!("ck/state/p0-agg0/{name}"));
+    let kept = std::fs::read(&gone).unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let e = ws.weir(&RUN).fails().stderr();
+    assert!(e.contains(&name), "{e}");
+    std::fs::write(&gone, kept).unwrap();
+
+    ws.weir(&[&RUN[..], &["--drain", "--threads", "3"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
+/// A checkpoint whose commits name no state files (written by a Weir
+/// before they did) resumes from a listing of its state folders, here
+/// under another thread count, and its next commit names its files.
+#[test]
+fn a_checkpoint_whose_commits_name_no_state_files_resumes() {
+    let ws = Workspace::new();
+    let bids = gen_bids(4, 1200, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    // One file per table and epoch, as such a Weir wrote them.
+    let mut once = RUN.to_vec();
+    once[3] = "once";
+    for _ in 0..4 {
+        ws.weir(&[&once[..], &["--threads", "1"]].concat()).ok();
+    }
+    for e in 1..=4 {
+        let path = ws.path(&commit(e));
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(c.as_object_mut().unwrap().remove("state").is_some());
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    }
+    ws.weir(&[&once[..], &["--threads", "2"]].concat()).ok();
+    assert_eq!(named_by_commit(&ws, 5, "p0-agg0"), vec![vec![5], vec![5]]);
+    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
 /// Retention: a long run keeps a bounded checkpoint (20 epochs of logs, sink
 /// manifests to match) and the oldest epoch it keeps is still restorable:
 /// rolled back to it, the job redoes everything after it exactly.

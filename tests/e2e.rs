@@ -592,12 +592,36 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
     assert!(!ws.path("out2").exists() || sink_rows(&ws.path("out2")).is_empty());
 
     // --fresh-state: empty state, but files 0 and 1 are not read again.
-    let r = ws.weir(&[&args[..], &["--drain", "--fresh-state"]].concat()).ok();
+    // Killed once its first epoch's state is written, and run again (now
+    // the same query): the last commit still names the dropped state's
+    // files, which are gone, and the rerun must start empty all the same.
+    let last = std::fs::read_dir(ws.path("ck/commits"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let crash = format!("state-written@{}", last + 1);
+    let r = ws
+        .weir_env(
+            &[&args[..], &["--drain", "--fresh-state"]].concat(),
+            &[("WEIR_FAILPOINT", &crash)],
+        )
+        .killed();
     assert!(
         r.stderr().contains("note: --fresh-state") && r.stderr().contains("'bids' keep their progress"),
         "{}",
         r.stderr()
     );
+    let meta = std::fs::read_to_string(ws.path("ck/metadata.json")).unwrap();
+    assert!(meta.contains("dropped_state"), "{meta}");
+    ws.weir(&[&args[..], &["--drain"]].concat()).ok();
     let oracle = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
         date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,
         COUNT(*), SUM(price), MAX(price) FROM bids GROUP BY 1, 2";

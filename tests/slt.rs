@@ -36,9 +36,10 @@
 //! the same answers: **straight**; **restart**, the job reopened from its
 //! checkpoint before every epoch; **crash**, every epoch failed just before its
 //! commit (state and sink output written, commit not) and then replayed by a
-//! reopened job; **threads**, with two threads, so that keyed state is split
-//! into two shards, reopened before every other epoch (state dealt back to
-//! the shards; a plan run for several epochs).
+//! reopened job; **threads**, with several threads, so that keyed state is
+//! split into shards, reopened before every other epoch under another
+//! thread count (2, 3, 1, ...: every shard's state file read back and dealt
+//! to the new shards; a plan run for several epochs).
 //! `--complete` rewrites the expected output from a straight run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
@@ -66,8 +67,10 @@ enum Mode {
     Straight,
     Restart,
     Crash,
-    /// Two threads (keyed state in two shards), restarted before every
-    /// other epoch.
+    /// Several threads (keyed state in shards), restarted before every
+    /// other epoch under another thread count: 2, then 3, then 1, and
+    /// again (a checkpoint's state is one file per shard; a restore deals
+    /// every shard's rows to the new shards).
     Threads,
 }
 
@@ -172,7 +175,7 @@ impl StreamDb {
     async fn open(&self, crash: bool) -> Result<StreamingJob, SltError> {
         let mut options = JobOptions::new(self.checkpoint());
         if self.mode == Mode::Threads {
-            options.threads = 2;
+            options.threads = [2, 3, 1][(self.steps / 2 % 3) as usize];
         }
         if crash {
             options.hooks = Arc::new(CrashBeforeCommit {

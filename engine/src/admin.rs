@@ -462,7 +462,7 @@ async fn rollback_held(
             .rev()
             .filter(|f| f.epoch > to)
         {
-            ck.delete_state(&op, f.epoch).await?;
+            ck.delete_state_file(&f).await?;
             done.state_files += 1;
         }
     }

@@ -21,12 +21,11 @@
 //!
 //! - offsets: the lease check (`Checkpoint::lease_generations`, a LIST) and
 //!   `OffsetLog::create` (a create-if-absent PUT);
-//! - state: `Checkpoint::write_state`, once per shard. Today the engine
-//!   writes one state file per stateful operator (its shards' union) per
-//!   epoch; a cluster writes one per (operator, shard). The API has no shard
-//!   in its file names yet, so each shard is written as an operator of its
-//!   own, `agg/shard-NNNN`, which gives `state/agg/shard-NNNN/<epoch>.delta.parquet`:
-//!   the same requests and bytes as a per-shard file, under one folder;
+//! - state: `Checkpoint::write_state`, once per shard. Each shard is
+//!   written as an operator of its own, `agg/shard-NNNN`, which gives
+//!   `state/agg/shard-NNNN/<epoch>.delta.parquet`: the same requests and
+//!   bytes as the engine's per-shard file (`<epoch>.delta.<k>-of-<n>.parquet`
+//!   in one folder per operator, since 2026-12-06), in a folder per shard;
 //! - sink: `SinkLayout::stage` for each of F writers (one per sink task; today
 //!   a sink has one writer and one file per epoch), then `SinkLayout::publish`
 //!   after the commit;
@@ -36,7 +35,8 @@
 //!   create-if-absent PUT of the JSON it would hold (`_sim/commit-files/`);
 //! - restore: `Checkpoint::restore_state` for every shard (LIST its folder,
 //!   GET snapshot and deltas, merge), and, for comparison, one LIST of the
-//!   whole operator folder;
+//!   whole operator folder. The engine now restores from the names its
+//!   commit lists, without the LIST;
 //! - a source folder: `Location::list` of N files, as the files source lists
 //!   its folder each epoch, and a listing that starts after the last file
 //!   seen (S3's `start-after`), as an incremental listing would.
@@ -73,7 +73,7 @@ use object_store::{
 use serde_json::json;
 use weir_storage::lease::LeaseRecord;
 use weir_storage::{
-    Checkpoint, CommitEntry, Location, OffsetsEntry, SinkLayout, StateKind, StateWrite, codec,
+    Checkpoint, CommitEntry, Location, OffsetsEntry, ShardOf, SinkLayout, StateKind, StateWrite, codec,
 };
 
 /// Errors of this program: any, with its message.
@@ -697,6 +697,7 @@ fn commit_entry(epoch: u64, rows_in: u64, rows_out: u64) -> CommitEntry {
         committed_at: "2026-01-01T00:00:00+00:00".into(),
         last_data_ms: BTreeMap::new(),
         pipeline_watermarks: BTreeMap::new(),
+        state: None,
     }
 }
 
@@ -782,6 +783,7 @@ async fn run_fanout(store: &Store, s: &Settings, k: usize) -> Res<FanoutResult> 
                     let op = shard_operator(shard);
                     let w = StateWrite {
                         kind,
+                        shard: ShardOf::WHOLE,
                         schema: &schema,
                         unit_key_len,
                         upserts: std::slice::from_ref(&batch),

@@ -32,6 +32,40 @@ pub struct Metadata {
     /// Where the job writes, so tools (rollback) can find its output.
     #[serde(default)]
     pub sinks: Vec<SinkRecord>,
+    /// State tables dropped by `--fresh-state` (a changed query), and the
+    /// last commit then. That commit names their files, which are gone: as
+    /// of it, and of any commit before it, they restore as empty. The
+    /// next commit names only what the changed query wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_state: Option<DroppedState>,
+}
+
+/// See [`Metadata::dropped_state`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DroppedState {
+    /// The last commit when they were dropped.
+    pub as_of: u64,
+    /// The tables (operator ids and `source-<name>`).
+    pub tables: Vec<String>,
+}
+
+impl Metadata {
+    /// The state files that commit `epoch` names, less the tables dropped
+    /// since (see [`Metadata::dropped_state`]). `None` when the commit
+    /// names none (written before commits named their files).
+    pub fn state_listing(
+        &self,
+        epoch: u64,
+        commit: &crate::CommitEntry,
+    ) -> Option<std::collections::BTreeMap<String, crate::StateChains>> {
+        let mut listed = commit.state.clone()?;
+        if let Some(d) = &self.dropped_state
+            && epoch <= d.as_of
+        {
+            listed.retain(|table, _| !d.tables.contains(table));
+        }
+        Some(listed)
+    }
 }
 
 /// A stateful operator, as a checkpoint knows it.

@@ -8,7 +8,7 @@
 //!   metadata.json                 query id, SQL (redacted), fingerprint, format version
 //!   offsets/<epoch:020>.json      write-ahead log: what epoch N reads (written first)
 //!   commits/<epoch:020>.json      epoch N is complete (created if absent, never replaced)
-//!   state/<operator>/<epoch:020>.{snapshot,delta}.parquet   operator state at epoch N
+//!   state/<operator>/<epoch:020>.{snapshot,delta}[.<k>-of-<n>].parquet   operator state at epoch N (of shard k)
 //!   _probe/<random>               briefly, while checking create-if-absent (below)
 //!
 //! <sink>/
@@ -47,12 +47,12 @@ pub mod state;
 #[cfg(test)]
 mod testing;
 
-pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
+pub use checkpoint::{Checkpoint, DroppedState, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
 pub use registry::StoreRegistry;
 pub use sink::{ManifestFile, SinkLayout, SinkOwner};
-pub use state::{EncodedState, RestoredState, StateFile, StateKind, StateWrite};
+pub use state::{EncodedState, RestoredState, ShardOf, StateChains, StateFile, StateKind, StateWrite};
 
 /// The format version written into every file Weir persists. A reader refuses
 /// files with a larger version instead of guessing at their meaning.

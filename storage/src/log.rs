@@ -72,6 +72,13 @@ pub struct CommitEntry {
     /// their own lag).
     #[serde(default)]
     pub pipeline_watermarks: BTreeMap<usize, i64>,
+    /// Per operator (and source) with state, the state files that restore
+    /// it as of this epoch, shard by shard. A restore reads exactly these
+    /// names, never a listing of the state folder. `None` in commits of a
+    /// Weir before the files were named here: their state is found by
+    /// listing `state/<operator>/` (one file per epoch then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BTreeMap<String, crate::state::StateChains>>,
 }
 
 /// The write-ahead offsets log.

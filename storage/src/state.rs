@@ -3,22 +3,33 @@
 //! An operator's state is a table of *units* (a window, a slice, a session,
 //! a group, a source file): rows whose first `unit_key_len` columns are
 //! equal belong to one unit. Each epoch that changes the state writes one
-//! file for that operator:
+//! file for that operator, or one per shard when the operator keeps its
+//! state split across threads and checkpoints each part on its own:
 //!
 //! ```text
-//! state/<op>/<epoch:020>.snapshot.parquet   every row of the state
-//! state/<op>/<epoch:020>.delta.parquet      changed units, whole (they replace the old rows),
-//!                                           and deleted units' keys (__weir_delete = true)
+//! state/<op>/<epoch:020>.snapshot.parquet          every row of the state
+//! state/<op>/<epoch:020>.delta.parquet             changed units, whole (they replace the old rows),
+//!                                                  and deleted units' keys (__weir_delete = true)
+//! state/<op>/<epoch:020>.<kind>.<k>-of-<n>.parquet the same, for shard k of n (k from 0)
 //! ```
 //!
-//! The state at epoch C is the newest snapshot at or before C with the
-//! deltas after it, up to C, applied in order. So the bytes an epoch writes
-//! follow what changed, not the size of the state. The driver writes a
-//! snapshot now and then (and when the deltas since the last one outgrow
-//! it), and [`Checkpoint::prune_state`] deletes files no retained epoch needs.
+//! A shard's state at epoch C is the newest snapshot at or before C with
+//! the deltas after it, up to C, applied in order; the operator's state is
+//! the union of its shards'. So the bytes an epoch writes follow what
+//! changed, not the size of the state. The driver writes a snapshot of
+//! every shard now and then (and when the deltas since the last one
+//! outgrow it, or when the number of shards changed), and
+//! [`Checkpoint::prune_state`] deletes files no retained epoch needs.
+//!
+//! Which files make up the state as of commit C is written in `commits/C`
+//! ([`StateChains`]): a restore reads those names and never lists the
+//! folder, where a crashed attempt or another shard count may have left
+//! other files. Commits written before the files were named there are
+//! restored from a listing, as they were written (one file per epoch).
 //!
 //! Files carry key-value metadata: `weir.operator`, `weir.epoch`,
-//! `weir.kind` and `weir.unit_key_len`.
+//! `weir.kind`, `weir.unit_key_len`, and `weir.shard` (`k/n`) for a
+//! shard's file.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,10 +63,65 @@ impl StateKind {
     }
 }
 
+/// Which shard of how many a state file holds. `count == 1` is the one
+/// file of a table checkpointed whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardOf {
+    /// The shard, from 0.
+    pub index: u32,
+    /// How many shards the table was split into when the file was written.
+    pub count: u32,
+}
+
+impl ShardOf {
+    /// The one file of a table checkpointed whole.
+    pub const WHOLE: ShardOf = ShardOf { index: 0, count: 1 };
+
+    /// Shard `index` of `count`.
+    pub fn new(index: usize, count: usize) -> Self {
+        Self {
+            index: index as u32,
+            count: count as u32,
+        }
+    }
+}
+
+/// An operator's state files as of one commit, as `commits/N.json` names
+/// them: per shard, the epochs of its snapshot and of the deltas after it,
+/// in order. The file names follow from (operator, epoch, kind, shard):
+/// the first epoch of a chain is a snapshot, the rest are deltas.
+///
+/// On disk: `{"shards": [[3, 4, 6], [3, 5]]}` (shard 1 of 2 did not change
+/// in epochs 4 and 6).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateChains {
+    /// Shard k's epochs; the number of chains is the number of shards.
+    pub shards: Vec<Vec<u64>>,
+}
+
+impl StateChains {
+    /// The files, shard by shard, each chain in epoch order.
+    pub fn files(&self) -> impl Iterator<Item = (ShardOf, u64, StateKind)> + '_ {
+        let n = self.shards.len();
+        self.shards.iter().enumerate().flat_map(move |(k, chain)| {
+            chain.iter().enumerate().map(move |(i, &e)| {
+                let kind = if i == 0 {
+                    StateKind::Snapshot
+                } else {
+                    StateKind::Delta
+                };
+                (ShardOf::new(k, n), e, kind)
+            })
+        })
+    }
+}
+
 /// What to write for one operator and epoch.
 pub struct StateWrite<'a> {
     /// Snapshot or delta.
     pub kind: StateKind,
+    /// The shard whose rows these are ([`ShardOf::WHOLE`] for all of them).
+    pub shard: ShardOf,
     /// The state's schema; its first `unit_key_len` columns key units.
     pub schema: &'a SchemaRef,
     /// How many leading columns identify a unit.
@@ -94,6 +160,8 @@ pub struct StateFile {
     pub epoch: u64,
     /// Snapshot or delta.
     pub kind: StateKind,
+    /// The shard it holds.
+    pub shard: ShardOf,
     /// Its name relative to the checkpoint.
     pub name: String,
     /// Its size in bytes.
@@ -103,15 +171,20 @@ pub struct StateFile {
 /// An operator's state as of an epoch, rebuilt from its files.
 #[derive(Debug)]
 pub struct RestoredState {
-    /// The rows, units in the order they first appeared in the files (so a
-    /// snapshot alone comes back in its own order).
+    /// The rows, shard by shard; within a shard, units in the order they
+    /// first appeared in its files (so a snapshot alone comes back in its
+    /// own order). A unit with rows in several shards comes in one run per
+    /// shard.
     pub batches: Vec<RecordBatch>,
     /// The schema of the rows.
     pub schema: SchemaRef,
-    /// The snapshot it started from.
+    /// The snapshot it started from (the oldest, if shards differ).
     pub snapshot_epoch: u64,
-    /// The deltas applied after it.
+    /// The deltas applied after it, over all shards.
     pub deltas: usize,
+    /// The files it was rebuilt from: what the next commit lists for the
+    /// operator until a checkpoint of it adds to them.
+    pub chains: StateChains,
 }
 
 /// The marker column of deleted units in a delta.
@@ -130,13 +203,50 @@ impl Checkpoint {
         format!("state/{operator}")
     }
 
-    fn state_file_name(operator: &str, epoch: u64, kind: StateKind) -> String {
-        format!("state/{operator}/{epoch:020}.{}.parquet", kind.suffix())
+    fn state_file_name(operator: &str, epoch: u64, kind: StateKind, shard: ShardOf) -> String {
+        if shard.count == 1 {
+            format!("state/{operator}/{epoch:020}.{}.parquet", kind.suffix())
+        } else {
+            format!(
+                "state/{operator}/{epoch:020}.{}.{}-of-{}.parquet",
+                kind.suffix(),
+                shard.index,
+                shard.count
+            )
+        }
     }
 
-    /// Writes an operator's state (snapshot or delta) for an epoch. A replay
-    /// of the epoch writes the same file again; a file of the other kind for
-    /// the same epoch (from an attempt that crashed) is removed first.
+    /// Parses a state file's name (the part after `state/<op>/`).
+    fn parse_state_file_name(file: &str) -> Option<(u64, StateKind, ShardOf)> {
+        let stem = file.strip_suffix(".parquet")?;
+        let mut parts = stem.split('.');
+        let epoch = parts.next()?.parse::<u64>().ok()?;
+        let kind = match parts.next()? {
+            "snapshot" => StateKind::Snapshot,
+            "delta" => StateKind::Delta,
+            _ => return None,
+        };
+        let shard = match parts.next() {
+            None => ShardOf::WHOLE,
+            Some(s) => {
+                let (k, n) = s.split_once("-of-")?;
+                let shard = ShardOf {
+                    index: k.parse().ok()?,
+                    count: n.parse().ok()?,
+                };
+                if shard.count < 2 || shard.index >= shard.count {
+                    return None;
+                }
+                shard
+            }
+        };
+        parts.next().is_none().then_some((epoch, kind, shard))
+    }
+
+    /// Writes an operator's state (snapshot or delta, of one shard or of
+    /// all) for an epoch. A replay of the epoch writes the same file again;
+    /// a file of the other kind for the same epoch and shard (from an
+    /// attempt that crashed) is removed first.
     pub async fn write_state(&self, operator: &str, epoch: u64, w: StateWrite<'_>) -> Result<u64> {
         let encoded = self.encode_state(operator, epoch, &w, 1)?;
         self.put_state(encoded).await
@@ -217,14 +327,20 @@ impl Checkpoint {
             StateKind::Snapshot => StateKind::Delta,
             StateKind::Delta => StateKind::Snapshot,
         };
-        let name = Self::state_file_name(operator, epoch, w.kind);
+        let name = Self::state_file_name(operator, epoch, w.kind, w.shard);
         let url = self.location().url_of(&name);
-        let meta = BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("weir.operator".to_string(), operator.to_string()),
             ("weir.epoch".to_string(), epoch.to_string()),
             ("weir.kind".to_string(), w.kind.suffix().to_string()),
             ("weir.unit_key_len".to_string(), w.unit_key_len.to_string()),
         ]);
+        if w.shard.count > 1 {
+            meta.insert(
+                "weir.shard".to_string(),
+                format!("{}/{}", w.shard.index, w.shard.count),
+            );
+        }
         let payload = match w.kind {
             StateKind::Snapshot => codec::encode_state_parallel(&url, w.schema, w.upserts, &meta, threads)?,
             StateKind::Delta => {
@@ -255,14 +371,14 @@ impl Checkpoint {
         };
         Ok(EncodedState {
             name,
-            other: Self::state_file_name(operator, epoch, other),
+            other: Self::state_file_name(operator, epoch, other, w.shard),
             payload,
         })
     }
 
     /// Writes an encoded state file, first removing the file of the other
-    /// kind for its epoch (left by an attempt that crashed). Returns its
-    /// bytes.
+    /// kind for its epoch and shard (left by an attempt that crashed).
+    /// Returns its bytes.
     pub async fn put_state(&self, encoded: EncodedState) -> Result<u64> {
         self.location().delete(&encoded.other).await?;
         let len = encoded.bytes();
@@ -270,24 +386,15 @@ impl Checkpoint {
         Ok(len)
     }
 
-    /// An operator's state files, in epoch order.
+    /// An operator's state files found by listing its folder, in epoch
+    /// order (then shard order). For tools, retention and damage checks: a
+    /// restore reads the files its commit names instead.
     pub async fn state_files(&self, operator: &str) -> Result<Vec<StateFile>> {
         let mut out = Vec::new();
         for meta in self.location().list(&Self::state_dir(operator)).await? {
             let name = self.location().relative(&meta.location);
             let file = name.rsplit('/').next().unwrap_or(&name);
-            let parsed = file
-                .strip_suffix(".parquet")
-                .and_then(|s| s.split_once('.'))
-                .and_then(|(e, k)| {
-                    let kind = match k {
-                        "snapshot" => StateKind::Snapshot,
-                        "delta" => StateKind::Delta,
-                        _ => return None,
-                    };
-                    Some((e.parse::<u64>().ok()?, kind))
-                });
-            let Some((epoch, kind)) = parsed else {
+            let Some((epoch, kind, shard)) = Self::parse_state_file_name(file) else {
                 return Err(Error::Corrupt {
                     url: self.location().url_of(&name),
                     epoch: None,
@@ -297,13 +404,14 @@ impl Checkpoint {
             out.push(StateFile {
                 epoch,
                 kind,
+                shard,
                 name,
                 bytes: meta.size,
             });
         }
-        out.sort_by_key(|f| f.epoch);
+        out.sort_by_key(|f| (f.epoch, f.shard));
         for w in out.windows(2) {
-            if w[0].epoch == w[1].epoch {
+            if (w[0].epoch, w[0].shard) == (w[1].epoch, w[1].shard) {
                 return Err(Error::Corrupt {
                     url: self.location().url_of(&w[1].name),
                     epoch: Some(w[1].epoch),
@@ -336,40 +444,146 @@ impl Checkpoint {
         Ok((decoded, key_len))
     }
 
-    /// Rebuilds an operator's state as of `epoch` from the newest snapshot at
-    /// or before it and the deltas after that. Files of later epochs
-    /// (uncommitted) are ignored; they are rewritten when those replay.
+    /// Rebuilds an operator's state as of the committed `epoch`: from the
+    /// files `commits/<epoch>` names for it, or, for a commit written
+    /// before commits named them (or no commit, for tools), from a listing:
+    /// the newest snapshot at or before `epoch` and the deltas after it.
+    /// Files of later epochs (uncommitted) are ignored; they are rewritten
+    /// when those replay.
     pub async fn restore_state(&self, operator: &str, epoch: u64) -> Result<Option<RestoredState>> {
-        let files: Vec<StateFile> = self
-            .state_files(operator)
-            .await?
-            .into_iter()
-            .filter(|f| f.epoch <= epoch)
-            .collect();
-        let Some(start) = files.iter().rposition(|f| f.kind == StateKind::Snapshot) else {
-            if let Some(first) = files.first() {
-                return Err(Error::Corrupt {
-                    url: self.location().url_of(&first.name),
-                    epoch: Some(first.epoch),
-                    reason: format!("a delta with no snapshot before it for operator '{operator}'"),
-                });
-            }
-            return Ok(None);
+        let listed = match (self.commits.read(epoch).await?, self.read_metadata().await?) {
+            (Some(c), Some(meta)) => meta.state_listing(epoch, &c),
+            (Some(c), None) => c.state,
+            (None, _) => None,
         };
-        let (snapshot, key_len) = self.read_state_file(operator, &files[start]).await?;
+        self.restore_state_listed(operator, epoch, listed.as_ref()).await
+    }
+
+    /// [`Checkpoint::restore_state`] given the commit's list of state files
+    /// (`None`: the commit has none, so list the folder).
+    pub async fn restore_state_listed(
+        &self,
+        operator: &str,
+        epoch: u64,
+        listed: Option<&BTreeMap<String, StateChains>>,
+    ) -> Result<Option<RestoredState>> {
+        let chains: Vec<Vec<StateFile>> = match listed {
+            Some(map) => {
+                let Some(chains) = map.get(operator) else {
+                    return Ok(None);
+                };
+                let mut out: Vec<Vec<StateFile>> = vec![Vec::new(); chains.shards.len()];
+                for (shard, e, kind) in chains.files() {
+                    out[shard.index as usize].push(StateFile {
+                        epoch: e,
+                        kind,
+                        shard,
+                        name: Self::state_file_name(operator, e, kind, shard),
+                        bytes: 0,
+                    });
+                }
+                out
+            }
+            None => {
+                // Before commits named their files, a table was one file
+                // per epoch; files of a shard count are a later attempt's.
+                let files: Vec<StateFile> = self
+                    .state_files(operator)
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.epoch <= epoch && f.shard == ShardOf::WHOLE)
+                    .collect();
+                let Some(start) = files.iter().rposition(|f| f.kind == StateKind::Snapshot) else {
+                    if let Some(first) = files.first() {
+                        return Err(Error::Corrupt {
+                            url: self.location().url_of(&first.name),
+                            epoch: Some(first.epoch),
+                            reason: format!("a delta with no snapshot before it for operator '{operator}'"),
+                        });
+                    }
+                    return Ok(None);
+                };
+                vec![files[start..].to_vec()]
+            }
+        };
+        // Each shard's rows as they come, one shard after another: a unit
+        // with rows in several shards comes in one run per shard (not
+        // gathered into one, which would copy the whole state once more).
+        let mut restored: Option<RestoredState> = None;
+        let mut key_len = 0;
+        for chain in &chains {
+            let (schema, k, batches) = self.restore_chain(operator, chain).await?;
+            let other_key_len = std::mem::replace(&mut key_len, k);
+            match &mut restored {
+                None => {
+                    restored = Some(RestoredState {
+                        batches,
+                        schema,
+                        snapshot_epoch: chain[0].epoch,
+                        deltas: chain.len() - 1,
+                        chains: StateChains::default(),
+                    })
+                }
+                Some(r) => {
+                    if r.schema.fields() != schema.fields() || other_key_len != k {
+                        return Err(Error::Corrupt {
+                            url: self.location().url_of(&chain[0].name),
+                            epoch: Some(chain[0].epoch),
+                            reason: "its columns differ from the other shards' files".into(),
+                        });
+                    }
+                    r.batches.extend(batches);
+                    r.snapshot_epoch = r.snapshot_epoch.min(chain[0].epoch);
+                    r.deltas += chain.len() - 1;
+                }
+            }
+        }
+        if let Some(r) = &mut restored {
+            r.chains = StateChains {
+                shards: chains
+                    .iter()
+                    .map(|c| c.iter().map(|f| f.epoch).collect())
+                    .collect(),
+            };
+        }
+        Ok(restored)
+    }
+
+    /// One shard's state from its snapshot (`files[0]`) and the deltas
+    /// after it, in order.
+    async fn restore_chain(
+        &self,
+        operator: &str,
+        files: &[StateFile],
+    ) -> Result<(SchemaRef, usize, Vec<RecordBatch>)> {
+        let Some(first) = files.first() else {
+            return Err(Error::Corrupt {
+                url: self.location().url_of(&Self::state_dir(operator)),
+                epoch: None,
+                reason: "a commit names a shard with no state files".into(),
+            });
+        };
+        if first.kind != StateKind::Snapshot {
+            return Err(Error::Corrupt {
+                url: self.location().url_of(&first.name),
+                epoch: Some(first.epoch),
+                reason: format!("a delta with no snapshot before it for operator '{operator}'"),
+            });
+        }
+        let (snapshot, key_len) = self.read_state_file(operator, first).await?;
         // The rows as the operator wrote them, without the file's metadata.
         let schema = Arc::new(Schema::new(snapshot.schema.fields().clone()));
         let mut table = UnitTable::new(&schema, key_len).map_err(|e| Error::Corrupt {
-            url: self.location().url_of(&files[start].name),
-            epoch: Some(files[start].epoch),
+            url: self.location().url_of(&first.name),
+            epoch: Some(first.epoch),
             reason: e,
         })?;
         table.upsert(&snapshot.batches).map_err(|e| Error::Corrupt {
-            url: self.location().url_of(&files[start].name),
-            epoch: Some(files[start].epoch),
+            url: self.location().url_of(&first.name),
+            epoch: Some(first.epoch),
             reason: e,
         })?;
-        for f in &files[start + 1..] {
+        for f in &files[1..] {
             let corrupt = |reason: String| Error::Corrupt {
                 url: self.location().url_of(&f.name),
                 epoch: Some(f.epoch),
@@ -400,22 +614,20 @@ impl Checkpoint {
             table.delete(&deletes).map_err(corrupt)?;
             table.upsert(&upserts).map_err(corrupt)?;
         }
+        let last = &files[files.len() - 1];
         let batches = table.rows(&schema).map_err(|e| Error::Corrupt {
-            url: self.location().url_of(&files[files.len() - 1].name),
-            epoch: Some(files[files.len() - 1].epoch),
+            url: self.location().url_of(&last.name),
+            epoch: Some(last.epoch),
             reason: e,
         })?;
-        Ok(Some(RestoredState {
-            batches,
-            schema,
-            snapshot_epoch: files[start].epoch,
-            deltas: files.len() - start - 1,
-        }))
+        Ok((schema, key_len, batches))
     }
 
     /// Deletes an operator's files that restoring any epoch from
     /// `keep_from` on does not need: everything before the newest snapshot
-    /// at or before `keep_from`. Returns how many files were deleted.
+    /// at or before `keep_from` (every shard snapshots in the same epoch,
+    /// and a new shard count starts with a snapshot of every shard).
+    /// Returns how many files were deleted.
     pub async fn prune_state(&self, operator: &str, keep_from: u64) -> Result<usize> {
         let files = self.state_files(operator).await?;
         let Some(base) = files
@@ -445,14 +657,20 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Deletes an operator's state file for one epoch, of either kind.
+    /// Deletes an operator's state files for one epoch: every kind and
+    /// shard.
     pub async fn delete_state(&self, operator: &str, epoch: u64) -> Result<()> {
-        for kind in [StateKind::Snapshot, StateKind::Delta] {
-            self.location()
-                .delete(&Self::state_file_name(operator, epoch, kind))
-                .await?;
+        for f in self.state_files(operator).await? {
+            if f.epoch == epoch {
+                self.location().delete(&f.name).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Deletes one state file.
+    pub async fn delete_state_file(&self, f: &StateFile) -> Result<()> {
+        self.location().delete(&f.name).await
     }
 }
 
@@ -855,6 +1073,7 @@ mod tests {
             epoch,
             StateWrite {
                 kind,
+                shard: ShardOf::WHOLE,
                 schema: &s,
                 unit_key_len: 1,
                 upserts: up,
@@ -970,6 +1189,7 @@ mod tests {
                 schema: schema(),
                 snapshot_epoch: 0,
                 deltas: 0,
+                chains: StateChains::default(),
             };
             let expected: Vec<(String, i64)> = model
                 .iter()
@@ -1005,6 +1225,7 @@ mod tests {
                         schema: schema(),
                         snapshot_epoch: 0,
                         deltas: 0,
+                        chains: StateChains::default(),
                     };
                     let mut expected = vec![("a".to_string(), 1), ("a".to_string(), 3)];
                     if held {
@@ -1143,6 +1364,7 @@ mod tests {
                     *op,
                     StateWrite {
                         kind: *kind,
+                        shard: ShardOf::WHOLE,
                         schema: &s,
                         unit_key_len: 1,
                         upserts: up,
@@ -1182,6 +1404,115 @@ mod tests {
             restored,
             vec![("k7".into(), 7), ("k8".into(), 8), ("k9".into(), 9)]
         );
+    }
+
+    async fn write_shard(ck: &Checkpoint, epoch: u64, kind: StateKind, shard: ShardOf, up: &[RecordBatch]) {
+        let s = schema();
+        let w = StateWrite {
+            kind,
+            shard,
+            schema: &s,
+            unit_key_len: 1,
+            upserts: up,
+            deletes: &[],
+        };
+        ck.write_state("op", epoch, w).await.unwrap();
+    }
+
+    /// Shards' chains named by a commit are restored by name and unioned;
+    /// files the commit does not name (a crashed attempt's, another shard
+    /// count's) are not read, and a named file that is gone is reported.
+    #[tokio::test]
+    async fn shard_chains_named_by_a_commit_are_what_restores() {
+        let loc = Location::open("memory://state-shards", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let (s0, s1) = (ShardOf::new(0, 2), ShardOf::new(1, 2));
+        write_shard(&ck, 3, StateKind::Snapshot, s0, &[rows(&[("a", 1)])]).await;
+        write_shard(&ck, 3, StateKind::Snapshot, s1, &[rows(&[("b", 2)])]).await;
+        write_shard(&ck, 4, StateKind::Delta, s1, &[rows(&[("b", 20), ("c", 3)])]).await;
+        // Never committed: a later attempt under three threads.
+        write_shard(
+            &ck,
+            5,
+            StateKind::Snapshot,
+            ShardOf::new(0, 3),
+            &[rows(&[("z", 9)])],
+        )
+        .await;
+        write(&ck, 5, StateKind::Snapshot, &[rows(&[("y", 8)])], &[]).await;
+        let names: Vec<String> = ck
+            .state_files("op")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "state/op/00000000000000000003.snapshot.0-of-2.parquet",
+                "state/op/00000000000000000003.snapshot.1-of-2.parquet",
+                "state/op/00000000000000000004.delta.1-of-2.parquet",
+                "state/op/00000000000000000005.snapshot.parquet",
+                "state/op/00000000000000000005.snapshot.0-of-3.parquet",
+            ]
+        );
+        let chains = StateChains {
+            shards: vec![vec![3], vec![3, 4]],
+        };
+        let listed = BTreeMap::from([("op".to_string(), chains.clone())]);
+        let r = ck
+            .restore_state_listed("op", 4, Some(&listed))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = as_pairs(&r);
+        got.sort();
+        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 20), ("c".into(), 3)]);
+        assert_eq!((r.snapshot_epoch, r.deltas, r.chains), (3, 1, chains));
+        // An operator the commit does not name has no state.
+        let none = BTreeMap::new();
+        assert!(
+            ck.restore_state_listed("op", 4, Some(&none))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Pruning from epoch 5 keeps only epoch 5's snapshots.
+        assert_eq!(ck.prune_state("op", 5).await.unwrap(), 3);
+        let err = ck
+            .restore_state_listed("op", 4, Some(&listed))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("00000000000000000003.snapshot.0-of-2.parquet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn state_file_names_parse_back() {
+        for shard in [ShardOf::WHOLE, ShardOf::new(0, 2), ShardOf::new(6, 7)] {
+            for kind in [StateKind::Snapshot, StateKind::Delta] {
+                let name = Checkpoint::state_file_name("op", 42, kind, shard);
+                let file = name.rsplit('/').next().unwrap();
+                assert_eq!(
+                    Checkpoint::parse_state_file_name(file),
+                    Some((42, kind, shard)),
+                    "{name}"
+                );
+            }
+        }
+        for bad in [
+            "7.snapshot.2-of-2.parquet",
+            "7.snapshot.0-of-1.parquet",
+            "7.delta.x.parquet",
+            "7.delta.0-of-2.extra.parquet",
+            "7.full.parquet",
+        ] {
+            assert_eq!(Checkpoint::parse_state_file_name(bad), None, "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use weir_sql::{Job, TableDecl};
 use weir_storage::location::Create;
 use weir_storage::{
-    Checkpoint, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord, StoreOptions,
+    Checkpoint, DroppedState, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord,
+    StoreOptions,
 };
 
 use super::Records;
@@ -42,6 +43,7 @@ pub(crate) async fn claim_checkpoint(
             operators: r.operators,
             sources: r.sources,
             sinks: r.sinks,
+            dropped_state: None,
         };
         return match checkpoint.create_metadata(&metadata).await {
             Ok(()) => Ok((metadata, Vec::new(), BTreeSet::new())),
@@ -70,7 +72,7 @@ pub(crate) async fn claim_checkpoint(
     if same_text && unchanged {
         return Ok((existing, Vec::new(), BTreeSet::new()));
     }
-    let updated = Metadata {
+    let mut updated = Metadata {
         sql: job.redacted_sql(),
         fingerprint,
         operators: new.operators.clone(),
@@ -107,6 +109,19 @@ pub(crate) async fn claim_checkpoint(
     } else {
         let kept = super::kept_sources(old.as_ref(), &new);
         let dropped = reset_for_fresh_state(checkpoint, &existing, &kept, &options.store_options).await?;
+        // The last commit still names the dropped tables' files.
+        if let Some(c) = checkpoint.commits.latest().await? {
+            let mut tables = match existing.dropped_state {
+                Some(d) if d.as_of == c => d.tables,
+                _ => Vec::new(),
+            };
+            for t in &dropped {
+                if !tables.contains(t) {
+                    tables.push(t.clone());
+                }
+            }
+            updated.dropped_state = Some(DroppedState { as_of: c, tables });
+        }
         reset = new
             .sources
             .iter()
@@ -257,7 +272,7 @@ pub(crate) async fn reset_for_fresh_state(
         } else {
             for f in checkpoint.state_files(&op).await? {
                 if f.epoch > after {
-                    checkpoint.delete_state(&op, f.epoch).await?;
+                    checkpoint.delete_state_file(&f).await?;
                 }
             }
         }

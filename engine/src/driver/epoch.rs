@@ -263,7 +263,7 @@ impl StreamingJob {
         };
         let rows_out = rows_by_sink.iter().sum();
         let checkpoint_started = Instant::now();
-        let (state_bytes, operators) = self.write_state(epoch).await?;
+        let (state_bytes, operators, chains) = self.write_state(epoch).await?;
         let rows_of = |name: &String| rows_by_source.get(name).copied().unwrap_or(0);
         let rows_in = rows_by_source.values().sum();
         let bad_rows = bad_by_source.values().sum();
@@ -276,9 +276,11 @@ impl StreamingJob {
             committed_at: chrono::Utc::now().to_rfc3339(),
             last_data_ms: BTreeMap::new(),
             pipeline_watermarks: ran.pipeline_watermarks,
+            state: Some(chains.clone()),
         };
         let read: Vec<&String> = rows_by_source.keys().collect();
         let commit_bytes = self.commit(epoch, &entry, &read, commit).await?;
+        self.state_chains = chains;
         let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.publish(epoch).await?;
         self.warn_of_late_rows(&entry, rows_in, &ran.all_late).await;
@@ -550,30 +552,66 @@ impl StreamingJob {
     }
 
     /// Step 6: sources' progress and operators' state, as a delta of what
-    /// changed or now and then a snapshot. Returns the bytes written and
-    /// each operator's state.
-    async fn write_state(&mut self, epoch: u64) -> Result<(u64, Vec<OperatorProgress>)> {
+    /// changed or now and then a snapshot, one file per part (shard) of a
+    /// table that checkpoints its shards apart. Returns the bytes written,
+    /// each operator's state, and the state files that restore every
+    /// table as of this epoch (for the commit to name).
+    async fn write_state(
+        &mut self,
+        epoch: u64,
+    ) -> Result<(u64, Vec<OperatorProgress>, BTreeMap<String, StateChains>)> {
         let mut state_bytes = 0;
         let mut operators = Vec::new();
-        let mut writes: Vec<(String, StateKind, SchemaRef, usize, crate::exec::StateChange)> = Vec::new();
+        let mut chains = self.state_chains.clone();
+        // One table's parts for this epoch: (table, kind, schema,
+        // unit_key_len, parts), a part per shard (`None`: unchanged).
+        type Parts = Vec<Option<crate::exec::StateChange>>;
+        let mut tables: Vec<(String, StateKind, SchemaRef, usize, Parts)> = Vec::new();
+        // A table whose stored parts do not match its shards (another
+        // thread count before a restart) starts over with a snapshot.
+        let mismatched = |chains: &BTreeMap<String, StateChains>, id: &str, parts: usize| {
+            chains.get(id).is_none_or(|c| c.shards.len() != parts)
+        };
         for (name, slot) in self.sources.iter_mut() {
             let id = source_state_name(name);
-            let full = self.policies.entry(id.clone()).or_default().full(None);
+            let full = self.policies.entry(id.clone()).or_default().full(None) || mismatched(&chains, &id, 1);
             if let Some(change) = slot.source.checkpoint(full)? {
-                writes.push((id, kind_of(full), slot.source.progress_schema(), 1, change));
+                tables.push((
+                    id,
+                    kind_of(full),
+                    slot.source.progress_schema(),
+                    1,
+                    vec![Some(change)],
+                ));
             }
         }
         for p in &self.pipelines {
             for (id, op) in &p.operators {
                 let held = op.state_rows() as u64;
-                let full = self.policies.entry(id.clone()).or_default().full(Some(held));
-                if let Some(change) = op.checkpoint(full)? {
-                    writes.push((
+                let n = op.state_shards().max(1);
+                let full = self.policies.entry(id.clone()).or_default().full(Some(held))
+                    || mismatched(&chains, id, n);
+                let mut parts = op.checkpoint(full)?;
+                if parts.len() != n {
+                    return Err(Error::Runtime(format!(
+                        "internal error: operator {id} checkpointed {} parts of its state, not {n}",
+                        parts.len()
+                    )));
+                }
+                if parts.iter().any(Option::is_some) {
+                    if full {
+                        // Every part restarts its chain with a snapshot,
+                        // an empty one if it holds nothing.
+                        for part in &mut parts {
+                            part.get_or_insert_with(Default::default);
+                        }
+                    }
+                    tables.push((
                         id.clone(),
                         kind_of(full),
                         op.state_schema(),
                         op.unit_key_len(),
-                        change,
+                        parts,
                     ));
                 }
                 operators.push(OperatorProgress {
@@ -586,28 +624,61 @@ impl StreamingJob {
         // Encoded on every thread the job has (the epoch's other work is
         // done), then written side by side.
         let threads = self.state.config().target_partitions().max(1);
+        let mut owners: Vec<(usize, usize)> = Vec::new();
         let encoded = {
-            let states: Vec<(&str, StateWrite<'_>)> = writes
-                .iter()
-                .map(|(id, kind, schema, unit_key_len, change)| {
-                    (
+            let mut states: Vec<(&str, StateWrite<'_>)> = Vec::new();
+            for (t, (id, kind, schema, unit_key_len, parts)) in tables.iter().enumerate() {
+                for (k, part) in parts.iter().enumerate() {
+                    let Some(change) = part else { continue };
+                    owners.push((t, k));
+                    states.push((
                         id.as_str(),
                         StateWrite {
                             kind: *kind,
+                            shard: ShardOf::new(k, parts.len()),
                             schema,
                             unit_key_len: *unit_key_len,
                             upserts: &change.upserts,
                             deletes: &change.deletes,
                         },
-                    )
-                })
-                .collect();
+                    ));
+                }
+            }
             self.checkpoint.encode_states(epoch, &states, threads)?
         };
         let written =
             futures::future::try_join_all(encoded.into_iter().map(|e| self.checkpoint.put_state(e))).await?;
-        for ((id, kind, _, _, change), bytes) in writes.into_iter().zip(written) {
-            let rows = change.upserts.iter().map(|b| b.num_rows() as u64).sum();
+        let mut table_bytes = vec![0u64; tables.len()];
+        for (&(t, _), bytes) in owners.iter().zip(written) {
+            table_bytes[t] += bytes;
+        }
+        for ((id, kind, _, _, parts), bytes) in tables.into_iter().zip(table_bytes) {
+            let rows = parts
+                .iter()
+                .flatten()
+                .flat_map(|c| &c.upserts)
+                .map(|b| b.num_rows() as u64)
+                .sum();
+            // The files that restore the table as of this epoch: a snapshot
+            // (of every part) starts them over; a delta adds to its part's.
+            match kind {
+                StateKind::Snapshot => {
+                    chains.insert(
+                        id.clone(),
+                        StateChains {
+                            shards: vec![vec![epoch]; parts.len()],
+                        },
+                    );
+                }
+                StateKind::Delta => {
+                    let chain = chains.entry(id.clone()).or_default();
+                    for (k, part) in parts.iter().enumerate() {
+                        if part.is_some() {
+                            chain.shards[k].push(epoch);
+                        }
+                    }
+                }
+            }
             self.policies.entry(id).or_default().record(kind, bytes, rows);
             state_bytes += bytes;
         }
@@ -615,7 +686,7 @@ impl StreamingJob {
             op.state_bytes = self.policies.get(&op.name).map_or(0, SnapshotPolicy::bytes);
         }
         self.hooks.reached(Step::StateWritten, epoch)?;
-        Ok((state_bytes, operators))
+        Ok((state_bytes, operators, chains))
     }
 
     /// Step 7: `commits/N`, created only if absent. Only now is the epoch

@@ -60,7 +60,8 @@ use tokio::sync::watch;
 use weir_sql::{Job, JobKind, PipelinePlan, StreamPlanner, Watermark};
 use weir_storage::location::Create;
 use weir_storage::{
-    Checkpoint, CommitEntry, Location, Metadata, OffsetsEntry, StateKind, StateWrite, StoreOptions,
+    Checkpoint, CommitEntry, Location, Metadata, OffsetsEntry, ShardOf, StateChains, StateKind, StateWrite,
+    StoreOptions,
 };
 
 use crate::compat;
@@ -144,6 +145,10 @@ pub struct StreamingJob {
     remote: Option<Arc<dyn crate::remote::RemoteReader>>,
     /// When each state table next gets a snapshot.
     policies: HashMap<String, SnapshotPolicy>,
+    /// The state files that restore each table as of the last commit
+    /// (what it named); an epoch's checkpoint adds to them, and its commit
+    /// names the result.
+    state_chains: BTreeMap<String, StateChains>,
     /// This job's hold on the checkpoint.
     lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.

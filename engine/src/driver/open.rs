@@ -276,6 +276,7 @@ impl StreamingJob {
             hooks: options.hooks,
             remote: options.remote,
             policies: HashMap::new(),
+            state_chains: BTreeMap::new(),
             lease,
             retain_epochs: options.retain_epochs.max(1),
             notes,

@@ -14,6 +14,10 @@ impl StreamingJob {
                     self.checkpoint.commits.url(c)
                 ))
             })?;
+            // The files the commit names (`None` in a commit of a Weir
+            // before they were named: the folders are listed).
+            let listed = self.metadata.state_listing(c, &entry);
+            let listed = listed.as_ref();
             for (source, wm) in entry.watermarks {
                 if self.reset_sources.contains(&source) {
                     continue;
@@ -23,7 +27,9 @@ impl StreamingJob {
                 }
             }
             for (name, slot) in self.sources.iter_mut() {
-                if let Some(restored) = self.checkpoint.restore_state(&source_state_name(name), c).await? {
+                let id = source_state_name(name);
+                if let Some(restored) = self.checkpoint.restore_state_listed(&id, c, listed).await? {
+                    self.state_chains.insert(id, restored.chains.clone());
                     slot.source.restore(&restored.batches).map_err(|e| {
                         Error::Checkpoint(format!(
                             "restoring source '{name}' from {} (epoch {c}): {e}",
@@ -39,7 +45,8 @@ impl StreamingJob {
                     .copied()
                     .unwrap_or(i64::MIN);
                 for (id, op) in &p.operators {
-                    if let Some(restored) = self.checkpoint.restore_state(id, c).await? {
+                    if let Some(restored) = self.checkpoint.restore_state_listed(id, c, listed).await? {
+                        self.state_chains.insert(id.clone(), restored.chains.clone());
                         // The rows move into the operator, which may let each
                         // batch go once it has taken what it keeps.
                         let (snapshot_epoch, deltas) = (restored.snapshot_epoch, restored.deltas);

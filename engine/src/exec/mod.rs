@@ -113,11 +113,19 @@ pub struct StateChange {
     pub deletes: Vec<RecordBatch>,
 }
 
+impl StateChange {
+    /// The change as one shard's part of a checkpoint: `None` when it is
+    /// empty, unless `full` (a snapshot is written even when empty).
+    pub(crate) fn part(self, full: bool) -> Option<StateChange> {
+        (full || self.upserts.iter().chain(&self.deletes).any(|b| b.num_rows() > 0)).then_some(self)
+    }
+}
+
 /// An operator whose state outlives an epoch and goes into checkpoints.
 ///
 /// Contract: `checkpoint(false)` returns what changed since the previous
-/// `checkpoint` call (or `None` if nothing did) and `checkpoint(true)`
-/// every row; `restore` given the state rebuilt from those (a snapshot and
+/// `checkpoint` call (`None` for a shard where nothing did) and
+/// `checkpoint(true)` every row; `restore` given the state rebuilt from those (a snapshot and
 /// the deltas after it) brings the operator back to the same state, such
 /// that the following epochs produce the same output as if the process had
 /// never stopped. `watermark` is the pipeline's watermark of the last
@@ -138,8 +146,18 @@ pub trait StatefulOperator: Send + Sync {
     fn state_schema(&self) -> SchemaRef;
     /// How many leading columns of a state row identify its unit.
     fn unit_key_len(&self) -> usize;
-    /// The change since the last checkpoint, or every row when `full`.
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>>;
+    /// How many parts a checkpoint of the state comes in: its shards (one
+    /// per thread for a keyed operator, else 1). Fixed for its life.
+    fn state_shards(&self) -> usize;
+    /// The change since the last checkpoint, or every row when `full`,
+    /// shard by shard: element k is shard k's (`None` if it has none), in
+    /// `state_shards()` elements; when `full`, each is `Some`. Each part is
+    /// a state file of its own (`k-of-n`), restored on its own (its
+    /// snapshot, then its deltas) and then given to
+    /// [`StatefulOperator::restore`] with the other parts' rows: a unit
+    /// written in one part replaces that part's rows of it, never another
+    /// part's.
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>>;
     /// Replaces the state with restored rows. They are the operator's to
     /// keep (slices of them, without a copy) or to drop batch by batch as
     /// it goes, so that a large state is not held twice at the peak.

@@ -399,23 +399,18 @@ impl StatefulOperator for SessionState {
         3
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
+        // Sessions never span shards: each shard's change is its own.
         let mut shards = self.shards.lock_all();
-        if !full
-            && shards
-                .iter()
-                .all(|i| i.changed.is_empty() && i.removed.is_empty())
-        {
-            return Ok(None);
-        }
-        // Sessions never span shards: the change is the shards' changes.
-        let mut change = StateChange::default();
+        let mut parts = Vec::with_capacity(shards.len());
         for inner in shards.iter_mut() {
-            let part = self.checkpoint_shard(inner, full)?;
-            change.upserts.extend(part.upserts);
-            change.deletes.extend(part.deletes);
+            parts.push(self.checkpoint_shard(inner, full)?.part(full));
         }
-        Ok(Some(change))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {

@@ -7,17 +7,21 @@
 //! keeps its groups in its own *shard*, behind its own lock, so the shards
 //! aggregate in parallel without sharing anything.
 //!
-//! Checkpoints do not know about shards: an operator still writes one state
-//! table, the union of its shards' rows, and its units keep their meaning.
-//! A restore deals the rows back to shards with the same hash function the
-//! repartition uses ([`BatchPartitioner`] with DataFusion's fixed-seed
-//! `REPARTITION_RANDOM_STATE`), over the stored key columns, which hold the
-//! very values the repartition hashes. So a job can stop under one thread
-//! count and resume under another.
+//! Each shard checkpoints on its own: an epoch writes one state file per
+//! shard that changed (`<epoch>.delta.<k>-of-<n>.parquet`), and the commit
+//! names every shard's files (`weir_storage::StateChains`), so a shard's
+//! state can be written and read where the shard runs. A unit keeps its
+//! meaning within a shard's files: a window holding many keys has rows in
+//! several shards, and each shard's file holds (and replaces) only its own.
+//! A restore reads every shard's files and deals the rows back to shards
+//! with the same hash function the repartition uses ([`BatchPartitioner`]
+//! with DataFusion's fixed-seed `REPARTITION_RANDOM_STATE`), over the stored
+//! key columns, which hold the very values the repartition hashes. So a job
+//! can stop under one thread count and resume under another (its next
+//! checkpoint is then a snapshot of every new shard).
 //!
 //! Invariant: the rows of one group are always in one shard. A unit that
-//! spans groups (a window holding many keys) may have rows in several shards;
-//! the operator's checkpoint then writes the unit's rows from all of them.
+//! spans groups may come back in several runs, one per stored shard.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

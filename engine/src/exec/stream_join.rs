@@ -2360,20 +2360,25 @@ impl StatefulOperator for StreamJoinState {
         2
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
         let held = self.shards.lock_all();
         let mut dirty = self.dirty();
-        if !full && dirty.is_empty() {
-            return Ok(None);
-        }
-        let mut upserts = Vec::new();
-        let mut present = BTreeSet::new();
+        let mut parts = Vec::with_capacity(held.len());
         for (shard, h) in held.iter().enumerate() {
+            // A unit is a side's rows of one arrival epoch: each shard's
+            // part rewrites its own rows of the dirty units, and deletes
+            // the dirty units it no longer holds.
+            let mut upserts = Vec::new();
+            let mut present = BTreeSet::new();
             for (side, chunks) in [(Side::Left, &h.left), (Side::Right, &h.right)] {
                 // A broadcast side's rows are the same in every shard (the
                 // same rows in, evicted by the same watermark): written
-                // once, from shard 0, so the state file is the one a join
-                // with keyed shards writes.
+                // once, in shard 0's part; a restore gives them to every
+                // shard.
                 if shard > 0 && self.broadcast == Some(side) {
                     continue;
                 }
@@ -2385,26 +2390,32 @@ impl StatefulOperator for StreamJoinState {
                     }
                 }
             }
+            let gone: Vec<(u8, i64)> = if full {
+                vec![]
+            } else {
+                dirty
+                    .iter()
+                    .copied()
+                    .filter(|u| !present.contains(u))
+                    .filter(|&(side, _)| shard == 0 || self.broadcast.is_none_or(|b| b as u8 != side))
+                    .collect()
+            };
+            let deletes = if gone.is_empty() {
+                vec![]
+            } else {
+                let (sides, epochs): (Vec<u8>, Vec<i64>) = gone.into_iter().unzip();
+                vec![RecordBatch::try_new(
+                    Arc::new(self.state_schema.project(&[0, 1])?),
+                    vec![
+                        Arc::new(UInt8Array::from(sides)),
+                        Arc::new(Int64Array::from(epochs)),
+                    ],
+                )?]
+            };
+            parts.push(StateChange { upserts, deletes }.part(full));
         }
-        let gone: Vec<(u8, i64)> = if full {
-            vec![]
-        } else {
-            dirty.iter().copied().filter(|u| !present.contains(u)).collect()
-        };
-        let deletes = if gone.is_empty() {
-            vec![]
-        } else {
-            let (sides, epochs): (Vec<u8>, Vec<i64>) = gone.into_iter().unzip();
-            vec![RecordBatch::try_new(
-                Arc::new(self.state_schema.project(&[0, 1])?),
-                vec![
-                    Arc::new(UInt8Array::from(sides)),
-                    Arc::new(Int64Array::from(epochs)),
-                ],
-            )?]
-        };
         dirty.clear();
-        Ok(Some(StateChange { upserts, deletes }))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, watermark: i64) -> Result<()> {

@@ -840,17 +840,15 @@ impl StatefulOperator for StreamTopNState {
         self.p.partition_by.len().max(1)
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
         let mut shards = self.shards.lock_all();
-        if !full
-            && shards
-                .iter()
-                .all(|s| s.changed.is_empty() && s.deleted.is_empty())
-        {
-            return Ok(None);
-        }
-        let mut change = StateChange::default();
+        let mut parts = Vec::with_capacity(shards.len());
         for inner in shards.iter_mut() {
+            let mut change = StateChange::default();
             let keys: Vec<&Vec<u8>> = if full {
                 inner.parts.keys().collect()
             } else {
@@ -869,8 +867,9 @@ impl StatefulOperator for StreamTopNState {
             }
             inner.deleted.clear();
             inner.changed.clear();
+            parts.push(change.part(full));
         }
-        Ok(Some(change))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {

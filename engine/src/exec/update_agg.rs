@@ -968,11 +968,16 @@ impl StatefulOperator for UpdateState {
         self.n_keys()
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
-        // A group is in one shard: the change is the shards' changes.
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
+        // A group is in one shard: each shard's change is its own.
         let mut shards = self.shards.lock_all();
-        let mut change = StateChange::default();
+        let mut parts = Vec::with_capacity(shards.len());
         for inner in shards.iter_mut() {
+            let mut change = StateChange::default();
             if full {
                 change.upserts.extend(self.live_rows(inner)?);
                 inner.pending_upserts.clear();
@@ -981,11 +986,9 @@ impl StatefulOperator for UpdateState {
                 change.upserts.append(&mut inner.pending_upserts);
                 change.deletes.append(&mut inner.pending_deletes);
             }
+            parts.push(change.part(full));
         }
-        if !full && change.upserts.is_empty() && change.deletes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(change))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
@@ -1063,18 +1066,18 @@ impl StatefulOperator for DistinctValuesTable {
         self.0.n_keys() + 1 + self.0.distinct.len()
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.0.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
         let mut shards = self.0.shards.lock_all();
-        let mut change = StateChange::default();
+        let mut parts = Vec::with_capacity(shards.len());
         for inner in shards.iter_mut() {
             let (upserts, deletes) = self.0.value_changes(&mut inner.seen, full)?;
-            change.upserts.extend(upserts);
-            change.deletes.extend(deletes);
+            parts.push(StateChange { upserts, deletes }.part(full));
         }
-        if !full && change.upserts.is_empty() && change.deletes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(change))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {

@@ -704,27 +704,24 @@ impl StatefulOperator for WindowAggState {
         2
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
+        // A unit (window or slice) may have rows in several shards; each
+        // shard's part holds its own rows of the units that changed in it.
         let mut shards = self.shards.lock_all();
-        if !full
-            && shards
-                .iter()
-                .all(|i| i.changed.is_empty() && i.removed.is_empty())
-        {
-            return Ok(None);
-        }
-        // A unit (window or slice) may have rows in several shards: a unit
-        // that changed in any of them is written whole, from all of them.
-        let units: BTreeSet<(i64, i64)> = if full {
-            shards.iter().flat_map(|i| i.units.keys().copied()).collect()
-        } else {
-            shards.iter().flat_map(|i| i.changed.iter().copied()).collect()
-        };
-        let mut upserts = Vec::with_capacity(units.len());
-        let mut kept = BTreeSet::new();
-        for unit in units {
-            for inner in shards.iter_mut() {
-                let Some(u) = inner.units.get_mut(&unit) else {
+        let mut parts = Vec::with_capacity(shards.len());
+        for inner in shards.iter_mut() {
+            let units: BTreeSet<(i64, i64)> = if full {
+                inner.units.keys().copied().collect()
+            } else {
+                inner.changed.iter().copied().collect()
+            };
+            let mut upserts = Vec::with_capacity(units.len());
+            for unit in &units {
+                let Some(u) = inner.units.get_mut(unit) else {
                     continue;
                 };
                 if u.snapshot.is_none() {
@@ -732,10 +729,10 @@ impl StatefulOperator for WindowAggState {
                         UnitState::Live(g) => {
                             let n = g.len();
                             let (k, s) = g.snapshot(&self.agg)?;
-                            self.unit_rows(unit, &k, &s, n)?
+                            self.unit_rows(*unit, &k, &s, n)?
                         }
                         UnitState::Frozen { keys, states, rows } => {
-                            self.unit_rows(unit, keys, states, *rows)?
+                            self.unit_rows(*unit, keys, states, *rows)?
                         }
                         // One state row per partial row (a restore merges
                         // a window's rows, however many).
@@ -747,33 +744,35 @@ impl StatefulOperator for WindowAggState {
                     u.snapshot = Some(batch);
                 }
                 upserts.extend(u.snapshot.clone());
-                kept.insert(unit);
             }
-        }
-        // Gone from every shard (all shards evict by the same watermark).
-        let removed: BTreeSet<(i64, i64)> = shards
-            .iter()
-            .flat_map(|i| i.removed.iter().copied())
-            .filter(|u| !kept.contains(u) && !shards.iter().any(|i| i.units.contains_key(u)))
-            .collect();
-        let deletes = if full || removed.is_empty() {
-            vec![]
-        } else {
-            let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
-            let schema = Arc::new(self.state_schema.project(&[0, 1])?);
-            vec![RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(Int64Array::from(starts)),
-                    Arc::new(Int64Array::from(ends)),
-                ],
-            )?]
-        };
-        for inner in shards.iter_mut() {
+            let removed: Vec<(i64, i64)> = if full {
+                vec![]
+            } else {
+                inner
+                    .removed
+                    .iter()
+                    .copied()
+                    .filter(|u| !inner.units.contains_key(u))
+                    .collect()
+            };
+            let deletes = if removed.is_empty() {
+                vec![]
+            } else {
+                let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
+                let schema = Arc::new(self.state_schema.project(&[0, 1])?);
+                vec![RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(Int64Array::from(starts)),
+                        Arc::new(Int64Array::from(ends)),
+                    ],
+                )?]
+            };
             inner.changed.clear();
             inner.removed.clear();
+            parts.push(StateChange { upserts, deletes }.part(full));
         }
-        Ok(Some(StateChange { upserts, deletes }))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, watermark: i64) -> Result<()> {

@@ -419,30 +419,28 @@ impl StatefulOperator for TopNState {
         2
     }
 
-    fn checkpoint(&self, full: bool) -> Result<Option<StateChange>> {
+    fn state_shards(&self) -> usize {
+        self.shards.count()
+    }
+
+    fn checkpoint(&self, full: bool) -> Result<Vec<Option<StateChange>>> {
+        // A window may have rows in several shards; each shard's part holds
+        // its own rows of the windows that changed in it.
         let mut shards = self.shards.lock_all();
-        if !full
-            && shards
-                .iter()
-                .all(|i| i.changed.is_empty() && i.removed.is_empty())
-        {
-            return Ok(None);
-        }
-        // A window may have rows in several shards: a window that changed
-        // in any of them is written whole, from all of them.
-        let present = |w: &(i64, i64)| shards.iter().any(|i| i.windows.contains_key(w));
-        let windows: BTreeSet<(i64, i64)> = if full {
-            shards.iter().flat_map(|i| i.windows.keys().copied()).collect()
-        } else {
-            shards
-                .iter()
-                .flat_map(|i| i.changed.iter().copied())
-                .filter(|w| present(w))
-                .collect()
-        };
-        let mut upserts = Vec::new();
-        for &(end, start) in &windows {
-            for inner in shards.iter() {
+        let mut parts = Vec::with_capacity(shards.len());
+        for inner in shards.iter_mut() {
+            let windows: BTreeSet<(i64, i64)> = if full {
+                inner.windows.keys().copied().collect()
+            } else {
+                inner
+                    .changed
+                    .iter()
+                    .copied()
+                    .filter(|w| inner.windows.contains_key(w))
+                    .collect()
+            };
+            let mut upserts = Vec::new();
+            for &(end, start) in &windows {
                 let Some(batches) = inner.windows.get(&(end, start)) else {
                     continue;
                 };
@@ -455,34 +453,33 @@ impl StatefulOperator for TopNState {
                 columns.extend(rows.columns().iter().cloned());
                 upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
             }
-        }
-        // Gone from every shard (all shards emit by the same watermark).
-        let removed: BTreeSet<(i64, i64)> = if full {
-            BTreeSet::new()
-        } else {
-            shards
-                .iter()
-                .flat_map(|i| i.removed.iter().copied())
-                .filter(|w| !present(w))
-                .collect()
-        };
-        let deletes = if removed.is_empty() {
-            vec![]
-        } else {
-            let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
-            vec![RecordBatch::try_new(
-                Arc::new(self.state_schema.project(&[0, 1])?),
-                vec![
-                    Arc::new(Int64Array::from(starts)),
-                    Arc::new(Int64Array::from(ends)),
-                ],
-            )?]
-        };
-        for inner in shards.iter_mut() {
+            let removed: BTreeSet<(i64, i64)> = if full {
+                BTreeSet::new()
+            } else {
+                inner
+                    .removed
+                    .iter()
+                    .copied()
+                    .filter(|w| !inner.windows.contains_key(w))
+                    .collect()
+            };
+            let deletes = if removed.is_empty() {
+                vec![]
+            } else {
+                let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
+                vec![RecordBatch::try_new(
+                    Arc::new(self.state_schema.project(&[0, 1])?),
+                    vec![
+                        Arc::new(Int64Array::from(starts)),
+                        Arc::new(Int64Array::from(ends)),
+                    ],
+                )?]
+            };
             inner.changed.clear();
             inner.removed.clear();
+            parts.push(StateChange { upserts, deletes }.part(full));
         }
-        Ok(Some(StateChange { upserts, deletes }))
+        Ok(parts)
     }
 
     fn restore(&self, batches: Vec<RecordBatch>, _watermark: i64) -> Result<()> {
