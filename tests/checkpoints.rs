@@ -170,6 +170,17 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
         named_by_commit(&ws, 3, "p0-agg0"),
         vec![vec![3], vec![3], vec![3]]
     );
+    let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    let line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("p0-agg0 "))
+        .unwrap();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cells[2], cells[3]),
+        ("3", "3"),
+        "3 shards from epoch 3's snapshot: {line}"
+    );
     once("1");
     assert_eq!(named_by_commit(&ws, 4, "p0-agg0"), vec![vec![4]]);
     assert!(state_file_names(&ws, "p0-agg0").contains(&"00000000000000000004.snapshot.parquet".to_string()));

@@ -256,8 +256,8 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
     );
     let _ = writeln!(
         out,
-        "  {:<24}  {:>5}  {:>9}  {:>6}  {:>10}  {:>10}",
-        "table", "files", "snapshot", "deltas", "bytes", "rows"
+        "  {:<24}  {:>5}  {:>6}  {:>9}  {:>6}  {:>10}  {:>10}",
+        "table", "files", "shards", "snapshot", "deltas", "bytes", "rows"
     );
     let operators = ck.state_operators().await.unwrap_or_else(|e| {
         problems.push(e.to_string());
@@ -272,24 +272,25 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
             }
         };
         let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-        let (snapshot, deltas, rows) = match last_good {
+        let (shards, snapshot, deltas, rows) = match last_good {
             Some(c) => match ck.restore_state(&op, c).await {
                 Ok(Some(r)) => (
+                    r.chains.shards.len().to_string(),
                     r.snapshot_epoch.to_string(),
                     r.deltas.to_string(),
                     r.batches.iter().map(|b| b.num_rows()).sum::<usize>().to_string(),
                 ),
-                Ok(None) => ("-".into(), "-".into(), "0".into()),
+                Ok(None) => ("-".into(), "-".into(), "-".into(), "0".into()),
                 Err(e) => {
                     problems.push(e.to_string());
-                    ("?".into(), "?".into(), "?".into())
+                    ("?".into(), "?".into(), "?".into(), "?".into())
                 }
             },
-            None => ("-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let _ = writeln!(
             out,
-            "  {op:<24}  {:>5}  {snapshot:>9}  {deltas:>6}  {:>10}  {rows:>10}",
+            "  {op:<24}  {:>5}  {shards:>6}  {snapshot:>9}  {deltas:>6}  {:>10}  {rows:>10}",
             files.len(),
             bytes_text(bytes)
         );
