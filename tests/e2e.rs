@@ -607,6 +607,9 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
         })
         .max()
         .unwrap();
+    // As a reset killed after deleting the aggregate's state would leave
+    // it: the folder gone, the metadata still the old query's.
+    std::fs::remove_dir_all(ws.path("ck/state/p0-agg0")).unwrap();
     let crash = format!("state-written@{}", last + 1);
     let r = ws
         .weir_env(
@@ -620,7 +623,7 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
         r.stderr()
     );
     let meta = std::fs::read_to_string(ws.path("ck/metadata.json")).unwrap();
-    assert!(meta.contains("dropped_state"), "{meta}");
+    assert!(meta.contains("state_generations"), "{meta}");
     ws.weir(&[&args[..], &["--drain"]].concat()).ok();
     let oracle = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') AS ws,
         date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '1970-01-01T00:00:00') + INTERVAL '10' SECOND AS we,

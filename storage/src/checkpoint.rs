@@ -32,38 +32,31 @@ pub struct Metadata {
     /// Where the job writes, so tools (rollback) can find its output.
     #[serde(default)]
     pub sinks: Vec<SinkRecord>,
-    /// State tables dropped by `--fresh-state` (a changed query), and the
-    /// last commit then. That commit names their files, which are gone: as
-    /// of it, and of any commit before it, they restore as empty. The
-    /// next commit names only what the changed query wrote.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_state: Option<DroppedState>,
-}
-
-/// See [`Metadata::dropped_state`].
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DroppedState {
-    /// The last commit when they were dropped.
-    pub as_of: u64,
-    /// The tables (operator ids and `source-<name>`).
-    pub tables: Vec<String>,
+    /// Per state table (operator id, `source-<name>`), how many times
+    /// `--fresh-state` has dropped its state (absent: never). A commit's
+    /// list of a table's files ([`crate::StateChains::generation`]) counts
+    /// only if written in the table's current generation: an older list
+    /// names files that were deleted, whichever epoch it is of and whatever
+    /// rollbacks came since.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub state_generations: std::collections::BTreeMap<String, u64>,
 }
 
 impl Metadata {
-    /// The state files that commit `epoch` names, less the tables dropped
-    /// since (see [`Metadata::dropped_state`]). `None` when the commit
+    /// A state table's generation (see [`Metadata::state_generations`]).
+    pub fn state_generation(&self, table: &str) -> u64 {
+        self.state_generations.get(table).copied().unwrap_or(0)
+    }
+
+    /// The state files a commit names, less those of an earlier
+    /// generation of their table (dropped since). `None` when the commit
     /// names none (written before commits named their files).
     pub fn state_listing(
         &self,
-        epoch: u64,
         commit: &crate::CommitEntry,
     ) -> Option<std::collections::BTreeMap<String, crate::StateChains>> {
         let mut listed = commit.state.clone()?;
-        if let Some(d) = &self.dropped_state
-            && epoch <= d.as_of
-        {
-            listed.retain(|table, _| !d.tables.contains(table));
-        }
+        listed.retain(|table, chains| chains.generation == self.state_generation(table));
         Some(listed)
     }
 }
@@ -247,5 +240,59 @@ impl Checkpoint {
             .collect();
         ops.dedup();
         Ok(ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommitEntry, StateChains};
+    use std::collections::BTreeMap;
+
+    /// A commit's list of a table's files counts only in the table's
+    /// current generation, whatever the commit's epoch: a list written
+    /// before `--fresh-state` dropped the table is void, and one written
+    /// after it (even at a lower epoch, after a rollback) is not.
+    #[test]
+    fn a_list_of_an_earlier_generation_is_void() {
+        let meta = Metadata {
+            version: FORMAT_VERSION,
+            query_id: "q".into(),
+            sql: String::new(),
+            fingerprint: String::new(),
+            created_at: String::new(),
+            weir_version: String::new(),
+            operators: vec![],
+            sources: vec![],
+            sinks: vec![],
+            state_generations: BTreeMap::from([("agg".to_string(), 1)]),
+        };
+        let chains = |generation| StateChains {
+            shards: vec![vec![3]],
+            generation,
+        };
+        let commit = |agg_generation| CommitEntry {
+            watermarks: BTreeMap::new(),
+            rows_in: 0,
+            rows_out: 0,
+            late_rows: 0,
+            bad_rows: 0,
+            committed_at: String::new(),
+            last_data_ms: BTreeMap::new(),
+            pipeline_watermarks: BTreeMap::new(),
+            state: Some(BTreeMap::from([
+                ("agg".to_string(), chains(agg_generation)),
+                ("source-s".to_string(), chains(0)),
+            ])),
+        };
+        let before = meta.state_listing(&commit(0)).unwrap();
+        assert_eq!(before.keys().collect::<Vec<_>>(), vec!["source-s"]);
+        let after = meta.state_listing(&commit(1)).unwrap();
+        assert_eq!(after.keys().collect::<Vec<_>>(), vec!["agg", "source-s"]);
+        let old = CommitEntry {
+            state: None,
+            ..commit(0)
+        };
+        assert!(meta.state_listing(&old).is_none());
     }
 }

@@ -47,7 +47,7 @@ pub mod state;
 #[cfg(test)]
 mod testing;
 
-pub use checkpoint::{Checkpoint, DroppedState, Metadata, OperatorRecord, SinkRecord, SourceRecord};
+pub use checkpoint::{Checkpoint, Metadata, OperatorRecord, SinkRecord, SourceRecord};
 pub use location::{Location, StoreOptions};
 pub use log::{CommitEntry, CommitLog, EpochLog, OffsetLog, OffsetsEntry};
 pub use registry::StoreRegistry;

@@ -92,11 +92,20 @@ impl ShardOf {
 /// the first epoch of a chain is a snapshot, the rest are deltas.
 ///
 /// On disk: `{"shards": [[3, 4, 6], [3, 5]]}` (shard 1 of 2 did not change
-/// in epochs 4 and 6).
+/// in epochs 4 and 6), with `"generation": g` once `--fresh-state` has
+/// dropped the table's state g times.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateChains {
     /// Shard k's epochs; the number of chains is the number of shards.
     pub shards: Vec<Vec<u64>>,
+    /// The table's generation when written ([`crate::Metadata::state_generations`]):
+    /// a list of an earlier generation names deleted files and is ignored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StateChains {
@@ -452,7 +461,7 @@ impl Checkpoint {
     /// when those replay.
     pub async fn restore_state(&self, operator: &str, epoch: u64) -> Result<Option<RestoredState>> {
         let listed = match (self.commits.read(epoch).await?, self.read_metadata().await?) {
-            (Some(c), Some(meta)) => meta.state_listing(epoch, &c),
+            (Some(c), Some(meta)) => meta.state_listing(&c),
             (Some(c), None) => c.state,
             (None, _) => None,
         };
@@ -544,6 +553,7 @@ impl Checkpoint {
                     .iter()
                     .map(|c| c.iter().map(|f| f.epoch).collect())
                     .collect(),
+                generation: listed.and_then(|m| m.get(operator)).map_or(0, |c| c.generation),
             };
         }
         Ok(restored)
@@ -638,8 +648,24 @@ impl Checkpoint {
         else {
             return Ok(0);
         };
+        self.delete_state_files(files.iter().filter(|f| f.epoch < base))
+            .await
+    }
+
+    /// Deletes an operator's files of epochs before `base`. Given as `base`
+    /// the oldest epoch that commit `keep_from` names for the table (every
+    /// later commit's files start at that epoch or after), it keeps what
+    /// restoring any epoch from `keep_from` on needs, whatever a crashed
+    /// attempt left. Returns how many files were deleted.
+    pub async fn prune_state_before(&self, operator: &str, base: u64) -> Result<usize> {
+        let files = self.state_files(operator).await?;
+        self.delete_state_files(files.iter().filter(|f| f.epoch < base))
+            .await
+    }
+
+    async fn delete_state_files(&self, files: impl Iterator<Item = &StateFile>) -> Result<usize> {
         let mut n = 0;
-        for f in files.iter().filter(|f| f.epoch < base) {
+        for f in files {
             self.location().delete(&f.name).await?;
             n += 1;
         }
@@ -1459,6 +1485,7 @@ mod tests {
         );
         let chains = StateChains {
             shards: vec![vec![3], vec![3, 4]],
+            generation: 0,
         };
         let listed = BTreeMap::from([("op".to_string(), chains.clone())]);
         let r = ck

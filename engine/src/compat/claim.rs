@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use weir_sql::{Job, TableDecl};
 use weir_storage::location::Create;
 use weir_storage::{
-    Checkpoint, DroppedState, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord,
-    StoreOptions,
+    Checkpoint, Location, Metadata, OperatorRecord, SinkLayout, SinkRecord, SourceRecord, StoreOptions,
 };
 
 use super::Records;
@@ -43,7 +42,7 @@ pub(crate) async fn claim_checkpoint(
             operators: r.operators,
             sources: r.sources,
             sinks: r.sinks,
-            dropped_state: None,
+            state_generations: Default::default(),
         };
         return match checkpoint.create_metadata(&metadata).await {
             Ok(()) => Ok((metadata, Vec::new(), BTreeSet::new())),
@@ -109,18 +108,25 @@ pub(crate) async fn claim_checkpoint(
     } else {
         let kept = super::kept_sources(old.as_ref(), &new);
         let dropped = reset_for_fresh_state(checkpoint, &existing, &kept, &options.store_options).await?;
-        // The last commit still names the dropped tables' files.
-        if let Some(c) = checkpoint.commits.latest().await? {
-            let mut tables = match existing.dropped_state {
-                Some(d) if d.as_of == c => d.tables,
-                _ => Vec::new(),
-            };
-            for t in &dropped {
-                if !tables.contains(t) {
-                    tables.push(t.clone());
-                }
-            }
-            updated.dropped_state = Some(DroppedState { as_of: c, tables });
+        // The last commit still names the dropped tables' files: a new
+        // generation of each table makes every list of them so far void.
+        // The tables are what the commit names (less the sources that keep
+        // their progress) as well as what was deleted: a reset killed after
+        // deleting a folder and run again finds the folder gone.
+        let named: Vec<String> = match checkpoint.commits.latest().await? {
+            Some(c) => checkpoint
+                .commits
+                .read(c)
+                .await?
+                .and_then(|e| e.state)
+                .map(|m| m.into_keys().collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let kept_tables: BTreeSet<String> = kept.iter().map(|k| source_state_name(k)).collect();
+        for table in named.iter().filter(|t| !kept_tables.contains(*t)).chain(&dropped) {
+            let g = existing.state_generation(table) + 1;
+            updated.state_generations.insert(table.clone(), g);
         }
         reset = new
             .sources

@@ -667,6 +667,7 @@ impl StreamingJob {
                         id.clone(),
                         StateChains {
                             shards: vec![vec![epoch]; parts.len()],
+                            generation: self.metadata.state_generation(&id),
                         },
                     );
                 }

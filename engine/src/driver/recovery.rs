@@ -16,7 +16,7 @@ impl StreamingJob {
             })?;
             // The files the commit names (`None` in a commit of a Weir
             // before they were named: the folders are listed).
-            let listed = self.metadata.state_listing(c, &entry);
+            let listed = self.metadata.state_listing(&entry);
             let listed = listed.as_ref();
             for (source, wm) in entry.watermarks {
                 if self.reset_sources.contains(&source) {
