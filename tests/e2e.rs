@@ -637,6 +637,70 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
     assert_eq!(sink_rows(&ws.path("out2")), batch_query(&bids[2], oracle));
 }
 
+/// `--fresh-state` with a changed source (read from the beginning), killed
+/// before its first epoch's offsets are written: the rerun sees an
+/// unchanged query, but must still not give the source its old watermark,
+/// which is past every row of the new folder (they would all be dropped as
+/// late). (Killed later, the replayed epoch's offsets carry the right
+/// watermark.)
+#[test]
+fn a_source_reset_by_fresh_state_keeps_no_old_watermark_after_a_kill() {
+    let ws = Workspace::new();
+    let late = gen_bids(1, 1000, BASE_MS + 200_000, 1500);
+    let early = gen_bids(2, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &late);
+    write_parquet(&ws.path("in2/bids.parquet"), &early);
+    let args = [
+        "run",
+        "job.sql",
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        "ck",
+    ];
+    ws.write("job.sql", &job(300, "parquet", "in/"));
+    ws.weir(&args).ok();
+    let before = sink_rows(&ws.path("out"));
+    assert!(!before.is_empty());
+    let last = std::fs::read_dir(ws.path("ck/commits"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+
+    ws.write("job.sql", &job(300, "parquet", "in2/"));
+    // Killed just after the offsets are written, which are then removed:
+    // as a kill just before writing them leaves the checkpoint.
+    let crash = format!("offsets-written@{}", last + 1);
+    let r = ws
+        .weir_env(
+            &[&args[..], &["--drain", "--fresh-state"]].concat(),
+            &[("WEIR_FAILPOINT", &crash)],
+        )
+        .killed();
+    assert!(
+        r.stderr().contains("every source starts from the beginning"),
+        "{}",
+        r.stderr()
+    );
+    std::fs::remove_file(ws.path(&format!("ck/offsets/{:020}.json", last + 1))).unwrap();
+    let again = ws.weir(&[&args[..], &["--drain"]].concat()).ok();
+    assert!(again.stderr().contains(" 0 late"), "{}", again.stderr());
+    let mut want = before;
+    want.extend(batch_query(&early, ORACLE));
+    want.sort();
+    let mut got = sink_rows(&ws.path("out"));
+    got.sort();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn secrets_in_options_never_reach_output_or_the_checkpoint() {
     let ws = Workspace::new();

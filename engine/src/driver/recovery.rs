@@ -18,8 +18,26 @@ impl StreamingJob {
             // before they were named: the folders are listed).
             let listed = self.metadata.state_listing(&entry);
             let listed = listed.as_ref();
+            // Sources that start from the beginning: those this run's claim
+            // reset, and those a `--fresh-state` reset since the commit (its
+            // process may have been killed before committing, so the rerun
+            // sees an unchanged query). Their old watermarks would make
+            // their rows late.
+            let reset: BTreeSet<String> = self
+                .sources
+                .keys()
+                .filter(|s| {
+                    self.reset_sources.contains(*s)
+                        || entry.state.as_ref().is_some_and(|m| {
+                            let id = source_state_name(s);
+                            m.get(&id)
+                                .is_some_and(|c| c.generation != self.metadata.state_generation(&id))
+                        })
+                })
+                .cloned()
+                .collect();
             for (source, wm) in entry.watermarks {
-                if self.reset_sources.contains(&source) {
+                if reset.contains(&source) {
                     continue;
                 }
                 if let Some(w) = self.watermarks.get_mut(&source) {
@@ -66,7 +84,7 @@ impl StreamingJob {
                 s.publish(c).await?;
             }
             for (source, ms) in entry.last_data_ms {
-                if self.reset_sources.contains(&source) {
+                if reset.contains(&source) {
                     continue;
                 }
                 if let Some(slot) = self.sources.get_mut(&source) {
