@@ -205,6 +205,20 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     assert!(e.contains(&name), "{e}");
     std::fs::write(&gone, kept).unwrap();
 
+    // The whole folder gone: a rollback to an epoch whose commit names the
+    // table is refused, changing nothing (the table is no longer listed).
+    let folder = ws.path("ck/state/p0-agg0");
+    let aside = ws.path("p0-agg0-aside");
+    std::fs::rename(&folder, &aside).unwrap();
+    let to = (last - 1).to_string();
+    let e = ws
+        .weir(&["checkpoint", "rollback", "ck", "--to", &to])
+        .fails()
+        .stderr();
+    assert!(e.contains("cannot roll back") && e.contains("p0-agg0"), "{e}");
+    assert!(ws.path(&commit(last)).exists());
+    std::fs::rename(&aside, &folder).unwrap();
+
     ws.weir(&[&RUN[..], &["--drain", "--threads", "3"]].concat()).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }

@@ -16,6 +16,7 @@
 //! continues from N and writes the later epochs' output anew, under the same
 //! file names: the sink's later output is replaced, not duplicated.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -428,13 +429,18 @@ async fn rollback_held(
             }
         )));
     }
-    ck.commits.read(to).await?;
+    let commit = ck.commits.read(to).await?;
     if ck.offsets.read(to).await?.is_none() {
         return Err(cannot(format!("{} is missing", ck.offsets.url(to))));
     }
     // Every state table must come back as of `to`, or the rollback would
-    // leave a checkpoint that cannot start.
-    for op in ck.state_operators().await? {
+    // leave a checkpoint that cannot start: those with files, and those
+    // the commit names (whose folder may be gone).
+    let mut tables: BTreeSet<String> = ck.state_operators().await?.into_iter().collect();
+    if let Some(listed) = commit.as_ref().and_then(|c| meta.state_listing(c)) {
+        tables.extend(listed.into_keys());
+    }
+    for op in tables {
         ck.restore_state(&op, to)
             .await
             .map_err(|e| cannot(e.to_string()))?;
