@@ -32,15 +32,6 @@ const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP
         auction, COUNT(*), SUM(price)
  FROM bids GROUP BY 1, 2, 3";
 
-const RUN: [&str; 6] = [
-    "run",
-    "job.sql",
-    "--trigger",
-    "available-now",
-    "--checkpoint",
-    "ck",
-];
-
 fn commit(epoch: u64) -> String {
     format!("ck/commits/{epoch:020}.json")
 }
@@ -51,7 +42,7 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     let bids = gen_bids(5, 1000, BASE_MS, 1500);
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", JOB);
-    ws.weir(&RUN).ok(); // 10 epochs of 100 rows
+    ws.weir(&RUN_CK).ok(); // 10 epochs of 100 rows
 
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
     for want in [
@@ -103,7 +94,7 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     );
 
     // Running again redoes epochs 5.. and the sink holds every row once.
-    let again = ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    let again = ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     assert!(
         again.stderr().contains("resuming after epoch 4"),
         "{}",
@@ -141,7 +132,7 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", JOB);
     let once = |threads: &str| {
-        let mut args = RUN.to_vec();
+        let mut args = RUN_CK.to_vec();
         args[3] = "once";
         args.extend(["--threads", threads]);
         ws.weir(&args).ok();
@@ -186,11 +177,8 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     assert!(state_file_names(&ws, "p0-agg0").contains(&"00000000000000000004.snapshot.parquet".to_string()));
 
     // The rest in one process: a snapshot of both shards, then deltas.
-    ws.weir(&[&RUN[..], &["--threads", "2"]].concat()).ok();
-    let last = (5..100)
-        .take_while(|&e| ws.path(&commit(e)).exists())
-        .last()
-        .unwrap();
+    ws.weir(&[&RUN_CK[..], &["--threads", "2"]].concat()).ok();
+    let last = last_commit(&ws);
     assert!(last >= 7, "several epochs: {last}");
     let chains = named_by_commit(&ws, last, "p0-agg0");
     assert_eq!(chains.len(), 2, "{chains:?}");
@@ -201,7 +189,7 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     let gone = ws.path(&format!("ck/state/p0-agg0/{name}"));
     let kept = std::fs::read(&gone).unwrap();
     std::fs::remove_file(&gone).unwrap();
-    let e = ws.weir(&RUN).fails().stderr();
+    let e = ws.weir(&RUN_CK).fails().stderr();
     assert!(e.contains(&name), "{e}");
     std::fs::write(&gone, kept).unwrap();
 
@@ -219,7 +207,8 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     assert!(ws.path(&commit(last)).exists());
     std::fs::rename(&aside, &folder).unwrap();
 
-    ws.weir(&[&RUN[..], &["--drain", "--threads", "3"]].concat()).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain", "--threads", "3"]].concat())
+        .ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
@@ -233,7 +222,7 @@ fn a_checkpoint_whose_commits_name_no_state_files_resumes() {
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", JOB);
     // One file per table and epoch, as such a Weir wrote them.
-    let mut once = RUN.to_vec();
+    let mut once = RUN_CK.to_vec();
     once[3] = "once";
     for _ in 0..4 {
         ws.weir(&[&once[..], &["--threads", "1"]].concat()).ok();
@@ -247,7 +236,7 @@ fn a_checkpoint_whose_commits_name_no_state_files_resumes() {
     }
     ws.weir(&[&once[..], &["--threads", "2"]].concat()).ok();
     assert_eq!(named_by_commit(&ws, 5, "p0-agg0"), vec![vec![5], vec![5]]);
-    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
@@ -260,7 +249,7 @@ fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
     let bids = gen_bids(9, 3500, BASE_MS, 1500);
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", JOB);
-    ws.weir(&RUN).ok(); // 35 epochs of 100 rows
+    ws.weir(&RUN_CK).ok(); // 35 epochs of 100 rows
     let count = |dir: &str| std::fs::read_dir(ws.path(dir)).map_or(0, |d| d.count());
     let commits: Vec<u64> = {
         let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
@@ -286,7 +275,7 @@ fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
     assert!(oldest > 1);
     ws.weir(&["checkpoint", "rollback", "ck", "--to", &oldest.to_string()])
         .ok();
-    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
@@ -298,7 +287,7 @@ fn retention_is_a_setting() {
     let bids = gen_bids(9, 1500, BASE_MS, 1500);
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", &format!("SET checkpoint.retain_epochs = 3;\n{JOB}"));
-    ws.weir(&RUN).ok(); // 15 epochs of 100 rows: retention runs at epoch 15
+    ws.weir(&RUN_CK).ok(); // 15 epochs of 100 rows: retention runs at epoch 15
     let mut commits: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
@@ -313,7 +302,7 @@ fn retention_is_a_setting() {
         .stderr();
     assert!(e.contains("not a retained committed epoch"), "{e}");
     ws.weir(&["checkpoint", "rollback", "ck", "--to", "13"]).ok();
-    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
@@ -394,7 +383,7 @@ fn every_damaged_checkpoint_is_reported_with_its_file_and_epoch() {
         let ws = Workspace::new();
         copy_dir(&fixtures().join(case), ws.dir.path());
         let before = listing(ws.dir.path());
-        let e = ws.weir(&RUN).fails().stderr();
+        let e = ws.weir(&RUN_CK).fails().stderr();
         assert!(
             e.contains(file) && e.contains(what),
             "{case}: the error names {file} and says {what}:\n{e}"
@@ -422,7 +411,7 @@ fn a_damaged_checkpoint_can_be_rolled_back_to_a_good_epoch() {
     // The truncated commit of epoch 3: roll back to 2, then finish.
     let ws = Workspace::new();
     copy_dir(&fixtures().join("truncated-commit"), ws.dir.path());
-    ws.weir(&RUN).fails();
+    ws.weir(&RUN_CK).fails();
     // Epoch 3 cannot be read, so it cannot be kept; 2 can.
     let e = ws
         .weir(&["checkpoint", "rollback", "ck", "--to", "3"])
@@ -444,7 +433,7 @@ fn a_damaged_checkpoint_can_be_rolled_back_to_a_good_epoch() {
             "{name} is of a rolled-back epoch"
         );
     }
-    ws.weir(&[&RUN[..], &["--drain"]].concat()).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     let bids = fixture_bids();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
@@ -464,7 +453,7 @@ fn regenerate_damaged_fixtures() {
         let ws = Workspace::new();
         write_parquet(&ws.path("in/bids.parquet"), &fixture_bids());
         ws.write("job.sql", JOB);
-        ws.weir(&RUN).ok();
+        ws.weir(&RUN_CK).ok();
         let ck = ws.path("ck");
         let state = |name: &str| ck.join("state/p0-agg0").join(name);
         match *case {

@@ -461,15 +461,7 @@ fn a_checkpoint_of_another_query_is_refused() {
     let ws = Workspace::new();
     three_files(&ws);
     ws.write("job.sql", &job(700, "parquet", "in/"));
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--checkpoint",
-        "ck",
-    ])
-    .ok();
+    ws.weir(&RUN_CK).ok();
     // Reformatting the same query is fine, and says nothing.
     ws.write(
         "same.sql",
@@ -526,14 +518,7 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
     }
     write_parquet(&ws.path("in/bids-0.parquet"), &bids[0]);
     ws.write("job.sql", &job(700, "parquet", "in/"));
-    let args = [
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--checkpoint",
-        "ck",
-    ];
+    let args = RUN_CK;
     ws.weir(&args).ok();
 
     // A filter in the stateless prefix that every row passes: the open
@@ -595,18 +580,7 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
     // Killed once its first epoch's state is written, and run again (now
     // the same query): the last commit still names the dropped state's
     // files, which are gone, and the rerun must start empty all the same.
-    let last = std::fs::read_dir(ws.path("ck/commits"))
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap();
+    let last = last_commit(&ws);
     // As a reset killed after deleting the aggregate's state would leave
     // it: the folder gone, the metadata still the old query's.
     std::fs::remove_dir_all(ws.path("ck/state/p0-agg0")).unwrap();
@@ -650,30 +624,12 @@ fn a_source_reset_by_fresh_state_keeps_no_old_watermark_after_a_kill() {
     let early = gen_bids(2, 1000, BASE_MS, 1500);
     write_parquet(&ws.path("in/bids.parquet"), &late);
     write_parquet(&ws.path("in2/bids.parquet"), &early);
-    let args = [
-        "run",
-        "job.sql",
-        "--trigger",
-        "available-now",
-        "--checkpoint",
-        "ck",
-    ];
+    let args = RUN_CK;
     ws.write("job.sql", &job(300, "parquet", "in/"));
     ws.weir(&args).ok();
     let before = sink_rows(&ws.path("out"));
     assert!(!before.is_empty());
-    let last = std::fs::read_dir(ws.path("ck/commits"))
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap();
+    let last = last_commit(&ws);
 
     ws.write("job.sql", &job(300, "parquet", "in2/"));
     // Killed just after the offsets are written, which are then removed:

@@ -17,6 +17,32 @@ use datafusion::prelude::SessionContext;
 /// 2026-01-01T00:00:00Z in ms.
 pub const BASE_MS: i64 = 1_767_225_600_000;
 
+/// `weir run job.sql` until the input is done, checkpoint in `ck/`.
+pub const RUN_CK: [&str; 6] = [
+    "run",
+    "job.sql",
+    "--trigger",
+    "available-now",
+    "--checkpoint",
+    "ck",
+];
+
+/// The newest commit in `ck/commits/`.
+pub fn last_commit(ws: &Workspace) -> u64 {
+    std::fs::read_dir(ws.path("ck/commits"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a commit")
+}
+
 /// A temporary folder the binary runs in (paths in jobs are relative to it).
 pub struct Workspace {
     pub dir: tempfile::TempDir,
