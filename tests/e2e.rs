@@ -505,6 +505,16 @@ fn a_checkpoint_of_another_query_is_refused() {
     assert!(e.contains("--fresh-state"), "{e}");
 }
 
+/// `args --drain --fresh-state`, SIGKILLed at the failpoint `at`
+/// (`<step>@<epoch>`).
+fn fresh_state_killed(ws: &Workspace, args: &[&str], at: &str) -> Run {
+    ws.weir_env(
+        &[args, &["--drain", "--fresh-state"]].concat(),
+        &[("WEIR_FAILPOINT", at)],
+    )
+    .killed()
+}
+
 /// The compatibility rules end to end: a changed filter keeps the state (the
 /// windows left open carry over, so the result equals the batch answer); a
 /// changed GROUP BY key is refused with the difference; `--fresh-state`
@@ -584,13 +594,7 @@ fn a_changed_query_keeps_compatible_state_and_starts_afresh_only_when_asked() {
     // As a reset killed after deleting the aggregate's state would leave
     // it: the folder gone, the metadata still the old query's.
     std::fs::remove_dir_all(ws.path("ck/state/p0-agg0")).unwrap();
-    let crash = format!("state-written@{}", last + 1);
-    let r = ws
-        .weir_env(
-            &[&args[..], &["--drain", "--fresh-state"]].concat(),
-            &[("WEIR_FAILPOINT", &crash)],
-        )
-        .killed();
+    let r = fresh_state_killed(&ws, &args, &format!("state-written@{}", last + 1));
     assert!(
         r.stderr().contains("note: --fresh-state") && r.stderr().contains("'bids' keep their progress"),
         "{}",
@@ -634,13 +638,7 @@ fn a_source_reset_by_fresh_state_keeps_no_old_watermark_after_a_kill() {
     ws.write("job.sql", &job(300, "parquet", "in2/"));
     // Killed just after the offsets are written, which are then removed:
     // as a kill just before writing them leaves the checkpoint.
-    let crash = format!("offsets-written@{}", last + 1);
-    let r = ws
-        .weir_env(
-            &[&args[..], &["--drain", "--fresh-state"]].concat(),
-            &[("WEIR_FAILPOINT", &crash)],
-        )
-        .killed();
+    let r = fresh_state_killed(&ws, &args, &format!("offsets-written@{}", last + 1));
     assert!(
         r.stderr().contains("every source starts from the beginning"),
         "{}",
