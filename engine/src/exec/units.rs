@@ -172,6 +172,26 @@ pub fn fold_by_unit(
     Ok(())
 }
 
+/// A state delta's deleted window (or slice) units: their keys, the first
+/// two columns of `state_schema` (`window_start`, `window_end`), from
+/// units held as `(end, start)`. None when nothing was removed.
+pub fn unit_deletes(
+    state_schema: &SchemaRef,
+    removed: impl IntoIterator<Item = (i64, i64)>,
+) -> Result<Vec<RecordBatch>> {
+    let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
+    if ends.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(vec![RecordBatch::try_new(
+        Arc::new(state_schema.project(&[0, 1])?),
+        vec![
+            Arc::new(datafusion::arrow::array::Int64Array::from(starts)),
+            Arc::new(datafusion::arrow::array::Int64Array::from(ends)),
+        ],
+    )?])
+}
+
 /// Rows of a batch split by unit: (end, start) → row indices, in order of
 /// first row.
 pub fn split_by_unit(starts: &[i64], ends: &[i64]) -> Vec<((i64, i64), Vec<u32>)> {

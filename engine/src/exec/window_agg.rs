@@ -48,7 +48,7 @@ use super::partial_agg::{PartialSpec, PartialWindowAggExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{
     GroupColumn, UnitRuns, WindowAggregateParams, constant_time, fold_by_unit, split_by_unit, take_batch,
-    time_column,
+    time_column, unit_deletes,
 };
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -745,29 +745,12 @@ impl StatefulOperator for WindowAggState {
                 }
                 upserts.extend(u.snapshot.clone());
             }
-            let removed: Vec<(i64, i64)> = if full {
-                vec![]
-            } else {
-                inner
-                    .removed
-                    .iter()
-                    .copied()
-                    .filter(|u| !inner.units.contains_key(u))
-                    .collect()
-            };
-            let deletes = if removed.is_empty() {
-                vec![]
-            } else {
-                let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
-                let schema = Arc::new(self.state_schema.project(&[0, 1])?);
-                vec![RecordBatch::try_new(
-                    schema,
-                    vec![
-                        Arc::new(Int64Array::from(starts)),
-                        Arc::new(Int64Array::from(ends)),
-                    ],
-                )?]
-            };
+            let removed = inner
+                .removed
+                .iter()
+                .copied()
+                .filter(|u| !full && !inner.units.contains_key(u));
+            let deletes = unit_deletes(&self.state_schema, removed)?;
             inner.changed.clear();
             inner.removed.clear();
             parts.push(StateChange { upserts, deletes }.part(full));

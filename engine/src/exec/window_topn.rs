@@ -50,7 +50,7 @@ use weir_sql::RankKind;
 
 use super::operator::{EpochOperator, OperatorExec};
 use super::shard::{Shards, route, shard_count};
-use super::units::{split_by_unit, take_batch};
+use super::units::{split_by_unit, take_batch, unit_deletes};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -453,28 +453,12 @@ impl StatefulOperator for TopNState {
                 columns.extend(rows.columns().iter().cloned());
                 upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
             }
-            let removed: BTreeSet<(i64, i64)> = if full {
-                BTreeSet::new()
-            } else {
-                inner
-                    .removed
-                    .iter()
-                    .copied()
-                    .filter(|w| !inner.windows.contains_key(w))
-                    .collect()
-            };
-            let deletes = if removed.is_empty() {
-                vec![]
-            } else {
-                let (ends, starts): (Vec<i64>, Vec<i64>) = removed.into_iter().unzip();
-                vec![RecordBatch::try_new(
-                    Arc::new(self.state_schema.project(&[0, 1])?),
-                    vec![
-                        Arc::new(Int64Array::from(starts)),
-                        Arc::new(Int64Array::from(ends)),
-                    ],
-                )?]
-            };
+            let removed = inner
+                .removed
+                .iter()
+                .copied()
+                .filter(|w| !full && !inner.windows.contains_key(w));
+            let deletes = unit_deletes(&self.state_schema, removed)?;
             inner.changed.clear();
             inner.removed.clear();
             parts.push(StateChange { upserts, deletes }.part(full));
