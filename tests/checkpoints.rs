@@ -103,6 +103,80 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// A copy of a checkpoint left beside the original is the same query, but
+/// it must not write or roll back the original's sink folder: rolling the
+/// copy back deleted output the original had committed. A checkpoint that
+/// moved (the old place gone) keeps its folder, and the folder's owner
+/// record follows it.
+#[test]
+fn a_copy_of_a_checkpoint_may_not_touch_the_originals_output_but_a_moved_one_may() {
+    let ws = Workspace::new();
+    let bids = gen_bids(5, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir(&RUN_CK).ok();
+    let files = parquet_files(&ws.path("out"));
+    copy_dir(&ws.path("ck"), &ws.path("copy"));
+    let refused = |r: Run| {
+        let e = r.fails().stderr();
+        assert!(
+            e.contains("is a copy of it") && e.contains("/ck (or, if this copy is to take over"),
+            "{e}"
+        );
+        assert_eq!(parquet_files(&ws.path("out")), files, "nothing deleted");
+    };
+    refused(ws.weir(&["checkpoint", "rollback", "copy", "--to", "4"]));
+    refused(ws.weir(&[
+        "run",
+        "job.sql",
+        "--checkpoint",
+        "copy",
+        "--trigger",
+        "available-now",
+    ]));
+
+    // Moved: the old place gone, the folder is the moved checkpoint's.
+    std::fs::rename(ws.path("ck"), ws.path("moved")).unwrap();
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--checkpoint",
+        "moved",
+        "--trigger",
+        "available-now",
+    ])
+    .ok();
+    let owner = std::fs::read_to_string(ws.path("out/_weir/owner.json")).unwrap();
+    assert!(owner.contains("/moved\""), "{owner}");
+    // The copy still lies beside it, and is still refused; the moved one
+    // rolls back and finishes with every row once.
+    refused_copy_of(&ws, "moved");
+    ws.weir(&["checkpoint", "rollback", "moved", "--to", "4"]).ok();
+    ws.weir(&[
+        "run",
+        "job.sql",
+        "--checkpoint",
+        "moved",
+        "--trigger",
+        "available-now",
+        "--drain",
+    ])
+    .ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
+/// `copy` (a copy of the checkpoint `of`) is refused a rollback.
+fn refused_copy_of(ws: &Workspace, of: &str) {
+    let e = ws
+        .weir(&["checkpoint", "rollback", "copy", "--to", "4"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("is a copy of it") && e.contains(&format!("/{of} (or")),
+        "{e}"
+    );
+}
+
 /// The state files in `ck/state/<op>/`, by name.
 fn state_file_names(ws: &Workspace, op: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(ws.path(&format!("ck/state/{op}")))

@@ -406,7 +406,7 @@ pub async fn rollback(
         ))
     })?;
     let lease = crate::lease::Lease::acquire(&ck, owner, Duration::from_secs(30)).await?;
-    let result = rollback_held(&ck, &meta, store_options, to).await;
+    let result = rollback_held(&ck, &meta, store_options, to, &lease.id()).await;
     lease.release().await?;
     result
 }
@@ -416,6 +416,7 @@ async fn rollback_held(
     meta: &Metadata,
     store_options: &StoreOptions,
     to: u64,
+    lease: &str,
 ) -> Result<Rollback> {
     let commits = ck.commits.epochs().await?;
     let cannot =
@@ -449,6 +450,18 @@ async fn rollback_held(
     for s in &meta.sinks {
         let loc = Location::open(&s.url, store_options, Create::No)
             .map_err(|e| cannot(format!("sink '{}': {e}", s.table)))?;
+        // The folder's files are deleted only if they are this
+        // checkpoint's: not another query's, nor those of a copy of this
+        // checkpoint that is still in place (which has committed them).
+        let me = weir_storage::SinkOwner {
+            version: weir_storage::FORMAT_VERSION,
+            checkpoint: ck.location().url().to_string(),
+            query_id: meta.query_id.clone(),
+            table: s.table.clone(),
+        };
+        crate::folders::check_owner(&loc, &me, lease, store_options)
+            .await
+            .map_err(|e| cannot(e.to_string()))?;
         sinks.push((s.table.clone(), SinkLayout::new(loc, s.writer.clone())));
     }
 

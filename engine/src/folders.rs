@@ -22,7 +22,12 @@ use crate::{Error, Result};
 
 /// Whether `inner` is `outer` or inside it.
 fn within(inner: &Location, outer: &Location) -> bool {
-    let (i, o) = (inner.url(), outer.url());
+    // Without their trailing '/', so that a store's root (`file:///`,
+    // `s3://bucket/`) holds everything in it.
+    let (i, o) = (
+        inner.url().trim_end_matches('/'),
+        outer.url().trim_end_matches('/'),
+    );
     i == o || i.strip_prefix(o).is_some_and(|rest| rest.starts_with('/'))
 }
 
@@ -149,12 +154,65 @@ pub fn owner_conflict(loc: &Location, me: &SinkOwner, found: &SinkOwner) -> Erro
     ))
 }
 
-/// Refuses a sink folder that another checkpoint's query owns.
-pub async fn check_owner(loc: &Location, me: &SinkOwner) -> Result<()> {
+/// Refuses a sink folder that another checkpoint's query owns, or that a
+/// copy of this checkpoint owns (see [`copy_conflict`]). `lease` is the
+/// id of the lease this process holds on `me.checkpoint`.
+pub async fn check_owner(loc: &Location, me: &SinkOwner, lease: &str, options: &StoreOptions) -> Result<()> {
     match SinkOwner::read(loc).await? {
         Some(found) if !found.same_as(me) => Err(owner_conflict(loc, me, &found)),
-        _ => Ok(()),
+        Some(found) => match copy_conflict(loc, me, &found, lease, options).await {
+            Some(e) => Err(e),
+            None => Ok(()),
+        },
+        None => Ok(()),
     }
+}
+
+/// Whether the checkpoint recorded as a sink folder's owner (`found`, the
+/// same query as `me`'s) is another copy of it, still in place, rather
+/// than `me` itself moved there.
+///
+/// A checkpoint may move (its folder renamed, copied to S3 and the old one
+/// deleted): the query id stays, so the folder stays its own. A copy left
+/// beside the original has the same query id too, but two checkpoints
+/// writing one folder undo each other: a rollback of one deletes output
+/// that the other has committed, and both publish the same epochs. So the
+/// owner's recorded place is looked at: if a checkpoint of the same query
+/// is still there, and its lease is not the one this process holds (`me`
+/// under another spelling of its URL), `me` is a copy. A place that cannot
+/// be opened or read counts as moved, as before this check.
+pub async fn copy_conflict(
+    loc: &Location,
+    me: &SinkOwner,
+    found: &SinkOwner,
+    lease: &str,
+    options: &StoreOptions,
+) -> Option<Error> {
+    if found.checkpoint.trim_end_matches('/') == me.checkpoint.trim_end_matches('/') {
+        return None;
+    }
+    let there = Checkpoint::new(Location::open(&found.checkpoint, options, Create::No).ok()?);
+    let meta = there.read_metadata().await.ok()??;
+    if meta.query_id != found.query_id {
+        return None;
+    }
+    if there
+        .current_lease()
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.owner == lease)
+    {
+        return None;
+    }
+    Some(Error::Config(format!(
+        "sink table '{}' writes to {loc}, which belongs to the checkpoint {} (see \
+         {loc}/_weir/owner.json), and that checkpoint is still there: {} is a copy of it (the same \
+         query). Two copies of one checkpoint writing one folder would publish its epochs twice, and \
+         rolling one back would delete output the other has committed. Use {} (or, if this copy is \
+         to take over, delete that one first)",
+        me.table, found.checkpoint, me.checkpoint, found.checkpoint
+    )))
 }
 
 #[cfg(test)]

@@ -128,6 +128,12 @@ impl Lease {
         Ok(lease)
     }
 
+    /// The lease's random id (its record's `owner`): another URL of the
+    /// same checkpoint shows this id in its lease.
+    pub fn id(&self) -> String {
+        self.record().owner
+    }
+
     fn record(&self) -> LeaseRecord {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -194,7 +194,19 @@ impl FileSink {
             query_id: query_id.to_string(),
             table: self.table.clone(),
         };
-        crate::folders::check_owner(self.location(), &owner).await?;
+        // The copy check ran when the job's folders were (see
+        // `crate::folders::copy_conflict`): an owner of this query at
+        // another place is this checkpoint, moved, and the record follows
+        // it, so that a copy of it left at the new place is told apart.
+        match SinkOwner::read(self.location()).await? {
+            Some(found) if !found.same_as(&owner) => {
+                return Err(crate::folders::owner_conflict(self.location(), &owner, &found));
+            }
+            Some(found) if found.checkpoint.trim_end_matches('/') != checkpoint.trim_end_matches('/') => {
+                owner.record_move(self.location(), &found).await?;
+            }
+            _ => {}
+        }
         let _ = self.owner.set(owner);
         Ok(())
     }

@@ -132,6 +132,22 @@ impl SinkOwner {
         loc.put(Self::NAME, Bytes::from(json)).await
     }
 
+    /// Rewrites the folder's owner record, `found` (the same query), with
+    /// `self`'s checkpoint URL: the checkpoint moved. The record keeps
+    /// `found`'s version (whether the folder holds files in parts).
+    pub async fn record_move(&self, loc: &Location, found: &SinkOwner) -> Result<()> {
+        let moved = SinkOwner {
+            version: found.version,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec_pretty(&moved).map_err(|e| Error::Corrupt {
+            url: loc.url_of(Self::NAME),
+            epoch: None,
+            reason: e.to_string(),
+        })?;
+        loc.put(Self::NAME, Bytes::from(json)).await
+    }
+
     /// Records `self` as the folder's owner unless it has one. Returns the
     /// owner the folder has afterwards: `self`, or another that was there
     /// first (which the caller must refuse).

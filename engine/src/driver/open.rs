@@ -85,7 +85,9 @@ impl StreamingJob {
         };
         // The folders the job writes, checked before the checkpoint is
         // claimed, so a refused job changes nothing.
-        if let Err(e) = check_job_folders(&job, &physical, &bad_routes, &checkpoint, &options).await {
+        if let Err(e) =
+            check_job_folders(&job, &physical, &bad_routes, &checkpoint, &lease.id(), &options).await
+        {
             let _ = lease.release().await;
             return Err(e);
         }
@@ -360,6 +362,7 @@ async fn check_job_folders(
     pipelines: &[PhysicalPipeline],
     dead_letters: &BTreeMap<String, String>,
     checkpoint: &Checkpoint,
+    lease: &str,
     options: &JobOptions,
 ) -> Result<()> {
     let mut tables: Vec<String> = Vec::new();
@@ -430,7 +433,7 @@ async fn check_job_folders(
             query_id: query_id.clone(),
             table: table.clone(),
         };
-        crate::folders::check_owner(loc, &me).await?;
+        crate::folders::check_owner(loc, &me, lease, &options.store_options).await?;
     }
     Ok(())
 }
