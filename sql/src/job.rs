@@ -403,7 +403,10 @@ fn object_name(name: &ObjectName) -> Result<String> {
 fn option_value(expr: &ast::Expr) -> Option<String> {
     match expr {
         ast::Expr::Value(v) => match &v.value {
-            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => Some(s.clone()),
+            ast::Value::SingleQuotedString(s)
+            | ast::Value::DoubleQuotedString(s)
+            | ast::Value::EscapedStringLiteral(s) => Some(s.clone()),
+            ast::Value::DollarQuotedString(d) => Some(d.value.clone()),
             ast::Value::Number(n, _) => Some(n.clone()),
             ast::Value::Boolean(b) => Some(b.to_string()),
             _ => None,

@@ -37,12 +37,14 @@ enum Piece<'a> {
     Other,
 }
 
-fn scan(text: &str) -> Vec<Piece<'_>> {
+/// The pieces of `text`, each with its byte range.
+fn scan(text: &str) -> Vec<(Piece<'_>, std::ops::Range<usize>)> {
     let bytes = text.as_bytes();
-    let mut out = Vec::new();
+    let mut out: Vec<(Piece<'_>, std::ops::Range<usize>)> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
+        let start = i;
         match c {
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 i = text[i..].find('\n').map_or(bytes.len(), |p| i + p + 1);
@@ -52,10 +54,18 @@ fn scan(text: &str) -> Vec<Piece<'_>> {
             }
             b'\'' | b'"' | b'`' => {
                 let quote = c as char;
-                let start = i;
+                // E'...' takes backslash escapes (`E'it\'s'`).
+                let escapes = c == b'\''
+                    && matches!(out.last(), Some((Piece::Word(w), r)) if r.end == i && w.eq_ignore_ascii_case("e"));
                 let mut value = String::new();
                 let mut j = i + 1;
                 while j < bytes.len() {
+                    if escapes && bytes[j] == b'\\' && j + 1 < bytes.len() {
+                        let ch = text[j + 1..].chars().next().unwrap_or(' ');
+                        value.push(ch);
+                        j += 1 + ch.len_utf8();
+                        continue;
+                    }
                     if bytes[j] == c {
                         if bytes.get(j + 1) == Some(&c) {
                             value.push(quote);
@@ -73,15 +83,18 @@ fn scan(text: &str) -> Vec<Piece<'_>> {
                     value.push(ch);
                     j += ch.len_utf8();
                 }
-                out.push(Piece::Quoted {
-                    quote,
-                    value,
-                    range: start..j,
-                });
+                out.push((
+                    Piece::Quoted {
+                        quote,
+                        value,
+                        range: start..j,
+                    },
+                    start..j,
+                ));
                 i = j;
             }
             b'=' => {
-                out.push(Piece::Eq);
+                out.push((Piece::Eq, i..i + 1));
                 i += 1;
             }
             c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
@@ -89,13 +102,13 @@ fn scan(text: &str) -> Vec<Piece<'_>> {
                     .iter()
                     .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.'))
                     .map_or(bytes.len(), |p| i + p);
-                out.push(Piece::Word(&text[i..end]));
+                out.push((Piece::Word(&text[i..end]), i..end));
                 i = end;
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
                 let len = text[i..].chars().next().map_or(1, char::len_utf8);
-                out.push(Piece::Other);
+                out.push((Piece::Other, start..i + len));
                 i += len;
             }
         }
@@ -103,12 +116,20 @@ fn scan(text: &str) -> Vec<Piece<'_>> {
     out
 }
 
-/// The quoted values that follow a secret-looking key, as
-/// `(value, byte range of the quoted value)`.
+/// The values that follow a secret-looking key, as `(value, byte range of
+/// the value as written)`. A value is what a `WITH` or `SET` value may be
+/// written as: a quoted string (`'x'`, `"x"`), one with a prefix
+/// (`E'x'`, `N'x'`), a dollar-quoted one (`$$x$$`, `$tag$x$tag$`), or, after
+/// `=` or `TO`, a bare word (`= hunter2`: up to the next space, `,`, `)`
+/// or `;`), which the parser would take as a name and print back.
 fn secrets(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
     let pieces = scan(text);
-    let mut found = Vec::new();
-    for (i, p) in pieces.iter().enumerate() {
+    let mut found: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    for (i, (p, at)) in pieces.iter().enumerate() {
+        // Nothing inside a value found is a key (`$$a_secret_word$$`).
+        if found.last().is_some_and(|(_, r)| at.start < r.end) {
+            continue;
+        }
         let key = match p {
             Piece::Quoted { value, quote, .. } if *quote != '`' || !value.is_empty() => value.as_str(),
             Piece::Word(w) => w,
@@ -118,23 +139,80 @@ fn secrets(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
             continue;
         }
         let mut next = i + 1;
-        if matches!(pieces.get(next), Some(Piece::Eq))
-            || matches!(pieces.get(next), Some(Piece::Word(w)) if w.eq_ignore_ascii_case("to"))
+        let mut assigned = false;
+        if matches!(pieces.get(next), Some((Piece::Eq, _)))
+            || matches!(pieces.get(next), Some((Piece::Word(w), _)) if w.eq_ignore_ascii_case("to"))
         {
             next += 1;
+            assigned = true;
         }
-        if let Some(Piece::Quoted {
-            quote: '\'' | '"',
-            value,
-            range,
-        }) = pieces.get(next)
-            && value != REDACTED
-            && !value.is_empty()
+        if let Some(v) = value_at(text, &pieces, next, assigned)
+            && v.0 != REDACTED
+            && !v.0.is_empty()
         {
-            found.push((value.clone(), range.clone()));
+            found.push(v);
         }
     }
     found
+}
+
+/// The value written at piece `at` (see [`secrets`]): bare words only
+/// when `assigned` (after `=` or `TO`).
+fn value_at(
+    text: &str,
+    pieces: &[(Piece<'_>, std::ops::Range<usize>)],
+    at: usize,
+    assigned: bool,
+) -> Option<(String, std::ops::Range<usize>)> {
+    let (piece, range) = pieces.get(at)?;
+    match piece {
+        Piece::Quoted {
+            quote: '\'' | '"',
+            value,
+            range,
+        } => Some((value.clone(), range.clone())),
+        // E'x', N'x', X'x', U&'x' is a word then a quote, touching.
+        Piece::Word(w)
+            if w.len() <= 2
+                && matches!(pieces.get(at + 1), Some((Piece::Quoted { quote: '\'', .. }, r)) if r.start == range.end) =>
+        {
+            let Some((Piece::Quoted { value, range: q, .. }, _)) = pieces.get(at + 1) else {
+                return None;
+            };
+            Some((value.clone(), range.start..q.end))
+        }
+        _ if text[range.start..].starts_with('$') => {
+            // $tag$ ... $tag$ (the tag may be empty).
+            let rest = &text[range.start + 1..];
+            let tag_len = rest.find('$')?;
+            let tag = &rest[..tag_len];
+            if !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return None;
+            }
+            let open = 2 + tag_len;
+            let body = &text[range.start + open..];
+            let close = format!("${tag}$");
+            let (value, end) = match body.find(&close) {
+                Some(p) => (&body[..p], range.start + open + p + close.len()),
+                // Unterminated: the rest of its line.
+                None => {
+                    let line = body.find('\n').unwrap_or(body.len());
+                    (&body[..line], range.start + open + line)
+                }
+            };
+            Some((value.to_string(), range.start..end))
+        }
+        Piece::Word(_) | Piece::Other if assigned => {
+            let len = text[range.start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, ',' | ')' | ';'))
+                .unwrap_or(text.len() - range.start);
+            (len > 0).then(|| {
+                let end = range.start + len;
+                (text[range.start..end].to_string(), range.start..end)
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The secret values in a text: each quoted value that follows a
@@ -142,15 +220,23 @@ fn secrets(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
 pub fn secret_literals(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (value, range) in secrets(text) {
-        // As written too, quotes doubled: a parser quotes it back that way.
+        // As written too (quotes doubled, escapes kept): a parser quotes
+        // it back that way. A prefixed string (`E'x'`) or a bare or
+        // dollar-quoted value, whole as well.
         let written = &text[range];
-        let inner = written.get(1..).unwrap_or("");
-        let inner = match (inner.chars().last(), written.chars().next()) {
-            (Some(l), Some(f)) if l == f => &inner[..inner.len() - l.len_utf8()],
-            _ => inner,
-        };
-        if inner != value && !inner.is_empty() {
-            out.push(inner.to_string());
+        let quoted_at = written
+            .find(['\'', '"'])
+            .filter(|&q| q <= 2 && !written.starts_with('$'));
+        if quoted_at != Some(0) {
+            out.push(written.to_string());
+        }
+        if let Some(q) = quoted_at {
+            let quote = written[q..].chars().next().unwrap_or('\'');
+            let inner = &written[q + 1..];
+            let inner = inner.strip_suffix(quote).unwrap_or(inner);
+            if inner != value && !inner.is_empty() {
+                out.push(inner.to_string());
+            }
         }
         out.push(value);
     }
@@ -160,7 +246,7 @@ pub fn secret_literals(text: &str) -> Vec<String> {
 
 /// Whether a text names a secret-looking key anywhere (quoted or not).
 pub fn mentions_secret_key(text: &str) -> bool {
-    scan(text).iter().any(|p| match p {
+    scan(text).iter().any(|(p, _)| match p {
         Piece::Quoted { value, .. } => is_secret_key(value),
         Piece::Word(w) => is_secret_key(w),
         _ => false,
@@ -173,6 +259,9 @@ pub fn mask_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for (_, range) in secrets(text) {
+        if range.start < at {
+            continue;
+        }
         out.push_str(&text[at..range.start]);
         out.push('\'');
         out.push_str(REDACTED);
@@ -219,6 +308,78 @@ mod tests {
         assert_eq!(secret_literals("SET api_token = 'tok-1'"), vec!["tok-1"]);
         assert!(secret_literals("SELECT 'password' FROM t WHERE x = 1").is_empty());
         assert!(secret_literals("-- 'password' = 'not code'\nSELECT 1").is_empty());
+    }
+
+    #[test]
+    fn values_bare_prefixed_or_dollar_quoted_are_found() {
+        let t = "CREATE TABLE o WITH ('connector'='files','s3.secret_access_key'=hunter2, 'password' = E'pw\\'x', \
+                 'api_token' = $$tok en$$, 'sasl.password'=$k$two$k$) ";
+        let found = secret_literals(t);
+        for s in ["hunter2", "pw\\'x", "E'pw\\'x'", "tok en", "two"] {
+            assert!(found.iter().any(|f| f == s), "{s} in {found:?}");
+        }
+        let masked = mask_secrets(t);
+        for s in ["hunter2", "pw", "tok en", "$two"] {
+            assert!(!masked.contains(s), "{masked}");
+        }
+        assert_eq!(
+            masked,
+            "CREATE TABLE o WITH ('connector'='files','s3.secret_access_key'='***', 'password' = '***', \
+             'api_token' = '***', 'sasl.password'='***') "
+        );
+        let inner = "WITH ('password' = $$my_secret_pw$$, 'path' = 'x')";
+        assert_eq!(mask_secrets(inner), "WITH ('password' = '***', 'path' = 'x')");
+        // A bare word is a value only after `=` or `TO`.
+        assert!(secret_literals("SELECT 'password' AND x").is_empty());
+        assert_eq!(secret_literals("SET api_token TO abc;"), vec!["abc"]);
+    }
+
+    /// Any text at all (quotes, escapes and dollar quotes unbalanced,
+    /// values inside values): scanning and masking never panic.
+    #[test]
+    fn any_text_is_scanned_without_panicking() {
+        const TOKENS: [&str; 24] = [
+            "'password'",
+            "password",
+            "=",
+            " ",
+            "TO",
+            "E",
+            "e'",
+            "'",
+            "\"",
+            "$$",
+            "$t$",
+            "$",
+            "x_secret",
+            "\\",
+            "'a\\'b'",
+            ",",
+            ")",
+            ";",
+            "--",
+            "\n",
+            "/*",
+            "*/",
+            "é",
+            "hunter2",
+        ];
+        let mut seed: u64 = 7;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 13) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(TOKENS[(seed >> 33) as usize % TOKENS.len()]);
+            }
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let _ = mask_secrets(&text);
+            let _ = secret_literals(&text);
+            let _ = mentions_secret_key(&text);
+        }
     }
 
     #[test]
