@@ -59,7 +59,7 @@ pub fn compatible(found: &DataType, declared: &DataType) -> bool {
 }
 
 /// Converts a file's column to the declared type; `None` when some value
-/// does not fit (an overflow).
+/// does not fit (an overflow) or would change (see [`changed_rows`]).
 pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
     if col.data_type() == field.data_type() {
         return Some(Arc::clone(col));
@@ -68,7 +68,66 @@ pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
         safe: false,
         format_options: FormatOptions::default(),
     };
-    cast_with_options(col, field.data_type(), &opts).ok()
+    let converted = cast_with_options(col, field.data_type(), &opts).ok()?;
+    match changed_rows(col, &converted) {
+        Ok(rows) if rows.is_empty() => Some(converted),
+        _ => None,
+    }
+}
+
+/// The rows whose value a conversion changed rather than only retyped: a
+/// number with a fraction declared an integer or a decimal of fewer places
+/// (3.7 into BIGINT is 3, 12.345 into DECIMAL(10,1) is 12.3), a finite
+/// float that became infinite (1e300 into FLOAT). Each is a bad record,
+/// as the same value written in a CSV file is. A float narrowed to a
+/// float keeps what precision it can (0.1 into FLOAT), as a cast does.
+/// Rows where either side is NULL are not counted (an overflow to NULL is
+/// found by the NULL it leaves).
+pub(super) fn changed_rows(col: &ArrayRef, converted: &ArrayRef) -> Result<Vec<usize>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float64Type;
+    let (found, declared) = (col.data_type(), converted.data_type());
+    if lossless(found, declared) {
+        return Ok(vec![]);
+    }
+    let decimal = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Decimal32(..)
+                | DataType::Decimal64(..)
+                | DataType::Decimal128(..)
+                | DataType::Decimal256(..)
+        )
+    };
+    let exact_target = declared.is_integer() || decimal(declared);
+    if exact_target && (found.is_floating() || decimal(found)) {
+        // Back to the file's type: a value that comes back different was
+        // rounded or cut.
+        let back = datafusion::arrow::compute::cast(converted, found)?;
+        let differ = datafusion::arrow::compute::kernels::cmp::distinct(col, &back)?;
+        return Ok((0..col.len())
+            .filter(|&r| col.is_valid(r) && converted.is_valid(r) && differ.value(r))
+            .collect());
+    }
+    if declared.is_floating() && found.is_floating() {
+        let (wide, narrow) = (
+            datafusion::arrow::compute::cast(col, &DataType::Float64)?,
+            datafusion::arrow::compute::cast(converted, &DataType::Float64)?,
+        );
+        let (wide, narrow) = (
+            wide.as_primitive::<Float64Type>(),
+            narrow.as_primitive::<Float64Type>(),
+        );
+        return Ok((0..col.len())
+            .filter(|&r| {
+                wide.is_valid(r)
+                    && narrow.is_valid(r)
+                    && wide.value(r).is_finite()
+                    && narrow.value(r).is_infinite()
+            })
+            .collect());
+    }
+    Ok(vec![])
 }
 
 /// Finds each declared column in the file's columns (exact name first, then
@@ -292,5 +351,59 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
         eof: false,
         bad: Vec::new(),
         maxima: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Decimal128Array, Float32Array, Float64Array, Int64Array};
+
+    fn changed(col: ArrayRef, to: DataType) -> Vec<usize> {
+        let lenient = CastOptions {
+            safe: true,
+            format_options: FormatOptions::default(),
+        };
+        let converted = cast_with_options(&col, &to, &lenient).unwrap();
+        let rows = changed_rows(&col, &converted).unwrap();
+        // `conform` refuses the column exactly when a row changed (or overflowed).
+        let field = Field::new("v", to, true);
+        assert_eq!(
+            conform(&col, &field).is_some(),
+            rows.is_empty() && converted.null_count() == col.null_count()
+        );
+        rows
+    }
+
+    #[test]
+    fn a_conversion_that_changes_a_value_is_found() {
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(3.0),
+            Some(3.7),
+            None,
+            Some(-2.9),
+            Some(1e300),
+        ]));
+        assert_eq!(changed(Arc::clone(&floats), DataType::Int64), vec![1, 3]);
+        // 1e300 overflows Int64 to NULL: found by the NULL, not here.
+        assert_eq!(changed(Arc::clone(&floats), DataType::Float32), vec![4]);
+        assert!(changed(Arc::clone(&floats), DataType::Decimal128(10, 1)).is_empty());
+        let quarter: ArrayRef = Arc::new(Float64Array::from(vec![3.25, 0.5]));
+        assert_eq!(changed(quarter, DataType::Decimal128(10, 1)), vec![0]);
+        let dec: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![12_345, 12_300, -1])
+                .with_precision_and_scale(10, 3)
+                .unwrap(),
+        );
+        assert_eq!(changed(Arc::clone(&dec), DataType::Decimal128(10, 1)), vec![0, 2]);
+        assert_eq!(changed(dec, DataType::Int64), vec![0, 1, 2]);
+        // Precision a float cannot keep is not a change; neither are
+        // integers into floats or wider types.
+        let tenth: ArrayRef = Arc::new(Float64Array::from(vec![0.1, 1e-300]));
+        assert!(changed(tenth, DataType::Float32).is_empty());
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1, i64::MAX]));
+        assert!(changed(Arc::clone(&ints), DataType::Float64).is_empty());
+        let small: ArrayRef = Arc::new(Float32Array::from(vec![1.5]));
+        assert!(changed(small, DataType::Float64).is_empty());
     }
 }

@@ -406,6 +406,23 @@ pub(super) fn parquet_rows(
                 });
             }
         }
+        let changed = conform::changed_rows(col, &converted)?;
+        if !changed.is_empty() {
+            let shown = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
+            let became = ArrayFormatter::try_new(converted.as_ref(), &FormatOptions::default())?;
+            for r in changed {
+                errors.entry(r).or_insert_with(|| {
+                    format!(
+                        "column '{}': {} ({}) would become {} in the declared {}",
+                        f.name(),
+                        shown.value(r),
+                        col.data_type(),
+                        became.value(r),
+                        f.data_type()
+                    )
+                });
+            }
+        }
         if !f.is_nullable() && converted.null_count() > 0 {
             for r in (0..converted.len()).filter(|&r| converted.is_null(r)) {
                 errors.entry(r).or_insert_with(|| {
