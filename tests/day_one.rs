@@ -585,6 +585,27 @@ fn a_typo_next_to_a_secret_never_prints_it() {
 
 // ---------------------------------------------------------------- part 7
 
+/// A first run that fails before its first epoch (a mistyped source
+/// path) leaves a checkpoint; the corrected job takes it over instead of
+/// being refused as "a different query".
+#[test]
+fn a_job_fixed_after_its_first_run_failed_runs_on_the_same_checkpoint() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "inn/"));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("inn/"), "{e}");
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let r = run_now(&ws, "job.sql", &["--drain"]).ok();
+    assert!(r.stderr().contains("never ran an epoch"), "{}", r.stderr());
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    // Once it has run, a change is checked as always.
+    ws.write("job.sql", &job(700, "parquet", "inn/"));
+    std::fs::create_dir_all(ws.path("inn")).unwrap();
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("made by a different query"), "{e}");
+}
+
 #[test]
 fn errors_a_user_can_act_on() {
     let ws = Workspace::new();

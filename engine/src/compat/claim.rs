@@ -81,7 +81,21 @@ pub(crate) async fn claim_checkpoint(
     };
     let mut notes = Vec::new();
     let mut reset = BTreeSet::new();
-    if differences.is_empty() {
+    // A checkpoint whose query never logged an epoch (its first run failed
+    // before reading, say on a mistyped path) holds no progress, state or
+    // output to carry over or protect: the changed query takes it as it is.
+    let never_ran = checkpoint.offsets.epochs().await?.is_empty()
+        && checkpoint.commits.epochs().await?.is_empty()
+        && checkpoint.state_operators().await?.is_empty();
+    if never_ran {
+        if !differences.is_empty() {
+            notes.push(format!(
+                "the checkpoint at {} was made by another query that never ran an epoch: it is this \
+                 query's now",
+                checkpoint.location()
+            ));
+        }
+    } else if differences.is_empty() {
         if !same_text {
             notes.push(format!(
                 "the query differs from the one that made the checkpoint at {}, but its stateful \
