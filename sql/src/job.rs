@@ -257,6 +257,23 @@ impl Job {
                     return Err(Error::Plan("INSERT INTO needs a table name".into()));
                 };
                 let target = object_name(name)?;
+                if ins.overwrite {
+                    return Err(Error::Plan(format!(
+                        "INSERT OVERWRITE {target} is not supported: a streaming sink appends each epoch's rows \
+                         (exactly once). To start its output anew, delete the sink's folder and the job's \
+                         checkpoint, and use INSERT INTO"
+                    )));
+                }
+                if ins.partitioned.is_some()
+                    || ins.on.is_some()
+                    || ins.returning.is_some()
+                    || ins.replace_into
+                {
+                    return Err(Error::Plan(format!(
+                        "INSERT INTO {target} takes only a query: PARTITION, ON CONFLICT, RETURNING and REPLACE \
+                         are not supported (a sink appends the query's rows)"
+                    )));
+                }
                 if !ins.columns.is_empty() {
                     return Err(Error::Plan(format!(
                         "INSERT INTO {target} (columns) is not supported: the sink takes the \
@@ -425,6 +442,12 @@ fn table_decl(
     if ct.query.is_some() {
         return Err(Error::Plan(format!(
             "CREATE TABLE {name} AS SELECT is not supported; declare the table and INSERT INTO it"
+        )));
+    }
+    if ct.like.is_some() || ct.clone.is_some() {
+        return Err(Error::Plan(format!(
+            "CREATE TABLE {name} LIKE (or CLONE) another table is not supported; declare its columns and \
+             options"
         )));
     }
     let key_columns = primary_key(&name, &ct)?;
@@ -842,6 +865,28 @@ mod tests {
         );
         let err = Job::parse_as(tables, JobKind::Live).unwrap_err();
         assert!(err.to_string().contains("needs a SELECT"), "{err}");
+    }
+
+    #[test]
+    fn inserts_that_a_stream_cannot_honour_are_refused() {
+        let tables = JOB.split("INSERT INTO").next().unwrap();
+        for (sql, want) in [
+            (
+                "INSERT OVERWRITE out SELECT auction FROM bids",
+                "INSERT OVERWRITE out is not supported",
+            ),
+            (
+                "INSERT INTO out SELECT auction FROM bids RETURNING auction",
+                "RETURNING",
+            ),
+            (
+                "CREATE TABLE t LIKE bids",
+                "LIKE (or CLONE) another table is not supported",
+            ),
+        ] {
+            let err = Job::parse(&format!("{tables} {sql}")).unwrap_err().to_string();
+            assert!(err.contains(want), "{sql}: {err}");
+        }
     }
 
     #[test]

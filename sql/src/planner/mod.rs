@@ -328,6 +328,14 @@ impl StreamPlanner {
                     .into(),
             ));
         }
+        if sources.is_empty() && lookups.is_empty() && sink.is_some() {
+            return Err(Error::Unsupported(
+                "the query reads no source table (VALUES, a SELECT of constants, or a filter that is always \
+                 false): a job writes rows as a stream's rows arrive, so it would never write one. Select from \
+                 a source table"
+                    .into(),
+            ));
+        }
         Ok(PipelinePlan {
             index,
             sink,
@@ -689,6 +697,14 @@ mod tests {
         );
         let e = plan_err("SELECT window_start, window_end, COUNT(*) FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND)) GROUP BY window_start, window_end EMIT ON UPDATE").await;
         assert!(e.contains("EMIT ON UPDATE of a windowed aggregate"), "{e}");
+        for constant in [
+            "SELECT 1 AS one",
+            "VALUES (1, 'x')",
+            "SELECT auction FROM bids WHERE 1 = 0",
+        ] {
+            let e = plan_err(constant).await;
+            assert!(e.contains("reads no source table"), "{constant}: {e}");
+        }
     }
 
     /// The interval join's bound, however it is written, normalized to
