@@ -585,6 +585,31 @@ fn a_typo_next_to_a_secret_never_prints_it() {
 
 // ---------------------------------------------------------------- part 7
 
+/// An append-only query into a sink declared `'mode' = 'changelog'`
+/// writes a changelog of inserts: `op` = `+I` first, `_epoch` and `_seq`
+/// last, so the README's query for a changelog's latest rows reads it.
+#[test]
+fn an_append_only_query_into_a_changelog_sink_writes_inserts() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write(
+        "job.sql",
+        &job_with("SELECT auction, price FROM bids", "", ", 'mode' = 'changelog'"),
+    );
+    ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+    let batches = sink_batches(&ws.path("out"));
+    let names: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["op", "auction", "price", "_epoch", "_seq"], "{names:?}");
+    let rows = sink_rows(&ws.path("out"));
+    assert_eq!(rows.len(), bids.len());
+    assert!(rows.iter().all(|r| r.starts_with("+I|")), "{:?}", &rows[..3]);
+}
+
 /// A first run that fails before its first epoch (a mistyped source
 /// path) leaves a checkpoint; the corrected job takes it over instead of
 /// being refused as "a different query".

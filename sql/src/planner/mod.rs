@@ -276,12 +276,21 @@ impl StreamPlanner {
         let plan = self.rewrite_streaming(plan, emit)?;
         let changelog = is_changelog(&plan);
         let plan = finish_output(plan, changelog)?;
-        let plan = match &sink {
+        let (plan, changelog) = match &sink {
             Some(sink) => {
                 check_sink(sink, changelog)?;
-                conform_to_sink(plan, sink, changelog)?
+                // An append-only query into a changelog sink: each row is
+                // an insert, with its `op` like any changelog's, so that
+                // the sink's readers (and the README's query for a
+                // changelog's latest rows) find the columns they expect.
+                let (plan, changelog) = if !changelog && sink::takes_changelog(sink) {
+                    (sink::as_inserts(plan)?, true)
+                } else {
+                    (plan, changelog)
+                };
+                (conform_to_sink(plan, sink, changelog)?, changelog)
             }
-            None => plan,
+            None => (plan, changelog),
         };
 
         let mut sources = BTreeSet::new();

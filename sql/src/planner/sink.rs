@@ -24,6 +24,24 @@ pub(super) fn finish_output(plan: LogicalPlan, changelog: bool) -> Result<Logica
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
+/// Whether a sink is declared `'mode' = 'changelog'` (a blackhole takes
+/// anything as it is).
+pub(super) fn takes_changelog(sink: &TableDecl) -> bool {
+    sink.options.get("connector") != Some("blackhole")
+        && sink
+            .options
+            .get("mode")
+            .is_some_and(|m| m.eq_ignore_ascii_case("changelog"))
+}
+
+/// An append-only output as a changelog of inserts: `op` = `+I` first.
+pub(super) fn as_inserts(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let schema = Arc::clone(plan.schema());
+    let mut exprs = vec![datafusion::logical_expr::lit("+I").alias(OP_COLUMN)];
+    exprs.extend(schema.iter().map(|(q, f)| Expr::Column(Column::from((q, f)))));
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
 /// A changelog can only go to a sink that accepts one. The `blackhole`
 /// sink takes either, as Flink's does: it keeps nothing, so there is no
 /// table whose meaning an `op` column would change (the benchmarks measure
