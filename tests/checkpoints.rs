@@ -103,6 +103,31 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// The last commit's offsets entry damaged: the run stops naming it
+/// (the commit alone would let it go on, but a rollback or a replay needs
+/// the entry), and a rollback to an earlier epoch recovers.
+#[test]
+fn a_damaged_offsets_entry_of_the_last_commit_stops_the_run() {
+    let ws = Workspace::new();
+    let bids = gen_bids(5, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir(&RUN_CK).ok();
+    let last = last_commit(&ws);
+    let entry = ws.path(&format!("ck/offsets/{last:020}.json"));
+    let text = std::fs::read_to_string(&entry).unwrap();
+    std::fs::write(&entry, &text[..10]).unwrap();
+    let e = ws.weir(&RUN_CK).fails().stderr();
+    assert!(
+        e.contains(&format!("offsets/{last:020}.json (epoch {last})")) && e.contains("rollback"),
+        "{e}"
+    );
+    let to = (last - 1).to_string();
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", &to]).ok();
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
 /// A copy of a checkpoint left beside the original is the same query, but
 /// it must not write or roll back the original's sink folder: rolling the
 /// copy back deleted output the original had committed. A checkpoint that

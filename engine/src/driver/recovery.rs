@@ -134,6 +134,18 @@ impl StreamingJob {
                 self.checkpoint.location()
             )));
         }
+        // The last commit's entry is not needed to go on (the commit holds
+        // the progress), but a rollback or a replay reads it: a damaged one
+        // is reported now, while earlier epochs can still be rolled back to.
+        if let Some(c) = committed
+            && let Err(e) = self.checkpoint.offsets.read(c).await
+        {
+            return Err(Error::Checkpoint(format!(
+                "{e}. The checkpoint is damaged; roll back to an earlier epoch with `weir checkpoint \
+                 rollback {} --to N` (see `weir checkpoint inspect`)",
+                self.checkpoint.location()
+            )));
+        }
         let pending = logged.contains(&next).then_some(next);
         self.checkpoint.check_orphan_state(committed, pending).await?;
         let known: BTreeSet<String> = self
