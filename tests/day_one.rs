@@ -610,6 +610,39 @@ fn an_append_only_query_into_a_changelog_sink_writes_inserts() {
     assert!(rows.iter().all(|r| r.starts_with("+I|")), "{:?}", &rows[..3]);
 }
 
+/// A NULL for a sink column declared NOT NULL stops the epoch before any
+/// of it is written; the query fixed, the epoch replays.
+#[test]
+fn a_null_for_a_not_null_sink_column_stops_the_epoch() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    let job = |query: &str| {
+        job_with(query, "", "").replace(
+            "CREATE TABLE out WITH",
+            "CREATE TABLE out (auction BIGINT NOT NULL, p BIGINT) WITH",
+        )
+    };
+    ws.write(
+        "job.sql",
+        &job("SELECT CASE WHEN price > 500 THEN auction END, price FROM bids"),
+    );
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("column 'auction' is declared NOT NULL") && e.contains("epoch 1"),
+        "{e}"
+    );
+    assert!(parquet_files(&ws.path("out")).is_empty());
+    ws.write(
+        "job.sql",
+        &job("SELECT auction, price FROM bids WHERE price > 500"),
+    );
+    run_now(&ws, "job.sql", &[]).ok();
+    assert_eq!(
+        sink_rows(&ws.path("out")).len(),
+        bids.iter().filter(|b| b.price > 500).count()
+    );
+}
+
 /// A first run that fails before its first epoch (a mistyped source
 /// path) leaves a checkpoint; the corrected job takes it over instead of
 /// being refused as "a different query".

@@ -84,6 +84,9 @@ pub struct FileSink {
     /// `'mode' = 'changelog'`: rows carry their epoch and order (see
     /// [`with_changelog_order`]).
     changelog: bool,
+    /// The columns the table declares NOT NULL: a NULL for one stops the
+    /// epoch (as Flink's default `table.exec.sink.not-null-enforcer`).
+    not_null: Vec<String>,
     /// Threads an epoch's file is encoded on (the job's `--threads`).
     threads: usize,
     /// The table's own store settings (`s3.` options), for writers
@@ -174,6 +177,13 @@ impl FileSink {
                 .options
                 .get("mode")
                 .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
+            not_null: decl
+                .schema
+                .iter()
+                .flat_map(|s| s.fields().iter())
+                .filter(|f| !f.is_nullable())
+                .map(|f| f.name().clone())
+                .collect(),
             threads: 1,
             store_keys: weir_sql::Options::new(
                 decl.options
@@ -249,6 +259,17 @@ impl FileSink {
         batches: &[RecordBatch],
         between: impl FnOnce() -> Result<()>,
     ) -> Result<(u64, u64)> {
+        for name in &self.not_null {
+            let Ok(i) = schema.index_of(name) else { continue };
+            if batches.iter().any(|b| b.column(i).null_count() > 0) {
+                return Err(Error::Config(format!(
+                    "sink table '{}': column '{name}' is declared NOT NULL, but the query gave it a NULL in \
+                     epoch {epoch} (nothing of the epoch was written). Filter such rows out (WHERE {name} IS \
+                     NOT NULL), give a default (COALESCE), or declare the column without NOT NULL",
+                    self.table
+                )));
+            }
+        }
         self.claim().await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
