@@ -643,6 +643,38 @@ fn a_null_for_a_not_null_sink_column_stops_the_epoch() {
     );
 }
 
+/// A changed query may not change the type of a column its sink has
+/// output for (the folder would no longer read as one table), not even
+/// with --fresh-state; a new column is fine.
+#[test]
+fn a_changed_query_may_not_retype_a_sink_column() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job_with("SELECT auction, price FROM bids", "", ""));
+    run_now(&ws, "job.sql", &[]).ok();
+    ws.write(
+        "job.sql",
+        &job_with(
+            "SELECT auction, CAST(price AS VARCHAR) AS price FROM bids",
+            "",
+            "",
+        ),
+    );
+    for extra in [&[][..], &["--fresh-state"][..]] {
+        let e = run_now(&ws, "job.sql", extra).fails().stderr();
+        assert!(
+            e.contains("sink 'out': column 'price' would now be Utf8") && e.contains("as Int64"),
+            "{e}"
+        );
+    }
+    ws.write(
+        "job.sql",
+        &job_with("SELECT auction, price, price * 2 AS twice FROM bids", "", ""),
+    );
+    run_now(&ws, "job.sql", &[]).ok();
+    ws.weir(&["query", "SELECT COUNT(*) FROM 'out/'"]).ok();
+}
+
 /// A first run that fails before its first epoch (a mistyped source
 /// path) leaves a checkpoint; the corrected job takes it over instead of
 /// being refused as "a different query".

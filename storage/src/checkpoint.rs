@@ -103,6 +103,12 @@ pub struct SinkRecord {
     pub url: String,
     /// The writer id in its file names.
     pub writer: String,
+    /// The columns the query writes there, `name type` each, in order
+    /// (empty for a late-row or dead-letter table, and in checkpoints of
+    /// an earlier Weir): a changed query may not change a column's type,
+    /// since the folder's files would then not read as one table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 /// The checkpoint folder of one job.

@@ -87,6 +87,18 @@ pub(crate) async fn claim_checkpoint(
     let never_ran = checkpoint.offsets.epochs().await?.is_empty()
         && checkpoint.commits.epochs().await?.is_empty()
         && checkpoint.state_operators().await?.is_empty();
+    let retyped = match &old {
+        Some(old) if !never_ran => super::sink_type_changes(old, &new),
+        _ => Vec::new(),
+    };
+    if !retyped.is_empty() {
+        return Err(Error::Checkpoint(format!(
+            "the query changed the type of a column its sink has committed output for:\n  - {}\nThe sink's \
+             folder would hold files whose columns disagree, which readers cannot read as one table. Write the \
+             changed query to a sink with its own 'path' (and its own --checkpoint), or CAST the column back",
+            retyped.join("\n  - ")
+        )));
+    }
     if never_ran {
         if !differences.is_empty() {
             notes.push(format!(
@@ -222,7 +234,18 @@ pub(crate) fn job_records(
                 sinks.push((table, sink_writer(query_id, p.index, true)));
             }
         }
+        let first = r.sinks.len();
         sinks_records(job, sinks, store_options, &mut r)?;
+        if let (Some(decl), Some(rec)) = (&p.sink, r.sinks.get_mut(first))
+            && rec.table == decl.name
+        {
+            rec.columns = plan
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect();
+        }
     }
     // Dead-letter tables belong to the job's sources, not to a pipeline.
     let mut tables: Vec<&String> = dead_letters.values().collect();
@@ -259,6 +282,7 @@ pub(crate) fn sinks_records(
             path: path.to_string(),
             url,
             writer,
+            columns: Vec::new(),
         });
     }
     Ok(())

@@ -142,6 +142,38 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
     out
 }
 
+/// The sink columns whose type a changed query changes (`a sink's
+/// columns, name type`: see `SinkRecord::columns`). Not a difference that
+/// `--fresh-state` may override: the folder would hold files of both types,
+/// which no reader reads as one table. All text types count as one type,
+/// as do all binary types (Parquet stores each kind alike).
+pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
+    let kind = |t: &str| match t {
+        "Utf8" | "LargeUtf8" | "Utf8View" => "text".to_string(),
+        "Binary" | "LargeBinary" | "BinaryView" => "binary".to_string(),
+        other => other.to_string(),
+    };
+    let split = |c: &String| c.split_once(' ').map(|(n, t)| (n.to_string(), t.to_string()));
+    let mut out = Vec::new();
+    for o in &old.sinks {
+        let Some(n) = new.sinks.iter().find(|n| n.table == o.table) else {
+            continue;
+        };
+        for (name, was) in o.columns.iter().filter_map(split) {
+            if let Some((_, now)) = n.columns.iter().filter_map(split).find(|(m, _)| *m == name)
+                && kind(&now) != kind(&was)
+            {
+                out.push(format!(
+                    "sink '{}': column '{name}' would now be {now}, but the output committed in its folder has it \
+                     as {was}",
+                    o.table
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The sources whose progress a fresh start keeps: same name, same
 /// signature. (With no old records, every source of the same name.)
 pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
@@ -185,6 +217,7 @@ mod tests {
                 path: sink_url.into(),
                 url: format!("file://{sink_url}"),
                 writer: "abc-p0".into(),
+                columns: vec![],
             }],
         }
     }
@@ -247,6 +280,7 @@ mod tests {
             path: format!("{table}/"),
             url: format!("file:///{table}/"),
             writer,
+            columns: vec![],
         };
         b.sinks
             .push(bad("bad_bids", crate::dead_letter::writer("abcdef0123")));
