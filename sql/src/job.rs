@@ -466,6 +466,15 @@ fn table_decl(
                         key.value
                     ))
                 })?;
+                if pairs
+                    .iter()
+                    .any(|(k, _): &(String, String)| k.eq_ignore_ascii_case(&key.value))
+                {
+                    return Err(Error::Plan(format!(
+                        "table '{name}': option '{}' is given twice",
+                        key.value
+                    )));
+                }
                 pairs.push((key.value.clone(), v));
             }
             Options::new(pairs)
@@ -477,6 +486,17 @@ fn table_decl(
             )));
         }
     };
+    for (i, c) in ct.columns.iter().enumerate() {
+        if ct.columns[..i]
+            .iter()
+            .any(|d| d.name.value.eq_ignore_ascii_case(&c.name.value))
+        {
+            return Err(Error::Plan(format!(
+                "table '{name}': column '{}' is declared twice",
+                c.name.value
+            )));
+        }
+    }
     let schema: Option<SchemaRef> = if ct.columns.is_empty() {
         None
     } else {
@@ -868,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn inserts_that_a_stream_cannot_honour_are_refused() {
+    fn statements_a_stream_cannot_honour_or_that_say_a_thing_twice_are_refused() {
         let tables = JOB.split("INSERT INTO").next().unwrap();
         for (sql, want) in [
             (
@@ -882,6 +902,11 @@ mod tests {
             (
                 "CREATE TABLE t LIKE bids",
                 "LIKE (or CLONE) another table is not supported",
+            ),
+            ("CREATE TABLE t (a INT, A INT)", "column 'A' is declared twice"),
+            (
+                "CREATE TABLE t WITH ('connector' = 'files', 'path' = 'a/', 'PATH' = 'b/')",
+                "option 'PATH' is given twice",
             ),
         ] {
             let err = Job::parse(&format!("{tables} {sql}")).unwrap_err().to_string();
