@@ -178,9 +178,11 @@ pub async fn check_owner(loc: &Location, me: &SinkOwner, lease: &str, options: &
 /// writing one folder undo each other: a rollback of one deletes output
 /// that the other has committed, and both publish the same epochs. So the
 /// owner's recorded place is looked at: if a checkpoint of the same query
-/// is still there, and its lease is not the one this process holds (`me`
-/// under another spelling of its URL), `me` is a copy. A place that cannot
-/// be opened or read counts as moved, as before this check.
+/// is still there, writing to this folder (a whole project copied with its
+/// sink folders writes to its own), and its lease is not the one this
+/// process holds (`me` under another spelling of its URL), `me` is a copy.
+/// A place that cannot be opened or read counts as moved, as before this
+/// check.
 pub async fn copy_conflict(
     loc: &Location,
     me: &SinkOwner,
@@ -194,6 +196,15 @@ pub async fn copy_conflict(
     let there = Checkpoint::new(Location::open(&found.checkpoint, options, Create::No).ok()?);
     let meta = there.read_metadata().await.ok()??;
     if meta.query_id != found.query_id {
+        return None;
+    }
+    // A whole project copied (its sink folders with it): the checkpoint
+    // there writes to its own folders, not this one.
+    if !meta
+        .sinks
+        .iter()
+        .any(|s| s.url.trim_end_matches('/') == loc.url().trim_end_matches('/'))
+    {
         return None;
     }
     if there
