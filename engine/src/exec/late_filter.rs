@@ -46,6 +46,14 @@ pub struct LateFilterExec {
 }
 
 impl LateFilterExec {
+    /// Whether `plan` judges the lateness of `source`'s rows somewhere
+    /// under it (a `LateFilterExec` of that source).
+    pub fn judges_below(plan: &Arc<dyn ExecutionPlan>, source: &str) -> bool {
+        plan.downcast_ref::<LateFilterExec>()
+            .is_some_and(|l| l.source == source)
+            || plan.children().into_iter().any(|c| Self::judges_below(c, source))
+    }
+
     /// Filters `input` (a scan of `source`) by its column `time_index`.
     pub fn new(input: Arc<dyn ExecutionPlan>, source: String, time_index: usize, delay_ms: i64) -> Self {
         let schema = input.schema();

@@ -162,8 +162,22 @@ impl ExecutionPlan for WindowAssignExec {
         let epoch = EpochInput::from_task(&context)?;
         // Under several threads, the rows of the source before each batch
         // that other partitions received (see `scan::dealt_watermarks`).
+        // A window over a view that filters or joins its source's rows has
+        // their lateness judged where the source is read (a
+        // `LateFilterExec` below), in the source's order. The rows that
+        // reach this node may come in another order (a join's output
+        // follows whichever side it probes with, which differs with the
+        // thread count): judging them again row by row would drop on-time
+        // rows. Every row the filter kept is at or above the epoch's
+        // starting watermark, which is the rule used here then.
+        let judged_below = match &self.origin {
+            WatermarkOrigin::Source { source, .. } => {
+                super::late_filter::LateFilterExec::judges_below(&self.input, source)
+            }
+            _ => false,
+        };
         let dealt = match &self.origin {
-            WatermarkOrigin::Source { source, delay_ms } => {
+            WatermarkOrigin::Source { source, delay_ms } if !judged_below => {
                 super::scan::dealt_watermarks(&self.input, self.time_index, source, *delay_ms, &epoch)?
             }
             _ => None,
@@ -171,6 +185,9 @@ impl ExecutionPlan for WindowAssignExec {
         let mut next_batch = partition;
         let input = self.input.execute(partition, context)?;
         let (watermark, cap, delay_ms) = match &self.origin {
+            WatermarkOrigin::Source { source, .. } if judged_below => {
+                (epoch.source_watermark_in(source), i64::MAX, None)
+            }
             WatermarkOrigin::Source { source, delay_ms } => {
                 (epoch.source_watermark_in(source), i64::MAX, Some(*delay_ms))
             }
