@@ -48,9 +48,20 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Whether a process of this host is running (Linux: `/proc/<pid>`).
+/// Whether a process of this host is running (Linux: `/proc/<pid>`). A
+/// zombie (killed, not yet reaped by its parent: a shell that ran
+/// `kill -9` and the job again at once) is not: its state in
+/// `/proc/<pid>/stat` is `Z` (or `X`, dead).
 fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) state ...`; comm may hold spaces and parentheses.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }
 
 /// A held lease. Dropping it stops the renewals (the lease then lapses);
@@ -211,5 +222,26 @@ async fn renew_forever(lease: std::sync::Weak<Lease>, ttl: Duration) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that exited but was not waited for is a zombie: not alive.
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+        });
+        assert!(zombie, "the child became a zombie");
+        assert!(!process_alive(pid));
+        child.wait().expect("reap");
+        assert!(!process_alive(pid));
     }
 }
