@@ -128,6 +128,32 @@ fn a_damaged_offsets_entry_of_the_last_commit_stops_the_run() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// A rollback killed after deleting the later commits, before their
+/// offsets, state and output (what `rollback.json` marks): the next run
+/// finishes it, then redoes the epochs, every row once.
+#[test]
+fn a_rollback_killed_midway_is_finished_by_the_next_run() {
+    let ws = Workspace::new();
+    let bids = gen_bids(5, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir(&RUN_CK).ok();
+    let last = last_commit(&ws);
+    ws.write("ck/rollback.json", "{\"to\": 4}");
+    for e in 5..=last {
+        std::fs::remove_file(ws.path(&commit(e))).unwrap();
+    }
+    let r = ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
+    assert!(
+        r.stderr().contains("finished the rollback to epoch 4")
+            && r.stderr().contains("resuming after epoch 4"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!ws.path("ck/rollback.json").exists());
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+}
+
 /// A copy of a checkpoint left beside the original is the same query, but
 /// it must not write or roll back the original's sink folder: rolling the
 /// copy back deleted output the original had committed. A checkpoint that

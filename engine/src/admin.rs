@@ -411,6 +411,49 @@ pub async fn rollback(
     result
 }
 
+/// `rollback.json`: a rollback under way, `{"to": N}`. Written before its
+/// first deletion and deleted after its last, so that a rollback killed
+/// midway (commits gone, later offsets and state not yet) is finished by
+/// the next `weir run` or rollback rather than read as damage.
+const ROLLBACK_MARKER: &str = "rollback.json";
+
+/// The epoch an interrupted rollback was rolling back to, if any.
+pub async fn interrupted_rollback(ck: &Checkpoint) -> Result<Option<u64>> {
+    let Some(bytes) = ck.location().get(ROLLBACK_MARKER).await? else {
+        return Ok(None);
+    };
+    let to = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("to").and_then(Value::as_u64))
+        .ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "{} is not a rollback record ({{\"to\": N}})",
+                ck.location().url_of(ROLLBACK_MARKER)
+            ))
+        })?;
+    Ok(Some(to))
+}
+
+/// Finishes a rollback that was interrupted (see [`ROLLBACK_MARKER`]),
+/// under the lease `lease` that the caller holds.
+pub async fn finish_rollback(
+    ck: &Checkpoint,
+    store_options: &StoreOptions,
+    lease: &str,
+) -> Result<Option<u64>> {
+    let Some(to) = interrupted_rollback(ck).await? else {
+        return Ok(None);
+    };
+    let meta = ck.read_metadata().await?.ok_or_else(|| {
+        Error::Config(format!(
+            "{} is not a Weir checkpoint (it has no metadata.json)",
+            ck.location()
+        ))
+    })?;
+    rollback_held(ck, &meta, store_options, to, lease).await?;
+    Ok(Some(to))
+}
+
 async fn rollback_held(
     ck: &Checkpoint,
     meta: &Metadata,
@@ -465,6 +508,9 @@ async fn rollback_held(
         sinks.push((s.table.clone(), SinkLayout::new(loc, s.writer.clone())));
     }
 
+    let marker = serde_json::to_vec(&serde_json::json!({ "to": to }))
+        .map_err(|e| Error::Checkpoint(format!("rollback record: {e}")))?;
+    ck.location().put(ROLLBACK_MARKER, marker).await?;
     let mut done = Rollback::default();
     for &e in commits.iter().rev().filter(|&&e| e > to) {
         ck.commits.delete(e).await?;
@@ -490,6 +536,7 @@ async fn rollback_held(
         ck.offsets.delete(e).await?;
         done.offsets.push(e);
     }
+    ck.location().delete(ROLLBACK_MARKER).await?;
     done.commits.reverse();
     done.offsets.reverse();
     Ok(done)

@@ -10,6 +10,7 @@
 //!   commits/<epoch:020>.json      epoch N is complete (created if absent, never replaced)
 //!   state/<operator>/<epoch:020>.{snapshot,delta}[.<k>-of-<n>].parquet   operator state at epoch N (of shard k)
 //!   _probe/<random>               briefly, while checking create-if-absent (below)
+//!   rollback.json                 while `weir checkpoint rollback` deletes: {"to": N}
 //!
 //! <sink>/
 //!   part-<epoch:010>-<writer>.parquet          committed output, one file per epoch and writer

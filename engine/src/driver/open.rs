@@ -91,17 +91,36 @@ impl StreamingJob {
             let _ = lease.release().await;
             return Err(e);
         }
+        // A rollback killed midway is finished first (its commits are
+        // gone, its later offsets and state may not be).
+        let finished = crate::admin::finish_rollback(&checkpoint, &options.store_options, &lease.id()).await;
+        let finished = match finished {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
         let claimed = compat::claim::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
             compat::claim::job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
         })
         .await;
-        let (metadata, notes, reset_sources) = match claimed {
+        let (metadata, mut notes, reset_sources) = match claimed {
             Ok(c) => c,
             Err(e) => {
                 let _ = lease.release().await;
                 return Err(e);
             }
         };
+        if let Some(to) = finished {
+            notes.insert(
+                0,
+                format!(
+                    "finished the rollback to epoch {to} that was interrupted ({} was left behind)",
+                    checkpoint.location().url_of("rollback.json")
+                ),
+            );
+        }
 
         let mut sources = BTreeMap::new();
         for (p, _, _) in &physical {
