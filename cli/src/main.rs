@@ -566,8 +566,12 @@ fn query(
     if let Some(address) = cluster {
         shell.set_cluster(scheduler_url(address)?);
     }
+    let text = sql.trim().trim_end_matches(';').trim();
+    if text.is_empty() {
+        anyhow::bail!("weir query needs a statement, e.g. weir query \"SELECT * FROM 'out/'\"");
+    }
     let piece = Piece {
-        text: sql.trim().trim_end_matches(';').to_string(),
+        text: text.to_string(),
         line: 1,
         command: false,
     };

@@ -56,9 +56,9 @@ impl Shell {
             S::ShowSettings => self.list_settings(),
             S::Set => self.set(sql),
             S::Other(head) => bail!(
-                "the shell does not run {head} statements; it runs CREATE TABLE, CREATE VIEW, DROP TABLE, \
-                 INSERT INTO, SELECT, EXPLAIN, SHOW QUERIES, SHOW TABLES, STOP QUERY, DESCRIBE and SET \
-                 (\\? for help)"
+                "'{head}' is not a statement Weir runs here (a typo?); it runs CREATE TABLE, CREATE VIEW, \
+                 DROP TABLE, INSERT INTO, SELECT, EXPLAIN, SHOW QUERIES, SHOW TABLES, STOP QUERY, DESCRIBE and \
+                 SET (\\? for help in the shell)"
             ),
         }
     }
