@@ -34,129 +34,6 @@ pub(super) fn json_reason(e: &ArrowError) -> String {
     format!("not a JSON object: {text}")
 }
 
-/// Arrow's JSON reader cuts a number with a fraction written for an
-/// integer column (`{"v": 3.7}` into `v BIGINT` gives 3). Such a value is
-/// a bad record here, as the same text is in a CSV file. This finds the
-/// cases cheaply: the names of the integer columns, checked against the
-/// text only when one of them is written with a fraction or an exponent.
-pub(super) struct IntegerCheck {
-    /// The declared integer columns' names.
-    names: Vec<String>,
-    /// The schema with those columns as Float64, to read them unrounded.
-    as_floats: SchemaRef,
-}
-
-impl IntegerCheck {
-    /// `None` when the table declares no integer column.
-    pub(super) fn of(schema: &SchemaRef) -> Option<Self> {
-        let names: Vec<String> = schema
-            .fields()
-            .iter()
-            .filter(|f| f.data_type().is_integer())
-            .map(|f| f.name().clone())
-            .collect();
-        if names.is_empty() {
-            return None;
-        }
-        let as_floats = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    if f.data_type().is_integer() {
-                        f.as_ref().clone().with_data_type(DataType::Float64)
-                    } else {
-                        f.as_ref().clone()
-                    }
-                })
-                .collect::<Vec<_>>(),
-        ));
-        Some(Self { names, as_floats })
-    }
-
-    /// Whether `text` gives one of the integer columns a number with a
-    /// fraction or an exponent (`"v": 3.7`, `"v": 1e3`): a scan of keys and
-    /// number tokens, outside strings. It may answer yes for a nested key
-    /// of the same name (the rows are then compared, and pass).
-    pub(super) fn suspects(&self, text: &[u8]) -> bool {
-        let (mut i, mut key, mut last_string) = (0, None::<(usize, usize)>, None::<(usize, usize)>);
-        while i < text.len() {
-            match text[i] {
-                b'"' => {
-                    let start = i + 1;
-                    i += 1;
-                    while i < text.len() && text[i] != b'"' {
-                        i += if text[i] == b'\\' { 2 } else { 1 };
-                    }
-                    last_string = Some((start, i.min(text.len())));
-                    i += 1;
-                }
-                b':' => {
-                    key = last_string.take();
-                    i += 1;
-                }
-                b'-' | b'0'..=b'9' => {
-                    let start = i;
-                    while i < text.len() && matches!(text[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                    {
-                        i += 1;
-                    }
-                    if text[start..i].iter().any(|b| matches!(b, b'.' | b'e' | b'E'))
-                        && let Some((a, b)) = key
-                        && self.names.iter().any(|n| n.as_bytes() == &text[a..b])
-                    {
-                        return true;
-                    }
-                }
-                b',' | b'{' | b'}' | b'[' | b']' => {
-                    key = None;
-                    i += 1;
-                }
-                _ => i += 1,
-            }
-        }
-        false
-    }
-
-    /// Checks `rows` (decoded from `text`): the first row and column whose
-    /// number had a fraction, as a bad record's reason.
-    pub(super) fn check(&self, text: &[u8], rows: &RecordBatch) -> std::result::Result<(), ArrowError> {
-        use datafusion::arrow::array::{Array, AsArray};
-        use datafusion::arrow::datatypes::Float64Type;
-        if !self.suspects(text) {
-            return Ok(());
-        }
-        let floats = json::ReaderBuilder::new(Arc::clone(&self.as_floats))
-            .with_batch_size(rows.num_rows().clamp(1, 8192))
-            .build(Cursor::new(text))?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let floats = concat_batches(&self.as_floats, &floats)?;
-        if floats.num_rows() != rows.num_rows() {
-            return Ok(()); // not the same rows: the caller's own checks decide
-        }
-        for r in 0..rows.num_rows() {
-            for name in &self.names {
-                let (Ok(i), Ok(j)) = (rows.schema().index_of(name), floats.schema().index_of(name)) else {
-                    continue;
-                };
-                let (int, float) = (rows.column(i), floats.column(j).as_primitive::<Float64Type>());
-                if int.is_null(r) || float.is_null(r) {
-                    continue;
-                }
-                let exact = datafusion::arrow::compute::cast(&int.slice(r, 1), &DataType::Float64)?;
-                if exact.as_primitive::<Float64Type>().value(0) != float.value(r) {
-                    return Err(ArrowError::JsonError(format!(
-                        "whilst decoding field '{name}': {} is not an integer (the column is declared {})",
-                        float.value(r),
-                        int.data_type()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 pub(super) fn read_json(
     file: &FileRef<'_>,
     bytes: &Bytes,
@@ -196,18 +73,11 @@ pub(super) fn read_json(
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
-    let integers = IntegerCheck::of(&schema);
     let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
-        let batches: Vec<RecordBatch> = json::ReaderBuilder::new(Arc::clone(&schema))
+        json::ReaderBuilder::new(Arc::clone(&schema))
             .with_batch_size(rows.clamp(1, 8192))
             .build(Cursor::new(text))?
-            .collect::<std::result::Result<_, _>>()?;
-        if let Some(check) = &integers
-            && check.suspects(text)
-        {
-            check.check(text, &concat_batches(&schema, &batches)?)?;
-        }
-        Ok(batches)
+            .collect()
     };
 
     // Fast path: one row per record, every NOT NULL column full.
@@ -324,12 +194,7 @@ pub(super) fn json_values_fast<'a>(
             }
             Ok(())
         };
-    let integers = IntegerCheck::of(&schema);
     for v in values {
-        // A fraction for an integer column: the slow path finds the record.
-        if integers.as_ref().is_some_and(|c| c.suspects(v)) {
-            return Ok(None);
-        }
         if feed(v, &mut decoded).is_err() || feed(b"\n", &mut decoded).is_err() {
             return Ok(None);
         }

@@ -721,42 +721,6 @@ mod tests {
         out
     }
 
-    /// A JSON number with a fraction for an integer column is a bad
-    /// record (Arrow's reader would cut 3.7 to 3); 3.0 and 1e2 are whole,
-    /// and a nested key of the same name does not count.
-    #[tokio::test]
-    async fn json_fractions_for_integer_columns_are_bad_records() {
-        let declared = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new("v", DataType::Int64, true),
-        ]));
-        let json = b"{\"k\":\"a\",\"v\":3.7}\n{\"k\":\"b\",\"v\":2}\n{\"k\":\"c\",\"v\":3.0}\n\
-                     {\"k\":\"d\",\"v\":1e2}\n{\"k\":\"e\",\"v\":2,\"x\":{\"v\":1.5}}\n{\"k\":\"f\",\"v\":-2.9}\n";
-        let rows = read_as("a.json", json, Format::Json, declared, OnError::Skip, 0, 100)
-            .await
-            .unwrap();
-        let got: Vec<i64> = rows
-            .batches
-            .iter()
-            .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
-            .collect();
-        assert_eq!(got, vec![2, 3, 100, 2]);
-        let lines: Vec<(Option<u64>, String)> = bad(&rows).into_iter().map(|(l, _, e, _)| (l, e)).collect();
-        assert_eq!(
-            lines,
-            vec![
-                (
-                    Some(1),
-                    "column 'v': 3.7 is not an integer (the column is declared Int64)".into()
-                ),
-                (
-                    Some(6),
-                    "column 'v': -2.9 is not an integer (the column is declared Int64)".into()
-                ),
-            ]
-        );
-    }
-
     #[tokio::test]
     async fn parquet_bad_rows_are_set_aside_by_row() {
         // Declared `price INT NOT NULL`: 3e9 does not fit, NULL is missing.
