@@ -248,5 +248,14 @@ mod tests {
         let abc = Location::open("memory://w/abc", &o, Create::Yes).unwrap();
         assert!(within(&ab, &a) && within(&a, &a));
         assert!(!within(&a, &ab) && !within(&abc, &a));
+        // A store's root holds everything in it (a sink at `'path' = '/'`).
+        let root = Location::open("file:///", &o, Create::No).unwrap();
+        let ck = Location::open(
+            &format!("file://{}", std::env::temp_dir().display()),
+            &o,
+            Create::No,
+        )
+        .unwrap();
+        assert!(within(&ck, &root) && !within(&root, &ck));
     }
 }
