@@ -32,6 +32,23 @@ const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP
         auction, COUNT(*), SUM(price)
  FROM bids GROUP BY 1, 2, 3";
 
+/// `JOB` run into `ck/` over 1,000 bids (10 epochs of 100 rows).
+fn ran_job() -> (Workspace, Vec<Bid>) {
+    let ws = Workspace::new();
+    let bids = gen_bids(5, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir(&RUN_CK).ok();
+    (ws, bids)
+}
+
+/// Runs `JOB` on to its end, drained, and checks that its sink holds
+/// every row once.
+fn finishes_with_every_row_once(ws: &Workspace, bids: &[Bid]) {
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(bids, ORACLE));
+}
+
 fn commit(epoch: u64) -> String {
     format!("ck/commits/{epoch:020}.json")
 }
@@ -108,11 +125,7 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
 /// the entry), and a rollback to an earlier epoch recovers.
 #[test]
 fn a_damaged_offsets_entry_of_the_last_commit_stops_the_run() {
-    let ws = Workspace::new();
-    let bids = gen_bids(5, 1000, BASE_MS, 1500);
-    write_parquet(&ws.path("in/bids.parquet"), &bids);
-    ws.write("job.sql", JOB);
-    ws.weir(&RUN_CK).ok();
+    let (ws, bids) = ran_job();
     let last = last_commit(&ws);
     let entry = ws.path(&format!("ck/offsets/{last:020}.json"));
     let text = std::fs::read_to_string(&entry).unwrap();
@@ -124,8 +137,7 @@ fn a_damaged_offsets_entry_of_the_last_commit_stops_the_run() {
     );
     let to = (last - 1).to_string();
     ws.weir(&["checkpoint", "rollback", "ck", "--to", &to]).ok();
-    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
-    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    finishes_with_every_row_once(&ws, &bids);
 }
 
 /// A rollback killed after deleting the later commits, before their
@@ -133,11 +145,7 @@ fn a_damaged_offsets_entry_of_the_last_commit_stops_the_run() {
 /// finishes it, then redoes the epochs, every row once.
 #[test]
 fn a_rollback_killed_midway_is_finished_by_the_next_run() {
-    let ws = Workspace::new();
-    let bids = gen_bids(5, 1000, BASE_MS, 1500);
-    write_parquet(&ws.path("in/bids.parquet"), &bids);
-    ws.write("job.sql", JOB);
-    ws.weir(&RUN_CK).ok();
+    let (ws, bids) = ran_job();
     let last = last_commit(&ws);
     ws.write("ck/rollback.json", "{\"to\": 4}");
     for e in 5..=last {
@@ -161,11 +169,7 @@ fn a_rollback_killed_midway_is_finished_by_the_next_run() {
 /// record follows it.
 #[test]
 fn a_copy_of_a_checkpoint_may_not_touch_the_originals_output_but_a_moved_one_may() {
-    let ws = Workspace::new();
-    let bids = gen_bids(5, 1000, BASE_MS, 1500);
-    write_parquet(&ws.path("in/bids.parquet"), &bids);
-    ws.write("job.sql", JOB);
-    ws.weir(&RUN_CK).ok();
+    let (ws, bids) = ran_job();
     let files = parquet_files(&ws.path("out"));
     copy_dir(&ws.path("ck"), &ws.path("copy"));
     let refused = |r: Run| {
@@ -177,42 +181,27 @@ fn a_copy_of_a_checkpoint_may_not_touch_the_originals_output_but_a_moved_one_may
         assert_eq!(parquet_files(&ws.path("out")), files, "nothing deleted");
     };
     refused(ws.weir(&["checkpoint", "rollback", "copy", "--to", "4"]));
-    refused(ws.weir(&[
-        "run",
-        "job.sql",
-        "--checkpoint",
-        "copy",
-        "--trigger",
-        "available-now",
-    ]));
+    let run_on = |ck: &str, extra: &[&str]| {
+        ws.weir(
+            &[
+                &["run", "job.sql", "--trigger", "available-now", "--checkpoint", ck][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    refused(run_on("copy", &[]));
 
     // Moved: the old place gone, the folder is the moved checkpoint's.
     std::fs::rename(ws.path("ck"), ws.path("moved")).unwrap();
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--checkpoint",
-        "moved",
-        "--trigger",
-        "available-now",
-    ])
-    .ok();
+    run_on("moved", &[]).ok();
     let owner = std::fs::read_to_string(ws.path("out/_weir/owner.json")).unwrap();
     assert!(owner.contains("/moved\""), "{owner}");
     // The copy still lies beside it, and is still refused; the moved one
     // rolls back and finishes with every row once.
     refused_copy_of(&ws, "moved");
     ws.weir(&["checkpoint", "rollback", "moved", "--to", "4"]).ok();
-    ws.weir(&[
-        "run",
-        "job.sql",
-        "--checkpoint",
-        "moved",
-        "--trigger",
-        "available-now",
-        "--drain",
-    ])
-    .ok();
+    run_on("moved", &["--drain"]).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
@@ -361,8 +350,7 @@ fn a_checkpoint_whose_commits_name_no_state_files_resumes() {
     }
     ws.weir(&[&once[..], &["--threads", "2"]].concat()).ok();
     assert_eq!(named_by_commit(&ws, 5, "p0-agg0"), vec![vec![5], vec![5]]);
-    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
-    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    finishes_with_every_row_once(&ws, &bids);
 }
 
 /// Retention: a long run keeps a bounded checkpoint (20 epochs of logs, sink
@@ -400,8 +388,7 @@ fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
     assert!(oldest > 1);
     ws.weir(&["checkpoint", "rollback", "ck", "--to", &oldest.to_string()])
         .ok();
-    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
-    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    finishes_with_every_row_once(&ws, &bids);
 }
 
 /// `SET checkpoint.retain_epochs` bounds what a checkpoint keeps (the
@@ -427,8 +414,7 @@ fn retention_is_a_setting() {
         .stderr();
     assert!(e.contains("not a retained committed epoch"), "{e}");
     ws.weir(&["checkpoint", "rollback", "ck", "--to", "13"]).ok();
-    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
-    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
+    finishes_with_every_row_once(&ws, &bids);
 }
 
 /// The fixture cases: folder name, and what the error must say besides the

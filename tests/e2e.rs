@@ -1191,20 +1191,7 @@ fn a_window_over_a_lookup_join_judges_lateness_in_the_streams_order() {
          GROUP BY window_start, window_end, category;",
     );
     let run = |threads: &str, extra: &[(&str, &str)]| {
-        ws.weir_env(
-            &[
-                "run",
-                "job.sql",
-                "--checkpoint",
-                "ck",
-                "--trigger",
-                "available-now",
-                "--drain",
-                "--threads",
-                threads,
-            ],
-            extra,
-        )
+        ws.weir_env(&[&RUN_CK[..], &["--drain", "--threads", threads]].concat(), extra)
     };
     let mut outputs = Vec::new();
     for threads in ["1", "2"] {
