@@ -124,12 +124,7 @@ impl SinkOwner {
             version: PARTS_VERSION,
             ..self.clone()
         };
-        let json = serde_json::to_vec_pretty(&marked).map_err(|e| Error::Corrupt {
-            url: loc.url_of(Self::NAME),
-            epoch: None,
-            reason: e.to_string(),
-        })?;
-        loc.put(Self::NAME, Bytes::from(json)).await
+        loc.put(Self::NAME, marked.encode(loc)?).await
     }
 
     /// Rewrites the folder's owner record, `found` (the same query), with
@@ -140,12 +135,18 @@ impl SinkOwner {
             version: found.version,
             ..self.clone()
         };
-        let json = serde_json::to_vec_pretty(&moved).map_err(|e| Error::Corrupt {
-            url: loc.url_of(Self::NAME),
-            epoch: None,
-            reason: e.to_string(),
-        })?;
-        loc.put(Self::NAME, Bytes::from(json)).await
+        loc.put(Self::NAME, moved.encode(loc)?).await
+    }
+
+    /// The record as stored in `loc`'s `_weir/owner.json`.
+    fn encode(&self, loc: &Location) -> Result<Bytes> {
+        serde_json::to_vec_pretty(self)
+            .map(Bytes::from)
+            .map_err(|e| Error::Corrupt {
+                url: loc.url_of(Self::NAME),
+                epoch: None,
+                reason: e.to_string(),
+            })
     }
 
     /// Records `self` as the folder's owner unless it has one. Returns the
@@ -155,12 +156,7 @@ impl SinkOwner {
         if let Some(existing) = Self::read(loc).await? {
             return Ok(existing);
         }
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Corrupt {
-            url: loc.url_of(Self::NAME),
-            epoch: None,
-            reason: e.to_string(),
-        })?;
-        match loc.put_if_absent(Self::NAME, Bytes::from(json)).await {
+        match loc.put_if_absent(Self::NAME, self.encode(loc)?).await {
             Ok(()) => Ok(self.clone()),
             // Another writer claimed it between the read and the create.
             Err(Error::AlreadyExists { .. }) => Self::read(loc).await?.ok_or_else(|| Error::Corrupt {
