@@ -83,6 +83,8 @@ pub struct KafkaSink {
     connection: Connection,
     /// Where epochs are staged until their commit.
     staging: Location,
+    /// The columns the table declares NOT NULL (checked before staging).
+    not_null: Vec<String>,
     client: Mutex<Option<Arc<Client>>>,
 }
 
@@ -238,6 +240,7 @@ impl KafkaSink {
             key_fields,
             compression,
             staging,
+            not_null: crate::sink::not_null_columns(decl),
             client: Mutex::new(None),
         })
     }
@@ -265,6 +268,7 @@ impl KafkaSink {
         batches: &[RecordBatch],
         between: impl FnOnce() -> Result<()>,
     ) -> Result<(u64, u64)> {
+        crate::sink::check_not_null(&self.table, &self.not_null, epoch, schema, batches)?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let (keys, values) = self.encode(schema, batches)?;
         let staged = RecordBatch::try_new(
@@ -535,5 +539,60 @@ mod tests {
             -58897971
         );
         assert_eq!(murmur2(b"abc"), 479470107);
+    }
+
+    /// A NULL for a column the sink table declares NOT NULL stops the
+    /// epoch before anything is staged, as the file sink does (no broker is
+    /// needed: staging comes before any record is sent).
+    #[tokio::test]
+    async fn a_null_for_a_not_null_column_stages_nothing() {
+        use datafusion::arrow::array::Int64Array;
+        use weir_storage::StoreOptions;
+        use weir_storage::location::Create;
+        let decl = weir_sql::job::parse_create_table(
+            "CREATE TABLE out (a BIGINT NOT NULL, b BIGINT) WITH ('connector' = 'kafka', 'topic' = 't', \
+             'properties.bootstrap.servers' = '127.0.0.1:9', 'format' = 'json')",
+        )
+        .unwrap();
+        let staging = Location::open(
+            "memory://kafka-not-null/staging",
+            &StoreOptions::default(),
+            Create::Yes,
+        )
+        .unwrap();
+        let sink = KafkaSink::open(&decl, staging.clone()).unwrap();
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let batch = |a: Vec<Option<i64>>| {
+            let b = Int64Array::from(vec![Some(1); a.len()]);
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from(a)), Arc::new(b)],
+            )
+            .unwrap()
+        };
+        let err = sink
+            .stage(
+                7,
+                &schema,
+                &[batch(vec![Some(1)]), batch(vec![Some(2), None])],
+                || Ok(()),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("column 'a' is declared NOT NULL") && err.contains("epoch 7"),
+            "{err}"
+        );
+        assert!(staging.get(&KafkaSink::staged_name(7)).await.unwrap().is_none());
+        let (rows, _) = sink
+            .stage(8, &schema, &[batch(vec![Some(1), Some(2)])], || Ok(()))
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+        assert!(staging.get(&KafkaSink::staged_name(8)).await.unwrap().is_some());
     }
 }

@@ -177,13 +177,7 @@ impl FileSink {
                 .options
                 .get("mode")
                 .is_some_and(|m| m.eq_ignore_ascii_case("changelog")),
-            not_null: decl
-                .schema
-                .iter()
-                .flat_map(|s| s.fields().iter())
-                .filter(|f| !f.is_nullable())
-                .map(|f| f.name().clone())
-                .collect(),
+            not_null: not_null_columns(decl),
             threads: 1,
             store_keys: weir_sql::Options::new(
                 decl.options
@@ -259,17 +253,7 @@ impl FileSink {
         batches: &[RecordBatch],
         between: impl FnOnce() -> Result<()>,
     ) -> Result<(u64, u64)> {
-        for name in &self.not_null {
-            let Ok(i) = schema.index_of(name) else { continue };
-            if batches.iter().any(|b| b.column(i).null_count() > 0) {
-                return Err(Error::Config(format!(
-                    "sink table '{}': column '{name}' is declared NOT NULL, but the query gave it a NULL in \
-                     epoch {epoch} (nothing of the epoch was written). Filter such rows out (WHERE {name} IS \
-                     NOT NULL), give a default (COALESCE), or declare the column without NOT NULL",
-                    self.table
-                )));
-            }
-        }
+        check_not_null(&self.table, &self.not_null, epoch, schema, batches)?;
         self.claim().await?;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
@@ -615,4 +599,38 @@ impl PipelineSink {
             }
         }
     }
+}
+
+/// The columns a sink table declares NOT NULL.
+pub(crate) fn not_null_columns(decl: &TableDecl) -> Vec<String> {
+    decl.schema
+        .iter()
+        .flat_map(|s| s.fields().iter())
+        .filter(|f| !f.is_nullable())
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// Refuses an epoch's rows when one of `not_null` holds a NULL, as Flink's
+/// default `table.exec.sink.not-null-enforcer` does: the sink checks before
+/// it stages anything, so the epoch is not committed and the fixed query
+/// replays it.
+pub(crate) fn check_not_null(
+    table: &str,
+    not_null: &[String],
+    epoch: u64,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    for name in not_null {
+        let Ok(i) = schema.index_of(name) else { continue };
+        if batches.iter().any(|b| b.column(i).null_count() > 0) {
+            return Err(Error::Config(format!(
+                "sink table '{table}': column '{name}' is declared NOT NULL, but the query gave it a NULL in \
+                 epoch {epoch} (nothing of the epoch was written). Filter such rows out (WHERE {name} IS \
+                 NOT NULL), give a default (COALESCE), or declare the column without NOT NULL"
+            )));
+        }
+    }
+    Ok(())
 }
