@@ -635,3 +635,82 @@ fn parquet_bad_rows_in_each_mode_and_a_switch_from_fail_to_dead_letter() {
     assert_eq!(sink_rows(&ws.path("out_pq")), expected);
     assert_eq!(dead_letters(&ws.path("bad")), bad);
 }
+
+/// A CSV or JSON number with more decimal places than its DECIMAL column
+/// keeps is a bad record naming the value and what it would become (Arrow's
+/// readers cut it: 12.35 gave 12.3), as it is in Parquet; trailing zeros
+/// and an exponent that needs no more places are fine. A fast path over
+/// many good rows and the record-by-record path agree.
+#[test]
+fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
+    let ws = Workspace::new();
+    let t = "2026-01-01T00:00:00";
+    let good: Vec<String> = (0..300).map(|i| format!("{}.{}", i, i % 10)).collect();
+    let mut csv = String::from("v,t\n");
+    let mut json = String::new();
+    for (i, v) in good.iter().enumerate() {
+        let bad = i == 150;
+        let v = if bad { "12.35" } else { v.as_str() };
+        csv.push_str(&format!("{v},{t}\n"));
+        json.push_str(&format!("{{\"v\": {v}, \"t\": \"{t}\"}}\n"));
+    }
+    csv.push_str(&format!("7.50,{t}\n"));
+    json.push_str(&format!("{{\"v\": 1.5e1, \"t\": \"{t}\"}}\n"));
+    ws.write("csv/a.csv", &csv);
+    ws.write("json/a.json", &json);
+    for format in ["csv", "json"] {
+        let job = |on_error: &str| {
+            format!(
+                "CREATE TABLE s (v DECIMAL(10,1), t TIMESTAMP(3), WATERMARK FOR t AS t - INTERVAL '1' SECOND)
+                   WITH ('connector' = 'files', 'path' = '{format}/', 'format' = '{format}'{on_error});
+                 CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out_{format}/', 'format' = 'parquet');
+                 INSERT INTO out SELECT CAST(v * 10 AS BIGINT) AS v10 FROM s;"
+            )
+        };
+        ws.write("job.sql", &job(""));
+        let e = ws
+            .weir(&[
+                "run",
+                "job.sql",
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                &format!("ck_{format}"),
+            ])
+            .fails()
+            .stderr();
+        assert!(
+            e.contains(
+                "column 'v': 12.35 has more decimal places than Decimal128(10, 1) keeps (it would be 12.3)"
+            ),
+            "{format}: {e}"
+        );
+        assert!(
+            parquet_files(&ws.path(&format!("out_{format}"))).is_empty(),
+            "{format}"
+        );
+        ws.write("job.sql", &job(", 'on_error' = 'skip'"));
+        let out = ws
+            .weir(&[
+                "run",
+                "job.sql",
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                &format!("ck_{format}"),
+            ])
+            .ok()
+            .stderr();
+        assert!(
+            out.contains("300 rows in") && out.contains(" 1 bad"),
+            "{format}: {out}"
+        );
+        let rows: BTreeSet<i64> = sink_batches(&ws.path(&format!("out_{format}")))
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        let mut expected: BTreeSet<i64> = (0..300).filter(|&i| i != 150).map(|i| i * 10 + i % 10).collect();
+        expected.insert(if format == "csv" { 75 } else { 150 });
+        assert_eq!(rows, expected, "{format}");
+    }
+}

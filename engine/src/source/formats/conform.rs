@@ -354,8 +354,148 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
     }
 }
 
+/// The DECIMAL columns of `schema`. Arrow's CSV and JSON readers cut a
+/// number with more decimal places than the column's scale (12.35 into
+/// `DECIMAL(10,1)` gives 12.3); the readers decode these columns a second
+/// time as text and [`check_places`] makes such a value a bad record, as
+/// the Parquet reader's check does. Only a table declaring a DECIMAL
+/// column pays for the second decoding.
+pub(super) fn decimal_columns(schema: &Schema) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| decimal_scale(f.data_type()).is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn decimal_scale(t: &DataType) -> Option<i8> {
+    match t {
+        DataType::Decimal32(_, s)
+        | DataType::Decimal64(_, s)
+        | DataType::Decimal128(_, s)
+        | DataType::Decimal256(_, s) => Some(*s),
+        _ => None,
+    }
+}
+
+/// A value written with more decimal places than its column keeps: the
+/// bad record's reason, carried through Arrow's error type.
+#[derive(Debug)]
+struct LostPlaces(String);
+
+impl std::fmt::Display for LostPlaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LostPlaces {}
+
+/// The reason a [`check_places`] error gives, if `e` is one.
+pub(super) fn lost_places(e: &ArrowError) -> Option<String> {
+    match e {
+        ArrowError::ExternalError(b) => b.downcast_ref::<LostPlaces>().map(|l| l.0.clone()),
+        _ => None,
+    }
+}
+
+/// Checks the DECIMAL columns of `decoded` against the same rows decoded
+/// as text (`texts`: those columns, by name, as Utf8): the first value
+/// that needs more decimal places than its scale is an error naming the
+/// column, the value and what it would have become.
+pub(super) fn check_places(
+    decoded: &[RecordBatch],
+    texts: &[RecordBatch],
+) -> std::result::Result<(), ArrowError> {
+    use datafusion::arrow::array::AsArray;
+    let (Some(d), Some(t)) = (decoded.first(), texts.first()) else {
+        return Ok(());
+    };
+    let decoded = concat_batches(&d.schema(), decoded)?;
+    let texts = concat_batches(&t.schema(), texts)?;
+    for (k, field) in texts.schema().fields().iter().enumerate() {
+        let Ok(i) = decoded.schema().index_of(field.name()) else {
+            continue;
+        };
+        let column = decoded.column(i);
+        let Some(scale) = decimal_scale(column.data_type()) else {
+            continue;
+        };
+        let Some(written) = texts.column(k).as_string_opt::<i32>() else {
+            continue;
+        };
+        for r in 0..written.len().min(column.len()) {
+            if written.is_null(r) || column.is_null(r) {
+                continue;
+            }
+            let text = written.value(r);
+            if places_of(text).is_some_and(|p| p > i64::from(scale)) {
+                let kept = datafusion::arrow::util::display::array_value_to_string(column, r)?;
+                return Err(ArrowError::ExternalError(Box::new(LostPlaces(format!(
+                    "column '{}': {} has more decimal places than {} keeps (it would be {kept})",
+                    field.name(),
+                    text.trim(),
+                    column.data_type()
+                )))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many decimal places a number written as `t` needs (trailing zeros
+/// do not count; `1.25e1` needs 1, `125e-2` 2, `1.5e3` none); `None` when
+/// `t` is not a plain number (the decimal reader judges those).
+fn places_of(t: &str) -> Option<i64> {
+    let t = t.trim();
+    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(at) => (&t[..at], t[at + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let frac = frac.trim_end_matches('0');
+    // Places the mantissa needs, less the exponent; an integer mantissa's
+    // trailing zeros count as negative places (`1500e-2` needs none).
+    let places = if frac.is_empty() {
+        -((int.len() - int.trim_end_matches('0').len()) as i64)
+    } else {
+        frac.len() as i64
+    };
+    Some((places - exp).max(0))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn places_of_numbers() {
+        for (t, p) in [
+            ("12.345", Some(3)),
+            ("12.30", Some(1)),
+            ("-12.35", Some(2)),
+            ("7", Some(0)),
+            ("0.000", Some(0)),
+            ("1.25e1", Some(1)),
+            ("125E-2", Some(2)),
+            ("1500e-2", Some(0)),
+            ("1.5e3", Some(0)),
+            ("1e-3", Some(3)),
+            ("abc", None),
+            ("", None),
+            ("1.2.3", None),
+        ] {
+            assert_eq!(super::places_of(t), p, "{t}");
+        }
+    }
+
     use super::*;
     use datafusion::arrow::array::{Decimal128Array, Float32Array, Float64Array, Int64Array};
 

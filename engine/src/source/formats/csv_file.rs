@@ -34,25 +34,65 @@ pub(super) struct CsvRead<'a> {
     roots: Vec<usize>,
     /// For each root, the declared name (for messages).
     root_names: Vec<String>,
+    /// The header columns declared DECIMAL, and `schema` with those read as
+    /// text: decoded again to check their decimal places
+    /// ([`conform::check_places`]).
+    decimals: Vec<usize>,
+    as_text: SchemaRef,
 }
 
 impl CsvRead<'_> {
     fn reader_builder(&self, projection: Vec<usize>, batch: usize) -> csv::ReaderBuilder {
-        csv::ReaderBuilder::new(Arc::clone(&self.schema))
+        Self::builder(&self.schema, self.delimiter, projection, batch)
+    }
+
+    fn builder(
+        schema: &SchemaRef,
+        delimiter: u8,
+        projection: Vec<usize>,
+        batch: usize,
+    ) -> csv::ReaderBuilder {
+        csv::ReaderBuilder::new(Arc::clone(schema))
             .with_header(false)
-            .with_delimiter(self.delimiter)
+            .with_delimiter(delimiter)
             .with_projection(projection)
             .with_batch_size(batch.max(1))
     }
 
-    /// Decodes whole records with Arrow's CSV decoder.
+    /// Of `projection`, the DECIMAL columns.
+    fn decimals_in(&self, projection: &[usize]) -> Vec<usize> {
+        projection
+            .iter()
+            .copied()
+            .filter(|r| self.decimals.contains(r))
+            .collect()
+    }
+
+    /// Decodes whole records with Arrow's CSV decoder, and checks the
+    /// decimal places of its DECIMAL columns.
     fn decode(
         &self,
         text: &[u8],
         projection: Vec<usize>,
         rows: usize,
     ) -> std::result::Result<RecordBatch, ArrowError> {
-        let mut decoder = self.reader_builder(projection, rows).build_decoder();
+        let decimals = self.decimals_in(&projection);
+        let batch = self.decode_as(&self.schema, text, projection, rows)?;
+        if !decimals.is_empty() {
+            let texts = self.decode_as(&self.as_text, text, decimals, rows)?;
+            conform::check_places(std::slice::from_ref(&batch), &[texts])?;
+        }
+        Ok(batch)
+    }
+
+    fn decode_as(
+        &self,
+        schema: &SchemaRef,
+        text: &[u8],
+        projection: Vec<usize>,
+        rows: usize,
+    ) -> std::result::Result<RecordBatch, ArrowError> {
+        let mut decoder = Self::builder(schema, self.delimiter, projection, rows).build_decoder();
         let mut rest = text;
         loop {
             let n = decoder.decode(rest)?;
@@ -105,7 +145,10 @@ impl CsvRead<'_> {
         let whole = match self.decode(text, self.roots.clone(), 1) {
             Ok(b) if b.num_rows() == 1 => return Ok(b),
             Ok(b) => format!("read as {} rows", b.num_rows()),
-            Err(e) => e.to_string(),
+            Err(e) => match conform::lost_places(&e) {
+                Some(reason) => return Err(reason),
+                None => e.to_string(),
+            },
         };
         // Name the column to blame: the first that fails on its own.
         for (&root, name) in self.roots.iter().zip(&self.root_names) {
@@ -240,6 +283,18 @@ pub(super) fn read_csv(
     let body = rdr.position().byte() as usize;
     let output = columns.output_schema()?;
     let required = required_columns(columns.declared, &all_positions);
+    let decimals = conform::decimal_columns(&schema);
+    let as_text = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match decimals.contains(&i) {
+                true => Field::new(f.name(), DataType::Utf8, true),
+                false => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ));
     let read = CsvRead {
         file,
         data,
@@ -247,6 +302,8 @@ pub(super) fn read_csv(
         schema,
         roots,
         root_names,
+        decimals,
+        as_text,
     };
 
     // Fast path. One record past the limit tells whether the file goes on.
@@ -262,6 +319,14 @@ pub(super) fn read_csv(
                 return Ok(None);
             }
             batches.push(b);
+        }
+        let decimals = read.decimals_in(&read.roots);
+        if !decimals.is_empty() {
+            let texts = CsvRead::builder(&read.as_text, delimiter, decimals, 8192)
+                .with_bounds(0, max_rows.saturating_add(1))
+                .build(Cursor::new(&data[body..]))?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            conform::check_places(&batches, &texts)?;
         }
         Ok(Some(batches))
     };

@@ -24,6 +24,9 @@ pub(super) fn is_blank(line: &[u8]) -> bool {
 
 /// Arrow's JSON error, as a bad record's reason.
 pub(super) fn json_reason(e: &ArrowError) -> String {
+    if let Some(lost) = conform::lost_places(e) {
+        return lost;
+    }
     let text = e.to_string();
     let text = text.strip_prefix("Json error: ").unwrap_or(&text);
     if let Some(rest) = text.strip_prefix("whilst decoding field '")
@@ -73,11 +76,28 @@ pub(super) fn read_json(
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
+    let decimals = conform::decimal_columns(&schema);
+    let as_text = Arc::new(Schema::new(
+        decimals
+            .iter()
+            .map(|&i| Field::new(schema.field(i).name(), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
     let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
-        json::ReaderBuilder::new(Arc::clone(&schema))
+        let batches: Vec<RecordBatch> = json::ReaderBuilder::new(Arc::clone(&schema))
             .with_batch_size(rows.clamp(1, 8192))
             .build(Cursor::new(text))?
-            .collect()
+            .collect::<std::result::Result<_, _>>()?;
+        if !decimals.is_empty() {
+            // The decimal columns again, numbers as written.
+            let texts: Vec<RecordBatch> = json::ReaderBuilder::new(Arc::clone(&as_text))
+                .with_batch_size(rows.clamp(1, 8192))
+                .with_coerce_primitive(true)
+                .build(Cursor::new(text))?
+                .collect::<std::result::Result<_, _>>()?;
+            conform::check_places(&batches, &texts)?;
+        }
+        Ok(batches)
     };
 
     // Fast path: one row per record, every NOT NULL column full.
@@ -170,6 +190,10 @@ pub(super) fn json_values_fast<'a>(
 ) -> Result<Option<Vec<RecordBatch>>> {
     let output = columns.output_schema()?;
     let schema = nullable(columns.declared);
+    if !conform::decimal_columns(&schema).is_empty() {
+        // The decimal check needs each record's text: `read_text` has it.
+        return Ok(None);
+    }
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
