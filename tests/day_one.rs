@@ -933,6 +933,8 @@ SHOW TABLES;
 \\dt
 \\d bids
 EXPLAIN ANALYZE SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE pricey, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;
+CREATE TABLE sunk WITH ('connector' = 'files', 'path' = 'sunk/', 'format' = 'parquet');
+EXPLAIN ANALYZE INSERT INTO sunk SELECT auction FROM pricey;
 "
     );
     let out = ws.weir_input(&[], &script).ok().stdout();
@@ -952,6 +954,13 @@ EXPLAIN ANALYZE SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE price
         out.contains("WindowAggregateExec") && out.contains("output_rows=") && out.contains("LateFilterExec"),
         "{out}"
     );
+    // EXPLAIN ANALYZE of an INSERT runs its query and writes nothing.
+    assert!(
+        out.contains("== INSERT INTO sunk (its query run, nothing written)")
+            && out.matches("SELECT (live results)").count() == 1,
+        "{out}"
+    );
+    assert!(!ws.path("sunk").exists() || parquet_files(&ws.path("sunk")).is_empty());
     for (typed, hint) in [
         ("\\x\n", "\\format json"),
         (".tables\n", "\\d, or SHOW TABLES"),

@@ -493,7 +493,18 @@ impl Shell {
             Ok::<_, anyhow::Error>(summary)
         };
         let summary = cancellable(self.interrupts.clone(), work).await?;
-        let plan = job.explain_analyze();
+        let mut plan = job.explain_analyze();
+        if let weir_sql::statement::Statement::Insert {
+            target: Some(target), ..
+        } = &inner
+        {
+            // The job ran the INSERT's query alone: say so, not "SELECT".
+            plan = plan.replacen(
+                "== SELECT (live results)",
+                &format!("== INSERT INTO {target} (its query run, nothing written)"),
+                1,
+            );
+        }
         let _ = job.close().await;
         drained.abort();
         out(&format!(
