@@ -788,6 +788,7 @@ async fn run_fanout(store: &Store, s: &Settings, k: usize) -> Res<FanoutResult> 
                         unit_key_len,
                         upserts: std::slice::from_ref(&batch),
                         deletes: &[],
+                        attempt: None,
                     };
                     let bytes = ck.write_state(&op, epoch, w).await?;
                     Ok((op, bytes))

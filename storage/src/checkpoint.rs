@@ -276,6 +276,7 @@ mod tests {
         let chains = |generation| StateChains {
             shards: vec![vec![3]],
             generation,
+            attempts: BTreeMap::new(),
         };
         let commit = |agg_generation| CommitEntry {
             watermarks: BTreeMap::new(),

@@ -11,6 +11,9 @@
 //! state/<op>/<epoch:020>.delta.parquet             changed units, whole (they replace the old rows),
 //!                                                  and deleted units' keys (__weir_delete = true)
 //! state/<op>/<epoch:020>.<kind>.<k>-of-<n>.parquet the same, for shard k of n (k from 0)
+//! state/<op>/<epoch:020>.<kind>.<k>-of-<n>.<attempt>.parquet
+//!                                                  the same, written by one attempt of a task that
+//!                                                  may run twice (on a cluster): n may be 1
 //! ```
 //!
 //! A shard's state at epoch C is the newest snapshot at or before C with
@@ -24,7 +27,9 @@
 //! Which files make up the state as of commit C is written in `commits/C`
 //! ([`StateChains`]): a restore reads those names and never lists the
 //! folder, where a crashed attempt or another shard count may have left
-//! other files. Commits written before the files were named there are
+//! other files. A file named after an attempt is part of the state only
+//! when a commit names that attempt (`attempts`), so a task that ran twice,
+//! or an executor that wrote late, leaves a file no restore reads. Commits written before the files were named there are
 //! restored from a listing, as they were written (one file per epoch).
 //!
 //! Files carry key-value metadata: `weir.operator`, `weir.epoch`,
@@ -93,7 +98,8 @@ impl ShardOf {
 ///
 /// On disk: `{"shards": [[3, 4, 6], [3, 5]]}` (shard 1 of 2 did not change
 /// in epochs 4 and 6), with `"generation": g` once `--fresh-state` has
-/// dropped the table's state g times.
+/// dropped the table's state g times, and `"attempts": {"1/5": "k3v9"}`
+/// when shard 1's file of epoch 5 is the one attempt `k3v9` wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateChains {
     /// Shard k's epochs; the number of chains is the number of shards.
@@ -102,6 +108,21 @@ pub struct StateChains {
     /// a list of an earlier generation names deleted files and is ignored.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
+    /// The files named after an attempt ([`attempt_key`] of shard and
+    /// epoch to the attempt id); every other file has the plain name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attempts: BTreeMap<String, String>,
+}
+
+/// The key of a file in [`StateChains::attempts`]: `"<shard>/<epoch>"`.
+pub fn attempt_key(shard: usize, epoch: u64) -> String {
+    format!("{shard}/{epoch}")
+}
+
+/// Whether `id` may name an attempt in a state file's name: 1 to 32
+/// ASCII letters and digits.
+pub fn valid_attempt(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -109,8 +130,9 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl StateChains {
-    /// The files, shard by shard, each chain in epoch order.
-    pub fn files(&self) -> impl Iterator<Item = (ShardOf, u64, StateKind)> + '_ {
+    /// The files, shard by shard, each chain in epoch order, with the
+    /// attempt a file is named after.
+    pub fn files(&self) -> impl Iterator<Item = (ShardOf, u64, StateKind, Option<&str>)> + '_ {
         let n = self.shards.len();
         self.shards.iter().enumerate().flat_map(move |(k, chain)| {
             chain.iter().enumerate().map(move |(i, &e)| {
@@ -119,7 +141,8 @@ impl StateChains {
                 } else {
                     StateKind::Delta
                 };
-                (ShardOf::new(k, n), e, kind)
+                let attempt = self.attempts.get(&attempt_key(k, e)).map(String::as_str);
+                (ShardOf::new(k, n), e, kind, attempt)
             })
         })
     }
@@ -139,6 +162,9 @@ pub struct StateWrite<'a> {
     pub upserts: &'a [RecordBatch],
     /// Deleted units: their key columns only (deltas only).
     pub deletes: &'a [RecordBatch],
+    /// The attempt the file is named after ([`valid_attempt`]), for a task
+    /// that may run twice; `None`: the plain name.
+    pub attempt: Option<&'a str>,
 }
 
 /// A state file encoded by [`Checkpoint::encode_state`], to be written by
@@ -146,8 +172,9 @@ pub struct StateWrite<'a> {
 pub struct EncodedState {
     /// Its name relative to the checkpoint.
     name: String,
-    /// The name of the same epoch's file of the other kind.
-    other: String,
+    /// The name of the same epoch's file of the other kind (`None` for a
+    /// file named after an attempt: other attempts' files are left).
+    other: Option<String>,
     payload: object_store::PutPayload,
 }
 
@@ -175,6 +202,8 @@ pub struct StateFile {
     pub name: String,
     /// Its size in bytes.
     pub bytes: u64,
+    /// The attempt it is named after, if any.
+    pub attempt: Option<String>,
 }
 
 /// An operator's state as of an epoch, rebuilt from its files.
@@ -212,7 +241,21 @@ impl Checkpoint {
         format!("state/{operator}")
     }
 
-    fn state_file_name(operator: &str, epoch: u64, kind: StateKind, shard: ShardOf) -> String {
+    fn state_file_name(
+        operator: &str,
+        epoch: u64,
+        kind: StateKind,
+        shard: ShardOf,
+        attempt: Option<&str>,
+    ) -> String {
+        if let Some(a) = attempt {
+            return format!(
+                "state/{operator}/{epoch:020}.{}.{}-of-{}.{a}.parquet",
+                kind.suffix(),
+                shard.index,
+                shard.count
+            );
+        }
         if shard.count == 1 {
             format!("state/{operator}/{epoch:020}.{}.parquet", kind.suffix())
         } else {
@@ -226,7 +269,7 @@ impl Checkpoint {
     }
 
     /// Parses a state file's name (the part after `state/<op>/`).
-    fn parse_state_file_name(file: &str) -> Option<(u64, StateKind, ShardOf)> {
+    fn parse_state_file_name(file: &str) -> Option<(u64, StateKind, ShardOf, Option<String>)> {
         let stem = file.strip_suffix(".parquet")?;
         let mut parts = stem.split('.');
         let epoch = parts.next()?.parse::<u64>().ok()?;
@@ -235,7 +278,12 @@ impl Checkpoint {
             "delta" => StateKind::Delta,
             _ => return None,
         };
-        let shard = match parts.next() {
+        let shard_part = parts.next();
+        let attempt = parts.next();
+        if parts.next().is_some() || attempt.is_some_and(|a| !valid_attempt(a)) {
+            return None;
+        }
+        let shard = match shard_part {
             None => ShardOf::WHOLE,
             Some(s) => {
                 let (k, n) = s.split_once("-of-")?;
@@ -243,13 +291,15 @@ impl Checkpoint {
                     index: k.parse().ok()?,
                     count: n.parse().ok()?,
                 };
-                if shard.count < 2 || shard.index >= shard.count {
+                // A plain name of one shard has no shard part.
+                let least = if attempt.is_some() { 1 } else { 2 };
+                if shard.count < least || shard.index >= shard.count {
                     return None;
                 }
                 shard
             }
         };
-        parts.next().is_none().then_some((epoch, kind, shard))
+        Some((epoch, kind, shard, attempt.map(str::to_string)))
     }
 
     /// Writes an operator's state (snapshot or delta, of one shard or of
@@ -336,7 +386,15 @@ impl Checkpoint {
             StateKind::Snapshot => StateKind::Delta,
             StateKind::Delta => StateKind::Snapshot,
         };
-        let name = Self::state_file_name(operator, epoch, w.kind, w.shard);
+        if let Some(a) = w.attempt
+            && !valid_attempt(a)
+        {
+            return Err(Error::InvalidLocation {
+                location: self.location().url_of(&Self::state_dir(operator)),
+                reason: format!("'{a}' cannot name an attempt's state file (1 to 32 letters and digits)"),
+            });
+        }
+        let name = Self::state_file_name(operator, epoch, w.kind, w.shard, w.attempt);
         let url = self.location().url_of(&name);
         let mut meta = BTreeMap::from([
             ("weir.operator".to_string(), operator.to_string()),
@@ -380,7 +438,10 @@ impl Checkpoint {
         };
         Ok(EncodedState {
             name,
-            other: Self::state_file_name(operator, epoch, other, w.shard),
+            other: match w.attempt {
+                None => Some(Self::state_file_name(operator, epoch, other, w.shard, None)),
+                Some(_) => None,
+            },
             payload,
         })
     }
@@ -389,7 +450,9 @@ impl Checkpoint {
     /// kind for its epoch and shard (left by an attempt that crashed).
     /// Returns its bytes.
     pub async fn put_state(&self, encoded: EncodedState) -> Result<u64> {
-        self.location().delete(&encoded.other).await?;
+        if let Some(other) = &encoded.other {
+            self.location().delete(other).await?;
+        }
         let len = encoded.bytes();
         self.location().put(&encoded.name, encoded.payload).await?;
         Ok(len)
@@ -403,7 +466,7 @@ impl Checkpoint {
         for meta in self.location().list(&Self::state_dir(operator)).await? {
             let name = self.location().relative(&meta.location);
             let file = name.rsplit('/').next().unwrap_or(&name);
-            let Some((epoch, kind, shard)) = Self::parse_state_file_name(file) else {
+            let Some((epoch, kind, shard, attempt)) = Self::parse_state_file_name(file) else {
                 return Err(Error::Corrupt {
                     url: self.location().url_of(&name),
                     epoch: None,
@@ -416,11 +479,16 @@ impl Checkpoint {
                 shard,
                 name,
                 bytes: meta.size,
+                attempt,
             });
         }
-        out.sort_by_key(|f| (f.epoch, f.shard));
+        out.sort_by(|a, b| (a.epoch, a.shard, &a.attempt).cmp(&(b.epoch, b.shard, &b.attempt)));
+        // Several attempts may have written one shard's file of an epoch;
+        // plain names are written once (the other kind is removed first).
         for w in out.windows(2) {
-            if (w[0].epoch, w[0].shard) == (w[1].epoch, w[1].shard) {
+            if (w[0].epoch, w[0].shard, &w[0].attempt, &w[1].attempt)
+                == (w[1].epoch, w[1].shard, &None, &None)
+            {
                 return Err(Error::Corrupt {
                     url: self.location().url_of(&w[1].name),
                     epoch: Some(w[1].epoch),
@@ -482,13 +550,14 @@ impl Checkpoint {
                     return Ok(None);
                 };
                 let mut out: Vec<Vec<StateFile>> = vec![Vec::new(); chains.shards.len()];
-                for (shard, e, kind) in chains.files() {
+                for (shard, e, kind, attempt) in chains.files() {
                     out[shard.index as usize].push(StateFile {
                         epoch: e,
                         kind,
                         shard,
-                        name: Self::state_file_name(operator, e, kind, shard),
+                        name: Self::state_file_name(operator, e, kind, shard, attempt),
                         bytes: 0,
+                        attempt: attempt.map(str::to_string),
                     });
                 }
                 out
@@ -500,7 +569,7 @@ impl Checkpoint {
                     .state_files(operator)
                     .await?
                     .into_iter()
-                    .filter(|f| f.epoch <= epoch && f.shard == ShardOf::WHOLE)
+                    .filter(|f| f.epoch <= epoch && f.shard == ShardOf::WHOLE && f.attempt.is_none())
                     .collect();
                 let Some(start) = files.iter().rposition(|f| f.kind == StateKind::Snapshot) else {
                     if let Some(first) = files.first() {
@@ -554,6 +623,11 @@ impl Checkpoint {
                     .map(|c| c.iter().map(|f| f.epoch).collect())
                     .collect(),
                 generation: listed.and_then(|m| m.get(operator)).map_or(0, |c| c.generation),
+                attempts: chains
+                    .iter()
+                    .flatten()
+                    .filter_map(|f| Some((attempt_key(f.shard.index as usize, f.epoch), f.attempt.clone()?)))
+                    .collect(),
             };
         }
         Ok(restored)
@@ -642,7 +716,7 @@ impl Checkpoint {
         let files = self.state_files(operator).await?;
         let Some(base) = files
             .iter()
-            .filter(|f| f.epoch <= keep_from && f.kind == StateKind::Snapshot)
+            .filter(|f| f.epoch <= keep_from && f.kind == StateKind::Snapshot && f.attempt.is_none())
             .map(|f| f.epoch)
             .max()
         else {
@@ -1104,6 +1178,7 @@ mod tests {
                 unit_key_len: 1,
                 upserts: up,
                 deletes: del,
+                attempt: None,
             },
         )
         .await
@@ -1395,6 +1470,7 @@ mod tests {
                         unit_key_len: 1,
                         upserts: up,
                         deletes: del,
+                        attempt: None,
                     },
                 )
             })
@@ -1441,8 +1517,106 @@ mod tests {
             unit_key_len: 1,
             upserts: up,
             deletes: &[],
+            attempt: None,
         };
         ck.write_state("op", epoch, w).await.unwrap();
+    }
+
+    /// Files named after attempts: two attempts of one shard's task may
+    /// both write its file of an epoch; the commit names one, and only
+    /// that one is read back (the other, and a late write by a third, stay
+    /// unread until pruned).
+    #[tokio::test]
+    async fn a_commit_names_the_attempt_whose_state_file_counts() {
+        let loc = Location::open("memory://state-attempts", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let s = schema();
+        let put =
+            |epoch: u64, kind: StateKind, shard: ShardOf, attempt: &'static str, up: Vec<RecordBatch>| {
+                let (ck, s) = (&ck, &s);
+                async move {
+                    let w = StateWrite {
+                        kind,
+                        shard,
+                        schema: s,
+                        unit_key_len: 1,
+                        upserts: &up,
+                        deletes: &[],
+                        attempt: Some(attempt),
+                    };
+                    ck.write_state("op", epoch, w).await.unwrap();
+                }
+            };
+        let (s0, s1) = (ShardOf::new(0, 2), ShardOf::new(1, 2));
+        put(3, StateKind::Snapshot, s0, "a1", vec![rows(&[("a", 1)])]).await;
+        put(3, StateKind::Snapshot, s1, "b1", vec![rows(&[("b", 2)])]).await;
+        put(4, StateKind::Delta, s1, "c1", vec![rows(&[("b", 20)])]).await;
+        put(4, StateKind::Delta, s1, "c2", vec![rows(&[("b", 21)])]).await;
+        // One shard of one, named after its attempt.
+        put(
+            4,
+            StateKind::Snapshot,
+            ShardOf::WHOLE,
+            "d1",
+            vec![rows(&[("q", 0)])],
+        )
+        .await;
+        let files = ck.state_files("op").await.unwrap();
+        let attempts: Vec<&str> = files.iter().filter_map(|f| f.attempt.as_deref()).collect();
+        assert_eq!(attempts, ["a1", "b1", "d1", "c1", "c2"], "{files:?}");
+        let chains = |delta_attempt: &str| StateChains {
+            shards: vec![vec![3], vec![3, 4]],
+            generation: 0,
+            attempts: BTreeMap::from([
+                (attempt_key(0, 3), "a1".to_string()),
+                (attempt_key(1, 3), "b1".to_string()),
+                (attempt_key(1, 4), delta_attempt.to_string()),
+            ]),
+        };
+        for (attempt, b) in [("c1", 20), ("c2", 21)] {
+            let listed = BTreeMap::from([("op".to_string(), chains(attempt))]);
+            let r = ck
+                .restore_state_listed("op", 4, Some(&listed))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut got = as_pairs(&r);
+            got.sort();
+            assert_eq!(got, vec![("a".into(), 1), ("b".into(), b)], "{attempt}");
+            // The restored chains name the same files, attempts and all.
+            assert_eq!(r.chains, chains(attempt));
+        }
+        // An attempt no file has is a named file gone.
+        let listed = BTreeMap::from([("op".to_string(), chains("c3"))]);
+        let err = ck
+            .restore_state_listed("op", 4, Some(&listed))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("00000000000000000004.delta.1-of-2.c3.parquet"),
+            "{err}"
+        );
+        // The chains as `commits/N.json` holds them.
+        let json = serde_json::to_string(&chains("c2")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"shards":[[3],[3,4]],"attempts":{"0/3":"a1","1/3":"b1","1/4":"c2"}}"#
+        );
+        assert_eq!(serde_json::from_str::<StateChains>(&json).unwrap(), chains("c2"));
+        // A name that is not an attempt's is refused before anything is written.
+        let up = [rows(&[("x", 1)])];
+        let w = StateWrite {
+            kind: StateKind::Delta,
+            shard: s0,
+            schema: &s,
+            unit_key_len: 1,
+            upserts: &up,
+            deletes: &[],
+            attempt: Some("../x"),
+        };
+        assert!(ck.write_state("op", 5, w).await.is_err());
+        assert_eq!(ck.state_files("op").await.unwrap().len(), 5);
     }
 
     /// Shards' chains named by a commit are restored by name and unioned;
@@ -1486,6 +1660,7 @@ mod tests {
         let chains = StateChains {
             shards: vec![vec![3], vec![3, 4]],
             generation: 0,
+            attempts: BTreeMap::new(),
         };
         let listed = BTreeMap::from([("op".to_string(), chains.clone())]);
         let r = ck
@@ -1522,20 +1697,30 @@ mod tests {
     fn state_file_names_parse_back() {
         for shard in [ShardOf::WHOLE, ShardOf::new(0, 2), ShardOf::new(6, 7)] {
             for kind in [StateKind::Snapshot, StateKind::Delta] {
-                let name = Checkpoint::state_file_name("op", 42, kind, shard);
-                let file = name.rsplit('/').next().unwrap();
-                assert_eq!(
-                    Checkpoint::parse_state_file_name(file),
-                    Some((42, kind, shard)),
-                    "{name}"
-                );
+                for attempt in [None, Some("k3v9"), Some("Z")] {
+                    let name = Checkpoint::state_file_name("op", 42, kind, shard, attempt);
+                    let file = name.rsplit('/').next().unwrap();
+                    assert_eq!(
+                        Checkpoint::parse_state_file_name(file),
+                        Some((42, kind, shard, attempt.map(str::to_string))),
+                        "{name}"
+                    );
+                }
             }
         }
+        // One shard's file named after an attempt keeps its shard part.
+        assert!(
+            Checkpoint::state_file_name("op", 7, StateKind::Delta, ShardOf::WHOLE, Some("a1"))
+                .ends_with("00000000000000000007.delta.0-of-1.a1.parquet")
+        );
         for bad in [
             "7.snapshot.2-of-2.parquet",
             "7.snapshot.0-of-1.parquet",
             "7.delta.x.parquet",
-            "7.delta.0-of-2.extra.parquet",
+            "7.delta.0-of-2.extra-.parquet",
+            "7.delta.0-of-2.a.b.parquet",
+            "7.delta.1-of-1.a.parquet",
+            "7.delta.0-of-0.a.parquet",
             "7.full.parquet",
         ] {
             assert_eq!(Checkpoint::parse_state_file_name(bad), None, "{bad}");

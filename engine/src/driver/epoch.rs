@@ -640,6 +640,7 @@ impl StreamingJob {
                             unit_key_len: *unit_key_len,
                             upserts: &change.upserts,
                             deletes: &change.deletes,
+                            attempt: None,
                         },
                     ));
                 }
@@ -668,6 +669,7 @@ impl StreamingJob {
                         StateChains {
                             shards: vec![vec![epoch]; parts.len()],
                             generation: self.metadata.state_generation(&id),
+                            attempts: BTreeMap::new(),
                         },
                     );
                 }
