@@ -444,18 +444,79 @@ fn min_max(values: &[i64]) -> (i64, i64) {
     )
 }
 
-/// An event-time column as milliseconds (floor), whatever its unit.
+/// An event-time column as milliseconds, whatever its unit: a finer time
+/// is cut down to its millisecond (floor, so 1969-12-31 23:59:59.9995 is
+/// 23:59:59.999, where Arrow's cast, dividing toward zero, gives 1970-01-01
+/// 00:00:00 and the row would land in a window that starts after it).
 pub fn to_millis(col: &ArrayRef) -> Result<ArrayRef> {
-    Ok(match col.data_type() {
-        DataType::Timestamp(TimeUnit::Millisecond, None) => Arc::clone(col),
-        _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
-    })
+    use datafusion::arrow::datatypes::Int64Type;
+    let per_ms: i64 = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, None) => return Ok(Arc::clone(col)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
+        _ => 1,
+    };
+    let ms = cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    if per_ms == 1 {
+        return Ok(ms);
+    }
+    let raw = cast(col, &DataType::Int64)?;
+    let raw = raw.as_primitive::<Int64Type>();
+    // Only a time before 1970 between two milliseconds was rounded up.
+    if !raw.values().iter().any(|&v| v < 0 && v % per_ms != 0) {
+        return Ok(ms);
+    }
+    let ms = ms.as_primitive::<TimestampMillisecondType>();
+    let floored: TimestampMillisecondArray = ms
+        .iter()
+        .zip(raw.values())
+        .map(|(m, &v)| m.map(|m| if v < 0 && v % per_ms != 0 { m - 1 } else { m }))
+        .collect();
+    Ok(Arc::new(floored))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
+
+    #[test]
+    fn finer_times_are_floored_to_the_millisecond() {
+        use datafusion::arrow::array::{TimestampMicrosecondArray, TimestampNanosecondArray};
+        let us: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            Some(-500),
+            Some(-1_000),
+            Some(-1_500),
+            Some(1_500),
+            None,
+            Some(0),
+        ]));
+        let ns: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![
+            Some(-1),
+            Some(-2_000_000),
+            Some(2_999_999),
+            None,
+            Some(-2_000_001),
+            Some(5),
+        ]));
+        let want = [
+            vec![Some(-1), Some(-1), Some(-2), Some(1), None, Some(0)],
+            vec![Some(-1), Some(-2), Some(2), None, Some(-3), Some(0)],
+        ];
+        for (col, want) in [us, ns].iter().zip(want) {
+            let ms = to_millis(col).unwrap();
+            let got: Vec<Option<i64>> = ms.as_primitive::<TimestampMillisecondType>().iter().collect();
+            assert_eq!(got, want, "{:?}", col.data_type());
+        }
+        // Without a time before 1970 between milliseconds: Arrow's cast.
+        let after: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![1_999, 2_000]));
+        let got: Vec<Option<i64>> = to_millis(&after)
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .collect();
+        assert_eq!(got, [Some(1), Some(2)]);
+    }
 
     #[test]
     fn min_max_is_the_least_and_greatest() {
