@@ -230,7 +230,7 @@ impl StreamPlanner {
     /// `TableScan(__weir_tvf_N)` → the call's `WindowAssign` node.
     pub(super) fn replace_placeholders(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
         let windows = self.windows_lock().clone();
-        let out = plan.transform_up(|p| {
+        let out = plan.transform_up_with_subqueries(|p| {
             let LogicalPlan::TableScan(scan) = &p else {
                 return Ok(Transformed::no(p));
             };
