@@ -417,6 +417,40 @@ fn retention_is_a_setting() {
     finishes_with_every_row_once(&ws, &bids);
 }
 
+/// A drained checkpoint keeps the epoch before its drain, however many
+/// epochs a later run adds: the run's warning names it as the way back,
+/// and the rollback to it must still work once retention has run (it
+/// deleted that epoch, and the rows read after the drain were lost).
+#[test]
+fn retention_keeps_the_way_back_from_a_drain() {
+    let ws = Workspace::new();
+    let first = gen_bids(9, 500, BASE_MS, 1500);
+    write_parquet(&ws.path("in/a.parquet"), &first);
+    ws.write("job.sql", &format!("SET checkpoint.retain_epochs = 3;\n{JOB}"));
+    ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
+    let commits = || -> Vec<u64> {
+        let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
+            .collect();
+        c.sort();
+        c
+    };
+    let drained = *commits().last().unwrap();
+    // 1,000 rows more: ten epochs, every row late for the window.
+    let later = gen_bids(10, 1000, BASE_MS + 600_000, 1500);
+    write_parquet(&ws.path("in/b.parquet"), &later);
+    let e = ws.weir(&RUN_CK).ok().stderr();
+    let way_back = format!("--to {}` undoes the drain (epoch {drained})", drained - 1);
+    assert!(e.contains(&way_back), "{e}");
+    let kept = commits();
+    assert!(kept.len() > 3 && kept[0] == drained - 1, "{kept:?}");
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", &(drained - 1).to_string()])
+        .ok();
+    let all: Vec<Bid> = first.iter().chain(&later).cloned().collect();
+    finishes_with_every_row_once(&ws, &all);
+}
+
 /// The fixture cases: folder name, and what the error must say besides the
 /// file and epoch.
 const CASES: &[(&str, &str, &str)] = &[

@@ -775,19 +775,7 @@ impl StreamingJob {
     /// complete (`--drain`): every one of them is late.
     pub(super) async fn drained_warning(&self) -> String {
         let loc = self.checkpoint.location();
-        // The drain epoch: the newest offsets entry that says so.
-        let mut drain_epoch = None;
-        if let Ok(epochs) = self.checkpoint.offsets.epochs().await {
-            for e in epochs.into_iter().rev() {
-                if let Ok(Some(entry)) = self.checkpoint.offsets.read(e).await
-                    && entry.drain
-                {
-                    drain_epoch = Some(e);
-                    break;
-                }
-            }
-        }
-        let rollback = match drain_epoch {
+        let rollback = match self.drain_epoch().await.ok().flatten() {
             Some(e) if e > 1 => format!(
                 "`weir checkpoint rollback {loc} --to {}` undoes the drain (epoch {e}), so its windows \
                  stay open for these rows",

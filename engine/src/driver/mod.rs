@@ -167,6 +167,9 @@ pub struct StreamingJob {
     warnings: Vec<String>,
     /// Whether the drained-checkpoint warning was given.
     warned_drained: bool,
+    /// The epoch that drained the checkpoint, once looked up
+    /// ([`StreamingJob::drain_epoch`]).
+    drain_epoch: tokio::sync::OnceCell<Option<u64>>,
     /// The next epoch's batch of the sources that planned it ahead
     /// (`Source::plan_ahead`), while this epoch ran: taken by the next
     /// `plan_epoch` instead of planning again. An error in planning ahead

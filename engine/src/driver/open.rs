@@ -305,6 +305,7 @@ impl StreamingJob {
             tvfs: job.tvfs.clone(),
             warnings,
             warned_drained: false,
+            drain_epoch: tokio::sync::OnceCell::new(),
             ahead: BTreeMap::new(),
         };
         if let Err(e) = job.recover().await {
