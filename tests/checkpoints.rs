@@ -162,6 +162,43 @@ fn a_rollback_killed_midway_is_finished_by_the_next_run() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// A log entry damaged in the middle of the retained epochs (an offsets
+/// entry or a commit truncated or gone): the run stops naming it, as
+/// `inspect` reports it, rather than going on from the last commit and
+/// leaving a checkpoint that cannot be rolled back through; a rollback to
+/// the epoch before it recovers, every row once.
+#[test]
+fn a_damaged_log_entry_in_the_middle_stops_the_run() {
+    for (log, truncate) in [
+        ("offsets", true),
+        ("offsets", false),
+        ("commits", true),
+        ("commits", false),
+    ] {
+        let (ws, bids) = ran_job();
+        let last = last_commit(&ws);
+        let middle = last / 2;
+        assert!(middle > 1, "{last}");
+        let entry = ws.path(&format!("ck/{log}/{middle:020}.json"));
+        if truncate {
+            let text = std::fs::read_to_string(&entry).unwrap();
+            std::fs::write(&entry, &text[..10]).unwrap();
+        } else {
+            std::fs::remove_file(&entry).unwrap();
+        }
+        let case = format!("{log}, truncated: {truncate}");
+        let named = format!("{log}/{middle:020}.json");
+        let e = ws.weir(&RUN_CK).fails().stderr();
+        assert!(e.contains(&named) && e.contains("damaged"), "{case}: {e}");
+        assert_eq!(last_commit(&ws), last, "{case}: nothing committed");
+        let inspect = ws.weir(&["checkpoint", "inspect", "ck"]).fails().stdout();
+        assert!(inspect.contains(&named), "{case}: {inspect}");
+        let to = (middle - 1).to_string();
+        ws.weir(&["checkpoint", "rollback", "ck", "--to", &to]).ok();
+        finishes_with_every_row_once(&ws, &bids);
+    }
+}
+
 /// A copy of a checkpoint left beside the original is the same query, but
 /// it must not write or roll back the original's sink folder: rolling the
 /// copy back deleted output the original had committed. A checkpoint that

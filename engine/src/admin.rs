@@ -167,6 +167,18 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         problems.push(e.to_string());
         Vec::new()
     });
+    // A run never leaves a hole among committed epochs (rollback and
+    // retention delete from the ends): one is damage, as `weir run` says.
+    if let (Some(&first), Some(&last)) = (commits.first(), commits.last()) {
+        for e in first..last {
+            if !commits.contains(&e) {
+                problems.push(format!(
+                    "{} is missing, between committed epochs {first} and {last}",
+                    ck.commits.url(e)
+                ));
+            }
+        }
+    }
     let mut epochs: Vec<u64> = commits.iter().chain(&offsets).copied().collect();
     epochs.sort_unstable();
     epochs.dedup();

@@ -134,17 +134,47 @@ impl StreamingJob {
                 self.checkpoint.location()
             )));
         }
-        // The last commit's entry is not needed to go on (the commit holds
-        // the progress), but a rollback or a replay reads it: a damaged one
-        // is reported now, while earlier epochs can still be rolled back to.
-        if let Some(c) = committed
-            && let Err(e) = self.checkpoint.offsets.read(c).await
-        {
-            return Err(Error::Checkpoint(format!(
-                "{e}. The checkpoint is damaged; roll back to an earlier epoch with `weir checkpoint \
+        let damaged = |what: String| {
+            Error::Checkpoint(format!(
+                "{what}. The checkpoint is damaged; roll back to an earlier epoch with `weir checkpoint \
                  rollback {} --to N` (see `weir checkpoint inspect`)",
                 self.checkpoint.location()
-            )));
+            ))
+        };
+        // Every retained epoch up to the last commit is committed and has
+        // its offsets entry: a run never leaves a hole (rollback and
+        // retention delete from the end and from the start).
+        let commits = self.checkpoint.commits.epochs().await?;
+        if let Some(&first) = commits.first() {
+            for e in first..=committed.unwrap_or(first) {
+                if !commits.contains(&e) {
+                    return Err(damaged(format!(
+                        "{} is missing, between committed epochs {first} and {}",
+                        self.checkpoint.commits.url(e),
+                        committed.unwrap_or(first)
+                    )));
+                }
+                if !logged.contains(&e) {
+                    return Err(damaged(format!(
+                        "{} (epoch {e}) has no offsets entry: {} is missing",
+                        self.checkpoint.commits.url(e),
+                        self.checkpoint.offsets.url(e)
+                    )));
+                }
+            }
+        }
+        // The retained log entries are not needed to go on (the last commit
+        // holds the progress), but a rollback or a replay reads them: a
+        // damaged one is reported now, while the epochs before it can
+        // still be rolled back to. Read side by side: a few small objects.
+        let offsets = futures::future::join_all(commits.iter().map(|&e| self.checkpoint.offsets.read(e)));
+        let entries = futures::future::join_all(commits.iter().map(|&e| self.checkpoint.commits.read(e)));
+        let (offsets, entries) = futures::join!(offsets, entries);
+        for r in offsets {
+            r.map_err(|e| damaged(e.to_string()))?;
+        }
+        for r in entries {
+            r.map_err(|e| damaged(e.to_string()))?;
         }
         let pending = logged.contains(&next).then_some(next);
         self.checkpoint.check_orphan_state(committed, pending).await?;
