@@ -147,9 +147,24 @@ fn random() -> u64 {
     h.finish()
 }
 
-/// Whether an error may go away if the operation is tried again.
+/// Whether an error may go away if the operation is tried again. A local
+/// folder's refusal (no permission, a read-only file system) is an answer,
+/// as a store's refused credentials are: the local store reports it as a
+/// generic error, so its cause is looked at.
 pub fn is_transient(e: &object_store::Error) -> bool {
     use object_store::Error::*;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            )
+        {
+            return false;
+        }
+        cause = c.source();
+    }
     !matches!(
         e,
         NotFound { .. }
@@ -478,6 +493,32 @@ impl ObjectStore for RetryingStore {
 
 #[cfg(test)]
 mod tests {
+
+    /// A local folder that refuses (no permission, read-only) is not
+    /// retried: the local store wraps the I/O error in a generic one.
+    #[test]
+    fn a_refusal_of_the_local_file_system_is_not_transient() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "unable to create file: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let generic = |kind: std::io::ErrorKind| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(Wrapper(std::io::Error::from(kind))),
+        };
+        assert!(!is_transient(&generic(std::io::ErrorKind::PermissionDenied)));
+        assert!(!is_transient(&generic(std::io::ErrorKind::ReadOnlyFilesystem)));
+        assert!(is_transient(&generic(std::io::ErrorKind::ConnectionReset)));
+        assert!(is_transient(&generic(std::io::ErrorKind::Interrupted)));
+    }
     use std::sync::Arc;
     use std::time::Duration;
 

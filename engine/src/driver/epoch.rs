@@ -249,7 +249,10 @@ impl StreamingJob {
                     .execute(epoch, &entry, &input, &lookups, &watermarks_out)
                     .await?;
                 self.hooks.reached(Step::BeforeSink, epoch)?;
-                let rows_by_sink = self.stage(epoch, &ran.outputs, &bad).await?;
+                let rows_by_sink = self
+                    .stage(epoch, &ran.outputs, &bad)
+                    .await
+                    .map_err(|e| left_to_replay(epoch, e))?;
                 let rows_by_source: BTreeMap<String, u64> = input
                     .iter()
                     .map(|(name, r)| (name.clone(), r.batches.iter().map(|b| b.num_rows() as u64).sum()))
@@ -263,7 +266,10 @@ impl StreamingJob {
         };
         let rows_out = rows_by_sink.iter().sum();
         let checkpoint_started = Instant::now();
-        let (state_bytes, operators, chains) = self.write_state(epoch).await?;
+        let (state_bytes, operators, chains) = self
+            .write_state(epoch)
+            .await
+            .map_err(|e| left_to_replay(epoch, e))?;
         let rows_of = |name: &String| rows_by_source.get(name).copied().unwrap_or(0);
         let rows_in = rows_by_source.values().sum();
         let bad_rows = bad_by_source.values().sum();
@@ -916,6 +922,23 @@ impl StreamingJob {
                 "{error}\n(and rolling back uncommitted epoch {epoch} failed: {e})"
             )),
         }
+    }
+}
+
+/// An error while an epoch's output or state is written (a store that
+/// fails or refuses): the epoch is not rolled back, since part of it may
+/// be staged, but left to be replayed by the next run, as after a crash
+/// (replaying writes each file again). The message says so.
+fn left_to_replay(epoch: u64, e: Error) -> Error {
+    let note = |m: String| {
+        format!("{m}\n(epoch {epoch} was not committed; the next run replays it, as after a crash)")
+    };
+    match e {
+        Error::Input(m) => Error::Input(note(m)),
+        Error::Config(m) => Error::Config(note(m)),
+        Error::Checkpoint(m) => Error::Checkpoint(note(m)),
+        Error::Runtime(m) => Error::Runtime(note(m)),
+        e => Error::Runtime(note(e.to_string())),
     }
 }
 
