@@ -971,6 +971,43 @@ EXPLAIN ANALYZE INSERT INTO sunk SELECT auction FROM pricey;
     }
 }
 
+/// A script whose queries run under an interval trigger never ends by
+/// itself: the shell says it runs until Ctrl-C (it said "until their
+/// input is done"), and Ctrl-C stops it after the epoch.
+#[test]
+fn a_script_under_an_interval_trigger_says_it_runs_until_ctrl_c() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    three_files(&ws);
+    let script = format!(
+        "{DECLARE}SET trigger = '100ms';
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out SELECT auction, price FROM bids;
+"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(ws.dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while parquet_files(&ws.path("out")).is_empty() {
+        assert!(Instant::now() < deadline, "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("weir: running out until Ctrl-C"), "{e}");
+    assert!(!e.contains("input is done"), "{e}");
+}
+
 #[test]
 fn the_shells_background_insert_follows_the_rules_weir_run_follows() {
     let ws = Workspace::new();

@@ -438,11 +438,19 @@ impl Shell {
         let tasks = self.queries.take_running_tasks();
         if !tasks.is_empty() {
             let names: Vec<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
-            errln!(
-                "weir: running {} until {} input is done (Ctrl-C stops after the current epoch)",
-                names.join(", "),
-                if names.len() == 1 { "its" } else { "their" }
-            );
+            // Under an interval trigger a query never ends by itself.
+            match self.settings.trigger {
+                Trigger::Interval(_) => errln!(
+                    "weir: running {} until Ctrl-C (the trigger is an interval: new input is read as it comes; \
+                     Ctrl-C stops after the current epoch)",
+                    names.join(", ")
+                ),
+                _ => errln!(
+                    "weir: running {} until {} input is done (Ctrl-C stops after the current epoch)",
+                    names.join(", "),
+                    if names.len() == 1 { "its" } else { "their" }
+                ),
+            }
             let mut irq = self.interrupts.clone();
             irq.mark_unchanged();
             let all = futures::future::join_all(tasks.into_iter().map(|(_, t)| t));
