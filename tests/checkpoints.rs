@@ -199,6 +199,20 @@ fn a_damaged_log_entry_in_the_middle_stops_the_run() {
     }
 }
 
+/// A damaged file is one problem, however many times inspect reads it
+/// (metadata.json is read for each state table).
+#[test]
+fn inspect_lists_each_problem_once() {
+    let (ws, _) = ran_job();
+    let meta = ws.path("ck/metadata.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, &text[..30]).unwrap();
+    let r = ws.weir(&["checkpoint", "inspect", "ck"]).fails();
+    let out = r.stdout();
+    assert_eq!(out.matches("metadata.json: not valid JSON").count(), 1, "{out}");
+    assert!(r.stderr().contains("(1 problem"), "{}", r.stderr());
+}
+
 /// A copy of a checkpoint left beside the original is the same query, but
 /// it must not write or roll back the original's sink folder: rolling the
 /// copy back deleted output the original had committed. A checkpoint that

@@ -341,6 +341,9 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
     {
         problems.push(e.to_string());
     }
+    // One damaged file (metadata.json, read for each table) is one problem.
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     if !problems.is_empty() {
         let _ = writeln!(out, "\nproblems");
         for p in &problems {
