@@ -354,34 +354,119 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
     }
 }
 
-/// The DECIMAL columns of `schema`. Arrow's CSV and JSON readers cut a
-/// number with more decimal places than the column's scale (12.35 into
-/// `DECIMAL(10,1)` gives 12.3); the readers decode these columns a second
-/// time as text and [`check_places`] makes such a value a bad record, as
-/// the Parquet reader's check does. Only a table declaring a DECIMAL
-/// column pays for the second decoding.
-pub(super) fn decimal_columns(schema: &Schema) -> Vec<usize> {
-    schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| decimal_scale(f.data_type()).is_some())
-        .map(|(i, _)| i)
-        .collect()
+/// The DECIMAL columns of a CSV or JSON table, read wider than declared.
+/// Arrow's CSV and JSON readers cut a number with more decimal places than
+/// the column's scale (12.35 into `DECIMAL(10,1)` gives 12.3), where the
+/// Parquet reader's check makes such a value a bad record. Read instead as
+/// `DECIMAL(38, s')`, `s'` the most places that leave the declared integer
+/// digits (28 for `DECIMAL(12,2)`), a value shows the places it had (up to
+/// `s'`), and [`WideDecimals::narrow`] makes one with more than the scale a
+/// bad record, then brings the others to the declared type exactly. One
+/// read, and a division per value: only tables declaring a DECIMAL pay.
+/// (A `DECIMAL` of more than 38 digits, or of a negative scale, is read as
+/// declared.)
+pub(super) struct WideDecimals {
+    /// Column name, declared type (precision, scale), the wide scale.
+    columns: Vec<(String, DataType, u8, i8, i8)>,
+    /// The schema to read with: the declared one, those columns wider.
+    read: SchemaRef,
 }
 
-fn decimal_scale(t: &DataType) -> Option<i8> {
-    match t {
-        DataType::Decimal32(_, s)
-        | DataType::Decimal64(_, s)
-        | DataType::Decimal128(_, s)
-        | DataType::Decimal256(_, s) => Some(*s),
-        _ => None,
+impl WideDecimals {
+    /// `None` when `schema` has no DECIMAL column to widen.
+    pub(super) fn of(schema: &SchemaRef) -> Option<Self> {
+        let mut columns = Vec::new();
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Decimal32(p, s)
+                | DataType::Decimal64(p, s)
+                | DataType::Decimal128(p, s)
+                | DataType::Decimal256(p, s)
+                    if *p <= 38 && *s >= 0 =>
+                {
+                    let wide = 38 - (*p as i8 - *s);
+                    columns.push((f.name().clone(), f.data_type().clone(), *p, *s, wide));
+                    f.as_ref().clone().with_data_type(DataType::Decimal128(38, wide))
+                }
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        (!columns.is_empty()).then(|| Self {
+            columns,
+            read: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        })
+    }
+
+    /// The schema to read with.
+    pub(super) fn read_schema(&self) -> &SchemaRef {
+        &self.read
+    }
+
+    /// A batch read with [`Self::read_schema`] (all its columns or some,
+    /// found by name) with its DECIMAL columns as declared; an error naming
+    /// the first value with more places than its column keeps.
+    pub(super) fn narrow(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
+        use datafusion::arrow::array::{AsArray, Decimal128Array};
+        use datafusion::arrow::datatypes::{Decimal128Type, DecimalType};
+        let schema = batch.schema();
+        let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let wide = self
+                .columns
+                .iter()
+                .find(|(name, ..)| name == field.name())
+                .filter(|(.., wide)| column.data_type() == &DataType::Decimal128(38, *wide));
+            let Some((name, declared, p, s, wide)) = wide else {
+                fields.push(field.as_ref().clone());
+                columns.push(Arc::clone(column));
+                continue;
+            };
+            let values = column.as_primitive::<Decimal128Type>();
+            let factor = 10i128.pow((wide - s) as u32);
+            let limit = 10i128.pow(u32::from(*p));
+            let mut narrowed = Vec::with_capacity(values.len());
+            for v in values.iter() {
+                let Some(v) = v else {
+                    narrowed.push(None);
+                    continue;
+                };
+                let n = v / factor;
+                if v % factor != 0 || n.abs() >= limit {
+                    let written = Decimal128Type::format_decimal(v, 38, *wide);
+                    let written = match written.contains('.') {
+                        true => written.trim_end_matches('0').trim_end_matches('.').to_string(),
+                        false => written,
+                    };
+                    let reason = if n.abs() >= limit {
+                        format!("column '{name}': {written} has more digits than {declared} holds")
+                    } else {
+                        format!(
+                            "column '{name}': {written} has more decimal places than {declared} keeps (it would be {})",
+                            Decimal128Type::format_decimal(n, *p, *s)
+                        )
+                    };
+                    return Err(ArrowError::ExternalError(Box::new(LostPlaces(reason))));
+                }
+                narrowed.push(Some(n));
+            }
+            let narrowed: ArrayRef =
+                Arc::new(Decimal128Array::from(narrowed).with_precision_and_scale(*p, *s)?);
+            let narrowed = match declared {
+                DataType::Decimal128(..) => narrowed,
+                other => datafusion::arrow::compute::cast(&narrowed, other)?,
+            };
+            fields.push(field.as_ref().clone().with_data_type(declared.clone()));
+            columns.push(narrowed);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
     }
 }
 
-/// A value written with more decimal places than its column keeps: the
-/// bad record's reason, carried through Arrow's error type.
+/// A value written with more decimal places (or digits) than its column
+/// keeps: the bad record's reason, carried through Arrow's error type.
 #[derive(Debug)]
 struct LostPlaces(String);
 
@@ -393,7 +478,7 @@ impl std::fmt::Display for LostPlaces {
 
 impl std::error::Error for LostPlaces {}
 
-/// The reason a [`check_places`] error gives, if `e` is one.
+/// The reason a [`WideDecimals::narrow`] error gives, if `e` is one.
 pub(super) fn lost_places(e: &ArrowError) -> Option<String> {
     match e {
         ArrowError::ExternalError(b) => b.downcast_ref::<LostPlaces>().map(|l| l.0.clone()),
@@ -401,99 +486,67 @@ pub(super) fn lost_places(e: &ArrowError) -> Option<String> {
     }
 }
 
-/// Checks the DECIMAL columns of `decoded` against the same rows decoded
-/// as text (`texts`: those columns, by name, as Utf8): the first value
-/// that needs more decimal places than its scale is an error naming the
-/// column, the value and what it would have become.
-pub(super) fn check_places(
-    decoded: &[RecordBatch],
-    texts: &[RecordBatch],
-) -> std::result::Result<(), ArrowError> {
-    use datafusion::arrow::array::AsArray;
-    let (Some(d), Some(t)) = (decoded.first(), texts.first()) else {
-        return Ok(());
-    };
-    let decoded = concat_batches(&d.schema(), decoded)?;
-    let texts = concat_batches(&t.schema(), texts)?;
-    for (k, field) in texts.schema().fields().iter().enumerate() {
-        let Ok(i) = decoded.schema().index_of(field.name()) else {
-            continue;
-        };
-        let column = decoded.column(i);
-        let Some(scale) = decimal_scale(column.data_type()) else {
-            continue;
-        };
-        let Some(written) = texts.column(k).as_string_opt::<i32>() else {
-            continue;
-        };
-        for r in 0..written.len().min(column.len()) {
-            if written.is_null(r) || column.is_null(r) {
-                continue;
-            }
-            let text = written.value(r);
-            if places_of(text).is_some_and(|p| p > i64::from(scale)) {
-                let kept = datafusion::arrow::util::display::array_value_to_string(column, r)?;
-                return Err(ArrowError::ExternalError(Box::new(LostPlaces(format!(
-                    "column '{}': {} has more decimal places than {} keeps (it would be {kept})",
-                    field.name(),
-                    text.trim(),
-                    column.data_type()
-                )))));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How many decimal places a number written as `t` needs (trailing zeros
-/// do not count; `1.25e1` needs 1, `125e-2` 2, `1.5e3` none); `None` when
-/// `t` is not a plain number (the decimal reader judges those).
-fn places_of(t: &str) -> Option<i64> {
-    let t = t.trim();
-    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
-    let (mantissa, exp) = match t.find(['e', 'E']) {
-        Some(at) => (&t[..at], t[at + 1..].parse::<i64>().ok()?),
-        None => (t, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let frac = frac.trim_end_matches('0');
-    // Places the mantissa needs, less the exponent; an integer mantissa's
-    // trailing zeros count as negative places (`1500e-2` needs none).
-    let places = if frac.is_empty() {
-        -((int.len() - int.trim_end_matches('0').len()) as i64)
-    } else {
-        frac.len() as i64
-    };
-    Some((places - exp).max(0))
-}
-
 #[cfg(test)]
 mod tests {
+    /// DECIMAL columns read wide come back as declared; a value with more
+    /// places, or more digits, than the column keeps is an error naming it.
     #[test]
-    fn places_of_numbers() {
-        for (t, p) in [
-            ("12.345", Some(3)),
-            ("12.30", Some(1)),
-            ("-12.35", Some(2)),
-            ("7", Some(0)),
-            ("0.000", Some(0)),
-            ("1.25e1", Some(1)),
-            ("125E-2", Some(2)),
-            ("1500e-2", Some(0)),
-            ("1.5e3", Some(0)),
-            ("1e-3", Some(3)),
-            ("abc", None),
-            ("", None),
-            ("1.2.3", None),
+    fn wide_decimals_narrow_exactly_or_name_the_value() {
+        use datafusion::arrow::array::{AsArray, Decimal128Array, Int64Array};
+        use datafusion::arrow::datatypes::Decimal64Type;
+        let declared = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Decimal64(6, 2), true),
+        ]));
+        let wide = WideDecimals::of(&declared).unwrap();
+        assert_eq!(
+            wide.read_schema().field(1).data_type(),
+            &DataType::Decimal128(38, 34)
+        );
+        let read = |values: Vec<Option<i128>>| {
+            let n = values.len();
+            RecordBatch::try_new(
+                Arc::clone(wide.read_schema()),
+                vec![
+                    Arc::new(Int64Array::from(vec![1; n])),
+                    Arc::new(
+                        Decimal128Array::from(values)
+                            .with_precision_and_scale(38, 34)
+                            .unwrap(),
+                    ),
+                ],
+            )
+            .unwrap()
+        };
+        let e34 = 10i128.pow(34);
+        // 12.3, -0.05, NULL, 9999.99: as declared.
+        let ok = wide
+            .narrow(read(vec![
+                Some(123 * e34 / 10),
+                Some(-5 * e34 / 100),
+                None,
+                Some(999_999 * 10i128.pow(32)),
+            ]))
+            .unwrap();
+        assert_eq!(ok.schema().field(1).data_type(), &DataType::Decimal64(6, 2));
+        let got: Vec<Option<i64>> = ok.column(1).as_primitive::<Decimal64Type>().iter().collect();
+        assert_eq!(got, [Some(1230), Some(-5), None, Some(999_999)]);
+        for (value, reason) in [
+            (
+                -12_345 * e34 / 1000,
+                "column 'v': -12.345 has more decimal places than Decimal64(6, 2) keeps (it would be -12.34)",
+            ),
+            (
+                e34 / 1000,
+                "column 'v': 0.001 has more decimal places than Decimal64(6, 2) keeps (it would be 0.00)",
+            ),
         ] {
-            assert_eq!(super::places_of(t), p, "{t}");
+            let e = wide.narrow(read(vec![Some(e34), Some(value)])).unwrap_err();
+            assert_eq!(lost_places(&e).as_deref(), Some(reason));
         }
+        // A table without DECIMAL columns reads as declared.
+        let plain = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        assert!(WideDecimals::of(&plain).is_none());
     }
 
     use super::*;

@@ -34,65 +34,40 @@ pub(super) struct CsvRead<'a> {
     roots: Vec<usize>,
     /// For each root, the declared name (for messages).
     root_names: Vec<String>,
-    /// The header columns declared DECIMAL, and `schema` with those read as
-    /// text: decoded again to check their decimal places
-    /// ([`conform::check_places`]).
-    decimals: Vec<usize>,
-    as_text: SchemaRef,
+    /// DECIMAL columns, read wider than declared to see the places a
+    /// value had ([`conform::WideDecimals`]).
+    wide: Option<conform::WideDecimals>,
 }
 
 impl CsvRead<'_> {
+    /// A reader of the schema to read with (DECIMAL columns wider).
     fn reader_builder(&self, projection: Vec<usize>, batch: usize) -> csv::ReaderBuilder {
-        Self::builder(&self.schema, self.delimiter, projection, batch)
-    }
-
-    fn builder(
-        schema: &SchemaRef,
-        delimiter: u8,
-        projection: Vec<usize>,
-        batch: usize,
-    ) -> csv::ReaderBuilder {
+        let schema = self.wide.as_ref().map_or(&self.schema, |w| w.read_schema());
         csv::ReaderBuilder::new(Arc::clone(schema))
             .with_header(false)
-            .with_delimiter(delimiter)
+            .with_delimiter(self.delimiter)
             .with_projection(projection)
             .with_batch_size(batch.max(1))
     }
 
-    /// Of `projection`, the DECIMAL columns.
-    fn decimals_in(&self, projection: &[usize]) -> Vec<usize> {
-        projection
-            .iter()
-            .copied()
-            .filter(|r| self.decimals.contains(r))
-            .collect()
+    /// A batch read by [`Self::reader_builder`] with its columns as
+    /// declared: a value with more decimal places than its column keeps is
+    /// an error ([`conform::lost_places`]).
+    fn narrow(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
+        match &self.wide {
+            Some(w) => w.narrow(batch),
+            None => Ok(batch),
+        }
     }
 
-    /// Decodes whole records with Arrow's CSV decoder, and checks the
-    /// decimal places of its DECIMAL columns.
+    /// Decodes whole records with Arrow's CSV decoder.
     fn decode(
         &self,
         text: &[u8],
         projection: Vec<usize>,
         rows: usize,
     ) -> std::result::Result<RecordBatch, ArrowError> {
-        let decimals = self.decimals_in(&projection);
-        let batch = self.decode_as(&self.schema, text, projection, rows)?;
-        if !decimals.is_empty() {
-            let texts = self.decode_as(&self.as_text, text, decimals, rows)?;
-            conform::check_places(std::slice::from_ref(&batch), &[texts])?;
-        }
-        Ok(batch)
-    }
-
-    fn decode_as(
-        &self,
-        schema: &SchemaRef,
-        text: &[u8],
-        projection: Vec<usize>,
-        rows: usize,
-    ) -> std::result::Result<RecordBatch, ArrowError> {
-        let mut decoder = Self::builder(schema, self.delimiter, projection, rows).build_decoder();
+        let mut decoder = self.reader_builder(projection, rows).build_decoder();
         let mut rest = text;
         loop {
             let n = decoder.decode(rest)?;
@@ -104,9 +79,10 @@ impl CsvRead<'_> {
         if rest.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
             return Err(ArrowError::CsvError("more records than expected".into()));
         }
-        decoder
+        let batch = decoder
             .flush()?
-            .ok_or_else(|| ArrowError::CsvError("no record".into()))
+            .ok_or_else(|| ArrowError::CsvError("no record".into()))?;
+        self.narrow(batch)
     }
 
     fn decode_group(&self, records: &[&CsvRecord]) -> std::result::Result<RecordBatch, ArrowError> {
@@ -283,18 +259,7 @@ pub(super) fn read_csv(
     let body = rdr.position().byte() as usize;
     let output = columns.output_schema()?;
     let required = required_columns(columns.declared, &all_positions);
-    let decimals = conform::decimal_columns(&schema);
-    let as_text = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| match decimals.contains(&i) {
-                true => Field::new(f.name(), DataType::Utf8, true),
-                false => f.as_ref().clone(),
-            })
-            .collect::<Vec<_>>(),
-    ));
+    let wide = conform::WideDecimals::of(&schema);
     let read = CsvRead {
         file,
         data,
@@ -302,8 +267,7 @@ pub(super) fn read_csv(
         schema,
         roots,
         root_names,
-        decimals,
-        as_text,
+        wide,
     };
 
     // Fast path. One record past the limit tells whether the file goes on.
@@ -314,19 +278,11 @@ pub(super) fn read_csv(
             .build(Cursor::new(&data[body..]))?;
         let mut batches = Vec::new();
         for b in reader {
-            let b = b?;
+            let b = read.narrow(b?)?;
             if !missing_values(&b, &required).is_empty() {
                 return Ok(None);
             }
             batches.push(b);
-        }
-        let decimals = read.decimals_in(&read.roots);
-        if !decimals.is_empty() {
-            let texts = CsvRead::builder(&read.as_text, delimiter, decimals, 8192)
-                .with_bounds(0, max_rows.saturating_add(1))
-                .build(Cursor::new(&data[body..]))?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            conform::check_places(&batches, &texts)?;
         }
         Ok(Some(batches))
     };

@@ -76,28 +76,16 @@ pub(super) fn read_json(
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
-    let decimals = conform::decimal_columns(&schema);
-    let as_text = Arc::new(Schema::new(
-        decimals
-            .iter()
-            .map(|&i| Field::new(schema.field(i).name(), DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    ));
+    let wide = conform::WideDecimals::of(&schema);
     let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
-        let batches: Vec<RecordBatch> = json::ReaderBuilder::new(Arc::clone(&schema))
+        let read = wide.as_ref().map_or(&schema, |w| w.read_schema());
+        let batches = json::ReaderBuilder::new(Arc::clone(read))
             .with_batch_size(rows.clamp(1, 8192))
-            .build(Cursor::new(text))?
-            .collect::<std::result::Result<_, _>>()?;
-        if !decimals.is_empty() {
-            // The decimal columns again, numbers as written.
-            let texts: Vec<RecordBatch> = json::ReaderBuilder::new(Arc::clone(&as_text))
-                .with_batch_size(rows.clamp(1, 8192))
-                .with_coerce_primitive(true)
-                .build(Cursor::new(text))?
-                .collect::<std::result::Result<_, _>>()?;
-            conform::check_places(&batches, &texts)?;
+            .build(Cursor::new(text))?;
+        match &wide {
+            Some(w) => batches.map(|b| w.narrow(b?)).collect(),
+            None => batches.collect(),
         }
-        Ok(batches)
     };
 
     // Fast path: one row per record, every NOT NULL column full.
@@ -190,16 +178,14 @@ pub(super) fn json_values_fast<'a>(
 ) -> Result<Option<Vec<RecordBatch>>> {
     let output = columns.output_schema()?;
     let schema = nullable(columns.declared);
-    if !conform::decimal_columns(&schema).is_empty() {
-        // The decimal check needs each record's text: `read_text` has it.
-        return Ok(None);
-    }
+    let wide = conform::WideDecimals::of(&schema);
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
-    let Ok(mut decoder) = json::ReaderBuilder::new(Arc::clone(&schema))
-        .with_batch_size(count.clamp(1, 8192))
-        .build_decoder()
+    let Ok(mut decoder) =
+        json::ReaderBuilder::new(Arc::clone(wide.as_ref().map_or(&schema, |w| w.read_schema())))
+            .with_batch_size(count.clamp(1, 8192))
+            .build_decoder()
     else {
         return Ok(None);
     };
@@ -227,6 +213,18 @@ pub(super) fn json_values_fast<'a>(
         Ok(Some(b)) => decoded.push(b),
         Ok(None) => {}
         Err(_) => return Ok(None),
+    }
+    if let Some(w) = &wide {
+        // A value with more places than its column keeps: the slow path
+        // names its record.
+        let Ok(narrowed) = decoded
+            .into_iter()
+            .map(|b| w.narrow(b))
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            return Ok(None);
+        };
+        decoded = narrowed;
     }
     if decoded.iter().map(RecordBatch::num_rows).sum::<usize>() != count
         || decoded.iter().any(|b| !missing_values(b, &required).is_empty())
