@@ -547,28 +547,31 @@ fn a_typo_next_to_a_secret_never_prints_it() {
         !e.contains("SECRET123XYZ") && e.contains("unknown setting 'password'"),
         "{e}"
     );
-    // A value unquoted (the parser takes a name), E-quoted or
-    // dollar-quoted: never printed, and never kept in the checkpoint.
+    // A value unquoted (the parser takes a name), E-quoted,
+    // dollar-quoted, or holding a quote written twice (`''`, which was
+    // refused as an unterminated string): never printed, and never kept
+    // in the checkpoint.
     for (value, ck) in [
         ("SECRET123XYZ", "ck1"),
         ("E'SECRET123XYZ'", "ck2"),
         ("$$SECRET123XYZ$$", "ck3"),
+        ("'SECRET''123XYZ'", "ck4"),
     ] {
         let sink = format!("'path' = '{ck}-out/', 'format' = 'parquet', 's3.secret_access_key' = {value}");
         let at = "'path' = 'out/', 'format' = 'parquet'";
         ws.write("bare.sql", &job(700, "parquet", "in/").replace(at, &sink));
         let out = run_now(&ws, "bare.sql", &["--checkpoint", ck]).ok();
         let text = format!("{}{}", out.stdout(), out.stderr());
-        assert!(!text.contains("SECRET123XYZ"), "{value}: {text}");
+        assert!(!text.contains("123XYZ"), "{value}: {text}");
         let meta = std::fs::read_to_string(ws.path(&format!("{ck}/metadata.json"))).unwrap();
-        assert!(!meta.contains("SECRET123XYZ"), "{value}: {meta}");
+        assert!(!meta.contains("123XYZ"), "{value}: {meta}");
         // A mistyped statement after it quotes the statement back.
         ws.write(
             "bare.sql",
             &job(700, "parquet", "in/").replace(at, &format!("{sink} 'x'")),
         );
         let e = run_now(&ws, "bare.sql", &["--checkpoint", ck]).fails().stderr();
-        assert!(!e.contains("SECRET123XYZ") && e.contains("line "), "{value}: {e}");
+        assert!(!e.contains("123XYZ") && e.contains("line "), "{value}: {e}");
     }
     // What the checkpoint keeps.
     let ok = job(700, "parquet", "in/").replace(

@@ -139,6 +139,9 @@ pub struct LookupClause {
 
 fn tokenize(sql: &str) -> Result<Vec<Token>> {
     Tokenizer::new(&GenericDialect {}, sql)
+        // Strings keep their text as written (`'it''s'`): the tokens are rendered back
+        // into the statement, and a string unescaped would come back unterminated.
+        .with_unescape(false)
         .tokenize()
         .map_err(Error::syntax)
 }
@@ -170,6 +173,7 @@ pub struct StatementText {
 /// empty ones (only whitespace and comments).
 pub fn split_statements(text: &str) -> Result<Vec<StatementText>> {
     let tokens = Tokenizer::new(&GenericDialect {}, text)
+        .with_unescape(false)
         .tokenize_with_location()
         .map_err(Error::syntax)?;
     let mut out = Vec::new();
@@ -315,7 +319,8 @@ fn cut_metadata(tokens: &mut Vec<Token>) -> Result<Vec<MetadataClause>> {
                     let k = next_significant(tokens, f + 1);
                     match k.map(|k| &tokens[k]) {
                         Some(Token::SingleQuotedString(s)) => {
-                            key = s.clone();
+                            // As written: `''` is one quote.
+                            key = s.replace("''", "'");
                             end = k.map_or(end, |k| k + 1);
                         }
                         _ => {
@@ -812,6 +817,28 @@ mod tests {
             vec![(1, 1), (1, 12), (5, 3)]
         );
         assert_eq!(s[2].text, "SELECT 3");
+    }
+
+    /// A quote written twice inside a string (`'it''s'`) survives the
+    /// split and the rewrite: the strings were unescaped and rendered back
+    /// unterminated.
+    #[test]
+    fn a_doubled_quote_stays_one_string() {
+        let s = split_statements("SELECT 'it''s'; SELECT 'a;''b'").unwrap();
+        assert_eq!(s[0].text, "SELECT 'it''s'");
+        assert_eq!(s[1].text, "SELECT 'a;''b'");
+        let mut n = 0;
+        let p = preprocess(
+            "CREATE TABLE t (ts TIMESTAMP(3) METADATA FROM 'o''k', WATERMARK FOR ts AS ts) \
+             WITH ('path' = 'we''ird/')",
+            &mut n,
+        )
+        .unwrap();
+        assert!(p.rewritten.contains("'we''ird/'"), "{}", p.rewritten);
+        assert_eq!(p.metadata[0].key, "o'k");
+        assert!(
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(&GenericDialect {}, &p.rewritten).is_ok()
+        );
     }
 
     #[test]
