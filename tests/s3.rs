@@ -459,6 +459,19 @@ fn a_quoted_s3_path_is_a_table_here_and_on_a_cluster() {
     assert_no_secrets("weir query's output", &printed);
 }
 
+/// A bucket that does not exist is an answer: not retried, and said in
+/// words (it was retried 5 times and printed as the store's XML).
+#[test]
+fn a_missing_bucket_is_said_plainly_and_not_retried() {
+    let Some(server) = server() else { return };
+    let ws = Workspace::new();
+    ws.write("job.sql", &s3_job("no-such-bucket-weir"));
+    let e = weir(&ws, &server, &run_args("no-such-bucket-weir"), &[]).fails().stderr();
+    assert!(e.contains("the bucket does not exist"), "{e}");
+    assert!(!e.contains("<?xml") && !e.contains("gave up after"), "{e}");
+    assert_no_secrets("the error", &e);
+}
+
 #[test]
 fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let Some(server) = server() else { return };

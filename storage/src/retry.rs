@@ -153,6 +153,9 @@ fn random() -> u64 {
 /// generic error, so its cause is looked at.
 pub fn is_transient(e: &object_store::Error) -> bool {
     use object_store::Error::*;
+    if no_such_bucket(e) {
+        return false;
+    }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>()
@@ -243,6 +246,9 @@ impl std::error::Error for GaveUp {}
 /// "gave up after N attempts (T s): `<the last error>`", without the
 /// `Generic retry error:` that wrapping it in an `object_store::Error` adds.
 pub fn describe(e: &object_store::Error) -> String {
+    if no_such_bucket(e) {
+        return "the bucket does not exist (the store answered NoSuchBucket)".into();
+    }
     match e {
         object_store::Error::Generic {
             store: "retry",
@@ -253,6 +259,20 @@ pub fn describe(e: &object_store::Error) -> String {
         },
         _ => e.to_string(),
     }
+}
+
+/// Whether the store answered that the bucket does not exist (S3's
+/// `NoSuchBucket`, which the S3 client reports as a generic error with the
+/// answer's XML): an answer, not retried, and said plainly.
+fn no_such_bucket(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("<Code>NoSuchBucket</Code>") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The retry loop's bookkeeping.
@@ -518,6 +538,23 @@ mod tests {
         assert!(!is_transient(&generic(std::io::ErrorKind::ReadOnlyFilesystem)));
         assert!(is_transient(&generic(std::io::ErrorKind::ConnectionReset)));
         assert!(is_transient(&generic(std::io::ErrorKind::Interrupted)));
+    }
+
+    /// S3's answer that the bucket does not exist is not retried, and is
+    /// said in words, not as the answer's XML.
+    #[test]
+    fn no_such_bucket_is_an_answer() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing list request: Client error with status 404 Not Found: \
+                     <?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><BucketName>b</BucketName></Error>"
+                .into(),
+        };
+        assert!(!is_transient(&e));
+        assert_eq!(
+            describe(&e),
+            "the bucket does not exist (the store answered NoSuchBucket)"
+        );
     }
     use std::sync::Arc;
     use std::time::Duration;
