@@ -909,3 +909,51 @@ fn a_row_budget_over_many_files_is_read_in_waves_with_the_local_runs_epochs() {
         assert_eq!(sink_rows(&dir.path().join("remote").join(sink)), want, "{sink}");
     }
 }
+
+/// A job sent to a scheduler that has no executor is cancelled after
+/// `weir_cluster::NO_EXECUTOR_GRACE` (20 s), with an error that says why:
+/// it waited for ever, without a word.
+#[test]
+fn a_job_on_a_cluster_without_executors_fails_saying_so() {
+    let c = cluster(0);
+    let started = Instant::now();
+    let err = query("SELECT 1", Some(&c.scheduler)).unwrap_err();
+    assert!(
+        err.contains("no executor is registered with the scheduler")
+            && err.contains(&format!("weir cluster executor --scheduler {}", c.scheduler)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(90));
+}
+
+/// An executor outlives its scheduler: when the scheduler goes away it
+/// starts again (it exited, with status 0 and no word), and registers with
+/// a scheduler restarted at the same address.
+#[test]
+fn an_executor_registers_again_with_a_restarted_scheduler() {
+    let mut c = cluster(1);
+    let scheduler = &mut c.processes[0].0;
+    scheduler.kill().unwrap();
+    scheduler.wait().unwrap();
+    // Ballista's executor gives up on its scheduler after about 20 s.
+    std::thread::sleep(Duration::from_secs(30));
+    let mut again = weir()
+        .args(["cluster", "scheduler", "--bind", &c.scheduler])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut again);
+    assert!(line.contains(&c.scheduler), "{line}");
+    c.processes[0] = Process(again);
+    let started = Instant::now();
+    let answer = loop {
+        match query("SELECT 41 + 1 AS x", Some(&c.scheduler)) {
+            Ok(out) => break out,
+            Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                assert!(e.contains("no executor is registered"), "{e}");
+            }
+            Err(e) => panic!("the executor never came back: {e}"),
+        }
+    };
+    assert!(answer.contains("42"), "{answer}");
+}

@@ -466,7 +466,9 @@ fn a_missing_bucket_is_said_plainly_and_not_retried() {
     let Some(server) = server() else { return };
     let ws = Workspace::new();
     ws.write("job.sql", &s3_job("no-such-bucket-weir"));
-    let e = weir(&ws, &server, &run_args("no-such-bucket-weir"), &[]).fails().stderr();
+    let e = weir(&ws, &server, &run_args("no-such-bucket-weir"), &[])
+        .fails()
+        .stderr();
     assert!(e.contains("the bucket does not exist"), "{e}");
     assert!(!e.contains("<?xml") && !e.contains("gave up after"), "{e}");
     assert_no_secrets("the error", &e);

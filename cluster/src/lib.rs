@@ -116,10 +116,57 @@ pub async fn run_scheduler(options: SchedulerOptions, ready: impl FnOnce(SocketA
     let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::clone(&config))
         .await
         .map_err(|e| Error::Process(format!("the scheduler cannot start: {e}")))?;
+    cancel_jobs_without_executors(scheduler.clone());
     ready(bound);
     start_grpc_service_with_listener(listener, scheduler)
         .await
         .map_err(|e| Error::Process(format!("the scheduler stopped: {e}")))
+}
+
+/// How long a job may wait on a scheduler that has no executor before it
+/// is cancelled: longer than an executor takes to register when the
+/// scheduler and its executors start together.
+pub const NO_EXECUTOR_GRACE: Duration = Duration::from_secs(20);
+
+/// Cancels the jobs that have waited [`NO_EXECUTOR_GRACE`] while no
+/// executor was registered. Ballista keeps such a job queued until an
+/// executor comes (it fails only the jobs of executors that were lost), so
+/// a driver whose executors were never started, or all left, waited for
+/// ever without a word; its client now gets the job's cancellation, and
+/// `weir run` says why ([`execute`]).
+fn cancel_jobs_without_executors(
+    scheduler: ballista_scheduler::scheduler_server::SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
+) {
+    tokio::spawn(async move {
+        let mut waiting: std::collections::HashMap<String, std::time::Instant> =
+            std::collections::HashMap::new();
+        let mut empty_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if scheduler.is_ready() {
+                empty_since = None;
+                waiting.clear();
+                continue;
+            }
+            let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+            let jobs = scheduler.state.task_manager.get_running_job_cache();
+            waiting.retain(|id, _| jobs.contains_key(id.as_str()));
+            for id in jobs.keys() {
+                let seen = *waiting
+                    .entry(id.to_string())
+                    .or_insert_with(std::time::Instant::now);
+                if seen.elapsed() >= NO_EXECUTOR_GRACE && since.elapsed() >= NO_EXECUTOR_GRACE {
+                    tracing::warn!("cancelling job {id}: no executor is registered");
+                    eprintln!(
+                        "weir: cancelling job {id}: no executor has been registered for {} s",
+                        since.elapsed().as_secs()
+                    );
+                    let _ = scheduler.cancel_job(id.clone()).await;
+                    waiting.remove(&id.to_string());
+                }
+            }
+        }
+    });
 }
 
 /// Options of `weir cluster executor`.
@@ -181,9 +228,59 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         override_runtime_producer: Some(runtime_producer(work_dir.clone(), options.store_options.clone())),
         ..ExecutorProcessConfig::default()
     };
-    start_executor_process(Arc::new(config))
-        .await
-        .map_err(|e| Error::Process(format!("the executor stopped: {e}")))
+    // Ballista's executor stops, as if asked to, once its scheduler has
+    // been gone for a while, and cannot be started again in the same
+    // process (its state says it is terminating). Weir's runs until it is
+    // stopped (Ctrl-C, SIGTERM): it says so and starts itself again (the
+    // same command, in place of this process, with the same pid), which
+    // waits for the scheduler to come back, so that a scheduler restarted
+    // later finds its executors.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stopped = Arc::clone(&stopped);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let ran = start_executor_process(Arc::new(config)).await;
+    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        return ran.map_err(|e| Error::Process(format!("the executor stopped: {e}")));
+    }
+    // Another failure (a port taken, a bad setting) will not pass.
+    let why = match ran {
+        Ok(()) => "it lost its scheduler".to_string(),
+        Err(e) if e.to_string().to_lowercase().contains("scheduler") => e.to_string(),
+        Err(e) => return Err(Error::Process(format!("the executor stopped: {e}"))),
+    };
+    eprintln!(
+        "weir cluster executor: {why}; starting again, to register with the scheduler at {} when it answers \
+         (Ctrl-C stops)",
+        options.scheduler
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    restart_self()
+}
+
+/// Replaces this process with the same command (same pid): only returns
+/// if that fails.
+fn restart_self() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Process(format!("the executor cannot start again: {e}")))?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(Error::Process(format!("the executor cannot start again: {err}")))
 }
 
 /// The scheduler's sessions: Ballista's, with Weir's object-store registry.
@@ -232,7 +329,7 @@ pub async fn execute(
 ) -> Result<Vec<RecordBatch>> {
     let job_err = |reason: String| Error::Job {
         url: url.to_string(),
-        reason,
+        reason: without_executors(&reason, url).unwrap_or(reason),
     };
     let session = session.clone().upgrade_for_ballista();
     let config: BallistaConfig = session.ballista_config();
@@ -266,6 +363,22 @@ pub async fn execute(
             Err(e) => return Err(job_err(e.to_string())),
         }
     }
+}
+
+/// The reason to give for a job that failed as cancelled: only Weir's
+/// scheduler cancels a job a client waits on, when no executor is
+/// registered (`cancel_jobs_without_executors`). `None` for another error.
+fn without_executors(message: &str, scheduler: &str) -> Option<String> {
+    message.contains("failed: Cancelled").then(|| {
+        format!(
+            "no executor is registered with the scheduler: it cancelled the job after {} s \
+             (start one with `weir cluster executor --scheduler {}`)",
+            NO_EXECUTOR_GRACE.as_secs(),
+            scheduler
+                .trim_start_matches("http://")
+                .trim_start_matches("df://")
+        )
+    })
 }
 
 /// Whether a submission failed because nothing answered at the address (as
