@@ -909,6 +909,11 @@ impl StreamingJob {
             self.checkpoint.offsets.delete(epoch).await
         };
         let fix = match &error {
+            // A topic's record cannot be fixed in place: let it through.
+            Error::Input(m) if m.contains("kafka://") => {
+                "a topic's record stays as it is: set 'on_error' = 'skip' or 'dead_letter' on the source to \
+                 pass over bad records, and run the job again"
+            }
             Error::Input(_) => "fix or remove the file and run the job again",
             _ => "the checkpoint is as it was before it; fix the cause and run the job again",
         };
