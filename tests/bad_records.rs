@@ -667,18 +667,19 @@ fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
                  INSERT INTO out SELECT CAST(v * 10 AS BIGINT) AS v10 FROM s;"
             )
         };
-        ws.write("job.sql", &job(""));
-        let e = ws
-            .weir(&[
+        let checkpoint = format!("ck_{format}");
+        let run = || {
+            ws.weir(&[
                 "run",
                 "job.sql",
                 "--trigger",
                 "available-now",
                 "--checkpoint",
-                &format!("ck_{format}"),
+                &checkpoint,
             ])
-            .fails()
-            .stderr();
+        };
+        ws.write("job.sql", &job(""));
+        let e = run().fails().stderr();
         assert!(
             e.contains(
                 "column 'v': 12.35 has more decimal places than Decimal128(10, 1) keeps (it would be 12.3)"
@@ -690,17 +691,7 @@ fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
             "{format}"
         );
         ws.write("job.sql", &job(", 'on_error' = 'skip'"));
-        let out = ws
-            .weir(&[
-                "run",
-                "job.sql",
-                "--trigger",
-                "available-now",
-                "--checkpoint",
-                &format!("ck_{format}"),
-            ])
-            .ok()
-            .stderr();
+        let out = run().ok().stderr();
         assert!(
             out.contains("300 rows in") && out.contains(" 1 bad"),
             "{format}: {out}"

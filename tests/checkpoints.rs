@@ -49,6 +49,16 @@ fn finishes_with_every_row_once(ws: &Workspace, bids: &[Bid]) {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(bids, ORACLE));
 }
 
+/// The epochs committed in `ck/`, ascending.
+fn committed(ws: &Workspace) -> Vec<u64> {
+    let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
+        .collect();
+    c.sort();
+    c
+}
+
 fn commit(epoch: u64) -> String {
     format!("ck/commits/{epoch:020}.json")
 }
@@ -415,14 +425,7 @@ fn retention_bounds_the_checkpoint_and_the_oldest_kept_epoch_restores() {
     ws.write("job.sql", JOB);
     ws.weir(&RUN_CK).ok(); // 35 epochs of 100 rows
     let count = |dir: &str| std::fs::read_dir(ws.path(dir)).map_or(0, |d| d.count());
-    let commits: Vec<u64> = {
-        let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
-            .collect();
-        c.sort();
-        c
-    };
+    let commits = committed(&ws);
     assert_eq!(*commits.last().unwrap(), 35);
     assert!(
         commits.len() <= 26,
@@ -451,12 +454,7 @@ fn retention_is_a_setting() {
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", &format!("SET checkpoint.retain_epochs = 3;\n{JOB}"));
     ws.weir(&RUN_CK).ok(); // 15 epochs of 100 rows: retention runs at epoch 15
-    let mut commits: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
-        .collect();
-    commits.sort();
-    assert_eq!(commits, [13, 14, 15], "three epochs kept");
+    assert_eq!(committed(&ws), [13, 14, 15], "three epochs kept");
     let offsets = std::fs::read_dir(ws.path("ck/offsets")).unwrap().count();
     assert_eq!(offsets, 3);
     let e = ws
@@ -479,22 +477,14 @@ fn retention_keeps_the_way_back_from_a_drain() {
     write_parquet(&ws.path("in/a.parquet"), &first);
     ws.write("job.sql", &format!("SET checkpoint.retain_epochs = 3;\n{JOB}"));
     ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
-    let commits = || -> Vec<u64> {
-        let mut c: Vec<u64> = std::fs::read_dir(ws.path("ck/commits"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap()[..20].parse().unwrap())
-            .collect();
-        c.sort();
-        c
-    };
-    let drained = *commits().last().unwrap();
+    let drained = *committed(&ws).last().unwrap();
     // 1,000 rows more: ten epochs, every row late for the window.
     let later = gen_bids(10, 1000, BASE_MS + 600_000, 1500);
     write_parquet(&ws.path("in/b.parquet"), &later);
     let e = ws.weir(&RUN_CK).ok().stderr();
     let way_back = format!("--to {}` undoes the drain (epoch {drained})", drained - 1);
     assert!(e.contains(&way_back), "{e}");
-    let kept = commits();
+    let kept = committed(&ws);
     assert!(kept.len() > 3 && kept[0] == drained - 1, "{kept:?}");
     ws.weir(&["checkpoint", "rollback", "ck", "--to", &(drained - 1).to_string()])
         .ok();

@@ -1508,6 +1508,23 @@ mod tests {
         );
     }
 
+    /// Operator `op` restored as of `epoch` from `listed`: its (key,
+    /// value) pairs sorted, and the restored state.
+    async fn restored_pairs(
+        ck: &Checkpoint,
+        epoch: u64,
+        listed: &BTreeMap<String, StateChains>,
+    ) -> (Vec<(String, i64)>, RestoredState) {
+        let r = ck
+            .restore_state_listed("op", epoch, Some(listed))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = as_pairs(&r);
+        got.sort();
+        (got, r)
+    }
+
     async fn write_shard(ck: &Checkpoint, epoch: u64, kind: StateKind, shard: ShardOf, up: &[RecordBatch]) {
         let s = schema();
         let w = StateWrite {
@@ -1575,13 +1592,7 @@ mod tests {
         };
         for (attempt, b) in [("c1", 20), ("c2", 21)] {
             let listed = BTreeMap::from([("op".to_string(), chains(attempt))]);
-            let r = ck
-                .restore_state_listed("op", 4, Some(&listed))
-                .await
-                .unwrap()
-                .unwrap();
-            let mut got = as_pairs(&r);
-            got.sort();
+            let (got, r) = restored_pairs(&ck, 4, &listed).await;
             assert_eq!(got, vec![("a".into(), 1), ("b".into(), b)], "{attempt}");
             // The restored chains name the same files, attempts and all.
             assert_eq!(r.chains, chains(attempt));
@@ -1663,13 +1674,7 @@ mod tests {
             attempts: BTreeMap::new(),
         };
         let listed = BTreeMap::from([("op".to_string(), chains.clone())]);
-        let r = ck
-            .restore_state_listed("op", 4, Some(&listed))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut got = as_pairs(&r);
-        got.sort();
+        let (got, r) = restored_pairs(&ck, 4, &listed).await;
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 20), ("c".into(), 3)]);
         assert_eq!((r.snapshot_epoch, r.deltas, r.chains), (3, 1, chains));
         // An operator the commit does not name has no state.
