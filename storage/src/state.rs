@@ -1525,6 +1525,14 @@ mod tests {
         (got, r)
     }
 
+    /// Why restoring operator `op` as of `epoch` from `listed` fails.
+    async fn restore_error(ck: &Checkpoint, epoch: u64, listed: &BTreeMap<String, StateChains>) -> String {
+        ck.restore_state_listed("op", epoch, Some(listed))
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
     async fn write_shard(ck: &Checkpoint, epoch: u64, kind: StateKind, shard: ShardOf, up: &[RecordBatch]) {
         let s = schema();
         let w = StateWrite {
@@ -1599,11 +1607,7 @@ mod tests {
         }
         // An attempt no file has is a named file gone.
         let listed = BTreeMap::from([("op".to_string(), chains("c3"))]);
-        let err = ck
-            .restore_state_listed("op", 4, Some(&listed))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = restore_error(&ck, 4, &listed).await;
         assert!(
             err.contains("00000000000000000004.delta.1-of-2.c3.parquet"),
             "{err}"
@@ -1687,11 +1691,7 @@ mod tests {
         );
         // Pruning from epoch 5 keeps only epoch 5's snapshots.
         assert_eq!(ck.prune_state("op", 5).await.unwrap(), 3);
-        let err = ck
-            .restore_state_listed("op", 4, Some(&listed))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = restore_error(&ck, 4, &listed).await;
         assert!(
             err.contains("00000000000000000003.snapshot.0-of-2.parquet"),
             "{err}"
