@@ -204,7 +204,34 @@ fn bad_records_name_their_partition_and_offset() {
             good(2),
             record("  ", BASE_MS),
             good(3),
+            // A tombstone (no value at all, as a compacted topic holds,
+            // Weir's own upsert sink among its writers): no row, and not bad.
+            rskafka::record::Record {
+                value: None,
+                ..record("", BASE_MS)
+            },
         ],
+    );
+    // Under 'fail', a topic of good records and tombstones runs clean.
+    broker.create_topic("tombstones", 1);
+    broker.produce(
+        "tombstones",
+        0,
+        vec![
+            good(1),
+            rskafka::record::Record {
+                value: None,
+                ..record("", BASE_MS)
+            },
+            good(2),
+        ],
+    );
+    let ws = Workspace::new();
+    ws.write("job.sql", &kafka_job(&broker.addr, "tombstones", ""));
+    ws.weir(&DRAIN).ok();
+    assert_eq!(
+        sink_rows(&ws.path("out")),
+        vec!["2026-01-01T00:00:00|2026-01-01T00:00:10|1|2|3|2"]
     );
     let ws = Workspace::new();
     ws.write("job.sql", &kafka_job(&broker.addr, "bad", ""));
