@@ -868,8 +868,9 @@ impl KafkaSource {
                 self.brokers(),
                 w.as_secs()
             );
+            // Said now, not again among the epoch's warnings: the outage
+            // was said as it began, in the same place.
             self.notify(&msg);
-            self.warnings.push(msg);
         }
     }
 
@@ -882,8 +883,9 @@ impl KafkaSource {
                 self.brokers(),
                 o.since.elapsed().as_secs()
             );
+            // Said now, not again among the epoch's warnings: the outage
+            // was said as it began, in the same place.
             self.notify(&msg);
-            self.warnings.push(msg);
         }
     }
 
