@@ -474,6 +474,37 @@ fn a_missing_bucket_is_said_plainly_and_not_retried() {
     assert_no_secrets("the error", &e);
 }
 
+/// An endpoint that refuses connections (a wrong port) is given up soon,
+/// the error ending with the cause: the S3 client's own retries (10 within
+/// 3 minutes by default) under each of Weir's 5 attempts took 30 s, and
+/// its message said only "error sending request". No server needed.
+#[test]
+fn an_endpoint_that_refuses_connections_is_given_up_saying_why() {
+    let port = crate::common::kafka::free_port();
+    let ws = Workspace::new();
+    ws.write("job.sql", &s3_job("any-bucket"));
+    let args: Vec<String> = run_args("any-bucket");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let e = ws
+        .weir_env(
+            &args,
+            &[
+                ("AWS_ENDPOINT", endpoint.as_str()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", ENV_SECRET),
+                ("AWS_ALLOW_HTTP", "true"),
+            ],
+        )
+        .fails()
+        .stderr();
+    assert!(e.contains("gave up after 5 attempts"), "{e}");
+    assert!(e.contains("after 2 retries"), "{e}");
+    assert!(e.contains("(cause: Connection refused"), "{e}");
+    assert_no_secrets("the error", &e);
+}
+
 #[test]
 fn a_bucket_without_conditional_writes_is_refused_with_the_reason() {
     let Some(server) = server() else { return };

@@ -112,5 +112,15 @@ pub(crate) fn build_s3(bucket: &str, options: &StoreOptions) -> Result<object_st
     {
         builder = builder.with_allow_http(true);
     }
+    // The client's own retries are kept few and short: Weir retries every
+    // operation around it (`crate::retry`, 5 attempts by default), and the
+    // client's default (10 retries within 3 minutes) under each of those
+    // made a wrong endpoint take half a minute to be refused (measured on
+    // a closed port: 30 s, now 2 s).
+    builder = builder.with_retry(object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(30),
+    });
     builder.build().map_err(|e| e.to_string())
 }

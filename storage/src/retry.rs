@@ -254,10 +254,27 @@ pub fn describe(e: &object_store::Error) -> String {
             store: "retry",
             source,
         } => match source.downcast_ref::<GaveUp>() {
-            Some(gave_up) => gave_up.to_string(),
-            None => e.to_string(),
+            Some(gave_up) => with_root_cause(gave_up.to_string(), &gave_up.last),
+            None => with_root_cause(e.to_string(), e),
         },
-        _ => e.to_string(),
+        _ => with_root_cause(e.to_string(), e),
+    }
+}
+
+/// `message`, and the deepest cause of `e` when the message does not
+/// already say it: the S3 client's "HTTP error: error sending request"
+/// hides what went wrong ("Connection refused", a DNS failure) in its
+/// chain of causes.
+fn with_root_cause(message: String, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut root: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if cause.is_empty() || message.contains(&cause) {
+        message
+    } else {
+        format!("{message} (cause: {cause})")
     }
 }
 
