@@ -96,16 +96,29 @@ pub async fn sink_table(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptio
     let config = ListingTableConfig::new(table_url).with_listing_options(options);
     let config = match &decl.schema {
         Some(schema) => config.with_schema(Arc::clone(schema)),
-        None => config.infer_schema(&ctx.state()).await.map_err(|e| {
-            if e.to_string().contains("No files found") {
-                anyhow::anyhow!(
-                    "'{}' has no committed output yet, so its columns are not known",
-                    decl.name
-                )
-            } else {
-                anyhow::anyhow!(weir_sql::strip_df(&e))
+        None => {
+            let inferred = config.infer_schema(&ctx.state()).await.map_err(|e| {
+                if e.to_string().contains("No files found") {
+                    anyhow::anyhow!(
+                        "'{}' has no committed output yet, so its columns are not known",
+                        decl.name
+                    )
+                } else {
+                    anyhow::anyhow!(weir_sql::strip_df(&e))
+                }
+            })?;
+            // Every column nullable: a column the query added (or dropped)
+            // is missing from the older (newer) files and read as NULL,
+            // whatever a file written by an earlier Weir declared (see
+            // `codec::encode_sink_parallel`).
+            match inferred.file_schema.as_ref() {
+                Some(s) => {
+                    let relaxed = weir_storage::codec::all_nullable(s);
+                    inferred.with_schema(relaxed)
+                }
+                None => inferred,
             }
-        })?,
+        }
     };
     Ok(ListingTable::try_new(config)?)
 }

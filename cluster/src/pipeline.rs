@@ -267,7 +267,7 @@ async fn run_part(
         let name = layout.final_part_name(job.epoch, index as usize);
         let staged_name = layout.staged_part_name(job.epoch, index as usize, &attempt);
         let meta = BTreeMap::from([("weir.epoch".to_string(), job.epoch.to_string())]);
-        let payload = codec::encode_parallel(&loc.url_of(&name), &job.plan.schema(), &output, &meta, 1)
+        let payload = codec::encode_sink_parallel(&loc.url_of(&name), &job.plan.schema(), &output, &meta, 1)
             .map_err(store)?;
         bytes = payload.content_length() as u64;
         loc.put(&staged_name, payload).await.map_err(store)?;

@@ -264,9 +264,9 @@ impl FileSink {
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
         let bytes = if self.changelog {
             let (schema, batches) = with_changelog_order(epoch, schema, batches)?;
-            codec::encode_parallel(&url, &schema, &batches, &meta, self.threads)?
+            codec::encode_sink_parallel(&url, &schema, &batches, &meta, self.threads)?
         } else {
-            codec::encode_parallel(&url, schema, batches, &meta, self.threads)?
+            codec::encode_sink_parallel(&url, schema, batches, &meta, self.threads)?
         };
         let len = bytes.content_length() as u64;
         self.layout

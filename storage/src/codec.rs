@@ -120,6 +120,54 @@ pub fn encode_parallel(
     encode_parallel_with(url, schema, batches, metadata, threads, false)
 }
 
+/// [`encode_parallel`] for a sink's output file: every top-level column is
+/// written as nullable (Parquet's OPTIONAL), whatever the query's plan says,
+/// as Spark writes every Parquet column. A sink folder outlives changes of
+/// its query: when a column is added (or dropped), the older (newer) files
+/// lack it, and a reader merging the files' schemas fills it with NULL.
+/// Had a file declared it REQUIRED, the merged column would be too:
+/// DataFusion then refused `SELECT *` ("declared as non-nullable but
+/// contains null values") and answered `IS NULL` with false.
+pub fn encode_sink_parallel(
+    url: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+    threads: usize,
+) -> Result<PutPayload> {
+    let nullable = all_nullable(schema);
+    if &nullable == schema {
+        return encode_parallel(url, schema, batches, metadata, threads);
+    }
+    let batches = batches
+        .iter()
+        .map(|b| {
+            // Same columns, a schema that allows more: cannot fail.
+            RecordBatch::try_new(Arc::clone(&nullable), b.columns().to_vec()).map_err(|e| Error::Parquet {
+                url: url.to_string(),
+                reason: format!("cannot encode as Parquet: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    encode_parallel(url, &nullable, &batches, metadata, threads)
+}
+
+/// `schema` with every top-level field nullable (metadata kept).
+pub fn all_nullable(schema: &SchemaRef) -> SchemaRef {
+    if schema.fields().iter().all(|f| f.is_nullable()) {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
 /// [`encode_state`] on up to `threads` threads, as [`encode_parallel`]
 /// does for sink files: the same file, byte for byte. A join's held rows
 /// (Nexmark q20: 920,000 rows, 81 MB an epoch) took 280-830 ms an epoch to
