@@ -151,6 +151,16 @@ fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused()
         .fails()
         .stderr();
     assert!(e.contains("is inside the folder of sink table 'out'"), "{e}");
+    // A checkpoint inside a source folder (the default one of a job file
+    // kept in its data folder): the job read its own lease and log files
+    // as input records.
+    ws.write("in/job.sql", &base);
+    let e = run_now(&ws, "in/job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("is inside the folder of source 'bids'") && e.contains("--checkpoint"),
+        "{e}"
+    );
+    assert!(parquet_files(&ws.path("out")).is_empty(), "nothing written");
     // Two sinks sharing a folder.
     let two = base.replace(
         "INSERT INTO out",

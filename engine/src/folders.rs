@@ -8,6 +8,7 @@
 //!  sink folder  ✗ at or inside a source folder of the job   (it would read its own output)
 //!  sink folder  ✗ at or inside any checkpoint               (retention and rollback own it)
 //!  checkpoint   ✗ at or inside a sink folder                (its state files would be output)
+//!  checkpoint   ✗ at or inside a source folder of the job   (its own files would be read as input)
 //!  two sinks    ✗ sharing a folder                          (their rows would mix)
 //! ```
 //!
@@ -81,6 +82,16 @@ pub async fn check(
     sinks: &[SinkFolder<'_>],
     sources: &[(&str, &Location)],
 ) -> Result<()> {
+    for (source, folder) in sources {
+        if within(checkpoint, folder) {
+            return Err(Error::Config(format!(
+                "the checkpoint {checkpoint} is inside the folder of source '{source}' ({folder}): the \
+                 job would read its own checkpoint files as input. Put the checkpoint elsewhere \
+                 (--checkpoint; by default it is the job file's name with .checkpoint, beside the job \
+                 file, so a job file kept in its data folder needs one)"
+            )));
+        }
+    }
     for (i, s) in sinks.iter().enumerate() {
         for other in &sinks[i + 1..] {
             if other.table != s.table && (within(s.loc, other.loc) || within(other.loc, s.loc)) {
