@@ -14,12 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, SinkLayout, SinkOwner, StoreOptions, codec};
@@ -362,9 +362,21 @@ impl FileSink {
 /// Every epoch is staged, with or without rows.
 #[derive(Debug)]
 pub struct SideSink {
+    /// The rows it receives (a late sink: the source's rows as a query
+    /// reads them).
     schema: SchemaRef,
     sink: FileSink,
+    /// A late sink's tag: the sink table of the query that judged the rows
+    /// late, written beside them as [`LATE_FOR`].
+    late_for: Option<String>,
 }
+
+/// The column a late sink adds to each row: the sink table of the query
+/// (`INSERT INTO ...`) that judged the row late. A source read by two
+/// windowed queries may have a row late for both: it is in the late table
+/// once for each, told apart by this column (as Flink's late-data side
+/// outputs are per window operator).
+pub const LATE_FOR: &str = "weir_late_for";
 
 impl SideSink {
     /// Opens the sink a table declares, for rows of `schema`, writing as
@@ -378,6 +390,31 @@ impl SideSink {
         Ok(Self {
             schema,
             sink: FileSink::open(decl, writer, store_options)?,
+            late_for: None,
+        })
+    }
+
+    /// Opens a source's late sink for the late rows (of `schema`) of the
+    /// query that writes to sink table `late_for`; each row written gets
+    /// [`LATE_FOR`].
+    pub fn open_late(
+        decl: &TableDecl,
+        writer: &str,
+        store_options: &StoreOptions,
+        schema: SchemaRef,
+        late_for: &str,
+    ) -> Result<Self> {
+        if schema.field_with_name(LATE_FOR).is_ok() {
+            return Err(Error::Config(format!(
+                "late sink '{}': the source has a column named '{LATE_FOR}', the name of the column a late \
+                 sink adds (the query that judged the row late); rename it in the query",
+                decl.name
+            )));
+        }
+        Ok(Self {
+            schema,
+            sink: FileSink::open(decl, writer, store_options)?,
+            late_for: Some(late_for.to_string()),
         })
     }
 
@@ -389,6 +426,17 @@ impl SideSink {
     /// The shape of the rows it receives.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The shape of the rows it writes: those it receives, and a late
+    /// sink's [`LATE_FOR`].
+    pub fn file_schema(&self) -> SchemaRef {
+        if self.late_for.is_none() {
+            return Arc::clone(&self.schema);
+        }
+        let mut fields: Vec<_> = self.schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(LATE_FOR, DataType::Utf8, false)));
+        Arc::new(Schema::new_with_metadata(fields, self.schema.metadata().clone()))
     }
 
     /// The sink folder.
@@ -403,7 +451,19 @@ impl SideSink {
 
     /// Stages an epoch's rows; returns how many.
     pub async fn stage(&self, epoch: u64, rows: &[RecordBatch]) -> Result<u64> {
-        Ok(self.sink.stage(epoch, &self.schema, rows, || Ok(())).await?.0)
+        let Some(tag) = &self.late_for else {
+            return Ok(self.sink.stage(epoch, &self.schema, rows, || Ok(())).await?.0);
+        };
+        let schema = self.file_schema();
+        let tagged = rows
+            .iter()
+            .map(|b| {
+                let mut columns = b.columns().to_vec();
+                columns.push(Arc::new(StringArray::from(vec![tag.as_str(); b.num_rows()])));
+                RecordBatch::try_new(Arc::clone(&schema), columns)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(self.sink.stage(epoch, &schema, &tagged, || Ok(())).await?.0)
     }
 
     /// Publishes a committed epoch's rows.

@@ -235,9 +235,13 @@ impl StreamingJob {
             }
         }
         for s in self.side_sinks() {
+            // A late table two queries send rows to, once.
+            if out.iter().any(|(t, _, _)| t == s.table()) {
+                continue;
+            }
             out.push((
                 s.table().to_string(),
-                Arc::clone(s.schema()),
+                s.file_schema(),
                 s.location().url().to_string(),
             ));
         }

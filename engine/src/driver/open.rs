@@ -196,7 +196,14 @@ impl StreamingJob {
                     .get(&table)
                     .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
                 let writer = sink_writer(&metadata.query_id, p.index, true);
-                late_sinks.push(SideSink::open(decl, &writer, &options.store_options, schema)?);
+                let late_for = p.sink.as_ref().map_or(p.statement.as_str(), |d| d.name.as_str());
+                late_sinks.push(SideSink::open_late(
+                    decl,
+                    &writer,
+                    &options.store_options,
+                    schema,
+                    late_for,
+                )?);
             }
             pipelines.push(Pipeline {
                 index: p.index,
