@@ -704,3 +704,64 @@ fn a_live_query_over_kafka_shows_rows_as_records_arrive() {
     t.send(CTRL_D);
     assert_eq!(t.wait_exit(), 0);
 }
+
+/// A script whose query runs under an interval trigger is stopped as
+/// `weir run` is: on SIGTERM (how a service manager stops it) or SIGINT,
+/// after the current epoch, its checkpoint's lease freed, with exit status
+/// 128 + the signal. It used to exit 0 at once, the query killed mid-epoch
+/// and its lease held, SIGTERM killing it outright.
+#[test]
+fn a_script_under_an_interval_trigger_stops_after_its_epoch_on_sigterm() {
+    let (ws, mut bids) = workspace();
+    ws.write(
+        "live.sql",
+        &format!("{DECLARE}SET trigger = '100ms';\nINSERT INTO out {WINDOWS};\n"),
+    );
+    for (i, (signal, code)) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)]
+        .into_iter()
+        .enumerate()
+    {
+        // New input for each run, so that it commits an epoch with output.
+        let more = gen_bids(20 + i as u64, 500, BASE_MS + 200_000 + i as i64 * 100_000, 0);
+        write_parquet(&ws.path(&format!("in/more-{i}.parquet")), &more);
+        bids.extend(more);
+        let files_before = parquet_files(&ws.path("out")).len();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["-f", "live.sql"])
+            .current_dir(ws.path(""))
+            .env("HOME", ws.path(""))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run weir");
+        // Running: its first epoch committed (the sink has a file).
+        let started = Instant::now();
+        while parquet_files(&ws.path("out")).len() == files_before {
+            assert!(started.elapsed() < Duration::from_secs(60), "no output");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: kill only sends a signal to the child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().expect("wait for weir");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            err.contains("stopping out after the current epoch")
+                && err.contains("stopped query out (committed through epoch"),
+            "{err}"
+        );
+        let inspect = ws
+            .weir(&["checkpoint", "inspect", ".weir/checkpoints/out"])
+            .ok()
+            .stdout();
+        assert!(inspect.contains("lease      free"), "{inspect}");
+    }
+    // What was committed is carried on exactly once.
+    ws.write(
+        "drain.sql",
+        &format!("{DECLARE}SET trigger = 'available-now';\nSET drain = true;\nINSERT INTO out {WINDOWS};\n"),
+    );
+    ws.weir(&["-f", "drain.sql"]).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, WINDOWS_ORACLE));
+}

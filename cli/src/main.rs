@@ -561,7 +561,7 @@ fn query(
     format: Format,
     cluster: Option<&str>,
 ) -> Result<()> {
-    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env()?);
+    let mut shell = Shell::new(redactor, shell::interrupts(rt, false), store_options_from_env()?);
     shell.set_format(format);
     if let Some(address) = cluster {
         shell.set_cluster(scheduler_url(address)?);
@@ -654,8 +654,16 @@ async fn cluster_command(command: &ClusterCommand) -> Result<()> {
 }
 
 /// `weir`, `weir -f FILE`, `weir -i FILE`, or statements piped in.
-fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Result<()> {
-    let mut shell = Shell::new(redactor, shell::interrupts(rt), store_options_from_env()?);
+/// Returns the exit status a signal that stopped a script's queries asks
+/// for (128 + the signal), as `weir run` does.
+fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Result<Option<u8>> {
+    // A script (no terminal to type in) stops on SIGTERM as on Ctrl-C.
+    let scripted = cli.file.is_some() || !std::io::stdin().is_terminal();
+    let mut shell = Shell::new(
+        redactor,
+        shell::interrupts(rt, scripted),
+        store_options_from_env()?,
+    );
     if let Some(f) = cli.format {
         shell.set_format(f);
     }
@@ -683,7 +691,7 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
         match script(&mut shell, init) {
             Ok(Flow::Quit) => {
                 rt.block_on(shell.leave());
-                return Ok(());
+                return Ok(None);
             }
             Ok(Flow::Continue) => {}
             // The shell still opens, as after any error in it.
@@ -700,11 +708,12 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
         Some(f) => {
             if script(&mut shell, &f)? == Flow::Quit {
                 rt.block_on(shell.leave());
-                return Ok(());
+                return Ok(None);
             }
-            rt.block_on(shell.wait_for_queries())
+            rt.block_on(shell.wait_for_queries())?;
+            Ok(shell::last_signal().map(|s| 128 + s))
         }
-        None => shell::interactive(rt, &mut shell, shell::history_path()),
+        None => shell::interactive(rt, &mut shell, shell::history_path()).map(|()| None),
     }
 }
 
@@ -801,7 +810,7 @@ fn weir_main() -> ExitCode {
         }) => query(&runtime, redactor.clone(), sql, format, cluster.as_deref()),
         Some(Command::Cluster(ref c)) => runtime.block_on(cluster_command(c)),
         Some(Command::Checkpoint(ref c)) => runtime.block_on(checkpoint_command(c, &redactor)),
-        None => shell_mode(&runtime, &cli, redactor.clone()),
+        None => shell_mode(&runtime, &cli, redactor.clone()).map(|c| code = c),
     };
     // Do not wait for a blocked Ctrl-C listener or stray tasks.
     runtime.shutdown_timeout(Duration::from_millis(100));

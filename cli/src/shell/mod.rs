@@ -189,16 +189,41 @@ pub struct Shell {
     cluster: Option<String>,
 }
 
-/// Counts Ctrl-Cs from now on (the process no longer dies of them).
-pub fn interrupts(rt: &tokio::runtime::Runtime) -> watch::Receiver<u64> {
+/// The last signal counted by [`interrupts`] (0: none), for the exit
+/// status of a script it stopped (128 + the signal, as `weir run`'s).
+static LAST_SIGNAL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The signal that last interrupted this process, if any.
+pub fn last_signal() -> Option<u8> {
+    match LAST_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Counts Ctrl-Cs from now on (the process no longer dies of them), and
+/// with `term` SIGTERMs too: a script (`weir -f`) run by a service manager
+/// is stopped with SIGTERM, and stops after the current epoch as `weir
+/// run` does. (An interactive shell still dies of SIGTERM.)
+pub fn interrupts(rt: &tokio::runtime::Runtime, term: bool) -> watch::Receiver<u64> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(0u64);
+    let tx = std::sync::Arc::new(tx);
     let _guard = rt.enter();
-    if let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
-        rt.spawn(async move {
-            while sig.recv().await.is_some() {
-                tx.send_modify(|n| *n += 1);
-            }
-        });
+    let mut kinds = vec![(SignalKind::interrupt(), libc::SIGINT)];
+    if term {
+        kinds.push((SignalKind::terminate(), libc::SIGTERM));
+    }
+    for (kind, number) in kinds {
+        if let Ok(mut sig) = signal(kind) {
+            let tx = std::sync::Arc::clone(&tx);
+            rt.spawn(async move {
+                while sig.recv().await.is_some() {
+                    LAST_SIGNAL.store(number as u8, std::sync::atomic::Ordering::Relaxed);
+                    tx.send_modify(|n| *n += 1);
+                }
+            });
+        }
     }
     rx
 }
@@ -418,8 +443,13 @@ impl Shell {
                 return;
             }
         }
+        self.report_stopped(&names);
+    }
+
+    /// Says how each of the queries `names`, asked to stop, ended.
+    fn report_stopped(&self, names: &[String]) {
         for name in names {
-            if let Some(s) = self.queries.status(&name) {
+            if let Some(s) = self.queries.status(name) {
                 match &s.state {
                     State::Failed(e) => errln!("query {name} failed: {}", self.redactor.scrub(e)),
                     _ => errln!(
@@ -453,10 +483,28 @@ impl Shell {
             }
             let mut irq = self.interrupts.clone();
             irq.mark_unchanged();
-            let all = futures::future::join_all(tasks.into_iter().map(|(_, t)| t));
+            let mut all = Box::pin(futures::future::join_all(tasks.into_iter().map(|(_, t)| t)));
             tokio::select! {
-                _ = all => {}
-                _ = irq.changed() => self.leave().await,
+                _ = &mut all => {}
+                _ = irq.changed() => {
+                    // The tasks are `all`'s now: ask the queries to stop,
+                    // then wait for them here (leaving at a second signal).
+                    let names = self.queries.running();
+                    for n in &names {
+                        let _ = self.queries.stop(n);
+                    }
+                    errln!(
+                        "stopping {} after the current epoch (Ctrl-C again leaves at once)",
+                        names.join(", ")
+                    );
+                    irq.mark_unchanged();
+                    tokio::select! {
+                        _ = &mut all => self.report_stopped(&names),
+                        _ = irq.changed() => {
+                            errln!("leaving at once; the queries resume from their last committed epoch");
+                        }
+                    }
+                }
             }
         }
         let failed: Vec<String> = self
