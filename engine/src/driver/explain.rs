@@ -70,17 +70,7 @@ impl StreamingJob {
             let _ = writeln!(out, "     keys:    {}", t.keys.join(", "));
             let _ = writeln!(out, "     values:  {}", t.values.join(", "));
             let _ = writeln!(out, "     evicted: {}", t.evicted_by);
-            let emit = match op.kind() {
-                "update-aggregate" => "on update: the changed groups of each epoch as +I/-U/+U/-D",
-                "update-aggregate-values" => {
-                    "nothing itself: the aggregate above counts a value once, when it is new"
-                }
-                "interval-join" | "regular-join" => {
-                    "each match in the epoch its later row arrives; an outer side's unmatched rows once evicted"
-                }
-                _ => "on window close: each window once, when the watermark passes its end",
-            };
-            let _ = writeln!(out, "     emits:   {emit}");
+            let _ = writeln!(out, "     emits:   {}", op.emits());
         }
         for l in &p.late_sinks {
             let _ = writeln!(out, "-- late rows: to sink {}", l.table());

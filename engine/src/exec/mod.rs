@@ -138,6 +138,10 @@ pub trait StatefulOperator: Send + Sync {
     }
     /// A short name of the operator kind, for messages.
     fn kind(&self) -> &'static str;
+    /// When and what it emits, for EXPLAIN.
+    fn emits(&self) -> &'static str {
+        "on window close: each window once, when the watermark passes its end"
+    }
     /// Rows (groups) held.
     fn state_rows(&self) -> usize;
     /// The state table, for EXPLAIN.

@@ -2297,6 +2297,16 @@ impl StatefulOperator for StreamJoinState {
         }
     }
 
+    fn emits(&self) -> &'static str {
+        if self.p.time.is_some() {
+            "each match in the epoch its later row arrives; an outer side's unmatched rows once evicted"
+        } else {
+            "on update: each match in the epoch its later row arrives, as +I; an outer side's row without a \
+             match at once, padded with NULLs, and taken back (-D) when its first match arrives; rows an input \
+             changelog takes back are taken back"
+        }
+    }
+
     fn warning(&self) -> Option<String> {
         (self.p.time.is_none() && self.p.ttl_ms.is_none()).then(|| {
             "keeps every row of both inputs forever (a join without a time bound and without \

@@ -783,6 +783,14 @@ impl StatefulOperator for StreamTopNState {
         "top-n"
     }
 
+    fn emits(&self) -> &'static str {
+        if self.p.first_on_time.is_some() {
+            "append-only: each partition's first row by time once, when the watermark passes its time"
+        } else {
+            "on update: the rank changes of each epoch as +I/-U/+U/-D (a row pushed out of the top is taken back)"
+        }
+    }
+
     fn state_rows(&self) -> usize {
         self.shards.lock_all().iter().map(|s| s.live).sum()
     }

@@ -928,6 +928,10 @@ impl StatefulOperator for UpdateState {
         "update-aggregate"
     }
 
+    fn emits(&self) -> &'static str {
+        "on update: the changed groups of each epoch as +I/-U/+U/-D"
+    }
+
     fn state_rows(&self) -> usize {
         // Groups (the side table counts their distinct values).
         self.shards.lock_all().iter().map(|i| i.index.len()).sum()
@@ -1023,6 +1027,10 @@ struct DistinctValuesTable(Arc<UpdateState>);
 impl StatefulOperator for DistinctValuesTable {
     fn kind(&self) -> &'static str {
         "update-aggregate-values"
+    }
+
+    fn emits(&self) -> &'static str {
+        "nothing itself: the aggregate above counts a value once, when it is new"
     }
 
     fn state_rows(&self) -> usize {
