@@ -913,3 +913,27 @@ fn a_scram_login_reads_the_topic_and_a_wrong_password_is_refused() {
     assert!(e.contains("refused the credentials ('properties.sasl.*')"), "{e}");
     assert!(!e.contains("not-the-password"), "{e}");
 }
+
+/// Brokers out of reach fail a `--trigger once` run (at once) as they fail
+/// an available-now run (after 'scan.retry.timeout'): it used to plan an
+/// epoch that found nothing, and end "done: 0 epoch(s)" with status 0,
+/// which a script cannot tell from no input. No broker needed.
+#[test]
+fn brokers_out_of_reach_fail_a_once_run_as_an_available_now_run() {
+    let port = free_port();
+    let ws = Workspace::new();
+    ws.write(
+        "job.sql",
+        &kafka_job(&format!("127.0.0.1:{port}"), "t", ", 'scan.retry.timeout' = '2s'"),
+    );
+    for trigger in ["once", "available-now"] {
+        let e = ws
+            .weir(&["run", "job.sql", "--trigger", trigger])
+            .fails()
+            .stderr();
+        assert!(
+            e.contains(&format!("Kafka broker(s) 127.0.0.1:{port} unreachable for")),
+            "{trigger}: {e}"
+        );
+    }
+}

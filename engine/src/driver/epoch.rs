@@ -103,6 +103,17 @@ impl StreamingJob {
             };
             match trigger {
                 Trigger::AvailableNow if ran => continue,
+                Trigger::Once if !ran && summary.epochs == 0 => {
+                    // Nothing read: no input, or none reachable. The second
+                    // is not "done" (status 0 would hide it from a script).
+                    if let Some(why) = self.sources.values().find_map(|s| s.source.out_of_reach()) {
+                        return Err(Error::Input(format!(
+                            "{why}: --trigger once reads what is there now, and could not reach it \
+                             (--trigger available-now waits for it, up to the source's 'scan.retry.timeout')"
+                        )));
+                    }
+                    break;
+                }
                 Trigger::AvailableNow | Trigger::Once => break,
                 Trigger::Interval(every) => {
                     let wait = every.saturating_sub(started.elapsed());

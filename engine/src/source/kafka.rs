@@ -1755,6 +1755,17 @@ impl Source for KafkaSource {
         std::mem::take(&mut self.warnings)
     }
 
+    fn out_of_reach(&self) -> Option<String> {
+        self.outage.as_ref().map(|o| {
+            format!(
+                "source '{}': Kafka broker(s) {} unreachable (for {} s)",
+                self.table,
+                self.brokers(),
+                o.since.elapsed().as_secs()
+            )
+        })
+    }
+
     fn max_time_rule(&self) -> Option<String> {
         let idle = match self.idle_timeout {
             Some(d) => format!(

@@ -177,6 +177,12 @@ pub trait Source: Send + Sync {
     fn take_warnings(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Why its last planning found nothing because its input could not be
+    /// reached (a Kafka broker down), if so: `--trigger once` fails with it
+    /// rather than ending as if there were no input.
+    fn out_of_reach(&self) -> Option<String> {
+        None
+    }
     /// The input it knew of when it last planned a batch (as of the
     /// available-now listing, under that trigger) and has not read yet;
     /// `None` when it cannot tell (an unbounded generator).
