@@ -741,6 +741,21 @@ fn errors_a_user_can_act_on() {
         .stderr();
     assert!(e.contains("no such file or folder: '/no/such/x/'"), "{e}");
     assert!(!e.contains("datafusion.public"), "{e}");
+    // A folder that exists but holds nothing to read (a sink's before its
+    // first commit), and a file of a kind read only when declared: not
+    // "no such file or folder".
+    std::fs::create_dir_all(ws.path("empty")).unwrap();
+    ws.write("t.txt", "a,b\n1,2\n");
+    for (path, expected) in [
+        ("empty/", "'empty/' holds no file to read"),
+        ("t.txt", "'t.txt': not a file kind a query reads by its name"),
+    ] {
+        let e = ws
+            .weir(&["query", &format!("SELECT * FROM '{path}'")])
+            .fails()
+            .stderr();
+        assert!(e.contains(expected), "{e}");
+    }
     // A sink's declared type that the query's does not convert to.
     ws.write(
         "typed.sql",

@@ -178,7 +178,22 @@ impl Shell {
             });
         match missing {
             Some(name) if name.contains('/') || name.contains('.') || name.contains("://") => {
-                anyhow!("no such file or folder: '{name}'")
+                // DataFusion says "not found" of a folder with no file it can
+                // read, and of a file of a kind it does not know, too.
+                let local = std::path::Path::new(name.strip_prefix("file://").unwrap_or(&name));
+                if name.contains("://") && !name.starts_with("file://") || !local.exists() {
+                    anyhow!("no such file or folder: '{name}'")
+                } else if local.is_dir() {
+                    anyhow!(
+                        "'{name}' holds no file to read (no .parquet, .csv, .json or .avro file; a sink's \
+                         folder has none until its first epoch commits)"
+                    )
+                } else {
+                    anyhow!(
+                        "'{name}': not a file kind a query reads by its name (.parquet, .csv, .json, .avro); \
+                         declare it as a table (CREATE TABLE ... WITH ('format' = ...)) to read it"
+                    )
+                }
             }
             Some(name) => {
                 let declared: Vec<&str> = self.catalog.tables().map(|d| d.name()).collect();
