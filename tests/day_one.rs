@@ -723,11 +723,21 @@ fn a_job_fixed_after_its_first_run_failed_runs_on_the_same_checkpoint() {
     let r = run_now(&ws, "job.sql", &["--drain"]).ok();
     assert!(r.stderr().contains("never ran an epoch"), "{}", r.stderr());
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
-    // Once it has run, a change is checked as always.
+    // Once it has run, a change is checked as always; the refusal warns
+    // that --fresh-state would read the changed source again into the
+    // same sink.
     ws.write("job.sql", &job(700, "parquet", "inn/"));
     std::fs::create_dir_all(ws.path("inn")).unwrap();
     let e = run_now(&ws, "job.sql", &[]).fails().stderr();
     assert!(e.contains("made by a different query"), "{e}");
+    assert!(
+        e.contains("With --fresh-state, source 'bids' would start from its beginning"),
+        "{e}"
+    );
+    // The same folder written another way is the same source: it goes on.
+    ws.write("job.sql", &job(700, "parquet", "./in"));
+    run_now(&ws, "job.sql", &["--drain"]).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
 #[test]

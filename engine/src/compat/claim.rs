@@ -123,11 +123,30 @@ pub(crate) async fn claim_checkpoint(
             .find(|l| !l.is_empty() && !l.starts_with("--"))
             .unwrap_or("")
             .to_string();
+        // A source --fresh-state would start over: its rows already in the
+        // sinks would be written again. Say so where the way out is named.
+        let kept = super::kept_sources(old.as_ref(), &new);
+        let restarted: Vec<String> = new
+            .sources
+            .iter()
+            .filter(|s| !kept.contains(&s.name))
+            .map(|s| format!("'{}'", s.name))
+            .collect();
+        let restart_note = if restarted.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " With --fresh-state, source {} would start from its beginning, and the rows it already \
+                 sent to the sinks would be written to them again; for exactly-once output give the changed \
+                 query sinks of its own ('path') as well as its own --checkpoint.",
+                restarted.join(", ")
+            )
+        };
         return Err(Error::Checkpoint(format!(
             "the checkpoint at {} was made by a different query (it begins `{first}`), and its state \
              cannot be carried over:\n  - {}\nRun with --fresh-state to start this query with empty \
              state (sources that did not change keep their progress), give it its own --checkpoint, \
-             or run the original query. The rules are in the README, under \"Changing a query\".",
+             or run the original query.{restart_note} The rules are in the README, under \"Changing a query\".",
             checkpoint.location(),
             differences.join("\n  - ")
         )));

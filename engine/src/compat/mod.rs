@@ -103,7 +103,7 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
     for o in &old.sources {
         match new.sources.iter().find(|n| n.name == o.name) {
             None => out.push(format!("source '{}' is no longer read", o.name)),
-            Some(n) if n.signature != o.signature => out.push(format!(
+            Some(n) if !same_source(&n.signature, &o.signature) => out.push(format!(
                 "source '{}' now reads `{}`; its progress is for `{}`",
                 o.name, n.signature, o.signature
             )),
@@ -174,6 +174,38 @@ pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
     out
 }
 
+/// Whether two source signatures (`claim::source_signature`) read the
+/// same input: equal once the path is written one way (`in`, `in/`,
+/// `./in//` and `file://` before an absolute path are one folder), so
+/// that rewriting a path is not taken for a new source, whose progress
+/// would start over.
+pub fn same_source(a: &str, b: &str) -> bool {
+    a == b || normal_signature(a) == normal_signature(b)
+}
+
+fn normal_signature(sig: &str) -> String {
+    let Some(at) = sig.find("path=") else {
+        return sig.to_string();
+    };
+    let (head, rest) = sig.split_at(at + "path=".len());
+    // The path runs to the next key (the keys' order is fixed).
+    let end = [" topic=", " format=", " seed="]
+        .iter()
+        .filter_map(|k| rest.find(k))
+        .min()
+        .unwrap_or(rest.len());
+    let (path, tail) = rest.split_at(end);
+    let mut p = path.strip_prefix("file://").unwrap_or(path).to_string();
+    while p.contains("//") && !p.contains("://") {
+        p = p.replace("//", "/");
+    }
+    while let Some(r) = p.strip_prefix("./") {
+        p = r.to_string();
+    }
+    let p = p.trim_end_matches('/');
+    format!("{head}{p}{tail}")
+}
+
 /// The sources whose progress a fresh start keeps: same name, same
 /// signature. (With no old records, every source of the same name.)
 pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
@@ -183,7 +215,7 @@ pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
             Some(old) => old
                 .sources
                 .iter()
-                .any(|o| o.name == n.name && o.signature == n.signature),
+                .any(|o| o.name == n.name && same_source(&o.signature, &n.signature)),
             None => true,
         })
         .map(|n| n.name.clone())
@@ -192,6 +224,21 @@ pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_path_written_another_way_is_the_same_source() {
+        use super::same_source;
+        let sig = |p: &str| format!("connector=files path={p} format=json");
+        assert!(same_source(&sig("in/"), &sig("in")));
+        assert!(same_source(&sig("./in//"), &sig("in/")));
+        assert!(same_source(&sig("file:///data/in/"), &sig("/data/in")));
+        assert!(same_source(&sig("my in/"), &sig("my in")));
+        assert!(!same_source(&sig("in/"), &sig("in2/")));
+        assert!(!same_source(&sig("in/"), &sig("in/sub/")));
+        assert!(!same_source(
+            "connector=files path=in/ format=json",
+            "connector=files path=in/ format=csv"
+        ));
+    }
     use super::*;
 
     fn op(id: &str, keys: &[&str], sig: &str) -> OperatorRecord {
