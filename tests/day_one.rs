@@ -1092,3 +1092,31 @@ GROUP BY window_start, window_end, {key};
         "{e}"
     );
 }
+
+/// An epoch whose every row has no event time (NULL) says so, and how to
+/// make such rows bad records; it said they were older than a watermark
+/// shown empty ("'src' at "), and offered a longer delay.
+#[test]
+fn rows_without_an_event_time_are_said_to_be_so() {
+    let ws = Workspace::new();
+    ws.write("in/a.json", "{\"k\":1,\"ts\":null}\n{\"k\":2}\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'json');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+         INSERT INTO o SELECT window_start, COUNT(*) AS n
+         FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;",
+    );
+    let e = run_now(&ws, "job.sql", &[]).ok().stderr();
+    assert!(
+        e.contains("every one of the 2 rows")
+            && e.contains("had no event time (NULL in the WATERMARK column)")
+            && e.contains("declare the column NOT NULL"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("at )") && !e.contains("longer WATERMARK delay"),
+        "{e}"
+    );
+}

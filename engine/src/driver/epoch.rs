@@ -775,14 +775,33 @@ impl StreamingJob {
             return;
         }
         for (statement, rows, wms) in all_late {
+            // No source has a watermark yet: no row had an event time.
+            if wms.values().all(|&w| w == i64::MIN) {
+                self.warnings.push(format!(
+                    "every one of the {rows} rows that {statement} read this epoch had no event time (NULL in \
+                     the WATERMARK column), so it belongs to no window and is handled as late (dropped, or \
+                     sent to 'late.sink'); declare the column NOT NULL to have such rows be bad records \
+                     instead ('on_error')"
+                ));
+                continue;
+            }
             let shown: Vec<String> = wms
                 .iter()
-                .map(|(s, &w)| format!("'{s}' at {}", shown_watermark(w).1.unwrap_or_default()))
+                .map(|(s, &w)| {
+                    let at = match shown_watermark(w) {
+                        (_, Some(text)) => text,
+                        // Beyond what a date can show.
+                        (Some(ms), None) => format!("{ms} ms after 1970"),
+                        (None, None) => "none yet".into(),
+                    };
+                    format!("'{s}' at {at}")
+                })
                 .collect();
             self.warnings.push(format!(
                 "every one of the {rows} rows that {statement} read this epoch was late: older than the \
-                 watermark when it arrived ({}), so its windows had closed. Late rows are dropped (or \
-                 sent to 'late.sink'); a longer WATERMARK delay keeps windows open longer",
+                 watermark when it arrived ({}), so its windows had closed (or had no event time: NULL). \
+                 Late rows are dropped (or sent to 'late.sink'); a longer WATERMARK delay keeps windows open \
+                 longer",
                 shown.join(", ")
             ));
         }
