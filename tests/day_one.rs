@@ -1120,3 +1120,26 @@ fn rows_without_an_event_time_are_said_to_be_so() {
         "{e}"
     );
 }
+
+/// A peek (`SELECT ... LIMIT n` over a source) shows the input's first
+/// rows, in file and row order, on any thread count: on two threads it
+/// showed rows from the middle of a file in most runs.
+#[test]
+fn a_peek_shows_the_first_rows_on_any_thread_count() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    let expected: String = bids[..3]
+        .iter()
+        .map(|b| format!("{},{}\n", b.auction, b.price))
+        .collect();
+    for _ in 0..3 {
+        let out = ws
+            .weir_input(
+                &["--format", "csv"],
+                &format!("SET threads = 2;\n{DECLARE}SELECT auction, price FROM bids LIMIT 3;\n"),
+            )
+            .ok()
+            .stdout();
+        assert!(out.contains(&format!("auction,price\n{expected}")), "{out}");
+    }
+}

@@ -312,10 +312,16 @@ impl Shell {
         let text = self.job_text(sql)?;
         let scratch = tempfile::Builder::new().prefix("weir-live-").tempdir()?;
         let (tx, mut rx) = mpsc::channel(16);
-        let options = JobOptions {
+        let mut options = JobOptions {
             live: Some(tx),
             ..self.job_options(scratch.path().display().to_string())
         };
+        if limit.is_some() {
+            // A peek's first rows are the input's first, in its order: on
+            // several threads an epoch's output comes in the order the
+            // threads finish, which changed from run to run.
+            options.threads = 1;
+        }
         let open = async { Ok(StreamingJob::open(&text, options).await?) };
         let mut job = cancellable(self.interrupts.clone(), open).await?;
         let schema = job
