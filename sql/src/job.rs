@@ -524,7 +524,7 @@ fn table_decl(
                 return Err(Error::Plan(format!(
                     "table '{name}': the watermark column '{}' must be a TIMESTAMP, not {}",
                     w.column,
-                    field.data_type()
+                    crate::catalog::sql_type_name(field.data_type())
                 )));
             }
             Some(Watermark {
@@ -815,6 +815,17 @@ mod tests {
         SELECT window_start, window_end, auction, COUNT(*) AS n
         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
         GROUP BY window_start, window_end, auction;";
+
+    #[test]
+    fn a_watermark_on_text_is_refused_in_sql_types() {
+        let e = Job::parse(&JOB.replace("date_time TIMESTAMP(3)", "date_time VARCHAR"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the watermark column 'date_time' must be a TIMESTAMP, not VARCHAR"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_sources_sinks_and_queries() {
