@@ -83,11 +83,15 @@ impl Error {
     /// A parser's or tokenizer's error, without its generic prefix.
     pub fn syntax(e: impl std::fmt::Display) -> Error {
         let text = e.to_string();
-        Error::Syntax(
-            text.strip_prefix("sql parser error: ")
-                .unwrap_or(&text)
-                .to_string(),
-        )
+        let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
+        // DataFusion's wrapping of a parser error prints its Rust form:
+        // `SQL error: ParserError("Expected: ), found: EOF")`.
+        let text = text
+            .strip_prefix("SQL error: ParserError(\"")
+            .or_else(|| text.strip_prefix("SQL error: TokenizerError(\""))
+            .and_then(|t| t.strip_suffix("\")"))
+            .map_or_else(|| text.to_string(), |t| t.replace("\\\"", "\""));
+        Error::Syntax(text)
     }
 
     /// This error, placed in the statement of a job that starts at `line`.
@@ -231,3 +235,26 @@ fn no_signature(msg: &str) -> Option<String> {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parser_error_through_datafusion_reads_as_text() {
+        let e = DataFusionError::SQL(
+            Box::new(datafusion::sql::sqlparser::parser::ParserError::ParserError(
+                "Expected: ), found: EOF".into(),
+            )),
+            None,
+        );
+        assert_eq!(
+            Error::syntax(e).to_string(),
+            "SQL syntax error: Expected: ), found: EOF"
+        );
+        assert_eq!(
+            Error::syntax("sql parser error: Expected: an expression").to_string(),
+            "SQL syntax error: Expected: an expression"
+        );
+    }
+}

@@ -67,9 +67,10 @@ impl Shell {
         let declared = self.catalog.declare(sql)?;
         let summary = match &declared.decl.schema {
             Some(s) => format!(
-                "declared {} ({} columns{})",
+                "declared {} ({} column{}{})",
                 declared.name(),
                 s.fields().len(),
+                if s.fields().len() == 1 { "" } else { "s" },
                 declared
                     .decl
                     .watermark
