@@ -205,25 +205,49 @@ pub fn last_signal() -> Option<u8> {
 /// with `term` SIGTERMs too: a script (`weir -f`) run by a service manager
 /// is stopped with SIGTERM, and stops after the current epoch as `weir
 /// run` does. (An interactive shell still dies of SIGTERM.)
-pub fn interrupts(rt: &tokio::runtime::Runtime, term: bool) -> watch::Receiver<u64> {
+///
+/// The signals are awaited on a thread of their own, with a runtime of its
+/// own: a query's operators keep every worker of the main runtime busy
+/// (a hash join's build does not yield), and a listener there was not run
+/// until one came free: Ctrl-C took 10 to 50 s to cancel a large join.
+pub fn interrupts(_rt: &tokio::runtime::Runtime, term: bool) -> watch::Receiver<u64> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(0u64);
-    let tx = std::sync::Arc::new(tx);
-    let _guard = rt.enter();
-    let mut kinds = vec![(SignalKind::interrupt(), libc::SIGINT)];
-    if term {
-        kinds.push((SignalKind::terminate(), libc::SIGTERM));
-    }
-    for (kind, number) in kinds {
-        if let Ok(mut sig) = signal(kind) {
-            let tx = std::sync::Arc::clone(&tx);
-            rt.spawn(async move {
-                while sig.recv().await.is_some() {
-                    LAST_SIGNAL.store(number as u8, std::sync::atomic::Ordering::Relaxed);
-                    tx.send_modify(|n| *n += 1);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                let _ = ready_tx.send(());
+                return;
+            };
+            rt.block_on(async move {
+                let mut kinds = vec![(SignalKind::interrupt(), libc::SIGINT)];
+                if term {
+                    kinds.push((SignalKind::terminate(), libc::SIGTERM));
                 }
+                let tx = std::sync::Arc::new(tx);
+                let mut listeners = Vec::new();
+                for (kind, number) in kinds {
+                    if let Ok(mut sig) = signal(kind) {
+                        let tx = std::sync::Arc::clone(&tx);
+                        listeners.push(tokio::spawn(async move {
+                            while sig.recv().await.is_some() {
+                                LAST_SIGNAL.store(number as u8, std::sync::atomic::Ordering::Relaxed);
+                                tx.send_modify(|n| *n += 1);
+                            }
+                        }));
+                    }
+                }
+                // Handlers are installed: the process no longer dies of
+                // the signals.
+                let _ = ready_tx.send(());
+                futures::future::join_all(listeners).await;
             });
-        }
+        });
+    if spawned.is_ok() {
+        // Until the handlers are in, a Ctrl-C would still kill the process.
+        let _ = ready_rx.recv();
     }
     rx
 }
