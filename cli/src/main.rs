@@ -522,35 +522,47 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
 /// SIGTERM, and at once on the second (safe at any instant: the checkpoint
 /// protocol recovers). Returns the number of the signal that stopped it
 /// (0 while none has).
+///
+/// The signals are awaited on a thread with a runtime of its own: an
+/// epoch's operators keep the main runtime's workers busy, and a listener
+/// there waited for one (the second signal did not stop the run at once).
 fn stop_on_signals(stop: watch::Sender<bool>) -> Arc<std::sync::atomic::AtomicU8> {
-    use tokio::signal::unix::{SignalKind, signal};
     let by = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let seen = Arc::clone(&by);
-    tokio::spawn(async move {
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
-            return;
-        };
-        loop {
-            let number = tokio::select! {
-                _ = int.recv() => libc::SIGINT,
-                _ = term.recv() => libc::SIGTERM,
-            } as u8;
-            if stop.send_replace(true) {
-                std::process::exit(128 + i32::from(number));
+    let _ = std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(listen_for_stop(stop, seen));
             }
-            seen.store(number, std::sync::atomic::Ordering::Relaxed);
-            errln!(
-                "weir: stopping after the current epoch ({} again to stop now)",
-                if i32::from(number) == libc::SIGINT {
-                    "Ctrl-C"
-                } else {
-                    "SIGTERM"
-                }
-            );
-        }
-    });
+        });
     by
+}
+
+async fn listen_for_stop(stop: watch::Sender<bool>, seen: Arc<std::sync::atomic::AtomicU8>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return;
+    };
+    loop {
+        let number = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+        } as u8;
+        if stop.send_replace(true) {
+            std::process::exit(128 + i32::from(number));
+        }
+        seen.store(number, std::sync::atomic::Ordering::Relaxed);
+        errln!(
+            "weir: stopping after the current epoch ({} again to stop now)",
+            if i32::from(number) == libc::SIGINT {
+                "Ctrl-C"
+            } else {
+                "SIGTERM"
+            }
+        );
+    }
 }
 
 /// `weir query`: one statement's result, as the shell prints it.
