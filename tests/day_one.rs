@@ -1143,3 +1143,48 @@ fn a_peek_shows_the_first_rows_on_any_thread_count() {
         assert!(out.contains(&format!("auction,price\n{expected}")), "{out}");
     }
 }
+
+/// An event time beyond year 9999 (a corrupt value; DuckDB's 'infinity')
+/// has no window: the row is late (counted, sent to the late sink) and
+/// leaves the watermark where it was. It was given a window whose end had
+/// wrapped to before 1970 (TUMBLE), or vanished uncounted (HOP).
+#[test]
+fn an_event_time_beyond_year_9999_is_late_not_a_wrapped_window() {
+    for window in [
+        "TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '10' SECOND)",
+        "HOP(TABLE src, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)",
+    ] {
+        let ws = Workspace::new();
+        ws.write(
+            "in/a.json",
+            "{\"k\":1,\"ts\":\"2026-01-01 00:00:00\"}\n{\"k\":2,\"ts\":9223372036854770000}\n\
+             {\"k\":3,\"ts\":\"2026-01-01 00:00:01\"}\n",
+        );
+        ws.write(
+            "job.sql",
+            &format!(
+                "CREATE TABLE src (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+                   WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'json',
+                         'late.policy' = 'sink', 'late.sink' = 'late');
+                 CREATE TABLE late WITH ('connector' = 'files', 'path' = 'late/', 'format' = 'parquet');
+                 CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+                 INSERT INTO o SELECT window_start, window_end, COUNT(*) AS n
+                 FROM TABLE({window}) GROUP BY window_start, window_end;"
+            ),
+        );
+        let r = run_now(&ws, "job.sql", &["--drain", "--progress-json", "p.json"]).ok();
+        let late: u64 = progress(&ws.path("p.json"))
+            .iter()
+            .map(|l| l["late_rows"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(late, 1, "{}", r.stderr());
+        let q = |sql: &str| ws.weir(&["query", "--format", "csv", sql]).ok().stdout();
+        assert_eq!(q("SELECT k FROM 'late/'"), "k\n2\n");
+        assert_eq!(
+            q("SELECT COUNT(*) AS bad FROM 'o/' WHERE window_end <= window_start OR n <> 2"),
+            "bad\n0\n",
+            "{window}"
+        );
+        assert!(!q("SELECT * FROM 'o/'").is_empty());
+    }
+}

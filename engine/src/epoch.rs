@@ -56,12 +56,17 @@ impl SourceRows {
 /// decoded, while its values are still in the CPU's cache (see
 /// [`crate::source::SourceBatch::time_maxima`]).
 pub fn max_millis(column: &datafusion::arrow::array::ArrayRef) -> Result<Option<i64>> {
+    use crate::exec::window_assign::{MAX_EVENT_MS, in_event_range};
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::TimestampMillisecondType;
     let ms = crate::exec::window_assign::to_millis(column)?;
-    Ok(datafusion::arrow::compute::max(
-        ms.as_primitive::<TimestampMillisecondType>(),
-    ))
+    let ms = ms.as_primitive::<TimestampMillisecondType>();
+    match datafusion::arrow::compute::max(ms) {
+        // A time beyond year 9999 is no event time: it does not move the
+        // watermark (rare: the values are gone over again without it).
+        Some(m) if m > MAX_EVENT_MS => Ok(ms.iter().flatten().filter(|&t| in_event_range(t)).max()),
+        m => Ok(m),
+    }
 }
 
 /// The input of one epoch, for one pipeline.

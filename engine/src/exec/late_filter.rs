@@ -153,11 +153,12 @@ impl ExecutionPlan for LateFilterExec {
             let (values, nulls) = (ms.values(), ms.nulls());
             let mut dropped = 0u64;
             let keep = BooleanBuffer::collect_bool(values.len(), |i| {
-                if nulls.is_some_and(|n| n.is_null(i)) {
+                let t = values[i];
+                // No event time: NULL, or outside years 0000-9999.
+                if nulls.is_some_and(|n| n.is_null(i)) || !super::window_assign::in_event_range(t) {
                     dropped += 1;
                     return false;
                 }
-                let t = values[i];
                 let on_time = t >= watermark;
                 watermark = watermark.max(t.saturating_sub(delay));
                 dropped += u64::from(!on_time);

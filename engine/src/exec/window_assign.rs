@@ -356,11 +356,27 @@ impl Assign {
     }
 }
 
+/// The earliest event time a row may have (0000-01-01 00:00:00, ms):
+/// SQL's TIMESTAMP, and Flink's, span the years 0000 to 9999.
+pub const MIN_EVENT_MS: i64 = -62_167_219_200_000;
+/// The latest event time a row may have (9999-12-31 23:59:59.999, ms). A
+/// time beyond (a corrupt value, DuckDB's `'infinity'`) would push the
+/// watermark past every window and overflow a window's end: such a row has
+/// no event time, as a NULL one, and is late.
+pub const MAX_EVENT_MS: i64 = 253_402_300_799_999;
+
+/// Whether an event time (ms) is within SQL's TIMESTAMP range.
+#[inline]
+pub fn in_event_range(t: i64) -> bool {
+    (MIN_EVENT_MS..=MAX_EVENT_MS).contains(&t)
+}
+
 /// Which rows are on time: a row is late when its time is below the
 /// watermark, capped at `cap`. With a `delay`, the watermark advances row by
 /// row (to the greatest time seen so far minus the delay), so each row is
 /// judged against the rows before it; without one it stays at `watermark`.
-/// Null times are late. Returns the mask, the watermark after the rows, and
+/// Null times are late, and so are times outside years 0000-9999
+/// ([`MAX_EVENT_MS`]), which do not move the watermark. Returns the mask, the watermark after the rows, and
 /// whether every row is on time.
 ///
 /// This runs for every row of every windowed query. Rows are taken 64 at a
@@ -387,7 +403,7 @@ pub fn on_time_rows(
                 Some(d) => watermark.max(most.saturating_sub(d)),
                 None => watermark,
             };
-            if least >= after.min(cap) {
+            if least >= after.min(cap) && least >= MIN_EVENT_MS && most <= MAX_EVENT_MS {
                 watermark = after;
                 words.push(if chunk.len() == 64 {
                     u64::MAX
@@ -399,7 +415,7 @@ pub fn on_time_rows(
         }
         let mut word = 0u64;
         for (i, &t) in chunk.iter().enumerate() {
-            if nulls.is_some_and(|b| b.is_null(base + i)) {
+            if nulls.is_some_and(|b| b.is_null(base + i)) || !in_event_range(t) {
                 all_on_time = false;
                 continue;
             }
@@ -675,6 +691,32 @@ mod tests {
             proptest::prop_assert_eq!(keep.iter().collect::<Vec<_>>(), expected.clone());
             proptest::prop_assert_eq!(after, wm);
             proptest::prop_assert_eq!(all, expected.iter().all(|k| *k));
+        }
+    }
+
+    /// A time outside years 0000-9999 has no window: late, as a NULL, and
+    /// the watermark does not move to it (a row at DuckDB's 'infinity' got
+    /// a window whose end wrapped to before 1970, and made every later
+    /// row late).
+    #[test]
+    fn a_time_beyond_year_9999_is_late_and_leaves_the_watermark() {
+        for n in [3usize, 100] {
+            let mut times: Vec<i64> = (0..n as i64).map(|i| 1_000 + i).collect();
+            times[1] = i64::MAX - 5_000;
+            times[2] = MIN_EVENT_MS - 1;
+            let array = TimestampMillisecondArray::from(times.clone());
+            let (keep, after, all) =
+                on_time_rows(array.values(), array.nulls(), i64::MIN, i64::MAX, Some(10));
+            let kept: Vec<bool> = keep.iter().collect();
+            assert!(!kept[1] && !kept[2] && kept[0], "{kept:?}");
+            assert_eq!(kept.iter().filter(|k| **k).count(), n - 2);
+            assert!(!all);
+            assert_eq!(after, times[n - 1].max(1_000) - 10);
+            let col: ArrayRef = Arc::new(array);
+            assert_eq!(
+                crate::epoch::max_millis(&col).unwrap(),
+                Some(*times.iter().filter(|t| in_event_range(**t)).max().unwrap())
+            );
         }
     }
 }

@@ -1905,7 +1905,7 @@ impl Source for KafkaSource {
             let ms = ms.as_primitive::<TimestampMillisecondType>();
             let part_col = self.partition_of_rows(&parts, &bad);
             for (row, part) in part_col.iter().enumerate() {
-                if ms.is_null(row) {
+                if ms.is_null(row) || !crate::exec::window_assign::in_event_range(ms.value(row)) {
                     continue;
                 }
                 let tp = &parts[*part].0;
