@@ -172,7 +172,18 @@ type RemoteCut = (FileRange, u64, bool);
 
 /// The format a `files` table declares (`'format'`, `'csv.delimiter'`).
 pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
-    Ok(match decl.require("format")?.to_ascii_lowercase().as_str() {
+    let format = decl.require("format")?.to_ascii_lowercase();
+    // An option of another format is a mistake (a format changed, the
+    // option left behind), not something to ignore.
+    if format != "csv"
+        && let Some((key, _)) = decl.options.iter().find(|(k, _)| k.starts_with("csv."))
+    {
+        return Err(Error::Config(format!(
+            "table '{}': option '{key}' applies to 'format' = 'csv' only, and the table is '{format}'",
+            decl.name
+        )));
+    }
+    Ok(match format.as_str() {
         "parquet" => Format::Parquet,
         "csv" => {
             let delimiter = match decl.options.get("csv.delimiter") {
@@ -973,6 +984,27 @@ impl Source for FilesSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_option_on_another_format_is_refused() {
+        let decl = |format: &str| {
+            weir_sql::job::parse_create_table(&format!(
+                "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = 'in/', \
+                 'format' = '{format}', 'csv.delimiter' = ';')"
+            ))
+            .unwrap()
+        };
+        let e = format_of(&decl("parquet")).unwrap_err().to_string();
+        assert!(
+            e.contains("option 'csv.delimiter' applies to 'format' = 'csv' only, and the table is 'parquet'"),
+            "{e}"
+        );
+        assert!(format_of(&decl("json")).is_err());
+        assert!(matches!(
+            format_of(&decl("csv")),
+            Ok(Format::Csv { delimiter: b';' })
+        ));
+    }
 
     fn lines(from: usize, to: usize) -> String {
         (from..to)
