@@ -765,3 +765,27 @@ fn a_script_under_an_interval_trigger_stops_after_its_epoch_on_sigterm() {
     ws.weir(&["-f", "drain.sql"]).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, WINDOWS_ORACLE));
 }
+
+/// A changed INSERT that its checkpoint refuses names the shell's way out,
+/// not `weir run`'s flags (--fresh-state, --checkpoint), which the shell
+/// does not have.
+#[test]
+fn a_changed_insert_is_refused_with_the_shells_way_out() {
+    let (ws, _) = workspace();
+    let script = |window: &str| {
+        format!(
+            "{DECLARE}SET trigger = 'available-now';\nINSERT INTO out {};\n",
+            WINDOWS.replace("INTERVAL '10' SECOND", window)
+        )
+    };
+    ws.write("a.sql", &script("INTERVAL '10' SECOND"));
+    ws.weir(&["-f", "a.sql"]).ok();
+    ws.write("b.sql", &script("INTERVAL '20' SECOND"));
+    let e = ws.weir(&["-f", "b.sql"]).fails().stderr();
+    assert!(
+        e.contains("made by a different query")
+            && e.contains("In the shell, INSERT the changed query into a sink table of its own")
+            && !e.contains("--checkpoint"),
+        "{e}"
+    );
+}

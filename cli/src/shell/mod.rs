@@ -334,6 +334,16 @@ impl Shell {
             Some((_, rest)) => rest.to_string(),
             None => text,
         };
+        // A changed query refused by its checkpoint: the way out `weir run`
+        // is told (--fresh-state, --checkpoint) is not the shell's.
+        let text = match text.split_once("\nRun with --fresh-state") {
+            Some((head, _)) => format!(
+                "{head}\nIn the shell, INSERT the changed query into a sink table of its own (another name \
+                 and 'path': a query's checkpoint is .weir/checkpoints/<its sink's name>), or run it as a job \
+                 file with `weir run FILE --fresh-state` (see the README, \"Changing a query\")."
+            ),
+            None => text,
+        };
         self.redactor.scrub(text.trim())
     }
 
