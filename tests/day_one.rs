@@ -161,6 +161,11 @@ fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused()
         "{e}"
     );
     assert!(parquet_files(&ws.path("out")).is_empty(), "nothing written");
+    assert!(
+        !ws.path("in/job.checkpoint").exists(),
+        "refused before the checkpoint was made, which a later run would read"
+    );
+    std::fs::remove_file(ws.path("in/job.sql")).unwrap();
     // Two sinks sharing a folder.
     let two = base.replace(
         "INSERT INTO out",

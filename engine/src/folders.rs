@@ -65,6 +65,66 @@ async fn enclosing_checkpoint(loc: &Location, options: &StoreOptions) -> Option<
     None
 }
 
+/// The URL a location will have once opened, without creating it: a local
+/// path made absolute through its deepest existing ancestor (as opening it
+/// would, symbolic links resolved), `s3://` as written. `None` when it
+/// cannot tell.
+fn planned_url(location: &str) -> Option<String> {
+    let local = match location.split_once("://") {
+        None => location,
+        Some(("file", rest)) => rest,
+        Some(("s3" | "s3a", rest)) => return Some(format!("s3://{}", rest.trim_end_matches('/'))),
+        Some(_) => return None,
+    };
+    let path = std::path::Path::new(local);
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?);
+        existing = existing
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+    }
+    let mut abs = std::fs::canonicalize(existing).ok()?;
+    for part in rest.iter().rev() {
+        abs.push(part);
+    }
+    Some(format!("file://{}", abs.display()))
+}
+
+/// Refuses a checkpoint at or inside a source folder (`(table, path)`)
+/// before the checkpoint is created: created first, its folder and lease
+/// would be left in the source, read as input by the next run.
+pub fn refuse_checkpoint_in_sources(checkpoint: &str, sources: &[(&str, &str)]) -> Result<()> {
+    let Some(ck) = planned_url(checkpoint) else {
+        return Ok(());
+    };
+    for (source, path) in sources {
+        let Some(folder) = planned_url(path) else {
+            continue;
+        };
+        let (i, o) = (ck.trim_end_matches('/'), folder.trim_end_matches('/'));
+        if i == o || i.strip_prefix(o).is_some_and(|rest| rest.starts_with('/')) {
+            return Err(checkpoint_in_source(&ck, source, &folder));
+        }
+    }
+    Ok(())
+}
+
+fn checkpoint_in_source(
+    checkpoint: &dyn std::fmt::Display,
+    source: &str,
+    folder: &dyn std::fmt::Display,
+) -> Error {
+    Error::Config(format!(
+        "the checkpoint {checkpoint} is inside the folder of source '{source}' ({folder}): the job would read \
+         its own checkpoint files as input. Put the checkpoint elsewhere (--checkpoint; by default it is the \
+         job file's name with .checkpoint, beside the job file, so keep the job file out of its data folder, \
+         which it would be read from too)"
+    ))
+}
+
 /// A sink folder of the job.
 pub struct SinkFolder<'a> {
     /// The sink table.
@@ -84,12 +144,7 @@ pub async fn check(
 ) -> Result<()> {
     for (source, folder) in sources {
         if within(checkpoint, folder) {
-            return Err(Error::Config(format!(
-                "the checkpoint {checkpoint} is inside the folder of source '{source}' ({folder}): the \
-                 job would read its own checkpoint files as input. Put the checkpoint elsewhere \
-                 (--checkpoint; by default it is the job file's name with .checkpoint, beside the job \
-                 file, so a job file kept in its data folder needs one)"
-            )));
+            return Err(checkpoint_in_source(checkpoint, source, folder));
         }
     }
     for (i, s) in sinks.iter().enumerate() {

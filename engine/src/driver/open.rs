@@ -40,6 +40,22 @@ impl StreamingJob {
                 .build()
         };
 
+        // Before the checkpoint is created, which would leave its folder
+        // in the source.
+        {
+            let sources: BTreeSet<&String> = plans.iter().flat_map(|p| p.sources.iter()).collect();
+            let folders: Vec<(&str, &str)> = sources
+                .into_iter()
+                .filter_map(|name| {
+                    let decl = job.tables.get(name)?;
+                    match (decl.connector(), decl.options.get("path")) {
+                        (Ok("files"), Some(path)) => Some((name.as_str(), path)),
+                        _ => None,
+                    }
+                })
+                .collect();
+            crate::folders::refuse_checkpoint_in_sources(&options.checkpoint, &folders)?;
+        }
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
