@@ -335,14 +335,26 @@ impl Shell {
             None => text,
         };
         // A changed query refused by its checkpoint: the way out `weir run`
-        // is told (--fresh-state, --checkpoint) is not the shell's.
-        let text = match text.split_once("\nRun with --fresh-state") {
-            Some((head, _)) => format!(
-                "{head}\nIn the shell, INSERT the changed query into a sink table of its own (another name \
-                 and 'path': a query's checkpoint is .weir/checkpoints/<its sink's name>), or run it as a job \
-                 file with `weir run FILE --fresh-state` (see the README, \"Changing a query\")."
+        // is told (--fresh-state, --checkpoint) is not the shell's as it
+        // stands. The rest (what a fresh start would write again, the
+        // README's rules) still holds.
+        const RUN_WAY: &str = "\nRun with --fresh-state to start this query with empty state (sources that did \
+                               not change keep their progress), give it its own --checkpoint, or run the \
+                               original query.";
+        let text = match (
+            text.find(RUN_WAY),
+            text.strip_prefix("the checkpoint at ")
+                .and_then(|t| t.split_once(" was made by"))
+                .map(|(loc, _)| loc.to_string()),
+        ) {
+            (Some(at), Some(loc)) => format!(
+                "{}\nIn the shell, INSERT the changed query into a sink table of its own (another name and \
+                 'path'), or run it as a job file on this checkpoint with empty state: `weir run FILE \
+                 --checkpoint {loc} --fresh-state`.{}",
+                &text[..at],
+                &text[at + RUN_WAY.len()..]
             ),
-            None => text,
+            _ => text,
         };
         self.redactor.scrub(text.trim())
     }
