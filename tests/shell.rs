@@ -707,20 +707,18 @@ fn a_live_query_over_kafka_shows_rows_as_records_arrive() {
 
 /// A script whose query runs under an interval trigger is stopped as
 /// `weir run` is: on SIGTERM (how a service manager stops it) or SIGINT,
-/// after the current epoch, its checkpoint's lease freed, with exit status
-/// 128 + the signal. It used to exit 0 at once, the query killed mid-epoch
-/// and its lease held, SIGTERM killing it outright.
+/// after the current epoch, its checkpoint's lease freed. It used to exit
+/// at once, the query killed mid-epoch and its lease held, SIGTERM killing
+/// it outright.
 #[test]
-fn a_script_under_an_interval_trigger_stops_after_its_epoch_on_sigterm() {
+fn a_script_under_an_interval_trigger_stops_after_its_epoch_on_a_signal() {
     let (ws, mut bids) = workspace();
     ws.write(
         "live.sql",
         &format!("{DECLARE}SET trigger = '100ms';\nINSERT INTO out {WINDOWS};\n"),
     );
-    for (i, (signal, code)) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)]
-        .into_iter()
-        .enumerate()
-    {
+    // Status 0, as `weir run`'s: stopping is how an interval trigger ends.
+    for (i, (signal, code)) in [(libc::SIGTERM, 0), (libc::SIGINT, 0)].into_iter().enumerate() {
         // New input for each run, so that it commits an epoch with output.
         let more = gen_bids(20 + i as u64, 500, BASE_MS + 200_000 + i as i64 * 100_000, 0);
         write_parquet(&ws.path(&format!("in/more-{i}.parquet")), &more);

@@ -550,10 +550,13 @@ async fn listen_for_stop(stop: watch::Sender<bool>, seen: Arc<std::sync::atomic:
             _ = int.recv() => libc::SIGINT,
             _ = term.recv() => libc::SIGTERM,
         } as u8;
+        // Which signal, before the run can see it stopped.
+        if seen.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            seen.store(number, std::sync::atomic::Ordering::Relaxed);
+        }
         if stop.send_replace(true) {
             std::process::exit(128 + i32::from(number));
         }
-        seen.store(number, std::sync::atomic::Ordering::Relaxed);
         errln!(
             "weir: stopping after the current epoch ({} again to stop now)",
             if i32::from(number) == libc::SIGINT {
@@ -722,8 +725,7 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
                 rt.block_on(shell.leave());
                 return Ok(None);
             }
-            rt.block_on(shell.wait_for_queries())?;
-            Ok(shell::last_signal().map(|s| 128 + s))
+            rt.block_on(shell.wait_for_queries())
         }
         None => shell::interactive(rt, &mut shell, shell::history_path()).map(|()| None),
     }

@@ -510,46 +510,59 @@ impl Shell {
     /// After a script: waits for its queries to end by themselves (a
     /// bounded trigger); Ctrl-C stops them after their current epoch. Fails
     /// if one failed.
-    pub async fn wait_for_queries(&mut self) -> Result<()> {
+    pub async fn wait_for_queries(&mut self) -> Result<Option<u8>> {
         let tasks = self.queries.take_running_tasks();
+        let mut code = None;
         if !tasks.is_empty() {
             let names: Vec<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
             // Under an interval trigger a query never ends by itself.
-            match self.settings.trigger {
-                Trigger::Interval(_) => errln!(
-                    "weir: running {} until Ctrl-C (the trigger is an interval: new input is read as it comes; \
-                     Ctrl-C stops after the current epoch)",
-                    names.join(", ")
-                ),
-                _ => errln!(
+            let bounded = !matches!(self.settings.trigger, Trigger::Interval(_));
+            if bounded {
+                errln!(
                     "weir: running {} until {} input is done (Ctrl-C stops after the current epoch)",
                     names.join(", "),
                     if names.len() == 1 { "its" } else { "their" }
-                ),
+                );
+            } else {
+                errln!(
+                    "weir: running {} until Ctrl-C (the trigger is an interval: new input is read as it comes; \
+                     Ctrl-C stops after the current epoch)",
+                    names.join(", ")
+                );
             }
             let mut irq = self.interrupts.clone();
-            irq.mark_unchanged();
+            // A signal that came while the script's statements ran (one
+            // that did not cancel a statement) counts now.
+            let already = *irq.borrow_and_update() > 0;
             let mut all = Box::pin(futures::future::join_all(tasks.into_iter().map(|(_, t)| t)));
-            tokio::select! {
-                _ = &mut all => {}
-                _ = irq.changed() => {
-                    // The tasks are `all`'s now: ask the queries to stop,
-                    // then wait for them here (leaving at a second signal).
-                    let names = self.queries.running();
-                    for n in &names {
-                        let _ = self.queries.stop(n);
+            let signalled = already
+                || tokio::select! {
+                    _ = &mut all => false,
+                    _ = irq.changed() => true,
+                };
+            if signalled {
+                // The tasks are `all`'s now: ask the queries to stop, then
+                // wait for them here (leaving at a second signal).
+                let names = self.queries.running();
+                for n in &names {
+                    let _ = self.queries.stop(n);
+                }
+                errln!(
+                    "stopping {} after the current epoch (the signal again leaves at once)",
+                    names.join(", ")
+                );
+                irq.mark_unchanged();
+                tokio::select! {
+                    _ = &mut all => self.report_stopped(&names),
+                    _ = irq.changed() => {
+                        errln!("leaving at once; the queries resume from their last committed epoch");
                     }
-                    errln!(
-                        "stopping {} after the current epoch (Ctrl-C again leaves at once)",
-                        names.join(", ")
-                    );
-                    irq.mark_unchanged();
-                    tokio::select! {
-                        _ = &mut all => self.report_stopped(&names),
-                        _ = irq.changed() => {
-                            errln!("leaving at once; the queries resume from their last committed epoch");
-                        }
-                    }
+                }
+                // As `weir run`: stopping is how an interval trigger ends
+                // (status 0); a bounded one stopped before its input was
+                // done ends with 128 + the signal, for scripts to tell.
+                if bounded {
+                    code = Some(128 + last_signal().unwrap_or(libc::SIGINT as u8));
                 }
             }
         }
@@ -568,7 +581,7 @@ impl Shell {
         for n in self.notices() {
             errln!("{n}");
         }
-        Ok(())
+        Ok(code)
     }
 }
 

@@ -186,12 +186,12 @@ impl Shell {
                     anyhow!("no such file or folder: '{name}'")
                 } else if local.is_dir() {
                     anyhow!(
-                        "'{name}' holds no file to read (no .parquet, .csv, .json or .avro file; a sink's \
+                        "'{name}' holds no file to read (no .parquet, .csv, .json or .arrow file; a sink's \
                          folder has none until its first epoch commits)"
                     )
                 } else {
                     anyhow!(
-                        "'{name}': not a file kind a query reads by its name (.parquet, .csv, .json, .avro); \
+                        "'{name}': not a file kind a query reads by its name (.parquet, .csv, .json, .arrow); \
                          declare it as a table (CREATE TABLE ... WITH ('format' = ...)) to read it"
                     )
                 }

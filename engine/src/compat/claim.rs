@@ -129,7 +129,12 @@ pub(crate) async fn claim_checkpoint(
         let restarted: Vec<String> = new
             .sources
             .iter()
+            // Changed, not new: a new source has sent nothing yet.
             .filter(|s| !kept.contains(&s.name))
+            .filter(|s| {
+                old.as_ref()
+                    .is_some_and(|o| o.sources.iter().any(|x| x.name == s.name))
+            })
             .map(|s| format!("'{}'", s.name))
             .collect();
         let restart_note = if restarted.is_empty() {

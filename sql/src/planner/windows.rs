@@ -84,7 +84,7 @@ impl StreamPlanner {
             return Err(Error::Plan(format!(
                 "the time column must be a TIMESTAMP, but '{}' is {}",
                 call.time_column,
-                field.data_type()
+                crate::catalog::sql_type_name(field.data_type())
             )));
         }
         let origin = match self.trace_time(&input, idx) {
