@@ -603,7 +603,16 @@ fn startup_of(decl: &TableDecl) -> Result<Startup> {
 
 fn payload_of(decl: &TableDecl, schema: &Schema, physical: &[usize]) -> Result<Payload> {
     let table = &decl.name;
-    Ok(match decl.require("format")?.to_ascii_lowercase().as_str() {
+    let format = decl.require("format")?.to_ascii_lowercase();
+    if format != "csv"
+        && let Some((key, _)) = decl.options.iter().find(|(k, _)| k.starts_with("csv."))
+    {
+        return Err(config_err(
+            table,
+            format!("option '{key}' applies to 'format' = 'csv' only, and the table is '{format}'"),
+        ));
+    }
+    Ok(match format.as_str() {
         "json" => Payload::Json,
         "csv" => {
             let delimiter = match decl.options.get("csv.field-delimiter") {
@@ -2387,6 +2396,9 @@ mod tests {
                 .contains("needs credentials")
         );
         assert!(e("v BIGINT METADATA FROM 'nope'", "").contains("unknown metadata key 'nope'"));
+        assert!(e("v BIGINT", ", 'csv.field-delimiter' = ';'").contains(
+            "option 'csv.field-delimiter' applies to 'format' = 'csv' only, and the table is 'json'"
+        ));
         assert!(
             e("p TIMESTAMP(3) METADATA FROM 'partition'", "")
                 .contains("cannot be TIMESTAMP(3) (declare it INT or BIGINT)")
