@@ -81,7 +81,13 @@ impl Error {
     }
 
     /// A parser's or tokenizer's error, without its generic prefix.
-    pub fn syntax(e: impl std::fmt::Display) -> Error {
+    pub fn syntax(e: impl std::fmt::Display + std::any::Any) -> Error {
+        if let Some(text) = (&e as &dyn std::any::Any)
+            .downcast_ref::<DataFusionError>()
+            .and_then(parser_text)
+        {
+            return Error::Syntax(text);
+        }
         let text = e.to_string();
         let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
         // DataFusion's wrapping of a parser error prints its Rust form:
@@ -155,9 +161,26 @@ impl Error {
     }
 }
 
+/// The parser's own words in a DataFusion error that wraps one (its
+/// Display is the Rust form, `SQL error: ParserError("...")`).
+fn parser_text(e: &DataFusionError) -> Option<String> {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match e {
+        DataFusionError::SQL(p, _) => Some(match p.as_ref() {
+            ParserError::ParserError(s) | ParserError::TokenizerError(s) => s.clone(),
+            ParserError::RecursionLimitExceeded => "the statement nests too deeply".to_string(),
+        }),
+        DataFusionError::Context(_, inner) => parser_text(inner),
+        _ => None,
+    }
+}
+
 /// A DataFusion error's message without the backtrace and the generic
 /// "Error during planning: " style prefixes.
 pub fn strip_df(e: &DataFusionError) -> String {
+    if let Some(text) = parser_text(e) {
+        return text;
+    }
     let msg = e.strip_backtrace();
     // DataFusion asks for a bug report on its internal errors; when one
     // reaches a user, the query is what DataFusion could not handle.
@@ -256,5 +279,13 @@ mod tests {
             Error::syntax("sql parser error: Expected: an expression").to_string(),
             "SQL syntax error: Expected: an expression"
         );
+        // Its own words, escapes and all, wherever it is printed.
+        let e = DataFusionError::SQL(
+            Box::new(datafusion::sql::sqlparser::parser::ParserError::TokenizerError(
+                "Unterminated string literal at 'a\\b'".into(),
+            )),
+            None,
+        );
+        assert_eq!(strip_df(&e), "Unterminated string literal at 'a\\b'");
     }
 }
