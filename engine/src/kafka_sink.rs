@@ -163,7 +163,9 @@ impl KafkaSink {
         if topic.is_empty() || topic.contains([';', ',']) {
             return Err(err(format!("'topic' must name one topic, not '{topic}'")));
         }
-        let encoding = match decl.require("format")?.to_ascii_lowercase().as_str() {
+        let format = decl.require("format")?.to_ascii_lowercase();
+        crate::options::refuse_csv_options_unless_csv(decl, &format)?;
+        let encoding = match format.as_str() {
             "json" => Encoding::Json,
             "csv" => Encoding::Csv {
                 delimiter: match decl.options.get("csv.field-delimiter") {
@@ -560,6 +562,20 @@ mod tests {
             Create::Yes,
         )
         .unwrap();
+        // (A CSV option on this JSON sink is refused, naming it.)
+        let csv = weir_sql::job::parse_create_table(
+            "CREATE TABLE out (a BIGINT) WITH ('connector' = 'kafka', 'topic' = 't', \
+             'properties.bootstrap.servers' = '127.0.0.1:9', 'format' = 'json', 'csv.field-delimiter' = ';')",
+        )
+        .unwrap();
+        let e = KafkaSink::open(&csv, staging.clone())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("option 'csv.field-delimiter' applies to 'format' = 'csv' only")),
+            "{e:?}"
+        );
         let sink = KafkaSink::open(&decl, staging.clone()).unwrap();
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, true),

@@ -46,6 +46,21 @@ pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `csv.*` option on a table whose `format` (lower case) is not
+/// CSV: an option of another format is a mistake (a format changed, the
+/// option left behind), not something to ignore.
+pub fn refuse_csv_options_unless_csv(decl: &TableDecl, format: &str) -> Result<()> {
+    if format != "csv"
+        && let Some((key, _)) = decl.options.iter().find(|(k, _)| k.starts_with("csv."))
+    {
+        return Err(Error::Config(format!(
+            "table '{}': option '{key}' applies to 'format' = 'csv' only, and the table is '{format}'",
+            decl.name
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses metadata columns on a connector that has no record metadata
 /// (only Kafka's records have a partition, offset, timestamp, key and
 /// headers).

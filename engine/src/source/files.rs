@@ -173,16 +173,7 @@ type RemoteCut = (FileRange, u64, bool);
 /// The format a `files` table declares (`'format'`, `'csv.delimiter'`).
 pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
     let format = decl.require("format")?.to_ascii_lowercase();
-    // An option of another format is a mistake (a format changed, the
-    // option left behind), not something to ignore.
-    if format != "csv"
-        && let Some((key, _)) = decl.options.iter().find(|(k, _)| k.starts_with("csv."))
-    {
-        return Err(Error::Config(format!(
-            "table '{}': option '{key}' applies to 'format' = 'csv' only, and the table is '{format}'",
-            decl.name
-        )));
-    }
+    crate::options::refuse_csv_options_unless_csv(decl, &format)?;
     Ok(match format.as_str() {
         "parquet" => Format::Parquet,
         "csv" => {

@@ -604,14 +604,7 @@ fn startup_of(decl: &TableDecl) -> Result<Startup> {
 fn payload_of(decl: &TableDecl, schema: &Schema, physical: &[usize]) -> Result<Payload> {
     let table = &decl.name;
     let format = decl.require("format")?.to_ascii_lowercase();
-    if format != "csv"
-        && let Some((key, _)) = decl.options.iter().find(|(k, _)| k.starts_with("csv."))
-    {
-        return Err(config_err(
-            table,
-            format!("option '{key}' applies to 'format' = 'csv' only, and the table is '{format}'"),
-        ));
-    }
+    crate::options::refuse_csv_options_unless_csv(decl, &format)?;
     Ok(match format.as_str() {
         "json" => Payload::Json,
         "csv" => {
