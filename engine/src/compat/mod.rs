@@ -80,7 +80,8 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
                         n.values.join(", ")
                     )
                 } else {
-                    format!("was `{}`, now `{}`", o.signature, n.signature)
+                    let (was, now) = changed_part(&o.signature, &n.signature);
+                    format!("`{was}` is now `{now}`")
                 };
                 out.push(format!(
                     "the {} {} computes something else: {detail}",
@@ -174,6 +175,48 @@ pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
     out
 }
 
+/// Where two operator signatures differ, with the words around it: the
+/// whole signatures are long internal strings (a window's every setting,
+/// each column's type), in which a change is hard to find.
+fn changed_part(a: &str, b: &str) -> (String, String) {
+    let (ac, bc): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut start = ac.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    let max_end = ac.len().min(bc.len()) - start;
+    let mut end = ac
+        .iter()
+        .rev()
+        .zip(bc.iter().rev())
+        .take(max_end)
+        .take_while(|(x, y)| x == y)
+        .count();
+    // Widen to whole words: back to the last separator before, on to the
+    // next one after.
+    let separator = |c: &char| matches!(c, ' ' | ',' | '{' | '}' | '(' | ')' | '[' | ']');
+    while start > 0 && !separator(&ac[start - 1]) {
+        start -= 1;
+    }
+    // And the word before, which names a setting (`size_ms: 10000`).
+    if start > 0 && ac[start - 1] == ' ' {
+        start -= 1;
+        while start > 0 && !separator(&ac[start - 1]) {
+            start -= 1;
+        }
+    }
+    while end > 0 && !separator(&ac[ac.len() - end]) {
+        end -= 1;
+    }
+    let part = |cs: &[char]| {
+        let mid: String = cs[start..cs.len() - end].iter().collect();
+        format!(
+            "{}{}{}",
+            if start > 0 { "..." } else { "" },
+            mid.trim(),
+            if end > 0 { "..." } else { "" }
+        )
+    };
+    (part(&ac), part(&bc))
+}
+
 /// Whether two source signatures (`claim::source_signature`) read the
 /// same input: equal once the path is written one way (`in`, `in/`,
 /// `./in//` and `file://` before an absolute path are one folder), so
@@ -224,6 +267,22 @@ pub fn kept_sources(old: Option<&Records>, new: &Records) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_changed_signature_shows_only_what_changed() {
+        let (was, now) = super::changed_part(
+            "window-aggregate Tumble { size_ms: 10000, offset_ms: 0 } keys [k:Int64]",
+            "window-aggregate Tumble { size_ms: 20000, offset_ms: 0 } keys [k:Int64]",
+        );
+        assert_eq!(
+            (was.as_str(), now.as_str()),
+            ("...size_ms: 10000...", "...size_ms: 20000...")
+        );
+        let (was, now) = super::changed_part("keys [k:Int64, v:Utf8]", "keys [k:Int32, v:Utf8]");
+        assert_eq!((was.as_str(), now.as_str()), ("...k:Int64...", "...k:Int32..."));
+        let (was, now) = super::changed_part("a", "ab");
+        assert_eq!((was.as_str(), now.as_str()), ("a", "ab"));
+    }
+
     #[test]
     fn a_path_written_another_way_is_the_same_source() {
         use super::same_source;
