@@ -1193,3 +1193,26 @@ fn an_event_time_beyond_year_9999_is_late_not_a_wrapped_window() {
         assert!(!q("SELECT * FROM 'o/'").is_empty());
     }
 }
+
+/// A file deleted after its epoch was planned: the run says the file is
+/// gone and to run again (not "fix or remove the file"), and the next run
+/// plans the epoch anew without it, exactly once.
+#[test]
+fn a_file_gone_after_its_epoch_was_planned_is_said_to_be_gone() {
+    let ws = Workspace::new();
+    let bids = three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let crashed = ws.weir_env(
+        &["run", "job.sql", "--trigger", "available-now"],
+        &[("WEIR_FAILPOINT", "offsets-written@1")],
+    );
+    assert!(!crashed.0.status.success());
+    std::fs::remove_file(ws.path("in/bids-0.parquet")).unwrap();
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("the file is gone: run the job again") && !e.contains("fix or remove"),
+        "{e}"
+    );
+    run_now(&ws, "job.sql", &["--drain"]).ok();
+    assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids[1000..], ORACLE));
+}

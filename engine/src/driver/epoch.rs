@@ -944,6 +944,10 @@ impl StreamingJob {
                 "a topic's record stays as it is: set 'on_error' = 'skip' or 'dead_letter' on the source to \
                  pass over bad records, and run the job again"
             }
+            // A file gone since the epoch was planned: nothing to fix.
+            Error::Input(m) if m.contains("Object at location") && m.contains("not found") => {
+                "the file is gone: run the job again, and the epoch is planned anew from what is there"
+            }
             Error::Input(_) => "fix or remove the file and run the job again",
             _ => "the checkpoint is as it was before it; fix the cause and run the job again",
         };
