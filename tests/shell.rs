@@ -789,3 +789,27 @@ fn a_changed_insert_is_refused_with_the_shells_way_out() {
         "{e}"
     );
 }
+
+/// The shell checks a table's options at its CREATE TABLE, as `weir run`
+/// checks a job's: an unknown one is refused there, naming the nearest,
+/// and the name stays free to declare again. It used to be refused at the
+/// first statement that used the table, whose line the error named.
+#[test]
+fn create_table_refuses_an_unknown_option_at_once() {
+    let (ws, _) = workspace();
+    let typo = "CREATE TABLE b2 (auction BIGINT) WITH ('connector' = 'files', 'path' = 'in/', \
+                'format' = 'parquet', 'max_rows_per_bach' = '10');\n";
+    let e = ws.weir_input(&[], typo).fails().stderr();
+    assert!(
+        e.starts_with("error: <stdin>:1: table 'b2': unknown option 'max_rows_per_bach' (did you mean 'max_rows_per_batch'?"),
+        "{e}"
+    );
+    // Interactively the error is said and the right declaration goes in.
+    let mut t = Term::spawn(&ws, &[]);
+    t.line(typo.trim());
+    t.wait_for("unknown option 'max_rows_per_bach'");
+    t.line(&typo.trim().replace("bach", "batch"));
+    t.wait_for("declared b2 (1 column)");
+    t.line("\\q");
+    t.wait_exit();
+}

@@ -152,9 +152,14 @@ fn partition_of_key(key: &[u8], partitions: i32) -> i32 {
 }
 
 impl KafkaSink {
+    /// The options a Kafka sink takes.
+    pub fn known_options() -> Vec<&'static str> {
+        OPTIONS.iter().chain(CONNECTION_OPTIONS).copied().collect()
+    }
+
     /// Opens the sink a table declares, staging in `staging`.
     pub fn open(decl: &TableDecl, staging: Location) -> Result<Self> {
-        let known: Vec<&str> = OPTIONS.iter().chain(CONNECTION_OPTIONS).copied().collect();
+        let known = Self::known_options();
         crate::source::check_options(decl, &known)?;
         crate::options::refuse_metadata(decl)?;
         let table = decl.name.clone();

@@ -46,6 +46,40 @@ pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Checks a declared table's options before it is known whether it will be
+/// read or written (the shell's `CREATE TABLE`): refused only when an
+/// option is one no use of its connector takes, naming the nearest one. A
+/// mix of a source's and a sink's options is refused where the table is
+/// used, as in a job.
+pub fn check_declared_options(decl: &TableDecl) -> Result<()> {
+    let roles: Vec<Vec<&str>> = match decl.connector()? {
+        "files" => vec![
+            crate::source::files::FilesSource::known_options(),
+            crate::sink::OPTIONS.to_vec(),
+            crate::driver::lookup::OPTIONS.to_vec(),
+        ],
+        "kafka" => vec![
+            crate::source::kafka::KafkaSource::known_options(),
+            crate::kafka_sink::KafkaSink::known_options(),
+        ],
+        "nexmark" => vec![crate::source::nexmark::NexmarkSource::known_options()],
+        "blackhole" => vec![vec!["connector"]],
+        other => {
+            return Err(Error::Config(format!(
+                "table '{}': unknown connector '{other}' (supported: files, kafka, nexmark, blackhole)",
+                decl.name
+            )));
+        }
+    };
+    let mut all: Vec<&str> = Vec::new();
+    for option in roles.iter().flatten() {
+        if !all.contains(option) {
+            all.push(option);
+        }
+    }
+    check_options(decl, &all)
+}
+
 /// Refuses a `csv.*` option on a table whose `format` (lower case) is not
 /// CSV: an option of another format is a mistake (a format changed, the
 /// option left behind), not something to ignore.

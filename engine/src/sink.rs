@@ -27,7 +27,8 @@ use weir_storage::{Location, SinkLayout, SinkOwner, StoreOptions, codec};
 use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
-const OPTIONS: &[&str] = &["connector", "path", "format", "mode"];
+/// The options a file sink takes.
+pub const OPTIONS: &[&str] = &["connector", "path", "format", "mode"];
 
 /// `'connector' = 'blackhole'`: accepts rows, counts them, writes nothing.
 #[derive(Debug)]

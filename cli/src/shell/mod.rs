@@ -595,7 +595,7 @@ mod tests {
         s.create_table(
             "CREATE TABLE bids (auction BIGINT, date_time TIMESTAMP(3), \
              WATERMARK FOR date_time AS date_time - INTERVAL '1.5' SECOND) \
-             WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 'api_token' = 'sekret-value')",
+             WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet', 's3.secret_access_key' = 'sekret-value')",
         )
         .unwrap();
         s.create_table(

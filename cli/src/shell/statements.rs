@@ -65,6 +65,16 @@ impl Shell {
 
     pub(super) fn create_table(&mut self, sql: &str) -> Result<()> {
         let declared = self.catalog.declare(sql)?;
+        // Its options are checked now, as `weir run` checks a job's, not at
+        // the first statement that uses it (whose line the error named).
+        for s in declared.decl.options.secret_values() {
+            self.redactor.add(s);
+        }
+        if let Err(e) = weir_engine::options::check_declared_options(&declared.decl) {
+            let name = declared.name().to_string();
+            self.catalog.drop_table(&name);
+            return Err(e.into());
+        }
         let summary = match &declared.decl.schema {
             Some(s) => format!(
                 "declared {} ({} column{}{})",

@@ -38,7 +38,8 @@ use crate::source::{check_options, table_store_options};
 use crate::{Error, Result};
 
 /// Options a bounded `files` table knows.
-const OPTIONS: &[&str] = &[
+/// The options a bounded (lookup) table takes.
+pub const OPTIONS: &[&str] = &[
     "connector",
     "path",
     "format",

@@ -75,7 +75,7 @@ use crate::{Error, Result};
 
 mod epoch;
 mod explain;
-mod lookup;
+pub(crate) mod lookup;
 mod open;
 mod options;
 mod recovery;

@@ -244,9 +244,14 @@ impl FilesSource {
         self.watermark.filter(|w| self.columns.contains(w))
     }
 
+    /// The options a files source takes.
+    pub fn known_options() -> Vec<&'static str> {
+        OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect()
+    }
+
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl, store_options: &StoreOptions) -> Result<Self> {
-        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        let known = Self::known_options();
         check_options(decl, &known)?;
         let schema = decl
             .schema

@@ -662,16 +662,21 @@ fn payload_of(decl: &TableDecl, schema: &Schema, physical: &[usize]) -> Result<P
 }
 
 impl KafkaSource {
-    /// Opens the source a table declares (connecting happens when it first
-    /// plans a batch).
-    pub fn open(decl: &TableDecl) -> Result<Self> {
-        let table = decl.name.clone();
-        let known: Vec<&str> = OPTIONS
+    /// The options a Kafka source takes.
+    pub fn known_options() -> Vec<&'static str> {
+        OPTIONS
             .iter()
             .chain(CONNECTION_OPTIONS)
             .chain(super::SOURCE_OPTIONS)
             .copied()
-            .collect();
+            .collect()
+    }
+
+    /// Opens the source a table declares (connecting happens when it first
+    /// plans a batch).
+    pub fn open(decl: &TableDecl) -> Result<Self> {
+        let table = decl.name.clone();
+        let known = Self::known_options();
         check_options(decl, &known)?;
         let schema = decl
             .schema

@@ -175,9 +175,14 @@ impl NexmarkSource {
         Ok(offset)
     }
 
+    /// The options a Nexmark source takes.
+    pub fn known_options() -> Vec<&'static str> {
+        OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect()
+    }
+
     /// Opens the source a table declares.
     pub fn open(decl: &TableDecl) -> Result<Self> {
-        let known: Vec<&str> = OPTIONS.iter().chain(super::SOURCE_OPTIONS).copied().collect();
+        let known = Self::known_options();
         check_options(decl, &known)?;
         let schema = decl
             .schema
