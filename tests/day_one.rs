@@ -1216,3 +1216,36 @@ fn a_file_gone_after_its_epoch_was_planned_is_said_to_be_gone() {
     run_now(&ws, "job.sql", &["--drain"]).ok();
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids[1000..], ORACLE));
 }
+
+/// Two queries writing one sink each judge lateness: their late rows are
+/// told apart by the statement as well as the sink.
+#[test]
+fn late_rows_of_two_queries_into_one_sink_are_told_apart() {
+    let ws = Workspace::new();
+    ws.write(
+        "in/a.json",
+        "{\"k\":1,\"ts\":\"2026-01-01 00:00:10\"}\n{\"k\":2,\"ts\":\"2026-01-01 00:00:01\"}\n",
+    );
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'json', 'late.policy' = 'sink', 'late.sink' = 'late');
+CREATE TABLE late WITH ('connector' = 'files', 'path' = 'late/', 'format' = 'parquet');
+CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+INSERT INTO o SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '5' SECOND)) GROUP BY window_start, window_end;
+INSERT INTO o SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end;
+",
+    );
+    run_now(&ws, "job.sql", &[]).ok();
+    let tags = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT COUNT(DISTINCT weir_late_for) AS n, MIN(weir_late_for) AS t FROM 'late/'",
+        ])
+        .ok()
+        .stdout();
+    assert!(tags.starts_with("n,t\n2,\"o (`INSERT INTO o SELECT"), "{tags}");
+    assert!(tags.contains("(line 5)"), "{tags}");
+}

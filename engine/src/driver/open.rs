@@ -180,6 +180,14 @@ impl StreamingJob {
             }
         }
 
+        // How many queries write each sink: a late row's tag names the
+        // query by its sink, and by its statement too when that is shared.
+        let mut writers_of: BTreeMap<String, usize> = BTreeMap::new();
+        for (p, _, _) in &physical {
+            if let Some(d) = &p.sink {
+                *writers_of.entry(d.name.clone()).or_default() += 1;
+            }
+        }
         let mut pipelines = Vec::new();
         for (p, plan, operators) in physical {
             let schema = plan.schema();
@@ -212,13 +220,19 @@ impl StreamingJob {
                     .get(&table)
                     .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
                 let writer = sink_writer(&metadata.query_id, p.index, true);
-                let late_for = p.sink.as_ref().map_or(p.statement.as_str(), |d| d.name.as_str());
+                let late_for = match &p.sink {
+                    Some(d) if writers_of.get(&d.name).copied().unwrap_or(0) > 1 => {
+                        format!("{} ({})", d.name, p.statement)
+                    }
+                    Some(d) => d.name.clone(),
+                    None => p.statement.clone(),
+                };
                 late_sinks.push(SideSink::open_late(
                     decl,
                     &writer,
                     &options.store_options,
                     schema,
-                    late_for,
+                    &late_for,
                 )?);
             }
             pipelines.push(Pipeline {
