@@ -37,6 +37,7 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::TryStreamExt;
 
+mod operators;
 pub mod pipeline;
 pub mod read;
 

@@ -413,6 +413,9 @@ impl PhysicalExtensionCodec for WeirCodec {
         if let Some(rest) = buf.strip_prefix(crate::pipeline::SCAN_MAGIC) {
             return Ok(Arc::new(crate::pipeline::decode_scan(rest)?));
         }
+        if let Some(node) = crate::operators::try_decode(buf, inputs, ctx, self, proto_converter)? {
+            return Ok(node);
+        }
         self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
@@ -430,6 +433,9 @@ impl PhysicalExtensionCodec for WeirCodec {
         }
         if let Some(scan) = node.downcast_ref::<weir_engine::exec::StreamScanExec>() {
             return crate::pipeline::encode_scan(scan, buf);
+        }
+        if crate::operators::try_encode(&node, self, proto_converter, buf)? {
+            return Ok(());
         }
         self.ballista.try_encode(node, buf, proto_converter)
     }

@@ -54,6 +54,12 @@ impl LateFilterExec {
             || plan.children().into_iter().any(|c| Self::judges_below(c, source))
     }
 
+    /// The source, the position of its time column and its watermark
+    /// delay (how the node crosses to a cluster).
+    pub fn config(&self) -> (&str, usize, i64) {
+        (&self.source, self.time_index, self.delay_ms)
+    }
+
     /// Filters `input` (a scan of `source`) by its column `time_index`.
     pub fn new(input: Arc<dyn ExecutionPlan>, source: String, time_index: usize, delay_ms: i64) -> Self {
         let schema = input.schema();

@@ -57,6 +57,9 @@ pub struct PartialSpec {
     pub schema: SchemaRef,
 }
 
+/// A windowed partial aggregate's unit start and end expressions.
+pub type UnitExprs<'a> = (&'a Arc<dyn PhysicalExpr>, &'a Arc<dyn PhysicalExpr>);
+
 /// The window unit of a partial aggregate's rows.
 enum Unit {
     /// None: the partial of an update aggregate (`GROUP BY` keys only).
@@ -117,6 +120,33 @@ impl PartialSpec {
             unit: Unit::None,
             schema: Arc::new(Schema::new(fields)),
         })
+    }
+
+    /// Its aggregate (keys, aggregates, filters, over the input rows) and,
+    /// when windowed, the expressions of each row's unit start and end: what
+    /// [`PartialSpec::rebuild`] makes it again from (how the node crosses to
+    /// a cluster).
+    pub fn config(&self) -> (&AggregateSpec, Option<UnitExprs<'_>>) {
+        let unit = match &self.unit {
+            Unit::None => None,
+            Unit::Window { start, end } => Some((start, end)),
+        };
+        (&self.agg, unit)
+    }
+
+    /// The spec [`PartialSpec::config`] describes, over rows of `input`.
+    pub fn rebuild(
+        keys: Vec<(Arc<dyn PhysicalExpr>, String)>,
+        aggr: Vec<Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>>,
+        filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+        unit: Option<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+        input: &Schema,
+    ) -> Result<Self> {
+        let agg = AggregateSpec::try_new(keys, aggr, filters, input)?;
+        match unit {
+            Some((start, end)) => Self::try_new(&agg, &start, &end, input),
+            None => Self::keys_only(&agg, input),
+        }
     }
 
     /// The node's name in plans and errors.
@@ -349,6 +379,11 @@ pub struct PartialWindowAggExec {
 }
 
 impl PartialWindowAggExec {
+    /// What it computes.
+    pub fn spec(&self) -> &Arc<PartialSpec> {
+        &self.spec
+    }
+
     /// The node over `input`.
     pub fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<PartialSpec>) -> Self {
         let props = PlanProperties::new(

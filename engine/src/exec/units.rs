@@ -24,6 +24,7 @@ pub enum GroupColumn {
 }
 
 /// The window aggregate's parameters, from the logical node.
+#[derive(Clone)]
 pub struct WindowAggregateParams {
     /// The window.
     pub spec: WindowSpec,

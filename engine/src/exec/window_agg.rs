@@ -75,6 +75,10 @@ pub struct WindowAggState {
     /// partial states, merged in (`merge_partial`), not rows; then these are
     /// its key columns, which the shards are split by.
     partial_keys: Option<Vec<Arc<dyn PhysicalExpr>>>,
+    /// What it was built from ([`WindowAggState::config`]).
+    params: WindowAggregateParams,
+    threads: usize,
+    in_schema: SchemaRef,
 }
 
 #[derive(Default)]
@@ -161,7 +165,48 @@ impl OperatorExec<WindowAggState> {
     /// shards (see [`super::shard`]).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: WindowAggregateParams, threads: usize) -> Result<Self> {
         let in_schema = input.schema();
-        let mut input = input;
+        let (state, partial) = WindowAggState::build(p, threads, in_schema)?;
+        // With more than one thread, each input partition aggregates its
+        // rows first, and only their states cross to the shards (see
+        // `partial_agg`).
+        let input = match partial {
+            Some(spec) => Arc::new(PartialWindowAggExec::new(input, Arc::new(spec))),
+            None => input,
+        };
+        Ok(Self::new(input, Arc::new(state)))
+    }
+
+    /// The operator [`Self::try_new`] builds, over an `input` that already
+    /// holds what `try_new` adds (the partial aggregate, with more than one
+    /// thread): a plan decoded from its wire form. `in_schema` is the
+    /// schema of the rows `p`'s expressions read ([`WindowAggState::config`]).
+    pub fn try_new_over(
+        input: Arc<dyn ExecutionPlan>,
+        p: WindowAggregateParams,
+        threads: usize,
+        in_schema: SchemaRef,
+    ) -> Result<Self> {
+        let (state, _) = WindowAggState::build(p, threads, in_schema)?;
+        Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl WindowAggState {
+    /// What the operator was built from: its parameters, its thread count
+    /// and the schema of the rows their expressions read (how it crosses
+    /// to a cluster; never its state).
+    pub fn config(&self) -> (&WindowAggregateParams, usize, &SchemaRef) {
+        (&self.params, self.threads, &self.in_schema)
+    }
+
+    /// The state of an operator over rows of `in_schema`, and the partial
+    /// aggregate to put under it (more than one thread).
+    fn build(
+        p: WindowAggregateParams,
+        threads: usize,
+        in_schema: SchemaRef,
+    ) -> Result<(Self, Option<PartialSpec>)> {
+        let params = p.clone();
         let mut keys = Vec::new();
         let mut layout = Vec::new();
         let mut start = None;
@@ -187,15 +232,13 @@ impl OperatorExec<WindowAggState> {
                 "a window aggregate needs window_start and window_end".into(),
             ));
         };
-        // With more than one thread, each input partition aggregates its
-        // rows first, and only their states cross to the shards (see
-        // `partial_agg`).
         let agg = AggregateSpec::try_new(keys, p.aggr, p.filters, &in_schema)?;
         let mut partial_keys = None;
+        let mut partial = None;
         if threads > 1 {
             let spec = PartialSpec::try_new(&agg, &start, &end, &in_schema)?;
             partial_keys = Some(spec.key_columns());
-            input = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
+            partial = Some(spec);
         }
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -219,8 +262,11 @@ impl OperatorExec<WindowAggState> {
             schema: p.schema,
             shards,
             partial_keys,
+            params,
+            threads,
+            in_schema,
         };
-        Ok(Self::new(input, Arc::new(state)))
+        Ok((state, partial))
     }
 }
 

@@ -63,6 +63,19 @@ pub struct WindowAssignExec {
 }
 
 impl WindowAssignExec {
+    /// What it was built from, but its input: the window, the position of
+    /// the time column, where the watermark comes from, whether rows carry
+    /// slices, and the late sink (how the node crosses to a cluster).
+    pub fn config(&self) -> (&WindowSpec, usize, &WatermarkOrigin, bool, Option<&str>) {
+        (
+            &self.spec,
+            self.time_index,
+            &self.origin,
+            self.slices,
+            self.late_sink.as_deref(),
+        )
+    }
+
     /// The late sink and the schema of the rows it receives.
     pub fn late_sink(&self) -> Option<(&str, SchemaRef)> {
         self.late_sink.as_deref().map(|s| (s, self.input.schema()))

@@ -1,0 +1,503 @@
+//! Wire forms of the nodes of a windowed aggregate's plan: window
+//! assignment, the late-row filter, the partial aggregate and the window
+//! aggregate operator (issue 16, part B.2, slice 3 in
+//! `docs/cluster-operators.md`: "What crosses the wire").
+//!
+//! A stateful operator crosses as its configuration and shard count, never
+//! its state: a decoded operator starts empty, and whoever runs it restores
+//! its shard from the checkpoint's store. Each node's form, inside
+//! DataFusion's `PhysicalExtensionNode`, is a magic line, a JSON object up
+//! to the next `\n`, then the length-prefixed protobufs the JSON says. The
+//! expressions and aggregates travel as DataFusion's own protobuf of an
+//! `AggregateExec` over an `EmptyExec` of the rows they read: its group
+//! expressions (with their names), aggregates and filters are exactly
+//! theirs, so no expression of DataFusion's needs a codec of Weir's.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use weir_engine::exec::late_filter::LateFilterExec;
+use weir_engine::exec::partial_agg::{PartialSpec, PartialWindowAggExec};
+use weir_engine::exec::{WindowAggregateExec, WindowAggregateParams, WindowAssignExec};
+use weir_sql::{WatermarkOrigin, WindowColumn, WindowSpec};
+
+pub(crate) const ASSIGN_MAGIC: &[u8] = b"WEIR-WINDOW-ASSIGN/1\n";
+pub(crate) const LATE_MAGIC: &[u8] = b"WEIR-LATE-FILTER/1\n";
+pub(crate) const PARTIAL_MAGIC: &[u8] = b"WEIR-PARTIAL-AGG/1\n";
+pub(crate) const WINDOW_AGG_MAGIC: &[u8] = b"WEIR-WINDOW-AGG/1\n";
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "WindowSpec")]
+enum WindowSpecDef {
+    Tumble {
+        size_ms: i64,
+        offset_ms: i64,
+    },
+    Hop {
+        slide_ms: i64,
+        size_ms: i64,
+        offset_ms: i64,
+    },
+    Cumulate {
+        step_ms: i64,
+        size_ms: i64,
+        offset_ms: i64,
+    },
+    Session {
+        gap_ms: i64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "WatermarkOrigin")]
+enum WatermarkOriginDef {
+    Source { source: String, delay_ms: i64 },
+    Sources(Vec<String>),
+    Upstream { lag_ms: i64 },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "WindowColumn")]
+enum WindowColumnDef {
+    Start,
+    End,
+    Time,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAssign {
+    #[serde(with = "WindowSpecDef")]
+    spec: WindowSpec,
+    time_index: usize,
+    #[serde(with = "WatermarkOriginDef")]
+    origin: WatermarkOrigin,
+    slices: bool,
+    late_sink: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireLate {
+    source: String,
+    time_index: usize,
+    delay_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WirePartial {
+    /// The unit's start and end expressions are the last two group
+    /// expressions of the encoded aggregate.
+    windowed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireWindowColumn(usize, #[serde(with = "WindowColumnDef")] WindowColumn);
+
+#[derive(Serialize, Deserialize)]
+struct WireWindowAgg {
+    #[serde(with = "WindowSpecDef")]
+    spec: WindowSpec,
+    window_columns: Vec<WireWindowColumn>,
+    slices: bool,
+    lag_ms: i64,
+    threads: usize,
+}
+
+fn bad(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("a Weir operator that cannot be decoded: {what}"))
+}
+
+fn put_json<T: Serialize>(magic: &[u8], value: &T, buf: &mut Vec<u8>) -> DfResult<()> {
+    buf.extend_from_slice(magic);
+    serde_json::to_writer(&mut *buf, value).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+fn take_json<'a, T: for<'de> Deserialize<'de>>(rest: &'a [u8]) -> DfResult<(T, &'a [u8])> {
+    let split = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no end to its description"))?;
+    let value = serde_json::from_slice(&rest[..split]).map_err(|e| bad(&format!("its description: {e}")))?;
+    Ok((value, &rest[split + 1..]))
+}
+
+fn put_block(bytes: &[u8], buf: &mut Vec<u8>) -> DfResult<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| DataFusionError::Internal("a Weir operator too large".into()))?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn take_block(rest: &[u8]) -> DfResult<(&[u8], &[u8])> {
+    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("a short block"))?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("a short block"))?) as usize;
+    rest.split_at_checked(len).ok_or_else(|| bad("a short block"))
+}
+
+fn put_schema(schema: &Schema, buf: &mut Vec<u8>) -> DfResult<()> {
+    let proto = datafusion_proto::protobuf::Schema::try_from(schema)
+        .map_err(|e| DataFusionError::Internal(format!("encoding a schema: {e}")))?;
+    put_block(&proto.encode_to_vec(), buf)
+}
+
+fn take_schema(rest: &[u8]) -> DfResult<(SchemaRef, &[u8])> {
+    let (block, rest) = take_block(rest)?;
+    let proto = datafusion_proto::protobuf::Schema::decode(block).map_err(|e| bad(&e.to_string()))?;
+    let schema = Schema::try_from(&proto).map_err(|e| bad(&e.to_string()))?;
+    Ok((Arc::new(schema), rest))
+}
+
+/// Group expressions, aggregates and filters over rows of `input`.
+struct Aggregates {
+    group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    aggr: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+}
+
+/// Encodes `a` as DataFusion's `AggregateExec` over an empty input of
+/// `input`'s schema.
+fn put_aggregates(
+    a: Aggregates,
+    input: &SchemaRef,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    buf: &mut Vec<u8>,
+) -> DfResult<()> {
+    let carrier = AggregateExec::try_new(
+        AggregateMode::Single,
+        PhysicalGroupBy::new_single(a.group_by),
+        a.aggr,
+        a.filters,
+        Arc::new(EmptyExec::new(Arc::clone(input))),
+        Arc::clone(input),
+    )?;
+    let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+        Arc::new(carrier),
+        codec,
+        converter,
+    )?;
+    put_block(&bytes, buf)
+}
+
+/// The [`Aggregates`] of [`put_aggregates`], and the schema of the rows
+/// they read.
+fn take_aggregates<'a>(
+    rest: &'a [u8],
+    ctx: &TaskContext,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<(Aggregates, SchemaRef, &'a [u8])> {
+    let (block, rest) = take_block(rest)?;
+    let plan =
+        datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(block, ctx, codec, converter)?;
+    let carrier = plan
+        .downcast_ref::<AggregateExec>()
+        .ok_or_else(|| bad("its aggregates"))?;
+    let a = Aggregates {
+        group_by: carrier.group_expr().expr().to_vec(),
+        aggr: carrier.aggr_expr().to_vec(),
+        filters: carrier.filter_expr().to_vec(),
+    };
+    Ok((a, carrier.input_schema(), rest))
+}
+
+/// Encodes one of this module's nodes; `false` when `node` is none of them.
+pub(crate) fn try_encode(
+    node: &Arc<dyn ExecutionPlan>,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    buf: &mut Vec<u8>,
+) -> DfResult<bool> {
+    if let Some(n) = node.downcast_ref::<WindowAssignExec>() {
+        let (spec, time_index, origin, slices, late_sink) = n.config();
+        let wire = WireAssign {
+            spec: spec.clone(),
+            time_index,
+            origin: origin.clone(),
+            slices,
+            late_sink: late_sink.map(str::to_string),
+        };
+        put_json(ASSIGN_MAGIC, &wire, buf)?;
+        put_schema(&n.schema(), buf)?;
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<LateFilterExec>() {
+        let (source, time_index, delay_ms) = n.config();
+        let wire = WireLate {
+            source: source.to_string(),
+            time_index,
+            delay_ms,
+        };
+        put_json(LATE_MAGIC, &wire, buf)?;
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<PartialWindowAggExec>() {
+        let (agg, unit) = n.spec().config();
+        let mut group_by = agg.keys.clone();
+        if let Some((start, end)) = unit {
+            group_by.push((Arc::clone(start), "__weir_unit_start".into()));
+            group_by.push((Arc::clone(end), "__weir_unit_end".into()));
+        }
+        put_json(
+            PARTIAL_MAGIC,
+            &WirePartial {
+                windowed: unit.is_some(),
+            },
+            buf,
+        )?;
+        let [input] = n.children()[..] else {
+            return Err(DataFusionError::Internal(
+                "a partial aggregate has one input".into(),
+            ));
+        };
+        let a = Aggregates {
+            group_by,
+            aggr: agg.aggr.clone(),
+            filters: agg.filters.clone(),
+        };
+        put_aggregates(a, &input.schema(), codec, converter, buf)?;
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
+        let state = n.state();
+        let (p, threads, in_schema) = state.config();
+        let wire = WireWindowAgg {
+            spec: p.spec.clone(),
+            window_columns: p
+                .window_columns
+                .iter()
+                .map(|&(i, c)| WireWindowColumn(i, c))
+                .collect(),
+            slices: p.slices,
+            lag_ms: p.lag_ms,
+            threads,
+        };
+        put_json(WINDOW_AGG_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        let a = Aggregates {
+            group_by: p.group_by.clone(),
+            aggr: p.aggr.clone(),
+            filters: p.filters.clone(),
+        };
+        put_aggregates(a, in_schema, codec, converter, buf)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Decodes one of this module's nodes; `None` when `buf` is none of them.
+pub(crate) fn try_decode(
+    buf: &[u8],
+    inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &TaskContext,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let one_input = || match inputs {
+        [input] => Ok(Arc::clone(input)),
+        _ => Err(bad("a node with other than one input")),
+    };
+    if let Some(rest) = buf.strip_prefix(ASSIGN_MAGIC) {
+        let (w, rest): (WireAssign, _) = take_json(rest)?;
+        let (schema, _) = take_schema(rest)?;
+        return Ok(Some(Arc::new(WindowAssignExec::try_new(
+            one_input()?,
+            w.spec,
+            w.time_index,
+            w.origin,
+            w.slices,
+            w.late_sink,
+            schema,
+        )?)));
+    }
+    if let Some(rest) = buf.strip_prefix(LATE_MAGIC) {
+        let (w, _): (WireLate, _) = take_json(rest)?;
+        return Ok(Some(Arc::new(LateFilterExec::new(
+            one_input()?,
+            w.source,
+            w.time_index,
+            w.delay_ms,
+        ))));
+    }
+    if let Some(rest) = buf.strip_prefix(PARTIAL_MAGIC) {
+        let (w, rest): (WirePartial, _) = take_json(rest)?;
+        let (mut a, in_schema, _) = take_aggregates(rest, ctx, codec, converter)?;
+        let unit = if w.windowed {
+            let end = a
+                .group_by
+                .pop()
+                .ok_or_else(|| bad("a partial aggregate without its unit"))?;
+            let start = a
+                .group_by
+                .pop()
+                .ok_or_else(|| bad("a partial aggregate without its unit"))?;
+            Some((start.0, end.0))
+        } else {
+            None
+        };
+        let spec = PartialSpec::rebuild(a.group_by, a.aggr, a.filters, unit, &in_schema)?;
+        return Ok(Some(Arc::new(PartialWindowAggExec::new(
+            one_input()?,
+            Arc::new(spec),
+        ))));
+    }
+    if let Some(rest) = buf.strip_prefix(WINDOW_AGG_MAGIC) {
+        let (w, rest): (WireWindowAgg, _) = take_json(rest)?;
+        let (schema, rest) = take_schema(rest)?;
+        let (a, in_schema, _) = take_aggregates(rest, ctx, codec, converter)?;
+        let params = WindowAggregateParams {
+            spec: w.spec,
+            group_by: a.group_by,
+            window_columns: w.window_columns.into_iter().map(|c| (c.0, c.1)).collect(),
+            aggr: a.aggr,
+            filters: a.filters,
+            slices: w.slices,
+            lag_ms: w.lag_ms,
+            schema,
+        };
+        return Ok(Some(Arc::new(WindowAggregateExec::try_new_over(
+            one_input()?,
+            params,
+            w.threads,
+            in_schema,
+        )?)));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+    use std::collections::HashMap;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringViewArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+    use datafusion::physical_plan::displayable;
+    use datafusion::physical_planner::PhysicalPlanner;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+    use weir_engine::epoch::{EpochInput, SourceRows};
+    use weir_engine::exec::{EngineScans, physical_planner};
+
+    use super::*;
+    use crate::read::WeirCodec;
+
+    /// The physical plan of the job's one query, on `threads` threads.
+    async fn plan(sql: &str, threads: usize) -> Arc<dyn ExecutionPlan> {
+        let job = weir_sql::Job::parse(sql).unwrap();
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let scans = EngineScans { partitions: threads };
+        let planner = weir_sql::StreamPlanner::new(&job, Some(Arc::new(scans)), config).unwrap();
+        let plans = planner.plan().await.unwrap();
+        physical_planner()
+            .create_physical_plan(&plans[0].plan, &planner.context().state())
+            .await
+            .unwrap()
+    }
+
+    /// Runs one epoch of `plan` over `rows` of source `t`, every window
+    /// closed by the end; its output rows, sorted, as text.
+    async fn run(plan: &Arc<dyn ExecutionPlan>, rows: &RecordBatch) -> Vec<String> {
+        let input = EpochInput {
+            epoch: 1,
+            batches: HashMap::from([(
+                "t".to_string(),
+                SourceRows {
+                    columns: Arc::new((0..rows.num_columns()).collect()),
+                    batches: Arc::new(vec![rows.clone()]),
+                    ..SourceRows::default()
+                },
+            )]),
+            watermark_out: i64::MAX,
+            ..EpochInput::default()
+        };
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_extension(Arc::new(input)));
+        let out = datafusion::physical_plan::collect(Arc::clone(plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// A windowed aggregate's plan crosses the wire whole, on one thread
+    /// and on two (with its partial aggregate and the shuffle under the
+    /// operator): the decoded plan shows the same and, run from empty
+    /// state, gives the same rows, late rows dropped alike.
+    #[tokio::test]
+    async fn a_window_aggregate_plan_crosses_the_wire_and_runs_alike() {
+        let ddl = "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+                   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+                   WITH ('connector' = 'files', 'path' = '/nowhere/', 'format' = 'json');\n\
+                   CREATE TABLE out WITH ('connector' = 'blackhole');\n";
+        let queries = [
+            "INSERT INTO out SELECT window_start, window_end, k, COUNT(*) AS n, SUM(v) AS s, \
+             MAX(v) FILTER (WHERE v > 2) AS m, AVG(v + 1) AS a \
+             FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end, k",
+            "INSERT INTO out SELECT window_start, window_end, COUNT(DISTINCT k) AS ks, MIN(v) AS lo \
+             FROM TABLE(HOP(TABLE t, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end",
+        ];
+        let n = 400i64;
+        // Out of order by up to 3 s, with a 1 s delay: some rows are late.
+        let ts: Vec<i64> = (0..n).map(|i| i * 97 - (i % 7) * 450).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("k", DataType::Utf8View, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(ts)),
+                Arc::new(StringViewArray::from_iter(
+                    (0..n).map(|i| (i % 11 != 0).then(|| format!("k{}", i % 5))),
+                )),
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 13))),
+            ],
+        )
+        .unwrap();
+        let codec = WeirCodec::default();
+        for query in queries {
+            for threads in [1, 2] {
+                let plan = plan(&format!("{ddl}{query};"), threads).await;
+                let proto = PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), &codec).unwrap();
+                let decoded = proto
+                    .try_into_physical_plan(&SessionContext::new().task_ctx(), &codec)
+                    .unwrap();
+                let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
+                assert_eq!(shown(&decoded), shown(&plan), "{query} on {threads} threads");
+                if threads == 2 {
+                    let text = shown(&plan);
+                    assert!(text.contains("PartialWindowAggregateExec"), "{text}");
+                }
+                let want = run(&plan, &rows).await;
+                assert!(want.len() > 5, "{want:?}");
+                assert_eq!(run(&decoded, &rows).await, want, "{query} on {threads} threads");
+            }
+        }
+    }
+}
