@@ -549,18 +549,7 @@ impl Checkpoint {
                 let Some(chains) = map.get(operator) else {
                     return Ok(None);
                 };
-                let mut out: Vec<Vec<StateFile>> = vec![Vec::new(); chains.shards.len()];
-                for (shard, e, kind, attempt) in chains.files() {
-                    out[shard.index as usize].push(StateFile {
-                        epoch: e,
-                        kind,
-                        shard,
-                        name: Self::state_file_name(operator, e, kind, shard, attempt),
-                        bytes: 0,
-                        attempt: attempt.map(str::to_string),
-                    });
-                }
-                out
+                Self::chain_files(operator, chains)
             }
             None => {
                 // Before commits named their files, a table was one file
@@ -631,6 +620,50 @@ impl Checkpoint {
             };
         }
         Ok(restored)
+    }
+
+    /// The files `chains` names, shard by shard.
+    fn chain_files(operator: &str, chains: &StateChains) -> Vec<Vec<StateFile>> {
+        let mut out: Vec<Vec<StateFile>> = vec![Vec::new(); chains.shards.len()];
+        for (shard, e, kind, attempt) in chains.files() {
+            out[shard.index as usize].push(StateFile {
+                epoch: e,
+                kind,
+                shard,
+                name: Self::state_file_name(operator, e, kind, shard, attempt),
+                bytes: 0,
+                attempt: attempt.map(str::to_string),
+            });
+        }
+        out
+    }
+
+    /// Shard `shard`'s rows of an operator's state, from the files a
+    /// commit's `chains` name for that shard alone (its snapshot and the
+    /// deltas after it): for a task that runs one shard (a cluster's
+    /// stage-2 task, `docs/cluster-operators.md`), which reads no other
+    /// shard's files. Under another shard count a shard's rows are spread
+    /// over every old shard's files: restore them all then
+    /// ([`Checkpoint::restore_state_listed`]) and deal the rows by hash.
+    pub async fn restore_shard(
+        &self,
+        operator: &str,
+        chains: &StateChains,
+        shard: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut files = Self::chain_files(operator, chains);
+        if shard >= files.len() {
+            return Err(Error::Corrupt {
+                url: self.location().url_of(&Self::state_dir(operator)),
+                epoch: None,
+                reason: format!(
+                    "shard {shard} asked for, but the commit lists {} shard(s) of operator '{operator}'",
+                    files.len()
+                ),
+            });
+        }
+        let (schema, _, batches) = self.restore_chain(operator, &files.swap_remove(shard)).await?;
+        Ok((schema, batches))
     }
 
     /// One shard's state from its snapshot (`files[0]`) and the deltas
@@ -1612,6 +1645,43 @@ mod tests {
             err.contains("00000000000000000004.delta.1-of-2.c3.parquet"),
             "{err}"
         );
+        // One shard alone, from its own files only: shard 1 restores with
+        // shard 0's file gone, and a shard the commit does not list is an
+        // error.
+        let pairs = |b: &[RecordBatch]| {
+            let s = schema();
+            let r = RestoredState {
+                batches: b.to_vec(),
+                schema: s,
+                snapshot_epoch: 0,
+                deltas: 0,
+                chains: StateChains::default(),
+            };
+            as_pairs(&r)
+        };
+        let (_, b) = ck.restore_shard("op", &chains("c2"), 0).await.unwrap();
+        assert_eq!(pairs(&b), vec![("a".into(), 1)]);
+        let shard0 = Checkpoint::state_file_name("op", 3, StateKind::Snapshot, s0, Some("a1"));
+        let moved = format!("{shard0}.away");
+        ck.location().rename(&shard0, &moved).await.unwrap();
+        let (_, b) = ck.restore_shard("op", &chains("c2"), 1).await.unwrap();
+        assert_eq!(pairs(&b), vec![("b".into(), 21)]);
+        let err = ck
+            .restore_shard("op", &chains("c2"), 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0-of-2.a1.parquet"), "{err}");
+        let err = ck
+            .restore_shard("op", &chains("c2"), 2)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shard 2 asked for, but the commit lists 2 shard(s)"),
+            "{err}"
+        );
+        ck.location().rename(&moved, &shard0).await.unwrap();
         // The chains as `commits/N.json` holds them.
         let json = serde_json::to_string(&chains("c2")).unwrap();
         assert_eq!(
