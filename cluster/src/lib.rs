@@ -40,6 +40,7 @@ use futures::TryStreamExt;
 mod operators;
 pub mod pipeline;
 pub mod read;
+pub mod stages;
 
 pub use read::{ClusterReader, WeirCodec};
 

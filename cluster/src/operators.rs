@@ -116,14 +116,14 @@ fn bad(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("a Weir operator that cannot be decoded: {what}"))
 }
 
-fn put_json<T: Serialize>(magic: &[u8], value: &T, buf: &mut Vec<u8>) -> DfResult<()> {
+pub(crate) fn put_json<T: Serialize>(magic: &[u8], value: &T, buf: &mut Vec<u8>) -> DfResult<()> {
     buf.extend_from_slice(magic);
     serde_json::to_writer(&mut *buf, value).map_err(|e| DataFusionError::External(Box::new(e)))?;
     buf.push(b'\n');
     Ok(())
 }
 
-fn take_json<'a, T: for<'de> Deserialize<'de>>(rest: &'a [u8]) -> DfResult<(T, &'a [u8])> {
+pub(crate) fn take_json<'a, T: for<'de> Deserialize<'de>>(rest: &'a [u8]) -> DfResult<(T, &'a [u8])> {
     let split = rest
         .iter()
         .position(|&b| b == b'\n')
@@ -132,7 +132,7 @@ fn take_json<'a, T: for<'de> Deserialize<'de>>(rest: &'a [u8]) -> DfResult<(T, &
     Ok((value, &rest[split + 1..]))
 }
 
-fn put_block(bytes: &[u8], buf: &mut Vec<u8>) -> DfResult<()> {
+pub(crate) fn put_block(bytes: &[u8], buf: &mut Vec<u8>) -> DfResult<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| DataFusionError::Internal("a Weir operator too large".into()))?;
     buf.extend_from_slice(&len.to_le_bytes());
@@ -140,7 +140,7 @@ fn put_block(bytes: &[u8], buf: &mut Vec<u8>) -> DfResult<()> {
     Ok(())
 }
 
-fn take_block(rest: &[u8]) -> DfResult<(&[u8], &[u8])> {
+pub(crate) fn take_block(rest: &[u8]) -> DfResult<(&[u8], &[u8])> {
     let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("a short block"))?;
     let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("a short block"))?) as usize;
     rest.split_at_checked(len).ok_or_else(|| bad("a short block"))

@@ -177,7 +177,7 @@ impl ExecutionPlan for PipelineExec {
 }
 
 /// `ctx` with another configuration and scalar functions.
-fn task_context(
+pub(crate) fn task_context(
     ctx: &TaskContext,
     config: datafusion::prelude::SessionConfig,
     functions: HashMap<String, Arc<datafusion::logical_expr::ScalarUDF>>,
@@ -195,7 +195,7 @@ fn task_context(
 }
 
 /// A random attempt id: letters and digits, unique per task run.
-fn attempt_id() -> String {
+pub(crate) fn attempt_id() -> String {
     use std::hash::BuildHasher;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,29 +251,16 @@ async fn run_part(
         output.extend(datafusion::physical_plan::common::collect(stream).await?);
     }
     let rows_out: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
-    let (mut file, mut staged, mut bytes) = (None, None, 0u64);
-    if let RemoteSink::Files {
-        folder,
-        writer,
-        options,
-    } = &job.sink
-        && rows_out > 0
-    {
-        let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
-        // The table's own settings over the executor's, as on the driver.
-        let settings = store_options.merged(&StoreOptions::new(options.iter().cloned()));
-        let loc = Location::open(folder, &settings, Create::No).map_err(store)?;
-        let layout = SinkLayout::new(loc.clone(), writer.clone());
-        let name = layout.final_part_name(job.epoch, index as usize);
-        let staged_name = layout.staged_part_name(job.epoch, index as usize, &attempt);
-        let meta = BTreeMap::from([("weir.epoch".to_string(), job.epoch.to_string())]);
-        let payload = codec::encode_sink_parallel(&loc.url_of(&name), &job.plan.schema(), &output, &meta, 1)
-            .map_err(store)?;
-        bytes = payload.content_length() as u64;
-        loc.put(&staged_name, payload).await.map_err(store)?;
-        file = Some(name);
-        staged = Some(staged_name);
-    }
+    let (file, staged, bytes) = stage_output(
+        &job.sink,
+        store_options,
+        job.epoch,
+        index as usize,
+        &attempt,
+        &job.plan.schema(),
+        &output,
+    )
+    .await?;
     Ok(RecordBatch::try_new(
         report_schema(),
         vec![
@@ -287,6 +274,45 @@ async fn run_part(
             Arc::new(UInt64Array::from(vec![bytes])),
         ],
     )?)
+}
+
+/// Stages `output` (part or shard `index` of an epoch, run by `attempt`)
+/// in a files sink as one Parquet file under its attempt's name; nothing
+/// for a blackhole or no rows. The file's final name, its staged name and
+/// its bytes.
+pub(crate) async fn stage_output(
+    sink: &RemoteSink,
+    store_options: &StoreOptions,
+    epoch: u64,
+    index: usize,
+    attempt: &str,
+    schema: &SchemaRef,
+    output: &[RecordBatch],
+) -> DfResult<(Option<String>, Option<String>, u64)> {
+    let rows: usize = output.iter().map(RecordBatch::num_rows).sum();
+    let RemoteSink::Files {
+        folder,
+        writer,
+        options,
+    } = sink
+    else {
+        return Ok((None, None, 0));
+    };
+    if rows == 0 {
+        return Ok((None, None, 0));
+    }
+    let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
+    // The table's own settings over the executor's, as on the driver.
+    let settings = store_options.merged(&StoreOptions::new(options.iter().cloned()));
+    let loc = Location::open(folder, &settings, Create::No).map_err(store)?;
+    let layout = SinkLayout::new(loc.clone(), writer.clone());
+    let name = layout.final_part_name(epoch, index);
+    let staged_name = layout.staged_part_name(epoch, index, attempt);
+    let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
+    let payload = codec::encode_sink_parallel(&loc.url_of(&name), schema, output, &meta, 1).map_err(store)?;
+    let bytes = payload.content_length() as u64;
+    loc.put(&staged_name, payload).await.map_err(store)?;
+    Ok((Some(name), Some(staged_name), bytes))
 }
 
 /// One report per part from a job's rows: the first whole report of each
@@ -354,7 +380,7 @@ struct WireJob {
 }
 
 /// A files sink on the wire: folder, writer, the table's store settings.
-type WireFiles = (String, String, Vec<(String, String)>);
+pub(crate) type WireFiles = (String, String, Vec<(String, String)>);
 
 /// A `StreamScanExec`'s wire form, but for its schema.
 #[derive(Serialize, Deserialize)]

@@ -416,6 +416,11 @@ impl PhysicalExtensionCodec for WeirCodec {
         if let Some(node) = crate::operators::try_decode(buf, inputs, ctx, self, proto_converter)? {
             return Ok(node);
         }
+        if let Some(node) =
+            crate::stages::try_decode(buf, inputs, ctx, self, proto_converter, &self.store_options)?
+        {
+            return Ok(node);
+        }
         self.ballista.try_decode(buf, inputs, ctx, proto_converter)
     }
 
@@ -435,6 +440,9 @@ impl PhysicalExtensionCodec for WeirCodec {
             return crate::pipeline::encode_scan(scan, buf);
         }
         if crate::operators::try_encode(&node, self, proto_converter, buf)? {
+            return Ok(());
+        }
+        if crate::stages::try_encode(&node, self, proto_converter, buf)? {
             return Ok(());
         }
         self.ballista.try_encode(node, buf, proto_converter)

@@ -1,0 +1,1266 @@
+//! A windowed aggregate's epoch as two stages of one Ballista job (issue
+//! 16, part B.2, slice 3 of `docs/cluster-operators.md`):
+//!
+//! ```text
+//! ShardStageExec          a task per shard k: shard k's state as of the last
+//!   (shuffle by keys)     commit, fold, emit, stage the sink file, write the
+//! PartStageExec           state delta; one report row
+//!   parts table           a task per part i: read it, judge lateness from W_i,
+//!                         window, aggregate partially
+//! ```
+//!
+//! **Lateness.** Locally a row is late when older than the greatest event
+//! time of every row of its source read before it, minus the delay. A part
+//! does not see the parts before it, so the driver gives part `i` that
+//! watermark as of its first row, `W_i = max(W_in, max time of parts < i -
+//! delay)`, from the parts' greatest event times (which it learns first,
+//! from a read of the time column alone). Within the part the rule runs row
+//! by row as locally, so every row is judged as a local run judges it, and
+//! the aggregation can be partial before the shuffle.
+//!
+//! **Late counts.** A part's late rows are counted in stage 1, whose rows go
+//! only to the shuffle: each part sends one marker row through it
+//! (`__weir_late` set, every other column null), which the shard that
+//! receives it counts and drops. The stage-1 rows are the partial
+//! aggregate's columns, made nullable, and `__weir_late`.
+//!
+//! **Attempts.** A stage-2 task names the files it writes after an attempt
+//! id drawn when it starts (the sink file and the state file), and reports
+//! them; the driver keeps one report per shard and names exactly that
+//! attempt's files in the manifest and the commit, so a task Ballista ran
+//! twice, or a stale executor's late write, leaves only files no commit
+//! names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use weir_engine::epoch::{EpochInput, SourceRows};
+use weir_engine::exec::{StatefulOperator, StreamScanExec, stateful_state};
+use weir_engine::remote::{RemoteRead, RemoteSink};
+use weir_storage::location::Create;
+use weir_storage::{Checkpoint, Location, ShardOf, StateChains, StateKind, StateWrite, StoreOptions};
+
+use crate::operators::{put_block, put_json, take_block, take_json};
+use crate::pipeline::{attempt_id, stage_output, task_context};
+use crate::read::{parts_in, parts_table};
+
+/// The column of a stage-1 marker row: the part's late rows.
+pub const LATE_COLUMN: &str = "__weir_late";
+
+/// Stage 1 of a stateful query's epoch, run where each part is read.
+#[derive(Clone)]
+pub struct PartStage {
+    /// The source and the epoch's parts of it (in the node's input).
+    pub read: RemoteRead,
+    /// The query's plan below the shuffle (its scan of one partition,
+    /// window assignment, the partial aggregate), run on each part as if
+    /// the part were the epoch's input.
+    pub prefix: Arc<dyn ExecutionPlan>,
+    /// The epoch.
+    pub epoch: u64,
+    /// The epoch's processing time.
+    pub processing_time_ms: i64,
+    /// Part i's source watermark as of its first row (`W_i` above).
+    pub watermarks_before: Vec<i64>,
+}
+
+/// The rows stage 1 sends through the shuffle: the prefix's columns, all
+/// nullable, then [`LATE_COLUMN`].
+pub fn stage_one_schema(prefix: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = prefix
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    fields.push(Field::new(LATE_COLUMN, DataType::UInt64, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Runs [`PartStage`]: a partition per part.
+pub struct PartStageExec {
+    stage: PartStage,
+    input: Arc<dyn ExecutionPlan>,
+    props: Arc<PlanProperties>,
+    store_options: StoreOptions,
+}
+
+impl fmt::Debug for PartStageExec {
+    // The declaration's options may hold credentials: name the table only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartStageExec")
+            .field("table", &self.stage.read.table.name)
+            .field("epoch", &self.stage.epoch)
+            .finish()
+    }
+}
+
+impl PartStageExec {
+    /// The stage over its parts; the prefix's scans are made one partition.
+    pub fn try_new(mut stage: PartStage, store_options: StoreOptions) -> DfResult<Self> {
+        if stage.watermarks_before.len() != stage.read.parts.len() {
+            return Err(DataFusionError::Internal(format!(
+                "{} parts but {} watermarks",
+                stage.read.parts.len(),
+                stage.watermarks_before.len()
+            )));
+        }
+        stage.prefix = one_partition(Arc::clone(&stage.prefix))?;
+        let input = parts_table(&stage.read.parts)?;
+        Ok(Self::over(stage, input, store_options))
+    }
+
+    pub(crate) fn over(
+        mut stage: PartStage,
+        input: Arc<dyn ExecutionPlan>,
+        store_options: StoreOptions,
+    ) -> Self {
+        stage.read.parts = Vec::new();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(stage_one_schema(&stage.prefix.schema())),
+            Partitioning::UnknownPartitioning(input.properties().output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            stage,
+            input,
+            props: Arc::new(props),
+            store_options,
+        }
+    }
+
+    /// What it runs.
+    pub fn stage(&self) -> &PartStage {
+        &self.stage
+    }
+}
+
+/// `plan` with every scan of one partition (a part is read whole by one
+/// task), the nodes above rebuilt to match.
+fn one_partition(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        Ok(match node.downcast_ref::<StreamScanExec>() {
+            Some(scan) if scan.partitions() != 1 => {
+                let one =
+                    StreamScanExec::with_schema(scan.source(), scan.schema(), scan.projection().cloned());
+                Transformed::yes(Arc::new(one) as Arc<dyn ExecutionPlan>)
+            }
+            _ => Transformed::no(node),
+        })
+    })
+    .map(|t| t.data)
+}
+
+impl DisplayAs for PartStageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PartStageExec: source={}, epoch={}",
+            self.stage.read.table.name, self.stage.epoch
+        )
+    }
+}
+
+impl ExecutionPlan for PartStageExec {
+    fn name(&self) -> &str {
+        "PartStageExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("PartStageExec has one child".into()))?;
+        Ok(Arc::new(Self::over(
+            self.stage.clone(),
+            input,
+            self.store_options.clone(),
+        )))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let parts = self.input.execute(partition, Arc::clone(&context))?;
+        let stage = self.stage.clone();
+        let store_options = self.store_options.clone();
+        let schema = self.schema();
+        let out_schema = Arc::clone(&schema);
+        let run = async move {
+            let parts: Vec<RecordBatch> = parts.try_collect().await?;
+            let mut out = Vec::new();
+            for batch in parts {
+                for (index, part) in parts_in(&batch)? {
+                    out.extend(run_part(&stage, &store_options, &context, &out_schema, index, &part).await?);
+                }
+            }
+            Ok::<_, DataFusionError>(out)
+        };
+        let stream = futures::stream::once(run).flat_map(|r| match r {
+            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Reads part `index`, runs the prefix over it from `W_index`; its rows for
+/// the shuffle, then its marker row.
+async fn run_part(
+    stage: &PartStage,
+    store_options: &StoreOptions,
+    context: &Arc<TaskContext>,
+    schema: &SchemaRef,
+    index: u32,
+    part: &Value,
+) -> DfResult<Vec<RecordBatch>> {
+    let external = |e: weir_engine::Error| DataFusionError::External(Box::new(e));
+    let table = &stage.read.table;
+    let watermark = *stage
+        .watermarks_before
+        .get(index as usize)
+        .ok_or_else(|| DataFusionError::Internal(format!("no watermark for part {index}")))?;
+    let batches =
+        weir_engine::source::read_remote_part(table, store_options, stage.read.columns.clone(), part)
+            .await
+            .map_err(external)?;
+    let input = Arc::new(EpochInput {
+        epoch: stage.epoch,
+        batches: HashMap::from([(
+            table.name.clone(),
+            SourceRows {
+                columns: Arc::new(stage.read.columns.clone()),
+                batches: Arc::new(batches),
+                ..SourceRows::default()
+            },
+        )]),
+        source_watermarks_in: HashMap::from([(table.name.clone(), watermark)]),
+        processing_time_ms: stage.processing_time_ms,
+        watermark_out: i64::MIN,
+        ..EpochInput::default()
+    });
+    let config = context
+        .session_config()
+        .clone()
+        .with_extension(Arc::clone(&input));
+    let ctx = Arc::new(task_context(context, config, context.scalar_functions().clone()));
+    let mut out = Vec::new();
+    for p in 0..stage.prefix.properties().output_partitioning().partition_count() {
+        let stream = stage.prefix.execute(p, Arc::clone(&ctx))?;
+        for b in datafusion::physical_plan::common::collect(stream).await? {
+            let mut columns = b.columns().to_vec();
+            columns.push(new_null_array(&DataType::UInt64, b.num_rows()));
+            out.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+        }
+    }
+    let late = input.late_rows.load(std::sync::atomic::Ordering::Relaxed);
+    let mut marker: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
+        .iter()
+        .map(|f| new_null_array(f.data_type(), 1))
+        .collect();
+    marker.push(Arc::new(UInt64Array::from(vec![late])));
+    out.push(RecordBatch::try_new(Arc::clone(schema), marker)?);
+    Ok(out)
+}
+
+/// Stage 2 of a stateful query's epoch: a task per shard of its operator.
+#[derive(Clone)]
+pub struct ShardStage {
+    /// The query's plan from the operator up (nodes that keep partitions
+    /// apart: projections, filters); the operator's input is a stand-in of
+    /// its partitions, replaced by each task's rows.
+    pub upper: Arc<dyn ExecutionPlan>,
+    /// The operator's state table in the checkpoint (`p0-agg0`).
+    pub operator_id: String,
+    /// The checkpoint's URL.
+    pub checkpoint: String,
+    /// The checkpoint's store settings (they may be credentials: never
+    /// shown).
+    pub checkpoint_options: Vec<(String, String)>,
+    /// The operator's state files as of the last commit (`None`: no state).
+    pub chains: Option<StateChains>,
+    /// The pipeline's watermark of the last commit (what the operator has
+    /// emitted up to).
+    pub watermark_in: i64,
+    /// Write a snapshot of the shard, not a delta.
+    pub full: bool,
+    /// The epoch.
+    pub epoch: u64,
+    /// The epoch's processing time.
+    pub processing_time_ms: i64,
+    /// The pipeline's watermark after the epoch.
+    pub watermark_out: i64,
+    /// Where the output goes.
+    pub sink: RemoteSink,
+}
+
+/// What one shard's task of a [`ShardStage`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardReport {
+    /// The shard.
+    pub shard: usize,
+    /// The attempt whose files these are.
+    pub attempt: String,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Late rows of the parts whose marker rows this shard received.
+    pub late_rows: u64,
+    /// The sink file: final name, staged name, bytes (`None` without rows
+    /// or for a blackhole).
+    pub file: Option<(String, String, u64)>,
+    /// The state file written: its kind and bytes (`None`: no change).
+    pub state: Option<(StateKind, u64)>,
+}
+
+fn report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("shard", DataType::UInt32, false),
+        Field::new("attempt", DataType::Utf8, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("late_rows", DataType::UInt64, false),
+        Field::new("file", DataType::Utf8, true),
+        Field::new("staged", DataType::Utf8, true),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("state_kind", DataType::Utf8, true),
+        Field::new("state_bytes", DataType::UInt64, false),
+    ]))
+}
+
+/// Runs [`ShardStage`] over the shuffle's partitions, one per shard.
+pub struct ShardStageExec {
+    stage: ShardStage,
+    input: Arc<dyn ExecutionPlan>,
+    props: Arc<PlanProperties>,
+    store_options: StoreOptions,
+}
+
+impl fmt::Debug for ShardStageExec {
+    // The checkpoint's options may hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardStageExec")
+            .field("operator", &self.stage.operator_id)
+            .field("epoch", &self.stage.epoch)
+            .finish()
+    }
+}
+
+impl ShardStageExec {
+    /// The stage over `input` (the shuffle, a partition per shard).
+    pub fn try_new(
+        stage: ShardStage,
+        input: Arc<dyn ExecutionPlan>,
+        store_options: StoreOptions,
+    ) -> DfResult<Self> {
+        let shards = operator_of(&stage.upper)?.state_shards().max(1);
+        let partitions = input.properties().output_partitioning().partition_count();
+        if partitions != shards {
+            return Err(DataFusionError::Internal(format!(
+                "an operator of {shards} shards over {partitions} partitions"
+            )));
+        }
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(report_schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            stage,
+            input,
+            props: Arc::new(props),
+            store_options,
+        })
+    }
+
+    /// What it runs.
+    pub fn stage(&self) -> &ShardStage {
+        &self.stage
+    }
+}
+
+/// The one stateful operator of `upper`.
+fn operator_of(upper: &Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn StatefulOperator>> {
+    let mut found = Vec::new();
+    upper.apply(|node| {
+        if let Some(op) = stateful_state(node.as_ref()) {
+            found.push(op);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match <[_; 1]>::try_from(found) {
+        Ok([op]) => Ok(op),
+        Err(found) => Err(DataFusionError::Internal(format!(
+            "a shard stage over {} stateful operators, not one",
+            found.len()
+        ))),
+    }
+}
+
+impl DisplayAs for ShardStageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShardStageExec: operator={}, epoch={}",
+            self.stage.operator_id, self.stage.epoch
+        )
+    }
+}
+
+impl ExecutionPlan for ShardStageExec {
+    fn name(&self) -> &str {
+        "ShardStageExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("ShardStageExec has one child".into()))?;
+        Ok(Arc::new(Self::try_new(
+            self.stage.clone(),
+            input,
+            self.store_options.clone(),
+        )?))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let rows = self.input.execute(partition, Arc::clone(&context))?;
+        let stage = self.stage.clone();
+        let store_options = self.store_options.clone();
+        // The shuffle's hash, which the operator checks its input has.
+        let partitioning = self.input.properties().output_partitioning().clone();
+        let run = async move {
+            let rows: Vec<RecordBatch> = rows.try_collect().await?;
+            run_shard(&stage, &store_options, &context, partition, partitioning, rows).await
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            report_schema(),
+            futures::stream::once(run),
+        )))
+    }
+}
+
+/// Splits stage-1 rows into the partial aggregate's rows (as `schema`)
+/// and the late rows their markers count.
+fn split_markers(rows: &[RecordBatch], schema: &SchemaRef) -> DfResult<(Vec<RecordBatch>, u64)> {
+    let mut data = Vec::with_capacity(rows.len());
+    let mut late = 0;
+    for b in rows {
+        let marks = b
+            .column(b.num_columns() - 1)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| DataFusionError::Internal(format!("stage-1 rows without {LATE_COLUMN}")))?;
+        let columns = b.columns()[..b.num_columns() - 1].to_vec();
+        if marks.null_count() == marks.len() {
+            data.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+            continue;
+        }
+        late += marks.iter().flatten().sum::<u64>();
+        let keep = datafusion::arrow::compute::is_null(marks)?;
+        let narrow = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
+            columns,
+        )?;
+        let kept = datafusion::arrow::compute::filter_record_batch(&narrow, &keep)?;
+        if kept.num_rows() > 0 {
+            data.push(RecordBatch::try_new(Arc::clone(schema), kept.columns().to_vec())?);
+        }
+    }
+    Ok((data, late))
+}
+
+/// A shard task's rows as its operator's input: partition `k` holds
+/// shard k's rows (the others none), declared partitioned as the shuffle
+/// that dealt them was.
+#[derive(Debug)]
+struct ShardRowsExec {
+    partitions: Vec<Vec<RecordBatch>>,
+    props: Arc<PlanProperties>,
+}
+
+impl ShardRowsExec {
+    fn new(schema: SchemaRef, partitioning: Partitioning, partitions: Vec<Vec<RecordBatch>>) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            partitions,
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for ShardRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ShardRowsExec")
+    }
+}
+
+impl ExecutionPlan for ShardRowsExec {
+    fn name(&self) -> &str {
+        "ShardRowsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let rows = self.partitions.get(partition).cloned().unwrap_or_default();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            futures::stream::iter(rows.into_iter().map(Ok)),
+        )))
+    }
+}
+
+/// Shard `shard`'s task: restore, fold, emit, stage, checkpoint; its report.
+async fn run_shard(
+    stage: &ShardStage,
+    store_options: &StoreOptions,
+    context: &Arc<TaskContext>,
+    shard: usize,
+    partitioning: Partitioning,
+    rows: Vec<RecordBatch>,
+) -> DfResult<RecordBatch> {
+    let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
+    let attempt = attempt_id();
+    let op = operator_of(&stage.upper)?;
+    let shards = op.state_shards().max(1);
+    // The operator's input: the partial aggregate's rows, every partition
+    // but this shard's empty.
+    let mut stand_in = None;
+    stage.upper.apply(|node| {
+        if stateful_state(node.as_ref()).is_some() {
+            stand_in = node.children().first().map(|c| Arc::clone(*c));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let stand_in =
+        stand_in.ok_or_else(|| DataFusionError::Internal("an operator without an input".into()))?;
+    let (data, late_rows) = split_markers(&rows, &stand_in.schema())?;
+    let mut partitions = vec![Vec::new(); shards];
+    partitions[shard] = data;
+    let fed: Arc<dyn ExecutionPlan> =
+        Arc::new(ShardRowsExec::new(stand_in.schema(), partitioning, partitions));
+    let upper = Arc::clone(&stage.upper)
+        .transform_down(|node| {
+            if node.children().len() == 1 && stateful_state(node.as_ref()).is_some() {
+                let node = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
+                    node,
+                    vec![Arc::clone(&fed)],
+                )?;
+                return Ok(Transformed::new(node, true, TreeNodeRecursion::Jump));
+            }
+            Ok(Transformed::no(node))
+        })?
+        .data;
+    // The shard's state as of the last commit. Under another shard count
+    // its rows are in every old shard's files: all are restored, and the
+    // operator deals them to its shards (this task keeps only its own).
+    let settings = store_options.merged(&StoreOptions::new(stage.checkpoint_options.iter().cloned()));
+    let checkpoint =
+        Checkpoint::new(Location::open(&stage.checkpoint, &settings, Create::No).map_err(store)?);
+    if let Some(chains) = &stage.chains {
+        let batches = if chains.shards.len() == shards {
+            checkpoint
+                .restore_shard(&stage.operator_id, chains, shard)
+                .await
+                .map_err(store)?
+                .1
+        } else {
+            let listed = BTreeMap::from([(stage.operator_id.clone(), chains.clone())]);
+            checkpoint
+                .restore_state_listed(&stage.operator_id, stage.epoch.saturating_sub(1), Some(&listed))
+                .await
+                .map_err(store)?
+                .map(|r| r.batches)
+                .unwrap_or_default()
+        };
+        op.restore(batches, stage.watermark_in)?;
+    }
+    let input = EpochInput {
+        epoch: stage.epoch,
+        processing_time_ms: stage.processing_time_ms,
+        watermark_out: stage.watermark_out,
+        ..EpochInput::default()
+    };
+    let config = context.session_config().clone().with_extension(Arc::new(input));
+    let ctx = Arc::new(task_context(context, config, context.scalar_functions().clone()));
+    let output = datafusion::physical_plan::common::collect(upper.execute(shard, ctx)?).await?;
+    let rows_out: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
+    let (file, staged, bytes) = stage_output(
+        &stage.sink,
+        store_options,
+        stage.epoch,
+        shard,
+        &attempt,
+        &upper.schema(),
+        &output,
+    )
+    .await?;
+    // The shard's change (or, when full, all of it) under the attempt's name.
+    let mut parts = op.checkpoint(stage.full)?;
+    if parts.len() != shards {
+        return Err(DataFusionError::Internal(format!(
+            "an operator of {shards} shards checkpointed {} parts",
+            parts.len()
+        )));
+    }
+    let mut change = parts.swap_remove(shard);
+    if stage.full {
+        change.get_or_insert_with(Default::default);
+    }
+    let kind = if stage.full {
+        StateKind::Snapshot
+    } else {
+        StateKind::Delta
+    };
+    let mut state = None;
+    if let Some(change) = change {
+        let schema = op.state_schema();
+        let w = StateWrite {
+            kind,
+            shard: ShardOf::new(shard, shards),
+            schema: &schema,
+            unit_key_len: op.unit_key_len(),
+            upserts: &change.upserts,
+            deletes: &change.deletes,
+            attempt: Some(&attempt),
+        };
+        let written = checkpoint
+            .write_state(&stage.operator_id, stage.epoch, w)
+            .await
+            .map_err(store)?;
+        state = Some((kind, written));
+    }
+    let shard_index =
+        u32::try_from(shard).map_err(|_| DataFusionError::Internal("too many shards".into()))?;
+    Ok(RecordBatch::try_new(
+        report_schema(),
+        vec![
+            Arc::new(UInt32Array::from(vec![shard_index])),
+            Arc::new(StringArray::from(vec![attempt])),
+            Arc::new(UInt64Array::from(vec![rows_out])),
+            Arc::new(UInt64Array::from(vec![late_rows])),
+            Arc::new(StringArray::from(vec![file])),
+            Arc::new(StringArray::from(vec![staged])),
+            Arc::new(UInt64Array::from(vec![bytes])),
+            Arc::new(StringArray::from(vec![state.map(|(k, _)| match k {
+                StateKind::Snapshot => "snapshot",
+                StateKind::Delta => "delta",
+            })])),
+            Arc::new(UInt64Array::from(vec![state.map_or(0, |(_, b)| b)])),
+        ],
+    )?)
+}
+
+pub(crate) const PART_STAGE_MAGIC: &[u8] = b"WEIR-PART-STAGE/1\n";
+pub(crate) const SHARD_STAGE_MAGIC: &[u8] = b"WEIR-SHARD-STAGE/1\n";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WirePartStage {
+    epoch: u64,
+    processing_time_ms: i64,
+    watermarks_before: Vec<i64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireShardStage {
+    operator_id: String,
+    checkpoint: String,
+    checkpoint_options: Vec<(String, String)>,
+    chains: Option<StateChains>,
+    watermark_in: i64,
+    full: bool,
+    epoch: u64,
+    processing_time_ms: i64,
+    watermark_out: i64,
+    /// `None`: a blackhole; else the folder, the writer and the table's
+    /// store settings.
+    files: Option<crate::pipeline::WireFiles>,
+}
+
+/// Encodes a stage node; `false` when `node` is neither.
+pub(crate) fn try_encode(
+    node: &Arc<dyn ExecutionPlan>,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    buf: &mut Vec<u8>,
+) -> DfResult<bool> {
+    let plan_bytes = |plan: &Arc<dyn ExecutionPlan>| {
+        datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+            Arc::clone(plan),
+            codec,
+            converter,
+        )
+    };
+    if let Some(n) = node.downcast_ref::<PartStageExec>() {
+        let stage = &n.stage;
+        let wire = WirePartStage {
+            epoch: stage.epoch,
+            processing_time_ms: stage.processing_time_ms,
+            watermarks_before: stage.watermarks_before.clone(),
+        };
+        put_json(PART_STAGE_MAGIC, &wire, buf)?;
+        let mut read = Vec::new();
+        crate::read::encode_read(&stage.read, &mut read)?;
+        put_block(&read, buf)?;
+        buf.extend_from_slice(&plan_bytes(&stage.prefix)?);
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<ShardStageExec>() {
+        let stage = &n.stage;
+        let wire = WireShardStage {
+            operator_id: stage.operator_id.clone(),
+            checkpoint: stage.checkpoint.clone(),
+            checkpoint_options: stage.checkpoint_options.clone(),
+            chains: stage.chains.clone(),
+            watermark_in: stage.watermark_in,
+            full: stage.full,
+            epoch: stage.epoch,
+            processing_time_ms: stage.processing_time_ms,
+            watermark_out: stage.watermark_out,
+            files: match &stage.sink {
+                RemoteSink::Blackhole => None,
+                RemoteSink::Files {
+                    folder,
+                    writer,
+                    options,
+                } => Some((folder.clone(), writer.clone(), options.clone())),
+            },
+        };
+        put_json(SHARD_STAGE_MAGIC, &wire, buf)?;
+        buf.extend_from_slice(&plan_bytes(&stage.upper)?);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Decodes a stage node; `None` when `buf` is neither.
+pub(crate) fn try_decode(
+    buf: &[u8],
+    inputs: &[Arc<dyn ExecutionPlan>],
+    ctx: &TaskContext,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    store_options: &StoreOptions,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let input = || match inputs {
+        [input] => Ok(Arc::clone(input)),
+        _ => Err(DataFusionError::Internal("a Weir stage has one input".into())),
+    };
+    // The plans may call Weir's own functions, which the executor's
+    // registry does not hold.
+    let with_weir = || {
+        let mut functions = ctx.scalar_functions().clone();
+        let proctime = Arc::new(weir_sql::functions::proctime());
+        functions.insert(proctime.name().to_string(), proctime);
+        task_context(ctx, ctx.session_config().clone(), functions)
+    };
+    if let Some(rest) = buf.strip_prefix(PART_STAGE_MAGIC) {
+        let (w, rest): (WirePartStage, _) = take_json(rest)?;
+        let (read, rest) = take_block(rest)?;
+        let read = crate::read::decode_read(
+            read.strip_prefix(crate::read::MAGIC)
+                .ok_or_else(|| DataFusionError::Internal("a Weir stage without its read".into()))?,
+        )?;
+        let prefix = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+            rest,
+            &with_weir(),
+            codec,
+            converter,
+        )?;
+        let stage = PartStage {
+            read,
+            prefix,
+            epoch: w.epoch,
+            processing_time_ms: w.processing_time_ms,
+            watermarks_before: w.watermarks_before,
+        };
+        return Ok(Some(Arc::new(PartStageExec::over(
+            stage,
+            input()?,
+            store_options.clone(),
+        ))));
+    }
+    if let Some(rest) = buf.strip_prefix(SHARD_STAGE_MAGIC) {
+        let (w, rest): (WireShardStage, _) = take_json(rest)?;
+        let upper = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+            rest,
+            &with_weir(),
+            codec,
+            converter,
+        )?;
+        let stage = ShardStage {
+            upper,
+            operator_id: w.operator_id,
+            checkpoint: w.checkpoint,
+            checkpoint_options: w.checkpoint_options,
+            chains: w.chains,
+            watermark_in: w.watermark_in,
+            full: w.full,
+            epoch: w.epoch,
+            processing_time_ms: w.processing_time_ms,
+            watermark_out: w.watermark_out,
+            sink: match w.files {
+                None => RemoteSink::Blackhole,
+                Some((folder, writer, options)) => RemoteSink::Files {
+                    folder,
+                    writer,
+                    options,
+                },
+            },
+        };
+        return Ok(Some(Arc::new(ShardStageExec::try_new(
+            stage,
+            input()?,
+            store_options.clone(),
+        )?)));
+    }
+    Ok(None)
+}
+
+/// One report per shard from a stage-2 job's rows: the first of a shard
+/// that ran twice (only its files are named; the other attempt's stay
+/// unnamed).
+pub fn gather_shard_reports(shards: usize, batches: &[RecordBatch]) -> Result<Vec<ShardReport>, String> {
+    let mut out: Vec<Option<ShardReport>> = vec![None; shards];
+    for b in batches {
+        if b.schema() != report_schema() {
+            return Err("a shard report of another shape".into());
+        }
+        let u32s = |i: usize| {
+            b.column(i)
+                .as_primitive::<datafusion::arrow::datatypes::UInt32Type>()
+        };
+        let u64s = |i: usize| b.column(i).as_primitive::<UInt64Type>();
+        let strs = |i: usize| b.column(i).as_string::<i32>();
+        for row in 0..b.num_rows() {
+            let shard = u32s(0).value(row) as usize;
+            let slot = out
+                .get_mut(shard)
+                .ok_or_else(|| format!("a report of shard {shard} of {shards}"))?;
+            if slot.is_some() {
+                continue;
+            }
+            let text = |i: usize| strs(i).is_valid(row).then(|| strs(i).value(row).to_string());
+            let state = match text(7).as_deref() {
+                None => None,
+                Some("snapshot") => Some((StateKind::Snapshot, u64s(8).value(row))),
+                Some("delta") => Some((StateKind::Delta, u64s(8).value(row))),
+                Some(other) => return Err(format!("a state file of kind '{other}'")),
+            };
+            *slot = Some(ShardReport {
+                shard,
+                attempt: strs(1).value(row).to_string(),
+                rows_out: u64s(2).value(row),
+                late_rows: u64s(3).value(row),
+                file: match (text(4), text(5)) {
+                    (Some(name), Some(staged)) => Some((name, staged, u64s(6).value(row))),
+                    _ => None,
+                },
+                state,
+            });
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| r.ok_or_else(|| format!("no report of shard {i} of {shards} came back")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_planner::PhysicalPlanner;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+    use weir_engine::exec::{EngineScans, physical_planner};
+    use weir_sql::TableDecl;
+
+    use super::*;
+    use crate::read::WeirCodec;
+
+    const DELAY_MS: i64 = 1_000;
+
+    fn job(dir: &std::path::Path, group: &str) -> String {
+        format!(
+            "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'json');\n\
+             CREATE TABLE out WITH ('connector' = 'blackhole');\n\
+             INSERT INTO out SELECT window_start, window_end{group}, COUNT(*) AS n, SUM(v) AS s, \
+             MAX(v) FILTER (WHERE v > 3) AS m \
+             FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
+             GROUP BY window_start, window_end{group};",
+            dir.display()
+        )
+    }
+
+    async fn plan(sql: &str, threads: usize) -> (TableDecl, Arc<dyn ExecutionPlan>) {
+        let job = weir_sql::Job::parse(sql).unwrap();
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let planner =
+            weir_sql::StreamPlanner::new(&job, Some(Arc::new(EngineScans { partitions: threads })), config)
+                .unwrap();
+        let plans = planner.plan().await.unwrap();
+        let plan = physical_planner()
+            .create_physical_plan(&plans[0].plan, &planner.context().state())
+            .await
+            .unwrap();
+        (job.tables["t"].clone(), plan)
+    }
+
+    /// Writes one JSON file per part in `dir`, each of `rows` rows whose
+    /// times step 150 ms from `from` and run back up to 1.2 s now and then
+    /// (late rows, with the 1 s delay).
+    fn write_parts(dir: &std::path::Path, parts: &[(i64, usize)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (i, &(from, rows)) in parts.iter().enumerate() {
+            let text: String = (0..rows)
+                .map(|r| {
+                    let r = r as i64;
+                    let ts = from + r * 150 - if r % 9 == 4 { 1_200 } else { 0 };
+                    let k = if r % 13 == 0 {
+                        "null".to_string()
+                    } else {
+                        format!("\"k{}\"", r % 4)
+                    };
+                    format!("{{\"ts\": {ts}, \"k\": {k}, \"v\": {}}}\n", r % 7)
+                })
+                .collect();
+            std::fs::write(dir.join(format!("part-{i}.json")), text).unwrap();
+        }
+    }
+
+    /// The epoch's parts of `decl`'s folder and their rows.
+    async fn parts_of(decl: &TableDecl, columns: &[usize]) -> (Vec<Value>, Vec<Vec<RecordBatch>>) {
+        let mut source = weir_engine::source::open_source(decl, &StoreOptions::default()).unwrap();
+        let offset = source.plan_batch().await.unwrap().unwrap();
+        let parts = source.remote_parts(&offset).unwrap();
+        let mut rows = Vec::new();
+        for p in &parts {
+            rows.push(
+                weir_engine::source::read_remote_part(decl, &StoreOptions::default(), columns.to_vec(), p)
+                    .await
+                    .unwrap(),
+            );
+        }
+        (parts, rows)
+    }
+
+    fn sorted_text(batches: &[RecordBatch]) -> Vec<String> {
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// The plan cut for the stages: the prefix under the operator (under
+    /// its shuffle, if it has one), the upper plan over a stand-in, and
+    /// the shuffle's partitioning (`None`: all rows to one shard).
+    fn cut(
+        plan: &Arc<dyn ExecutionPlan>,
+    ) -> (
+        Arc<dyn ExecutionPlan>,
+        Arc<dyn ExecutionPlan>,
+        Option<Partitioning>,
+    ) {
+        let mut prefix = None;
+        let upper = Arc::clone(plan)
+            .transform_down(|node| {
+                if stateful_state(node.as_ref()).is_none() {
+                    return Ok(Transformed::no(node));
+                }
+                let child = Arc::clone(node.children()[0]);
+                let (below, partitioning) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
+                    (Arc::clone(r.input()), Some(r.partitioning().clone()))
+                } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
+                    (Arc::clone(c.input()), None)
+                } else {
+                    (Arc::clone(&child), None)
+                };
+                let n = child.properties().output_partitioning().partition_count();
+                let stand_in = Arc::new(EmptyExec::new(below.schema()).with_partitions(n));
+                prefix = Some((below, partitioning));
+                let node = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
+                    node,
+                    vec![stand_in],
+                )?;
+                Ok(Transformed::new(node, true, TreeNodeRecursion::Jump))
+            })
+            .unwrap()
+            .data;
+        let (prefix, partitioning) = prefix.expect("an operator");
+        (prefix, upper, partitioning)
+    }
+
+    /// The local plan over one epoch's rows (the parts in order): its
+    /// output and late rows.
+    async fn run_local(
+        plan: &Arc<dyn ExecutionPlan>,
+        epoch: u64,
+        columns: &[usize],
+        rows: Vec<RecordBatch>,
+        watermark_in: i64,
+        watermark_out: i64,
+    ) -> (Vec<RecordBatch>, u64) {
+        let input = Arc::new(EpochInput {
+            epoch,
+            batches: HashMap::from([(
+                "t".to_string(),
+                SourceRows {
+                    columns: Arc::new(columns.to_vec()),
+                    batches: Arc::new(rows),
+                    ..SourceRows::default()
+                },
+            )]),
+            source_watermarks_in: HashMap::from([("t".to_string(), watermark_in)]),
+            watermark_out,
+            ..EpochInput::default()
+        });
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_extension(Arc::clone(&input)));
+        // As the driver does before each epoch: a repartition runs once.
+        let plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(plan)).unwrap();
+        let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        (out, input.late_rows.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn max_time(batches: &[RecordBatch]) -> Option<i64> {
+        batches
+            .iter()
+            .filter_map(|b| weir_engine::epoch::max_millis(b.column(0)).unwrap())
+            .max()
+    }
+
+    /// Two epochs of a windowed aggregate run as the two stages (in this
+    /// process: DataFusion runs the shuffle), the plans sent through the
+    /// codec, state kept between the epochs only in the checkpoint's
+    /// files: the sink files hold exactly the local run's rows, late rows
+    /// counted alike; keyed on two shards and keyless on one.
+    #[tokio::test]
+    async fn a_window_aggregate_runs_as_two_stages_with_its_state_in_the_store() {
+        for (group, threads) in [(", k", 2), ("", 2), (", k", 1)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let epochs = [tmp.path().join("in1"), tmp.path().join("in2")];
+            // The third part is older than the second: late from its first row.
+            write_parts(&epochs[0], &[(0, 40), (5_000, 30), (3_000, 10), (9_000, 25)]);
+            write_parts(&epochs[1], &[(11_000, 40), (16_000, 20)]);
+            let out_dir = tmp.path().join("out");
+            std::fs::create_dir_all(&out_dir).unwrap();
+            let ck_url = format!("file://{}", tmp.path().join("ck").display());
+            Location::open(&ck_url, &StoreOptions::default(), Create::Yes).unwrap();
+            let (_, local) = plan(&job(&epochs[0], group), threads).await;
+            let codec = WeirCodec::default();
+            let ctx = SessionContext::new();
+            let mut watermark = i64::MIN;
+            let mut chains: Option<StateChains> = None;
+            for (e, dir) in epochs.iter().enumerate() {
+                let epoch = e as u64 + 1;
+                let (decl, shipped) = plan(&job(dir, group), threads).await;
+                let scan_columns: Vec<usize> = vec![0, 1, 2];
+                let (parts, rows) = parts_of(&decl, &scan_columns).await;
+                // W_i from the parts' greatest times, as the driver gives them.
+                let mut before = Vec::new();
+                let mut w = watermark;
+                for part in &rows {
+                    before.push(w);
+                    if let Some(m) = max_time(part) {
+                        w = w.max(m - DELAY_MS);
+                    }
+                }
+                let watermark_out = w;
+                let (want, want_late) = run_local(
+                    &local,
+                    epoch,
+                    &scan_columns,
+                    rows.concat(),
+                    watermark,
+                    watermark_out,
+                )
+                .await;
+                let (prefix, upper, partitioning) = cut(&shipped);
+                let part_stage = PartStageExec::try_new(
+                    PartStage {
+                        read: RemoteRead {
+                            table: decl.clone(),
+                            columns: scan_columns.clone(),
+                            parts,
+                        },
+                        prefix,
+                        epoch,
+                        processing_time_ms: 0,
+                        watermarks_before: before,
+                    },
+                    StoreOptions::default(),
+                )
+                .unwrap();
+                let part_stage: Arc<dyn ExecutionPlan> = Arc::new(part_stage);
+                let shuffle: Arc<dyn ExecutionPlan> = match partitioning {
+                    Some(p) => Arc::new(RepartitionExec::try_new(part_stage, p).unwrap()),
+                    None => Arc::new(CoalescePartitionsExec::new(part_stage)),
+                };
+                let shard_stage = ShardStageExec::try_new(
+                    ShardStage {
+                        upper,
+                        operator_id: "p0-agg0".into(),
+                        checkpoint: ck_url.clone(),
+                        checkpoint_options: vec![],
+                        chains: chains.clone(),
+                        watermark_in: watermark,
+                        full: epoch == 1,
+                        epoch,
+                        processing_time_ms: 0,
+                        watermark_out,
+                        sink: RemoteSink::Files {
+                            folder: format!("file://{}", out_dir.display()),
+                            writer: "w".into(),
+                            options: vec![],
+                        },
+                    },
+                    shuffle,
+                    StoreOptions::default(),
+                )
+                .unwrap();
+                // Through the codec, as Ballista would send it.
+                let proto = PhysicalPlanNode::try_from_physical_plan(Arc::new(shard_stage), &codec).unwrap();
+                let decoded = proto.try_into_physical_plan(&ctx.task_ctx(), &codec).unwrap();
+                let shards = decoded.properties().output_partitioning().partition_count();
+                let reports = datafusion::physical_plan::collect(decoded, ctx.task_ctx())
+                    .await
+                    .unwrap();
+                let reports = gather_shard_reports(shards, &reports).unwrap();
+                let mut got = Vec::new();
+                for r in &reports {
+                    if let Some((_, staged, _)) = &r.file {
+                        let file = std::fs::File::open(out_dir.join(staged)).unwrap();
+                        let reader =
+                            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                                file, 1024,
+                            )
+                            .unwrap();
+                        got.extend(reader.map(Result::unwrap));
+                    }
+                }
+                let late: u64 = reports.iter().map(|r| r.late_rows).sum();
+                assert!(
+                    !want.is_empty() && want_late > 0,
+                    "epoch {epoch}: the test shows nothing"
+                );
+                assert_eq!(late, want_late, "{group} on {threads}, epoch {epoch}");
+                assert_eq!(
+                    sorted_text(&got),
+                    sorted_text(&want),
+                    "{group} on {threads}, epoch {epoch}"
+                );
+                // The chains the commit would name.
+                let mut next = chains.clone().unwrap_or(StateChains {
+                    shards: vec![Vec::new(); shards],
+                    ..StateChains::default()
+                });
+                for r in &reports {
+                    if let Some((kind, _)) = r.state {
+                        if kind == StateKind::Snapshot {
+                            next.shards[r.shard].clear();
+                        }
+                        next.shards[r.shard].push(epoch);
+                        next.attempts.insert(
+                            weir_storage::state::attempt_key(r.shard, epoch),
+                            r.attempt.clone(),
+                        );
+                    }
+                }
+                chains = Some(next);
+                watermark = watermark_out;
+            }
+        }
+    }
+}
