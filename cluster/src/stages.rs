@@ -51,7 +51,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use weir_engine::epoch::{EpochInput, SourceRows};
 use weir_engine::exec::{StatefulOperator, StreamScanExec, stateful_state};
-use weir_engine::remote::{RemoteRead, RemoteSink};
+use weir_engine::remote::{RemoteRead, RemoteSink, ShardReport};
 use weir_storage::location::Create;
 use weir_storage::{Checkpoint, Location, ShardOf, StateChains, StateKind, StateWrite, StoreOptions};
 
@@ -321,24 +321,6 @@ pub struct ShardStage {
     pub watermark_out: i64,
     /// Where the output goes.
     pub sink: RemoteSink,
-}
-
-/// What one shard's task of a [`ShardStage`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardReport {
-    /// The shard.
-    pub shard: usize,
-    /// The attempt whose files these are.
-    pub attempt: String,
-    /// Rows written.
-    pub rows_out: u64,
-    /// Late rows of the parts whose marker rows this shard received.
-    pub late_rows: u64,
-    /// The sink file: final name, staged name, bytes (`None` without rows
-    /// or for a blackhole).
-    pub file: Option<(String, String, u64)>,
-    /// The state file written: its kind and bytes (`None`: no change).
-    pub state: Option<(StateKind, u64)>,
 }
 
 fn report_schema() -> SchemaRef {

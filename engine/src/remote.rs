@@ -128,6 +128,67 @@ pub struct PartReport {
     pub file: Option<ManifestFile>,
 }
 
+/// A windowed aggregate's epoch run on the executors as two stages (see
+/// the `cluster` crate's `stages`): a task per part reads it, judges its
+/// rows' lateness from the watermark as of its first row and aggregates
+/// them partially; a task per shard of the operator restores the shard's
+/// state from the checkpoint, folds the partial rows in, emits the closed
+/// windows, stages them in the sink and writes the shard's state change,
+/// each file named after the task's attempt.
+#[derive(Clone, Debug)]
+pub struct RemoteAggregate {
+    /// The source and the epoch's parts of it, each read whole.
+    pub read: RemoteRead,
+    /// The query's plan below the operator's shuffle (scan, window
+    /// assignment, the partial aggregate).
+    pub prefix: Arc<dyn ExecutionPlan>,
+    /// The shuffle between the stages: a hash on the operator's keys into
+    /// its shards (`None`: every row to one shard).
+    pub shuffle: Option<datafusion::physical_plan::Partitioning>,
+    /// The plan from the operator up, the operator's input a stand-in.
+    pub upper: Arc<dyn ExecutionPlan>,
+    /// Each part's source watermark as of its first row: the watermark
+    /// before the epoch, raised by the greatest event time of the parts
+    /// before it, less the delay.
+    pub watermarks_before: Vec<i64>,
+    /// The operator's state table (`p0-agg0`).
+    pub operator_id: String,
+    /// The checkpoint's URL (executors use their own store settings).
+    pub checkpoint: String,
+    /// The operator's state files as of the last commit (`None`: none).
+    pub chains: Option<weir_storage::StateChains>,
+    /// The pipeline's watermark of the last commit.
+    pub watermark_in: i64,
+    /// Write each shard's snapshot, not its delta.
+    pub full: bool,
+    /// The epoch.
+    pub epoch: u64,
+    /// The epoch's processing time.
+    pub processing_time_ms: i64,
+    /// The pipeline's watermark after the epoch.
+    pub watermark_out: i64,
+    /// Where the output goes.
+    pub sink: RemoteSink,
+}
+
+/// What one shard's task of a [`RemoteAggregate`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardReport {
+    /// The shard.
+    pub shard: usize,
+    /// The attempt whose files these are.
+    pub attempt: String,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Late rows of the parts whose counts reached this shard.
+    pub late_rows: u64,
+    /// The sink file: final name, staged name, bytes (`None` without rows
+    /// or for a blackhole).
+    pub file: Option<(String, String, u64)>,
+    /// The state file written: its kind and bytes (`None`: no change).
+    pub state: Option<(weir_storage::StateKind, u64)>,
+}
+
 /// Reads the parts of an offset somewhere else.
 #[async_trait]
 pub trait RemoteReader: Send + Sync {
@@ -141,6 +202,11 @@ pub trait RemoteReader: Send + Sync {
     /// Runs a stateless query over each part of an epoch where the part is
     /// read, staging its output there; one report per part, in part order.
     async fn run_pipeline(&self, _job: RemotePipeline) -> Result<Vec<PartReport>> {
+        Err(Error::Config(format!("{} runs no queries", self.describe())))
+    }
+    /// Runs a windowed aggregate's epoch on the executors; one report per
+    /// shard, in shard order.
+    async fn run_aggregate(&self, _job: RemoteAggregate) -> Result<Vec<ShardReport>> {
         Err(Error::Config(format!("{} runs no queries", self.describe())))
     }
     /// Where it reads, for messages (`the cluster at http://...`).

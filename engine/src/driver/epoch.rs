@@ -221,8 +221,10 @@ impl StreamingJob {
         } else {
             None
         };
+        let mut remote_states = Vec::new();
         let (rows_by_source, bad_by_source, watermarks_out, ran, rows_by_sink) = match on_executors {
-            Some(r) => {
+            Some(mut r) => {
+                remote_states = std::mem::take(&mut r.states);
                 self.finish_remote_stage(epoch, &r)?;
                 self.dead_letters.stage(epoch, &BTreeMap::new()).await?;
                 self.hooks.reached(Step::SinkStaged, epoch)?;
@@ -234,8 +236,8 @@ impl StreamingJob {
                         .iter()
                         .map(|p| (p.index, pipeline_watermark(p, &entry, &watermarks_out)))
                         .collect(),
-                    late_rows: 0,
-                    late_by_pipeline: vec![0; self.pipelines.len()],
+                    late_rows: r.late_by_sink.iter().sum(),
+                    late_by_pipeline: r.late_by_sink.clone(),
                     all_late: Vec::new(),
                     some_on_time: false,
                 };
@@ -256,6 +258,9 @@ impl StreamingJob {
                     self.plan_ahead().await;
                 }
                 let watermarks_out = self.advance_watermarks(&entry, &input)?;
+                if let Err(e) = self.catch_up(&entry).await {
+                    return Err(self.abandon(epoch, e).await);
+                }
                 let ran = self
                     .execute(epoch, &entry, &input, &lookups, &watermarks_out)
                     .await?;
@@ -278,7 +283,7 @@ impl StreamingJob {
         let rows_out = rows_by_sink.iter().sum();
         let checkpoint_started = Instant::now();
         let (state_bytes, operators, chains) = self
-            .write_state(epoch)
+            .write_state(epoch, &remote_states)
             .await
             .map_err(|e| left_to_replay(epoch, e))?;
         let rows_of = |name: &String| rows_by_source.get(name).copied().unwrap_or(0);
@@ -298,6 +303,8 @@ impl StreamingJob {
         let read: Vec<&String> = rows_by_source.keys().collect();
         let commit_bytes = self.commit(epoch, &entry, &read, commit).await?;
         self.state_chains = chains;
+        // Their state here is as of before this epoch.
+        self.behind.extend(remote_states.into_iter().map(|s| s.id));
         let checkpoint_ms = checkpoint_started.elapsed().as_secs_f64() * 1000.0;
         self.publish(epoch).await?;
         self.warn_of_late_rows(&entry, rows_in, &ran.all_late).await;
@@ -445,6 +452,43 @@ impl StreamingJob {
         watermarks_out
     }
 
+    /// Restores the operators whose epochs ran on a cluster's executors
+    /// ([`StreamingJob::behind`]) from the checkpoint, as of the last
+    /// commit, before an epoch runs them here.
+    async fn catch_up(&mut self, entry: &OffsetsEntry) -> Result<()> {
+        if self.behind.is_empty() {
+            return Ok(());
+        }
+        let Some(c) = self.last_committed else {
+            self.behind.clear();
+            return Ok(());
+        };
+        for p in &self.pipelines {
+            let wm = pipeline_watermark(p, entry, &entry.watermarks_in);
+            for (id, op) in &p.operators {
+                if !self.behind.contains(id) {
+                    continue;
+                }
+                let restored = self
+                    .checkpoint
+                    .restore_state_listed(id, c, Some(&self.state_chains))
+                    .await?;
+                let batches = restored.map(|r| r.batches).unwrap_or_default();
+                op.restore(batches, wm).map_err(|e| {
+                    Error::Checkpoint(format!(
+                        "state/{id}/ in {} (epoch {c}): {}",
+                        self.checkpoint.location(),
+                        weir_sql::strip_df(&e)
+                    ))
+                })?;
+                // Its next checkpoint here starts a chain of its own.
+                self.policies.remove(id);
+            }
+        }
+        self.behind.clear();
+        Ok(())
+    }
+
     /// Step 4: each pipeline's plan over its sources' rows, with the
     /// watermarks before and after them. An error (or a panic) rolls the
     /// epoch back.
@@ -576,6 +620,7 @@ impl StreamingJob {
     async fn write_state(
         &mut self,
         epoch: u64,
+        remote: &[super::remote_epoch::RemoteState],
     ) -> Result<(u64, Vec<OperatorProgress>, BTreeMap<String, StateChains>)> {
         let mut state_bytes = 0;
         let mut operators = Vec::new();
@@ -604,6 +649,10 @@ impl StreamingJob {
         }
         for p in &self.pipelines {
             for (id, op) in &p.operators {
+                // The executors wrote it (added below).
+                if remote.iter().any(|r| &r.id == id) {
+                    continue;
+                }
                 let held = op.state_rows() as u64;
                 let n = op.state_shards().max(1);
                 let full = self.policies.entry(id.clone()).or_default().full(Some(held))
@@ -701,6 +750,68 @@ impl StreamingJob {
             }
             self.policies.entry(id).or_default().record(kind, bytes, rows);
             state_bytes += bytes;
+        }
+        // What the executors wrote: each shard's file under its attempt's
+        // name, which the commit names exactly.
+        for r in remote {
+            let kind = kind_of(r.full);
+            let mut written = 0;
+            match kind {
+                StateKind::Snapshot => {
+                    chains.insert(
+                        r.id.clone(),
+                        StateChains {
+                            shards: vec![Vec::new(); r.shards],
+                            generation: self.metadata.state_generation(&r.id),
+                            attempts: BTreeMap::new(),
+                        },
+                    );
+                }
+                StateKind::Delta => {}
+            }
+            let chain = chains.entry(r.id.clone()).or_default();
+            chain.shards.resize(r.shards, Vec::new());
+            for report in &r.reports {
+                let Some((k, bytes)) = report.state else {
+                    if r.full {
+                        return Err(Error::Runtime(format!(
+                            "internal error: shard {} of operator {} wrote no snapshot in epoch {epoch}",
+                            report.shard, r.id
+                        )));
+                    }
+                    continue;
+                };
+                if k != kind {
+                    return Err(Error::Runtime(format!(
+                        "internal error: shard {} of operator {} wrote a state file of another kind",
+                        report.shard, r.id
+                    )));
+                }
+                chain.shards[report.shard].push(epoch);
+                chain.attempts.insert(
+                    weir_storage::state::attempt_key(report.shard, epoch),
+                    report.attempt.clone(),
+                );
+                written += bytes;
+            }
+            // Attempts of files no chain holds any longer are dropped.
+            let live: BTreeSet<String> = chain
+                .shards
+                .iter()
+                .enumerate()
+                .flat_map(|(k, c)| c.iter().map(move |&e| weir_storage::state::attempt_key(k, e)))
+                .collect();
+            chain.attempts.retain(|key, _| live.contains(key));
+            self.policies
+                .entry(r.id.clone())
+                .or_default()
+                .record(kind, written, 0);
+            state_bytes += written;
+            operators.push(OperatorProgress {
+                name: r.id.clone(),
+                state_rows: 0,
+                state_bytes: 0,
+            });
         }
         for op in &mut operators {
             op.state_bytes = self.policies.get(&op.name).map_or(0, SnapshotPolicy::bytes);
@@ -1075,7 +1186,11 @@ fn active_sources<'a>(p: &Pipeline, entry: &'a OffsetsEntry) -> BTreeSet<&'a Str
 }
 
 /// A pipeline's watermark after an epoch: the least of its active sources'.
-fn pipeline_watermark(p: &Pipeline, entry: &OffsetsEntry, watermarks_out: &BTreeMap<String, i64>) -> i64 {
+pub(super) fn pipeline_watermark(
+    p: &Pipeline,
+    entry: &OffsetsEntry,
+    watermarks_out: &BTreeMap<String, i64>,
+) -> i64 {
     let active = active_sources(p, entry);
     watermarks_out
         .iter()

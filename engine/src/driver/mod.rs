@@ -149,6 +149,10 @@ pub struct StreamingJob {
     /// (what it named); an epoch's checkpoint adds to them, and its commit
     /// names the result.
     state_chains: BTreeMap<String, StateChains>,
+    /// Operators whose state moved on without them: an epoch ran them on a
+    /// cluster's executors, which wrote their state to the checkpoint.
+    /// Restored from it before they next run here.
+    behind: BTreeSet<String>,
     /// This job's hold on the checkpoint.
     lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.

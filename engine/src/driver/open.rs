@@ -335,6 +335,7 @@ impl StreamingJob {
             remote: options.remote,
             policies: HashMap::new(),
             state_chains: BTreeMap::new(),
+            behind: BTreeSet::new(),
             lease,
             retain_epochs: options.retain_epochs.max(1),
             notes,

@@ -17,7 +17,7 @@
 //! until retention deletes them.
 
 use super::*;
-use crate::remote::{PartReport, RemotePipeline, RemoteRead, RemoteSink};
+use crate::remote::{PartReport, RemoteAggregate, RemotePipeline, RemoteRead, RemoteSink, ShardReport};
 
 /// What an epoch run on the executors gave.
 pub(super) struct RemoteRan {
@@ -28,6 +28,132 @@ pub(super) struct RemoteRan {
     pub(super) max_time: BTreeMap<String, Option<i64>>,
     /// Rows written by each query's sink, in pipeline order.
     pub(super) rows_by_sink: Vec<u64>,
+    /// Late rows of each query, in pipeline order.
+    pub(super) late_by_sink: Vec<u64>,
+    /// The state the executors wrote, per operator.
+    pub(super) states: Vec<RemoteState>,
+}
+
+/// One operator's state as the executors checkpointed it in an epoch.
+pub(super) struct RemoteState {
+    /// Its state table.
+    pub(super) id: String,
+    /// Its shards.
+    pub(super) shards: usize,
+    /// Whether each shard wrote a snapshot.
+    pub(super) full: bool,
+    /// One report per shard.
+    pub(super) reports: Vec<ShardReport>,
+}
+
+/// A stateful query's plan cut for the two stages on the executors (see
+/// [`crate::remote::RemoteAggregate`]).
+pub(super) struct StatefulSplit {
+    /// Below the operator's shuffle.
+    prefix: Arc<dyn ExecutionPlan>,
+    /// The shuffle's partitioning (`None`: one shard).
+    shuffle: Option<datafusion::physical_plan::Partitioning>,
+    /// From the operator up, over a stand-in.
+    upper: Arc<dyn ExecutionPlan>,
+}
+
+/// Cuts a plan of one windowed aggregate (`WindowAggregateExec`: TUMBLE,
+/// HOP, CUMULATE) over one source's watermark, with only projections and
+/// filters above it, into what each stage runs; or why it cannot be.
+pub(super) fn split_stateful(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> std::result::Result<StatefulSplit, &'static str> {
+    use crate::exec::late_filter::LateFilterExec;
+    use crate::exec::partial_agg::PartialWindowAggExec;
+    use crate::exec::{WindowAggregateExec, WindowAssignExec};
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::coop::CooperativeExec;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    let passes = |n: &Arc<dyn ExecutionPlan>| {
+        n.downcast_ref::<ProjectionExec>().is_some()
+            || n.downcast_ref::<FilterExec>().is_some()
+            || n.downcast_ref::<CooperativeExec>().is_some()
+    };
+    // Above the operator: nodes that keep its partitions (its shards) apart.
+    let mut above = Vec::new();
+    let mut node = Arc::clone(plan);
+    while node.downcast_ref::<WindowAggregateExec>().is_none() {
+        if crate::exec::stateful_state(node.as_ref()).is_some() {
+            return Err("its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate");
+        }
+        if !passes(&node) || node.children().len() != 1 || node.fetch().is_some() {
+            return Err("its plan has a step above its window aggregate other than filters and projections");
+        }
+        above.push(Arc::clone(&node));
+        node = Arc::clone(node.children()[0]);
+    }
+    let operator = node;
+    let child = Arc::clone(operator.children()[0]);
+    let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
+        match r.partitioning() {
+            // A stage-2 task of Ballista's shuffle does not learn which of
+            // its partitions it reads (the scheduler narrows the reader to
+            // it), so a shard cannot tell which state is its own: keyed
+            // windows on more than one thread run here for now.
+            datafusion::physical_plan::Partitioning::Hash(..) => {
+                return Err(
+                    "its window aggregate keeps more than one shard (--threads above 1 with GROUP BY keys), which the executors cannot run yet",
+                );
+            }
+            _ => return Err("its window aggregate's input is not split by its keys"),
+        }
+    } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
+        (Arc::clone(c.input()), None)
+    } else {
+        (Arc::clone(&child), None)
+    };
+    // Below: one source's scan, windowed on its watermark column.
+    let mut below = Arc::clone(&prefix);
+    loop {
+        if below.downcast_ref::<crate::exec::StreamScanExec>().is_some() {
+            break;
+        }
+        if let Some(w) = below.downcast_ref::<WindowAssignExec>() {
+            let (_, _, origin, _, late_sink) = w.config();
+            if !matches!(origin, weir_sql::WatermarkOrigin::Source { .. }) || late_sink.is_some() {
+                return Err("its windows are not over its source's watermark column");
+            }
+        } else if crate::exec::stateful_state(below.as_ref()).is_some() {
+            return Err("it has more than one stateful step");
+        } else if !(passes(&below)
+            || below.downcast_ref::<LateFilterExec>().is_some()
+            || below.downcast_ref::<PartialWindowAggExec>().is_some())
+        {
+            return Err(
+                "its plan has a step below its window aggregate other than filters, projections and window assignment",
+            );
+        }
+        if below.children().len() != 1 || below.fetch().is_some() {
+            return Err(
+                "its plan has a step below its window aggregate other than filters, projections and window assignment",
+            );
+        }
+        below = Arc::clone(below.children()[0]);
+    }
+    // The operator over a stand-in of its input's partitions, and the nodes
+    // above rebuilt over it.
+    let n = child.properties().output_partitioning().partition_count();
+    let stand_in: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n));
+    let rebuild = |node: Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>| {
+        datafusion::physical_plan::execution_plan::replace_children_if_necessary(node, vec![child])
+    };
+    let mut upper = rebuild(operator, stand_in).map_err(|_| "its window aggregate cannot be rebuilt")?;
+    for node in above.into_iter().rev() {
+        upper = rebuild(node, upper).map_err(|_| "its plan cannot be rebuilt")?;
+    }
+    Ok(StatefulSplit {
+        prefix,
+        shuffle,
+        upper,
+    })
 }
 
 /// Whether a pipeline can run on the executors: a stateless plan (filters,
@@ -47,9 +173,6 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
         PipelineSink::Kafka(_) => return Err("its sink is a Kafka topic"),
         PipelineSink::Live(_) => return Err("its rows go to this shell"),
     }
-    if !p.operators.is_empty() {
-        return Err("it keeps state (a window, an aggregate, a join, dedup or Top-N)");
-    }
     if !p.late_sinks.is_empty() {
         return Err("it sends late rows to a sink");
     }
@@ -58,6 +181,12 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
     }
     if p.sources.len() != 1 {
         return Err("it reads more than one source");
+    }
+    if !p.operators.is_empty() {
+        if p.operators.len() > 1 {
+            return Err("it keeps more than one state table");
+        }
+        split_stateful(&p.plan)?;
     }
     let mut plan = Arc::clone(&p.plan);
     loop {
@@ -81,6 +210,14 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
         // A limit needs the whole epoch's rows, not a part's.
         if plan.fetch().is_some() {
             return Err("its plan has a limit");
+        }
+        if !p.operators.is_empty() {
+            // Its shape was checked above; only the functions are looked at.
+            let Some(child) = plan.children().first().map(|c| Arc::clone(*c)) else {
+                return Err("its plan has no scan");
+            };
+            plan = child;
+            continue;
         }
         let passes = plan.downcast_ref::<ProjectionExec>().is_some()
             || plan.downcast_ref::<FilterExec>().is_some()
@@ -147,7 +284,75 @@ impl StreamingJob {
         }
         let mut rows_of_parts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut max_time: BTreeMap<String, Option<i64>> = BTreeMap::new();
+        // A stateful query's parts judge lateness from the watermark as of
+        // their first row, so each part's greatest event time is needed
+        // first: a read of the watermark column alone, which also records
+        // the source's progress.
+        let mut part_maxima: BTreeMap<String, Vec<Option<i64>>> = BTreeMap::new();
+        let mut recorded: BTreeSet<String> = BTreeSet::new();
+        for p in self.pipelines.iter().filter(|p| !p.operators.is_empty()) {
+            for name in &p.sources {
+                let (Some(slot), Some(parts), Some(offset)) =
+                    (self.sources.get(name), cuts.get(name), entry.sources.get(name))
+                else {
+                    continue;
+                };
+                if recorded.contains(name) {
+                    continue;
+                }
+                let Some(column) = slot.watermark.as_ref().map(|w| w.column.clone()) else {
+                    return Err(Error::Runtime(format!(
+                        "{}: source '{name}' has no watermark",
+                        p.statement
+                    )));
+                };
+                let declared = slot.source.schema().index_of(&column)?;
+                let field = slot.source.schema().field(declared).clone();
+                let scan = crate::exec::StreamScanExec::with_schema(
+                    name,
+                    Arc::new(datafusion::arrow::datatypes::Schema::new(vec![field])),
+                    Some(vec![declared]),
+                );
+                let job = RemotePipeline {
+                    read: RemoteRead {
+                        table: slot.decl.clone(),
+                        columns: vec![declared],
+                        parts: parts.clone(),
+                    },
+                    plan: Arc::new(scan),
+                    epoch,
+                    processing_time_ms: entry.processing_time_ms,
+                    time_column: Some(0),
+                    sink: RemoteSink::Blackhole,
+                };
+                let reports = remote.run_pipeline(job).await.map_err(|e| {
+                    Error::Runtime(format!(
+                        "epoch {epoch}, reading the event times of source '{name}' (on {}): {e}",
+                        remote.describe()
+                    ))
+                })?;
+                check_reports(&remote.describe(), name, parts.len(), &reports)?;
+                let rows: Vec<u64> = reports.iter().map(|r| r.rows_in).collect();
+                let maxima: Vec<Option<i64>> = reports.iter().map(|r| r.max_time_ms).collect();
+                let Some(slot) = self.sources.get_mut(name) else {
+                    continue;
+                };
+                let known = slot.source.record_remote(offset, &rows)?;
+                let greatest = if slot.source.knows_max_time(&column) {
+                    known
+                } else {
+                    maxima.iter().flatten().copied().max()
+                };
+                max_time.insert(name.clone(), greatest);
+                rows_of_parts.insert(name.clone(), rows);
+                part_maxima.insert(name.clone(), maxima);
+                recorded.insert(name.clone());
+            }
+        }
+        let watermarks_out = self.watermarks_after(entry, &max_time);
         let mut staged = Vec::with_capacity(self.pipelines.len());
+        let mut late_by_sink = Vec::with_capacity(self.pipelines.len());
+        let mut states = Vec::new();
         for p in &self.pipelines {
             let Some(name) = p.sources.first() else {
                 return Err(Error::Runtime(format!(
@@ -155,9 +360,16 @@ impl StreamingJob {
                     p.statement
                 )));
             };
-            let (Some(slot), Some(parts)) = (self.sources.get(name), cuts.get(name)) else {
+            let no_parts = Vec::new();
+            let (Some(slot), Some(parts)) = (
+                self.sources.get(name),
+                // A stateful query runs without input too: the watermark
+                // may close windows (the drain epoch closes them all).
+                cuts.get(name).or((!p.operators.is_empty()).then_some(&no_parts)),
+            ) else {
                 // The source has nothing this epoch.
                 staged.push(Vec::new());
+                late_by_sink.push(0);
                 continue;
             };
             let sink = match &p.sink {
@@ -178,6 +390,88 @@ impl StreamingJob {
                     )));
                 }
             };
+            let on_cluster = |e: Error| {
+                Error::Runtime(weir_sql::preprocess::hide_placeholders(
+                    &format!("epoch {epoch}, {} (on {}): {e}", p.statement, remote.describe()),
+                    &self.tvfs,
+                ))
+            };
+            let plan = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?;
+            if let Some((id, op)) = p.operators.first() {
+                let split = split_stateful(&plan).map_err(|why| {
+                    Error::Runtime(format!("{}: cannot run on the executors: {why}", p.statement))
+                })?;
+                let delay_ms = slot.watermark.as_ref().map_or(0, |w| w.delay_ms);
+                let mut w = entry.watermarks_in.get(name).copied().unwrap_or(i64::MIN);
+                let mut watermarks_before = Vec::with_capacity(parts.len());
+                for m in part_maxima.get(name).into_iter().flatten() {
+                    watermarks_before.push(w);
+                    if let Some(m) = m {
+                        w = w.max(m.saturating_sub(delay_ms));
+                    }
+                }
+                let shards = op.state_shards().max(1);
+                let chains = self.state_chains.get(id).cloned();
+                let mismatched = chains.as_ref().is_none_or(|c| c.shards.len() != shards);
+                let full = self.policies.get(id).is_none_or(|pol| pol.full(None)) || mismatched;
+                let job = RemoteAggregate {
+                    read: RemoteRead {
+                        table: slot.decl.clone(),
+                        columns: slot.columns.to_vec(),
+                        parts: parts.clone(),
+                    },
+                    prefix: split.prefix,
+                    shuffle: split.shuffle,
+                    upper: split.upper,
+                    watermarks_before,
+                    operator_id: id.clone(),
+                    checkpoint: self.checkpoint.location().url().to_string(),
+                    chains,
+                    watermark_in: super::epoch::pipeline_watermark(p, entry, &entry.watermarks_in),
+                    full,
+                    epoch,
+                    processing_time_ms: entry.processing_time_ms,
+                    watermark_out: super::epoch::pipeline_watermark(p, entry, &watermarks_out),
+                    sink,
+                };
+                let reports = remote.run_aggregate(job).await.map_err(on_cluster)?;
+                if reports.len() != shards || reports.iter().enumerate().any(|(k, r)| r.shard != k) {
+                    return Err(Error::Runtime(format!(
+                        "{}: {} reported {} shards of {shards}",
+                        p.statement,
+                        remote.describe(),
+                        reports.len()
+                    )));
+                }
+                late_by_sink.push(reports.iter().map(|r| r.late_rows).sum());
+                staged.push(
+                    reports
+                        .iter()
+                        .map(|r| PartReport {
+                            part: r.shard,
+                            rows_in: 0,
+                            rows_out: r.rows_out,
+                            max_time_ms: None,
+                            file: r
+                                .file
+                                .as_ref()
+                                .map(|(name, staged, bytes)| weir_storage::ManifestFile {
+                                    name: name.clone(),
+                                    rows: r.rows_out,
+                                    bytes: *bytes,
+                                    staged: Some(staged.clone()),
+                                }),
+                        })
+                        .collect(),
+                );
+                states.push(RemoteState {
+                    id: id.clone(),
+                    shards,
+                    full,
+                    reports,
+                });
+                continue;
+            }
             let time_column = match &slot.watermark {
                 Some(w) => {
                     let declared = slot.source.schema().index_of(&w.column)?;
@@ -191,18 +485,13 @@ impl StreamingJob {
                     columns: slot.columns.to_vec(),
                     parts: parts.clone(),
                 },
-                plan: datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(&p.plan))?,
+                plan,
                 epoch,
                 processing_time_ms: entry.processing_time_ms,
                 time_column,
                 sink,
             };
-            let reports = remote.run_pipeline(job).await.map_err(|e| {
-                Error::Runtime(weir_sql::preprocess::hide_placeholders(
-                    &format!("epoch {epoch}, {} (on {}): {e}", p.statement, remote.describe()),
-                    &self.tvfs,
-                ))
-            })?;
+            let reports = remote.run_pipeline(job).await.map_err(on_cluster)?;
             check_reports(&remote.describe(), name, parts.len(), &reports)?;
             let rows: Vec<u64> = reports.iter().map(|r| r.rows_in).collect();
             match rows_of_parts.get(name) {
@@ -219,12 +508,17 @@ impl StreamingJob {
                 }
             }
             staged.push(reports);
+            late_by_sink.push(0);
         }
         // Progress, as a local read of the same parts advances it (an
         // input error here rolls the epoch back, as a local read's does).
         let mut rows_in = BTreeMap::new();
         for (name, offset) in &entry.sources {
             let rows = rows_of_parts.remove(name).unwrap_or_default();
+            rows_in.insert(name.clone(), rows.iter().sum());
+            if recorded.contains(name) {
+                continue;
+            }
             let Some(slot) = self.sources.get_mut(name) else {
                 continue;
             };
@@ -234,7 +528,6 @@ impl StreamingJob {
             {
                 max_time.insert(name.clone(), known);
             }
-            rows_in.insert(name.clone(), rows.iter().sum());
         }
         // Staged files no commit names yet: checked and named in the
         // manifests (also rolled back on error: nothing is committed).
@@ -251,6 +544,8 @@ impl StreamingJob {
             rows_in,
             max_time,
             rows_by_sink,
+            late_by_sink,
+            states,
         }))
     }
 
