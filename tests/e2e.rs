@@ -1216,3 +1216,64 @@ fn a_window_over_a_lookup_join_judges_lateness_in_the_streams_order() {
     run("1", &[]).ok();
     assert_eq!(sink_rows(&ws.path("out")), outputs[0]);
 }
+
+/// Ties in a ranking keep arrival order on any thread count: a Top-N or
+/// dedup runs on one thread, its input read in order. On two threads the
+/// row kept among ties was the first of whichever thread's batch came
+/// first (rows 8192-8194 of the file in about half the runs).
+#[test]
+fn ties_in_a_ranking_keep_arrival_order_on_two_threads() {
+    let ws = Workspace::new();
+    let rows: String = (0..40_000)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"k\": \"k{}\", \"ts\": \"2026-01-01 00:00:01.000\"}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    ws.write("in/one.json", &rows);
+    let queries = [
+        (
+            "last",
+            "SELECT k, id FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts DESC) AS rn FROM s) WHERE rn = 1",
+        ),
+        (
+            "first",
+            "SELECT k, id FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM s) WHERE rn = 1",
+        ),
+        (
+            "top",
+            "SELECT id, rn FROM (SELECT *, ROW_NUMBER() OVER (ORDER BY ts DESC) AS rn FROM s) WHERE rn <= 3",
+        ),
+    ];
+    for (name, query) in queries {
+        let mut seen = Vec::new();
+        for run in 0..4 {
+            let out = format!("out-{name}-{run}");
+            let job = format!(
+                "CREATE TABLE s (id BIGINT, k VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+                   WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'json');
+                 CREATE TABLE o WITH ('connector' = 'files', 'path' = '{out}/', 'format' = 'parquet', 'mode' = 'changelog');
+                 INSERT INTO o {query};"
+            );
+            ws.write(&format!("{name}-{run}.sql"), &job);
+            let threads = if run == 0 { "1" } else { "2" };
+            ws.weir(&[
+                "run",
+                &format!("{name}-{run}.sql"),
+                "--trigger",
+                "available-now",
+                "--drain",
+                "--threads",
+                threads,
+            ])
+            .ok();
+            seen.push(fold_changelog(&sink_rows(&ws.path(&out))));
+        }
+        assert!(!seen[0].is_empty(), "{name}");
+        for (run, rows) in seen.iter().enumerate() {
+            assert_eq!(rows, &seen[0], "{name}, run {run}");
+        }
+    }
+}

@@ -67,9 +67,27 @@ impl StreamingJob {
         // writer may do.
         let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
 
+        // A ranking (Top-N, dedup) breaks ties by arrival order, which is
+        // the source's order only on one thread: rows that cross a shuffle
+        // from several threads arrive interleaved as the threads run, so
+        // the row kept among ties changed from run to run. Such a query
+        // runs on one thread, its scans read in order.
+        let one_thread = {
+            let config = state.config().clone().with_target_partitions(1);
+            datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+                .with_config(config)
+                .build()
+        };
         let mut physical = Vec::new();
         for p in plans {
-            let plan = physical_planner().create_physical_plan(&p.plan, &state).await?;
+            let plan = if threads > 1 && ranks(&p.plan) {
+                let plan = physical_planner()
+                    .create_physical_plan(&p.plan, &one_thread)
+                    .await?;
+                crate::exec::scan::in_one_partition(plan)?
+            } else {
+                physical_planner().create_physical_plan(&p.plan, &state).await?
+            };
             let operators = stateful_operators(p.index, &plan);
             physical.push((p, plan, operators));
         }
@@ -498,6 +516,24 @@ async fn check_job_folders(
 
 /// The stateful operators of a pipeline's plan, with ids that are stable as
 /// long as the query is (`p<pipeline>-agg<n>`, in plan order).
+/// Whether a pipeline's plan ranks rows (a Top-N or dedup, in windows or
+/// not).
+fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let datafusion::logical_expr::LogicalPlan::Extension(e) = node
+            && (e.node.as_any().is::<weir_sql::StreamTopNNode>()
+                || e.node.as_any().is::<weir_sql::WindowTopNNode>())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 fn stateful_operators(
     pipeline: usize,
     plan: &Arc<dyn ExecutionPlan>,

@@ -256,6 +256,22 @@ pub fn dealt_watermarks(
     Ok(Some((scan.partitions, before)))
 }
 
+/// `plan` with every stream scan reading in one partition (the nodes above
+/// rebuilt to match): the epoch's rows in the source's order.
+pub fn in_one_partition(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    plan.transform_up(|node| {
+        Ok(match node.downcast_ref::<StreamScanExec>() {
+            Some(scan) if scan.partitions > 1 => {
+                let one = StreamScanExec::with_schema(&scan.source, scan.schema(), scan.projection.clone());
+                Transformed::yes(Arc::new(one) as Arc<dyn ExecutionPlan>)
+            }
+            _ => Transformed::no(node),
+        })
+    })
+    .map(|t| t.data)
+}
+
 /// Scans a bounded table (the table side of a lookup join): the whole table
 /// at the version this epoch's offsets entry names (see
 /// `driver::lookup`), projected. One partition: DataFusion's join above it
