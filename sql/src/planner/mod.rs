@@ -497,6 +497,36 @@ mod tests {
         }
     }
 
+    /// A subquery over a bounded table may read another version each
+    /// epoch: over a changelog it would give retractions of rows never
+    /// emitted, so it is refused there, and runs over append-only rows.
+    #[tokio::test]
+    async fn a_subquery_over_a_bounded_table_is_refused_over_a_changelog_only() {
+        let table = "CREATE TABLE tiers (k VARCHAR, tier VARCHAR)
+              WITH ('connector' = 'files', 'path' = 't/', 'format' = 'json', 'bounded' = 'true');";
+        let over_changelog = [
+            "INSERT INTO changes SELECT SUM(n * c) AS s FROM (SELECT a.n, (SELECT COUNT(*) FROM tiers) AS c \
+             FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a)",
+            "INSERT INTO changes SELECT a.auction, a.n, (SELECT COUNT(*) FROM tiers) AS c \
+             FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a",
+        ];
+        for q in over_changelog {
+            let err = plan_sql(&format!("{table}\n{q};")).await.unwrap_err().to_string();
+            assert!(
+                err.contains("a subquery over a bounded table in an expression over a changelog"),
+                "{q}: {err}"
+            );
+        }
+        let append = "INSERT INTO out SELECT auction, price, (SELECT COUNT(*) FROM tiers) AS c FROM bids \
+             WHERE price > (SELECT COUNT(*) FROM tiers)";
+        plan_sql(&format!("{table}\n{append};")).await.unwrap();
+        // A filter on an aggregate's result becomes its HAVING, which keeps
+        // what each group last emitted: its retractions stay true.
+        let having = "INSERT INTO changes SELECT a.auction, a.n \
+             FROM (SELECT auction, COUNT(*) AS n FROM bids GROUP BY auction) a WHERE a.n > (SELECT COUNT(*) FROM tiers)";
+        plan_sql(&format!("{table}\n{having};")).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_tumbling_aggregate_becomes_a_window_aggregate() {
         let p = plan(

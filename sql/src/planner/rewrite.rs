@@ -26,6 +26,7 @@ impl StreamPlanner {
             }
             Err(e) => return Err(Error::Plan(strip_df(&e))),
         };
+        check_subqueries_over_changelogs(&plan)?;
         // A SESSION window only exists as the grouping of an aggregate.
         let mut stray = None;
         plan.apply(|p| {
@@ -620,6 +621,37 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
         return Err(Error::Unsupported(
             "a subquery over a stream in an expression (a scalar subquery, or IN/EXISTS that could not become a \
              join) never has a final value; subqueries in expressions can read bounded tables only"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A retraction must carry the values its row was emitted with. A
+/// bounded table may change between epochs, so a subquery over it
+/// evaluated on a changelog's rows (after the streaming rewrite) would take
+/// back rows never emitted: `-U` with the new value after `+I` with the old.
+pub(super) fn check_subqueries_over_changelogs(plan: &LogicalPlan) -> Result<()> {
+    let mut found = false;
+    plan.apply(|p| {
+        if !p.inputs().iter().any(|i| is_changelog(i)) {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                if matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    if found {
+        return Err(Error::Unsupported(
+            "a subquery over a bounded table in an expression over a changelog (the rows of an aggregate without a \
+             window, an updating join, a Top-N) is not supported: the table may change between epochs, and a \
+             retraction must carry the value its row was emitted with; use the subquery before the aggregate"
                 .into(),
         ));
     }
