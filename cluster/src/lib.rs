@@ -331,7 +331,7 @@ pub async fn execute(
 ) -> Result<Vec<RecordBatch>> {
     let job_err = |reason: String| Error::Job {
         url: url.to_string(),
-        reason: without_executors(&reason, url).unwrap_or(reason),
+        reason: without_executors(&reason, url).unwrap_or_else(|| task_failure(&reason)),
     };
     let session = session.clone().upgrade_for_ballista();
     let config: BallistaConfig = session.ballista_config();
@@ -365,6 +365,87 @@ pub async fn execute(
             Err(e) => return Err(job_err(e.to_string())),
         }
     }
+}
+
+/// The message inside a failed task's error. Ballista reports a task's
+/// error in Rust's debug form, each layer of wrapping around it:
+/// `Execution error: Job J failed: Job failed due to stage 1 failed: Task
+/// failed due to runtime execution error: DataFusionError(Shared(External(
+/// DataFusionError(External(Input("file:///in/a.csv: line 102: ...")))))`.
+/// The innermost message is the one Weir (or DataFusion) wrote for the
+/// user; an error of another shape is left as it is.
+fn task_failure(message: &str) -> String {
+    const TASK: &str = "Task failed due to runtime execution error: ";
+    let Some(at) = message.find(TASK) else {
+        return message.to_string();
+    };
+    let mut inner = message[at + TASK.len()..].trim();
+    // Peel `Name(first, ...)` layers down to their first argument.
+    loop {
+        let name_end = inner
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(inner.len());
+        let rest = &inner[name_end..];
+        if name_end == 0 || !rest.starts_with('(') {
+            break;
+        }
+        let Some(first) = first_argument(&rest[1..]) else {
+            break;
+        };
+        inner = first.trim();
+    }
+    // A quoted string: the message itself, unescaped.
+    if inner.len() >= 2 && inner.starts_with('"') && inner.ends_with('"') {
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner[1..inner.len() - 1].chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        }
+        return out;
+    }
+    // An error without a message of its own (`ArrowError(DivideByZero)`):
+    // its name is the best there is.
+    if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return format!("a task failed: {inner}");
+    }
+    message.to_string()
+}
+
+/// The first argument of a debug-printed call whose `(` came just before
+/// `args`: up to its first comma or closing parenthesis at depth 0,
+/// quoted strings skipped whole. `None` if it never closes.
+fn first_argument(args: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in args.char_indices() {
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth > 0 => depth -= 1,
+            ')' | ',' if depth == 0 => return Some(&args[..i]),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The reason to give for a job that failed as cancelled: only Weir's
@@ -411,4 +492,32 @@ fn uuid_like_session_id() -> String {
 /// defaults with Ballista's settings, `partitions` wide.
 pub fn session_config(partitions: usize) -> SessionConfig {
     SessionConfig::new_with_ballista().with_target_partitions(partitions.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A failed task's message comes out of Ballista's debug wrapping;
+    /// an error of another shape is left whole.
+    #[test]
+    fn a_failed_tasks_message_is_taken_out_of_its_wrapping() {
+        let raw = r#"Execution error: Job 038J failed: Job failed due to stage 1 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(External(Input("file:///in/c1.csv: line 102: column 'price': failed to parse \"cheap\" as Int64"))))))"#;
+        assert_eq!(
+            super::task_failure(raw),
+            r#"file:///in/c1.csv: line 102: column 'price': failed to parse "cheap" as Int64"#
+        );
+        assert_eq!(
+            super::task_failure(
+                "Job failed: Task failed due to runtime execution error: DataFusionError(Shared(External(ArrowError(DivideByZero))))"
+            ),
+            "a task failed: DivideByZero"
+        );
+        assert_eq!(
+            super::task_failure(
+                r#"Job failed: Task failed due to runtime execution error: ArrowError(CastError("Cannot cast string '1x' to value of Int32 type"), Some(""))"#
+            ),
+            "Cannot cast string '1x' to value of Int32 type"
+        );
+        let other = "Execution error: tonic::transport::Error(Transport, ConnectError)";
+        assert_eq!(super::task_failure(other), other);
+    }
 }

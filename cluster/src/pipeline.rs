@@ -212,7 +212,9 @@ async fn run_part(
     index: u32,
     part: &Value,
 ) -> DfResult<RecordBatch> {
-    let external = |e: weir_engine::Error| DataFusionError::External(Box::new(e));
+    // Ballista sends a task's error back in its debug form: the message
+    // itself, as `Execution("...")`, reads best there (see `task_failure`).
+    let external = |e: weir_engine::Error| DataFusionError::Execution(e.to_string());
     let attempt = attempt_id();
     let table = &job.read.table;
     let batches = weir_engine::source::read_remote_part(table, store_options, job.read.columns.clone(), part)
@@ -301,7 +303,7 @@ pub(crate) async fn stage_output(
     if rows == 0 {
         return Ok((None, None, 0));
     }
-    let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
+    let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
     // The table's own settings over the executor's, as on the driver.
     let settings = store_options.merged(&StoreOptions::new(options.iter().cloned()));
     let loc = Location::open(folder, &settings, Create::No).map_err(store)?;

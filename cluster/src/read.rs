@@ -238,7 +238,9 @@ impl ExecutionPlan for RemoteReadExec {
                     let rows =
                         weir_engine::source::read_remote_part(&table, &store_options, columns.clone(), &part)
                             .await
-                            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                            // The message itself: Ballista returns a task's
+                            // error in its debug form (see `task_failure`).
+                            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
                     let tagged = |b: &RecordBatch, rows: Option<u64>| -> DfResult<RecordBatch> {
                         let n = b.num_rows();
                         let mut cols = b.columns().to_vec();

@@ -243,7 +243,9 @@ async fn run_part(
     index: u32,
     part: &Value,
 ) -> DfResult<Vec<RecordBatch>> {
-    let external = |e: weir_engine::Error| DataFusionError::External(Box::new(e));
+    // Ballista sends a task's error back in its debug form: the message
+    // itself, as `Execution("...")`, reads best there (see `task_failure`).
+    let external = |e: weir_engine::Error| DataFusionError::Execution(e.to_string());
     let table = &stage.read.table;
     let watermark = *stage
         .watermarks_before
@@ -577,7 +579,7 @@ async fn run_shard(
     partitioning: Partitioning,
     rows: Vec<RecordBatch>,
 ) -> DfResult<RecordBatch> {
-    let store = |e: weir_storage::Error| DataFusionError::External(Box::new(e));
+    let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
     let attempt = attempt_id();
     let op = operator_of(&stage.upper)?;
     let shards = op.state_shards().max(1);
