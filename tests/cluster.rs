@@ -1149,3 +1149,79 @@ fn an_executor_registers_again_with_a_restarted_scheduler() {
     };
     assert!(answer.contains("42"), "{answer}");
 }
+
+/// An executor that cannot reach its scheduler still stops on Ctrl-C and
+/// SIGTERM (it waited for the scheduler deaf to both), and one given a
+/// port already taken says so and exits, instead of restarting itself for
+/// ever as if its scheduler were gone.
+#[test]
+fn an_executor_stops_on_a_signal_and_refuses_a_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("127.0.0.1:{}", free_port());
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut executor = weir()
+            .args(["cluster", "executor", "--scheduler", &nobody])
+            .args(["--port", &free_port().to_string()])
+            .args(["--grpc-port", &free_port().to_string()])
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let line = first_line(&mut executor);
+        assert!(line.starts_with("weir cluster executor on "), "{line}");
+        std::thread::sleep(Duration::from_secs(1));
+        // SAFETY: a signal to a child this test started.
+        unsafe {
+            libc::kill(executor.id() as i32, signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = executor.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                executor.kill().unwrap();
+                executor.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.is_some(), "signal {signal}: the executor did not stop");
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (flight, grpc) in [(port, free_port()), (free_port(), port)] {
+        let out = weir()
+            .args(["cluster", "executor", "--scheduler", &nobody])
+            .args(["--port", &flight.to_string(), "--grpc-port", &grpc.to_string()])
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(err.contains("in use"), "{err}");
+    }
+    let same = free_port().to_string();
+    let out = weir()
+        .args([
+            "cluster",
+            "executor",
+            "--scheduler",
+            &nobody,
+            "--port",
+            &same,
+            "--grpc-port",
+            &same,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the executor needs two ports"), "{err}");
+}

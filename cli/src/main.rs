@@ -652,6 +652,7 @@ async fn cluster_command(command: &ClusterCommand) -> Result<()> {
                     temporary.path().to_path_buf()
                 }
             };
+            weir_cluster::check_executor_ports(*bind, *port, *grpc_port)?;
             outln!("weir cluster executor on {bind}:{port} (tasks on {grpc_port}), scheduler {scheduler}");
             weir_cluster::run_executor(weir_cluster::ExecutorOptions {
                 scheduler,

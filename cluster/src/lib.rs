@@ -207,6 +207,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             options.work_dir.display()
         ))
     })?;
+    check_executor_ports(options.bind, options.port, options.grpc_port)?;
     let config = ExecutorProcessConfig {
         bind_host: options.bind.to_string(),
         external_host: Some(options.bind.to_string()),
@@ -252,6 +253,11 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
                 } => {}
             }
             stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Ballista stops a registered executor on the signal; one
+            // still waiting for its scheduler does not notice it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!("weir cluster executor: stopped");
+            std::process::exit(0);
         });
     }
     let ran = start_executor_process(Arc::new(config)).await;
@@ -271,6 +277,25 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     restart_self()
+}
+
+/// Checks that an executor can listen on its two ports. Ballista binds them
+/// in tasks of its own, and a port taken ends the process as if its
+/// scheduler were gone: it would restart itself for ever.
+pub fn check_executor_ports(bind: std::net::IpAddr, port: u16, grpc_port: u16) -> Result<()> {
+    if port == grpc_port {
+        return Err(Error::Config(format!(
+            "--port and --grpc-port are both {port}: the executor needs two ports"
+        )));
+    }
+    for (flag, p) in [("--port", port), ("--grpc-port", grpc_port)] {
+        if let Err(e) = std::net::TcpListener::bind((bind, p)) {
+            return Err(Error::Config(format!(
+                "the executor cannot listen on {bind}:{p} ({flag}): {e}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces this process with the same command (same pid): only returns
