@@ -215,6 +215,12 @@ fn a_query_on_a_cluster_that_is_not_there_is_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(60));
     let err = query("SELECT 1", Some("not-an-address")).unwrap_err();
     assert!(err.contains("is not a scheduler's address"), "{err}");
+    // Refused before any connection (they became `http://https://...` or
+    // an invalid URI deep in the client).
+    let err = query("SELECT 1", Some(&format!("https://127.0.0.1:{port}"))).unwrap_err();
+    assert!(err.contains("not https://"), "{err}");
+    let err = query("SELECT 1", Some(&format!(" 127.0.0.1:{port}"))).unwrap_err();
+    assert!(err.contains("is not a scheduler's address"), "{err}");
 }
 
 #[test]

@@ -606,8 +606,21 @@ fn scheduler_url(address: &str) -> Result<String> {
         .strip_prefix("http://")
         .or_else(|| address.strip_prefix("df://"))
         .unwrap_or(address);
+    if let Some((scheme, _)) = rest.split_once("://") {
+        bail!(
+            "'{address}': a scheduler is reached over plain gRPC, not {scheme}://; give host:port, such as 127.0.0.1:50050"
+        );
+    }
     match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(format!("http://{rest}")),
+        Some((host, port))
+            if !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':')) =>
+        {
+            Ok(format!("http://{rest}"))
+        }
         _ => bail!("'{address}' is not a scheduler's address: expected host:port, such as 127.0.0.1:50050"),
     }
 }
