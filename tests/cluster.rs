@@ -578,10 +578,8 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
     let windowed = dir.path().join("windowed.sql");
     std::fs::write(&windowed, every_kind_of_job(&dir.path().join("w"), batch)).unwrap();
     let plan = explain(&windowed);
-    // (Which query it names first depends on the default thread count.)
     assert!(
-        plan.contains("the query runs here (INSERT INTO sessions cannot: its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate")
-            || plan.contains("the query runs here (INSERT INTO windows cannot: its window aggregate keeps more than one shard"),
+        plan.contains("the query runs here (INSERT INTO sessions cannot: its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate"),
         "{plan}"
     );
 }
@@ -683,15 +681,11 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         };
         let (local, local_log) = run("local", None);
         let (remote, remote_log) = run("remote", Some(&c.scheduler));
-        // On two threads the keyed TUMBLE keeps two shards, which the
-        // executors cannot run yet: only its input is read there.
-        let place = if threads == 1 {
-            "queries run on the cluster"
-        } else {
-            "input read on the cluster"
-        };
         assert!(
-            remote_log.contains(&format!("; {place} at http://{})", c.scheduler)),
+            remote_log.contains(&format!(
+                "; queries run on the cluster at http://{})",
+                c.scheduler
+            )),
             "{remote_log}"
         );
         assert!(epoch_lines(&local_log).len() >= 4, "{local_log}");
@@ -705,10 +699,8 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             let want = sink_rows(&local.join(sink));
             assert!(want.len() > 100, "{sink}: {} rows", want.len());
             assert_eq!(sink_rows(&remote.join(sink)), want, "{sink} on {threads} threads");
-            if threads == 1 {
-                // Written by the executors, a file per shard with rows.
-                assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
-            }
+            // Written by the executors, a file per shard with rows.
+            assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
         }
         local_rows.push(local);
     }
@@ -730,43 +722,40 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let plan = explain("1");
-    assert_eq!(
-        plan.matches("-- on the cluster: runs on the executors").count(),
-        2,
-        "{plan}"
-    );
-    let plan = explain("2");
-    assert!(
-        plan.contains("INSERT INTO windows cannot: its window aggregate keeps more than one shard"),
-        "{plan}"
-    );
+    for threads in ["1", "2"] {
+        let plan = explain(threads);
+        assert_eq!(
+            plan.matches("-- on the cluster: runs on the executors").count(),
+            2,
+            "{plan}"
+        );
+    }
 
-    // One checkpoint: an epoch here on two threads, two on the cluster on
-    // one (an executor killed before the second), the rest here on two:
+    // One checkpoint: an epoch here on one thread, two on the cluster on
+    // two (an executor killed before the second), the rest here on three:
     // the state moves between shard counts.
     let out = dir.path().join("moved");
     let job = dir.path().join("moved.sql");
     std::fs::write(&job, windowed_job(&input, &out, batch)).unwrap();
     let ck = dir.path().join("moved.ck");
     let once = ["--trigger", "once"];
-    run_threads(&job, &ck, None, 2, &once).unwrap();
-    let log = run_threads(&job, &ck, Some(&c.scheduler), 1, &once).unwrap();
+    run_threads(&job, &ck, None, 1, &once).unwrap();
+    let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
     assert!(log.contains("committed through epoch 2"), "{log}");
     assert!(log.contains("queries run on the cluster"), "{log}");
     c.kill_executor(0);
-    let log = match run_threads(&job, &ck, Some(&c.scheduler), 1, &once) {
+    let log = match run_threads(&job, &ck, Some(&c.scheduler), 2, &once) {
         Ok(log) => log,
         // Ballista gave up on the epoch: it was not committed, and runs
         // again.
         Err(e) => {
             assert!(e.contains("was not committed"), "{e}");
-            run_threads(&job, &ck, Some(&c.scheduler), 1, &once).unwrap()
+            run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap()
         }
     };
     assert!(log.contains("committed through epoch 3"), "{log}");
     c.restart_executor(0);
-    run_threads(&job, &ck, None, 2, &all).unwrap();
+    run_threads(&job, &ck, None, 3, &all).unwrap();
     for sink in ["windows", "hops"] {
         assert_eq!(
             sink_rows(&out.join(sink)),

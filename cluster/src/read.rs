@@ -537,56 +537,9 @@ impl ClusterReader {
         &self,
         mut job: weir_engine::remote::RemoteAggregate,
     ) -> weir_engine::Result<Vec<weir_engine::remote::ShardReport>> {
-        use crate::stages::{PartStage, PartStageExec, ShardStage, ShardStageExec};
-        use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-        use datafusion::physical_plan::repartition::RepartitionExec;
         absolutize(&mut job.read.table)?;
         let table = job.read.table.name.clone();
-        let runtime = |e: DataFusionError| weir_engine::Error::Runtime(format!("source '{table}': {e}"));
-        let parts: Arc<dyn ExecutionPlan> = if job.read.parts.is_empty() {
-            // No input, but the watermark may close windows: the shards
-            // run over an empty shuffle.
-            Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                crate::stages::stage_one_schema(&job.prefix.schema()),
-            ))
-        } else {
-            Arc::new(
-                PartStageExec::try_new(
-                    PartStage {
-                        read: job.read,
-                        prefix: job.prefix,
-                        epoch: job.epoch,
-                        processing_time_ms: job.processing_time_ms,
-                        watermarks_before: job.watermarks_before,
-                    },
-                    StoreOptions::default(),
-                )
-                .map_err(runtime)?,
-            )
-        };
-        // Ballista cuts the job into its two stages here.
-        let shuffle: Arc<dyn ExecutionPlan> = match job.shuffle {
-            Some(p) => Arc::new(RepartitionExec::try_new(parts, p).map_err(runtime)?),
-            None => Arc::new(CoalescePartitionsExec::new(parts)),
-        };
-        let shards = ShardStageExec::try_new(
-            ShardStage {
-                upper: job.upper,
-                operator_id: job.operator_id,
-                checkpoint: job.checkpoint,
-                checkpoint_options: Vec::new(),
-                chains: job.chains,
-                watermark_in: job.watermark_in,
-                full: job.full,
-                epoch: job.epoch,
-                processing_time_ms: job.processing_time_ms,
-                watermark_out: job.watermark_out,
-                sink: job.sink,
-            },
-            shuffle,
-            StoreOptions::default(),
-        )
-        .map_err(runtime)?;
+        let shards = crate::stages::stage_plan(job, StoreOptions::default())?;
         let count = shards.properties().output_partitioning().partition_count();
         let plan: Arc<dyn ExecutionPlan> = Arc::new(shards);
         let batches = crate::execute(&self.url, plan, &self.session, self.connect_timeout)

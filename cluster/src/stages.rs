@@ -77,10 +77,26 @@ pub struct PartStage {
     pub processing_time_ms: i64,
     /// Part i's source watermark as of its first row (`W_i` above).
     pub watermarks_before: Vec<i64>,
+    /// The operator's shards.
+    pub shards: usize,
+    /// The prefix's output columns the operator's shards are split by.
+    pub key_columns: Vec<usize>,
 }
 
+/// The column of a stage-1 marker row naming the shard it is for.
+pub const SHARD_COLUMN: &str = "__weir_shard";
+/// The column the shuffle hashes: a value that Ballista's hash sends to
+/// the row's shard ([`route_values`]).
+pub const ROUTE_COLUMN: &str = "__weir_route";
+
 /// The rows stage 1 sends through the shuffle: the prefix's columns, all
-/// nullable, then [`LATE_COLUMN`].
+/// nullable, then [`LATE_COLUMN`], [`SHARD_COLUMN`] and [`ROUTE_COLUMN`].
+///
+/// Why the route column: Ballista's scheduler narrows a stage-2 task's
+/// shuffle reader to the one partition it reads, so the task is not told
+/// which partition (shard) that is, and a shard no part sent a row has no
+/// shuffle file to tell it either. So every part sends each shard a marker
+/// row naming it, and every row goes where its shard's number sends it.
 pub fn stage_one_schema(prefix: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = prefix
         .fields()
@@ -88,7 +104,43 @@ pub fn stage_one_schema(prefix: &Schema) -> SchemaRef {
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
     fields.push(Field::new(LATE_COLUMN, DataType::UInt64, true));
+    fields.push(Field::new(SHARD_COLUMN, DataType::UInt32, true));
+    fields.push(Field::new(ROUTE_COLUMN, DataType::UInt64, false));
     Arc::new(Schema::new(fields))
+}
+
+/// For each of `shards` shards, a value of [`ROUTE_COLUMN`] that the hash
+/// repartition (DataFusion's, which Ballista's shuffle uses) sends to it.
+pub fn route_values(shards: usize) -> DfResult<Vec<u64>> {
+    let mut out: Vec<Option<u64>> = vec![None; shards.max(1)];
+    if shards <= 1 {
+        return Ok(vec![0]);
+    }
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        ROUTE_COLUMN,
+        DataType::UInt64,
+        false,
+    )]));
+    let mut missing = shards;
+    let mut v = 0u64;
+    while missing > 0 {
+        // A thousand candidates at a time; a few cover every shard.
+        let candidates: Vec<u64> = (v..v + 1024).collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(candidates))])?;
+        for (shard, rows) in weir_engine::exec::shard::route(&batch, &[0], shards)? {
+            if out[shard].is_none() && rows.num_rows() > 0 {
+                out[shard] = Some(rows.column(0).as_primitive::<UInt64Type>().value(0));
+                missing -= 1;
+            }
+        }
+        v += 1024;
+        if v > 1 << 24 {
+            return Err(DataFusionError::Internal(format!(
+                "no route to each of {shards} shards"
+            )));
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Runs [`PartStage`]: a partition per part.
@@ -120,7 +172,18 @@ impl PartStageExec {
             )));
         }
         stage.prefix = one_partition(Arc::clone(&stage.prefix))?;
-        let input = parts_table(&stage.read.parts)?;
+        // Without parts, one task still sends each shard its marker: the
+        // shards run (the watermark may close windows) and know which
+        // they are.
+        let input = if stage.read.parts.is_empty() {
+            Arc::new(
+                datafusion::physical_plan::placeholder_row::PlaceholderRowExec::new(
+                    Arc::new(Schema::empty()),
+                ),
+            ) as Arc<dyn ExecutionPlan>
+        } else {
+            parts_table(&stage.read.parts)?
+        };
         Ok(Self::over(stage, input, store_options))
     }
 
@@ -217,10 +280,28 @@ impl ExecutionPlan for PartStageExec {
         let out_schema = Arc::clone(&schema);
         let run = async move {
             let parts: Vec<RecordBatch> = parts.try_collect().await?;
+            let routes = route_values(stage.shards)?;
             let mut out = Vec::new();
+            if stage.read.parts.is_empty() && stage.watermarks_before.is_empty() {
+                out.extend(markers(&out_schema, &routes, 0)?);
+            }
             for batch in parts {
+                if batch.num_columns() == 0 {
+                    continue;
+                }
                 for (index, part) in parts_in(&batch)? {
-                    out.extend(run_part(&stage, &store_options, &context, &out_schema, index, &part).await?);
+                    out.extend(
+                        run_part(
+                            &stage,
+                            &store_options,
+                            &context,
+                            &out_schema,
+                            &routes,
+                            index,
+                            &part,
+                        )
+                        .await?,
+                    );
                 }
             }
             Ok::<_, DataFusionError>(out)
@@ -235,11 +316,13 @@ impl ExecutionPlan for PartStageExec {
 
 /// Reads part `index`, runs the prefix over it from `W_index`; its rows for
 /// the shuffle, then its marker row.
+#[allow(clippy::too_many_arguments)]
 async fn run_part(
     stage: &PartStage,
     store_options: &StoreOptions,
     context: &Arc<TaskContext>,
     schema: &SchemaRef,
+    routes: &[u64],
     index: u32,
     part: &Value,
 ) -> DfResult<Vec<RecordBatch>> {
@@ -279,19 +362,39 @@ async fn run_part(
     for p in 0..stage.prefix.properties().output_partitioning().partition_count() {
         let stream = stage.prefix.execute(p, Arc::clone(&ctx))?;
         for b in datafusion::physical_plan::common::collect(stream).await? {
-            let mut columns = b.columns().to_vec();
-            columns.push(new_null_array(&DataType::UInt64, b.num_rows()));
-            out.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+            for (shard, rows) in weir_engine::exec::shard::route(&b, &stage.key_columns, stage.shards)? {
+                let n = rows.num_rows();
+                let mut columns = rows.columns().to_vec();
+                columns.push(new_null_array(&DataType::UInt64, n));
+                columns.push(new_null_array(&DataType::UInt32, n));
+                columns.push(Arc::new(UInt64Array::from(vec![routes[shard]; n])));
+                out.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+            }
         }
     }
     let late = input.late_rows.load(std::sync::atomic::Ordering::Relaxed);
-    let mut marker: Vec<ArrayRef> = schema.fields()[..schema.fields().len() - 1]
-        .iter()
-        .map(|f| new_null_array(f.data_type(), 1))
-        .collect();
-    marker.push(Arc::new(UInt64Array::from(vec![late])));
-    out.push(RecordBatch::try_new(Arc::clone(schema), marker)?);
+    out.extend(markers(schema, routes, late)?);
     Ok(out)
+}
+
+/// A part's marker rows: one to each shard, naming it; the first carries
+/// the part's late rows.
+fn markers(schema: &SchemaRef, routes: &[u64], late: u64) -> DfResult<Vec<RecordBatch>> {
+    let n = routes.len();
+    let width = schema.fields().len();
+    let mut columns: Vec<ArrayRef> = schema.fields()[..width - 3]
+        .iter()
+        .map(|f| new_null_array(f.data_type(), n))
+        .collect();
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        (0..n).map(|k| if k == 0 { late } else { 0 }),
+    )));
+    let shards: Vec<u32> = (0..n)
+        .map(|k| u32::try_from(k).map_err(|_| DataFusionError::Internal("too many shards".into())))
+        .collect::<DfResult<_>>()?;
+    columns.push(Arc::new(UInt32Array::from(shards)));
+    columns.push(Arc::new(UInt64Array::from(routes.to_vec())));
+    Ok(vec![RecordBatch::try_new(Arc::clone(schema), columns)?])
 }
 
 /// Stage 2 of a stateful query's epoch: a task per shard of its operator.
@@ -364,9 +467,11 @@ impl ShardStageExec {
         input: Arc<dyn ExecutionPlan>,
         store_options: StoreOptions,
     ) -> DfResult<Self> {
+        // Ballista narrows the input to the partitions each task reads
+        // (one); each task learns its shard from the rows.
         let shards = operator_of(&stage.upper)?.state_shards().max(1);
         let partitions = input.properties().output_partitioning().partition_count();
-        if partitions != shards {
+        if partitions > shards {
             return Err(DataFusionError::Internal(format!(
                 "an operator of {shards} shards over {partitions} partitions"
             )));
@@ -456,11 +561,9 @@ impl ExecutionPlan for ShardStageExec {
         let rows = self.input.execute(partition, Arc::clone(&context))?;
         let stage = self.stage.clone();
         let store_options = self.store_options.clone();
-        // The shuffle's hash, which the operator checks its input has.
-        let partitioning = self.input.properties().output_partitioning().clone();
         let run = async move {
             let rows: Vec<RecordBatch> = rows.try_collect().await?;
-            run_shard(&stage, &store_options, &context, partition, partitioning, rows).await
+            run_shard(&stage, &store_options, &context, rows).await
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             report_schema(),
@@ -469,39 +572,63 @@ impl ExecutionPlan for ShardStageExec {
     }
 }
 
-/// Splits stage-1 rows into the partial aggregate's rows (as `schema`)
-/// and the late rows their markers count.
-fn split_markers(rows: &[RecordBatch], schema: &SchemaRef) -> DfResult<(Vec<RecordBatch>, u64)> {
+/// Splits stage-1 rows into the partial aggregate's rows (as `schema`),
+/// the late rows their markers count, and the shard the markers name (all
+/// the same: the shuffle sends each shard's markers to it alone).
+fn split_markers(
+    rows: &[RecordBatch],
+    schema: &SchemaRef,
+) -> DfResult<(Vec<RecordBatch>, u64, Option<usize>)> {
     let mut data = Vec::with_capacity(rows.len());
     let mut late = 0;
+    let mut shard: Option<usize> = None;
+    let wide = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
     for b in rows {
-        let marks = b
-            .column(b.num_columns() - 1)
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| DataFusionError::Internal(format!("stage-1 rows without {LATE_COLUMN}")))?;
-        let columns = b.columns()[..b.num_columns() - 1].to_vec();
-        if marks.null_count() == marks.len() {
+        let width = b.num_columns();
+        if width < 3 {
+            return Err(DataFusionError::Internal(
+                "stage-1 rows without their markers' columns".into(),
+            ));
+        }
+        let (Some(marks), Some(shards)) = (
+            b.column(width - 3).as_primitive_opt::<UInt64Type>(),
+            b.column(width - 2)
+                .as_primitive_opt::<datafusion::arrow::datatypes::UInt32Type>(),
+        ) else {
+            return Err(DataFusionError::Internal(format!(
+                "stage-1 rows without {LATE_COLUMN}"
+            )));
+        };
+        let columns = b.columns()[..width - 3].to_vec();
+        if shards.null_count() == shards.len() {
             data.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
             continue;
         }
         late += marks.iter().flatten().sum::<u64>();
-        let keep = datafusion::arrow::compute::is_null(marks)?;
-        let narrow = RecordBatch::try_new(
-            Arc::new(Schema::new(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_nullable(true))
-                    .collect::<Vec<_>>(),
-            )),
-            columns,
-        )?;
+        for s in shards.iter().flatten() {
+            let s = s as usize;
+            if shard.is_some_and(|k| k != s) {
+                return Err(DataFusionError::Internal(format!(
+                    "a shard task received the markers of shards {} and {s}",
+                    shard.unwrap_or_default()
+                )));
+            }
+            shard = Some(s);
+        }
+        let keep = datafusion::arrow::compute::is_null(shards)?;
+        let narrow = RecordBatch::try_new(Arc::clone(&wide), columns)?;
         let kept = datafusion::arrow::compute::filter_record_batch(&narrow, &keep)?;
         if kept.num_rows() > 0 {
             data.push(RecordBatch::try_new(Arc::clone(schema), kept.columns().to_vec())?);
         }
     }
-    Ok((data, late))
+    Ok((data, late, shard))
 }
 
 /// A shard task's rows as its operator's input: partition `k` holds
@@ -575,8 +702,6 @@ async fn run_shard(
     stage: &ShardStage,
     store_options: &StoreOptions,
     context: &Arc<TaskContext>,
-    shard: usize,
-    partitioning: Partitioning,
     rows: Vec<RecordBatch>,
 ) -> DfResult<RecordBatch> {
     let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
@@ -595,9 +720,20 @@ async fn run_shard(
     })?;
     let stand_in =
         stand_in.ok_or_else(|| DataFusionError::Internal("an operator without an input".into()))?;
-    let (data, late_rows) = split_markers(&rows, &stand_in.schema())?;
+    let (data, late_rows, shard) = split_markers(&rows, &stand_in.schema())?;
+    let shard = shard.ok_or_else(|| {
+        DataFusionError::Internal("a shard task received no marker naming its shard".into())
+    })?;
+    if shard >= shards {
+        return Err(DataFusionError::Internal(format!(
+            "shard {shard} of an operator of {shards}"
+        )));
+    }
     let mut partitions = vec![Vec::new(); shards];
     partitions[shard] = data;
+    // Declared partitioned as the operator's own shuffle was (the stand-in
+    // is that shuffle, over nothing): the operator checks it.
+    let partitioning = stand_in.properties().output_partitioning().clone();
     let fed: Arc<dyn ExecutionPlan> =
         Arc::new(ShardRowsExec::new(stand_in.schema(), partitioning, partitions));
     let upper = Arc::clone(&stage.upper)
@@ -720,6 +856,8 @@ struct WirePartStage {
     epoch: u64,
     processing_time_ms: i64,
     watermarks_before: Vec<i64>,
+    shards: usize,
+    key_columns: Vec<usize>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -758,6 +896,8 @@ pub(crate) fn try_encode(
             epoch: stage.epoch,
             processing_time_ms: stage.processing_time_ms,
             watermarks_before: stage.watermarks_before.clone(),
+            shards: stage.shards,
+            key_columns: stage.key_columns.clone(),
         };
         put_json(PART_STAGE_MAGIC, &wire, buf)?;
         let mut read = Vec::new();
@@ -834,6 +974,8 @@ pub(crate) fn try_decode(
             epoch: w.epoch,
             processing_time_ms: w.processing_time_ms,
             watermarks_before: w.watermarks_before,
+            shards: w.shards,
+            key_columns: w.key_columns,
         };
         return Ok(Some(Arc::new(PartStageExec::over(
             stage,
@@ -876,6 +1018,93 @@ pub(crate) fn try_decode(
         )?)));
     }
     Ok(None)
+}
+
+/// The two stages of a [`weir_engine::remote::RemoteAggregate`] as one
+/// plan: [`ShardStageExec`] over the shuffle over [`PartStageExec`].
+pub fn stage_plan(
+    job: weir_engine::remote::RemoteAggregate,
+    store_options: StoreOptions,
+) -> weir_engine::Result<ShardStageExec> {
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    let table = job.read.table.name.clone();
+    let runtime = |e: DataFusionError| weir_engine::Error::Runtime(format!("source '{table}': {e}"));
+    // The operator's shards and the prefix columns they are split by.
+    let (shards, key_columns) = match &job.shuffle {
+        None => (1, Vec::new()),
+        Some(datafusion::physical_plan::Partitioning::Hash(exprs, n)) => {
+            let columns: Option<Vec<usize>> = exprs
+                .iter()
+                .map(|e| {
+                    e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                        .map(|c| c.index())
+                })
+                .collect();
+            let columns = columns.ok_or_else(|| {
+                weir_engine::Error::Runtime(format!(
+                    "source '{table}': the window aggregate's shards are split by expressions, not columns"
+                ))
+            })?;
+            (*n, columns)
+        }
+        Some(other) => {
+            return Err(weir_engine::Error::Runtime(format!(
+                "source '{table}': the window aggregate's input is partitioned as {other}"
+            )));
+        }
+    };
+    let parts = PartStageExec::try_new(
+        PartStage {
+            read: job.read,
+            prefix: job.prefix,
+            epoch: job.epoch,
+            processing_time_ms: job.processing_time_ms,
+            watermarks_before: job.watermarks_before,
+            shards,
+            key_columns,
+        },
+        store_options.clone(),
+    )
+    .map_err(runtime)?;
+    // Ballista cuts the job into its two stages here: each row goes to
+    // the shard its route column names (see `stages::stage_one_schema`).
+    let route = parts.schema().fields().len() - 1;
+    let parts: Arc<dyn ExecutionPlan> = Arc::new(parts);
+    let shuffle: Arc<dyn ExecutionPlan> = if shards > 1 {
+        let column = Arc::new(datafusion::physical_expr::expressions::Column::new(
+            crate::stages::ROUTE_COLUMN,
+            route,
+        ));
+        Arc::new(
+            RepartitionExec::try_new(
+                parts,
+                datafusion::physical_plan::Partitioning::Hash(vec![column], shards),
+            )
+            .map_err(runtime)?,
+        )
+    } else {
+        Arc::new(CoalescePartitionsExec::new(parts))
+    };
+    let shards = ShardStageExec::try_new(
+        ShardStage {
+            upper: job.upper,
+            operator_id: job.operator_id,
+            checkpoint: job.checkpoint,
+            checkpoint_options: Vec::new(),
+            chains: job.chains,
+            watermark_in: job.watermark_in,
+            full: job.full,
+            epoch: job.epoch,
+            processing_time_ms: job.processing_time_ms,
+            watermark_out: job.watermark_out,
+            sink: job.sink,
+        },
+        shuffle,
+        store_options.clone(),
+    )
+    .map_err(runtime)?;
+    Ok(shards)
 }
 
 /// One report per shard from a stage-2 job's rows: the first of a shard
@@ -1050,8 +1279,15 @@ mod tests {
                 } else {
                     (Arc::clone(&child), None)
                 };
+                // As the driver cuts it (`remote_epoch::split_stateful`).
                 let n = child.properties().output_partitioning().partition_count();
-                let stand_in = Arc::new(EmptyExec::new(below.schema()).with_partitions(n));
+                let stand_in: Arc<dyn ExecutionPlan> = match &partitioning {
+                    Some(p) => Arc::new(
+                        RepartitionExec::try_new(Arc::new(EmptyExec::new(below.schema())), p.clone())
+                            .unwrap(),
+                    ),
+                    None => Arc::new(EmptyExec::new(below.schema()).with_partitions(n)),
+                };
                 prefix = Some((below, partitioning));
                 let node = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
                     node,
@@ -1152,48 +1388,31 @@ mod tests {
                 )
                 .await;
                 let (prefix, upper, partitioning) = cut(&shipped);
-                let part_stage = PartStageExec::try_new(
-                    PartStage {
-                        read: RemoteRead {
-                            table: decl.clone(),
-                            columns: scan_columns.clone(),
-                            parts,
-                        },
-                        prefix,
-                        epoch,
-                        processing_time_ms: 0,
-                        watermarks_before: before,
+                let job = weir_engine::remote::RemoteAggregate {
+                    read: RemoteRead {
+                        table: decl.clone(),
+                        columns: scan_columns.clone(),
+                        parts,
                     },
-                    StoreOptions::default(),
-                )
-                .unwrap();
-                let part_stage: Arc<dyn ExecutionPlan> = Arc::new(part_stage);
-                let shuffle: Arc<dyn ExecutionPlan> = match partitioning {
-                    Some(p) => Arc::new(RepartitionExec::try_new(part_stage, p).unwrap()),
-                    None => Arc::new(CoalescePartitionsExec::new(part_stage)),
+                    prefix,
+                    shuffle: partitioning,
+                    upper,
+                    watermarks_before: before,
+                    operator_id: "p0-agg0".into(),
+                    checkpoint: ck_url.clone(),
+                    chains: chains.clone(),
+                    watermark_in: watermark,
+                    full: epoch == 1,
+                    epoch,
+                    processing_time_ms: 0,
+                    watermark_out,
+                    sink: RemoteSink::Files {
+                        folder: format!("file://{}", out_dir.display()),
+                        writer: "w".into(),
+                        options: vec![],
+                    },
                 };
-                let shard_stage = ShardStageExec::try_new(
-                    ShardStage {
-                        upper,
-                        operator_id: "p0-agg0".into(),
-                        checkpoint: ck_url.clone(),
-                        checkpoint_options: vec![],
-                        chains: chains.clone(),
-                        watermark_in: watermark,
-                        full: epoch == 1,
-                        epoch,
-                        processing_time_ms: 0,
-                        watermark_out,
-                        sink: RemoteSink::Files {
-                            folder: format!("file://{}", out_dir.display()),
-                            writer: "w".into(),
-                            options: vec![],
-                        },
-                    },
-                    shuffle,
-                    StoreOptions::default(),
-                )
-                .unwrap();
+                let shard_stage = stage_plan(job, StoreOptions::default()).unwrap();
                 // Through the codec, as Ballista would send it.
                 let proto = PhysicalPlanNode::try_from_physical_plan(Arc::new(shard_stage), &codec).unwrap();
                 let decoded = proto.try_into_physical_plan(&ctx.task_ctx(), &codec).unwrap();

@@ -94,15 +94,7 @@ pub(super) fn split_stateful(
     let child = Arc::clone(operator.children()[0]);
     let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
         match r.partitioning() {
-            // A stage-2 task of Ballista's shuffle does not learn which of
-            // its partitions it reads (the scheduler narrows the reader to
-            // it), so a shard cannot tell which state is its own: keyed
-            // windows on more than one thread run here for now.
-            datafusion::physical_plan::Partitioning::Hash(..) => {
-                return Err(
-                    "its window aggregate keeps more than one shard (--threads above 1 with GROUP BY keys), which the executors cannot run yet",
-                );
-            }
+            p @ datafusion::physical_plan::Partitioning::Hash(..) => (Arc::clone(r.input()), Some(p.clone())),
             _ => return Err("its window aggregate's input is not split by its keys"),
         }
     } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
@@ -140,8 +132,16 @@ pub(super) fn split_stateful(
     }
     // The operator over a stand-in of its input's partitions, and the nodes
     // above rebuilt over it.
+    // A keyed operator's stand-in is its own shuffle over nothing: a shard
+    // task declares its rows partitioned as that (the operator checks it).
     let n = child.properties().output_partitioning().partition_count();
-    let stand_in: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n));
+    let stand_in: Arc<dyn ExecutionPlan> = match &shuffle {
+        Some(p) => Arc::new(
+            RepartitionExec::try_new(Arc::new(EmptyExec::new(prefix.schema())), p.clone())
+                .map_err(|_| "its window aggregate's shuffle cannot be rebuilt")?,
+        ),
+        None => Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n)),
+    };
     let rebuild = |node: Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>| {
         datafusion::physical_plan::execution_plan::replace_children_if_necessary(node, vec![child])
     };
