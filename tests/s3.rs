@@ -322,11 +322,16 @@ fn checkpoint_source_and_sink_on_s3_survive_sigkills_and_faults_exactly_once() {
     assert_no_secrets("weir's output", &printed);
 }
 
-/// `weir run --cluster`: the executors read the input from the bucket with
-/// their own settings (the driver is denied the input files), a SIGKILL of
-/// the driver mid-run is survived, and the output is exactly the local run's.
+/// `weir run --cluster` of a windowed job with its checkpoint on S3: the
+/// executors read the input, run the window aggregate and write its state
+/// and sink files in the bucket with their own settings; a SIGKILL of the
+/// driver once an epoch's files are staged is survived (the replay's
+/// attempts are the ones named), and the output is exactly the local
+/// run's. (The driver reads the Parquet footers to cut the parts; a job
+/// whose input alone is read on a cluster, the driver denied the files, is
+/// in `tests/cluster.rs`.)
 #[test]
-fn a_job_on_s3_whose_input_is_read_on_a_cluster_is_exactly_once() {
+fn a_windowed_job_on_s3_runs_on_the_executors_exactly_once() {
     let Some(server) = server() else { return };
     let (expected, _) = run_straight(700);
     let bucket = bucket(&server, "cluster");
@@ -338,21 +343,28 @@ fn a_job_on_s3_whose_input_is_read_on_a_cluster_is_exactly_once() {
     let c = crate::cluster::cluster_with_env(2, &env);
     let mut args = run_args(&bucket);
     args.extend(["--cluster".to_string(), c.scheduler.clone()]);
-    let denied = ("WEIR_FAULTS", "rate=0,permanent=bids-");
-    let killed = weir(
-        &ws,
-        &server,
-        &args,
-        &[("WEIR_FAILPOINT", "sink-staged@2"), denied],
-    )
-    .killed();
-    let done = weir(&ws, &server, &args, &[denied]).ok();
+    let killed = weir(&ws, &server, &args, &[("WEIR_FAILPOINT", "sink-staged@2")]).killed();
+    let done = weir(&ws, &server, &args, &[]).ok();
     assert!(
         done.stderr().contains("resuming after epoch"),
         "{}",
         done.stderr()
     );
+    assert!(
+        done.stderr().contains("; queries run on the cluster at"),
+        "{}",
+        done.stderr()
+    );
     assert_eq!(s3_sink_rows(&server, &bucket), expected);
+    // The state the executors wrote is in the bucket's checkpoint, named
+    // after attempts.
+    let ck = objects(&server, &bucket, "ck");
+    assert!(
+        ck.iter()
+            .any(|(n, _)| n.starts_with("state/") && n.matches('.').count() >= 4),
+        "{:?}",
+        ck.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
     let printed = format!(
         "{}{}{}{}",
         killed.stdout(),
@@ -361,6 +373,9 @@ fn a_job_on_s3_whose_input_is_read_on_a_cluster_is_exactly_once() {
         done.stderr()
     );
     assert_no_secrets("weir run --cluster's output", &printed);
+    for (name, bytes) in &ck {
+        assert_no_secrets(name, &String::from_utf8_lossy(bytes));
+    }
 }
 
 /// `job` with its windowed query replaced by a stateless one.
