@@ -527,6 +527,25 @@ mod tests {
         plan_sql(&format!("{table}\n{having};")).await.unwrap();
     }
 
+    /// `rn = N` keeps the N-th row of each partition, as Flink's rank range
+    /// `rownum = N` does: a Top-N of N under a filter on the rank (it was
+    /// refused as a ranking without a limit).
+    #[tokio::test]
+    async fn a_rank_equal_to_n_is_a_top_n_of_n_under_a_filter() {
+        let p = plan_sql(
+            "INSERT INTO changes SELECT auction, price, rn FROM (SELECT *, ROW_NUMBER() OVER \
+             (PARTITION BY auction ORDER BY price DESC) AS rn FROM bids) WHERE rn = 2;",
+        )
+        .await
+        .unwrap();
+        let t = text(&p[0]);
+        assert!(t.contains("limit=2"), "{t}");
+        assert!(
+            t.contains("CURRENT ROW = UInt64(2)"),
+            "the filter stays above: {t}"
+        );
+    }
+
     #[tokio::test]
     async fn a_tumbling_aggregate_becomes_a_window_aggregate() {
         let p = plan(

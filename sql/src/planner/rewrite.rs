@@ -521,7 +521,7 @@ pub(super) fn top_n_below(plan: &LogicalPlan) -> Option<Column> {
     }
 }
 
-/// `rank <= N`, `rank < N`, `rank = 1` (either side) → N.
+/// `rank <= N`, `rank < N`, `rank = N` (either side) → N.
 pub(super) fn rank_limit(predicate: &Expr, rank: &Column) -> Option<u64> {
     use datafusion::logical_expr::{BinaryExpr, Operator};
     let split = datafusion::logical_expr::utils::split_conjunction(predicate);
@@ -544,7 +544,10 @@ pub(super) fn rank_limit(predicate: &Expr, rank: &Column) -> Option<u64> {
         match op {
             Operator::LtEq => u64::try_from(n).ok(),
             Operator::Lt => u64::try_from(n - 1).ok(),
-            Operator::Eq if n == 1 => Some(1),
+            // `rank = N` keeps the top N, and the filter above keeps rank N
+            // (a changelog's rows carry their rank, so its retractions
+            // pass the filter with the rows they take back).
+            Operator::Eq if n >= 1 => u64::try_from(n).ok(),
             _ => None,
         }
     })
