@@ -100,6 +100,8 @@ pub struct Job {
     pub tvfs: BTreeMap<String, TvfCall>,
     /// Every `FOR SYSTEM_TIME AS OF` (lookup join), in file order.
     pub lookups: Vec<preprocess::LookupClause>,
+    /// The line and text of the statement of each of `lookups`, for errors.
+    lookup_statements: Vec<(u64, String)>,
     /// Each statement, secrets redacted, in file order.
     statements: Vec<String>,
     /// What the text may hold.
@@ -154,7 +156,20 @@ impl Job {
     /// table. Only processing-time lookups exist: an event-time temporal
     /// join (a versioned table) is refused.
     fn mark_lookup_tables(&mut self) -> Result<()> {
-        for l in &self.lookups {
+        for i in 0..self.lookups.len() {
+            self.mark_lookup_table(i)
+                .map_err(|e| match self.lookup_statements.get(i) {
+                    Some((line, text)) => e.in_statement(*line, text),
+                    None => e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// [`Job::mark_lookup_tables`] for the `i`-th lookup.
+    fn mark_lookup_table(&mut self, i: usize) -> Result<()> {
+        {
+            let l = self.lookups[i].clone();
             let watermarked = |c: &str| {
                 self.tables
                     .values()
@@ -215,6 +230,8 @@ impl Job {
         }
         let redacted = redact_sql(&pre.original)?;
         self.lookups.extend(pre.lookups.iter().cloned());
+        self.lookup_statements
+            .extend(pre.lookups.iter().map(|_| (line, text.to_string())));
         match parsed.remove(0) {
             Statement::CreateTable(ct) => {
                 if !pre.tvfs.is_empty() {
@@ -815,6 +832,24 @@ mod tests {
         SELECT window_start, window_end, auction, COUNT(*) AS n
         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
         GROUP BY window_start, window_end, auction;";
+
+    /// A refused lookup names its statement's line, as other errors do.
+    #[test]
+    fn a_lookup_on_event_time_is_refused_naming_its_line() {
+        let job = format!(
+            "{JOB}\nCREATE TABLE dim (auction BIGINT, tier VARCHAR) WITH ('connector' = 'files', 'path' = 'd/', \
+             'format' = 'json');\nINSERT INTO out SELECT b.auction, d.tier FROM bids b \
+             JOIN dim FOR SYSTEM_TIME AS OF b.date_time AS d ON b.auction = d.auction;"
+        );
+        let e = Job::parse(&job).unwrap_err().to_string();
+        let line = job.lines().position(|l| l.contains("FOR SYSTEM_TIME")).unwrap() + 1;
+        assert!(
+            e.contains(&format!("line {line} (`INSERT INTO out SELECT b.auction")),
+            "{e}"
+        );
+        assert!(e.contains("'date_time' is an event-time column"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn a_watermark_on_text_is_refused_in_sql_types() {
