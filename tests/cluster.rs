@@ -875,9 +875,12 @@ fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
     .unwrap();
     let err = run_job(&job, &dir.path().join("kafka.ck"), Some(&address), &[]).unwrap_err();
     assert!(
-        err.contains("source 'bids' cannot be read on a cluster yet: only 'files' and 'nexmark' sources can"),
+        err.contains("source 'bids' (connector 'kafka') cannot be read on a cluster yet: only 'files' and 'nexmark' sources can"),
         "{err}"
     );
+    // Refused before anything is written: no checkpoint, no sink folder.
+    assert!(!dir.path().join("kafka.ck").exists());
+    assert!(!dir.path().join("k").exists());
     // A cluster that does not answer: the epoch is not committed, and the
     // job runs on from the same checkpoint once it can read.
     let out = dir.path().join("late-cluster");

@@ -40,6 +40,23 @@ impl StreamingJob {
                 .build()
         };
 
+        // A source a cluster cannot read is refused before the checkpoint
+        // is created (a refused job leaves nothing behind); the source's own
+        // check, once it is open, says the rest (`Source::check_remote`).
+        if let Some(remote) = &options.remote {
+            for name in plans.iter().flat_map(|p| p.sources.iter()) {
+                let Some(decl) = job.tables.get(name) else {
+                    continue;
+                };
+                let connector = decl.connector()?;
+                if !matches!(connector, "files" | "nexmark") {
+                    return Err(Error::Config(format!(
+                        "source '{name}' (connector '{connector}') cannot be read on a cluster yet: only 'files' and 'nexmark' sources can (reading on {})",
+                        remote.describe()
+                    )));
+                }
+            }
+        }
         // Before the checkpoint is created, which would leave its folder
         // in the source.
         {
