@@ -73,6 +73,11 @@ impl Cluster {
 /// An executor of the scheduler at `address`, with one task slot, on free
 /// ports, once it says it runs.
 fn spawn_executor(address: &str, work: &Path, env: &[(&str, &str)]) -> Process {
+    spawn_executor_with(address, work, env, 1)
+}
+
+/// [`spawn_executor`] with `concurrency` task slots.
+fn spawn_executor_with(address: &str, work: &Path, env: &[(&str, &str)], concurrency: usize) -> Process {
     let mut executor = weir()
         .args([
             "cluster",
@@ -80,7 +85,7 @@ fn spawn_executor(address: &str, work: &Path, env: &[(&str, &str)]) -> Process {
             "--scheduler",
             address,
             "--concurrency",
-            "1",
+            &concurrency.to_string(),
         ])
         .args(["--port", &free_port().to_string()])
         .args(["--grpc-port", &free_port().to_string()])
@@ -104,6 +109,11 @@ fn cluster(executors: usize) -> Cluster {
 /// [`cluster`], its executors started with more environment (their store
 /// settings).
 pub(crate) fn cluster_with_env(executors: usize, env: &[(&str, &str)]) -> Cluster {
+    cluster_with(executors, env, 1)
+}
+
+/// [`cluster_with_env`], each executor with `concurrency` task slots.
+fn cluster_with(executors: usize, env: &[(&str, &str)], concurrency: usize) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let mut scheduler = weir()
         .args(["cluster", "scheduler", "--bind", "127.0.0.1:0"])
@@ -120,7 +130,7 @@ pub(crate) fn cluster_with_env(executors: usize, env: &[(&str, &str)]) -> Cluste
     let mut work_dirs = Vec::new();
     for i in 0..executors {
         let work = dir.path().join(format!("executor-{i}"));
-        processes.push(spawn_executor(&address, &work, env));
+        processes.push(spawn_executor_with(&address, &work, env, concurrency));
         work_dirs.push(work);
     }
     // Registration takes a round trip after the executor starts.
@@ -703,6 +713,30 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
         }
         local_rows.push(local);
+    }
+    // One executor with two task slots: both shards of an epoch may run
+    // on it at once, each with an operator of its own.
+    {
+        let two_slots = cluster_with(1, &[], 2);
+        let out = dir.path().join("slots");
+        let job = dir.path().join("slots.sql");
+        std::fs::write(&job, windowed_job(&input, &out, batch)).unwrap();
+        let log = run_threads(
+            &job,
+            &dir.path().join("slots.ck"),
+            Some(&two_slots.scheduler),
+            2,
+            &all,
+        )
+        .unwrap();
+        assert!(log.contains("queries run on the cluster"), "{log}");
+        for sink in ["windows", "hops"] {
+            assert_eq!(
+                sink_rows(&out.join(sink)),
+                sink_rows(&local_rows[1].join(sink)),
+                "two slots/{sink}"
+            );
+        }
     }
     // EXPLAIN says where each query runs.
     let explain = |threads: &str| {

@@ -255,7 +255,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
             stopped.store(true, std::sync::atomic::Ordering::SeqCst);
             // Ballista stops a registered executor on the signal; one
             // still waiting for its scheduler does not notice it.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
             eprintln!("weir cluster executor: stopped");
             std::process::exit(0);
         });
@@ -356,7 +356,7 @@ pub async fn execute(
 ) -> Result<Vec<RecordBatch>> {
     let job_err = |reason: String| Error::Job {
         url: url.to_string(),
-        reason: without_executors(&reason, url).unwrap_or_else(|| task_failure(&reason)),
+        reason: without_executors(&reason, url).unwrap_or_else(|| task_failure(&reason, url)),
     };
     let session = session.clone().upgrade_for_ballista();
     let config: BallistaConfig = session.ballista_config();
@@ -399,14 +399,39 @@ pub async fn execute(
 /// DataFusionError(External(Input("file:///in/a.csv: line 102: ...")))))`.
 /// The innermost message is the one Weir (or DataFusion) wrote for the
 /// user; an error of another shape is left as it is.
-fn task_failure(message: &str) -> String {
+fn task_failure(message: &str, scheduler: &str) -> String {
     const TASK: &str = "Task failed due to runtime execution error: ";
+    // The job ran, but an executor that held a task's output died before
+    // this client fetched it.
+    const FETCH: &str = "Error connecting to Ballista scheduler or executor at ";
+    if let Some(at) = message.find(FETCH) {
+        let address: String = message[at + FETCH.len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\\')
+            .collect();
+        let address = address.trim_end_matches(':');
+        if address == scheduler {
+            return format!("the scheduler at {address} stopped answering while the job ran");
+        }
+        return format!(
+            "the executor at {address} could not be reached for a task's output (it stopped or died after \
+             running the task)"
+        );
+    }
     let Some(at) = message.find(TASK) else {
         return message.to_string();
     };
-    let mut inner = message[at + TASK.len()..].trim();
-    // Peel `Name(first, ...)` layers down to their first argument.
+    let inner = message[at + TASK.len()..].trim();
+    peel(inner).unwrap_or_else(|| message.to_string())
+}
+
+/// The message in a debug-printed error: `Name(first, ...)` layers peeled
+/// down to their first argument (`Context("label", inner)` to the label
+/// and the inner message), a quoted string unescaped. `None` for another
+/// shape (a struct's fields).
+fn peel(mut inner: &str) -> Option<String> {
     loop {
+        inner = inner.trim();
         let name_end = inner
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
             .unwrap_or(inner.len());
@@ -414,15 +439,24 @@ fn task_failure(message: &str) -> String {
         if name_end == 0 || !rest.starts_with('(') {
             break;
         }
-        let Some(first) = first_argument(&rest[1..]) else {
-            break;
-        };
-        inner = first.trim();
+        let first = first_argument(&rest[1..])?;
+        if inner[..name_end].ends_with("Context") {
+            // `Context("label", inner)`: both say something.
+            let after = rest[1 + first.len()..].trim_start();
+            if let (Some(label), Some(more)) = (peel(first), after.strip_prefix(',')) {
+                let more = more.trim().strip_suffix(')').unwrap_or(more);
+                if let Some(message) = peel(more) {
+                    return Some(format!("{label}: {message}"));
+                }
+                return Some(label);
+            }
+        }
+        inner = first;
     }
     // A quoted string: the message itself, unescaped.
     if inner.len() >= 2 && inner.starts_with('"') && inner.ends_with('"') {
         let mut out = String::with_capacity(inner.len());
-        let mut chars = inner[1..inner.len() - 1].chars();
+        let mut chars = inner[1..inner.len() - 1].chars().peekable();
         while let Some(c) = chars.next() {
             if c != '\\' {
                 out.push(c);
@@ -431,18 +465,27 @@ fn task_failure(message: &str) -> String {
             match chars.next() {
                 Some('n') => out.push('\n'),
                 Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('0') => out.push('\0'),
+                Some('u') if chars.peek() == Some(&'{') => {
+                    let code: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                    match u32::from_str_radix(&code, 16).ok().and_then(char::from_u32) {
+                        Some(c) => out.push(c),
+                        None => out.push_str(&format!("\\u{{{code}}}")),
+                    }
+                }
                 Some(other) => out.push(other),
                 None => {}
             }
         }
-        return out;
+        return Some(out);
     }
     // An error without a message of its own (`ArrowError(DivideByZero)`):
     // its name is the best there is.
     if !inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return format!("a task failed: {inner}");
+        return Some(format!("a task failed: {inner}"));
     }
-    message.to_string()
+    None
 }
 
 /// The first argument of a debug-printed call whose `(` came just before
@@ -516,7 +559,14 @@ fn uuid_like_session_id() -> String {
 /// A session state for planning a query that runs on a cluster: DataFusion's
 /// defaults with Ballista's settings, `partitions` wide.
 pub fn session_config(partitions: usize) -> SessionConfig {
-    SessionConfig::new_with_ballista().with_target_partitions(partitions.max(1))
+    SessionConfig::new_with_ballista()
+        .with_target_partitions(partitions.max(1))
+        // A task is one partition: a part, or one shard of an operator
+        // (`stages`), whose number its rows tell it. And the shuffle keeps
+        // its partitions, one per shard, whatever their sizes (Ballista's
+        // coalescing is off by default; this says it is needed).
+        .set_str("ballista.scheduler.max_partitions_per_task", "1")
+        .set_str("ballista.planner.coalesce.enabled", "false")
 }
 
 #[cfg(test)]
@@ -527,22 +577,40 @@ mod tests {
     fn a_failed_tasks_message_is_taken_out_of_its_wrapping() {
         let raw = r#"Execution error: Job 038J failed: Job failed due to stage 1 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(External(Input("file:///in/c1.csv: line 102: column 'price': failed to parse \"cheap\" as Int64"))))))"#;
         assert_eq!(
-            super::task_failure(raw),
+            super::task_failure(raw, "http://s:1"),
             r#"file:///in/c1.csv: line 102: column 'price': failed to parse "cheap" as Int64"#
         );
         assert_eq!(
             super::task_failure(
-                "Job failed: Task failed due to runtime execution error: DataFusionError(Shared(External(ArrowError(DivideByZero))))"
+                "Job failed: Task failed due to runtime execution error: DataFusionError(Shared(External(ArrowError(DivideByZero))))",
+                "http://s:1"
             ),
             "a task failed: DivideByZero"
         );
         assert_eq!(
             super::task_failure(
-                r#"Job failed: Task failed due to runtime execution error: ArrowError(CastError("Cannot cast string '1x' to value of Int32 type"), Some(""))"#
+                r#"Job failed: Task failed due to runtime execution error: ArrowError(CastError("Cannot cast string '1x' to value of Int32 type"), Some(""))"#,
+                "http://s:1"
             ),
             "Cannot cast string '1x' to value of Int32 type"
         );
+        let lost = r#"Execution error: GrpcConnectionError("Error connecting to Ballista scheduler or executor at http://127.0.0.1:51351: tonic::transport::Error(Transport, ConnectError(...))")"#;
+        assert_eq!(
+            super::task_failure(lost, "http://s:1"),
+            "the executor at http://127.0.0.1:51351 could not be reached for a task's output (it stopped or died after running the task)"
+        );
+        assert_eq!(
+            super::task_failure(
+                r#"Job failed: Task failed due to runtime execution error: Context("reading part 3", Execution("caf\u{e9}\r\ngone"))"#,
+                "http://s:1"
+            ),
+            "reading part 3: caf\u{e9}\r\ngone"
+        );
         let other = "Execution error: tonic::transport::Error(Transport, ConnectError)";
-        assert_eq!(super::task_failure(other), other);
+        assert_eq!(super::task_failure(other, "http://s:1"), other);
+        assert_eq!(
+            super::task_failure(lost, "http://127.0.0.1:51351"),
+            "the scheduler at http://127.0.0.1:51351 stopped answering while the job ran"
+        );
     }
 }

@@ -18,11 +18,21 @@
 //! by row as locally, so every row is judged as a local run judges it, and
 //! the aggregation can be partial before the shuffle.
 //!
-//! **Late counts.** A part's late rows are counted in stage 1, whose rows go
-//! only to the shuffle: each part sends one marker row through it
-//! (`__weir_late` set, every other column null), which the shard that
-//! receives it counts and drops. The stage-1 rows are the partial
-//! aggregate's columns, made nullable, and `__weir_late`.
+//! **Markers and routing.** Stage 1's rows go only to the shuffle, and a
+//! stage-2 task is not told which shuffle partition it reads (Ballista
+//! narrows its reader to it). So each part sends every shard one marker
+//! row naming it (`__weir_shard`; shard 0's also carries the part's late
+//! rows in `__weir_late`; every other column null), and every row is
+//! routed on `__weir_route`, a value that the shuffle's hash sends to its
+//! shard ([`route_values`]). A shard task learns its number from its
+//! markers, counts the late rows and drops the markers. The stage-1 rows
+//! are the prefix's columns, made nullable, then those three. (With one
+//! thread the prefix has no partial aggregate: rows cross the shuffle.)
+//!
+//! **One operator per run.** Each shard's run builds an operator of its
+//! own from the decoded one's configuration: Ballista may run several
+//! partitions of one decoded plan at once, and a restore or a checkpoint
+//! of an operator touches all its shards.
 //!
 //! **Attempts.** A stage-2 task names the files it writes after an attempt
 //! id drawn when it starts (the sink file and the state file), and reports
@@ -706,8 +716,7 @@ async fn run_shard(
 ) -> DfResult<RecordBatch> {
     let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
     let attempt = attempt_id();
-    let op = operator_of(&stage.upper)?;
-    let shards = op.state_shards().max(1);
+    let shards = operator_of(&stage.upper)?.state_shards().max(1);
     // The operator's input: the partial aggregate's rows, every partition
     // but this shard's empty.
     let mut stand_in = None;
@@ -736,26 +745,44 @@ async fn run_shard(
     let partitioning = stand_in.properties().output_partitioning().clone();
     let fed: Arc<dyn ExecutionPlan> =
         Arc::new(ShardRowsExec::new(stand_in.schema(), partitioning, partitions));
+    // An operator of this run's own, empty: the decoded plan is shared by
+    // every partition Ballista gives the task, and a restore or a
+    // checkpoint of one operator touches all its shards, so two shards run
+    // in one task on one operator would wipe each other's state.
     let upper = Arc::clone(&stage.upper)
         .transform_down(|node| {
-            if node.children().len() == 1 && stateful_state(node.as_ref()).is_some() {
-                let node = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
-                    node,
-                    vec![Arc::clone(&fed)],
+            if let Some(n) = node.downcast_ref::<weir_engine::exec::WindowAggregateExec>() {
+                let state = n.state();
+                let (params, threads, in_schema) = state.config();
+                let fresh = weir_engine::exec::WindowAggregateExec::try_new_over(
+                    Arc::clone(&fed),
+                    params.clone(),
+                    threads,
+                    Arc::clone(in_schema),
                 )?;
-                return Ok(Transformed::new(node, true, TreeNodeRecursion::Jump));
+                return Ok(Transformed::new(
+                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
+            if stateful_state(node.as_ref()).is_some() {
+                return Err(DataFusionError::Internal(
+                    "a shard stage runs window aggregates only".into(),
+                ));
             }
             Ok(Transformed::no(node))
         })?
         .data;
+    let op = operator_of(&upper)?;
     // The shard's state as of the last commit. Under another shard count
     // its rows are in every old shard's files: all are restored, and the
     // operator deals them to its shards (this task keeps only its own).
     let settings = store_options.merged(&StoreOptions::new(stage.checkpoint_options.iter().cloned()));
     let checkpoint =
         Checkpoint::new(Location::open(&stage.checkpoint, &settings, Create::No).map_err(store)?);
-    if let Some(chains) = &stage.chains {
-        let batches = if chains.shards.len() == shards {
+    let batches = if let Some(chains) = &stage.chains {
+        if chains.shards.len() == shards {
             checkpoint
                 .restore_shard(&stage.operator_id, chains, shard)
                 .await
@@ -769,9 +796,13 @@ async fn run_shard(
                 .map_err(store)?
                 .map(|r| r.batches)
                 .unwrap_or_default()
-        };
-        op.restore(batches, stage.watermark_in)?;
-    }
+        }
+    } else {
+        Vec::new()
+    };
+    // Also without state: the operator then knows how far windows were
+    // emitted (the last commit's watermark), as a local restore sets it.
+    op.restore(batches, stage.watermark_in)?;
     let input = EpochInput {
         epoch: stage.epoch,
         processing_time_ms: stage.processing_time_ms,

@@ -44,7 +44,7 @@ use weir_storage::ManifestFile;
 use crate::{Error, Result};
 
 /// One source's share of an epoch, to be read elsewhere.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RemoteRead {
     /// The source's declaration (its options name the store; credentials
     /// among them travel to the executors, never into text).
@@ -56,7 +56,7 @@ pub struct RemoteRead {
 }
 
 /// A stateless query run over an epoch's parts where they are read.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RemotePipeline {
     /// The source and the epoch's parts of it, each read whole
     /// ([`crate::source::Source::remote_whole_parts`]).
@@ -135,7 +135,7 @@ pub struct PartReport {
 /// state from the checkpoint, folds the partial rows in, emits the closed
 /// windows, stages them in the sink and writes the shard's state change,
 /// each file named after the task's attempt.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RemoteAggregate {
     /// The source and the epoch's parts of it, each read whole.
     pub read: RemoteRead,
@@ -211,4 +211,37 @@ pub trait RemoteReader: Send + Sync {
     }
     /// Where it reads, for messages (`the cluster at http://...`).
     fn describe(&self) -> String;
+}
+
+// The declarations' options may hold credentials: a plan's Debug names the
+// source only.
+impl std::fmt::Debug for RemoteRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteRead")
+            .field("table", &self.table.name)
+            .field("columns", &self.columns)
+            .field("parts", &self.parts.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RemotePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePipeline")
+            .field("read", &self.read)
+            .field("epoch", &self.epoch)
+            .field("sink", &self.sink)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RemoteAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteAggregate")
+            .field("read", &self.read)
+            .field("operator_id", &self.operator_id)
+            .field("epoch", &self.epoch)
+            .field("sink", &self.sink)
+            .finish()
+    }
 }

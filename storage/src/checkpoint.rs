@@ -209,11 +209,14 @@ impl Checkpoint {
     /// offsets are logged (`pending`; a crash before its commit leaves its
     /// state, which its replay rewrites). Such a file is reported, never
     /// skipped: it means the folder was changed by hand or by another tool.
+    /// A file named after an attempt (a cluster task's) is not one: a task
+    /// of an abandoned epoch may finish after the driver cleared the
+    /// epoch's files, and such a file is read only when a commit names it.
     pub async fn check_orphan_state(&self, committed: Option<u64>, pending: Option<u64>) -> Result<()> {
         let last = committed.unwrap_or(0);
         for op in self.state_operators().await? {
             for f in self.state_files(&op).await? {
-                if f.epoch > last && Some(f.epoch) != pending {
+                if f.epoch > last && Some(f.epoch) != pending && f.attempt.is_none() {
                     return Err(Error::Corrupt {
                         url: self.loc.url_of(&f.name),
                         epoch: Some(f.epoch),
@@ -254,6 +257,51 @@ mod tests {
     use super::*;
     use crate::{CommitEntry, StateChains};
     use std::collections::BTreeMap;
+
+    /// A state file of an epoch after the last commit is an orphan (the
+    /// folder was changed by hand), unless it is named after an attempt: a
+    /// cluster task of an abandoned epoch may write it after the driver
+    /// cleared the epoch, and no commit names it.
+    #[tokio::test]
+    async fn a_late_attempts_state_file_is_not_an_orphan() {
+        use crate::location::Create;
+        use crate::{ShardOf, StateKind, StateWrite, StoreOptions};
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let loc = Location::open("memory://orphan-attempts", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let rows = [datafusion::arrow::array::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap()];
+        let write = |attempt: Option<&'static str>| {
+            let (ck, schema, rows) = (&ck, &schema, &rows);
+            async move {
+                let w = StateWrite {
+                    kind: StateKind::Snapshot,
+                    shard: ShardOf::new(0, 2),
+                    schema,
+                    unit_key_len: 1,
+                    upserts: rows,
+                    deletes: &[],
+                    attempt,
+                };
+                ck.write_state("op", 5, w).await.unwrap();
+            }
+        };
+        write(Some("late1")).await;
+        ck.check_orphan_state(Some(3), None).await.unwrap();
+        write(None).await;
+        let err = ck
+            .check_orphan_state(Some(3), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("an orphan state file"), "{err}");
+    }
 
     /// A commit's list of a table's files counts only in the table's
     /// current generation, whatever the commit's epoch: a list written

@@ -531,8 +531,6 @@ async fn check_job_folders(
     Ok(())
 }
 
-/// The stateful operators of a pipeline's plan, with ids that are stable as
-/// long as the query is (`p<pipeline>-agg<n>`, in plan order).
 /// Whether a pipeline's plan ranks rows (a Top-N or dedup, in windows or
 /// not).
 fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
@@ -551,6 +549,8 @@ fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
     found
 }
 
+/// The stateful operators of a pipeline's plan, with ids that are stable as
+/// long as the query is (`p<pipeline>-agg<n>`, in plan order).
 fn stateful_operators(
     pipeline: usize,
     plan: &Arc<dyn ExecutionPlan>,
