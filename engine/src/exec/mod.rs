@@ -198,7 +198,7 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     context: Arc<TaskContext>,
     metrics: &ExecutionPlanMetricsSet,
     schema: SchemaRef,
-    init: impl FnOnce() -> Result<A> + Send + 'static,
+    init: impl FnOnce(&EpochInput) -> Result<A> + Send + 'static,
     mut update: impl FnMut(&mut A, &RecordBatch) -> Result<()> + Send + 'static,
     finish: impl FnOnce(A, &EpochInput) -> Result<RecordBatch> + Send + 'static,
 ) -> Result<SendableRecordBatchStream> {
@@ -213,7 +213,7 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     let baseline = BaselineMetrics::new(metrics, partition);
     let n = epoch.epoch;
     let out = futures::stream::once(async move {
-        let mut acc = guarded(name, n, init)?;
+        let mut acc = guarded(name, n, || init(&epoch))?;
         while let Some(batch) = input.next().await {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();

@@ -57,7 +57,7 @@ pub trait EpochOperator: StatefulOperator + 'static {
     /// Its line in EXPLAIN (after the name).
     fn fmt_node(&self, f: &mut fmt::Formatter) -> fmt::Result;
     /// An empty accumulator for partition `partition` of an epoch.
-    fn start(&self, partition: usize) -> Result<Self::Acc>;
+    fn start(&self, partition: usize, epoch: &EpochInput) -> Result<Self::Acc>;
     /// Folds one input batch in.
     fn fold(&self, partition: usize, acc: &mut Self::Acc, batch: &RecordBatch) -> Result<()>;
     /// The epoch's output of the partition, its input all folded in.
@@ -171,7 +171,7 @@ impl<O: EpochOperator> ExecutionPlan for OperatorExec<O> {
             context,
             &self.metrics,
             self.state.output_schema(),
-            move || start.start(partition),
+            move |epoch| start.start(partition, epoch),
             move |acc, batch| fold.fold(partition, acc, batch),
             move |acc, epoch| finish.finish(partition, acc, epoch),
         )

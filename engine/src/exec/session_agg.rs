@@ -191,7 +191,7 @@ impl EpochOperator for SessionState {
         )
     }
 
-    fn start(&self, _partition: usize) -> Result<()> {
+    fn start(&self, _partition: usize, _epoch: &EpochInput) -> Result<()> {
         Ok(())
     }
 

@@ -1547,6 +1547,31 @@ impl StreamJoinState {
     ) -> Result<Vec<RecordBatch>> {
         let n = epoch.epoch;
         let name = "IntervalJoinExec";
+        // `state.ttl`: rows held that long are gone before the epoch's rows
+        // probe them (as Flink's state TTL never returns expired state),
+        // silently; a quiet spell longer than the TTL leaves nothing to
+        // match.
+        if let Some(ttl) = self.p.ttl_ms {
+            let expired_before = epoch.processing_time_ms.saturating_sub(ttl);
+            let mut held = self.shards.lock(shard);
+            let mut dirty = Vec::new();
+            for side in [Side::Left, Side::Right] {
+                let chunks = held.side(side);
+                let before = chunks.len();
+                chunks.retain(|c| {
+                    let keep = c.arrived_ms >= expired_before;
+                    if !keep {
+                        dirty.push((side as u8, c.epoch));
+                    }
+                    keep
+                });
+                if chunks.len() != before {
+                    held.index[side as usize] = None;
+                }
+            }
+            drop(held);
+            self.dirty().extend(dirty);
+        }
         let (since, held_left, held_right) = {
             let held = self.shards.lock(shard);
             let rows = |c: &Vec<Chunk>| c.iter().map(|c| c.rows.clone()).collect::<Vec<_>>();

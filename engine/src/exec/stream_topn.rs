@@ -270,7 +270,7 @@ impl EpochOperator for StreamTopNState {
         )
     }
 
-    fn start(&self, _partition: usize) -> Result<Self::Acc> {
+    fn start(&self, _partition: usize, _epoch: &EpochInput) -> Result<Self::Acc> {
         Ok(Arrivals::default())
     }
 
@@ -299,17 +299,21 @@ impl EpochOperator for StreamTopNState {
     fn finish(&self, partition: usize, acc: Self::Acc, epoch: &EpochInput) -> Result<RecordBatch> {
         let acc = acc.batches;
         let now = epoch.processing_time_ms;
-        let mut out = match self.p.first_on_time {
+        // `state.ttl`: partitions unchanged for that long are gone before
+        // the epoch's rows are ranked, so a row of such a partition starts
+        // it afresh (as Flink's state TTL never returns expired state).
+        let expired = match self.p.ttl_ms {
+            Some(ttl) => Some(self.expire(partition, now.saturating_sub(ttl))?),
+            None => None,
+        };
+        let out = match self.p.first_on_time {
             Some(time) => self.apply_first(partition, &acc, now, epoch.watermark_out, time)?,
             None => self.apply(partition, &acc, now)?,
         };
-        if let Some(ttl) = self.p.ttl_ms {
-            let expired = self.expire(partition, now.saturating_sub(ttl))?;
-            if expired.num_rows() > 0 {
-                out = concat_batches(&self.p.schema, [&out, &expired])?;
-            }
+        match expired {
+            Some(gone) if gone.num_rows() > 0 => Ok(concat_batches(&self.p.schema, [&gone, &out])?),
+            _ => Ok(out),
         }
-        Ok(out)
     }
 }
 

@@ -354,7 +354,7 @@ impl OperatorExec<UpdateState> {
 impl EpochOperator for UpdateState {
     const NAME: &'static str = "UpdateAggregateExec";
     /// This epoch's changes, aggregated apart, then applied at once.
-    type Acc = Groups;
+    type Acc = UpdateAcc;
 
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
@@ -402,11 +402,27 @@ impl EpochOperator for UpdateState {
         write!(f, ", emit=changelog")
     }
 
-    fn start(&self, _partition: usize) -> Result<Groups> {
-        Groups::new(&self.agg)
+    fn start(&self, partition: usize, epoch: &EpochInput) -> Result<UpdateAcc> {
+        // `state.ttl`: groups not updated for that long are gone before the
+        // epoch's rows come in, so a row of such a group starts it afresh
+        // (as Flink's state TTL never returns expired state). Before the
+        // rows are folded: a group's DISTINCT values go with it.
+        let mut expired = None;
+        if let Some(ttl) = self.ttl_ms {
+            let mut inner = self.shards.lock(partition);
+            let rows = self.expire(&mut inner, epoch.processing_time_ms.saturating_sub(ttl))?;
+            if rows.num_rows() > 0 {
+                expired = Some(rows);
+            }
+        }
+        Ok(UpdateAcc {
+            delta: Groups::new(&self.agg)?,
+            expired,
+        })
     }
 
-    fn fold(&self, partition: usize, delta: &mut Groups, batch: &RecordBatch) -> Result<()> {
+    fn fold(&self, partition: usize, acc: &mut UpdateAcc, batch: &RecordBatch) -> Result<()> {
+        let delta = &mut acc.delta;
         if self.partial_keys.is_some() {
             // Partial states: keys, then each aggregate's state columns.
             if batch.num_rows() == 0 {
@@ -424,7 +440,8 @@ impl EpochOperator for UpdateState {
         delta.update(&input)
     }
 
-    fn finish(&self, partition: usize, mut delta: Groups, epoch: &EpochInput) -> Result<RecordBatch> {
+    fn finish(&self, partition: usize, acc: UpdateAcc, epoch: &EpochInput) -> Result<RecordBatch> {
+        let UpdateAcc { mut delta, expired } = acc;
         // The aggregate of a table without keys is one row even before (or
         // without) any input, as in batch SQL: COUNT(*) 0 over no rows.
         if self.n_keys() == 0 && self.ttl_ms.is_none() && self.shards.lock(partition).index.is_empty() {
@@ -434,8 +451,22 @@ impl EpochOperator for UpdateState {
                     .evaluate(&RecordBatch::new_empty(Arc::clone(&self.input_schema)))?,
             )?;
         }
-        self.apply(partition, delta, epoch.processing_time_ms)
+        let out = self.apply(partition, delta, epoch.processing_time_ms)?;
+        // The expired groups' `-D` rows first: a group that comes back in
+        // this epoch is then `+I` again.
+        match expired {
+            Some(gone) => Ok(concat_batches(&self.schema, [&gone, &out])?),
+            None => Ok(out),
+        }
     }
+}
+
+/// An update aggregate's accumulator for one epoch.
+pub struct UpdateAcc {
+    /// The changes of the groups the epoch's rows touched.
+    delta: Groups,
+    /// The `-D` rows of the groups `state.ttl` expired before the epoch.
+    expired: Option<RecordBatch>,
 }
 
 impl UpdateState {
@@ -756,12 +787,6 @@ impl UpdateState {
                 live: n,
                 min_updated: now,
             });
-        }
-        if let Some(ttl) = self.ttl_ms {
-            let expired = self.expire(&mut inner, now.saturating_sub(ttl))?;
-            if expired.num_rows() > 0 {
-                pieces.push(expired);
-            }
         }
         if inner.dead > 1024 && inner.dead > inner.index.len() {
             self.compact(&mut inner)?;

@@ -325,7 +325,7 @@ impl EpochOperator for WindowAggState {
         Ok(())
     }
 
-    fn start(&self, _partition: usize) -> Result<()> {
+    fn start(&self, _partition: usize, _epoch: &EpochInput) -> Result<()> {
         Ok(())
     }
 

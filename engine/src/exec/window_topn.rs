@@ -173,7 +173,7 @@ impl EpochOperator for TopNState {
         )
     }
 
-    fn start(&self, _partition: usize) -> Result<Self::Acc> {
+    fn start(&self, _partition: usize, _epoch: &EpochInput) -> Result<Self::Acc> {
         Ok(Epoch::default())
     }
 
