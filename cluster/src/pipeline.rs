@@ -384,6 +384,39 @@ struct WireJob {
 /// A files sink on the wire: folder, writer, the table's store settings.
 pub(crate) type WireFiles = (String, String, Vec<(String, String)>);
 
+/// A sink's wire form (`None`: a blackhole).
+pub(crate) fn wire_files(sink: &RemoteSink) -> Option<WireFiles> {
+    match sink {
+        RemoteSink::Blackhole => None,
+        RemoteSink::Files {
+            folder,
+            writer,
+            options,
+        } => Some((folder.clone(), writer.clone(), options.clone())),
+    }
+}
+
+/// The sink [`wire_files`] describes.
+pub(crate) fn sink_of(files: Option<WireFiles>) -> RemoteSink {
+    match files {
+        None => RemoteSink::Blackhole,
+        Some((folder, writer, options)) => RemoteSink::Files {
+            folder,
+            writer,
+            options,
+        },
+    }
+}
+
+/// `ctx` with Weir's own functions added: a plan decoded on an executor
+/// may call them, and the executor's registry does not hold them.
+pub(crate) fn with_weir_functions(ctx: &TaskContext) -> TaskContext {
+    let mut functions = ctx.scalar_functions().clone();
+    let proctime = Arc::new(weir_sql::functions::proctime());
+    functions.insert(proctime.name().to_string(), proctime);
+    task_context(ctx, ctx.session_config().clone(), functions)
+}
+
 /// A `StreamScanExec`'s wire form, but for its schema.
 #[derive(Serialize, Deserialize)]
 struct WireScan {
@@ -409,14 +442,7 @@ pub(crate) fn encode_pipeline(
         epoch: job.epoch,
         processing_time_ms: job.processing_time_ms,
         time_column: job.time_column,
-        files: match &job.sink {
-            RemoteSink::Blackhole => None,
-            RemoteSink::Files {
-                folder,
-                writer,
-                options,
-            } => Some((folder.clone(), writer.clone(), options.clone())),
-        },
+        files: wire_files(&job.sink),
     };
     serde_json::to_writer(&mut *buf, &wire).map_err(|e| DataFusionError::External(Box::new(e)))?;
     buf.push(b'\n');
@@ -450,12 +476,7 @@ pub(crate) fn decode_pipeline(
         .position(|&b| b == b'\n')
         .ok_or_else(|| bad("no end to its description"))?;
     let wire: WireJob = serde_json::from_slice(&rest[..split]).map_err(|_| bad("its description"))?;
-    // The query may call Weir's own functions, which the executor's
-    // registry does not hold.
-    let mut functions = ctx.scalar_functions().clone();
-    let proctime = Arc::new(weir_sql::functions::proctime());
-    functions.insert(proctime.name().to_string(), proctime);
-    let with_weir = task_context(ctx, ctx.session_config().clone(), functions);
+    let with_weir = with_weir_functions(ctx);
     let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
         &rest[split + 1..],
         &with_weir,
@@ -468,14 +489,7 @@ pub(crate) fn decode_pipeline(
         epoch: wire.epoch,
         processing_time_ms: wire.processing_time_ms,
         time_column: wire.time_column,
-        sink: match wire.files {
-            None => RemoteSink::Blackhole,
-            Some((folder, writer, options)) => RemoteSink::Files {
-                folder,
-                writer,
-                options,
-            },
-        },
+        sink: sink_of(wire.files),
     };
     Ok(PipelineExec::over(job, input, store_options))
 }

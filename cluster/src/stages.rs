@@ -949,14 +949,7 @@ pub(crate) fn try_encode(
             epoch: stage.epoch,
             processing_time_ms: stage.processing_time_ms,
             watermark_out: stage.watermark_out,
-            files: match &stage.sink {
-                RemoteSink::Blackhole => None,
-                RemoteSink::Files {
-                    folder,
-                    writer,
-                    options,
-                } => Some((folder.clone(), writer.clone(), options.clone())),
-            },
+            files: crate::pipeline::wire_files(&stage.sink),
         };
         put_json(SHARD_STAGE_MAGIC, &wire, buf)?;
         buf.extend_from_slice(&plan_bytes(&stage.upper)?);
@@ -978,14 +971,7 @@ pub(crate) fn try_decode(
         [input] => Ok(Arc::clone(input)),
         _ => Err(DataFusionError::Internal("a Weir stage has one input".into())),
     };
-    // The plans may call Weir's own functions, which the executor's
-    // registry does not hold.
-    let with_weir = || {
-        let mut functions = ctx.scalar_functions().clone();
-        let proctime = Arc::new(weir_sql::functions::proctime());
-        functions.insert(proctime.name().to_string(), proctime);
-        task_context(ctx, ctx.session_config().clone(), functions)
-    };
+    let with_weir = || crate::pipeline::with_weir_functions(ctx);
     if let Some(rest) = buf.strip_prefix(PART_STAGE_MAGIC) {
         let (w, rest): (WirePartStage, _) = take_json(rest)?;
         let (read, rest) = take_block(rest)?;
@@ -1033,14 +1019,7 @@ pub(crate) fn try_decode(
             epoch: w.epoch,
             processing_time_ms: w.processing_time_ms,
             watermark_out: w.watermark_out,
-            sink: match w.files {
-                None => RemoteSink::Blackhole,
-                Some((folder, writer, options)) => RemoteSink::Files {
-                    folder,
-                    writer,
-                    options,
-                },
-            },
+            sink: crate::pipeline::sink_of(w.files),
         };
         return Ok(Some(Arc::new(ShardStageExec::try_new(
             stage,

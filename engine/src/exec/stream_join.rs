@@ -1902,25 +1902,7 @@ impl StreamJoinState {
             held.side(side).push(chunk);
             dirty.insert((side as u8, epoch));
         }
-        // `state.ttl`: rows go this long after they arrived, silently (as
-        // Flink's state TTL forgets them).
-        if let Some(ttl) = self.p.ttl_ms {
-            let expired_before = now_ms.saturating_sub(ttl);
-            for side in [Side::Left, Side::Right] {
-                let chunks = held.side(side);
-                let before = chunks.len();
-                chunks.retain(|c| {
-                    let keep = c.arrived_ms >= expired_before;
-                    if !keep {
-                        dirty.insert((side as u8, c.epoch));
-                    }
-                    keep
-                });
-                if chunks.len() != before {
-                    held.index[side as usize] = None;
-                }
-            }
-        }
+        // (`state.ttl` expired rows before the epoch: see `run`.)
         held.evicted_to = Some(held.evicted_to.map_or(watermark, |w| w.max(watermark)));
         drop(held);
         self.dirty().extend(dirty);
@@ -2057,20 +2039,15 @@ impl StreamJoinState {
         }
         // Eviction. Interval join: a left row can still match while t + hi
         // >= W - right_lag, a right row while t - lo >= W - left_lag.
-        // Regular join: rows stay for `state.ttl` after they arrived.
+        // (`state.ttl` expired rows before the epoch: see `run`.)
         for side in [Side::Left, Side::Right] {
             let keep_from = self.keep_from(side, watermark).unwrap_or(i64::MIN);
-            let expired_before = self.p.ttl_ms.map_or(i64::MIN, |ttl| now_ms.saturating_sub(ttl));
             let preserved = self.preserves(side);
             let chunks = std::mem::take(held.side(side));
             let n_before = chunks.len();
             let mut changed_chunks = false;
             let mut kept = Vec::with_capacity(chunks.len());
             for c in chunks {
-                if c.arrived_ms < expired_before {
-                    dirty.insert((side as u8, c.epoch));
-                    continue;
-                }
                 if c.times.iter().all(|&t| t >= keep_from) {
                     kept.push(c);
                     continue;
