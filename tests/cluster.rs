@@ -484,22 +484,7 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
         2,
         "{plan}"
     );
-    let epochs = |log: &str| -> Vec<String> {
-        // Epoch lines but for their timings: rows in and out, watermark.
-        log.lines()
-            .filter(|l| l.starts_with("epoch "))
-            .map(|l| {
-                l.split("  ")
-                    .filter(|f| {
-                        ["epoch ", "in ", "out ", "late ", "bad ", "watermark "]
-                            .iter()
-                            .any(|k| f.starts_with(k))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            })
-            .collect()
-    };
+    let epochs = epoch_lines;
     assert!(epochs(&local_log).len() >= 9, "{local_log}");
     assert_eq!(
         epochs(&remote_log),
