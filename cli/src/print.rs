@@ -63,7 +63,8 @@ fn format_options() -> FormatOptions<'static> {
 }
 
 /// The column order that shows an `op` column first; `None` when there is
-/// none (or it is first already).
+/// none (or it is first already). For a live changelog only: a query's
+/// result keeps the order its SELECT gave.
 fn op_first(schema: &Schema) -> Option<Vec<usize>> {
     let op = schema.index_of(OP_COLUMN).ok().filter(|&i| i > 0)?;
     Some(
@@ -131,7 +132,6 @@ pub fn table(
     total: usize,
     limit: Option<usize>,
 ) -> Result<String> {
-    let schema = reorder_schema(schema)?;
     let mut t = Table::new();
     t.load_preset(TABLE_PRESET);
     // Names read left to right, over numbers too.
@@ -148,7 +148,6 @@ pub fn table(
         if left == 0 {
             break;
         }
-        let batch = reorder(batch)?;
         let fmts = batch
             .columns()
             .iter()
@@ -184,7 +183,6 @@ pub fn table(
 
 /// CSV's header line.
 pub fn csv_header(schema: &SchemaRef) -> Result<String> {
-    let schema = reorder_schema(schema)?;
     let names: Vec<String> = schema.fields().iter().map(|f| csv_field(f.name())).collect();
     Ok(format!("{}\n", names.join(",")))
 }
@@ -199,21 +197,19 @@ fn csv_field(s: &str) -> String {
 
 /// Rows as CSV lines (no header).
 pub fn csv_rows(out: &mut dyn Write, batch: &RecordBatch) -> Result<()> {
-    let batch = reorder(batch)?;
     let mut w = datafusion::arrow::csv::WriterBuilder::new()
         .with_header(false)
         .build(out);
-    w.write(&batch)?;
+    w.write(batch)?;
     Ok(())
 }
 
 /// Rows as JSON lines, nulls written out.
 pub fn json_rows(out: &mut dyn Write, batch: &RecordBatch) -> Result<()> {
-    let batch = reorder(batch)?;
     let mut w = datafusion::arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, datafusion::arrow::json::writer::LineDelimited>(out);
-    w.write(&batch)?;
+    w.write(batch)?;
     w.finish()?;
     Ok(())
 }
@@ -494,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn a_changelog_shows_its_op_column_first() {
+    fn a_live_changelog_shows_its_op_column_first_and_a_query_its_own_order() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("word", DataType::Utf8, false),
             Field::new("cnt", DataType::Int64, false),
@@ -517,11 +513,14 @@ mod tests {
             rows.lines().nth(1).unwrap(),
             "| -U | hello                |           1 |"
         );
+        // A query's result (`SELECT word, cnt, op FROM 'out/'`) keeps the
+        // order its SELECT gave, as any SQL tool prints it.
         let t = table(b.schema_ref(), std::slice::from_ref(&b), 3, None).unwrap();
-        assert!(t.contains("| op | word  | cnt |"), "{t}");
+        assert!(t.contains("| word  | cnt | op |"), "{t}");
+        assert!(t.contains("| hello |   2 | +U |"), "{t}");
         let mut csv = Vec::new();
         csv_rows(&mut csv, &b.slice(2, 1)).unwrap();
-        assert_eq!(String::from_utf8(csv).unwrap(), "+U,hello,2\n");
+        assert_eq!(String::from_utf8(csv).unwrap(), "hello,2,+U\n");
     }
 
     #[test]
