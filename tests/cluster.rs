@@ -628,16 +628,17 @@ fn run_threads(
 }
 
 /// Epoch lines but for their timings: rows in and out, late rows,
-/// watermark.
+/// watermark, rows held in state.
 fn epoch_lines(log: &str) -> Vec<String> {
     log.lines()
         .filter(|l| l.starts_with("epoch "))
         .map(|l| {
             l.split("  ")
                 .filter(|f| {
-                    ["epoch ", "in ", "out ", "late ", "bad ", "watermark "]
+                    ["epoch ", "in ", "out ", "late ", "bad ", "watermark ", "state "]
                         .iter()
                         .any(|k| f.starts_with(k))
+                        && !f.starts_with("state written")
                 })
                 .collect::<Vec<_>>()
                 .join("  ")
@@ -781,6 +782,257 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             sink_rows(&local_rows[1].join(sink)),
             "moved/{sink}"
         );
+    }
+}
+
+/// Aggregates without windows (changelogs): keyed, with `HAVING`, over a
+/// source without a watermark, and keyless.
+fn update_job(input: &str, out: &Path, batch: &str) -> String {
+    let out = out.display();
+    format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+           date_time TIMESTAMP(3), extra VARCHAR,
+           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+         CREATE TABLE plain (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR)
+         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+         CREATE TABLE channels WITH ('connector' = 'files', 'path' = '{out}/channels/', 'format' = 'parquet', 'mode' = 'changelog');
+         CREATE TABLE busy WITH ('connector' = 'files', 'path' = '{out}/busy/', 'format' = 'parquet', 'mode' = 'changelog');
+         CREATE TABLE total WITH ('connector' = 'files', 'path' = '{out}/total/', 'format' = 'parquet', 'mode' = 'changelog');
+         INSERT INTO channels SELECT channel, COUNT(*) AS n, SUM(price) AS volume FROM bids GROUP BY channel;
+         INSERT INTO busy
+         SELECT auction, COUNT(*) AS n, MAX(price) AS highest FROM plain WHERE price > 100
+         GROUP BY auction HAVING COUNT(*) > 20;
+         INSERT INTO total SELECT COUNT(*) AS n, SUM(price) AS volume FROM plain;"
+    )
+}
+
+/// A changelog sink's rows but for `_seq` (numbered per shard file on a
+/// cluster), sorted; then the table they rebuild, with `_seq`, by the
+/// README's query.
+fn changelog_rows(dir: &Path, columns: &str, key: &str) -> (Vec<String>, Vec<String>) {
+    let sorted = |sql: String| {
+        let csv = query(&sql, None).unwrap();
+        let mut lines: Vec<String> = csv.lines().map(str::to_owned).collect();
+        lines[1..].sort();
+        lines
+    };
+    let dir = dir.display();
+    let partition = if key.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {key} ")
+    };
+    (
+        sorted(format!("SELECT op, {columns}, _epoch FROM '{dir}/'")),
+        sorted(format!(
+            "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER ({partition}ORDER BY _epoch DESC, _seq DESC) AS rn \
+             FROM '{dir}/') WHERE rn = 1 AND op IN ('+I', '+U')"
+        )),
+    )
+}
+
+/// Aggregates without windows run on the executors as window aggregates
+/// do: partial aggregates where the parts are read, each shard restoring
+/// its state from the checkpoint and writing its changelog file there. The
+/// changelogs equal a local run's on one thread and two, `_seq` keeps each
+/// key's rows in order (the latest row of each key is the local run's),
+/// and the checkpoint moves between local and cluster runs.
+#[test]
+fn an_aggregate_without_windows_runs_on_the_executors_with_its_state_in_the_checkpoint() {
+    let c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = twenty_files(dir.path());
+    let input = input.display().to_string();
+    let batch = "'max_files_per_batch' = '5'";
+    let all = ["--trigger", "available-now", "--drain"];
+    let sinks = [
+        ("channels", "channel, n, volume", "channel"),
+        ("busy", "auction, n, highest", "auction"),
+        ("total", "n, volume", ""),
+    ];
+    let mut local_two = None;
+    for threads in [1, 2] {
+        let run = |name: &str, cluster: Option<&str>| {
+            let out = dir.path().join(format!("{name}-{threads}"));
+            let job = dir.path().join(format!("{name}-{threads}.sql"));
+            std::fs::write(&job, update_job(&input, &out, batch)).unwrap();
+            let ck = dir.path().join(format!("{name}-{threads}.ck"));
+            let log =
+                run_threads(&job, &ck, cluster, threads, &all).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+            (out, log)
+        };
+        let (local, local_log) = run("local", None);
+        let (remote, remote_log) = run("remote", Some(&c.scheduler));
+        assert!(remote_log.contains("queries run on the cluster"), "{remote_log}");
+        assert!(epoch_lines(&local_log).len() >= 4, "{local_log}");
+        assert_eq!(
+            epoch_lines(&remote_log),
+            epoch_lines(&local_log),
+            "{remote_log}\n{local_log}"
+        );
+        for (sink, columns, key) in sinks {
+            let (rows, latest) = changelog_rows(&local.join(sink), columns, key);
+            assert!(
+                rows.iter().any(|r| r.starts_with("-U,")),
+                "{sink}: no updates: {rows:?}"
+            );
+            let (got_rows, got_latest) = changelog_rows(&remote.join(sink), columns, key);
+            assert_eq!(got_rows, rows, "{sink} on {threads} threads");
+            assert_eq!(got_latest, latest, "{sink} on {threads} threads");
+            assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
+        }
+        local_two = Some(local);
+    }
+    let local = local_two.unwrap();
+    // One checkpoint: an epoch here on one thread, two on the cluster on
+    // two, the rest here on three.
+    let out = dir.path().join("moved");
+    let job = dir.path().join("moved.sql");
+    std::fs::write(&job, update_job(&input, &out, batch)).unwrap();
+    let ck = dir.path().join("moved.ck");
+    let once = ["--trigger", "once"];
+    run_threads(&job, &ck, None, 1, &once).unwrap();
+    for epoch in [2, 3] {
+        let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
+        assert!(log.contains(&format!("committed through epoch {epoch}")), "{log}");
+        assert!(log.contains("queries run on the cluster"), "{log}");
+    }
+    run_threads(&job, &ck, None, 3, &all).unwrap();
+    for (sink, columns, key) in sinks {
+        assert_eq!(
+            changelog_rows(&out.join(sink), columns, key),
+            changelog_rows(&local.join(sink), columns, key),
+            "moved/{sink}"
+        );
+    }
+}
+
+/// An epoch whose every row is late says so on the cluster as it does
+/// locally: the epoch line and the warning naming the query.
+#[test]
+fn an_epoch_of_late_rows_only_is_said_alike_on_the_cluster() {
+    let c = cluster(1);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let first = Path::new(&bids()).join("bids-0000.parquet");
+    std::fs::copy(&first, input.join("a.parquet")).unwrap();
+    // The same rows a day older, read after them: every one late.
+    let gen_job = dir.path().join("gen.sql");
+    std::fs::write(
+        &gen_job,
+        format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet');
+             CREATE TABLE older WITH ('connector' = 'files', 'path' = '{}/older/', 'format' = 'parquet');
+             INSERT INTO older SELECT auction, price, date_time - INTERVAL '1' DAY AS date_time FROM bids;",
+            input.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    run_job(&gen_job, &dir.path().join("gen.ck"), None, &[]).unwrap();
+    let older = std::fs::read_dir(dir.path().join("older"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .unwrap();
+    std::fs::copy(older.path(), input.join("b.parquet")).unwrap();
+    let run = |name: &str, cluster: Option<&str>| {
+        let job = dir.path().join(format!("{name}.sql"));
+        std::fs::write(
+            &job,
+            format!(
+                "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+                   WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+                 WITH ('connector' = 'files', 'path' = '{}', 'format' = 'parquet', 'max_files_per_batch' = '1');
+                 CREATE TABLE windows WITH ('connector' = 'files', 'path' = '{}/{name}/', 'format' = 'parquet');
+                 INSERT INTO windows SELECT window_start, window_end, COUNT(*) AS n
+                 FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+                 GROUP BY window_start, window_end;",
+                input.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = run_threads(
+            &job,
+            &dir.path().join(format!("{name}.ck")),
+            cluster,
+            2,
+            &["--trigger", "available-now"],
+        )
+        .unwrap();
+        let warnings: Vec<String> = log
+            .lines()
+            .filter(|l| l.starts_with("weir: warning: every one of"))
+            .map(str::to_owned)
+            .collect();
+        (epoch_lines(&log), warnings, log)
+    };
+    let (lines, warnings, log) = run("local", None);
+    assert!(lines[1].contains("late 25,000 (every row)"), "{log}");
+    assert_eq!(warnings.len(), 1, "{log}");
+    let (remote_lines, remote_warnings, remote_log) = run("remote", Some(&c.scheduler));
+    assert!(remote_log.contains("queries run on the cluster"), "{remote_log}");
+    assert_eq!(remote_lines, lines);
+    assert_eq!(remote_warnings, warnings);
+}
+
+/// A NULL in a column the sink declares NOT NULL stops the epoch on the
+/// cluster as it does locally, naming the column, and nothing of the
+/// epoch is published.
+#[test]
+fn a_null_in_a_not_null_column_stops_the_epoch_on_the_cluster_too() {
+    let c = cluster(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bids = bids();
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+               WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+             WITH ('connector' = 'files', 'path' = '{bids}', 'format' = 'parquet');
+             CREATE TABLE dear (auction BIGINT NOT NULL, price BIGINT)
+             WITH ('connector' = 'files', 'path' = '{}/dear/', 'format' = 'parquet');
+             CREATE TABLE counts (auction BIGINT NOT NULL, n BIGINT)
+             WITH ('connector' = 'files', 'path' = '{}/counts/', 'format' = 'parquet', 'mode' = 'changelog');
+             INSERT INTO dear SELECT CASE WHEN price % 7 = 0 THEN NULL ELSE auction END AS auction, price FROM bids;
+             INSERT INTO counts SELECT CASE WHEN price % 7 = 0 THEN NULL ELSE auction END AS auction, COUNT(*) AS n
+             FROM bids GROUP BY 1;",
+            out.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    for cluster in [None, Some(c.scheduler.as_str())] {
+        let err = run_job(
+            &job,
+            &dir.path().join(format!("{}.ck", cluster.is_some())),
+            cluster,
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("column 'auction' is declared NOT NULL, but the query gave it a NULL in epoch 1"),
+            "{err}"
+        );
+        if cluster.is_some() {
+            assert!(err.contains("queries run on the cluster"), "{err}");
+        }
+        for sink in ["dear", "counts"] {
+            let published = std::fs::read_dir(out.join(sink))
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                        .count()
+                })
+                .unwrap_or(0);
+            assert_eq!(published, 0, "{sink}");
+        }
     }
 }
 

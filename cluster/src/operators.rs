@@ -23,18 +23,22 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use weir_engine::exec::late_filter::LateFilterExec;
 use weir_engine::exec::partial_agg::{PartialSpec, PartialWindowAggExec};
-use weir_engine::exec::{WindowAggregateExec, WindowAggregateParams, WindowAssignExec};
+use weir_engine::exec::{
+    UpdateAggregateExec, UpdateAggregateParams, WindowAggregateExec, WindowAggregateParams, WindowAssignExec,
+};
 use weir_sql::{WatermarkOrigin, WindowColumn, WindowSpec};
 
 pub(crate) const ASSIGN_MAGIC: &[u8] = b"WEIR-WINDOW-ASSIGN/1\n";
 pub(crate) const LATE_MAGIC: &[u8] = b"WEIR-LATE-FILTER/1\n";
 pub(crate) const PARTIAL_MAGIC: &[u8] = b"WEIR-PARTIAL-AGG/1\n";
 pub(crate) const WINDOW_AGG_MAGIC: &[u8] = b"WEIR-WINDOW-AGG/1\n";
+pub(crate) const UPDATE_AGG_MAGIC: &[u8] = b"WEIR-UPDATE-AGG/1\n";
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "WindowSpec")]
@@ -110,6 +114,16 @@ struct WireWindowAgg {
     slices: bool,
     lag_ms: i64,
     threads: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireUpdateAgg {
+    ttl_ms: Option<i64>,
+    threads: usize,
+    signature: String,
+    /// Whether a `HAVING` follows the aggregates, as a `FilterExec` over
+    /// an `EmptyExec` of the aggregate's output.
+    having: bool,
 }
 
 fn bad(what: &str) -> DataFusionError {
@@ -294,7 +308,45 @@ pub(crate) fn try_encode(
         put_aggregates(a, in_schema, codec, converter, buf)?;
         return Ok(true);
     }
+    if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
+        let state = n.state();
+        let (p, threads, in_schema) = state.config();
+        let wire = WireUpdateAgg {
+            ttl_ms: p.ttl_ms,
+            threads,
+            signature: p.signature.clone(),
+            having: p.having.is_some(),
+        };
+        put_json(UPDATE_AGG_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        let a = Aggregates {
+            group_by: p.group_by.clone(),
+            aggr: p.aggr.clone(),
+            filters: p.filters.clone(),
+        };
+        put_aggregates(a, in_schema, codec, converter, buf)?;
+        if let Some(having) = &p.having {
+            let carrier = FilterExec::try_new(
+                Arc::clone(having),
+                Arc::new(EmptyExec::new(aggregate_output(&p.schema))),
+            )?;
+            let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+                Arc::new(carrier),
+                codec,
+                converter,
+            )?;
+            put_block(&bytes, buf)?;
+        }
+        return Ok(true);
+    }
     Ok(false)
+}
+
+/// An update aggregate's output without its operation column: what its
+/// `HAVING` reads.
+fn aggregate_output(schema: &SchemaRef) -> SchemaRef {
+    let fields = schema.fields();
+    Arc::new(Schema::new(fields[..fields.len().saturating_sub(1)].to_vec()))
 }
 
 /// Decodes one of this module's nodes; `None` when `buf` is none of them.
@@ -374,6 +426,38 @@ pub(crate) fn try_decode(
             in_schema,
         )?)));
     }
+    if let Some(rest) = buf.strip_prefix(UPDATE_AGG_MAGIC) {
+        let (w, rest): (WireUpdateAgg, _) = take_json(rest)?;
+        let (schema, rest) = take_schema(rest)?;
+        let (a, in_schema, rest) = take_aggregates(rest, ctx, codec, converter)?;
+        let having = if w.having {
+            let (block, _) = take_block(rest)?;
+            let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+                block, ctx, codec, converter,
+            )?;
+            let carrier = plan
+                .downcast_ref::<FilterExec>()
+                .ok_or_else(|| bad("its HAVING"))?;
+            Some(Arc::clone(carrier.predicate()))
+        } else {
+            None
+        };
+        let params = UpdateAggregateParams {
+            group_by: a.group_by,
+            aggr: a.aggr,
+            filters: a.filters,
+            having,
+            ttl_ms: w.ttl_ms,
+            schema,
+            signature: w.signature,
+        };
+        return Ok(Some(Arc::new(UpdateAggregateExec::try_new_over(
+            one_input()?,
+            params,
+            w.threads,
+            in_schema,
+        )?)));
+    }
     Ok(None)
 }
 
@@ -440,6 +524,59 @@ mod tests {
             .collect();
         lines.sort();
         lines
+    }
+
+    /// An aggregate without windows (a changelog) crosses the wire with
+    /// its `HAVING`, `FILTER`, `state.ttl`, and keys computed or none, on
+    /// one thread and on two (its partial aggregate under the shuffle):
+    /// the decoded plan shows the same and gives the same changelog.
+    #[tokio::test]
+    async fn an_update_aggregate_plan_crosses_the_wire_and_runs_alike() {
+        let ddl = "SET 'state.ttl' = '1h';\n\
+                   CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT) \
+                   WITH ('connector' = 'files', 'path' = '/nowhere/', 'format' = 'json');\n\
+                   CREATE TABLE out WITH ('connector' = 'blackhole');\n";
+        let queries = [
+            "INSERT INTO out SELECT k, COUNT(*) AS n, SUM(v) AS s, MAX(v) FILTER (WHERE v > 2) AS m \
+             FROM t GROUP BY k HAVING COUNT(*) > 3",
+            "INSERT INTO out SELECT COUNT(*) AS n, AVG(v) AS a FROM t WHERE v > 1",
+            "INSERT INTO out SELECT upper(k) AS uk, v % 3 AS r, MIN(v) AS lo FROM t GROUP BY upper(k), v % 3",
+        ];
+        let n = 300i64;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("k", DataType::Utf8View, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(0..n)),
+                Arc::new(StringViewArray::from_iter(
+                    (0..n).map(|i| (i % 11 != 0).then(|| format!("k{}", i % 7))),
+                )),
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 13))),
+            ],
+        )
+        .unwrap();
+        let codec = WeirCodec::default();
+        for query in queries {
+            for threads in [1, 2] {
+                let plan = plan(&format!("{ddl}{query};"), threads).await;
+                let text = displayable(plan.as_ref()).indent(true).to_string();
+                assert!(text.contains("UpdateAggregateExec"), "{text}");
+                assert!(text.contains("ttl=3600000ms"), "{text}");
+                let proto = PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), &codec).unwrap();
+                let decoded = proto
+                    .try_into_physical_plan(&SessionContext::new().task_ctx(), &codec)
+                    .unwrap();
+                let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
+                assert_eq!(shown(&decoded), shown(&plan), "{query} on {threads} threads");
+                let want = run(&plan, &rows).await;
+                assert!(!want.is_empty(), "{query}");
+                assert_eq!(run(&decoded, &rows).await, want, "{query} on {threads} threads");
+            }
+        }
     }
 
     /// A windowed aggregate's plan crosses the wire whole, on one thread

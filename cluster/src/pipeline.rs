@@ -282,6 +282,9 @@ async fn run_part(
 /// in a files sink as one Parquet file under its attempt's name; nothing
 /// for a blackhole or no rows. The file's final name, its staged name and
 /// its bytes.
+///
+/// `index` is the part (or shard) whose output this is: its file's name,
+/// and in a changelog the numbering of its rows.
 pub(crate) async fn stage_output(
     sink: &RemoteSink,
     store_options: &StoreOptions,
@@ -296,13 +299,26 @@ pub(crate) async fn stage_output(
         folder,
         writer,
         options,
+        table,
+        changelog,
+        not_null,
     } = sink
     else {
         return Ok((None, None, 0));
     };
+    let engine = |e: weir_engine::Error| DataFusionError::Execution(e.to_string());
+    // As the driver's sink checks before it stages anything.
+    weir_engine::sink::check_not_null(table, not_null, epoch, schema, output).map_err(engine)?;
     if rows == 0 {
         return Ok((None, None, 0));
     }
+    let numbered;
+    let (schema, output) = if *changelog {
+        numbered = weir_engine::sink::with_changelog_order(epoch, schema, output, index).map_err(engine)?;
+        (&numbered.0, &numbered.1[..])
+    } else {
+        (schema, output)
+    };
     let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
     // The table's own settings over the executor's, as on the driver.
     let settings = store_options.merged(&StoreOptions::new(options.iter().cloned()));
@@ -381,8 +397,16 @@ struct WireJob {
     files: Option<WireFiles>,
 }
 
-/// A files sink on the wire: folder, writer, the table's store settings.
-pub(crate) type WireFiles = (String, String, Vec<(String, String)>);
+/// A files sink on the wire (see [`RemoteSink::Files`]).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WireFiles {
+    folder: String,
+    writer: String,
+    options: Vec<(String, String)>,
+    table: String,
+    changelog: bool,
+    not_null: Vec<String>,
+}
 
 /// A sink's wire form (`None`: a blackhole).
 pub(crate) fn wire_files(sink: &RemoteSink) -> Option<WireFiles> {
@@ -392,7 +416,17 @@ pub(crate) fn wire_files(sink: &RemoteSink) -> Option<WireFiles> {
             folder,
             writer,
             options,
-        } => Some((folder.clone(), writer.clone(), options.clone())),
+            table,
+            changelog,
+            not_null,
+        } => Some(WireFiles {
+            folder: folder.clone(),
+            writer: writer.clone(),
+            options: options.clone(),
+            table: table.clone(),
+            changelog: *changelog,
+            not_null: not_null.clone(),
+        }),
     }
 }
 
@@ -400,10 +434,13 @@ pub(crate) fn wire_files(sink: &RemoteSink) -> Option<WireFiles> {
 pub(crate) fn sink_of(files: Option<WireFiles>) -> RemoteSink {
     match files {
         None => RemoteSink::Blackhole,
-        Some((folder, writer, options)) => RemoteSink::Files {
-            folder,
-            writer,
-            options,
+        Some(w) => RemoteSink::Files {
+            folder: w.folder,
+            writer: w.writer,
+            options: w.options,
+            table: w.table,
+            changelog: w.changelog,
+            not_null: w.not_null,
         },
     }
 }

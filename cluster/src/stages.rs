@@ -1,5 +1,7 @@
-//! A windowed aggregate's epoch as two stages of one Ballista job (issue
-//! 16, part B.2, slice 3 of `docs/cluster-operators.md`):
+//! An aggregate's epoch as two stages of one Ballista job (issue 16, part
+//! B.2, slices 3 and 5 of `docs/cluster-operators.md`): a window aggregate,
+//! or one without windows (a changelog; no row is late there, so the
+//! lateness below is moot):
 //!
 //! ```text
 //! ShardStageExec          a task per shard k: shard k's state as of the last
@@ -449,6 +451,7 @@ fn report_schema() -> SchemaRef {
         Field::new("bytes", DataType::UInt64, false),
         Field::new("state_kind", DataType::Utf8, true),
         Field::new("state_bytes", DataType::UInt64, false),
+        Field::new("state_rows", DataType::UInt64, false),
     ]))
 }
 
@@ -766,9 +769,24 @@ async fn run_shard(
                     TreeNodeRecursion::Jump,
                 ));
             }
+            if let Some(n) = node.downcast_ref::<weir_engine::exec::UpdateAggregateExec>() {
+                let state = n.state();
+                let (params, threads, in_schema) = state.config();
+                let fresh = weir_engine::exec::UpdateAggregateExec::try_new_over(
+                    Arc::clone(&fed),
+                    params.clone(),
+                    threads,
+                    Arc::clone(in_schema),
+                )?;
+                return Ok(Transformed::new(
+                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
             if stateful_state(node.as_ref()).is_some() {
                 return Err(DataFusionError::Internal(
-                    "a shard stage runs window aggregates only".into(),
+                    "a shard stage runs window and update aggregates only".into(),
                 ));
             }
             Ok(Transformed::no(node))
@@ -781,6 +799,7 @@ async fn run_shard(
     let settings = store_options.merged(&StoreOptions::new(stage.checkpoint_options.iter().cloned()));
     let checkpoint =
         Checkpoint::new(Location::open(&stage.checkpoint, &settings, Create::No).map_err(store)?);
+    let mut restored_all = false;
     let batches = if let Some(chains) = &stage.chains {
         if chains.shards.len() == shards {
             checkpoint
@@ -789,6 +808,7 @@ async fn run_shard(
                 .map_err(store)?
                 .1
         } else {
+            restored_all = true;
             let listed = BTreeMap::from([(stage.operator_id.clone(), chains.clone())]);
             checkpoint
                 .restore_state_listed(&stage.operator_id, stage.epoch.saturating_sub(1), Some(&listed))
@@ -835,6 +855,13 @@ async fn run_shard(
     if stage.full {
         change.get_or_insert_with(Default::default);
     }
+    // The rows the shard holds. Restored under another shard count, the
+    // operator also holds the other shards' rows (never written here); the
+    // driver then asks for a snapshot, which is the shard's whole state.
+    let state_rows = match (&change, restored_all) {
+        (Some(c), true) => c.upserts.iter().map(|b| b.num_rows() as u64).sum(),
+        _ => op.state_rows() as u64,
+    };
     let kind = if stage.full {
         StateKind::Snapshot
     } else {
@@ -875,6 +902,7 @@ async fn run_shard(
                 StateKind::Delta => "delta",
             })])),
             Arc::new(UInt64Array::from(vec![state.map_or(0, |(_, b)| b)])),
+            Arc::new(UInt64Array::from(vec![state_rows])),
         ],
     )?)
 }
@@ -1053,14 +1081,14 @@ pub fn stage_plan(
                 .collect();
             let columns = columns.ok_or_else(|| {
                 weir_engine::Error::Runtime(format!(
-                    "source '{table}': the window aggregate's shards are split by expressions, not columns"
+                    "source '{table}': the stateful operator's shards are split by expressions, not columns"
                 ))
             })?;
             (*n, columns)
         }
         Some(other) => {
             return Err(weir_engine::Error::Runtime(format!(
-                "source '{table}': the window aggregate's input is partitioned as {other}"
+                "source '{table}': the stateful operator's input is partitioned as {other}"
             )));
         }
     };
@@ -1151,6 +1179,7 @@ pub fn gather_shard_reports(shards: usize, batches: &[RecordBatch]) -> Result<Ve
                 shard,
                 attempt: strs(1).value(row).to_string(),
                 rows_out: u64s(2).value(row),
+                state_rows: u64s(9).value(row),
                 late_rows: u64s(3).value(row),
                 file: match (text(4), text(5)) {
                     (Some(name), Some(staged)) => Some((name, staged, u64s(6).value(row))),
@@ -1195,6 +1224,28 @@ mod tests {
              MAX(v) FILTER (WHERE v > 3) AS m \
              FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '2' SECOND)) \
              GROUP BY window_start, window_end{group};",
+            dir.display()
+        )
+    }
+
+    /// An aggregate without windows over the same table: a changelog.
+    fn update_job(dir: &std::path::Path, group: &str) -> String {
+        let keys = group.trim_start_matches(", ");
+        let (select, group_by) = if keys.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                format!("{keys}, "),
+                format!(" GROUP BY {keys} HAVING COUNT(*) > 2"),
+            )
+        };
+        format!(
+            "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'json');\n\
+             CREATE TABLE out WITH ('connector' = 'blackhole');\n\
+             INSERT INTO out SELECT {select}COUNT(*) AS n, SUM(v) AS s, MAX(v) FILTER (WHERE v > 3) AS m \
+             FROM t{group_by};",
             dir.display()
         )
     }
@@ -1355,10 +1406,20 @@ mod tests {
     /// process: DataFusion runs the shuffle), the plans sent through the
     /// codec, state kept between the epochs only in the checkpoint's
     /// files: the sink files hold exactly the local run's rows, late rows
-    /// counted alike; keyed on two shards and keyless on one.
+    /// counted alike; keyed on two shards and keyless on one. The same for
+    /// an aggregate without windows: its second epoch's changelog (`-U`,
+    /// `+U`) comes from the state the first left in the store.
     #[tokio::test]
-    async fn a_window_aggregate_runs_as_two_stages_with_its_state_in_the_store() {
-        for (group, threads) in [(", k", 2), ("", 2), (", k", 1)] {
+    async fn an_aggregate_runs_as_two_stages_with_its_state_in_the_store() {
+        for (windowed, group, threads) in [
+            (true, ", k", 2),
+            (true, "", 2),
+            (true, ", k", 1),
+            (false, ", k", 2),
+            (false, "", 2),
+            (false, ", k", 1),
+        ] {
+            let job = if windowed { job } else { update_job };
             let tmp = tempfile::tempdir().unwrap();
             let epochs = [tmp.path().join("in1"), tmp.path().join("in2")];
             // The third part is older than the second: late from its first row.
@@ -1420,6 +1481,9 @@ mod tests {
                         folder: format!("file://{}", out_dir.display()),
                         writer: "w".into(),
                         options: vec![],
+                        table: "out".into(),
+                        changelog: false,
+                        not_null: vec![],
                     },
                 };
                 let shard_stage = stage_plan(job, StoreOptions::default()).unwrap();
@@ -1445,9 +1509,13 @@ mod tests {
                 }
                 let late: u64 = reports.iter().map(|r| r.late_rows).sum();
                 assert!(
-                    !want.is_empty() && want_late > 0,
+                    !want.is_empty() && (want_late > 0) == windowed,
                     "epoch {epoch}: the test shows nothing"
                 );
+                if !windowed && epoch == 2 {
+                    let text = sorted_text(&want).concat();
+                    assert!(text.contains("| -U ") && text.contains("| +U "), "{text}");
+                }
                 assert_eq!(late, want_late, "{group} on {threads}, epoch {epoch}");
                 assert_eq!(
                     sorted_text(&got),

@@ -91,6 +91,13 @@ pub enum RemoteSink {
         /// The sink table's own store settings (its `s3.` options; they
         /// may be credentials: never shown).
         options: Vec<(String, String)>,
+        /// The sink table's name (for errors).
+        table: String,
+        /// `'mode' = 'changelog'`: rows carry `_epoch` and `_seq` (see
+        /// [`crate::sink::with_changelog_order`]).
+        changelog: bool,
+        /// The columns declared NOT NULL: a NULL in one fails the task.
+        not_null: Vec<String>,
     },
 }
 
@@ -103,11 +110,17 @@ impl std::fmt::Debug for RemoteSink {
                 folder,
                 writer,
                 options,
+                table,
+                changelog,
+                not_null,
             } => f
                 .debug_struct("Files")
                 .field("folder", folder)
                 .field("writer", writer)
                 .field("options", &options.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("table", table)
+                .field("changelog", changelog)
+                .field("not_null", not_null)
                 .finish(),
         }
     }
@@ -180,6 +193,8 @@ pub struct ShardReport {
     pub attempt: String,
     /// Rows written.
     pub rows_out: u64,
+    /// Rows the shard's state holds after the epoch.
+    pub state_rows: u64,
     /// Late rows of the parts whose counts reached this shard.
     pub late_rows: u64,
     /// The sink file: final name, staged name, bytes (`None` without rows

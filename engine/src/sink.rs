@@ -109,10 +109,16 @@ pub const SEQ_COLUMN: &str = "_seq";
 /// OVER (PARTITION BY key ORDER BY _epoch DESC, _seq DESC) = 1` and an `op`
 /// of `+I` or `+U`). A replayed epoch emits the same rows, so the same
 /// numbers.
-fn with_changelog_order(
+///
+/// On a cluster each part of the input (a stateless query) or shard of the
+/// operator writes its own file: part `k` numbers its rows from `k * 2^32`
+/// (`part` = `k`; 0 locally), so numbers stay unique in the epoch and in
+/// the order of the parts, and a shard holds every row of its keys.
+pub fn with_changelog_order(
     epoch: u64,
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    part: usize,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     use datafusion::arrow::array::{ArrayRef, Int64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -121,7 +127,10 @@ fn with_changelog_order(
     fields.push(Field::new(EPOCH_COLUMN, DataType::Int64, true));
     fields.push(Field::new(SEQ_COLUMN, DataType::Int64, true));
     let out_schema = std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
-    let mut seq = 0i64;
+    let mut seq = i64::try_from(part)
+        .ok()
+        .and_then(|k| k.checked_mul(1 << 32))
+        .ok_or_else(|| Error::Config(format!("changelog order columns: part {part}")))?;
     let mut out = Vec::with_capacity(batches.len());
     for b in batches {
         let n = b.num_rows() as i64;
@@ -264,7 +273,7 @@ impl FileSink {
         let url = self.layout.location().url_of(&self.layout.final_name(epoch));
         let meta = BTreeMap::from([("weir.epoch".to_string(), epoch.to_string())]);
         let bytes = if self.changelog {
-            let (schema, batches) = with_changelog_order(epoch, schema, batches)?;
+            let (schema, batches) = with_changelog_order(epoch, schema, batches, 0)?;
             codec::encode_sink_parallel(&url, &schema, &batches, &meta, self.threads)?
         } else {
             codec::encode_sink_parallel(&url, schema, batches, &meta, self.threads)?
@@ -280,12 +289,8 @@ impl FileSink {
     /// [`crate::remote::RemoteSink::Files`]): the folder's URL and the
     /// writer and the table's own store settings. Claims the folder first,
     /// as staging does, so that no file lands in a folder another query
-    /// owns. `None` for a changelog sink, whose rows are numbered across
-    /// the whole epoch.
-    pub async fn remote_target(&self) -> Result<Option<crate::remote::RemoteSink>> {
-        if self.changelog {
-            return Ok(None);
-        }
+    /// owns.
+    pub async fn remote_target(&self) -> Result<crate::remote::RemoteSink> {
         self.claim().await?;
         if !self.parts_marked.load(Ordering::Relaxed) {
             if let Some(me) = self.owner.get() {
@@ -293,7 +298,7 @@ impl FileSink {
             }
             self.parts_marked.store(true, Ordering::Relaxed);
         }
-        Ok(Some(crate::remote::RemoteSink::Files {
+        Ok(crate::remote::RemoteSink::Files {
             folder: self.layout.location().url().to_string(),
             writer: self.layout.writer().to_string(),
             options: self
@@ -301,7 +306,10 @@ impl FileSink {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        }))
+            table: self.table.clone(),
+            changelog: self.changelog,
+            not_null: self.not_null.clone(),
+        })
     }
 
     /// Records an epoch whose files were staged elsewhere, one report per
@@ -676,7 +684,7 @@ pub(crate) fn not_null_columns(decl: &TableDecl) -> Vec<String> {
 /// default `table.exec.sink.not-null-enforcer` does: the sink checks before
 /// it stages anything, so the epoch is not committed and the fixed query
 /// replays it.
-pub(crate) fn check_not_null(
+pub fn check_not_null(
     table: &str,
     not_null: &[String],
     epoch: u64,

@@ -229,6 +229,25 @@ impl StreamingJob {
                 self.dead_letters.stage(epoch, &BTreeMap::new()).await?;
                 self.hooks.reached(Step::SinkStaged, epoch)?;
                 let watermarks_out = self.watermarks_after(&entry, &r.max_time);
+                // Pipelines whose every row was late, as a local run finds
+                // them.
+                let mut all_late = Vec::new();
+                let mut some_on_time = false;
+                for (p, &late) in self.pipelines.iter().zip(&r.late_by_sink) {
+                    let active = active_sources(p, &entry);
+                    let rows: u64 = p.sources.iter().filter_map(|s| r.rows_in.get(s)).sum();
+                    if rows > 0 && late >= rows {
+                        let wms = entry
+                            .watermarks_in
+                            .iter()
+                            .filter(|(s, _)| active.contains(s))
+                            .map(|(s, w)| (s.clone(), *w))
+                            .collect();
+                        all_late.push((p.statement.clone(), rows, wms));
+                    } else if rows > 0 {
+                        some_on_time = true;
+                    }
+                }
                 let ran = Executed {
                     outputs: Vec::new(),
                     pipeline_watermarks: self
@@ -238,8 +257,8 @@ impl StreamingJob {
                         .collect(),
                     late_rows: r.late_by_sink.iter().sum(),
                     late_by_pipeline: r.late_by_sink.clone(),
-                    all_late: Vec::new(),
-                    some_on_time: false,
+                    all_late,
+                    some_on_time,
                 };
                 (r.rows_in, BTreeMap::new(), watermarks_out, ran, r.rows_by_sink)
             }
@@ -809,7 +828,7 @@ impl StreamingJob {
             state_bytes += written;
             operators.push(OperatorProgress {
                 name: r.id.clone(),
-                state_rows: 0,
+                state_rows: r.reports.iter().map(|s| s.state_rows).sum(),
                 state_bytes: 0,
             });
         }

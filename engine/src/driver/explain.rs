@@ -51,6 +51,23 @@ impl StreamingJob {
             }
             if self.remote.is_some() {
                 let place = match self.why_not_on_executors() {
+                    None if !p.operators.is_empty() => {
+                        let shards = p
+                            .operators
+                            .iter()
+                            .map(|(_, op)| op.state_shards().max(1))
+                            .max()
+                            .unwrap_or(1);
+                        let tasks = if shards == 1 {
+                            "one task restores its state".to_string()
+                        } else {
+                            format!("a task per shard of its state ({shards} shards) restores its shard")
+                        };
+                        format!(
+                            "runs on the executors: each part of an epoch is read and aggregated there, then \
+                             {tasks} from the checkpoint, folds, and writes its output and state change there"
+                        )
+                    }
                     None => "runs on the executors: each part of an epoch is read, queried and written there"
                         .to_string(),
                     Some(why) => format!("input read on the executors, the query runs here ({why})"),

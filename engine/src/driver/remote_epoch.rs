@@ -1,5 +1,6 @@
 //! An epoch whose queries run on a cluster's executors (`weir run
-//! --cluster`, every query stateless; see [`crate::remote`]).
+//! --cluster`, every query stateless or a single aggregate, windowed or
+//! not; see [`crate::remote`]).
 //!
 //! The protocol is the local one; only steps 3 to 5 (read, run, stage)
 //! move. The driver cuts each source's logged offset into whole parts, and
@@ -58,14 +59,15 @@ pub(super) struct StatefulSplit {
 }
 
 /// Cuts a plan of one windowed aggregate (`WindowAggregateExec`: TUMBLE,
-/// HOP, CUMULATE) over one source's watermark, with only projections and
-/// filters above it, into what each stage runs; or why it cannot be.
+/// HOP, CUMULATE) over one source's watermark, or of one aggregate without
+/// a window (`UpdateAggregateExec`, a changelog), with only projections and
+/// filters around it, into what each stage runs; or why it cannot be.
 pub(super) fn split_stateful(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> std::result::Result<StatefulSplit, &'static str> {
     use crate::exec::late_filter::LateFilterExec;
     use crate::exec::partial_agg::PartialWindowAggExec;
-    use crate::exec::{WindowAggregateExec, WindowAssignExec};
+    use crate::exec::{UpdateAggregateExec, WindowAggregateExec, WindowAssignExec};
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::coop::CooperativeExec;
     use datafusion::physical_plan::empty::EmptyExec;
@@ -80,12 +82,17 @@ pub(super) fn split_stateful(
     // Above the operator: nodes that keep its partitions (its shards) apart.
     let mut above = Vec::new();
     let mut node = Arc::clone(plan);
-    while node.downcast_ref::<WindowAggregateExec>().is_none() {
+    let is_operator = |n: &Arc<dyn ExecutionPlan>| {
+        n.downcast_ref::<WindowAggregateExec>().is_some() || n.downcast_ref::<UpdateAggregateExec>().is_some()
+    };
+    while !is_operator(&node) {
         if crate::exec::stateful_state(node.as_ref()).is_some() {
-            return Err("its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate");
+            return Err(
+                "its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate or an aggregate without windows",
+            );
         }
         if !passes(&node) || node.children().len() != 1 || node.fetch().is_some() {
-            return Err("its plan has a step above its window aggregate other than filters and projections");
+            return Err("its plan has a step above its aggregate other than filters and projections");
         }
         above.push(Arc::clone(&node));
         node = Arc::clone(node.children()[0]);
@@ -95,7 +102,7 @@ pub(super) fn split_stateful(
     let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
         match r.partitioning() {
             p @ datafusion::physical_plan::Partitioning::Hash(..) => (Arc::clone(r.input()), Some(p.clone())),
-            _ => return Err("its window aggregate's input is not split by its keys"),
+            _ => return Err("its aggregate's input is not split by its keys"),
         }
     } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
         (Arc::clone(c.input()), None)
@@ -120,12 +127,12 @@ pub(super) fn split_stateful(
             || below.downcast_ref::<PartialWindowAggExec>().is_some())
         {
             return Err(
-                "its plan has a step below its window aggregate other than filters, projections and window assignment",
+                "its plan has a step below its aggregate other than filters, projections and window assignment",
             );
         }
         if below.children().len() != 1 || below.fetch().is_some() {
             return Err(
-                "its plan has a step below its window aggregate other than filters, projections and window assignment",
+                "its plan has a step below its aggregate other than filters, projections and window assignment",
             );
         }
         below = Arc::clone(below.children()[0]);
@@ -138,14 +145,14 @@ pub(super) fn split_stateful(
     let stand_in: Arc<dyn ExecutionPlan> = match &shuffle {
         Some(p) => Arc::new(
             RepartitionExec::try_new(Arc::new(EmptyExec::new(prefix.schema())), p.clone())
-                .map_err(|_| "its window aggregate's shuffle cannot be rebuilt")?,
+                .map_err(|_| "its aggregate's shuffle cannot be rebuilt")?,
         ),
         None => Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n)),
     };
     let rebuild = |node: Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>| {
         datafusion::physical_plan::execution_plan::replace_children_if_necessary(node, vec![child])
     };
-    let mut upper = rebuild(operator, stand_in).map_err(|_| "its window aggregate cannot be rebuilt")?;
+    let mut upper = rebuild(operator, stand_in).map_err(|_| "its aggregate cannot be rebuilt")?;
     for node in above.into_iter().rev() {
         upper = rebuild(node, upper).map_err(|_| "its plan cannot be rebuilt")?;
     }
@@ -157,10 +164,10 @@ pub(super) fn split_stateful(
 }
 
 /// Whether a pipeline can run on the executors: a stateless plan (filters,
-/// projections and functions) over one source's scan, without late-row
-/// sinks or bounded tables, into a files sink that is not a changelog or a
-/// blackhole, and calling none of the functions the job was given
-/// (`udfs`; executors do not have them).
+/// projections and functions) over one source's scan, or one with a single
+/// aggregate as [`split_stateful`] cuts it, without late-row sinks or
+/// bounded tables, into a files sink or a blackhole, and calling none of
+/// the functions the job was given (`udfs`; executors do not have them).
 pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::Result<(), &'static str> {
     use datafusion::common::tree_node::TreeNode;
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -168,7 +175,6 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
     use datafusion::physical_plan::filter::FilterExec;
     use datafusion::physical_plan::projection::ProjectionExec;
     match &p.sink {
-        PipelineSink::Files(_) if p.changelog => return Err("its sink is a changelog"),
         PipelineSink::Files(_) | PipelineSink::Blackhole(_) => {}
         PipelineSink::Kafka(_) => return Err("its sink is a Kafka topic"),
         PipelineSink::Live(_) => return Err("its rows go to this shell"),
@@ -300,13 +306,14 @@ impl StreamingJob {
                 if recorded.contains(name) {
                     continue;
                 }
-                let Some(column) = slot.watermark.as_ref().map(|w| w.column.clone()) else {
-                    return Err(Error::Runtime(format!(
-                        "{}: source '{name}' has no watermark",
-                        p.statement
-                    )));
+                // Without a watermark (an aggregate without windows), the
+                // parts' row counts alone, from a read of their first
+                // column.
+                let column = slot.watermark.as_ref().map(|w| w.column.clone());
+                let declared = match &column {
+                    Some(c) => slot.source.schema().index_of(c)?,
+                    None => 0,
                 };
-                let declared = slot.source.schema().index_of(&column)?;
                 let field = slot.source.schema().field(declared).clone();
                 let scan = crate::exec::StreamScanExec::with_schema(
                     name,
@@ -322,7 +329,7 @@ impl StreamingJob {
                     plan: Arc::new(scan),
                     epoch,
                     processing_time_ms: entry.processing_time_ms,
-                    time_column: Some(0),
+                    time_column: column.is_some().then_some(0),
                     sink: RemoteSink::Blackhole,
                 };
                 let reports = remote.run_pipeline(job).await.map_err(|e| {
@@ -338,10 +345,10 @@ impl StreamingJob {
                     continue;
                 };
                 let known = slot.source.record_remote(offset, &rows)?;
-                let greatest = if slot.source.knows_max_time(&column) {
-                    known
-                } else {
-                    maxima.iter().flatten().copied().max()
+                let greatest = match &column {
+                    Some(c) if slot.source.knows_max_time(c) => known,
+                    Some(_) => maxima.iter().flatten().copied().max(),
+                    None => None,
                 };
                 max_time.insert(name.clone(), greatest);
                 rows_of_parts.insert(name.clone(), rows);
@@ -373,15 +380,7 @@ impl StreamingJob {
                 continue;
             };
             let sink = match &p.sink {
-                PipelineSink::Files(f) => match f.remote_target().await? {
-                    Some(target) => target,
-                    None => {
-                        return Err(Error::Runtime(format!(
-                            "{}: a changelog sink cannot be written on a cluster",
-                            p.statement
-                        )));
-                    }
-                },
+                PipelineSink::Files(f) => f.remote_target().await?,
                 PipelineSink::Blackhole(_) => RemoteSink::Blackhole,
                 PipelineSink::Kafka(_) | PipelineSink::Live(_) => {
                     return Err(Error::Runtime(format!(

@@ -64,7 +64,7 @@ use weir_sql::{
 pub use scan::StreamScanExec;
 pub use session_agg::SessionAggregateExec;
 pub use units::WindowAggregateParams;
-pub use update_agg::UpdateAggregateExec;
+pub use update_agg::{UpdateAggregateExec, UpdateAggregateParams};
 pub use window_agg::{WindowAggState, WindowAggregateExec};
 pub use window_assign::WindowAssignExec;
 pub use window_topn::WindowTopNExec;

@@ -119,6 +119,10 @@ pub struct UpdateState {
     /// The side table's schema: keys, `__distinct`, `__value<d>`...,
     /// `__filters`.
     values_schema: SchemaRef,
+    /// What it was built from.
+    params: UpdateAggregateParams,
+    /// Its thread count.
+    threads: usize,
 }
 
 /// One argument of `COUNT/SUM/AVG(DISTINCT arg)` and the aggregates over it.
@@ -213,6 +217,28 @@ impl Inner {
     }
 }
 
+/// What an update aggregate is built from: how it crosses to a cluster
+/// ([`UpdateState::config`]), never its state.
+#[derive(Clone, Debug)]
+pub struct UpdateAggregateParams {
+    /// The keys, over the rows the operator reads (after the projection of
+    /// computed keys that [`UpdateAggregateExec::try_new`] may add).
+    pub group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    /// The aggregates as planned (`DISTINCT` ones not yet split).
+    pub aggr: Vec<Arc<AggregateFunctionExpr>>,
+    /// Each aggregate's `FILTER`.
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// `HAVING`, over the aggregate's output (keys then values).
+    pub having: Option<Arc<dyn PhysicalExpr>>,
+    /// `state.ttl`.
+    pub ttl_ms: Option<i64>,
+    /// The output: keys, values, then the operation column.
+    pub schema: SchemaRef,
+    /// [`crate::compat::signature::aggregate_signature`] of the aggregate
+    /// as planned.
+    pub signature: String,
+}
+
 impl OperatorExec<UpdateState> {
     /// Builds the operator. `having` is over `agg_schema`, the aggregate's
     /// output (keys then values); `schema` adds the operation column. With
@@ -229,11 +255,11 @@ impl OperatorExec<UpdateState> {
         threads: usize,
     ) -> Result<Self> {
         let in_schema = input.schema();
-        let (aggr, distinct) = split_distinct(aggr, &in_schema)?;
-        let agg = AggregateSpec::try_new(group_by.clone(), aggr.clone(), filters.clone(), &in_schema)?;
+        let (split, distinct) = split_distinct(aggr.clone(), &in_schema)?;
+        let agg = AggregateSpec::try_new(group_by.clone(), split, filters.clone(), &in_schema)?;
         // What the state means, from the keys as written (before the
         // projection below turns computed keys into columns).
-        let agg_signature = crate::compat::signature::aggregate_signature(&agg);
+        let signature = crate::compat::signature::aggregate_signature(&agg);
         // With distinct values kept, rows (not partial states) go to the
         // shards, hashed on the keys, and the shard evaluates its keys again:
         // a computed key (`to_char(date_time, '%Y-%m-%d')`, half of q15's
@@ -241,7 +267,7 @@ impl OperatorExec<UpdateState> {
         // as columns after the input's own, and everything reads those.
         let computed =
             !distinct.is_empty() && group_by.iter().any(|(e, _)| e.downcast_ref::<Column>().is_none());
-        let (input, agg, in_schema) = if computed {
+        let (input, group_by) = if computed {
             let mut exprs: Vec<ProjectionExpr> = in_schema
                 .fields()
                 .iter()
@@ -268,24 +294,82 @@ impl OperatorExec<UpdateState> {
                 }
             }
             let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, input)?);
-            let schema = projected.schema();
-            let agg = AggregateSpec::try_new(keys, aggr, filters, &schema)?;
-            (projected, agg, schema)
+            (projected, keys)
         } else {
-            (input, agg, in_schema)
+            (input, group_by)
         };
+        let in_schema = input.schema();
+        let params = UpdateAggregateParams {
+            group_by,
+            aggr,
+            filters,
+            having,
+            ttl_ms,
+            schema,
+            signature,
+        };
+        let (state, partial) = UpdateState::build(params, threads, in_schema)?;
+        let input: Arc<dyn ExecutionPlan> = match partial {
+            Some(spec) => Arc::new(PartialWindowAggExec::new(input, Arc::new(spec))),
+            None => input,
+        };
+        Ok(Self::new(input, Arc::new(state)))
+    }
+
+    /// The operator [`Self::try_new`] builds, over an `input` that already
+    /// holds what `try_new` adds (the projection of computed keys, the
+    /// partial aggregate): a plan decoded from its wire form. `in_schema`
+    /// is the schema of the rows `p`'s expressions read
+    /// ([`UpdateState::config`]).
+    pub fn try_new_over(
+        input: Arc<dyn ExecutionPlan>,
+        p: UpdateAggregateParams,
+        threads: usize,
+        in_schema: SchemaRef,
+    ) -> Result<Self> {
+        let (state, _) = UpdateState::build(p, threads, in_schema)?;
+        Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl UpdateState {
+    /// What the operator was built from: its parameters, its thread count
+    /// and the schema of the rows their expressions read.
+    pub fn config(&self) -> (&UpdateAggregateParams, usize, &SchemaRef) {
+        (&self.params, self.threads, &self.input_schema)
+    }
+
+    /// The state of an operator over rows of `in_schema`, and the partial
+    /// aggregate to put under it (more than one thread, no distinct values
+    /// kept).
+    fn build(
+        p: UpdateAggregateParams,
+        threads: usize,
+        in_schema: SchemaRef,
+    ) -> Result<(Self, Option<PartialSpec>)> {
+        let params = p.clone();
+        let UpdateAggregateParams {
+            group_by,
+            aggr,
+            filters,
+            having,
+            ttl_ms,
+            schema,
+            signature: agg_signature,
+        } = p;
+        let (aggr, distinct) = split_distinct(aggr, &in_schema)?;
+        let agg = AggregateSpec::try_new(group_by, aggr, filters, &in_schema)?;
         // With more than one thread, each input partition aggregates its
         // rows of the epoch first, and only their states cross to the
         // shards (one shard without keys), as for window aggregates. Not
         // with distinct values kept: a value is new or not to its group's
         // shard, so the rows go there.
-        let (input, partial_keys) = if threads > 1 && distinct.is_empty() {
+        let (partial, partial_keys) = if threads > 1 && distinct.is_empty() {
             let spec = PartialSpec::keys_only(&agg, &in_schema)?;
             let keys = spec.key_columns();
-            let node: Arc<dyn ExecutionPlan> = Arc::new(PartialWindowAggExec::new(input, Arc::new(spec)));
-            (node, Some(keys))
+            (Some(spec), Some(keys))
         } else {
-            (input, None)
+            (None, None)
         };
         let agg_schema = Arc::new(Schema::new(
             schema.fields()[..schema.fields().len() - 1]
@@ -343,11 +427,13 @@ impl OperatorExec<UpdateState> {
             schema,
             shards: Shards::new(shard_count(threads, n_keys), || Inner::new(distinct.len())),
             input_schema: in_schema,
+            params,
+            threads,
             partial_keys,
             distinct,
             values_schema,
         };
-        Ok(Self::new(input, Arc::new(state)))
+        Ok((state, partial))
     }
 }
 
