@@ -589,6 +589,12 @@ fn windowed_job(input: &str, out: &Path, batch: &str) -> String {
          WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
          CREATE TABLE windows WITH ('connector' = 'files', 'path' = '{out}/windows/', 'format' = 'parquet');
          CREATE TABLE hops WITH ('connector' = 'files', 'path' = '{out}/hops/', 'format' = 'parquet');
+         CREATE TABLE sessions WITH ('connector' = 'files', 'path' = '{out}/sessions/', 'format' = 'parquet');
+         INSERT INTO sessions
+         SELECT window_start, window_end, bidder, COUNT(*) AS n, MAX(price) AS highest
+         FROM TABLE(SESSION(TABLE bids PARTITION BY bidder, DESCRIPTOR(date_time), INTERVAL '2' SECOND))
+         WHERE price > 50
+         GROUP BY window_start, window_end, bidder;
          INSERT INTO windows
          SELECT window_start, window_end, auction, COUNT(*) AS n, MAX(price) AS top, SUM(price) AS volume
          FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
@@ -646,11 +652,11 @@ fn epoch_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Window aggregates run on the executors: each epoch's parts are read,
-/// judged late or not, windowed and partially aggregated where they are
-/// read, and each shard of the operator restores its state from the
-/// checkpoint, folds, emits and writes its sink file and state change
-/// there. Rows, late rows and epochs equal a local run's on one thread
+/// Window aggregates (TUMBLE, HOP, SESSION) run on the executors: each
+/// epoch's parts are read, judged late or not, windowed and partially
+/// aggregated (not sessions) where they are read, and each shard of the
+/// operator restores its state from the checkpoint, folds, emits and
+/// writes its sink file and state change there. Rows, late rows and epochs equal a local run's on one thread
 /// and two (two shards), and the checkpoint moves between local and
 /// cluster runs, an executor killed on the way.
 #[test]
@@ -691,7 +697,7 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             epoch_lines(&local_log),
             "{remote_log}\n{local_log}"
         );
-        for sink in ["windows", "hops"] {
+        for sink in ["windows", "hops", "sessions"] {
             let want = sink_rows(&local.join(sink));
             assert!(want.len() > 100, "{sink}: {} rows", want.len());
             assert_eq!(sink_rows(&remote.join(sink)), want, "{sink} on {threads} threads");
@@ -716,7 +722,7 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         )
         .unwrap();
         assert!(log.contains("queries run on the cluster"), "{log}");
-        for sink in ["windows", "hops"] {
+        for sink in ["windows", "hops", "sessions"] {
             assert_eq!(
                 sink_rows(&out.join(sink)),
                 sink_rows(&local_rows[1].join(sink)),
@@ -746,7 +752,7 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         let plan = explain(threads);
         assert_eq!(
             plan.matches("-- on the cluster: runs on the executors").count(),
-            2,
+            3,
             "{plan}"
         );
     }
@@ -776,7 +782,7 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
     assert!(log.contains("committed through epoch 3"), "{log}");
     c.restart_executor(0);
     run_threads(&job, &ck, None, 3, &all).unwrap();
-    for sink in ["windows", "hops"] {
+    for sink in ["windows", "hops", "sessions"] {
         assert_eq!(
             sink_rows(&out.join(sink)),
             sink_rows(&local_rows[1].join(sink)),

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use weir_engine::exec::late_filter::LateFilterExec;
 use weir_engine::exec::partial_agg::{PartialSpec, PartialWindowAggExec};
 use weir_engine::exec::{
-    UpdateAggregateExec, UpdateAggregateParams, WindowAggregateExec, WindowAggregateParams, WindowAssignExec,
+    SessionAggregateExec, UpdateAggregateExec, UpdateAggregateParams, WindowAggregateExec,
+    WindowAggregateParams, WindowAssignExec,
 };
 use weir_sql::{WatermarkOrigin, WindowColumn, WindowSpec};
 
@@ -39,6 +40,7 @@ pub(crate) const LATE_MAGIC: &[u8] = b"WEIR-LATE-FILTER/1\n";
 pub(crate) const PARTIAL_MAGIC: &[u8] = b"WEIR-PARTIAL-AGG/1\n";
 pub(crate) const WINDOW_AGG_MAGIC: &[u8] = b"WEIR-WINDOW-AGG/1\n";
 pub(crate) const UPDATE_AGG_MAGIC: &[u8] = b"WEIR-UPDATE-AGG/1\n";
+pub(crate) const SESSION_AGG_MAGIC: &[u8] = b"WEIR-SESSION-AGG/1\n";
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "WindowSpec")]
@@ -114,6 +116,14 @@ struct WireWindowAgg {
     slices: bool,
     lag_ms: i64,
     threads: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireSessionAgg {
+    /// As a window aggregate's (its spec a SESSION).
+    window: WireWindowAgg,
+    /// The group expressions that partition sessions.
+    session_keys: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -287,25 +297,26 @@ pub(crate) fn try_encode(
     if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
         let state = n.state();
         let (p, threads, in_schema) = state.config();
-        let wire = WireWindowAgg {
-            spec: p.spec.clone(),
-            window_columns: p
-                .window_columns
-                .iter()
-                .map(|&(i, c)| WireWindowColumn(i, c))
-                .collect(),
-            slices: p.slices,
-            lag_ms: p.lag_ms,
-            threads,
-        };
-        put_json(WINDOW_AGG_MAGIC, &wire, buf)?;
+        put_json(WINDOW_AGG_MAGIC, &wire_window(p, threads), buf)?;
         put_schema(&p.schema, buf)?;
-        let a = Aggregates {
-            group_by: p.group_by.clone(),
-            aggr: p.aggr.clone(),
-            filters: p.filters.clone(),
+        put_aggregates(aggregates_of(p), in_schema, codec, converter, buf)?;
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<SessionAggregateExec>() {
+        let state = n.state();
+        let (p, session_keys, threads) = state.config();
+        let wire = WireSessionAgg {
+            window: wire_window(p, threads),
+            session_keys: session_keys.to_vec(),
         };
-        put_aggregates(a, in_schema, codec, converter, buf)?;
+        put_json(SESSION_AGG_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        let [input] = n.children()[..] else {
+            return Err(DataFusionError::Internal(
+                "a session aggregate has one input".into(),
+            ));
+        };
+        put_aggregates(aggregates_of(p), &input.schema(), codec, converter, buf)?;
         return Ok(true);
     }
     if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
@@ -340,6 +351,44 @@ pub(crate) fn try_encode(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A window or session aggregate's parameters but for its expressions.
+fn wire_window(p: &WindowAggregateParams, threads: usize) -> WireWindowAgg {
+    WireWindowAgg {
+        spec: p.spec.clone(),
+        window_columns: p
+            .window_columns
+            .iter()
+            .map(|&(i, c)| WireWindowColumn(i, c))
+            .collect(),
+        slices: p.slices,
+        lag_ms: p.lag_ms,
+        threads,
+    }
+}
+
+/// A window or session aggregate's expressions.
+fn aggregates_of(p: &WindowAggregateParams) -> Aggregates {
+    Aggregates {
+        group_by: p.group_by.clone(),
+        aggr: p.aggr.clone(),
+        filters: p.filters.clone(),
+    }
+}
+
+/// The parameters [`wire_window`] and [`aggregates_of`] describe.
+fn window_params(w: WireWindowAgg, schema: SchemaRef, a: Aggregates) -> WindowAggregateParams {
+    WindowAggregateParams {
+        spec: w.spec,
+        group_by: a.group_by,
+        window_columns: w.window_columns.into_iter().map(|c| (c.0, c.1)).collect(),
+        aggr: a.aggr,
+        filters: a.filters,
+        slices: w.slices,
+        lag_ms: w.lag_ms,
+        schema,
+    }
 }
 
 /// An update aggregate's output without its operation column: what its
@@ -409,21 +458,25 @@ pub(crate) fn try_decode(
         let (w, rest): (WireWindowAgg, _) = take_json(rest)?;
         let (schema, rest) = take_schema(rest)?;
         let (a, in_schema, _) = take_aggregates(rest, ctx, codec, converter)?;
-        let params = WindowAggregateParams {
-            spec: w.spec,
-            group_by: a.group_by,
-            window_columns: w.window_columns.into_iter().map(|c| (c.0, c.1)).collect(),
-            aggr: a.aggr,
-            filters: a.filters,
-            slices: w.slices,
-            lag_ms: w.lag_ms,
-            schema,
-        };
+        let threads = w.threads;
         return Ok(Some(Arc::new(WindowAggregateExec::try_new_over(
             one_input()?,
-            params,
-            w.threads,
+            window_params(w, schema, a),
+            threads,
             in_schema,
+        )?)));
+    }
+    if let Some(rest) = buf.strip_prefix(SESSION_AGG_MAGIC) {
+        let (w, rest): (WireSessionAgg, _) = take_json(rest)?;
+        let (schema, rest) = take_schema(rest)?;
+        let (a, _, _) = take_aggregates(rest, ctx, codec, converter)?;
+        let threads = w.window.threads;
+        // It reads its input's rows as they are: built over the input anew.
+        return Ok(Some(Arc::new(SessionAggregateExec::try_new(
+            one_input()?,
+            window_params(w.window, schema, a),
+            &w.session_keys,
+            threads,
         )?)));
     }
     if let Some(rest) = buf.strip_prefix(UPDATE_AGG_MAGIC) {
@@ -579,10 +632,11 @@ mod tests {
         }
     }
 
-    /// A windowed aggregate's plan crosses the wire whole, on one thread
-    /// and on two (with its partial aggregate and the shuffle under the
-    /// operator): the decoded plan shows the same and, run from empty
-    /// state, gives the same rows, late rows dropped alike.
+    /// A windowed aggregate's plan (TUMBLE, HOP, SESSION) crosses the wire
+    /// whole, on one thread and on two (with its partial aggregate, if it
+    /// has one, and the shuffle under the operator): the decoded plan shows
+    /// the same and, run from empty state, gives the same rows, late rows
+    /// dropped alike.
     #[tokio::test]
     async fn a_window_aggregate_plan_crosses_the_wire_and_runs_alike() {
         let ddl = "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
@@ -596,6 +650,12 @@ mod tests {
              GROUP BY window_start, window_end, k",
             "INSERT INTO out SELECT window_start, window_end, COUNT(DISTINCT k) AS ks, MIN(v) AS lo \
              FROM TABLE(HOP(TABLE t, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)) \
+             GROUP BY window_start, window_end",
+            "INSERT INTO out SELECT window_start, window_end, k, COUNT(*) AS n, MAX(v) FILTER (WHERE v > 2) AS m \
+             FROM TABLE(SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), INTERVAL '300' MILLISECOND)) \
+             GROUP BY window_start, window_end, k",
+            "INSERT INTO out SELECT window_start, window_end, SUM(v) AS s \
+             FROM TABLE(SESSION(TABLE t, DESCRIPTOR(ts), INTERVAL '200' MILLISECOND)) \
              GROUP BY window_start, window_end",
         ];
         let n = 400i64;
@@ -627,8 +687,10 @@ mod tests {
                     .unwrap();
                 let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
                 assert_eq!(shown(&decoded), shown(&plan), "{query} on {threads} threads");
-                if threads == 2 {
-                    let text = shown(&plan);
+                let text = shown(&plan);
+                if query.contains("SESSION") {
+                    assert!(text.contains("SessionAggregateExec"), "{text}");
+                } else if threads == 2 {
                     assert!(text.contains("PartialWindowAggregateExec"), "{text}");
                 }
                 let want = run(&plan, &rows).await;

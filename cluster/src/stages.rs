@@ -1,7 +1,8 @@
 //! An aggregate's epoch as two stages of one Ballista job (issue 16, part
-//! B.2, slices 3 and 5 of `docs/cluster-operators.md`): a window aggregate,
-//! or one without windows (a changelog; no row is late there, so the
-//! lateness below is moot):
+//! B.2, slices 3 and 5 of `docs/cluster-operators.md`): a window or session
+//! aggregate, or one without windows (a changelog; no row is late there, so
+//! the lateness below is moot). A session aggregate has no partial
+//! aggregate: its rows cross the shuffle.
 //!
 //! ```text
 //! ShardStageExec          a task per shard k: shard k's state as of the last
@@ -769,6 +770,21 @@ async fn run_shard(
                     TreeNodeRecursion::Jump,
                 ));
             }
+            if let Some(n) = node.downcast_ref::<weir_engine::exec::SessionAggregateExec>() {
+                let state = n.state();
+                let (params, session_keys, threads) = state.config();
+                let fresh = weir_engine::exec::SessionAggregateExec::try_new(
+                    Arc::clone(&fed),
+                    params.clone(),
+                    session_keys,
+                    threads,
+                )?;
+                return Ok(Transformed::new(
+                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
+                    true,
+                    TreeNodeRecursion::Jump,
+                ));
+            }
             if let Some(n) = node.downcast_ref::<weir_engine::exec::UpdateAggregateExec>() {
                 let state = n.state();
                 let (params, threads, in_schema) = state.config();
@@ -786,7 +802,7 @@ async fn run_shard(
             }
             if stateful_state(node.as_ref()).is_some() {
                 return Err(DataFusionError::Internal(
-                    "a shard stage runs window and update aggregates only".into(),
+                    "a shard stage runs window, session and update aggregates only".into(),
                 ));
             }
             Ok(Transformed::no(node))
@@ -1228,6 +1244,26 @@ mod tests {
         )
     }
 
+    /// Sessions of the same table, partitioned by the group's key if any.
+    fn session_job(dir: &std::path::Path, group: &str) -> String {
+        let keys = group.trim_start_matches(", ");
+        let partition = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(" PARTITION BY {keys}")
+        };
+        format!(
+            "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH ('connector' = 'files', 'path' = '{}', 'format' = 'json');\n\
+             CREATE TABLE out WITH ('connector' = 'blackhole');\n\
+             INSERT INTO out SELECT window_start, window_end{group}, COUNT(*) AS n, SUM(v) AS s \
+             FROM TABLE(SESSION(TABLE t{partition}, DESCRIPTOR(ts), INTERVAL '400' MILLISECOND)) \
+             GROUP BY window_start, window_end{group};",
+            dir.display()
+        )
+    }
+
     /// An aggregate without windows over the same table: a changelog.
     fn update_job(dir: &std::path::Path, group: &str) -> String {
         let keys = group.trim_start_matches(", ");
@@ -1407,19 +1443,27 @@ mod tests {
     /// codec, state kept between the epochs only in the checkpoint's
     /// files: the sink files hold exactly the local run's rows, late rows
     /// counted alike; keyed on two shards and keyless on one. The same for
-    /// an aggregate without windows: its second epoch's changelog (`-U`,
-    /// `+U`) comes from the state the first left in the store.
+    /// sessions, and for an aggregate without windows: its second epoch's
+    /// changelog (`-U`, `+U`) comes from the state the first left in the
+    /// store.
     #[tokio::test]
     async fn an_aggregate_runs_as_two_stages_with_its_state_in_the_store() {
-        for (windowed, group, threads) in [
-            (true, ", k", 2),
-            (true, "", 2),
-            (true, ", k", 1),
-            (false, ", k", 2),
-            (false, "", 2),
-            (false, ", k", 1),
+        for (kind, group, threads) in [
+            ("tumble", ", k", 2),
+            ("tumble", "", 2),
+            ("tumble", ", k", 1),
+            ("session", ", k", 2),
+            ("session", "", 2),
+            ("update", ", k", 2),
+            ("update", "", 2),
+            ("update", ", k", 1),
         ] {
-            let job = if windowed { job } else { update_job };
+            let windowed = kind != "update";
+            let job = match kind {
+                "tumble" => job,
+                "session" => session_job,
+                _ => update_job,
+            };
             let tmp = tempfile::tempdir().unwrap();
             let epochs = [tmp.path().join("in1"), tmp.path().join("in2")];
             // The third part is older than the second: late from its first row.

@@ -59,15 +59,16 @@ pub(super) struct StatefulSplit {
 }
 
 /// Cuts a plan of one windowed aggregate (`WindowAggregateExec`: TUMBLE,
-/// HOP, CUMULATE) over one source's watermark, or of one aggregate without
-/// a window (`UpdateAggregateExec`, a changelog), with only projections and
-/// filters around it, into what each stage runs; or why it cannot be.
+/// HOP, CUMULATE; `SessionAggregateExec`) over one source's watermark, or
+/// of one aggregate without a window (`UpdateAggregateExec`, a changelog),
+/// with only projections and filters around it, into what each stage runs;
+/// or why it cannot be.
 pub(super) fn split_stateful(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> std::result::Result<StatefulSplit, &'static str> {
     use crate::exec::late_filter::LateFilterExec;
     use crate::exec::partial_agg::PartialWindowAggExec;
-    use crate::exec::{UpdateAggregateExec, WindowAggregateExec, WindowAssignExec};
+    use crate::exec::{SessionAggregateExec, UpdateAggregateExec, WindowAggregateExec, WindowAssignExec};
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::coop::CooperativeExec;
     use datafusion::physical_plan::empty::EmptyExec;
@@ -83,13 +84,13 @@ pub(super) fn split_stateful(
     let mut above = Vec::new();
     let mut node = Arc::clone(plan);
     let is_operator = |n: &Arc<dyn ExecutionPlan>| {
-        n.downcast_ref::<WindowAggregateExec>().is_some() || n.downcast_ref::<UpdateAggregateExec>().is_some()
+        n.downcast_ref::<WindowAggregateExec>().is_some()
+            || n.downcast_ref::<SessionAggregateExec>().is_some()
+            || n.downcast_ref::<UpdateAggregateExec>().is_some()
     };
     while !is_operator(&node) {
         if crate::exec::stateful_state(node.as_ref()).is_some() {
-            return Err(
-                "its stateful step is not a TUMBLE, HOP or CUMULATE window aggregate or an aggregate without windows",
-            );
+            return Err("its stateful step is not a window aggregate or an aggregate without windows");
         }
         if !passes(&node) || node.children().len() != 1 || node.fetch().is_some() {
             return Err("its plan has a step above its aggregate other than filters and projections");

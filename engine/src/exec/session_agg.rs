@@ -56,6 +56,8 @@ pub struct SessionState {
     /// One part of the state per partition, split by the partition keys'
     /// hash (a session's rows are all in one shard).
     shards: Shards<Inner>,
+    /// What it was built from: its parameters, session keys and threads.
+    config: (WindowAggregateParams, Vec<usize>, usize),
 }
 
 struct Session {
@@ -85,6 +87,7 @@ impl OperatorExec<SessionState> {
         session_keys: &[usize],
         threads: usize,
     ) -> Result<Self> {
+        let config = (p.clone(), session_keys.to_vec(), threads);
         let WindowSpec::Session { gap_ms } = p.spec else {
             return Err(DataFusionError::Internal(
                 "a session aggregate needs a SESSION window".into(),
@@ -138,8 +141,19 @@ impl OperatorExec<SessionState> {
             state_schema: Arc::new(Schema::new(fields)),
             schema: p.schema,
             shards,
+            config,
         };
         Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl SessionState {
+    /// What the operator was built from (how it crosses to a cluster; never
+    /// its state): its parameters, the group expressions that partition
+    /// sessions, and its thread count. [`SessionAggregateExec::try_new`]
+    /// over an input of the same schema builds it again.
+    pub fn config(&self) -> (&WindowAggregateParams, &[usize], usize) {
+        (&self.config.0, &self.config.1, self.config.2)
     }
 }
 
