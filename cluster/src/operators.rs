@@ -15,25 +15,29 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use weir_engine::exec::late_filter::LateFilterExec;
 use weir_engine::exec::partial_agg::{PartialSpec, PartialWindowAggExec};
+use weir_engine::exec::stream_topn::{StreamTopNParams, TopNExec};
+use weir_engine::exec::window_topn::TopNParams;
 use weir_engine::exec::{
     SessionAggregateExec, UpdateAggregateExec, UpdateAggregateParams, WindowAggregateExec,
-    WindowAggregateParams, WindowAssignExec,
+    WindowAggregateParams, WindowAssignExec, WindowTopNExec,
 };
-use weir_sql::{WatermarkOrigin, WindowColumn, WindowSpec};
+use weir_sql::{RankKind, WatermarkOrigin, WindowColumn, WindowSpec};
 
 pub(crate) const ASSIGN_MAGIC: &[u8] = b"WEIR-WINDOW-ASSIGN/1\n";
 pub(crate) const LATE_MAGIC: &[u8] = b"WEIR-LATE-FILTER/1\n";
@@ -41,6 +45,7 @@ pub(crate) const PARTIAL_MAGIC: &[u8] = b"WEIR-PARTIAL-AGG/1\n";
 pub(crate) const WINDOW_AGG_MAGIC: &[u8] = b"WEIR-WINDOW-AGG/1\n";
 pub(crate) const UPDATE_AGG_MAGIC: &[u8] = b"WEIR-UPDATE-AGG/1\n";
 pub(crate) const SESSION_AGG_MAGIC: &[u8] = b"WEIR-SESSION-AGG/1\n";
+pub(crate) const TOP_N_MAGIC: &[u8] = b"WEIR-TOP-N/1\n";
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "WindowSpec")]
@@ -116,6 +121,33 @@ struct WireWindowAgg {
     slices: bool,
     lag_ms: i64,
     threads: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "RankKind")]
+enum RankKindDef {
+    RowNumber,
+    Rank,
+    DenseRank,
+}
+
+/// A Top-N, outside windows (`window` `None`) or within them.
+#[derive(Serialize, Deserialize)]
+struct WireTopN {
+    #[serde(with = "RankKindDef")]
+    rank: RankKind,
+    threads: usize,
+    /// `PARTITION BY`: the first this many expressions of the carrier.
+    partition_by: usize,
+    /// Each `ORDER BY` expression's direction (descending, nulls first),
+    /// the carrier's expressions after `PARTITION BY`'s.
+    order_by: Vec<(bool, bool)>,
+    /// Outside windows: limit, `state.ttl`, keep-first on the event time,
+    /// over a changelog.
+    stream: Option<(u64, Option<i64>, Option<usize>, bool)>,
+    /// Within windows: limit, `window_start` and `window_end` among
+    /// `PARTITION BY`, lag.
+    window: Option<(Option<u64>, usize, usize, i64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -319,6 +351,52 @@ pub(crate) fn try_encode(
         put_aggregates(aggregates_of(p), &input.schema(), codec, converter, buf)?;
         return Ok(true);
     }
+    let ranking = |partition_by: &[Arc<dyn PhysicalExpr>], order_by: &[PhysicalSortExpr]| {
+        let exprs: Vec<Arc<dyn PhysicalExpr>> = partition_by
+            .iter()
+            .cloned()
+            .chain(order_by.iter().map(|o| Arc::clone(&o.expr)))
+            .collect();
+        let directions = order_by
+            .iter()
+            .map(|o| (o.options.descending, o.options.nulls_first))
+            .collect();
+        (exprs, directions)
+    };
+    if let Some(n) = node.downcast_ref::<TopNExec>() {
+        let state = n.state();
+        let (p, threads) = state.config();
+        let (exprs, order_by) = ranking(&p.partition_by, &p.order_by);
+        let wire = WireTopN {
+            rank: p.rank,
+            threads,
+            partition_by: p.partition_by.len(),
+            order_by,
+            stream: Some((p.limit, p.ttl_ms, p.first_on_time, p.retract)),
+            window: None,
+        };
+        put_json(TOP_N_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        put_exprs(&exprs, &n.children()[0].schema(), codec, converter, buf)?;
+        return Ok(true);
+    }
+    if let Some(n) = node.downcast_ref::<WindowTopNExec>() {
+        let state = n.state();
+        let (p, threads) = state.config();
+        let (exprs, order_by) = ranking(&p.partition_by, &p.order_by);
+        let wire = WireTopN {
+            rank: p.rank,
+            threads,
+            partition_by: p.partition_by.len(),
+            order_by,
+            stream: None,
+            window: Some((p.limit, p.window_start, p.window_end, p.lag_ms)),
+        };
+        put_json(TOP_N_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        put_exprs(&exprs, &n.children()[0].schema(), codec, converter, buf)?;
+        return Ok(true);
+    }
     if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
         let state = n.state();
         let (p, threads, in_schema) = state.config();
@@ -351,6 +429,46 @@ pub(crate) fn try_encode(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Encodes `exprs` over rows of `input` as DataFusion's `ProjectionExec`
+/// of them over an empty input.
+fn put_exprs(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    input: &SchemaRef,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+    buf: &mut Vec<u8>,
+) -> DfResult<()> {
+    let carrier = ProjectionExec::try_new(
+        exprs.iter().enumerate().map(|(i, e)| ProjectionExpr {
+            expr: Arc::clone(e),
+            alias: format!("e{i}"),
+        }),
+        Arc::new(EmptyExec::new(Arc::clone(input))),
+    )?;
+    let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+        Arc::new(carrier),
+        codec,
+        converter,
+    )?;
+    put_block(&bytes, buf)
+}
+
+/// The expressions of [`put_exprs`].
+fn take_exprs(
+    rest: &[u8],
+    ctx: &TaskContext,
+    codec: &dyn PhysicalExtensionCodec,
+    converter: &dyn PhysicalProtoConverterExtension,
+) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
+    let (block, _) = take_block(rest)?;
+    let plan =
+        datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(block, ctx, codec, converter)?;
+    let carrier = plan
+        .downcast_ref::<ProjectionExec>()
+        .ok_or_else(|| bad("its expressions"))?;
+    Ok(carrier.expr().iter().map(|p| Arc::clone(&p.expr)).collect())
 }
 
 /// A window or session aggregate's parameters but for its expressions.
@@ -478,6 +596,64 @@ pub(crate) fn try_decode(
             &w.session_keys,
             threads,
         )?)));
+    }
+    if let Some(rest) = buf.strip_prefix(TOP_N_MAGIC) {
+        let (w, rest): (WireTopN, _) = take_json(rest)?;
+        let (schema, rest) = take_schema(rest)?;
+        let mut exprs = take_exprs(rest, ctx, codec, converter)?;
+        if exprs.len() != w.partition_by + w.order_by.len() {
+            return Err(bad("a Top-N's expressions"));
+        }
+        let order_by: Vec<PhysicalSortExpr> = exprs
+            .split_off(w.partition_by)
+            .into_iter()
+            .zip(&w.order_by)
+            .map(|(expr, &(descending, nulls_first))| PhysicalSortExpr {
+                expr,
+                options: SortOptions {
+                    descending,
+                    nulls_first,
+                },
+            })
+            .collect();
+        let partition_by = exprs;
+        return match (w.stream, w.window) {
+            (Some((limit, ttl_ms, first_on_time, retract)), None) => {
+                let p = StreamTopNParams {
+                    partition_by,
+                    order_by,
+                    rank: w.rank,
+                    limit,
+                    ttl_ms,
+                    first_on_time,
+                    retract,
+                    schema,
+                };
+                Ok(Some(Arc::new(TopNExec::try_new_over(
+                    one_input()?,
+                    p,
+                    w.threads,
+                )?)))
+            }
+            (None, Some((limit, window_start, window_end, lag_ms))) => {
+                let p = TopNParams {
+                    partition_by,
+                    order_by,
+                    rank: w.rank,
+                    limit,
+                    window_start,
+                    window_end,
+                    lag_ms,
+                    schema,
+                };
+                Ok(Some(Arc::new(WindowTopNExec::try_new_over(
+                    one_input()?,
+                    p,
+                    w.threads,
+                )?)))
+            }
+            _ => Err(bad("a Top-N neither in windows nor outside them")),
+        };
     }
     if let Some(rest) = buf.strip_prefix(UPDATE_AGG_MAGIC) {
         let (w, rest): (WireUpdateAgg, _) = take_json(rest)?;

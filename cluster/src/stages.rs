@@ -96,6 +96,11 @@ pub struct PartStage {
     pub key_columns: Vec<usize>,
 }
 
+/// The column of a stage-1 row (or marker) naming the part it came from:
+/// a shard task puts its rows back in part order, so that an operator for
+/// which order matters (a Top-N's ties keep arrival order) sees them as a
+/// local run does (Ballista's shuffle reader interleaves the parts).
+pub const PART_COLUMN: &str = "__weir_part";
 /// The column of a stage-1 marker row naming the shard it is for.
 pub const SHARD_COLUMN: &str = "__weir_shard";
 /// The column the shuffle hashes: a value that Ballista's hash sends to
@@ -103,7 +108,8 @@ pub const SHARD_COLUMN: &str = "__weir_shard";
 pub const ROUTE_COLUMN: &str = "__weir_route";
 
 /// The rows stage 1 sends through the shuffle: the prefix's columns, all
-/// nullable, then [`LATE_COLUMN`], [`SHARD_COLUMN`] and [`ROUTE_COLUMN`].
+/// nullable, then [`PART_COLUMN`], [`LATE_COLUMN`], [`SHARD_COLUMN`] and
+/// [`ROUTE_COLUMN`].
 ///
 /// Why the route column: Ballista's scheduler narrows a stage-2 task's
 /// shuffle reader to the one partition it reads, so the task is not told
@@ -116,6 +122,7 @@ pub fn stage_one_schema(prefix: &Schema) -> SchemaRef {
         .iter()
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
+    fields.push(Field::new(PART_COLUMN, DataType::UInt32, false));
     fields.push(Field::new(LATE_COLUMN, DataType::UInt64, true));
     fields.push(Field::new(SHARD_COLUMN, DataType::UInt32, true));
     fields.push(Field::new(ROUTE_COLUMN, DataType::UInt64, false));
@@ -296,7 +303,7 @@ impl ExecutionPlan for PartStageExec {
             let routes = route_values(stage.shards)?;
             let mut out = Vec::new();
             if stage.read.parts.is_empty() && stage.watermarks_before.is_empty() {
-                out.extend(markers(&out_schema, &routes, 0)?);
+                out.extend(markers(&out_schema, &routes, 0, 0)?);
             }
             for batch in parts {
                 if batch.num_columns() == 0 {
@@ -378,6 +385,7 @@ async fn run_part(
             for (shard, rows) in weir_engine::exec::shard::route(&b, &stage.key_columns, stage.shards)? {
                 let n = rows.num_rows();
                 let mut columns = rows.columns().to_vec();
+                columns.push(Arc::new(UInt32Array::from(vec![index; n])));
                 columns.push(new_null_array(&DataType::UInt64, n));
                 columns.push(new_null_array(&DataType::UInt32, n));
                 columns.push(Arc::new(UInt64Array::from(vec![routes[shard]; n])));
@@ -386,19 +394,20 @@ async fn run_part(
         }
     }
     let late = input.late_rows.load(std::sync::atomic::Ordering::Relaxed);
-    out.extend(markers(schema, routes, late)?);
+    out.extend(markers(schema, routes, late, index)?);
     Ok(out)
 }
 
-/// A part's marker rows: one to each shard, naming it; the first carries
-/// the part's late rows.
-fn markers(schema: &SchemaRef, routes: &[u64], late: u64) -> DfResult<Vec<RecordBatch>> {
+/// Part `part`'s marker rows: one to each shard, naming it; the first
+/// carries the part's late rows.
+fn markers(schema: &SchemaRef, routes: &[u64], late: u64, part: u32) -> DfResult<Vec<RecordBatch>> {
     let n = routes.len();
     let width = schema.fields().len();
-    let mut columns: Vec<ArrayRef> = schema.fields()[..width - 3]
+    let mut columns: Vec<ArrayRef> = schema.fields()[..width - 4]
         .iter()
         .map(|f| new_null_array(f.data_type(), n))
         .collect();
+    columns.push(Arc::new(UInt32Array::from(vec![part; n])));
     columns.push(Arc::new(UInt64Array::from_iter_values(
         (0..n).map(|k| if k == 0 { late } else { 0 }),
     )));
@@ -586,14 +595,16 @@ impl ExecutionPlan for ShardStageExec {
     }
 }
 
-/// Splits stage-1 rows into the partial aggregate's rows (as `schema`),
-/// the late rows their markers count, and the shard the markers name (all
-/// the same: the shuffle sends each shard's markers to it alone).
+/// Splits stage-1 rows into the partial aggregate's rows (as `schema`), in
+/// part order (each part's rows in the order it sent them), the late rows
+/// their markers count, and the shard the markers name (all the same: the
+/// shuffle sends each shard's markers to it alone).
 fn split_markers(
     rows: &[RecordBatch],
     schema: &SchemaRef,
 ) -> DfResult<(Vec<RecordBatch>, u64, Option<usize>)> {
-    let mut data = Vec::with_capacity(rows.len());
+    use datafusion::arrow::datatypes::UInt32Type;
+    let mut data: Vec<(u32, RecordBatch)> = Vec::with_capacity(rows.len());
     let mut late = 0;
     let mut shard: Option<usize> = None;
     let wide = Arc::new(Schema::new(
@@ -605,25 +616,21 @@ fn split_markers(
     ));
     for b in rows {
         let width = b.num_columns();
-        if width < 3 {
+        if width < 4 {
             return Err(DataFusionError::Internal(
                 "stage-1 rows without their markers' columns".into(),
             ));
         }
-        let (Some(marks), Some(shards)) = (
+        let (Some(parts), Some(marks), Some(shards)) = (
+            b.column(width - 4).as_primitive_opt::<UInt32Type>(),
             b.column(width - 3).as_primitive_opt::<UInt64Type>(),
-            b.column(width - 2)
-                .as_primitive_opt::<datafusion::arrow::datatypes::UInt32Type>(),
+            b.column(width - 2).as_primitive_opt::<UInt32Type>(),
         ) else {
             return Err(DataFusionError::Internal(format!(
-                "stage-1 rows without {LATE_COLUMN}"
+                "stage-1 rows without {PART_COLUMN} or {LATE_COLUMN}"
             )));
         };
-        let columns = b.columns()[..width - 3].to_vec();
-        if shards.null_count() == shards.len() {
-            data.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
-            continue;
-        }
+        let columns = b.columns()[..width - 4].to_vec();
         late += marks.iter().flatten().sum::<u64>();
         for s in shards.iter().flatten() {
             let s = s as usize;
@@ -635,14 +642,36 @@ fn split_markers(
             }
             shard = Some(s);
         }
-        let keep = datafusion::arrow::compute::is_null(shards)?;
         let narrow = RecordBatch::try_new(Arc::clone(&wide), columns)?;
-        let kept = datafusion::arrow::compute::filter_record_batch(&narrow, &keep)?;
-        if kept.num_rows() > 0 {
-            data.push(RecordBatch::try_new(Arc::clone(schema), kept.columns().to_vec())?);
+        // Each part's data rows (not markers) of the batch, in order: a
+        // batch holds one part's rows unless something merged batches.
+        let is_data = datafusion::arrow::compute::is_null(shards)?;
+        let mut seen: Vec<u32> = parts.values().to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for part in seen {
+            let of_part = datafusion::arrow::compute::kernels::cmp::eq(
+                parts,
+                &datafusion::arrow::array::UInt32Array::new_scalar(part),
+            )?;
+            let keep = datafusion::arrow::compute::and(&is_data, &of_part)?;
+            if keep.true_count() == 0 {
+                continue;
+            }
+            let kept = if keep.true_count() == b.num_rows() {
+                narrow.clone()
+            } else {
+                datafusion::arrow::compute::filter_record_batch(&narrow, &keep)?
+            };
+            data.push((
+                part,
+                RecordBatch::try_new(Arc::clone(schema), kept.columns().to_vec())?,
+            ));
         }
     }
-    Ok((data, late, shard))
+    // Stable: a part's batches keep the order they came in.
+    data.sort_by_key(|(part, _)| *part);
+    Ok((data.into_iter().map(|(_, b)| b).collect(), late, shard))
 }
 
 /// A shard task's rows as its operator's input: partition `k` holds
@@ -711,6 +740,54 @@ impl ExecutionPlan for ShardRowsExec {
     }
 }
 
+/// An empty operator of `node`'s kind and configuration over `fed`
+/// (`None` when `node` is not a stateful operator a shard stage runs).
+fn fresh_operator(
+    node: &Arc<dyn ExecutionPlan>,
+    fed: &Arc<dyn ExecutionPlan>,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    use weir_engine::exec::stream_topn::TopNExec;
+    use weir_engine::exec::{SessionAggregateExec, UpdateAggregateExec, WindowAggregateExec, WindowTopNExec};
+    let fed = Arc::clone(fed);
+    if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
+        let state = n.state();
+        let (params, threads, in_schema) = state.config();
+        let op = WindowAggregateExec::try_new_over(fed, params.clone(), threads, Arc::clone(in_schema))?;
+        return Ok(Some(Arc::new(op)));
+    }
+    if let Some(n) = node.downcast_ref::<SessionAggregateExec>() {
+        let state = n.state();
+        let (params, session_keys, threads) = state.config();
+        let op = SessionAggregateExec::try_new(fed, params.clone(), session_keys, threads)?;
+        return Ok(Some(Arc::new(op)));
+    }
+    if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
+        let state = n.state();
+        let (params, threads, in_schema) = state.config();
+        let op = UpdateAggregateExec::try_new_over(fed, params.clone(), threads, Arc::clone(in_schema))?;
+        return Ok(Some(Arc::new(op)));
+    }
+    if let Some(n) = node.downcast_ref::<TopNExec>() {
+        let state = n.state();
+        let (params, threads) = state.config();
+        return Ok(Some(Arc::new(TopNExec::try_new_over(
+            fed,
+            params.clone(),
+            threads,
+        )?)));
+    }
+    if let Some(n) = node.downcast_ref::<WindowTopNExec>() {
+        let state = n.state();
+        let (params, threads) = state.config();
+        return Ok(Some(Arc::new(WindowTopNExec::try_new_over(
+            fed,
+            params.clone(),
+            threads,
+        )?)));
+    }
+    Ok(None)
+}
+
 /// Shard `shard`'s task: restore, fold, emit, stage, checkpoint; its report.
 async fn run_shard(
     stage: &ShardStage,
@@ -755,54 +832,12 @@ async fn run_shard(
     // in one task on one operator would wipe each other's state.
     let upper = Arc::clone(&stage.upper)
         .transform_down(|node| {
-            if let Some(n) = node.downcast_ref::<weir_engine::exec::WindowAggregateExec>() {
-                let state = n.state();
-                let (params, threads, in_schema) = state.config();
-                let fresh = weir_engine::exec::WindowAggregateExec::try_new_over(
-                    Arc::clone(&fed),
-                    params.clone(),
-                    threads,
-                    Arc::clone(in_schema),
-                )?;
-                return Ok(Transformed::new(
-                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
-                    true,
-                    TreeNodeRecursion::Jump,
-                ));
-            }
-            if let Some(n) = node.downcast_ref::<weir_engine::exec::SessionAggregateExec>() {
-                let state = n.state();
-                let (params, session_keys, threads) = state.config();
-                let fresh = weir_engine::exec::SessionAggregateExec::try_new(
-                    Arc::clone(&fed),
-                    params.clone(),
-                    session_keys,
-                    threads,
-                )?;
-                return Ok(Transformed::new(
-                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
-                    true,
-                    TreeNodeRecursion::Jump,
-                ));
-            }
-            if let Some(n) = node.downcast_ref::<weir_engine::exec::UpdateAggregateExec>() {
-                let state = n.state();
-                let (params, threads, in_schema) = state.config();
-                let fresh = weir_engine::exec::UpdateAggregateExec::try_new_over(
-                    Arc::clone(&fed),
-                    params.clone(),
-                    threads,
-                    Arc::clone(in_schema),
-                )?;
-                return Ok(Transformed::new(
-                    Arc::new(fresh) as Arc<dyn ExecutionPlan>,
-                    true,
-                    TreeNodeRecursion::Jump,
-                ));
+            if let Some(fresh) = fresh_operator(&node, &fed)? {
+                return Ok(Transformed::new(fresh, true, TreeNodeRecursion::Jump));
             }
             if stateful_state(node.as_ref()).is_some() {
                 return Err(DataFusionError::Internal(
-                    "a shard stage runs window, session and update aggregates only".into(),
+                    "a shard stage runs aggregates and Top-Ns only".into(),
                 ));
             }
             Ok(Transformed::no(node))
@@ -1436,6 +1471,62 @@ mod tests {
             .iter()
             .filter_map(|b| weir_engine::epoch::max_millis(b.column(0)).unwrap())
             .max()
+    }
+
+    /// A shard task puts its rows back in part order, each part's rows in
+    /// the order the part sent them, whatever order the shuffle reader
+    /// read the parts in (Ballista's reads them in a random order); marker
+    /// rows are dropped and counted, also from a batch that mixes parts.
+    #[test]
+    fn a_shard_gets_its_rows_in_part_order() {
+        let prefix = Schema::new(vec![Field::new("v", DataType::Int64, false)]);
+        let schema = stage_one_schema(&prefix);
+        let rows = |part: u32, values: &[i64]| {
+            let n = values.len();
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(datafusion::arrow::array::Int64Array::from(values.to_vec())),
+                    Arc::new(UInt32Array::from(vec![part; n])),
+                    new_null_array(&DataType::UInt64, n),
+                    new_null_array(&DataType::UInt32, n),
+                    Arc::new(UInt64Array::from(vec![0; n])),
+                ],
+            )
+            .unwrap()
+        };
+        let routes = route_values(1).unwrap();
+        let mixed = datafusion::arrow::compute::concat_batches(
+            &schema,
+            &[
+                rows(1, &[13, 14]),
+                markers(&schema, &routes, 5, 1).unwrap().remove(0),
+                rows(0, &[3]),
+            ],
+        )
+        .unwrap();
+        let received = vec![
+            rows(2, &[20, 21]),
+            markers(&schema, &routes, 2, 2).unwrap().remove(0),
+            rows(1, &[10, 11]),
+            rows(2, &[22]),
+            rows(0, &[1, 2]),
+            mixed,
+            markers(&schema, &routes, 0, 0).unwrap().remove(0),
+        ];
+        let data_schema = Arc::new(prefix.clone());
+        let (data, late, shard) = split_markers(&received, &data_schema).unwrap();
+        let values: Vec<i64> = data
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, [1, 2, 3, 10, 11, 13, 14, 20, 21, 22]);
+        assert_eq!((late, shard), (7, Some(0)));
     }
 
     /// Two epochs of a windowed aggregate run as the two stages (in this

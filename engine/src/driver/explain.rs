@@ -64,9 +64,9 @@ impl StreamingJob {
                             format!("a task per shard of its state ({shards} shards) restores its shard")
                         };
                         format!(
-                            "runs on the executors: each part of an epoch is read (and aggregated, but for \
-                             sessions) there, then {tasks} from the checkpoint, folds, and writes its output and \
-                             state change there"
+                            "runs on the executors: each part of an epoch is read there (windowed, and \
+                             aggregated partially where the operator allows), then {tasks} from the checkpoint, \
+                             folds, and writes its output and state change there"
                         )
                     }
                     None => "runs on the executors: each part of an epoch is read, queried and written there"

@@ -59,10 +59,11 @@ pub(super) struct StatefulSplit {
 }
 
 /// Cuts a plan of one windowed aggregate (`WindowAggregateExec`: TUMBLE,
-/// HOP, CUMULATE; `SessionAggregateExec`) over one source's watermark, or
-/// of one aggregate without a window (`UpdateAggregateExec`, a changelog),
-/// with only projections and filters around it, into what each stage runs;
-/// or why it cannot be.
+/// HOP, CUMULATE; `SessionAggregateExec`) over one source's watermark, of
+/// one aggregate without a window (`UpdateAggregateExec`, a changelog), or
+/// of one Top-N or dedup within windows or outside them (over the source's
+/// rows, not a changelog), with only projections and filters around it,
+/// into what each stage runs; or why it cannot be.
 pub(super) fn split_stateful(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> std::result::Result<StatefulSplit, &'static str> {
@@ -87,10 +88,19 @@ pub(super) fn split_stateful(
         n.downcast_ref::<WindowAggregateExec>().is_some()
             || n.downcast_ref::<SessionAggregateExec>().is_some()
             || n.downcast_ref::<UpdateAggregateExec>().is_some()
+            || n.downcast_ref::<crate::exec::WindowTopNExec>().is_some()
+            || n.downcast_ref::<crate::exec::stream_topn::TopNExec>()
+                .is_some_and(|t| !t.state().config().0.retract)
     };
     while !is_operator(&node) {
+        if node
+            .downcast_ref::<crate::exec::stream_join::StreamJoinExec>()
+            .is_some()
+        {
+            return Err("it joins streams, and joins do not run on the executors yet");
+        }
         if crate::exec::stateful_state(node.as_ref()).is_some() {
-            return Err("its stateful step is not a window aggregate or an aggregate without windows");
+            return Err("its stateful step is not an aggregate or a Top-N over its source's rows");
         }
         if !passes(&node) || node.children().len() != 1 || node.fetch().is_some() {
             return Err("its plan has a step above its aggregate other than filters and projections");

@@ -62,6 +62,7 @@ use crate::exec::{StateChange, StateTable, StatefulOperator};
 pub type TopNExec = OperatorExec<StreamTopNState>;
 
 /// The Top-N's parameters, from the logical node.
+#[derive(Clone, Debug)]
 pub struct StreamTopNParams {
     /// `PARTITION BY`.
     pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
@@ -97,6 +98,8 @@ pub struct StreamTopNState {
     /// Row format of the partition keys.
     keys: KeyRows,
     shards: Shards<Inner>,
+    /// The thread count it was built for.
+    threads: usize,
 }
 
 /// Where a held row is: (chunk, row in chunk).
@@ -178,6 +181,22 @@ impl OperatorExec<StreamTopNState> {
     /// Builds the operator, its state split into `threads` shards by the
     /// partition keys.
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: StreamTopNParams, threads: usize) -> Result<Self> {
+        Self::build(input, p, threads, true)
+    }
+
+    /// The operator [`Self::try_new`] builds, over an `input` that already
+    /// holds what `try_new` may add (the partial Top-N without keys): a
+    /// plan decoded from its wire form ([`StreamTopNState::config`]).
+    pub fn try_new_over(input: Arc<dyn ExecutionPlan>, p: StreamTopNParams, threads: usize) -> Result<Self> {
+        Self::build(input, p, threads, false)
+    }
+
+    fn build(
+        input: Arc<dyn ExecutionPlan>,
+        p: StreamTopNParams,
+        threads: usize,
+        partial: bool,
+    ) -> Result<Self> {
         let mut input_schema = input.schema();
         let mut whole_rows = None;
         if p.retract {
@@ -210,7 +229,7 @@ impl OperatorExec<StreamTopNState> {
         // input partition first keeps its rows within N (append-only input
         // only, as on arrival in `fold`).
         let mut input = input;
-        if n_keys == 0 && threads > 1 && !p.retract && p.first_on_time.is_none() {
+        if partial && n_keys == 0 && threads > 1 && !p.retract && p.first_on_time.is_none() {
             input = partial_top_n(input, vec![], p.order_by.clone(), p.rank, p.limit);
         }
         let state = StreamTopNState {
@@ -220,8 +239,17 @@ impl OperatorExec<StreamTopNState> {
             input_schema,
             whole_rows,
             state_schema: Arc::new(Schema::new(fields)),
+            threads,
         };
         Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl StreamTopNState {
+    /// What the operator was built from (how it crosses to a cluster;
+    /// never its state): its parameters and thread count.
+    pub fn config(&self) -> (&StreamTopNParams, usize) {
+        (&self.p, self.threads)
     }
 }
 

@@ -58,6 +58,7 @@ use crate::exec::{StateChange, StateTable, StatefulOperator};
 pub type WindowTopNExec = OperatorExec<TopNState>;
 
 /// The Top-N's parameters, from the logical node.
+#[derive(Clone, Debug)]
 pub struct TopNParams {
     /// `PARTITION BY` (window start and end among them).
     pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
@@ -86,6 +87,8 @@ pub struct TopNState {
     /// keyed by.
     keys: Vec<Arc<dyn PhysicalExpr>>,
     shards: Shards<Inner>,
+    /// The thread count it was built for.
+    threads: usize,
 }
 
 #[derive(Default)]
@@ -101,6 +104,17 @@ struct Inner {
 impl OperatorExec<TopNState> {
     /// Builds the operator for `threads` threads (see the module docs).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, p: TopNParams, threads: usize) -> Result<Self> {
+        Self::build(input, p, threads, true)
+    }
+
+    /// The operator [`Self::try_new`] builds, over an `input` that already
+    /// holds what `try_new` may add (the partial Top-N of one shard): a
+    /// plan decoded from its wire form ([`TopNState::config`]).
+    pub fn try_new_over(input: Arc<dyn ExecutionPlan>, p: TopNParams, threads: usize) -> Result<Self> {
+        Self::build(input, p, threads, false)
+    }
+
+    fn build(input: Arc<dyn ExecutionPlan>, p: TopNParams, threads: usize, partial: bool) -> Result<Self> {
         let input_schema = input.schema();
         let mut fields = vec![
             Field::new("__window_start", DataType::Int64, false),
@@ -116,7 +130,8 @@ impl OperatorExec<TopNState> {
             .collect();
         let shards = shard_count(threads, keys.len());
         let mut input = input;
-        if shards == 1
+        if partial
+            && shards == 1
             && threads > 1
             && let Some(limit) = p.limit
         {
@@ -128,8 +143,17 @@ impl OperatorExec<TopNState> {
             state_schema: Arc::new(Schema::new(fields)),
             keys,
             shards: Shards::new(shards, Inner::default),
+            threads,
         };
         Ok(Self::new(input, Arc::new(state)))
+    }
+}
+
+impl TopNState {
+    /// What the operator was built from (how it crosses to a cluster;
+    /// never its state): its parameters and thread count.
+    pub fn config(&self) -> (&TopNParams, usize) {
+        (&self.p, self.threads)
     }
 }
 
