@@ -792,7 +792,8 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
 }
 
 /// Aggregates without windows (changelogs): keyed, with `HAVING`, over a
-/// source without a watermark, and keyless.
+/// source without a watermark, keyless, and with `COUNT(DISTINCT)` (whose
+/// values are a second state table).
 fn update_job(input: &str, out: &Path, batch: &str) -> String {
     let out = out.display();
     format!(
@@ -809,7 +810,11 @@ fn update_job(input: &str, out: &Path, batch: &str) -> String {
          INSERT INTO busy
          SELECT auction, COUNT(*) AS n, MAX(price) AS highest FROM plain WHERE price > 100
          GROUP BY auction HAVING COUNT(*) > 20;
-         INSERT INTO total SELECT COUNT(*) AS n, SUM(price) AS volume FROM plain;"
+         INSERT INTO total SELECT COUNT(*) AS n, SUM(price) AS volume FROM plain;
+         CREATE TABLE reach WITH ('connector' = 'files', 'path' = '{out}/reach/', 'format' = 'parquet', 'mode' = 'changelog');
+         INSERT INTO reach
+         SELECT channel, COUNT(DISTINCT bidder) AS bidders, COUNT(DISTINCT auction) FILTER (WHERE price > 1000) AS dear
+         FROM bids GROUP BY channel;"
     )
 }
 
@@ -856,6 +861,7 @@ fn an_aggregate_without_windows_runs_on_the_executors_with_its_state_in_the_chec
         ("channels", "channel, n, volume", "channel"),
         ("busy", "auction, n, highest", "auction"),
         ("total", "n, volume", ""),
+        ("reach", "channel, bidders, dear", "channel"),
     ];
     let mut local_two = None;
     for threads in [1, 2] {

@@ -64,7 +64,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use weir_engine::epoch::{EpochInput, SourceRows};
 use weir_engine::exec::{StatefulOperator, StreamScanExec, stateful_state};
-use weir_engine::remote::{RemoteRead, RemoteSink, ShardReport};
+use weir_engine::remote::{RemoteRead, RemoteSink, ShardReport, SideTable};
 use weir_storage::location::Create;
 use weir_storage::{Checkpoint, Location, ShardOf, StateChains, StateKind, StateWrite, StoreOptions};
 
@@ -448,6 +448,8 @@ pub struct ShardStage {
     pub watermark_out: i64,
     /// Where the output goes.
     pub sink: RemoteSink,
+    /// The operator's side table, if it has one.
+    pub side: Option<SideTable>,
 }
 
 fn report_schema() -> SchemaRef {
@@ -462,6 +464,9 @@ fn report_schema() -> SchemaRef {
         Field::new("state_kind", DataType::Utf8, true),
         Field::new("state_bytes", DataType::UInt64, false),
         Field::new("state_rows", DataType::UInt64, false),
+        Field::new("side_kind", DataType::Utf8, true),
+        Field::new("side_bytes", DataType::UInt64, false),
+        Field::new("side_rows", DataType::UInt64, false),
     ]))
 }
 
@@ -844,36 +849,36 @@ async fn run_shard(
         })?
         .data;
     let op = operator_of(&upper)?;
-    // The shard's state as of the last commit. Under another shard count
-    // its rows are in every old shard's files: all are restored, and the
-    // operator deals them to its shards (this task keeps only its own).
     let settings = store_options.merged(&StoreOptions::new(stage.checkpoint_options.iter().cloned()));
     let checkpoint =
         Checkpoint::new(Location::open(&stage.checkpoint, &settings, Create::No).map_err(store)?);
-    let mut restored_all = false;
-    let batches = if let Some(chains) = &stage.chains {
-        if chains.shards.len() == shards {
-            checkpoint
-                .restore_shard(&stage.operator_id, chains, shard)
-                .await
-                .map_err(store)?
-                .1
-        } else {
-            restored_all = true;
-            let listed = BTreeMap::from([(stage.operator_id.clone(), chains.clone())]);
-            checkpoint
-                .restore_state_listed(&stage.operator_id, stage.epoch.saturating_sub(1), Some(&listed))
-                .await
-                .map_err(store)?
-                .map(|r| r.batches)
-                .unwrap_or_default()
+    // The operator's state table, and its side table (an update
+    // aggregate's distinct values), each restored and written alike.
+    let mut tables = vec![StateTable {
+        id: &stage.operator_id,
+        op: Arc::clone(&op),
+        chains: stage.chains.as_ref(),
+        full: stage.full,
+    }];
+    match (&stage.side, Arc::clone(&op).side_table()) {
+        (Some(side), Some((_, table))) => tables.push(StateTable {
+            id: &side.operator_id,
+            op: table,
+            chains: side.chains.as_ref(),
+            full: side.full,
+        }),
+        (None, None) => {}
+        _ => {
+            return Err(DataFusionError::Internal(
+                "an operator's side table and the stage's disagree".into(),
+            ));
         }
-    } else {
-        Vec::new()
-    };
-    // Also without state: the operator then knows how far windows were
-    // emitted (the last commit's watermark), as a local restore sets it.
-    op.restore(batches, stage.watermark_in)?;
+    }
+    let mut restored_all = Vec::with_capacity(tables.len());
+    for t in &tables {
+        restored_all
+            .push(restore_table(&checkpoint, t, shard, shards, stage.epoch, stage.watermark_in).await?);
+    }
     let input = EpochInput {
         epoch: stage.epoch,
         processing_time_ms: stage.processing_time_ms,
@@ -894,48 +899,18 @@ async fn run_shard(
         &output,
     )
     .await?;
-    // The shard's change (or, when full, all of it) under the attempt's name.
-    let mut parts = op.checkpoint(stage.full)?;
-    if parts.len() != shards {
-        return Err(DataFusionError::Internal(format!(
-            "an operator of {shards} shards checkpointed {} parts",
-            parts.len()
-        )));
+    let mut written = Vec::with_capacity(tables.len());
+    for (t, all) in tables.iter().zip(restored_all) {
+        written.push(write_table(&checkpoint, t, shard, shards, stage.epoch, &attempt, all).await?);
     }
-    let mut change = parts.swap_remove(shard);
-    if stage.full {
-        change.get_or_insert_with(Default::default);
-    }
-    // The rows the shard holds. Restored under another shard count, the
-    // operator also holds the other shards' rows (never written here); the
-    // driver then asks for a snapshot, which is the shard's whole state.
-    let state_rows = match (&change, restored_all) {
-        (Some(c), true) => c.upserts.iter().map(|b| b.num_rows() as u64).sum(),
-        _ => op.state_rows() as u64,
+    let kind_name = |state: Option<(StateKind, u64)>| {
+        state.map(|(k, _)| match k {
+            StateKind::Snapshot => "snapshot",
+            StateKind::Delta => "delta",
+        })
     };
-    let kind = if stage.full {
-        StateKind::Snapshot
-    } else {
-        StateKind::Delta
-    };
-    let mut state = None;
-    if let Some(change) = change {
-        let schema = op.state_schema();
-        let w = StateWrite {
-            kind,
-            shard: ShardOf::new(shard, shards),
-            schema: &schema,
-            unit_key_len: op.unit_key_len(),
-            upserts: &change.upserts,
-            deletes: &change.deletes,
-            attempt: Some(&attempt),
-        };
-        let written = checkpoint
-            .write_state(&stage.operator_id, stage.epoch, w)
-            .await
-            .map_err(store)?;
-        state = Some((kind, written));
-    }
+    let (state, state_rows) = written[0];
+    let (side_state, side_rows) = written.get(1).copied().unwrap_or((None, 0));
     let shard_index =
         u32::try_from(shard).map_err(|_| DataFusionError::Internal("too many shards".into()))?;
     Ok(RecordBatch::try_new(
@@ -948,14 +923,118 @@ async fn run_shard(
             Arc::new(StringArray::from(vec![file])),
             Arc::new(StringArray::from(vec![staged])),
             Arc::new(UInt64Array::from(vec![bytes])),
-            Arc::new(StringArray::from(vec![state.map(|(k, _)| match k {
-                StateKind::Snapshot => "snapshot",
-                StateKind::Delta => "delta",
-            })])),
+            Arc::new(StringArray::from(vec![kind_name(state)])),
             Arc::new(UInt64Array::from(vec![state.map_or(0, |(_, b)| b)])),
             Arc::new(UInt64Array::from(vec![state_rows])),
+            Arc::new(StringArray::from(vec![kind_name(side_state)])),
+            Arc::new(UInt64Array::from(vec![side_state.map_or(0, |(_, b)| b)])),
+            Arc::new(UInt64Array::from(vec![side_rows])),
         ],
     )?)
+}
+
+/// A state table a shard task restores and writes.
+struct StateTable<'a> {
+    /// Its id in the checkpoint (`p0-agg0`, `p0-agg0-values`).
+    id: &'a str,
+    op: Arc<dyn StatefulOperator>,
+    /// Its files as of the last commit (`None`: no state).
+    chains: Option<&'a StateChains>,
+    /// Write a snapshot of the shard, not a delta.
+    full: bool,
+}
+
+/// Restores shard `shard` of table `t` as of the last commit (and the
+/// watermark, also without state: the operator then knows how far windows
+/// were emitted, as a local restore sets it). Under another shard count
+/// its rows are in every old shard's files: all are restored, and the
+/// operator deals them to its shards (this task writes only its own);
+/// `true` then.
+async fn restore_table(
+    checkpoint: &Checkpoint,
+    t: &StateTable<'_>,
+    shard: usize,
+    shards: usize,
+    epoch: u64,
+    watermark_in: i64,
+) -> DfResult<bool> {
+    let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
+    let mut restored_all = false;
+    let batches = match t.chains {
+        Some(chains) if chains.shards.len() == shards => {
+            checkpoint
+                .restore_shard(t.id, chains, shard)
+                .await
+                .map_err(store)?
+                .1
+        }
+        Some(chains) => {
+            restored_all = true;
+            let listed = BTreeMap::from([(t.id.to_string(), chains.clone())]);
+            checkpoint
+                .restore_state_listed(t.id, epoch.saturating_sub(1), Some(&listed))
+                .await
+                .map_err(store)?
+                .map(|r| r.batches)
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    t.op.restore(batches, watermark_in)?;
+    Ok(restored_all)
+}
+
+/// Writes shard `shard`'s change of table `t` (all of it, when full) under
+/// the attempt's name; the file's kind and bytes (`None`: no change), and
+/// the rows the shard holds.
+async fn write_table(
+    checkpoint: &Checkpoint,
+    t: &StateTable<'_>,
+    shard: usize,
+    shards: usize,
+    epoch: u64,
+    attempt: &str,
+    restored_all: bool,
+) -> DfResult<(Option<(StateKind, u64)>, u64)> {
+    let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
+    let mut parts = t.op.checkpoint(t.full)?;
+    if parts.len() != shards {
+        return Err(DataFusionError::Internal(format!(
+            "a table of {shards} shards checkpointed {} parts",
+            parts.len()
+        )));
+    }
+    let mut change = parts.swap_remove(shard);
+    if t.full {
+        change.get_or_insert_with(Default::default);
+    }
+    // The rows the shard holds. Restored under another shard count, the
+    // operator also holds the other shards' rows (never written here); the
+    // driver then asks for a snapshot, which is the shard's whole state.
+    let rows = match (&change, restored_all) {
+        (Some(c), true) => c.upserts.iter().map(|b| b.num_rows() as u64).sum(),
+        _ => t.op.state_rows() as u64,
+    };
+    let kind = if t.full {
+        StateKind::Snapshot
+    } else {
+        StateKind::Delta
+    };
+    let Some(change) = change else {
+        return Ok((None, rows));
+    };
+    let schema = t.op.state_schema();
+    let w = StateWrite {
+        kind,
+        shard: ShardOf::new(shard, shards),
+        schema: &schema,
+        unit_key_len: t.op.unit_key_len(),
+        upserts: &change.upserts,
+        deletes: &change.deletes,
+        attempt: Some(attempt),
+    };
+    let written = checkpoint.write_state(t.id, epoch, w).await.map_err(store)?;
+    Ok((Some((kind, written)), rows))
 }
 
 pub(crate) const PART_STAGE_MAGIC: &[u8] = b"WEIR-PART-STAGE/1\n";
@@ -984,6 +1063,7 @@ struct WireShardStage {
     /// `None`: a blackhole; else the folder, the writer and the table's
     /// store settings.
     files: Option<crate::pipeline::WireFiles>,
+    side: Option<SideTable>,
 }
 
 /// Encodes a stage node; `false` when `node` is neither.
@@ -1029,6 +1109,7 @@ pub(crate) fn try_encode(
             processing_time_ms: stage.processing_time_ms,
             watermark_out: stage.watermark_out,
             files: crate::pipeline::wire_files(&stage.sink),
+            side: stage.side.clone(),
         };
         put_json(SHARD_STAGE_MAGIC, &wire, buf)?;
         buf.extend_from_slice(&plan_bytes(&stage.upper)?);
@@ -1099,6 +1180,7 @@ pub(crate) fn try_decode(
             processing_time_ms: w.processing_time_ms,
             watermark_out: w.watermark_out,
             sink: crate::pipeline::sink_of(w.files),
+            side: w.side,
         };
         return Ok(Some(Arc::new(ShardStageExec::try_new(
             stage,
@@ -1188,6 +1270,7 @@ pub fn stage_plan(
             processing_time_ms: job.processing_time_ms,
             watermark_out: job.watermark_out,
             sink: job.sink,
+            side: job.side,
         },
         shuffle,
         store_options.clone(),
@@ -1231,6 +1314,13 @@ pub fn gather_shard_reports(shards: usize, batches: &[RecordBatch]) -> Result<Ve
                 attempt: strs(1).value(row).to_string(),
                 rows_out: u64s(2).value(row),
                 state_rows: u64s(9).value(row),
+                side_state: match text(10).as_deref() {
+                    None => None,
+                    Some("snapshot") => Some((StateKind::Snapshot, u64s(11).value(row))),
+                    Some("delta") => Some((StateKind::Delta, u64s(11).value(row))),
+                    Some(other) => return Err(format!("a state file of kind '{other}'")),
+                },
+                side_rows: u64s(12).value(row),
                 late_rows: u64s(3).value(row),
                 file: match (text(4), text(5)) {
                     (Some(name), Some(staged)) => Some((name, staged, u64s(6).value(row))),
@@ -1620,6 +1710,7 @@ mod tests {
                         changelog: false,
                         not_null: vec![],
                     },
+                    side: None,
                 };
                 let shard_stage = stage_plan(job, StoreOptions::default()).unwrap();
                 // Through the codec, as Ballista would send it.

@@ -182,6 +182,21 @@ pub struct RemoteAggregate {
     pub watermark_out: i64,
     /// Where the output goes.
     pub sink: RemoteSink,
+    /// The operator's side table (an update aggregate's distinct values),
+    /// restored and written beside its own.
+    pub side: Option<SideTable>,
+}
+
+/// A stateful operator's second state table (see
+/// [`crate::exec::StatefulOperator::side_table`]) in a [`RemoteAggregate`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SideTable {
+    /// Its state table (`p0-agg0-values`).
+    pub operator_id: String,
+    /// Its files as of the last commit (`None`: none).
+    pub chains: Option<weir_storage::StateChains>,
+    /// Write each shard's snapshot, not its delta.
+    pub full: bool,
 }
 
 /// What one shard's task of a [`RemoteAggregate`] did.
@@ -195,6 +210,11 @@ pub struct ShardReport {
     pub rows_out: u64,
     /// Rows the shard's state holds after the epoch.
     pub state_rows: u64,
+    /// The side table's state file written, as `state` (`None`: no change
+    /// or no side table).
+    pub side_state: Option<(weir_storage::StateKind, u64)>,
+    /// Rows the shard's side table holds after the epoch.
+    pub side_rows: u64,
     /// Late rows of the parts whose counts reached this shard.
     pub late_rows: u64,
     /// The sink file: final name, staged name, bytes (`None` without rows

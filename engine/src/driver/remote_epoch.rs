@@ -174,6 +174,17 @@ pub(super) fn split_stateful(
     })
 }
 
+/// The id of the side table of a pipeline's one operator (an update
+/// aggregate's distinct values), when the pipeline keeps exactly those two
+/// tables.
+fn side_of(p: &Pipeline) -> Option<&String> {
+    let [(id, op), (side_id, _)] = &p.operators[..] else {
+        return None;
+    };
+    let (name, _) = Arc::clone(op).side_table()?;
+    (side_id == &format!("{id}-{name}")).then_some(side_id)
+}
+
 /// Whether a pipeline can run on the executors: a stateless plan (filters,
 /// projections and functions) over one source's scan, or one with a single
 /// aggregate as [`split_stateful`] cuts it, without late-row sinks or
@@ -200,7 +211,7 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
         return Err("it reads more than one source");
     }
     if !p.operators.is_empty() {
-        if p.operators.len() > 1 {
+        if p.operators.len() > 1 && side_of(p).is_none() {
             return Err("it keeps more than one state table");
         }
         split_stateful(&p.plan)?;
@@ -424,6 +435,15 @@ impl StreamingJob {
                 let chains = self.state_chains.get(id).cloned();
                 let mismatched = chains.as_ref().is_none_or(|c| c.shards.len() != shards);
                 let full = self.policies.get(id).is_none_or(|pol| pol.full(None)) || mismatched;
+                let side = side_of(p).map(|side_id| {
+                    let chains = self.state_chains.get(side_id).cloned();
+                    let mismatched = chains.as_ref().is_none_or(|c| c.shards.len() != shards);
+                    crate::remote::SideTable {
+                        operator_id: side_id.clone(),
+                        full: self.policies.get(side_id).is_none_or(|pol| pol.full(None)) || mismatched,
+                        chains,
+                    }
+                });
                 let job = RemoteAggregate {
                     read: RemoteRead {
                         table: slot.decl.clone(),
@@ -443,6 +463,7 @@ impl StreamingJob {
                     processing_time_ms: entry.processing_time_ms,
                     watermark_out: super::epoch::pipeline_watermark(p, entry, &watermarks_out),
                     sink,
+                    side: side.clone(),
                 };
                 let reports = remote.run_aggregate(job).await.map_err(on_cluster)?;
                 if reports.len() != shards || reports.iter().enumerate().any(|(k, r)| r.shard != k) {
@@ -474,6 +495,23 @@ impl StreamingJob {
                         })
                         .collect(),
                 );
+                if let Some(side) = side {
+                    // The side table's files, reported beside the operator's.
+                    let side_reports = reports
+                        .iter()
+                        .map(|r| ShardReport {
+                            state: r.side_state,
+                            state_rows: r.side_rows,
+                            ..r.clone()
+                        })
+                        .collect();
+                    states.push(RemoteState {
+                        id: side.operator_id,
+                        shards,
+                        full: side.full,
+                        reports: side_reports,
+                    });
+                }
                 states.push(RemoteState {
                     id: id.clone(),
                     shards,
