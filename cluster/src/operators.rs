@@ -617,6 +617,16 @@ pub(crate) fn try_decode(
             })
             .collect();
         let partition_by = exprs;
+        // Indexes a decoded plan holds are checked, not trusted.
+        let columns = one_input()?.schema().fields().len();
+        let fits = match (&w.stream, &w.window) {
+            (Some((_, _, first_on_time, _)), None) => first_on_time.is_none_or(|c| c < columns),
+            (None, Some((_, start, end, _))) => *start < partition_by.len() && *end < partition_by.len(),
+            _ => true,
+        };
+        if !fits {
+            return Err(bad("a Top-N's columns"));
+        }
         return match (w.stream, w.window) {
             (Some((limit, ttl_ms, first_on_time, retract)), None) => {
                 let p = StreamTopNParams {

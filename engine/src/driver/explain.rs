@@ -64,8 +64,8 @@ impl StreamingJob {
                             format!("a task per shard of its state ({shards} shards) restores its shard")
                         };
                         format!(
-                            "runs on the executors: each part of an epoch is read there (windowed, and \
-                             aggregated partially where the operator allows), then {tasks} from the checkpoint, \
+                            "runs on the executors: each part of an epoch is read there (and windowed, and \
+                             aggregated partially, where the query does), then {tasks} from the checkpoint, \
                              folds, and writes its output and state change there"
                         )
                     }

@@ -185,6 +185,33 @@ fn side_of(p: &Pipeline) -> Option<&String> {
     (side_id == &format!("{id}-{name}")).then_some(side_id)
 }
 
+/// The expressions of an operator's configuration that its node does not
+/// show DataFusion (they are not over its input rows): an aggregate's
+/// `FILTER`s and `HAVING`. Each crosses to the executors in the operator's
+/// wire form.
+fn operator_config_exprs(
+    node: &Arc<dyn ExecutionPlan>,
+) -> Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+    use crate::exec::{SessionAggregateExec, UpdateAggregateExec, WindowAggregateExec};
+    let filters = |f: &[Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>]| {
+        f.iter().flatten().cloned().collect::<Vec<_>>()
+    };
+    if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
+        let state = n.state();
+        let (p, _, _) = state.config();
+        let mut out = filters(&p.filters);
+        out.extend(p.having.iter().cloned());
+        return out;
+    }
+    if let Some(n) = node.downcast_ref::<SessionAggregateExec>() {
+        return filters(&n.state().config().0.filters);
+    }
+    if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
+        return filters(&n.state().config().0.filters);
+    }
+    Vec::new()
+}
+
 /// Whether a pipeline can run on the executors: a stateless plan (filters,
 /// projections and functions) over one source's scan, or one with a single
 /// aggregate as [`split_stateful`] cuts it, without late-row sinks or
@@ -219,7 +246,7 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
     let mut plan = Arc::clone(&p.plan);
     loop {
         let mut calls_udf = false;
-        let walked = plan.apply_expressions(&mut |e| {
+        let mut look = |e: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
             e.apply(|n| {
                 if let Some(f) = n.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()
                     && udfs.iter().any(|u| u == f.name())
@@ -228,8 +255,15 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
                 }
                 Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
             })
-        });
-        if walked.is_err() || calls_udf {
+        };
+        let walked = plan.apply_expressions(&mut look);
+        // What an operator's wire form carries beyond the expressions it
+        // shows DataFusion (over its input): `HAVING`, `FILTER`s.
+        let mut walked_config = Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue);
+        for e in operator_config_exprs(&plan) {
+            walked_config = walked_config.and_then(|_| look(&e));
+        }
+        if walked.is_err() || walked_config.is_err() || calls_udf {
             return Err("it calls a function given to this process, which executors do not have");
         }
         if plan.downcast_ref::<crate::exec::scan::StreamScanExec>().is_some() {
@@ -624,4 +658,80 @@ fn check_reports(cluster: &str, source: &str, parts: usize, reports: &[PartRepor
         "source '{source}': {cluster} reported {} parts of {parts}",
         reports.len()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_planner::PhysicalPlanner;
+    use datafusion::prelude::SessionConfig;
+
+    use super::*;
+    use crate::exec::{EngineScans, physical_planner};
+
+    /// The stateful operator of the job's one query, planned on `threads`.
+    async fn operator(sql: &str, threads: usize) -> Arc<dyn ExecutionPlan> {
+        let job = weir_sql::Job::parse(sql).unwrap();
+        let config = SessionConfig::new().with_target_partitions(threads);
+        let planner =
+            weir_sql::StreamPlanner::new(&job, Some(Arc::new(EngineScans { partitions: threads })), config)
+                .unwrap();
+        let plans = planner.plan().await.unwrap();
+        let plan = physical_planner()
+            .create_physical_plan(&plans[0].plan, &planner.context().state())
+            .await
+            .unwrap();
+        let mut found = None;
+        plan.apply(|n| {
+            if crate::exec::stateful_state(n.as_ref()).is_some() {
+                found = Some(Arc::clone(n));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        found.expect("a stateful operator")
+    }
+
+    /// `HAVING` and `FILTER` cross in an operator's wire form without being
+    /// among the expressions its node shows DataFusion: the check for
+    /// functions executors lack must see them too.
+    #[tokio::test]
+    async fn an_operators_having_and_filters_are_checked_for_functions() {
+        let ddl = "CREATE TABLE t (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+                   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+                   WITH ('connector' = 'files', 'path' = '/nowhere/', 'format' = 'json');\n\
+                   CREATE TABLE out WITH ('connector' = 'blackhole');\n";
+        let cases = [
+            (
+                "INSERT INTO out SELECT k, COUNT(*) FILTER (WHERE v > 2) AS n FROM t \
+                 GROUP BY k HAVING SUM(v + 7) > 3",
+                vec!["v@", "> 2", "> 3"],
+            ),
+            (
+                "INSERT INTO out SELECT window_start, window_end, k, SUM(v) FILTER (WHERE v < 5) AS s \
+                 FROM TABLE(SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
+                 GROUP BY window_start, window_end, k",
+                vec!["< 5"],
+            ),
+            (
+                "INSERT INTO out SELECT window_start, window_end, MAX(v) FILTER (WHERE v <> 4) AS m \
+                 FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' SECOND)) \
+                 GROUP BY window_start, window_end",
+                vec!["!= 4"],
+            ),
+        ];
+        for (query, wants) in cases {
+            for threads in [1, 2] {
+                let op = operator(&format!("{ddl}{query};"), threads).await;
+                let shown: Vec<String> = operator_config_exprs(&op).iter().map(|e| e.to_string()).collect();
+                let text = shown.join(" | ");
+                for want in &wants {
+                    assert!(text.contains(want), "{query} on {threads}: {text}");
+                }
+            }
+        }
+    }
 }

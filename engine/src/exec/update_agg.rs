@@ -371,13 +371,22 @@ impl UpdateState {
         } else {
             (None, None)
         };
+        let n_keys = agg.key_schema.fields().len();
+        // The output: keys, one value per aggregate, the operation (a plan
+        // decoded from bytes is checked, not trusted).
+        if schema.fields().len() != n_keys + agg.aggr.len() + 1 {
+            return Err(DataFusionError::Internal(format!(
+                "an update aggregate of {n_keys} keys and {} aggregates whose output has {} columns",
+                agg.aggr.len(),
+                schema.fields().len()
+            )));
+        }
         let agg_schema = Arc::new(Schema::new(
             schema.fields()[..schema.fields().len() - 1]
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect::<Vec<_>>(),
         ));
-        let n_keys = agg.key_schema.fields().len();
         let keys = KeyRows::new(agg.key_schema.fields().iter().map(|f| f.data_type().clone()))?;
         let values = KeyRows::new(
             agg_schema.fields()[n_keys..]
