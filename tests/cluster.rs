@@ -837,8 +837,8 @@ fn changelog_rows(dir: &Path, columns: &str, key: &str) -> (Vec<String>, Vec<Str
     (
         sorted(format!("SELECT op, {columns}, _epoch FROM '{dir}/'")),
         sorted(format!(
-            "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER ({partition}ORDER BY _epoch DESC, _seq DESC) AS rn \
-             FROM '{dir}/') WHERE rn = 1 AND op IN ('+I', '+U')"
+            "SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER ({partition}ORDER BY _epoch DESC, _seq DESC) AS latest \
+             FROM '{dir}/') WHERE latest = 1 AND op IN ('+I', '+U')"
         )),
     )
 }
@@ -948,10 +948,11 @@ fn ranking_job(input: &str, out: &Path, batch: &str) -> String {
 }
 
 /// Rankings run on the executors: the parts are read there, their rows
-/// cross to the one task of the operator (a query with a ranking runs on
-/// one thread) in part order, so ties keep arrival order as locally; the
-/// changelogs equal a local run's row for row, `_seq` too, and the
-/// checkpoint moves between local and cluster runs.
+/// cross to the operator's shard tasks, each of which puts them back in
+/// part order, so ties keep arrival order as locally; the changelogs equal
+/// a local run's row for row (but for `_seq`, numbered per shard file, in
+/// the same order for each key), and the checkpoint moves between local
+/// and cluster runs.
 #[test]
 fn rankings_run_on_the_executors_with_ties_in_arrival_order() {
     let c = cluster(2);
@@ -961,7 +962,11 @@ fn rankings_run_on_the_executors_with_ties_in_arrival_order() {
     let input = bids();
     let batch = "'max_files_per_batch' = '2'";
     let all = ["--trigger", "available-now", "--drain"];
-    let sinks = ["top3", "firsts", "best"];
+    // Each changelog's columns and key (`best` is append-only).
+    let sinks = [
+        ("top3", "auction, bidder, price, rn", "auction, rn"),
+        ("firsts", "bidder, channel, price, url, rn", "bidder"),
+    ];
     let run = |name: &str, cluster: Option<&str>| {
         let out = dir.path().join(name);
         let job = dir.path().join(format!("{name}.sql"));
@@ -978,11 +983,14 @@ fn rankings_run_on_the_executors_with_ties_in_arrival_order() {
         epoch_lines(&local_log),
         "{remote_log}\n{local_log}"
     );
-    for sink in sinks {
-        let want = sink_rows(&local.join(sink));
-        assert!(want.len() > 100, "{sink}: {} rows", want.len());
-        assert_eq!(sink_rows(&remote.join(sink)), want, "{sink}");
+    for (sink, columns, key) in sinks {
+        let want = changelog_rows(&local.join(sink), columns, key);
+        assert!(want.0.len() > 100, "{sink}: {} rows", want.0.len());
+        assert_eq!(changelog_rows(&remote.join(sink), columns, key), want, "{sink}");
     }
+    let want = sink_rows(&local.join("best"));
+    assert!(want.len() > 10, "best: {} rows", want.len());
+    assert_eq!(sink_rows(&remote.join("best")), want, "best");
     // One checkpoint: an epoch here, one on the cluster, the drain here.
     let out = dir.path().join("moved");
     let job = dir.path().join("moved.sql");
@@ -993,13 +1001,18 @@ fn rankings_run_on_the_executors_with_ties_in_arrival_order() {
     let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
     assert!(log.contains("committed through epoch 2"), "{log}");
     run_threads(&job, &ck, None, 1, &all).unwrap();
-    for sink in sinks {
+    for (sink, columns, key) in sinks {
         assert_eq!(
-            sink_rows(&out.join(sink)),
-            sink_rows(&local.join(sink)),
+            changelog_rows(&out.join(sink), columns, key),
+            changelog_rows(&local.join(sink), columns, key),
             "moved/{sink}"
         );
     }
+    assert_eq!(
+        sink_rows(&out.join("best")),
+        sink_rows(&local.join("best")),
+        "moved/best"
+    );
 }
 
 /// An epoch whose every row is late says so on the cluster as it does

@@ -85,10 +85,15 @@ impl StreamingJob {
         let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
 
         // A ranking (Top-N, dedup) breaks ties by arrival order, which is
-        // the source's order only on one thread: rows that cross a shuffle
-        // from several threads arrive interleaved as the threads run, so
-        // the row kept among ties changed from run to run. Such a query
-        // runs on one thread, its scans read in order.
+        // the source's order only when rows do not cross a shuffle from
+        // several threads: those arrive interleaved as the threads run, so
+        // the row kept among ties changed from run to run. So such a
+        // query's scans read in order, in one partition; a hash shuffle
+        // from that one partition keeps each shard's rows in order, so the
+        // ranking still runs on every thread, one shard each. Where
+        // something between the scans and the ranking merges partitions
+        // (a window aggregate's shards under a Top-N, a join), the query
+        // runs on one thread.
         let one_thread = {
             let config = state.config().clone().with_target_partitions(1);
             datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
@@ -98,10 +103,17 @@ impl StreamingJob {
         let mut physical = Vec::new();
         for p in plans {
             let plan = if threads > 1 && ranks(&p.plan) {
-                let plan = physical_planner()
-                    .create_physical_plan(&p.plan, &one_thread)
-                    .await?;
-                crate::exec::scan::in_one_partition(plan)?
+                let sharded = crate::exec::scan::in_one_partition(
+                    physical_planner().create_physical_plan(&p.plan, &state).await?,
+                )?;
+                if rankings_see_arrival_order(&sharded) {
+                    sharded
+                } else {
+                    let plan = physical_planner()
+                        .create_physical_plan(&p.plan, &one_thread)
+                        .await?;
+                    crate::exec::scan::in_one_partition(plan)?
+                }
             } else {
                 physical_planner().create_physical_plan(&p.plan, &state).await?
             };
@@ -529,6 +541,41 @@ async fn check_job_folders(
         crate::folders::check_owner(loc, &me, lease, &options.store_options).await?;
     }
     Ok(())
+}
+
+/// Whether every ranking operator of `plan` gets each shard's rows in the
+/// order its scans read them: below it, nothing merges partitions (every
+/// shuffle and coalesce reads one partition) and nothing joins.
+fn rankings_see_arrival_order(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    let is_ranking = |n: &Arc<dyn ExecutionPlan>| {
+        n.downcast_ref::<crate::exec::stream_topn::TopNExec>().is_some()
+            || n.downcast_ref::<crate::exec::WindowTopNExec>().is_some()
+    };
+    let partitions = |n: &Arc<dyn ExecutionPlan>| n.properties().output_partitioning().partition_count();
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        if !is_ranking(node) {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        for below in node.children() {
+            let _ = below.apply(|n| {
+                let children = n.children();
+                let merges = (n.downcast_ref::<RepartitionExec>().is_some()
+                    || n.downcast_ref::<CoalescePartitionsExec>().is_some())
+                    && children.iter().any(|c| partitions(c) > 1);
+                if merges || children.len() > 1 || (is_ranking(n) && partitions(n) > 1) {
+                    ok = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    ok
 }
 
 /// Whether a pipeline's plan ranks rows (a Top-N or dedup, in windows or

@@ -257,17 +257,41 @@ pub fn dealt_watermarks(
 }
 
 /// `plan` with every stream scan reading in one partition (the nodes above
-/// rebuilt to match): the epoch's rows in the source's order.
+/// rebuilt to match): the epoch's rows in the source's order. A partial
+/// Top-N or a round-robin split left over one partition is dropped: the
+/// first would only copy the rows its Top-N ranks anyway.
 pub fn in_one_partition(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     plan.transform_up(|node| {
-        Ok(match node.downcast_ref::<StreamScanExec>() {
-            Some(scan) if scan.partitions > 1 => {
-                let one = StreamScanExec::with_schema(&scan.source, scan.schema(), scan.projection.clone());
-                Transformed::yes(Arc::new(one) as Arc<dyn ExecutionPlan>)
-            }
-            _ => Transformed::no(node),
-        })
+        if let Some(scan) = node.downcast_ref::<StreamScanExec>()
+            && scan.partitions > 1
+        {
+            let one = StreamScanExec::with_schema(&scan.source, scan.schema(), scan.projection.clone());
+            return Ok(Transformed::yes(Arc::new(one) as Arc<dyn ExecutionPlan>));
+        }
+        let over_one = |node: &Arc<dyn ExecutionPlan>| match node.children()[..] {
+            [input] => input.properties().output_partitioning().partition_count() == 1,
+            _ => false,
+        };
+        let round_robin = node
+            .downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>()
+            .is_some_and(|r| {
+                matches!(
+                    r.partitioning(),
+                    datafusion::physical_plan::Partitioning::RoundRobinBatch(_)
+                )
+            });
+        // (A round-robin split of one partition, above a ranking of one
+        // shard, only spreads the few rows it emits.)
+        if (node
+            .downcast_ref::<super::window_topn::PartialTopNExec>()
+            .is_some()
+            || round_robin)
+            && over_one(&node)
+        {
+            return Ok(Transformed::yes(Arc::clone(node.children()[0])));
+        }
+        Ok(Transformed::no(node))
     })
     .map(|t| t.data)
 }
