@@ -249,18 +249,26 @@ fn a_query_error_on_the_cluster_names_the_problem() {
     assert!(err.to_lowercase().contains("cast"), "{err}");
 }
 
+/// The bids table over the Parquet files in `input`, with a watermark 5 s
+/// behind, read as `batch` says.
+fn bids_table(input: &str, batch: &str) -> String {
+    format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+           date_time TIMESTAMP(3), extra VARCHAR,
+           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});"
+    )
+}
+
 /// A job of every kind of stateful operator over the example bids (four
 /// Parquet files), its sinks under `out`: a tumbling aggregate, session
 /// windows, an updating aggregate (a changelog) and an interval join.
 /// `batch` is the WITH option that cuts the input into epochs.
 fn every_kind_of_job(out: &Path, batch: &str) -> String {
-    let bids = bids();
+    let table = bids_table(&bids(), batch);
     let out = out.display();
     format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-           date_time TIMESTAMP(3), extra VARCHAR,
-           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
-         WITH ('connector' = 'files', 'path' = '{bids}', 'format' = 'parquet', {batch});
+        "{table}
          CREATE TABLE windows WITH ('connector' = 'files', 'path' = '{out}/windows/', 'format' = 'parquet');
          CREATE TABLE sessions WITH ('connector' = 'files', 'path' = '{out}/sessions/', 'format' = 'parquet');
          CREATE TABLE channels WITH ('connector' = 'files', 'path' = '{out}/channels/', 'format' = 'parquet', 'mode' = 'changelog');
@@ -405,12 +413,10 @@ fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
 /// A stateless job (filters, projections, functions) into a files sink and
 /// a blackhole.
 fn stateless_job(input: &str, out: &Path, batch: &str) -> String {
+    let table = bids_table(input, batch);
     let out = out.display();
     format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-           date_time TIMESTAMP(3), extra VARCHAR,
-           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
-         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+        "{table}
          CREATE TABLE dear WITH ('connector' = 'files', 'path' = '{out}/dear/', 'format' = 'parquet');
          CREATE TABLE counted WITH ('connector' = 'blackhole');
          INSERT INTO dear
@@ -581,12 +587,10 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
 
 /// A keyed TUMBLE and a keyless HOP over the bids.
 fn windowed_job(input: &str, out: &Path, batch: &str) -> String {
+    let table = bids_table(input, batch);
     let out = out.display();
     format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-           date_time TIMESTAMP(3), extra VARCHAR,
-           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
-         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+        "{table}
          CREATE TABLE windows WITH ('connector' = 'files', 'path' = '{out}/windows/', 'format' = 'parquet');
          CREATE TABLE hops WITH ('connector' = 'files', 'path' = '{out}/hops/', 'format' = 'parquet');
          CREATE TABLE sessions WITH ('connector' = 'files', 'path' = '{out}/sessions/', 'format' = 'parquet');
@@ -795,12 +799,10 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
 /// source without a watermark, keyless, and with `COUNT(DISTINCT)` (whose
 /// values are a second state table).
 fn update_job(input: &str, out: &Path, batch: &str) -> String {
+    let table = bids_table(input, batch);
     let out = out.display();
     format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-           date_time TIMESTAMP(3), extra VARCHAR,
-           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
-         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+        "{table}
          CREATE TABLE plain (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR)
          WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
          CREATE TABLE channels WITH ('connector' = 'files', 'path' = '{out}/channels/', 'format' = 'parquet', 'mode' = 'changelog');
@@ -924,12 +926,10 @@ fn an_aggregate_without_windows_runs_on_the_executors_with_its_state_in_the_chec
 /// within windows. The dedup orders by a column with many ties, so the
 /// row it keeps is the first to arrive.
 fn ranking_job(input: &str, out: &Path, batch: &str) -> String {
+    let table = bids_table(input, batch);
     let out = out.display();
     format!(
-        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
-           date_time TIMESTAMP(3), extra VARCHAR,
-           WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
-         WITH ('connector' = 'files', 'path' = '{input}', 'format' = 'parquet', {batch});
+        "{table}
          CREATE TABLE top3 WITH ('connector' = 'files', 'path' = '{out}/top3/', 'format' = 'parquet', 'mode' = 'changelog');
          CREATE TABLE firsts WITH ('connector' = 'files', 'path' = '{out}/firsts/', 'format' = 'parquet', 'mode' = 'changelog');
          CREATE TABLE best WITH ('connector' = 'files', 'path' = '{out}/best/', 'format' = 'parquet');
