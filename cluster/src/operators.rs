@@ -142,13 +142,16 @@ struct WireTopN {
     /// Each `ORDER BY` expression's direction (descending, nulls first),
     /// the carrier's expressions after `PARTITION BY`'s.
     order_by: Vec<(bool, bool)>,
-    /// Outside windows: limit, `state.ttl`, keep-first on the event time,
-    /// over a changelog.
-    stream: Option<(u64, Option<i64>, Option<usize>, bool)>,
-    /// Within windows: limit, `window_start` and `window_end` among
-    /// `PARTITION BY`, lag.
-    window: Option<(Option<u64>, usize, usize, i64)>,
+    stream: Option<StreamTopN>,
+    window: Option<WindowedTopN>,
 }
+
+/// Outside windows: limit, `state.ttl`, keep-first on the event time, over
+/// a changelog.
+type StreamTopN = (u64, Option<i64>, Option<usize>, bool);
+/// Within windows: limit, `window_start` and `window_end` among `PARTITION
+/// BY`, lag.
+type WindowedTopN = (Option<u64>, usize, usize, i64);
 
 #[derive(Serialize, Deserialize)]
 struct WireSessionAgg {
@@ -351,51 +354,63 @@ pub(crate) fn try_encode(
         put_aggregates(aggregates_of(p), &input.schema(), codec, converter, buf)?;
         return Ok(true);
     }
-    let ranking = |partition_by: &[Arc<dyn PhysicalExpr>], order_by: &[PhysicalSortExpr]| {
+    // Both Top-Ns: their ranking, and what only one of them has.
+    let mut put_top_n = |node: &Arc<dyn ExecutionPlan>,
+                         rank: RankKind,
+                         threads: usize,
+                         partition_by: &[Arc<dyn PhysicalExpr>],
+                         order_by: &[PhysicalSortExpr],
+                         schema: &SchemaRef,
+                         kind: (Option<StreamTopN>, Option<WindowedTopN>)|
+     -> DfResult<bool> {
         let exprs: Vec<Arc<dyn PhysicalExpr>> = partition_by
             .iter()
             .cloned()
             .chain(order_by.iter().map(|o| Arc::clone(&o.expr)))
             .collect();
-        let directions = order_by
-            .iter()
-            .map(|o| (o.options.descending, o.options.nulls_first))
-            .collect();
-        (exprs, directions)
+        let wire = WireTopN {
+            rank,
+            threads,
+            partition_by: partition_by.len(),
+            order_by: order_by
+                .iter()
+                .map(|o| (o.options.descending, o.options.nulls_first))
+                .collect(),
+            stream: kind.0,
+            window: kind.1,
+        };
+        put_json(TOP_N_MAGIC, &wire, buf)?;
+        put_schema(schema, buf)?;
+        put_exprs(&exprs, &node.children()[0].schema(), codec, converter, buf)?;
+        Ok(true)
     };
     if let Some(n) = node.downcast_ref::<TopNExec>() {
         let state = n.state();
         let (p, threads) = state.config();
-        let (exprs, order_by) = ranking(&p.partition_by, &p.order_by);
-        let wire = WireTopN {
-            rank: p.rank,
+        let stream = Some((p.limit, p.ttl_ms, p.first_on_time, p.retract));
+        return put_top_n(
+            node,
+            p.rank,
             threads,
-            partition_by: p.partition_by.len(),
-            order_by,
-            stream: Some((p.limit, p.ttl_ms, p.first_on_time, p.retract)),
-            window: None,
-        };
-        put_json(TOP_N_MAGIC, &wire, buf)?;
-        put_schema(&p.schema, buf)?;
-        put_exprs(&exprs, &n.children()[0].schema(), codec, converter, buf)?;
-        return Ok(true);
+            &p.partition_by,
+            &p.order_by,
+            &p.schema,
+            (stream, None),
+        );
     }
     if let Some(n) = node.downcast_ref::<WindowTopNExec>() {
         let state = n.state();
         let (p, threads) = state.config();
-        let (exprs, order_by) = ranking(&p.partition_by, &p.order_by);
-        let wire = WireTopN {
-            rank: p.rank,
+        let window = Some((p.limit, p.window_start, p.window_end, p.lag_ms));
+        return put_top_n(
+            node,
+            p.rank,
             threads,
-            partition_by: p.partition_by.len(),
-            order_by,
-            stream: None,
-            window: Some((p.limit, p.window_start, p.window_end, p.lag_ms)),
-        };
-        put_json(TOP_N_MAGIC, &wire, buf)?;
-        put_schema(&p.schema, buf)?;
-        put_exprs(&exprs, &n.children()[0].schema(), codec, converter, buf)?;
-        return Ok(true);
+            &p.partition_by,
+            &p.order_by,
+            &p.schema,
+            (None, window),
+        );
     }
     if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
         let state = n.state();
