@@ -20,7 +20,10 @@
 #     task reads a file, runs the query and writes its own output file;
 #   * an aggregate without windows (bids per auction, a changelog) locally
 #     and with `--cluster`: the same two stages, each shard writing its
-#     part of the changelog and its state change.
+#     part of the changelog and its state change;
+#   * an interval join of the bids with themselves (declared as two
+#     tables) locally and with `--cluster`: a stage 1 per side, and a task
+#     per shard joining both sides' rows with those its state holds.
 # Everything shares this machine's two cores, so the cluster's numbers are
 # what its protocol costs here, not what separate machines would give.
 # Writes benches/results/cluster-<ROWS>.md and prints it.
@@ -74,6 +77,26 @@ INSERT INTO out SELECT auction, COUNT(*) AS bids, MAX(price) AS top FROM bids GR
 SQL
 }
 
+joined() { # joined NAME: an interval join of the bids with themselves (declared twice), to $WORK/out-NAME/
+  cat > "$WORK/$1.sql" <<SQL
+CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+  date_time TIMESTAMP(3), extra VARCHAR,
+  WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+  WITH ('connector' = 'files', 'path' = '$WORK/bids/', 'format' = 'parquet', 'max_files_per_batch' = '2');
+CREATE TABLE asks (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+  date_time TIMESTAMP(3), extra VARCHAR,
+  WATERMARK FOR date_time AS date_time - INTERVAL '5' SECOND)
+  WITH ('connector' = 'files', 'path' = '$WORK/bids/', 'format' = 'parquet', 'max_files_per_batch' = '2');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = '$WORK/out-$1/', 'format' = 'parquet');
+INSERT INTO out
+SELECT a.auction, a.bidder, a.price, b.price AS raised_to, b.date_time AS raised_at
+FROM bids a JOIN asks b
+  ON a.auction = b.auction AND a.bidder = b.bidder
+ AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND
+WHERE b.price > a.price;
+SQL
+}
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -94,7 +117,9 @@ sleep 3
 
 run() { # run NAME [--cluster ADDR]: progress in $WORK/NAME.json, wall seconds printed
   local name=$1; shift
-  case $name in stateless-*) stateless "$name" ;; updating-*) updating "$name" ;; *) job "$name" ;; esac
+  case $name in
+    stateless-*) stateless "$name" ;; updating-*) updating "$name" ;; join-*) joined "$name" ;; *) job "$name" ;;
+  esac
   local t0 t1
   t0=$(date +%s.%N)
   "$WEIR" run "$WORK/$name.sql" --threads 2 --trigger available-now --drain \
@@ -129,6 +154,14 @@ latest() { # latest NAME: the table the changelog rebuilds (README's query)
 cmp <(latest updating-cluster) <(latest updating-local) >/dev/null \
   || { echo "error: the updating job's table on the cluster differs from the local run's"; exit 1; }
 
+join_local_wall=$(run join-local)
+join_cluster_wall=$(run join-cluster --cluster "$SCHEDULER")
+grep -q "queries run on the cluster" "$WORK/join-cluster.log" \
+  || { echo "error: the join did not run on the executors"; cat "$WORK/join-cluster.log"; exit 1; }
+cmp <("$WEIR" query --format csv "SELECT * FROM '$WORK/out-join-cluster/' ORDER BY 1, 2, 3, 4, 5") \
+    <("$WEIR" query --format csv "SELECT * FROM '$WORK/out-join-local/' ORDER BY 1, 2, 3, 4, 5") >/dev/null \
+  || { echo "error: the join's output on the cluster differs from the local run's"; exit 1; }
+
 # The recovery run, eight files an epoch (so that an epoch's tasks are
 # running when the kill comes): kill executor 0 once the second epoch is
 # committed.
@@ -154,11 +187,12 @@ done
 input_bytes=$(du -sb "$WORK/bids" | cut -f1)
 python3 - "$WORK" "$ROWS" "$FILES" "$input_bytes" "$shuffle_bytes" "$local_wall" "$cluster_wall" "$killed_after" \
   "$stateless_local_wall" "$stateless_cluster_wall" "$stateless_out_bytes" \
-  "$updating_local_wall" "$updating_cluster_wall" > "benches/results/cluster-$ROWS.md" <<'PY'
+  "$updating_local_wall" "$updating_cluster_wall" "$join_local_wall" "$join_cluster_wall" \
+  > "benches/results/cluster-$ROWS.md" <<'PY'
 import json, statistics, sys, subprocess, datetime
 (work, rows, files, input_bytes, shuffle_bytes, local_wall, cluster_wall, killed_after,
  stateless_local_wall, stateless_cluster_wall, stateless_out_bytes,
- updating_local_wall, updating_cluster_wall) = sys.argv[1:]
+ updating_local_wall, updating_cluster_wall, join_local_wall, join_cluster_wall) = sys.argv[1:]
 rows, files, input_bytes, shuffle_bytes = int(rows), int(files), int(input_bytes), int(shuffle_bytes)
 
 def epochs(name):
@@ -241,5 +275,19 @@ for label, es, wall in [("local (`--threads 2`)", ul, updating_local_wall), ("cl
           f"{mb(statistics.mean(e['checkpoint_bytes'] for e in es))} |")
 print("\nEach shard restores its whole state from the store every epoch (executors keep no cache yet), so")
 print("the cluster's epoch grows with the state, where the local run keeps it in memory.")
+print("\n## A join on the executors\n")
+jl, jc = epochs("join-local"), epochs("join-cluster")
+print("The bids declared twice (`bids` and `asks`, the same files, two an epoch from each) in an interval")
+print("join: each bid with the same bidder's higher bids on its auction within the next second. On the")
+print("cluster a task per file of each side reads it and judges its lateness, both sides are dealt to the")
+print("join's shards by (auction, bidder), and a task per shard restores the rows its side holds from")
+print("the checkpoint, joins, and writes its output and state change. Both runs wrote the same rows (checked).\n")
+print("| run | wall | epoch median | epoch mean | rows out | state rows at the end | checkpoint per epoch |")
+print("|---|---|---|---|---|---|---|")
+for label, es, wall in [("local (`--threads 2`)", jl, join_local_wall), ("cluster", jc, join_cluster_wall)]:
+    m = ms(es)
+    print(f"| {label} | {float(wall):.2f} s | {statistics.median(m):.0f} ms | {statistics.mean(m):.0f} ms | "
+          f"{sum(e['rows_out'] for e in es):,} | {es[-1]['state_rows']:,} | "
+          f"{mb(statistics.mean(e['checkpoint_bytes'] for e in es))} |")
 PY
 cat "benches/results/cluster-$ROWS.md"

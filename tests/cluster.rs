@@ -262,7 +262,9 @@ fn bids_table(input: &str, batch: &str) -> String {
 
 /// A job of every kind of stateful operator over the example bids (four
 /// Parquet files), its sinks under `out`: a tumbling aggregate, session
-/// windows, an updating aggregate (a changelog) and an interval join.
+/// windows, an updating aggregate (a changelog), an interval join, and a
+/// Top-N over a window aggregate (two stateful steps, which keep the job's
+/// queries on the driver: on a cluster only its input is read there).
 /// `batch` is the WITH option that cuts the input into epochs.
 fn every_kind_of_job(out: &Path, batch: &str) -> String {
     let table = bids_table(&bids(), batch);
@@ -273,6 +275,15 @@ fn every_kind_of_job(out: &Path, batch: &str) -> String {
          CREATE TABLE sessions WITH ('connector' = 'files', 'path' = '{out}/sessions/', 'format' = 'parquet');
          CREATE TABLE channels WITH ('connector' = 'files', 'path' = '{out}/channels/', 'format' = 'parquet', 'mode' = 'changelog');
          CREATE TABLE pairs WITH ('connector' = 'files', 'path' = '{out}/pairs/', 'format' = 'parquet');
+         CREATE TABLE tops WITH ('connector' = 'files', 'path' = '{out}/tops/', 'format' = 'parquet');
+         INSERT INTO tops
+         SELECT window_start, auction, n FROM (
+           SELECT window_start, window_end, auction, n,
+                  ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY n DESC, auction) AS rn
+           FROM (SELECT window_start, window_end, auction, COUNT(*) AS n
+                 FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+                 GROUP BY window_start, window_end, auction))
+         WHERE rn <= 3;
          INSERT INTO windows
          SELECT window_start, window_end, auction, COUNT(*) AS n, MAX(price) AS top, SUM(price) AS volume
          FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
@@ -376,7 +387,7 @@ fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
             remote_log.contains(&format!("; input read on the cluster at http://{})", c.scheduler)),
             "{remote_log}"
         );
-        for sink in ["windows", "sessions", "channels", "pairs"] {
+        for sink in ["windows", "sessions", "channels", "pairs", "tops"] {
             let want = sink_rows(&local.join(sink));
             assert!(want.len() > 10, "{name}/{sink}: {} rows", want.len());
             assert_eq!(sink_rows(&remote.join(sink)), want, "{name}/{sink}");
@@ -394,7 +405,7 @@ fn a_job_whose_input_is_read_on_a_cluster_writes_what_a_local_run_writes() {
     let log = run_job_with(&job, &ck, Some(&c.scheduler), &[], &once).unwrap();
     assert!(log.contains("committed through epoch 2"), "{log}");
     run_job(&job, &ck, None, &[]).unwrap();
-    for sink in ["windows", "sessions", "channels", "pairs"] {
+    for sink in ["windows", "sessions", "channels", "pairs", "tops"] {
         let want = sink_rows(&dir.path().join("files-local").join(sink));
         assert_eq!(sink_rows(&out.join(sink)), want, "moved/{sink}");
     }
@@ -580,7 +591,7 @@ fn a_stateless_job_runs_on_the_executors_and_writes_what_a_local_run_writes() {
     std::fs::write(&windowed, every_kind_of_job(&dir.path().join("w"), batch)).unwrap();
     let plan = explain(&windowed);
     assert!(
-        plan.contains("the query runs here (INSERT INTO pairs cannot: it joins streams, and joins do not run on the executors yet)"),
+        plan.contains("the query runs here (INSERT INTO tops cannot: it keeps more than one state table)"),
         "{plan}"
     );
 }
@@ -790,6 +801,154 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         assert_eq!(
             sink_rows(&out.join(sink)),
             sink_rows(&local_rows[1].join(sink)),
+            "moved/{sink}"
+        );
+    }
+}
+
+/// Joins of two sources (the example bids declared twice, each read and
+/// cut on its own): an interval join, an interval LEFT join whose
+/// unmatched rows come out when the watermark evicts them, and a regular
+/// join (its state only grows).
+fn join_job(input: &str, out: &Path, batch: &str) -> String {
+    let bids = bids_table(input, batch);
+    let asks = bids_table(input, batch)
+        .replace("CREATE TABLE bids", "CREATE TABLE asks")
+        .replace("INTERVAL '5' SECOND", "INTERVAL '2' SECOND");
+    let out = out.display();
+    format!(
+        "{bids}
+         {asks}
+         CREATE TABLE pairs WITH ('connector' = 'files', 'path' = '{out}/pairs/', 'format' = 'parquet');
+         CREATE TABLE outbid WITH ('connector' = 'files', 'path' = '{out}/outbid/', 'format' = 'parquet');
+         CREATE TABLE same WITH ('connector' = 'files', 'path' = '{out}/same/', 'format' = 'parquet');
+         INSERT INTO pairs
+         SELECT a.auction, a.bidder, a.price, b.price AS next_price
+         FROM bids a JOIN asks b
+           ON a.auction = b.auction AND a.bidder = b.bidder
+          AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '1' SECOND;
+         INSERT INTO outbid
+         SELECT a.auction, a.bidder, a.price, a.date_time, b.bidder AS by_bidder, b.price AS by_price
+         FROM bids a LEFT JOIN asks b
+           ON a.auction = b.auction AND b.price > a.price
+          AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '2' SECOND;
+         INSERT INTO same
+         SELECT a.auction, a.bidder, a.price, b.channel
+         FROM bids a JOIN asks b ON a.auction = b.auction AND a.bidder = b.bidder AND a.price = b.price;"
+    )
+}
+
+/// Joins run on the executors: each part of each side is read and judged
+/// late or not where it is read, both sides are dealt to the join's shards
+/// by its keys, and each shard restores its rows from the checkpoint,
+/// joins, and writes its output and state change there. Rows, late rows,
+/// held rows and epochs equal a local run's on one thread and two, and the
+/// checkpoint moves between local and cluster runs, an executor killed on
+/// the way.
+#[test]
+fn joins_run_on_the_executors_with_their_state_in_the_checkpoint() {
+    let mut c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = bids();
+    let batch = "'max_files_per_batch' = '1'";
+    let all = ["--trigger", "available-now", "--drain"];
+    let sinks = ["pairs", "outbid", "same"];
+    let mut local_rows = Vec::new();
+    for threads in [1, 2] {
+        let run = |name: &str, cluster: Option<&str>| {
+            let out = dir.path().join(format!("{name}-{threads}"));
+            let job = dir.path().join(format!("{name}-{threads}.sql"));
+            std::fs::write(&job, join_job(&input, &out, batch)).unwrap();
+            let ck = dir.path().join(format!("{name}-{threads}.ck"));
+            let log =
+                run_threads(&job, &ck, cluster, threads, &all).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+            (out, log)
+        };
+        let (local, local_log) = run("local", None);
+        let (remote, remote_log) = run("remote", Some(&c.scheduler));
+        assert!(
+            remote_log.contains(&format!(
+                "; queries run on the cluster at http://{})",
+                c.scheduler
+            )),
+            "{remote_log}"
+        );
+        assert!(epoch_lines(&local_log).len() >= 4, "{local_log}");
+        assert!(!local_log.contains(", 0 late,"), "no late rows: {local_log}");
+        assert_eq!(
+            epoch_lines(&remote_log),
+            epoch_lines(&local_log),
+            "{remote_log}\n{local_log}"
+        );
+        for sink in sinks {
+            let want = sink_rows(&local.join(sink));
+            assert!(want.len() > 100, "{sink}: {} rows", want.len());
+            assert_eq!(sink_rows(&remote.join(sink)), want, "{sink} on {threads} threads");
+            // Written by the executors, a file per shard with rows.
+            assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
+        }
+        local_rows.push(local);
+    }
+    // Some bids were never outbid: their rows came out with NULLs.
+    let unmatched = query(
+        &format!(
+            "SELECT COUNT(*) AS n FROM '{}/' WHERE by_bidder IS NULL",
+            local_rows[0].join("outbid").display()
+        ),
+        None,
+    )
+    .unwrap();
+    assert!(!unmatched.contains("\n0\n"), "{unmatched}");
+    // EXPLAIN says where each query runs.
+    let out = weir()
+        .arg("run")
+        .arg(dir.path().join("remote-2.sql"))
+        .args([
+            "--explain",
+            "--threads",
+            "2",
+            "--cluster",
+            &c.scheduler,
+            "--checkpoint",
+        ])
+        .arg(dir.path().join("explained.ck"))
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        plan.matches("-- on the cluster: runs on the executors").count(),
+        3,
+        "{plan}"
+    );
+    // One checkpoint: an epoch here on one thread, two on the cluster on
+    // two (an executor killed before the second), the rest here on three:
+    // the join's rows move between shard counts.
+    let out = dir.path().join("moved");
+    let job = dir.path().join("moved.sql");
+    std::fs::write(&job, join_job(&input, &out, batch)).unwrap();
+    let ck = dir.path().join("moved.ck");
+    let once = ["--trigger", "once"];
+    run_threads(&job, &ck, None, 1, &once).unwrap();
+    let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
+    assert!(log.contains("committed through epoch 2"), "{log}");
+    assert!(log.contains("queries run on the cluster"), "{log}");
+    c.kill_executor(0);
+    let log = match run_threads(&job, &ck, Some(&c.scheduler), 2, &once) {
+        Ok(log) => log,
+        // Ballista gave up on the epoch: it was not committed, and runs
+        // again.
+        Err(e) => {
+            assert!(e.contains("was not committed"), "{e}");
+            run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap()
+        }
+    };
+    assert!(log.contains("committed through epoch 3"), "{log}");
+    c.restart_executor(0);
+    run_threads(&job, &ck, None, 3, &all).unwrap();
+    for sink in sinks {
+        assert_eq!(
+            sink_rows(&out.join(sink)),
+            sink_rows(&local_rows[0].join(sink)),
             "moved/{sink}"
         );
     }
@@ -1362,7 +1521,7 @@ fn killed_mid_run(kill: Kill) {
             "the job ran on without its scheduler:\n{log}"
         );
     }
-    for sink in ["windows", "sessions", "channels", "pairs"] {
+    for sink in ["windows", "sessions", "channels", "pairs", "tops"] {
         let want = sink_rows(&dir.path().join("local").join(sink));
         assert_eq!(
             sink_rows(&dir.path().join("remote").join(sink)),
@@ -1472,7 +1631,7 @@ fn a_row_budget_over_many_files_is_read_in_waves_with_the_local_runs_epochs() {
     };
     assert_eq!(epochs(&logs[1]), epochs(&logs[0]), "{}\n{}", logs[1], logs[0]);
     assert!(logs[0].contains("epoch 2  in 230,000"), "{}", logs[0]);
-    for sink in ["windows", "sessions", "channels", "pairs"] {
+    for sink in ["windows", "sessions", "channels", "pairs", "tops"] {
         let want = sink_rows(&dir.path().join("local").join(sink));
         assert_eq!(sink_rows(&dir.path().join("remote").join(sink)), want, "{sink}");
     }

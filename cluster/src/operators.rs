@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::JoinSide;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -25,12 +26,14 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use weir_engine::exec::late_filter::LateFilterExec;
 use weir_engine::exec::partial_agg::{PartialSpec, PartialWindowAggExec};
+use weir_engine::exec::stream_join::{StreamJoinExec, StreamJoinParams, UniqueSide};
 use weir_engine::exec::stream_topn::{StreamTopNParams, TopNExec};
 use weir_engine::exec::window_topn::TopNParams;
 use weir_engine::exec::{
@@ -46,6 +49,39 @@ pub(crate) const WINDOW_AGG_MAGIC: &[u8] = b"WEIR-WINDOW-AGG/1\n";
 pub(crate) const UPDATE_AGG_MAGIC: &[u8] = b"WEIR-UPDATE-AGG/1\n";
 pub(crate) const SESSION_AGG_MAGIC: &[u8] = b"WEIR-SESSION-AGG/1\n";
 pub(crate) const TOP_N_MAGIC: &[u8] = b"WEIR-TOP-N/1\n";
+pub(crate) const JOIN_MAGIC: &[u8] = b"WEIR-STREAM-JOIN/1\n";
+
+/// An interval join's time bound (`weir_sql::nodes::JoinTime`).
+#[derive(Serialize, Deserialize)]
+struct WireJoinTime {
+    left: usize,
+    right: usize,
+    left_until: usize,
+    right_until: usize,
+    lo_ms: i64,
+    hi_ms: i64,
+    left_lag_ms: i64,
+    right_lag_ms: i64,
+}
+
+/// A join of streams but for its expressions: its equal keys, condition,
+/// join type and NULL equality cross as DataFusion's `HashJoinExec` over
+/// empty inputs of its two sides' rows (the next block), the filter pulled
+/// into its unique side as one expression over that side's rows (the block
+/// after, when there is one).
+#[derive(Serialize, Deserialize)]
+struct WireJoin {
+    time: Option<WireJoinTime>,
+    ttl_ms: Option<i64>,
+    signed: bool,
+    /// The unique side (`true`: the left), and whether it has a filter.
+    unique: Option<(bool, bool)>,
+    bound_text: String,
+    threads: usize,
+    /// Positions in the full output (left, then right) of the projection
+    /// taken in.
+    projection: Option<Vec<usize>>,
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "WindowSpec")]
@@ -412,6 +448,60 @@ pub(crate) fn try_encode(
             (None, window),
         );
     }
+    if let Some(n) = node.downcast_ref::<StreamJoinExec>() {
+        let state = n.state();
+        let (p, threads) = state.config();
+        let [left, right] = &node.children()[..] else {
+            return Err(DataFusionError::Internal("a join has two inputs".into()));
+        };
+        let unique_left = |u: &UniqueSide| u.side == JoinSide::Left;
+        let wire = WireJoin {
+            time: p.time.map(|t| WireJoinTime {
+                left: t.left,
+                right: t.right,
+                left_until: t.left_until,
+                right_until: t.right_until,
+                lo_ms: t.lo_ms,
+                hi_ms: t.hi_ms,
+                left_lag_ms: t.left_lag_ms,
+                right_lag_ms: t.right_lag_ms,
+            }),
+            ttl_ms: p.ttl_ms,
+            signed: p.signed,
+            unique: p.unique.as_ref().map(|u| (unique_left(u), u.filter.is_some())),
+            bound_text: p.bound_text.clone(),
+            threads,
+            projection: n.projection_indices().map(<[usize]>::to_vec),
+        };
+        put_json(JOIN_MAGIC, &wire, buf)?;
+        put_schema(&p.schema, buf)?;
+        let carrier = HashJoinExec::try_new(
+            Arc::new(EmptyExec::new(left.schema())),
+            Arc::new(EmptyExec::new(right.schema())),
+            p.on.clone(),
+            p.filter.clone(),
+            &p.join_type,
+            None,
+            PartitionMode::Partitioned,
+            p.null_equality,
+            false,
+        )?;
+        let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
+            Arc::new(carrier),
+            codec,
+            converter,
+        )?;
+        put_block(&bytes, buf)?;
+        if let Some(UniqueSide {
+            side,
+            filter: Some(filter),
+        }) = &p.unique
+        {
+            let over = if *side == JoinSide::Left { left } else { right };
+            put_exprs(&[Arc::clone(filter)], &over.schema(), codec, converter, buf)?;
+        }
+        return Ok(true);
+    }
     if let Some(n) = node.downcast_ref::<UpdateAggregateExec>() {
         let state = n.state();
         let (p, threads, in_schema) = state.config();
@@ -680,6 +770,74 @@ pub(crate) fn try_decode(
             _ => Err(bad("a Top-N neither in windows nor outside them")),
         };
     }
+    if let Some(rest) = buf.strip_prefix(JOIN_MAGIC) {
+        let (w, rest): (WireJoin, _) = take_json(rest)?;
+        let (schema, rest) = take_schema(rest)?;
+        let [left, right] = inputs else {
+            return Err(bad("a join with other than two inputs"));
+        };
+        let (block, rest) = take_block(rest)?;
+        let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+            block, ctx, codec, converter,
+        )?;
+        let carrier = plan
+            .downcast_ref::<HashJoinExec>()
+            .ok_or_else(|| bad("a join's keys and condition"))?;
+        // Indexes a decoded plan holds are checked, not trusted.
+        let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
+        let time = match w.time {
+            Some(t) => {
+                if t.left.max(t.left_until) >= nl || t.right.max(t.right_until) >= nr {
+                    return Err(bad("a join's time columns"));
+                }
+                Some(weir_sql::nodes::JoinTime {
+                    left: t.left,
+                    right: t.right,
+                    left_until: t.left_until,
+                    right_until: t.right_until,
+                    lo_ms: t.lo_ms,
+                    hi_ms: t.hi_ms,
+                    left_lag_ms: t.left_lag_ms,
+                    right_lag_ms: t.right_lag_ms,
+                })
+            }
+            None => None,
+        };
+        let unique = match w.unique {
+            Some((is_left, has_filter)) => Some(UniqueSide {
+                side: if is_left { JoinSide::Left } else { JoinSide::Right },
+                filter: if has_filter {
+                    let mut exprs = take_exprs(rest, ctx, codec, converter)?;
+                    if exprs.len() != 1 {
+                        return Err(bad("a join's unique side's filter"));
+                    }
+                    exprs.pop()
+                } else {
+                    None
+                },
+            }),
+            None => None,
+        };
+        let params = StreamJoinParams {
+            on: carrier.on().to_vec(),
+            filter: carrier.filter().cloned(),
+            join_type: *carrier.join_type(),
+            null_equality: carrier.null_equality(),
+            time,
+            ttl_ms: w.ttl_ms,
+            signed: w.signed,
+            unique,
+            bound_text: w.bound_text,
+            schema,
+        };
+        return Ok(Some(Arc::new(StreamJoinExec::try_new_over(
+            Arc::clone(left),
+            Arc::clone(right),
+            params,
+            w.threads,
+            w.projection,
+        )?)));
+    }
     if let Some(rest) = buf.strip_prefix(UPDATE_AGG_MAGIC) {
         let (w, rest): (WireUpdateAgg, _) = take_json(rest)?;
         let (schema, rest) = take_schema(rest)?;
@@ -747,19 +905,18 @@ mod tests {
             .unwrap()
     }
 
-    /// Runs one epoch of `plan` over `rows` of source `t`, every window
-    /// closed by the end; its output rows, sorted, as text.
+    /// Runs one epoch of `plan` over `rows` of sources `t` and `u` (a
+    /// join's other side), every window closed by the end; its output rows,
+    /// sorted, as text.
     async fn run(plan: &Arc<dyn ExecutionPlan>, rows: &RecordBatch) -> Vec<String> {
+        let source = || SourceRows {
+            columns: Arc::new((0..rows.num_columns()).collect()),
+            batches: Arc::new(vec![rows.clone()]),
+            ..SourceRows::default()
+        };
         let input = EpochInput {
             epoch: 1,
-            batches: HashMap::from([(
-                "t".to_string(),
-                SourceRows {
-                    columns: Arc::new((0..rows.num_columns()).collect()),
-                    batches: Arc::new(vec![rows.clone()]),
-                    ..SourceRows::default()
-                },
-            )]),
+            batches: HashMap::from([("t".to_string(), source()), ("u".to_string(), source())]),
             watermark_out: i64::MAX,
             ..EpochInput::default()
         };
@@ -847,6 +1004,66 @@ mod tests {
                 let text = crosses_alike(&format!("{ddl}{query};"), threads, &rows).await;
                 assert!(text.contains("UpdateAggregateExec"), "{text}");
                 assert!(text.contains("ttl=3600000ms"), "{text}");
+            }
+        }
+    }
+
+    /// Joins of two streams cross the wire: regular and interval, inner
+    /// and outer, with a condition beyond the keys, `state.ttl`, a unique
+    /// side with a filter pulled into the join, and the projection taken
+    /// in; the decoded plan shows the same and joins alike.
+    #[tokio::test]
+    async fn a_join_plan_crosses_the_wire_and_runs_alike() {
+        let table = |name: &str, extra: &str| {
+            format!(
+                "CREATE TABLE {name} (ts TIMESTAMP(3), k VARCHAR, v BIGINT{extra}, \
+                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+                 WITH ('connector' = 'files', 'path' = '/nowhere/{name}/', 'format' = 'json');\n"
+            )
+        };
+        let sink = "CREATE TABLE out WITH ('connector' = 'blackhole');\n";
+        let plain = format!("{}{}{sink}", table("t", ""), table("u", ""));
+        let keyed = format!(
+            "{}{}{sink}",
+            table("t", ""),
+            table("u", ", PRIMARY KEY (k) NOT ENFORCED")
+        );
+        let ttl = format!("SET 'state.ttl' = '1h';\n{plain}");
+        let queries = [
+            (
+                &plain,
+                "INSERT INTO out SELECT a.k, a.v, b.v AS w FROM t a JOIN u b ON a.k = b.k AND a.v < b.v",
+                "Inner",
+            ),
+            (
+                &plain,
+                "INSERT INTO out SELECT a.k, a.ts, b.ts AS bts, b.v FROM t a LEFT JOIN u b \
+                 ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '2' MILLISECOND",
+                "Left",
+            ),
+            (
+                &plain,
+                "INSERT INTO out SELECT a.k, a.v, b.v AS w FROM t a FULL JOIN u b \
+                 ON a.k = b.k AND a.v = b.v AND b.ts BETWEEN a.ts - INTERVAL '3' MILLISECOND AND a.ts",
+                "Full",
+            ),
+            (
+                &keyed,
+                "INSERT INTO out SELECT a.k, a.v, b.v AS w FROM t a JOIN u b ON a.k = b.k WHERE b.v > 3",
+                "unique",
+            ),
+            (
+                &ttl,
+                "INSERT INTO out SELECT a.k, b.v FROM t a JOIN u b ON a.k = b.k",
+                "Inner",
+            ),
+        ];
+        let rows = rows_of((0..200).collect(), 7);
+        for (ddl, query, shows) in queries {
+            for threads in [1, 2] {
+                let text = crosses_alike(&format!("{ddl}{query};"), threads, &rows).await;
+                assert!(text.contains("JoinExec: "), "{text}");
+                assert!(text.contains(shows), "{text}");
             }
         }
     }

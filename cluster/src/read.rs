@@ -537,8 +537,15 @@ impl ClusterReader {
         &self,
         mut job: weir_engine::remote::RemoteAggregate,
     ) -> weir_engine::Result<Vec<weir_engine::remote::ShardReport>> {
-        absolutize(&mut job.read.table)?;
-        let table = job.read.table.name.clone();
+        for input in &mut job.inputs {
+            absolutize(&mut input.read.table)?;
+        }
+        let table = job
+            .inputs
+            .iter()
+            .map(|i| i.read.table.name.as_str())
+            .collect::<Vec<_>>()
+            .join("' and '");
         let shards = crate::stages::stage_plan(job, StoreOptions::default())?;
         let count = shards.properties().output_partitioning().partition_count();
         let plan: Arc<dyn ExecutionPlan> = Arc::new(shards);

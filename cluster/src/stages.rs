@@ -1,16 +1,21 @@
-//! An aggregate's epoch as two stages of one Ballista job (issue 16, part
-//! B.2, slices 3 and 5 of `docs/cluster-operators.md`): a window or session
-//! aggregate, or one without windows (a changelog; no row is late there, so
-//! the lateness below is moot). A session aggregate has no partial
-//! aggregate: its rows cross the shuffle.
+//! A stateful query's epoch as two stages of one Ballista job (issue 16,
+//! part B.2, slices 3 and 5 of `docs/cluster-operators.md`): a window or
+//! session aggregate, one without windows (a changelog; no row is late
+//! there, so the lateness below is moot), a Top-N, or a join of two
+//! sources. A session aggregate has no partial aggregate: its rows cross
+//! the shuffle, as a Top-N's and a join's do.
 //!
 //! ```text
 //! ShardStageExec          a task per shard k: shard k's state as of the last
-//!   (shuffle by keys)     commit, fold, emit, stage the sink file, write the
-//! PartStageExec           state delta; one report row
+//!   (shuffle by keys)     commit, fold (or join), emit, stage the sink file,
+//! PartStageExec           write the state delta; one report row
 //!   parts table           a task per part i: read it, judge lateness from W_i,
 //!                         window, aggregate partially
 //! ```
+//!
+//! A join has a `PartStageExec` and a shuffle per side (each side's
+//! source read and cut on its own), both into the join's shards, and the
+//! shard stage reads the two.
 //!
 //! **Lateness.** Locally a row is late when older than the greatest event
 //! time of every row of its source read before it, minus the delay. A part
@@ -470,10 +475,11 @@ fn report_schema() -> SchemaRef {
     ]))
 }
 
-/// Runs [`ShardStage`] over the shuffle's partitions, one per shard.
+/// Runs [`ShardStage`] over the shuffles' partitions, one per shard: one
+/// shuffle per input of the operator (a join has two, dealt alike).
 pub struct ShardStageExec {
     stage: ShardStage,
-    input: Arc<dyn ExecutionPlan>,
+    inputs: Vec<Arc<dyn ExecutionPlan>>,
     props: Arc<PlanProperties>,
     store_options: StoreOptions,
 }
@@ -489,16 +495,28 @@ impl fmt::Debug for ShardStageExec {
 }
 
 impl ShardStageExec {
-    /// The stage over `input` (the shuffle, a partition per shard).
+    /// The stage over `inputs` (a shuffle per input of the operator, a
+    /// partition per shard).
     pub fn try_new(
         stage: ShardStage,
-        input: Arc<dyn ExecutionPlan>,
+        inputs: Vec<Arc<dyn ExecutionPlan>>,
         store_options: StoreOptions,
     ) -> DfResult<Self> {
-        // Ballista narrows the input to the partitions each task reads
+        // Ballista narrows each input to the partitions each task reads
         // (one); each task learns its shard from the rows.
         let shards = operator_of(&stage.upper)?.state_shards().max(1);
-        let partitions = input.properties().output_partitioning().partition_count();
+        let wanted = stand_ins(&stage.upper)?.len();
+        if inputs.len() != wanted {
+            return Err(DataFusionError::Internal(format!(
+                "a shard stage of an operator of {wanted} inputs over {}",
+                inputs.len()
+            )));
+        }
+        let partitions = inputs
+            .iter()
+            .map(|i| i.properties().output_partitioning().partition_count())
+            .max()
+            .unwrap_or(0);
         if partitions > shards {
             return Err(DataFusionError::Internal(format!(
                 "an operator of {shards} shards over {partitions} partitions"
@@ -512,7 +530,7 @@ impl ShardStageExec {
         );
         Ok(Self {
             stage,
-            input,
+            inputs,
             props: Arc::new(props),
             store_options,
         })
@@ -521,6 +539,23 @@ impl ShardStageExec {
     /// What it runs.
     pub fn stage(&self) -> &ShardStage {
         &self.stage
+    }
+}
+
+/// The inputs of the one stateful operator of `upper`: stand-ins of its
+/// shuffles (see `weir_engine::driver`'s `split_stateful`).
+fn stand_ins(upper: &Arc<dyn ExecutionPlan>) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
+    let mut found = None;
+    upper.apply(|node| {
+        if stateful_state(node.as_ref()).is_some() {
+            found = Some(node.children().into_iter().map(Arc::clone).collect::<Vec<_>>());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found {
+        Some(inputs) if !inputs.is_empty() => Ok(inputs),
+        _ => Err(DataFusionError::Internal("an operator without an input".into())),
     }
 }
 
@@ -569,28 +604,31 @@ impl ExecutionPlan for ShardStageExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+        self.inputs.iter().collect()
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children)
-            .map_err(|_| DataFusionError::Internal("ShardStageExec has one child".into()))?;
         Ok(Arc::new(Self::try_new(
             self.stage.clone(),
-            input,
+            children,
             self.store_options.clone(),
         )?))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let rows = self.input.execute(partition, Arc::clone(&context))?;
+        let streams = self
+            .inputs
+            .iter()
+            .map(|i| i.execute(partition, Arc::clone(&context)))
+            .collect::<DfResult<Vec<_>>>()?;
         let stage = self.stage.clone();
         let store_options = self.store_options.clone();
         let run = async move {
-            let rows: Vec<RecordBatch> = rows.try_collect().await?;
+            let rows: Vec<Vec<RecordBatch>> =
+                futures::future::try_join_all(streams.into_iter().map(|s| s.try_collect())).await?;
             run_shard(&stage, &store_options, &context, rows).await
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -745,14 +783,43 @@ impl ExecutionPlan for ShardRowsExec {
     }
 }
 
-/// An empty operator of `node`'s kind and configuration over `fed`
-/// (`None` when `node` is not a stateful operator a shard stage runs).
+/// An empty operator of `node`'s kind and configuration over `feds` (one
+/// per input; `None` when `node` is not a stateful operator a shard stage
+/// runs).
 fn fresh_operator(
     node: &Arc<dyn ExecutionPlan>,
-    fed: &Arc<dyn ExecutionPlan>,
+    feds: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    use weir_engine::exec::stream_join::StreamJoinExec;
     use weir_engine::exec::stream_topn::TopNExec;
     use weir_engine::exec::{SessionAggregateExec, UpdateAggregateExec, WindowAggregateExec, WindowTopNExec};
+    if let Some(n) = node.downcast_ref::<StreamJoinExec>() {
+        let [left, right] = feds else {
+            return Err(DataFusionError::Internal(
+                "a join fed other than two inputs".into(),
+            ));
+        };
+        let state = n.state();
+        let (params, threads) = state.config();
+        let op = StreamJoinExec::try_new_over(
+            Arc::clone(left),
+            Arc::clone(right),
+            params.clone(),
+            threads,
+            n.projection_indices().map(<[usize]>::to_vec),
+        )?;
+        return Ok(Some(Arc::new(op)));
+    }
+    if stateful_state(node.as_ref()).is_none() {
+        return Ok(None);
+    }
+    let [fed] = feds else {
+        return Err(DataFusionError::Internal(format!(
+            "{} fed {} inputs",
+            node.name(),
+            feds.len()
+        )));
+    };
     let fed = Arc::clone(fed);
     if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
         let state = n.state();
@@ -790,32 +857,50 @@ fn fresh_operator(
             threads,
         )?)));
     }
-    Ok(None)
+    Err(DataFusionError::Internal(format!(
+        "a shard stage runs aggregates, Top-Ns and joins, not {}",
+        node.name()
+    )))
 }
 
-/// Shard `shard`'s task: restore, fold, emit, stage, checkpoint; its report.
+/// Shard `shard`'s task: restore, fold (or join), emit, stage, checkpoint;
+/// its report. `rows`: each input's stage-1 rows.
 async fn run_shard(
     stage: &ShardStage,
     store_options: &StoreOptions,
     context: &Arc<TaskContext>,
-    rows: Vec<RecordBatch>,
+    rows: Vec<Vec<RecordBatch>>,
 ) -> DfResult<RecordBatch> {
     let store = |e: weir_storage::Error| DataFusionError::Execution(e.to_string());
     let attempt = attempt_id();
     let shards = operator_of(&stage.upper)?.state_shards().max(1);
-    // The operator's input: the partial aggregate's rows, every partition
-    // but this shard's empty.
-    let mut stand_in = None;
-    stage.upper.apply(|node| {
-        if stateful_state(node.as_ref()).is_some() {
-            stand_in = node.children().first().map(|c| Arc::clone(*c));
-            return Ok(TreeNodeRecursion::Stop);
+    // The operator's inputs: each input's rows (the partial aggregate's,
+    // a join side's), every partition but this shard's empty.
+    let stand_ins = stand_ins(&stage.upper)?;
+    if stand_ins.len() != rows.len() {
+        return Err(DataFusionError::Internal(format!(
+            "an operator of {} inputs given {}",
+            stand_ins.len(),
+            rows.len()
+        )));
+    }
+    let mut late_rows = 0;
+    let mut shard: Option<usize> = None;
+    let mut feds: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(rows.len());
+    let mut fed_rows = Vec::with_capacity(rows.len());
+    for (stand_in, rows) in stand_ins.iter().zip(&rows) {
+        let (data, late, named) = split_markers(rows, &stand_in.schema())?;
+        late_rows += late;
+        if let (Some(a), Some(b)) = (shard, named)
+            && a != b
+        {
+            return Err(DataFusionError::Internal(format!(
+                "a shard task received the markers of shards {a} and {b}"
+            )));
         }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    let stand_in =
-        stand_in.ok_or_else(|| DataFusionError::Internal("an operator without an input".into()))?;
-    let (data, late_rows, shard) = split_markers(&rows, &stand_in.schema())?;
+        shard = shard.or(named);
+        fed_rows.push(data);
+    }
     let shard = shard.ok_or_else(|| {
         DataFusionError::Internal("a shard task received no marker naming its shard".into())
     })?;
@@ -824,26 +909,26 @@ async fn run_shard(
             "shard {shard} of an operator of {shards}"
         )));
     }
-    let mut partitions = vec![Vec::new(); shards];
-    partitions[shard] = data;
-    // Declared partitioned as the operator's own shuffle was (the stand-in
-    // is that shuffle, over nothing): the operator checks it.
-    let partitioning = stand_in.properties().output_partitioning().clone();
-    let fed: Arc<dyn ExecutionPlan> =
-        Arc::new(ShardRowsExec::new(stand_in.schema(), partitioning, partitions));
+    for (stand_in, data) in stand_ins.iter().zip(fed_rows) {
+        let mut partitions = vec![Vec::new(); shards];
+        partitions[shard] = data;
+        // Declared partitioned as the operator's own shuffle was (the
+        // stand-in is that shuffle, over nothing): the operator checks it.
+        let partitioning = stand_in.properties().output_partitioning().clone();
+        feds.push(Arc::new(ShardRowsExec::new(
+            stand_in.schema(),
+            partitioning,
+            partitions,
+        )));
+    }
     // An operator of this run's own, empty: the decoded plan is shared by
     // every partition Ballista gives the task, and a restore or a
     // checkpoint of one operator touches all its shards, so two shards run
     // in one task on one operator would wipe each other's state.
     let upper = Arc::clone(&stage.upper)
         .transform_down(|node| {
-            if let Some(fresh) = fresh_operator(&node, &fed)? {
+            if let Some(fresh) = fresh_operator(&node, &feds)? {
                 return Ok(Transformed::new(fresh, true, TreeNodeRecursion::Jump));
-            }
-            if stateful_state(node.as_ref()).is_some() {
-                return Err(DataFusionError::Internal(
-                    "a shard stage runs aggregates and Top-Ns only".into(),
-                ));
             }
             Ok(Transformed::no(node))
         })?
@@ -879,15 +964,21 @@ async fn run_shard(
         restored_all
             .push(restore_table(&checkpoint, t, shard, shards, stage.epoch, stage.watermark_in).await?);
     }
-    let input = EpochInput {
+    let input = Arc::new(EpochInput {
         epoch: stage.epoch,
         processing_time_ms: stage.processing_time_ms,
         watermark_out: stage.watermark_out,
         ..EpochInput::default()
-    };
-    let config = context.session_config().clone().with_extension(Arc::new(input));
+    });
+    let config = context
+        .session_config()
+        .clone()
+        .with_extension(Arc::clone(&input));
     let ctx = Arc::new(task_context(context, config, context.scalar_functions().clone()));
     let output = datafusion::physical_plan::common::collect(upper.execute(shard, ctx)?).await?;
+    // Rows the operator itself found late (a join's, older than what its
+    // state was evicted to), beside those stage 1 counted.
+    let late_rows = late_rows + input.late_rows.load(std::sync::atomic::Ordering::Relaxed);
     let rows_out: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
     let (file, staged, bytes) = stage_output(
         &stage.sink,
@@ -1129,7 +1220,9 @@ pub(crate) fn try_decode(
 ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let input = || match inputs {
         [input] => Ok(Arc::clone(input)),
-        _ => Err(DataFusionError::Internal("a Weir stage has one input".into())),
+        _ => Err(DataFusionError::Internal(
+            "a Weir part stage has one input".into(),
+        )),
     };
     let with_weir = || crate::pipeline::with_weir_functions(ctx);
     if let Some(rest) = buf.strip_prefix(PART_STAGE_MAGIC) {
@@ -1184,7 +1277,7 @@ pub(crate) fn try_decode(
         };
         return Ok(Some(Arc::new(ShardStageExec::try_new(
             stage,
-            input()?,
+            inputs.to_vec(),
             store_options.clone(),
         )?)));
     }
@@ -1192,72 +1285,78 @@ pub(crate) fn try_decode(
 }
 
 /// The two stages of a [`weir_engine::remote::RemoteAggregate`] as one
-/// plan: [`ShardStageExec`] over the shuffle over [`PartStageExec`].
+/// plan: [`ShardStageExec`] over a shuffle over a [`PartStageExec`] per
+/// input of the operator (a join's two sides are read, cut and dealt to
+/// the shards each on its own).
 pub fn stage_plan(
     job: weir_engine::remote::RemoteAggregate,
     store_options: StoreOptions,
 ) -> weir_engine::Result<ShardStageExec> {
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::repartition::RepartitionExec;
-    let table = job.read.table.name.clone();
-    let runtime = |e: DataFusionError| weir_engine::Error::Runtime(format!("source '{table}': {e}"));
-    // The operator's shards and the prefix columns they are split by.
-    let (shards, key_columns) = match &job.shuffle {
-        None => (1, Vec::new()),
-        Some(datafusion::physical_plan::Partitioning::Hash(exprs, n)) => {
-            let columns: Option<Vec<usize>> = exprs
-                .iter()
-                .map(|e| {
-                    e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
-                        .map(|c| c.index())
-                })
-                .collect();
-            let columns = columns.ok_or_else(|| {
-                weir_engine::Error::Runtime(format!(
-                    "source '{table}': the stateful operator's shards are split by expressions, not columns"
-                ))
-            })?;
-            (*n, columns)
-        }
-        Some(other) => {
-            return Err(weir_engine::Error::Runtime(format!(
-                "source '{table}': the stateful operator's input is partitioned as {other}"
-            )));
-        }
-    };
-    let parts = PartStageExec::try_new(
-        PartStage {
-            read: job.read,
-            prefix: job.prefix,
-            epoch: job.epoch,
-            processing_time_ms: job.processing_time_ms,
-            watermarks_before: job.watermarks_before,
-            shards,
-            key_columns,
-        },
-        store_options.clone(),
-    )
-    .map_err(runtime)?;
-    // Ballista cuts the job into its two stages here: each row goes to
-    // the shard its route column names (see `stages::stage_one_schema`).
-    let route = parts.schema().fields().len() - 1;
-    let parts: Arc<dyn ExecutionPlan> = Arc::new(parts);
-    let shuffle: Arc<dyn ExecutionPlan> = if shards > 1 {
-        let column = Arc::new(datafusion::physical_expr::expressions::Column::new(
-            crate::stages::ROUTE_COLUMN,
-            route,
-        ));
-        Arc::new(
-            RepartitionExec::try_new(
-                parts,
-                datafusion::physical_plan::Partitioning::Hash(vec![column], shards),
-            )
-            .map_err(runtime)?,
+    let mut shuffles = Vec::with_capacity(job.inputs.len());
+    for input in job.inputs {
+        let table = input.read.table.name.clone();
+        let runtime = |e: DataFusionError| weir_engine::Error::Runtime(format!("source '{table}': {e}"));
+        // The operator's shards and the prefix columns they are split by.
+        let (shards, key_columns) = match &input.shuffle {
+            None => (1, Vec::new()),
+            Some(datafusion::physical_plan::Partitioning::Hash(exprs, n)) => {
+                let columns: Option<Vec<usize>> = exprs
+                    .iter()
+                    .map(|e| {
+                        e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                            .map(|c| c.index())
+                    })
+                    .collect();
+                let columns = columns.ok_or_else(|| {
+                    weir_engine::Error::Runtime(format!(
+                        "source '{table}': the stateful operator's shards are split by expressions, not columns"
+                    ))
+                })?;
+                (*n, columns)
+            }
+            Some(other) => {
+                return Err(weir_engine::Error::Runtime(format!(
+                    "source '{table}': the stateful operator's input is partitioned as {other}"
+                )));
+            }
+        };
+        let parts = PartStageExec::try_new(
+            PartStage {
+                read: input.read,
+                prefix: input.prefix,
+                epoch: job.epoch,
+                processing_time_ms: job.processing_time_ms,
+                watermarks_before: input.watermarks_before,
+                shards,
+                key_columns,
+            },
+            store_options.clone(),
         )
-    } else {
-        Arc::new(CoalescePartitionsExec::new(parts))
-    };
-    let shards = ShardStageExec::try_new(
+        .map_err(runtime)?;
+        // Ballista cuts the job into its stages here: each row goes to
+        // the shard its route column names (see `stages::stage_one_schema`).
+        let route = parts.schema().fields().len() - 1;
+        let parts: Arc<dyn ExecutionPlan> = Arc::new(parts);
+        shuffles.push(if shards > 1 {
+            let column = Arc::new(datafusion::physical_expr::expressions::Column::new(
+                crate::stages::ROUTE_COLUMN,
+                route,
+            ));
+            Arc::new(
+                RepartitionExec::try_new(
+                    parts,
+                    datafusion::physical_plan::Partitioning::Hash(vec![column], shards),
+                )
+                .map_err(runtime)?,
+            ) as Arc<dyn ExecutionPlan>
+        } else {
+            Arc::new(CoalescePartitionsExec::new(parts))
+        });
+    }
+    let operator_id = job.operator_id.clone();
+    ShardStageExec::try_new(
         ShardStage {
             upper: job.upper,
             operator_id: job.operator_id,
@@ -1272,11 +1371,10 @@ pub fn stage_plan(
             sink: job.sink,
             side: job.side,
         },
-        shuffle,
-        store_options.clone(),
+        shuffles,
+        store_options,
     )
-    .map_err(runtime)?;
-    Ok(shards)
+    .map_err(|e| weir_engine::Error::Runtime(format!("operator {operator_id}: {e}")))
 }
 
 /// One report per shard from a stage-2 job's rows: the first of a shard
@@ -1685,15 +1783,17 @@ mod tests {
                 .await;
                 let (prefix, upper, partitioning) = cut(&shipped);
                 let job = weir_engine::remote::RemoteAggregate {
-                    read: RemoteRead {
-                        table: decl.clone(),
-                        columns: scan_columns.clone(),
-                        parts,
-                    },
-                    prefix,
-                    shuffle: partitioning,
+                    inputs: vec![weir_engine::remote::StageInput {
+                        read: RemoteRead {
+                            table: decl.clone(),
+                            columns: scan_columns.clone(),
+                            parts,
+                        },
+                        prefix,
+                        shuffle: partitioning,
+                        watermarks_before: before,
+                    }],
                     upper,
-                    watermarks_before: before,
                     operator_id: "p0-agg0".into(),
                     checkpoint: ck_url.clone(),
                     chains: chains.clone(),

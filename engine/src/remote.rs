@@ -141,29 +141,22 @@ pub struct PartReport {
     pub file: Option<ManifestFile>,
 }
 
-/// A windowed aggregate's epoch run on the executors as two stages (see
-/// the `cluster` crate's `stages`): a task per part reads it, judges its
-/// rows' lateness from the watermark as of its first row and aggregates
-/// them partially; a task per shard of the operator restores the shard's
-/// state from the checkpoint, folds the partial rows in, emits the closed
-/// windows, stages them in the sink and writes the shard's state change,
-/// each file named after the task's attempt.
+/// A stateful query's epoch run on the executors as two stages (see the
+/// `cluster` crate's `stages`): a task per part of each input reads it,
+/// judges its rows' lateness from the watermark as of its first row and,
+/// for an aggregate, aggregates them partially; a task per shard of the
+/// operator restores the shard's state from the checkpoint, folds the rows
+/// in (an aggregate, a Top-N) or joins them (a join's two inputs), emits,
+/// stages its output in the sink and writes the shard's state change, each
+/// file named after the task's attempt.
 #[derive(Clone)]
 pub struct RemoteAggregate {
-    /// The source and the epoch's parts of it, each read whole.
-    pub read: RemoteRead,
-    /// The query's plan below the operator's shuffle (scan, window
-    /// assignment, the partial aggregate).
-    pub prefix: Arc<dyn ExecutionPlan>,
-    /// The shuffle between the stages: a hash on the operator's keys into
-    /// its shards (`None`: every row to one shard).
-    pub shuffle: Option<datafusion::physical_plan::Partitioning>,
-    /// The plan from the operator up, the operator's input a stand-in.
+    /// The operator's inputs in its order (a join's left, then right), each
+    /// read and cut on its own.
+    pub inputs: Vec<StageInput>,
+    /// The plan from the operator up, each input of the operator a
+    /// stand-in.
     pub upper: Arc<dyn ExecutionPlan>,
-    /// Each part's source watermark as of its first row: the watermark
-    /// before the epoch, raised by the greatest event time of the parts
-    /// before it, less the delay.
-    pub watermarks_before: Vec<i64>,
     /// The operator's state table (`p0-agg0`).
     pub operator_id: String,
     /// The checkpoint's URL (executors use their own store settings).
@@ -185,6 +178,24 @@ pub struct RemoteAggregate {
     /// The operator's side table (an update aggregate's distinct values),
     /// restored and written beside its own.
     pub side: Option<SideTable>,
+}
+
+/// One input of a [`RemoteAggregate`]'s operator: what its first stage
+/// reads and runs.
+#[derive(Clone)]
+pub struct StageInput {
+    /// The source and the epoch's parts of it, each read whole.
+    pub read: RemoteRead,
+    /// The query's plan below the operator's shuffle (scan, window
+    /// assignment, the partial aggregate).
+    pub prefix: Arc<dyn ExecutionPlan>,
+    /// The shuffle between the stages: a hash on the operator's keys into
+    /// its shards (`None`: every row to one shard).
+    pub shuffle: Option<datafusion::physical_plan::Partitioning>,
+    /// Each part's source watermark as of its first row: the watermark
+    /// before the epoch, raised by the greatest event time of the parts
+    /// before it, less the delay.
+    pub watermarks_before: Vec<i64>,
 }
 
 /// A stateful operator's second state table (see
@@ -273,7 +284,7 @@ impl std::fmt::Debug for RemotePipeline {
 impl std::fmt::Debug for RemoteAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteAggregate")
-            .field("read", &self.read)
+            .field("read", &self.inputs.iter().map(|i| &i.read).collect::<Vec<_>>())
             .field("operator_id", &self.operator_id)
             .field("epoch", &self.epoch)
             .field("sink", &self.sink)

@@ -1,6 +1,7 @@
 //! An epoch whose queries run on a cluster's executors (`weir run
-//! --cluster`, every query stateless or a single aggregate, windowed or
-//! not; see [`crate::remote`]).
+//! --cluster`, every query stateless or of one stateful step: an aggregate,
+//! windowed or not, a Top-N, or a join of two sources; see
+//! [`crate::remote`]).
 //!
 //! The protocol is the local one; only steps 3 to 5 (read, run, stage)
 //! move. The driver cuts each source's logged offset into whole parts, and
@@ -50,25 +51,36 @@ pub(super) struct RemoteState {
 /// A stateful query's plan cut for the two stages on the executors (see
 /// [`crate::remote::RemoteAggregate`]).
 pub(super) struct StatefulSplit {
+    /// Each input of the operator, in its order.
+    inputs: Vec<SplitInput>,
+    /// From the operator up, over a stand-in of each input.
+    upper: Arc<dyn ExecutionPlan>,
+}
+
+/// One input of a [`StatefulSplit`]'s operator.
+pub(super) struct SplitInput {
     /// Below the operator's shuffle.
     prefix: Arc<dyn ExecutionPlan>,
     /// The shuffle's partitioning (`None`: one shard).
     shuffle: Option<datafusion::physical_plan::Partitioning>,
-    /// From the operator up, over a stand-in.
-    upper: Arc<dyn ExecutionPlan>,
+    /// The source its scan reads.
+    source: String,
 }
 
 /// Cuts a plan of one windowed aggregate (`WindowAggregateExec`: TUMBLE,
 /// HOP, CUMULATE; `SessionAggregateExec`) over one source's watermark, of
-/// one aggregate without a window (`UpdateAggregateExec`, a changelog), or
-/// of one Top-N or dedup within windows or outside them (over the source's
-/// rows, not a changelog), with only projections and filters around it,
-/// into what each stage runs; or why it cannot be.
+/// one aggregate without a window (`UpdateAggregateExec`, a changelog), of
+/// one Top-N or dedup within windows or outside them (over the source's
+/// rows, not a changelog), or of one join of two sources' rows on equal
+/// keys (regular or interval, both sides split by the keys), with only
+/// projections and filters around it, into what each stage runs; or why it
+/// cannot be.
 pub(super) fn split_stateful(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> std::result::Result<StatefulSplit, &'static str> {
     use crate::exec::late_filter::LateFilterExec;
     use crate::exec::partial_agg::PartialWindowAggExec;
+    use crate::exec::stream_join::StreamJoinExec;
     use crate::exec::{SessionAggregateExec, UpdateAggregateExec, WindowAggregateExec, WindowAssignExec};
     use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
     use datafusion::physical_plan::coop::CooperativeExec;
@@ -91,87 +103,103 @@ pub(super) fn split_stateful(
             || n.downcast_ref::<crate::exec::WindowTopNExec>().is_some()
             || n.downcast_ref::<crate::exec::stream_topn::TopNExec>()
                 .is_some_and(|t| !t.state().config().0.retract)
+            || n.downcast_ref::<StreamJoinExec>().is_some()
     };
     while !is_operator(&node) {
-        if node
-            .downcast_ref::<crate::exec::stream_join::StreamJoinExec>()
-            .is_some()
-        {
-            return Err("it joins streams, and joins do not run on the executors yet");
-        }
         if crate::exec::stateful_state(node.as_ref()).is_some() {
-            return Err("its stateful step is not an aggregate or a Top-N over its source's rows");
+            return Err("its stateful step is not an aggregate, a Top-N over its source's rows or a join");
         }
         if !passes(&node) || node.children().len() != 1 || node.fetch().is_some() {
-            return Err("its plan has a step above its aggregate other than filters and projections");
+            return Err("its plan has a step above its stateful step other than filters and projections");
         }
         above.push(Arc::clone(&node));
         node = Arc::clone(node.children()[0]);
     }
     let operator = node;
-    let child = Arc::clone(operator.children()[0]);
-    let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
-        match r.partitioning() {
-            p @ datafusion::physical_plan::Partitioning::Hash(..) => (Arc::clone(r.input()), Some(p.clone())),
-            _ => return Err("its aggregate's input is not split by its keys"),
+    if let Some(j) = operator.downcast_ref::<StreamJoinExec>() {
+        let state = j.state();
+        if state.config().0.on.is_empty() {
+            return Err("it joins without equal keys");
         }
-    } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
-        (Arc::clone(c.input()), None)
-    } else {
-        (Arc::clone(&child), None)
-    };
-    // Below: one source's scan, windowed on its watermark column.
-    let mut below = Arc::clone(&prefix);
-    loop {
-        if below.downcast_ref::<crate::exec::StreamScanExec>().is_some() {
-            break;
+        if state.broadcasts() {
+            return Err("its join reads one side whole in every shard");
         }
-        if let Some(w) = below.downcast_ref::<WindowAssignExec>() {
-            let (_, _, origin, _, late_sink) = w.config();
-            if !matches!(origin, weir_sql::WatermarkOrigin::Source { .. }) || late_sink.is_some() {
-                return Err("its windows are not over its source's watermark column");
+    }
+    let mut inputs = Vec::new();
+    let mut stand_ins: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    for child in operator.children() {
+        let child = Arc::clone(child);
+        let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
+            match r.partitioning() {
+                p @ datafusion::physical_plan::Partitioning::Hash(..) => {
+                    (Arc::clone(r.input()), Some(p.clone()))
+                }
+                _ => return Err("its stateful step's input is not split by its keys"),
             }
-        } else if crate::exec::stateful_state(below.as_ref()).is_some() {
-            return Err("it has more than one stateful step");
-        } else if !(passes(&below)
-            || below.downcast_ref::<LateFilterExec>().is_some()
-            || below.downcast_ref::<PartialWindowAggExec>().is_some())
-        {
-            return Err(
-                "its plan has a step below its aggregate other than filters, projections and window assignment",
-            );
-        }
-        if below.children().len() != 1 || below.fetch().is_some() {
-            return Err(
-                "its plan has a step below its aggregate other than filters, projections and window assignment",
-            );
-        }
-        below = Arc::clone(below.children()[0]);
+        } else if let Some(c) = child.downcast_ref::<CoalescePartitionsExec>() {
+            (Arc::clone(c.input()), None)
+        } else {
+            (Arc::clone(&child), None)
+        };
+        // Below: one source's scan, windowed on its watermark column.
+        let mut below = Arc::clone(&prefix);
+        let source = loop {
+            if let Some(scan) = below.downcast_ref::<crate::exec::StreamScanExec>() {
+                break scan.source().to_string();
+            }
+            if let Some(w) = below.downcast_ref::<WindowAssignExec>() {
+                let (_, _, origin, _, late_sink) = w.config();
+                if !matches!(origin, weir_sql::WatermarkOrigin::Source { .. }) || late_sink.is_some() {
+                    return Err("its windows are not over its source's watermark column");
+                }
+            } else if crate::exec::stateful_state(below.as_ref()).is_some() {
+                return Err("it has more than one stateful step");
+            } else if !(passes(&below)
+                || below.downcast_ref::<LateFilterExec>().is_some()
+                || below.downcast_ref::<PartialWindowAggExec>().is_some())
+            {
+                return Err(
+                    "its plan has a step below its stateful step other than filters, projections and window assignment",
+                );
+            }
+            if below.children().len() != 1 || below.fetch().is_some() {
+                return Err(
+                    "its plan has a step below its stateful step other than filters, projections and window assignment",
+                );
+            }
+            below = Arc::clone(below.children()[0]);
+        };
+        // A keyed operator's stand-in is its own shuffle over nothing: a
+        // shard task declares its rows partitioned as that (the operator
+        // checks it).
+        let n = child.properties().output_partitioning().partition_count();
+        stand_ins.push(match &shuffle {
+            Some(p) => Arc::new(
+                RepartitionExec::try_new(Arc::new(EmptyExec::new(prefix.schema())), p.clone())
+                    .map_err(|_| "its stateful step's shuffle cannot be rebuilt")?,
+            ),
+            None => Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n)),
+        });
+        inputs.push(SplitInput {
+            prefix,
+            shuffle,
+            source,
+        });
     }
-    // The operator over a stand-in of its input's partitions, and the nodes
-    // above rebuilt over it.
-    // A keyed operator's stand-in is its own shuffle over nothing: a shard
-    // task declares its rows partitioned as that (the operator checks it).
-    let n = child.properties().output_partitioning().partition_count();
-    let stand_in: Arc<dyn ExecutionPlan> = match &shuffle {
-        Some(p) => Arc::new(
-            RepartitionExec::try_new(Arc::new(EmptyExec::new(prefix.schema())), p.clone())
-                .map_err(|_| "its aggregate's shuffle cannot be rebuilt")?,
-        ),
-        None => Arc::new(EmptyExec::new(prefix.schema()).with_partitions(n)),
-    };
-    let rebuild = |node: Arc<dyn ExecutionPlan>, child: Arc<dyn ExecutionPlan>| {
-        datafusion::physical_plan::execution_plan::replace_children_if_necessary(node, vec![child])
-    };
-    let mut upper = rebuild(operator, stand_in).map_err(|_| "its aggregate cannot be rebuilt")?;
+    // The shards of the inputs must be the operator's, alike.
+    let shards = |i: &SplitInput| i.shuffle.as_ref().map_or(1, |p| p.partition_count());
+    if inputs.windows(2).any(|w| shards(&w[0]) != shards(&w[1])) {
+        return Err("its join's two inputs are split into different numbers of shards");
+    }
+    // The operator over the stand-ins, and the nodes above rebuilt over it.
+    let mut upper =
+        datafusion::physical_plan::execution_plan::replace_children_if_necessary(operator, stand_ins)
+            .map_err(|_| "its stateful step cannot be rebuilt")?;
     for node in above.into_iter().rev() {
-        upper = rebuild(node, upper).map_err(|_| "its plan cannot be rebuilt")?;
+        upper = datafusion::physical_plan::execution_plan::replace_children_if_necessary(node, vec![upper])
+            .map_err(|_| "its plan cannot be rebuilt")?;
     }
-    Ok(StatefulSplit {
-        prefix,
-        shuffle,
-        upper,
-    })
+    Ok(StatefulSplit { inputs, upper })
 }
 
 /// The id of the side table of a pipeline's one operator (an update
@@ -187,7 +215,8 @@ fn side_of(p: &Pipeline) -> Option<&String> {
 
 /// The expressions of an operator's configuration that its node does not
 /// show DataFusion (they are not over its input rows): an aggregate's
-/// `FILTER`s and `HAVING`. Each crosses to the executors in the operator's
+/// `FILTER`s and `HAVING`, a join's condition and the filter pulled into
+/// its unique side. Each crosses to the executors in the operator's
 /// wire form.
 fn operator_config_exprs(
     node: &Arc<dyn ExecutionPlan>,
@@ -209,12 +238,19 @@ fn operator_config_exprs(
     if let Some(n) = node.downcast_ref::<WindowAggregateExec>() {
         return filters(&n.state().config().0.filters);
     }
+    if let Some(n) = node.downcast_ref::<crate::exec::stream_join::StreamJoinExec>() {
+        let state = n.state();
+        let (p, _) = state.config();
+        let mut out: Vec<_> = p.filter.iter().map(|f| Arc::clone(f.expression())).collect();
+        out.extend(p.unique.iter().filter_map(|u| u.filter.clone()));
+        return out;
+    }
     Vec::new()
 }
 
 /// Whether a pipeline can run on the executors: a stateless plan (filters,
 /// projections and functions) over one source's scan, or one with a single
-/// aggregate as [`split_stateful`] cuts it, without late-row sinks or
+/// stateful step as [`split_stateful`] cuts it, without late-row sinks or
 /// bounded tables, into a files sink or a blackhole, and calling none of
 /// the functions the job was given (`udfs`; executors do not have them).
 pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::Result<(), &'static str> {
@@ -234,7 +270,7 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
     if !p.lookups.is_empty() {
         return Err("it joins a bounded table");
     }
-    if p.sources.len() != 1 {
+    if p.operators.is_empty() && p.sources.len() != 1 {
         return Err("it reads more than one source");
     }
     if !p.operators.is_empty() {
@@ -243,54 +279,62 @@ pub(super) fn runs_on_executors(p: &Pipeline, udfs: &[String]) -> std::result::R
         }
         split_stateful(&p.plan)?;
     }
-    let mut plan = Arc::clone(&p.plan);
-    loop {
-        let mut calls_udf = false;
-        let mut look = |e: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
-            e.apply(|n| {
-                if let Some(f) = n.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()
-                    && udfs.iter().any(|u| u == f.name())
-                {
-                    calls_udf = true;
-                }
-                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-            })
-        };
-        let walked = plan.apply_expressions(&mut look);
-        // What an operator's wire form carries beyond the expressions it
-        // shows DataFusion (over its input): `HAVING`, `FILTER`s.
-        let mut walked_config = Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue);
-        for e in operator_config_exprs(&plan) {
-            walked_config = walked_config.and_then(|_| look(&e));
-        }
-        if walked.is_err() || walked_config.is_err() || calls_udf {
-            return Err("it calls a function given to this process, which executors do not have");
-        }
-        if plan.downcast_ref::<crate::exec::scan::StreamScanExec>().is_some() {
-            return Ok(());
-        }
-        // A limit needs the whole epoch's rows, not a part's.
-        if plan.fetch().is_some() {
-            return Err("its plan has a limit");
-        }
-        if !p.operators.is_empty() {
-            // Its shape was checked above; only the functions are looked at.
-            let Some(child) = plan.children().first().map(|c| Arc::clone(*c)) else {
-                return Err("its plan has no scan");
+    // Every node down to each scan (a join has two).
+    let mut todo = vec![Arc::clone(&p.plan)];
+    while let Some(mut plan) = todo.pop() {
+        loop {
+            let mut calls_udf = false;
+            let mut look = |e: &Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
+                e.apply(|n| {
+                    if let Some(f) = n.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()
+                        && udfs.iter().any(|u| u == f.name())
+                    {
+                        calls_udf = true;
+                    }
+                    Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                })
             };
-            plan = child;
-            continue;
+            let walked = plan.apply_expressions(&mut look);
+            // What an operator's wire form carries beyond the expressions it
+            // shows DataFusion (over its input): `HAVING`, `FILTER`s, a
+            // join's condition.
+            let mut walked_config = Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue);
+            for e in operator_config_exprs(&plan) {
+                walked_config = walked_config.and_then(|_| look(&e));
+            }
+            if walked.is_err() || walked_config.is_err() || calls_udf {
+                return Err("it calls a function given to this process, which executors do not have");
+            }
+            if plan.downcast_ref::<crate::exec::scan::StreamScanExec>().is_some() {
+                break;
+            }
+            // A limit needs the whole epoch's rows, not a part's.
+            if plan.fetch().is_some() {
+                return Err("its plan has a limit");
+            }
+            if !p.operators.is_empty() {
+                // Its shape was checked above; only the functions are looked at.
+                let children: Vec<Arc<dyn ExecutionPlan>> =
+                    plan.children().into_iter().map(Arc::clone).collect();
+                let Some((first, rest)) = children.split_first() else {
+                    return Err("its plan has no scan");
+                };
+                todo.extend(rest.iter().cloned());
+                plan = Arc::clone(first);
+                continue;
+            }
+            let passes = plan.downcast_ref::<ProjectionExec>().is_some()
+                || plan.downcast_ref::<FilterExec>().is_some()
+                || plan.downcast_ref::<CooperativeExec>().is_some()
+                || plan.downcast_ref::<CoalescePartitionsExec>().is_some();
+            let children = plan.children();
+            if !passes || children.len() != 1 {
+                return Err("its plan has a step other than filters and projections");
+            }
+            plan = Arc::clone(children[0]);
         }
-        let passes = plan.downcast_ref::<ProjectionExec>().is_some()
-            || plan.downcast_ref::<FilterExec>().is_some()
-            || plan.downcast_ref::<CooperativeExec>().is_some()
-            || plan.downcast_ref::<CoalescePartitionsExec>().is_some();
-        let children = plan.children();
-        if !passes || children.len() != 1 {
-            return Err("its plan has a step other than filters and projections");
-        }
-        plan = Arc::clone(children[0]);
     }
+    Ok(())
 }
 
 impl StreamingJob {
@@ -456,14 +500,34 @@ impl StreamingJob {
                 let split = split_stateful(&plan).map_err(|why| {
                     Error::Runtime(format!("{}: cannot run on the executors: {why}", p.statement))
                 })?;
-                let delay_ms = slot.watermark.as_ref().map_or(0, |w| w.delay_ms);
-                let mut w = entry.watermarks_in.get(name).copied().unwrap_or(i64::MIN);
-                let mut watermarks_before = Vec::with_capacity(parts.len());
-                for m in part_maxima.get(name).into_iter().flatten() {
-                    watermarks_before.push(w);
-                    if let Some(m) = m {
-                        w = w.max(m.saturating_sub(delay_ms));
+                // Each input's parts, and each part's watermark as of its
+                // first row, from its own source.
+                let mut inputs = Vec::with_capacity(split.inputs.len());
+                for input in split.inputs {
+                    let name = &input.source;
+                    let Some(slot) = self.sources.get(name) else {
+                        return Err(self.unknown_source(epoch, name));
+                    };
+                    let parts = cuts.get(name).cloned().unwrap_or_default();
+                    let delay_ms = slot.watermark.as_ref().map_or(0, |w| w.delay_ms);
+                    let mut w = entry.watermarks_in.get(name).copied().unwrap_or(i64::MIN);
+                    let mut watermarks_before = Vec::with_capacity(parts.len());
+                    for m in part_maxima.get(name).into_iter().flatten() {
+                        watermarks_before.push(w);
+                        if let Some(m) = m {
+                            w = w.max(m.saturating_sub(delay_ms));
+                        }
                     }
+                    inputs.push(crate::remote::StageInput {
+                        read: RemoteRead {
+                            table: slot.decl.clone(),
+                            columns: slot.columns.to_vec(),
+                            parts,
+                        },
+                        prefix: input.prefix,
+                        shuffle: input.shuffle,
+                        watermarks_before,
+                    });
                 }
                 let shards = op.state_shards().max(1);
                 let chains = self.state_chains.get(id).cloned();
@@ -479,15 +543,8 @@ impl StreamingJob {
                     }
                 });
                 let job = RemoteAggregate {
-                    read: RemoteRead {
-                        table: slot.decl.clone(),
-                        columns: slot.columns.to_vec(),
-                        parts: parts.clone(),
-                    },
-                    prefix: split.prefix,
-                    shuffle: split.shuffle,
+                    inputs,
                     upper: split.upper,
-                    watermarks_before,
                     operator_id: id.clone(),
                     checkpoint: self.checkpoint.location().url().to_string(),
                     chains,

@@ -104,6 +104,7 @@ use crate::epoch::EpochInput;
 use weir_sql::nodes::JoinTime;
 
 /// What the planner hands the operator.
+#[derive(Clone)]
 pub struct StreamJoinParams {
     /// Equal keys: (left expression, right expression), over each input.
     pub on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
@@ -138,6 +139,7 @@ pub struct StreamJoinParams {
 /// arrived before their partner stay held after it came (they can never
 /// pair again; dropping them would rewrite their epoch's state unit for
 /// little: in Nexmark q20, the bids for an auction of the next few).
+#[derive(Clone)]
 pub struct UniqueSide {
     /// Which input.
     pub side: datafusion::common::JoinSide,
@@ -337,6 +339,8 @@ impl Held {
 /// Configuration and state, shared by every copy of the plan node.
 pub struct StreamJoinState {
     p: StreamJoinParams,
+    /// The `--threads` it was built for (its shards follow from them).
+    threads: usize,
     left_schema: SchemaRef,
     right_schema: SchemaRef,
     state_schema: SchemaRef,
@@ -469,6 +473,7 @@ impl StreamJoinExec {
         let shards = shard_count(threads, p.on.len());
         let mut state = StreamJoinState {
             p,
+            threads,
             left_schema,
             right_schema,
             state_schema: Arc::new(Schema::new(fields)),
@@ -539,6 +544,29 @@ impl StreamJoinExec {
     /// The operator's state (for checkpoints).
     pub fn state(&self) -> Arc<StreamJoinState> {
         Arc::clone(&self.state)
+    }
+
+    /// The positions in the full output (left columns, then right) of the
+    /// projection taken in, if any (see [`Projected`]).
+    pub fn projection_indices(&self) -> Option<&[usize]> {
+        self.projection.as_deref().map(|p| p.indices.as_slice())
+    }
+
+    /// An empty join of the same configuration and projection over other
+    /// inputs (a cluster's shard task runs one of its own; see
+    /// `weir_cluster::stages`).
+    pub fn try_new_over(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        p: StreamJoinParams,
+        threads: usize,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        let join = Self::try_new(left, right, p, threads)?;
+        match projection {
+            Some(indices) => join.with_projection(Some(indices)),
+            None => Ok(join),
+        }
     }
 
     fn keys(&self, side: Side) -> Vec<Arc<dyn PhysicalExpr>> {
@@ -888,6 +916,17 @@ fn mark(chunks: &mut [Chunk], ids: &[u64]) -> Vec<(usize, usize)> {
 }
 
 impl StreamJoinState {
+    /// What it was built from: its parameters and `--threads`.
+    pub fn config(&self) -> (&StreamJoinParams, usize) {
+        (&self.p, self.threads)
+    }
+
+    /// Whether one side is read whole by every shard (see
+    /// [`broadcast_side`]) rather than split by the keys.
+    pub fn broadcasts(&self) -> bool {
+        self.broadcast.is_some()
+    }
+
     /// A chunk of rows of `side` arriving (or restored), with their
     /// [`Chunk::passes`] on the unique side.
     fn chunk(
