@@ -783,8 +783,29 @@ pub(crate) fn try_decode(
         let carrier = plan
             .downcast_ref::<HashJoinExec>()
             .ok_or_else(|| bad("a join's keys and condition"))?;
-        // Indexes a decoded plan holds are checked, not trusted.
+        // Indexes a decoded plan holds are checked, not trusted: the
+        // carrier's sides are the inputs' rows, and the condition reads
+        // columns of them.
         let (nl, nr) = (left.schema().fields().len(), right.schema().fields().len());
+        let types = |schema: &SchemaRef| -> Vec<datafusion::arrow::datatypes::DataType> {
+            schema.fields().iter().map(|f| f.data_type().clone()).collect()
+        };
+        if types(&carrier.left().schema()) != types(&left.schema())
+            || types(&carrier.right().schema()) != types(&right.schema())
+        {
+            return Err(bad("a join's sides"));
+        }
+        if let Some(f) = carrier.filter() {
+            let fits = f.column_indices().len() == f.schema().fields().len()
+                && f.column_indices().iter().all(|c| match c.side {
+                    JoinSide::Left => c.index < nl,
+                    JoinSide::Right => c.index < nr,
+                    JoinSide::None => false,
+                });
+            if !fits {
+                return Err(bad("a join's condition"));
+            }
+        }
         let time = match w.time {
             Some(t) => {
                 if t.left.max(t.left_until) >= nl || t.right.max(t.right_until) >= nr {

@@ -277,7 +277,7 @@ impl StreamingJob {
                     self.plan_ahead().await;
                 }
                 let watermarks_out = self.advance_watermarks(&entry, &input)?;
-                if let Err(e) = self.catch_up(&entry).await {
+                if let Err(e) = self.catch_up().await {
                     return Err(self.abandon(epoch, e).await);
                 }
                 let ran = self
@@ -308,6 +308,13 @@ impl StreamingJob {
         let rows_of = |name: &String| rows_by_source.get(name).copied().unwrap_or(0);
         let rows_in = rows_by_source.values().sum();
         let bad_rows = bad_by_source.values().sum();
+        // What each pipeline's operators were run to: never lower than
+        // before (see `pipeline_high`).
+        let pipeline_watermarks: BTreeMap<usize, i64> = ran
+            .pipeline_watermarks
+            .iter()
+            .map(|(&p, &w)| (p, w.max(self.pipeline_high.get(&p).copied().unwrap_or(i64::MIN))))
+            .collect();
         let commit = CommitEntry {
             watermarks: watermarks_out,
             rows_in,
@@ -316,7 +323,7 @@ impl StreamingJob {
             bad_rows,
             committed_at: chrono::Utc::now().to_rfc3339(),
             last_data_ms: BTreeMap::new(),
-            pipeline_watermarks: ran.pipeline_watermarks,
+            pipeline_watermarks,
             state: Some(chains.clone()),
         };
         let read: Vec<&String> = rows_by_source.keys().collect();
@@ -474,7 +481,7 @@ impl StreamingJob {
     /// Restores the operators whose epochs ran on a cluster's executors
     /// ([`StreamingJob::behind`]) from the checkpoint, as of the last
     /// commit, before an epoch runs them here.
-    async fn catch_up(&mut self, entry: &OffsetsEntry) -> Result<()> {
+    async fn catch_up(&mut self) -> Result<()> {
         if self.behind.is_empty() {
             return Ok(());
         }
@@ -483,7 +490,7 @@ impl StreamingJob {
             return Ok(());
         };
         for p in &self.pipelines {
-            let wm = pipeline_watermark(p, entry, &entry.watermarks_in);
+            let wm = self.pipeline_high.get(&p.index).copied().unwrap_or(i64::MIN);
             for (id, op) in &p.operators {
                 if !self.behind.contains(id) {
                     continue;
@@ -868,6 +875,7 @@ impl StreamingJob {
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = commit.watermarks;
+        self.pipeline_high = commit.pipeline_watermarks;
         self.hooks.reached(Step::Committed, epoch)?;
         Ok(written)
     }

@@ -149,6 +149,13 @@ pub struct StreamingJob {
     /// (what it named); an epoch's checkpoint adds to them, and its commit
     /// names the result.
     state_chains: BTreeMap<String, StateChains>,
+    /// Per pipeline, the highest watermark its operators were run to as of
+    /// the last commit (the commit's `pipeline_watermarks`). A pipeline's
+    /// watermark is the least of its active sources', so it can fall back
+    /// when an idle source wakes; its operators never go back (a join's
+    /// eviction, a window's emission), and a restore (after a restart, on
+    /// a cluster's shard task) starts them from this, as they stood.
+    pipeline_high: BTreeMap<usize, i64>,
     /// Operators whose state moved on without them: an epoch ran them on a
     /// cluster's executors, which wrote their state to the checkpoint.
     /// Restored from it before they next run here.

@@ -382,6 +382,7 @@ impl StreamingJob {
             remote: options.remote,
             policies: HashMap::new(),
             state_chains: BTreeMap::new(),
+            pipeline_high: BTreeMap::new(),
             behind: BTreeSet::new(),
             lease,
             retain_epochs: options.retain_epochs.max(1),

@@ -56,6 +56,7 @@ impl StreamingJob {
                     })?;
                 }
             }
+            self.pipeline_high = entry.pipeline_watermarks.clone();
             for p in &self.pipelines {
                 let wm = entry
                     .pipeline_watermarks

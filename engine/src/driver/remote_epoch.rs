@@ -131,8 +131,19 @@ pub(super) fn split_stateful(
         let child = Arc::clone(child);
         let (prefix, shuffle) = if let Some(r) = child.downcast_ref::<RepartitionExec>() {
             match r.partitioning() {
-                p @ datafusion::physical_plan::Partitioning::Hash(..) => {
+                // Stage 1 routes rows by the prefix's columns: a key
+                // computed in the shuffle (a join `ON lower(a.k) = b.k`, a
+                // cast between key types) keeps the query here.
+                p @ datafusion::physical_plan::Partitioning::Hash(exprs, _)
+                    if exprs.iter().all(|e| {
+                        e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                            .is_some()
+                    }) =>
+                {
                     (Arc::clone(r.input()), Some(p.clone()))
+                }
+                datafusion::physical_plan::Partitioning::Hash(..) => {
+                    return Err("its stateful step's keys are computed, not columns of its input");
                 }
                 _ => return Err("its stateful step's input is not split by its keys"),
             }
@@ -548,7 +559,7 @@ impl StreamingJob {
                     operator_id: id.clone(),
                     checkpoint: self.checkpoint.location().url().to_string(),
                     chains,
-                    watermark_in: super::epoch::pipeline_watermark(p, entry, &entry.watermarks_in),
+                    watermark_in: self.pipeline_high.get(&p.index).copied().unwrap_or(i64::MIN),
                     full,
                     epoch,
                     processing_time_ms: entry.processing_time_ms,
@@ -728,18 +739,23 @@ mod tests {
     use super::*;
     use crate::exec::{EngineScans, physical_planner};
 
-    /// The stateful operator of the job's one query, planned on `threads`.
-    async fn operator(sql: &str, threads: usize) -> Arc<dyn ExecutionPlan> {
+    /// The plan of the job's one query on `threads`.
+    async fn plan(sql: &str, threads: usize) -> Arc<dyn ExecutionPlan> {
         let job = weir_sql::Job::parse(sql).unwrap();
         let config = SessionConfig::new().with_target_partitions(threads);
         let planner =
             weir_sql::StreamPlanner::new(&job, Some(Arc::new(EngineScans { partitions: threads })), config)
                 .unwrap();
         let plans = planner.plan().await.unwrap();
-        let plan = physical_planner()
+        physical_planner()
             .create_physical_plan(&plans[0].plan, &planner.context().state())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The stateful operator of the job's one query, planned on `threads`.
+    async fn operator(sql: &str, threads: usize) -> Arc<dyn ExecutionPlan> {
+        let plan = plan(sql, threads).await;
         let mut found = None;
         plan.apply(|n| {
             if crate::exec::stateful_state(n.as_ref()).is_some() {
@@ -790,5 +806,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A join is cut into a stage 1 per side, each reading its own source
+    /// and split by its own keys into the same shards; its condition is
+    /// among what crosses in its wire form. Keys computed in the shuffle
+    /// keep it on the driver (stage 1 deals rows by columns).
+    #[tokio::test]
+    async fn a_join_is_cut_per_side_unless_its_keys_are_computed() {
+        let table = |name: &str| {
+            format!(
+                "CREATE TABLE {name} (ts TIMESTAMP(3), k VARCHAR, v BIGINT, \
+                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+                 WITH ('connector' = 'files', 'path' = '/nowhere/{name}/', 'format' = 'json');\n"
+            )
+        };
+        let ddl = format!(
+            "{}{}CREATE TABLE out WITH ('connector' = 'blackhole');\n",
+            table("t"),
+            table("u")
+        );
+        let join = "INSERT INTO out SELECT a.k, b.v FROM t a JOIN u b ON a.k = b.k AND a.v < b.v + 3";
+        for threads in [1, 2] {
+            let sql = format!("{ddl}{join};");
+            let split = split_stateful(&plan(&sql, threads).await).unwrap();
+            let sources: Vec<&str> = split.inputs.iter().map(|i| i.source.as_str()).collect();
+            assert_eq!(sources, ["t", "u"]);
+            for input in &split.inputs {
+                let shards = input.shuffle.as_ref().map_or(1, |p| p.partition_count());
+                assert_eq!(shards, threads);
+            }
+            let op = operator(&sql, threads).await;
+            let shown: Vec<String> = operator_config_exprs(&op).iter().map(|e| e.to_string()).collect();
+            assert!(shown.join(" ").contains("+ 3"), "{shown:?}");
+        }
+        let computed = "INSERT INTO out SELECT a.k, b.v FROM t a JOIN u b ON upper(a.k) = b.k";
+        let sql = format!("{ddl}{computed};");
+        let shuffled_on_a_function = {
+            let mut found = false;
+            plan(&sql, 2)
+                .await
+                .apply(|n| {
+                    if let Some(r) =
+                        n.downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>()
+                        && r.partitioning().to_string().contains("upper(")
+                    {
+                        found = true;
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+                .unwrap();
+            found
+        };
+        // DataFusion hashes `upper(k)` in the shuffle itself.
+        assert!(shuffled_on_a_function);
+        let why = split_stateful(&plan(&sql, 2).await).err().unwrap();
+        assert!(why.contains("computed"), "{why}");
     }
 }

@@ -2473,7 +2473,10 @@ impl StatefulOperator for StreamJoinState {
         let mut held = self.shards.lock_all();
         for h in held.iter_mut() {
             **h = Held {
-                evicted_to: Some(watermark),
+                // Before any watermark (a first epoch run elsewhere, or a
+                // restore before any row), nothing was evicted yet: no row
+                // is late, as in a run that never stopped.
+                evicted_to: (watermark != i64::MIN).then_some(watermark),
                 ..Held::default()
             };
         }
