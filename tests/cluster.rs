@@ -667,31 +667,26 @@ fn epoch_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Window aggregates (TUMBLE, HOP, SESSION) run on the executors: each
-/// epoch's parts are read, judged late or not, windowed and partially
-/// aggregated (not sessions) where they are read, and each shard of the
-/// operator restores its state from the checkpoint, folds, emits and
-/// writes its sink file and state change there. Rows, late rows and epochs equal a local run's on one thread
-/// and two (two shards), and the checkpoint moves between local and
-/// cluster runs, an executor killed on the way.
-#[test]
-fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
-    let mut c = cluster(2);
-    let dir = tempfile::tempdir().unwrap();
-    // Five copies of the example's four files, read five files an epoch:
-    // the later copies are older than the watermark the earlier ones set,
-    // so parts are late because of the parts before them.
-    let input = twenty_files(dir.path());
-    let input = input.display().to_string();
-    let batch = "'max_files_per_batch' = '5'";
+/// Runs the job `job_for(out)` gives, to its end, locally and on the
+/// cluster, on one thread and on two: the cluster run's queries run on the
+/// executors, its epoch lines (rows, late rows, watermark, held rows) and
+/// each of `sinks` equal the local run's, and the executors wrote the
+/// sinks' files. Returns the local runs' output folders (1, then 2
+/// threads).
+fn runs_alike_on_the_executors(
+    c: &Cluster,
+    dir: &Path,
+    job_for: impl Fn(&Path) -> String,
+    sinks: &[&str],
+) -> Vec<PathBuf> {
     let all = ["--trigger", "available-now", "--drain"];
     let mut local_rows = Vec::new();
     for threads in [1, 2] {
         let run = |name: &str, cluster: Option<&str>| {
-            let out = dir.path().join(format!("{name}-{threads}"));
-            let job = dir.path().join(format!("{name}-{threads}.sql"));
-            std::fs::write(&job, windowed_job(&input, &out, batch)).unwrap();
-            let ck = dir.path().join(format!("{name}-{threads}.ck"));
+            let out = dir.join(format!("{name}-{threads}"));
+            let job = dir.join(format!("{name}-{threads}.sql"));
+            std::fs::write(&job, job_for(&out)).unwrap();
+            let ck = dir.join(format!("{name}-{threads}.ck"));
             let log =
                 run_threads(&job, &ck, cluster, threads, &all).unwrap_or_else(|e| panic!("{name}:\n{e}"));
             (out, log)
@@ -712,7 +707,7 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
             epoch_lines(&local_log),
             "{remote_log}\n{local_log}"
         );
-        for sink in ["windows", "hops", "sessions"] {
+        for sink in sinks {
             let want = sink_rows(&local.join(sink));
             assert!(want.len() > 100, "{sink}: {} rows", want.len());
             assert_eq!(sink_rows(&remote.join(sink)), want, "{sink} on {threads} threads");
@@ -721,6 +716,57 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         }
         local_rows.push(local);
     }
+    local_rows
+}
+
+/// One checkpoint, four runs of `job`: an epoch here on one thread, two on
+/// the cluster on two (executor 0 killed before the second, restarted
+/// after), the rest here on three.
+fn moved_with_a_killed_executor(c: &mut Cluster, job: &Path, ck: &Path) {
+    let once = ["--trigger", "once"];
+    run_threads(job, ck, None, 1, &once).unwrap();
+    let log = run_threads(job, ck, Some(&c.scheduler), 2, &once).unwrap();
+    assert!(log.contains("committed through epoch 2"), "{log}");
+    assert!(log.contains("queries run on the cluster"), "{log}");
+    c.kill_executor(0);
+    let log = match run_threads(job, ck, Some(&c.scheduler), 2, &once) {
+        Ok(log) => log,
+        // Ballista gave up on the epoch: it was not committed, and runs
+        // again.
+        Err(e) => {
+            assert!(e.contains("was not committed"), "{e}");
+            run_threads(job, ck, Some(&c.scheduler), 2, &once).unwrap()
+        }
+    };
+    assert!(log.contains("committed through epoch 3"), "{log}");
+    c.restart_executor(0);
+    run_threads(job, ck, None, 3, &["--trigger", "available-now", "--drain"]).unwrap();
+}
+
+/// Window aggregates (TUMBLE, HOP, SESSION) run on the executors: each
+/// epoch's parts are read, judged late or not, windowed and partially
+/// aggregated (not sessions) where they are read, and each shard of the
+/// operator restores its state from the checkpoint, folds, emits and
+/// writes its sink file and state change there. Rows, late rows and epochs equal a local run's on one thread
+/// and two (two shards), and the checkpoint moves between local and
+/// cluster runs, an executor killed on the way.
+#[test]
+fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
+    let mut c = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    // Five copies of the example's four files, read five files an epoch:
+    // the later copies are older than the watermark the earlier ones set,
+    // so parts are late because of the parts before them.
+    let input = twenty_files(dir.path());
+    let input = input.display().to_string();
+    let batch = "'max_files_per_batch' = '5'";
+    let all = ["--trigger", "available-now", "--drain"];
+    let local_rows = runs_alike_on_the_executors(
+        &c,
+        dir.path(),
+        |out: &Path| windowed_job(&input, out, batch),
+        &["windows", "hops", "sessions"],
+    );
     // One executor with two task slots: both shards of an epoch may run
     // on it at once, each with an operator of its own.
     {
@@ -772,31 +818,11 @@ fn a_window_aggregate_runs_on_the_executors_with_its_state_in_the_checkpoint() {
         );
     }
 
-    // One checkpoint: an epoch here on one thread, two on the cluster on
-    // two (an executor killed before the second), the rest here on three:
-    // the state moves between shard counts.
+    // The state moves between shard counts, an executor killed on the way.
     let out = dir.path().join("moved");
     let job = dir.path().join("moved.sql");
     std::fs::write(&job, windowed_job(&input, &out, batch)).unwrap();
-    let ck = dir.path().join("moved.ck");
-    let once = ["--trigger", "once"];
-    run_threads(&job, &ck, None, 1, &once).unwrap();
-    let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
-    assert!(log.contains("committed through epoch 2"), "{log}");
-    assert!(log.contains("queries run on the cluster"), "{log}");
-    c.kill_executor(0);
-    let log = match run_threads(&job, &ck, Some(&c.scheduler), 2, &once) {
-        Ok(log) => log,
-        // Ballista gave up on the epoch: it was not committed, and runs
-        // again.
-        Err(e) => {
-            assert!(e.contains("was not committed"), "{e}");
-            run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap()
-        }
-    };
-    assert!(log.contains("committed through epoch 3"), "{log}");
-    c.restart_executor(0);
-    run_threads(&job, &ck, None, 3, &all).unwrap();
+    moved_with_a_killed_executor(&mut c, &job, &dir.path().join("moved.ck"));
     for sink in ["windows", "hops", "sessions"] {
         assert_eq!(
             sink_rows(&out.join(sink)),
@@ -851,44 +877,9 @@ fn joins_run_on_the_executors_with_their_state_in_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let input = bids();
     let batch = "'max_files_per_batch' = '1'";
-    let all = ["--trigger", "available-now", "--drain"];
     let sinks = ["pairs", "outbid", "same"];
-    let mut local_rows = Vec::new();
-    for threads in [1, 2] {
-        let run = |name: &str, cluster: Option<&str>| {
-            let out = dir.path().join(format!("{name}-{threads}"));
-            let job = dir.path().join(format!("{name}-{threads}.sql"));
-            std::fs::write(&job, join_job(&input, &out, batch)).unwrap();
-            let ck = dir.path().join(format!("{name}-{threads}.ck"));
-            let log =
-                run_threads(&job, &ck, cluster, threads, &all).unwrap_or_else(|e| panic!("{name}:\n{e}"));
-            (out, log)
-        };
-        let (local, local_log) = run("local", None);
-        let (remote, remote_log) = run("remote", Some(&c.scheduler));
-        assert!(
-            remote_log.contains(&format!(
-                "; queries run on the cluster at http://{})",
-                c.scheduler
-            )),
-            "{remote_log}"
-        );
-        assert!(epoch_lines(&local_log).len() >= 4, "{local_log}");
-        assert!(!local_log.contains(", 0 late,"), "no late rows: {local_log}");
-        assert_eq!(
-            epoch_lines(&remote_log),
-            epoch_lines(&local_log),
-            "{remote_log}\n{local_log}"
-        );
-        for sink in sinks {
-            let want = sink_rows(&local.join(sink));
-            assert!(want.len() > 100, "{sink}: {} rows", want.len());
-            assert_eq!(sink_rows(&remote.join(sink)), want, "{sink} on {threads} threads");
-            // Written by the executors, a file per shard with rows.
-            assert_eq!(published(&remote.join(sink)).1, 0, "{sink}");
-        }
-        local_rows.push(local);
-    }
+    let local_rows =
+        runs_alike_on_the_executors(&c, dir.path(), |out: &Path| join_job(&input, out, batch), &sinks);
     // Some bids were never outbid: their rows came out with NULLs.
     let unmatched = query(
         &format!(
@@ -920,31 +911,12 @@ fn joins_run_on_the_executors_with_their_state_in_the_checkpoint() {
         3,
         "{plan}"
     );
-    // One checkpoint: an epoch here on one thread, two on the cluster on
-    // two (an executor killed before the second), the rest here on three:
-    // the join's rows move between shard counts.
+    // The join's rows move between shard counts, an executor killed on
+    // the way.
     let out = dir.path().join("moved");
     let job = dir.path().join("moved.sql");
     std::fs::write(&job, join_job(&input, &out, batch)).unwrap();
-    let ck = dir.path().join("moved.ck");
-    let once = ["--trigger", "once"];
-    run_threads(&job, &ck, None, 1, &once).unwrap();
-    let log = run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap();
-    assert!(log.contains("committed through epoch 2"), "{log}");
-    assert!(log.contains("queries run on the cluster"), "{log}");
-    c.kill_executor(0);
-    let log = match run_threads(&job, &ck, Some(&c.scheduler), 2, &once) {
-        Ok(log) => log,
-        // Ballista gave up on the epoch: it was not committed, and runs
-        // again.
-        Err(e) => {
-            assert!(e.contains("was not committed"), "{e}");
-            run_threads(&job, &ck, Some(&c.scheduler), 2, &once).unwrap()
-        }
-    };
-    assert!(log.contains("committed through epoch 3"), "{log}");
-    c.restart_executor(0);
-    run_threads(&job, &ck, None, 3, &all).unwrap();
+    moved_with_a_killed_executor(&mut c, &job, &dir.path().join("moved.ck"));
     for sink in sinks {
         assert_eq!(
             sink_rows(&out.join(sink)),
