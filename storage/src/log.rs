@@ -68,8 +68,10 @@ pub struct CommitEntry {
     /// idleness).
     #[serde(default)]
     pub last_data_ms: BTreeMap<String, i64>,
-    /// Per pipeline, the watermark its operators emitted up to (before
-    /// their own lag).
+    /// Per pipeline, the highest watermark its operators were run to
+    /// (before their own lag): never lower than the commit before's, though
+    /// the pipeline's own watermark (the least of its active sources') can
+    /// fall back when an idle source wakes. Operators restore from it.
     #[serde(default)]
     pub pipeline_watermarks: BTreeMap<usize, i64>,
     /// Per operator (and source) with state, the state files that restore
