@@ -266,13 +266,16 @@ print("GROUP BY auction` into a changelog sink (`+I`, `-U`/`+U` for each auction
 print("cluster it runs as the windowed job does: a task per file aggregates it partially, a task per shard")
 print("restores its groups from the checkpoint, folds, and writes its part of the changelog and its state")
 print("change. The table the changelogs rebuild (the README's query) is the same (checked).\n")
-print("| run | wall | epoch median | epoch mean | changelog rows | state rows at the end | checkpoint per epoch |")
-print("|---|---|---|---|---|---|---|")
-for label, es, wall in [("local (`--threads 2`)", ul, updating_local_wall), ("cluster", uc, updating_cluster_wall)]:
-    m = ms(es)
-    print(f"| {label} | {float(wall):.2f} s | {statistics.median(m):.0f} ms | {statistics.mean(m):.0f} ms | "
-          f"{sum(e['rows_out'] for e in es):,} | {es[-1]['state_rows']:,} | "
-          f"{mb(statistics.mean(e['checkpoint_bytes'] for e in es))} |")
+def state_table(rows_label, local, local_wall, cluster, cluster_wall):
+    """The local and cluster runs of a job with state, side by side."""
+    print(f"| run | wall | epoch median | epoch mean | {rows_label} | state rows at the end | checkpoint per epoch |")
+    print("|---|---|---|---|---|---|---|")
+    for label, es, wall in [("local (`--threads 2`)", local, local_wall), ("cluster", cluster, cluster_wall)]:
+        m = ms(es)
+        print(f"| {label} | {float(wall):.2f} s | {statistics.median(m):.0f} ms | {statistics.mean(m):.0f} ms | "
+              f"{sum(e['rows_out'] for e in es):,} | {es[-1]['state_rows']:,} | "
+              f"{mb(statistics.mean(e['checkpoint_bytes'] for e in es))} |")
+state_table("changelog rows", ul, updating_local_wall, uc, updating_cluster_wall)
 print("\nEach shard restores its whole state from the store every epoch (executors keep no cache yet), so")
 print("the cluster's epoch grows with the state, where the local run keeps it in memory.")
 print("\n## A join on the executors\n")
@@ -282,12 +285,6 @@ print("join: each bid with the same bidder's higher bids on its auction within t
 print("cluster a task per file of each side reads it and judges its lateness, both sides are dealt to the")
 print("join's shards by (auction, bidder), and a task per shard restores the rows its side holds from")
 print("the checkpoint, joins, and writes its output and state change. Both runs wrote the same rows (checked).\n")
-print("| run | wall | epoch median | epoch mean | rows out | state rows at the end | checkpoint per epoch |")
-print("|---|---|---|---|---|---|---|")
-for label, es, wall in [("local (`--threads 2`)", jl, join_local_wall), ("cluster", jc, join_cluster_wall)]:
-    m = ms(es)
-    print(f"| {label} | {float(wall):.2f} s | {statistics.median(m):.0f} ms | {statistics.mean(m):.0f} ms | "
-          f"{sum(e['rows_out'] for e in es):,} | {es[-1]['state_rows']:,} | "
-          f"{mb(statistics.mean(e['checkpoint_bytes'] for e in es))} |")
+state_table("rows out", jl, join_local_wall, jc, join_cluster_wall)
 PY
 cat "benches/results/cluster-$ROWS.md"
