@@ -217,7 +217,7 @@ async fn run_part(
     let external = |e: weir_engine::Error| DataFusionError::Execution(e.to_string());
     let attempt = attempt_id();
     let table = &job.read.table;
-    let batches = weir_engine::source::read_remote_part(table, store_options, job.read.columns.clone(), part)
+    let batches = weir_engine::source::read_whole_part(table, store_options, job.read.columns.clone(), part)
         .await
         .map_err(external)?;
     let rows_in: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();

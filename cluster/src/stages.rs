@@ -360,7 +360,7 @@ async fn run_part(
         .get(index as usize)
         .ok_or_else(|| DataFusionError::Internal(format!("no watermark for part {index}")))?;
     let batches =
-        weir_engine::source::read_remote_part(table, store_options, stage.read.columns.clone(), part)
+        weir_engine::source::read_whole_part(table, store_options, stage.read.columns.clone(), part)
             .await
             .map_err(external)?;
     let input = Arc::new(EpochInput {

@@ -382,6 +382,53 @@ impl StreamingJob {
         None
     }
 
+    /// Each part's report of a read of source `name`'s column `column`
+    /// alone (its first without one), on the executors: its rows and
+    /// greatest event time.
+    async fn read_event_times(
+        &self,
+        remote: &Arc<dyn crate::remote::RemoteReader>,
+        epoch: u64,
+        entry: &OffsetsEntry,
+        name: &str,
+        column: Option<&str>,
+        parts: &[serde_json::Value],
+    ) -> Result<Vec<PartReport>> {
+        let Some(slot) = self.sources.get(name) else {
+            return Err(self.unknown_source(epoch, name));
+        };
+        let declared = match column {
+            Some(c) => slot.source.schema().index_of(c)?,
+            None => 0,
+        };
+        let field = slot.source.schema().field(declared).clone();
+        let scan = crate::exec::StreamScanExec::with_schema(
+            name,
+            Arc::new(datafusion::arrow::datatypes::Schema::new(vec![field])),
+            Some(vec![declared]),
+        );
+        let job = RemotePipeline {
+            read: RemoteRead {
+                table: slot.decl.clone(),
+                columns: vec![declared],
+                parts: parts.to_vec(),
+            },
+            plan: Arc::new(scan),
+            epoch,
+            processing_time_ms: entry.processing_time_ms,
+            time_column: column.is_some().then_some(0),
+            sink: RemoteSink::Blackhole,
+        };
+        let reports = remote.run_pipeline(job).await.map_err(|e| {
+            Error::Runtime(format!(
+                "epoch {epoch}, reading the event times of source '{name}' (on {}): {e}",
+                remote.describe()
+            ))
+        })?;
+        check_reports(&remote.describe(), name, parts.len(), &reports)?;
+        Ok(reports)
+    }
+
     /// Steps 3 to 5 of an epoch on the executors. `None`, before anything
     /// ran, when a source cannot cut this offset into whole parts (a CSV or
     /// JSON folder): the epoch then runs the usual way.
@@ -403,8 +450,8 @@ impl StreamingJob {
         let mut max_time: BTreeMap<String, Option<i64>> = BTreeMap::new();
         // A stateful query's parts judge lateness from the watermark as of
         // their first row, so each part's greatest event time is needed
-        // first: a read of the watermark column alone, which also records
-        // the source's progress.
+        // first: from the footers, or a read of the watermark column alone.
+        // Either records the source's progress.
         let mut part_maxima: BTreeMap<String, Vec<Option<i64>>> = BTreeMap::new();
         let mut recorded: BTreeSet<String> = BTreeSet::new();
         for p in self.pipelines.iter().filter(|p| !p.operators.is_empty()) {
@@ -419,39 +466,19 @@ impl StreamingJob {
                 }
                 // Without a watermark (an aggregate without windows), the
                 // parts' row counts alone, from a read of their first
-                // column.
+                // column. Both from the files' footers when they tell them
+                // (a Parquet folder): no read before the query's own.
                 let column = slot.watermark.as_ref().map(|w| w.column.clone());
-                let declared = match &column {
-                    Some(c) => slot.source.schema().index_of(c)?,
-                    None => 0,
-                };
-                let field = slot.source.schema().field(declared).clone();
-                let scan = crate::exec::StreamScanExec::with_schema(
-                    name,
-                    Arc::new(datafusion::arrow::datatypes::Schema::new(vec![field])),
-                    Some(vec![declared]),
-                );
-                let job = RemotePipeline {
-                    read: RemoteRead {
-                        table: slot.decl.clone(),
-                        columns: vec![declared],
-                        parts: parts.clone(),
-                    },
-                    plan: Arc::new(scan),
-                    epoch,
-                    processing_time_ms: entry.processing_time_ms,
-                    time_column: column.is_some().then_some(0),
-                    sink: RemoteSink::Blackhole,
-                };
-                let reports = remote.run_pipeline(job).await.map_err(|e| {
-                    Error::Runtime(format!(
-                        "epoch {epoch}, reading the event times of source '{name}' (on {}): {e}",
-                        remote.describe()
-                    ))
-                })?;
-                check_reports(&remote.describe(), name, parts.len(), &reports)?;
-                let rows: Vec<u64> = reports.iter().map(|r| r.rows_in).collect();
-                let maxima: Vec<Option<i64>> = reports.iter().map(|r| r.max_time_ms).collect();
+                let (rows, maxima): (Vec<u64>, Vec<Option<i64>>) =
+                    match slot.source.remote_parts_known(column.as_deref()).await? {
+                        Some(known) if known.len() == parts.len() => known.into_iter().unzip(),
+                        _ => {
+                            let reports = self
+                                .read_event_times(&remote, epoch, entry, name, column.as_deref(), parts)
+                                .await?;
+                            reports.iter().map(|r| (r.rows_in, r.max_time_ms)).unzip()
+                        }
+                    };
                 let Some(slot) = self.sources.get_mut(name) else {
                     continue;
                 };

@@ -41,7 +41,9 @@ use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
 
 use super::bad::OnError;
-use super::formats::{Columns, Fetched, FileRef, FileRows, Format, OwnedFile, parquet_rows_in, read_range};
+use super::formats::{
+    Columns, Fetched, FileRef, FileRows, Format, OwnedFile, parquet_max_time_in, parquet_rows_in, read_range,
+};
 use super::{Amount, Backlog, Source, SourceBatch, check_options, table_store_options};
 use crate::{Error, Result};
 use object_store::path::Path;
@@ -511,6 +513,26 @@ impl FilesSource {
         self.changed.insert(range.path.clone());
     }
 
+    /// That a part [`Source::remote_whole_parts`] cut gave the rows its
+    /// footer promised: the driver may have counted them as read from the
+    /// footers alone ([`Source::remote_parts_known`]).
+    pub(crate) fn check_whole_part(&self, part: &Value, batches: &[RecordBatch]) -> Result<()> {
+        let parsed = self.parse_offset(part)?;
+        let read: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if read != parsed.max_rows {
+            let (url, from) = parsed
+                .files
+                .first()
+                .map_or((String::new(), 0), |r| (self.loc.url_of(&r.path), r.start_row));
+            return Err(Error::Input(format!(
+                "source '{}': {url} gave {read} rows from row {from} where its footer promised {}; \
+                 files must not change once they appear",
+                self.table, parsed.max_rows
+            )));
+        }
+        Ok(())
+    }
+
     fn parse_offset(&self, offset: &Value) -> Result<FilesOffset> {
         serde_json::from_value(offset.clone()).map_err(|e| {
             Error::Checkpoint(format!(
@@ -896,6 +918,48 @@ impl Source for FilesSource {
             self.record_read(&range, take, eof);
         }
         Ok(None)
+    }
+
+    async fn remote_parts_known(&self, column: Option<&str>) -> Result<Option<Vec<(u64, Option<i64>)>>> {
+        let Some((_, cut)) = &self.remote_cut else {
+            return Ok(None);
+        };
+        // The rows are the footers' (a part's read checks them).
+        let Some(column) = column else {
+            return Ok(Some(cut.iter().map(|(_, take, _)| (*take, None)).collect()));
+        };
+        let Ok(declared) = self.schema.field_with_name(column) else {
+            return Ok(None);
+        };
+        let store = self.loc.store();
+        let known = futures::future::join_all(cut.iter().map(|(range, take, _)| async move {
+            let (path, url) = (self.loc.path(&range.path), self.loc.url_of(&range.path));
+            let file = FileRef {
+                store,
+                path: &path,
+                size: range.size,
+                url: &url,
+                table: &self.table,
+            };
+            let max = parquet_max_time_in(
+                &file,
+                column,
+                declared.data_type(),
+                range.start_row as usize,
+                *take as usize,
+            )
+            .await?;
+            Ok::<_, Error>(max.map(|m| (*take, m)))
+        }))
+        .await;
+        let mut parts = Vec::with_capacity(known.len());
+        for part in known {
+            match part? {
+                Some(p) => parts.push(p),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(parts))
     }
 
     fn set_threads(&mut self, threads: usize) {

@@ -249,6 +249,17 @@ pub trait Source: Send + Sync {
             self.name()
         )))
     }
+    /// Each part's row count and greatest value of the timestamp column
+    /// `column` (`None` without one), for the parts the last
+    /// [`Source::remote_whole_parts`] cut, when the source can tell them
+    /// exactly without reading the rows (as a read of each part,
+    /// [`read_whole_part`], would give them or fail; the greatest time as
+    /// `crate::epoch::max_millis` finds it). The driver then needs no read
+    /// of its own before the query's to judge each part's rows late.
+    /// `None` (the default) when it cannot.
+    async fn remote_parts_known(&self, _column: Option<&str>) -> Result<Option<Vec<(u64, Option<i64>)>>> {
+        Ok(None)
+    }
 }
 
 /// Reads one part of an offset (from [`Source::remote_parts`]) of the
@@ -260,12 +271,38 @@ pub async fn read_remote_part(
     columns: Vec<usize>,
     part: &Value,
 ) -> Result<Vec<RecordBatch>> {
+    read_part(decl, store_options, columns, part, false).await
+}
+
+/// [`read_remote_part`] of a part [`Source::remote_whole_parts`] cut, which
+/// must give exactly the rows the source promised when it cut it (a
+/// `files` part, those of its footer): an error otherwise.
+pub async fn read_whole_part(
+    decl: &TableDecl,
+    store_options: &StoreOptions,
+    columns: Vec<usize>,
+    part: &Value,
+) -> Result<Vec<RecordBatch>> {
+    read_part(decl, store_options, columns, part, true).await
+}
+
+async fn read_part(
+    decl: &TableDecl,
+    store_options: &StoreOptions,
+    columns: Vec<usize>,
+    part: &Value,
+    whole: bool,
+) -> Result<Vec<RecordBatch>> {
     match decl.connector()? {
         "files" => {
             let mut source = files::FilesSource::open(decl, store_options)?;
             source.check_remote()?;
             source.set_columns(columns);
-            Ok(source.read_batch(part).await?.batches)
+            let batches = source.read_batch(part).await?.batches;
+            if whole {
+                source.check_whole_part(part, &batches)?;
+            }
+            Ok(batches)
         }
         "nexmark" => {
             let mut source = nexmark::NexmarkSource::open(decl)?;

@@ -61,7 +61,7 @@ mod parquet_file;
 use conform::*;
 use csv_file::read_csv;
 use json_file::read_json;
-pub use parquet_file::parquet_rows_in;
+pub use parquet_file::{parquet_max_time_in, parquet_rows_in};
 use parquet_file::read_parquet;
 
 /// A file format.

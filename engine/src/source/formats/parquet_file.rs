@@ -94,6 +94,95 @@ pub async fn parquet_rows_in(file: &FileRef<'_>) -> Result<usize> {
     Ok(meta.file_metadata().num_rows().max(0) as usize)
 }
 
+/// The greatest value of the timestamp column `name` among rows `start ..
+/// start + take` of a Parquet file, as a read of those rows would find it
+/// (`crate::epoch::max_millis`), from the footer's row-group statistics
+/// alone: `Some(None)` when every such row's value is NULL, `None` when
+/// the statistics cannot tell it exactly. They can when the rows are whole
+/// row groups, the file's column has the declared type `declared` (a
+/// millisecond timestamp: no conversion to get right), and each group's
+/// statistics have an exact maximum, or say the group is all NULLs.
+pub async fn parquet_max_time_in(
+    file: &FileRef<'_>,
+    name: &str,
+    declared: &DataType,
+    start: usize,
+    take: usize,
+) -> Result<Option<Option<i64>>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{TimeUnit, TimestampMillisecondType};
+    use datafusion::parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    if !matches!(declared, DataType::Timestamp(TimeUnit::Millisecond, _)) {
+        return Ok(None);
+    }
+    let mut reader = StoreFileReader {
+        store: Arc::clone(file.store),
+        path: file.path.clone(),
+        size: file.size,
+    };
+    let meta = reader
+        .get_metadata(None)
+        .await
+        .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
+    let descr = meta.file_metadata().schema_descr();
+    let Ok(schema) =
+        datafusion::parquet::arrow::parquet_to_arrow_schema(descr, meta.file_metadata().key_value_metadata())
+    else {
+        return Ok(None);
+    };
+    if schema.field_with_name(name).ok().map(|f| f.data_type()) != Some(declared) {
+        return Ok(None);
+    }
+    // The row groups that make up the rows exactly, or none.
+    let end = start + take;
+    let mut groups = Vec::new();
+    let mut at = 0usize;
+    for group in meta.row_groups() {
+        let rows = group.num_rows().max(0) as usize;
+        let (from, to) = (at, at + rows);
+        at = to;
+        if to <= start || from >= end || rows == 0 {
+            continue;
+        }
+        if from < start || to > end {
+            return Ok(None);
+        }
+        groups.push(group);
+    }
+    if at < end {
+        return Ok(None);
+    }
+    let Ok(stats) = StatisticsConverter::try_new(name, &schema, descr) else {
+        return Ok(None);
+    };
+    let (Ok(maxes), Ok(exact), Ok(nulls)) = (
+        stats.row_group_maxes(groups.iter().copied()),
+        stats.row_group_is_max_value_exact(groups.iter().copied()),
+        stats.row_group_null_counts(groups.iter().copied()),
+    ) else {
+        return Ok(None);
+    };
+    let Ok(maxes) = crate::exec::window_assign::to_millis(&maxes) else {
+        return Ok(None);
+    };
+    let maxes = maxes.as_primitive::<TimestampMillisecondType>();
+    let mut greatest: Option<i64> = None;
+    for (i, group) in groups.iter().enumerate() {
+        if maxes.is_valid(i) && exact.is_valid(i) && exact.value(i) {
+            let m = maxes.value(i);
+            // A time beyond the event range does not move the watermark,
+            // so the greatest one within it would take reading the rows.
+            if m > crate::exec::window_assign::MAX_EVENT_MS {
+                return Ok(None);
+            }
+            greatest = greatest.max(Some(m));
+        } else if !(nulls.is_valid(i) && nulls.value(i) == group.num_rows() as u64) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(greatest))
+}
+
 /// Reads up to `max_rows` rows from row `start` of a Parquet file, in
 /// `pieces` parts at once when it is worth it (see [`cuts`]): each part is
 /// decoded on its own task, and the parts' rows are put back in file order,
@@ -682,5 +771,70 @@ mod tests {
             vec![0..20, 30..40, 100..150, 200_000..200_010]
         );
         assert_eq!(merge_ranges(&[], 64), Vec::<std::ops::Range<u64>>::new());
+    }
+
+    /// The greatest time from the footer is the one a read finds, for rows
+    /// that are whole row groups; anything else is left to a read.
+    #[tokio::test]
+    async fn a_footer_tells_the_greatest_time_of_whole_row_groups_only() {
+        let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let greatest = |from: usize, to: usize| (from as i64..to as i64).map(|i| 1_000 * i - 500 * (i % 3)).max();
+        let max_in = |body: Vec<u8>, declared: DataType, start: usize, take: usize| async move {
+            let (store, path) = stored(&body).await;
+            let file = FileRef {
+                store: &store,
+                path: &path,
+                size: body.len() as u64,
+                url: "a.parquet",
+                table: "bids",
+            };
+            parquet_max_time_in(&file, "ts", &declared, start, take).await.unwrap()
+        };
+        let groups = file(70_000, true);
+        // Whole groups: the first, the middle three, the last (shorter).
+        assert_eq!(max_in(groups.clone(), ms.clone(), 0, 70_000).await, Some(greatest(0, 70_000)));
+        assert_eq!(
+            max_in(groups.clone(), ms.clone(), 70_000, 210_000).await,
+            Some(greatest(70_000, 280_000))
+        );
+        assert_eq!(
+            max_in(groups.clone(), ms.clone(), 280_000, 20_000).await,
+            Some(greatest(280_000, ROWS))
+        );
+        // Part of a group, or past the file's end: not told.
+        assert_eq!(max_in(groups.clone(), ms.clone(), 0, 69_999).await, None);
+        assert_eq!(max_in(groups.clone(), ms.clone(), 1, 69_999).await, None);
+        assert_eq!(max_in(groups.clone(), ms.clone(), 280_000, 20_001).await, None);
+        // Another declared type (a conversion to get right): not told.
+        let us = DataType::Timestamp(TimeUnit::Microsecond, None);
+        assert_eq!(max_in(groups.clone(), us, 0, 70_000).await, None);
+        // Without statistics: not told.
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", ms.clone(), true)]));
+        let write = |times: Vec<Option<i64>>, stats: EnabledStatistics| {
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(TimestampMillisecondArray::from(times))],
+            )
+            .unwrap();
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(2))
+                .set_statistics_enabled(stats)
+                .build();
+            let mut out = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut out, Arc::clone(&schema), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            out
+        };
+        let times = vec![Some(5), Some(9), None, None, Some(7), None];
+        assert_eq!(max_in(write(times.clone(), EnabledStatistics::None), ms.clone(), 0, 6).await, None);
+        // A group of NULLs alone has no greatest time; with others, theirs.
+        let with = write(times, EnabledStatistics::Chunk);
+        assert_eq!(max_in(with.clone(), ms.clone(), 2, 2).await, Some(None));
+        assert_eq!(max_in(with.clone(), ms.clone(), 2, 4).await, Some(Some(7)));
+        assert_eq!(max_in(with, ms.clone(), 0, 6).await, Some(Some(9)));
+        // A time past the event range would take reading the rows.
+        let far = write(vec![Some(1), Some(crate::exec::window_assign::MAX_EVENT_MS + 1)], EnabledStatistics::Chunk);
+        assert_eq!(max_in(far, ms, 0, 2).await, None);
     }
 }
