@@ -696,6 +696,140 @@ fn secrets_in_options_never_reach_output_or_the_checkpoint() {
     );
 }
 
+/// Credentials written into URLs (a path's, an endpoint's, a proxy's, one
+/// in the environment or on the command line) are secrets too, as are the
+/// options that hold keys under other names (an SSE-C customer key).
+#[test]
+fn credentials_in_urls_never_reach_output_or_the_checkpoint() {
+    let ws = Workspace::new();
+    let secrets = [
+        "AKIAUSERX",
+        "UrlSecretPw123",
+        "EndpointPass99",
+        "ProxyPass77",
+        "CustomerKey4242",
+        "EnvPassWord55",
+        "InspPass11",
+    ];
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH ('connector' = 'files', 'path' = 's3://AKIAUSERX:UrlSecretPw123@127.0.0.1:1/bucket/in/', 'format' = 'csv',
+        's3.endpoint' = 'http://admin:EndpointPass99@127.0.0.1:1', 's3.allow_http' = 'true',
+        's3.proxy_url' = 'http://proxy:ProxyPass77@127.0.0.1:2', 's3.sse_customer_key_base64' = 'CustomerKey4242');
+CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+INSERT INTO out SELECT k FROM src;
+",
+    );
+    let check = |what: &str, text: &str| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} shows {s}:\n{text}");
+        }
+    };
+    let r = ws
+        .weir_env(
+            &["run", "job.sql", "--trigger", "available-now"],
+            &[("AWS_ENDPOINT", "http://u:EnvPassWord55@127.0.0.1:1")],
+        )
+        .fails();
+    check("the error", &r.stderr());
+    assert!(
+        r.stderr().contains("s3://***@127.0.0.1:1/bucket/in/"),
+        "{}",
+        r.stderr()
+    );
+    let meta = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")).unwrap();
+    check("metadata.json", &meta);
+    assert!(meta.contains("s3://***@127.0.0.1:1/bucket/in/"), "{meta}");
+    check(
+        "EXPLAIN",
+        &ws.weir(&["run", "job.sql", "--explain"]).ok().stdout(),
+    );
+    check(
+        "inspect",
+        &ws.weir(&["checkpoint", "inspect", "job.checkpoint"])
+            .ok()
+            .stdout(),
+    );
+    // A URL on the command line, and one in the environment.
+    let r = ws
+        .weir_env(
+            &["checkpoint", "inspect", "s3://u:InspPass11@bucket/ck"],
+            &[
+                ("AWS_ENDPOINT", "http://u:EnvPassWord55@127.0.0.1:1"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_ACCESS_KEY_ID", "x"),
+                ("AWS_SECRET_ACCESS_KEY", "yyyy"),
+            ],
+        )
+        .fails();
+    check(
+        "inspect of an unreachable store",
+        &format!("{}{}", r.stdout(), r.stderr()),
+    );
+    // A store that cannot be reached is not a damaged checkpoint.
+    assert!(
+        r.stderr().contains("cannot read the checkpoint") && !r.stderr().contains("damaged"),
+        "{}",
+        r.stderr()
+    );
+}
+
+/// An expression too long to plan is refused, not a stack overflow.
+#[test]
+fn an_expression_too_long_to_plan_is_refused() {
+    let ws = Workspace::new();
+    let sum = (0..10_000).map(|_| "1").collect::<Vec<_>>().join("+");
+    let e = ws.weir(&["query", &format!("SELECT {sum}")]).fails().stderr();
+    assert!(e.contains("9999 operators in a row"), "{e}");
+    three_files(&ws);
+    let ors = (0..10_000)
+        .map(|i| format!("auction = {i}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    ws.write(
+        "job.sql",
+        &job(700, "parquet", "in/").replace(
+            "GROUP BY window_start",
+            &format!("WHERE {ors}\nGROUP BY window_start"),
+        ),
+    );
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("operators in a row"), "{e}");
+}
+
+/// A thread count far beyond any machine is refused, not an abort.
+#[test]
+fn too_many_threads_are_refused() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    let e = ws
+        .weir(&[
+            "run",
+            "job.sql",
+            "--threads",
+            "100000",
+            "--trigger",
+            "available-now",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("--threads 100000: at most 1024 threads"), "{e}");
+    ws.write(
+        "set.sql",
+        &format!("SET 'threads' = '30000';\n{}", job(700, "parquet", "in/")),
+    );
+    let e = ws
+        .weir(&["run", "set.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("at most 1024 threads"), "{e}");
+}
+
 #[test]
 fn a_second_run_on_the_same_checkpoint_is_refused_until_the_first_is_gone() {
     use std::process::{Command, Stdio};

@@ -251,11 +251,17 @@ impl RunSettings {
             Some(t) => parse_trigger(t).context("--trigger")?,
             None => parse_trigger(&set("trigger").unwrap_or_else(|| "1s".into())).context("SET trigger")?,
         };
-        let threads = resolve_threads(
-            args.threads
-                .or_else(|| set("threads").and_then(|t| t.parse().ok()))
-                .unwrap_or(0),
-        );
+        let asked = args
+            .threads
+            .or_else(|| set("threads").and_then(|t| t.parse().ok()))
+            .unwrap_or(0);
+        if asked > weir_sql::settings::MAX_THREADS {
+            bail!(
+                "--threads {asked}: at most {} threads (0, the default, is one per CPU)",
+                weir_sql::settings::MAX_THREADS
+            );
+        }
+        let threads = resolve_threads(asked);
         Ok(RunSettings {
             trigger,
             drain: args.drain || set("drain").is_some_and(|d| d == "true"),

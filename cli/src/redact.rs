@@ -14,12 +14,23 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    /// A redactor for the environment's secrets.
+    /// A redactor for the environment's secrets, and the credentials in
+    /// URLs on the command line (`weir checkpoint inspect s3://u:p@b/ck`).
     pub fn from_env() -> Self {
         let mut r = Redactor::default();
+        for arg in std::env::args().skip(1) {
+            for s in weir_sql::secrets::url_secret_values(&arg, false) {
+                r.add(s);
+            }
+        }
         for (k, v) in std::env::vars() {
             if is_secret_key(&k) {
                 r.add(v);
+            } else {
+                // A credential in a URL (`AWS_ENDPOINT=http://u:p@host`).
+                for s in weir_sql::secrets::url_secret_values(&v, false) {
+                    r.add(s);
+                }
             }
         }
         r

@@ -130,6 +130,14 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
                 ck.location()
             )));
         }
+        // A store that cannot be reached (or refuses access) says nothing
+        // of the checkpoint's files: no reason to call them damaged.
+        Err(e @ weir_storage::Error::Store { .. }) => {
+            return Err(Error::Runtime(format!(
+                "cannot read the checkpoint {}: {e}",
+                ck.location()
+            )));
+        }
         Err(e) => {
             problems.push(e.to_string());
             None
@@ -354,8 +362,9 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
 }
 
 fn describe_metadata(out: &mut String, m: &Metadata) {
-    let first = m
-        .sql
+    // Masked again: a checkpoint of an earlier Weir may keep a URL's
+    // credentials.
+    let first = weir_sql::secrets::mask_secrets(&m.sql)
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("--"))
@@ -385,7 +394,12 @@ fn describe_metadata(out: &mut String, m: &Metadata) {
         }
     }
     for s in &m.sources {
-        let _ = writeln!(out, "source     {} ({})", s.name, s.signature);
+        let _ = writeln!(
+            out,
+            "source     {} ({})",
+            s.name,
+            weir_sql::secrets::mask_url_credentials(&s.signature, false)
+        );
     }
     for s in &m.sinks {
         let _ = writeln!(out, "sink       {} -> {} (writer {})", s.table, s.url, s.writer);

@@ -32,6 +32,12 @@ const SECRET_MARKERS: &[&str] = &[
     "api_key",
     "apikey",
     "jaas",
+    // Azure's account and SAS keys, GCS's service account key, S3's SSE-C
+    // customer key, any encryption key.
+    "account_key",
+    "sas_key",
+    "customer_key",
+    "encryption_key",
 ];
 
 /// Whether an option's value is a secret, by its name.
@@ -64,7 +70,8 @@ impl Options {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// All options with secret values replaced by `***`.
+    /// All options with secret values replaced by `***`, and the
+    /// credentials written into URLs in the others (`s3://***@host/b/`).
     pub fn redacted(&self) -> BTreeMap<String, String> {
         self.0
             .iter()
@@ -72,20 +79,38 @@ impl Options {
                 let v = if is_secret_key(k) {
                     REDACTED.to_string()
                 } else {
-                    v.clone()
+                    crate::secrets::mask_url_credentials(v, true)
                 };
                 (k.clone(), v)
             })
             .collect()
     }
 
-    /// The values of secret options (so printed text can be scrubbed of them).
+    /// An option's value as it may be printed ([`Options::redacted`]).
+    pub fn get_redacted(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|v| {
+            if is_secret_key(key) {
+                REDACTED.to_string()
+            } else {
+                crate::secrets::mask_url_credentials(v, true)
+            }
+        })
+    }
+
+    /// The values of secret options, and the credentials written into
+    /// URLs in the others (so printed text can be scrubbed of them).
     pub fn secret_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(k, v)| is_secret_key(k) && !v.is_empty())
-            .map(|(_, v)| v.clone())
-            .collect()
+        let mut out = Vec::new();
+        for (k, v) in &self.0 {
+            if is_secret_key(k) {
+                if !v.is_empty() {
+                    out.push(v.clone());
+                }
+            } else {
+                out.extend(crate::secrets::url_secret_values(v, true));
+            }
+        }
+        out
     }
 }
 

@@ -146,6 +146,99 @@ fn tokenize(sql: &str) -> Result<Vec<Token>> {
         .map_err(Error::syntax)
 }
 
+/// The most binary operators in a row one expression may have (see
+/// [`check_operator_chains`]).
+pub const MAX_OPERATOR_CHAIN: usize = 2_500;
+
+/// Refuses a statement with an expression of more than
+/// [`MAX_OPERATOR_CHAIN`] binary operators in a row (`1 + 1 + ...`,
+/// `k = 0 OR k = 1 OR ...`). The parser turns such a chain into a tree as
+/// deep as the chain is long, and planning walks it recursively: 10,000
+/// terms overflowed the stack and aborted the process. (Nesting by
+/// parentheses is capped by the parser itself.) Operators are counted
+/// within one parenthesis level, between commas and clause keywords, so
+/// the count is at least the depth the chain makes.
+pub fn check_operator_chains(tokens: &[Token]) -> Result<()> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    let mut levels: Vec<usize> = vec![0];
+    let mut longest = 0;
+    for t in tokens {
+        let counts = match t {
+            Token::LParen => {
+                levels.push(0);
+                false
+            }
+            Token::RParen => {
+                levels.pop();
+                if levels.is_empty() {
+                    levels.push(0);
+                }
+                false
+            }
+            Token::Comma => {
+                if let Some(n) = levels.last_mut() {
+                    *n = 0;
+                }
+                false
+            }
+            Token::Word(w) => match w.keyword {
+                Keyword::AND | Keyword::OR | Keyword::LIKE | Keyword::ILIKE | Keyword::IS => true,
+                Keyword::SELECT
+                | Keyword::FROM
+                | Keyword::WHERE
+                | Keyword::GROUP
+                | Keyword::HAVING
+                | Keyword::ORDER
+                | Keyword::ON
+                | Keyword::WHEN
+                | Keyword::THEN
+                | Keyword::ELSE
+                | Keyword::JOIN
+                | Keyword::UNION
+                | Keyword::LIMIT => {
+                    if let Some(n) = levels.last_mut() {
+                        *n = 0;
+                    }
+                    false
+                }
+                _ => false,
+            },
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::DoubleColon => true,
+            _ => false,
+        };
+        if counts && let Some(n) = levels.last_mut() {
+            *n += 1;
+            longest = longest.max(*n);
+        }
+    }
+    if longest > MAX_OPERATOR_CHAIN {
+        return Err(Error::Unsupported(format!(
+            "an expression of {longest} operators in a row is more than Weir plans (at most {MAX_OPERATOR_CHAIN}); \
+             for many values of one column write `k IN (...)`, or join with a table of them"
+        )));
+    }
+    Ok(())
+}
+
 fn render(tokens: &[Token]) -> String {
     tokens.iter().map(ToString::to_string).collect()
 }
@@ -258,6 +351,7 @@ pub fn relocate(message: &str, line: u64, column: u64) -> String {
 /// Rewrites one statement; `next_tvf` numbers placeholders across the job.
 pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed> {
     let mut tokens = tokenize(statement)?;
+    check_operator_chains(&tokens)?;
     let watermark = cut_watermark(&mut tokens)?;
     let emit = cut_emit(&mut tokens)?;
     let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
@@ -1035,5 +1129,29 @@ mod tests {
         let p = preprocess("SELECT 'TABLE(TUMBLE(' AS x, \"watermark\" FROM t", &mut n).unwrap();
         assert!(p.tvfs.is_empty());
         assert_eq!(p.rewritten, "SELECT 'TABLE(TUMBLE(' AS x, \"watermark\" FROM t");
+    }
+
+    #[test]
+    fn a_long_chain_of_operators_is_refused_before_it_is_planned() {
+        let chain = |n: usize, op: &str| (0..n).map(|i| format!("k = {i}")).collect::<Vec<_>>().join(op);
+        // 1,300 ORs and as many `=`: 2,599 operators in a row.
+        let long = format!("SELECT * FROM t WHERE {}", chain(1_300, " OR "));
+        let e = preprocess(&long, &mut 0).unwrap_err().to_string();
+        assert!(
+            e.contains("2599 operators in a row") && e.contains("k IN (...)"),
+            "{e}"
+        );
+        // As many operators, but in separate expressions: each is short.
+        let wide = format!("SELECT {} FROM t", chain(1_300, ", "));
+        assert!(preprocess(&wide, &mut 0).is_ok());
+        let fine = format!("SELECT * FROM t WHERE {}", chain(1_000, " OR "));
+        assert!(preprocess(&fine, &mut 0).is_ok());
+        // Parentheses start a level of their own; a clause starts afresh.
+        let split = format!(
+            "SELECT * FROM t WHERE ({}) AND ({})",
+            chain(1_000, " OR "),
+            chain(1_000, " OR ")
+        );
+        assert!(preprocess(&split, &mut 0).is_ok());
     }
 }

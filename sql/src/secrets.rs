@@ -15,6 +15,12 @@
 //! [`secret_literals`] returns the values (to scrub them from messages) and
 //! [`mask_secrets`] the text with each replaced by `'***'` (for anything
 //! that keeps the text: checkpoint metadata, the shell's history).
+//!
+//! A credential may also be written into a URL, whatever the option
+//! (`'path' = 's3://KEY:SECRET@host/bucket/'`, an endpoint, a proxy, a
+//! broker list's `user:password@host:9092`): [`url_credentials`] finds
+//! those user infos, which are secrets too (masked as `***`, so that
+//! `s3://***@host/bucket/` still says where).
 
 use crate::catalog::{REDACTED, is_secret_key};
 
@@ -111,6 +117,108 @@ fn scan(text: &str) -> Vec<(Piece<'_>, std::ops::Range<usize>)> {
                 out.push((Piece::Other, start..i + len));
                 i += len;
             }
+        }
+    }
+    out
+}
+
+/// Whether `c` ends a URL's authority (or a list element) in text.
+fn ends_authority(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '/' | '?'
+                | '#'
+                | '\''
+                | '"'
+                | '`'
+                | '('
+                | ')'
+                | ','
+                | ';'
+                | '\\'
+                | '<'
+                | '>'
+                | '['
+                | ']'
+                | '{'
+                | '}'
+        )
+}
+
+/// The user infos written into URLs in `text`, as byte ranges: what comes
+/// before the `@` of a URL's authority (`scheme://user:password@host`),
+/// and, when `lists` is set, of a scheme-less `user:password@host`
+/// element (a Kafka broker list; the text a whole option value or a
+/// quoted string). Nothing else in the text is taken: an e-mail address
+/// has no `:` before its `@`.
+pub fn url_credentials(text: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let authority_end = |from: usize| text[from..].find(ends_authority).map_or(text.len(), |p| from + p);
+    let mut i = 0;
+    while let Some(p) = text[i..].find("://") {
+        let start = i + p + 3;
+        let end = authority_end(start);
+        if let Some(at) = text[start..end].rfind('@')
+            && at > 0
+        {
+            out.push(start..start + at);
+        }
+        i = start;
+    }
+    if lists {
+        // Elements start at the text's start or after a separator.
+        let mut start = 0;
+        loop {
+            let end = authority_end(start);
+            let element = &text[start..end];
+            if !text[end..].starts_with("://")
+                && !out.iter().any(|r| r.start >= start && r.start <= end)
+                && let Some(at) = element.rfind('@')
+                && element[..at].contains(':')
+                && at + 1 < element.len()
+            {
+                out.push(start..start + at);
+            }
+            match text[end..].chars().next() {
+                Some(c) => start = end + c.len_utf8(),
+                None => break,
+            }
+        }
+        out.sort_by_key(|r| r.start);
+    }
+    out
+}
+
+/// `text` with every URL user info in it (see [`url_credentials`])
+/// replaced by `***`.
+pub fn mask_url_credentials(text: &str, lists: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in url_credentials(text, lists) {
+        if r.start < at {
+            continue;
+        }
+        out.push_str(&text[at..r.start]);
+        out.push_str(REDACTED);
+        at = r.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// The secrets written into URLs in `text`, to scrub from messages: each
+/// user info whole, and its password alone (a message may print the URL
+/// with its user info taken apart).
+pub fn url_secret_values(text: &str, lists: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in url_credentials(text, lists) {
+        let info = &text[r];
+        out.push(info.to_string());
+        if let Some((_, password)) = info.split_once(':')
+            && !password.is_empty()
+        {
+            out.push(password.to_string());
         }
     }
     out
@@ -240,6 +348,18 @@ pub fn secret_literals(text: &str) -> Vec<String> {
         }
         out.push(value);
     }
+    // Credentials in URLs, in any quoted value (a `WITH` option, a path
+    // in a query).
+    for (piece, _) in scan(text) {
+        if let Piece::Quoted {
+            quote: '\'' | '"',
+            value,
+            ..
+        } = piece
+        {
+            out.extend(url_secret_values(&value, true));
+        }
+    }
     out.dedup();
     out
 }
@@ -256,24 +376,49 @@ pub fn mentions_secret_key(text: &str) -> bool {
 /// The text with every secret value replaced by `'***'`; the rest is left
 /// as written.
 pub fn mask_secrets(text: &str) -> String {
+    // Each secret value's range and what it is replaced with: a secret
+    // option's whole value, or a URL's user info inside a quoted string.
+    let mut masks: Vec<(std::ops::Range<usize>, &str)> =
+        secrets(text).into_iter().map(|(_, r)| (r, "'***'")).collect();
+    for (piece, _) in scan(text) {
+        if let Piece::Quoted {
+            quote: quote @ ('\'' | '"'),
+            range,
+            ..
+        } = piece
+        {
+            // As written, between the quotes (a doubled quote ends no
+            // authority early: it is a separator either way). An
+            // unterminated string runs to its end.
+            let closed = range.len() >= 2 && text[range.clone()].ends_with(quote);
+            let inner = range.start + 1..if closed { range.end - 1 } else { range.end };
+            for r in url_credentials(&text[inner.clone()], true) {
+                masks.push((inner.start + r.start..inner.start + r.end, REDACTED));
+            }
+        }
+    }
+    masks.sort_by_key(|(r, _)| r.start);
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for (_, range) in secrets(text) {
+    for (range, with) in masks {
         if range.start < at {
             continue;
         }
         out.push_str(&text[at..range.start]);
-        out.push('\'');
-        out.push_str(REDACTED);
-        out.push('\'');
+        out.push_str(with);
         at = range.end;
     }
     out.push_str(&text[at..]);
     out
 }
 
-/// `message` with each of `secrets` replaced by `***`.
+/// `message` with each of `secrets` replaced by `***`, and every URL's
+/// user info too (a URL from the environment, or typed in a query).
 pub fn scrub(message: &str, secrets: &[String]) -> String {
+    scrub_known(&mask_url_credentials(message, false), secrets)
+}
+
+fn scrub_known(message: &str, secrets: &[String]) -> String {
     let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
     // Longest first, so a secret containing another is replaced whole.
     sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -395,5 +540,51 @@ mod tests {
     fn scrub_replaces_longest_first() {
         let s = vec!["abcd".to_string(), "abcdefgh".to_string()];
         assert_eq!(scrub("x abcdefgh y abcd", &s), "x *** y ***");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_found_masked_and_scrubbed() {
+        let t = "CREATE TABLE s WITH ('connector' = 'files', 'path' = 's3://AKIAUSER:SuperSecretPW123@10.0.0.1:9000/b/in/', \
+                 's3.endpoint' = 'http://admin:EndpointPass99@10.0.0.1:1', \
+                 'properties.bootstrap.servers' = 'kuser:KafkaUrlPw9@h1:9092,h2:9092', 'format' = 'parquet')";
+        let found = secret_literals(t);
+        for s in [
+            "AKIAUSER:SuperSecretPW123",
+            "SuperSecretPW123",
+            "admin:EndpointPass99",
+            "EndpointPass99",
+            "kuser:KafkaUrlPw9",
+            "KafkaUrlPw9",
+        ] {
+            assert!(found.iter().any(|f| f == s), "{s} in {found:?}");
+        }
+        assert_eq!(
+            mask_secrets(t),
+            "CREATE TABLE s WITH ('connector' = 'files', 'path' = 's3://***@10.0.0.1:9000/b/in/', \
+             's3.endpoint' = 'http://***@10.0.0.1:1', \
+             'properties.bootstrap.servers' = '***@h1:9092,h2:9092', 'format' = 'parquet')"
+        );
+        // In any message: a URL's user info, whatever says it.
+        assert_eq!(
+            scrub(
+                "cannot reach http://envuser:EnvPassWord55@127.0.0.1:1/x (s3://k:v@b/p)",
+                &[]
+            ),
+            "cannot reach http://***@127.0.0.1:1/x (s3://***@b/p)"
+        );
+        // Not credentials: an e-mail address, an `@` past the host, a time.
+        for plain in [
+            "'path' = 's3://bucket/me@home/x/'",
+            "WHERE email = 'joe@example.com'",
+            "'a' = 'at 10:30 @home'",
+            "file:///data/a@b/",
+        ] {
+            assert_eq!(mask_secrets(plain), plain);
+            assert_eq!(scrub(plain, &[]), plain);
+        }
+        assert_eq!(mask_url_credentials("u:p@h:1,v:q@k:2", true), "***@h:1,***@k:2");
+        assert_eq!(mask_url_credentials("u:p@h:1", false), "u:p@h:1");
+        // An unterminated string still has its credentials masked.
+        assert_eq!(mask_secrets("'path' = 's3://a:b@h/x"), "'path' = 's3://***@h/x");
     }
 }

@@ -123,6 +123,11 @@ pub const SETTINGS: &[Setting] = &[
 /// The default of `window.max_windows_per_row`.
 pub const DEFAULT_MAX_WINDOWS_PER_ROW: u64 = 10_000;
 
+/// The most threads a query may ask for: each is an OS thread with its
+/// own stack and state shard, and far more than the machine has cores
+/// only costs memory (100,000 of them aborted the process).
+pub const MAX_THREADS: usize = 1024;
+
 /// `SET 'key' = 'value'` (Flink's form; quotes optional, `TO` for `=`) →
 /// the pair, the key checked against the settings (`crate::settings`).
 pub fn parse_set(text: &str) -> Result<Option<(String, String)>> {
@@ -210,7 +215,13 @@ pub fn check(setting: &Setting, value: &str) -> Result<String> {
             "false" | "off" => Ok("false".into()),
             _ => Err(bad()),
         },
-        "threads" => v.parse::<usize>().map(|n| n.to_string()).map_err(|_| bad()),
+        "threads" => match v.parse::<usize>() {
+            Ok(n) if n <= MAX_THREADS => Ok(n.to_string()),
+            Ok(n) => Err(Error::Plan(format!(
+                "SET 'threads' = '{n}': at most {MAX_THREADS} threads (0 is one per CPU)"
+            ))),
+            _ => Err(bad()),
+        },
         "window.max_windows_per_row" => match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok(n.to_string()),
             _ => Err(bad()),

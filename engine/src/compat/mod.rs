@@ -106,7 +106,9 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
             None => out.push(format!("source '{}' is no longer read", o.name)),
             Some(n) if !same_source(&n.signature, &o.signature) => out.push(format!(
                 "source '{}' now reads `{}`; its progress is for `{}`",
-                o.name, n.signature, o.signature
+                o.name,
+                weir_sql::secrets::mask_url_credentials(&n.signature, false),
+                weir_sql::secrets::mask_url_credentials(&o.signature, false)
             )),
             Some(_) => {}
         }
@@ -227,8 +229,11 @@ pub fn same_source(a: &str, b: &str) -> bool {
 }
 
 fn normal_signature(sig: &str) -> String {
+    // A checkpoint of an earlier Weir kept a path's credentials; they do
+    // not say which data it is.
+    let sig = weir_sql::secrets::mask_url_credentials(sig, false);
     let Some(at) = sig.find("path=") else {
-        return sig.to_string();
+        return sig;
     };
     let (head, rest) = sig.split_at(at + "path=".len());
     // The path runs to the next key (the keys' order is fixed).
