@@ -103,6 +103,20 @@ impl AggregateSpec {
         filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
         input: &Schema,
     ) -> Result<Self> {
+        // NTH_VALUE(x, n ORDER BY y) counts on its input arriving sorted
+        // (DataFusion sorts before it in a batch query); a stream's rows
+        // arrive as they come, and the answer would be wrong.
+        if let Some(a) = aggr
+            .iter()
+            .find(|a| !a.order_bys().is_empty() && a.fun().name().eq_ignore_ascii_case("nth_value"))
+        {
+            return datafusion::common::plan_err!(
+                "NTH_VALUE(x, n ORDER BY ...) ({}) on a stream: it needs its input sorted, and a stream's rows \
+                 arrive as they come; use FIRST_VALUE(x ORDER BY ...) or LAST_VALUE(x ORDER BY ...), or \
+                 ARRAY_AGG(x ORDER BY ...)[n]",
+                a.name()
+            );
+        }
         let key_schema = Arc::new(Schema::new(
             keys.iter()
                 .map(|(e, name)| Ok(Field::new(name, e.data_type(input)?, true)))

@@ -10,6 +10,7 @@ impl StreamPlanner {
     /// is refused.
     pub(super) fn rewrite_streaming(&self, plan: LogicalPlan, emit: Option<Emit>) -> Result<LogicalPlan> {
         check_expressions(&plan, &|p| self.is_static(p))?;
+        check_ordered_aggregates(&plan)?;
         let ttl_ms = self.ttl_ms(&plan)?;
         let mut sessions_used: BTreeSet<String> = BTreeSet::new();
         let out = plan.transform_up(|p| {
@@ -624,6 +625,37 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
         return Err(Error::Unsupported(
             "a subquery over a stream in an expression (a scalar subquery, or IN/EXISTS that could not become a \
              join) never has a final value; subqueries in expressions can read bounded tables only"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// NTH_VALUE(x, n ORDER BY y) counts on its input arriving sorted
+/// (DataFusion sorts before it in a batch query; FIRST_VALUE, LAST_VALUE,
+/// ARRAY_AGG and STRING_AGG order what they keep themselves). A stream's
+/// rows arrive as they come, so its answer would be wrong: refused.
+pub(super) fn check_ordered_aggregates(plan: &LogicalPlan) -> Result<()> {
+    let mut found = false;
+    plan.apply(|p| {
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::AggregateFunction(f) = e
+                    && !f.params.order_by.is_empty()
+                    && f.func.name().eq_ignore_ascii_case("nth_value")
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    if found {
+        return Err(Error::Unsupported(
+            "NTH_VALUE(x, n ORDER BY ...) on a stream: it needs its input sorted, and a stream's rows arrive \
+             as they come; use FIRST_VALUE(x ORDER BY ...) or LAST_VALUE(x ORDER BY ...), or \
+             ARRAY_AGG(x ORDER BY ...)[n]"
                 .into(),
         ));
     }
