@@ -1249,3 +1249,78 @@ INSERT INTO o SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE src, DE
     assert!(tags.starts_with("n,t\n2,\"o (`INSERT INTO o SELECT"), "{tags}");
     assert!(tags.contains("(line 5)"), "{tags}");
 }
+
+/// A late sink receives late rows only, of one shape: not a query's rows
+/// (the helper that found this mixed aggregates and late rows in one
+/// folder), not a source's, not two sources' rows of different columns.
+#[test]
+fn a_late_sink_is_a_table_of_its_own() {
+    let ws = Workspace::new();
+    ws.write("in/a.csv", "c,ts\nx,2026-01-01 00:00:05\ny,2026-01-01 00:00:01\n");
+    ws.write("in2/a.csv", "n,ts\n1,2026-01-01 00:00:05\n");
+    let source = |name: &str, path: &str, column: &str, late: &str| {
+        format!(
+            "CREATE TABLE {name} ({column}, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH ('connector' = 'files', 'path' = '{path}/', 'format' = 'csv', 'late.policy' = 'sink', 'late.sink' = '{late}');\n"
+        )
+    };
+    let count = |sink: &str, from: &str| {
+        format!(
+            "INSERT INTO {sink} SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE {from}, DESCRIPTOR(ts), INTERVAL '2' SECOND)) GROUP BY window_start, window_end;\n"
+        )
+    };
+    let sinks = "CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+CREATE TABLE o2 WITH ('connector' = 'files', 'path' = 'o2/', 'format' = 'parquet');
+CREATE TABLE late WITH ('connector' = 'files', 'path' = 'late/', 'format' = 'parquet');\n";
+    for (job, message) in [
+        (
+            format!(
+                "{}{sinks}{}",
+                source("src", "in", "c VARCHAR", "o"),
+                count("o", "src")
+            ),
+            "late sink 'o' (`INSERT INTO o",
+        ),
+        (
+            format!(
+                "{}{}{sinks}{}{}",
+                source("src", "in", "c VARCHAR", "late"),
+                source("src2", "in2", "n BIGINT", "late"),
+                count("o", "src"),
+                count("o2", "src2")
+            ),
+            "it already receives late rows of another shape",
+        ),
+        (
+            format!(
+                "{}{}{sinks}{}{}",
+                source("src", "in", "c VARCHAR", "src2"),
+                source("src2", "in2", "n BIGINT", "late"),
+                count("o", "src"),
+                count("o2", "src2")
+            ),
+            "that table is a source of this job",
+        ),
+    ] {
+        ws.write("job.sql", &job);
+        let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+        assert!(e.contains(message), "{job}\n{e}");
+        // Refused before the checkpoint is claimed: nothing recorded.
+        assert!(!ws.path("job.checkpoint/metadata.json").exists(), "{job}");
+    }
+    // Each source with a late table of its own runs.
+    let job = format!(
+        "{}{}{sinks}CREATE TABLE late2 WITH ('connector' = 'files', 'path' = 'late2/', 'format' = 'parquet');\n{}{}",
+        source("src", "in", "c VARCHAR", "late"),
+        source("src2", "in2", "n BIGINT", "late2"),
+        count("o", "src"),
+        count("o2", "src2")
+    );
+    ws.write("job.sql", &job);
+    run_now(&ws, "job.sql", &[]).ok();
+    let late = ws
+        .weir(&["query", "--format", "csv", "SELECT c FROM 'late/'"])
+        .ok()
+        .stdout();
+    assert_eq!(late, "c\ny\n");
+}

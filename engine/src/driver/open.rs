@@ -120,6 +120,10 @@ impl StreamingJob {
             let operators = stateful_operators(p.index, &plan);
             physical.push((p, plan, operators));
         }
+        if let Err(e) = check_late_sinks(&physical) {
+            let _ = lease.release().await;
+            return Err(e);
+        }
         // Where bad input records go, checked before the checkpoint is
         // claimed (the dead-letter sinks are part of its records).
         let bad_routes = {
@@ -410,6 +414,50 @@ impl StreamingJob {
         }
         Ok(job)
     }
+}
+
+/// A table that receives late rows (`'late.sink'`) receives nothing else:
+/// not a query's rows, nor late rows of another shape (a folder of files of
+/// two shapes cannot be read as one table), and it is not a source.
+fn check_late_sinks(physical: &[PhysicalPipeline]) -> Result<()> {
+    let mut shapes: BTreeMap<String, (SchemaRef, String)> = BTreeMap::new();
+    for (p, plan, _) in physical {
+        for (table, schema) in late_sink_tables(plan) {
+            let refuse = |why: String| {
+                Err(Error::Config(format!(
+                    "late sink '{table}' ({}): {why}",
+                    p.statement
+                )))
+            };
+            if physical
+                .iter()
+                .any(|(q, _, _)| q.sink.as_ref().is_some_and(|d| d.name == table))
+            {
+                return refuse(
+                    "that table already receives a query's rows; late rows need a sink table of their own"
+                        .into(),
+                );
+            }
+            if physical.iter().any(|(q, _, _)| q.sources.contains(&table)) {
+                return refuse(
+                    "that table is a source of this job; late rows need a sink table of their own".into(),
+                );
+            }
+            match shapes.get(&table) {
+                Some((seen, by)) if seen.fields() != schema.fields() => {
+                    return refuse(format!(
+                        "it already receives late rows of another shape (of {by}); give each source's late rows \
+                         a table of their own"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    shapes.insert(table.clone(), (schema, p.statement.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The late sinks of a plan's window calls, with the shape of their rows.
