@@ -181,6 +181,19 @@ pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
         "csv" => {
             let delimiter = match decl.options.get("csv.delimiter") {
                 None => b',',
+                // The quote, a line end or a carriage return cannot
+                // separate fields: every line would read as one field.
+                Some(d @ ("\"" | "\n" | "\r")) => {
+                    let what = match d {
+                        "\"" => "'\"', the quote",
+                        "\n" => "a line end",
+                        _ => "a carriage return",
+                    };
+                    return Err(Error::Config(format!(
+                        "table '{}': csv.delimiter cannot be {what}: fields are quoted with '\"' and records end at line ends",
+                        decl.name
+                    )));
+                }
                 Some(d) if d.len() == 1 => d.as_bytes()[0],
                 Some("\\t") | Some("tab") => b'\t',
                 Some(d) => {
@@ -294,6 +307,31 @@ impl FilesSource {
     /// Every visible file, in path order.
     async fn list(&self) -> Result<Vec<Listed>> {
         list_visible(&self.loc).await
+    }
+
+    /// Warns (once) about each file deleted before it was read to its end:
+    /// its rows not read yet are lost, and only this says so. (A file read
+    /// whole may go: Weir reads it once.)
+    fn warn_deleted(&mut self, listing: &[Listed]) {
+        let listed: std::collections::BTreeSet<&str> = listing.iter().map(|f| f.path.as_str()).collect();
+        let gone: Vec<(String, FileProgress)> = self
+            .progress
+            .iter()
+            .filter(|(path, p)| !p.done && !listed.contains(path.as_str()))
+            .map(|(path, p)| (path.clone(), *p))
+            .collect();
+        for (path, p) in gone {
+            if !self.warned.insert(path.clone()) {
+                continue;
+            }
+            self.warnings.push(format!(
+                "source '{}': {} was deleted after its first {} records were read; the rest of it is lost. \
+                 Files must stay until they are read to their end",
+                self.table,
+                self.loc.url_of(&path),
+                p.rows_read
+            ));
+        }
     }
 
     /// Warns (once) about a file that changed after it was read.
@@ -578,6 +616,7 @@ impl Source for FilesSource {
             None => self.list().await?,
         };
         self.last_listing = listing.iter().map(|f| (f.path.clone(), f.size)).collect();
+        self.warn_deleted(&listing);
         let mut files = Vec::new();
         for f in listing {
             let progress = self.progress.get(&f.path).copied();
@@ -1064,6 +1103,14 @@ mod tests {
             format_of(&decl("csv")),
             Ok(Format::Csv { delimiter: b';' })
         ));
+        // The quote character cannot separate fields.
+        let quote = weir_sql::job::parse_create_table(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = 'in/', \
+             'format' = 'csv', 'csv.delimiter' = '\"')",
+        )
+        .unwrap();
+        let e = format_of(&quote).unwrap_err().to_string();
+        assert!(e.contains("csv.delimiter cannot be '\"', the quote"), "{e}");
     }
 
     fn lines(from: usize, to: usize) -> String {
@@ -1115,6 +1162,44 @@ mod tests {
             warnings[0].contains("changed after its first 4 records were read"),
             "{warnings:?}"
         );
+    }
+
+    /// A file deleted before it was read to its end loses its other rows:
+    /// said once. One read whole may go without a word.
+    #[tokio::test]
+    async fn a_file_deleted_before_its_end_is_read_is_warned_about_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), lines(0, 10)).unwrap();
+        std::fs::write(dir.path().join("b.json"), lines(10, 12)).unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 'max_rows_per_batch' = '4', 'max_files_per_batch' = '1')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut source = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+        let offset = source.plan_batch().await.unwrap().unwrap();
+        assert_eq!(
+            numbers(&source.read_batch(&offset).await.unwrap().batches),
+            vec![0, 1, 2, 3]
+        );
+        std::fs::remove_file(dir.path().join("a.json")).unwrap();
+        let mut rest = Vec::new();
+        while let Some(offset) = source.plan_batch().await.unwrap() {
+            rest.extend(numbers(&source.read_batch(&offset).await.unwrap().batches));
+        }
+        assert_eq!(rest, vec![10, 11]);
+        let warnings = source.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .contains("a.json was deleted after its first 4 records were read; the rest of it is lost"),
+            "{warnings:?}"
+        );
+        // b.json, read whole, goes without a warning.
+        std::fs::remove_file(dir.path().join("b.json")).unwrap();
+        assert!(source.plan_batch().await.unwrap().is_none());
+        assert!(source.take_warnings().is_empty());
     }
 
     /// An epoch of one big Parquet file, on two threads, is decoded in two
