@@ -61,8 +61,8 @@ mod parquet_file;
 use conform::*;
 use csv_file::read_csv;
 use json_file::read_json;
-pub use parquet_file::{parquet_max_time_in, parquet_rows_in};
 use parquet_file::read_parquet;
+pub use parquet_file::{parquet_max_time_in, parquet_rows_in};
 
 /// A file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -778,7 +778,8 @@ mod tests {
     #[tokio::test]
     async fn a_footer_tells_the_greatest_time_of_whole_row_groups_only() {
         let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let greatest = |from: usize, to: usize| (from as i64..to as i64).map(|i| 1_000 * i - 500 * (i % 3)).max();
+        let greatest =
+            |from: usize, to: usize| (from as i64..to as i64).map(|i| 1_000 * i - 500 * (i % 3)).max();
         let max_in = |body: Vec<u8>, declared: DataType, start: usize, take: usize| async move {
             let (store, path) = stored(&body).await;
             let file = FileRef {
@@ -788,11 +789,16 @@ mod tests {
                 url: "a.parquet",
                 table: "bids",
             };
-            parquet_max_time_in(&file, "ts", &declared, start, take).await.unwrap()
+            parquet_max_time_in(&file, "ts", &declared, start, take)
+                .await
+                .unwrap()
         };
         let groups = file(70_000, true);
         // Whole groups: the first, the middle three, the last (shorter).
-        assert_eq!(max_in(groups.clone(), ms.clone(), 0, 70_000).await, Some(greatest(0, 70_000)));
+        assert_eq!(
+            max_in(groups.clone(), ms.clone(), 0, 70_000).await,
+            Some(greatest(0, 70_000))
+        );
         assert_eq!(
             max_in(groups.clone(), ms.clone(), 70_000, 210_000).await,
             Some(greatest(70_000, 280_000))
@@ -827,14 +833,20 @@ mod tests {
             out
         };
         let times = vec![Some(5), Some(9), None, None, Some(7), None];
-        assert_eq!(max_in(write(times.clone(), EnabledStatistics::None), ms.clone(), 0, 6).await, None);
+        assert_eq!(
+            max_in(write(times.clone(), EnabledStatistics::None), ms.clone(), 0, 6).await,
+            None
+        );
         // A group of NULLs alone has no greatest time; with others, theirs.
         let with = write(times, EnabledStatistics::Chunk);
         assert_eq!(max_in(with.clone(), ms.clone(), 2, 2).await, Some(None));
         assert_eq!(max_in(with.clone(), ms.clone(), 2, 4).await, Some(Some(7)));
         assert_eq!(max_in(with, ms.clone(), 0, 6).await, Some(Some(9)));
         // A time past the event range would take reading the rows.
-        let far = write(vec![Some(1), Some(crate::exec::window_assign::MAX_EVENT_MS + 1)], EnabledStatistics::Chunk);
+        let far = write(
+            vec![Some(1), Some(crate::exec::window_assign::MAX_EVENT_MS + 1)],
+            EnabledStatistics::Chunk,
+        );
         assert_eq!(max_in(far, ms, 0, 2).await, None);
     }
 }
