@@ -599,6 +599,24 @@ fn a_typo_next_to_a_secret_never_prints_it() {
         e.contains("unknown option 'api_token'") && !e.contains("SECRET123XYZ"),
         "{e}"
     );
+    // A mistyped s3.* option is refused on a local table too, before its
+    // path moves to S3; a real one is taken.
+    for (option, refused) in [("'s3.regoin' = 'x'", true), ("'s3.region' = 'eu-west-1'", false)] {
+        ws.write(
+            "s3.sql",
+            &job(700, "parquet", "in/").replace(
+                "'max_rows_per_batch' = '700'",
+                &format!("'max_rows_per_batch' = '700', {option}"),
+            ),
+        );
+        let r = run_now(&ws, "s3.sql", &["--checkpoint", "s3.checkpoint"]);
+        if refused {
+            let e = r.fails().stderr();
+            assert!(e.contains("unknown option 's3.regoin'"), "{e}");
+        } else {
+            r.ok();
+        }
+    }
 }
 
 // ---------------------------------------------------------------- part 7

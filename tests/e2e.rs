@@ -775,6 +775,27 @@ INSERT INTO out SELECT k FROM src;
     );
 }
 
+/// A damaged lease file says what to do about it; doing that runs the job.
+#[test]
+fn a_damaged_lease_file_says_how_to_go_on() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    ws.write("job.sql", &job(700, "parquet", "in/"));
+    ws.weir(&["run", "job.sql", "--trigger", "once"]).ok();
+    let leases: Vec<_> = std::fs::read_dir(ws.path("job.checkpoint/lease"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let last = leases.iter().max().unwrap().clone();
+    std::fs::write(&last, "{ not json").unwrap();
+    let e = ws.weir(&["run", "job.sql", "--trigger", "available-now"]).fails().stderr();
+    assert!(e.contains("not a lease record") && e.contains("delete it and run again"), "{e}");
+    std::fs::remove_file(&last).unwrap();
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"]).ok();
+    let (expected, _) = run_straight(700);
+    assert_eq!(sink_rows(&ws.path("out")), expected);
+}
+
 /// An expression too long to plan is refused, not a stack overflow.
 #[test]
 fn an_expression_too_long_to_plan_is_refused() {

@@ -32,6 +32,13 @@ pub const SOURCE_OPTIONS: &[&str] = &[
 /// Checks that a table only has options its connector knows.
 pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
     for (key, _) in decl.options.iter() {
+        if key.starts_with("s3.") && !weir_storage::options::is_s3_option(key) {
+            return Err(Error::Config(format!(
+                "table '{}': unknown option '{key}' (the s3.* options are object_store's S3 settings: \
+                 s3.region, s3.endpoint, s3.access_key_id, s3.secret_access_key, s3.allow_http, ...)",
+                decl.name
+            )));
+        }
         if !known.contains(&key) && !key.starts_with("s3.") {
             let hint = weir_sql::settings::nearest(key, known)
                 .map(|n| format!("did you mean '{n}'? "))

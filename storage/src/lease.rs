@@ -56,7 +56,9 @@ impl Checkpoint {
                     return Err(Error::Corrupt {
                         url: self.location().url_of(&name),
                         epoch: None,
-                        reason: "unexpected file among lease files".into(),
+                        reason: "unexpected file among lease files (only NNN.json files belong there); move it \
+                                 out of the folder and run again"
+                            .into(),
                     });
                 }
             }
@@ -78,7 +80,10 @@ impl Checkpoint {
         let rec: LeaseRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             url: url.clone(),
             epoch: None,
-            reason: format!("not a lease record: {e}"),
+            reason: format!(
+                "not a lease record: {e}; a lease file only says which process runs the job, so when none \
+                 runs on this checkpoint, delete it and run again"
+            ),
         })?;
         if rec.version > FORMAT_VERSION {
             return Err(Error::FutureVersion {

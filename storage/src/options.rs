@@ -85,6 +85,21 @@ impl StoreOptions {
     }
 }
 
+/// Whether a table's `s3.*` option names an S3 setting (`s3.region`,
+/// `s3.endpoint`, `s3.aws_access_key_id`, ...): a typo is refused when the
+/// table is declared, not only once its path is on S3.
+pub fn is_s3_option(key: &str) -> bool {
+    let Some(key) = key.strip_prefix("s3.") else {
+        return false;
+    };
+    let full = if key.starts_with("aws_") {
+        key.to_string()
+    } else {
+        format!("aws_{key}")
+    };
+    AmazonS3ConfigKey::from_str(&full).is_ok()
+}
+
 pub(crate) fn build_s3(bucket: &str, options: &StoreOptions) -> Result<object_store::aws::AmazonS3, String> {
     let mut builder = AmazonS3Builder::new().with_bucket_name(bucket);
     for (key, value) in &options.values {

@@ -46,8 +46,9 @@ pub(super) fn read_json(
     bad: &mut BadRecords,
 ) -> Result<FileRows> {
     let data = bytes.as_ref();
-    // Skip `start` records (non-blank lines), counting lines.
-    let mut offset = 0;
+    // Skip `start` records (non-blank lines), counting lines. A UTF-8 byte
+    // order mark (Windows tools write one) is not part of the first record.
+    let mut offset = if data.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
     let mut line = 1u64;
     let mut skipped = 0;
     while skipped < start && offset < data.len() {

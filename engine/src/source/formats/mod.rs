@@ -457,6 +457,12 @@ mod tests {
         assert_eq!((prices(&rest), rest.eof), (vec![3], true));
         let first = read("a.json", json, Format::Json, 0, 2).await.unwrap();
         assert_eq!((prices(&first), first.records, first.eof), (vec![1, 2], 2, false));
+        // A byte order mark is not part of the first record.
+        let bom = [b"\xEF\xBB\xBF".as_slice(), json].concat();
+        let all = read("a.json", &bom, Format::Json, 0, 10).await.unwrap();
+        assert_eq!((prices(&all), all.bad.len()), (vec![1, 2, 3], 0));
+        let rest = read("a.json", &bom, Format::Json, 1, 10).await.unwrap();
+        assert_eq!(prices(&rest), vec![2, 3]);
     }
 
     #[tokio::test]
