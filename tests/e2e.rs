@@ -788,10 +788,17 @@ fn a_damaged_lease_file_says_how_to_go_on() {
         .collect();
     let last = leases.iter().max().unwrap().clone();
     std::fs::write(&last, "{ not json").unwrap();
-    let e = ws.weir(&["run", "job.sql", "--trigger", "available-now"]).fails().stderr();
-    assert!(e.contains("not a lease record") && e.contains("delete it and run again"), "{e}");
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("not a lease record") && e.contains("delete it and run again"),
+        "{e}"
+    );
     std::fs::remove_file(&last).unwrap();
-    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"]).ok();
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
     let (expected, _) = run_straight(700);
     assert_eq!(sink_rows(&ws.path("out")), expected);
 }

@@ -762,8 +762,20 @@ pub fn interval_ms(sql: &str) -> Result<i64> {
         }
         _ => return Err(not_interval()),
     };
+    // A window or delay this long would put window ends and watermarks
+    // past the year 9999, where no timestamp reaches (other tools then
+    // cannot read the window ends written).
+    if ms.unsigned_abs() > MAX_INTERVAL_MS as u64 {
+        return Err(Error::Plan(format!(
+            "'{sql}': more than 1,000 years is longer than any window, delay or time-to-live Weir can use"
+        )));
+    }
     Ok(ms)
 }
+
+/// The longest interval a window, a watermark delay or a time-to-live may
+/// be: 1,000 years (of 365.25 days).
+pub const MAX_INTERVAL_MS: i64 = 1_000 * 36_525 * 86_400_000 / 100;
 
 /// Replaces the values of secret options (`'s3.secret_access_key' = '...'`,
 /// with or without the `=`) with `'***'`, leaving the rest of the text as
@@ -912,6 +924,9 @@ mod tests {
                 .contains("months")
         );
         assert!(interval_ms("5").is_err());
+        assert_eq!(interval_ms("INTERVAL '365250' DAY").unwrap(), MAX_INTERVAL_MS);
+        let e = interval_ms("INTERVAL '100000000' DAY").unwrap_err().to_string();
+        assert!(e.contains("more than 1,000 years"), "{e}");
     }
 
     #[test]

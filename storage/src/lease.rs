@@ -56,9 +56,10 @@ impl Checkpoint {
                     return Err(Error::Corrupt {
                         url: self.location().url_of(&name),
                         epoch: None,
-                        reason: "unexpected file among lease files (only NNN.json files belong there); move it \
+                        reason:
+                            "unexpected file among lease files (only NNN.json files belong there); move it \
                                  out of the folder and run again"
-                            .into(),
+                                .into(),
                     });
                 }
             }
