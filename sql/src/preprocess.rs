@@ -239,6 +239,20 @@ pub fn check_operator_chains(tokens: &[Token]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `TABLESAMPLE`: DataFusion's planner ignores it, so every row
+/// would be read and the answer would not be the sample asked for.
+pub fn check_sampling(tokens: &[Token]) -> Result<()> {
+    if tokens
+        .iter()
+        .any(|t| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLESAMPLE")))
+    {
+        return Err(Error::Unsupported(
+            "TABLESAMPLE is not supported: it would be ignored and every row read".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn render(tokens: &[Token]) -> String {
     tokens.iter().map(ToString::to_string).collect()
 }
@@ -352,6 +366,7 @@ pub fn relocate(message: &str, line: u64, column: u64) -> String {
 pub fn preprocess(statement: &str, next_tvf: &mut usize) -> Result<Preprocessed> {
     let mut tokens = tokenize(statement)?;
     check_operator_chains(&tokens)?;
+    check_sampling(&tokens)?;
     let watermark = cut_watermark(&mut tokens)?;
     let emit = cut_emit(&mut tokens)?;
     let tvfs = replace_tvfs(&mut tokens, next_tvf)?;
@@ -1153,5 +1168,12 @@ mod tests {
             chain(1_000, " OR ")
         );
         assert!(preprocess(&split, &mut 0).is_ok());
+    }
+
+    #[test]
+    fn tablesample_is_refused_not_ignored() {
+        let e = preprocess("SELECT * FROM t TABLESAMPLE SYSTEM (10 PERCENT)", &mut 0).unwrap_err();
+        assert!(e.to_string().contains("TABLESAMPLE is not supported"), "{e}");
+        assert!(preprocess("SELECT 'tablesample' AS tablesample_x FROM t", &mut 0).is_ok());
     }
 }

@@ -97,6 +97,7 @@ fn name_of(t: Option<&Token>) -> Option<String> {
 pub fn classify(text: &str) -> Result<Statement> {
     let toks = significant(text)?;
     preprocess::check_operator_chains(&toks)?;
+    preprocess::check_sampling(&toks)?;
     let word = |i: usize| keyword(toks.get(i));
     Ok(match (word(0).as_str(), word(1).as_str()) {
         ("CREATE", "TABLE") => Statement::CreateTable,
