@@ -19,7 +19,8 @@ impl Redactor {
     pub fn from_env() -> Self {
         let mut r = Redactor::default();
         for arg in std::env::args().skip(1) {
-            for s in weir_sql::secrets::url_secret_values(&arg, false) {
+            // `--cluster user:password@host:port` is a scheme-less one.
+            for s in weir_sql::secrets::url_secret_values(&arg, true) {
                 r.add(s);
             }
         }

@@ -23,8 +23,10 @@ impl fmt::Debug for Options {
 /// `auth.token` are all covered.
 const SECRET_MARKERS: &[&str] = &[
     "secret",
-    "password",
-    "passwd",
+    // `password`, `passwd`, and their misspellings (`passwrd`): a
+    // mistyped key is refused as unknown, but its value must not show.
+    "passw",
+    "pwd",
     "token",
     "credential",
     "private_key",

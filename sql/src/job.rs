@@ -135,6 +135,8 @@ impl Job {
             job.add_statement(&stmt.text, stmt.line, &mut next_tvf)
                 .map_err(|e| {
                     e.relocated(stmt.line, stmt.column)
+                        .scrubbed(&secrets)
+                        .hiding_found(&stmt.text)
                         .in_statement(stmt.line, &stmt.text)
                         .scrubbed(&secrets)
                 })?;

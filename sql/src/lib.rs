@@ -102,7 +102,10 @@ impl Error {
 
     /// This error, placed in the statement of a job that starts at `line`.
     pub fn in_statement(self, line: u64, text: &str) -> Error {
-        let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Secrets masked before the text is cut: a cut secret no longer
+        // matches its whole value when the message is scrubbed.
+        let masked = secrets::mask_secrets(text);
+        let flat: String = masked.split_whitespace().collect::<Vec<_>>().join(" ");
         let head = if flat.chars().count() > 60 {
             format!("{}...", flat.chars().take(57).collect::<String>())
         } else {
@@ -152,6 +155,18 @@ impl Error {
         self.map_text(&|m| preprocess::hide_placeholders(&m, tvfs))
     }
 
+    /// A parser error about `text`: when the statement sets a secret, the
+    /// token the parser quotes back (`found: ...`) is not shown. It may be
+    /// part of the secret's value in a form the scan for secrets does not
+    /// decode (`U&'\0041...'`, `E'\x41...'`, a second string literal
+    /// after the value).
+    pub fn hiding_found(self, text: &str) -> Error {
+        if !secrets::mentions_secret_key(text) {
+            return self;
+        }
+        self.map_text(&|m| hide_found(&m))
+    }
+
     /// This error with each of `secrets` in its text replaced by `***`.
     pub fn scrubbed(self, secrets: &[String]) -> Error {
         if secrets.is_empty() {
@@ -159,6 +174,29 @@ impl Error {
         }
         self.map_text(&|m| secrets::scrub(&m, secrets))
     }
+}
+
+/// `message` (a parser's) without the token it quotes back (`found:
+/// ...`), for a statement that sets a secret (see [`Error::hiding_found`]).
+pub fn hide_found(message: &str) -> String {
+    let Some(i) = message.find("found: ") else {
+        return message.to_string();
+    };
+    let rest = &message[i + "found: ".len()..];
+    // The parser says `at Line: L, Column: C`; a relocated message, `at
+    // line L, column C`.
+    let end = rest.to_ascii_lowercase().find(" at line").unwrap_or(rest.len());
+    // A keyword or a punctuation mark tells where the statement went
+    // wrong and holds no value; a masked one neither.
+    let token = &rest[..end];
+    if !token.contains(['\'', '"', '$']) || token == "'***'" {
+        return message.to_string();
+    }
+    format!(
+        "{}found: (not shown: the statement sets a secret){}",
+        &message[..i],
+        &rest[end..]
+    )
 }
 
 /// The parser's own words in a DataFusion error that wraps one (its

@@ -122,61 +122,50 @@ fn scan(text: &str) -> Vec<(Piece<'_>, std::ops::Range<usize>)> {
     out
 }
 
-/// Whether `c` ends a URL's authority (or a list element) in text.
-fn ends_authority(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '/' | '?'
-                | '#'
-                | '\''
-                | '"'
-                | '`'
-                | '('
-                | ')'
-                | ','
-                | ';'
-                | '\\'
-                | '<'
-                | '>'
-                | '['
-                | ']'
-                | '{'
-                | '}'
-        )
+/// Whether `c` ends the stretch of text a URL's user info can be in. A
+/// password may hold almost anything (`;`, `,`, `(`, `'`, and `/` as AWS
+/// secret keys do), so only whitespace and characters no URL holds end it.
+fn ends_url(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '`' | '<' | '>')
+}
+
+/// The user info of the stretch `s` (a URL's text after `://`, or a
+/// scheme-less word): up to its last `@`, when that `@` comes before the
+/// first `/` (`user:password@host/...`) or what precedes it has a `:`
+/// (`user:pa/ss@host/...`): not `bucket/me@home/` (an `@` in a path).
+fn user_info(s: &str) -> Option<usize> {
+    let at = s.rfind('@')?;
+    let before = &s[..at];
+    (at > 0 && (!before.contains('/') || before.contains(':'))).then_some(at)
 }
 
 /// The user infos written into URLs in `text`, as byte ranges: what comes
-/// before the `@` of a URL's authority (`scheme://user:password@host`),
-/// and, when `lists` is set, of a scheme-less `user:password@host`
-/// element (a Kafka broker list; the text a whole option value or a
-/// quoted string). Nothing else in the text is taken: an e-mail address
-/// has no `:` before its `@`.
+/// before the `@` of a URL (`scheme://user:password@host`), and, when
+/// `lists` is set, of a scheme-less `user:password@host` word (a Kafka
+/// broker list; the text a whole option value or a quoted string), which
+/// must have a `:` before its `@` (an e-mail address has none).
 pub fn url_credentials(text: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
-    let authority_end = |from: usize| text[from..].find(ends_authority).map_or(text.len(), |p| from + p);
+    let stretch_end = |from: usize| text[from..].find(ends_url).map_or(text.len(), |p| from + p);
     let mut i = 0;
     while let Some(p) = text[i..].find("://") {
         let start = i + p + 3;
-        let end = authority_end(start);
-        if let Some(at) = text[start..end].rfind('@')
-            && at > 0
-        {
+        let end = stretch_end(start);
+        if let Some(at) = user_info(&text[start..end]) {
             out.push(start..start + at);
         }
-        i = start;
+        i = end.max(start);
     }
     if lists {
-        // Elements start at the text's start or after a separator.
+        // Words start at the text's start or after whitespace or a quote.
         let mut start = 0;
         loop {
-            let end = authority_end(start);
-            let element = &text[start..end];
-            if !text[end..].starts_with("://")
-                && !out.iter().any(|r| r.start >= start && r.start <= end)
-                && let Some(at) = element.rfind('@')
-                && element[..at].contains(':')
-                && at + 1 < element.len()
+            let end = stretch_end(start);
+            let word = &text[start..end];
+            if !word.contains("://")
+                && let Some(at) = user_info(word)
+                && word[..at].contains(':')
+                && at + 1 < word.len()
             {
                 out.push(start..start + at);
             }
@@ -219,6 +208,11 @@ pub fn url_secret_values(text: &str, lists: bool) -> Vec<String> {
             && !password.is_empty()
         {
             out.push(password.to_string());
+        }
+        // A broker list's parser cuts a password with a `,` in pieces,
+        // and may quote a piece back.
+        if info.contains(',') {
+            out.extend(info.split(',').filter(|p| !p.is_empty()).map(str::to_string));
         }
     }
     out
@@ -419,7 +413,9 @@ pub fn scrub(message: &str, secrets: &[String]) -> String {
 }
 
 fn scrub_known(message: &str, secrets: &[String]) -> String {
-    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    // Very short values are left: replacing every `AB` would hide more
+    // than it protects, and show where the secret's letters were.
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| s.len() >= 4).collect();
     // Longest first, so a secret containing another is replaced whole.
     sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = message.to_string();
@@ -538,8 +534,8 @@ mod tests {
 
     #[test]
     fn scrub_replaces_longest_first() {
-        let s = vec!["abcd".to_string(), "abcdefgh".to_string()];
-        assert_eq!(scrub("x abcdefgh y abcd", &s), "x *** y ***");
+        let s = vec!["abcd".to_string(), "abcdefgh".to_string(), "AB".to_string()];
+        assert_eq!(scrub("x abcdefgh y abcd TABLE", &s), "x *** y *** TABLE");
     }
 
     #[test]
@@ -572,6 +568,26 @@ mod tests {
             ),
             "cannot reach http://***@127.0.0.1:1/x (s3://***@b/p)"
         );
+        // A password may hold what ends a host: `;`, `,`, `(`, `'`, `/`.
+        for pw in [
+            "pa;ss",
+            "pa,ss",
+            "pa(ss)",
+            "pa''ss",
+            "pa?ss",
+            "pa#ss",
+            "wJal/rXUtn+Fk",
+        ] {
+            let t = format!("'path' = 's3://AKIAQQ:{pw}@bkt/in/'");
+            assert_eq!(mask_secrets(&t), "'path' = 's3://***@bkt/in/'", "{pw}");
+            let message = format!("listing s3://AKIAQQ:{pw}@bkt/in/: the bucket does not exist");
+            assert_eq!(
+                scrub(&message, &[]),
+                "listing s3://***@bkt/in/: the bucket does not exist"
+            );
+        }
+        let found = secret_literals("'properties.bootstrap.servers' = 'ku:KP,Wzz63@127.0.0.1:1'");
+        assert!(found.iter().any(|f| f == "ku:KP"), "{found:?}");
         // Not credentials: an e-mail address, an `@` past the host, a time.
         for plain in [
             "'path' = 's3://bucket/me@home/x/'",
@@ -582,7 +598,8 @@ mod tests {
             assert_eq!(mask_secrets(plain), plain);
             assert_eq!(scrub(plain, &[]), plain);
         }
-        assert_eq!(mask_url_credentials("u:p@h:1,v:q@k:2", true), "***@h:1,***@k:2");
+        // A list's several user infos go with the hosts between them.
+        assert_eq!(mask_url_credentials("u:p@h:1,v:q@k:2", true), "***@k:2");
         assert_eq!(mask_url_credentials("u:p@h:1", false), "u:p@h:1");
         // An unterminated string still has its credentials masked.
         assert_eq!(mask_secrets("'path' = 's3://a:b@h/x"), "'path' = 's3://***@h/x");

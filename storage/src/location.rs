@@ -106,7 +106,22 @@ impl Location {
                     format!("memory://{name}"),
                 )
             }
-            Some(("s3" | "s3a", rest)) => {
+            Some((scheme @ ("s3" | "s3a"), rest)) => {
+                // `s3://user:password@bucket/`: S3 takes no credentials in
+                // its URLs (they would be read as part of the bucket's
+                // name), and a URL is printed and kept in checkpoints.
+                let host = rest.split('/').next().unwrap_or(rest);
+                if let Some(at) = rest.rfind('@')
+                    && (host.contains('@') || rest[..at].contains(':'))
+                {
+                    return Err(Error::InvalidLocation {
+                        location: format!("{scheme}://***@{}", &rest[at + 1..]),
+                        reason: "an s3:// URL cannot carry credentials (user:password@); give them as the \
+                                 table's 's3.access_key_id' and 's3.secret_access_key' options, or in \
+                                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                            .into(),
+                    });
+                }
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
                     return Err(invalid("an s3:// URL needs a bucket".into()));
@@ -622,6 +637,26 @@ mod tests {
             Create::Yes,
         )
         .unwrap();
+    }
+
+    /// An s3:// URL with credentials is refused without printing them; an
+    /// `@` in a path is a path.
+    #[test]
+    fn an_s3_url_with_credentials_is_refused_without_showing_them() {
+        let region = StoreOptions::new([("aws_region", "us-east-1")]);
+        for url in [
+            "s3://AKIAQQ:wJal/rXUtn@bkt/in/",
+            "s3://AKIAQQ:pa;ss@bkt/in/",
+            "s3://user@bkt/in/",
+        ] {
+            let err = Location::open(url, &region, Create::Yes).unwrap_err().to_string();
+            assert!(
+                err.contains("s3://***@bkt/in/") && err.contains("cannot carry credentials"),
+                "{err}"
+            );
+            assert!(!err.contains("AKIAQQ") && !err.contains("user@"), "{err}");
+        }
+        Location::open("s3://bkt/me@home/x/", &region, Create::Yes).unwrap();
     }
 
     #[test]

@@ -157,6 +157,8 @@ impl Shell {
                 Arc::new(StringArray::from_iter_values(help)),
             ],
         )?;
+        // A value may hold a credential (a checkpoint_dir URL's user info).
+        let batch = self.scrub_batch(batch)?;
         self.print_rows(&schema, batch)
     }
 

@@ -134,7 +134,12 @@ pub fn run_script(rt: &tokio::runtime::Runtime, shell: &mut Shell, text: &str, n
             Ok(Flow::Continue) => {}
             Ok(Flow::Quit) => return Ok(Flow::Quit),
             Err(e) => {
-                let head: String = piece.text.split_whitespace().collect::<Vec<_>>().join(" ");
+                // Masked before it is cut (a cut secret would no longer
+                // match its value when scrubbed), scrubbed after.
+                let head: String = weir_sql::secrets::mask_secrets(&piece.text)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let head = if head.chars().count() > 50 {
                     format!("{}...", head.chars().take(47).collect::<String>())
                 } else {

@@ -372,7 +372,15 @@ impl Shell {
         } else if is_quit(&piece.text) {
             Flow::Quit
         } else {
-            self.statement(&piece.text).await?;
+            self.statement(&piece.text).await.map_err(|e| {
+                // A parser's quoted token may be part of a secret in a form
+                // the scan does not decode (see `Error::hiding_found`).
+                if weir_sql::secrets::mentions_secret_key(&piece.text) {
+                    anyhow::anyhow!(weir_sql::hide_found(&self.error_text(&e)))
+                } else {
+                    e
+                }
+            })?;
             Flow::Continue
         };
         if self.settings.timing && !piece.command && flow == Flow::Continue {
