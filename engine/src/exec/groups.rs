@@ -113,7 +113,7 @@ impl AggregateSpec {
             return datafusion::common::plan_err!(
                 "NTH_VALUE(x, n ORDER BY ...) ({}) on a stream: it needs its input sorted, and a stream's rows \
                  arrive as they come; use FIRST_VALUE(x ORDER BY ...) or LAST_VALUE(x ORDER BY ...), or \
-                 ARRAY_AGG(x ORDER BY ...)[n]",
+                 array_element(ARRAY_AGG(x ORDER BY ...), n)",
                 a.name()
             );
         }

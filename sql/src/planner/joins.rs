@@ -531,6 +531,7 @@ impl StreamPlanner {
                     let Some(w) = self.job.tables.get(&source).and_then(|t| t.watermark.clone()) else {
                         continue;
                     };
+                    self.refuse_late_sink_outside_windows(&source, "the join")?;
                     input = windows::late_filter_at(input, &source, &w.column, w.delay_ms)?;
                 }
                 Ok((input, 0))

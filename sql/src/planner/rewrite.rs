@@ -304,6 +304,7 @@ impl StreamPlanner {
                     let Some(w) = self.job.tables.get(&source).and_then(|t| t.watermark.clone()) else {
                         continue;
                     };
+                    self.refuse_late_sink_outside_windows(&source, "the deduplication (keep first)")?;
                     input = windows::late_filter_at(input, &source, &w.column, w.delay_ms)?;
                 }
                 let node = n.clone().keep_first_on_time(input, idx);
@@ -655,7 +656,7 @@ pub(super) fn check_ordered_aggregates(plan: &LogicalPlan) -> Result<()> {
         return Err(Error::Unsupported(
             "NTH_VALUE(x, n ORDER BY ...) on a stream: it needs its input sorted, and a stream's rows arrive \
              as they come; use FIRST_VALUE(x ORDER BY ...) or LAST_VALUE(x ORDER BY ...), or \
-             ARRAY_AGG(x ORDER BY ...)[n]"
+             array_element(ARRAY_AGG(x ORDER BY ...), n)"
                 .into(),
         ));
     }

@@ -154,6 +154,26 @@ impl StreamPlanner {
             .with_late_sink(late_sink))
     }
 
+    /// Refuses a query that drops `source`'s late rows outside a window
+    /// (`what`: a join, a deduplication) when the source sends its late
+    /// rows to a sink: only a window's late rows reach it, and a row the
+    /// sink would never see is a row lost against the source's own words.
+    pub(super) fn refuse_late_sink_outside_windows(&self, source: &str, what: &str) -> Result<()> {
+        let sinks = self.job.tables.get(source).is_some_and(|d| {
+            d.options
+                .get("late.policy")
+                .is_some_and(|p| p.eq_ignore_ascii_case("sink"))
+        });
+        if sinks {
+            return Err(Error::Unsupported(format!(
+                "'late.policy' = 'sink' on '{source}': {what} drops the late rows of '{source}' where it reads \
+                 them, and only a window's late rows can go to the late sink yet: read '{source}' in a window, \
+                 or set 'late.policy' = 'drop' (late rows are counted either way)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Where a window's late rows go: `'late.policy' = 'drop'` (the default)
     /// or `'sink'` with `'late.sink' = '<table>'`, on the source.
     pub(super) fn late_sink(&self, origin: &WatermarkOrigin) -> Result<Option<String>> {
