@@ -747,6 +747,23 @@ INSERT INTO out SELECT k FROM src;
             check("metadata.json", &meta);
         }
     }
+    // A sink's path with credentials: refused alike, nothing kept of them.
+    std::fs::remove_dir_all(ws.path("job.checkpoint")).ok();
+    ws.write("in/a.csv", "k,ts\n1,2026-01-01 00:00:01\n");
+    ws.write(
+        "job.sql",
+        &job("in/").replace(
+            "'path' = 'out/'",
+            "'path' = 's3://AKIAUSERX:UrlSecretPw123@bucket/out/'",
+        ),
+    );
+    let r = ws.weir(&["run", "job.sql", "--trigger", "available-now"]).fails();
+    check("the error", &r.stderr());
+    assert!(r.stderr().contains("cannot carry credentials"), "{}", r.stderr());
+    if let Ok(meta) = std::fs::read_to_string(ws.path("job.checkpoint/metadata.json")) {
+        check("metadata.json", &meta);
+    }
+    std::fs::remove_dir_all(ws.path("job.checkpoint")).ok();
     // The endpoint's and the proxy's, and one in the environment.
     ws.write("job.sql", &job("s3://bucket/in/"));
     let r = ws

@@ -25,8 +25,8 @@ const SECRET_MARKERS: &[&str] = &[
     "secret",
     // `password`, `passwd`, and their misspellings (`passwrd`): a
     // mistyped key is refused as unknown, but its value must not show.
+    // (Not `pwd`: the environment's `PWD` is the working directory.)
     "passw",
-    "pwd",
     "token",
     "credential",
     "private_key",

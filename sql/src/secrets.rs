@@ -413,17 +413,41 @@ pub fn scrub(message: &str, secrets: &[String]) -> String {
 }
 
 fn scrub_known(message: &str, secrets: &[String]) -> String {
-    // Very short values are left: replacing every `AB` would hide more
-    // than it protects, and show where the secret's letters were.
-    let mut sorted: Vec<&String> = secrets.iter().filter(|s| s.len() >= 4).collect();
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
     // Longest first, so a secret containing another is replaced whole.
     sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = message.to_string();
     for s in sorted {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), REDACTED);
+        if s.len() >= 4 {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), REDACTED);
+            }
+        } else {
+            out = replace_whole(&out, s);
         }
     }
+    out
+}
+
+/// `text` with each occurrence of a very short secret that stands alone
+/// (not inside a word or number) replaced: replacing every `AB` would
+/// turn `CREATE TABLE` into `CREATE T***LE` and show the secret's letters.
+fn replace_whole(text: &str, secret: &str) -> String {
+    let alone = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric() && c != '_');
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(p) = text[at..].find(secret) {
+        let start = at + p;
+        let end = start + secret.len();
+        out.push_str(&text[at..start]);
+        if alone(text[..start].chars().next_back()) && alone(text[end..].chars().next()) {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(secret);
+        }
+        at = end;
+    }
+    out.push_str(&text[at..]);
     out
 }
 
@@ -535,7 +559,10 @@ mod tests {
     #[test]
     fn scrub_replaces_longest_first() {
         let s = vec!["abcd".to_string(), "abcdefgh".to_string(), "AB".to_string()];
-        assert_eq!(scrub("x abcdefgh y abcd TABLE", &s), "x *** y *** TABLE");
+        assert_eq!(
+            scrub("x abcdefgh y abcd TABLE 'AB'", &s),
+            "x *** y *** TABLE '***'"
+        );
     }
 
     #[test]

@@ -71,6 +71,30 @@ pub enum Create {
     Yes,
 }
 
+/// Refuses an `s3://user:password@bucket/` URL: S3 takes no credentials in
+/// its URLs (they would be read as part of the bucket's name), and a URL is
+/// printed and kept in checkpoints. The error does not show them. A
+/// bucket's name has no `@` and no `:`; a password may hold a `/` (as AWS
+/// secret keys do), which ends what looks like the bucket.
+pub fn refuse_credentials(location: &str) -> Result<()> {
+    let Some((scheme @ ("s3" | "s3a"), rest)) = location.split_once("://") else {
+        return Ok(());
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    if let Some(at) = rest.rfind('@')
+        && (host.contains('@') || host.contains(':'))
+    {
+        return Err(Error::InvalidLocation {
+            location: format!("{scheme}://***@{}", &rest[at + 1..]),
+            reason: "an s3:// URL cannot carry credentials (user:password@); give them as the table's \
+                     's3.access_key_id' and 's3.secret_access_key' options, or in AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl Location {
     /// Opens a location given as a local path (relative to the current
     /// directory) or a URL: `file:///abs/path`, `s3://bucket/prefix`,
@@ -106,22 +130,8 @@ impl Location {
                     format!("memory://{name}"),
                 )
             }
-            Some((scheme @ ("s3" | "s3a"), rest)) => {
-                // `s3://user:password@bucket/`: S3 takes no credentials in
-                // its URLs (they would be read as part of the bucket's
-                // name), and a URL is printed and kept in checkpoints.
-                let host = rest.split('/').next().unwrap_or(rest);
-                if let Some(at) = rest.rfind('@')
-                    && (host.contains('@') || rest[..at].contains(':'))
-                {
-                    return Err(Error::InvalidLocation {
-                        location: format!("{scheme}://***@{}", &rest[at + 1..]),
-                        reason: "an s3:// URL cannot carry credentials (user:password@); give them as the \
-                                 table's 's3.access_key_id' and 's3.secret_access_key' options, or in \
-                                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                            .into(),
-                    });
-                }
+            Some(("s3" | "s3a", rest)) => {
+                refuse_credentials(location)?;
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
                     return Err(invalid("an s3:// URL needs a bucket".into()));

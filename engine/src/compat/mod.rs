@@ -229,11 +229,8 @@ pub fn same_source(a: &str, b: &str) -> bool {
 }
 
 fn normal_signature(sig: &str) -> String {
-    // A checkpoint of an earlier Weir kept a path's credentials; they do
-    // not say which data it is.
-    let sig = weir_sql::secrets::mask_url_credentials(sig, false);
     let Some(at) = sig.find("path=") else {
-        return sig;
+        return sig.to_string();
     };
     let (head, rest) = sig.split_at(at + "path=".len());
     // The path runs to the next key (the keys' order is fixed).

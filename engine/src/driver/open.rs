@@ -13,6 +13,14 @@ impl StreamingJob {
             None => Job::parse(sql)?,
         };
         let options = options.with_job_settings(&job)?;
+        // A path with credentials is refused before anything is written
+        // (the checkpoint's metadata names the sources' and sinks' paths).
+        for decl in job.tables.values() {
+            if let Some(path) = decl.options.get("path") {
+                weir_storage::location::refuse_credentials(path)
+                    .map_err(|e| Error::Config(format!("table '{}': {e}", decl.name)))?;
+            }
+        }
         let threads = options.threads.max(1);
         let config = SessionConfig::new().with_target_partitions(threads);
         let scans = EngineScans { partitions: threads };
@@ -446,8 +454,10 @@ fn check_late_sinks(physical: &[PhysicalPipeline]) -> Result<()> {
             match shapes.get(&table) {
                 Some((seen, by)) if seen.fields() != schema.fields() => {
                     return refuse(format!(
-                        "it already receives late rows of another shape (of {by}); give each source's late rows \
-                         a table of their own"
+                        "it already receives late rows of another shape (of {by}): one late table holds rows of \
+                         one shape, so sources of other columns need late tables of their own, and queries that \
+                         read one source differently (a window over a view that projects it) cannot share its \
+                         late table"
                     ));
                 }
                 Some(_) => {}
