@@ -599,28 +599,37 @@ pub(super) fn humanish(v: &str) -> Option<String> {
     (!n.is_empty()).then(|| format!("INTERVAL '{n}' {unit}"))
 }
 
-/// Subqueries in expressions become joins, which streams do not support yet.
-/// Subqueries left in expressions after DataFusion's decorrelation (an
-/// uncorrelated scalar subquery stays one) run only over bounded tables:
-/// each epoch computes them anew over the tables' versions of the epoch.
-pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
+/// Whether any expression anywhere in `plan` (sub-expressions included)
+/// is one `hit` says.
+fn any_expression(plan: &LogicalPlan, hit: &dyn Fn(&Expr) -> bool) -> Result<bool> {
     let mut found = false;
     plan.apply(|p| {
         p.apply_expressions(|e| {
             e.apply(|e| {
-                let sub = match e {
-                    Expr::ScalarSubquery(s) => Some(&s.subquery),
-                    Expr::InSubquery(s) => Some(&s.subquery.subquery),
-                    Expr::Exists(s) => Some(&s.subquery.subquery),
-                    _ => None,
-                };
-                if sub.is_some_and(|s| !is_static(s)) {
+                if hit(e) {
                     found = true;
                     return Ok(TreeNodeRecursion::Stop);
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
         })
+    })?;
+    Ok(found)
+}
+
+/// Subqueries in expressions become joins, which streams do not support yet.
+/// Subqueries left in expressions after DataFusion's decorrelation (an
+/// uncorrelated scalar subquery stays one) run only over bounded tables:
+/// each epoch computes them anew over the tables' versions of the epoch.
+pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
+    let found = any_expression(plan, &|e| {
+        let sub = match e {
+            Expr::ScalarSubquery(s) => Some(&s.subquery),
+            Expr::InSubquery(s) => Some(&s.subquery.subquery),
+            Expr::Exists(s) => Some(&s.subquery.subquery),
+            _ => None,
+        };
+        sub.is_some_and(|s| !is_static(s))
     })?;
     if found {
         return Err(Error::Unsupported(
@@ -637,20 +646,9 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
 /// ARRAY_AGG and STRING_AGG order what they keep themselves). A stream's
 /// rows arrive as they come, so its answer would be wrong: refused.
 pub(super) fn check_ordered_aggregates(plan: &LogicalPlan) -> Result<()> {
-    let mut found = false;
-    plan.apply(|p| {
-        p.apply_expressions(|e| {
-            e.apply(|e| {
-                if let Expr::AggregateFunction(f) = e
-                    && !f.params.order_by.is_empty()
-                    && f.func.name().eq_ignore_ascii_case("nth_value")
-                {
-                    found = true;
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
+    let found = any_expression(plan, &|e| {
+        matches!(e, Expr::AggregateFunction(f)
+            if !f.params.order_by.is_empty() && f.func.name().eq_ignore_ascii_case("nth_value"))
     })?;
     if found {
         return Err(Error::Unsupported(

@@ -80,18 +80,22 @@ fn merge_ranges(ranges: &[std::ops::Range<u64>], gap: u64) -> Vec<std::ops::Rang
     out
 }
 
-/// How many rows a Parquet file has (from its footer).
-pub async fn parquet_rows_in(file: &FileRef<'_>) -> Result<usize> {
+/// A Parquet file's footer.
+async fn footer(file: &FileRef<'_>) -> Result<Arc<ParquetMetaData>> {
     let mut reader = StoreFileReader {
         store: Arc::clone(file.store),
         path: file.path.clone(),
         size: file.size,
     };
-    let meta = reader
+    reader
         .get_metadata(None)
         .await
-        .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
-    Ok(meta.file_metadata().num_rows().max(0) as usize)
+        .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))
+}
+
+/// How many rows a Parquet file has (from its footer).
+pub async fn parquet_rows_in(file: &FileRef<'_>) -> Result<usize> {
+    Ok(footer(file).await?.file_metadata().num_rows().max(0) as usize)
 }
 
 /// The greatest value of the timestamp column `name` among rows `start ..
@@ -115,15 +119,7 @@ pub async fn parquet_max_time_in(
     if !matches!(declared, DataType::Timestamp(TimeUnit::Millisecond, _)) {
         return Ok(None);
     }
-    let mut reader = StoreFileReader {
-        store: Arc::clone(file.store),
-        path: file.path.clone(),
-        size: file.size,
-    };
-    let meta = reader
-        .get_metadata(None)
-        .await
-        .map_err(|e| file.err(format!("not a readable Parquet file: {e}")))?;
+    let meta = footer(file).await?;
     let descr = meta.file_metadata().schema_descr();
     let Ok(schema) =
         datafusion::parquet::arrow::parquet_to_arrow_schema(descr, meta.file_metadata().key_value_metadata())
