@@ -77,27 +77,39 @@ fn spawn_executor(address: &str, work: &Path, env: &[(&str, &str)]) -> Process {
 }
 
 /// [`spawn_executor`] with `concurrency` task slots.
+///
+/// A port `free_port` found free may be taken by another test's process
+/// before the executor binds it (it then exits: "Address already in
+/// use"), so a start that prints nothing is tried again on other ports.
 fn spawn_executor_with(address: &str, work: &Path, env: &[(&str, &str)], concurrency: usize) -> Process {
-    let mut executor = weir()
-        .args([
-            "cluster",
-            "executor",
-            "--scheduler",
-            address,
-            "--concurrency",
-            &concurrency.to_string(),
-        ])
-        .args(["--port", &free_port().to_string()])
-        .args(["--grpc-port", &free_port().to_string()])
-        .arg("--work-dir")
-        .arg(work)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = first_line(&mut executor);
-    assert!(line.starts_with("weir cluster executor on "), "{line}");
-    Process(executor)
+    for attempt in 1..=3 {
+        let mut executor = weir()
+            .args([
+                "cluster",
+                "executor",
+                "--scheduler",
+                address,
+                "--concurrency",
+                &concurrency.to_string(),
+            ])
+            .args(["--port", &free_port().to_string()])
+            .args(["--grpc-port", &free_port().to_string()])
+            .arg("--work-dir")
+            .arg(work)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = first_line(&mut executor);
+        if line.is_empty() && attempt < 3 {
+            let _ = executor.kill();
+            let _ = executor.wait();
+            continue;
+        }
+        assert!(line.starts_with("weir cluster executor on "), "{line}");
+        return Process(executor);
+    }
+    unreachable!("the last attempt returns or fails")
 }
 
 /// A scheduler on a free port, and `executors` executors with one task slot
