@@ -97,7 +97,7 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
         .ok()
         .stdout();
     assert!(r.contains("removed commits of epochs 5 to 10"), "{r}");
-    assert!(r.contains("sink out: removed"), "{r}");
+    assert!(r.contains("sink out (file://") && r.contains("/out): removed"), "{r}");
     assert!(!ws.path(&commit(5)).exists() && ws.path(&commit(4)).exists());
     for f in parquet_files(&ws.path("out")) {
         let name = f.file_name().unwrap().to_str().unwrap();
@@ -609,7 +609,7 @@ fn a_damaged_checkpoint_can_be_rolled_back_to_a_good_epoch() {
         .ok()
         .stdout();
     assert!(
-        r.contains("removed commits of epoch 3") && r.contains("sink out: removed"),
+        r.contains("removed commits of epoch 3") && r.contains("sink out (file://") && r.contains("/out): removed"),
         "{r}"
     );
     for f in parquet_files(&ws.path("out")) {
@@ -690,4 +690,49 @@ fn regenerate_damaged_fixtures() {
         let _ = std::fs::remove_dir_all(ck.join("lease"));
         copy_dir(ws.dir.path(), &root.join(case));
     }
+}
+
+/// A whole job folder copied (job, input, output and checkpoint), then the
+/// original's checkpoint deleted, as the copy refusal says to: the copy's
+/// metadata still names the original's output folder, but its job writes
+/// its relative `'path'` beside it. A rollback of the copy rolls back the
+/// copy's own output, never the original's (which it once emptied, leaving
+/// the later epochs' old files in the copy to be written a second time).
+#[test]
+fn a_rollback_of_a_copied_job_folder_rolls_back_its_own_output() {
+    let (ws, bids) = ran_job();
+    let copy = Workspace::new();
+    copy_dir(ws.dir.path(), copy.dir.path());
+    std::fs::remove_dir_all(ws.path("ck")).unwrap();
+    let original = listing(&ws.path("out"));
+    copy.weir(&["checkpoint", "rollback", "ck", "--to", "4"]).ok();
+    assert_eq!(listing(&ws.path("out")), original, "the original's output untouched");
+    finishes_with_every_row_once(&copy, &bids);
+}
+
+/// A rollback to an epoch that the query made before a `--fresh-state`
+/// change is refused: that epoch's state was the old query's, deleted by
+/// the change, and the changed query would go on from it with none, losing
+/// the rows of the windows open then. The first epoch of the new state is
+/// named, and rolling back to it works.
+#[test]
+fn a_rollback_to_before_a_fresh_state_change_is_refused() {
+    let (ws, _) = ran_job();
+    let before = last_commit(&ws);
+    let later = gen_bids(9, 300, BASE_MS + 400_000, 1500);
+    write_parquet(&ws.path("in/bids-later.parquet"), &later);
+    ws.write("job.sql", &JOB.replace("INTERVAL '10' SECOND))", "INTERVAL '20' SECOND))"));
+    ws.weir(&[&RUN_CK[..], &["--fresh-state"]].concat()).ok();
+    assert!(last_commit(&ws) > before + 1);
+    let e = ws
+        .weir(&["checkpoint", "rollback", "ck", "--to", &before.to_string()])
+        .fails()
+        .stderr();
+    let first = before + 1;
+    assert!(
+        e.contains("before `--fresh-state` dropped the state")
+            && e.contains(&format!("the earliest epoch to roll back to is {first}")),
+        "{e}"
+    );
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", &first.to_string()]).ok();
 }

@@ -312,8 +312,8 @@ async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) ->
                 epochs(&done.offsets),
                 done.state_files
             );
-            for (table, n) in &done.sink_files {
-                outln!("  sink {table}: removed {n} file(s) of later epochs");
+            for (table, url, n) in &done.sink_files {
+                outln!("  sink {table} ({url}): removed {n} file(s) of later epochs");
             }
             outln!("the next run continues after epoch {to} and writes the later output again");
             Ok(())

@@ -415,8 +415,8 @@ pub struct Rollback {
     pub offsets: Vec<u64>,
     /// State files removed.
     pub state_files: usize,
-    /// Per sink, the files removed.
-    pub sink_files: Vec<(String, usize)>,
+    /// Per sink: its table, the folder rolled back, the files removed.
+    pub sink_files: Vec<(String, String, usize)>,
 }
 
 /// Rolls a checkpoint back to the committed epoch `to` (see the module
@@ -483,6 +483,61 @@ pub async fn finish_rollback(
     Ok(Some(to))
 }
 
+/// The folder a sink's output is in now, for a rollback.
+///
+/// The metadata records the folder as the job's last run resolved it
+/// (`url`). A `'path'` that is relative resolves against the directory the
+/// job runs from, so after the job's folder was moved or copied with its
+/// checkpoint, the recorded folder is the old one: rolling it back would
+/// delete another folder's files and leave the later epochs' output where
+/// the job writes, to be written a second time. So a relative path is
+/// resolved here too, against this process's directory, and when that gives
+/// another folder the recorded folder's owner record decides: if it names
+/// this checkpoint at its present place, nothing moved (the rollback runs
+/// from another directory) and the recorded folder is the one; otherwise
+/// the checkpoint moved or is a copy, and the folder its job writes now is
+/// the one found here, which must hold this query's output.
+async fn sink_folder(ck: &Checkpoint, s: &weir_storage::SinkRecord, options: &StoreOptions) -> Result<String> {
+    let relative = !s.path.is_empty() && !s.path.contains("://") && !std::path::Path::new(&s.path).is_absolute();
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let here = match Location::open(&s.path, options, Create::No) {
+        Ok(loc) if relative => loc,
+        _ => return Ok(s.url.clone()),
+    };
+    if same(here.url(), &s.url) {
+        return Ok(s.url.clone());
+    }
+    let recorded_owner = match Location::open(&s.url, options, Create::No) {
+        Ok(loc) => weir_storage::SinkOwner::read(&loc).await.ok().flatten(),
+        Err(_) => None,
+    };
+    if recorded_owner
+        .as_ref()
+        .is_some_and(|o| same(&o.checkpoint, ck.location().url()))
+    {
+        return Ok(s.url.clone());
+    }
+    let meta = ck.read_metadata().await?;
+    let ours = weir_storage::SinkOwner::read(&here)
+        .await
+        .ok()
+        .flatten()
+        .zip(meta)
+        .is_some_and(|(o, m)| o.query_id == m.query_id);
+    if !ours {
+        return Err(Error::Config(format!(
+            "sink '{}' has the relative path '{}': its job's last run wrote it at {}, and this checkpoint \
+             has moved since (or is a copy), while from this directory the path is {}, which does not \
+             hold this query's output. Run the rollback from the directory the job runs from",
+            s.table,
+            s.path,
+            s.url,
+            here.url()
+        )));
+    }
+    Ok(here.url().to_string())
+}
+
 async fn rollback_held(
     ck: &Checkpoint,
     meta: &Metadata,
@@ -518,9 +573,48 @@ async fn rollback_held(
             .await
             .map_err(|e| cannot(e.to_string()))?;
     }
+    // Every state table's generation at `to` must be the current one: an
+    // older one is the state of the query before a `--fresh-state` change,
+    // deleted by it, and the changed query would restart from `to` with
+    // none (the rows of its windows open then lost).
+    if let Some(c) = &commit
+        && let Some(listed) = &c.state
+    {
+        let older: Vec<&str> = listed
+            .iter()
+            .filter(|(table, chains)| chains.generation < meta.state_generation(table))
+            .map(|(table, _)| table.as_str())
+            .collect();
+        if !older.is_empty() {
+            let mut since = None;
+            for &e in commits.iter().filter(|&&e| e > to) {
+                if let Some(later) = ck.commits.read(e).await?
+                    && later.state.as_ref().is_some_and(|l| {
+                        older
+                            .iter()
+                            .all(|t| l.get(*t).is_none_or(|c| c.generation == meta.state_generation(t)))
+                    })
+                {
+                    since = Some(e);
+                    break;
+                }
+            }
+            return Err(cannot(format!(
+                "it was committed by the query as it was before `--fresh-state` dropped the state of {} \
+                 (the query changed since), so that state is gone and the changed query would go on from \
+                 epoch {to} without it, losing the rows of windows open then{}",
+                older.join(", "),
+                match since {
+                    Some(e) => format!("; the earliest epoch to roll back to is {e}"),
+                    None => String::new(),
+                }
+            )));
+        }
+    }
     let mut sinks = Vec::new();
     for s in &meta.sinks {
-        let loc = Location::open(&s.url, store_options, Create::No)
+        let url = sink_folder(ck, s, store_options).await.map_err(|e| cannot(e.to_string()))?;
+        let loc = Location::open(&url, store_options, Create::No)
             .map_err(|e| cannot(format!("sink '{}': {e}", s.table)))?;
         // The folder's files are deleted only if they are this
         // checkpoint's: not another query's, nor those of a copy of this
@@ -534,7 +628,7 @@ async fn rollback_held(
         crate::folders::check_owner(&loc, &me, lease, store_options)
             .await
             .map_err(|e| cannot(e.to_string()))?;
-        sinks.push((s.table.clone(), SinkLayout::new(loc, s.writer.clone())));
+        sinks.push((s.table.clone(), url, SinkLayout::new(loc, s.writer.clone())));
     }
 
     let marker = serde_json::to_vec(&serde_json::json!({ "to": to }))
@@ -545,9 +639,9 @@ async fn rollback_held(
         ck.commits.delete(e).await?;
         done.commits.push(e);
     }
-    for (table, layout) in &sinks {
+    for (table, url, layout) in &sinks {
         let removed = layout.remove_after(to).await?;
-        done.sink_files.push((table.clone(), removed.len()));
+        done.sink_files.push((table.clone(), url.clone(), removed.len()));
     }
     for op in ck.state_operators().await? {
         for f in ck
