@@ -789,6 +789,38 @@ fn errors_a_user_can_act_on() {
             .stderr();
         assert!(e.contains(expected), "{e}");
     }
+    // A wildcard into subfolders, which DataFusion would answer from the
+    // top folder's files alone.
+    ws.write("g/a/f.csv", "x\n1\n");
+    ws.write("g/top.csv", "x\n3\n");
+    for path in ["g/**/*.csv", "g/*/f.csv"] {
+        let e = ws
+            .weir(&["query", &format!("SELECT * FROM '{path}'")])
+            .fails()
+            .stderr();
+        assert!(e.contains("a wildcard matches the files of one folder only"), "{e}");
+    }
+    // An object store that cannot be reached says so, not "no such file".
+    let e = ws
+        .weir_env(
+            &["query", "SELECT * FROM 's3://bkt/x/'"],
+            &[
+                ("AWS_ENDPOINT", "http://127.0.0.1:1"),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_ACCESS_KEY_ID", "x"),
+                ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+            ],
+        )
+        .fails()
+        .stderr();
+    assert!(e.contains("cannot read 's3://bkt/x/'") && e.contains("Connection refused"), "{e}");
+    assert!(!e.contains("not-a-real-secret"), "{e}");
+    // A script saved with a byte order mark, and nested values as CSV.
+    let out = ws
+        .weir_input(&["--format", "csv", "-f", "-"], "\u{feff}SELECT make_array(1, 2) AS l, 7 AS n;")
+        .ok()
+        .stdout();
+    assert_eq!(out, "l,n\n\"[1, 2]\",7\n");
     // A sink's declared type that the query's does not convert to.
     ws.write(
         "typed.sql",

@@ -377,6 +377,19 @@ fn the_history_keeps_no_statement_with_a_known_or_mistyped_secret() {
     assert!(history.contains("'s3.secret_access_key' = '***'"), "{history}");
 }
 
+/// `weir query` on a terminal prints every row: it is one command whose
+/// output was asked for (the shell cuts tables at `\maxrows`, a setting
+/// `weir query` has no way to change).
+#[test]
+fn weir_query_on_a_terminal_prints_every_row() {
+    let (ws, _) = workspace();
+    let t = Term::spawn(&ws, &["query", "SELECT value FROM generate_series(1, 45)"]);
+    assert_eq!(t.wait_exit(), 0);
+    let raw = t.raw();
+    assert!(raw.contains("(45 rows)") && raw.contains(" 45 |"), "{raw}");
+    assert!(!raw.contains("rows shown"), "{raw}");
+}
+
 #[test]
 fn tab_completes_table_names() {
     let (ws, _) = workspace();

@@ -364,9 +364,19 @@ fn progress_line(p: &BatchProgress) -> String {
     line
 }
 
+/// SQL text without the UTF-8 byte order mark some editors (on Windows)
+/// put first: the parser would read it as part of the first word.
+fn without_bom(text: String) -> String {
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
+}
+
 /// `weir run`; `Some(code)` when it was stopped before its input was done.
 async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     let sql = std::fs::read_to_string(&args.job)
+        .map(without_bom)
         .with_context(|| format!("cannot read the job file {}", args.job.display()))?;
     // Secrets are known before anything else, so that no error (not even
     // one about the text not parsing) prints them.
@@ -584,6 +594,9 @@ fn query(
 ) -> Result<()> {
     let mut shell = Shell::new(redactor, shell::interrupts(rt, false), store_options_from_env()?);
     shell.set_format(format);
+    // One command's output, asked for: every row, as `psql -c` prints
+    // them (the shell's `\maxrows` cut and its hint are for a session).
+    shell.set_max_rows(0);
     if let Some(address) = cluster {
         shell.set_cluster(scheduler_url(address)?);
     }
@@ -708,10 +721,11 @@ fn shell_mode(rt: &tokio::runtime::Runtime, cli: &Cli, redactor: Redactor) -> Re
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading standard input")?;
-            return Ok((text, "<stdin>".into()));
+            return Ok((without_bom(text), "<stdin>".into()));
         }
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map(without_bom)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Ok((text, path.display().to_string()))
     };
     let script = |shell: &mut Shell, path: &Path| -> Result<Flow> {
@@ -821,6 +835,7 @@ fn weir_main() -> ExitCode {
     if let Some(Command::Run(args)) = &cli.command {
         // The job may set its threads (`SET threads`); the flag wins.
         let job = std::fs::read_to_string(&args.job)
+            .map(without_bom)
             .ok()
             .and_then(|sql| weir_sql::Job::parse(&sql).ok());
         if let Ok(settings) = RunSettings::of(args, job.as_ref()) {

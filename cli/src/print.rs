@@ -195,13 +195,43 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Rows as CSV lines (no header).
+/// Rows as CSV lines (no header). A nested value (list, struct, map),
+/// which CSV has no form for, is written as the table shows it
+/// (`[1, 2]`, `{a: 1}`), quoted as CSV needs.
 pub fn csv_rows(out: &mut dyn Write, batch: &RecordBatch) -> Result<()> {
     let mut w = datafusion::arrow::csv::WriterBuilder::new()
         .with_header(false)
         .build(out);
-    w.write(batch)?;
+    w.write(&nested_as_text(batch)?)?;
     Ok(())
+}
+
+/// `batch` with its nested columns as text (see [`csv_rows`]).
+fn nested_as_text(batch: &RecordBatch) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{Array, ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::Field;
+    use std::sync::Arc;
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    let options = FormatOptions::default();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.capacity());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if f.data_type().is_nested() {
+            let shown = ArrayFormatter::try_new(c.as_ref(), &options)?;
+            let text: StringArray = (0..c.len())
+                .map(|i| c.is_valid(i).then(|| shown.value(i).to_string()))
+                .collect();
+            fields.push(Field::new(f.name(), DataType::Utf8, true));
+            columns.push(Arc::new(text));
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(Arc::clone(c));
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
 /// Rows as JSON lines, nulls written out.
@@ -453,6 +483,21 @@ mod tests {
             empty.contains("| ts ") && empty.ends_with("(0 rows)\n"),
             "{empty}"
         );
+    }
+
+    #[test]
+    fn csv_writes_nested_values_as_the_table_shows_them() {
+        use datafusion::arrow::array::{ArrayRef, ListArray};
+        use datafusion::arrow::datatypes::Int64Type;
+        let list = ListArray::from_iter_primitive::<Int64Type, _, _>(vec![Some(vec![Some(1), Some(2)]), None]);
+        let b = RecordBatch::try_from_iter([
+            ("l", Arc::new(list) as ArrayRef),
+            ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        csv_rows(&mut out, &b).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "\"[1, 2]\",1\n,2\n");
     }
 
     #[test]

@@ -105,6 +105,9 @@ impl Default for Settings {
 }
 
 /// Parses a trigger as `weir run --trigger` takes it.
+/// The shortest trigger interval.
+const MIN_TRIGGER: Duration = Duration::from_millis(1);
+
 pub fn parse_trigger(s: &str) -> Result<Trigger> {
     match s {
         "available-now" | "available_now" => Ok(Trigger::AvailableNow),
@@ -115,6 +118,11 @@ pub fn parse_trigger(s: &str) -> Result<Trigger> {
             })?;
             if d.is_zero() {
                 bail!("a trigger interval must be positive");
+            }
+            // Below a millisecond an idle query would spin a core listing
+            // its sources, for no output any sooner than an epoch takes.
+            if d < MIN_TRIGGER {
+                bail!("trigger '{other}': an interval is at least 1ms");
             }
             Ok(Trigger::Interval(d))
         }
@@ -312,6 +320,11 @@ impl Shell {
     /// Sets how results print.
     pub fn set_format(&mut self, format: Format) {
         self.settings.format = format;
+    }
+
+    /// The rows a table shows on a terminal (0: all), as `\maxrows` sets.
+    pub fn set_max_rows(&mut self, rows: usize) {
+        self.settings.max_rows = rows;
     }
 
     /// An error as the user sees it: its message (without the statement
@@ -663,9 +676,12 @@ mod tests {
         );
         assert_eq!(parse_trigger("available-now").unwrap(), Trigger::AvailableNow);
         assert!(parse_trigger("0s").is_err() && parse_trigger("soon").is_err());
+        assert!(parse_trigger("1ns").is_err() && parse_trigger("1ms").is_ok());
         let mut s = shell();
         s.set("SET trigger = 'once'").unwrap();
         s.set("SET drain TO true").unwrap();
+        let e = s.set("SET 'checkpoint_dir' = ''").unwrap_err().to_string();
+        assert!(e.contains("not an empty value"), "{e}");
         s.set("SET 'checkpoint_dir' = '/tmp/ck'").unwrap();
         s.set("SET 'state.ttl' = '1h'").unwrap();
         assert_eq!(s.settings.trigger, Trigger::Once);
@@ -680,6 +696,17 @@ mod tests {
         let text = s.job_text("INSERT INTO out SELECT auction FROM bids").unwrap();
         assert!(text.starts_with("SET 'state.ttl' = '1h';\n"), "{text}");
         weir_sql::Job::parse(&text).unwrap();
+    }
+
+    #[test]
+    fn a_wildcard_into_subfolders_is_refused() {
+        for ok in ["g/*.csv", "g/", "s3://b/x/part-*.parquet", "g/f?.json"] {
+            statements::check_glob(ok).unwrap();
+        }
+        for bad in ["g/**/*.csv", "g/*/f.csv", "g/**", "s3://b/dt=*/x.parquet"] {
+            let e = statements::check_glob(bad).unwrap_err().to_string();
+            assert!(e.contains("one folder only"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -154,6 +154,9 @@ impl Shell {
 
     /// A context with the sinks a statement names registered.
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
+        for r in weir_sql::statement::table_references(sql)? {
+            check_glob(r.table())?;
+        }
         let ctx = match &self.cluster {
             Some(_) => batch::cluster_context(self.settings.threads, &self.store_options),
             None => batch::context(self.settings.threads, &self.store_options),
@@ -170,8 +173,33 @@ impl Shell {
 
     pub(super) async fn batch(&self, sql: &str) -> Result<()> {
         let ctx = self.batch_context(sql).await?;
-        let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
+        let df = match ctx.sql(sql).await {
+            Ok(df) => df,
+            Err(e) => return Err(self.batch_error_why(&e).await),
+        };
         self.print_dataframe(df).await
+    }
+
+    /// [`Shell::batch_error`], and for a table on an object store
+    /// (`s3://...`) that DataFusion did not find, why: DataFusion says "not
+    /// found" whatever went wrong (the store refused the credentials, or
+    /// could not be reached), so the folder is listed here to tell.
+    pub(super) async fn batch_error_why(&self, e: &datafusion::error::DataFusionError) -> anyhow::Error {
+        let Some(name) = missing_table(e).filter(|n| n.contains("://") && !n.starts_with("file://")) else {
+            return self.batch_error(e);
+        };
+        let listed = match weir_storage::Location::open(&name, &self.store_options, weir_storage::location::Create::No) {
+            Ok(loc) => loc.list("").await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Err(e) => anyhow!("cannot read '{name}': {e}"),
+            Ok(files) if files.is_empty() => anyhow!("no such file or folder: '{name}'"),
+            Ok(_) => anyhow!(
+                "'{name}' holds no file to read (no .parquet, .csv, .json or .arrow file; a sink's \
+                 folder has none until its first epoch commits)"
+            ),
+        }
     }
 
     /// A batch query's planning error as a user reads it: a table DataFusion
@@ -179,15 +207,7 @@ impl Shell {
     /// that is not declared.
     pub(super) fn batch_error(&self, e: &datafusion::error::DataFusionError) -> anyhow::Error {
         let msg = strip_df(e);
-        let missing = msg
-            .strip_prefix("table '")
-            .and_then(|rest| rest.split_once("' not found"))
-            .map(|(name, _)| {
-                name.strip_prefix("datafusion.public.")
-                    .unwrap_or(name)
-                    .to_string()
-            });
-        match missing {
+        match missing_table(e) {
             Some(name) if name.contains('/') || name.contains('.') || name.contains("://") => {
                 // DataFusion says "not found" of a folder with no file it can
                 // read, and of a file of a kind it does not know, too.
@@ -465,7 +485,10 @@ impl Shell {
         };
         if !streaming {
             let ctx = self.batch_context(sql).await?;
-            let df = ctx.sql(sql).await.map_err(|e| self.batch_error(&e))?;
+            let df = match ctx.sql(sql).await {
+                Ok(df) => df,
+                Err(e) => return Err(self.batch_error_why(&e).await),
+            };
             return self.print_dataframe(df).await;
         }
         if analyze {
@@ -592,4 +615,34 @@ impl Shell {
             )),
         }
     }
+}
+
+/// The table a DataFusion planning error says it did not find.
+fn missing_table(e: &datafusion::error::DataFusionError) -> Option<String> {
+    strip_df(e)
+        .strip_prefix("table '")
+        .and_then(|rest| rest.split_once("' not found"))
+        .map(|(name, _)| {
+            name.strip_prefix("datafusion.public.")
+                .unwrap_or(name)
+                .to_string()
+        })
+}
+
+/// Refuses a quoted path whose wildcards reach into subfolders (`'g/**/*.csv'`,
+/// `'g/*/f.csv'`): DataFusion reads only the files directly in the folder
+/// before the first wildcard, so such a glob would silently leave out every
+/// file it matches in a subfolder.
+pub(super) fn check_glob(name: &str) -> Result<()> {
+    let path = name.split_once("://").map_or(name, |(_, rest)| rest);
+    let wild = |part: &str| part.contains(['*', '?', '[']);
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let last = parts.pop().unwrap_or_default();
+    if parts.iter().any(|p| wild(p)) || last.contains("**") {
+        bail!(
+            "'{name}': a wildcard matches the files of one folder only (such as 'logs/*.csv'); files in \
+             subfolders are not read that way. Query each folder, or UNION ALL them"
+        );
+    }
+    Ok(())
 }
