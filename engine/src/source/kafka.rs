@@ -575,10 +575,27 @@ fn startup_of(decl: &TableDecl) -> Result<Startup> {
                 let (p, o) = part.split_once(',').ok_or_else(bad)?;
                 let p = p.trim().strip_prefix("partition:").ok_or_else(bad)?;
                 let o = o.trim().strip_prefix("offset:").ok_or_else(bad)?;
-                offsets.insert(
+                let (p, o) = (
                     p.trim().parse::<i32>().map_err(|_| bad())?,
                     o.trim().parse::<i64>().map_err(|_| bad())?,
                 );
+                // Offsets and partitions count from 0: Kafka reads a
+                // negative offset as out of range (and some brokers answer
+                // it with records read twice).
+                if p < 0 || o < 0 {
+                    return Err(config_err(
+                        table,
+                        format!(
+                            "'scan.startup.specific-offsets': in '{part}', partitions and offsets count from 0"
+                        ),
+                    ));
+                }
+                if offsets.insert(p, o).is_some() {
+                    return Err(config_err(
+                        table,
+                        format!("'scan.startup.specific-offsets' names partition {p} twice"),
+                    ));
+                }
             }
             Startup::Specific(offsets)
         }
@@ -1148,16 +1165,33 @@ impl KafkaSource {
                         }
                         continue;
                     }
-                    empty = 0;
+                    let from = at;
                     for r in records {
                         if r.offset >= range.end {
                             at = range.end;
                             break;
                         }
+                        // Offsets only go up: a record at or before one
+                        // already taken is one a broker sent twice (some
+                        // answer with overlapping batches), and is dropped,
+                        // as the Java consumer drops it.
+                        if r.offset < at {
+                            continue;
+                        }
                         at = r.offset + 1;
                         if r.offset >= range.start {
                             out.push(r);
                         }
+                    }
+                    // Only records before `at` (a batch whose later records
+                    // were compacted away) count as an empty answer.
+                    if at == from {
+                        empty += 1;
+                        if empty >= 3 || high <= at {
+                            break;
+                        }
+                    } else {
+                        empty = 0;
                     }
                 }
                 Err(e) if is_out_of_range(&e) => {
@@ -1687,7 +1721,9 @@ async fn scan(
         bytes_per_record = bytes as f64 / records.len() as f64;
         let mut cut = false;
         for r in records {
-            if r.offset < start {
+            // Before the range, or (from a broker answering with
+            // overlapping batches) at or before a record already taken.
+            if r.offset < end {
                 continue;
             }
             if out.len() >= budget || limit.is_some_and(|l| r.offset >= l) {
@@ -2433,5 +2469,17 @@ mod tests {
         );
         let s = KafkaSource::open(&d).unwrap();
         assert_eq!(s.startup, Startup::Specific(BTreeMap::from([(0, 42), (3, 7)])));
+        for (value, says) in [
+            ("partition:0,offset:-3", "count from 0"),
+            ("partition:-1,offset:3", "count from 0"),
+            ("partition:0,offset:1;partition:0,offset:2", "partition 0 twice"),
+        ] {
+            let d = decl(
+                "v BIGINT",
+                &format!(", 'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{value}'"),
+            );
+            let e = KafkaSource::open(&d).err().expect(value).to_string();
+            assert!(e.contains(says), "{value}: {e}");
+        }
     }
 }
