@@ -30,6 +30,22 @@ use crate::{Error, FORMAT_VERSION, Result};
 /// The metadata key holding the format version.
 pub const VERSION_KEY: &str = "weir.format_version";
 
+/// The metadata key of a state file's checksum, `<n>:<crc>`: the CRC-32
+/// (hex) of the file's first n bytes, which hold every row group's pages
+/// (what follows them is the page index and the footer, where this key
+/// is). Parquet's own page checksums are optional and not written by the
+/// Rust writer, and a changed byte in an uncompressed page (an integer, a
+/// string) decodes to another value without an error: a damaged state file
+/// would restore wrong state silently. [`decode`] checks the sum when a
+/// file has one (state files of older Weirs have none).
+pub const CHECKSUM_KEY: &str = "weir.crc32";
+
+/// The [`CHECKSUM_KEY`] entry for the bytes written so far.
+fn checksum_entry(buf: &Chunks) -> KeyValue {
+    let (n, crc) = buf.checksum();
+    KeyValue::new(CHECKSUM_KEY.into(), format!("{n}:{crc:08x}"))
+}
+
 /// Encoded output, gathered in chunks of [`CHUNK_BYTES`] rather than one
 /// growing buffer: a buffer that doubles as a file grows copies the file
 /// again at every step and faults in fresh pages for it (Nexmark q20, whose
@@ -67,6 +83,17 @@ impl std::io::Write for Chunks {
 }
 
 impl Chunks {
+    /// The bytes written so far and their CRC-32 (see [`CHECKSUM_KEY`]).
+    fn checksum(&self) -> (usize, u32) {
+        let mut h = crc32fast::Hasher::new();
+        let mut n = 0;
+        for c in self.done.iter().map(|b| &b[..]).chain([&self.current[..]]) {
+            h.update(c);
+            n += c.len();
+        }
+        (n, h.finalize())
+    }
+
     fn finish(mut self) -> PutPayload {
         if !self.current.is_empty() {
             self.done.push(Bytes::from(self.current));
@@ -286,6 +313,11 @@ fn encode_parallel_with(
         }
         row_group.close().map_err(|e| err(&e))?;
     }
+    if state {
+        writer.flush().map_err(|e| err(&e))?;
+        let entry = checksum_entry(writer.inner());
+        writer.append_key_value_metadata(entry);
+    }
     writer.close().map_err(|e| err(&e))?;
     Ok(buf.finish())
 }
@@ -331,6 +363,12 @@ fn encode_with(
     let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(schema), Some(props)).map_err(|e| err(&e))?;
     for batch in batches {
         writer.write(batch).map_err(|e| err(&e))?;
+    }
+    if state {
+        writer.flush().map_err(|e| err(&e))?;
+        writer.sync().map_err(|e| err(&e))?;
+        let entry = checksum_entry(writer.inner());
+        writer.append_key_value_metadata(entry);
     }
     writer.close().map_err(|e| err(&e))?;
     Ok(buf.finish())
@@ -511,6 +549,18 @@ pub fn decode(url: &str, epoch: Option<u64>, bytes: Bytes) -> Result<Decoded> {
             found: version,
             supported: FORMAT_VERSION,
         });
+    }
+    if let Some(entry) = metadata.get(CHECKSUM_KEY) {
+        let (n, crc) = entry
+            .split_once(':')
+            .and_then(|(n, crc)| Some((n.parse::<usize>().ok()?, u32::from_str_radix(crc, 16).ok()?)))
+            .ok_or_else(|| corrupt(format!("its {CHECKSUM_KEY} entry '{entry}' is not <bytes>:<crc>")))?;
+        if bytes.get(..n).is_none_or(|b| crc32fast::hash(b) != crc) {
+            return Err(corrupt(
+                "its checksum does not match its contents: the file was changed or damaged after it was written"
+                    .into(),
+            ));
+        }
     }
     let schema = Arc::clone(builder.schema());
     let batch_rows = read_batch_rows(builder.metadata());
@@ -769,5 +819,47 @@ mod tests {
             err.contains("mem://s/3.parquet") && err.contains("epoch 3"),
             "{err}"
         );
+    }
+
+    /// Any byte of a state file's pages changed is found by its checksum,
+    /// on either encoding path; before, an integer or a string in an
+    /// uncompressed page decoded to another value without an error.
+    #[test]
+    fn a_changed_byte_of_a_state_file_fails_its_checksum() {
+        let b = batch();
+        let n = PARALLEL_MIN_ROWS + 10;
+        let big = RecordBatch::try_new(
+            b.schema(),
+            vec![
+                Arc::new(StringArray::from_iter((0..n).map(|i| (i % 3 > 0).then(|| format!("k{}", i % 97))))),
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i * 7))),
+            ],
+        )
+        .unwrap();
+        for (rows, threads) in [(b.clone(), 1), (big, 4)] {
+            let bytes = contiguous(
+                &encode_state_parallel("x", &b.schema(), std::slice::from_ref(&rows), &BTreeMap::new(), threads)
+                    .unwrap(),
+            );
+            let decoded = decode("x", None, bytes.clone()).unwrap();
+            assert_eq!(decoded.batches.iter().map(RecordBatch::num_rows).sum::<usize>(), rows.num_rows());
+            let entry = decoded.metadata.get(CHECKSUM_KEY).expect("a checksum");
+            let covered: usize = entry.split_once(':').unwrap().0.parse().unwrap();
+            assert!(covered > 4 && covered < bytes.len(), "{entry}");
+            // Bytes of the pages, after the magic number: every one of a
+            // small file, 100 spread over a large one.
+            let step = ((covered - 4) / 100).max(1);
+            for at in (4..covered).step_by(step) {
+                let mut changed = bytes.to_vec();
+                changed[at] ^= 0x5a;
+                let err = decode("mem://s/7.parquet", Some(7), Bytes::from(changed))
+                    .expect_err("a changed byte is an error")
+                    .to_string();
+                assert!(err.contains("mem://s/7.parquet"), "{err}");
+            }
+        }
+        // Sink files carry no checksum (any tool reads them).
+        let sink = contiguous(&encode("x", &b.schema(), &[b], &BTreeMap::new()).unwrap());
+        assert!(!decode("x", None, sink).unwrap().metadata.contains_key(CHECKSUM_KEY));
     }
 }

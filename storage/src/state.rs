@@ -33,8 +33,9 @@
 //! restored from a listing, as they were written (one file per epoch).
 //!
 //! Files carry key-value metadata: `weir.operator`, `weir.epoch`,
-//! `weir.kind`, `weir.unit_key_len`, and `weir.shard` (`k/n`) for a
-//! shard's file.
+//! `weir.kind`, `weir.unit_key_len`, `weir.shard` (`k/n`) for a shard's
+//! file, and `weir.crc32`, the checksum of the file's pages
+//! ([`crate::codec::CHECKSUM_KEY`]), checked whenever it is read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
