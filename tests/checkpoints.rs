@@ -97,7 +97,10 @@ fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
         .ok()
         .stdout();
     assert!(r.contains("removed commits of epochs 5 to 10"), "{r}");
-    assert!(r.contains("sink out (file://") && r.contains("/out): removed"), "{r}");
+    assert!(
+        r.contains("sink out (file://") && r.contains("/out): removed"),
+        "{r}"
+    );
     assert!(!ws.path(&commit(5)).exists() && ws.path(&commit(4)).exists());
     for f in parquet_files(&ws.path("out")) {
         let name = f.file_name().unwrap().to_str().unwrap();
@@ -609,7 +612,9 @@ fn a_damaged_checkpoint_can_be_rolled_back_to_a_good_epoch() {
         .ok()
         .stdout();
     assert!(
-        r.contains("removed commits of epoch 3") && r.contains("sink out (file://") && r.contains("/out): removed"),
+        r.contains("removed commits of epoch 3")
+            && r.contains("sink out (file://")
+            && r.contains("/out): removed"),
         "{r}"
     );
     for f in parquet_files(&ws.path("out")) {
@@ -706,7 +711,11 @@ fn a_rollback_of_a_copied_job_folder_rolls_back_its_own_output() {
     std::fs::remove_dir_all(ws.path("ck")).unwrap();
     let original = listing(&ws.path("out"));
     copy.weir(&["checkpoint", "rollback", "ck", "--to", "4"]).ok();
-    assert_eq!(listing(&ws.path("out")), original, "the original's output untouched");
+    assert_eq!(
+        listing(&ws.path("out")),
+        original,
+        "the original's output untouched"
+    );
     finishes_with_every_row_once(&copy, &bids);
 }
 
@@ -721,7 +730,10 @@ fn a_rollback_to_before_a_fresh_state_change_is_refused() {
     let before = last_commit(&ws);
     let later = gen_bids(9, 300, BASE_MS + 400_000, 1500);
     write_parquet(&ws.path("in/bids-later.parquet"), &later);
-    ws.write("job.sql", &JOB.replace("INTERVAL '10' SECOND))", "INTERVAL '20' SECOND))"));
+    ws.write(
+        "job.sql",
+        &JOB.replace("INTERVAL '10' SECOND))", "INTERVAL '20' SECOND))"),
+    );
     ws.weir(&[&RUN_CK[..], &["--fresh-state"]].concat()).ok();
     assert!(last_commit(&ws) > before + 1);
     let e = ws
@@ -734,7 +746,8 @@ fn a_rollback_to_before_a_fresh_state_change_is_refused() {
             && e.contains(&format!("the earliest epoch to roll back to is {first}")),
         "{e}"
     );
-    ws.weir(&["checkpoint", "rollback", "ck", "--to", &first.to_string()]).ok();
+    ws.weir(&["checkpoint", "rollback", "ck", "--to", &first.to_string()])
+        .ok();
 }
 
 /// One changed byte in a state file's pages (disk or copy damage) stops
@@ -749,7 +762,10 @@ fn a_changed_byte_in_a_state_file_is_found_not_restored() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
         .collect();
-    let op = ops.iter().find(|o| !o.starts_with("source-")).expect("an operator's state");
+    let op = ops
+        .iter()
+        .find(|o| !o.starts_with("source-"))
+        .expect("an operator's state");
     let shards = named_by_commit(&ws, last, op);
     let epoch = *shards[0].last().unwrap();
     let name = state_file_names(&ws, op)
@@ -763,5 +779,8 @@ fn a_changed_byte_in_a_state_file_is_found_not_restored() {
     let e = ws.weir(&RUN_CK).fails().stderr();
     assert!(e.contains(&name) && e.contains("checksum does not match"), "{e}");
     let inspect = ws.weir(&["checkpoint", "inspect", "ck"]).fails().stdout();
-    assert!(inspect.contains(&name) && inspect.contains("checksum"), "{inspect}");
+    assert!(
+        inspect.contains(&name) && inspect.contains("checksum"),
+        "{inspect}"
+    );
 }

@@ -682,6 +682,59 @@ fn a_null_for_a_not_null_sink_column_stops_the_epoch() {
 /// A changed query may not change the type of a column its sink has
 /// output for (the folder would no longer read as one table), not even
 /// with --fresh-state; a new column is fine.
+/// A query change that computes a group key or an aggregate's argument
+/// another way under the same name, through a view, is refused like a
+/// changed `GROUP BY`: the operator's state holds the old keys and sums,
+/// and mixing them with new ones gave wrong windows. A column added to the
+/// view or a filter is still a compatible change.
+#[test]
+fn a_view_that_computes_a_key_another_way_is_a_changed_query() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let job = |view: &str| {
+        job_with(
+            "SELECT window_start, window_end, auction, COUNT(*) AS n, SUM(price) AS s
+             FROM TABLE(TUMBLE(TABLE b2, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, auction",
+            "",
+            "",
+        )
+        .replace(
+            "CREATE TABLE out",
+            &format!("CREATE VIEW b2 AS {view};\n CREATE TABLE out"),
+        )
+    };
+    ws.write("job.sql", &job("SELECT auction, price, date_time FROM bids"));
+    run_now(&ws, "job.sql", &[]).ok();
+    for (view, says) in [
+        (
+            "SELECT auction % 5 AS auction, price, date_time FROM bids",
+            "auction=auction % 5",
+        ),
+        (
+            "SELECT price AS auction, auction AS price, date_time FROM bids",
+            "auction=price; price=auction",
+        ),
+        (
+            "SELECT auction, price * 100 AS price, date_time FROM bids",
+            "price=price * 100",
+        ),
+    ] {
+        ws.write("job.sql", &job(view));
+        let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+        assert!(
+            e.contains("computes something else") && e.contains(says),
+            "{view}: {e}"
+        );
+    }
+    ws.write(
+        "job.sql",
+        &job("SELECT auction, price, date_time, price + 1 AS more FROM bids WHERE price > 0"),
+    );
+    let r = run_now(&ws, "job.sql", &[]).ok().stderr();
+    assert!(r.contains("continuing with its state"), "{r}");
+}
+
 #[test]
 fn a_changed_query_may_not_retype_a_sink_column() {
     let ws = Workspace::new();
@@ -798,7 +851,10 @@ fn errors_a_user_can_act_on() {
             .weir(&["query", &format!("SELECT * FROM '{path}'")])
             .fails()
             .stderr();
-        assert!(e.contains("a wildcard matches the files of one folder only"), "{e}");
+        assert!(
+            e.contains("a wildcard matches the files of one folder only"),
+            "{e}"
+        );
     }
     // An object store that cannot be reached says so, not "no such file".
     let e = ws
@@ -813,11 +869,17 @@ fn errors_a_user_can_act_on() {
         )
         .fails()
         .stderr();
-    assert!(e.contains("cannot read 's3://bkt/x/'") && e.contains("Connection refused"), "{e}");
+    assert!(
+        e.contains("cannot read 's3://bkt/x/'") && e.contains("Connection refused"),
+        "{e}"
+    );
     assert!(!e.contains("not-a-real-secret"), "{e}");
     // A script saved with a byte order mark, and nested values as CSV.
     let out = ws
-        .weir_input(&["--format", "csv", "-f", "-"], "\u{feff}SELECT make_array(1, 2) AS l, 7 AS n;")
+        .weir_input(
+            &["--format", "csv", "-f", "-"],
+            "\u{feff}SELECT make_array(1, 2) AS l, 7 AS n;",
+        )
         .ok()
         .stdout();
     assert_eq!(out, "l,n\n\"[1, 2]\",7\n");

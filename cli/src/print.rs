@@ -489,7 +489,8 @@ mod tests {
     fn csv_writes_nested_values_as_the_table_shows_them() {
         use datafusion::arrow::array::{ArrayRef, ListArray};
         use datafusion::arrow::datatypes::Int64Type;
-        let list = ListArray::from_iter_primitive::<Int64Type, _, _>(vec![Some(vec![Some(1), Some(2)]), None]);
+        let list =
+            ListArray::from_iter_primitive::<Int64Type, _, _>(vec![Some(vec![Some(1), Some(2)]), None]);
         let b = RecordBatch::try_from_iter([
             ("l", Arc::new(list) as ArrayRef),
             ("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),

@@ -497,8 +497,13 @@ pub async fn finish_rollback(
 /// from another directory) and the recorded folder is the one; otherwise
 /// the checkpoint moved or is a copy, and the folder its job writes now is
 /// the one found here, which must hold this query's output.
-async fn sink_folder(ck: &Checkpoint, s: &weir_storage::SinkRecord, options: &StoreOptions) -> Result<String> {
-    let relative = !s.path.is_empty() && !s.path.contains("://") && !std::path::Path::new(&s.path).is_absolute();
+async fn sink_folder(
+    ck: &Checkpoint,
+    s: &weir_storage::SinkRecord,
+    options: &StoreOptions,
+) -> Result<String> {
+    let relative =
+        !s.path.is_empty() && !s.path.contains("://") && !std::path::Path::new(&s.path).is_absolute();
     let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
     let here = match Location::open(&s.path, options, Create::No) {
         Ok(loc) if relative => loc,
@@ -613,7 +618,9 @@ async fn rollback_held(
     }
     let mut sinks = Vec::new();
     for s in &meta.sinks {
-        let url = sink_folder(ck, s, store_options).await.map_err(|e| cannot(e.to_string()))?;
+        let url = sink_folder(ck, s, store_options)
+            .await
+            .map_err(|e| cannot(e.to_string()))?;
         let loc = Location::open(&url, store_options, Create::No)
             .map_err(|e| cannot(format!("sink '{}': {e}", s.table)))?;
         // The folder's files are deleted only if they are this

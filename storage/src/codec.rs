@@ -831,18 +831,29 @@ mod tests {
         let big = RecordBatch::try_new(
             b.schema(),
             vec![
-                Arc::new(StringArray::from_iter((0..n).map(|i| (i % 3 > 0).then(|| format!("k{}", i % 97))))),
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 3 > 0).then(|| format!("k{}", i % 97))),
+                )),
                 Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i * 7))),
             ],
         )
         .unwrap();
         for (rows, threads) in [(b.clone(), 1), (big, 4)] {
             let bytes = contiguous(
-                &encode_state_parallel("x", &b.schema(), std::slice::from_ref(&rows), &BTreeMap::new(), threads)
-                    .unwrap(),
+                &encode_state_parallel(
+                    "x",
+                    &b.schema(),
+                    std::slice::from_ref(&rows),
+                    &BTreeMap::new(),
+                    threads,
+                )
+                .unwrap(),
             );
             let decoded = decode("x", None, bytes.clone()).unwrap();
-            assert_eq!(decoded.batches.iter().map(RecordBatch::num_rows).sum::<usize>(), rows.num_rows());
+            assert_eq!(
+                decoded.batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                rows.num_rows()
+            );
             let entry = decoded.metadata.get(CHECKSUM_KEY).expect("a checksum");
             let covered: usize = entry.split_once(':').unwrap().0.parse().unwrap();
             assert!(covered > 4 && covered < bytes.len(), "{entry}");
@@ -860,6 +871,11 @@ mod tests {
         }
         // Sink files carry no checksum (any tool reads them).
         let sink = contiguous(&encode("x", &b.schema(), &[b], &BTreeMap::new()).unwrap());
-        assert!(!decode("x", None, sink).unwrap().metadata.contains_key(CHECKSUM_KEY));
+        assert!(
+            !decode("x", None, sink)
+                .unwrap()
+                .metadata
+                .contains_key(CHECKSUM_KEY)
+        );
     }
 }

@@ -88,7 +88,9 @@ impl Shell {
         };
         match key.as_str() {
             "checkpoint_dir" if value.trim().is_empty() => {
-                bail!("SET checkpoint_dir takes a folder or URL (e.g. '/data/weir-checkpoints'), not an empty value")
+                bail!(
+                    "SET checkpoint_dir takes a folder or URL (e.g. '/data/weir-checkpoints'), not an empty value"
+                )
             }
             "checkpoint_dir" => self.settings.checkpoint_dir = value,
             "trigger" => self.settings.trigger = parse_trigger(&value)?,

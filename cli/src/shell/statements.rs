@@ -188,7 +188,11 @@ impl Shell {
         let Some(name) = missing_table(e).filter(|n| n.contains("://") && !n.starts_with("file://")) else {
             return self.batch_error(e);
         };
-        let listed = match weir_storage::Location::open(&name, &self.store_options, weir_storage::location::Create::No) {
+        let listed = match weir_storage::Location::open(
+            &name,
+            &self.store_options,
+            weir_storage::location::Create::No,
+        ) {
             Ok(loc) => loc.list("").await,
             Err(e) => Err(e),
         };

@@ -232,12 +232,25 @@ pub(crate) fn job_records(
 ) -> Result<Records> {
     let mut r = Records::default();
     for (p, plan, operators) in pipelines {
+        let inputs = crate::driver::operator_inputs(plan);
         for (id, op) in operators {
             let t = op.describe();
+            // `p<k>-agg<n>` (or a side table of it, `p<k>-agg<n>-<name>`):
+            // the n-th operator, whose input columns are `inputs[n]`.
+            let n = id
+                .split_once("-agg")
+                .and_then(|(_, rest)| rest.split('-').next()?.parse::<usize>().ok());
+            // The mark goes in even when nothing below is computed: a
+            // record without it was written by an older Weir.
+            let mut signature = op.signature();
+            signature.push_str(super::INPUTS_MARK);
+            if let Some(i) = n.and_then(|n| inputs.get(n)) {
+                signature.push_str(i);
+            }
             r.operators.push(OperatorRecord {
                 id: id.clone(),
                 kind: op.kind().to_string(),
-                signature: op.signature(),
+                signature,
                 keys: t.keys,
                 values: t.values,
                 evicted_by: t.evicted_by,

@@ -83,7 +83,7 @@ mod remote_epoch;
 mod retention;
 
 use epoch::SnapshotPolicy;
-pub(crate) use open::{PhysicalPipeline, late_sink_tables};
+pub(crate) use open::{PhysicalPipeline, late_sink_tables, operator_inputs};
 pub use options::{
     BatchProgress, EpochHooks, JobOptions, OperatorProgress, RunSummary, SinkProgress, SourceProgress, Step,
     Trigger,

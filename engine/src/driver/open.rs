@@ -655,6 +655,66 @@ fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
     found
 }
 
+/// Per stateful operator of a pipeline's plan, in the order of
+/// [`stateful_operators`] (`p<pipeline>-agg<n>` is the n-th), what the
+/// columns of its input are computed from: every column that a projection
+/// below it (down to the source, or to the operator before it) computes or
+/// renames, `name=expression`, per input (`in0[...]`, `in1[...]` for a
+/// join's two sides). Empty when no projection below computes anything.
+///
+/// An operator's own signature names its keys and arguments by the input
+/// columns' names, so a view or subquery that computes another value under
+/// the same name (`k % 5 AS k`, `v AS k`) left it the same, and a changed
+/// query resumed with state of other keys or sums. This part goes into the
+/// operator's recorded signature (see `claim::job_records`).
+pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    use datafusion::physical_plan::projection::ProjectionExec;
+    /// The computed or renamed columns along the single-input chain below
+    /// an operator's input `plan`, nearest first.
+    fn chain(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = Arc::clone(plan);
+        loop {
+            if crate::exec::stateful_state(at.as_ref()).is_some() {
+                break;
+            }
+            if let Some(p) = at.downcast_ref::<ProjectionExec>() {
+                for e in p.expr() {
+                    let text = crate::compat::signature::strip_column_positions(&e.expr.to_string());
+                    if text != e.alias {
+                        out.push(format!("{}={text}", e.alias));
+                    }
+                }
+            }
+            let children = at.children();
+            let [child] = children.as_slice() else { break };
+            let child = Arc::clone(child);
+            at = child;
+        }
+        out
+    }
+    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+        if crate::exec::stateful_state(plan.as_ref()).is_some() {
+            let inputs: Vec<Vec<String>> = plan.children().into_iter().map(chain).collect();
+            out.push(if inputs.iter().all(Vec::is_empty) {
+                String::new()
+            } else {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!(" in{i}[{}]", c.join("; ")))
+                    .collect::<String>()
+            });
+        }
+        for child in plan.children() {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(plan, &mut out);
+    out
+}
+
 /// The stateful operators of a pipeline's plan, with ids that are stable as
 /// long as the query is (`p<pipeline>-agg<n>`, in plan order).
 fn stateful_operators(

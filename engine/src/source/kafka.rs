@@ -2476,7 +2476,9 @@ mod tests {
         ] {
             let d = decl(
                 "v BIGINT",
-                &format!(", 'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{value}'"),
+                &format!(
+                    ", 'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = '{value}'"
+                ),
             );
             let e = KafkaSource::open(&d).err().expect(value).to_string();
             assert!(e.contains(says), "{value}: {e}");
