@@ -164,6 +164,12 @@ fn a_rollback_killed_midway_is_finished_by_the_next_run() {
     for e in 5..=last {
         std::fs::remove_file(ws.path(&commit(e))).unwrap();
     }
+    // `inspect` says so, and calls none of the files left damage.
+    let inspect = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    assert!(
+        inspect.contains("rollback   to epoch 4, interrupted") && !inspect.contains("problems"),
+        "{inspect}"
+    );
     let r = ws.weir(&[&RUN_CK[..], &["--drain"]].concat()).ok();
     assert!(
         r.stderr().contains("finished the rollback to epoch 4")
@@ -783,4 +789,47 @@ fn a_changed_byte_in_a_state_file_is_found_not_restored() {
         inspect.contains(&name) && inspect.contains("checksum"),
         "{inspect}"
     );
+}
+
+/// An epoch committed but not yet published (the process died between),
+/// whose staged output file was then deleted: `inspect` reports the lost
+/// file, as the next run's recovery stops at it. Before, `inspect` said
+/// nothing was wrong.
+#[test]
+fn inspect_finds_committed_output_that_is_neither_staged_nor_published() {
+    let ws = Workspace::new();
+    let bids = gen_bids(5, 1000, BASE_MS, 1500);
+    write_parquet(&ws.path("in/bids.parquet"), &bids);
+    ws.write("job.sql", JOB);
+    ws.weir_env(&RUN_CK, &[("WEIR_FAILPOINT", "committed@5")])
+        .killed();
+    let staged: Vec<PathBuf> = walk_files(&ws.path("out/_weir/pending"))
+        .into_iter()
+        .filter(|p| p.to_str().unwrap().ends_with(".pending"))
+        .collect();
+    assert!(!staged.is_empty(), "epoch 5's output is staged");
+    ws.weir(&["checkpoint", "inspect", "ck"]).ok();
+    for f in &staged {
+        std::fs::remove_file(f).unwrap();
+    }
+    let out = ws.weir(&["checkpoint", "inspect", "ck"]).fails().stdout();
+    assert!(
+        out.contains("(epoch 5): sink 'out' has committed this file, and it is neither staged nor published"),
+        "{out}"
+    );
+    let e = ws.weir(&RUN_CK).fails().stderr();
+    assert!(e.contains("neither staged nor published"), "{e}");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }

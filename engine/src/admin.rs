@@ -166,6 +166,25 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         Err(e) => problems.push(e.to_string()),
     }
 
+    // A rollback killed midway leaves the files after its epoch for the
+    // next run (or rollback) to delete: they are not damage.
+    let rolling_back = match interrupted_rollback(&ck).await {
+        Ok(Some(to)) => {
+            let _ = writeln!(
+                out,
+                "rollback   to epoch {to}, interrupted: the next `weir run` (or `weir checkpoint rollback {} --to {to}`) \
+                 finishes it",
+                ck.location()
+            );
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            problems.push(e.to_string());
+            false
+        }
+    };
+
     // Epochs.
     let commits = ck.commits.epochs().await.unwrap_or_else(|e| {
         problems.push(e.to_string());
@@ -340,14 +359,37 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         }
     }
     let pending = last_good.map_or(1, |c| c + 1);
-    if let Err(e) = ck
-        .check_orphan_state(
-            commits.last().copied(),
-            offsets.contains(&pending).then_some(pending),
-        )
-        .await
+    if !rolling_back
+        && let Err(e) = ck
+            .check_orphan_state(
+                commits.last().copied(),
+                offsets.contains(&pending).then_some(pending),
+            )
+            .await
     {
         problems.push(e.to_string());
+    }
+    // The last commit's output, which a crash may have left staged: every
+    // file must be staged or published (what the next run's recovery
+    // publishes, and stops at when one is neither).
+    if let (Some(m), Some(&last)) = (&meta, commits.last())
+        && !rolling_back
+    {
+        for s in &m.sinks {
+            let Ok(loc) = Location::open(&s.url, store_options, Create::No) else {
+                continue;
+            };
+            match SinkLayout::new(loc, s.writer.clone()).lost_files(last).await {
+                Ok(lost) => problems.extend(lost.into_iter().map(|url| {
+                    format!(
+                        "{url} (epoch {last}): sink '{}' has committed this file, and it is neither staged nor \
+                         published",
+                        s.table
+                    )
+                })),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
     }
     // One damaged file (metadata.json, read for each table) is one problem.
     let mut seen = std::collections::HashSet::new();

@@ -209,7 +209,11 @@ impl<T: Serialize + DeserializeOwned> EpochLog<T> {
                     return Err(Error::Corrupt {
                         url: self.loc.url_of(&name),
                         epoch: None,
-                        reason: format!("unexpected file in the {} log", self.dir),
+                        reason: format!(
+                            "unexpected file in the {} log (Weir names its entries <epoch>.json, 20 digits; \
+                             move this file out of the checkpoint if it is not one)",
+                            self.dir
+                        ),
                     });
                 }
             }

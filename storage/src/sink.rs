@@ -479,6 +479,26 @@ impl SinkLayout {
         Ok(rows.iter().sum())
     }
 
+    /// The files of a committed epoch that are neither staged nor
+    /// published (committed output lost), without moving any: what
+    /// [`SinkLayout::publish`] would stop at, for `weir checkpoint inspect`.
+    pub async fn lost_files(&self, epoch: u64) -> Result<Vec<String>> {
+        let Some(manifest) = self.manifest(epoch).await? else {
+            return Ok(Vec::new());
+        };
+        let mut lost = Vec::new();
+        for file in manifest.files {
+            let pending = match &file.staged {
+                Some(staged) => staged.clone(),
+                None => format!("_weir/pending/{}/{}.pending", self.writer, file.name),
+            };
+            if self.loc.size(&pending).await?.is_none() && self.loc.size(&file.name).await?.is_none() {
+                lost.push(self.loc.url_of(&file.name));
+            }
+        }
+        Ok(lost)
+    }
+
     /// Publishes one file of a committed epoch; returns its rows.
     async fn publish_file(&self, epoch: u64, file: ManifestFile) -> Result<u64> {
         let pending = match &file.staged {
