@@ -188,7 +188,7 @@ fn csv_file(name: &'static str, bids: &[Bid], first: usize, every: Option<usize>
             match (i / every) % 3 {
                 0 => t.bad(
                     &format!("{},{}", iso(b.ts), b.auction),
-                    "expected 4 fields (as in the header), found 2",
+                    "expected 4 fields (one per column of the table), found 2",
                 ),
                 1 => t.bad(
                     &format!("{},{},cheap,\"x\ny\"", iso(b.ts), b.auction),

@@ -708,6 +708,9 @@ impl KafkaSource {
         if topics.is_empty() {
             return Err(config_err(&table, "'topic' names no topic"));
         }
+        if let Some(t) = topics.iter().enumerate().find_map(|(i, t)| topics[..i].contains(t).then_some(t)) {
+            return Err(config_err(&table, format!("'topic' names '{t}' twice")));
+        }
         let mut metadata = BTreeMap::new();
         for (column, key) in &decl.metadata {
             let idx = schema
@@ -1004,6 +1007,26 @@ impl KafkaSource {
                 Ok(f) => f,
                 Err(e) => return Ok(Err(e)),
             };
+            // A start given for a partition no topic has is said once.
+            if let Startup::Specific(map) = &self.startup
+                && !self.restored
+                && !self.discovered_once
+            {
+                let missing: Vec<String> = map
+                    .keys()
+                    .filter(|p| !found.iter().any(|tp| tp.1 == **p))
+                    .map(i32::to_string)
+                    .collect();
+                if !missing.is_empty() {
+                    self.warnings.push(format!(
+                        "source '{}': 'scan.startup.specific-offsets' names partition(s) {} that the topic \
+                         does not have (it has {}); they are ignored",
+                        self.table,
+                        missing.join(", "),
+                        found.len()
+                    ));
+                }
+            }
             // Partitions that appeared since this run's first discovery (a
             // topic given more partitions), said once as Flink logs them.
             let mut appeared = Vec::new();
@@ -2221,6 +2244,14 @@ impl KafkaSource {
                 if high < start {
                     // The log ends before what the job read: the topic was
                     // deleted and made again, or truncated.
+                    if self.out_of_range == OutOfRange::Fail && !self.progress.contains_key(tp) {
+                        // Nothing read yet: the start came from the options.
+                        return Err(Error::Input(format!(
+                            "source '{}': topic '{}' partition {}: 'scan.startup.specific-offsets' starts it at \
+                             offset {start}, past its end (offset {high}); give an offset from {low} to {high}",
+                            self.table, tp.0, tp.1
+                        )));
+                    }
                     if self.out_of_range == OutOfRange::Fail {
                         return Err(Error::Input(format!(
                             "source '{}': topic '{}' partition {}: the partition now ends at offset {high}, \
@@ -2469,6 +2500,13 @@ mod tests {
         );
         let s = KafkaSource::open(&d).unwrap();
         assert_eq!(s.startup, Startup::Specific(BTreeMap::from([(0, 42), (3, 7)])));
+        let d = weir_sql::job::parse_create_table(
+            "CREATE TABLE k (v BIGINT) WITH ('connector' = 'kafka', 'topic' = 'bids; bids', \
+             'properties.bootstrap.servers' = '127.0.0.1:9092', 'format' = 'json')",
+        )
+        .unwrap();
+        let e = KafkaSource::open(&d).err().expect("a topic twice").to_string();
+        assert!(e.contains("'topic' names 'bids' twice"), "{e}");
         for (value, says) in [
             ("partition:0,offset:-3", "count from 0"),
             ("partition:-1,offset:3", "count from 0"),

@@ -111,7 +111,7 @@ impl CsvRead<'_> {
         let expected = self.schema.fields().len();
         if fields.len() != expected {
             return Err(format!(
-                "expected {expected} fields (as in the header), found {}",
+                "expected {expected} fields (one per column of the table), found {}",
                 fields.len()
             ));
         }

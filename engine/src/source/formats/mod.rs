@@ -533,7 +533,7 @@ mod tests {
             (
                 Some(4),
                 2,
-                "expected 3 fields (as in the header), found 2".into(),
+                "expected 3 fields (one per column of the table), found 2".into(),
                 "2026-01-01T00:00:02,2".into(),
             ),
             (
@@ -610,7 +610,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            err.starts_with("in/a.csv: line 4: expected 3 fields (as in the header), found 2 (a bad record of table 'bids';"),
+            err.starts_with("in/a.csv: line 4: expected 3 fields (one per column of the table), found 2 (a bad record of table 'bids';"),
             "{err}"
         );
         let err = read_as("in/a.csv", BAD_CSV, CSV, strict(), OnError::Fail, 2, 100)
