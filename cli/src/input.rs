@@ -23,9 +23,17 @@ enum State {
     Normal,
     /// Inside a quoted string or identifier closed by this character.
     Quoted(char),
+    /// Inside a dollar-quoted string (`$$...$$`, `$tag$...$tag$`), closed
+    /// by the tag at `chars[.0..][..1]`.
+    Dollar(usize, usize),
     LineComment,
     /// Inside `/* ... */`, nested this deep.
     BlockComment(usize),
+}
+
+/// A character of a word (an identifier, a keyword, a dollar quote's tag).
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
 }
 
 /// The pieces of a text, and whether it ended inside a statement (text after
@@ -39,13 +47,14 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
     let mut start_line = 1;
     let mut content = false;
     let mut line = 1;
-    let mut at_line_start = true;
     let chars: Vec<char> = text.chars().collect();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
         let next = chars.get(i + 1).copied();
-        if at_line_start && state == State::Normal && !content && c == '\\' {
+        // A command: at a line's start, or after a statement's `;` on the
+        // same line (`SELECT 1; \d`), as psql reads it.
+        if state == State::Normal && !content && c == '\\' {
             // A command: the rest of the line.
             let end = chars[i..]
                 .iter()
@@ -63,9 +72,6 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
         }
         if c == '\n' {
             line += 1;
-            at_line_start = true;
-        } else if !c.is_whitespace() {
-            at_line_start = false;
         }
         match state {
             State::Normal => match c {
@@ -93,6 +99,21 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
                     state = State::Quoted(c);
                     mark_content(&mut content, &mut start_line, line, &mut current);
                 }
+                '$' if i == 0 || !is_word(chars[i - 1]) => {
+                    // `$$` or `$tag$` (a tag starts with a letter or `_`;
+                    // `$1` is a parameter).
+                    let tag = chars[i + 1..].iter().take_while(|&&c| is_word(c)).count();
+                    let opens = chars.get(i + 1 + tag) == Some(&'$')
+                        && chars.get(i + 1).is_none_or(|c| !c.is_ascii_digit());
+                    if opens {
+                        state = State::Dollar(i, tag + 2);
+                        mark_content(&mut content, &mut start_line, line, &mut current);
+                        current.extend(&chars[i..i + tag + 2]);
+                        i += tag + 2;
+                        continue;
+                    }
+                    mark_content(&mut content, &mut start_line, line, &mut current);
+                }
                 c if c.is_whitespace() => {}
                 _ => mark_content(&mut content, &mut start_line, line, &mut current),
             },
@@ -101,6 +122,14 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
                     // A doubled quote ('it''s') is an escaped quote: the
                     // string closes here and reopens at once.
                     state = State::Normal;
+                }
+            }
+            State::Dollar(at, len) => {
+                if chars.get(i..i + len) == Some(&chars[at..at + len]) {
+                    current.extend(&chars[i..i + len]);
+                    i += len;
+                    state = State::Normal;
+                    continue;
                 }
             }
             State::LineComment => {
@@ -129,7 +158,11 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
         current.push(c);
         i += 1;
     }
-    let open = content || matches!(state, State::Quoted(_) | State::BlockComment(_));
+    let open = content
+        || matches!(
+            state,
+            State::Quoted(_) | State::Dollar(..) | State::BlockComment(_)
+        );
     if content {
         pieces.push(Piece {
             text: current.trim().to_string(),
@@ -245,6 +278,27 @@ mod tests {
             texts("SELECT 1; -- only a comment\n/* and another */;"),
             vec!["SELECT 1"]
         );
+    }
+
+    /// The quotes the SQL parser reads are the quotes the splitter reads: a
+    /// dollar-quoted string holds `;` and `'` (the shell cut `$$a;b$$` in
+    /// two), and a backslash escapes nothing in a plain string (the parser,
+    /// with its generic dialect, reads `'a\'` as a whole string).
+    #[test]
+    fn dollar_quoted_strings_hold_semicolons_and_quotes() {
+        assert_eq!(texts("SELECT 'a\\';SELECT 2;"), vec!["SELECT 'a\\'", "SELECT 2"]);
+        assert_eq!(texts("SELECT $$a;b'$$;"), vec!["SELECT $$a;b'$$"]);
+        assert_eq!(texts("SELECT $k$a;$$;b$k$, 2;"), vec!["SELECT $k$a;$$;b$k$, 2"]);
+        assert_eq!(texts("SELECT $1;SELECT 2;"), vec!["SELECT $1", "SELECT 2"]);
+        assert!(!is_complete("SELECT $$a;"));
+    }
+
+    #[test]
+    fn a_command_may_follow_a_statement_on_its_line() {
+        let (pieces, open) = split("SELECT 1; \\d\n");
+        assert!(!open);
+        assert_eq!(pieces.len(), 2);
+        assert!(!pieces[0].command && pieces[1].command && pieces[1].text == "\\d");
     }
 
     #[test]

@@ -708,7 +708,11 @@ impl KafkaSource {
         if topics.is_empty() {
             return Err(config_err(&table, "'topic' names no topic"));
         }
-        if let Some(t) = topics.iter().enumerate().find_map(|(i, t)| topics[..i].contains(t).then_some(t)) {
+        if let Some(t) = topics
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| topics[..i].contains(t).then_some(t))
+        {
             return Err(config_err(&table, format!("'topic' names '{t}' twice")));
         }
         let mut metadata = BTreeMap::new();
