@@ -390,6 +390,27 @@ fn weir_query_on_a_terminal_prints_every_row() {
     assert!(!raw.contains("rows shown"), "{raw}");
 }
 
+/// Statements typed on one line after one that fails are not run, and the
+/// shell says so; `CREATE TABLE IF NOT EXISTS` of a declared table leaves
+/// it, and `CREATE OR REPLACE TABLE` says what to do instead.
+#[test]
+fn what_a_failed_line_left_unrun_is_said() {
+    let (ws, _) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.line("SELECT nosuchcol FROM 'in/'; SELECT 2 AS b; SELECT 3 AS c;");
+    t.wait_for("(2 more statements typed with it not run)");
+    t.prompt();
+    t.line("CREATE TABLE IF NOT EXISTS bids (x INT) WITH ('connector' = 'blackhole');");
+    t.wait_for("table bids is already declared; left as it is (IF NOT EXISTS)");
+    t.prompt();
+    t.line("CREATE OR REPLACE TABLE bids (x INT) WITH ('connector' = 'blackhole');");
+    t.wait_for("DROP TABLE bids, then CREATE TABLE bids again");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}
+
 #[test]
 fn tab_completes_table_names() {
     let (ws, _) = workspace();

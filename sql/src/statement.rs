@@ -93,6 +93,28 @@ fn name_of(t: Option<&Token>) -> Option<String> {
     }
 }
 
+/// The table a `CREATE TABLE IF NOT EXISTS <name> ...` declares (`None`
+/// for any other statement).
+pub fn create_if_not_exists(text: &str) -> Result<Option<String>> {
+    let toks = significant(text)?;
+    let word = |i: usize| keyword(toks.get(i));
+    Ok(
+        if (word(0), word(1), word(2), word(3), word(4))
+            == (
+                "CREATE".into(),
+                "TABLE".into(),
+                "IF".into(),
+                "NOT".into(),
+                "EXISTS".into(),
+            )
+        {
+            name_of(toks.get(5))
+        } else {
+            None
+        },
+    )
+}
+
 /// What kind of statement `text` is (one statement, without its `;`).
 pub fn classify(text: &str) -> Result<Statement> {
     let toks = significant(text)?;
@@ -101,6 +123,12 @@ pub fn classify(text: &str) -> Result<Statement> {
     let word = |i: usize| keyword(toks.get(i));
     Ok(match (word(0).as_str(), word(1).as_str()) {
         ("CREATE", "TABLE") => Statement::CreateTable,
+        ("CREATE", "OR") if word(3) == "TABLE" => {
+            return Err(Error::Plan(format!(
+                "CREATE OR REPLACE TABLE is not supported: DROP TABLE {0}, then CREATE TABLE {0} again",
+                name_of(toks.get(4)).unwrap_or_else(|| "...".into())
+            )));
+        }
         ("CREATE", "VIEW") | ("CREATE", "OR") => Statement::CreateView,
         ("DROP", kind @ ("TABLE" | "VIEW")) => {
             let if_exists = word(2) == "IF" && word(3) == "EXISTS";
@@ -266,6 +294,17 @@ mod tests {
             classify("create or replace view v as select 1").unwrap(),
             Statement::CreateView
         );
+        let e = classify("CREATE OR REPLACE TABLE t (a INT)")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DROP TABLE t, then CREATE TABLE t again"), "{e}");
+        assert_eq!(
+            create_if_not_exists("create table if not exists T (a INT)")
+                .unwrap()
+                .as_deref(),
+            Some("t")
+        );
+        assert_eq!(create_if_not_exists("CREATE TABLE t (a INT)").unwrap(), None);
         assert_eq!(
             classify("DROP TABLE IF EXISTS \"T\"").unwrap(),
             Statement::Drop {

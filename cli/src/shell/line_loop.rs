@@ -86,7 +86,8 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
         let mut failed = false;
         if !quit {
             let (pieces, _) = input::split(&text);
-            for piece in pieces {
+            let count = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
                 match rt.block_on(shell.run_piece(&piece)) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) => {
@@ -95,6 +96,15 @@ pub fn interactive(rt: &tokio::runtime::Runtime, shell: &mut Shell, history: Opt
                     }
                     Err(e) => {
                         errln!("error: {}", shell.error_text(&e));
+                        // The rest of what was typed with it is not run
+                        // (it may build on what failed): said, not silent.
+                        let left = count - i - 1;
+                        if left > 0 {
+                            errln!(
+                                "({left} more statement{} typed with it not run)",
+                                if left == 1 { "" } else { "s" }
+                            );
+                        }
                         failed = true;
                         break;
                     }

@@ -64,6 +64,14 @@ impl Shell {
     }
 
     pub(super) fn create_table(&mut self, sql: &str) -> Result<()> {
+        if let Some(name) = weir_sql::statement::create_if_not_exists(sql)?
+            && self.catalog.get(&name).is_some()
+        {
+            out(&format!(
+                "table {name} is already declared; left as it is (IF NOT EXISTS)\n"
+            ))?;
+            return Ok(());
+        }
         let declared = self.catalog.declare(sql)?;
         // Its options are checked now, as `weir run` checks a job's, not at
         // the first statement that uses it (whose line the error named).
