@@ -874,6 +874,27 @@ fn errors_a_user_can_act_on() {
         "{e}"
     );
     assert!(!e.contains("not-a-real-secret"), "{e}");
+    // A declared table asked for with a schema, and a batch query's limit
+    // of operators (not "on a stream").
+    let e = ws
+        .weir_input(
+            &["-f", "-"],
+            "CREATE TABLE t (a BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');\n\
+             SELECT * FROM public.t;",
+        )
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("'t' is declared here without a schema or catalog"),
+        "{e}"
+    );
+    let long = format!("SELECT {} AS n", vec!["1"; 3000].join(" + "));
+    let e = ws.weir(&["query", &long]).fails().stderr();
+    assert!(
+        e.contains("3000 operators in a row") || e.contains("2999 operators in a row"),
+        "{e}"
+    );
+    assert!(!e.contains("on a stream"), "{e}");
     // A script saved with a byte order mark, and nested values as CSV.
     let out = ws
         .weir_input(

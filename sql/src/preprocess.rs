@@ -231,7 +231,8 @@ pub fn check_operator_chains(tokens: &[Token]) -> Result<()> {
         }
     }
     if longest > MAX_OPERATOR_CHAIN {
-        return Err(Error::Unsupported(format!(
+        // A limit of any query, batch or streaming: not "on a stream".
+        return Err(Error::Plan(format!(
             "an expression of {longest} operators in a row is more than Weir plans (at most {MAX_OPERATOR_CHAIN}); \
              for many values of one column write `k IN (...)`, or join with a table of them"
         )));
@@ -246,7 +247,7 @@ pub fn check_sampling(tokens: &[Token]) -> Result<()> {
         .iter()
         .any(|t| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("TABLESAMPLE")))
     {
-        return Err(Error::Unsupported(
+        return Err(Error::Plan(
             "TABLESAMPLE is not supported: it would be ignored and every row read".into(),
         ));
     }

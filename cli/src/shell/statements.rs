@@ -238,6 +238,12 @@ impl Shell {
                     )
                 }
             }
+            // Found by its name alone, so it was asked for with a schema
+            // or catalog before it (`public.bids`), which the shell's
+            // tables do not have.
+            Some(name) if self.catalog.get(&name).is_some() || self.catalog.view(&name).is_some() => {
+                anyhow!("'{name}' is declared here without a schema or catalog: name it as '{name}' alone")
+            }
             Some(name) => {
                 let declared: Vec<&str> = self.catalog.tables().map(|d| d.name()).collect();
                 anyhow!(
