@@ -32,12 +32,18 @@ const ORACLE: &str = "SELECT date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP
         auction, COUNT(*), SUM(price)
  FROM bids GROUP BY 1, 2, 3";
 
-/// `JOB` run into `ck/` over 1,000 bids (10 epochs of 100 rows).
-fn ran_job() -> (Workspace, Vec<Bid>) {
+/// `JOB` over 1,000 bids in a new workspace, not run yet.
+fn job_workspace() -> (Workspace, Vec<Bid>) {
     let ws = Workspace::new();
     let bids = gen_bids(5, 1000, BASE_MS, 1500);
     write_parquet(&ws.path("in/bids.parquet"), &bids);
     ws.write("job.sql", JOB);
+    (ws, bids)
+}
+
+/// `JOB` run into `ck/` over 1,000 bids (10 epochs of 100 rows).
+fn ran_job() -> (Workspace, Vec<Bid>) {
+    let (ws, bids) = job_workspace();
     ws.weir(&RUN_CK).ok();
     (ws, bids)
 }
@@ -65,10 +71,7 @@ fn commit(epoch: u64) -> String {
 
 #[test]
 fn inspect_shows_epochs_state_and_sinks_and_rollback_replaces_later_output() {
-    let ws = Workspace::new();
-    let bids = gen_bids(5, 1000, BASE_MS, 1500);
-    write_parquet(&ws.path("in/bids.parquet"), &bids);
-    ws.write("job.sql", JOB);
+    let (ws, bids) = job_workspace();
     ws.weir(&RUN_CK).ok(); // 10 epochs of 100 rows
 
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
@@ -797,10 +800,7 @@ fn a_changed_byte_in_a_state_file_is_found_not_restored() {
 /// nothing was wrong.
 #[test]
 fn inspect_finds_committed_output_that_is_neither_staged_nor_published() {
-    let ws = Workspace::new();
-    let bids = gen_bids(5, 1000, BASE_MS, 1500);
-    write_parquet(&ws.path("in/bids.parquet"), &bids);
-    ws.write("job.sql", JOB);
+    let (ws, _) = job_workspace();
     ws.weir_env(&RUN_CK, &[("WEIR_FAILPOINT", "committed@5")])
         .killed();
     let staged: Vec<PathBuf> = walk_files(&ws.path("out/_weir/pending"))
