@@ -124,6 +124,18 @@ fn rows_note(n: usize) -> String {
     }
 }
 
+/// A cell's text on one line: a newline or carriage return in a value is
+/// shown as `\n` or `\r` (as DuckDB's tables show them), since a table
+/// would print it as a line break that reads as another row. CSV and JSON
+/// keep the value as it is.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\n', '\r']) {
+        text.replace('\n', "\\n").replace('\r', "\\r").into()
+    } else {
+        text.into()
+    }
+}
+
 /// A whole result as a table: at most `limit` rows (of `total`), then a
 /// note of how many rows there are.
 pub fn table(
@@ -154,7 +166,10 @@ pub fn table(
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
             .collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows().min(left) {
-            t.add_row(fmts.iter().map(|f| Cell::new(f.value(row))));
+            t.add_row(
+                fmts.iter()
+                    .map(|f| Cell::new(one_line(&f.value(row).to_string()))),
+            );
         }
         left = left.saturating_sub(batch.num_rows());
     }
@@ -483,6 +498,12 @@ mod tests {
             empty.contains("| ts ") && empty.ends_with("(0 rows)\n"),
             "{empty}"
         );
+    }
+
+    #[test]
+    fn a_line_break_in_a_value_stays_in_its_row() {
+        assert_eq!(one_line("a\nb\r"), "a\\nb\\r");
+        assert_eq!(one_line("plain"), "plain");
     }
 
     #[test]

@@ -707,6 +707,15 @@ mod tests {
             let e = statements::check_glob(bad).unwrap_err().to_string();
             assert!(e.contains("one folder only"), "{bad}: {e}");
         }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), "x\n1\n").unwrap();
+        std::fs::write(dir.path().join("_ignored.json"), "{}").unwrap();
+        let folder = format!("{}/", dir.path().display());
+        statements::check_glob(&folder).unwrap();
+        std::fs::write(dir.path().join("b.json"), "{\"x\": 2}\n").unwrap();
+        let e = statements::check_glob(&folder).unwrap_err().to_string();
+        assert!(e.contains("holds files of several kinds (.csv, .json)"), "{e}");
+        statements::check_glob(&format!("{folder}*.csv")).unwrap();
     }
 
     #[test]

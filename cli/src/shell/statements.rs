@@ -662,5 +662,35 @@ pub(super) fn check_glob(name: &str) -> Result<()> {
              subfolders are not read that way. Query each folder, or UNION ALL them"
         );
     }
+    // A local folder of files of several kinds: DataFusion would read
+    // those of the kind it saw first and silently leave the others.
+    let local = name.strip_prefix("file://").unwrap_or(name);
+    if !name.contains("://") || name.starts_with("file://") {
+        let kinds: std::collections::BTreeSet<String> = std::fs::read_dir(local)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if file.starts_with(['.', '_']) || !e.file_type().is_ok_and(|t| t.is_file()) {
+                    return None;
+                }
+                let ext = file.rsplit_once('.')?.1.to_ascii_lowercase();
+                ["parquet", "csv", "json", "arrow", "avro"]
+                    .contains(&ext.as_str())
+                    .then_some(ext)
+            })
+            .collect();
+        if kinds.len() > 1 {
+            let kinds: Vec<String> = kinds.into_iter().map(|k| format!(".{k}")).collect();
+            bail!(
+                "'{name}' holds files of several kinds ({}); a folder is read as one kind. Name one kind \
+                 with a wildcard, such as '{}/*{}'",
+                kinds.join(", "),
+                local.trim_end_matches('/'),
+                kinds[0]
+            );
+        }
+    }
     Ok(())
 }
