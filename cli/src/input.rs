@@ -99,12 +99,13 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
                     state = State::Quoted(c);
                     mark_content(&mut content, &mut start_line, line, &mut current);
                 }
-                '$' if i == 0 || !is_word(chars[i - 1]) => {
-                    // `$$` or `$tag$` (a tag starts with a letter or `_`;
-                    // `$1` is a parameter).
+                // Not inside a word: the parser reads `$` in an identifier
+                // (`a$$b`) as part of it.
+                '$' if i == 0 || !(is_word(chars[i - 1]) || chars[i - 1] == '$') => {
+                    // `$$` or `$tag$`, as the parser reads them (`$1` alone
+                    // is a parameter, `$1$...$1$` a quote).
                     let tag = chars[i + 1..].iter().take_while(|&&c| is_word(c)).count();
-                    let opens = chars.get(i + 1 + tag) == Some(&'$')
-                        && chars.get(i + 1).is_none_or(|c| !c.is_ascii_digit());
+                    let opens = chars.get(i + 1 + tag) == Some(&'$');
                     if opens {
                         state = State::Dollar(i, tag + 2);
                         mark_content(&mut content, &mut start_line, line, &mut current);
@@ -290,6 +291,11 @@ mod tests {
         assert_eq!(texts("SELECT $$a;b'$$;"), vec!["SELECT $$a;b'$$"]);
         assert_eq!(texts("SELECT $k$a;$$;b$k$, 2;"), vec!["SELECT $k$a;$$;b$k$, 2"]);
         assert_eq!(texts("SELECT $1;SELECT 2;"), vec!["SELECT $1", "SELECT 2"]);
+        assert_eq!(texts("SELECT $1$a;$1$ AS x;"), vec!["SELECT $1$a;$1$ AS x"]);
+        assert_eq!(
+            texts("SELECT 1 AS a$$b$; SELECT 2;"),
+            vec!["SELECT 1 AS a$$b$", "SELECT 2"]
+        );
         assert!(!is_complete("SELECT $$a;"));
     }
 

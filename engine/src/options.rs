@@ -84,7 +84,11 @@ pub fn check_declared_options(decl: &TableDecl) -> Result<()> {
             all.push(option);
         }
     }
-    check_options(decl, &all)
+    check_options(decl, &all)?;
+    if decl.connector()? == "files" {
+        crate::source::files::check_option_values(decl)?;
+    }
+    Ok(())
 }
 
 /// Refuses a `csv.*` option on a table whose `format` (lower case) is not

@@ -108,7 +108,12 @@ pub fn create_if_not_exists(text: &str) -> Result<Option<String>> {
                 "EXISTS".into(),
             )
         {
-            name_of(toks.get(5))
+            // The last part of a dotted name (`public.t`).
+            let mut at = 5;
+            while matches!(toks.get(at + 1), Some(Token::Period)) {
+                at += 2;
+            }
+            name_of(toks.get(at))
         } else {
             None
         },
@@ -305,6 +310,12 @@ mod tests {
             Some("t")
         );
         assert_eq!(create_if_not_exists("CREATE TABLE t (a INT)").unwrap(), None);
+        assert_eq!(
+            create_if_not_exists("CREATE TABLE IF NOT EXISTS public.t (a INT)")
+                .unwrap()
+                .as_deref(),
+            Some("t")
+        );
         assert_eq!(
             classify("DROP TABLE IF EXISTS \"T\"").unwrap(),
             Statement::Drop {

@@ -670,25 +670,62 @@ fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
 pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     use datafusion::physical_plan::projection::ProjectionExec;
     /// The computed or renamed columns along the single-input chain below
-    /// an operator's input `plan`, nearest first.
+    /// an operator's input `plan`, nearest projection first (each one's in
+    /// name order, so that reordering a view's columns changes nothing).
+    /// Only the columns the operator reads are followed, down through what
+    /// they are computed from: a column a filter alone reads may change.
     fn chain(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+        use std::collections::BTreeSet;
+        let mut needed: BTreeSet<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
         let mut out = Vec::new();
         let mut at = Arc::clone(plan);
         loop {
             if crate::exec::stateful_state(at.as_ref()).is_some() {
                 break;
             }
-            if let Some(p) = at.downcast_ref::<ProjectionExec>() {
-                for e in p.expr() {
-                    let text = crate::compat::signature::strip_column_positions(&e.expr.to_string());
-                    if text != e.alias {
-                        out.push(format!("{}={text}", e.alias));
-                    }
-                }
-            }
             let children = at.children();
             let [child] = children.as_slice() else { break };
             let child = Arc::clone(child);
+            if let Some(p) = at.downcast_ref::<ProjectionExec>() {
+                let mut layer = Vec::new();
+                let mut below = BTreeSet::new();
+                for e in p.expr() {
+                    if !needed.contains(&e.alias) {
+                        continue;
+                    }
+                    below.extend(
+                        datafusion::physical_expr::utils::collect_columns(&e.expr)
+                            .into_iter()
+                            .map(|c| c.name().to_string()),
+                    );
+                    let text = crate::compat::signature::strip_column_positions(&e.expr.to_string());
+                    if text != e.alias {
+                        layer.push(format!("{}={text}", e.alias));
+                    }
+                }
+                layer.sort();
+                out.extend(layer);
+                needed = below;
+            } else {
+                // Other nodes pass their input's columns on by name (a
+                // filter, a repartition) or compute some: a window
+                // assignment its window columns from its time column, any
+                // partial aggregate from its keys and arguments, any other
+                // from what it may read, all of its input.
+                let schema = child.schema();
+                if let Some(p) = at.downcast_ref::<crate::exec::partial_agg::PartialWindowAggExec>() {
+                    needed = p.spec().input_columns().into_iter().collect();
+                } else if needed.iter().any(|n| schema.field_with_name(n).is_err()) {
+                    match at.downcast_ref::<crate::exec::window_assign::WindowAssignExec>() {
+                        Some(w) => {
+                            needed.retain(|n| schema.field_with_name(n).is_ok());
+                            let time = w.config().1;
+                            needed.insert(schema.field(time).name().clone());
+                        }
+                        None => needed.extend(schema.fields().iter().map(|f| f.name().clone())),
+                    }
+                }
+            }
             at = child;
         }
         out

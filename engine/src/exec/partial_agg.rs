@@ -76,6 +76,22 @@ enum Unit {
 }
 
 impl PartialSpec {
+    /// The names of the input columns it reads: its keys', arguments',
+    /// filters' and window unit's.
+    pub fn input_columns(&self) -> Vec<String> {
+        let mut exprs: Vec<&Arc<dyn PhysicalExpr>> = self.agg.keys.iter().map(|(e, _)| e).collect();
+        exprs.extend(self.agg.args.iter().flatten());
+        exprs.extend(self.agg.filters.iter().flatten());
+        if let Unit::Window { start, end } = &self.unit {
+            exprs.extend([start, end]);
+        }
+        exprs
+            .into_iter()
+            .flat_map(datafusion::physical_expr::utils::collect_columns)
+            .map(|c| c.name().to_string())
+            .collect()
+    }
+
     /// The partial aggregate of `final_agg` (the window aggregate's spec,
     /// keyed without its unit), each row's unit given by `start` and `end`.
     pub fn try_new(

@@ -234,6 +234,25 @@ pub(crate) async fn list_visible(loc: &Location) -> Result<Vec<Listed>> {
         .collect())
 }
 
+/// Checks the values of a `files` table's options that do not depend on
+/// its role (source, sink or lookup table), when it is declared: the shell
+/// took `'max_rows_per_batch' = 'abc'` or an empty path at CREATE TABLE and
+/// failed at the first statement that used the table.
+pub(crate) fn check_option_values(decl: &TableDecl) -> Result<()> {
+    if decl.options.get("path").is_some_and(|p| p.trim().is_empty()) {
+        return Err(Error::Config(format!(
+            "table '{}': option 'path' is empty",
+            decl.name
+        )));
+    }
+    if decl.options.get("format").is_some() {
+        format_of(decl)?;
+    }
+    parse_count(decl, "max_files_per_batch", DEFAULT_MAX_FILES)?;
+    parse_count(decl, "max_rows_per_batch", DEFAULT_MAX_ROWS)?;
+    Ok(())
+}
+
 fn parse_count(decl: &TableDecl, key: &str, default: usize) -> Result<usize> {
     match decl.options.get(key) {
         None => Ok(default),

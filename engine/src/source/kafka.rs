@@ -1178,6 +1178,7 @@ impl KafkaSource {
         let mut at = range.fetch_from.unwrap_or(range.start).min(range.start);
         let mut skipped = 0u64;
         let mut empty = 0;
+        let mut stale = 0;
         while at < range.end {
             match pc.fetch_records(at, 1..FETCH_BYTES, FETCH_WAIT_MS).await {
                 Ok((records, high)) => {
@@ -1210,14 +1211,22 @@ impl KafkaSource {
                             out.push(r);
                         }
                     }
-                    // Only records before `at` (a batch whose later records
-                    // were compacted away) count as an empty answer.
+                    // Only records before `at`, answered again and again:
+                    // stop with an error rather than loop, or take the
+                    // range short and lose the records after `at` that
+                    // planning saw.
                     if at == from {
-                        empty += 1;
-                        if empty >= 3 || high <= at {
-                            break;
+                        stale += 1;
+                        if stale >= 3 {
+                            return Err(Error::Input(format!(
+                                "source '{}': topic '{}' partition {}: fetching from offset {at}, the broker \
+                                 answered {stale} times with earlier records only, so offsets {at}..{} cannot \
+                                 be read",
+                                self.table, range.topic, range.partition, range.end
+                            )));
                         }
                     } else {
+                        stale = 0;
                         empty = 0;
                     }
                 }
