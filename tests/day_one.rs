@@ -901,6 +901,27 @@ fn errors_a_user_can_act_on() {
         e.contains("'t' is declared here without a schema or catalog"),
         "{e}"
     );
+    // A bad option value is refused at CREATE TABLE (line 1), not at the
+    // first statement that uses the table.
+    for (option, says) in [
+        (
+            "'max_rows_per_batch' = 'abc'",
+            "must be a positive whole number, not 'abc'",
+        ),
+        ("'csv.delimiter' = ''", "csv.delimiter"),
+    ] {
+        let e = ws
+            .weir_input(
+                &["-f", "-"],
+                &format!(
+                    "CREATE TABLE t (a BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv', {option});\n\
+                     SELECT 1;"
+                ),
+            )
+            .fails()
+            .stderr();
+        assert!(e.contains("<stdin>:1") && e.contains(says), "{option}: {e}");
+    }
     let long = format!("SELECT {} AS n", vec!["1"; 3000].join(" + "));
     let e = ws.weir(&["query", &long]).fails().stderr();
     assert!(
