@@ -405,6 +405,11 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     let notice: weir_engine::source::Notice = Arc::new(move |m: &str| {
         errln!("weir: {}", notice_scrub.scrub(m));
     });
+    // And what the object store's retries report when it hangs.
+    let slow_scrub = redactor.clone();
+    weir_storage::retry::set_slow_notice(Box::new(move |m: &str| {
+        errln!("weir: {}", slow_scrub.scrub(m));
+    }));
     let options = JobOptions {
         store_options: store_options_from_env()?,
         hooks,

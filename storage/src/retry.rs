@@ -297,6 +297,25 @@ struct Attempts<'a> {
     policy: &'a RetryPolicy,
     started: Instant,
     attempt: u32,
+    /// Whether [`SLOW_NOTICE`] was told of this operation.
+    told: bool,
+}
+
+/// Where a retry of a store operation that has been failing for
+/// [`SLOW_AFTER_MS`] or more is told, once per operation (`weir run` prints
+/// it, scrubbed of secrets): a store that hangs rather than refuses (each
+/// attempt waiting out the client's 30 s timeout) otherwise leaves a job
+/// silent for minutes before its error.
+static SLOW_NOTICE: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>> = std::sync::OnceLock::new();
+
+/// How long (ms) an operation fails before its retries are told: 10 s
+/// (lowered by a test).
+static SLOW_AFTER_MS: AtomicU64 = AtomicU64::new(10_000);
+
+/// Sets where slow retries are told (see [`SLOW_NOTICE`]); the first call
+/// wins.
+pub fn set_slow_notice(notice: Box<dyn Fn(&str) + Send + Sync>) {
+    let _ = SLOW_NOTICE.set(notice);
 }
 
 impl<'a> Attempts<'a> {
@@ -305,6 +324,7 @@ impl<'a> Attempts<'a> {
             policy,
             started: Instant::now(),
             attempt: 1,
+            told: false,
         }
     }
 
@@ -329,6 +349,19 @@ impl<'a> Attempts<'a> {
             });
         }
         RETRIES.fetch_add(1, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        if !self.told
+            && elapsed >= Duration::from_millis(SLOW_AFTER_MS.load(Ordering::Relaxed))
+            && let Some(notice) = SLOW_NOTICE.get()
+        {
+            self.told = true;
+            notice(&format!(
+                "the object store is slow or unreachable: retrying (attempt {} of {}, {:.0} s so far): {e}",
+                self.attempt + 1,
+                self.policy.attempts,
+                elapsed.as_secs_f64()
+            ));
+        }
         tokio::time::sleep(self.policy.backoff(self.attempt)).await;
         self.attempt += 1;
         Ok(())
@@ -664,6 +697,40 @@ mod tests {
             .collect();
         assert_eq!(names, ["offsets/0.json", "offsets/1.json", "offsets/2.json"]);
         assert_eq!(store.calls("list").len(), 2);
+    }
+
+    /// An operation failing for longer than the threshold is told once,
+    /// with its attempt and error; a quick failure is not told.
+    #[tokio::test]
+    async fn slow_retries_are_told_once() {
+        static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        set_slow_notice(Box::new(|m: &str| TOLD.lock().unwrap().push(m.to_string())));
+        SLOW_AFTER_MS.store(30, Ordering::Relaxed);
+        let timeout = || object_store::Error::Generic {
+            store: "test",
+            source: "operation timed out (slow_retries_are_told_once)".into(),
+        };
+        let r: object_store::Result<()> = run(&policy(4, 1), || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(timeout())
+        })
+        .await;
+        assert!(r.is_err());
+        SLOW_AFTER_MS.store(10_000, Ordering::Relaxed);
+        // Other tests retry meanwhile (the notice and the threshold are
+        // the process's): only this one's messages count.
+        let told: Vec<String> = TOLD
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("slow_retries_are_told_once"))
+            .cloned()
+            .collect();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].contains("slow or unreachable: retrying (attempt ") && told[0].contains(" of 4, "),
+            "{told:?}"
+        );
     }
 
     #[tokio::test]
