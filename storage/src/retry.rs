@@ -306,7 +306,10 @@ struct Attempts<'a> {
 /// it, scrubbed of secrets): a store that hangs rather than refuses (each
 /// attempt waiting out the client's 30 s timeout) otherwise leaves a job
 /// silent for minutes before its error.
-static SLOW_NOTICE: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>> = std::sync::OnceLock::new();
+static SLOW_NOTICE: std::sync::OnceLock<SlowNotice> = std::sync::OnceLock::new();
+
+/// What a slow retry is told to.
+pub type SlowNotice = Box<dyn Fn(&str) + Send + Sync>;
 
 /// How long (ms) an operation fails before its retries are told: 10 s
 /// (lowered by a test).
@@ -314,7 +317,7 @@ static SLOW_AFTER_MS: AtomicU64 = AtomicU64::new(10_000);
 
 /// Sets where slow retries are told (see [`SLOW_NOTICE`]); the first call
 /// wins.
-pub fn set_slow_notice(notice: Box<dyn Fn(&str) + Send + Sync>) {
+pub fn set_slow_notice(notice: SlowNotice) {
     let _ = SLOW_NOTICE.set(notice);
 }
 
