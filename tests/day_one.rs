@@ -178,6 +178,51 @@ fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused()
     assert!(e.contains("share a folder"), "{e}");
 }
 
+/// A bounded (lookup) table is read again every epoch: a sink in its folder
+/// fed the job's own output back into the join (a row written in epoch 1
+/// matched in epoch 2), and a checkpoint there was read as table files.
+#[test]
+fn a_sink_or_checkpoint_in_a_bounded_tables_folder_is_refused() {
+    let ws = Workspace::new();
+    ws.write("in/s.csv", "k,v\n1,1\n");
+    ws.write("dim/d.csv", "k,name\n1,one\n");
+    let job = |sink: &str| {
+        format!(
+            "CREATE TABLE s (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+             CREATE TABLE d (k BIGINT, name VARCHAR)
+               WITH ('connector' = 'files', 'path' = 'dim/', 'format' = 'csv', 'bounded' = 'true');
+             CREATE TABLE o WITH ('connector' = 'files', 'path' = '{sink}', 'format' = 'parquet');
+             INSERT INTO o SELECT s.k + 1 AS k, d.name FROM s JOIN d ON s.k = d.k;"
+        )
+    };
+    ws.write("inside.sql", &job("dim/sub/"));
+    let e = run_now(&ws, "inside.sql", &[]).fails().stderr();
+    assert!(e.contains("inside the folder of source 'd'"), "{e}");
+    assert!(
+        parquet_files(&ws.path("dim")).is_empty(),
+        "refused before anything was written"
+    );
+    ws.write("good.sql", &job("out/"));
+    let e = ws
+        .weir(&[
+            "run",
+            "good.sql",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            "dim/ck",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("is inside the folder of source 'd'"), "{e}");
+    assert!(
+        !ws.path("dim/ck").exists(),
+        "refused before the checkpoint was made"
+    );
+    run_now(&ws, "good.sql", &[]).ok();
+    assert_eq!(sink_rows(&ws.path("out")), vec!["2|one".to_string()]);
+}
+
 // ---------------------------------------------------------------- part 2
 
 #[test]

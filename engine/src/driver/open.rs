@@ -68,7 +68,12 @@ impl StreamingJob {
         // Before the checkpoint is created, which would leave its folder
         // in the source.
         {
-            let sources: BTreeSet<&String> = plans.iter().flat_map(|p| p.sources.iter()).collect();
+            // A bounded (lookup) table's folder counts as a source's: a
+            // sink or checkpoint in it would be read back as the table.
+            let sources: BTreeSet<&String> = plans
+                .iter()
+                .flat_map(|p| p.sources.iter().chain(p.lookups.iter()))
+                .collect();
             let folders: Vec<(&str, &str)> = sources
                 .into_iter()
                 .filter_map(|name| {
@@ -554,7 +559,7 @@ async fn check_job_folders(
     }
     let mut sources = Vec::new();
     for (p, _, _) in pipelines {
-        for name in &p.sources {
+        for name in p.sources.iter().chain(p.lookups.iter()) {
             let Some(decl) = job.tables.get(name) else {
                 continue;
             };
