@@ -1388,6 +1388,91 @@ fn a_lookup_join_replays_with_the_table_version_its_epoch_logged() {
     assert!(!physical.contains("RepartitionExec"), "{plan}");
 }
 
+/// DataFusion 55 answers a correlated `NOT IN` wrongly when the
+/// subquery's column holds a NULL (apache/datafusion#25336): here it gave no
+/// row, where `6 NOT IN ()` keeps (6, 5). Refused, in a job and in
+/// `weir query`, naming the NOT EXISTS that says the same, which gives
+/// DuckDB's and PostgreSQL's answer. IN and EXISTS in a SELECT list (which
+/// DataFusion cannot plan) say where they work, with the statement.
+#[test]
+fn a_correlated_not_in_is_refused_and_its_not_exists_form_is_right() {
+    let ws = Workspace::new();
+    ws.write("in/s.csv", "k,v\n6,5\n1,10\n");
+    ws.write("dim/d.csv", "k,floor\n1,5\n,7\n");
+    let job = |condition: &str| {
+        format!(
+            "CREATE TABLE s (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+             CREATE TABLE d (k BIGINT, floor BIGINT)
+               WITH ('connector' = 'files', 'path' = 'dim/', 'format' = 'csv', 'bounded' = 'true');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+             INSERT INTO out SELECT k, v FROM s WHERE {condition};"
+        )
+    };
+    let refused = [
+        "k NOT IN (SELECT d.k FROM d WHERE d.floor < s.v)",
+        "NOT (k IN (SELECT d.k FROM d WHERE d.floor < s.v))",
+        "v NOT IN (SELECT floor FROM d WHERE d.k = s.k)",
+    ];
+    for condition in refused {
+        ws.write("job.sql", &job(condition));
+        let e = ws.weir(&RUN_CK).fails().stderr();
+        assert!(
+            e.contains("line 5") && e.contains("correlated `x NOT IN") && e.contains("NOT EXISTS"),
+            "{condition}: {e}"
+        );
+    }
+    let e = ws
+        .weir(&[
+            "query",
+            "SELECT k FROM 'in/' s WHERE k NOT IN (SELECT d.k FROM 'dim/' d WHERE d.floor < s.v)",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("correlated `x NOT IN"), "{e}");
+    for select in [
+        "k IN (SELECT k FROM d)",
+        "EXISTS (SELECT 1 FROM d WHERE d.k = s.k)",
+    ] {
+        ws.write(
+            "job.sql",
+            &job("true").replace(
+                "SELECT k, v FROM s WHERE true",
+                &format!("SELECT k, {select} AS m FROM s"),
+            ),
+        );
+        let e = ws.weir(&RUN_CK).fails().stderr();
+        assert!(
+            e.contains("line 5") && e.contains("work as conditions"),
+            "{select}: {e}"
+        );
+    }
+    let e = ws
+        .weir(&["query", "SELECT k, k IN (SELECT k FROM 'dim/') FROM 'in/'"])
+        .fails()
+        .stderr();
+    assert!(e.contains("work as conditions"), "{e}");
+    // The rewrite the refusal names, and the uncorrelated NOT IN (right in
+    // DataFusion), run.
+    ws.write(
+        "job.sql",
+        &job(
+            "NOT EXISTS (SELECT 1 FROM d WHERE d.floor < s.v AND (d.k = s.k OR d.k IS NULL OR s.k IS NULL))",
+        ),
+    );
+    ws.weir(&RUN_CK).ok();
+    assert_eq!(sink_rows(&ws.path("out")), vec!["6|5".to_string()]);
+    let q = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT k FROM 'in/' WHERE k NOT IN (SELECT 6 UNION ALL SELECT 2)",
+        ])
+        .ok()
+        .stdout();
+    assert_eq!(q.trim(), "k\n1");
+}
+
 /// A window over a lookup join: the join's output comes in whichever
 /// order its probe side gives (under one thread, the bounded table's),
 /// but lateness is judged where the stream is read, in its own order. Rows

@@ -262,13 +262,28 @@ impl Shell {
     /// Prints a batch query's result as it streams in (CSV, JSON) or when it
     /// is complete (a table), with a spinner meanwhile on a terminal.
     pub(super) async fn print_dataframe(&self, df: DataFrame) -> Result<()> {
+        // A batch query answers wrongly where a stream's is refused.
+        if let Err(weir_sql::Error::Unsupported(why)) =
+            weir_sql::planner::check_not_in_subqueries(df.logical_plan())
+        {
+            bail!("{why}");
+        }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let format = self.settings.format;
         let limit = (self.terminal_out && format == Format::Table && self.settings.max_rows > 0)
             .then_some(self.settings.max_rows);
         let mut spinner = QuerySpinner::start(stderr_is_terminal());
         let mut stream = match &self.cluster {
-            None => df.execute_stream().await.map_err(|e| anyhow!(strip_df(&e)))?,
+            None => df.execute_stream().await.map_err(|e| {
+                let why = strip_df(&e);
+                if why.contains("does not support logical expression InSubquery")
+                    || why.contains("does not support logical expression Exists")
+                {
+                    anyhow!("{}", weir_sql::planner::IN_OR_EXISTS_LEFT)
+                } else {
+                    anyhow!(why)
+                }
+            })?,
             Some(url) => {
                 // Planned here, run as one Ballista job; the result comes
                 // back whole.

@@ -55,7 +55,7 @@ mod sink;
 mod watermarks;
 mod windows;
 
-pub use rewrite::is_changelog;
+pub use rewrite::{IN_OR_EXISTS_LEFT, check_not_in_subqueries, is_changelog};
 use sink::*;
 use watermarks::*;
 
@@ -268,6 +268,7 @@ impl StreamPlanner {
     ) -> Result<PipelinePlan> {
         self.register_windows(tvfs, query.with.as_ref()).await?;
         let plan = self.plan_query(query).await?;
+        check_not_in_subqueries(&plan)?;
         let plan = self
             .ctx
             .state()

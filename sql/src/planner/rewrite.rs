@@ -617,11 +617,22 @@ fn any_expression(plan: &LogicalPlan, hit: &dyn Fn(&Expr) -> bool) -> Result<boo
     Ok(found)
 }
 
+/// Why an IN or EXISTS subquery that decorrelation left in an expression
+/// (one in the SELECT list, say) is refused: DataFusion's physical planner
+/// cannot plan it, and said so in its own terms.
+pub const IN_OR_EXISTS_LEFT: &str = "`x IN (SELECT ...)` and `EXISTS (SELECT ...)` work as conditions (in WHERE, \
+     HAVING or ON, alone or under AND/OR), where they become joins; elsewhere (in the SELECT list, a CASE, a \
+     function's argument) DataFusion cannot plan them. Join the subquery instead: `LEFT JOIN (SELECT DISTINCT y \
+     ...) AS m ON m.y = x` and test `m.y IS NOT NULL`";
+
 /// Subqueries in expressions become joins, which streams do not support yet.
 /// Subqueries left in expressions after DataFusion's decorrelation (an
 /// uncorrelated scalar subquery stays one) run only over bounded tables:
 /// each epoch computes them anew over the tables' versions of the epoch.
 pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
+    if any_expression(plan, &|e| matches!(e, Expr::InSubquery(_) | Expr::Exists(_)))? {
+        return Err(Error::Unsupported(IN_OR_EXISTS_LEFT.into()));
+    }
     let found = any_expression(plan, &|e| {
         let sub = match e {
             Expr::ScalarSubquery(s) => Some(&s.subquery),
@@ -635,6 +646,71 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
         return Err(Error::Unsupported(
             "a subquery over a stream in an expression (a scalar subquery, or IN/EXISTS that could not become a \
              join) never has a final value; subqueries in expressions can read bounded tables only"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// DataFusion 55 answers a correlated `NOT IN (SELECT ...)` wrongly when
+/// the subquery's column holds NULLs: its NULL-aware anti join looks for a
+/// NULL among all the subquery's rows, not those of the outer row
+/// (apache/datafusion#25336, #25347, #25480), and an equality correlation
+/// fails to plan. A correlated `IN` under a NOT (or `IS FALSE` and the
+/// like) goes through a mark join that makes UNKNOWN false, so NOT of it
+/// keeps rows it must drop. Both are refused, with the NOT EXISTS that says
+/// the same. An IN in a plain condition (under AND and OR only) is right:
+/// there UNKNOWN and false both drop the row. Checked on the plan before
+/// decorrelation, where the subquery is still an expression.
+pub fn check_not_in_subqueries(plan: &LogicalPlan) -> Result<()> {
+    /// Whether `e` holds a correlated IN subquery whose UNKNOWN would be
+    /// read as false: negated, or below anything but AND and OR.
+    fn wrong(e: &Expr, plain: bool) -> bool {
+        match e {
+            Expr::InSubquery(s) if !s.subquery.outer_ref_columns.is_empty() && (s.negated || !plain) => true,
+            Expr::BinaryExpr(b)
+                if matches!(
+                    b.op,
+                    datafusion::logical_expr::Operator::And | datafusion::logical_expr::Operator::Or
+                ) =>
+            {
+                wrong(&b.left, plain) || wrong(&b.right, plain)
+            }
+            e => {
+                let mut found = false;
+                let _ = e.apply_children(|c| {
+                    found = wrong(c, false);
+                    Ok(if found {
+                        TreeNodeRecursion::Stop
+                    } else {
+                        TreeNodeRecursion::Continue
+                    })
+                });
+                found
+            }
+        }
+    }
+    let mut found = false;
+    plan.apply_with_subqueries(|p| {
+        // Only a filter's (or a join's) condition drops rows whose
+        // condition is UNKNOWN; elsewhere any IN keeps its three values
+        // (or is refused by the planner).
+        let plain = matches!(p, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
+        p.apply_expressions(|e| {
+            found = wrong(e, plain);
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })?;
+    if found {
+        return Err(Error::Unsupported(
+            "a correlated `x NOT IN (SELECT y ... WHERE <correlation>)` (or NOT of such an IN) is refused: \
+             DataFusion 55 gives wrong answers for it when y holds NULLs (apache/datafusion#25336). Write it \
+             as `NOT EXISTS (SELECT 1 ... WHERE <correlation> AND (y = x OR y IS NULL OR x IS NULL))`, which \
+             means the same, or as NOT EXISTS (... AND y = x) if NULLs in y should not count"
                 .into(),
         ));
     }
