@@ -134,8 +134,10 @@ pub struct FilesSource {
     /// The listing fixed by `freeze` (available-now).
     frozen: Option<Vec<Listed>>,
     /// The files (path, size) of the listing the last batch was planned
-    /// from, for the backlog.
-    last_listing: Vec<(String, u64)>,
+    /// from, for the backlog: `None` until this process lists the folder (a
+    /// replayed epoch's files come from the offsets log), when the backlog
+    /// is unknown, not empty.
+    last_listing: Option<Vec<(String, u64)>>,
     /// Files (and their bytes) read to their end by this process.
     read_files: u64,
     read_bytes: u64,
@@ -307,7 +309,7 @@ impl FilesSource {
             progress: BTreeMap::new(),
             changed: Default::default(),
             frozen: None,
-            last_listing: Vec::new(),
+            last_listing: None,
             read_files: 0,
             read_bytes: 0,
             warned: Default::default(),
@@ -639,7 +641,7 @@ impl Source for FilesSource {
             Some(l) => l.clone(),
             None => self.list().await?,
         };
-        self.last_listing = listing.iter().map(|f| (f.path.clone(), f.size)).collect();
+        self.last_listing = Some(listing.iter().map(|f| (f.path.clone(), f.size)).collect());
         self.warn_deleted(&listing);
         let mut files = Vec::new();
         for f in listing {
@@ -712,7 +714,7 @@ impl Source for FilesSource {
 
     fn backlog(&self) -> Option<Backlog> {
         let (mut files, mut bytes) = (0, 0);
-        for (path, size) in &self.last_listing {
+        for (path, size) in self.last_listing.as_ref()? {
             if !self.progress.get(path).is_some_and(|p| p.done) {
                 files += 1;
                 bytes += size;
@@ -1186,6 +1188,33 @@ mod tests {
             warnings[0].contains("changed after its first 4 records were read"),
             "{warnings:?}"
         );
+    }
+
+    /// A replayed epoch reads the files its offsets entry names, without
+    /// listing the folder: until a listing, the backlog is unknown (it
+    /// said "0 files unread" with rows left to read).
+    #[tokio::test]
+    async fn the_backlog_is_unknown_until_the_folder_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), lines(0, 10)).unwrap();
+        let decl = weir_sql::job::parse_create_table(&format!(
+            "CREATE TABLE t (n BIGINT) WITH ('connector' = 'files', 'path' = '{}', \
+             'format' = 'json', 'max_rows_per_batch' = '4')",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut planner = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+        let offset = planner.plan_batch().await.unwrap().unwrap();
+        // Another process replays the logged batch.
+        let mut replayer = FilesSource::open(&decl, &StoreOptions::default()).unwrap();
+        assert_eq!(
+            numbers(&replayer.read_batch(&offset).await.unwrap().batches),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(replayer.backlog(), None);
+        let next = replayer.plan_batch().await.unwrap().unwrap();
+        replayer.read_batch(&next).await.unwrap();
+        assert_eq!(replayer.backlog().unwrap().unread.files, Some(1));
     }
 
     /// A file deleted before it was read to its end loses its other rows:
