@@ -199,6 +199,37 @@ fn a_running_job_serves_its_metrics_for_prometheus() {
     let (status, body) = http_get(&addr, "/");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     assert!(body.contains("/metrics"), "{body}");
+
+    // Restarted with no new input: no epoch runs, and its watermarks and
+    // state show as the checkpoint has them (they were absent until an
+    // epoch committed, so a stuck restarted job showed no lag at all).
+    drop(run);
+    let mut again = Running::start(&ws, &["run", "job.sql", "--trigger", "100ms", "--metrics", ":0"]);
+    let addr = metrics_addr(&again.wait_line("weir: metrics at http://")).unwrap();
+    let text = scrape_until(&addr, "the restored gauges", |t| {
+        metric(t, &format!("weir_last_committed_epoch{q}")).is_some()
+    });
+    assert_eq!(
+        metric(&text, &format!("weir_epochs_total{q}")),
+        Some(0.0),
+        "{text}"
+    );
+    let restored = (bids.iter().chain(&more).map(|b| b.ts).max().unwrap() - 2000) as f64 / 1000.0;
+    assert_eq!(
+        metric(&text, &format!("weir_watermark_timestamp_seconds{q}")),
+        Some(restored),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &format!("weir_source_watermark_timestamp_seconds{src}")),
+        Some(restored)
+    );
+    assert!(metric(&text, &format!("weir_watermark_lag_seconds{q}")).is_some());
+    assert!(
+        metric(&text, &format!("weir_operator_state_rows{op}")).unwrap() > 0.0,
+        "{text}"
+    );
+    promtool_check(&text);
 }
 
 #[test]

@@ -469,7 +469,7 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         .file_stem()
         .map_or_else(|| "job".into(), |s| s.to_string_lossy().into_owned());
     let metrics = Arc::new(metrics::Metrics::default());
-    metrics.start(&query_name, job.last_committed());
+    metrics.start(&query_name, job.last_committed(), &job.standing());
     let _server = match &args.metrics {
         Some(addr) => {
             let server = metrics::Server::start(addr, Arc::clone(&metrics), redactor.clone())?;

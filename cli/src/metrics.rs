@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
-use weir_engine::{Backlog, BatchProgress};
+use weir_engine::{Backlog, BatchProgress, Standing};
 
 use crate::redact::Redactor;
 
@@ -67,7 +67,8 @@ struct SinkSeries {
 #[derive(Clone, Debug, Default)]
 struct OperatorSeries {
     rows: u64,
-    bytes: u64,
+    /// Unknown until this process writes the operator's state.
+    bytes: Option<u64>,
 }
 
 /// One query's numbers.
@@ -96,12 +97,24 @@ impl Metrics {
         self.queries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A query starts (or starts again): its last committed epoch from the
-    /// checkpoint, so the series exists before its first epoch ends.
-    pub fn start(&self, query: &str, last_committed: Option<u64>) {
+    /// A query starts (or starts again): its last committed epoch, its
+    /// watermarks and its operators' state as the checkpoint has them, so
+    /// the gauges exist before its first epoch ends (a restarted job with no
+    /// new input shows its lag growing).
+    pub fn start(&self, query: &str, last_committed: Option<u64>, standing: &Standing) {
         let mut all = self.queries();
         let q = all.entry(query.to_string()).or_default();
         q.last_committed = last_committed.or(q.last_committed);
+        if last_committed.is_some() {
+            q.watermark_ms = standing.watermark_ms.or(q.watermark_ms);
+            for (name, watermark_ms) in &standing.sources {
+                let s = q.sources.entry(name.clone()).or_default();
+                s.watermark_ms = watermark_ms.or(s.watermark_ms);
+            }
+            for (name, rows) in &standing.operators {
+                q.operators.entry(name.clone()).or_default().rows = *rows;
+            }
+        }
     }
 
     /// An epoch of `query` ended.
@@ -132,7 +145,7 @@ impl Metrics {
                 o.name.clone(),
                 OperatorSeries {
                     rows: o.state_rows,
-                    bytes: o.state_bytes,
+                    bytes: Some(o.state_bytes),
                 },
             );
         }
@@ -173,7 +186,9 @@ impl Metrics {
             out.family(f.name, f.kind, f.help);
             for (query, q) in &all {
                 for (op, o) in &q.operators {
-                    out.sample(f.name, &[("query", query), ("operator", op)], (f.value)(o));
+                    if let Some(v) = (f.value)(o) {
+                        out.sample(f.name, &[("query", query), ("operator", op)], v);
+                    }
                 }
             }
         }
@@ -300,19 +315,19 @@ const SINK_FAMILIES: [Family<SinkValue>; 2] = [
 ];
 
 /// Per stateful operator of a query.
-type OperatorValue = fn(&OperatorSeries) -> f64;
+type OperatorValue = fn(&OperatorSeries) -> Option<f64>;
 const OPERATOR_FAMILIES: [Family<OperatorValue>; 2] = [
     Family {
         name: "weir_operator_state_rows",
         kind: "gauge",
         help: "Rows of state a stateful operator holds.",
-        value: |o| o.rows as f64,
+        value: |o| Some(o.rows as f64),
     },
     Family {
         name: "weir_operator_state_bytes",
         kind: "gauge",
         help: "Bytes of a stateful operator's state in the checkpoint: its last snapshot and the deltas since.",
-        value: |o| o.bytes as f64,
+        value: |o| o.bytes.map(|b| b as f64),
     },
 ];
 
@@ -642,11 +657,53 @@ mod tests {
     #[test]
     fn epochs_add_up_and_gauges_take_the_last() {
         let m = Metrics::default();
-        m.start("job", Some(4));
-        let before = m.render(0);
+        // Restarted on a checkpoint: its watermarks and state show before
+        // the first epoch of this run ends (bytes are known once written).
+        let standing = Standing {
+            watermark_ms: Some(1_699_999_990_000),
+            sources: vec![("bids".into(), Some(1_699_999_990_000))],
+            operators: vec![("p0-agg0".into(), 9)],
+        };
+        m.start("job", Some(4), &standing);
+        let before = m.render(1_700_000_000_000);
         assert_eq!(
             value(&before, "weir_last_committed_epoch{query=\"job\"}"),
             Some("4")
+        );
+        assert_eq!(
+            value(&before, "weir_watermark_lag_seconds{query=\"job\"}"),
+            Some("10")
+        );
+        assert_eq!(
+            value(
+                &before,
+                "weir_source_watermark_timestamp_seconds{query=\"job\",source=\"bids\"}"
+            ),
+            Some("1699999990")
+        );
+        assert_eq!(
+            value(
+                &before,
+                "weir_operator_state_rows{query=\"job\",operator=\"p0-agg0\"}"
+            ),
+            Some("9")
+        );
+        assert_eq!(
+            value(
+                &before,
+                "weir_operator_state_bytes{query=\"job\",operator=\"p0-agg0\"}"
+            ),
+            None
+        );
+        // A new checkpoint has none yet.
+        let fresh = Metrics::default();
+        fresh.start("job", None, &standing);
+        assert_eq!(
+            value(
+                &fresh.render(0),
+                "weir_watermark_timestamp_seconds{query=\"job\"}"
+            ),
+            None
         );
         m.record("job", &progress(5));
         m.record("job", &progress(6));

@@ -207,7 +207,7 @@ impl Queries {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::clone(&status);
         let metrics = Arc::clone(&self.metrics);
-        metrics.start(name, job.last_committed());
+        metrics.start(name, job.last_committed(), &job.standing());
         let query = name.to_string();
         let task = tokio::spawn(async move {
             let mut on_progress = |p: &BatchProgress| {

@@ -47,8 +47,8 @@ pub mod sink;
 pub mod source;
 
 pub use driver::{
-    BatchProgress, EpochHooks, JobOptions, OperatorProgress, RunSummary, SinkProgress, SourceProgress, Step,
-    StreamingJob, Trigger,
+    BatchProgress, EpochHooks, JobOptions, OperatorProgress, RunSummary, SinkProgress, SourceProgress,
+    Standing, Step, StreamingJob, Trigger,
 };
 pub use error::{Error, Result};
 pub use lease::LeaseOwner;

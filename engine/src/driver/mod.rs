@@ -188,6 +188,18 @@ pub struct StreamingJob {
     ahead: BTreeMap<String, Result<Option<serde_json::Value>>>,
 }
 
+/// Where a job stands before its next epoch ([`StreamingJob::standing`]).
+#[derive(Clone, Debug, Default)]
+pub struct Standing {
+    /// The job's watermark (the lowest of its sources'), `None` before any
+    /// row; `i64::MAX` once drained.
+    pub watermark_ms: Option<i64>,
+    /// Each source's watermark.
+    pub sources: Vec<(String, Option<i64>)>,
+    /// Each stateful operator's rows held.
+    pub operators: Vec<(String, u64)>,
+}
+
 /// The watermark for display: `None` before any row.
 fn shown_watermark(ms: i64) -> (Option<i64>, Option<String>) {
     if ms == i64::MIN {
@@ -222,6 +234,32 @@ impl StreamingJob {
     /// run on the same host sees the process is gone.)
     pub async fn close(self) -> Result<()> {
         self.lease.release().await
+    }
+
+    /// Where the job stands before its next epoch (as restored from the
+    /// checkpoint, on a restart): what metrics show until an epoch of this
+    /// run ends, so that a restarted job with no new input still shows its
+    /// watermark and its lag growing.
+    pub fn standing(&self) -> Standing {
+        Standing {
+            watermark_ms: shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN)).0,
+            sources: self
+                .sources
+                .keys()
+                .map(|name| {
+                    (
+                        name.clone(),
+                        self.watermarks.get(name).and_then(|&w| shown_watermark(w).0),
+                    )
+                })
+                .collect(),
+            operators: self
+                .pipelines
+                .iter()
+                .flat_map(|p| &p.operators)
+                .map(|(id, op)| (id.clone(), op.state_rows() as u64))
+                .collect(),
+        }
     }
 
     /// Rows held by all stateful operators.
