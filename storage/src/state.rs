@@ -447,6 +447,48 @@ impl Checkpoint {
         })
     }
 
+    /// Checks a state file another process (a cluster's executor) reported
+    /// writing, before a commit names it: it is in this checkpoint, under
+    /// its attempt's name, with the size reported. An executor that writes
+    /// to another store than this process (a checkpoint folder mounted
+    /// elsewhere) otherwise left commits naming files no restore could
+    /// find, every epoch after it damaged too.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn check_reported_state(
+        &self,
+        operator: &str,
+        epoch: u64,
+        kind: StateKind,
+        shard: ShardOf,
+        attempt: &str,
+        bytes: u64,
+    ) -> Result<()> {
+        let name = Self::state_file_name(
+            operator,
+            epoch,
+            kind,
+            shard,
+            Some(attempt).filter(|a| !a.is_empty()),
+        );
+        let bad = |reason: String| Error::Corrupt {
+            url: self.location().url_of(&name),
+            epoch: Some(epoch),
+            reason,
+        };
+        match self.location().size(&name).await? {
+            Some(size) if size == bytes => Ok(()),
+            Some(size) => Err(bad(format!(
+                "shard {} of {operator}'s state has {size} bytes where its executor reported {bytes}",
+                shard.index
+            ))),
+            None => Err(bad(format!(
+                "shard {} of {operator}'s state was reported written by an executor but is not in this \
+                 checkpoint (does every executor reach the same store as this process?)",
+                shard.index
+            ))),
+        }
+    }
+
     /// Writes an encoded state file, first removing the file of the other
     /// kind for its epoch and shard (left by an attempt that crashed).
     /// Returns its bytes.
@@ -1579,6 +1621,54 @@ mod tests {
             attempt: None,
         };
         ck.write_state("op", epoch, w).await.unwrap();
+    }
+
+    /// A state file an executor reported is checked before a commit names
+    /// it: there at its size, or the commit is refused (an executor writing
+    /// to another store left commits naming files no restore could find).
+    #[tokio::test]
+    async fn a_reported_state_file_must_be_in_the_checkpoint_at_its_size() {
+        let loc = Location::open("memory://state-reported", &StoreOptions::default(), Create::Yes).unwrap();
+        let ck = Checkpoint::new(loc);
+        let s = schema();
+        let up = vec![rows(&[("a", 1)])];
+        let w = StateWrite {
+            kind: StateKind::Delta,
+            shard: ShardOf::new(1, 2),
+            schema: &s,
+            unit_key_len: 1,
+            upserts: &up,
+            deletes: &[],
+            attempt: Some("a1"),
+        };
+        let bytes = ck.write_state("op", 5, w).await.unwrap();
+        let check = |epoch: u64, shard: usize, attempt: &'static str, bytes: u64| {
+            let ck = &ck;
+            async move {
+                ck.check_reported_state(
+                    "op",
+                    epoch,
+                    StateKind::Delta,
+                    ShardOf::new(shard, 2),
+                    attempt,
+                    bytes,
+                )
+                .await
+            }
+        };
+        check(5, 1, "a1", bytes).await.unwrap();
+        for (epoch, shard, attempt) in [(5, 0, "a1"), (5, 1, "a2"), (6, 1, "a1")] {
+            let e = check(epoch, shard, attempt, bytes).await.unwrap_err().to_string();
+            assert!(e.contains("does every executor reach the same store"), "{e}");
+        }
+        let e = check(5, 1, "a1", bytes + 1).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "has {bytes} bytes where its executor reported {}",
+                bytes + 1
+            )),
+            "{e}"
+        );
     }
 
     /// Files named after attempts: two attempts of one shard's task may

@@ -778,7 +778,22 @@ impl StreamingJob {
             state_bytes += bytes;
         }
         // What the executors wrote: each shard's file under its attempt's
-        // name, which the commit names exactly.
+        // name, which the commit names exactly, so it must be here.
+        let checkpoint = &self.checkpoint;
+        let reported = remote.iter().flat_map(|r| {
+            r.reports.iter().filter_map(move |report| {
+                let (kind, bytes) = report.state?;
+                Some(checkpoint.check_reported_state(
+                    &r.id,
+                    epoch,
+                    kind,
+                    weir_storage::state::ShardOf::new(report.shard, r.shards),
+                    &report.attempt,
+                    bytes,
+                ))
+            })
+        });
+        futures::future::try_join_all(reported).await?;
         for r in remote {
             let kind = kind_of(r.full);
             let mut written = 0;
