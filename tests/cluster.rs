@@ -243,6 +243,29 @@ fn a_query_on_a_cluster_that_is_not_there_is_a_clear_error() {
     assert!(err.contains("not https://"), "{err}");
     let err = query("SELECT 1", Some(&format!(" 127.0.0.1:{port}"))).unwrap_err();
     assert!(err.contains("is not a scheduler's address"), "{err}");
+    // A host that does not resolve, and a server that is not gRPC: said
+    // so, not in the client's debug text.
+    let err = query("SELECT 1", Some("no-such-host.invalid:50050")).unwrap_err();
+    assert!(err.contains("its host name does not resolve"), "{err}");
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = web.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // Connections stay open, as a web server's would while the client
+        // reads the answer.
+        let mut open = Vec::new();
+        for mut conn in web.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\nBad Request");
+            open.push(conn);
+        }
+    });
+    let err = query("SELECT 1", Some(&address)).unwrap_err();
+    assert!(
+        err.contains("does not speak gRPC") && !err.contains("Status {"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -387,9 +387,46 @@ pub async fn execute(
                     connect_timeout.as_secs()
                 )));
             }
-            Err(e) => return Err(job_err(e.to_string())),
+            Err(e) => {
+                let message = e.to_string();
+                return Err(match not_a_scheduler(&message) {
+                    Some(why) => Error::Job {
+                        url: url.to_string(),
+                        reason: why,
+                    },
+                    None => job_err(message),
+                });
+            }
         }
     }
+}
+
+/// Why a job could not be submitted at all, when the address is not a
+/// scheduler's: what answers there (an executor's port, which its start-up
+/// line prints beside the scheduler's; a web server) or a host that does not
+/// resolve. The client's own words were its debug text (`Status { code:
+/// Unimplemented, metadata: MetadataMap { ... } }`, `ConnectError("dns
+/// error", ...)`).
+fn not_a_scheduler(message: &str) -> Option<String> {
+    const GIVE: &str = "give the address `weir cluster scheduler` printed (\"listening on HOST:PORT\")";
+    if message.contains("dns error") || message.contains("failed to lookup address") {
+        return Some(format!("its host name does not resolve; {GIVE}"));
+    }
+    if message.contains("code: Unimplemented") {
+        return Some(format!(
+            "what answers there is a gRPC service but not a scheduler (an executor's --port or --grpc-port?); {GIVE}"
+        ));
+    }
+    if message.contains("h2 protocol error")
+        || message.contains("invalid content-type")
+        || message.contains("FRAME_SIZE_ERROR")
+        || message.contains("frame with invalid size")
+    {
+        return Some(format!(
+            "what answers there does not speak gRPC (a web server?); {GIVE}"
+        ));
+    }
+    None
 }
 
 /// The message inside a failed task's error. Ballista reports a task's
@@ -571,6 +608,34 @@ pub fn session_config(partitions: usize) -> SessionConfig {
 
 #[cfg(test)]
 mod tests {
+    /// The client's words for an address that is not a scheduler's (as
+    /// `weir query --cluster` printed them) become what is wrong there.
+    #[test]
+    fn an_address_that_is_not_a_schedulers_says_what_answers_there() {
+        let cases = [
+            (
+                r#"Execution error: Status { code: Unimplemented, metadata: MetadataMap { headers: {"content-type": "application/grpc"} }, source: None }"#,
+                "not a scheduler (an executor's --port or --grpc-port?)",
+            ),
+            (
+                r#"Execution error: Status { code: Internal, message: "h2 protocol error: http2 error", source: Some(tonic::transport::Error(Transport, hyper::Error(Http2, Error { kind: GoAway(b"", FRAME_SIZE_ERROR, Library) }))) }"#,
+                "does not speak gRPC",
+            ),
+            (
+                r#"Execution error: tonic::transport::Error(Transport, ConnectError(ConnectError("dns error", Custom { kind: Uncategorized, error: "failed to lookup address information: Name or service not known" })))"#,
+                "does not resolve",
+            ),
+        ];
+        for (raw, says) in cases {
+            let why = super::not_a_scheduler(raw).unwrap_or_default();
+            assert!(
+                why.contains(says) && why.contains("weir cluster scheduler"),
+                "{raw}: {why}"
+            );
+        }
+        assert_eq!(super::not_a_scheduler("Execution error: Job 1 failed: ..."), None);
+    }
+
     /// A failed task's message comes out of Ballista's debug wrapping;
     /// an error of another shape is left whole.
     #[test]
