@@ -366,17 +366,24 @@ impl StreamPlanner {
     /// Whether `plan` reads bounded tables only (no stream, no streaming
     /// node): DataFusion runs it whole, as a batch query, in each epoch,
     /// over the tables' versions of that epoch.
+    /// Whether `plan` reads no stream: bounded tables and constant
+    /// relations (`VALUES`, a `SELECT` without `FROM`) only. Such a plan is
+    /// a batch query run whole each epoch, so it may only meet the epoch's
+    /// stream rows (a lookup join, a subquery); on its own (a UNION branch,
+    /// a side of a join that holds its rows) it would give its rows again
+    /// every epoch.
     pub(super) fn is_static(&self, plan: &LogicalPlan) -> bool {
-        let (mut bounded, mut stream) = (false, false);
+        let (mut leaf, mut stream) = (false, false);
         let _ = plan.apply(|p| {
             match p {
-                LogicalPlan::TableScan(s) if self.is_bounded_table(s.table_name.table()) => bounded = true,
+                LogicalPlan::TableScan(s) if self.is_bounded_table(s.table_name.table()) => leaf = true,
                 LogicalPlan::TableScan(_) | LogicalPlan::Extension(_) => stream = true,
+                LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => leaf = true,
                 _ => {}
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        bounded && !stream
+        leaf && !stream
     }
 
     fn explain_df_error(&self, e: DataFusionError) -> Error {

@@ -121,6 +121,16 @@ impl StreamPlanner {
         if self.is_static(&p) {
             return Ok(Transformed::no(p));
         }
+        if let LogicalPlan::Union(u) = &p
+            && u.inputs.iter().any(|i| self.is_static(i))
+        {
+            return Err(Error::Unsupported(
+                "a UNION branch that reads no stream (VALUES, a SELECT without FROM, or bounded tables only) \
+                 would give its rows again every epoch; join it with the stream instead, or put its rows in \
+                 a file of the stream's folder"
+                    .into(),
+            ));
+        }
         match p {
             LogicalPlan::Aggregate(agg) => {
                 if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
