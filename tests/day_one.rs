@@ -793,6 +793,53 @@ fn a_view_that_computes_a_key_another_way_is_a_changed_query() {
     run_now(&ws, "job.sql", &[]).ok();
 }
 
+/// What the operator's record did not follow before: a view's branch of a
+/// UNION computing its key another way, and a window moved to another time
+/// column, both resumed with the old windows' state (keys and counts of
+/// the old computation mixed into the new one's).
+#[test]
+fn a_changed_union_branch_or_window_time_column_is_a_changed_query() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    let job = |view: &str, time: &str| {
+        job_with(
+            &format!(
+                "SELECT window_start, window_end, auction, COUNT(*) AS n
+                 FROM TABLE(TUMBLE(TABLE b2, DESCRIPTOR({time}), INTERVAL '10' SECOND))
+                 GROUP BY window_start, window_end, auction"
+            ),
+            "",
+            "",
+        )
+        .replace(
+            "CREATE TABLE out",
+            &format!("CREATE VIEW b2 AS {view};\n CREATE TABLE out"),
+        )
+    };
+    let union = |key: &str| {
+        format!(
+            "SELECT {key} AS auction, date_time, date_time AS later FROM bids WHERE price < 500
+             UNION ALL SELECT {key} AS auction, date_time, date_time AS later FROM bids WHERE price >= 500"
+        )
+    };
+    ws.write("job.sql", &job(&union("auction"), "date_time"));
+    run_now(&ws, "job.sql", &[]).ok();
+    // Unchanged, it resumes.
+    run_now(&ws, "job.sql", &[]).ok();
+    ws.write("job.sql", &job(&union("auction % 5"), "date_time"));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("computes something else") && e.contains("auction % 5"),
+        "{e}"
+    );
+    ws.write("job.sql", &job(&union("auction"), "later"));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("computes something else") && e.contains("window time=later"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_changed_query_may_not_retype_a_sink_column() {
     let ws = Workspace::new();

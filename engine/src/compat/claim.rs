@@ -243,10 +243,11 @@ pub(crate) fn job_records(
             // The mark goes in even when nothing below is computed: a
             // record without it was written by an older Weir.
             let mut signature = op.signature();
+            let (computed, more) = n.and_then(|n| inputs.get(n)).cloned().unwrap_or_default();
             signature.push_str(super::INPUTS_MARK);
-            if let Some(i) = n.and_then(|n| inputs.get(n)) {
-                signature.push_str(i);
-            }
+            signature.push_str(&computed);
+            signature.push_str(super::MORE_MARK);
+            signature.push_str(&more);
             r.operators.push(OperatorRecord {
                 id: id.clone(),
                 kind: op.kind().to_string(),

@@ -181,15 +181,24 @@ pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
 /// columns are computed from (`driver::open::operator_inputs`).
 pub(crate) const INPUTS_MARK: &str = " inputs:";
 
+/// What follows the input columns' part: what that part did not follow (a
+/// window's time column, so that moving a window to another column is a
+/// change; the inputs of a UNION or a lookup join below the operator, so
+/// that a view changed in one branch is one).
+pub(crate) const MORE_MARK: &str = " more:";
+
 /// Whether the operator recorded as `old` is the one now recorded as
 /// `new`. A record written before records held the input columns'
-/// computations (an older Weir) is compared without them: the change from
+/// computations (an older Weir) is compared without them, and one written
+/// before they held [`MORE_MARK`]'s part without that part: the change from
 /// that Weir to this one is not a change of the query.
 fn same_operator(old: &str, new: &str) -> bool {
-    if old.contains(INPUTS_MARK) {
-        old == new
-    } else {
+    if !old.contains(INPUTS_MARK) {
         new.split_once(INPUTS_MARK).map_or(new, |(own, _)| own) == old
+    } else if !old.contains(MORE_MARK) {
+        new.split_once(MORE_MARK).map_or(new, |(known, _)| known) == old
+    } else {
+        old == new
     }
 }
 
@@ -295,6 +304,15 @@ mod tests {
         assert!(!same_operator("keys[k=k;]", "keys[j=j;] inputs:"));
         assert!(same_operator(&now, &now));
         assert!(!same_operator(&format!("keys[k=k;]{INPUTS_MARK}"), &now));
+        // The part after MORE_MARK likewise, once both records have it.
+        let more = format!("{now}{MORE_MARK} in0[window time=ts]");
+        assert!(same_operator(&now, &more));
+        assert!(same_operator(&more, &more));
+        assert!(!same_operator(
+            &more,
+            &format!("{now}{MORE_MARK} in0[window time=ts2]")
+        ));
+        assert!(!same_operator(&format!("keys[k=k;]{INPUTS_MARK}"), &more));
     }
 
     #[test]

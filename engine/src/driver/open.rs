@@ -671,26 +671,54 @@ fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
 /// columns' names, so a view or subquery that computes another value under
 /// the same name (`k % 5 AS k`, `v AS k`) left it the same, and a changed
 /// query resumed with state of other keys or sums. This part goes into the
-/// operator's recorded signature (see `claim::job_records`).
-pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+/// operator's recorded signature (see `claim::job_records`), and after it
+/// (behind `compat::MORE_MARK`) what it did not follow: a window's time
+/// column, and each input of a UNION or lookup join below the operator.
+pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, String)> {
     use datafusion::physical_plan::projection::ProjectionExec;
+    use std::collections::BTreeSet;
     /// The computed or renamed columns along the single-input chain below
     /// an operator's input `plan`, nearest projection first (each one's in
     /// name order, so that reordering a view's columns changes nothing).
     /// Only the columns the operator reads are followed, down through what
     /// they are computed from: a column a filter alone reads may change.
-    fn chain(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
-        use std::collections::BTreeSet;
-        let mut needed: BTreeSet<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+    ///
+    /// Second, what the chain's record left out (see [`MORE_MARK`]): the
+    /// time column of a window assignment on the way, and below a node of
+    /// several inputs (a UNION, a lookup join), each input's chain, all of
+    /// its columns followed (which of them the operator reads is not
+    /// traced through such a node).
+    ///
+    /// [`MORE_MARK`]: crate::compat::MORE_MARK
+    fn chain(plan: &Arc<dyn ExecutionPlan>, mut needed: BTreeSet<String>) -> (Vec<String>, Vec<String>) {
         let mut out = Vec::new();
+        let mut more = Vec::new();
         let mut at = Arc::clone(plan);
         loop {
             if crate::exec::stateful_state(at.as_ref()).is_some() {
                 break;
             }
             let children = at.children();
-            let [child] = children.as_slice() else { break };
-            let child = Arc::clone(child);
+            let child = match children.as_slice() {
+                [] => break,
+                [child] => Arc::clone(child),
+                several => {
+                    let branches: Vec<String> = several
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let all = c.schema().fields().iter().map(|f| f.name().clone()).collect();
+                            let (layers, below) = chain(c, all);
+                            format!("b{i}[{}]{{{}}}", layers.join("; "), below.join("; "))
+                        })
+                        .collect();
+                    // Not the node's name: a UNION is an InterleaveExec
+                    // under some thread counts, and a restart may change
+                    // them.
+                    more.push(format!("inputs({})", branches.join(" ")));
+                    break;
+                }
+            };
             if let Some(p) = at.downcast_ref::<ProjectionExec>() {
                 let mut layer = Vec::new();
                 let mut below = BTreeSet::new();
@@ -718,6 +746,9 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
                 // partial aggregate from its keys and arguments, any other
                 // from what it may read, all of its input.
                 let schema = child.schema();
+                if let Some(w) = at.downcast_ref::<crate::exec::window_assign::WindowAssignExec>() {
+                    more.push(format!("window time={}", schema.field(w.config().1).name()));
+                }
                 if let Some(p) = at.downcast_ref::<crate::exec::partial_agg::PartialWindowAggExec>() {
                     needed = p.spec().input_columns().into_iter().collect();
                 } else if needed.iter().any(|n| schema.field_with_name(n).is_err()) {
@@ -733,20 +764,30 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
             }
             at = child;
         }
-        out
+        (out, more)
     }
-    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(String, String)>) {
         if crate::exec::stateful_state(plan.as_ref()).is_some() {
-            let inputs: Vec<Vec<String>> = plan.children().into_iter().map(chain).collect();
-            out.push(if inputs.iter().all(Vec::is_empty) {
-                String::new()
-            } else {
-                inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!(" in{i}[{}]", c.join("; ")))
-                    .collect::<String>()
-            });
+            let inputs: Vec<(Vec<String>, Vec<String>)> = plan
+                .children()
+                .into_iter()
+                .map(|c| chain(c, c.schema().fields().iter().map(|f| f.name().clone()).collect()))
+                .collect();
+            let part = |pick: &dyn Fn(&(Vec<String>, Vec<String>)) -> String| {
+                if inputs.iter().all(|i| pick(i).is_empty()) {
+                    String::new()
+                } else {
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!(" in{i}[{}]", pick(c)))
+                        .collect::<String>()
+                }
+            };
+            out.push((
+                part(&|(layers, _)| layers.join("; ")),
+                part(&|(_, more)| more.join("; ")),
+            ));
         }
         for child in plan.children() {
             walk(child, out);
