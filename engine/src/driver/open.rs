@@ -703,18 +703,19 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Str
                 [] => break,
                 [child] => Arc::clone(child),
                 several => {
-                    let branches: Vec<String> = several
+                    let mut branches: Vec<String> = several
                         .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
+                        .map(|c| {
                             let all = c.schema().fields().iter().map(|f| f.name().clone()).collect();
                             let (layers, below) = chain(c, all);
-                            format!("b{i}[{}]{{{}}}", layers.join("; "), below.join("; "))
+                            format!("[{}]{{{}}}", layers.join("; "), below.join("; "))
                         })
                         .collect();
-                    // Not the node's name: a UNION is an InterleaveExec
-                    // under some thread counts, and a restart may change
-                    // them.
+                    // In name order, and without the node's name: a
+                    // restart may change the thread count, and with it
+                    // the node (a UNION may be an InterleaveExec) and the
+                    // order of a join's inputs (its build side).
+                    branches.sort();
                     more.push(format!("inputs({})", branches.join(" ")));
                     break;
                 }

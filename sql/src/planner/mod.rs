@@ -268,7 +268,7 @@ impl StreamPlanner {
     ) -> Result<PipelinePlan> {
         self.register_windows(tvfs, query.with.as_ref()).await?;
         let plan = self.plan_query(query).await?;
-        check_not_in_subqueries(&plan)?;
+        check_not_in_subqueries(&plan, &|s| self.is_static(s))?;
         let plan = self
             .ctx
             .state()

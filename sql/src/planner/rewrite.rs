@@ -672,24 +672,33 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
 /// the same. An IN in a plain condition (under AND and OR only) is right:
 /// there UNKNOWN and false both drop the row. Checked on the plan before
 /// decorrelation, where the subquery is still an expression.
-pub fn check_not_in_subqueries(plan: &LogicalPlan) -> Result<()> {
+///
+/// `checked` picks the subqueries this applies to: a streaming query's
+/// over a stream are refused anyway, with their own reason.
+pub fn check_not_in_subqueries(plan: &LogicalPlan, checked: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
     /// Whether `e` holds a correlated IN subquery whose UNKNOWN would be
     /// read as false: negated, or below anything but AND and OR.
-    fn wrong(e: &Expr, plain: bool) -> bool {
+    fn wrong(e: &Expr, plain: bool, checked: &dyn Fn(&LogicalPlan) -> bool) -> bool {
         match e {
-            Expr::InSubquery(s) if !s.subquery.outer_ref_columns.is_empty() && (s.negated || !plain) => true,
+            Expr::InSubquery(s)
+                if !s.subquery.outer_ref_columns.is_empty()
+                    && (s.negated || !plain)
+                    && checked(&s.subquery.subquery) =>
+            {
+                true
+            }
             Expr::BinaryExpr(b)
                 if matches!(
                     b.op,
                     datafusion::logical_expr::Operator::And | datafusion::logical_expr::Operator::Or
                 ) =>
             {
-                wrong(&b.left, plain) || wrong(&b.right, plain)
+                wrong(&b.left, plain, checked) || wrong(&b.right, plain, checked)
             }
             e => {
                 let mut found = false;
                 let _ = e.apply_children(|c| {
-                    found = wrong(c, false);
+                    found = wrong(c, false, checked);
                     Ok(if found {
                         TreeNodeRecursion::Stop
                     } else {
@@ -707,7 +716,7 @@ pub fn check_not_in_subqueries(plan: &LogicalPlan) -> Result<()> {
         // (or is refused by the planner).
         let plain = matches!(p, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
         p.apply_expressions(|e| {
-            found = wrong(e, plain);
+            found = wrong(e, plain, checked);
             Ok(if found {
                 TreeNodeRecursion::Stop
             } else {
