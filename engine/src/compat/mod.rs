@@ -217,8 +217,9 @@ fn changed_part(a: &str, b: &str) -> (String, String) {
         .take_while(|(x, y)| x == y)
         .count();
     // Widen to whole words: back to the last separator before, on to the
-    // next one after.
-    let separator = |c: &char| matches!(c, ' ' | ',' | '{' | '}' | '(' | ')' | '[' | ']');
+    // next one after. (Not parentheses: `limit=Some(2)` is one word, where
+    // the change alone, `2`, said nothing.)
+    let separator = |c: &char| matches!(c, ' ' | ',' | '{' | '}' | '[' | ']');
     while start > 0 && !separator(&ac[start - 1]) {
         start -= 1;
     }
@@ -327,6 +328,14 @@ mod tests {
         );
         let (was, now) = super::changed_part("keys [k:Int64, v:Utf8]", "keys [k:Int32, v:Utf8]");
         assert_eq!((was.as_str(), now.as_str()), ("...k:Int64...", "...k:Int32..."));
+        let (was, now) = super::changed_part(
+            "window-top-n RowNumber limit=Some(2) partition [k]",
+            "window-top-n RowNumber limit=Some(3) partition [k]",
+        );
+        assert_eq!(
+            (was.as_str(), now.as_str()),
+            ("...RowNumber limit=Some(2)...", "...RowNumber limit=Some(3)...")
+        );
         let (was, now) = super::changed_part("a", "ab");
         assert_eq!((was.as_str(), now.as_str()), ("a", "ab"));
     }
