@@ -10,7 +10,7 @@ impl StreamPlanner {
     /// is refused.
     pub(super) fn rewrite_streaming(&self, plan: LogicalPlan, emit: Option<Emit>) -> Result<LogicalPlan> {
         check_expressions(&plan, &|p| self.is_static(p))?;
-        check_ordered_aggregates(&plan)?;
+        check_ordered_aggregates(&plan, &|p| self.is_static(p))?;
         let ttl_ms = self.ttl_ms(&plan)?;
         let mut sessions_used: BTreeSet<String> = BTreeSet::new();
         let out = plan.transform_up(|p| {
@@ -740,10 +740,28 @@ pub fn check_not_in_subqueries(plan: &LogicalPlan, checked: &dyn Fn(&LogicalPlan
 /// (DataFusion sorts before it in a batch query; FIRST_VALUE, LAST_VALUE,
 /// ARRAY_AGG and STRING_AGG order what they keep themselves). A stream's
 /// rows arrive as they come, so its answer would be wrong: refused.
-pub(super) fn check_ordered_aggregates(plan: &LogicalPlan) -> Result<()> {
-    let found = any_expression(plan, &|e| {
-        matches!(e, Expr::AggregateFunction(f)
-            if !f.params.order_by.is_empty() && f.func.name().eq_ignore_ascii_case("nth_value"))
+/// Over bounded tables alone (a lookup join's subquery) it runs as a batch
+/// query, sorted: allowed there.
+pub(super) fn check_ordered_aggregates(
+    plan: &LogicalPlan,
+    is_static: &dyn Fn(&LogicalPlan) -> bool,
+) -> Result<()> {
+    let mut found = false;
+    plan.apply(|p| {
+        if is_static(p) {
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        p.apply_expressions(|e| {
+            e.apply(|e| {
+                if matches!(e, Expr::AggregateFunction(f)
+                    if !f.params.order_by.is_empty() && f.func.name().eq_ignore_ascii_case("nth_value"))
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
     })?;
     if found {
         return Err(Error::Unsupported(
