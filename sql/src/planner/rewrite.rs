@@ -121,6 +121,27 @@ impl StreamPlanner {
         if self.is_static(&p) {
             return Ok(Transformed::no(p));
         }
+        // An operator's expired state leaves with `-D` rows, which reach an
+        // operator over its changelog: that one may have expired the same
+        // rows' contributions already, and netted against new rows in one
+        // epoch they left it wrong (a COUNT of -1, live rows missing from a
+        // Top-N or a join). Flink's aggregates expire silently instead.
+        if ttl_ms.is_some()
+            && matches!(
+                p,
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Join(_)
+            )
+            && p.inputs().iter().any(|i| is_changelog(i))
+        {
+            return Err(Error::Unsupported(
+                "'state.ttl' with an aggregate, ranking or join over another one's changelog (an aggregate \
+                 without a window, an updating join, a Top-N): the rows the first one takes back when its \
+                 state expires reach the second, whose own state for them may have expired, and its results \
+                 would go wrong; drop 'state.ttl', or give the first operator's results a sink of their own \
+                 and read them from there"
+                    .into(),
+            ));
+        }
         if let LogicalPlan::Union(u) = &p
             && u.inputs.iter().any(|i| self.is_static(i))
         {
