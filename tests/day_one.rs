@@ -838,6 +838,20 @@ fn a_changed_union_branch_or_window_time_column_is_a_changed_query() {
         e.contains("computes something else") && e.contains("window time=later"),
         "{e}"
     );
+    // A computation moved from one branch to the other (each branch's
+    // record alike, in the other order).
+    let moved = |first: &str, second: &str| {
+        format!(
+            "SELECT {first} AS auction, date_time, date_time AS later FROM bids WHERE price < 500
+             UNION ALL SELECT {second} AS auction, date_time, date_time AS later FROM bids WHERE price >= 500"
+        )
+    };
+    ws.write("job.sql", &job(&moved("auction + 100", "auction"), "date_time"));
+    let e = run_now(&ws, "job.sql", &["--fresh-state"]).ok().stderr();
+    assert!(e.contains("done:"), "{e}");
+    ws.write("job.sql", &job(&moved("auction", "auction + 100"), "date_time"));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("computes something else"), "{e}");
 }
 
 #[test]

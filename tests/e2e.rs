@@ -1451,6 +1451,25 @@ fn a_correlated_not_in_is_refused_and_its_not_exists_form_is_right() {
         .fails()
         .stderr();
     assert!(e.contains("work as conditions"), "{e}");
+    // An IN whose UNKNOWN matters (DataFusion reads it as false) is
+    // refused, correlated or not; one only truth-tested runs, and is right.
+    for sql in [
+        "SELECT k FROM 'in/' WHERE (k IN (SELECT d.k FROM 'dim/' d)) IS FALSE",
+        "SELECT k FROM 'in/' WHERE COALESCE(k IN (SELECT d.k FROM 'dim/' d), true)",
+    ] {
+        let e = ws.weir(&["query", sql]).fails().stderr();
+        assert!(e.contains("whose NULL answer matters"), "{sql}: {e}");
+    }
+    let q = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT k FROM 'in/' s WHERE (k IN (SELECT d.k FROM 'dim/' d WHERE d.floor < s.v)) IS NOT TRUE ORDER BY k",
+        ])
+        .ok()
+        .stdout();
+    assert_eq!(q.trim(), "k\n6");
     // The rewrite the refusal names, and the uncorrelated NOT IN (right in
     // DataFusion), run.
     ws.write(

@@ -675,6 +675,8 @@ fn ranks(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
 /// (behind `compat::MORE_MARK`) what it did not follow: a window's time
 /// column, and each input of a UNION or lookup join below the operator.
 pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, String)> {
+    /// An input's computed columns, and what they leave out (see `chain`).
+    type Chain = (Vec<String>, Vec<String>);
     use datafusion::physical_plan::projection::ProjectionExec;
     use std::collections::BTreeSet;
     /// The computed or renamed columns along the single-input chain below
@@ -690,7 +692,7 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Str
     /// traced through such a node).
     ///
     /// [`MORE_MARK`]: crate::compat::MORE_MARK
-    fn chain(plan: &Arc<dyn ExecutionPlan>, mut needed: BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    fn chain(plan: &Arc<dyn ExecutionPlan>, mut needed: BTreeSet<String>) -> Chain {
         let mut out = Vec::new();
         let mut more = Vec::new();
         let mut at = Arc::clone(plan);
@@ -700,7 +702,19 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Str
             }
             let children = at.children();
             let child = match children.as_slice() {
-                [] => break,
+                [] => {
+                    // What the chain reads: branches of a UNION that read
+                    // other tables are told apart (a computation moved
+                    // from one to the other is a change).
+                    if let Some(scan) = at.downcast_ref::<crate::exec::scan::StreamScanExec>() {
+                        more.push(format!("from {}", scan.source()));
+                    } else if let Some(scan) = at.downcast_ref::<crate::exec::scan::LookupScanExec>() {
+                        more.push(format!("from {}", scan.table()));
+                    } else {
+                        more.push(format!("from {}", at.name()));
+                    }
+                    break;
+                }
                 [child] => Arc::clone(child),
                 several => {
                     let mut branches: Vec<String> = several
@@ -711,11 +725,15 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Str
                             format!("[{}]{{{}}}", layers.join("; "), below.join("; "))
                         })
                         .collect();
-                    // In name order, and without the node's name: a
-                    // restart may change the thread count, and with it
-                    // the node (a UNION may be an InterleaveExec) and the
-                    // order of a join's inputs (its build side).
-                    branches.sort();
+                    // Without the node's name: a restart may change the
+                    // thread count, and with it the node (a UNION may be
+                    // an InterleaveExec). A join's inputs in name order,
+                    // which a thread count may swap (its build side); a
+                    // UNION's in its order, so that a computation moved
+                    // from one branch to another is a change.
+                    if at.name().contains("Join") {
+                        branches.sort();
+                    }
                     more.push(format!("inputs({})", branches.join(" ")));
                     break;
                 }
@@ -769,12 +787,12 @@ pub(crate) fn operator_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Str
     }
     fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(String, String)>) {
         if crate::exec::stateful_state(plan.as_ref()).is_some() {
-            let inputs: Vec<(Vec<String>, Vec<String>)> = plan
+            let inputs: Vec<Chain> = plan
                 .children()
                 .into_iter()
                 .map(|c| chain(c, c.schema().fields().iter().map(|f| f.name().clone()).collect()))
                 .collect();
-            let part = |pick: &dyn Fn(&(Vec<String>, Vec<String>)) -> String| {
+            let part = |pick: &dyn Fn(&Chain) -> String| {
                 if inputs.iter().all(|i| pick(i).is_empty()) {
                     String::new()
                 } else {

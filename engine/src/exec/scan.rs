@@ -310,6 +310,11 @@ pub struct LookupScanExec {
 }
 
 impl LookupScanExec {
+    /// The bounded table it reads.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     /// A scan of bounded table `table` (declared schema `full`), projected.
     pub fn try_new(table: &str, full: &SchemaRef, projection: Option<&Vec<usize>>) -> Result<Self> {
         let schema = match projection {

@@ -479,7 +479,12 @@ impl StreamPlanner {
             Ok(TreeNodeRecursion::Continue)
         })?;
         let names: Vec<String> = names.into_iter().collect();
-        let names = names.join(", ");
+        // A constant relation (VALUES, a SELECT without FROM) has no name.
+        let names = if names.is_empty() {
+            "of constants (VALUES)".to_string()
+        } else {
+            names.join(", ")
+        };
         if is_changelog(stream) {
             return Err(Error::Unsupported(format!(
                 "joining a changelog (the rows of an aggregate without a window) with the bounded table {names} is \

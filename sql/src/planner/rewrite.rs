@@ -683,44 +683,92 @@ pub(super) fn check_expressions(plan: &LogicalPlan, is_static: &dyn Fn(&LogicalP
     Ok(())
 }
 
-/// DataFusion 55 answers a correlated `NOT IN (SELECT ...)` wrongly when
-/// the subquery's column holds NULLs: its NULL-aware anti join looks for a
-/// NULL among all the subquery's rows, not those of the outer row
-/// (apache/datafusion#25336, #25347, #25480), and an equality correlation
-/// fails to plan. A correlated `IN` under a NOT (or `IS FALSE` and the
-/// like) goes through a mark join that makes UNKNOWN false, so NOT of it
-/// keeps rows it must drop. Both are refused, with the NOT EXISTS that says
-/// the same. An IN in a plain condition (under AND and OR only) is right:
-/// there UNKNOWN and false both drop the row. Checked on the plan before
-/// decorrelation, where the subquery is still an expression.
+/// Where DataFusion 55 answers `x IN (SELECT ...)` wrongly, refused:
+///
+/// - a correlated `NOT IN`: its NULL-aware anti join looks for a NULL among
+///   all the subquery's rows, not those of the outer row
+///   (apache/datafusion#25336, #25347, #25480), and an equality
+///   correlation fails to plan;
+/// - an IN whose UNKNOWN (the subquery holds a NULL) matters: the mark join
+///   it becomes reads UNKNOWN as false, so `NOT` of a correlated IN, or any
+///   IN under `IS FALSE`, `COALESCE`, a comparison, keeps or drops the
+///   wrong rows.
+///
+/// An IN only truth-tested (a WHERE or ON condition, under AND and OR, IS
+/// [NOT] TRUE, CASE WHEN) is right: there UNKNOWN and false act alike (a
+/// formula of AND and OR is true with UNKNOWN inputs exactly when it is
+/// with false ones). So are an uncorrelated `NOT IN` and `NOT (x IN ...)`,
+/// which DataFusion plans NULL-aware. Checked on the plan before
+/// decorrelation, in filters and join conditions (an IN elsewhere cannot
+/// be planned, and says so).
 ///
 /// `checked` picks the subqueries this applies to: a streaming query's
 /// over a stream are refused anyway, with their own reason.
 pub fn check_not_in_subqueries(plan: &LogicalPlan, checked: &dyn Fn(&LogicalPlan) -> bool) -> Result<()> {
-    /// Whether `e` holds a correlated IN subquery whose UNKNOWN would be
-    /// read as false: negated, or below anything but AND and OR.
-    fn wrong(e: &Expr, plain: bool, checked: &dyn Fn(&LogicalPlan) -> bool) -> bool {
+    /// How the value of an expression is used.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Use {
+        /// Only whether it is true.
+        Tested,
+        /// Directly under a NOT that is itself only tested.
+        Negated,
+        /// Any other way.
+        Other,
+    }
+    /// Why `e` holds an IN subquery answered wrongly, used as `u`.
+    fn wrong(e: &Expr, u: Use, checked: &dyn Fn(&LogicalPlan) -> bool) -> Option<&'static str> {
+        use datafusion::logical_expr::Operator;
         match e {
-            Expr::InSubquery(s)
-                if !s.subquery.outer_ref_columns.is_empty()
-                    && (s.negated || !plain)
-                    && checked(&s.subquery.subquery) =>
-            {
-                true
+            Expr::InSubquery(s) if checked(&s.subquery.subquery) => {
+                let correlated = !s.subquery.outer_ref_columns.is_empty();
+                let right = matches!(
+                    (correlated, s.negated, u),
+                    (_, false, Use::Tested) | (false, true, Use::Tested) | (false, false, Use::Negated)
+                );
+                if right {
+                    return None;
+                }
+                Some(if correlated {
+                    "a correlated `x NOT IN (SELECT y ... WHERE <correlation>)` (or NOT of such an IN, or one whose \
+                     NULL answer matters) is refused: DataFusion 55 gives wrong answers for it when y holds NULLs \
+                     (apache/datafusion#25336). Write it as `NOT EXISTS (SELECT 1 ... WHERE <correlation> AND (y = x \
+                     OR y IS NULL OR x IS NULL))`, which means the same, or as NOT EXISTS (... AND y = x) if NULLs \
+                     in y should not count"
+                } else {
+                    "an `x IN (SELECT ...)` whose NULL answer matters where it stands (under IS FALSE, IS NULL, \
+                     COALESCE, a comparison) is refused: DataFusion 55 reads it as false when the subquery holds a \
+                     NULL. Use it as a condition (in WHERE or ON, under AND, OR, CASE WHEN, IS [NOT] TRUE), or as \
+                     `x NOT IN (...)` or `NOT (x IN (...))`, which are right"
+                })
             }
-            Expr::BinaryExpr(b)
-                if matches!(
-                    b.op,
-                    datafusion::logical_expr::Operator::And | datafusion::logical_expr::Operator::Or
-                ) =>
-            {
-                wrong(&b.left, plain, checked) || wrong(&b.right, plain, checked)
+            Expr::BinaryExpr(b) if matches!(b.op, Operator::And | Operator::Or) => {
+                let inner = if u == Use::Tested { Use::Tested } else { Use::Other };
+                wrong(&b.left, inner, checked).or_else(|| wrong(&b.right, inner, checked))
             }
+            Expr::Not(inner) => wrong(
+                inner,
+                if u == Use::Tested {
+                    Use::Negated
+                } else {
+                    Use::Other
+                },
+                checked,
+            ),
+            Expr::IsTrue(inner) | Expr::IsNotTrue(inner) => wrong(inner, Use::Tested, checked),
+            Expr::Case(c) => c
+                .when_then_expr
+                .iter()
+                .find_map(|(when, then)| {
+                    let when_use = if c.expr.is_none() { Use::Tested } else { Use::Other };
+                    wrong(when, when_use, checked).or_else(|| wrong(then, Use::Other, checked))
+                })
+                .or_else(|| c.expr.as_deref().and_then(|e| wrong(e, Use::Other, checked)))
+                .or_else(|| c.else_expr.as_deref().and_then(|e| wrong(e, Use::Other, checked))),
             e => {
-                let mut found = false;
+                let mut found = None;
                 let _ = e.apply_children(|c| {
-                    found = wrong(c, false, checked);
-                    Ok(if found {
+                    found = wrong(c, Use::Other, checked);
+                    Ok(if found.is_some() {
                         TreeNodeRecursion::Stop
                     } else {
                         TreeNodeRecursion::Continue
@@ -730,31 +778,26 @@ pub fn check_not_in_subqueries(plan: &LogicalPlan, checked: &dyn Fn(&LogicalPlan
             }
         }
     }
-    let mut found = false;
+    let mut found = None;
     plan.apply_with_subqueries(|p| {
-        // Only a filter's (or a join's) condition drops rows whose
-        // condition is UNKNOWN; elsewhere any IN keeps its three values
-        // (or is refused by the planner).
-        let plain = matches!(p, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
+        // Only a filter's (or a join's) condition is truth-tested; an IN
+        // anywhere else cannot be planned (see `IN_OR_EXISTS_LEFT`).
+        if !matches!(p, LogicalPlan::Filter(_) | LogicalPlan::Join(_)) {
+            return Ok(TreeNodeRecursion::Continue);
+        }
         p.apply_expressions(|e| {
-            found = wrong(e, plain, checked);
-            Ok(if found {
+            found = wrong(e, Use::Tested, checked);
+            Ok(if found.is_some() {
                 TreeNodeRecursion::Stop
             } else {
                 TreeNodeRecursion::Continue
             })
         })
     })?;
-    if found {
-        return Err(Error::Unsupported(
-            "a correlated `x NOT IN (SELECT y ... WHERE <correlation>)` (or NOT of such an IN) is refused: \
-             DataFusion 55 gives wrong answers for it when y holds NULLs (apache/datafusion#25336). Write it \
-             as `NOT EXISTS (SELECT 1 ... WHERE <correlation> AND (y = x OR y IS NULL OR x IS NULL))`, which \
-             means the same, or as NOT EXISTS (... AND y = x) if NULLs in y should not count"
-                .into(),
-        ));
+    match found {
+        Some(why) => Err(Error::Unsupported(why.into())),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// NTH_VALUE(x, n ORDER BY y) counts on its input arriving sorted
