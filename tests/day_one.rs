@@ -187,12 +187,10 @@ fn a_sink_or_checkpoint_in_a_bounded_tables_folder_is_refused() {
     ws.write("in/s.csv", "k,v\n1,1\n");
     ws.write("dim/d.csv", "k,name\n1,one\n");
     let job = |sink: &str| {
-        format!(
-            "CREATE TABLE s (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
-             CREATE TABLE d (k BIGINT, name VARCHAR)
-               WITH ('connector' = 'files', 'path' = 'dim/', 'format' = 'csv', 'bounded' = 'true');
-             CREATE TABLE o WITH ('connector' = 'files', 'path' = '{sink}', 'format' = 'parquet');
-             INSERT INTO o SELECT s.k + 1 AS k, d.name FROM s JOIN d ON s.k = d.k;"
+        stream_and_bounded_job(
+            "name VARCHAR",
+            sink,
+            "SELECT s.k + 1 AS k, d.name FROM s JOIN d ON s.k = d.k",
         )
     };
     ws.write("inside.sql", &job("dim/sub/"));
@@ -203,15 +201,7 @@ fn a_sink_or_checkpoint_in_a_bounded_tables_folder_is_refused() {
         "refused before anything was written"
     );
     ws.write("good.sql", &job("out/"));
-    let e = ws
-        .weir(&[
-            "run",
-            "good.sql",
-            "--trigger",
-            "available-now",
-            "--checkpoint",
-            "dim/ck",
-        ])
+    let e = run_now(&ws, "good.sql", &["--checkpoint", "dim/ck"])
         .fails()
         .stderr();
     assert!(e.contains("is inside the folder of source 'd'"), "{e}");

@@ -1400,12 +1400,10 @@ fn a_correlated_not_in_is_refused_and_its_not_exists_form_is_right() {
     ws.write("in/s.csv", "k,v\n6,5\n1,10\n");
     ws.write("dim/d.csv", "k,floor\n1,5\n,7\n");
     let job = |condition: &str| {
-        format!(
-            "CREATE TABLE s (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
-             CREATE TABLE d (k BIGINT, floor BIGINT)
-               WITH ('connector' = 'files', 'path' = 'dim/', 'format' = 'csv', 'bounded' = 'true');
-             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
-             INSERT INTO out SELECT k, v FROM s WHERE {condition};"
+        stream_and_bounded_job(
+            "floor BIGINT",
+            "out/",
+            &format!("SELECT k, v FROM s WHERE {condition}"),
         )
     };
     let refused = [

@@ -552,3 +552,16 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A job of a CSV stream `s (k, v)` in `in/` and a bounded CSV table
+/// `d (k, <dim_columns>)` in `dim/`, inserting `query` into the Parquet
+/// sink `o` at `sink`.
+pub fn stream_and_bounded_job(dim_columns: &str, sink: &str, query: &str) -> String {
+    format!(
+        "CREATE TABLE s (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE d (k BIGINT, {dim_columns})
+           WITH ('connector' = 'files', 'path' = 'dim/', 'format' = 'csv', 'bounded' = 'true');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = '{sink}', 'format' = 'parquet');
+         INSERT INTO o {query};"
+    )
+}
