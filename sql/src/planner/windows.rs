@@ -191,6 +191,15 @@ impl StreamPlanner {
                 .map(str::to_ascii_lowercase)
                 .as_deref()
             {
+                // A late sink named without the policy that uses it: its
+                // late rows were dropped without a word.
+                None | Some("drop") if decl.options.get("late.sink").is_some() => {
+                    return Err(Error::Plan(format!(
+                        "table '{source}': 'late.sink' = '{}' is only used with 'late.policy' = 'sink' (without \
+                         it, late rows are dropped): add 'late.policy' = 'sink', or remove 'late.sink'",
+                        decl.options.get("late.sink").unwrap_or_default()
+                    )));
+                }
                 None | Some("drop") => {}
                 Some("sink") => {
                     let target = decl.options.get("late.sink").ok_or_else(|| {
