@@ -385,7 +385,7 @@ pub struct SideSink {
 /// windowed queries may have a row late for both: it is in the late table
 /// once for each, told apart by this column (as Flink's late-data side
 /// outputs are per window operator).
-pub const LATE_FOR: &str = "weir_late_for";
+pub const LATE_FOR: &str = weir_sql::nodes::LATE_FOR;
 
 impl SideSink {
     /// Opens the sink a table declares, for rows of `schema`, writing as

@@ -6,6 +6,10 @@ use super::*;
 /// The three columns a window table function adds.
 pub const WINDOW_COLUMNS: [&str; 3] = ["window_start", "window_end", "window_time"];
 
+/// The column a late sink adds to each late row: the sink table of the
+/// query that judged it late (the engine's late sinks write it).
+pub const LATE_FOR: &str = "weir_late_for";
+
 /// A window table function applied to its input.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WindowAssignNode {

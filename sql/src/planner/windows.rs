@@ -3,6 +3,8 @@
 //! traced and, when its input drops rows, lateness judged at the source.
 
 use super::*;
+use crate::nodes::LATE_FOR;
+use datafusion::common::DFSchema;
 
 impl StreamPlanner {
     /// Plans the window calls of one statement, in order, and registers a
@@ -123,6 +125,9 @@ impl StreamPlanner {
             }
         }
         let late_sink = self.late_sink(&origin)?;
+        if let Some(table) = &late_sink {
+            self.check_late_columns(table, input.schema())?;
+        }
         // A window whose input drops rows (a view or subquery with a WHERE)
         // would judge lateness among the rows it keeps; the source's
         // watermark is made of all of them. Judge it at the source instead.
@@ -232,6 +237,32 @@ impl StreamPlanner {
             }
         }
         Ok(sink)
+    }
+
+    /// A late table declared with columns must declare the late rows' own:
+    /// the window input's columns, then [`LATE_FOR`]. They are written as
+    /// they are, so other declared columns would be ignored without a word.
+    fn check_late_columns(&self, table: &str, rows: &DFSchema) -> Result<()> {
+        let Some(declared) = self.job.tables.get(table).and_then(|t| t.schema.as_ref()) else {
+            return Ok(());
+        };
+        let lower = |name: &str| name.to_ascii_lowercase();
+        let expected: Vec<String> = rows
+            .fields()
+            .iter()
+            .map(|f| lower(f.name()))
+            .chain([LATE_FOR.to_string()])
+            .collect();
+        let names: Vec<String> = declared.fields().iter().map(|f| lower(f.name())).collect();
+        if names != expected {
+            return Err(Error::Plan(format!(
+                "late sink '{table}': its late rows have the columns ({}), not the ones it declares ({}); \
+                 declare it without columns",
+                expected.join(", "),
+                names.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn no_watermark(&self, call: &TvfCall) -> Error {
