@@ -112,32 +112,48 @@ fn parse_positive(decl: &TableDecl, key: &str) -> Result<Option<u64>> {
 
 /// `base_time`: `2026-01-01 00:00:00[.fff]` (UTC), RFC 3339, or ms since the
 /// Unix epoch.
+/// It must lie in SQL's TIMESTAMP range (years 0000 to 9999): an event
+/// time outside it belongs to no window and is late, so every event would be.
 fn parse_base_time(decl: &TableDecl) -> Result<i64> {
     let Some(v) = decl.options.get("base_time") else {
         return Ok(generator::DEFAULT_BASE_TIME_MS);
     };
     let t = v.trim();
-    if let Ok(ms) = t.parse::<i64>() {
-        return Ok(ms);
+    let ms = if let Ok(ms) = t.parse::<i64>() {
+        Some(ms)
+    } else if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
+        Some(dt.timestamp_millis())
+    } else {
+        [
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S",
+        ]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(t, format).ok())
+        .map(|dt| dt.and_utc().timestamp_millis())
+    };
+    let Some(ms) = ms else {
+        return Err(bad_option(
+            decl,
+            "base_time",
+            v,
+            "a time such as '2026-01-01 00:00:00' (UTC) or milliseconds since 1970",
+        ));
+    };
+    // 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z.
+    const FIRST_MS: i64 = -62_167_219_200_000;
+    const LAST_MS: i64 = 253_402_300_799_999;
+    if !(FIRST_MS..=LAST_MS).contains(&ms) {
+        return Err(bad_option(
+            decl,
+            "base_time",
+            v,
+            "a time within years 0000 to 9999 (SQL's TIMESTAMP range: an event time outside it is late for every \
+             window)",
+        ));
     }
-    if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.timestamp_millis());
-    }
-    for format in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S",
-    ] {
-        if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(t, format) {
-            return Ok(dt.and_utc().timestamp_millis());
-        }
-    }
-    Err(bad_option(
-        decl,
-        "base_time",
-        v,
-        "a time such as '2026-01-01 00:00:00' (UTC) or milliseconds since 1970",
-    ))
+    Ok(ms)
 }
 
 impl NexmarkSource {
@@ -652,6 +668,14 @@ mod tests {
         assert!(e.contains("953"), "{e}");
         let e = err(BID, ", 'base_time' = 'yesterday'");
         assert!(e.contains("'base_time' must be a time"), "{e}");
+        let e = err(BID, ", 'base_time' = '300000000000000'");
+        assert!(
+            e.contains("'base_time' must be a time within years 0000 to 9999"),
+            "{e}"
+        );
+        let e = err(BID, ", 'base_time' = '-62167219200001'");
+        assert!(e.contains("within years 0000 to 9999"), "{e}");
+        assert!(NexmarkSource::open(&decl(BID, ", 'base_time' = '9999-12-31 23:59:59.999'")).is_ok());
         let e = err(BID, ", 'path' = 'x/'");
         assert!(e.contains("unknown option 'path'"), "{e}");
         // The table name picks the kind when 'table' is absent.
