@@ -449,8 +449,12 @@ pub(crate) fn sink_of(files: Option<WireFiles>) -> RemoteSink {
 /// may call them, and the executor's registry does not hold them.
 pub(crate) fn with_weir_functions(ctx: &TaskContext) -> TaskContext {
     let mut functions = ctx.scalar_functions().clone();
-    let proctime = Arc::new(weir_sql::functions::proctime());
-    functions.insert(proctime.name().to_string(), proctime);
+    for f in [
+        weir_sql::functions::proctime(),
+        weir_sql::functions::decimal_avg(),
+    ] {
+        functions.insert(f.name().to_string(), Arc::new(f));
+    }
     task_context(ctx, ctx.session_config().clone(), functions)
 }
 

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, ArrowNativeTypeOp, AsArray, PrimitiveArray};
+use datafusion::arrow::datatypes::{ArrowNativeType, Decimal128Type, Decimal256Type, DecimalType};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -54,6 +55,102 @@ impl ScalarUDFImpl for ProcTime {
             Some(now),
             None,
         )))
+    }
+}
+
+/// `AVG` of a DECIMAL over a changelog: Weir's rewrite keeps the signed
+/// SUM and COUNT (see `planner::retract`) and divides them here, exactly as
+/// DataFusion's own decimal AVG does (the sum scaled up to the result's
+/// scale, then divided by the count, truncating toward zero), so that the
+/// streaming answer is the batch answer to the last digit; Float64 would
+/// round it. Called as `__weir_decimal_avg(sum, count, NULL::result_type)`:
+/// the third argument only carries the result type, so that the call is
+/// complete by its name and arguments (it crosses the wire to a cluster's
+/// executors that way).
+pub fn decimal_avg() -> ScalarUDF {
+    ScalarUDF::new_from_impl(DecimalAvg {
+        signature: Signature::any(3, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DecimalAvg {
+    signature: Signature,
+}
+
+impl DecimalAvg {
+    fn average<T: DecimalType>(sum: &ArrayRef, count: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
+        let sum_scale = match sum.data_type() {
+            DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => *s,
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "AVG of a DECIMAL: a sum of type {other}"
+                )));
+            }
+        };
+        let (precision, scale) = match target {
+            DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => (*p, *s),
+            other => return Err(DataFusionError::Plan(format!("AVG of a DECIMAL into {other}"))),
+        };
+        let sum = sum.as_primitive_opt::<T>().ok_or_else(|| {
+            DataFusionError::Plan(format!("AVG of a DECIMAL: a sum of type {}", sum.data_type()))
+        })?;
+        let count = datafusion::arrow::compute::cast(count, &DataType::Int64)?;
+        let count = count.as_primitive::<Int64Type>();
+        let up = u32::try_from(i16::from(scale) - i16::from(sum_scale)).map_err(|_| {
+            DataFusionError::Plan(format!("AVG of a DECIMAL: scale {sum_scale} down to {scale}"))
+        })?;
+        let ten = T::Native::usize_as(10);
+        let factor = ten.pow_checked(up)?;
+        let overflow = || DataFusionError::Execution(format!("AVG overflows {target}"));
+        let out: PrimitiveArray<T> = sum
+            .iter()
+            .zip(count.iter())
+            .map(|(s, n)| match (s, n) {
+                (Some(s), Some(n)) if n > 0 => {
+                    let v = s.mul_checked(factor).map_err(|_| overflow())?;
+                    let v = v.div_wrapping(T::Native::usize_as(n as usize));
+                    T::validate_decimal_precision(v, precision, scale).map_err(|_| overflow())?;
+                    Ok(Some(v))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Arc::new(out.with_data_type(target.clone())))
+    }
+}
+
+impl ScalarUDFImpl for DecimalAvg {
+    fn name(&self) -> &str {
+        "__weir_decimal_avg"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [_, _, t @ (DataType::Decimal128(..) | DataType::Decimal256(..))] => Ok(t.clone()),
+            _ => Err(DataFusionError::Plan(
+                "__weir_decimal_avg takes (sum, count, NULL of the result's DECIMAL type)".into(),
+            )),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let target = args.return_field.data_type().clone();
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [sum, count, _] = arrays.as_slice() else {
+            return Err(DataFusionError::Plan(
+                "__weir_decimal_avg takes three arguments".into(),
+            ));
+        };
+        let out = match &target {
+            DataType::Decimal128(..) => Self::average::<Decimal128Type>(sum, count, &target)?,
+            _ => Self::average::<Decimal256Type>(sum, count, &target)?,
+        };
+        Ok(ColumnarValue::Array(out))
     }
 }
 

@@ -16,7 +16,8 @@
 //!   COUNT(x)                          ->  SUM(CASE WHEN x IS NOT NULL THEN sign ELSE 0 END)
 //!   SUM(x)                            ->  s = SUM(sign * x), n = COUNT(x) as above;
 //!                                         CASE WHEN n > 0 THEN s END
-//!   AVG(x)                            ->  CASE WHEN n > 0 THEN s / n END
+//!   AVG(x)                            ->  CASE WHEN n > 0 THEN s / n END (a
+//!                                         DECIMAL: __weir_decimal_avg(s, n), exact)
 //!   MIN(x), MAX(x)                    ->  __weir_retract_min/max(x, sign): each
 //!                                         group's values with their net counts
 //!   (each group)                      ->  __weir_rows = SUM(sign); HAVING __weir_rows > 0
@@ -30,7 +31,7 @@
 
 use datafusion::common::DFSchemaRef;
 use datafusion::functions_aggregate::sum::sum_udaf;
-use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::{Aggregate, BinaryExpr, ExprSchemable, Operator, lit, when};
 use datafusion::scalar::ScalarValue;
 
@@ -122,8 +123,13 @@ pub(super) fn changelog_aggregate(agg: &Aggregate, ttl_ms: Option<i64>) -> Resul
                 let present = col(&n_name).gt(lit(0i64));
                 let result = if name == "sum" {
                     cast(col(&s_name), out_type.clone())
+                } else if matches!(out_type, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+                    // Exactly as DataFusion's decimal AVG, to the last digit.
+                    Expr::ScalarFunction(ScalarFunction::new_udf(
+                        Arc::new(crate::functions::decimal_avg()),
+                        vec![col(&s_name), col(&n_name), lit(ScalarValue::try_from(&out_type)?)],
+                    ))
                 } else {
-                    // Decimals are averaged in Float64 (about 15 significant digits).
                     cast(
                         Expr::BinaryExpr(BinaryExpr::new(
                             Box::new(cast(col(&s_name), DataType::Float64)),
