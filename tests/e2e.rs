@@ -1607,3 +1607,34 @@ fn ties_in_a_ranking_keep_arrival_order_on_two_threads() {
         }
     }
 }
+
+/// A NaN in a sink's DOUBLE column reads back as NaN with `weir query`,
+/// filters included. Parquet leaves NaN out of min/max statistics, and
+/// DataFusion 55 read a column whose min equals its max as that constant
+/// (apache/datafusion#24804): the NaN sum showed as 100.0, and `s > 200`
+/// (true for NaN in DataFusion's order) found nothing. Sink files carry no
+/// min/max on float columns.
+#[test]
+fn a_nan_in_a_sink_reads_back_as_nan() {
+    let ws = Workspace::new();
+    ws.write(
+        "in/1.csv",
+        "k,ts,f\na,2026-01-01 00:00:06,NaN\nc,2026-01-01 00:00:12,100.0\n",
+    );
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k VARCHAR, ts TIMESTAMP(3), f DOUBLE, WATERMARK FOR ts AS ts)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO out SELECT k, SUM(f) AS s
+         FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '15' SECOND)) GROUP BY window_start, window_end, k;",
+    );
+    ws.weir(&["run", "job.sql", "--trigger", "available-now", "--drain"])
+        .ok();
+    let query = |sql: &str| ws.weir(&["query", "--format", "csv", sql]).ok().stdout();
+    assert_eq!(
+        query("SELECT k, s, isnan(s) AS nan FROM 'out/' ORDER BY k"),
+        "k,s,nan\na,NaN,true\nc,100.0,false\n"
+    );
+    assert_eq!(query("SELECT k FROM 'out/' WHERE s > 200"), "k\na\n");
+}

@@ -17,10 +17,10 @@ use datafusion::parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
 };
 use datafusion::parquet::arrow::{ArrowSchemaConverter, ArrowWriter, add_encoded_arrow_schema_to_metadata};
-use datafusion::parquet::basic::Compression;
+use datafusion::parquet::basic::{Compression, LogicalType, Type as PhysicalType};
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::KeyValue;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::schema::types::ColumnPath;
 pub use object_store::PutPayload;
@@ -428,6 +428,22 @@ fn properties(schema: &SchemaRef, metadata: &BTreeMap<String, String>, state: bo
                     .set_column_compression(path, Compression::UNCOMPRESSED);
             }
         }
+    } else {
+        // A sink file's float columns carry no min/max statistics. Parquet
+        // leaves NaN out of them, and DataFusion 55 then reads a column
+        // whose min equals its max as that constant, NaN rows included, and
+        // prunes NaN rows from `x > c` (apache/datafusion#24804): `weir
+        // query` showed a NaN SUM as 100.0. Without them the column is read.
+        if let Ok(descr) = ArrowSchemaConverter::new().convert(schema) {
+            for column in descr.columns() {
+                let float = matches!(column.physical_type(), PhysicalType::FLOAT | PhysicalType::DOUBLE)
+                    || matches!(column.logical_type_ref(), Some(LogicalType::Float16));
+                if float {
+                    props =
+                        props.set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
+                }
+            }
+        }
     }
     props.build()
 }
@@ -670,6 +686,47 @@ mod tests {
         let d = decode("x", Some(7), one).unwrap();
         assert_eq!(d.batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 3 * n);
         assert_eq!(d.schema.fields(), schema.fields());
+    }
+
+    /// A sink file's float columns (nested ones too) carry no min/max:
+    /// DataFusion 55 would read `[NaN, 100.0]` as 100.0 twice. Other
+    /// columns keep theirs (readers prune by them).
+    #[test]
+    fn sink_float_columns_have_no_min_max() {
+        use datafusion::arrow::array::{Float64Array, StructArray};
+        let f = Arc::new(Float64Array::from(vec![f64::NAN, 100.0]));
+        let nested = StructArray::from(vec![(
+            Arc::new(Field::new("x", DataType::Float64, true)),
+            Arc::clone(&f) as ArrayRef,
+        )]);
+        let b = RecordBatch::try_from_iter(vec![
+            ("v", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("f", f as ArrayRef),
+            ("s", Arc::new(nested) as ArrayRef),
+        ])
+        .unwrap();
+        let file = contiguous(&encode("x", &b.schema(), std::slice::from_ref(&b), &BTreeMap::new()).unwrap());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let has_min = |i: usize| {
+            group
+                .column(i)
+                .statistics()
+                .is_some_and(|s| s.min_bytes_opt().is_some())
+        };
+        assert!(has_min(0), "the integer column keeps its statistics");
+        assert!(!has_min(1), "f: no min/max");
+        assert!(!has_min(2), "s.x: no min/max");
+        let d = decode("x", None, file).unwrap();
+        assert!(
+            d.batches[0]
+                .column(1)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(0)
+                .is_nan()
+        );
     }
 
     #[test]
