@@ -516,6 +516,20 @@ fn table_decl(
             )));
         }
     }
+    // DataFusion 55 reads `TIMESTAMP WITH TIME ZONE` as a TIMESTAMP without
+    // one (its session has no time zone): the column lost its zone without
+    // a word (a New York time read as the UTC wall-clock time, and written
+    // so). Weir's times are UTC instants as TIMESTAMP.
+    for c in &ct.columns {
+        let text = c.data_type.to_string().to_ascii_uppercase();
+        if text.contains("WITH TIME ZONE") || text.contains("TIMESTAMPTZ") {
+            return Err(Error::Unsupported(format!(
+                "table '{name}': column '{}' is {}: a TIMESTAMP with a time zone is not supported; declare it \
+                 TIMESTAMP(3) (a file's zoned times are read as UTC)",
+                c.name.value, c.data_type
+            )));
+        }
+    }
     let schema: Option<SchemaRef> = if ct.columns.is_empty() {
         None
     } else {
@@ -967,6 +981,18 @@ mod tests {
                 "LIKE (or CLONE) another table is not supported",
             ),
             ("CREATE TABLE t (a INT, A INT)", "column 'A' is declared twice"),
+            (
+                "CREATE TABLE t (a TIMESTAMP(3) WITH TIME ZONE)",
+                "column 'a' is TIMESTAMP(3) WITH TIME ZONE: a TIMESTAMP with a time zone is not supported",
+            ),
+            (
+                "CREATE TABLE t (a TIMESTAMPTZ)",
+                "a TIMESTAMP with a time zone is not supported",
+            ),
+            (
+                "CREATE TABLE t (s STRUCT<t TIMESTAMP WITH TIME ZONE>)",
+                "a TIMESTAMP with a time zone is not supported",
+            ),
             (
                 "CREATE TABLE t WITH ('connector' = 'files', 'path' = 'a/', 'PATH' = 'b/')",
                 "option 'PATH' is given twice",

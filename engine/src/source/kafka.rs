@@ -217,7 +217,7 @@ impl Meta {
             Meta::Headers => "VARCHAR: a JSON object of the headers",
             Meta::Partition => "INT or BIGINT",
             Meta::Offset => "BIGINT",
-            Meta::Timestamp => "TIMESTAMP(3) or TIMESTAMP_LTZ(3)",
+            Meta::Timestamp => "TIMESTAMP(3)",
             Meta::Key => "BYTES or VARCHAR",
         }
     }
