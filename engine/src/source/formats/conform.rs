@@ -29,7 +29,29 @@ pub(super) fn lossless(found: &DataType, declared: &DataType) -> bool {
     if found == declared {
         return true;
     }
+    // A list's item field is named `item` by Arrow, `element` by pyarrow,
+    // Spark and DuckDB: only the item types count.
+    let item = |t: &DataType| match t {
+        List(f) | LargeList(f) | ListView(f) | LargeListView(f) | FixedSizeList(f, _) => {
+            Some(f.data_type().clone())
+        }
+        _ => None,
+    };
     match (found, declared) {
+        (Dictionary(_, values), d) => lossless(values, d),
+        (
+            List(_) | LargeList(_) | ListView(_) | LargeListView(_) | FixedSizeList(..),
+            List(_) | LargeList(_),
+        ) => {
+            matches!((item(found), item(declared)), (Some(f), Some(d)) if lossless(&f, &d))
+        }
+        // Struct fields by name, in order (a cast pairs them by position).
+        (Struct(f), Struct(d)) => {
+            f.len() == d.len()
+                && f.iter().zip(d.iter()).all(|(f, d)| {
+                    f.name().eq_ignore_ascii_case(d.name()) && lossless(f.data_type(), d.data_type())
+                })
+        }
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
         (Float16 | Float32, Float32 | Float64) => true,
@@ -49,6 +71,13 @@ pub fn compatible(found: &DataType, declared: &DataType) -> bool {
     let numeric = |t: &DataType| t.is_numeric();
     let stringy = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
     let binary = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView | FixedSizeBinary(_));
+    // Nested and dictionary-encoded columns convert only where nothing can
+    // change (a list of text as a list of text, a struct of the same
+    // fields); [`changed_rows`] does not look inside them.
+    let nested_or_dictionary = |t: &DataType| t.is_nested() || matches!(t, Dictionary(..));
+    if nested_or_dictionary(found) || nested_or_dictionary(declared) {
+        return lossless(found, declared);
+    }
     found == declared
         || (numeric(found) && numeric(declared))
         || (stringy(found) && stringy(declared))
@@ -488,6 +517,83 @@ pub(super) fn lost_places(e: &ArrowError) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// Nested and dictionary columns written by other tools (a list item
+    /// named `element`, a struct of Utf8, pandas' dictionary-encoded text)
+    /// feed the declared types they hold without change; where a value
+    /// could change inside them (floats into a list of integers), refused.
+    #[test]
+    fn nested_and_dictionary_columns_convert_where_nothing_changes() {
+        use datafusion::arrow::array::{
+            AsArray, DictionaryArray, Int32Array, ListArray, StringArray, StructArray,
+        };
+        use datafusion::arrow::datatypes::{Fields, Int32Type};
+        let list_of = |name: &str, t: DataType| DataType::List(Arc::new(Field::new(name, t, true)));
+        let declared_list = list_of("item", DataType::Int64);
+        assert!(compatible(&list_of("element", DataType::Int32), &declared_list));
+        assert!(!compatible(
+            &list_of("element", DataType::Float64),
+            &declared_list
+        ));
+        let s = |t: DataType| {
+            DataType::Struct(Fields::from(vec![
+                Field::new("a", DataType::Int64, true),
+                Field::new("b", t, true),
+            ]))
+        };
+        assert!(compatible(&s(DataType::Utf8), &s(DataType::Utf8View)));
+        let other = DataType::Struct(Fields::from(vec![
+            Field::new("b", DataType::Utf8, true),
+            Field::new("a", DataType::Int64, true),
+        ]));
+        assert!(
+            !compatible(&other, &s(DataType::Utf8View)),
+            "fields are paired by name"
+        );
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        assert!(compatible(&dict, &DataType::Utf8View));
+        assert!(!compatible(&dict, &DataType::Int64));
+
+        let items = ListArray::new(
+            Arc::new(Field::new("element", DataType::Int32, true)),
+            datafusion::arrow::buffer::OffsetBuffer::from_lengths([2, 0]),
+            Arc::new(Int32Array::from(vec![Some(1), None])),
+            None,
+        );
+        let got = conform(
+            &(Arc::new(items) as ArrayRef),
+            &Field::new("l", declared_list.clone(), true),
+        )
+        .unwrap();
+        assert_eq!(got.data_type(), &declared_list);
+        assert_eq!(
+            got.as_any().downcast_ref::<ListArray>().unwrap().value_length(0),
+            2
+        );
+        let structs = StructArray::from(vec![
+            (
+                Arc::new(Field::new("a", DataType::Int64, true)),
+                Arc::new(datafusion::arrow::array::Int64Array::from(vec![1, 2])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("b", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef,
+            ),
+        ]);
+        let got = conform(
+            &(Arc::new(structs) as ArrayRef),
+            &Field::new("s", s(DataType::Utf8View), true),
+        )
+        .unwrap();
+        assert_eq!(got.data_type(), &s(DataType::Utf8View));
+        let d: DictionaryArray<Int32Type> = vec!["p", "q", "p"].into_iter().collect();
+        let got = conform(
+            &(Arc::new(d) as ArrayRef),
+            &Field::new("d", DataType::Utf8View, true),
+        )
+        .unwrap();
+        assert_eq!(got.as_string_view().value(2), "p");
+    }
+
     /// DECIMAL columns read wide come back as declared; a value with more
     /// places, or more digits, than the column keeps is an error naming it.
     #[test]
