@@ -23,6 +23,9 @@ enum State {
     Normal,
     /// Inside a quoted string or identifier closed by this character.
     Quoted(char),
+    /// Inside an escape string (`E'it\'s'`), where a backslash escapes
+    /// the next character, a quote included.
+    Escaped,
     /// Inside a dollar-quoted string (`$$...$$`, `$tag$...$tag$`), closed
     /// by the tag at `chars[.0..][..1]`.
     Dollar(usize, usize),
@@ -95,6 +98,14 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
                     i += 2;
                     continue;
                 }
+                // `E'...'` (not the end of a longer word): an escape string.
+                '\'' if i > 0
+                    && matches!(chars[i - 1], 'E' | 'e')
+                    && (i == 1 || !(is_word(chars[i - 2]) || chars[i - 2] == '$')) =>
+                {
+                    state = State::Escaped;
+                    mark_content(&mut content, &mut start_line, line, &mut current);
+                }
                 '\'' | '"' | '`' => {
                     state = State::Quoted(c);
                     mark_content(&mut content, &mut start_line, line, &mut current);
@@ -125,6 +136,20 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
                     state = State::Normal;
                 }
             }
+            State::Escaped => match c {
+                '\\' if next.is_some() => {
+                    current.push(c);
+                    i += 1;
+                    if chars[i] == '\n' {
+                        line += 1;
+                    }
+                    current.push(chars[i]);
+                    i += 1;
+                    continue;
+                }
+                '\'' => state = State::Normal,
+                _ => {}
+            },
             State::Dollar(at, len) => {
                 if chars.get(i..i + len) == Some(&chars[at..at + len]) {
                     current.extend(&chars[i..i + len]);
@@ -162,7 +187,7 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
     let open = content
         || matches!(
             state,
-            State::Quoted(_) | State::Dollar(..) | State::BlockComment(_)
+            State::Quoted(_) | State::Escaped | State::Dollar(..) | State::BlockComment(_)
         );
     if content {
         pieces.push(Piece {
@@ -233,6 +258,14 @@ mod tests {
         assert!(!is_complete("SELECT /* /* nested */ ; */ 1"));
         assert!(is_complete("SELECT /* /* nested */ ; */ 1;"));
         assert!(!is_complete("SELECT 1 /* open comment;"));
+        // An escape string: a backslash escapes its quote.
+        assert!(!is_complete("SELECT E'it\\'s; here"));
+        assert!(is_complete("SELECT e'it\\'s; here';"));
+        let (pieces, _) = split("SELECT E'a\\'; b' AS x; SELECT 'c\\'; SELECT 1;");
+        let texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(texts, ["SELECT E'a\\'; b' AS x", "SELECT 'c\\'", "SELECT 1"]);
+        // A word ending in E before a quote is not an escape string.
+        assert!(is_complete("SELECT name'x\\';"));
     }
 
     #[test]

@@ -255,7 +255,16 @@ pub fn check_sampling(tokens: &[Token]) -> Result<()> {
 }
 
 fn render(tokens: &[Token]) -> String {
-    tokens.iter().map(ToString::to_string).collect()
+    tokens
+        .iter()
+        .map(|t| match t {
+            // The tokenizer unescapes an escape string (`E'it\'s'` holds
+            // `it's`), and its Display writes the text back as it is: the
+            // quote would then end the string. Escape it again.
+            Token::EscapedStringLiteral(s) => format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+            t => t.to_string(),
+        })
+        .collect()
 }
 
 fn is_trivia(t: &Token) -> bool {
@@ -927,6 +936,14 @@ mod tests {
             vec![(1, 1), (1, 12), (5, 3)]
         );
         assert_eq!(s[2].text, "SELECT 3");
+        // An escape string keeps its escapes: the statement parses again.
+        let s = split_statements(r"SELECT E'it\'s; a \\ b' AS x; SELECT 2").unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s[0].text, r"SELECT E'it\'s; a \\ b' AS x");
+        assert!(
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(&GenericDialect {}, &s[0].text).is_ok(),
+            "{s:?}"
+        );
     }
 
     /// A quote written twice inside a string (`'it''s'`) survives the
