@@ -705,3 +705,77 @@ fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
         assert_eq!(rows, expected, "{format}");
     }
 }
+
+/// Files a reader would misread, refused or set aside by name: a CSV whose
+/// quoted field is never closed (the rows after its quote were one good
+/// row), a gzip-compressed file (its rows were two "bad records" under
+/// 'skip'), and a declared column two file columns match but for case (the
+/// first was taken).
+#[test]
+fn an_open_quote_a_compressed_file_and_an_ambiguous_column_are_named() {
+    let ws = Workspace::new();
+    let job = |folder: &str, format: &str, policy: &str| {
+        format!(
+            "CREATE TABLE src (id BIGINT, note VARCHAR)
+               WITH ('connector' = 'files', 'path' = '{folder}/', 'format' = '{format}'{policy});
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out-{folder}/', 'format' = 'parquet');
+             CREATE TABLE bad WITH ('connector' = 'files', 'path' = 'bad-{folder}/', 'format' = 'parquet');
+             INSERT INTO out SELECT * FROM src;"
+        )
+    };
+    let run = |name: &str| ws.weir(&["run", name, "--trigger", "available-now"]);
+
+    ws.write("quote/a.csv", "id,note\n1,ok\n2,\"oops\n3,x\n4,y\n");
+    ws.write("quote.sql", &job("quote", "csv", ""));
+    let e = run("quote.sql").fails().stderr();
+    assert!(
+        e.contains("a.csv: line 3: a quoted field is never closed: the file ends inside it"),
+        "{e}"
+    );
+    ws.write(
+        "quote-dl.sql",
+        &job(
+            "quote",
+            "csv",
+            ", 'on_error' = 'dead_letter', 'dead_letter' = 'bad'",
+        )
+        .replace("out-quote", "out-quote-dl"),
+    );
+    run("quote-dl.sql").ok();
+    assert_eq!(sink_rows(&ws.path("out-quote-dl")), ["1|ok"]);
+    let dead = sink_rows(&ws.path("bad-quote"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].contains("|3|2|a quoted field is never closed") && dead[0].ends_with("|2,\"oops\n3,x\n4,y"),
+        "{dead:?}"
+    );
+    // Quotes that close, and a quote inside an unquoted field, are fine.
+    ws.write(
+        "fine/a.csv",
+        "id,note\n1,\"a \"\"b\"\", c\"\n2,12\" pipe\n3,\"x\ny\"\n",
+    );
+    ws.write("fine.sql", &job("fine", "csv", ""));
+    run("fine.sql").ok();
+    let mut fine = sink_rows(&ws.path("out-fine"));
+    fine.sort();
+    assert_eq!(fine, ["1|a \"b\", c", "2|12\" pipe", "3|x\ny"]);
+
+    let mut gz = vec![0x1f, 0x8b, 0x08, 0x00];
+    gz.extend_from_slice(&[0; 20]);
+    std::fs::create_dir_all(ws.path("gz")).unwrap();
+    std::fs::write(ws.path("gz/a.json"), &gz).unwrap();
+    ws.write("gz.sql", &job("gz", "json", ", 'on_error' = 'skip'"));
+    let e = run("gz.sql").fails().stderr();
+    assert!(
+        e.contains("a.json: the file is gzip-compressed, and compressed files are not read"),
+        "{e}"
+    );
+
+    ws.write("case/a.csv", "Id,ID,note\n1,2,x\n");
+    ws.write("case.sql", &job("case", "csv", ""));
+    let e = run("case.sql").fails().stderr();
+    assert!(
+        e.contains("column 'id' of table 'src' is more than one column of the file ('Id', 'ID')"),
+        "{e}"
+    );
+}

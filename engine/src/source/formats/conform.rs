@@ -171,6 +171,29 @@ pub(super) fn map_columns(
         .fields()
         .iter()
         .map(|f| {
+            // Exactly one file column may be the declared one: taking the
+            // first of two silently read the wrong values.
+            let exact: Vec<&str> = found
+                .fields()
+                .iter()
+                .map(|g| g.name().as_str())
+                .filter(|g| *g == f.name())
+                .collect();
+            let folded: Vec<&str> = found
+                .fields()
+                .iter()
+                .map(|g| g.name().as_str())
+                .filter(|g| g.eq_ignore_ascii_case(f.name()))
+                .collect();
+            if exact.len() > 1 || (exact.is_empty() && folded.len() > 1) {
+                let names: Vec<String> = folded.iter().map(|n| format!("'{n}'")).collect();
+                return Err(file.err(format!(
+                    "column '{}' of table '{}' is more than one column of the file ({}): rename them apart",
+                    f.name(),
+                    file.table,
+                    names.join(", ")
+                )));
+            }
             let idx = found.index_of(f.name()).ok().or_else(|| {
                 found
                     .fields()

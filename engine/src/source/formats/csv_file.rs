@@ -8,6 +8,45 @@ pub(super) fn advance_lines(data: &[u8], from: usize, pos: usize, line: u64) -> 
     line + data[from..pos].iter().filter(|&&b| b == b'\n').count() as u64
 }
 
+/// Whether CSV text that starts at a record ends inside a quoted field (an
+/// opening `"` never closed). The CSV readers take such a last field to the
+/// end of the file, so every record after the open quote was swallowed into
+/// it as a good row. Quoting as the readers do it: a `"` opens a quoted
+/// field only at a field's start, `""` inside one is a quote, and a `"`
+/// elsewhere in an unquoted field is a character.
+pub(super) fn ends_inside_quotes(text: &[u8], delimiter: u8) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum At {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        /// A `"` inside a quoted field: its end, or the first of `""`.
+        QuoteInQuoted,
+    }
+    if !text.contains(&b'"') {
+        return false;
+    }
+    let mut at = At::FieldStart;
+    for &b in text {
+        let ends_field = b == delimiter || b == b'\n' || b == b'\r';
+        at = match at {
+            At::FieldStart if b == b'"' => At::Quoted,
+            At::FieldStart | At::Unquoted if ends_field => At::FieldStart,
+            At::FieldStart | At::Unquoted => At::Unquoted,
+            At::Quoted if b == b'"' => At::QuoteInQuoted,
+            At::Quoted => At::Quoted,
+            At::QuoteInQuoted if b == b'"' => At::Quoted,
+            At::QuoteInQuoted if ends_field => At::FieldStart,
+            At::QuoteInQuoted => At::Unquoted,
+        };
+    }
+    at == At::Quoted
+}
+
+/// What a record swallowed by an open quote is told.
+const OPEN_QUOTE: &str = "a quoted field is never closed: the file ends inside it, so every line after its \
+                          opening '\"' was read into it (a missing '\"', or a file still being written)";
+
 /// One CSV record of the slow path: where its text is and the line it
 /// starts on.
 pub(super) struct CsvRecord {
@@ -286,7 +325,12 @@ pub(super) fn read_csv(
         }
         Ok(Some(batches))
     };
-    if let Ok(Some(batches)) = fast() {
+    // The part that reaches the end of the file: does it end in an open
+    // quote? (Only then: each part scans its own text once.)
+    let open_quote = |rows: usize| rows <= max_rows && ends_inside_quotes(&data[body..], delimiter);
+    if let Ok(Some(batches)) = fast()
+        && !open_quote(batches.iter().map(RecordBatch::num_rows).sum())
+    {
         let batches = batches
             .iter()
             .map(|b| to_declared(file, b, &positions, &output))
@@ -298,6 +342,12 @@ pub(super) fn read_csv(
     let mut records = read.split(body, max_rows.saturating_add(1), start as u64 + 1)?;
     let eof = records.len() <= max_rows;
     records.truncate(max_rows);
+    let read_records = records.len();
+    let swallowed = if eof && open_quote(records.len()) {
+        records.pop()
+    } else {
+        None
+    };
     let to_bad = |r: &CsvRecord, e: String| {
         let text = String::from_utf8_lossy(r.text(data))
             .trim_end_matches(['\r', '\n'])
@@ -312,15 +362,39 @@ pub(super) fn read_csv(
         &required,
         bad,
     )?;
+    if let Some(r) = swallowed {
+        bad.add(vec![to_bad(&r, OPEN_QUOTE.into())])?;
+    }
     let batches = rows
         .iter()
         .map(|b| to_declared(file, b, &positions, &output))
         .collect::<Result<Vec<_>>>()?;
     Ok(FileRows {
         batches,
-        records: records.len(),
+        records: read_records,
         eof,
         bad: Vec::new(),
         maxima: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_inside_quotes;
+
+    #[test]
+    fn an_open_quote_is_found_as_the_readers_quote() {
+        let open = |t: &str| ends_inside_quotes(t.as_bytes(), b',');
+        assert!(!open("1,ok\n"));
+        assert!(!open("1,\"a, \"\"b\"\"\"\n2,x"));
+        assert!(
+            !open("1,12\" pipe\n"),
+            "a quote inside an unquoted field is a character"
+        );
+        assert!(!open("1,\"x\"y\n"), "after the closing quote, characters");
+        assert!(open("1,\"oops\n2,x\n"));
+        assert!(open("1,\"a \"\"b\n"), "an escaped quote does not close it");
+        assert!(open("\""));
+        assert!(!ends_inside_quotes(b"1\t\"a\tb\"\n", b'\t'));
+    }
 }

@@ -238,6 +238,7 @@ pub async fn read_range(
         ),
         Format::Csv { delimiter } => {
             let fetched = fetch(file, cached).await?;
+            refuse_compressed(file, &fetched.bytes)?;
             let rows = read_csv(
                 file,
                 &fetched.bytes,
@@ -251,12 +252,43 @@ pub async fn read_range(
         }
         Format::Json => {
             let fetched = fetch(file, cached).await?;
+            refuse_compressed(file, &fetched.bytes)?;
             let rows = read_json(file, &fetched.bytes, columns, start, max_rows, &mut bad)?;
             (rows, Some(fetched))
         }
     };
     rows.bad = bad.into_records();
     Ok((rows, fetched))
+}
+
+/// A CSV or JSON file that starts as a compressed file does (gzip, zstd,
+/// bzip2, xz, zip) is refused by name: read as text, it was a header "not
+/// UTF-8", or under `'on_error' = 'skip'` a few bad records standing for
+/// every row in it.
+fn refuse_compressed(file: &FileRef<'_>, data: &[u8]) -> Result<()> {
+    const MAGIC: [(&[u8], &str); 4] = [
+        (&[0x1f, 0x8b], "gzip"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz"),
+        (b"PK\x03\x04", "zip"),
+    ];
+    // bzip2: "BZh", the block size digit, then a block's magic (the digits
+    // of pi), so that a header naming a column "BZh..." is not taken for it.
+    let bzip2 = data.len() >= 10
+        && data.starts_with(b"BZh")
+        && data[3].is_ascii_digit()
+        && data[4..10] == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+    let kind = match MAGIC.iter().find(|(magic, _)| data.starts_with(magic)) {
+        Some((_, kind)) => Some(*kind),
+        None => bzip2.then_some("bzip2"),
+    };
+    match kind {
+        Some(kind) => Err(file.err(format!(
+            "the file is {kind}-compressed, and compressed files are not read: decompress it (or write \
+             Parquet, which compresses inside the file)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Reads CSV (with its header) or JSON lines held in memory, every record
