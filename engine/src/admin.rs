@@ -146,8 +146,11 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
     if let Some(m) = &meta {
         describe_metadata(&mut out, m);
     }
+    // Whether a job holds the checkpoint now: it writes on while this runs.
+    let mut running = false;
     match ck.current_lease().await {
         Ok(Some(l)) if !l.released && l.expires_at_ms > chrono::Utc::now().timestamp_millis() => {
+            running = true;
             let _ = writeln!(
                 out,
                 "lease      held by pid {} on {} since {} (until {})",
@@ -359,14 +362,16 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         }
     }
     let pending = last_good.map_or(1, |c| c + 1);
-    if !rolling_back
-        && let Err(e) = ck
-            .check_orphan_state(
-                commits.last().copied(),
-                offsets.contains(&pending).then_some(pending),
-            )
-            .await
-    {
+    let orphans = if running {
+        ck.check_orphan_state_running().await
+    } else {
+        ck.check_orphan_state(
+            commits.last().copied(),
+            offsets.contains(&pending).then_some(pending),
+        )
+        .await
+    };
+    if !rolling_back && let Err(e) = orphans {
         problems.push(e.to_string());
     }
     // The last commit's output, which a crash may have left staged: every

@@ -233,6 +233,37 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// [`Self::check_orphan_state`] on a checkpoint that a running job is
+    /// writing (`weir checkpoint inspect` while the lease is held): the
+    /// state files are listed first, then the offsets log and the commits.
+    /// A job writes an epoch's offsets entry before its state files, so a
+    /// state file written since the commits were last read is seen with its
+    /// entry; read the other way round, every epoch the job ran meanwhile
+    /// looked orphaned.
+    pub async fn check_orphan_state_running(&self) -> Result<()> {
+        let mut files = Vec::new();
+        for op in self.state_operators().await? {
+            files.extend(self.state_files(&op).await?);
+        }
+        let offsets: std::collections::BTreeSet<u64> = self.offsets.epochs().await?.into_iter().collect();
+        let committed = self.commits.epochs().await?.last().copied();
+        for f in files {
+            if f.epoch > committed.unwrap_or(0) && f.attempt.is_none() && !offsets.contains(&f.epoch) {
+                return Err(Error::Corrupt {
+                    url: self.loc.url_of(&f.name),
+                    epoch: Some(f.epoch),
+                    reason: format!(
+                        "an orphan state file: the last commit is {}, and epoch {} was never started (it has no \
+                         offsets entry). Stop the job, then delete it or roll back with `weir checkpoint rollback`",
+                        committed.map_or("none".to_string(), |c| format!("epoch {c}")),
+                        f.epoch
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The operators that have state files.
     pub async fn state_operators(&self) -> Result<Vec<String>> {
         let mut ops: Vec<String> = self
@@ -301,6 +332,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("an orphan state file"), "{err}");
+        // Read while a job runs: epoch 5 was started (its offsets entry
+        // precedes its state), so its state file is in flight.
+        let err = ck.check_orphan_state_running().await.unwrap_err().to_string();
+        assert!(err.contains("Stop the job, then delete it"), "{err}");
+        let entry: crate::OffsetsEntry =
+            serde_json::from_str(r#"{"sources": {}, "watermarks_in": {}, "drain": false}"#).unwrap();
+        ck.offsets.create(5, &entry).await.unwrap();
+        ck.check_orphan_state_running().await.unwrap();
     }
 
     /// A commit's list of a table's files counts only in the table's
