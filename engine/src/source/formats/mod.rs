@@ -558,7 +558,7 @@ mod tests {
         \n\
         2026-01-01T00:00:04,,\"y\nz\"\n\
         2026-01-01T00:00:05,5,ok\n\
-        2026-01-01T00:00:06,6,\"\r\n";
+        2026-01-01T00:00:06,6,\"\r\n\"\n";
 
     fn bad_csv_records() -> Vec<(Option<u64>, u64, String, String)> {
         vec![
