@@ -22,9 +22,7 @@ use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{
-    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
-};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -42,7 +40,7 @@ pub struct LateFilterExec {
     time_index: usize,
     delay_ms: i64,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl LateFilterExec {
@@ -75,7 +73,7 @@ impl LateFilterExec {
             time_index,
             delay_ms,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         }
     }
 }
@@ -144,8 +142,8 @@ impl ExecutionPlan for LateFilterExec {
         let input = self.input.execute(partition, context)?;
         let mut watermark = epoch.source_watermark_in(&self.source);
         let (time_index, delay) = (self.time_index, self.delay_ms);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let late = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
+        let baseline = self.metrics.baseline(partition);
+        let late = self.metrics.counter("late_rows", partition);
         let schema: SchemaRef = self.input.schema();
         let stream = input.map(move |batch| {
             let batch = batch?;

@@ -34,6 +34,7 @@ pub mod window_agg;
 pub mod window_assign;
 pub mod window_topn;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -41,7 +42,9 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
@@ -184,6 +187,50 @@ pub trait StatefulOperator: Send + Sync {
     }
 }
 
+/// The metrics of one of Weir's plan nodes, shared by the node's copies:
+/// each epoch runs a fresh copy of the plan (see `driver::epoch`), and
+/// Weir's operators keep counting across epochs. Each partition's
+/// [`BaselineMetrics`] and named counters are registered once and handed
+/// out again: registering new ones at every execution (as DataFusion's
+/// nodes do, once per instance) grew the set by a few hundred bytes an
+/// epoch, for as long as the job ran.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedMetrics {
+    set: ExecutionPlanMetricsSet,
+    registered: Arc<std::sync::Mutex<Registered>>,
+}
+
+#[derive(Debug, Default)]
+struct Registered {
+    baselines: HashMap<usize, BaselineMetrics>,
+    counters: HashMap<(&'static str, usize), Count>,
+}
+
+impl SharedMetrics {
+    /// Partition `partition`'s output rows and compute time.
+    pub(crate) fn baseline(&self, partition: usize) -> BaselineMetrics {
+        let mut r = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        r.baselines
+            .entry(partition)
+            .or_insert_with(|| BaselineMetrics::new(&self.set, partition))
+            .clone()
+    }
+
+    /// Partition `partition`'s counter `name`.
+    pub(crate) fn counter(&self, name: &'static str, partition: usize) -> Count {
+        let mut r = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        r.counters
+            .entry((name, partition))
+            .or_insert_with(|| MetricBuilder::new(&self.set).counter(name, partition))
+            .clone()
+    }
+
+    /// What [`ExecutionPlan::metrics`] gives.
+    pub(crate) fn clone_inner(&self) -> MetricsSet {
+        self.set.clone_inner()
+    }
+}
+
 /// How every stateful operator runs an epoch: fold each input batch into an
 /// accumulator (`update`), then turn it into the epoch's output (`finish`,
 /// which sees the epoch's watermarks). Partition `partition` of `partitions`
@@ -196,7 +243,7 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     partitions: usize,
     input: &Arc<dyn ExecutionPlan>,
     context: Arc<TaskContext>,
-    metrics: &ExecutionPlanMetricsSet,
+    metrics: &SharedMetrics,
     schema: SchemaRef,
     init: impl FnOnce(&EpochInput) -> Result<A> + Send + 'static,
     mut update: impl FnMut(&mut A, &RecordBatch) -> Result<()> + Send + 'static,
@@ -210,7 +257,7 @@ pub(crate) fn drain_then_emit<A: Send + 'static>(
     }
     let epoch = EpochInput::from_task(&context)?;
     let mut input = input.execute(partition, context)?;
-    let baseline = BaselineMetrics::new(metrics, partition);
+    let baseline = metrics.baseline(partition);
     let n = epoch.epoch;
     let out = futures::stream::once(async move {
         let mut acc = guarded(name, n, || init(&epoch))?;
@@ -658,4 +705,32 @@ impl QueryPlanner for StreamQueryPlanner {
 /// DataFusion's physical planner with the streaming nodes added.
 pub fn physical_planner() -> DefaultPhysicalPlanner {
     DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(StreamExtensionPlanner)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedMetrics;
+
+    /// Executing a node again (every epoch, on a copy sharing its metrics)
+    /// registers no new metrics: the set's size follows the partitions,
+    /// not the epochs, and the counts go on.
+    #[test]
+    fn shared_metrics_are_registered_once_per_partition() {
+        let metrics = SharedMetrics::default();
+        let copy = metrics.clone();
+        for epoch in 0..100 {
+            let m = if epoch % 2 == 0 { &metrics } else { &copy };
+            for partition in 0..2 {
+                m.baseline(partition).record_output(1);
+                m.counter("late_rows", partition).add(1);
+            }
+        }
+        let set = metrics.clone_inner();
+        let after = set.iter().count();
+        metrics.baseline(0);
+        metrics.counter("late_rows", 1);
+        assert_eq!(metrics.clone_inner().iter().count(), after);
+        assert_eq!(set.output_rows(), Some(200));
+        assert_eq!(set.sum_by_name("late_rows").map(|v| v.as_usize()), Some(200));
+    }
 }

@@ -22,7 +22,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -38,7 +38,7 @@ pub struct ChangelogNetExec {
     input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl ChangelogNetExec {
@@ -55,7 +55,7 @@ impl ChangelogNetExec {
             input,
             schema,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         }
     }
 }
@@ -155,7 +155,7 @@ impl ExecutionPlan for ChangelogNetExec {
         let input = self.input.execute(partition, context)?;
         let in_schema = self.input.schema();
         let schema = Arc::clone(&self.schema);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let baseline = self.metrics.baseline(partition);
         let out = futures::stream::once(async move {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let all = concat_batches(&in_schema, &batches)?;

@@ -29,7 +29,7 @@ use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties,
@@ -69,7 +69,7 @@ pub struct OperatorExec<O: EpochOperator> {
     input: Arc<dyn ExecutionPlan>,
     state: Arc<O>,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl<O: EpochOperator> OperatorExec<O> {
@@ -86,7 +86,7 @@ impl<O: EpochOperator> OperatorExec<O> {
             input,
             state,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         }
     }
 

@@ -31,9 +31,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
-};
+use datafusion::physical_plan::metrics::{Count, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -391,7 +389,7 @@ pub struct PartialWindowAggExec {
     input: Arc<dyn ExecutionPlan>,
     spec: Arc<PartialSpec>,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl PartialWindowAggExec {
@@ -412,7 +410,7 @@ impl PartialWindowAggExec {
             input,
             spec,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         }
     }
 }
@@ -492,8 +490,8 @@ impl ExecutionPlan for PartialWindowAggExec {
         let epoch = crate::epoch::EpochInput::from_task(&context)?.epoch;
         let mut input = self.input.execute(partition, context)?;
         let spec = Arc::clone(&self.spec);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let skipped = MetricBuilder::new(&self.metrics).counter("skipped_aggregation_rows", partition);
+        let baseline = self.metrics.baseline(partition);
+        let skipped = self.metrics.counter("skipped_aggregation_rows", partition);
         let name = self.spec.name();
         let out = futures::stream::once(async move {
             let mut state = PartialState {

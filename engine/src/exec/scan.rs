@@ -17,7 +17,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 
 use crate::epoch::EpochInput;
@@ -29,7 +29,7 @@ pub struct StreamScanExec {
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
     partitions: usize,
 }
 
@@ -52,7 +52,7 @@ impl StreamScanExec {
             projection: projection.cloned(),
             schema,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
             partitions: 1,
         })
     }
@@ -86,7 +86,7 @@ impl StreamScanExec {
             projection,
             schema,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
             partitions: 1,
         }
     }
@@ -180,7 +180,7 @@ impl ExecutionPlan for StreamScanExec {
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let baseline = self.metrics.baseline(partition);
         baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
         Ok(Box::pin(MemoryStream::try_new(
             batches,
@@ -306,7 +306,7 @@ pub struct LookupScanExec {
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl LookupScanExec {
@@ -332,7 +332,7 @@ impl LookupScanExec {
             projection: projection.cloned(),
             schema,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         })
     }
 }
@@ -398,7 +398,7 @@ impl ExecutionPlan for LookupScanExec {
                 .collect::<Result<Vec<_>, _>>()?,
             None => table.as_ref().clone(),
         };
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let baseline = self.metrics.baseline(partition);
         baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
         Ok(Box::pin(MemoryStream::try_new(
             batches,

@@ -81,7 +81,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::projection::{EmbeddedProjection, ProjectionExec, try_embed_projection};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -365,7 +365,7 @@ pub struct StreamJoinExec {
     right: Arc<dyn ExecutionPlan>,
     state: Arc<StreamJoinState>,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
     /// The broadcast side's rows of this epoch, read once (by whichever
     /// partition asks first) and handed to every partition. A copy of the
     /// node (one per epoch) starts empty.
@@ -506,7 +506,7 @@ impl StreamJoinExec {
             right,
             state,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
             broadcast_rows: Mutex::new(None),
             projection,
         }
@@ -733,7 +733,7 @@ impl ExecutionPlan for StreamJoinExec {
         let (left, right) = (rows_of(Side::Left)?, rows_of(Side::Right)?);
         let state = Arc::clone(&self.state);
         let projection = self.projection.clone();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let baseline = self.metrics.baseline(partition);
         let out = futures::stream::once(async move {
             let (l, r) = futures::try_join!(left, right)?;
             let out = state

@@ -36,9 +36,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
-};
+use datafusion::physical_plan::metrics::{Count, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -59,7 +57,7 @@ pub struct WindowAssignExec {
     late_sink: Option<String>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl WindowAssignExec {
@@ -107,7 +105,7 @@ impl WindowAssignExec {
             late_sink,
             schema,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         })
     }
 }
@@ -225,8 +223,8 @@ impl ExecutionPlan for WindowAssignExec {
             keep_late: self.late_sink.is_some(),
         };
         let late_sink = self.late_sink.clone();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let late: Count = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
+        let baseline = self.metrics.baseline(partition);
+        let late: Count = self.metrics.counter("late_rows", partition);
         let stream = input.map(move |batch| {
             let batch = batch?;
             let timer = baseline.elapsed_compute().timer();

@@ -40,7 +40,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::MetricsSet;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
@@ -709,7 +709,7 @@ pub struct PartialTopNExec {
     input: Arc<dyn ExecutionPlan>,
     spec: Arc<PartialTopN>,
     props: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
+    metrics: super::SharedMetrics,
 }
 
 impl PartialTopNExec {
@@ -724,7 +724,7 @@ impl PartialTopNExec {
             input,
             spec,
             props: Arc::new(props),
-            metrics: ExecutionPlanMetricsSet::new(),
+            metrics: super::SharedMetrics::default(),
         }
     }
 }
@@ -793,7 +793,7 @@ impl ExecutionPlan for PartialTopNExec {
         let mut input = self.input.execute(partition, context)?;
         let spec = Arc::clone(&self.spec);
         let schema = self.input.schema();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let baseline = self.metrics.baseline(partition);
         let out_schema = Arc::clone(&schema);
         let out = futures::stream::once(async move {
             // The survivors so far, then each new batch: ranked together,
