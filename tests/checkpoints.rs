@@ -833,3 +833,35 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A kill in the middle of a local write leaves its temporary
+/// (`<name>#<n>`), which listings skip and retention never deleted:
+/// inspect counts them, and the next run deletes them, in the checkpoint
+/// and in its sinks' `_weir/` folder, and finishes exactly once.
+#[test]
+fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
+    let (ws, bids) = ran_job();
+    let leftovers = [
+        format!("{}#3", commit(2)),
+        "ck/offsets/00000000000000000011.json#1".to_string(),
+        "ck/state/p0-agg0/00000000000000000011.delta.parquet#12".to_string(),
+        "out/_weir/pending/x.parquet.pending#1".to_string(),
+    ];
+    for f in &leftovers {
+        ws.write(f, "half");
+    }
+    // Names that only look alike stay.
+    ws.write("ck/notes#a", "keep");
+    let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    assert!(
+        shown.contains("leftovers  3 temporary file(s) of writes a kill interrupted"),
+        "{shown}"
+    );
+    finishes_with_every_row_once(&ws, &bids);
+    for f in &leftovers {
+        assert!(!ws.path(f).exists(), "{f} is still there");
+    }
+    assert!(ws.path("ck/notes#a").exists());
+    let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    assert!(!shown.contains("leftovers"), "{shown}");
+}

@@ -396,6 +396,16 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
             }
         }
     }
+    // Not damage: a kill's half-written temporaries, which the next run
+    // deletes (listings skip them).
+    let leftovers = ck.location().interrupted_writes().len();
+    if leftovers > 0 {
+        let _ = writeln!(
+            out,
+            "\nleftovers  {leftovers} temporary file(s) of writes a kill interrupted (`name#N`); the next `weir run` \
+             deletes them"
+        );
+    }
     // One damaged file (metadata.json, read for each table) is one problem.
     let mut seen = std::collections::HashSet::new();
     problems.retain(|p| seen.insert(p.clone()));

@@ -229,6 +229,49 @@ impl Location {
         &self.prefix
     }
 
+    /// The files that writes to a local folder left when the process was
+    /// killed in the middle of one: object_store's local store writes each
+    /// file as `<name>#<n>` and renames it when complete, and a SIGKILL in
+    /// between left the temporary for good (listings skip it, so retention
+    /// never deletes it). Other stores have none.
+    pub fn interrupted_writes(&self) -> Vec<std::path::PathBuf> {
+        fn is_temporary(name: &str) -> bool {
+            name.rsplit_once('#').is_some_and(|(base, n)| {
+                !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        }
+        fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    walk(&entry.path(), found);
+                } else if kind.is_file() && entry.file_name().to_str().is_some_and(is_temporary) {
+                    found.push(entry.path());
+                }
+            }
+        }
+        let mut found = Vec::new();
+        if let Some(dir) = self.url.strip_prefix("file://") {
+            walk(std::path::Path::new(dir), &mut found);
+        }
+        found
+    }
+
+    /// Deletes [`Self::interrupted_writes`]; only for the folder's one
+    /// writer (holding the checkpoint's lease, owning the sink). Returns
+    /// how many it deleted.
+    pub fn remove_interrupted_writes(&self) -> usize {
+        self.interrupted_writes()
+            .into_iter()
+            .filter(|p| std::fs::remove_file(p).is_ok())
+            .count()
+    }
+
     /// A sub-folder.
     pub fn child(&self, name: &str) -> Location {
         Location {

@@ -335,6 +335,7 @@ impl StreamingJob {
                     .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
             )
             .chain(dead_letters.sinks().iter().map(SideSink::files));
+        let mut interrupted = 0;
         for sink in file_sinks.filter(|_| !options.explain_only) {
             if let Err(e) = sink
                 .set_owner(checkpoint.location().url(), &metadata.query_id)
@@ -343,6 +344,15 @@ impl StreamingJob {
                 let _ = lease.release().await;
                 return Err(e);
             }
+            interrupted += sink.location().child("_weir").remove_interrupted_writes();
+        }
+        // Writes a kill cut short left temporaries no listing shows and no
+        // retention deletes: this run is the folders' one writer now.
+        if !options.explain_only {
+            interrupted += checkpoint.location().remove_interrupted_writes();
+        }
+        if interrupted > 0 {
+            tracing::debug!("deleted {interrupted} temporary file(s) of writes a kill interrupted");
         }
 
         // Sources read only the columns some scan needs (and the watermark's).
