@@ -32,9 +32,38 @@ pub(super) fn json_reason(e: &ArrowError) -> String {
     if let Some(rest) = text.strip_prefix("whilst decoding field '")
         && let Some((name, why)) = rest.split_once("': ")
     {
-        return format!("column '{name}': {why}");
+        return format!("column '{name}': {}", expected_found(why));
     }
-    format!("not a JSON object: {text}")
+    format!("not a JSON object: {}", expected_found(text))
+}
+
+/// Arrow's "expected primitive got {"a": 1"b": 2}" said in words: its
+/// rendering of the value it found drops the commas (a record that is not
+/// in the file); the record itself is kept beside the reason.
+fn expected_found(why: &str) -> String {
+    let Some((expected, found)) = why.strip_prefix("expected ").and_then(|r| r.split_once(" got ")) else {
+        return why.to_string();
+    };
+    let kind = |t: &str| -> Option<&'static str> {
+        Some(match t.trim_start().chars().next()? {
+            '{' => "an object",
+            '[' => "an array",
+            '"' => "a string",
+            't' | 'f' => "a boolean",
+            'n' => "null",
+            c if c == '-' || c.is_ascii_digit() => "a number",
+            _ => return None,
+        })
+    };
+    let expected = match expected {
+        "primitive" => Some("a single value (a number, string or boolean)"),
+        "string" => Some("a string"),
+        e => kind(e),
+    };
+    match (expected, kind(found)) {
+        (Some(e), Some(f)) => format!("expected {e}, found {f}"),
+        _ => why.to_string(),
+    }
 }
 
 pub(super) fn read_json(
@@ -237,4 +266,27 @@ pub(super) fn json_values_fast<'a>(
         .map(|b| to_declared(file, b, &positions, &output))
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_found;
+
+    /// Arrow's rendering of the value found drops its commas; the reason
+    /// says what kind of value it was instead.
+    #[test]
+    fn expected_and_found_are_said_in_words() {
+        assert_eq!(
+            expected_found(r#"expected primitive got {"a": 1"b": [1, 2]}"#),
+            "expected a single value (a number, string or boolean), found an object"
+        );
+        assert_eq!(
+            expected_found(r#"expected { got [{"id": 2"name": "arr"}]"#),
+            "expected an object, found an array"
+        );
+        assert_eq!(
+            expected_found("failed to parse \"abc\" as Int64"),
+            "failed to parse \"abc\" as Int64"
+        );
+    }
 }
