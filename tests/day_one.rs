@@ -1587,3 +1587,59 @@ CREATE TABLE late WITH ('connector' = 'files', 'path' = 'late/', 'format' = 'par
         .stdout();
     assert_eq!(late, "c\ny\n");
 }
+
+/// A file changed after it was read, in a stream with no new input: the
+/// warning comes at the next listing (progress line and JSON), not at the
+/// next epoch, which a quiet stream may not have for hours.
+#[test]
+fn a_change_found_between_epochs_is_warned_about_at_once() {
+    let ws = Workspace::new();
+    write_parquet(&ws.path("in/a.parquet"), &gen_bids(1, 50, BASE_MS, 0));
+    ws.write("job.sql", &job(10_000, "parquet", "in/"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "run",
+            "job.sql",
+            "--trigger",
+            "100ms",
+            "--progress-json",
+            "p.json",
+        ])
+        .current_dir(ws.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let warned = |deadline: Instant| {
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(ws.path("p.json")).unwrap_or_default();
+            if text.contains("a.parquet changed after it was read") {
+                return Some(text);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws
+        .path("job.checkpoint/commits/00000000000000000001.json")
+        .exists()
+    {
+        assert!(Instant::now() < deadline, "no epoch committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    write_parquet(&ws.path("in/a.parquet"), &gen_bids(1, 60, BASE_MS, 0));
+    let text = warned(Instant::now() + Duration::from_secs(60));
+    // SAFETY: sending a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    let text = text.expect("no warning while the job ran");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "one epoch, then the warning alone: {text}");
+    assert!(
+        lines[1].starts_with("{\"warnings\":[\"") && lines[1].contains("in/a.parquet changed"),
+        "{text}"
+    );
+    assert_eq!(status.code(), Some(0));
+}

@@ -482,34 +482,55 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped_by = stop_on_signals(stop_tx);
 
+    // The progress line and the JSON file are written from two callbacks:
+    // each epoch's progress, and warnings found between epochs.
     let scrub = redactor.clone();
-    let mut json_error = None;
-    let mut shown = RunProgress::new(trigger == Trigger::AvailableNow);
-    let mut on_progress = |p: &BatchProgress| {
-        metrics.record(&query_name, p);
-        shown.epoch(&scrub.scrub(&progress_line(p)), p);
-        for w in &p.warnings {
-            shown.println(&scrub.scrub(&format!("weir: warning: {w}")));
-        }
-        if let Some(f) = json.as_mut() {
-            let line = serde_json::to_string(p).unwrap_or_default();
-            if let Err(e) = writeln!(f, "{}", scrub.scrub(&line)) {
-                json_error.get_or_insert(e);
-            }
+    let json_error: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+    let json = std::sync::Mutex::new(json.take());
+    let shown = std::sync::Mutex::new(RunProgress::new(trigger == Trigger::AvailableNow));
+    fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    let write_json = |line: &str| {
+        if let Some(f) = lock(&json).as_mut()
+            && let Err(e) = writeln!(f, "{line}")
+        {
+            lock(&json_error).get_or_insert(e);
         }
     };
-    let summary = job.run(trigger, settings.drain, stop_rx, &mut on_progress).await;
+    let warn = |w: &str| {
+        lock(&shown).println(&scrub.scrub(&format!("weir: warning: {w}")));
+        write_json(&scrub.scrub(&serde_json::json!({ "warnings": [w] }).to_string()));
+    };
+    let mut on_progress = |p: &BatchProgress| {
+        metrics.record(&query_name, p);
+        let mut bar = lock(&shown);
+        bar.epoch(&scrub.scrub(&progress_line(p)), p);
+        for w in &p.warnings {
+            bar.println(&scrub.scrub(&format!("weir: warning: {w}")));
+        }
+        drop(bar);
+        write_json(&scrub.scrub(&serde_json::to_string(p).unwrap_or_default()));
+    };
+    let mut on_warning = |w: &str| warn(w);
+    let summary = job
+        .run_with_warnings(
+            trigger,
+            settings.drain,
+            stop_rx,
+            &mut on_progress,
+            Some(&mut on_warning),
+        )
+        .await;
+    // The bar is cleared before the summary's lines.
+    let _ = (on_progress, on_warning, warn);
     drop(shown);
     let summary = summary.with_context(|| format!("job {}", args.job.display()))?;
     for w in &summary.warnings {
         errln!("weir: warning: {}", redactor.scrub(w));
-        if let Some(f) = json.as_mut() {
-            let line = serde_json::json!({ "warnings": [w] }).to_string();
-            if let Err(e) = writeln!(f, "{}", redactor.scrub(&line)) {
-                json_error.get_or_insert(e);
-            }
-        }
+        write_json(&redactor.scrub(&serde_json::json!({ "warnings": [w] }).to_string()));
     }
+    let json_error = json_error.into_inner().unwrap_or_else(|p| p.into_inner());
     if args.explain_analyze {
         outln!("{}", redactor.scrub(&job.explain_analyze()));
     }

@@ -35,8 +35,24 @@ impl StreamingJob {
         &mut self,
         trigger: Trigger,
         drain: bool,
+        stop: watch::Receiver<bool>,
+        on_progress: &mut (dyn FnMut(&BatchProgress) + Send),
+    ) -> Result<RunSummary> {
+        self.run_with_warnings(trigger, drain, stop, on_progress, None)
+            .await
+    }
+
+    /// [`Self::run`], giving `on_warning` the warnings found while a
+    /// `--trigger` interval finds no new input (a file changed after it was
+    /// read): they would otherwise wait for the next epoch's progress, which
+    /// a quiet stream may not have for hours.
+    pub async fn run_with_warnings(
+        &mut self,
+        trigger: Trigger,
+        drain: bool,
         mut stop: watch::Receiver<bool>,
         on_progress: &mut (dyn FnMut(&BatchProgress) + Send),
+        mut on_warning: Option<&mut (dyn FnMut(&str) + Send)>,
     ) -> Result<RunSummary> {
         if drain && matches!(trigger, Trigger::Interval(_)) {
             return Err(Error::Config(
@@ -116,6 +132,11 @@ impl StreamingJob {
                 }
                 Trigger::AvailableNow | Trigger::Once => break,
                 Trigger::Interval(every) => {
+                    if !ran && let Some(f) = on_warning.as_mut() {
+                        for w in std::mem::take(&mut self.warnings) {
+                            f(&w);
+                        }
+                    }
                     let wait = every.saturating_sub(started.elapsed());
                     if !wait.is_zero() {
                         tokio::select! {
