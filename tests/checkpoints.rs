@@ -845,23 +845,30 @@ fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
         format!("{}#3", commit(2)),
         "ck/offsets/00000000000000000011.json#1".to_string(),
         "ck/state/p0-agg0/00000000000000000011.delta.parquet#12".to_string(),
+        "ck/metadata.json#7".to_string(),
         "out/_weir/pending/x.parquet.pending#1".to_string(),
     ];
     for f in &leftovers {
         ws.write(f, "half");
     }
-    // Names that only look alike stay.
-    ws.write("ck/notes#a", "keep");
+    // A user's files in the folder are not Weir's temporaries, whatever
+    // their names.
+    let kept = ["ck/notes#a", "ck/notes#1", "ck/sub/report#2", "out/x.parquet#3"];
+    for f in kept {
+        ws.write(f, "keep");
+    }
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
     assert!(
-        shown.contains("leftovers  3 temporary file(s) of writes a kill interrupted"),
+        shown.contains("leftovers  4 temporary file(s) of writes a kill interrupted"),
         "{shown}"
     );
     finishes_with_every_row_once(&ws, &bids);
     for f in &leftovers {
         assert!(!ws.path(f).exists(), "{f} is still there");
     }
-    assert!(ws.path("ck/notes#a").exists());
+    for f in kept {
+        assert!(ws.path(f).exists(), "{f} was deleted");
+    }
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
     assert!(!shown.contains("leftovers"), "{shown}");
 }

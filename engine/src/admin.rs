@@ -398,7 +398,7 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
     }
     // Not damage: a kill's half-written temporaries, which the next run
     // deletes (listings skip them).
-    let leftovers = ck.location().interrupted_writes().len();
+    let leftovers = ck.interrupted_writes().len();
     if leftovers > 0 {
         let _ = writeln!(
             out,

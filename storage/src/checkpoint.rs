@@ -264,6 +264,30 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The temporaries that kills left in the middle of writes to this
+    /// (local) checkpoint: in the folders Weir writes, and beside its own
+    /// top-level files; nothing else a user keeps in the folder.
+    pub fn interrupted_writes(&self) -> Vec<std::path::PathBuf> {
+        let mut found: Vec<std::path::PathBuf> =
+            ["commits", "offsets", "state", "lookups", "lease", "_probe"]
+                .iter()
+                .flat_map(|dir| self.loc.child(dir).interrupted_writes(true))
+                .collect();
+        found.extend(self.loc.interrupted_writes(false).into_iter().filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(crate::location::temporary_of)
+                .is_some_and(|base| matches!(base, "metadata.json" | "rollback.json"))
+        }));
+        found
+    }
+
+    /// Deletes [`Self::interrupted_writes`]; only for the holder of the
+    /// lease. Returns how many it deleted.
+    pub fn remove_interrupted_writes(&self) -> usize {
+        remove_all(self.interrupted_writes())
+    }
+
     /// The operators that have state files.
     pub async fn state_operators(&self) -> Result<Vec<String>> {
         let mut ops: Vec<String> = self
@@ -281,6 +305,14 @@ impl Checkpoint {
         ops.dedup();
         Ok(ops)
     }
+}
+
+/// Deletes the files; how many went.
+pub fn remove_all(files: Vec<std::path::PathBuf>) -> usize {
+    files
+        .into_iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
 }
 
 #[cfg(test)]

@@ -50,6 +50,13 @@ pub struct Location {
     store_id: String,
 }
 
+/// The file a local write's temporary (`<name>#<n>`) was to become.
+pub fn temporary_of(name: &str) -> Option<&str> {
+    name.rsplit_once('#')
+        .filter(|(base, n)| !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(base, _)| base)
+}
+
 impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.url)
@@ -233,14 +240,10 @@ impl Location {
     /// killed in the middle of one: object_store's local store writes each
     /// file as `<name>#<n>` and renames it when complete, and a SIGKILL in
     /// between left the temporary for good (listings skip it, so retention
-    /// never deletes it). Other stores have none.
-    pub fn interrupted_writes(&self) -> Vec<std::path::PathBuf> {
-        fn is_temporary(name: &str) -> bool {
-            name.rsplit_once('#').is_some_and(|(base, n)| {
-                !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-            })
-        }
-        fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    /// never deletes it). `recursive`: in sub-folders too. Other stores
+    /// have none.
+    pub fn interrupted_writes(&self, recursive: bool) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, recursive: bool, found: &mut Vec<std::path::PathBuf>) {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return;
             };
@@ -248,28 +251,18 @@ impl Location {
                 let Ok(kind) = entry.file_type() else {
                     continue;
                 };
-                if kind.is_dir() {
-                    walk(&entry.path(), found);
-                } else if kind.is_file() && entry.file_name().to_str().is_some_and(is_temporary) {
+                if kind.is_dir() && recursive {
+                    walk(&entry.path(), recursive, found);
+                } else if kind.is_file() && entry.file_name().to_str().and_then(temporary_of).is_some() {
                     found.push(entry.path());
                 }
             }
         }
         let mut found = Vec::new();
         if let Some(dir) = self.url.strip_prefix("file://") {
-            walk(std::path::Path::new(dir), &mut found);
+            walk(std::path::Path::new(dir), recursive, &mut found);
         }
         found
-    }
-
-    /// Deletes [`Self::interrupted_writes`]; only for the folder's one
-    /// writer (holding the checkpoint's lease, owning the sink). Returns
-    /// how many it deleted.
-    pub fn remove_interrupted_writes(&self) -> usize {
-        self.interrupted_writes()
-            .into_iter()
-            .filter(|p| std::fs::remove_file(p).is_ok())
-            .count()
     }
 
     /// A sub-folder.

@@ -344,12 +344,13 @@ impl StreamingJob {
                 let _ = lease.release().await;
                 return Err(e);
             }
-            interrupted += sink.location().child("_weir").remove_interrupted_writes();
+            interrupted +=
+                weir_storage::checkpoint::remove_all(sink.location().child("_weir").interrupted_writes(true));
         }
         // Writes a kill cut short left temporaries no listing shows and no
         // retention deletes: this run is the folders' one writer now.
         if !options.explain_only {
-            interrupted += checkpoint.location().remove_interrupted_writes();
+            interrupted += checkpoint.remove_interrupted_writes();
         }
         if interrupted > 0 {
             tracing::debug!("deleted {interrupted} temporary file(s) of writes a kill interrupted");
