@@ -125,9 +125,6 @@ impl StreamPlanner {
             }
         }
         let late_sink = self.late_sink(&origin)?;
-        if let Some(table) = &late_sink {
-            self.check_late_columns(table, input.schema())?;
-        }
         // A window whose input drops rows (a view or subquery with a WHERE)
         // would judge lateness among the rows it keeps; the source's
         // watermark is made of all of them. Judge it at the source instead.
@@ -147,6 +144,9 @@ impl StreamPlanner {
             }
             _ => input,
         };
+        if let Some(table) = &late_sink {
+            self.check_late_columns(table, input.schema())?;
+        }
         let node = WindowAssignNode::try_new(
             input,
             spec,
@@ -240,26 +240,45 @@ impl StreamPlanner {
     }
 
     /// A late table declared with columns must declare the late rows' own:
-    /// the window input's columns, then [`LATE_FOR`]. They are written as
-    /// they are, so other declared columns would be ignored without a word.
+    /// the window input's columns, then [`LATE_FOR`] (text), of their types.
+    /// They are written as they are, so other declared columns or types
+    /// would be ignored without a word.
     fn check_late_columns(&self, table: &str, rows: &DFSchema) -> Result<()> {
         let Some(declared) = self.job.tables.get(table).and_then(|t| t.schema.as_ref()) else {
             return Ok(());
         };
-        let lower = |name: &str| name.to_ascii_lowercase();
-        let expected: Vec<String> = rows
+        let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let same = |a: &DataType, b: &DataType| a == b || (text(a) && text(b));
+        let expected: Vec<(String, DataType)> = rows
             .fields()
             .iter()
-            .map(|f| lower(f.name()))
-            .chain([LATE_FOR.to_string()])
+            .map(|f| (f.name().to_ascii_lowercase(), f.data_type().clone()))
+            .chain([(LATE_FOR.to_string(), DataType::Utf8)])
             .collect();
-        let names: Vec<String> = declared.fields().iter().map(|f| lower(f.name())).collect();
-        if names != expected {
+        let fits = declared.fields().len() == expected.len()
+            && declared
+                .fields()
+                .iter()
+                .zip(&expected)
+                .all(|(d, (name, t))| d.name().eq_ignore_ascii_case(name) && same(d.data_type(), t));
+        if !fits {
+            let show = |fields: Vec<(String, DataType)>| {
+                fields
+                    .iter()
+                    .map(|(n, t)| format!("{n} {}", crate::catalog::sql_type_name(t)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let declared = declared
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .collect();
             return Err(Error::Plan(format!(
                 "late sink '{table}': its late rows have the columns ({}), not the ones it declares ({}); \
                  declare it without columns",
-                expected.join(", "),
-                names.join(", ")
+                show(expected),
+                show(declared)
             )));
         }
         Ok(())
