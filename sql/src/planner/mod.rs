@@ -280,6 +280,9 @@ impl StreamPlanner {
         let (plan, changelog) = match &sink {
             Some(sink) => {
                 check_sink(sink, changelog)?;
+                if sink.schema.is_none() {
+                    check_unique_names(&plan)?;
+                }
                 // An append-only query into a changelog sink: each row is
                 // an insert, with its `op` like any changelog's, so that
                 // the sink's readers (and the README's query for a
@@ -434,6 +437,31 @@ fn known_tables(job: &Job) -> String {
     let mut names: Vec<&str> = job.tables.keys().map(String::as_str).collect();
     names.extend(job.views.iter().map(|v| v.name.as_str()));
     format!(" (declared tables: {})", names.join(", "))
+}
+
+/// A sink declared without columns takes the query's names, and a Parquet
+/// file's columns need distinct ones: `SELECT *` over a self-join wrote
+/// `id, k, id, k`, which `weir query` read as the left side's columns alone
+/// and pyarrow refused. DataFusion refuses `SELECT k, k` itself; a join's
+/// two `id`s, qualified apart, reached the sink.
+fn check_unique_names(plan: &LogicalPlan) -> Result<()> {
+    let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for f in plan.schema().fields() {
+        if let Some(first) = seen.insert(f.name().to_ascii_lowercase(), f.name()) {
+            return Err(Error::Plan(format!(
+                "the query's output has two columns named '{first}'{}: a sink's files need distinct column names, \
+                 so rename one (`b.{} AS b_{}`, say) or list the columns",
+                if first == f.name() {
+                    String::new()
+                } else {
+                    format!(" and '{}'", f.name())
+                },
+                f.name(),
+                f.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
