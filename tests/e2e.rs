@@ -1638,3 +1638,29 @@ fn a_nan_in_a_sink_reads_back_as_nan() {
     );
     assert_eq!(query("SELECT k FROM 'out/' WHERE s > 200"), "k\na\n");
 }
+
+/// `weir query` refuses INTERSECT ALL and EXCEPT ALL, which DataFusion 55
+/// answers as a semi and an anti join, and runs their set forms.
+#[test]
+fn intersect_all_and_except_all_are_refused_in_batch_queries() {
+    let ws = Workspace::new();
+    let sevens = "SELECT * FROM (VALUES (7), (7), (7)) AS a(x)";
+    let seven = "SELECT * FROM (VALUES (7)) AS b(x)";
+    for (op, join) in [("INTERSECT ALL", "a semi join"), ("EXCEPT ALL", "an anti join")] {
+        let e = ws
+            .weir(&["query", &format!("{sevens} {op} {seven}")])
+            .fails()
+            .stderr();
+        assert!(
+            e.contains(&format!(
+                "{op} is not supported: DataFusion 55 answers it as {join}"
+            )),
+            "{e}"
+        );
+    }
+    let out = ws
+        .weir(&["query", "--format", "csv", &format!("{sevens} INTERSECT {seven}")])
+        .ok()
+        .stdout();
+    assert_eq!(out, "x\n7\n");
+}

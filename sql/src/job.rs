@@ -230,6 +230,7 @@ impl Job {
         if parsed.len() != 1 {
             return Err(Error::Syntax("expected one statement".into()));
         }
+        crate::statement::check_set_quantifiers(&parsed[0])?;
         let redacted = redact_sql(&pre.original)?;
         self.lookups.extend(pre.lookups.iter().cloned());
         self.lookup_statements

@@ -180,6 +180,7 @@ impl Shell {
     }
 
     pub(super) async fn batch(&self, sql: &str) -> Result<()> {
+        batch_set_quantifiers(sql)?;
         let ctx = self.batch_context(sql).await?;
         let df = match ctx.sql(sql).await {
             Ok(df) => df,
@@ -517,6 +518,7 @@ impl Shell {
             _ => false,
         };
         if !streaming {
+            batch_set_quantifiers(sql)?;
             let ctx = self.batch_context(sql).await?;
             let df = match ctx.sql(sql).await {
                 Ok(df) => df,
@@ -708,4 +710,13 @@ pub(super) fn check_glob(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`weir_sql::statement::check_set_quantifiers_in`] for a batch query: its
+/// reason alone (it is no stream's).
+fn batch_set_quantifiers(sql: &str) -> Result<()> {
+    match weir_sql::statement::check_set_quantifiers_in(sql) {
+        Err(weir_sql::Error::Unsupported(why)) => bail!("{why}"),
+        other => Ok(other?),
+    }
 }
