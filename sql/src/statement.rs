@@ -285,6 +285,78 @@ pub fn peek_limit(sql: &str) -> Result<Option<(&str, u64)>> {
     Ok(offset.map(|i| (sql[..i].trim_end(), rows)))
 }
 
+/// `INTERSECT ALL` and `EXCEPT ALL` keep or take away rows by count
+/// (`{7, 7, 7} INTERSECT ALL {7}` is one 7, `EXCEPT ALL` two), but
+/// DataFusion 55 plans them as a semi and an anti join (three 7s, none):
+/// refused, in jobs and batch queries alike, naming the forms that are
+/// right.
+pub fn check_set_quantifiers(statement: &ast::Statement) -> Result<()> {
+    use std::ops::ControlFlow;
+    struct Bags;
+    fn bag(e: &ast::SetExpr) -> Option<&'static str> {
+        match e {
+            ast::SetExpr::SetOperation {
+                op,
+                set_quantifier,
+                left,
+                right,
+            } => {
+                let all = matches!(set_quantifier, ast::SetQuantifier::All);
+                match op {
+                    ast::SetOperator::Intersect if all => Some("INTERSECT ALL"),
+                    ast::SetOperator::Except | ast::SetOperator::Minus if all => Some("EXCEPT ALL"),
+                    _ => bag(left).or_else(|| bag(right)),
+                }
+            }
+            _ => None,
+        }
+    }
+    impl ast::Visitor for Bags {
+        type Break = &'static str;
+        fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<Self::Break> {
+            match bag(&query.body) {
+                Some(form) => ControlFlow::Break(form),
+                None => ControlFlow::Continue(()),
+            }
+        }
+    }
+    match ast::Visit::visit(statement, &mut Bags) {
+        ControlFlow::Break(form) => Err(Error::Unsupported(format!(
+            "{form} is not supported: DataFusion 55 answers it as {} (each row kept or dropped whole, not by \
+             count); write {} for rows without repeats, or count the rows of each side and join the counts",
+            if form == "INTERSECT ALL" {
+                "a semi join"
+            } else {
+                "an anti join"
+            },
+            if form == "INTERSECT ALL" {
+                "INTERSECT"
+            } else {
+                "EXCEPT"
+            }
+        ))),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// [`check_set_quantifiers`] on a statement's text; text that does not
+/// parse is left to the parser's own message.
+pub fn check_set_quantifiers_in(sql: &str) -> Result<()> {
+    let mut n = 0;
+    let Ok(pre) = preprocess::preprocess(sql, &mut n) else {
+        return Ok(());
+    };
+    let Ok(parsed) = DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}) else {
+        return Ok(());
+    };
+    for s in parsed {
+        if let datafusion::sql::parser::Statement::Statement(s) = s {
+            check_set_quantifiers(&s)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,76 +474,4 @@ mod tests {
             vec!["select", "A", "b", "from", "c"]
         );
     }
-}
-
-/// `INTERSECT ALL` and `EXCEPT ALL` keep or take away rows by count
-/// (`{7, 7, 7} INTERSECT ALL {7}` is one 7, `EXCEPT ALL` two), but
-/// DataFusion 55 plans them as a semi and an anti join (three 7s, none):
-/// refused, in jobs and batch queries alike, naming the forms that are
-/// right.
-pub fn check_set_quantifiers(statement: &ast::Statement) -> Result<()> {
-    use std::ops::ControlFlow;
-    struct Bags;
-    fn bag(e: &ast::SetExpr) -> Option<&'static str> {
-        match e {
-            ast::SetExpr::SetOperation {
-                op,
-                set_quantifier,
-                left,
-                right,
-            } => {
-                let all = matches!(set_quantifier, ast::SetQuantifier::All);
-                match op {
-                    ast::SetOperator::Intersect if all => Some("INTERSECT ALL"),
-                    ast::SetOperator::Except | ast::SetOperator::Minus if all => Some("EXCEPT ALL"),
-                    _ => bag(left).or_else(|| bag(right)),
-                }
-            }
-            _ => None,
-        }
-    }
-    impl ast::Visitor for Bags {
-        type Break = &'static str;
-        fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<Self::Break> {
-            match bag(&query.body) {
-                Some(form) => ControlFlow::Break(form),
-                None => ControlFlow::Continue(()),
-            }
-        }
-    }
-    match ast::Visit::visit(statement, &mut Bags) {
-        ControlFlow::Break(form) => Err(Error::Unsupported(format!(
-            "{form} is not supported: DataFusion 55 answers it as {} (each row kept or dropped whole, not by \
-             count); write {} for rows without repeats, or count the rows of each side and join the counts",
-            if form == "INTERSECT ALL" {
-                "a semi join"
-            } else {
-                "an anti join"
-            },
-            if form == "INTERSECT ALL" {
-                "INTERSECT"
-            } else {
-                "EXCEPT"
-            }
-        ))),
-        ControlFlow::Continue(()) => Ok(()),
-    }
-}
-
-/// [`check_set_quantifiers`] on a statement's text; text that does not
-/// parse is left to the parser's own message.
-pub fn check_set_quantifiers_in(sql: &str) -> Result<()> {
-    let mut n = 0;
-    let Ok(pre) = preprocess::preprocess(sql, &mut n) else {
-        return Ok(());
-    };
-    let Ok(parsed) = DFParser::parse_sql_with_dialect(&pre.rewritten, &GenericDialect {}) else {
-        return Ok(());
-    };
-    for s in parsed {
-        if let datafusion::sql::parser::Statement::Statement(s) = s {
-            check_set_quantifiers(&s)?;
-        }
-    }
-    Ok(())
 }
