@@ -1664,3 +1664,44 @@ fn intersect_all_and_except_all_are_refused_in_batch_queries() {
         .stdout();
     assert_eq!(out, "x\n7\n");
 }
+
+/// An UNNEST in FROM of another table's column, which DataFusion 55 cannot
+/// plan, is said in words with the statement's line (it was the Debug text
+/// of a plan node), in a job and in `weir query`.
+#[test]
+fn a_lateral_unnest_is_refused_in_words() {
+    let ws = Workspace::new();
+    ws.write("in/a.csv", "id,k,price\n1,2,3\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE t (id BIGINT, k BIGINT, price BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+         INSERT INTO o SELECT t.id, u.v FROM t CROSS JOIN UNNEST(make_array(t.k, t.price)) AS u(v);",
+    );
+    let want = "a subquery or UNNEST in FROM that refers to another table's columns (a LATERAL correlation) is not supported";
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains("(line 3): ") && e.contains(want), "{e}");
+    assert!(!e.contains("OuterReferenceColumn"), "{e}");
+    let e = ws
+        .weir(&[
+            "query",
+            "SELECT t.id, u.v FROM 'in/' t CROSS JOIN UNNEST(make_array(t.k, t.price)) AS u(v)",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains(want), "{e}");
+    // In the SELECT list it runs.
+    let out = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT id, unnest(make_array(k, price)) AS v FROM 'in/'",
+        ])
+        .ok()
+        .stdout();
+    assert_eq!(out, "id,v\n1,2\n1,3\n");
+}

@@ -229,6 +229,17 @@ pub fn strip_df(e: &DataFusionError) -> String {
     if let Some(m) = no_signature(&msg) {
         return m;
     }
+    // A correlation DataFusion 55 cannot plan, said as Debug text of its
+    // plan nodes: `CROSS JOIN UNNEST(t.col)`, a LATERAL subquery correlated
+    // by more than equalities.
+    if msg.contains("does not support logical expression OuterReferenceColumn")
+        || msg.contains("Optimizer rule 'decorrelate_lateral_join' failed")
+    {
+        return "a subquery or UNNEST in FROM that refers to another table's columns (a LATERAL correlation) is \
+                not supported in this form by DataFusion 55: UNNEST a column in the SELECT list (`SELECT id, \
+                unnest(col) FROM t`), and correlate a LATERAL subquery by equalities only"
+            .to_string();
+    }
     for prefix in [
         "Execution error: ",
         "Arrow error: ",

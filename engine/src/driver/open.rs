@@ -115,20 +115,36 @@ impl StreamingJob {
         };
         let mut physical = Vec::new();
         for p in plans {
+            // What DataFusion cannot plan is said with the statement's line.
+            let in_statement = |e: datafusion::error::DataFusionError| match Error::from(e) {
+                Error::DataFusion(e) => Error::Sql(weir_sql::Error::Plan(format!(
+                    "{}: {}",
+                    p.statement,
+                    weir_sql::strip_df(&e)
+                ))),
+                ours => ours,
+            };
             let plan = if threads > 1 && ranks(&p.plan) {
                 let sharded = crate::exec::scan::in_one_partition(
-                    physical_planner().create_physical_plan(&p.plan, &state).await?,
+                    physical_planner()
+                        .create_physical_plan(&p.plan, &state)
+                        .await
+                        .map_err(in_statement)?,
                 )?;
                 if rankings_see_arrival_order(&sharded) {
                     sharded
                 } else {
                     let plan = physical_planner()
                         .create_physical_plan(&p.plan, &one_thread)
-                        .await?;
+                        .await
+                        .map_err(in_statement)?;
                     crate::exec::scan::in_one_partition(plan)?
                 }
             } else {
-                physical_planner().create_physical_plan(&p.plan, &state).await?
+                physical_planner()
+                    .create_physical_plan(&p.plan, &state)
+                    .await
+                    .map_err(in_statement)?
             };
             let operators = stateful_operators(p.index, &plan);
             physical.push((p, plan, operators));
