@@ -213,6 +213,10 @@ fn parser_text(e: &DataFusionError) -> Option<String> {
     }
 }
 
+/// Why `COUNT(DISTINCT a, b)` is refused, and what to write.
+pub const COUNT_DISTINCT_PAIRS: &str = "COUNT(DISTINCT a, b) of more than one argument is not supported by DataFusion \
+     55: count the distinct pairs as one value, COUNT(DISTINCT struct(a, b))";
+
 /// A DataFusion error's message without the backtrace and the generic
 /// "Error during planning: " style prefixes.
 pub fn strip_df(e: &DataFusionError) -> String {
@@ -228,6 +232,9 @@ pub fn strip_df(e: &DataFusionError) -> String {
     };
     if let Some(m) = no_signature(&msg) {
         return m;
+    }
+    if msg.contains("COUNT DISTINCT with multiple arguments") {
+        return COUNT_DISTINCT_PAIRS.to_string();
     }
     // A correlation DataFusion 55 cannot plan, said as Debug text of its
     // plan nodes: `CROSS JOIN UNNEST(t.col)`, a LATERAL subquery correlated

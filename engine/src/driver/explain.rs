@@ -102,7 +102,7 @@ impl StreamingJob {
             out,
             "-- physical plan{}",
             if analyze {
-                " (totals over the epochs run)"
+                " (Weir's operators: totals over the epochs run; DataFusion's nodes: the last epoch's)"
             } else {
                 ""
             }

@@ -255,11 +255,11 @@ impl StreamPlanner {
                  or rank within windows: ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...)"
                     .into()
             })),
-            LogicalPlan::Limit(_) => Err(Error::Unsupported(
-                "LIMIT on an unbounded stream never completes; filter the rows, or keep the top N per window with \
-                 ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N"
-                    .into(),
-            )),
+            LogicalPlan::Limit(l) => Err(Error::Unsupported(format!(
+                "{} on an unbounded stream never completes; filter the rows, or keep the top N per window with \
+                 ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N",
+                if l.fetch.is_none() { "OFFSET" } else { "LIMIT" }
+            ))),
             LogicalPlan::Window(w) => self.window_top_n(w, ttl_ms).map(Transformed::yes),
             // `WHERE rn <= N` over a window Top-N: keep only N per partition.
             LogicalPlan::Filter(f) if top_n_below(&f.input).is_some() => {
