@@ -846,6 +846,7 @@ fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
         "ck/offsets/00000000000000000011.json#1".to_string(),
         "ck/state/p0-agg0/00000000000000000011.delta.parquet#12".to_string(),
         "ck/metadata.json#7".to_string(),
+        "ck/kafka-sinks/q-p0/00000000000000000002.parquet#4".to_string(),
         "out/_weir/pending/x.parquet.pending#1".to_string(),
     ];
     for f in &leftovers {
@@ -859,7 +860,7 @@ fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
     }
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
     assert!(
-        shown.contains("leftovers  4 temporary file(s) of writes a kill interrupted"),
+        shown.contains("leftovers  5 temporary file(s) of writes a kill interrupted"),
         "{shown}"
     );
     finishes_with_every_row_once(&ws, &bids);

@@ -204,6 +204,17 @@ pub fn sql_type_name(t: &datafusion::arrow::datatypes::DataType) -> String {
                 None => format!("TIMESTAMP({p})"),
             }
         }
+        List(f) | LargeList(f) | ListView(f) | LargeListView(f) | FixedSizeList(f, _) => {
+            format!("ARRAY<{}>", sql_type_name(f.data_type()))
+        }
+        Struct(fields) => format!(
+            "STRUCT<{}>",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), sql_type_name(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         other => other.to_string(),
     }
 }

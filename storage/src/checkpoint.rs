@@ -268,11 +268,18 @@ impl Checkpoint {
     /// (local) checkpoint: in the folders Weir writes, and beside its own
     /// top-level files; nothing else a user keeps in the folder.
     pub fn interrupted_writes(&self) -> Vec<std::path::PathBuf> {
-        let mut found: Vec<std::path::PathBuf> =
-            ["commits", "offsets", "state", "lookups", "lease", "_probe"]
-                .iter()
-                .flat_map(|dir| self.loc.child(dir).interrupted_writes(true))
-                .collect();
+        let mut found: Vec<std::path::PathBuf> = [
+            "commits",
+            "offsets",
+            "state",
+            "lookups",
+            "lease",
+            "_probe",
+            "kafka-sinks",
+        ]
+        .iter()
+        .flat_map(|dir| self.loc.child(dir).interrupted_writes(true))
+        .collect();
         found.extend(self.loc.interrupted_writes(false).into_iter().filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())

@@ -277,6 +277,11 @@ impl StreamPlanner {
             .map_err(|e| self.explain_df_error(e))?;
         let plan = self.rewrite_streaming(plan, emit)?;
         let changelog = is_changelog(&plan);
+        if let Some(sink) = &sink
+            && (changelog || sink::takes_changelog(sink))
+        {
+            check_changelog_names(&plan, sink)?;
+        }
         let plan = finish_output(plan, changelog)?;
         let (plan, changelog) = match &sink {
             Some(sink) => {
@@ -465,6 +470,34 @@ fn check_count_distinct_pairs(plan: &LogicalPlan) -> Result<()> {
     Ok(())
 }
 
+/// A changelog sink's files add `op` before the query's columns and
+/// `_epoch`, `_seq` after them: a query column of one of those names was
+/// written twice (pyarrow refused the folder, `weir query` showed the
+/// query's `_epoch` as the epoch).
+fn check_changelog_names(plan: &LogicalPlan, sink: &TableDecl) -> Result<()> {
+    let declared = sink
+        .schema
+        .as_ref()
+        .map(|s| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>());
+    let names = declared.unwrap_or_else(|| {
+        plan.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != crate::nodes::PLAN_OP_COLUMN)
+            .collect()
+    });
+    for n in names {
+        if ["op", "_epoch", "_seq"].iter().any(|r| n.eq_ignore_ascii_case(r)) {
+            return Err(Error::Plan(format!(
+                "column '{n}' is named like a changelog sink's own columns (op first, _epoch and _seq last, which \
+                 Weir adds): rename it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A sink declared without columns takes the query's names, and a Parquet
 /// file's columns need distinct ones: `SELECT *` over a self-join wrote
 /// `id, k, id, k`, which `weir query` read as the left side's columns alone
@@ -476,14 +509,14 @@ fn check_unique_names(plan: &LogicalPlan) -> Result<()> {
         if let Some(first) = seen.insert(f.name().to_ascii_lowercase(), f.name()) {
             return Err(Error::Plan(format!(
                 "the query's output has two columns named '{first}'{}: a sink's files need distinct column names, \
-                 so rename one (`b.{} AS b_{}`, say) or list the columns",
+                 (whatever their case, as DuckDB and Spark read them), so rename one (`AS {}_2`, say) or list \
+                 the columns",
                 if first == f.name() {
                     String::new()
                 } else {
                     format!(" and '{}'", f.name())
                 },
-                f.name(),
-                f.name()
+                f.name().to_ascii_lowercase()
             )));
         }
     }

@@ -247,8 +247,14 @@ impl StreamPlanner {
         let Some(declared) = self.job.tables.get(table).and_then(|t| t.schema.as_ref()) else {
             return Ok(());
         };
-        let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
-        let same = |a: &DataType, b: &DataType| a == b || (text(a) && text(b));
+        // A late table the job reads is refused for that when the job
+        // opens, which is the problem to name, not its columns.
+        if self.job_reads(table) {
+            return Ok(());
+        }
+        let same = |a: &DataType, b: &DataType| {
+            crate::catalog::sql_type_name(a).eq_ignore_ascii_case(&crate::catalog::sql_type_name(b))
+        };
         let expected: Vec<(String, DataType)> = rows
             .fields()
             .iter()
@@ -282,6 +288,38 @@ impl StreamPlanner {
             )));
         }
         Ok(())
+    }
+
+    /// Whether any statement of the job reads `table` (in FROM, a join, a
+    /// subquery, or a window call).
+    fn job_reads(&self, table: &str) -> bool {
+        use datafusion::sql::sqlparser::ast::visit_relations;
+        use std::ops::ControlFlow;
+        if self
+            .job
+            .tvfs
+            .values()
+            .any(|c| c.table.eq_ignore_ascii_case(table))
+        {
+            return true;
+        }
+        let queries = self
+            .job
+            .inserts
+            .iter()
+            .map(|i| &i.query)
+            .chain(self.job.views.iter().map(|v| &v.query));
+        queries.into_iter().any(|q| {
+            visit_relations(q.as_ref(), |name| {
+                let last = name.0.last().map(|p| p.to_string()).unwrap_or_default();
+                if last.trim_matches('"').eq_ignore_ascii_case(table) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .is_break()
+        })
     }
 
     pub(super) fn no_watermark(&self, call: &TvfCall) -> Error {

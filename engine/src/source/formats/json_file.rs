@@ -29,12 +29,23 @@ pub(super) fn json_reason(e: &ArrowError) -> String {
     }
     let text = e.to_string();
     let text = text.strip_prefix("Json error: ").unwrap_or(&text);
-    if let Some(rest) = text.strip_prefix("whilst decoding field '")
-        && let Some((name, why)) = rest.split_once("': ")
+    // "whilst decoding field 'm': whilst decoding field 'x': ...": the
+    // column, then the fields within it.
+    let mut path = Vec::new();
+    let mut rest = text;
+    while let Some(inner) = rest.strip_prefix("whilst decoding field '")
+        && let Some((name, why)) = inner.split_once("': ")
     {
-        return format!("column '{name}': {}", expected_found(why));
+        path.push(name);
+        rest = why;
     }
-    format!("not a JSON object: {}", expected_found(text))
+    match path.split_first() {
+        Some((column, fields)) => {
+            let fields: String = fields.iter().map(|f| format!("field '{f}': ")).collect();
+            format!("column '{column}': {fields}{}", expected_found(rest))
+        }
+        None => format!("not a JSON object: {}", expected_found(text)),
+    }
 }
 
 /// Arrow's "expected primitive got {"a": 1"b": 2}" said in words: its
@@ -287,6 +298,14 @@ mod tests {
         assert_eq!(
             expected_found("failed to parse \"abc\" as Int64"),
             "failed to parse \"abc\" as Int64"
+        );
+        let e = datafusion::arrow::error::ArrowError::JsonError(
+            r#"whilst decoding field 'm': whilst decoding field 'x': expected string got {"a": 1"b": 2}"#
+                .into(),
+        );
+        assert_eq!(
+            super::json_reason(&e),
+            "column 'm': field 'x': expected a string, found an object"
         );
     }
 }
