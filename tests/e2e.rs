@@ -1705,3 +1705,25 @@ fn a_lateral_unnest_is_refused_in_words() {
         .stdout();
     assert_eq!(out, "id,v\n1,2\n1,3\n");
 }
+
+/// Two output columns of one name (`SELECT *` over a self-join) into a sink
+/// declared without columns: the later one is written as `id0`, as Flink
+/// names it. The files had `id` twice, which `weir query` read as the
+/// left side's columns alone and pyarrow refused.
+#[test]
+fn a_name_taken_twice_is_written_numbered() {
+    let ws = Workspace::new();
+    ws.write("in/a.csv", "id,k\n1,x\n2,y\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE t (id BIGINT, k VARCHAR) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+         INSERT INTO o SELECT *, b.k AS \"K\" FROM t a JOIN t b ON a.id = b.id + 1;",
+    );
+    ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+    let out = ws
+        .weir(&["query", "--format", "csv", "SELECT * FROM 'o/'"])
+        .ok()
+        .stdout();
+    assert_eq!(out, "id,k,id0,k0,K1\n2,y,1,x,x\n");
+}

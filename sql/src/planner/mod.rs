@@ -286,9 +286,7 @@ impl StreamPlanner {
         let (plan, changelog) = match &sink {
             Some(sink) => {
                 check_sink(sink, changelog)?;
-                if sink.schema.is_none() {
-                    check_unique_names(&plan)?;
-                }
+
                 // An append-only query into a changelog sink: each row is
                 // an insert, with its `op` like any changelog's, so that
                 // the sink's readers (and the README's query for a
@@ -297,6 +295,11 @@ impl StreamPlanner {
                     (sink::as_inserts(plan)?, true)
                 } else {
                     (plan, changelog)
+                };
+                let plan = if sink.schema.is_none() {
+                    unique_names(plan)?
+                } else {
+                    plan
                 };
                 (conform_to_sink(plan, sink, changelog)?, changelog)
             }
@@ -499,28 +502,39 @@ fn check_changelog_names(plan: &LogicalPlan, sink: &TableDecl) -> Result<()> {
 }
 
 /// A sink declared without columns takes the query's names, and a Parquet
-/// file's columns need distinct ones: `SELECT *` over a self-join wrote
-/// `id, k, id, k`, which `weir query` read as the left side's columns alone
-/// and pyarrow refused. DataFusion refuses `SELECT k, k` itself; a join's
-/// two `id`s, qualified apart, reached the sink.
-fn check_unique_names(plan: &LogicalPlan) -> Result<()> {
-    let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
-    for f in plan.schema().fields() {
-        if let Some(first) = seen.insert(f.name().to_ascii_lowercase(), f.name()) {
-            return Err(Error::Plan(format!(
-                "the query's output has two columns named '{first}'{}: a sink's files need distinct column names, \
-                 (whatever their case, as DuckDB and Spark read them), so rename one (`AS {}_2`, say) or list \
-                 the columns",
-                if first == f.name() {
-                    String::new()
-                } else {
-                    format!(" and '{}'", f.name())
-                },
-                f.name().to_ascii_lowercase()
-            )));
+/// file's columns need distinct ones: `SELECT a.price, b.price` over a join
+/// wrote `price` twice, which `weir query` read as the first alone and
+/// pyarrow refused. A later column of a name already taken (whatever its
+/// case, as DuckDB and Spark read names) is written as that name with a
+/// number, `price0`, `price1`, ..., as Flink names them.
+fn unique_names(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let schema = Arc::clone(plan.schema());
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut renamed = false;
+    let mut exprs = Vec::with_capacity(schema.fields().len());
+    let all: BTreeSet<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().to_ascii_lowercase())
+        .collect();
+    for (q, f) in schema.iter() {
+        let column = Expr::Column(Column::from((q, f.as_ref())));
+        if taken.insert(f.name().to_ascii_lowercase()) {
+            exprs.push(column.alias(f.name()));
+            continue;
         }
+        let name = (0..)
+            .map(|n| format!("{}{n}", f.name()))
+            .find(|n| !all.contains(&n.to_ascii_lowercase()) && !taken.contains(&n.to_ascii_lowercase()))
+            .unwrap_or_default();
+        taken.insert(name.to_ascii_lowercase());
+        exprs.push(column.alias(name));
+        renamed = true;
     }
-    Ok(())
+    if !renamed {
+        return Ok(plan);
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
 #[cfg(test)]
