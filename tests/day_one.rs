@@ -1203,14 +1203,7 @@ fn interrupted(signal: i32) -> (Option<i32>, String, Workspace) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ws
-        .path("job.checkpoint/commits/00000000000000000001.json")
-        .exists()
-    {
-        assert!(Instant::now() < deadline, "no epoch committed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_first_commit(&ws);
     // SAFETY: sending a signal to our own child.
     unsafe {
         libc::kill(child.id() as i32, signal);
@@ -1619,14 +1612,7 @@ fn a_change_found_between_epochs_is_warned_about_at_once() {
         }
         None
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ws
-        .path("job.checkpoint/commits/00000000000000000001.json")
-        .exists()
-    {
-        assert!(Instant::now() < deadline, "no epoch committed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_first_commit(&ws);
     write_parquet(&ws.path("in/a.parquet"), &gen_bids(1, 60, BASE_MS, 0));
     let text = warned(Instant::now() + Duration::from_secs(60));
     // SAFETY: sending a signal to our own child.
@@ -1642,4 +1628,17 @@ fn a_change_found_between_epochs_is_warned_about_at_once() {
         "{text}"
     );
     assert_eq!(status.code(), Some(0));
+}
+
+/// Waits (up to a minute) until a running job has committed its first
+/// epoch into `job.checkpoint`.
+fn wait_for_first_commit(ws: &Workspace) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws
+        .path("job.checkpoint/commits/00000000000000000001.json")
+        .exists()
+    {
+        assert!(Instant::now() < deadline, "no epoch committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
