@@ -417,7 +417,10 @@ fn not_a_scheduler(message: &str) -> Option<String> {
             "what answers there is a gRPC service but not a scheduler (an executor's --port or --grpc-port?); {GIVE}"
         ));
     }
+    // A web server's answer reaches the client as a protocol error, or as
+    // the connection closed under it (whichever it reads first).
     if message.contains("h2 protocol error")
+        || (message.contains("code: Cancelled") && message.contains("connection closed"))
         || message.contains("invalid content-type")
         || message.contains("FRAME_SIZE_ERROR")
         || message.contains("frame with invalid size")
@@ -619,6 +622,10 @@ mod tests {
             ),
             (
                 r#"Execution error: Status { code: Internal, message: "h2 protocol error: http2 error", source: Some(tonic::transport::Error(Transport, hyper::Error(Http2, Error { kind: GoAway(b"", FRAME_SIZE_ERROR, Library) }))) }"#,
+                "does not speak gRPC",
+            ),
+            (
+                r#"Execution error: Status { code: Cancelled, message: "operation was canceled", source: Some(tonic::transport::Error(Transport, hyper::Error(Canceled, "connection closed"))) }"#,
                 "does not speak gRPC",
             ),
             (
