@@ -9,6 +9,7 @@
 //! `<`, `<=`, `>`, `>=`, `=`), and normalized to
 //! `right.t - left.t BETWEEN lo AND hi`.
 
+use datafusion::arrow::datatypes::TimeUnit;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Join, JoinType, Operator};
 
@@ -16,7 +17,12 @@ use super::*;
 use crate::nodes::{JoinTime, StreamJoinNode, UniqueSide};
 
 /// A time bound of a join: `right.t - left.t` in `[lo, hi]`, ms (either
-/// end may be missing).
+/// end may be missing). It only decides how long rows are held (the join's
+/// condition decides matches), so it errs wide, never narrow: a bound finer
+/// than a millisecond is rounded outward (`INTERVAL '0.0005' SECOND` holds
+/// rows for up to 1 ms), and a pair of columns finer than milliseconds
+/// widens it by one more on each end, as held rows' times are cut down to
+/// their millisecond (`to_millis`) before they are compared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct TimeBound {
     /// Position of the time column in the left input.
@@ -85,7 +91,19 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
         if !is_time(ls.field(left_col)) || !is_time(rs.field(right_col)) {
             continue;
         }
-        let v = cl.saturating_sub(cr);
+        // Round outward to ms; finer columns are floored to their ms when
+        // held, which can cut up to 1 ms more off either end.
+        let v = cl - cr;
+        let finer = |f: &datafusion::arrow::datatypes::Field| {
+            matches!(
+                f.data_type(),
+                DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _)
+            )
+        };
+        let slack = i128::from(finer(ls.field(left_col)) || finer(rs.field(right_col)));
+        let ms = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        let lo = ms(v.div_euclid(NS_PER_MS) - slack);
+        let hi = ms(-((-v).div_euclid(NS_PER_MS)) + slack);
         let i = match bounds
             .iter()
             .position(|b| b.left == left_col && b.right == right_col)
@@ -106,33 +124,36 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
         // long rows are kept (the condition itself decides matches), so
         // erring by the unit keeps a row a moment longer, never too short.
         if matches!(op, Operator::GtEq | Operator::Gt | Operator::Eq) {
-            b.lo_ms = Some(b.lo_ms.map_or(v, |lo| lo.max(v)));
+            b.lo_ms = Some(b.lo_ms.map_or(lo, |l| l.max(lo)));
         }
         if matches!(op, Operator::LtEq | Operator::Lt | Operator::Eq) {
-            b.hi_ms = Some(b.hi_ms.map_or(v, |hi| hi.min(v)));
+            b.hi_ms = Some(b.hi_ms.map_or(hi, |h| h.min(hi)));
         }
     }
     bounds
 }
 
+const NS_PER_MS: i128 = 1_000_000;
+
 /// `column`, `column + interval`, `column - interval` (the column perhaps
-/// cast to a timestamp): the column and the offset in ms.
-fn time_term(e: &Expr) -> Option<(Column, i64)> {
+/// cast to a timestamp): the column and the offset in ns (exact: i128 holds
+/// any sum of intervals a query can write).
+fn time_term(e: &Expr) -> Option<(Column, i128)> {
     match e {
         Expr::Column(c) => Some((c.clone(), 0)),
         Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
         Expr::TryCast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Operator::Plus => match (time_term(left), interval_literal_ms(right)) {
-                (Some((c, o)), Some(ms)) => Some((c, o.saturating_add(ms))),
+            Operator::Plus => match (time_term(left), interval_literal_ns(right)) {
+                (Some((c, o)), Some(ns)) => Some((c, o + ns)),
                 _ => {
                     let (c, o) = time_term(right)?;
-                    Some((c, o.saturating_add(interval_literal_ms(left)?)))
+                    Some((c, o + interval_literal_ns(left)?))
                 }
             },
             Operator::Minus => {
                 let (c, o) = time_term(left)?;
-                Some((c, o.saturating_sub(interval_literal_ms(right)?)))
+                Some((c, o - interval_literal_ns(right)?))
             }
             _ => None,
         },
@@ -140,16 +161,17 @@ fn time_term(e: &Expr) -> Option<(Column, i64)> {
     }
 }
 
-/// An interval literal of fixed length (days and smaller), in ms.
-fn interval_literal_ms(e: &Expr) -> Option<i64> {
+/// An interval literal of fixed length (days and smaller), in ns.
+fn interval_literal_ns(e: &Expr) -> Option<i128> {
+    const NS_PER_DAY: i128 = 86_400 * 1_000_000_000;
     match e {
         Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+            Some(i128::from(v.days) * NS_PER_DAY + i128::from(v.milliseconds) * NS_PER_MS)
         }
         Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
-            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+            Some(i128::from(v.days) * NS_PER_DAY + i128::from(v.nanoseconds))
         }
-        Expr::Cast(c) => interval_literal_ms(&c.expr),
+        Expr::Cast(c) => interval_literal_ns(&c.expr),
         _ => None,
     }
 }
