@@ -359,6 +359,14 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
         ("3", "3"),
         "3 shards from epoch 3's snapshot: {line}"
     );
+    // Files and bytes are what a restore reads (epoch 3's three shards);
+    // the older files kept for rollback, and the garbage, are `other`.
+    let on_disk = state_file_names(&ws, "p0-agg0").len();
+    assert_eq!(cells[1], "3", "{line}");
+    assert!(
+        line.contains(&format!("{} file(s), ", on_disk - 3)),
+        "{on_disk} files on disk: {line}"
+    );
     once("1");
     assert_eq!(named_by_commit(&ws, 4, "p0-agg0"), vec![vec![4]]);
     assert!(state_file_names(&ws, "p0-agg0").contains(&"00000000000000000004.snapshot.parquet".to_string()));
@@ -872,4 +880,86 @@ fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
     }
     let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
     assert!(!shown.contains("leftovers"), "{shown}");
+}
+
+/// The newest lease record of `ck/`.
+fn newest_lease(ws: &Workspace) -> serde_json::Value {
+    let mut leases: Vec<PathBuf> = std::fs::read_dir(ws.path("ck/lease"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    leases.sort();
+    serde_json::from_slice(&std::fs::read(leases.last().unwrap()).unwrap()).unwrap()
+}
+
+/// `--explain` and a run stopped by an error give the checkpoint's lease
+/// back: `--explain` used to leave it held, so `inspect` named a process
+/// long gone as its holder, and a run on another host (a checkpoint on S3)
+/// had to wait for it to lapse.
+#[test]
+fn explain_and_a_failed_run_give_the_lease_back() {
+    let (ws, _) = ran_job();
+    ws.weir(&[&RUN_CK[..], &["--explain"]].concat()).ok();
+    assert_eq!(newest_lease(&ws)["released"], true, "after --explain");
+    let inspect = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    assert!(
+        inspect
+            .lines()
+            .any(|l| l.starts_with("lease") && l.contains(" free ")),
+        "{inspect}"
+    );
+    // A file that is not Parquet stops the job in its next epoch.
+    ws.write("in/zz-broken.parquet", "not parquet");
+    let e = ws.weir(&RUN_CK).fails().stderr();
+    assert!(e.contains("zz-broken.parquet"), "{e}");
+    assert_eq!(newest_lease(&ws)["released"], true, "after a failed run");
+}
+
+/// A source's late sink that two queries write has a writer each; inspect
+/// and rollback show the table once (they listed it once per writer, and
+/// rollback's two "removed" lines looked like one folder done twice).
+#[test]
+fn a_late_sink_two_queries_write_is_shown_once() {
+    let ws = Workspace::new();
+    ws.write(
+        "in/a.csv",
+        "k,v,ts\na,1,2026-01-01 00:00:01\nc,6,2026-01-01 00:00:25\na,7,2026-01-01 00:00:03\n",
+    );
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k VARCHAR, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv', 'late.policy' = 'sink', 'late.sink' = 'lates');
+         CREATE TABLE lates WITH ('connector' = 'files', 'path' = 'lates/', 'format' = 'parquet');
+         CREATE TABLE o1 WITH ('connector' = 'files', 'path' = 'o1/', 'format' = 'parquet');
+         CREATE TABLE o2 WITH ('connector' = 'files', 'path' = 'o2/', 'format' = 'parquet');
+         INSERT INTO o1 SELECT window_start, k, COUNT(*) AS c
+           FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, k;
+         INSERT INTO o2 SELECT window_start, COUNT(*) AS c
+           FROM TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), INTERVAL '5' SECOND)) GROUP BY window_start, window_end;",
+    );
+    ws.weir(&RUN_CK).ok();
+    ws.write(
+        "in/b.csv",
+        "k,v,ts\nd,1,2026-01-01 00:00:40\na,7,2026-01-01 00:00:03\n",
+    );
+    ws.weir(&RUN_CK).ok();
+    let shown = ws.weir(&["checkpoint", "inspect", "ck"]).ok().stdout();
+    let lates: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("sink       lates "))
+        .collect();
+    assert_eq!(lates.len(), 1, "{shown}");
+    assert!(
+        lates[0].contains("(writers ") && lates[0].contains("-p0-late, ") && lates[0].contains("-p1-late)"),
+        "{shown}"
+    );
+    let done = ws
+        .weir(&["checkpoint", "rollback", "ck", "--to", "1"])
+        .ok()
+        .stdout();
+    let lines: Vec<&str> = done.lines().filter(|l| l.contains("sink lates ")).collect();
+    assert_eq!(lines.len(), 1, "{done}");
+    // Each query wrote its late row of epoch 2: a data file each.
+    assert!(lines[0].contains("removed 4 file(s)"), "{done}");
 }

@@ -312,7 +312,16 @@ async fn checkpoint_command(command: &CheckpointCommand, redactor: &Redactor) ->
                 epochs(&done.offsets),
                 done.state_files
             );
+            // One line per folder, though two queries' writers share it
+            // (a source's late.sink).
+            let mut sinks: Vec<(&str, &str, usize)> = Vec::new();
             for (table, url, n) in &done.sink_files {
+                match sinks.iter_mut().find(|(t, u, _)| t == table && u == url) {
+                    Some((_, _, total)) => *total += n,
+                    None => sinks.push((table, url, *n)),
+                }
+            }
+            for (table, url, n) in sinks {
                 outln!("  sink {table} ({url}): removed {n} file(s) of later epochs");
             }
             outln!("the next run continues after epoch {to} and writes the later output again");
@@ -435,6 +444,9 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     }
     if args.explain {
         outln!("{}", redactor.scrub(&job.explain()));
+        // Opening took the checkpoint's lease: give it back, or the next
+        // run elsewhere waits for it to lapse.
+        job.close().await?;
         return Ok(None);
     }
     let mut json = match &args.progress_json {
@@ -525,7 +537,15 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     // The bar is cleared before the summary's lines.
     let _ = (on_progress, on_warning, warn);
     drop(shown);
-    let summary = summary.with_context(|| format!("job {}", args.job.display()))?;
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A job stopped by an error lets go of its checkpoint too (the
+            // error is the one to report, not a failed release).
+            let _ = job.close().await;
+            return Err(e).with_context(|| format!("job {}", args.job.display()));
+        }
+    };
     for w in &summary.warnings {
         errln!("weir: warning: {}", redactor.scrub(w));
         write_json(&redactor.scrub(&serde_json::json!({ "warnings": [w] }).to_string()));
