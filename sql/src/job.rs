@@ -208,7 +208,11 @@ impl Job {
     }
 
     fn add_statement(&mut self, text: &str, line: u64, next_tvf: &mut usize) -> Result<()> {
-        if let Some((key, value)) = crate::settings::parse_set(text)? {
+        let scope = match self.kind {
+            JobKind::Saved => crate::settings::Scope::Everywhere,
+            _ => crate::settings::Scope::Shell,
+        };
+        if let Some((key, value)) = crate::settings::parse_set_in(text, scope)? {
             if self.kind == JobKind::Saved
                 && crate::settings::lookup(&key)?.scope == crate::settings::Scope::Shell
             {

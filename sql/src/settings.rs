@@ -131,6 +131,14 @@ pub const MAX_THREADS: usize = 1024;
 /// `SET 'key' = 'value'` (Flink's form; quotes optional, `TO` for `=`) →
 /// the pair, the key checked against the settings (`crate::settings`).
 pub fn parse_set(text: &str) -> Result<Option<(String, String)>> {
+    parse_set_in(text, Scope::Shell)
+}
+
+/// [`parse_set`] where only settings of `scope` are offered for a name
+/// not known (`Scope::Everywhere`: a job file's, whose "did you mean"
+/// must not be a shell setting it then refuses). A shell setting named
+/// exactly is still returned, for the caller to refuse by name.
+pub fn parse_set_in(text: &str, scope: Scope) -> Result<Option<(String, String)>> {
     let tokens: Vec<Token> = crate::preprocess::tokens(text)?
         .into_iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
@@ -158,7 +166,7 @@ pub fn parse_set(text: &str) -> Result<Option<(String, String)>> {
         .iter()
         .map(|t| word(t).unwrap_or_else(|| t.to_string()))
         .collect();
-    let setting = lookup(&key)?;
+    let setting = lookup_in(&key, scope)?;
     let value = match &tokens[eq + 1..] {
         [v] => word(v),
         _ => None,
@@ -176,11 +184,21 @@ pub fn parse_set(text: &str) -> Result<Option<(String, String)>> {
 /// The setting named `key` (case-insensitive), or an error naming the
 /// nearest known one.
 pub fn lookup(key: &str) -> Result<&'static Setting> {
+    lookup_in(key, Scope::Shell)
+}
+
+/// [`lookup`], offering only settings of `scope` when `key` is unknown
+/// (every setting for `Scope::Shell`, which has them all).
+pub fn lookup_in(key: &str, scope: Scope) -> Result<&'static Setting> {
     let key = key.to_ascii_lowercase();
     if let Some(s) = SETTINGS.iter().find(|s| s.name == key) {
         return Ok(s);
     }
-    let names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+    let names: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|s| scope == Scope::Shell || s.scope == scope)
+        .map(|s| s.name)
+        .collect();
     let hint = nearest(&key, &names)
         .map(|n| format!("did you mean '{n}'? "))
         .unwrap_or_default();
@@ -289,6 +307,19 @@ mod tests {
             "{e}"
         );
         assert_eq!(lookup("STATE.TTL").unwrap().name, "state.ttl");
+    }
+
+    #[test]
+    fn a_job_file_is_not_offered_shell_settings() {
+        let e = parse_set_in("SET metric = '9464'", Scope::Everywhere)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("metrics") && !e.contains("checkpoint_dir"), "{e}");
+        let e = parse_set("SET metric = '9464'").unwrap_err().to_string();
+        assert!(e.contains("did you mean 'metrics'?"), "{e}");
+        // Named exactly, it is returned for the job to refuse by name.
+        let set = parse_set_in("SET metrics = '9464'", Scope::Everywhere).unwrap();
+        assert_eq!(set.unwrap().0, "metrics");
     }
 
     #[test]
