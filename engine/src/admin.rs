@@ -77,10 +77,12 @@ fn offset_text(v: &Value) -> String {
                     }
                 })
                 .collect();
-            if files.is_empty() {
-                "no new rows".into()
-            } else {
-                files.join(", ")
+            // A row cap reads the listed files in order until it is met:
+            // the later ones may not have been read at all.
+            match m.get("max_rows").and_then(Value::as_u64) {
+                _ if files.is_empty() => "no new rows".into(),
+                Some(n) if files.len() > 1 => format!("the first {n} rows of {}", files.join(", ")),
+                _ => files.join(", "),
             }
         }
         Value::Object(m) if m.get("ranges").is_some_and(Value::is_array) => {
@@ -297,9 +299,12 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
         "\nstate{}",
         last_good.map_or(String::new(), |c| format!(" (as of epoch {c})"))
     );
+    // `files` and `bytes` are what a restore as of that epoch reads (its
+    // snapshot and the deltas since); `other` the table's other files:
+    // older ones kept for rollback, and any of an epoch not committed yet.
     let _ = writeln!(
         out,
-        "  {:<24}  {:>5}  {:>6}  {:>9}  {:>6}  {:>10}  {:>10}",
+        "  {:<24}  {:>5}  {:>6}  {:>9}  {:>6}  {:>10}  {:>10}  other",
         "table", "files", "shards", "snapshot", "deltas", "bytes", "rows"
     );
     let operators = ck.state_operators().await.unwrap_or_else(|e| {
@@ -314,15 +319,18 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
                 continue;
             }
         };
-        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let mut read: Vec<String> = Vec::new();
         let (shards, snapshot, deltas, rows) = match last_good {
             Some(c) => match ck.restore_state(&op, c).await {
-                Ok(Some(r)) => (
-                    r.chains.shards.len().to_string(),
-                    r.snapshot_epoch.to_string(),
-                    r.deltas.to_string(),
-                    r.batches.iter().map(|b| b.num_rows()).sum::<usize>().to_string(),
-                ),
+                Ok(Some(r)) => {
+                    read = Checkpoint::chain_file_names(&op, &r.chains);
+                    (
+                        r.chains.shards.len().to_string(),
+                        r.snapshot_epoch.to_string(),
+                        r.deltas.to_string(),
+                        r.batches.iter().map(|b| b.num_rows()).sum::<usize>().to_string(),
+                    )
+                }
                 Ok(None) => ("-".into(), "-".into(), "-".into(), "0".into()),
                 Err(e) => {
                     problems.push(e.to_string());
@@ -331,11 +339,17 @@ pub async fn inspect(url: &str, store_options: &StoreOptions) -> Result<Inspecti
             },
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let (chain, others): (Vec<_>, Vec<_>) = files.iter().partition(|f| read.contains(&f.name));
+        let bytes = |fs: &[&weir_storage::StateFile]| bytes_text(fs.iter().map(|f| f.bytes).sum());
+        let other = match others.len() {
+            0 => "-".to_string(),
+            n => format!("{n} file(s), {}", bytes(&others)),
+        };
         let _ = writeln!(
             out,
-            "  {op:<24}  {:>5}  {shards:>6}  {snapshot:>9}  {deltas:>6}  {:>10}  {rows:>10}",
-            files.len(),
-            bytes_text(bytes)
+            "  {op:<24}  {:>5}  {shards:>6}  {snapshot:>9}  {deltas:>6}  {:>10}  {rows:>10}  {other}",
+            chain.len(),
+            bytes(&chain)
         );
     }
     if let Some(m) = &meta
@@ -458,8 +472,22 @@ fn describe_metadata(out: &mut String, m: &Metadata) {
             weir_sql::secrets::mask_url_credentials(&s.signature, false)
         );
     }
+    // A table two queries write (a source's late.sink) has a writer each:
+    // one line, naming both.
+    let mut sinks: Vec<(&str, &str, Vec<&str>)> = Vec::new();
     for s in &m.sinks {
-        let _ = writeln!(out, "sink       {} -> {} (writer {})", s.table, s.url, s.writer);
+        match sinks.iter_mut().find(|(t, u, _)| *t == s.table && *u == s.url) {
+            Some((_, _, writers)) => writers.push(&s.writer),
+            None => sinks.push((&s.table, &s.url, vec![&s.writer])),
+        }
+    }
+    for (table, url, writers) in sinks {
+        let _ = writeln!(
+            out,
+            "sink       {table} -> {url} (writer{} {})",
+            if writers.len() == 1 { "" } else { "s" },
+            writers.join(", ")
+        );
     }
 }
 
@@ -727,4 +755,22 @@ async fn rollback_held(
     done.commits.reverse();
     done.offsets.reverse();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_cap_is_shown_with_the_files_it_limits() {
+        let capped = serde_json::json!({
+            "files": [{"path": "in/f0.csv", "start_row": 7}, {"path": "in/f1.csv", "start_row": 0}],
+            "max_rows": 7
+        });
+        assert_eq!(offset_text(&capped), "the first 7 rows of f0.csv@7, f1.csv");
+        let one = serde_json::json!({"files": [{"path": "f2.csv", "start_row": 0}], "max_rows": 7});
+        assert_eq!(offset_text(&one), "f2.csv");
+        let none = serde_json::json!({"files": [], "max_rows": 7});
+        assert_eq!(offset_text(&none), "no new rows");
+    }
 }

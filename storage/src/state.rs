@@ -665,6 +665,16 @@ impl Checkpoint {
         Ok(restored)
     }
 
+    /// The names of the files `chains` names (relative to the checkpoint,
+    /// as [`StateFile::name`]): what a restore from them reads.
+    pub fn chain_file_names(operator: &str, chains: &StateChains) -> Vec<String> {
+        Self::chain_files(operator, chains)
+            .into_iter()
+            .flatten()
+            .map(|f| f.name)
+            .collect()
+    }
+
     /// The files `chains` names, shard by shard.
     fn chain_files(operator: &str, chains: &StateChains) -> Vec<Vec<StateFile>> {
         let mut out: Vec<Vec<StateFile>> = vec![Vec::new(); chains.shards.len()];
