@@ -176,7 +176,7 @@ impl ExecutionPlan for LateFilterExec {
             timer.done();
             epoch.add_late(dropped);
             late.add(dropped as usize);
-            baseline.record_output(out.num_rows());
+            super::record_batches(&baseline, [&out]);
             Ok::<RecordBatch, datafusion::error::DataFusionError>(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))

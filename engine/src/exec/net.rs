@@ -160,7 +160,7 @@ impl ExecutionPlan for ChangelogNetExec {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let all = concat_batches(&in_schema, &batches)?;
             let out = net(&all, &schema)?;
-            baseline.record_output(out.num_rows());
+            super::record_batches(&baseline, [&out]);
             Ok(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(

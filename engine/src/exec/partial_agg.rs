@@ -511,7 +511,7 @@ impl ExecutionPlan for PartialWindowAggExec {
             let timer = baseline.elapsed_compute().timer();
             let out = super::guarded(name, epoch, || state.finish(&spec))?;
             timer.done();
-            baseline.record_output(out.iter().map(RecordBatch::num_rows).sum());
+            super::record_batches(&baseline, &out);
             Ok::<_, DataFusionError>(out)
         })
         .flat_map(|result| {

@@ -181,7 +181,7 @@ impl ExecutionPlan for StreamScanExec {
             }
         };
         let baseline = self.metrics.baseline(partition);
-        baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
+        super::record_batches(&baseline, &batches);
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             Arc::clone(&self.schema),
@@ -399,7 +399,7 @@ impl ExecutionPlan for LookupScanExec {
             None => table.as_ref().clone(),
         };
         let baseline = self.metrics.baseline(partition);
-        baseline.record_output(batches.iter().map(|b| b.num_rows()).sum());
+        super::record_batches(&baseline, &batches);
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             Arc::clone(&self.schema),

@@ -736,10 +736,13 @@ impl ExecutionPlan for StreamJoinExec {
         let baseline = self.metrics.baseline(partition);
         let out = futures::stream::once(async move {
             let (l, r) = futures::try_join!(left, right)?;
+            // Both inputs are in: what follows is the join's own work.
+            let timer = baseline.elapsed_compute().timer();
             let out = state
                 .run(partition, l, r, &epoch, projection.as_deref(), &context)
                 .await?;
-            baseline.record_output(out.iter().map(RecordBatch::num_rows).sum());
+            timer.done();
+            super::record_batches(&baseline, &out);
             Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
         })
         .try_flatten();

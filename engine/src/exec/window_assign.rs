@@ -242,7 +242,7 @@ impl ExecutionPlan for WindowAssignExec {
                 epoch.add_late_rows(sink, rows);
             }
             late.add(dropped as usize);
-            baseline.record_output(out.num_rows());
+            super::record_batches(&baseline, [&out]);
             Ok(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(

@@ -814,7 +814,7 @@ impl ExecutionPlan for PartialTopNExec {
                 timer.done();
             }
             let out = kept.unwrap_or_else(|| RecordBatch::new_empty(schema));
-            baseline.record_output(out.num_rows());
+            super::record_batches(&baseline, [&out]);
             Ok::<_, DataFusionError>(out)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, out)))
