@@ -97,11 +97,44 @@ pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
         safe: false,
         format_options: FormatOptions::default(),
     };
-    let converted = cast_with_options(col, field.data_type(), &opts).ok()?;
+    let converted = match floored_time(col, field.data_type()) {
+        Some(floored) => floored.ok()?,
+        None => cast_with_options(col, field.data_type(), &opts).ok()?,
+    };
     match changed_rows(col, &converted) {
         Ok(rows) if rows.is_empty() => Some(converted),
         _ => None,
     }
+}
+
+/// A time column cut to a coarser declared unit, down (toward the past),
+/// as the CSV and JSON readers cut the same text and as windows cut a
+/// finer event time (`to_millis`): Arrow's cast divides toward zero, so
+/// 1969-12-31 23:59:59.999999 became 1970-01-01 00:00:00 and landed in a
+/// window after it. `None` when `col` is no finer time than `declared`.
+fn floored_time(col: &ArrayRef, declared: &DataType) -> Option<Result<ArrayRef>> {
+    use datafusion::arrow::array::{Array, AsArray, PrimitiveArray};
+    use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+    let per_second = |u: &TimeUnit| match u {
+        TimeUnit::Second => 1i64,
+        TimeUnit::Millisecond => 1_000,
+        TimeUnit::Microsecond => 1_000_000,
+        TimeUnit::Nanosecond => 1_000_000_000,
+    };
+    let (DataType::Timestamp(found, _), DataType::Timestamp(to, _)) = (col.data_type(), declared) else {
+        return None;
+    };
+    let ratio = per_second(found) / per_second(to);
+    if ratio <= 1 {
+        return None;
+    }
+    Some((|| {
+        let raw = datafusion::arrow::compute::cast(col, &DataType::Int64)?;
+        let floored: PrimitiveArray<Int64Type> = raw
+            .as_primitive::<Int64Type>()
+            .unary(|v| v.div_euclid(ratio));
+        Ok(datafusion::arrow::compute::cast(&floored, declared)?)
+    })())
 }
 
 /// The rows whose value a conversion changed rather than only retyped: a
@@ -695,6 +728,32 @@ mod tests {
             rows.is_empty() && converted.null_count() == col.null_count()
         );
         rows
+    }
+
+    /// A finer file time is cut down to the declared unit, before 1970
+    /// too (Arrow's cast went toward zero: -1 µs became 1970-01-01).
+    #[test]
+    fn a_finer_time_is_cut_down() {
+        use datafusion::arrow::array::{AsArray, TimestampMicrosecondArray, TimestampNanosecondArray};
+        use datafusion::arrow::datatypes::{TimeUnit, TimestampMillisecondType, TimestampSecondType};
+        let us: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            Some(-1),
+            Some(-1000),
+            Some(-1001),
+            Some(1500),
+            None,
+        ]));
+        let ms = conform(&us, &Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), true)).unwrap();
+        let ms = ms.as_primitive::<TimestampMillisecondType>();
+        assert_eq!(
+            ms.iter().collect::<Vec<_>>(),
+            vec![Some(-1), Some(-1), Some(-2), Some(1), None]
+        );
+        let ns: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![-1, 1_999_999_999]).with_timezone("UTC"));
+        let s = conform(&ns, &Field::new("t", DataType::Timestamp(TimeUnit::Second, None), true)).unwrap();
+        let s = s.as_primitive::<TimestampSecondType>();
+        assert_eq!(s.values().to_vec(), vec![-1, 1]);
+        assert_eq!(s.data_type(), &DataType::Timestamp(TimeUnit::Second, None));
     }
 
     #[test]
