@@ -20,9 +20,8 @@ use crate::nodes::{JoinTime, StreamJoinNode, UniqueSide};
 /// end may be missing). It only decides how long rows are held (the join's
 /// condition decides matches), so it errs wide, never narrow: a bound finer
 /// than a millisecond is rounded outward (`INTERVAL '0.0005' SECOND` holds
-/// rows for up to 1 ms), and a pair of columns finer than milliseconds
-/// widens it by one more on each end, as held rows' times are cut down to
-/// their millisecond (`to_millis`) before they are compared.
+/// rows for up to 1 ms), and a cast to a coarser unit widens it by that
+/// unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct TimeBound {
     /// Position of the time column in the left input.
@@ -71,7 +70,7 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
         ) {
             continue;
         }
-        let (Some((ca, oa)), Some((cb, ob))) = (time_term(&a), time_term(&b)) else {
+        let (Some((ca, oa, cast_a)), Some((cb, ob, cast_b))) = (time_term(&a), time_term(&b)) else {
             continue;
         };
         // (right.t + cr) OP (left.t + cl)  =>  right.t - left.t OP cl - cr
@@ -91,19 +90,32 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
         if !is_time(ls.field(left_col)) || !is_time(rs.field(right_col)) {
             continue;
         }
-        // Round outward to ms; finer columns are floored to their ms when
-        // held, which can cut up to 1 ms more off either end.
-        let v = cl - cr;
-        let finer = |f: &datafusion::arrow::datatypes::Field| {
-            matches!(
-                f.data_type(),
-                DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _)
-            )
+        // A cast to a coarser unit than its column's (CAST(t AS
+        // TIMESTAMP(0))) moves a time by up to that unit, either way (it
+        // cuts toward zero): the bound widens by as much.
+        let unit_of = |c: &Column| {
+            let f = match ls.index_of_column(c) {
+                Ok(i) => ls.field(i),
+                Err(_) => rs.field(rs.index_of_column(c).ok()?),
+            };
+            match f.data_type() {
+                DataType::Timestamp(u, _) => Some(*u),
+                _ => None,
+            }
         };
-        let slack = i128::from(finer(ls.field(left_col)) || finer(rs.field(right_col)));
+        let slack = |col: &Column, cast: Option<TimeUnit>| match (cast, unit_of(col)) {
+            (Some(to), Some(from)) if unit_ns(to) > unit_ns(from) => unit_ns(to),
+            _ => 0,
+        };
+        let slack = slack(&ca, cast_a) + slack(&cb, cast_b);
+        // Rounded outward to ms. Held rows' finer times are floored to
+        // their ms, which loses nothing: an on-time row is at or after
+        // the (whole ms) watermark, so `t >= W - hi` with `hi` a whole ms
+        // holds for `floor(t)` too.
+        let v = cl - cr;
         let ms = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
-        let lo = ms(v.div_euclid(NS_PER_MS) - slack);
-        let hi = ms(-((-v).div_euclid(NS_PER_MS)) + slack);
+        let lo = ms((v - slack).div_euclid(NS_PER_MS));
+        let hi = ms(-((-v - slack).div_euclid(NS_PER_MS)));
         let i = match bounds
             .iter()
             .position(|b| b.left == left_col && b.right == right_col)
@@ -135,25 +147,45 @@ pub(super) fn time_bounds(j: &Join) -> Vec<TimeBound> {
 
 const NS_PER_MS: i128 = 1_000_000;
 
+/// A time unit's length in ns.
+fn unit_ns(u: TimeUnit) -> i128 {
+    match u {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
 /// `column`, `column + interval`, `column - interval` (the column perhaps
-/// cast to a timestamp): the column and the offset in ns (exact: i128 holds
-/// any sum of intervals a query can write).
-fn time_term(e: &Expr) -> Option<(Column, i128)> {
+/// cast to a timestamp): the column, the offset in ns (exact: i128 holds
+/// any sum of intervals a query can write), and the coarsest unit it was
+/// cast to, if any.
+fn time_term(e: &Expr) -> Option<(Column, i128, Option<TimeUnit>)> {
+    let coarsest = |a: Option<TimeUnit>, b: TimeUnit| {
+        Some(a.map_or(b, |a| if unit_ns(a) >= unit_ns(b) { a } else { b }))
+    };
     match e {
-        Expr::Column(c) => Some((c.clone(), 0)),
-        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
-        Expr::TryCast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
+        Expr::Column(c) => Some((c.clone(), 0, None)),
+        Expr::Cast(datafusion::logical_expr::Cast { expr, field })
+        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => match field.data_type() {
+            DataType::Timestamp(u, _) => {
+                let (c, o, cast) = time_term(expr)?;
+                Some((c, o, coarsest(cast, *u)))
+            }
+            _ => None,
+        },
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
             Operator::Plus => match (time_term(left), interval_literal_ns(right)) {
-                (Some((c, o)), Some(ns)) => Some((c, o + ns)),
+                (Some((c, o, cast)), Some(ns)) => Some((c, o + ns, cast)),
                 _ => {
-                    let (c, o) = time_term(right)?;
-                    Some((c, o + interval_literal_ns(left)?))
+                    let (c, o, cast) = time_term(right)?;
+                    Some((c, o + interval_literal_ns(left)?, cast))
                 }
             },
             Operator::Minus => {
-                let (c, o) = time_term(left)?;
-                Some((c, o - interval_literal_ns(right)?))
+                let (c, o, cast) = time_term(left)?;
+                Some((c, o - interval_literal_ns(right)?, cast))
             }
             _ => None,
         },
