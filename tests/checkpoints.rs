@@ -882,15 +882,20 @@ fn a_killed_writes_temporaries_are_deleted_by_the_next_run() {
     assert!(!shown.contains("leftovers"), "{shown}");
 }
 
-/// The newest lease record of `ck/`.
-fn newest_lease(ws: &Workspace) -> serde_json::Value {
-    let mut leases: Vec<PathBuf> = std::fs::read_dir(ws.path("ck/lease"))
+/// The newest lease record of the checkpoint `ck`.
+fn newest_lease_of(ws: &Workspace, ck: &str) -> serde_json::Value {
+    let mut leases: Vec<PathBuf> = std::fs::read_dir(ws.path(&format!("{ck}/lease")))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     leases.sort();
     serde_json::from_slice(&std::fs::read(leases.last().unwrap()).unwrap()).unwrap()
+}
+
+/// The newest lease record of `ck/`.
+fn newest_lease(ws: &Workspace) -> serde_json::Value {
+    newest_lease_of(ws, "ck")
 }
 
 /// `--explain` and a run stopped by an error give the checkpoint's lease
@@ -914,6 +919,45 @@ fn explain_and_a_failed_run_give_the_lease_back() {
     let e = ws.weir(&RUN_CK).fails().stderr();
     assert!(e.contains("zz-broken.parquet"), "{e}");
     assert_eq!(newest_lease(&ws)["released"], true, "after a failed run");
+    // A progress file that cannot be opened (a folder), after the open.
+    let e = ws
+        .weir(&[&RUN_CK[..], &["--progress-json", "in"]].concat())
+        .fails()
+        .stderr();
+    assert!(e.contains("cannot open in"), "{e}");
+    assert_eq!(
+        newest_lease(&ws)["released"],
+        true,
+        "after --progress-json failed"
+    );
+    // A job refused while it is opened, after the lease was taken (a
+    // bounded table whose folder is not there).
+    ws.write(
+        "dim.sql",
+        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');
+         CREATE TABLE d (auction BIGINT, name VARCHAR)
+           WITH ('connector' = 'files', 'path' = 'no-such-folder/', 'format' = 'csv', 'bounded' = 'true');
+         CREATE TABLE named WITH ('connector' = 'files', 'path' = 'named/', 'format' = 'parquet');
+         INSERT INTO named SELECT b.auction, d.name FROM bids b JOIN d ON b.auction = d.auction;",
+    );
+    let e = ws
+        .weir(&[
+            "run",
+            "dim.sql",
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            "ck2",
+        ])
+        .fails()
+        .stderr();
+    assert!(e.contains("no-such-folder"), "{e}");
+    assert_eq!(
+        newest_lease_of(&ws, "ck2")["released"],
+        true,
+        "after a refused open"
+    );
 }
 
 /// A source's late sink that two queries write has a writer each; inspect

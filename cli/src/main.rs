@@ -450,13 +450,13 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
         return Ok(None);
     }
     let mut json = match &args.progress_json {
-        Some(path) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-        ),
+        Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let _ = job.close().await;
+                return Err(e).with_context(|| format!("cannot open {}", path.display()));
+            }
+        },
         None => None,
     };
     errln!(
@@ -484,7 +484,13 @@ async fn run(args: RunArgs, redactor: &mut Redactor) -> Result<Option<u8>> {
     metrics.start(&query_name, job.last_committed(), &job.standing());
     let _server = match &args.metrics {
         Some(addr) => {
-            let server = metrics::Server::start(addr, Arc::clone(&metrics), redactor.clone())?;
+            let server = match metrics::Server::start(addr, Arc::clone(&metrics), redactor.clone()) {
+                Ok(server) => server,
+                Err(e) => {
+                    let _ = job.close().await;
+                    return Err(e);
+                }
+            };
             errln!("weir: metrics at {}", server.url());
             Some(server)
         }

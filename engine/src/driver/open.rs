@@ -96,363 +96,343 @@ impl StreamingJob {
         // `fresh_state`, delete state, which only the checkpoint's one
         // writer may do.
         let lease = crate::lease::Lease::acquire(&checkpoint, &options.owner, options.lease_ttl).await?;
-
-        // A ranking (Top-N, dedup) breaks ties by arrival order, which is
-        // the source's order only when rows do not cross a shuffle from
-        // several threads: those arrive interleaved as the threads run, so
-        // the row kept among ties changed from run to run. So such a
-        // query's scans read in order, in one partition; a hash shuffle
-        // from that one partition keeps each shard's rows in order, so the
-        // ranking still runs on every thread, one shard each. Where
-        // something between the scans and the ranking merges partitions
-        // (a window aggregate's shards under a Top-N, a join), the query
-        // runs on one thread.
-        let one_thread = {
-            let config = state.config().clone().with_target_partitions(1);
-            datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
-                .with_config(config)
-                .build()
-        };
-        let mut physical = Vec::new();
-        for p in plans {
-            // What DataFusion cannot plan is said with the statement's line.
-            let in_statement = |e: datafusion::error::DataFusionError| match Error::from(e) {
-                Error::DataFusion(e) => Error::Sql(weir_sql::Error::Plan(format!(
-                    "{}: {}",
-                    p.statement,
-                    weir_sql::strip_df(&e)
-                ))),
-                ours => ours,
+        // Whatever stops the opening from here on, the lease is given back
+        // (else a run on another host waits for it to lapse).
+        let opened: Result<StreamingJob> = async {
+            // A ranking (Top-N, dedup) breaks ties by arrival order, which is
+            // the source's order only when rows do not cross a shuffle from
+            // several threads: those arrive interleaved as the threads run, so
+            // the row kept among ties changed from run to run. So such a
+            // query's scans read in order, in one partition; a hash shuffle
+            // from that one partition keeps each shard's rows in order, so the
+            // ranking still runs on every thread, one shard each. Where
+            // something between the scans and the ranking merges partitions
+            // (a window aggregate's shards under a Top-N, a join), the query
+            // runs on one thread.
+            let one_thread = {
+                let config = state.config().clone().with_target_partitions(1);
+                datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+                    .with_config(config)
+                    .build()
             };
-            let plan = if threads > 1 && ranks(&p.plan) {
-                let sharded = crate::exec::scan::in_one_partition(
+            let mut physical = Vec::new();
+            for p in plans {
+                // What DataFusion cannot plan is said with the statement's line.
+                let in_statement = |e: datafusion::error::DataFusionError| match Error::from(e) {
+                    Error::DataFusion(e) => Error::Sql(weir_sql::Error::Plan(format!(
+                        "{}: {}",
+                        p.statement,
+                        weir_sql::strip_df(&e)
+                    ))),
+                    ours => ours,
+                };
+                let plan = if threads > 1 && ranks(&p.plan) {
+                    let sharded = crate::exec::scan::in_one_partition(
+                        physical_planner()
+                            .create_physical_plan(&p.plan, &state)
+                            .await
+                            .map_err(in_statement)?,
+                    )?;
+                    if rankings_see_arrival_order(&sharded) {
+                        sharded
+                    } else {
+                        let plan = physical_planner()
+                            .create_physical_plan(&p.plan, &one_thread)
+                            .await
+                            .map_err(in_statement)?;
+                        crate::exec::scan::in_one_partition(plan)?
+                    }
+                } else {
                     physical_planner()
                         .create_physical_plan(&p.plan, &state)
                         .await
-                        .map_err(in_statement)?,
-                )?;
-                if rankings_see_arrival_order(&sharded) {
-                    sharded
-                } else {
-                    let plan = physical_planner()
-                        .create_physical_plan(&p.plan, &one_thread)
-                        .await
-                        .map_err(in_statement)?;
-                    crate::exec::scan::in_one_partition(plan)?
-                }
-            } else {
-                physical_planner()
-                    .create_physical_plan(&p.plan, &state)
-                    .await
-                    .map_err(in_statement)?
+                        .map_err(in_statement)?
+                };
+                let operators = stateful_operators(p.index, &plan);
+                physical.push((p, plan, operators));
+            }
+            check_late_sinks(&physical)?;
+            // Where bad input records go, checked before the checkpoint is
+            // claimed (the dead-letter sinks are part of its records).
+            let bad_routes = {
+                let sources: BTreeSet<String> = physical
+                    .iter()
+                    .flat_map(|(p, _, _)| p.sources.iter().cloned())
+                    .collect();
+                let written: BTreeSet<String> = physical
+                    .iter()
+                    .flat_map(|(p, plan, _)| {
+                        let late = late_sink_tables(plan).into_iter().map(|(t, _)| t);
+                        p.sink.iter().map(|d| d.name.clone()).chain(late)
+                    })
+                    .collect();
+                dead_letter::routes(&job, &sources, &written)
             };
-            let operators = stateful_operators(p.index, &plan);
-            physical.push((p, plan, operators));
-        }
-        if let Err(e) = check_late_sinks(&physical) {
-            let _ = lease.release().await;
-            return Err(e);
-        }
-        // Where bad input records go, checked before the checkpoint is
-        // claimed (the dead-letter sinks are part of its records).
-        let bad_routes = {
-            let sources: BTreeSet<String> = physical
-                .iter()
-                .flat_map(|(p, _, _)| p.sources.iter().cloned())
-                .collect();
-            let written: BTreeSet<String> = physical
-                .iter()
-                .flat_map(|(p, plan, _)| {
-                    let late = late_sink_tables(plan).into_iter().map(|(t, _)| t);
-                    p.sink.iter().map(|d| d.name.clone()).chain(late)
-                })
-                .collect();
-            dead_letter::routes(&job, &sources, &written)
-        };
-        let bad_routes = match bad_routes {
-            // A live query is a look at a stream: it writes no table, so its
-            // bad records (and late rows) are counted, not kept.
-            Ok(_) if options.live.is_some() => BTreeMap::new(),
-            Ok(r) => r,
-            Err(e) => {
-                let _ = lease.release().await;
-                return Err(e);
-            }
-        };
-        // The folders the job writes, checked before the checkpoint is
-        // claimed, so a refused job changes nothing.
-        if let Err(e) =
-            check_job_folders(&job, &physical, &bad_routes, &checkpoint, &lease.id(), &options).await
-        {
-            let _ = lease.release().await;
-            return Err(e);
-        }
-        // A rollback killed midway is finished first (its commits are
-        // gone, its later offsets and state may not be).
-        let finished = crate::admin::finish_rollback(&checkpoint, &options.store_options, &lease.id()).await;
-        let finished = match finished {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = lease.release().await;
-                return Err(e);
-            }
-        };
-        let claimed = compat::claim::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
-            compat::claim::job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
-        })
-        .await;
-        let (metadata, mut notes, reset_sources) = match claimed {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = lease.release().await;
-                return Err(e);
-            }
-        };
-        if let Some(to) = finished {
-            notes.insert(
-                0,
-                format!(
-                    "finished the rollback to epoch {to} that was interrupted ({} was left behind)",
-                    checkpoint.location().url_of("rollback.json")
-                ),
-            );
-        }
-
-        let mut sources = BTreeMap::new();
-        for (p, _, _) in &physical {
-            for name in &p.sources {
-                if sources.contains_key(name) {
-                    continue;
-                }
-                let decl = &job.tables[name];
-                let mut source = open_source(decl, &options.store_options)?;
-                if let Some(remote) = &options.remote {
-                    source.check_remote().map_err(|e| match e {
-                        Error::Config(m) => Error::Config(format!("{m} (reading on {})", remote.describe())),
-                        e => e,
-                    })?;
-                }
-                if let Some(n) = &options.notice {
-                    source.set_notice(Arc::clone(n));
-                }
-                sources.insert(
-                    name.clone(),
-                    SourceSlot {
-                        source,
-                        decl: decl.clone(),
-                        watermark: decl.watermark.clone(),
-                        columns: Arc::new(Vec::new()),
-                        idle_timeout_ms: idle_timeout(decl)?,
-                        // Until it has rows, a source is idle from the start.
-                        last_data_ms: chrono::Utc::now().timestamp_millis(),
-                    },
+            let bad_routes = match bad_routes {
+                // A live query is a look at a stream: it writes no table, so its
+                // bad records (and late rows) are counted, not kept.
+                Ok(_) if options.live.is_some() => BTreeMap::new(),
+                r => r?,
+            };
+            // The folders the job writes, checked before the checkpoint is
+            // claimed, so a refused job changes nothing.
+            check_job_folders(&job, &physical, &bad_routes, &checkpoint, &lease.id(), &options).await?;
+            // A rollback killed midway is finished first (its commits are
+            // gone, its later offsets and state may not be).
+            let finished =
+                crate::admin::finish_rollback(&checkpoint, &options.store_options, &lease.id()).await?;
+            let claimed = compat::claim::claim_checkpoint(&checkpoint, &job, &options, &|query_id| {
+                compat::claim::job_records(&job, &physical, &bad_routes, query_id, &options.store_options)
+            })
+            .await;
+            let (metadata, mut notes, reset_sources) = claimed?;
+            if let Some(to) = finished {
+                notes.insert(
+                    0,
+                    format!(
+                        "finished the rollback to epoch {to} that was interrupted ({} was left behind)",
+                        checkpoint.location().url_of("rollback.json")
+                    ),
                 );
             }
-        }
 
-        let mut lookups = BTreeMap::new();
-        for (p, _, _) in &physical {
-            for name in &p.lookups {
-                if !lookups.contains_key(name) {
-                    let table = lookup::LookupTable::open(&job.tables[name], &options.store_options)?;
-                    lookups.insert(name.clone(), table);
+            let mut sources = BTreeMap::new();
+            for (p, _, _) in &physical {
+                for name in &p.sources {
+                    if sources.contains_key(name) {
+                        continue;
+                    }
+                    let decl = &job.tables[name];
+                    let mut source = open_source(decl, &options.store_options)?;
+                    if let Some(remote) = &options.remote {
+                        source.check_remote().map_err(|e| match e {
+                            Error::Config(m) => {
+                                Error::Config(format!("{m} (reading on {})", remote.describe()))
+                            }
+                            e => e,
+                        })?;
+                    }
+                    if let Some(n) = &options.notice {
+                        source.set_notice(Arc::clone(n));
+                    }
+                    sources.insert(
+                        name.clone(),
+                        SourceSlot {
+                            source,
+                            decl: decl.clone(),
+                            watermark: decl.watermark.clone(),
+                            columns: Arc::new(Vec::new()),
+                            idle_timeout_ms: idle_timeout(decl)?,
+                            // Until it has rows, a source is idle from the start.
+                            last_data_ms: chrono::Utc::now().timestamp_millis(),
+                        },
+                    );
                 }
             }
-        }
 
-        // How many queries write each sink: a late row's tag names the
-        // query by its sink, and by its statement too when that is shared.
-        let mut writers_of: BTreeMap<String, usize> = BTreeMap::new();
-        for (p, _, _) in &physical {
-            if let Some(d) = &p.sink {
-                *writers_of.entry(d.name.clone()).or_default() += 1;
-            }
-        }
-        let mut pipelines = Vec::new();
-        for (p, plan, operators) in physical {
-            let schema = plan.schema();
-            let writer = sink_writer(&metadata.query_id, p.index, false);
-            let mut sink = PipelineSink::open(
-                p.sink.as_ref(),
-                &writer,
-                &options.store_options,
-                options.live.as_ref(),
-                checkpoint.location(),
-            )?;
-            sink.set_threads(options.threads);
-            let mut late_sinks: Vec<SideSink> = Vec::new();
-            let late_tables = if options.live.is_some() {
-                Vec::new()
-            } else {
-                late_sink_tables(&plan)
-            };
-            for (table, schema) in late_tables {
-                if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
-                    if existing.schema().fields() != schema.fields() {
-                        return Err(Error::Config(format!(
-                            "late sink '{table}' would receive rows of two different shapes in one query"
-                        )));
+            let mut lookups = BTreeMap::new();
+            for (p, _, _) in &physical {
+                for name in &p.lookups {
+                    if !lookups.contains_key(name) {
+                        let table = lookup::LookupTable::open(&job.tables[name], &options.store_options)?;
+                        lookups.insert(name.clone(), table);
                     }
-                    continue;
                 }
-                let decl = job
-                    .tables
-                    .get(&table)
-                    .ok_or_else(|| Error::Config(format!("late sink '{table}' is not a declared table")))?;
-                let writer = sink_writer(&metadata.query_id, p.index, true);
-                let late_for = match &p.sink {
-                    Some(d) if writers_of.get(&d.name).copied().unwrap_or(0) > 1 => {
-                        format!("{} ({})", d.name, p.statement)
-                    }
-                    Some(d) => d.name.clone(),
-                    None => p.statement.clone(),
-                };
-                late_sinks.push(SideSink::open_late(
-                    decl,
+            }
+
+            // How many queries write each sink: a late row's tag names the
+            // query by its sink, and by its statement too when that is shared.
+            let mut writers_of: BTreeMap<String, usize> = BTreeMap::new();
+            for (p, _, _) in &physical {
+                if let Some(d) = &p.sink {
+                    *writers_of.entry(d.name.clone()).or_default() += 1;
+                }
+            }
+            let mut pipelines = Vec::new();
+            for (p, plan, operators) in physical {
+                let schema = plan.schema();
+                let writer = sink_writer(&metadata.query_id, p.index, false);
+                let mut sink = PipelineSink::open(
+                    p.sink.as_ref(),
                     &writer,
                     &options.store_options,
-                    schema,
-                    &late_for,
-                )?);
-            }
-            pipelines.push(Pipeline {
-                index: p.index,
-                statement: p.statement.clone(),
-                logical: p.plan.clone(),
-                changelog: p.changelog,
-                plan,
-                schema,
-                sink,
-                late_sinks,
-                sources: p.sources,
-                lookups: p.lookups,
-                operators,
-                on_executors: Ok(()),
-            });
-        }
-        let udfs: Vec<String> = options.udfs.iter().map(|f| f.name().to_string()).collect();
-        for p in &mut pipelines {
-            p.on_executors = remote_epoch::runs_on_executors(p, &udfs);
-        }
-
-        let dead_letters = DeadLetters::open(
-            &job,
-            bad_routes,
-            &dead_letter::writer(&metadata.query_id),
-            &options.store_options,
-        )?;
-        // Each sink folder is this query's: recorded before its first output.
-        let file_sinks = pipelines
-            .iter()
-            .filter_map(|p| p.sink.files())
-            .chain(
-                pipelines
-                    .iter()
-                    .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
-            )
-            .chain(dead_letters.sinks().iter().map(SideSink::files));
-        let mut interrupted = 0;
-        for sink in file_sinks.filter(|_| !options.explain_only) {
-            if let Err(e) = sink
-                .set_owner(checkpoint.location().url(), &metadata.query_id)
-                .await
-            {
-                let _ = lease.release().await;
-                return Err(e);
-            }
-            interrupted +=
-                weir_storage::checkpoint::remove_all(sink.location().child("_weir").interrupted_writes(true));
-        }
-        // Writes a kill cut short left temporaries no listing shows and no
-        // retention deletes: this run is the folders' one writer now.
-        if !options.explain_only {
-            interrupted += checkpoint.remove_interrupted_writes();
-        }
-        if interrupted > 0 {
-            tracing::debug!("deleted {interrupted} temporary file(s) of writes a kill interrupted");
-        }
-
-        // Sources read only the columns some scan needs (and the watermark's).
-        let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-        for p in &pipelines {
-            scan_columns(&p.plan, &mut needed);
-        }
-        for (name, slot) in sources.iter_mut() {
-            let mut cols = needed.remove(name).unwrap_or_default();
-            if let Some(w) = &slot.watermark {
-                let column = slot.source.schema().index_of(&w.column)?;
-                // A source that knows each batch's greatest event time (a
-                // generator) need not make the column for the watermark.
-                if !slot.source.knows_max_time(&w.column) {
-                    cols.insert(column);
+                    options.live.as_ref(),
+                    checkpoint.location(),
+                )?;
+                sink.set_threads(options.threads);
+                let mut late_sinks: Vec<SideSink> = Vec::new();
+                let late_tables = if options.live.is_some() {
+                    Vec::new()
+                } else {
+                    late_sink_tables(&plan)
+                };
+                for (table, schema) in late_tables {
+                    if let Some(existing) = late_sinks.iter().find(|l| l.table() == table) {
+                        if existing.schema().fields() != schema.fields() {
+                            return Err(Error::Config(format!(
+                                "late sink '{table}' would receive rows of two different shapes in one query"
+                            )));
+                        }
+                        continue;
+                    }
+                    let decl = job.tables.get(&table).ok_or_else(|| {
+                        Error::Config(format!("late sink '{table}' is not a declared table"))
+                    })?;
+                    let writer = sink_writer(&metadata.query_id, p.index, true);
+                    let late_for = match &p.sink {
+                        Some(d) if writers_of.get(&d.name).copied().unwrap_or(0) > 1 => {
+                            format!("{} ({})", d.name, p.statement)
+                        }
+                        Some(d) => d.name.clone(),
+                        None => p.statement.clone(),
+                    };
+                    late_sinks.push(SideSink::open_late(
+                        decl,
+                        &writer,
+                        &options.store_options,
+                        schema,
+                        &late_for,
+                    )?);
                 }
+                pipelines.push(Pipeline {
+                    index: p.index,
+                    statement: p.statement.clone(),
+                    logical: p.plan.clone(),
+                    changelog: p.changelog,
+                    plan,
+                    schema,
+                    sink,
+                    late_sinks,
+                    sources: p.sources,
+                    lookups: p.lookups,
+                    operators,
+                    on_executors: Ok(()),
+                });
             }
-            if cols.is_empty() {
-                cols.insert(0); // COUNT(*) alone still needs the rows
+            let udfs: Vec<String> = options.udfs.iter().map(|f| f.name().to_string()).collect();
+            for p in &mut pipelines {
+                p.on_executors = remote_epoch::runs_on_executors(p, &udfs);
             }
-            let cols: Vec<usize> = cols.into_iter().collect();
-            slot.source.set_columns(cols.clone());
-            slot.source.set_threads(threads);
-            slot.columns = Arc::new(cols);
-        }
 
-        let watermarks = sources
-            .iter()
-            .filter(|(_, s)| s.watermark.is_some())
-            .map(|(n, _)| (n.clone(), i64::MIN))
-            .collect();
-        // Operators whose state can grow without bound say so once, in the
-        // first progress line.
-        let warnings: Vec<String> = pipelines
-            .iter()
-            .flat_map(|p| {
-                p.operators
-                    .iter()
-                    .filter_map(move |(id, op)| op.warning().map(|w| format!("{} {id}: {w}", p.statement)))
-            })
-            .collect();
-        let mut job = StreamingJob {
-            checkpoint,
-            metadata,
-            sources,
-            lookups,
-            pipelines,
-            dead_letters,
-            watermarks,
-            last_committed: None,
-            pending: None,
-            state,
-            hooks: options.hooks,
-            remote: options.remote,
-            policies: HashMap::new(),
-            state_chains: BTreeMap::new(),
-            pipeline_high: BTreeMap::new(),
-            behind: BTreeSet::new(),
-            lease,
-            retain_epochs: options.retain_epochs.max(1),
-            notes,
-            reset_sources,
-            tvfs: job.tvfs.clone(),
-            warnings,
-            warned_drained: false,
-            drain_epoch: tokio::sync::OnceCell::new(),
-            ahead: BTreeMap::new(),
-        };
-        if let Err(e) = job.recover().await {
-            let _ = job.lease.release().await;
-            return Err(match e {
-                // Damage: say how to look at it and how to get past it.
-                Error::Storage(
-                    e @ (weir_storage::Error::Corrupt { .. } | weir_storage::Error::FutureVersion { .. }),
-                ) => Error::Checkpoint(format!(
-                    "{e}\n(`weir checkpoint inspect {loc}` lists what is damaged; \
+            let dead_letters = DeadLetters::open(
+                &job,
+                bad_routes,
+                &dead_letter::writer(&metadata.query_id),
+                &options.store_options,
+            )?;
+            // Each sink folder is this query's: recorded before its first output.
+            let file_sinks = pipelines
+                .iter()
+                .filter_map(|p| p.sink.files())
+                .chain(
+                    pipelines
+                        .iter()
+                        .flat_map(|p| p.late_sinks.iter().map(SideSink::files)),
+                )
+                .chain(dead_letters.sinks().iter().map(SideSink::files));
+            let mut interrupted = 0;
+            for sink in file_sinks.filter(|_| !options.explain_only) {
+                sink.set_owner(checkpoint.location().url(), &metadata.query_id)
+                    .await?;
+                interrupted += weir_storage::checkpoint::remove_all(
+                    sink.location().child("_weir").interrupted_writes(true),
+                );
+            }
+            // Writes a kill cut short left temporaries no listing shows and no
+            // retention deletes: this run is the folders' one writer now.
+            if !options.explain_only {
+                interrupted += checkpoint.remove_interrupted_writes();
+            }
+            if interrupted > 0 {
+                tracing::debug!("deleted {interrupted} temporary file(s) of writes a kill interrupted");
+            }
+
+            // Sources read only the columns some scan needs (and the watermark's).
+            let mut needed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+            for p in &pipelines {
+                scan_columns(&p.plan, &mut needed);
+            }
+            for (name, slot) in sources.iter_mut() {
+                let mut cols = needed.remove(name).unwrap_or_default();
+                if let Some(w) = &slot.watermark {
+                    let column = slot.source.schema().index_of(&w.column)?;
+                    // A source that knows each batch's greatest event time (a
+                    // generator) need not make the column for the watermark.
+                    if !slot.source.knows_max_time(&w.column) {
+                        cols.insert(column);
+                    }
+                }
+                if cols.is_empty() {
+                    cols.insert(0); // COUNT(*) alone still needs the rows
+                }
+                let cols: Vec<usize> = cols.into_iter().collect();
+                slot.source.set_columns(cols.clone());
+                slot.source.set_threads(threads);
+                slot.columns = Arc::new(cols);
+            }
+
+            let watermarks = sources
+                .iter()
+                .filter(|(_, s)| s.watermark.is_some())
+                .map(|(n, _)| (n.clone(), i64::MIN))
+                .collect();
+            // Operators whose state can grow without bound say so once, in the
+            // first progress line.
+            let warnings: Vec<String> = pipelines
+                .iter()
+                .flat_map(|p| {
+                    p.operators.iter().filter_map(move |(id, op)| {
+                        op.warning().map(|w| format!("{} {id}: {w}", p.statement))
+                    })
+                })
+                .collect();
+            let mut job = StreamingJob {
+                checkpoint,
+                metadata,
+                sources,
+                lookups,
+                pipelines,
+                dead_letters,
+                watermarks,
+                last_committed: None,
+                pending: None,
+                state,
+                hooks: options.hooks,
+                remote: options.remote,
+                policies: HashMap::new(),
+                state_chains: BTreeMap::new(),
+                pipeline_high: BTreeMap::new(),
+                behind: BTreeSet::new(),
+                lease: Arc::clone(&lease),
+                retain_epochs: options.retain_epochs.max(1),
+                notes,
+                reset_sources,
+                tvfs: job.tvfs.clone(),
+                warnings,
+                warned_drained: false,
+                drain_epoch: tokio::sync::OnceCell::new(),
+                ahead: BTreeMap::new(),
+            };
+            if let Err(e) = job.recover().await {
+                return Err(match e {
+                    // Damage: say how to look at it and how to get past it.
+                    Error::Storage(
+                        e @ (weir_storage::Error::Corrupt { .. } | weir_storage::Error::FutureVersion { .. }),
+                    ) => Error::Checkpoint(format!(
+                        "{e}\n(`weir checkpoint inspect {loc}` lists what is damaged; \
                      `weir checkpoint rollback {loc} --to N` goes back to a good epoch)",
-                    loc = job.checkpoint.location()
-                )),
-                e => e,
-            });
+                        loc = job.checkpoint.location()
+                    )),
+                    e => e,
+                });
+            }
+            Ok(job)
         }
-        Ok(job)
+        .await;
+        if opened.is_err() {
+            let _ = lease.release().await;
+        }
+        opened
     }
 }
 
