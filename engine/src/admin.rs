@@ -77,11 +77,14 @@ fn offset_text(v: &Value) -> String {
                     }
                 })
                 .collect();
-            // A row cap reads the listed files in order until it is met:
-            // the later ones may not have been read at all.
+            // A row cap ('max_rows_per_batch') reads the listed files in
+            // order until it is met: the later ones may not have been read
+            // at all. (Every entry has one; the default is not shown.)
             match m.get("max_rows").and_then(Value::as_u64) {
                 _ if files.is_empty() => "no new rows".into(),
-                Some(n) if files.len() > 1 => format!("the first {n} rows of {}", files.join(", ")),
+                Some(n) if files.len() > 1 && n != crate::source::files::DEFAULT_MAX_ROWS as u64 => {
+                    format!("up to {n} rows of {}", files.join(", "))
+                }
                 _ => files.join(", "),
             }
         }
@@ -767,7 +770,12 @@ mod tests {
             "files": [{"path": "in/f0.csv", "start_row": 7}, {"path": "in/f1.csv", "start_row": 0}],
             "max_rows": 7
         });
-        assert_eq!(offset_text(&capped), "the first 7 rows of f0.csv@7, f1.csv");
+        assert_eq!(offset_text(&capped), "up to 7 rows of f0.csv@7, f1.csv");
+        let default = serde_json::json!({
+            "files": [{"path": "a.csv", "start_row": 0}, {"path": "b.csv", "start_row": 0}],
+            "max_rows": 1_000_000
+        });
+        assert_eq!(offset_text(&default), "a.csv, b.csv");
         let one = serde_json::json!({"files": [{"path": "f2.csv", "start_row": 0}], "max_rows": 7});
         assert_eq!(offset_text(&one), "f2.csv");
         let none = serde_json::json!({"files": [], "max_rows": 7});

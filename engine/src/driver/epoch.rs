@@ -987,8 +987,7 @@ impl StreamingJob {
         let loc = self.checkpoint.location();
         let rollback = match self.drain_epoch().await.ok().flatten() {
             Some(e) if e > 1 => format!(
-                "`weir checkpoint rollback {loc} --to {}` undoes the drain (epoch {e}), so these rows \
-                 are on time again",
+                "`weir checkpoint rollback {loc} --to {}` undoes the drain (epoch {e})",
                 e - 1
             ),
             _ => format!("`weir checkpoint rollback {loc} --to N` to an epoch before the drain undoes it"),
@@ -996,7 +995,7 @@ impl StreamingJob {
         format!(
             "this checkpoint was drained: a run with --drain declared its input complete and moved the \
              watermark to the end of time (closing every window, and every time-bounded join's wait for \
-             matches), so every row its watermark judges now is late and dropped. To add input to a job, run it without --drain; {rollback}, or give the \
+             matches), so every row its watermark judges now is late (dropped, or sent to 'late.sink'). To add input to a job, run it without --drain; {rollback}, or give the \
              job a new --checkpoint"
         )
     }

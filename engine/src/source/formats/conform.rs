@@ -130,9 +130,8 @@ fn floored_time(col: &ArrayRef, declared: &DataType) -> Option<Result<ArrayRef>>
     }
     Some((|| {
         let raw = datafusion::arrow::compute::cast(col, &DataType::Int64)?;
-        let floored: PrimitiveArray<Int64Type> = raw
-            .as_primitive::<Int64Type>()
-            .unary(|v| v.div_euclid(ratio));
+        let floored: PrimitiveArray<Int64Type> =
+            raw.as_primitive::<Int64Type>().unary(|v| v.div_euclid(ratio));
         Ok(datafusion::arrow::compute::cast(&floored, declared)?)
     })())
 }
@@ -743,14 +742,23 @@ mod tests {
             Some(1500),
             None,
         ]));
-        let ms = conform(&us, &Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), true)).unwrap();
+        let ms = conform(
+            &us,
+            &Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        )
+        .unwrap();
         let ms = ms.as_primitive::<TimestampMillisecondType>();
         assert_eq!(
             ms.iter().collect::<Vec<_>>(),
             vec![Some(-1), Some(-1), Some(-2), Some(1), None]
         );
-        let ns: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![-1, 1_999_999_999]).with_timezone("UTC"));
-        let s = conform(&ns, &Field::new("t", DataType::Timestamp(TimeUnit::Second, None), true)).unwrap();
+        let ns: ArrayRef =
+            Arc::new(TimestampNanosecondArray::from(vec![-1, 1_999_999_999]).with_timezone("UTC"));
+        let s = conform(
+            &ns,
+            &Field::new("t", DataType::Timestamp(TimeUnit::Second, None), true),
+        )
+        .unwrap();
         let s = s.as_primitive::<TimestampSecondType>();
         assert_eq!(s.values().to_vec(), vec![-1, 1]);
         assert_eq!(s.data_type(), &DataType::Timestamp(TimeUnit::Second, None));
