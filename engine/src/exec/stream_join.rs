@@ -2355,7 +2355,8 @@ impl StatefulOperator for StreamJoinState {
         (self.p.time.is_none() && self.p.ttl_ms.is_none()).then(|| {
             "keeps every row of both inputs forever (a join without a time bound and without \
              'state.ttl'): its state grows without bound; bound the join's times \
-             (b.t BETWEEN a.t - INTERVAL ... AND a.t + INTERVAL ...) or SET 'state.ttl' = '1h'"
+             (b.t BETWEEN a.t - INTERVAL ... AND a.t + INTERVAL ..., with intervals of days or less: \
+             months and years vary in length) or SET 'state.ttl' = '1h'"
                 .to_string()
         })
     }

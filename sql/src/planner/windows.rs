@@ -392,16 +392,23 @@ pub(super) fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec
         Ok(())
     };
     let ms: Vec<i64> = call.args.iter().map(|a| interval_ms(a)).collect::<Result<_>>()?;
-    if ms.iter().any(|&m| m <= 0) && call.kind != TvfKind::Tumble {
-        return Err(Error::Plan("window intervals must be positive".into()));
-    }
-    let offset = |o: Option<&i64>, unit: i64, what: &str| -> Result<i64> {
-        let o = o.copied().unwrap_or(0);
-        if o.abs() >= unit {
-            return Err(Error::Plan(format!("the offset must be smaller than the {what}")));
-        }
-        Ok(o)
+    // Every interval but an offset (HOP's and CUMULATE's third).
+    let lengths = match call.kind {
+        TvfKind::Hop | TvfKind::Cumulate => &ms[..ms.len().min(2)],
+        _ => &ms[..ms.len().min(1)],
     };
+    if lengths.iter().any(|&m| m <= 0) && call.kind != TvfKind::Tumble {
+        let what = match call.kind {
+            TvfKind::Hop => "the slide and the size",
+            TvfKind::Cumulate => "the step and the size",
+            _ => "the gap",
+        };
+        return Err(Error::Plan(format!("{what} of a window must be positive")));
+    }
+    // An offset shifts every window by it; one of a whole period or more
+    // gives the same windows as its remainder (as in Flink, which takes
+    // any offset, of either sign).
+    let offset = |o: Option<&i64>, period: i64| -> i64 { o.copied().unwrap_or(0) % period };
     Ok(match call.kind {
         TvfKind::Tumble => {
             if ms[0] <= 0 {
@@ -409,7 +416,7 @@ pub(super) fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec
             }
             WindowSpec::Tumble {
                 size_ms: ms[0],
-                offset_ms: offset(ms.get(1), ms[0], "window size")?,
+                offset_ms: offset(ms.get(1), ms[0]),
             }
         }
         TvfKind::Hop => {
@@ -425,7 +432,7 @@ pub(super) fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec
             WindowSpec::Hop {
                 slide_ms,
                 size_ms,
-                offset_ms: offset(ms.get(2), slide_ms, "slide")?,
+                offset_ms: offset(ms.get(2), slide_ms),
             }
         }
         TvfKind::Cumulate => {
@@ -441,7 +448,7 @@ pub(super) fn window_spec(call: &TvfCall, max_per_row: u64) -> Result<WindowSpec
             WindowSpec::Cumulate {
                 step_ms,
                 size_ms,
-                offset_ms: offset(ms.get(2), size_ms, "size")?,
+                offset_ms: offset(ms.get(2), size_ms),
             }
         }
         TvfKind::Session => WindowSpec::Session { gap_ms: ms[0] },
