@@ -1683,7 +1683,11 @@ fn a_lateral_unnest_is_refused_in_words() {
         .weir(&["run", "job.sql", "--trigger", "available-now"])
         .fails()
         .stderr();
-    assert!(e.contains("(line 3): ") && e.contains(want), "{e}");
+    // Placed in its statement as the planner's errors are.
+    assert!(
+        e.contains("line 3 (`INSERT INTO o SELECT t.id") && e.contains(want),
+        "{e}"
+    );
     assert!(!e.contains("OuterReferenceColumn"), "{e}");
     let e = ws
         .weir(&[

@@ -119,11 +119,9 @@ impl StreamingJob {
             for p in plans {
                 // What DataFusion cannot plan is said with the statement's line.
                 let in_statement = |e: datafusion::error::DataFusionError| match Error::from(e) {
-                    Error::DataFusion(e) => Error::Sql(weir_sql::Error::Plan(format!(
-                        "{}: {}",
-                        p.statement,
-                        weir_sql::strip_df(&e)
-                    ))),
+                    Error::DataFusion(e) => {
+                        Error::Sql(p.in_statement(weir_sql::Error::Plan(weir_sql::strip_df(&e))))
+                    }
                     ours => ours,
                 };
                 let plan = if threads > 1 && ranks(&p.plan) {

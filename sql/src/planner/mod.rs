@@ -148,6 +148,16 @@ pub struct PipelinePlan {
     /// The statement, for messages: its first words and its line in the
     /// job's text.
     pub statement: String,
+    /// Its line in the job's text and its text (for [`Self::in_statement`]).
+    origin: (u64, String),
+}
+
+impl PipelinePlan {
+    /// `e`, placed in this plan's statement, as the planner's own errors
+    /// are (`line 3 (`INSERT ...`): ...`).
+    pub fn in_statement(&self, e: Error) -> Error {
+        e.in_statement(self.origin.0, &self.origin.1)
+    }
 }
 
 /// Plans a job's queries against its declared tables.
@@ -210,6 +220,7 @@ impl StreamPlanner {
                 .await
                 .map_err(|e| e.in_statement(insert.line, &insert.sql))?;
             plan.statement = statement_text(insert.line, &insert.sql);
+            plan.origin = (insert.line, insert.sql.clone());
             out.push(plan);
         }
         if let Some(select) = &self.job.select {
@@ -218,6 +229,7 @@ impl StreamPlanner {
                 .await
                 .map_err(|e| e.in_statement(select.line, &select.sql))?;
             plan.statement = statement_text(select.line, &select.sql);
+            plan.origin = (select.line, select.sql.clone());
             out.push(plan);
         }
         Ok(out)
@@ -367,6 +379,7 @@ impl StreamPlanner {
             stateful,
             changelog,
             statement: String::new(),
+            origin: (0, String::new()),
         })
     }
 
