@@ -1637,6 +1637,15 @@ fn a_nan_in_a_sink_reads_back_as_nan() {
         "k,s,nan\na,NaN,true\nc,100.0,false\n"
     );
     assert_eq!(query("SELECT k FROM 'out/' WHERE s > 200"), "k\na\n");
+    // Grouped MIN and MAX of floats order NaN above every number, whatever
+    // the order of the rows (DataFusion 55's kept the last NaN or number).
+    assert_eq!(
+        query(
+            "SELECT k, MIN(f) AS lo, MAX(f) AS hi FROM (VALUES ('a', 1.0::double), ('a', 'NaN'::double), \
+             ('b', 'NaN'::double), ('b', 1.0::double)) AS t(k, f) GROUP BY k ORDER BY k"
+        ),
+        "k,lo,hi\na,1.0,NaN\nb,1.0,NaN\n"
+    );
 }
 
 /// `weir query` refuses INTERSECT ALL and EXCEPT ALL, which DataFusion 55

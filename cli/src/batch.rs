@@ -36,12 +36,17 @@ fn with_stores(config: SessionConfig, env: &StoreOptions) -> SessionContext {
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(weir_storage::StoreRegistry::new(env.clone())))
         .build_arc();
-    match runtime {
+    let ctx = match runtime {
         Ok(runtime) => SessionContext::new_with_config_rt(config, runtime).enable_url_table(),
         // Building a runtime with only a registry set cannot fail today;
         // should it, local files still work.
         Err(_) => SessionContext::new_with_config(SessionConfig::new()).enable_url_table(),
+    };
+    // MIN and MAX of floats as a stream computes them (a total order).
+    for f in weir_sql::functions::min_max() {
+        ctx.register_udaf(f);
     }
+    ctx
 }
 
 /// A context for batch queries that run on a Ballista cluster: the same, with

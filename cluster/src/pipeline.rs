@@ -455,7 +455,20 @@ pub(crate) fn with_weir_functions(ctx: &TaskContext) -> TaskContext {
     ] {
         functions.insert(f.name().to_string(), Arc::new(f));
     }
-    task_context(ctx, ctx.session_config().clone(), functions)
+    let mut aggregates = ctx.aggregate_functions().clone();
+    for f in weir_sql::functions::min_max() {
+        aggregates.insert(f.name().to_string(), Arc::new(f));
+    }
+    TaskContext::new(
+        ctx.task_id(),
+        ctx.session_id(),
+        ctx.session_config().clone(),
+        functions,
+        ctx.higher_order_functions().clone(),
+        aggregates,
+        ctx.window_functions().clone(),
+        ctx.runtime_env(),
+    )
 }
 
 /// A `StreamScanExec`'s wire form, but for its schema.

@@ -304,3 +304,169 @@ impl Accumulator for ExtremeAccumulator {
         Ok(())
     }
 }
+
+/// `MIN` and `MAX` as DataFusion's, but for the grouped form over floats,
+/// which orders them totally (`f64::total_cmp`: NaN above +inf, -0.0
+/// below 0.0), as their ungrouped form and Flink (`Double.compare`) do.
+/// DataFusion 55's grouped float MIN/MAX compare with `partial_cmp` and
+/// let a NaN replace or be replaced by whatever comes after it
+/// (apache/datafusion#24432): `MAX` of 1.0 then NaN was NaN, of NaN then
+/// 1.0 was 1.0, so a stream's answer depended on where its epochs cut the
+/// input. Registered under DataFusion's names, so every plan (jobs, the
+/// shell, `weir query`, a cluster's executors) uses them.
+pub fn min_max() -> [AggregateUDF; 2] {
+    use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+    [
+        AggregateUDF::new_from_impl(TotalOrder {
+            inner: min_udaf(),
+            max: false,
+        }),
+        AggregateUDF::new_from_impl(TotalOrder {
+            inner: max_udaf(),
+            max: true,
+        }),
+    ]
+}
+
+#[derive(Debug)]
+struct TotalOrder {
+    inner: Arc<AggregateUDF>,
+    max: bool,
+}
+
+impl PartialEq for TotalOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.max == other.max
+    }
+}
+
+impl Eq for TotalOrder {}
+
+impl std::hash::Hash for TotalOrder {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.max.hash(state);
+    }
+}
+
+/// A grouped MIN (or MAX) of one float type, in a total order: a group
+/// starts at the greatest (least) value of that order, a NaN with every
+/// payload bit set, which any value replaces.
+macro_rules! total_order_accumulator {
+    ($data_type:expr, $max:expr, $native:ty, $arrow:ty) => {{
+        use datafusion_functions_aggregate_common::aggregate::groups_accumulator::prim_op::PrimitiveGroupsAccumulator;
+        let acc: Box<dyn datafusion::logical_expr::GroupsAccumulator> = if $max {
+            Box::new(
+                PrimitiveGroupsAccumulator::<$arrow, _>::new($data_type, |cur: &mut $native, new: $native| {
+                    if new.total_cmp(cur).is_gt() {
+                        *cur = new
+                    }
+                })
+                .with_starting_value(<$native>::from_bits(!0)),
+            )
+        } else {
+            Box::new(
+                PrimitiveGroupsAccumulator::<$arrow, _>::new($data_type, |cur: &mut $native, new: $native| {
+                    if new.total_cmp(cur).is_lt() {
+                        *cur = new
+                    }
+                })
+                .with_starting_value(<$native>::from_bits(!0 >> 1)),
+            )
+        };
+        Ok(acc)
+    }};
+}
+
+impl AggregateUDFImpl for TotalOrder {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
+        self.inner.return_field(arg_fields)
+    }
+
+    fn is_nullable(&self) -> bool {
+        self.inner.is_nullable()
+    }
+
+    fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        self.inner.accumulator(acc_args)
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        self.inner.state_fields(args)
+    }
+
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        self.inner.groups_accumulator_supported(args)
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn datafusion::logical_expr::GroupsAccumulator>> {
+        use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+        let data_type = args.return_field.data_type().clone();
+        match data_type {
+            DataType::Float64 => total_order_accumulator!(&data_type, self.max, f64, Float64Type),
+            DataType::Float32 => total_order_accumulator!(&data_type, self.max, f32, Float32Type),
+            _ => self.inner.create_groups_accumulator(args),
+        }
+    }
+
+    fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        self.inner.create_sliding_accumulator(args)
+    }
+
+    fn order_sensitivity(&self) -> datafusion::logical_expr::utils::AggregateOrderSensitivity {
+        self.inner.inner().order_sensitivity()
+    }
+
+    fn reverse_expr(&self) -> datafusion::logical_expr::ReversedUDAF {
+        self.inner.reverse_udf()
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn is_descending(&self) -> Option<bool> {
+        self.inner.is_descending()
+    }
+
+    fn value_from_stats(
+        &self,
+        statistics_args: &datafusion::logical_expr::StatisticsArgs,
+    ) -> Option<ScalarValue> {
+        // A file's float min/max leave NaN out (apache/datafusion#24804).
+        if statistics_args.return_type.is_floating() {
+            return None;
+        }
+        self.inner.value_from_stats(statistics_args)
+    }
+
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        self.inner.default_value(data_type)
+    }
+
+    fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+        self.inner.documentation()
+    }
+
+    fn set_monotonicity(&self, data_type: &DataType) -> datafusion::logical_expr::SetMonotonicity {
+        self.inner.inner().set_monotonicity(data_type)
+    }
+}

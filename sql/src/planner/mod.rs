@@ -180,6 +180,9 @@ impl StreamPlanner {
     pub fn new(job: &Job, scans: Option<Arc<dyn ScanProvider>>, config: SessionConfig) -> Result<Self> {
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(crate::functions::proctime());
+        for f in crate::functions::min_max() {
+            ctx.register_udaf(f);
+        }
         for rule in REMOVED_RULES {
             ctx.remove_optimizer_rule(rule);
         }
