@@ -475,3 +475,103 @@ mod tests {
         );
     }
 }
+
+/// Gives `IS [NOT] DISTINCT FROM` its place among the operators: sqlparser
+/// 0.62 reads all that follows it as its right side, so `a IS NOT DISTINCT
+/// FROM b AND c = d` was `a IS NOT DISTINCT FROM (b AND c = d)` (refused as
+/// "Int64 AND Boolean"). As in PostgreSQL, it binds tighter than AND and
+/// OR: `(a IS NOT DISTINCT FROM b) AND c = d`. A right side the query
+/// parenthesizes itself is kept. Whether anything moved.
+pub fn fix_distinct_from(statement: &mut ast::Statement) -> bool {
+    use std::ops::ControlFlow;
+    fn distinct(negated: bool, a: Box<Expr>, b: Box<Expr>) -> Expr {
+        if negated {
+            Expr::IsNotDistinctFrom(a, b)
+        } else {
+            Expr::IsDistinctFrom(a, b)
+        }
+    }
+    /// `a IS [NOT] DISTINCT FROM (x AND/OR y)` as parsed, rotated to
+    /// `(a IS [NOT] DISTINCT FROM x) AND/OR y`, down the left of `x`.
+    fn rotate(negated: bool, a: Box<Expr>, b: Box<Expr>, moved: &mut bool) -> Expr {
+        match *b {
+            Expr::BinaryOp {
+                left,
+                op: op @ (ast::BinaryOperator::And | ast::BinaryOperator::Or),
+                right,
+            } => {
+                *moved = true;
+                let head = match rotate(negated, a, left, moved) {
+                    e @ (Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..)) => Expr::Nested(Box::new(e)),
+                    e => e,
+                };
+                Expr::BinaryOp {
+                    left: Box::new(head),
+                    op,
+                    right,
+                }
+            }
+            b => distinct(negated, a, Box::new(b)),
+        }
+    }
+    let mut moved = false;
+    let _ = ast::visit_expressions_mut(statement, |e| {
+        let taken = std::mem::replace(e, Expr::Value(Value::Null.into()));
+        *e = match taken {
+            Expr::IsDistinctFrom(a, b) => rotate(false, a, b, &mut moved),
+            Expr::IsNotDistinctFrom(a, b) => rotate(true, a, b, &mut moved),
+            other => other,
+        };
+        ControlFlow::<()>::Continue(())
+    });
+    moved
+}
+
+/// [`fix_distinct_from`] for a batch query's text: the text to run instead,
+/// when anything moved (`None`: run it as it is).
+pub fn with_distinct_from_fixed(sql: &str) -> Option<String> {
+    let mut parsed = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).ok()?;
+    let mut moved = false;
+    for s in parsed.iter_mut() {
+        if let datafusion::sql::parser::Statement::Statement(s) = s {
+            moved |= fix_distinct_from(s);
+        }
+    }
+    moved.then(|| {
+        parsed
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(";\n")
+    })
+}
+
+#[cfg(test)]
+mod distinct_from_tests {
+    use super::*;
+
+    fn fixed(sql: &str) -> String {
+        with_distinct_from_fixed(sql).unwrap_or_else(|| format!("unchanged: {sql}"))
+    }
+
+    #[test]
+    fn is_distinct_from_binds_tighter_than_and_and_or() {
+        assert_eq!(
+            fixed("SELECT * FROM t JOIN u ON t.a IS NOT DISTINCT FROM u.a AND t.b = u.b"),
+            "SELECT * FROM t JOIN u ON (t.a IS NOT DISTINCT FROM u.a) AND t.b = u.b"
+        );
+        assert_eq!(
+            fixed("SELECT x IS DISTINCT FROM y OR p AND q FROM t"),
+            "SELECT (x IS DISTINCT FROM y) OR p AND q FROM t"
+        );
+        assert_eq!(
+            fixed("SELECT a AND x IS NOT DISTINCT FROM y AND b AND c FROM t"),
+            "SELECT a AND (x IS NOT DISTINCT FROM y) AND b AND c FROM t"
+        );
+        // Parenthesized by the query, or alone: as written.
+        let kept = "SELECT x IS DISTINCT FROM (p AND q) FROM t";
+        assert_eq!(fixed(kept), format!("unchanged: {kept}"));
+        let alone = "SELECT x IS DISTINCT FROM y FROM t";
+        assert_eq!(fixed(alone), format!("unchanged: {alone}"));
+    }
+}

@@ -181,6 +181,8 @@ impl Shell {
 
     pub(super) async fn batch(&self, sql: &str) -> Result<()> {
         batch_set_quantifiers(sql)?;
+        let fixed = weir_sql::statement::with_distinct_from_fixed(sql);
+        let sql = fixed.as_deref().unwrap_or(sql);
         let ctx = self.batch_context(sql).await?;
         let df = match ctx.sql(sql).await {
             Ok(df) => df,
@@ -519,6 +521,8 @@ impl Shell {
         };
         if !streaming {
             batch_set_quantifiers(sql)?;
+            let fixed = weir_sql::statement::with_distinct_from_fixed(sql);
+            let sql = fixed.as_deref().unwrap_or(sql);
             let ctx = self.batch_context(sql).await?;
             let df = match ctx.sql(sql).await {
                 Ok(df) => df,
