@@ -1741,27 +1741,57 @@ fn a_name_taken_twice_is_written_numbered() {
     assert_eq!(out, "id,k,id0,k0,K1\n2,y,1,x,x\n");
 }
 
-/// `a IS NOT DISTINCT FROM b AND c = d` is `(a IS NOT DISTINCT FROM b) AND
-/// c = d`, as in PostgreSQL, in `weir query` and in jobs (sqlparser 0.62
-/// read it as `a IS NOT DISTINCT FROM (b AND c = d)` and DataFusion
-/// refused "Int64 AND Boolean").
+/// `a IS NOT DISTINCT FROM b AND c = d`, which sqlparser 0.62 reads as
+/// `a IS NOT DISTINCT FROM (b AND c = d)`, is refused with the way to write
+/// it (DataFusion said only "Int64 AND Boolean"), in `weir query` and in
+/// jobs; written with parentheses, it runs.
 #[test]
-fn is_not_distinct_from_binds_tighter_than_and() {
+fn an_unparenthesized_is_not_distinct_from_and_is_refused_in_words() {
     let ws = Workspace::new();
     let t = "(VALUES (1, 2), (NULL, 3)) AS {}(uid, val)";
-    let sql = format!(
-        "SELECT COUNT(*) AS n FROM {} JOIN {} ON c.uid IS NOT DISTINCT FROM v.uid AND c.val = v.val",
-        t.replace("{}", "c"),
-        t.replace("{}", "v")
-    );
-    let out = ws.weir(&["query", "--format", "csv", &sql]).ok().stdout();
+    let on = |cond: &str| {
+        format!(
+            "SELECT COUNT(*) AS n FROM {} JOIN {} ON {cond}",
+            t.replace("{}", "c"),
+            t.replace("{}", "v")
+        )
+    };
+    let advice = "put the comparison in parentheses";
+    let e = ws
+        .weir(&["query", &on("c.uid IS NOT DISTINCT FROM v.uid AND c.val = v.val")])
+        .fails()
+        .stderr();
+    assert!(e.contains(advice) && !e.contains("Int64 AND Boolean"), "{e}");
+    let out = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            &on("(c.uid IS NOT DISTINCT FROM v.uid) AND c.val = v.val"),
+        ])
+        .ok()
+        .stdout();
     assert_eq!(out, "n\n2\n");
     ws.write("in/a.csv", "uid,val\n1,2\n,3\n");
+    let job = |cond: &str| {
+        format!(
+            "CREATE TABLE c (uid BIGINT, val BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+             CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
+             INSERT INTO o SELECT c.uid, v.val FROM c JOIN c AS v ON {cond};"
+        )
+    };
     ws.write(
         "job.sql",
-        "CREATE TABLE c (uid BIGINT, val BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
-         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'o/', 'format' = 'parquet');
-         INSERT INTO o SELECT c.uid, v.val FROM c JOIN c AS v ON c.uid IS NOT DISTINCT FROM v.uid AND c.val = v.val;",
+        &job("c.uid IS NOT DISTINCT FROM v.uid AND c.val = v.val"),
+    );
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(e.contains(advice) && e.contains("line 3"), "{e}");
+    ws.write(
+        "job.sql",
+        &job("(c.uid IS NOT DISTINCT FROM v.uid) AND c.val = v.val"),
     );
     ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
     assert_eq!(sink_rows(&ws.path("o")).len(), 2);

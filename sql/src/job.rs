@@ -235,7 +235,7 @@ impl Job {
             return Err(Error::Syntax("expected one statement".into()));
         }
         crate::statement::check_set_quantifiers(&parsed[0])?;
-        crate::statement::fix_distinct_from(&mut parsed[0]);
+        crate::statement::check_distinct_from(&parsed[0])?;
         let redacted = redact_sql(&pre.original)?;
         self.lookups.extend(pre.lookups.iter().cloned());
         self.lookup_statements

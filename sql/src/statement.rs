@@ -476,102 +476,94 @@ mod tests {
     }
 }
 
-/// Gives `IS [NOT] DISTINCT FROM` its place among the operators: sqlparser
-/// 0.62 reads all that follows it as its right side, so `a IS NOT DISTINCT
-/// FROM b AND c = d` was `a IS NOT DISTINCT FROM (b AND c = d)` (refused as
-/// "Int64 AND Boolean"). As in PostgreSQL, it binds tighter than AND and
-/// OR: `(a IS NOT DISTINCT FROM b) AND c = d`. A right side the query
-/// parenthesizes itself is kept. Whether anything moved.
-pub fn fix_distinct_from(statement: &mut ast::Statement) -> bool {
+/// Refuses `IS [NOT] DISTINCT FROM` followed by an operator that binds
+/// looser than it (AND, OR, another IS) without parentheses: sqlparser
+/// 0.62 reads all that follows it as its right side, so `a IS NOT
+/// DISTINCT FROM b AND c = d` was `a IS NOT DISTINCT FROM (b AND c = d)`
+/// (refused by DataFusion as "Int64 AND Boolean", or, over booleans, run
+/// with another meaning than PostgreSQL's `(a IS NOT DISTINCT FROM b) AND
+/// c = d`). A right side the query parenthesizes itself is fine.
+pub fn check_distinct_from(statement: &ast::Statement) -> Result<()> {
     use std::ops::ControlFlow;
-    fn distinct(negated: bool, a: Box<Expr>, b: Box<Expr>) -> Expr {
-        if negated {
-            Expr::IsNotDistinctFrom(a, b)
-        } else {
-            Expr::IsDistinctFrom(a, b)
+    let swallowed = |b: &Expr| match b {
+        Expr::BinaryOp { op, .. } => matches!(op, ast::BinaryOperator::And | ast::BinaryOperator::Or),
+        Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::IsDistinctFrom(..)
+        | Expr::IsNotDistinctFrom(..) => true,
+        _ => false,
+    };
+    let found = ast::visit_expressions(statement, |e| match e {
+        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) if swallowed(b) => {
+            let not = if matches!(e, Expr::IsNotDistinctFrom(..)) {
+                "NOT "
+            } else {
+                ""
+            };
+            ControlFlow::Break(format!("{a} IS {not}DISTINCT FROM {b}"))
         }
-    }
-    /// `a IS [NOT] DISTINCT FROM (x AND/OR y)` as parsed, rotated to
-    /// `(a IS [NOT] DISTINCT FROM x) AND/OR y`, down the left of `x`.
-    fn rotate(negated: bool, a: Box<Expr>, b: Box<Expr>, moved: &mut bool) -> Expr {
-        match *b {
-            Expr::BinaryOp {
-                left,
-                op: op @ (ast::BinaryOperator::And | ast::BinaryOperator::Or),
-                right,
-            } => {
-                *moved = true;
-                let head = match rotate(negated, a, left, moved) {
-                    e @ (Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..)) => Expr::Nested(Box::new(e)),
-                    e => e,
-                };
-                Expr::BinaryOp {
-                    left: Box::new(head),
-                    op,
-                    right,
-                }
-            }
-            b => distinct(negated, a, Box::new(b)),
-        }
-    }
-    let mut moved = false;
-    let _ = ast::visit_expressions_mut(statement, |e| {
-        let taken = std::mem::replace(e, Expr::Value(Value::Null.into()));
-        *e = match taken {
-            Expr::IsDistinctFrom(a, b) => rotate(false, a, b, &mut moved),
-            Expr::IsNotDistinctFrom(a, b) => rotate(true, a, b, &mut moved),
-            other => other,
-        };
-        ControlFlow::<()>::Continue(())
+        _ => ControlFlow::Continue(()),
     });
-    moved
+    match found {
+        ControlFlow::Break(text) => Err(Error::Plan(format!(
+            "`{text}`: the SQL parser reads all that follows IS [NOT] DISTINCT FROM as its right side; put \
+             the comparison in parentheses, e.g. `(a IS NOT DISTINCT FROM b) AND c = d`"
+        ))),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
-/// [`fix_distinct_from`] for a batch query's text: the text to run instead,
-/// when anything moved (`None`: run it as it is).
-pub fn with_distinct_from_fixed(sql: &str) -> Option<String> {
-    let mut parsed = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).ok()?;
-    let mut moved = false;
-    for s in parsed.iter_mut() {
-        if let datafusion::sql::parser::Statement::Statement(s) = s {
-            moved |= fix_distinct_from(s);
+/// [`check_distinct_from`] for a batch query's text (an EXPLAIN's or a
+/// COPY's query too). Text that does not parse is left to DataFusion.
+pub fn check_distinct_from_in(sql: &str) -> Result<()> {
+    use datafusion::sql::parser::{CopyToSource, Statement as DF};
+    let Ok(parsed) = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}) else {
+        return Ok(());
+    };
+    fn check(s: &DF) -> Result<()> {
+        match s {
+            DF::Statement(s) => check_distinct_from(s),
+            DF::Explain(e) => check(&e.statement),
+            DF::CopyTo(c) => match &c.source {
+                CopyToSource::Query(q) => check_distinct_from(&ast::Statement::Query(q.clone())),
+                CopyToSource::Relation(_) => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
-    moved.then(|| {
-        parsed
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(";\n")
-    })
+    parsed.iter().try_for_each(check)
 }
 
 #[cfg(test)]
 mod distinct_from_tests {
     use super::*;
 
-    fn fixed(sql: &str) -> String {
-        with_distinct_from_fixed(sql).unwrap_or_else(|| format!("unchanged: {sql}"))
-    }
-
     #[test]
-    fn is_distinct_from_binds_tighter_than_and_and_or() {
-        assert_eq!(
-            fixed("SELECT * FROM t JOIN u ON t.a IS NOT DISTINCT FROM u.a AND t.b = u.b"),
-            "SELECT * FROM t JOIN u ON (t.a IS NOT DISTINCT FROM u.a) AND t.b = u.b"
-        );
-        assert_eq!(
-            fixed("SELECT x IS DISTINCT FROM y OR p AND q FROM t"),
-            "SELECT (x IS DISTINCT FROM y) OR p AND q FROM t"
-        );
-        assert_eq!(
-            fixed("SELECT a AND x IS NOT DISTINCT FROM y AND b AND c FROM t"),
-            "SELECT a AND (x IS NOT DISTINCT FROM y) AND b AND c FROM t"
-        );
-        // Parenthesized by the query, or alone: as written.
-        let kept = "SELECT x IS DISTINCT FROM (p AND q) FROM t";
-        assert_eq!(fixed(kept), format!("unchanged: {kept}"));
-        let alone = "SELECT x IS DISTINCT FROM y FROM t";
-        assert_eq!(fixed(alone), format!("unchanged: {alone}"));
+    fn an_unparenthesized_is_distinct_from_before_and_or_is_refused() {
+        for sql in [
+            "SELECT * FROM t JOIN u ON t.a IS NOT DISTINCT FROM u.a AND t.b = u.b",
+            "SELECT p AND x IS DISTINCT FROM y OR q FROM t",
+            "SELECT * FROM t WHERE NOT a IS DISTINCT FROM b AND c",
+            "SELECT a IS DISTINCT FROM b IS NULL FROM t",
+            "EXPLAIN SELECT * FROM t WHERE a IS NOT DISTINCT FROM b AND c",
+            "COPY (SELECT * FROM t WHERE a IS DISTINCT FROM b OR c) TO 'x.parquet'",
+        ] {
+            let e = check_distinct_from_in(sql).expect_err(sql).to_string();
+            assert!(e.contains("put the comparison in parentheses"), "{sql}: {e}");
+        }
+        for sql in [
+            "SELECT * FROM t JOIN u ON (t.a IS NOT DISTINCT FROM u.a) AND t.b = u.b",
+            "SELECT x IS DISTINCT FROM (p AND q) FROM t",
+            "SELECT x IS DISTINCT FROM y, a IS DISTINCT FROM b + 1 FROM t",
+            "SELECT * FROM t WHERE a IS NOT DISTINCT FROM b",
+        ] {
+            assert!(check_distinct_from_in(sql).is_ok(), "{sql}");
+        }
     }
 }

@@ -181,8 +181,7 @@ impl Shell {
 
     pub(super) async fn batch(&self, sql: &str) -> Result<()> {
         batch_set_quantifiers(sql)?;
-        let fixed = weir_sql::statement::with_distinct_from_fixed(sql);
-        let sql = fixed.as_deref().unwrap_or(sql);
+        weir_sql::statement::check_distinct_from_in(sql)?;
         let ctx = self.batch_context(sql).await?;
         let df = match ctx.sql(sql).await {
             Ok(df) => df,
@@ -521,8 +520,7 @@ impl Shell {
         };
         if !streaming {
             batch_set_quantifiers(sql)?;
-            let fixed = weir_sql::statement::with_distinct_from_fixed(sql);
-            let sql = fixed.as_deref().unwrap_or(sql);
+            weir_sql::statement::check_distinct_from_in(sql)?;
             let ctx = self.batch_context(sql).await?;
             let df = match ctx.sql(sql).await {
                 Ok(df) => df,
