@@ -222,6 +222,14 @@ fn queries_on_a_cluster_of_two_executors_equal_the_local_answer() {
         );
         assert_eq!(remote, local, "{sql}");
     }
+    // Weir's MAX of floats (NaN above every number) runs on the executors
+    // too, not DataFusion's, whose grouped form kept whichever came last.
+    let nan = format!(
+        "SELECT auction % 5 AS k, max(CASE WHEN price % 7 = 0 THEN 'NaN'::double ELSE price::double END) AS hi \
+         FROM '{bids}' GROUP BY 1 ORDER BY 1"
+    );
+    let remote = query(&nan, Some(&c.scheduler)).unwrap_or_else(|e| panic!("{nan}\n{e}"));
+    assert_eq!(remote, "k,hi\n0,NaN\n1,NaN\n2,NaN\n3,NaN\n4,NaN\n", "{nan}");
     // The executors did the work: their shuffle files are there.
     let shuffled: usize = c.work_dirs.iter().map(|d| files_under(d)).sum();
     assert!(shuffled > 0, "no shuffle file under {:?}", c.work_dirs);

@@ -320,11 +320,14 @@ fn session_builder(
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::clone(&registry) as _)
             .build_arc()?;
-        Ok(
-            datafusion::execution::SessionStateBuilder::new_from_existing(state)
-                .with_runtime_env(runtime)
-                .build(),
-        )
+        let mut state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build();
+        // Weir's MIN and MAX, for queries the scheduler plans itself.
+        for f in weir_sql::functions::min_max() {
+            datafusion::execution::FunctionRegistry::register_udaf(&mut state, Arc::new(f))?;
+        }
+        Ok(state)
     })
 }
 

@@ -295,6 +295,9 @@ struct WireRead {
 
 pub(crate) const MAGIC: &[u8] = b"WEIR-READ/1\n";
 
+/// The wire form of Weir's MIN and MAX (see `try_encode_udaf`).
+const TOTAL_ORDER: &[u8] = b"WEIR-TOTAL-ORDER/1";
+
 /// Ballista's codec, plus Weir's nodes.
 #[derive(Debug, Default)]
 pub struct WeirCodec {
@@ -424,6 +427,36 @@ impl PhysicalExtensionCodec for WeirCodec {
             return Ok(node);
         }
         self.ballista.try_decode(buf, inputs, ctx, proto_converter)
+    }
+
+    /// Weir's MIN and MAX (`weir_sql::functions::min_max`) cross the wire
+    /// as themselves: by name alone, the other side would find
+    /// DataFusion's, whose grouped float form orders NaN by arrival.
+    fn try_encode_udaf(
+        &self,
+        node: &datafusion::logical_expr::AggregateUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        if weir_sql::functions::is_total_order(node) {
+            buf.extend_from_slice(TOTAL_ORDER);
+            return Ok(());
+        }
+        self.ballista.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udaf(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<datafusion::logical_expr::AggregateUDF>> {
+        if buf == TOTAL_ORDER {
+            return weir_sql::functions::min_max()
+                .into_iter()
+                .find(|f| f.name() == name)
+                .map(Arc::new)
+                .ok_or_else(|| DataFusionError::Internal(format!("no Weir aggregate named '{name}'")));
+        }
+        self.ballista.try_decode_udaf(name, buf)
     }
 
     fn try_encode(
@@ -679,6 +712,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
     use super::*;
+
+    /// Weir's MIN and MAX cross the wire as themselves, DataFusion's as
+    /// before (by name).
+    #[test]
+    fn weirs_min_and_max_cross_the_wire() {
+        let codec = WeirCodec::default();
+        for f in weir_sql::functions::min_max() {
+            let mut buf = Vec::new();
+            codec.try_encode_udaf(&f, &mut buf).unwrap();
+            let back = codec.try_decode_udaf(f.name(), &buf).unwrap();
+            assert!(weir_sql::functions::is_total_order(&back) && back.name() == f.name());
+        }
+        let theirs = datafusion::functions_aggregate::min_max::max_udaf();
+        let mut buf = Vec::new();
+        codec.try_encode_udaf(&theirs, &mut buf).unwrap();
+        assert!(buf.is_empty());
+    }
     use datafusion::arrow::array::Int64Array;
     use datafusion::prelude::SessionContext;
     use datafusion_proto::physical_plan::AsExecutionPlan;

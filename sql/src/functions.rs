@@ -328,6 +328,12 @@ pub fn min_max() -> [AggregateUDF; 2] {
     ]
 }
 
+/// Whether `f` is one of [`min_max`].
+pub fn is_total_order(f: &AggregateUDF) -> bool {
+    let inner: &dyn std::any::Any = f.inner().as_ref();
+    inner.is::<TotalOrder>()
+}
+
 #[derive(Debug)]
 struct TotalOrder {
     inner: Arc<AggregateUDF>,
@@ -423,6 +429,12 @@ impl AggregateUDFImpl for TotalOrder {
         match data_type {
             DataType::Float64 => total_order_accumulator!(&data_type, self.max, f64, Float64Type),
             DataType::Float32 => total_order_accumulator!(&data_type, self.max, f32, Float32Type),
+            DataType::Float16 => total_order_accumulator!(
+                &data_type,
+                self.max,
+                <datafusion::arrow::datatypes::Float16Type as datafusion::arrow::datatypes::ArrowPrimitiveType>::Native,
+                datafusion::arrow::datatypes::Float16Type
+            ),
             _ => self.inner.create_groups_accumulator(args),
         }
     }
