@@ -164,6 +164,12 @@ pub struct StreamingJob {
     lease: Arc<crate::lease::Lease>,
     /// How many committed epochs stay restorable.
     retain_epochs: u64,
+    /// The epoch retention last pruned before, in this run (0: none yet):
+    /// nothing older is left, so a retention that would keep from no
+    /// later epoch has nothing to delete and lists nothing. (Listing a
+    /// large `checkpoint.retain_epochs` every few epochs made each epoch
+    /// slower as epochs piled up.)
+    pruned_to: std::sync::atomic::AtomicU64,
     /// What opening the checkpoint decided that the user should know (a
     /// changed query continuing with its state, or starting afresh).
     notes: Vec<String>,

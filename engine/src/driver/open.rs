@@ -403,6 +403,7 @@ impl StreamingJob {
                 behind: BTreeSet::new(),
                 lease: Arc::clone(&lease),
                 retain_epochs: options.retain_epochs.max(1),
+                pruned_to: std::sync::atomic::AtomicU64::new(0),
                 notes,
                 reset_sources,
                 tvfs: job.tvfs.clone(),

@@ -19,6 +19,10 @@ impl StreamingJob {
         if drained && let Some(d) = self.drain_epoch().await? {
             keep_from = keep_from.min(d.saturating_sub(1).max(1));
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        if keep_from <= self.pruned_to.load(Relaxed) {
+            return Ok(());
+        }
         for e in self
             .checkpoint
             .commits
@@ -68,6 +72,7 @@ impl StreamingJob {
         for s in self.side_sinks() {
             s.prune(keep_from).await?;
         }
+        self.pruned_to.store(keep_from, Relaxed);
         Ok(())
     }
 
