@@ -929,8 +929,15 @@ impl StreamingJob {
         }
         self.hooks.reached(Step::Published, epoch)?;
         // Often enough that a checkpoint never holds more than twice what
-        // it retains (a small `checkpoint.retain_epochs` prunes each time).
-        if epoch.is_multiple_of(RETENTION_EVERY.min(self.retain_epochs.max(1))) {
+        // it retains (a small `checkpoint.retain_epochs` prunes each time),
+        // and, for a large one, a tenth of it at a time: a pass lists every
+        // retained file, so passes every ten epochs over 100,000 retained
+        // ones made each epoch slower as they piled up.
+        let every = self
+            .retain_epochs
+            .clamp(1, RETENTION_EVERY)
+            .max(self.retain_epochs / RETENTION_EVERY);
+        if epoch.is_multiple_of(every) {
             self.retain(epoch).await?;
         }
         Ok(())
