@@ -498,6 +498,45 @@ pub fn keyless_values(
         .collect()
 }
 
+/// The partial states of many one-group units at once (sessions whose
+/// keys all partition them): unit `u`'s earlier partial states (rows `i`
+/// of `states`, split per aggregate, with `state_groups[i] == u`) merged,
+/// then its new rows (rows `i` of `input` with `row_groups[i] == u`)
+/// folded in, in that order. One grouped accumulator per aggregate does
+/// every unit, as [`keyless_values`] does. Returns the state columns,
+/// aggregate after aggregate (as a state file lays them out), one row per
+/// unit.
+///
+/// Every unit must have a row, and the units with earlier states must be
+/// the first ones (`0..m`, each with a state). DataFusion's accumulators
+/// count on every group below a call's `total_num_groups` having come in
+/// some call: given values without nulls and no filter, `NullState` takes
+/// every group below the total as having seen a value (`SeenValues::All`),
+/// so a unit with no state, counted in the merge's total, would come out
+/// of a filtered aggregate that skipped all its rows as `MAX = i64::MIN`
+/// rather than NULL.
+pub fn fold_units(
+    spec: &AggregateSpec,
+    states: &[Vec<ArrayRef>],
+    state_groups: &[usize],
+    input: &Evaluated,
+    row_groups: &[usize],
+    units: usize,
+) -> Result<Vec<ArrayRef>> {
+    let mut out = Vec::with_capacity(spec.state_width());
+    for (i, mut acc) in grouped_accumulators(&spec.aggr)?.into_iter().enumerate() {
+        if let Some(m) = state_groups.iter().max() {
+            acc.merge_batch(&states[i], state_groups, m + 1)?;
+        }
+        let filter = input.filters[i].as_ref().map(|f| f.as_boolean().clone());
+        acc.update_batch(&input.args[i], row_groups, filter.as_ref(), units)?;
+        for (a, f) in acc.state(EmitTo::All)?.into_iter().zip(&spec.state_fields[i]) {
+            out.push(as_type(a, f.data_type())?);
+        }
+    }
+    Ok(out)
+}
+
 /// One column of `data_type` from per-unit scalars (see
 /// [`Groups::into_single_values`]). A plain accumulator's scalar may come
 /// back in a form other than the declared one (a dictionary, a view, a
@@ -562,6 +601,40 @@ mod tests {
             ("price", Arc::new(Int64Array::from(prices)) as ArrayRef),
         ])
         .unwrap()
+    }
+
+    /// Rows of `prices`, each passing the aggregates' filter or not.
+    fn filtered_rows(spec: &AggregateSpec, prices: Vec<i64>, pass: Vec<bool>) -> Evaluated {
+        let mut e = spec
+            .evaluate(&rows(prices.into_iter().map(Some).collect()))
+            .unwrap();
+        let f: ArrayRef = Arc::new(datafusion::arrow::array::BooleanArray::from(pass));
+        e.filters = vec![Some(Arc::clone(&f)), Some(f)];
+        e
+    }
+
+    #[test]
+    fn a_unit_whose_rows_the_filter_skips_folds_to_null() {
+        // Unit 0 has an earlier state (SUM 5, MAX 5) and a row of 1; unit 1
+        // has no state and one row the filter skips: its SUM and MAX are
+        // NULL, not the accumulators' starting values.
+        let spec = sum_and_max(false);
+        let first = fold_units(
+            &spec,
+            &[],
+            &[],
+            &filtered_rows(&spec, vec![5], vec![true]),
+            &[0],
+            1,
+        )
+        .unwrap();
+        let input = filtered_rows(&spec, vec![1, 7], vec![true, false]);
+        let out = fold_units(&spec, &spec.split_states(&first), &[0], &input, &[0, 1], 2).unwrap();
+        let values = keyless_values(&spec, &spec.split_states(&out), &[0, 1], 2).unwrap();
+        let sum = values[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let max = values[1].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!((sum.value(0), max.value(0)), (6, 5));
+        assert!(sum.is_null(1) && max.is_null(1), "{sum:?} {max:?}");
     }
 
     #[test]

@@ -2,11 +2,22 @@
 //! `SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), gap)`.
 //!
 //! Per partition key, sessions are kept as non-overlapping intervals
-//! `[first row, last row + gap)`, each with its own [`Groups`]. A row joins
-//! every session its interval `[ts, ts + gap)` overlaps; when a row bridges
-//! two sessions (an out-of-order row that is not late), they merge, their
-//! partial states merged with `merge_batch`. A session is emitted once, when
-//! the watermark passes its end.
+//! `[first row, last row + gap)`. A row joins every session its interval
+//! `[ts, ts + gap)` overlaps; when a row bridges two sessions (an
+//! out-of-order row that is not late), they merge, their partial states
+//! merged with `merge_batch`. A session is emitted once, when the watermark
+//! passes its end.
+//!
+//! How a session holds its aggregates depends on the GROUP BY. When every
+//! key partitions sessions (`PARTITION BY k ... GROUP BY window_start,
+//! window_end, k`, the usual form, Nexmark q11), a session has exactly one
+//! group, and it keeps only that group's partial state as scalars
+//! ([`Body::Row`]); an epoch folds all its sessions' rows with one grouped
+//! accumulator per aggregate ([`fold_units`]). A [`Groups`] per session (a
+//! hash table and grouped accumulators, sized for many groups) cost about
+//! 11 KB per open session: a million open sessions needed 11 GB. Keys
+//! beyond the partition (several groups in a session) keep a [`Groups`]
+//! per session ([`Body::Groups`]).
 //!
 //! Rows belong to one session when they are *less* than `gap` apart
 //! (intervals overlap strictly). With that rule a row that is not late can
@@ -25,16 +36,17 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, BinaryArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_sql::{WindowColumn, WindowSpec};
 
-use super::groups::{AggregateSpec, Groups};
+use super::groups::{AggregateSpec, Evaluated, Groups, column_of, fold_units, keyless_values};
 use super::keys::KeyRows;
 use super::operator::{EpochOperator, OperatorExec};
 use super::shard::{Shards, route, shard_count};
-use super::units::{GroupColumn, WindowAggregateParams, constant_time, take_batch};
+use super::units::{GroupColumn, WindowAggregateParams, constant_time, take_batch, time_column};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
 
@@ -50,6 +62,9 @@ pub struct SessionState {
     time: Arc<dyn PhysicalExpr>,
     /// Which keys partition sessions.
     partition_keys: Vec<usize>,
+    /// Every key partitions sessions: a session has one group
+    /// ([`Body::Row`]). The partition keys are then the keys, in order.
+    one_group: bool,
     converter: KeyRows,
     state_schema: SchemaRef,
     schema: SchemaRef,
@@ -62,14 +77,92 @@ pub struct SessionState {
 
 struct Session {
     end: i64,
-    groups: Groups,
-    snapshot: Option<RecordBatch>,
+    body: Body,
+}
+
+/// A one-group session's partial state, aggregate after aggregate (the
+/// state columns of its state row).
+type State = Box<[ScalarValue]>;
+
+/// A session's aggregates (see the module's comment).
+enum Body {
+    /// The one group's partial state.
+    Row(State),
+    /// The session's groups, and its state rows as last written (kept for
+    /// a full checkpoint; dropped when the groups change).
+    Groups(Box<(Groups, Option<RecordBatch>)>),
+    /// Made by the running `update`, its state still to be folded: job `i`
+    /// of that call. No session is pending outside `update`.
+    Pending(usize),
+}
+
+/// A partition's sessions, by start. Most partitions have one or two open
+/// sessions: a sorted vector is a tenth of the memory of a `BTreeMap`
+/// (whose every map allocates a node for eleven entries).
+#[derive(Default)]
+struct Sessions(Vec<(i64, Session)>);
+
+impl Sessions {
+    fn position(&self, start: i64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&start, |(s, _)| *s)
+    }
+
+    /// Starts of the sessions that overlap `[start, end)`, in order.
+    fn overlapping(&self, start: i64, end: i64) -> Vec<i64> {
+        let upto = self.0.partition_point(|(s, _)| *s < end);
+        self.0[..upto]
+            .iter()
+            .filter(|(_, x)| x.end > start)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    fn get(&self, start: i64) -> Option<&Session> {
+        let i = self.position(start).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn get_mut(&mut self, start: i64) -> Option<&mut Session> {
+        let i = self.position(start).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Session> {
+        let i = self.position(start).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn insert(&mut self, start: i64, session: Session) {
+        match self.position(start) {
+            Ok(i) => self.0[i].1 = session,
+            Err(i) => self.0.insert(i, (start, session)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (i64, &Session)> {
+        self.0.iter().map(|(s, x)| (*s, x))
+    }
+}
+
+/// A session being made by one `update` call: the partial states of the
+/// sessions it merged and its new rows, folded at the end of the call.
+#[derive(Default)]
+struct Job {
+    start: i64,
+    part: Vec<u8>,
+    states: Vec<State>,
+    /// Row indices in the call's batch, in the order they are folded.
+    members: Vec<u32>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// Per partition key (row-encoded), sessions by start.
-    sessions: BTreeMap<Vec<u8>, BTreeMap<i64, Session>>,
+    sessions: BTreeMap<Vec<u8>, Sessions>,
     /// Every session by (end, start, partition): the first close first.
     by_end: BTreeSet<(i64, i64, Vec<u8>)>,
     /// Sessions (start, end, partition) changed since the last checkpoint.
@@ -131,8 +224,10 @@ impl OperatorExec<SessionState> {
         fields.extend(agg.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(agg.state_file_fields());
         let shards = Shards::new(shard_count(threads, partition_keys.len()), Inner::default);
+        let one_group = partition_keys.len() == agg.keys.len();
         let state = SessionState {
             gap_ms,
+            one_group,
             agg,
             layout,
             time,
@@ -253,6 +348,7 @@ impl SessionState {
                 .push(i as u32);
         }
         let mut inner = self.shards.lock(shard);
+        let mut jobs: Vec<Job> = Vec::new();
         let Inner {
             sessions: all,
             by_end,
@@ -278,52 +374,107 @@ impl SessionState {
             let sessions = all.entry(part.clone()).or_default();
             for (start, end, members) in clusters {
                 // Every existing session this cluster overlaps merges into it.
-                let overlapping: Vec<i64> = sessions
-                    .range(..end)
-                    .filter(|(_, s)| s.end > start)
-                    .map(|(&s, _)| s)
-                    .collect();
-                // The earliest overlapping session's groups are the base (the
-                // common case, a session extended by new rows, then costs no
-                // new hash table and no merge); later ones merge into it, in
-                // start order.
-                let mut base: Option<Groups> = None;
+                // With groups, the earliest overlapping session's groups are
+                // the base (the common case, a session extended by new rows,
+                // then costs no new hash table and no merge); later ones
+                // merge into it, in start order. With one group, the
+                // sessions' states are gathered for the fold at the end.
+                let mut base: Option<Box<(Groups, Option<RecordBatch>)>> = None;
+                let mut job = Job::default();
                 let (mut lo, mut hi) = (start, end);
-                for s in overlapping {
-                    let mut old = sessions
-                        .remove(&s)
-                        .ok_or_else(|| lost("an overlapping session"))?;
+                for s in sessions.overlapping(start, end) {
+                    let old = sessions.remove(s).ok_or_else(|| lost("an overlapping session"))?;
                     by_end.remove(&(old.end, s, part.clone()));
                     changed.remove(&(s, old.end, part.clone()));
                     removed.insert((s, old.end, part.clone()));
                     lo = lo.min(s);
                     hi = hi.max(old.end);
-                    match base.as_mut() {
-                        None => base = Some(old.groups),
-                        Some(groups) => {
-                            let n = old.groups.len();
-                            let (k, st) = old.groups.take_state()?;
-                            groups.merge(&k, &st, n)?;
+                    match old.body {
+                        Body::Groups(mut old) => match base.as_mut() {
+                            None => base = Some(old),
+                            Some(b) => {
+                                let n = old.0.len();
+                                let (k, st) = old.0.take_state()?;
+                                b.0.merge(&k, &st, n)?;
+                            }
+                        },
+                        Body::Row(state) => job.states.push(state),
+                        // Made earlier in this call (this cluster bridges
+                        // it with another session): its job joins this one.
+                        Body::Pending(j) => {
+                            let earlier = std::mem::take(&mut jobs[j]);
+                            job.states.extend(earlier.states);
+                            job.members.extend(earlier.members);
                         }
                     }
                 }
-                let mut groups = match base {
-                    Some(g) => g,
-                    None => Groups::new(&self.agg)?,
+                let body = if self.one_group {
+                    job.start = lo;
+                    job.part = part.clone();
+                    job.members.extend(members);
+                    jobs.push(job);
+                    Body::Pending(jobs.len() - 1)
+                } else {
+                    let mut groups = match base {
+                        Some(g) => g,
+                        None => Box::new((Groups::new(&self.agg)?, None)),
+                    };
+                    groups.0.update(&evaluated.take(&UInt32Array::from(members))?)?;
+                    groups.1 = None;
+                    Body::Groups(groups)
                 };
-                groups.update(&evaluated.take(&UInt32Array::from(members))?)?;
-                sessions.insert(
-                    lo,
-                    Session {
-                        end: hi,
-                        groups,
-                        snapshot: None,
-                    },
-                );
+                sessions.insert(lo, Session { end: hi, body });
                 by_end.insert((hi, lo, part.clone()));
                 removed.remove(&(lo, hi, part.clone()));
                 changed.insert((lo, hi, part.clone()));
             }
+        }
+        self.fold_jobs(&mut inner.sessions, jobs, &evaluated)
+    }
+
+    /// Folds one `update` call's one-group sessions: each pending
+    /// session's earlier states and new rows, all sessions at once.
+    fn fold_jobs(
+        &self,
+        all: &mut BTreeMap<Vec<u8>, Sessions>,
+        jobs: Vec<Job>,
+        evaluated: &Evaluated,
+    ) -> Result<()> {
+        // A job another joined is left empty; every other has its rows.
+        // Those with earlier states first, as `fold_units` needs.
+        let mut jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.members.is_empty()).collect();
+        jobs.sort_by_key(|j| j.states.is_empty());
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut state_groups = Vec::new();
+        let mut row_groups = Vec::new();
+        let mut rows = Vec::new();
+        for (g, job) in jobs.iter().enumerate() {
+            state_groups.extend(std::iter::repeat_n(g, job.states.len()));
+            row_groups.extend(std::iter::repeat_n(g, job.members.len()));
+            rows.extend_from_slice(&job.members);
+        }
+        let states = self.state_columns(jobs.iter().flat_map(|j| &j.states), state_groups.len())?;
+        let input = evaluated.take(&UInt32Array::from(rows))?;
+        let folded = fold_units(
+            &self.agg,
+            &self.agg.split_states(&states),
+            &state_groups,
+            &input,
+            &row_groups,
+            jobs.len(),
+        )?;
+        for (g, job) in jobs.into_iter().enumerate() {
+            let state = folded
+                .iter()
+                .map(|a| ScalarValue::try_from_array(a, g))
+                .collect::<Result<State>>()?;
+            let session = all
+                .get_mut(&job.part)
+                .and_then(|ss| ss.get_mut(job.start))
+                .ok_or_else(|| lost("a new session"))?;
+            session.body = Body::Row(state);
         }
         Ok(())
     }
@@ -331,6 +482,8 @@ impl SessionState {
     fn emit_closed(&self, shard: usize, watermark: i64) -> Result<RecordBatch> {
         let mut inner = self.shards.lock(shard);
         let mut out = Vec::new();
+        // One-group sessions' states, gathered into one batch.
+        let mut rows: Vec<(i64, i64, Vec<u8>, State)> = Vec::new();
         while let Some((end, start, part)) = inner.by_end.first().cloned() {
             if end > watermark {
                 break;
@@ -340,13 +493,20 @@ impl SessionState {
                 .sessions
                 .get_mut(&part)
                 .ok_or_else(|| lost("a closing session's partition"))?;
-            let session = sessions.remove(&start).ok_or_else(|| lost("a closing session"))?;
+            let session = sessions.remove(start).ok_or_else(|| lost("a closing session"))?;
             if sessions.is_empty() {
                 inner.sessions.remove(&part);
             }
-            out.push(self.session_output(start, end, session.groups)?);
             inner.changed.remove(&(start, end, part.clone()));
-            inner.removed.insert((start, end, part));
+            inner.removed.insert((start, end, part.clone()));
+            match session.body {
+                Body::Groups(g) => out.push(self.session_output(start, end, g.0)?),
+                Body::Row(state) => rows.push((start, end, part, state)),
+                Body::Pending(_) => return Err(lost("a session's state")),
+            }
+        }
+        if !rows.is_empty() {
+            out.push(self.rows_output(rows)?);
         }
         Ok(concat_batches(&self.schema, &out)?)
     }
@@ -364,6 +524,67 @@ impl SessionState {
         }
         columns.extend(values);
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    /// Closed one-group sessions' output rows, one per session.
+    fn rows_output(&self, rows: Vec<(i64, i64, Vec<u8>, State)>) -> Result<RecordBatch> {
+        let n = rows.len();
+        let keys = self.one_group_keys(rows.iter().map(|r| r.2.as_slice()))?;
+        let states = self.state_columns(rows.iter().map(|r| &r.3), n)?;
+        let all: Vec<usize> = (0..n).collect();
+        let values = keyless_values(&self.agg, &self.agg.split_states(&states), &all, n)?;
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (i, c) in self.layout.iter().enumerate() {
+            columns.push(match c {
+                GroupColumn::Window(w) => time_column(
+                    self.schema.field(i),
+                    rows.iter()
+                        .map(|(start, end, ..)| w.value(*start, *end))
+                        .collect(),
+                )?,
+                GroupColumn::Key(k) => Arc::clone(&keys[*k]),
+            });
+        }
+        columns.extend(values);
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    /// A one-group session's keys are its partition's: the key columns of
+    /// these partitions (row-format bytes), typed as the keys are.
+    fn one_group_keys<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        self.converter
+            .columns_of(parts)?
+            .into_iter()
+            .zip(self.agg.key_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    Ok(cast(&c, f.data_type())?)
+                }
+            })
+            .collect()
+    }
+
+    /// One-group sessions' states as state columns (as a state file lays
+    /// them out), one row per session.
+    fn state_columns<'a>(
+        &self,
+        states: impl IntoIterator<Item = &'a State>,
+        n: usize,
+    ) -> Result<Vec<ArrayRef>> {
+        let fields = self.agg.state_file_fields();
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); fields.len()];
+        for state in states {
+            for (c, v) in columns.iter_mut().zip(state.iter()) {
+                c.push(v.clone());
+            }
+        }
+        columns
+            .into_iter()
+            .zip(&fields)
+            .map(|(values, f)| column_of(values, f.data_type()))
+            .collect()
     }
 }
 
@@ -386,8 +607,11 @@ impl StatefulOperator for SessionState {
             .lock_all()
             .iter()
             .flat_map(|inner| inner.sessions.values())
-            .flat_map(|s| s.values())
-            .map(|s| s.groups.len())
+            .flat_map(|s| s.iter())
+            .map(|(_, s)| match &s.body {
+                Body::Groups(g) => g.0.len(),
+                Body::Row(_) | Body::Pending(_) => 1,
+            })
             .sum()
     }
 
@@ -450,32 +674,57 @@ impl SessionState {
             inner
                 .sessions
                 .iter()
-                .flat_map(|(p, ss)| ss.iter().map(move |(&start, s)| (start, s.end, p.clone())))
+                .flat_map(|(p, ss)| ss.iter().map(move |(start, s)| (start, s.end, p.clone())))
                 .collect()
         } else {
             inner.changed.iter().cloned().collect()
         };
         let mut upserts = Vec::new();
-        for (start, end, part) in units {
-            let Some(s) = inner.sessions.get_mut(&part).and_then(|ss| ss.get_mut(&start)) else {
+        // One-group sessions' rows, gathered into one batch.
+        let mut rows: Vec<(i64, i64, &[u8], &State)> = Vec::new();
+        for (start, end, part) in &units {
+            let Some(s) = inner.sessions.get_mut(part).and_then(|ss| ss.get_mut(*start)) else {
                 continue;
             };
-            if s.end != end {
+            if s.end != *end {
                 continue;
             }
-            if s.snapshot.is_none() {
-                let n = s.groups.len();
-                let (keys, states) = s.groups.snapshot(&self.agg)?;
+            let Body::Groups(g) = &mut s.body else {
+                continue;
+            };
+            let (groups, snapshot) = &mut **g;
+            if snapshot.is_none() {
+                let n = groups.len();
+                let (keys, states) = groups.snapshot(&self.agg)?;
                 let mut columns: Vec<ArrayRef> = vec![
-                    Arc::new(Int64Array::from(vec![start; n])),
-                    Arc::new(Int64Array::from(vec![s.end; n])),
+                    Arc::new(Int64Array::from(vec![*start; n])),
+                    Arc::new(Int64Array::from(vec![*end; n])),
                     Arc::new(BinaryArray::from(vec![part.as_slice(); n])),
                 ];
                 columns.extend(keys);
                 columns.extend(states.into_iter().flatten());
-                s.snapshot = Some(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
+                *snapshot = Some(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
             }
-            upserts.extend(s.snapshot.clone());
+            upserts.extend(snapshot.clone());
+        }
+        for (start, end, part) in &units {
+            let Some(s) = inner.sessions.get(part).and_then(|ss| ss.get(*start)) else {
+                continue;
+            };
+            if let (true, Body::Row(state)) = (s.end == *end, &s.body) {
+                rows.push((*start, *end, part.as_slice(), state));
+            }
+        }
+        if !rows.is_empty() {
+            let n = rows.len();
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ];
+            columns.extend(self.one_group_keys(rows.iter().map(|r| r.2))?);
+            columns.extend(self.state_columns(rows.iter().map(|r| r.3), n)?);
+            upserts.push(RecordBatch::try_new(Arc::clone(&self.state_schema), columns)?);
         }
         let deletes = if full || inner.removed.is_empty() {
             vec![]
@@ -506,6 +755,33 @@ impl SessionState {
         let starts = batch.column(0).as_primitive::<Int64Type>().values().to_vec();
         let ends = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
         let parts = batch.column(2).as_binary::<i32>().clone();
+        if self.one_group {
+            // One row per session.
+            let states = &batch.columns()[3 + n_keys..];
+            for i in 0..batch.num_rows() {
+                let part = parts.value(i);
+                let sessions = inner.sessions.entry(part.to_vec()).or_default();
+                if sessions.get(starts[i]).is_some() {
+                    return Err(DataFusionError::Internal(format!(
+                        "SessionAggregateExec: two state rows for the session starting at {} ms",
+                        starts[i]
+                    )));
+                }
+                let state = states
+                    .iter()
+                    .map(|a| ScalarValue::try_from_array(a, i))
+                    .collect::<Result<State>>()?;
+                sessions.insert(
+                    starts[i],
+                    Session {
+                        end: ends[i],
+                        body: Body::Row(state),
+                    },
+                );
+                inner.by_end.insert((ends[i], starts[i], part.to_vec()));
+            }
+            return Ok(());
+        }
         // Rows of one session are contiguous.
         let mut i = 0;
         while i < batch.num_rows() {
@@ -525,14 +801,13 @@ impl SessionState {
             // A session's rows may come in more than one batch (state
             // files are read back a few thousand rows at a time): add
             // them to what earlier batches restored.
-            if let Some(s) = inner
-                .sessions
-                .get_mut(&part)
-                .and_then(|ss| ss.get_mut(&starts[i]))
+            if let Some(s) = inner.sessions.get_mut(&part).and_then(|ss| ss.get_mut(starts[i]))
                 && s.end == ends[i]
+                && let Body::Groups(g) = &mut s.body
             {
-                s.groups.merge(keys, &states, piece.num_rows())?;
-                s.snapshot = match s.snapshot.take() {
+                let (groups, snapshot) = &mut **g;
+                groups.merge(keys, &states, piece.num_rows())?;
+                *snapshot = match snapshot.take() {
                     Some(prev) => Some(concat_batches(&prev.schema(), [&prev, &piece])?),
                     None => Some(piece),
                 };
@@ -546,8 +821,7 @@ impl SessionState {
                 starts[i],
                 Session {
                     end: ends[i],
-                    groups,
-                    snapshot: Some(piece),
+                    body: Body::Groups(Box::new((groups, Some(piece)))),
                 },
             );
             i = j;

@@ -1106,13 +1106,21 @@ async fn run_case(case: &Case) -> Result<Outcome, String> {
         got
     };
     if got != want {
-        let show = |v: &[String]| v.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ");
+        // The rows of each side the other lacks (both sorted), at most 12.
+        let only = |a: &[String], b: &[String]| {
+            a.iter()
+                .filter(|r| !b.contains(r))
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        };
         return Err(format!(
-            "the result differs from the batch answer ({} rows against {}):\n streaming:\n  {}\n batch:\n  {}",
+            "the result differs from the batch answer ({} rows against {}):\n streaming only:\n  {}\n batch only:\n  {}",
             got.len(),
             want.len(),
-            show(&got),
-            show(&want)
+            only(&got, &want),
+            only(&want, &got)
         ));
     }
     Ok(Outcome::Matched(want.len()))
