@@ -703,6 +703,39 @@ fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
         let mut expected: BTreeSet<i64> = (0..300).filter(|&i| i != 150).map(|i| i * 10 + i % 10).collect();
         expected.insert(if format == "csv" { 75 } else { 150 });
         assert_eq!(rows, expected, "{format}");
+        // A column of 38 digits has the same check: read as 38 digits,
+        // 0.0000001 in DECIMAL(38,6) was cut to 0 unseen.
+        ws.write(
+            &format!("wide_{format}/a.{format}"),
+            if format == "csv" {
+                "w\n0.0000001\n"
+            } else {
+                "{\"w\": 0.0000001}\n"
+            },
+        );
+        ws.write(
+            "wide.sql",
+            &format!(
+                "CREATE TABLE s (w DECIMAL(38,6)) WITH ('connector' = 'files', 'path' = 'wide_{format}/', 'format' = '{format}');
+                 CREATE TABLE out WITH ('connector' = 'files', 'path' = 'wide_out_{format}/', 'format' = 'parquet');
+                 INSERT INTO out SELECT w FROM s;"
+            ),
+        );
+        let e = ws
+            .weir(&[
+                "run",
+                "wide.sql",
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                &format!("ck_wide_{format}"),
+            ])
+            .fails()
+            .stderr();
+        assert!(
+            e.contains("column 'w': 0.0000001 has more decimal places than Decimal128(38, 6) keeps (it would be 0.000000)"),
+            "{format}: {e}"
+        );
     }
 }
 

@@ -442,13 +442,15 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
 /// Arrow's CSV and JSON readers cut a number with more decimal places than
 /// the column's scale (12.35 into `DECIMAL(10,1)` gives 12.3), where the
 /// Parquet reader's check makes such a value a bad record. Read instead as
-/// `DECIMAL(38, s')`, `s'` the most places that leave the declared integer
-/// digits (28 for `DECIMAL(12,2)`), a value shows the places it had (up to
-/// `s'`), and [`WideDecimals::narrow`] makes one with more than the scale a
-/// bad record, then brings the others to the declared type exactly. One
-/// read, and a division per value: only tables declaring a DECIMAL pay.
-/// (A `DECIMAL` of more than 38 digits, or of a negative scale, is read as
-/// declared.)
+/// `DECIMAL(76, s')`, `s'` the most places that leave the declared integer
+/// digits (66 for `DECIMAL(12,2)`, 44 for `DECIMAL(38,6)`), a value shows
+/// the places it had (up to `s'`: at least 38 more than the scale for any
+/// column of up to 38 digits), and [`WideDecimals::narrow`] makes one with
+/// more than the scale a bad record, then brings the others to the
+/// declared type exactly. One read, and a division per value: only tables
+/// declaring a DECIMAL pay. (Read as `DECIMAL(38, s')` before, a
+/// `DECIMAL(38,6)` had no room for a seventh place, and `0.0000001` was
+/// cut to 0 unseen. A `DECIMAL` of a negative scale is read as declared.)
 pub(super) struct WideDecimals {
     /// Column name, declared type (precision, scale), the wide scale.
     columns: Vec<(String, DataType, u8, i8, i8)>,
@@ -468,11 +470,11 @@ impl WideDecimals {
                 | DataType::Decimal64(p, s)
                 | DataType::Decimal128(p, s)
                 | DataType::Decimal256(p, s)
-                    if *p <= 38 && *s >= 0 =>
+                    if *s >= 0 =>
                 {
-                    let wide = 38 - (*p as i8 - *s);
+                    let wide = 76 - (*p as i8 - *s);
                     columns.push((f.name().clone(), f.data_type().clone(), *p, *s, wide));
-                    f.as_ref().clone().with_data_type(DataType::Decimal128(38, wide))
+                    f.as_ref().clone().with_data_type(DataType::Decimal256(76, wide))
                 }
                 _ => f.as_ref().clone(),
             })
@@ -492,44 +494,46 @@ impl WideDecimals {
     /// found by name) with its DECIMAL columns as declared; an error naming
     /// the first value with more places than its column keeps.
     pub(super) fn narrow(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
-        use datafusion::arrow::array::{AsArray, Decimal128Array};
-        use datafusion::arrow::datatypes::{Decimal128Type, DecimalType};
+        use datafusion::arrow::array::{AsArray, Decimal256Array};
+        use datafusion::arrow::datatypes::{Decimal256Type, DecimalType, i256};
         let schema = batch.schema();
         let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let ten = i256::from_i128(10);
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
             let wide = self
                 .columns
                 .iter()
                 .find(|(name, ..)| name == field.name())
-                .filter(|(.., wide)| column.data_type() == &DataType::Decimal128(38, *wide));
+                .filter(|(.., wide)| column.data_type() == &DataType::Decimal256(76, *wide));
             let Some((name, declared, p, s, wide)) = wide else {
                 fields.push(field.as_ref().clone());
                 columns.push(Arc::clone(column));
                 continue;
             };
-            let values = column.as_primitive::<Decimal128Type>();
-            let factor = 10i128.pow((wide - s) as u32);
-            let limit = 10i128.pow(u32::from(*p));
+            let values = column.as_primitive::<Decimal256Type>();
+            // 10^(wide - s) and 10^p fit: both at most 10^76 < 2^255.
+            let factor = ten.wrapping_pow((wide - s) as u32);
+            let limit = ten.wrapping_pow(u32::from(*p));
             let mut narrowed = Vec::with_capacity(values.len());
             for v in values.iter() {
                 let Some(v) = v else {
                     narrowed.push(None);
                     continue;
                 };
-                let n = v / factor;
-                if v % factor != 0 || n.abs() >= limit {
-                    let written = Decimal128Type::format_decimal(v, 38, *wide);
+                let n = v.wrapping_div(factor);
+                if v.wrapping_rem(factor) != i256::ZERO || n.wrapping_abs() >= limit {
+                    let written = Decimal256Type::format_decimal(v, 76, *wide);
                     let written = match written.contains('.') {
                         true => written.trim_end_matches('0').trim_end_matches('.').to_string(),
                         false => written,
                     };
-                    let reason = if n.abs() >= limit {
+                    let reason = if n.wrapping_abs() >= limit {
                         format!("column '{name}': {written} has more digits than {declared} holds")
                     } else {
                         format!(
                             "column '{name}': {written} has more decimal places than {declared} keeps (it would be {})",
-                            Decimal128Type::format_decimal(n, *p, *s)
+                            Decimal256Type::format_decimal(n, *p, *s)
                         )
                     };
                     return Err(ArrowError::ExternalError(Box::new(LostPlaces(reason))));
@@ -537,9 +541,10 @@ impl WideDecimals {
                 narrowed.push(Some(n));
             }
             let narrowed: ArrayRef =
-                Arc::new(Decimal128Array::from(narrowed).with_precision_and_scale(*p, *s)?);
+                Arc::new(Decimal256Array::from(narrowed).with_precision_and_scale((*p).min(76), *s)?);
             let narrowed = match declared {
-                DataType::Decimal128(..) => narrowed,
+                DataType::Decimal256(..) => narrowed,
+                // |n| < 10^p: it fits the declared width.
                 other => datafusion::arrow::compute::cast(&narrowed, other)?,
             };
             fields.push(field.as_ref().clone().with_data_type(declared.clone()));
@@ -653,56 +658,75 @@ mod tests {
     /// places, or more digits, than the column keeps is an error naming it.
     #[test]
     fn wide_decimals_narrow_exactly_or_name_the_value() {
-        use datafusion::arrow::array::{AsArray, Decimal128Array, Int64Array};
-        use datafusion::arrow::datatypes::Decimal64Type;
+        use datafusion::arrow::array::{AsArray, Decimal256Array, Int64Array};
+        use datafusion::arrow::datatypes::{Decimal64Type, Decimal128Type, i256};
         let declared = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, true),
             Field::new("v", DataType::Decimal64(6, 2), true),
+            Field::new("w", DataType::Decimal128(38, 6), true),
         ]));
         let wide = WideDecimals::of(&declared).unwrap();
         assert_eq!(
             wide.read_schema().field(1).data_type(),
-            &DataType::Decimal128(38, 34)
+            &DataType::Decimal256(76, 72)
         );
-        let read = |values: Vec<Option<i128>>| {
-            let n = values.len();
+        assert_eq!(
+            wide.read_schema().field(2).data_type(),
+            &DataType::Decimal256(76, 44)
+        );
+        let ten = i256::from_i128(10);
+        // `x` with `places` decimal places, at `scale`.
+        let num = |x: i128, places: u32, scale: u32| {
+            Some(i256::from_i128(x).wrapping_mul(ten.wrapping_pow(scale - places)))
+        };
+        let read = |v: Vec<Option<i256>>, w: Vec<Option<i256>>| {
+            let n = v.len();
             RecordBatch::try_new(
                 Arc::clone(wide.read_schema()),
                 vec![
                     Arc::new(Int64Array::from(vec![1; n])),
-                    Arc::new(
-                        Decimal128Array::from(values)
-                            .with_precision_and_scale(38, 34)
-                            .unwrap(),
-                    ),
+                    Arc::new(Decimal256Array::from(v).with_precision_and_scale(76, 72).unwrap()),
+                    Arc::new(Decimal256Array::from(w).with_precision_and_scale(76, 44).unwrap()),
                 ],
             )
             .unwrap()
         };
-        let e34 = 10i128.pow(34);
-        // 12.3, -0.05, NULL, 9999.99: as declared.
+        // 12.3, -0.05, NULL, 9999.99 and 0.000001, -1.5, NULL, 10^32 - 10^-6:
+        // as declared.
+        let top = 10i128.pow(38) - 1;
         let ok = wide
-            .narrow(read(vec![
-                Some(123 * e34 / 10),
-                Some(-5 * e34 / 100),
-                None,
-                Some(999_999 * 10i128.pow(32)),
-            ]))
+            .narrow(read(
+                vec![num(123, 1, 72), num(-5, 2, 72), None, num(999_999, 2, 72)],
+                vec![num(1, 6, 44), num(-15, 1, 44), None, num(top, 6, 44)],
+            ))
             .unwrap();
         assert_eq!(ok.schema().field(1).data_type(), &DataType::Decimal64(6, 2));
         let got: Vec<Option<i64>> = ok.column(1).as_primitive::<Decimal64Type>().iter().collect();
         assert_eq!(got, [Some(1230), Some(-5), None, Some(999_999)]);
-        for (value, reason) in [
+        let got: Vec<Option<i128>> = ok.column(2).as_primitive::<Decimal128Type>().iter().collect();
+        assert_eq!(got, [Some(1), Some(-1_500_000), None, Some(top)]);
+        for (v, w, reason) in [
             (
-                -12_345 * e34 / 1000,
+                num(-12_345, 3, 72),
+                num(1, 0, 44),
                 "column 'v': -12.345 has more decimal places than Decimal64(6, 2) keeps (it would be -12.34)",
             ),
             (
-                e34 / 1000,
+                num(1, 3, 72),
+                num(1, 0, 44),
                 "column 'v': 0.001 has more decimal places than Decimal64(6, 2) keeps (it would be 0.00)",
             ),
+            // A seventh place in DECIMAL(38,6): read as DECIMAL(38,...)
+            // before, it had no room, and was cut unseen.
+            (
+                num(1, 0, 72),
+                num(1, 7, 44),
+                "column 'w': 0.0000001 has more decimal places than Decimal128(38, 6) keeps (it would be 0.000000)",
+            ),
         ] {
-            let e = wide.narrow(read(vec![Some(e34), Some(value)])).unwrap_err();
+            let e = wide
+                .narrow(read(vec![num(1, 0, 72), v], vec![num(1, 0, 44), w]))
+                .unwrap_err();
             assert_eq!(lost_places(&e).as_deref(), Some(reason));
         }
         // A table without DECIMAL columns reads as declared.
