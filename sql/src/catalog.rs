@@ -191,6 +191,7 @@ pub fn sql_type_name(t: &datafusion::arrow::datatypes::DataType) -> String {
         Utf8 | LargeUtf8 | Utf8View => "VARCHAR".into(),
         Binary | LargeBinary | BinaryView => "BYTEA".into(),
         Date32 | Date64 => "DATE".into(),
+        Interval(_) => "INTERVAL".into(),
         Decimal128(p, s) | Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
         Timestamp(unit, tz) => {
             let p = match unit {

@@ -316,7 +316,9 @@ impl StreamPlanner {
                 } else {
                     plan
                 };
-                (conform_to_sink(plan, sink, changelog)?, changelog)
+                let plan = conform_to_sink(plan, sink, changelog)?;
+                sink::check_parquet_types(&plan, sink)?;
+                (plan, changelog)
             }
             None => (plan, changelog),
         };

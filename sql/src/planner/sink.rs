@@ -126,6 +126,53 @@ pub(super) fn conform_to_sink(plan: LogicalPlan, sink: &TableDecl, changelog: bo
     Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
 }
 
+/// A `files` sink writes Parquet: a column of a type Parquet cannot store
+/// (an `INTERVAL`, whose Arrow form is month-day-nanosecond) is refused at
+/// planning, by name. Found only at the first write, it failed the epoch,
+/// and every rerun replayed that epoch into the same error.
+pub(super) fn check_parquet_types(plan: &LogicalPlan, sink: &TableDecl) -> Result<()> {
+    if sink.options.get("connector").unwrap_or("files") != "files" {
+        return Ok(());
+    }
+    for field in plan.schema().fields() {
+        if let Some(bad) = parquet_cannot_store(field.data_type()) {
+            let name = crate::catalog::sql_type_name;
+            let what = if bad == field.data_type() {
+                name(bad)
+            } else {
+                format!("{}, holding {}", name(field.data_type()), name(bad))
+            };
+            return Err(Error::Plan(format!(
+                "sink table '{}': column '{}' is {what}, which Parquet cannot store; CAST it in the query (an \
+                 INTERVAL to VARCHAR, say, or take its parts as numbers)",
+                sink.name,
+                field.name(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The part of `data_type` that the Parquet writer (arrow-rs 59) refuses
+/// to write, at any depth: an interval with nanoseconds (the only interval
+/// DataFusion makes), a union, a list view.
+fn parquet_cannot_store(data_type: &DataType) -> Option<&DataType> {
+    use datafusion::arrow::datatypes::IntervalUnit;
+    match data_type {
+        DataType::Interval(IntervalUnit::MonthDayNano)
+        | DataType::Union(..)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_) => Some(data_type),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => {
+            parquet_cannot_store(f.data_type())
+        }
+        DataType::Struct(fields) => fields.iter().find_map(|f| parquet_cannot_store(f.data_type())),
+        DataType::Dictionary(_, v) => parquet_cannot_store(v),
+        DataType::RunEndEncoded(_, v) => parquet_cannot_store(v.data_type()),
+        _ => None,
+    }
+}
+
 /// Whether a query's column of type `given` is cast to a sink's declared
 /// `target` without asking: numbers to numbers, text to text, times to
 /// times, anything to text. Others (text to a number or a boolean) are
