@@ -56,6 +56,9 @@ pub(super) fn lossless(found: &DataType, declared: &DataType) -> bool {
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
         (Float16 | Float32, Float32 | Float64) => true,
         (Timestamp(f, _), Timestamp(d, _)) => unit_rank(d) <= unit_rank(f),
+        // A time of day to a finer unit: pyarrow, Spark and DuckDB write
+        // TIME in microseconds, and a declared TIME is in nanoseconds.
+        (Time32(f) | Time64(f), Time32(d) | Time64(d)) => unit_rank(d) >= unit_rank(f),
         (Null, _) => true,
         (f, d) => match (int_width(f), int_width(d)) {
             (Some((fs, fw)), Some((ds, dw))) => (fs == ds && dw >= fw) || (!fs && ds && dw > fw),
@@ -78,7 +81,7 @@ pub fn compatible(found: &DataType, declared: &DataType) -> bool {
     if nested_or_dictionary(found) || nested_or_dictionary(declared) {
         return lossless(found, declared);
     }
-    found == declared
+    lossless(found, declared)
         || (numeric(found) && numeric(declared))
         || (stringy(found) && stringy(declared))
         || (binary(found) && binary(declared))
@@ -652,6 +655,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.as_string_view().value(2), "p");
+    }
+
+    /// A time of day written in microseconds or milliseconds (pyarrow,
+    /// Spark, DuckDB) feeds a declared TIME (nanoseconds); it was refused,
+    /// and no declaration read such a file.
+    #[test]
+    fn a_time_of_day_widens_to_nanoseconds() {
+        use datafusion::arrow::array::{AsArray, Time32MillisecondArray, Time64MicrosecondArray};
+        use datafusion::arrow::datatypes::{Time64NanosecondType, TimeUnit};
+        let ns = DataType::Time64(TimeUnit::Nanosecond);
+        let micros: ArrayRef = Arc::new(Time64MicrosecondArray::from(vec![Some(3_723_456_789), None]));
+        let millis: ArrayRef = Arc::new(Time32MillisecondArray::from(vec![86_399_999]));
+        for (col, want) in [
+            (micros, vec![Some(3_723_456_789_000), None]),
+            (millis, vec![Some(86_399_999_000_000)]),
+        ] {
+            assert!(compatible(col.data_type(), &ns), "{}", col.data_type());
+            let got = conform(&col, &Field::new("t", ns.clone(), true)).unwrap();
+            assert_eq!(
+                got.as_primitive::<Time64NanosecondType>()
+                    .iter()
+                    .collect::<Vec<_>>(),
+                want
+            );
+        }
+        // A time is no timestamp.
+        assert!(!compatible(
+            &DataType::Time64(TimeUnit::Microsecond),
+            &DataType::Timestamp(TimeUnit::Nanosecond, None)
+        ));
     }
 
     /// DECIMAL columns read wide come back as declared; a value with more
