@@ -649,6 +649,28 @@ fn a_file_runs_as_the_shell_would_and_stops_at_the_first_error() {
         "{}",
         run.stdout()
     );
+    // A view that reads no stream (constants, a sink, a view of those) is
+    // a batch query: a view of constants ran live, showed nothing, and
+    // never ended, even with LIMIT.
+    let run = ws
+        .weir_input(
+            &["--format", "csv"],
+            &format!(
+                "{DECLARE}CREATE VIEW one AS SELECT 1 AS one;
+CREATE VIEW busy AS SELECT * FROM out WHERE n > 0;
+                 CREATE VIEW both_ AS SELECT COUNT(*) AS windows, MAX(one) AS one FROM busy, one;
+                 SELECT * FROM one LIMIT 1;
+SELECT * FROM both_;"
+            ),
+        )
+        .ok();
+    assert!(
+        run.stdout()
+            .contains("declared view one (it reads no stream: SELECT from it runs once")
+            && run.stdout().ends_with("one\n1\nwindows,one\n10,1\n"),
+        "{}",
+        run.stdout()
+    );
 
     // The first error stops the file, naming where it is; later statements
     // do not run.

@@ -136,21 +136,52 @@ impl Shell {
     pub(super) fn create_view(&mut self, sql: &str) -> Result<()> {
         let name = self.catalog.declare_view(sql)?.name.clone();
         self.catalog_changed = true;
-        out(&format!(
-            "declared view {name} (a query over streams: SELECT from it shows live results)\n"
-        ))
+        if self.reads_stream(sql, &mut vec![name.clone()])? {
+            out(&format!(
+                "declared view {name} (a query over streams: SELECT from it shows live results)\n"
+            ))
+        } else {
+            out(&format!(
+                "declared view {name} (it reads no stream: SELECT from it runs once, as a batch query)\n"
+            ))
+        }
     }
 
     pub(super) fn kind_of_query(&self, sql: &str) -> Result<QueryKind> {
+        Ok(if self.reads_stream(sql, &mut Vec::new())? {
+            QueryKind::Live
+        } else {
+            QueryKind::Batch
+        })
+    }
+
+    /// Whether a statement reads a declared source, itself or through the
+    /// views it reads (`seen`: the views on the way, so that a view is
+    /// looked into once). A view of constants (`SELECT 1`, `VALUES`) reads
+    /// none: a SELECT from it ran as a live query that had no input to
+    /// wait for, showed nothing and never ended, even with LIMIT.
+    fn reads_stream(&self, sql: &str, seen: &mut Vec<String>) -> Result<bool> {
         if weir_sql::statement::has_window_call(sql)? {
-            return Ok(QueryKind::Live);
+            return Ok(true);
         }
-        let live = weir_sql::statement::table_references(sql)?.iter().any(|r| {
-            r.schema().is_none()
-                && (self.catalog.view(r.table()).is_some()
-                    || self.catalog.get(r.table()).is_some_and(|d| !self.is_sink(d)))
-        });
-        Ok(if live { QueryKind::Live } else { QueryKind::Batch })
+        for r in weir_sql::statement::table_references(sql)? {
+            if r.schema().is_some() {
+                continue;
+            }
+            let name = r.table().to_string();
+            if self.catalog.get(&name).is_some_and(|d| !self.is_sink(d)) {
+                return Ok(true);
+            }
+            if let Some(view) = self.catalog.view(&name)
+                && !seen.contains(&name)
+            {
+                seen.push(name);
+                if self.reads_stream(&view.sql, seen)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     pub(super) async fn query(&mut self, sql: &str) -> Result<()> {
@@ -169,11 +200,19 @@ impl Shell {
             Some(_) => batch::cluster_context(self.settings.threads, &self.store_options),
             None => batch::context(self.settings.threads, &self.store_options),
         };
-        for name in self.catalog.names_in(sql)? {
-            if let Some(d) = self.catalog.get(&name)
+        let names = self.catalog.names_in(sql)?;
+        for name in &names {
+            if let Some(d) = self.catalog.get(name)
                 && self.is_sink(d)
             {
                 batch::register_sink(&ctx, &d.decl, &self.store_options).await?;
+            }
+        }
+        // Views that read no stream (of constants, of sinks, of files), in
+        // the order declared (a view reads only those before it).
+        for view in self.catalog.views() {
+            if names.contains(&view.name) && !self.reads_stream(&view.sql, &mut Vec::new())? {
+                ctx.sql(&view.sql).await.map_err(|e| self.batch_error(&e))?;
             }
         }
         Ok(ctx)
