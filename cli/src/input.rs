@@ -73,6 +73,25 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
             i = end;
             continue;
         }
+        // SQLite's and DuckDB's dot-commands (`.tables`) end at the line's
+        // end, as there: waiting for a `;` left their users at a
+        // continuation prompt. No statement starts with a dot; the shell
+        // answers with its own command (or quits, for `.quit`).
+        if state == State::Normal && !content && c == '.' && next.is_some_and(|n| n.is_ascii_alphabetic()) {
+            let end = chars[i..]
+                .iter()
+                .position(|&c| c == '\n')
+                .map_or(chars.len(), |p| i + p);
+            let cmd: String = chars[i..end].iter().collect();
+            pieces.push(Piece {
+                text: cmd.trim().trim_end_matches(';').trim().to_string(),
+                line,
+                command: false,
+            });
+            current.clear();
+            i = end;
+            continue;
+        }
         if c == '\n' {
             line += 1;
         }
@@ -220,9 +239,11 @@ pub fn is_complete(input: &str) -> bool {
     !open
 }
 
-/// `quit` or `exit`, alone on the input (with or without `;`).
+/// `quit` or `exit` (or SQLite's `.quit`, `.exit`), alone on the input
+/// (with or without `;`).
 pub fn is_quit(input: &str) -> bool {
     let word = input.trim().trim_end_matches(';').trim();
+    let word = word.strip_prefix('.').unwrap_or(word);
     word.eq_ignore_ascii_case("quit") || word.eq_ignore_ascii_case("exit")
 }
 
@@ -232,6 +253,19 @@ mod tests {
 
     fn texts(input: &str) -> Vec<String> {
         split(input).0.into_iter().map(|p| p.text).collect()
+    }
+
+    /// A dot-command ends at its line's end, as in SQLite's and DuckDB's
+    /// shells; a dot inside a statement is the statement's.
+    #[test]
+    fn a_dot_command_needs_no_semicolon() {
+        assert!(is_complete(".tables"));
+        assert!(is_complete("  .mode csv"));
+        assert!(is_quit(".quit") && is_quit(".exit;"));
+        assert_eq!(texts(".tables\nSELECT 1;"), [".tables", "SELECT 1"]);
+        assert_eq!(texts("SELECT t\n.a FROM t;"), ["SELECT t\n.a FROM t"]);
+        assert!(!is_complete("SELECT t\n.a FROM t"));
+        assert!(!is_complete(".5"), "a number is no command");
     }
 
     #[test]

@@ -15,6 +15,7 @@ impl Shell {
                     "quit" | "exit" => "\\q",
                     "mode" => "\\format table|csv|json",
                     "timer" => "\\timing",
+                    "help" => "\\?",
                     _ => "a backslash command",
                 }
             );
