@@ -941,8 +941,12 @@ fn errors_a_user_can_act_on() {
     // "no such file or folder".
     std::fs::create_dir_all(ws.path("empty")).unwrap();
     ws.write("t.txt", "a,b\n1,2\n");
+    // A sink's folder whose job committed epochs without a row yet (its
+    // windows open) said it had none "until its first epoch commits".
+    ws.write("quiet/_weir/owner.json", "{}");
     for (path, expected) in [
         ("empty/", "'empty/' holds no file to read"),
+        ("quiet/", "'quiet/' is a sink's folder with no rows yet"),
         ("t.txt", "'t.txt': not a file kind a query reads by its name"),
     ] {
         let e = ws

@@ -81,7 +81,8 @@ pub struct SinkOwner {
 }
 
 impl SinkOwner {
-    const NAME: &'static str = "_weir/owner.json";
+    /// Its name in the sink's folder.
+    pub const NAME: &'static str = "_weir/owner.json";
 
     /// Whether `other` is the same owner: the same query (its id is random,
     /// made when its checkpoint was). The checkpoint's URL may differ (the

@@ -249,9 +249,11 @@ impl Shell {
         match listed {
             Err(e) => anyhow!("cannot read '{name}': {e}"),
             Ok(files) if files.is_empty() => anyhow!("no such file or folder: '{name}'"),
-            Ok(_) => anyhow!(
-                "'{name}' holds no file to read (no .parquet, .csv, .json or .arrow file; a sink's \
-                 folder has none until its first epoch commits)"
+            Ok(files) => no_file_to_read(
+                &name,
+                files
+                    .iter()
+                    .any(|f| f.location.as_ref().ends_with(SINK_OWNER_FILE)),
             ),
         }
     }
@@ -269,10 +271,7 @@ impl Shell {
                 if name.contains("://") && !name.starts_with("file://") || !local.exists() {
                     anyhow!("no such file or folder: '{name}'")
                 } else if local.is_dir() {
-                    anyhow!(
-                        "'{name}' holds no file to read (no .parquet, .csv, .json or .arrow file; a sink's \
-                         folder has none until its first epoch commits)"
-                    )
+                    no_file_to_read(&name, local.join(SINK_OWNER_FILE).exists())
                 } else {
                     anyhow!(
                         "'{name}': not a file kind a query reads by its name (.parquet, .csv, .json, .arrow); \
@@ -760,5 +759,25 @@ fn batch_set_quantifiers(sql: &str) -> Result<()> {
     match weir_sql::statement::check_set_quantifiers_in(sql) {
         Err(weir_sql::Error::Unsupported(why)) => bail!("{why}"),
         other => Ok(other?),
+    }
+}
+
+/// The file a sink keeps in its folder to say which job writes it.
+const SINK_OWNER_FILE: &str = weir_storage::SinkOwner::NAME;
+
+/// Why a folder gave a query nothing to read: a sink's folder whose job
+/// has committed epochs without a row (a window that has not closed) said
+/// it had none "until its first epoch commits", which was not so.
+fn no_file_to_read(name: &str, sink: bool) -> anyhow::Error {
+    if sink {
+        anyhow!(
+            "'{name}' is a sink's folder with no rows yet (no epoch its job committed has written one: a window's \
+             rows come when the watermark passes its end), so its columns are not known; query it once rows land"
+        )
+    } else {
+        anyhow!(
+            "'{name}' holds no file to read (no .parquet, .csv, .json or .arrow file; a sink's folder has \
+             none until its job writes a row)"
+        )
     }
 }
