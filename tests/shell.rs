@@ -537,6 +537,13 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
     t.wait_for("weir> ");
     t.line(&format!("INSERT INTO out {WINDOWS};"));
     t.wait_for("started query out (checkpoint .weir/checkpoints/out, resuming after epoch 1)");
+    // Before an epoch runs here, it shows the watermark it resumed at (it
+    // showed NULL, and 0 state rows, as if the state were lost).
+    let screen = wait_for_query(&mut t, "out", "2026-01-01 00:01:37.950");
+    assert!(
+        screen.contains("| out  | running |     1 |       0 |"),
+        "{screen}"
+    );
     t.line("\\q");
     t.wait_for("stopped query out (committed through epoch 1); INSERT it again to resume");
     assert_eq!(t.wait_exit(), 0);

@@ -661,6 +661,7 @@ mod tests {
         // the first epoch of this run ends (bytes are known once written).
         let standing = Standing {
             watermark_ms: Some(1_699_999_990_000),
+            watermark: Some("2023-11-14 22:13:10.000".into()),
             sources: vec![("bids".into(), Some(1_699_999_990_000))],
             operators: vec![("p0-agg0".into(), 9)],
         };

@@ -203,11 +203,18 @@ impl Queries {
         if self.is_running(name) {
             bail!("query '{name}' is already running (STOP QUERY {name} first)");
         }
-        let status = Arc::new(Mutex::new(Status::new(job.last_committed())));
+        // Where a resumed query stands until its first epoch here: its
+        // restored watermark and state (they showed as NULL and 0, as if
+        // the state were lost).
+        let standing = job.standing();
+        let mut first = Status::new(job.last_committed());
+        first.watermark = standing.watermark.clone();
+        first.state_rows = standing.operators.iter().map(|(_, n)| n).sum();
+        let status = Arc::new(Mutex::new(first));
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::clone(&status);
         let metrics = Arc::clone(&self.metrics);
-        metrics.start(name, job.last_committed(), &job.standing());
+        metrics.start(name, job.last_committed(), &standing);
         let query = name.to_string();
         let task = tokio::spawn(async move {
             let mut on_progress = |p: &BatchProgress| {

@@ -200,6 +200,8 @@ pub struct Standing {
     /// The job's watermark (the lowest of its sources'), `None` before any
     /// row; `i64::MAX` once drained.
     pub watermark_ms: Option<i64>,
+    /// The job's watermark as progress shows it (`None` before any row).
+    pub watermark: Option<String>,
     /// Each source's watermark.
     pub sources: Vec<(String, Option<i64>)>,
     /// Each stateful operator's rows held.
@@ -247,8 +249,11 @@ impl StreamingJob {
     /// run ends, so that a restarted job with no new input still shows its
     /// watermark and its lag growing.
     pub fn standing(&self) -> Standing {
+        let (watermark_ms, watermark) =
+            shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN));
         Standing {
-            watermark_ms: shown_watermark(self.watermarks.values().copied().min().unwrap_or(i64::MIN)).0,
+            watermark_ms,
+            watermark,
             sources: self
                 .sources
                 .keys()
