@@ -739,6 +739,70 @@ fn a_decimal_with_more_places_than_its_column_keeps_is_a_bad_record() {
     }
 }
 
+/// BYTEA in CSV and JSON is hex, as PostgreSQL writes it (`\x0a1b` or
+/// `0a1b`): CSV read none (every value a bad record), and JSON took an odd
+/// number of digits as if a `0` led the last one ("abc" gave ab 0c).
+#[test]
+fn bytea_from_csv_and_json_is_hex_and_anything_else_is_a_bad_record() {
+    use datafusion::arrow::array::{Array, AsArray};
+    let ws = Workspace::new();
+    ws.write("csv/a.csv", "id,b\n1,616263\n2,\\x00FF\n3,\n");
+    ws.write(
+        "json/a.json",
+        "{\"id\": 1, \"b\": \"616263\"}\n{\"id\": 2, \"b\": \"\\\\x00ff\"}\n{\"id\": 3, \"b\": null}\n",
+    );
+    for format in ["csv", "json"] {
+        let job = format!(
+            "CREATE TABLE s (id BIGINT, b BYTEA) WITH ('connector' = 'files', 'path' = '{format}/', 'format' = '{format}');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out_{format}/', 'format' = 'parquet');
+             INSERT INTO out SELECT id, b FROM s;"
+        );
+        ws.write("job.sql", &job);
+        let checkpoint = format!("ck_{format}");
+        let run = || {
+            ws.weir(&[
+                "run",
+                "job.sql",
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                &checkpoint,
+            ])
+        };
+        run().ok();
+        let mut rows: Vec<(i64, Option<Vec<u8>>)> = sink_batches(&ws.path(&format!("out_{format}")))
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_primitive::<Int64Type>().clone();
+                let bytes = b.column(1).as_binary::<i32>().clone();
+                (0..b.num_rows())
+                    .map(|i| (ids.value(i), bytes.is_valid(i).then(|| bytes.value(i).to_vec())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [(1, Some(b"abc".to_vec())), (2, Some(vec![0, 255])), (3, None)],
+            "{format}"
+        );
+        // An odd number of digits, or not hex: a bad record naming it.
+        ws.write(
+            &format!("{format}/b.{format}"),
+            if format == "csv" {
+                "id,b\n4,abc\n"
+            } else {
+                "{\"id\": 4, \"b\": \"abc\"}\n"
+            },
+        );
+        let e = run().fails().stderr();
+        assert!(
+            e.contains("column 'b': \"abc\" is not bytes written in hex"),
+            "{format}: {e}"
+        );
+    }
+}
+
 /// Files a reader would misread, refused or set aside by name: a CSV whose
 /// quoted field is never closed (the rows after its quote were one good
 /// row), a gzip-compressed file (its rows were two "bad records" under

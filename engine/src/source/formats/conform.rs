@@ -448,23 +448,33 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
 /// `DECIMAL(76, s')`, `s'` the most places that leave the declared integer
 /// digits (66 for `DECIMAL(12,2)`, 44 for `DECIMAL(38,6)`), a value shows
 /// the places it had (up to `s'`: at least 38 more than the scale for any
-/// column of up to 38 digits), and [`WideDecimals::narrow`] makes one with
+/// column of up to 38 digits), and [`CheckedColumns::narrow`] makes one with
 /// more than the scale a bad record, then brings the others to the
 /// declared type exactly. One read, and a division per value: only tables
 /// declaring a DECIMAL pay. (Read as `DECIMAL(38, s')` before, a
 /// `DECIMAL(38,6)` had no room for a seventh place, and `0.0000001` was
 /// cut to 0 unseen. A `DECIMAL` of a negative scale is read as declared.)
-pub(super) struct WideDecimals {
+///
+/// BYTEA columns too: read as text, then decoded as hex, as PostgreSQL
+/// writes bytes (`\x0a1b`, or `0a1b`). Arrow's CSV reader parses no
+/// binary at all (every value was a bad record, an empty field too), and
+/// its JSON reader took an odd number of digits as if a `0` led the last
+/// one (`"abc"` gave `ab 0c`); here a value that is not whole hex bytes is
+/// a bad record naming it.
+pub(super) struct CheckedColumns {
     /// Column name, declared type (precision, scale), the wide scale.
     columns: Vec<(String, DataType, u8, i8, i8)>,
+    /// BYTEA columns: name, declared type.
+    binary: Vec<(String, DataType)>,
     /// The schema to read with: the declared one, those columns wider.
     read: SchemaRef,
 }
 
-impl WideDecimals {
+impl CheckedColumns {
     /// `None` when `schema` has no DECIMAL column to widen.
     pub(super) fn of(schema: &SchemaRef) -> Option<Self> {
         let mut columns = Vec::new();
+        let mut binary = Vec::new();
         let fields: Vec<Field> = schema
             .fields()
             .iter()
@@ -479,13 +489,68 @@ impl WideDecimals {
                     columns.push((f.name().clone(), f.data_type().clone(), *p, *s, wide));
                     f.as_ref().clone().with_data_type(DataType::Decimal256(76, wide))
                 }
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                    binary.push((f.name().clone(), f.data_type().clone()));
+                    f.as_ref().clone().with_data_type(DataType::Utf8)
+                }
                 _ => f.as_ref().clone(),
             })
             .collect();
-        (!columns.is_empty()).then(|| Self {
+        (!columns.is_empty() || !binary.is_empty()).then(|| Self {
             columns,
+            binary,
             read: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
         })
+    }
+
+    /// A BYTEA column read as text, decoded; `None` when `column` is not
+    /// one (by name and read type).
+    fn decode_binary(
+        &self,
+        field: &Field,
+        column: &ArrayRef,
+    ) -> Option<std::result::Result<(Field, ArrayRef), ArrowError>> {
+        use datafusion::arrow::array::{AsArray, BinaryBuilder};
+        let (name, declared) = self
+            .binary
+            .iter()
+            .find(|(name, _)| name == field.name())
+            .filter(|_| column.data_type() == &DataType::Utf8)?;
+        let text = column.as_string::<i32>();
+        let mut out = BinaryBuilder::with_capacity(text.len(), text.value_data().len() / 2);
+        let mut bytes = Vec::new();
+        for v in text.iter() {
+            let Some(v) = v else {
+                out.append_null();
+                continue;
+            };
+            let digits = v.strip_prefix("\\x").unwrap_or(v).as_bytes();
+            bytes.clear();
+            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            let whole = digits.len() % 2 == 0
+                && digits.chunks(2).all(|pair| match (hex(pair[0]), hex(pair[1])) {
+                    (Some(hi), Some(lo)) => {
+                        bytes.push(hi << 4 | lo);
+                        true
+                    }
+                    _ => false,
+                });
+            if !whole {
+                let reason = format!(
+                    "column '{name}': {} is not bytes written in hex (BYTEA is read as two hex digits a byte, \
+                     as PostgreSQL writes it: \\x0a1b or 0a1b)",
+                    serde_json::Value::from(v)
+                );
+                return Some(Err(ArrowError::ExternalError(Box::new(BadValue(reason)))));
+            }
+            out.append_value(&bytes);
+        }
+        let decoded: ArrayRef = Arc::new(out.finish());
+        let decoded = match declared {
+            DataType::Binary => Ok(decoded),
+            other => datafusion::arrow::compute::cast(&decoded, other),
+        };
+        Some(decoded.map(|d| (field.as_ref().clone().with_data_type(declared.clone()), d)))
     }
 
     /// The schema to read with.
@@ -504,6 +569,12 @@ impl WideDecimals {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         let ten = i256::from_i128(10);
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            if let Some(decoded) = self.decode_binary(field, column) {
+                let (field, column) = decoded?;
+                fields.push(field);
+                columns.push(column);
+                continue;
+            }
             let wide = self
                 .columns
                 .iter()
@@ -539,7 +610,7 @@ impl WideDecimals {
                             Decimal256Type::format_decimal(n, *p, *s)
                         )
                     };
-                    return Err(ArrowError::ExternalError(Box::new(LostPlaces(reason))));
+                    return Err(ArrowError::ExternalError(Box::new(BadValue(reason))));
                 }
                 narrowed.push(Some(n));
             }
@@ -560,20 +631,20 @@ impl WideDecimals {
 /// A value written with more decimal places (or digits) than its column
 /// keeps: the bad record's reason, carried through Arrow's error type.
 #[derive(Debug)]
-struct LostPlaces(String);
+struct BadValue(String);
 
-impl std::fmt::Display for LostPlaces {
+impl std::fmt::Display for BadValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for LostPlaces {}
+impl std::error::Error for BadValue {}
 
-/// The reason a [`WideDecimals::narrow`] error gives, if `e` is one.
-pub(super) fn lost_places(e: &ArrowError) -> Option<String> {
+/// The reason a [`CheckedColumns::narrow`] error gives, if `e` is one.
+pub(super) fn bad_value(e: &ArrowError) -> Option<String> {
     match e {
-        ArrowError::ExternalError(b) => b.downcast_ref::<LostPlaces>().map(|l| l.0.clone()),
+        ArrowError::ExternalError(b) => b.downcast_ref::<BadValue>().map(|l| l.0.clone()),
         _ => None,
     }
 }
@@ -698,7 +769,7 @@ mod tests {
             Field::new("v", DataType::Decimal64(6, 2), true),
             Field::new("w", DataType::Decimal128(38, 6), true),
         ]));
-        let wide = WideDecimals::of(&declared).unwrap();
+        let wide = CheckedColumns::of(&declared).unwrap();
         assert_eq!(
             wide.read_schema().field(1).data_type(),
             &DataType::Decimal256(76, 72)
@@ -760,11 +831,11 @@ mod tests {
             let e = wide
                 .narrow(read(vec![num(1, 0, 72), v], vec![num(1, 0, 44), w]))
                 .unwrap_err();
-            assert_eq!(lost_places(&e).as_deref(), Some(reason));
+            assert_eq!(bad_value(&e).as_deref(), Some(reason));
         }
         // A table without DECIMAL columns reads as declared.
         let plain = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
-        assert!(WideDecimals::of(&plain).is_none());
+        assert!(CheckedColumns::of(&plain).is_none());
     }
 
     use super::*;

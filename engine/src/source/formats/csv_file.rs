@@ -74,8 +74,8 @@ pub(super) struct CsvRead<'a> {
     /// For each root, the declared name (for messages).
     root_names: Vec<String>,
     /// DECIMAL columns, read wider than declared to see the places a
-    /// value had ([`conform::WideDecimals`]).
-    wide: Option<conform::WideDecimals>,
+    /// value had ([`conform::CheckedColumns`]).
+    wide: Option<conform::CheckedColumns>,
 }
 
 impl CsvRead<'_> {
@@ -91,7 +91,7 @@ impl CsvRead<'_> {
 
     /// A batch read by [`Self::reader_builder`] with its columns as
     /// declared: a value with more decimal places than its column keeps is
-    /// an error ([`conform::lost_places`]).
+    /// an error ([`conform::bad_value`]).
     fn narrow(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
         match &self.wide {
             Some(w) => w.narrow(batch),
@@ -160,7 +160,7 @@ impl CsvRead<'_> {
         let whole = match self.decode(text, self.roots.clone(), 1) {
             Ok(b) if b.num_rows() == 1 => return Ok(b),
             Ok(b) => format!("read as {} rows", b.num_rows()),
-            Err(e) => match conform::lost_places(&e) {
+            Err(e) => match conform::bad_value(&e) {
                 Some(reason) => return Err(reason),
                 None => e.to_string(),
             },
@@ -298,7 +298,7 @@ pub(super) fn read_csv(
     let body = rdr.position().byte() as usize;
     let output = columns.output_schema()?;
     let required = required_columns(columns.declared, &all_positions);
-    let wide = conform::WideDecimals::of(&schema);
+    let wide = conform::CheckedColumns::of(&schema);
     let read = CsvRead {
         file,
         data,

@@ -24,7 +24,7 @@ pub(super) fn is_blank(line: &[u8]) -> bool {
 
 /// Arrow's JSON error, as a bad record's reason.
 pub(super) fn json_reason(e: &ArrowError) -> String {
-    if let Some(lost) = conform::lost_places(e) {
+    if let Some(lost) = conform::bad_value(e) {
         return lost;
     }
     let text = e.to_string();
@@ -117,7 +117,7 @@ pub(super) fn read_json(
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
-    let wide = conform::WideDecimals::of(&schema);
+    let wide = conform::CheckedColumns::of(&schema);
     let decode = |text: &[u8], rows: usize| -> std::result::Result<Vec<RecordBatch>, ArrowError> {
         let read = wide.as_ref().map_or(&schema, |w| w.read_schema());
         let batches = json::ReaderBuilder::new(Arc::clone(read))
@@ -219,7 +219,7 @@ pub(super) fn json_values_fast<'a>(
 ) -> Result<Option<Vec<RecordBatch>>> {
     let output = columns.output_schema()?;
     let schema = nullable(columns.declared);
-    let wide = conform::WideDecimals::of(&schema);
+    let wide = conform::CheckedColumns::of(&schema);
     let positions: Vec<usize> = columns.needed.to_vec();
     let all: Vec<usize> = (0..columns.declared.fields().len()).collect();
     let required = required_columns(columns.declared, &all);
