@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use weir_sql::TableDecl;
 use weir_storage::location::Create;
 use weir_storage::{Location, StoreOptions};
@@ -144,4 +144,42 @@ pub async fn sink_schema(decl: &TableDecl, env: &StoreOptions) -> Result<SchemaR
     let ctx = context(0, env);
     let table = sink_table(&ctx, decl, env).await?;
     Ok(datafusion::catalog::TableProvider::schema(&table))
+}
+
+/// A batch query whose join has a key of a nested type (a list, a struct),
+/// planned without the hash join's dynamic filter. DataFusion 55 pushes a
+/// filter of the build side's keys into the probe side, and over such keys
+/// it dropped rows that match: `a JOIN b ON a.l = b.l ORDER BY a.id` (a
+/// list key) lost rows the same query without `ORDER BY` gave, and so did
+/// `IN (SELECT ...)` on a struct with a NULL field. Other queries keep it.
+pub fn without_nested_key_filters(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::{ExprSchemable, LogicalPlan};
+    let (mut state, plan) = df.into_parts();
+    // Subqueries become joins as the optimizer decorrelates them.
+    let optimized = state.optimize(&plan)?;
+    let mut nested = false;
+    optimized.apply_with_subqueries(|p| {
+        if let LogicalPlan::Join(j) = p {
+            for (l, r) in &j.on {
+                let is_nested = |e: &datafusion::logical_expr::Expr, s| {
+                    e.get_type(s).map(|t| t.is_nested()).unwrap_or(false)
+                };
+                nested |= is_nested(l, j.left.schema()) || is_nested(r, j.right.schema());
+            }
+        }
+        Ok(if nested {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    if nested {
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
+    }
+    Ok(DataFrame::new(state, plan))
 }

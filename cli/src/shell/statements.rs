@@ -309,6 +309,7 @@ impl Shell {
         {
             bail!("{why}");
         }
+        let df = batch::without_nested_key_filters(df).map_err(|e| anyhow!(strip_df(&e)))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let format = self.settings.format;
         let limit = (self.terminal_out && format == Format::Table && self.settings.max_rows > 0)
