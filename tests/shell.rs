@@ -494,6 +494,13 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
     // The shell takes statements while the query runs.
     t.line("SELECT 2 AS two;");
     t.wait_for("| two |");
+    // What it reads stays declared while it runs (a source could be
+    // dropped, and \d no longer listed it); a view is dropped as a view.
+    t.line("DROP TABLE bids;");
+    t.wait_for("query 'out' reads 'bids'; STOP QUERY out first");
+    t.line("CREATE VIEW one AS SELECT 1 AS one;");
+    t.line("DROP TABLE one;");
+    t.wait_for("'one' is a view: DROP VIEW one");
     let screen = wait_for_query(&mut t, "out", "|    2000 |");
     assert!(
         screen

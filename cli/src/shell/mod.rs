@@ -21,7 +21,7 @@
 //! current epoch; a second Ctrl-C stops it at once), never the shell.
 //! Errors are one or two lines, scrubbed of secrets, and the shell goes on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,6 +185,9 @@ pub struct Shell {
     interrupts: watch::Receiver<u64>,
     /// Tables an `INSERT` of this session writes.
     written: BTreeSet<String>,
+    /// The tables and views each background query started here reads, by
+    /// query: neither may be dropped while the query runs.
+    reads: BTreeMap<String, Vec<String>>,
     /// Whether a person reads stdout (tables are cut to `max_rows`).
     terminal_out: bool,
     store_options: StoreOptions,
@@ -304,6 +307,7 @@ impl Shell {
             redactor,
             interrupts,
             written: BTreeSet::new(),
+            reads: BTreeMap::new(),
             terminal_out: std::io::stdout().is_terminal(),
             store_options,
             catalog_changed: true,

@@ -113,6 +113,24 @@ impl Shell {
         if self.queries.is_running(&name) {
             bail!("query '{name}' writes '{name}'; STOP QUERY {name} first");
         }
+        // A running query's source or view: dropped, \d no longer listed
+        // what the query reads.
+        if let Some((query, _)) = self
+            .reads
+            .iter()
+            .find(|(q, names)| *q != &name && names.contains(&name) && self.queries.is_running(q))
+        {
+            bail!("query '{query}' reads '{name}'; STOP QUERY {query} first");
+        }
+        match (
+            view,
+            self.catalog.view(&name).is_some(),
+            self.catalog.get(&name).is_some(),
+        ) {
+            (false, true, _) => bail!("'{name}' is a view: DROP VIEW {name}"),
+            (true, _, true) => bail!("'{name}' is a table: DROP TABLE {name}"),
+            _ => {}
+        }
         if view {
             return match self.catalog.drop_view(&name) {
                 true => {
@@ -533,6 +551,7 @@ impl Shell {
         self.queries
             .start(&name, checkpoint.clone(), job, trigger, drain)?;
         self.written.insert(name.clone());
+        self.reads.insert(name.clone(), self.catalog.names_in(sql)?);
         out(&format!(
             "started query {name} (checkpoint {}{}); SHOW QUERIES shows its progress\n",
             self.redactor.scrub(&checkpoint),
