@@ -690,6 +690,23 @@ SELECT * FROM both_;"
         "{}",
         run.stdout()
     );
+    // A view read by one declared before it (dropped and declared again)
+    // is registered first; a table may not take a view's name.
+    let run = ws
+        .weir_input(
+            &["--format", "csv"],
+            "CREATE VIEW v1 AS SELECT 1 AS x;\nCREATE VIEW v2 AS SELECT x + 1 AS y FROM v1;\nDROP VIEW v1;\n\
+             CREATE VIEW v1 AS SELECT 5 AS x;\nSELECT * FROM v2;\n\
+             CREATE TABLE v1 WITH ('connector' = 'files', 'path' = 'v1/', 'format' = 'parquet');",
+        )
+        .fails();
+    assert!(run.stdout().ends_with("y\n6\n"), "{}", run.stdout());
+    assert!(
+        run.stderr()
+            .contains("'v1' is already declared, as a view (DROP VIEW v1 first"),
+        "{}",
+        run.stderr()
+    );
 
     // The first error stops the file, naming where it is; later statements
     // do not run.

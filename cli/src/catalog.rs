@@ -76,6 +76,13 @@ impl Catalog {
                 decl.name
             );
         }
+        if self.view(&decl.name).is_some() {
+            bail!(
+                "'{}' is already declared, as a view (DROP VIEW {} first to declare a table of that name)",
+                decl.name,
+                decl.name
+            );
+        }
         let name = decl.name.clone();
         Ok(self.tables.entry(name).or_insert(Declared {
             decl,

@@ -127,8 +127,8 @@ impl Shell {
             self.catalog.view(&name).is_some(),
             self.catalog.get(&name).is_some(),
         ) {
-            (false, true, _) => bail!("'{name}' is a view: DROP VIEW {name}"),
-            (true, _, true) => bail!("'{name}' is a table: DROP TABLE {name}"),
+            (false, true, false) => bail!("'{name}' is a view: DROP VIEW {name}"),
+            (true, false, true) => bail!("'{name}' is a table: DROP TABLE {name}"),
             _ => {}
         }
         if view {
@@ -227,14 +227,52 @@ impl Shell {
                 batch::register_sink(&ctx, &d.decl, &self.store_options).await?;
             }
         }
-        // Views that read no stream (of constants, of sinks, of files), in
-        // the order declared (a view reads only those before it).
-        for view in self.catalog.views() {
-            if names.contains(&view.name) && !self.reads_stream(&view.sql, &mut Vec::new())? {
+        // Views that read no stream (of constants, of sinks, of files),
+        // each after the views it reads (a view dropped and declared again
+        // comes after those that read it in declaration order).
+        let mut order = Vec::new();
+        for name in &names {
+            self.view_order(name, &mut Vec::new(), &mut order)?;
+        }
+        for name in order {
+            if let Some(view) = self.catalog.view(&name)
+                && !self.reads_stream(&view.sql, &mut Vec::new())?
+            {
                 ctx.sql(&view.sql).await.map_err(|e| self.batch_error(&e))?;
             }
         }
         Ok(ctx)
+    }
+
+    /// Appends view `name` to `order` after the views it reads (depth
+    /// first; `path`: the views on the way, to name a view that reads
+    /// itself).
+    fn view_order(&self, name: &str, path: &mut Vec<String>, order: &mut Vec<String>) -> Result<()> {
+        let Some(view) = self.catalog.view(name) else {
+            return Ok(());
+        };
+        if order.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        if let Some(at) = path.iter().position(|n| n == name) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(name.to_string());
+            bail!(
+                "view '{name}' reads itself ({}): DROP VIEW one of them and declare it again",
+                cycle.join(" reads ")
+            );
+        }
+        path.push(name.to_string());
+        // (The view's text starts `CREATE VIEW name AS`: its own name is
+        // no read.)
+        for read in weir_sql::statement::identifiers(&view.sql)? {
+            if read != name {
+                self.view_order(&read, path, order)?;
+            }
+        }
+        path.pop();
+        order.push(name.to_string());
+        Ok(())
     }
 
     pub(super) async fn batch(&self, sql: &str) -> Result<()> {
