@@ -803,6 +803,55 @@ fn bytea_from_csv_and_json_is_hex_and_anything_else_is_a_bad_record() {
     }
 }
 
+/// A Parquet TIME in microseconds (as pyarrow writes it) feeds a declared
+/// TIME (nanoseconds); one outside the day is a bad record (Arrow's cast
+/// wrapped 2^62 µs to 00:00:00, and a debug build panicked).
+#[test]
+fn a_time_in_microseconds_is_read_and_one_outside_the_day_is_a_bad_record() {
+    use datafusion::arrow::array::{Int64Array, Time64MicrosecondArray};
+    use datafusion::arrow::datatypes::Time64NanosecondType;
+    use std::sync::Arc;
+    let ws = Workspace::new();
+    let write = |name: &str, times: Vec<i64>| {
+        let n = times.len() as i64;
+        let batch = RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(Int64Array::from((0..n).collect::<Vec<_>>())) as _),
+            ("t", Arc::new(Time64MicrosecondArray::from(times)) as _),
+        ])
+        .unwrap();
+        std::fs::create_dir_all(ws.path("in")).unwrap();
+        let file = std::fs::File::create(ws.path(&format!("in/{name}"))).unwrap();
+        let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    };
+    write("a.parquet", vec![3_723_456_789, 86_399_999_999]);
+    ws.write(
+        "job.sql",
+        "CREATE TABLE s (k BIGINT, t TIME) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO out SELECT t FROM s;",
+    );
+    let run = || ws.weir(&["run", "job.sql", "--trigger", "available-now"]);
+    run().ok();
+    let got: Vec<i64> = sink_batches(&ws.path("out"))
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<Time64NanosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(got, [3_723_456_789_000, 86_399_999_999_000]);
+    write("b.parquet", vec![1 << 62]);
+    let e = run().fails().stderr();
+    assert!(
+        e.contains("b.parquet: row 1: column 't': 4611686018427387904 (Time64(µs)) is no time of day"),
+        "{e}"
+    );
+}
+
 /// Files a reader would misread, refused or set aside by name: a CSV whose
 /// quoted field is never closed (the rows after its quote were one good
 /// row), a gzip-compressed file (its rows were two "bad records" under

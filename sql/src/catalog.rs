@@ -192,6 +192,14 @@ pub fn sql_type_name(t: &datafusion::arrow::datatypes::DataType) -> String {
         Binary | LargeBinary | BinaryView => "BYTEA".into(),
         Date32 | Date64 => "DATE".into(),
         Interval(_) => "INTERVAL".into(),
+        Map(entries, _) => match entries.data_type() {
+            Struct(kv) if kv.len() == 2 => format!(
+                "MAP<{}, {}>",
+                sql_type_name(kv[0].data_type()),
+                sql_type_name(kv[1].data_type())
+            ),
+            other => format!("MAP<{}>", sql_type_name(other)),
+        },
         Decimal128(p, s) | Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
         Timestamp(unit, tz) => {
             let p = match unit {

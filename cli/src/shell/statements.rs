@@ -829,8 +829,8 @@ const SINK_OWNER_FILE: &str = weir_storage::SinkOwner::NAME;
 fn no_file_to_read(name: &str, sink: bool) -> anyhow::Error {
     if sink {
         anyhow!(
-            "'{name}' is a sink's folder with no rows yet (no epoch its job committed has written one: a window's \
-             rows come when the watermark passes its end), so its columns are not known; query it once rows land"
+            "'{name}' is a sink's folder with no rows yet (no epoch its job committed has written one), so its \
+             columns are not known; query it once rows land"
         )
     } else {
         anyhow!(

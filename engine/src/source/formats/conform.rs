@@ -100,6 +100,9 @@ pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
         safe: false,
         format_options: FormatOptions::default(),
     };
+    if !outside_the_day(col).is_empty() {
+        return None;
+    }
     let converted = match floored_time(col, field.data_type()) {
         Some(floored) => floored.ok()?,
         None => cast_with_options(col, field.data_type(), &opts).ok()?,
@@ -108,6 +111,42 @@ pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
         Ok(rows) if rows.is_empty() => Some(converted),
         _ => None,
     }
+}
+
+/// The rows of a time-of-day column whose value is outside the day (its
+/// raw number, in the column's unit), none for another type. Arrow's cast
+/// of a time to a finer unit multiplies without a check: 2^62 µs came out
+/// as 00:00:00 (and a debug build panicked), so such a value is a bad
+/// record before any cast.
+pub(super) fn outside_the_day(col: &ArrayRef) -> Vec<(usize, i64)> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+    let (DataType::Time32(unit) | DataType::Time64(unit)) = col.data_type() else {
+        return vec![];
+    };
+    let day: i64 = match unit {
+        TimeUnit::Second => 86_400,
+        TimeUnit::Millisecond => 86_400_000,
+        TimeUnit::Microsecond => 86_400_000_000,
+        TimeUnit::Nanosecond => 86_400_000_000_000,
+    };
+    let Ok(raw) = datafusion::arrow::compute::cast(col, &DataType::Int64) else {
+        return vec![];
+    };
+    let raw = raw.as_primitive::<Int64Type>();
+    (0..raw.len())
+        .filter(|&r| raw.is_valid(r) && !(0..day).contains(&raw.value(r)))
+        .map(|r| (r, raw.value(r)))
+        .collect()
+}
+
+/// A column with these rows NULL, and zero beneath (a kernel computes on
+/// the values under a NULL too: a wild time there still overflowed).
+pub(super) fn nulled_rows(col: &ArrayRef, rows: &[usize]) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{BooleanArray, new_null_array};
+    let keep: BooleanArray = (0..col.len()).map(|r| Some(!rows.contains(&r))).collect();
+    let nulls = new_null_array(col.data_type(), col.len());
+    Ok(datafusion::arrow::compute::kernels::zip::zip(&keep, col, &nulls)?)
 }
 
 /// A time column cut to a coarser declared unit, down (toward the past),
@@ -751,6 +790,10 @@ mod tests {
                 want
             );
         }
+        // A time outside the day is no time (it wrapped to 00:00:00).
+        let wild: ArrayRef = Arc::new(Time64MicrosecondArray::from(vec![1 << 62, -1, 5]));
+        assert_eq!(outside_the_day(&wild), [(0, 1 << 62), (1, -1)]);
+        assert!(conform(&wild, &Field::new("t", ns.clone(), true)).is_none());
         // A time is no timestamp.
         assert!(!compatible(
             &DataType::Time64(TimeUnit::Microsecond),

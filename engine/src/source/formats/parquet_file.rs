@@ -469,7 +469,23 @@ pub(super) fn parquet_rows(
     let mut cols = Vec::with_capacity(positions.len());
     for (&i, f) in positions.iter().zip(output.fields()) {
         let col = batch.column(i);
-        let converted = cast_with_options(col, f.data_type(), &lenient).map_err(|e| {
+        // A time outside the day: NULL before the cast (which would wrap
+        // it), a bad record named here.
+        let outside = conform::outside_the_day(col);
+        for &(r, v) in &outside {
+            errors.entry(r).or_insert_with(|| {
+                format!(
+                    "column '{}': {v} ({}) is no time of day",
+                    f.name(),
+                    col.data_type()
+                )
+            });
+        }
+        let in_day = match outside.is_empty() {
+            true => Arc::clone(col),
+            false => conform::nulled_rows(col, &outside.iter().map(|&(r, _)| r).collect::<Vec<_>>())?,
+        };
+        let converted = cast_with_options(&in_day, f.data_type(), &lenient).map_err(|e| {
             file.err(format!(
                 "column '{}': cannot convert {} to the declared {}: {e}",
                 f.name(),
@@ -543,12 +559,23 @@ pub(super) fn parquet_rows(
 /// A row of a file batch as one JSON object of its values as the file has
 /// them (the declared columns the job reads, with their declared names).
 pub(super) fn render_row(batch: &RecordBatch, positions: &[usize], output: &SchemaRef, row: usize) -> String {
-    let fields: Vec<Field> = positions
+    // A time outside the day shows as its raw number: formatted as a
+    // time, its conversion overflows (a panic in a debug build).
+    let cols: Vec<ArrayRef> = positions
+        .iter()
+        .map(|&i| {
+            let c = batch.column(i).slice(row, 1);
+            match conform::outside_the_day(&c).is_empty() {
+                true => c,
+                false => datafusion::arrow::compute::cast(&c, &DataType::Int64).unwrap_or(c),
+            }
+        })
+        .collect();
+    let fields: Vec<Field> = cols
         .iter()
         .zip(output.fields())
-        .map(|(&i, f)| Field::new(f.name(), batch.column(i).data_type().clone(), true))
+        .map(|(c, f)| Field::new(f.name(), c.data_type().clone(), true))
         .collect();
-    let cols: Vec<ArrayRef> = positions.iter().map(|&i| batch.column(i).slice(row, 1)).collect();
     let as_json = || -> std::result::Result<String, ArrowError> {
         let one = RecordBatch::try_new(Arc::new(Schema::new(fields.clone())), cols.clone())?;
         let mut w = json::WriterBuilder::new()
