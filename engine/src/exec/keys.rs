@@ -60,6 +60,35 @@ impl KeyRows {
     }
 }
 
+/// A float key column with every -0.0 made 0.0 (others as they are): the
+/// row format tells the two apart by their sign bit, where DataFusion's
+/// grouping and hashing take them as one key (as IEEE 754 compares them).
+/// A SESSION partitioned by a float split a partition's rows at 0.0 and
+/// -0.0 into two sessions, where a batch GROUP BY has one group.
+pub fn positive_zero(col: &ArrayRef) -> ArrayRef {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float16Type, Float32Type, Float64Type};
+    match col.data_type() {
+        DataType::Float64 => Arc::new(
+            col.as_primitive::<Float64Type>()
+                .unary::<_, Float64Type>(|v| v + 0.0),
+        ),
+        DataType::Float32 => Arc::new(
+            col.as_primitive::<Float32Type>()
+                .unary::<_, Float32Type>(|v| v + 0.0),
+        ),
+        DataType::Float16 => {
+            use datafusion::arrow::datatypes::ArrowPrimitiveType;
+            let zero = Float16Type::default_value();
+            Arc::new(
+                col.as_primitive::<Float16Type>()
+                    .unary::<_, Float16Type>(|v| v + zero),
+            )
+        }
+        _ => Arc::clone(col),
+    }
+}
+
 /// Row-format keys to a value (where a group's state is), each key hashed
 /// once: an update aggregate looks an epoch's groups up, then moves each to
 /// its new place, and a `HashMap<Vec<u8>, _>` hashed every key for both

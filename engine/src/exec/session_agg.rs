@@ -337,7 +337,7 @@ impl SessionState {
         let cols: Vec<ArrayRef> = self
             .partition_keys
             .iter()
-            .map(|&k| Arc::clone(&keys[k]))
+            .map(|&k| super::keys::positive_zero(&keys[k]))
             .collect();
         self.converter.convert(&cols, n)
     }
