@@ -1224,11 +1224,14 @@ impl StreamJoinState {
         let mut arrays = Vec::with_capacity(self.p.on.len());
         let mut fields = Vec::with_capacity(self.p.on.len());
         for (l, r) in &self.p.on {
-            // Both sides in the left keys' types, so equal keys are equal bytes.
+            // Both sides in the left keys' types, so equal keys are equal
+            // bytes; a float's -0.0 as 0.0, which it equals (a batch join
+            // matches them; the bytes differ in the sign bit).
             let t = l.data_type(&self.left_schema)?;
             let e = if side == Side::Left { l } else { r };
             let a = e.evaluate(rows)?.into_array(n)?;
-            arrays.push(if a.data_type() == &t { a } else { cast(&a, &t)? });
+            let a = if a.data_type() == &t { a } else { cast(&a, &t)? };
+            arrays.push(super::keys::positive_zero(&a));
             fields.push(datafusion::arrow::row::SortField::new(t));
         }
         let dead: Vec<bool> = if self.p.null_equality == NullEquality::NullEqualsNothing {
