@@ -1317,11 +1317,15 @@ EXPLAIN ANALYZE INSERT INTO sunk SELECT auction FROM pricey;
     for (typed, hint) in [
         ("\\x\n", "\\format json"),
         (".tables\n", "\\d, or SHOW TABLES"),
-        (".quit\n", "\\q"),
+        (".help\n", "\\?"),
     ] {
         let e = ws.weir_input(&[], typed).fails().stderr();
         assert!(e.contains(hint), "{typed}: {e}");
     }
+    // `.quit` leaves, as in SQLite's and DuckDB's shells: what follows it
+    // does not run.
+    let run = ws.weir_input(&[], ".quit\nSELECT 'after' AS a;\n").ok();
+    assert!(!run.stdout().contains("after"), "{}", run.stdout());
 }
 
 /// A script whose queries run under an interval trigger never ends by
