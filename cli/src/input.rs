@@ -39,6 +39,15 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
+/// The text from `chars[i]` to the end of its line, and where that ends.
+fn rest_of_line(chars: &[char], i: usize) -> (String, usize) {
+    let end = chars[i..]
+        .iter()
+        .position(|&c| c == '\n')
+        .map_or(chars.len(), |p| i + p);
+    (chars[i..end].iter().collect(), end)
+}
+
 /// The pieces of a text, and whether it ended inside a statement (text after
 /// the last `;`, or an open quote or comment).
 pub fn split(text: &str) -> (Vec<Piece>, bool) {
@@ -59,11 +68,7 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
         // same line (`SELECT 1; \d`), as psql reads it.
         if state == State::Normal && !content && c == '\\' {
             // A command: the rest of the line.
-            let end = chars[i..]
-                .iter()
-                .position(|&c| c == '\n')
-                .map_or(chars.len(), |p| i + p);
-            let cmd: String = chars[i..end].iter().collect();
+            let (cmd, end) = rest_of_line(&chars, i);
             pieces.push(Piece {
                 text: cmd.trim().to_string(),
                 line,
@@ -78,11 +83,7 @@ pub fn split(text: &str) -> (Vec<Piece>, bool) {
         // continuation prompt. No statement starts with a dot; the shell
         // answers with its own command (or quits, for `.quit`).
         if state == State::Normal && !content && c == '.' && next.is_some_and(|n| n.is_ascii_alphabetic()) {
-            let end = chars[i..]
-                .iter()
-                .position(|&c| c == '\n')
-                .map_or(chars.len(), |p| i + p);
-            let cmd: String = chars[i..end].iter().collect();
+            let (cmd, end) = rest_of_line(&chars, i);
             pieces.push(Piece {
                 text: cmd.trim().trim_end_matches(';').trim().to_string(),
                 line,
