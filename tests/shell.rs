@@ -489,6 +489,9 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
     let (ws, bids) = workspace();
     let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
     t.wait_for("weir> ");
+    // A table named like one of the query's columns (`price`), declared
+    // before it starts: the query does not read it.
+    t.line("CREATE TABLE price (x INT) WITH ('connector' = 'files', 'path' = 'p/', 'format' = 'csv');");
     t.line(&format!("INSERT INTO out {WINDOWS};"));
     t.wait_for("started query out (checkpoint .weir/checkpoints/out)");
     // The shell takes statements while the query runs.
@@ -498,6 +501,8 @@ fn a_background_query_is_listed_stopped_queried_and_resumed() {
     // dropped, and \d no longer listed it); a view is dropped as a view.
     t.line("DROP TABLE bids;");
     t.wait_for("query 'out' reads 'bids'; STOP QUERY out first");
+    t.line("DROP TABLE price;");
+    t.wait_for("dropped price (its files stay where they are)");
     t.line("CREATE VIEW one AS SELECT 1 AS one;");
     t.line("DROP TABLE one;");
     t.wait_for("'one' is a view: DROP VIEW one");

@@ -585,11 +585,21 @@ impl Shell {
             errln!("note: {}", self.redactor.scrub(note));
         }
         let resumed = job.last_committed();
+        // What it reads, for DROP to refuse: of the names its text has, the
+        // tables the job planned (a column named like a table is not one)
+        // and the views.
+        let tables = job.tables();
+        let reads: Vec<String> = self
+            .catalog
+            .names_in(sql)?
+            .into_iter()
+            .filter(|n| tables.contains(n) || self.catalog.view(n).is_some())
+            .collect();
         let (trigger, drain) = self.query_trigger();
         self.queries
             .start(&name, checkpoint.clone(), job, trigger, drain)?;
         self.written.insert(name.clone());
-        self.reads.insert(name.clone(), self.catalog.names_in(sql)?);
+        self.reads.insert(name.clone(), reads);
         out(&format!(
             "started query {name} (checkpoint {}{}); SHOW QUERIES shows its progress\n",
             self.redactor.scrub(&checkpoint),

@@ -308,6 +308,15 @@ impl StreamingJob {
         out
     }
 
+    /// The tables the job reads or writes: its sources, bounded (lookup)
+    /// tables and sinks, late-row and dead-letter tables among them.
+    pub fn tables(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.sources.keys().cloned().collect();
+        out.extend(self.lookups.keys().cloned());
+        out.extend(self.sinks().into_iter().map(|(t, _, _)| t));
+        out
+    }
+
     /// The columns of a live query's rows (`None` for a saved job).
     pub fn live_schema(&self) -> Option<SchemaRef> {
         self.pipelines
