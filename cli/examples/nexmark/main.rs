@@ -215,6 +215,19 @@ fn main() -> Result<()> {
     }
 }
 
+/// How many CPUs a `taskset -c` list names (`0`, `0,1`, `0-3,6`).
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum()
+}
+
 /// CPU time of this process (all threads), seconds.
 fn process_cpu_s() -> f64 {
     cpu_s(libc::RUSAGE_SELF)
@@ -681,6 +694,17 @@ fn suite(args: &SuiteArgs) -> Result<()> {
         bail!(
             "{} does not exist: build it with `cargo build --release -p weir-cli` (benches/nexmark.sh does)",
             args.weir.display()
+        );
+    }
+    // `--cpu` pins every run: `--threads 2 --cpu 0` measures two threads
+    // sharing one core (about one core's rate), not two-thread scaling.
+    let cpus = cpu_count(&args.cpu);
+    if cpus < args.threads {
+        eprintln!(
+            "nexmark: warning: --threads {} on --cpu {} ({cpus} CPU{}): the threads share the CPUs, so this does not measure scaling; pass e.g. --cpu 0,1",
+            args.threads,
+            args.cpu,
+            if cpus == 1 { "" } else { "s" }
         );
     }
     let n = args.events;
