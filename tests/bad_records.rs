@@ -803,6 +803,59 @@ fn bytea_from_csv_and_json_is_hex_and_anything_else_is_a_bad_record() {
     }
 }
 
+/// DECIMAL and BYTEA values inside a JSON list, struct or map are checked
+/// as a column's own are: Arrow's reader cut 1.234 in an
+/// `ARRAY<DECIMAL(10,2)>` to 1.23 unseen, and read "abc" in an
+/// `ARRAY<BYTEA>` as ab 0c.
+#[test]
+fn decimals_and_bytes_inside_json_lists_and_structs_are_checked() {
+    let ws = Workspace::new();
+    ws.write(
+        "in/a.json",
+        "{\"k\": 1, \"ps\": [1.23, 2.5], \"s\": {\"d\": 3.33, \"b\": \"0a1b\"}, \"bs\": [\"\\\\x00ff\", null]}\n",
+    );
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (k BIGINT, ps ARRAY<DECIMAL(10,2)>, s STRUCT<d DECIMAL(10,2), b BYTEA>, bs ARRAY<BYTEA>)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'json');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO out SELECT k, ps, s.d AS d, s.b AS b, bs FROM src;",
+    );
+    let run = || ws.weir(&["run", "job.sql", "--trigger", "available-now"]);
+    run().ok();
+    let rows = ws
+        .weir(&[
+            "query",
+            "--format",
+            "csv",
+            "SELECT k, CAST(ps AS VARCHAR) AS ps, d, encode(b, 'hex') AS b, CAST(bs AS VARCHAR) AS bs FROM 'out/'",
+        ])
+        .ok()
+        .stdout();
+    assert_eq!(
+        rows, "k,ps,d,b,bs\n1,\"[1.23, 2.50]\",3.33,0a1b,\"[00ff, ]\"\n",
+        "{rows}"
+    );
+    for (line, reason) in [
+        (
+            "{\"k\": 2, \"ps\": [1.234], \"s\": null, \"bs\": []}",
+            "column 'ps[]': 1.234 has more decimal places than Decimal128(10, 2) keeps (it would be 1.23)",
+        ),
+        (
+            "{\"k\": 3, \"ps\": [], \"s\": {\"d\": 3.333, \"b\": null}, \"bs\": []}",
+            "column 's.d': 3.333 has more decimal places than Decimal128(10, 2) keeps (it would be 3.33)",
+        ),
+        (
+            "{\"k\": 4, \"ps\": [], \"s\": null, \"bs\": [\"abc\"]}",
+            "column 'bs[]': \"abc\" is not bytes written in hex",
+        ),
+    ] {
+        ws.write("in/b.json", &format!("{line}\n"));
+        let e = run().fails().stderr();
+        assert!(e.contains(reason), "{line}: {e}");
+    }
+}
+
 /// A Parquet TIME in microseconds (as pyarrow writes it) feeds a declared
 /// TIME (nanoseconds); one outside the day is a bad record (Arrow's cast
 /// wrapped 2^62 µs to 00:00:00, and a debug build panicked).

@@ -3,6 +3,7 @@
 //! not fit (shared by the Parquet, CSV and JSON readers).
 
 use super::*;
+use datafusion::arrow::datatypes::FieldRef;
 
 /// Whether every value of type `found` converts to `declared` (so a column
 /// the job does not read cannot hold a bad value): the same type, a wider
@@ -501,95 +502,71 @@ pub(super) fn limit(batches: Vec<RecordBatch>, max_rows: usize) -> FileRows {
 /// one (`"abc"` gave `ab 0c`); here a value that is not whole hex bytes is
 /// a bad record naming it.
 pub(super) struct CheckedColumns {
-    /// Column name, declared type (precision, scale), the wide scale.
-    columns: Vec<(String, DataType, u8, i8, i8)>,
-    /// BYTEA columns: name, declared type.
-    binary: Vec<(String, DataType)>,
+    /// The columns read otherwise than declared (a DECIMAL or BYTEA, at
+    /// any depth of a list, struct or map): name, declared type, read type.
+    columns: Vec<(String, DataType, DataType)>,
     /// The schema to read with: the declared one, those columns wider.
     read: SchemaRef,
 }
 
+/// The type a value declared `t` is read as, when not `t` itself: a
+/// DECIMAL as `DECIMAL(76, s')`, a BYTEA as text, and a list, struct or
+/// map holding either with them so (Arrow's JSON reader parses nested
+/// values with the same parsers, and cut or made up the same values
+/// inside them).
+fn read_type(t: &DataType) -> Option<DataType> {
+    let field = |f: &FieldRef| -> Option<FieldRef> {
+        read_type(f.data_type()).map(|t| Arc::new(f.as_ref().clone().with_data_type(t)))
+    };
+    match t {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s)
+            if *s >= 0 =>
+        {
+            Some(DataType::Decimal256(76, 76 - (*p as i8 - *s)))
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Some(DataType::Utf8),
+        DataType::List(f) => field(f).map(DataType::List),
+        DataType::LargeList(f) => field(f).map(DataType::LargeList),
+        DataType::FixedSizeList(f, n) => field(f).map(|f| DataType::FixedSizeList(f, *n)),
+        DataType::Struct(fields) => {
+            let read: Vec<Option<FieldRef>> = fields.iter().map(field).collect();
+            read.iter().any(Option::is_some).then(|| {
+                DataType::Struct(
+                    fields
+                        .iter()
+                        .zip(read)
+                        .map(|(f, r)| r.unwrap_or_else(|| Arc::clone(f)))
+                        .collect(),
+                )
+            })
+        }
+        DataType::Map(entries, sorted) => field(entries).map(|e| DataType::Map(e, *sorted)),
+        _ => None,
+    }
+}
+
 impl CheckedColumns {
-    /// `None` when `schema` has no DECIMAL column to widen.
+    /// `None` when `schema` has no DECIMAL or BYTEA column, at any depth.
     pub(super) fn of(schema: &SchemaRef) -> Option<Self> {
         let mut columns = Vec::new();
-        let mut binary = Vec::new();
         let fields: Vec<Field> = schema
             .fields()
             .iter()
-            .map(|f| match f.data_type() {
-                DataType::Decimal32(p, s)
-                | DataType::Decimal64(p, s)
-                | DataType::Decimal128(p, s)
-                | DataType::Decimal256(p, s)
-                    if *s >= 0 =>
-                {
-                    let wide = 76 - (*p as i8 - *s);
-                    columns.push((f.name().clone(), f.data_type().clone(), *p, *s, wide));
-                    f.as_ref().clone().with_data_type(DataType::Decimal256(76, wide))
+            .map(|f| match read_type(f.data_type()) {
+                Some(read) => {
+                    columns.push((f.name().clone(), f.data_type().clone(), read.clone()));
+                    f.as_ref().clone().with_data_type(read)
                 }
-                DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
-                    binary.push((f.name().clone(), f.data_type().clone()));
-                    f.as_ref().clone().with_data_type(DataType::Utf8)
-                }
-                _ => f.as_ref().clone(),
+                None => f.as_ref().clone(),
             })
             .collect();
-        (!columns.is_empty() || !binary.is_empty()).then(|| Self {
+        (!columns.is_empty()).then(|| Self {
             columns,
-            binary,
             read: Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
         })
-    }
-
-    /// A BYTEA column read as text, decoded; `None` when `column` is not
-    /// one (by name and read type).
-    fn decode_binary(
-        &self,
-        field: &Field,
-        column: &ArrayRef,
-    ) -> Option<std::result::Result<(Field, ArrayRef), ArrowError>> {
-        use datafusion::arrow::array::{AsArray, BinaryBuilder};
-        let (name, declared) = self
-            .binary
-            .iter()
-            .find(|(name, _)| name == field.name())
-            .filter(|_| column.data_type() == &DataType::Utf8)?;
-        let text = column.as_string::<i32>();
-        let mut out = BinaryBuilder::with_capacity(text.len(), text.value_data().len() / 2);
-        let mut bytes = Vec::new();
-        for v in text.iter() {
-            let Some(v) = v else {
-                out.append_null();
-                continue;
-            };
-            let digits = v.strip_prefix("\\x").unwrap_or(v).as_bytes();
-            bytes.clear();
-            let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-            let whole = digits.len() % 2 == 0
-                && digits.chunks(2).all(|pair| match (hex(pair[0]), hex(pair[1])) {
-                    (Some(hi), Some(lo)) => {
-                        bytes.push(hi << 4 | lo);
-                        true
-                    }
-                    _ => false,
-                });
-            if !whole {
-                let reason = format!(
-                    "column '{name}': {} is not bytes written in hex (BYTEA is read as two hex digits a byte, \
-                     as PostgreSQL writes it: \\x0a1b or 0a1b)",
-                    serde_json::Value::from(v)
-                );
-                return Some(Err(ArrowError::ExternalError(Box::new(BadValue(reason)))));
-            }
-            out.append_value(&bytes);
-        }
-        let decoded: ArrayRef = Arc::new(out.finish());
-        let decoded = match declared {
-            DataType::Binary => Ok(decoded),
-            other => datafusion::arrow::compute::cast(&decoded, other),
-        };
-        Some(decoded.map(|d| (field.as_ref().clone().with_data_type(declared.clone()), d)))
     }
 
     /// The schema to read with.
@@ -598,72 +575,213 @@ impl CheckedColumns {
     }
 
     /// A batch read with [`Self::read_schema`] (all its columns or some,
-    /// found by name) with its DECIMAL columns as declared; an error naming
-    /// the first value with more places than its column keeps.
+    /// found by name) with its DECIMAL and BYTEA values as declared; an
+    /// error naming the first value that is not one (more places than its
+    /// column keeps, or not hex).
     pub(super) fn narrow(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
-        use datafusion::arrow::array::{AsArray, Decimal256Array};
-        use datafusion::arrow::datatypes::{Decimal256Type, DecimalType, i256};
         let schema = batch.schema();
         let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        let ten = i256::from_i128(10);
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
-            if let Some(decoded) = self.decode_binary(field, column) {
-                let (field, column) = decoded?;
-                fields.push(field);
-                columns.push(column);
-                continue;
-            }
-            let wide = self
+            let checked = self
                 .columns
                 .iter()
-                .find(|(name, ..)| name == field.name())
-                .filter(|(.., wide)| column.data_type() == &DataType::Decimal256(76, *wide));
-            let Some((name, declared, p, s, wide)) = wide else {
-                fields.push(field.as_ref().clone());
-                columns.push(Arc::clone(column));
-                continue;
-            };
-            let values = column.as_primitive::<Decimal256Type>();
-            // 10^(wide - s) and 10^p fit: both at most 10^76 < 2^255.
-            let factor = ten.wrapping_pow((wide - s) as u32);
-            let limit = ten.wrapping_pow(u32::from(*p));
-            let mut narrowed = Vec::with_capacity(values.len());
-            for v in values.iter() {
-                let Some(v) = v else {
-                    narrowed.push(None);
-                    continue;
-                };
-                let n = v.wrapping_div(factor);
-                if v.wrapping_rem(factor) != i256::ZERO || n.wrapping_abs() >= limit {
-                    let written = Decimal256Type::format_decimal(v, 76, *wide);
-                    let written = match written.contains('.') {
-                        true => written.trim_end_matches('0').trim_end_matches('.').to_string(),
-                        false => written,
-                    };
-                    let reason = if n.wrapping_abs() >= limit {
-                        format!("column '{name}': {written} has more digits than {declared} holds")
-                    } else {
-                        format!(
-                            "column '{name}': {written} has more decimal places than {declared} keeps (it would be {})",
-                            Decimal256Type::format_decimal(n, *p, *s)
-                        )
-                    };
-                    return Err(ArrowError::ExternalError(Box::new(BadValue(reason))));
+                .find(|(name, _, read)| name == field.name() && column.data_type() == read);
+            match checked {
+                Some((name, declared, _)) => {
+                    columns.push(narrow_array(name, declared, column)?);
+                    fields.push(field.as_ref().clone().with_data_type(declared.clone()));
                 }
-                narrowed.push(Some(n));
+                None => {
+                    fields.push(field.as_ref().clone());
+                    columns.push(Arc::clone(column));
+                }
             }
-            let narrowed: ArrayRef =
-                Arc::new(Decimal256Array::from(narrowed).with_precision_and_scale((*p).min(76), *s)?);
-            let narrowed = match declared {
-                DataType::Decimal256(..) => narrowed,
-                // |n| < 10^p: it fits the declared width.
-                other => datafusion::arrow::compute::cast(&narrowed, other)?,
-            };
-            fields.push(field.as_ref().clone().with_data_type(declared.clone()));
-            columns.push(narrowed);
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    }
+}
+
+/// `array`, read as [`read_type`] of `declared`, as `declared`: its
+/// DECIMAL values checked and narrowed, its BYTEA values decoded, at any
+/// depth. `path` names the value in errors (`prices[]`, `bid.price`).
+fn narrow_array(
+    path: &str,
+    declared: &DataType,
+    array: &ArrayRef,
+) -> std::result::Result<ArrayRef, ArrowError> {
+    use datafusion::arrow::array::{
+        AsArray, FixedSizeListArray, LargeListArray, ListArray, MapArray, StructArray,
+    };
+    let item = |f: &FieldRef, values: &ArrayRef, path: String| -> std::result::Result<ArrayRef, ArrowError> {
+        narrow_array(&path, f.data_type(), values)
+    };
+    Ok(match declared {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s)
+            if *s >= 0 =>
+        {
+            narrow_decimal(path, declared, *p, *s, 76 - (*p as i8 - *s), array)?
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => decode_hex(path, declared, array)?,
+        DataType::List(f) => {
+            let list = array.as_list::<i32>();
+            let values = item(f, list.values(), format!("{path}[]"))?;
+            Arc::new(ListArray::try_new(
+                Arc::clone(f),
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            )?)
+        }
+        DataType::LargeList(f) => {
+            let list = array.as_list::<i64>();
+            let values = item(f, list.values(), format!("{path}[]"))?;
+            Arc::new(LargeListArray::try_new(
+                Arc::clone(f),
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            )?)
+        }
+        DataType::FixedSizeList(f, n) => {
+            let list = array.as_fixed_size_list();
+            let values = item(f, list.values(), format!("{path}[]"))?;
+            Arc::new(FixedSizeListArray::try_new(
+                Arc::clone(f),
+                *n,
+                values,
+                list.nulls().cloned(),
+            )?)
+        }
+        DataType::Struct(fields) => {
+            let st = array.as_struct();
+            let children = fields
+                .iter()
+                .zip(st.columns())
+                .map(|(f, c)| item(f, c, format!("{path}.{}", f.name())))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Arc::new(StructArray::try_new(
+                fields.clone(),
+                children,
+                st.nulls().cloned(),
+            )?)
+        }
+        DataType::Map(entries, sorted) => {
+            let map = array.as_map();
+            let DataType::Struct(fields) = entries.data_type() else {
+                return Ok(Arc::clone(array));
+            };
+            let pairs: ArrayRef = Arc::new(map.entries().clone());
+            let pairs = narrow_array(path, &DataType::Struct(fields.clone()), &pairs)?;
+            Arc::new(MapArray::try_new(
+                Arc::clone(entries),
+                map.offsets().clone(),
+                pairs.as_struct().clone(),
+                map.nulls().cloned(),
+                *sorted,
+            )?)
+        }
+        _ => Arc::clone(array),
+    })
+}
+
+/// A DECIMAL read as `DECIMAL(76, wide)`, as declared (`DECIMAL(p, s)`),
+/// or an error naming the first value with more places, or more digits,
+/// than the column keeps.
+fn narrow_decimal(
+    name: &str,
+    declared: &DataType,
+    p: u8,
+    s: i8,
+    wide: i8,
+    column: &ArrayRef,
+) -> std::result::Result<ArrayRef, ArrowError> {
+    use datafusion::arrow::array::{AsArray, Decimal256Array};
+    use datafusion::arrow::datatypes::{Decimal256Type, DecimalType, i256};
+    let ten = i256::from_i128(10);
+    let values = column.as_primitive::<Decimal256Type>();
+    // 10^(wide - s) and 10^p fit: both at most 10^76 < 2^255.
+    let factor = ten.wrapping_pow((wide - s) as u32);
+    let limit = ten.wrapping_pow(u32::from(p));
+    let mut narrowed = Vec::with_capacity(values.len());
+    for v in values.iter() {
+        let Some(v) = v else {
+            narrowed.push(None);
+            continue;
+        };
+        let n = v.wrapping_div(factor);
+        if v.wrapping_rem(factor) != i256::ZERO || n.wrapping_abs() >= limit {
+            let written = Decimal256Type::format_decimal(v, 76, wide);
+            let written = match written.contains('.') {
+                true => written.trim_end_matches('0').trim_end_matches('.').to_string(),
+                false => written,
+            };
+            let reason = if n.wrapping_abs() >= limit {
+                format!("column '{name}': {written} has more digits than {declared} holds")
+            } else {
+                format!(
+                    "column '{name}': {written} has more decimal places than {declared} keeps (it would be {})",
+                    Decimal256Type::format_decimal(n, p, s)
+                )
+            };
+            return Err(ArrowError::ExternalError(Box::new(BadValue(reason))));
+        }
+        narrowed.push(Some(n));
+    }
+    let narrowed: ArrayRef =
+        Arc::new(Decimal256Array::from(narrowed).with_precision_and_scale(p.min(76), s)?);
+    Ok(match declared {
+        DataType::Decimal256(..) => narrowed,
+        // |n| < 10^p: it fits the declared width.
+        other => datafusion::arrow::compute::cast(&narrowed, other)?,
+    })
+}
+
+/// A BYTEA read as text, decoded as hex, as PostgreSQL writes bytes
+/// (`\x0a1b`, or `0a1b`); an error naming the first value that is not
+/// whole hex bytes.
+fn decode_hex(
+    name: &str,
+    declared: &DataType,
+    column: &ArrayRef,
+) -> std::result::Result<ArrayRef, ArrowError> {
+    use datafusion::arrow::array::{AsArray, BinaryBuilder};
+    let text = column.as_string::<i32>();
+    let mut out = BinaryBuilder::with_capacity(text.len(), text.value_data().len() / 2);
+    let mut bytes = Vec::new();
+    for v in text.iter() {
+        let Some(v) = v else {
+            out.append_null();
+            continue;
+        };
+        let digits = v.strip_prefix("\\x").unwrap_or(v).as_bytes();
+        bytes.clear();
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let whole = digits.len() % 2 == 0
+            && digits.chunks(2).all(|pair| match (hex(pair[0]), hex(pair[1])) {
+                (Some(hi), Some(lo)) => {
+                    bytes.push(hi << 4 | lo);
+                    true
+                }
+                _ => false,
+            });
+        if !whole {
+            let reason = format!(
+                "column '{name}': {} is not bytes written in hex (BYTEA is read as two hex digits a byte, \
+                 as PostgreSQL writes it: \\x0a1b or 0a1b)",
+                serde_json::Value::from(v)
+            );
+            return Err(ArrowError::ExternalError(Box::new(BadValue(reason))));
+        }
+        out.append_value(&bytes);
+    }
+    let decoded: ArrayRef = Arc::new(out.finish());
+    match declared {
+        DataType::Binary => Ok(decoded),
+        other => datafusion::arrow::compute::cast(&decoded, other),
     }
 }
 
