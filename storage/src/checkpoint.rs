@@ -181,7 +181,10 @@ impl Checkpoint {
             epoch: None,
             reason: e.to_string(),
         })?;
-        self.loc.put_if_absent(METADATA, Bytes::from(bytes)).await
+        self.loc.put_if_absent(METADATA, Bytes::from(bytes)).await?;
+        // On the disk before any epoch: an empty `metadata.json` after a
+        // power cut would refuse every later run.
+        self.loc.sync().await
     }
 
     /// Replaces `metadata.json` (an operator's explicit choice, e.g. starting
@@ -192,7 +195,8 @@ impl Checkpoint {
             epoch: None,
             reason: e.to_string(),
         })?;
-        self.loc.put(METADATA, Bytes::from(bytes)).await
+        self.loc.put(METADATA, Bytes::from(bytes)).await?;
+        self.loc.sync().await
     }
 
     /// Deletes every operator's state file for `epoch` (an abandoned,

@@ -48,6 +48,31 @@ pub struct Location {
     /// Identifies the store (scheme, bucket or root, options) for checks
     /// made once per store.
     store_id: String,
+    /// A local folder's root and its file system's device, for
+    /// [`Location::sync`] (`None`: a store whose writes are durable when
+    /// they return, as S3's are).
+    local_root: Option<Arc<(std::path::PathBuf, u64)>>,
+}
+
+/// Flushes the file system holding `dir` to its disk.
+fn sync_file_system(dir: &std::path::Path) -> std::io::Result<()> {
+    let folder = std::fs::File::open(dir)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `folder` is an open file for the whole call.
+        if unsafe { libc::syncfs(folder.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No syncfs: everything, then the folder itself.
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        folder.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The file a local write's temporary (`<name>#<n>`) was to become.
@@ -117,11 +142,12 @@ impl Location {
         options.check_weir_keys().map_err(&invalid)?;
         let policy = RetryPolicy::from_options(options).map_err(&invalid)?;
         let faults = FaultConfig::from_options(options).map_err(&invalid)?;
+        let mut local_root = None;
         let (store, prefix, url, root): (Arc<dyn ObjectStore>, Path, String, String) = match location
             .split_once("://")
         {
-            None => Self::open_local(location, create)?,
-            Some(("file", rest)) => Self::open_local(rest, create)?,
+            None => Self::open_local(location, create, &mut local_root)?,
+            Some(("file", rest)) => Self::open_local(rest, create, &mut local_root)?,
             Some(("memory", rest)) => {
                 let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let store = MEMORY_STORES
@@ -168,10 +194,15 @@ impl Location {
             prefix,
             url,
             store_id: format!("{root}#{:016x}", options.digest()),
+            local_root,
         })
     }
 
-    fn open_local(path: &str, create: Create) -> Result<(Arc<dyn ObjectStore>, Path, String, String)> {
+    fn open_local(
+        path: &str,
+        create: Create,
+        local_root: &mut Option<Arc<(std::path::PathBuf, u64)>>,
+    ) -> Result<(Arc<dyn ObjectStore>, Path, String, String)> {
         let invalid = |reason: String| Error::InvalidLocation {
             location: path.to_string(),
             reason,
@@ -190,6 +221,13 @@ impl Location {
         let abs = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
         let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| invalid(e.to_string()))?;
         let url = format!("file://{}", abs.display());
+        #[cfg(unix)]
+        let device = std::os::unix::fs::MetadataExt::dev(
+            &std::fs::metadata(&abs).map_err(|e| invalid(e.to_string()))?,
+        );
+        #[cfg(not(unix))]
+        let device = 0;
+        *local_root = Some(Arc::new((abs.clone(), device)));
         Ok((Arc::new(store), Path::default(), url.clone(), url))
     }
 
@@ -205,6 +243,7 @@ impl Location {
             prefix: Path::from(prefix),
             store_id: url.clone(),
             url,
+            local_root: None,
         }
     }
 
@@ -265,6 +304,47 @@ impl Location {
         found
     }
 
+    /// Makes what was written to this location so far durable: a local
+    /// folder's file system is flushed to its disk (`syncfs`), so that a
+    /// power cut or a kernel crash after this returns loses none of it.
+    /// (A write returns once the file is in the page cache: without this,
+    /// a power cut seconds after a committed epoch left its commit, state
+    /// and published sink files empty.) Other stores' writes are durable
+    /// when they return; for them this does nothing.
+    ///
+    /// One call flushes the whole file system, not file by file: an epoch
+    /// writes tens of files, and each `fsync` on ext4 waits for its own
+    /// journal commit.
+    pub async fn sync(&self) -> Result<()> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let url = self.url.clone();
+        let synced = tokio::task::spawn_blocking(move || sync_file_system(&root.0))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        synced.map_err(|e| Error::Store {
+            op: "syncing to disk",
+            url,
+            error: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        })
+    }
+
+    /// Whether one [`Location::sync`] flushes both locations: local
+    /// folders on one file system (`false` for stores that need none).
+    pub fn syncs_with(&self, other: &Location) -> bool {
+        matches!((&self.local_root, &other.local_root), (Some(a), Some(b)) if a.1 == b.1)
+    }
+
+    /// Whether [`Location::sync`] has anything to do here.
+    pub fn needs_sync(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// A sub-folder.
     pub fn child(&self, name: &str) -> Location {
         Location {
@@ -274,6 +354,7 @@ impl Location {
             prefix: self.path(name),
             url: self.url_of(name),
             store_id: self.store_id.clone(),
+            local_root: self.local_root.clone(),
         }
     }
 
@@ -551,6 +632,39 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
         assert_eq!(&loc.get("c/1.json").await.unwrap().unwrap()[..], b"a");
+    }
+
+    /// A local folder is flushed to its disk (one `syncfs` for folders on
+    /// one file system); a store whose writes are durable needs nothing,
+    /// and a folder that is gone is an error naming it.
+    #[tokio::test]
+    async fn a_local_folder_syncs_and_other_stores_need_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ck");
+        let loc = Location::open(root.to_str().unwrap(), &StoreOptions::default(), Create::Yes).unwrap();
+        loc.put_if_absent("commits/1.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert!(loc.needs_sync());
+        loc.sync().await.unwrap();
+        let child = loc.child("commits");
+        assert!(child.needs_sync() && child.syncs_with(&loc));
+        let other = Location::open(
+            dir.path().join("out").to_str().unwrap(),
+            &StoreOptions::default(),
+            Create::Yes,
+        )
+        .unwrap();
+        assert!(other.syncs_with(&loc), "one file system");
+        let memory = Location::open("memory://sync-test/x", &StoreOptions::default(), Create::Yes).unwrap();
+        assert!(!memory.needs_sync() && !memory.syncs_with(&loc) && !loc.syncs_with(&memory));
+        memory.sync().await.unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        let err = loc.sync().await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("syncing to disk file://") && err.contains("/ck"),
+            "{err}"
+        );
     }
 
     #[test]

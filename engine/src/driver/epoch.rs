@@ -903,6 +903,9 @@ impl StreamingJob {
             .map(|(n, s)| (n.clone(), s.last_data_ms))
             .collect();
         self.lease.check(&format!("committing epoch {epoch}")).await?;
+        // What the commit names (offsets, state, staged sink files and
+        // their manifests) reaches the disk before the commit does.
+        self.sync_stores().await?;
         let written = self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
                 "{url} was committed by another process: two processes are running this job on the same checkpoint"
@@ -916,6 +919,28 @@ impl StreamingJob {
         Ok(written)
     }
 
+    /// Flushes the local file systems of the checkpoint and of the sinks,
+    /// each once ([`weir_storage::Location::sync`]).
+    async fn sync_stores(&self) -> Result<()> {
+        let locations = std::iter::once(self.checkpoint.location())
+            .chain(
+                self.pipelines
+                    .iter()
+                    .filter_map(|p| p.sink.files())
+                    .map(|f| f.location()),
+            )
+            .chain(self.side_sinks().map(|s| s.location()));
+        let mut synced: Vec<&weir_storage::Location> = Vec::new();
+        for loc in locations {
+            if !loc.needs_sync() || synced.iter().any(|s| s.syncs_with(loc)) {
+                continue;
+            }
+            loc.sync().await?;
+            synced.push(loc);
+        }
+        Ok(())
+    }
+
     /// Step 8: each sink makes the committed epoch's output visible; now and
     /// then, old checkpoint files go.
     async fn publish(&self, epoch: u64) -> Result<()> {
@@ -927,6 +952,11 @@ impl StreamingJob {
         for s in self.side_sinks() {
             s.publish(epoch).await?;
         }
+        // The commit and the files it published reach the disk before the
+        // next epoch writes anything (a later offsets entry on the disk
+        // without this commit would be a log ahead by two epochs), and
+        // before the run says it is done.
+        self.sync_stores().await?;
         self.hooks.reached(Step::Published, epoch)?;
         // Often enough that a checkpoint never holds more than twice what
         // it retains (a small `checkpoint.retain_epochs` prunes each time),
