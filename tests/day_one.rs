@@ -969,6 +969,29 @@ fn errors_a_user_can_act_on() {
             "{e}"
         );
     }
+    // A folder (or wildcard) of CSV files with different headers: read by
+    // position under one file's header, `n,id` values landed in `id,n`.
+    ws.write("h/x.csv", "id,n\n1,10\n");
+    ws.write("h/y.csv", "n,id\n20,2\n");
+    for path in ["h/", "h/*.csv"] {
+        let e = ws
+            .weir(&["query", &format!("SELECT id, n FROM '{path}'")])
+            .fails()
+            .stderr();
+        assert!(
+            e.contains(&format!(
+                "'{path}': its CSV files list different columns (x.csv has id,n; y.csv has n,id)"
+            )),
+            "{e}"
+        );
+    }
+    // The same header, quoted or not: read.
+    ws.write("h/y.csv", "\"id\",n\r\n2,20\r\n");
+    let out = ws
+        .weir(&["query", "--format", "csv", "SELECT id, n FROM 'h/' ORDER BY id"])
+        .ok()
+        .stdout();
+    assert_eq!(out, "id,n\n1,10\n2,20\n");
     // An object store that cannot be reached says so, not "no such file".
     let e = ws
         .weir_env(

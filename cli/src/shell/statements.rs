@@ -214,6 +214,7 @@ impl Shell {
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
         for r in weir_sql::statement::table_references(sql)? {
             check_glob(r.table())?;
+            check_csv_headers(r.table())?;
         }
         let ctx = match &self.cluster {
             Some(_) => batch::cluster_context(self.settings.threads, &self.store_options),
@@ -819,6 +820,105 @@ pub(super) fn check_glob(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A local CSV folder (or `folder/*.csv`) whose files' headers differ:
+/// DataFusion reads every file of a folder by position under one file's
+/// header, so a file listing `n,id` where another lists `id,n` had its
+/// values swapped into the other's columns, with no word. Refused, naming
+/// two files that differ. (An object store's folder is not checked.)
+pub(super) fn check_csv_headers(name: &str) -> Result<()> {
+    // Only paths: a plain name is a declared table or view.
+    if name.contains("://") && !name.starts_with("file://") || !name.contains(['/', '.']) {
+        return Ok(());
+    }
+    let local = std::path::Path::new(name.strip_prefix("file://").unwrap_or(name));
+    let (folder, pattern) = if local.is_dir() {
+        (local.to_path_buf(), None)
+    } else {
+        let file = local.file_name().map(|f| f.to_string_lossy().into_owned());
+        match (local.parent(), file) {
+            (Some(parent), Some(file)) if file.contains(['*', '?']) && !file.contains('[') => {
+                (parent.to_path_buf(), Some(file))
+            }
+            _ => return Ok(()),
+        }
+    };
+    let mut files = Vec::new();
+    csv_files(&folder, pattern.as_deref(), &mut files);
+    files.sort();
+    let mut first: Option<(std::path::PathBuf, Vec<String>)> = None;
+    for file in files {
+        let Some(header) = csv_header(&file) else { continue };
+        match &first {
+            None => first = Some((file, header)),
+            Some((f0, h0)) if *h0 != header => {
+                let shown = |f: &std::path::Path| f.strip_prefix(&folder).unwrap_or(f).display().to_string();
+                bail!(
+                    "'{name}': its CSV files list different columns ({} has {}; {} has {}), and a query over \
+                     a folder reads every file by position under one file's header, so values would land in \
+                     the wrong columns. Query the files one by one (SELECT ... FROM '{}' UNION ALL SELECT ... FROM \
+                     '{}'), or give them one header",
+                    shown(f0),
+                    h0.join(","),
+                    shown(&file),
+                    header.join(","),
+                    f0.display(),
+                    file.display()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The `.csv` files in `folder` (not its subfolders: a query of a folder
+/// reads none), those whose name matches `pattern` (`*`, `?`) if given;
+/// hidden (`.`, `_`) ones left out.
+fn csv_files(folder: &std::path::Path, pattern: Option<&str>, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        if file.starts_with(['.', '_']) {
+            continue;
+        }
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_file()
+            && match pattern {
+                Some(p) => wildcard_match(p.as_bytes(), file.as_bytes()),
+                None => file.to_ascii_lowercase().ends_with(".csv"),
+            }
+        {
+            out.push(e.path());
+        }
+    }
+}
+
+/// Whether `name` matches `pattern` (`*`: any run, `?`: one character).
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..])),
+        (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
+        (Some(a), Some(b)) if a == b => wildcard_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// A CSV file's header: its first line's names, unquoted and trimmed
+/// (`None` for an empty or unreadable file).
+fn csv_header(file: &std::path::Path) -> Option<Vec<String>> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    std::io::BufReader::new(std::fs::File::open(file).ok()?.take(1 << 20))
+        .read_line(&mut line)
+        .ok()?;
+    let line = line.trim_start_matches('\u{feff}').trim_end_matches(['\n', '\r']);
+    (!line.is_empty()).then(|| {
+        line.split(',')
+            .map(|c| c.trim().trim_matches('"').to_string())
+            .collect()
+    })
 }
 
 /// [`weir_sql::statement::check_set_quantifiers_in`] for a batch query: its
