@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::arrow_writer::{
-    ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
+    ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, ArrowWriterOptions,
+    compute_leaves,
 };
 use datafusion::parquet::arrow::{ArrowSchemaConverter, ArrowWriter, add_encoded_arrow_schema_to_metadata};
 use datafusion::parquet::basic::{Compression, LogicalType, Type as PhysicalType};
@@ -128,7 +129,7 @@ pub fn encode(
     batches: &[RecordBatch],
     metadata: &BTreeMap<String, String>,
 ) -> Result<PutPayload> {
-    encode_with(url, schema, batches, metadata, false)
+    encode_with(url, schema, batches, metadata, Kind::Plain)
 }
 
 /// [`encode`] on up to `threads` threads: each row group's columns are
@@ -144,7 +145,7 @@ pub fn encode_parallel(
     metadata: &BTreeMap<String, String>,
     threads: usize,
 ) -> Result<PutPayload> {
-    encode_parallel_with(url, schema, batches, metadata, threads, false)
+    encode_parallel_with(url, schema, batches, metadata, threads, Kind::Plain)
 }
 
 /// [`encode_parallel`] for a sink's output file: every top-level column is
@@ -164,7 +165,7 @@ pub fn encode_sink_parallel(
 ) -> Result<PutPayload> {
     let nullable = all_nullable(schema);
     if &nullable == schema {
-        return encode_parallel(url, schema, batches, metadata, threads);
+        return encode_parallel_with(url, schema, batches, metadata, threads, Kind::Sink);
     }
     let batches = batches
         .iter()
@@ -176,7 +177,7 @@ pub fn encode_sink_parallel(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    encode_parallel(url, &nullable, &batches, metadata, threads)
+    encode_parallel_with(url, &nullable, &batches, metadata, threads, Kind::Sink)
 }
 
 /// `schema` with every top-level field nullable (metadata kept).
@@ -206,7 +207,7 @@ pub fn encode_state_parallel(
     metadata: &BTreeMap<String, String>,
     threads: usize,
 ) -> Result<PutPayload> {
-    encode_parallel_with(url, schema, batches, metadata, threads, true)
+    encode_parallel_with(url, schema, batches, metadata, threads, Kind::State)
 }
 
 fn encode_parallel_with(
@@ -215,11 +216,12 @@ fn encode_parallel_with(
     batches: &[RecordBatch],
     metadata: &BTreeMap<String, String>,
     threads: usize,
-    state: bool,
+    kind: Kind,
 ) -> Result<PutPayload> {
+    let state = kind == Kind::State;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if threads <= 1 || rows < PARALLEL_MIN_ROWS || schema.fields().len() < 2 {
-        return encode_with(url, schema, batches, metadata, state);
+        return encode_with(url, schema, batches, metadata, kind);
     }
     let err = |e: &dyn std::fmt::Display| Error::Parquet {
         url: url.to_string(),
@@ -227,8 +229,8 @@ fn encode_parallel_with(
     };
     let mut props = properties(schema, metadata, state);
     // What ArrowWriter adds: the Arrow schema, so that readers get the
-    // exact types back (time zones, views).
-    add_encoded_arrow_schema_to_metadata(schema, &mut props);
+    // exact types back (time zones, units).
+    add_encoded_arrow_schema_to_metadata(&arrow_hint(schema, kind), &mut props);
     let props = Arc::new(props);
     let parquet_schema = ArrowSchemaConverter::new()
         .with_coerce_types(props.coerce_types())
@@ -322,6 +324,53 @@ fn encode_parallel_with(
     Ok(buf.finish())
 }
 
+/// What a Parquet file is, for how it is encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A sink's output, read by any tool.
+    Sink,
+    /// A file Weir reads back as it wrote it (a lookup table's snapshot).
+    Plain,
+    /// An operator's state ([`encode_state`]).
+    State,
+}
+
+/// The Arrow schema a file carries for readers (`ARROW:schema`): a sink
+/// file's with DataFusion's string and binary views as plain strings and
+/// binaries, at any depth. The Parquet columns are the same either way;
+/// the hint only says what a reader builds. Told "string_view", pyarrow
+/// built tables it could not sort, filter, take from, join or write as
+/// CSV, nor concatenate with its own strings. (DataFusion, and so Weir,
+/// reads text as views whatever the hint says.) Files Weir alone reads
+/// keep the types as they are.
+fn arrow_hint(schema: &SchemaRef, kind: Kind) -> Schema {
+    fn plain(t: &DataType) -> DataType {
+        let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(plain(f.data_type())));
+        match t {
+            DataType::Utf8View => DataType::Utf8,
+            DataType::BinaryView => DataType::Binary,
+            DataType::List(f) => DataType::List(field(f)),
+            DataType::ListView(f) => DataType::List(field(f)),
+            DataType::LargeList(f) => DataType::LargeList(field(f)),
+            DataType::LargeListView(f) => DataType::LargeList(field(f)),
+            DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+            DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+            DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+            DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(plain(v))),
+            other => other.clone(),
+        }
+    }
+    if kind != Kind::Sink {
+        return schema.as_ref().clone();
+    }
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| Arc::new(f.as_ref().clone().with_data_type(plain(f.data_type()))))
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
 /// One column's writer and its arrays, taken by the thread that encodes it.
 type ColumnJob = (ArrowColumnWriter, Vec<ArrowLeafColumn>);
 
@@ -344,7 +393,7 @@ pub fn encode_state(
     batches: &[RecordBatch],
     metadata: &BTreeMap<String, String>,
 ) -> Result<PutPayload> {
-    encode_with(url, schema, batches, metadata, true)
+    encode_with(url, schema, batches, metadata, Kind::State)
 }
 
 fn encode_with(
@@ -352,15 +401,21 @@ fn encode_with(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     metadata: &BTreeMap<String, String>,
-    state: bool,
+    kind: Kind,
 ) -> Result<PutPayload> {
+    let state = kind == Kind::State;
     let err = |e: &dyn std::fmt::Display| Error::Parquet {
         url: url.to_string(),
         reason: format!("cannot encode as Parquet: {e}"),
     };
-    let props = properties(schema, metadata, state);
+    let mut props = properties(schema, metadata, state);
+    add_encoded_arrow_schema_to_metadata(&arrow_hint(schema, kind), &mut props);
     let mut buf = Chunks::default();
-    let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(schema), Some(props)).map_err(|e| err(&e))?;
+    let options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    let mut writer =
+        ArrowWriter::try_new_with_options(&mut buf, Arc::clone(schema), options).map_err(|e| err(&e))?;
     for batch in batches {
         writer.write(batch).map_err(|e| err(&e))?;
     }
@@ -727,6 +782,75 @@ mod tests {
                 .value(0)
                 .is_nan()
         );
+    }
+
+    /// A sink file tells readers its views are plain strings and binaries
+    /// (pyarrow could not sort or filter a "string_view" table), on one
+    /// thread or many; the values are the same. A state file keeps views.
+    #[test]
+    fn sink_files_hint_plain_strings_for_views() {
+        use datafusion::arrow::array::{
+            Array, AsArray, BinaryViewArray, ListBuilder, StringViewArray, StringViewBuilder,
+        };
+        let n = PARALLEL_MIN_ROWS + 10;
+        let text: StringViewArray = (0..n)
+            .map(|i| (i % 3 != 0).then(|| format!("text-{i}")))
+            .collect();
+        let bytes: BinaryViewArray = (0..n).map(|i| Some(vec![i as u8; i % 4])).collect();
+        let mut list = ListBuilder::new(StringViewBuilder::new());
+        for i in 0..n {
+            list.values().append_value(format!("item-{i}"));
+            list.append(i % 5 != 0);
+        }
+        let b = RecordBatch::try_from_iter(vec![
+            ("s", Arc::new(text) as ArrayRef),
+            ("b", Arc::new(bytes) as ArrayRef),
+            ("l", Arc::new(list.finish()) as ArrayRef),
+        ])
+        .unwrap();
+        let sink = |threads| {
+            contiguous(
+                &encode_sink_parallel(
+                    "x",
+                    &b.schema(),
+                    std::slice::from_ref(&b),
+                    &BTreeMap::new(),
+                    threads,
+                )
+                .unwrap(),
+            )
+        };
+        let (one, many) = (sink(1), sink(2));
+        assert!(one == many, "two threads wrote another file");
+        // As a reader that follows the hint (pyarrow, arrow-rs) reads it.
+        let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(one)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        let schema = read[0].schema();
+        assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
+        assert_eq!(schema.field(1).data_type(), &DataType::Binary);
+        assert_eq!(
+            schema.field(2).data_type(),
+            &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+        );
+        let read = datafusion::arrow::compute::concat_batches(&schema, &read).unwrap();
+        let strings = read.column(0).as_string::<i32>();
+        assert_eq!(strings.len(), n);
+        assert!(
+            strings.is_null(0)
+                && strings.value(1) == "text-1"
+                && strings.value(n - 1) == format!("text-{}", n - 1)
+        );
+        assert_eq!(read.column(1).as_binary::<i32>().value(3), [3u8, 3, 3]);
+        let lists = read.column(2).as_list::<i32>();
+        assert!(lists.is_null(0) && lists.value(1).as_string::<i32>().value(0) == "item-1");
+        let state =
+            contiguous(&encode_state("x", &b.schema(), std::slice::from_ref(&b), &BTreeMap::new()).unwrap());
+        let state = ParquetRecordBatchReaderBuilder::try_new(state).unwrap();
+        assert_eq!(state.schema().field(0).data_type(), &DataType::Utf8View);
     }
 
     #[test]
