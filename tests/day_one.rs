@@ -985,6 +985,14 @@ fn errors_a_user_can_act_on() {
             "{e}"
         );
     }
+    // Parquet files under a wildcard are no CSV.
+    ws.write("h/z.parquet", "PAR1 not read");
+    let e = ws
+        .weir(&["query", "SELECT * FROM 'h/*.parquet'"])
+        .fails()
+        .stderr();
+    assert!(!e.contains("CSV"), "{e}");
+    std::fs::remove_file(ws.path("h/z.parquet")).unwrap();
     // The same header, quoted or not: read.
     ws.write("h/y.csv", "\"id\",n\r\n2,20\r\n");
     let out = ws

@@ -1843,3 +1843,101 @@ fn an_unparenthesized_is_not_distinct_from_and_is_refused_in_words() {
     ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
     assert_eq!(sink_rows(&ws.path("o")).len(), 2);
 }
+
+/// Sink files tell other readers their text is plain strings (pyarrow
+/// could not sort or filter a table it read as "string_view"), and a
+/// folder holding files that say views (Weir's before) and files that say
+/// strings (Weir's now, pyarrow's) is read whole, by `weir query` and by a
+/// declared sink; files whose columns really disagree are named.
+#[test]
+fn a_folder_of_view_and_plain_string_files_reads_whole() {
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::array::{
+        ArrayRef, Int32Array, Int64Array, ListArray, StringArray, StringViewArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::sync::Arc;
+    let ws = Workspace::new();
+    ws.write("in/a.csv", "id,s\n1,a\n2,b\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE src (id BIGINT, s VARCHAR) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO out SELECT id, s, ARRAY[s] AS l FROM src;",
+    );
+    ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+    let files = parquet_files(&ws.path("out"));
+    assert_eq!(files.len(), 1);
+    let file = std::fs::File::open(&files[0]).unwrap();
+    let schema = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .schema()
+        .clone();
+    assert_eq!(schema.field_with_name("s").unwrap().data_type(), &DataType::Utf8);
+    assert_eq!(
+        schema.field_with_name("l").unwrap().data_type().to_string(),
+        "List(Utf8)"
+    );
+    // A file as Weir wrote them before, with views, beside it.
+    let write = |path: &str, columns: Vec<(&str, ArrayRef)>| {
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let file = std::fs::File::create(ws.path(path)).unwrap();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    };
+    let view_list = {
+        let mut b =
+            datafusion::arrow::array::ListBuilder::new(datafusion::arrow::array::StringViewBuilder::new());
+        b.values().append_value("c");
+        b.append(true);
+        b.finish()
+    };
+    write(
+        "out/older.parquet",
+        vec![
+            ("id", Arc::new(Int64Array::from(vec![3])) as ArrayRef),
+            ("s", Arc::new(StringViewArray::from(vec!["c"])) as ArrayRef),
+            ("l", Arc::new(view_list) as ArrayRef),
+        ],
+    );
+    let query = |sql: &str| ws.weir(&["query", "--format", "csv", sql]);
+    let want = "id,s,l\n1,a,[a]\n2,b,[b]\n3,c,[c]\n";
+    assert_eq!(query("SELECT * FROM 'out/' ORDER BY id").ok().stdout(), want);
+    assert_eq!(
+        query("SELECT * FROM 'out/*.parquet' ORDER BY id").ok().stdout(),
+        want
+    );
+    let shell = ws
+        .weir_input(
+            &["--format", "csv", "-f", "-"],
+            "CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');\nSELECT * FROM out ORDER BY id;\n",
+        )
+        .ok()
+        .stdout();
+    assert!(shell.contains(want), "{shell}");
+    // Columns that disagree: the two files named.
+    std::fs::create_dir_all(ws.path("odd")).unwrap();
+    let ints = ListArray::from_iter_primitive::<Int64Type, _, _>(vec![Some(vec![Some(1)])]);
+    write(
+        "odd/a.parquet",
+        vec![
+            ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("l", Arc::new(ints) as ArrayRef),
+        ],
+    );
+    write(
+        "odd/b.parquet",
+        vec![
+            ("id", Arc::new(Int32Array::from(vec![2])) as ArrayRef),
+            ("l", Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
+        ],
+    );
+    let e = query("SELECT * FROM 'odd/'").fails().stderr();
+    assert!(
+        e.contains("the files of") && e.contains("odd/a.parquet and ") && e.contains("odd/b.parquet"),
+        "{e}"
+    );
+}

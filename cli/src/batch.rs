@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -98,34 +99,146 @@ pub async fn sink_table(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptio
     };
     let table_url = ListingTableUrl::parse(&url)?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(table_url).with_listing_options(options);
+    let config = ListingTableConfig::new(table_url.clone()).with_listing_options(options);
     let config = match &decl.schema {
         Some(schema) => config.with_schema(Arc::clone(schema)),
         None => {
-            let inferred = config.infer_schema(&ctx.state()).await.map_err(|e| {
-                if e.to_string().contains("No files found") {
-                    anyhow::anyhow!(
-                        "'{}' has no committed output yet, so its columns are not known",
-                        decl.name
-                    )
-                } else {
-                    anyhow::anyhow!(weir_sql::strip_df(&e))
-                }
-            })?;
+            let Some(schema) = parquet_schema(ctx, &table_url).await? else {
+                bail!(
+                    "'{}' has no committed output yet, so its columns are not known",
+                    decl.name
+                );
+            };
             // Every column nullable: a column the query added (or dropped)
             // is missing from the older (newer) files and read as NULL,
             // whatever a file written by an earlier Weir declared (see
             // `codec::encode_sink_parallel`).
-            match inferred.file_schema.as_ref() {
-                Some(s) => {
-                    let relaxed = weir_storage::codec::all_nullable(s);
-                    inferred.with_schema(relaxed)
-                }
-                None => inferred,
-            }
+            config.with_schema(weir_storage::codec::all_nullable(&schema))
         }
     };
     Ok(ListingTable::try_new(config)?)
+}
+
+/// The schema of the Parquet files a folder (or file, or wildcard) URL
+/// lists, each file's strings and binaries made DataFusion's views, at any
+/// depth, before the files' schemas are merged; `None` when it lists no
+/// Parquet file. DataFusion merges the files' own schemas first and makes
+/// views of the result after, so a folder holding a file that says its
+/// text is `Utf8View` (Weir's sink files before 0.1 of session 61) and one
+/// that says `Utf8` (Weir's since, pyarrow's, Spark's) could not be read:
+/// "Fail to merge schema field 's' because the from data_type = Utf8 does
+/// not equal Utf8View". A conflict that remains (a column `BIGINT` in one
+/// file and `INT` in another) names two files that disagree.
+pub async fn parquet_schema(ctx: &SessionContext, url: &ListingTableUrl) -> Result<Option<SchemaRef>> {
+    let files = parquet_files(ctx, url).await?;
+    files_schema(ctx, url, files).await
+}
+
+/// The Parquet files a URL lists, in name order.
+async fn parquet_files(ctx: &SessionContext, url: &ListingTableUrl) -> Result<Vec<object_store::ObjectMeta>> {
+    use futures::TryStreamExt;
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let mut files: Vec<object_store::ObjectMeta> = url
+        .list_all_files(&state, store.as_ref(), ".parquet")
+        .await?
+        .try_collect()
+        .await?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
+}
+
+/// [`parquet_schema`] of listed files.
+async fn files_schema(
+    ctx: &SessionContext,
+    url: &ListingTableUrl,
+    files: Vec<object_store::ObjectMeta>,
+) -> Result<Option<SchemaRef>> {
+    use datafusion::datasource::file_format::FileFormat;
+    use futures::{StreamExt, TryStreamExt};
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let state = ctx.state();
+    let store = state.runtime_env().object_store(url)?;
+    let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+    let (state, store, format) = (&state, &store, &format);
+    let schemas: Vec<(String, Schema)> = futures::stream::iter(files)
+        .map(|file| async move {
+            let schema = format
+                .infer_schema(state, store, std::slice::from_ref(&file))
+                .await?;
+            let fields: Vec<FieldRef> = schema.fields().iter().map(as_views).collect();
+            Ok::<_, datafusion::error::DataFusionError>((file.location.to_string(), Schema::new(fields)))
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let mut merged: Option<(String, Schema)> = None;
+    for (file, schema) in schemas {
+        merged = Some(match merged {
+            None => (file, schema),
+            Some((first, so_far)) => match Schema::try_merge([so_far, schema.clone()]) {
+                Ok(m) => (first, m),
+                Err(e) => bail!(
+                    "the files of '{url}' disagree on their columns ({first} and {file}): {}; query them one by one",
+                    weir_sql::strip_df(&e.into())
+                ),
+            },
+        });
+    }
+    Ok(merged.map(|(_, s)| Arc::new(s)))
+}
+
+/// `field` with its strings and binaries as views, at any depth (how
+/// DataFusion reads them).
+fn as_views(field: &FieldRef) -> FieldRef {
+    fn views(t: &DataType) -> DataType {
+        match t {
+            DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+            DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+            DataType::List(f) => DataType::List(as_views(f)),
+            DataType::LargeList(f) => DataType::LargeList(as_views(f)),
+            DataType::FixedSizeList(f, n) => DataType::FixedSizeList(as_views(f), *n),
+            DataType::Struct(fields) => DataType::Struct(fields.iter().map(as_views).collect()),
+            DataType::Map(f, sorted) => DataType::Map(Arc::clone(f), *sorted),
+            other => other.clone(),
+        }
+    }
+    Arc::new(field.as_ref().clone().with_data_type(views(field.data_type())))
+}
+
+/// A quoted path a batch query names (`'out/'`, `'s3://b/x/*.parquet'`)
+/// that lists Parquet files, registered under that name as a table with
+/// [`parquet_schema`]'s columns, so DataFusion's own reading of the path
+/// (which cannot merge a view with a plain string) is not used. Other
+/// paths (CSV, JSON, a single file, one it cannot list) are left to it.
+pub async fn register_parquet_path(ctx: &SessionContext, reference: &TableReference) -> Result<()> {
+    let TableReference::Bare { table } = reference else {
+        return Ok(());
+    };
+    let name = table.as_ref();
+    if !(name.contains('/') || name.ends_with(".parquet")) {
+        return Ok(());
+    }
+    let Ok(url) = ListingTableUrl::parse(name) else {
+        return Ok(());
+    };
+    // A path that cannot be listed (a store that is down, a folder that
+    // is not there) is DataFusion's to refuse, in words the shell knows.
+    let Ok(files) = parquet_files(ctx, &url).await else {
+        return Ok(());
+    };
+    let Some(schema) = files_schema(ctx, &url, files).await? else {
+        return Ok(());
+    };
+    let schema = weir_storage::codec::all_nullable(&schema);
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(reference.clone(), Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
 }
 
 /// Registers sink tables in a context.

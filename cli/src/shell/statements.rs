@@ -212,7 +212,8 @@ impl Shell {
 
     /// A context with the sinks a statement names registered.
     pub(super) async fn batch_context(&self, sql: &str) -> Result<datafusion::prelude::SessionContext> {
-        for r in weir_sql::statement::table_references(sql)? {
+        let references = weir_sql::statement::table_references(sql)?;
+        for r in &references {
             check_glob(r.table())?;
             check_csv_headers(r.table())?;
         }
@@ -220,6 +221,11 @@ impl Shell {
             Some(_) => batch::cluster_context(self.settings.threads, &self.store_options),
             None => batch::context(self.settings.threads, &self.store_options),
         };
+        for r in &references {
+            if self.catalog.get(r.table()).is_none() && self.catalog.view(r.table()).is_none() {
+                batch::register_parquet_path(&ctx, r).await?;
+            }
+        }
         let names = self.catalog.names_in(sql)?;
         for name in &names {
             if let Some(d) = self.catalog.get(name)
@@ -884,10 +890,8 @@ fn csv_files(folder: &std::path::Path, pattern: Option<&str>, out: &mut Vec<std:
         }
         let Ok(kind) = e.file_type() else { continue };
         if kind.is_file()
-            && match pattern {
-                Some(p) => wildcard_match(p.as_bytes(), file.as_bytes()),
-                None => file.to_ascii_lowercase().ends_with(".csv"),
-            }
+            && file.to_ascii_lowercase().ends_with(".csv")
+            && pattern.is_none_or(|p| wildcard_match(p.as_bytes(), file.as_bytes()))
         {
             out.push(e.path());
         }
@@ -898,7 +902,9 @@ fn csv_files(folder: &std::path::Path, pattern: Option<&str>, out: &mut Vec<std:
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..])),
+        (Some(b'*'), _) => {
+            wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+        }
         (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
         (Some(a), Some(b)) if a == b => wildcard_match(&pattern[1..], &name[1..]),
         _ => false,
