@@ -124,7 +124,7 @@ pub async fn sink_table(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptio
 /// depth, before the files' schemas are merged; `None` when it lists no
 /// Parquet file. DataFusion merges the files' own schemas first and makes
 /// views of the result after, so a folder holding a file that says its
-/// text is `Utf8View` (Weir's sink files before 0.1 of session 61) and one
+/// text is `Utf8View` (sink files of a Weir before December 2026) and one
 /// that says `Utf8` (Weir's since, pyarrow's, Spark's) could not be read:
 /// "Fail to merge schema field 's' because the from data_type = Utf8 does
 /// not equal Utf8View". A conflict that remains (a column `BIGINT` in one
