@@ -249,14 +249,108 @@ fn nested_as_text(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
-/// Rows as JSON lines, nulls written out.
+/// Rows as JSON lines, nulls written out, and NaN and the infinities as
+/// the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (as PostgreSQL's
+/// `to_json` writes them, and as Weir's JSON source reads them back):
+/// Arrow's writer made them `null`, a value no reader could tell from SQL's
+/// NULL.
 pub fn json_rows(out: &mut dyn Write, batch: &RecordBatch) -> Result<()> {
     let mut w = datafusion::arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
+        .with_encoder_factory(std::sync::Arc::new(FloatWords))
         .build::<_, datafusion::arrow::json::writer::LineDelimited>(out);
     w.write(batch)?;
     w.finish()?;
     Ok(())
+}
+
+/// JSON encoders of float columns, at any depth, that write the values
+/// JSON has no number for as words ([`json_rows`]).
+#[derive(Debug)]
+struct FloatWords;
+
+impl datafusion::arrow::json::writer::EncoderFactory for FloatWords {
+    fn make_default_encoder<'a>(
+        &self,
+        _field: &'a datafusion::arrow::datatypes::FieldRef,
+        array: &'a dyn datafusion::arrow::array::Array,
+        _options: &'a datafusion::arrow::json::writer::EncoderOptions,
+    ) -> std::result::Result<
+        Option<datafusion::arrow::json::writer::NullableEncoder<'a>>,
+        datafusion::arrow::error::ArrowError,
+    > {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{Float16Type, Float32Type, Float64Type};
+        use datafusion::arrow::json::writer::NullableEncoder;
+        let values: Vec<f64> = match array.data_type() {
+            DataType::Float64 => {
+                return Ok(Some(NullableEncoder::new(
+                    Box::new(FloatEncoder(array.as_primitive::<Float64Type>().values().clone())),
+                    array.logical_nulls(),
+                )));
+            }
+            DataType::Float32 => array
+                .as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+            DataType::Float16 => array
+                .as_primitive::<Float16Type>()
+                .values()
+                .iter()
+                .map(|v| v.to_f64())
+                .collect(),
+            _ => return Ok(None),
+        };
+        // Narrower floats print as Arrow prints them, from f32 (1.1f32 is
+        // 1.1, not 1.100000023841858).
+        Ok(Some(NullableEncoder::new(
+            Box::new(Float32Encoder(values.into_iter().map(|v| v as f32).collect())),
+            array.logical_nulls(),
+        )))
+    }
+}
+
+/// A `DOUBLE` column's values as JSON.
+struct FloatEncoder(datafusion::arrow::buffer::ScalarBuffer<f64>);
+
+impl datafusion::arrow::json::writer::Encoder for FloatEncoder {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let v = self.0[idx];
+        match float_word(v) {
+            Some(word) => out.extend_from_slice(word),
+            None => out.extend_from_slice(lexical_core::write(v, &mut [0u8; 64])),
+        }
+    }
+}
+
+/// A `FLOAT` (or half) column's values as JSON.
+struct Float32Encoder(Vec<f32>);
+
+impl datafusion::arrow::json::writer::Encoder for Float32Encoder {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        let v = self.0[idx];
+        match float_word(f64::from(v)) {
+            Some(word) => out.extend_from_slice(word),
+            None => out.extend_from_slice(lexical_core::write(v, &mut [0u8; 64])),
+        }
+    }
+}
+
+/// The JSON of a float JSON has no number for.
+fn float_word(v: f64) -> Option<&'static [u8]> {
+    if v.is_nan() {
+        Some(b"\"NaN\"")
+    } else if v.is_infinite() {
+        Some(if v < 0.0 {
+            b"\"-Infinity\""
+        } else {
+            b"\"Infinity\""
+        })
+    } else {
+        None
+    }
 }
 
 /// The widest string a column shows in a live table before it is cut with
@@ -536,6 +630,52 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"ts\":\"2026-01-01T00:00:10\",\"name\":null,\"n\":1234}\n"
+        );
+    }
+
+    /// NaN and the infinities are words in JSON, not `null` (SQL's NULL
+    /// stays `null`), in nested lists too; other floats print as Arrow
+    /// prints them.
+    #[test]
+    fn json_writes_nan_and_infinities_as_words() {
+        use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, ListArray};
+        use datafusion::arrow::datatypes::Float64Type;
+        let d = Float64Array::from(vec![
+            Some(1.5),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            None,
+        ]);
+        let f = Float32Array::from(vec![
+            Some(1.1),
+            Some(f32::NAN),
+            Some(f32::NEG_INFINITY),
+            Some(-0.0),
+            None,
+        ]);
+        let l = ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(vec![Some(f64::NAN), Some(2.0)]),
+            None,
+            Some(vec![]),
+            Some(vec![Some(f64::INFINITY)]),
+            Some(vec![None]),
+        ]);
+        let b = RecordBatch::try_from_iter(vec![
+            ("d", std::sync::Arc::new(d) as ArrayRef),
+            ("f", std::sync::Arc::new(f) as ArrayRef),
+            ("l", std::sync::Arc::new(l) as ArrayRef),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        json_rows(&mut out, &b).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"d\":1.5,\"f\":1.1,\"l\":[\"NaN\",2.0]}\n\
+             {\"d\":\"NaN\",\"f\":\"NaN\",\"l\":null}\n\
+             {\"d\":\"Infinity\",\"f\":\"-Infinity\",\"l\":[]}\n\
+             {\"d\":\"-Infinity\",\"f\":-0.0,\"l\":[\"Infinity\"]}\n\
+             {\"d\":null,\"f\":null,\"l\":[null]}\n"
         );
     }
 
