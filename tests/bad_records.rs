@@ -978,3 +978,48 @@ fn an_open_quote_a_compressed_file_and_an_ambiguous_column_are_named() {
         "{e}"
     );
 }
+
+/// A file's column of another type than declared names both as SQL types
+/// and says what to do (it named Arrow's `Binary` and `Utf8View`), and a
+/// delimiter of more than one byte says that is what is wrong.
+#[test]
+fn a_column_of_another_type_names_both_as_sql_types() {
+    use datafusion::arrow::array::{ArrayRef, BinaryArray, Int64Array};
+    use std::sync::Arc;
+    let ws = Workspace::new();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("k", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ("s", Arc::new(BinaryArray::from(vec![b"ab".as_ref()])) as ArrayRef),
+    ])
+    .unwrap();
+    std::fs::create_dir_all(ws.path("in")).unwrap();
+    let file = std::fs::File::create(ws.path("in/a.parquet")).unwrap();
+    let mut w = datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let job = |source: &str| {
+        format!(
+            "CREATE TABLE src (k BIGINT, s VARCHAR) WITH ('connector' = 'files', 'path' = 'in/', {source});
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+             INSERT INTO out SELECT k, s FROM src;"
+        )
+    };
+    ws.write("job.sql", &job("'format' = 'parquet'"));
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("column 's' is BYTEA in the file, but table 'src' declares it VARCHAR: declare it BYTEA, or CAST it in the query"),
+        "{e}"
+    );
+    ws.write("job.sql", &job("'format' = 'csv', 'csv.delimiter' = 'é'"));
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("csv.delimiter must be one ASCII character (one byte), not 'é'"),
+        "{e}"
+    );
+}

@@ -178,7 +178,7 @@ impl KafkaSink {
                     Some(d) if d.len() == 1 => d.as_bytes()[0],
                     Some(d) => {
                         return Err(err(format!(
-                            "csv.field-delimiter must be one character, not '{d}'"
+                            "csv.field-delimiter must be one ASCII character (one byte), not '{d}'"
                         )));
                     }
                 },

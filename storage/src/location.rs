@@ -590,6 +590,9 @@ impl Location {
                     "the store does not support create-if-absent writes (object_store's PutMode::Create): {error}"
                 )));
             }
+            // A local folder always refuses a second create: its error is
+            // the folder's own (a full disk, a file it may not write).
+            Err(e) if self.local_root.is_some() => return Err(e),
             Err(e) => {
                 return Err(refuse(format!(
                     "a second create-if-absent write of {probe_url} failed with an error instead of \

@@ -191,7 +191,10 @@ impl<T: Serialize + DeserializeOwned> EpochLog<T> {
         }
         let found = value.get("epoch").and_then(Value::as_u64);
         if found != Some(epoch) {
-            return Err(corrupt(format!("the entry says epoch {found:?}")));
+            return Err(corrupt(match found {
+                Some(n) => format!("the entry says epoch {n}"),
+                None => "the entry names no epoch".to_string(),
+            }));
         }
         serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
     }
@@ -286,6 +289,16 @@ mod tests {
         .unwrap();
         let err = log.read(2).await.unwrap_err().to_string();
         assert!(err.contains("format version 99"), "{err}");
+
+        // An entry copied to another epoch's name says the epoch it holds.
+        loc.put(
+            "commits/00000000000000000003.json",
+            Bytes::from_static(b"{\"version\": 1, \"epoch\": 10}"),
+        )
+        .await
+        .unwrap();
+        let err = log.read(3).await.unwrap_err().to_string();
+        assert!(err.ends_with("(epoch 3): the entry says epoch 10"), "{err}");
 
         loc.put("commits/junk.txt", Bytes::from_static(b"x"))
             .await

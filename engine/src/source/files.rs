@@ -200,7 +200,7 @@ pub(crate) fn format_of(decl: &TableDecl) -> Result<Format> {
                 Some("\\t") | Some("tab") => b'\t',
                 Some(d) => {
                     return Err(Error::Config(format!(
-                        "table '{}': csv.delimiter must be one character, not '{d}'",
+                        "table '{}': csv.delimiter must be one ASCII character (one byte), not '{d}'",
                         decl.name
                     )));
                 }

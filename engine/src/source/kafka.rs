@@ -632,7 +632,7 @@ fn payload_of(decl: &TableDecl, schema: &Schema, physical: &[usize]) -> Result<P
                 Some(d) => {
                     return Err(config_err(
                         table,
-                        format!("csv.field-delimiter must be one character, not '{d}'"),
+                        format!("csv.field-delimiter must be one ASCII character (one byte), not '{d}'"),
                     ));
                 }
             };

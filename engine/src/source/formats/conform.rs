@@ -286,11 +286,18 @@ pub(super) fn map_columns(
             };
             let t = found.field(idx).data_type();
             if typed && !compatible(t, f.data_type()) {
+                let (found, declared) = (weir_sql::catalog::sql_type_name(t), weir_sql::catalog::sql_type_name(f.data_type()));
+                // Two Arrow types of one SQL name (a timestamp's unit, a
+                // decimal's width): Arrow's names tell them apart.
+                let (found, declared) = match found == declared {
+                    true => (t.to_string(), f.data_type().to_string()),
+                    false => (found, declared),
+                };
                 return Err(file.err(format!(
-                    "column '{}' is {t} in the file, but table '{}' declares it {}",
+                    "column '{}' is {found} in the file, but table '{}' declares it {declared}: declare it {found}, \
+                     or CAST it in the query",
                     f.name(),
                     file.table,
-                    f.data_type()
                 )));
             }
             Ok(idx)
