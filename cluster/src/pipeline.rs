@@ -330,6 +330,9 @@ pub(crate) async fn stage_output(
     let payload = codec::encode_sink_parallel(&loc.url_of(&name), schema, output, &meta, 1).map_err(store)?;
     let bytes = payload.content_length() as u64;
     loc.put(&staged_name, payload).await.map_err(store)?;
+    // On the disk before the report goes back: the driver commits what
+    // the reports name (a local folder; an object store keeps it already).
+    loc.sync().await.map_err(store)?;
     Ok((Some(name), Some(staged_name), bytes))
 }
 

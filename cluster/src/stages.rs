@@ -994,6 +994,8 @@ async fn run_shard(
     for (t, all) in tables.iter().zip(restored_all) {
         written.push(write_table(&checkpoint, t, shard, shards, stage.epoch, &attempt, all).await?);
     }
+    // The state files on the disk before the report names them.
+    checkpoint.location().sync().await.map_err(store)?;
     let kind_name = |state: Option<(StateKind, u64)>| {
         state.map(|(k, _)| match k {
             StateKind::Snapshot => "snapshot",

@@ -36,6 +36,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+pub mod durable;
 pub mod faults;
 pub mod lease;
 pub mod location;

@@ -48,31 +48,9 @@ pub struct Location {
     /// Identifies the store (scheme, bucket or root, options) for checks
     /// made once per store.
     store_id: String,
-    /// A local folder's root and its file system's device, for
-    /// [`Location::sync`] (`None`: a store whose writes are durable when
-    /// they return, as S3's are).
-    local_root: Option<Arc<(std::path::PathBuf, u64)>>,
-}
-
-/// Flushes the file system holding `dir` to its disk.
-fn sync_file_system(dir: &std::path::Path) -> std::io::Result<()> {
-    let folder = std::fs::File::open(dir)?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `folder` is an open file for the whole call.
-        if unsafe { libc::syncfs(folder.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // No syncfs: everything, then the folder itself.
-        // SAFETY: sync takes no arguments and cannot fail.
-        unsafe { libc::sync() };
-        folder.sync_all()?;
-    }
-    Ok(())
+    /// What a local folder's store wrote, for [`Location::sync`] (`None`:
+    /// a store whose writes are durable when they return, as S3's are).
+    local_root: Option<Arc<crate::durable::Written>>,
 }
 
 /// The file a local write's temporary (`<name>#<n>`) was to become.
@@ -201,7 +179,7 @@ impl Location {
     fn open_local(
         path: &str,
         create: Create,
-        local_root: &mut Option<Arc<(std::path::PathBuf, u64)>>,
+        local_root: &mut Option<Arc<crate::durable::Written>>,
     ) -> Result<(Arc<dyn ObjectStore>, Path, String, String)> {
         let invalid = |reason: String| Error::InvalidLocation {
             location: path.to_string(),
@@ -221,13 +199,8 @@ impl Location {
         let abs = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
         let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| invalid(e.to_string()))?;
         let url = format!("file://{}", abs.display());
-        #[cfg(unix)]
-        let device = std::os::unix::fs::MetadataExt::dev(
-            &std::fs::metadata(&abs).map_err(|e| invalid(e.to_string()))?,
-        );
-        #[cfg(not(unix))]
-        let device = 0;
-        *local_root = Some(Arc::new((abs.clone(), device)));
+        let (store, written) = crate::durable::Tracked::new(store, abs.clone());
+        *local_root = Some(written);
         Ok((Arc::new(store), Path::default(), url.clone(), url))
     }
 
@@ -304,28 +277,24 @@ impl Location {
         found
     }
 
-    /// Makes what was written to this location so far durable: a local
-    /// folder's file system is flushed to its disk (`syncfs`), so that a
-    /// power cut or a kernel crash after this returns loses none of it.
-    /// (A write returns once the file is in the page cache: without this,
-    /// a power cut seconds after a committed epoch left its commit, state
-    /// and published sink files empty.) Other stores' writes are durable
-    /// when they return; for them this does nothing.
-    ///
-    /// One call flushes the whole file system, not file by file: an epoch
-    /// writes tens of files, and each `fsync` on ext4 waits for its own
-    /// journal commit.
+    /// Makes what was written through this location's store so far
+    /// durable: for a local folder, each file written since the last call
+    /// (by this location or another on the same store: its children, the
+    /// location it is a child of) is flushed to disk with its folders, so
+    /// that a power cut or a kernel crash after this returns loses none of
+    /// it ([`crate::durable`]). Other stores' writes are durable when they
+    /// return; for them this does nothing.
     pub async fn sync(&self) -> Result<()> {
-        let Some(root) = self.local_root.clone() else {
+        let Some(written) = self.local_root.clone() else {
             return Ok(());
         };
         let url = self.url.clone();
-        let synced = tokio::task::spawn_blocking(move || sync_file_system(&root.0))
+        let synced = tokio::task::spawn_blocking(move || written.sync())
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
         synced.map_err(|e| Error::Store {
-            op: "syncing to disk",
+            op: "flushing to disk",
             url,
             error: object_store::Error::Generic {
                 store: "LocalFileSystem",
@@ -334,10 +303,10 @@ impl Location {
         })
     }
 
-    /// Whether one [`Location::sync`] flushes both locations: local
-    /// folders on one file system (`false` for stores that need none).
+    /// Whether one [`Location::sync`] flushes both locations' writes: they
+    /// share a local folder's store (`false` for stores that need none).
     pub fn syncs_with(&self, other: &Location) -> bool {
-        matches!((&self.local_root, &other.local_root), (Some(a), Some(b)) if a.1 == b.1)
+        matches!((&self.local_root, &other.local_root), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
     }
 
     /// Whether [`Location::sync`] has anything to do here.
@@ -637,37 +606,45 @@ mod tests {
         assert_eq!(&loc.get("c/1.json").await.unwrap().unwrap()[..], b"a");
     }
 
-    /// A local folder is flushed to its disk (one `syncfs` for folders on
-    /// one file system); a store whose writes are durable needs nothing,
-    /// and a folder that is gone is an error naming it.
+    /// A local folder's writes (this location's and its children's, which
+    /// share its store) are flushed at a sync and then forgotten; a file
+    /// gone by then (renamed, deleted) is passed over; a store whose
+    /// writes are durable needs nothing.
     #[tokio::test]
-    async fn a_local_folder_syncs_and_other_stores_need_not() {
+    async fn a_local_folder_syncs_what_it_wrote_and_other_stores_need_not() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ck");
         let loc = Location::open(root.to_str().unwrap(), &StoreOptions::default(), Create::Yes).unwrap();
+        let pending = |l: &Location| l.local_root.as_ref().unwrap().pending();
         loc.put_if_absent("commits/1.json", Bytes::from_static(b"{}"))
             .await
             .unwrap();
-        assert!(loc.needs_sync());
+        let child = loc.child("state/op");
+        child.put("a.parquet", Bytes::from_static(b"x")).await.unwrap();
+        child.put("b.parquet", Bytes::from_static(b"y")).await.unwrap();
+        child.delete("b.parquet").await.unwrap();
+        assert!(loc.needs_sync() && child.syncs_with(&loc));
+        assert_eq!(pending(&loc), 3);
+        child.sync().await.unwrap();
+        assert_eq!(
+            pending(&loc),
+            0,
+            "one store: the child's sync flushed the parent's write too"
+        );
         loc.sync().await.unwrap();
-        let child = loc.child("commits");
-        assert!(child.needs_sync() && child.syncs_with(&loc));
         let other = Location::open(
             dir.path().join("out").to_str().unwrap(),
             &StoreOptions::default(),
             Create::Yes,
         )
         .unwrap();
-        assert!(other.syncs_with(&loc), "one file system");
+        assert!(
+            other.needs_sync() && !other.syncs_with(&loc),
+            "another store, its own writes"
+        );
         let memory = Location::open("memory://sync-test/x", &StoreOptions::default(), Create::Yes).unwrap();
         assert!(!memory.needs_sync() && !memory.syncs_with(&loc) && !loc.syncs_with(&memory));
         memory.sync().await.unwrap();
-        std::fs::remove_dir_all(&root).unwrap();
-        let err = loc.sync().await.unwrap_err().to_string();
-        assert!(
-            err.starts_with("syncing to disk file://") && err.contains("/ck"),
-            "{err}"
-        );
     }
 
     #[test]
