@@ -385,7 +385,14 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     let kept = std::fs::read(&gone).unwrap();
     std::fs::remove_file(&gone).unwrap();
     let e = ws.weir(&RUN_CK).fails().stderr();
-    assert!(e.contains(&name), "{e}");
+    assert!(
+        e.contains(&format!("corrupt checkpoint file file://{}", gone.display()))
+            && e.contains(&format!(
+                "(epoch {}): the state file is missing, and operator 'p0-agg0' cannot be restored without it",
+                chains[1][1]
+            )),
+        "{e}"
+    );
     std::fs::write(&gone, kept).unwrap();
 
     // The whole folder gone: a rollback to an epoch whose commit names the

@@ -434,7 +434,8 @@ fn a_file_of_the_wrong_schema_is_an_error_naming_file_and_column_and_loses_nothi
         .fails()
         .stderr();
     assert!(
-        e.contains("in/c.parquet") && e.contains("column 'price'") && e.contains("Utf8"),
+        e.contains("in/c.parquet")
+            && e.contains("column 'price' is VARCHAR in the file, but table 'bids' declares it BIGINT"),
         "{e}"
     );
     assert_eq!(
@@ -1865,7 +1866,7 @@ fn a_folder_of_view_and_plain_string_files_reads_whole() {
         "job.sql",
         "CREATE TABLE src (id BIGINT, s VARCHAR) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
          CREATE TABLE out WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
-         INSERT INTO out SELECT id, s, ARRAY[s] AS l FROM src;",
+         INSERT INTO out SELECT id, s, ARRAY[s] AS l, MAP([s], [id]) AS m FROM src;",
     );
     ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
     let files = parquet_files(&ws.path("out"));
@@ -1888,6 +1889,22 @@ fn a_folder_of_view_and_plain_string_files_reads_whole() {
         w.write(&batch).unwrap();
         w.close().unwrap();
     };
+    let view_map = {
+        let names = datafusion::arrow::array::MapFieldNames {
+            entry: "entries".into(),
+            key: "key".into(),
+            value: "value".into(),
+        };
+        let mut b = datafusion::arrow::array::MapBuilder::new(
+            Some(names),
+            datafusion::arrow::array::StringViewBuilder::new(),
+            datafusion::arrow::array::Int64Builder::new(),
+        );
+        b.keys().append_value("c");
+        b.values().append_value(3);
+        b.append(true).unwrap();
+        b.finish()
+    };
     let view_list = {
         let mut b =
             datafusion::arrow::array::ListBuilder::new(datafusion::arrow::array::StringViewBuilder::new());
@@ -1901,10 +1918,11 @@ fn a_folder_of_view_and_plain_string_files_reads_whole() {
             ("id", Arc::new(Int64Array::from(vec![3])) as ArrayRef),
             ("s", Arc::new(StringViewArray::from(vec!["c"])) as ArrayRef),
             ("l", Arc::new(view_list) as ArrayRef),
+            ("m", Arc::new(view_map) as ArrayRef),
         ],
     );
     let query = |sql: &str| ws.weir(&["query", "--format", "csv", sql]);
-    let want = "id,s,l\n1,a,[a]\n2,b,[b]\n3,c,[c]\n";
+    let want = "id,s,l,m\n1,a,[a],{a: 1}\n2,b,[b],{b: 2}\n3,c,[c],{c: 3}\n";
     assert_eq!(query("SELECT * FROM 'out/' ORDER BY id").ok().stdout(), want);
     assert_eq!(
         query("SELECT * FROM 'out/*.parquet' ORDER BY id").ok().stdout(),
@@ -1937,7 +1955,22 @@ fn a_folder_of_view_and_plain_string_files_reads_whole() {
     );
     let e = query("SELECT * FROM 'odd/'").fails().stderr();
     assert!(
-        e.contains("the files of") && e.contains("odd/a.parquet and ") && e.contains("odd/b.parquet"),
+        e.contains("the files of") && e.contains("(a.parquet and b.parquet)"),
         "{e}"
+    );
+    // Files in key=value folders keep the keys as columns.
+    std::fs::create_dir_all(ws.path("hive/d=1")).unwrap();
+    std::fs::create_dir_all(ws.path("hive/d=2")).unwrap();
+    write(
+        "hive/d=1/a.parquet",
+        vec![("x", Arc::new(Int64Array::from(vec![10])) as ArrayRef)],
+    );
+    write(
+        "hive/d=2/b.parquet",
+        vec![("x", Arc::new(Int64Array::from(vec![20])) as ArrayRef)],
+    );
+    assert_eq!(
+        query("SELECT d, x FROM 'hive/' ORDER BY x").ok().stdout(),
+        "d,x\n1,10\n2,20\n"
     );
 }

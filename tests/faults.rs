@@ -134,6 +134,7 @@ fn a_permanent_failure_names_the_object_and_a_clean_rerun_resumes_exactly_once()
         ("state/", "job.checkpoint/state/"),
         ("bids-1.parquet", "in/bids-1.parquet"),
         ("_weir/manifests/", "out/_weir/manifests/"),
+        ("part-", "part-0000000001-"),
     ] {
         let ws = workspace();
         let spec = format!("{FAULTS},permanent={prefix}");
@@ -155,6 +156,20 @@ fn a_permanent_failure_names_the_object_and_a_clean_rerun_resumes_exactly_once()
         if prefix == "state/" || prefix == "_weir/manifests/" {
             assert!(
                 e.contains("was not committed; the next run replays it"),
+                "{prefix}: {e}"
+            );
+        }
+        // A commit that failed may have been written (a store can fail
+        // a write it kept); publishing fails after the commit.
+        if prefix == "commits/" {
+            assert!(
+                e.contains("(epoch 1 was not committed, or its commit was written but not confirmed: the next run looks"),
+                "{prefix}: {e}"
+            );
+        }
+        if prefix == "part-" {
+            assert!(
+                e.contains("(epoch 1 is committed; the next run publishes its output, as after a crash)"),
                 "{prefix}: {e}"
             );
         }

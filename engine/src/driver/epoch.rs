@@ -905,12 +905,20 @@ impl StreamingJob {
         self.lease.check(&format!("committing epoch {epoch}")).await?;
         // What the commit names (offsets, state, staged sink files and
         // their manifests) reaches the disk before the commit does.
-        self.sync_stores().await?;
+        self.sync_stores().await.map_err(|e| left_to_replay(epoch, e))?;
         let written = self.checkpoint.commits.create(epoch, &commit).await.map_err(|e| match e {
             weir_storage::Error::AlreadyExists { url } => Error::Checkpoint(format!(
                 "{url} was committed by another process: two processes are running this job on the same checkpoint"
             )),
-            e => e.into(),
+            // A store can fail a write it made (a timeout after S3 kept
+            // it): only the next run's read of the checkpoint knows.
+            e => noted(
+                e.into(),
+                &format!(
+                    "epoch {epoch} was not committed, or its commit was written but not confirmed: the next run \
+                     looks, and replays it if it was not, as after a crash"
+                ),
+            ),
         })?;
         self.last_committed = Some(epoch);
         self.watermarks = commit.watermarks;
@@ -944,19 +952,26 @@ impl StreamingJob {
     /// Step 8: each sink makes the committed epoch's output visible; now and
     /// then, old checkpoint files go.
     async fn publish(&self, epoch: u64) -> Result<()> {
+        let committed = |e: Error| {
+            noted(
+                e,
+                &format!("epoch {epoch} is committed; the next run publishes its output, as after a crash"),
+            )
+        };
         for p in &self.pipelines {
             p.sink
                 .publish(epoch, || self.hooks.reached(Step::MidPublish, epoch))
-                .await?;
+                .await
+                .map_err(committed)?;
         }
         for s in self.side_sinks() {
-            s.publish(epoch).await?;
+            s.publish(epoch).await.map_err(committed)?;
         }
         // The commit and the files it published reach the disk before the
         // next epoch writes anything (a later offsets entry on the disk
         // without this commit would be a log ahead by two epochs), and
         // before the run says it is done.
-        self.sync_stores().await?;
+        self.sync_stores().await.map_err(committed)?;
         self.hooks.reached(Step::Published, epoch)?;
         // Often enough that a checkpoint never holds more than twice what
         // it retains (a small `checkpoint.retain_epochs` prunes each time),
@@ -1179,9 +1194,15 @@ impl StreamingJob {
 /// be staged, but left to be replayed by the next run, as after a crash
 /// (replaying writes each file again). The message says so.
 fn left_to_replay(epoch: u64, e: Error) -> Error {
-    let note = |m: String| {
-        format!("{m}\n(epoch {epoch} was not committed; the next run replays it, as after a crash)")
-    };
+    noted(
+        e,
+        &format!("epoch {epoch} was not committed; the next run replays it, as after a crash"),
+    )
+}
+
+/// `e` with a line saying where the epoch stands, in parentheses.
+fn noted(e: Error, note: &str) -> Error {
+    let note = |m: String| format!("{m}\n({note})");
     match e {
         Error::Input(m) => Error::Input(note(m)),
         Error::Config(m) => Error::Config(note(m)),

@@ -294,8 +294,8 @@ pub(super) fn map_columns(
                     false => (found, declared),
                 };
                 return Err(file.err(format!(
-                    "column '{}' is {found} in the file, but table '{}' declares it {declared}: declare it {found}, \
-                     or CAST it in the query",
+                    "column '{}' is {found} in the file, but table '{}' declares it {declared} (declare it {found} \
+                     if every file holds that)",
                     f.name(),
                     file.table,
                 )));
