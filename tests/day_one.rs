@@ -985,6 +985,14 @@ fn errors_a_user_can_act_on() {
             "{e}"
         );
     }
+    // Files in key=value subfolders are read, so checked too.
+    ws.write("c2/d=1/a.csv", "id,n\n1,2\n");
+    ws.write("c2/d=2/b.csv", "n,id\n4,3\n");
+    let e = ws.weir(&["query", "SELECT * FROM 'c2/'"]).fails().stderr();
+    assert!(
+        e.contains("'c2/': its CSV files list different columns (d=1/a.csv has id,n; d=2/b.csv has n,id)"),
+        "{e}"
+    );
     // Parquet files under a wildcard are no CSV.
     ws.write("h/z.parquet", "PAR1 not read");
     let e = ws

@@ -161,6 +161,9 @@ async fn files_schema(
     }
     let state = ctx.state();
     let store = state.runtime_env().object_store(url)?;
+    // Views, as DataFusion reads text, unless the context reads plain
+    // strings (Ballista's: views made its Flight frames too large).
+    let views = state.config_options().execution.parquet.schema_force_view_types;
     let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
     let (state, store, format) = (&state, &store, &format);
     let schemas: Vec<(String, Schema)> = futures::stream::iter(files)
@@ -168,8 +171,15 @@ async fn files_schema(
             let schema = format
                 .infer_schema(state, store, std::slice::from_ref(&file))
                 .await?;
-            let fields: Vec<FieldRef> = schema.fields().iter().map(as_views).collect();
-            Ok::<_, datafusion::error::DataFusionError>((file.location.to_string(), Schema::new(fields)))
+            let fields: Vec<FieldRef> = schema.fields().iter().map(|f| as_read(f, views)).collect();
+            // The file's name under the folder (the store's path lacks a
+            // local path's leading slash, and looked relative).
+            let shown = file.location.as_ref();
+            let shown = shown
+                .strip_prefix(url.prefix().as_ref())
+                .map_or(shown, |rest| rest.trim_start_matches('/'))
+                .to_string();
+            Ok::<_, datafusion::error::DataFusionError>((shown, Schema::new(fields)))
         })
         .buffered(16)
         .try_collect()
@@ -190,22 +200,29 @@ async fn files_schema(
     Ok(merged.map(|(_, s)| Arc::new(s)))
 }
 
-/// `field` with its strings and binaries as views, at any depth (how
-/// DataFusion reads them).
-fn as_views(field: &FieldRef) -> FieldRef {
-    fn views(t: &DataType) -> DataType {
+/// `field` with its strings and binaries as DataFusion reads them, at any
+/// depth: views (`views`), or plain strings and binaries.
+fn as_read(field: &FieldRef, views: bool) -> FieldRef {
+    fn read(t: &DataType, views: bool) -> DataType {
         match t {
-            DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
-            DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
-            DataType::List(f) => DataType::List(as_views(f)),
-            DataType::LargeList(f) => DataType::LargeList(as_views(f)),
-            DataType::FixedSizeList(f, n) => DataType::FixedSizeList(as_views(f), *n),
-            DataType::Struct(fields) => DataType::Struct(fields.iter().map(as_views).collect()),
-            DataType::Map(f, sorted) => DataType::Map(Arc::clone(f), *sorted),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View if views => DataType::Utf8View,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView if views => DataType::BinaryView,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+            DataType::List(f) => DataType::List(as_read(f, views)),
+            DataType::LargeList(f) => DataType::LargeList(as_read(f, views)),
+            DataType::FixedSizeList(f, n) => DataType::FixedSizeList(as_read(f, views), *n),
+            DataType::Struct(fields) => DataType::Struct(fields.iter().map(|f| as_read(f, views)).collect()),
+            DataType::Map(f, sorted) => DataType::Map(as_read(f, views), *sorted),
             other => other.clone(),
         }
     }
-    Arc::new(field.as_ref().clone().with_data_type(views(field.data_type())))
+    Arc::new(
+        field
+            .as_ref()
+            .clone()
+            .with_data_type(read(field.data_type(), views)),
+    )
 }
 
 /// A quoted path a batch query names (`'out/'`, `'s3://b/x/*.parquet'`)
@@ -229,6 +246,23 @@ pub async fn register_parquet_path(ctx: &SessionContext, reference: &TableRefere
     let Ok(files) = parquet_files(ctx, &url).await else {
         return Ok(());
     };
+    // Files in `key=value` folders: DataFusion makes columns of the keys,
+    // which a table of the files' own columns would drop.
+    let partitioned = files.iter().any(|f| {
+        f.location
+            .as_ref()
+            .strip_prefix(url.prefix().as_ref())
+            .is_some_and(|rest| {
+                rest.trim_start_matches('/')
+                    .split('/')
+                    .rev()
+                    .skip(1)
+                    .any(|d| d.contains('='))
+            })
+    });
+    if partitioned {
+        return Ok(());
+    }
     let Some(schema) = files_schema(ctx, &url, files).await? else {
         return Ok(());
     };

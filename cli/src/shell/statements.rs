@@ -592,16 +592,17 @@ impl Shell {
             errln!("note: {}", self.redactor.scrub(note));
         }
         let resumed = job.last_committed();
-        // What it reads, for DROP to refuse: of the names its text has, the
-        // tables the job planned (a column named like a table is not one)
-        // and the views.
-        let tables = job.tables();
-        let reads: Vec<String> = self
-            .catalog
-            .names_in(sql)?
-            .into_iter()
-            .filter(|n| tables.contains(n) || self.catalog.view(n).is_some())
-            .collect();
+        // What it uses, for DROP to refuse: the tables the job planned
+        // (its sources, lookups, sinks, late-row and dead-letter tables;
+        // a column named like a table is none), and the views its text
+        // names.
+        let mut reads: Vec<String> = job.tables().into_iter().collect();
+        reads.extend(
+            self.catalog
+                .names_in(sql)?
+                .into_iter()
+                .filter(|n| self.catalog.view(n).is_some()),
+        );
         let (trigger, drain) = self.query_trigger();
         self.queries
             .start(&name, checkpoint.clone(), job, trigger, drain)?;
@@ -879,9 +880,9 @@ pub(super) fn check_csv_headers(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `.csv` files in `folder` (not its subfolders: a query of a folder
-/// reads none), those whose name matches `pattern` (`*`, `?`) if given;
-/// hidden (`.`, `_`) ones left out.
+/// The `.csv` files in `folder` and its `key=value` subfolders (a query of
+/// a folder reads those, and no other), those whose name matches
+/// `pattern` (`*`, `?`) if given; hidden (`.`, `_`) ones left out.
 fn csv_files(folder: &std::path::Path, pattern: Option<&str>, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
@@ -889,7 +890,9 @@ fn csv_files(folder: &std::path::Path, pattern: Option<&str>, out: &mut Vec<std:
             continue;
         }
         let Ok(kind) = e.file_type() else { continue };
-        if kind.is_file()
+        if kind.is_dir() && pattern.is_none() && file.contains('=') {
+            csv_files(&e.path(), None, out);
+        } else if kind.is_file()
             && file.to_ascii_lowercase().ends_with(".csv")
             && pattern.is_none_or(|p| wildcard_match(p.as_bytes(), file.as_bytes()))
         {
