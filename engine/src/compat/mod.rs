@@ -119,7 +119,14 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
         }
     }
     for o in &old.sinks {
-        match new.sinks.iter().find(|n| n.table == o.table) {
+        // A late table several queries send rows to has a record per
+        // query, each with its own writer: the one of the same writer, if
+        // any, is this one's.
+        let same_table = || new.sinks.iter().filter(|n| n.table == o.table);
+        let found = same_table()
+            .find(|n| n.writer == o.writer)
+            .or_else(|| same_table().next());
+        match found {
             None => out.push(format!("sink '{}' is no longer written", o.table)),
             Some(n) if n.path != o.path => out.push(format!(
                 "sink '{}' now writes to '{}', and its committed output is in '{}'",
