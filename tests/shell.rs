@@ -910,3 +910,30 @@ fn create_table_refuses_an_unknown_option_at_once() {
     t.line("\\q");
     t.wait_exit();
 }
+
+/// A running query's dead-letter table is kept declared while it runs, as
+/// its sources are (it was found from the query's text alone, which does
+/// not name it).
+#[test]
+fn a_running_querys_dead_letter_table_is_not_dropped() {
+    let (ws, _) = workspace();
+    let mut t = Term::spawn(&ws, &["-i", "init.sql"]);
+    t.wait_for("weir> ");
+    t.line(
+        "CREATE TABLE checked (auction BIGINT, price BIGINT, date_time TIMESTAMP(3)) WITH ('connector' = 'files', \
+         'path' = 'in/', 'format' = 'parquet', 'on_error' = 'dead_letter', 'dead_letter' = 'bad_bids');",
+    );
+    t.line("CREATE TABLE bad_bids WITH ('connector' = 'files', 'path' = 'bad/', 'format' = 'parquet');");
+    t.line("CREATE TABLE out2 WITH ('connector' = 'files', 'path' = 'out2/', 'format' = 'parquet');");
+    t.line("INSERT INTO out2 SELECT auction, price FROM checked;");
+    t.wait_for("started query out2");
+    t.line("DROP TABLE bad_bids;");
+    t.wait_for("query 'out2' reads 'bad_bids'; STOP QUERY out2 first");
+    t.line("STOP QUERY out2;");
+    t.wait_for("stopped query out2");
+    t.line("DROP TABLE bad_bids;");
+    t.wait_for("dropped bad_bids (its files stay where they are)");
+    t.prompt();
+    t.send(CTRL_D);
+    assert_eq!(t.wait_exit(), 0);
+}

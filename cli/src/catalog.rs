@@ -161,7 +161,21 @@ impl Catalog {
                 if names.contains(&n) {
                     continue;
                 }
-                if self.tables.contains_key(&n) {
+                if let Some(t) = self.tables.get(&n) {
+                    // The tables its options send rows to (late rows, bad
+                    // records) belong to the job too: without their
+                    // declarations it was refused ("no such table").
+                    for key in ["late.sink", "dead_letter"] {
+                        if let Some(target) = t.decl.options.get(key).filter(|v| !v.is_empty()) {
+                            // As a name in SQL: bare, folded as the
+                            // declaration's was, unless it needs quotes.
+                            let plain = target.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                            todo.push(match plain {
+                                true => target.to_string(),
+                                false => format!("\"{}\"", target.replace('"', "\"\"")),
+                            });
+                        }
+                    }
                     names.push(n);
                 } else if let Some(v) = self.view(&n) {
                     todo.push(v.sql.clone());
