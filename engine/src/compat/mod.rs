@@ -118,14 +118,26 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
             out.push(format!("source '{}' is new", n.name));
         }
     }
-    for o in &old.sinks {
-        // A late table several queries send rows to has a record per
-        // query, each with its own writer: the one of the same writer, if
-        // any, is this one's.
-        let same_table = || new.sinks.iter().filter(|n| n.table == o.table);
-        let found = same_table()
-            .find(|n| n.writer == o.writer)
-            .or_else(|| same_table().next());
+    // A late-row or dead-letter table several queries send rows to has a
+    // record per query, in the queries' order: the k-th such record of a
+    // table is compared with the k-th of the new query's (comparing each
+    // with the first, a moved job was refused as if its INSERT had moved).
+    // A table several INSERTs write is compared with its first record, as
+    // before: their writers name positions, not statements, so two that
+    // swapped places (each taking up the other's state) would look the
+    // same; any change to such a job is refused.
+    let side =
+        |r: &SinkRecord| r.writer.ends_with("-late") || crate::dead_letter::is_dead_letter_writer(&r.writer);
+    for (i, o) in old.sinks.iter().enumerate() {
+        let found = if side(o) {
+            let k = old.sinks[..i]
+                .iter()
+                .filter(|p| p.table == o.table && side(p))
+                .count();
+            new.sinks.iter().filter(|n| n.table == o.table && side(n)).nth(k)
+        } else {
+            new.sinks.iter().find(|n| n.table == o.table)
+        };
         match found {
             None => out.push(format!("sink '{}' is no longer written", o.table)),
             Some(n) if n.path != o.path => out.push(format!(
@@ -465,5 +477,32 @@ mod tests {
         b.sinks[1].writer = "abcdef01-p1".into();
         let d = incompatibilities(&a, &b);
         assert!(d.iter().any(|m| m.contains("sink 'bad_bids' is new")), "{d:?}");
+    }
+
+    /// A late table two queries send rows to has a record per query: each
+    /// matches its own (a moved job was refused as "moved"). Two INSERTs
+    /// into one table are matched with the first record, so a job that
+    /// swapped them (each would take up the other's state) is refused.
+    #[test]
+    fn shared_late_tables_match_record_by_record_and_shared_sinks_are_refused_on_change() {
+        let rec = |table: &str, writer: &str| SinkRecord {
+            table: table.into(),
+            path: format!("{table}/"),
+            url: format!("file:///{table}/"),
+            writer: writer.into(),
+            columns: vec![],
+        };
+        let mut a = records(vec![], "files|in|parquet", "o/");
+        a.sinks = vec![
+            rec("w1", "q-p0"),
+            rec("late_t", "q-p0-late"),
+            rec("w2", "q-p1"),
+            rec("late_t", "q-p1-late"),
+        ];
+        assert!(incompatibilities(&a, &a.clone()).is_empty());
+        let mut two = a.clone();
+        two.sinks = vec![rec("o", "q-p0"), rec("o", "q-p1")];
+        let d = incompatibilities(&two, &two.clone());
+        assert!(d.iter().any(|m| m.contains("the INSERT INTO o moved")), "{d:?}");
     }
 }
