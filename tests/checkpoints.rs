@@ -388,8 +388,8 @@ fn state_is_one_file_per_shard_and_restores_from_the_files_its_commit_names() {
     assert!(
         e.contains(&format!("corrupt checkpoint file file://{}", gone.display()))
             && e.contains(&format!(
-                "(epoch {}): the state file is missing, and operator 'p0-agg0' cannot be restored without it",
-                chains[1][1]
+                "(epoch {last}): commit {last} names this state file, which is missing, and 'p0-agg0' cannot be \
+                 restored without it"
             )),
         "{e}"
     );

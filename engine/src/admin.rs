@@ -729,6 +729,9 @@ async fn rollback_held(
     let marker = serde_json::to_vec(&serde_json::json!({ "to": to }))
         .map_err(|e| Error::Checkpoint(format!("rollback record: {e}")))?;
     ck.location().put(ROLLBACK_MARKER, marker).await?;
+    // On the disk before anything is deleted: a rollback cut short (by a
+    // crash, or a power cut) is finished by the next run.
+    ck.location().sync().await?;
     let mut done = Rollback::default();
     for &e in commits.iter().rev().filter(|&&e| e > to) {
         ck.commits.delete(e).await?;
@@ -754,7 +757,14 @@ async fn rollback_held(
         ck.offsets.delete(e).await?;
         done.offsets.push(e);
     }
+    // The deletes on the disk before the record of the rollback goes, and
+    // that last.
+    for (_, _, layout) in &sinks {
+        layout.location().sync().await?;
+    }
+    ck.location().sync().await?;
     ck.location().delete(ROLLBACK_MARKER).await?;
+    ck.location().sync().await?;
     done.commits.reverse();
     done.offsets.reverse();
     Ok(done)

@@ -40,6 +40,18 @@ pub struct Written {
     root: PathBuf,
     /// Objects written (created, copied or renamed to) since the last sync.
     paths: Mutex<BTreeSet<Path>>,
+    /// Folders flushed before, with their inode: a folder's own entry in
+    /// the folder above it is on the disk once it was flushed, so the
+    /// folders above need no flush for it again, unless it was removed
+    /// and made anew (another inode).
+    durable_folders: Mutex<std::collections::HashMap<PathBuf, u64>>,
+    /// Paths whose folder gained or lost an entry by a rename or a delete
+    /// (a renamed file's data was flushed before: Weir renames only staged
+    /// files, flushed before the commit that publishes them).
+    renamed: Mutex<BTreeSet<Path>>,
+    /// Held for a whole sync, so that a second one waits for the first's
+    /// flushes instead of returning before they are done.
+    flushing: Mutex<()>,
 }
 
 impl Written {
@@ -52,7 +64,7 @@ impl Written {
     /// How many objects wait for the next sync.
     #[cfg(test)]
     pub(crate) fn pending(&self) -> usize {
-        self.paths.lock().map_or(0, |p| p.len())
+        self.paths.lock().map_or(0, |p| p.len()) + self.renamed.lock().map_or(0, |p| p.len())
     }
 
     /// Flushes every file written since the last call to disk, and each
@@ -60,16 +72,30 @@ impl Written {
     /// folder's, live in the folder that holds it). A file gone since
     /// (a temporary renamed, an upload abandoned) is passed over.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
+        let _flushing = self.flushing.lock();
         let paths = match self.paths.lock() {
             Ok(mut paths) => std::mem::take(&mut *paths),
             Err(_) => return Ok(()),
         };
-        if paths.is_empty() {
+        let renamed = match self.renamed.lock() {
+            Ok(mut renamed) => std::mem::take(&mut *renamed),
+            Err(_) => BTreeSet::new(),
+        };
+        if paths.is_empty() && renamed.is_empty() {
             return Ok(());
         }
+        let known = self.durable_folders.lock().map(|k| k.clone()).unwrap_or_default();
         let mut files = Vec::with_capacity(paths.len());
+        // Each written file's folder (it gained an entry), and the folders
+        // above it while the one below may be new: a folder flushed in an
+        // earlier sync (the same folder, not one made anew since) had its
+        // own entry flushed then too, by induction up to the root.
         let mut folders = BTreeSet::new();
-        for path in &paths {
+        for (path, data) in paths
+            .iter()
+            .map(|p| (p, true))
+            .chain(renamed.iter().map(|p| (p, false)))
+        {
             let Ok(file) = self.fs.path_to_filesystem(path) else {
                 continue;
             };
@@ -78,16 +104,60 @@ impl Written {
                 if !f.starts_with(&self.root) || !folders.insert(f.to_path_buf()) {
                     break;
                 }
+                if known.get(f).is_some_and(|&ino| Some(ino) == inode(f)) {
+                    break;
+                }
                 folder = f.parent();
             }
-            files.push(file);
+            if data {
+                files.push(file);
+            }
         }
         // Files first, then the folders naming them. Each flush waits for
         // the disk; several at once share the file system's journal
         // commits.
-        flush_all(&files)?;
-        let folders: Vec<PathBuf> = folders.into_iter().collect();
-        flush_all(&folders)
+        let flushed = flush_all(&files).and_then(|()| {
+            let folders: Vec<PathBuf> = folders.iter().cloned().collect();
+            flush_all(&folders)
+        });
+        match flushed {
+            Ok(()) => {
+                if let Ok(mut known) = self.durable_folders.lock() {
+                    for f in folders {
+                        if let Some(ino) = inode(&f) {
+                            known.insert(f, ino);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Still to flush, at the next try.
+                if let Ok(mut pending) = self.paths.lock() {
+                    pending.extend(paths);
+                }
+                if let Ok(mut pending) = self.renamed.lock() {
+                    pending.extend(renamed);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A folder's inode (`None` when it is gone, or off Unix, where every
+/// flush then flushes the folders up to the root).
+fn inode(folder: &std::path::Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        std::fs::metadata(folder)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = folder;
+        None
     }
 }
 
@@ -135,6 +205,9 @@ impl Tracked {
             fs: Arc::clone(&fs),
             root,
             paths: Mutex::new(BTreeSet::new()),
+            durable_folders: Mutex::new(std::collections::HashMap::new()),
+            renamed: Mutex::new(BTreeSet::new()),
+            flushing: Mutex::new(()),
         });
         (
             Tracked {
@@ -187,7 +260,18 @@ impl ObjectStore for Tracked {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        // A deleted file's folder lost an entry: flushed at the next sync
+        // (a rollback's deletes reach the disk before its record goes).
+        let written = Arc::clone(&self.written);
+        futures::StreamExt::boxed(futures::TryStreamExt::map_ok(
+            self.inner.delete_stream(locations),
+            move |path| {
+                if let Ok(mut renamed) = written.renamed.lock() {
+                    renamed.insert(path.clone());
+                }
+                path
+            },
+        ))
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -215,10 +299,11 @@ impl ObjectStore for Tracked {
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> object_store::Result<()> {
         self.inner.rename_opts(from, to, options).await?;
         // The file moved: its new folder gained an entry, and its old one
-        // lost one (noted as the old path, whose file is gone, so only
-        // its folder is flushed).
-        self.written.note(to);
-        self.written.note(from);
+        // lost one; its data is what it was.
+        if let Ok(mut renamed) = self.written.renamed.lock() {
+            renamed.insert(to.clone());
+            renamed.insert(from.clone());
+        }
         Ok(())
     }
 }

@@ -189,8 +189,29 @@ impl Location {
         if !dir.exists() {
             match create {
                 Create::No => return Err(invalid("no such file or directory".into())),
-                Create::Yes => std::fs::create_dir_all(dir)
-                    .map_err(|e| invalid(format!("cannot create the directory: {e}")))?,
+                Create::Yes => {
+                    // The folders made here, and the one they were made in,
+                    // are flushed, so that their entries are on the disk
+                    // before any epoch's files (a first run's checkpoint
+                    // folder could otherwise vanish in a power cut).
+                    let made = std::path::absolute(dir).map_err(|e| invalid(e.to_string()))?;
+                    let base = made
+                        .ancestors()
+                        .find(|a| a.exists())
+                        .map(std::path::Path::to_path_buf);
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+                    for f in made.ancestors() {
+                        if let Ok(handle) = std::fs::File::open(f) {
+                            handle
+                                .sync_all()
+                                .map_err(|e| invalid(format!("cannot flush {} to disk: {e}", f.display())))?;
+                        }
+                        if Some(f) == base.as_deref() {
+                            break;
+                        }
+                    }
+                }
             }
         }
         if !dir.is_dir() {
@@ -624,7 +645,7 @@ mod tests {
         child.put("b.parquet", Bytes::from_static(b"y")).await.unwrap();
         child.delete("b.parquet").await.unwrap();
         assert!(loc.needs_sync() && child.syncs_with(&loc));
-        assert_eq!(pending(&loc), 3);
+        assert_eq!(pending(&loc), 4, "three files written, and a folder that lost one");
         child.sync().await.unwrap();
         assert_eq!(
             pending(&loc),

@@ -544,23 +544,7 @@ impl Checkpoint {
 
     async fn read_state_file(&self, operator: &str, f: &StateFile) -> Result<(Decoded, usize)> {
         let url = self.location().url_of(&f.name);
-        let bytes = match self.location().get_required(&f.name).await {
-            // Named by the commit (or found by a listing a moment ago): the
-            // checkpoint lost it.
-            Err(Error::Store {
-                error: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(Error::Corrupt {
-                    url,
-                    epoch: Some(f.epoch),
-                    reason: format!(
-                        "the state file is missing, and operator '{operator}' cannot be restored without it"
-                    ),
-                });
-            }
-            other => other?,
-        };
+        let bytes = self.location().get_required(&f.name).await?;
         let decoded = codec::decode(&url, Some(f.epoch), bytes)?;
         let corrupt = |reason: String| Error::Corrupt {
             url: url.clone(),

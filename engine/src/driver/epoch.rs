@@ -920,6 +920,20 @@ impl StreamingJob {
                 ),
             ),
         })?;
+        // The commit on the disk before the next epoch writes anything: a
+        // later offsets entry there without this commit would be a log
+        // ahead by two epochs. (The files it publishes next reach the disk
+        // with the next epoch's, or when the job closes; a power cut before
+        // that is mended by publishing the last commit again on restart.)
+        self.checkpoint.location().sync().await.map_err(|e| {
+            noted(
+                e.into(),
+                &format!(
+                    "epoch {epoch} is committed, but its commit may not be on the disk yet; the next run \
+                     replays it if a power cut lost it"
+                ),
+            )
+        })?;
         self.last_committed = Some(epoch);
         self.watermarks = commit.watermarks;
         self.pipeline_high = commit.pipeline_watermarks;
@@ -929,7 +943,7 @@ impl StreamingJob {
 
     /// Flushes the local file systems of the checkpoint and of the sinks,
     /// each once ([`weir_storage::Location::sync`]).
-    async fn sync_stores(&self) -> Result<()> {
+    pub(super) async fn sync_stores(&self) -> Result<()> {
         let locations = std::iter::once(self.checkpoint.location())
             .chain(
                 self.pipelines
@@ -967,11 +981,6 @@ impl StreamingJob {
         for s in self.side_sinks() {
             s.publish(epoch).await.map_err(committed)?;
         }
-        // The commit and the files it published reach the disk before the
-        // next epoch writes anything (a later offsets entry on the disk
-        // without this commit would be a log ahead by two epochs), and
-        // before the run says it is done.
-        self.sync_stores().await.map_err(committed)?;
         self.hooks.reached(Step::Published, epoch)?;
         // Often enough that a checkpoint never holds more than twice what
         // it retains (a small `checkpoint.retain_epochs` prunes each time),

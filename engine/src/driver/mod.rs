@@ -241,7 +241,11 @@ impl StreamingJob {
     /// job dropped without this keeps it until its lease lapses, or until a
     /// run on the same host sees the process is gone.)
     pub async fn close(self) -> Result<()> {
-        self.lease.release().await
+        // The last epoch's published files, on the disk before the run
+        // says it is done.
+        let synced = self.sync_stores().await;
+        let released = self.lease.release().await;
+        synced.and(released)
     }
 
     /// Where the job stands before its next epoch (as restored from the

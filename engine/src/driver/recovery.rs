@@ -46,7 +46,12 @@ impl StreamingJob {
             }
             for (name, slot) in self.sources.iter_mut() {
                 let id = source_state_name(name);
-                if let Some(restored) = self.checkpoint.restore_state_listed(&id, c, listed).await? {
+                if let Some(restored) = self
+                    .checkpoint
+                    .restore_state_listed(&id, c, listed)
+                    .await
+                    .map_err(|e| missing_as_damage(e, c, &id))?
+                {
                     self.state_chains.insert(id, restored.chains.clone());
                     slot.source.restore(&restored.batches).map_err(|e| {
                         Error::Checkpoint(format!(
@@ -64,7 +69,12 @@ impl StreamingJob {
                     .copied()
                     .unwrap_or(i64::MIN);
                 for (id, op) in &p.operators {
-                    if let Some(restored) = self.checkpoint.restore_state_listed(id, c, listed).await? {
+                    if let Some(restored) = self
+                        .checkpoint
+                        .restore_state_listed(id, c, listed)
+                        .await
+                        .map_err(|e| missing_as_damage(e, c, id))?
+                    {
                         self.state_chains.insert(id.clone(), restored.chains.clone());
                         // The rows move into the operator, which may let each
                         // batch go once it has taken what it keeps.
@@ -215,4 +225,25 @@ fn check_state_columns(expected: &SchemaRef, found: &SchemaRef) -> std::result::
         ));
     }
     Ok(())
+}
+
+/// A state file the last commit names that is gone, as the damage it is
+/// (a restore needs every one; a raw "not found" said neither). Only a
+/// restore, which holds the checkpoint, says so: `inspect` beside a
+/// running job can see retention delete a file it listed.
+fn missing_as_damage(e: weir_storage::Error, commit: u64, table: &str) -> weir_storage::Error {
+    match e {
+        weir_storage::Error::Store {
+            url,
+            error: object_store::Error::NotFound { .. },
+            ..
+        } => weir_storage::Error::Corrupt {
+            url,
+            epoch: Some(commit),
+            reason: format!(
+                "commit {commit} names this state file, which is missing, and '{table}' cannot be restored without it"
+            ),
+        },
+        e => e,
+    }
 }
