@@ -645,7 +645,11 @@ mod tests {
         child.put("b.parquet", Bytes::from_static(b"y")).await.unwrap();
         child.delete("b.parquet").await.unwrap();
         assert!(loc.needs_sync() && child.syncs_with(&loc));
-        assert_eq!(pending(&loc), 4, "three files written, and a folder that lost one");
+        assert_eq!(
+            pending(&loc),
+            4,
+            "three files written, and a folder that lost one"
+        );
         child.sync().await.unwrap();
         assert_eq!(
             pending(&loc),
