@@ -1974,3 +1974,27 @@ fn a_folder_of_view_and_plain_string_files_reads_whole() {
         "d,x\n1,10\n2,20\n"
     );
 }
+
+/// A table declared with a quoted mixed-case name is found by that name,
+/// in a job and in the shell (it was registered folded to lower case, so
+/// `FROM "Src"` was an unknown table).
+#[test]
+fn a_quoted_mixed_case_table_name_is_found() {
+    let ws = Workspace::new();
+    ws.write("in/a.csv", "k,v\n1,2\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE \"Src\" (k BIGINT, v BIGINT) WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO o SELECT * FROM \"Src\";",
+    );
+    ws.weir(&["run", "job.sql", "--trigger", "available-now"]).ok();
+    let out = ws
+        .weir_input(
+            &["--format", "csv", "-f", "-"],
+            "CREATE TABLE \"Out\" WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');\nSELECT k, v FROM \"Out\";\n",
+        )
+        .ok()
+        .stdout();
+    assert!(out.contains("k,v\n1,2\n"), "{out}");
+}

@@ -278,7 +278,7 @@ pub async fn register_parquet_path(ctx: &SessionContext, reference: &TableRefere
 /// Registers sink tables in a context.
 pub async fn register_sink(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptions) -> Result<()> {
     let table = sink_table(ctx, decl, env).await?;
-    ctx.register_table(decl.name.as_str(), Arc::new(table))
+    ctx.register_table(TableReference::bare(decl.name.as_str()), Arc::new(table))
         .with_context(|| format!("registering '{}'", decl.name))?;
     Ok(())
 }

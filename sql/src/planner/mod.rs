@@ -189,7 +189,10 @@ impl StreamPlanner {
         for decl in job.tables.values() {
             let Some(schema) = &decl.schema else { continue };
             let table = Arc::new(StreamTable::new(decl.clone(), Arc::clone(schema), scans.clone()));
-            ctx.register_table(decl.name.as_str(), table as Arc<dyn TableProvider>)?;
+            ctx.register_table(
+                datafusion::common::TableReference::bare(decl.name.as_str()),
+                table as Arc<dyn TableProvider>,
+            )?;
         }
         Ok(Self {
             ctx,
@@ -243,7 +246,10 @@ impl StreamPlanner {
             .await?;
         let plan = self.plan_query(&view.query).await?;
         let table = ViewTable::new(plan, Some(view.sql.clone()));
-        self.ctx.register_table(view.name.as_str(), Arc::new(table))?;
+        self.ctx.register_table(
+            datafusion::common::TableReference::bare(view.name.as_str()),
+            Arc::new(table),
+        )?;
         Ok(())
     }
 
