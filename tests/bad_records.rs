@@ -1022,4 +1022,14 @@ fn a_column_of_another_type_names_both_as_sql_types() {
         e.contains("csv.delimiter must be one ASCII character (one byte), not 'é'"),
         "{e}"
     );
+    // The Kafka CSV format's (and Flink's) name for it points to this one.
+    ws.write("job.sql", &job("'format' = 'csv', 'csv.field-delimiter' = ';'"));
+    let e = ws
+        .weir(&["run", "job.sql", "--trigger", "available-now"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("unknown option 'csv.field-delimiter' (did you mean 'csv.delimiter'?"),
+        "{e}"
+    );
 }

@@ -40,7 +40,17 @@ pub fn check_options(decl: &TableDecl, known: &[&str]) -> Result<()> {
             )));
         }
         if !known.contains(&key) && !key.starts_with("s3.") {
-            let hint = weir_sql::settings::nearest(key, known)
+            // The same setting under another connector's name (Flink's
+            // CSV format says field-delimiter; Weir's files say delimiter).
+            const SAME: &[(&str, &str)] = &[
+                ("csv.field-delimiter", "csv.delimiter"),
+                ("csv.delimiter", "csv.field-delimiter"),
+            ];
+            let hint = SAME
+                .iter()
+                .find(|(other, ours)| *other == key && known.contains(ours))
+                .map(|(_, ours)| *ours)
+                .or_else(|| weir_sql::settings::nearest(key, known))
                 .map(|n| format!("did you mean '{n}'? "))
                 .unwrap_or_default();
             return Err(Error::Config(format!(
