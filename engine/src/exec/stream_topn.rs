@@ -40,9 +40,7 @@ use datafusion::arrow::array::{
     ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, interleave_record_batch};
-use datafusion::arrow::datatypes::{
-    DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
-};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::error::Result;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -53,7 +51,7 @@ use super::operator::{EpochOperator, OperatorExec};
 use super::shard::{Shards, route, shard_count};
 use super::units::{compact_views, take_batch};
 use super::update_agg::{DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE};
-use super::window_assign::to_millis;
+use super::window_assign::ceil_millis;
 use super::window_topn::{ArrivalPrune, partial_top_n, rank_rows, ranking_signature};
 use crate::epoch::EpochInput;
 use crate::exec::{StateChange, StateTable, StatefulOperator};
@@ -447,12 +445,12 @@ impl StreamTopNState {
                 kept.sort_unstable();
                 let rows = compact_views(take_batch(&all, &UInt32Array::from(kept))?)?;
                 let row_keys = self.keys.convert(&self.key_arrays(&rows)?, rows.num_rows())?;
-                let times = to_millis(rows.column(time))?;
-                let times = times.as_primitive::<TimestampMillisecondType>();
+                // Up, not down: see `ceil_millis`.
+                let times = ceil_millis(rows.column(time))?;
                 let c = inner.chunks.len();
-                for j in 0..rows.num_rows() {
+                for (j, &t) in times.iter().enumerate() {
                     let k = row_keys.row(j).as_ref().to_vec();
-                    inner.pending.insert(k.clone(), times.value(j));
+                    inner.pending.insert(k.clone(), t);
                     inner.changed.insert(k.clone());
                     inner.live += 1;
                     if let Some(old) = inner.parts.insert(
@@ -955,13 +953,10 @@ impl StatefulOperator for StreamTopNState {
                     p.at.push((c, i));
                 }
                 if let Some(time) = self.p.first_on_time {
-                    let times = to_millis(rows.column(time))?;
-                    let times = times.as_primitive::<TimestampMillisecondType>();
-                    for i in 0..rows.num_rows() {
+                    let times = ceil_millis(rows.column(time))?;
+                    for (i, &t) in times.iter().enumerate() {
                         if ranks.value(i) == 0 {
-                            inner
-                                .pending
-                                .insert(keys.row(i).as_ref().to_vec(), times.value(i));
+                            inner.pending.insert(keys.row(i).as_ref().to_vec(), t);
                         }
                     }
                 }
