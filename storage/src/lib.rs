@@ -87,7 +87,7 @@ pub enum Error {
         reason: String,
     },
     /// A file Weir wrote earlier cannot be read back as it should be.
-    #[error("corrupt checkpoint file {url}{}: {reason}", epoch_suffix(*.epoch))]
+    #[error("corrupt {} file {url}{}: {reason}", file_kind(url), epoch_suffix(*.epoch))]
     Corrupt {
         /// The object's URL.
         url: String,
@@ -136,6 +136,17 @@ pub enum Error {
         /// The Parquet or Arrow error.
         reason: String,
     },
+}
+
+/// What kind of Weir file a URL names, for messages: a sink folder's own
+/// files live under its `_weir/` (see `sink`); all others are a
+/// checkpoint's.
+fn file_kind(url: &str) -> &'static str {
+    if url.contains("/_weir/") {
+        "sink"
+    } else {
+        "checkpoint"
+    }
 }
 
 fn epoch_suffix(epoch: Option<u64>) -> String {

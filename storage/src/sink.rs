@@ -560,6 +560,26 @@ mod tests {
         assert_eq!(sink.publish(8).await.unwrap(), 0);
     }
 
+    /// A damaged `owner.json` is named as the sink folder's file, not as a
+    /// checkpoint's (the user went looking in the checkpoint).
+    #[tokio::test]
+    async fn a_damaged_owner_record_is_called_a_sink_file() {
+        let loc = Location::open(
+            "memory://sink-owner-garbage",
+            &StoreOptions::default(),
+            Create::Yes,
+        )
+        .unwrap();
+        loc.put(SinkOwner::NAME, Bytes::from_static(b"{not json"))
+            .await
+            .unwrap();
+        let e = SinkOwner::read(&loc).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("corrupt sink file memory://sink-owner-garbage/_weir/owner.json"),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn lost_committed_output_is_reported() {
         let loc = Location::open("memory://sink-lost", &StoreOptions::default(), Create::Yes).unwrap();
