@@ -964,6 +964,29 @@ fn a_job_fixed_after_its_first_run_failed_runs_on_the_same_checkpoint() {
     assert_eq!(sink_rows(&ws.path("out")), batch_query(&bids, ORACLE));
 }
 
+/// A sink declared wrongly is refused before anything is written: no
+/// checkpoint folder (with a lease and metadata) is left for the next run
+/// to take up, and no sink folder.
+#[test]
+fn a_wrongly_declared_sink_leaves_no_checkpoint_behind() {
+    let ws = Workspace::new();
+    three_files(&ws);
+    for (sink, expected) in [
+        ("'format' = 'csv'", "format 'csv' is not supported for sinks"),
+        ("'format' = 'parquet', 'sink.rolling' = '1'", "sink.rolling"),
+    ] {
+        let job = job_with("SELECT auction, price FROM bids", "", "").replace(
+            "'path' = 'out/', 'format' = 'parquet'",
+            &format!("'path' = 'out/', {sink}"),
+        );
+        ws.write("job.sql", &job);
+        let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+        assert!(e.contains(expected), "{e}");
+        assert!(!ws.path("job.checkpoint").exists(), "a checkpoint was left: {e}");
+        assert!(!ws.path("out").exists(), "a sink folder was left: {e}");
+    }
+}
+
 #[test]
 fn errors_a_user_can_act_on() {
     let ws = Workspace::new();

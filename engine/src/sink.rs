@@ -152,26 +152,7 @@ pub fn with_changelog_order(
 impl FileSink {
     /// Opens the sink a table declares, writing as `writer`.
     pub fn open(decl: &TableDecl, writer: &str, store_options: &StoreOptions) -> Result<Self> {
-        match decl.connector()? {
-            "files" => {}
-            other => {
-                return Err(Error::Config(format!(
-                    "sink table '{}': unknown connector '{other}' (supported: files, kafka, blackhole; a late-row or dead-letter table must be 'files')",
-                    decl.name
-                )));
-            }
-        }
-        check_options(decl, OPTIONS)?;
-        crate::options::refuse_metadata(decl)?;
-        match decl.require("format")?.to_ascii_lowercase().as_str() {
-            "parquet" => {}
-            other => {
-                return Err(Error::Config(format!(
-                    "sink table '{}': format '{other}' is not supported for sinks; use 'parquet'",
-                    decl.name
-                )));
-            }
-        }
+        Self::check(decl)?;
         let loc = Location::open(
             decl.require("path")?,
             &table_store_options(decl, store_options),
@@ -197,6 +178,32 @@ impl FileSink {
             ),
             parts_marked: AtomicBool::new(false),
         })
+    }
+
+    /// The checks of a sink table's declaration that need no store: its
+    /// connector, options and format.
+    pub fn check(decl: &TableDecl) -> Result<()> {
+        match decl.connector()? {
+            "files" => {}
+            other => {
+                return Err(Error::Config(format!(
+                    "sink table '{}': unknown connector '{other}' (supported: files, kafka, blackhole; a late-row or dead-letter table must be 'files')",
+                    decl.name
+                )));
+            }
+        }
+        check_options(decl, OPTIONS)?;
+        crate::options::refuse_metadata(decl)?;
+        match decl.require("format")?.to_ascii_lowercase().as_str() {
+            "parquet" => {}
+            other => {
+                return Err(Error::Config(format!(
+                    "sink table '{}': format '{other}' is not supported for sinks; use 'parquet'",
+                    decl.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Sets the query that owns the folder, and checks that no other query
@@ -578,6 +585,26 @@ impl PipelineSink {
             (None, None) => Err(Error::Config(
                 "a query without a sink table needs a live output to send its rows to".into(),
             )),
+        }
+    }
+
+    /// The checks of [`PipelineSink::open`] that write nothing: run before
+    /// a job's checkpoint is created, so that a sink declared wrongly
+    /// leaves no checkpoint folder behind.
+    pub fn check(decl: &TableDecl) -> Result<()> {
+        match decl.connector()? {
+            "blackhole" => BlackholeSink::open(decl).map(drop),
+            "kafka" => {
+                // The staging location is not touched when opening.
+                let staging = weir_storage::Location::open(
+                    "memory://weir-sink-check/",
+                    &StoreOptions::default(),
+                    Create::Yes,
+                )
+                .map_err(|e| Error::Config(format!("sink table '{}': {e}", decl.name)))?;
+                crate::kafka_sink::KafkaSink::open(decl, staging).map(drop)
+            }
+            _ => FileSink::check(decl),
         }
     }
 

@@ -86,6 +86,11 @@ impl StreamingJob {
                 .collect();
             crate::folders::refuse_checkpoint_in_sources(&options.checkpoint, &folders)?;
         }
+        // A sink declared wrongly (an unknown format, say) is refused before
+        // the checkpoint is created, for the same reason.
+        for decl in plans.iter().filter_map(|p| p.sink.as_ref()) {
+            PipelineSink::check(decl)?;
+        }
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
