@@ -135,6 +135,48 @@ fn a_moved_job_with_a_shared_late_table_resumes() {
     assert_eq!(sink_rows(&moved.path("out/late")).len(), 2, "late once per query");
 }
 
+/// Two INSERTs into one table: an edit of one (a filter) continues with
+/// their state, as for a single INSERT (every change of such a job was
+/// refused: "the INSERT INTO o moved"); the two in the other order are a
+/// swap, refused, though their aggregates are the same.
+#[test]
+fn two_inserts_into_one_table_may_be_edited_but_not_swapped() {
+    let ws = Workspace::new();
+    ws.write(
+        "in/f1.csv",
+        "k,ts\n1,2026-01-01 00:00:01\n2,2026-01-01 00:00:02\n3,2026-01-01 00:00:12\n",
+    );
+    let job = |first: &str, second: &str| {
+        format!(
+            "CREATE TABLE s (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+               WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+             CREATE TABLE o WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+             INSERT INTO o SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+               WHERE {first} GROUP BY window_start, window_end;
+             INSERT INTO o SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+               WHERE {second} GROUP BY window_start, window_end;"
+        )
+    };
+    ws.write("job.sql", &job("k > 1", "k < 100"));
+    run_now(&ws, "job.sql", &[]).ok();
+    // Swapped: refused, naming the table.
+    ws.write("job.sql", &job("k < 100", "k > 1"));
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("the INSERTs into o are in another order"), "{e}");
+    // The first one's filter edited: it goes on with the state of both.
+    ws.write("job.sql", &job("k > 0", "k < 100"));
+    ws.write("in/f2.csv", "k,ts\n4,2026-01-01 00:00:13\n");
+    let out = run_now(&ws, "job.sql", &["--drain"]).ok().stderr();
+    assert!(out.contains("resuming after epoch 1"), "{out}");
+    // Window 0 s: 1 row (k > 1) + 2 rows; window 10 s: 2 (k > 0) + 2.
+    let mut counts: Vec<String> = sink_rows(&ws.path("out"))
+        .into_iter()
+        .map(|r| r.rsplit('|').next().unwrap().to_string())
+        .collect();
+    counts.sort();
+    assert_eq!(counts, ["1", "2", "2", "2"], "{:?}", sink_rows(&ws.path("out")));
+}
+
 #[test]
 fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused() {
     let ws = Workspace::new();

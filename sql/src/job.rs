@@ -108,6 +108,30 @@ pub struct Job {
     kind: JobKind,
 }
 
+/// Feeds one statement, normalized, to `h`: whitespace, comments and
+/// keyword case do not count.
+fn hash_statement(h: &mut Sha256, s: &str) -> Result<()> {
+    for t in preprocess::tokens(s)? {
+        match &t {
+            Token::Whitespace(_) => continue,
+            Token::Word(w) if w.quote_style.is_none() => h.update(w.value.to_ascii_uppercase().as_bytes()),
+            other => h.update(other.to_string().as_bytes()),
+        }
+        h.update(b" ");
+    }
+    h.update(b";");
+    Ok(())
+}
+
+/// A short hash of one statement's text, normalized as
+/// [`Job::fingerprint`] normalizes a job's: what tells one `INSERT` from
+/// another when several write one table (`SinkRecord::statement`).
+pub fn statement_fingerprint(s: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    hash_statement(&mut h, s)?;
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
 impl Job {
     /// Parses a job's text. Errors name the statement (by number and first
     /// words) and the problem.
@@ -391,17 +415,7 @@ impl Job {
             if crate::settings::parse_set(s).ok().flatten().is_some() {
                 continue;
             }
-            for t in preprocess::tokens(s)? {
-                match &t {
-                    Token::Whitespace(_) => continue,
-                    Token::Word(w) if w.quote_style.is_none() => {
-                        h.update(w.value.to_ascii_uppercase().as_bytes())
-                    }
-                    other => h.update(other.to_string().as_bytes()),
-                }
-                h.update(b" ");
-            }
-            h.update(b";");
+            hash_statement(&mut h, s)?;
         }
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }

@@ -109,6 +109,13 @@ pub struct SinkRecord {
     /// since the folder's files would then not read as one table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
+    /// A hash of the `INSERT` statement that writes it (empty for a
+    /// late-row or dead-letter table, and in checkpoints of an earlier
+    /// Weir): when several INSERTs write one table, what tells a changed
+    /// query that they swapped places (each would take up the other's
+    /// state; see `compat::incompatibilities`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub statement: String,
 }
 
 /// The checkpoint folder of one job.

@@ -279,6 +279,7 @@ pub(crate) fn job_records(
         if let (Some(decl), Some(rec)) = (&p.sink, r.sinks.get_mut(first))
             && rec.table == decl.name
         {
+            rec.statement = p.fingerprint();
             rec.columns = plan
                 .schema()
                 .fields()
@@ -323,6 +324,7 @@ pub(crate) fn sinks_records(
             url,
             writer,
             columns: Vec::new(),
+            statement: String::new(),
         });
     }
     Ok(())

@@ -118,26 +118,24 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
             out.push(format!("source '{}' is new", n.name));
         }
     }
-    // A late-row or dead-letter table several queries send rows to has a
-    // record per query, in the queries' order: the k-th such record of a
-    // table is compared with the k-th of the new query's (comparing each
-    // with the first, a moved job was refused as if its INSERT had moved).
-    // A table several INSERTs write is compared with its first record, as
-    // before: their writers name positions, not statements, so two that
-    // swapped places (each taking up the other's state) would look the
-    // same; any change to such a job is refused.
+    // A table several queries write (a late-row or dead-letter table
+    // several send rows to, or one that several INSERTs write) has a
+    // record per query, in the queries' order: the k-th record of a table
+    // is compared with the k-th of the new query's, side tables and main
+    // ones apart (comparing each with the first, every change to such a
+    // job was refused as if an INSERT had moved).
     let side =
         |r: &SinkRecord| r.writer.ends_with("-late") || crate::dead_letter::is_dead_letter_writer(&r.writer);
     for (i, o) in old.sinks.iter().enumerate() {
-        let found = if side(o) {
-            let k = old.sinks[..i]
-                .iter()
-                .filter(|p| p.table == o.table && side(p))
-                .count();
-            new.sinks.iter().filter(|n| n.table == o.table && side(n)).nth(k)
-        } else {
-            new.sinks.iter().find(|n| n.table == o.table)
-        };
+        let k = old.sinks[..i]
+            .iter()
+            .filter(|p| p.table == o.table && side(p) == side(o))
+            .count();
+        let found = new
+            .sinks
+            .iter()
+            .filter(|n| n.table == o.table && side(n) == side(o))
+            .nth(k);
         match found {
             None => out.push(format!("sink '{}' is no longer written", o.table)),
             Some(n) if n.path != o.path => out.push(format!(
@@ -149,6 +147,45 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
                 o.table
             )),
             Some(_) => {}
+        }
+    }
+    // Writers name positions, not statements: two INSERTs into one table
+    // that swapped places match record by record, and each would take up
+    // the other's operator state (with the same aggregates, nothing else
+    // tells). The hash of each statement's text does: the same statements
+    // in another order is a swap. (An INSERT edited as well as moved is an
+    // edit, as a changed filter of one INSERT is; records of an earlier
+    // Weir have no hash and are not checked.)
+    let mut tables: Vec<&str> = old
+        .sinks
+        .iter()
+        .filter(|o| !side(o))
+        .map(|o| o.table.as_str())
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for table in tables {
+        let statements = |r: &Records| -> Option<Vec<String>> {
+            let s: Vec<String> = r
+                .sinks
+                .iter()
+                .filter(|x| x.table == table && !side(x))
+                .map(|x| x.statement.clone())
+                .collect();
+            (s.len() > 1 && s.iter().all(|x| !x.is_empty())).then_some(s)
+        };
+        if let (Some(was), Some(now)) = (statements(old), statements(new))
+            && was != now
+        {
+            let (mut a, mut b) = (was.clone(), now.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            if a == b {
+                out.push(format!(
+                    "the INSERTs into {table} are in another order: each would take up the state of the one \
+                     whose place it took"
+                ));
+            }
         }
     }
     for n in &new.sinks {
@@ -400,6 +437,7 @@ mod tests {
                 url: format!("file://{sink_url}"),
                 writer: "abc-p0".into(),
                 columns: vec![],
+                statement: String::new(),
             }],
         }
     }
@@ -463,6 +501,7 @@ mod tests {
             url: format!("file:///{table}/"),
             writer,
             columns: vec![],
+            statement: String::new(),
         };
         b.sinks
             .push(bad("bad_bids", crate::dead_letter::writer("abcdef0123")));
@@ -480,17 +519,18 @@ mod tests {
     }
 
     /// A late table two queries send rows to has a record per query: each
-    /// matches its own (a moved job was refused as "moved"). Two INSERTs
-    /// into one table are matched with the first record, so a job that
-    /// swapped them (each would take up the other's state) is refused.
+    /// matches its own (a moved job was refused as "moved"). So do two
+    /// INSERTs into one table (any change to such a job was refused); the
+    /// same two in the other order are a swap, refused.
     #[test]
-    fn shared_late_tables_match_record_by_record_and_shared_sinks_are_refused_on_change() {
+    fn shared_tables_match_record_by_record_and_swapped_inserts_are_refused() {
         let rec = |table: &str, writer: &str| SinkRecord {
             table: table.into(),
             path: format!("{table}/"),
             url: format!("file:///{table}/"),
             writer: writer.into(),
             columns: vec![],
+            statement: String::new(),
         };
         let mut a = records(vec![], "files|in|parquet", "o/");
         a.sinks = vec![
@@ -501,8 +541,35 @@ mod tests {
         ];
         assert!(incompatibilities(&a, &a.clone()).is_empty());
         let mut two = a.clone();
-        two.sinks = vec![rec("o", "q-p0"), rec("o", "q-p1")];
-        let d = incompatibilities(&two, &two.clone());
+        let insert = |writer: &str, statement: &str| SinkRecord {
+            statement: statement.into(),
+            ..rec("o", writer)
+        };
+        two.sinks = vec![insert("q-p0", "h1"), insert("q-p1", "h2")];
+        assert!(incompatibilities(&two, &two.clone()).is_empty());
+        // One edited: an edit, as of a single INSERT.
+        let mut edited = two.clone();
+        edited.sinks[1].statement = "h3".into();
+        assert!(incompatibilities(&two, &edited).is_empty());
+        // Swapped.
+        let mut swapped = two.clone();
+        swapped.sinks = vec![insert("q-p0", "h2"), insert("q-p1", "h1")];
+        let d = incompatibilities(&two, &swapped);
+        assert!(
+            d.iter()
+                .any(|m| m.contains("the INSERTs into o are in another order")),
+            "{d:?}"
+        );
+        // A statement added before them moves their writers.
+        let mut moved = two.clone();
+        moved.sinks = vec![insert("q-p1", "h1"), insert("q-p2", "h2")];
+        let d = incompatibilities(&two, &moved);
         assert!(d.iter().any(|m| m.contains("the INSERT INTO o moved")), "{d:?}");
+        // An earlier Weir's records, without hashes, match record by record.
+        let old_two = Records {
+            sinks: vec![rec("o", "q-p0"), rec("o", "q-p1")],
+            ..two.clone()
+        };
+        assert!(incompatibilities(&old_two, &swapped).is_empty());
     }
 }

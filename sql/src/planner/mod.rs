@@ -153,6 +153,12 @@ pub struct PipelinePlan {
 }
 
 impl PipelinePlan {
+    /// A hash of the statement's text, normalized
+    /// ([`crate::job::statement_fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        crate::job::statement_fingerprint(&self.origin.1).unwrap_or_default()
+    }
+
     /// `e`, placed in this plan's statement, as the planner's own errors
     /// are (`line 3 (`INSERT ...`): ...`).
     pub fn in_statement(&self, e: Error) -> Error {
