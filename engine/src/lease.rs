@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weir_storage::Checkpoint;
 use weir_storage::lease::LeaseRecord;
@@ -72,6 +72,17 @@ pub struct Lease {
     record: Mutex<LeaseRecord>,
     lost: Arc<AtomicBool>,
     renewals: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Until when no other process can have taken the lease over, by this
+    /// process's monotonic clock (which runs on while the process is
+    /// stopped): two thirds of the TTL after the last write of its expiry
+    /// began, the rest a margin for other hosts' clocks.
+    safe_until: Mutex<Instant>,
+}
+
+/// The part of a lease's TTL after a renewal in which this process takes
+/// it as still its own without asking the store ([`Lease::ensure`]).
+fn safe_for(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 impl Lease {
@@ -105,6 +116,7 @@ impl Lease {
                 )));
             }
         }
+        let began = Instant::now();
         let record = LeaseRecord {
             version: weir_storage::FORMAT_VERSION,
             generation: current.as_ref().map_or(1, |c| c.generation + 1),
@@ -133,6 +145,7 @@ impl Lease {
             record: Mutex::new(record),
             lost: Arc::new(AtomicBool::new(false)),
             renewals: Mutex::new(None),
+            safe_until: Mutex::new(began + safe_for(ttl)),
         });
         let task = tokio::spawn(renew_forever(Arc::downgrade(&lease), ttl));
         *lease.renewals.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -173,13 +186,29 @@ impl Lease {
         }
     }
 
+    /// Fencing before a step that deletes or overwrites checkpoint files
+    /// a commit may name (an epoch's state, a rollback): as
+    /// [`Lease::check`], without a request to the store while the last
+    /// renewal is recent enough that no other process can have taken the
+    /// lease. A process that stalled past that (stopped, swapped out) asks
+    /// the store: its replacement may have committed the epoch it is in.
+    pub async fn ensure(&self, what: &str) -> Result<()> {
+        let safe = *self.safe_until.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.lost.load(Ordering::SeqCst) && Instant::now() < safe {
+            return Ok(());
+        }
+        self.check(what).await
+    }
+
     /// Renews the lease once (also done in the background).
     pub async fn renew(&self, ttl: Duration) -> Result<()> {
         self.check("renewing its lease").await?;
+        let began = Instant::now();
         let mut rec = self.record();
         rec.expires_at_ms = now_ms() + ttl.as_millis() as i64;
         self.checkpoint.write_lease(&rec).await?;
         *self.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
+        *self.safe_until.lock().unwrap_or_else(|p| p.into_inner()) = began + safe_for(ttl);
         Ok(())
     }
 

@@ -760,6 +760,12 @@ impl StreamingJob {
             }
             self.checkpoint.encode_states(epoch, &states, threads)?
         };
+        // Writing a state file deletes the other kind's for its epoch: a
+        // process that stalled past its lease must not, since its
+        // replacement may have committed this epoch naming that file.
+        self.lease
+            .ensure(&format!("writing epoch {epoch}'s state"))
+            .await?;
         let written =
             futures::future::try_join_all(encoded.into_iter().map(|e| self.checkpoint.put_state(e))).await?;
         let mut table_bytes = vec![0u64; tables.len()];
@@ -1168,6 +1174,27 @@ impl StreamingJob {
     /// first: if this is interrupted, the offsets entry is still there and the
     /// epoch is replayed as after any crash.
     pub(super) async fn abandon(&self, epoch: u64, error: Error) -> Error {
+        // Only the lease's holder rolls back, and never a committed epoch:
+        // a process that stalled past its lease finds its epoch committed
+        // by its replacement, whose offsets entry and state these are.
+        if let Err(lost) = self.lease.ensure(&format!("rolling back epoch {epoch}")).await {
+            return noted(lost, &error.to_string());
+        }
+        match self.checkpoint.commits.read(epoch).await {
+            Ok(Some(_)) => {
+                return Error::Checkpoint(format!(
+                    "{error}\n(epoch {epoch} was committed by another process meanwhile: two processes are running \
+                     this job on the same checkpoint; this one stops and leaves it as it is)"
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return noted(
+                    error,
+                    &format!("epoch {epoch} was not rolled back: reading its commit failed: {e}"),
+                );
+            }
+        }
         let rollback = async {
             self.checkpoint.delete_epoch_state(epoch).await?;
             self.checkpoint.offsets.delete(epoch).await
