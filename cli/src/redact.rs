@@ -20,7 +20,7 @@ impl Redactor {
         let mut r = Redactor::default();
         for arg in std::env::args().skip(1) {
             // `--cluster user:password@host:port` is a scheme-less one.
-            for s in weir_sql::secrets::url_secret_values(&arg, true) {
+            for s in weir_sql::secrets::value_secret_values(&arg, true) {
                 r.add(s);
             }
         }
@@ -29,7 +29,7 @@ impl Redactor {
                 r.add(v);
             } else {
                 // A credential in a URL (`AWS_ENDPOINT=http://u:p@host`).
-                for s in weir_sql::secrets::url_secret_values(&v, false) {
+                for s in weir_sql::secrets::value_secret_values(&v, false) {
                     r.add(s);
                 }
             }

@@ -81,7 +81,7 @@ impl Options {
                 let v = if is_secret_key(k) {
                     REDACTED.to_string()
                 } else {
-                    crate::secrets::mask_url_credentials(v, true)
+                    crate::secrets::mask_value_credentials(v, true)
                 };
                 (k.clone(), v)
             })
@@ -94,7 +94,7 @@ impl Options {
             if is_secret_key(key) {
                 REDACTED.to_string()
             } else {
-                crate::secrets::mask_url_credentials(v, true)
+                crate::secrets::mask_value_credentials(v, true)
             }
         })
     }
@@ -109,7 +109,7 @@ impl Options {
                     out.push(v.clone());
                 }
             } else {
-                out.extend(crate::secrets::url_secret_values(v, true));
+                out.extend(crate::secrets::value_secret_values(v, true));
             }
         }
         out

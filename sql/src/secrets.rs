@@ -179,12 +179,77 @@ pub fn url_credentials(text: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The user infos in `value`, a whole value (an option's, a quoted
+/// string's, an environment variable's, a command-line argument's): as
+/// [`url_credentials`] finds them, and also those with a space, `"`, `<`,
+/// `>` or a backtick in their password, which end a URL in free text but
+/// not here, since the value's own end is known. A URL's user info then
+/// runs to the last `@` of the value; with `lists`, a scheme-less
+/// `user:pass word@host:port` piece of a comma-separated list counts
+/// when its user and its host hold no space (`at 10:30 @home` is not one).
+pub fn value_credentials(value: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
+    let mut out = url_credentials(value, lists);
+    if let Some(p) = value.find("://") {
+        let start = p + 3;
+        if let Some(at) = user_info(&value[start..]) {
+            out.push(start..start + at);
+        }
+    } else if lists {
+        let mut from = 0;
+        for piece in value.split(',') {
+            let lead = piece.len() - piece.trim_start().len();
+            let word = piece.trim();
+            if let Some(at) = word.rfind('@')
+                && let Some((user, _)) = word[..at].split_once(':')
+                && !user.is_empty()
+                && !user.contains(char::is_whitespace)
+                && at + 1 < word.len()
+                && !word[at + 1..].contains(char::is_whitespace)
+            {
+                out.push(from + lead..from + lead + at);
+            }
+            from += piece.len() + 1;
+        }
+    }
+    // The longest of those that start together first: the masking below
+    // skips a range that starts inside one already masked.
+    out.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    out.dedup();
+    out
+}
+
+/// `value` (a whole value: see [`value_credentials`]) with every URL user
+/// info in it replaced by `***`.
+pub fn mask_value_credentials(value: &str, lists: bool) -> String {
+    mask_ranges(value, value_credentials(value, lists))
+}
+
+/// The secrets written into URLs in `value` (a whole value: see
+/// [`value_credentials`]), as [`url_secret_values`] gives them; a password
+/// with a character that ends a URL in free text also gives its pieces
+/// between such characters, since a message may print it cut there.
+pub fn value_secret_values(value: &str, lists: bool) -> Vec<String> {
+    let mut out = secret_values_of(value, value_credentials(value, lists));
+    let pieces: Vec<String> = out
+        .iter()
+        .flat_map(|s| s.split(ends_url).filter(|p| p.len() >= 4 && p.len() < s.len()))
+        .map(str::to_string)
+        .collect();
+    out.extend(pieces);
+    out.dedup();
+    out
+}
+
 /// `text` with every URL user info in it (see [`url_credentials`])
 /// replaced by `***`.
 pub fn mask_url_credentials(text: &str, lists: bool) -> String {
+    mask_ranges(text, url_credentials(text, lists))
+}
+
+fn mask_ranges(text: &str, ranges: Vec<std::ops::Range<usize>>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for r in url_credentials(text, lists) {
+    for r in ranges {
         if r.start < at {
             continue;
         }
@@ -200,8 +265,12 @@ pub fn mask_url_credentials(text: &str, lists: bool) -> String {
 /// user info whole, and its password alone (a message may print the URL
 /// with its user info taken apart).
 pub fn url_secret_values(text: &str, lists: bool) -> Vec<String> {
+    secret_values_of(text, url_credentials(text, lists))
+}
+
+fn secret_values_of(text: &str, ranges: Vec<std::ops::Range<usize>>) -> Vec<String> {
     let mut out = Vec::new();
-    for r in url_credentials(text, lists) {
+    for r in ranges {
         let info = &text[r];
         out.push(info.to_string());
         if let Some((_, password)) = info.split_once(':')
@@ -351,7 +420,7 @@ pub fn secret_literals(text: &str) -> Vec<String> {
             ..
         } = piece
         {
-            out.extend(url_secret_values(&value, true));
+            out.extend(value_secret_values(&value, true));
         }
     }
     out.dedup();
@@ -386,7 +455,7 @@ pub fn mask_secrets(text: &str) -> String {
             // unterminated string runs to its end.
             let closed = range.len() >= 2 && text[range.clone()].ends_with(quote);
             let inner = range.start + 1..if closed { range.end - 1 } else { range.end };
-            for r in url_credentials(&text[inner.clone()], true) {
+            for r in value_credentials(&text[inner.clone()], true) {
                 masks.push((inner.start + r.start..inner.start + r.end, REDACTED));
             }
         }
@@ -628,6 +697,35 @@ mod tests {
         // A list's several user infos go with the hosts between them.
         assert_eq!(mask_url_credentials("u:p@h:1,v:q@k:2", true), "***@k:2");
         assert_eq!(mask_url_credentials("u:p@h:1", false), "u:p@h:1");
+        // In a whole value, a password may hold a space, `"`, `<`, `>` or
+        // a backtick (each ends a URL in free text).
+        for pw in [
+            "pa SECRETXYZ1",
+            "pa\"SECRETXYZ1",
+            "pa<SECRETXYZ1>",
+            "pa`SECRETXYZ1",
+        ] {
+            let t = format!("'s3.endpoint' = 'http://admin:{pw}@127.0.0.1:1'");
+            assert_eq!(
+                mask_secrets(&t),
+                "'s3.endpoint' = 'http://***@127.0.0.1:1'",
+                "{pw}"
+            );
+            let found = secret_literals(&t);
+            assert!(
+                found.iter().any(|f| f == "SECRETXYZ1" || f == "SECRETXYZ1>"),
+                "{pw}: {found:?}"
+            );
+        }
+        assert_eq!(
+            mask_secrets("'properties.bootstrap.servers' = 'ku:pa SECRETXYZ2@127.0.0.1:1, h:2'"),
+            "'properties.bootstrap.servers' = '***@127.0.0.1:1, h:2'"
+        );
+        assert_eq!(mask_value_credentials("at 10:30 @home", true), "at 10:30 @home");
+        assert_eq!(
+            mask_value_credentials("s3://bucket/me@home/x/", true),
+            "s3://bucket/me@home/x/"
+        );
         // An unterminated string still has its credentials masked.
         assert_eq!(mask_secrets("'path' = 's3://a:b@h/x"), "'path' = 's3://***@h/x");
     }
