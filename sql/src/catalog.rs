@@ -27,6 +27,7 @@ const SECRET_MARKERS: &[&str] = &[
     // mistyped key is refused as unknown, but its value must not show.
     // (Not `pwd`: the environment's `PWD` is the working directory.)
     "passw",
+    "pasw",
     "token",
     "credential",
     "private_key",
@@ -40,11 +41,22 @@ const SECRET_MARKERS: &[&str] = &[
     "sas_key",
     "customer_key",
     "encryption_key",
+    // Kafka's PEM private key in a keystore, and its OAuth settings
+    // (which hold a client secret).
+    "keystore_key",
+    "oauthbearer",
 ];
 
-/// Whether an option's value is a secret, by its name.
+/// Whether an option's value is a secret, by its name, in any case and
+/// with `-` or `.` for `_` (Flink's `s3.access-key`, `s3.sse-customer-key`).
 pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
+    let key: String = key
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
     SECRET_MARKERS.iter().any(|m| key.contains(m))
 }
 

@@ -524,6 +524,36 @@ fn replace_whole(text: &str, secret: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Secret option names in Flink's spellings (`-` and `.` for `_`),
+    /// misspelt, or Kafka's less common ones: their values are masked in
+    /// the SQL kept in `metadata.json` (the job is refused for the unknown
+    /// option only after that is written).
+    #[test]
+    fn secret_keys_in_other_spellings() {
+        for key in [
+            "s3.access-key",
+            "s3.access-key-id",
+            "s3.sse-customer-key-base64",
+            "properties.sasl.pasword",
+            "properties.ssl.keystore.key",
+            "properties.sasl.oauthbearer.config",
+            "S3.SECRET-ACCESS-KEY",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+            let t = format!("WITH ('{key}' = 'SECRETXYZ9')");
+            assert_eq!(mask_secrets(&t), format!("WITH ('{key}' = '***')"), "{key}");
+        }
+        for key in [
+            "key.fields",
+            "path",
+            "properties.bootstrap.servers",
+            "PWD",
+            "format",
+        ] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
+
     #[test]
     fn finds_values_after_secret_keys_with_or_without_eq() {
         let t = "CREATE TABLE t WITH ('connector' = 'files', 's3.secret_access_key' 'SECRET123XYZ', \
