@@ -81,25 +81,31 @@ pub enum Create {
     Yes,
 }
 
-/// Refuses an `s3://user:password@bucket/` URL: S3 takes no credentials in
-/// its URLs (they would be read as part of the bucket's name), and a URL is
-/// printed and kept in checkpoints. The error does not show them. A
-/// bucket's name has no `@` and no `:`; a password may hold a `/` (as AWS
+/// Refuses a URL with credentials in it (`s3://user:password@bucket/`,
+/// `file://user:password@localhost/...`): S3 takes no credentials in its
+/// URLs (they would be read as part of the bucket's name), a local folder
+/// needs none (they became part of its name), and a URL is printed and
+/// kept in checkpoints. The error does not show them. A bucket's or
+/// host's name has no `@` and no `:`; a password may hold a `/` (as AWS
 /// secret keys do), which ends what looks like the bucket.
 pub fn refuse_credentials(location: &str) -> Result<()> {
-    let Some((scheme @ ("s3" | "s3a"), rest)) = location.split_once("://") else {
+    let Some((scheme, rest)) = location.split_once("://") else {
         return Ok(());
     };
     let host = rest.split('/').next().unwrap_or(rest);
     if let Some(at) = rest.rfind('@')
         && (host.contains('@') || host.contains(':'))
     {
+        let how = match scheme {
+            "s3" | "s3a" => {
+                "give them as the table's 's3.access_key_id' and 's3.secret_access_key' options, or in \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            }
+            _ => "it needs none",
+        };
         return Err(Error::InvalidLocation {
             location: format!("{scheme}://***@{}", &rest[at + 1..]),
-            reason: "an s3:// URL cannot carry credentials (user:password@); give them as the table's \
-                     's3.access_key_id' and 's3.secret_access_key' options, or in AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY"
-                .into(),
+            reason: format!("a {scheme}:// URL cannot carry credentials (user:password@); {how}"),
         });
     }
     Ok(())
@@ -121,11 +127,20 @@ impl Location {
         let policy = RetryPolicy::from_options(options).map_err(&invalid)?;
         let faults = FaultConfig::from_options(options).map_err(&invalid)?;
         let mut local_root = None;
+        refuse_credentials(location)?;
         let (store, prefix, url, root): (Arc<dyn ObjectStore>, Path, String, String) = match location
             .split_once("://")
         {
             None => Self::open_local(location, create, &mut local_root)?,
-            Some(("file", rest)) => Self::open_local(rest, create, &mut local_root)?,
+            // `file://localhost/abs` is `file:///abs` (RFC 8089); it was
+            // read as the relative folder `localhost/abs`.
+            Some(("file", rest)) => {
+                let rest = rest
+                    .strip_prefix("localhost")
+                    .filter(|r| r.starts_with('/'))
+                    .unwrap_or(rest);
+                Self::open_local(rest, create, &mut local_root)?
+            }
             Some(("memory", rest)) => {
                 let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let store = MEMORY_STORES
@@ -142,7 +157,6 @@ impl Location {
                 )
             }
             Some(("s3" | "s3a", rest)) => {
-                refuse_credentials(location)?;
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
                     return Err(invalid("an s3:// URL needs a bucket".into()));
@@ -822,6 +836,53 @@ mod tests {
             assert!(!err.contains("AKIAQQ") && !err.contains("user@"), "{err}");
         }
         Location::open("s3://bkt/me@home/x/", &region, Create::Yes).unwrap();
+        // Any scheme: a local folder named after the password was made.
+        for url in ["file://u:SECRETXYZ@localhost/tmp/x/", "memory://u:SECRETXYZ@m/x"] {
+            let err = Location::open(url, &region, Create::Yes).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot carry credentials") && !err.contains("SECRETXYZ"),
+                "{err}"
+            );
+        }
+    }
+
+    /// An endpoint with a space or a quote panicked at the first request.
+    #[test]
+    fn an_endpoint_that_is_no_url_is_refused_without_showing_it() {
+        for endpoint in [
+            "http://u:pa SECRETXYZ@127.0.0.1:1",
+            "http://u:pa\"SECRETXYZ@127.0.0.1:1",
+            "not a url",
+        ] {
+            let o = StoreOptions::new([("aws_region", "us-east-1"), ("s3.endpoint", endpoint)]);
+            let err = Location::open("s3://bkt/x/", &o, Create::Yes)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is not a valid URL") && !err.contains("SECRETXYZ"),
+                "{err}"
+            );
+        }
+        let o = StoreOptions::new([
+            ("aws_region", "us-east-1"),
+            ("s3.endpoint", "http://127.0.0.1:9000"),
+        ]);
+        Location::open("s3://bkt/x/", &o, Create::Yes).unwrap();
+    }
+
+    /// `file://localhost/abs` names the absolute folder, as `file:///abs`.
+    #[test]
+    fn a_file_url_may_name_localhost() {
+        let dir = tempfile::tempdir().unwrap();
+        let abs = dir.path().display().to_string();
+        let a = Location::open(
+            &format!("file://localhost{abs}"),
+            &StoreOptions::default(),
+            Create::No,
+        )
+        .unwrap();
+        let b = Location::open(&format!("file://{abs}"), &StoreOptions::default(), Create::No).unwrap();
+        assert_eq!(a.url(), b.url());
     }
 
     #[test]

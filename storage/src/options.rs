@@ -118,6 +118,32 @@ pub(crate) fn build_s3(bucket: &str, options: &StoreOptions) -> Result<object_st
             Err(_) => return Err(format!("unknown S3 option '{key}'")),
         }
     }
+    // An endpoint the HTTP client cannot parse panicked at the first
+    // request (object_store takes it as valid): refused here, without
+    // printing it (it may carry a user info).
+    for (key, value) in &options.values {
+        if key.ends_with("endpoint") || key.ends_with("endpoint_url") {
+            let bad = value.chars().find(|c| {
+                !c.is_ascii_graphic() || matches!(c, '"' | '<' | '>' | '`' | '{' | '}' | '|' | '^' | '\\')
+            });
+            if let Some(c) = bad {
+                return Err(format!(
+                    "the S3 endpoint ('{key}') is not a valid URL: it holds {} (percent-encode it, e.g. %20 for a \
+                     space, %22 for '\"')",
+                    if c == ' ' {
+                        "a space".to_string()
+                    } else {
+                        format!("{c:?}")
+                    }
+                ));
+            }
+            if url::Url::parse(value).is_err() {
+                return Err(format!(
+                    "the S3 endpoint ('{key}') is not a valid URL (e.g. http://127.0.0.1:9000)"
+                ));
+            }
+        }
+    }
     // A plain-http endpoint (a local test server) needs http allowed.
     if let Some(endpoint) = options
         .get("aws_endpoint")
