@@ -159,6 +159,19 @@ fn two_inserts_into_one_table_may_be_edited_but_not_swapped() {
     };
     ws.write("job.sql", &job("k > 1", "k < 100"));
     run_now(&ws, "job.sql", &[]).ok();
+    // A checkpoint of the Weir before, whose records have no statement
+    // hashes: the same text goes on (and records them).
+    let meta = ws.path("job.checkpoint/metadata.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    for sink in m["sinks"].as_array_mut().unwrap() {
+        assert!(
+            sink.as_object_mut().unwrap().remove("statement").is_some(),
+            "{sink}"
+        );
+    }
+    std::fs::write(&meta, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    run_now(&ws, "job.sql", &[]).ok();
+    assert!(std::fs::read_to_string(&meta).unwrap().contains("\"statement\""));
     // Swapped: refused, naming the table.
     ws.write("job.sql", &job("k < 100", "k > 1"));
     let e = run_now(&ws, "job.sql", &[]).fails().stderr();

@@ -54,8 +54,22 @@ pub(crate) async fn claim_checkpoint(
         };
     };
     let new = records(&existing.query_id)?;
-    let old = Records::of_metadata(&existing);
+    let mut old = Records::of_metadata(&existing);
     let same_text = existing.fingerprint == fingerprint;
+    // A checkpoint of an earlier Weir has no statement hashes in its sink
+    // records: the same text has the same statements, whose hashes are
+    // the new records' (kept in the metadata from this run on).
+    if same_text && let Some(old) = &mut old {
+        for o in old.sinks.iter_mut().filter(|o| o.statement.is_empty()) {
+            if let Some(n) = new
+                .sinks
+                .iter()
+                .find(|n| n.table == o.table && n.writer == o.writer)
+            {
+                o.statement = n.statement.clone();
+            }
+        }
+    }
     let differences = match &old {
         Some(old) => super::incompatibilities(old, &new),
         None if same_text => Vec::new(),
@@ -65,8 +79,8 @@ pub(crate) async fn claim_checkpoint(
                 .to_string(),
         ],
     };
-    let unchanged = old
-        .as_ref()
+    // As stored: records filled in above are written back below.
+    let unchanged = Records::of_metadata(&existing)
         .is_some_and(|o| o.operators == new.operators && o.sources == new.sources && o.sinks == new.sinks);
     if same_text && unchanged {
         return Ok((existing, Vec::new(), BTreeSet::new()));

@@ -152,10 +152,12 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
     // Writers name positions, not statements: two INSERTs into one table
     // that swapped places match record by record, and each would take up
     // the other's operator state (with the same aggregates, nothing else
-    // tells). The hash of each statement's text does: the same statements
-    // in another order is a swap. (An INSERT edited as well as moved is an
-    // edit, as a changed filter of one INSERT is; records of an earlier
-    // Weir have no hash and are not checked.)
+    // tells). The hash of each statement's text does: an INSERT found at
+    // another INSERT's place is a swap. (An INSERT edited as well as moved
+    // is an edit, as a changed filter of one INSERT is.) Records of an
+    // earlier Weir have no hash: such a table's INSERTs cannot be told
+    // apart, and any change is refused, as that Weir did (`claim` fills
+    // the hashes in when the text is unchanged).
     let mut tables: Vec<&str> = old
         .sinks
         .iter()
@@ -165,27 +167,31 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
     tables.sort_unstable();
     tables.dedup();
     for table in tables {
-        let statements = |r: &Records| -> Option<Vec<String>> {
-            let s: Vec<String> = r
-                .sinks
+        let statements = |r: &Records| -> Vec<String> {
+            r.sinks
                 .iter()
                 .filter(|x| x.table == table && !side(x))
                 .map(|x| x.statement.clone())
-                .collect();
-            (s.len() > 1 && s.iter().all(|x| !x.is_empty())).then_some(s)
+                .collect()
         };
-        if let (Some(was), Some(now)) = (statements(old), statements(new))
-            && was != now
-        {
-            let (mut a, mut b) = (was.clone(), now.clone());
-            a.sort_unstable();
-            b.sort_unstable();
-            if a == b {
-                out.push(format!(
-                    "the INSERTs into {table} are in another order: each would take up the state of the one \
-                     whose place it took"
-                ));
-            }
+        let (was, now) = (statements(old), statements(new));
+        if was.len() < 2 || was == now {
+            continue;
+        }
+        if was.iter().any(String::is_empty) {
+            out.push(format!(
+                "the checkpoint was made by an earlier Weir, which did not record which of the INSERTs into {table} \
+                 is which: run the query it was made by once with this Weir, then change it"
+            ));
+        } else if now.iter().enumerate().any(|(k, h)| {
+            was.iter()
+                .enumerate()
+                .any(|(j, w)| j != k && w == h && was.get(k) != Some(h))
+        }) {
+            out.push(format!(
+                "the INSERTs into {table} are in another order: each would take up the state of the one whose \
+                 place it took"
+            ));
         }
     }
     for n in &new.sinks {
@@ -214,8 +220,21 @@ pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
     };
     let split = |c: &String| c.split_once(' ').map(|(n, t)| (n.to_string(), t.to_string()));
     let mut out = Vec::new();
-    for o in &old.sinks {
-        let Some(n) = new.sinks.iter().find(|n| n.table == o.table) else {
+    let main = |r: &SinkRecord| {
+        !r.writer.ends_with("-late") && !crate::dead_letter::is_dead_letter_writer(&r.writer)
+    };
+    for (i, o) in old.sinks.iter().enumerate() {
+        // The k-th INSERT into a table with the new k-th, as above.
+        let k = old.sinks[..i]
+            .iter()
+            .filter(|p| p.table == o.table && main(p) == main(o))
+            .count();
+        let Some(n) = new
+            .sinks
+            .iter()
+            .filter(|n| n.table == o.table && main(n) == main(o))
+            .nth(k)
+        else {
             continue;
         };
         for (name, was) in o.columns.iter().filter_map(split) {
@@ -565,11 +584,26 @@ mod tests {
         moved.sinks = vec![insert("q-p1", "h1"), insert("q-p2", "h2")];
         let d = incompatibilities(&two, &moved);
         assert!(d.iter().any(|m| m.contains("the INSERT INTO o moved")), "{d:?}");
-        // An earlier Weir's records, without hashes, match record by record.
+        // An edit and a swap: the edited one is at the other's place.
+        let mut both = two.clone();
+        both.sinks = vec![insert("q-p0", "h2"), insert("q-p1", "h3")];
+        let d = incompatibilities(&two, &both);
+        assert!(
+            d.iter()
+                .any(|m| m.contains("the INSERTs into o are in another order")),
+            "{d:?}"
+        );
+        // An earlier Weir's records, without hashes: any change is refused,
+        // saying how to go on.
         let old_two = Records {
             sinks: vec![rec("o", "q-p0"), rec("o", "q-p1")],
             ..two.clone()
         };
-        assert!(incompatibilities(&old_two, &swapped).is_empty());
+        let d = incompatibilities(&old_two, &edited);
+        assert!(
+            d.iter()
+                .any(|m| m.contains("did not record which of the INSERTs into o")),
+            "{d:?}"
+        );
     }
 }
