@@ -183,23 +183,36 @@ pub fn url_credentials(text: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
 /// string's, an environment variable's, a command-line argument's): as
 /// [`url_credentials`] finds them, and also those with a space, `"`, `<`,
 /// `>` or a backtick in their password, which end a URL in free text but
-/// not here, since the value's own end is known. A URL's user info then
-/// runs to the last `@` of the value; with `lists`, a scheme-less
-/// `user:pass word@host:port` piece of a comma-separated list counts
-/// when its user and its host hold no space (`at 10:30 @home` is not one).
+/// not here, since the value's own end is known: in a value that is a URL
+/// (`scheme://user:pass word@host/...`, nothing before the scheme, no
+/// space after the `@`), its user info runs to that `@`; with `lists`, a
+/// scheme-less `user:pass word@host:port` piece of a comma-separated list
+/// counts when its user and its host hold no space (`at 10:30 @home` is
+/// not one).
 pub fn value_credentials(value: &str, lists: bool) -> Vec<std::ops::Range<usize>> {
     let mut out = url_credentials(value, lists);
-    if let Some(p) = value.find("://") {
+    let lead = value.len() - value.trim_start().len();
+    let trimmed = value.trim();
+    if let Some(p) = trimmed.find("://")
+        && p > 0
+        && trimmed[..p]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
         let start = p + 3;
-        if let Some(at) = user_info(&value[start..]) {
-            out.push(start..start + at);
+        if let Some(at) = user_info(&trimmed[start..])
+            && !trimmed[start + at..].contains(char::is_whitespace)
+        {
+            out.push(lead + start..lead + start + at);
         }
-    } else if lists {
+    }
+    if lists {
         let mut from = 0;
         for piece in value.split(',') {
             let lead = piece.len() - piece.trim_start().len();
             let word = piece.trim();
-            if let Some(at) = word.rfind('@')
+            if !word.contains("://")
+                && let Some(at) = word.rfind('@')
                 && let Some((user, _)) = word[..at].split_once(':')
                 && !user.is_empty()
                 && !user.contains(char::is_whitespace)
@@ -229,12 +242,19 @@ pub fn mask_value_credentials(value: &str, lists: bool) -> String {
 /// with a character that ends a URL in free text also gives its pieces
 /// between such characters, since a message may print it cut there.
 pub fn value_secret_values(value: &str, lists: bool) -> Vec<String> {
-    let mut out = secret_values_of(value, value_credentials(value, lists));
-    let pieces: Vec<String> = out
-        .iter()
-        .flat_map(|s| s.split(ends_url).filter(|p| p.len() >= 4 && p.len() < s.len()))
-        .map(str::to_string)
-        .collect();
+    let ranges = value_credentials(value, lists);
+    let mut pieces = Vec::new();
+    for r in &ranges {
+        if let Some((_, password)) = value[r.clone()].split_once(':') {
+            pieces.extend(
+                password
+                    .split(ends_url)
+                    .filter(|p| p.len() >= 6 && p.len() < password.len())
+                    .map(str::to_string),
+            );
+        }
+    }
+    let mut out = secret_values_of(value, ranges);
     out.extend(pieces);
     out.dedup();
     out
@@ -752,6 +772,25 @@ mod tests {
             "'properties.bootstrap.servers' = '***@127.0.0.1:1, h:2'"
         );
         assert_eq!(mask_value_credentials("at 10:30 @home", true), "at 10:30 @home");
+        // Only a value that is a URL runs to its last `@`: not a query, a
+        // sentence or a JVM flag that holds one.
+        for plain in [
+            "SELECT * FROM 's3://b/x/' WHERE ts > '2024-01-01 10:00:00' AND email = 'a@b.com'",
+            "Visit https://example.com at 10:30 or mail me@x.org",
+            "-Durl=jdbc:postgresql://db:5432/x -Duser=watermark@b",
+        ] {
+            assert!(
+                value_secret_values(plain, true).is_empty(),
+                "{plain}: {:?}",
+                value_secret_values(plain, true)
+            );
+            assert_eq!(mask_value_credentials(plain, true), plain);
+        }
+        // A list's piece with a space in its password, beside a URL.
+        assert_eq!(
+            mask_value_credentials("u:pa ss@h:1, http://x", true),
+            "***@h:1, http://x"
+        );
         assert_eq!(
             mask_value_credentials("s3://bucket/me@home/x/", true),
             "s3://bucket/me@home/x/"
