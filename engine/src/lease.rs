@@ -74,9 +74,11 @@ pub struct Lease {
     renewals: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Until when no other process can have taken the lease over, by this
     /// process's monotonic clock (which runs on while the process is
-    /// stopped): two thirds of the TTL after the last write of its expiry
-    /// began, the rest a margin for other hosts' clocks.
+    /// stopped, not while the machine sleeps: [`Lease::ensure`] checks
+    /// the wall clock too): two thirds of the TTL after the last write of
+    /// its expiry began, the rest a margin for other hosts' clocks.
     safe_until: Mutex<Instant>,
+    ttl: Duration,
 }
 
 /// The part of a lease's TTL after a renewal in which this process takes
@@ -146,6 +148,7 @@ impl Lease {
             lost: Arc::new(AtomicBool::new(false)),
             renewals: Mutex::new(None),
             safe_until: Mutex::new(began + safe_for(ttl)),
+            ttl,
         });
         let task = tokio::spawn(renew_forever(Arc::downgrade(&lease), ttl));
         *lease.renewals.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -194,7 +197,11 @@ impl Lease {
     /// the store: its replacement may have committed the epoch it is in.
     pub async fn ensure(&self, what: &str) -> Result<()> {
         let safe = *self.safe_until.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.lost.load(Ordering::SeqCst) && Instant::now() < safe {
+        let margin = (self.ttl - safe_for(self.ttl)).as_millis() as i64;
+        if !self.lost.load(Ordering::SeqCst)
+            && Instant::now() < safe
+            && now_ms() < self.record().expires_at_ms - margin
+        {
             return Ok(());
         }
         self.check(what).await
@@ -205,10 +212,17 @@ impl Lease {
         self.check("renewing its lease").await?;
         let began = Instant::now();
         let mut rec = self.record();
+        let before = rec.expires_at_ms;
         rec.expires_at_ms = now_ms() + ttl.as_millis() as i64;
         self.checkpoint.write_lease(&rec).await?;
         *self.record.lock().unwrap_or_else(|p| p.into_inner()) = rec;
-        *self.safe_until.lock().unwrap_or_else(|p| p.into_inner()) = began + safe_for(ttl);
+        // Only a renewal written before the lease lapsed keeps it this
+        // process's for sure: one that stalled past the expiry may have
+        // been written after another process took it over (its write
+        // goes to this generation's file, and succeeds).
+        if now_ms() < before {
+            *self.safe_until.lock().unwrap_or_else(|p| p.into_inner()) = began + safe_for(ttl);
+        }
         Ok(())
     }
 
