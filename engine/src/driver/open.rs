@@ -91,6 +91,17 @@ impl StreamingJob {
         for decl in plans.iter().filter_map(|p| p.sink.as_ref()) {
             PipelineSink::check(decl)?;
         }
+        // So is a late-row or dead-letter table a source names.
+        for name in plans.iter().flat_map(|p| p.sources.iter()) {
+            let Some(source) = job.tables.get(name) else {
+                continue;
+            };
+            for option in ["late.sink", "dead_letter"] {
+                if let Some(table) = source.options.get(option).and_then(|t| job.tables.get(t)) {
+                    crate::sink::FileSink::check(table)?;
+                }
+            }
+        }
         let loc = Location::open(&options.checkpoint, &options.store_options, Create::Yes)
             .map_err(|e| Error::Config(format!("checkpoint: {e}")))?;
         let checkpoint = Checkpoint::new(loc);
