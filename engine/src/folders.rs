@@ -71,10 +71,8 @@ async fn enclosing_checkpoint(loc: &Location, options: &StoreOptions) -> Option<
 /// cannot tell.
 fn planned_url(location: &str) -> Option<String> {
     let local = match location.split_once("://") {
-        None => location,
-        Some(("file", rest)) => rest,
         Some(("s3" | "s3a", rest)) => return Some(format!("s3://{}", rest.trim_end_matches('/'))),
-        Some(_) => return None,
+        _ => weir_storage::location::local_path(location)?,
     };
     let path = std::path::Path::new(local);
     let mut existing = path;

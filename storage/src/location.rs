@@ -111,6 +111,30 @@ pub fn refuse_credentials(location: &str) -> Result<()> {
     Ok(())
 }
 
+/// The local path a location names, when it is local: a path without a
+/// scheme as it is, and `file:///abs`, `file://localhost/abs` (RFC 8089)
+/// and `file:/abs` as `/abs`. `None` for other stores, and for a
+/// `file://` URL naming another host, which [`Location::open`] refuses.
+pub fn local_path(location: &str) -> Option<&str> {
+    if let Some((scheme, rest)) = location.split_once("://") {
+        if !scheme.eq_ignore_ascii_case("file") {
+            return None;
+        }
+        let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+        return rest.starts_with('/').then_some(rest);
+    }
+    match location.split_once(":/") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") => {
+            Some(&location[location.len() - rest.len() - 1..])
+        }
+        _ => Some(location),
+    }
+}
+
+/// Schemes whose URL written with one slash (`s3:/bucket/`) is a typo, not
+/// a local folder named `s3:`.
+const SCHEMES: [&str; 9] = ["s3", "s3a", "memory", "gs", "az", "abfs", "http", "https", "hdfs"];
+
 impl Location {
     /// Opens a location given as a local path (relative to the current
     /// directory) or a URL: `file:///abs/path`, `s3://bucket/prefix`,
@@ -128,19 +152,33 @@ impl Location {
         let faults = FaultConfig::from_options(options).map_err(&invalid)?;
         let mut local_root = None;
         refuse_credentials(location)?;
+        if !location.contains("://")
+            && let Some((scheme, _)) = location.split_once(":/")
+            && SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+        {
+            return Err(Error::InvalidLocation {
+                location: format!("{scheme}:/..."),
+                reason: format!(
+                    "a '{scheme}:/' URL lacks a slash: write {scheme}://... (a local folder named '{scheme}:' was made instead)"
+                ),
+            });
+        }
         let (store, prefix, url, root): (Arc<dyn ObjectStore>, Path, String, String) = match location
             .split_once("://")
         {
-            None => Self::open_local(location, create, &mut local_root)?,
-            // `file://localhost/abs` is `file:///abs` (RFC 8089); it was
-            // read as the relative folder `localhost/abs`.
-            Some(("file", rest)) => {
-                let rest = rest
-                    .strip_prefix("localhost")
-                    .filter(|r| r.starts_with('/'))
-                    .unwrap_or(rest);
-                Self::open_local(rest, create, &mut local_root)?
-            }
+            // `file://localhost/abs` and `file:/abs` are `file:///abs`
+            // (RFC 8089); they were read as relative folders.
+            None | Some(("file", _)) => match local_path(location) {
+                Some(path) => Self::open_local(path, create, &mut local_root)?,
+                None => {
+                    let host = location["file://".len()..].split('/').next().unwrap_or_default();
+                    return Err(invalid(format!(
+                        "a file:// URL names a folder on this machine: file:///abs/path (or \
+                         file://localhost/abs/path); this one names the host '{host}'. For a relative folder, \
+                         give the path without file://"
+                    )));
+                }
+            },
             Some(("memory", rest)) => {
                 let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let store = MEMORY_STORES
@@ -870,19 +908,31 @@ mod tests {
         Location::open("s3://bkt/x/", &o, Create::Yes).unwrap();
     }
 
-    /// `file://localhost/abs` names the absolute folder, as `file:///abs`.
+    /// `file://localhost/abs` and `file:/abs` name the absolute folder, as
+    /// `file:///abs`; another host, or a scheme with one slash, is refused
+    /// (each made a relative folder).
     #[test]
     fn a_file_url_may_name_localhost() {
         let dir = tempfile::tempdir().unwrap();
         let abs = dir.path().display().to_string();
-        let a = Location::open(
-            &format!("file://localhost{abs}"),
-            &StoreOptions::default(),
-            Create::No,
-        )
-        .unwrap();
-        let b = Location::open(&format!("file://{abs}"), &StoreOptions::default(), Create::No).unwrap();
-        assert_eq!(a.url(), b.url());
+        let o = StoreOptions::default();
+        let b = Location::open(&format!("file://{abs}"), &o, Create::No).unwrap();
+        for other in [format!("file://localhost{abs}"), format!("file:{abs}")] {
+            assert_eq!(
+                Location::open(&other, &o, Create::No).unwrap().url(),
+                b.url(),
+                "{other}"
+            );
+        }
+        let e = Location::open("file://nas1/tmp/x/", &o, Create::Yes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names the host 'nas1'"), "{e}");
+        let e = Location::open("s3:/AK:SECRETXYZ@b/x", &o, Create::Yes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lacks a slash") && !e.contains("SECRETXYZ"), "{e}");
+        assert!(!std::path::Path::new("nas1").exists() && !std::path::Path::new("s3:").exists());
     }
 
     #[test]
