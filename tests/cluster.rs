@@ -1400,7 +1400,7 @@ fn a_job_a_cluster_cannot_read_is_refused_before_it_runs() {
         format!(
             "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
              WITH ('connector' = 'files', 'path' = '{bids}', 'format' = 'parquet', 'on_error' = 'skip');
-             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/out/');
+             CREATE TABLE out WITH ('connector' = 'files', 'path' = '{}/out/', 'format' = 'parquet');
              INSERT INTO out SELECT auction, price FROM bids;",
             dir.path().display()
         ),

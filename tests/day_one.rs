@@ -190,6 +190,32 @@ fn two_inserts_into_one_table_may_be_edited_but_not_swapped() {
     assert_eq!(counts, ["1", "2", "2", "2"], "{:?}", sink_rows(&ws.path("out")));
 }
 
+/// Two INSERTs into one table that write a column as two types are
+/// refused before anything runs: the folder's files would not read as one
+/// table.
+#[test]
+fn two_inserts_into_one_table_must_agree_on_column_types() {
+    let ws = Workspace::new();
+    ws.write("in/f1.csv", "k,ts\n1,2026-01-01 00:00:01\n");
+    ws.write(
+        "job.sql",
+        "CREATE TABLE s (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO o SELECT k, k * 10 AS x FROM s;
+         INSERT INTO o SELECT k, CAST(k AS VARCHAR) AS x FROM s;",
+    );
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(
+        e.contains("two INSERTs into 'o' write column 'x' as different types (BIGINT in"),
+        "{e}"
+    );
+    assert!(
+        !ws.path("out").exists() && !ws.path("job.checkpoint").exists(),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_sink_in_its_source_or_a_checkpoint_and_sinks_sharing_a_folder_are_refused() {
     let ws = Workspace::new();

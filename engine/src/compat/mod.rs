@@ -136,9 +136,11 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
             .iter()
             .filter(|n| n.table == o.table && side(n) == side(o))
             .nth(k);
+        let others = new.sinks.iter().any(|n| n.table == o.table && side(n) == side(o));
         match found {
+            None if others && !side(o) => out.push(format!("an INSERT INTO {} was removed", o.table)),
             None => out.push(format!("sink '{}' is no longer written", o.table)),
-            Some(n) if n.path != o.path => out.push(format!(
+            Some(n) if normal_path(&n.path) != normal_path(&o.path) => out.push(format!(
                 "sink '{}' now writes to '{}', and its committed output is in '{}'",
                 o.table, n.path, o.path
             )),
@@ -189,22 +191,53 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
                 .any(|(j, w)| j != k && w == h && was.get(k) != Some(h))
         }) {
             out.push(format!(
-                "the INSERTs into {table} are in another order: each would take up the state of the one whose \
-                 place it took"
+                "the INSERTs into {table} are in another order (one now reads as another did at another place): \
+                 each would take up the state of the one whose place it took; if you edited one to read as \
+                 another, start the job with --fresh-state or its own --checkpoint"
             ));
         }
     }
-    for n in &new.sinks {
-        // A new dead-letter table misses nothing: under the old query bad
-        // records stopped the job or were skipped. (One that goes away is
-        // a difference, as any sink: its last epoch may still be staged.)
-        if !old.sinks.iter().any(|o| o.table == n.table)
-            && !crate::dead_letter::is_dead_letter_writer(&n.writer)
-        {
+    for (i, n) in new.sinks.iter().enumerate() {
+        // A new dead-letter or late-row table misses nothing: under the
+        // old query bad records stopped the job or were skipped, and late
+        // rows were dropped. (One that goes away is a difference, as any
+        // sink: its last epoch may still be staged.) A new INSERT into a
+        // table another INSERT writes is new too: it would read only the
+        // input after the change, as a new table's would.
+        if side(n) {
+            continue;
+        }
+        let k = new.sinks[..i]
+            .iter()
+            .filter(|p| p.table == n.table && !side(p))
+            .count();
+        let before = old
+            .sinks
+            .iter()
+            .filter(|o| o.table == n.table && !side(o))
+            .count();
+        if before == 0 && k == 0 {
             out.push(format!("sink '{}' is new", n.table));
+        } else if k >= before && before > 0 {
+            out.push(format!(
+                "an INSERT INTO {} was added: its query has no state or progress in the checkpoint, and would \
+                 read only input that comes after the change",
+                n.table
+            ));
         }
     }
     out
+}
+
+/// A sink column's type as a kind that Parquet files of one folder must
+/// agree on: all text types count as one, as do all binary types (Parquet
+/// stores each kind alike).
+pub fn column_kind(t: &str) -> String {
+    match t {
+        "Utf8" | "LargeUtf8" | "Utf8View" => "text".to_string(),
+        "Binary" | "LargeBinary" | "BinaryView" => "binary".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// The sink columns whose type a changed query changes (`a sink's
@@ -213,11 +246,7 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
 /// which no reader reads as one table. All text types count as one type,
 /// as do all binary types (Parquet stores each kind alike).
 pub fn sink_type_changes(old: &Records, new: &Records) -> Vec<String> {
-    let kind = |t: &str| match t {
-        "Utf8" | "LargeUtf8" | "Utf8View" => "text".to_string(),
-        "Binary" | "LargeBinary" | "BinaryView" => "binary".to_string(),
-        other => other.to_string(),
-    };
+    let kind = column_kind;
     let split = |c: &String| c.split_once(' ').map(|(n, t)| (n.to_string(), t.to_string()));
     let mut out = Vec::new();
     let main = |r: &SinkRecord| {
@@ -341,15 +370,24 @@ fn normal_signature(sig: &str) -> String {
         .min()
         .unwrap_or(rest.len());
     let (path, tail) = rest.split_at(end);
-    let mut p = path.strip_prefix("file://").unwrap_or(path).to_string();
+    let p = normal_path(path);
+    format!("{head}{p}{tail}")
+}
+
+/// A path as written in two ways that name one folder compares equal:
+/// `file://` (or `file://localhost`, `file:`) before an absolute path,
+/// doubled slashes, leading `./`, a trailing slash.
+fn normal_path(path: &str) -> String {
+    let mut p = weir_storage::location::local_path(path)
+        .unwrap_or(path)
+        .to_string();
     while p.contains("//") && !p.contains("://") {
         p = p.replace("//", "/");
     }
     while let Some(r) = p.strip_prefix("./") {
         p = r.to_string();
     }
-    let p = p.trim_end_matches('/');
-    format!("{head}{p}{tail}")
+    p.trim_end_matches('/').to_string()
 }
 
 /// The sources whose progress a fresh start keeps: same name, same
@@ -593,6 +631,23 @@ mod tests {
                 .any(|m| m.contains("the INSERTs into o are in another order")),
             "{d:?}"
         );
+        // An INSERT added to a table another writes is new; one removed
+        // is gone. A late-row table added misses nothing.
+        let mut added = two.clone();
+        added.sinks.push(insert("q-p2", "h4"));
+        let d = incompatibilities(&two, &added);
+        assert!(
+            d.iter().any(|m| m.contains("an INSERT INTO o was added")),
+            "{d:?}"
+        );
+        let d = incompatibilities(&added, &two);
+        assert!(
+            d.iter().any(|m| m.contains("an INSERT INTO o was removed")),
+            "{d:?}"
+        );
+        let mut late = two.clone();
+        late.sinks.push(rec("late_t", "q-p0-late"));
+        assert!(incompatibilities(&two, &late).is_empty());
         // An earlier Weir's records, without hashes: any change is refused,
         // saying how to go on.
         let old_two = Records {

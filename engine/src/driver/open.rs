@@ -91,13 +91,27 @@ impl StreamingJob {
         for decl in plans.iter().filter_map(|p| p.sink.as_ref()) {
             PipelineSink::check(decl)?;
         }
-        // So is a late-row or dead-letter table a source names.
+        check_shared_sinks(&plans)?;
+        // So is a late-row or dead-letter table a source names (one that
+        // is itself read, or written by a query, is refused later, with a
+        // message of its own).
+        let read_or_written: BTreeSet<&String> = plans
+            .iter()
+            .flat_map(|p| {
+                p.sources
+                    .iter()
+                    .chain(p.lookups.iter())
+                    .chain(p.sink.iter().map(|d| &d.name))
+            })
+            .collect();
         for name in plans.iter().flat_map(|p| p.sources.iter()) {
             let Some(source) = job.tables.get(name) else {
                 continue;
             };
             for option in ["late.sink", "dead_letter"] {
-                if let Some(table) = source.options.get(option).and_then(|t| job.tables.get(t)) {
+                if let Some(table) = source.options.get(option).and_then(|t| job.tables.get(t))
+                    && !read_or_written.contains(&table.name)
+                {
                     crate::sink::FileSink::check(table)?;
                 }
             }
@@ -454,6 +468,48 @@ impl StreamingJob {
 /// A table that receives late rows (`'late.sink'`) receives nothing else:
 /// not a query's rows, nor late rows of another shape (a folder of files of
 /// two shapes cannot be read as one table), and it is not a source.
+/// Refuses INSERTs into one table that write a column as two kinds of
+/// type (`BIGINT` and `VARCHAR`): the table's folder would hold files that
+/// no reader reads as one table.
+fn check_shared_sinks(plans: &[weir_sql::planner::PipelinePlan]) -> Result<()> {
+    // Per table: the first INSERT's statement, and its columns' kinds and
+    // SQL type names.
+    type Columns = BTreeMap<String, (String, String)>;
+    let mut seen: BTreeMap<&str, (&str, Columns)> = BTreeMap::new();
+    for p in plans {
+        let Some(sink) = &p.sink else { continue };
+        let columns: Columns = p
+            .plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let kind = crate::compat::column_kind(&f.data_type().to_string());
+                (
+                    f.name().clone(),
+                    (kind, weir_sql::catalog::sql_type_name(f.data_type())),
+                )
+            })
+            .collect();
+        let Some((first, theirs)) = seen.get(sink.name.as_str()) else {
+            seen.insert(&sink.name, (&p.statement, columns));
+            continue;
+        };
+        for (name, (kind, sql)) in &columns {
+            if let Some((other, other_sql)) = theirs.get(name)
+                && other != kind
+            {
+                return Err(Error::Config(format!(
+                    "two INSERTs into '{}' write column '{name}' as different types ({other_sql} in {first}, {sql} \
+                     in {}): its folder's files would not read as one table; CAST one of them",
+                    sink.name, p.statement
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_late_sinks(physical: &[PhysicalPipeline]) -> Result<()> {
     let mut shapes: BTreeMap<String, (SchemaRef, String)> = BTreeMap::new();
     for (p, plan, _) in physical {
