@@ -937,3 +937,27 @@ fn a_running_querys_dead_letter_table_is_not_dropped() {
     t.send(CTRL_D);
     assert_eq!(t.wait_exit(), 0);
 }
+
+/// A sink declared by a `file://` URL whose folder name holds a `#` is read
+/// back from that folder: parsed as a URL, the `#` ended the path and the
+/// shell's SELECT read folder `o` (another job's output) instead.
+#[test]
+fn a_select_over_a_file_url_sink_reads_its_own_folder() {
+    let (ws, bids) = workspace();
+    ws.write("o/decoy.parquet", "not this folder");
+    let abs = ws.path("o#1");
+    let declare = format!(
+        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3))
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'parquet');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'file://{}/', 'format' = 'parquet');",
+        abs.display()
+    );
+    ws.write(
+        "load.sql",
+        &format!("{declare}\nSET trigger = 'available-now';\nINSERT INTO o SELECT auction, price FROM bids;"),
+    );
+    ws.weir(&["-f", "load.sql"]).ok();
+    ws.write("q.sql", &format!("{declare}\nSELECT COUNT(*) AS n FROM o;"));
+    let out = ws.weir(&["-f", "q.sql"]).ok().stdout();
+    assert!(out.contains(&format!("| {} |", bids.len())), "{out}");
+}

@@ -74,6 +74,10 @@ pub fn function_names() -> Vec<String> {
 /// table's schema is the declared one, or else the files'.
 pub async fn sink_table(ctx: &SessionContext, decl: &TableDecl, env: &StoreOptions) -> Result<ListingTable> {
     let path = decl.require("path")?;
+    // A local folder by its path, not its `file://` URL: parsed as a URL,
+    // a `#` in it ended the path and `%20` became a space (another folder
+    // was read than the job wrote).
+    let path = weir_storage::location::local_path(path).unwrap_or(path);
     let url = if path.contains("://") {
         if path.starts_with("s3://") || path.starts_with("s3a://") {
             // Register the bucket's store, with the table's own s3.* settings.

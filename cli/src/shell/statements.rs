@@ -330,7 +330,7 @@ impl Shell {
             Some(name) if name.contains('/') || name.contains('.') || name.contains("://") => {
                 // DataFusion says "not found" of a folder with no file it can
                 // read, and of a file of a kind it does not know, too.
-                let local = std::path::Path::new(name.strip_prefix("file://").unwrap_or(&name));
+                let local = std::path::Path::new(weir_storage::location::local_path(&name).unwrap_or(&name));
                 if name.contains("://") && !name.starts_with("file://") || !local.exists() {
                     anyhow!("no such file or folder: '{name}'")
                 } else if local.is_dir() {
@@ -798,7 +798,7 @@ pub(super) fn check_glob(name: &str) -> Result<()> {
     }
     // A local folder of files of several kinds: DataFusion would read
     // those of the kind it saw first and silently leave the others.
-    let local = name.strip_prefix("file://").unwrap_or(name);
+    let local = weir_storage::location::local_path(name).unwrap_or(name);
     if !name.contains("://") || name.starts_with("file://") {
         let kinds: std::collections::BTreeSet<String> = std::fs::read_dir(local)
             .into_iter()
@@ -839,7 +839,7 @@ pub(super) fn check_csv_headers(name: &str) -> Result<()> {
     if name.contains("://") && !name.starts_with("file://") || !name.contains(['/', '.']) {
         return Ok(());
     }
-    let local = std::path::Path::new(name.strip_prefix("file://").unwrap_or(name));
+    let local = std::path::Path::new(weir_storage::location::local_path(name).unwrap_or(name));
     let (folder, pattern) = if local.is_dir() {
         (local.to_path_buf(), None)
     } else {
