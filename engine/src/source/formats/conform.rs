@@ -106,7 +106,12 @@ pub(super) fn conform(col: &ArrayRef, field: &Field) -> Option<ArrayRef> {
     }
     let converted = match floored_time(col, field.data_type()) {
         Some(floored) => floored.ok()?,
-        None => cast_with_options(col, field.data_type(), &opts).ok()?,
+        None => {
+            // Times inside a list or struct are cut down as a column's are
+            // (Arrow's cast of the container cut them toward zero).
+            let col = floored_nested(col, field.data_type()).ok()?;
+            cast_with_options(&col, field.data_type(), &opts).ok()?
+        }
     };
     match changed_rows(col, &converted) {
         Ok(rows) if rows.is_empty() => Some(converted),
@@ -177,6 +182,62 @@ fn floored_time(col: &ArrayRef, declared: &DataType) -> Option<Result<ArrayRef>>
             raw.as_primitive::<Int64Type>().unary(|v| v.div_euclid(ratio));
         Ok(datafusion::arrow::compute::cast(&floored, declared)?)
     })())
+}
+
+/// `col` with every time inside its lists and structs that is finer than
+/// the declared one cut down to the declared unit ([`floored_time`]); the
+/// rest as it is, for the cast to convert.
+fn floored_nested(col: &ArrayRef, declared: &DataType) -> Result<ArrayRef> {
+    use datafusion::arrow::array::{Array, AsArray, LargeListArray, ListArray, StructArray};
+    let retyped = |f: &FieldRef, values: &ArrayRef| {
+        Arc::new(f.as_ref().clone().with_data_type(values.data_type().clone()))
+    };
+    Ok(match (col.data_type(), declared) {
+        (DataType::Timestamp(..), DataType::Timestamp(..)) => match floored_time(col, declared) {
+            Some(floored) => floored?,
+            None => Arc::clone(col),
+        },
+        (DataType::List(f), DataType::List(d)) => {
+            let list = col.as_list::<i32>();
+            let values = floored_nested(list.values(), d.data_type())?;
+            Arc::new(ListArray::try_new(
+                retyped(f, &values),
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            )?)
+        }
+        (DataType::LargeList(f), DataType::LargeList(d)) => {
+            let list = col.as_list::<i64>();
+            let values = floored_nested(list.values(), d.data_type())?;
+            Arc::new(LargeListArray::try_new(
+                retyped(f, &values),
+                list.offsets().clone(),
+                values,
+                list.nulls().cloned(),
+            )?)
+        }
+        (DataType::Struct(fields), DataType::Struct(declared)) if fields.len() == declared.len() => {
+            let st = col.as_struct();
+            let children = st
+                .columns()
+                .iter()
+                .zip(declared.iter())
+                .map(|(c, d)| floored_nested(c, d.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            let fields = fields
+                .iter()
+                .zip(&children)
+                .map(|(f, c)| retyped(f, c))
+                .collect::<Vec<_>>();
+            Arc::new(StructArray::try_new(
+                fields.into(),
+                children,
+                st.nulls().cloned(),
+            )?)
+        }
+        _ => Arc::clone(col),
+    })
 }
 
 /// The rows whose value a conversion changed rather than only retyped: a
@@ -815,6 +876,51 @@ pub(super) fn bad_value(e: &ArrowError) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// A time before 1970 finer than its declared unit is cut down (toward
+    /// the past) inside a list or a struct as at top level: Arrow's cast of
+    /// the container cut it toward zero, into 1970.
+    #[test]
+    fn nested_times_are_cut_down_as_columns_are() {
+        use datafusion::arrow::array::{AsArray, ListArray, StructArray, TimestampMicrosecondArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        use datafusion::arrow::datatypes::{Fields, TimeUnit, TimestampMillisecondType};
+        let us: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![-1i64, 1_500]));
+        let item = |u: TimeUnit| Arc::new(Field::new("item", DataType::Timestamp(u, None), true));
+        let list: ArrayRef = Arc::new(
+            ListArray::try_new(
+                item(TimeUnit::Microsecond),
+                OffsetBuffer::from_lengths([2]),
+                Arc::clone(&us),
+                None,
+            )
+            .unwrap(),
+        );
+        let declared = DataType::List(item(TimeUnit::Millisecond));
+        let got = conform(&list, &Field::new("l", declared, true)).unwrap();
+        let values = got
+            .as_list::<i32>()
+            .values()
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(values, [-1, 1]);
+        let field = |u: TimeUnit| Fields::from(vec![Field::new("t", DataType::Timestamp(u, None), true)]);
+        let st: ArrayRef =
+            Arc::new(StructArray::try_new(field(TimeUnit::Microsecond), vec![us], None).unwrap());
+        let got = conform(
+            &st,
+            &Field::new("s", DataType::Struct(field(TimeUnit::Millisecond)), true),
+        )
+        .unwrap();
+        let values = got
+            .as_struct()
+            .column(0)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(values, [-1, 1]);
+    }
+
     /// Nested and dictionary columns written by other tools (a list item
     /// named `element`, a struct of Utf8, pandas' dictionary-encoded text)
     /// feed the declared types they hold without change; where a value
