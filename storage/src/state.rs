@@ -173,9 +173,6 @@ pub struct StateWrite<'a> {
 pub struct EncodedState {
     /// Its name relative to the checkpoint.
     name: String,
-    /// The name of the same epoch's file of the other kind (`None` for a
-    /// file named after an attempt: other attempts' files are left).
-    other: Option<String>,
     payload: object_store::PutPayload,
 }
 
@@ -383,10 +380,6 @@ impl Checkpoint {
         w: &StateWrite<'_>,
         threads: usize,
     ) -> Result<EncodedState> {
-        let other = match w.kind {
-            StateKind::Snapshot => StateKind::Delta,
-            StateKind::Delta => StateKind::Snapshot,
-        };
         if let Some(a) = w.attempt
             && !valid_attempt(a)
         {
@@ -437,14 +430,7 @@ impl Checkpoint {
                 codec::encode_state_parallel(&url, &schema, &rows, &meta, threads)?
             }
         };
-        Ok(EncodedState {
-            name,
-            other: match w.attempt {
-                None => Some(Self::state_file_name(operator, epoch, other, w.shard, None)),
-                Some(_) => None,
-            },
-            payload,
-        })
+        Ok(EncodedState { name, payload })
     }
 
     /// Checks a state file another process (a cluster's executor) reported
@@ -489,13 +475,15 @@ impl Checkpoint {
         }
     }
 
-    /// Writes an encoded state file, first removing the file of the other
-    /// kind for its epoch and shard (left by an attempt that crashed).
-    /// Returns its bytes.
+    /// Writes an encoded state file. Returns its bytes.
+    ///
+    /// The file of the other kind for its epoch and shard, if an earlier
+    /// attempt left one, stays: a restore reads what its commit names, and
+    /// retention deletes it with its epoch. (Deleting it here deleted the
+    /// file a replacement had committed, when this process had stalled past
+    /// its lease between its check and this write: the replacement, fresh,
+    /// snapshots where this one wrote a delta.)
     pub async fn put_state(&self, encoded: EncodedState) -> Result<u64> {
-        if let Some(other) = &encoded.other {
-            self.location().delete(other).await?;
-        }
         let len = encoded.bytes();
         self.location().put(&encoded.name, encoded.payload).await?;
         Ok(len)
@@ -525,20 +513,16 @@ impl Checkpoint {
                 attempt,
             });
         }
-        out.sort_by(|a, b| (a.epoch, a.shard, &a.attempt).cmp(&(b.epoch, b.shard, &b.attempt)));
-        // Several attempts may have written one shard's file of an epoch;
-        // plain names are written once (the other kind is removed first).
-        for w in out.windows(2) {
-            if (w[0].epoch, w[0].shard, &w[0].attempt, &w[1].attempt)
-                == (w[1].epoch, w[1].shard, &None, &None)
-            {
-                return Err(Error::Corrupt {
-                    url: self.location().url_of(&w[1].name),
-                    epoch: Some(w[1].epoch),
-                    reason: format!("two state files for one epoch (also {})", w[0].name),
-                });
-            }
-        }
+        // Several attempts may have written one shard's file of an epoch,
+        // and one of each kind (see `put_state`): the snapshot first.
+        out.sort_by(|a, b| {
+            (a.epoch, a.shard, &a.attempt, a.kind != StateKind::Snapshot).cmp(&(
+                b.epoch,
+                b.shard,
+                &b.attempt,
+                b.kind != StateKind::Snapshot,
+            ))
+        });
         Ok(out)
     }
 
@@ -1504,8 +1488,6 @@ mod tests {
             vec![("a".into(), 1), ("b".into(), 20), ("c".into(), 3)]
         );
         assert_eq!(at(3).await, vec![("b".into(), 20), ("c".into(), 3)]);
-        // A crashed attempt's snapshot for epoch 3, rewritten as a delta by the replay.
-        write(&ck, 4, StateKind::Snapshot, &[rows(&[("z", 0)])], &[]).await;
         write(&ck, 4, StateKind::Delta, &[rows(&[("d", 4)])], &[]).await;
         assert_eq!(at(4).await.len(), 3);
         // Pruning keeps what epochs from 2 on need.
