@@ -214,6 +214,28 @@ fn two_inserts_into_one_table_must_agree_on_column_types() {
         !ws.path("out").exists() && !ws.path("job.checkpoint").exists(),
         "{e}"
     );
+    // Text in a list of either width, or a NULL column, goes with the
+    // other INSERT's column; a later INSERT is checked against the first
+    // that wrote each column.
+    let ok = "CREATE TABLE s (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+           WITH ('connector' = 'files', 'path' = 'in/', 'format' = 'csv');
+         CREATE TABLE o WITH ('connector' = 'files', 'path' = 'out/', 'format' = 'parquet');
+         INSERT INTO o SELECT k, make_array(CAST(k AS VARCHAR)) AS tags FROM s;
+         INSERT INTO o SELECT k, make_array('x') AS tags, NULL AS x FROM s;
+         INSERT INTO o SELECT k, k AS x FROM s;";
+    ws.write("ok.sql", ok);
+    run_now(&ws, "ok.sql", &[]).ok();
+    ws.write(
+        "third.sql",
+        &format!("{ok}\nINSERT INTO o SELECT k, 'a' AS x FROM s;"),
+    );
+    let e = run_now(&ws, "third.sql", &["--checkpoint", "third.ck"])
+        .fails()
+        .stderr();
+    assert!(
+        e.contains("write column 'x' as different types (BIGINT in"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -140,6 +140,11 @@ pub fn incompatibilities(old: &Records, new: &Records) -> Vec<String> {
         match found {
             None if others && !side(o) => out.push(format!("an INSERT INTO {} was removed", o.table)),
             None => out.push(format!("sink '{}' is no longer written", o.table)),
+            Some(n) if read_anew(o, n) => out.push(format!(
+                "sink '{}' ('{}') now writes to {}, and its committed output is in {} (a Weir before December \
+                 2026 read that path as a relative folder)",
+                o.table, o.path, n.url, o.url
+            )),
             Some(n) if normal_path(&n.path) != normal_path(&o.path) => out.push(format!(
                 "sink '{}' now writes to '{}', and its committed output is in '{}'",
                 o.table, n.path, o.path
@@ -372,6 +377,16 @@ fn normal_signature(sig: &str) -> String {
     let (path, tail) = rest.split_at(end);
     let p = normal_path(path);
     format!("{head}{p}{tail}")
+}
+
+/// Whether a sink path this Weir reads otherwise than the Weir before
+/// did: `file:/abs` and `file://localhost/abs` were relative folders
+/// (`./file:/abs`, `./localhost/abs`), and are `/abs` now. The same text
+/// then names another folder than the one its committed output is in.
+fn read_anew(old: &SinkRecord, new: &SinkRecord) -> bool {
+    let p = old.path.to_ascii_lowercase();
+    let reread = (p.starts_with("file:/") && !p.starts_with("file://")) || p.starts_with("file://localhost/");
+    reread && !old.url.is_empty() && old.url != new.url
 }
 
 /// A path as written in two ways that name one folder compares equal:
@@ -654,6 +669,18 @@ mod tests {
             sinks: vec![rec("o", "q-p0"), rec("o", "q-p1")],
             ..two.clone()
         };
+        // A sink path the Weir before read as a relative folder.
+        let mut was = records(vec![], "files|in|parquet", "file:/abs/o/");
+        was.sinks[0].url = "file:///home/u/file:/abs/o".into();
+        let mut now = was.clone();
+        now.sinks[0].url = "file:///abs/o".into();
+        let d = incompatibilities(&was, &now);
+        assert!(
+            d.iter()
+                .any(|m| m.contains("read that path as a relative folder")),
+            "{d:?}"
+        );
+        assert!(incompatibilities(&now, &now.clone()).is_empty());
         let d = incompatibilities(&old_two, &edited);
         assert!(
             d.iter()

@@ -465,51 +465,77 @@ impl StreamingJob {
     }
 }
 
-/// A table that receives late rows (`'late.sink'`) receives nothing else:
-/// not a query's rows, nor late rows of another shape (a folder of files of
-/// two shapes cannot be read as one table), and it is not a source.
-/// Refuses INSERTs into one table that write a column as two kinds of
-/// type (`BIGINT` and `VARCHAR`): the table's folder would hold files that
-/// no reader reads as one table.
+/// Refuses INSERTs into one `files` table that write a column as two
+/// kinds of type (`BIGINT` and `VARCHAR`): the table's folder would hold
+/// files that no reader reads as one table. Each column is compared with
+/// the first INSERT that wrote it; text and binary types of any width
+/// count as one kind at any depth, and a NULL column goes with any.
 fn check_shared_sinks(plans: &[weir_sql::planner::PipelinePlan]) -> Result<()> {
-    // Per table: the first INSERT's statement, and its columns' kinds and
-    // SQL type names.
-    type Columns = BTreeMap<String, (String, String)>;
-    let mut seen: BTreeMap<&str, (&str, Columns)> = BTreeMap::new();
+    use datafusion::arrow::datatypes::DataType;
+    fn kind(t: &DataType) -> String {
+        match t {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "binary".into(),
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f) => {
+                format!("list<{}>", kind(f.data_type()))
+            }
+            DataType::FixedSizeList(f, n) => format!("list<{}>[{n}]", kind(f.data_type())),
+            DataType::Struct(fields) => format!(
+                "struct<{}>",
+                fields
+                    .iter()
+                    .map(|f| format!("{}:{}", f.name(), kind(f.data_type())))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            DataType::Map(f, _) => format!("map<{}>", kind(f.data_type())),
+            DataType::Dictionary(_, v) => kind(v),
+            other => other.to_string(),
+        }
+    }
+    // Per table, per column: its kind, its SQL type and the statement
+    // that first wrote it.
+    let mut seen: BTreeMap<&str, BTreeMap<String, (String, String, &str)>> = BTreeMap::new();
     for p in plans {
         let Some(sink) = &p.sink else { continue };
-        let columns: Columns = p
-            .plan
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                let kind = crate::compat::column_kind(&f.data_type().to_string());
-                (
-                    f.name().clone(),
-                    (kind, weir_sql::catalog::sql_type_name(f.data_type())),
-                )
-            })
-            .collect();
-        let Some((first, theirs)) = seen.get(sink.name.as_str()) else {
-            seen.insert(&sink.name, (&p.statement, columns));
+        if sink.connector().ok() != Some("files") {
             continue;
-        };
-        for (name, (kind, sql)) in &columns {
-            if let Some((other, other_sql)) = theirs.get(name)
-                && other != kind
-            {
-                return Err(Error::Config(format!(
-                    "two INSERTs into '{}' write column '{name}' as different types ({other_sql} in {first}, {sql} \
-                     in {}): its folder's files would not read as one table; CAST one of them",
-                    sink.name, p.statement
-                )));
+        }
+        let table = seen.entry(sink.name.as_str()).or_default();
+        for f in p.plan.schema().fields() {
+            if f.data_type() == &DataType::Null {
+                continue;
+            }
+            let (k, sql) = (
+                kind(f.data_type()),
+                weir_sql::catalog::sql_type_name(f.data_type()),
+            );
+            match table.get(f.name()) {
+                None => {
+                    table.insert(f.name().clone(), (k, sql, &p.statement));
+                }
+                Some((other, other_sql, first)) if *other != k => {
+                    return Err(Error::Config(format!(
+                        "two INSERTs into '{}' write column '{}' as different types ({other_sql} in {first}, {sql} \
+                         in {}): its folder's files would not read as one table; CAST one of them",
+                        sink.name,
+                        f.name(),
+                        p.statement
+                    )));
+                }
+                Some(_) => {}
             }
         }
     }
     Ok(())
 }
 
+/// A table that receives late rows (`'late.sink'`) receives nothing else:
+/// not a query's rows, nor late rows of another shape (a folder of files of
+/// two shapes cannot be read as one table), and it is not a source.
 fn check_late_sinks(physical: &[PhysicalPipeline]) -> Result<()> {
     let mut shapes: BTreeMap<String, (SchemaRef, String)> = BTreeMap::new();
     for (p, plan, _) in physical {
