@@ -159,7 +159,7 @@ impl Location {
             return Err(Error::InvalidLocation {
                 location: format!("{scheme}:/..."),
                 reason: format!(
-                    "a '{scheme}:/' URL lacks a slash: write {scheme}://... (a local folder named '{scheme}:' was made instead)"
+                    "a '{scheme}:/' URL lacks a slash: write {scheme}://... (a local folder named '{scheme}:' would be made instead)"
                 ),
             });
         }
@@ -168,7 +168,8 @@ impl Location {
         {
             // `file://localhost/abs` and `file:/abs` are `file:///abs`
             // (RFC 8089); they were read as relative folders.
-            None | Some(("file", _)) => match local_path(location) {
+            None => Self::open_local(local_path(location).unwrap_or(location), create, &mut local_root)?,
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("file") => match local_path(location) {
                 Some(path) => Self::open_local(path, create, &mut local_root)?,
                 None => {
                     let host = location["file://".len()..].split('/').next().unwrap_or_default();
@@ -917,7 +918,11 @@ mod tests {
         let abs = dir.path().display().to_string();
         let o = StoreOptions::default();
         let b = Location::open(&format!("file://{abs}"), &o, Create::No).unwrap();
-        for other in [format!("file://localhost{abs}"), format!("file:{abs}")] {
+        for other in [
+            format!("file://localhost{abs}"),
+            format!("file:{abs}"),
+            format!("FILE://{abs}"),
+        ] {
             assert_eq!(
                 Location::open(&other, &o, Create::No).unwrap().url(),
                 b.url(),
