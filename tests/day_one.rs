@@ -1034,6 +1034,18 @@ fn a_changed_query_may_not_retype_a_sink_column() {
         "n\n3100\n"
     );
     ws.weir(&["query", "SELECT * FROM 'out/'"]).ok();
+    // A dropped column added back as another type: refused, as a direct
+    // retype is (the records keep the dropped column's type).
+    ws.write(
+        "job.sql",
+        &job_with(
+            "SELECT auction, CAST(price AS VARCHAR) AS price FROM bids",
+            "",
+            "",
+        ),
+    );
+    let e = run_now(&ws, "job.sql", &[]).fails().stderr();
+    assert!(e.contains("column 'price' would now be"), "{e}");
 }
 
 /// A first run that fails before its first epoch (a mistyped source

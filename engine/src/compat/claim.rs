@@ -53,8 +53,34 @@ pub(crate) async fn claim_checkpoint(
             Err(e) => Err(e.into()),
         };
     };
-    let new = records(&existing.query_id)?;
+    let mut new = records(&existing.query_id)?;
     let mut old = Records::of_metadata(&existing);
+    // A sink column a changed query dropped stays in its record: its files
+    // keep it, and a later query that writes it again must write its type
+    // (else dropping it, running, and adding it back retyped it). Records
+    // are matched k-th to k-th per table, as in `compat`.
+    if let Some(old) = &old {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for n in new.sinks.iter_mut().filter(|n| !n.columns.is_empty()) {
+            let k = seen.entry(n.table.clone()).or_default();
+            let before = old
+                .sinks
+                .iter()
+                .filter(|o| o.table == n.table && !o.columns.is_empty())
+                .nth(*k);
+            *k += 1;
+            let Some(before) = before else { continue };
+            let name = |c: &String| c.split_once(' ').map(|(n, _)| n.to_string()).unwrap_or_default();
+            let have: BTreeSet<String> = n.columns.iter().map(name).collect();
+            let dropped: Vec<String> = before
+                .columns
+                .iter()
+                .filter(|c| !have.contains(&name(c)))
+                .cloned()
+                .collect();
+            n.columns.extend(dropped);
+        }
+    }
     let same_text = existing.fingerprint == fingerprint;
     // A checkpoint of an earlier Weir has no statement hashes in its sink
     // records: the same text has the same statements, whose hashes are
