@@ -960,4 +960,8 @@ fn a_select_over_a_file_url_sink_reads_its_own_folder() {
     ws.write("q.sql", &format!("{declare}\nSELECT COUNT(*) AS n FROM o;"));
     let out = ws.weir(&["-f", "q.sql"]).ok().stdout();
     assert!(out.contains(&format!("| {} |", bids.len())), "{out}");
+    // And `weir query` of the same URL.
+    let sql = format!("SELECT COUNT(*) AS n FROM 'file://{}/'", abs.display());
+    let out = ws.weir(&["query", "--format", "csv", &sql]).ok().stdout();
+    assert_eq!(out, format!("n\n{}\n", bids.len()));
 }

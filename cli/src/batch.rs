@@ -242,7 +242,8 @@ pub async fn register_parquet_path(ctx: &SessionContext, reference: &TableRefere
     if !(name.contains('/') || name.ends_with(".parquet")) {
         return Ok(());
     }
-    let Ok(url) = ListingTableUrl::parse(name) else {
+    // A local folder by its path, not its `file://` URL (see `sink_table`).
+    let Ok(url) = ListingTableUrl::parse(weir_storage::location::local_path(name).unwrap_or(name)) else {
         return Ok(());
     };
     // A path that cannot be listed (a store that is down, a folder that
